@@ -1,0 +1,216 @@
+//! A real Kubernetes API server for tests: etcd and the kube-apiserver built by
+//! `cargo xtask setup`, on free loopback ports with a temporary directory, serving TLS with a
+//! certificate the harness issues, authenticating an admin by a static token. Both processes are
+//! killed when the [`ApiServer`] drops.
+use std::{
+    fs::File,
+    net::{Ipv4Addr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+
+use crate::process::Process;
+
+/// Service-account token issuer and audience the API server is configured with.
+pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+/// Service (ClusterIP) range the API server allocates from.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A running etcd + kube-apiserver pair.
+pub struct ApiServer {
+    // Field order is drop order: the API server goes before its etcd.
+    apiserver: Process,
+    etcd: Process,
+    client: kube::Client,
+    kubeconfig: PathBuf,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer").field("url", &self.url).field("dir", &self.dir.path()).finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Starts etcd and the API server and waits until `/readyz` answers ok.
+    pub async fn start() -> anyhow::Result<Self> {
+        crate::require_root();
+        let binary = kube_apiserver_binary()?;
+        let dir = tempfile::Builder::new().prefix("weft-apiserver-").tempdir()?;
+        let path = dir.path();
+
+        let (etcd_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut etcd = Command::new("etcd");
+        etcd.arg("--data-dir")
+            .arg(path.join("etcd"))
+            .args(["--name", "weft", "--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
+            .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+            .arg(format!("--initial-cluster=weft={peer_url}"));
+        let etcd = Process::start(logged(etcd, &path.join("etcd.log"))?)?;
+
+        let pki = write_pki(path)?;
+        let token = "weft-admin-token";
+        std::fs::write(path.join("tokens.csv"), format!("{token},admin,admin,system:masters\n"))?;
+        let mut apiserver = Command::new(&binary);
+        apiserver
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--insecure-port=0"])
+            .arg(format!("--secure-port={secure_port}"))
+            .arg(format!("--cert-dir={}", path.join("certs").display()))
+            .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", pki.serving_key.display()))
+            .arg(format!("--token-auth-file={}", path.join("tokens.csv").display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-issuer={ISSUER}"))
+            .arg(format!("--service-account-key-file={}", pki.sa_public.display()))
+            .arg(format!("--service-account-signing-key-file={}", pki.sa_private.display()))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
+            // No controller-manager creates service-account tokens here.
+            .arg("--disable-admission-plugins=ServiceAccount")
+            .args(["--allow-privileged=true", "--enable-priority-and-fairness=false", "--profiling=false"]);
+        let apiserver = Process::start(logged(apiserver, &path.join("apiserver.log"))?)?;
+
+        let url = format!("https://127.0.0.1:{secure_port}");
+        let kubeconfig = path.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_cert, token))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            Kubeconfig::read_from(&kubeconfig)?,
+            &KubeConfigOptions::default(),
+        )
+        .await?;
+        let client = kube::Client::try_from(config)?;
+        let mut server = Self { apiserver, etcd, client, kubeconfig, url, dir };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    /// An admin client (group `system:masters`).
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// A kubeconfig file for the admin, for processes and `kubectl`.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if self.etcd.exited() {
+                bail!("etcd exited:\n{}", log_tail(&self.dir.path().join("etcd.log")));
+            }
+            if self.apiserver.exited() {
+                bail!("kube-apiserver exited:\n{}", log_tail(&self.dir.path().join("apiserver.log")));
+            }
+            let request = http::Request::get("/readyz").body(Vec::new())?;
+            if matches!(self.client.request_text(request).await.as_deref(), Ok("ok")) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "kube-apiserver not ready after {READY_TIMEOUT:?}:\n{}",
+                    log_tail(&self.dir.path().join("apiserver.log"))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The kube-apiserver binary: `$WEFT_KUBE_APISERVER`, or where `cargo xtask setup` caches it.
+fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
+    let binary = match std::env::var_os("WEFT_KUBE_APISERVER") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let cache = match std::env::var_os("WEFT_CACHE") {
+                Some(dir) => PathBuf::from(dir),
+                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/weft"),
+            };
+            cache.join("kubernetes/bin/kube-apiserver")
+        }
+    };
+    if !binary.exists() {
+        bail!("kube-apiserver not found at {}: run `cargo xtask setup` (tests need a real API server)", binary.display());
+    }
+    Ok(binary)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+}
+
+fn logged(mut command: Command, log: &Path) -> anyhow::Result<Command> {
+    let file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    command.stdin(Stdio::null()).stdout(file.try_clone()?).stderr(file);
+    Ok(command)
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+struct Pki {
+    ca_cert: PathBuf,
+    serving_cert: PathBuf,
+    serving_key: PathBuf,
+    sa_private: PathBuf,
+    sa_public: PathBuf,
+}
+
+/// A CA, a serving certificate for 127.0.0.1 signed by it, and the service-account signing key.
+fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "weft-test-apiserver-ca");
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let serving_key = KeyPair::generate()?;
+    let mut serving = CertificateParams::new(vec!["localhost".to_owned()])?;
+    serving.subject_alt_names.push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+
+    let sa_key = KeyPair::generate()?;
+    let pki = Pki {
+        ca_cert: dir.join("ca.crt"),
+        serving_cert: dir.join("apiserver.crt"),
+        serving_key: dir.join("apiserver.key"),
+        sa_private: dir.join("sa.key"),
+        sa_public: dir.join("sa.pub"),
+    };
+    std::fs::write(&pki.ca_cert, ca_cert.pem())?;
+    std::fs::write(&pki.serving_cert, serving_cert.pem())?;
+    std::fs::write(&pki.serving_key, serving_key.serialize_pem())?;
+    std::fs::write(&pki.sa_private, sa_key.serialize_pem())?;
+    std::fs::write(&pki.sa_public, sa_key.public_key_pem())?;
+    Ok(pki)
+}
+
+fn kubeconfig_yaml(url: &str, ca: &Path, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: weft\n  cluster:\n    server: {url}\n    certificate-authority: {}\n\
+         users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: weft\n  context:\n    cluster: weft\n    user: admin\n\
+         current-context: weft\n",
+        ca.display()
+    )
+}

@@ -1,0 +1,68 @@
+//! A test cluster: the real API server, the namespace topology, and the harness as kubelet
+//! keeping the two in step (a Pod object for every pod namespace, with its real uid and IPs).
+use std::net::IpAddr;
+
+use anyhow::Context;
+
+use crate::{
+    apiserver::ApiServer,
+    kubelet::{Kubelet, PodTemplate},
+    topology::{Pod, Topology},
+};
+
+/// API server + topology + kubelet.
+#[derive(Debug)]
+pub struct Cluster {
+    // The network goes first on drop, then the API server.
+    topology: Topology,
+    kubelet: Kubelet,
+    api: ApiServer,
+}
+
+impl Cluster {
+    /// Starts the API server, builds `nodes` nodes and registers them.
+    pub async fn start(nodes: usize) -> anyhow::Result<Self> {
+        let api = ApiServer::start().await?;
+        let topology = Topology::new(nodes)?;
+        let kubelet = Kubelet::new(api.client());
+        for node in topology.nodes() {
+            kubelet.register_node(node).await?;
+        }
+        Ok(Self { topology, kubelet, api })
+    }
+
+    pub fn api(&self) -> &ApiServer {
+        &self.api
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.api.client()
+    }
+
+    pub fn kubelet(&self) -> &Kubelet {
+        &self.kubelet
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Creates the Pod object on node `node`, then its namespace, cgroup and pause process under
+    /// the uid the API server assigned, then reports it Running with its IPs.
+    pub async fn add_pod(&mut self, node: usize, template: &PodTemplate) -> anyhow::Result<Pod> {
+        self.kubelet.ensure_namespace(&template.namespace, &[]).await?;
+        let node_name = self.topology.nodes().get(node).with_context(|| format!("no node {node}"))?.name.clone();
+        let object = self.kubelet.create_pod(template, &node_name).await?;
+        let uid = object.metadata.uid.context("the API server assigned no uid")?;
+        let pod = self.topology.add_pod(node, &template.name, &uid)?;
+        let ips = [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)];
+        self.kubelet.mark_running(&template.namespace, &template.name, &ips).await?;
+        Ok(pod)
+    }
+
+    /// Deletes the Pod object (grace 0) and tears down its namespace and cgroup.
+    pub async fn remove_pod(&mut self, namespace: &str, pod: &Pod) -> anyhow::Result<()> {
+        self.kubelet.delete_pod(namespace, &pod.name).await?;
+        self.topology.remove_pod(&pod.uid)
+    }
+}

@@ -1,0 +1,90 @@
+//! `cargo xtask`: the project's commands. `setup` installs what a fresh machine lacks (idempotent,
+//! and run first by every other command); `test` runs every test; `demo` runs Weft's main job on
+//! the embedded default topology. Slow artefacts are cached outside the work tree (see `cache`).
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod setup;
+
+#[derive(Debug, Parser)]
+#[command(about = "Weft's developer commands")]
+struct Args {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install toolchains, bpf-linker, etcd and a kube-apiserver; mount bpffs. Idempotent.
+    Setup,
+    /// Set up, then run every test: unit, component and privileged (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(trailing_var_arg = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Set up, then bring up the local mesh topology and report it.
+    Demo {
+        /// Keep the topology running until Ctrl-C.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = workspace_root();
+    match args.command {
+        Task::Setup => setup::run(&root).map(drop),
+        Task::Test { cargo_args } => test(&root, &cargo_args),
+        Task::Demo { keep } => demo(&root, keep),
+    }
+}
+
+fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
+    let tools = setup::run(root)?;
+    cmd::run(
+        Command::new(cargo())
+            .current_dir(root)
+            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
+    )?;
+    let mut test = Command::new(cargo());
+    test.current_dir(root)
+        .args(["test", "--workspace", "--"])
+        .args(cargo_args)
+        .env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
+    cmd::run(&mut test)
+}
+
+fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
+    let tools = setup::run(root)?;
+    let mut demo = Command::new(cargo());
+    demo.current_dir(root)
+        .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-demo", "--"])
+        .env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
+    if keep {
+        demo.arg("--keep");
+    }
+    cmd::run(&mut demo)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().expect("invariant: xtask lives one level below the root").to_path_buf()
+}
+
+/// Fails with a clear message unless running as root (installs, netns, eBPF all need it).
+fn require_root() -> anyhow::Result<()> {
+    let uid = Command::new("id").arg("-u").output().context("running id -u")?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        bail!("Weft's setup, tests and demo need root (packages, network namespaces, eBPF)");
+    }
+    Ok(())
+}
