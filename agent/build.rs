@@ -40,9 +40,11 @@ fn main() -> anyhow::Result<()> {
         // aya-ebpf uses one unstable feature; Debian's stable rustc allows it with this.
         .env("RUSTC_BOOTSTRAP", "1");
     for (key, _) in env::vars() {
-        let inherited_build_setting = key.starts_with("CARGO_")
-            && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_NET_OFFLINE");
-        if inherited_build_setting || matches!(key.as_str(), "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS") {
+        let inherited_build_setting =
+            key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_NET_OFFLINE");
+        if inherited_build_setting
+            || matches!(key.as_str(), "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "RUSTFLAGS")
+        {
             cargo.env_remove(key);
         }
     }

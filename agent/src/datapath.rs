@@ -60,10 +60,8 @@ impl Datapath {
     /// IPv4 `connect()` made by processes in that cgroup or below it.
     pub fn attach_connect4(&mut self, cgroup: &Path) -> Result<(), Error> {
         let name = program::CONNECT4;
-        let cgroup_file = File::open(cgroup).map_err(|source| Error::Cgroup {
-            path: cgroup.display().to_string(),
-            source,
-        })?;
+        let cgroup_file = File::open(cgroup)
+            .map_err(|source| Error::Cgroup { path: cgroup.display().to_string(), source })?;
         let prog: &mut CgroupSockAddr = self
             .ebpf
             .program_mut(name)
@@ -79,13 +77,10 @@ impl Datapath {
     /// Reads one counter, summed across CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, Error> {
         let name = map::COUNTERS;
-        let counters: PerCpuArray<_, u64> = PerCpuArray::try_from(
-            self.ebpf.map(name).ok_or(Error::MissingMap { name })?,
-        )
-        .map_err(|source| Error::Map { name, source })?;
-        let per_cpu = counters
-            .get(&(counter as u32), 0)
-            .map_err(|source| Error::Map { name, source })?;
+        let counters: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(name).ok_or(Error::MissingMap { name })?)
+                .map_err(|source| Error::Map { name, source })?;
+        let per_cpu = counters.get(&(counter as u32), 0).map_err(|source| Error::Map { name, source })?;
         Ok(per_cpu.iter().sum())
     }
 }

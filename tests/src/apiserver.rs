@@ -35,7 +35,10 @@ pub struct ApiServer {
 
 impl std::fmt::Debug for ApiServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiServer").field("url", &self.url).field("dir", &self.dir.path()).finish_non_exhaustive()
+        f.debug_struct("ApiServer")
+            .field("url", &self.url)
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,13 +143,17 @@ fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
         None => {
             let cache = match std::env::var_os("WEFT_CACHE") {
                 Some(dir) => PathBuf::from(dir),
-                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/weft"),
+                None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                    .join(".cache/weft"),
             };
             cache.join("kubernetes/bin/kube-apiserver")
         }
     };
     if !binary.exists() {
-        bail!("kube-apiserver not found at {}: run `cargo xtask setup` (tests need a real API server)", binary.display());
+        bail!(
+            "kube-apiserver not found at {}: run `cargo xtask setup` (tests need a real API server)",
+            binary.display()
+        );
     }
     Ok(binary)
 }

@@ -22,7 +22,9 @@ pub fn testpod_binary() -> anyhow::Result<PathBuf> {
         .take(2)
         .map(|dir| dir.join("weft-testpod"))
         .find(|candidate| candidate.exists())
-        .with_context(|| format!("weft-testpod not found near {}: build the weft-tests package", exe.display()))
+        .with_context(|| {
+            format!("weft-testpod not found near {}: build the weft-tests package", exe.display())
+        })
 }
 
 /// Starts an echo server on `port` in `pod` and returns once it listens.
@@ -30,14 +32,19 @@ pub fn echo_server(pod: &Pod, port: u16) -> anyhow::Result<Process> {
     let mut command = Command::new(testpod_binary()?);
     command.args(["echo", "--port", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped());
     let mut server = pod.spawn(command)?;
-    server.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("echo server in pod {}", pod.name))?;
+    server
+        .wait_for_line("ready", READY_TIMEOUT)
+        .with_context(|| format!("echo server in pod {}", pod.name))?;
     Ok(server)
 }
 
 /// Sends `message` from `pod` to `to` and returns the echoed reply; fails if the client does.
 pub fn send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<String> {
     let mut command = Command::new(testpod_binary()?);
-    command.args(["send", "--to", &to.to_string(), "--message", message]).stdin(Stdio::null()).stdout(Stdio::piped());
+    command
+        .args(["send", "--to", &to.to_string(), "--message", message])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     let (ok, reply) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
     if !ok {
         bail!("client in pod {} sending to {to} failed (got {reply:?})", pod.name);

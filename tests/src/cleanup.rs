@@ -23,7 +23,11 @@ impl fmt::Debug for Guard {
 
 impl Guard {
     /// Registers `step`, described by `what` in failure reports.
-    pub fn defer(&mut self, what: impl Into<String>, step: impl FnOnce() -> anyhow::Result<()> + Send + 'static) {
+    pub fn defer(
+        &mut self,
+        what: impl Into<String>,
+        step: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+    ) {
         self.steps.push((what.into(), Box::new(step)));
     }
 
@@ -56,19 +60,19 @@ pub fn sweep_stale(cgroup_root: &Path) {
     if let Ok(entries) = std::fs::read_dir("/run/netns") {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if stale(&name) {
-                if let Err(error) = crate::netns::NetNs::delete_named(&name) {
-                    eprintln!("cleanup: stale netns {name}: {error:#}");
-                }
+            if stale(&name)
+                && let Err(error) = crate::netns::NetNs::delete_named(&name)
+            {
+                eprintln!("cleanup: stale netns {name}: {error:#}");
             }
         }
     }
     if let Ok(entries) = std::fs::read_dir(cgroup_root) {
         for entry in entries.flatten() {
-            if stale(&entry.file_name().to_string_lossy()) {
-                if let Err(error) = crate::process::remove_cgroup_tree(&entry.path()) {
-                    eprintln!("cleanup: stale cgroup {}: {error:#}", entry.path().display());
-                }
+            if stale(&entry.file_name().to_string_lossy())
+                && let Err(error) = crate::process::remove_cgroup_tree(&entry.path())
+            {
+                eprintln!("cleanup: stale cgroup {}: {error:#}", entry.path().display());
             }
         }
     }

@@ -51,7 +51,8 @@ impl Cluster {
     /// the uid the API server assigned, then reports it Running with its IPs.
     pub async fn add_pod(&mut self, node: usize, template: &PodTemplate) -> anyhow::Result<Pod> {
         self.kubelet.ensure_namespace(&template.namespace, &[]).await?;
-        let node_name = self.topology.nodes().get(node).with_context(|| format!("no node {node}"))?.name.clone();
+        let node_name =
+            self.topology.nodes().get(node).with_context(|| format!("no node {node}"))?.name.clone();
         let object = self.kubelet.create_pod(template, &node_name).await?;
         let uid = object.metadata.uid.context("the API server assigned no uid")?;
         let pod = self.topology.add_pod(node, &template.name, &uid)?;

@@ -64,8 +64,14 @@ impl Kubelet {
     /// Creates the Node object for `node`, Ready, with its fabric addresses as InternalIPs.
     pub async fn register_node(&self, node: &topology::Node) -> anyhow::Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let object = Node { metadata: ObjectMeta { name: Some(node.name.clone()), ..Default::default() }, ..Default::default() };
-        nodes.create(&PostParams::default(), &object).await.with_context(|| format!("creating node {}", node.name))?;
+        let object = Node {
+            metadata: ObjectMeta { name: Some(node.name.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        nodes
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating node {}", node.name))?;
         let status = json!({ "status": {
             "addresses": [
                 { "type": "InternalIP", "address": node.ipv4.to_string() },
@@ -92,7 +98,10 @@ impl Kubelet {
             metadata: ObjectMeta { name: Some(name.to_owned()), labels: Some(labels), ..Default::default() },
             ..Default::default()
         };
-        namespaces.create(&PostParams::default(), &object).await.with_context(|| format!("creating namespace {name}"))?;
+        namespaces
+            .create(&PostParams::default(), &object)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
         Ok(())
     }
 

@@ -50,7 +50,11 @@ pub fn canary() -> String {
 
 /// Polls `probe` until it returns `Some`, or fails after `timeout`. The harness's only way to
 /// wait: no sleeps as synchronisation, every loop bounded.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut probe: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -180,4 +180,3 @@ pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
         .next()
         .context("no cgroup v2 hierarchy is mounted (needed for pod cgroups)")
 }
-

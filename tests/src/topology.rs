@@ -244,4 +244,3 @@ fn defer_cgroup(guard: &mut Guard, dir: &Path) {
 pub fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
-

@@ -66,7 +66,10 @@ impl WireMonitor {
         let start = self.counts.idle.load(Ordering::Acquire);
         let deadline = std::time::Instant::now() + timeout;
         while self.counts.idle.load(Ordering::Acquire) < start + 2 {
-            anyhow::ensure!(std::time::Instant::now() < deadline, "wire monitor never went idle within {timeout:?}");
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "wire monitor never went idle within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -86,7 +89,8 @@ fn open_packet_socket() -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let protocol = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket syscall; the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
+    let fd =
+        unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -102,7 +106,9 @@ fn set_option<T>(fd: &std::os::fd::OwnedFd, option: libc::c_int, value: &T) -> s
     use std::os::fd::AsRawFd;
     let len = libc::socklen_t::try_from(size_of::<T>()).expect("invariant: option fits socklen_t");
     // SAFETY: value points to a live T of the given length.
-    let rc = unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (value as *const T).cast(), len) };
+    let rc = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, (value as *const T).cast(), len)
+    };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -115,7 +121,8 @@ fn capture(socket: std::os::fd::OwnedFd, canary: &[u8], counts: &Counts, stop: &
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut from_len = libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("invariant: fits");
+        let mut from_len =
+            libc::socklen_t::try_from(size_of::<libc::sockaddr_ll>()).expect("invariant: fits");
         // SAFETY: buffer and address point to live memory of the lengths passed.
         let got = unsafe {
             libc::recvfrom(
@@ -132,7 +139,7 @@ fn capture(socket: std::os::fd::OwnedFd, canary: &[u8], counts: &Counts, stop: &
             counts.idle.fetch_add(1, Ordering::Release);
             continue;
         };
-        if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        if from.sll_pkttype == libc::PACKET_OUTGOING {
             continue;
         }
         counts.frames.fetch_add(1, Ordering::Relaxed);
@@ -141,4 +148,3 @@ fn capture(socket: std::os::fd::OwnedFd, canary: &[u8], counts: &Counts, stop: &
         }
     }
 }
-

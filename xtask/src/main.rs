@@ -22,9 +22,9 @@ enum Task {
     Setup,
     /// Set up, then run every test: unit, component and privileged (needs root).
     Test {
-        /// Extra arguments for `cargo test` (after `--`), e.g. a test name filter.
+        /// Test name filters, passed to `cargo nextest run`.
         #[arg(trailing_var_arg = true)]
-        cargo_args: Vec<String>,
+        filters: Vec<String>,
     },
     /// Set up, then bring up the local mesh topology and report it.
     Demo {
@@ -39,23 +39,24 @@ fn main() -> anyhow::Result<()> {
     let root = workspace_root();
     match args.command {
         Task::Setup => setup::run(&root).map(drop),
-        Task::Test { cargo_args } => test(&root, &cargo_args),
+        Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep } => demo(&root, keep),
     }
 }
 
-fn test(root: &std::path::Path, cargo_args: &[String]) -> anyhow::Result<()> {
+fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     let tools = setup::run(root)?;
-    cmd::run(
-        Command::new(cargo())
-            .current_dir(root)
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]),
-    )?;
-    let mut test = Command::new(cargo());
-    test.current_dir(root)
-        .args(["test", "--workspace", "--"])
-        .args(cargo_args)
-        .env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
+    let cargo_in_root = |args: &[&str]| {
+        let mut command = Command::new(cargo());
+        command.current_dir(root).args(args);
+        command
+    };
+    cmd::run(&mut cargo_in_root(&["fmt", "--all", "--check"]))?;
+    cmd::run(&mut cargo_in_root(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
+    // closing summary line that says how many tests ran.
+    let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
+    test.args(filters).env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
     cmd::run(&mut test)
 }
 

@@ -47,6 +47,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     std::fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     step("Debian packages", debian_packages)?;
     step("bpf-linker", || bpf_linker(&cache))?;
+    step("cargo-nextest", nextest)?;
     let kube_apiserver = cache.join("kubernetes/bin/kube-apiserver");
     step("kube-apiserver", || build_kube_apiserver(root, &cache, &kube_apiserver))?;
     step("bpffs and cgroup v2", mounts)?;
@@ -73,9 +74,7 @@ fn debian_packages() -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|package| {
-            let status = Command::new("dpkg-query")
-                .args(["-W", "-f=${Status}", package])
-                .output();
+            let status = Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output();
             !status.is_ok_and(|out| out.stdout.starts_with(b"install ok installed"))
         })
         .collect();
@@ -106,6 +105,14 @@ fn bpf_linker(cache: &Path) -> anyhow::Result<()> {
             .arg(&root)
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
     )
+}
+
+/// The test runner; machines of this kind ship it, so this only installs it where one does not.
+fn nextest() -> anyhow::Result<()> {
+    if cmd::succeeds(Command::new("cargo").args(["nextest", "--version"])) {
+        return Ok(());
+    }
+    cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
 fn build_kube_apiserver(root: &Path, cache: &Path, binary: &Path) -> anyhow::Result<()> {

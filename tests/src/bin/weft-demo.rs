@@ -28,8 +28,10 @@ async fn main() -> anyhow::Result<()> {
     println!("Starting etcd and kube-apiserver, and building two nodes...");
     let mut cluster = Cluster::start(2).await?;
     let client = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "client").service_account("client")).await?;
-    let server_remote = cluster.add_pod(1, &PodTemplate::new(NAMESPACE, "echo-1").service_account("echo")).await?;
-    let server_local = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "echo-0").service_account("echo")).await?;
+    let server_remote =
+        cluster.add_pod(1, &PodTemplate::new(NAMESPACE, "echo-1").service_account("echo")).await?;
+    let server_local =
+        cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "echo-0").service_account("echo")).await?;
 
     println!("\nAPI server {}  (kubeconfig {})", cluster.api().url(), cluster.api().kubeconfig().display());
     println!("\n{:<8} {:<16} {:<20}", "NODE", "IPv4", "IPv6");
@@ -50,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
         for ip in [std::net::IpAddr::V4(server.ipv4), server.ipv6.into()] {
             let to = SocketAddr::new(ip, ECHO_PORT);
             for n in 0..REQUESTS {
-                apps::send(&client, to, &format!("request {n} {canary}")).with_context(|| format!("{label} request to {to}"))?;
+                apps::send(&client, to, &format!("request {n} {canary}"))
+                    .with_context(|| format!("{label} request to {to}"))?;
             }
             println!("{label} client -> {:<7} {to:<28} {REQUESTS}/{REQUESTS} requests echoed", server.name);
         }

@@ -43,7 +43,8 @@ fn main() -> anyhow::Result<()> {
 
 fn echo(port: u16) -> anyhow::Result<()> {
     // Dual-stack: [::] also accepts IPv4 (as mapped addresses) on Linux by default.
-    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
+    let listener =
+        TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
     println!("ready");
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
@@ -61,7 +62,8 @@ fn echo(port: u16) -> anyhow::Result<()> {
 }
 
 fn send(to: SocketAddr, message: &str, timeout: Duration) -> anyhow::Result<()> {
-    let mut stream = TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&to, timeout).with_context(|| format!("connecting to {to}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(message.as_bytes())?;
     stream.shutdown(Shutdown::Write)?;
