@@ -62,6 +62,8 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
 
 fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
     let tools = setup::run(root)?;
+    // Build every binary of the harness package: the demo starts `weft-testpod` in its pods.
+    cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--package", "weft-tests", "--bins"]))?;
     let mut demo = Command::new(cargo());
     demo.current_dir(root)
         .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-demo", "--"])
