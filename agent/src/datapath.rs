@@ -1,27 +1,86 @@
-//! The eBPF datapath: loads the kernel object built from `ebpf/`, attaches its programs, and reads
-//! its counters. The only user-space writer of Weft's eBPF maps.
-
-use std::{fs::File, io, path::Path};
+//! The eBPF datapath: loads the kernel object built from `ebpf/`, attaches and pins its
+//! programs, and keeps enrollment in its maps. The only user-space writer of `WEFT_ENROLLED`
+//! and `WEFT_CONFIG`.
+//!
+//! Everything lives under a bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and
+//! `links/<program>` (plus `links/sk_lookup-<netns cookie>` per enrolled pod). Links are pinned,
+//! so capture keeps working while no agent runs; a restarted agent adopts them (it attaches only
+//! what is missing) after checking the pinned ABI version. Only [`uninstall`] detaches.
+use std::{
+    fs::File,
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf, EbpfError,
-    maps::{MapError, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{Program, ProgramError},
 };
-use weft_ebpf_common::{Counter, map, program};
+use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, Endpoint, Enrolled, map, pin, program};
+
+mod link;
+
+use link::AttachType;
 
 /// The kernel object, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf"));
 
-/// Errors from loading, attaching or reading the datapath.
+/// Programs attached once per node to the pods' cgroup, with their attach types.
+const CGROUP_PROGRAMS: [(&str, AttachType); 6] = [
+    (program::CONNECT4, AttachType::CgroupInet4Connect),
+    (program::CONNECT6, AttachType::CgroupInet6Connect),
+    (program::GETPEERNAME4, AttachType::CgroupInet4Getpeername),
+    (program::GETPEERNAME6, AttachType::CgroupInet6Getpeername),
+    (program::SOCKOPS, AttachType::CgroupSockOps),
+    (program::GETSOCKOPT, AttachType::CgroupGetsockopt),
+];
+
+/// Where the datapath attaches and pins.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// cgroup v2 directory holding the node's pods (and the proxy): the programs see every
+    /// socket of every process below it.
+    pub cgroup: PathBuf,
+    /// bpffs directory for this node's pins.
+    pub bpffs_root: PathBuf,
+    /// Capacity of the enrollment map, used only when the map is created.
+    pub max_enrolled: u32,
+}
+
+impl Config {
+    pub fn new(cgroup: impl Into<PathBuf>) -> Self {
+        Self {
+            cgroup: cgroup.into(),
+            bpffs_root: PathBuf::from(pin::DEFAULT_ROOT),
+            max_enrolled: weft_ebpf_common::MAX_ENROLLED,
+        }
+    }
+
+    /// The same, pinning under `bpffs_root`.
+    pub fn with_root(mut self, bpffs_root: impl Into<PathBuf>) -> Self {
+        self.bpffs_root = bpffs_root.into();
+        self
+    }
+}
+
+/// A pod's addresses, for capture: outbound connects go to the proxy on these, and connects to
+/// them stay inside the pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PodAddrs {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+/// Errors from installing, enrolling or reading the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("loading the eBPF object")]
     Load(#[source] EbpfError),
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
-    #[error("eBPF map {name} is missing from the object")]
-    MissingMap { name: &'static str },
     #[error("eBPF program {name}")]
     Program {
         name: &'static str,
@@ -34,53 +93,246 @@ pub enum Error {
         #[source]
         source: MapError,
     },
-    #[error("opening cgroup {path}")]
-    Cgroup {
+    #[error("attaching {name} to {target}")]
+    Attach {
+        name: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}")]
+    Io {
         path: String,
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the datapath pinned at {root} has ABI version {pinned}, this agent speaks {ABI_VERSION}: \
+         uninstall it first (weft-agent uninstall)"
+    )]
+    AbiMismatch { root: String, pinned: u32 },
+    #[error("enrollment map is full ({capacity} pods): pod not enrolled")]
+    Full { capacity: usize },
+    #[error("finding the netns cookie")]
+    NetnsCookie(#[source] io::Error),
 }
 
-/// The loaded datapath. Dropping it detaches what it attached (pinning comes with the capture
-/// work; until then the programs live as long as this value).
+/// The loaded datapath of one node.
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
+    root: PathBuf,
 }
 
 impl Datapath {
-    /// Loads the embedded object into the kernel; attaches nothing yet.
-    pub fn load() -> Result<Self, Error> {
-        let ebpf = Ebpf::load(OBJECT).map_err(Error::Load)?;
-        Ok(Self { ebpf })
+    /// Loads the object, reusing pinned maps, and attaches every cgroup program whose link is
+    /// not pinned yet. Refuses a pinned datapath of another ABI version.
+    pub fn install(config: &Config) -> Result<Self, Error> {
+        let root = config.bpffs_root.clone();
+        check_pinned_abi(&root)?;
+        for dir in [pin::MAPS, pin::LINKS] {
+            let dir = root.join(dir);
+            std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
+        }
+        let ebpf = EbpfLoader::new()
+            .map_pin_path(root.join(pin::MAPS))
+            .set_max_entries(map::ENROLLED, config.max_enrolled)
+            .load(OBJECT)
+            .map_err(Error::Load)?;
+        let mut datapath = Self { ebpf, root };
+        datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
+        for name in CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([program::SK_LOOKUP]) {
+            datapath.load_program(name)?;
+        }
+        let cgroup = File::open(&config.cgroup).map_err(|source| io_error(&config.cgroup, source))?;
+        for (name, attach_type) in CGROUP_PROGRAMS {
+            let pin_path = datapath.link_path(name);
+            if pin_path.exists() {
+                continue; // adopted from an earlier agent
+            }
+            let link = link::create(datapath.program_fd(name)?, &cgroup, attach_type).map_err(|source| {
+                Error::Attach { name, target: config.cgroup.display().to_string(), source }
+            })?;
+            link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source))?;
+        }
+        Ok(datapath)
     }
 
-    /// Attaches the connect4 program to the cgroup v2 directory at `cgroup`, so it sees every
-    /// IPv4 `connect()` made by processes in that cgroup or below it.
-    pub fn attach_connect4(&mut self, cgroup: &Path) -> Result<(), Error> {
-        let name = program::CONNECT4;
-        let cgroup_file = File::open(cgroup)
-            .map_err(|source| Error::Cgroup { path: cgroup.display().to_string(), source })?;
-        let prog: &mut CgroupSockAddr = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(Error::MissingProgram { name })?
-            .try_into()
-            .map_err(|source| Error::Program { name, source })?;
-        prog.load().map_err(|source| Error::Program { name, source })?;
-        prog.attach(cgroup_file, CgroupAttachMode::Single)
-            .map_err(|source| Error::Program { name, source })?;
-        Ok(())
+    /// Enrolls the pod whose network namespace is `netns`: its outbound connects go to the
+    /// proxy, and inbound capture is attached to its netns. Returns the netns cookie, the
+    /// pod's key in the datapath. Idempotent.
+    pub fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
+        let cookie = netns_cookie(netns).map_err(Error::NetnsCookie)?;
+        let value = Enrolled {
+            ipv4: addrs.ipv4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
+            ipv6: addrs.ipv6.map(|ip| Endpoint::from_ip(ip.into(), 0).ip).unwrap_or([0; 4]),
+        };
+        if let Err(source) = self.enrolled_map()?.insert(cookie, value, 0) {
+            return Err(match source {
+                MapError::SyscallError(ref call) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                    // Full: the entries there are the capacity.
+                    Error::Full { capacity: self.enrolled()?.len() }
+                }
+                source => Error::Map { name: map::ENROLLED, source },
+            });
+        }
+        let pin_path = self.sk_lookup_path(cookie);
+        if !pin_path.exists() {
+            let attached = link::create(self.program_fd(program::SK_LOOKUP)?, netns, AttachType::SkLookup)
+                .map_err(|source| Error::Attach {
+                    name: program::SK_LOOKUP,
+                    target: format!("netns {cookie}"),
+                    source,
+                })
+                .and_then(|link| link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source)));
+            if let Err(error) = attached {
+                let _ = self.enrolled_map()?.remove(&cookie);
+                return Err(error);
+            }
+        }
+        Ok(cookie)
     }
 
-    /// Reads one counter, summed across CPUs.
+    /// Un-enrolls the pod with netns cookie `cookie`: new connections are no longer captured;
+    /// established ones are untouched. Idempotent.
+    pub fn unenroll(&mut self, cookie: u64) -> Result<(), Error> {
+        let pin_path = self.sk_lookup_path(cookie);
+        match std::fs::remove_file(&pin_path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(io_error(&pin_path, source)),
+        }
+        match self.enrolled_map()?.remove(&cookie) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(call)) if call.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(Error::Map { name: map::ENROLLED, source }),
+        }
+    }
+
+    /// Every enrolled pod: netns cookie and addresses.
+    pub fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
+        let map_error = |source| Error::Map { name: map::ENROLLED, source };
+        let enrolled: HashMap<_, u64, Enrolled> =
+            HashMap::try_from(self.ebpf.map(map::ENROLLED).ok_or(missing_map(map::ENROLLED))?)
+                .map_err(map_error)?;
+        enrolled.iter().collect::<Result<_, _>>().map_err(map_error)
+    }
+
+    /// One counter, summed across CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, Error> {
         let name = map::COUNTERS;
         let counters: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(name).ok_or(Error::MissingMap { name })?)
+            PerCpuArray::try_from(self.ebpf.map(name).ok_or(missing_map(name))?)
                 .map_err(|source| Error::Map { name, source })?;
         let per_cpu = counters.get(&(counter as u32), 0).map_err(|source| Error::Map { name, source })?;
         Ok(per_cpu.iter().sum())
     }
+
+    fn set_config(&mut self, slot: ConfigSlot, value: u32) -> Result<(), Error> {
+        let name = map::CONFIG;
+        let mut config: Array<_, u32> = Array::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })?;
+        config.set(slot as u32, value, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    fn enrolled_map(&mut self) -> Result<HashMap<&mut MapData, u64, Enrolled>, Error> {
+        let name = map::ENROLLED;
+        HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    fn load_program(&mut self, name: &'static str) -> Result<(), Error> {
+        let program = self.ebpf.program_mut(name).ok_or(Error::MissingProgram { name })?;
+        let loaded = match program {
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::SockOps(p) => p.load(),
+            Program::CgroupSockopt(p) => p.load(),
+            Program::SkLookup(p) => p.load(),
+            _ => return Err(Error::MissingProgram { name }),
+        };
+        loaded.map_err(|source| Error::Program { name, source })
+    }
+
+    fn program_fd(&self, name: &'static str) -> Result<impl AsFd + '_, Error> {
+        let program = self.ebpf.program(name).ok_or(Error::MissingProgram { name })?;
+        program.fd().map_err(|source| Error::Program { name, source })
+    }
+
+    fn link_path(&self, name: &str) -> PathBuf {
+        self.root.join(pin::LINKS).join(name)
+    }
+
+    fn sk_lookup_path(&self, cookie: u64) -> PathBuf {
+        self.link_path(&format!("sk_lookup-{cookie}"))
+    }
+}
+
+/// Detaches and removes everything pinned under `bpffs_root`: capture stops for every pod.
+pub fn uninstall(bpffs_root: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(bpffs_root) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(io_error(bpffs_root, source)),
+    }
+}
+
+/// The cookie of the network namespace `netns` refers to (`SO_NETNS_COOKIE` of a socket made
+/// inside it, on a short-lived thread so this one never changes namespace).
+pub fn netns_cookie(netns: &File) -> io::Result<u64> {
+    let netns = netns.try_clone()?;
+    std::thread::spawn(move || -> io::Result<u64> {
+        // SAFETY: setns only changes this short-lived thread's network namespace.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: plain socket syscall; ownership taken at once.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh and owned by nothing else.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut cookie = 0u64;
+        let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("invariant: 8 fits");
+        // SAFETY: cookie and len are live and sized as passed.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NETNS_COOKIE,
+                (&raw mut cookie).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(cookie)
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns cookie thread panicked"))?
+}
+
+/// The ABI version recorded in a pinned datapath, if one is pinned under `root`.
+fn check_pinned_abi(root: &Path) -> Result<(), Error> {
+    let path = root.join(pin::MAPS).join(map::CONFIG);
+    if !path.exists() {
+        return Ok(());
+    }
+    let name = map::CONFIG;
+    let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, source })?;
+    let config: Array<_, u32> = Array::try_from(Map::Array(data)).map_err(|source| Error::Map { name, source })?;
+    let pinned = config.get(&(ConfigSlot::AbiVersion as u32), 0).map_err(|source| Error::Map { name, source })?;
+    if pinned != ABI_VERSION && pinned != 0 {
+        return Err(Error::AbiMismatch { root: root.display().to_string(), pinned });
+    }
+    Ok(())
+}
+
+fn missing_map(name: &'static str) -> Error {
+    Error::Map { name, source: MapError::InvalidName { name: name.to_owned() } }
+}
+
+fn io_error(path: &Path, source: io::Error) -> Error {
+    Error::Io { path: path.display().to_string(), source }
 }

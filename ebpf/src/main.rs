@@ -1,34 +1,27 @@
-//! Weft's eBPF programs. Thin entry points with a `try_` twin; they never panic, and on an
-//! internal error leave the socket as the kernel would have. Map and program names come from
-//! `weft-ebpf-common`, whose only user-space reader and writer is the agent's datapath module.
+//! Weft's eBPF programs: capture of enrolled pods' TCP into the node proxy.
+//!
+//! - outbound ([`outbound`]): `cgroup/connect4|6` rewrite an enrolled pod's `connect()` to the
+//!   proxy's listener in the pod (pod IP, port 15001) and record the original destination by
+//!   socket cookie; `cgroup/getpeername4|6` give the application its original peer back.
+//! - [`sockops`]: when a redirected connection is established, re-key its original destination
+//!   by the client's address and port, which is what the proxy's accepted socket sees.
+//! - [`orig_dst`]: `cgroup/getsockopt` answers `SO_ORIGINAL_DST` for the proxy, as netfilter
+//!   would, so any transparent proxy (Istio's ztunnel too) runs on this capture unmodified.
+//! - [`inbound`]: `sk_lookup`, attached per enrolled pod netns, steers new inbound TCP (except
+//!   HBONE, and except what arrives over loopback, i.e. from the proxy itself) to the proxy's
+//!   registered listener; with none registered the connection is refused (fail closed).
+//!
+//! Entry points are thin, with a `try_` twin; the programs never panic. Where an internal error
+//! would let an enrolled pod's traffic bypass the proxy, they refuse the connection instead.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{
-    macros::{cgroup_sock_addr, map},
-    maps::PerCpuArray,
-    programs::SockAddrContext,
-};
-use weft_ebpf_common::Counter;
-
-#[map(name = "WEFT_COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-/// Verdict that lets the `connect()` proceed.
-const ALLOW: i32 = 1;
-
-#[cgroup_sock_addr(connect4)]
-pub fn weft_connect4(_ctx: SockAddrContext) -> i32 {
-    count(Counter::Connect4Seen);
-    ALLOW
-}
-
-fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: the pointer comes from the kernel for this CPU's slot; per-CPU, so no race.
-        unsafe { *slot += 1 };
-    }
-}
+mod ctx;
+mod inbound;
+mod maps;
+mod orig_dst;
+mod outbound;
+mod sockops;
 
 #[cfg(not(test))]
 #[panic_handler]

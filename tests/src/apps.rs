@@ -1,53 +1,196 @@
-//! The test app (`weft-testpod`) run as a pod's process: an echo server and a one-shot client.
+//! Programs run as a pod's (or a node's) processes: the test app `weft-testpod` (echo server,
+//! clients, the stand-in proxy) and the agent.
 use std::{
-    net::SocketAddr,
+    io::Write,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
+    process::{ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 
-use crate::{process::Process, topology::Pod};
+use crate::{
+    process::Process,
+    topology::{Node, Pod},
+};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The `weft-testpod` binary, built alongside the tests and the demo (`target/<profile>/`).
-pub fn testpod_binary() -> anyhow::Result<PathBuf> {
+/// A workspace binary (`weft-testpod`, `weft-agent`, …) built next to the running test or demo
+/// (`target/<profile>/`; tests run from its `deps/`).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // Integration tests run from target/<profile>/deps, binaries from target/<profile>.
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("weft-testpod"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.exists())
         .with_context(|| {
-            format!("weft-testpod not found near {}: build the weft-tests package", exe.display())
+            format!("{name} not found near {}: run `cargo build --workspace --bins`", exe.display())
         })
+}
+
+fn testpod(args: &[&str]) -> anyhow::Result<Command> {
+    let mut command = Command::new(binary("weft-testpod")?);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
+    Ok(command)
 }
 
 /// Starts an echo server on `port` in `pod` and returns once it listens.
 pub fn echo_server(pod: &Pod, port: u16) -> anyhow::Result<Process> {
-    let mut command = Command::new(testpod_binary()?);
-    command.args(["echo", "--port", &port.to_string()]).stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut server = pod.spawn(command)?;
-    server
-        .wait_for_line("ready", READY_TIMEOUT)
-        .with_context(|| format!("echo server in pod {}", pod.name))?;
+    let mut server = pod.spawn(testpod(&["echo", "--port", &port.to_string()])?)?;
+    server.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("echo server in pod {}", pod.name))?;
     Ok(server)
 }
 
-/// Sends `message` from `pod` to `to` and returns the echoed reply; fails if the client does.
+/// What a one-shot client saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Connected; the peer `getpeername()` reported, and the echoed reply.
+    Reply { peer: SocketAddr, reply: String },
+    /// `connect()` failed with this errno.
+    ConnectError(i32),
+}
+
+/// Sends `message` from `pod` to `to` and reports what happened.
+pub fn try_send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<Sent> {
+    let command = testpod(&["send", "--print-peer", "--to", &to.to_string(), "--message", message])?;
+    let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
+    if let Some(errno) = out.trim().strip_prefix("connect-error=") {
+        return Ok(Sent::ConnectError(errno.parse()?));
+    }
+    let Some((peer_line, reply)) = out.split_once('\n') else {
+        bail!("client in pod {} sending to {to}: unexpected output {out:?}", pod.name);
+    };
+    let peer = peer_line.strip_prefix("peer=").context("no peer line")?.parse()?;
+    if !ok {
+        bail!("client in pod {} sending to {to} failed after connecting (got {reply:?})", pod.name);
+    }
+    Ok(Sent::Reply { peer, reply: reply.to_owned() })
+}
+
+/// Sends `message` from `pod` to `to` and returns the echoed reply; fails unless it was echoed.
 pub fn send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<String> {
-    let mut command = Command::new(testpod_binary()?);
+    match try_send(pod, to, message)? {
+        Sent::Reply { reply, .. } if reply == message => Ok(reply),
+        other => bail!("client in pod {} sending to {to}: {other:?}", pod.name),
+    }
+}
+
+/// A long-lived connection from a pod: each [`Chat::say`] sends a line and returns its echo.
+#[derive(Debug)]
+pub struct Chat {
+    process: Process,
+    stdin: ChildStdin,
+}
+
+impl Chat {
+    /// Connects from `pod` to `to` and keeps the connection open.
+    pub fn open(pod: &Pod, to: SocketAddr) -> anyhow::Result<Self> {
+        let mut command = testpod(&["chat", "--to", &to.to_string()])?;
+        command.stdin(Stdio::piped());
+        let mut process = pod.spawn(command)?;
+        let stdin = process.take_stdin()?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let first = process.lines()?.next_before(deadline)?.unwrap_or_default();
+        if !first.starts_with("connected ") {
+            bail!("chat from pod {} to {to} did not connect: {first:?}", pod.name);
+        }
+        Ok(Self { process, stdin })
+    }
+
+    /// Sends `line` over the connection and returns what came back.
+    pub fn say(&mut self, line: &str) -> anyhow::Result<String> {
+        writeln!(self.stdin, "{line}")?;
+        let deadline = Instant::now() + SEND_TIMEOUT;
+        let echo = self.process.lines()?.next_before(deadline)?.context("chat ended")?;
+        Ok(echo.trim_end().to_owned())
+    }
+}
+
+/// The stand-in proxy running in a pod, and the connections it has reported so far.
+#[derive(Debug)]
+pub struct Standin {
+    process: Process,
+    seen: Vec<Accepted>,
+}
+
+impl Standin {
+    /// Starts the stand-in in `pod` (its netns, the node's proxy cgroup), registered with the
+    /// datapath pinned for `node`, and returns once it listens.
+    pub fn start(node: &Node, pod: &Pod) -> anyhow::Result<Self> {
+        let root = node.bpffs_root.display().to_string();
+        let (v4, v6) = (pod.ipv4.to_string(), pod.ipv6.to_string());
+        let command = testpod(&["standin", "--bpffs-root", &root, "--pod-ip", &v4, "--pod-ip", &v6])?;
+        let mut process = Process::spawn(command, &pod.netns, Some(&node.proxy_cgroup))?;
+        process
+            .wait_for_line("ready", READY_TIMEOUT)
+            .with_context(|| format!("stand-in proxy in pod {}", pod.name))?;
+        Ok(Self { process, seen: Vec::new() })
+    }
+
+    /// Waits until at least `count` connections have been reported (bounded by `timeout`) and
+    /// returns all reported so far. Reports arrive in the order the stand-in accepted them.
+    pub fn accepted(&mut self, count: usize, timeout: Duration) -> anyhow::Result<&[Accepted]> {
+        let deadline = Instant::now() + timeout;
+        while self.seen.len() < count {
+            let line = self
+                .process
+                .lines()?
+                .next_before(deadline)
+                .with_context(|| format!("stand-in reported {} of {count} connections", self.seen.len()))?
+                .context("stand-in exited")?;
+            self.seen.extend(Accepted::parse(&line));
+        }
+        Ok(&self.seen)
+    }
+
+    /// Stops the stand-in (its listeners close, and with them its datapath registration).
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.process.kill()
+    }
+}
+
+/// A stand-in's report of one accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub listener: u16,
+    pub peer: SocketAddr,
+    pub orig: SocketAddr,
+}
+
+impl Accepted {
+    /// Parses `accepted listener=P peer=A orig=A`; other lines are `None`.
+    pub fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.trim().strip_prefix("accepted ")?.split(' ');
+        let mut value = |key: &str| fields.next()?.strip_prefix(key)?.strip_prefix('=');
+        Some(Self {
+            listener: value("listener")?.parse().ok()?,
+            peer: value("peer")?.parse().ok()?,
+            orig: value("orig")?.parse().ok()?,
+        })
+    }
+}
+
+/// Starts `weft-agent run` for `node` in its netns, enrolling `pods` statically, and returns
+/// once it says it is ready.
+pub fn agent(node: &Node, pods: &[&Pod]) -> anyhow::Result<Process> {
+    let mut command = Command::new(binary("weft-agent")?);
     command
-        .args(["send", "--to", &to.to_string(), "--message", message])
+        .arg("--bpffs-root")
+        .arg(&node.bpffs_root)
+        .arg("run")
+        .arg("--cgroup")
+        .arg(&node.cgroup)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
-    let (ok, reply) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
-    if !ok {
-        bail!("client in pod {} sending to {to} failed (got {reply:?})", pod.name);
+    for pod in pods {
+        let ips: Vec<String> = [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)].iter().map(ToString::to_string).collect();
+        command.arg("--enroll").arg(format!("{}={}", pod.netns.path().display(), ips.join(",")));
     }
-    Ok(reply)
+    let mut agent = Process::spawn(command, &node.netns, None)?;
+    agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("agent on {}", node.name))?;
+    Ok(agent)
 }

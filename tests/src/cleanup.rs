@@ -47,7 +47,7 @@ impl Drop for Guard {
     }
 }
 
-/// Removes network namespaces and cgroup directories named `weft-<pid>-…` whose process no
+/// Removes network namespaces, cgroup directories and bpffs pin directories named `weft-<pid>-…` whose process no
 /// longer exists. Best effort: what it cannot remove it reports.
 pub fn sweep_stale(cgroup_root: &Path) {
     let stale = |name: &str| {
@@ -64,6 +64,15 @@ pub fn sweep_stale(cgroup_root: &Path) {
                 && let Err(error) = crate::netns::NetNs::delete_named(&name)
             {
                 eprintln!("cleanup: stale netns {name}: {error:#}");
+            }
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(crate::topology::BPFFS) {
+        for entry in entries.flatten() {
+            if stale(&entry.file_name().to_string_lossy())
+                && let Err(error) = std::fs::remove_dir_all(entry.path())
+            {
+                eprintln!("cleanup: stale pins {}: {error:#}", entry.path().display());
             }
         }
     }

@@ -6,7 +6,8 @@ use std::{
     io::{BufRead, BufReader},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command},
+    process::{Child, ChildStdin, ChildStdout, Command},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
 
@@ -19,6 +20,50 @@ use crate::netns::NetNs;
 pub struct Process {
     child: Child,
     what: String,
+    lines: Option<Lines>,
+}
+
+/// The lines a child prints on stdout, read by a background thread as they come.
+#[derive(Debug)]
+pub struct Lines {
+    rx: Receiver<String>,
+}
+
+impl Lines {
+    fn read(stdout: ChildStdout) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Self { rx }
+    }
+
+    /// The next line (with its newline, if it had one) before `deadline`; `None` at the end of
+    /// the output.
+    pub fn next_before(&self, deadline: Instant) -> anyhow::Result<Option<String>> {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match self.rx.recv_timeout(wait) {
+            Ok(line) => Ok(Some(line)),
+            Err(RecvTimeoutError::Disconnected) => Ok(None),
+            Err(RecvTimeoutError::Timeout) => bail!("no output line within the deadline"),
+        }
+    }
+
+    /// Every line that has arrived so far, without waiting.
+    pub fn drain(&self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
 }
 
 impl Process {
@@ -26,12 +71,7 @@ impl Process {
     pub fn start(mut command: Command) -> anyhow::Result<Self> {
         let what = format!("{:?}", command.get_program());
         let child = command.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Self { child, what })
-    }
-
-    /// Whether the process has exited.
-    pub fn exited(&mut self) -> bool {
-        !matches!(self.child.try_wait(), Ok(None))
+        Ok(Self { child, what, lines: None })
     }
 
     /// Starts `command` inside `netns` and, when given, the cgroup directory `cgroup`; the
@@ -66,60 +106,74 @@ impl Process {
             });
         }
         let child = command.spawn().with_context(|| format!("starting {what}"))?;
-        Ok(Self { child, what })
+        Ok(Self { child, what, lines: None })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Takes the child's stdout (it must have been `Stdio::piped()`).
-    pub fn stdout(&mut self) -> anyhow::Result<ChildStdout> {
-        self.child.stdout.take().with_context(|| format!("{}: stdout not piped or already taken", self.what))
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// Waits for the process to exit, at most `timeout`, and returns its whole stdout and
-    /// whether it exited zero. Killed (and reported as an error) when it overruns.
-    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<(bool, String)> {
-        let mut stdout = self.child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut text = String::new();
-            if let Some(out) = stdout.as_mut() {
-                let _ = std::io::Read::read_to_string(out, &mut text);
-            }
-            text
-        });
+    /// Takes the child's stdin (it must have been started with `Stdio::piped()`).
+    pub fn take_stdin(&mut self) -> anyhow::Result<ChildStdin> {
+        self.child.stdin.take().with_context(|| format!("{}: stdin not piped", self.what))
+    }
+
+    /// Kills the process now (SIGKILL) and reaps it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// The process's stdout lines (it must have been started with `Stdio::piped()`).
+    pub fn lines(&mut self) -> anyhow::Result<&Lines> {
+        if self.lines.is_none() {
+            let stdout =
+                self.child.stdout.take().with_context(|| format!("{}: stdout not piped", self.what))?;
+            self.lines = Some(Lines::read(stdout));
+        }
+        Ok(self.lines.as_ref().expect("invariant: set above"))
+    }
+
+    /// Reads stdout lines until one equals `line` (how servers say they are ready), at most
+    /// `timeout`. Fails if the process ends its output or says something else first.
+    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
+        let what = self.what.clone();
+        match self.lines()?.next_before(deadline).with_context(|| format!("{what}: waiting for {line:?}"))? {
+            Some(got) if got.trim_end() == line => Ok(()),
+            Some(got) => bail!("{what}: expected {line:?}, got {got:?}"),
+            None => bail!("{what}: exited before saying {line:?}"),
+        }
+    }
+
+    /// Waits for the process to exit, at most `timeout`, and returns the rest of its stdout
+    /// and whether it exited zero. Killed (and reported as an error) when it overruns.
+    pub fn finish(mut self, timeout: Duration) -> anyhow::Result<(bool, String)> {
+        let deadline = Instant::now() + timeout;
+        let what = self.what.clone();
+        let mut text = String::new();
+        if self.child.stdout.is_some() || self.lines.is_some() {
+            let lines = self.lines()?;
+            while let Some(line) = lines.next_before(deadline).with_context(|| format!("{what}: still running"))? {
+                text.push_str(&line);
+            }
+        }
         let status = loop {
             if let Some(status) = self.child.try_wait()? {
                 break status;
             }
             if Instant::now() >= deadline {
-                bail!("{} still running after {timeout:?}", self.what);
+                bail!("{what} still running after {timeout:?}");
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         };
-        let text = reader.join().map_err(|_| anyhow::anyhow!("stdout reader panicked"))?;
         Ok((status.success(), text))
-    }
-
-    /// Reads stdout lines until one equals `line`, at most `timeout`: how servers say they are
-    /// ready. Fails if the process exits or says something else first.
-    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> anyhow::Result<()> {
-        let stdout = self.stdout()?;
-        let expected = line.to_owned();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut first = String::new();
-            let result = BufReader::new(stdout).read_line(&mut first).map(|_| first);
-            let _ = tx.send(result);
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(got)) if got.trim_end() == expected => Ok(()),
-            Ok(Ok(got)) => bail!("{}: expected {expected:?}, got {got:?}", self.what),
-            Ok(Err(error)) => Err(error).with_context(|| format!("{}: reading stdout", self.what)),
-            Err(_) => bail!("{}: no {expected:?} within {timeout:?}", self.what),
-        }
     }
 }
 

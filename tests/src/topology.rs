@@ -35,8 +35,13 @@ pub struct Node {
     pub netns: NetNs,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
-    /// The cgroup directory under which this node's pods get theirs (as kubelet's `kubepods`).
+    /// The cgroup directory under which this node's pods get theirs (as kubelet's `kubepods`);
+    /// the datapath attaches here.
     pub cgroup: PathBuf,
+    /// The node proxy's cgroup, inside [`Node::cgroup`] as the ztunnel pod's would be.
+    pub proxy_cgroup: PathBuf,
+    /// This node's bpffs root for the datapath's pins.
+    pub bpffs_root: PathBuf,
 }
 
 /// A pod: its namespace, addresses and cgroup. Cheap to clone; the topology owns the resources.
@@ -81,6 +86,8 @@ impl Topology {
 
         let run_cgroup = process::create_cgroup(&cgroup_root.join(&name))?;
         defer_cgroup(&mut guard, &run_cgroup);
+        let run_bpffs = Path::new(BPFFS).join(&name);
+        defer_bpffs(&mut guard, &run_bpffs);
         let fabric = NetNs::create(&format!("{name}-fabric"))?;
         defer_netns(&mut guard, &fabric);
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -92,12 +99,15 @@ impl Topology {
             let netns = NetNs::create(&format!("{name}-{node_name}"))?;
             defer_netns(&mut guard, &netns);
             let host = u8::try_from(10 + index).context("node index")?;
+            let cgroup = process::create_cgroup(&run_cgroup.join(&node_name))?;
             let node = Node {
                 index,
                 name: node_name.clone(),
                 ipv4: Ipv4Addr::new(172, 18, 0, host),
                 ipv6: format!("fd00:172:18::{host}").parse()?,
-                cgroup: process::create_cgroup(&run_cgroup.join(&node_name))?,
+                proxy_cgroup: process::create_cgroup(&cgroup.join("proxy"))?,
+                cgroup,
+                bpffs_root: run_bpffs.join(&node_name),
                 netns,
             };
             wire_node(&fabric, &node)?;
@@ -232,6 +242,17 @@ fn defer_netns(guard: &mut Guard, netns: &NetNs) {
             NetNs::delete_named(&name)?;
         }
         Ok(())
+    });
+}
+
+/// Where bpffs is mounted; each topology pins below `<BPFFS>/<topology name>/<node>`.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+fn defer_bpffs(guard: &mut Guard, dir: &Path) {
+    let dir = dir.to_path_buf();
+    guard.defer(format!("bpffs pins {}", dir.display()), move || match std::fs::remove_dir_all(&dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
     });
 }
 

@@ -1,10 +1,13 @@
 //! The wire monitor: an `AF_PACKET` socket in the fabric namespace that sees every frame crossing
 //! between nodes and counts those carrying a canary string. Apps under test put the canary in
 //! every payload, so a non-zero count proves plaintext crossed the fabric, and zero (with traffic
-//! flowing) that it did not. There is no tcpdump here; this is its narrow stand-in.
+//! flowing) that it did not. It also counts TCP SYNs by destination port, to tell whether a
+//! connection was even attempted across the fabric. There is no tcpdump here; this is its
+//! narrow stand-in.
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
@@ -32,6 +35,8 @@ struct Counts {
     canary: AtomicU64,
     /// Receive timeouts: moments when the socket's queue was empty.
     idle: AtomicU64,
+    /// Connection-opening SYNs (SYN without ACK) by TCP destination port.
+    syns: Mutex<HashMap<u16, u64>>,
 }
 
 impl WireMonitor {
@@ -52,6 +57,11 @@ impl WireMonitor {
     /// Frames seen so far that carried the canary.
     pub fn canary_frames(&self) -> u64 {
         self.counts.canary.load(Ordering::Relaxed)
+    }
+
+    /// Connection-opening SYNs seen so far to TCP port `port`, IPv4 and IPv6.
+    pub fn syns_to(&self, port: u16) -> u64 {
+        self.counts.syns.lock().map(|syns| syns.get(&port).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// All frames seen so far (to tell "no canary" from "no traffic").
@@ -143,8 +153,30 @@ fn capture(socket: std::os::fd::OwnedFd, canary: &[u8], counts: &Counts, stop: &
             continue;
         }
         counts.frames.fetch_add(1, Ordering::Relaxed);
-        if frame[..len].windows(canary.len()).any(|window| window == canary) {
+        let frame = &frame[..len];
+        if frame.windows(canary.len()).any(|window| window == canary) {
             counts.canary.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(port) = opening_syn_port(frame)
+            && let Ok(mut syns) = counts.syns.lock()
+        {
+            *syns.entry(port).or_default() += 1;
+        }
     }
+}
+
+/// The destination port of a TCP SYN (without ACK) in an Ethernet frame carrying IPv4 or IPv6
+/// (no extension headers: none are used here).
+fn opening_syn_port(frame: &[u8]) -> Option<u16> {
+    const ETHERNET: usize = 14;
+    const TCP: u8 = 6;
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let tcp = match ethertype {
+        0x0800 if *frame.get(ETHERNET + 9)? == TCP => ETHERNET + usize::from(frame.get(ETHERNET)? & 0x0f) * 4,
+        0x86dd if *frame.get(ETHERNET + 6)? == TCP => ETHERNET + 40,
+        _ => return None,
+    };
+    let flags = *frame.get(tcp + 13)?;
+    let (syn, ack) = (flags & 0x02 != 0, flags & 0x10 != 0);
+    (syn && !ack).then(|| u16::from_be_bytes([frame[tcp + 2], frame[tcp + 3]]))
 }

@@ -1,29 +1,186 @@
-//! Names and `#[repr(C)]` types that Weft's eBPF programs (`weft-ebpf`) and the agent's datapath
-//! share. `no_std` so the kernel side can use it; the `user` feature adds `aya::Pod` impls for the
-//! agent. Nothing here does I/O.
+//! Names and `#[repr(C)]` types that Weft's eBPF programs (`weft-ebpf`) and user space share:
+//! program and map names, ports, the proxy's socket mark, and the map key and value layouts.
+//! `no_std` so the kernel side can use it; the `user` feature adds `aya::Pod` impls and the one
+//! user-space helper the proxy needs ([`listener`]). Byte order is stated on every field.
 #![no_std]
+
+/// Version of the maps' layout and the programs' contract. A pinned datapath with another
+/// version is never adopted: the agent stops and says to uninstall first.
+pub const ABI_VERSION: u32 = 1;
+
+/// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
+/// Istio's ztunnel uses the same mark (0x539), so it runs on Weft's capture unmodified.
+pub const PROXY_MARK: u32 = 0x539;
+
+/// Ports of the node proxy inside each enrolled pod's network namespace.
+pub mod port {
+    /// Outbound capture: enrolled pods' `connect()`s land here.
+    pub const OUTBOUND: u16 = 15001;
+    /// Inbound capture: TCP to the pod on any port but [`HBONE`] lands here.
+    pub const INBOUND: u16 = 15006;
+    /// HBONE (mTLS + HTTP/2 CONNECT) from other proxies; never captured.
+    pub const HBONE: u16 = 15008;
+}
 
 /// Program names, as the kernel object exports them.
 pub mod program {
-    /// `cgroup/connect4`: sees every IPv4 `connect()` from sockets in the attached cgroup.
     pub const CONNECT4: &str = "weft_connect4";
+    pub const CONNECT6: &str = "weft_connect6";
+    pub const GETPEERNAME4: &str = "weft_getpeername4";
+    pub const GETPEERNAME6: &str = "weft_getpeername6";
+    pub const SOCKOPS: &str = "weft_sockops";
+    pub const GETSOCKOPT: &str = "weft_getsockopt";
+    pub const SK_LOOKUP: &str = "weft_sk_lookup";
 }
 
-/// Map names, as the kernel object exports them.
+/// Map names, as the kernel object exports them (the `#[map]` attributes must match).
 pub mod map {
+    /// netns cookie (`u64`) → [`crate::Enrolled`]. Written only by the agent.
+    pub const ENROLLED: &str = "WEFT_ENROLLED";
+    /// socket cookie (`u64`) → [`crate::OrigDst`] of a redirected connect. LRU, kernel-written.
+    pub const ORIG_BY_COOKIE: &str = "WEFT_ORIG_BY_COOKIE";
+    /// [`crate::Endpoint`] of the client side → [`crate::OrigDst`]. LRU, kernel-written.
+    pub const ORIG_BY_PEER: &str = "WEFT_ORIG_BY_PEER";
+    /// [`crate::Endpoint`] (pod IP, port 0) → the proxy's inbound listener socket in that pod.
+    /// Written only by the node proxy.
+    pub const LISTENERS: &str = "WEFT_LISTENERS";
     /// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WEFT_COUNTERS";
+    /// Array of `u32` indexed by [`crate::ConfigSlot`]. Written only by the agent.
+    pub const CONFIG: &str = "WEFT_CONFIG";
+}
+
+/// Layout under the bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and `links/<link>`.
+pub mod pin {
+    pub const DEFAULT_ROOT: &str = "/sys/fs/bpf/weft";
+    pub const MAPS: &str = "maps";
+    pub const LINKS: &str = "links";
+}
+
+/// Default capacity of [`map::ENROLLED`]: pods per node.
+pub const MAX_ENROLLED: u32 = 1024;
+/// Capacity of the original-destination maps: concurrent redirected connections per node.
+pub const MAX_CONNECTIONS: u32 = 65536;
+
+/// `AF_INET` and `AF_INET6`, for [`Endpoint::family`] and [`OrigDst::family`].
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// An enrolled pod, keyed by its netns cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The pod's IPv4 address, network byte order as a `u32`'s bytes; 0 when it has none.
+    pub ipv4: u32,
+    /// The pod's IPv6 address, network byte order; all zero when it has none.
+    pub ipv6: [u32; 4],
+}
+
+/// An address and port, IPv4 written IPv4-mapped (`::ffff:a.b.c.d`) so one connection has one
+/// key whichever socket family observes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Network byte order.
+    pub ip: [u32; 4],
+    /// Host byte order; 0 where the key is an address alone.
+    pub port: u32,
+}
+
+/// The destination an application asked for before capture rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// IPv4 addresses IPv4-mapped, like [`Endpoint::ip`]; network byte order.
+    pub ip: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    /// [`AF_INET`] or [`AF_INET6`]: the family the application used.
+    pub family: u16,
+}
+
+impl Endpoint {
+    /// `ip` (network byte order) as an IPv4-mapped IPv6 address.
+    pub const fn mapped_v4(ip: u32) -> [u32; 4] {
+        [0, 0, 0xffff_u32.to_be(), ip]
+    }
+
+    /// The key form of `ip` and `port` (host byte order).
+    pub fn from_ip(ip: core::net::IpAddr, port: u32) -> Self {
+        let ip = match ip {
+            core::net::IpAddr::V4(v4) => Self::mapped_v4(u32::from_ne_bytes(v4.octets())),
+            core::net::IpAddr::V6(v6) => {
+                let o = v6.octets();
+                core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+            }
+        };
+        Self { ip, port }
+    }
+
+    /// Whether `ip` is IPv4-mapped, returning the IPv4 part.
+    pub const fn as_v4(ip: &[u32; 4]) -> Option<u32> {
+        if ip[0] == 0 && ip[1] == 0 && ip[2] == 0xffff_u32.to_be() { Some(ip[3]) } else { None }
+    }
 }
 
 /// Slots of the per-CPU counter array. The agent sums them across CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// `connect()` calls the connect4 program saw.
-    Connect4Seen = 0,
+    /// Outbound connects of enrolled pods redirected to the proxy.
+    Redirected = 0,
+    /// Connects from enrolled pods left alone: loopback or the pod's own address.
+    ExemptLocal = 1,
+    /// Connects from the proxy's own (marked) sockets, left alone.
+    ExemptProxy = 2,
+    /// Connects refused because the original destination could not be recorded (fail closed).
+    RefusedNoState = 3,
+    /// Inbound connections steered to the proxy's listener.
+    InboundSteered = 4,
+    /// Inbound connections refused: no proxy listener registered for the pod (fail closed).
+    InboundRefused = 5,
+    /// `SO_ORIGINAL_DST` answers given to the proxy.
+    OrigDstAnswered = 6,
 }
 
 impl Counter {
     /// Number of slots; the size of the counters map.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 7;
+    /// Every counter, for readers that report them all.
+    pub const ALL: [Counter; Self::COUNT as usize] = [
+        Counter::Redirected,
+        Counter::ExemptLocal,
+        Counter::ExemptProxy,
+        Counter::RefusedNoState,
+        Counter::InboundSteered,
+        Counter::InboundRefused,
+        Counter::OrigDstAnswered,
+    ];
 }
+
+/// Slots of the config array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigSlot {
+    /// The [`ABI_VERSION`] of whoever installed the pinned datapath.
+    AbiVersion = 0,
+    /// Non-zero: programs emit aya-log debug records. Off by default.
+    DebugLog = 1,
+}
+
+impl ConfigSlot {
+    pub const COUNT: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` data of integers, valid for every bit pattern, no padding.
+    unsafe impl aya::Pod for super::Enrolled {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OrigDst {}
+}
+
+#[cfg(feature = "user")]
+pub mod listener;

@@ -1,0 +1,65 @@
+//! The two `bpf(2)` commands aya 0.13 does not expose for cgroup programs: creating a link
+//! (`BPF_LINK_CREATE`) and pinning it (`BPF_OBJ_PIN`). Pinned links are what keep capture
+//! attached while no agent runs; removing the pin file detaches the program.
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+/// Attach types (`enum bpf_attach_type` of the kernel UAPI) Weft uses.
+#[derive(Clone, Copy, Debug)]
+#[repr(u32)]
+pub enum AttachType {
+    CgroupSockOps = 3,
+    CgroupInet4Connect = 10,
+    CgroupInet6Connect = 11,
+    CgroupGetsockopt = 21,
+    CgroupInet4Getpeername = 29,
+    CgroupInet6Getpeername = 30,
+    SkLookup = 36,
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `union bpf_attr` is larger; the kernel accepts a shorter, zero-filled prefix.
+#[repr(C)]
+#[derive(Default)]
+struct Attr([u64; 8]);
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, zero-initialised buffer of the size passed.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, size_of::<Attr>()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Attaches the program `prog` to `target` (a cgroup directory or netns fd) as a bpf link.
+pub fn create(prog: impl AsFd, target: impl AsFd, attach_type: AttachType) -> io::Result<OwnedFd> {
+    let mut attr = Attr::default();
+    // link_create: u32 prog_fd, u32 target_fd, u32 attach_type, u32 flags.
+    attr.0[0] = u64::from(fd_u32(&prog)) | (u64::from(fd_u32(&target)) << 32);
+    attr.0[1] = u64::from(attach_type as u32);
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("link fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Pins `link` at `path` on bpffs, so it outlives this process.
+pub fn pin(link: impl AsFd, path: &Path) -> io::Result<()> {
+    let path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = Attr::default();
+    // obj_pin: u64 pathname, u32 bpf_fd, u32 file_flags.
+    attr.0[0] = path.as_ptr() as u64;
+    attr.0[1] = u64::from(fd_u32(&link));
+    bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+fn fd_u32(fd: &impl AsFd) -> u32 {
+    u32::try_from(fd.as_fd().as_raw_fd()).expect("invariant: an open fd is non-negative")
+}

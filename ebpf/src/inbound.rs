@@ -1,0 +1,60 @@
+//! Inbound capture, attached to each enrolled pod's netns: new TCP connections to the pod go
+//! to the proxy's registered listener, keeping their destination address and port, except
+//! HBONE (the proxy's own tunnel port) and what the pod sends itself (over loopback, or from its
+//! own address: the app calling itself, or the proxy delivering to the app). No listener
+//! registered: refused (fail closed).
+use aya_ebpf::{
+    bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
+use weft_ebpf_common::{AF_INET, Counter, Endpoint, port};
+
+use crate::{
+    ctx::read_ip6,
+    maps::{LISTENERS, count},
+};
+
+const IPPROTO_TCP: u32 = 6;
+/// Loopback is always interface 1 in a network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+#[sk_lookup]
+pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
+    try_sk_lookup(&ctx)
+}
+
+#[inline(always)]
+fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
+    let lookup = ctx.lookup;
+    // SAFETY: context field reads, checked by the verifier.
+    let (protocol, ifindex, local_port, family) =
+        unsafe { ((*lookup).protocol, (*lookup).ingress_ifindex, (*lookup).local_port, (*lookup).family) };
+    if protocol != IPPROTO_TCP || ifindex == LOOPBACK_IFINDEX || local_port == u32::from(port::HBONE) {
+        return SK_PASS;
+    }
+    // SAFETY: as above.
+    let (local, remote) = unsafe {
+        if family == u32::from(AF_INET) {
+            (Endpoint::mapped_v4((*lookup).local_ip4), Endpoint::mapped_v4((*lookup).remote_ip4))
+        } else {
+            (read_ip6(&raw const (*lookup).local_ip6), read_ip6(&raw const (*lookup).remote_ip6))
+        }
+    };
+    // From the pod's own address: the pod talking to itself, or the proxy delivering to the app.
+    // (Traffic to the pod's own address travels over loopback but reports the address's
+    // interface, so the ifindex test alone does not catch it.)
+    if local == remote {
+        return SK_PASS;
+    }
+    let key = Endpoint { ip: local, port: 0 };
+    // SAFETY: see the declaration of LISTENERS; no other reference to it is alive here.
+    let listeners = unsafe { &mut *(&raw mut LISTENERS) };
+    if listeners.redirect_sk_lookup(ctx, key, 0).is_ok() {
+        count(Counter::InboundSteered);
+        SK_PASS
+    } else {
+        count(Counter::InboundRefused);
+        SK_DROP
+    }
+}

@@ -1,0 +1,37 @@
+//! The maps, declared once (names must match `weft_ebpf_common::map`), and the counter helper.
+//! Maps that outlive an agent restart are pinned by name.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use weft_ebpf_common::{
+    ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, OrigDst,
+};
+
+#[map(name = "WEFT_ENROLLED")]
+pub static ENROLLED: HashMap<u64, Enrolled> = HashMap::pinned(MAX_ENROLLED, 0);
+
+#[map(name = "WEFT_ORIG_BY_COOKIE")]
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+#[map(name = "WEFT_ORIG_BY_PEER")]
+pub static ORIG_BY_PEER: LruHashMap<Endpoint, OrigDst> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+// `static mut` because `SockHash::redirect_sk_lookup` takes `&mut self`; the kernel, not this
+// program, owns the map's state, so no Rust-visible mutation happens through it.
+#[map(name = "WEFT_LISTENERS")]
+pub static mut LISTENERS: SockHash<Endpoint> = SockHash::pinned(MAX_ENROLLED * 2, 0);
+
+#[map(name = "WEFT_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[map(name = "WEFT_CONFIG")]
+pub static CONFIG: Array<u32> = Array::pinned(ConfigSlot::COUNT, 0);
+
+/// Adds one to `counter` on this CPU.
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the kernel's pointer to this CPU's slot; per-CPU, so nothing races with us.
+        unsafe { *slot += 1 };
+    }
+}

@@ -1,0 +1,146 @@
+//! Outbound capture: `connect()` from an enrolled pod goes to the proxy in that pod, and
+//! `getpeername()` on that socket still answers the original destination.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use weft_ebpf_common::{AF_INET, AF_INET6, Counter, Endpoint, Enrolled, OrigDst, PROXY_MARK, port};
+
+use crate::{
+    ctx::{read_ip6, write_ip6},
+    maps::{ENROLLED, ORIG_BY_COOKIE, count},
+};
+
+/// Verdicts of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+/// Makes the syscall fail with EPERM.
+const REFUSE: i32 = 0;
+const IPPROTO_TCP: u32 = 6;
+const LOOPBACK_V4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK_V6: [u32; 4] = [0, 0, 0, 1_u32.to_be()];
+
+#[cgroup_sock_addr(connect4)]
+pub fn weft_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn weft_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, true)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn weft_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, false);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn weft_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_peer(&ctx, true);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the kernel's context pointer; the verifier checks every field access.
+    unsafe {
+        if (*sa).protocol != IPPROTO_TCP {
+            return ALLOW;
+        }
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if !sk.is_null() && (*sk).mark == PROXY_MARK {
+            count(Counter::ExemptProxy);
+            return ALLOW;
+        }
+    }
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: a read-only lookup; the value is copied out at once.
+    let Some(pod) = (unsafe { ENROLLED.get(&netns) }).copied() else {
+        return ALLOW;
+    };
+    let dst = destination(sa, v6);
+    if is_local(&dst, &pod) {
+        count(Counter::ExemptLocal);
+        return ALLOW;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if ORIG_BY_COOKIE.insert(&cookie, &dst, 0).is_err() {
+        // Without the record the proxy cannot learn where to go: refuse rather than bypass.
+        count(Counter::RefusedNoState);
+        return REFUSE;
+    }
+    redirect(sa, v6, &dst, &pod);
+    count(Counter::Redirected);
+    ALLOW
+}
+
+/// The destination the application passed to `connect()`.
+#[inline(always)]
+fn destination(sa: *mut bpf_sock_addr, v6: bool) -> OrigDst {
+    // SAFETY: context field reads, checked by the verifier.
+    unsafe {
+        let port = u16::from_be((*sa).user_port as u16);
+        if v6 {
+            let ip = read_ip6(&raw const (*sa).user_ip6);
+            let family = if Endpoint::as_v4(&ip).is_some() { AF_INET } else { AF_INET6 };
+            OrigDst { ip, port, family }
+        } else {
+            OrigDst { ip: Endpoint::mapped_v4((*sa).user_ip4), port, family: AF_INET }
+        }
+    }
+}
+
+/// Loopback and the pod's own addresses stay inside the pod: not captured.
+#[inline(always)]
+fn is_local(dst: &OrigDst, pod: &Enrolled) -> bool {
+    match Endpoint::as_v4(&dst.ip) {
+        Some(v4) => v4 & 0xff == 127 || (pod.ipv4 != 0 && v4 == pod.ipv4),
+        None => dst.ip == LOOPBACK_V6 || dst.ip == pod.ipv6,
+    }
+}
+
+/// Points the connect at the proxy's outbound listener: the pod's own address (so the app's
+/// local address stays its pod IP), or loopback when the pod has no address of that family.
+#[inline(always)]
+fn redirect(sa: *mut bpf_sock_addr, v6: bool, dst: &OrigDst, pod: &Enrolled) {
+    let proxy_port = u32::from(port::OUTBOUND.to_be());
+    // SAFETY: context field writes the verifier allows for connect hooks.
+    unsafe {
+        if !v6 {
+            (*sa).user_ip4 = if pod.ipv4 != 0 { pod.ipv4 } else { LOOPBACK_V4 };
+        } else if dst.family == AF_INET {
+            let v4 = if pod.ipv4 != 0 { pod.ipv4 } else { LOOPBACK_V4 };
+            write_ip6(&raw mut (*sa).user_ip6, &Endpoint::mapped_v4(v4));
+        } else {
+            write_ip6(&raw mut (*sa).user_ip6, if pod.ipv6 != [0; 4] { &pod.ipv6 } else { &LOOPBACK_V6 });
+        }
+        (*sa).user_port = proxy_port;
+    }
+}
+
+/// Rewrites a redirected socket's peer back to what the application connected to.
+#[inline(always)]
+fn restore_peer(ctx: &SockAddrContext, v6: bool) {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: a read-only lookup; the value is copied out at once.
+    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+        return;
+    };
+    let sa = ctx.sock_addr;
+    // SAFETY: context field writes the verifier allows for getpeername hooks.
+    unsafe {
+        if v6 {
+            write_ip6(&raw mut (*sa).user_ip6, &orig.ip);
+        } else if let Some(v4) = Endpoint::as_v4(&orig.ip) {
+            (*sa).user_ip4 = v4;
+        } else {
+            return;
+        }
+        (*sa).user_port = u32::from(orig.port.to_be());
+    }
+}

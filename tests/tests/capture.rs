@@ -1,0 +1,240 @@
+//! eBPF capture, for real: the agent's datapath loaded into this kernel and attached to a
+//! harness node's cgroup, real pods (netns + cgroup + process), and a stand-in proxy that
+//! relays each captured connection to its original destination.
+use std::{
+    fs::File,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use weft_agent::datapath::{self, Config, Datapath, PodAddrs};
+use weft_ebpf_common::{Counter, port};
+use weft_tests::{
+    apps::{self, Chat, Sent, Standin},
+    topology::{Pod, Topology},
+    wire::WireMonitor,
+};
+
+const ECHO_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(10);
+
+fn install(topology: &Topology, node: usize, max_enrolled: u32) -> Datapath {
+    let node = &topology.nodes()[node];
+    let config = Config { cgroup: node.cgroup.clone(), bpffs_root: node.bpffs_root.clone(), max_enrolled };
+    Datapath::install(&config).unwrap()
+}
+
+fn enroll(datapath: &mut Datapath, pod: &Pod) -> Result<u64, datapath::Error> {
+    let netns = File::open(pod.netns.path()).unwrap();
+    datapath.enroll(&netns, PodAddrs { ipv4: Some(pod.ipv4), ipv6: Some(pod.ipv6) })
+}
+
+fn addrs(pod: &Pod, port: u16) -> [SocketAddr; 2] {
+    [SocketAddr::new(pod.ipv4.into(), port), SocketAddr::new(IpAddr::V6(pod.ipv6), port)]
+}
+
+#[test]
+fn enrolled_client_reaches_remote_server_through_the_proxy_and_sees_the_original_peer() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &client).unwrap();
+
+    for (n, to) in addrs(&server, ECHO_PORT).into_iter().enumerate() {
+        let sent = apps::try_send(&client, to, "via the proxy").unwrap();
+        assert_eq!(sent, Sent::Reply { peer: to, reply: "via the proxy".into() }, "getpeername must show {to}");
+        let seen = standin.accepted(n + 1, WAIT).unwrap()[n].clone();
+        assert_eq!(seen.listener, port::OUTBOUND);
+        assert_eq!(seen.orig, to);
+        assert_eq!(seen.peer.ip(), to.ip().is_ipv4().then_some(IpAddr::V4(client.ipv4)).unwrap_or(client.ipv6.into()));
+    }
+    assert_eq!(datapath.counter(Counter::Redirected).unwrap(), 2);
+    assert!(datapath.counter(Counter::OrigDstAnswered).unwrap() >= 2);
+}
+
+#[test]
+fn pods_not_enrolled_and_local_destinations_are_not_captured() {
+    let mut topology = Topology::new(1).unwrap();
+    let enrolled = topology.add_pod(0, "enrolled", "uid-enrolled").unwrap();
+    let bystander = topology.add_pod(0, "bystander", "uid-bystander").unwrap();
+    let server = topology.add_pod(0, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let _own_echo = apps::echo_server(&enrolled, 9090).unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &enrolled).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &enrolled).unwrap();
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    apps::send(&bystander, to, "not enrolled").unwrap();
+    // The enrolled pod talking to itself, by loopback and by its own address, stays inside.
+    apps::send(&enrolled, "127.0.0.1:9090".parse().unwrap(), "loopback").unwrap();
+    apps::send(&enrolled, SocketAddr::new(enrolled.ipv4.into(), 9090), "own address").unwrap();
+    // A captured connection after them: once it is reported, any earlier one would be too.
+    apps::send(&enrolled, to, "marker").unwrap();
+
+    let seen = standin.accepted(1, WAIT).unwrap();
+    assert_eq!(seen.len(), 1, "only the marker may be captured: {seen:?}");
+    assert_eq!(seen[0].orig, to);
+    assert_eq!(datapath.counter(Counter::ExemptLocal).unwrap(), 2);
+}
+
+#[test]
+fn inbound_connections_on_any_port_arrive_at_the_inbound_listener_with_their_port() {
+    let mut topology = Topology::new(2).unwrap();
+    let server = topology.add_pod(0, "server", "uid-server").unwrap();
+    let client = topology.add_pod(1, "client", "uid-client").unwrap();
+    let ports = [8080, 8443, 9999];
+    let _echoes: Vec<_> = ports.iter().map(|port| apps::echo_server(&server, *port).unwrap()).collect();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &server).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &server).unwrap();
+
+    let targets: Vec<SocketAddr> = ports.iter().flat_map(|port| addrs(&server, *port)).collect();
+    for (n, to) in targets.iter().enumerate() {
+        apps::send(&client, *to, "inbound").unwrap();
+        let seen = standin.accepted(n + 1, WAIT).unwrap()[n].clone();
+        assert_eq!(seen.listener, port::INBOUND);
+        assert_eq!(seen.orig, *to, "the original destination, port included");
+    }
+    assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), targets.len() as u64);
+}
+
+#[test]
+fn without_a_proxy_enrolled_traffic_is_refused_and_never_leaves_the_node() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let local = topology.add_pod(1, "local", "uid-local").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let monitor = WireMonitor::start(topology.fabric(), &weft_tests::canary()).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    // Before enrollment the connection crosses the fabric: the monitor can see its SYN.
+    apps::send(&client, to, "plaintext").unwrap();
+    monitor.settle(WAIT).unwrap();
+    let syns_before = monitor.syns_to(ECHO_PORT);
+    assert!(syns_before >= 1);
+
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    for to in addrs(&server, ECHO_PORT) {
+        assert_eq!(apps::try_send(&client, to, "no proxy").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    }
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.syns_to(ECHO_PORT), syns_before, "a SYN to the original destination left the node");
+
+    // Inbound to an enrolled pod with no proxy listener is refused too.
+    let mut server_node = install(&topology, 1, 16);
+    enroll(&mut server_node, &server).unwrap();
+    assert_eq!(apps::try_send(&local, to, "no proxy").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    assert_eq!(server_node.counter(Counter::InboundRefused).unwrap(), 1);
+}
+
+#[test]
+fn unenroll_and_reenroll_switch_new_connections_and_spare_established_ones() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    let cookie = enroll(&mut datapath, &client).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &client).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    let mut chat = Chat::open(&client, to).unwrap();
+    assert_eq!(chat.say("one").unwrap(), "one");
+    assert_eq!(standin.accepted(1, WAIT).unwrap().len(), 1);
+
+    datapath.unenroll(cookie).unwrap();
+    apps::send(&client, to, "direct").unwrap();
+    assert_eq!(chat.say("two").unwrap(), "two", "the established connection must survive un-enrollment");
+
+    enroll(&mut datapath, &client).unwrap();
+    apps::send(&client, to, "captured again").unwrap();
+    let seen = standin.accepted(2, WAIT).unwrap();
+    assert_eq!(seen.len(), 2, "the send while un-enrolled must not have been captured: {seen:?}");
+    assert_eq!(chat.say("three").unwrap(), "three");
+}
+
+#[test]
+fn a_full_enrollment_map_refuses_one_more_pod_and_leaves_the_others_captured() {
+    let mut topology = Topology::new(1).unwrap();
+    let pods: Vec<Pod> =
+        (0..3).map(|n| topology.add_pod(0, &format!("pod{n}"), &format!("uid-{n}")).unwrap()).collect();
+    let server = topology.add_pod(0, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 0, 2);
+    enroll(&mut datapath, &pods[0]).unwrap();
+    enroll(&mut datapath, &pods[1]).unwrap();
+
+    let error = enroll(&mut datapath, &pods[2]).unwrap_err();
+    assert!(matches!(error, datapath::Error::Full { capacity: 2 }), "{error}");
+    assert!(error.to_string().contains("full"), "{error}");
+
+    let mut standin = Standin::start(&topology.nodes()[0], &pods[0]).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    apps::send(&pods[0], to, "still captured").unwrap();
+    assert_eq!(standin.accepted(1, WAIT).unwrap()[0].orig, to);
+    apps::send(&pods[2], to, "never enrolled").unwrap();
+    assert_eq!(datapath.enrolled().unwrap().len(), 2);
+}
+
+#[test]
+fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
+    const PROBES: usize = 2000;
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let node = topology.nodes()[0].clone();
+    let mut agent = apps::agent(&node, &[&client]).unwrap();
+    let mut standin = Standin::start(&node, &client).unwrap();
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT).to_string();
+    let mut probe = std::process::Command::new(apps::binary("weft-testpod").unwrap());
+    probe
+        .args(["probe", "--to", &to, "--count", &PROBES.to_string(), "--interval-us", "1000"])
+        .stdout(std::process::Stdio::piped());
+    let probe = client.spawn(probe).unwrap();
+    standin.accepted(100, WAIT).unwrap();
+    agent.kill().unwrap();
+    standin.accepted(200, WAIT).unwrap();
+    let _agent = apps::agent(&node, &[&client]).unwrap();
+
+    let (ok, out) = probe.finish(Duration::from_secs(60)).unwrap();
+    assert!(ok, "probes failed: {out}");
+    assert_eq!(out.trim(), format!("probes={PROBES} ok={PROBES} failed=0"));
+    assert_eq!(standin.accepted(PROBES, WAIT).unwrap().len(), PROBES, "every probe went through the proxy");
+    let links: Vec<_> = std::fs::read_dir(node.bpffs_root.join("links")).unwrap().collect();
+    assert_eq!(links.len(), 7, "six cgroup links and one sk_lookup link, none twice");
+}
+
+#[test]
+fn a_pinned_datapath_of_another_abi_is_refused_and_uninstall_removes_capture() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let node = topology.nodes()[0].clone();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    drop(datapath);
+
+    let config_pin = node.bpffs_root.join("maps").join(weft_ebpf_common::map::CONFIG);
+    let data = aya::maps::MapData::from_pin(&config_pin).unwrap();
+    let mut config: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    config.set(weft_ebpf_common::ConfigSlot::AbiVersion as u32, 999, 0).unwrap();
+    let error = Datapath::install(&Config::new(&node.cgroup).with_root(&node.bpffs_root)).unwrap_err();
+    assert!(matches!(error, datapath::Error::AbiMismatch { pinned: 999, .. }), "{error}");
+    assert!(error.to_string().contains("uninstall"), "{error}");
+
+    // Still pinned and capturing: with no proxy, refused.
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    datapath::uninstall(&node.bpffs_root).unwrap();
+    assert!(!node.bpffs_root.exists());
+    apps::send(&client, to, "uninstalled: direct").unwrap();
+}
