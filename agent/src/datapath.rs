@@ -321,8 +321,10 @@ fn check_pinned_abi(root: &Path) -> Result<(), Error> {
     }
     let name = map::CONFIG;
     let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, source })?;
-    let config: Array<_, u32> = Array::try_from(Map::Array(data)).map_err(|source| Error::Map { name, source })?;
-    let pinned = config.get(&(ConfigSlot::AbiVersion as u32), 0).map_err(|source| Error::Map { name, source })?;
+    let config: Array<_, u32> =
+        Array::try_from(Map::Array(data)).map_err(|source| Error::Map { name, source })?;
+    let pinned =
+        config.get(&(ConfigSlot::AbiVersion as u32), 0).map_err(|source| Error::Map { name, source })?;
     if pinned != ABI_VERSION && pinned != 0 {
         return Err(Error::AbiMismatch { root: root.display().to_string(), pinned });
     }

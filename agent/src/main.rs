@@ -80,7 +80,8 @@ fn main() -> anyhow::Result<()> {
 fn run(config: &datapath::Config, pods: &[StaticPod]) -> anyhow::Result<()> {
     let mut datapath = Datapath::install(config)?;
     for pod in pods {
-        let netns = std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+        let netns =
+            std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
         let cookie = datapath.enroll(&netns, pod.addrs)?;
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }

@@ -29,4 +29,3 @@ pub unsafe fn write_ip6(field: *mut [u32; 4], ip: &[u32; 4]) {
         words.add(3).write_volatile(ip[3]);
     }
 }
-

@@ -4,9 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use weft_ebpf_common::{
-    ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, OrigDst,
-};
+use weft_ebpf_common::{ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, OrigDst};
 
 #[map(name = "WEFT_ENROLLED")]
 pub static ENROLLED: HashMap<u64, Enrolled> = HashMap::pinned(MAX_ENROLLED, 0);

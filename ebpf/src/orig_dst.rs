@@ -41,13 +41,19 @@ unsafe fn try_getsockopt(ctx: &SockoptContext) {
             return;
         }
         let v4_socket = (*sk).family == AF_INET_U32;
-        let peer_ip = if v4_socket { Endpoint::mapped_v4((*sk).dst_ip4) } else { read_ip6(&raw const (*sk).dst_ip6) };
+        let peer_ip =
+            if v4_socket { Endpoint::mapped_v4((*sk).dst_ip4) } else { read_ip6(&raw const (*sk).dst_ip6) };
         let peer = Endpoint { ip: peer_ip, port: u32::from(u16::from_be((*sk).dst_port)) };
         let orig = match ORIG_BY_PEER.get(&peer) {
             Some(orig) => *orig,
             None => {
-                let ip = if v4_socket { Endpoint::mapped_v4((*sk).src_ip4) } else { read_ip6(&raw const (*sk).src_ip6) };
-                let family = if Endpoint::as_v4(&ip).is_some() { AF_INET } else { weft_ebpf_common::AF_INET6 };
+                let ip = if v4_socket {
+                    Endpoint::mapped_v4((*sk).src_ip4)
+                } else {
+                    read_ip6(&raw const (*sk).src_ip6)
+                };
+                let family =
+                    if Endpoint::as_v4(&ip).is_some() { AF_INET } else { weft_ebpf_common::AF_INET6 };
                 OrigDst { ip, port: (*sk).src_port as u16, family }
             }
         };

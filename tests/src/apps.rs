@@ -41,7 +41,9 @@ fn testpod(args: &[&str]) -> anyhow::Result<Command> {
 /// Starts an echo server on `port` in `pod` and returns once it listens.
 pub fn echo_server(pod: &Pod, port: u16) -> anyhow::Result<Process> {
     let mut server = pod.spawn(testpod(&["echo", "--port", &port.to_string()])?)?;
-    server.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("echo server in pod {}", pod.name))?;
+    server
+        .wait_for_line("ready", READY_TIMEOUT)
+        .with_context(|| format!("echo server in pod {}", pod.name))?;
     Ok(server)
 }
 
@@ -187,7 +189,8 @@ pub fn agent(node: &Node, pods: &[&Pod]) -> anyhow::Result<Process> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     for pod in pods {
-        let ips: Vec<String> = [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)].iter().map(ToString::to_string).collect();
+        let ips: Vec<String> =
+            [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)].iter().map(ToString::to_string).collect();
         command.arg("--enroll").arg(format!("{}={}", pod.netns.path().display(), ips.join(",")));
     }
     let mut agent = Process::spawn(command, &node.netns, None)?;

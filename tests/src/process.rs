@@ -160,7 +160,9 @@ impl Process {
         let mut text = String::new();
         if self.child.stdout.is_some() || self.lines.is_some() {
             let lines = self.lines()?;
-            while let Some(line) = lines.next_before(deadline).with_context(|| format!("{what}: still running"))? {
+            while let Some(line) =
+                lines.next_before(deadline).with_context(|| format!("{what}: still running"))?
+            {
                 text.push_str(&line);
             }
         }

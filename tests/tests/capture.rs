@@ -1,6 +1,7 @@
 //! eBPF capture, for real: the agent's datapath loaded into this kernel and attached to a
 //! harness node's cgroup, real pods (netns + cgroup + process), and a stand-in proxy that
 //! relays each captured connection to its original destination.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 use std::{
     fs::File,
     net::{IpAddr, SocketAddr},
@@ -45,11 +46,18 @@ fn enrolled_client_reaches_remote_server_through_the_proxy_and_sees_the_original
 
     for (n, to) in addrs(&server, ECHO_PORT).into_iter().enumerate() {
         let sent = apps::try_send(&client, to, "via the proxy").unwrap();
-        assert_eq!(sent, Sent::Reply { peer: to, reply: "via the proxy".into() }, "getpeername must show {to}");
+        assert_eq!(
+            sent,
+            Sent::Reply { peer: to, reply: "via the proxy".into() },
+            "getpeername must show {to}"
+        );
         let seen = standin.accepted(n + 1, WAIT).unwrap()[n].clone();
         assert_eq!(seen.listener, port::OUTBOUND);
         assert_eq!(seen.orig, to);
-        assert_eq!(seen.peer.ip(), to.ip().is_ipv4().then_some(IpAddr::V4(client.ipv4)).unwrap_or(client.ipv6.into()));
+        assert_eq!(
+            seen.peer.ip(),
+            if to.ip().is_ipv4() { IpAddr::V4(client.ipv4) } else { client.ipv6.into() }
+        );
     }
     assert_eq!(datapath.counter(Counter::Redirected).unwrap(), 2);
     assert!(datapath.counter(Counter::OrigDstAnswered).unwrap() >= 2);
@@ -225,7 +233,8 @@ fn a_pinned_datapath_of_another_abi_is_refused_and_uninstall_removes_capture() {
 
     let config_pin = node.bpffs_root.join("maps").join(weft_ebpf_common::map::CONFIG);
     let data = aya::maps::MapData::from_pin(&config_pin).unwrap();
-    let mut config: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+    let mut config: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
     config.set(weft_ebpf_common::ConfigSlot::AbiVersion as u32, 999, 0).unwrap();
     let error = Datapath::install(&Config::new(&node.cgroup).with_root(&node.bpffs_root)).unwrap_err();
     assert!(matches!(error, datapath::Error::AbiMismatch { pinned: 999, .. }), "{error}");

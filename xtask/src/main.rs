@@ -53,6 +53,8 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     };
     cmd::run(&mut cargo_in_root(&["fmt", "--all", "--check"]))?;
     cmd::run(&mut cargo_in_root(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The privileged tests start the workspace's binaries (agent, test pods) as processes.
+    cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
     // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
     // closing summary line that says how many tests ran.
     let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);

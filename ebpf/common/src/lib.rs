@@ -111,7 +111,9 @@ impl Endpoint {
             core::net::IpAddr::V4(v4) => Self::mapped_v4(u32::from_ne_bytes(v4.octets())),
             core::net::IpAddr::V6(v6) => {
                 let o = v6.octets();
-                core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+                core::array::from_fn(|i| {
+                    u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+                })
             }
         };
         Self { ip, port }
