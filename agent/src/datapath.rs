@@ -113,6 +113,8 @@ pub enum Error {
     AbiMismatch { root: String, pinned: u32 },
     #[error("enrollment map is full ({capacity} pods): pod not enrolled")]
     Full { capacity: usize },
+    #[error("starting the eBPF debug log")]
+    Log(#[source] aya_log::Error),
     #[error("finding the netns cookie")]
     NetnsCookie(#[source] io::Error),
 }
@@ -141,6 +143,8 @@ impl Datapath {
             .map_err(Error::Load)?;
         let mut datapath = Self { ebpf, root };
         datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
+        // Debug records cost a perf event each; an earlier agent may have left them on.
+        datapath.set_config(ConfigSlot::DebugLog, 0)?;
         for name in CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([program::SK_LOOKUP]) {
             datapath.load_program(name)?;
         }
@@ -216,6 +220,17 @@ impl Datapath {
             HashMap::try_from(self.ebpf.map(map::ENROLLED).ok_or(missing_map(map::ENROLLED))?)
                 .map_err(map_error)?;
         enrolled.iter().collect::<Result<_, _>>().map_err(map_error)
+    }
+
+    /// Switches on the programs' debug records and forwards them to this process's `log`
+    /// output (aya-log). Must run inside a Tokio runtime. Records come from the programs the
+    /// pinned cgroup links run, which may have been loaded by an earlier agent.
+    pub fn start_debug_log(&mut self) -> Result<aya_log::EbpfLogger, Error> {
+        let pin_path = self.link_path(program::CONNECT4);
+        let id = link::program_id(&pin_path).map_err(|source| io_error(&pin_path, source))?;
+        let logger = aya_log::EbpfLogger::init_from_id(id).map_err(Error::Log)?;
+        self.set_config(ConfigSlot::DebugLog, 1)?;
+        Ok(logger)
     }
 
     /// One counter, summed across CPUs.

@@ -31,6 +31,9 @@ enum Command {
         /// watch arrives).
         #[arg(long = "enroll")]
         pods: Vec<StaticPod>,
+        /// Have the eBPF programs log their decisions (aya-log, at debug level).
+        #[arg(long, env = "WEFT_EBPF_DEBUG")]
+        ebpf_debug: bool,
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
@@ -69,16 +72,19 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { cgroup, max_pods, pods } => {
+        Command::Run { cgroup, max_pods, pods, ebpf_debug } => {
             let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
-            run(&config, &pods)
+            run(&config, &pods, ebpf_debug)
         }
         Command::Uninstall => Ok(datapath::uninstall(&args.bpffs_root)?),
     }
 }
 
-fn run(config: &datapath::Config, pods: &[StaticPod]) -> anyhow::Result<()> {
+fn run(config: &datapath::Config, pods: &[StaticPod], ebpf_debug: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _entered = runtime.enter();
     let mut datapath = Datapath::install(config)?;
+    let _logger = if ebpf_debug { Some(datapath.start_debug_log()?) } else { None };
     for pod in pods {
         let netns =
             std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
@@ -86,7 +92,6 @@ fn run(config: &datapath::Config, pods: &[StaticPod]) -> anyhow::Result<()> {
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }
     println!("ready");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -10,9 +10,11 @@ use aya_ebpf::{
 };
 use weft_ebpf_common::{AF_INET, Counter, Endpoint, port};
 
+use aya_log_ebpf::debug;
+
 use crate::{
     ctx::read_ip6,
-    maps::{LISTENERS, count},
+    maps::{LISTENERS, count, debug_enabled},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -55,6 +57,9 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         SK_PASS
     } else {
         count(Counter::InboundRefused);
+        if debug_enabled() {
+            debug!(ctx, "refused inbound to port {}: no proxy listener", local_port);
+        }
         SK_DROP
     }
 }

@@ -26,6 +26,11 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 #[map(name = "WEFT_CONFIG")]
 pub static CONFIG: Array<u32> = Array::pinned(ConfigSlot::COUNT, 0);
 
+/// Whether the agent asked for debug records (aya-log); off by default, one array read when off.
+pub fn debug_enabled() -> bool {
+    CONFIG.get(ConfigSlot::DebugLog as u32).is_some_and(|on| *on != 0)
+}
+
 /// Adds one to `counter` on this CPU.
 pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {

@@ -9,9 +9,11 @@ use aya_ebpf::{
 };
 use weft_ebpf_common::{AF_INET, AF_INET6, Counter, Endpoint, Enrolled, OrigDst, PROXY_MARK, port};
 
+use aya_log_ebpf::debug;
+
 use crate::{
     ctx::{read_ip6, write_ip6},
-    maps::{ENROLLED, ORIG_BY_COOKIE, count},
+    maps::{ENROLLED, ORIG_BY_COOKIE, count, debug_enabled},
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -76,6 +78,9 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     redirect(sa, v6, &dst, &pod);
     count(Counter::Redirected);
+    if debug_enabled() {
+        debug!(ctx, "redirected connect from netns {} to port {}", netns, dst.port);
+    }
     ALLOW
 }
 

@@ -177,8 +177,10 @@ impl Accepted {
 }
 
 /// Starts `weft-agent run` for `node` in its netns, enrolling `pods` statically, and returns
-/// once it says it is ready.
-pub fn agent(node: &Node, pods: &[&Pod]) -> anyhow::Result<Process> {
+/// once it says it is ready. Its log (stderr) and stdout come through one pipe, readable with
+/// [`Process::wait_for`]; `ebpf_debug` turns on the programs' debug records.
+pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
+    let (reader, writer) = std::io::pipe()?;
     let mut command = Command::new(binary("weft-agent")?);
     command
         .arg("--bpffs-root")
@@ -186,14 +188,21 @@ pub fn agent(node: &Node, pods: &[&Pod]) -> anyhow::Result<Process> {
         .arg("run")
         .arg("--cgroup")
         .arg(&node.cgroup)
+        .env("RUST_LOG", if ebpf_debug { "debug" } else { "info" })
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    if ebpf_debug {
+        command.arg("--ebpf-debug");
+    }
     for pod in pods {
         let ips: Vec<String> =
             [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)].iter().map(ToString::to_string).collect();
         command.arg("--enroll").arg(format!("{}={}", pod.netns.path().display(), ips.join(",")));
     }
+    // `spawn` consumes the command, closing our copies of the pipe's write end.
     let mut agent = Process::spawn(command, &node.netns, None)?;
+    agent.read_lines_from(reader);
     agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("agent on {}", node.name))?;
     Ok(agent)
 }

@@ -3,10 +3,10 @@
 //! cgroup directories themselves.
 use std::{
     fs::OpenOptions,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, ChildStdout, Command},
+    process::{Child, ChildStdin, Command},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     time::{Duration, Instant},
 };
@@ -30,7 +30,7 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn read(stdout: ChildStdout) -> Self {
+    fn read(stdout: impl Read + Send + 'static) -> Self {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
@@ -60,9 +60,14 @@ impl Lines {
         }
     }
 
-    /// Every line that has arrived so far, without waiting.
-    pub fn drain(&self) -> Vec<String> {
-        self.rx.try_iter().collect()
+    /// Every line up to the end of the output (the process must be ending), at most until
+    /// `deadline`.
+    pub fn rest(&self, deadline: Instant) -> anyhow::Result<Vec<String>> {
+        let mut lines = Vec::new();
+        while let Some(line) = self.next_before(deadline)? {
+            lines.push(line);
+        }
+        Ok(lines)
     }
 }
 
@@ -140,15 +145,29 @@ impl Process {
         Ok(self.lines.as_ref().expect("invariant: set above"))
     }
 
-    /// Reads stdout lines until one equals `line` (how servers say they are ready), at most
-    /// `timeout`. Fails if the process ends its output or says something else first.
+    /// Reads the output from `reader` instead of the child's stdout (for a pipe that carries
+    /// both its stdout and stderr).
+    pub fn read_lines_from(&mut self, reader: impl Read + Send + 'static) {
+        self.lines = Some(Lines::read(reader));
+    }
+
+    /// Reads output lines until one equals `line` (how servers say they are ready), at most
+    /// `timeout`; lines before it are skipped. Fails if the output ends first.
     pub fn wait_for_line(&mut self, line: &str, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for(|got| got == line, timeout).map(drop).with_context(|| format!("waiting for {line:?}"))
+    }
+
+    /// Reads output lines until one satisfies `wanted` and returns it (without its newline), at
+    /// most `timeout`. Fails if the output ends first.
+    pub fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         let what = self.what.clone();
-        match self.lines()?.next_before(deadline).with_context(|| format!("{what}: waiting for {line:?}"))? {
-            Some(got) if got.trim_end() == line => Ok(()),
-            Some(got) => bail!("{what}: expected {line:?}, got {got:?}"),
-            None => bail!("{what}: exited before saying {line:?}"),
+        loop {
+            match self.lines()?.next_before(deadline).with_context(|| format!("{what}: no wanted line"))? {
+                Some(got) if wanted(got.trim_end()) => return Ok(got.trim_end().to_owned()),
+                Some(_) => {}
+                None => bail!("{what}: output ended without the wanted line"),
+            }
         }
     }
 

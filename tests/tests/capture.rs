@@ -198,7 +198,7 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     let server = topology.add_pod(1, "server", "uid-server").unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let node = topology.nodes()[0].clone();
-    let mut agent = apps::agent(&node, &[&client]).unwrap();
+    let mut agent = apps::agent(&node, &[&client], false).unwrap();
     let mut standin = Standin::start(&node, &client).unwrap();
 
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT).to_string();
@@ -210,7 +210,7 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     standin.accepted(100, WAIT).unwrap();
     agent.kill().unwrap();
     standin.accepted(200, WAIT).unwrap();
-    let _agent = apps::agent(&node, &[&client]).unwrap();
+    let _agent = apps::agent(&node, &[&client], false).unwrap();
 
     let (ok, out) = probe.finish(Duration::from_secs(60)).unwrap();
     assert!(ok, "probes failed: {out}");
@@ -246,4 +246,25 @@ fn a_pinned_datapath_of_another_abi_is_refused_and_uninstall_removes_capture() {
     datapath::uninstall(&node.bpffs_root).unwrap();
     assert!(!node.bpffs_root.exists());
     apps::send(&client, to, "uninstalled: direct").unwrap();
+}
+
+#[test]
+fn debug_records_from_the_programs_reach_the_agent_log_only_when_asked_for() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let node = topology.nodes()[0].clone();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    let mut quiet = apps::agent(&node, &[&client], false).unwrap();
+    assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    quiet.kill().unwrap();
+    let rest = quiet.lines().unwrap().rest(std::time::Instant::now() + WAIT).unwrap();
+    assert!(!rest.iter().any(|line| line.contains("redirected connect")), "{rest:?}");
+
+    let mut verbose = apps::agent(&node, &[&client], true).unwrap();
+    assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    let line = verbose.wait_for(|line| line.contains("redirected connect"), WAIT).unwrap();
+    assert!(line.contains(&format!("to port {ECHO_PORT}")), "{line}");
 }

@@ -1,6 +1,7 @@
-//! The two `bpf(2)` commands aya 0.13 does not expose for cgroup programs: creating a link
-//! (`BPF_LINK_CREATE`) and pinning it (`BPF_OBJ_PIN`). Pinned links are what keep capture
-//! attached while no agent runs; removing the pin file detaches the program.
+//! The `bpf(2)` link commands aya 0.13 does not expose for cgroup programs: creating a link
+//! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), and reading back which program a pinned link
+//! runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). Pinned links are what keep capture attached
+//! while no agent runs; removing the pin file detaches the program.
 use std::{
     ffi::CString,
     io,
@@ -25,6 +26,8 @@ pub enum AttachType {
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `union bpf_attr` is larger; the kernel accepts a shorter, zero-filled prefix.
@@ -58,6 +61,24 @@ pub fn pin(link: impl AsFd, path: &Path) -> io::Result<()> {
     attr.0[0] = path.as_ptr() as u64;
     attr.0[1] = u64::from(fd_u32(&link));
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+/// The id of the program the link pinned at `path` runs.
+pub fn program_id(path: &Path) -> io::Result<u32> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = Attr::default();
+    attr.0[0] = c_path.as_ptr() as u64;
+    let fd = i32::try_from(bpf(BPF_OBJ_GET, &mut attr)?).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The head of `struct bpf_link_info`: type, id, prog_id.
+    let mut info = [0u32; 3];
+    let mut attr = Attr::default();
+    // info: u32 bpf_fd, u32 info_len, u64 info pointer.
+    attr.0[0] = u64::from(fd_u32(&link)) | ((size_of_val(&info) as u64) << 32);
+    attr.0[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[2])
 }
 
 fn fd_u32(fd: &impl AsFd) -> u32 {
