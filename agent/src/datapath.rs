@@ -119,6 +119,31 @@ pub enum Error {
     NetnsCookie(#[source] io::Error),
 }
 
+/// What the rest of the agent needs from capture, so reconciliation can be tested without a
+/// kernel. [`Datapath`] is the real implementation.
+pub trait Capture {
+    /// Enrolls the pod with network namespace `netns`; returns its key (the netns cookie).
+    fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error>;
+    /// Un-enrolls the pod with key `cookie`; idempotent.
+    fn unenroll(&mut self, cookie: u64) -> Result<(), Error>;
+    /// Every enrolled pod's key and addresses.
+    fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error>;
+}
+
+impl Capture for Datapath {
+    fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
+        Datapath::enroll(self, netns, addrs)
+    }
+
+    fn unenroll(&mut self, cookie: u64) -> Result<(), Error> {
+        Datapath::unenroll(self, cookie)
+    }
+
+    fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
+        Datapath::enrolled(self)
+    }
+}
+
 /// The loaded datapath of one node.
 #[derive(Debug)]
 pub struct Datapath {

@@ -50,6 +50,22 @@ enum Mode {
         #[arg(long, default_value_t = 1000)]
         interval_us: u64,
     },
+    /// `count` round trips of `size` bytes over one connection; prints latency percentiles.
+    Latency {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// `count` connections one after another, each exchanging one byte; prints connections/s.
+    Connrate {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: u32,
+    },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
         #[arg(long)]
@@ -91,6 +107,8 @@ fn main() -> anyhow::Result<()> {
         }
         Mode::Probe { to, count, interval_us } => probe(to, count, Duration::from_micros(interval_us)),
         Mode::Chat { to } => chat(to),
+        Mode::Latency { to, count, size } => latency(to, count, size),
+        Mode::Connrate { to, count } => connrate(to, count),
         Mode::Standin { bpffs_root, pod_ips } => standin::run(&bpffs_root, &pod_ips),
     }
 }
@@ -128,6 +146,36 @@ fn exchange(mut stream: TcpStream, message: &str, timeout: Duration) -> anyhow::
     let mut reply = String::new();
     stream.read_to_string(&mut reply).context("reading the reply")?;
     Ok((peer, reply))
+}
+
+fn latency(to: SocketAddr, count: usize, size: usize) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    let (request, mut reply) = (vec![0x5a; size], vec![0; size]);
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        stream.write_all(&request)?;
+        stream.read_exact(&mut reply)?;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    println!("p50_us={:.1} p99_us={:.1}", at(0.50), at(0.99));
+    Ok(())
+}
+
+fn connrate(to: SocketAddr, count: u32) -> anyhow::Result<()> {
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+        stream.write_all(b"x")?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+    }
+    println!("conns_per_sec={:.0}", f64::from(count) / start.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn chat(to: SocketAddr) -> anyhow::Result<()> {
