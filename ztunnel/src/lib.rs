@@ -3,4 +3,10 @@
 //! datapath steers to its in-pod listeners. Outputs: mTLS + HBONE tunnels between nodes, plaintext
 //! to the destination app, metrics and access logs. Non-goals: L7 routing (the waypoint).
 //!
-//! Built under the ztunnel issue; this crate holds its place in the workspace until then.
+//! Built in steps. Here so far: workload identities ([`identity`]), mutual TLS bound to them
+//! ([`tls`]), and HBONE — HTTP/2 CONNECT over that TLS — with its client, server and byte relay
+//! ([`hbone`]).
+
+pub mod hbone;
+pub mod identity;
+pub mod tls;

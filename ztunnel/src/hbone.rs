@@ -1,0 +1,135 @@
+//! HBONE: one HTTP/2 CONNECT stream per proxied TCP connection, inside mutual TLS between the
+//! source workload's and the destination workload's identities, to `<destination pod IP>:15008`.
+//! Wire-compatible with Istio's ztunnel (DESIGN.md §3): `:authority` is the target `ip:port`,
+//! `Forwarded: for="<src>"` carries the original source, the server answers 200 only once policy
+//! allowed the stream and the upstream connection succeeded, and no client byte reaches the
+//! upstream before that. Half-close and reset propagate both ways (FIN ↔ END_STREAM,
+//! RST ↔ RST_STREAM).
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::{Buf, Bytes};
+use h2::{RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+pub mod client;
+pub mod server;
+
+/// The HBONE port inside every enrolled pod's netns.
+pub const PORT: u16 = 15008;
+
+/// HTTP/2 settings for tunnels: large windows, since one stream carries a whole TCP connection
+/// and the default 64 KiB window caps throughput at window/RTT.
+pub mod window {
+    /// Per-stream receive window.
+    pub const STREAM: u32 = 4 * 1024 * 1024;
+    /// Per-connection receive window (shared by its streams).
+    pub const CONNECTION: u32 = 16 * 1024 * 1024;
+    /// Largest DATA frame we accept.
+    pub const MAX_FRAME: u32 = 1024 * 1024;
+}
+
+/// Largest decoded header list accepted (a CONNECT needs a few hundred bytes).
+pub const MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// One HBONE stream as a byte stream: reads come from the peer's DATA frames (flow-control
+/// credit returned as the bytes are consumed), writes become DATA frames, shutdown sends
+/// END_STREAM. A peer's RST_STREAM surfaces as `ConnectionReset`.
+#[derive(Debug)]
+pub struct Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received bytes not yet read.
+    pending: Bytes,
+}
+
+impl Stream {
+    pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self { send, recv, pending: Bytes::new() }
+    }
+
+    /// Aborts the stream: the peer sees RST_STREAM (CANCEL).
+    pub fn reset(&mut self) {
+        self.send.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+fn io_error(error: h2::Error) -> io::Error {
+    if error.is_reset() || error.is_go_away() {
+        io::Error::new(io::ErrorKind::ConnectionReset, error)
+    } else if error.is_io() {
+        error.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"))
+    } else {
+        io::Error::other(error)
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let len = data.len();
+                    self.pending = data;
+                    // The bytes are ours now: give the peer its window back.
+                    let _ = self.recv.flow_control().release_capacity(len);
+                }
+                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
+                None => return Poll::Ready(Ok(())), // END_STREAM: EOF
+            }
+        }
+        let len = self.pending.len().min(buf.remaining());
+        buf.put_slice(&self.pending[..len]);
+        self.pending.advance(len);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        loop {
+            match ready!(self.send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(granted)) => {
+                    let len = granted.min(buf.len());
+                    self.send.send_data(Bytes::copy_from_slice(&buf[..len]), false).map_err(io_error)?;
+                    return Poll::Ready(Ok(len));
+                }
+                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 writes queued frames when the connection task runs; nothing buffered here.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(io_error))
+    }
+}
+
+/// Relays bytes both ways between a plaintext TCP connection and an HBONE stream until both
+/// directions end. EOF becomes END_STREAM (and back); an error or reset on either side resets
+/// the other (RST_STREAM, or a TCP RST through a zero linger). Returns (bytes from TCP to the
+/// stream, bytes from the stream to TCP).
+pub async fn relay(tcp: &mut tokio::net::TcpStream, stream: &mut Stream) -> io::Result<(u64, u64)> {
+    const BUFFER: usize = 64 * 1024;
+    match tokio::io::copy_bidirectional_with_sizes(tcp, stream, BUFFER, BUFFER).await {
+        Ok(counts) => Ok(counts),
+        Err(error) => {
+            stream.reset();
+            let _ = socket2::SockRef::from(&*tcp).set_linger(Some(std::time::Duration::ZERO));
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The HBONE server (port 15008 in each pod): TLS with the pod's identity, then HTTP/2 CONNECT
+//! streams. Each stream is checked and connected upstream by a [`Handler`] before it is
+//! answered; only then do bytes flow.
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use http::{Method, Request, Response, StatusCode};
+use tokio::{net::TcpStream, task::JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use super::{MAX_HEADER_LIST, Stream, window};
+use crate::{identity::Identity, tls};
+
+/// How long a client may take to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent streams per connection we allow (Istio's server side: 200).
+pub const MAX_STREAMS: u32 = 200;
+
+/// A CONNECT that passed the protocol checks, for the handler to decide on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// The client workload's identity, from its certificate.
+    pub peer: Identity,
+    /// `:authority`: the destination pod IP and port.
+    pub target: SocketAddr,
+    /// The original source from `Forwarded: for=...`, when given and well-formed.
+    pub forwarded_for: Option<SocketAddr>,
+}
+
+/// Why a stream is refused, and so its status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: malformed, or not addressed to a workload behind this listener.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 401: policy denies it.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// 503: unknown workload, or the upstream connection failed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Decides on each stream and opens its upstream connection.
+pub trait Handler: Send + Sync + 'static {
+    /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
+    fn connect(&self, request: ConnectRequest) -> impl Future<Output = Result<TcpStream, Refusal>> + Send;
+}
+
+/// Errors that end a whole HBONE connection (a stream's errors end only that stream).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("TLS handshake")]
+    Tls(#[source] std::io::Error),
+    #[error("TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}")]
+    HandshakeTimeout,
+    #[error("peer identity")]
+    Identity(#[source] tls::Error),
+    #[error("HTTP/2")]
+    Http2(#[source] h2::Error),
+}
+
+/// Serves one accepted TCP connection until the client closes it; streams run concurrently.
+pub async fn serve_connection<H: Handler>(tcp: TcpStream, acceptor: TlsAcceptor, handler: Arc<H>) -> Result<(), Error> {
+    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+        .await
+        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(Error::Tls)?;
+    let peer = tls::peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::Identity)?;
+    let mut connection = h2::server::Builder::new()
+        .initial_window_size(window::STREAM)
+        .initial_connection_window_size(window::CONNECTION)
+        .max_frame_size(window::MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .handshake::<_, Bytes>(tls)
+        .await
+        .map_err(Error::Http2)?;
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    streams.spawn(serve_stream(request, respond, peer.clone(), handler.clone()));
+                }
+                Some(Err(error)) => return Err(Error::Http2(error)),
+                None => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    // The client said goodbye; let open streams finish (the connection stays driven by them).
+    while streams.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn serve_stream<H: Handler>(
+    request: Request<h2::RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: Identity,
+    handler: Arc<H>,
+) {
+    let checked = check(&request, peer);
+    let upstream = match checked {
+        Ok(connect) => handler.connect(connect).await,
+        Err(refusal) => Err(refusal),
+    };
+    let mut upstream = match upstream {
+        Ok(upstream) => upstream,
+        Err(refusal) => {
+            tracing::debug!(%refusal, "HBONE stream refused");
+            let _ = respond.send_response(status_only(refusal.status()), true);
+            return;
+        }
+    };
+    let send = match respond.send_response(status_only(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(error) => {
+            tracing::debug!(%error, "HBONE client went away before 200");
+            return;
+        }
+    };
+    let mut stream = Stream::new(send, request.into_body());
+    if let Err(error) = super::relay(&mut upstream, &mut stream).await {
+        tracing::debug!(%error, "HBONE stream ended with an error");
+    }
+}
+
+/// Protocol checks of DESIGN.md §3: CONNECT with an `ip:port` authority.
+fn check(request: &Request<h2::RecvStream>, peer: Identity) -> Result<ConnectRequest, Refusal> {
+    if request.method() != Method::CONNECT {
+        return Err(Refusal::BadRequest(format!("method {} is not CONNECT", request.method())));
+    }
+    let authority = request.uri().authority().ok_or_else(|| Refusal::BadRequest("no :authority".into()))?;
+    let target: SocketAddr = authority
+        .as_str()
+        .parse()
+        .map_err(|_| Refusal::BadRequest(format!(":authority {authority} is not ip:port")))?;
+    let forwarded_for = request
+        .headers()
+        .get("forwarded")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_forwarded_for);
+    Ok(ConnectRequest { peer, target, forwarded_for })
+}
+
+/// `for="1.2.3.4:5"` or `for="[::1]:5"` from a `Forwarded` header.
+fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
+    value.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.eq_ignore_ascii_case("for").then(|| value.trim_matches('"').parse().ok())?
+    })
+}
+
+fn status_only(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_accepts_both_families_and_ignores_junk() {
+        assert_eq!(parse_forwarded_for("for=\"10.0.0.1:5000\""), "10.0.0.1:5000".parse().ok());
+        assert_eq!(parse_forwarded_for("proto=http; for=\"[fd00::1]:80\""), "[fd00::1]:80".parse().ok());
+        assert_eq!(parse_forwarded_for("for=unknown"), None);
+        assert_eq!(parse_forwarded_for(""), None);
+    }
+}

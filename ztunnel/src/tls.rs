@@ -1,0 +1,127 @@
+//! Mutual TLS bound to workload identities: TLS 1.3 only, ALPN `h2`, no SNI, the hybrid
+//! post-quantum group X25519MLKEM768 offered first (X25519 and P-256 after it for interop).
+//! A server requires a client certificate chaining to the mesh root whose only URI SAN is a
+//! workload identity of the mesh's trust domain; a client requires the exact identity it
+//! expects of the destination.
+use std::{sync::Arc, time::SystemTime};
+
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    client::danger::ServerCertVerifier,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName},
+};
+
+use crate::identity::Identity;
+
+mod verify;
+
+#[cfg(feature = "testing")]
+pub mod test_ca;
+
+/// ALPN protocol of HBONE.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// A workload's certificate chain and private key, with the mesh roots it trusts.
+#[derive(Debug)]
+pub struct WorkloadCert {
+    pub identity: Identity,
+    /// Leaf first, then intermediates (not the root).
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Clone for WorkloadCert {
+    fn clone(&self) -> Self {
+        Self {
+            identity: self.identity.clone(),
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            roots: self.roots.clone(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+        }
+    }
+}
+
+/// Errors building TLS configurations or reading peer identities.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("building the TLS configuration")]
+    Config(#[source] rustls::Error),
+    #[error("mesh root certificate rejected")]
+    Root(#[source] rustls::Error),
+    #[error("building the client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    #[error("peer certificate: {0}")]
+    PeerCertificate(String),
+}
+
+/// The crypto provider: aws-lc-rs, key exchange groups in preference order.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+        rustls::crypto::aws_lc_rs::kx_group::X25519,
+        rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+    ];
+    Arc::new(provider)
+}
+
+/// The server side of a workload's HBONE listener: presents `cert`, requires a client
+/// certificate of `trust_domain` chaining to the mesh roots.
+pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, Error> {
+    let provider = provider();
+    let verifier = verify::ClientVerifier::new(roots(cert)?, provider.clone(), cert.identity.trust_domain.clone())?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(Error::Config)?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(Error::Config)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The client side of a tunnel from the workload of `cert` to a destination that must prove
+/// it is `expected`.
+pub fn client_config(cert: &WorkloadCert, expected: &Identity) -> Result<Arc<ClientConfig>, Error> {
+    let provider = provider();
+    let verifier: Arc<dyn ServerCertVerifier> =
+        Arc::new(verify::ServerVerifier::new(roots(cert)?, provider.clone(), expected.clone()));
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(Error::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(cert.chain.clone(), cert.key.clone_key())
+        .map_err(Error::Config)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.enable_sni = false;
+    Ok(Arc::new(config))
+}
+
+/// The server name the client side passes to rustls: unused (no SNI, identity verified from the
+/// certificate's URI SAN), but rustls needs one.
+pub fn unused_server_name() -> ServerName<'static> {
+    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+}
+
+/// The workload identity in a peer's leaf certificate: its only URI SAN.
+pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, Error> {
+    let leaf = certs.and_then(|certs| certs.first()).ok_or(Error::NoPeerCertificate)?;
+    verify::identity_of(leaf).map_err(Error::PeerCertificate)
+}
+
+fn roots(cert: &WorkloadCert) -> Result<Arc<RootCertStore>, Error> {
+    let mut store = RootCertStore::empty();
+    for root in &cert.roots {
+        store.add(root.clone()).map_err(Error::Root)?;
+    }
+    Ok(Arc::new(store))
+}
