@@ -247,6 +247,21 @@ impl Datapath {
         enrolled.iter().collect::<Result<_, _>>().map_err(map_error)
     }
 
+    /// Names `cgroup` (a cgroup v2 directory) as the node proxy's: from now on only sockets that
+    /// carry the proxy mark *and* belong to a process in such a cgroup escape capture. Before
+    /// the first call the mark alone is trusted (any pod with CAP_NET_RAW could set it).
+    pub fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        // A cgroup v2 id is its directory's inode number.
+        let id = std::fs::metadata(cgroup).map_err(|source| io_error(cgroup, source))?.ino();
+        let name = map::PROXY_CGROUPS;
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
+                .map_err(|source| Error::Map { name, source })?;
+        cgroups.insert(id, 1, 0).map_err(|source| Error::Map { name, source })?;
+        self.set_config(ConfigSlot::ProxyCgroupRequired, 1)
+    }
+
     /// Switches on the programs' debug records and forwards them to this process's `log`
     /// output (aya-log). Must run inside a Tokio runtime. Records come from the programs the
     /// pinned cgroup links run, which may have been loaded by an earlier agent.

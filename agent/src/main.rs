@@ -34,6 +34,10 @@ enum Command {
         /// Have the eBPF programs log their decisions (aya-log, at debug level).
         #[arg(long, env = "WEFT_EBPF_DEBUG")]
         ebpf_debug: bool,
+        /// cgroup v2 directory of the node proxy: its marked sockets escape capture, nobody
+        /// else's do. Without it the proxy mark alone is trusted.
+        #[arg(long, env = "WEFT_PROXY_CGROUP")]
+        proxy_cgroup: Option<PathBuf>,
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
@@ -72,18 +76,26 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { cgroup, max_pods, pods, ebpf_debug } => {
+        Command::Run { cgroup, max_pods, pods, ebpf_debug, proxy_cgroup } => {
             let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
-            run(&config, &pods, ebpf_debug)
+            run(&config, &pods, ebpf_debug, proxy_cgroup.as_deref())
         }
         Command::Uninstall => Ok(datapath::uninstall(&args.bpffs_root)?),
     }
 }
 
-fn run(config: &datapath::Config, pods: &[StaticPod], ebpf_debug: bool) -> anyhow::Result<()> {
+fn run(
+    config: &datapath::Config,
+    pods: &[StaticPod],
+    ebpf_debug: bool,
+    proxy_cgroup: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _entered = runtime.enter();
     let mut datapath = Datapath::install(config)?;
+    if let Some(cgroup) = proxy_cgroup {
+        datapath.trust_proxy_cgroup(cgroup)?;
+    }
     let _logger = if ebpf_debug { Some(datapath.start_debug_log()?) } else { None };
     for pod in pods {
         let netns =

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
-use weft_ebpf_common::{ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, OrigDst};
+use weft_ebpf_common::{
+    ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, MAX_PROXY_CGROUPS, OrigDst,
+};
 
 #[map(name = "WEFT_ENROLLED")]
 pub static ENROLLED: HashMap<u64, Enrolled> = HashMap::pinned(MAX_ENROLLED, 0);
@@ -26,9 +28,27 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
 #[map(name = "WEFT_CONFIG")]
 pub static CONFIG: Array<u32> = Array::pinned(ConfigSlot::COUNT, 0);
 
+#[map(name = "WEFT_PROXY_CGROUPS")]
+pub static PROXY_CGROUPS: HashMap<u64, u8> = HashMap::pinned(MAX_PROXY_CGROUPS, 0);
+
 /// Whether the agent asked for debug records (aya-log); off by default, one array read when off.
 pub fn debug_enabled() -> bool {
     CONFIG.get(ConfigSlot::DebugLog as u32).is_some_and(|on| *on != 0)
+}
+
+/// Whether the current socket operation comes from the node proxy: the socket carries the proxy
+/// mark and, once the agent has named the proxy's cgroups, the calling process is in one.
+pub fn from_proxy(mark: u32) -> bool {
+    if mark != weft_ebpf_common::PROXY_MARK {
+        return false;
+    }
+    let required = CONFIG.get(ConfigSlot::ProxyCgroupRequired as u32).is_some_and(|on| *on != 0);
+    if !required {
+        return true;
+    }
+    let cgroup = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    // SAFETY: a read-only lookup whose result is only tested for presence.
+    unsafe { PROXY_CGROUPS.get(&cgroup) }.is_some()
 }
 
 /// Adds one to `counter` on this CPU.

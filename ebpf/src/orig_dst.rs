@@ -1,8 +1,9 @@
-//! `SO_ORIGINAL_DST` for the proxy, answered the way netfilter would: for an outbound-captured
-//! connection, the destination the client asked for; otherwise (inbound capture keeps the
-//! destination address) the socket's own local address. Only when the kernel had no answer.
+//! `SO_ORIGINAL_DST` for the proxy, answered the way netfilter would: on the outbound port, the
+//! destination the client asked for (and nothing when none was recorded); on any other port
+//! (inbound capture keeps the destination address), the socket's own local address. Only when
+//! the kernel had no answer.
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use weft_ebpf_common::{AF_INET, Counter, Endpoint, OrigDst};
+use weft_ebpf_common::{AF_INET, Counter, Endpoint, OrigDst, port};
 
 use crate::{
     ctx::read_ip6,
@@ -41,21 +42,30 @@ unsafe fn try_getsockopt(ctx: &SockoptContext) {
             return;
         }
         let v4_socket = (*sk).family == AF_INET_U32;
-        let peer_ip =
-            if v4_socket { Endpoint::mapped_v4((*sk).dst_ip4) } else { read_ip6(&raw const (*sk).dst_ip6) };
-        let peer = Endpoint { ip: peer_ip, port: u32::from(u16::from_be((*sk).dst_port)) };
-        let orig = match ORIG_BY_PEER.get(&peer) {
-            Some(orig) => *orig,
-            None => {
-                let ip = if v4_socket {
-                    Endpoint::mapped_v4((*sk).src_ip4)
-                } else {
-                    read_ip6(&raw const (*sk).src_ip6)
-                };
-                let family =
-                    if Endpoint::as_v4(&ip).is_some() { AF_INET } else { weft_ebpf_common::AF_INET6 };
-                OrigDst { ip, port: (*sk).src_port as u16, family }
+        let local_port = (*sk).src_port as u16;
+        let orig = if local_port == port::OUTBOUND {
+            // Outbound capture: only a recorded destination will do. Without one (a connection
+            // made straight to this port) the kernel's error stands; answering the local
+            // address would send the proxy to itself.
+            let peer_ip = if v4_socket {
+                Endpoint::mapped_v4((*sk).dst_ip4)
+            } else {
+                read_ip6(&raw const (*sk).dst_ip6)
+            };
+            let peer = Endpoint { ip: peer_ip, port: u32::from(u16::from_be((*sk).dst_port)) };
+            match ORIG_BY_PEER.get(&peer) {
+                Some(orig) => *orig,
+                None => return,
             }
+        } else {
+            // Inbound capture keeps the destination: it is the socket's local address.
+            let ip = if v4_socket {
+                Endpoint::mapped_v4((*sk).src_ip4)
+            } else {
+                read_ip6(&raw const (*sk).src_ip6)
+            };
+            let family = if Endpoint::as_v4(&ip).is_some() { AF_INET } else { weft_ebpf_common::AF_INET6 };
+            OrigDst { ip, port: local_port, family }
         };
         let start = (*so).__bindgen_anon_2.optval as *mut u8;
         let end = (*so).__bindgen_anon_3.optval_end as *mut u8;

@@ -7,13 +7,13 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_ebpf_common::{AF_INET, AF_INET6, Counter, Endpoint, Enrolled, OrigDst, PROXY_MARK, port};
+use weft_ebpf_common::{AF_INET, AF_INET6, Counter, Endpoint, Enrolled, OrigDst, port};
 
 use aya_log_ebpf::debug;
 
 use crate::{
     ctx::{read_ip6, write_ip6},
-    maps::{ENROLLED, ORIG_BY_COOKIE, count, debug_enabled},
+    maps::{ENROLLED, ORIG_BY_COOKIE, count, debug_enabled, from_proxy},
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -55,7 +55,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
             return ALLOW;
         }
         let sk = (*sa).__bindgen_anon_1.sk;
-        if !sk.is_null() && (*sk).mark == PROXY_MARK {
+        if !sk.is_null() && from_proxy((*sk).mark) {
             count(Counter::ExemptProxy);
             return ALLOW;
         }

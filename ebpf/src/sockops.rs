@@ -39,7 +39,7 @@ fn record_peer(ctx: &SockOpsContext) {
     };
     let peer = Endpoint { ip, port: ctx.local_port() };
     if ORIG_BY_PEER.insert(&peer, &orig, 0).is_err() {
-        // Established already: the proxy will find no original destination and close it.
+        // Established already: the proxy gets no original destination and closes it.
         count(Counter::RefusedNoState);
     }
 }

@@ -58,7 +58,13 @@ pub enum Sent {
 
 /// Sends `message` from `pod` to `to` and reports what happened.
 pub fn try_send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<Sent> {
-    let command = testpod(&["send", "--print-peer", "--to", &to.to_string(), "--message", message])?;
+    try_send_with(pod, to, message, &[])
+}
+
+/// [`try_send`] with extra `weft-testpod send` flags (e.g. `--mark 1337`).
+pub fn try_send_with(pod: &Pod, to: SocketAddr, message: &str, flags: &[&str]) -> anyhow::Result<Sent> {
+    let mut command = testpod(&["send", "--print-peer", "--to", &to.to_string(), "--message", message])?;
+    command.args(flags);
     let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
     if let Some(errno) = out.trim().strip_prefix("connect-error=") {
         return Ok(Sent::ConnectError(errno.parse()?));
@@ -149,6 +155,15 @@ impl Standin {
         Ok(&self.seen)
     }
 
+    /// Waits for an output line satisfying `wanted` (reports included) and returns it.
+    pub fn wait_for_line(
+        &mut self,
+        wanted: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.process.wait_for(wanted, timeout)
+    }
+
     /// Stops the stand-in (its listeners close, and with them its datapath registration).
     pub fn stop(mut self) -> anyhow::Result<()> {
         self.process.kill()
@@ -188,6 +203,8 @@ pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Pro
         .arg("run")
         .arg("--cgroup")
         .arg(&node.cgroup)
+        .arg("--proxy-cgroup")
+        .arg(&node.proxy_cgroup)
         .env("RUST_LOG", if ebpf_debug { "debug" } else { "info" })
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)

@@ -22,7 +22,9 @@ const WAIT: Duration = Duration::from_secs(10);
 fn install(topology: &Topology, node: usize, max_enrolled: u32) -> Datapath {
     let node = &topology.nodes()[node];
     let config = Config { cgroup: node.cgroup.clone(), bpffs_root: node.bpffs_root.clone(), max_enrolled };
-    Datapath::install(&config).unwrap()
+    let mut datapath = Datapath::install(&config).unwrap();
+    datapath.trust_proxy_cgroup(&node.proxy_cgroup).unwrap();
+    datapath
 }
 
 fn enroll(datapath: &mut Datapath, pod: &Pod) -> Result<u64, datapath::Error> {
@@ -267,4 +269,42 @@ fn debug_records_from_the_programs_reach_the_agent_log_only_when_asked_for() {
     assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
     let line = verbose.wait_for(|line| line.contains("redirected connect"), WAIT).unwrap();
     assert!(line.contains(&format!("to port {ECHO_PORT}")), "{line}");
+}
+
+#[test]
+fn a_pod_that_forges_the_proxy_mark_is_still_captured() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &client).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    let mark = weft_ebpf_common::PROXY_MARK.to_string();
+    let sent = apps::try_send_with(&client, to, "forged", &["--mark", &mark]).unwrap();
+    assert_eq!(sent, Sent::Reply { peer: to, reply: "forged".into() });
+    assert_eq!(
+        standin.accepted(1, WAIT).unwrap()[0].orig,
+        to,
+        "a marked socket outside the proxy cgroup escaped"
+    );
+    assert_eq!(datapath.counter(Counter::ExemptProxy).unwrap(), 1, "only the stand-in's relay is exempt");
+}
+
+#[test]
+fn a_connection_straight_to_the_outbound_port_gets_no_original_destination() {
+    let mut topology = Topology::new(1).unwrap();
+    let pod = topology.add_pod(0, "pod", "uid-pod").unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &pod).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &pod).unwrap();
+
+    // Exempt as local, so nothing recorded: the proxy must not be told to dial itself.
+    let own_outbound = SocketAddr::new(pod.ipv4.into(), port::OUTBOUND);
+    let sent = apps::try_send(&pod, own_outbound, "loop?");
+    assert!(!matches!(sent, Ok(Sent::Reply { .. })), "the proxy relayed somewhere: {sent:?}");
+    let line = standin.wait_for_line(|line| line.contains("listener=15001"), WAIT).unwrap();
+    assert!(line.starts_with("no-orig-dst"), "{line}");
 }

@@ -68,7 +68,11 @@ fn io_error(error: h2::Error) -> io::Error {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         while self.pending.is_empty() {
             match ready!(self.recv.poll_data(cx)) {
                 Some(Ok(data)) => {

@@ -77,7 +77,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// certificate of `trust_domain` chaining to the mesh roots.
 pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, Error> {
     let provider = provider();
-    let verifier = verify::ClientVerifier::new(roots(cert)?, provider.clone(), cert.identity.trust_domain.clone())?;
+    let verifier =
+        verify::ClientVerifier::new(roots(cert)?, provider.clone(), cert.identity.trust_domain.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(Error::Config)?

@@ -6,7 +6,7 @@
 
 /// Version of the maps' layout and the programs' contract. A pinned datapath with another
 /// version is never adopted: the agent stops and says to uninstall first.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
 /// Istio's ztunnel uses the same mark (0x539), so it runs on Weft's capture unmodified.
@@ -48,6 +48,8 @@ pub mod map {
     pub const COUNTERS: &str = "WEFT_COUNTERS";
     /// Array of `u32` indexed by [`crate::ConfigSlot`]. Written only by the agent.
     pub const CONFIG: &str = "WEFT_CONFIG";
+    /// cgroup id (`u64`) → `u8`: the node proxy's cgroups. Written only by the agent.
+    pub const PROXY_CGROUPS: &str = "WEFT_PROXY_CGROUPS";
 }
 
 /// Layout under the bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and `links/<link>`.
@@ -133,7 +135,7 @@ pub enum Counter {
     Redirected = 0,
     /// Connects from enrolled pods left alone: loopback or the pod's own address.
     ExemptLocal = 1,
-    /// Connects from the proxy's own (marked) sockets, left alone.
+    /// Connects from the proxy's own sockets (marked, and from its cgroup), left alone.
     ExemptProxy = 2,
     /// Connects refused because the original destination could not be recorded (fail closed).
     RefusedNoState = 3,
@@ -168,11 +170,17 @@ pub enum ConfigSlot {
     AbiVersion = 0,
     /// Non-zero: programs emit aya-log debug records. Off by default.
     DebugLog = 1,
+    /// Non-zero: a socket is the proxy's only if it carries [`PROXY_MARK`] *and* its process is
+    /// in one of [`map::PROXY_CGROUPS`] (any pod with CAP_NET_RAW can set a mark).
+    ProxyCgroupRequired = 2,
 }
 
 impl ConfigSlot {
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
+
+/// Capacity of [`map::PROXY_CGROUPS`].
+pub const MAX_PROXY_CGROUPS: u32 = 8;
 
 #[cfg(feature = "user")]
 mod user {

@@ -44,7 +44,9 @@ impl Connection {
     /// Runs TLS (verifying the destination per `config`) and HTTP/2 over `tcp`, connected to a
     /// pod's HBONE port. The connection lives until every clone and stream is dropped.
     pub async fn handshake(tcp: TcpStream, config: Arc<ClientConfig>) -> Result<Self, Error> {
-        let peer = tcp.peer_addr().map_err(|source| Error::Tls { peer: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
+        let peer = tcp
+            .peer_addr()
+            .map_err(|source| Error::Tls { peer: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
         let handshake = async {
             let tls = TlsConnector::from(config)
                 .connect(tls::unused_server_name(), tcp)

@@ -72,7 +72,11 @@ pub enum Error {
 }
 
 /// Serves one accepted TCP connection until the client closes it; streams run concurrently.
-pub async fn serve_connection<H: Handler>(tcp: TcpStream, acceptor: TlsAcceptor, handler: Arc<H>) -> Result<(), Error> {
+pub async fn serve_connection<H: Handler>(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    handler: Arc<H>,
+) -> Result<(), Error> {
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout)?

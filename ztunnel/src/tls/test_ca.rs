@@ -71,7 +71,8 @@ impl TestCa {
         params.not_before = leaf.not_before.into();
         params.not_after = leaf.not_after.into();
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params.signed_by(&key, &self.issuer).expect("invariant: signing");
         WorkloadCert {
             identity: leaf.identity.clone(),

@@ -94,8 +94,9 @@ impl ClientVerifier {
         provider: Arc<CryptoProvider>,
         trust_domain: String,
     ) -> Result<Self, super::Error> {
-        let inner =
-            WebPkiClientVerifier::builder_with_provider(roots, provider).build().map_err(super::Error::Verifier)?;
+        let inner = WebPkiClientVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(super::Error::Verifier)?;
         Ok(Self { inner, trust_domain })
     }
 }

@@ -39,6 +39,9 @@ enum Mode {
         /// First print `peer=<address>` as `getpeername()` reports it.
         #[arg(long)]
         print_peer: bool,
+        /// Set this SO_MARK on the socket before connecting (to impersonate the proxy).
+        #[arg(long)]
+        mark: Option<u32>,
     },
     /// `count` request/response round trips to `to`, one every `interval_us`; prints
     /// `probes=N ok=N failed=N` and exits 1 if any failed.
@@ -85,9 +88,9 @@ enum Mode {
 fn main() -> anyhow::Result<()> {
     match Args::parse().mode {
         Mode::Echo { port } => echo(port),
-        Mode::Send { to, message, timeout_ms, print_peer } => {
+        Mode::Send { to, message, timeout_ms, print_peer, mark } => {
             let timeout = Duration::from_millis(timeout_ms);
-            let stream = match TcpStream::connect_timeout(&to, timeout) {
+            let stream = match connect(to, timeout, mark) {
                 Ok(stream) => stream,
                 Err(error) => {
                     // For the harness: which errno, not just that it failed.
@@ -128,6 +131,16 @@ fn echo(port: u16) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Connects to `to`, with `mark` as the socket's SO_MARK if given.
+fn connect(to: SocketAddr, timeout: Duration, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.connect_timeout(&to.into(), timeout)?;
+    Ok(socket.into())
 }
 
 /// Connects, sends `message`, half-closes and reads the whole reply.
