@@ -196,6 +196,7 @@ impl Datapath {
             ipv4: addrs.ipv4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
             ipv6: addrs.ipv6.map(|ip| Endpoint::from_ip(ip.into(), 0).ip).unwrap_or([0; 4]),
         };
+        let was_enrolled = self.enrolled_map()?.get(&cookie, 0).is_ok();
         if let Err(source) = self.enrolled_map()?.insert(cookie, value, 0) {
             return Err(match source {
                 MapError::SyscallError(ref call) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
@@ -215,7 +216,10 @@ impl Datapath {
                 })
                 .and_then(|link| link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source)));
             if let Err(error) = attached {
-                let _ = self.enrolled_map()?.remove(&cookie);
+                // Undo only what this call did; an earlier enrollment stays.
+                if !was_enrolled && let Ok(mut enrolled) = self.enrolled_map() {
+                    let _ = enrolled.remove(&cookie);
+                }
                 return Err(error);
             }
         }

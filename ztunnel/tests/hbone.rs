@@ -1,0 +1,284 @@
+//! HBONE between two in-process proxy halves, for real: TLS 1.3 with workload certificates from
+//! a test CA, HTTP/2 CONNECT, and real TCP upstreams on loopback.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{
+    hash::{DefaultHasher, Hasher},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use weft_ztunnel::{
+    hbone::{
+        self,
+        client::Connection,
+        server::{ConnectRequest, Handler, Refusal},
+    },
+    identity::Identity,
+    tls::{
+        self, WorkloadCert,
+        test_ca::{Leaf, TestCa},
+    },
+};
+
+const TD: &str = "cluster.local";
+
+fn client_id() -> Identity {
+    Identity::new(TD, "shop", "cart")
+}
+
+fn server_id() -> Identity {
+    Identity::new(TD, "shop", "payments")
+}
+
+/// The destination side: which addresses are "its pods", and whom policy denies.
+#[derive(Default)]
+struct TestHandler {
+    local: Vec<IpAddr>,
+    deny: Option<Identity>,
+    seen: Mutex<Vec<ConnectRequest>>,
+}
+
+impl Handler for TestHandler {
+    async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
+        self.seen.lock().unwrap().push(request.clone());
+        if !self.local.contains(&request.target.ip()) {
+            return Err(Refusal::BadRequest(format!("{} is not a pod here", request.target)));
+        }
+        if self.deny.as_ref() == Some(&request.peer) {
+            return Err(Refusal::Denied(format!("{} may not connect", request.peer)));
+        }
+        TcpStream::connect(request.target).await.map_err(|error| Refusal::Unavailable(error.to_string()))
+    }
+}
+
+/// An HBONE server on loopback, serving with `cert` and `handler`.
+async fn hbone_server(cert: &WorkloadCert, handler: Arc<TestHandler>) -> SocketAddr {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(tls::server_config(cert).unwrap());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream that echoes everything and half-closes after the client did; counts accepts.
+async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut read, mut write) = tcp.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+                let _ = write.shutdown().await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn connect(
+    server: SocketAddr,
+    cert: &WorkloadCert,
+    expected: &Identity,
+) -> Result<Connection, hbone::client::Error> {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    Connection::handshake(tcp, tls::client_config(cert, expected).unwrap()).await
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_mib() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler.clone()).await;
+    let (upstream, _) = echo_upstream().await;
+    let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+
+    for len in [1, 1 << 20, 100 << 20] {
+        let mut stream = connection.open(upstream, "10.1.2.3:4567".parse().unwrap()).await.unwrap();
+        let data = pattern(len);
+        let (mut read, mut write) = tokio::io::split(&mut stream);
+        let writer = async {
+            write.write_all(&data).await.unwrap();
+            write.shutdown().await.unwrap(); // END_STREAM → upstream sees FIN → echoes its FIN back
+        };
+        let reader = async {
+            let mut back = Vec::with_capacity(len);
+            read.read_to_end(&mut back).await.unwrap();
+            back
+        };
+        let ((), back) = tokio::join!(writer, reader);
+        assert_eq!(back.len(), len);
+        assert_eq!(digest(&back), digest(&data), "{len} bytes came back altered");
+    }
+    let seen = handler.seen.lock().unwrap();
+    assert_eq!(seen[0].peer, client_id());
+    assert_eq!(seen[0].forwarded_for, Some("10.1.2.3:4567".parse().unwrap()));
+}
+
+/// A raw HTTP/2 client over mTLS, to send what the HBONE client never would.
+async fn raw_h2(server: SocketAddr, cert: &WorkloadCert) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let tls = TlsConnector::from(tls::client_config(cert, &server_id()).unwrap())
+        .connect(tls::unused_server_name(), tcp)
+        .await
+        .unwrap();
+    let (send, driver) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(driver);
+    send
+}
+
+async fn status_of(send: &h2::client::SendRequest<Bytes>, request: Request<()>) -> StatusCode {
+    let mut send = send.clone().ready().await.unwrap();
+    let (response, _body) = send.send_request(request, false).unwrap();
+    response.await.unwrap().status()
+}
+
+fn connect_to(authority: &str) -> Request<()> {
+    Request::builder().method(Method::CONNECT).uri(authority).body(()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_has_its_status_code() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler {
+        local: vec![Ipv4Addr::LOCALHOST.into()],
+        deny: Some(Identity::new(TD, "shop", "intruder")),
+        ..Default::default()
+    });
+    let server = hbone_server(&ca.issue(&server_id()), handler).await;
+    let (upstream, _) = echo_upstream().await;
+    let closed = {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        listener.local_addr().unwrap() // dropped: nothing listens there
+    };
+    let good = raw_h2(server, &ca.issue(&client_id())).await;
+    let intruder = raw_h2(server, &ca.issue(&Identity::new(TD, "shop", "intruder"))).await;
+
+    let get = Request::builder().method(Method::GET).uri(format!("http://{upstream}/")).body(()).unwrap();
+    assert_eq!(status_of(&good, get).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(&good, connect_to("example.com:80")).await, StatusCode::BAD_REQUEST);
+    assert_eq!(status_of(&good, connect_to("10.9.9.9:80")).await, StatusCode::BAD_REQUEST, "not a pod here");
+    assert_eq!(status_of(&intruder, connect_to(&upstream.to_string())).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(status_of(&good, connect_to(&closed.to_string())).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(status_of(&good, connect_to(&upstream.to_string())).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_sent_before_a_refusal_never_reaches_the_upstream() {
+    let ca = TestCa::new("mesh");
+    let intruder = Identity::new(TD, "shop", "intruder");
+    let handler = Arc::new(TestHandler {
+        local: vec![Ipv4Addr::LOCALHOST.into()],
+        deny: Some(intruder.clone()),
+        ..Default::default()
+    });
+    let server = hbone_server(&ca.issue(&server_id()), handler).await;
+    let (upstream, accepted) = echo_upstream().await;
+    let send = raw_h2(server, &ca.issue(&intruder)).await;
+
+    let mut send = send.ready().await.unwrap();
+    let (response, mut body) = send.send_request(connect_to(&upstream.to_string()), false).unwrap();
+    body.send_data(Bytes::from_static(b"early bytes"), false).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the upstream was contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_that_do_not_prove_the_right_identity_are_refused_before_any_byte_moves() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler.clone()).await;
+    let (upstream, accepted) = echo_upstream().await;
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+
+    let foreign = ca.issue(&Identity::new("evil.example", "shop", "cart"));
+    let mut expired = Leaf::for_identity(&client_id());
+    (expired.not_before, expired.not_after) = (now - 3 * hour, now - hour);
+    let mut future = Leaf::for_identity(&client_id());
+    (future.not_before, future.not_after) = (now + hour, now + 3 * hour);
+    let mut dns_only = Leaf::for_identity(&client_id());
+    dns_only.sans = vec![rcgen::SanType::DnsName("cart.shop.svc".try_into().unwrap())];
+    let other_root = TestCa::new("other mesh").issue(&client_id());
+
+    let bad_clients = [
+        ("another trust domain", foreign),
+        ("expired", ca.issue_leaf(&expired)),
+        ("not yet valid", ca.issue_leaf(&future)),
+        ("DNS SAN only", ca.issue_leaf(&dns_only)),
+        ("another root", WorkloadCert { roots: vec![ca.root()], ..other_root }),
+    ];
+    for (what, cert) in bad_clients {
+        let refused = match connect(server, &cert, &server_id()).await {
+            Err(_) => true,
+            // TLS 1.3: the client may finish before the server rejects its certificate; the
+            // first stream then fails.
+            Ok(connection) => connection.open(upstream, "10.0.0.1:1".parse().unwrap()).await.is_err(),
+        };
+        assert!(refused, "client certificate accepted: {what}");
+    }
+    // The server proves the wrong identity: the client refuses it.
+    let good = ca.issue(&client_id());
+    assert!(
+        connect(server, &good, &Identity::new(TD, "shop", "other")).await.is_err(),
+        "wrong server identity accepted"
+    );
+    assert!(handler.seen.lock().unwrap().is_empty(), "a stream got through");
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the upstream was contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_reset_reaches_the_client_as_a_reset() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler).await;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 5];
+        tcp.read_exact(&mut first).await.unwrap();
+        socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(tcp); // RST
+    });
+    let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let mut stream = connection.open(upstream, "10.0.0.1:1".parse().unwrap()).await.unwrap();
+    stream.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 16];
+    let error = stream.read(&mut buf).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
+}
