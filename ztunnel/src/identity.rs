@@ -1,6 +1,10 @@
 //! Workload identity: `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`, carried as
-//! the only URI SAN of a workload certificate.
+//! the only URI SAN of a workload certificate; where certificates come from ([`ca`]) and the
+//! per-node cache that keeps them fresh ([`manager`]).
 use std::{fmt, str::FromStr};
+
+pub mod ca;
+pub mod manager;
 
 /// A workload's SPIFFE identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,10 +3,16 @@
 //! datapath steers to its in-pod listeners. Outputs: mTLS + HBONE tunnels between nodes, plaintext
 //! to the destination app, metrics and access logs. Non-goals: L7 routing (the waypoint).
 //!
-//! Built in steps. Here so far: workload identities ([`identity`]), mutual TLS bound to them
-//! ([`tls`]), and HBONE — HTTP/2 CONNECT over that TLS — with its client, server and byte relay
-//! ([`hbone`]).
+//! Built in steps. Here so far: workload identities and their certificates ([`identity`]),
+//! mutual TLS bound to them ([`tls`]), HBONE — HTTP/2 CONNECT over that TLS — with its client,
+//! server and byte relay ([`hbone`]), the per-pod listeners and what they do ([`proxy`]), pods
+//! handed over by the agent ([`inpod`]), the workload index ([`state`], from a local file until
+//! xDS), and the process wiring ([`app`]).
 
+pub mod app;
 pub mod hbone;
 pub mod identity;
+pub mod inpod;
+pub mod proxy;
+pub mod state;
 pub mod tls;

@@ -1,0 +1,56 @@
+//! The process: configuration, wiring, and the run until shutdown.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use crate::{
+    identity::{ca::FileCa, manager::Manager},
+    inpod::{self, Pods},
+    proxy::{Context, InboundPlaintext, Pool},
+    state::State,
+};
+
+/// Validated configuration (the binary builds it from flags; tests build it directly).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: String,
+    /// The agent's pod-handoff socket.
+    pub zds_socket: PathBuf,
+    /// Workloads from a JSON file (until xDS).
+    pub local_config: Option<PathBuf>,
+    /// Development CA directory (`root.pem`, `root-key.pem`), until the control plane's CA.
+    pub dev_ca_dir: PathBuf,
+    /// Where capture is pinned; `None` runs without registering inbound listeners.
+    pub bpffs_root: Option<PathBuf>,
+    pub plaintext: InboundPlaintext,
+    pub cert_ttl: Duration,
+}
+
+/// Errors that stop the proxy from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("loading workloads")]
+    State(#[from] crate::state::Error),
+    #[error("loading the development CA")]
+    Ca(#[from] crate::identity::ca::Error),
+    #[error("opening the proxy's own network namespace")]
+    Netns(#[source] std::io::Error),
+}
+
+/// Runs the proxy until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let state = Arc::new(State::default());
+    if let Some(path) = &config.local_config {
+        state.load_file(path)?;
+    }
+    let ca = FileCa::load(&config.dev_ca_dir)?;
+    let context = Arc::new(Context {
+        trust_domain: config.trust_domain.clone(),
+        state,
+        identities: Arc::new(Manager::new(Arc::new(ca), config.cert_ttl)),
+        pool: Pool::default(),
+        plaintext: config.plaintext,
+        bpffs_root: config.bpffs_root.clone(),
+    });
+    let mut pods = Pods::new(context).map_err(Error::Netns)?;
+    inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;
+    Ok(())
+}

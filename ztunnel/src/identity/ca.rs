@@ -1,0 +1,120 @@
+//! Where workload certificates come from: a [`CaClient`] signs a CSR for an identity. The real
+//! one speaks Istio's `IstioCertificateService` to the control plane (with the control issue);
+//! [`FileCa`] is a development stand-in that signs locally with a root key from disk.
+use std::{future::Future, path::Path, pin::Pin, time::Duration};
+
+use rcgen::{
+    CertificateSigningRequestParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::pki_types::CertificateDer;
+
+use super::Identity;
+
+/// A boxed future, so that `CaClient` stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors obtaining a certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("CA unreachable or failing: {0}")]
+    Unavailable(String),
+    #[error("CA refused {identity}: {reason}")]
+    Refused { identity: String, reason: String },
+    #[error("certificate material: {0}")]
+    Material(String),
+}
+
+/// Signs certificate requests.
+pub trait CaClient: Send + Sync + 'static {
+    /// Signs `csr_pem` for `identity`, valid for `validity`. Returns the chain as Istio's CA
+    /// does: leaf first, the root last.
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr_pem: &'a str,
+        validity: Duration,
+    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>>;
+}
+
+/// A development CA: a root certificate and key read from `root.pem` and `root-key.pem` in a
+/// directory, signing locally. A stand-in for the control plane's CA in component tests and
+/// the pre-control-plane demo — it checks nothing about the caller, so never use it for real.
+#[derive(Debug)]
+pub struct FileCa {
+    issuer: Issuer<'static, KeyPair>,
+    root: CertificateDer<'static>,
+}
+
+impl FileCa {
+    pub fn load(dir: &Path) -> Result<Self, Error> {
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .map_err(|error| Error::Material(format!("{}: {error}", dir.join(name).display())))
+        };
+        let (cert_pem, key_pem) = (read("root.pem")?, read("root-key.pem")?);
+        let key = KeyPair::from_pem(&key_pem).map_err(|error| Error::Material(error.to_string()))?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|error| Error::Material(error.to_string()))?;
+        let root = rustls_pemfile_first(&cert_pem)?;
+        Ok(Self { issuer, root })
+    }
+}
+
+impl CaClient for FileCa {
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr_pem: &'a str,
+        validity: Duration,
+    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
+        Box::pin(async move {
+            let refused = |reason: String| Error::Refused { identity: identity.to_string(), reason };
+            let mut csr =
+                CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| refused(e.to_string()))?;
+            let expected = identity.to_string();
+            let uris: Vec<_> = csr
+                .params
+                .subject_alt_names
+                .iter()
+                .filter_map(|san| match san {
+                    SanType::URI(uri) => Some(uri.as_str().to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if uris != [expected.clone()] {
+                return Err(refused(format!("CSR names {uris:?}, not exactly {expected}")));
+            }
+            let now = std::time::SystemTime::now();
+            csr.params.not_before = (now - Duration::from_secs(300)).into();
+            csr.params.not_after = (now + validity).into();
+            csr.params.is_ca = rcgen::IsCa::ExplicitNoCa;
+            csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            csr.params.extended_key_usages =
+                vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+            let leaf = csr.signed_by(&self.issuer).map_err(|e| refused(e.to_string()))?;
+            Ok(vec![leaf.der().clone(), self.root.clone()])
+        })
+    }
+}
+
+/// The first certificate of a PEM text, as DER.
+fn rustls_pemfile_first(pem: &str) -> Result<CertificateDer<'static>, Error> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map_err(|error| Error::Material(format!("root PEM: {error}")))
+}
+
+/// Writes a fresh development root (`root.pem`, `root-key.pem`) into `dir`, for [`FileCa`].
+pub fn write_dev_root(dir: &Path) -> Result<(), Error> {
+    let key = KeyPair::generate().map_err(|error| Error::Material(error.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, "weft development root");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let cert = params.self_signed(&key).map_err(|error| Error::Material(error.to_string()))?;
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|error| Error::Material(format!("{name}: {error}")))
+    };
+    write("root.pem", cert.pem())?;
+    write("root-key.pem", key.serialize_pem())
+}

@@ -1,0 +1,134 @@
+//! Pods handed over by the agent through ZDS (DESIGN.md §4a): connect to the agent's socket, say
+//! hello, then for each message add, keep or remove a pod's proxy and ack it. The agent waits
+//! for each ack before switching capture on, so an ack means the pod's listeners are bound.
+//! After "snapshot sent", pods not announced since this connection began are dropped. When the
+//! agent goes away the pods keep running and the connection is retried.
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use weft_api::zds::{self, Channel, WorkloadRequest, WorkloadResponse, workload_request::Payload};
+
+use crate::proxy::{Context, Pod, PodProxy};
+
+pub mod netns;
+
+/// The pods this proxy serves.
+#[derive(Debug)]
+pub struct Pods {
+    context: Arc<Context>,
+    home: Arc<std::os::fd::OwnedFd>,
+    running: HashMap<String, PodProxy>,
+}
+
+impl Pods {
+    pub fn new(context: Arc<Context>) -> std::io::Result<Self> {
+        Ok(Self { context, home: netns::home_netns()?, running: HashMap::new() })
+    }
+
+    /// Uids of the pods being served.
+    pub fn uids(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    async fn add(&mut self, pod: Pod, netns_fd: std::os::fd::OwnedFd) -> Result<(), String> {
+        let netns = Arc::new(netns::Netns::new(netns_fd, self.home.clone()));
+        // Re-adding replaces: the old listeners close first so the new ones own the ports.
+        self.running.remove(&pod.uid);
+        let proxy = PodProxy::start(self.context.clone(), pod.clone(), netns).await.map_err(|error| {
+            let message = format!("{error:#}");
+            tracing::warn!(pod = %pod.uid, error = %message, "pod proxy failed to start");
+            message
+        })?;
+        self.running.insert(pod.uid, proxy);
+        Ok(())
+    }
+
+    fn remove(&mut self, uid: &str) {
+        if self.running.remove(uid).is_some() {
+            tracing::info!(pod = %uid, "pod proxy stopped");
+        }
+    }
+}
+
+/// Serves the handoff socket at `path` until `shutdown` resolves, reconnecting when the agent
+/// restarts.
+pub async fn run(path: PathBuf, pods: &mut Pods, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let session = async {
+            let channel = Channel::connect(&path).await.map_err(zds::Error::Io)?;
+            tracing::info!(path = %path.display(), "connected to the agent");
+            serve(&channel, pods).await
+        };
+        tokio::select! {
+            () = &mut shutdown => return,
+            ended = session => match ended {
+                Err(zds::Error::Closed) => {
+                    tracing::info!("agent closed the handoff connection; reconnecting");
+                    backoff = Duration::from_millis(50);
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "handoff connection failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Ok(()) => {}
+            },
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+    }
+}
+
+async fn serve(channel: &Channel, pods: &mut Pods) -> Result<(), zds::Error> {
+    channel.send(&zds::ZdsHello { version: zds::Version::V1 as i32 }, None).await?;
+    let mut announced: HashSet<String> = HashSet::new();
+    loop {
+        let (request, fd) = channel.recv::<WorkloadRequest>().await?;
+        let result = match request.payload {
+            Some(Payload::Add(add)) => match fd {
+                Some(fd) => {
+                    let info = add.workload_info.unwrap_or_default();
+                    announced.insert(add.uid.clone());
+                    let pod = Pod {
+                        uid: add.uid,
+                        name: info.name,
+                        namespace: info.namespace,
+                        service_account: info.service_account,
+                    };
+                    pods.add(pod, fd).await
+                }
+                None => Err("add without a netns fd".to_owned()),
+            },
+            Some(Payload::Keep(keep)) => {
+                announced.insert(keep.uid);
+                Ok(())
+            }
+            Some(Payload::Del(del)) => {
+                announced.remove(&del.uid);
+                pods.remove(&del.uid);
+                Ok(())
+            }
+            Some(Payload::SnapshotSent(_)) => {
+                for uid in pods.uids().into_iter().filter(|uid| !announced.contains(uid)) {
+                    pods.remove(&uid);
+                }
+                Ok(())
+            }
+            None => Err("empty request".to_owned()),
+        };
+        let ack = zds::Ack { error: result.err().unwrap_or_default() };
+        channel
+            .send(
+                &WorkloadResponse { payload: Some(weft_api::zds::workload_response::Payload::Ack(ack)) },
+                None,
+            )
+            .await?;
+    }
+}

@@ -1,0 +1,198 @@
+//! The per-pod proxy: three listeners inside each enrolled pod's network namespace — outbound
+//! capture (15001), inbound plaintext capture (15006) and HBONE (15008) — and what each does
+//! with a connection. Every socket the proxy opens carries the proxy mark, so capture leaves it
+//! alone, and is created inside the pod's namespace.
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::JoinSet,
+};
+use weft_ebpf_common::{PROXY_MARK, port};
+
+use crate::{
+    identity::{Identity, manager::Manager},
+    inpod::netns::Netns,
+    state::State,
+};
+
+mod inbound;
+mod outbound;
+mod pool;
+
+pub use pool::Pool;
+
+/// What plaintext from outside the mesh may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InboundPlaintext {
+    /// Allowed (PERMISSIVE).
+    #[default]
+    Allow,
+    /// Refused (STRICT).
+    Deny,
+}
+
+/// Shared by every pod's proxy on the node.
+#[derive(Debug)]
+pub struct Context {
+    pub trust_domain: String,
+    pub state: Arc<State>,
+    pub identities: Arc<Manager>,
+    pub pool: Pool,
+    pub plaintext: InboundPlaintext,
+    /// Where the datapath is pinned, to register inbound listeners; `None` without capture.
+    pub bpffs_root: Option<PathBuf>,
+}
+
+/// A pod as the agent announced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Pod {
+    pub fn identity(&self, trust_domain: &str) -> Identity {
+        Identity::new(trust_domain, &self.namespace, &self.service_account)
+    }
+}
+
+/// Errors starting a pod's proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding port {port} in pod {pod}")]
+    Bind {
+        pod: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading pod {pod}'s addresses")]
+    Addresses {
+        pod: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registering pod {pod}'s inbound listener with the datapath")]
+    Register {
+        pod: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("certificate for pod {pod}")]
+    Certificate {
+        pod: String,
+        #[source]
+        source: crate::identity::ca::Error,
+    },
+    #[error("TLS for pod {pod}")]
+    Tls {
+        pod: String,
+        #[source]
+        source: crate::tls::Error,
+    },
+}
+
+/// A running pod proxy; dropping it closes its listeners and its connections.
+#[derive(Debug)]
+pub struct PodProxy {
+    pub pod: Pod,
+    pub addresses: Vec<IpAddr>,
+    _tasks: JoinSet<()>,
+}
+
+impl PodProxy {
+    /// Binds the pod's listeners, registers the inbound one with the datapath, and starts
+    /// serving. Returns once the listeners are bound: the agent may switch capture on.
+    pub async fn start(context: Arc<Context>, pod: Pod, netns: Arc<Netns>) -> Result<Self, Error> {
+        let addresses =
+            netns.addresses().map_err(|source| Error::Addresses { pod: pod.uid.clone(), source })?;
+        let bind = |port| {
+            listen_in(&netns, port).map_err(|source| Error::Bind { pod: pod.uid.clone(), port, source })
+        };
+        let (outbound, inbound, hbone) =
+            (bind(port::OUTBOUND)?, bind(port::INBOUND)?, bind(crate::hbone::PORT)?);
+        if let Some(root) = &context.bpffs_root {
+            weft_ebpf_common::listener::register(root, &addresses, &inbound)
+                .map_err(|source| Error::Register { pod: pod.uid.clone(), source })?;
+        }
+        let identity = pod.identity(&context.trust_domain);
+        let cert = context
+            .identities
+            .fetch(&identity)
+            .await
+            .map_err(|source| Error::Certificate { pod: pod.uid.clone(), source })?;
+        let server_tls =
+            crate::tls::server_config(&cert).map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
+
+        let mut tasks = JoinSet::new();
+        let pod_ref = Arc::new(pod.clone());
+        tasks.spawn(outbound::serve(outbound, context.clone(), pod_ref.clone(), netns.clone()));
+        tasks.spawn(inbound::serve_plaintext(inbound, context.clone(), netns.clone()));
+        tasks.spawn(inbound::serve_hbone(hbone, server_tls, addresses.clone(), netns));
+        tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
+        Ok(Self { pod, addresses, _tasks: tasks })
+    }
+}
+
+/// A dual-stack, marked listener on `[::]:port` inside the pod; `SO_REUSEPORT` so a new proxy
+/// can bind beside this one during an upgrade.
+fn listen_in(netns: &Netns, port: u16) -> std::io::Result<TcpListener> {
+    let socket = netns.run(|| marked_socket(socket2::Domain::IPV6))??;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Connects to `to` from inside the pod, with a marked socket.
+async fn connect_in(netns: &Netns, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = netns.run(|| marked_socket(socket2::Domain::for_address(to)))??;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    let stream = socket.connect(to).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+fn marked_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
+    socket.set_mark(PROXY_MARK)?;
+    Ok(socket)
+}
+
+/// `SO_ORIGINAL_DST` of an accepted connection, answered by the datapath.
+fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    use std::os::fd::AsRawFd;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: sockaddr_in6 is plain data; all-zero is valid.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(size_of::<libc::sockaddr_in6>()).expect("invariant: fits");
+    // SAFETY: addr and len are live and sized as passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IPV6,
+            SO_ORIGINAL_DST,
+            (&raw mut addr).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr).to_canonical();
+    Ok(SocketAddr::new(ip, u16::from_be(addr.sin6_port)))
+}
+
+/// `addr` with an IPv4-mapped address shown as IPv4.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}

@@ -1,0 +1,94 @@
+//! Inbound: HBONE from other proxies (15008) and plaintext from outside the mesh (15006), both
+//! delivered to the app inside the pod over a marked socket from the pod's own address.
+use std::{net::IpAddr, sync::Arc};
+
+use rustls::ServerConfig;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{Context, InboundPlaintext, canonical, connect_in};
+use crate::{
+    hbone::server::{ConnectRequest, Handler, Refusal},
+    inpod::netns::Netns,
+};
+
+/// Accepts HBONE connections for one pod.
+pub async fn serve_hbone(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    addresses: Vec<IpAddr>,
+    netns: Arc<Netns>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let handler = Arc::new(Delivery { addresses, netns });
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let (acceptor, handler) = (acceptor.clone(), handler.clone());
+                    connections.spawn(async move {
+                        if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler).await {
+                            tracing::info!(%peer, %error, "HBONE connection failed");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "HBONE accept failed"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// Delivers HBONE streams to the app of one pod.
+struct Delivery {
+    addresses: Vec<IpAddr>,
+    netns: Arc<Netns>,
+}
+
+impl Handler for Delivery {
+    async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
+        let target = canonical(request.target);
+        if !self.addresses.contains(&target.ip()) {
+            return Err(Refusal::BadRequest(format!("{target} is not this pod")));
+        }
+        tracing::debug!(peer = %request.peer, %target, "inbound HBONE stream");
+        connect_in(&self.netns, target)
+            .await
+            .map_err(|error| Refusal::Unavailable(format!("{target}: {error}")))
+    }
+}
+
+/// Plaintext from outside the mesh, captured to 15006: delivered in PERMISSIVE, closed in STRICT.
+pub async fn serve_plaintext(listener: TcpListener, context: Arc<Context>, netns: Arc<Netns>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((mut client, peer)) => {
+                    if context.plaintext == InboundPlaintext::Deny {
+                        tracing::info!(%peer, "plaintext inbound refused (strict)");
+                        continue;
+                    }
+                    let netns = netns.clone();
+                    connections.spawn(async move {
+                        // Inbound capture keeps the destination: the local address is the target.
+                        let result = async {
+                            let target = canonical(client.local_addr()?);
+                            let mut upstream = connect_in(&netns, target).await?;
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        };
+                        if let Err(error) = result.await {
+                            tracing::info!(%peer, %error, "plaintext inbound failed");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "plaintext accept failed"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
