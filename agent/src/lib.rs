@@ -5,3 +5,4 @@
 //! Non-goals: proxying traffic (ztunnel) and deciding policy (the control plane).
 
 pub mod datapath;
+pub mod handoff;

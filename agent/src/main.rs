@@ -3,7 +3,10 @@ use std::{net::IpAddr, path::PathBuf, str::FromStr};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use weft_agent::datapath::{self, Datapath, PodAddrs};
+use weft_agent::{
+    datapath::{self, Datapath, PodAddrs},
+    handoff,
+};
 
 /// Weft node agent.
 #[derive(Debug, Parser)]
@@ -27,10 +30,10 @@ enum Command {
         /// Capacity of the enrollment map when it is created.
         #[arg(long, default_value_t = weft_ebpf_common::MAX_ENROLLED)]
         max_pods: u32,
-        /// A pod to enroll, as `NETNS_PATH=IP[,IP]` (static enrollment until the Kubernetes
-        /// watch arrives).
+        /// A pod to enroll directly, without handing it to ztunnel, as `NETNS_PATH=IP[,IP]`
+        /// (for capture on its own).
         #[arg(long = "enroll")]
-        pods: Vec<StaticPod>,
+        enroll: Vec<StaticPod>,
         /// Have the eBPF programs log their decisions (aya-log, at debug level).
         #[arg(long, env = "WEFT_EBPF_DEBUG")]
         ebpf_debug: bool,
@@ -38,6 +41,14 @@ enum Command {
         /// else's do. Without it the proxy mark alone is trusted.
         #[arg(long, env = "WEFT_PROXY_CGROUP")]
         proxy_cgroup: Option<PathBuf>,
+        /// Pods to hand to ztunnel and then enroll, as JSON
+        /// (`{"pods": [{"uid", "name", "namespace", "service_account", "netns", "ips"}]}`),
+        /// until the Kubernetes watch arrives. Needs `--zds-socket`.
+        #[arg(long, requires = "zds_socket")]
+        pods: Option<PathBuf>,
+        /// The pod-handoff socket ztunnel connects to.
+        #[arg(long, env = "WEFT_ZDS_SOCKET")]
+        zds_socket: Option<PathBuf>,
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
@@ -76,42 +87,132 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { cgroup, max_pods, pods, ebpf_debug, proxy_cgroup } => {
+        Command::Run { cgroup, max_pods, enroll, ebpf_debug, proxy_cgroup, pods, zds_socket } => {
             let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
-            run(&config, &pods, ebpf_debug, proxy_cgroup.as_deref())
+            let handoff = match (zds_socket, pods) {
+                (Some(socket), Some(file)) => Some((socket, read_pods(&file)?)),
+                (Some(socket), None) => Some((socket, Vec::new())),
+                _ => None,
+            };
+            let options = RunOptions { enroll, handoff, ebpf_debug, proxy_cgroup };
+            run(&config, options)
         }
         Command::Uninstall => Ok(datapath::uninstall(&args.bpffs_root)?),
     }
 }
 
-fn run(
-    config: &datapath::Config,
-    pods: &[StaticPod],
+/// A pod in the `--pods` file.
+#[derive(Debug, serde::Deserialize)]
+struct PodSpec {
+    uid: String,
+    name: String,
+    namespace: String,
+    service_account: String,
+    netns: PathBuf,
+    ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct PodsFile {
+    pods: Vec<PodSpec>,
+}
+
+fn read_pods(path: &std::path::Path) -> anyhow::Result<Vec<PodSpec>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: PodsFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok(file.pods)
+}
+
+fn addrs_of(ips: &[IpAddr]) -> PodAddrs {
+    let mut addrs = PodAddrs::default();
+    for ip in ips {
+        match ip {
+            IpAddr::V4(v4) => addrs.ipv4 = Some(*v4),
+            IpAddr::V6(v6) => addrs.ipv6 = Some(*v6),
+        }
+    }
+    addrs
+}
+
+#[derive(Debug)]
+struct RunOptions {
+    enroll: Vec<StaticPod>,
+    handoff: Option<(PathBuf, Vec<PodSpec>)>,
     ebpf_debug: bool,
-    proxy_cgroup: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
+    proxy_cgroup: Option<PathBuf>,
+}
+
+fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _entered = runtime.enter();
     let mut datapath = Datapath::install(config)?;
-    if let Some(cgroup) = proxy_cgroup {
+    if let Some(cgroup) = &options.proxy_cgroup {
         datapath.trust_proxy_cgroup(cgroup)?;
     }
-    let _logger = if ebpf_debug { Some(datapath.start_debug_log()?) } else { None };
-    for pod in pods {
-        let netns =
-            std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+    let _logger = if options.ebpf_debug { Some(datapath.start_debug_log()?) } else { None };
+    for pod in &options.enroll {
+        let netns = std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
         let cookie = datapath.enroll(&netns, pod.addrs)?;
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }
-    println!("ready");
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = term.recv() => {}
-            result = tokio::signal::ctrl_c() => result?,
+        let signal = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        match options.handoff {
+            None => {
+                println!("ready");
+                signal.await;
+            }
+            Some((socket, pods)) => {
+                tokio::select! {
+                    served = hand_off(&socket, &pods, &mut datapath) => served?,
+                    () = signal => {}
+                }
+            }
         }
         anyhow::Ok(())
     })?;
     tracing::info!("exiting; capture stays pinned");
     Ok(())
+}
+
+/// Serves the handoff socket: each time a ztunnel connects, hands it every pod (each enrolled
+/// in capture only once ztunnel acked it: listeners first, redirection second), then the
+/// snapshot marker. Prints `ready` after the first complete snapshot.
+async fn hand_off(socket: &std::path::Path, pods: &[PodSpec], datapath: &mut Datapath) -> anyhow::Result<()> {
+    let server = handoff::Server::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    let mut ready = false;
+    loop {
+        let session = server.accept().await?;
+        tracing::info!("ztunnel connected");
+        for spec in pods {
+            let netns = std::fs::File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
+            let pod = handoff::Pod {
+                uid: spec.uid.clone(),
+                name: spec.name.clone(),
+                namespace: spec.namespace.clone(),
+                service_account: spec.service_account.clone(),
+                netns,
+            };
+            match session.add(&pod).await {
+                Ok(()) => {
+                    let cookie = datapath.enroll(&pod.netns, addrs_of(&spec.ips))?;
+                    tracing::info!(pod = %spec.uid, cookie, "handed over and enrolled");
+                }
+                Err(error) => tracing::warn!(pod = %spec.uid, %error, "handoff failed; pod not enrolled"),
+            }
+        }
+        session.snapshot_sent().await?;
+        if !ready {
+            println!("ready");
+            ready = true;
+        }
+        session.closed().await;
+        tracing::info!("ztunnel disconnected; capture stays on (fail closed) until it returns");
+    }
 }

@@ -13,6 +13,7 @@ pub mod apps;
 pub mod cleanup;
 pub mod cluster;
 pub mod kubelet;
+pub mod mesh;
 pub mod netns;
 pub mod process;
 pub mod topology;

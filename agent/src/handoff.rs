@@ -1,0 +1,99 @@
+//! The agent's side of ZDS, the pod handoff (DESIGN.md §4a): listen on the handoff socket, and
+//! for each connected ztunnel send adds (with the pod's netns fd), keeps, deletes and the
+//! snapshot marker, one at a time, each confirmed by ztunnel's ack before the next.
+use std::{fs::File, os::fd::AsFd, path::Path};
+
+use weft_api::zds::{
+    self, AddWorkload, Channel, DelWorkload, Listener, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse,
+    workload_request::Payload, workload_response,
+};
+
+/// A pod to hand over.
+#[derive(Debug)]
+pub struct Pod {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub netns: File,
+}
+
+/// Errors on the handoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Channel(#[from] zds::Error),
+    #[error("ztunnel refused pod {uid}: {reason}")]
+    Refused { uid: String, reason: String },
+    #[error("ztunnel spoke handoff version {0}, not V1")]
+    Version(i32),
+}
+
+/// The listening handoff socket.
+#[derive(Debug)]
+pub struct Server {
+    listener: Listener,
+}
+
+impl Server {
+    pub fn bind(path: &Path) -> std::io::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(Self { listener: Listener::bind(path)? })
+    }
+
+    /// Waits for a ztunnel to connect and say hello.
+    pub async fn accept(&self) -> Result<Session, Error> {
+        let channel = self.listener.accept().await.map_err(zds::Error::Io)?;
+        let (hello, _) = channel.recv::<zds::ZdsHello>().await?;
+        if hello.version != zds::Version::V1 as i32 {
+            return Err(Error::Version(hello.version));
+        }
+        Ok(Session { channel })
+    }
+}
+
+/// One connected ztunnel.
+#[derive(Debug)]
+pub struct Session {
+    channel: Channel,
+}
+
+impl Session {
+    /// Hands `pod` over and returns once ztunnel has bound its listeners.
+    pub async fn add(&self, pod: &Pod) -> Result<(), Error> {
+        let info = WorkloadInfo {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            service_account: pod.service_account.clone(),
+        };
+        let add = AddWorkload { uid: pod.uid.clone(), workload_info: Some(info) };
+        self.request(&pod.uid, Payload::Add(add), Some(pod.netns.as_fd())).await
+    }
+
+    /// Tells ztunnel to stop serving the pod `uid`.
+    pub async fn delete(&self, uid: &str) -> Result<(), Error> {
+        self.request(uid, Payload::Del(DelWorkload { uid: uid.to_owned() }), None).await
+    }
+
+    /// Ends the snapshot: ztunnel drops pods not announced on this session.
+    pub async fn snapshot_sent(&self) -> Result<(), Error> {
+        self.request("snapshot", Payload::SnapshotSent(SnapshotSent {}), None).await
+    }
+
+    /// Resolves when ztunnel disconnects.
+    pub async fn closed(&self) {
+        while let Ok(Some(_)) = self.channel.recv_packet().await {}
+    }
+
+    async fn request(&self, uid: &str, payload: Payload, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), Error> {
+        self.channel.send(&WorkloadRequest { payload: Some(payload) }, fd).await?;
+        let (response, _) = self.channel.recv::<WorkloadResponse>().await?;
+        match response.payload {
+            Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => Ok(()),
+            Some(workload_response::Payload::Ack(ack)) => Err(Error::Refused { uid: uid.to_owned(), reason: ack.error }),
+            None => Err(Error::Refused { uid: uid.to_owned(), reason: "empty response".into() }),
+        }
+    }
+}

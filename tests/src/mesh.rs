@@ -1,0 +1,165 @@
+//! The mesh on the harness topology, as it will run on nodes: per node a `weft-agent` (capture,
+//! pod handoff) and a `weft-ztunnel` (in the node's netns, in the node proxy cgroup), sharing
+//! the handoff socket. Until the control plane lands, workloads come from a local JSON file and
+//! certificates from ztunnel's development CA (a root the harness writes); pods are enrolled
+//! statically from a per-node pods file.
+use std::{
+    net::IpAddr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde_json::json;
+
+use crate::{
+    apps,
+    process::Process,
+    topology::{Node, Pod, Topology},
+};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A pod enrolled in the mesh, with its Kubernetes identity.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub pod: Pod,
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Member {
+    pub fn new(pod: &Pod, namespace: &str, service_account: &str) -> Self {
+        Self { pod: pod.clone(), namespace: namespace.to_owned(), service_account: service_account.to_owned() }
+    }
+
+    pub fn identity(&self) -> String {
+        format!("spiffe://cluster.local/ns/{}/sa/{}", self.namespace, self.service_account)
+    }
+}
+
+/// The running mesh: agents and ztunnels for every node. Dropping it kills them (capture stays
+/// pinned until the topology goes).
+#[derive(Debug)]
+pub struct Mesh {
+    /// Per node: (agent, ztunnel).
+    processes: Vec<(Process, Process)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    /// Starts the mesh on every node of `topology`, enrolling `members`.
+    pub fn start(topology: &Topology, members: &[Member]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("weft-mesh-").tempdir()?;
+        let ca_dir = dir.path().join("ca");
+        std::fs::create_dir_all(&ca_dir)?;
+        weft_ztunnel::identity::ca::write_dev_root(&ca_dir)?;
+        let workloads: Vec<_> = members
+            .iter()
+            .map(|member| {
+                json!({
+                    "uid": member.pod.uid,
+                    "name": member.pod.name,
+                    "namespace": member.namespace,
+                    "service_account": member.service_account,
+                    "addresses": addresses(&member.pod),
+                    "node": topology.nodes()[member.pod.node].name,
+                })
+            })
+            .collect();
+        let local_config = dir.path().join("workloads.json");
+        std::fs::write(&local_config, json!({ "workloads": workloads }).to_string())?;
+
+        let mut processes = Vec::new();
+        for node in topology.nodes() {
+            let pods: Vec<_> = members
+                .iter()
+                .filter(|member| member.pod.node == node.index)
+                .map(|member| {
+                    json!({
+                        "uid": member.pod.uid,
+                        "name": member.pod.name,
+                        "namespace": member.namespace,
+                        "service_account": member.service_account,
+                        "netns": member.pod.netns.path(),
+                        "ips": addresses(&member.pod),
+                    })
+                })
+                .collect();
+            let node_dir = dir.path().join(&node.name);
+            std::fs::create_dir_all(&node_dir)?;
+            let pods_file = node_dir.join("pods.json");
+            std::fs::write(&pods_file, json!({ "pods": pods }).to_string())?;
+            let socket = node_dir.join("zds.sock");
+            let mut agent = start_agent(node, &pods_file, &socket)?;
+            let ztunnel = start_ztunnel(node, &socket, &local_config, &ca_dir)?;
+            agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("mesh on {}", node.name))?;
+            processes.push((agent, ztunnel));
+        }
+        Ok(Self { processes, _dir: dir })
+    }
+
+    /// The ztunnel of node `node`, e.g. to read its log.
+    pub fn ztunnel(&mut self, node: usize) -> &mut Process {
+        &mut self.processes[node].1
+    }
+}
+
+fn addresses(pod: &Pod) -> Vec<IpAddr> {
+    vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)]
+}
+
+/// Both streams of a process into one pipe the harness reads.
+fn merged_output(command: &mut Command) -> anyhow::Result<std::io::PipeReader> {
+    let (reader, writer) = std::io::pipe()?;
+    command.stdin(Stdio::null()).stdout(writer.try_clone()?).stderr(writer);
+    Ok(reader)
+}
+
+fn start_agent(node: &Node, pods: &std::path::Path, socket: &std::path::Path) -> anyhow::Result<Process> {
+    let mut command = Command::new(apps::binary("weft-agent")?);
+    command
+        .arg("--bpffs-root")
+        .arg(&node.bpffs_root)
+        .arg("run")
+        .arg("--cgroup")
+        .arg(&node.cgroup)
+        .arg("--proxy-cgroup")
+        .arg(&node.proxy_cgroup)
+        .arg("--pods")
+        .arg(pods)
+        .arg("--zds-socket")
+        .arg(socket);
+    let output = merged_output(&mut command)?;
+    let mut agent = Process::spawn(command, &node.netns, None)?;
+    agent.read_lines_from(output);
+    Ok(agent)
+}
+
+fn start_ztunnel(
+    node: &Node,
+    socket: &std::path::Path,
+    local_config: &std::path::Path,
+    ca_dir: &std::path::Path,
+) -> anyhow::Result<Process> {
+    let mut command = Command::new(apps::binary("weft-ztunnel")?);
+    command
+        .arg("--zds-socket")
+        .arg(socket)
+        .arg("--local-config")
+        .arg(local_config)
+        .arg("--dev-ca-dir")
+        .arg(ca_dir)
+        .arg("--bpffs-root")
+        .arg(&node.bpffs_root);
+    let output = merged_output(&mut command)?;
+    let mut ztunnel = Process::spawn(command, &node.netns, Some(&node.proxy_cgroup))?;
+    ztunnel.read_lines_from(output);
+    Ok(ztunnel)
+}
+
+/// Where the mesh keeps a node's files (for tests that restart one part).
+pub fn node_dir(mesh_dir: &std::path::Path, node: &Node) -> PathBuf {
+    mesh_dir.join(&node.name)
+}
