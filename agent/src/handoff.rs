@@ -4,8 +4,8 @@
 use std::{fs::File, os::fd::AsFd, path::Path};
 
 use weft_api::zds::{
-    self, AddWorkload, Channel, DelWorkload, Listener, SnapshotSent, WorkloadInfo, WorkloadRequest, WorkloadResponse,
-    workload_request::Payload, workload_response,
+    self, AddWorkload, Channel, DelWorkload, Listener, SnapshotSent, WorkloadInfo, WorkloadRequest,
+    WorkloadResponse, workload_request::Payload, workload_response,
 };
 
 /// A pod to hand over.
@@ -87,12 +87,19 @@ impl Session {
         while let Ok(Some(_)) = self.channel.recv_packet().await {}
     }
 
-    async fn request(&self, uid: &str, payload: Payload, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), Error> {
+    async fn request(
+        &self,
+        uid: &str,
+        payload: Payload,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<(), Error> {
         self.channel.send(&WorkloadRequest { payload: Some(payload) }, fd).await?;
         let (response, _) = self.channel.recv::<WorkloadResponse>().await?;
         match response.payload {
             Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => Ok(()),
-            Some(workload_response::Payload::Ack(ack)) => Err(Error::Refused { uid: uid.to_owned(), reason: ack.error }),
+            Some(workload_response::Payload::Ack(ack)) => {
+                Err(Error::Refused { uid: uid.to_owned(), reason: ack.error })
+            }
             None => Err(Error::Refused { uid: uid.to_owned(), reason: "empty response".into() }),
         }
     }

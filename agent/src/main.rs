@@ -80,6 +80,7 @@ impl FromStr for StaticPod {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -119,7 +120,8 @@ struct PodsFile {
 
 fn read_pods(path: &std::path::Path) -> anyhow::Result<Vec<PodSpec>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: PodsFile = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let file: PodsFile =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok(file.pods)
 }
 
@@ -151,7 +153,8 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
     }
     let _logger = if options.ebpf_debug { Some(datapath.start_debug_log()?) } else { None };
     for pod in &options.enroll {
-        let netns = std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
+        let netns =
+            std::fs::File::open(&pod.netns).with_context(|| format!("opening {}", pod.netns.display()))?;
         let cookie = datapath.enroll(&netns, pod.addrs)?;
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }
@@ -185,13 +188,15 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
 /// in capture only once ztunnel acked it: listeners first, redirection second), then the
 /// snapshot marker. Prints `ready` after the first complete snapshot.
 async fn hand_off(socket: &std::path::Path, pods: &[PodSpec], datapath: &mut Datapath) -> anyhow::Result<()> {
-    let server = handoff::Server::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+    let server =
+        handoff::Server::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
     let mut ready = false;
     loop {
         let session = server.accept().await?;
         tracing::info!("ztunnel connected");
         for spec in pods {
-            let netns = std::fs::File::open(&spec.netns).with_context(|| format!("opening {}", spec.netns.display()))?;
+            let netns = std::fs::File::open(&spec.netns)
+                .with_context(|| format!("opening {}", spec.netns.display()))?;
             let pod = handoff::Pod {
                 uid: spec.uid.clone(),
                 name: spec.name.clone(),

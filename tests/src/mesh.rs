@@ -31,7 +31,11 @@ pub struct Member {
 
 impl Member {
     pub fn new(pod: &Pod, namespace: &str, service_account: &str) -> Self {
-        Self { pod: pod.clone(), namespace: namespace.to_owned(), service_account: service_account.to_owned() }
+        Self {
+            pod: pod.clone(),
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+        }
     }
 
     pub fn identity(&self) -> String {

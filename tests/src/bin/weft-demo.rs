@@ -1,14 +1,21 @@
 //! `weft-demo` (run by `cargo xtask demo`): brings up the embedded default — a real API server and
-//! a two-node cluster of network namespaces with a client and an echo service — sends traffic
-//! across nodes and reports what a user would check: the cluster's shape, the requests
-//! succeeding, and whether the wire monitor saw plaintext between nodes. The mesh itself (control
-//! plane, agents, ztunnels) joins this demo with the End-to-end issue; until then the monitor's
-//! verdict is the plaintext baseline the mesh must bring to zero.
+//! a two-node cluster of network namespaces with a client and echo services — sends traffic
+//! before and after enrolling the pods in the mesh (per node: `weft-agent` with eBPF capture and
+//! `weft-ztunnel`), and reports what a user would check: the cluster's shape, the requests
+//! succeeding, and the wire monitor's verdict on plaintext between nodes. The control plane
+//! joins with its issue; until then workloads and certificates come from local files.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use weft_tests::{apps, canary, cluster::Cluster, kubelet::PodTemplate, wire::WireMonitor};
+use weft_tests::{
+    apps, canary,
+    cluster::Cluster,
+    kubelet::PodTemplate,
+    mesh::{Member, Mesh},
+    topology::Pod,
+    wire::WireMonitor,
+};
 
 const NAMESPACE: &str = "demo";
 const ECHO_PORT: u16 = 8080;
@@ -47,24 +54,37 @@ async fn main() -> anyhow::Result<()> {
     let _echo_local = apps::echo_server(&server_local, ECHO_PORT)?;
     let canary = canary();
     let monitor = WireMonitor::start(cluster.topology().fabric(), &canary)?;
-    println!();
-    for (server, label) in [(&server_remote, "cross-node"), (&server_local, "same-node ")] {
-        for ip in [std::net::IpAddr::V4(server.ipv4), server.ipv6.into()] {
-            let to = SocketAddr::new(ip, ECHO_PORT);
-            for n in 0..REQUESTS {
-                apps::send(&client, to, &format!("request {n} {canary}"))
-                    .with_context(|| format!("{label} request to {to}"))?;
-            }
-            println!("{label} client -> {:<7} {to:<28} {REQUESTS}/{REQUESTS} requests echoed", server.name);
-        }
-    }
-    monitor.settle(Duration::from_secs(5))?;
+
+    println!("\nBefore enrollment (plain TCP):");
+    let before = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
+    println!("  wire monitor: {before} frames between nodes carried the canary in plaintext");
+
+    println!("\nEnrolling all three pods: per node weft-agent (eBPF capture, pod handoff) + weft-ztunnel...");
+    let members = [
+        Member::new(&client, NAMESPACE, "client"),
+        Member::new(&server_remote, NAMESPACE, "echo"),
+        Member::new(&server_local, NAMESPACE, "echo"),
+    ];
+    let mut mesh = Mesh::start(cluster.topology(), &members)?;
+    println!("\nAfter enrollment (mTLS + HBONE between nodes):");
+    let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
+    let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
+    let tunnels = monitor.syns_to(weft_ztunnel::hbone::PORT) - hbone_before;
     println!(
-        "\nWire monitor on the fabric: {} frames, {} carrying the canary (plaintext between nodes).",
-        monitor.frames(),
-        monitor.canary_frames()
+        "  wire monitor: {after} frames carried the canary in plaintext; {tunnels} HBONE connection(s) to port 15008"
     );
-    println!("The mesh is not deployed yet (issue End-to-end); enrolled traffic must bring that count to 0.");
+    let log = mesh
+        .ztunnel(0)
+        .wait_for(|line| line.contains("outbound via HBONE closed"), Duration::from_secs(10))?;
+    println!("  node0 ztunnel: {}", log.split_once("outbound").map(|(_, rest)| rest).unwrap_or(&log).trim());
+    println!(
+        "\nVerdict: {}",
+        if after == 0 && before > 0 {
+            "no plaintext crossed between nodes once enrolled"
+        } else {
+            "PLAINTEXT LEAK"
+        }
+    );
 
     if args.keep {
         println!("\nKept running. Explore with:");
@@ -74,6 +94,26 @@ async fn main() -> anyhow::Result<()> {
         println!("Press Ctrl-C to tear everything down.");
         tokio::signal::ctrl_c().await?;
     }
+    drop(mesh);
     println!("\nTearing down.");
     Ok(())
+}
+
+/// Sends requests from `client` to every server over IPv4 and IPv6 and returns how many
+/// canary frames the monitor saw crossing the fabric meanwhile.
+fn exchange(client: &Pod, servers: &[&Pod], canary: &str, monitor: &WireMonitor) -> anyhow::Result<u64> {
+    let start = monitor.canary_frames();
+    for server in servers {
+        let label = if server.node == client.node { "same-node " } else { "cross-node" };
+        for ip in [std::net::IpAddr::V4(server.ipv4), server.ipv6.into()] {
+            let to = SocketAddr::new(ip, ECHO_PORT);
+            for n in 0..REQUESTS {
+                apps::send(client, to, &format!("request {n} {canary}"))
+                    .with_context(|| format!("{label} request to {to}"))?;
+            }
+            println!("  {label} client -> {:<7} {to:<28} {REQUESTS}/{REQUESTS} requests echoed", server.name);
+        }
+    }
+    monitor.settle(Duration::from_secs(5))?;
+    Ok(monitor.canary_frames() - start)
 }
