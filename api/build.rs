@@ -1,6 +1,8 @@
-//! Generates Rust types from `proto/*.proto` with prost (protoc comes from Debian's
-//! protobuf-compiler, installed by `cargo xtask setup`).
+//! Generates Rust types (prost) and gRPC stubs (tonic) from `proto/*.proto`. protoc and the
+//! well-known types come from Debian's protobuf-compiler and libprotobuf-dev, installed by
+//! `cargo xtask setup`.
 fn main() -> std::io::Result<()> {
     println!("cargo::rerun-if-changed=proto");
-    prost_build::compile_protos(&["proto/zds.proto"], &["proto"])
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/zds.proto", "proto/ca.proto"], &["proto", "/usr/include"])
 }

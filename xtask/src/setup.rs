@@ -28,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "golang-github-modern-go-reflect2-dev",
     "golang-github-json-iterator-go-dev",
     "protobuf-compiler",
+    "libprotobuf-dev",
     "iproute2",
     "iputils-ping",
 ];

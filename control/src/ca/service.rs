@@ -1,0 +1,119 @@
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the node proxy,
+//! check that the identity it asks for runs on its node, sign. One conversion to gRPC status.
+use std::{sync::Arc, time::Duration};
+
+use tonic::{Request, Response, Status};
+use weft_api::ca::{
+    IMPERSONATED_IDENTITY, IstioCertificateRequest, IstioCertificateResponse,
+    istio_certificate_service_server::IstioCertificateService,
+};
+
+use super::{
+    Authority, Refusal,
+    caller::{self, Authenticator},
+};
+
+/// The certificate service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    authority: Arc<Authority>,
+    authenticator: Authenticator,
+    trust_domain: String,
+}
+
+impl Service {
+    pub fn new(authority: Arc<Authority>, authenticator: Authenticator, trust_domain: String) -> Self {
+        Self { authority, authenticator, trust_domain }
+    }
+
+    async fn create(&self, request: Request<IstioCertificateRequest>) -> Result<Vec<String>, Denial> {
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(Denial::Caller(caller::Error::NoToken))?
+            .to_owned();
+        let caller = self.authenticator.authenticate(&token).await.map_err(Denial::Caller)?;
+        let request = request.into_inner();
+        let identity = impersonated(&request)
+            .ok_or_else(|| Denial::Identity("the request names no ImpersonatedIdentity".into()))?;
+        let (namespace, service_account) = parse_identity(&identity, &self.trust_domain)
+            .ok_or_else(|| Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain)))?;
+        if !self.authenticator.runs_on(&caller.node, namespace, service_account).await.map_err(Denial::Caller)? {
+            return Err(Denial::Identity(format!("{identity} has no running pod on node {}", caller.node)));
+        }
+        let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
+        let chain = self.authority.sign(&request.csr, &identity, ttl).map_err(Denial::Csr)?;
+        tracing::info!(node = %caller.node, %identity, "certificate signed");
+        Ok(chain)
+    }
+}
+
+/// Why a request was refused, before it becomes a gRPC status.
+#[derive(Debug, thiserror::Error)]
+enum Denial {
+    #[error(transparent)]
+    Caller(caller::Error),
+    #[error("{0}")]
+    Identity(String),
+    #[error(transparent)]
+    Csr(Refusal),
+}
+
+impl From<Denial> for Status {
+    fn from(denial: Denial) -> Self {
+        let message = denial.to_string();
+        match denial {
+            Denial::Caller(caller::Error::NoToken | caller::Error::Unauthenticated(_)) => Status::unauthenticated(message),
+            Denial::Caller(caller::Error::Forbidden(_)) | Denial::Identity(_) => Status::permission_denied(message),
+            Denial::Caller(caller::Error::Kube(_)) => Status::unavailable(message),
+            Denial::Csr(_) => Status::invalid_argument(message),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for Service {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        match self.create(request).await {
+            Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse { cert_chain })),
+            Err(denial) => {
+                tracing::info!(%denial, "certificate refused");
+                Err(denial.into())
+            }
+        }
+    }
+}
+
+fn impersonated(request: &IstioCertificateRequest) -> Option<String> {
+    let value = request.metadata.as_ref()?.fields.get(IMPERSONATED_IDENTITY)?;
+    match &value.kind {
+        Some(prost_types::value::Kind::StringValue(identity)) => Some(identity.clone()),
+        _ => None,
+    }
+}
+
+/// `(namespace, service account)` of a workload identity in `trust_domain`.
+fn parse_identity<'a>(identity: &'a str, trust_domain: &str) -> Option<(&'a str, &'a str)> {
+    let rest = identity.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?.strip_prefix("/ns/")?;
+    let (namespace, rest) = rest.split_once("/sa/")?;
+    (!namespace.is_empty() && !rest.is_empty() && !rest.contains('/')).then_some((namespace, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_identity;
+
+    #[test]
+    fn identities_of_other_trust_domains_or_shapes_are_not_workloads() {
+        assert_eq!(parse_identity("spiffe://cluster.local/ns/a/sa/b", "cluster.local"), Some(("a", "b")));
+        assert_eq!(parse_identity("spiffe://evil.example/ns/a/sa/b", "cluster.local"), None);
+        assert_eq!(parse_identity("spiffe://cluster.localx/ns/a/sa/b", "cluster.local"), None);
+        assert_eq!(parse_identity("spiffe://cluster.local/ns/a/sa/b/c", "cluster.local"), None);
+        assert_eq!(parse_identity("spiffe://cluster.local/ns//sa/b", "cluster.local"), None);
+    }
+}
