@@ -10,8 +10,8 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose,
+    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 pub mod caller;
@@ -100,16 +100,32 @@ impl Authority {
     fn from_secret(secret: &Secret, namespace: &str, name: &str, max_ttl: Duration) -> Result<Self, Error> {
         let data = secret.data.clone().unwrap_or_default();
         let field = |key: &'static str| {
-            data.get(key).map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()).ok_or(Error::Incomplete {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                missing: key,
-            })
+            data.get(key).map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()).ok_or(
+                Error::Incomplete { namespace: namespace.to_owned(), name: name.to_owned(), missing: key },
+            )
         };
         let (root_pem, intermediate_pem) = (field(ROOT_CERT)?, field(INTERMEDIATE_CERT)?);
         let key = KeyPair::from_pem(&field(INTERMEDIATE_KEY)?).map_err(Error::Material)?;
         let intermediate = Issuer::from_ca_cert_pem(&intermediate_pem, key).map_err(Error::Material)?;
         Ok(Self { intermediate, chain_tail: vec![intermediate_pem, root_pem.clone()], root_pem, max_ttl })
+    }
+
+    /// A serving certificate for the control plane's own TLS listener, valid for `names` (IP
+    /// addresses or DNS names): `(chain PEM, key PEM)`.
+    pub fn serving_cert(&self, names: &[String]) -> Result<(String, String), Error> {
+        let key = KeyPair::generate().map_err(Error::Material)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Material)?;
+        for name in names {
+            params.subject_alt_names.push(match name.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(name.as_str().try_into().map_err(Error::Material)?),
+            });
+        }
+        params.distinguished_name.push(DnType::CommonName, "weft-control");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.intermediate).map_err(Error::Material)?;
+        Ok((format!("{}{}", cert.pem(), self.chain_tail[0]), key.serialize_pem()))
     }
 
     /// The root certificate (PEM) every workload trusts.
@@ -121,19 +137,22 @@ impl Authority {
     /// the chain: leaf, intermediate, root.
     pub fn sign(&self, csr_pem: &str, identity: &str, ttl: Duration) -> Result<Vec<String>, Refusal> {
         check_csr(csr_pem, identity)?;
-        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+        let mut csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Refusal::BadCsr(e.to_string()))?;
         let now = SystemTime::now();
         let ttl = if ttl.is_zero() { self.max_ttl } else { ttl.min(self.max_ttl) };
         let params = &mut csr.params;
         // Only what the CA decides goes in: the identity, the lifetime, the usages.
-        params.subject_alt_names =
-            vec![SanType::URI(identity.try_into().map_err(|_| Refusal::BadCsr("identity is not ASCII".into()))?)];
+        params.subject_alt_names = vec![SanType::URI(
+            identity.try_into().map_err(|_| Refusal::BadCsr("identity is not ASCII".into()))?,
+        )];
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.not_before = (now - Duration::from_secs(300)).into();
         params.not_after = (now + ttl).into();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let leaf = csr.signed_by(&self.intermediate).map_err(|e| Refusal::BadCsr(e.to_string()))?;
         let mut chain = vec![leaf.pem()];
@@ -145,11 +164,13 @@ impl Authority {
 /// The CSR's own claims: exactly one URI SAN, `identity`, and no CA bit.
 fn check_csr(csr_pem: &str, identity: &str) -> Result<(), Refusal> {
     use x509_parser::{
-        certification_request::X509CertificationRequest, extensions::GeneralName, extensions::ParsedExtension,
-        prelude::FromDer,
+        certification_request::X509CertificationRequest, extensions::GeneralName,
+        extensions::ParsedExtension, prelude::FromDer,
     };
-    let pem = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| Refusal::BadCsr(e.to_string()))?.1;
-    let (_, csr) = X509CertificationRequest::from_der(&pem.contents).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+    let pem =
+        x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| Refusal::BadCsr(e.to_string()))?.1;
+    let (_, csr) =
+        X509CertificationRequest::from_der(&pem.contents).map_err(|e| Refusal::BadCsr(e.to_string()))?;
     let mut uris = Vec::new();
     for extension in csr.requested_extensions().into_iter().flatten() {
         match extension {
@@ -160,7 +181,9 @@ fn check_csr(csr_pem: &str, identity: &str) -> Result<(), Refusal> {
                     }
                 }
             }
-            ParsedExtension::BasicConstraints(constraints) if constraints.ca => return Err(Refusal::CaRequested),
+            ParsedExtension::BasicConstraints(constraints) if constraints.ca => {
+                return Err(Refusal::CaRequested);
+            }
             _ => {}
         }
     }
@@ -207,7 +230,11 @@ fn generate(namespace: &str, name: &str) -> Result<Secret, Error> {
     .map(|(key, value)| (key.to_owned(), ByteString(value.into_bytes())))
     .collect();
     Ok(Secret {
-        metadata: ObjectMeta { name: Some(name.to_owned()), namespace: Some(namespace.to_owned()), ..Default::default() },
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..Default::default()
+        },
         data: Some(data),
         type_: Some("Opaque".to_owned()),
         ..Default::default()
@@ -272,10 +299,50 @@ mod tests {
 
     #[test]
     fn clamps_the_lifetime() {
-        let chain = authority().sign(&csr(vec![uri(ID)], false), ID, Duration::from_secs(365 * 24 * 3600)).unwrap();
+        let chain =
+            authority().sign(&csr(vec![uri(ID)], false), ID, Duration::from_secs(365 * 24 * 3600)).unwrap();
         let der = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap().1;
         let cert = der.parse_x509().unwrap();
         let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
         assert!(lifetime <= 24 * 3600 + 300, "lifetime {lifetime}s");
+    }
+}
+
+#[cfg(test)]
+mod chain_tests {
+    use super::*;
+
+    #[test]
+    fn the_serving_chain_verifies_against_the_root() {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let secret = generate("ns", "ca").unwrap();
+        let ca = Authority::from_secret(&secret, "ns", "ca", Duration::from_secs(3600)).unwrap();
+        let (chain, _key) = ca.serving_cert(&["172.18.0.1".into()]).unwrap();
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<_, _>>().unwrap();
+        let root = CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
+        let issuer_of_leaf =
+            x509_parser::parse_x509_certificate(&certs[0]).unwrap().1.issuer().as_raw().to_vec();
+        let intermediate = x509_parser::parse_x509_certificate(&certs[1]).unwrap().1;
+        assert_eq!(issuer_of_leaf, intermediate.subject().as_raw(), "leaf issuer vs intermediate subject");
+        let root_cert = x509_parser::parse_x509_certificate(&root).unwrap().1;
+        assert_eq!(
+            intermediate.issuer().as_raw(),
+            root_cert.subject().as_raw(),
+            "intermediate issuer vs root subject"
+        );
+        let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
+        webpki::EndEntityCert::try_from(&certs[0])
+            .unwrap()
+            .verify_for_usage(
+                rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all,
+                &[anchor],
+                &certs[1..],
+                rustls_pki_types::UnixTime::now(),
+                webpki::KeyUsage::server_auth(),
+                None,
+                None,
+            )
+            .unwrap();
     }
 }

@@ -12,6 +12,7 @@ pub mod apiserver;
 pub mod apps;
 pub mod cleanup;
 pub mod cluster;
+pub mod control;
 pub mod kubelet;
 pub mod mesh;
 pub mod netns;

@@ -118,6 +118,26 @@ impl Process {
         self.child.id()
     }
 
+    /// Starts `command` in the harness's own namespaces with `listener` passed as fd 3 and
+    /// `LISTEN_FDS=1` (socket activation), e.g. a socket bound inside another namespace.
+    pub fn start_with_listener(
+        mut command: Command,
+        listener: &std::net::TcpListener,
+    ) -> anyhow::Result<Self> {
+        let fd = listener.as_raw_fd();
+        command.env("LISTEN_FDS", "1");
+        // SAFETY: between fork and exec, only dup2 (which clears CLOEXEC on the copy).
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::start(command)
+    }
+
     /// Whether the process has exited.
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))

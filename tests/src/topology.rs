@@ -5,6 +5,7 @@
 //!
 //! | what | IPv4 | IPv6 |
 //! |---|---|---|
+//! | fabric bridge (cluster services) | 172.18.0.1/24 | — |
 //! | node `i` on the fabric (`eth0`) | 172.18.0.(10+i)/24 | fd00:172:18::(10+i)/64 |
 //! | node `i` pod gateway (`cni0`) | 10.244.i.1/24 | fd00:10:244:i::1/64 |
 //! | pod `h` on node `i` | 10.244.i.h/24 | fd00:10:244:i::h/64 |
@@ -21,6 +22,10 @@ use crate::{
     netns::NetNs,
     process::{self, Process},
 };
+
+/// The fabric bridge's address (in the fabric netns), reachable from every node: where
+/// cluster-level services such as the control plane listen.
+pub const FABRIC_GATEWAY: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
 
 /// First host number handed to pods on a node (below it: the gateway).
 const FIRST_POD_HOST: u8 = 10;
@@ -91,6 +96,8 @@ impl Topology {
         let fabric = NetNs::create(&format!("{name}-fabric"))?;
         defer_netns(&mut guard, &fabric);
         fabric.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // The fabric's own address: where cluster services (the control plane) listen.
+        fabric.ip(&["addr", "add", &format!("{FABRIC_GATEWAY}/24"), "dev", "br0"])?;
         fabric.ip(&["link", "set", "br0", "up"])?;
 
         let mut built = Vec::with_capacity(nodes);

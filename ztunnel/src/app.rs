@@ -2,7 +2,10 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
-    identity::{ca::FileCa, manager::Manager},
+    identity::{
+        ca::{CaClient, FileCa, GrpcCa},
+        manager::Manager,
+    },
     inpod::{self, Pods},
     proxy::{Context, InboundPlaintext, Pool},
     state::State,
@@ -16,12 +19,21 @@ pub struct Config {
     pub zds_socket: PathBuf,
     /// Workloads from a JSON file (until xDS).
     pub local_config: Option<PathBuf>,
-    /// Development CA directory (`root.pem`, `root-key.pem`), until the control plane's CA.
-    pub dev_ca_dir: PathBuf,
+    /// Where certificates come from.
+    pub ca: CaConfig,
     /// Where capture is pinned; `None` runs without registering inbound listeners.
     pub bpffs_root: Option<PathBuf>,
     pub plaintext: InboundPlaintext,
     pub cert_ttl: Duration,
+}
+
+/// The certificate authority to use.
+#[derive(Debug, Clone)]
+pub enum CaConfig {
+    /// The control plane's CA: `https://host:port`, its root (PEM file), the proxy's token file.
+    Grpc { address: String, root_file: PathBuf, token_file: PathBuf },
+    /// Development CA directory (`root.pem`, `root-key.pem`): signs locally, trusts everyone.
+    DevFiles(PathBuf),
 }
 
 /// Errors that stop the proxy from starting.
@@ -41,11 +53,19 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     if let Some(path) = &config.local_config {
         state.load_file(path)?;
     }
-    let ca = FileCa::load(&config.dev_ca_dir)?;
+    let ca: Arc<dyn CaClient> = match &config.ca {
+        CaConfig::Grpc { address, root_file, token_file } => {
+            let root = std::fs::read_to_string(root_file).map_err(|error| {
+                crate::identity::ca::Error::Material(format!("{}: {error}", root_file.display()))
+            })?;
+            Arc::new(GrpcCa::new(address, &root, token_file)?)
+        }
+        CaConfig::DevFiles(dir) => Arc::new(FileCa::load(dir)?),
+    };
     let context = Arc::new(Context {
         trust_domain: config.trust_domain.clone(),
         state,
-        identities: Arc::new(Manager::new(Arc::new(ca), config.cert_ttl)),
+        identities: Arc::new(Manager::new(ca, config.cert_ttl)),
         pool: Pool::default(),
         plaintext: config.plaintext,
         bpffs_root: config.bpffs_root.clone(),

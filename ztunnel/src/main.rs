@@ -1,6 +1,7 @@
 //! `weft-ztunnel`: the node proxy binary; all logic lives in the library.
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::Context;
 use clap::Parser;
 use weft_ztunnel::{app, proxy::InboundPlaintext};
 
@@ -16,10 +17,19 @@ struct Args {
     /// Workloads as JSON (`{"workloads": [...]}`), until the control plane's xDS.
     #[arg(long, env = "WEFT_LOCAL_CONFIG")]
     local_config: Option<PathBuf>,
-    /// Development CA (`root.pem`, `root-key.pem`): signs locally, trusts every caller. Only
-    /// until the control plane's CA; never in production.
-    #[arg(long, env = "WEFT_DEV_CA_DIR")]
-    dev_ca_dir: PathBuf,
+    /// The control plane's CA, `https://host:port`.
+    #[arg(long, env = "WEFT_CA_ADDRESS", required_unless_present = "dev_ca_dir")]
+    ca_address: Option<String>,
+    /// The mesh root (PEM) to trust the CA with.
+    #[arg(long, env = "WEFT_CA_ROOT_FILE", requires = "ca_address")]
+    ca_root_file: Option<PathBuf>,
+    /// This proxy's service-account token (audience istio-ca, bound to its pod).
+    #[arg(long, env = "WEFT_TOKEN_FILE", requires = "ca_address")]
+    token_file: Option<PathBuf>,
+    /// Development CA (`root.pem`, `root-key.pem`): signs locally, trusts every caller. Never in
+    /// production.
+    #[arg(long, env = "WEFT_DEV_CA_DIR", conflicts_with = "ca_address")]
+    dev_ca_dir: Option<PathBuf>,
     /// bpffs root of the node's capture datapath.
     #[arg(long, env = "WEFT_BPFFS_ROOT", default_value = weft_ebpf_common::pin::DEFAULT_ROOT)]
     bpffs_root: PathBuf,
@@ -41,11 +51,20 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    let ca = match (args.ca_address, args.dev_ca_dir) {
+        (Some(address), _) => app::CaConfig::Grpc {
+            address,
+            root_file: args.ca_root_file.context("--ca-root-file is required with --ca-address")?,
+            token_file: args.token_file.context("--token-file is required with --ca-address")?,
+        },
+        (None, Some(dir)) => app::CaConfig::DevFiles(dir),
+        (None, None) => anyhow::bail!("give --ca-address (or --dev-ca-dir for development)"),
+    };
     let config = app::Config {
         trust_domain: args.trust_domain,
         zds_socket: args.zds_socket,
         local_config: args.local_config,
-        dev_ca_dir: args.dev_ca_dir,
+        ca,
         bpffs_root: Some(args.bpffs_root),
         plaintext: if args.strict { InboundPlaintext::Deny } else { InboundPlaintext::Allow },
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),

@@ -63,7 +63,8 @@ impl Authenticator {
             spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
             ..Default::default()
         };
-        let reviewed = Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
+        let reviewed =
+            Api::<TokenReview>::all(self.client.clone()).create(&PostParams::default(), &review).await?;
         let status = reviewed.status.unwrap_or_default();
         if status.authenticated != Some(true) {
             return Err(Error::Unauthenticated(status.error.unwrap_or_else(|| "rejected".into())));
@@ -76,13 +77,18 @@ impl Authenticator {
         }
         let extra = user.extra.unwrap_or_default();
         let first = |key: &str| extra.get(key).and_then(|values| values.first()).cloned();
-        let pod_name = first(POD_NAME_EXTRA).ok_or_else(|| Error::Forbidden("token is not bound to a pod".into()))?;
+        let pod_name =
+            first(POD_NAME_EXTRA).ok_or_else(|| Error::Forbidden("token is not bound to a pod".into()))?;
         let pod = Api::<Pod>::namespaced(self.client.clone(), &self.proxy.0).get_opt(&pod_name).await?;
-        let pod = pod.ok_or_else(|| Error::Forbidden(format!("the token's pod {pod_name} does not exist")))?;
+        let pod =
+            pod.ok_or_else(|| Error::Forbidden(format!("the token's pod {pod_name} does not exist")))?;
         if first(POD_UID_EXTRA).is_some_and(|uid| pod.metadata.uid.as_deref() != Some(uid.as_str())) {
             return Err(Error::Forbidden(format!("the token's pod {pod_name} was replaced")));
         }
-        let node = pod.spec.and_then(|spec| spec.node_name).ok_or_else(|| Error::Forbidden("caller's pod has no node".into()))?;
+        let node = pod
+            .spec
+            .and_then(|spec| spec.node_name)
+            .ok_or_else(|| Error::Forbidden("caller's pod has no node".into()))?;
         Ok(Caller { namespace: self.proxy.0.clone(), service_account: self.proxy.1.clone(), node })
     }
 
@@ -93,7 +99,8 @@ impl Authenticator {
             .await?;
         Ok(pods.items.iter().any(|pod| {
             pod.metadata.deletion_timestamp.is_none()
-                && pod.spec.as_ref().and_then(|spec| spec.service_account_name.as_deref()) == Some(service_account)
+                && pod.spec.as_ref().and_then(|spec| spec.service_account_name.as_deref())
+                    == Some(service_account)
         }))
     }
 }

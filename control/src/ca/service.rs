@@ -32,15 +32,24 @@ impl Service {
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
             .ok_or(Denial::Caller(caller::Error::NoToken))?
             .to_owned();
         let caller = self.authenticator.authenticate(&token).await.map_err(Denial::Caller)?;
         let request = request.into_inner();
         let identity = impersonated(&request)
             .ok_or_else(|| Denial::Identity("the request names no ImpersonatedIdentity".into()))?;
-        let (namespace, service_account) = parse_identity(&identity, &self.trust_domain)
-            .ok_or_else(|| Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain)))?;
-        if !self.authenticator.runs_on(&caller.node, namespace, service_account).await.map_err(Denial::Caller)? {
+        let (namespace, service_account) =
+            parse_identity(&identity, &self.trust_domain).ok_or_else(|| {
+                Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain))
+            })?;
+        if !self
+            .authenticator
+            .runs_on(&caller.node, namespace, service_account)
+            .await
+            .map_err(Denial::Caller)?
+        {
             return Err(Denial::Identity(format!("{identity} has no running pod on node {}", caller.node)));
         }
         let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
@@ -65,8 +74,12 @@ impl From<Denial> for Status {
     fn from(denial: Denial) -> Self {
         let message = denial.to_string();
         match denial {
-            Denial::Caller(caller::Error::NoToken | caller::Error::Unauthenticated(_)) => Status::unauthenticated(message),
-            Denial::Caller(caller::Error::Forbidden(_)) | Denial::Identity(_) => Status::permission_denied(message),
+            Denial::Caller(caller::Error::NoToken | caller::Error::Unauthenticated(_)) => {
+                Status::unauthenticated(message)
+            }
+            Denial::Caller(caller::Error::Forbidden(_)) | Denial::Identity(_) => {
+                Status::permission_denied(message)
+            }
             Denial::Caller(caller::Error::Kube(_)) => Status::unavailable(message),
             Denial::Csr(_) => Status::invalid_argument(message),
         }

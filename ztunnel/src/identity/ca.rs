@@ -1,6 +1,7 @@
-//! Where workload certificates come from: a [`CaClient`] signs a CSR for an identity. The real
-//! one speaks Istio's `IstioCertificateService` to the control plane (with the control issue);
-//! [`FileCa`] is a development stand-in that signs locally with a root key from disk.
+//! Where workload certificates come from: a [`CaClient`] signs a CSR for an identity.
+//! [`GrpcCa`] speaks Istio's `IstioCertificateService` to the control plane over TLS,
+//! authenticated by the node proxy's service-account token; [`FileCa`] is a development
+//! stand-in that signs locally with a root key from disk.
 use std::{future::Future, path::Path, pin::Pin, time::Duration};
 
 use rcgen::{
@@ -34,6 +35,93 @@ pub trait CaClient: Send + Sync + 'static {
         csr_pem: &'a str,
         validity: Duration,
     ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>>;
+}
+
+/// The control plane's CA (or istiod's): `CreateCertificate` over TLS, trusting `root_pem`, with
+/// the token read from `token_file` on every request (projected tokens rotate).
+#[derive(Debug, Clone)]
+pub struct GrpcCa {
+    client: weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient<
+        tonic::transport::Channel,
+    >,
+    token_file: std::path::PathBuf,
+}
+
+impl GrpcCa {
+    /// `address`: `https://host:port`. Connects lazily; a CA that is down fails requests, not
+    /// construction.
+    pub fn new(address: &str, root_pem: &str, token_file: &Path) -> Result<Self, Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
+            .map_err(|error| Error::Material(format!("CA address {address}: {error}")))?;
+        let host = endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root_pem))
+            .domain_name(host);
+        let channel = endpoint
+            .tls_config(tls)
+            .map_err(|error| Error::Material(format!("CA TLS: {error}")))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            client: weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(
+                channel,
+            ),
+            token_file: token_file.to_owned(),
+        })
+    }
+}
+
+impl CaClient for GrpcCa {
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr_pem: &'a str,
+        validity: Duration,
+    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
+        Box::pin(async move {
+            use rustls::pki_types::pem::PemObject;
+            let token = std::fs::read_to_string(&self.token_file)
+                .map_err(|error| Error::Material(format!("token {}: {error}", self.token_file.display())))?;
+            let metadata = prost_types::Struct {
+                fields: [(
+                    weft_api::ca::IMPERSONATED_IDENTITY.to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(identity.to_string())),
+                    },
+                )]
+                .into(),
+            };
+            let mut request = tonic::Request::new(weft_api::ca::IstioCertificateRequest {
+                csr: csr_pem.to_owned(),
+                validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
+                metadata: Some(metadata),
+            });
+            let bearer = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| Error::Material("token is not a valid header value".into()))?;
+            request.metadata_mut().insert("authorization", bearer);
+            let response = self.client.clone().create_certificate(request).await.map_err(|status| {
+                match status.code() {
+                    tonic::Code::Unauthenticated
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument => {
+                        Error::Refused { identity: identity.to_string(), reason: status.message().to_owned() }
+                    }
+                    _ => Error::Unavailable(format!("{}: {}", status.code(), status.message())),
+                }
+            })?;
+            response
+                .into_inner()
+                .cert_chain
+                .iter()
+                .map(|pem| {
+                    CertificateDer::from_pem_slice(pem.as_bytes())
+                        .map_err(|error| Error::Material(format!("CA answered a bad certificate: {error}")))
+                })
+                .collect()
+        })
+    }
 }
 
 /// A development CA: a root certificate and key read from `root.pem` and `root-key.pem` in a

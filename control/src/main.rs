@@ -1,0 +1,141 @@
+//! `weft-control`: the control plane binary; all logic lives in the library.
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use weft_api::ca::istio_certificate_service_server::IstioCertificateServiceServer;
+use weft_control::ca::{Authority, caller::Authenticator, service::Service};
+
+/// Weft control plane.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// kubeconfig file; without it, in-cluster configuration (or KUBECONFIG).
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The control plane's namespace: its CA Secret and root ConfigMap live here.
+    #[arg(long, env = "WEFT_NAMESPACE", default_value = "weft-system")]
+    namespace: String,
+    #[arg(long, env = "WEFT_CA_SECRET", default_value = "weft-ca")]
+    ca_secret: String,
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// gRPC (TLS) listen address; ignored when a socket is passed in (LISTEN_FDS=1, fd 3).
+    #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "0.0.0.0:15012")]
+    grpc_listen: SocketAddr,
+    /// Names (IPs or DNS) node proxies use to reach the control plane: the serving cert's SANs.
+    #[arg(long = "serving-name", default_value = "weft-control.weft-system.svc")]
+    serving_names: Vec<String>,
+    /// Service account of the node proxies, `namespace/name`: the only callers of the CA.
+    #[arg(long, env = "WEFT_PROXY_SERVICE_ACCOUNT", default_value = "weft-system/weft-ztunnel")]
+    proxy_service_account: String,
+    /// Audience node-proxy tokens must carry.
+    #[arg(long, env = "WEFT_CA_AUDIENCE", default_value = "istio-ca")]
+    audience: String,
+    /// Longest certificate lifetime granted, in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    max_cert_ttl_seconds: u64,
+}
+
+/// ConfigMap (in the control plane's namespace) that publishes the mesh root for proxies.
+const ROOT_CONFIG_MAP: &str = "weft-ca-root-cert";
+const ROOT_CONFIG_MAP_KEY: &str = "root-cert.pem";
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    tracing::info!(?args, "starting");
+    let passed_listener = passed_listener()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args, passed_listener))
+}
+
+async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyhow::Result<()> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let authority = Arc::new(
+        Authority::load_or_create(
+            client.clone(),
+            &args.namespace,
+            &args.ca_secret,
+            Duration::from_secs(args.max_cert_ttl_seconds),
+        )
+        .await?,
+    );
+    publish_root(client.clone(), &args.namespace, authority.root_pem()).await?;
+    let (chain, key) = authority.serving_cert(&args.serving_names)?;
+    let (proxy_namespace, proxy_sa) =
+        args.proxy_service_account.split_once('/').context("--proxy-service-account is namespace/name")?;
+    let authenticator =
+        Authenticator::new(client, args.audience.clone(), (proxy_namespace.into(), proxy_sa.into()));
+    let service = Service::new(authority, authenticator, args.trust_domain.clone());
+
+    let listener = match passed_listener {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(listener)?
+        }
+        None => tokio::net::TcpListener::bind(args.grpc_listen).await?,
+    };
+    tracing::info!(addr = %listener.local_addr()?, "serving the CA");
+    let shutdown = async {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(chain, key)))?
+        .add_service(IstioCertificateServiceServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Publishes the mesh root for the node proxies (server-side apply: idempotent).
+async fn publish_root(client: kube::Client, namespace: &str, root_pem: &str) -> anyhow::Result<()> {
+    let config_map = ConfigMap {
+        metadata: ObjectMeta { name: Some(ROOT_CONFIG_MAP.into()), ..Default::default() },
+        data: Some(BTreeMap::from([(ROOT_CONFIG_MAP_KEY.to_owned(), root_pem.to_owned())])),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client, namespace)
+        .patch(ROOT_CONFIG_MAP, &PatchParams::apply("weft-control").force(), &Patch::Apply(&config_map))
+        .await
+        .context("publishing the mesh root")?;
+    Ok(())
+}
+
+/// A listening socket passed by the parent (systemd-style activation: `LISTEN_FDS=1`, fd 3).
+fn passed_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+    use std::os::fd::FromRawFd;
+    if std::env::var("LISTEN_FDS").ok().as_deref() != Some("1") {
+        return Ok(None);
+    }
+    // SAFETY: by the activation protocol fd 3 is a listening socket handed to this process and
+    // owned by nothing else in it.
+    Ok(Some(unsafe { std::net::TcpListener::from_raw_fd(3) }))
+}

@@ -1,0 +1,171 @@
+//! The control plane on the harness: `weft-control` in the harness's own network namespace (so
+//! it reaches the API server on loopback), serving its CA on the fabric bridge's address
+//! (socket activation: the listening socket is made inside the fabric namespace and passed in),
+//! where every node's ztunnel can reach it. Also the node proxies' identities: a ztunnel Pod
+//! object per node and a token bound to it, as a kubelet would project it.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context;
+use k8s_openapi::api::{
+    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+    core::v1::{ConfigMap, ServiceAccount},
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+
+use crate::{
+    apps,
+    cluster::Cluster,
+    kubelet::PodTemplate,
+    process::Process,
+    topology::{FABRIC_GATEWAY, Node},
+};
+
+pub const NAMESPACE: &str = "weft-system";
+pub const PROXY_SERVICE_ACCOUNT: &str = "weft-ztunnel";
+pub const CA_PORT: u16 = 15012;
+/// The token audience the CA accepts.
+pub const AUDIENCE: &str = "istio-ca";
+
+/// A running `weft-control`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    process: Process,
+    listener: std::net::TcpListener,
+    dir: tempfile::TempDir,
+    root_file: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl ControlPlane {
+    /// Starts the control plane for `cluster` and waits until it has published the mesh root.
+    pub async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        let client = cluster.client();
+        cluster.kubelet().ensure_namespace(NAMESPACE, &[]).await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
+        if accounts.get_opt(PROXY_SERVICE_ACCOUNT).await?.is_none() {
+            let account = ServiceAccount {
+                metadata: ObjectMeta { name: Some(PROXY_SERVICE_ACCOUNT.into()), ..Default::default() },
+                ..Default::default()
+            };
+            accounts.create(&PostParams::default(), &account).await?;
+        }
+        let address = SocketAddr::from((FABRIC_GATEWAY, CA_PORT));
+        let listener = cluster
+            .topology()
+            .fabric()
+            .run(move || std::net::TcpListener::bind(address))?
+            .with_context(|| format!("binding {address} in the fabric namespace"))?;
+        let dir = tempfile::Builder::new().prefix("weft-control-").tempdir()?;
+        let mut plane = Self {
+            process: spawn(cluster.api().kubeconfig(), &listener)?,
+            listener,
+            root_file: dir.path().join("root-cert.pem"),
+            kubeconfig: cluster.api().kubeconfig().to_owned(),
+            dir,
+        };
+        plane.write_root(client).await?;
+        Ok(plane)
+    }
+
+    /// Kills the control plane and starts it again on the same socket.
+    pub async fn restart(&mut self, client: kube::Client) -> anyhow::Result<()> {
+        self.process.kill()?;
+        self.process = spawn(&self.kubeconfig, &self.listener)?;
+        self.write_root(client).await
+    }
+
+    /// `https://172.18.0.1:15012`, the CA as node proxies reach it.
+    pub fn address(&self) -> String {
+        format!("https://{FABRIC_GATEWAY}:{CA_PORT}")
+    }
+
+    /// The mesh root, as published by the control plane.
+    pub fn root_file(&self) -> &Path {
+        &self.root_file
+    }
+
+    /// Creates node `node`'s ztunnel Pod object and returns a file holding a token for it:
+    /// service account `weft-ztunnel`, audience `istio-ca`, bound to that pod.
+    pub async fn proxy_token(&self, cluster: &Cluster, node: &Node) -> anyhow::Result<PathBuf> {
+        let name = format!("ztunnel-{}", node.name);
+        let template = PodTemplate::new(NAMESPACE, &name).service_account(PROXY_SERVICE_ACCOUNT);
+        let pod = cluster.kubelet().create_pod(&template, &node.name).await?;
+        cluster.kubelet().mark_running(NAMESPACE, &name, &[node.ipv4.into()]).await?;
+        let token = request_token(cluster.client(), &name, pod.metadata.uid.as_deref(), AUDIENCE).await?;
+        let file = self.dir.path().join(format!("{name}.token"));
+        std::fs::write(&file, token)?;
+        Ok(file)
+    }
+
+    /// The control plane's log.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    async fn write_root(&mut self, client: kube::Client) -> anyhow::Result<()> {
+        let config_maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+        let root =
+            crate::eventually("the control plane to publish its root", Duration::from_secs(30), || {
+                let config_maps = config_maps.clone();
+                async move {
+                    let config_map = config_maps.get_opt("weft-ca-root-cert").await.ok()??;
+                    config_map.data?.get("root-cert.pem").cloned()
+                }
+            })
+            .await?;
+        std::fs::write(&self.root_file, root)?;
+        Ok(())
+    }
+}
+
+fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<Process> {
+    let (reader, writer) = std::io::pipe()?;
+    let mut command = Command::new(apps::binary("weft-control")?);
+    command
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--serving-name")
+        .arg(FABRIC_GATEWAY.to_string())
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer);
+    let mut process = Process::start_with_listener(command, listener)?;
+    process.read_lines_from(reader);
+    Ok(process)
+}
+
+/// A service-account token from the TokenRequest API, for `weft-ztunnel`, with `audience`,
+/// bound to pod `pod` when given.
+pub async fn request_token(
+    client: kube::Client,
+    pod: &str,
+    uid: Option<&str>,
+    audience: &str,
+) -> anyhow::Result<String> {
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec {
+            audiences: Some(vec![audience.to_owned()]),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.to_owned()),
+                uid: uid.map(str::to_owned),
+            }),
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, NAMESPACE);
+    let issued: TokenRequest =
+        accounts.create_subresource("token", PROXY_SERVICE_ACCOUNT, &PostParams::default(), &request).await?;
+    issued.status.and_then(|status| status.token).context("TokenRequest answered without a token")
+}

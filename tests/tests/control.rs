@@ -1,0 +1,139 @@
+//! The control plane's CA against the real API server: node-bound authorization by
+//! TokenReview and pod lookups, CSR checks, and a root that survives restarts. Requests are made
+//! from inside a node's network namespace, as that node's ztunnel would.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{path::Path, time::Duration};
+
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, UnixTime, pem::PemObject};
+use weft_tests::{
+    cluster::Cluster,
+    control::{self, ControlPlane},
+    kubelet::PodTemplate,
+    topology::Node,
+};
+use weft_ztunnel::identity::{
+    Identity,
+    ca::{CaClient, Error, GrpcCa},
+};
+
+fn csr(sans: &[&str], ca: bool) -> String {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = sans.iter().map(|san| SanType::URI((*san).try_into().unwrap())).collect();
+    if ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    }
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// Asks the CA from inside `node`'s network namespace.
+fn sign_from(
+    node: &Node,
+    plane: &ControlPlane,
+    token: &Path,
+    identity: &Identity,
+    csr: String,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let root = std::fs::read_to_string(plane.root_file()).unwrap();
+    let (address, token, identity) = (plane.address(), token.to_owned(), identity.clone());
+    node.netns
+        .run(move || {
+            // The client, its runtime and so its sockets all live on this thread, inside the
+            // node's namespace: the fabric address means nothing (or somewhere else) outside.
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let ca = GrpcCa::new(&address, &root, &token).unwrap();
+                ca.sign(&identity, &csr, Duration::from_secs(3600)).await
+            })
+        })
+        .unwrap()
+}
+
+fn id(sa: &str) -> Identity {
+    Identity::new("cluster.local", "shop", sa)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_signs_only_for_identities_running_on_the_callers_node() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.add_pod(0, &PodTemplate::new("shop", "cart").service_account("cart")).await.unwrap();
+    cluster.add_pod(1, &PodTemplate::new("shop", "payments").service_account("payments")).await.unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let node0 = cluster.topology().nodes()[0].clone();
+    let token = plane.proxy_token(&cluster, &node0).await.unwrap();
+    let cart = id("cart").to_string();
+
+    // Granted: chain of leaf, intermediate, root; the leaf names exactly the identity and
+    // verifies against the published root.
+    let chain = sign_from(&node0, &plane, &token, &id("cart"), csr(&[&cart], false)).unwrap();
+    assert_eq!(chain.len(), 3);
+    let root = CertificateDer::from_pem_file(plane.root_file()).unwrap();
+    assert_eq!(chain[2], root);
+    let anchor = webpki::anchor_from_trusted_cert(&root).unwrap();
+    webpki::EndEntityCert::try_from(&chain[0])
+        .unwrap()
+        .verify_for_usage(
+            rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms.all,
+            &[anchor],
+            &chain[1..2],
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+    assert_eq!(weft_ztunnel::tls::peer_identity(Some(&chain)).unwrap(), id("cart"));
+
+    let refused = |result: Result<_, Error>| match result {
+        Err(Error::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Only on node 1.
+    let payments = id("payments").to_string();
+    let reason = refused(sign_from(&node0, &plane, &token, &id("payments"), csr(&[&payments], false)));
+    assert!(reason.contains("no running pod on node node0"), "{reason}");
+    // Bad CSRs.
+    let other = id("other").to_string();
+    refused(sign_from(&node0, &plane, &token, &id("cart"), csr(&[&cart, &other], false)));
+    refused(sign_from(&node0, &plane, &token, &id("cart"), csr(&[&cart], true)));
+    // No token, and a token for another audience.
+    let empty = token.with_extension("empty");
+    std::fs::write(&empty, "").unwrap();
+    assert!(
+        refused(sign_from(&node0, &plane, &empty, &id("cart"), csr(&[&cart], false)))
+            .contains("no bearer token")
+    );
+    let wrong_audience =
+        control::request_token(cluster.client(), "ztunnel-node0", None, "kubernetes").await.unwrap();
+    let wrong = token.with_extension("audience");
+    std::fs::write(&wrong, wrong_audience).unwrap();
+    assert!(
+        refused(sign_from(&node0, &plane, &wrong, &id("cart"), csr(&[&cart], false)))
+            .contains("token not accepted")
+    );
+    // The pod is gone: its identity is no longer on the node.
+    let cart_pod = cluster.topology().pods().find(|pod| pod.name == "cart").unwrap().clone();
+    cluster.remove_pod("shop", &cart_pod).await.unwrap();
+    refused(sign_from(&node0, &plane, &token, &id("cart"), csr(&[&cart], false)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_keeps_its_root() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    cluster.add_pod(0, &PodTemplate::new("shop", "cart").service_account("cart")).await.unwrap();
+    let mut plane = ControlPlane::start(&cluster).await.unwrap();
+    let root_before = std::fs::read(plane.root_file()).unwrap();
+    plane.restart(cluster.client()).await.unwrap();
+    assert_eq!(std::fs::read(plane.root_file()).unwrap(), root_before);
+
+    let node0 = cluster.topology().nodes()[0].clone();
+    let token = plane.proxy_token(&cluster, &node0).await.unwrap();
+    let cart = id("cart").to_string();
+    let chain = sign_from(&node0, &plane, &token, &id("cart"), csr(&[&cart], false)).unwrap();
+    assert_eq!(
+        chain.last().unwrap().as_ref(),
+        CertificateDer::from_pem_slice(&root_before).unwrap().as_ref()
+    );
+}
