@@ -1,8 +1,9 @@
 //! The mesh on the harness topology, as it will run on nodes: per node a `weft-agent` (capture,
 //! pod handoff) and a `weft-ztunnel` (in the node's netns, in the node proxy cgroup), sharing
-//! the handoff socket. Until the control plane lands, workloads come from a local JSON file and
-//! certificates from ztunnel's development CA (a root the harness writes); pods are enrolled
-//! statically from a per-node pods file.
+//! the handoff socket. Certificates come from the control plane's CA ([`Ca::Control`]) or, for
+//! tests without an API server, ztunnel's development CA ([`Ca::Development`]). Until xDS and
+//! the Kubernetes-driven agent land, workloads come from a local JSON file and pods are
+//! enrolled statically from a per-node pods file.
 use std::{
     net::IpAddr,
     path::PathBuf,
@@ -15,6 +16,7 @@ use serde_json::json;
 
 use crate::{
     apps,
+    control::ControlPlane,
     process::Process,
     topology::{Node, Pod, Topology},
 };
@@ -43,6 +45,15 @@ impl Member {
     }
 }
 
+/// Where the node proxies get their certificates.
+#[derive(Debug)]
+pub enum Ca<'a> {
+    /// A development root the harness writes (no API server needed).
+    Development,
+    /// The control plane's CA, with each node's proxy token (index = node).
+    Control { plane: &'a ControlPlane, tokens: Vec<PathBuf> },
+}
+
 /// The running mesh: agents and ztunnels for every node. Dropping it kills them (capture stays
 /// pinned until the topology goes).
 #[derive(Debug)]
@@ -53,12 +64,20 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Starts the mesh on every node of `topology`, enrolling `members`.
+    /// Starts the mesh on every node of `topology`, enrolling `members`, with certificates from
+    /// the development CA.
     pub fn start(topology: &Topology, members: &[Member]) -> anyhow::Result<Self> {
+        Self::start_with(topology, members, &Ca::Development)
+    }
+
+    /// Starts the mesh with certificates from `ca`.
+    pub fn start_with(topology: &Topology, members: &[Member], ca: &Ca<'_>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("weft-mesh-").tempdir()?;
         let ca_dir = dir.path().join("ca");
-        std::fs::create_dir_all(&ca_dir)?;
-        weft_ztunnel::identity::ca::write_dev_root(&ca_dir)?;
+        if matches!(ca, Ca::Development) {
+            std::fs::create_dir_all(&ca_dir)?;
+            weft_ztunnel::identity::ca::write_dev_root(&ca_dir)?;
+        }
         let workloads: Vec<_> = members
             .iter()
             .map(|member| {
@@ -97,7 +116,18 @@ impl Mesh {
             std::fs::write(&pods_file, json!({ "pods": pods }).to_string())?;
             let socket = node_dir.join("zds.sock");
             let mut agent = start_agent(node, &pods_file, &socket)?;
-            let ztunnel = start_ztunnel(node, &socket, &local_config, &ca_dir)?;
+            let ca_flags = match ca {
+                Ca::Development => vec!["--dev-ca-dir".into(), ca_dir.display().to_string()],
+                Ca::Control { plane, tokens } => vec![
+                    "--ca-address".into(),
+                    plane.address(),
+                    "--ca-root-file".into(),
+                    plane.root_file().display().to_string(),
+                    "--token-file".into(),
+                    tokens.get(node.index).context("no proxy token for this node")?.display().to_string(),
+                ],
+            };
+            let ztunnel = start_ztunnel(node, &socket, &local_config, &ca_flags)?;
             agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("mesh on {}", node.name))?;
             processes.push((agent, ztunnel));
         }
@@ -145,7 +175,7 @@ fn start_ztunnel(
     node: &Node,
     socket: &std::path::Path,
     local_config: &std::path::Path,
-    ca_dir: &std::path::Path,
+    ca_flags: &[String],
 ) -> anyhow::Result<Process> {
     let mut command = Command::new(apps::binary("weft-ztunnel")?);
     command
@@ -153,17 +183,11 @@ fn start_ztunnel(
         .arg(socket)
         .arg("--local-config")
         .arg(local_config)
-        .arg("--dev-ca-dir")
-        .arg(ca_dir)
+        .args(ca_flags)
         .arg("--bpffs-root")
         .arg(&node.bpffs_root);
     let output = merged_output(&mut command)?;
     let mut ztunnel = Process::spawn(command, &node.netns, Some(&node.proxy_cgroup))?;
     ztunnel.read_lines_from(output);
     Ok(ztunnel)
-}
-
-/// Where the mesh keeps a node's files (for tests that restart one part).
-pub fn node_dir(mesh_dir: &std::path::Path, node: &Node) -> PathBuf {
-    mesh_dir.join(&node.name)
 }

@@ -9,7 +9,10 @@ use std::{
 
 use weft_tests::{
     apps, canary,
-    mesh::{Member, Mesh},
+    cluster::Cluster,
+    control::ControlPlane,
+    kubelet::PodTemplate,
+    mesh::{Ca, Member, Mesh},
     topology::Topology,
     wire::WireMonitor,
 };
@@ -52,4 +55,36 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
         .wait_for(|line| line.contains("outbound via HBONE closed") && line.contains("payments"), WAIT)
         .unwrap();
     assert!(line.contains(&members[0].identity()), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let server =
+        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut tokens = Vec::new();
+    for node in cluster.topology().nodes() {
+        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
+    }
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let ca = Ca::Control { plane: &plane, tokens };
+    let _mesh = tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &members, &ca)).unwrap();
+    let canary = canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let reply = tokio::task::block_in_place(|| apps::send(&client, to, &canary)).unwrap();
+    assert_eq!(reply, canary);
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric");
+    for identity in [members[0].identity(), members[1].identity()] {
+        plane
+            .process()
+            .wait_for(|line| line.contains("certificate signed") && line.contains(&identity), WAIT)
+            .unwrap();
+    }
 }

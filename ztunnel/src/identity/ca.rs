@@ -49,7 +49,8 @@ pub struct GrpcCa {
 
 impl GrpcCa {
     /// `address`: `https://host:port`. Connects lazily; a CA that is down fails requests, not
-    /// construction.
+    /// construction. Call it inside the Tokio runtime (and so the network namespace) that will
+    /// use it: the connection task is spawned there.
     pub fn new(address: &str, root_pem: &str, token_file: &Path) -> Result<Self, Error> {
         let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
             .map_err(|error| Error::Material(format!("CA address {address}: {error}")))?;
