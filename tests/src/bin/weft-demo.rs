@@ -1,9 +1,10 @@
 //! `weft-demo` (run by `cargo xtask demo`): brings up the embedded default — a real API server and
 //! a two-node cluster of network namespaces with a client and echo services — sends traffic
-//! before and after enrolling the pods in the mesh (per node: `weft-agent` with eBPF capture and
-//! `weft-ztunnel`), and reports what a user would check: the cluster's shape, the requests
-//! succeeding, and the wire monitor's verdict on plaintext between nodes. The control plane
-//! joins with its issue; until then workloads and certificates come from local files.
+//! before and after enrolling the pods in the mesh (the control plane's CA; per node `weft-agent`
+//! with eBPF capture and `weft-ztunnel`), and reports what a user would check: the cluster's
+//! shape, the requests succeeding, the certificates issued, and the wire monitor's verdict on
+//! plaintext between nodes. Until xDS and the Kubernetes-driven agent land, workloads and
+//! enrollment come from files the demo writes.
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
@@ -11,8 +12,9 @@ use clap::Parser;
 use weft_tests::{
     apps, canary,
     cluster::Cluster,
+    control::ControlPlane,
     kubelet::PodTemplate,
-    mesh::{Member, Mesh},
+    mesh::{Ca, Member, Mesh},
     topology::Pod,
     wire::WireMonitor,
 };
@@ -59,13 +61,20 @@ async fn main() -> anyhow::Result<()> {
     let before = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
     println!("  wire monitor: {before} frames between nodes carried the canary in plaintext");
 
-    println!("\nEnrolling all three pods: per node weft-agent (eBPF capture, pod handoff) + weft-ztunnel...");
+    println!("\nStarting weft-control (mesh CA) and enrolling all three pods: per node weft-agent");
+    println!("(eBPF capture, pod handoff) + weft-ztunnel (certificates from the control plane)...");
+    let mut plane = ControlPlane::start(&cluster).await?;
+    let mut tokens = Vec::new();
+    for node in cluster.topology().nodes() {
+        tokens.push(plane.proxy_token(&cluster, node).await?);
+    }
     let members = [
         Member::new(&client, NAMESPACE, "client"),
         Member::new(&server_remote, NAMESPACE, "echo"),
         Member::new(&server_local, NAMESPACE, "echo"),
     ];
-    let mut mesh = Mesh::start(cluster.topology(), &members)?;
+    let ca = Ca::Control { plane: &plane, tokens };
+    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca)?;
     println!("\nAfter enrollment (mTLS + HBONE between nodes):");
     let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
     let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
@@ -76,7 +85,21 @@ async fn main() -> anyhow::Result<()> {
     let log = mesh
         .ztunnel(0)
         .wait_for(|line| line.contains("outbound via HBONE closed"), Duration::from_secs(10))?;
-    println!("  node0 ztunnel: {}", log.split_once("outbound").map(|(_, rest)| rest).unwrap_or(&log).trim());
+    println!(
+        "  node0 ztunnel: outbound{}",
+        log.split_once("outbound").map(|(_, rest)| rest).unwrap_or(&log).trim_end()
+    );
+    for member in &members[..2] {
+        let identity = member.identity();
+        let signed = plane.process().wait_for(
+            |line| line.contains("certificate signed") && line.contains(&identity),
+            Duration::from_secs(10),
+        )?;
+        println!(
+            "  weft-control: {}",
+            signed.split_once("INFO").map(|(_, rest)| rest).unwrap_or(&signed).trim()
+        );
+    }
     println!(
         "\nVerdict: {}",
         if after == 0 && before > 0 {
