@@ -5,4 +5,7 @@
 //! Non-goals: proxying traffic (ztunnel) and deciding policy (the control plane).
 
 pub mod datapath;
+pub mod enrollment;
 pub mod handoff;
+pub mod node;
+pub mod podns;

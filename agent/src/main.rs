@@ -49,6 +49,16 @@ enum Command {
         /// The pod-handoff socket ztunnel connects to.
         #[arg(long, env = "WEFT_ZDS_SOCKET")]
         zds_socket: Option<PathBuf>,
+        /// This node's name: enroll its pods as the Kubernetes API says (namespace or pod label
+        /// `weft.dev/dataplane-mode=ambient`). Needs `--zds-socket`.
+        #[arg(long, env = "WEFT_NODE_NAME", requires = "zds_socket", conflicts_with = "pods")]
+        node: Option<String>,
+        /// kubeconfig file; without it, in-cluster configuration (or KUBECONFIG).
+        #[arg(long, env = "WEFT_KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        /// The host's /proc, where pods' processes (and so their network namespaces) are found.
+        #[arg(long, env = "WEFT_PROC_ROOT", default_value = "/proc")]
+        proc_root: PathBuf,
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
@@ -88,14 +98,29 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { cgroup, max_pods, enroll, ebpf_debug, proxy_cgroup, pods, zds_socket } => {
+        Command::Run {
+            cgroup,
+            max_pods,
+            enroll,
+            ebpf_debug,
+            proxy_cgroup,
+            pods,
+            zds_socket,
+            node,
+            kubeconfig,
+            proc_root,
+        } => {
             let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
-            let handoff = match (zds_socket, pods) {
-                (Some(socket), Some(file)) => Some((socket, read_pods(&file)?)),
-                (Some(socket), None) => Some((socket, Vec::new())),
-                _ => None,
+            let source = match (zds_socket, node, pods) {
+                (Some(zds_socket), Some(node), _) => Source::Kubernetes {
+                    kubeconfig,
+                    node: weft_agent::node::Config { node, proc_root, zds_socket },
+                },
+                (Some(socket), None, Some(file)) => Source::Static(socket, read_pods(&file)?),
+                (Some(socket), None, None) => Source::Static(socket, Vec::new()),
+                (None, _, _) => Source::None,
             };
-            let options = RunOptions { enroll, handoff, ebpf_debug, proxy_cgroup };
+            let options = RunOptions { enroll, source, ebpf_debug, proxy_cgroup };
             run(&config, options)
         }
         Command::Uninstall => Ok(datapath::uninstall(&args.bpffs_root)?),
@@ -136,10 +161,21 @@ fn addrs_of(ips: &[IpAddr]) -> PodAddrs {
     addrs
 }
 
+/// Where the pods to enroll come from.
+#[derive(Debug)]
+enum Source {
+    /// Only `--enroll` (capture without ztunnel).
+    None,
+    /// A fixed list handed to ztunnel on this socket.
+    Static(PathBuf, Vec<PodSpec>),
+    /// The Kubernetes API.
+    Kubernetes { kubeconfig: Option<PathBuf>, node: weft_agent::node::Config },
+}
+
 #[derive(Debug)]
 struct RunOptions {
     enroll: Vec<StaticPod>,
-    handoff: Option<(PathBuf, Vec<PodSpec>)>,
+    source: Source,
     ebpf_debug: bool,
     proxy_cgroup: Option<PathBuf>,
 }
@@ -166,16 +202,27 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        match options.handoff {
-            None => {
+        match options.source {
+            Source::None => {
                 println!("ready");
                 signal.await;
             }
-            Some((socket, pods)) => {
+            Source::Static(socket, pods) => {
                 tokio::select! {
                     served = hand_off(&socket, &pods, &mut datapath) => served?,
                     () = signal => {}
                 }
+            }
+            Source::Kubernetes { kubeconfig, node } => {
+                let config = match &kubeconfig {
+                    Some(path) => {
+                        let kubeconfig = kube::config::Kubeconfig::read_from(path)?;
+                        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
+                    }
+                    None => kube::Config::infer().await?,
+                };
+                let client = kube::Client::try_from(config)?;
+                weft_agent::node::run(client, node, &mut datapath, signal).await?;
             }
         }
         anyhow::Ok(())

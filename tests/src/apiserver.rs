@@ -43,8 +43,26 @@ impl std::fmt::Debug for ApiServer {
 }
 
 impl ApiServer {
-    /// Starts etcd and the API server and waits until `/readyz` answers ok.
+    /// Starts etcd and the API server and waits until `/readyz` answers ok. Free ports are
+    /// picked by binding port 0 and letting go, so a parallel test may take one first: such a
+    /// start is retried with fresh ports.
     pub async fn start() -> anyhow::Result<Self> {
+        const ATTEMPTS: usize = 3;
+        let mut attempt = 1;
+        loop {
+            match Self::start_once().await {
+                Err(error)
+                    if attempt < ATTEMPTS && format!("{error:#}").contains("address already in use") =>
+                {
+                    eprintln!("apiserver: a port was taken meanwhile; retrying ({error:#})");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn start_once() -> anyhow::Result<Self> {
         crate::require_root();
         let binary = kube_apiserver_binary()?;
         let dir = tempfile::Builder::new().prefix("weft-apiserver-").tempdir()?;

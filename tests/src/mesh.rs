@@ -1,6 +1,6 @@
 //! The mesh on the harness topology, as it will run on nodes: per node a `weft-agent` (capture,
-//! pod handoff) and a `weft-ztunnel` (in the node's netns, in the node proxy cgroup), sharing
-//! the handoff socket. Certificates come from the control plane's CA ([`Ca::Control`]) or, for
+//! pod handoff; in the harness's namespace, where the API server is) and a `weft-ztunnel` (in
+//! the node's netns, in the node proxy cgroup), sharing the handoff socket. Certificates come from the control plane's CA ([`Ca::Control`]) or, for
 //! tests without an API server, ztunnel's development CA ([`Ca::Development`]). Until xDS and
 //! the Kubernetes-driven agent land, workloads come from a local JSON file and pods are
 //! enrolled statically from a per-node pods file.
@@ -54,6 +54,15 @@ pub enum Ca<'a> {
     Control { plane: &'a ControlPlane, tokens: Vec<PathBuf> },
 }
 
+/// How agents learn which pods to enroll.
+#[derive(Debug, Clone)]
+pub enum Enrollment {
+    /// Every member, from a per-node pods file.
+    Static,
+    /// From the Kubernetes API (namespace and pod labels), with this kubeconfig.
+    Kubernetes(PathBuf),
+}
+
 /// The running mesh: agents and ztunnels for every node. Dropping it kills them (capture stays
 /// pinned until the topology goes).
 #[derive(Debug)]
@@ -67,11 +76,17 @@ impl Mesh {
     /// Starts the mesh on every node of `topology`, enrolling `members`, with certificates from
     /// the development CA.
     pub fn start(topology: &Topology, members: &[Member]) -> anyhow::Result<Self> {
-        Self::start_with(topology, members, &Ca::Development)
+        Self::start_with(topology, members, &Ca::Development, &Enrollment::Static)
     }
 
-    /// Starts the mesh with certificates from `ca`.
-    pub fn start_with(topology: &Topology, members: &[Member], ca: &Ca<'_>) -> anyhow::Result<Self> {
+    /// Starts the mesh with certificates from `ca`. `members` are the workloads the proxies
+    /// know (and, with [`Enrollment::Static`], the pods enrolled).
+    pub fn start_with(
+        topology: &Topology,
+        members: &[Member],
+        ca: &Ca<'_>,
+        enrollment: &Enrollment,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("weft-mesh-").tempdir()?;
         let ca_dir = dir.path().join("ca");
         if matches!(ca, Ca::Development) {
@@ -115,7 +130,16 @@ impl Mesh {
             let pods_file = node_dir.join("pods.json");
             std::fs::write(&pods_file, json!({ "pods": pods }).to_string())?;
             let socket = node_dir.join("zds.sock");
-            let mut agent = start_agent(node, &pods_file, &socket)?;
+            let source = match enrollment {
+                Enrollment::Static => vec!["--pods".into(), pods_file.display().to_string()],
+                Enrollment::Kubernetes(kubeconfig) => vec![
+                    "--node".into(),
+                    node.name.clone(),
+                    "--kubeconfig".into(),
+                    kubeconfig.display().to_string(),
+                ],
+            };
+            let mut agent = start_agent(node, &source, &socket)?;
             let ca_flags = match ca {
                 Ca::Development => vec!["--dev-ca-dir".into(), ca_dir.display().to_string()],
                 Ca::Control { plane, tokens } => vec![
@@ -132,6 +156,11 @@ impl Mesh {
             processes.push((agent, ztunnel));
         }
         Ok(Self { processes, _dir: dir })
+    }
+
+    /// The agent of node `node`, e.g. to read its log.
+    pub fn agent(&mut self, node: usize) -> &mut Process {
+        &mut self.processes[node].0
     }
 
     /// The ztunnel of node `node`, e.g. to read its log.
@@ -151,7 +180,7 @@ fn merged_output(command: &mut Command) -> anyhow::Result<std::io::PipeReader> {
     Ok(reader)
 }
 
-fn start_agent(node: &Node, pods: &std::path::Path, socket: &std::path::Path) -> anyhow::Result<Process> {
+fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyhow::Result<Process> {
     let mut command = Command::new(apps::binary("weft-agent")?);
     command
         .arg("--bpffs-root")
@@ -161,12 +190,13 @@ fn start_agent(node: &Node, pods: &std::path::Path, socket: &std::path::Path) ->
         .arg(&node.cgroup)
         .arg("--proxy-cgroup")
         .arg(&node.proxy_cgroup)
-        .arg("--pods")
-        .arg(pods)
+        .args(source)
         .arg("--zds-socket")
         .arg(socket);
     let output = merged_output(&mut command)?;
-    let mut agent = Process::spawn(command, &node.netns, None)?;
+    // In the harness's own namespace: the agent needs no node network, only the API server,
+    // which the harness serves on its loopback (netns, cgroups and the socket are paths).
+    let mut agent = Process::start(command)?;
     agent.read_lines_from(output);
     Ok(agent)
 }

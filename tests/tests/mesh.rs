@@ -12,7 +12,7 @@ use weft_tests::{
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
-    mesh::{Ca, Member, Mesh},
+    mesh::{Ca, Enrollment, Member, Mesh},
     topology::Topology,
     wire::WireMonitor,
 };
@@ -72,7 +72,10 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
     }
     let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
     let ca = Ca::Control { plane: &plane, tokens };
-    let _mesh = tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &members, &ca)).unwrap();
+    let _mesh = tokio::task::block_in_place(|| {
+        Mesh::start_with(cluster.topology(), &members, &ca, &Enrollment::Static)
+    })
+    .unwrap();
     let canary = canary();
     let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
 

@@ -14,7 +14,7 @@ use weft_tests::{
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
-    mesh::{Ca, Member, Mesh},
+    mesh::{Ca, Enrollment, Member, Mesh},
     topology::Pod,
     wire::WireMonitor,
 };
@@ -74,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         Member::new(&server_local, NAMESPACE, "echo"),
     ];
     let ca = Ca::Control { plane: &plane, tokens };
-    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca)?;
+    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca, &Enrollment::Static)?;
     println!("\nAfter enrollment (mTLS + HBONE between nodes):");
     let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
     let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;

@@ -1,0 +1,93 @@
+//! Which pods are in the mesh: a pod is enrolled when its namespace or the pod itself carries
+//! `weft.dev/dataplane-mode=ambient`, unless the pod says `none`; host-network pods never are,
+//! nor pods that are not running with an address, nor pods being deleted.
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+
+/// The label that enrolls a namespace or pod.
+pub const LABEL: &str = "weft.dev/dataplane-mode";
+/// Its value that enrolls.
+pub const AMBIENT: &str = "ambient";
+/// Its value, on a pod, that opts out.
+pub const NONE: &str = "none";
+
+/// Whether `pod` (in `namespace`, if known) belongs in the mesh now.
+pub fn wanted(pod: &Pod, namespace: Option<&Namespace>) -> bool {
+    match label(pod.metadata.labels.as_ref()) {
+        Some(NONE) => return false,
+        Some(AMBIENT) => {}
+        _ => {
+            if label(namespace.and_then(|ns| ns.metadata.labels.as_ref())) != Some(AMBIENT) {
+                return false;
+            }
+        }
+    }
+    let host_network = pod.spec.as_ref().and_then(|spec| spec.host_network).unwrap_or(false);
+    let status = pod.status.as_ref();
+    let running = status.and_then(|status| status.phase.as_deref()) == Some("Running");
+    let has_ip = status.and_then(|status| status.pod_ip.as_ref()).is_some();
+    !host_network && running && has_ip && pod.metadata.deletion_timestamp.is_none()
+}
+
+fn label(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<&str> {
+    labels.and_then(|labels| labels.get(LABEL)).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn namespace(label: Option<&str>) -> Namespace {
+        Namespace {
+            metadata: ObjectMeta {
+                labels: label.map(|value| [(LABEL.to_owned(), value.to_owned())].into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn pod(label: Option<&str>) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: label.map(|value| [(LABEL.to_owned(), value.to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(PodSpec::default()),
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("10.244.0.10".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn the_namespace_label_enrolls_and_the_pod_label_decides_last() {
+        assert!(wanted(&pod(None), Some(&namespace(Some(AMBIENT)))));
+        assert!(!wanted(&pod(None), Some(&namespace(None))));
+        assert!(!wanted(&pod(Some(NONE)), Some(&namespace(Some(AMBIENT)))), "opt-out wins");
+        assert!(wanted(&pod(Some(AMBIENT)), Some(&namespace(None))), "a pod may opt in alone");
+        assert!(!wanted(&pod(None), None));
+    }
+
+    #[test]
+    fn host_network_pending_addressless_and_deleting_pods_are_never_enrolled() {
+        let ns = namespace(Some(AMBIENT));
+        let mut host = pod(None);
+        host.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(!wanted(&host, Some(&ns)));
+        let mut pending = pod(None);
+        pending.status.as_mut().unwrap().phase = Some("Pending".into());
+        assert!(!wanted(&pending, Some(&ns)));
+        let mut no_ip = pod(None);
+        no_ip.status.as_mut().unwrap().pod_ip = None;
+        assert!(!wanted(&no_ip, Some(&ns)));
+        let mut deleting = pod(None);
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+        assert!(!wanted(&deleting, Some(&ns)));
+    }
+}

@@ -1,0 +1,307 @@
+//! The node agent's reconcile loop: watch this node's pods and every namespace's labels, keep
+//! the set of enrolled pods equal to the set that should be, and keep the connected ztunnel in
+//! step. Enrolling is fail-safe — hand the pod to ztunnel, wait for its ack (its listeners are
+//! bound), then switch capture on; leaving is the reverse. A ztunnel that (re)connects gets the
+//! whole snapshot. After a restart the pinned capture is adopted, and enrollments of pods that
+//! vanished meanwhile are removed once a snapshot has been delivered.
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    net::IpAddr,
+    path::PathBuf,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api,
+    runtime::{reflector, watcher},
+};
+use tokio::{sync::mpsc, task::JoinSet};
+
+use crate::{
+    datapath::{Capture, PodAddrs},
+    enrollment, handoff, podns,
+};
+
+/// How often failed enrollments (netns not found yet, ztunnel refused) are retried.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Where this agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    /// `/proc` of the host PID namespace.
+    pub proc_root: PathBuf,
+    pub zds_socket: PathBuf,
+}
+
+/// A pod that should be enrolled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Wanted {
+    name: String,
+    namespace: String,
+    service_account: String,
+    addrs: PodAddrs,
+}
+
+/// A pod that is enrolled: handed to ztunnel and captured.
+#[derive(Debug)]
+struct Enrolled {
+    wanted: Wanted,
+    netns: File,
+    cookie: u64,
+}
+
+/// Runs until `shutdown` resolves. Prints `ready` once the first snapshot reached ztunnel.
+pub async fn run<C: Capture>(
+    client: kube::Client,
+    config: Config,
+    capture: &mut C,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    let mut watchers = JoinSet::new();
+    let pods = watch(
+        &mut watchers,
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", config.node)),
+        changed_tx.clone(),
+    );
+    let namespaces =
+        watch(&mut watchers, Api::<Namespace>::all(client), watcher::Config::default(), changed_tx);
+    pods.wait_until_ready().await?;
+    namespaces.wait_until_ready().await?;
+
+    let server = handoff::Server::bind(&config.zds_socket)?;
+    let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false };
+    let mut retry = tokio::time::interval(RETRY);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            Some(()) = changed.recv() => {}
+            _ = retry.tick() => {}
+            accepted = server.accept(), if agent.session.is_none() => match accepted {
+                Ok(session) => {
+                    tracing::info!("ztunnel connected; sending the snapshot");
+                    agent.session = Some(session);
+                    agent.send_snapshot().await;
+                }
+                Err(error) => tracing::warn!(%error, "handoff connection failed"),
+            },
+            () = closed(agent.session.as_ref()), if agent.session.is_some() => {
+                tracing::info!("ztunnel disconnected; capture stays on (fail closed) until it returns");
+                agent.session = None;
+            }
+            Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
+        }
+        let wanted = wanted(&pods, &namespaces);
+        agent.reconcile(&wanted).await;
+    }
+}
+
+/// Starts a reflector for `api` whose every event pokes `changed`; returns its store.
+fn watch<K>(
+    watchers: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: mpsc::Sender<()>,
+) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config));
+    watchers.spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::warn!(%error, "Kubernetes watch error; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            // Coalesce: one pending poke is enough.
+            let _ = changed.try_send(());
+        }
+    });
+    store
+}
+
+async fn closed(session: Option<&handoff::Session>) {
+    match session {
+        Some(session) => session.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pods of this node that should be enrolled now, by uid.
+fn wanted(
+    pods: &reflector::Store<Pod>,
+    namespaces: &reflector::Store<Namespace>,
+) -> BTreeMap<String, Wanted> {
+    let namespaces: HashMap<String, std::sync::Arc<Namespace>> =
+        namespaces.state().into_iter().filter_map(|ns| Some((ns.metadata.name.clone()?, ns))).collect();
+    pods.state()
+        .iter()
+        .filter_map(|pod| {
+            let namespace = pod.metadata.namespace.clone()?;
+            if !enrollment::wanted(pod, namespaces.get(&namespace).map(|ns| ns.as_ref())) {
+                return None;
+            }
+            let mut addrs = PodAddrs::default();
+            let status = pod.status.as_ref()?;
+            for ip in status.pod_ips.iter().flatten().filter_map(|ip| ip.ip.parse::<IpAddr>().ok()) {
+                match ip {
+                    IpAddr::V4(v4) => addrs.ipv4 = Some(v4),
+                    IpAddr::V6(v6) => addrs.ipv6 = Some(v6),
+                }
+            }
+            let wanted = Wanted {
+                name: pod.metadata.name.clone()?,
+                namespace,
+                service_account: pod
+                    .spec
+                    .as_ref()?
+                    .service_account_name
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                addrs,
+            };
+            Some((pod.metadata.uid.clone()?, wanted))
+        })
+        .collect()
+}
+
+struct Agent<'a, C> {
+    config: Config,
+    capture: &'a mut C,
+    enrolled: HashMap<String, Enrolled>,
+    session: Option<handoff::Session>,
+    ready: bool,
+}
+
+impl<C: Capture> Agent<'_, C> {
+    /// Brings the enrolled set to `wanted`: removals first, then additions (only with a
+    /// ztunnel connected, since capture without a proxy refuses traffic).
+    async fn reconcile(&mut self, wanted: &BTreeMap<String, Wanted>) {
+        let gone: Vec<String> = self
+            .enrolled
+            .iter()
+            .filter(|(uid, enrolled)| wanted.get(*uid) != Some(&enrolled.wanted))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.leave(&uid).await;
+        }
+        if self.session.is_none() {
+            return;
+        }
+        for (uid, pod) in wanted {
+            if !self.enrolled.contains_key(uid) {
+                self.join(uid, pod).await;
+            }
+        }
+    }
+
+    async fn join(&mut self, uid: &str, wanted: &Wanted) {
+        let Some(session) = &self.session else { return };
+        let netns = match podns::open(&self.config.proc_root, uid) {
+            Ok(netns) => netns,
+            Err(error) => {
+                tracing::warn!(pod = %uid, name = %wanted.name, %error, "cannot enroll yet; will retry");
+                return;
+            }
+        };
+        let pod = handoff::Pod {
+            uid: uid.to_owned(),
+            name: wanted.name.clone(),
+            namespace: wanted.namespace.clone(),
+            service_account: wanted.service_account.clone(),
+            netns,
+        };
+        if let Err(error) = session.add(&pod).await {
+            tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod; will retry");
+            return;
+        }
+        match self.capture.enroll(&pod.netns, wanted.addrs) {
+            Ok(cookie) => {
+                tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
+                self.enrolled
+                    .insert(uid.to_owned(), Enrolled { wanted: wanted.clone(), netns: pod.netns, cookie });
+            }
+            Err(error) => {
+                tracing::warn!(pod = %uid, %error, "capture refused the pod; handing it back");
+                let _ = session.delete(uid).await;
+            }
+        }
+    }
+
+    async fn leave(&mut self, uid: &str) {
+        let Some(enrolled) = self.enrolled.remove(uid) else { return };
+        if let Err(error) = self.capture.unenroll(enrolled.cookie) {
+            tracing::warn!(pod = %uid, %error, "un-enrolling failed");
+        }
+        if let Some(session) = &self.session
+            && let Err(error) = session.delete(uid).await
+        {
+            tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
+        }
+        tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
+    }
+
+    /// Hands every enrolled pod to a (re)connected ztunnel, then the snapshot marker; then
+    /// drops pinned enrollments nobody accounts for (pods deleted while no agent ran).
+    async fn send_snapshot(&mut self) {
+        let Some(session) = &self.session else { return };
+        for (uid, enrolled) in &self.enrolled {
+            let netns = match enrolled.netns.try_clone() {
+                Ok(netns) => netns,
+                Err(error) => {
+                    tracing::warn!(pod = %uid, %error, "cannot resend the pod");
+                    continue;
+                }
+            };
+            let pod = handoff::Pod {
+                uid: uid.clone(),
+                name: enrolled.wanted.name.clone(),
+                namespace: enrolled.wanted.namespace.clone(),
+                service_account: enrolled.wanted.service_account.clone(),
+                netns,
+            };
+            if let Err(error) = session.add(&pod).await {
+                tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod back");
+            }
+        }
+        if let Err(error) = session.snapshot_sent().await {
+            tracing::warn!(%error, "snapshot not acknowledged");
+            return;
+        }
+        self.sweep_stale();
+        if !self.ready {
+            println!("ready");
+            self.ready = true;
+        }
+    }
+
+    fn sweep_stale(&mut self) {
+        let known: Vec<u64> = self.enrolled.values().map(|enrolled| enrolled.cookie).collect();
+        match self.capture.enrolled() {
+            Ok(pinned) => {
+                for (cookie, _) in pinned.into_iter().filter(|(cookie, _)| !known.contains(cookie)) {
+                    tracing::info!(cookie, "removing the enrollment of a pod that is gone");
+                    if let Err(error) = self.capture.unenroll(cookie) {
+                        tracing::warn!(cookie, %error, "removing a stale enrollment failed");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "listing pinned enrollments failed"),
+        }
+    }
+}
