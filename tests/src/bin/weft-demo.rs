@@ -61,8 +61,8 @@ async fn main() -> anyhow::Result<()> {
     let before = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
     println!("  wire monitor: {before} frames between nodes carried the canary in plaintext");
 
-    println!("\nStarting weft-control (mesh CA) and enrolling all three pods: per node weft-agent");
-    println!("(eBPF capture, pod handoff) + weft-ztunnel (certificates from the control plane)...");
+    println!("\nStarting the mesh: weft-control (mesh CA); per node weft-agent (eBPF capture, pod");
+    println!("handoff, watching the API server) and weft-ztunnel (certificates from weft-control)...");
     let mut plane = ControlPlane::start(&cluster).await?;
     let mut tokens = Vec::new();
     for node in cluster.topology().nodes() {
@@ -74,7 +74,27 @@ async fn main() -> anyhow::Result<()> {
         Member::new(&server_local, NAMESPACE, "echo"),
     ];
     let ca = Ca::Control { plane: &plane, tokens };
-    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca, &Enrollment::Static)?;
+    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca, &enrollment)?;
+    println!("\n$ kubectl label namespace {NAMESPACE} weft.dev/dataplane-mode=ambient");
+    let label = serde_json::json!({ "metadata": { "labels": { "weft.dev/dataplane-mode": "ambient" } } });
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client())
+        .patch(NAMESPACE, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label))
+        .await?;
+    for (node, mut names) in [(0, vec!["client", "echo-0"]), (1, vec!["echo-1"])] {
+        // In whatever order the agent enrolls them.
+        while !names.is_empty() {
+            let line = mesh.agent(node).wait_for(
+                |line| {
+                    line.contains("enrolled")
+                        && names.iter().any(|name| line.contains(&format!("name={name} ")))
+                },
+                Duration::from_secs(20),
+            )?;
+            names.retain(|name| !line.contains(&format!("name={name} ")));
+            println!("  node{node} weft-agent: {}", message(&line));
+        }
+    }
     println!("\nAfter enrollment (mTLS + HBONE between nodes):");
     let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
     let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
@@ -85,20 +105,14 @@ async fn main() -> anyhow::Result<()> {
     let log = mesh
         .ztunnel(0)
         .wait_for(|line| line.contains("outbound via HBONE closed"), Duration::from_secs(10))?;
-    println!(
-        "  node0 ztunnel: outbound{}",
-        log.split_once("outbound").map(|(_, rest)| rest).unwrap_or(&log).trim_end()
-    );
+    println!("  node0 weft-ztunnel: {}", message(&log));
     for member in &members[..2] {
         let identity = member.identity();
         let signed = plane.process().wait_for(
             |line| line.contains("certificate signed") && line.contains(&identity),
             Duration::from_secs(10),
         )?;
-        println!(
-            "  weft-control: {}",
-            signed.split_once("INFO").map(|(_, rest)| rest).unwrap_or(&signed).trim()
-        );
+        println!("  weft-control: {}", message(&signed));
     }
     println!(
         "\nVerdict: {}",
@@ -139,4 +153,10 @@ fn exchange(client: &Pod, servers: &[&Pod], canary: &str, monitor: &WireMonitor)
     }
     monitor.settle(Duration::from_secs(5))?;
     Ok(monitor.canary_frames() - start)
+}
+
+/// A log line without its timestamp, level and target.
+fn message(line: &str) -> &str {
+    let after_level = line.split_once("INFO ").map_or(line, |(_, rest)| rest);
+    after_level.split_once(": ").map_or(after_level, |(_, rest)| rest).trim()
 }
