@@ -87,7 +87,7 @@ pub async fn run<C: Capture>(
                 Ok(session) => {
                     tracing::info!("ztunnel connected; sending the snapshot");
                     agent.session = Some(session);
-                    agent.send_snapshot().await;
+                    agent.send_snapshot(&wanted(&pods, &namespaces)).await;
                 }
                 Err(error) => tracing::warn!(%error, "handoff connection failed"),
             },
@@ -256,9 +256,11 @@ impl<C: Capture> Agent<'_, C> {
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
     }
 
-    /// Hands every enrolled pod to a (re)connected ztunnel, then the snapshot marker; then
-    /// drops pinned enrollments nobody accounts for (pods deleted while no agent ran).
-    async fn send_snapshot(&mut self) {
+    /// Hands a (re)connected ztunnel every enrolled pod, then joins the wanted ones not yet
+    /// enrolled (so a just-restarted agent announces every pod, and ztunnel drops none that is
+    /// still wanted), then the snapshot marker; then drops pinned enrollments nobody accounts
+    /// for (pods deleted while no agent ran).
+    async fn send_snapshot(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let Some(session) = &self.session else { return };
         for (uid, enrolled) in &self.enrolled {
             let netns = match enrolled.netns.try_clone() {
@@ -279,6 +281,8 @@ impl<C: Capture> Agent<'_, C> {
                 tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod back");
             }
         }
+        self.reconcile(wanted).await;
+        let Some(session) = &self.session else { return };
         if let Err(error) = session.snapshot_sent().await {
             tracing::warn!(%error, "snapshot not acknowledged");
             return;

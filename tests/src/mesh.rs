@@ -69,7 +69,19 @@ pub enum Enrollment {
 pub struct Mesh {
     /// Per node: (agent, ztunnel).
     processes: Vec<(Process, Process)>,
+    /// Per node: how to start them again.
+    setups: Vec<Setup>,
     _dir: tempfile::TempDir,
+}
+
+/// The arguments a node's agent and ztunnel were started with.
+#[derive(Debug, Clone)]
+struct Setup {
+    node: Node,
+    source: Vec<String>,
+    socket: PathBuf,
+    local_config: PathBuf,
+    ca_flags: Vec<String>,
 }
 
 impl Mesh {
@@ -109,7 +121,7 @@ impl Mesh {
         let local_config = dir.path().join("workloads.json");
         std::fs::write(&local_config, json!({ "workloads": workloads }).to_string())?;
 
-        let mut processes = Vec::new();
+        let (mut processes, mut setups) = (Vec::new(), Vec::new());
         for node in topology.nodes() {
             let pods: Vec<_> = members
                 .iter()
@@ -154,8 +166,42 @@ impl Mesh {
             let ztunnel = start_ztunnel(node, &socket, &local_config, &ca_flags)?;
             agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("mesh on {}", node.name))?;
             processes.push((agent, ztunnel));
+            setups.push(Setup {
+                node: node.clone(),
+                source,
+                socket,
+                local_config: local_config.clone(),
+                ca_flags,
+            });
         }
-        Ok(Self { processes, _dir: dir })
+        Ok(Self { processes, setups, _dir: dir })
+    }
+
+    /// Kills node `node`'s agent (SIGKILL): capture stays pinned, ztunnel keeps its pods.
+    pub fn kill_agent(&mut self, node: usize) -> anyhow::Result<()> {
+        self.processes[node].0.kill()
+    }
+
+    /// Starts node `node`'s agent again and waits until it delivered its snapshot to ztunnel.
+    pub fn start_agent(&mut self, node: usize) -> anyhow::Result<()> {
+        let setup = &self.setups[node];
+        let mut agent = start_agent(&setup.node, &setup.source, &setup.socket)?;
+        agent.wait_for_line("ready", READY_TIMEOUT).context("restarted agent")?;
+        self.processes[node].0 = agent;
+        Ok(())
+    }
+
+    /// Kills node `node`'s ztunnel (SIGKILL).
+    pub fn kill_ztunnel(&mut self, node: usize) -> anyhow::Result<()> {
+        self.processes[node].1.kill()
+    }
+
+    /// Starts node `node`'s ztunnel again (it reconnects to the agent and gets the snapshot).
+    pub fn start_ztunnel(&mut self, node: usize) -> anyhow::Result<()> {
+        let setup = &self.setups[node];
+        self.processes[node].1 =
+            start_ztunnel(&setup.node, &setup.socket, &setup.local_config, &setup.ca_flags)?;
+        Ok(())
     }
 
     /// The agent of node `node`, e.g. to read its log.

@@ -100,3 +100,65 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         .collect();
     assert_eq!(after, pause_pids, "a pod was restarted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let first =
+        cluster.add_pod(0, &PodTemplate::new("shop", "first").service_account("first")).await.unwrap();
+    let server =
+        cluster.add_pod(0, &PodTemplate::new("shop", "server").service_account("server")).await.unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let tokens = vec![plane.proxy_token(&cluster, &cluster.topology().nodes()[0]).await.unwrap()];
+    // The proxies know a third workload that does not exist yet (until xDS, from a file).
+    let late_template = PodTemplate::new("shop", "late").service_account("late");
+    let members = [Member::new(&first, "shop", "first"), Member::new(&server, "shop", "server")];
+    let ca = Ca::Control { plane: &plane, tokens };
+    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+    let mut mesh =
+        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &members, &ca, &enrollment))
+            .unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    // The mesh is ready once the agent's first snapshot, with both pods, reached ztunnel.
+    let proxied = |line: &str, name: &str| {
+        line.contains("outbound via HBONE closed") && line.contains(&format!("sa/{name} "))
+    };
+    tokio::task::block_in_place(|| {
+        assert_eq!(apps::send(&first, to, "before").unwrap(), "before");
+        mesh.ztunnel(0).wait_for(|line| proxied(line, "first"), WAIT).unwrap();
+    });
+
+    // ztunnel restarts; a pod is created while it is down; both old and new pods are served after.
+    tokio::task::block_in_place(|| mesh.kill_ztunnel(0)).unwrap();
+    let late = cluster.add_pod(0, &late_template).await.unwrap();
+    tokio::task::block_in_place(|| {
+        mesh.start_ztunnel(0).unwrap();
+        mesh.agent(0).wait_for(|line| line.contains("enrolled") && line.contains("name=late"), WAIT).unwrap();
+        assert_eq!(apps::send(&first, to, "after ztunnel restart").unwrap(), "after ztunnel restart");
+        mesh.ztunnel(0).wait_for(|line| proxied(line, "first"), WAIT).unwrap();
+        assert_eq!(apps::send(&late, to, "late pod").unwrap(), "late pod");
+        mesh.ztunnel(0).wait_for(|line| proxied(line, "late"), WAIT).unwrap();
+    });
+    let inbound_links = |node: &weft_tests::topology::Node| {
+        std::fs::read_dir(node.bpffs_root.join("links"))
+            .unwrap()
+            .filter(|entry| entry.as_ref().unwrap().file_name().to_string_lossy().starts_with("sk_lookup-"))
+            .count()
+    };
+    let node = cluster.topology().nodes()[0].clone();
+    assert_eq!(inbound_links(&node), 3);
+
+    // The agent dies; a pod is deleted meanwhile; the restarted agent removes its enrollment and
+    // keeps the others (no re-enrollment of what exists, traffic still flows).
+    tokio::task::block_in_place(|| mesh.kill_agent(0)).unwrap();
+    cluster.remove_pod("shop", &first).await.unwrap();
+    tokio::task::block_in_place(|| {
+        // Ready means the snapshot was delivered and stale enrollments swept.
+        mesh.start_agent(0).unwrap();
+        assert_eq!(inbound_links(&node), 2, "the deleted pod's capture was not removed");
+        assert_eq!(apps::send(&late, to, "after agent restart").unwrap(), "after agent restart");
+        mesh.ztunnel(0).wait_for(|line| proxied(line, "late"), WAIT).unwrap();
+    });
+}
