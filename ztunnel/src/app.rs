@@ -25,6 +25,8 @@ pub struct Config {
     pub bpffs_root: Option<PathBuf>,
     pub plaintext: InboundPlaintext,
     pub cert_ttl: Duration,
+    /// Metrics, readiness and admin endpoints.
+    pub admin: crate::admin::Addresses,
 }
 
 /// The certificate authority to use.
@@ -45,6 +47,43 @@ pub enum Error {
     Ca(#[from] crate::identity::ca::Error),
     #[error("opening the proxy's own network namespace")]
     Netns(#[source] std::io::Error),
+    #[error("binding the {what} endpoint on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The admin endpoints' view of the proxy.
+struct Endpoints(Arc<Context>);
+
+impl crate::admin::Source for Endpoints {
+    fn metrics(&self) -> String {
+        self.0.metrics.encode()
+    }
+
+    fn ready(&self) -> bool {
+        self.0.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn config_dump(&self) -> String {
+        let pods = self.0.pods.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let pods: Vec<_> = pods
+            .iter()
+            .map(|(pod, addresses)| {
+                serde_json::json!({
+                    "uid": pod.uid,
+                    "name": pod.name,
+                    "namespace": pod.namespace,
+                    "identity": pod.identity(&self.0.trust_domain).to_string(),
+                    "addresses": addresses,
+                })
+            })
+            .collect();
+        serde_json::json!({ "ready": self.ready(), "pods": pods }).to_string()
+    }
 }
 
 /// Runs the proxy until `shutdown` resolves.
@@ -69,8 +108,23 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         pool: Pool::default(),
         plaintext: config.plaintext,
         bpffs_root: config.bpffs_root.clone(),
+        metrics: crate::metrics::Metrics::default(),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        pods: std::sync::RwLock::default(),
     });
+    let mut endpoints = tokio::task::JoinSet::new();
+    let source: Arc<dyn crate::admin::Source> = Arc::new(Endpoints(context.clone()));
+    for (what, addr) in [
+        ("metrics", config.admin.metrics),
+        ("readiness", config.admin.readiness),
+        ("admin", config.admin.admin),
+    ] {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })?;
+        endpoints.spawn(crate::admin::serve(listener, source.clone()));
+    }
     let mut pods = Pods::new(context).map_err(Error::Netns)?;
     inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;
+    endpoints.abort_all();
     Ok(())
 }

@@ -44,13 +44,21 @@ impl Pods {
             message
         })?;
         self.running.insert(pod.uid, proxy);
+        self.publish();
         Ok(())
     }
 
     fn remove(&mut self, uid: &str) {
         if self.running.remove(uid).is_some() {
             tracing::info!(pod = %uid, "pod proxy stopped");
+            self.publish();
         }
+    }
+
+    /// Shows the current pods to the admin endpoint.
+    fn publish(&self) {
+        let pods = self.running.values().map(|proxy| (proxy.pod.clone(), proxy.addresses.clone())).collect();
+        *self.context.pods.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = pods;
     }
 }
 
@@ -119,6 +127,7 @@ async fn serve(channel: &Channel, pods: &mut Pods) -> Result<(), zds::Error> {
                 for uid in pods.uids().into_iter().filter(|uid| !announced.contains(uid)) {
                     pods.remove(&uid);
                 }
+                pods.context.ready.store(true, std::sync::atomic::Ordering::Release);
                 Ok(())
             }
             None => Err("empty request".to_owned()),

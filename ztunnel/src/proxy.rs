@@ -46,6 +46,42 @@ pub struct Context {
     pub plaintext: InboundPlaintext,
     /// Where the datapath is pinned, to register inbound listeners; `None` without capture.
     pub bpffs_root: Option<PathBuf>,
+    pub metrics: crate::metrics::Metrics,
+    /// Set once the agent's first snapshot has been applied.
+    pub ready: std::sync::atomic::AtomicBool,
+    /// The pods being served, for the admin endpoint.
+    pub pods: std::sync::RwLock<Vec<(Pod, Vec<IpAddr>)>>,
+}
+
+impl Context {
+    /// Metric labels for a connection from `source` (a pod here, or a workload by address) to
+    /// `destination`.
+    pub fn labels(
+        &self,
+        reporter: crate::metrics::Reporter,
+        source: Option<(&str, &str, &Identity)>,
+        destination: Option<(&str, &str, &Identity)>,
+        mutual_tls: bool,
+    ) -> crate::metrics::ConnectionLabels {
+        let part = |end: Option<(&str, &str, &Identity)>| match end {
+            Some((name, namespace, identity)) => {
+                (name.to_owned(), namespace.to_owned(), identity.to_string())
+            }
+            None => ("unknown".to_owned(), "unknown".to_owned(), "unknown".to_owned()),
+        };
+        let (source_workload, source_workload_namespace, source_principal) = part(source);
+        let (destination_workload, destination_workload_namespace, destination_principal) = part(destination);
+        crate::metrics::ConnectionLabels {
+            reporter,
+            source_workload,
+            source_workload_namespace,
+            source_principal,
+            destination_workload,
+            destination_workload_namespace,
+            destination_principal,
+            connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" }.to_owned(),
+        }
+    }
 }
 
 /// A pod as the agent announced it.
@@ -135,7 +171,14 @@ impl PodProxy {
         let pod_ref = Arc::new(pod.clone());
         tasks.spawn(outbound::serve(outbound, context.clone(), pod_ref.clone(), netns.clone()));
         tasks.spawn(inbound::serve_plaintext(inbound, context.clone(), netns.clone()));
-        tasks.spawn(inbound::serve_hbone(hbone, server_tls, addresses.clone(), netns));
+        tasks.spawn(inbound::serve_hbone(
+            hbone,
+            server_tls,
+            context.clone(),
+            pod_ref.clone(),
+            addresses.clone(),
+            netns,
+        ));
         tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
         Ok(Self { pod, addresses, _tasks: tasks })
     }

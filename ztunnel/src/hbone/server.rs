@@ -56,6 +56,9 @@ impl Refusal {
 pub trait Handler: Send + Sync + 'static {
     /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
     fn connect(&self, request: ConnectRequest) -> impl Future<Output = Result<TcpStream, Refusal>> + Send;
+
+    /// A connected stream ended; `sent` bytes went upstream, `received` came back.
+    fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
 }
 
 /// Errors that end a whole HBONE connection (a stream's errors end only that stream).
@@ -115,18 +118,13 @@ async fn serve_stream<H: Handler>(
     peer: Identity,
     handler: Arc<H>,
 ) {
-    let checked = check(&request, peer);
-    let upstream = match checked {
-        Ok(connect) => handler.connect(connect).await,
-        Err(refusal) => Err(refusal),
+    let connect = match check(&request, peer) {
+        Ok(connect) => connect,
+        Err(refusal) => return refuse(&mut respond, &refusal),
     };
-    let mut upstream = match upstream {
+    let mut upstream = match handler.connect(connect.clone()).await {
         Ok(upstream) => upstream,
-        Err(refusal) => {
-            tracing::debug!(%refusal, "HBONE stream refused");
-            let _ = respond.send_response(status_only(refusal.status()), true);
-            return;
-        }
+        Err(refusal) => return refuse(&mut respond, &refusal),
     };
     let send = match respond.send_response(status_only(StatusCode::OK), false) {
         Ok(send) => send,
@@ -136,9 +134,17 @@ async fn serve_stream<H: Handler>(
         }
     };
     let mut stream = Stream::new(send, request.into_body());
-    if let Err(error) = super::relay(&mut upstream, &mut stream).await {
+    let relayed = super::relay(&mut upstream, &mut stream).await;
+    let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+    handler.closed(&connect, sent, received);
+    if let Err(error) = relayed {
         tracing::debug!(%error, "HBONE stream ended with an error");
     }
+}
+
+fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
+    tracing::debug!(%refusal, "HBONE stream refused");
+    let _ = respond.send_response(status_only(refusal.status()), true);
 }
 
 /// Protocol checks of DESIGN.md §3: CONNECT with an `ip:port` authority.

@@ -9,21 +9,24 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{Context, InboundPlaintext, canonical, connect_in};
+use super::{Context, InboundPlaintext, Pod, canonical, connect_in};
 use crate::{
     hbone::server::{ConnectRequest, Handler, Refusal},
     inpod::netns::Netns,
+    metrics::Reporter,
 };
 
 /// Accepts HBONE connections for one pod.
 pub async fn serve_hbone(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
+    context: Arc<Context>,
+    pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
     netns: Arc<Netns>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let handler = Arc::new(Delivery { addresses, netns });
+    let handler = Arc::new(Delivery { context, pod, addresses, netns });
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -45,8 +48,27 @@ pub async fn serve_hbone(
 
 /// Delivers HBONE streams to the app of one pod.
 struct Delivery {
+    context: Arc<Context>,
+    pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
     netns: Arc<Netns>,
+}
+
+impl Delivery {
+    fn labels(&self, request: &ConnectRequest) -> crate::metrics::ConnectionLabels {
+        let source = request.forwarded_for.and_then(|addr| self.context.state.workload_by_ip(addr.ip()));
+        let source = match &source {
+            Some(workload) => (workload.name.as_str(), workload.namespace.as_str(), &request.peer),
+            None => ("unknown", request.peer.namespace.as_str(), &request.peer),
+        };
+        let destination = self.pod.identity(&self.context.trust_domain);
+        self.context.labels(
+            Reporter::Destination,
+            Some(source),
+            Some((&self.pod.name, &self.pod.namespace, &destination)),
+            true,
+        )
+    }
 }
 
 impl Handler for Delivery {
@@ -56,9 +78,18 @@ impl Handler for Delivery {
             return Err(Refusal::BadRequest(format!("{target} is not this pod")));
         }
         tracing::debug!(peer = %request.peer, %target, "inbound HBONE stream");
-        connect_in(&self.netns, target)
+        let upstream = connect_in(&self.netns, target)
             .await
-            .map_err(|error| Refusal::Unavailable(format!("{target}: {error}")))
+            .map_err(|error| Refusal::Unavailable(format!("{target}: {error}")))?;
+        self.context.metrics.opened(&self.labels(&request));
+        Ok(upstream)
+    }
+
+    fn closed(&self, request: &ConnectRequest, sent: u64, received: u64) {
+        // `sent` went to the app: it is what the source sent.
+        self.context.metrics.closed(&self.labels(request), sent, received);
+        let destination = self.pod.identity(&self.context.trust_domain);
+        tracing::info!(src = %request.peer, dst = %destination, target = %request.target, sent, received, "inbound HBONE closed");
     }
 }
 

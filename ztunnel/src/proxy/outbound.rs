@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::{Context, Pod, canonical, connect_in, original_dst};
-use crate::{hbone, inpod::netns::Netns, state::TunnelProtocol};
+use crate::{hbone, inpod::netns::Netns, metrics::Reporter, state::TunnelProtocol};
 
 pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, netns: Arc<Netns>) {
     let mut connections = JoinSet::new();
@@ -55,12 +55,29 @@ async fn proxy(
             let cert = context.identities.fetch(&source).await?;
             let expected = workload.identity(&context.trust_domain);
             let mut stream = context.pool.open(netns, &cert, &expected, target, peer).await?;
-            let (sent, received) = hbone::relay(&mut client, &mut stream).await?;
+            let labels = context.labels(
+                Reporter::Source,
+                Some((&pod.name, &pod.namespace, &source)),
+                Some((&workload.name, &workload.namespace, &expected)),
+                true,
+            );
+            context.metrics.opened(&labels);
+            let relayed = hbone::relay(&mut client, &mut stream).await;
+            let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+            context.metrics.closed(&labels, sent, received);
+            relayed?;
             tracing::info!(src = %source, dst = %expected, %target, sent, received, "outbound via HBONE closed");
         }
         None => {
+            let source = pod.identity(&context.trust_domain);
+            let labels =
+                context.labels(Reporter::Source, Some((&pod.name, &pod.namespace, &source)), None, false);
             let mut upstream = connect_in(netns, target).await?;
-            let (sent, received) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+            context.metrics.opened(&labels);
+            let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+            context.metrics.closed(&labels, sent, received);
+            relayed?;
             tracing::info!(pod = %pod.uid, %target, sent, received, "outbound passthrough closed");
         }
     }

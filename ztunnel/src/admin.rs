@@ -1,0 +1,83 @@
+//! The proxy's node-local HTTP endpoints: Prometheus metrics (15020), readiness (15021) and the
+//! admin `config_dump` (localhost:15000). A deliberately small HTTP/1.1 responder: GET only, one
+//! request per connection, no body accepted.
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    task::JoinSet,
+};
+
+/// What the endpoints report.
+pub trait Source: Send + Sync + 'static {
+    /// Prometheus text.
+    fn metrics(&self) -> String;
+    /// Whether the proxy is ready (connected to its agent, first pods served).
+    fn ready(&self) -> bool;
+    /// The proxy's state as JSON.
+    fn config_dump(&self) -> String;
+}
+
+/// Serves `listener` until dropped.
+pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let source = source.clone();
+                connections.spawn(async move {
+                    let mut request = [0u8; 2048];
+                    let Ok(Ok(len)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request)).await else {
+                        return;
+                    };
+                    let (status, content_type, body) = respond(&request[..len], source.as_ref());
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes()).await;
+                    let _ = stream.write_all(body.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+fn respond(request: &[u8], source: &dyn Source) -> (&'static str, &'static str, String) {
+    let line =
+        String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if method != "GET" {
+        return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
+    }
+    match path {
+        "/metrics" | "/stats/prometheus" => ("200 OK", "text/plain; version=0.0.4", source.metrics()),
+        "/healthz/ready" if source.ready() => ("200 OK", "text/plain", "ready\n".into()),
+        "/healthz/ready" => ("503 Service Unavailable", "text/plain", "not ready\n".into()),
+        "/config_dump" => ("200 OK", "application/json", source.config_dump()),
+        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+    }
+}
+
+/// Where the endpoints listen.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    pub metrics: SocketAddr,
+    pub readiness: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Default for Addresses {
+    fn default() -> Self {
+        Self {
+            metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
+            readiness: SocketAddr::from(([0, 0, 0, 0], 15021)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
+        }
+    }
+}
