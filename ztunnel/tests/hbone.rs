@@ -282,3 +282,33 @@ async fn an_upstream_reset_reaches_the_client_as_a_reset() {
     let error = stream.read(&mut buf).await.unwrap_err();
     assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_client_is_cut_off_and_a_well_behaved_one_is_not() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler).await;
+    let (upstream, _) = echo_upstream().await;
+    let good = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let abuser = raw_h2(server, &ca.issue(&Identity::new(TD, "shop", "abuser"))).await;
+
+    const ATTEMPTS: usize = 5000;
+    let mut sent = 0;
+    for _ in 0..ATTEMPTS {
+        let Ok(mut send) = abuser.clone().ready().await else { break };
+        let Ok((_response, mut body)) = send.send_request(connect_to(&upstream.to_string()), false) else {
+            break;
+        };
+        body.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+        tokio::task::yield_now().await;
+    }
+    assert!(sent < ATTEMPTS, "the abuser was never cut off ({sent} resets)");
+
+    let mut stream = good.open(upstream, "10.0.0.1:1".parse().unwrap()).await.unwrap();
+    stream.write_all(b"still fine").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still fine");
+}

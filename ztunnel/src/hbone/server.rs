@@ -16,6 +16,11 @@ use crate::{identity::Identity, tls};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams per connection we allow (Istio's server side: 200).
 pub const MAX_STREAMS: u32 = 200;
+/// Streams a client may reset (before or while we connect them upstream) per
+/// [`RESET_WINDOW`] before its connection is closed with ENHANCE_YOUR_CALM: the HTTP/2
+/// "rapid reset" attack opens and cancels streams to make the server do work for nothing.
+pub const MAX_RESETS: u32 = 200;
+pub const RESET_WINDOW: Duration = Duration::from_secs(10);
 
 /// A CONNECT that passed the protocol checks, for the handler to decide on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +77,39 @@ pub enum Error {
     Identity(#[source] tls::Error),
     #[error("HTTP/2")]
     Http2(#[source] h2::Error),
+    #[error("client reset more than {MAX_RESETS} streams in {RESET_WINDOW:?}; connection closed")]
+    TooManyResets,
+}
+
+/// How a stream ended, as far as the connection cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamEnd {
+    Served,
+    /// The client reset it before it was answered.
+    ResetByPeer,
+}
+
+/// Resets counted in fixed windows.
+#[derive(Debug)]
+struct ResetBudget {
+    window_start: tokio::time::Instant,
+    resets: u32,
+}
+
+impl ResetBudget {
+    fn new() -> Self {
+        Self { window_start: tokio::time::Instant::now(), resets: 0 }
+    }
+
+    /// Counts one reset; false once the budget of the current window is spent.
+    fn spend(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window_start) > RESET_WINDOW {
+            *self = Self { window_start: now, resets: 0 };
+        }
+        self.resets += 1;
+        self.resets <= MAX_RESETS
+    }
 }
 
 /// Serves one accepted TCP connection until the client closes it; streams run concurrently.
@@ -95,6 +133,7 @@ pub async fn serve_connection<H: Handler>(
         .await
         .map_err(Error::Http2)?;
     let mut streams = JoinSet::new();
+    let mut budget = ResetBudget::new();
     loop {
         tokio::select! {
             accepted = connection.accept() => match accepted {
@@ -104,7 +143,17 @@ pub async fn serve_connection<H: Handler>(
                 Some(Err(error)) => return Err(Error::Http2(error)),
                 None => break,
             },
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(ended) = streams.join_next(), if !streams.is_empty() => {
+                if ended.is_ok_and(|end| end == StreamEnd::ResetByPeer) && !budget.spend() {
+                    connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                    // Drive the connection so the GOAWAY goes out; bounded.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(_)) = connection.accept().await {}
+                    })
+                    .await;
+                    return Err(Error::TooManyResets);
+                }
+            }
         }
     }
     // The client said goodbye; let open streams finish (the connection stays driven by them).
@@ -117,20 +166,32 @@ async fn serve_stream<H: Handler>(
     mut respond: SendResponse<Bytes>,
     peer: Identity,
     handler: Arc<H>,
-) {
+) -> StreamEnd {
     let connect = match check(&request, peer) {
         Ok(connect) => connect,
-        Err(refusal) => return refuse(&mut respond, &refusal),
+        Err(refusal) => {
+            refuse(&mut respond, &refusal);
+            return StreamEnd::Served;
+        }
     };
-    let mut upstream = match handler.connect(connect.clone()).await {
+    // A client that resets the stream while we connect gets no upstream connection.
+    let connected = tokio::select! {
+        biased;
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
+        connected = handler.connect(connect.clone()) => connected,
+    };
+    let mut upstream = match connected {
         Ok(upstream) => upstream,
-        Err(refusal) => return refuse(&mut respond, &refusal),
+        Err(refusal) => {
+            refuse(&mut respond, &refusal);
+            return StreamEnd::Served;
+        }
     };
     let send = match respond.send_response(status_only(StatusCode::OK), false) {
         Ok(send) => send,
         Err(error) => {
             tracing::debug!(%error, "HBONE client went away before 200");
-            return;
+            return StreamEnd::ResetByPeer;
         }
     };
     let mut stream = Stream::new(send, request.into_body());
@@ -140,6 +201,7 @@ async fn serve_stream<H: Handler>(
     if let Err(error) = relayed {
         tracing::debug!(%error, "HBONE stream ended with an error");
     }
+    StreamEnd::Served
 }
 
 fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
