@@ -195,7 +195,6 @@ impl Accepted {
 /// once it says it is ready. Its log (stderr) and stdout come through one pipe, readable with
 /// [`Process::wait_for`]; `ebpf_debug` turns on the programs' debug records.
 pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
-    let (reader, writer) = std::io::pipe()?;
     let mut command = Command::new(binary("weft-agent")?);
     command
         .arg("--bpffs-root")
@@ -205,10 +204,8 @@ pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Pro
         .arg(&node.cgroup)
         .arg("--proxy-cgroup")
         .arg(&node.proxy_cgroup)
-        .env("RUST_LOG", if ebpf_debug { "debug" } else { "info" })
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone()?)
-        .stderr(writer);
+        .env("RUST_LOG", if ebpf_debug { "debug" } else { "info" });
+    let reader = crate::process::merged_output(&mut command)?;
     if ebpf_debug {
         command.arg("--ebpf-debug");
     }

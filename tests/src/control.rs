@@ -6,7 +6,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -127,16 +127,9 @@ impl ControlPlane {
 }
 
 fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<Process> {
-    let (reader, writer) = std::io::pipe()?;
     let mut command = Command::new(apps::binary("weft-control")?);
-    command
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--serving-name")
-        .arg(FABRIC_GATEWAY.to_string())
-        .stdin(Stdio::null())
-        .stdout(writer.try_clone()?)
-        .stderr(writer);
+    command.arg("--kubeconfig").arg(kubeconfig).arg("--serving-name").arg(FABRIC_GATEWAY.to_string());
+    let reader = crate::process::merged_output(&mut command)?;
     let mut process = Process::start_with_listener(command, listener)?;
     process.read_lines_from(reader);
     Ok(process)

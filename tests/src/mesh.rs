@@ -4,12 +4,7 @@
 //! tests without an API server, ztunnel's development CA ([`Ca::Development`]). Until xDS and
 //! the Kubernetes-driven agent land, workloads come from a local JSON file and pods are
 //! enrolled statically from a per-node pods file.
-use std::{
-    net::IpAddr,
-    path::PathBuf,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Context;
 use serde_json::json;
@@ -17,7 +12,7 @@ use serde_json::json;
 use crate::{
     apps,
     control::ControlPlane,
-    process::Process,
+    process::{Process, merged_output},
     topology::{Node, Pod, Topology},
 };
 
@@ -217,13 +212,6 @@ impl Mesh {
 
 fn addresses(pod: &Pod) -> Vec<IpAddr> {
     vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)]
-}
-
-/// Both streams of a process into one pipe the harness reads.
-fn merged_output(command: &mut Command) -> anyhow::Result<std::io::PipeReader> {
-    let (reader, writer) = std::io::pipe()?;
-    command.stdin(Stdio::null()).stdout(writer.try_clone()?).stderr(writer);
-    Ok(reader)
 }
 
 fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyhow::Result<Process> {

@@ -225,6 +225,14 @@ impl Drop for Process {
     }
 }
 
+/// Points `command`'s stdout and stderr at one pipe and returns its read end, for
+/// [`Process::read_lines_from`]: a daemon's log and its `ready` line in order.
+pub fn merged_output(command: &mut Command) -> anyhow::Result<std::io::PipeReader> {
+    let (reader, writer) = std::io::pipe()?;
+    command.stdin(std::process::Stdio::null()).stdout(writer.try_clone()?).stderr(writer);
+    Ok(reader)
+}
+
 /// Creates a cgroup directory (and its parents).
 pub fn create_cgroup(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
