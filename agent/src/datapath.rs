@@ -74,6 +74,16 @@ pub struct PodAddrs {
     pub ipv6: Option<Ipv6Addr>,
 }
 
+impl PodAddrs {
+    /// The addresses as the enrollment map stores them.
+    pub fn to_map_value(&self) -> Enrolled {
+        Enrolled {
+            ipv4: self.ipv4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
+            ipv6: self.ipv6.map(|ip| Endpoint::from_ip(ip.into(), 0).ip).unwrap_or([0; 4]),
+        }
+    }
+}
+
 /// Errors from installing, enrolling or reading the datapath.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -192,10 +202,7 @@ impl Datapath {
     /// pod's key in the datapath. Idempotent.
     pub fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
         let cookie = netns_cookie(netns).map_err(Error::NetnsCookie)?;
-        let value = Enrolled {
-            ipv4: addrs.ipv4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
-            ipv6: addrs.ipv6.map(|ip| Endpoint::from_ip(ip.into(), 0).ip).unwrap_or([0; 4]),
-        };
+        let value = addrs.to_map_value();
         let was_enrolled = self.enrolled_map()?.get(&cookie, 0).is_ok();
         if let Err(source) = self.enrolled_map()?.insert(cookie, value, 0) {
             return Err(match source {

@@ -262,6 +262,7 @@ impl<C: Capture> Agent<'_, C> {
     /// for (pods deleted while no agent ran).
     async fn send_snapshot(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let Some(session) = &self.session else { return };
+        let mut refused = Vec::new();
         for (uid, enrolled) in &self.enrolled {
             let netns = match enrolled.netns.try_clone() {
                 Ok(netns) => netns,
@@ -278,8 +279,14 @@ impl<C: Capture> Agent<'_, C> {
                 netns,
             };
             if let Err(error) = session.add(&pod).await {
-                tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod back");
+                // Capture stays on (fail closed); forgetting the pod makes reconcile join it
+                // again, retrying the handoff.
+                tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod back; will retry");
+                refused.push(uid.clone());
             }
+        }
+        for uid in refused {
+            self.enrolled.remove(&uid);
         }
         self.reconcile(wanted).await;
         let Some(session) = &self.session else { return };
@@ -287,18 +294,26 @@ impl<C: Capture> Agent<'_, C> {
             tracing::warn!(%error, "snapshot not acknowledged");
             return;
         }
-        self.sweep_stale();
+        self.sweep_stale(wanted);
         if !self.ready {
             println!("ready");
             self.ready = true;
         }
     }
 
-    fn sweep_stale(&mut self) {
+    /// Removes pinned enrollments of pods that are neither enrolled now nor wanted (matched by
+    /// address, since a wanted pod whose join is still pending has no known cookie yet): a
+    /// wanted pod's capture is never dropped.
+    fn sweep_stale(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let known: Vec<u64> = self.enrolled.values().map(|enrolled| enrolled.cookie).collect();
+        let wanted_addresses: Vec<weft_ebpf_common::Enrolled> =
+            wanted.values().map(|pod| pod.addrs.to_map_value()).collect();
         match self.capture.enrolled() {
             Ok(pinned) => {
-                for (cookie, _) in pinned.into_iter().filter(|(cookie, _)| !known.contains(cookie)) {
+                let stale = pinned.into_iter().filter(|(cookie, addresses)| {
+                    !known.contains(cookie) && !wanted_addresses.contains(addresses)
+                });
+                for (cookie, _) in stale {
                     tracing::info!(cookie, "removing the enrollment of a pod that is gone");
                     if let Err(error) = self.capture.unenroll(cookie) {
                         tracing::warn!(cookie, %error, "removing a stale enrollment failed");

@@ -151,7 +151,10 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
     assert_eq!(inbound_links(&node), 3);
 
     // The agent dies; a pod is deleted meanwhile; the restarted agent removes its enrollment and
-    // keeps the others (no re-enrollment of what exists, traffic still flows).
+    // keeps the others (no re-enrollment of what exists, traffic still flows, and a connection
+    // established before the restart survives it).
+    let mut chat = tokio::task::block_in_place(|| apps::Chat::open(&late, to)).unwrap();
+    assert_eq!(tokio::task::block_in_place(|| chat.say("one")).unwrap(), "one");
     tokio::task::block_in_place(|| mesh.kill_agent(0)).unwrap();
     cluster.remove_pod("shop", &first).await.unwrap();
     tokio::task::block_in_place(|| {
@@ -160,5 +163,6 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
         assert_eq!(inbound_links(&node), 2, "the deleted pod's capture was not removed");
         assert_eq!(apps::send(&late, to, "after agent restart").unwrap(), "after agent restart");
         mesh.ztunnel(0).wait_for(|line| proxied(line, "late"), WAIT).unwrap();
+        assert_eq!(chat.say("two").unwrap(), "two", "the established connection was dropped");
     });
 }

@@ -77,6 +77,13 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
     }
     let dump = http_get(&topology.nodes()[0].netns, 15000, "/config_dump");
     assert!(dump.contains(&cart) && dump.contains("\"name\":\"client\""), "{dump}");
+
+    // A pod outside the mesh aiming at the server's own proxy port is refused, not looped.
+    let outsider = topology.add_pod(0, "outsider", "uid-outsider").unwrap();
+    let proxy_port = SocketAddr::new(server.ipv4.into(), weft_ebpf_common::port::INBOUND);
+    let sent = apps::try_send(&outsider, proxy_port, "loop?");
+    assert!(!matches!(sent, Ok(apps::Sent::Reply { .. })), "{sent:?}");
+    mesh.ztunnel(1).wait_for(|line| line.contains("the proxy's own port"), WAIT).unwrap();
 }
 
 /// A plain HTTP GET to the node-local endpoint `port` from inside `netns`; the whole response.

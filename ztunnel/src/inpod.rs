@@ -36,7 +36,16 @@ impl Pods {
 
     async fn add(&mut self, pod: Pod, netns_fd: std::os::fd::OwnedFd) -> Result<(), String> {
         let netns = Arc::new(netns::Netns::new(netns_fd, self.home.clone()));
-        // Re-adding replaces: the old listeners close first so the new ones own the ports.
+        // The same pod announced again (a restarted agent's snapshot): keep serving it, and its
+        // established connections, untouched.
+        if let Some(running) = self.running.get(&pod.uid)
+            && running.pod == pod
+            && netns.inode().is_ok_and(|inode| inode == running.netns_inode)
+        {
+            return Ok(());
+        }
+        // Otherwise re-adding replaces: the old listeners close first so the new ones own the
+        // ports.
         self.running.remove(&pod.uid);
         let proxy = PodProxy::start(self.context.clone(), pod.clone(), netns).await.map_err(|error| {
             let message = format!("{error:#}");

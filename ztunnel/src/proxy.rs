@@ -140,6 +140,8 @@ pub enum Error {
 pub struct PodProxy {
     pub pod: Pod,
     pub addresses: Vec<IpAddr>,
+    /// The pod's network namespace (its inode tells a re-announced pod from a new one).
+    pub netns_inode: u64,
     _tasks: JoinSet<()>,
 }
 
@@ -149,6 +151,8 @@ impl PodProxy {
     pub async fn start(context: Arc<Context>, pod: Pod, netns: Arc<Netns>) -> Result<Self, Error> {
         let addresses =
             netns.addresses().map_err(|source| Error::Addresses { pod: pod.uid.clone(), source })?;
+        let netns_inode =
+            netns.inode().map_err(|source| Error::Addresses { pod: pod.uid.clone(), source })?;
         let bind = |port| {
             listen_in(&netns, port).map_err(|source| Error::Bind { pod: pod.uid.clone(), port, source })
         };
@@ -158,29 +162,23 @@ impl PodProxy {
             weft_ebpf_common::listener::register(root, &addresses, &inbound)
                 .map_err(|source| Error::Register { pod: pod.uid.clone(), source })?;
         }
+        // A certificate now (so a pod whose identity the CA refuses fails here, visibly); the
+        // HBONE listener asks again per connection and so follows renewals.
         let identity = pod.identity(&context.trust_domain);
         let cert = context
             .identities
             .fetch(&identity)
             .await
             .map_err(|source| Error::Certificate { pod: pod.uid.clone(), source })?;
-        let server_tls =
-            crate::tls::server_config(&cert).map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
+        crate::tls::server_config(&cert).map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
 
         let mut tasks = JoinSet::new();
         let pod_ref = Arc::new(pod.clone());
         tasks.spawn(outbound::serve(outbound, context.clone(), pod_ref.clone(), netns.clone()));
         tasks.spawn(inbound::serve_plaintext(inbound, context.clone(), netns.clone()));
-        tasks.spawn(inbound::serve_hbone(
-            hbone,
-            server_tls,
-            context.clone(),
-            pod_ref.clone(),
-            addresses.clone(),
-            netns,
-        ));
+        tasks.spawn(inbound::serve_hbone(hbone, context.clone(), pod_ref.clone(), addresses.clone(), netns));
         tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
-        Ok(Self { pod, addresses, _tasks: tasks })
+        Ok(Self { pod, addresses, netns_inode, _tasks: tasks })
     }
 }
 
@@ -233,6 +231,12 @@ fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
     }
     let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr).to_canonical();
     Ok(SocketAddr::new(ip, u16::from_be(addr.sin6_port)))
+}
+
+/// Whether `port` is one of the proxy's own in-pod ports: delivering there would connect the
+/// proxy to itself (a loop any client could start).
+fn is_proxy_port(port: u16) -> bool {
+    [port::OUTBOUND, port::INBOUND, crate::hbone::PORT].contains(&port)
 }
 
 /// `addr` with an IPv4-mapped address shown as IPv4.

@@ -21,6 +21,12 @@ impl Netns {
         Self { pod, home }
     }
 
+    /// The namespace's inode number: two fds with the same inode are the same namespace.
+    pub fn inode(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::File::from(self.pod.try_clone()?).metadata()?.ino())
+    }
+
     /// Runs `work` (which must not block or await) with this thread inside the pod's namespace.
     pub fn run<T>(&self, work: impl FnOnce() -> T) -> io::Result<T> {
         setns(&self.pod)?;

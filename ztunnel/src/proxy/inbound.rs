@@ -2,37 +2,46 @@
 //! delivered to the app inside the pod over a marked socket from the pod's own address.
 use std::{net::IpAddr, sync::Arc};
 
-use rustls::ServerConfig;
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{Context, InboundPlaintext, Pod, canonical, connect_in};
+use super::{Context, InboundPlaintext, Pod, canonical, connect_in, is_proxy_port};
 use crate::{
     hbone::server::{ConnectRequest, Handler, Refusal},
+    identity::Identity,
     inpod::netns::Netns,
     metrics::Reporter,
+    tls::WorkloadCert,
 };
 
-/// Accepts HBONE connections for one pod.
+/// Accepts HBONE connections for one pod, presenting its current certificate: the TLS
+/// configuration is rebuilt whenever the certificate manager hands out a renewed one.
 pub async fn serve_hbone(
     listener: TcpListener,
-    tls: Arc<ServerConfig>,
     context: Arc<Context>,
     pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
     netns: Arc<Netns>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let handler = Arc::new(Delivery { context, pod, addresses, netns });
+    let identity = pod.identity(&context.trust_domain);
+    let handler = Arc::new(Delivery { context: context.clone(), pod, addresses, netns });
+    let mut current: Option<(Arc<WorkloadCert>, TlsAcceptor)> = None;
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
-                    let (acceptor, handler) = (acceptor.clone(), handler.clone());
+                    let acceptor = match acceptor_for(&context, &identity, &mut current).await {
+                        Ok(acceptor) => acceptor,
+                        Err(error) => {
+                            tracing::warn!(%identity, %error, "no certificate: HBONE connection refused");
+                            continue;
+                        }
+                    };
+                    let handler = handler.clone();
                     connections.spawn(async move {
                         if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler).await {
                             tracing::info!(%peer, %error, "HBONE connection failed");
@@ -44,6 +53,23 @@ pub async fn serve_hbone(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// The acceptor for the identity's current certificate, rebuilt only when it changed.
+async fn acceptor_for(
+    context: &Context,
+    identity: &Identity,
+    current: &mut Option<(Arc<WorkloadCert>, TlsAcceptor)>,
+) -> Result<TlsAcceptor, String> {
+    let cert = context.identities.fetch(identity).await.map_err(|error| error.to_string())?;
+    if let Some((cached, acceptor)) = current.as_ref()
+        && Arc::ptr_eq(cached, &cert)
+    {
+        return Ok(acceptor.clone());
+    }
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(&cert).map_err(|error| error.to_string())?);
+    *current = Some((cert, acceptor.clone()));
+    Ok(acceptor)
 }
 
 /// Delivers HBONE streams to the app of one pod.
@@ -77,6 +103,9 @@ impl Handler for Delivery {
         if !self.addresses.contains(&target.ip()) {
             return Err(Refusal::BadRequest(format!("{target} is not this pod")));
         }
+        if is_proxy_port(target.port()) {
+            return Err(Refusal::BadRequest(format!("{target} is the proxy's own port")));
+        }
         tracing::debug!(peer = %request.peer, %target, "inbound HBONE stream");
         let upstream = connect_in(&self.netns, target)
             .await
@@ -109,6 +138,9 @@ pub async fn serve_plaintext(listener: TcpListener, context: Arc<Context>, netns
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
                             let target = canonical(client.local_addr()?);
+                            if is_proxy_port(target.port()) {
+                                return Err(std::io::Error::other(format!("{target} is the proxy's own port")));
+                            }
                             let mut upstream = connect_in(&netns, target).await?;
                             tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                         };
