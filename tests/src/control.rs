@@ -146,7 +146,7 @@ pub async fn request_token(
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             audiences: Some(vec![audience.to_owned()]),
-            bound_object_ref: Some(BoundObjectReference {
+            bound_object_ref: (!pod.is_empty()).then(|| BoundObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Pod".into()),
                 name: Some(pod.to_owned()),

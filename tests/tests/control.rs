@@ -113,6 +113,12 @@ async fn the_ca_signs_only_for_identities_running_on_the_callers_node() {
         refused(sign_from(&node0, &plane, &wrong, &id("cart"), csr(&[&cart], false)))
             .contains("token not accepted")
     );
+    // A token of the proxy's account that is bound to no pod says nothing about a node.
+    let unbound = control::request_token(cluster.client(), "", None, control::AUDIENCE).await.unwrap();
+    let unbound_file = token.with_extension("unbound");
+    std::fs::write(&unbound_file, unbound).unwrap();
+    let reason = refused(sign_from(&node0, &plane, &unbound_file, &id("cart"), csr(&[&cart], false)));
+    assert!(reason.contains("not bound to a pod"), "{reason}");
     // The pod is gone: its identity is no longer on the node.
     let cart_pod = cluster.topology().pods().find(|pod| pod.name == "cart").unwrap().clone();
     cluster.remove_pod("shop", &cart_pod).await.unwrap();

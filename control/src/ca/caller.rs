@@ -69,6 +69,10 @@ impl Authenticator {
         if status.authenticated != Some(true) {
             return Err(Error::Unauthenticated(status.error.unwrap_or_else(|| "rejected".into())));
         }
+        // The API server checked the audience we asked for; make sure it says so.
+        if !status.audiences.unwrap_or_default().contains(&self.audience) {
+            return Err(Error::Unauthenticated(format!("token not issued for audience {}", self.audience)));
+        }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let expected = format!("system:serviceaccount:{}:{}", self.proxy.0, self.proxy.1);
@@ -82,7 +86,9 @@ impl Authenticator {
         let pod = Api::<Pod>::namespaced(self.client.clone(), &self.proxy.0).get_opt(&pod_name).await?;
         let pod =
             pod.ok_or_else(|| Error::Forbidden(format!("the token's pod {pod_name} does not exist")))?;
-        if first(POD_UID_EXTRA).is_some_and(|uid| pod.metadata.uid.as_deref() != Some(uid.as_str())) {
+        let pod_uid =
+            first(POD_UID_EXTRA).ok_or_else(|| Error::Forbidden("token is not bound to a pod".into()))?;
+        if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
             return Err(Error::Forbidden(format!("the token's pod {pod_name} was replaced")));
         }
         let node = pod
