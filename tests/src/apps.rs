@@ -2,7 +2,7 @@
 //! clients, the stand-in proxy) and the agent.
 use std::{
     io::Write,
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     process::{ChildStdin, Command, Stdio},
     time::{Duration, Instant},
@@ -191,10 +191,8 @@ impl Accepted {
     }
 }
 
-/// Starts `weft-agent run` for `node` in its netns, enrolling `pods` statically, and returns
-/// once it says it is ready. Its log (stderr) and stdout come through one pipe, readable with
-/// [`Process::wait_for`]; `ebpf_debug` turns on the programs' debug records.
-pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
+/// `weft-agent run` for `node`: its bpffs root, pod cgroup and proxy cgroup.
+pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
     let mut command = Command::new(binary("weft-agent")?);
     command
         .arg("--bpffs-root")
@@ -203,20 +201,34 @@ pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Pro
         .arg("--cgroup")
         .arg(&node.cgroup)
         .arg("--proxy-cgroup")
-        .arg(&node.proxy_cgroup)
-        .env("RUST_LOG", if ebpf_debug { "debug" } else { "info" });
-    let reader = crate::process::merged_output(&mut command)?;
+        .arg(&node.proxy_cgroup);
+    Ok(command)
+}
+
+/// Starts an agent command in the harness's own namespace — the agent needs no node network,
+/// only the API server on the harness's loopback (netns, cgroups and sockets are paths) — with
+/// its log (stderr) and stdout through one pipe, readable with [`Process::wait_for`].
+pub fn start_agent(mut command: Command) -> anyhow::Result<Process> {
+    let output = crate::process::merged_output(&mut command)?;
+    // `start` consumes the command, closing our copies of the pipe's write end.
+    let mut agent = Process::start(command)?;
+    agent.read_lines_from(output);
+    Ok(agent)
+}
+
+/// Starts `weft-agent run` for `node`, enrolling `pods` directly in capture (no ztunnel), and
+/// returns once it says it is ready; `ebpf_debug` turns on the programs' debug records.
+pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
+    let mut command = agent_command(node)?;
+    command.env("RUST_LOG", if ebpf_debug { "debug" } else { "info" });
     if ebpf_debug {
         command.arg("--ebpf-debug");
     }
     for pod in pods {
-        let ips: Vec<String> =
-            [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)].iter().map(ToString::to_string).collect();
+        let ips: Vec<String> = pod.addresses().iter().map(ToString::to_string).collect();
         command.arg("--enroll").arg(format!("{}={}", pod.netns.path().display(), ips.join(",")));
     }
-    // `spawn` consumes the command, closing our copies of the pipe's write end.
-    let mut agent = Process::spawn(command, &node.netns, None)?;
-    agent.read_lines_from(reader);
+    let mut agent = start_agent(command)?;
     agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("agent on {}", node.name))?;
     Ok(agent)
 }

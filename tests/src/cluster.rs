@@ -1,7 +1,5 @@
 //! A test cluster: the real API server, the namespace topology, and the harness as kubelet
 //! keeping the two in step (a Pod object for every pod namespace, with its real uid and IPs).
-use std::net::IpAddr;
-
 use anyhow::Context;
 
 use crate::{
@@ -56,8 +54,7 @@ impl Cluster {
         let object = self.kubelet.create_pod(template, &node_name).await?;
         let uid = object.metadata.uid.context("the API server assigned no uid")?;
         let pod = self.topology.add_pod(node, &template.name, &uid)?;
-        let ips = [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)];
-        self.kubelet.mark_running(&template.namespace, &template.name, &ips).await?;
+        self.kubelet.mark_running(&template.namespace, &template.name, &pod.addresses()).await?;
         Ok(pod)
     }
 

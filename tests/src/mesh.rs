@@ -4,7 +4,7 @@
 //! tests without an API server, ztunnel's development CA ([`Ca::Development`]). Until xDS and
 //! the Kubernetes-driven agent land, workloads come from a local JSON file and pods are
 //! enrolled statically from a per-node pods file.
-use std::{net::IpAddr, path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Context;
 use serde_json::json;
@@ -108,7 +108,7 @@ impl Mesh {
                     "name": member.pod.name,
                     "namespace": member.namespace,
                     "service_account": member.service_account,
-                    "addresses": addresses(&member.pod),
+                    "addresses": member.pod.addresses(),
                     "node": topology.nodes()[member.pod.node].name,
                 })
             })
@@ -128,7 +128,7 @@ impl Mesh {
                         "namespace": member.namespace,
                         "service_account": member.service_account,
                         "netns": member.pod.netns.path(),
-                        "ips": addresses(&member.pod),
+                        "ips": member.pod.addresses(),
                     })
                 })
                 .collect();
@@ -210,29 +210,10 @@ impl Mesh {
     }
 }
 
-fn addresses(pod: &Pod) -> Vec<IpAddr> {
-    vec![IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)]
-}
-
 fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyhow::Result<Process> {
-    let mut command = Command::new(apps::binary("weft-agent")?);
-    command
-        .arg("--bpffs-root")
-        .arg(&node.bpffs_root)
-        .arg("run")
-        .arg("--cgroup")
-        .arg(&node.cgroup)
-        .arg("--proxy-cgroup")
-        .arg(&node.proxy_cgroup)
-        .args(source)
-        .arg("--zds-socket")
-        .arg(socket);
-    let output = merged_output(&mut command)?;
-    // In the harness's own namespace: the agent needs no node network, only the API server,
-    // which the harness serves on its loopback (netns, cgroups and the socket are paths).
-    let mut agent = Process::start(command)?;
-    agent.read_lines_from(output);
-    Ok(agent)
+    let mut command = apps::agent_command(node)?;
+    command.args(source).arg("--zds-socket").arg(socket);
+    apps::start_agent(command)
 }
 
 fn start_ztunnel(

@@ -62,6 +62,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The pod's addresses, IPv4 first.
+    pub fn addresses(&self) -> [std::net::IpAddr; 2] {
+        [self.ipv4.into(), self.ipv6.into()]
+    }
+
     /// Starts `command` as one of the pod's processes (its netns and cgroup).
     pub fn spawn(&self, command: Command) -> anyhow::Result<Process> {
         Process::spawn(command, &self.netns, Some(&self.cgroup))

@@ -57,10 +57,15 @@ impl Pods {
         Ok(())
     }
 
-    fn remove(&mut self, uid: &str) {
+    async fn remove(&mut self, uid: &str) {
         if self.running.remove(uid).is_some() {
             tracing::info!(pod = %uid, "pod proxy stopped");
             self.publish();
+            // Certificates only for identities that still have a pod here.
+            let trust_domain = self.context.trust_domain.clone();
+            let remaining: Vec<_> =
+                self.running.values().map(|proxy| proxy.pod.identity(&trust_domain)).collect();
+            self.context.identities.retain(|identity| remaining.contains(identity)).await;
         }
     }
 
@@ -129,12 +134,12 @@ async fn serve(channel: &Channel, pods: &mut Pods) -> Result<(), zds::Error> {
             }
             Some(Payload::Del(del)) => {
                 announced.remove(&del.uid);
-                pods.remove(&del.uid);
+                pods.remove(&del.uid).await;
                 Ok(())
             }
             Some(Payload::SnapshotSent(_)) => {
                 for uid in pods.uids().into_iter().filter(|uid| !announced.contains(uid)) {
-                    pods.remove(&uid);
+                    pods.remove(&uid).await;
                 }
                 pods.context.ready.store(true, std::sync::atomic::Ordering::Release);
                 Ok(())

@@ -105,12 +105,6 @@ impl State {
         let ip = ip.to_canonical();
         self.by_ip.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&ip).cloned()
     }
-
-    /// The workload with uid `uid`.
-    pub fn workload_by_uid(&self, uid: &str) -> Option<Arc<Workload>> {
-        let by_ip = self.by_ip.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        by_ip.values().find(|workload| workload.uid == uid).cloned()
-    }
 }
 
 #[cfg(test)]

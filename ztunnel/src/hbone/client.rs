@@ -37,7 +37,6 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Connection {
     send_request: h2::client::SendRequest<Bytes>,
-    peer: SocketAddr,
 }
 
 impl Connection {
@@ -70,7 +69,7 @@ impl Connection {
                 tracing::debug!(%peer, %error, "HBONE connection ended");
             }
         });
-        Ok(Self { send_request, peer })
+        Ok(Self { send_request })
     }
 
     /// Opens a stream to `target`, carrying `source` as `Forwarded: for`, and returns it once
@@ -89,10 +88,5 @@ impl Connection {
             return Err(Error::Refused { target, status: response.status() });
         }
         Ok(Stream::new(send, response.into_body()))
-    }
-
-    /// The destination pod's HBONE address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
     }
 }
