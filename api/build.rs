@@ -3,6 +3,14 @@
 //! `cargo xtask setup`.
 fn main() -> std::io::Result<()> {
     println!("cargo::rerun-if-changed=proto");
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/zds.proto", "proto/ca.proto"], &["proto", "/usr/include"])
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/zds.proto",
+            "proto/ca.proto",
+            "proto/xds.proto",
+            "proto/workload.proto",
+            "proto/authorization.proto",
+        ],
+        &["proto", "/usr/include"],
+    )
 }

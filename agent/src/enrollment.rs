@@ -1,25 +1,12 @@
-//! Which pods are in the mesh: a pod is enrolled when its namespace or the pod itself carries
-//! `weft.dev/dataplane-mode=ambient`, unless the pod says `none`; host-network pods never are,
-//! nor pods that are not running with an address, nor pods being deleted.
+//! Which pods this node captures: labelled into the mesh (`weft_api::enrollment`), and never
+//! host-network pods, pods not running with an address, or pods being deleted.
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-
-/// The label that enrolls a namespace or pod.
-pub const LABEL: &str = "weft.dev/dataplane-mode";
-/// Its value that enrolls.
-pub const AMBIENT: &str = "ambient";
-/// Its value, on a pod, that opts out.
-pub const NONE: &str = "none";
+use weft_api::enrollment::labelled;
 
 /// Whether `pod` (in `namespace`, if known) belongs in the mesh now.
 pub fn wanted(pod: &Pod, namespace: Option<&Namespace>) -> bool {
-    match label(pod.metadata.labels.as_ref()) {
-        Some(NONE) => return false,
-        Some(AMBIENT) => {}
-        _ => {
-            if label(namespace.and_then(|ns| ns.metadata.labels.as_ref())) != Some(AMBIENT) {
-                return false;
-            }
-        }
+    if !labelled(pod.metadata.labels.as_ref(), namespace.and_then(|ns| ns.metadata.labels.as_ref())) {
+        return false;
     }
     let host_network = pod.spec.as_ref().and_then(|spec| spec.host_network).unwrap_or(false);
     let status = pod.status.as_ref();
@@ -28,14 +15,11 @@ pub fn wanted(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     !host_network && running && has_ip && pod.metadata.deletion_timestamp.is_none()
 }
 
-fn label(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<&str> {
-    labels.and_then(|labels| labels.get(LABEL)).map(String::as_str)
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
     use kube::api::ObjectMeta;
+    use weft_api::enrollment::{AMBIENT, LABEL};
 
     use super::*;
 
@@ -65,15 +49,6 @@ mod tests {
     }
 
     #[test]
-    fn the_namespace_label_enrolls_and_the_pod_label_decides_last() {
-        assert!(wanted(&pod(None), Some(&namespace(Some(AMBIENT)))));
-        assert!(!wanted(&pod(None), Some(&namespace(None))));
-        assert!(!wanted(&pod(Some(NONE)), Some(&namespace(Some(AMBIENT)))), "opt-out wins");
-        assert!(wanted(&pod(Some(AMBIENT)), Some(&namespace(None))), "a pod may opt in alone");
-        assert!(!wanted(&pod(None), None));
-    }
-
-    #[test]
     fn host_network_pending_addressless_and_deleting_pods_are_never_enrolled() {
         let ns = namespace(Some(AMBIENT));
         let mut host = pod(None);
@@ -89,5 +64,6 @@ mod tests {
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
         assert!(!wanted(&deleting, Some(&ns)));
+        assert!(wanted(&pod(None), Some(&ns)), "the same pod running, with an address, is");
     }
 }

@@ -1,8 +1,11 @@
 //! The protocols Weft's processes speak to each other, numbered like Istio's so either side can
 //! talk to Istio's: the ZDS pod handoff (agent → ztunnel, [`zds`]) and the certificate service
-//! (ztunnel → control, [`ca`]); the xDS workload and authorization resources come next. `.proto`
-//! files live in `api/proto`; conversions to domain types live with each consumer.
+//! (ztunnel → control, [`ca`]), and delta xDS ([`discovery`]) carrying [`workload`] and
+//! [`security`] resources (control → ztunnel). `.proto` files live in `api/proto`; conversions
+//! to domain types live with each consumer.
 
+pub mod admin;
+pub mod enrollment;
 pub mod zds;
 
 /// `istio.v1.auth.IstioCertificateService`: messages and tonic client and server.
@@ -11,4 +14,25 @@ pub mod ca {
 
     /// The metadata key naming the identity a node proxy asks a certificate for.
     pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+}
+
+/// Delta ADS (`envoy.service.discovery.v3`): messages and tonic client and server.
+pub mod discovery {
+    tonic::include_proto!("envoy.service.discovery.v3");
+}
+
+/// `istio.workload`: workloads and services by address.
+pub mod workload {
+    tonic::include_proto!("istio.workload");
+
+    /// The xDS type of [`Address`] resources.
+    pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
+}
+
+/// `istio.security`: L4 authorization policies.
+pub mod security {
+    tonic::include_proto!("istio.security");
+
+    /// The xDS type of [`Authorization`] resources.
+    pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
 }

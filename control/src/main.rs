@@ -9,8 +9,16 @@ use kube::{
     api::{ObjectMeta, Patch, PatchParams},
 };
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use weft_api::ca::istio_certificate_service_server::IstioCertificateServiceServer;
-use weft_control::ca::{Authority, caller::Authenticator, service::Service};
+use weft_api::{
+    ca::istio_certificate_service_server::IstioCertificateServiceServer,
+    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
+};
+use weft_control::{
+    ca::{Authority, caller::Authenticator, service::Service},
+    index::{self, Naming, Snapshot},
+    metrics::Metrics,
+    xds,
+};
 
 /// Weft control plane.
 #[derive(Debug, Parser)]
@@ -26,7 +34,14 @@ struct Args {
     ca_secret: String,
     #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
     trust_domain: String,
-    /// gRPC (TLS) listen address; ignored when a socket is passed in (LISTEN_FDS=1, fd 3).
+    /// Service hostnames are `<name>.<namespace>.svc.<cluster domain>`.
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// HTTP endpoints: `/metrics`, `/healthz/ready` (the index has synced), `/config_dump`.
+    #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15014")]
+    monitoring_listen: SocketAddr,
+    /// gRPC (TLS: xDS and the CA) listen address; ignored when a socket is passed in
+    /// (LISTEN_FDS=1, fd 3).
     #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "0.0.0.0:15012")]
     grpc_listen: SocketAddr,
     /// Names (IPs or DNS) node proxies use to reach the control plane: the serving cert's SANs.
@@ -85,8 +100,21 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     let (proxy_namespace, proxy_sa) =
         args.proxy_service_account.split_once('/').context("--proxy-service-account is namespace/name")?;
     let authenticator =
-        Authenticator::new(client, args.audience.clone(), (proxy_namespace.into(), proxy_sa.into()));
-    let service = Service::new(authority, authenticator, args.trust_domain.clone());
+        Authenticator::new(client.clone(), args.audience.clone(), (proxy_namespace.into(), proxy_sa.into()));
+    let metrics = Arc::new(Metrics::default());
+    let (publish, snapshots) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+    let naming =
+        Naming { trust_domain: args.trust_domain.clone(), cluster_domain: args.cluster_domain.clone() };
+    let mut index = tokio::spawn(index::watch::run(client, naming, publish));
+    let monitoring = tokio::net::TcpListener::bind(args.monitoring_listen)
+        .await
+        .with_context(|| format!("binding {}", args.monitoring_listen))?;
+    let monitor = tokio::spawn(weft_api::admin::serve(
+        monitoring,
+        Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() }),
+    ));
+    let ads = xds::Server::new(snapshots, authenticator.clone(), metrics.clone());
+    let service = Service::new(authority, authenticator, args.trust_domain.clone(), metrics);
 
     let listener = match passed_listener {
         Some(listener) => {
@@ -95,7 +123,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         }
         None => tokio::net::TcpListener::bind(args.grpc_listen).await?,
     };
-    tracing::info!(addr = %listener.local_addr()?, "serving the CA");
+    tracing::info!(addr = %listener.local_addr()?, "serving xDS and the CA");
     let shutdown = async {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
@@ -106,13 +134,48 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    Server::builder()
+    let serve = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(chain, key)))?
         .add_service(IstioCertificateServiceServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+    let result = tokio::select! {
+        served = serve => served.map_err(anyhow::Error::from),
+        indexed = &mut index => Err(indexed.map_or_else(anyhow::Error::from, |ended| {
+            ended.err().unwrap_or_else(|| anyhow::anyhow!("the index stopped"))
+        })),
+    };
+    monitor.abort();
+    index.abort();
     tracing::info!("stopped");
-    Ok(())
+    result
+}
+
+/// What the monitoring endpoints show.
+struct Monitoring {
+    metrics: Arc<Metrics>,
+    snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+}
+
+impl weft_api::admin::Source for Monitoring {
+    fn metrics(&self) -> String {
+        self.metrics.encode()
+    }
+
+    fn ready(&self) -> bool {
+        self.snapshots.borrow().version > 0
+    }
+
+    fn config_dump(&self) -> String {
+        let snapshot = self.snapshots.borrow().clone();
+        let names = |resources: &index::Resources| resources.keys().cloned().collect::<Vec<_>>();
+        serde_json::json!({
+            "version": snapshot.version,
+            "addresses": names(&snapshot.addresses),
+            "authorizations": names(&snapshot.authorizations),
+        })
+        .to_string()
+    }
 }
 
 /// Publishes the mesh root for the node proxies (server-side apply: idempotent).

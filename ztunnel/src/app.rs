@@ -26,7 +26,7 @@ pub struct Config {
     pub plaintext: InboundPlaintext,
     pub cert_ttl: Duration,
     /// Metrics, readiness and admin endpoints.
-    pub admin: crate::admin::Addresses,
+    pub admin: weft_api::admin::Addresses,
 }
 
 /// The certificate authority to use.
@@ -59,7 +59,7 @@ pub enum Error {
 /// The admin endpoints' view of the proxy.
 struct Endpoints(Arc<Context>);
 
-impl crate::admin::Source for Endpoints {
+impl weft_api::admin::Source for Endpoints {
     fn metrics(&self) -> String {
         self.0.metrics.encode()
     }
@@ -113,7 +113,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         pods: std::sync::RwLock::default(),
     });
     let mut endpoints = tokio::task::JoinSet::new();
-    let source: Arc<dyn crate::admin::Source> = Arc::new(Endpoints(context.clone()));
+    let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
     for (what, addr) in [
         ("metrics", config.admin.metrics),
         ("readiness", config.admin.readiness),
@@ -121,7 +121,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     ] {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })?;
-        endpoints.spawn(crate::admin::serve(listener, source.clone()));
+        endpoints.spawn(weft_api::admin::serve(listener, source.clone()));
     }
     let mut pods = Pods::new(context).map_err(Error::Netns)?;
     inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;

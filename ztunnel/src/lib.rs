@@ -9,7 +9,6 @@
 //! handed over by the agent ([`inpod`]), the workload index ([`state`], from a local file until
 //! xDS), and the process wiring ([`app`]).
 
-pub mod admin;
 pub mod app;
 pub mod hbone;
 pub mod identity;

@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
         bpffs_root: Some(args.bpffs_root),
         plaintext: if args.strict { InboundPlaintext::Deny } else { InboundPlaintext::Allow },
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
-        admin: weft_ztunnel::admin::Addresses::default(),
+        admin: weft_api::admin::Addresses::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

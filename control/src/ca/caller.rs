@@ -52,7 +52,33 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::NoToken | Error::Unauthenticated(_) => tonic::Status::unauthenticated(message),
+            Error::Forbidden(_) => tonic::Status::permission_denied(message),
+            Error::Kube(_) => tonic::Status::unavailable(message),
+        }
+    }
+}
+
 impl Authenticator {
+    /// Authenticates the bearer token of a gRPC request.
+    pub async fn authenticate_request(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Caller, Error> {
+        let token = metadata
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or(Error::NoToken)?;
+        self.authenticate(token).await
+    }
+
     pub fn new(client: kube::Client, audience: String, proxy: (String, String)) -> Self {
         Self { client, audience, proxy }
     }

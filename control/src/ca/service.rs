@@ -19,24 +19,22 @@ pub struct Service {
     authority: Arc<Authority>,
     authenticator: Authenticator,
     trust_domain: String,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Service {
-    pub fn new(authority: Arc<Authority>, authenticator: Authenticator, trust_domain: String) -> Self {
-        Self { authority, authenticator, trust_domain }
+    pub fn new(
+        authority: Arc<Authority>,
+        authenticator: Authenticator,
+        trust_domain: String,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self { authority, authenticator, trust_domain, metrics }
     }
 
     async fn create(&self, request: Request<IstioCertificateRequest>) -> Result<Vec<String>, Denial> {
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .ok_or(Denial::Caller(caller::Error::NoToken))?
-            .to_owned();
-        let caller = self.authenticator.authenticate(&token).await.map_err(Denial::Caller)?;
+        let caller =
+            self.authenticator.authenticate_request(request.metadata()).await.map_err(Denial::Caller)?;
         let request = request.into_inner();
         let identity = impersonated(&request)
             .ok_or_else(|| Denial::Identity("the request names no ImpersonatedIdentity".into()))?;
@@ -74,13 +72,8 @@ impl From<Denial> for Status {
     fn from(denial: Denial) -> Self {
         let message = denial.to_string();
         match denial {
-            Denial::Caller(caller::Error::NoToken | caller::Error::Unauthenticated(_)) => {
-                Status::unauthenticated(message)
-            }
-            Denial::Caller(caller::Error::Forbidden(_)) | Denial::Identity(_) => {
-                Status::permission_denied(message)
-            }
-            Denial::Caller(caller::Error::Kube(_)) => Status::unavailable(message),
+            Denial::Caller(error) => error.into(),
+            Denial::Identity(_) => Status::permission_denied(message),
             Denial::Csr(_) => Status::invalid_argument(message),
         }
     }
@@ -93,10 +86,20 @@ impl IstioCertificateService for Service {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         match self.create(request).await {
-            Ok(cert_chain) => Ok(Response::new(IstioCertificateResponse { cert_chain })),
+            Ok(cert_chain) => {
+                self.metrics.csr("signed");
+                Ok(Response::new(IstioCertificateResponse { cert_chain }))
+            }
             Err(denial) => {
                 tracing::info!(%denial, "certificate refused");
-                Err(denial.into())
+                let status = Status::from(denial);
+                self.metrics.csr(match status.code() {
+                    tonic::Code::Unauthenticated => "unauthenticated",
+                    tonic::Code::PermissionDenied => "permission_denied",
+                    tonic::Code::InvalidArgument => "invalid_argument",
+                    _ => "unavailable",
+                });
+                Err(status)
             }
         }
     }

@@ -1,6 +1,7 @@
-//! The proxy's node-local HTTP endpoints: Prometheus metrics (15020), readiness (15021) and the
-//! admin `config_dump` (localhost:15000). A deliberately small HTTP/1.1 responder: GET only, one
-//! request per connection, no body accepted.
+//! The daemons' HTTP endpoints, as Prometheus and Kubernetes probes speak to them: `/metrics`,
+//! `/healthz/ready` and the JSON `/config_dump` (ztunnel: metrics 15020, readiness 15021,
+//! admin localhost:15000; weft-control serves all three on one port). A deliberately small
+//! HTTP/1.1 responder: GET only, one request per connection, no body accepted.
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{
@@ -13,9 +14,9 @@ use tokio::{
 pub trait Source: Send + Sync + 'static {
     /// Prometheus text.
     fn metrics(&self) -> String;
-    /// Whether the proxy is ready (connected to its agent, first pods served).
+    /// Whether the daemon is ready to serve.
     fn ready(&self) -> bool;
-    /// The proxy's state as JSON.
+    /// The daemon's state as JSON.
     fn config_dump(&self) -> String;
 }
 
@@ -64,7 +65,7 @@ fn respond(request: &[u8], source: &dyn Source) -> (&'static str, &'static str, 
     }
 }
 
-/// Where the endpoints listen.
+/// Where ztunnel's endpoints listen.
 #[derive(Debug, Clone)]
 pub struct Addresses {
     pub metrics: SocketAddr,

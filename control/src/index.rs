@@ -1,0 +1,309 @@
+//! The mesh as node proxies see it: an immutable, versioned [`Snapshot`] of xDS resources built
+//! from Kubernetes objects. Every pod with an address becomes a `Workload` (tunnelled over HBONE
+//! when enrolled, plaintext otherwise) named by its uid; every Service a `Service` named
+//! `namespace/hostname`, and each pod it selects lists it with the ports it serves. Two pods
+//! claiming one address (a terminating pod whose IP was already reused) never share it: the
+//! address goes to the live, newer pod — an identity never follows an IP to another pod.
+//!
+//! [`build`] is a pure function of the objects, so snapshots are cheap to test and to measure;
+//! [`watch`] keeps one current from the API server.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use k8s_openapi::{
+    api::core::v1::{Namespace, Pod, Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use prost::Message;
+use weft_api::workload as api;
+
+pub mod watch;
+
+/// One xDS resource, encoded once and shared by every subscriber.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// Content hash: equal versions, equal bytes.
+    pub version: String,
+    pub body: prost_types::Any,
+}
+
+/// Every resource of one type, by name.
+pub type Resources = BTreeMap<String, Arc<Resource>>;
+
+/// What the control plane serves at one moment.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Increases with every published change.
+    pub version: u64,
+    /// `istio.workload.Address`: workloads by uid, services by `namespace/hostname`.
+    pub addresses: Resources,
+    /// `istio.security.Authorization` (none until the policy kinds land).
+    pub authorizations: Resources,
+}
+
+impl Snapshot {
+    /// The resources of an xDS type, if the control plane serves it.
+    pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
+        match type_url {
+            api::ADDRESS_TYPE => Some(&self.addresses),
+            weft_api::security::AUTHORIZATION_TYPE => Some(&self.authorizations),
+            _ => None,
+        }
+    }
+
+    /// Whether `other` serves the same resources (versions aside).
+    pub fn same_resources(&self, other: &Snapshot) -> bool {
+        self.addresses == other.addresses && self.authorizations == other.authorizations
+    }
+}
+
+/// Mesh-wide naming.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub trust_domain: String,
+    /// Service hostnames are `<name>.<namespace>.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+}
+
+/// Builds the resources for these objects (the version is left at 0 for the publisher).
+pub fn build<'a>(
+    naming: &Naming,
+    namespaces: impl IntoIterator<Item = &'a Namespace>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    services: impl IntoIterator<Item = &'a Service>,
+) -> Snapshot {
+    let labels_by_namespace: HashMap<&str, Option<&BTreeMap<String, String>>> = namespaces
+        .into_iter()
+        .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
+        .collect();
+    let mut services_by_namespace: HashMap<&str, Vec<&Service>> = HashMap::new();
+    let mut addresses = Resources::new();
+    for service in services {
+        let (Some(name), Some(namespace)) = (&service.metadata.name, &service.metadata.namespace) else {
+            continue;
+        };
+        let service = service_resource(naming, name, namespace, service);
+        let key = format!("{namespace}/{}", service.1.hostname);
+        services_by_namespace.entry(namespace).or_default().push(service.0);
+        addresses.insert(key, encode(api::address::Type::Service(service.1)));
+    }
+
+    let mut workloads: Vec<(Claim, api::Workload)> = pods
+        .into_iter()
+        .filter_map(|pod| {
+            let namespace = pod.metadata.namespace.as_deref()?;
+            let enrolled = weft_api::enrollment::labelled(
+                pod.metadata.labels.as_ref(),
+                labels_by_namespace.get(namespace).copied().flatten(),
+            );
+            let selecting = services_by_namespace.get(namespace).map(Vec::as_slice).unwrap_or_default();
+            workload(naming, pod, enrolled, selecting)
+        })
+        .collect();
+    give_each_address_one_owner(&mut workloads);
+    for (_, workload) in workloads {
+        if !workload.addresses.is_empty() {
+            addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
+        }
+    }
+    Snapshot { version: 0, addresses, authorizations: Resources::new() }
+}
+
+/// How strongly a workload holds its addresses: live beats terminating, newer beats older.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Claim {
+    live: bool,
+    created: Option<k8s_openapi::jiff::Timestamp>,
+    uid: String,
+}
+
+fn give_each_address_one_owner(workloads: &mut [(Claim, api::Workload)]) {
+    let mut owner: HashMap<Vec<u8>, usize> = HashMap::new();
+    for (index, (claim, workload)) in workloads.iter().enumerate() {
+        for address in &workload.addresses {
+            let current = owner.entry(address.clone()).or_insert(index);
+            if workloads[*current].0 < *claim {
+                *current = index;
+            }
+        }
+    }
+    for (index, (_, workload)) in workloads.iter_mut().enumerate() {
+        workload.addresses.retain(|address| owner.get(address) == Some(&index));
+    }
+}
+
+fn workload(
+    naming: &Naming,
+    pod: &Pod,
+    enrolled: bool,
+    services: &[&Service],
+) -> Option<(Claim, api::Workload)> {
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    // Host-network pods share the node's address: no identity can be tied to it.
+    if spec.host_network == Some(true) || !matches!(status.phase.as_deref(), Some("Running" | "Pending")) {
+        return None;
+    }
+    let ips: Vec<IpAddr> = match &status.pod_ips {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect(),
+        _ => status.pod_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
+    };
+    if ips.is_empty() {
+        return None;
+    }
+    let metadata = &pod.metadata;
+    let namespace = metadata.namespace.clone()?;
+    let uid = metadata.uid.clone()?;
+    let labels = metadata.labels.clone().unwrap_or_default();
+    let services = services
+        .iter()
+        .filter(|service| selects(service, &labels))
+        .filter_map(|service| {
+            let name = service.metadata.name.as_deref()?;
+            let ports = service_ports(service)
+                .filter_map(|(port, target)| {
+                    Some(api::Port { service_port: port, target_port: target_port(spec, port, target)? })
+                })
+                .collect();
+            Some((format!("{namespace}/{}", hostname(naming, name, &namespace)), api::PortList { ports }))
+        })
+        .collect();
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let claim = Claim {
+        live: metadata.deletion_timestamp.is_none(),
+        created: metadata.creation_timestamp.as_ref().map(|time| time.0),
+        uid: uid.clone(),
+    };
+    let workload = api::Workload {
+        uid,
+        name: metadata.name.clone().unwrap_or_default(),
+        namespace,
+        addresses: ips.iter().map(ip_bytes).collect(),
+        tunnel_protocol: if enrolled { api::TunnelProtocol::Hbone } else { api::TunnelProtocol::None }.into(),
+        trust_domain: naming.trust_domain.clone(),
+        service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+        node: spec.node_name.clone().unwrap_or_default(),
+        workload_name: metadata.name.clone().unwrap_or_default(),
+        services,
+        // A pod counts as healthy once running, unless its conditions say it is not ready;
+        // the harness (no kubelet) reports no conditions.
+        status: if status.phase.as_deref() == Some("Running")
+            && (ready || status.conditions.as_ref().is_none_or(Vec::is_empty))
+        {
+            api::WorkloadStatus::Healthy
+        } else {
+            api::WorkloadStatus::Unhealthy
+        }
+        .into(),
+        ..Default::default()
+    };
+    Some((claim, workload))
+}
+
+fn service_resource<'a>(
+    naming: &Naming,
+    name: &str,
+    namespace: &str,
+    service: &'a Service,
+) -> (&'a Service, api::Service) {
+    let spec = service.spec.as_ref();
+    let ips: Vec<IpAddr> = match spec.and_then(|spec| spec.cluster_ips.as_ref()) {
+        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
+        _ => spec
+            .and_then(|spec| spec.cluster_ip.as_deref())
+            .and_then(|ip| ip.parse().ok())
+            .into_iter()
+            .collect(),
+    };
+    let resource = api::Service {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        hostname: hostname(naming, name, namespace),
+        addresses: ips
+            .iter()
+            .map(|ip| api::NetworkAddress { network: String::new(), address: ip_bytes(ip) })
+            .collect(),
+        ports: service_ports(service)
+            .map(|(port, target)| api::Port {
+                service_port: port,
+                target_port: match target {
+                    Some(IntOrString::Int(number)) => u32::try_from(*number).unwrap_or(0),
+                    // Named: resolved per workload.
+                    _ => 0,
+                },
+            })
+            .collect(),
+        waypoint: None,
+    };
+    (service, resource)
+}
+
+/// The TCP ports of a service: `(port, targetPort)`.
+fn service_ports(service: &Service) -> impl Iterator<Item = (u32, Option<&IntOrString>)> {
+    service
+        .spec
+        .iter()
+        .flat_map(|spec| spec.ports.iter().flatten())
+        .filter(|port| port.protocol.as_deref().is_none_or(|protocol| protocol == "TCP"))
+        .filter_map(|port| Some((u32::try_from(port.port).ok()?, port.target_port.as_ref())))
+}
+
+/// The pod port a service port reaches: a number, a container port's name, or the same port.
+fn target_port(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    port: u32,
+    target: Option<&IntOrString>,
+) -> Option<u32> {
+    match target {
+        None => Some(port),
+        Some(IntOrString::Int(number)) => u32::try_from(*number).ok(),
+        Some(IntOrString::String(name)) => spec
+            .containers
+            .iter()
+            .flat_map(|container| container.ports.iter().flatten())
+            .find(|container_port| container_port.name.as_deref() == Some(name))
+            .and_then(|container_port| u32::try_from(container_port.container_port).ok()),
+    }
+}
+
+fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
+    match service.spec.as_ref().and_then(|spec| spec.selector.as_ref()) {
+        // No selector: endpoints are managed by hand, not derived from pods.
+        None => false,
+        Some(selector) if selector.is_empty() => false,
+        Some(selector) => selector.iter().all(|(key, value)| labels.get(key) == Some(value)),
+    }
+}
+
+fn hostname(naming: &Naming, name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}.svc.{}", naming.cluster_domain)
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+fn encode(address: api::address::Type) -> Arc<Resource> {
+    let value = api::Address { r#type: Some(address) }.encode_to_vec();
+    Arc::new(Resource {
+        version: format!("{:016x}", fnv1a(&value)),
+        body: prost_types::Any { type_url: api::ADDRESS_TYPE.to_owned(), value },
+    })
+}
+
+/// FNV-1a, 64 bit: a content hash that is the same in every build and process, so a
+/// restarted control plane recognises the versions proxies already hold.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests;

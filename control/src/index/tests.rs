@@ -1,0 +1,180 @@
+//! The index built from hand-made objects.
+use k8s_openapi::{
+    api::core::v1::{Container, ContainerPort, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
+use kube::api::ObjectMeta;
+
+use super::*;
+
+fn naming() -> Naming {
+    Naming { trust_domain: "cluster.local".into(), cluster_domain: "cluster.local".into() }
+}
+
+fn namespace(name: &str, ambient: bool) -> Namespace {
+    let labels = ambient.then(|| [("weft.dev/dataplane-mode".to_owned(), "ambient".to_owned())].into());
+    Namespace {
+        metadata: ObjectMeta { name: Some(name.into()), labels, ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn pod(uid: &str, namespace: &str, ips: &[&str], created_seconds: i64) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(format!("pod-{uid}")),
+            namespace: Some(namespace.into()),
+            uid: Some(uid.into()),
+            labels: Some([("app".to_owned(), "web".to_owned())].into()),
+            creation_timestamp: Some(Time(
+                k8s_openapi::jiff::Timestamp::from_second(created_seconds).unwrap(),
+            )),
+            ..Default::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some("node0".into()),
+            service_account_name: Some("web".into()),
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: ips.first().map(|ip| (*ip).to_owned()),
+            pod_ips: Some(ips.iter().map(|ip| PodIP { ip: (*ip).to_owned() }).collect()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn service(name: &str, namespace: &str, ip: &str, ports: Vec<ServicePort>) -> Service {
+    Service {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            cluster_ips: Some(vec![ip.into()]),
+            selector: Some([("app".to_owned(), "web".to_owned())].into()),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port(port: i32, target: Option<IntOrString>) -> ServicePort {
+    ServicePort { port, target_port: target, ..Default::default() }
+}
+
+fn workload(snapshot: &Snapshot, uid: &str) -> Option<api::Workload> {
+    let resource = snapshot.addresses.get(uid)?;
+    match api::Address::decode(resource.body.value.as_slice()).unwrap().r#type {
+        Some(api::address::Type::Workload(workload)) => Some(workload),
+        other => panic!("{uid} is not a workload: {other:?}"),
+    }
+}
+
+#[test]
+fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true), namespace("plain", false)],
+        &[pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1), pod("b", "plain", &["10.244.0.6"], 1)],
+        &[],
+    );
+    let a = workload(&snapshot, "a").unwrap();
+    assert_eq!(a.tunnel_protocol(), api::TunnelProtocol::Hbone);
+    assert_eq!(
+        a.addresses,
+        vec![vec![10, 244, 0, 5], "fd00::5".parse::<std::net::Ipv6Addr>().unwrap().octets().to_vec()]
+    );
+    assert_eq!(
+        (a.service_account.as_str(), a.node.as_str(), a.trust_domain.as_str()),
+        ("web", "node0", "cluster.local")
+    );
+    assert_eq!(workload(&snapshot, "b").unwrap().tunnel_protocol(), api::TunnelProtocol::None);
+}
+
+#[test]
+fn host_network_and_finished_pods_are_not_workloads() {
+    let mut host = pod("host", "mesh", &["172.18.0.10"], 1);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    let mut done = pod("done", "mesh", &["10.244.0.7"], 1);
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[]);
+    assert!(snapshot.addresses.is_empty(), "{:?}", snapshot.addresses.keys());
+}
+
+#[test]
+fn services_list_their_vips_and_selected_pods_their_target_ports() {
+    let web = service(
+        "web",
+        "mesh",
+        "10.96.0.10",
+        vec![
+            port(80, Some(IntOrString::String("http".into()))),
+            port(9000, None),
+            port(81, Some(IntOrString::Int(8081))),
+        ],
+    );
+    let mut other = pod("other", "mesh", &["10.244.0.9"], 1);
+    other.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[pod("a", "mesh", &["10.244.0.5"], 1), other], &[web]);
+    let key = "mesh/web.mesh.svc.cluster.local";
+    let Some(api::address::Type::Service(service)) =
+        api::Address::decode(snapshot.addresses[key].body.value.as_slice()).unwrap().r#type
+    else {
+        panic!("no service {key}");
+    };
+    assert_eq!(service.addresses[0].address, vec![10, 96, 0, 10]);
+    assert_eq!(service.ports.len(), 3);
+    let ports = &workload(&snapshot, "a").unwrap().services[key].ports;
+    let pairs: Vec<(u32, u32)> = ports.iter().map(|port| (port.service_port, port.target_port)).collect();
+    assert_eq!(pairs, vec![(80, 8080), (9000, 9000), (81, 8081)]);
+    assert!(workload(&snapshot, "other").unwrap().services.is_empty(), "selector must match");
+}
+
+#[test]
+fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
+    let mut old = pod("old", "mesh", &["10.244.0.5"], 1);
+    old.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
+    // The old pod is newer by timestamp but terminating: liveness decides first.
+    old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(99).unwrap()));
+    let new = pod("new", "other", &["10.244.0.5"], 2);
+    for pods in [[old.clone(), new.clone()], [new, old]] {
+        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[]);
+        assert_eq!(workload(&snapshot, "new").unwrap().addresses, vec![vec![10, 244, 0, 5]]);
+        assert!(workload(&snapshot, "old").is_none(), "a workload left without addresses is withdrawn");
+    }
+    // Both live: the newer pod wins.
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)],
+        &[],
+    );
+    assert!(workload(&snapshot, "second").is_some());
+    assert!(workload(&snapshot, "first").is_none());
+}
+
+#[test]
+fn versions_follow_content() {
+    let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
+    let (namespaces, pods) = objects();
+    let one = build(&naming(), &namespaces, &pods, &[]);
+    let two = build(&naming(), &namespaces, &pods, &[]);
+    assert!(one.same_resources(&two));
+    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[]);
+    assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
+}
