@@ -109,6 +109,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     let monitoring = tokio::net::TcpListener::bind(args.monitoring_listen)
         .await
         .with_context(|| format!("binding {}", args.monitoring_listen))?;
+    tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
     let monitor = tokio::spawn(weft_api::admin::serve(
         monitoring,
         Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() }),

@@ -129,6 +129,8 @@ impl ControlPlane {
 fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<Process> {
     let mut command = Command::new(apps::binary("weft-control")?);
     command.arg("--kubeconfig").arg(kubeconfig).arg("--serving-name").arg(FABRIC_GATEWAY.to_string());
+    // Tests run side by side in the harness's namespace: any free port (the log names it).
+    command.arg("--monitoring-listen").arg("127.0.0.1:0");
     let reader = crate::process::merged_output(&mut command)?;
     let mut process = Process::start_with_listener(command, listener)?;
     process.read_lines_from(reader);

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod process;
 pub mod topology;
 pub mod wire;
+pub mod xds;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

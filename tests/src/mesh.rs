@@ -1,9 +1,10 @@
 //! The mesh on the harness topology, as it will run on nodes: per node a `weft-agent` (capture,
 //! pod handoff; in the harness's namespace, where the API server is) and a `weft-ztunnel` (in
-//! the node's netns, in the node proxy cgroup), sharing the handoff socket. Certificates come from the control plane's CA ([`Ca::Control`]) or, for
-//! tests without an API server, ztunnel's development CA ([`Ca::Development`]). Until xDS and
-//! the Kubernetes-driven agent land, workloads come from a local JSON file and pods are
-//! enrolled statically from a per-node pods file.
+//! the node's netns, in the node proxy cgroup), sharing the handoff socket. With the control
+//! plane ([`Ca::Control`]) proxies get certificates from its CA and workloads over its xDS;
+//! tests without an API server use ztunnel's development CA and a local workloads file made
+//! from the members ([`Ca::Development`]). Agents enroll pods from the Kubernetes API or,
+//! statically, from a per-node pods file.
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Context;
@@ -40,12 +41,12 @@ impl Member {
     }
 }
 
-/// Where the node proxies get their certificates.
+/// Where the node proxies get their certificates and workloads.
 #[derive(Debug)]
 pub enum Ca<'a> {
-    /// A development root the harness writes (no API server needed).
+    /// A development root and a workloads file the harness writes (no API server needed).
     Development,
-    /// The control plane's CA, with each node's proxy token (index = node).
+    /// The control plane's CA and xDS, with each node's proxy token (index = node).
     Control { plane: &'a ControlPlane, tokens: Vec<PathBuf> },
 }
 
@@ -75,8 +76,8 @@ struct Setup {
     node: Node,
     source: Vec<String>,
     socket: PathBuf,
-    local_config: PathBuf,
-    ca_flags: Vec<String>,
+    /// Where certificates and workloads come from.
+    control_flags: Vec<String>,
 }
 
 impl Mesh {
@@ -86,8 +87,8 @@ impl Mesh {
         Self::start_with(topology, members, &Ca::Development, &Enrollment::Static)
     }
 
-    /// Starts the mesh with certificates from `ca`. `members` are the workloads the proxies
-    /// know (and, with [`Enrollment::Static`], the pods enrolled).
+    /// Starts the mesh with certificates (and workloads) from `ca`. `members` are the pods
+    /// enrolled with [`Enrollment::Static`] and the workloads of [`Ca::Development`].
     pub fn start_with(
         topology: &Topology,
         members: &[Member],
@@ -147,10 +148,17 @@ impl Mesh {
                 ],
             };
             let mut agent = start_agent(node, &source, &socket)?;
-            let ca_flags = match ca {
-                Ca::Development => vec!["--dev-ca-dir".into(), ca_dir.display().to_string()],
+            let control_flags = match ca {
+                Ca::Development => vec![
+                    "--dev-ca-dir".into(),
+                    ca_dir.display().to_string(),
+                    "--local-config".into(),
+                    local_config.display().to_string(),
+                ],
                 Ca::Control { plane, tokens } => vec![
                     "--ca-address".into(),
+                    plane.address(),
+                    "--xds-address".into(),
                     plane.address(),
                     "--ca-root-file".into(),
                     plane.root_file().display().to_string(),
@@ -158,16 +166,10 @@ impl Mesh {
                     tokens.get(node.index).context("no proxy token for this node")?.display().to_string(),
                 ],
             };
-            let ztunnel = start_ztunnel(node, &socket, &local_config, &ca_flags)?;
+            let ztunnel = start_ztunnel(node, &socket, &control_flags)?;
             agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("mesh on {}", node.name))?;
             processes.push((agent, ztunnel));
-            setups.push(Setup {
-                node: node.clone(),
-                source,
-                socket,
-                local_config: local_config.clone(),
-                ca_flags,
-            });
+            setups.push(Setup { node: node.clone(), source, socket, control_flags });
         }
         Ok(Self { processes, setups, _dir: dir })
     }
@@ -194,8 +196,7 @@ impl Mesh {
     /// Starts node `node`'s ztunnel again (it reconnects to the agent and gets the snapshot).
     pub fn start_ztunnel(&mut self, node: usize) -> anyhow::Result<()> {
         let setup = &self.setups[node];
-        self.processes[node].1 =
-            start_ztunnel(&setup.node, &setup.socket, &setup.local_config, &setup.ca_flags)?;
+        self.processes[node].1 = start_ztunnel(&setup.node, &setup.socket, &setup.control_flags)?;
         Ok(())
     }
 
@@ -216,21 +217,9 @@ fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyh
     apps::start_agent(command)
 }
 
-fn start_ztunnel(
-    node: &Node,
-    socket: &std::path::Path,
-    local_config: &std::path::Path,
-    ca_flags: &[String],
-) -> anyhow::Result<Process> {
+fn start_ztunnel(node: &Node, socket: &std::path::Path, control_flags: &[String]) -> anyhow::Result<Process> {
     let mut command = Command::new(apps::binary("weft-ztunnel")?);
-    command
-        .arg("--zds-socket")
-        .arg(socket)
-        .arg("--local-config")
-        .arg(local_config)
-        .args(ca_flags)
-        .arg("--bpffs-root")
-        .arg(&node.bpffs_root);
+    command.arg("--zds-socket").arg(socket).args(control_flags).arg("--bpffs-root").arg(&node.bpffs_root);
     let output = merged_output(&mut command)?;
     let mut ztunnel = Process::spawn(command, &node.netns, Some(&node.proxy_cgroup))?;
     ztunnel.read_lines_from(output);

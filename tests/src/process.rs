@@ -222,8 +222,21 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what its daemons said that it had not read yet.
+        if std::thread::panicking()
+            && let Some(lines) = &self.lines
+        {
+            let unread = lines.rest(Instant::now() + Duration::from_secs(1)).unwrap_or_default();
+            let skipped = unread.len().saturating_sub(UNREAD_SHOWN);
+            for line in &unread[skipped..] {
+                eprint!("[{}] {line}", self.what);
+            }
+        }
     }
 }
+
+/// Unread output lines a failing test prints per process (the last ones).
+const UNREAD_SHOWN: usize = 80;
 
 /// Points `command`'s stdout and stderr at one pipe and returns its read end, for
 /// [`Process::read_lines_from`]: a daemon's log and its `ready` line in order.

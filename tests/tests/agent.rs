@@ -112,7 +112,7 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
     let tokens = vec![plane.proxy_token(&cluster, &cluster.topology().nodes()[0]).await.unwrap()];
-    // The proxies know a third workload that does not exist yet (until xDS, from a file).
+    // A third pod, created later: the proxies learn it from the control plane.
     let late_template = PodTemplate::new("shop", "late").service_account("late");
     let members = [Member::new(&first, "shop", "first"), Member::new(&server, "shop", "server")];
     let ca = Ca::Control { plane: &plane, tokens };

@@ -104,6 +104,8 @@ fn http_get(netns: &weft_tests::netns::NetNs, port: u16, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
     let mut cluster = Cluster::start(2).await.unwrap();
+    // Enrolled by label, as the control plane tells the proxies (the agents enroll statically).
+    cluster.kubelet().ensure_namespace("shop", &[("weft.dev/dataplane-mode", "ambient")]).await.unwrap();
     let client =
         cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
     let server =

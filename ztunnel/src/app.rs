@@ -17,8 +17,8 @@ pub struct Config {
     pub trust_domain: String,
     /// The agent's pod-handoff socket.
     pub zds_socket: PathBuf,
-    /// Workloads from a JSON file (until xDS).
-    pub local_config: Option<PathBuf>,
+    /// Where workloads and services come from.
+    pub workloads: WorkloadSource,
     /// Where certificates come from.
     pub ca: CaConfig,
     /// Where capture is pinned; `None` runs without registering inbound listeners.
@@ -27,6 +27,16 @@ pub struct Config {
     pub cert_ttl: Duration,
     /// Metrics, readiness and admin endpoints.
     pub admin: weft_api::admin::Addresses,
+}
+
+/// Where the proxy learns the mesh's workloads and services.
+#[derive(Debug, Clone)]
+pub enum WorkloadSource {
+    /// The control plane's delta xDS: `https://host:port`, its root (PEM file), the proxy's
+    /// token file.
+    Xds { address: String, root_file: PathBuf, token_file: PathBuf },
+    /// A fixed JSON file (`{"workloads": [...]}`): development and component tests.
+    LocalFile(PathBuf),
 }
 
 /// The certificate authority to use.
@@ -43,6 +53,12 @@ pub enum CaConfig {
 pub enum Error {
     #[error("loading workloads")]
     State(#[from] crate::state::Error),
+    #[error("reading the control plane's root {path}")]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("loading the development CA")]
     Ca(#[from] crate::identity::ca::Error),
     #[error("opening the proxy's own network namespace")]
@@ -64,8 +80,9 @@ impl weft_api::admin::Source for Endpoints {
         self.0.metrics.encode()
     }
 
+    /// Ready once the agent's snapshot is served and the configuration complete.
     fn ready(&self) -> bool {
-        self.0.ready.load(std::sync::atomic::Ordering::Acquire)
+        self.0.ready.load(std::sync::atomic::Ordering::Acquire) && self.0.state.is_synced()
     }
 
     fn config_dump(&self) -> String {
@@ -82,22 +99,32 @@ impl weft_api::admin::Source for Endpoints {
                 })
             })
             .collect();
-        serde_json::json!({ "ready": self.ready(), "pods": pods }).to_string()
+        serde_json::json!({ "ready": self.ready(), "pods": pods, "mesh": self.0.state.dump() }).to_string()
     }
 }
 
 /// Runs the proxy until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    let read_root = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| Error::Root { path: path.clone(), source })
+    };
     let state = Arc::new(State::default());
-    if let Some(path) = &config.local_config {
-        state.load_file(path)?;
+    let mut xds = None;
+    match &config.workloads {
+        WorkloadSource::LocalFile(path) => state.load_file(path)?,
+        WorkloadSource::Xds { address, root_file, token_file } => {
+            let source = crate::xds::Config {
+                address: address.clone(),
+                root_pem: read_root(root_file)?,
+                token_file: token_file.clone(),
+                node_id: format!("weft-ztunnel~{}", std::process::id()),
+            };
+            xds = Some(tokio::spawn(crate::xds::run(source, state.clone())));
+        }
     }
     let ca: Arc<dyn CaClient> = match &config.ca {
         CaConfig::Grpc { address, root_file, token_file } => {
-            let root = std::fs::read_to_string(root_file).map_err(|error| {
-                crate::identity::ca::Error::Material(format!("{}: {error}", root_file.display()))
-            })?;
-            Arc::new(GrpcCa::new(address, &root, token_file)?)
+            Arc::new(GrpcCa::new(address, &read_root(root_file)?, token_file)?)
         }
         CaConfig::DevFiles(dir) => Arc::new(FileCa::load(dir)?),
     };
@@ -110,6 +137,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         bpffs_root: config.bpffs_root.clone(),
         metrics: crate::metrics::Metrics::default(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        round_robin: std::sync::atomic::AtomicUsize::new(0),
         pods: std::sync::RwLock::default(),
     });
     let mut endpoints = tokio::task::JoinSet::new();
@@ -126,5 +154,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut pods = Pods::new(context).map_err(Error::Netns)?;
     inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;
     endpoints.abort_all();
+    if let Some(xds) = xds {
+        xds.abort();
+    }
     Ok(())
 }

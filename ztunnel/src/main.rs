@@ -14,17 +14,20 @@ struct Args {
     /// The agent's pod-handoff (ZDS) socket.
     #[arg(long, env = "WEFT_ZDS_SOCKET", default_value = weft_api::zds::DEFAULT_SOCKET)]
     zds_socket: PathBuf,
-    /// Workloads as JSON (`{"workloads": [...]}`), until the control plane's xDS.
-    #[arg(long, env = "WEFT_LOCAL_CONFIG")]
+    /// The control plane's delta xDS, `https://host:port`: where workloads and services come from.
+    #[arg(long, env = "WEFT_XDS_ADDRESS", required_unless_present = "local_config")]
+    xds_address: Option<String>,
+    /// Workloads as JSON (`{"workloads": [...]}`) instead of xDS: development only.
+    #[arg(long, env = "WEFT_LOCAL_CONFIG", conflicts_with = "xds_address")]
     local_config: Option<PathBuf>,
     /// The control plane's CA, `https://host:port`.
     #[arg(long, env = "WEFT_CA_ADDRESS", required_unless_present = "dev_ca_dir")]
     ca_address: Option<String>,
-    /// The mesh root (PEM) to trust the CA with.
-    #[arg(long, env = "WEFT_CA_ROOT_FILE", requires = "ca_address")]
+    /// The mesh root (PEM) to trust the control plane (CA and xDS) with.
+    #[arg(long, env = "WEFT_CA_ROOT_FILE")]
     ca_root_file: Option<PathBuf>,
-    /// This proxy's service-account token (audience istio-ca, bound to its pod).
-    #[arg(long, env = "WEFT_TOKEN_FILE", requires = "ca_address")]
+    /// This proxy's service-account token (audience istio-ca, bound to its pod), for the CA and xDS.
+    #[arg(long, env = "WEFT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Development CA (`root.pem`, `root-key.pem`): signs locally, trusts every caller. Never in
     /// production.
@@ -51,19 +54,28 @@ fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    let root_file =
+        || args.ca_root_file.clone().context("--ca-root-file is required with --ca-address or --xds-address");
+    let token_file =
+        || args.token_file.clone().context("--token-file is required with --ca-address or --xds-address");
+    let workloads = match (args.xds_address, args.local_config) {
+        (Some(address), _) => {
+            app::WorkloadSource::Xds { address, root_file: root_file()?, token_file: token_file()? }
+        }
+        (None, Some(path)) => app::WorkloadSource::LocalFile(path),
+        (None, None) => anyhow::bail!("give --xds-address (or --local-config for development)"),
+    };
     let ca = match (args.ca_address, args.dev_ca_dir) {
-        (Some(address), _) => app::CaConfig::Grpc {
-            address,
-            root_file: args.ca_root_file.context("--ca-root-file is required with --ca-address")?,
-            token_file: args.token_file.context("--token-file is required with --ca-address")?,
-        },
+        (Some(address), _) => {
+            app::CaConfig::Grpc { address, root_file: root_file()?, token_file: token_file()? }
+        }
         (None, Some(dir)) => app::CaConfig::DevFiles(dir),
         (None, None) => anyhow::bail!("give --ca-address (or --dev-ca-dir for development)"),
     };
     let config = app::Config {
         trust_domain: args.trust_domain,
         zds_socket: args.zds_socket,
-        local_config: args.local_config,
+        workloads,
         ca,
         bpffs_root: Some(args.bpffs_root),
         plaintext: if args.strict { InboundPlaintext::Deny } else { InboundPlaintext::Allow },

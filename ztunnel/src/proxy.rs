@@ -49,6 +49,8 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Set once the agent's first snapshot has been applied.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Spreads connections to a service over its endpoints.
+    pub round_robin: std::sync::atomic::AtomicUsize,
     /// The pods being served, for the admin endpoint.
     pub pods: std::sync::RwLock<Vec<(Pod, Vec<IpAddr>)>>,
 }

@@ -49,21 +49,10 @@ pub struct GrpcCa {
 
 impl GrpcCa {
     /// `address`: `https://host:port`. Connects lazily; a CA that is down fails requests, not
-    /// construction. Call it inside the Tokio runtime (and so the network namespace) that will
-    /// use it: the connection task is spawned there.
+    /// construction. Call it inside the runtime that will use it (see [`crate::control::channel`]).
     pub fn new(address: &str, root_pem: &str, token_file: &Path) -> Result<Self, Error> {
-        let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
-            .map_err(|error| Error::Material(format!("CA address {address}: {error}")))?;
-        let host = endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_owned();
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(root_pem))
-            .domain_name(host);
-        let channel = endpoint
-            .tls_config(tls)
-            .map_err(|error| Error::Material(format!("CA TLS: {error}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+        let channel = crate::control::channel(address, root_pem, Some(Duration::from_secs(10)))
+            .map_err(Error::Material)?;
         Ok(Self {
             client: weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(
                 channel,
@@ -82,8 +71,7 @@ impl CaClient for GrpcCa {
     ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
         Box::pin(async move {
             use rustls::pki_types::pem::PemObject;
-            let token = std::fs::read_to_string(&self.token_file)
-                .map_err(|error| Error::Material(format!("token {}: {error}", self.token_file.display())))?;
+            let bearer = crate::control::bearer(&self.token_file).map_err(Error::Material)?;
             let metadata = prost_types::Struct {
                 fields: [(
                     weft_api::ca::IMPERSONATED_IDENTITY.to_owned(),
@@ -98,9 +86,6 @@ impl CaClient for GrpcCa {
                 validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
                 metadata: Some(metadata),
             });
-            let bearer = format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| Error::Material("token is not a valid header value".into()))?;
             request.metadata_mut().insert("authorization", bearer);
             let response = self.client.clone().create_certificate(request).await.map_err(|status| {
                 match status.code() {

@@ -1,11 +1,24 @@
 //! Outbound (15001): a pod's captured connection goes to its original destination — through an
-//! HBONE tunnel when the destination is a meshed workload, in plaintext otherwise.
-use std::sync::Arc;
+//! HBONE tunnel when the destination is a meshed workload, in plaintext otherwise. A service VIP
+//! is resolved to one of its healthy endpoints, round robin, moving on to the next when one
+//! cannot be reached. Nothing is decided before the configuration is complete: an unknown
+//! destination might be a workload that must be tunnelled.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::{Context, Pod, canonical, connect_in, original_dst};
-use crate::{hbone, inpod::netns::Netns, metrics::Reporter, state::TunnelProtocol};
+use crate::{
+    hbone,
+    inpod::netns::Netns,
+    metrics::Reporter,
+    state::{TunnelProtocol, Workload},
+};
+
+/// How long a connection waits for the first configuration before it is closed.
+const CONFIG_WAIT: Duration = Duration::from_secs(10);
+/// Endpoints of a service tried per connection.
+const ATTEMPTS: usize = 3;
 
 pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, netns: Arc<Netns>) {
     let mut connections = JoinSet::new();
@@ -32,6 +45,12 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, 
 enum Error {
     #[error("no original destination")]
     OriginalDst(#[source] std::io::Error),
+    #[error("no configuration from the control plane yet")]
+    NotSynced,
+    #[error("service {service} has no port {port}")]
+    NoSuchPort { service: String, port: u16 },
+    #[error("service {0} has no healthy endpoint for this port")]
+    NoEndpoints(String),
     #[error("certificate")]
     Certificate(#[from] crate::identity::ca::Error),
     #[error(transparent)]
@@ -40,46 +59,113 @@ enum Error {
     Io(#[from] std::io::Error),
 }
 
+/// Where a connection may go.
+#[derive(Debug)]
+enum Route {
+    /// A meshed workload, over HBONE to `addr`.
+    Tunnel(Arc<Workload>, SocketAddr),
+    /// Plaintext to `addr` (a workload outside the mesh, or outside the cluster).
+    Direct(SocketAddr),
+}
+
+/// The routes for `target`, in the order to try them.
+fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
+    let state = &context.state;
+    let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
+        return Ok(vec![match state.workload_by_ip(target.ip()) {
+            Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
+            _ => Route::Direct(target),
+        }]);
+    };
+    if !service.ports.contains(&target.port()) {
+        return Err(Error::NoSuchPort { service: service.key(), port: target.port() });
+    }
+    let key = service.key();
+    let mut routes: Vec<Route> = endpoints
+        .into_iter()
+        .filter(|workload| workload.healthy)
+        .filter_map(|workload| {
+            let mapping = workload.services.get(&key)?.iter().find(|m| m.service_port == target.port())?;
+            // Same address family as the VIP when the workload has one.
+            let ip = workload
+                .addresses
+                .iter()
+                .find(|ip| ip.is_ipv4() == target.ip().to_canonical().is_ipv4())
+                .or(workload.addresses.first())
+                .copied()?;
+            let addr = SocketAddr::new(ip, mapping.target_port);
+            Some(match workload.protocol {
+                TunnelProtocol::Hbone => Route::Tunnel(workload, addr),
+                TunnelProtocol::None => Route::Direct(addr),
+            })
+        })
+        .collect();
+    if routes.is_empty() {
+        return Err(Error::NoEndpoints(key));
+    }
+    let start = context.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % routes.len();
+    routes.rotate_left(start);
+    routes.truncate(ATTEMPTS);
+    Ok(routes)
+}
+
 async fn proxy(
     mut client: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
+    peer: SocketAddr,
     context: &Context,
     pod: &Pod,
     netns: &Netns,
 ) -> Result<(), Error> {
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
-    let destination = context.state.workload_by_ip(target.ip());
-    match destination.filter(|workload| workload.protocol == TunnelProtocol::Hbone) {
-        Some(workload) => {
-            let source = pod.identity(&context.trust_domain);
-            let cert = context.identities.fetch(&source).await?;
-            let expected = workload.identity(&context.trust_domain);
-            let mut stream = context.pool.open(netns, &cert, &expected, target, peer).await?;
-            let labels = context.labels(
-                Reporter::Source,
-                Some((&pod.name, &pod.namespace, &source)),
-                Some((&workload.name, &workload.namespace, &expected)),
-                true,
-            );
-            context.metrics.opened(&labels);
-            let relayed = hbone::relay(&mut client, &mut stream).await;
-            let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
-            context.metrics.closed(&labels, sent, received);
-            relayed?;
-            tracing::info!(src = %source, dst = %expected, %target, sent, received, "outbound via HBONE closed");
+    tokio::time::timeout(CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
+    let source = pod.identity(&context.trust_domain);
+    let mut last_error = None;
+    for route in routes(context, target)? {
+        match route {
+            Route::Tunnel(workload, addr) => {
+                let cert = context.identities.fetch(&source).await?;
+                let expected = workload.identity(&context.trust_domain);
+                let mut stream = match context.pool.open(netns, &cert, &expected, addr, peer).await {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                        last_error = Some(Error::Tunnel(error));
+                        continue;
+                    }
+                };
+                let labels = context.labels(
+                    Reporter::Source,
+                    Some((&pod.name, &pod.namespace, &source)),
+                    Some((&workload.name, &workload.namespace, &expected)),
+                    true,
+                );
+                context.metrics.opened(&labels);
+                let relayed = hbone::relay(&mut client, &mut stream).await;
+                let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+                context.metrics.closed(&labels, sent, received);
+                relayed?;
+                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, sent, received, "outbound via HBONE closed");
+            }
+            Route::Direct(addr) => {
+                let mut upstream = match connect_in(netns, addr).await {
+                    Ok(upstream) => upstream,
+                    Err(error) => {
+                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                        last_error = Some(Error::Io(error));
+                        continue;
+                    }
+                };
+                let labels =
+                    context.labels(Reporter::Source, Some((&pod.name, &pod.namespace, &source)), None, false);
+                context.metrics.opened(&labels);
+                let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+                context.metrics.closed(&labels, sent, received);
+                relayed?;
+                tracing::info!(pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
+            }
         }
-        None => {
-            let source = pod.identity(&context.trust_domain);
-            let labels =
-                context.labels(Reporter::Source, Some((&pod.name, &pod.namespace, &source)), None, false);
-            let mut upstream = connect_in(netns, target).await?;
-            context.metrics.opened(&labels);
-            let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
-            context.metrics.closed(&labels, sent, received);
-            relayed?;
-            tracing::info!(pod = %pod.uid, %target, sent, received, "outbound passthrough closed");
-        }
+        return Ok(());
     }
-    Ok(())
+    Err(last_error.unwrap_or(Error::NoEndpoints(target.to_string())))
 }

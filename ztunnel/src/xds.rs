@@ -1,0 +1,140 @@
+//! The delta xDS client: one `DeltaAggregatedResources` stream to the control plane (or istiod),
+//! subscribed to every `istio.workload.Address` and `istio.security.Authorization`. Each
+//! response is converted and applied to [`State`] whole, then acked; a response that does not
+//! convert or would leave the index inconsistent is nacked with the reason and the last good
+//! state kept. When the stream breaks the state stays as it was (traffic keeps flowing on the
+//! last good config) and the client reconnects with capped backoff, telling the server which
+//! versions it holds so it gets only the difference.
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_api::{
+    discovery::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
+        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
+    },
+    security::AUTHORIZATION_TYPE,
+    workload::ADDRESS_TYPE,
+};
+
+use crate::state::State;
+
+mod convert;
+
+/// Backoff between reconnects: doubles from the first to the last.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(15));
+/// `google.rpc.Code.INVALID_ARGUMENT`, for nacks.
+const INVALID_ARGUMENT: i32 = 3;
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `https://host:port`.
+    pub address: String,
+    pub root_pem: String,
+    pub token_file: PathBuf,
+    /// This proxy's name for the server's logs (`Node.id`).
+    pub node_id: String,
+}
+
+/// Why a stream ended.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("{0}")]
+    Setup(String),
+    #[error("stream: {0}")]
+    Grpc(#[from] tonic::Status),
+    #[error("the stream's request side closed")]
+    RequestsClosed,
+}
+
+/// Runs forever (until the task is dropped), keeping `state` in step with the server.
+pub async fn run(config: Config, state: Arc<State>) {
+    let channel = match crate::control::channel(&config.address, &config.root_pem, None) {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::error!(%error, "xDS is not configured correctly; staying on the current config");
+            return;
+        }
+    };
+    let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let mut backoff = BACKOFF.0;
+    loop {
+        let mut received = false;
+        match session(client.clone(), &config, &state, &mut received).await {
+            Ok(()) => tracing::info!("xDS stream closed by the server; reconnecting"),
+            Err(error) => tracing::warn!(%error, "xDS stream failed; keeping the last good config"),
+        }
+        if received {
+            backoff = BACKOFF.0;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+async fn session(
+    mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    config: &Config,
+    state: &State,
+    received: &mut bool,
+) -> Result<(), Error> {
+    let (requests, outgoing) = mpsc::channel(8);
+    let node = Node { id: config.node_id.clone(), ..Default::default() };
+    // Resume: name the Address versions held (local-file entries have none).
+    let held = state.versions().into_iter().filter(|(_, version)| !version.is_empty()).collect();
+    for (type_url, initial_resource_versions) in
+        [(ADDRESS_TYPE, held), (AUTHORIZATION_TYPE, Default::default())]
+    {
+        let request = DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: type_url.to_owned(),
+            initial_resource_versions,
+            ..Default::default()
+        };
+        requests.send(request).await.map_err(|_| Error::RequestsClosed)?;
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    request
+        .metadata_mut()
+        .insert("authorization", crate::control::bearer(&config.token_file).map_err(Error::Setup)?);
+    let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
+    while let Some(response) = responses.message().await? {
+        *received = true;
+        let outcome = apply(&response, state);
+        let error_detail = match outcome {
+            Ok(()) => None,
+            Err(message) => {
+                tracing::warn!(type_url = %response.type_url, nonce = %response.nonce, %message, "rejecting xDS response");
+                Some(Status { code: INVALID_ARGUMENT, message, details: Vec::new() })
+            }
+        };
+        let reply = DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail,
+            ..Default::default()
+        };
+        requests.send(reply).await.map_err(|_| Error::RequestsClosed)?;
+    }
+    Ok(())
+}
+
+/// Applies one response to `state`, all or nothing.
+fn apply(response: &DeltaDiscoveryResponse, state: &State) -> Result<(), String> {
+    match response.type_url.as_str() {
+        ADDRESS_TYPE => {
+            let update = convert::update(response)?;
+            let (changed, removed) = (update.changed.len(), update.removed.len());
+            state.apply(update).map_err(|error| error.to_string())?;
+            tracing::debug!(version = %response.system_version_info, changed, removed, "addresses applied");
+            state.mark_synced();
+            Ok(())
+        }
+        // Policies are enforced from the L4 policy work on; until then they are accepted and
+        // not applied, so the server's view of what this proxy holds stays true.
+        AUTHORIZATION_TYPE => Ok(()),
+        other => Err(format!("unexpected resource type {other}")),
+    }
+}
