@@ -232,3 +232,17 @@ pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Pro
     agent.wait_for_line("ready", READY_TIMEOUT).with_context(|| format!("agent on {}", node.name))?;
     Ok(agent)
 }
+
+/// A plain HTTP GET to the node-local endpoint `127.0.0.1:port` inside `netns`: the whole
+/// response, head included.
+pub fn http_get(netns: &crate::netns::NetNs, port: u16, path: &str) -> anyhow::Result<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
+    netns.run(move || -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })?
+}

@@ -60,7 +60,7 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
     // Both ends count the connections, labelled with both identities; both proxies are ready.
     let (cart, payments) = (members[0].identity(), members[1].identity());
     for (node, reporter) in [(0, "source"), (1, "destination")] {
-        let metrics = http_get(&topology.nodes()[node].netns, 15020, "/metrics");
+        let metrics = apps::http_get(&topology.nodes()[node].netns, 15020, "/metrics").unwrap();
         let opened = metrics
             .lines()
             .find(|line| {
@@ -73,9 +73,13 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
             .unwrap_or_else(|| panic!("no {reporter} series on node{node}:\n{metrics}"));
         let count: f64 = opened.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(count >= 2.0, "{opened}");
-        assert!(http_get(&topology.nodes()[node].netns, 15021, "/healthz/ready").starts_with("HTTP/1.1 200"));
+        assert!(
+            apps::http_get(&topology.nodes()[node].netns, 15021, "/healthz/ready")
+                .unwrap()
+                .starts_with("HTTP/1.1 200")
+        );
     }
-    let dump = http_get(&topology.nodes()[0].netns, 15000, "/config_dump");
+    let dump = apps::http_get(&topology.nodes()[0].netns, 15000, "/config_dump").unwrap();
     assert!(dump.contains(&cart) && dump.contains("\"name\":\"client\""), "{dump}");
 
     // A pod outside the mesh aiming at the server's own proxy port is refused, not looped.
@@ -84,21 +88,6 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
     let sent = apps::try_send(&outsider, proxy_port, "loop?");
     assert!(!matches!(sent, Ok(apps::Sent::Reply { .. })), "{sent:?}");
     mesh.ztunnel(1).wait_for(|line| line.contains("the proxy's own port"), WAIT).unwrap();
-}
-
-/// A plain HTTP GET to the node-local endpoint `port` from inside `netns`; the whole response.
-fn http_get(netns: &weft_tests::netns::NetNs, port: u16, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    netns
-        .run(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-            stream.write_all(request.as_bytes()).unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).unwrap();
-            response
-        })
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

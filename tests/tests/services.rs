@@ -1,0 +1,113 @@
+//! Services end to end: a pod connects to a Service's virtual IP (there is no kube-proxy here;
+//! only the mesh can make that work), its node proxy spreads connections over the endpoints
+//! the control plane derived from the selector, over HBONE, and skips an endpoint that is down.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::{Service, ServicePort, ServiceSpec},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
+use weft_tests::{
+    apps,
+    cluster::Cluster,
+    control::ControlPlane,
+    kubelet::PodTemplate,
+    mesh::{Ca, Enrollment, Mesh},
+};
+
+const ECHO_PORT: u16 = 8080;
+const SERVICE_PORT: u16 = 80;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The upstream of every outbound HBONE connection node0's proxy logs from now until `count`.
+fn upstreams(mesh: &mut Mesh, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|_| {
+            let line =
+                mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
+            let upstream = line.split_whitespace().find_map(|field| field.strip_prefix("upstream=")).unwrap();
+            upstream.rsplit_once(':').unwrap().0.to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[("weft.dev/dataplane-mode", "ambient")]).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let web = PodTemplate::new("shop", "web-1").service_account("web").label("app", "web");
+    let web1 = cluster.add_pod(1, &web).await.unwrap();
+    let web2 = cluster
+        .add_pod(1, &PodTemplate::new("shop", "web-2").service_account("web").label("app", "web"))
+        .await
+        .unwrap();
+    let _echo1 = apps::echo_server(&web1, ECHO_PORT).unwrap();
+    let mut echo2 = Some(apps::echo_server(&web2, ECHO_PORT).unwrap());
+    let service = Service {
+        metadata: ObjectMeta { name: Some("web".into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), "web".to_owned())].into()),
+            ports: Some(vec![ServicePort {
+                port: SERVICE_PORT.into(),
+                target_port: Some(IntOrString::Int(ECHO_PORT.into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = Api::<Service>::namespaced(cluster.client(), "shop")
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let vip: IpAddr = created.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut tokens = Vec::new();
+    for node in cluster.topology().nodes() {
+        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
+    }
+    let ca = Ca::Control { plane: &plane, tokens };
+    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+    let mut mesh =
+        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
+    let node0 = cluster.topology().nodes()[0].netns.clone();
+    let to = SocketAddr::new(vip, SERVICE_PORT);
+    let backends: BTreeSet<String> = [&web1, &web2].iter().map(|pod| pod.ipv4.to_string()).collect();
+
+    tokio::task::block_in_place(|| {
+        // The client's proxy knows the service once it shows in its config dump.
+        let deadline = Instant::now() + WAIT;
+        while !apps::http_get(&node0, 15000, "/config_dump").unwrap().contains(&format!("\"{vip}\"")) {
+            assert!(Instant::now() < deadline, "node0's proxy never learned the service");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Round robin: four connections reach both endpoints.
+        for round in 0..4 {
+            let message = format!("round {round}");
+            assert_eq!(apps::send(&client, to, &message).unwrap(), message);
+        }
+        let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
+        assert_eq!(seen, backends);
+
+        // One endpoint's app stops: every connection still succeeds, on the other one.
+        drop(echo2.take());
+        for round in 0..4 {
+            let message = format!("after round {round}");
+            assert_eq!(apps::send(&client, to, &message).unwrap(), message);
+        }
+        let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
+        assert_eq!(seen, BTreeSet::from([web1.ipv4.to_string()]));
+    });
+}
