@@ -148,6 +148,16 @@ impl Process {
         self.child.stdin.take().with_context(|| format!("{}: stdin not piped", self.what))
     }
 
+    /// Asks the process to stop (SIGTERM), as a kubelet does before the grace period ends.
+    pub fn terminate(&mut self) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id())?;
+        // SAFETY: kill(2) with a pid this value owns (not yet reaped) and a plain signal.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("SIGTERM to {}", self.what));
+        }
+        Ok(())
+    }
+
     /// Kills the process now (SIGKILL) and reaps it.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill()?;

@@ -126,3 +126,42 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
             .unwrap();
     }
 }
+
+/// SIGTERM drains a node proxy: its listeners close at once (a new connection through it fails),
+/// an established connection keeps flowing until it ends, and then the proxy exits — on the
+/// destination side (HBONE, GOAWAY) and on the source side (outbound capture).
+#[test]
+fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    // Another identity: its tunnel is a new TCP connection, never a stream on the client's.
+    let other = topology.add_pod(0, "other", "uid-other").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let members = [
+        Member::new(&client, "shop", "cart"),
+        Member::new(&other, "shop", "other"),
+        Member::new(&server, "shop", "payments"),
+    ];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let refused = |message: &str| {
+        let sent = apps::try_send(&other, to, message);
+        !matches!(&sent, Ok(apps::Sent::Reply { reply, .. }) if reply == message)
+    };
+
+    for node in [1, 0] {
+        let mut chat = apps::Chat::open(&client, to).unwrap();
+        assert_eq!(chat.say("before").unwrap(), "before");
+        mesh.ztunnel(node).terminate().unwrap();
+        mesh.ztunnel(node).wait_for(|line| line.contains("draining"), WAIT).unwrap();
+        assert!(refused("new"), "node{node}'s draining proxy took a new connection");
+        assert_eq!(chat.say("during").unwrap(), "during", "node{node}'s drain cut an open connection");
+        drop(chat);
+        mesh.ztunnel(node).wait_for(|line| line.contains("drained: every connection ended"), WAIT).unwrap();
+        // A new proxy takes over (as in a rolling upgrade) and serves new connections.
+        mesh.start_ztunnel(node).unwrap();
+        mesh.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), WAIT).unwrap();
+        assert_eq!(apps::send(&client, to, "after").unwrap(), "after");
+    }
+}

@@ -25,6 +25,8 @@ pub struct Config {
     pub bpffs_root: Option<PathBuf>,
     pub plaintext: InboundPlaintext,
     pub cert_ttl: Duration,
+    /// After the shutdown signal: how long open connections may still run.
+    pub drain: Duration,
     /// Metrics, readiness and admin endpoints.
     pub admin: weft_api::admin::Addresses,
 }
@@ -137,6 +139,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         bpffs_root: config.bpffs_root.clone(),
         metrics: crate::metrics::Metrics::default(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        drain: tokio::sync::watch::Sender::new(false),
+        listeners: tokio::sync::watch::Sender::new(0),
         round_robin: std::sync::atomic::AtomicUsize::new(0),
         pods: std::sync::RwLock::default(),
     });
@@ -151,8 +155,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })?;
         endpoints.spawn(weft_api::admin::serve(listener, source.clone()));
     }
-    let mut pods = Pods::new(context).map_err(Error::Netns)?;
+    let mut pods = Pods::new(context.clone()).map_err(Error::Netns)?;
     inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;
+    // Drain: listeners close now (a new proxy on the same ports takes new connections); open
+    // connections may finish until the deadline, then the process ends and cuts them.
+    context.drain.send_replace(true);
+    let _ = context.listeners.subscribe().wait_for(|open| *open == 0).await;
+    tracing::info!(deadline = ?config.drain, "draining: listeners closed, open connections continue");
+    match tokio::time::timeout(config.drain, pods.finished()).await {
+        Ok(()) => tracing::info!("drained: every connection ended"),
+        Err(_) => tracing::warn!("drain deadline reached; closing the remaining connections"),
+    }
     endpoints.abort_all();
     if let Some(xds) = xds {
         xds.abort();

@@ -69,6 +69,13 @@ impl Pods {
         }
     }
 
+    /// Resolves once every pod's listeners are closed and connections ended (after a drain).
+    pub async fn finished(&mut self) {
+        for proxy in self.running.values_mut() {
+            proxy.finished().await;
+        }
+    }
+
     /// Shows the current pods to the admin endpoint.
     fn publish(&self) {
         let pods = self.running.values().map(|proxy| (proxy.pod.clone(), proxy.addresses.clone())).collect();

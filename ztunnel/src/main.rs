@@ -39,6 +39,10 @@ struct Args {
     /// Refuse plaintext from outside the mesh (STRICT) instead of delivering it (PERMISSIVE).
     #[arg(long, env = "WEFT_STRICT")]
     strict: bool,
+    /// On SIGTERM, how long open connections may finish after the listeners close, in seconds.
+    /// Keep it below the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
+    drain_seconds: u64,
     /// Workload certificate lifetime, in seconds.
     #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     cert_ttl_seconds: u64,
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
         bpffs_root: Some(args.bpffs_root),
         plaintext: if args.strict { InboundPlaintext::Deny } else { InboundPlaintext::Allow },
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
+        drain: Duration::from_secs(args.drain_seconds),
         admin: weft_api::admin::Addresses::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

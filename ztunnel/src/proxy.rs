@@ -49,6 +49,10 @@ pub struct Context {
     pub metrics: crate::metrics::Metrics,
     /// Set once the agent's first snapshot has been applied.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Turns true when the proxy drains: listeners close, open connections run to their end.
+    pub drain: tokio::sync::watch::Sender<bool>,
+    /// How many in-pod listeners are open (so a drain knows when they all closed).
+    pub listeners: tokio::sync::watch::Sender<usize>,
     /// Spreads connections to a service over its endpoints.
     pub round_robin: std::sync::atomic::AtomicUsize,
     /// The pods being served, for the admin endpoint.
@@ -144,7 +148,7 @@ pub struct PodProxy {
     pub addresses: Vec<IpAddr>,
     /// The pod's network namespace (its inode tells a re-announced pod from a new one).
     pub netns_inode: u64,
-    _tasks: JoinSet<()>,
+    tasks: JoinSet<()>,
 }
 
 impl PodProxy {
@@ -180,8 +184,38 @@ impl PodProxy {
         tasks.spawn(inbound::serve_plaintext(inbound, context.clone(), netns.clone()));
         tasks.spawn(inbound::serve_hbone(hbone, context.clone(), pod_ref.clone(), addresses.clone(), netns));
         tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
-        Ok(Self { pod, addresses, netns_inode, _tasks: tasks })
+        Ok(Self { pod, addresses, netns_inode, tasks })
     }
+
+    /// Resolves when every listener has closed and every connection ended (after a drain).
+    pub async fn finished(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Counts an open listener in [`Context::listeners`] for as long as it lives.
+#[derive(Debug)]
+struct Listening(tokio::sync::watch::Sender<usize>);
+
+impl Listening {
+    fn new(context: &Context) -> Self {
+        context.listeners.send_modify(|open| *open += 1);
+        Self(context.listeners.clone())
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.0.send_modify(|open| *open = open.saturating_sub(1));
+    }
+}
+
+/// A listener's end when draining: stop accepting at once (a new proxy's listener on the same
+/// port takes the new connections), let the open ones run to their end.
+async fn finish(listener: TcpListener, listening: Listening, mut connections: JoinSet<()>) {
+    drop(listener);
+    drop(listening);
+    while connections.join_next().await.is_some() {}
 }
 
 /// A dual-stack, marked listener on `[::]:port` inside the pod; `SO_REUSEPORT` so a new proxy

@@ -64,6 +64,24 @@ pub trait Handler: Send + Sync + 'static {
 
     /// A connected stream ended; `sent` bytes went upstream, `received` came back.
     fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
+
+    /// Turns true when the proxy drains: the connection then says GOAWAY (clients open new
+    /// streams elsewhere) and ends once its open streams have.
+    fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
+}
+
+/// Resolves once `draining` turns true; never without one.
+pub async fn drained(draining: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match draining {
+        Some(draining) => {
+            if draining.wait_for(|draining| *draining).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Errors that end a whole HBONE connection (a stream's errors end only that stream).
@@ -134,8 +152,14 @@ pub async fn serve_connection<H: Handler>(
         .map_err(Error::Http2)?;
     let mut streams = JoinSet::new();
     let mut budget = ResetBudget::new();
+    let mut draining = handler.draining();
+    let mut going_away = false;
     loop {
         tokio::select! {
+            () = drained(&mut draining), if !going_away => {
+                connection.graceful_shutdown();
+                going_away = true;
+            }
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     streams.spawn(serve_stream(request, respond, peer.clone(), handler.clone()));

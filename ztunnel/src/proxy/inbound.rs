@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Context, InboundPlaintext, Pod, canonical, connect_in, is_proxy_port};
 use crate::{
-    hbone::server::{ConnectRequest, Handler, Refusal},
+    hbone::server::{ConnectRequest, Handler, Refusal, drained},
     identity::Identity,
     inpod::netns::Netns,
     metrics::Reporter,
@@ -30,8 +30,11 @@ pub async fn serve_hbone(
     let handler = Arc::new(Delivery { context: context.clone(), pod, addresses, netns });
     let mut current: Option<(Arc<WorkloadCert>, TlsAcceptor)> = None;
     let mut connections = JoinSet::new();
+    let mut draining = Some(context.drain.subscribe());
+    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
+            () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let acceptor = match acceptor_for(&context, &identity, &mut current).await {
@@ -53,6 +56,7 @@ pub async fn serve_hbone(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    super::finish(listener, listening, connections).await;
 }
 
 /// The acceptor for the identity's current certificate, rebuilt only when it changed.
@@ -120,13 +124,20 @@ impl Handler for Delivery {
         let destination = self.pod.identity(&self.context.trust_domain);
         tracing::info!(src = %request.peer, dst = %destination, target = %request.target, sent, received, "inbound HBONE closed");
     }
+
+    fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.context.drain.subscribe())
+    }
 }
 
 /// Plaintext from outside the mesh, captured to 15006: delivered in PERMISSIVE, closed in STRICT.
 pub async fn serve_plaintext(listener: TcpListener, context: Arc<Context>, netns: Arc<Netns>) {
     let mut connections = JoinSet::new();
+    let mut draining = Some(context.drain.subscribe());
+    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
+            () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((mut client, peer)) => {
                     if context.plaintext == InboundPlaintext::Deny {
@@ -154,4 +165,5 @@ pub async fn serve_plaintext(listener: TcpListener, context: Arc<Context>, netns
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    super::finish(listener, listening, connections).await;
 }

@@ -9,7 +9,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 use super::{Context, Pod, canonical, connect_in, original_dst};
 use crate::{
-    hbone,
+    hbone::{self, server::drained},
     inpod::netns::Netns,
     metrics::Reporter,
     state::{TunnelProtocol, Workload},
@@ -22,8 +22,11 @@ const ATTEMPTS: usize = 3;
 
 pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, netns: Arc<Netns>) {
     let mut connections = JoinSet::new();
+    let mut draining = Some(context.drain.subscribe());
+    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
+            () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
                     let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
@@ -38,6 +41,7 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, 
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    super::finish(listener, listening, connections).await;
 }
 
 /// Why an outbound connection failed.
