@@ -138,6 +138,8 @@ pub trait Capture {
     fn unenroll(&mut self, cookie: u64) -> Result<(), Error>;
     /// Every enrolled pod's key and addresses.
     fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error>;
+    /// The programs' counters.
+    fn counters(&self) -> Vec<(Counter, u64)>;
 }
 
 impl Capture for Datapath {
@@ -151,6 +153,10 @@ impl Capture for Datapath {
 
     fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
         Datapath::enrolled(self)
+    }
+
+    fn counters(&self) -> Vec<(Counter, u64)> {
+        Counter::ALL.iter().filter_map(|counter| Some((*counter, self.counter(*counter).ok()?))).collect()
     }
 }
 

@@ -9,3 +9,4 @@ pub mod enrollment;
 pub mod handoff;
 pub mod node;
 pub mod podns;
+pub mod status;

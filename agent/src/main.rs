@@ -20,6 +20,7 @@ struct Args {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
     /// Install (or adopt) the datapath, enroll the given pods, print `ready`, and run until
     /// SIGTERM or SIGINT. Exiting leaves capture pinned and working.
@@ -56,6 +57,9 @@ enum Command {
         /// kubeconfig file; without it, in-cluster configuration (or KUBECONFIG).
         #[arg(long, env = "WEFT_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
+        /// `/metrics`, `/healthz/ready` and `/config_dump` (with `--node`).
+        #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15030")]
+        monitoring_listen: std::net::SocketAddr,
         /// The host's /proc, where pods' processes (and so their network namespaces) are found.
         #[arg(long, env = "WEFT_PROC_ROOT", default_value = "/proc")]
         proc_root: PathBuf,
@@ -109,12 +113,18 @@ fn main() -> anyhow::Result<()> {
             node,
             kubeconfig,
             proc_root,
+            monitoring_listen,
         } => {
             let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
             let source = match (zds_socket, node, pods) {
                 (Some(zds_socket), Some(node), _) => Source::Kubernetes {
                     kubeconfig,
-                    node: weft_agent::node::Config { node, proc_root, zds_socket },
+                    node: weft_agent::node::Config {
+                        node,
+                        proc_root,
+                        zds_socket,
+                        monitoring: monitoring_listen,
+                    },
                 },
                 (Some(socket), None, Some(file)) => Source::Static(socket, read_pods(&file)?),
                 (Some(socket), None, None) => Source::Static(socket, Vec::new()),

@@ -23,6 +23,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 use crate::{
     datapath::{Capture, PodAddrs},
     enrollment, handoff, podns,
+    status::{Stage, State, Status},
 };
 
 /// How often failed enrollments (netns not found yet, ztunnel refused) are retried.
@@ -35,6 +36,8 @@ pub struct Config {
     /// `/proc` of the host PID namespace.
     pub proc_root: PathBuf,
     pub zds_socket: PathBuf,
+    /// Where `/metrics`, `/healthz/ready` and `/config_dump` are served.
+    pub monitoring: std::net::SocketAddr,
 }
 
 /// A pod that should be enrolled.
@@ -70,12 +73,16 @@ pub async fn run<C: Capture>(
         changed_tx.clone(),
     );
     let namespaces =
-        watch(&mut watchers, Api::<Namespace>::all(client), watcher::Config::default(), changed_tx);
+        watch(&mut watchers, Api::<Namespace>::all(client.clone()), watcher::Config::default(), changed_tx);
     pods.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
 
+    let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client)));
+    let monitoring = tokio::net::TcpListener::bind(config.monitoring).await?;
+    tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
+    let _monitor = AbortOnDrop(tokio::spawn(weft_api::admin::serve(monitoring, status.clone())));
     let server = handoff::Server::bind(&config.zds_socket)?;
-    let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false };
+    let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
     tokio::pin!(shutdown);
     loop {
@@ -99,6 +106,16 @@ pub async fn run<C: Capture>(
         }
         let wanted = wanted(&pods, &namespaces);
         agent.reconcile(&wanted).await;
+        agent.status.set_datapath_counters(&agent.capture.counters());
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -185,6 +202,7 @@ struct Agent<'a, C> {
     enrolled: HashMap<String, Enrolled>,
     session: Option<handoff::Session>,
     ready: bool,
+    status: std::sync::Arc<Status>,
 }
 
 impl<C: Capture> Agent<'_, C> {
@@ -200,6 +218,12 @@ impl<C: Capture> Agent<'_, C> {
         for uid in gone {
             self.leave(&uid).await;
         }
+        // Pending pods no longer wanted are no longer reported.
+        for uid in self.status.uids() {
+            if !wanted.contains_key(&uid) && !self.enrolled.contains_key(&uid) {
+                self.status.remove(&uid);
+            }
+        }
         if self.session.is_none() {
             return;
         }
@@ -212,10 +236,17 @@ impl<C: Capture> Agent<'_, C> {
 
     async fn join(&mut self, uid: &str, wanted: &Wanted) {
         let Some(session) = &self.session else { return };
+        let pending = |stage, error: String| State::Pending { stage, error };
         let netns = match podns::open(&self.config.proc_root, uid) {
             Ok(netns) => netns,
             Err(error) => {
                 tracing::warn!(pod = %uid, name = %wanted.name, %error, "cannot enroll yet; will retry");
+                self.status.set(
+                    uid,
+                    &wanted.name,
+                    &wanted.namespace,
+                    pending(Stage::Netns, error.to_string()),
+                );
                 return;
             }
         };
@@ -228,17 +259,25 @@ impl<C: Capture> Agent<'_, C> {
         };
         if let Err(error) = session.add(&pod).await {
             tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod; will retry");
+            self.status.set(uid, &wanted.name, &wanted.namespace, pending(Stage::Handoff, error.to_string()));
             return;
         }
         match self.capture.enroll(&pod.netns, wanted.addrs) {
             Ok(cookie) => {
                 tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
+                self.status.set(uid, &wanted.name, &wanted.namespace, State::Enrolled);
                 self.enrolled
                     .insert(uid.to_owned(), Enrolled { wanted: wanted.clone(), netns: pod.netns, cookie });
             }
             Err(error) => {
                 tracing::warn!(pod = %uid, %error, "capture refused the pod; handing it back");
                 let _ = session.delete(uid).await;
+                self.status.set(
+                    uid,
+                    &wanted.name,
+                    &wanted.namespace,
+                    pending(Stage::Capture, error.to_string()),
+                );
             }
         }
     }
@@ -254,6 +293,7 @@ impl<C: Capture> Agent<'_, C> {
             tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
         }
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
+        self.status.remove(uid);
     }
 
     /// Hands a (re)connected ztunnel every enrolled pod, then joins the wanted ones not yet
@@ -298,6 +338,7 @@ impl<C: Capture> Agent<'_, C> {
         if !self.ready {
             println!("ready");
             self.ready = true;
+            self.status.set_ready();
         }
     }
 

@@ -41,6 +41,11 @@ impl Cluster {
         &self.kubelet
     }
 
+    /// The topology, to add a pod's namespace and processes by hand.
+    pub fn topology_mut(&mut self) -> &mut Topology {
+        &mut self.topology
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.topology
     }

@@ -65,6 +65,8 @@ pub enum Enrollment {
 pub struct Mesh {
     /// Per node: (agent, ztunnel).
     processes: Vec<(Process, Process)>,
+    /// Per node: the agent's monitoring endpoint (Kubernetes enrollment only).
+    monitoring: Vec<Option<std::net::SocketAddr>>,
     /// Per node: how to start them again.
     setups: Vec<Setup>,
     _dir: tempfile::TempDir,
@@ -117,7 +119,7 @@ impl Mesh {
         let local_config = dir.path().join("workloads.json");
         std::fs::write(&local_config, json!({ "workloads": workloads }).to_string())?;
 
-        let (mut processes, mut setups) = (Vec::new(), Vec::new());
+        let (mut processes, mut setups, mut monitoring) = (Vec::new(), Vec::new(), Vec::new());
         for node in topology.nodes() {
             let pods: Vec<_> = members
                 .iter()
@@ -145,9 +147,13 @@ impl Mesh {
                     node.name.clone(),
                     "--kubeconfig".into(),
                     kubeconfig.display().to_string(),
+                    // Agents share the harness's namespace: any free port (the log names it).
+                    "--monitoring-listen".into(),
+                    "127.0.0.1:0".into(),
                 ],
             };
             let mut agent = start_agent(node, &source, &socket)?;
+            monitoring.push(monitoring_address(&mut agent, &source)?);
             let control_flags = match ca {
                 Ca::Development => vec![
                     "--dev-ca-dir".into(),
@@ -171,7 +177,7 @@ impl Mesh {
             processes.push((agent, ztunnel));
             setups.push(Setup { node: node.clone(), source, socket, control_flags });
         }
-        Ok(Self { processes, setups, _dir: dir })
+        Ok(Self { processes, monitoring, setups, _dir: dir })
     }
 
     /// Kills node `node`'s agent (SIGKILL): capture stays pinned, ztunnel keeps its pods.
@@ -183,6 +189,7 @@ impl Mesh {
     pub fn start_agent(&mut self, node: usize) -> anyhow::Result<()> {
         let setup = &self.setups[node];
         let mut agent = start_agent(&setup.node, &setup.source, &setup.socket)?;
+        self.monitoring[node] = monitoring_address(&mut agent, &setup.source)?;
         agent.wait_for_line("ready", READY_TIMEOUT).context("restarted agent")?;
         self.processes[node].0 = agent;
         Ok(())
@@ -205,6 +212,17 @@ impl Mesh {
         &mut self.processes[node].0
     }
 
+    /// A GET of `path` on node `node`'s agent endpoints (`/metrics`, `/config_dump`, …).
+    pub fn agent_get(&self, node: usize, path: &str) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let addr = self.monitoring[node].context("this agent serves no endpoints (static enrollment)")?;
+        let mut stream = std::net::TcpStream::connect(addr)?;
+        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
     /// The ztunnel of node `node`, e.g. to read its log.
     pub fn ztunnel(&mut self, node: usize) -> &mut Process {
         &mut self.processes[node].1
@@ -215,6 +233,22 @@ fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyh
     let mut command = apps::agent_command(node)?;
     command.args(source).arg("--zds-socket").arg(socket);
     apps::start_agent(command)
+}
+
+/// The endpoint address an agent with Kubernetes enrollment logs at start.
+fn monitoring_address(
+    agent: &mut Process,
+    source: &[String],
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if !source.iter().any(|arg| arg == "--node") {
+        return Ok(None);
+    }
+    let line = agent.wait_for(|line| line.contains("serving metrics"), READY_TIMEOUT)?;
+    let addr = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .context("no addr= in the agent's endpoint line")?;
+    Ok(Some(addr.parse()?))
 }
 
 fn start_ztunnel(node: &Node, socket: &std::path::Path, control_flags: &[String]) -> anyhow::Result<Process> {

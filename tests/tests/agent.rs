@@ -166,3 +166,86 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
         assert_eq!(chat.say("two").unwrap(), "two", "the established connection was dropped");
     });
 }
+
+/// Events on pod `name` with `reason`.
+async fn events(client: kube::Client, name: &str, reason: &str) -> Vec<k8s_openapi::api::core::v1::Event> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client, "shop");
+    let listed = events.list(&Default::default()).await.unwrap();
+    listed
+        .items
+        .into_iter()
+        .filter(|event| {
+            event.involved_object.name.as_deref() == Some(name) && event.reason.as_deref() == Some(reason)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_a_findable_netns_is_reported_and_retried_while_the_others_proceed() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let server =
+        cluster.add_pod(0, &PodTemplate::new("shop", "server").service_account("server")).await.unwrap();
+    // A Pod object that says Running, with no process on the node yet (a kubelet would not
+    // do this for long; a pod whose sandbox is being torn down looks the same).
+    let ghost_template = PodTemplate::new("shop", "ghost").service_account("ghost");
+    let ghost = cluster.kubelet().create_pod(&ghost_template, "node0").await.unwrap();
+    let ghost_uid = ghost.metadata.uid.unwrap();
+    cluster.kubelet().mark_running("shop", "ghost", &["10.244.0.250".parse().unwrap()]).await.unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let tokens = vec![plane.proxy_token(&cluster, &cluster.topology().nodes()[0]).await.unwrap()];
+    let ca = Ca::Control { plane: &plane, tokens };
+    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+    let mut mesh =
+        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
+
+    // The other pod proceeds; the ghost is retried (two attempts seen), reported once.
+    tokio::task::block_in_place(|| {
+        let agent = mesh.agent(0);
+        for _ in 0..2 {
+            agent
+                .wait_for(|line| line.contains("cannot enroll yet") && line.contains("name=ghost"), WAIT)
+                .unwrap();
+        }
+    });
+    let dump = mesh.agent_get(0, "/config_dump").unwrap();
+    assert!(
+        dump.contains(&format!(
+            "\"{}\":{{\"name\":\"server\",\"namespace\":\"shop\",\"state\":\"enrolled\"",
+            server.uid
+        )),
+        "{dump}"
+    );
+    assert!(dump.contains("\"name\":\"ghost\"") && dump.contains("\"stage\":\"netns\""), "{dump}");
+    let failed =
+        weft_tests::eventually("the ghost's Warning event", WAIT, || {
+            let client = cluster.client();
+            async move {
+                Some(events(client, "ghost", "WeftEnrollFailed").await).filter(|found| !found.is_empty())
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1, "one Event per state change, not per retry: {failed:?}");
+    let message = failed[0].message.clone().unwrap();
+    assert!(message.contains("netns failed") && message.contains(&ghost_uid), "{message}");
+    assert_eq!(failed[0].type_.as_deref(), Some("Warning"));
+
+    // Its sandbox appears: the retry enrolls it.
+    let pod = cluster.topology_mut().add_pod(0, "ghost", &ghost_uid).unwrap();
+    cluster.kubelet().mark_running("shop", "ghost", &pod.addresses()).await.unwrap();
+    tokio::task::block_in_place(|| {
+        mesh.agent(0)
+            .wait_for(|line| line.contains("enrolled") && line.contains("name=ghost"), WAIT)
+            .unwrap();
+    });
+    let metrics = mesh.agent_get(0, "/metrics").unwrap();
+    assert!(metrics.contains("weft_agent_enrolled_pods 2"), "{metrics}");
+    assert!(metrics.contains("weft_agent_datapath_events{event=\"redirected\"}"), "{metrics}");
+    weft_tests::eventually("the ghost's Enrolled event", WAIT, || {
+        let client = cluster.client();
+        async move { Some(events(client, "ghost", "WeftEnrolled").await).filter(|found| !found.is_empty()) }
+    })
+    .await
+    .unwrap();
+}
