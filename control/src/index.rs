@@ -54,6 +54,48 @@ impl Snapshot {
         }
     }
 
+    /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded.
+    pub fn dump(&self) -> serde_json::Value {
+        let ip = |bytes: &[u8]| match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes).map(|octets| IpAddr::from(octets).to_string()).ok(),
+            16 => <[u8; 16]>::try_from(bytes).map(|octets| IpAddr::from(octets).to_string()).ok(),
+            _ => None,
+        };
+        let (mut workloads, mut services) = (Vec::new(), Vec::new());
+        for (name, resource) in &self.addresses {
+            match api::Address::decode(resource.body.value.as_slice()).ok().and_then(|address| address.r#type) {
+                Some(api::address::Type::Workload(workload)) => workloads.push(serde_json::json!({
+                    "uid": workload.uid,
+                    "name": workload.name,
+                    "namespace": workload.namespace,
+                    "service_account": workload.service_account,
+                    "addresses": workload.addresses.iter().filter_map(|bytes| ip(bytes)).collect::<Vec<_>>(),
+                    "node": workload.node,
+                    "protocol": workload.tunnel_protocol().as_str_name(),
+                    "services": workload.services.keys().collect::<Vec<_>>(),
+                    "healthy": workload.status() == api::WorkloadStatus::Healthy,
+                    "version": resource.version,
+                })),
+                Some(api::address::Type::Service(service)) => services.push(serde_json::json!({
+                    "key": name,
+                    "name": service.name,
+                    "namespace": service.namespace,
+                    "hostname": service.hostname,
+                    "vips": service.addresses.iter().filter_map(|address| ip(&address.address)).collect::<Vec<_>>(),
+                    "ports": service.ports.iter().map(|port| port.service_port).collect::<Vec<_>>(),
+                    "version": resource.version,
+                })),
+                None => {}
+            }
+        }
+        serde_json::json!({
+            "version": self.version,
+            "workloads": workloads,
+            "services": services,
+            "authorizations": self.authorizations.keys().collect::<Vec<_>>(),
+        })
+    }
+
     /// Whether `other` serves the same resources (versions aside).
     pub fn same_resources(&self, other: &Snapshot) -> bool {
         self.addresses == other.addresses && self.authorizations == other.authorizations

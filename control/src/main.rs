@@ -168,14 +168,7 @@ impl weft_api::admin::Source for Monitoring {
     }
 
     fn config_dump(&self) -> String {
-        let snapshot = self.snapshots.borrow().clone();
-        let names = |resources: &index::Resources| resources.keys().cloned().collect::<Vec<_>>();
-        serde_json::json!({
-            "version": snapshot.version,
-            "addresses": names(&snapshot.addresses),
-            "authorizations": names(&snapshot.authorizations),
-        })
-        .to_string()
+        self.snapshots.borrow().dump().to_string()
     }
 }
 

@@ -38,6 +38,8 @@ pub const AUDIENCE: &str = "istio-ca";
 #[derive(Debug)]
 pub struct ControlPlane {
     process: Process,
+    /// `/metrics`, `/healthz/ready`, `/config_dump` (on the harness's loopback).
+    monitoring: SocketAddr,
     listener: std::net::TcpListener,
     dir: tempfile::TempDir,
     root_file: PathBuf,
@@ -64,8 +66,10 @@ impl ControlPlane {
             .run(move || std::net::TcpListener::bind(address))?
             .with_context(|| format!("binding {address} in the fabric namespace"))?;
         let dir = tempfile::Builder::new().prefix("weft-control-").tempdir()?;
+        let (process, monitoring) = spawn(cluster.api().kubeconfig(), &listener)?;
         let mut plane = Self {
-            process: spawn(cluster.api().kubeconfig(), &listener)?,
+            process,
+            monitoring,
             listener,
             root_file: dir.path().join("root-cert.pem"),
             kubeconfig: cluster.api().kubeconfig().to_owned(),
@@ -78,13 +82,18 @@ impl ControlPlane {
     /// Kills the control plane and starts it again on the same socket.
     pub async fn restart(&mut self, client: kube::Client) -> anyhow::Result<()> {
         self.process.kill()?;
-        self.process = spawn(&self.kubeconfig, &self.listener)?;
+        (self.process, self.monitoring) = spawn(&self.kubeconfig, &self.listener)?;
         self.write_root(client).await
     }
 
     /// `https://172.18.0.1:15012`, the CA as node proxies reach it.
     pub fn address(&self) -> String {
         format!("https://{FABRIC_GATEWAY}:{CA_PORT}")
+    }
+
+    /// The monitoring endpoint, `http://127.0.0.1:PORT` in the harness's namespace.
+    pub fn monitoring(&self) -> SocketAddr {
+        self.monitoring
     }
 
     /// The mesh root, as published by the control plane.
@@ -126,7 +135,7 @@ impl ControlPlane {
     }
 }
 
-fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<Process> {
+fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<(Process, SocketAddr)> {
     let mut command = Command::new(apps::binary("weft-control")?);
     command.arg("--kubeconfig").arg(kubeconfig).arg("--serving-name").arg(FABRIC_GATEWAY.to_string());
     // Tests run side by side in the harness's namespace: any free port (the log names it).
@@ -134,7 +143,8 @@ fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<
     let reader = crate::process::merged_output(&mut command)?;
     let mut process = Process::start_with_listener(command, listener)?;
     process.read_lines_from(reader);
-    Ok(process)
+    let monitoring = process.logged_address("serving metrics", Duration::from_secs(30))?;
+    Ok((process, monitoring))
 }
 
 /// A service-account token from the TokenRequest API, for `weft-ztunnel`, with `audience`,

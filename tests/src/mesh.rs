@@ -212,6 +212,11 @@ impl Mesh {
         &mut self.processes[node].0
     }
 
+    /// Node `node`'s agent endpoint (Kubernetes enrollment only).
+    pub fn agent_endpoint(&self, node: usize) -> Option<std::net::SocketAddr> {
+        self.monitoring[node]
+    }
+
     /// A GET of `path` on node `node`'s agent endpoints (`/metrics`, `/config_dump`, …).
     pub fn agent_get(&self, node: usize, path: &str) -> anyhow::Result<String> {
         use std::io::{Read, Write};
@@ -243,12 +248,7 @@ fn monitoring_address(
     if !source.iter().any(|arg| arg == "--node") {
         return Ok(None);
     }
-    let line = agent.wait_for(|line| line.contains("serving metrics"), READY_TIMEOUT)?;
-    let addr = line
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("addr="))
-        .context("no addr= in the agent's endpoint line")?;
-    Ok(Some(addr.parse()?))
+    agent.logged_address("serving metrics", READY_TIMEOUT).map(Some)
 }
 
 fn start_ztunnel(node: &Node, socket: &std::path::Path, control_flags: &[String]) -> anyhow::Result<Process> {

@@ -148,6 +148,20 @@ impl Process {
         self.child.stdin.take().with_context(|| format!("{}: stdin not piped", self.what))
     }
 
+    /// The `addr=` of the first log line containing `marker` (a daemon naming the port it got).
+    pub fn logged_address(
+        &mut self,
+        marker: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<std::net::SocketAddr> {
+        let line = self.wait_for(|line| line.contains(marker), timeout)?;
+        let addr = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("addr="))
+            .with_context(|| format!("no addr= in {line:?}"))?;
+        Ok(addr.parse()?)
+    }
+
     /// Asks the process to stop (SIGTERM), as a kubelet does before the grace period ends.
     pub fn terminate(&mut self) -> anyhow::Result<()> {
         let pid = libc::pid_t::try_from(self.child.id())?;

@@ -101,7 +101,13 @@ impl weft_api::admin::Source for Endpoints {
                 })
             })
             .collect();
-        serde_json::json!({ "ready": self.ready(), "pods": pods, "mesh": self.0.state.dump() }).to_string()
+        serde_json::json!({
+            "ready": self.ready(),
+            "pods": pods,
+            "certificates": self.0.identities.summary(),
+            "mesh": self.0.state.dump(),
+        })
+        .to_string()
     }
 }
 

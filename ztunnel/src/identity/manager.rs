@@ -24,6 +24,19 @@ pub struct Manager {
     ca: Arc<dyn CaClient>,
     ttl: Duration,
     certs: tokio::sync::Mutex<HashMap<Identity, Arc<WorkloadCert>>>,
+    /// What is held, readable without waiting for a CA call in progress.
+    summary: std::sync::Mutex<Vec<CertSummary>>,
+}
+
+/// A held certificate, as the admin endpoint shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CertSummary {
+    pub identity: String,
+    /// Hex, as `openssl x509 -serial` prints it.
+    pub serial: String,
+    /// Seconds since the Unix epoch.
+    pub not_before: u64,
+    pub not_after: u64,
 }
 
 impl std::fmt::Debug for Manager {
@@ -34,7 +47,33 @@ impl std::fmt::Debug for Manager {
 
 impl Manager {
     pub fn new(ca: Arc<dyn CaClient>, ttl: Duration) -> Self {
-        Self { ca, ttl, certs: tokio::sync::Mutex::new(HashMap::new()) }
+        Self { ca, ttl, certs: tokio::sync::Mutex::new(HashMap::new()), summary: std::sync::Mutex::default() }
+    }
+
+    /// The certificates held now.
+    pub fn summary(&self) -> Vec<CertSummary> {
+        self.summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn summarize(&self, certs: &HashMap<Identity, Arc<WorkloadCert>>) {
+        let epoch =
+            |time: SystemTime| time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let mut summary: Vec<CertSummary> = certs
+            .values()
+            .map(|cert| CertSummary {
+                identity: cert.identity.to_string(),
+                serial: cert
+                    .chain
+                    .first()
+                    .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+                    .map(|(_, leaf)| leaf.raw_serial_as_string().replace(':', ""))
+                    .unwrap_or_default(),
+                not_before: epoch(cert.not_before),
+                not_after: epoch(cert.not_after),
+            })
+            .collect();
+        summary.sort_by(|a, b| a.identity.cmp(&b.identity));
+        *self.summary.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = summary;
     }
 
     /// A valid certificate for `identity`, from the cache or the CA.
@@ -52,6 +91,7 @@ impl Manager {
             Ok(cert) => {
                 let cert = Arc::new(cert);
                 certs.insert(identity.clone(), cert.clone());
+                self.summarize(&certs);
                 Ok(cert)
             }
             Err(error) => match cached {
@@ -66,7 +106,9 @@ impl Manager {
 
     /// Forgets identities for which `keep` is false (no pod of theirs left on the node).
     pub async fn retain(&self, keep: impl Fn(&Identity) -> bool) {
-        self.certs.lock().await.retain(|identity, _| keep(identity));
+        let mut certs = self.certs.lock().await;
+        certs.retain(|identity, _| keep(identity));
+        self.summarize(&certs);
     }
 
     async fn request(&self, identity: &Identity) -> Result<WorkloadCert, Error> {

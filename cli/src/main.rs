@@ -1,0 +1,166 @@
+//! `weftctl`: the bundled CLI; all logic lives in the library.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use weftctl::{
+    endpoint::Endpoint,
+    output::{Format, render, table},
+    report::{CONTROL_VIA_API, Mesh, Node},
+};
+
+/// Inspect and steer the Weft mesh.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// kubeconfig file; without it, in-cluster configuration or KUBECONFIG (if any).
+    #[arg(long, global = true, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The control plane's monitoring endpoint (`http://host:port`, `netns=PATH@http://…`,
+    /// or `kube:/api/…/proxy`).
+    #[arg(long, global = true, env = "WEFT_CONTROL", default_value = CONTROL_VIA_API)]
+    control: Endpoint,
+    /// A node's agent endpoint, `NODE=ENDPOINT` (agents are otherwise found through the API).
+    #[arg(long = "agent", global = true, value_parser = node_endpoint)]
+    agents: Vec<(String, Endpoint)>,
+    /// A node's proxy admin endpoint, `NODE=ENDPOINT` (its port 15000 is node-local).
+    #[arg(long = "ztunnel", global = true, value_parser = node_endpoint)]
+    ztunnels: Vec<(String, Endpoint)>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The control plane and every node: readiness, config version, proxies, enrolled pods.
+    Status,
+    /// Workloads the control plane serves (pods, with identity, addresses and tunnel).
+    Workloads,
+    /// Services and their virtual IPs.
+    Services,
+    /// Certificates held by each node's proxy: identity, serial, expiry.
+    Certs,
+    /// Why a pod is (or is not) in the mesh: label, configuration, capture, proxy, certificate.
+    Check {
+        /// `namespace/name` (or `name` in `default`).
+        pod: String,
+    },
+    /// Enroll a namespace's pods (sets `weft.dev/dataplane-mode=ambient`; no restarts).
+    Enroll { namespace: String },
+    /// Take a namespace's pods out of the mesh (removes the label).
+    Unenroll { namespace: String },
+}
+
+fn node_endpoint(text: &str) -> anyhow::Result<(String, Endpoint)> {
+    let (node, endpoint) = text.split_once('=').context("NODE=ENDPOINT")?;
+    Ok((node.to_owned(), endpoint.parse()?))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> Option<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).ok()?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.ok()?
+        }
+        None => kube::Config::infer().await.ok()?,
+    };
+    kube::Client::try_from(config).ok()
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for (name, endpoint, is_agent) in args
+        .agents
+        .into_iter()
+        .map(|(name, endpoint)| (name, endpoint, true))
+        .chain(args.ztunnels.into_iter().map(|(name, endpoint)| (name, endpoint, false)))
+    {
+        let index = match nodes.iter().position(|node| node.name == name) {
+            Some(index) => index,
+            None => {
+                nodes.push(Node { name, agent: None, ztunnel: None });
+                nodes.len() - 1
+            }
+        };
+        if is_agent {
+            nodes[index].agent = Some(endpoint);
+        } else {
+            nodes[index].ztunnel = Some(endpoint);
+        }
+    }
+    let mut mesh = Mesh { client: client(args.kubeconfig.as_ref()).await, control: args.control, nodes };
+    if mesh.client.is_some() && !matches!(args.command, Command::Enroll { .. } | Command::Unenroll { .. }) {
+        // Best effort: explicit endpoints still work when the API has no agents to offer.
+        if let Err(error) = mesh.discover_agents().await {
+            eprintln!("note: {error:#}");
+        }
+    }
+    let format = args.output;
+    let text = match &args.command {
+        Command::Status => {
+            let status = mesh.status().await?;
+            match format {
+                Format::Table => {
+                    let control = table(
+                        &[status["control"].clone()],
+                        &["ready", "config_version", "workloads", "services", "connected_proxies"],
+                    );
+                    let nodes = table(
+                        status["nodes"].as_array().map(Vec::as_slice).unwrap_or_default(),
+                        &[
+                            "node",
+                            "agent_ready",
+                            "enrolled",
+                            "pending",
+                            "ztunnel_ready",
+                            "pods_served",
+                            "certificates",
+                        ],
+                    );
+                    format!("CONTROL PLANE\n{control}\nNODES\n{nodes}")
+                }
+                _ => render(&status, format, &[])?,
+            }
+        }
+        Command::Workloads => render(
+            &mesh.workloads().await?,
+            format,
+            &["namespace", "name", "service_account", "addresses", "node", "protocol", "services"],
+        )?,
+        Command::Services => {
+            render(&mesh.services().await?, format, &["namespace", "name", "vips", "ports", "hostname"])?
+        }
+        Command::Certs => {
+            render(&mesh.certs().await?, format, &["node", "identity", "serial", "expires_in"])?
+        }
+        Command::Check { pod } => {
+            let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
+            let findings = mesh.check(namespace, name).await?;
+            let text = render(&findings, format, &["check", "ok", "detail"])?;
+            let all_ok =
+                findings.as_array().is_some_and(|all| all.iter().all(|finding| finding["ok"] == true));
+            print!("{text}");
+            if !all_ok {
+                std::process::exit(1);
+            }
+            return Ok(());
+        }
+        Command::Enroll { namespace } => {
+            render(&mesh.enroll(namespace, true).await?, format, &["namespace", "enrolled"])?
+        }
+        Command::Unenroll { namespace } => {
+            render(&mesh.enroll(namespace, false).await?, format, &["namespace", "enrolled"])?
+        }
+    };
+    print!("{text}");
+    Ok(())
+}

@@ -1,0 +1,333 @@
+//! What the mesh says about itself, gathered from its endpoints and the Kubernetes API and
+//! shaped as JSON values (what `-o json` prints) that [`crate::output`] can also tabulate.
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::{
+    Api,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use crate::endpoint::Endpoint;
+
+/// The namespace Weft runs in, and the label of its agents' pods.
+pub const SYSTEM_NAMESPACE: &str = "weft-system";
+pub const AGENT_LABEL: &str = "app.kubernetes.io/name=weft-agent";
+/// The control plane's monitoring endpoint through the API server's service proxy.
+pub const CONTROL_VIA_API: &str = "kube:/api/v1/namespaces/weft-system/services/weft-control:15014/proxy";
+/// Where an agent serves its endpoints.
+pub const AGENT_PORT: u16 = 15030;
+/// The enrollment label (the agent's and control plane's rule).
+pub const LABEL: &str = "weft.dev/dataplane-mode";
+
+/// A node's endpoints.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub name: String,
+    pub agent: Option<Endpoint>,
+    pub ztunnel: Option<Endpoint>,
+}
+
+/// Everything the CLI can reach.
+pub struct Mesh {
+    pub client: Option<kube::Client>,
+    pub control: Endpoint,
+    pub nodes: Vec<Node>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("control", &self.control)
+            .field("nodes", &self.nodes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Adds the agents found through the API server (their pods in `weft-system`) to the nodes
+    /// not given explicitly.
+    pub async fn discover_agents(&mut self) -> anyhow::Result<()> {
+        let Some(client) = &self.client else { return Ok(()) };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+        let listed =
+            pods.list(&ListParams::default().labels(AGENT_LABEL)).await.context("listing Weft's agents")?;
+        for pod in listed.items {
+            let (Some(name), Some(node)) = (pod.metadata.name, pod.spec.and_then(|spec| spec.node_name))
+            else {
+                continue;
+            };
+            let endpoint = Endpoint::Kube(format!(
+                "/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{name}:{AGENT_PORT}/proxy"
+            ));
+            match self.nodes.iter_mut().find(|known| known.name == node) {
+                Some(known) if known.agent.is_none() => known.agent = Some(endpoint),
+                Some(_) => {}
+                None => self.nodes.push(Node { name: node, agent: Some(endpoint), ztunnel: None }),
+            }
+        }
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    /// `path` from `endpoint` as JSON; an unreachable endpoint is an error naming it.
+    async fn json(&self, endpoint: &Endpoint, path: &str) -> anyhow::Result<Value> {
+        let answer = endpoint.get(self.client.as_ref(), path).await?;
+        anyhow::ensure!(
+            answer.status == 200,
+            "{endpoint} answered {} to {path}: {}",
+            answer.status,
+            answer.body.trim()
+        );
+        serde_json::from_str(&answer.body).with_context(|| format!("{endpoint}{path} is not JSON"))
+    }
+
+    async fn ready(&self, endpoint: &Endpoint) -> Value {
+        match endpoint.get(self.client.as_ref(), "/healthz/ready").await {
+            Ok(answer) => json!(answer.status == 200),
+            Err(error) => json!(format!("unreachable: {error:#}")),
+        }
+    }
+
+    /// The control plane and every node: readiness, versions, proxies, pods.
+    pub async fn status(&self) -> anyhow::Result<Value> {
+        let dump = self.json(&self.control, "/config_dump").await;
+        let metrics = self
+            .control
+            .get(self.client.as_ref(), "/metrics")
+            .await
+            .map(|answer| answer.body)
+            .unwrap_or_default();
+        let control = json!({
+            "ready": self.ready(&self.control).await,
+            "config_version": dump.as_ref().ok().and_then(|dump| dump["version"].as_u64()),
+            "workloads": dump.as_ref().ok().and_then(|dump| dump["workloads"].as_array().map(Vec::len)),
+            "services": dump.as_ref().ok().and_then(|dump| dump["services"].as_array().map(Vec::len)),
+            "connected_proxies": metric(&metrics, "weft_control_xds_connected_proxies"),
+        });
+        let mut nodes = Vec::new();
+        for node in &self.nodes {
+            let mut row = json!({ "node": node.name });
+            if let Some(agent) = &node.agent {
+                row["agent_ready"] = self.ready(agent).await;
+                if let Ok(dump) = self.json(agent, "/config_dump").await {
+                    let pods: Vec<&Value> =
+                        dump["pods"].as_object().map(|pods| pods.values().collect()).unwrap_or_default();
+                    row["enrolled"] = json!(pods.iter().filter(|pod| pod["state"] == "enrolled").count());
+                    row["pending"] = json!(pods.iter().filter(|pod| pod["state"] == "pending").count());
+                }
+            }
+            if let Some(ztunnel) = &node.ztunnel {
+                match self.json(ztunnel, "/config_dump").await {
+                    Ok(dump) => {
+                        row["ztunnel_ready"] = dump["ready"].clone();
+                        row["pods_served"] = json!(dump["pods"].as_array().map_or(0, Vec::len));
+                        row["certificates"] = json!(dump["certificates"].as_array().map_or(0, Vec::len));
+                    }
+                    Err(error) => row["ztunnel_ready"] = json!(format!("unreachable: {error:#}")),
+                }
+            }
+            nodes.push(row);
+        }
+        Ok(json!({ "control": control, "nodes": nodes }))
+    }
+
+    /// Every workload the control plane serves.
+    pub async fn workloads(&self) -> anyhow::Result<Value> {
+        Ok(self.json(&self.control, "/config_dump").await?["workloads"].clone())
+    }
+
+    /// Every service the control plane serves.
+    pub async fn services(&self) -> anyhow::Result<Value> {
+        Ok(self.json(&self.control, "/config_dump").await?["services"].clone())
+    }
+
+    /// The certificates each node's proxy holds.
+    pub async fn certs(&self) -> anyhow::Result<Value> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let mut rows = Vec::new();
+        for node in &self.nodes {
+            let Some(ztunnel) = &node.ztunnel else { continue };
+            let dump = self.json(ztunnel, "/config_dump").await?;
+            for cert in dump["certificates"].as_array().into_iter().flatten() {
+                let expires = cert["not_after"].as_u64().unwrap_or(0);
+                rows.push(json!({
+                    "node": node.name,
+                    "identity": cert["identity"],
+                    "serial": cert["serial"],
+                    "expires_in": human(expires.saturating_sub(now)),
+                    "not_after": expires,
+                }));
+            }
+        }
+        anyhow::ensure!(
+            self.nodes.iter().any(|node| node.ztunnel.is_some()),
+            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
+        );
+        Ok(Value::Array(rows))
+    }
+
+    /// Why pod `namespace/name` is or is not in the mesh, one finding per step.
+    pub async fn check(&self, namespace: &str, name: &str) -> anyhow::Result<Value> {
+        let client = self.client.as_ref().context("check needs the Kubernetes API (--kubeconfig)")?;
+        let pod = Api::<Pod>::namespaced(client.clone(), namespace)
+            .get(name)
+            .await
+            .with_context(|| format!("pod {namespace}/{name}"))?;
+        let ns = Api::<Namespace>::all(client.clone()).get(namespace).await?;
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|spec| spec.node_name.clone()).unwrap_or_default();
+        let label = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+            labels.and_then(|labels| labels.get(LABEL)).cloned()
+        };
+        let (pod_label, ns_label) = (label(pod.metadata.labels.as_ref()), label(ns.metadata.labels.as_ref()));
+        let labelled = match pod_label.as_deref() {
+            Some("none") => false,
+            Some("ambient") => true,
+            _ => ns_label.as_deref() == Some("ambient"),
+        };
+        let mut findings = vec![finding(
+            "labelled",
+            labelled,
+            format!(
+                "pod label {LABEL}={}, namespace label {}",
+                pod_label.as_deref().unwrap_or("(none)"),
+                ns_label.as_deref().unwrap_or("(none)")
+            ),
+        )];
+        let workload = self.workloads().await.ok().and_then(|workloads| {
+            workloads.as_array()?.iter().find(|workload| workload["uid"] == uid.as_str()).cloned()
+        });
+        findings.push(match &workload {
+            Some(workload) => finding(
+                "configured",
+                workload["protocol"] == "HBONE",
+                format!(
+                    "the control plane tells proxies to reach it over {}",
+                    workload["protocol"].as_str().unwrap_or("?")
+                ),
+            ),
+            None => finding(
+                "configured",
+                false,
+                "the control plane does not list it (no address yet, or host network)".into(),
+            ),
+        });
+        let node_endpoints = self.nodes.iter().find(|known| known.name == node);
+        match node_endpoints.and_then(|known| known.agent.as_ref()) {
+            Some(agent) => match self.json(agent, "/config_dump").await {
+                Ok(dump) => {
+                    let report = &dump["pods"][&uid];
+                    findings.push(match report["state"].as_str() {
+                        Some("enrolled") => {
+                            finding("captured", true, format!("the agent on {node} enrolled it"))
+                        }
+                        Some(_) => finding(
+                            "captured",
+                            false,
+                            format!(
+                                "{} failed: {}",
+                                report["stage"].as_str().unwrap_or("?"),
+                                report["error"].as_str().unwrap_or("?")
+                            ),
+                        ),
+                        None => finding("captured", false, format!("the agent on {node} does not hold it")),
+                    });
+                }
+                Err(error) => findings.push(finding("captured", false, format!("{error:#}"))),
+            },
+            None => findings.push(finding("captured", false, format!("no agent endpoint for node {node}"))),
+        }
+        if let Some(ztunnel) = node_endpoints.and_then(|known| known.ztunnel.as_ref()) {
+            let identity = format!(
+                "spiffe://cluster.local/ns/{namespace}/sa/{}",
+                pod.spec
+                    .as_ref()
+                    .and_then(|spec| spec.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into())
+            );
+            match self.json(ztunnel, "/config_dump").await {
+                Ok(dump) => {
+                    let served = dump["pods"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|served| served["uid"] == uid.as_str());
+                    findings.push(finding(
+                        "proxied",
+                        served,
+                        format!(
+                            "the proxy on {node} {} its listeners",
+                            if served { "runs" } else { "does not run" }
+                        ),
+                    ));
+                    let cert = dump["certificates"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|cert| cert["identity"] == identity.as_str());
+                    findings.push(match cert {
+                        Some(cert) => finding(
+                            "certificate",
+                            true,
+                            format!("{identity}, serial {}", cert["serial"].as_str().unwrap_or("?")),
+                        ),
+                        None => {
+                            finding("certificate", false, format!("no certificate for {identity} on {node}"))
+                        }
+                    });
+                }
+                Err(error) => findings.push(finding("proxied", false, format!("{error:#}"))),
+            }
+        }
+        Ok(Value::Array(findings))
+    }
+
+    /// Sets (or removes) the enrollment label on a namespace.
+    pub async fn enroll(&self, namespace: &str, enroll: bool) -> anyhow::Result<Value> {
+        let client = self.client.as_ref().context("enroll needs the Kubernetes API (--kubeconfig)")?;
+        let value = if enroll { json!("ambient") } else { Value::Null };
+        let patch = json!({ "metadata": { "labels": { LABEL: value } } });
+        Api::<Namespace>::all(client.clone())
+            .patch(namespace, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .with_context(|| format!("labelling namespace {namespace}"))?;
+        Ok(json!({ "namespace": namespace, "enrolled": enroll }))
+    }
+}
+
+fn finding(check: &str, ok: bool, detail: String) -> Value {
+    json!({ "check": check, "ok": ok, "detail": detail })
+}
+
+/// The value of an unlabelled Prometheus series.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// `3h12m`, `45m`, `20s`.
+fn human(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        _ => format!("{}h{}m", seconds / 3600, seconds % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_unlabelled_series_and_prints_durations() {
+        let text = "# HELP x\nweft_control_xds_connected_proxies 2\nweft_control_xds_connected_proxies_x 9\n";
+        assert_eq!(metric(text, "weft_control_xds_connected_proxies"), Some(2.0));
+        assert_eq!(metric(text, "absent"), None);
+        assert_eq!(
+            (human(20), human(125), human(3 * 3600 + 720)),
+            ("20s".into(), "2m".into(), "3h12m".into())
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! `weftctl` against a running mesh on the real API server: it enrolls a namespace, and its
+//! status, workloads, certificates and per-pod checks say what the components say.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use serde_json::Value;
+use weft_tests::{
+    apps,
+    cluster::Cluster,
+    control::ControlPlane,
+    kubelet::PodTemplate,
+    mesh::{Ca, Enrollment, Mesh},
+};
+
+const ECHO_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs weftctl with every endpoint of the harness's mesh; (success, stdout).
+fn weftctl(endpoints: &[String], args: &[&str]) -> (bool, String) {
+    let output = Command::new(apps::binary("weftctl").unwrap()).args(endpoints).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (output.status.success(), String::from_utf8(output.stdout).unwrap())
+}
+
+fn json(endpoints: &[String], args: &[&str]) -> Value {
+    let (ok, stdout) = weftctl(endpoints, &[args, &["-o", "json"]].concat());
+    assert!(ok, "weftctl {args:?} failed: {stdout}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let server =
+        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
+    cluster
+        .add_pod(
+            0,
+            &PodTemplate::new("shop", "loner")
+                .service_account("loner")
+                .label("weft.dev/dataplane-mode", "none"),
+        )
+        .await
+        .unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut tokens = Vec::new();
+    for node in cluster.topology().nodes() {
+        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
+    }
+    let ca = Ca::Control { plane: &plane, tokens };
+    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+    let mut mesh =
+        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
+    let mut endpoints = vec![
+        "--kubeconfig".to_owned(),
+        cluster.api().kubeconfig().display().to_string(),
+        "--control".to_owned(),
+        format!("http://{}", plane.monitoring()),
+    ];
+    for node in cluster.topology().nodes() {
+        endpoints.push("--agent".into());
+        endpoints.push(format!("{}=http://{}", node.name, mesh.agent_endpoint(node.index).unwrap()));
+        endpoints.push("--ztunnel".into());
+        endpoints.push(format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display()));
+    }
+
+    // Enroll: the label is set; both running pods join.
+    let enrolled = tokio::task::block_in_place(|| json(&endpoints, &["enroll", "shop"]));
+    assert_eq!(enrolled["enrolled"], true);
+    let labels = Api::<Namespace>::all(cluster.client()).get("shop").await.unwrap().metadata.labels.unwrap();
+    assert_eq!(labels["weft.dev/dataplane-mode"], "ambient");
+    tokio::task::block_in_place(|| {
+        mesh.agent(0)
+            .wait_for(|line| line.contains("enrolled") && line.contains("name=client"), WAIT)
+            .unwrap();
+        mesh.agent(1)
+            .wait_for(|line| line.contains("enrolled") && line.contains("name=server"), WAIT)
+            .unwrap();
+        let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+        assert_eq!(apps::send(&client, to, "hello").unwrap(), "hello");
+    });
+
+    tokio::task::block_in_place(|| {
+        let status = json(&endpoints, &["status"]);
+        assert_eq!(status["control"]["ready"], true, "{status}");
+        assert_eq!(status["control"]["connected_proxies"], 2.0, "{status}");
+        for (index, node) in status["nodes"].as_array().unwrap().iter().enumerate() {
+            assert_eq!(node["node"], format!("node{index}"), "{status}");
+            assert_eq!(node["agent_ready"], true, "{status}");
+            assert_eq!(node["enrolled"], 1, "{status}");
+            assert_eq!(node["ztunnel_ready"], true, "{status}");
+        }
+
+        let workloads = json(&endpoints, &["workloads"]);
+        let client_workload =
+            workloads.as_array().unwrap().iter().find(|workload| workload["name"] == "client").unwrap();
+        assert_eq!(client_workload["protocol"], "HBONE");
+        assert_eq!(client_workload["node"], "node0");
+
+        let (ok, certs) = weftctl(&endpoints, &["certs"]);
+        assert!(ok, "{certs}");
+        assert!(certs.starts_with("NODE"), "a table: {certs}");
+        let cart =
+            certs.lines().find(|line| line.contains("spiffe://cluster.local/ns/shop/sa/cart")).unwrap();
+        assert!(cart.starts_with("node0"), "{certs}");
+
+        let (ok, check) = weftctl(&endpoints, &["check", "shop/client"]);
+        assert!(ok, "every check should pass for an enrolled pod:\n{check}");
+        for step in ["labelled", "configured", "captured", "proxied", "certificate"] {
+            assert!(
+                check.lines().any(|line| line.starts_with(step) && line.contains("true")),
+                "{step}:\n{check}"
+            );
+        }
+        let (ok, check) = weftctl(&endpoints, &["check", "shop/loner"]);
+        assert!(!ok, "an opted-out pod must fail the check:\n{check}");
+        assert!(check.lines().any(|line| line.starts_with("labelled") && line.contains("false")), "{check}");
+    });
+
+    let unenrolled = tokio::task::block_in_place(|| json(&endpoints, &["unenroll", "shop"]));
+    assert_eq!(unenrolled["enrolled"], false);
+    let labels = Api::<Namespace>::all(cluster.client())
+        .get("shop")
+        .await
+        .unwrap()
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert!(!labels.contains_key("weft.dev/dataplane-mode"), "{labels:?}");
+
+    // An unreachable endpoint is a clear error, not a hang or a panic.
+    let (ok, _) = weftctl(&["--control".into(), "http://127.0.0.1:1".into()], &["workloads"]);
+    assert!(!ok);
+}
