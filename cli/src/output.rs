@@ -10,13 +10,17 @@ pub enum Format {
     Yaml,
 }
 
-/// `value` in `format`; a table shows `columns` of each row (an array, or each array in
-/// `sections` of an object).
+/// `value` in `format`; a table shows `columns` of each row (an array's items, or the one
+/// object).
 pub fn render(value: &Value, format: Format, columns: &[&str]) -> anyhow::Result<String> {
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(value)? + "\n",
         Format::Yaml => serde_yaml::to_string(value)?,
-        Format::Table => table(value.as_array().map(Vec::as_slice).unwrap_or_default(), columns),
+        Format::Table => match value {
+            Value::Array(rows) => table(rows, columns),
+            // One object: one row.
+            other => table(std::slice::from_ref(other), columns),
+        },
     })
 }
 

@@ -302,9 +302,11 @@ fn finding(check: &str, ok: bool, detail: String) -> Value {
     json!({ "check": check, "ok": ok, "detail": detail })
 }
 
-/// The value of an unlabelled Prometheus series.
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+/// The value of an unlabelled Prometheus series (a gauge or counter: a whole number).
+fn metric(text: &str, name: &str) -> Option<u64> {
+    let value: f64 =
+        text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())?;
+    format!("{value:.0}").parse().ok()
 }
 
 /// `3h12m`, `45m`, `20s`.
@@ -323,7 +325,7 @@ mod tests {
     #[test]
     fn reads_unlabelled_series_and_prints_durations() {
         let text = "# HELP x\nweft_control_xds_connected_proxies 2\nweft_control_xds_connected_proxies_x 9\n";
-        assert_eq!(metric(text, "weft_control_xds_connected_proxies"), Some(2.0));
+        assert_eq!(metric(text, "weft_control_xds_connected_proxies"), Some(2));
         assert_eq!(metric(text, "absent"), None);
         assert_eq!(
             (human(20), human(125), human(3 * 3600 + 720)),

@@ -72,8 +72,11 @@ async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
     }
 
     // Enroll: the label is set; both running pods join.
-    let enrolled = tokio::task::block_in_place(|| json(&endpoints, &["enroll", "shop"]));
-    assert_eq!(enrolled["enrolled"], true);
+    let (ok, table) = tokio::task::block_in_place(|| weftctl(&endpoints, &["enroll", "shop"]));
+    assert!(
+        ok && table.lines().nth(1).is_some_and(|row| row.starts_with("shop") && row.ends_with("true")),
+        "{table}"
+    );
     let labels = Api::<Namespace>::all(cluster.client()).get("shop").await.unwrap().metadata.labels.unwrap();
     assert_eq!(labels["weft.dev/dataplane-mode"], "ambient");
     tokio::task::block_in_place(|| {
@@ -90,7 +93,7 @@ async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
     tokio::task::block_in_place(|| {
         let status = json(&endpoints, &["status"]);
         assert_eq!(status["control"]["ready"], true, "{status}");
-        assert_eq!(status["control"]["connected_proxies"], 2.0, "{status}");
+        assert_eq!(status["control"]["connected_proxies"], 2, "{status}");
         for (index, node) in status["nodes"].as_array().unwrap().iter().enumerate() {
             assert_eq!(node["node"], format!("node{index}"), "{status}");
             assert_eq!(node["agent_ready"], true, "{status}");

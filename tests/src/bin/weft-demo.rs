@@ -1,11 +1,11 @@
 //! `weft-demo` (run by `cargo xtask demo`): brings up the embedded default — a real API server and
-//! a two-node cluster of network namespaces with a client and echo services — sends traffic
-//! before and after enrolling the pods in the mesh (the control plane's CA; per node `weft-agent`
-//! with eBPF capture and `weft-ztunnel`), and reports what a user would check: the cluster's
-//! shape, the requests succeeding, the certificates issued, and the wire monitor's verdict on
-//! plaintext between nodes. Until xDS and the Kubernetes-driven agent land, workloads and
-//! enrollment come from files the demo writes.
-use std::{net::SocketAddr, time::Duration};
+//! a two-node cluster of network namespaces with a client, echo pods and an echo Service — sends
+//! traffic before and after enrolling the namespace with `weftctl enroll` (the control plane's
+//! CA and xDS; per node `weft-agent` with eBPF capture and `weft-ztunnel`), and reports what a
+//! user would check: the cluster's shape, the requests succeeding (pod to pod, and pod to the
+//! Service's virtual IP, which only the mesh serves here), `weftctl status / workloads /
+//! services / certs`, and the wire monitor's verdict on plaintext between nodes.
+use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -37,10 +37,10 @@ async fn main() -> anyhow::Result<()> {
     println!("Starting etcd and kube-apiserver, and building two nodes...");
     let mut cluster = Cluster::start(2).await?;
     let client = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "client").service_account("client")).await?;
-    let server_remote =
-        cluster.add_pod(1, &PodTemplate::new(NAMESPACE, "echo-1").service_account("echo")).await?;
-    let server_local =
-        cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "echo-0").service_account("echo")).await?;
+    let echo = |name: &str| PodTemplate::new(NAMESPACE, name).service_account("echo").label("app", "echo");
+    let server_remote = cluster.add_pod(1, &echo("echo-1")).await?;
+    let server_local = cluster.add_pod(0, &echo("echo-0")).await?;
+    let vip = create_echo_service(cluster.client()).await?;
 
     println!("\nAPI server {}  (kubeconfig {})", cluster.api().url(), cluster.api().kubeconfig().display());
     println!("\n{:<8} {:<16} {:<20}", "NODE", "IPv4", "IPv6");
@@ -61,26 +61,31 @@ async fn main() -> anyhow::Result<()> {
     let before = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
     println!("  wire monitor: {before} frames between nodes carried the canary in plaintext");
 
-    println!("\nStarting the mesh: weft-control (mesh CA); per node weft-agent (eBPF capture, pod");
-    println!("handoff, watching the API server) and weft-ztunnel (certificates from weft-control)...");
+    println!("\nStarting the mesh: weft-control (Kubernetes index, xDS, mesh CA); per node weft-agent");
+    println!("(eBPF capture, pod handoff, watching the API server) and weft-ztunnel (config and");
+    println!("certificates from weft-control)...");
     let mut plane = ControlPlane::start(&cluster).await?;
     let mut tokens = Vec::new();
     for node in cluster.topology().nodes() {
         tokens.push(plane.proxy_token(&cluster, node).await?);
     }
-    let members = [
-        Member::new(&client, NAMESPACE, "client"),
-        Member::new(&server_remote, NAMESPACE, "echo"),
-        Member::new(&server_local, NAMESPACE, "echo"),
-    ];
+    let members = [Member::new(&client, NAMESPACE, "client"), Member::new(&server_remote, NAMESPACE, "echo")];
     let ca = Ca::Control { plane: &plane, tokens };
     let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh = Mesh::start_with(cluster.topology(), &members, &ca, &enrollment)?;
-    println!("\n$ kubectl label namespace {NAMESPACE} weft.dev/dataplane-mode=ambient");
-    let label = serde_json::json!({ "metadata": { "labels": { "weft.dev/dataplane-mode": "ambient" } } });
-    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client())
-        .patch(NAMESPACE, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(label))
-        .await?;
+    let mut mesh = Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)?;
+    let mut endpoints = vec![
+        "--kubeconfig".to_owned(),
+        cluster.api().kubeconfig().display().to_string(),
+        "--control".to_owned(),
+        format!("http://{}", plane.monitoring()),
+    ];
+    for node in cluster.topology().nodes() {
+        let agent = mesh.agent_endpoint(node.index).context("agent endpoint")?;
+        endpoints.extend(["--agent".to_owned(), format!("{}=http://{agent}", node.name)]);
+        let admin = format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display());
+        endpoints.extend(["--ztunnel".to_owned(), admin]);
+    }
+    weftctl(&endpoints, &["enroll", NAMESPACE])?;
     for (node, mut names) in [(0, vec!["client", "echo-0"]), (1, vec!["echo-1"])] {
         // In whatever order the agent enrolls them.
         while !names.is_empty() {
@@ -106,6 +111,13 @@ async fn main() -> anyhow::Result<()> {
         .ztunnel(0)
         .wait_for(|line| line.contains("outbound via HBONE closed"), Duration::from_secs(10))?;
     println!("  node0 weft-ztunnel: {}", message(&log));
+    // The Service's virtual IP: no kube-proxy here, the client's node proxy picks an endpoint.
+    let to = SocketAddr::new(vip, 80);
+    for n in 0..REQUESTS {
+        apps::send(&client, to, &format!("service request {n}"))
+            .with_context(|| format!("request to {to}"))?;
+    }
+    println!("  service    client -> echo    {to:<28} {REQUESTS}/{REQUESTS} requests echoed (Service VIP)");
     for member in &members[..2] {
         let identity = member.identity();
         let signed = plane.process().wait_for(
@@ -113,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
             Duration::from_secs(10),
         )?;
         println!("  weft-control: {}", message(&signed));
+    }
+    for command in ["status", "workloads", "services", "certs"] {
+        weftctl(&endpoints, &[command])?;
     }
     println!(
         "\nVerdict: {}",
@@ -128,12 +143,48 @@ async fn main() -> anyhow::Result<()> {
         println!("  kubectl --kubeconfig {} get nodes,pods -A -o wide", cluster.api().kubeconfig().display());
         println!("  ip netns list | grep {}", cluster.topology().name());
         println!("  ip netns exec {} ip addr", client.netns.name());
+        println!("  target/debug/weftctl {} status", endpoints.join(" "));
         println!("Press Ctrl-C to tear everything down.");
         tokio::signal::ctrl_c().await?;
     }
     drop(mesh);
     println!("\nTearing down.");
     Ok(())
+}
+
+/// Prints `$ weftctl ARGS` and its output (the endpoint flags left out of the echo).
+fn weftctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<()> {
+    println!("\n$ weftctl {}", args.join(" "));
+    let output = Command::new(apps::binary("weftctl")?).args(endpoints).args(args).output()?;
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    anyhow::ensure!(output.status.success(), "weftctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(())
+}
+
+/// Creates Service `echo` (port 80 → the echo pods' 8080) and returns its virtual IP.
+async fn create_echo_service(client: kube::Client) -> anyhow::Result<std::net::IpAddr> {
+    use k8s_openapi::{
+        api::core::v1::{Service, ServicePort, ServiceSpec},
+        apimachinery::pkg::util::intstr::IntOrString,
+    };
+    let service = Service {
+        metadata: kube::api::ObjectMeta { name: Some("echo".into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), "echo".to_owned())].into()),
+            ports: Some(vec![ServicePort {
+                port: 80,
+                target_port: Some(IntOrString::Int(ECHO_PORT.into())),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = kube::Api::<Service>::namespaced(client, NAMESPACE)
+        .create(&kube::api::PostParams::default(), &service)
+        .await?;
+    let vip = created.spec.and_then(|spec| spec.cluster_ip).context("the Service got no ClusterIP")?;
+    Ok(vip.parse()?)
 }
 
 /// Sends requests from `client` to every server over IPv4 and IPv6 and returns how many
