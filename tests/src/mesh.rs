@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::{
     apps,
+    cluster::Cluster,
     control::ControlPlane,
     process::{Process, merged_output},
     topology::{Node, Pod, Topology},
@@ -178,6 +179,37 @@ impl Mesh {
             setups.push(Setup { node: node.clone(), source, socket, control_flags });
         }
         Ok(Self { processes, monitoring, setups, _dir: dir })
+    }
+
+    /// The mesh as it runs in a cluster: every node's agent enrolls from the API server's
+    /// labels, every proxy takes certificates and configuration from `plane`. Call it on a
+    /// multi-threaded runtime (it waits for the nodes in place).
+    pub async fn start_managed(cluster: &Cluster, plane: &ControlPlane) -> anyhow::Result<Self> {
+        let mut tokens = Vec::new();
+        for node in cluster.topology().nodes() {
+            tokens.push(plane.proxy_token(cluster, node).await?);
+        }
+        let ca = Ca::Control { plane, tokens };
+        let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+        tokio::task::block_in_place(|| Self::start_with(cluster.topology(), &[], &ca, &enrollment))
+    }
+
+    /// `weftctl` flags that reach this mesh: the API server, the control plane's and agents'
+    /// endpoints, and each proxy's node-local admin port inside its node's namespace.
+    pub fn weftctl_flags(&self, cluster: &Cluster, plane: &ControlPlane) -> anyhow::Result<Vec<String>> {
+        let mut flags = vec![
+            "--kubeconfig".to_owned(),
+            cluster.api().kubeconfig().display().to_string(),
+            "--control".to_owned(),
+            format!("http://{}", plane.monitoring()),
+        ];
+        for node in cluster.topology().nodes() {
+            let agent = self.agent_endpoint(node.index).context("agents with Kubernetes enrollment")?;
+            flags.extend(["--agent".to_owned(), format!("{}=http://{agent}", node.name)]);
+            let admin = format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display());
+            flags.extend(["--ztunnel".to_owned(), admin]);
+        }
+        Ok(flags)
     }
 
     /// Kills node `node`'s agent (SIGKILL): capture stays pinned, ztunnel keeps its pods.

@@ -10,12 +10,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use weft_tests::{
-    apps, canary,
-    cluster::Cluster,
-    control::ControlPlane,
-    kubelet::PodTemplate,
-    mesh::{Ca, Enrollment, Member, Mesh},
-    topology::Pod,
+    apps, canary, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh, topology::Pod,
     wire::WireMonitor,
 };
 
@@ -49,20 +44,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         .unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
-    let mut tokens = Vec::new();
-    for node in cluster.topology().nodes() {
-        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
-    }
-    let members = [
-        Member::new(&client, "shop", "cart"),
-        Member::new(&server, "shop", "payments"),
-        Member::new(&loner, "shop", "loner"),
-    ];
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh =
-        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &members, &ca, &enrollment))
-            .unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
     let canary = canary();
     let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
@@ -111,15 +93,9 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
         cluster.add_pod(0, &PodTemplate::new("shop", "server").service_account("server")).await.unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
-    let tokens = vec![plane.proxy_token(&cluster, &cluster.topology().nodes()[0]).await.unwrap()];
     // A third pod, created later: the proxies learn it from the control plane.
     let late_template = PodTemplate::new("shop", "late").service_account("late");
-    let members = [Member::new(&first, "shop", "first"), Member::new(&server, "shop", "server")];
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh =
-        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &members, &ca, &enrollment))
-            .unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     // The mesh is ready once the agent's first snapshot, with both pods, reached ztunnel.
     let proxied = |line: &str, name: &str| {
@@ -193,11 +169,7 @@ async fn a_pod_without_a_findable_netns_is_reported_and_retried_while_the_others
     let ghost_uid = ghost.metadata.uid.unwrap();
     cluster.kubelet().mark_running("shop", "ghost", &["10.244.0.250".parse().unwrap()]).await.unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
-    let tokens = vec![plane.proxy_token(&cluster, &cluster.topology().nodes()[0]).await.unwrap()];
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh =
-        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
 
     // The other pod proceeds; the ghost is retried (two attempts seen), reported once.
     tokio::task::block_in_place(|| {

@@ -7,13 +7,7 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use serde_json::Value;
-use weft_tests::{
-    apps,
-    cluster::Cluster,
-    control::ControlPlane,
-    kubelet::PodTemplate,
-    mesh::{Ca, Enrollment, Mesh},
-};
+use weft_tests::{apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh};
 
 const ECHO_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(20);
@@ -50,26 +44,8 @@ async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
         .unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
-    let mut tokens = Vec::new();
-    for node in cluster.topology().nodes() {
-        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
-    }
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh =
-        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
-    let mut endpoints = vec![
-        "--kubeconfig".to_owned(),
-        cluster.api().kubeconfig().display().to_string(),
-        "--control".to_owned(),
-        format!("http://{}", plane.monitoring()),
-    ];
-    for node in cluster.topology().nodes() {
-        endpoints.push("--agent".into());
-        endpoints.push(format!("{}=http://{}", node.name, mesh.agent_endpoint(node.index).unwrap()));
-        endpoints.push("--ztunnel".into());
-        endpoints.push(format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display()));
-    }
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let endpoints = mesh.weftctl_flags(&cluster, &plane).unwrap();
 
     // Enroll: the label is set; both running pods join.
     let (ok, table) = tokio::task::block_in_place(|| weftctl(&endpoints, &["enroll", "shop"]));

@@ -17,13 +17,7 @@ use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use weft_tests::{
-    apps,
-    cluster::Cluster,
-    control::ControlPlane,
-    kubelet::PodTemplate,
-    mesh::{Ca, Enrollment, Mesh},
-};
+use weft_tests::{apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh};
 
 const ECHO_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
@@ -74,14 +68,7 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         .unwrap();
     let vip: IpAddr = created.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
     let plane = ControlPlane::start(&cluster).await.unwrap();
-    let mut tokens = Vec::new();
-    for node in cluster.topology().nodes() {
-        tokens.push(plane.proxy_token(&cluster, node).await.unwrap());
-    }
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh =
-        tokio::task::block_in_place(|| Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)).unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
     let node0 = cluster.topology().nodes()[0].netns.clone();
     let to = SocketAddr::new(vip, SERVICE_PORT);
     let backends: BTreeSet<String> = [&web1, &web2].iter().map(|pod| pod.ipv4.to_string()).collect();

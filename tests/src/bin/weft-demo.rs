@@ -14,7 +14,7 @@ use weft_tests::{
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
-    mesh::{Ca, Enrollment, Member, Mesh},
+    mesh::{Member, Mesh},
     topology::Pod,
     wire::WireMonitor,
 };
@@ -65,26 +65,9 @@ async fn main() -> anyhow::Result<()> {
     println!("(eBPF capture, pod handoff, watching the API server) and weft-ztunnel (config and");
     println!("certificates from weft-control)...");
     let mut plane = ControlPlane::start(&cluster).await?;
-    let mut tokens = Vec::new();
-    for node in cluster.topology().nodes() {
-        tokens.push(plane.proxy_token(&cluster, node).await?);
-    }
     let members = [Member::new(&client, NAMESPACE, "client"), Member::new(&server_remote, NAMESPACE, "echo")];
-    let ca = Ca::Control { plane: &plane, tokens };
-    let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-    let mut mesh = Mesh::start_with(cluster.topology(), &[], &ca, &enrollment)?;
-    let mut endpoints = vec![
-        "--kubeconfig".to_owned(),
-        cluster.api().kubeconfig().display().to_string(),
-        "--control".to_owned(),
-        format!("http://{}", plane.monitoring()),
-    ];
-    for node in cluster.topology().nodes() {
-        let agent = mesh.agent_endpoint(node.index).context("agent endpoint")?;
-        endpoints.extend(["--agent".to_owned(), format!("{}=http://{agent}", node.name)]);
-        let admin = format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display());
-        endpoints.extend(["--ztunnel".to_owned(), admin]);
-    }
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await?;
+    let endpoints = mesh.weftctl_flags(&cluster, &plane)?;
     weftctl(&endpoints, &["enroll", NAMESPACE])?;
     for (node, mut names) in [(0, vec!["client", "echo-0"]), (1, vec!["echo-1"])] {
         // In whatever order the agent enrolls them.
