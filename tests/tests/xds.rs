@@ -1,5 +1,5 @@
 //! The control plane's delta xDS against the real API server: what a node proxy is told follows
-//! namespace labels, pods and services; acks, nacks, resumed and fresh reconnects; no token, no
+//! namespace labels, pod addresses, pods and services; acks, nacks, resumed and fresh reconnects; no token, no
 //! stream.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
@@ -49,6 +49,16 @@ async fn proxies_follow_labels_pods_and_services_and_resume_after_reconnects() {
         let cart = workload(&proxy.held, "cart").unwrap();
         assert_eq!((cart.namespace.as_str(), cart.service_account.as_str()), ("shop", "cart"));
         assert_eq!(cart.node, "node0");
+    });
+
+    // The pod's address changes (a status update): the same workload, the new address only.
+    cluster.kubelet().mark_running("shop", "cart", &["10.244.0.222".parse().unwrap()]).await.unwrap();
+    tokio::task::block_in_place(|| {
+        proxy
+            .until("the new address", WAIT, |held| {
+                workload(held, "cart").is_some_and(|cart| cart.addresses == [vec![10, 244, 0, 222]])
+            })
+            .unwrap();
     });
 
     // Label the namespace: both are tunnelled.
