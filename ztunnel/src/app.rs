@@ -151,6 +151,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         pods: std::sync::RwLock::default(),
     });
     let mut endpoints = tokio::task::JoinSet::new();
+    // Certificates renew at half-life whether or not traffic asks for them.
+    endpoints.spawn(context.identities.clone().refresh());
     let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
     for (what, addr) in [
         ("metrics", config.admin.metrics),
