@@ -24,7 +24,7 @@ mod inbound;
 mod outbound;
 mod pool;
 
-pub use pool::Pool;
+pub use pool::{Pool, Tunnel};
 
 /// What plaintext from outside the mesh may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

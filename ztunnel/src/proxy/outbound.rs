@@ -129,8 +129,8 @@ async fn proxy(
             Route::Tunnel(workload, addr) => {
                 let cert = context.identities.fetch(&source).await?;
                 let expected = workload.identity(&context.trust_domain);
-                let mut stream = match context.pool.open(netns, &cert, &expected, addr, peer).await {
-                    Ok(stream) => stream,
+                let mut tunnel = match context.pool.open(netns, &cert, &expected, addr, peer).await {
+                    Ok(tunnel) => tunnel,
                     Err(error) => {
                         tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
                         last_error = Some(Error::Tunnel(error));
@@ -144,7 +144,7 @@ async fn proxy(
                     true,
                 );
                 context.metrics.opened(&labels);
-                let relayed = hbone::relay(&mut client, &mut stream).await;
+                let relayed = hbone::relay(&mut client, &mut tunnel.stream).await;
                 let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
                 context.metrics.closed(&labels, sent, received);
                 relayed?;

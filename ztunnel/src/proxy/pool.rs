@@ -1,26 +1,58 @@
 //! HBONE connections for reuse, keyed by (source identity, destination identity, destination
-//! IP): a new proxied connection opens a stream on the pooled connection, and only the first
-//! pays for TCP, TLS and HTTP/2 handshakes. A connection the peer closed is replaced.
+//! IP, source pod IP): a new proxied connection opens a stream on a pooled connection, and only
+//! the first pays for TCP, TLS and HTTP/2 handshakes. A connection carries at most
+//! [`MAX_STREAMS`] streams at once; under more load the pool opens another to the same peer, so
+//! one TCP connection's window and one core's TLS never cap a busy pair. A connection the peer
+//! closed (or sent GOAWAY on) is replaced.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use super::connect_in;
 use crate::{
-    hbone::{self, client::Connection},
+    hbone::{
+        self,
+        client::{Connection, MAX_STREAMS},
+    },
     identity::Identity,
     inpod::netns::Netns,
     tls::{self, WorkloadCert},
 };
 
-type Key = (Identity, Identity, IpAddr);
+type Key = (Identity, Identity, IpAddr, IpAddr);
+
+/// A pooled connection and how many of its streams are open.
+#[derive(Debug)]
+struct Pooled {
+    connection: Connection,
+    active: Arc<AtomicUsize>,
+}
 
 /// The node's HBONE connection pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    connections: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Option<Connection>>>>>,
+    connections: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Pooled>>>>>,
+}
+
+/// An open stream through the pool; its connection counts it until it drops.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub stream: hbone::Stream,
+    _active: Active,
+}
+
+#[derive(Debug)]
+struct Active(Arc<AtomicUsize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Pool {
@@ -33,30 +65,50 @@ impl Pool {
         expected: &Identity,
         target: SocketAddr,
         source: SocketAddr,
-    ) -> Result<hbone::Stream, hbone::client::Error> {
-        let key = (cert.identity.clone(), expected.clone(), target.ip());
+    ) -> Result<Tunnel, hbone::client::Error> {
+        let key = (cert.identity.clone(), expected.clone(), target.ip(), source.ip().to_canonical());
         let slot = self.connections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
-        // One attempt on the pooled connection, and one on a fresh one if that was dead.
+        // One attempt on a pooled connection, and one on a fresh one if that was dead.
         for fresh in [false, true] {
-            let connection = {
-                let mut slot = slot.lock().await;
-                match slot.as_ref() {
-                    Some(connection) if !fresh => connection.clone(),
-                    _ => {
+            let (connection, active) = {
+                let mut pooled = slot.lock().await;
+                let reusable = pooled
+                    .iter()
+                    .find(|pooled| !fresh && pooled.active.load(Ordering::Acquire) < MAX_STREAMS);
+                let (connection, active) = match reusable {
+                    Some(pooled) => (pooled.connection.clone(), pooled.active.clone()),
+                    None => {
                         let connection = connect(netns, cert, expected, target.ip()).await?;
-                        *slot = Some(connection.clone());
-                        connection
+                        let active = Arc::new(AtomicUsize::new(0));
+                        pooled.push(Pooled { connection: connection.clone(), active: active.clone() });
+                        (connection, active)
                     }
-                }
+                };
+                // Counted before the lock goes, so concurrent openers see it.
+                active.fetch_add(1, Ordering::AcqRel);
+                (connection, Active(active))
             };
             match connection.open(target, source).await {
+                Ok(stream) => return Ok(Tunnel { stream, _active: active }),
                 Err(hbone::client::Error::Http2(error)) if !fresh => {
                     tracing::debug!(%error, "pooled HBONE connection unusable; reconnecting");
+                    slot.lock().await.retain(|pooled| !Arc::ptr_eq(&pooled.active, &active.0));
                 }
-                result => return result,
+                Err(error) => return Err(error),
             }
         }
         unreachable!("the second attempt always returns")
+    }
+
+    /// How many connections the pool holds (for tests and the admin endpoint).
+    pub async fn connections(&self) -> usize {
+        let slots: Vec<_> =
+            self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut count = 0;
+        for slot in slots {
+            count += slot.lock().await.len();
+        }
+        count
     }
 }
 
