@@ -78,8 +78,24 @@ pub enum Error {
 struct Endpoints(Arc<Context>);
 
 impl weft_api::admin::Source for Endpoints {
+    /// The proxy's metrics, and each held certificate's expiry (computed at scrape time).
     fn metrics(&self) -> String {
-        self.0.metrics.encode()
+        let mut text = self.0.metrics.encode();
+        let certs = self.0.identities.summary();
+        // The registry's text ends with "# EOF"; the gauge goes before it.
+        if let Some(end) = text.rfind("# EOF") {
+            text.truncate(end);
+        }
+        text.push_str("# HELP weft_certificate_expiration_timestamp_seconds When each held workload certificate expires.\n");
+        text.push_str("# TYPE weft_certificate_expiration_timestamp_seconds gauge\n");
+        for cert in certs {
+            text.push_str(&format!(
+                "weft_certificate_expiration_timestamp_seconds{{identity=\"{}\"}} {}\n",
+                cert.identity, cert.not_after
+            ));
+        }
+        text.push_str("# EOF\n");
+        text
     }
 
     /// Ready once the agent's snapshot is served and the configuration complete.
@@ -136,14 +152,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
         CaConfig::DevFiles(dir) => Arc::new(FileCa::load(dir)?),
     };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let context = Arc::new(Context {
         trust_domain: config.trust_domain.clone(),
         state,
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
-        pool: Pool::default(),
+        pool: Pool::new(metrics.clone()),
         plaintext: config.plaintext,
         bpffs_root: config.bpffs_root.clone(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics,
         ready: std::sync::atomic::AtomicBool::new(false),
         drain: tokio::sync::watch::Sender::new(false),
         listeners: tokio::sync::watch::Sender::new(0),

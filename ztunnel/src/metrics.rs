@@ -1,9 +1,11 @@
 //! Prometheus metrics of proxied connections, named and labelled like Istio's TCP metrics so
 //! existing dashboards translate (`weft_tcp_connections_opened_total`, …, labelled by reporter,
 //! source and destination workload and principal).
+use std::time::Duration;
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
-    metrics::{counter::Counter, family::Family},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -40,6 +42,16 @@ pub struct ConnectionLabels {
     pub connection_security_policy: String,
 }
 
+/// Which side of a TLS handshake this proxy was.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub reporter: Reporter,
+}
+
+/// Handshake latency buckets, seconds: 0.5 ms to 2.5 s.
+const HANDSHAKE_BUCKETS: [f64; 12] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
 /// The proxy's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -48,6 +60,7 @@ pub struct Metrics {
     closed: Family<ConnectionLabels, Counter>,
     sent: Family<ConnectionLabels, Counter>,
     received: Family<ConnectionLabels, Counter>,
+    handshakes: Family<HandshakeLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -59,7 +72,15 @@ impl Default for Metrics {
         registry.register("tcp_connections_closed", "Proxied TCP connections closed", closed.clone());
         registry.register("tcp_sent_bytes", "Bytes sent by the source, per connection end", sent.clone());
         registry.register("tcp_received_bytes", "Bytes received by the source", received.clone());
-        Self { registry, opened, closed, sent, received }
+        let handshakes = Family::<HandshakeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(HANDSHAKE_BUCKETS.iter().copied())
+        });
+        registry.register(
+            "tls_handshake_seconds",
+            "HBONE connection setup time (source: TCP, mTLS and HTTP/2 from the client end; destination: the mTLS handshake at the server end)",
+            handshakes.clone(),
+        );
+        Self { registry, opened, closed, sent, received, handshakes }
     }
 }
 
@@ -73,6 +94,11 @@ impl Metrics {
         self.closed.get_or_create(labels).inc();
         self.sent.get_or_create(labels).inc_by(sent);
         self.received.get_or_create(labels).inc_by(received);
+    }
+
+    /// An HBONE connection's mTLS handshake took `took`.
+    pub fn handshake(&self, reporter: Reporter, took: Duration) {
+        self.handshakes.get_or_create(&HandshakeLabels { reporter }).observe(took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

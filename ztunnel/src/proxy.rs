@@ -46,7 +46,7 @@ pub struct Context {
     pub plaintext: InboundPlaintext,
     /// Where the datapath is pinned, to register inbound listeners; `None` without capture.
     pub bpffs_root: Option<PathBuf>,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the agent's first snapshot has been applied.
     pub ready: std::sync::atomic::AtomicBool,
     /// Turns true when the proxy drains: listeners close, open connections run to their end.

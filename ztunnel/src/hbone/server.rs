@@ -65,6 +65,9 @@ pub trait Handler: Send + Sync + 'static {
     /// A connected stream ended; `sent` bytes went upstream, `received` came back.
     fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
 
+    /// The client's TLS handshake completed after `took`.
+    fn tls_established(&self, _took: Duration) {}
+
     /// Turns true when the proxy drains: the connection then says GOAWAY (clients open new
     /// streams elsewhere) and ends once its open streams have.
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
@@ -136,10 +139,12 @@ pub async fn serve_connection<H: Handler>(
     acceptor: TlsAcceptor,
     handler: Arc<H>,
 ) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Tls)?;
+    handler.tls_established(started.elapsed());
     let peer = tls::peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::Identity)?;
     let mut connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)

@@ -128,6 +128,10 @@ impl Handler for Delivery {
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         Some(self.context.drain.subscribe())
     }
+
+    fn tls_established(&self, took: std::time::Duration) {
+        self.context.metrics.handshake(Reporter::Destination, took);
+    }
 }
 
 /// Plaintext from outside the mesh, captured to 15006: delivered in PERMISSIVE, closed in STRICT.

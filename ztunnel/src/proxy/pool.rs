@@ -37,6 +37,7 @@ struct Pooled {
 #[derive(Debug, Default)]
 pub struct Pool {
     connections: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Pooled>>>>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An open stream through the pool; its connection counts it until it drops.
@@ -56,6 +57,11 @@ impl Drop for Active {
 }
 
 impl Pool {
+    /// A pool that reports handshake times to `metrics`.
+    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self { connections: Mutex::default(), metrics }
+    }
+
     /// Opens a stream to `target` (a meshed workload proving `expected`) on behalf of the
     /// workload holding `cert`, whose connection came from `source`.
     pub async fn open(
@@ -78,7 +84,9 @@ impl Pool {
                 let (connection, active) = match reusable {
                     Some(pooled) => (pooled.connection.clone(), pooled.active.clone()),
                     None => {
+                        let started = std::time::Instant::now();
                         let connection = connect(netns, cert, expected, target.ip()).await?;
+                        self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
                         let active = Arc::new(AtomicUsize::new(0));
                         pooled.push(Pooled { connection: connection.clone(), active: active.clone() });
                         (connection, active)
