@@ -43,6 +43,10 @@ struct Args {
     /// Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
+    /// Worker threads; by default as many as the CPUs this process may use — the cgroup's CPU
+    /// quota (a pod's CPU limit) included.
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Workload certificate lifetime, in seconds.
     #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     cert_ttl_seconds: u64,
@@ -87,7 +91,13 @@ fn main() -> anyhow::Result<()> {
         drain: Duration::from_secs(args.drain_seconds),
         admin: weft_api::admin::Addresses::default(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // std's count honours cgroup v2 `cpu.max` and the affinity mask.
+    let workers = args
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        .max(1);
+    tracing::info!(workers, "worker threads");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
