@@ -312,3 +312,153 @@ async fn a_rapid_reset_client_is_cut_off_and_a_well_behaved_one_is_not() {
     stream.read_to_end(&mut back).await.unwrap();
     assert_eq!(back, b"still fine");
 }
+
+/// HTTP/2 frames written by hand, for abuse the h2 client refuses to produce.
+mod raw {
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    pub const HEADERS: u8 = 0x1;
+    pub const SETTINGS: u8 = 0x4;
+    pub const CONTINUATION: u8 = 0x9;
+    pub const END_HEADERS: u8 = 0x4;
+
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut frame = len.to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    }
+
+    /// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
+    fn integer(value: usize, n: u32, first: u8, out: &mut Vec<u8>) {
+        let max = (1usize << n) - 1;
+        if value < max {
+            out.push(first | u8::try_from(value).unwrap());
+            return;
+        }
+        out.push(first | u8::try_from(max).unwrap());
+        let mut rest = value - max;
+        while rest >= 128 {
+            out.push(u8::try_from(rest % 128).unwrap() | 0x80);
+            rest /= 128;
+        }
+        out.push(u8::try_from(rest).unwrap());
+    }
+
+    /// A literal header field without indexing, new name (RFC 7541 §6.2.2).
+    pub fn literal(name: &str, value: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.push(0x00);
+        integer(name.len(), 7, 0, &mut out);
+        out.extend(name.as_bytes());
+        integer(value.len(), 7, 0, &mut out);
+        out.extend(value.as_bytes());
+        out
+    }
+
+    /// The pseudo-headers of a CONNECT to `authority`.
+    pub fn connect(authority: &str) -> Vec<u8> {
+        [literal(":method", "CONNECT"), literal(":authority", authority)].concat()
+    }
+}
+
+/// Writes `frames` until the server stops reading or closes; returns the bytes it took.
+async fn flood(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    mut frames: impl FnMut(usize) -> Vec<u8>,
+    limit: usize,
+) -> usize {
+    let mut written = 0;
+    let mut index = 0;
+    while written < limit {
+        let bytes = frames(index);
+        index += 1;
+        match tokio::time::timeout(Duration::from_secs(5), tls.write_all(&bytes)).await {
+            Ok(Ok(())) => written += bytes.len(),
+            _ => break,
+        }
+    }
+    written
+}
+
+async fn raw_tls(server: SocketAddr, cert: &WorkloadCert) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(server).await.unwrap();
+    let mut tls = TlsConnector::from(tls::client_config(cert, &server_id()).unwrap())
+        .connect(tls::unused_server_name(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(raw::PREFACE).await.unwrap();
+    tls.write_all(&raw::frame(raw::SETTINGS, 0, 0, &[])).await.unwrap();
+    tls
+}
+
+/// A good client's round trip through `server` to `upstream`.
+async fn round_trip(server: SocketAddr, ca: &TestCa, upstream: SocketAddr) {
+    let good = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let mut stream = good.open(upstream, "10.0.0.1:1".parse().unwrap()).await.unwrap();
+    stream.write_all(b"still fine").await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"still fine");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuation_flood_and_oversized_headers_are_cut_off_and_others_keep_working() {
+    const FLOOD: usize = 64 << 20;
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler.clone()).await;
+    let (upstream, upstream_accepts) = echo_upstream().await;
+    let abuser = ca.issue(&Identity::new(TD, "shop", "abuser"));
+
+    // CONTINUATION flood: a header block that never ends, 16 KiB of new header names a frame.
+    let mut tls = raw_tls(server, &abuser).await;
+    let authority = upstream.to_string();
+    let taken = flood(
+        &mut tls,
+        |index| match index {
+            0 => raw::frame(raw::HEADERS, 0, 1, &raw::connect(&authority)),
+            n => {
+                let block: Vec<u8> =
+                    (0..64).flat_map(|i| raw::literal(&format!("x-{n}-{i}"), &"v".repeat(240))).collect();
+                raw::frame(raw::CONTINUATION, 0, 1, &block)
+            }
+        },
+        FLOOD,
+    )
+    .await;
+    eprintln!("continuation flood: the server stopped after {taken} bytes");
+    assert!(taken < FLOOD / 4, "the server kept reading a never-ending header block ({taken} bytes)");
+    round_trip(server, &ca, upstream).await;
+
+    // Oversized decoded headers in one complete block: refused, never connected upstream.
+    let before = upstream_accepts.load(Ordering::SeqCst);
+    let mut tls = raw_tls(server, &abuser).await;
+    let huge: Vec<u8> = [
+        raw::connect(&authority),
+        raw::literal("x-huge", &"h".repeat(15_000)),
+        raw::literal("x-more", &"m".repeat(15_000)),
+    ]
+    .concat();
+    let mut frames = vec![raw::frame(raw::HEADERS, 0, 1, &huge[..16_000])];
+    frames.push(raw::frame(raw::CONTINUATION, raw::END_HEADERS, 1, &huge[16_000..]));
+    for frame in frames {
+        let _ = tls.write_all(&frame).await;
+    }
+    // Whatever the server answers (a reset, a 431, GOAWAY), it never connects upstream.
+    let mut answer = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(2), tls.read(&mut answer)).await;
+    round_trip(server, &ca, upstream).await;
+    assert_eq!(
+        upstream_accepts.load(Ordering::SeqCst),
+        before + 1,
+        "only the good client reached the upstream"
+    );
+    let seen = handler.seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|request| request.peer != Identity::new(TD, "shop", "abuser")),
+        "an abuser's stream reached the handler"
+    );
+}
