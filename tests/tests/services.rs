@@ -96,5 +96,10 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         }
         let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
         assert_eq!(seen, BTreeSet::from([web1.ipv4.to_string()]));
+        // The destination's proxy counted the refused attempts on the stopped endpoint.
+        let node1 = &cluster.topology().nodes()[1].netns;
+        let metrics = apps::http_get(node1, 15020, "/metrics").unwrap();
+        let failed = "weft_tcp_connections_failed_total{reporter=\"destination\",reason=\"upstream\"}";
+        assert!(metrics.contains(failed), "{metrics}");
     });
 }

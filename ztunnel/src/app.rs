@@ -121,6 +121,8 @@ impl weft_api::admin::Source for Endpoints {
             "ready": self.ready(),
             "pods": pods,
             "certificates": self.0.identities.summary(),
+            // L4 authorization is not enforced yet: no policies are held.
+            "policies": [],
             "mesh": self.0.state.dump(),
         })
         .to_string()

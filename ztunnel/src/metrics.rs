@@ -48,6 +48,13 @@ pub struct HandshakeLabels {
     pub reporter: Reporter,
 }
 
+/// Why a connection failed, by which end.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub reporter: Reporter,
+    pub reason: String,
+}
+
 /// Handshake latency buckets, seconds: 0.5 ms to 2.5 s.
 const HANDSHAKE_BUCKETS: [f64; 12] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
@@ -61,6 +68,7 @@ pub struct Metrics {
     sent: Family<ConnectionLabels, Counter>,
     received: Family<ConnectionLabels, Counter>,
     handshakes: Family<HandshakeLabels, Histogram>,
+    failed: Family<FailureLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,7 +88,13 @@ impl Default for Metrics {
             "HBONE connection setup time (source: TCP, mTLS and HTTP/2 from the client end; destination: the mTLS handshake at the server end)",
             handshakes.clone(),
         );
-        Self { registry, opened, closed, sent, received, handshakes }
+        let failed = Family::default();
+        registry.register(
+            "tcp_connections_failed",
+            "Connections the proxy could not carry (or that broke), by end and reason",
+            failed.clone(),
+        );
+        Self { registry, opened, closed, sent, received, handshakes, failed }
     }
 }
 
@@ -94,6 +108,11 @@ impl Metrics {
         self.closed.get_or_create(labels).inc();
         self.sent.get_or_create(labels).inc_by(sent);
         self.received.get_or_create(labels).inc_by(received);
+    }
+
+    /// A connection failed at `reporter`'s end for `reason`.
+    pub fn failed(&self, reporter: Reporter, reason: &str) {
+        self.failed.get_or_create(&FailureLabels { reporter, reason: reason.to_owned() }).inc();
     }
 
     /// An HBONE connection's mTLS handshake took `took`.

@@ -46,7 +46,8 @@ pub async fn serve_hbone(
                     };
                     let handler = handler.clone();
                     connections.spawn(async move {
-                        if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler).await {
+                        if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
+                            handler.context.metrics.failed(Reporter::Destination, "hbone_connection");
                             tracing::info!(%peer, %error, "HBONE connection failed");
                         }
                     });
@@ -105,15 +106,18 @@ impl Handler for Delivery {
     async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
         let target = canonical(request.target);
         if !self.addresses.contains(&target.ip()) {
+            self.context.metrics.failed(Reporter::Destination, "wrong_pod");
             return Err(Refusal::BadRequest(format!("{target} is not this pod")));
         }
         if is_proxy_port(target.port()) {
+            self.context.metrics.failed(Reporter::Destination, "proxy_port");
             return Err(Refusal::BadRequest(format!("{target} is the proxy's own port")));
         }
         tracing::debug!(peer = %request.peer, %target, "inbound HBONE stream");
-        let upstream = connect_in(&self.netns, target)
-            .await
-            .map_err(|error| Refusal::Unavailable(format!("{target}: {error}")))?;
+        let upstream = connect_in(&self.netns, target).await.map_err(|error| {
+            self.context.metrics.failed(Reporter::Destination, "upstream");
+            Refusal::Unavailable(format!("{target}: {error}"))
+        })?;
         self.context.metrics.opened(&self.labels(&request));
         Ok(upstream)
     }

@@ -32,6 +32,7 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, 
                     let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
                     connections.spawn(async move {
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
+                            context.metrics.failed(Reporter::Source, error.reason());
                             tracing::info!(pod = %pod.uid, %peer, %error, "outbound connection failed");
                         }
                     });
@@ -61,6 +62,21 @@ enum Error {
     Tunnel(#[from] hbone::client::Error),
     #[error("upstream")]
     Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The `reason` label of the failure metric.
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::OriginalDst(_) => "no_original_destination",
+            Error::NotSynced => "no_config",
+            Error::NoSuchPort { .. } => "no_such_port",
+            Error::NoEndpoints(_) => "no_endpoints",
+            Error::Certificate(_) => "certificate",
+            Error::Tunnel(_) => "tunnel",
+            Error::Io(_) => "upstream",
+        }
+    }
 }
 
 /// Where a connection may go.
