@@ -43,6 +43,8 @@ enum Command {
     Services,
     /// Certificates held by each node's proxy: identity, serial, expiry.
     Certs,
+    /// Connections open now, per node: pod, identities, target, age, bytes so far.
+    Connections,
     /// Why a pod is (or is not) in the mesh: label, configuration, capture, proxy, certificate.
     Check {
         /// `namespace/name` (or `name` in `default`).
@@ -142,6 +144,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Certs => {
             render(&mesh.certs().await?, format, &["node", "identity", "serial", "expires_in"])?
         }
+        Command::Connections => render(
+            &mesh.connections().await?,
+            format,
+            &["node", "pod", "source", "destination", "target", "age", "sent", "received"],
+        )?,
         Command::Check { pod } => {
             let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
             let findings = mesh.check(namespace, name).await?;

@@ -169,6 +169,27 @@ impl Mesh {
         Ok(Value::Array(rows))
     }
 
+    /// The connections each node's proxy carries now (outbound, as the source's proxy sees them).
+    pub async fn connections(&self) -> anyhow::Result<Value> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+        let mut rows = Vec::new();
+        for node in &self.nodes {
+            let Some(ztunnel) = &node.ztunnel else { continue };
+            let dump = self.json(ztunnel, "/config_dump").await?;
+            for open in dump["connections"].as_array().into_iter().flatten() {
+                let mut row = open.clone();
+                row["node"] = json!(node.name);
+                row["age"] = json!(human(now.saturating_sub(open["since"].as_u64().unwrap_or(now))));
+                rows.push(row);
+            }
+        }
+        anyhow::ensure!(
+            self.nodes.iter().any(|node| node.ztunnel.is_some()),
+            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
+        );
+        Ok(Value::Array(rows))
+    }
+
     /// Why pod `namespace/name` is or is not in the mesh, one finding per step.
     pub async fn check(&self, namespace: &str, name: &str) -> anyhow::Result<Value> {
         let client = self.client.as_ref().context("check needs the Kubernetes API (--kubeconfig)")?;

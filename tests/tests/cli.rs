@@ -90,6 +90,16 @@ async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
             certs.lines().find(|line| line.contains("spiffe://cluster.local/ns/shop/sa/cart")).unwrap();
         assert!(cart.starts_with("node0"), "{certs}");
 
+        // An open connection shows, with its identities and the bytes so far.
+        let mut chat = apps::Chat::open(&client, SocketAddr::new(server.ipv4.into(), ECHO_PORT)).unwrap();
+        assert_eq!(chat.say("twelve bytes").unwrap(), "twelve bytes");
+        let connections = json(&endpoints, &["connections"]);
+        let open = connections.as_array().unwrap().iter().find(|open| open["pod"] == "shop/client").unwrap();
+        assert_eq!(open["node"], "node0");
+        assert_eq!(open["destination"], "spiffe://cluster.local/ns/shop/sa/payments");
+        assert_eq!((open["sent"].as_u64(), open["received"].as_u64()), (Some(12), Some(12)), "twelve bytes each way: {open}");
+        drop(chat);
+
         let (ok, check) = weftctl(&endpoints, &["check", "shop/client"]);
         assert!(ok, "every check should pass for an enrolled pod:\n{check}");
         for step in ["labelled", "configured", "captured", "proxied", "certificate"] {

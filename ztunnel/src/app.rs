@@ -121,6 +121,7 @@ impl weft_api::admin::Source for Endpoints {
             "ready": self.ready(),
             "pods": pods,
             "certificates": self.0.identities.summary(),
+            "connections": self.0.live.dump().iter().map(|open| serde_json::to_value(&**open).unwrap_or_default()).collect::<Vec<_>>(),
             // L4 authorization is not enforced yet: no policies are held.
             "policies": [],
             "mesh": self.0.state.dump(),
@@ -167,6 +168,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         drain: tokio::sync::watch::Sender::new(false),
         listeners: tokio::sync::watch::Sender::new(0),
         round_robin: std::sync::atomic::AtomicUsize::new(0),
+        live: crate::proxy::live::Live::default(),
         pods: std::sync::RwLock::default(),
     });
     let mut endpoints = tokio::task::JoinSet::new();

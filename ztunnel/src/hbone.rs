@@ -126,7 +126,10 @@ impl AsyncWrite for Stream {
 /// directions end. EOF becomes END_STREAM (and back); an error or reset on either side resets
 /// the other (RST_STREAM, or a TCP RST through a zero linger). Returns (bytes from TCP to the
 /// stream, bytes from the stream to TCP).
-pub async fn relay(tcp: &mut tokio::net::TcpStream, stream: &mut Stream) -> io::Result<(u64, u64)> {
+pub async fn relay<T>(tcp: &mut T, stream: &mut Stream) -> io::Result<(u64, u64)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::os::fd::AsFd,
+{
     const BUFFER: usize = 64 * 1024;
     match tokio::io::copy_bidirectional_with_sizes(tcp, stream, BUFFER, BUFFER).await {
         Ok(counts) => Ok(counts),

@@ -21,6 +21,7 @@ use crate::{
 };
 
 mod inbound;
+pub mod live;
 mod outbound;
 mod pool;
 
@@ -53,6 +54,8 @@ pub struct Context {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// How many in-pod listeners are open (so a drain knows when they all closed).
     pub listeners: tokio::sync::watch::Sender<usize>,
+    /// The connections open now (outbound, as the source's proxy sees them).
+    pub live: live::Live,
     /// Spreads connections to a service over its endpoints.
     pub round_robin: std::sync::atomic::AtomicUsize,
     /// The pods being served, for the admin endpoint.

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Context, Pod, canonical, connect_in, original_dst};
+use super::{Context, Pod, canonical, connect_in, live::Counted, original_dst};
 use crate::{
     hbone::{self, server::drained},
     inpod::netns::Netns,
@@ -160,7 +160,14 @@ async fn proxy(
                     true,
                 );
                 context.metrics.opened(&labels);
-                let relayed = hbone::relay(&mut client, &mut tunnel.stream).await;
+                let live = context.live.register(
+                    format!("{}/{}", pod.namespace, pod.name),
+                    source.to_string(),
+                    expected.to_string(),
+                    target,
+                );
+                let mut counted = Counted::new(&mut client, live.connection.clone());
+                let relayed = hbone::relay(&mut counted, &mut tunnel.stream).await;
                 let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
@@ -178,7 +185,14 @@ async fn proxy(
                 let labels =
                     context.labels(Reporter::Source, Some((&pod.name, &pod.namespace, &source)), None, false);
                 context.metrics.opened(&labels);
-                let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                let live = context.live.register(
+                    format!("{}/{}", pod.namespace, pod.name),
+                    source.to_string(),
+                    "-".to_owned(),
+                    target,
+                );
+                let mut counted = Counted::new(&mut client, live.connection.clone());
+                let relayed = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await;
                 let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
