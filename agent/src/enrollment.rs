@@ -1,18 +1,13 @@
-//! Which pods this node captures: labelled into the mesh (`weft_api::enrollment`), and never
-//! host-network pods, pods not running with an address, or pods being deleted.
+//! Which pods this node captures: `weft_api::enrollment`'s rule applied to Pod objects.
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use weft_api::enrollment::labelled;
+use weft_api::enrollment::{PodState, labelled};
 
 /// Whether `pod` (in `namespace`, if known) belongs in the mesh now.
 pub fn wanted(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     if !labelled(pod.metadata.labels.as_ref(), namespace.and_then(|ns| ns.metadata.labels.as_ref())) {
         return false;
     }
-    let host_network = pod.spec.as_ref().and_then(|spec| spec.host_network).unwrap_or(false);
-    let status = pod.status.as_ref();
-    let running = status.and_then(|status| status.phase.as_deref()) == Some("Running");
-    let has_ip = status.and_then(|status| status.pod_ip.as_ref()).is_some();
-    !host_network && running && has_ip && pod.metadata.deletion_timestamp.is_none()
+    PodState::of(pod).capturable()
 }
 
 #[cfg(test)]

@@ -80,7 +80,11 @@ pub async fn run<C: Capture>(
     let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client)));
     let monitoring = tokio::net::TcpListener::bind(config.monitoring).await?;
     tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
-    let _monitor = AbortOnDrop(tokio::spawn(weft_api::admin::serve(monitoring, status.clone())));
+    let _monitor = AbortOnDrop(tokio::spawn(weft_api::admin::serve(
+        monitoring,
+        status.clone(),
+        weft_api::admin::Endpoints::ALL,
+    )));
     let server = handoff::Server::bind(&config.zds_socket)?;
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);

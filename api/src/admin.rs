@@ -20,20 +20,39 @@ pub trait Source: Send + Sync + 'static {
     fn config_dump(&self) -> String;
 }
 
-/// Serves `listener` until dropped.
-pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
+/// Which endpoints a listener answers; the others are 404 there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoints {
+    pub metrics: bool,
+    pub ready: bool,
+    pub config_dump: bool,
+}
+
+impl Endpoints {
+    pub const ALL: Self = Self { metrics: true, ready: true, config_dump: true };
+    pub const METRICS: Self = Self { metrics: true, ready: false, config_dump: false };
+    pub const READY: Self = Self { metrics: false, ready: true, config_dump: false };
+    pub const CONFIG_DUMP: Self = Self { metrics: false, ready: false, config_dump: true };
+}
+
+/// Serves `endpoints` of `source` on `listener` until dropped.
+pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, endpoints: Endpoints) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else {
+                    // Out of descriptors or the like: don't spin on it.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
                 let source = source.clone();
                 connections.spawn(async move {
                     let mut request = [0u8; 2048];
                     let Ok(Ok(len)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut request)).await else {
                         return;
                     };
-                    let (status, content_type, body) = respond(&request[..len], source.as_ref());
+                    let (status, content_type, body) = respond(&request[..len], source.as_ref(), endpoints);
                     let head = format!(
                         "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                         body.len()
@@ -48,7 +67,11 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>) {
     }
 }
 
-fn respond(request: &[u8], source: &dyn Source) -> (&'static str, &'static str, String) {
+fn respond(
+    request: &[u8],
+    source: &dyn Source,
+    endpoints: Endpoints,
+) -> (&'static str, &'static str, String) {
     let line =
         String::from_utf8_lossy(request.split(|b| *b == b'\r').next().unwrap_or_default()).into_owned();
     let mut parts = line.split(' ');
@@ -57,10 +80,14 @@ fn respond(request: &[u8], source: &dyn Source) -> (&'static str, &'static str, 
         return ("405 Method Not Allowed", "text/plain", "GET only\n".into());
     }
     match path {
-        "/metrics" | "/stats/prometheus" => ("200 OK", "text/plain; version=0.0.4", source.metrics()),
-        "/healthz/ready" if source.ready() => ("200 OK", "text/plain", "ready\n".into()),
-        "/healthz/ready" => ("503 Service Unavailable", "text/plain", "not ready\n".into()),
-        "/config_dump" => ("200 OK", "application/json", source.config_dump()),
+        "/metrics" | "/stats/prometheus" if endpoints.metrics => {
+            ("200 OK", "text/plain; version=0.0.4", source.metrics())
+        }
+        "/healthz/ready" if endpoints.ready && source.ready() => ("200 OK", "text/plain", "ready\n".into()),
+        "/healthz/ready" if endpoints.ready => {
+            ("503 Service Unavailable", "text/plain", "not ready\n".into())
+        }
+        "/config_dump" if endpoints.config_dump => ("200 OK", "application/json", source.config_dump()),
         _ => ("404 Not Found", "text/plain", "not found\n".into()),
     }
 }

@@ -1,7 +1,8 @@
-//! The enrollment label, shared by the agent (which captures enrolled pods) and the control
-//! plane (which tells proxies to tunnel to them): a namespace or pod labelled
-//! `weft.dev/dataplane-mode=ambient` is in the mesh, a pod labelled `none` opts out — Istio
-//! ambient's rule, with Weft's label.
+//! Which pods are in the mesh, one rule for the agent (which captures them) and the control plane
+//! (which tells proxies to tunnel to them), so proxies never tunnel to a pod nobody captures: a
+//! namespace or pod labelled `weft.dev/dataplane-mode=ambient` is in the mesh, a pod labelled
+//! `none` opts out — Istio ambient's rule, with Weft's label — and only while the pod is
+//! [`PodState::capturable`].
 use std::collections::BTreeMap;
 
 /// The label that enrolls a namespace or pod.
@@ -20,6 +21,34 @@ pub fn labelled(
         Some(NONE) => false,
         Some(AMBIENT) => true,
         _ => mode(namespace) == Some(AMBIENT),
+    }
+}
+
+/// What decides, besides labels, whether a pod can be captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodState {
+    pub running: bool,
+    pub has_address: bool,
+    pub deleting: bool,
+    pub host_network: bool,
+}
+
+impl PodState {
+    /// A Pod object's state.
+    #[cfg(feature = "kubernetes")]
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        let status = pod.status.as_ref();
+        Self {
+            running: status.and_then(|status| status.phase.as_deref()) == Some("Running"),
+            has_address: status.and_then(|status| status.pod_ip.as_ref()).is_some(),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            host_network: pod.spec.as_ref().and_then(|spec| spec.host_network).unwrap_or(false),
+        }
+    }
+
+    /// Running with an address, not being deleted, not sharing the node's network.
+    pub fn capturable(&self) -> bool {
+        self.running && self.has_address && !self.deleting && !self.host_network
     }
 }
 
@@ -43,5 +72,15 @@ mod tests {
         assert!(!labelled(labels(Some(NONE)).as_ref(), ambient.as_ref()), "opt-out wins");
         assert!(labelled(ambient.as_ref(), None), "a pod may opt in alone");
         assert!(!labelled(labels(Some("sidecar")).as_ref(), None));
+    }
+
+    #[test]
+    fn only_running_addressed_pods_off_the_host_network_and_not_deleting_are_capturable() {
+        let running = PodState { running: true, has_address: true, deleting: false, host_network: false };
+        assert!(running.capturable());
+        assert!(!PodState { running: false, ..running }.capturable());
+        assert!(!PodState { has_address: false, ..running }.capturable());
+        assert!(!PodState { deleting: true, ..running }.capturable());
+        assert!(!PodState { host_network: true, ..running }.capturable());
     }
 }

@@ -137,10 +137,12 @@ pub fn build<'a>(
         .into_iter()
         .filter_map(|pod| {
             let namespace = pod.metadata.namespace.as_deref()?;
-            let enrolled = weft_api::enrollment::labelled(
-                pod.metadata.labels.as_ref(),
-                labels_by_namespace.get(namespace).copied().flatten(),
-            );
+            // The agent's rule exactly: a pod it does not capture is never tunnelled to.
+            let enrolled = weft_api::enrollment::PodState::of(pod).capturable()
+                && weft_api::enrollment::labelled(
+                    pod.metadata.labels.as_ref(),
+                    labels_by_namespace.get(namespace).copied().flatten(),
+                );
             let selecting = services_by_namespace.get(namespace).map(Vec::as_slice).unwrap_or_default();
             workload(naming, pod, enrolled, selecting)
         })

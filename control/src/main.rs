@@ -110,11 +110,15 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         .await
         .with_context(|| format!("binding {}", args.monitoring_listen))?;
     tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
+    // `/config_dump` here too: weftctl reads it through the API server's service proxy. It
+    // holds the mesh's inventory (no keys); restrict :15014 with a NetworkPolicy if that matters.
     let monitor = tokio::spawn(weft_api::admin::serve(
         monitoring,
         Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() }),
+        weft_api::admin::Endpoints::ALL,
     ));
-    let ads = xds::Server::new(snapshots, authenticator.clone(), metrics.clone());
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let ads = xds::Server::new(snapshots, authenticator.clone(), metrics.clone(), stopping.clone());
     let service = Service::new(authority, authenticator, args.trust_domain.clone(), metrics);
 
     let listener = match passed_listener {
@@ -125,15 +129,19 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         None => tokio::net::TcpListener::bind(args.grpc_listen).await?,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving xDS and the CA");
-    let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return,
-        };
+    // On SIGTERM or Ctrl-C: end every xDS stream (proxies reconnect to another replica or
+    // after the restart), then stop serving.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        let _ = stop.send(true);
+    });
+    let mut stopped = stopping;
+    let shutdown = async move {
+        let _ = stopped.wait_for(|stopping| *stopping).await;
     };
     let serve = Server::builder()
         .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(chain, key)))?
@@ -168,7 +176,9 @@ impl weft_api::admin::Source for Monitoring {
     }
 
     fn config_dump(&self) -> String {
-        self.snapshots.borrow().dump().to_string()
+        // Clone first: the channel's lock must not be held while the dump is made.
+        let snapshot = self.snapshots.borrow().clone();
+        snapshot.dump().to_string()
     }
 }
 

@@ -3,9 +3,11 @@
 //! stream and subscribes to resource types; it gets every resource of a type it subscribed to
 //! (wildcard) or the names it asked for, then only what changed: new or changed resources, and
 //! the names of removed ones. Responses carry a nonce the proxy acks, or nacks with an error
-//! detail; a nack is counted and logged and the proxy keeps its last good config. A reconnecting
-//! proxy may say which versions it holds (`initial_resource_versions`): it gets the difference,
-//! removals included.
+//! detail. A nack is counted and logged; the proxy keeps its last good config, and what the
+//! rejected response carried is again counted as not delivered, so the next push re-sends it
+//! (with whatever changed since) — never in a loop of its own. A reconnecting proxy may say
+//! which versions it holds (`initial_resource_versions`): it gets the difference, removals
+//! included. Requests for types the control plane does not serve are logged and ignored.
 //!
 //! Address resources are mesh-wide: any pod on a node may connect to any workload or service.
 //!
@@ -33,6 +35,8 @@ use crate::{
 
 /// Responses a stream may have queued before it waits for its proxy to read.
 const QUEUE: usize = 4;
+/// Unanswered responses remembered per type (for nacks); older ones count as delivered.
+const PENDING: usize = 16;
 
 /// The ADS service.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct Server {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     authenticator: Authenticator,
     metrics: Arc<Metrics>,
+    /// Turns true at shutdown: every stream ends (`unavailable`) so the server can stop.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Server {
@@ -47,8 +53,9 @@ impl Server {
         snapshots: watch::Receiver<Arc<Snapshot>>,
         authenticator: Authenticator,
         metrics: Arc<Metrics>,
+        stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { snapshots, authenticator, metrics }
+        Self { snapshots, authenticator, metrics, stopping }
     }
 }
 
@@ -77,6 +84,7 @@ impl AggregatedDiscoveryService for Server {
             sender,
             nonces: 0,
             metrics: self.metrics.clone(),
+            stopping: self.stopping.clone(),
         };
         tokio::spawn(session.run(request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -92,11 +100,37 @@ struct Subscription {
     sent: HashMap<String, String>,
     /// Whether a first response went out (it goes out even when empty: "you have it all").
     answered: bool,
+    /// Responses not yet acked: nonce → what each name's entry in `sent` was before it.
+    pending: Vec<(String, Vec<(String, Option<String>, Option<String>)>)>,
 }
 
 impl Subscription {
     fn wants(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+
+    /// The proxy rejected response `nonce`: what it carried counts as not delivered again
+    /// (names a later response changed since keep that response's version). Returns whether
+    /// the nonce was one of ours.
+    fn rejected(&mut self, nonce: &str) -> bool {
+        let Some(index) = self.pending.iter().position(|(pending, _)| pending == nonce) else { return false };
+        let (_, changes) = self.pending.remove(index);
+        for (name, before, after) in changes {
+            if self.sent.get(&name) == after.as_ref() {
+                match before {
+                    Some(version) => self.sent.insert(name, version),
+                    None => self.sent.remove(&name),
+                };
+            }
+        }
+        true
+    }
+
+    /// The proxy accepted response `nonce`. Returns whether the nonce was one of ours.
+    fn accepted(&mut self, nonce: &str) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|(pending, _)| pending != nonce);
+        self.pending.len() < before
     }
 }
 
@@ -108,6 +142,7 @@ struct Session {
     sender: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     nonces: u64,
     metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl Session {
@@ -128,11 +163,15 @@ impl Session {
     async fn serve(&mut self, requests: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), Status> {
         // Version 0 means the index has not synced yet: answer nothing until it has.
         let mut synced = self.snapshots.borrow().version > 0;
+        let mut stopping = self.stopping.clone();
         loop {
             tokio::select! {
+                () = stopped(&mut stopping) => {
+                    return Err(Status::unavailable("control plane shutting down"));
+                }
                 request = requests.message() => {
                     let Some(request) = request? else { return Ok(()) };
-                    if let Some(type_url) = self.handle(request)? && synced {
+                    if let Some(type_url) = self.handle(request) && synced {
                         self.push(&type_url).await?;
                     }
                 }
@@ -151,23 +190,29 @@ impl Session {
     }
 
     /// Applies a request; returns the type to push when the subscription changed.
-    fn handle(&mut self, request: DeltaDiscoveryRequest) -> Result<Option<String>, Status> {
+    fn handle(&mut self, request: DeltaDiscoveryRequest) -> Option<String> {
         let type_url = request.type_url;
         if self.snapshots.borrow().of_type(&type_url).is_none() {
-            return Err(Status::invalid_argument(format!("unknown resource type {type_url}")));
-        }
-        if !request.response_nonce.is_empty() {
-            match request.error_detail {
-                Some(error) => {
-                    self.metrics.nack(&type_url);
-                    tracing::warn!(node = %self.node, %type_url, nonce = %request.response_nonce,
-                        error = %error.message, "proxy rejected a response");
-                }
-                None => self.metrics.ack(&type_url),
-            }
+            // Another client's types (a newer Istio ztunnel's) must not end the stream.
+            tracing::info!(node = %self.node, %type_url, "ignoring a subscription to a type not served");
+            return None;
         }
         let first = !self.subscriptions.contains_key(&type_url);
         let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        if !request.response_nonce.is_empty() {
+            let nonce = &request.response_nonce;
+            match request.error_detail {
+                Some(error) if subscription.rejected(nonce) => {
+                    self.metrics.nack(&type_url);
+                    tracing::warn!(node = %self.node, %type_url, %nonce, error = %error.message,
+                        "proxy rejected a response; its contents will be sent again with the next push");
+                }
+                None if subscription.accepted(nonce) => self.metrics.ack(&type_url),
+                _ => {
+                    tracing::debug!(node = %self.node, %type_url, %nonce, "reply to an unknown or forgotten nonce")
+                }
+            }
+        }
         if first {
             subscription.wildcard = request.resource_names_subscribe.is_empty();
             subscription.sent = request.initial_resource_versions;
@@ -191,7 +236,7 @@ impl Session {
             }
             subscription.sent.remove(&name);
         }
-        Ok(changed.then_some(type_url))
+        changed.then_some(type_url)
     }
 
     /// Sends what changed for `type_url` since the proxy's last response, if anything did.
@@ -215,24 +260,38 @@ impl Session {
         if changed.is_empty() && removed.is_empty() && subscription.answered {
             return Ok(());
         }
+        let mut undo = Vec::with_capacity(removed.len() + changed.len());
         for name in &removed {
-            subscription.sent.remove(name);
+            undo.push((name.clone(), subscription.sent.remove(name), None));
         }
         for resource in &changed {
-            subscription.sent.insert(resource.name.clone(), resource.version.clone());
+            let before = subscription.sent.insert(resource.name.clone(), resource.version.clone());
+            undo.push((resource.name.clone(), before, Some(resource.version.clone())));
         }
         subscription.answered = true;
         self.nonces += 1;
+        let nonce = format!("{}-{}", snapshot.version, self.nonces);
+        subscription.pending.push((nonce.clone(), undo));
+        if subscription.pending.len() > PENDING {
+            subscription.pending.remove(0);
+        }
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.version.to_string(),
             resources: changed,
             type_url: type_url.to_owned(),
-            nonce: format!("{}-{}", snapshot.version, self.nonces),
+            nonce,
             removed_resources: removed,
         };
         tracing::debug!(node = %self.node, %type_url, version = snapshot.version,
             changed = response.resources.len(), removed = response.removed_resources.len(), "push");
         self.metrics.push(type_url);
         self.sender.send(Ok(response)).await.map_err(|_| Status::cancelled("proxy went away"))
+    }
+}
+
+/// Resolves once `stopping` turns true (the guard `wait_for` returns is dropped inside).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

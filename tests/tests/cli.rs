@@ -97,7 +97,11 @@ async fn weftctl_enrolls_and_reports_what_the_mesh_does() {
         let open = connections.as_array().unwrap().iter().find(|open| open["pod"] == "shop/client").unwrap();
         assert_eq!(open["node"], "node0");
         assert_eq!(open["destination"], "spiffe://cluster.local/ns/shop/sa/payments");
-        assert_eq!((open["sent"].as_u64(), open["received"].as_u64()), (Some(12), Some(12)), "twelve bytes each way: {open}");
+        assert_eq!(
+            (open["sent"].as_u64(), open["received"].as_u64()),
+            (Some(12), Some(12)),
+            "twelve bytes each way: {open}"
+        );
         drop(chat);
 
         let (ok, check) = weftctl(&endpoints, &["check", "shop/client"]);

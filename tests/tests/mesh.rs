@@ -85,6 +85,9 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
         );
     }
     let dump = apps::http_get(&topology.nodes()[0].netns, 15000, "/config_dump").unwrap();
+    // The dump stays on the node-local admin port.
+    let elsewhere = apps::http_get(&topology.nodes()[0].netns, 15020, "/config_dump").unwrap();
+    assert!(elsewhere.starts_with("HTTP/1.1 404"), "{elsewhere}");
     assert!(dump.contains(&cart) && dump.contains("\"name\":\"client\""), "{dump}");
 
     // A pod outside the mesh aiming at the server's own proxy port is refused, not looped.

@@ -109,7 +109,8 @@ async fn proxies_follow_labels_pods_and_services_and_resume_after_reconnects() {
         assert_eq!((ports[0].service_port, ports[0].target_port), (80, 8080));
     });
 
-    // A nack is logged by the control plane; the proxy's state is its own business.
+    // A nack is logged by the control plane, and what was rejected is sent again with the next
+    // push (here, an unrelated change), not taken as delivered.
     let mut patched = services.get("web").await.unwrap();
     patched.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 81;
     services.replace("web", &PostParams::default(), &patched).await.unwrap();
@@ -124,6 +125,13 @@ async fn proxies_follow_labels_pods_and_services_and_resume_after_reconnects() {
                 WAIT,
             )
             .unwrap();
+    });
+    cluster.kubelet().mark_running("shop", "cart", &["10.244.0.223".parse().unwrap()]).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let response = proxy.next(WAIT).unwrap().unwrap();
+        let names: Vec<&str> = response.resources.iter().map(|resource| resource.name.as_str()).collect();
+        assert!(names.contains(&SERVICE), "the rejected service was not sent again: {names:?}");
+        proxy.ack(&response).unwrap();
     });
 
     // Deleting the service and a pod withdraws them.

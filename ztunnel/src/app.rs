@@ -175,14 +175,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Certificates renew at half-life whether or not traffic asks for them.
     endpoints.spawn(context.identities.clone().refresh());
     let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
-    for (what, addr) in [
-        ("metrics", config.admin.metrics),
-        ("readiness", config.admin.readiness),
-        ("admin", config.admin.admin),
+    // Each port answers only its own endpoint: the dump (the mesh index, identities) stays on
+    // the node-local admin port.
+    use weft_api::admin::Endpoints as Serves;
+    for (what, addr, serves) in [
+        ("metrics", config.admin.metrics, Serves::METRICS),
+        ("readiness", config.admin.readiness, Serves::READY),
+        ("admin", config.admin.admin, Serves::CONFIG_DUMP),
     ] {
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })?;
-        endpoints.spawn(weft_api::admin::serve(listener, source.clone()));
+        endpoints.spawn(weft_api::admin::serve(listener, source.clone(), serves));
     }
     let mut pods = Pods::new(context.clone()).map_err(Error::Netns)?;
     inpod::run(config.zds_socket.clone(), &mut pods, shutdown).await;

@@ -178,3 +178,16 @@ fn versions_follow_content() {
     let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[]);
     assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
 }
+
+#[test]
+fn pods_the_agent_does_not_capture_are_never_tunnelled_to() {
+    let mut terminating = pod("terminating", "mesh", &["10.244.0.7"], 1);
+    terminating.metadata.deletion_timestamp =
+        Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
+    let mut pending = pod("pending", "mesh", &["10.244.0.8"], 1);
+    pending.status.as_mut().unwrap().phase = Some("Pending".into());
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[]);
+    for uid in ["terminating", "pending"] {
+        assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
+    }
+}
