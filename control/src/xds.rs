@@ -100,9 +100,12 @@ struct Subscription {
     sent: HashMap<String, String>,
     /// Whether a first response went out (it goes out even when empty: "you have it all").
     answered: bool,
-    /// Responses not yet acked: nonce → what each name's entry in `sent` was before it.
-    pending: Vec<(String, Vec<(String, Option<String>, Option<String>)>)>,
+    /// Responses not yet acked, oldest first, with what each changed in `sent`.
+    pending: Vec<(String, Vec<Change>)>,
 }
+
+/// One name's entry in `sent` before and after a response: (name, before, after).
+type Change = (String, Option<String>, Option<String>);
 
 impl Subscription {
     fn wants(&self, name: &str) -> bool {
