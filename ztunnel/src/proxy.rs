@@ -233,11 +233,17 @@ fn listen_in(netns: &Netns, port: u16) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// How long a TCP connect may take before the next endpoint is tried (the kernel's own SYN
+/// retries would take minutes against a black hole).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Connects to `to` from inside the pod, with a marked socket.
 async fn connect_in(netns: &Netns, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = netns.run(|| marked_socket(socket2::Domain::for_address(to)))??;
     let socket = TcpSocket::from_std_stream(socket.into());
-    let stream = socket.connect(to).await?;
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {to}")))??;
     stream.set_nodelay(true)?;
     Ok(stream)
 }

@@ -1,5 +1,6 @@
 //! The delta xDS client: one `DeltaAggregatedResources` stream to the control plane (or istiod),
-//! subscribed to every `istio.workload.Address` and `istio.security.Authorization`. Each
+//! subscribed to every `istio.workload.Address` (`istio.security.Authorization` waits for
+//! policy enforcement: acking policies nothing enforces would tell the server they hold). Each
 //! response is converted and applied to [`State`] whole, then acked; a response that does not
 //! convert or would leave the index inconsistent is nacked with the reason and the last good
 //! state kept. When the stream breaks the state stays as it was (traffic keeps flowing on the
@@ -14,7 +15,6 @@ use weft_api::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
-    security::AUTHORIZATION_TYPE,
     workload::ADDRESS_TYPE,
 };
 
@@ -84,17 +84,13 @@ async fn session(
     let node = Node { id: config.node_id.clone(), ..Default::default() };
     // Resume: name the Address versions held (local-file entries have none).
     let held = state.versions().into_iter().filter(|(_, version)| !version.is_empty()).collect();
-    for (type_url, initial_resource_versions) in
-        [(ADDRESS_TYPE, held), (AUTHORIZATION_TYPE, Default::default())]
-    {
-        let request = DeltaDiscoveryRequest {
-            node: Some(node.clone()),
-            type_url: type_url.to_owned(),
-            initial_resource_versions,
-            ..Default::default()
-        };
-        requests.send(request).await.map_err(|_| Error::RequestsClosed)?;
-    }
+    let subscribe = DeltaDiscoveryRequest {
+        node: Some(node),
+        type_url: ADDRESS_TYPE.to_owned(),
+        initial_resource_versions: held,
+        ..Default::default()
+    };
+    requests.send(subscribe).await.map_err(|_| Error::RequestsClosed)?;
     let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
     request
         .metadata_mut()
@@ -132,9 +128,6 @@ fn apply(response: &DeltaDiscoveryResponse, state: &State) -> Result<(), String>
             state.mark_synced();
             Ok(())
         }
-        // Policies are enforced from the L4 policy work on; until then they are accepted and
-        // not applied, so the server's view of what this proxy holds stays true.
-        AUTHORIZATION_TYPE => Ok(()),
         other => Err(format!("unexpected resource type {other}")),
     }
 }

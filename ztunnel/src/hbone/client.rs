@@ -15,6 +15,8 @@ use crate::tls;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams we open on one connection before opening another (Istio: 100).
 pub const MAX_STREAMS: usize = 100;
+/// How long a CONNECT may wait for its answer (the peer connects upstream meanwhile).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors opening a connection or a stream.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,8 @@ pub enum Error {
     HandshakeTimeout { peer: SocketAddr },
     #[error("HTTP/2")]
     Http2(#[source] h2::Error),
+    #[error("CONNECT to {target} not answered within {RESPONSE_TIMEOUT:?}")]
+    Timeout { target: SocketAddr },
     #[error("CONNECT to {target} refused with {status}")]
     Refused { target: SocketAddr, status: StatusCode },
 }
@@ -81,9 +85,13 @@ impl Connection {
             .header("forwarded", format!("for=\"{source}\""))
             .body(())
             .expect("invariant: a CONNECT to ip:port is a valid request");
-        let mut send_request = self.send_request.clone().ready().await.map_err(Error::Http2)?;
-        let (response, send) = send_request.send_request(request, false).map_err(Error::Http2)?;
-        let response = response.await.map_err(Error::Http2)?;
+        let answer = async {
+            let mut send_request = self.send_request.clone().ready().await.map_err(Error::Http2)?;
+            let (response, send) = send_request.send_request(request, false).map_err(Error::Http2)?;
+            Ok((response.await.map_err(Error::Http2)?, send))
+        };
+        let (response, send) =
+            tokio::time::timeout(RESPONSE_TIMEOUT, answer).await.map_err(|_| Error::Timeout { target })??;
         if response.status() != StatusCode::OK {
             return Err(Error::Refused { target, status: response.status() });
         }

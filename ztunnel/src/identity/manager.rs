@@ -54,6 +54,8 @@ struct Backoff {
     failures: u32,
     /// No background retry before this.
     retry_at: Option<SystemTime>,
+    /// Why the last request failed.
+    last_error: Option<String>,
 }
 
 impl Slot {
@@ -112,9 +114,17 @@ impl Manager {
             return Ok(cert);
         }
         // No valid certificate: ask now, whatever the backoff says (a connection waits).
-        let mut backoff = slot.request.lock().await;
+        let (mut backoff, waited) = match slot.request.try_lock() {
+            Ok(backoff) => (backoff, false),
+            Err(_) => (slot.request.lock().await, true),
+        };
         if let Some(cert) = slot.cert().filter(|cert| cert.not_after > self.clock.now()) {
-            return Ok(cert); // Another caller's request got it meanwhile.
+            return Ok(cert); // The request this caller waited behind got one.
+        }
+        // The request this caller waited behind failed: share its answer rather than asking
+        // the CA once more per waiting connection.
+        if waited && let Some(error) = &backoff.last_error {
+            return Err(Error::Unavailable(error.clone()));
         }
         self.renew(identity, &slot, &mut backoff).await
     }
@@ -170,6 +180,7 @@ impl Manager {
                 let wait = BACKOFF.0.saturating_mul(1 << backoff.failures.min(16)).min(BACKOFF.1);
                 backoff.failures = backoff.failures.saturating_add(1);
                 backoff.retry_at = Some(self.clock.now() + wait);
+                backoff.last_error = Some(error.to_string());
                 Err(error)
             }
         }
@@ -307,6 +318,8 @@ mod tests {
             Box::pin(async move {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
                 if self.down.load(Ordering::SeqCst) {
+                    // A CA that is down answers slowly (a timeout), so callers pile up.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     return Err(Error::Unavailable("the test CA is down".into()));
                 }
                 let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
@@ -356,6 +369,24 @@ mod tests {
         assert!(!Arc::ptr_eq(&renewed, &first));
         assert!(renewed.not_after > clock.now());
         assert_eq!(ca.signed.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_behind_a_failed_request_share_its_failure() {
+        let clock = Arc::new(TestClock(AtomicU64::new(1_000_000_000)));
+        let ca = Arc::new(TestCa::new(clock.clone()));
+        ca.down.store(true, Ordering::SeqCst);
+        let manager = Arc::new(Manager::with_clock(ca.clone(), Duration::from_secs(3600), clock));
+        let identity = Identity::new("cluster.local", "shop", "web");
+        let mut callers = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (manager, identity) = (manager.clone(), identity.clone());
+            callers.spawn(async move { manager.fetch(&identity).await.is_err() });
+        }
+        while let Some(failed) = callers.join_next().await {
+            assert!(failed.unwrap(), "no certificate while the CA is down");
+        }
+        assert_eq!(ca.attempts.load(Ordering::SeqCst), 1, "one request, not one per waiting caller");
     }
 
     #[tokio::test]
