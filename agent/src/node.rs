@@ -229,6 +229,16 @@ impl<C: Capture> Agent<'_, C> {
             }
         }
         if self.session.is_none() {
+            // Once ztunnel has been here and gone: capture stays on for enrolled pods (their
+            // traffic is refused, fail closed) and nothing new joins — say so, not "enrolled".
+            // (Before its first connection there is nothing to report yet.)
+            if self.ready {
+                let away =
+                    || State::Pending { stage: Stage::Handoff, error: "ztunnel is not connected".into() };
+                for (uid, pod) in wanted {
+                    self.status.set(uid, &pod.name, &pod.namespace, away());
+                }
+            }
             return;
         }
         for (uid, pod) in wanted {
@@ -327,6 +337,8 @@ impl<C: Capture> Agent<'_, C> {
                 // again, retrying the handoff.
                 tracing::warn!(pod = %uid, %error, "ztunnel did not take the pod back; will retry");
                 refused.push(uid.clone());
+            } else {
+                self.status.set(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, State::Enrolled);
             }
         }
         for uid in refused {

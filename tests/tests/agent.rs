@@ -108,6 +108,13 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
 
     // ztunnel restarts; a pod is created while it is down; both old and new pods are served after.
     tokio::task::block_in_place(|| mesh.kill_ztunnel(0)).unwrap();
+    // Meanwhile the agent reports its pods as waiting for ztunnel, not as enrolled.
+    weft_tests::eventually("the agent to report ztunnel gone", WAIT, || {
+        let dump = mesh.agent_get(0, "/config_dump").unwrap_or_default();
+        async move { dump.contains("ztunnel is not connected").then_some(()) }
+    })
+    .await
+    .unwrap();
     let late = cluster.add_pod(0, &late_template).await.unwrap();
     tokio::task::block_in_place(|| {
         mesh.start_ztunnel(0).unwrap();
