@@ -167,7 +167,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         ready: std::sync::atomic::AtomicBool::new(false),
         drain: tokio::sync::watch::Sender::new(false),
         listeners: tokio::sync::watch::Sender::new(0),
-        round_robin: std::sync::atomic::AtomicUsize::new(0),
+        round_robin: std::sync::Mutex::default(),
         live: crate::proxy::live::Live::default(),
         pods: std::sync::RwLock::default(),
     });
@@ -192,7 +192,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Drain: listeners close now (a new proxy on the same ports takes new connections); open
     // connections may finish until the deadline, then the process ends and cuts them.
     context.drain.send_replace(true);
-    let _ = context.listeners.subscribe().wait_for(|open| *open == 0).await;
+    let mut listeners = context.listeners.subscribe();
+    let _ = tokio::time::timeout(config.drain, listeners.wait_for(|open| *open == 0)).await;
     tracing::info!(deadline = ?config.drain, "draining: listeners closed, open connections continue");
     match tokio::time::timeout(config.drain, pods.finished()).await {
         Ok(()) => tracing::info!("drained: every connection ended"),

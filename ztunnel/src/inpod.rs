@@ -58,7 +58,8 @@ impl Pods {
     }
 
     async fn remove(&mut self, uid: &str) {
-        if self.running.remove(uid).is_some() {
+        if let Some(proxy) = self.running.remove(uid) {
+            self.context.pool.forget_source(&proxy.addresses);
             tracing::info!(pod = %uid, "pod proxy stopped");
             self.publish();
             // Certificates only for identities that still have a pod here.

@@ -56,13 +56,29 @@ pub struct Context {
     pub listeners: tokio::sync::watch::Sender<usize>,
     /// The connections open now (outbound, as the source's proxy sees them).
     pub live: live::Live,
-    /// Spreads connections to a service over its endpoints.
-    pub round_robin: std::sync::atomic::AtomicUsize,
+    /// Per service: where round robin over its endpoints stands.
+    pub round_robin: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The pods being served, for the admin endpoint.
     pub pods: std::sync::RwLock<Vec<(Pod, Vec<IpAddr>)>>,
 }
 
+/// Services whose round-robin positions are kept before they are all reset (services come and
+/// go; the positions only spread load).
+const ROUND_ROBIN_SERVICES: usize = 4096;
+
 impl Context {
+    /// The next round-robin position for service `key`.
+    pub fn next_endpoint(&self, key: &str) -> usize {
+        let mut positions = self.round_robin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if positions.len() >= ROUND_ROBIN_SERVICES && !positions.contains_key(key) {
+            positions.clear();
+        }
+        let position = positions.entry(key.to_owned()).or_insert(0);
+        let next = *position;
+        *position = position.wrapping_add(1);
+        next
+    }
+
     /// Metric labels for a connection from `source` (a pod here, or a workload by address) to
     /// `destination`.
     pub fn labels(
@@ -183,9 +199,18 @@ impl PodProxy {
 
         let mut tasks = JoinSet::new();
         let pod_ref = Arc::new(pod.clone());
-        tasks.spawn(outbound::serve(outbound, context.clone(), pod_ref.clone(), netns.clone()));
-        tasks.spawn(inbound::serve_plaintext(inbound, context.clone(), netns.clone()));
-        tasks.spawn(inbound::serve_hbone(hbone, context.clone(), pod_ref.clone(), addresses.clone(), netns));
+        // Counted now, before any task runs: a drain that starts meanwhile waits for these too.
+        let listening = || Listening::new(&context);
+        tasks.spawn(outbound::serve(outbound, listening(), context.clone(), pod_ref.clone(), netns.clone()));
+        tasks.spawn(inbound::serve_plaintext(inbound, listening(), context.clone(), netns.clone()));
+        tasks.spawn(inbound::serve_hbone(
+            hbone,
+            listening(),
+            context.clone(),
+            pod_ref.clone(),
+            addresses.clone(),
+            netns,
+        ));
         tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
         Ok(Self { pod, addresses, netns_inode, tasks })
     }

@@ -103,4 +103,7 @@ async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places
     assert_eq!(accepted.load(Ordering::SeqCst), 2, "freed places are reused before any new connection");
     assert_eq!(pool.connections().await, 2);
     drop((more, again));
+    // The source pod leaves: its connections go with it.
+    pool.forget_source(&[source.ip()]);
+    assert_eq!(pool.connections().await, 0);
 }

@@ -21,6 +21,7 @@ use crate::{
 /// configuration is rebuilt whenever the certificate manager hands out a renewed one.
 pub async fn serve_hbone(
     listener: TcpListener,
+    listening: super::Listening,
     context: Arc<Context>,
     pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
@@ -31,7 +32,6 @@ pub async fn serve_hbone(
     let mut current: Option<(Arc<WorkloadCert>, TlsAcceptor)> = None;
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
-    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
             () = drained(&mut draining) => break,
@@ -139,10 +139,14 @@ impl Handler for Delivery {
 }
 
 /// Plaintext from outside the mesh, captured to 15006: delivered in PERMISSIVE, closed in STRICT.
-pub async fn serve_plaintext(listener: TcpListener, context: Arc<Context>, netns: Arc<Netns>) {
+pub async fn serve_plaintext(
+    listener: TcpListener,
+    listening: super::Listening,
+    context: Arc<Context>,
+    netns: Arc<Netns>,
+) {
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
-    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
             () = drained(&mut draining) => break,

@@ -20,10 +20,15 @@ const CONFIG_WAIT: Duration = Duration::from_secs(10);
 /// Endpoints of a service tried per connection.
 const ATTEMPTS: usize = 3;
 
-pub async fn serve(listener: TcpListener, context: Arc<Context>, pod: Arc<Pod>, netns: Arc<Netns>) {
+pub async fn serve(
+    listener: TcpListener,
+    listening: super::Listening,
+    context: Arc<Context>,
+    pod: Arc<Pod>,
+    netns: Arc<Netns>,
+) {
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
-    let listening = super::Listening::new(&context);
     loop {
         tokio::select! {
             () = drained(&mut draining) => break,
@@ -123,7 +128,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     if routes.is_empty() {
         return Err(Error::NoEndpoints(key));
     }
-    let start = context.round_robin.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % routes.len();
+    let start = context.next_endpoint(&key) % routes.len();
     routes.rotate_left(start);
     routes.truncate(ATTEMPTS);
     Ok(routes)

@@ -108,6 +108,13 @@ impl Pool {
         unreachable!("the second attempt always returns")
     }
 
+    /// Drops the connections opened for a pod with `addresses` (it left the node): their
+    /// streams end when their last user lets go.
+    pub fn forget_source(&self, addresses: &[IpAddr]) {
+        let gone: Vec<IpAddr> = addresses.iter().map(|ip| ip.to_canonical()).collect();
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !gone.contains(&key.3));
+    }
+
     /// How many connections the pool holds (for tests and the admin endpoint).
     pub async fn connections(&self) -> usize {
         let slots: Vec<_> =
