@@ -14,7 +14,7 @@ use weftctl::{
 #[command(version, about)]
 struct Args {
     /// kubeconfig file; without it, in-cluster configuration or KUBECONFIG (if any).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
     /// The control plane's monitoring endpoint (`http://host:port`, `netns=PATH@http://…`,
     /// or `kube:/api/…/proxy`).
@@ -67,15 +67,21 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(args))
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> Option<kube::Client> {
+/// The Kubernetes client: from `--kubeconfig` (an error if that fails), else inferred (none if
+/// there is nothing to infer from: endpoints given directly still work).
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Option<kube::Client>> {
     let config = match kubeconfig {
         Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).ok()?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.ok()?
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?
         }
-        None => kube::Config::infer().await.ok()?,
+        None => match kube::Config::infer().await {
+            Ok(config) => config,
+            Err(_) => return Ok(None),
+        },
     };
-    kube::Client::try_from(config).ok()
+    Ok(Some(kube::Client::try_from(config)?))
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -99,7 +105,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             nodes[index].ztunnel = Some(endpoint);
         }
     }
-    let mut mesh = Mesh { client: client(args.kubeconfig.as_ref()).await, control: args.control, nodes };
+    let mut mesh = Mesh { client: client(args.kubeconfig.as_ref()).await?, control: args.control, nodes };
     if mesh.client.is_some() && !matches!(args.command, Command::Enroll { .. } | Command::Unenroll { .. }) {
         // Best effort: explicit endpoints still work when the API has no agents to offer.
         if let Err(error) = mesh.discover_agents().await {

@@ -10,6 +10,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 
+use weft_api::enrollment::{AMBIENT, LABEL, labelled};
+
 use crate::endpoint::Endpoint;
 
 /// The namespace Weft runs in, and the label of its agents' pods.
@@ -19,8 +21,6 @@ pub const AGENT_LABEL: &str = "app.kubernetes.io/name=weft-agent";
 pub const CONTROL_VIA_API: &str = "kube:/api/v1/namespaces/weft-system/services/weft-control:15014/proxy";
 /// Where an agent serves its endpoints.
 pub const AGENT_PORT: u16 = 15030;
-/// The enrollment label (the agent's and control plane's rule).
-pub const LABEL: &str = "weft.dev/dataplane-mode";
 
 /// A node's endpoints.
 #[derive(Debug, Clone)]
@@ -204,14 +204,9 @@ impl Mesh {
             labels.and_then(|labels| labels.get(LABEL)).cloned()
         };
         let (pod_label, ns_label) = (label(pod.metadata.labels.as_ref()), label(ns.metadata.labels.as_ref()));
-        let labelled = match pod_label.as_deref() {
-            Some("none") => false,
-            Some("ambient") => true,
-            _ => ns_label.as_deref() == Some("ambient"),
-        };
         let mut findings = vec![finding(
             "labelled",
-            labelled,
+            labelled(pod.metadata.labels.as_ref(), ns.metadata.labels.as_ref()),
             format!(
                 "pod label {LABEL}={}, namespace label {}",
                 pod_label.as_deref().unwrap_or("(none)"),
@@ -309,7 +304,7 @@ impl Mesh {
     /// Sets (or removes) the enrollment label on a namespace.
     pub async fn enroll(&self, namespace: &str, enroll: bool) -> anyhow::Result<Value> {
         let client = self.client.as_ref().context("enroll needs the Kubernetes API (--kubeconfig)")?;
-        let value = if enroll { json!("ambient") } else { Value::Null };
+        let value = if enroll { json!(AMBIENT) } else { Value::Null };
         let patch = json!({ "metadata": { "labels": { LABEL: value } } });
         Api::<Namespace>::all(client.clone())
             .patch(namespace, &PatchParams::default(), &Patch::Merge(patch))

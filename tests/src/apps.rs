@@ -236,13 +236,16 @@ pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Pro
 /// A plain HTTP GET to the node-local endpoint `127.0.0.1:port` inside `netns`: the whole
 /// response, head included.
 pub fn http_get(netns: &crate::netns::NetNs, port: u16, path: &str) -> anyhow::Result<String> {
-    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n");
-    netns.run(move || -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        stream.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
-    })?
+    let path = path.to_owned();
+    netns.run(move || http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), &path))?
+}
+
+/// A plain HTTP GET of `path` at `addr` from the calling thread's namespace.
+pub fn http_get_at(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
 }

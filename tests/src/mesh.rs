@@ -251,13 +251,8 @@ impl Mesh {
 
     /// A GET of `path` on node `node`'s agent endpoints (`/metrics`, `/config_dump`, …).
     pub fn agent_get(&self, node: usize, path: &str) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
         let addr = self.monitoring[node].context("this agent serves no endpoints (static enrollment)")?;
-        let mut stream = std::net::TcpStream::connect(addr)?;
-        stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        Ok(response)
+        apps::http_get_at(addr, path)
     }
 
     /// The ztunnel of node `node`, e.g. to read its log.

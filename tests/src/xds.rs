@@ -47,7 +47,7 @@ impl XdsClient {
         let (incoming, responses) = std_mpsc::channel();
         let address = plane.address();
         let root = std::fs::read_to_string(plane.root_file())?;
-        let token = std::fs::read_to_string(token_file)?;
+        let bearer = weft_ztunnel::control::bearer(token_file).map_err(anyhow::Error::msg)?;
         let netns = node.netns.open()?;
         std::thread::spawn(move || {
             let forward = |result| {
@@ -66,9 +66,7 @@ impl XdsClient {
                 };
                 let mut request =
                     tonic::Request::new(tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing));
-                if let Ok(bearer) = format!("Bearer {}", token.trim()).parse() {
-                    request.metadata_mut().insert("authorization", bearer);
-                }
+                request.metadata_mut().insert("authorization", bearer);
                 let mut client = AggregatedDiscoveryServiceClient::new(channel);
                 let mut stream = match client.delta_aggregated_resources(request).await {
                     Ok(response) => response.into_inner(),
@@ -130,7 +128,11 @@ impl XdsClient {
         self.send(DeltaDiscoveryRequest {
             type_url: response.type_url.clone(),
             response_nonce: response.nonce.clone(),
-            error_detail: Some(Status { code: 3, message: message.into(), details: Vec::new() }),
+            error_detail: Some(Status {
+                code: weft_ztunnel::xds::INVALID_ARGUMENT,
+                message: message.into(),
+                details: Vec::new(),
+            }),
             ..Default::default()
         })
     }

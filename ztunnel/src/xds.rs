@@ -25,7 +25,7 @@ mod convert;
 /// Backoff between reconnects: doubles from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(15));
 /// `google.rpc.Code.INVALID_ARGUMENT`, for nacks.
-const INVALID_ARGUMENT: i32 = 3;
+pub const INVALID_ARGUMENT: i32 = 3;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
