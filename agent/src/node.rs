@@ -12,7 +12,6 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     Api,
@@ -66,14 +65,18 @@ pub async fn run<C: Capture>(
 ) -> anyhow::Result<()> {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut watchers = JoinSet::new();
-    let pods = watch(
+    let pods = weft_api::watch::reflect(
         &mut watchers,
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={}", config.node)),
         changed_tx.clone(),
     );
-    let namespaces =
-        watch(&mut watchers, Api::<Namespace>::all(client.clone()), watcher::Config::default(), changed_tx);
+    let namespaces = weft_api::watch::reflect(
+        &mut watchers,
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+        changed_tx,
+    );
     pods.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
 
@@ -121,38 +124,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// Starts a reflector for `api` whose every event pokes `changed`; returns its store.
-fn watch<K>(
-    watchers: &mut JoinSet<()>,
-    api: Api<K>,
-    config: watcher::Config,
-    changed: mpsc::Sender<()>,
-) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config));
-    watchers.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(%error, "Kubernetes watch error; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-            // Coalesce: one pending poke is enough.
-            let _ = changed.try_send(());
-        }
-    });
-    store
 }
 
 async fn closed(session: Option<&handoff::Session>) {

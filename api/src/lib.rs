@@ -6,6 +6,8 @@
 
 pub mod admin;
 pub mod enrollment;
+#[cfg(feature = "kubernetes")]
+pub mod watch;
 pub mod zds;
 
 /// `istio.v1.auth.IstioCertificateService`: messages and tonic client and server.

@@ -2,23 +2,17 @@
 //! rebuilds the snapshot and, when the resources differ, publishes it with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use kube::{
-    Api,
-    runtime::{reflector, watcher},
-};
+use kube::{Api, runtime::watcher};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
+use weft_api::watch::reflect;
 
 use super::{Naming, Snapshot, build};
-
-/// Pause after a failed watch request before the reflector retries.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
 pub async fn run(
@@ -28,9 +22,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut watchers = JoinSet::new();
-    let namespaces = reflect(&mut watchers, Api::<Namespace>::all(client.clone()), changed_tx.clone());
-    let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), changed_tx.clone());
-    let services = reflect(&mut watchers, Api::<Service>::all(client), changed_tx);
+    let all = watcher::Config::default;
+    let namespaces = reflect(&mut watchers, Api::<Namespace>::all(client.clone()), all(), changed_tx.clone());
+    let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
+    let services = reflect(&mut watchers, Api::<Service>::all(client), all(), changed_tx);
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
@@ -57,31 +52,4 @@ pub async fn run(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
     }
-}
-
-/// Starts a reflector for `api` whose every event pokes `changed`; returns its store.
-fn reflect<K>(watchers: &mut JoinSet<()>, api: Api<K>, changed: mpsc::Sender<()>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()));
-    watchers.spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(%error, "Kubernetes watch error; retrying");
-                tokio::time::sleep(RETRY).await;
-            }
-            // Coalesce: one pending poke is enough.
-            let _ = changed.try_send(());
-        }
-    });
-    store
 }
