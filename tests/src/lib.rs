@@ -10,6 +10,7 @@
 
 pub mod apiserver;
 pub mod apps;
+pub mod bench;
 pub mod cleanup;
 pub mod cluster;
 pub mod control;

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. `setup` installs what a fresh machine lacks (idempotent,
 //! and run first by every other command); `test` runs every test; `demo` runs Weft's main job on
-//! the embedded default topology. Slow artefacts are cached outside the work tree (see `cache`).
+//! the embedded default topology; `bench` measures the mesh against no mesh, in release. Slow
+//! artefacts are cached outside the work tree (see `cache`).
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, bail};
@@ -32,6 +33,12 @@ enum Task {
         #[arg(long)]
         keep: bool,
     },
+    /// Set up, build in release, and measure capture and the mesh path against direct TCP.
+    Bench {
+        /// A short run (about a minute) instead of the full one.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +48,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::run(&root).map(drop),
         Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep } => demo(&root, keep),
+        Task::Bench { quick } => bench(&root, quick),
     }
 }
 
@@ -64,8 +72,8 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
 
 fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
     let tools = setup::run(root)?;
-    // Build every binary of the harness package: the demo starts `weft-testpod` in its pods.
-    cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--package", "weft-tests", "--bins"]))?;
+    // Every binary: the demo starts the daemons, weftctl and `weft-testpod` as processes.
+    cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins"]))?;
     let mut demo = Command::new(cargo());
     demo.current_dir(root)
         .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-demo", "--"])
@@ -74,6 +82,24 @@ fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
         demo.arg("--keep");
     }
     cmd::run(&mut demo)
+}
+
+fn bench(root: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    setup::run(root)?;
+    cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--workspace", "--bins"]))?;
+    let out = root.join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let sizes: &[&str] =
+        if quick { &["--repeats", "3", "--round-trips", "1000", "--connections", "300"] } else { &[] };
+    for bench in ["weft-capture-bench", "weft-mesh-bench"] {
+        let mut command = Command::new(root.join("target/release").join(bench));
+        command.args(sizes);
+        if bench == "weft-mesh-bench" {
+            command.arg("--json").arg(out.join("mesh.json"));
+        }
+        cmd::run(&mut command)?;
+    }
+    Ok(())
 }
 
 fn cargo() -> String {

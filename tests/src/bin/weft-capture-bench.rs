@@ -4,14 +4,15 @@
 //! A B A B …; prints medians and min–max of 1 KB request/response latency and of sequential
 //! connection rate. Figures, not a test. Build in release:
 //! `cargo build --release -p weft-tests --bins && target/release/weft-capture-bench`.
-use std::{fs::File, net::SocketAddr, process::Command, time::Duration};
+use std::{fs::File, net::SocketAddr};
 
 use anyhow::Context;
 use clap::Parser;
 use weft_agent::datapath::{Config, Datapath, PodAddrs};
 use weft_tests::{
     apps::{self, Standin},
-    topology::{Pod, Topology},
+    bench::{field, summary, testpod as run},
+    topology::Topology,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -70,25 +71,4 @@ fn main() -> anyhow::Result<()> {
         println!("{mode:<10} {:>26} {:>26} {:>26}", cells[0], cells[1], cells[2]);
     }
     Ok(())
-}
-
-fn run(pod: &Pod, args: &[&str], to: SocketAddr) -> anyhow::Result<String> {
-    let mut command = Command::new(apps::binary("weft-testpod")?);
-    command.args(args).args(["--to", &to.to_string()]).stdout(std::process::Stdio::piped());
-    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(120))?;
-    anyhow::ensure!(ok, "{args:?} failed: {out}");
-    Ok(out)
-}
-
-fn field(out: &str, key: &str) -> anyhow::Result<f64> {
-    out.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .with_context(|| format!("no {key} in {out:?}"))?
-        .parse()
-        .context("bad number")
-}
-
-fn summary(mut values: Vec<f64>) -> String {
-    values.sort_by(f64::total_cmp);
-    format!("{:.1} [{:.1}–{:.1}]", values[values.len() / 2], values[0], values[values.len() - 1])
 }

@@ -37,6 +37,8 @@ pub async fn serve_hbone(
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    // Small frames (CONNECT answers, window updates) must not wait for an ACK.
+                    let _ = tcp.set_nodelay(true);
                     let acceptor = match acceptor_for(&context, &identity, &mut current).await {
                         Ok(acceptor) => acceptor,
                         Err(error) => {
@@ -152,6 +154,7 @@ pub async fn serve_plaintext(
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((mut client, peer)) => {
+                    let _ = client.set_nodelay(true);
                     if context.plaintext == InboundPlaintext::Deny {
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;

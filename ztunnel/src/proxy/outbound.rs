@@ -34,6 +34,8 @@ pub async fn serve(
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
+                    // The proxy relays whatever the app wrote at once; Nagle would delay it twice.
+                    let _ = client.set_nodelay(true);
                     let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
                     connections.spawn(async move {
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
