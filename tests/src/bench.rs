@@ -1,15 +1,30 @@
-//! What the benchmark binaries share: running a `weft-testpod` client in a pod, reading its
-//! `key=value` figures, and summarising interleaved repeats (median [min–max]).
-use std::{net::SocketAddr, process::Command, time::Duration};
+//! What the benchmark binaries share: the clients they run in pods (`weft-testpod`, iperf3),
+//! what they read off the proxies (CPU from the cgroup, resident memory), and summaries of
+//! interleaved repeats (median [min–max]).
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context;
 
-use crate::{apps, topology::Pod};
+use crate::{apps, process::Process, topology::Pod};
+
+pub mod report;
+
+/// The port the benchmark's iperf3 servers listen on.
+pub const IPERF_PORT: u16 = 5201;
 
 /// Runs `weft-testpod ARGS --to TO` in `pod` and returns its output.
 pub fn testpod(pod: &Pod, args: &[&str], to: SocketAddr) -> anyhow::Result<String> {
     let mut command = Command::new(apps::binary("weft-testpod")?);
-    command.args(args).args(["--to", &to.to_string()]).stdout(std::process::Stdio::piped());
+    command.args(args).args(["--to", &to.to_string()]).stdout(Stdio::piped());
     let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(120))?;
     anyhow::ensure!(ok, "{args:?} failed: {out}");
     Ok(out)
@@ -44,4 +59,85 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmRSS")
+}
+
+/// CPU time used by the processes of cgroup `dir`, in seconds (`cpu.stat`'s `usage_usec`:
+/// every thread, to the microsecond).
+pub fn cpu_seconds(dir: &Path) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(dir.join("cpu.stat"))
+        .with_context(|| format!("reading {}/cpu.stat", dir.display()))?;
+    let usec: u64 = stat
+        .lines()
+        .find_map(|line| line.strip_prefix("usage_usec "))
+        .and_then(|value| value.trim().parse().ok())
+        .context("no usage_usec in cpu.stat")?;
+    Ok(usec as f64 / 1e6)
+}
+
+/// The highest resident memory of some processes while it runs, sampled every 50 ms.
+#[derive(Debug)]
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    sampler: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl RssPeak {
+    pub fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let sampler = std::thread::spawn(move || {
+            let mut peaks = vec![0; pids.len()];
+            loop {
+                for (peak, pid) in peaks.iter_mut().zip(&pids) {
+                    *peak = (*peak).max(rss_kib(*pid).unwrap_or(0));
+                }
+                if stopping.load(Ordering::Acquire) {
+                    return peaks;
+                }
+                // Sampling period, not synchronisation.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { stop, sampler }
+    }
+
+    /// Each process's peak, in KiB, in the order given.
+    pub fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Release);
+        self.sampler.join().unwrap_or_default()
+    }
+}
+
+/// Starts an iperf3 server in `pod` and returns once it listens.
+pub fn iperf3_server(pod: &Pod) -> anyhow::Result<Process> {
+    let mut command = Command::new("iperf3");
+    // --forceflush: the readiness line reaches the pipe at once.
+    command.args(["--server", "--port", &IPERF_PORT.to_string(), "--forceflush"]).stdout(Stdio::piped());
+    let mut server = pod.spawn(command).context("starting iperf3 (cargo xtask setup installs it)")?;
+    server
+        .wait_for(|line| line.contains("Server listening"), Duration::from_secs(10))
+        .with_context(|| format!("iperf3 server in pod {}", pod.name))?;
+    Ok(server)
+}
+
+/// What one bulk transfer moved.
+#[derive(Debug, Clone, Copy)]
+pub struct Bulk {
+    pub gbit_per_sec: f64,
+    pub bytes: f64,
+}
+
+/// Sends from `pod` to the iperf3 server at `ip` over `streams` connections for `seconds`.
+pub fn iperf3(pod: &Pod, ip: std::net::IpAddr, streams: u32, seconds: u32) -> anyhow::Result<Bulk> {
+    let mut command = Command::new("iperf3");
+    command
+        .args(["--client", &ip.to_string(), "--port", &IPERF_PORT.to_string(), "--json"])
+        .args(["--parallel", &streams.to_string(), "--time", &seconds.to_string()])
+        .stdout(Stdio::piped());
+    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(u64::from(seconds) + 30))?;
+    anyhow::ensure!(ok, "iperf3 to {ip} failed: {out}");
+    let report: serde_json::Value = serde_json::from_str(&out).context("iperf3's JSON")?;
+    let received = &report["end"]["sum_received"];
+    let number = |key: &str| received[key].as_f64().with_context(|| format!("no end.sum_received.{key}"));
+    Ok(Bulk { gbit_per_sec: number("bits_per_second")? / 1e9, bytes: number("bytes")? })
 }

@@ -79,7 +79,7 @@ struct Setup {
     node: Node,
     source: Vec<String>,
     socket: PathBuf,
-    /// Where certificates and workloads come from.
+    /// Where certificates and workloads come from, and any other ztunnel flags.
     control_flags: Vec<String>,
 }
 
@@ -236,6 +236,18 @@ impl Mesh {
     pub fn start_ztunnel(&mut self, node: usize) -> anyhow::Result<()> {
         let setup = &self.setups[node];
         self.processes[node].1 = start_ztunnel(&setup.node, &setup.socket, &setup.control_flags)?;
+        Ok(())
+    }
+
+    /// Restarts node `node`'s ztunnel with `flags` added to its command line (and to every later
+    /// start), and waits until it serves `pods` pods again.
+    pub fn restart_ztunnel_with(&mut self, node: usize, flags: &[&str], pods: usize) -> anyhow::Result<()> {
+        self.kill_ztunnel(node)?;
+        self.setups[node].control_flags.extend(flags.iter().map(|flag| flag.to_string()));
+        self.start_ztunnel(node)?;
+        for _ in 0..pods {
+            self.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), READY_TIMEOUT)?;
+        }
         Ok(())
     }
 

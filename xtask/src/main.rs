@@ -35,7 +35,7 @@ enum Task {
     },
     /// Set up, build in release, and measure capture and the mesh path against direct TCP.
     Bench {
-        /// A short run (about a minute) instead of the full one.
+        /// A short run (under three minutes) instead of the full one (about ten).
         #[arg(long)]
         quick: bool,
     },
@@ -89,17 +89,21 @@ fn bench(root: &std::path::Path, quick: bool) -> anyhow::Result<()> {
     cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
-    let sizes: &[&str] =
-        if quick { &["--repeats", "3", "--round-trips", "1000", "--connections", "300"] } else { &[] };
-    for bench in ["weft-capture-bench", "weft-mesh-bench"] {
-        let mut command = Command::new(root.join("target/release").join(bench));
-        command.args(sizes);
-        if bench == "weft-mesh-bench" {
-            command.arg("--json").arg(out.join("mesh.json"));
-        }
-        cmd::run(&mut command)?;
+    let mut command = Command::new(root.join("target/release/weft-mesh-bench"));
+    if quick {
+        command.args([
+            "--repeats",
+            "3",
+            "--bulk-seconds",
+            "2",
+            "--latency-seconds",
+            "2",
+            "--connections",
+            "300",
+        ]);
     }
-    Ok(())
+    command.arg("--json").arg(out.join("mesh.json"));
+    cmd::run(&mut command)
 }
 
 fn cargo() -> String {

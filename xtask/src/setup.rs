@@ -31,6 +31,8 @@ const PACKAGES: &[&str] = &[
     "libprotobuf-dev",
     "iproute2",
     "iputils-ping",
+    // The benchmark's bulk-throughput client and server.
+    "iperf3",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -29,6 +29,8 @@ pub struct Config {
     pub drain: Duration,
     /// Metrics, readiness and admin endpoints.
     pub admin: weft_api::admin::Addresses,
+    /// How long a pooled HBONE connection may stay without streams before it is released.
+    pub pool_idle_timeout: Duration,
 }
 
 /// Where the proxy learns the mesh's workloads and services.
@@ -160,7 +162,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         trust_domain: config.trust_domain.clone(),
         state,
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
-        pool: Pool::new(metrics.clone()),
+        pool: Pool::new(metrics.clone(), config.pool_idle_timeout),
         plaintext: config.plaintext,
         bpffs_root: config.bpffs_root.clone(),
         metrics,
@@ -174,6 +176,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut endpoints = tokio::task::JoinSet::new();
     // Certificates renew at half-life whether or not traffic asks for them.
     endpoints.spawn(context.identities.clone().refresh());
+    let pool_context = context.clone();
+    endpoints.spawn(async move {
+        let mut every = tokio::time::interval(pool_context.pool.release_interval());
+        loop {
+            every.tick().await;
+            pool_context.pool.release_idle();
+        }
+    });
     let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
     // Each port answers only its own endpoint: the dump (the mesh index, identities) stays on
     // the node-local admin port.

@@ -3,7 +3,10 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use weft_ztunnel::{app, proxy::InboundPlaintext};
+use weft_ztunnel::{
+    app,
+    proxy::{InboundPlaintext, Pool},
+};
 
 /// Weft node proxy.
 #[derive(Debug, Parser)]
@@ -50,6 +53,10 @@ struct Args {
     /// Workload certificate lifetime, in seconds.
     #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     cert_ttl_seconds: u64,
+    /// Release a pooled HBONE connection after this many seconds without streams (0: as soon
+    /// as its last stream ends, so every connection pays a fresh handshake).
+    #[arg(long, env = "WEFT_POOL_IDLE_SECONDS", default_value_t = Pool::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    pool_idle_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,7 +97,12 @@ fn main() -> anyhow::Result<()> {
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
         drain: Duration::from_secs(args.drain_seconds),
         admin: weft_api::admin::Addresses::default(),
+        pool_idle_timeout: Duration::from_secs(args.pool_idle_seconds),
     };
+    match weft_ztunnel::rlimit::raise_open_files() {
+        Ok(limit) => tracing::info!(open_files = limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
+    }
     // std's count honours cgroup v2 `cpu.max` and the affinity mask.
     let workers = args
         .worker_threads

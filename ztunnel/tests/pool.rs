@@ -1,6 +1,6 @@
 //! The HBONE pool against a real HBONE server: streams share a connection up to the per-
-//! connection limit, more load opens another connection to the same peer, and finished streams
-//! free their places for reuse.
+//! connection limit, more load opens another connection to the same peer, finished streams
+//! free their places for reuse, and connections idle for the timeout are released.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -9,6 +9,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpStream};
@@ -21,7 +22,7 @@ use weft_ztunnel::{
     },
     identity::Identity,
     inpod::netns::{Netns, home_netns},
-    proxy::Pool,
+    proxy::{Pool, Tunnel},
     tls::{self, test_ca::TestCa},
 };
 
@@ -34,76 +35,125 @@ impl Handler for ToUpstream {
     }
 }
 
+/// A real HBONE peer on a loopback address of its own (the pool always dials port 15008),
+/// counting the connections it accepts, and a pool with `idle_timeout` whose `open(n)` opens
+/// `n` tunnels to it at once.
+struct Peer {
+    accepted: Arc<AtomicUsize>,
+    pool: Arc<Pool>,
+    cert: Arc<tls::WorkloadCert>,
+    here: Arc<Netns>,
+    server_id: Identity,
+    target: SocketAddr,
+    source: SocketAddr,
+}
+
+impl Peer {
+    async fn start(octet: u8, idle_timeout: Duration) -> Self {
+        let ca = TestCa::new("pool");
+        let (client_id, server_id) =
+            (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
+        let ip = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, octet);
+        let listener = TcpListener::bind((ip, hbone::PORT)).await.unwrap();
+        let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = upstream.accept().await {
+                held.push(tcp);
+            }
+        });
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (acceptor, counter) =
+            (TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()), accepted.clone());
+        let handler = Arc::new(ToUpstream(upstream_addr));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, handler) = (acceptor.clone(), handler.clone());
+                tokio::spawn(async move {
+                    let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
+                });
+            }
+        });
+        Self {
+            accepted,
+            pool: Arc::new(Pool::new(Arc::default(), idle_timeout)),
+            cert: Arc::new(ca.issue(&client_id)),
+            here: Arc::new(Netns::new(
+                std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(),
+                home_netns().unwrap(),
+            )),
+            server_id,
+            target: SocketAddr::new(IpAddr::V4(ip), 8080),
+            source: "10.244.0.10:40000".parse().unwrap(),
+        }
+    }
+
+    async fn open(&self, count: usize) -> Vec<Tunnel> {
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let (pool, cert, here, server_id, target, source) = (
+                self.pool.clone(),
+                self.cert.clone(),
+                self.here.clone(),
+                self.server_id.clone(),
+                self.target,
+                self.source,
+            );
+            opening.spawn(async move { pool.open(&here, &cert, &server_id, target, source).await.unwrap() });
+        }
+        let mut tunnels = Vec::new();
+        while let Some(tunnel) = opening.join_next().await {
+            tunnels.push(tunnel.unwrap());
+        }
+        tunnels
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places_are_reused() {
-    let ca = TestCa::new("pool");
-    let (client_id, server_id) =
-        (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
-    // A loopback address of its own: the pool always dials port 15008.
-    let ip = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, 1);
-    let listener = TcpListener::bind((ip, hbone::PORT)).await.unwrap();
-    let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = upstream.accept().await {
-            held.push(tcp);
-        }
-    });
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let (acceptor, counter) =
-        (TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()), accepted.clone());
-    let handler = Arc::new(ToUpstream(upstream_addr));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, handler) = (acceptor.clone(), handler.clone());
-            tokio::spawn(async move {
-                let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
-            });
-        }
-    });
-
-    let pool = Arc::new(Pool::default());
-    let cert = Arc::new(ca.issue(&client_id));
-    let here = Arc::new(Netns::new(
-        std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(),
-        home_netns().unwrap(),
-    ));
-    let target = SocketAddr::new(IpAddr::V4(ip), 8080);
-    let source: SocketAddr = "10.244.0.10:40000".parse().unwrap();
-    let open = |count: usize| {
-        let (pool, cert, here, server_id) = (pool.clone(), cert.clone(), here.clone(), server_id.clone());
-        async move {
-            let mut opening = tokio::task::JoinSet::new();
-            for _ in 0..count {
-                let (pool, cert, here, server_id) =
-                    (pool.clone(), cert.clone(), here.clone(), server_id.clone());
-                opening
-                    .spawn(async move { pool.open(&here, &cert, &server_id, target, source).await.unwrap() });
-            }
-            let mut tunnels = Vec::new();
-            while let Some(tunnel) = opening.join_next().await {
-                tunnels.push(tunnel.unwrap());
-            }
-            tunnels
-        }
-    };
+    let peer = Peer::start(1, Pool::DEFAULT_IDLE_TIMEOUT).await;
+    let (pool, source) = (&peer.pool, peer.source);
+    let open = |count| peer.open(count);
 
     let first = open(MAX_STREAMS).await;
     assert_eq!(
-        (accepted.load(Ordering::SeqCst), pool.connections().await),
+        (peer.accepted(), pool.connections().await),
         (1, 1),
         "one connection carries the first {MAX_STREAMS}"
     );
     let more = open(MAX_STREAMS / 2).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 2, "a full connection makes the pool open another");
+    assert_eq!(peer.accepted(), 2, "a full connection makes the pool open another");
     drop(first);
     let again = open(MAX_STREAMS / 2).await;
-    assert_eq!(accepted.load(Ordering::SeqCst), 2, "freed places are reused before any new connection");
+    assert_eq!(peer.accepted(), 2, "freed places are reused before any new connection");
     assert_eq!(pool.connections().await, 2);
     drop((more, again));
     // The source pod leaves: its connections go with it.
     pool.forget_source(&[source.ip()]);
     assert_eq!(pool.connections().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
+    let lasting = Peer::start(2, Pool::DEFAULT_IDLE_TIMEOUT).await;
+    drop(lasting.open(1).await);
+    drop(lasting.open(1).await);
+    lasting.pool.release_idle();
+    assert_eq!((lasting.accepted(), lasting.pool.connections().await), (1, 1), "kept for reuse");
+
+    let released = Peer::start(3, Duration::ZERO).await;
+    let held = released.open(1).await;
+    released.pool.release_idle();
+    assert_eq!(released.pool.connections().await, 1, "a connection with a stream stays");
+    drop(held);
+    drop(released.open(1).await);
+    assert_eq!(released.accepted(), 2, "an idle connection is not reused past the timeout");
+    released.pool.release_idle();
+    assert_eq!(released.pool.connections().await, 0, "and the sweep releases it");
 }

@@ -1,19 +1,33 @@
-//! `weft-mesh-bench`: what the mesh costs a connection, side by side in one run on the
-//! two-node topology (development CA, static enrollment; no API server needed). Three client →
-//! server pairs, interleaved A B C A B C …: `direct` (neither pod in the mesh), `passthrough`
-//! (the client enrolled, the server not: eBPF capture and ztunnel relaying plaintext), `hbone`
-//! (both enrolled: mTLS + HBONE between the nodes' ztunnels — the mesh path). Prints medians
-//! and min–max of 1 KB request/response latency and of connection rate (each a new TCP
-//! connection, through an existing tunnel for `hbone`), the ratios to `direct`, and ztunnel's
-//! memory. Figures, not a test. `cargo xtask bench` builds in release and runs it.
-use std::net::SocketAddr;
+//! `weft-mesh-bench`: what the mesh costs, side by side in one run on the namespace topology
+//! (development CA, static enrollment; no API server needed). Three client → server pairs,
+//! interleaved A B C A B C …: `direct` (neither pod in the mesh), `passthrough` (the client
+//! enrolled, the server not: eBPF capture and ztunnel relaying plaintext), `hbone` (both
+//! enrolled: mTLS + HBONE between two nodes' ztunnels — the mesh path). Each repeat measures
+//! bulk throughput over 1, 2 and 8 connections (iperf3) with the proxies' CPU per GB, 1 KB
+//! request/response latency at a fixed rate (open loop) with the proxies' CPU and memory, and
+//! new connections per second — through an existing tunnel, and (a third node whose ztunnel
+//! keeps no idle connection) with a fresh mTLS handshake each. Then the proxies' memory per
+//! idle connection with 1k and 10k held. Prints a table with ratios to `direct` and writes
+//! JSON. Figures, not a test. `cargo xtask bench` builds in release and runs it.
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
+use anyhow::Context;
 use clap::Parser;
 use weft_tests::{
     apps,
-    bench::{field, median, rss_kib, summary, testpod},
+    bench::{
+        Bulk, RssPeak, cpu_seconds, field, iperf3, iperf3_server,
+        report::{Figure, Report},
+        rss_kib, testpod,
+    },
     mesh::{Member, Mesh},
-    topology::Topology,
+    topology::{Pod, Topology},
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -23,74 +37,302 @@ struct Args {
     /// Interleaved repeats of each mode.
     #[arg(long, default_value_t = 5)]
     repeats: usize,
-    /// Round trips per latency run.
-    #[arg(long, default_value_t = 5000)]
-    round_trips: usize,
+    /// Seconds of each bulk transfer.
+    #[arg(long, default_value_t = 5)]
+    bulk_seconds: u32,
+    /// Requests per second of the latency run.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of each latency run.
+    #[arg(long, default_value_t = 10.0)]
+    latency_seconds: f64,
     /// Connections per connection-rate run.
     #[arg(long, default_value_t = 2000)]
     connections: u32,
     /// Also write the figures as JSON here.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    json: Option<PathBuf>,
+}
+
+const BULK: [(u32, Figure, Figure); 3] = [
+    (
+        1,
+        Figure { key: "bulk_1_gbit_s", label: "bulk, 1 connection, Gbit/s", ratio: true },
+        Figure { key: "bulk_1_proxy_cpu_s_per_gb", label: "  proxy CPU-s per GB", ratio: false },
+    ),
+    (
+        2,
+        Figure { key: "bulk_2_gbit_s", label: "bulk, 2 connections, Gbit/s", ratio: true },
+        Figure { key: "bulk_2_proxy_cpu_s_per_gb", label: "  proxy CPU-s per GB", ratio: false },
+    ),
+    (
+        8,
+        Figure { key: "bulk_8_gbit_s", label: "bulk, 8 connections, Gbit/s", ratio: true },
+        Figure { key: "bulk_8_proxy_cpu_s_per_gb", label: "  proxy CPU-s per GB", ratio: false },
+    ),
+];
+const LATENCY: [(&str, Figure); 4] = [
+    ("p50_us", Figure { key: "rr_p50_us", label: "1 KB rr at fixed rate, p50 µs", ratio: true }),
+    ("p90_us", Figure { key: "rr_p90_us", label: "  p90 µs", ratio: true }),
+    ("p99_us", Figure { key: "rr_p99_us", label: "  p99 µs", ratio: true }),
+    ("p999_us", Figure { key: "rr_p999_us", label: "  p99.9 µs", ratio: true }),
+];
+const VCPU: Figure =
+    Figure { key: "proxy_vcpu_per_1000_rps", label: "  proxy vCPU per 1000 rps", ratio: false };
+const RSS_AT_RATE: [Figure; 2] = [
+    Figure { key: "rss_at_rate_kib_client_node", label: "  client node proxy RSS, KiB", ratio: false },
+    Figure { key: "rss_at_rate_kib_server_node", label: "  server node proxy RSS, KiB", ratio: false },
+];
+const CONNECTIONS: Figure =
+    Figure { key: "connections_per_s", label: "new connections/s (pooled tunnel)", ratio: true };
+const FRESH: Figure =
+    Figure { key: "fresh_mtls_connections_per_s", label: "new connections/s, fresh mTLS each", ratio: true };
+const IDLE: [(usize, [Figure; 2]); 2] = [
+    (
+        1000,
+        [
+            Figure {
+                key: "idle_1k_kib_per_conn_client_node",
+                label: "1k idle conns, KiB/conn, client node",
+                ratio: false,
+            },
+            Figure { key: "idle_1k_kib_per_conn_server_node", label: "  server node", ratio: false },
+        ],
+    ),
+    (
+        10_000,
+        [
+            Figure {
+                key: "idle_10k_kib_per_conn_client_node",
+                label: "10k idle conns, KiB/conn, client node",
+                ratio: false,
+            },
+            Figure { key: "idle_10k_kib_per_conn_server_node", label: "  server node", ratio: false },
+        ],
+    ),
+];
+
+/// A client → server pair measured as one mode.
+struct Mode<'a> {
+    name: &'static str,
+    client: &'a Pod,
+    server: &'a Pod,
+    /// Whether a proxy carries it (memory figures mean nothing without one).
+    proxied: bool,
+    /// Descriptors the busiest proxy holds per connection (HBONE multiplexes the node-to-node
+    /// side; plaintext passthrough has a socket on each side).
+    descriptors_per_connection: u64,
+}
+
+/// The proxies on the client's and the server's node.
+struct Proxies<'a> {
+    cgroups: [&'a std::path::Path; 2],
+    pids: [u32; 2],
+}
+
+impl Proxies<'_> {
+    fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        Ok(cpu_seconds(self.cgroups[0])? + cpu_seconds(self.cgroups[1])?)
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<[u64; 2]> {
+        Ok([rss_kib(self.pids[0])?, rss_kib(self.pids[1])?])
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut topology = Topology::new(2)?;
+    // Children inherit it: the idle-connection runs hold up to 10k connections.
+    let open_files = weft_ztunnel::rlimit::raise_open_files().context("raising the open-file limit")?;
+    let mut topology = Topology::new(3)?;
     let meshed_client = topology.add_pod(0, "meshed-client", "uid-meshed-client")?;
     let plain_client = topology.add_pod(0, "plain-client", "uid-plain-client")?;
     let meshed_server = topology.add_pod(1, "meshed-server", "uid-meshed-server")?;
     let plain_server = topology.add_pod(1, "plain-server", "uid-plain-server")?;
-    let _echoes =
-        [apps::echo_server(&meshed_server, ECHO_PORT)?, apps::echo_server(&plain_server, ECHO_PORT)?];
-    let members =
-        [Member::new(&meshed_client, "bench", "client"), Member::new(&meshed_server, "bench", "server")];
-    let mut mesh = Mesh::start(&topology, &members)?;
-    let idle_kib = rss_kib(mesh.ztunnel(0).pid())?;
-
-    let to = |pod: &weft_tests::topology::Pod| SocketAddr::new(pod.ipv4.into(), ECHO_PORT);
-    let modes = [
-        ("direct", &plain_client, to(&plain_server)),
-        ("passthrough", &meshed_client, to(&plain_server)),
-        ("hbone", &meshed_client, to(&meshed_server)),
+    let fresh_client = topology.add_pod(2, "fresh-client", "uid-fresh-client")?;
+    let mut servers = Vec::new();
+    for server in [&meshed_server, &plain_server] {
+        servers.push(apps::echo_server(server, ECHO_PORT)?);
+        servers.push(iperf3_server(server)?);
+    }
+    let members = [
+        Member::new(&meshed_client, "bench", "client"),
+        Member::new(&meshed_server, "bench", "server"),
+        Member::new(&fresh_client, "bench", "client"),
     ];
-    let mut results: Vec<Vec<[f64; 3]>> = vec![Vec::new(); modes.len()];
-    for _ in 0..args.repeats {
-        for ((_, client, target), samples) in modes.iter().zip(results.iter_mut()) {
-            let latency = testpod(client, &["latency", "--count", &args.round_trips.to_string()], *target)?;
-            let rate = testpod(client, &["connrate", "--count", &args.connections.to_string()], *target)?;
-            samples.push([
-                field(&latency, "p50_us")?,
-                field(&latency, "p99_us")?,
-                field(&rate, "conns_per_sec")?,
-            ]);
+    let mut mesh = Mesh::start(&topology, &members)?;
+    // Node 2's proxy releases a connection when its last stream ends: every new connection
+    // from there pays a full TCP + TLS + HTTP/2 handshake.
+    mesh.restart_ztunnel_with(2, &["--pool-idle-seconds", "0"], 1)?;
+    let nodes = topology.nodes();
+    let proxies = Proxies {
+        cgroups: [&nodes[0].proxy_cgroup, &nodes[1].proxy_cgroup],
+        pids: [mesh.ztunnel(0).pid(), mesh.ztunnel(1).pid()],
+    };
+    let idle_rss = proxies.rss_kib()?;
+
+    let modes = [
+        Mode {
+            name: "direct",
+            client: &plain_client,
+            server: &plain_server,
+            proxied: false,
+            descriptors_per_connection: 0,
+        },
+        Mode {
+            name: "passthrough",
+            client: &meshed_client,
+            server: &plain_server,
+            proxied: true,
+            descriptors_per_connection: 2,
+        },
+        Mode {
+            name: "hbone",
+            client: &meshed_client,
+            server: &meshed_server,
+            proxied: true,
+            descriptors_per_connection: 1,
+        },
+    ];
+    let figures: Vec<Figure> = BULK
+        .iter()
+        .flat_map(|(_, rate, cpu)| [*rate, *cpu])
+        .chain(LATENCY.map(|(_, figure)| figure))
+        .chain([VCPU])
+        .chain(RSS_AT_RATE)
+        .chain([CONNECTIONS, FRESH])
+        .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
+        .collect();
+    let mut report = Report::new(&modes.each_ref().map(|mode| mode.name), &figures);
+    for repeat in 1..=args.repeats {
+        eprintln!("repeat {repeat} of {}", args.repeats);
+        for mode in &modes {
+            bulk(&mut report, mode, &proxies, args.bulk_seconds)?;
+            latency(&mut report, mode, &proxies, &args)?;
+            let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
+            let count = args.connections.to_string();
+            let rate = testpod(mode.client, &["connrate", "--count", &count], to)?;
+            report.record(mode.name, CONNECTIONS, field(&rate, "conns_per_sec")?);
+            if mode.name == "hbone" {
+                let rate = testpod(&fresh_client, &["connrate", "--count", &count], to)?;
+                report.record(mode.name, FRESH, field(&rate, "conns_per_sec")?);
+            }
         }
     }
-    let loaded_kib = rss_kib(mesh.ztunnel(0).pid())?;
-
-    println!("mesh cost, {} interleaved repeats (median [min–max]); ratio = median / direct's", args.repeats);
-    println!(
-        "{:<12} {:>24} {:>24} {:>24} {:>18}",
-        "mode", "1KB rr p50 µs", "1KB rr p99 µs", "connections/s", "p50 / conns ratio"
-    );
-    let direct: Vec<f64> = (0..3).map(|i| median(results[0].iter().map(|s| s[i]).collect())).collect();
-    let mut json = Vec::new();
-    for ((mode, ..), samples) in modes.iter().zip(&results) {
-        let column = |i: usize| samples.iter().map(|s| s[i]).collect::<Vec<f64>>();
-        let cells: Vec<String> = (0..3).map(|i| summary(column(i))).collect();
-        let ratios = format!("{:.2} / {:.2}", median(column(0)) / direct[0], median(column(2)) / direct[2]);
-        println!("{mode:<12} {:>24} {:>24} {:>24} {:>18}", cells[0], cells[1], cells[2], ratios);
-        json.push(serde_json::json!({
-            "mode": mode,
-            "rr_p50_us": column(0),
-            "rr_p99_us": column(1),
-            "connections_per_sec": column(2),
-        }));
+    let mut skipped = Vec::new();
+    for mode in modes.iter().filter(|mode| mode.proxied) {
+        skipped.extend(idle_connections(&mut report, mode, &proxies, open_files)?);
     }
-    println!("ztunnel (node0) RSS: {idle_kib} KiB idle, {loaded_kib} KiB after the runs");
+
+    println!(
+        "the mesh against no mesh, {} interleaved repeats: median [min–max] ×ratio to direct",
+        args.repeats
+    );
+    print!("{}", report.table());
+    println!("proxy RSS idle: client node {} KiB, server node {} KiB", idle_rss[0], idle_rss[1]);
+    for note in &skipped {
+        println!("skipped: {note}");
+    }
+    println!("{}", machine());
     if let Some(path) = &args.json {
-        let report = serde_json::json!({ "modes": json, "ztunnel_rss_kib": { "idle": idle_kib, "after": loaded_kib } });
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        let mut json = report.json();
+        json["proxy_rss_idle_kib"] =
+            serde_json::json!({ "client_node": idle_rss[0], "server_node": idle_rss[1] });
+        json["machine"] = serde_json::json!(machine());
+        json["settings"] = serde_json::json!(format!("{args:?}"));
+        json["skipped"] = serde_json::json!(skipped);
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
     Ok(())
+}
+
+/// Bulk throughput over 1, 2 and 8 connections, and the proxies' CPU per GB moved.
+fn bulk(report: &mut Report, mode: &Mode, proxies: &Proxies, seconds: u32) -> anyhow::Result<()> {
+    for (streams, rate, cpu) in BULK {
+        let before = proxies.cpu_seconds()?;
+        let Bulk { gbit_per_sec, bytes } =
+            iperf3(mode.client, IpAddr::V4(mode.server.ipv4), streams, seconds)?;
+        let used = proxies.cpu_seconds()? - before;
+        report.record(mode.name, rate, gbit_per_sec);
+        report.record(mode.name, cpu, used / (bytes / 1e9));
+    }
+    Ok(())
+}
+
+/// 1 KB request/response at a fixed rate: percentiles, the proxies' CPU per 1000 requests/s
+/// and their peak memory meanwhile.
+fn latency(report: &mut Report, mode: &Mode, proxies: &Proxies, args: &Args) -> anyhow::Result<()> {
+    let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
+    let (rate, seconds) = (args.rate.to_string(), args.latency_seconds.to_string());
+    let before = proxies.cpu_seconds()?;
+    let peak = RssPeak::start(proxies.pids.to_vec());
+    let out = testpod(mode.client, &["openloop", "--rate", &rate, "--seconds", &seconds], to)?;
+    let (peaks, used) = (peak.finish(), proxies.cpu_seconds()? - before);
+    for (key, figure) in LATENCY {
+        report.record(mode.name, figure, field(&out, key)?);
+    }
+    report.record(mode.name, VCPU, used / args.latency_seconds / (f64::from(args.rate) / 1000.0));
+    if mode.proxied {
+        for (figure, peak) in RSS_AT_RATE.into_iter().zip(peaks) {
+            report.record(mode.name, figure, peak as f64);
+        }
+    }
+    Ok(())
+}
+
+/// The proxies' memory per connection with 1k and 10k idle connections held through them;
+/// returns what the open-file limit did not allow.
+fn idle_connections(
+    report: &mut Report,
+    mode: &Mode,
+    proxies: &Proxies,
+    open_files: u64,
+) -> anyhow::Result<Vec<String>> {
+    let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
+    let mut skipped = Vec::new();
+    for (count, figures) in IDLE {
+        let needed = count as u64 * mode.descriptors_per_connection + 1000;
+        if needed > open_files {
+            skipped.push(format!(
+                "{count} idle connections in {}: the proxy would need {needed} open files, the limit here is {open_files}",
+                mode.name
+            ));
+            continue;
+        }
+        let before = proxies.rss_kib()?;
+        let mut command = Command::new(apps::binary("weft-testpod")?);
+        command
+            .args(["hold", "--count", &count.to_string(), "--to", &to.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut holder = mode.client.spawn(command)?;
+        let mut stdin = holder.take_stdin()?;
+        holder
+            .wait_for(|line| line.starts_with("held="), Duration::from_secs(120))
+            .with_context(|| format!("holding {count} connections ({})", mode.name))?;
+        let held = proxies.rss_kib()?;
+        for ((figure, held), before) in figures.into_iter().zip(held).zip(before) {
+            report.record(mode.name, figure, held.saturating_sub(before) as f64 / count as f64);
+        }
+        stdin.flush()?;
+        drop(stdin);
+        let (ok, out) = holder.finish(Duration::from_secs(60))?;
+        anyhow::ensure!(ok, "holding {count} connections: {out}");
+    }
+    Ok(skipped)
+}
+
+/// The machine the figures come from.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("machine: {cpus} CPUs ({cpu}), kernel {}", kernel.trim())
 }

@@ -3,7 +3,8 @@
 //! the first pays for TCP, TLS and HTTP/2 handshakes. A connection carries at most
 //! [`MAX_STREAMS`] streams at once; under more load the pool opens another to the same peer, so
 //! one TCP connection's window and one core's TLS never cap a busy pair. A connection the peer
-//! closed (or sent GOAWAY on) is replaced.
+//! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
+//! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -11,6 +12,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use super::connect_in;
@@ -26,18 +28,35 @@ use crate::{
 
 type Key = (Identity, Identity, IpAddr, IpAddr);
 
-/// A pooled connection and how many of its streams are open.
+/// A pooled connection and its open streams.
 #[derive(Debug)]
 struct Pooled {
     connection: Connection,
-    active: Arc<AtomicUsize>,
+    active: Arc<Streams>,
 }
 
+/// How many streams a connection carries, and since when it has carried none.
+#[derive(Debug)]
+struct Streams {
+    open: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl Pooled {
+    fn idle_for_at_least(&self, timeout: Duration) -> bool {
+        self.active.open.load(Ordering::Acquire) == 0
+            && self.active.idle_since.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= timeout
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
+
 /// The node's HBONE connection pool.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
-    connections: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<Vec<Pooled>>>>>,
+    connections: Mutex<HashMap<Key, Slot>>,
     metrics: Arc<crate::metrics::Metrics>,
+    idle_timeout: Duration,
 }
 
 /// An open stream through the pool; its connection counts it until it drops.
@@ -48,18 +67,24 @@ pub struct Tunnel {
 }
 
 #[derive(Debug)]
-struct Active(Arc<AtomicUsize>);
+struct Active(Arc<Streams>);
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
     }
 }
 
 impl Pool {
-    /// A pool that reports handshake times to `metrics`.
-    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self { connections: Mutex::default(), metrics }
+    /// Istio's default for releasing an unused connection.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    /// A pool that reports handshake times to `metrics` and releases a connection after
+    /// `idle_timeout` without streams (zero: as soon as its last stream ends).
+    pub fn new(metrics: Arc<crate::metrics::Metrics>, idle_timeout: Duration) -> Self {
+        Self { connections: Mutex::default(), metrics, idle_timeout }
     }
 
     /// Opens a stream to `target` (a meshed workload proving `expected`) on behalf of the
@@ -78,22 +103,26 @@ impl Pool {
         for fresh in [false, true] {
             let (connection, active) = {
                 let mut pooled = slot.lock().await;
+                pooled.retain(|pooled| !pooled.idle_for_at_least(self.idle_timeout));
                 let reusable = pooled
                     .iter()
-                    .find(|pooled| !fresh && pooled.active.load(Ordering::Acquire) < MAX_STREAMS);
+                    .find(|pooled| !fresh && pooled.active.open.load(Ordering::Acquire) < MAX_STREAMS);
                 let (connection, active) = match reusable {
                     Some(pooled) => (pooled.connection.clone(), pooled.active.clone()),
                     None => {
                         let started = std::time::Instant::now();
                         let connection = connect(netns, cert, expected, target.ip()).await?;
                         self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
-                        let active = Arc::new(AtomicUsize::new(0));
+                        let active = Arc::new(Streams {
+                            open: AtomicUsize::new(0),
+                            idle_since: Mutex::new(Instant::now()),
+                        });
                         pooled.push(Pooled { connection: connection.clone(), active: active.clone() });
                         (connection, active)
                     }
                 };
                 // Counted before the lock goes, so concurrent openers see it.
-                active.fetch_add(1, Ordering::AcqRel);
+                active.open.fetch_add(1, Ordering::AcqRel);
                 (connection, Active(active))
             };
             match connection.open(target, source).await {
@@ -113,6 +142,23 @@ impl Pool {
     pub fn forget_source(&self, addresses: &[IpAddr]) {
         let gone: Vec<IpAddr> = addresses.iter().map(|ip| ip.to_canonical()).collect();
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !gone.contains(&key.3));
+    }
+
+    /// Releases the connections idle for the timeout, and the keys left without any. Run
+    /// periodically; a key busy opening is skipped until the next round.
+    pub fn release_idle(&self) {
+        self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, slot| {
+            let Ok(mut pooled) = slot.try_lock() else { return true };
+            pooled.retain(|pooled| !pooled.idle_for_at_least(self.idle_timeout));
+            // Openers clone the slot under the map's lock, held here: a count of one means no
+            // opener holds it.
+            !pooled.is_empty() || Arc::strong_count(slot) > 1
+        });
+    }
+
+    /// How often [`Pool::release_idle`] should run: often enough to keep the timeout roughly.
+    pub fn release_interval(&self) -> Duration {
+        (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// How many connections the pool holds (for tests and the admin endpoint).

@@ -1,6 +1,7 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
-//! repeats that at a fixed rate and reports counts; `standin` plays the node proxy (see
+//! repeats that at a fixed rate and reports counts; `latency`, `openloop`, `connrate` and `hold`
+//! are the benchmark's clients; `standin` plays the node proxy (see
 //! `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the datapath treats
 //! it as a pod's process.
 use std::{
@@ -62,6 +63,27 @@ enum Mode {
         #[arg(long, default_value_t = 1024)]
         size: usize,
     },
+    /// Requests of `size` bytes at a fixed `rate` for `seconds` over one connection, each timed
+    /// from when it was due (open loop: a slow reply never delays later requests, so queueing
+    /// shows in the figures); prints `requests=N p50_us= p90_us= p99_us= p999_us=`.
+    Openloop {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Opens `count` connections, one round trip on each, prints `held=N`, and keeps them open
+    /// until stdin closes.
+    Hold {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        count: usize,
+    },
     /// `count` connections one after another, each exchanging one byte; prints connections/s.
     Connrate {
         #[arg(long)]
@@ -86,6 +108,8 @@ enum Mode {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The benchmark's pods hold thousands of connections.
+    weft_ztunnel::rlimit::raise_open_files().context("raising the open file limit")?;
     match Args::parse().mode {
         Mode::Echo { port } => echo(port),
         Mode::Send { to, message, timeout_ms, print_peer, mark } => {
@@ -112,6 +136,8 @@ fn main() -> anyhow::Result<()> {
         Mode::Chat { to } => chat(to),
         Mode::Latency { to, count, size } => latency(to, count, size),
         Mode::Connrate { to, count } => connrate(to, count),
+        Mode::Openloop { to, rate, seconds, size } => openloop(to, rate, seconds, size),
+        Mode::Hold { to, count } => hold(to, count),
         Mode::Standin { bpffs_root, pod_ips } => standin::run(&bpffs_root, &pod_ips),
     }
 }
@@ -123,10 +149,12 @@ fn echo(port: u16) -> anyhow::Result<()> {
     println!("ready");
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        std::thread::spawn(move || {
-            let Ok(mut reader) = stream.try_clone() else { return };
-            let _ = std::io::copy(&mut reader, &mut stream);
+        let Ok(stream) = stream else { continue };
+        // Small stacks: the benchmark holds ten thousand connections, a thread each.
+        let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            // Both directions through shared references: one descriptor per connection.
+            let (mut reader, mut writer) = (&stream, &stream);
+            let _ = std::io::copy(&mut reader, &mut writer);
             let _ = stream.shutdown(Shutdown::Write);
         });
     }
@@ -176,6 +204,65 @@ fn latency(to: SocketAddr, count: usize, size: usize) -> anyhow::Result<()> {
     let at =
         |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
     println!("p50_us={:.1} p99_us={:.1}", at(0.50), at(0.99));
+    Ok(())
+}
+
+fn openloop(to: SocketAddr, rate: u32, seconds: f64, size: usize) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = stream.try_clone()?;
+    let count = (f64::from(rate) * seconds) as u32;
+    let period = Duration::from_secs(1) / rate.max(1);
+    let start = Instant::now() + Duration::from_millis(10);
+    let due = move |n: u32| start + period * n;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        // Wake on time (the default slack of 50 µs would add to every figure).
+        // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
+        let (mut stream, request) = (stream, vec![0x5a; size]);
+        for n in 0..count {
+            // Pacing, not synchronisation: each request leaves when it is due.
+            if let Some(wait) = due(n).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            stream.write_all(&request)?;
+        }
+        Ok(())
+    });
+    let mut reply = vec![0; size];
+    let mut samples = Vec::with_capacity(count as usize);
+    for n in 0..count {
+        reader.read_exact(&mut reply).with_context(|| format!("reading reply {n} of {count}"))?;
+        samples.push(Instant::now().saturating_duration_since(due(n)));
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    anyhow::ensure!(!samples.is_empty(), "no requests: rate × seconds < 1");
+    samples.sort();
+    let at =
+        |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    println!(
+        "requests={count} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1}",
+        at(0.50),
+        at(0.90),
+        at(0.99),
+        at(0.999)
+    );
+    Ok(())
+}
+
+fn hold(to: SocketAddr, count: usize) -> anyhow::Result<()> {
+    let mut held = Vec::with_capacity(count);
+    for n in 0..count {
+        let mut stream = TcpStream::connect(to).with_context(|| format!("connection {n} to {to}"))?;
+        stream.write_all(b"x")?;
+        stream.read_exact(&mut [0u8; 1]).with_context(|| format!("echo on connection {n}"))?;
+        held.push(stream);
+    }
+    println!("held={}", held.len());
+    std::io::stdout().flush()?;
+    // Until the harness closes stdin.
+    std::io::copy(&mut std::io::stdin(), &mut std::io::sink())?;
     Ok(())
 }
 
