@@ -29,8 +29,8 @@ pub struct Config {
     pub drain: Duration,
     /// Metrics, readiness and admin endpoints.
     pub admin: weft_api::admin::Addresses,
-    /// How long a pooled HBONE connection may stay without streams before it is released.
-    pub pool_idle_timeout: Duration,
+    /// How HBONE connections are shared.
+    pub pool: crate::proxy::PoolSettings,
 }
 
 /// Where the proxy learns the mesh's workloads and services.
@@ -162,7 +162,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         trust_domain: config.trust_domain.clone(),
         state,
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
-        pool: Pool::new(metrics.clone(), config.pool_idle_timeout),
+        pool: Pool::new(metrics.clone(), config.pool),
         plaintext: config.plaintext,
         bpffs_root: config.bpffs_root.clone(),
         metrics,

@@ -4,7 +4,7 @@
 //! `Forwarded: for="<src>"` carries the original source, the server answers 200 only once policy
 //! allowed the stream and the upstream connection succeeded, and no client byte reaches the
 //! upstream before that. Half-close and reset propagate both ways (FIN ↔ END_STREAM,
-//! RST ↔ RST_STREAM).
+//! RST ↔ RST_STREAM; see [`crate::relay`]).
 use std::{
     io,
     pin::Pin,
@@ -51,13 +51,18 @@ impl Stream {
         Self { send, recv, pending: Bytes::new() }
     }
 
+    /// Its halves, and any bytes received but not yet read (for [`crate::relay`]).
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes) {
+        (self.send, self.recv, self.pending)
+    }
+
     /// Aborts the stream: the peer sees RST_STREAM (CANCEL).
     pub fn reset(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
     }
 }
 
-fn io_error(error: h2::Error) -> io::Error {
+pub(crate) fn io_error(error: h2::Error) -> io::Error {
     if error.is_reset() || error.is_go_away() {
         io::Error::new(io::ErrorKind::ConnectionReset, error)
     } else if error.is_io() {
@@ -119,24 +124,5 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(io_error))
-    }
-}
-
-/// Relays bytes both ways between a plaintext TCP connection and an HBONE stream until both
-/// directions end. EOF becomes END_STREAM (and back); an error or reset on either side resets
-/// the other (RST_STREAM, or a TCP RST through a zero linger). Returns (bytes from TCP to the
-/// stream, bytes from the stream to TCP).
-pub async fn relay<T>(tcp: &mut T, stream: &mut Stream) -> io::Result<(u64, u64)>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::os::fd::AsFd,
-{
-    const BUFFER: usize = 64 * 1024;
-    match tokio::io::copy_bidirectional_with_sizes(tcp, stream, BUFFER, BUFFER).await {
-        Ok(counts) => Ok(counts),
-        Err(error) => {
-            stream.reset();
-            let _ = socket2::SockRef::from(&*tcp).set_linger(Some(std::time::Duration::ZERO));
-            Err(error)
-        }
     }
 }

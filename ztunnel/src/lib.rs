@@ -17,6 +17,7 @@ pub mod identity;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
+pub mod relay;
 pub mod rlimit;
 pub mod state;
 pub mod tls;

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Parser;
 use weft_ztunnel::{
     app,
-    proxy::{InboundPlaintext, Pool},
+    proxy::{InboundPlaintext, PoolSettings},
 };
 
 /// Weft node proxy.
@@ -54,9 +54,13 @@ struct Args {
     #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     cert_ttl_seconds: u64,
     /// Release a pooled HBONE connection after this many seconds without streams (0: as soon
-    /// as its last stream ends, so every connection pays a fresh handshake).
-    #[arg(long, env = "WEFT_POOL_IDLE_SECONDS", default_value_t = Pool::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    /// as its last stream ends).
+    #[arg(long, env = "WEFT_POOL_IDLE_SECONDS", default_value_t = PoolSettings::default().idle_timeout.as_secs())]
     pool_idle_seconds: u64,
+    /// Streams one pooled HBONE connection carries at once (1 and an idle timeout of 0: every
+    /// connection pays a fresh handshake).
+    #[arg(long, env = "WEFT_POOL_MAX_STREAMS", default_value_t = PoolSettings::default().max_streams)]
+    pool_max_streams: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -97,7 +101,10 @@ fn main() -> anyhow::Result<()> {
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
         drain: Duration::from_secs(args.drain_seconds),
         admin: weft_api::admin::Addresses::default(),
-        pool_idle_timeout: Duration::from_secs(args.pool_idle_seconds),
+        pool: PoolSettings {
+            max_streams: args.pool_max_streams,
+            idle_timeout: Duration::from_secs(args.pool_idle_seconds),
+        },
     };
     match weft_ztunnel::rlimit::raise_open_files() {
         Ok(limit) => tracing::info!(open_files = limit, "open file limit"),

@@ -22,7 +22,7 @@ use weft_ztunnel::{
     },
     identity::Identity,
     inpod::netns::{Netns, home_netns},
-    proxy::{Pool, Tunnel},
+    proxy::{Pool, PoolSettings, Tunnel},
     tls::{self, test_ca::TestCa},
 };
 
@@ -78,7 +78,10 @@ impl Peer {
         });
         Self {
             accepted,
-            pool: Arc::new(Pool::new(Arc::default(), idle_timeout)),
+            pool: Arc::new(Pool::new(
+                Arc::default(),
+                PoolSettings { idle_timeout, ..PoolSettings::default() },
+            )),
             cert: Arc::new(ca.issue(&client_id)),
             here: Arc::new(Netns::new(
                 std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(),
@@ -117,7 +120,7 @@ impl Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places_are_reused() {
-    let peer = Peer::start(1, Pool::DEFAULT_IDLE_TIMEOUT).await;
+    let peer = Peer::start(1, PoolSettings::default().idle_timeout).await;
     let (pool, source) = (&peer.pool, peer.source);
     let open = |count| peer.open(count);
 
@@ -141,7 +144,7 @@ async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
-    let lasting = Peer::start(2, Pool::DEFAULT_IDLE_TIMEOUT).await;
+    let lasting = Peer::start(2, PoolSettings::default().idle_timeout).await;
     drop(lasting.open(1).await);
     drop(lasting.open(1).await);
     lasting.pool.release_idle();

@@ -6,7 +6,7 @@
 //! bulk throughput over 1, 2 and 8 connections (iperf3) with the proxies' CPU per GB, 1 KB
 //! request/response latency at a fixed rate (open loop) with the proxies' CPU and memory, and
 //! new connections per second — through an existing tunnel, and (a third node whose ztunnel
-//! keeps no idle connection) with a fresh mTLS handshake each. Then the proxies' memory per
+//! shares no HBONE connection) with a fresh mTLS handshake each. Then the proxies' memory per
 //! idle connection with 1k and 10k held. Prints a table with ratios to `direct` and writes
 //! JSON. Figures, not a test. `cargo xtask bench` builds in release and runs it.
 use std::{
@@ -161,9 +161,9 @@ fn main() -> anyhow::Result<()> {
         Member::new(&fresh_client, "bench", "client"),
     ];
     let mut mesh = Mesh::start(&topology, &members)?;
-    // Node 2's proxy releases a connection when its last stream ends: every new connection
-    // from there pays a full TCP + TLS + HTTP/2 handshake.
-    mesh.restart_ztunnel_with(2, &["--pool-idle-seconds", "0"], 1)?;
+    // Node 2's proxy gives each connection its own HBONE connection and releases it when the
+    // stream ends: every new connection from there pays a full TCP + TLS + HTTP/2 handshake.
+    mesh.restart_ztunnel_with(2, &["--pool-max-streams", "1", "--pool-idle-seconds", "0"], 1)?;
     let nodes = topology.nodes();
     let proxies = Proxies {
         cgroups: [&nodes[0].proxy_cgroup, &nodes[1].proxy_cgroup],

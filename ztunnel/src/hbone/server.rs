@@ -223,9 +223,9 @@ async fn serve_stream<H: Handler>(
             return StreamEnd::ResetByPeer;
         }
     };
-    let mut stream = Stream::new(send, request.into_body());
-    let relayed = super::relay(&mut upstream, &mut stream).await;
-    let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+    let counts = crate::relay::Counts::default();
+    let relayed = crate::relay::hbone(&mut upstream, Stream::new(send, request.into_body()), &counts).await;
+    let (sent, received) = counts.get();
     handler.closed(&connect, sent, received);
     if let Err(error) = relayed {
         tracing::debug!(%error, "HBONE stream ended with an error");

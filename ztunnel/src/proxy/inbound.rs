@@ -168,7 +168,7 @@ pub async fn serve_plaintext(
                                 return Err(std::io::Error::other(format!("{target} is the proxy's own port")));
                             }
                             let mut upstream = connect_in(&netns, target).await?;
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                            crate::relay::tcp(&mut client, &mut upstream, &crate::relay::Counts::default()).await
                         };
                         if let Err(error) = result.await {
                             tracing::info!(%peer, %error, "plaintext inbound failed");

@@ -3,20 +3,17 @@
 //! relaxed atomic add per read or write.
 use std::{
     collections::HashMap,
-    io,
     net::SocketAddr,
-    os::fd::{AsFd, BorrowedFd},
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    task::{Context, Poll},
     time::SystemTime,
 };
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::relay::Counts;
 
 /// One open connection.
 #[derive(Debug, Serialize)]
@@ -29,10 +26,9 @@ pub struct Connection {
     pub target: SocketAddr,
     /// Seconds since the Unix epoch.
     pub since: u64,
-    /// From the pod's app to the destination, so far.
-    pub sent: AtomicU64,
-    /// Back to the pod's app, so far.
-    pub received: AtomicU64,
+    /// From the pod's app to the destination (sent) and back (received), so far.
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 /// The open connections of a node's proxy.
@@ -71,15 +67,8 @@ impl Live {
     ) -> Registration<'_> {
         let since =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
-        let connection = Arc::new(Connection {
-            pod,
-            source,
-            destination,
-            target,
-            since,
-            sent: AtomicU64::new(0),
-            received: AtomicU64::new(0),
-        });
+        let connection =
+            Arc::new(Connection { pod, source, destination, target, since, counts: Counts::default() });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.open().insert(id, connection.clone());
         Registration { live: self, id, connection }
@@ -91,59 +80,5 @@ impl Live {
             self.open().iter().map(|(id, connection)| (*id, connection.clone())).collect();
         open.sort_by_key(|(id, _)| *id);
         open.into_iter().map(|(_, connection)| connection).collect()
-    }
-}
-
-/// The pod's side of a connection, counting what it reads (sent) and writes (received).
-#[derive(Debug)]
-pub struct Counted<T> {
-    inner: T,
-    connection: Arc<Connection>,
-}
-
-impl<T> Counted<T> {
-    pub fn new(inner: T, connection: Arc<Connection>) -> Self {
-        Self { inner, connection }
-    }
-}
-
-fn add(counter: &AtomicU64, bytes: usize) {
-    counter.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        add(&self.connection.sent, buf.filled().len() - before);
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(written)) = &polled {
-            add(&self.connection.received, *written);
-        }
-        polled
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl<T: AsFd> AsFd for Counted<T> {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
     }
 }

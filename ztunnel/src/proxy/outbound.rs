@@ -7,11 +7,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Context, Pod, canonical, connect_in, live::Counted, original_dst};
+use super::{Context, Pod, canonical, connect_in, original_dst};
 use crate::{
     hbone::{self, server::drained},
     inpod::netns::Netns,
     metrics::Reporter,
+    relay,
     state::{TunnelProtocol, Workload},
 };
 
@@ -152,7 +153,7 @@ async fn proxy(
             Route::Tunnel(workload, addr) => {
                 let cert = context.identities.fetch(&source).await?;
                 let expected = workload.identity(&context.trust_domain);
-                let mut tunnel = match context.pool.open(netns, &cert, &expected, addr, peer).await {
+                let tunnel = match context.pool.open(netns, &cert, &expected, addr, peer).await {
                     Ok(tunnel) => tunnel,
                     Err(error) => {
                         tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
@@ -173,9 +174,8 @@ async fn proxy(
                     expected.to_string(),
                     target,
                 );
-                let mut counted = Counted::new(&mut client, live.connection.clone());
-                let relayed = hbone::relay(&mut counted, &mut tunnel.stream).await;
-                let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+                let relayed = relay::hbone(&mut client, tunnel.stream, &live.connection.counts).await;
+                let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
                 tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, sent, received, "outbound via HBONE closed");
@@ -198,9 +198,8 @@ async fn proxy(
                     "-".to_owned(),
                     target,
                 );
-                let mut counted = Counted::new(&mut client, live.connection.clone());
-                let relayed = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await;
-                let (sent, received) = relayed.as_ref().map_or((0, 0), |counts| *counts);
+                let relayed = relay::tcp(&mut client, &mut upstream, &live.connection.counts).await;
+                let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
                 tracing::info!(pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");

@@ -1,7 +1,7 @@
 //! HBONE connections for reuse, keyed by (source identity, destination identity, destination
 //! IP, source pod IP): a new proxied connection opens a stream on a pooled connection, and only
 //! the first pays for TCP, TLS and HTTP/2 handshakes. A connection carries at most
-//! [`MAX_STREAMS`] streams at once; under more load the pool opens another to the same peer, so
+//! [`Settings::max_streams`] streams at once; under more load the pool opens another to the same peer, so
 //! one TCP connection's window and one core's TLS never cap a busy pair. A connection the peer
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
 //! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
@@ -51,12 +51,28 @@ impl Pooled {
 
 type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
 
+/// How the pool shares connections (Istio's `POOL_MAX_STREAMS_PER_CONNECTION` and
+/// `POOL_UNUSED_RELEASE_TIMEOUT`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Streams one connection carries at once.
+    pub max_streams: usize,
+    /// How long a connection without streams stays for reuse (zero: released at once).
+    pub idle_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self { max_streams: MAX_STREAMS, idle_timeout: Duration::from_secs(300) }
+    }
+}
+
 /// The node's HBONE connection pool.
 #[derive(Debug)]
 pub struct Pool {
     connections: Mutex<HashMap<Key, Slot>>,
     metrics: Arc<crate::metrics::Metrics>,
-    idle_timeout: Duration,
+    settings: Settings,
 }
 
 /// An open stream through the pool; its connection counts it until it drops.
@@ -78,13 +94,14 @@ impl Drop for Active {
 }
 
 impl Pool {
-    /// Istio's default for releasing an unused connection.
-    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-    /// A pool that reports handshake times to `metrics` and releases a connection after
-    /// `idle_timeout` without streams (zero: as soon as its last stream ends).
-    pub fn new(metrics: Arc<crate::metrics::Metrics>, idle_timeout: Duration) -> Self {
-        Self { connections: Mutex::default(), metrics, idle_timeout }
+    /// A pool that shares connections as `settings` say and reports handshake times to
+    /// `metrics`.
+    pub fn new(metrics: Arc<crate::metrics::Metrics>, settings: Settings) -> Self {
+        Self {
+            connections: Mutex::default(),
+            metrics,
+            settings: Settings { max_streams: settings.max_streams.max(1), ..settings },
+        }
     }
 
     /// Opens a stream to `target` (a meshed workload proving `expected`) on behalf of the
@@ -103,10 +120,10 @@ impl Pool {
         for fresh in [false, true] {
             let (connection, active) = {
                 let mut pooled = slot.lock().await;
-                pooled.retain(|pooled| !pooled.idle_for_at_least(self.idle_timeout));
-                let reusable = pooled
-                    .iter()
-                    .find(|pooled| !fresh && pooled.active.open.load(Ordering::Acquire) < MAX_STREAMS);
+                pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
+                let reusable = pooled.iter().find(|pooled| {
+                    !fresh && pooled.active.open.load(Ordering::Acquire) < self.settings.max_streams
+                });
                 let (connection, active) = match reusable {
                     Some(pooled) => (pooled.connection.clone(), pooled.active.clone()),
                     None => {
@@ -149,7 +166,7 @@ impl Pool {
     pub fn release_idle(&self) {
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, slot| {
             let Ok(mut pooled) = slot.try_lock() else { return true };
-            pooled.retain(|pooled| !pooled.idle_for_at_least(self.idle_timeout));
+            pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
             // Openers clone the slot under the map's lock, held here: a count of one means no
             // opener holds it.
             !pooled.is_empty() || Arc::strong_count(slot) > 1
@@ -158,7 +175,7 @@ impl Pool {
 
     /// How often [`Pool::release_idle`] should run: often enough to keep the timeout roughly.
     pub fn release_interval(&self) -> Duration {
-        (self.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+        (self.settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
     }
 
     /// How many connections the pool holds (for tests and the admin endpoint).
