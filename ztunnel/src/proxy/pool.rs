@@ -1,8 +1,8 @@
 //! HBONE connections for reuse, keyed by (source identity, destination identity, destination
 //! IP, source pod IP): a new proxied connection opens a stream on a pooled connection, and only
 //! the first pays for TCP, TLS and HTTP/2 handshakes. A connection carries at most
-//! [`Settings::max_streams`] streams at once; under more load the pool opens another to the same peer, so
-//! one TCP connection's window and one core's TLS never cap a busy pair. A connection the peer
+//! [`Settings::max_streams`] streams at once; under more load the pool opens another to the
+//! same peer, so one TCP connection's window never caps a busy pair. A connection the peer
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
 //! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
 use std::{
