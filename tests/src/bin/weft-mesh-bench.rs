@@ -10,7 +10,6 @@
 //! idle connection with 1k and 10k held. Prints a table with ratios to `direct` and writes
 //! JSON. Figures, not a test. `cargo xtask bench` builds in release and runs it.
 use std::{
-    io::Write,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
@@ -306,7 +305,7 @@ fn idle_connections(
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut holder = mode.client.spawn(command)?;
-        let mut stdin = holder.take_stdin()?;
+        let stdin = holder.take_stdin()?;
         holder
             .wait_for(|line| line.starts_with("held="), Duration::from_secs(120))
             .with_context(|| format!("holding {count} connections ({})", mode.name))?;
@@ -314,7 +313,7 @@ fn idle_connections(
         for ((figure, held), before) in figures.into_iter().zip(held).zip(before) {
             report.record(mode.name, figure, held.saturating_sub(before) as f64 / count as f64);
         }
-        stdin.flush()?;
+        // Closing stdin lets the holder go.
         drop(stdin);
         let (ok, out) = holder.finish(Duration::from_secs(60))?;
         anyhow::ensure!(ok, "holding {count} connections: {out}");
