@@ -6,11 +6,13 @@
 //! Built in steps. Here so far: workload identities and their certificates ([`identity`]),
 //! mutual TLS bound to them ([`tls`]), HBONE — HTTP/2 CONNECT over that TLS — with its client,
 //! server and byte relay ([`hbone`]), the per-pod listeners and what they do ([`proxy`]), pods
-//! handed over by the agent ([`inpod`]), the workload and service index ([`state`]) kept by
+//! handed over by the agent ([`inpod`]), L4 authorization ([`authz`]), the workload, service
+//! and policy index ([`state`]) kept by
 //! the delta xDS client ([`xds`]) or read from a local file, the control-plane connection
 //! ([`control`]), and the process wiring ([`app`]).
 
 pub mod app;
+pub mod authz;
 pub mod control;
 pub mod hbone;
 pub mod identity;

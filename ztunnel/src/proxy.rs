@@ -62,11 +62,25 @@ pub struct Context {
     pub pods: std::sync::RwLock<Vec<(Pod, Vec<IpAddr>)>>,
 }
 
+/// How long a connection waits for the first complete configuration before it is closed.
+const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Services whose round-robin positions are kept before they are all reset (services come and
 /// go; the positions only spread load).
 const ROUND_ROBIN_SERVICES: usize = 4096;
 
 impl Context {
+    /// Decides an inbound connection to `pod` once the configuration is complete (a DENY
+    /// policy may still be on its way before); `None` if it did not arrive in time.
+    pub async fn authorize(
+        &self,
+        pod: &Pod,
+        connection: &crate::authz::Connection<'_>,
+    ) -> Option<crate::authz::Verdict> {
+        tokio::time::timeout(CONFIG_WAIT, self.state.synced()).await.ok()?;
+        Some(self.state.authorize(&pod.uid, &pod.namespace, connection))
+    }
+
     /// The next round-robin position for service `key`.
     pub fn next_endpoint(&self, key: &str) -> usize {
         let mut positions = self.round_robin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -202,7 +216,13 @@ impl PodProxy {
         // Counted now, before any task runs: a drain that starts meanwhile waits for these too.
         let listening = || Listening::new(&context);
         tasks.spawn(outbound::serve(outbound, listening(), context.clone(), pod_ref.clone(), netns.clone()));
-        tasks.spawn(inbound::serve_plaintext(inbound, listening(), context.clone(), netns.clone()));
+        tasks.spawn(inbound::serve_plaintext(
+            inbound,
+            listening(),
+            context.clone(),
+            pod_ref.clone(),
+            netns.clone(),
+        ));
         tasks.spawn(inbound::serve_hbone(
             hbone,
             listening(),

@@ -1,7 +1,8 @@
-//! What the proxy knows about the mesh: workloads by address and services by virtual IP, from
-//! the control plane's xDS stream ([`crate::xds`]) or a local JSON file. Every update builds a
-//! new immutable index and swaps it in; an update that would give one address to two workloads
-//! (or one VIP to two services) is rejected whole and the last good index kept.
+//! What the proxy knows about the mesh: workloads by address, services by virtual IP and
+//! authorization policies by scope, from the control plane's xDS stream ([`crate::xds`]) or a
+//! local JSON file. Every update builds a new immutable index and swaps it in; an update that
+//! would give one address to two workloads (or one VIP to two services) is rejected whole and
+//! the last good index kept.
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -11,7 +12,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
+use crate::{
+    authz::{Connection, Policy, Scope, Verdict},
+    identity::Identity,
+};
 
 /// How traffic to a workload travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -47,6 +51,9 @@ pub struct Workload {
     pub services: BTreeMap<String, Vec<PortMapping>>,
     #[serde(default = "healthy")]
     pub healthy: bool,
+    /// Workload-selector policies that apply to it (`namespace/name`).
+    #[serde(default)]
+    pub authorization_policies: Vec<String>,
 }
 
 fn healthy() -> bool {
@@ -84,9 +91,9 @@ pub enum Address {
 }
 
 /// A change to the index: resources added or replaced (name, version, value) and names removed.
-#[derive(Debug, Default)]
-pub struct Update {
-    pub changed: Vec<(String, String, Address)>,
+#[derive(Debug)]
+pub struct Update<T = Address> {
+    pub changed: Vec<(String, String, T)>,
     pub removed: Vec<String>,
 }
 
@@ -112,6 +119,38 @@ pub enum Error {
 #[derive(Debug, Deserialize)]
 struct LocalConfig {
     workloads: Vec<Workload>,
+}
+
+/// Authorization policies by name (with versions) and by the scope they apply to.
+#[derive(Debug, Default)]
+struct Policies {
+    by_name: HashMap<String, (String, Arc<Policy>)>,
+    global: Vec<Arc<Policy>>,
+    by_namespace: HashMap<String, Vec<Arc<Policy>>>,
+}
+
+impl Policies {
+    fn build(by_name: HashMap<String, (String, Arc<Policy>)>) -> Self {
+        let mut policies = Policies::default();
+        for (_, policy) in by_name.values() {
+            match policy.scope {
+                Scope::Global => policies.global.push(policy.clone()),
+                Scope::Namespace => {
+                    policies.by_namespace.entry(policy.namespace.clone()).or_default().push(policy.clone());
+                }
+                Scope::WorkloadSelector => {}
+            }
+        }
+        policies.by_name = by_name;
+        policies
+    }
+}
+
+/// Which configuration kinds have arrived complete at least once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub addresses: bool,
+    pub policies: bool,
 }
 
 /// One immutable version of everything known.
@@ -172,32 +211,43 @@ fn duplicate(ip: IpAddr, first: &str, second: &str) -> Error {
 #[derive(Debug)]
 pub struct State {
     index: RwLock<Arc<Index>>,
+    policies: RwLock<Arc<Policies>>,
     /// Whether a complete configuration has arrived; until then nothing may be assumed
-    /// unmeshed (a destination not yet known could be a workload that must be tunnelled).
-    synced: tokio::sync::watch::Sender<bool>,
+    /// unmeshed (a destination not yet known could be a workload that must be tunnelled) and
+    /// no connection authorized (a DENY policy may be on its way).
+    synced: tokio::sync::watch::Sender<Synced>,
 }
 
 impl Default for State {
     fn default() -> Self {
-        Self { index: RwLock::default(), synced: tokio::sync::watch::Sender::new(false) }
+        Self {
+            index: RwLock::default(),
+            policies: RwLock::default(),
+            synced: tokio::sync::watch::Sender::new(Synced::default()),
+        }
     }
 }
 
 impl State {
-    /// Marks the configuration complete (first xDS response applied, or the local file read).
+    /// Marks the whole configuration complete (the local file read).
     pub fn mark_synced(&self) {
-        self.synced.send_replace(true);
+        self.synced.send_replace(Synced { addresses: true, policies: true });
+    }
+
+    /// Marks one kind complete (its first xDS response applied).
+    pub fn mark_kind_synced(&self, kind: impl FnOnce(&mut Synced)) {
+        self.synced.send_modify(kind);
     }
 
     pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
+        *self.synced.borrow() == Synced { addresses: true, policies: true }
     }
 
     /// Waits until the configuration is complete.
     pub async fn synced(&self) {
         let mut synced = self.synced.subscribe();
         // The sender lives as long as `self`.
-        let _ = synced.wait_for(|synced| *synced).await;
+        let _ = synced.wait_for(|synced| synced.addresses && synced.policies).await;
     }
 
     fn current(&self) -> Arc<Index> {
@@ -261,9 +311,52 @@ impl State {
         Some((service, endpoints))
     }
 
-    /// Every resource name with its version: what a reconnecting xDS client says it holds.
+    /// Every address resource's name with its version: what a reconnecting xDS client says it
+    /// holds.
     pub fn versions(&self) -> HashMap<String, String> {
         self.current().resources.iter().map(|(name, (version, _))| (name.clone(), version.clone())).collect()
+    }
+
+    /// The same for authorization policies.
+    pub fn policy_versions(&self) -> HashMap<String, String> {
+        self.current_policies()
+            .by_name
+            .iter()
+            .map(|(name, (version, _))| (name.clone(), version.clone()))
+            .collect()
+    }
+
+    fn current_policies(&self) -> Arc<Policies> {
+        self.policies.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Applies a delta of authorization policies (they cannot conflict with one another).
+    pub fn apply_policies(&self, update: Update<Policy>) {
+        let mut by_name = self.current_policies().by_name.clone();
+        for name in &update.removed {
+            by_name.remove(name);
+        }
+        for (name, version, policy) in update.changed {
+            by_name.insert(name, (version, Arc::new(policy)));
+        }
+        *self.policies.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Arc::new(Policies::build(by_name));
+    }
+
+    /// Decides an inbound connection to the pod with `uid` in `namespace`: the mesh-wide
+    /// policies, its namespace's, and those its workload resource names.
+    pub fn authorize(&self, uid: &str, namespace: &str, connection: &Connection) -> Verdict {
+        let policies = self.current_policies();
+        let workload =
+            self.workload_by_ip(connection.destination.ip()).filter(|workload| workload.uid == uid);
+        let selected = workload
+            .iter()
+            .flat_map(|workload| workload.authorization_policies.iter())
+            .filter_map(|name| policies.by_name.get(name))
+            .map(|(_, policy)| policy)
+            .filter(|policy| policy.scope == Scope::WorkloadSelector);
+        let scoped = policies.global.iter().chain(policies.by_namespace.get(namespace).into_iter().flatten());
+        crate::authz::decide(scoped.chain(selected).map(AsRef::as_ref), connection)
     }
 
     /// Everything known, for the admin `config_dump`.
@@ -275,12 +368,18 @@ impl State {
         let mut services: Vec<&Service> = index.by_vip.values().map(AsRef::as_ref).collect();
         services.sort_by_key(|service| service.key());
         services.dedup_by(|a, b| a.key() == b.key());
-        serde_json::json!({ "workloads": workloads, "services": services })
+        let policies = self.current_policies();
+        let mut policies: Vec<&Policy> =
+            policies.by_name.values().map(|(_, policy)| policy.as_ref()).collect();
+        policies.sort_by_key(|policy| policy.key());
+        serde_json::json!({ "workloads": workloads, "services": services, "policies": policies })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn workload(uid: &str, ip: &str) -> Workload {
@@ -294,6 +393,7 @@ mod tests {
             protocol: TunnelProtocol::Hbone,
             services: BTreeMap::new(),
             healthy: true,
+            authorization_policies: Vec::new(),
         }
     }
 
@@ -369,5 +469,61 @@ mod tests {
         assert_eq!(state.versions().len(), 3);
         state.apply(Update { changed: vec![], removed: vec!["ns/web.ns.svc.cluster.local".into()] }).unwrap();
         assert!(state.service_by_vip("10.96.0.10".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_pod_is_governed_by_global_namespace_and_its_own_selected_policies_only() {
+        use crate::authz::{Action, Policy, Scope};
+        let policy = |namespace: &str, name: &str, scope| Policy {
+            name: name.into(),
+            namespace: namespace.into(),
+            scope,
+            action: Action::Allow,
+            groups: vec![],
+        };
+        let named = |policy: Policy| (policy.key(), "1".to_owned(), policy);
+        let state = State::default();
+        let mut selected = workload("a", "10.0.0.1");
+        selected.authorization_policies = vec!["ns/mine".into(), "ns/scoped-elsewhere".into()];
+        state.replace(vec![selected, workload("b", "10.0.0.2")]).unwrap();
+        state.apply_policies(Update {
+            changed: vec![
+                named(policy("weft-system", "mesh", Scope::Global)),
+                named(policy("ns", "namespace", Scope::Namespace)),
+                named(policy("other", "namespace", Scope::Namespace)),
+                named(policy("ns", "mine", Scope::WorkloadSelector)),
+                // Named by the workload but not a selector policy: it cannot apply twice.
+                named(policy("ns", "scoped-elsewhere", Scope::Namespace)),
+                named(policy("ns", "someone-elses", Scope::WorkloadSelector)),
+            ],
+            removed: vec![],
+        });
+        let applying = |uid: &str, ip: &str| {
+            let connection = Connection {
+                source: None,
+                source_ip: "10.9.9.9".parse().unwrap(),
+                destination: SocketAddr::new(ip.parse().unwrap(), 80),
+            };
+            match state.authorize(uid, "ns", &connection) {
+                Verdict::NotAllowed { mut policies } => {
+                    policies.sort();
+                    policies
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(
+            applying("a", "10.0.0.1"),
+            ["ns/mine", "ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]
+        );
+        assert_eq!(applying("b", "10.0.0.2"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
+        // An address now held by another workload does not lend it its policies.
+        assert_eq!(applying("c", "10.0.0.1"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
+        state.apply_policies(Update {
+            changed: vec![],
+            removed: vec!["ns/namespace".into(), "ns/scoped-elsewhere".into(), "ns/mine".into()],
+        });
+        assert_eq!(applying("a", "10.0.0.1"), ["weft-system/mesh"]);
+        assert_eq!(state.policy_versions().len(), 3);
     }
 }

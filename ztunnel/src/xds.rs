@@ -1,9 +1,8 @@
 //! The delta xDS client: one `DeltaAggregatedResources` stream to the control plane (or istiod),
-//! subscribed to every `istio.workload.Address` (`istio.security.Authorization` waits for
-//! policy enforcement: acking policies nothing enforces would tell the server they hold). Each
+//! subscribed to every `istio.workload.Address` and `istio.security.Authorization`. Each
 //! response is converted and applied to [`State`] whole, then acked; a response that does not
 //! convert or would leave the index inconsistent is nacked with the reason and the last good
-//! state kept. When the stream breaks the state stays as it was (traffic keeps flowing on the
+//! state kept. The state counts as synced once both kinds have arrived. When the stream breaks the state stays as it was (traffic keeps flowing on the
 //! last good config) and the client reconnects with capped backoff, telling the server which
 //! versions it holds so it gets only the difference.
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -15,6 +14,7 @@ use weft_api::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
+    security::AUTHORIZATION_TYPE,
     workload::ADDRESS_TYPE,
 };
 
@@ -82,15 +82,21 @@ async fn session(
 ) -> Result<(), Error> {
     let (requests, outgoing) = mpsc::channel(8);
     let node = Node { id: config.node_id.clone(), ..Default::default() };
-    // Resume: name the Address versions held (local-file entries have none).
-    let held = state.versions().into_iter().filter(|(_, version)| !version.is_empty()).collect();
-    let subscribe = DeltaDiscoveryRequest {
-        node: Some(node),
-        type_url: ADDRESS_TYPE.to_owned(),
-        initial_resource_versions: held,
-        ..Default::default()
+    // Resume: name the versions held (local-file entries have none).
+    let held = |versions: std::collections::HashMap<String, String>| {
+        versions.into_iter().filter(|(_, version)| !version.is_empty()).collect()
     };
-    requests.send(subscribe).await.map_err(|_| Error::RequestsClosed)?;
+    let subscriptions =
+        [(ADDRESS_TYPE, held(state.versions())), (AUTHORIZATION_TYPE, held(state.policy_versions()))];
+    for (type_url, initial_resource_versions) in subscriptions {
+        let subscribe = DeltaDiscoveryRequest {
+            node: Some(node.clone()),
+            type_url: type_url.to_owned(),
+            initial_resource_versions,
+            ..Default::default()
+        };
+        requests.send(subscribe).await.map_err(|_| Error::RequestsClosed)?;
+    }
     let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
     request
         .metadata_mut()
@@ -125,7 +131,15 @@ fn apply(response: &DeltaDiscoveryResponse, state: &State) -> Result<(), String>
             let (changed, removed) = (update.changed.len(), update.removed.len());
             state.apply(update).map_err(|error| error.to_string())?;
             tracing::debug!(version = %response.system_version_info, changed, removed, "addresses applied");
-            state.mark_synced();
+            state.mark_kind_synced(|synced| synced.addresses = true);
+            Ok(())
+        }
+        AUTHORIZATION_TYPE => {
+            let update = convert::policies(response)?;
+            let (changed, removed) = (update.changed.len(), update.removed.len());
+            state.apply_policies(update);
+            tracing::debug!(version = %response.system_version_info, changed, removed, "policies applied");
+            state.mark_kind_synced(|synced| synced.policies = true);
             Ok(())
         }
         other => Err(format!("unexpected resource type {other}")),

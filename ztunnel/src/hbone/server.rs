@@ -27,6 +27,9 @@ pub const RESET_WINDOW: Duration = Duration::from_secs(10);
 pub struct ConnectRequest {
     /// The client workload's identity, from its certificate.
     pub peer: Identity,
+    /// The HBONE connection's source address: the client pod's, as its proxy connects from
+    /// inside that pod.
+    pub source: SocketAddr,
     /// `:authority`: the destination pod IP and port.
     pub target: SocketAddr,
     /// The original source from `Forwarded: for=...`, when given and well-formed.
@@ -90,6 +93,8 @@ pub async fn drained(draining: &mut Option<tokio::sync::watch::Receiver<bool>>) 
 /// Errors that end a whole HBONE connection (a stream's errors end only that stream).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("the connection's source address")]
+    Io(#[source] std::io::Error),
     #[error("TLS handshake")]
     Tls(#[source] std::io::Error),
     #[error("TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}")]
@@ -140,6 +145,7 @@ pub async fn serve_connection<H: Handler>(
     handler: Arc<H>,
 ) -> Result<(), Error> {
     let started = std::time::Instant::now();
+    let source = tcp.peer_addr().map_err(Error::Io)?;
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
@@ -167,7 +173,7 @@ pub async fn serve_connection<H: Handler>(
             }
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    streams.spawn(serve_stream(request, respond, peer.clone(), handler.clone()));
+                    streams.spawn(serve_stream(request, respond, (peer.clone(), source), handler.clone()));
                 }
                 Some(Err(error)) => return Err(Error::Http2(error)),
                 None => break,
@@ -193,7 +199,7 @@ pub async fn serve_connection<H: Handler>(
 async fn serve_stream<H: Handler>(
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer: Identity,
+    peer: (Identity, SocketAddr),
     handler: Arc<H>,
 ) -> StreamEnd {
     let connect = match check(&request, peer) {
@@ -239,7 +245,10 @@ fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
 }
 
 /// Protocol checks of DESIGN.md §3: CONNECT with an `ip:port` authority.
-fn check(request: &Request<h2::RecvStream>, peer: Identity) -> Result<ConnectRequest, Refusal> {
+fn check(
+    request: &Request<h2::RecvStream>,
+    (peer, source): (Identity, SocketAddr),
+) -> Result<ConnectRequest, Refusal> {
     if request.method() != Method::CONNECT {
         return Err(Refusal::BadRequest(format!("method {} is not CONNECT", request.method())));
     }
@@ -253,7 +262,7 @@ fn check(request: &Request<h2::RecvStream>, peer: Identity) -> Result<ConnectReq
         .get("forwarded")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_forwarded_for);
-    Ok(ConnectRequest { peer, target, forwarded_for })
+    Ok(ConnectRequest { peer, source, target, forwarded_for })
 }
 
 /// `for="1.2.3.4:5"` or `for="[::1]:5"` from a `Forwarded` header.

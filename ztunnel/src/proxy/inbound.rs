@@ -1,5 +1,6 @@
 //! Inbound: HBONE from other proxies (15008) and plaintext from outside the mesh (15006), both
-//! delivered to the app inside the pod over a marked socket from the pod's own address.
+//! authorized by the pod's policies ([`crate::authz`]) and then delivered to the app inside the
+//! pod over a marked socket from the pod's own address.
 use std::{net::IpAddr, sync::Arc};
 
 use tokio::{
@@ -10,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Context, InboundPlaintext, Pod, canonical, connect_in, is_proxy_port};
 use crate::{
+    authz::Connection,
     hbone::server::{ConnectRequest, Handler, Refusal, drained},
     identity::Identity,
     inpod::netns::Netns,
@@ -115,7 +117,18 @@ impl Handler for Delivery {
             self.context.metrics.failed(Reporter::Destination, "proxy_port");
             return Err(Refusal::BadRequest(format!("{target} is the proxy's own port")));
         }
-        tracing::debug!(peer = %request.peer, %target, "inbound HBONE stream");
+        let connection =
+            Connection { source: Some(&request.peer), source_ip: request.source.ip(), destination: target };
+        let Some(verdict) = self.context.authorize(&self.pod, &connection).await else {
+            self.context.metrics.failed(Reporter::Destination, "not_synced");
+            return Err(Refusal::Unavailable("no complete configuration yet".into()));
+        };
+        if !verdict.allowed() {
+            self.context.metrics.failed(Reporter::Destination, "policy_denied");
+            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
+            return Err(Refusal::Denied(verdict.to_string()));
+        }
+        tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
         let upstream = connect_in(&self.netns, target).await.map_err(|error| {
             self.context.metrics.failed(Reporter::Destination, "upstream");
             Refusal::Unavailable(format!("{target}: {error}"))
@@ -145,6 +158,7 @@ pub async fn serve_plaintext(
     listener: TcpListener,
     listening: super::Listening,
     context: Arc<Context>,
+    pod: Arc<Pod>,
     netns: Arc<Netns>,
 ) {
     let mut connections = JoinSet::new();
@@ -159,13 +173,22 @@ pub async fn serve_plaintext(
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;
                     }
-                    let netns = netns.clone();
+                    let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
                     connections.spawn(async move {
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
                             let target = canonical(client.local_addr()?);
                             if is_proxy_port(target.port()) {
                                 return Err(std::io::Error::other(format!("{target} is the proxy's own port")));
+                            }
+                            let connection = Connection { source: None, source_ip: canonical(peer).ip(), destination: target };
+                            let verdict = context.authorize(&pod, &connection).await;
+                            if !verdict.as_ref().is_some_and(crate::authz::Verdict::allowed) {
+                                let reason = if verdict.is_some() { "policy_denied" } else { "not_synced" };
+                                context.metrics.failed(Reporter::Destination, reason);
+                                let verdict = verdict.map_or_else(|| "no complete configuration yet".to_owned(), |verdict| verdict.to_string());
+                                tracing::info!(%peer, %target, %verdict, "plaintext inbound denied");
+                                return Ok(());
                             }
                             let mut upstream = connect_in(&netns, target).await?;
                             crate::relay::tcp(&mut client, &mut upstream, &crate::relay::Counts::default()).await

@@ -3,7 +3,7 @@
 //! is resolved to one of its healthy endpoints, round robin, moving on to the next when one
 //! cannot be reached. Nothing is decided before the configuration is complete: an unknown
 //! destination might be a workload that must be tunnelled.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinSet};
 
@@ -16,8 +16,6 @@ use crate::{
     state::{TunnelProtocol, Workload},
 };
 
-/// How long a connection waits for the first configuration before it is closed.
-const CONFIG_WAIT: Duration = Duration::from_secs(10);
 /// Endpoints of a service tried per connection.
 const ATTEMPTS: usize = 3;
 
@@ -145,7 +143,7 @@ async fn proxy(
     netns: &Netns,
 ) -> Result<(), Error> {
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
-    tokio::time::timeout(CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
+    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
     let mut last_error = None;
     for route in routes(context, target)? {

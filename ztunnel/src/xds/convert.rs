@@ -1,11 +1,15 @@
-//! xDS `istio.workload.Address` resources to the proxy's own [`state`](crate::state) types,
-//! checking what the proxy relies on: addresses of 4 or 16 bytes, ports that fit, a uid.
+//! xDS `istio.workload.Address` and `istio.security.Authorization` resources to the proxy's own
+//! [`state`](crate::state) and [`authz`](crate::authz) types, checking what the proxy relies on:
+//! addresses of 4 or 16 bytes, prefix lengths and ports that fit, a uid, known enum values.
 use std::net::IpAddr;
 
 use prost::Message;
-use weft_api::{discovery::DeltaDiscoveryResponse, workload as api};
+use weft_api::{discovery::DeltaDiscoveryResponse, security, workload as api};
 
-use crate::state::{Address, PortMapping, Service, TunnelProtocol, Update, Workload};
+use crate::{
+    authz::{self, Action, Cidr, Policy, Scope, StringMatch},
+    state::{Address, PortMapping, Service, TunnelProtocol, Update, Workload},
+};
 
 /// The update a response describes, or why it cannot be applied.
 pub fn update(response: &DeltaDiscoveryResponse) -> Result<Update, String> {
@@ -59,6 +63,7 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         .map_err(|error| format!("workload {}: {error}", workload.uid))?;
     let healthy = workload.status == i32::from(api::WorkloadStatus::Healthy);
     Ok(Workload {
+        authorization_policies: workload.authorization_policies,
         service_account: if workload.service_account.is_empty() {
             "default".into()
         } else {
@@ -73,6 +78,91 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         services,
         healthy,
     })
+}
+
+/// The policy update a response describes, or why it cannot be applied.
+pub fn policies(response: &DeltaDiscoveryResponse) -> Result<Update<Policy>, String> {
+    let mut update = Update { changed: Vec::new(), removed: response.removed_resources.clone() };
+    for resource in &response.resources {
+        let name = &resource.name;
+        let body = resource.resource.as_ref().ok_or_else(|| format!("{name}: no resource body"))?;
+        if body.type_url != security::AUTHORIZATION_TYPE {
+            return Err(format!("{name}: body of type {}", body.type_url));
+        }
+        let authorization = security::Authorization::decode(body.value.as_slice())
+            .map_err(|error| format!("{name}: {error}"))?;
+        let policy = policy(authorization).map_err(|error| format!("policy {name}: {error}"))?;
+        update.changed.push((name.clone(), resource.version.clone(), policy));
+    }
+    Ok(update)
+}
+
+fn policy(authorization: security::Authorization) -> Result<Policy, String> {
+    let scope = match security::Scope::try_from(authorization.scope) {
+        Ok(security::Scope::Global) => Scope::Global,
+        Ok(security::Scope::Namespace) => Scope::Namespace,
+        Ok(security::Scope::WorkloadSelector) => Scope::WorkloadSelector,
+        Err(_) => return Err(format!("unknown scope {}", authorization.scope)),
+    };
+    let action = match security::Action::try_from(authorization.action) {
+        Ok(security::Action::Allow) => Action::Allow,
+        Ok(security::Action::Deny) => Action::Deny,
+        Err(_) => return Err(format!("unknown action {}", authorization.action)),
+    };
+    let groups = authorization
+        .groups
+        .into_iter()
+        .map(|group| {
+            group
+                .rules
+                .into_iter()
+                .map(|rules| rules.matches.into_iter().map(policy_match).collect::<Result<authz::Rule, _>>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Policy { name: authorization.name, namespace: authorization.namespace, scope, action, groups })
+}
+
+fn policy_match(one: security::Match) -> Result<authz::Match, String> {
+    let strings =
+        |list: Vec<security::StringMatch>| list.into_iter().map(string_match).collect::<Result<Vec<_>, _>>();
+    let cidrs = |list: Vec<security::Address>| list.iter().map(cidr).collect::<Result<Vec<_>, _>>();
+    let ports = |list: Vec<u32>| {
+        list.into_iter()
+            .map(|port| u16::try_from(port).map_err(|_| format!("port {port}")))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(authz::Match {
+        namespaces: strings(one.namespaces)?,
+        not_namespaces: strings(one.not_namespaces)?,
+        principals: strings(one.principals)?,
+        not_principals: strings(one.not_principals)?,
+        source_ips: cidrs(one.source_ips)?,
+        not_source_ips: cidrs(one.not_source_ips)?,
+        destination_ips: cidrs(one.destination_ips)?,
+        not_destination_ips: cidrs(one.not_destination_ips)?,
+        destination_ports: ports(one.destination_ports)?,
+        not_destination_ports: ports(one.not_destination_ports)?,
+    })
+}
+
+fn string_match(one: security::StringMatch) -> Result<StringMatch, String> {
+    use security::string_match::MatchType;
+    match one.match_type {
+        Some(MatchType::Exact(exact)) => Ok(StringMatch::Exact(exact)),
+        Some(MatchType::Prefix(prefix)) => Ok(StringMatch::Prefix(prefix)),
+        Some(MatchType::Suffix(suffix)) => Ok(StringMatch::Suffix(suffix)),
+        Some(MatchType::Presence(())) => Ok(StringMatch::Presence),
+        None => Err("a string match of no kind".into()),
+    }
+}
+
+fn cidr(address: &security::Address) -> Result<Cidr, String> {
+    let ip = ip(&address.address)?;
+    u8::try_from(address.length)
+        .ok()
+        .and_then(|length| Cidr::new(ip, length))
+        .ok_or_else(|| format!("prefix length {} for {ip}", address.length))
 }
 
 fn service(service: api::Service) -> Result<Service, String> {
@@ -174,5 +264,70 @@ mod tests {
             workload.tunnel_protocol = 7;
         }
         assert!(update(&response(bad_protocol)).is_err());
+    }
+
+    fn authorization(authorization: security::Authorization) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            resources: vec![Resource {
+                name: "shop/allow".into(),
+                version: "1".into(),
+                resource: Some(prost_types::Any {
+                    type_url: security::AUTHORIZATION_TYPE.into(),
+                    value: authorization.encode_to_vec(),
+                }),
+                aliases: vec![],
+            }],
+            removed_resources: vec!["shop/old".into()],
+            ..Default::default()
+        }
+    }
+
+    fn allow(matches: security::Match) -> security::Authorization {
+        security::Authorization {
+            name: "allow".into(),
+            namespace: "shop".into(),
+            scope: security::Scope::WorkloadSelector.into(),
+            action: security::Action::Allow.into(),
+            groups: vec![security::Group { rules: vec![security::Rules { matches: vec![matches] }] }],
+        }
+    }
+
+    #[test]
+    fn converts_a_policy_with_its_matches() {
+        use security::string_match::MatchType;
+        let matches = security::Match {
+            principals: vec![security::StringMatch { match_type: Some(MatchType::Presence(())) }],
+            source_ips: vec![security::Address { address: vec![10, 244, 0, 0], length: 16 }],
+            destination_ports: vec![8080],
+            ..Default::default()
+        };
+        let update = policies(&authorization(allow(matches))).unwrap();
+        assert_eq!(update.removed, ["shop/old"]);
+        let (name, _, policy) = &update.changed[0];
+        assert_eq!((name.as_str(), policy.key().as_str()), ("shop/allow", "shop/allow"));
+        assert_eq!((policy.scope, policy.action), (Scope::WorkloadSelector, Action::Allow));
+        let one = &policy.groups[0][0][0];
+        assert_eq!(one.principals, [StringMatch::Presence]);
+        assert_eq!(one.source_ips, [Cidr::new("10.244.0.0".parse().unwrap(), 16).unwrap()]);
+        assert_eq!(one.destination_ports, [8080]);
+    }
+
+    #[test]
+    fn malformed_policies_are_refused_with_a_reason() {
+        let wide = security::Match {
+            source_ips: vec![security::Address { address: vec![10, 0, 0, 0], length: 40 }],
+            ..Default::default()
+        };
+        assert!(policies(&authorization(allow(wide))).unwrap_err().contains("prefix length 40"));
+        let port = security::Match { destination_ports: vec![70000], ..Default::default() };
+        assert!(policies(&authorization(allow(port))).unwrap_err().contains("port 70000"));
+        let empty_string = security::Match {
+            principals: vec![security::StringMatch { match_type: None }],
+            ..Default::default()
+        };
+        assert!(policies(&authorization(allow(empty_string))).is_err());
+        let mut audit = allow(security::Match::default());
+        audit.action = 2;
+        assert!(policies(&authorization(audit)).unwrap_err().contains("unknown action 2"));
     }
 }

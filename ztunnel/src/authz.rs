@@ -1,0 +1,228 @@
+//! L4 authorization, decided by the destination's proxy for every inbound connection (HBONE or
+//! plaintext), with Istio's semantics so policies mean what Istio users expect:
+//!
+//! - the policies of a workload are the mesh-wide ones ([`Scope::Global`]), its namespace's
+//!   ([`Scope::Namespace`]) and those naming it ([`Scope::WorkloadSelector`]);
+//! - any DENY policy that matches denies; else, with no ALLOW policy, the connection is allowed;
+//!   else one ALLOW policy must match.
+//!
+//! A policy matches when one of its groups does; a group when all its rules do; a rule when one
+//! of its matches does; a match when every field it sets does (a field matches when one of its
+//! values does; a `not_` field when none does). A plaintext peer has no identity: it matches no
+//! `principals`/`namespaces` value and every `not_principals`/`not_namespaces` (so
+//! `DENY notPrincipals: ["*"]` refuses plaintext, as with Envoy's RBAC in Istio).
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::identity::Identity;
+
+/// Which workloads a policy applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Scope {
+    /// Every workload of the mesh.
+    Global,
+    /// The workloads of the policy's namespace.
+    Namespace,
+    /// The workloads whose `authorization_policies` name it.
+    WorkloadSelector,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// One authorization policy, as the control plane sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub name: String,
+    pub namespace: String,
+    pub scope: Scope,
+    pub action: Action,
+    /// ORed. None: the policy matches nothing (an ALLOW without rules allows nothing).
+    pub groups: Vec<Vec<Rule>>,
+}
+
+/// ORed matches (one rule of a group: Istio's `from`, `to` or a `when` condition).
+pub type Rule = Vec<Match>;
+
+/// Constraints on a connection, ANDed; an empty field does not constrain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub namespaces: Vec<StringMatch>,
+    pub not_namespaces: Vec<StringMatch>,
+    /// Against `<trust domain>/ns/<namespace>/sa/<service account>`.
+    pub principals: Vec<StringMatch>,
+    pub not_principals: Vec<StringMatch>,
+    pub source_ips: Vec<Cidr>,
+    pub not_source_ips: Vec<Cidr>,
+    pub destination_ips: Vec<Cidr>,
+    pub not_destination_ips: Vec<Cidr>,
+    pub destination_ports: Vec<u16>,
+    pub not_destination_ports: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    /// Any value at all (Istio's `"*"`).
+    Presence,
+}
+
+impl StringMatch {
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(exact) => value == exact,
+            StringMatch::Prefix(prefix) => value.starts_with(prefix.as_str()),
+            StringMatch::Suffix(suffix) => value.ends_with(suffix.as_str()),
+            StringMatch::Presence => !value.is_empty(),
+        }
+    }
+}
+
+/// An address range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cidr {
+    pub address: IpAddr,
+    pub length: u8,
+}
+
+impl Cidr {
+    /// A range, if `length` fits the address family.
+    pub fn new(address: IpAddr, length: u8) -> Option<Self> {
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        (length <= bits).then_some(Self { address: address.to_canonical(), length })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        let (network, ip, bits) = match (self.address, ip) {
+            (IpAddr::V4(network), IpAddr::V4(ip)) => {
+                (u128::from(network.to_bits()), u128::from(ip.to_bits()), 32)
+            }
+            (IpAddr::V6(network), IpAddr::V6(ip)) => (network.to_bits(), ip.to_bits(), 128),
+            _ => return false,
+        };
+        let host_bits = bits - u32::from(self.length);
+        host_bits >= 128 || network >> host_bits == ip >> host_bits
+    }
+}
+
+/// What the destination's proxy knows of one inbound connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection<'a> {
+    /// The peer's certified identity; `None` for plaintext.
+    pub source: Option<&'a Identity>,
+    pub source_ip: IpAddr,
+    /// The destination pod's address and port.
+    pub destination: SocketAddr,
+}
+
+/// The outcome for one connection, with the policy that decided it, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No ALLOW policy applies and no DENY policy matched.
+    AllowedByDefault,
+    Allowed {
+        policy: String,
+    },
+    Denied {
+        policy: String,
+    },
+    /// ALLOW policies apply and none matched.
+    NotAllowed {
+        policies: Vec<String>,
+    },
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        matches!(self, Verdict::AllowedByDefault | Verdict::Allowed { .. })
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::AllowedByDefault => write!(f, "allowed: no ALLOW policy applies"),
+            Verdict::Allowed { policy } => write!(f, "allowed by {policy}"),
+            Verdict::Denied { policy } => write!(f, "denied by DENY policy {policy}"),
+            Verdict::NotAllowed { policies } => {
+                write!(f, "denied: no ALLOW policy matches (applying: {})", policies.join(", "))
+            }
+        }
+    }
+}
+
+impl Policy {
+    /// `namespace/name`, the xDS resource name.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn matches(&self, connection: &Connection) -> bool {
+        self.groups.iter().any(|group| group.iter().all(|rule| rule_matches(rule, connection)))
+    }
+}
+
+/// Istio's order: DENY first, then ALLOW if any applies.
+pub fn decide<'a>(policies: impl IntoIterator<Item = &'a Policy>, connection: &Connection) -> Verdict {
+    let mut allows = Vec::new();
+    for policy in policies {
+        match policy.action {
+            Action::Deny if policy.matches(connection) => return Verdict::Denied { policy: policy.key() },
+            Action::Deny => {}
+            Action::Allow => allows.push(policy),
+        }
+    }
+    if allows.is_empty() {
+        return Verdict::AllowedByDefault;
+    }
+    match allows.iter().find(|policy| policy.matches(connection)) {
+        Some(policy) => Verdict::Allowed { policy: policy.key() },
+        None => Verdict::NotAllowed { policies: allows.iter().map(|policy| policy.key()).collect() },
+    }
+}
+
+fn rule_matches(rule: &Rule, connection: &Connection) -> bool {
+    rule.is_empty() || rule.iter().any(|one| one.matches(connection))
+}
+
+impl Match {
+    fn matches(&self, connection: &Connection) -> bool {
+        let principal = connection
+            .source
+            .map(|id| format!("{}/ns/{}/sa/{}", id.trust_domain, id.namespace, id.service_account));
+        let namespace = connection.source.map(|id| id.namespace.as_str());
+        let destination = connection.destination;
+        strings(&self.namespaces, &self.not_namespaces, namespace)
+            && strings(&self.principals, &self.not_principals, principal.as_deref())
+            && values(&self.source_ips, &self.not_source_ips, |cidr| cidr.contains(connection.source_ip))
+            && values(&self.destination_ips, &self.not_destination_ips, |cidr| {
+                cidr.contains(destination.ip())
+            })
+            && values(&self.destination_ports, &self.not_destination_ports, |port| {
+                *port == destination.port()
+            })
+    }
+}
+
+/// One of `positive` (when set) matches a present value, and none of `negative` does.
+fn strings(positive: &[StringMatch], negative: &[StringMatch], value: Option<&str>) -> bool {
+    let any = |list: &[StringMatch]| value.is_some_and(|value| list.iter().any(|one| one.matches(value)));
+    (positive.is_empty() || any(positive)) && !any(negative)
+}
+
+fn values<T>(positive: &[T], negative: &[T], matches: impl Fn(&T) -> bool) -> bool {
+    (positive.is_empty() || positive.iter().any(&matches)) && !negative.iter().any(&matches)
+}
+
+#[cfg(test)]
+mod tests;
