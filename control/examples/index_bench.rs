@@ -85,7 +85,11 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
-    let naming = Naming { trust_domain: "cluster.local".into(), cluster_domain: "cluster.local".into() };
+    let naming = Naming {
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+        root_namespace: "weft-system".into(),
+    };
     println!(
         "{:>7} {:>9} {:>12} {:>12} {:>12} {:>14}",
         "pods", "services", "build ms", "push ms", "push MiB", "snapshot MiB"
@@ -99,7 +103,7 @@ fn main() {
         for _ in 0..REPEATS {
             let before = rss_kib();
             let start = Instant::now();
-            let snapshot = build(&naming, &namespaces, &pod_objects, &services);
+            let snapshot = build(&naming, &namespaces, &pod_objects, &services, &[]);
             builds.push(start.elapsed());
             snapshot_kib = rss_kib().saturating_sub(before).max(snapshot_kib);
             // A full push to one proxy: every resource into one response, encoded.

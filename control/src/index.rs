@@ -3,7 +3,9 @@
 //! when enrolled, plaintext otherwise) named by its uid; every Service a `Service` named
 //! `namespace/hostname`, and each pod it selects lists it with the ports it serves. Two pods
 //! claiming one address (a terminating pod whose IP was already reused) never share it: the
-//! address goes to the live, newer pod — an identity never follows an IP to another pod.
+//! address goes to the live, newer pod — an identity never follows an IP to another pod. Every
+//! `AuthorizationPolicy` becomes an `Authorization` ([`policy`]); the pods a policy's selector
+//! picks name it in their workload.
 //!
 //! [`build`] is a pure function of the objects, so snapshots are cheap to test and to measure;
 //! [`watch`] keeps one current from the API server.
@@ -18,9 +20,13 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use prost::Message;
-use weft_api::workload as api;
+use serde::Serialize;
+use weft_api::{security::AUTHORIZATION_TYPE, workload as api};
 
+pub mod policy;
 pub mod watch;
+
+use policy::AuthorizationPolicy;
 
 /// One xDS resource, encoded once and shared by every subscriber.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +46,28 @@ pub struct Snapshot {
     pub version: u64,
     /// `istio.workload.Address`: workloads by uid, services by `namespace/hostname`.
     pub addresses: Resources,
-    /// `istio.security.Authorization` (none until the policy kinds land).
+    /// `istio.security.Authorization`: policies by `namespace/name`.
     pub authorizations: Resources,
+    /// Every policy as understood, served or not, for `/config_dump` and `weftctl policies`.
+    pub policies: Vec<PolicyStatus>,
+}
+
+/// What the control plane made of one `AuthorizationPolicy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyStatus {
+    pub namespace: String,
+    pub name: String,
+    /// ALLOW or DENY; empty when not served.
+    pub action: String,
+    /// GLOBAL (the root namespace, no selector), NAMESPACE or WORKLOAD_SELECTOR; empty when
+    /// not served.
+    pub scope: String,
+    /// Whether node proxies receive it.
+    pub served: bool,
+    /// For a selector: the pods it picks (`namespace/name`).
+    pub selects: Vec<String>,
+    /// What node proxies cannot enforce, and what was done about it.
+    pub notes: Vec<String>,
 }
 
 impl Snapshot {
@@ -92,13 +118,15 @@ impl Snapshot {
             "version": self.version,
             "workloads": workloads,
             "services": services,
-            "authorizations": self.authorizations.keys().collect::<Vec<_>>(),
+            "policies": self.policies,
         })
     }
 
     /// Whether `other` serves the same resources (versions aside).
     pub fn same_resources(&self, other: &Snapshot) -> bool {
-        self.addresses == other.addresses && self.authorizations == other.authorizations
+        self.addresses == other.addresses
+            && self.authorizations == other.authorizations
+            && self.policies == other.policies
     }
 }
 
@@ -108,6 +136,8 @@ pub struct Naming {
     pub trust_domain: String,
     /// Service hostnames are `<name>.<namespace>.svc.<cluster_domain>`.
     pub cluster_domain: String,
+    /// Policies here without a selector apply to the whole mesh (the control plane's own).
+    pub root_namespace: String,
 }
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -116,7 +146,22 @@ pub fn build<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
     pods: impl IntoIterator<Item = &'a Pod>,
     services: impl IntoIterator<Item = &'a Service>,
+    policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
 ) -> Snapshot {
+    let converted: Vec<(String, policy::Converted)> = policies
+        .into_iter()
+        .filter_map(|policy| {
+            let key =
+                format!("{}/{}", policy.metadata.namespace.as_deref()?, policy.metadata.name.as_deref()?);
+            Some((key, policy::convert(policy, &naming.root_namespace)))
+        })
+        .collect();
+    let mut selectors_by_namespace: HashMap<&str, Vec<Selecting>> = HashMap::new();
+    for (key, converted) in &converted {
+        if let (Some(authorization), Some(selector)) = (&converted.authorization, &converted.selector) {
+            selectors_by_namespace.entry(&authorization.namespace).or_default().push((key, selector));
+        }
+    }
     let labels_by_namespace: HashMap<&str, Option<&BTreeMap<String, String>>> = namespaces
         .into_iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
@@ -144,17 +189,60 @@ pub fn build<'a>(
                     labels_by_namespace.get(namespace).copied().flatten(),
                 );
             let selecting = services_by_namespace.get(namespace).map(Vec::as_slice).unwrap_or_default();
-            workload(naming, pod, enrolled, selecting)
+            let mut workload = workload(naming, pod, enrolled, selecting)?;
+            let labels = pod.metadata.labels.clone().unwrap_or_default();
+            workload.1.authorization_policies = selectors_by_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .filter(|(_, selector)| selector.iter().all(|(key, value)| labels.get(key) == Some(value)))
+                .map(|(key, _)| (*key).to_owned())
+                .collect();
+            workload.1.authorization_policies.sort();
+            Some(workload)
         })
         .collect();
     give_each_address_one_owner(&mut workloads);
+    let mut selected: HashMap<&str, Vec<String>> = HashMap::new();
+    for (_, workload) in &workloads {
+        if !workload.addresses.is_empty() {
+            for key in &workload.authorization_policies {
+                selected.entry(key).or_default().push(format!("{}/{}", workload.namespace, workload.name));
+            }
+        }
+    }
+    let mut authorizations = Resources::new();
+    let mut statuses = Vec::new();
+    for (key, converted) in &converted {
+        let (namespace, name) = key.split_once('/').unwrap_or_default();
+        let mut status = PolicyStatus {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            action: String::new(),
+            scope: String::new(),
+            served: converted.authorization.is_some(),
+            selects: selected.remove(key.as_str()).unwrap_or_default(),
+            notes: converted.notes.clone(),
+        };
+        status.selects.sort();
+        if let Some(authorization) = &converted.authorization {
+            status.action = authorization.action().as_str_name().to_owned();
+            status.scope = authorization.scope().as_str_name().to_owned();
+            authorizations.insert(key.clone(), encode_as(AUTHORIZATION_TYPE, authorization.encode_to_vec()));
+        }
+        statuses.push(status);
+    }
+    statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for (_, workload) in workloads {
         if !workload.addresses.is_empty() {
             addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
         }
     }
-    Snapshot { version: 0, addresses, authorizations: Resources::new() }
+    Snapshot { version: 0, addresses, authorizations, policies: statuses }
 }
+
+/// A policy's key and the labels its selector needs.
+type Selecting<'a> = (&'a str, &'a BTreeMap<String, String>);
 
 /// How strongly a workload holds its addresses: live beats terminating, newer beats older.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -334,10 +422,13 @@ fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
 }
 
 fn encode(address: api::address::Type) -> Arc<Resource> {
-    let value = api::Address { r#type: Some(address) }.encode_to_vec();
+    encode_as(api::ADDRESS_TYPE, api::Address { r#type: Some(address) }.encode_to_vec())
+}
+
+fn encode_as(type_url: &str, value: Vec<u8>) -> Arc<Resource> {
     Arc::new(Resource {
         version: format!("{:016x}", fnv1a(&value)),
-        body: prost_types::Any { type_url: api::ADDRESS_TYPE.to_owned(), value },
+        body: prost_types::Any { type_url: type_url.to_owned(), value },
     })
 }
 

@@ -103,8 +103,11 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         Authenticator::new(client.clone(), args.audience.clone(), (proxy_namespace.into(), proxy_sa.into()));
     let metrics = Arc::new(Metrics::default());
     let (publish, snapshots) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
-    let naming =
-        Naming { trust_domain: args.trust_domain.clone(), cluster_domain: args.cluster_domain.clone() };
+    let naming = Naming {
+        trust_domain: args.trust_domain.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        root_namespace: args.namespace.clone(),
+    };
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
     let monitoring = tokio::net::TcpListener::bind(args.monitoring_listen)
         .await

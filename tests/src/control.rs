@@ -1,8 +1,9 @@
 //! The control plane on the harness: `weft-control` in the harness's own network namespace (so
 //! it reaches the API server on loopback), serving its CA on the fabric bridge's address
 //! (socket activation: the listening socket is made inside the fabric namespace and passed in),
-//! where every node's ztunnel can reach it. Also the node proxies' identities: a ztunnel Pod
-//! object per node and a token bound to it, as a kubelet would project it.
+//! where every node's ztunnel can reach it, after installing Weft's CRDs from `manifests/`. Also
+//! the node proxies' identities: a ztunnel Pod object per node and a token bound to it, as a
+//! kubelet would project it.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -11,9 +12,13 @@ use std::{
 };
 
 use anyhow::Context;
-use k8s_openapi::api::{
-    authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
-    core::v1::{ConfigMap, ServiceAccount},
+use k8s_openapi::{
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{ConfigMap, ServiceAccount},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    serde::Deserialize,
 };
 use kube::{
     Api,
@@ -34,6 +39,33 @@ pub const CA_PORT: u16 = 15012;
 /// The token audience the CA accepts.
 pub const AUDIENCE: &str = "istio-ca";
 
+/// Creates the CRDs of `manifests/crds.yaml` (the deployed file itself) unless they exist, and
+/// waits until the API server serves them.
+pub async fn install_crds(client: kube::Client) -> anyhow::Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let api: Api<CustomResourceDefinition> = Api::all(client);
+    for document in serde_yaml::Deserializer::from_str(&text) {
+        let crd = CustomResourceDefinition::deserialize(document)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let name = crd.metadata.name.clone().context("a CRD without a name")?;
+        match api.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error).with_context(|| format!("creating CRD {name}")),
+        }
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .with_context(|| format!("CRD {name} not established within 30 s"))??;
+    }
+    Ok(())
+}
+
 /// A running `weft-control`.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -50,6 +82,7 @@ impl ControlPlane {
     /// Starts the control plane for `cluster` and waits until it has published the mesh root.
     pub async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
         let client = cluster.client();
+        install_crds(client.clone()).await?;
         cluster.kubelet().ensure_namespace(NAMESPACE, &[]).await?;
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
         if accounts.get_opt(PROXY_SERVICE_ACCOUNT).await?.is_none() {

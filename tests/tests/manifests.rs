@@ -18,6 +18,7 @@ use k8s_openapi::{
         core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     serde::{Deserialize, Serialize, de::DeserializeOwned},
 };
 use kube::{
@@ -156,6 +157,7 @@ fn every_manifest_is_a_known_object_without_unknown_fields() {
     for document in documents() {
         let value = &document.value;
         let read_back = match document.kind() {
+            "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(value),
             "Namespace" => round_trip::<Namespace>(value),
             "ConfigMap" => round_trip::<ConfigMap>(value),
             "ServiceAccount" => round_trip::<ServiceAccount>(value),

@@ -8,7 +8,11 @@ use kube::api::ObjectMeta;
 use super::*;
 
 fn naming() -> Naming {
-    Naming { trust_domain: "cluster.local".into(), cluster_domain: "cluster.local".into() }
+    Naming {
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+        root_namespace: "weft-system".into(),
+    }
 }
 
 fn namespace(name: &str, ambient: bool) -> Namespace {
@@ -91,6 +95,7 @@ fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
         &[namespace("mesh", true), namespace("plain", false)],
         &[pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1), pod("b", "plain", &["10.244.0.6"], 1)],
         &[],
+        &[],
     );
     let a = workload(&snapshot, "a").unwrap();
     assert_eq!(a.tunnel_protocol(), api::TunnelProtocol::Hbone);
@@ -111,7 +116,7 @@ fn host_network_and_finished_pods_are_not_workloads() {
     host.spec.as_mut().unwrap().host_network = Some(true);
     let mut done = pod("done", "mesh", &["10.244.0.7"], 1);
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[]);
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[]);
     assert!(snapshot.addresses.is_empty(), "{:?}", snapshot.addresses.keys());
 }
 
@@ -129,8 +134,13 @@ fn services_list_their_vips_and_selected_pods_their_target_ports() {
     );
     let mut other = pod("other", "mesh", &["10.244.0.9"], 1);
     other.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[pod("a", "mesh", &["10.244.0.5"], 1), other], &[web]);
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[pod("a", "mesh", &["10.244.0.5"], 1), other],
+        &[web],
+        &[],
+    );
     let key = "mesh/web.mesh.svc.cluster.local";
     let Some(api::address::Type::Service(service)) =
         api::Address::decode(snapshot.addresses[key].body.value.as_slice()).unwrap().r#type
@@ -153,7 +163,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
     old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(99).unwrap()));
     let new = pod("new", "other", &["10.244.0.5"], 2);
     for pods in [[old.clone(), new.clone()], [new, old]] {
-        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[]);
+        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[]);
         assert_eq!(workload(&snapshot, "new").unwrap().addresses, vec![vec![10, 244, 0, 5]]);
         assert!(workload(&snapshot, "old").is_none(), "a workload left without addresses is withdrawn");
     }
@@ -162,6 +172,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
         &naming(),
         &[namespace("mesh", true)],
         &[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)],
+        &[],
         &[],
     );
     assert!(workload(&snapshot, "second").is_some());
@@ -172,10 +183,10 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
 fn versions_follow_content() {
     let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
     let (namespaces, pods) = objects();
-    let one = build(&naming(), &namespaces, &pods, &[]);
-    let two = build(&naming(), &namespaces, &pods, &[]);
+    let one = build(&naming(), &namespaces, &pods, &[], &[]);
+    let two = build(&naming(), &namespaces, &pods, &[], &[]);
     assert!(one.same_resources(&two));
-    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[]);
+    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[]);
     assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
 }
 
@@ -186,8 +197,50 @@ fn pods_the_agent_does_not_capture_are_never_tunnelled_to() {
         Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
     let mut pending = pod("pending", "mesh", &["10.244.0.8"], 1);
     pending.status.as_mut().unwrap().phase = Some("Pending".into());
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[]);
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[], &[]);
     for uid in ["terminating", "pending"] {
         assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
     }
+}
+
+#[test]
+fn a_policy_is_served_and_named_by_the_pods_its_selector_picks() {
+    let policy = |name: &str, namespace: &str, spec: serde_json::Value| -> AuthorizationPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let selecting_web =
+        policy("web-only", "mesh", serde_json::json!({ "selector": { "matchLabels": { "app": "web" } } }));
+    let selecting_db =
+        policy("db-only", "mesh", serde_json::json!({ "selector": { "matchLabels": { "app": "db" } } }));
+    let other_namespace = policy(
+        "web-elsewhere",
+        "plain",
+        serde_json::json!({ "selector": { "matchLabels": { "app": "web" } } }),
+    );
+    let not_served = policy("audit", "mesh", serde_json::json!({ "action": "AUDIT" }));
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true), namespace("plain", false)],
+        &[pod("a", "mesh", &["10.244.0.5"], 1)],
+        &[],
+        &[selecting_web, selecting_db, other_namespace, not_served],
+    );
+    assert_eq!(workload(&snapshot, "a").unwrap().authorization_policies, ["mesh/web-only"]);
+    assert_eq!(
+        snapshot.authorizations.keys().collect::<Vec<_>>(),
+        ["mesh/db-only", "mesh/web-only", "plain/web-elsewhere"]
+    );
+    let status = |name: &str| snapshot.policies.iter().find(|status| status.name == name).unwrap();
+    assert_eq!(status("web-only").selects, ["mesh/pod-a"]);
+    assert_eq!(
+        (status("web-only").action.as_str(), status("web-only").scope.as_str()),
+        ("ALLOW", "WORKLOAD_SELECTOR")
+    );
+    assert!(status("db-only").selects.is_empty());
+    assert!(!status("audit").served && !status("audit").notes.is_empty());
+    assert_eq!(snapshot.dump()["policies"].as_array().unwrap().len(), 4);
 }

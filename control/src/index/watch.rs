@@ -1,4 +1,5 @@
-//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods and services; every change
+//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services and authorization
+//! policies; every change
 //! rebuilds the snapshot and, when the resources differ, publishes it with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
@@ -12,7 +13,7 @@ use tokio::{
 };
 use weft_api::watch::reflect;
 
-use super::{Naming, Snapshot, build};
+use super::{Naming, Snapshot, build, policy::AuthorizationPolicy};
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
 pub async fn run(
@@ -25,25 +26,39 @@ pub async fn run(
     let all = watcher::Config::default;
     let namespaces = reflect(&mut watchers, Api::<Namespace>::all(client.clone()), all(), changed_tx.clone());
     let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
-    let services = reflect(&mut watchers, Api::<Service>::all(client), all(), changed_tx);
+    let services = reflect(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
+    // Without the CRD the watch would retry forever and nothing would ever be served.
+    let policies_api = Api::<AuthorizationPolicy>::all(client);
+    policies_api.list_metadata(&kube::api::ListParams::default().limit(1)).await.map_err(|error| {
+        anyhow::anyhow!(
+            "listing authorizationpolicies.security.weft.dev ({error}): is the CRD installed (manifests/crds.yaml) and may weft-control list it?"
+        )
+    })?;
+    let policies = reflect(&mut watchers, policies_api, all(), changed_tx);
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
+    policies.wait_until_ready().await?;
     tracing::info!("Kubernetes index synced");
     loop {
-        let (namespaces, pods, services) = (namespaces.state(), pods.state(), services.state());
+        let (namespaces, pods, services, policies) =
+            (namespaces.state(), pods.state(), services.state(), policies.state());
         let mut next = build(
             &naming,
             namespaces.iter().map(AsRef::as_ref),
             pods.iter().map(AsRef::as_ref),
             services.iter().map(AsRef::as_ref),
+            policies.iter().map(AsRef::as_ref),
         );
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
                 return false;
             }
             next.version = current.version + 1;
-            tracing::debug!(version = next.version, resources = next.addresses.len(), "publishing");
+            tracing::debug!(version = next.version, addresses = next.addresses.len(), policies = next.authorizations.len(), "publishing");
+            for policy in next.policies.iter().filter(|policy| !policy.notes.is_empty()) {
+                tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
+            }
             *current = Arc::new(std::mem::take(&mut next));
             true
         });
