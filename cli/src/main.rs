@@ -43,6 +43,8 @@ enum Command {
     Services,
     /// Certificates held by each node's proxy: identity, serial, expiry.
     Certs,
+    /// Authorization policies: action, whom they apply to, and what node proxies cannot enforce.
+    Policies,
     /// Connections open now, per node: pod, identities, target, age, bytes so far.
     Connections,
     /// Why a pod is (or is not) in the mesh: label, configuration, capture, proxy, certificate.
@@ -149,6 +151,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Certs => {
             render(&mesh.certs().await?, format, &["node", "identity", "serial", "expires_in"])?
+        }
+        Command::Policies => {
+            render(&mesh.policies().await?, format, &["namespace", "name", "action", "applies_to", "notes"])?
         }
         Command::Connections => render(
             &mesh.connections().await?,

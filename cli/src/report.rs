@@ -144,6 +144,38 @@ impl Mesh {
         Ok(self.json(&self.control, "/config_dump").await?["services"].clone())
     }
 
+    /// Every authorization policy as the control plane understood it: whom it applies to,
+    /// whether node proxies enforce it, and what of it they cannot.
+    pub async fn policies(&self) -> anyhow::Result<Value> {
+        let dump = self.json(&self.control, "/config_dump").await?;
+        let rows = dump["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|policy| {
+                let mut row = policy.clone();
+                let applies_to = match (policy["served"].as_bool(), policy["scope"].as_str()) {
+                    (Some(false), _) => "nothing (not enforced)".to_owned(),
+                    (_, Some("GLOBAL")) => "every workload".to_owned(),
+                    (_, Some("NAMESPACE")) => {
+                        format!("namespace {}", policy["namespace"].as_str().unwrap_or("?"))
+                    }
+                    _ => match policy["selects"].as_array().map(Vec::as_slice) {
+                        Some([]) | None => "no pod yet".to_owned(),
+                        Some(pods) => pods.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","),
+                    },
+                };
+                row["applies_to"] = json!(applies_to);
+                // Notes hold commas: one cell, separated so a table still reads.
+                let notes: Vec<&str> =
+                    policy["notes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                row["not_enforced"] = json!(if notes.is_empty() { "-".to_owned() } else { notes.join("; ") });
+                row
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    }
+
     /// The certificates each node's proxy holds.
     pub async fn certs(&self) -> anyhow::Result<Value> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());

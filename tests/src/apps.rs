@@ -87,6 +87,15 @@ pub fn send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<String> 
     }
 }
 
+/// Runs `weftctl` with `flags` (e.g. [`crate::mesh::Mesh::weftctl_flags`]) then `args`:
+/// whether it succeeded, and its standard output. A panic in it is an error.
+pub fn weftctl(flags: &[String], args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = Command::new(binary("weftctl")?).args(flags).args(args).output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    anyhow::ensure!(!stderr.contains("panicked"), "weftctl panicked: {stderr}");
+    Ok((output.status.success(), String::from_utf8(output.stdout)?))
+}
+
 /// A long-lived connection from a pod: each [`Chat::say`] sends a line and returns its echo.
 #[derive(Debug)]
 pub struct Chat {

@@ -2,7 +2,7 @@
 //! status, workloads, certificates and per-pod checks say what the components say.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -14,10 +14,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Runs weftctl with every endpoint of the harness's mesh; (success, stdout).
 fn weftctl(endpoints: &[String], args: &[&str]) -> (bool, String) {
-    let output = Command::new(apps::binary("weftctl").unwrap()).args(endpoints).args(args).output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    (output.status.success(), String::from_utf8(output.stdout).unwrap())
+    apps::weftctl(endpoints, args).unwrap()
 }
 
 fn json(endpoints: &[String], args: &[&str]) -> Value {

@@ -1,0 +1,151 @@
+//! L4 authorization end to end: AuthorizationPolicy objects written as a user would, on the real
+//! API server, converted by the control plane and enforced by the destination's node proxy —
+//! for HBONE peers by identity and port, for plaintext peers too — explained in the proxy's log
+//! and by `weftctl policies`, and lifted when deleted.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams},
+};
+use serde_json::{Value, json};
+use weft_tests::{
+    apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh, topology::Pod,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+const LABEL: &str = "weft.dev/dataplane-mode";
+
+fn policies(client: kube::Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("security.weft.dev", "v1", "AuthorizationPolicy");
+    Api::namespaced_with(client, "shop", &ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies"))
+}
+
+async fn apply(api: &Api<DynamicObject>, name: &str, spec: Value) {
+    let object = json!({
+        "apiVersion": "security.weft.dev/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": spec,
+    });
+    api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+}
+
+/// Whether a message from `pod` to `to` comes back.
+fn reaches(pod: &Pod, to: SocketAddr) -> bool {
+    matches!(apps::try_send(pod, to, "ping"), Ok(apps::Sent::Reply { reply, .. }) if reply == "ping")
+}
+
+/// Retries `holds` (each try a real connection) until it is true; fails after [`WAIT`].
+fn eventually(what: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !holds() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_them() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let web = cluster.add_pod(0, &PodTemplate::new("shop", "web").service_account("web")).await.unwrap();
+    let intruder =
+        cluster.add_pod(0, &PodTemplate::new("shop", "intruder").service_account("intruder")).await.unwrap();
+    let outsider = cluster
+        .add_pod(0, &PodTemplate::new("shop", "outsider").service_account("outsider").label(LABEL, "none"))
+        .await
+        .unwrap();
+    let db = cluster
+        .add_pod(1, &PodTemplate::new("shop", "db").service_account("db").label("app", "db"))
+        .await
+        .unwrap();
+    let (to_db, to_db_admin) = (SocketAddr::new(db.ipv4.into(), 8080), SocketAddr::new(db.ipv4.into(), 9090));
+    let _echo = apps::echo_server(&db, to_db.port()).unwrap();
+    let _admin_echo = apps::echo_server(&db, to_db_admin.port()).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let api = policies(cluster.client());
+
+    tokio::task::block_in_place(|| {
+        for pod in [&web, &intruder, &outsider] {
+            assert!(reaches(pod, to_db), "{} cannot reach db before any policy", pod.name);
+        }
+    });
+
+    // Only web, only on 8080. HTTP methods are beyond a node proxy: that rule allows nothing.
+    let allow_web = json!({
+        "selector": { "matchLabels": { "app": "db" } },
+        "rules": [{
+            "from": [{ "source": { "principals": ["cluster.local/ns/shop/sa/web"] } }],
+            "to": [{ "operation": { "ports": ["8080"] } }],
+        }],
+    });
+    apply(&api, "db-allow-web", allow_web).await;
+    apply(&api, "db-get-only", json!({ "selector": { "matchLabels": { "app": "db" } }, "rules": [{ "to": [{ "operation": { "methods": ["GET"] } }] }] })).await;
+    tokio::task::block_in_place(|| {
+        eventually("the intruder refused", || !reaches(&intruder, to_db));
+        let denied = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
+        assert!(
+            denied.contains("sa/intruder")
+                && denied.contains("no ALLOW policy matches")
+                && denied.contains("shop/db-allow-web"),
+            "{denied}"
+        );
+        assert!(reaches(&web, to_db), "web is allowed on 8080");
+        assert!(!reaches(&web, to_db_admin), "web is not allowed on 9090");
+        let denied = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
+        assert!(denied.contains("sa/web") && denied.contains(":9090"), "{denied}");
+        // Plaintext has no identity: no principal matches.
+        assert!(!reaches(&outsider, to_db), "plaintext is not allowed");
+        mesh.ztunnel(1).wait_for(|line| line.contains("plaintext inbound denied"), WAIT).unwrap();
+    });
+
+    // A DENY wins over the ALLOW that matches.
+    apply(
+        &api,
+        "deny-web",
+        json!({ "action": "DENY", "rules": [{ "from": [{ "source": { "principals": ["*/sa/web"] } }] }] }),
+    )
+    .await;
+    tokio::task::block_in_place(|| {
+        eventually("web refused by the DENY", || !reaches(&web, to_db));
+        let denied = mesh
+            .ztunnel(1)
+            .wait_for(|line| line.contains("inbound HBONE denied") && line.contains("sa/web"), WAIT)
+            .unwrap();
+        assert!(denied.contains("denied by DENY policy shop/deny-web"), "{denied}");
+
+        let flags = mesh.weftctl_flags(&cluster, &plane).unwrap();
+        let (ok, listed) = apps::weftctl(&flags, &["policies", "-o", "json"]).unwrap();
+        assert!(ok, "{listed}");
+        let listed: Value = serde_json::from_str(&listed).unwrap();
+        let row =
+            |name: &str| listed.as_array().unwrap().iter().find(|row| row["name"] == name).cloned().unwrap();
+        assert_eq!(row("db-allow-web")["applies_to"], "shop/db");
+        assert_eq!(row("deny-web")["applies_to"], "namespace shop");
+        assert_eq!(row("deny-web")["action"], "DENY");
+        let note = row("db-get-only")["not_enforced"].as_str().unwrap().to_owned();
+        assert!(note.contains("rule 0 dropped") && note.contains("methods needs HTTP"), "{note}");
+        let (ok, table) = apps::weftctl(&flags, &["policies"]).unwrap();
+        assert!(
+            ok && table.lines().any(|line| line.starts_with("shop") && line.contains("db-allow-web")),
+            "{table}"
+        );
+    });
+
+    // Deleted, they stop applying.
+    for name in ["db-allow-web", "db-get-only", "deny-web"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        eventually("the intruder let in again", || reaches(&intruder, to_db));
+        for pod in [&web, &outsider] {
+            assert!(reaches(pod, to_db), "{} cannot reach db once the policies are gone", pod.name);
+        }
+    });
+}
