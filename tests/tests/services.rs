@@ -1,6 +1,7 @@
 //! Services end to end: a pod connects to a Service's virtual IP (there is no kube-proxy here;
 //! only the mesh can make that work), its node proxy spreads connections over the endpoints
-//! the control plane derived from the selector, over HBONE, and skips an endpoint that is down.
+//! the control plane derived from the selector (one on the client's node, one on the other),
+//! over HBONE, and skips an endpoint that is down.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -43,8 +44,9 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
     let web = PodTemplate::new("shop", "web-1").service_account("web").label("app", "web");
     let web1 = cluster.add_pod(1, &web).await.unwrap();
+    // One endpoint on the client's own node: same-node traffic to a VIP goes through HBONE too.
     let web2 = cluster
-        .add_pod(1, &PodTemplate::new("shop", "web-2").service_account("web").label("app", "web"))
+        .add_pod(0, &PodTemplate::new("shop", "web-2").service_account("web").label("app", "web"))
         .await
         .unwrap();
     let _echo1 = apps::echo_server(&web1, ECHO_PORT).unwrap();
@@ -96,9 +98,9 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         }
         let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
         assert_eq!(seen, BTreeSet::from([web1.ipv4.to_string()]));
-        // The destination's proxy counted the refused attempts on the stopped endpoint.
-        let node1 = &cluster.topology().nodes()[1].netns;
-        let metrics = apps::http_get(node1, 15020, "/metrics").unwrap();
+        // The destination's proxy (the client's own node's) counted the refused attempts on the
+        // stopped endpoint.
+        let metrics = apps::http_get(&node0, 15020, "/metrics").unwrap();
         let failed = "weft_tcp_connections_failed_total{reporter=\"destination\",reason=\"upstream\"}";
         assert!(metrics.contains(failed), "{metrics}");
     });
