@@ -263,6 +263,9 @@ impl Mesh {
                 "the control plane does not list it (no address yet, or host network)".into(),
             ),
         });
+        if let Ok(policies) = self.policies().await {
+            findings.push(finding("policies", true, applying_policies(&policies, namespace, name)));
+        }
         let node_endpoints = self.nodes.iter().find(|known| known.name == node);
         match node_endpoints.and_then(|known| known.agent.as_ref()) {
             Some(agent) => match self.json(agent, "/config_dump").await {
@@ -346,6 +349,57 @@ impl Mesh {
     }
 }
 
+/// The served policies (rows of [`Mesh::policies`]) deciding connections to pod
+/// `namespace/name`, and what they mean together.
+fn applying_policies(policies: &Value, namespace: &str, name: &str) -> String {
+    let pod = format!("{namespace}/{name}");
+    let applying: Vec<&Value> = policies
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|policy| policy["served"] == true)
+        .filter(|policy| match policy["scope"].as_str() {
+            Some("GLOBAL") => true,
+            Some("NAMESPACE") => policy["namespace"] == namespace,
+            _ => policy["selects"].as_array().is_some_and(|pods| pods.iter().any(|one| one == pod.as_str())),
+        })
+        .collect();
+    if applying.is_empty() {
+        return "none apply: every peer may connect".into();
+    }
+    let named = |action: &str| -> Vec<String> {
+        applying
+            .iter()
+            .filter(|policy| policy["action"] == action)
+            .map(|policy| {
+                format!(
+                    "{}/{}",
+                    policy["namespace"].as_str().unwrap_or("?"),
+                    policy["name"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    };
+    let (allows, denies) = (named("ALLOW"), named("DENY"));
+    let mut detail = Vec::new();
+    if !denies.is_empty() {
+        detail.push(format!("refused if any of DENY {} matches", denies.join(", ")));
+    }
+    detail.push(if allows.is_empty() {
+        "otherwise allowed (no ALLOW applies)".to_owned()
+    } else {
+        format!("allowed only if one of ALLOW {} matches", allows.join(", "))
+    });
+    let noted = applying
+        .iter()
+        .filter(|policy| policy["notes"].as_array().is_some_and(|notes| !notes.is_empty()))
+        .count();
+    if noted > 0 {
+        detail.push(format!("{noted} not enforced as written (weftctl policies)"));
+    }
+    detail.join("; ")
+}
+
 fn finding(check: &str, ok: bool, detail: String) -> Value {
     json!({ "check": check, "ok": ok, "detail": detail })
 }
@@ -369,6 +423,26 @@ fn human(seconds: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn says_which_policies_decide_for_a_pod() {
+        let policies = json!([
+            { "namespace": "weft-system", "name": "mesh", "action": "DENY", "scope": "GLOBAL", "served": true, "selects": [], "notes": [] },
+            { "namespace": "shop", "name": "web", "action": "ALLOW", "scope": "WORKLOAD_SELECTOR", "served": true, "selects": ["shop/web"], "notes": ["rule 0 dropped"] },
+            { "namespace": "shop", "name": "db", "action": "ALLOW", "scope": "WORKLOAD_SELECTOR", "served": true, "selects": ["shop/db"], "notes": [] },
+            { "namespace": "other", "name": "ns", "action": "ALLOW", "scope": "NAMESPACE", "served": true, "selects": [], "notes": [] },
+            { "namespace": "shop", "name": "audit", "action": "", "scope": "", "served": false, "selects": [], "notes": ["AUDIT"] },
+        ]);
+        assert_eq!(
+            applying_policies(&policies, "shop", "web"),
+            "refused if any of DENY weft-system/mesh matches; allowed only if one of ALLOW shop/web matches; 1 not enforced as written (weftctl policies)"
+        );
+        assert_eq!(
+            applying_policies(&policies, "other", "x"),
+            "refused if any of DENY weft-system/mesh matches; allowed only if one of ALLOW other/ns matches"
+        );
+        assert_eq!(applying_policies(&json!([]), "shop", "web"), "none apply: every peer may connect");
+    }
 
     #[test]
     fn reads_unlabelled_series_and_prints_durations() {

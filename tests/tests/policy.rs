@@ -1,7 +1,7 @@
 //! L4 authorization end to end: AuthorizationPolicy objects written as a user would, on the real
 //! API server, converted by the control plane and enforced by the destination's node proxy —
 //! for HBONE peers by identity and port, for plaintext peers too — explained in the proxy's log
-//! and by `weftctl policies`, and lifted when deleted.
+//! and by `weftctl policies` and `check`, and lifted when deleted.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
