@@ -2,9 +2,10 @@
 //! subscribed to every `istio.workload.Address` and `istio.security.Authorization`. Each
 //! response is converted and applied to [`State`] whole, then acked; a response that does not
 //! convert or would leave the index inconsistent is nacked with the reason and the last good
-//! state kept. The state counts as synced once both kinds have arrived. When the stream breaks the state stays as it was (traffic keeps flowing on the
-//! last good config) and the client reconnects with capped backoff, telling the server which
-//! versions it holds so it gets only the difference.
+//! state kept. The state counts as synced once both kinds have arrived. When the stream breaks
+//! the state stays as it was (traffic keeps flowing on the last good config) and the client
+//! reconnects with capped backoff, telling the server which versions it holds of each kind so
+//! it gets only the difference.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
