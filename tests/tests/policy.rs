@@ -1,6 +1,7 @@
 //! L4 authorization end to end: AuthorizationPolicy objects written as a user would, on the real
 //! API server, converted by the control plane and enforced by the destination's node proxy —
-//! for HBONE peers by identity and port, for plaintext peers too — explained in the proxy's log
+//! for HBONE peers by identity and port, for plaintext peers too, on open connections as on new
+//! ones — explained in the proxy's log
 //! and by `weftctl policies` and `check`, and lifted when deleted.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
@@ -71,10 +72,13 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
     let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
     let api = policies(cluster.client());
 
-    tokio::task::block_in_place(|| {
+    let mut open_chat = tokio::task::block_in_place(|| {
         for pod in [&web, &intruder, &outsider] {
             assert!(reaches(pod, to_db), "{} cannot reach db before any policy", pod.name);
         }
+        let mut chat = apps::Chat::open(&intruder, to_db).unwrap();
+        assert_eq!(chat.say("before the policy").unwrap(), "before the policy");
+        chat
     });
 
     // Only web, only on 8080. HTTP methods are beyond a node proxy: that rule allows nothing.
@@ -88,6 +92,10 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
     apply(&api, "db-allow-web", allow_web).await;
     apply(&api, "db-get-only", json!({ "selector": { "matchLabels": { "app": "db" } }, "rules": [{ "to": [{ "operation": { "methods": ["GET"] } }] }] })).await;
     tokio::task::block_in_place(|| {
+        // The connection opened before the policy is cut, not only new ones refused.
+        let revoked = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE revoked"), WAIT).unwrap();
+        assert!(revoked.contains("sa/intruder") && revoked.contains("shop/db-allow-web"), "{revoked}");
+        assert!(open_chat.say("after the policy").is_err(), "the intruder's open connection still flows");
         eventually("the intruder refused", || !reaches(&intruder, to_db));
         let denied = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
         assert!(

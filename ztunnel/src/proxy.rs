@@ -81,6 +81,26 @@ impl Context {
         Some(self.state.authorize(&pod.uid, &pod.namespace, connection))
     }
 
+    /// Resolves, with the verdict, once a configuration change no longer allows a connection
+    /// that was allowed: open connections follow policy, not just new ones.
+    pub async fn revoked(
+        &self,
+        pod: &Pod,
+        connection: &crate::authz::Connection<'_>,
+    ) -> crate::authz::Verdict {
+        let mut changes = self.state.changes();
+        loop {
+            // Checked after subscribing, so a change just before is not missed.
+            let verdict = self.state.authorize(&pod.uid, &pod.namespace, connection);
+            if !verdict.allowed() {
+                return verdict;
+            }
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// The next round-robin position for service `key`.
     pub fn next_endpoint(&self, key: &str) -> usize {
         let mut positions = self.round_robin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -216,6 +216,8 @@ pub struct State {
     /// unmeshed (a destination not yet known could be a workload that must be tunnelled) and
     /// no connection authorized (a DENY policy may be on its way).
     synced: tokio::sync::watch::Sender<Synced>,
+    /// Bumped by every applied update, for connections that must follow policy changes.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for State {
@@ -224,6 +226,7 @@ impl Default for State {
             index: RwLock::default(),
             policies: RwLock::default(),
             synced: tokio::sync::watch::Sender::new(Synced::default()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -256,6 +259,16 @@ impl State {
 
     fn swap(&self, index: Index) {
         *self.index.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(index);
+        self.changed();
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Signals every applied update (addresses too: they say which policies a workload has).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Applies an xDS delta on top of the current index, or nothing if the result is invalid.

@@ -65,6 +65,12 @@ pub trait Handler: Send + Sync + 'static {
     /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
     fn connect(&self, request: ConnectRequest) -> impl Future<Output = Result<TcpStream, Refusal>> + Send;
 
+    /// Resolves once a connected stream may no longer continue (policy changed): it is then
+    /// reset. Never, by default.
+    fn revoked(&self, _request: &ConnectRequest) -> impl Future<Output = Refusal> + Send {
+        std::future::pending()
+    }
+
     /// A connected stream ended; `sent` bytes went upstream, `received` came back.
     fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
 
@@ -230,7 +236,11 @@ async fn serve_stream<H: Handler>(
         }
     };
     let counts = crate::relay::Counts::default();
-    let relayed = crate::relay::hbone(&mut upstream, Stream::new(send, request.into_body()), &counts).await;
+    // Revoked: the relay is dropped, which resets the stream and closes the upstream.
+    let relayed = tokio::select! {
+        relayed = crate::relay::hbone(&mut upstream, Stream::new(send, request.into_body()), &counts) => relayed,
+        refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
+    };
     let (sent, received) = counts.get();
     handler.closed(&connect, sent, received);
     if let Err(error) = relayed {

@@ -137,6 +137,18 @@ impl Handler for Delivery {
         Ok(upstream)
     }
 
+    async fn revoked(&self, request: &ConnectRequest) -> Refusal {
+        let connection = Connection {
+            source: Some(&request.peer),
+            source_ip: request.source.ip(),
+            destination: request.target,
+        };
+        let verdict = self.context.revoked(&self.pod, &connection).await;
+        self.context.metrics.failed(Reporter::Destination, "policy_revoked");
+        tracing::info!(src = %request.peer, source = %request.source, target = %request.target, %verdict, "inbound HBONE revoked");
+        Refusal::Denied(verdict.to_string())
+    }
+
     fn closed(&self, request: &ConnectRequest, sent: u64, received: u64) {
         // `sent` went to the app: it is what the source sent.
         self.context.metrics.closed(&self.labels(request), sent, received);
@@ -191,7 +203,15 @@ pub async fn serve_plaintext(
                                 return Ok(());
                             }
                             let mut upstream = connect_in(&netns, target).await?;
-                            crate::relay::tcp(&mut client, &mut upstream, &crate::relay::Counts::default()).await
+                            let counts = crate::relay::Counts::default();
+                            tokio::select! {
+                                relayed = crate::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
+                                verdict = context.revoked(&pod, &connection) => {
+                                    context.metrics.failed(Reporter::Destination, "policy_revoked");
+                                    tracing::info!(%peer, %target, %verdict, "plaintext inbound revoked");
+                                    Ok(())
+                                }
+                            }
                         };
                         if let Err(error) = result.await {
                             tracing::info!(%peer, %error, "plaintext inbound failed");
