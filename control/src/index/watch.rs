@@ -1,6 +1,6 @@
 //! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services and authorization
-//! policies; every change
-//! rebuilds the snapshot and, when the resources differ, publishes it with the next version.
+//! policies; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
 use std::sync::Arc;
@@ -56,7 +56,9 @@ pub async fn run(
             }
             next.version = current.version + 1;
             tracing::debug!(version = next.version, addresses = next.addresses.len(), policies = next.authorizations.len(), "publishing");
-            for policy in next.policies.iter().filter(|policy| !policy.notes.is_empty()) {
+            // Once per new outcome, not on every publish.
+            let new_notes = next.policies.iter().filter(|policy| !policy.notes.is_empty());
+            for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
                 tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
             }
             *current = Arc::new(std::mem::take(&mut next));
