@@ -176,17 +176,29 @@ impl Mesh {
         Ok(Value::Array(rows))
     }
 
+    /// Every node proxy's `/config_dump`, by node name; an error if no proxy endpoint is known.
+    async fn ztunnel_dumps(&self) -> anyhow::Result<Vec<(&str, Value)>> {
+        let mut dumps = Vec::new();
+        for node in &self.nodes {
+            let Some(ztunnel) = &node.ztunnel else { continue };
+            dumps.push((node.name.as_str(), self.json(ztunnel, "/config_dump").await?));
+        }
+        anyhow::ensure!(
+            !dumps.is_empty(),
+            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
+        );
+        Ok(dumps)
+    }
+
     /// The certificates each node's proxy holds.
     pub async fn certs(&self) -> anyhow::Result<Value> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
         let mut rows = Vec::new();
-        for node in &self.nodes {
-            let Some(ztunnel) = &node.ztunnel else { continue };
-            let dump = self.json(ztunnel, "/config_dump").await?;
+        for (node, dump) in self.ztunnel_dumps().await? {
             for cert in dump["certificates"].as_array().into_iter().flatten() {
                 let expires = cert["not_after"].as_u64().unwrap_or(0);
                 rows.push(json!({
-                    "node": node.name,
+                    "node": node,
                     "identity": cert["identity"],
                     "serial": cert["serial"],
                     "expires_in": human(expires.saturating_sub(now)),
@@ -194,10 +206,6 @@ impl Mesh {
                 }));
             }
         }
-        anyhow::ensure!(
-            self.nodes.iter().any(|node| node.ztunnel.is_some()),
-            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
-        );
         Ok(Value::Array(rows))
     }
 
@@ -205,20 +213,14 @@ impl Mesh {
     pub async fn connections(&self) -> anyhow::Result<Value> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
         let mut rows = Vec::new();
-        for node in &self.nodes {
-            let Some(ztunnel) = &node.ztunnel else { continue };
-            let dump = self.json(ztunnel, "/config_dump").await?;
+        for (node, dump) in self.ztunnel_dumps().await? {
             for open in dump["connections"].as_array().into_iter().flatten() {
                 let mut row = open.clone();
-                row["node"] = json!(node.name);
+                row["node"] = json!(node);
                 row["age"] = json!(human(now.saturating_sub(open["since"].as_u64().unwrap_or(now))));
                 rows.push(row);
             }
         }
-        anyhow::ensure!(
-            self.nodes.iter().any(|node| node.ztunnel.is_some()),
-            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
-        );
         Ok(Value::Array(rows))
     }
 

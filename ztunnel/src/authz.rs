@@ -168,16 +168,45 @@ impl Policy {
     }
 
     pub fn matches(&self, connection: &Connection) -> bool {
-        self.groups.iter().any(|group| group.iter().all(|rule| rule_matches(rule, connection)))
+        self.matches_facts(&Facts::of(connection))
+    }
+
+    fn matches_facts(&self, facts: &Facts) -> bool {
+        self.groups.iter().any(|group| {
+            group.iter().all(|rule| rule.is_empty() || rule.iter().any(|one| one.matches(facts)))
+        })
+    }
+}
+
+/// A connection whose peer principal is spelt out once, when a match first needs it.
+struct Facts<'a> {
+    connection: &'a Connection<'a>,
+    /// `<trust domain>/ns/<namespace>/sa/<service account>`.
+    principal: std::cell::OnceCell<Option<String>>,
+}
+
+impl<'a> Facts<'a> {
+    fn of(connection: &'a Connection<'a>) -> Self {
+        Self { connection, principal: std::cell::OnceCell::new() }
+    }
+
+    fn principal(&self) -> Option<&str> {
+        self.principal
+            .get_or_init(|| {
+                let id = self.connection.source?;
+                Some(format!("{}/ns/{}/sa/{}", id.trust_domain, id.namespace, id.service_account))
+            })
+            .as_deref()
     }
 }
 
 /// Istio's order: DENY first, then ALLOW if any applies.
 pub fn decide<'a>(policies: impl IntoIterator<Item = &'a Policy>, connection: &Connection) -> Verdict {
+    let facts = Facts::of(connection);
     let mut allows = Vec::new();
     for policy in policies {
         match policy.action {
-            Action::Deny if policy.matches(connection) => return Verdict::Denied { policy: policy.key() },
+            Action::Deny if policy.matches_facts(&facts) => return Verdict::Denied { policy: policy.key() },
             Action::Deny => {}
             Action::Allow => allows.push(policy),
         }
@@ -185,25 +214,19 @@ pub fn decide<'a>(policies: impl IntoIterator<Item = &'a Policy>, connection: &C
     if allows.is_empty() {
         return Verdict::AllowedByDefault;
     }
-    match allows.iter().find(|policy| policy.matches(connection)) {
+    match allows.iter().find(|policy| policy.matches_facts(&facts)) {
         Some(policy) => Verdict::Allowed { policy: policy.key() },
         None => Verdict::NotAllowed { policies: allows.iter().map(|policy| policy.key()).collect() },
     }
 }
 
-fn rule_matches(rule: &Rule, connection: &Connection) -> bool {
-    rule.is_empty() || rule.iter().any(|one| one.matches(connection))
-}
-
 impl Match {
-    fn matches(&self, connection: &Connection) -> bool {
-        let principal = connection
-            .source
-            .map(|id| format!("{}/ns/{}/sa/{}", id.trust_domain, id.namespace, id.service_account));
+    fn matches(&self, facts: &Facts) -> bool {
+        let connection = facts.connection;
         let namespace = connection.source.map(|id| id.namespace.as_str());
         let destination = connection.destination;
         strings(&self.namespaces, &self.not_namespaces, namespace)
-            && strings(&self.principals, &self.not_principals, principal.as_deref())
+            && strings(&self.principals, &self.not_principals, facts.principal())
             && values(&self.source_ips, &self.not_source_ips, |cidr| cidr.contains(connection.source_ip))
             && values(&self.destination_ips, &self.not_destination_ips, |cidr| {
                 cidr.contains(destination.ip())

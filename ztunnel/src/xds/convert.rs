@@ -13,21 +13,36 @@ use crate::{
 
 /// The update a response describes, or why it cannot be applied.
 pub fn update(response: &DeltaDiscoveryResponse) -> Result<Update, String> {
+    decode_each(response, api::ADDRESS_TYPE, |name, address: api::Address| match address.r#type {
+        Some(api::address::Type::Workload(workload)) => Ok(Address::Workload(self::workload(workload)?)),
+        Some(api::address::Type::Service(service)) => Ok(Address::Service(self::service(service)?)),
+        None => Err(format!("{name}: neither workload nor service")),
+    })
+}
+
+/// The policy update a response describes, or why it cannot be applied.
+pub fn policies(response: &DeltaDiscoveryResponse) -> Result<Update<Policy>, String> {
+    decode_each(response, security::AUTHORIZATION_TYPE, |name, authorization| {
+        policy(authorization).map_err(|error| format!("policy {name}: {error}"))
+    })
+}
+
+/// Every resource of `response`, checked to be of `type_url`, decoded as `M` and converted;
+/// the first failure names its resource.
+fn decode_each<M: Message + Default, T>(
+    response: &DeltaDiscoveryResponse,
+    type_url: &str,
+    convert: impl Fn(&str, M) -> Result<T, String>,
+) -> Result<Update<T>, String> {
     let mut update = Update { changed: Vec::new(), removed: response.removed_resources.clone() };
     for resource in &response.resources {
         let name = &resource.name;
         let body = resource.resource.as_ref().ok_or_else(|| format!("{name}: no resource body"))?;
-        if body.type_url != api::ADDRESS_TYPE {
+        if body.type_url != type_url {
             return Err(format!("{name}: body of type {}", body.type_url));
         }
-        let address =
-            api::Address::decode(body.value.as_slice()).map_err(|error| format!("{name}: {error}"))?;
-        let address = match address.r#type {
-            Some(api::address::Type::Workload(workload)) => Address::Workload(self::workload(workload)?),
-            Some(api::address::Type::Service(service)) => Address::Service(self::service(service)?),
-            None => return Err(format!("{name}: neither workload nor service")),
-        };
-        update.changed.push((name.clone(), resource.version.clone(), address));
+        let message = M::decode(body.value.as_slice()).map_err(|error| format!("{name}: {error}"))?;
+        update.changed.push((name.clone(), resource.version.clone(), convert(name, message)?));
     }
     Ok(update)
 }
@@ -78,23 +93,6 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         services,
         healthy,
     })
-}
-
-/// The policy update a response describes, or why it cannot be applied.
-pub fn policies(response: &DeltaDiscoveryResponse) -> Result<Update<Policy>, String> {
-    let mut update = Update { changed: Vec::new(), removed: response.removed_resources.clone() };
-    for resource in &response.resources {
-        let name = &resource.name;
-        let body = resource.resource.as_ref().ok_or_else(|| format!("{name}: no resource body"))?;
-        if body.type_url != security::AUTHORIZATION_TYPE {
-            return Err(format!("{name}: body of type {}", body.type_url));
-        }
-        let authorization = security::Authorization::decode(body.value.as_slice())
-            .map_err(|error| format!("{name}: {error}"))?;
-        let policy = policy(authorization).map_err(|error| format!("policy {name}: {error}"))?;
-        update.changed.push((name.clone(), resource.version.clone(), policy));
-    }
-    Ok(update)
 }
 
 fn policy(authorization: security::Authorization) -> Result<Policy, String> {
