@@ -204,19 +204,24 @@ mod tests {
 
     use super::*;
 
-    fn response(address: api::Address) -> DeltaDiscoveryResponse {
+    /// A response carrying `message` as resource `name`, of `type_url`.
+    fn carrying(name: &str, type_url: &str, message: &impl Message) -> DeltaDiscoveryResponse {
         DeltaDiscoveryResponse {
             resources: vec![Resource {
-                name: "x".into(),
+                name: name.into(),
                 version: "1".into(),
                 resource: Some(prost_types::Any {
-                    type_url: api::ADDRESS_TYPE.into(),
-                    value: address.encode_to_vec(),
+                    type_url: type_url.into(),
+                    value: message.encode_to_vec(),
                 }),
                 aliases: vec![],
             }],
             ..Default::default()
         }
+    }
+
+    fn response(address: api::Address) -> DeltaDiscoveryResponse {
+        carrying("x", api::ADDRESS_TYPE, &address)
     }
 
     fn workload(addresses: Vec<Vec<u8>>) -> api::Address {
@@ -265,19 +270,9 @@ mod tests {
     }
 
     fn authorization(authorization: security::Authorization) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
-            resources: vec![Resource {
-                name: "shop/allow".into(),
-                version: "1".into(),
-                resource: Some(prost_types::Any {
-                    type_url: security::AUTHORIZATION_TYPE.into(),
-                    value: authorization.encode_to_vec(),
-                }),
-                aliases: vec![],
-            }],
-            removed_resources: vec!["shop/old".into()],
-            ..Default::default()
-        }
+        let mut response = carrying("shop/allow", security::AUTHORIZATION_TYPE, &authorization);
+        response.removed_resources = vec!["shop/old".into()];
+        response
     }
 
     fn allow(matches: security::Match) -> security::Authorization {
