@@ -1,7 +1,10 @@
-//! A real Kubernetes API server for tests: etcd and the kube-apiserver built by
-//! `cargo xtask setup`, on free loopback ports with a temporary directory, serving TLS with a
-//! certificate the harness issues, authenticating an admin by a static token. Both processes are
-//! killed when the [`ApiServer`] drops.
+//! A real Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager at
+//! the releases `cargo xtask setup` builds, on free loopback ports with a temporary directory. The
+//! API server serves TLS with a certificate the harness issues and authenticates an admin and the
+//! controller manager by static tokens; the controller manager runs the controllers a cluster
+//! relies on (ServiceAccounts and their tokens, Deployments, ReplicaSets, EndpointSlices, garbage
+//! collection), each with its own service-account credentials, as kubeadm sets it up. Every
+//! process is killed when the [`ApiServer`] drops.
 use std::{
     fs::File,
     net::{Ipv4Addr, TcpListener},
@@ -14,17 +17,20 @@ use anyhow::{Context, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
-use crate::process::Process;
+use crate::{process::Process, topology::FABRIC_GATEWAY};
 
 /// Service-account token issuer and audience the API server is configured with.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// Service (ClusterIP) range the API server allocates from.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The `kubernetes` Service's ClusterIP: the first address of [`SERVICE_CIDR`].
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// A running etcd + kube-apiserver pair.
+/// A running etcd, kube-apiserver and kube-controller-manager.
 pub struct ApiServer {
-    // Field order is drop order: the API server goes before its etcd.
+    // Field order is drop order: the controller manager, then the API server, then its etcd.
+    controller_manager: Process,
     apiserver: Process,
     etcd: Process,
     client: kube::Client,
@@ -64,14 +70,14 @@ impl ApiServer {
 
     async fn start_once() -> anyhow::Result<Self> {
         crate::require_root();
-        let binary = kube_apiserver_binary()?;
+        let bin = kube_bin()?;
         let dir = tempfile::Builder::new().prefix("weft-apiserver-").tempdir()?;
         let path = dir.path();
 
         let (etcd_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Command::new("etcd");
+        let mut etcd = Command::new(bin.join("etcd"));
         etcd.arg("--data-dir")
             .arg(path.join("etcd"))
             .args(["--name", "weft", "--listen-client-urls", &etcd_url, "--advertise-client-urls", &etcd_url])
@@ -80,12 +86,20 @@ impl ApiServer {
         let etcd = Process::start(logged(etcd, &path.join("etcd.log"))?)?;
 
         let pki = write_pki(path)?;
-        let token = "weft-admin-token";
-        std::fs::write(path.join("tokens.csv"), format!("{token},admin,admin,system:masters\n"))?;
-        let mut apiserver = Command::new(&binary);
+        let (token, controller_token) = ("weft-admin-token", "weft-controller-manager-token");
+        // The controller manager's user is the one RBAC's bootstrap policy binds its role to.
+        let tokens = format!(
+            "{token},admin,admin,system:masters\n\
+             {controller_token},system:kube-controller-manager,system:kube-controller-manager\n"
+        );
+        std::fs::write(path.join("tokens.csv"), tokens)?;
+        let mut apiserver = Command::new(bin.join("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers={etcd_url}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--insecure-port=0"])
+            .arg("--bind-address=127.0.0.1")
+            // What the `kubernetes` Service's endpoints name: the API server as the cluster
+            // reaches it, at the fabric's gateway (a loopback address is refused for it).
+            .arg(format!("--advertise-address={FABRIC_GATEWAY}"))
             .arg(format!("--secure-port={secure_port}"))
             .arg(format!("--cert-dir={}", path.join("certs").display()))
             .arg(format!("--tls-cert-file={}", pki.serving_cert.display()))
@@ -96,21 +110,35 @@ impl ApiServer {
             .arg(format!("--service-account-key-file={}", pki.sa_public.display()))
             .arg(format!("--service-account-signing-key-file={}", pki.sa_private.display()))
             .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"))
-            // No controller-manager creates service-account tokens here.
-            .arg("--disable-admission-plugins=ServiceAccount")
             .args(["--allow-privileged=true", "--enable-priority-and-fairness=false", "--profiling=false"]);
         let apiserver = Process::start(logged(apiserver, &path.join("apiserver.log"))?)?;
 
         let url = format!("https://127.0.0.1:{secure_port}");
         let kubeconfig = path.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url, &pki.ca_cert, token))?;
+        let controller_kubeconfig = path.join("controller-manager.kubeconfig");
+        std::fs::write(&controller_kubeconfig, kubeconfig_yaml(&url, &pki.ca_cert, controller_token))?;
+        let mut controller_manager = Command::new(bin.join("kube-controller-manager"));
+        controller_manager
+            .arg(format!("--kubeconfig={}", controller_kubeconfig.display()))
+            // No HTTPS endpoint: nothing here scrapes it, and it would need a port of its own.
+            .args(["--secure-port=0", "--leader-elect=false", "--use-service-account-credentials=true"])
+            // Every default controller but node lifecycle: the harness registers nodes without a
+            // kubelet renewing their leases, and that controller would declare them lost and mark
+            // their pods NotReady after 50 s.
+            .arg("--controllers=*,-nodelifecycle")
+            .arg(format!("--service-account-private-key-file={}", pki.sa_private.display()))
+            .arg(format!("--root-ca-file={}", pki.ca_cert.display()))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CIDR}"));
+        let controller_manager =
+            Process::start(logged(controller_manager, &path.join("controller-manager.log"))?)?;
         let config = kube::Config::from_custom_kubeconfig(
             Kubeconfig::read_from(&kubeconfig)?,
             &KubeConfigOptions::default(),
         )
         .await?;
         let client = kube::Client::try_from(config)?;
-        let mut server = Self { apiserver, etcd, client, kubeconfig, url, dir };
+        let mut server = Self { controller_manager, apiserver, etcd, client, kubeconfig, url, dir };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -139,6 +167,12 @@ impl ApiServer {
             if self.apiserver.exited() {
                 bail!("kube-apiserver exited:\n{}", log_tail(&self.dir.path().join("apiserver.log")));
             }
+            if self.controller_manager.exited() {
+                bail!(
+                    "kube-controller-manager exited:\n{}",
+                    log_tail(&self.dir.path().join("controller-manager.log"))
+                );
+            }
             let request = http::Request::get("/readyz").body(Vec::new())?;
             if matches!(self.client.request_text(request).await.as_deref(), Ok("ok")) {
                 return Ok(());
@@ -154,9 +188,10 @@ impl ApiServer {
     }
 }
 
-/// The kube-apiserver binary: `$WEFT_KUBE_APISERVER`, or where `cargo xtask setup` caches it.
-fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
-    let binary = match std::env::var_os("WEFT_KUBE_APISERVER") {
+/// The directory holding `etcd`, `kube-apiserver` and `kube-controller-manager`:
+/// `$WEFT_KUBE_BIN`, or where `cargo xtask setup` links them.
+fn kube_bin() -> anyhow::Result<PathBuf> {
+    let bin = match std::env::var_os("WEFT_KUBE_BIN") {
         Some(path) => PathBuf::from(path),
         None => {
             let cache = match std::env::var_os("WEFT_CACHE") {
@@ -164,16 +199,18 @@ fn kube_apiserver_binary() -> anyhow::Result<PathBuf> {
                 None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
                     .join(".cache/weft"),
             };
-            cache.join("kubernetes/bin/kube-apiserver")
+            cache.join("kubernetes/bin")
         }
     };
-    if !binary.exists() {
-        bail!(
-            "kube-apiserver not found at {}: run `cargo xtask setup` (tests need a real API server)",
-            binary.display()
-        );
+    for binary in ["etcd", "kube-apiserver", "kube-controller-manager"] {
+        if !bin.join(binary).exists() {
+            bail!(
+                "{binary} not found in {}: run `cargo xtask setup` (tests need a real Kubernetes)",
+                bin.display()
+            );
+        }
     }
-    Ok(binary)
+    Ok(bin)
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -210,8 +247,13 @@ fn write_pki(dir: &Path) -> anyhow::Result<Pki> {
     let issuer = Issuer::new(ca, ca_key);
 
     let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::new(vec!["localhost".to_owned()])?;
-    serving.subject_alt_names.push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    // Every name a client may use: the harness's loopback, and in the cluster the advertised
+    // address, the `kubernetes` Service's VIP (the first of the range) and its DNS names.
+    let names = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"];
+    let mut serving = CertificateParams::new(names.map(str::to_owned).to_vec())?;
+    for ip in [Ipv4Addr::LOCALHOST, FABRIC_GATEWAY, KUBERNETES_SERVICE_IP] {
+        serving.subject_alt_names.push(SanType::IpAddress(ip.into()));
+    }
     serving.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     let serving_cert = serving.signed_by(&serving_key, &issuer)?;
 

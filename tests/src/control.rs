@@ -20,10 +20,7 @@ use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     serde::Deserialize,
 };
-use kube::{
-    Api,
-    api::{ObjectMeta, PostParams},
-};
+use kube::{Api, api::PostParams};
 
 use crate::{
     apps,
@@ -84,14 +81,7 @@ impl ControlPlane {
         let client = cluster.client();
         install_crds(client.clone()).await?;
         cluster.kubelet().ensure_namespace(NAMESPACE, &[]).await?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NAMESPACE);
-        if accounts.get_opt(PROXY_SERVICE_ACCOUNT).await?.is_none() {
-            let account = ServiceAccount {
-                metadata: ObjectMeta { name: Some(PROXY_SERVICE_ACCOUNT.into()), ..Default::default() },
-                ..Default::default()
-            };
-            accounts.create(&PostParams::default(), &account).await?;
-        }
+        cluster.kubelet().ensure_service_account(NAMESPACE, PROXY_SERVICE_ACCOUNT).await?;
         let address = SocketAddr::from((FABRIC_GATEWAY, CA_PORT));
         let listener = cluster
             .topology()

@@ -1,10 +1,11 @@
-//! The harness as kubelet: it registers Node objects, creates Pods bound to a node, reports them
-//! Running with their IPs once their namespaces exist, and deletes them with grace period 0 (no
-//! kubelet would otherwise confirm the deletion).
+//! The harness as kubelet: it registers Node objects, creates Pods bound to a node (with the
+//! service account each runs as, as the user's manifests would), reports them Running with their
+//! IPs once their namespaces exist, and deletes them with grace period 0 (no kubelet would
+//! otherwise confirm the deletion).
 use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, Namespace, Node, Pod, PodSpec, ServiceAccount};
 use kube::{
     Api,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
@@ -105,9 +106,31 @@ impl Kubelet {
         Ok(())
     }
 
-    /// Creates the Pod of `template` bound to `node_name` (Pending, no IP yet) and returns it as
-    /// stored, with its server-assigned uid.
+    /// Creates service account `name` in `namespace` if it does not exist yet. The API server's
+    /// ServiceAccount admission refuses a pod whose account is missing; `default` is made by the
+    /// controller manager soon after its namespace, so this may race it and find it made.
+    pub async fn ensure_service_account(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+        if accounts.get_opt(name).await?.is_some() {
+            return Ok(());
+        }
+        let object = ServiceAccount {
+            metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
+            ..Default::default()
+        };
+        match accounts.create(&PostParams::default(), &object).await {
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            result => {
+                result.with_context(|| format!("creating service account {namespace}/{name}"))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates the Pod of `template` bound to `node_name` (Pending, no IP yet), and its service
+    /// account if missing, and returns it as stored, with its server-assigned uid.
     pub async fn create_pod(&self, template: &PodTemplate, node_name: &str) -> anyhow::Result<Pod> {
+        self.ensure_service_account(&template.namespace, &template.service_account).await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &template.namespace);
         let object = Pod {
             metadata: ObjectMeta {

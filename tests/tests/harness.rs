@@ -1,12 +1,17 @@
 //! Tests of the harness itself: the topology routes pods to each other, the wire monitor can see
 //! a plaintext leak (so its zero means something), the API server sees what the harness-kubelet
-//! reports, and the cleanup guard leaves nothing behind.
+//! reports, the cluster is a current Kubernetes whose controllers work, and the cleanup guard
+//! leaves nothing behind.
 use std::{net::SocketAddr, time::Duration};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{
+    core::v1::{Pod, Service, ServiceAccount, ServicePort, ServiceSpec},
+    discovery::v1::EndpointSlice,
+};
 use kube::{
     Api,
+    api::{ListParams, ObjectMeta, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use weft_tests::{
@@ -14,7 +19,7 @@ use weft_tests::{
     cluster::Cluster,
     kubelet::PodTemplate,
     process::cgroup2_root,
-    topology::{Topology, netns_exists},
+    topology::{FABRIC_GATEWAY, Topology, netns_exists},
     wire::WireMonitor,
 };
 
@@ -129,4 +134,70 @@ async fn pod_created_by_the_harness_is_seen_by_a_watcher_with_its_ip_and_node() 
     })
     .await;
     gone.unwrap();
+}
+
+/// The endpoint addresses of the EndpointSlices the controller manager keeps for `service`.
+async fn slice_addresses(client: &kube::Client, namespace: &str, service: &str) -> Vec<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let list = slices.list(&params).await.expect("listing EndpointSlices");
+    list.items
+        .iter()
+        .flat_map(|slice| slice.endpoints.iter().flatten())
+        .flat_map(|endpoint| endpoint.addresses.iter().cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_is_a_current_kubernetes_whose_controllers_work() {
+    let mut cluster = Cluster::start(1).await.unwrap();
+    let client = cluster.client();
+    let version = client.apiserver_version().await.unwrap();
+    let minor: u32 = version.minor.trim_end_matches('+').parse().unwrap();
+    assert!(
+        version.major == "1" && minor >= 36,
+        "Kubernetes {} is not a current release",
+        version.git_version
+    );
+
+    // The API server advertises itself where the cluster reaches it.
+    let kubernetes = weft_tests::eventually("the kubernetes Service's endpoints", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { Some(slice_addresses(&client, "default", "kubernetes").await).filter(|a| !a.is_empty()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(kubernetes, [FABRIC_GATEWAY.to_string()]);
+
+    // The service-account controller gives a new namespace its `default` account.
+    let pod = cluster.add_pod(0, &PodTemplate::new("shop", "web").label("app", "web")).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "shop");
+    weft_tests::eventually("the default service account", Duration::from_secs(30), || {
+        let accounts = accounts.clone();
+        async move { accounts.get_opt("default").await.unwrap().map(drop) }
+    })
+    .await
+    .unwrap();
+
+    // The EndpointSlice controller follows a Service's selector to the running pod.
+    let service = Service {
+        metadata: ObjectMeta { name: Some("web".into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            selector: Some([("app".to_owned(), "web".to_owned())].into()),
+            ports: Some(vec![ServicePort { port: 80, ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Api::<Service>::namespaced(client.clone(), "shop")
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let endpoints = weft_tests::eventually("the web Service's endpoints", Duration::from_secs(30), || {
+        let client = client.clone();
+        async move { Some(slice_addresses(&client, "shop", "web").await).filter(|a| !a.is_empty()) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(endpoints, [pod.ipv4.to_string()]);
 }

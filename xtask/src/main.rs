@@ -19,7 +19,7 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Install toolchains, bpf-linker, etcd and a kube-apiserver; mount bpffs. Idempotent.
+    /// Install toolchains, bpf-linker, etcd and Kubernetes; mount bpffs. Idempotent.
     Setup,
     /// Set up, then run every test: unit, component and privileged (needs root).
     Test {
@@ -66,7 +66,7 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
     // closing summary line that says how many tests ran.
     let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
-    test.args(filters).env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
+    test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
     cmd::run(&mut test)
 }
 
@@ -77,7 +77,7 @@ fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
     let mut demo = Command::new(cargo());
     demo.current_dir(root)
         .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-demo", "--"])
-        .env("WEFT_KUBE_APISERVER", &tools.kube_apiserver);
+        .env("WEFT_KUBE_BIN", &tools.kube_bin);
     if keep {
         demo.arg("--keep");
     }

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: brings a fresh machine of this kind (Debian 12, root, rustup's stable
-//! Rust) to what Weft's build and tests need, skipping whatever is already there. Slow artefacts
-//! (bpf-linker, kube-apiserver, the Go build cache) live in the cache directory, outside the work
-//! tree, so a second run takes seconds.
+//! Rust, the machine's Go) to what Weft's build and tests need, skipping whatever is already there.
+//! Slow artefacts (bpf-linker, Kubernetes and etcd with Go's module and build caches) live in the
+//! cache directory, outside the work tree, so a second run takes seconds.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -12,8 +12,8 @@ use anyhow::{Context, bail};
 
 use crate::cmd;
 
-/// Debian packages: the BPF-capable rustc and LLVM 22 for bpf-linker (TESTING.md §1), Go and the
-/// source tools for kube-apiserver, etcd (TESTING.md §2), and the network tools of the harness.
+/// Debian packages: the BPF-capable rustc and LLVM 22 for bpf-linker (TESTING.md §1), protoc, and
+/// the network tools of the harness.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -22,11 +22,6 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "zlib1g-dev",
-    "golang-go",
-    "dpkg-dev",
-    "etcd-server",
-    "golang-github-modern-go-reflect2-dev",
-    "golang-github-json-iterator-go-dev",
     "protobuf-compiler",
     "libprotobuf-dev",
     "iproute2",
@@ -37,10 +32,20 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// The Kubernetes release every test runs against (README's "Tested with"); k8s-openapi's
+/// feature in Cargo.toml names the same minor.
+pub const KUBERNETES_VERSION: &str = "1.37.2";
+/// The etcd release Kubernetes 1.37 is validated with.
+pub const ETCD_VERSION: &str = "3.6.16";
+/// The oldest Go that builds both (their go.mod files ask for 1.26.0).
+const GO_MINIMUM: (u32, u32) = (1, 26);
+
 /// Paths of the tools setup provides, for the commands that run after it.
 #[derive(Debug)]
 pub struct Tools {
-    pub kube_apiserver: PathBuf,
+    /// A directory holding `etcd`, `kube-apiserver` and `kube-controller-manager` of the tested
+    /// releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
+    pub kube_bin: PathBuf,
 }
 
 /// Runs every setup step, each skipped when already done.
@@ -51,10 +56,10 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("Debian packages", debian_packages)?;
     step("bpf-linker", || bpf_linker(&cache))?;
     step("cargo-nextest", nextest)?;
-    let kube_apiserver = cache.join("kubernetes/bin/kube-apiserver");
-    step("kube-apiserver", || build_kube_apiserver(root, &cache, &kube_apiserver))?;
+    let kube_bin = cache.join("kubernetes/bin");
+    step("Kubernetes and etcd", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
-    Ok(Tools { kube_apiserver })
+    Ok(Tools { kube_bin })
 }
 
 /// `$WEFT_CACHE`, or `~/.cache/weft`.
@@ -118,15 +123,66 @@ fn nextest() -> anyhow::Result<()> {
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
-fn build_kube_apiserver(root: &Path, cache: &Path, binary: &Path) -> anyhow::Result<()> {
-    if binary.exists() {
-        return Ok(());
+/// etcd, kube-apiserver and kube-controller-manager at the tested releases, built from the Go
+/// module proxy by `kubernetes.sh` when missing; `bin` is then pointed at them.
+fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let kube = dir.join(format!("kubernetes-v{KUBERNETES_VERSION}/bin"));
+    let etcd = dir.join(format!("etcd-v{ETCD_VERSION}/bin"));
+    let binaries = [kube.join("kube-apiserver"), kube.join("kube-controller-manager"), etcd.join("etcd")];
+    if !binaries.iter().all(|binary| binary.exists()) {
+        let go = go()?;
+        eprintln!(
+            "setup: building Kubernetes {KUBERNETES_VERSION} and etcd {ETCD_VERSION} with {} \
+             (about 10 minutes cold)",
+            go.display()
+        );
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(
+            go.parent().into_iter().map(Path::to_path_buf).chain(std::env::split_paths(&path)),
+        )?;
+        cmd::run(
+            Command::new("bash")
+                .arg(root.join("xtask/src/setup/kubernetes.sh"))
+                .arg(dir)
+                .args([KUBERNETES_VERSION, ETCD_VERSION])
+                .env("PATH", path),
+        )?;
     }
-    eprintln!("setup: building kube-apiserver from Debian's kubernetes source (5-10 minutes cold)");
-    cmd::run(
-        Command::new("bash")
-            .arg(root.join("xtask/src/setup/kube_apiserver.sh"))
-            .arg(cache.join("kubernetes")),
+    std::fs::create_dir_all(bin).with_context(|| format!("creating {}", bin.display()))?;
+    for binary in binaries {
+        let name = binary.file_name().expect("invariant: every binary path has a file name");
+        let link = bin.join(name);
+        // A link left by another release is replaced, so `bin` always holds the tested ones.
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&binary, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), binary.display()))?;
+    }
+    Ok(())
+}
+
+/// The Go to build with: the first of `go` on `PATH` and the machine's `/usr/local/go` that is at
+/// least [`GO_MINIMUM`] (an old Debian `golang-go` may come first on `PATH`).
+fn go() -> anyhow::Result<PathBuf> {
+    let mut seen = Vec::new();
+    for candidate in ["go", "/usr/local/go/bin/go"] {
+        let Ok(out) = Command::new(candidate).arg("env").arg("GOROOT").arg("GOVERSION").output() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let (Some(goroot), Some(version)) = (lines.next(), lines.next()) else { continue };
+        seen.push(format!("{version} at {goroot}"));
+        let mut numbers = version.trim_start_matches("go").split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+        let found = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+        if found >= GO_MINIMUM {
+            return Ok(Path::new(goroot).join("bin/go"));
+        }
+    }
+    bail!(
+        "Kubernetes {KUBERNETES_VERSION} needs Go >= {}.{} (the machine's Go lives in /usr/local/go); found: {}",
+        GO_MINIMUM.0,
+        GO_MINIMUM.1,
+        if seen.is_empty() { "none".to_owned() } else { seen.join(", ") }
     )
 }
 

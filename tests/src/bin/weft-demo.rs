@@ -101,12 +101,16 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("request to {to}"))?;
     }
     println!("  service    client -> echo    {to:<28} {REQUESTS}/{REQUESTS} requests echoed (Service VIP)");
-    for member in &members[..2] {
-        let identity = member.identity();
+    // In whatever order the node proxies asked for them.
+    let mut identities: Vec<String> = members.iter().map(Member::identity).collect();
+    while !identities.is_empty() {
         let signed = plane.process().wait_for(
-            |line| line.contains("certificate signed") && line.contains(&identity),
+            |line| {
+                line.contains("certificate signed") && identities.iter().any(|id| line.contains(id.as_str()))
+            },
             Duration::from_secs(10),
         )?;
+        identities.retain(|id| !signed.contains(id.as_str()));
         println!("  weft-control: {}", message(&signed));
     }
     for command in ["status", "workloads", "services", "certs"] {
