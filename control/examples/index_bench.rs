@@ -3,8 +3,11 @@
 //! `cargo run --release -p weft-control --example index_bench`. Prints; never fails.
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    Namespace, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+use k8s_openapi::api::{
+    core::v1::{
+        Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
+    },
+    discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
 };
 use kube::api::ObjectMeta;
 use prost::Message;
@@ -15,7 +18,9 @@ const PODS_PER_SERVICE: usize = 10;
 const NAMESPACES: usize = 100;
 const REPEATS: usize = 5;
 
-fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>) {
+/// The objects of a cluster with `pods` pods, a Service for every ten with the EndpointSlice the
+/// cluster would keep for it.
+fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>, Vec<EndpointSlice>) {
     let namespace = |i: usize| format!("ns{}", i % NAMESPACES);
     let namespaces = (0..NAMESPACES)
         .map(|i| Namespace {
@@ -27,7 +32,7 @@ fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>) {
             ..Default::default()
         })
         .collect();
-    let pod_objects = (0..pods)
+    let pod_objects: Vec<Pod> = (0..pods)
         .map(|i| Pod {
             metadata: ObjectMeta {
                 name: Some(format!("pod-{i}")),
@@ -64,7 +69,45 @@ fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>) {
             ..Default::default()
         })
         .collect();
-    (namespaces, pod_objects, services)
+    let slices = pod_objects
+        .chunks(PODS_PER_SERVICE)
+        .enumerate()
+        .map(|(s, backing)| EndpointSlice {
+            metadata: ObjectMeta {
+                name: Some(format!("svc-{s}-abcde")),
+                namespace: Some(namespace(s * PODS_PER_SERVICE)),
+                labels: Some([("kubernetes.io/service-name".to_owned(), format!("svc-{s}"))].into()),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(
+                backing
+                    .iter()
+                    .map(|pod| Endpoint {
+                        addresses: pod
+                            .status
+                            .iter()
+                            .flat_map(|s| s.pod_ips.iter().flatten())
+                            .map(|ip| ip.ip.clone())
+                            .collect(),
+                        conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                        target_ref: Some(ObjectReference {
+                            kind: Some("Pod".into()),
+                            uid: pod.metadata.uid.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ports: Some(vec![EndpointPort {
+                port: Some(80),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+        })
+        .collect();
+    (namespaces, pod_objects, services, slices)
 }
 
 fn rss_kib() -> u64 {
@@ -95,7 +138,7 @@ fn main() {
         "pods", "services", "build ms", "push ms", "push MiB", "snapshot MiB"
     );
     for pods in [1_000, 10_000, 50_000] {
-        let (namespaces, pod_objects, services) = objects(pods);
+        let (namespaces, pod_objects, services, slices) = objects(pods);
         let mut builds = Vec::new();
         let mut pushes = Vec::new();
         let mut push_bytes = 0;
@@ -103,7 +146,7 @@ fn main() {
         for _ in 0..REPEATS {
             let before = rss_kib();
             let start = Instant::now();
-            let snapshot = build(&naming, &namespaces, &pod_objects, &services, &[]);
+            let snapshot = build(&naming, &namespaces, &pod_objects, &services, &slices, &[]);
             builds.push(start.elapsed());
             snapshot_kib = rss_kib().saturating_sub(before).max(snapshot_kib);
             // A full push to one proxy: every resource into one response, encoded.

@@ -1,9 +1,10 @@
 //! The mesh as node proxies see it: an immutable, versioned [`Snapshot`] of xDS resources built
 //! from Kubernetes objects. Every pod with an address becomes a `Workload` (tunnelled over HBONE
 //! when enrolled, plaintext otherwise) named by its uid; every Service a `Service` named
-//! `namespace/hostname`, and each pod it selects lists it with the ports it serves. Two pods
-//! claiming one address (a terminating pod whose IP was already reused) never share it: the
-//! address goes to the live, newer pod — an identity never follows an IP to another pod. Every
+//! `namespace/hostname`; its EndpointSlices say which workloads back it on which ports
+//! ([`endpoints`]), endpoints that are not pods of the mesh included. Two pods claiming one
+//! address (a terminating pod whose IP was already reused) never share it: the address goes to
+//! the live, newer pod — an identity never follows an IP to another pod. Every
 //! `AuthorizationPolicy` becomes an `Authorization` ([`policy`]); the pods a policy's selector
 //! picks name it in their workload.
 //!
@@ -16,13 +17,17 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Namespace, Pod, Service},
+    api::{
+        core::v1::{Namespace, Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use prost::Message;
 use serde::Serialize;
 use weft_api::{security::AUTHORIZATION_TYPE, workload as api};
 
+pub mod endpoints;
 pub mod policy;
 pub mod watch;
 
@@ -146,6 +151,7 @@ pub fn build<'a>(
     namespaces: impl IntoIterator<Item = &'a Namespace>,
     pods: impl IntoIterator<Item = &'a Pod>,
     services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
     policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
 ) -> Snapshot {
     let converted: Vec<(String, policy::Converted)> = policies
@@ -166,20 +172,23 @@ pub fn build<'a>(
         .into_iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
         .collect();
-    let mut services_by_namespace: HashMap<&str, Vec<&Service>> = HashMap::new();
+    let mut services_by_name: HashMap<(&str, &str), &Service> = HashMap::new();
     let mut addresses = Resources::new();
     for service in services {
         let (Some(name), Some(namespace)) = (&service.metadata.name, &service.metadata.namespace) else {
             continue;
         };
-        let service = service_resource(naming, name, namespace, service);
-        let key = format!("{namespace}/{}", service.1.hostname);
-        services_by_namespace.entry(namespace).or_default().push(service.0);
-        addresses.insert(key, encode(api::address::Type::Service(service.1)));
+        let resource = service_resource(naming, name, namespace, service);
+        addresses.insert(
+            format!("{namespace}/{}", resource.hostname),
+            encode(api::address::Type::Service(resource)),
+        );
+        services_by_name.insert((namespace, name), service);
     }
 
+    let pods: Vec<&Pod> = pods.into_iter().collect();
     let mut workloads: Vec<(Claim, api::Workload)> = pods
-        .into_iter()
+        .iter()
         .filter_map(|pod| {
             let namespace = pod.metadata.namespace.as_deref()?;
             // The agent's rule exactly: a pod it does not capture is never tunnelled to.
@@ -188,8 +197,7 @@ pub fn build<'a>(
                     pod.metadata.labels.as_ref(),
                     labels_by_namespace.get(namespace).copied().flatten(),
                 );
-            let selecting = services_by_namespace.get(namespace).map(Vec::as_slice).unwrap_or_default();
-            let mut workload = workload(naming, pod, enrolled, selecting)?;
+            let mut workload = workload(naming, pod, enrolled)?;
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             workload.1.authorization_policies = selectors_by_namespace
                 .get(namespace)
@@ -203,6 +211,22 @@ pub fn build<'a>(
         })
         .collect();
     give_each_address_one_owner(&mut workloads);
+    let with_addresses: std::collections::HashSet<&str> = workloads
+        .iter()
+        .filter(|(_, workload)| !workload.addresses.is_empty())
+        .map(|(_, workload)| workload.uid.as_str())
+        .collect();
+    let pod_kinds: HashMap<&str, endpoints::PodKind> = pods
+        .iter()
+        .filter_map(|pod| {
+            let uid = pod.metadata.uid.as_deref()?;
+            Some((uid, endpoints::pod_kind(pod, with_addresses.contains(uid))?))
+        })
+        .collect();
+    let mut membership = endpoints::membership(naming, &services_by_name, &pod_kinds, slices);
+    for (_, workload) in &mut workloads {
+        workload.services = membership.pods.remove(&workload.uid).unwrap_or_default().into_iter().collect();
+    }
     let mut selected: HashMap<&str, Vec<String>> = HashMap::new();
     for (_, workload) in &workloads {
         if !workload.addresses.is_empty() {
@@ -233,10 +257,9 @@ pub fn build<'a>(
         statuses.push(status);
     }
     statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    for (_, workload) in workloads {
-        if !workload.addresses.is_empty() {
-            addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
-        }
+    let pod_workloads = workloads.into_iter().map(|(_, workload)| workload);
+    for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
+        addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
     Snapshot { version: 0, addresses, authorizations, policies: statuses }
 }
@@ -267,12 +290,7 @@ fn give_each_address_one_owner(workloads: &mut [(Claim, api::Workload)]) {
     }
 }
 
-fn workload(
-    naming: &Naming,
-    pod: &Pod,
-    enrolled: bool,
-    services: &[&Service],
-) -> Option<(Claim, api::Workload)> {
+fn workload(naming: &Naming, pod: &Pod, enrolled: bool) -> Option<(Claim, api::Workload)> {
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
     // Host-network pods share the node's address: no identity can be tied to it.
@@ -289,20 +307,6 @@ fn workload(
     let metadata = &pod.metadata;
     let namespace = metadata.namespace.clone()?;
     let uid = metadata.uid.clone()?;
-    let labels = metadata.labels.clone().unwrap_or_default();
-    let services = services
-        .iter()
-        .filter(|service| selects(service, &labels))
-        .filter_map(|service| {
-            let name = service.metadata.name.as_deref()?;
-            let ports = service_ports(service)
-                .filter_map(|(port, target)| {
-                    Some(api::Port { service_port: port, target_port: target_port(spec, port, target)? })
-                })
-                .collect();
-            Some((format!("{namespace}/{}", hostname(naming, name, &namespace)), api::PortList { ports }))
-        })
-        .collect();
     let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
     let claim = Claim {
         live: metadata.deletion_timestamp.is_none(),
@@ -319,7 +323,6 @@ fn workload(
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
         node: spec.node_name.clone().unwrap_or_default(),
         workload_name: metadata.name.clone().unwrap_or_default(),
-        services,
         // A pod counts as healthy once running, unless its conditions say it is not ready;
         // the harness (no kubelet) reports no conditions.
         status: if status.phase.as_deref() == Some("Running")
@@ -335,12 +338,7 @@ fn workload(
     Some((claim, workload))
 }
 
-fn service_resource<'a>(
-    naming: &Naming,
-    name: &str,
-    namespace: &str,
-    service: &'a Service,
-) -> (&'a Service, api::Service) {
+fn service_resource(naming: &Naming, name: &str, namespace: &str, service: &Service) -> api::Service {
     let spec = service.spec.as_ref();
     let ips: Vec<IpAddr> = match spec.and_then(|spec| spec.cluster_ips.as_ref()) {
         Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.parse().ok()).collect(),
@@ -350,7 +348,7 @@ fn service_resource<'a>(
             .into_iter()
             .collect(),
     };
-    let resource = api::Service {
+    api::Service {
         name: name.to_owned(),
         namespace: namespace.to_owned(),
         hostname: hostname(naming, name, namespace),
@@ -369,8 +367,11 @@ fn service_resource<'a>(
             })
             .collect(),
         waypoint: None,
-    };
-    (service, resource)
+        // Endpoints published before they are ready are meant to be used.
+        load_balancing: spec.and_then(|spec| spec.publish_not_ready_addresses).unwrap_or(false).then(|| {
+            api::LoadBalancing { health_policy: api::load_balancing::HealthPolicy::AllowAll.into() }
+        }),
+    }
 }
 
 /// The TCP ports of a service: `(port, targetPort)`.
@@ -381,33 +382,6 @@ fn service_ports(service: &Service) -> impl Iterator<Item = (u32, Option<&IntOrS
         .flat_map(|spec| spec.ports.iter().flatten())
         .filter(|port| port.protocol.as_deref().is_none_or(|protocol| protocol == "TCP"))
         .filter_map(|port| Some((u32::try_from(port.port).ok()?, port.target_port.as_ref())))
-}
-
-/// The pod port a service port reaches: a number, a container port's name, or the same port.
-fn target_port(
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-    port: u32,
-    target: Option<&IntOrString>,
-) -> Option<u32> {
-    match target {
-        None => Some(port),
-        Some(IntOrString::Int(number)) => u32::try_from(*number).ok(),
-        Some(IntOrString::String(name)) => spec
-            .containers
-            .iter()
-            .flat_map(|container| container.ports.iter().flatten())
-            .find(|container_port| container_port.name.as_deref() == Some(name))
-            .and_then(|container_port| u32::try_from(container_port.container_port).ok()),
-    }
-}
-
-fn selects(service: &Service, labels: &BTreeMap<String, String>) -> bool {
-    match service.spec.as_ref().and_then(|spec| spec.selector.as_ref()) {
-        // No selector: endpoints are managed by hand, not derived from pods.
-        None => false,
-        Some(selector) if selector.is_empty() => false,
-        Some(selector) => selector.iter().all(|(key, value)| labels.get(key) == Some(value)),
-    }
 }
 
 fn hostname(naming: &Naming, name: &str, namespace: &str) -> String {

@@ -273,6 +273,35 @@ impl Mesh {
     }
 }
 
+/// Waits until node `node`'s proxy knows `count` endpoints of the Service with key
+/// `namespace/hostname` (workloads that list it in its `config_dump`), at most `timeout`.
+/// Blocking: call it outside the runtime's threads (`block_in_place`).
+pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let response = apps::http_get(&node.netns, 15000, "/config_dump")?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        let dump: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+        let known = workloads.iter().filter(|workload| workload["services"].get(service).is_some()).count();
+        if known >= count {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            let served: Vec<String> = workloads
+                .iter()
+                .map(|workload| format!("{} serves {}", workload["uid"], workload["services"]))
+                .collect();
+            anyhow::bail!(
+                "{}'s proxy knows {known} of {count} endpoints of {service} after {timeout:?}: {}",
+                node.name,
+                served.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyhow::Result<Process> {
     let mut command = apps::agent_command(node)?;
     command.args(source).arg("--zds-socket").arg(socket);

@@ -1,13 +1,13 @@
 //! Services end to end: a pod connects to a Service's virtual IP (there is no kube-proxy here;
 //! only the mesh can make that work), its node proxy spreads connections over the endpoints
-//! the control plane derived from the selector (one on the client's node, one on the other),
-//! over HBONE, and skips an endpoint that is down.
+//! of the Service's EndpointSlices (one on the client's node, one on the other), over HBONE,
+//! and skips an endpoint that is down.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -18,7 +18,13 @@ use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
-use weft_tests::{apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh};
+use weft_tests::{
+    apps,
+    cluster::Cluster,
+    control::ControlPlane,
+    kubelet::PodTemplate,
+    mesh::{self, Mesh},
+};
 
 const ECHO_PORT: u16 = 8080;
 const SERVICE_PORT: u16 = 80;
@@ -76,12 +82,9 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
     let backends: BTreeSet<String> = [&web1, &web2].iter().map(|pod| pod.ipv4.to_string()).collect();
 
     tokio::task::block_in_place(|| {
-        // The client's proxy knows the service once it shows in its config dump.
-        let deadline = Instant::now() + WAIT;
-        while !apps::http_get(&node0, 15000, "/config_dump").unwrap().contains(&format!("\"{vip}\"")) {
-            assert!(Instant::now() < deadline, "node0's proxy never learned the service");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // The client's proxy has both endpoints from the EndpointSlice the cluster keeps.
+        mesh::wait_for_endpoints(&cluster.topology().nodes()[0], "shop/web.shop.svc.cluster.local", 2, WAIT)
+            .unwrap();
         // Round robin: four connections reach both endpoints.
         for round in 0..4 {
             let message = format!("round {round}");

@@ -54,6 +54,10 @@ pub struct Workload {
     /// Workload-selector policies that apply to it (`namespace/name`).
     #[serde(default)]
     pub authorization_policies: Vec<String>,
+    /// Its address may be another's too (a host-network pod, an EndpointSlice address that is no
+    /// pod): it is reached only through its services, never found by address.
+    #[serde(default)]
+    pub shared_address: bool,
 }
 
 fn healthy() -> bool {
@@ -74,6 +78,9 @@ pub struct Service {
     pub hostname: String,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<u16>,
+    /// Unhealthy endpoints are as good as healthy ones (the Service publishes not-ready
+    /// addresses).
+    pub allow_unhealthy: bool,
 }
 
 impl Service {
@@ -176,7 +183,8 @@ impl Index {
         for (name, (_, resource)) in &resources {
             match resource.as_ref() {
                 Resource::Workload(workload) => {
-                    for ip in &workload.addresses {
+                    let owned = if workload.shared_address { &[][..] } else { &workload.addresses[..] };
+                    for ip in owned {
                         if let Some(first) = index.by_ip.insert(ip.to_canonical(), workload.clone()) {
                             return Err(duplicate(*ip, &first.uid, &workload.uid));
                         }
@@ -407,6 +415,7 @@ mod tests {
             services: BTreeMap::new(),
             healthy: true,
             authorization_policies: Vec::new(),
+            shared_address: false,
         }
     }
 
@@ -417,6 +426,7 @@ mod tests {
             hostname: format!("{name}.ns.svc.cluster.local"),
             vips: vec![vip.parse().unwrap()],
             ports: vec![80],
+            allow_unhealthy: false,
         }
     }
 
@@ -482,6 +492,37 @@ mod tests {
         assert_eq!(state.versions().len(), 3);
         state.apply(Update { changed: vec![], removed: vec!["ns/web.ns.svc.cluster.local".into()] }).unwrap();
         assert!(state.service_by_vip("10.96.0.10".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn shared_addresses_back_services_but_are_never_found_by_address() {
+        let state = State::default();
+        let shared = |uid: &str| {
+            let mut endpoint = workload(uid, "10.0.0.1");
+            endpoint.shared_address = true;
+            endpoint.services.insert(
+                "ns/web.ns.svc.cluster.local".into(),
+                vec![PortMapping { service_port: 80, target_port: 8080 }],
+            );
+            endpoint
+        };
+        // The same address twice, and a pod's too: no conflict, the pod keeps its address.
+        state
+            .apply(Update {
+                changed: vec![
+                    changed(Address::Workload(shared("slice-a"))),
+                    changed(Address::Workload(shared("slice-b"))),
+                    changed(Address::Workload(workload("pod", "10.0.0.1"))),
+                    changed(Address::Service(service("web", "10.96.0.10"))),
+                ],
+                removed: vec![],
+            })
+            .unwrap();
+        assert_eq!(state.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid, "pod");
+        let (_, endpoints) = state.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
+        assert_eq!(endpoints.iter().map(|w| w.uid.as_str()).collect::<Vec<_>>(), ["slice-a", "slice-b"]);
+        state.apply(Update { changed: vec![], removed: vec!["pod".into()] }).unwrap();
+        assert!(state.workload_by_ip("10.0.0.1".parse().unwrap()).is_none());
     }
 
     #[test]

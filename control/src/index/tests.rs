@@ -1,6 +1,11 @@
 //! The index built from hand-made objects.
 use k8s_openapi::{
-    api::core::v1::{Container, ContainerPort, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec},
+    api::{
+        core::v1::{
+            Container, ContainerPort, ObjectReference, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
+        },
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
+    },
     apimachinery::pkg::apis::meta::v1::Time,
 };
 use kube::api::ObjectMeta;
@@ -96,6 +101,7 @@ fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
         &[pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1), pod("b", "plain", &["10.244.0.6"], 1)],
         &[],
         &[],
+        &[],
     );
     let a = workload(&snapshot, "a").unwrap();
     assert_eq!(a.tunnel_protocol(), api::TunnelProtocol::Hbone);
@@ -116,22 +122,87 @@ fn host_network_and_finished_pods_are_not_workloads() {
     host.spec.as_mut().unwrap().host_network = Some(true);
     let mut done = pod("done", "mesh", &["10.244.0.7"], 1);
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[]);
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[], &[]);
     assert!(snapshot.addresses.is_empty(), "{:?}", snapshot.addresses.keys());
 }
 
+fn slice(
+    name: &str,
+    service: &str,
+    family: &str,
+    endpoints: Vec<Endpoint>,
+    ports: &[(&str, i32)],
+) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("mesh".into()),
+            labels: Some([("kubernetes.io/service-name".to_owned(), service.to_owned())].into()),
+            ..Default::default()
+        },
+        address_type: family.into(),
+        endpoints: Some(endpoints),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(name, port)| EndpointPort {
+                    name: Some((*name).into()).filter(|name: &String| !name.is_empty()),
+                    port: Some(*port),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// An endpoint at `ip`, of pod `uid` if given, with its (ready, serving, terminating) conditions.
+fn endpoint(ip: &str, pod: Option<&str>, (ready, serving, terminating): (bool, bool, bool)) -> Endpoint {
+    Endpoint {
+        addresses: vec![ip.into()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }),
+        target_ref: pod.map(|uid| ObjectReference {
+            kind: Some("Pod".into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+const READY: (bool, bool, bool) = (true, true, false);
+const KEY: &str = "mesh/web.mesh.svc.cluster.local";
+
+fn named(name: &str, port: i32, target: Option<IntOrString>) -> ServicePort {
+    ServicePort { name: Some(name.into()), ..self::port(port, target) }
+}
+
+fn pairs(ports: &api::PortList) -> Vec<(u32, u32)> {
+    ports.ports.iter().map(|port| (port.service_port, port.target_port)).collect()
+}
+
 #[test]
-fn services_list_their_vips_and_selected_pods_their_target_ports() {
+fn services_list_their_vips_and_their_slices_say_which_pods_serve_them_on_which_ports() {
     let web = service(
         "web",
         "mesh",
         "10.96.0.10",
         vec![
-            port(80, Some(IntOrString::String("http".into()))),
-            port(9000, None),
-            port(81, Some(IntOrString::Int(8081))),
+            named("http", 80, Some(IntOrString::String("http".into()))),
+            named("admin", 81, Some(IntOrString::Int(8081))),
         ],
     );
+    let slices = [slice(
+        "web-v4",
+        "web",
+        "IPv4",
+        vec![endpoint("10.244.0.5", Some("a"), READY)],
+        &[("http", 8080), ("admin", 8081)],
+    )];
     let mut other = pod("other", "mesh", &["10.244.0.9"], 1);
     other.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
     let snapshot = build(
@@ -139,20 +210,110 @@ fn services_list_their_vips_and_selected_pods_their_target_ports() {
         &[namespace("mesh", true)],
         &[pod("a", "mesh", &["10.244.0.5"], 1), other],
         &[web],
+        &slices,
         &[],
     );
-    let key = "mesh/web.mesh.svc.cluster.local";
     let Some(api::address::Type::Service(service)) =
-        api::Address::decode(snapshot.addresses[key].body.value.as_slice()).unwrap().r#type
+        api::Address::decode(snapshot.addresses[KEY].body.value.as_slice()).unwrap().r#type
     else {
-        panic!("no service {key}");
+        panic!("no service {KEY}");
     };
     assert_eq!(service.addresses[0].address, vec![10, 96, 0, 10]);
-    assert_eq!(service.ports.len(), 3);
-    let ports = &workload(&snapshot, "a").unwrap().services[key].ports;
-    let pairs: Vec<(u32, u32)> = ports.iter().map(|port| (port.service_port, port.target_port)).collect();
-    assert_eq!(pairs, vec![(80, 8080), (9000, 9000), (81, 8081)]);
-    assert!(workload(&snapshot, "other").unwrap().services.is_empty(), "selector must match");
+    // A named target port differs per pod: the service leaves it to the endpoints.
+    assert_eq!(
+        service.ports.iter().map(|p| (p.service_port, p.target_port)).collect::<Vec<_>>(),
+        [(80, 0), (81, 8081)]
+    );
+    assert_eq!(pairs(&workload(&snapshot, "a").unwrap().services[KEY]), [(80, 8080), (81, 8081)]);
+    assert!(workload(&snapshot, "other").unwrap().services.is_empty(), "not in the slice");
+}
+
+#[test]
+fn endpoints_that_are_no_pods_of_the_mesh_become_plaintext_workloads_reached_only_through_their_service() {
+    // A Service without a selector, as `kubernetes.default` is, and a host-network pod.
+    let mut selectorless = service("web", "mesh", "10.96.0.10", vec![named("https", 443, None)]);
+    selectorless.spec.as_mut().unwrap().selector = None;
+    let mut host = pod("host", "mesh", &["172.18.0.10"], 1);
+    host.spec.as_mut().unwrap().host_network = Some(true);
+    let slices = [slice(
+        "web-1",
+        "web",
+        "IPv4",
+        vec![
+            endpoint("172.18.0.1", None, READY),
+            endpoint("172.18.0.10", Some("host"), READY),
+            // A pod the index has not seen (yet): never sent plaintext meanwhile.
+            endpoint("10.244.0.77", Some("unseen"), READY),
+        ],
+        &[("https", 6443)],
+    )];
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host], &[selectorless], &slices, &[]);
+    let outside = workload(&snapshot, "EndpointSlice/mesh/web-1/172.18.0.1").unwrap();
+    assert_eq!(outside.tunnel_protocol(), api::TunnelProtocol::None);
+    assert_eq!(outside.network_mode(), api::NetworkMode::HostNetwork);
+    assert_eq!(outside.addresses, [vec![172, 18, 0, 1]]);
+    assert_eq!(outside.status(), api::WorkloadStatus::Healthy);
+    assert_eq!(pairs(&outside.services[KEY]), [(443, 6443)]);
+    assert!(
+        workload(&snapshot, "EndpointSlice/mesh/web-1/172.18.0.10").is_some(),
+        "a host-network pod's endpoint"
+    );
+    let workloads = snapshot.addresses.keys().filter(|key| !key.contains(".svc.")).count();
+    assert_eq!(workloads, 2, "{:?}", snapshot.addresses.keys());
+}
+
+#[test]
+fn ready_endpoints_and_those_still_serving_while_they_terminate_back_a_service_and_no_others() {
+    let web = service("web", "mesh", "10.96.0.10", vec![port(80, None)]);
+    let slices = [slice(
+        "web-1",
+        "web",
+        "IPv4",
+        vec![
+            endpoint("192.0.2.1", None, READY),
+            endpoint("192.0.2.2", None, (false, true, true)),
+            endpoint("192.0.2.3", None, (false, false, false)),
+            endpoint("192.0.2.4", None, (false, false, true)),
+            endpoint("10.244.0.6", Some("b"), (false, false, false)),
+        ],
+        &[("", 80)],
+    )];
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[pod("b", "mesh", &["10.244.0.6"], 1)],
+        &[web],
+        &slices,
+        &[],
+    );
+    let status =
+        |ip: &str| workload(&snapshot, &format!("EndpointSlice/mesh/web-1/{ip}")).map(|w| w.status());
+    assert_eq!(status("192.0.2.1"), Some(api::WorkloadStatus::Healthy));
+    assert_eq!(status("192.0.2.2"), Some(api::WorkloadStatus::Unhealthy), "serving while terminating");
+    assert_eq!((status("192.0.2.3"), status("192.0.2.4")), (None, None), "not serving");
+    assert!(workload(&snapshot, "b").unwrap().services.is_empty(), "a pod that is not ready serves nothing");
+}
+
+#[test]
+fn a_dual_stack_service_lists_a_pod_once_and_publishing_not_ready_addresses_allows_all() {
+    let mut web = service("web", "mesh", "10.96.0.10", vec![port(80, Some(IntOrString::Int(8080)))]);
+    web.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+    let slices = [
+        slice("web-v4", "web", "IPv4", vec![endpoint("10.244.0.5", Some("a"), READY)], &[("", 8080)]),
+        slice("web-v6", "web", "IPv6", vec![endpoint("fd00::5", Some("a"), READY)], &[("", 8080)]),
+        slice("web-fqdn", "web", "FQDN", vec![endpoint("example.com", None, READY)], &[("", 8080)]),
+    ];
+    let pods = [pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1)];
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[web], &slices, &[]);
+    assert_eq!(pairs(&workload(&snapshot, "a").unwrap().services[KEY]), [(80, 8080)]);
+    assert!(workload(&snapshot, "EndpointSlice/mesh/web-fqdn/example.com").is_none());
+    let Some(api::address::Type::Service(service)) =
+        api::Address::decode(snapshot.addresses[KEY].body.value.as_slice()).unwrap().r#type
+    else {
+        panic!("no service {KEY}");
+    };
+    let policy = service.load_balancing.map(|balancing| balancing.health_policy());
+    assert_eq!(policy, Some(api::load_balancing::HealthPolicy::AllowAll));
 }
 
 #[test]
@@ -163,7 +324,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
     old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(99).unwrap()));
     let new = pod("new", "other", &["10.244.0.5"], 2);
     for pods in [[old.clone(), new.clone()], [new, old]] {
-        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[]);
+        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[], &[]);
         assert_eq!(workload(&snapshot, "new").unwrap().addresses, vec![vec![10, 244, 0, 5]]);
         assert!(workload(&snapshot, "old").is_none(), "a workload left without addresses is withdrawn");
     }
@@ -172,6 +333,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
         &naming(),
         &[namespace("mesh", true)],
         &[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)],
+        &[],
         &[],
         &[],
     );
@@ -183,10 +345,10 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
 fn versions_follow_content() {
     let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
     let (namespaces, pods) = objects();
-    let one = build(&naming(), &namespaces, &pods, &[], &[]);
-    let two = build(&naming(), &namespaces, &pods, &[], &[]);
+    let one = build(&naming(), &namespaces, &pods, &[], &[], &[]);
+    let two = build(&naming(), &namespaces, &pods, &[], &[], &[]);
     assert!(one.same_resources(&two));
-    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[]);
+    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[], &[]);
     assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
 }
 
@@ -197,7 +359,7 @@ fn pods_the_agent_does_not_capture_are_never_tunnelled_to() {
         Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
     let mut pending = pod("pending", "mesh", &["10.244.0.8"], 1);
     pending.status.as_mut().unwrap().phase = Some("Pending".into());
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[], &[]);
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[], &[], &[]);
     for uid in ["terminating", "pending"] {
         assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
     }
@@ -226,6 +388,7 @@ fn a_policy_is_served_and_named_by_the_pods_its_selector_picks() {
         &naming(),
         &[namespace("mesh", true), namespace("plain", false)],
         &[pod("a", "mesh", &["10.244.0.5"], 1)],
+        &[],
         &[],
         &[selecting_web, selecting_db, other_namespace, not_served],
     );

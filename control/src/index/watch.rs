@@ -1,11 +1,14 @@
-//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services and authorization
-//! policies; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices and
+//! authorization policies; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Pod, Service},
+    discovery::v1::EndpointSlice,
+};
 use kube::{Api, runtime::watcher};
 use tokio::{
     sync::{mpsc, watch},
@@ -27,6 +30,7 @@ pub async fn run(
     let namespaces = reflect(&mut watchers, Api::<Namespace>::all(client.clone()), all(), changed_tx.clone());
     let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
     let services = reflect(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
+    let slices = reflect(&mut watchers, Api::<EndpointSlice>::all(client.clone()), all(), changed_tx.clone());
     // Without the CRD the watch would retry forever and nothing would ever be served.
     let policies_api = Api::<AuthorizationPolicy>::all(client);
     policies_api.list_metadata(&kube::api::ListParams::default().limit(1)).await.map_err(|error| {
@@ -38,16 +42,18 @@ pub async fn run(
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
+    slices.wait_until_ready().await?;
     policies.wait_until_ready().await?;
     tracing::info!("Kubernetes index synced");
     loop {
-        let (namespaces, pods, services, policies) =
-            (namespaces.state(), pods.state(), services.state(), policies.state());
+        let (namespaces, pods, services, slices, policies) =
+            (namespaces.state(), pods.state(), services.state(), slices.state(), policies.state());
         let mut next = build(
             &naming,
             namespaces.iter().map(AsRef::as_ref),
             pods.iter().map(AsRef::as_ref),
             services.iter().map(AsRef::as_ref),
+            slices.iter().map(AsRef::as_ref),
             policies.iter().map(AsRef::as_ref),
         );
         publish.send_if_modified(|current| {

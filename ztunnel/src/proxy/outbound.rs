@@ -1,7 +1,7 @@
 //! Outbound (15001): a pod's captured connection goes to its original destination — through an
 //! HBONE tunnel when the destination is a meshed workload, in plaintext otherwise. A service VIP
-//! is resolved to one of its healthy endpoints, round robin, moving on to the next when one
-//! cannot be reached. Nothing is decided before the configuration is complete: an unknown
+//! is resolved to one of its healthy endpoints (or, when none is, one still serving), round
+//! robin, moving on to the next when one cannot be reached. Nothing is decided before the configuration is complete: an unknown
 //! destination might be a workload that must be tunnelled.
 use std::{net::SocketAddr, sync::Arc};
 
@@ -107,23 +107,32 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
         return Err(Error::NoSuchPort { service: service.key(), port: target.port() });
     }
     let key = service.key();
-    let mut routes: Vec<Route> = endpoints
+    let v4 = target.ip().to_canonical().is_ipv4();
+    // Each endpoint serving this port, at its address of the VIP's family when it has one.
+    let mut members: Vec<(Arc<Workload>, SocketAddr, bool)> = endpoints
         .into_iter()
-        .filter(|workload| workload.healthy)
         .filter_map(|workload| {
             let mapping = workload.services.get(&key)?.iter().find(|m| m.service_port == target.port())?;
-            // Same address family as the VIP when the workload has one.
-            let ip = workload
-                .addresses
-                .iter()
-                .find(|ip| ip.is_ipv4() == target.ip().to_canonical().is_ipv4())
-                .or(workload.addresses.first())
-                .copied()?;
-            let addr = SocketAddr::new(ip, mapping.target_port);
-            Some(match workload.protocol {
-                TunnelProtocol::Hbone => Route::Tunnel(workload, addr),
-                TunnelProtocol::None => Route::Direct(addr),
-            })
+            let same_family = workload.addresses.iter().find(|ip| ip.is_ipv4() == v4).copied();
+            let addr =
+                SocketAddr::new(same_family.or(workload.addresses.first().copied())?, mapping.target_port);
+            Some((workload, addr, same_family.is_some()))
+        })
+        .collect();
+    // Healthy endpoints; when none is, the others: from Weft's control plane those are endpoints
+    // still serving while they terminate, which kube-proxy falls back to as well.
+    if !service.allow_unhealthy && members.iter().any(|(workload, ..)| workload.healthy) {
+        members.retain(|(workload, ..)| workload.healthy);
+    }
+    // A dual-stack service's endpoints outside pods come one family each: the VIP's first.
+    if members.iter().any(|(.., same_family)| *same_family) {
+        members.retain(|(.., same_family)| *same_family);
+    }
+    let mut routes: Vec<Route> = members
+        .into_iter()
+        .map(|(workload, addr, _)| match workload.protocol {
+            TunnelProtocol::Hbone => Route::Tunnel(workload, addr),
+            TunnelProtocol::None => Route::Direct(addr),
         })
         .collect();
     if routes.is_empty() {

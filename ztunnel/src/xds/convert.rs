@@ -77,6 +77,13 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         .collect::<Result<_, String>>()
         .map_err(|error| format!("workload {}: {error}", workload.uid))?;
     let healthy = workload.status == i32::from(api::WorkloadStatus::Healthy);
+    let shared_address = match api::NetworkMode::try_from(workload.network_mode) {
+        Ok(api::NetworkMode::Standard) => false,
+        Ok(api::NetworkMode::HostNetwork) => true,
+        Err(_) => {
+            return Err(format!("workload {}: unknown network mode {}", workload.uid, workload.network_mode));
+        }
+    };
     Ok(Workload {
         authorization_policies: workload.authorization_policies,
         service_account: if workload.service_account.is_empty() {
@@ -92,6 +99,7 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         protocol,
         services,
         healthy,
+        shared_address,
     })
 }
 
@@ -178,7 +186,17 @@ fn service(service: api::Service) -> Result<Service, String> {
             u16::try_from(port.service_port).map_err(|_| format!("service {key}: port {}", port.service_port))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Service { name: service.name, namespace: service.namespace, hostname: service.hostname, vips, ports })
+    let allow_unhealthy = service.load_balancing.is_some_and(|balancing| {
+        balancing.health_policy == i32::from(api::load_balancing::HealthPolicy::AllowAll)
+    });
+    Ok(Service {
+        name: service.name,
+        namespace: service.namespace,
+        hostname: service.hostname,
+        vips,
+        ports,
+        allow_unhealthy,
+    })
 }
 
 fn port_mapping(port: &api::Port) -> Result<PortMapping, String> {
