@@ -7,7 +7,7 @@
 //! process is killed when the [`ApiServer`] drops.
 use std::{
     fs::File,
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
-use crate::{process::Process, topology::FABRIC_GATEWAY};
+use crate::{netns::NetNs, process::Process, topology::FABRIC_GATEWAY};
 
 /// Service-account token issuer and audience the API server is configured with.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -36,6 +36,8 @@ pub struct ApiServer {
     client: kube::Client,
     kubeconfig: PathBuf,
     url: String,
+    port: u16,
+    ca: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -138,7 +140,9 @@ impl ApiServer {
         )
         .await?;
         let client = kube::Client::try_from(config)?;
-        let mut server = Self { controller_manager, apiserver, etcd, client, kubeconfig, url, dir };
+        let ca = pki.ca_cert.clone();
+        let mut server =
+            Self { controller_manager, apiserver, etcd, client, kubeconfig, url, port: secure_port, ca, dir };
         server.wait_ready().await?;
         Ok(server)
     }
@@ -156,6 +160,37 @@ impl ApiServer {
     /// `https://127.0.0.1:<port>`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The CA that signed the API server's serving certificate (what a pod's service-account
+    /// volume holds as `ca.crt`).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca
+    }
+
+    /// Carries connections to the advertised address inside `fabric` (where the `kubernetes`
+    /// Service's endpoints point) to the API server on the harness's loopback, so pods reach it
+    /// as they would on a real network. Runs until the returned relay drops.
+    pub fn relay_from(&self, fabric: &NetNs) -> anyhow::Result<Relay> {
+        let address = SocketAddr::from((FABRIC_GATEWAY, self.port));
+        let listener = fabric
+            .run(move || std::net::TcpListener::bind(address))?
+            .with_context(|| format!("binding {address} in the fabric namespace"))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
+        Ok(Relay(tokio::spawn(async move {
+            // Owned here, so aborting the relay ends every connection too.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                while connections.try_join_next().is_some() {}
+            }
+        })))
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -185,6 +220,16 @@ impl ApiServer {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The API server's path into a cluster network ([`ApiServer::relay_from`]); stops on drop.
+#[derive(Debug)]
+pub struct Relay(tokio::task::JoinHandle<()>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -87,6 +87,23 @@ pub fn send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<String> 
     }
 }
 
+/// GETs `path` over HTTPS from `pod` at `to`, verified as `server_name` against `ca`, and returns
+/// the body; fails unless the status is 200.
+pub fn https_get(
+    pod: &Pod,
+    to: SocketAddr,
+    server_name: &str,
+    ca: &std::path::Path,
+    path: &str,
+) -> anyhow::Result<String> {
+    let mut command =
+        testpod(&["https-get", "--to", &to.to_string(), "--server-name", server_name, "--path", path])?;
+    command.arg("--ca").arg(ca);
+    let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
+    anyhow::ensure!(ok, "HTTPS GET {path} from pod {} to {to} failed: {out}", pod.name);
+    Ok(out)
+}
+
 /// Runs `weftctl` with `flags` (e.g. [`crate::mesh::Mesh::weftctl_flags`]) then `args`:
 /// whether it succeeded, and its standard output. A panic in it is an error.
 pub fn weftctl(flags: &[String], args: &[&str]) -> anyhow::Result<(bool, String)> {

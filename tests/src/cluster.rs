@@ -1,9 +1,10 @@
-//! A test cluster: the real API server, the namespace topology, and the harness as kubelet
-//! keeping the two in step (a Pod object for every pod namespace, with its real uid and IPs).
+//! A test cluster: the real API server (reachable from the pods at its advertised address), the
+//! namespace topology, and the harness as kubelet keeping the two in step (a Pod object for
+//! every pod namespace, with its real uid and IPs).
 use anyhow::Context;
 
 use crate::{
-    apiserver::ApiServer,
+    apiserver::{ApiServer, Relay},
     kubelet::{Kubelet, PodTemplate},
     topology::{Pod, Topology},
 };
@@ -12,6 +13,7 @@ use crate::{
 #[derive(Debug)]
 pub struct Cluster {
     // The network goes first on drop, then the API server.
+    _relay: Relay,
     topology: Topology,
     kubelet: Kubelet,
     api: ApiServer,
@@ -22,11 +24,12 @@ impl Cluster {
     pub async fn start(nodes: usize) -> anyhow::Result<Self> {
         let api = ApiServer::start().await?;
         let topology = Topology::new(nodes)?;
+        let relay = api.relay_from(topology.fabric())?;
         let kubelet = Kubelet::new(api.client());
         for node in topology.nodes() {
             kubelet.register_node(node).await?;
         }
-        Ok(Self { topology, kubelet, api })
+        Ok(Self { _relay: relay, topology, kubelet, api })
     }
 
     pub fn api(&self) -> &ApiServer {

@@ -126,6 +126,8 @@ impl Topology {
             built.push(node);
         }
         for node in &built {
+            // Cluster services in the fabric (the API server) answer pods through their node.
+            fabric.ip(&["route", "add", &pod_cidrs(node.index).0, "via", &node.ipv4.to_string()])?;
             for peer in built.iter().filter(|peer| peer.index != node.index) {
                 let (v4, v6) = pod_cidrs(peer.index);
                 node.netns.ip(&["route", "add", &v4, "via", &peer.ipv4.to_string()])?;

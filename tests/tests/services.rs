@@ -1,7 +1,9 @@
 //! Services end to end: a pod connects to a Service's virtual IP (there is no kube-proxy here;
 //! only the mesh can make that work), its node proxy spreads connections over the endpoints
 //! of the Service's EndpointSlices (one on the client's node, one on the other), over HBONE,
-//! and skips an endpoint that is down.
+//! and skips an endpoint that is down. Services whose endpoints are not pods of the mesh work
+//! too: `kubernetes.default` (the API server itself) and a Service without a selector whose
+//! hand-made EndpointSlice points at a pod outside the mesh.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -11,7 +13,10 @@ use std::{
 };
 
 use k8s_openapi::{
-    api::core::v1::{Service, ServicePort, ServiceSpec},
+    api::{
+        core::v1::{Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{
@@ -19,7 +24,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use weft_tests::{
-    apps,
+    apiserver, apps,
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
@@ -42,6 +47,25 @@ fn upstreams(mesh: &mut Mesh, count: usize) -> Vec<String> {
         .collect()
 }
 
+/// Creates Service `name` in `shop` with `port`, selecting pods labelled `app=<selector>` if
+/// given, and returns its virtual IP.
+async fn create_service(cluster: &Cluster, name: &str, selector: Option<&str>, port: ServicePort) -> IpAddr {
+    let service = Service {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            selector: selector.map(|app| [("app".to_owned(), app.to_owned())].into()),
+            ports: Some(vec![port]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = Api::<Service>::namespaced(cluster.client(), "shop")
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    created.spec.unwrap().cluster_ip.unwrap().parse().unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
     let mut cluster = Cluster::start(2).await.unwrap();
@@ -57,24 +81,12 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         .unwrap();
     let _echo1 = apps::echo_server(&web1, ECHO_PORT).unwrap();
     let mut echo2 = Some(apps::echo_server(&web2, ECHO_PORT).unwrap());
-    let service = Service {
-        metadata: ObjectMeta { name: Some("web".into()), ..Default::default() },
-        spec: Some(ServiceSpec {
-            selector: Some([("app".to_owned(), "web".to_owned())].into()),
-            ports: Some(vec![ServicePort {
-                port: SERVICE_PORT.into(),
-                target_port: Some(IntOrString::Int(ECHO_PORT.into())),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }),
+    let port = ServicePort {
+        port: SERVICE_PORT.into(),
+        target_port: Some(IntOrString::Int(ECHO_PORT.into())),
         ..Default::default()
     };
-    let created = Api::<Service>::namespaced(cluster.client(), "shop")
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap();
-    let vip: IpAddr = created.spec.unwrap().cluster_ip.unwrap().parse().unwrap();
+    let vip = create_service(&cluster, "web", Some("web"), port).await;
     let plane = ControlPlane::start(&cluster).await.unwrap();
     let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
     let node0 = cluster.topology().nodes()[0].netns.clone();
@@ -106,5 +118,54 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         let metrics = apps::http_get(&node0, 15020, "/metrics").unwrap();
         let failed = "weft_tcp_connections_failed_total{reporter=\"destination\",reason=\"upstream\"}";
         assert!(metrics.contains(failed), "{metrics}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_pod_reaches_the_api_server_and_a_selectorless_service_outside_the_mesh() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[("weft.dev/dataplane-mode", "ambient")]).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    // Outside the mesh, on the other node; reached through a Service that only names its address.
+    let legacy = cluster.add_pod(1, &PodTemplate::new("outside", "legacy")).await.unwrap();
+    let _echo = apps::echo_server(&legacy, ECHO_PORT).unwrap();
+    let port = ServicePort { port: SERVICE_PORT.into(), ..Default::default() };
+    let vip = create_service(&cluster, "legacy", None, port).await;
+    let slice = EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("legacy-by-hand".into()),
+            labels: Some([("kubernetes.io/service-name".to_owned(), "legacy".to_owned())].into()),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: Some(vec![Endpoint { addresses: vec![legacy.ipv4.to_string()], ..Default::default() }]),
+        ports: Some(vec![EndpointPort { port: Some(ECHO_PORT.into()), ..Default::default() }]),
+    };
+    Api::<EndpointSlice>::namespaced(cluster.client(), "shop")
+        .create(&PostParams::default(), &slice)
+        .await
+        .unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let node0 = cluster.topology().nodes()[0].clone();
+    let ca = cluster.api().ca_file().to_owned();
+
+    tokio::task::block_in_place(|| {
+        mesh::wait_for_endpoints(&node0, "default/kubernetes.default.svc.cluster.local", 1, WAIT).unwrap();
+        mesh::wait_for_endpoints(&node0, "shop/legacy.shop.svc.cluster.local", 1, WAIT).unwrap();
+        // What an in-cluster client does: TLS to the kubernetes Service, verified by its name.
+        let to = SocketAddr::new(apiserver::KUBERNETES_SERVICE_IP.into(), 443);
+        let version = apps::https_get(&client, to, "kubernetes.default.svc", &ca, "/version").unwrap();
+        assert!(version.contains("\"gitVersion\""), "{version}");
+        let line =
+            mesh.ztunnel(0).wait_for(|line| line.contains("outbound passthrough closed"), WAIT).unwrap();
+        assert!(line.contains(&format!("target={to}")), "{line}");
+
+        let to = SocketAddr::new(vip, SERVICE_PORT);
+        assert_eq!(apps::send(&client, to, "to the legacy app").unwrap(), "to the legacy app");
+        let line =
+            mesh.ztunnel(0).wait_for(|line| line.contains("outbound passthrough closed"), WAIT).unwrap();
+        assert!(line.contains(&format!("upstream={}:{ECHO_PORT}", legacy.ipv4)), "{line}");
     });
 }

@@ -383,9 +383,16 @@ impl State {
     /// Everything known, for the admin `config_dump`.
     pub fn dump(&self) -> serde_json::Value {
         let index = self.current();
-        let mut workloads: Vec<&Workload> = index.by_ip.values().map(AsRef::as_ref).collect();
+        // From the resources, not the address index: shared addresses are not in that one.
+        let mut workloads: Vec<&Workload> = index
+            .resources
+            .values()
+            .filter_map(|(_, resource)| match resource.as_ref() {
+                Resource::Workload(workload) => Some(workload.as_ref()),
+                Resource::Service(_) => None,
+            })
+            .collect();
         workloads.sort_by(|a, b| a.uid.cmp(&b.uid));
-        workloads.dedup_by(|a, b| a.uid == b.uid);
         let mut services: Vec<&Service> = index.by_vip.values().map(AsRef::as_ref).collect();
         services.sort_by_key(|service| service.key());
         services.dedup_by(|a, b| a.key() == b.key());
@@ -521,6 +528,8 @@ mod tests {
         assert_eq!(state.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid, "pod");
         let (_, endpoints) = state.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
         assert_eq!(endpoints.iter().map(|w| w.uid.as_str()).collect::<Vec<_>>(), ["slice-a", "slice-b"]);
+        let dumped = state.dump()["workloads"].as_array().unwrap().len();
+        assert_eq!(dumped, 3, "the config dump lists every workload");
         state.apply(Update { changed: vec![], removed: vec!["pod".into()] }).unwrap();
         assert!(state.workload_by_ip("10.0.0.1".parse().unwrap()).is_none());
     }

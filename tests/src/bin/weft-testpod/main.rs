@@ -1,6 +1,6 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
-//! repeats that at a fixed rate and reports counts; `latency`, `openloop`, `connrate` and `hold`
+//! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`); `latency`, `openloop`, `connrate` and `hold`
 //! are the benchmark's clients; `standin` plays the node proxy (see
 //! `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the datapath treats
 //! it as a pod's process.
@@ -14,6 +14,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod https;
 mod standin;
 
 #[derive(Debug, Parser)]
@@ -91,6 +92,18 @@ enum Mode {
         #[arg(long)]
         count: u32,
     },
+    /// GET `path` over HTTPS from `to`, verified as `server_name` against `ca`; print the body,
+    /// exit 1 unless the status is 200.
+    HttpsGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        server_name: String,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        path: String,
+    },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
         #[arg(long)]
@@ -134,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         }
         Mode::Probe { to, count, interval_us } => probe(to, count, Duration::from_micros(interval_us)),
         Mode::Chat { to } => chat(to),
+        Mode::HttpsGet { to, server_name, ca, path } => https::get(to, &server_name, &ca, &path),
         Mode::Latency { to, count, size } => latency(to, count, size),
         Mode::Connrate { to, count } => connrate(to, count),
         Mode::Openloop { to, rate, seconds, size } => openloop(to, rate, seconds, size),
