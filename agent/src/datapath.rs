@@ -44,6 +44,13 @@ pub struct Config {
     /// cgroup v2 directory holding the node's pods (and the proxy): the programs see every
     /// socket of every process below it.
     pub cgroup: PathBuf,
+    /// cgroup v2 directory holding the node's own processes, the kubelet among them (the
+    /// hierarchy's root covers them all): connections they open from [`Config::node_netns`] to
+    /// an enrolled pod reach the app without the proxy, so probes work whatever the policy and
+    /// while the proxy restarts, as in Istio ambient.
+    pub node_cgroup: PathBuf,
+    /// The node's own network namespace (the agent's, on a node).
+    pub node_netns: PathBuf,
     /// bpffs directory for this node's pins.
     pub bpffs_root: PathBuf,
     /// Capacity of the enrollment map, used only when the map is created.
@@ -51,9 +58,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Pods under `cgroup`, and the node's own processes there too, in this process's network
+    /// namespace (set [`Config::node_cgroup`] and [`Config::node_netns`] on a node).
     pub fn new(cgroup: impl Into<PathBuf>) -> Self {
+        let cgroup = cgroup.into();
         Self {
-            cgroup: cgroup.into(),
+            node_cgroup: cgroup.clone(),
+            node_netns: PathBuf::from("/proc/self/ns/net"),
+            cgroup,
             bpffs_root: PathBuf::from(pin::DEFAULT_ROOT),
             max_enrolled: weft_ebpf_common::MAX_ENROLLED,
         }
@@ -186,20 +198,29 @@ impl Datapath {
         datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
         // Debug records cost a perf event each; an earlier agent may have left them on.
         datapath.set_config(ConfigSlot::DebugLog, 0)?;
-        for name in CGROUP_PROGRAMS.iter().map(|(name, _)| *name).chain([program::SK_LOOKUP]) {
+        let programs = CGROUP_PROGRAMS.iter().map(|(name, _)| *name);
+        for name in programs.chain([program::SK_LOOKUP, program::NODE_SOCKOPS]) {
             datapath.load_program(name)?;
         }
-        let cgroup = File::open(&config.cgroup).map_err(|source| io_error(&config.cgroup, source))?;
-        for (name, attach_type) in CGROUP_PROGRAMS {
+        let node_programs = [(program::NODE_SOCKOPS, AttachType::CgroupSockOps, &config.node_cgroup)];
+        let pod_programs = CGROUP_PROGRAMS.map(|(name, attach_type)| (name, attach_type, &config.cgroup));
+        for (name, attach_type, target) in pod_programs.into_iter().chain(node_programs) {
             let pin_path = datapath.link_path(name);
             if pin_path.exists() {
                 continue; // adopted from an earlier agent
             }
-            let link = link::create(datapath.program_fd(name)?, &cgroup, attach_type).map_err(|source| {
-                Error::Attach { name, target: config.cgroup.display().to_string(), source }
-            })?;
+            let cgroup = File::open(target).map_err(|source| io_error(target, source))?;
+            let link = link::create(datapath.program_fd(name)?, &cgroup, attach_type)
+                .map_err(|source| Error::Attach { name, target: target.display().to_string(), source })?;
             link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source))?;
         }
+        let node_netns =
+            File::open(&config.node_netns).map_err(|source| io_error(&config.node_netns, source))?;
+        let cookie = netns_cookie(&node_netns).map_err(Error::NetnsCookie)?;
+        let name = map::NODE;
+        let mut node: Array<_, u64> = Array::try_from(datapath.ebpf.map_mut(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })?;
+        node.set(0, cookie, 0).map_err(|source| Error::Map { name, source })?;
         Ok(datapath)
     }
 

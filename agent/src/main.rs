@@ -28,6 +28,14 @@ enum Command {
         /// cgroup v2 directory holding this node's pods and proxy.
         #[arg(long, env = "WEFT_CGROUP_ROOT", default_value = "/sys/fs/cgroup/unified")]
         cgroup: PathBuf,
+        /// cgroup v2 directory holding the node's own processes, the kubelet among them: the
+        /// connections they open from `--node-netns` to enrolled pods (probes) reach the app
+        /// without the proxy. Default: `--cgroup`.
+        #[arg(long, env = "WEFT_NODE_CGROUP")]
+        node_cgroup: Option<PathBuf>,
+        /// The node's own network namespace. Default: the agent's.
+        #[arg(long, env = "WEFT_NODE_NETNS", default_value = "/proc/self/ns/net")]
+        node_netns: PathBuf,
         /// Capacity of the enrollment map when it is created.
         #[arg(long, default_value_t = weft_ebpf_common::MAX_ENROLLED)]
         max_pods: u32,
@@ -104,6 +112,8 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Run {
             cgroup,
+            node_cgroup,
+            node_netns,
             max_pods,
             enroll,
             ebpf_debug,
@@ -115,7 +125,13 @@ fn main() -> anyhow::Result<()> {
             proc_root,
             monitoring_listen,
         } => {
-            let config = datapath::Config { cgroup, bpffs_root: args.bpffs_root, max_enrolled: max_pods };
+            let config = datapath::Config {
+                node_cgroup: node_cgroup.unwrap_or_else(|| cgroup.clone()),
+                cgroup,
+                node_netns,
+                bpffs_root: args.bpffs_root,
+                max_enrolled: max_pods,
+            };
             let source = match (zds_socket, node, pods) {
                 (Some(zds_socket), Some(node), _) => Source::Kubernetes {
                     kubeconfig,

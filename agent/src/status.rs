@@ -232,6 +232,7 @@ fn counter_name(counter: DatapathCounter) -> &'static str {
         DatapathCounter::InboundSteered => "inbound_steered",
         DatapathCounter::InboundRefused => "inbound_refused",
         DatapathCounter::OrigDstAnswered => "orig_dst_answered",
+        DatapathCounter::InboundFromNode => "inbound_from_node",
     }
 }
 

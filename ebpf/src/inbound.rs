@@ -1,20 +1,21 @@
 //! Inbound capture, attached to each enrolled pod's netns: new TCP connections to the pod go
 //! to the proxy's registered listener, keeping their destination address and port, except
-//! HBONE (the proxy's own tunnel port) and what the pod sends itself (over loopback, or from its
-//! own address: the app calling itself, or the proxy delivering to the app). No listener
-//! registered: refused (fail closed).
+//! HBONE (the proxy's own tunnel port), what the pod sends itself (over loopback, or from its
+//! own address: the app calling itself, or the proxy delivering to the app), and what the node
+//! itself opened (the kubelet's probes, recorded by [`crate::node`]), as Istio ambient exempts
+//! them. No listener registered: refused (fail closed).
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     macros::sk_lookup,
     programs::SkLookupContext,
 };
-use weft_ebpf_common::{AF_INET, Counter, Endpoint, port};
+use weft_ebpf_common::{AF_INET, Connection, Counter, Endpoint, port};
 
 use aya_log_ebpf::debug;
 
 use crate::{
     ctx::read_ip6,
-    maps::{LISTENERS, count, debug_enabled},
+    maps::{FROM_NODE, LISTENERS, count, debug_enabled},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -47,6 +48,17 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
     // (Traffic to the pod's own address travels over loopback but reports the address's
     // interface, so the ifindex test alone does not catch it.)
     if local == remote {
+        return SK_PASS;
+    }
+    // SAFETY: context field reads, checked by the verifier.
+    let remote_port = unsafe { u16::from_be((*lookup).remote_port) };
+    let connection = Connection {
+        client: Endpoint { ip: remote, port: u32::from(remote_port) },
+        server: Endpoint { ip: local, port: local_port },
+    };
+    // SAFETY: a read-only lookup whose result is only tested for presence.
+    if unsafe { FROM_NODE.get(&connection) }.is_some() {
+        count(Counter::InboundFromNode);
         return SK_PASS;
     }
     let key = Endpoint { ip: local, port: 0 };

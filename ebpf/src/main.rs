@@ -9,7 +9,8 @@
 //!   would, so any transparent proxy (Istio's ztunnel too) runs on this capture unmodified.
 //! - [`inbound`]: `sk_lookup`, attached per enrolled pod netns, steers new inbound TCP (except
 //!   HBONE, and except what arrives over loopback, i.e. from the proxy itself) to the proxy's
-//!   registered listener; with none registered the connection is refused (fail closed).
+//!   registered listener; with none registered the connection is refused (fail closed). What
+//!   the node itself opened ([`node`]: the kubelet's probes) reaches the app directly.
 //!
 //! Entry points are thin, with a `try_` twin; the programs never panic. Where an internal error
 //! would let an enrolled pod's traffic bypass the proxy, they refuse the connection instead.
@@ -19,6 +20,7 @@
 mod ctx;
 mod inbound;
 mod maps;
+mod node;
 mod orig_dst;
 mod outbound;
 mod sockops;

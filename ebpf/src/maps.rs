@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use weft_ebpf_common::{
-    ConfigSlot, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, MAX_PROXY_CGROUPS, OrigDst,
+    ConfigSlot, Connection, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, MAX_PROXY_CGROUPS,
+    OrigDst,
 };
 
 #[map(name = "WEFT_ENROLLED")]
@@ -30,6 +31,12 @@ pub static CONFIG: Array<u32> = Array::pinned(ConfigSlot::COUNT, 0);
 
 #[map(name = "WEFT_PROXY_CGROUPS")]
 pub static PROXY_CGROUPS: HashMap<u64, u8> = HashMap::pinned(MAX_PROXY_CGROUPS, 0);
+
+#[map(name = "WEFT_NODE")]
+pub static NODE: Array<u64> = Array::pinned(1, 0);
+
+#[map(name = "WEFT_FROM_NODE")]
+pub static FROM_NODE: LruHashMap<Connection, u8> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 /// Whether the agent asked for debug records (aya-log); off by default, one array read when off.
 pub fn debug_enabled() -> bool {

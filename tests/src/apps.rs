@@ -65,18 +65,30 @@ pub fn try_send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<Sent
 pub fn try_send_with(pod: &Pod, to: SocketAddr, message: &str, flags: &[&str]) -> anyhow::Result<Sent> {
     let mut command = testpod(&["send", "--print-peer", "--to", &to.to_string(), "--message", message])?;
     command.args(flags);
-    let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
+    sent(pod.spawn(command)?, &pod.name, to)
+}
+
+/// What a `weft-testpod send` in `process` (run by `who`) saw.
+fn sent(process: Process, who: &str, to: SocketAddr) -> anyhow::Result<Sent> {
+    let (ok, out) = process.finish(SEND_TIMEOUT)?;
     if let Some(errno) = out.trim().strip_prefix("connect-error=") {
         return Ok(Sent::ConnectError(errno.parse()?));
     }
     let Some((peer_line, reply)) = out.split_once('\n') else {
-        bail!("client in pod {} sending to {to}: unexpected output {out:?}", pod.name);
+        bail!("client {who} sending to {to}: unexpected output {out:?}");
     };
     let peer = peer_line.strip_prefix("peer=").context("no peer line")?.parse()?;
     if !ok {
-        bail!("client in pod {} sending to {to} failed after connecting (got {reply:?})", pod.name);
+        bail!("client {who} sending to {to} failed after connecting (got {reply:?})");
     }
     Ok(Sent::Reply { peer, reply: reply.to_owned() })
+}
+
+/// Sends `message` to `to` from `node` itself, as the kubelet probes a pod, and reports what
+/// happened.
+pub fn try_send_from_node(node: &Node, to: SocketAddr, message: &str) -> anyhow::Result<Sent> {
+    let command = testpod(&["send", "--print-peer", "--to", &to.to_string(), "--message", message])?;
+    sent(node.spawn(command)?, &node.name, to)
 }
 
 /// Sends `message` from `pod` to `to` and returns the echoed reply; fails unless it was echoed.
@@ -217,7 +229,8 @@ impl Accepted {
     }
 }
 
-/// `weft-agent run` for `node`: its bpffs root, pod cgroup and proxy cgroup.
+/// `weft-agent run` for `node`: its bpffs root, pod cgroup, proxy cgroup, and its own
+/// processes' cgroup and network namespace.
 pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
     let mut command = Command::new(binary("weft-agent")?);
     command
@@ -227,7 +240,11 @@ pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
         .arg("--cgroup")
         .arg(&node.cgroup)
         .arg("--proxy-cgroup")
-        .arg(&node.proxy_cgroup);
+        .arg(&node.proxy_cgroup)
+        .arg("--node-cgroup")
+        .arg(&node.system_cgroup)
+        .arg("--node-netns")
+        .arg(node.netns.path());
     Ok(command)
 }
 

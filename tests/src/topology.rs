@@ -45,8 +45,19 @@ pub struct Node {
     pub cgroup: PathBuf,
     /// The node proxy's cgroup, inside [`Node::cgroup`] as the ztunnel pod's would be.
     pub proxy_cgroup: PathBuf,
+    /// The cgroup of the node's own processes (as a node's `system.slice`, the kubelet's), a
+    /// sibling of [`Node::cgroup`].
+    pub system_cgroup: PathBuf,
     /// This node's bpffs root for the datapath's pins.
     pub bpffs_root: PathBuf,
+}
+
+impl Node {
+    /// Starts `command` as one of the node's own processes (its netns and system cgroup), as
+    /// the kubelet runs.
+    pub fn spawn(&self, command: Command) -> anyhow::Result<Process> {
+        Process::spawn(command, &self.netns, Some(&self.system_cgroup))
+    }
 }
 
 /// A pod: its namespace, addresses and cgroup. Cheap to clone; the topology owns the resources.
@@ -118,6 +129,7 @@ impl Topology {
                 ipv4: Ipv4Addr::new(172, 18, 0, host),
                 ipv6: format!("fd00:172:18::{host}").parse()?,
                 proxy_cgroup: process::create_cgroup(&cgroup.join("proxy"))?,
+                system_cgroup: process::create_cgroup(&run_cgroup.join(format!("{node_name}-system")))?,
                 cgroup,
                 bpffs_root: run_bpffs.join(&node_name),
                 netns,

@@ -21,7 +21,13 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn install(topology: &Topology, node: usize, max_enrolled: u32) -> Datapath {
     let node = &topology.nodes()[node];
-    let config = Config { cgroup: node.cgroup.clone(), bpffs_root: node.bpffs_root.clone(), max_enrolled };
+    let config = Config {
+        cgroup: node.cgroup.clone(),
+        node_cgroup: node.system_cgroup.clone(),
+        node_netns: node.netns.path(),
+        bpffs_root: node.bpffs_root.clone(),
+        max_enrolled,
+    };
     let mut datapath = Datapath::install(&config).unwrap();
     datapath.trust_proxy_cgroup(&node.proxy_cgroup).unwrap();
     datapath
@@ -219,7 +225,7 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     assert_eq!(out.trim(), format!("probes={PROBES} ok={PROBES} failed=0"));
     assert_eq!(standin.accepted(PROBES, WAIT).unwrap().len(), PROBES, "every probe went through the proxy");
     let links: Vec<_> = std::fs::read_dir(node.bpffs_root.join("links")).unwrap().collect();
-    assert_eq!(links.len(), 7, "six cgroup links and one sk_lookup link, none twice");
+    assert_eq!(links.len(), 8, "six links on the pods' cgroup, one on the node's, one sk_lookup, none twice");
 }
 
 #[test]

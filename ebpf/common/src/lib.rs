@@ -6,7 +6,7 @@
 
 /// Version of the maps' layout and the programs' contract. A pinned datapath with another
 /// version is never adopted: the agent stops and says to uninstall first.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
 /// Istio's ztunnel uses the same mark (0x539), so it runs on Weft's capture unmodified.
@@ -31,6 +31,8 @@ pub mod program {
     pub const SOCKOPS: &str = "weft_sockops";
     pub const GETSOCKOPT: &str = "weft_getsockopt";
     pub const SK_LOOKUP: &str = "weft_sk_lookup";
+    /// On the node's own cgroup: records the connections the node itself opens.
+    pub const NODE_SOCKOPS: &str = "weft_node_sockops";
 }
 
 /// Map names, as the kernel object exports them (the `#[map]` attributes must match).
@@ -50,6 +52,12 @@ pub mod map {
     pub const CONFIG: &str = "WEFT_CONFIG";
     /// cgroup id (`u64`) → `u8`: the node proxy's cgroups. Written only by the agent.
     pub const PROXY_CGROUPS: &str = "WEFT_PROXY_CGROUPS";
+    /// One `u64`: the netns cookie of the node's own network namespace (0: none named yet).
+    /// Written only by the agent.
+    pub const NODE: &str = "WEFT_NODE";
+    /// [`crate::Connection`] → `u8`: TCP connections the node itself opened (the kubelet's
+    /// probes among them), which inbound capture lets through to the app. LRU, kernel-written.
+    pub const FROM_NODE: &str = "WEFT_FROM_NODE";
 }
 
 /// Layout under the bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and `links/<link>`.
@@ -87,6 +95,14 @@ pub struct Endpoint {
     pub ip: [u32; 4],
     /// Host byte order; 0 where the key is an address alone.
     pub port: u32,
+}
+
+/// A TCP connection as both ends see it, addresses as in [`Endpoint`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Connection {
+    pub client: Endpoint,
+    pub server: Endpoint,
 }
 
 /// The destination an application asked for before capture rewrote it.
@@ -145,11 +161,13 @@ pub enum Counter {
     InboundRefused = 5,
     /// `SO_ORIGINAL_DST` answers given to the proxy.
     OrigDstAnswered = 6,
+    /// Inbound connections the node itself opened (probes), let through to the app.
+    InboundFromNode = 7,
 }
 
 impl Counter {
     /// Number of slots; the size of the counters map.
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     /// Every counter, for readers that report them all.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -159,6 +177,7 @@ impl Counter {
         Counter::InboundSteered,
         Counter::InboundRefused,
         Counter::OrigDstAnswered,
+        Counter::InboundFromNode,
     ];
 }
 
@@ -190,6 +209,8 @@ mod user {
     unsafe impl aya::Pod for super::Endpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OrigDst {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Connection {}
 }
 
 #[cfg(feature = "user")]
