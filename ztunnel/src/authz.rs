@@ -140,11 +140,23 @@ pub enum Verdict {
     NotAllowed {
         policies: Vec<String>,
     },
+    /// The destination pod's workload is not in the configuration (not yet, or its address now
+    /// belongs to another pod): the policies selecting it are unknown, so nothing is allowed.
+    UnknownWorkload,
+    /// The workload names a policy the configuration does not hold (yet): it could be a DENY.
+    UnknownPolicy {
+        policy: String,
+    },
 }
 
 impl Verdict {
     pub fn allowed(&self) -> bool {
         matches!(self, Verdict::AllowedByDefault | Verdict::Allowed { .. })
+    }
+
+    /// Refused because the configuration lacks what the decision needs; a later one may allow.
+    pub fn incomplete(&self) -> bool {
+        matches!(self, Verdict::UnknownWorkload | Verdict::UnknownPolicy { .. })
     }
 }
 
@@ -156,6 +168,13 @@ impl std::fmt::Display for Verdict {
             Verdict::Denied { policy } => write!(f, "denied by DENY policy {policy}"),
             Verdict::NotAllowed { policies } => {
                 write!(f, "denied: no ALLOW policy matches (applying: {})", policies.join(", "))
+            }
+            Verdict::UnknownWorkload => write!(f, "denied: the destination pod is not in the configuration"),
+            Verdict::UnknownPolicy { policy } => {
+                write!(
+                    f,
+                    "denied: policy {policy} selects the destination pod but is not in the configuration"
+                )
             }
         }
     }

@@ -71,14 +71,17 @@ const ROUND_ROBIN_SERVICES: usize = 4096;
 
 impl Context {
     /// Decides an inbound connection to `pod` once the configuration is complete (a DENY
-    /// policy may still be on its way before); `None` if it did not arrive in time.
+    /// policy may still be on its way before) and holds the pod's workload; `None` if the
+    /// configuration did not arrive in time. Both waits share [`CONFIG_WAIT`].
     pub async fn authorize(
         &self,
         pod: &Pod,
         connection: &crate::authz::Connection<'_>,
     ) -> Option<crate::authz::Verdict> {
+        let started = tokio::time::Instant::now();
         tokio::time::timeout(CONFIG_WAIT, self.state.synced()).await.ok()?;
-        Some(self.state.authorize(&pod.uid, &pod.namespace, connection))
+        let patience = CONFIG_WAIT.saturating_sub(started.elapsed());
+        Some(self.state.authorize_known(&pod.uid, &pod.namespace, connection, patience).await)
     }
 
     /// Resolves, with the verdict, once a configuration change no longer allows a connection

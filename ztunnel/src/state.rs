@@ -362,22 +362,56 @@ impl State {
         }
         *self.policies.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
             Arc::new(Policies::build(by_name));
+        self.changed();
     }
 
     /// Decides an inbound connection to the pod with `uid` in `namespace`: the mesh-wide
-    /// policies, its namespace's, and those its workload resource names.
+    /// policies, its namespace's, and those its workload resource names. Without its workload
+    /// (at the connection's destination address), or one of the policies it names, the verdict
+    /// is a refusal ([`Verdict::incomplete`]).
     pub fn authorize(&self, uid: &str, namespace: &str, connection: &Connection) -> Verdict {
         let policies = self.current_policies();
-        let workload =
-            self.workload_by_ip(connection.destination.ip()).filter(|workload| workload.uid == uid);
-        let selected = workload
-            .iter()
-            .flat_map(|workload| workload.authorization_policies.iter())
-            .filter_map(|name| policies.by_name.get(name))
-            .map(|(_, policy)| policy)
-            .filter(|policy| policy.scope == Scope::WorkloadSelector);
+        let Some(workload) =
+            self.workload_by_ip(connection.destination.ip()).filter(|workload| workload.uid == uid)
+        else {
+            return Verdict::UnknownWorkload;
+        };
+        let mut selected = Vec::with_capacity(workload.authorization_policies.len());
+        for name in &workload.authorization_policies {
+            match policies.by_name.get(name) {
+                Some((_, policy)) if policy.scope == Scope::WorkloadSelector => selected.push(policy),
+                // Named by the workload but not a selector policy: it applies by its scope.
+                Some(_) => {}
+                // A DENY among them would go unseen: nothing is allowed until it arrives.
+                None => return Verdict::UnknownPolicy { policy: name.clone() },
+            }
+        }
         let scoped = policies.global.iter().chain(policies.by_namespace.get(namespace).into_iter().flatten());
         crate::authz::decide(scoped.chain(selected).map(AsRef::as_ref), connection)
+    }
+
+    /// [`State::authorize`], waiting up to `patience` while the configuration lacks the pod's
+    /// workload (a pod handed over before its workload arrived) or a policy it names: a
+    /// connection is never decided without every policy that selects its pod.
+    pub async fn authorize_known(
+        &self,
+        uid: &str,
+        namespace: &str,
+        connection: &Connection<'_>,
+        patience: std::time::Duration,
+    ) -> Verdict {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut changes = self.changes();
+        loop {
+            // Decided after subscribing, so a change just before is not missed.
+            let verdict = self.authorize(uid, namespace, connection);
+            if !verdict.incomplete() {
+                return verdict;
+            }
+            if !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(()))) {
+                return verdict;
+            }
+        }
     }
 
     /// Everything known, for the admin `config_dump`.
@@ -580,13 +614,63 @@ mod tests {
             ["ns/mine", "ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]
         );
         assert_eq!(applying("b", "10.0.0.2"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
-        // An address now held by another workload does not lend it its policies.
-        assert_eq!(applying("c", "10.0.0.1"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
+        // An address now held by another workload does not lend it its policies: refused.
+        let to_c = Connection {
+            source: None,
+            source_ip: "10.9.9.9".parse().unwrap(),
+            destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80),
+        };
+        assert_eq!(state.authorize("c", "ns", &to_c), Verdict::UnknownWorkload);
+        state.apply_policies(Update { changed: vec![], removed: vec!["ns/namespace".into()] });
+        assert_eq!(applying("b", "10.0.0.2"), ["ns/scoped-elsewhere", "weft-system/mesh"]);
+        assert_eq!(state.policy_versions().len(), 5);
+        // A policy the workload names is gone: it could have been a DENY, so nothing passes.
+        state.apply_policies(Update { changed: vec![], removed: vec!["ns/mine".into()] });
+        let to_a = Connection { destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80), ..to_c };
+        assert_eq!(state.authorize("a", "ns", &to_a), Verdict::UnknownPolicy { policy: "ns/mine".into() });
+    }
+
+    /// Polls `decision` once: whether it is still waiting.
+    async fn pending(decision: &mut std::pin::Pin<&mut impl std::future::Future<Output = Verdict>>) -> bool {
+        tokio::select! {
+            biased;
+            verdict = decision.as_mut() => panic!("decided too early: {verdict}"),
+            () = std::future::ready(()) => true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_whose_workload_and_deny_arrive_late_is_denied_never_allowed_meanwhile() {
+        use crate::authz::{Action, Policy, Scope};
+        let state = State::default();
+        let to_a = Connection {
+            source: None,
+            source_ip: "10.9.9.9".parse().unwrap(),
+            destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80),
+        };
+        // Nothing arrives: refused once the patience runs out.
+        let short = std::time::Duration::from_millis(20);
+        assert_eq!(state.authorize_known("a", "ns", &to_a, short).await, Verdict::UnknownWorkload);
+
+        let decision = state.authorize_known("a", "ns", &to_a, std::time::Duration::from_secs(30));
+        tokio::pin!(decision);
+        assert!(pending(&mut decision).await);
+        // The workload arrives naming a DENY the proxy does not hold yet: still undecided.
+        let mut a = workload("a", "10.0.0.1");
+        a.authorization_policies = vec!["ns/deny-all".into()];
+        state.replace(vec![a]).unwrap();
+        assert!(pending(&mut decision).await);
+        let deny_all = Policy {
+            name: "deny-all".into(),
+            namespace: "ns".into(),
+            scope: Scope::WorkloadSelector,
+            action: Action::Deny,
+            groups: vec![vec![]],
+        };
         state.apply_policies(Update {
-            changed: vec![],
-            removed: vec!["ns/namespace".into(), "ns/scoped-elsewhere".into(), "ns/mine".into()],
+            changed: vec![("ns/deny-all".into(), "1".into(), deny_all)],
+            removed: vec![],
         });
-        assert_eq!(applying("a", "10.0.0.1"), ["weft-system/mesh"]);
-        assert_eq!(state.policy_versions().len(), 3);
+        assert_eq!(decision.await, Verdict::Denied { policy: "ns/deny-all".into() });
     }
 }

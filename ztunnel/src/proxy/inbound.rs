@@ -123,6 +123,12 @@ impl Handler for Delivery {
             self.context.metrics.failed(Reporter::Destination, "not_synced");
             return Err(Refusal::Unavailable("no complete configuration yet".into()));
         };
+        if verdict.incomplete() {
+            // As for an unknown workload on the wire: 503, the configuration may yet arrive.
+            self.context.metrics.failed(Reporter::Destination, "incomplete_config");
+            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
+            return Err(Refusal::Unavailable(verdict.to_string()));
+        }
         if !verdict.allowed() {
             self.context.metrics.failed(Reporter::Destination, "policy_denied");
             tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
@@ -196,7 +202,11 @@ pub async fn serve_plaintext(
                             let connection = Connection { source: None, source_ip: canonical(peer).ip(), destination: target };
                             let verdict = context.authorize(&pod, &connection).await;
                             if !verdict.as_ref().is_some_and(crate::authz::Verdict::allowed) {
-                                let reason = if verdict.is_some() { "policy_denied" } else { "not_synced" };
+                                let reason = match &verdict {
+                                    None => "not_synced",
+                                    Some(verdict) if verdict.incomplete() => "incomplete_config",
+                                    Some(_) => "policy_denied",
+                                };
                                 context.metrics.failed(Reporter::Destination, reason);
                                 let verdict = verdict.map_or_else(|| "no complete configuration yet".to_owned(), |verdict| verdict.to_string());
                                 tracing::info!(%peer, %target, %verdict, "plaintext inbound denied");
