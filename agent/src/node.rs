@@ -251,6 +251,7 @@ impl<C: Capture> Agent<'_, C> {
             Ok(cookie) => {
                 tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
                 self.status.set(uid, &wanted.name, &wanted.namespace, State::Enrolled);
+                self.status.captured(uid, &wanted.name, &wanted.namespace, true);
                 self.enrolled
                     .insert(uid.to_owned(), Enrolled { wanted: wanted.clone(), netns: pod.netns, cookie });
             }
@@ -278,6 +279,7 @@ impl<C: Capture> Agent<'_, C> {
             tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
         }
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
+        self.status.captured(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, false);
         self.status.remove(uid);
     }
 
@@ -310,6 +312,8 @@ impl<C: Capture> Agent<'_, C> {
                 refused.push(uid.clone());
             } else {
                 self.status.set(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, State::Enrolled);
+                // Already so unless an earlier agent stopped before saying it.
+                self.status.captured(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, true);
             }
         }
         for uid in refused {

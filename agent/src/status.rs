@@ -1,8 +1,9 @@
 //! What the agent reports about its node: each wanted pod's enrollment (enrolled, or pending
 //! with the stage that failed and why), Prometheus metrics (enrolled pods, enrollment failures
-//! by stage, the datapath's counters) and readiness — served with `weft_api::admin` — and a
+//! by stage, the datapath's counters) and readiness — served with `weft_api::admin` — a
 //! Kubernetes Event on a pod whenever its enrollment state changes, so `kubectl describe pod`
-//! says why a pod is not in the mesh.
+//! says why a pod is not in the mesh, and the pod's capture annotation
+//! (`weft_api::enrollment::CAPTURED`), which the control plane goes by.
 use std::{
     collections::BTreeMap,
     sync::{
@@ -11,10 +12,10 @@ use std::{
     },
 };
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -22,6 +23,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use serde::Serialize;
+use weft_api::enrollment;
 use weft_ebpf_common::Counter as DatapathCounter;
 
 /// Where enrolling a pod stopped.
@@ -82,8 +84,9 @@ pub struct Status {
     enrolled: Gauge,
     failures: Family<StageLabels, Counter>,
     datapath: Family<EventLabels, Gauge>,
-    /// Where Events go; `None` reports nothing to the API (tests of the logic alone).
-    events: Option<kube::Client>,
+    /// Where Events and annotations go; `None` reports nothing to the API (tests of the logic
+    /// alone).
+    client: Option<kube::Client>,
 }
 
 impl Status {
@@ -105,7 +108,7 @@ impl Status {
             enrolled,
             failures,
             datapath,
-            events: client,
+            client,
         }
     }
 
@@ -174,8 +177,28 @@ impl Status {
         }
     }
 
+    /// Sets (or removes) pod `uid`'s capture annotation: proxies tunnel to a pod only once its
+    /// agent says it captured it. The patch names the uid, so a new pod of the same name is
+    /// never marked for the old one's capture.
+    pub fn captured(&self, uid: &str, name: &str, namespace: &str, captured: bool) {
+        let Some(client) = &self.client else { return };
+        let value = captured.then_some(enrollment::ENABLED);
+        let patch = serde_json::json!({ "metadata": {
+            "uid": uid,
+            "annotations": { enrollment::CAPTURED: value },
+        }});
+        let (pods, name, uid) =
+            (Api::<Pod>::namespaced(client.clone(), namespace), name.to_owned(), uid.to_owned());
+        // Reporting must never hold up enrollment.
+        tokio::spawn(async move {
+            if let Err(error) = pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                tracing::warn!(pod = %uid, %name, captured, %error, "annotating the pod failed");
+            }
+        });
+    }
+
     fn event(&self, uid: &str, report: &PodReport, reason: &str, kind: &str, message: String) {
-        let Some(client) = &self.events else { return };
+        let Some(client) = &self.client else { return };
         let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
         let event = Event {
             metadata: ObjectMeta {

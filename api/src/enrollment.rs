@@ -1,8 +1,10 @@
 //! Which pods are in the mesh, one rule for the agent (which captures them) and the control plane
-//! (which tells proxies to tunnel to them), so proxies never tunnel to a pod nobody captures: a
-//! namespace or pod labelled `weft.dev/dataplane-mode=ambient` is in the mesh, a pod labelled
-//! `none` opts out — Istio ambient's rule, with Weft's label — and only while the pod is
-//! [`PodState::capturable`].
+//! (which tells proxies to tunnel to them): a namespace or pod labelled
+//! `weft.dev/dataplane-mode=ambient` is in the mesh, a pod labelled `none` opts out — Istio
+//! ambient's rule, with Weft's label — and only while the pod is [`PodState::capturable`]. The
+//! agent annotates a pod it has captured ([`CAPTURED`], Istio's `ambient.istio.io/redirection`
+//! with Weft's name) and proxies tunnel only to pods so annotated ([`captured`]), so a labelled
+//! pod its agent could not capture stays reachable, in plaintext.
 use std::collections::BTreeMap;
 
 /// The label that enrolls a namespace or pod.
@@ -11,6 +13,16 @@ pub const LABEL: &str = "weft.dev/dataplane-mode";
 pub const AMBIENT: &str = "ambient";
 /// Its value, on a pod, that opts out.
 pub const NONE: &str = "none";
+
+/// The annotation the agent sets on a pod once its capture is on, and removes when it is off.
+pub const CAPTURED: &str = "weft.dev/redirection";
+/// Its value.
+pub const ENABLED: &str = "enabled";
+
+/// Whether a pod's annotations say its node's agent captured it.
+pub fn captured(annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations.and_then(|annotations| annotations.get(CAPTURED)).is_some_and(|value| value == ENABLED)
+}
 
 /// Whether labels enroll a pod: the pod's own label decides, else its namespace's.
 pub fn labelled(

@@ -10,7 +10,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use weft_api::enrollment::{AMBIENT, LABEL, labelled};
+use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, captured, labelled};
 
 use crate::endpoint::Endpoint;
 
@@ -247,6 +247,15 @@ impl Mesh {
                 ns_label.as_deref().unwrap_or("(none)")
             ),
         )];
+        findings.push(if captured(pod.metadata.annotations.as_ref()) {
+            finding("reported", true, format!("its agent reports it captured ({CAPTURED}={ENABLED})"))
+        } else {
+            finding(
+                "reported",
+                false,
+                format!("no {CAPTURED}={ENABLED} from its agent: peers reach it in plaintext until it captures the pod"),
+            )
+        });
         let workload = self.workloads().await.ok().and_then(|workloads| {
             workloads.as_array()?.iter().find(|workload| workload["uid"] == uid.as_str()).cloned()
         });

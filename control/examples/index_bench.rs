@@ -39,6 +39,10 @@ fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>, Vec<Endpoint
                 namespace: Some(namespace(i)),
                 uid: Some(format!("00000000-0000-0000-0000-{i:012}")),
                 labels: Some([("app".to_owned(), format!("app-{}", i / PODS_PER_SERVICE))].into()),
+                annotations: Some(
+                    [(weft_api::enrollment::CAPTURED.to_owned(), weft_api::enrollment::ENABLED.to_owned())]
+                        .into(),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {

@@ -1,6 +1,6 @@
 //! The mesh as node proxies see it: an immutable, versioned [`Snapshot`] of xDS resources built
 //! from Kubernetes objects. Every pod with an address becomes a `Workload` (tunnelled over HBONE
-//! when enrolled, plaintext otherwise) named by its uid; every Service a `Service` named
+//! when enrolled and its agent reports it captured, plaintext otherwise) named by its uid; every Service a `Service` named
 //! `namespace/hostname`; its EndpointSlices say which workloads back it on which ports
 //! ([`endpoints`]), endpoints that are not pods of the mesh included. Two pods claiming one
 //! address (a terminating pod whose IP was already reused) never share it: the address goes to
@@ -191,12 +191,14 @@ pub fn build<'a>(
         .iter()
         .filter_map(|pod| {
             let namespace = pod.metadata.namespace.as_deref()?;
-            // The agent's rule exactly: a pod it does not capture is never tunnelled to.
+            // The agent's rule, and its word that it captured the pod: a pod nobody captures is
+            // never tunnelled to (it has no HBONE listener), it is reached in plaintext.
             let enrolled = weft_api::enrollment::PodState::of(pod).capturable()
                 && weft_api::enrollment::labelled(
                     pod.metadata.labels.as_ref(),
                     labels_by_namespace.get(namespace).copied().flatten(),
-                );
+                )
+                && weft_api::enrollment::captured(pod.metadata.annotations.as_ref());
             let mut workload = workload(naming, pod, enrolled)?;
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             workload.1.authorization_policies = selectors_by_namespace

@@ -283,6 +283,12 @@ pub fn http_get(netns: &crate::netns::NetNs, port: u16, path: &str) -> anyhow::R
     netns.run(move || http_get_at(std::net::SocketAddr::from(([127, 0, 0, 1], port)), &path))?
 }
 
+/// The JSON body of an HTTP response as [`http_get`] returns it; `Null` if it has none.
+pub fn json_body(response: &str) -> serde_json::Value {
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    serde_json::from_str(body).unwrap_or_default()
+}
+
 /// A plain HTTP GET of `path` at `addr` from the calling thread's namespace.
 pub fn http_get_at(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};

@@ -172,6 +172,19 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Annotates the pod as captured, as its node's agent does once capture is on, for tests
+    /// whose agents enroll statically or that run none: only then does the control plane tell
+    /// proxies to tunnel to it.
+    pub async fn report_captured(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
+        use weft_api::enrollment::{CAPTURED, ENABLED};
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let patch = json!({ "metadata": { "annotations": { CAPTURED: ENABLED } } });
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .with_context(|| format!("annotating pod {namespace}/{name} as captured"))?;
+        Ok(())
+    }
+
     /// Deletes the pod at once (grace period 0).
     pub async fn delete_pod(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);

@@ -191,7 +191,54 @@ impl Mesh {
         }
         let ca = Ca::Control { plane, tokens };
         let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
-        tokio::task::block_in_place(|| Self::start_with(cluster.topology(), &[], &ca, &enrollment))
+        tokio::task::block_in_place(|| {
+            let mesh = Self::start_with(cluster.topology(), &[], &ca, &enrollment)?;
+            mesh.wait_until_tunnelled(READY_TIMEOUT)?;
+            Ok(mesh)
+        })
+    }
+
+    /// Waits until every node's proxy tunnels to every pod an agent reports enrolled: each agent
+    /// annotates the pods it captured and the control plane then serves them as HBONE, so
+    /// until then peers still reach them in plaintext. Agents with Kubernetes enrollment only.
+    /// Blocking: call it outside the runtime's threads (`block_in_place`).
+    pub fn wait_until_tunnelled(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut enrolled = Vec::new();
+            for node in 0..self.setups.len() {
+                let dump = apps::json_body(&self.agent_get(node, "/config_dump")?);
+                let pods = dump["pods"].as_object().cloned().unwrap_or_default();
+                enrolled.extend(
+                    pods.into_iter().filter(|(_, pod)| pod["state"] == "enrolled").map(|(uid, _)| uid),
+                );
+            }
+            let mut untunnelled = Vec::new();
+            for setup in &self.setups {
+                let dump = apps::json_body(&apps::http_get(&setup.node.netns, 15000, "/config_dump")?);
+                let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+                let hbone = |uid: &String| {
+                    workloads
+                        .iter()
+                        .any(|workload| workload["uid"] == uid.as_str() && workload["protocol"] == "HBONE")
+                };
+                untunnelled.extend(
+                    enrolled
+                        .iter()
+                        .filter(|uid| !hbone(uid))
+                        .map(|uid| format!("{uid} on {}", setup.node.name)),
+                );
+            }
+            if untunnelled.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "proxies still reach enrolled pods in plaintext after {timeout:?}: {}",
+                untunnelled.join(", ")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `weftctl` flags that reach this mesh: the API server, the control plane's and agents'
@@ -279,9 +326,7 @@ impl Mesh {
 pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let response = apps::http_get(&node.netns, 15000, "/config_dump")?;
-        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-        let dump: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let dump = apps::json_body(&apps::http_get(&node.netns, 15000, "/config_dump")?);
         let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
         let known = workloads.iter().filter(|workload| workload["services"].get(service).is_some()).count();
         if known >= count {

@@ -1,5 +1,6 @@
 //! The Kubernetes-driven agent: enrollment follows namespace and pod labels on the real API
-//! server, without restarting pods, and the wire shows it.
+//! server, without restarting pods, and the wire shows it; peers tunnel only to pods an agent
+//! reports captured.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{net::SocketAddr, time::Duration};
@@ -65,6 +66,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         mesh.agent(1)
             .wait_for(|line| line.contains("enrolled") && line.contains("name=server"), WAIT)
             .unwrap();
+        mesh.wait_until_tunnelled(WAIT).unwrap();
         assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext after enrollment");
         assert!(plaintext_frames(&monitor, &loner, to, &canary) > 0, "the opted-out pod was captured");
     });
@@ -227,4 +229,38 @@ async fn a_pod_without_a_findable_netns_is_reported_and_retried_while_the_others
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labelled_pod_no_agent_captured_is_reached_in_plaintext_until_its_agent_reports_it() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let flags = mesh.weftctl_flags(&cluster, &plane).unwrap();
+
+    // Node 1's agent is down when a labelled pod starts there: nothing captures it.
+    tokio::task::block_in_place(|| mesh.kill_agent(1)).unwrap();
+    let late = cluster.add_pod(1, &PodTemplate::new("shop", "late").service_account("late")).await.unwrap();
+    let _echo = apps::echo_server(&late, ECHO_PORT).unwrap();
+    let to = SocketAddr::new(late.ipv4.into(), ECHO_PORT);
+    tokio::task::block_in_place(|| {
+        // Reachable (a tunnel would find no proxy listening for it), and said why.
+        assert_eq!(apps::send(&client, to, "not captured").unwrap(), "not captured");
+        mesh.ztunnel(0).wait_for(|line| line.contains("outbound passthrough closed"), WAIT).unwrap();
+        let (ok, report) = apps::weftctl(&flags, &["check", "shop/late", "-o", "json"]).unwrap();
+        assert!(!ok, "check passed a pod nobody captured: {report}");
+        let findings: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let reported = findings.as_array().unwrap().iter().find(|f| f["check"] == "reported").unwrap();
+        assert_eq!(reported["ok"], false, "{reported}");
+
+        // Its agent returns, captures it and says so: from then on it is tunnelled to.
+        mesh.start_agent(1).unwrap();
+        mesh.wait_until_tunnelled(WAIT).unwrap();
+        assert_eq!(apps::send(&client, to, "captured").unwrap(), "captured");
+        let line = mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
+        assert!(line.contains("sa/late"), "{line}");
+    });
 }

@@ -79,6 +79,7 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
         mesh.agent(1)
             .wait_for(|line| line.contains("enrolled") && line.contains("name=newcomer"), WAIT)
             .unwrap();
+        mesh.wait_until_tunnelled(WAIT).unwrap();
         // Until the client's proxy learns of the change, an attempt expecting the old identity
         // fails the TLS check; once it knows, it connects to the newcomer as the newcomer.
         let deadline = Instant::now() + WAIT;

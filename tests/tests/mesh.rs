@@ -108,6 +108,10 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
     let server =
         cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    // The agents enroll statically: their report that they captured the pods is made here.
+    for name in ["client", "server"] {
+        cluster.kubelet().report_captured("shop", name).await.unwrap();
+    }
     let mut plane = ControlPlane::start(&cluster).await.unwrap();
     let mut tokens = Vec::new();
     for node in cluster.topology().nodes() {

@@ -61,12 +61,16 @@ async fn proxies_follow_labels_pods_and_services_and_resume_after_reconnects() {
             .unwrap();
     });
 
-    // Label the namespace: both are tunnelled.
+    // Label the namespace, and (as their agents would, none runs here) report both captured:
+    // both are tunnelled.
     let label = serde_json::json!({ "metadata": { "labels": { "weft.dev/dataplane-mode": "ambient" } } });
     Api::<Namespace>::all(client.clone())
         .patch("shop", &PatchParams::default(), &Patch::Merge(label))
         .await
         .unwrap();
+    for name in ["cart", "web"] {
+        cluster.kubelet().report_captured("shop", name).await.unwrap();
+    }
     tokio::task::block_in_place(|| {
         proxy
             .until("enrollment", WAIT, |held| {

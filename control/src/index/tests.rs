@@ -10,6 +10,8 @@ use k8s_openapi::{
 };
 use kube::api::ObjectMeta;
 
+use weft_api::enrollment::{CAPTURED, ENABLED};
+
 use super::*;
 
 fn naming() -> Naming {
@@ -35,6 +37,8 @@ fn pod(uid: &str, namespace: &str, ips: &[&str], created_seconds: i64) -> Pod {
             namespace: Some(namespace.into()),
             uid: Some(uid.into()),
             labels: Some([("app".to_owned(), "web".to_owned())].into()),
+            // Its agent captured it (what the agent says of every pod it enrolls).
+            annotations: Some([(CAPTURED.to_owned(), ENABLED.to_owned())].into()),
             creation_timestamp: Some(Time(
                 k8s_openapi::jiff::Timestamp::from_second(created_seconds).unwrap(),
             )),
@@ -114,6 +118,18 @@ fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
         ("web", "node0", "cluster.local")
     );
     assert_eq!(workload(&snapshot, "b").unwrap().tunnel_protocol(), api::TunnelProtocol::None);
+}
+
+#[test]
+fn a_labelled_pod_its_agent_has_not_captured_is_reached_in_plaintext() {
+    let mut uncaptured = pod("a", "mesh", &["10.244.0.5"], 1);
+    uncaptured.metadata.annotations = None;
+    let mut refused = pod("b", "mesh", &["10.244.0.6"], 1);
+    refused.metadata.annotations = Some([(CAPTURED.to_owned(), "disabled".to_owned())].into());
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[uncaptured, refused], &[], &[], &[]);
+    for uid in ["a", "b"] {
+        assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
+    }
 }
 
 #[test]

@@ -14,7 +14,7 @@ use weft_tests::{
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
-    mesh::{Member, Mesh},
+    mesh::{self, Member, Mesh},
     topology::Pod,
     wire::WireMonitor,
 };
@@ -83,6 +83,8 @@ async fn main() -> anyhow::Result<()> {
             println!("  node{node} weft-agent: {}", message(&line));
         }
     }
+    // The agents annotate what they captured; the proxies tunnel to a pod once they know.
+    tokio::task::block_in_place(|| mesh.wait_until_tunnelled(Duration::from_secs(20)))?;
     println!("\nAfter enrollment (mTLS + HBONE between nodes):");
     let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
     let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
@@ -94,7 +96,11 @@ async fn main() -> anyhow::Result<()> {
         .ztunnel(0)
         .wait_for(|line| line.contains("outbound via HBONE closed"), Duration::from_secs(10))?;
     println!("  node0 weft-ztunnel: {}", message(&log));
-    // The Service's virtual IP: no kube-proxy here, the client's node proxy picks an endpoint.
+    // The Service's virtual IP: no kube-proxy here, the client's node proxy picks an endpoint
+    // of the EndpointSlice the cluster keeps, once it knows them.
+    let service = format!("{NAMESPACE}/echo.{NAMESPACE}.svc.cluster.local");
+    let node0 = cluster.topology().nodes()[0].clone();
+    tokio::task::block_in_place(|| mesh::wait_for_endpoints(&node0, &service, 2, Duration::from_secs(20)))?;
     let to = SocketAddr::new(vip, 80);
     for n in 0..REQUESTS {
         apps::send(&client, to, &format!("service request {n}"))
