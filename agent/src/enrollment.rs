@@ -44,7 +44,7 @@ mod tests {
     }
 
     #[test]
-    fn host_network_pending_addressless_and_deleting_pods_are_never_enrolled() {
+    fn host_network_pending_and_addressless_pods_are_never_enrolled_and_terminating_ones_stay() {
         let ns = namespace(Some(AMBIENT));
         let mut host = pod(None);
         host.spec.as_mut().unwrap().host_network = Some(true);
@@ -58,7 +58,9 @@ mod tests {
         let mut deleting = pod(None);
         deleting.metadata.deletion_timestamp =
             Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
-        assert!(!wanted(&deleting, Some(&ns)));
+        assert!(wanted(&deleting, Some(&ns)), "a pod shutting down stays until its containers are gone");
+        deleting.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(!wanted(&deleting, Some(&ns)), "its containers are gone");
         assert!(wanted(&pod(None), Some(&ns)), "the same pod running, with an address, is");
     }
 }

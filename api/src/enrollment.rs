@@ -41,7 +41,6 @@ pub fn labelled(
 pub struct PodState {
     pub running: bool,
     pub has_address: bool,
-    pub deleting: bool,
     pub host_network: bool,
 }
 
@@ -53,14 +52,16 @@ impl PodState {
         Self {
             running: status.and_then(|status| status.phase.as_deref()) == Some("Running"),
             has_address: status.and_then(|status| status.pod_ip.as_ref()).is_some(),
-            deleting: pod.metadata.deletion_timestamp.is_some(),
             host_network: pod.spec.as_ref().and_then(|spec| spec.host_network).unwrap_or(false),
         }
     }
 
-    /// Running with an address, not being deleted, not sharing the node's network.
+    /// Running with an address, not sharing the node's network. A pod being deleted is still
+    /// running while its containers shut down: it stays in the mesh until they are gone (its
+    /// phase ends or its object goes), so its last connections are neither sent in plaintext
+    /// nor refused by STRICT peers.
     pub fn capturable(&self) -> bool {
-        self.running && self.has_address && !self.deleting && !self.host_network
+        self.running && self.has_address && !self.host_network
     }
 }
 
@@ -87,12 +88,11 @@ mod tests {
     }
 
     #[test]
-    fn only_running_addressed_pods_off_the_host_network_and_not_deleting_are_capturable() {
-        let running = PodState { running: true, has_address: true, deleting: false, host_network: false };
+    fn only_running_addressed_pods_off_the_host_network_are_capturable() {
+        let running = PodState { running: true, has_address: true, host_network: false };
         assert!(running.capturable());
         assert!(!PodState { running: false, ..running }.capturable());
         assert!(!PodState { has_address: false, ..running }.capturable());
-        assert!(!PodState { deleting: true, ..running }.capturable());
         assert!(!PodState { host_network: true, ..running }.capturable());
     }
 }

@@ -325,10 +325,10 @@ fn workload(naming: &Naming, pod: &Pod, enrolled: bool) -> Option<(Claim, api::W
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
         node: spec.node_name.clone().unwrap_or_default(),
         workload_name: metadata.name.clone().unwrap_or_default(),
-        // A pod counts as healthy once running, unless its conditions say it is not ready;
-        // the harness (no kubelet) reports no conditions.
+        // Healthy: running and Ready, as its kubelet reports, and not shutting down.
         status: if status.phase.as_deref() == Some("Running")
-            && (ready || status.conditions.as_ref().is_none_or(Vec::is_empty))
+            && ready
+            && metadata.deletion_timestamp.is_none()
         {
             api::WorkloadStatus::Healthy
         } else {

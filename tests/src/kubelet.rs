@@ -185,6 +185,17 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Starts a graceful deletion of the pod (`seconds` of grace): the API server marks it
+    /// terminating and, with no kubelet here to confirm its containers stopped, keeps it so
+    /// until [`Kubelet::delete_pod`].
+    pub async fn begin_deleting_pod(&self, namespace: &str, name: &str, seconds: u32) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        pods.delete(name, &DeleteParams { grace_period_seconds: Some(seconds), ..Default::default() })
+            .await
+            .with_context(|| format!("deleting pod {namespace}/{name} gracefully"))?;
+        Ok(())
+    }
+
     /// Deletes the pod at once (grace period 0).
     pub async fn delete_pod(&self, namespace: &str, name: &str) -> anyhow::Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);

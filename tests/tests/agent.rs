@@ -264,3 +264,52 @@ async fn a_labelled_pod_no_agent_captured_is_reached_in_plaintext_until_its_agen
         assert!(line.contains("sa/late"), "{line}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_shutting_down_stays_in_the_mesh_until_its_containers_are_gone() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let server =
+        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let canary = canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    // Deleted with a grace period: terminating, its containers still running (no kubelet here
+    // ends them). Its last connections still go through the tunnel.
+    cluster.kubelet().begin_deleting_pod("shop", "server", 30).await.unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), "shop");
+    let terminating = pods.get("server").await.unwrap();
+    assert!(terminating.metadata.deletion_timestamp.is_some(), "the server is not terminating");
+    tokio::task::block_in_place(|| {
+        // Once the client's proxy has heard of the deletion (the server turned unhealthy), the
+        // server is still tunnelled to.
+        let node0 = cluster.topology().nodes()[0].netns.clone();
+        let server_uid = server.uid.as_str();
+        let known = || {
+            let dump = apps::json_body(&apps::http_get(&node0, 15000, "/config_dump").unwrap());
+            let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+            workloads.into_iter().find(|workload| workload["uid"] == server_uid)
+        };
+        let deadline = std::time::Instant::now() + WAIT;
+        let seen = loop {
+            match known() {
+                Some(workload) if workload["healthy"] == false => break workload,
+                _ => {
+                    assert!(std::time::Instant::now() < deadline, "the deletion never reached node0's proxy")
+                }
+            }
+        };
+        assert_eq!(seen["protocol"], "HBONE", "{seen}");
+        assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext to a terminating pod");
+        let line = mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
+        assert!(line.contains("sa/payments"), "{line}");
+        let dump = apps::json_body(&mesh.agent_get(1, "/config_dump").unwrap());
+        assert_eq!(dump["pods"][server_uid]["state"], "enrolled", "{dump}");
+    });
+}

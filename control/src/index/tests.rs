@@ -2,7 +2,8 @@
 use k8s_openapi::{
     api::{
         core::v1::{
-            Container, ContainerPort, ObjectReference, PodIP, PodSpec, PodStatus, ServicePort, ServiceSpec,
+            Container, ContainerPort, ObjectReference, PodCondition, PodIP, PodSpec, PodStatus, ServicePort,
+            ServiceSpec,
         },
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort},
     },
@@ -60,6 +61,11 @@ fn pod(uid: &str, namespace: &str, ips: &[&str], created_seconds: i64) -> Pod {
         }),
         status: Some(PodStatus {
             phase: Some("Running".into()),
+            conditions: Some(vec![PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
             pod_ip: ips.first().map(|ip| (*ip).to_owned()),
             pod_ips: Some(ips.iter().map(|ip| PodIP { ip: (*ip).to_owned() }).collect()),
             ..Default::default()
@@ -369,16 +375,18 @@ fn versions_follow_content() {
 }
 
 #[test]
-fn pods_the_agent_does_not_capture_are_never_tunnelled_to() {
+fn pods_the_agent_does_not_capture_are_never_tunnelled_to_and_terminating_ones_still_are() {
     let mut terminating = pod("terminating", "mesh", &["10.244.0.7"], 1);
     terminating.metadata.deletion_timestamp =
         Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
     let mut pending = pod("pending", "mesh", &["10.244.0.8"], 1);
     pending.status.as_mut().unwrap().phase = Some("Pending".into());
     let snapshot = build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[], &[], &[]);
-    for uid in ["terminating", "pending"] {
-        assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
-    }
+    assert_eq!(workload(&snapshot, "pending").unwrap().tunnel_protocol(), api::TunnelProtocol::None);
+    // Still running while its containers shut down: still captured, still tunnelled to.
+    let terminating = workload(&snapshot, "terminating").unwrap();
+    assert_eq!(terminating.tunnel_protocol(), api::TunnelProtocol::Hbone);
+    assert_eq!(terminating.status(), api::WorkloadStatus::Unhealthy);
 }
 
 #[test]
