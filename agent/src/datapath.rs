@@ -370,14 +370,9 @@ pub fn uninstall(bpffs_root: &Path) -> Result<(), Error> {
 }
 
 /// The cookie of the network namespace `netns` refers to (`SO_NETNS_COOKIE` of a socket made
-/// inside it, on a short-lived thread so this one never changes namespace).
+/// inside it).
 pub fn netns_cookie(netns: &File) -> io::Result<u64> {
-    let netns = netns.try_clone()?;
-    std::thread::spawn(move || -> io::Result<u64> {
-        // SAFETY: setns only changes this short-lived thread's network namespace.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+    crate::podns::run_in(netns, || {
         // SAFETY: plain socket syscall; ownership taken at once.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -402,8 +397,6 @@ pub fn netns_cookie(netns: &File) -> io::Result<u64> {
         }
         Ok(cookie)
     })
-    .join()
-    .map_err(|_| io::Error::other("netns cookie thread panicked"))?
 }
 
 /// The ABI version recorded in a pinned datapath, if one is pinned under `root`.

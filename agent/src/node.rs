@@ -252,6 +252,16 @@ impl<C: Capture> Agent<'_, C> {
                 tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
                 self.status.set(uid, &wanted.name, &wanted.namespace, State::Enrolled);
                 self.status.captured(uid, &wanted.name, &wanted.namespace, true);
+                match podns::established_elsewhere(&pod.netns) {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        tracing::warn!(pod = %uid, name = %wanted.name, count, "connections opened before enrollment stay outside the mesh until they close");
+                        self.status.set_preexisting(uid, count);
+                    }
+                    Err(error) => {
+                        tracing::warn!(pod = %uid, %error, "could not count the pod's open connections")
+                    }
+                }
                 self.enrolled
                     .insert(uid.to_owned(), Enrolled { wanted: wanted.clone(), netns: pod.netns, cookie });
             }

@@ -1,8 +1,16 @@
 //! Finding a pod's network namespace on the node without a CNI plugin, the way the node lays it
 //! out: the kubelet puts each pod's processes in a cgroup whose path contains `pod<uid>` (with
 //! dashes, or underscores under the systemd driver); any such process's `/proc/<pid>/ns/net`
-//! is the pod's namespace.
-use std::{fs::File, io, path::Path};
+//! is the pod's namespace. Work inside one ([`run_in`]) happens on a short-lived thread, so the
+//! agent's own threads never change namespace; [`established_elsewhere`] counts the connections
+//! a pod opened before capture, which stay outside the mesh until they close.
+use std::{
+    fs::File,
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    path::Path,
+};
 
 /// Errors finding a pod's namespace.
 #[derive(Debug, thiserror::Error)]
@@ -42,4 +50,102 @@ pub fn open(proc_root: &Path, uid: &str) -> Result<File, Error> {
         }
     }
     Err(Error::NotFound { uid: uid.to_owned(), proc_root: proc_root.display().to_string() })
+}
+
+/// Runs `work` on a fresh thread inside the network namespace `netns`, and returns its result.
+pub fn run_in<T: Send + 'static>(
+    netns: &File,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let netns = netns.try_clone()?;
+    std::thread::spawn(move || {
+        // SAFETY: setns only changes this short-lived thread's network namespace.
+        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        work()
+    })
+    .join()
+    .map_err(|_| io::Error::other("a thread inside a pod's network namespace panicked"))?
+}
+
+/// TCP connections established in the network namespace `netns` with a peer other than the pod
+/// itself (loopback or its own address): at enrollment, those the pod opened or accepted
+/// before capture, which stay outside the mesh for their lifetime.
+pub fn established_elsewhere(netns: &File) -> io::Result<usize> {
+    run_in(netns, || {
+        let mut count = 0;
+        for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
+            count +=
+                std::fs::read_to_string(table)?.lines().filter(|line| established_with_peer(line)).count();
+        }
+        Ok(count)
+    })
+}
+
+/// `ESTABLISHED` in `/proc/net/tcp{,6}`.
+const ESTABLISHED: &str = "01";
+
+/// Whether a `/proc/net/tcp{,6}` line is an established connection to another host.
+fn established_with_peer(line: &str) -> bool {
+    let mut fields = line.split_whitespace().skip(1);
+    let (Some(local), Some(remote), Some(state)) = (fields.next(), fields.next(), fields.next()) else {
+        return false;
+    };
+    let address = |field: &str| field.split_once(':').and_then(|(hex, _)| parse_address(hex));
+    match (address(local), address(remote)) {
+        (Some(local), Some(remote)) => {
+            state == ESTABLISHED && local != remote && !remote.to_canonical().is_loopback()
+        }
+        _ => false,
+    }
+}
+
+/// An address as the kernel prints it there: 32-bit words in hex, each in host byte order.
+fn parse_address(hex: &str) -> Option<IpAddr> {
+    let words: Option<Vec<[u8; 4]>> = hex
+        .as_bytes()
+        .chunks(8)
+        .map(|word| u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok().map(u32::to_ne_bytes))
+        .collect();
+    match words?.as_slice() {
+        [one] => Some(Ipv4Addr::from(*one).into()),
+        [a, b, c, d] => {
+            let octets: Vec<u8> = [a, b, c, d].into_iter().flatten().copied().collect();
+            Some(Ipv6Addr::from(<[u8; 16]>::try_from(octets).ok()?).into())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_established_connections_with_other_hosts_only() {
+        // Listening; to itself over loopback; established with 10.244.1.10; and with ::1.
+        let listening =
+            "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 1";
+        let loopback =
+            "   1: 0100007F:D2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0 0 2";
+        let remote = "   2: 0A00F40A:1F90 0A01F40A:9C40 01 00000000:00000000 00:00000000 00000000     0 0 3";
+        let own_address =
+            "   3: 0A00F40A:1F90 0A00F40A:9C41 01 00000000:00000000 00:00000000 00000000     0 0 4";
+        let v6_loopback =
+            "   4: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A000 01 0";
+        let v6_remote =
+            "   5: 0000000000000000FFFF00000A00F40A:1F90 0000000000000000FFFF00000A01F40A:A001 01 0";
+        let counted: Vec<bool> = [listening, loopback, remote, own_address, v6_loopback, v6_remote]
+            .iter()
+            .map(|line| established_with_peer(line))
+            .collect();
+        assert_eq!(counted, [false, false, true, false, false, true]);
+        assert_eq!(parse_address("0A01F40A"), Some("10.244.1.10".parse().unwrap()));
+        assert_eq!(
+            parse_address("0000000000000000FFFF00000A01F40A"),
+            Some("::ffff:10.244.1.10".parse().unwrap())
+        );
+        assert_eq!(parse_address("xyz"), None);
+    }
 }

@@ -63,6 +63,8 @@ pub struct PodReport {
     pub namespace: String,
     #[serde(flatten)]
     pub state: State,
+    /// TCP connections it had open when captured: they stay outside the mesh until they close.
+    pub preexisting_connections: usize,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,13 +123,19 @@ impl Status {
         if let State::Pending { stage, .. } = &state {
             self.failures.get_or_create(&StageLabels { stage: stage.as_str().to_owned() }).inc();
         }
-        let report = PodReport { name: name.to_owned(), namespace: namespace.to_owned(), state };
-        let changed = {
+        let (report, changed) = {
             let mut pods = self.pods();
+            let preexisting_connections = pods.get(uid).map_or(0, |report| report.preexisting_connections);
+            let report = PodReport {
+                name: name.to_owned(),
+                namespace: namespace.to_owned(),
+                state,
+                preexisting_connections,
+            };
             let changed = pods.get(uid) != Some(&report);
             pods.insert(uid.to_owned(), report.clone());
             self.enrolled.set(count_enrolled(&pods));
-            changed
+            (report, changed)
         };
         if changed {
             let (reason, kind, message) = match &report.state {
@@ -141,6 +149,13 @@ impl Status {
                 ),
             };
             self.event(uid, &report, reason, kind, message);
+        }
+    }
+
+    /// Records that pod `uid` had `count` connections open when it was captured.
+    pub fn set_preexisting(&self, uid: &str, count: usize) {
+        if let Some(report) = self.pods().get_mut(uid) {
+            report.preexisting_connections = count;
         }
     }
 

@@ -282,6 +282,16 @@ impl Mesh {
             Some(agent) => match self.json(agent, "/config_dump").await {
                 Ok(dump) => {
                     let report = &dump["pods"][&uid];
+                    let preexisting = report["preexisting_connections"].as_u64().unwrap_or(0);
+                    if preexisting > 0 {
+                        findings.push(finding(
+                            "preexisting",
+                            false,
+                            format!(
+                                "{preexisting} connection(s) it had open when captured stay outside the mesh until they close"
+                            ),
+                        ));
+                    }
                     findings.push(match report["state"].as_str() {
                         Some("enrolled") => {
                             finding("captured", true, format!("the agent on {node} enrolled it"))

@@ -190,11 +190,11 @@ async fn a_pod_without_a_findable_netns_is_reported_and_retried_while_the_others
         }
     });
     let dump = mesh.agent_get(0, "/config_dump").unwrap();
-    assert!(
-        dump.contains(&format!(
-            "\"{}\":{{\"name\":\"server\",\"namespace\":\"shop\",\"state\":\"enrolled\"",
-            server.uid
-        )),
+    let pods = &apps::json_body(&dump)["pods"];
+    let server_report = &pods[server.uid.as_str()];
+    assert_eq!(
+        (&server_report["name"], &server_report["state"]),
+        (&"server".into(), &"enrolled".into()),
         "{dump}"
     );
     assert!(dump.contains("\"name\":\"ghost\"") && dump.contains("\"stage\":\"netns\""), "{dump}");
@@ -311,5 +311,38 @@ async fn a_pod_shutting_down_stays_in_the_mesh_until_its_containers_are_gone() {
         assert!(line.contains("sa/payments"), "{line}");
         let dump = apps::json_body(&mesh.agent_get(1, "/config_dump").unwrap());
         assert_eq!(dump["pods"][server_uid]["state"], "enrolled", "{dump}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let server =
+        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let flags = mesh.weftctl_flags(&cluster, &plane).unwrap();
+    // Opened while the namespace is not in the mesh: it keeps going around the proxy.
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let mut chat = tokio::task::block_in_place(|| apps::Chat::open(&client, to)).unwrap();
+
+    label_namespace(cluster.client(), "shop", Some("ambient")).await;
+    tokio::task::block_in_place(|| {
+        let enrolled = |line: &str| line.contains("enrolled") && line.contains("name=client");
+        mesh.agent(0).wait_for(enrolled, WAIT).unwrap();
+        mesh.wait_until_tunnelled(WAIT).unwrap();
+        assert_eq!(chat.say("still open").unwrap(), "still open");
+        for (node, pod) in [(0, &client), (1, &server)] {
+            let dump = apps::json_body(&mesh.agent_get(node, "/config_dump").unwrap());
+            assert_eq!(dump["pods"][pod.uid.as_str()]["preexisting_connections"], 1, "{}: {dump}", pod.name);
+        }
+        let (ok, report) = apps::weftctl(&flags, &["check", "shop/client", "-o", "json"]).unwrap();
+        assert!(!ok, "check passed a pod with a connection outside the mesh: {report}");
+        let findings: serde_json::Value = serde_json::from_str(&report).unwrap();
+        let preexisting = findings.as_array().unwrap().iter().find(|f| f["check"] == "preexisting").unwrap();
+        assert!(preexisting["detail"].as_str().unwrap().starts_with("1 connection"), "{preexisting}");
     });
 }
