@@ -2,6 +2,11 @@
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use weft_api::enrollment::{PodState, labelled};
 
+/// Whether `pod` carries the annotation that says its agent captured it.
+pub fn annotated(pod: &Pod) -> bool {
+    weft_api::enrollment::captured(pod.metadata.annotations.as_ref())
+}
+
 /// Whether `pod` (in `namespace`, if known) belongs in the mesh now.
 pub fn wanted(pod: &Pod, namespace: Option<&Namespace>) -> bool {
     if !labelled(pod.metadata.labels.as_ref(), namespace.and_then(|ns| ns.metadata.labels.as_ref())) {

@@ -30,7 +30,7 @@ enum Command {
         cgroup: PathBuf,
         /// cgroup v2 directory holding the node's own processes, the kubelet among them: the
         /// connections they open from `--node-netns` to enrolled pods (probes) reach the app
-        /// without the proxy. Default: `--cgroup`.
+        /// without the proxy. Default: the root of the cgroup v2 hierarchy `--cgroup` is in.
         #[arg(long, env = "WEFT_NODE_CGROUP")]
         node_cgroup: Option<PathBuf>,
         /// The node's own network namespace. Default: the agent's.
@@ -74,6 +74,27 @@ enum Command {
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
+}
+
+/// The mount point of the cgroup v2 hierarchy holding `cgroup`, or `cgroup` itself when none is
+/// found.
+fn cgroup2_root_of(cgroup: &std::path::Path) -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    cgroup2_root_in(&mountinfo, cgroup).unwrap_or_else(|| cgroup.to_path_buf())
+}
+
+/// The longest cgroup2 mount point in `mountinfo` that contains `cgroup`.
+fn cgroup2_root_in(mountinfo: &str, cgroup: &std::path::Path) -> Option<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            // `… mount-point options - fstype …`: the fifth field, and the first after `-`.
+            let (before, after) = line.split_once(" - ")?;
+            let point = before.split_whitespace().nth(4)?;
+            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .filter(|point| cgroup.starts_with(point))
+        .max_by_key(|point| point.as_os_str().len())
 }
 
 /// `NETNS_PATH=IP[,IP]`.
@@ -126,7 +147,7 @@ fn main() -> anyhow::Result<()> {
             monitoring_listen,
         } => {
             let config = datapath::Config {
-                node_cgroup: node_cgroup.unwrap_or_else(|| cgroup.clone()),
+                node_cgroup: node_cgroup.unwrap_or_else(|| cgroup2_root_of(&cgroup)),
                 cgroup,
                 node_netns,
                 bpffs_root: args.bpffs_root,
@@ -292,5 +313,26 @@ async fn hand_off(socket: &std::path::Path, pods: &[PodSpec], datapath: &mut Dat
         }
         session.closed().await;
         tracing::info!("ztunnel disconnected; capture stays on (fail closed) until it returns");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::cgroup2_root_in;
+
+    #[test]
+    fn the_node_cgroup_defaults_to_the_root_of_the_pods_cgroup_hierarchy() {
+        let hybrid = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                      30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro";
+        let unified = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw";
+        let pods = Path::new("/sys/fs/cgroup/unified/kubepods");
+        assert_eq!(cgroup2_root_in(hybrid, pods), Some("/sys/fs/cgroup/unified".into()));
+        assert_eq!(
+            cgroup2_root_in(unified, Path::new("/sys/fs/cgroup/kubepods.slice")),
+            Some("/sys/fs/cgroup".into())
+        );
+        assert_eq!(cgroup2_root_in(unified, Path::new("/elsewhere")), None);
     }
 }

@@ -113,6 +113,7 @@ pub async fn run<C: Capture>(
         }
         let wanted = wanted(&pods, &namespaces);
         agent.reconcile(&wanted).await;
+        agent.report_capture(&pods);
         agent.status.set_datapath_counters(&agent.capture.counters());
     }
 }
@@ -280,6 +281,8 @@ impl<C: Capture> Agent<'_, C> {
 
     async fn leave(&mut self, uid: &str) {
         let Some(enrolled) = self.enrolled.remove(uid) else { return };
+        // Peers stop tunnelling to it first: its HBONE listener goes with the handoff delete.
+        self.status.captured(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, false);
         if let Err(error) = self.capture.unenroll(enrolled.cookie) {
             tracing::warn!(pod = %uid, %error, "un-enrolling failed");
         }
@@ -289,8 +292,28 @@ impl<C: Capture> Agent<'_, C> {
             tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
         }
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
-        self.status.captured(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, false);
         self.status.remove(uid);
+    }
+
+    /// Makes every pod's capture annotation say what is true: set on the pods enrolled here,
+    /// absent elsewhere. Patches go out asynchronously and may fail or land out of order; this
+    /// runs after every reconcile (and the 1 s tick), so a wrong annotation does not last.
+    fn report_capture(&self, pods: &reflector::Store<Pod>) {
+        // Until the first snapshot this agent does not know yet what is captured.
+        if !self.ready {
+            return;
+        }
+        for pod in pods.state() {
+            let (Some(uid), Some(name), Some(namespace)) =
+                (&pod.metadata.uid, &pod.metadata.name, &pod.metadata.namespace)
+            else {
+                continue;
+            };
+            let enrolled = self.enrolled.contains_key(uid);
+            if enrollment::annotated(&pod) != enrolled {
+                self.status.captured(uid, name, namespace, enrolled);
+            }
+        }
     }
 
     /// Hands a (re)connected ztunnel every enrolled pod, then joins the wanted ones not yet
@@ -322,8 +345,6 @@ impl<C: Capture> Agent<'_, C> {
                 refused.push(uid.clone());
             } else {
                 self.status.set(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, State::Enrolled);
-                // Already so unless an earlier agent stopped before saying it.
-                self.status.captured(uid, &enrolled.wanted.name, &enrolled.wanted.namespace, true);
             }
         }
         for uid in refused {

@@ -87,11 +87,7 @@ impl Snapshot {
 
     /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded.
     pub fn dump(&self) -> serde_json::Value {
-        let ip = |bytes: &[u8]| match bytes.len() {
-            4 => <[u8; 4]>::try_from(bytes).map(|octets| IpAddr::from(octets).to_string()).ok(),
-            16 => <[u8; 16]>::try_from(bytes).map(|octets| IpAddr::from(octets).to_string()).ok(),
-            _ => None,
-        };
+        let ip = |bytes: &[u8]| ip_from_bytes(bytes).map(|ip| ip.to_string());
         let (mut workloads, mut services) = (Vec::new(), Vec::new());
         for (name, resource) in &self.addresses {
             match api::Address::decode(resource.body.value.as_slice()).ok().and_then(|address| address.r#type) {
@@ -225,7 +221,12 @@ pub fn build<'a>(
             Some((uid, endpoints::pod_kind(pod, with_addresses.contains(uid))?))
         })
         .collect();
-    let mut membership = endpoints::membership(naming, &services_by_name, &pod_kinds, slices);
+    let pod_addresses: HashMap<IpAddr, &str> = workloads
+        .iter()
+        .flat_map(|(_, workload)| workload.addresses.iter().map(|bytes| (bytes, workload.uid.as_str())))
+        .filter_map(|(bytes, uid)| Some((ip_from_bytes(bytes)?, uid)))
+        .collect();
+    let mut membership = endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices);
     for (_, workload) in &mut workloads {
         workload.services = membership.pods.remove(&workload.uid).unwrap_or_default().into_iter().collect();
     }
@@ -394,6 +395,15 @@ fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(ip) => ip.octets().to_vec(),
         IpAddr::V6(ip) => ip.octets().to_vec(),
+    }
+}
+
+/// The address `ip_bytes` made, if `bytes` are one.
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
     }
 }
 

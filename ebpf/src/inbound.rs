@@ -58,6 +58,9 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
     };
     // SAFETY: a read-only lookup whose result is only tested for presence.
     if unsafe { FROM_NODE.get(&connection) }.is_some() {
+        // One use: a later connection that happens to reuse the 4-tuple (traffic another node
+        // sent, masqueraded to this node's address) must not find it.
+        let _ = FROM_NODE.remove(&connection);
         count(Counter::InboundFromNode);
         return SK_PASS;
     }

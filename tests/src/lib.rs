@@ -74,3 +74,17 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Retries `holds` (each try does real work, such as a connection) until it is true, or fails
+/// after `timeout`: [`eventually`] for blocking checks.
+pub fn until(
+    what: &str,
+    timeout: std::time::Duration,
+    mut holds: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !holds() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+    }
+    Ok(())
+}

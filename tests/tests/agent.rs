@@ -263,6 +263,20 @@ async fn a_labelled_pod_no_agent_captured_is_reached_in_plaintext_until_its_agen
         let line = mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
         assert!(line.contains("sa/late"), "{line}");
     });
+
+    // A wrong annotation does not last: the agent puts back what is true.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), "shop");
+    let tampered = serde_json::json!({ "metadata": { "annotations": { "weft.dev/redirection": null } } });
+    pods.patch("late", &PatchParams::default(), &Patch::Merge(tampered)).await.unwrap();
+    weft_tests::eventually("the agent to annotate its pod again", WAIT, || {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get("late").await.ok()?;
+            weft_api::enrollment::captured(pod.metadata.annotations.as_ref()).then_some(())
+        }
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,10 +5,7 @@
 //! and by `weftctl policies` and `check`, and lifted when deleted.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use kube::{
     Api,
@@ -43,11 +40,8 @@ fn reaches(pod: &Pod, to: SocketAddr) -> bool {
 }
 
 /// Retries `holds` (each try a real connection) until it is true; fails after [`WAIT`].
-fn eventually(what: &str, mut holds: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !holds() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-    }
+fn eventually(what: &str, holds: impl FnMut() -> bool) {
+    weft_tests::until(what, WAIT, holds).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

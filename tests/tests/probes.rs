@@ -4,10 +4,7 @@
 //! No other source gets that pass: another node and a pod outside the mesh are still captured.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
-use std::{
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, time::Duration};
 
 use kube::{
     Api,
@@ -42,11 +39,8 @@ fn reaches(pod: &Pod, to: SocketAddr) -> bool {
 }
 
 /// Retries `holds` (each try a real connection) until it is true; fails after [`WAIT`].
-fn eventually(what: &str, mut holds: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !holds() {
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-    }
+fn eventually(what: &str, holds: impl FnMut() -> bool) {
+    weft_tests::until(what, WAIT, holds).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,10 +81,17 @@ async fn the_node_probes_its_pods_under_a_policy_under_strict_and_across_a_proxy
         eventually("the outsider refused by the policy", || !reaches(&outsider, to));
         assert!(probed(&node0), "the node's probe under an ALLOW policy");
         assert!(!probe(&node1, to), "another node passed the policy");
+        // Refused by the proxy, for the reason the policy gives.
+        let from_node1 = node1.ipv4.to_string();
+        let denied = |line: &str| line.contains("plaintext inbound denied") && line.contains(&from_node1);
+        mesh.ztunnel(0).wait_for(denied, WAIT).unwrap();
 
         mesh.restart_ztunnel_with(0, &["--strict"], 1).unwrap();
         assert!(probed(&node0), "the node's probe under STRICT");
         assert!(!probe(&node1, to), "another node's plaintext passed STRICT");
+        let refused =
+            |line: &str| line.contains("plaintext inbound refused (strict)") && line.contains(&from_node1);
+        mesh.ztunnel(0).wait_for(refused, WAIT).unwrap();
         assert!(!reaches(&outsider, to), "a pod outside the mesh passed STRICT");
 
         // No proxy: capture refuses everyone else (fail closed), never the node's probes.

@@ -94,7 +94,12 @@ impl Context {
         let mut changes = self.state.changes();
         loop {
             // Checked after subscribing, so a change just before is not missed.
-            let verdict = self.state.authorize(&pod.uid, &pod.namespace, connection);
+            let mut verdict = self.state.authorize(&pod.uid, &pod.namespace, connection);
+            if verdict.incomplete() {
+                // Addresses and policies arrive apart: a workload may name a policy a moment
+                // before it comes. Only what stays missing cuts an open connection.
+                verdict = self.state.authorize_known(&pod.uid, &pod.namespace, connection, CONFIG_WAIT).await;
+            }
             if !verdict.allowed() {
                 return verdict;
             }

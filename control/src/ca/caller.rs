@@ -124,15 +124,15 @@ impl Authenticator {
         Ok(Caller { namespace: self.proxy.0.clone(), service_account: self.proxy.1.clone(), node })
     }
 
-    /// Whether `namespace/service_account` has a running pod on `node`.
+    /// Whether `namespace/service_account` has a running pod on `node` (one shutting down too:
+    /// it stays in the mesh until its containers are gone, and a restarted proxy still needs
+    /// its certificate).
     pub async fn runs_on(&self, node: &str, namespace: &str, service_account: &str) -> Result<bool, Error> {
         let pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
             .list(&ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running")))
             .await?;
         Ok(pods.items.iter().any(|pod| {
-            pod.metadata.deletion_timestamp.is_none()
-                && pod.spec.as_ref().and_then(|spec| spec.service_account_name.as_deref())
-                    == Some(service_account)
+            pod.spec.as_ref().and_then(|spec| spec.service_account_name.as_deref()) == Some(service_account)
         }))
     }
 }

@@ -4,7 +4,10 @@
 //! pod of the mesh joins that pod's workload; any other address (the API server behind
 //! `kubernetes.default`, a hand-made slice, a host-network pod) becomes a workload of its own:
 //! plaintext, never looked up by address (it may be shared), reachable through its Services.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
@@ -35,13 +38,15 @@ pub enum PodKind {
     HostNetwork,
 }
 
-/// Reads `slices` against `services` (by `namespace/name`) and `pods` (by uid). An endpoint that
-/// names a pod the index does not hold (not yet seen, or its address given to a newer pod) is
-/// left out until it does: sending it plaintext could carry a meshed pod's traffic in the clear.
+/// Reads `slices` against `services` (by `namespace/name`), `pods` (by uid) and the addresses
+/// of the pods that are workloads (`pod_addresses`, to their uids). An endpoint that names a pod
+/// the index does not hold (not yet seen, or its address given to a newer pod) is left out until
+/// it does: sending it plaintext could carry a meshed pod's traffic in the clear.
 pub fn membership<'a>(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
     pods: &HashMap<&str, PodKind>,
+    pod_addresses: &HashMap<IpAddr, &str>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> Membership {
     let mut membership = Membership::default();
@@ -70,41 +75,48 @@ pub fn membership<'a>(
                 .as_ref()
                 .filter(|target| target.kind.as_deref() == Some("Pod"))
                 .and_then(|target| target.uid.as_deref());
-            match pod.map(|uid| (uid, pods.get(uid))) {
-                Some((uid, Some(PodKind::Workload))) => {
-                    let served = membership.pods.entry(uid.to_owned()).or_default();
-                    let list = served.entry(key.clone()).or_default();
-                    // Dual-stack: the IPv4 and IPv6 slices list the same pod and ports.
-                    for port in &ports {
-                        if !list.ports.contains(port) {
-                            list.ports.push(*port);
-                        }
+            let owner = match pod.map(|uid| (uid, pods.get(uid))) {
+                Some((uid, Some(PodKind::Workload))) => Some(uid),
+                Some((_, None)) => continue,
+                // No pod named, yet an address of a pod of the mesh (a hand-made slice): that
+                // pod, never a plaintext stand-in for it.
+                None | Some((_, Some(PodKind::HostNetwork))) => endpoint
+                    .addresses
+                    .iter()
+                    .filter_map(|address| address.parse::<IpAddr>().ok())
+                    .find_map(|ip| pod_addresses.get(&ip).copied()),
+            };
+            if let Some(uid) = owner {
+                let served = membership.pods.entry(uid.to_owned()).or_default();
+                let list = served.entry(key.clone()).or_default();
+                // Dual-stack: the IPv4 and IPv6 slices list the same pod and ports.
+                for port in &ports {
+                    if !list.ports.contains(port) {
+                        list.ports.push(*port);
                     }
                 }
-                Some((_, None)) => {}
-                None | Some((_, Some(PodKind::HostNetwork))) => {
-                    for address in &endpoint.addresses {
-                        let Ok(ip) = address.parse() else { continue };
-                        membership.others.push(api::Workload {
-                            uid: format!("EndpointSlice/{namespace}/{slice_name}/{address}"),
-                            name: slice_name.clone(),
-                            namespace: namespace.clone(),
-                            addresses: vec![super::ip_bytes(&ip)],
-                            tunnel_protocol: api::TunnelProtocol::None.into(),
-                            trust_domain: naming.trust_domain.clone(),
-                            node: endpoint.node_name.clone().unwrap_or_default(),
-                            services: [(key.clone(), api::PortList { ports: ports.clone() })].into(),
-                            status: if healthy {
-                                api::WorkloadStatus::Healthy
-                            } else {
-                                api::WorkloadStatus::Unhealthy
-                            }
-                            .into(),
-                            network_mode: api::NetworkMode::HostNetwork.into(),
-                            ..Default::default()
-                        });
+                continue;
+            }
+            for address in &endpoint.addresses {
+                let Ok(ip) = address.parse() else { continue };
+                membership.others.push(api::Workload {
+                    uid: format!("EndpointSlice/{namespace}/{slice_name}/{address}"),
+                    name: slice_name.clone(),
+                    namespace: namespace.clone(),
+                    addresses: vec![super::ip_bytes(&ip)],
+                    tunnel_protocol: api::TunnelProtocol::None.into(),
+                    trust_domain: naming.trust_domain.clone(),
+                    node: endpoint.node_name.clone().unwrap_or_default(),
+                    services: [(key.clone(), api::PortList { ports: ports.clone() })].into(),
+                    status: if healthy {
+                        api::WorkloadStatus::Healthy
+                    } else {
+                        api::WorkloadStatus::Unhealthy
                     }
-                }
+                    .into(),
+                    network_mode: api::NetworkMode::HostNetwork.into(),
+                    ..Default::default()
+                });
             }
         }
     }

@@ -266,10 +266,18 @@ fn endpoints_that_are_no_pods_of_the_mesh_become_plaintext_workloads_reached_onl
             endpoint("172.18.0.10", Some("host"), READY),
             // A pod the index has not seen (yet): never sent plaintext meanwhile.
             endpoint("10.244.0.77", Some("unseen"), READY),
+            // No pod named, but a meshed pod's address: that pod, tunnelled to as always.
+            endpoint("10.244.0.5", None, READY),
         ],
         &[("https", 6443)],
     )];
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host], &[selectorless], &slices, &[]);
+    let pods = [host, pod("meshed", "mesh", &["10.244.0.5"], 1)];
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[selectorless], &slices, &[]);
+    let meshed = workload(&snapshot, "meshed").unwrap();
+    assert_eq!(
+        (meshed.tunnel_protocol(), pairs(&meshed.services[KEY])),
+        (api::TunnelProtocol::Hbone, vec![(443, 6443)])
+    );
     let outside = workload(&snapshot, "EndpointSlice/mesh/web-1/172.18.0.1").unwrap();
     assert_eq!(outside.tunnel_protocol(), api::TunnelProtocol::None);
     assert_eq!(outside.network_mode(), api::NetworkMode::HostNetwork);
@@ -281,7 +289,7 @@ fn endpoints_that_are_no_pods_of_the_mesh_become_plaintext_workloads_reached_onl
         "a host-network pod's endpoint"
     );
     let workloads = snapshot.addresses.keys().filter(|key| !key.contains(".svc.")).count();
-    assert_eq!(workloads, 2, "{:?}", snapshot.addresses.keys());
+    assert_eq!(workloads, 3, "{:?}", snapshot.addresses.keys());
 }
 
 #[test]
