@@ -41,14 +41,22 @@ enum Task {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let root = workspace_root();
-    match args.command {
+    let done = match args.command {
         Task::Setup => setup::run(&root).map(drop),
         Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep } => demo(&root, keep),
         Task::Bench { quick } => bench(&root, quick),
+    };
+    match done {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The step that failed and its causes, in one line; no backtrace.
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -32,8 +32,21 @@ struct Args {
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Args::parse()).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        // The verdict said why.
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(error) => {
+            // One sentence, each step that failed with its cause, not a backtrace.
+            eprintln!("\ndemo failed: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the demo; whether no plaintext crossed between nodes once enrolled.
+async fn run(args: Args) -> anyhow::Result<bool> {
     println!("Starting etcd and kube-apiserver, and building two nodes...");
     let mut cluster = Cluster::start(2).await?;
     let client = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "client").service_account("client")).await?;
@@ -102,10 +115,13 @@ async fn main() -> anyhow::Result<()> {
     let node0 = cluster.topology().nodes()[0].clone();
     tokio::task::block_in_place(|| mesh::wait_for_endpoints(&node0, &service, 2, Duration::from_secs(20)))?;
     let to = SocketAddr::new(vip, 80);
+    let start = monitor.canary_frames();
     for n in 0..REQUESTS {
-        apps::send(&client, to, &format!("service request {n}"))
+        apps::send(&client, to, &format!("service request {n} {canary}"))
             .with_context(|| format!("request to {to}"))?;
     }
+    monitor.settle(Duration::from_secs(5))?;
+    let after = after + (monitor.canary_frames() - start);
     println!("  service    client -> echo    {to:<28} {REQUESTS}/{REQUESTS} requests echoed (Service VIP)");
     // In whatever order the node proxies asked for them.
     let mut identities: Vec<String> = members.iter().map(Member::identity).collect();
@@ -122,13 +138,11 @@ async fn main() -> anyhow::Result<()> {
     for command in ["status", "workloads", "services", "certs"] {
         weftctl(&endpoints, &[command])?;
     }
+    // Plaintext seen before enrollment proves the monitor sees the canary at all.
+    let sealed = after == 0 && before > 0;
     println!(
         "\nVerdict: {}",
-        if after == 0 && before > 0 {
-            "no plaintext crossed between nodes once enrolled"
-        } else {
-            "PLAINTEXT LEAK"
-        }
+        if sealed { "no plaintext crossed between nodes once enrolled" } else { "PLAINTEXT LEAK" }
     );
 
     if args.keep {
@@ -142,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
     }
     drop(mesh);
     println!("\nTearing down.");
-    Ok(())
+    Ok(sealed)
 }
 
 /// Prints `$ weftctl ARGS` and its output (the endpoint flags left out of the echo).
