@@ -101,6 +101,8 @@ impl PodAddrs {
 pub enum Error {
     #[error("loading the eBPF object")]
     Load(#[source] EbpfError),
+    #[error("Linux {release} is too old: Weft's capture needs {}.{} or newer", MIN_KERNEL.0, MIN_KERNEL.1)]
+    Kernel { release: String },
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("eBPF program {name}")]
@@ -360,6 +362,21 @@ impl Datapath {
     }
 }
 
+/// The oldest kernel the programs load on: `bpf_get_netns_cookie` in sock_ops came in 5.15
+/// (`SO_NETNS_COOKIE`, which enrollment uses, in 5.14).
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+
+/// Refuses a kernel older than [`MIN_KERNEL`], given its release (`/proc/sys/kernel/osrelease`),
+/// with the message a user needs instead of a verifier error later.
+pub fn check_kernel(release: &str) -> Result<(), Error> {
+    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
+    let found = (numbers.next().flatten(), numbers.next().flatten());
+    match found {
+        (Some(major), Some(minor)) if (major, minor) >= MIN_KERNEL => Ok(()),
+        _ => Err(Error::Kernel { release: release.trim().to_owned() }),
+    }
+}
+
 /// Detaches and removes everything pinned under `bpffs_root`: capture stops for every pod.
 pub fn uninstall(bpffs_root: &Path) -> Result<(), Error> {
     match std::fs::remove_dir_all(bpffs_root) {
@@ -423,4 +440,18 @@ fn missing_map(name: &'static str) -> Error {
 
 fn io_error(path: &Path, source: io::Error) -> Error {
     Error::Io { path: path.display().to_string(), source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_older_than_the_minimum_are_refused_with_their_release() {
+        assert!(check_kernel("6.18.44-fc-v1098\n").is_ok());
+        assert!(check_kernel("5.15.0-91-generic").is_ok());
+        let old = check_kernel("5.10.209").unwrap_err();
+        assert!(old.to_string().contains("5.10.209") && old.to_string().contains("5.15"), "{old}");
+        assert!(check_kernel("garbage").is_err());
+    }
 }

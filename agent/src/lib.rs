@@ -4,6 +4,7 @@
 //! node's cgroup and netns layout. Outputs: eBPF maps and links, pod handoffs to ztunnel, status.
 //! Non-goals: proxying traffic (ztunnel) and deciding policy (the control plane).
 
+pub mod cgroups;
 pub mod datapath;
 pub mod enrollment;
 pub mod handoff;

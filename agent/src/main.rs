@@ -4,6 +4,7 @@ use std::{net::IpAddr, path::PathBuf, str::FromStr};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weft_agent::{
+    cgroups,
     datapath::{self, Datapath, PodAddrs},
     handoff,
 };
@@ -25,9 +26,11 @@ enum Command {
     /// Install (or adopt) the datapath, enroll the given pods, print `ready`, and run until
     /// SIGTERM or SIGINT. Exiting leaves capture pinned and working.
     Run {
-        /// cgroup v2 directory holding this node's pods and proxy.
-        #[arg(long, env = "WEFT_CGROUP_ROOT", default_value = "/sys/fs/cgroup/unified")]
-        cgroup: PathBuf,
+        /// cgroup v2 directory holding this node's pods and proxy. Default: the kubelet's, found
+        /// in the cgroup v2 hierarchy (`kubepods.slice`, `kubepods`, or kind's
+        /// `kubelet.slice/kubelet-kubepods.slice`).
+        #[arg(long, env = "WEFT_CGROUP_ROOT")]
+        cgroup: Option<PathBuf>,
         /// cgroup v2 directory holding the node's own processes, the kubelet among them: the
         /// connections they open from `--node-netns` to enrolled pods (probes) reach the app
         /// without the proxy. Default: the root of the cgroup v2 hierarchy `--cgroup` is in.
@@ -74,27 +77,6 @@ enum Command {
     },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
-}
-
-/// The mount point of the cgroup v2 hierarchy holding `cgroup`, or `cgroup` itself when none is
-/// found.
-fn cgroup2_root_of(cgroup: &std::path::Path) -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    cgroup2_root_in(&mountinfo, cgroup).unwrap_or_else(|| cgroup.to_path_buf())
-}
-
-/// The longest cgroup2 mount point in `mountinfo` that contains `cgroup`.
-fn cgroup2_root_in(mountinfo: &str, cgroup: &std::path::Path) -> Option<PathBuf> {
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            // `… mount-point options - fstype …`: the fifth field, and the first after `-`.
-            let (before, after) = line.split_once(" - ")?;
-            let point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
-        })
-        .filter(|point| cgroup.starts_with(point))
-        .max_by_key(|point| point.as_os_str().len())
 }
 
 /// `NETNS_PATH=IP[,IP]`.
@@ -146,8 +128,20 @@ fn main() -> anyhow::Result<()> {
             proc_root,
             monitoring_listen,
         } => {
+            datapath::check_kernel(
+                &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+            )?;
+            let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
+            let cgroup = match cgroup {
+                Some(cgroup) => cgroup,
+                None => {
+                    cgroups::find_pods(&mounts).ok_or_else(|| anyhow::anyhow!(cgroups::not_found(&mounts)))?
+                }
+            };
+            let node_cgroup =
+                node_cgroup.or_else(|| cgroups::root_of(&mounts, &cgroup)).unwrap_or_else(|| cgroup.clone());
             let config = datapath::Config {
-                node_cgroup: node_cgroup.unwrap_or_else(|| cgroup2_root_of(&cgroup)),
+                node_cgroup,
                 cgroup,
                 node_netns,
                 bpffs_root: args.bpffs_root,
@@ -313,26 +307,5 @@ async fn hand_off(socket: &std::path::Path, pods: &[PodSpec], datapath: &mut Dat
         }
         session.closed().await;
         tracing::info!("ztunnel disconnected; capture stays on (fail closed) until it returns");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::cgroup2_root_in;
-
-    #[test]
-    fn the_node_cgroup_defaults_to_the_root_of_the_pods_cgroup_hierarchy() {
-        let hybrid = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
-                      30 25 0:26 / /sys/fs/cgroup ro - tmpfs tmpfs ro";
-        let unified = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw";
-        let pods = Path::new("/sys/fs/cgroup/unified/kubepods");
-        assert_eq!(cgroup2_root_in(hybrid, pods), Some("/sys/fs/cgroup/unified".into()));
-        assert_eq!(
-            cgroup2_root_in(unified, Path::new("/sys/fs/cgroup/kubepods.slice")),
-            Some("/sys/fs/cgroup".into())
-        );
-        assert_eq!(cgroup2_root_in(unified, Path::new("/elsewhere")), None);
     }
 }
