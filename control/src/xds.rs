@@ -183,7 +183,10 @@ impl Session {
                         return Err(Status::unavailable("control plane shutting down"));
                     }
                     synced = true;
-                    let types: Vec<String> = self.subscriptions.keys().cloned().collect();
+                    let mut types: Vec<String> = self.subscriptions.keys().cloned().collect();
+                    // Policies before the workloads that may name them: a proxy then never
+                    // holds a workload naming a policy it has not received (it would wait).
+                    types.sort_by_key(|type_url| type_url != weft_api::security::AUTHORIZATION_TYPE);
                     for type_url in types {
                         self.push(&type_url).await?;
                     }
