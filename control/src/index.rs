@@ -1,7 +1,8 @@
 //! The mesh as node proxies see it: an immutable, versioned [`Snapshot`] of xDS resources built
 //! from Kubernetes objects. Every pod with an address becomes a `Workload` (tunnelled over HBONE
-//! when enrolled and its agent reports it captured, plaintext otherwise) named by its uid; every Service a `Service` named
-//! `namespace/hostname`; its EndpointSlices say which workloads back it on which ports
+//! when enrolled and its agent reports it captured, plaintext otherwise) named by its uid; every
+//! Service a `Service` named `namespace/hostname`; its EndpointSlices say which workloads back it
+//! on which ports
 //! ([`endpoints`]), endpoints that are not pods of the mesh included. Two pods claiming one
 //! address (a terminating pod whose IP was already reused) never share it: the address goes to
 //! the live, newer pod — an identity never follows an IP to another pod. Every
@@ -209,22 +210,18 @@ pub fn build<'a>(
         })
         .collect();
     give_each_address_one_owner(&mut workloads);
-    let with_addresses: std::collections::HashSet<&str> = workloads
+    let pod_addresses: HashMap<IpAddr, &str> = workloads
         .iter()
-        .filter(|(_, workload)| !workload.addresses.is_empty())
-        .map(|(_, workload)| workload.uid.as_str())
+        .flat_map(|(_, workload)| workload.addresses.iter().map(|bytes| (bytes, workload.uid.as_str())))
+        .filter_map(|(bytes, uid)| Some((ip_from_bytes(bytes)?, uid)))
         .collect();
+    let with_addresses: std::collections::HashSet<&str> = pod_addresses.values().copied().collect();
     let pod_kinds: HashMap<&str, endpoints::PodKind> = pods
         .iter()
         .filter_map(|pod| {
             let uid = pod.metadata.uid.as_deref()?;
             Some((uid, endpoints::pod_kind(pod, with_addresses.contains(uid))?))
         })
-        .collect();
-    let pod_addresses: HashMap<IpAddr, &str> = workloads
-        .iter()
-        .flat_map(|(_, workload)| workload.addresses.iter().map(|bytes| (bytes, workload.uid.as_str())))
-        .filter_map(|(bytes, uid)| Some((ip_from_bytes(bytes)?, uid)))
         .collect();
     let mut membership = endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices);
     for (_, workload) in &mut workloads {

@@ -215,8 +215,7 @@ impl Mesh {
             }
             let mut untunnelled = Vec::new();
             for setup in &self.setups {
-                let dump = apps::json_body(&apps::http_get(&setup.node.netns, 15000, "/config_dump")?);
-                let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+                let workloads = proxy_workloads(&setup.node)?;
                 let hbone = |uid: &String| {
                     workloads
                         .iter()
@@ -320,14 +319,19 @@ impl Mesh {
     }
 }
 
+/// Every workload node `node`'s proxy holds, as its `config_dump` lists them.
+pub fn proxy_workloads(node: &Node) -> anyhow::Result<Vec<serde_json::Value>> {
+    let dump = apps::json_body(&apps::http_get(&node.netns, 15000, "/config_dump")?);
+    Ok(dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default())
+}
+
 /// Waits until node `node`'s proxy knows `count` endpoints of the Service with key
 /// `namespace/hostname` (workloads that list it in its `config_dump`), at most `timeout`.
 /// Blocking: call it outside the runtime's threads (`block_in_place`).
 pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let dump = apps::json_body(&apps::http_get(&node.netns, 15000, "/config_dump")?);
-        let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+        let workloads = proxy_workloads(node)?;
         let known = workloads.iter().filter(|workload| workload["services"].get(service).is_some()).count();
         if known >= count {
             return Ok(());

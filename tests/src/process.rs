@@ -309,14 +309,9 @@ pub fn remove_cgroup_tree(dir: &Path) -> anyhow::Result<()> {
 /// The cgroup v2 hierarchy's mount point: `/sys/fs/cgroup/unified` on hybrid hosts, or
 /// `/sys/fs/cgroup`.
 pub fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace().skip(1);
-            let at = fields.next()?;
-            (fields.next()? == "cgroup2").then(|| PathBuf::from(at))
-        })
+    use weft_agent::cgroups;
+    cgroups::cgroup2_mounts(&cgroups::mountinfo())
+        .into_iter()
         .next()
         .context("no cgroup v2 hierarchy is mounted (needed for pod cgroups)")
 }

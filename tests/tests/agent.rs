@@ -303,11 +303,10 @@ async fn a_pod_shutting_down_stays_in_the_mesh_until_its_containers_are_gone() {
     tokio::task::block_in_place(|| {
         // Once the client's proxy has heard of the deletion (the server turned unhealthy), the
         // server is still tunnelled to.
-        let node0 = cluster.topology().nodes()[0].netns.clone();
+        let node0 = cluster.topology().nodes()[0].clone();
         let server_uid = server.uid.as_str();
         let known = || {
-            let dump = apps::json_body(&apps::http_get(&node0, 15000, "/config_dump").unwrap());
-            let workloads = dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default();
+            let workloads = weft_tests::mesh::proxy_workloads(&node0).unwrap();
             workloads.into_iter().find(|workload| workload["uid"] == server_uid)
         };
         let deadline = std::time::Instant::now() + WAIT;

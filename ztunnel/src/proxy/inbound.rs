@@ -123,16 +123,17 @@ impl Handler for Delivery {
             self.context.metrics.failed(Reporter::Destination, "not_synced");
             return Err(Refusal::Unavailable("no complete configuration yet".into()));
         };
-        if verdict.incomplete() {
-            // As for an unknown workload on the wire: 503, the configuration may yet arrive.
-            self.context.metrics.failed(Reporter::Destination, "incomplete_config");
-            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
-            return Err(Refusal::Unavailable(verdict.to_string()));
-        }
         if !verdict.allowed() {
-            self.context.metrics.failed(Reporter::Destination, "policy_denied");
+            // What the configuration lacks is a 503, as for an unknown workload on the wire: it
+            // may yet arrive. A policy's refusal is a 401.
+            let (reason, refusal) = if verdict.incomplete() {
+                ("incomplete_config", Refusal::Unavailable(verdict.to_string()))
+            } else {
+                ("policy_denied", Refusal::Denied(verdict.to_string()))
+            };
+            self.context.metrics.failed(Reporter::Destination, reason);
             tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
-            return Err(Refusal::Denied(verdict.to_string()));
+            return Err(refusal);
         }
         tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
         let upstream = connect_in(&self.netns, target).await.map_err(|error| {

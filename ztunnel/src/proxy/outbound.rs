@@ -1,8 +1,8 @@
 //! Outbound (15001): a pod's captured connection goes to its original destination — through an
 //! HBONE tunnel when the destination is a meshed workload, in plaintext otherwise. A service VIP
 //! is resolved to one of its healthy endpoints (or, when none is, one still serving), round
-//! robin, moving on to the next when one cannot be reached. Nothing is decided before the configuration is complete: an unknown
-//! destination might be a workload that must be tunnelled.
+//! robin, moving on to the next when one cannot be reached. Nothing is decided before the
+//! configuration is complete: an unknown destination might be a workload that must be tunnelled.
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, task::JoinSet};

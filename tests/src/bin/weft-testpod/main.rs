@@ -1,9 +1,9 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
-//! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`); `latency`, `openloop`, `connrate` and `hold`
-//! are the benchmark's clients; `standin` plays the node proxy (see
-//! `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the datapath treats
-//! it as a pod's process.
+//! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`);
+//! `latency`, `openloop`, `connrate` and `hold` are the benchmark's clients; `standin` plays the
+//! node proxy (see `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the
+//! datapath treats it as a pod's process.
 use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
