@@ -154,6 +154,9 @@ pub trait Capture {
     fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error>;
     /// The programs' counters.
     fn counters(&self) -> Vec<(Counter, u64)>;
+    /// Exempts the marked sockets of processes in `cgroup` (the connected proxy's), and only
+    /// those.
+    fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error>;
 }
 
 impl Capture for Datapath {
@@ -169,6 +172,10 @@ impl Capture for Datapath {
         Datapath::enrolled(self)
     }
 
+    fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
+        Datapath::trust_proxy_cgroup(self, cgroup)
+    }
+
     fn counters(&self) -> Vec<(Counter, u64)> {
         Counter::ALL.iter().filter_map(|counter| Some((*counter, self.counter(*counter).ok()?))).collect()
     }
@@ -179,6 +186,8 @@ impl Capture for Datapath {
 pub struct Datapath {
     ebpf: Ebpf,
     root: PathBuf,
+    /// The proxy cgroups this agent trusted, by id: those whose directory is gone are dropped.
+    trusted: std::collections::HashMap<u64, PathBuf>,
 }
 
 impl Datapath {
@@ -196,7 +205,7 @@ impl Datapath {
             .set_max_entries(map::ENROLLED, config.max_enrolled)
             .load(OBJECT)
             .map_err(Error::Load)?;
-        let mut datapath = Self { ebpf, root };
+        let mut datapath = Self { ebpf, root, trusted: std::collections::HashMap::new() };
         datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
         // Debug records cost a perf event each; an earlier agent may have left them on.
         datapath.set_config(ConfigSlot::DebugLog, 0)?;
@@ -290,15 +299,36 @@ impl Datapath {
     /// Names `cgroup` (a cgroup v2 directory) as the node proxy's: from now on only sockets that
     /// carry the proxy mark *and* belong to a process in such a cgroup escape capture. Before
     /// the first call the mark alone is trusted (any pod with CAP_NET_RAW could set it).
+    /// Proxies that are gone lose the trust here: cgroups this agent trusted whose directory no
+    /// longer exists, and, when the map is full, any an earlier agent left.
     pub fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
         use std::os::unix::fs::MetadataExt;
         // A cgroup v2 id is its directory's inode number.
         let id = std::fs::metadata(cgroup).map_err(|source| io_error(cgroup, source))?.ino();
         let name = map::PROXY_CGROUPS;
+        let map_error = |source| Error::Map { name, source };
+        let gone: Vec<u64> =
+            self.trusted.iter().filter(|(_, dir)| !dir.exists()).map(|(id, _)| *id).collect();
+        self.trusted.retain(|_, dir| dir.exists());
+        self.trusted.insert(id, cgroup.to_owned());
         let mut cgroups: HashMap<_, u64, u8> =
-            HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
-                .map_err(|source| Error::Map { name, source })?;
-        cgroups.insert(id, 1, 0).map_err(|source| Error::Map { name, source })?;
+            HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?).map_err(map_error)?;
+        for id in gone {
+            let _ = cgroups.remove(&id);
+        }
+        if let Err(error) = cgroups.insert(id, 1, 0) {
+            let MapError::SyscallError(ref call) = error else { return Err(map_error(error)) };
+            if call.io_error.raw_os_error() != Some(libc::E2BIG) {
+                return Err(map_error(error));
+            }
+            let inherited: Vec<u64> =
+                cgroups.keys().filter_map(Result::ok).filter(|id| !self.trusted.contains_key(id)).collect();
+            for id in inherited {
+                let _ = cgroups.remove(&id);
+            }
+            cgroups.insert(id, 1, 0).map_err(map_error)?;
+        }
+        tracing::info!(cgroup = %cgroup.display(), id, "trusting the node proxy's cgroup");
         self.set_config(ConfigSlot::ProxyCgroupRequired, 1)
     }
 

@@ -1,7 +1,12 @@
 //! The agent's side of ZDS, the pod handoff (DESIGN.md §4a): listen on the handoff socket, and
 //! for each connected ztunnel send adds (with the pod's netns fd), keeps, deletes and the
-//! snapshot marker, one at a time, each confirmed by ztunnel's ack before the next.
-use std::{fs::File, os::fd::AsFd, path::Path};
+//! snapshot marker, one at a time, each confirmed by ztunnel's ack before the next. Each
+//! connection also says which cgroup the proxy runs in ([`crate::proxy_cgroup`]).
+use std::{
+    fs::File,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
 
 use weft_api::zds::{
     self, AddWorkload, Channel, DelWorkload, Listener, SnapshotSent, WorkloadInfo, WorkloadRequest,
@@ -27,30 +32,36 @@ pub enum Error {
     Refused { uid: String, reason: String },
     #[error("ztunnel spoke handoff version {0}, not V1")]
     Version(i32),
+    #[error("cannot tell which cgroup the process on the handoff socket runs in")]
+    Peer(#[source] std::io::Error),
 }
 
 /// The listening handoff socket.
 #[derive(Debug)]
 pub struct Server {
     listener: Listener,
+    proc_root: PathBuf,
 }
 
 impl Server {
-    pub fn bind(path: &Path) -> std::io::Result<Self> {
+    /// Listens at `path`; `proc_root` is the host's /proc, where the connecting proxy is found.
+    pub fn bind(path: &Path, proc_root: &Path) -> std::io::Result<Self> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(Self { listener: Listener::bind(path)? })
+        Ok(Self { listener: Listener::bind(path)?, proc_root: proc_root.to_owned() })
     }
 
-    /// Waits for a ztunnel to connect and say hello.
+    /// Waits for a ztunnel to connect and say hello, and finds its cgroup.
     pub async fn accept(&self) -> Result<Session, Error> {
         let channel = self.listener.accept().await.map_err(zds::Error::Io)?;
         let (hello, _) = channel.recv::<zds::ZdsHello>().await?;
         if hello.version != zds::Version::V1 as i32 {
             return Err(Error::Version(hello.version));
         }
-        Ok(Session { channel })
+        let proxy_cgroup =
+            crate::proxy_cgroup::of_peer(channel.as_fd(), &self.proc_root).map_err(Error::Peer)?;
+        Ok(Session { channel, proxy_cgroup })
     }
 }
 
@@ -58,9 +69,15 @@ impl Server {
 #[derive(Debug)]
 pub struct Session {
     channel: Channel,
+    proxy_cgroup: PathBuf,
 }
 
 impl Session {
+    /// The cgroup v2 directory the connected proxy runs in.
+    pub fn proxy_cgroup(&self) -> &Path {
+        &self.proxy_cgroup
+    }
+
     /// Hands `pod` over and returns once ztunnel has bound its listeners.
     pub async fn add(&self, pod: &Pod) -> Result<(), Error> {
         let info = WorkloadInfo {

@@ -49,8 +49,10 @@ enum Command {
         /// Have the eBPF programs log their decisions (aya-log, at debug level).
         #[arg(long, env = "WEFT_EBPF_DEBUG")]
         ebpf_debug: bool,
-        /// cgroup v2 directory of the node proxy: its marked sockets escape capture, nobody
-        /// else's do. Without it the proxy mark alone is trusted.
+        /// cgroup v2 directory of a node proxy that does not connect to the handoff socket (a
+        /// ztunnel that connects is trusted by its own cgroup, learned from the connection):
+        /// its marked sockets escape capture, nobody else's do. Until one of the two names a
+        /// cgroup, the proxy mark alone is trusted.
         #[arg(long, env = "WEFT_PROXY_CGROUP")]
         proxy_cgroup: Option<PathBuf>,
         /// Pods to hand to ztunnel and then enroll, as JSON
@@ -157,8 +159,10 @@ fn main() -> anyhow::Result<()> {
                         monitoring: monitoring_listen,
                     },
                 },
-                (Some(socket), None, Some(file)) => Source::Static(socket, read_pods(&file)?),
-                (Some(socket), None, None) => Source::Static(socket, Vec::new()),
+                (Some(socket), None, file) => {
+                    let pods = file.map(|file| read_pods(&file)).transpose()?.unwrap_or_default();
+                    Source::Static { socket, pods, proc_root }
+                }
                 (None, _, _) => Source::None,
             };
             let options = RunOptions { enroll, source, ebpf_debug, proxy_cgroup };
@@ -208,7 +212,7 @@ enum Source {
     /// Only `--enroll` (capture without ztunnel).
     None,
     /// A fixed list handed to ztunnel on this socket.
-    Static(PathBuf, Vec<PodSpec>),
+    Static { socket: PathBuf, pods: Vec<PodSpec>, proc_root: PathBuf },
     /// The Kubernetes API.
     Kubernetes { kubeconfig: Option<PathBuf>, node: weft_agent::node::Config },
 }
@@ -248,9 +252,9 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
                 println!("ready");
                 signal.await;
             }
-            Source::Static(socket, pods) => {
+            Source::Static { socket, pods, proc_root } => {
                 tokio::select! {
-                    served = hand_off(&socket, &pods, &mut datapath) => served?,
+                    served = hand_off(&socket, &proc_root, &pods, &mut datapath) => served?,
                     () = signal => {}
                 }
             }
@@ -275,16 +279,24 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
 /// Serves the handoff socket: each time a ztunnel connects, hands it every pod (each enrolled
 /// in capture only once ztunnel acked it: listeners first, redirection second), then the
 /// snapshot marker. Prints `ready` after the first complete snapshot.
-async fn hand_off(socket: &std::path::Path, pods: &[PodSpec], datapath: &mut Datapath) -> anyhow::Result<()> {
-    let server =
-        handoff::Server::bind(socket).with_context(|| format!("listening on {}", socket.display()))?;
+async fn hand_off(
+    socket: &std::path::Path,
+    proc_root: &std::path::Path,
+    pods: &[PodSpec],
+    datapath: &mut Datapath,
+) -> anyhow::Result<()> {
+    let server = handoff::Server::bind(socket, proc_root)
+        .with_context(|| format!("listening on {}", socket.display()))?;
     let mut ready = false;
     loop {
         let session = server.accept().await?;
+        datapath.trust_proxy_cgroup(session.proxy_cgroup())?;
         tracing::info!("ztunnel connected");
         for spec in pods {
             let netns = std::fs::File::open(&spec.netns)
                 .with_context(|| format!("opening {}", spec.netns.display()))?;
+            weft_agent::return_path::install(&netns, addrs_of(&spec.ips), proc_root)
+                .with_context(|| format!("return path in {}", spec.netns.display()))?;
             let pod = handoff::Pod {
                 uid: spec.uid.clone(),
                 name: spec.name.clone(),

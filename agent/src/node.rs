@@ -21,7 +21,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     datapath::{Capture, PodAddrs},
-    enrollment, handoff, podns,
+    enrollment, handoff, podns, return_path,
     status::{Stage, State, Status},
 };
 
@@ -88,7 +88,7 @@ pub async fn run<C: Capture>(
         status.clone(),
         weft_api::admin::Endpoints::ALL,
     )));
-    let server = handoff::Server::bind(&config.zds_socket)?;
+    let server = handoff::Server::bind(&config.zds_socket, &config.proc_root)?;
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
     tokio::pin!(shutdown);
@@ -98,11 +98,14 @@ pub async fn run<C: Capture>(
             Some(()) = changed.recv() => {}
             _ = retry.tick() => {}
             accepted = server.accept(), if agent.session.is_none() => match accepted {
-                Ok(session) => {
-                    tracing::info!("ztunnel connected; sending the snapshot");
-                    agent.session = Some(session);
-                    agent.send_snapshot(&wanted(&pods, &namespaces)).await;
-                }
+                Ok(session) => match agent.capture.trust_proxy_cgroup(session.proxy_cgroup()) {
+                    Ok(()) => {
+                        tracing::info!("ztunnel connected; sending the snapshot");
+                        agent.session = Some(session);
+                        agent.send_snapshot(&wanted(&pods, &namespaces)).await;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot exempt the connected ztunnel from capture; refusing it"),
+                },
                 Err(error) => tracing::warn!(%error, "handoff connection failed"),
             },
             () = closed(agent.session.as_ref()), if agent.session.is_some() => {
@@ -236,6 +239,10 @@ impl<C: Capture> Agent<'_, C> {
                 return;
             }
         };
+        // Before the handoff: the proxy reads, when it takes the pod, whether the path is there.
+        if let Err(error) = return_path::install(&netns, wanted.addrs, &self.config.proc_root) {
+            tracing::warn!(pod = %uid, %error, "no return path: the app will see the pod's own address as its clients'");
+        }
         let pod = handoff::Pod {
             uid: uid.to_owned(),
             name: wanted.name.clone(),
@@ -290,6 +297,9 @@ impl<C: Capture> Agent<'_, C> {
             && let Err(error) = session.delete(uid).await
         {
             tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
+        }
+        if let Err(error) = return_path::remove(&enrolled.netns, &self.config.proc_root) {
+            tracing::warn!(pod = %uid, %error, "removing the return path failed");
         }
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
         self.status.remove(uid);

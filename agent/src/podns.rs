@@ -57,16 +57,26 @@ pub fn run_in<T: Send + 'static>(
     netns: &File,
     work: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    let netns = netns.try_clone()?;
+    in_namespace(netns, libc::CLONE_NEWNET, work)
+}
+
+/// Runs `work` on a fresh thread inside `namespace` (of type `kind`, a `CLONE_NEW*` flag), so
+/// no thread of the agent's own changes namespace, and returns its result.
+pub fn in_namespace<T: Send + 'static>(
+    namespace: &File,
+    kind: libc::c_int,
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let namespace = namespace.try_clone()?;
     std::thread::spawn(move || {
-        // SAFETY: setns only changes this short-lived thread's network namespace.
-        if unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // SAFETY: setns only changes this short-lived thread's namespace of that kind.
+        if unsafe { libc::setns(namespace.as_raw_fd(), kind) } != 0 {
             return Err(io::Error::last_os_error());
         }
         work()
     })
     .join()
-    .map_err(|_| io::Error::other("a thread inside a pod's network namespace panicked"))?
+    .map_err(|_| io::Error::other("a thread inside another namespace panicked"))?
 }
 
 /// TCP connections established in the network namespace `netns` with a peer other than the pod

@@ -271,6 +271,7 @@ fn counter_name(counter: DatapathCounter) -> &'static str {
         DatapathCounter::InboundRefused => "inbound_refused",
         DatapathCounter::OrigDstAnswered => "orig_dst_answered",
         DatapathCounter::InboundFromNode => "inbound_from_node",
+        DatapathCounter::InboundFromProxy => "inbound_from_proxy",
     }
 }
 

@@ -38,6 +38,12 @@ pub struct Channel {
     fd: AsyncFd<OwnedFd>,
 }
 
+impl std::os::fd::AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.get_ref().as_fd()
+    }
+}
+
 /// The agent's listening socket.
 #[derive(Debug)]
 pub struct Listener {

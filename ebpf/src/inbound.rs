@@ -1,7 +1,8 @@
 //! Inbound capture, attached to each enrolled pod's netns: new TCP connections to the pod go
 //! to the proxy's registered listener, keeping their destination address and port, except
 //! HBONE (the proxy's own tunnel port), what the pod sends itself (over loopback, or from its
-//! own address: the app calling itself, or the proxy delivering to the app), and what the node
+//! own address: the app calling itself, or the proxy delivering to the app), the proxy's
+//! deliveries from the client's address (recorded by [`crate::outbound`]), and what the node
 //! itself opened (the kubelet's probes, recorded by [`crate::node`]), as Istio ambient exempts
 //! them. No listener registered: refused (fail closed).
 use aya_ebpf::{
@@ -9,13 +10,13 @@ use aya_ebpf::{
     macros::sk_lookup,
     programs::SkLookupContext,
 };
-use weft_ebpf_common::{AF_INET, Connection, Counter, Endpoint, port};
+use weft_ebpf_common::{AF_INET, Connection, Counter, Endpoint, Opener, port};
 
 use aya_log_ebpf::debug;
 
 use crate::{
     ctx::read_ip6,
-    maps::{FROM_NODE, LISTENERS, count, debug_enabled},
+    maps::{DIRECT, LISTENERS, count, debug_enabled},
 };
 
 const IPPROTO_TCP: u32 = 6;
@@ -56,12 +57,12 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
         client: Endpoint { ip: remote, port: u32::from(remote_port) },
         server: Endpoint { ip: local, port: local_port },
     };
-    // SAFETY: a read-only lookup whose result is only tested for presence.
-    if unsafe { FROM_NODE.get(&connection) }.is_some() {
+    // SAFETY: a read-only lookup; the value is copied out at once.
+    if let Some(opener) = unsafe { DIRECT.get(&connection) }.copied() {
         // One use: a later connection that happens to reuse the 4-tuple (traffic another node
         // sent, masqueraded to this node's address) must not find it.
-        let _ = FROM_NODE.remove(&connection);
-        count(Counter::InboundFromNode);
+        let _ = DIRECT.remove(&connection);
+        count(if opener == Opener::Proxy as u8 { Counter::InboundFromProxy } else { Counter::InboundFromNode });
         return SK_PASS;
     }
     let key = Endpoint { ip: local, port: 0 };

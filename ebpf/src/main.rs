@@ -2,7 +2,9 @@
 //!
 //! - outbound ([`outbound`]): `cgroup/connect4|6` rewrite an enrolled pod's `connect()` to the
 //!   proxy's listener in the pod (pod IP, port 15001) and record the original destination by
-//!   socket cookie; `cgroup/getpeername4|6` give the application its original peer back.
+//!   socket cookie; `cgroup/getpeername4|6` give the application its original peer back. The
+//!   proxy's own connects pass, and its deliveries to the app from the client's address are
+//!   recorded for [`inbound`].
 //! - [`sockops`]: when a redirected connection is established, re-key its original destination
 //!   by the client's address and port, which is what the proxy's accepted socket sees.
 //! - [`orig_dst`]: `cgroup/getsockopt` answers `SO_ORIGINAL_DST` for the proxy, as netfilter

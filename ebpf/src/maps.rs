@@ -35,8 +35,8 @@ pub static PROXY_CGROUPS: HashMap<u64, u8> = HashMap::pinned(MAX_PROXY_CGROUPS, 
 #[map(name = "WEFT_NODE")]
 pub static NODE: Array<u64> = Array::pinned(1, 0);
 
-#[map(name = "WEFT_FROM_NODE")]
-pub static FROM_NODE: LruHashMap<Connection, u8> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+#[map(name = "WEFT_DIRECT")]
+pub static DIRECT: LruHashMap<Connection, u8> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 
 /// Whether the agent asked for debug records (aya-log); off by default, one array read when off.
 pub fn debug_enabled() -> bool {
@@ -46,7 +46,7 @@ pub fn debug_enabled() -> bool {
 /// Whether the current socket operation comes from the node proxy: the socket carries the proxy
 /// mark and, once the agent has named the proxy's cgroups, the calling process is in one.
 pub fn from_proxy(mark: u32) -> bool {
-    if mark != weft_ebpf_common::PROXY_MARK {
+    if mark & weft_ebpf_common::PROXY_MARK_MASK != weft_ebpf_common::PROXY_MARK {
         return false;
     }
     let required = CONFIG.get(ConfigSlot::ProxyCgroupRequired as u32).is_some_and(|on| *on != 0);

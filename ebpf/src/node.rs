@@ -4,11 +4,11 @@
 //! reach the app. Only a socket of the node itself can write an entry: a pod's socket is in
 //! the pod's network namespace, and what another node sends is forwarded, not opened here.
 use aya_ebpf::{EbpfContext, helpers::bpf_get_netns_cookie, macros::sock_ops, programs::SockOpsContext};
-use weft_ebpf_common::{Connection, Endpoint};
+use weft_ebpf_common::{Connection, Endpoint, Opener};
 
 use crate::{
     ctx::read_ip6,
-    maps::{FROM_NODE, NODE},
+    maps::{DIRECT, NODE},
 };
 
 /// `BPF_SOCK_OPS_TCP_CONNECT_CB`: an active open about to send its SYN (its local port chosen).
@@ -45,5 +45,5 @@ fn record(ctx: &SockOpsContext) {
         server: Endpoint { ip: server, port: u32::from(server_port) },
     };
     // Full or not, the connection goes on: at worst a probe is steered to the proxy as before.
-    let _ = FROM_NODE.insert(&connection, &1, 0);
+    let _ = DIRECT.insert(&connection, &(Opener::Node as u8), 0);
 }

@@ -7,13 +7,15 @@ use aya_ebpf::{
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
-use weft_ebpf_common::{AF_INET, AF_INET6, Counter, Endpoint, Enrolled, OrigDst, port};
+use weft_ebpf_common::{
+    AF_INET, AF_INET6, Connection, Counter, DELIVERY_MARK, Endpoint, Enrolled, OrigDst, Opener, port,
+};
 
 use aya_log_ebpf::debug;
 
 use crate::{
     ctx::{read_ip6, write_ip6},
-    maps::{ENROLLED, ORIG_BY_COOKIE, count, debug_enabled, from_proxy},
+    maps::{DIRECT, ENROLLED, ORIG_BY_COOKIE, count, debug_enabled, from_proxy},
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -56,6 +58,24 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         }
         let sk = (*sa).__bindgen_anon_1.sk;
         if !sk.is_null() && from_proxy((*sk).mark) {
+            if (*sk).mark == DELIVERY_MARK {
+                let client = if v6 {
+                    read_ip6(&raw const (*sk).src_ip6)
+                } else {
+                    Endpoint::mapped_v4((*sk).src_ip4)
+                };
+                let dst = destination(sa, v6);
+                let connection = Connection {
+                    client: Endpoint { ip: client, port: (*sk).src_port },
+                    server: Endpoint { ip: dst.ip, port: u32::from(dst.port) },
+                };
+                // The proxy bound the client's address and port before connecting. Without the
+                // entry inbound capture would steer the delivery back to the proxy: refuse it.
+                if DIRECT.insert(&connection, &(Opener::Proxy as u8), 0).is_err() {
+                    count(Counter::RefusedNoState);
+                    return REFUSE;
+                }
+            }
             count(Counter::ExemptProxy);
             return ALLOW;
         }

@@ -40,7 +40,18 @@ fn testpod(args: &[&str]) -> anyhow::Result<Command> {
 
 /// Starts an echo server on `port` in `pod` and returns once it listens.
 pub fn echo_server(pod: &Pod, port: u16) -> anyhow::Result<Process> {
-    let mut server = pod.spawn(testpod(&["echo", "--port", &port.to_string()])?)?;
+    start_echo(pod, port, &[])
+}
+
+/// [`echo_server`] that prints `peer=<address>` for each connection, as the app sees its client.
+pub fn echo_server_reporting_peers(pod: &Pod, port: u16) -> anyhow::Result<Process> {
+    start_echo(pod, port, &["--report-peers"])
+}
+
+fn start_echo(pod: &Pod, port: u16, flags: &[&str]) -> anyhow::Result<Process> {
+    let mut command = testpod(&["echo", "--port", &port.to_string()])?;
+    command.args(flags);
+    let mut server = pod.spawn(command)?;
     server
         .wait_for_line("ready", READY_TIMEOUT)
         .with_context(|| format!("echo server in pod {}", pod.name))?;
@@ -229,8 +240,9 @@ impl Accepted {
     }
 }
 
-/// `weft-agent run` for `node`: its bpffs root, pod cgroup, proxy cgroup, and its own
-/// processes' cgroup and network namespace.
+/// `weft-agent run` for `node`: its bpffs root, pod cgroup, and its own processes' cgroup and
+/// network namespace. No proxy cgroup, as in the shipped manifests: a ztunnel is trusted by the
+/// cgroup the agent learns from its handoff connection.
 pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
     let mut command = Command::new(binary("weft-agent")?);
     command
@@ -239,8 +251,6 @@ pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
         .arg("run")
         .arg("--cgroup")
         .arg(&node.cgroup)
-        .arg("--proxy-cgroup")
-        .arg(&node.proxy_cgroup)
         .arg("--node-cgroup")
         .arg(&node.system_cgroup)
         .arg("--node-netns")
@@ -259,10 +269,12 @@ pub fn start_agent(mut command: Command) -> anyhow::Result<Process> {
     Ok(agent)
 }
 
-/// Starts `weft-agent run` for `node`, enrolling `pods` directly in capture (no ztunnel), and
-/// returns once it says it is ready; `ebpf_debug` turns on the programs' debug records.
+/// Starts `weft-agent run` for `node`, enrolling `pods` directly in capture (no ztunnel: the
+/// stand-in proxy, named by its cgroup), and returns once it says it is ready; `ebpf_debug`
+/// turns on the programs' debug records.
 pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
     let mut command = agent_command(node)?;
+    command.arg("--proxy-cgroup").arg(&node.proxy_cgroup);
     command.env("RUST_LOG", if ebpf_debug { "debug" } else { "info" });
     if ebpf_debug {
         command.arg("--ebpf-debug");

@@ -204,13 +204,25 @@ impl Process {
     /// Reads output lines until one satisfies `wanted` and returns it (without its newline), at
     /// most `timeout`. Fails if the output ends first.
     pub fn wait_for(&mut self, wanted: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<String> {
+        /// How many of the lines passed over an error shows.
+        const SHOWN: usize = 12;
         let deadline = Instant::now() + timeout;
         let what = self.what.clone();
+        let mut passed = std::collections::VecDeque::with_capacity(SHOWN);
         loop {
-            match self.lines()?.next_before(deadline).with_context(|| format!("{what}: no wanted line"))? {
+            let next = self.lines()?.next_before(deadline);
+            let last = || passed.iter().map(String::as_str).collect::<Vec<_>>().join("\n  ");
+            match next.with_context(|| format!("{what}: no wanted line; last lines:\n  {}", last()))? {
                 Some(got) if wanted(got.trim_end()) => return Ok(got.trim_end().to_owned()),
-                Some(_) => {}
-                None => bail!("{what}: output ended without the wanted line"),
+                // Backtrace frames (indented) would push the error itself out.
+                Some(got) if got.starts_with(char::is_whitespace) => {}
+                Some(got) => {
+                    if passed.len() == SHOWN {
+                        passed.pop_front();
+                    }
+                    passed.push_back(got.trim_end().to_owned());
+                }
+                None => bail!("{what}: output ended without the wanted line; last lines:\n  {}", last()),
             }
         }
     }

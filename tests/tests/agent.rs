@@ -24,6 +24,21 @@ async fn label_namespace(client: kube::Client, name: &str, value: Option<&str>) 
     Api::<Namespace>::all(client).patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
 }
 
+/// Whether `pod`'s netns holds the return path of the proxy's deliveries: the rule for their
+/// mark (both families) and `tcp_fwmark_accept` on.
+fn has_return_path(pod: &Pod) -> bool {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let name = pod.netns.name();
+    let mark = format!("fwmark {:#x}", weft_ebpf_common::DELIVERY_MARK);
+    let rules = [run(&["-n", name, "-4", "rule", "show"]), run(&["-n", name, "-6", "rule", "show"])];
+    let switch = run(&["netns", "exec", name, "cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"]);
+    rules.iter().all(|rules| rules.contains(&mark)) && switch.trim() == "1"
+}
+
 /// Canary frames that crossed the fabric while `from` sent one message to `to`.
 fn plaintext_frames(monitor: &WireMonitor, from: &Pod, to: SocketAddr, canary: &str) -> u64 {
     let before = monitor.canary_frames();
@@ -69,6 +84,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         mesh.wait_until_tunnelled(WAIT).unwrap();
         assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext after enrollment");
         assert!(plaintext_frames(&monitor, &loner, to, &canary) > 0, "the opted-out pod was captured");
+        assert!(has_return_path(&client) && !has_return_path(&loner));
     });
 
     // Unlabelled: they leave; plaintext again. Nobody was restarted.
@@ -77,6 +93,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         mesh.agent(0).wait_for(|line| line.contains("left the mesh"), WAIT).unwrap();
         mesh.agent(1).wait_for(|line| line.contains("left the mesh"), WAIT).unwrap();
         assert!(plaintext_frames(&monitor, &client, to, &canary) > 0);
+        assert!(!has_return_path(&client), "a pod that left the mesh keeps its return path");
     });
     let after: Vec<String> = [&client, &server]
         .iter()

@@ -20,6 +20,7 @@ use crate::{
     state::State,
 };
 
+mod deliver;
 mod inbound;
 pub mod live;
 mod outbound;
@@ -176,8 +177,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("reading pod {pod}'s addresses")]
-    Addresses {
+    #[error("reading pod {pod}'s network namespace")]
+    Netns {
         pod: String,
         #[source]
         source: std::io::Error,
@@ -216,10 +217,8 @@ impl PodProxy {
     /// Binds the pod's listeners, registers the inbound one with the datapath, and starts
     /// serving. Returns once the listeners are bound: the agent may switch capture on.
     pub async fn start(context: Arc<Context>, pod: Pod, netns: Arc<Netns>) -> Result<Self, Error> {
-        let addresses =
-            netns.addresses().map_err(|source| Error::Addresses { pod: pod.uid.clone(), source })?;
-        let netns_inode =
-            netns.inode().map_err(|source| Error::Addresses { pod: pod.uid.clone(), source })?;
+        let addresses = netns.addresses().map_err(|source| Error::Netns { pod: pod.uid.clone(), source })?;
+        let netns_inode = netns.inode().map_err(|source| Error::Netns { pod: pod.uid.clone(), source })?;
         let bind = |port| {
             listen_in(&netns, port).map_err(|source| Error::Bind { pod: pod.uid.clone(), port, source })
         };
@@ -238,6 +237,10 @@ impl PodProxy {
             .await
             .map_err(|source| Error::Certificate { pod: pod.uid.clone(), source })?;
         crate::tls::server_config(&cert).map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
+        let deliverer = Arc::new(
+            deliver::Deliverer::new(netns.clone())
+                .map_err(|source| Error::Netns { pod: pod.uid.clone(), source })?,
+        );
 
         let mut tasks = JoinSet::new();
         let pod_ref = Arc::new(pod.clone());
@@ -249,17 +252,18 @@ impl PodProxy {
             listening(),
             context.clone(),
             pod_ref.clone(),
-            netns.clone(),
+            deliverer.clone(),
         ));
+        let original_source = deliverer.original_source();
         tasks.spawn(inbound::serve_hbone(
             hbone,
             listening(),
             context.clone(),
             pod_ref.clone(),
             addresses.clone(),
-            netns,
+            deliverer,
         ));
-        tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, "pod proxy started");
+        tracing::info!(pod = %pod.uid, name = %pod.name, namespace = %pod.namespace, ?addresses, original_source, "pod proxy started");
         Ok(Self { pod, addresses, netns_inode, tasks })
     }
 
@@ -313,6 +317,11 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Connects to `to` from inside the pod, with a marked socket.
 async fn connect_in(netns: &Netns, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = netns.run(|| marked_socket(socket2::Domain::for_address(to)))??;
+    connect_socket(socket, to).await
+}
+
+/// Connects `socket` (non-blocking) to `to`, within [`CONNECT_TIMEOUT`].
+async fn connect_socket(socket: socket2::Socket, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = TcpSocket::from_std_stream(socket.into());
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
         .await

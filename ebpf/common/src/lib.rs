@@ -6,11 +6,28 @@
 
 /// Version of the maps' layout and the programs' contract. A pinned datapath with another
 /// version is never adopted: the agent stops and says to uninstall first.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
 /// Istio's ztunnel uses the same mark (0x539), so it runs on Weft's capture unmodified.
 pub const PROXY_MARK: u32 = 0x539;
+/// The bits of a mark that say "the proxy's" (as Istio matches `0x539/0xfff`): the proxy may
+/// set other bits above them, as on [`DELIVERY_MARK`].
+pub const PROXY_MARK_MASK: u32 = 0xfff;
+/// `SO_MARK` of the proxy's sockets that deliver to the app in the pod from the client's own
+/// address (`IP_TRANSPARENT`): the app's replies inherit it (`tcp_fwmark_accept`) and the pod's
+/// routing rule for it ([`delivery`]) keeps them on loopback, back to the proxy, instead of
+/// sending them out of the pod to the client's address.
+pub const DELIVERY_MARK: u32 = PROXY_MARK | 0x1000;
+
+/// The return path of the proxy's deliveries inside each enrolled pod: a rule sends packets
+/// marked [`DELIVERY_MARK`] to a table whose only route makes every address local.
+pub mod delivery {
+    /// The routing table holding `local default dev lo`.
+    pub const TABLE: u32 = 0x539;
+    /// The rule's priority: after `local` (0), before `main` (32766).
+    pub const RULE_PRIORITY: u32 = 32764;
+}
 
 /// Ports of the node proxy inside each enrolled pod's network namespace.
 pub mod port {
@@ -55,9 +72,11 @@ pub mod map {
     /// One `u64`: the netns cookie of the node's own network namespace (0: none named yet).
     /// Written only by the agent.
     pub const NODE: &str = "WEFT_NODE";
-    /// [`crate::Connection`] → `u8`: TCP connections the node itself opened (the kubelet's
-    /// probes among them), which inbound capture lets through to the app. LRU, kernel-written.
-    pub const FROM_NODE: &str = "WEFT_FROM_NODE";
+    /// [`crate::Connection`] → [`crate::Opener`] as `u8`: TCP connections inbound capture lets
+    /// straight through to the app, each once: those the node itself opened (the kubelet's
+    /// probes among them) and the proxy's deliveries from the client's address. LRU,
+    /// kernel-written.
+    pub const DIRECT: &str = "WEFT_DIRECT";
 }
 
 /// Layout under the bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and `links/<link>`.
@@ -103,6 +122,16 @@ pub struct Endpoint {
 pub struct Connection {
     pub client: Endpoint,
     pub server: Endpoint,
+}
+
+/// Who opened a connection in [`map::DIRECT`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// A process of the node (the kubelet probing).
+    Node = 1,
+    /// The node proxy delivering to the app with the client's address.
+    Proxy = 2,
 }
 
 /// The destination an application asked for before capture rewrote it.
@@ -163,11 +192,13 @@ pub enum Counter {
     OrigDstAnswered = 6,
     /// Inbound connections the node itself opened (probes), let through to the app.
     InboundFromNode = 7,
+    /// The proxy's deliveries from the client's address, let through to the app.
+    InboundFromProxy = 8,
 }
 
 impl Counter {
     /// Number of slots; the size of the counters map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     /// Every counter, for readers that report them all.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -178,6 +209,7 @@ impl Counter {
         Counter::InboundRefused,
         Counter::OrigDstAnswered,
         Counter::InboundFromNode,
+        Counter::InboundFromProxy,
     ];
 }
 

@@ -1,7 +1,11 @@
 //! Inbound: HBONE from other proxies (15008) and plaintext from outside the mesh (15006), both
 //! authorized by the pod's policies ([`crate::authz`]) and then delivered to the app inside the
-//! pod over a marked socket from the pod's own address.
-use std::{net::IpAddr, sync::Arc};
+//! pod from the client's address where the pod allows it ([`super::deliver`]), else from the
+//! pod's own.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -9,12 +13,11 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{Context, InboundPlaintext, Pod, canonical, connect_in, is_proxy_port};
+use super::{Context, InboundPlaintext, Pod, canonical, deliver::Deliverer, is_proxy_port};
 use crate::{
     authz::Connection,
     hbone::server::{ConnectRequest, Handler, Refusal, drained},
     identity::Identity,
-    inpod::netns::Netns,
     metrics::Reporter,
     tls::WorkloadCert,
 };
@@ -27,10 +30,10 @@ pub async fn serve_hbone(
     context: Arc<Context>,
     pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
-    netns: Arc<Netns>,
+    deliverer: Arc<Deliverer>,
 ) {
     let identity = pod.identity(&context.trust_domain);
-    let handler = Arc::new(Delivery { context: context.clone(), pod, addresses, netns });
+    let handler = Arc::new(Delivery { context: context.clone(), pod, addresses, deliverer });
     let mut current: Option<(Arc<WorkloadCert>, TlsAcceptor)> = None;
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
@@ -86,7 +89,7 @@ struct Delivery {
     context: Arc<Context>,
     pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
-    netns: Arc<Netns>,
+    deliverer: Arc<Deliverer>,
 }
 
 impl Delivery {
@@ -136,7 +139,10 @@ impl Handler for Delivery {
             return Err(refusal);
         }
         tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
-        let upstream = connect_in(&self.netns, target).await.map_err(|error| {
+        // The client is the HBONE connection's source: its proxy connects from inside the
+        // client's pod, and policy has just been decided on that address.
+        let client = SocketAddr::new(request.source.ip(), 0);
+        let upstream = self.deliverer.connect(target, client).await.map_err(|error| {
             self.context.metrics.failed(Reporter::Destination, "upstream");
             Refusal::Unavailable(format!("{target}: {error}"))
         })?;
@@ -178,7 +184,7 @@ pub async fn serve_plaintext(
     listening: super::Listening,
     context: Arc<Context>,
     pod: Arc<Pod>,
-    netns: Arc<Netns>,
+    deliverer: Arc<Deliverer>,
 ) {
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
@@ -192,7 +198,7 @@ pub async fn serve_plaintext(
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;
                     }
-                    let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
+                    let (context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
                     connections.spawn(async move {
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
@@ -213,7 +219,7 @@ pub async fn serve_plaintext(
                                 tracing::info!(%peer, %target, %verdict, "plaintext inbound denied");
                                 return Ok(());
                             }
-                            let mut upstream = connect_in(&netns, target).await?;
+                            let mut upstream = deliverer.connect(target, canonical(peer)).await?;
                             let counts = crate::relay::Counts::default();
                             tokio::select! {
                                 relayed = crate::relay::tcp(&mut client, &mut upstream, &counts) => relayed,

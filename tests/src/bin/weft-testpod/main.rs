@@ -29,6 +29,9 @@ enum Mode {
     Echo {
         #[arg(long)]
         port: u16,
+        /// Print `peer=<address>` for each connection, as `getpeername()` reports it.
+        #[arg(long)]
+        report_peers: bool,
     },
     /// Send `message` to `to`, half-close, print the reply; exit 1 unless the reply equals it.
     Send {
@@ -124,7 +127,7 @@ fn main() -> anyhow::Result<()> {
     // The benchmark's pods hold thousands of connections.
     weft_ztunnel::rlimit::raise_open_files().context("raising the open file limit")?;
     match Args::parse().mode {
-        Mode::Echo { port } => echo(port),
+        Mode::Echo { port, report_peers } => echo(port, report_peers),
         Mode::Send { to, message, timeout_ms, print_peer, mark } => {
             let timeout = Duration::from_millis(timeout_ms);
             let stream = match connect(to, timeout, mark) {
@@ -156,7 +159,7 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn echo(port: u16) -> anyhow::Result<()> {
+fn echo(port: u16, report_peers: bool) -> anyhow::Result<()> {
     // Dual-stack: [::] also accepts IPv4 (as mapped addresses) on Linux by default.
     let listener =
         TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).with_context(|| format!("binding port {port}"))?;
@@ -164,6 +167,10 @@ fn echo(port: u16) -> anyhow::Result<()> {
     std::io::stdout().flush()?;
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
+        if report_peers && let Ok(peer) = stream.peer_addr() {
+            println!("peer={}", SocketAddr::new(peer.ip().to_canonical(), peer.port()));
+            std::io::stdout().flush()?;
+        }
         // Small stacks: the benchmark holds ten thousand connections, a thread each.
         let _ = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
             // Both directions through shared references: one descriptor per connection.

@@ -1,0 +1,90 @@
+//! What an enrolled pod's app sees of its clients, and who may pass capture: on the namespace
+//! topology with real capture, agents and ztunnels configured as the manifests ship them.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use weft_tests::{
+    apps::{self, Sent},
+    canary,
+    mesh::{Member, Mesh},
+    topology::Topology,
+    wire::WireMonitor,
+};
+
+const ECHO_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn the_app_sees_each_client_by_its_own_address_and_no_reply_leaves_the_pod() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let neighbour = topology.add_pod(1, "neighbour", "uid-neighbour").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let outsider = topology.add_pod(0, "outsider", "uid-outsider").unwrap();
+    let mut echo = apps::echo_server_reporting_peers(&server, ECHO_PORT).unwrap();
+    let members = [
+        Member::new(&client, "shop", "cart"),
+        Member::new(&neighbour, "shop", "catalog"),
+        Member::new(&server, "shop", "payments"),
+    ];
+    let _mesh = Mesh::start(&topology, &members).unwrap();
+    let canary = canary();
+    let monitor = WireMonitor::start(topology.fabric(), &canary).unwrap();
+
+    // Meshed clients, across nodes and on the server's node, both families: HBONE in, and the
+    // app's peer is the client pod.
+    let meshed = [
+        (&client, IpAddr::V4(client.ipv4), IpAddr::V4(server.ipv4)),
+        (&client, IpAddr::V6(client.ipv6), IpAddr::V6(server.ipv6)),
+        (&neighbour, IpAddr::V4(neighbour.ipv4), IpAddr::V4(server.ipv4)),
+    ];
+    for (pod, from, to) in meshed {
+        let to = SocketAddr::new(to, ECHO_PORT);
+        assert_eq!(apps::send(pod, to, &canary).unwrap(), canary, "{} to {to}", pod.name);
+        let seen = echo.wait_for(|line| line.starts_with("peer="), WAIT).unwrap();
+        let peer: SocketAddr = seen.trim_start_matches("peer=").parse().unwrap();
+        assert_eq!(peer.ip(), from, "{} to {to}", pod.name);
+    }
+    // A client outside the mesh, in plaintext (PERMISSIVE): its own address too.
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&outsider, to, "plain").unwrap(), "plain");
+    let seen = echo.wait_for(|line| line.starts_with("peer="), WAIT).unwrap();
+    let peer: SocketAddr = seen.trim_start_matches("peer=").parse().unwrap();
+    assert_eq!(peer.ip(), IpAddr::V4(outsider.ipv4));
+
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric");
+    assert_eq!(
+        monitor.syns_to(ECHO_PORT),
+        1,
+        "only the outsider's own connection may reach the app's port on the fabric"
+    );
+}
+
+#[test]
+fn a_pod_forging_the_proxy_mark_is_still_captured_with_the_shipped_settings() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+    let canary = canary();
+    let monitor = WireMonitor::start(topology.fabric(), &canary).unwrap();
+
+    // The agent runs without --proxy-cgroup, as the manifests ship it: it trusts the cgroup of
+    // the ztunnel that connected to its handoff socket, and no one else's marked sockets.
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let mark = weft_ebpf_common::PROXY_MARK.to_string();
+    let sent = apps::try_send_with(&client, to, &canary, &["--mark", &mark]).unwrap();
+    assert_eq!(sent, Sent::Reply { peer: to, reply: canary.clone() });
+    mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
+
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.canary_frames(), 0, "the forged socket escaped capture: plaintext crossed the fabric");
+    assert_eq!(monitor.syns_to(ECHO_PORT), 0, "the forged socket connected straight to the app");
+}
