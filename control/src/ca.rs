@@ -1,28 +1,28 @@
-//! The mesh certificate authority: a long-lived root that signs an intermediate, which signs
-//! workload certificates. Both are generated on first start and kept in a Secret, so a restarted
-//! control plane keeps the root every proxy trusts. [`service`] is the gRPC face; [`caller`]
-//! finds out who is asking.
-use std::time::{Duration, SystemTime};
+//! The mesh certificate authority: a root that signs an intermediate, which signs workload
+//! certificates, and the trust bundle of every root proxies accept. Generated on first start
+//! and kept in a Secret, so a restarted control plane keeps the roots every proxy trusts;
+//! [`Authority::maintain`] re-issues the intermediate and rotates the root as time passes
+//! ([`state`]). [`service`] is the gRPC face; [`caller`] finds out who is asking.
+use std::{
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime},
+};
 
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
     api::{ObjectMeta, PostParams},
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose, SanType,
 };
 
 pub mod caller;
 pub mod service;
+pub mod state;
 
-const ROOT_CERT: &str = "root.pem";
-const ROOT_KEY: &str = "root-key.pem";
-const INTERMEDIATE_CERT: &str = "intermediate.pem";
-const INTERMEDIATE_KEY: &str = "intermediate-key.pem";
-const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const INTERMEDIATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+pub use state::{Lifetimes, State};
 
 /// Errors of the authority itself (not of a request).
 #[derive(Debug, thiserror::Error)]
@@ -34,7 +34,7 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    #[error("CA Secret {namespace}/{name} is incomplete: {missing} missing")]
+    #[error("CA Secret {namespace}/{name} is incomplete: {missing} missing or unreadable")]
     Incomplete { namespace: String, name: String, missing: &'static str },
     #[error("CA key material")]
     Material(#[source] rcgen::Error),
@@ -49,70 +49,181 @@ pub enum Refusal {
     WrongSan { expected: String, found: Vec<String> },
     #[error("the CSR asks for a CA certificate")]
     CaRequested,
+    #[error("the CA's intermediate has expired")]
+    Expired,
+}
+
+/// The time, as the CA sees it: the system's, or a test's.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// The CA state in use, ready to sign.
+struct Signing {
+    state: State,
+    intermediate: Issuer<'static, KeyPair>,
+    intermediate_ends: SystemTime,
+    /// The Secret's version this state was read from or written as.
+    resource_version: Option<String>,
+}
+
+impl Signing {
+    fn new(state: State, resource_version: Option<String>) -> Result<Self, Error> {
+        let key = KeyPair::from_pem(&state.intermediate.key).map_err(Error::Material)?;
+        let intermediate =
+            Issuer::from_ca_cert_pem(&state.intermediate.cert, key).map_err(Error::Material)?;
+        let intermediate_ends = state::not_after(&state.intermediate.cert)?;
+        Ok(Self { state, intermediate, intermediate_ends, resource_version })
+    }
+}
+
+/// Where the state is kept.
+struct Store {
+    secrets: Api<Secret>,
+    namespace: String,
+    name: String,
+}
+
+impl Store {
+    fn error(&self, source: kube::Error) -> Error {
+        Error::Secret { namespace: self.namespace.clone(), name: self.name.clone(), source }
+    }
+
+    fn read(&self, secret: &Secret) -> Result<Signing, Error> {
+        let data = secret.data.clone().unwrap_or_default();
+        let state = State::from_data(&data).map_err(|missing| Error::Incomplete {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            missing,
+        })?;
+        Signing::new(state, secret.metadata.resource_version.clone())
+    }
+
+    fn secret(&self, state: &State, resource_version: Option<String>) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version,
+                ..Default::default()
+            },
+            data: Some(state.to_data()),
+            type_: Some("Opaque".to_owned()),
+            ..Default::default()
+        }
+    }
 }
 
 /// The signing half of the CA.
 pub struct Authority {
-    intermediate: Issuer<'static, KeyPair>,
-    /// PEM: the intermediate, then the root — appended to every leaf.
-    chain_tail: Vec<String>,
-    root_pem: String,
-    max_ttl: Duration,
+    current: RwLock<Arc<Signing>>,
+    lifetimes: Lifetimes,
+    clock: Arc<dyn Clock>,
+    store: Option<Store>,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").field("max_ttl", &self.max_ttl).finish_non_exhaustive()
+        f.debug_struct("Authority").field("lifetimes", &self.lifetimes).finish_non_exhaustive()
     }
 }
 
 impl Authority {
     /// Loads the CA from Secret `namespace/name`, or generates one and stores it there. When two
-    /// control planes start at once the Secret that was created first wins.
+    /// control planes start at once the Secret that was created first wins. Leaves live at most
+    /// `max_ttl`.
     pub async fn load_or_create(
         client: kube::Client,
         namespace: &str,
         name: &str,
         max_ttl: Duration,
     ) -> Result<Self, Error> {
-        let secrets: Api<Secret> = Api::namespaced(client, namespace);
-        let secret_error =
-            |source| Error::Secret { namespace: namespace.to_owned(), name: name.to_owned(), source };
-        let secret = match secrets.get_opt(name).await.map_err(secret_error)? {
+        let store = Store {
+            secrets: Api::namespaced(client, namespace),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let lifetimes = Lifetimes::with_max_leaf(max_ttl);
+        let secret = match store.secrets.get_opt(name).await.map_err(|source| store.error(source))? {
             Some(secret) => secret,
             None => {
-                let fresh = generate(namespace, name)?;
-                match secrets.create(&PostParams::default(), &fresh).await {
+                let fresh = store.secret(&State::generate(SystemTime::now(), &lifetimes)?, None);
+                match store.secrets.create(&PostParams::default(), &fresh).await {
                     Ok(created) => {
                         tracing::info!(%namespace, %name, "generated a new mesh CA");
                         created
                     }
                     Err(kube::Error::Api(status)) if status.code == 409 => {
-                        secrets.get(name).await.map_err(secret_error)?
+                        store.secrets.get(name).await.map_err(|source| store.error(source))?
                     }
-                    Err(source) => return Err(secret_error(source)),
+                    Err(source) => return Err(store.error(source)),
                 }
             }
         };
-        Self::from_secret(&secret, namespace, name, max_ttl)
+        let signing = store.read(&secret)?;
+        Ok(Self {
+            current: RwLock::new(Arc::new(signing)),
+            lifetimes,
+            clock: Arc::new(SystemClock),
+            store: Some(store),
+        })
     }
 
-    fn from_secret(secret: &Secret, namespace: &str, name: &str, max_ttl: Duration) -> Result<Self, Error> {
-        let data = secret.data.clone().unwrap_or_default();
-        let field = |key: &'static str| {
-            data.get(key).map(|bytes| String::from_utf8_lossy(&bytes.0).into_owned()).ok_or(
-                Error::Incomplete { namespace: namespace.to_owned(), name: name.to_owned(), missing: key },
-            )
+    /// A CA of `state` kept nowhere but here, on `clock` (tests).
+    pub fn in_memory(state: State, lifetimes: Lifetimes, clock: Arc<dyn Clock>) -> Result<Self, Error> {
+        let signing = Signing::new(state, None)?;
+        Ok(Self { current: RwLock::new(Arc::new(signing)), lifetimes, clock, store: None })
+    }
+
+    fn current(&self) -> Arc<Signing> {
+        self.current.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn replace(&self, signing: Signing) {
+        *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(signing);
+    }
+
+    /// Does what is due (re-issue the intermediate, a step of a root rotation), keeping the
+    /// Secret first. Returns what changed, if anything; another control plane's change to the
+    /// Secret is adopted instead of this one's.
+    pub async fn maintain(&self) -> Result<Option<&'static str>, Error> {
+        let current = self.current();
+        let Some((next, change)) = current.state.advance(self.clock.now(), &self.lifetimes)? else {
+            return Ok(None);
         };
-        let (root_pem, intermediate_pem) = (field(ROOT_CERT)?, field(INTERMEDIATE_CERT)?);
-        let key = KeyPair::from_pem(&field(INTERMEDIATE_KEY)?).map_err(Error::Material)?;
-        let intermediate = Issuer::from_ca_cert_pem(&intermediate_pem, key).map_err(Error::Material)?;
-        Ok(Self { intermediate, chain_tail: vec![intermediate_pem, root_pem.clone()], root_pem, max_ttl })
+        let Some(store) = &self.store else {
+            self.replace(Signing::new(next, None)?);
+            return Ok(Some(change));
+        };
+        let secret = store.secret(&next, current.resource_version.clone());
+        match store.secrets.replace(&store.name, &PostParams::default(), &secret).await {
+            Ok(written) => {
+                self.replace(Signing::new(next, written.metadata.resource_version)?);
+                Ok(Some(change))
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let theirs = store.secrets.get(&store.name).await.map_err(|source| store.error(source))?;
+                self.replace(store.read(&theirs)?);
+                Ok(Some("another control plane changed the CA"))
+            }
+            Err(source) => Err(store.error(source)),
+        }
     }
 
     /// A serving certificate for the control plane's own TLS listener, valid for `names` (IP
-    /// addresses or DNS names): `(chain PEM, key PEM)`.
+    /// addresses or DNS names) as long as the intermediate: `(chain PEM, key PEM)`.
     pub fn serving_cert(&self, names: &[String]) -> Result<(String, String), Error> {
+        let current = self.current();
         let key = KeyPair::generate().map_err(Error::Material)?;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(Error::Material)?;
         for name in names {
@@ -124,23 +235,33 @@ impl Authority {
         params.distinguished_name.push(DnType::CommonName, "weft-control");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &self.intermediate).map_err(Error::Material)?;
-        Ok((format!("{}{}", cert.pem(), self.chain_tail[0]), key.serialize_pem()))
+        params.not_before = (self.clock.now() - Duration::from_secs(300)).into();
+        params.not_after = current.intermediate_ends.into();
+        let cert = params.signed_by(&key, &current.intermediate).map_err(Error::Material)?;
+        Ok((format!("{}{}", cert.pem(), current.state.intermediate.cert), key.serialize_pem()))
     }
 
-    /// The root certificate (PEM) every workload trusts.
-    pub fn root_pem(&self) -> &str {
-        &self.root_pem
+    /// Every root proxies trust (PEM, concatenated): what the CA appends to every chain and
+    /// the control plane publishes.
+    pub fn bundle_pem(&self) -> String {
+        self.current().state.bundle.concat()
     }
 
-    /// Signs `csr_pem` for `identity` (a SPIFFE URI) for `ttl`, clamped to the maximum. Returns
-    /// the chain: leaf, intermediate, root.
+    /// Signs `csr_pem` for `identity` (a SPIFFE URI) for `ttl`, clamped to the maximum and to
+    /// the intermediate's own end. Returns the chain as Istio's CA does: the leaf, the
+    /// intermediate, and last the trust bundle (every root, concatenated).
     pub fn sign(&self, csr_pem: &str, identity: &str, ttl: Duration) -> Result<Vec<String>, Refusal> {
         check_csr(csr_pem, identity)?;
+        let current = self.current();
         let mut csr =
             CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Refusal::BadCsr(e.to_string()))?;
-        let now = SystemTime::now();
-        let ttl = if ttl.is_zero() { self.max_ttl } else { ttl.min(self.max_ttl) };
+        let now = self.clock.now();
+        let max_ttl = self.lifetimes.max_leaf;
+        let ttl = if ttl.is_zero() { max_ttl } else { ttl.min(max_ttl) };
+        let not_after = (now + ttl).min(current.intermediate_ends);
+        if not_after <= now {
+            return Err(Refusal::Expired);
+        }
         let params = &mut csr.params;
         // Only what the CA decides goes in: the identity, the lifetime, the usages.
         params.subject_alt_names = vec![SanType::URI(
@@ -148,16 +269,14 @@ impl Authority {
         )];
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + ttl).into();
+        params.not_after = not_after.into();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = csr.signed_by(&self.intermediate).map_err(|e| Refusal::BadCsr(e.to_string()))?;
-        let mut chain = vec![leaf.pem()];
-        chain.extend(self.chain_tail.iter().cloned());
-        Ok(chain)
+        let leaf = csr.signed_by(&current.intermediate).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+        Ok(vec![leaf.pem(), current.state.intermediate.cert.clone(), current.state.bundle.concat()])
     }
 }
 
@@ -193,61 +312,14 @@ fn check_csr(csr_pem: &str, identity: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// A new root and intermediate, as a Secret.
-fn generate(namespace: &str, name: &str) -> Result<Secret, Error> {
-    let now = SystemTime::now();
-    let root_key = KeyPair::generate().map_err(Error::Material)?;
-    let mut root = CertificateParams::default();
-    root.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    root.distinguished_name.push(DnType::OrganizationName, "weft");
-    root.distinguished_name.push(DnType::CommonName, "weft mesh root");
-    root.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    root.not_before = now.into();
-    root.not_after = (now + ROOT_LIFETIME).into();
-    let root_cert = root.self_signed(&root_key).map_err(Error::Material)?;
-    let root_pem = root_cert.pem();
-    let root_key_pem = root_key.serialize_pem();
-    let root_issuer = Issuer::new(root, root_key);
-
-    let key = KeyPair::generate().map_err(Error::Material)?;
-    let mut intermediate = CertificateParams::default();
-    intermediate.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    intermediate.distinguished_name.push(DnType::OrganizationName, "weft");
-    intermediate.distinguished_name.push(DnType::CommonName, "weft mesh intermediate");
-    intermediate.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    intermediate.not_before = now.into();
-    intermediate.not_after = (now + INTERMEDIATE_LIFETIME).into();
-    intermediate.use_authority_key_identifier_extension = true;
-    let intermediate_cert = intermediate.signed_by(&key, &root_issuer).map_err(Error::Material)?;
-
-    let data = [
-        (ROOT_CERT, root_pem),
-        (ROOT_KEY, root_key_pem),
-        (INTERMEDIATE_CERT, intermediate_cert.pem()),
-        (INTERMEDIATE_KEY, key.serialize_pem()),
-    ]
-    .into_iter()
-    .map(|(key, value)| (key.to_owned(), ByteString(value.into_bytes())))
-    .collect();
-    Ok(Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..Default::default()
-        },
-        data: Some(data),
-        type_: Some("Opaque".to_owned()),
-        ..Default::default()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn authority() -> Authority {
-        let secret = generate("weft-system", "weft-ca").unwrap();
-        Authority::from_secret(&secret, "weft-system", "weft-ca", Duration::from_secs(24 * 3600)).unwrap()
+        let lifetimes = Lifetimes::with_max_leaf(Duration::from_secs(24 * 3600));
+        let state = State::generate(SystemTime::now(), &lifetimes).unwrap();
+        Authority::in_memory(state, lifetimes, Arc::new(SystemClock)).unwrap()
     }
 
     fn csr(sans: Vec<SanType>, ca: bool) -> String {
@@ -255,7 +327,7 @@ mod tests {
         let mut params = CertificateParams::default();
         params.subject_alt_names = sans;
         if ca {
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         }
         params.serialize_request(&key).unwrap().pem().unwrap()
     }
@@ -309,18 +381,22 @@ mod tests {
 }
 
 #[cfg(test)]
+mod lifecycle_tests;
+
+#[cfg(test)]
 mod chain_tests {
     use super::*;
 
     #[test]
     fn the_serving_chain_verifies_against_the_root() {
         use rustls_pki_types::{CertificateDer, pem::PemObject};
-        let secret = generate("ns", "ca").unwrap();
-        let ca = Authority::from_secret(&secret, "ns", "ca", Duration::from_secs(3600)).unwrap();
+        let lifetimes = Lifetimes::with_max_leaf(Duration::from_secs(3600));
+        let state = State::generate(SystemTime::now(), &lifetimes).unwrap();
+        let ca = Authority::in_memory(state, lifetimes, Arc::new(SystemClock)).unwrap();
         let (chain, _key) = ca.serving_cert(&["172.18.0.1".into()]).unwrap();
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain.as_bytes()).collect::<Result<_, _>>().unwrap();
-        let root = CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
+        let root = CertificateDer::from_pem_slice(ca.bundle_pem().as_bytes()).unwrap();
         let issuer_of_leaf =
             x509_parser::parse_x509_certificate(&certs[0]).unwrap().1.issuer().as_raw().to_vec();
         let intermediate = x509_parser::parse_x509_certificate(&certs[1]).unwrap().1;

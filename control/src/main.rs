@@ -8,7 +8,7 @@ use kube::{
     Api,
     api::{ObjectMeta, Patch, PatchParams},
 };
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use weft_api::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
@@ -17,6 +17,7 @@ use weft_control::{
     ca::{Authority, caller::Authenticator, service::Service},
     index::{self, Naming, Snapshot},
     metrics::Metrics,
+    serving::{self, ServingCert},
     xds,
 };
 
@@ -95,8 +96,10 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         )
         .await?,
     );
-    publish_root(client.clone(), &args.namespace, authority.root_pem()).await?;
-    let (chain, key) = authority.serving_cert(&args.serving_names)?;
+    publish_root(client.clone(), &args.namespace, &authority.bundle_pem()).await?;
+    let serving = Arc::new(ServingCert::new(&authority, args.serving_names.clone())?);
+    let maintenance =
+        tokio::spawn(maintain_ca(authority.clone(), serving.clone(), client.clone(), args.namespace.clone()));
     let (proxy_namespace, proxy_sa) =
         args.proxy_service_account.split_once('/').context("--proxy-service-account is namespace/name")?;
     let authenticator =
@@ -147,10 +150,9 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         let _ = stopped.wait_for(|stopping| *stopping).await;
     };
     let serve = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(chain, key)))?
         .add_service(IstioCertificateServiceServer::new(service))
         .add_service(AggregatedDiscoveryServiceServer::new(ads))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown);
+        .serve_with_incoming_shutdown(serving::incoming(listener, serving), shutdown);
     let result = tokio::select! {
         served = serve => served.map_err(anyhow::Error::from),
         indexed = &mut index => Err(indexed.map_or_else(anyhow::Error::from, |ended| {
@@ -159,6 +161,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     };
     monitor.abort();
     index.abort();
+    maintenance.abort();
     tracing::info!("stopped");
     result
 }
@@ -182,6 +185,38 @@ impl weft_api::admin::Source for Monitoring {
         // Clone first: the channel's lock must not be held while the dump is made.
         let snapshot = self.snapshots.borrow().clone();
         snapshot.dump().to_string()
+    }
+}
+
+/// How often the CA checks whether its intermediate or root is due for replacement.
+const CA_MAINTENANCE: Duration = Duration::from_secs(600);
+
+/// Keeps the CA current: whenever it changed, a new serving certificate and the new trust
+/// bundle published. A failure is retried at the next check.
+async fn maintain_ca(
+    authority: Arc<Authority>,
+    serving: Arc<ServingCert>,
+    client: kube::Client,
+    namespace: String,
+) {
+    let mut every = tokio::time::interval(CA_MAINTENANCE);
+    loop {
+        every.tick().await;
+        let changed = match authority.maintain().await {
+            Ok(Some(change)) => change,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(error = %anyhow::Error::from(error), "CA maintenance failed; retrying later");
+                continue;
+            }
+        };
+        tracing::info!(%changed, "mesh CA changed");
+        if let Err(error) = serving.renew(&authority) {
+            tracing::warn!(%error, "renewing the serving certificate failed");
+        }
+        if let Err(error) = publish_root(client.clone(), &namespace, &authority.bundle_pem()).await {
+            tracing::warn!(%error, "publishing the trust bundle failed");
+        }
     }
 }
 

@@ -46,7 +46,7 @@ impl XdsClient {
         let (requests, outgoing) = mpsc::unbounded_channel();
         let (incoming, responses) = std_mpsc::channel();
         let address = plane.address();
-        let root = std::fs::read_to_string(plane.root_file())?;
+        let root_file = plane.root_file().to_owned();
         let bearer = weft_ztunnel::control::bearer(token_file).map_err(anyhow::Error::msg)?;
         let netns = node.netns.open()?;
         std::thread::spawn(move || {
@@ -60,7 +60,9 @@ impl XdsClient {
                 return forward(Err(tonic::Status::internal("no runtime")));
             };
             runtime.block_on(async move {
-                let channel = match weft_ztunnel::control::channel(&address, &root, None) {
+                let channel = match weft_ztunnel::control::Channels::new(&address, &root_file, None)
+                    .and_then(|channels| channels.get())
+                {
                     Ok(channel) => channel,
                     Err(error) => return forward(Err(tonic::Status::internal(error))),
                 };

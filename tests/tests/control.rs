@@ -36,7 +36,7 @@ fn sign_from(
     identity: &Identity,
     csr: String,
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let root = std::fs::read_to_string(plane.root_file()).unwrap();
+    let root = plane.root_file().to_owned();
     let (address, token, identity) = (plane.address(), token.to_owned(), identity.clone());
     node.netns
         .run(move || {
@@ -45,7 +45,9 @@ fn sign_from(
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
                 let ca = GrpcCa::new(&address, &root, &token).unwrap();
-                ca.sign(&identity, &csr, Duration::from_secs(3600)).await
+                // The chain as the wire had it: leaf, intermediate, and the trust bundle last.
+                let issued = ca.sign(&identity, &csr, Duration::from_secs(3600)).await?;
+                Ok([issued.chain, issued.roots].concat())
             })
         })
         .unwrap()

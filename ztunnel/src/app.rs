@@ -144,7 +144,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         WorkloadSource::Xds { address, root_file, token_file } => {
             let source = crate::xds::Config {
                 address: address.clone(),
-                root_pem: read_root(root_file)?,
+                root_file: root_file.clone(),
                 token_file: token_file.clone(),
                 node_id: format!("weft-ztunnel~{}", std::process::id()),
             };
@@ -153,7 +153,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     }
     let ca: Arc<dyn CaClient> = match &config.ca {
         CaConfig::Grpc { address, root_file, token_file } => {
-            Arc::new(GrpcCa::new(address, &read_root(root_file)?, token_file)?)
+            read_root(root_file)?;
+            Arc::new(GrpcCa::new(address, root_file, token_file)?)
         }
         CaConfig::DevFiles(dir) => Arc::new(FileCa::load(dir)?),
     };

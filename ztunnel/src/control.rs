@@ -1,14 +1,58 @@
 //! The connection to the control plane (or istiod): one TLS gRPC channel shape for the CA and
-//! xDS, trusting the mesh root, authenticated per request by the node proxy's service-account
-//! token — read from its file every time, because projected tokens rotate.
-use std::{path::Path, time::Duration};
+//! xDS, trusting the mesh's trust bundle, authenticated per request by the node proxy's
+//! service-account token. Both files are read again each time they are needed: projected tokens
+//! rotate, and the bundle (a mounted ConfigMap) changes during a root rotation.
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
 
 use tonic::{metadata::MetadataValue, transport::Channel};
 
-/// A lazily connecting channel to `address` (`https://host:port`). Call it inside the Tokio
+/// A channel to the control plane that follows the trust bundle file: [`Self::get`] rebuilds it
+/// when the file's contents changed since the last call.
+#[derive(Debug)]
+pub struct Channels {
+    address: String,
+    root_file: PathBuf,
+    request_timeout: Option<Duration>,
+    current: Mutex<Option<(String, Channel)>>,
+}
+
+impl Channels {
+    /// Checks the address and reads the bundle once, so a wrong configuration fails at start.
+    pub fn new(address: &str, root_file: &Path, request_timeout: Option<Duration>) -> Result<Self, String> {
+        let channels = Self {
+            address: address.to_owned(),
+            root_file: root_file.to_owned(),
+            request_timeout,
+            current: Mutex::new(None),
+        };
+        channels.get()?;
+        Ok(channels)
+    }
+
+    /// The channel for the bundle as the file has it now.
+    pub fn get(&self) -> Result<Channel, String> {
+        let pem = std::fs::read_to_string(&self.root_file)
+            .map_err(|error| format!("trust bundle {}: {error}", self.root_file.display()))?;
+        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((built_from, channel)) = current.as_ref()
+            && *built_from == pem
+        {
+            return Ok(channel.clone());
+        }
+        let channel = channel(&self.address, &pem, self.request_timeout)?;
+        *current = Some((pem, channel.clone()));
+        Ok(channel)
+    }
+}
+
+/// A lazily connecting channel to `address` (`https://host:port`), trusting `root_pem`. Call it inside the Tokio
 /// runtime (and so the network namespace) that will use it: the connection task is spawned
 /// there. `request_timeout` bounds unary calls; leave it out for long-lived streams.
-pub fn channel(address: &str, root_pem: &str, request_timeout: Option<Duration>) -> Result<Channel, String> {
+fn channel(address: &str, root_pem: &str, request_timeout: Option<Duration>) -> Result<Channel, String> {
     let endpoint = tonic::transport::Endpoint::from_shared(address.to_owned())
         .map_err(|error| format!("control plane address {address}: {error}"))?;
     let host = endpoint.uri().host().unwrap_or_default().trim_matches(['[', ']']).to_owned();

@@ -14,7 +14,7 @@ use rustls::{
 
 use crate::identity::Identity;
 
-mod verify;
+pub(crate) mod verify;
 
 #[cfg(feature = "testing")]
 pub mod test_ca;

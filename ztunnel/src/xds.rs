@@ -33,7 +33,8 @@ pub const INVALID_ARGUMENT: i32 = 3;
 pub struct Config {
     /// `https://host:port`.
     pub address: String,
-    pub root_pem: String,
+    /// The trust bundle file, read again at every reconnect.
+    pub root_file: PathBuf,
     pub token_file: PathBuf,
     /// This proxy's name for the server's logs (`Node.id`).
     pub node_id: String,
@@ -52,18 +53,25 @@ enum Error {
 
 /// Runs forever (until the task is dropped), keeping `state` in step with the server.
 pub async fn run(config: Config, state: Arc<State>) {
-    let channel = match crate::control::channel(&config.address, &config.root_pem, None) {
-        Ok(channel) => channel,
+    let channels = match crate::control::Channels::new(&config.address, &config.root_file, None) {
+        Ok(channels) => channels,
         Err(error) => {
             tracing::error!(%error, "xDS is not configured correctly; staying on the current config");
             return;
         }
     };
-    let client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut backoff = BACKOFF.0;
     loop {
         let mut received = false;
-        match session(client.clone(), &config, &state, &mut received).await {
+        let session = match channels.get() {
+            Ok(channel) => {
+                let client =
+                    AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+                session(client, &config, &state, &mut received).await
+            }
+            Err(error) => Err(Error::Setup(error)),
+        };
+        match session {
             Ok(()) => tracing::info!("xDS stream closed by the server; reconnecting"),
             Err(error) => tracing::warn!(%error, "xDS stream failed; keeping the last good config"),
         }

@@ -25,40 +25,67 @@ pub enum Error {
     Material(String),
 }
 
+/// What a CA issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The leaf, then its intermediates: what the proxy presents.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The trust bundle: every root the mesh trusts now.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+impl Issued {
+    /// From a `CreateCertificate` answer, as Istio's CA gives it: the leaf first, then the
+    /// intermediates, and last the trust bundle (one PEM holding every root; one during a
+    /// rotation's overlap holds two).
+    pub fn from_pems(pems: &[String]) -> Result<Self, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |error: rustls::pki_types::pem::Error| {
+            Error::Material(format!("CA answered a bad certificate: {error}"))
+        };
+        let Some((bundle, chain)) = pems.split_last().filter(|(_, chain)| !chain.is_empty()) else {
+            return Err(Error::Material("CA answered without a leaf and a root".into()));
+        };
+        let chain = chain
+            .iter()
+            .map(|pem| CertificateDer::from_pem_slice(pem.as_bytes()).map_err(bad))
+            .collect::<Result<_, _>>()?;
+        let roots: Vec<_> =
+            CertificateDer::pem_slice_iter(bundle.as_bytes()).collect::<Result<_, _>>().map_err(bad)?;
+        if roots.is_empty() {
+            return Err(Error::Material("CA answered an empty trust bundle".into()));
+        }
+        Ok(Self { chain, roots })
+    }
+}
+
 /// Signs certificate requests.
 pub trait CaClient: Send + Sync + 'static {
-    /// Signs `csr_pem` for `identity`, valid for `validity`. Returns the chain as Istio's CA
-    /// does: leaf first, the root last.
+    /// Signs `csr_pem` for `identity`, valid for `validity`.
     fn sign<'a>(
         &'a self,
         identity: &'a Identity,
         csr_pem: &'a str,
         validity: Duration,
-    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>>;
+    ) -> BoxFuture<'a, Result<Issued, Error>>;
 }
 
-/// The control plane's CA (or istiod's): `CreateCertificate` over TLS, trusting `root_pem`, with
-/// the token read from `token_file` on every request (projected tokens rotate).
-#[derive(Debug, Clone)]
+/// The control plane's CA (or istiod's): `CreateCertificate` over TLS, trusting the bundle in
+/// `root_file` (read again for each request: it changes during a root rotation), with the token
+/// read from `token_file` on every request (projected tokens rotate).
+#[derive(Debug)]
 pub struct GrpcCa {
-    client: weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient<
-        tonic::transport::Channel,
-    >,
+    channels: crate::control::Channels,
     token_file: std::path::PathBuf,
 }
 
 impl GrpcCa {
     /// `address`: `https://host:port`. Connects lazily; a CA that is down fails requests, not
-    /// construction. Call it inside the runtime that will use it (see [`crate::control::channel`]).
-    pub fn new(address: &str, root_pem: &str, token_file: &Path) -> Result<Self, Error> {
-        let channel = crate::control::channel(address, root_pem, Some(Duration::from_secs(10)))
+    /// construction. Call it inside the runtime that will use it (see [`crate::control::Channels`]).
+    pub fn new(address: &str, root_file: &Path, token_file: &Path) -> Result<Self, Error> {
+        let channels = crate::control::Channels::new(address, root_file, Some(Duration::from_secs(10)))
             .map_err(Error::Material)?;
-        Ok(Self {
-            client: weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(
-                channel,
-            ),
-            token_file: token_file.to_owned(),
-        })
+        Ok(Self { channels, token_file: token_file.to_owned() })
     }
 }
 
@@ -68,9 +95,8 @@ impl CaClient for GrpcCa {
         identity: &'a Identity,
         csr_pem: &'a str,
         validity: Duration,
-    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
+    ) -> BoxFuture<'a, Result<Issued, Error>> {
         Box::pin(async move {
-            use rustls::pki_types::pem::PemObject;
             let bearer = crate::control::bearer(&self.token_file).map_err(Error::Material)?;
             let metadata = prost_types::Struct {
                 fields: [(
@@ -87,25 +113,19 @@ impl CaClient for GrpcCa {
                 metadata: Some(metadata),
             });
             request.metadata_mut().insert("authorization", bearer);
-            let response = self.client.clone().create_certificate(request).await.map_err(|status| {
-                match status.code() {
+            let channel = self.channels.get().map_err(Error::Unavailable)?;
+            let mut client =
+                weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(channel);
+            let response =
+                client.create_certificate(request).await.map_err(|status| match status.code() {
                     tonic::Code::Unauthenticated
                     | tonic::Code::PermissionDenied
                     | tonic::Code::InvalidArgument => {
                         Error::Refused { identity: identity.to_string(), reason: status.message().to_owned() }
                     }
                     _ => Error::Unavailable(format!("{}: {}", status.code(), status.message())),
-                }
-            })?;
-            response
-                .into_inner()
-                .cert_chain
-                .iter()
-                .map(|pem| {
-                    CertificateDer::from_pem_slice(pem.as_bytes())
-                        .map_err(|error| Error::Material(format!("CA answered a bad certificate: {error}")))
-                })
-                .collect()
+                })?;
+            Issued::from_pems(&response.into_inner().cert_chain)
         })
     }
 }
@@ -140,7 +160,7 @@ impl CaClient for FileCa {
         identity: &'a Identity,
         csr_pem: &'a str,
         validity: Duration,
-    ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
+    ) -> BoxFuture<'a, Result<Issued, Error>> {
         Box::pin(async move {
             let refused = |reason: String| Error::Refused { identity: identity.to_string(), reason };
             let mut csr =
@@ -166,7 +186,7 @@ impl CaClient for FileCa {
             csr.params.extended_key_usages =
                 vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
             let leaf = csr.signed_by(&self.issuer).map_err(|e| refused(e.to_string()))?;
-            Ok(vec![leaf.der().clone(), self.root.clone()])
+            Ok(Issued { chain: vec![leaf.der().clone()], roots: vec![self.root.clone()] })
         })
     }
 }
@@ -191,4 +211,49 @@ pub fn write_dev_root(dir: &Path) -> Result<(), Error> {
     };
     write("root.pem", cert.pem())?;
     write("root-key.pem", key.serialize_pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use rcgen::CertificateParams;
+
+    use super::*;
+
+    fn csr_for(identity: &Identity) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.to_string().try_into().unwrap())];
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_last_pem_is_the_whole_trust_bundle_and_a_leaf_must_name_who_asked_and_chain_to_it() {
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_dev_root(first.path()).unwrap();
+        write_dev_root(second.path()).unwrap();
+        let (ca, other) = (FileCa::load(first.path()).unwrap(), FileCa::load(second.path()).unwrap());
+        let cart = Identity::new("cluster.local", "shop", "cart");
+        let issued = ca.sign(&cart, &csr_for(&cart), Duration::from_secs(3600)).await.unwrap();
+        let now = SystemTime::now();
+        assert_eq!(crate::tls::verify::issued(&issued.chain, &issued.roots, &cart, now), Ok(()));
+        let payments = Identity::new("cluster.local", "shop", "payments");
+        assert!(crate::tls::verify::issued(&issued.chain, &issued.roots, &payments, now).is_err());
+        let strangers = [other.root.clone()];
+        assert!(crate::tls::verify::issued(&issued.chain, &strangers, &cart, now).is_err());
+
+        // Istio's form: leaf, then one PEM holding both roots of a rotation's overlap.
+        let read =
+            |dir: &tempfile::TempDir, name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        let key = KeyPair::from_pem(&read(&first, "root-key.pem")).unwrap();
+        let issuer = Issuer::from_ca_cert_pem(&read(&first, "root.pem"), key).unwrap();
+        let leaf =
+            CertificateSigningRequestParams::from_pem(&csr_for(&cart)).unwrap().signed_by(&issuer).unwrap();
+        let bundle = format!("{}{}", read(&second, "root.pem"), read(&first, "root.pem"));
+        let answer = Issued::from_pems(&[leaf.pem(), bundle]).unwrap();
+        assert_eq!((answer.chain.len(), answer.roots.len()), (1, 2));
+        assert_eq!(crate::tls::verify::issued(&answer.chain, &answer.roots, &cart, now), Ok(()));
+        assert!(Issued::from_pems(&[read(&first, "root.pem")]).is_err(), "no leaf");
+    }
 }

@@ -222,18 +222,17 @@ impl Manager {
         let uri = rcgen::string::Ia5String::try_from(identity.to_string()).map_err(material)?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         let csr = params.serialize_request(&key).map_err(material)?.pem().map_err(material)?;
-        let mut chain = self.ca.sign(identity, &csr, self.ttl).await?;
-        if chain.len() < 2 {
-            return Err(Error::Material("CA answered without a root".into()));
-        }
-        let root = chain.pop().expect("invariant: at least two certificates");
-        let leaf = chain.first().expect("invariant: at least one certificate left");
-        let (not_before, not_after) = validity(leaf)?;
+        let issued = self.ca.sign(identity, &csr, self.ttl).await?;
+        // Never present, or trust by, what the CA got wrong: another identity, a broken chain.
+        crate::tls::verify::issued(&issued.chain, &issued.roots, identity, self.clock.now()).map_err(
+            |error| Error::Material(format!("CA issued a bad certificate for {identity}: {error}")),
+        )?;
+        let (not_before, not_after) = validity(&issued.chain[0])?;
         Ok(WorkloadCert {
             identity: identity.clone(),
-            chain,
+            chain: issued.chain,
             key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            roots: vec![root],
+            roots: issued.roots,
             not_before,
             not_after,
         })
@@ -314,7 +313,7 @@ mod tests {
             _identity: &'a Identity,
             csr_pem: &'a str,
             validity: Duration,
-        ) -> BoxFuture<'a, Result<Vec<CertificateDer<'static>>, Error>> {
+        ) -> BoxFuture<'a, Result<super::super::ca::Issued, Error>> {
             Box::pin(async move {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
                 if self.down.load(Ordering::SeqCst) {
@@ -327,7 +326,8 @@ mod tests {
                 csr.params.not_before = now.into();
                 csr.params.not_after = (now + validity).into();
                 self.signed.fetch_add(1, Ordering::SeqCst);
-                Ok(vec![csr.signed_by(&self.issuer).unwrap().der().clone(), self.root.clone()])
+                let leaf = csr.signed_by(&self.issuer).unwrap().der().clone();
+                Ok(super::super::ca::Issued { chain: vec![leaf], roots: vec![self.root.clone()] })
             })
         }
     }

@@ -16,6 +16,41 @@ use rustls::{
 
 use crate::identity::Identity;
 
+/// Checks a certificate the CA issued for `identity` before it is used: the leaf (first of
+/// `chain`) names exactly that identity and chains, through the rest of `chain`, to one of
+/// `roots` at `now`, for both the client and the server side of HBONE.
+pub fn issued(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    identity: &Identity,
+    now: std::time::SystemTime,
+) -> Result<(), String> {
+    let leaf = chain.first().ok_or("no certificate")?;
+    let named = identity_of(leaf)?;
+    if named != *identity {
+        return Err(format!("the certificate names {named}, not {identity}"));
+    }
+    let anchors = roots
+        .iter()
+        .map(|root| webpki::anchor_from_trusted_cert(root).map_err(|error| format!("trust bundle: {error}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let since_epoch = now.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|error| error.to_string())?;
+    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+        cert.verify_for_usage(
+            crate::tls::provider().signature_verification_algorithms.all,
+            &anchors,
+            &chain[1..],
+            UnixTime::since_unix_epoch(since_epoch),
+            usage,
+            None,
+            None,
+        )
+        .map_err(|error| format!("the certificate does not chain to the trust bundle: {error}"))?;
+    }
+    Ok(())
+}
+
 /// Verifies a destination's certificate: chains to the roots and names `expected`.
 #[derive(Debug)]
 pub struct ServerVerifier {
