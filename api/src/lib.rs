@@ -5,6 +5,7 @@
 //! to domain types live with each consumer.
 
 pub mod admin;
+pub mod clock;
 pub mod enrollment;
 #[cfg(feature = "kubernetes")]
 pub mod watch;

@@ -53,20 +53,7 @@ pub enum Refusal {
     Expired,
 }
 
-/// The time, as the CA sees it: the system's, or a test's.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system clock.
-#[derive(Debug)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+pub use weft_api::clock::{Clock, SystemClock};
 
 /// The CA state in use, ready to sign.
 struct Signing {

@@ -26,20 +26,7 @@ const BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_se
 /// How often the background refresher looks for certificates past half-life.
 pub const REFRESH_TICK: Duration = Duration::from_secs(1);
 
-/// The time, replaceable in tests.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> SystemTime;
-}
-
-/// The system's clock.
-#[derive(Debug)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> SystemTime {
-        SystemTime::now()
-    }
-}
+pub use weft_api::clock::{Clock, SystemClock};
 
 /// One identity's certificate and the state of its renewal.
 #[derive(Default)]
