@@ -1,6 +1,8 @@
 //! The HBONE pool against a real HBONE server: streams share a connection up to the per-
 //! connection limit, more load opens another connection to the same peer, finished streams
-//! free their places for reuse, and connections idle for the timeout are released.
+//! free their places for reuse, connections idle for the timeout are released, openers of a
+//! black-holed peer share one attempt while others go ahead, and a connection whose stream fails
+//! for any reason leaves the pool.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -159,4 +161,108 @@ async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
     assert_eq!(released.accepted(), 2, "an idle connection is not reused past the timeout");
     released.pool.release_idle();
     assert_eq!(released.pool.connections().await, 0, "and the sweep releases it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openers_of_a_black_holed_peer_share_one_attempt_and_stall_no_one_else() {
+    let healthy = Peer::start(4, PoolSettings::default().idle_timeout).await;
+    // A peer that accepts TCP and never answers the TLS handshake.
+    let hole = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, 5);
+    let listener = TcpListener::bind((hole, hbone::PORT)).await.unwrap();
+    let (accepted, first) = (Arc::new(AtomicUsize::new(0)), Arc::new(tokio::sync::Notify::new()));
+    let (counter, notify) = (accepted.clone(), first.clone());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            notify.notify_one();
+            held.push(tcp);
+        }
+    });
+    let mut stalled = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let (pool, cert, here, server_id, source) = (
+            healthy.pool.clone(),
+            healthy.cert.clone(),
+            healthy.here.clone(),
+            healthy.server_id.clone(),
+            healthy.source,
+        );
+        let target = SocketAddr::new(IpAddr::V4(hole), 8080);
+        stalled.spawn(async move { pool.open(&here, &cert, &server_id, target, source).await.map(drop) });
+    }
+    first.notified().await;
+
+    // Meanwhile the same pool reaches a healthy peer at once.
+    let tunnel = healthy.open(1).await;
+    assert_eq!(stalled.len(), 3);
+    assert!(stalled.try_join_next().is_none(), "the black-holed openers are still waiting");
+    drop(tunnel);
+    let mut failed = 0;
+    while let Some(opened) = stalled.join_next().await {
+        assert!(opened.unwrap().is_err());
+        failed += 1;
+    }
+    assert_eq!(failed, 3);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "three openers, one attempt");
+}
+
+/// Delivers every stream to one upstream, except that the first CONNECT after `hang` is set is
+/// never answered.
+struct HangOnce {
+    upstream: SocketAddr,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Handler for HangOnce {
+    async fn connect(&self, _request: ConnectRequest) -> Result<TcpStream, Refusal> {
+        if self.hang.swap(false, Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        TcpStream::connect(self.upstream).await.map_err(|error| Refusal::Unavailable(error.to_string()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_whose_stream_times_out_is_dropped_and_the_open_retried_on_a_new_one() {
+    let ca = TestCa::new("pool");
+    let (client_id, server_id) =
+        (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
+    let ip = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, 6);
+    let listener = TcpListener::bind((ip, hbone::PORT)).await.unwrap();
+    let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = upstream.accept().await {
+            held.push(tcp);
+        }
+    });
+    let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acceptor = TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap());
+    let (handler, counter) =
+        (Arc::new(HangOnce { upstream: upstream_addr, hang: hang.clone() }), accepted.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
+            });
+        }
+    });
+    let pool = Pool::new(Arc::default(), PoolSettings::default());
+    let here =
+        Netns::new(std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(), home_netns().unwrap());
+    let cert = ca.issue(&client_id);
+    let (target, source) = (SocketAddr::new(IpAddr::V4(ip), 8080), "10.244.0.10:40000".parse().unwrap());
+
+    let first = pool.open(&here, &cert, &server_id, target, source).await.unwrap();
+    hang.store(true, Ordering::SeqCst);
+    // Not an HTTP/2 error: the CONNECT is never answered. The connection goes all the same.
+    let second = pool.open(&here, &cert, &server_id, target, source).await.unwrap();
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the retry opened a new connection");
+    assert_eq!(pool.connections().await, 1, "the connection that timed out left the pool");
+    drop((first, second));
 }

@@ -35,6 +35,8 @@ pub enum Error {
     Timeout { target: SocketAddr },
     #[error("CONNECT to {target} refused with {status}")]
     Refused { target: SocketAddr, status: StatusCode },
+    #[error("connecting to {peer} (for several streams at once): {reason}")]
+    Shared { peer: SocketAddr, reason: String },
 }
 
 /// An established HBONE connection; cheap to clone (clones share the connection).

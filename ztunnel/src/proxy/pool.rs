@@ -5,6 +5,10 @@
 //! same peer, so one TCP connection's window never caps a busy pair. A connection the peer
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
 //! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
+//! No lock is held while a connection is being made: openers that need one while another is
+//! being made wait for that attempt and share its outcome, so a black-holed peer costs its
+//! openers one handshake timeout, together, and nobody else anything. A pooled connection on
+//! which a stream fails for any reason but the peer's refusal is dropped.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -49,7 +53,53 @@ impl Pooled {
     }
 }
 
-type Slot = Arc<tokio::sync::Mutex<Vec<Pooled>>>;
+/// One key's connections, and the connect under way for it, if any.
+#[derive(Debug, Default)]
+struct Connections {
+    pooled: Vec<Pooled>,
+    /// Resolves (to `Some`) when the connect under way ends: `Ok` once its connection is
+    /// pooled, `Err` with the reason it failed.
+    connecting: Option<tokio::sync::watch::Receiver<Option<Result<(), String>>>>,
+}
+
+type Slot = Arc<Mutex<Connections>>;
+
+fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Connections> {
+    slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What an opener does next.
+enum Next {
+    /// Use this pooled connection (its stream already counted).
+    Reuse(Connection, Active),
+    /// Wait for another opener's connect.
+    Wait(tokio::sync::watch::Receiver<Option<Result<(), String>>>),
+    /// Connect, telling waiters through this sender.
+    Connect(Connecting),
+}
+
+/// The connect an opener makes for its key; dropped before it finished (the opener was
+/// cancelled), it lets the waiters go with an error rather than leaving them waiting.
+struct Connecting {
+    slot: Slot,
+    done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Connecting {
+    fn finish(self, outcome: Result<(), String>) {
+        lock(&self.slot).connecting = None;
+        let _ = self.done.send(Some(outcome));
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        if self.done.borrow().is_none() {
+            lock(&self.slot).connecting = None;
+            let _ = self.done.send(Some(Err("the opener gave up".into())));
+        }
+    }
+}
 
 /// How the pool shares connections (Istio's `POOL_MAX_STREAMS_PER_CONNECTION` and
 /// `POOL_UNUSED_RELEASE_TIMEOUT`).
@@ -116,42 +166,81 @@ impl Pool {
     ) -> Result<Tunnel, hbone::client::Error> {
         let key = (cert.identity.clone(), expected.clone(), target.ip(), source.ip().to_canonical());
         let slot = self.connections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
-        // One attempt on a pooled connection, and one on a fresh one if that was dead.
-        for fresh in [false, true] {
-            let (connection, active) = {
-                let mut pooled = slot.lock().await;
-                pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
-                let reusable = pooled.iter().find(|pooled| {
-                    !fresh && pooled.active.open.load(Ordering::Acquire) < self.settings.max_streams
-                });
-                let (connection, active) = match reusable {
-                    Some(pooled) => (pooled.connection.clone(), pooled.active.clone()),
-                    None => {
-                        let started = std::time::Instant::now();
-                        let connection = connect(netns, cert, expected, target.ip()).await?;
-                        self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
-                        let active = Arc::new(Streams {
-                            open: AtomicUsize::new(0),
-                            idle_since: Mutex::new(Instant::now()),
-                        });
-                        pooled.push(Pooled { connection: connection.clone(), active: active.clone() });
-                        (connection, active)
+        // A pooled connection that fails is dropped and the open tried once more, on a new one.
+        let mut may_retry = true;
+        loop {
+            let (connection, active, reused) = match self.next(&slot, may_retry) {
+                Next::Reuse(connection, active) => (connection, active, true),
+                Next::Wait(mut done) => {
+                    let outcome = done.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
+                    match outcome {
+                        Ok(Some(Err(reason))) => {
+                            let peer = SocketAddr::new(target.ip(), hbone::PORT);
+                            return Err(hbone::client::Error::Shared { peer, reason });
+                        }
+                        // Pooled now (or the connector vanished): look again.
+                        _ => continue,
                     }
-                };
-                // Counted before the lock goes, so concurrent openers see it.
-                active.open.fetch_add(1, Ordering::AcqRel);
-                (connection, Active(active))
+                }
+                Next::Connect(connecting) => {
+                    let started = std::time::Instant::now();
+                    match connect(netns, cert, expected, target.ip()).await {
+                        Ok(connection) => {
+                            self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
+                            // Counted as ours before other openers can see it.
+                            let active = Arc::new(Streams {
+                                open: AtomicUsize::new(1),
+                                idle_since: Mutex::new(Instant::now()),
+                            });
+                            lock(&slot)
+                                .pooled
+                                .push(Pooled { connection: connection.clone(), active: active.clone() });
+                            connecting.finish(Ok(()));
+                            (connection, Active(active), false)
+                        }
+                        Err(error) => {
+                            connecting.finish(Err(error.to_string()));
+                            return Err(error);
+                        }
+                    }
+                }
             };
             match connection.open(target, source).await {
                 Ok(stream) => return Ok(Tunnel { stream, _active: active }),
-                Err(hbone::client::Error::Http2(error)) if !fresh => {
-                    tracing::debug!(%error, "pooled HBONE connection unusable; reconnecting");
-                    slot.lock().await.retain(|pooled| !Arc::ptr_eq(&pooled.active, &active.0));
+                // The peer answered: the connection is fine.
+                Err(error @ hbone::client::Error::Refused { .. }) => return Err(error),
+                Err(error) => {
+                    tracing::debug!(%error, "HBONE connection unusable; dropped from the pool");
+                    lock(&slot).pooled.retain(|pooled| !Arc::ptr_eq(&pooled.active, &active.0));
+                    if !(reused && may_retry) {
+                        return Err(error);
+                    }
+                    may_retry = false;
                 }
-                Err(error) => return Err(error),
             }
         }
-        unreachable!("the second attempt always returns")
+    }
+
+    /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off),
+    /// else the connect under way, else a connect for the caller to make.
+    fn next(&self, slot: &Slot, reuse: bool) -> Next {
+        let mut connections = lock(slot);
+        connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
+        let reusable = connections
+            .pooled
+            .iter()
+            .find(|pooled| reuse && pooled.active.open.load(Ordering::Acquire) < self.settings.max_streams);
+        if let Some(pooled) = reusable {
+            // Counted before the lock goes, so concurrent openers see it.
+            pooled.active.open.fetch_add(1, Ordering::AcqRel);
+            return Next::Reuse(pooled.connection.clone(), Active(pooled.active.clone()));
+        }
+        if let Some(done) = &connections.connecting {
+            return Next::Wait(done.clone());
+        }
+        let (done, waiting) = tokio::sync::watch::channel(None);
+        connections.connecting = Some(waiting);
+        Next::Connect(Connecting { slot: slot.clone(), done })
     }
 
     /// Drops the connections opened for a pod with `addresses` (it left the node): their
@@ -162,14 +251,14 @@ impl Pool {
     }
 
     /// Releases the connections idle for the timeout, and the keys left without any. Run
-    /// periodically; a key busy opening is skipped until the next round.
+    /// periodically.
     pub fn release_idle(&self) {
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, slot| {
-            let Ok(mut pooled) = slot.try_lock() else { return true };
-            pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
+            let mut connections = lock(slot);
+            connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
             // Openers clone the slot under the map's lock, held here: a count of one means no
             // opener holds it.
-            !pooled.is_empty() || Arc::strong_count(slot) > 1
+            !connections.pooled.is_empty() || Arc::strong_count(slot) > 1
         });
     }
 
@@ -182,11 +271,7 @@ impl Pool {
     pub async fn connections(&self) -> usize {
         let slots: Vec<_> =
             self.connections.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
-        let mut count = 0;
-        for slot in slots {
-            count += slot.lock().await.len();
-        }
-        count
+        slots.iter().map(|slot| lock(slot).pooled.len()).sum()
     }
 }
 
