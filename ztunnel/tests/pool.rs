@@ -52,6 +52,15 @@ struct Peer {
 
 impl Peer {
     async fn start(octet: u8, idle_timeout: Duration) -> Self {
+        Self::start_with(octet, idle_timeout, ToUpstream).await
+    }
+
+    /// A peer whose streams `handler(upstream)` delivers.
+    async fn start_with<H: Handler>(
+        octet: u8,
+        idle_timeout: Duration,
+        handler: impl FnOnce(SocketAddr) -> H,
+    ) -> Self {
         let ca = TestCa::new("pool");
         let (client_id, server_id) =
             (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
@@ -68,7 +77,7 @@ impl Peer {
         let accepted = Arc::new(AtomicUsize::new(0));
         let (acceptor, counter) =
             (TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()), accepted.clone());
-        let handler = Arc::new(ToUpstream(upstream_addr));
+        let handler = Arc::new(handler(upstream_addr));
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -225,44 +234,16 @@ impl Handler for HangOnce {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_connection_whose_stream_times_out_is_dropped_and_the_open_retried_on_a_new_one() {
-    let ca = TestCa::new("pool");
-    let (client_id, server_id) =
-        (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
-    let ip = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, 6);
-    let listener = TcpListener::bind((ip, hbone::PORT)).await.unwrap();
-    let upstream = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = upstream.accept().await {
-            held.push(tcp);
-        }
-    });
     let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let acceptor = TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap());
-    let (handler, counter) =
-        (Arc::new(HangOnce { upstream: upstream_addr, hang: hang.clone() }), accepted.clone());
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            let (acceptor, handler) = (acceptor.clone(), handler.clone());
-            tokio::spawn(async move {
-                let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
-            });
-        }
-    });
-    let pool = Pool::new(Arc::default(), PoolSettings::default());
-    let here =
-        Netns::new(std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(), home_netns().unwrap());
-    let cert = ca.issue(&client_id);
-    let (target, source) = (SocketAddr::new(IpAddr::V4(ip), 8080), "10.244.0.10:40000".parse().unwrap());
+    let flag = hang.clone();
+    let idle_timeout = PoolSettings::default().idle_timeout;
+    let peer = Peer::start_with(6, idle_timeout, move |upstream| HangOnce { upstream, hang: flag }).await;
 
-    let first = pool.open(&here, &cert, &server_id, target, source).await.unwrap();
+    let first = peer.open(1).await;
     hang.store(true, Ordering::SeqCst);
     // Not an HTTP/2 error: the CONNECT is never answered. The connection goes all the same.
-    let second = pool.open(&here, &cert, &server_id, target, source).await.unwrap();
-    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the retry opened a new connection");
-    assert_eq!(pool.connections().await, 1, "the connection that timed out left the pool");
+    let second = peer.open(1).await;
+    assert_eq!(peer.accepted(), 2, "the retry opened a new connection");
+    assert_eq!(peer.pool.connections().await, 1, "the connection that timed out left the pool");
     drop((first, second));
 }
