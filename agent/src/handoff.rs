@@ -34,7 +34,13 @@ pub enum Error {
     Version(i32),
     #[error("cannot tell which cgroup the process on the handoff socket runs in")]
     Peer(#[source] std::io::Error),
+    #[error("ztunnel did not answer within {REQUEST_TIMEOUT:?}")]
+    Timeout,
 }
+
+/// How long ztunnel may take to answer one request: binding a pod's listeners and fetching its
+/// certificate (the CA's own timeout is 10 s). A ztunnel that takes longer is treated as hung.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The listening handoff socket.
 #[derive(Debug)]
@@ -61,7 +67,7 @@ impl Server {
         }
         let proxy_cgroup =
             crate::proxy_cgroup::of_peer(channel.as_fd(), &self.proc_root).map_err(Error::Peer)?;
-        Ok(Session { channel, proxy_cgroup })
+        Ok(Session { channel, proxy_cgroup, broken: std::sync::atomic::AtomicBool::new(false) })
     }
 }
 
@@ -70,9 +76,18 @@ impl Server {
 pub struct Session {
     channel: Channel,
     proxy_cgroup: PathBuf,
+    /// Set when a request timed out or the channel failed: the conversation is out of step
+    /// (a late answer would be taken for the next request's), so the session must be dropped.
+    broken: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
+    /// Whether a request timed out or failed on the channel: drop the session (ztunnel
+    /// reconnects and gets the whole snapshot).
+    pub fn broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The cgroup v2 directory the connected proxy runs in.
     pub fn proxy_cgroup(&self) -> &Path {
         &self.proxy_cgroup
@@ -110,8 +125,24 @@ impl Session {
         payload: Payload,
         fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<(), Error> {
-        self.channel.send(&WorkloadRequest { payload: Some(payload) }, fd).await?;
-        let (response, _) = self.channel.recv::<WorkloadResponse>().await?;
+        if self.broken() {
+            return Err(Error::Timeout);
+        }
+        let exchange = async {
+            self.channel.send(&WorkloadRequest { payload: Some(payload) }, fd).await?;
+            self.channel.recv::<WorkloadResponse>().await
+        };
+        let response = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Ok(Ok((response, _))) => response,
+            Ok(Err(error)) => {
+                self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(error.into());
+            }
+            Err(_) => {
+                self.broken.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Err(Error::Timeout);
+            }
+        };
         match response.payload {
             Some(workload_response::Payload::Ack(ack)) if ack.error.is_empty() => Ok(()),
             Some(workload_response::Payload::Ack(ack)) => {
@@ -119,5 +150,30 @@ impl Session {
             }
             None => Err(Error::Refused { uid: uid.to_owned(), reason: "empty response".into() }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ztunnel_that_never_answers_times_out_and_breaks_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zds.sock");
+        let server = Server::bind(&path, Path::new("/proc")).unwrap();
+        // A ztunnel that says hello and then never acknowledges anything.
+        let hung = tokio::spawn(async move {
+            let channel = Channel::connect(&path).await.unwrap();
+            channel.send(&zds::ZdsHello { version: zds::Version::V1 as i32 }, None).await.unwrap();
+            std::future::pending::<()>().await;
+            drop(channel);
+        });
+        let session = server.accept().await.unwrap();
+        assert!(!session.broken());
+        assert!(matches!(session.delete("uid-1").await, Err(Error::Timeout)));
+        assert!(session.broken());
+        assert!(matches!(session.snapshot_sent().await, Err(Error::Timeout)), "no request after a timeout");
+        hung.abort();
     }
 }

@@ -102,7 +102,11 @@ pub async fn run<C: Capture>(
                     Ok(()) => {
                         tracing::info!("ztunnel connected; sending the snapshot");
                         agent.session = Some(session);
-                        agent.send_snapshot(&wanted(&pods, &namespaces)).await;
+                        let now_wanted = wanted(&pods, &namespaces);
+                        tokio::select! {
+                            () = &mut shutdown => return Ok(()),
+                            () = agent.send_snapshot(&now_wanted) => {}
+                        }
                     }
                     Err(error) => tracing::warn!(%error, "cannot exempt the connected ztunnel from capture; refusing it"),
                 },
@@ -115,7 +119,16 @@ pub async fn run<C: Capture>(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
         let wanted = wanted(&pods, &namespaces);
-        agent.reconcile(&wanted).await;
+        // Shutdown never waits for ztunnel (each request is bounded anyway).
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = agent.reconcile(&wanted) => {}
+        }
+        if agent.session.as_ref().is_some_and(handoff::Session::broken) {
+            // Closing it makes ztunnel reconnect and take the whole snapshot again.
+            tracing::warn!("ztunnel stopped answering the handoff; dropping the connection");
+            agent.session = None;
+        }
         agent.report_capture(&pods);
         agent.status.set_datapath_counters(&agent.capture.counters());
     }
