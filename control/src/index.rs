@@ -322,7 +322,7 @@ fn workload(naming: &Naming, pod: &Pod, enrolled: bool) -> Option<(Claim, api::W
         trust_domain: naming.trust_domain.clone(),
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
         node: spec.node_name.clone().unwrap_or_default(),
-        workload_name: metadata.name.clone().unwrap_or_default(),
+        workload_name: workload_name(metadata),
         // Healthy: running and Ready, as its kubelet reports, and not shutting down.
         status: if status.phase.as_deref() == Some("Running")
             && ready
@@ -421,6 +421,32 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes
         .iter()
         .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// The name of the workload a pod belongs to, as Istio derives it for metrics and telemetry:
+/// its controller's — a Deployment's for a ReplicaSet's pod (the ReplicaSet's name less the
+/// pod template hash), a CronJob's for its Job's pod (less the schedule suffix) — else its own.
+/// Pods come and go; this name stays, so per-workload metric series stay few.
+fn workload_name(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    let pod = metadata.name.clone().unwrap_or_default();
+    let Some(owner) = metadata.owner_references.iter().flatten().find(|owner| owner.controller == Some(true))
+    else {
+        return pod;
+    };
+    let hash = metadata.labels.as_ref().and_then(|labels| labels.get("pod-template-hash"));
+    match (owner.kind.as_str(), hash) {
+        ("ReplicaSet", Some(hash)) => {
+            owner.name.strip_suffix(&format!("-{hash}")).unwrap_or(&owner.name).to_owned()
+        }
+        ("Job", _) => match owner.name.rsplit_once('-') {
+            // CronJobs name their Jobs `<cronjob>-<minutes since the epoch>`.
+            Some((cron_job, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => {
+                cron_job.to_owned()
+            }
+            _ => owner.name.clone(),
+        },
+        _ => owner.name.clone(),
+    }
 }
 
 #[cfg(test)]

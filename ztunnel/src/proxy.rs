@@ -124,6 +124,15 @@ impl Context {
 
     /// Metric labels for a connection from `source` (a pod here, or a workload by address) to
     /// `destination`.
+    /// The name metrics give the local `pod` at `address`: its workload's, once the
+    /// configuration names it, else the pod's own.
+    pub fn metrics_name(&self, pod: &Pod, address: IpAddr) -> String {
+        match self.state.workload_by_ip(address) {
+            Some(workload) if workload.uid == pod.uid => workload.metrics_name().to_owned(),
+            _ => pod.name.clone(),
+        }
+    }
+
     pub fn labels(
         &self,
         reporter: crate::metrics::Reporter,

@@ -41,6 +41,9 @@ pub struct Workload {
     pub uid: String,
     pub name: String,
     pub namespace: String,
+    /// The workload it belongs to (its Deployment, ...): what metrics name it by.
+    #[serde(default)]
+    pub workload_name: String,
     pub service_account: String,
     pub addresses: Vec<IpAddr>,
     pub node: String,
@@ -67,6 +70,12 @@ fn healthy() -> bool {
 impl Workload {
     pub fn identity(&self, trust_domain: &str) -> Identity {
         Identity::new(trust_domain, &self.namespace, &self.service_account)
+    }
+
+    /// The name metrics label it with: its workload's (as Istio's `source_workload`), or the
+    /// pod's when none was given. Pods come and go; workload names stay, and so do series.
+    pub fn metrics_name(&self) -> &str {
+        if self.workload_name.is_empty() { &self.name } else { &self.workload_name }
     }
 }
 
@@ -449,6 +458,7 @@ mod tests {
             uid: uid.into(),
             name: uid.into(),
             namespace: "ns".into(),
+            workload_name: String::new(),
             service_account: "sa".into(),
             addresses: vec![ip.parse().unwrap()],
             node: "node0".into(),

@@ -439,3 +439,28 @@ fn a_policy_is_served_and_named_by_the_pods_its_selector_picks() {
     assert!(!status("audit").served && !status("audit").notes.is_empty());
     assert_eq!(snapshot.dump()["policies"].as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn a_pod_is_named_for_metrics_by_its_deployment_cron_job_or_other_controller_else_itself() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    let meta = |owner: Option<(&str, &str)>, hash: Option<&str>| ObjectMeta {
+        name: Some("pod-abc12".into()),
+        owner_references: owner.map(|(kind, name)| {
+            vec![OwnerReference {
+                kind: kind.into(),
+                name: name.into(),
+                controller: Some(true),
+                ..Default::default()
+            }]
+        }),
+        labels: hash.map(|hash| [("pod-template-hash".to_owned(), hash.to_owned())].into()),
+        ..Default::default()
+    };
+    let named = |owner, hash| super::workload_name(&meta(owner, hash));
+    assert_eq!(named(Some(("ReplicaSet", "web-7d4b9c")), Some("7d4b9c")), "web");
+    assert_eq!(named(Some(("ReplicaSet", "web-7d4b9c")), None), "web-7d4b9c");
+    assert_eq!(named(Some(("Job", "backup-29012345")), None), "backup");
+    assert_eq!(named(Some(("Job", "migrate")), None), "migrate");
+    assert_eq!(named(Some(("StatefulSet", "db")), None), "db");
+    assert_eq!(named(None, None), "pod-abc12");
+}

@@ -96,14 +96,15 @@ impl Delivery {
     fn labels(&self, request: &ConnectRequest) -> crate::metrics::ConnectionLabels {
         let source = request.forwarded_for.and_then(|addr| self.context.state.workload_by_ip(addr.ip()));
         let source = match &source {
-            Some(workload) => (workload.name.as_str(), workload.namespace.as_str(), &request.peer),
+            Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &request.peer),
             None => ("unknown", request.peer.namespace.as_str(), &request.peer),
         };
         let destination = self.pod.identity(&self.context.trust_domain);
+        let name = self.context.metrics_name(&self.pod, canonical(request.target).ip());
         self.context.labels(
             Reporter::Destination,
             Some(source),
-            Some((&self.pod.name, &self.pod.namespace, &destination)),
+            Some((&name, &self.pod.namespace, &destination)),
             true,
         )
     }

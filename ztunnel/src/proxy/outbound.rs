@@ -170,8 +170,8 @@ async fn proxy(
                 };
                 let labels = context.labels(
                     Reporter::Source,
-                    Some((&pod.name, &pod.namespace, &source)),
-                    Some((&workload.name, &workload.namespace, &expected)),
+                    Some((&context.metrics_name(pod, peer.ip()), &pod.namespace, &source)),
+                    Some((workload.metrics_name(), &workload.namespace, &expected)),
                     true,
                 );
                 context.metrics.opened(&labels);
@@ -196,8 +196,9 @@ async fn proxy(
                         continue;
                     }
                 };
+                let name = context.metrics_name(pod, peer.ip());
                 let labels =
-                    context.labels(Reporter::Source, Some((&pod.name, &pod.namespace, &source)), None, false);
+                    context.labels(Reporter::Source, Some((&name, &pod.namespace, &source)), None, false);
                 context.metrics.opened(&labels);
                 let live = context.live.register(
                     format!("{}/{}", pod.namespace, pod.name),

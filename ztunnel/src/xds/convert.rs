@@ -94,6 +94,7 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         uid: workload.uid,
         name: workload.name,
         namespace: workload.namespace,
+        workload_name: workload.workload_name,
         addresses,
         node: workload.node,
         protocol,
@@ -260,12 +261,21 @@ mod tests {
 
     #[test]
     fn converts_a_workload_with_defaults_filled_in() {
-        let update = update(&response(workload(vec![vec![10, 0, 0, 1], vec![0; 16]]))).unwrap();
-        let Address::Workload(converted) = &update.changed[0].2 else { panic!("not a workload") };
+        let converted = update(&response(workload(vec![vec![10, 0, 0, 1], vec![0; 16]]))).unwrap();
+        let Address::Workload(converted) = &converted.changed[0].2 else { panic!("not a workload") };
         assert_eq!(converted.addresses, vec!["10.0.0.1".parse::<IpAddr>().unwrap(), "::".parse().unwrap()]);
         assert_eq!(converted.service_account, "default");
         assert_eq!(converted.services["ns/web"], vec![PortMapping { service_port: 80, target_port: 80 }]);
         assert!(converted.healthy);
+        // No workload name given: metrics fall back to the pod's.
+        assert_eq!(converted.metrics_name(), converted.name);
+        let mut named = workload(vec![]);
+        if let Some(api::address::Type::Workload(workload)) = &mut named.r#type {
+            workload.workload_name = "web".into();
+        }
+        let named = update(&response(named)).unwrap();
+        let Address::Workload(converted) = &named.changed[0].2 else { panic!("not a workload") };
+        assert_eq!(converted.metrics_name(), "web");
     }
 
     #[test]
