@@ -35,6 +35,25 @@ pub mod window {
 /// Largest decoded header list accepted (a CONNECT needs a few hundred bytes).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// How often each end of an HBONE connection PINGs the other, and how long it waits for the
+/// answer before it gives the connection up: a peer that vanished (a node gone, a half-open TCP
+/// connection) must not hold the connection and its streams forever.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// PINGs the peer every [`KEEPALIVE_INTERVAL`]; resolves when one goes unanswered for
+/// [`KEEPALIVE_TIMEOUT`] (or the connection failed). The connection must be driven meanwhile.
+pub(crate) async fn keepalive(mut ping_pong: h2::PingPong) -> String {
+    loop {
+        tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEPALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            Ok(Err(error)) => return error.to_string(),
+            Err(_) => return format!("no answer to a PING within {KEEPALIVE_TIMEOUT:?}"),
+        }
+    }
+}
+
 /// One HBONE stream as a byte stream: reads come from the peer's DATA frames (flow-control
 /// credit returned as the bytes are consumed), writes become DATA frames, shutdown sends
 /// END_STREAM. A peer's RST_STREAM surfaces as `ConnectionReset`.
@@ -124,5 +143,59 @@ impl AsyncWrite for Stream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(io_error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    /// An HTTP/2 connection over an in-memory pipe (no I/O driver, so paused time is safe):
+    /// the server's ping handle, the client's connection to drive or not, and the server's.
+    async fn pair() -> (
+        h2::PingPong,
+        (h2::client::SendRequest<Bytes>, h2::client::Connection<tokio::io::DuplexStream, Bytes>),
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+    ) {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(h2::server::handshake(server_io));
+        let (send_request, client) = h2::client::handshake(client_io).await.unwrap();
+        // The server's handshake completes once the client's preface is read.
+        let mut client = client;
+        let mut server = tokio::select! {
+            server = server => server.unwrap().unwrap(),
+            _ = &mut client => panic!("client connection ended"),
+        };
+        let ping_pong = server.ping_pong().unwrap();
+        (ping_pong, (send_request, client), server)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_given_up_and_one_that_answers_is_kept() {
+        let (ping_pong, (_handle, client), mut server) = pair().await;
+        let answering = tokio::spawn(client);
+        let kept = tokio::time::timeout(Duration::from_secs(300), async {
+            tokio::select! {
+                reason = super::keepalive(ping_pong) => reason,
+                _ = server.accept() => "server connection ended".to_owned(),
+            }
+        })
+        .await;
+        assert!(kept.is_err(), "an answering peer was given up: {kept:?}");
+        answering.abort();
+
+        let (ping_pong, silent, mut server) = pair().await;
+        let given_up = tokio::time::timeout(Duration::from_secs(300), async {
+            tokio::select! {
+                reason = super::keepalive(ping_pong) => reason,
+                _ = server.accept() => "server connection ended".to_owned(),
+            }
+        })
+        .await
+        .expect("a silent peer was kept");
+        assert!(given_up.contains("no answer"), "{given_up}");
+        drop(silent);
     }
 }

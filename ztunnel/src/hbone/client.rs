@@ -66,13 +66,20 @@ impl Connection {
                 .await
                 .map_err(Error::Http2)
         };
-        let (send_request, driver) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        let (send_request, mut driver) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| Error::HandshakeTimeout { peer })??;
-        // The driver ends by itself once the connection has no handles and no streams left.
+        let ping_pong = driver.ping_pong().expect("invariant: taken once, here");
+        // The driver ends by itself once the connection has no handles and no streams left;
+        // a peer that stops answering PINGs ends it too (its streams fail, the pool drops it).
         tokio::spawn(async move {
-            if let Err(error) = driver.await {
-                tracing::debug!(%peer, %error, "HBONE connection ended");
+            tokio::select! {
+                ended = driver => if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "HBONE connection ended");
+                },
+                reason = super::keepalive(ping_pong) => {
+                    tracing::info!(%peer, %reason, "HBONE peer unresponsive; connection closed");
+                }
             }
         });
         Ok(Self { send_request })

@@ -21,6 +21,10 @@ pub const MAX_STREAMS: u32 = 200;
 /// "rapid reset" attack opens and cancels streams to make the server do work for nothing.
 pub const MAX_RESETS: u32 = 200;
 pub const RESET_WINDOW: Duration = Duration::from_secs(10);
+/// How long a connection without streams stays open before the server says GOAWAY: longer
+/// than a client pool keeps an idle connection (Istio's: 5 min), so the client usually closes
+/// first.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A CONNECT that passed the protocol checks, for the handler to decide on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +115,8 @@ pub enum Error {
     Http2(#[source] h2::Error),
     #[error("client reset more than {MAX_RESETS} streams in {RESET_WINDOW:?}; connection closed")]
     TooManyResets,
+    #[error("client stopped answering: {0}")]
+    Unresponsive(String),
 }
 
 /// How a stream ended, as far as the connection cares.
@@ -171,20 +177,30 @@ pub async fn serve_connection<H: Handler>(
     let mut budget = ResetBudget::new();
     let mut draining = handler.draining();
     let mut going_away = false;
+    let keepalive = super::keepalive(connection.ping_pong().expect("invariant: taken once, here"));
+    tokio::pin!(keepalive);
+    let mut last_stream = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = drained(&mut draining), if !going_away => {
                 connection.graceful_shutdown();
                 going_away = true;
             }
+            () = tokio::time::sleep_until(last_stream + IDLE_TIMEOUT), if streams.is_empty() && !going_away => {
+                connection.graceful_shutdown();
+                going_away = true;
+            }
+            reason = &mut keepalive => return Err(Error::Unresponsive(reason)),
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    last_stream = tokio::time::Instant::now();
                     streams.spawn(serve_stream(request, respond, (peer.clone(), source), handler.clone()));
                 }
                 Some(Err(error)) => return Err(Error::Http2(error)),
                 None => break,
             },
             Some(ended) = streams.join_next(), if !streams.is_empty() => {
+                last_stream = tokio::time::Instant::now();
                 if ended.is_ok_and(|end| end == StreamEnd::ResetByPeer) && !budget.spend() {
                     connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                     // Drive the connection so the GOAWAY goes out; bounded.
