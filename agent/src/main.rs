@@ -23,62 +23,107 @@ struct Args {
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "parsed once at start")]
 enum Command {
-    /// Install (or adopt) the datapath, enroll the given pods, print `ready`, and run until
-    /// SIGTERM or SIGINT. Exiting leaves capture pinned and working.
+    /// The node agent: install (or adopt) the datapath, enroll this node's pods as the
+    /// Kubernetes API says (namespace or pod label `weft.dev/dataplane-mode=ambient`), hand each
+    /// to the ztunnel on `--zds-socket`, and run until SIGTERM or SIGINT. Exiting leaves capture
+    /// pinned and working.
     Run {
-        /// cgroup v2 directory holding this node's pods and proxy. Default: the kubelet's, found
-        /// in the cgroup v2 hierarchy (`kubepods.slice`, `kubepods`, or kind's
-        /// `kubelet.slice/kubelet-kubepods.slice`).
-        #[arg(long, env = "WEFT_CGROUP_ROOT")]
-        cgroup: Option<PathBuf>,
-        /// cgroup v2 directory holding the node's own processes, the kubelet among them: the
-        /// connections they open from `--node-netns` to enrolled pods (probes) reach the app
-        /// without the proxy. Default: the root of the cgroup v2 hierarchy `--cgroup` is in.
-        #[arg(long, env = "WEFT_NODE_CGROUP")]
-        node_cgroup: Option<PathBuf>,
-        /// The node's own network namespace. Default: the agent's.
-        #[arg(long, env = "WEFT_NODE_NETNS", default_value = "/proc/self/ns/net")]
-        node_netns: PathBuf,
-        /// Capacity of the enrollment map when it is created.
-        #[arg(long, default_value_t = weft_ebpf_common::MAX_ENROLLED)]
-        max_pods: u32,
-        /// A pod to enroll directly, without handing it to ztunnel, as `NETNS_PATH=IP[,IP]`
-        /// (for capture on its own).
-        #[arg(long = "enroll")]
-        enroll: Vec<StaticPod>,
-        /// Have the eBPF programs log their decisions (aya-log, at debug level).
-        #[arg(long, env = "WEFT_EBPF_DEBUG")]
-        ebpf_debug: bool,
-        /// cgroup v2 directory of a node proxy that does not connect to the handoff socket (a
-        /// ztunnel that connects is trusted by its own cgroup, learned from the connection):
-        /// its marked sockets escape capture, nobody else's do. Until one of the two names a
-        /// cgroup, the proxy mark alone is trusted.
-        #[arg(long, env = "WEFT_PROXY_CGROUP")]
-        proxy_cgroup: Option<PathBuf>,
-        /// Pods to hand to ztunnel and then enroll, as JSON
-        /// (`{"pods": [{"uid", "name", "namespace", "service_account", "netns", "ips"}]}`),
-        /// until the Kubernetes watch arrives. Needs `--zds-socket`.
-        #[arg(long, requires = "zds_socket")]
-        pods: Option<PathBuf>,
+        #[command(flatten)]
+        datapath: DatapathArgs,
+        /// This node's name.
+        #[arg(long, env = "WEFT_NODE_NAME")]
+        node: String,
         /// The pod-handoff socket ztunnel connects to.
         #[arg(long, env = "WEFT_ZDS_SOCKET")]
-        zds_socket: Option<PathBuf>,
-        /// This node's name: enroll its pods as the Kubernetes API says (namespace or pod label
-        /// `weft.dev/dataplane-mode=ambient`). Needs `--zds-socket`.
-        #[arg(long, env = "WEFT_NODE_NAME", requires = "zds_socket", conflicts_with = "pods")]
-        node: Option<String>,
+        zds_socket: PathBuf,
         /// kubeconfig file; without it, in-cluster configuration (or KUBECONFIG).
         #[arg(long, env = "WEFT_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
-        /// `/metrics`, `/healthz/ready` and `/config_dump` (with `--node`).
+        /// `/metrics`, `/healthz/ready` and `/config_dump`.
         #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15030")]
         monitoring_listen: std::net::SocketAddr,
         /// The host's /proc, where pods' processes (and so their network namespaces) are found.
         #[arg(long, env = "WEFT_PROC_ROOT", default_value = "/proc")]
         proc_root: PathBuf,
     },
+    /// Without Kubernetes, for tests and development: the datapath with pods named here, and
+    /// `ready` printed once they are enrolled. Not for clusters: nothing here follows the API.
+    Static {
+        #[command(flatten)]
+        datapath: DatapathArgs,
+        /// A pod to enroll in capture alone, without handing it to ztunnel, as
+        /// `NETNS_PATH=IP[,IP]`.
+        #[arg(long = "enroll")]
+        enroll: Vec<StaticPod>,
+        /// Pods to hand to the ztunnel on `--zds-socket` and then enroll, as JSON
+        /// (`{"pods": [{"uid", "name", "namespace", "service_account", "netns", "ips"}]}`).
+        #[arg(long, requires = "zds_socket")]
+        pods: Option<PathBuf>,
+        /// The pod-handoff socket ztunnel connects to.
+        #[arg(long)]
+        zds_socket: Option<PathBuf>,
+        /// Where the connecting ztunnel's process is found.
+        #[arg(long, default_value = "/proc")]
+        proc_root: PathBuf,
+    },
     /// Detach and remove everything pinned under the bpffs root.
     Uninstall,
+}
+
+/// The datapath's settings, for both ways of running.
+#[derive(Debug, clap::Args)]
+struct DatapathArgs {
+    /// cgroup v2 directory holding this node's pods and proxy. Default: the kubelet's, found
+    /// in the cgroup v2 hierarchy (`kubepods.slice`, `kubepods`, or kind's
+    /// `kubelet.slice/kubelet-kubepods.slice`).
+    #[arg(long, env = "WEFT_CGROUP_ROOT")]
+    cgroup: Option<PathBuf>,
+    /// cgroup v2 directory holding the node's own processes, the kubelet among them: the
+    /// connections they open from `--node-netns` to enrolled pods (probes) reach the app
+    /// without the proxy. Default: the root of the cgroup v2 hierarchy `--cgroup` is in.
+    #[arg(long, env = "WEFT_NODE_CGROUP")]
+    node_cgroup: Option<PathBuf>,
+    /// The node's own network namespace. Default: the agent's.
+    #[arg(long, env = "WEFT_NODE_NETNS", default_value = "/proc/self/ns/net")]
+    node_netns: PathBuf,
+    /// Capacity of the enrollment map when it is created.
+    #[arg(long, default_value_t = weft_ebpf_common::MAX_ENROLLED)]
+    max_pods: u32,
+    /// Have the eBPF programs log their decisions (aya-log, at debug level).
+    #[arg(long, env = "WEFT_EBPF_DEBUG")]
+    ebpf_debug: bool,
+    /// cgroup v2 directory of a node proxy that does not connect to the handoff socket (a
+    /// ztunnel that connects is trusted by its own cgroup, learned from the connection): its
+    /// marked sockets escape capture, nobody else's do. Until one of the two names a cgroup,
+    /// the proxy mark alone is trusted.
+    #[arg(long, env = "WEFT_PROXY_CGROUP")]
+    proxy_cgroup: Option<PathBuf>,
+}
+
+impl DatapathArgs {
+    /// Checks the kernel and finds what was not given.
+    fn config(&self, bpffs_root: PathBuf) -> anyhow::Result<datapath::Config> {
+        datapath::check_kernel(&std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default())?;
+        let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
+        let cgroup = match &self.cgroup {
+            Some(cgroup) => cgroup.clone(),
+            None => {
+                cgroups::find_pods(&mounts).ok_or_else(|| anyhow::anyhow!(cgroups::not_found(&mounts)))?
+            }
+        };
+        let node_cgroup = self
+            .node_cgroup
+            .clone()
+            .or_else(|| cgroups::root_of(&mounts, &cgroup))
+            .unwrap_or_else(|| cgroup.clone());
+        Ok(datapath::Config {
+            node_cgroup,
+            cgroup,
+            node_netns: self.node_netns.clone(),
+            bpffs_root,
+            max_enrolled: self.max_pods,
+        })
+    }
 }
 
 /// `NETNS_PATH=IP[,IP]`.
@@ -115,57 +160,34 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run {
-            cgroup,
-            node_cgroup,
-            node_netns,
-            max_pods,
-            enroll,
-            ebpf_debug,
-            proxy_cgroup,
-            pods,
-            zds_socket,
-            node,
-            kubeconfig,
-            proc_root,
-            monitoring_listen,
-        } => {
-            datapath::check_kernel(
-                &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
-            )?;
-            let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
-            let cgroup = match cgroup {
-                Some(cgroup) => cgroup,
-                None => {
-                    cgroups::find_pods(&mounts).ok_or_else(|| anyhow::anyhow!(cgroups::not_found(&mounts)))?
-                }
+        Command::Run { datapath, node, zds_socket, kubeconfig, monitoring_listen, proc_root } => {
+            let config = datapath.config(args.bpffs_root)?;
+            let node =
+                weft_agent::node::Config { node, proc_root, zds_socket, monitoring: monitoring_listen };
+            let source = Source::Kubernetes { kubeconfig, node };
+            let options = RunOptions {
+                enroll: Vec::new(),
+                source,
+                ebpf_debug: datapath.ebpf_debug,
+                proxy_cgroup: datapath.proxy_cgroup,
             };
-            let node_cgroup =
-                node_cgroup.or_else(|| cgroups::root_of(&mounts, &cgroup)).unwrap_or_else(|| cgroup.clone());
-            let config = datapath::Config {
-                node_cgroup,
-                cgroup,
-                node_netns,
-                bpffs_root: args.bpffs_root,
-                max_enrolled: max_pods,
-            };
-            let source = match (zds_socket, node, pods) {
-                (Some(zds_socket), Some(node), _) => Source::Kubernetes {
-                    kubeconfig,
-                    node: weft_agent::node::Config {
-                        node,
-                        proc_root,
-                        zds_socket,
-                        monitoring: monitoring_listen,
-                    },
-                },
-                (Some(socket), None, file) => {
-                    let pods = file.map(|file| read_pods(&file)).transpose()?.unwrap_or_default();
+            run(&config, options)
+        }
+        Command::Static { datapath, enroll, pods, zds_socket, proc_root } => {
+            let config = datapath.config(args.bpffs_root)?;
+            let source = match zds_socket {
+                Some(socket) => {
+                    let pods = pods.map(|file| read_pods(&file)).transpose()?.unwrap_or_default();
                     Source::Static { socket, pods, proc_root }
                 }
-                (None, _, _) => Source::None,
+                None => Source::None,
             };
-            let options = RunOptions { enroll, source, ebpf_debug, proxy_cgroup };
+            let options = RunOptions {
+                enroll,
+                source,
+                ebpf_debug: datapath.ebpf_debug,
+                proxy_cgroup: datapath.proxy_cgroup,
+            };
             run(&config, options)
         }
         Command::Uninstall => Ok(datapath::uninstall(&args.bpffs_root)?),

@@ -240,15 +240,16 @@ impl Accepted {
     }
 }
 
-/// `weft-agent run` for `node`: its bpffs root, pod cgroup, and its own processes' cgroup and
-/// network namespace. No proxy cgroup, as in the shipped manifests: a ztunnel is trusted by the
-/// cgroup the agent learns from its handoff connection.
-pub fn agent_command(node: &Node) -> anyhow::Result<Command> {
+/// `weft-agent <subcommand>` (`run`, or `static` without Kubernetes) for `node`: its bpffs
+/// root, pod cgroup, and its own processes' cgroup and network namespace. No proxy cgroup, as
+/// in the shipped manifests: a ztunnel is trusted by the cgroup the agent learns from its
+/// handoff connection.
+pub fn agent_command(node: &Node, subcommand: &str) -> anyhow::Result<Command> {
     let mut command = Command::new(binary("weft-agent")?);
     command
         .arg("--bpffs-root")
         .arg(&node.bpffs_root)
-        .arg("run")
+        .arg(subcommand)
         .arg("--cgroup")
         .arg(&node.cgroup)
         .arg("--node-cgroup")
@@ -269,11 +270,11 @@ pub fn start_agent(mut command: Command) -> anyhow::Result<Process> {
     Ok(agent)
 }
 
-/// Starts `weft-agent run` for `node`, enrolling `pods` directly in capture (no ztunnel: the
+/// Starts `weft-agent static` for `node`, enrolling `pods` directly in capture (no ztunnel: the
 /// stand-in proxy, named by its cgroup), and returns once it says it is ready; `ebpf_debug`
 /// turns on the programs' debug records.
 pub fn agent(node: &Node, pods: &[&Pod], ebpf_debug: bool) -> anyhow::Result<Process> {
-    let mut command = agent_command(node)?;
+    let mut command = agent_command(node, "static")?;
     command.arg("--proxy-cgroup").arg(&node.proxy_cgroup);
     command.env("RUST_LOG", if ebpf_debug { "debug" } else { "info" });
     if ebpf_debug {

@@ -142,8 +142,9 @@ impl Mesh {
             std::fs::write(&pods_file, json!({ "pods": pods }).to_string())?;
             let socket = node_dir.join("zds.sock");
             let source = match enrollment {
-                Enrollment::Static => vec!["--pods".into(), pods_file.display().to_string()],
+                Enrollment::Static => vec!["static".into(), "--pods".into(), pods_file.display().to_string()],
                 Enrollment::Kubernetes(kubeconfig) => vec![
+                    "run".into(),
                     "--node".into(),
                     node.name.clone(),
                     "--kubeconfig".into(),
@@ -352,8 +353,9 @@ pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Dur
 }
 
 fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyhow::Result<Process> {
-    let mut command = apps::agent_command(node)?;
-    command.args(source).arg("--zds-socket").arg(socket);
+    let (subcommand, flags) = source.split_first().context("an agent source names its subcommand")?;
+    let mut command = apps::agent_command(node, subcommand)?;
+    command.args(flags).arg("--zds-socket").arg(socket);
     apps::start_agent(command)
 }
 
