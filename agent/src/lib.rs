@@ -12,5 +12,6 @@ pub mod netlink;
 pub mod node;
 pub mod podns;
 pub mod proxy_cgroup;
+pub mod removal;
 pub mod return_path;
 pub mod status;

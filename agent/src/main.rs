@@ -45,6 +45,11 @@ enum Command {
         /// The host's /proc, where pods' processes (and so their network namespaces) are found.
         #[arg(long, env = "WEFT_PROC_ROOT", default_value = "/proc")]
         proc_root: PathBuf,
+        /// The agent's own pod (`namespace/name`, from the downward API): at shutdown, if its
+        /// namespace or DaemonSet is being deleted, Weft is being removed and every pod returns
+        /// to plain networking; otherwise (a restart, a rolling update) capture stays.
+        #[arg(long, env = "WEFT_POD")]
+        pod: Option<String>,
     },
     /// Without Kubernetes, for tests and development: the datapath with pods named here, and
     /// `ready` printed once they are enrolled. Not for clusters: nothing here follows the API.
@@ -160,10 +165,21 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { datapath, node, zds_socket, kubeconfig, monitoring_listen, proc_root } => {
+        Command::Run { datapath, node, zds_socket, kubeconfig, monitoring_listen, proc_root, pod } => {
             let config = datapath.config(args.bpffs_root)?;
-            let node =
-                weft_agent::node::Config { node, proc_root, zds_socket, monitoring: monitoring_listen };
+            let own_pod = pod
+                .map(|pod| {
+                    let (namespace, name) = pod.split_once('/').context("--pod is namespace/name")?;
+                    anyhow::Ok(weft_agent::removal::OwnPod { namespace: namespace.into(), name: name.into() })
+                })
+                .transpose()?;
+            let node = weft_agent::node::Config {
+                node,
+                proc_root,
+                zds_socket,
+                monitoring: monitoring_listen,
+                own_pod,
+            };
             let source = Source::Kubernetes { kubeconfig, node };
             let options = RunOptions {
                 enroll: Vec::new(),
@@ -261,7 +277,7 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
         let cookie = datapath.enroll(&netns, pod.addrs)?;
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }
-    runtime.block_on(async {
+    let removed = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let signal = async move {
             tokio::select! {
@@ -289,12 +305,18 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
                     None => kube::Config::infer().await?,
                 };
                 let client = kube::Client::try_from(config)?;
-                weft_agent::node::run(client, node, &mut datapath, signal).await?;
+                let stopped = weft_agent::node::run(client, node, &mut datapath, signal).await?;
+                return anyhow::Ok(stopped == weft_agent::node::Stopped::Removed);
             }
         }
-        anyhow::Ok(())
+        anyhow::Ok(false)
     })?;
-    tracing::info!("exiting; capture stays pinned");
+    if removed {
+        datapath::uninstall(&config.bpffs_root)?;
+        tracing::info!("exiting; capture removed, every pod back to plain networking");
+    } else {
+        tracing::info!("exiting; capture stays pinned");
+    }
     Ok(())
 }
 

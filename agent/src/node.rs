@@ -37,6 +37,18 @@ pub struct Config {
     pub zds_socket: PathBuf,
     /// Where `/metrics`, `/healthz/ready` and `/config_dump` are served.
     pub monitoring: std::net::SocketAddr,
+    /// The agent's own pod, to tell Weft's removal from an update at shutdown; without it
+    /// capture always stays.
+    pub own_pod: Option<crate::removal::OwnPod>,
+}
+
+/// How the agent stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Restarted or updated: capture stays pinned for the next agent.
+    Kept,
+    /// Weft is being removed: every pod left the mesh; the datapath is to be uninstalled.
+    Removed,
 }
 
 /// A pod that should be enrolled.
@@ -62,7 +74,7 @@ pub async fn run<C: Capture>(
     config: Config,
     capture: &mut C,
     shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     let mut watchers = JoinSet::new();
     let pods = weft_api::watch::reflect(
@@ -80,7 +92,7 @@ pub async fn run<C: Capture>(
     pods.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
 
-    let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client)));
+    let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client.clone())));
     let monitoring = tokio::net::TcpListener::bind(config.monitoring).await?;
     tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
     let _monitor = AbortOnDrop(tokio::spawn(weft_api::admin::serve(
@@ -94,7 +106,7 @@ pub async fn run<C: Capture>(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             Some(()) = changed.recv() => {}
             _ = retry.tick() => {}
             accepted = server.accept(), if agent.session.is_none() => match accepted {
@@ -104,7 +116,7 @@ pub async fn run<C: Capture>(
                         agent.session = Some(session);
                         let now_wanted = wanted(&pods, &namespaces);
                         tokio::select! {
-                            () = &mut shutdown => return Ok(()),
+                            () = &mut shutdown => break,
                             () = agent.send_snapshot(&now_wanted) => {}
                         }
                     }
@@ -121,7 +133,7 @@ pub async fn run<C: Capture>(
         let wanted = wanted(&pods, &namespaces);
         // Shutdown never waits for ztunnel (each request is bounded anyway).
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => break,
             () = agent.reconcile(&wanted) => {}
         }
         if agent.session.as_ref().is_some_and(handoff::Session::broken) {
@@ -131,6 +143,19 @@ pub async fn run<C: Capture>(
         }
         agent.report_capture(&pods);
         agent.status.set_datapath_counters(&agent.capture.counters());
+    }
+    let Some(own_pod) = agent.config.own_pod.clone() else { return Ok(Stopped::Kept) };
+    match crate::removal::weft_removed(&client, &own_pod).await {
+        Ok(true) => {
+            tracing::info!("Weft is being removed: every pod leaves the mesh");
+            agent.release_all();
+            Ok(Stopped::Removed)
+        }
+        Ok(false) => Ok(Stopped::Kept),
+        Err(error) => {
+            tracing::warn!(%error, "cannot tell whether Weft is being removed; capture stays");
+            Ok(Stopped::Kept)
+        }
     }
 }
 
@@ -316,6 +341,20 @@ impl<C: Capture> Agent<'_, C> {
         }
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
         self.status.remove(uid);
+    }
+
+    /// Returns every enrolled pod to plain networking (Weft is being removed): capture and the
+    /// return path go; ztunnel is going too.
+    fn release_all(&mut self) {
+        for (uid, enrolled) in self.enrolled.drain() {
+            if let Err(error) = self.capture.unenroll(enrolled.cookie) {
+                tracing::warn!(pod = %uid, %error, "un-enrolling failed");
+            }
+            if let Err(error) = return_path::remove(&enrolled.netns, &self.config.proc_root) {
+                tracing::warn!(pod = %uid, %error, "removing the return path failed");
+            }
+            tracing::info!(pod = %uid, name = %enrolled.wanted.name, "back to plain networking");
+        }
     }
 
     /// Makes every pod's capture annotation say what is true: set on the pods enrolled here,

@@ -147,6 +147,9 @@ impl Mesh {
                     "run".into(),
                     "--node".into(),
                     node.name.clone(),
+                    // As the manifests name it: its pod need not exist, its namespace does.
+                    "--pod".into(),
+                    format!("weft-system/weft-agent-{}", node.name),
                     "--kubeconfig".into(),
                     kubeconfig.display().to_string(),
                     // Agents share the harness's namespace: any free port (the log names it).

@@ -376,3 +376,48 @@ async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh()
         assert!(preexisting["detail"].as_str().unwrap().starts_with("1 connection"), "{preexisting}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_weft_returns_pods_to_plain_networking_unrestarted_and_a_restart_keeps_capture() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
+    let client =
+        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
+    let server =
+        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+    let canary = canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let pause_pids = std::fs::read_to_string(client.cgroup.join("cgroup.procs")).unwrap();
+    let pins = cluster.topology().nodes()[0].bpffs_root.clone();
+    tokio::task::block_in_place(|| {
+        assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0);
+        // A restart or a rolling update (the agent's namespace stays): capture stays.
+        mesh.agent(0).terminate().unwrap();
+        mesh.agent(0).wait_for(|line| line.contains("exiting; capture stays pinned"), WAIT).unwrap();
+        assert!(pins.join("maps").is_dir(), "a restarting agent removed capture");
+        assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext while the agent restarts");
+        mesh.start_agent(0).unwrap();
+    });
+
+    // `kubectl delete -k manifests/`: the agents' namespace goes, the agents are stopped.
+    let namespaces: Api<Namespace> = Api::all(cluster.client());
+    namespaces.delete("weft-system", &Default::default()).await.unwrap();
+    tokio::task::block_in_place(|| {
+        for node in 0..2 {
+            mesh.agent(node).terminate().unwrap();
+            mesh.agent(node).wait_for(|line| line.contains("capture removed"), WAIT).unwrap();
+        }
+        assert!(!pins.exists(), "capture is still pinned");
+        assert!(!has_return_path(&client));
+        assert!(
+            plaintext_frames(&monitor, &client, to, &canary) > 0,
+            "the pod is not back to plain networking"
+        );
+    });
+    let after = std::fs::read_to_string(client.cgroup.join("cgroup.procs")).unwrap();
+    assert_eq!(after, pause_pids, "the pod was restarted");
+}
