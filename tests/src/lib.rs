@@ -18,6 +18,7 @@ pub mod kubelet;
 pub mod mesh;
 pub mod netns;
 pub mod process;
+pub mod shop;
 pub mod topology;
 pub mod wire;
 pub mod xds;

@@ -11,8 +11,8 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use weft_tests::{
-    apps, canary, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh, topology::Pod,
-    wire::WireMonitor,
+    apps, canary, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh, shop::Shop,
+    topology::Pod, wire::WireMonitor,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -298,18 +298,9 @@ async fn a_labelled_pod_no_agent_captured_is_reached_in_plaintext_until_its_agen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_shutting_down_stays_in_the_mesh_until_its_containers_are_gone() {
-    let mut cluster = Cluster::start(2).await.unwrap();
-    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
-    let client =
-        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
-    let server =
-        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
-    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
-    let plane = ControlPlane::start(&cluster).await.unwrap();
-    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
-    let canary = canary();
-    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
-    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    // Every part bound: what is left out of a pattern is dropped (stopped) at once.
+    let Shop { cluster, client, server, echo: _echo, plane: _plane, mut mesh, canary, monitor, to } =
+        Shop::start().await.unwrap();
 
     // Deleted with a grace period: terminating, its containers still running (no kubelet here
     // ends them). Its last connections still go through the tunnel.
@@ -379,18 +370,8 @@ async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_weft_returns_pods_to_plain_networking_unrestarted_and_a_restart_keeps_capture() {
-    let mut cluster = Cluster::start(2).await.unwrap();
-    cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await.unwrap();
-    let client =
-        cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await.unwrap();
-    let server =
-        cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await.unwrap();
-    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
-    let plane = ControlPlane::start(&cluster).await.unwrap();
-    let mut mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
-    let canary = canary();
-    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
-    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let Shop { cluster, client, server: _server, echo: _echo, plane: _plane, mut mesh, canary, monitor, to } =
+        Shop::start().await.unwrap();
     let pause_pids = std::fs::read_to_string(client.cgroup.join("cgroup.procs")).unwrap();
     let pins = cluster.topology().nodes()[0].bpffs_root.clone();
     tokio::task::block_in_place(|| {
