@@ -24,17 +24,6 @@ pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
     mounts
 }
 
-/// Whether a cgroup2 mount shows the hierarchy from the root of this process's cgroup
-/// namespace (its root field is `/`), so that the paths in `/proc/<pid>/cgroup` files, which
-/// are relative to that root, name directories under it. In a container with a cgroup
-/// namespace of its own and the host's hierarchy mounted in, they do not.
-pub fn shows_whole_hierarchy(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let Some((before, after)) = line.split_once(" - ") else { return false };
-        after.split_whitespace().next() == Some("cgroup2") && before.split_whitespace().nth(3) == Some("/")
-    })
-}
-
 /// This process's mounts.
 pub fn mountinfo() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
@@ -84,9 +73,6 @@ mod tests {
             Some("/sys/fs/cgroup".into())
         );
         assert_eq!(root_of(&unified, Path::new("/elsewhere")), None);
-        assert!(shows_whole_hierarchy(HYBRID) && shows_whole_hierarchy(UNIFIED));
-        let container = "41 31 0:38 /../../.. /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
-        assert!(!shows_whole_hierarchy(container));
     }
 
     #[test]

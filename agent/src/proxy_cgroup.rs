@@ -8,8 +8,8 @@
 //!    the network namespace of the accepted socket, which is the proxy's);
 //! 2. the process holding that socket, from `<proc root>/*/fd` (the host's /proc: the agent may
 //!    be in a PID namespace of its own, where `SO_PEERCRED` would say 0);
-//! 3. that process's cgroup v2 path, from `<proc root>/<pid>/cgroup`, read in the host's cgroup
-//!    namespace when the agent's own does not show the whole hierarchy (a container's);
+//! 3. that process's cgroup v2 path, from `<proc root>/<pid>/cgroup`, read again in the host's
+//!    cgroup namespace when it lies outside the agent's own (a container's);
 //! 4. that path under the cgroup v2 mount.
 use std::{
     fs::File,
@@ -27,22 +27,20 @@ use crate::{
 pub fn of_peer(socket: BorrowedFd<'_>, proc_root: &Path) -> io::Result<PathBuf> {
     let inode = peer_inode(socket)?;
     let pid = holder(proc_root, inode)?;
-    let mountinfo = cgroups::mountinfo();
-    let whole = cgroups::shows_whole_hierarchy(&mountinfo);
     let cgroup_file = proc_root.join(&pid).join("cgroup");
-    let text = if whole {
-        std::fs::read_to_string(&cgroup_file)?
-    } else {
-        // Paths in a cgroup file are relative to the reader's cgroup namespace: read it from
-        // the host's.
+    let mut text = std::fs::read_to_string(&cgroup_file)?;
+    // Paths in a cgroup file are relative to the reader's cgroup namespace; one outside it (a
+    // container's: the proxy is in another pod) starts with `/..`. Read it again from the
+    // host's namespace, where it is whole.
+    if unified_path(&text).is_some_and(|path| path.starts_with("/..")) {
         let host = File::open(proc_root.join("1/ns/cgroup"))?;
-        crate::podns::in_namespace(&host, libc::CLONE_NEWCGROUP, move || {
+        text = crate::podns::in_namespace(&host, libc::CLONE_NEWCGROUP, move || {
             std::fs::read_to_string(cgroup_file)
-        })?
-    };
+        })?;
+    }
     let relative = unified_path(&text)
         .ok_or_else(|| io::Error::other(format!("process {pid} has no cgroup v2 path ({text:?})")))?;
-    let mounts = cgroups::cgroup2_mounts(&mountinfo);
+    let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
     mounts
         .iter()
         .map(|mount| mount.join(relative.trim_start_matches('/')))
