@@ -43,6 +43,18 @@ pub fn echo_server(pod: &Pod, port: u16) -> anyhow::Result<Process> {
     start_echo(pod, port, &[])
 }
 
+/// `count` connections from `pod` to `to`, each echoed once and then held open until the
+/// returned process is stopped (or its stdin closed); returns once all are held.
+pub fn hold(pod: &Pod, to: SocketAddr, count: usize, timeout: Duration) -> anyhow::Result<Process> {
+    let mut command = testpod(&["hold", "--count", &count.to_string(), "--to", &to.to_string()])?;
+    command.stdin(Stdio::piped());
+    let mut holder = pod.spawn(command)?;
+    holder
+        .wait_for(|line| line.starts_with("held="), timeout)
+        .with_context(|| format!("holding {count} connections from {} to {to}", pod.name))?;
+    Ok(holder)
+}
+
 /// [`echo_server`] that prints `peer=<address>` for each connection, as the app sees its client.
 pub fn echo_server_reporting_peers(pod: &Pod, port: u16) -> anyhow::Result<Process> {
     start_echo(pod, port, &["--report-peers"])

@@ -1,5 +1,6 @@
-//! What an enrolled pod's app sees of its clients, and who may pass capture: on the namespace
-//! topology with real capture, agents and ztunnels configured as the manifests ship them.
+//! What an enrolled pod's app sees of its clients, who may pass capture, and how much of the
+//! node proxy one pod may take: on the namespace topology with real capture, agents and
+//! ztunnels configured as the manifests ship them.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -87,4 +88,38 @@ fn a_pod_forging_the_proxy_mark_is_still_captured_with_the_shipped_settings() {
     monitor.settle(WAIT).unwrap();
     assert_eq!(monitor.canary_frames(), 0, "the forged socket escaped capture: plaintext crossed the fabric");
     assert_eq!(monitor.syns_to(ECHO_PORT), 0, "the forged socket connected straight to the app");
+}
+
+#[test]
+fn a_pod_over_its_connection_limit_has_new_connections_closed_and_its_neighbour_is_unaffected() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let neighbour = topology.add_pod(0, "neighbour", "uid-neighbour").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let members = [
+        Member::new(&client, "shop", "cart"),
+        Member::new(&neighbour, "shop", "catalog"),
+        Member::new(&server, "shop", "payments"),
+    ];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+    mesh.restart_ztunnel_with(0, &["--max-connections-per-pod", "2"], 2).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+
+    let held = apps::hold(&client, to, 2, WAIT).unwrap();
+    // Accepted by the kernel, closed by the proxy: no echo.
+    let third = apps::try_send(&client, to, "third");
+    assert!(
+        !matches!(third, Ok(Sent::Reply { ref reply, .. }) if reply == "third"),
+        "over the limit: {third:?}"
+    );
+    assert_eq!(apps::send(&neighbour, to, "neighbour").unwrap(), "neighbour", "another pod's share");
+    drop(held);
+    // Closing the held connections frees their places as the proxy sees them close.
+    weft_tests::until(
+        "a place freed",
+        WAIT,
+        || matches!(apps::try_send(&client, to, "again"), Ok(Sent::Reply { reply, .. }) if reply == "again"),
+    )
+    .unwrap();
 }

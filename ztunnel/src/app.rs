@@ -31,6 +31,9 @@ pub struct Config {
     pub admin: weft_api::admin::Addresses,
     /// How HBONE connections are shared.
     pub pool: crate::proxy::PoolSettings,
+    /// Connections one pod may have through the proxy at once (outbound, plaintext inbound and
+    /// HBONE connections; each HBONE connection carries at most 200 streams).
+    pub max_connections_per_pod: usize,
 }
 
 /// Where the proxy learns the mesh's workloads and services.
@@ -173,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         round_robin: std::sync::Mutex::default(),
         live: crate::proxy::live::Live::default(),
         pods: std::sync::RwLock::default(),
+        max_connections_per_pod: config.max_connections_per_pod,
     });
     let mut endpoints = tokio::task::JoinSet::new();
     // Certificates renew at half-life whether or not traffic asks for them.

@@ -61,6 +61,10 @@ struct Args {
     /// connection pays a fresh handshake).
     #[arg(long, env = "WEFT_POOL_MAX_STREAMS", default_value_t = PoolSettings::default().max_streams)]
     pool_max_streams: usize,
+    /// Connections one pod may have through the proxy at once, so one pod cannot take every
+    /// descriptor of the node's proxy; more are closed as they arrive.
+    #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = 16384)]
+    max_connections_per_pod: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             max_streams: args.pool_max_streams,
             idle_timeout: Duration::from_secs(args.pool_idle_seconds),
         },
+        max_connections_per_pod: args.max_connections_per_pod,
     };
     match weft_ztunnel::rlimit::raise_open_files() {
         Ok(limit) => tracing::info!(open_files = limit, "open file limit"),

@@ -61,6 +61,35 @@ pub struct Context {
     pub round_robin: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     /// The pods being served, for the admin endpoint.
     pub pods: std::sync::RwLock<Vec<(Pod, Vec<IpAddr>)>>,
+    /// Connections one pod may have through the proxy at once ([`Admission`]).
+    pub max_connections_per_pod: usize,
+}
+
+/// A pod's share of the proxy: at most so many connections at once across its listeners.
+#[derive(Debug, Clone)]
+pub struct Admission(Arc<tokio::sync::Semaphore>);
+
+impl Admission {
+    fn new(connections: usize) -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(connections)))
+    }
+
+    /// A place for one more connection, held until it is dropped; none when the pod has its
+    /// share already (counted and logged: the connection is closed).
+    fn admit(
+        &self,
+        context: &Context,
+        reporter: crate::metrics::Reporter,
+        pod: &Pod,
+        peer: SocketAddr,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.0.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            context.metrics.failed(reporter, "pod_connection_limit");
+            tracing::debug!(pod = %pod.uid, %peer, limit = context.max_connections_per_pod, "connection over the pod's limit closed");
+        }
+        permit
+    }
 }
 
 /// How long a connection waits for the first complete configuration before it is closed.
@@ -255,12 +284,21 @@ impl PodProxy {
         let pod_ref = Arc::new(pod.clone());
         // Counted now, before any task runs: a drain that starts meanwhile waits for these too.
         let listening = || Listening::new(&context);
-        tasks.spawn(outbound::serve(outbound, listening(), context.clone(), pod_ref.clone(), netns.clone()));
+        let admission = Admission::new(context.max_connections_per_pod);
+        tasks.spawn(outbound::serve(
+            outbound,
+            listening(),
+            context.clone(),
+            pod_ref.clone(),
+            admission.clone(),
+            netns.clone(),
+        ));
         tasks.spawn(inbound::serve_plaintext(
             inbound,
             listening(),
             context.clone(),
             pod_ref.clone(),
+            admission.clone(),
             deliverer.clone(),
         ));
         let original_source = deliverer.original_source();
@@ -269,6 +307,7 @@ impl PodProxy {
             listening(),
             context.clone(),
             pod_ref.clone(),
+            admission,
             addresses.clone(),
             deliverer,
         ));
@@ -340,8 +379,27 @@ async fn connect_socket(socket: socket2::Socket, to: SocketAddr) -> std::io::Res
 }
 
 fn marked_socket(domain: socket2::Domain) -> std::io::Result<socket2::Socket> {
+    proxy_socket(domain, PROXY_MARK)
+}
+
+/// TCP keepalive on every socket of the proxy (a listener's passes to the connections it
+/// accepts): after 3 idle minutes a probe every 30 s, and the connection dropped after 9 go
+/// unanswered. A peer that vanished without FIN or RST (a node gone, a half-open connection)
+/// no longer holds a relay and its descriptors forever; idle connections whose peer is alive
+/// (database pools) stay. Istio's ztunnel keeps its connections alive the same way.
+fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(180))
+        .with_interval(std::time::Duration::from_secs(30))
+        .with_retries(9)
+}
+
+/// A non-blocking TCP socket of the proxy carrying `mark`, with [`keepalive`]. Must be made
+/// inside the namespace it is for.
+fn proxy_socket(domain: socket2::Domain, mark: u32) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
-    socket.set_mark(PROXY_MARK)?;
+    socket.set_mark(mark)?;
+    socket.set_tcp_keepalive(&keepalive())?;
     Ok(socket)
 }
 
@@ -378,4 +436,28 @@ fn is_proxy_port(port: u16) -> bool {
 /// `addr` with an IPv4-mapped address shown as IPv4.
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    #[test]
+    fn connections_a_proxy_listener_accepts_probe_a_silent_peer() {
+        let listener = super::proxy_socket(socket2::Domain::IPV4, super::PROXY_MARK).unwrap();
+        listener.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into()).unwrap();
+        listener.listen(1).unwrap();
+        let address = listener.local_addr().unwrap().as_socket().unwrap();
+        let _client = std::net::TcpStream::connect(address).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.keepalive().unwrap());
+        let wanted = (std::time::Duration::from_secs(180), std::time::Duration::from_secs(30), 9);
+        let got = (
+            accepted.tcp_keepalive_time().unwrap(),
+            accepted.tcp_keepalive_interval().unwrap(),
+            accepted.tcp_keepalive_retries().unwrap(),
+        );
+        assert_eq!(got, wanted);
+    }
 }

@@ -12,7 +12,6 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -299,16 +298,9 @@ fn idle_connections(
             continue;
         }
         let before = proxies.rss_kib()?;
-        let mut command = Command::new(apps::binary("weft-testpod")?);
-        command
-            .args(["hold", "--count", &count.to_string(), "--to", &to.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut holder = mode.client.spawn(command)?;
+        let mut holder = apps::hold(mode.client, to, count, Duration::from_secs(120))
+            .with_context(|| format!("idle connections ({})", mode.name))?;
         let stdin = holder.take_stdin()?;
-        holder
-            .wait_for(|line| line.starts_with("held="), Duration::from_secs(120))
-            .with_context(|| format!("holding {count} connections ({})", mode.name))?;
         let held = proxies.rss_kib()?;
         for ((figure, held), before) in figures.into_iter().zip(held).zip(before) {
             report.record(mode.name, figure, held.saturating_sub(before) as f64 / count as f64);

@@ -61,9 +61,8 @@ impl Deliverer {
 /// A socket bound to `client` (a port the kernel picks, never `avoid_port`).
 fn transparent_socket(client: IpAddr, avoid_port: u16) -> io::Result<socket2::Socket> {
     for _ in 0..BIND_ATTEMPTS {
-        let domain = socket2::Domain::for_address(SocketAddr::new(client, 0));
-        let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking().cloexec(), None)?;
-        socket.set_mark(DELIVERY_MARK)?;
+        let socket =
+            super::proxy_socket(socket2::Domain::for_address(SocketAddr::new(client, 0)), DELIVERY_MARK)?;
         if client.is_ipv4() {
             socket.set_ip_transparent_v4(true)?;
         } else {

@@ -29,6 +29,7 @@ pub async fn serve_hbone(
     listening: super::Listening,
     context: Arc<Context>,
     pod: Arc<Pod>,
+    admission: super::Admission,
     addresses: Vec<IpAddr>,
     deliverer: Arc<Deliverer>,
 ) {
@@ -42,6 +43,8 @@ pub async fn serve_hbone(
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let pod = &handler.pod;
+                    let Some(admitted) = admission.admit(&context, Reporter::Destination, pod, peer) else { continue };
                     // Small frames (CONNECT answers, window updates) must not wait for an ACK.
                     let _ = tcp.set_nodelay(true);
                     let acceptor = match acceptor_for(&context, &identity, &mut current).await {
@@ -53,6 +56,7 @@ pub async fn serve_hbone(
                     };
                     let handler = handler.clone();
                     connections.spawn(async move {
+                        let _admitted = admitted;
                         if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
                             handler.context.metrics.failed(Reporter::Destination, "hbone_connection");
                             tracing::info!(%peer, %error, "HBONE connection failed");
@@ -185,6 +189,7 @@ pub async fn serve_plaintext(
     listening: super::Listening,
     context: Arc<Context>,
     pod: Arc<Pod>,
+    admission: super::Admission,
     deliverer: Arc<Deliverer>,
 ) {
     let mut connections = JoinSet::new();
@@ -199,8 +204,10 @@ pub async fn serve_plaintext(
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;
                     }
+                    let Some(admitted) = admission.admit(&context, Reporter::Destination, &pod, peer) else { continue };
                     let (context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
                     connections.spawn(async move {
+                        let _admitted = admitted;
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
                             let target = canonical(client.local_addr()?);

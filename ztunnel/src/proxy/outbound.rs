@@ -24,6 +24,7 @@ pub async fn serve(
     listening: super::Listening,
     context: Arc<Context>,
     pod: Arc<Pod>,
+    admission: super::Admission,
     netns: Arc<Netns>,
 ) {
     let mut connections = JoinSet::new();
@@ -33,10 +34,12 @@ pub async fn serve(
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
                 Ok((client, peer)) => {
+                    let Some(admitted) = admission.admit(&context, Reporter::Source, &pod, peer) else { continue };
                     // The proxy relays whatever the app wrote at once; Nagle would delay it twice.
                     let _ = client.set_nodelay(true);
                     let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
                     connections.spawn(async move {
+                        let _admitted = admitted;
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
                             context.metrics.failed(Reporter::Source, error.reason());
                             tracing::info!(pod = %pod.uid, %peer, %error, "outbound connection failed");
