@@ -313,13 +313,13 @@ impl Mesh {
             None => findings.push(finding("captured", false, format!("no agent endpoint for node {node}"))),
         }
         if let Some(ztunnel) = node_endpoints.and_then(|known| known.ztunnel.as_ref()) {
-            let identity = format!(
-                "spiffe://cluster.local/ns/{namespace}/sa/{}",
-                pod.spec
-                    .as_ref()
-                    .and_then(|spec| spec.service_account_name.clone())
-                    .unwrap_or_else(|| "default".into())
-            );
+            // The pod's identity in whatever trust domain the mesh uses.
+            let service_account = pod
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.service_account_name.clone())
+                .unwrap_or_else(|| "default".into());
+            let workload_path = format!("/ns/{namespace}/sa/{service_account}");
             match self.json(ztunnel, "/config_dump").await {
                 Ok(dump) => {
                     let served = dump["pods"]
@@ -335,20 +335,26 @@ impl Mesh {
                             if served { "runs" } else { "does not run" }
                         ),
                     ));
-                    let cert = dump["certificates"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|cert| cert["identity"] == identity.as_str());
+                    let cert = dump["certificates"].as_array().into_iter().flatten().find(|cert| {
+                        cert["identity"].as_str().is_some_and(|identity| {
+                            identity.starts_with("spiffe://") && identity.ends_with(&workload_path)
+                        })
+                    });
                     findings.push(match cert {
                         Some(cert) => finding(
                             "certificate",
                             true,
-                            format!("{identity}, serial {}", cert["serial"].as_str().unwrap_or("?")),
+                            format!(
+                                "{}, serial {}",
+                                cert["identity"].as_str().unwrap_or("?"),
+                                cert["serial"].as_str().unwrap_or("?")
+                            ),
                         ),
-                        None => {
-                            finding("certificate", false, format!("no certificate for {identity} on {node}"))
-                        }
+                        None => finding(
+                            "certificate",
+                            false,
+                            format!("no certificate for spiffe://…{workload_path} on {node}"),
+                        ),
                     });
                 }
                 Err(error) => findings.push(finding("proxied", false, format!("{error:#}"))),
