@@ -218,7 +218,14 @@ impl Datapath {
         for (name, attach_type, target) in pod_programs.into_iter().chain(node_programs) {
             let pin_path = datapath.link_path(name);
             if pin_path.exists() {
-                continue; // adopted from an earlier agent
+                // An earlier agent's link: it runs this agent's program from now on, with no
+                // moment between the two.
+                link::update(&pin_path, datapath.program_fd(name)?).map_err(|source| Error::Attach {
+                    name,
+                    target: target.display().to_string(),
+                    source,
+                })?;
+                continue;
             }
             let cgroup = File::open(target).map_err(|source| io_error(target, source))?;
             let link = link::create(datapath.program_fd(name)?, &cgroup, attach_type)
@@ -232,6 +239,7 @@ impl Datapath {
         let mut node: Array<_, u64> = Array::try_from(datapath.ebpf.map_mut(name).ok_or(missing_map(name))?)
             .map_err(|source| Error::Map { name, source })?;
         node.set(0, cookie, 0).map_err(|source| Error::Map { name, source })?;
+        datapath.update_pod_links()?;
         Ok(datapath)
     }
 
@@ -385,6 +393,34 @@ impl Datapath {
 
     fn link_path(&self, name: &str) -> PathBuf {
         self.root.join(pin::LINKS).join(name)
+    }
+
+    /// Every pinned link by name, with the id of the program it runs.
+    pub fn link_programs(&self) -> Result<Vec<(String, u32)>, Error> {
+        let links = self.root.join(pin::LINKS);
+        let entries = std::fs::read_dir(&links).map_err(|source| io_error(&links, source))?;
+        let mut programs = Vec::new();
+        for entry in entries.flatten() {
+            let id = link::program_id(&entry.path()).map_err(|source| io_error(&entry.path(), source))?;
+            programs.push((entry.file_name().to_string_lossy().into_owned(), id));
+        }
+        programs.sort();
+        Ok(programs)
+    }
+
+    /// Points every enrolled pod's pinned inbound-capture link at this agent's program.
+    fn update_pod_links(&self) -> Result<(), Error> {
+        let links = self.root.join(pin::LINKS);
+        let entries = std::fs::read_dir(&links).map_err(|source| io_error(&links, source))?;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if name.starts_with("sk_lookup-") {
+                link::update(&entry.path(), self.program_fd(program::SK_LOOKUP)?).map_err(|source| {
+                    Error::Attach { name: program::SK_LOOKUP, target: name.clone(), source }
+                })?;
+            }
+        }
+        Ok(())
     }
 
     fn sk_lookup_path(&self, cookie: u64) -> PathBuf {

@@ -314,3 +314,30 @@ fn a_connection_straight_to_the_outbound_port_gets_no_original_destination() {
     let line = standin.wait_for_line(|line| line.contains("listener=15001"), WAIT).unwrap();
     assert!(line.starts_with("no-orig-dst"), "{line}");
 }
+
+#[test]
+fn a_new_agent_runs_its_own_programs_on_every_pinned_link_in_place() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut first = install(&topology, 0, 16);
+    enroll(&mut first, &client).unwrap();
+    let mut standin = Standin::start(&topology.nodes()[0], &client).unwrap();
+    let before = first.link_programs().unwrap();
+    assert!(before.iter().any(|(name, _)| name.starts_with("sk_lookup-")), "{before:?}");
+
+    // The upgraded agent loads its own programs while the old ones still run.
+    let second = install(&topology, 0, 16);
+    let after = second.link_programs().unwrap();
+    let names = |links: &[(String, u32)]| links.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "the same links, not new ones");
+    for ((name, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "{name} still runs the old program");
+    }
+    drop(first);
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "after the upgrade").unwrap(), "after the upgrade");
+    assert_eq!(standin.accepted(1, WAIT).unwrap()[0].orig, to, "captured by the new programs");
+}

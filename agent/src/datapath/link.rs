@@ -1,7 +1,9 @@
 //! The `bpf(2)` link commands aya 0.13 does not expose for cgroup programs: creating a link
-//! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), and reading back which program a pinned link
-//! runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`). Pinned links are what keep capture attached
-//! while no agent runs; removing the pin file detaches the program.
+//! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), replacing the program a pinned link runs
+//! in one step (`BPF_LINK_UPDATE`: an upgraded agent leaves no moment without capture), and
+//! reading back which program a pinned link runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`).
+//! Pinned links are what keep capture attached while no agent runs; removing the pin file
+//! detaches the program.
 use std::{
     ffi::CString,
     io,
@@ -29,6 +31,7 @@ const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_LINK_UPDATE: libc::c_long = 29;
 
 /// `union bpf_attr` is larger; the kernel accepts a shorter, zero-filled prefix.
 #[repr(C)]
@@ -63,14 +66,29 @@ pub fn pin(link: impl AsFd, path: &Path) -> io::Result<()> {
     bpf(BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
-/// The id of the program the link pinned at `path` runs.
-pub fn program_id(path: &Path) -> io::Result<u32> {
+/// Makes the link pinned at `path` run `prog` from now on, atomically: the old program runs
+/// until the new one does.
+pub fn update(path: &Path, prog: impl AsFd) -> io::Result<()> {
+    let link = open_pinned(path)?;
+    let mut attr = Attr::default();
+    // link_update: u32 link_fd, u32 new_prog_fd, u32 flags, u32 old_prog_fd.
+    attr.0[0] = u64::from(fd_u32(&link)) | (u64::from(fd_u32(&prog)) << 32);
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// The object pinned at `path`.
+fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let mut attr = Attr::default();
     attr.0[0] = c_path.as_ptr() as u64;
     let fd = i32::try_from(bpf(BPF_OBJ_GET, &mut attr)?).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: the kernel just returned this fd to us; nothing else owns it.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The id of the program the link pinned at `path` runs.
+pub fn program_id(path: &Path) -> io::Result<u32> {
+    let link = open_pinned(path)?;
     // The head of `struct bpf_link_info`: type, id, prog_id.
     let mut info = [0u32; 3];
     let mut attr = Attr::default();
