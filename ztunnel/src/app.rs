@@ -127,8 +127,6 @@ impl weft_api::admin::Source for Endpoints {
             "pods": pods,
             "certificates": self.0.identities.summary(),
             "connections": self.0.live.dump().iter().map(|open| serde_json::to_value(&**open).unwrap_or_default()).collect::<Vec<_>>(),
-            // L4 authorization is not enforced yet: no policies are held.
-            "policies": [],
             "mesh": self.0.state.dump(),
         })
         .to_string()
