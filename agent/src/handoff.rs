@@ -36,6 +36,8 @@ pub enum Error {
     Peer(#[source] std::io::Error),
     #[error("ztunnel did not answer within {REQUEST_TIMEOUT:?}")]
     Timeout,
+    #[error("a process of user {0} connected to the handoff socket; only the agent's own user may")]
+    Stranger(u32),
 }
 
 /// How long ztunnel may take to answer one request: binding a pod's listeners and fetching its
@@ -61,6 +63,12 @@ impl Server {
     /// Waits for a ztunnel to connect and say hello, and finds its cgroup.
     pub async fn accept(&self) -> Result<Session, Error> {
         let channel = self.listener.accept().await.map_err(zds::Error::Io)?;
+        // The socket file admits only its owner; this holds even if its mode was changed.
+        let uid = channel.peer_uid().map_err(zds::Error::Io)?;
+        // SAFETY: geteuid cannot fail.
+        if uid != unsafe { libc::geteuid() } {
+            return Err(Error::Stranger(uid));
+        }
         let (hello, _) = channel.recv::<zds::ZdsHello>().await?;
         if hello.version != zds::Version::V1 as i32 {
             return Err(Error::Version(hello.version));
@@ -156,6 +164,57 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Connects to `path` from a thread whose effective user is `uid` (the raw syscall changes
+    /// only the calling thread's credentials), and leaves the connection open.
+    fn connect_as(uid: u32, path: std::path::PathBuf) -> std::io::Result<std::os::unix::net::UnixStream> {
+        std::thread::spawn(move || {
+            // SAFETY: changes only this short-lived thread's effective uid (-1: unchanged).
+            if unsafe { libc::syscall(libc::SYS_setresuid, -1, uid, -1) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: fresh fd, owned from here on.
+            let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+            for (slot, byte) in addr.sun_path.iter_mut().zip(path.as_os_str().as_encoded_bytes()) {
+                *slot = *byte as libc::c_char;
+            }
+            let len = libc::socklen_t::try_from(size_of::<libc::sockaddr_un>()).unwrap();
+            // SAFETY: addr is a valid sockaddr_un of length len.
+            if unsafe {
+                libc::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), (&raw const addr).cast(), len)
+            } != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(std::os::unix::net::UnixStream::from(socket))
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_agents_own_user_may_connect_to_the_handoff_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        // Anyone may reach the directory: the socket's own mode is what is tested.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let path = dir.path().join("zds.sock");
+        let server = Server::bind(&path, Path::new("/proc")).unwrap();
+        let nobody = 65534;
+        let refused = connect_as(nobody, path.clone()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied, "{refused}");
+        // Should the file's mode be widened, the peer's credentials still decide.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+        let mut stranger = connect_as(nobody, path.clone()).unwrap();
+        // A proper hello (ZdsHello, version V1, encoded): only the credentials are wrong.
+        std::io::Write::write_all(&mut stranger, &[0x08, 0x01]).unwrap();
+        assert!(matches!(server.accept().await, Err(Error::Stranger(65534))));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_ztunnel_that_never_answers_times_out_and_breaks_the_session() {

@@ -333,7 +333,13 @@ async fn hand_off(
         .with_context(|| format!("listening on {}", socket.display()))?;
     let mut ready = false;
     loop {
-        let session = server.accept().await?;
+        let session = match server.accept().await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(%error, "handoff connection refused");
+                continue;
+            }
+        };
         datapath.trust_proxy_cgroup(session.proxy_cgroup())?;
         tracing::info!("ztunnel connected");
         for spec in pods {

@@ -38,6 +38,26 @@ pub struct Channel {
     fd: AsyncFd<OwnedFd>,
 }
 
+impl Channel {
+    /// The user id of the process at the other end, as it was when it connected.
+    pub fn peer_uid(&self) -> io::Result<u32> {
+        // SAFETY: ucred is plain data; all-zero is valid.
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = libc::socklen_t::try_from(size_of::<libc::ucred>()).expect("invariant: fits");
+        // SAFETY: cred and len are live and sized as passed.
+        check(unsafe {
+            libc::getsockopt(
+                self.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(cred.uid)
+    }
+}
+
 impl std::os::fd::AsFd for Channel {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.get_ref().as_fd()
@@ -99,6 +119,10 @@ impl Listener {
         let (addr, len) = unix_addr(path)?;
         // SAFETY: addr is a valid sockaddr_un of length len.
         check(unsafe { libc::bind(fd.as_raw_fd(), (&raw const addr).cast(), len) })?;
+        // Only the socket's owner (the agent's user, root on a node) may connect: whoever holds a
+        // connection receives pods' network namespaces and has its own cgroup exempted from
+        // capture. Set before anyone can connect: listening starts after.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         // SAFETY: plain syscall on an owned fd.
         check(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
         Ok(Self { fd: register(fd)? })
