@@ -28,6 +28,9 @@ use link::AttachType;
 /// The kernel object, built by this crate's build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/weft-ebpf"));
 
+/// Name prefix of each enrolled pod's pinned sk_lookup link (the netns cookie follows).
+const SK_LOOKUP_LINK: &str = "sk_lookup-";
+
 /// Programs attached once per node to the pods' cgroup, with their attach types.
 const CGROUP_PROGRAMS: [(&str, AttachType); 6] = [
     (program::CONNECT4, AttachType::CgroupInet4Connect),
@@ -317,7 +320,9 @@ impl Datapath {
         let map_error = |source| Error::Map { name, source };
         let gone: Vec<u64> =
             self.trusted.iter().filter(|(_, dir)| !dir.exists()).map(|(id, _)| *id).collect();
-        self.trusted.retain(|_, dir| dir.exists());
+        for id in &gone {
+            self.trusted.remove(id);
+        }
         self.trusted.insert(id, cgroup.to_owned());
         let mut cgroups: HashMap<_, u64, u8> =
             HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?).map_err(map_error)?;
@@ -397,12 +402,10 @@ impl Datapath {
 
     /// Every pinned link by name, with the id of the program it runs.
     pub fn link_programs(&self) -> Result<Vec<(String, u32)>, Error> {
-        let links = self.root.join(pin::LINKS);
-        let entries = std::fs::read_dir(&links).map_err(|source| io_error(&links, source))?;
         let mut programs = Vec::new();
-        for entry in entries.flatten() {
-            let id = link::program_id(&entry.path()).map_err(|source| io_error(&entry.path(), source))?;
-            programs.push((entry.file_name().to_string_lossy().into_owned(), id));
+        for (name, path) in self.pinned_links()? {
+            let id = link::program_id(&path).map_err(|source| io_error(&path, source))?;
+            programs.push((name, id));
         }
         programs.sort();
         Ok(programs)
@@ -410,21 +413,27 @@ impl Datapath {
 
     /// Points every enrolled pod's pinned inbound-capture link at this agent's program.
     fn update_pod_links(&self) -> Result<(), Error> {
-        let links = self.root.join(pin::LINKS);
-        let entries = std::fs::read_dir(&links).map_err(|source| io_error(&links, source))?;
-        for entry in entries.flatten() {
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
-            if name.starts_with("sk_lookup-") {
-                link::update(&entry.path(), self.program_fd(program::SK_LOOKUP)?).map_err(|source| {
-                    Error::Attach { name: program::SK_LOOKUP, target: name.clone(), source }
-                })?;
+        for (name, path) in self.pinned_links()? {
+            if name.starts_with(SK_LOOKUP_LINK) {
+                link::update(&path, self.program_fd(program::SK_LOOKUP)?)
+                    .map_err(|source| Error::Attach { name: program::SK_LOOKUP, target: name, source })?;
             }
         }
         Ok(())
     }
 
+    /// Every pinned link: its file name and path.
+    fn pinned_links(&self) -> Result<Vec<(String, PathBuf)>, Error> {
+        let links = self.root.join(pin::LINKS);
+        let entries = std::fs::read_dir(&links).map_err(|source| io_error(&links, source))?;
+        Ok(entries
+            .flatten()
+            .map(|entry| (entry.file_name().to_string_lossy().into_owned(), entry.path()))
+            .collect())
+    }
+
     fn sk_lookup_path(&self, cookie: u64) -> PathBuf {
-        self.link_path(&format!("sk_lookup-{cookie}"))
+        self.link_path(&format!("{SK_LOOKUP_LINK}{cookie}"))
     }
 }
 

@@ -36,6 +36,8 @@ pub enum Error {
     Peer(#[source] std::io::Error),
     #[error("ztunnel did not answer within {REQUEST_TIMEOUT:?}")]
     Timeout,
+    #[error("the handoff connection is out of step after an earlier failure; it must be dropped")]
+    Broken,
     #[error("a process of user {0} connected to the handoff socket; only the agent's own user may")]
     Stranger(u32),
 }
@@ -134,7 +136,7 @@ impl Session {
         fd: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Result<(), Error> {
         if self.broken() {
-            return Err(Error::Timeout);
+            return Err(Error::Broken);
         }
         let exchange = async {
             self.channel.send(&WorkloadRequest { payload: Some(payload) }, fd).await?;
@@ -232,7 +234,7 @@ mod tests {
         assert!(!session.broken());
         assert!(matches!(session.delete("uid-1").await, Err(Error::Timeout)));
         assert!(session.broken());
-        assert!(matches!(session.snapshot_sent().await, Err(Error::Timeout)), "no request after a timeout");
+        assert!(matches!(session.snapshot_sent().await, Err(Error::Broken)), "no request after a timeout");
         hung.abort();
     }
 }
