@@ -5,7 +5,8 @@
 //! Everything lives under a bpffs root (default `/sys/fs/bpf/weft`): `maps/<MAP>` and
 //! `links/<program>` (plus `links/sk_lookup-<netns cookie>` per enrolled pod). Links are pinned,
 //! so capture keeps working while no agent runs; a restarted agent adopts them (it attaches only
-//! what is missing) after checking the pinned ABI version. Only [`uninstall`] detaches.
+//! what is missing) and runs its own programs on every pinned link. A datapath pinned by an
+//! agent of another ABI version is carried over ([`migrate`]). Only [`uninstall`] detaches.
 use std::{
     fs::File,
     io,
@@ -16,12 +17,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{Program, ProgramError},
 };
 use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, Endpoint, Enrolled, map, pin, program};
 
 mod link;
+mod migrate;
 
 use link::AttachType;
 
@@ -134,10 +136,20 @@ pub enum Error {
         source: io::Error,
     },
     #[error(
-        "the datapath pinned at {root} has ABI version {pinned}, this agent speaks {ABI_VERSION}: \
-         uninstall it first (weft-agent uninstall)"
+        "the datapath pinned at {root} (ABI version {pinned}) holds {map} in a layout this agent \
+         (ABI version {ABI_VERSION}) cannot carry over; it is left running. Uninstall it first \
+         (weft-agent uninstall), which returns the node's pods to plain networking until this \
+         agent enrolls them again"
     )]
-    AbiMismatch { root: String, pinned: u32 },
+    Incompatible { root: String, pinned: u32, map: String },
+    #[error("reading the pinned map {name}")]
+    Pinned {
+        name: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading the eBPF object's map definitions: {0}")]
+    Parse(String),
     #[error("enrollment map is full ({capacity} pods): pod not enrolled")]
     Full { capacity: usize },
     #[error("starting the eBPF debug log")]
@@ -194,21 +206,24 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object, reusing pinned maps, and attaches every cgroup program whose link is
-    /// not pinned yet. Refuses a pinned datapath of another ABI version.
+    /// Loads the object, reusing pinned maps (carrying them over from another ABI version,
+    /// see [`migrate`]), attaches every cgroup program whose link is not pinned yet and runs
+    /// this agent's programs on the pinned ones.
     pub fn install(config: &Config) -> Result<Self, Error> {
         let root = config.bpffs_root.clone();
-        check_pinned_abi(&root)?;
+        let plan = migrate::Plan::new(&root, OBJECT)?;
         for dir in [pin::MAPS, pin::LINKS] {
             let dir = root.join(dir);
             std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         }
+        plan.unpin_rebuilt(&root)?;
         let ebpf = EbpfLoader::new()
             .map_pin_path(root.join(pin::MAPS))
             .set_max_entries(map::ENROLLED, config.max_enrolled)
             .load(OBJECT)
             .map_err(Error::Load)?;
         let mut datapath = Self { ebpf, root, trusted: std::collections::HashMap::new() };
+        plan.restore_config(&mut datapath.config_map()?)?;
         datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
         // Debug records cost a perf event each; an earlier agent may have left them on.
         datapath.set_config(ConfigSlot::DebugLog, 0)?;
@@ -216,6 +231,14 @@ impl Datapath {
         for name in programs.chain([program::SK_LOOKUP, program::NODE_SOCKOPS]) {
             datapath.load_program(name)?;
         }
+        // Named before any link runs the new programs: a rebuilt map starts empty.
+        let node_netns =
+            File::open(&config.node_netns).map_err(|source| io_error(&config.node_netns, source))?;
+        let cookie = netns_cookie(&node_netns).map_err(Error::NetnsCookie)?;
+        let name = map::NODE;
+        let mut node: Array<_, u64> = Array::try_from(datapath.ebpf.map_mut(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })?;
+        node.set(0, cookie, 0).map_err(|source| Error::Map { name, source })?;
         let node_programs = [(program::NODE_SOCKOPS, AttachType::CgroupSockOps, &config.node_cgroup)];
         let pod_programs = CGROUP_PROGRAMS.map(|(name, attach_type)| (name, attach_type, &config.cgroup));
         for (name, attach_type, target) in pod_programs.into_iter().chain(node_programs) {
@@ -235,14 +258,8 @@ impl Datapath {
                 .map_err(|source| Error::Attach { name, target: target.display().to_string(), source })?;
             link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source))?;
         }
-        let node_netns =
-            File::open(&config.node_netns).map_err(|source| io_error(&config.node_netns, source))?;
-        let cookie = netns_cookie(&node_netns).map_err(Error::NetnsCookie)?;
-        let name = map::NODE;
-        let mut node: Array<_, u64> = Array::try_from(datapath.ebpf.map_mut(name).ok_or(missing_map(name))?)
-            .map_err(|source| Error::Map { name, source })?;
-        node.set(0, cookie, 0).map_err(|source| Error::Map { name, source })?;
         datapath.update_pod_links()?;
+        plan.finish()?;
         Ok(datapath)
     }
 
@@ -368,9 +385,13 @@ impl Datapath {
 
     fn set_config(&mut self, slot: ConfigSlot, value: u32) -> Result<(), Error> {
         let name = map::CONFIG;
-        let mut config: Array<_, u32> = Array::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
-            .map_err(|source| Error::Map { name, source })?;
-        config.set(slot as u32, value, 0).map_err(|source| Error::Map { name, source })
+        self.config_map()?.set(slot as u32, value, 0).map_err(|source| Error::Map { name, source })
+    }
+
+    fn config_map(&mut self) -> Result<Array<&mut MapData, u32>, Error> {
+        let name = map::CONFIG;
+        Array::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })
     }
 
     fn enrolled_map(&mut self) -> Result<HashMap<&mut MapData, u64, Enrolled>, Error> {
@@ -489,24 +510,6 @@ pub fn netns_cookie(netns: &File) -> io::Result<u64> {
         }
         Ok(cookie)
     })
-}
-
-/// The ABI version recorded in a pinned datapath, if one is pinned under `root`.
-fn check_pinned_abi(root: &Path) -> Result<(), Error> {
-    let path = root.join(pin::MAPS).join(map::CONFIG);
-    if !path.exists() {
-        return Ok(());
-    }
-    let name = map::CONFIG;
-    let data = MapData::from_pin(&path).map_err(|source| Error::Map { name, source })?;
-    let config: Array<_, u32> =
-        Array::try_from(Map::Array(data)).map_err(|source| Error::Map { name, source })?;
-    let pinned =
-        config.get(&(ConfigSlot::AbiVersion as u32), 0).map_err(|source| Error::Map { name, source })?;
-    if pinned != ABI_VERSION && pinned != 0 {
-        return Err(Error::AbiMismatch { root: root.display().to_string(), pinned });
-    }
-    Ok(())
 }
 
 fn missing_map(name: &'static str) -> Error {

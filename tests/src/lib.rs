@@ -11,6 +11,7 @@
 pub mod apiserver;
 pub mod apps;
 pub mod bench;
+pub mod bpffs;
 pub mod cleanup;
 pub mod cluster;
 pub mod control;

@@ -9,10 +9,11 @@ use std::{
 };
 
 use weft_agent::datapath::{self, Config, Datapath, PodAddrs};
-use weft_ebpf_common::{Counter, port};
+use weft_ebpf_common::{ConfigSlot, Counter, map, port};
 use weft_tests::{
     apps::{self, Chat, Sent, Standin},
-    topology::{Pod, Topology},
+    bpffs,
+    topology::{Node, Pod, Topology},
     wire::WireMonitor,
 };
 
@@ -228,25 +229,95 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     assert_eq!(links.len(), 8, "six links on the pods' cgroup, one on the node's, one sk_lookup, none twice");
 }
 
+/// Replaces the map pinned at `maps/<name>` with an empty one of another layout, as an agent of
+/// another ABI version would have pinned it. The running programs keep the original.
+fn pin_other_layout(
+    node: &Node,
+    name: &str,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) {
+    let path = node.bpffs_root.join("maps").join(name);
+    std::fs::remove_file(&path).unwrap();
+    bpffs::pin_new_map(&path, map_type, key_size, value_size, max_entries).unwrap();
+}
+
+fn pinned_config(node: &Node) -> aya::maps::Array<aya::maps::MapData, u32> {
+    let path = node.bpffs_root.join("maps").join(map::CONFIG);
+    aya::maps::Array::try_from(aya::maps::Map::Array(aya::maps::MapData::from_pin(path).unwrap())).unwrap()
+}
+
 #[test]
-fn a_pinned_datapath_of_another_abi_is_refused_and_uninstall_removes_capture() {
+fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_settings() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echoes =
+        [apps::echo_server(&server, ECHO_PORT).unwrap(), apps::echo_server(&client, ECHO_PORT).unwrap()];
+    let node = topology.nodes()[0].clone();
+    let mut old = install(&topology, 0, 16);
+    enroll(&mut old, &client).unwrap();
+    let mut standin = Standin::start(&node, &client).unwrap();
+    let before = old.link_programs().unwrap();
+
+    // What an agent of ABI 5 left: one setting more (the proxy-cgroup check on), one counter
+    // fewer, and a map this build does not define.
+    pin_other_layout(&node, map::CONFIG, bpffs::ARRAY, 4, 4, ConfigSlot::COUNT + 1);
+    for (slot, value) in
+        [(ConfigSlot::AbiVersion as u32, 5), (ConfigSlot::ProxyCgroupRequired as u32, 1), (3, 42)]
+    {
+        pinned_config(&node).set(slot, value, 0).unwrap();
+    }
+    pin_other_layout(&node, map::COUNTERS, bpffs::PERCPU_ARRAY, 4, 8, Counter::COUNT - 1);
+    let dropped = node.bpffs_root.join("maps").join("WEFT_FROM_NODE");
+    bpffs::pin_new_map(&dropped, bpffs::HASH, 36, 1, 64).unwrap();
+
+    let config = Config {
+        cgroup: node.cgroup.clone(),
+        node_cgroup: node.system_cgroup.clone(),
+        node_netns: node.netns.path(),
+        bpffs_root: node.bpffs_root.clone(),
+        max_enrolled: 16,
+    };
+    let new = Datapath::install(&config).unwrap();
+    let settings: Vec<u32> = pinned_config(&node).iter().map(Result::unwrap).collect();
+    assert_eq!(settings, [weft_ebpf_common::ABI_VERSION, 0, 1], "the proxy-cgroup check carried over");
+    assert!(!dropped.exists(), "the map only the old programs used is unpinned");
+    assert_eq!(new.enrolled().unwrap().len(), 1, "the enrolled pod carried over");
+    for ((name, old), (_, new)) in before.iter().zip(&new.link_programs().unwrap()) {
+        assert_ne!(old, new, "{name} still runs the old program");
+    }
+    drop(old);
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "outbound").unwrap(), "outbound");
+    assert_eq!(standin.accepted(1, WAIT).unwrap()[0].orig, to, "captured by the new programs");
+    let inbound = SocketAddr::new(client.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&server, inbound, "inbound").unwrap(), "inbound");
+    assert_eq!(standin.accepted(2, WAIT).unwrap()[1].orig, inbound, "the proxy's listener carried over");
+    assert_eq!(new.counter(Counter::Redirected).unwrap(), 1, "counted in the rebuilt counters");
+    assert_eq!(new.counter(Counter::InboundSteered).unwrap(), 1);
+}
+
+#[test]
+fn a_datapath_whose_enrollment_cannot_be_carried_over_is_refused_and_left_running() {
     let mut topology = Topology::new(2).unwrap();
     let client = topology.add_pod(0, "client", "uid-client").unwrap();
     let server = topology.add_pod(1, "server", "uid-server").unwrap();
     let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
     let node = topology.nodes()[0].clone();
-    let mut datapath = install(&topology, 0, 16);
-    enroll(&mut datapath, &client).unwrap();
-    drop(datapath);
+    let mut old = install(&topology, 0, 16);
+    enroll(&mut old, &client).unwrap();
+    pin_other_layout(&node, map::ENROLLED, bpffs::HASH, 8, 4, 16);
+    let before = old.link_programs().unwrap();
 
-    let config_pin = node.bpffs_root.join("maps").join(weft_ebpf_common::map::CONFIG);
-    let data = aya::maps::MapData::from_pin(&config_pin).unwrap();
-    let mut config: aya::maps::Array<_, u32> =
-        aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
-    config.set(weft_ebpf_common::ConfigSlot::AbiVersion as u32, 999, 0).unwrap();
     let error = Datapath::install(&Config::new(&node.cgroup).with_root(&node.bpffs_root)).unwrap_err();
-    assert!(matches!(error, datapath::Error::AbiMismatch { pinned: 999, .. }), "{error}");
+    assert!(matches!(&error, datapath::Error::Incompatible { map, .. } if map == map::ENROLLED), "{error}");
     assert!(error.to_string().contains("uninstall"), "{error}");
+    assert_eq!(old.link_programs().unwrap(), before, "a refused install changes nothing");
+    drop(old);
 
     // Still pinned and capturing: with no proxy, refused.
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);

@@ -4,8 +4,10 @@
 //! user-space helper the proxy needs ([`listener`]). Byte order is stated on every field.
 #![no_std]
 
-/// Version of the maps' layout and the programs' contract. A pinned datapath with another
-/// version is never adopted: the agent stops and says to uninstall first.
+/// Version of the maps' layout and the programs' contract, recorded in the pinned datapath. An
+/// agent of another version carries the pinned maps over map by map (the agent's
+/// `datapath::migrate`): bump it with every change of a map's layout; a new meaning in an old
+/// layout needs its own rule there.
 pub const ABI_VERSION: u32 = 4;
 
 /// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
