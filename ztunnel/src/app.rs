@@ -11,6 +11,9 @@ use crate::{
     state::State,
 };
 
+/// How often the metrics of workloads that are gone are dropped.
+const METRICS_SWEEP: Duration = Duration::from_secs(60);
+
 /// Validated configuration (the binary builds it from flags; tests build it directly).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -185,6 +188,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         loop {
             every.tick().await;
             pool_context.pool.release_idle();
+        }
+    });
+    let metrics_context = context.clone();
+    endpoints.spawn(async move {
+        let mut every = tokio::time::interval(METRICS_SWEEP);
+        loop {
+            every.tick().await;
+            metrics_context.forget_gone_workloads();
         }
     });
     let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));

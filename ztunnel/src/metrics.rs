@@ -1,7 +1,9 @@
 //! Prometheus metrics of proxied connections, named and labelled like Istio's TCP metrics so
 //! existing dashboards translate (`weft_tcp_connections_opened_total`, …, labelled by reporter,
-//! source and destination workload and principal).
-use std::time::Duration;
+//! source and destination workload and principal). Series of workloads that are gone are
+//! dropped ([`Metrics::retain_workloads`]), so short-lived workloads (Jobs, CronJobs) do not
+//! grow the scrape without bound.
+use std::{collections::HashSet, sync::Mutex, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -27,6 +29,9 @@ impl EncodeLabelValue for Reporter {
         })
     }
 }
+
+/// The workload, namespace and principal labels of an end that is not a known workload.
+pub const UNKNOWN: &str = "unknown";
 
 /// Labels of a proxied connection.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +74,9 @@ pub struct Metrics {
     received: Family<ConnectionLabels, Counter>,
     handshakes: Family<HandshakeLabels, Histogram>,
     failed: Family<FailureLabels, Counter>,
+    /// Every label set of the connection families, so the series of gone workloads can be
+    /// found (a `Family` cannot be listed).
+    series: Mutex<HashSet<ConnectionLabels>>,
 }
 
 impl Default for Metrics {
@@ -94,13 +102,37 @@ impl Default for Metrics {
             "Connections the proxy could not carry (or that broke), by end and reason",
             failed.clone(),
         );
-        Self { registry, opened, closed, sent, received, handshakes, failed }
+        Self { registry, opened, closed, sent, received, handshakes, failed, series: Mutex::default() }
     }
 }
 
 impl Metrics {
     pub fn opened(&self, labels: &ConnectionLabels) {
         self.opened.get_or_create(labels).inc();
+        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !series.contains(labels) {
+            series.insert(labels.clone());
+        }
+    }
+
+    /// Drops the connection series whose source or destination is a workload `exists` no
+    /// longer knows (by namespace and name); ends that were never a workload (`unknown`) do not
+    /// count. Returns how many label sets went.
+    pub fn retain_workloads(&self, exists: impl Fn(&str, &str) -> bool) -> usize {
+        let known = |namespace: &str, name: &str| namespace == UNKNOWN || exists(namespace, name);
+        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = series.len();
+        series.retain(|labels| {
+            let keep = known(&labels.source_workload_namespace, &labels.source_workload)
+                && known(&labels.destination_workload_namespace, &labels.destination_workload);
+            if !keep {
+                for family in [&self.opened, &self.closed, &self.sent, &self.received] {
+                    family.remove(labels);
+                }
+            }
+            keep
+        });
+        before - series.len()
     }
 
     /// A connection closed after the source sent `sent` bytes and received `received`.
@@ -126,5 +158,47 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(source: (&str, &str), destination: (&str, &str)) -> ConnectionLabels {
+        ConnectionLabels {
+            reporter: Reporter::Source,
+            source_workload: source.1.to_owned(),
+            source_workload_namespace: source.0.to_owned(),
+            source_principal: String::new(),
+            destination_workload: destination.1.to_owned(),
+            destination_workload_namespace: destination.0.to_owned(),
+            destination_principal: String::new(),
+            connection_security_policy: "mutual_tls".to_owned(),
+        }
+    }
+
+    #[test]
+    fn series_of_gone_workloads_are_dropped_and_the_rest_kept() {
+        let metrics = Metrics::default();
+        let kept = labels(("shop", "web"), ("shop", "db"));
+        let to_job = labels(("shop", "web"), ("batch", "report-28391"));
+        let from_outside = labels((UNKNOWN, UNKNOWN), ("shop", "db"));
+        for series in [&kept, &to_job, &from_outside] {
+            metrics.opened(series);
+            metrics.closed(series, 10, 20);
+        }
+        assert!(metrics.encode().contains("report-28391"));
+
+        let gone = metrics.retain_workloads(|namespace, name| namespace == "shop" && name != "gone");
+        assert_eq!(gone, 1);
+        let text = metrics.encode();
+        assert!(!text.contains("report-28391"), "{text}");
+        assert_eq!(
+            text.matches("destination_workload=\"db\"").count(),
+            8,
+            "both db series in 4 families: {text}"
+        );
+        assert_eq!(metrics.retain_workloads(|_, _| true), 0);
     }
 }

@@ -100,6 +100,21 @@ const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const ROUND_ROBIN_SERVICES: usize = 4096;
 
 impl Context {
+    /// Drops the connection metrics of workloads neither the configuration nor this node's
+    /// pods know any more.
+    pub fn forget_gone_workloads(&self) {
+        let mut names = self.state.metrics_names();
+        for (pod, _) in self.pods.read().unwrap_or_else(|poisoned| poisoned.into_inner()).iter() {
+            names.insert((pod.namespace.clone(), pod.name.clone()));
+        }
+        let gone = self
+            .metrics
+            .retain_workloads(|namespace, name| names.contains(&(namespace.to_owned(), name.to_owned())));
+        if gone > 0 {
+            tracing::debug!(series = gone, "dropped the metrics of workloads that are gone");
+        }
+    }
+
     /// Decides an inbound connection to `pod` once the configuration is complete (a DENY
     /// policy may still be on its way before) and holds the pod's workload; `None` if the
     /// configuration did not arrive in time. Both waits share [`CONFIG_WAIT`].
@@ -173,7 +188,10 @@ impl Context {
             Some((name, namespace, identity)) => {
                 (name.to_owned(), namespace.to_owned(), identity.to_string())
             }
-            None => ("unknown".to_owned(), "unknown".to_owned(), "unknown".to_owned()),
+            None => {
+                let unknown = crate::metrics::UNKNOWN;
+                (unknown.to_owned(), unknown.to_owned(), unknown.to_owned())
+            }
         };
         let (source_workload, source_workload_namespace, source_principal) = part(source);
         let (destination_workload, destination_workload_namespace, destination_principal) = part(destination);

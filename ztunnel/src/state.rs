@@ -4,7 +4,7 @@
 //! would give one address to two workloads (or one VIP to two services) is rejected whole and
 //! the last good index kept.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
     path::Path,
     sync::{Arc, RwLock},
@@ -331,6 +331,21 @@ impl State {
     /// The workload with address `ip`.
     pub fn workload_by_ip(&self, ip: IpAddr) -> Option<Arc<Workload>> {
         self.current().by_ip.get(&ip.to_canonical()).cloned()
+    }
+
+    /// Every workload's namespace and the name its metrics carry.
+    pub fn metrics_names(&self) -> HashSet<(String, String)> {
+        let index = self.current();
+        index
+            .resources
+            .values()
+            .filter_map(|(_, resource)| match resource.as_ref() {
+                Resource::Workload(workload) => {
+                    Some((workload.namespace.clone(), workload.metrics_name().to_owned()))
+                }
+                Resource::Service(_) => None,
+            })
+            .collect()
     }
 
     /// The service with virtual IP `ip`, and the workloads backing it.
