@@ -1,7 +1,10 @@
 //! Undo lists: every resource the harness creates registers how to remove it, and the owner's
 //! [`Guard`] runs those steps in reverse order when it drops, including while a test panics.
 //! [`sweep_stale`] removes what earlier runs that were killed outright left behind.
-use std::{fmt, path::Path};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 /// Prefix of every name the harness gives to a namespace or cgroup.
 pub const PREFIX: &str = "weft-";
@@ -47,8 +50,9 @@ impl Drop for Guard {
     }
 }
 
-/// Removes network namespaces, cgroup directories and bpffs pin directories named `weft-<pid>-…` whose process no
-/// longer exists. Best effort: what it cannot remove it reports.
+/// Removes network namespaces, cgroup directories (v2 and v1), bpffs pin directories and real
+/// nodes' directories named `weft-<pid>-…` whose process no longer exists. Best effort: what it
+/// cannot remove it reports.
 pub fn sweep_stale(cgroup_root: &Path) {
     let stale = |name: &str| {
         let Some(rest) = name.strip_prefix(PREFIX) else { return false };
@@ -76,12 +80,25 @@ pub fn sweep_stale(cgroup_root: &Path) {
             }
         }
     }
-    if let Ok(entries) = std::fs::read_dir(cgroup_root) {
+    // Cgroups (v2, and real nodes' in the v1 hierarchies), their processes killed first.
+    let hierarchies = crate::nodes::v1_hierarchies().unwrap_or_default();
+    for dir in std::iter::once(cgroup_root).chain(hierarchies.iter().map(PathBuf::as_path)) {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             if stale(&entry.file_name().to_string_lossy())
                 && let Err(error) = crate::process::remove_cgroup_tree(&entry.path())
             {
                 eprintln!("cleanup: stale cgroup {}: {error:#}", entry.path().display());
+            }
+        }
+    }
+    // Real nodes' directories, once their processes are gone: mounts, CNI results.
+    if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            if stale(&entry.file_name().to_string_lossy())
+                && let Err(error) = crate::nodes::remove_cluster_dir(&entry.path())
+            {
+                eprintln!("cleanup: stale cluster directory {}: {error:#}", entry.path().display());
             }
         }
     }

@@ -28,6 +28,12 @@ const PACKAGES: &[&str] = &[
     "iputils-ping",
     // The benchmark's bulk-throughput client and server.
     "iperf3",
+    // The harness's real nodes: container runtime, CNI plugins (bridge, host-local, loopback in
+    // /usr/lib/cni), and iptables for kube-proxy.
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -43,8 +49,8 @@ const GO_MINIMUM: (u32, u32) = (1, 26);
 /// Paths of the tools setup provides, for the commands that run after it.
 #[derive(Debug)]
 pub struct Tools {
-    /// A directory holding `etcd`, `kube-apiserver` and `kube-controller-manager` of the tested
-    /// releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
+    /// A directory holding etcd and the Kubernetes commands of the tested releases (links into
+    /// the cache); the harness reads it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
 }
 
@@ -123,12 +129,18 @@ fn nextest() -> anyhow::Result<()> {
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
-/// etcd, kube-apiserver and kube-controller-manager at the tested releases, built from the Go
-/// module proxy by `kubernetes.sh` when missing; `bin` is then pointed at them.
+/// The Kubernetes commands `kubernetes.sh` builds (its `kube_commands`): the control plane, and
+/// what the harness's real nodes run.
+const KUBE_COMMANDS: [&str; 6] =
+    ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"];
+
+/// etcd and [`KUBE_COMMANDS`] at the tested releases, built from the Go module proxy by
+/// `kubernetes.sh` when missing; `bin` is then pointed at them.
 fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let kube = dir.join(format!("kubernetes-v{KUBERNETES_VERSION}/bin"));
     let etcd = dir.join(format!("etcd-v{ETCD_VERSION}/bin"));
-    let binaries = [kube.join("kube-apiserver"), kube.join("kube-controller-manager"), etcd.join("etcd")];
+    let binaries: Vec<PathBuf> =
+        KUBE_COMMANDS.iter().map(|command| kube.join(command)).chain([etcd.join("etcd")]).collect();
     if !binaries.iter().all(|binary| binary.exists()) {
         let go = go()?;
         eprintln!(

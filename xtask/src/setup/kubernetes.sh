@@ -21,13 +21,16 @@ export GOMODCACHE="$out/go/mod" GOCACHE="$out/go/build"
 kube_bin="$out/kubernetes-v$kube_version/bin" etcd_bin="$out/etcd-v$etcd_version/bin"
 mkdir -p "$kube_bin" "$etcd_bin" "$GOMODCACHE" "$GOCACHE"
 
-kube_commands=(kube-apiserver kube-controller-manager)
+# The control plane, and what a real node runs (the harness's real-node mode): kubelet, kube-proxy,
+# and kubectl for users and tests.
+kube_commands=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 
 build_kubernetes() {
   local module="$out/modules/kubernetes-$kube_version"
   mkdir -p "$module"
   cd "$module"
-  if [ ! -f .weft-tidy ]; then
+  # The marker names the commands tidied for: a command added since means tidying again.
+  if [ "$(cat .weft-tidy 2>/dev/null)" != "${kube_commands[*]}" ]; then
     echo "resolving k8s.io/kubernetes v$kube_version (a large download the first time)"
     printf 'module weft.invalid/kubernetes\n\ngo 1.26.0\n' > go.mod
     go mod edit -require="k8s.io/kubernetes@v$kube_version"
@@ -40,7 +43,7 @@ build_kubernetes() {
     for m in $staging; do go mod edit -replace="$m=$m@v0.$minor_patch"; done
     for c in "${kube_commands[@]}"; do go mod edit -tool="k8s.io/kubernetes/cmd/$c"; done
     go mod tidy
-    touch .weft-tidy
+    echo "${kube_commands[*]}" > .weft-tidy
   fi
   # What `hack/lib/version.sh` stamps, so `--version` and the API's /version name the release.
   local pkg=k8s.io/component-base/version minor=${kube_version#*.}
@@ -62,7 +65,8 @@ build_etcd() {
   local module="$out/modules/etcd-$etcd_version"
   mkdir -p "$module"
   cd "$module"
-  if [ ! -f .weft-tidy ]; then
+  # The marker names the commands tidied for: a command added since means tidying again.
+  if [ "$(cat .weft-tidy 2>/dev/null)" != "${kube_commands[*]}" ]; then
     echo "resolving go.etcd.io/etcd/server/v3 v$etcd_version"
     printf 'module weft.invalid/etcd\n\ngo 1.26.0\n' > go.mod
     cat > main.go <<'EOF'

@@ -1,0 +1,175 @@
+//! Container images assembled on this machine, for real nodes (no registry is reachable): each
+//! is one layer holding the given binaries (debug info stripped) and the shared libraries they
+//! load, written as an OCI image archive that `ctr images import` takes. Archives are cached in
+//! the build's target directory, keyed by their inputs, so a rebuilt binary makes a new one.
+use std::{
+    collections::BTreeSet,
+    hash::{DefaultHasher, Hash, Hasher},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::json;
+
+/// Where binaries go inside an image.
+pub const BIN_DIR: &str = "/usr/local/bin";
+
+/// An image archive and the reference it is imported under.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub reference: String,
+    pub archive: PathBuf,
+}
+
+/// The sandbox image every real node's containerd uses.
+pub fn pause() -> anyhow::Result<Image> {
+    assemble("weft.local/pause:1", &["weft-pause"], &["weft-pause"])
+}
+
+/// The test apps (`weft-testpod`: echo servers, clients, probes); give the subcommand as args.
+pub fn testpod() -> anyhow::Result<Image> {
+    assemble("weft.local/testpod:1", &["weft-testpod"], &["weft-testpod"])
+}
+
+/// An image `reference` holding the workspace binaries `binaries` in [`BIN_DIR`], started as
+/// `entrypoint` (its first word a binary's name).
+pub fn assemble(reference: &str, binaries: &[&str], entrypoint: &[&str]) -> anyhow::Result<Image> {
+    let binaries: Vec<PathBuf> =
+        binaries.iter().map(|name| crate::apps::binary(name)).collect::<anyhow::Result<_>>()?;
+    let mut key = DefaultHasher::new();
+    (reference, entrypoint).hash(&mut key);
+    for binary in &binaries {
+        let meta = std::fs::metadata(binary).with_context(|| format!("reading {}", binary.display()))?;
+        (binary, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut key);
+    }
+    let dir = binaries[0].parent().context("a binary has a directory")?.join("weft-images");
+    std::fs::create_dir_all(&dir)?;
+    let name: String = reference.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let archive = dir.join(format!("{name}-{:016x}.tar", key.finish()));
+    if !archive.exists() {
+        // Built aside and renamed: a parallel test never sees half an archive.
+        let work = tempfile::Builder::new().prefix("weft-image-").tempdir_in(&dir)?;
+        build(work.path(), reference, &binaries, entrypoint)?;
+        std::fs::rename(work.path().join("image.tar"), &archive)?;
+    }
+    Ok(Image { reference: reference.to_owned(), archive })
+}
+
+fn build(work: &Path, reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> anyhow::Result<()> {
+    let rootfs = work.join("rootfs");
+    let bin = rootfs.join(BIN_DIR.trim_start_matches('/'));
+    std::fs::create_dir_all(&bin)?;
+    std::fs::create_dir_all(rootfs.join("tmp"))?;
+    std::fs::create_dir_all(rootfs.join("etc"))?;
+    let mut libraries = BTreeSet::new();
+    for binary in binaries {
+        let name = binary.file_name().context("a binary has a name")?;
+        run(Command::new("strip").arg("--strip-debug").arg("-o").arg(bin.join(name)).arg(binary))?;
+        libraries.extend(shared_libraries(binary)?);
+    }
+    for library in libraries {
+        let inside = rootfs.join(library.strip_prefix("/")?);
+        std::fs::create_dir_all(inside.parent().context("a library has a directory")?)?;
+        // Copies what a symlink points at, under the name the loader asks for.
+        std::fs::copy(&library, &inside).with_context(|| format!("copying {}", library.display()))?;
+    }
+
+    let blobs = work.join("layout/blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let layer = work.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-C"])
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."))?;
+    let layer = blob(&blobs, &layer)?;
+    let entrypoint: Vec<String> = entrypoint
+        .iter()
+        .enumerate()
+        .map(|(n, word)| if n == 0 { format!("{BIN_DIR}/{word}") } else { (*word).to_owned() })
+        .collect();
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Entrypoint": entrypoint, "Env": [format!("PATH={BIN_DIR}:/usr/bin:/bin")], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+    });
+    let config = blob_of(&blobs, &work.join("config.json"), &config)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.digest, "size": config.size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.digest, "size": layer.size}],
+    });
+    let manifest = blob_of(&blobs, &work.join("manifest.json"), &manifest)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest.digest,
+            "size": manifest.size,
+            "annotations": {"io.containerd.image.name": reference},
+            "platform": {"architecture": "amd64", "os": "linux"},
+        }],
+    });
+    let layout = work.join("layout");
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(layout.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    run(Command::new("tar")
+        .args(["--owner=0", "--group=0", "--numeric-owner", "-C"])
+        .arg(&layout)
+        .arg("-cf")
+        .arg(work.join("image.tar"))
+        .args(["oci-layout", "index.json", "blobs"]))
+}
+
+/// A content-addressed blob: its digest (`sha256:…`) and size.
+struct Blob {
+    digest: String,
+    size: u64,
+}
+
+/// Moves `file` into `blobs` under its digest.
+fn blob(blobs: &Path, file: &Path) -> anyhow::Result<Blob> {
+    let out = Command::new("sha256sum").arg(file).output().context("running sha256sum")?;
+    ensure!(out.status.success(), "sha256sum {}: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    let hex = String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .next()
+        .context("sha256sum printed nothing")?
+        .to_owned();
+    let size = std::fs::metadata(file)?.len();
+    std::fs::rename(file, blobs.join(&hex))?;
+    Ok(Blob { digest: format!("sha256:{hex}"), size })
+}
+
+fn blob_of(blobs: &Path, file: &Path, value: &serde_json::Value) -> anyhow::Result<Blob> {
+    std::fs::write(file, serde_json::to_vec(value)?)?;
+    blob(blobs, file)
+}
+
+/// The absolute paths of the shared libraries `binary` loads, its loader included (`ldd`).
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
+    ensure!(out.status.success(), "ldd {}: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|line| {
+            // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let out = command.output().with_context(|| format!("running {:?}", command.get_program()))?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", command, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

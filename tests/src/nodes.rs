@@ -1,0 +1,530 @@
+//! Real nodes: on each node of a [`Topology`] (its network namespace, cgroups and pod bridge) a
+//! containerd, a kubelet and a kube-proxy of the tested release, against a control plane inside
+//! the fabric ([`ApiServer::start_for_nodes`], with the scheduler). Pods are real containers
+//! (runc), wired by the CNI plugins (bridge, host-local) to the node's `cni0`, from images
+//! assembled here and imported into each node's containerd ([`images`]).
+//!
+//! What a node needs on this machine, and why:
+//! - One containerd per node: its CRI always uses the `k8s.io` namespace, so kubelets sharing
+//!   one kill each other's pods as orphans. Each has its own root, state, socket and runc root.
+//! - `restrict_oom_score_adj`: root here lacks CAP_SYS_RESOURCE, so the negative OOM scores
+//!   runc would set for sandboxes are refused ("can't get final child's PID from pipe").
+//! - cgroups are hybrid (v1 controllers, v2 at `/sys/fs/cgroup/unified` with no controllers):
+//!   the kubelet runs in v1 mode (`failCgroupV1: false`) with the cgroupfs driver, and each node
+//!   gets its own `cgroupRoot`, `/<topology>/<node>`, made beforehand in every v1 hierarchy. runc
+//!   puts a container's processes at the same path in v2, so pods land below [`Node::cgroup`],
+//!   where Weft's datapath attaches, as on any cgroupfs node.
+//! - Node processes join only the node's network namespace (`setns`), not a new mount
+//!   namespace (as `ip netns exec` would make), so they see the host's `/sys/fs/cgroup`.
+//!
+//! Everything is torn down when the [`RealCluster`] drops: node processes, containers, every
+//! mount below the cluster's directory (the kubelet's volumes, containerd's rootfs and netns
+//! mounts), the v1 cgroups, then the control plane and the topology.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::core::v1::{Node as NodeObject, Pod as PodObject};
+use kube::Api;
+
+use crate::{
+    apiserver::{ApiServer, kube_bin, log_tail, logged},
+    cleanup::Guard,
+    images::{self, Image},
+    process::{self, Process},
+    topology::{Node, Topology},
+};
+
+/// How long a node may take to register and report Ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The cluster's pod ranges, for kube-proxy's idea of what is inside the cluster.
+const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
+
+/// A cluster of real nodes.
+pub struct RealCluster {
+    nodes: Vec<RealNode>,
+    // Unmounts and cgroup removal, after the node processes and containers are gone.
+    guard: Guard,
+    api: ApiServer,
+    topology: Topology,
+}
+
+impl std::fmt::Debug for RealCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RealCluster").field("topology", &self.topology.name()).finish_non_exhaustive()
+    }
+}
+
+/// One node's own processes; killed on drop (containers are not: see [`RealCluster`]'s drop).
+struct RealNode {
+    kube_proxy: Process,
+    kubelet: Process,
+    containerd: Process,
+    dir: PathBuf,
+}
+
+impl RealCluster {
+    /// Builds `nodes` nodes with their processes, imports `images` (and the sandbox image) into
+    /// each, and returns once every node is Ready.
+    pub async fn start(nodes: usize, images: &[Image]) -> anyhow::Result<Self> {
+        let topology = Topology::new(nodes)?;
+        let names: Vec<String> = topology.nodes().iter().map(|node| node.name.clone()).collect();
+        let api = ApiServer::start_for_nodes(topology.fabric(), &names).await?;
+        let dir = std::env::temp_dir().join(topology.name());
+        let mut cluster = Self { nodes: Vec::new(), guard: Guard::default(), api, topology };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let removed = dir.clone();
+        cluster.guard.defer(format!("directory {}", dir.display()), move || remove_cluster_dir(&removed));
+        let cgroup_root = format!("/{}", cluster.topology.name());
+        let v1 = v1_hierarchies()?;
+        let made: Vec<PathBuf> = v1.iter().map(|hierarchy| hierarchy.join(&cgroup_root[1..])).collect();
+        cluster.guard.defer("v1 cgroups", move || {
+            for dir in made {
+                process::remove_cgroup_tree(&dir)?;
+            }
+            Ok(())
+        });
+        let mut all_images = vec![images::pause()?];
+        all_images.extend_from_slice(images);
+        for node in cluster.topology.nodes().to_vec() {
+            let node_cgroup_root = format!("{cgroup_root}/{}", node.name);
+            make_v1_cgroup(&v1, &node_cgroup_root)?;
+            let started =
+                RealNode::start(&cluster.api, &node, &dir.join(&node.name), &node_cgroup_root, &all_images)?;
+            cluster.nodes.push(started);
+        }
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    pub fn api(&self) -> &ApiServer {
+        &self.api
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.api.client()
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// `kubectl` of the tested release, as the cluster's admin.
+    pub fn kubectl(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new(kube_bin()?.join("kubectl"));
+        command.env("KUBECONFIG", self.api.kubeconfig()).stdin(Stdio::null());
+        Ok(command)
+    }
+
+    /// Waits until pod `name` in `namespace` has `phase` (`Running` means also Ready), and
+    /// returns it; fails at once if it reaches `Failed` unexpectedly.
+    pub async fn wait_for_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<PodObject> {
+        let pods: Api<PodObject> = Api::namespaced(self.client(), namespace);
+        let what = format!("pod {namespace}/{name} {phase}");
+        let mut last = String::from("not created");
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(pod) = pods.get_opt(name).await? {
+                let status = pod.status.clone().unwrap_or_default();
+                let current = status.phase.clone().unwrap_or_default();
+                let ready = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+                if current == phase && (phase != "Running" || ready) {
+                    return Ok(pod);
+                }
+                if current == "Failed" && phase != "Failed" {
+                    bail!("{what}: the pod failed: {:?}", status.container_statuses);
+                }
+                last = format!("phase {current}, ready {ready}, {:?}", status.container_statuses);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("{what}: not within {timeout:?} ({last}){}", self.logs_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until kube-proxy on node `node` sends Service traffic to `endpoint` (`ip:port`):
+    /// its rules hold that destination.
+    pub async fn wait_for_service_rules(
+        &self,
+        node: usize,
+        endpoint: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let netns = self.topology.nodes().get(node).context("no such node")?.netns.clone();
+        let wanted = format!("--to-destination {endpoint}");
+        crate::eventually(&format!("kube-proxy on node {node} to program {endpoint}"), timeout, || {
+            let netns = netns.clone();
+            let wanted = wanted.clone();
+            async move {
+                let rules = netns.run(|| Command::new("iptables-save").output()).ok()?.ok()?;
+                String::from_utf8_lossy(&rules.stdout).contains(&wanted).then_some(())
+            }
+        })
+        .await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let nodes: Api<NodeObject> = Api::all(self.client());
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            for node in &mut self.nodes {
+                for (what, process) in [
+                    ("containerd", &mut node.containerd),
+                    ("kubelet", &mut node.kubelet),
+                    ("kube-proxy", &mut node.kube_proxy),
+                ] {
+                    if process.exited() {
+                        let log = node.dir.join(format!("{what}.log"));
+                        bail!("{what} of {} exited:\n{}", node.dir.display(), log_tail(&log));
+                    }
+                }
+            }
+            let ready = nodes
+                .list(&Default::default())
+                .await?
+                .items
+                .iter()
+                .filter(|node| {
+                    node.status
+                        .iter()
+                        .flat_map(|status| status.conditions.iter().flatten())
+                        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
+                })
+                .count();
+            if ready == self.nodes.len() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{ready} of {} nodes Ready after {READY_TIMEOUT:?}{}",
+                    self.nodes.len(),
+                    self.logs_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last lines of every node's kubelet and containerd logs, for failure reports.
+    fn logs_tail(&self) -> String {
+        let mut text = String::new();
+        for node in &self.nodes {
+            for what in ["kubelet", "containerd"] {
+                let log = node.dir.join(format!("{what}.log"));
+                text.push_str(&format!("\n--- {}:\n{}", log.display(), log_tail(&log)));
+            }
+        }
+        text
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        // Node processes first, so nothing restarts the containers; then the containers (and
+        // their shims), whose mounts the guard then takes down.
+        self.nodes.clear();
+        for node in self.topology.nodes() {
+            for cgroup in [&node.cgroup, &node.system_cgroup] {
+                if let Err(error) = process::remove_cgroup_tree(cgroup) {
+                    eprintln!("cleanup: {}: {error:#}", cgroup.display());
+                }
+            }
+        }
+        self.guard.run();
+    }
+}
+
+impl RealNode {
+    fn start(
+        api: &ApiServer,
+        node: &Node,
+        dir: &Path,
+        cgroup_root: &str,
+        images: &[Image],
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("cni"))?;
+        let socket = dir.join("containerd.sock");
+        std::fs::write(dir.join("containerd.toml"), containerd_config(dir, &socket))?;
+        std::fs::write(dir.join("cni/10-weft-pods.conflist"), cni_config(node.index, dir))?;
+        let mut containerd = Command::new("containerd");
+        containerd.arg("--config").arg(dir.join("containerd.toml"));
+        let mut containerd = node.spawn(logged(containerd, &dir.join("containerd.log"))?)?;
+        wait_for_containerd(&mut containerd, &socket, dir)?;
+        for image in images {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(["--namespace", "k8s.io", "images", "import"])
+                .arg(&image.archive)
+                .output()
+                .context("running ctr")?;
+            if !out.status.success() {
+                bail!(
+                    "importing {} on {}: {}",
+                    image.reference,
+                    node.name,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+
+        let kubelet_config = dir.join("kubelet.yaml");
+        std::fs::write(&kubelet_config, kubelet_config_yaml(api, node, dir, &socket, cgroup_root))?;
+        let mut kubelet = Command::new(kube_bin()?.join("kubelet"));
+        kubelet
+            .arg(format!("--config={}", kubelet_config.display()))
+            .arg(format!("--kubeconfig={}", api.node_kubeconfig(&node.name)?.display()))
+            .arg(format!("--root-dir={}", dir.join("kubelet").display()))
+            .arg(format!("--hostname-override={}", node.name))
+            .arg(format!("--node-ip={},{}", node.ipv4, node.ipv6));
+        let kubelet = node.spawn(logged(kubelet, &dir.join("kubelet.log"))?)?;
+
+        let proxy_config = dir.join("kube-proxy.yaml");
+        std::fs::write(&proxy_config, kube_proxy_config_yaml(api, node)?)?;
+        let mut kube_proxy = Command::new(kube_bin()?.join("kube-proxy"));
+        kube_proxy.arg(format!("--config={}", proxy_config.display()));
+        let kube_proxy = node.spawn(logged(kube_proxy, &dir.join("kube-proxy.log"))?)?;
+        Ok(Self { kube_proxy, kubelet, containerd, dir: dir.to_owned() })
+    }
+}
+
+fn wait_for_containerd(containerd: &mut Process, socket: &Path, dir: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if containerd.exited() {
+            bail!("containerd exited:\n{}", log_tail(&dir.join("containerd.log")));
+        }
+        let answered = Command::new("ctr").arg("--address").arg(socket).arg("version").output();
+        if answered.is_ok_and(|out| out.status.success()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "containerd not answering on {}:\n{}",
+                socket.display(),
+                log_tail(&dir.join("containerd.log"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn containerd_config(dir: &Path, socket: &Path) -> String {
+    let dir = dir.display();
+    let socket = socket.display();
+    format!(
+        r#"version = 2
+root = "{dir}/containerd/root"
+state = "{dir}/containerd/state"
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{dir}/containerd/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{dir}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{dir}/cni"
+    max_conf_num = 1
+"#,
+        pause = PAUSE_IMAGE,
+    )
+}
+
+/// The sandbox image's reference ([`images::pause`]).
+const PAUSE_IMAGE: &str = "weft.local/pause:1";
+
+/// Pods on node `index` get addresses from its ranges in the topology's plan, on its `cni0`.
+fn cni_config(index: usize, dir: &Path) -> String {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "weft-pods",
+        "plugins": [{
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": false,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [
+                    [{"subnet": format!("10.244.{index}.0/24")}],
+                    [{"subnet": format!("fd00:10:244:{index}::/64")}],
+                ],
+                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                "dataDir": dir.join("cni-ipam"),
+            },
+        }],
+    })
+    .to_string()
+}
+
+fn kubelet_config_yaml(api: &ApiServer, node: &Node, dir: &Path, socket: &Path, cgroup_root: &str) -> String {
+    format!(
+        r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+failCgroupV1: false
+failSwapOn: false
+containerRuntimeEndpoint: unix://{socket}
+address: {address}
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {ca}}}
+authorization:
+  mode: Webhook
+podLogsDir: {dir}/pod-logs
+resolvConf: /etc/resolv.conf
+clusterDomain: cluster.local
+registerNode: true
+serializeImagePulls: false
+imageGCHighThresholdPercent: 100
+evictionHard:
+  memory.available: "0%"
+  nodefs.available: "0%"
+  imagefs.available: "0%"
+  nodefs.inodesFree: "0%"
+"#,
+        socket = socket.display(),
+        address = node.ipv4,
+        ca = api.ca_file().display(),
+        dir = dir.display(),
+    )
+}
+
+fn kube_proxy_config_yaml(api: &ApiServer, node: &Node) -> anyhow::Result<String> {
+    Ok(format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: {name}
+mode: iptables
+clusterCIDR: {CLUSTER_CIDRS}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+conntrack:
+  maxPerCore: 0
+"#,
+        kubeconfig = api.kube_proxy_kubeconfig()?.display(),
+        name = node.name,
+    ))
+}
+
+/// Every cgroup v1 hierarchy's mount point.
+pub fn v1_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    Ok(mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            let point = fields.split_whitespace().nth(4)?;
+            (rest.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(point))
+        })
+        .collect())
+}
+
+/// Makes `path` (and its parents) in every v1 hierarchy; cpuset's need their CPUs and memory
+/// nodes copied from the parent before anything can join them.
+fn make_v1_cgroup(hierarchies: &[PathBuf], path: &str) -> anyhow::Result<()> {
+    for hierarchy in hierarchies {
+        let mut dir = hierarchy.clone();
+        for part in path.trim_start_matches('/').split('/') {
+            let parent = dir.clone();
+            dir.push(part);
+            if dir.exists() {
+                continue;
+            }
+            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                    std::fs::write(dir.join(file), value.trim())
+                        .with_context(|| format!("writing {}", dir.join(file).display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where libcni keeps each attachment's result (containerd's CRI does not move it): entries
+/// name a container, and hold the path of its netns, which lies in the cluster's directory.
+const CNI_RESULTS: &str = "/var/lib/cni/results";
+
+/// Removes a cluster's directory `dir` with everything mounted below it, and the CNI results of
+/// its pods.
+pub fn remove_cluster_dir(dir: &Path) -> anyhow::Result<()> {
+    unmount_below(dir)?;
+    let mention = dir.display().to_string();
+    for entry in std::fs::read_dir(CNI_RESULTS).into_iter().flatten().flatten() {
+        if std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(&mention)) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Unmounts every mount at or below `dir`, deepest first (lazily: a mount still busy goes once
+/// free).
+fn unmount_below(dir: &Path) -> anyhow::Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    points.dedup();
+    for point in points {
+        let c_path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let error = std::io::Error::last_os_error();
+            // Already gone with its parent.
+            if error.raw_os_error() != Some(libc::EINVAL) && error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error).with_context(|| format!("unmounting {}", point.display()));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Real nodes: kubelets, containerd and kube-proxy of the tested release run pods as real
+//! containers on two nodes, scheduled by the real scheduler; Services work through kube-proxy,
+//! probes through the kubelet, logs through the API server's kubelet client.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Pod, Service},
+};
+use kube::{Api, api::PostParams};
+use weft_tests::{images, nodes::RealCluster};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn object<T: k8s_openapi::serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).unwrap()
+}
+
+/// A pod on `node` that runs `weft-testpod ARGS` once.
+fn run_once(name: &str, node: &str, args: &[&str]) -> Pod {
+    object(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": node},
+            "restartPolicy": "Never",
+            "containers": [{"name": "run", "image": "weft.local/testpod:1", "args": args}],
+        },
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_server() {
+    let cluster = RealCluster::start(2, &[images::testpod().unwrap()]).await.unwrap();
+    let client = cluster.client();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &object(serde_json::json!({"metadata": {"name": "demo"}})))
+        .await
+        .unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
+    deployments
+        .create(
+            &PostParams::default(),
+            &object(serde_json::json!({
+                "metadata": {"name": "echo"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "echo"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "echo"}},
+                        "spec": {
+                            "nodeSelector": {"kubernetes.io/hostname": "node0"},
+                            "containers": [{
+                                "name": "echo",
+                                "image": "weft.local/testpod:1",
+                                "args": ["echo", "--port", "8080"],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                            }],
+                        },
+                    },
+                },
+            })),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "demo");
+    let service = services
+        .create(
+            &PostParams::default(),
+            &object(serde_json::json!({
+                "metadata": {"name": "echo"},
+                "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            })),
+        )
+        .await
+        .unwrap();
+    let vip = service.spec.unwrap().cluster_ip.unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+    let echo = weft_tests::eventually("the echo pod", WAIT, || async {
+        pods.list(&Default::default()).await.ok()?.items.into_iter().find_map(|pod| pod.metadata.name)
+    })
+    .await
+    .unwrap();
+    let echo = cluster.wait_for_pod("demo", &echo, "Running", WAIT).await.unwrap();
+    let ips: Vec<String> = echo.status.unwrap().pod_ips.unwrap().into_iter().map(|ip| ip.ip).collect();
+    assert_eq!(ips.len(), 2, "dual-stack pod addresses from the CNI: {ips:?}");
+    assert!(ips[0].starts_with("10.244.0."), "{ips:?}");
+
+    // From the other node, through kube-proxy's Service rules once they name the endpoint.
+    cluster.wait_for_service_rules(1, &format!("{}:8080", ips[0]), WAIT).await.unwrap();
+    let to = format!("{vip}:80");
+    pods.create(
+        &PostParams::default(),
+        &run_once("client", "node1", &["send", "--to", &to, "--message", "hello"]),
+    )
+    .await
+    .unwrap();
+    cluster.wait_for_pod("demo", "client", "Succeeded", WAIT).await.unwrap();
+    let logs = pods.logs("client", &Default::default()).await.unwrap();
+    assert!(logs.contains("hello"), "{logs}");
+
+    // The API server, as in-cluster clients reach it: the `kubernetes` Service, verified
+    // against the service-account CA.
+    let apiserver =
+        format!("{}:{}", weft_tests::topology::FABRIC_GATEWAY, weft_tests::apiserver::FABRIC_PORT);
+    cluster.wait_for_service_rules(1, &apiserver, WAIT).await.unwrap();
+    let api = run_once(
+        "api",
+        "node1",
+        &[
+            "https-get",
+            "--to",
+            "10.96.0.1:443",
+            "--server-name",
+            "kubernetes.default.svc",
+            "--ca",
+            "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+            "--path",
+            "/version",
+        ],
+    );
+    pods.create(&PostParams::default(), &api).await.unwrap();
+    cluster.wait_for_pod("demo", "api", "Succeeded", WAIT).await.unwrap();
+    let logs = pods.logs("api", &Default::default()).await.unwrap();
+    assert!(logs.contains("\"gitVersion\": \"v1.37.2\""), "{logs}");
+
+    let nodes = cluster.kubectl().unwrap().args(["get", "nodes", "-o", "name"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&nodes.stdout), "node/node0\nnode/node1\n");
+}
