@@ -6,9 +6,13 @@
 //! only route, `local default dev lo`, makes every address local, so the replies come back to
 //! the proxy's socket over loopback. The app's accepted socket carries the mark because
 //! `net.ipv4.tcp_fwmark_accept` (both families) copies the SYN's mark onto it; that switch is
-//! set last, and the proxy reads it to know the path is complete. Nothing else in the pod
-//! carries the mark, so nothing else changes route. Istio ambient installs the same rule and
-//! route (with iptables connmark instead of `tcp_fwmark_accept`).
+//! set last, and the proxy reads it to know the path is complete. What the pod's kernel answers
+//! for itself (a reset from a closed port, an ICMP error) carries the mark too, with
+//! `net.ipv{4,6}.fwmark_reflect`: without it the proxy's connect to a closed port would wait out
+//! its timeout for a reset sent to the client's address instead of failing at once. Nothing
+//! else in the pod carries the mark (marks do not cross namespaces), so nothing else changes
+//! route. Istio ambient installs the same rule and route (with iptables connmark, which also
+//! marks the kernel's replies, instead of these switches).
 use std::{fs::File, io, path::Path};
 
 use weft_ebpf_common::{DELIVERY_MARK, delivery};
@@ -19,15 +23,17 @@ use crate::{
     podns,
 };
 
-/// The switch under a /proc: the network namespace of whoever opens it decides which one's.
+/// The switches under a /proc: the network namespace of whoever opens them decides which one's.
 /// Written through the host's /proc (`--proc-root`), since a container's own /proc/sys is
-/// read-only.
+/// read-only. The reflecting ones first: the accepting one, last, says the path is complete.
+const FWMARK_REFLECT: [&str; 2] = ["sys/net/ipv4/fwmark_reflect", "sys/net/ipv6/fwmark_reflect"];
 const FWMARK_ACCEPT: &str = "sys/net/ipv4/tcp_fwmark_accept";
 
 /// Installs the path in the pod whose namespace is `netns`, for the families of `addrs`;
 /// `proc_root` is a writable /proc. Idempotent.
 pub fn install(netns: &File, addrs: PodAddrs, proc_root: &Path) -> io::Result<()> {
     let switch = proc_root.join(FWMARK_ACCEPT);
+    let reflect = FWMARK_REFLECT.map(|path| proc_root.join(path));
     let families: Vec<u8> = [(addrs.ipv4.is_some(), AF_INET), (addrs.ipv6.is_some(), AF_INET6)]
         .into_iter()
         .filter_map(|(has, family)| has.then_some(family))
@@ -38,6 +44,9 @@ pub fn install(netns: &File, addrs: PodAddrs, proc_root: &Path) -> io::Result<()
             change(&netlink, RTM_NEWRULE, CREATE, &rule(family))?;
             change(&netlink, RTM_NEWROUTE, CREATE, &local_route(family, RT_SCOPE_HOST))?;
         }
+        for path in reflect {
+            std::fs::write(path, "1")?;
+        }
         std::fs::write(switch, "1")
     })
 }
@@ -46,8 +55,12 @@ pub fn install(netns: &File, addrs: PodAddrs, proc_root: &Path) -> io::Result<()
 /// address). What is already gone is fine.
 pub fn remove(netns: &File, proc_root: &Path) -> io::Result<()> {
     let switch = proc_root.join(FWMARK_ACCEPT);
+    let reflect = FWMARK_REFLECT.map(|path| proc_root.join(path));
     podns::run_in(netns, move || {
         std::fs::write(switch, "0")?;
+        for path in reflect {
+            std::fs::write(path, "0")?;
+        }
         let netlink = Netlink::open(libc::NETLINK_ROUTE)?;
         for family in [AF_INET, AF_INET6] {
             change(&netlink, RTM_DELRULE, 0, &rule(family))?;

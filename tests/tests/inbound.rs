@@ -17,6 +17,8 @@ use weft_tests::{
 };
 
 const ECHO_PORT: u16 = 8080;
+/// A port no app in the test listens on.
+const CLOSED_PORT: u16 = 8081;
 const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
@@ -64,6 +66,26 @@ fn the_app_sees_each_client_by_its_own_address_and_no_reply_leaves_the_pod() {
         1,
         "only the outsider's own connection may reach the app's port on the fabric"
     );
+}
+
+#[test]
+fn a_delivery_to_a_port_the_app_does_not_listen_on_is_refused_at_once_in_both_families() {
+    let mut topology = Topology::new(2).unwrap();
+    let outsider = topology.add_pod(0, "outsider", "uid-outsider").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let members = [Member::new(&server, "shop", "payments")];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+
+    // The app's kernel answers the proxy's SYN, sent from the client's address, with a reset:
+    // it must come back to the proxy (not go to the client's address), or the proxy waits out
+    // its connect timeout.
+    for to in [IpAddr::V4(server.ipv4), IpAddr::V6(server.ipv6)] {
+        let to = SocketAddr::new(to, CLOSED_PORT);
+        // The client's connection is closed either way; only the proxy knows why.
+        let _closed = apps::try_send(&outsider, to, "anyone?");
+        let line = mesh.ztunnel(1).wait_for(|line| line.contains("plaintext inbound failed"), WAIT).unwrap();
+        assert!(line.contains("refused") && !line.contains("timed out"), "{to}: {line}");
+    }
 }
 
 #[test]
