@@ -25,19 +25,29 @@ pub struct Image {
 
 /// The sandbox image every real node's containerd uses.
 pub fn pause() -> anyhow::Result<Image> {
-    assemble("weft.local/pause:1", &["weft-pause"], &["weft-pause"])
+    workspace("weft.local/pause:1", "weft-pause")
 }
 
 /// The test apps (`weft-testpod`: echo servers, clients, probes); give the subcommand as args.
 pub fn testpod() -> anyhow::Result<Image> {
-    assemble("weft.local/testpod:1", &["weft-testpod"], &["weft-testpod"])
+    workspace("weft.local/testpod:1", "weft-testpod")
 }
 
-/// An image `reference` holding the workspace binaries `binaries` in [`BIN_DIR`], started as
-/// `entrypoint` (its first word a binary's name).
-pub fn assemble(reference: &str, binaries: &[&str], entrypoint: &[&str]) -> anyhow::Result<Image> {
+/// The cluster DNS, from the CoreDNS `cargo xtask setup` builds.
+pub fn coredns() -> anyhow::Result<Image> {
+    assemble("weft.local/coredns:1", &[crate::apiserver::kube_bin()?.join("coredns")], &["coredns"])
+}
+
+/// An image `reference` holding the workspace binary `binary`, started as that binary.
+fn workspace(reference: &str, binary: &str) -> anyhow::Result<Image> {
+    assemble(reference, &[crate::apps::binary(binary)?], &[binary])
+}
+
+/// An image `reference` holding `binaries` in [`BIN_DIR`], started as `entrypoint` (its first
+/// word a binary's name).
+pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> anyhow::Result<Image> {
     let binaries: Vec<PathBuf> =
-        binaries.iter().map(|name| crate::apps::binary(name)).collect::<anyhow::Result<_>>()?;
+        binaries.iter().map(|binary| binary.canonicalize()).collect::<std::io::Result<_>>()?;
     let mut key = DefaultHasher::new();
     (reference, entrypoint).hash(&mut key);
     for binary in &binaries {
@@ -155,6 +165,10 @@ fn blob_of(blobs: &Path, file: &Path, value: &serde_json::Value) -> anyhow::Resu
 /// The absolute paths of the shared libraries `binary` loads, its loader included (`ldd`).
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let out = Command::new("ldd").arg(binary).output().context("running ldd")?;
+    // A static binary (Go's, with cgo off) loads nothing.
+    if String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
+        return Ok(Vec::new());
+    }
     ensure!(out.status.success(), "ldd {}: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8(out.stdout)?
         .lines()

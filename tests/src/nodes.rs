@@ -40,6 +40,8 @@ use crate::{
 
 /// How long a node may take to register and report Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// The kube-dns Service's address (`coredns.yaml`), which kubelets give pods as their resolver.
+const CLUSTER_DNS: &str = "10.96.0.10";
 /// The cluster's pod ranges, for kube-proxy's idea of what is inside the cluster.
 const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
 
@@ -87,7 +89,7 @@ impl RealCluster {
             }
             Ok(())
         });
-        let mut all_images = vec![images::pause()?];
+        let mut all_images = vec![images::pause()?, images::coredns()?];
         all_images.extend_from_slice(images);
         for node in cluster.topology.nodes().to_vec() {
             let node_cgroup_root = format!("{cgroup_root}/{}", node.name);
@@ -97,7 +99,39 @@ impl RealCluster {
             cluster.nodes.push(started);
         }
         cluster.wait_ready().await?;
+        cluster.start_dns(&dir).await?;
         Ok(cluster)
+    }
+
+    /// CoreDNS at the kubelets' `clusterDNS`, ready to answer.
+    async fn start_dns(&self, dir: &Path) -> anyhow::Result<()> {
+        let manifest = dir.join("coredns.yaml");
+        std::fs::write(&manifest, include_str!("coredns.yaml"))?;
+        let out =
+            self.kubectl()?.arg("apply").arg("-f").arg(&manifest).output().context("running kubectl")?;
+        if !out.status.success() {
+            bail!("applying CoreDNS: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.wait_for_ready("kube-system", "k8s-app=kube-dns", 1, READY_TIMEOUT).await
+    }
+
+    /// Waits until `count` pods matching `selector` in `namespace` are Running and Ready.
+    pub async fn wait_for_ready(
+        &self,
+        namespace: &str,
+        selector: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let pods: Api<PodObject> = Api::namespaced(self.client(), namespace);
+        let listing = kube::api::ListParams::default().labels(selector);
+        let what = format!("{count} ready pods {selector} in {namespace}");
+        let waited = crate::eventually(&what, timeout, || async {
+            let ready = pods.list(&listing).await.ok()?.items.iter().filter(|pod| is_ready(pod)).count();
+            (ready >= count).then_some(())
+        })
+        .await;
+        waited.map_err(|error| anyhow::anyhow!("{error:#}{}", self.logs_tail()))
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -136,11 +170,7 @@ impl RealCluster {
             if let Some(pod) = pods.get_opt(name).await? {
                 let status = pod.status.clone().unwrap_or_default();
                 let current = status.phase.clone().unwrap_or_default();
-                let ready = status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+                let ready = is_ready(&pod);
                 if current == phase && (phase != "Running" || ready) {
                     return Ok(pod);
                 }
@@ -413,6 +443,7 @@ authorization:
 podLogsDir: {dir}/pod-logs
 resolvConf: /etc/resolv.conf
 clusterDomain: cluster.local
+clusterDNS: [{CLUSTER_DNS}]
 registerNode: true
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
@@ -446,6 +477,13 @@ conntrack:
         kubeconfig = api.kube_proxy_kubeconfig()?.display(),
         name = node.name,
     ))
+}
+
+fn is_ready(pod: &PodObject) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|status| status.conditions.iter().flatten())
+        .any(|condition| condition.type_ == "Ready" && condition.status == "True")
 }
 
 /// Every cgroup v1 hierarchy's mount point.

@@ -1,6 +1,7 @@
 //! Real nodes: kubelets, containerd and kube-proxy of the tested release run pods as real
 //! containers on two nodes, scheduled by the real scheduler; Services work through kube-proxy,
-//! probes through the kubelet, logs through the API server's kubelet client.
+//! names through CoreDNS, probes through the kubelet, logs through the API server's kubelet
+//! client.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 use std::time::Duration;
 
@@ -98,6 +99,12 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
     cluster.wait_for_pod("demo", "client", "Succeeded", WAIT).await.unwrap();
     let logs = pods.logs("client", &Default::default()).await.unwrap();
     assert!(logs.contains("hello"), "{logs}");
+    // By name, through CoreDNS and the pod's search domains.
+    let by_name = run_once("named", "node1", &["send", "--to", "echo:80", "--message", "by name"]);
+    pods.create(&PostParams::default(), &by_name).await.unwrap();
+    cluster.wait_for_pod("demo", "named", "Succeeded", WAIT).await.unwrap();
+    let logs = pods.logs("named", &Default::default()).await.unwrap();
+    assert!(logs.contains("by name"), "{logs}");
 
     // The API server, as in-cluster clients reach it: the `kubernetes` Service, verified
     // against the service-account CA.
@@ -110,7 +117,7 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
         &[
             "https-get",
             "--to",
-            "10.96.0.1:443",
+            "kubernetes.default.svc:443",
             "--server-name",
             "kubernetes.default.svc",
             "--ca",

@@ -43,7 +43,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const KUBERNETES_VERSION: &str = "1.37.2";
 /// The etcd release Kubernetes 1.37 is validated with.
 pub const ETCD_VERSION: &str = "3.6.16";
-/// The oldest Go that builds both (their go.mod files ask for 1.26.0).
+/// The cluster DNS of the harness's real nodes.
+pub const COREDNS_VERSION: &str = "1.15.0";
+/// The oldest Go that builds them all (their go.mod files ask for 1.26.0).
 const GO_MINIMUM: (u32, u32) = (1, 26);
 
 /// Paths of the tools setup provides, for the commands that run after it.
@@ -63,7 +65,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("bpf-linker", || bpf_linker(&cache))?;
     step("cargo-nextest", nextest)?;
     let kube_bin = cache.join("kubernetes/bin");
-    step("Kubernetes and etcd", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
+    step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
     Ok(Tools { kube_bin })
 }
@@ -134,17 +136,18 @@ fn nextest() -> anyhow::Result<()> {
 const KUBE_COMMANDS: [&str; 6] =
     ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"];
 
-/// etcd and [`KUBE_COMMANDS`] at the tested releases, built from the Go module proxy by
+/// etcd, [`KUBE_COMMANDS`] and CoreDNS at the tested releases, built from the Go module proxy by
 /// `kubernetes.sh` when missing; `bin` is then pointed at them.
 fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let kube = dir.join(format!("kubernetes-v{KUBERNETES_VERSION}/bin"));
     let etcd = dir.join(format!("etcd-v{ETCD_VERSION}/bin"));
+    let coredns = dir.join(format!("coredns-v{COREDNS_VERSION}/bin/coredns"));
     let binaries: Vec<PathBuf> =
-        KUBE_COMMANDS.iter().map(|command| kube.join(command)).chain([etcd.join("etcd")]).collect();
+        KUBE_COMMANDS.iter().map(|command| kube.join(command)).chain([etcd.join("etcd"), coredns]).collect();
     if !binaries.iter().all(|binary| binary.exists()) {
         let go = go()?;
         eprintln!(
-            "setup: building Kubernetes {KUBERNETES_VERSION} and etcd {ETCD_VERSION} with {} \
+            "setup: building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION} and CoreDNS {COREDNS_VERSION} with {} \
              (about 10 minutes cold)",
             go.display()
         );
@@ -156,7 +159,7 @@ fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
             Command::new("bash")
                 .arg(root.join("xtask/src/setup/kubernetes.sh"))
                 .arg(dir)
-                .args([KUBERNETES_VERSION, ETCD_VERSION])
+                .args([KUBERNETES_VERSION, ETCD_VERSION, COREDNS_VERSION])
                 .env("PATH", path),
         )?;
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds Kubernetes' control-plane binaries and etcd at the given releases from the Go module proxy
-# (TESTING.md §2) into "$1/kubernetes-v<version>/bin" and "$1/etcd-v<version>/bin". Called by
+# Builds Kubernetes' binaries, etcd and CoreDNS at the given releases from the Go module proxy
+# (TESTING.md §2) into "$1/kubernetes-v<version>/bin", "$1/etcd-v<version>/bin" and
+# "$1/coredns-v<version>/bin". Called by
 # `cargo xtask setup` when a cached binary is missing. Every step is idempotent, so an interrupted run
 # resumes; the module and build caches live under "$1/go", shared by every release, so another
 # release downloads only what changed.
@@ -11,15 +12,17 @@
 # etcd's main module has replace lines of its own, so it gets the same treatment: a wrapper whose
 # main calls etcdmain, as etcd's own main.go does.
 set -euo pipefail
-out=${1:?usage: kubernetes.sh CACHE_DIR KUBERNETES_VERSION ETCD_VERSION}
+out=${1:?usage: kubernetes.sh CACHE_DIR KUBERNETES_VERSION ETCD_VERSION COREDNS_VERSION}
 kube_version=${2:?kubernetes version, e.g. 1.37.2}
 etcd_version=${3:?etcd version, e.g. 3.6.16}
+coredns_version=${4:?coredns version, e.g. 1.15.0}
 
 # The machine's Go, never a downloaded toolchain; no cgo, so the binaries are static.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 export GOMODCACHE="$out/go/mod" GOCACHE="$out/go/build"
 kube_bin="$out/kubernetes-v$kube_version/bin" etcd_bin="$out/etcd-v$etcd_version/bin"
-mkdir -p "$kube_bin" "$etcd_bin" "$GOMODCACHE" "$GOCACHE"
+coredns_bin="$out/coredns-v$coredns_version/bin"
+mkdir -p "$kube_bin" "$etcd_bin" "$coredns_bin" "$GOMODCACHE" "$GOCACHE"
 
 # The control plane, and what a real node runs (the harness's real-node mode): kubelet, kube-proxy,
 # and kubectl for users and tests.
@@ -91,5 +94,37 @@ EOF
   "$etcd_bin/etcd" --version
 }
 
+# The cluster DNS of the harness's real nodes, built like CoreDNS's own main.go: every plugin of
+# its default plugin.cfg, registered by importing core/plugin.
+build_coredns() {
+  [ -x "$coredns_bin/coredns" ] && return
+  local module="$out/modules/coredns-$coredns_version"
+  mkdir -p "$module"
+  cd "$module"
+  if [ ! -f .weft-tidy ]; then
+    echo "resolving github.com/coredns/coredns v$coredns_version"
+    printf 'module weft.invalid/coredns\n\ngo 1.26.0\n' > go.mod
+    cat > main.go <<'GO'
+// CoreDNS's own main: every default plugin, then the server.
+package main
+
+import (
+	_ "github.com/coredns/coredns/core/plugin"
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }
+GO
+    go mod edit -require="github.com/coredns/coredns@v$coredns_version"
+    go mod tidy
+    touch .weft-tidy
+  fi
+  echo "building coredns v$coredns_version"
+  go build -trimpath -ldflags "-s -w" -o "$coredns_bin/coredns.tmp" .
+  mv "$coredns_bin/coredns.tmp" "$coredns_bin/coredns"
+  "$coredns_bin/coredns" -version
+}
+
 build_etcd
+build_coredns
 build_kubernetes

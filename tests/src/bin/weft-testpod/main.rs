@@ -35,7 +35,8 @@ enum Mode {
     },
     /// Send `message` to `to`, half-close, print the reply; exit 1 unless the reply equals it.
     Send {
-        #[arg(long)]
+        /// `ip:port`, or `name:port` resolved as the pod resolves names (cluster DNS).
+        #[arg(long, value_parser = resolve)]
         to: SocketAddr,
         #[arg(long)]
         message: String,
@@ -98,7 +99,7 @@ enum Mode {
     /// GET `path` over HTTPS from `to`, verified as `server_name` against `ca`; print the body,
     /// exit 1 unless the status is 200.
     HttpsGet {
-        #[arg(long)]
+        #[arg(long, value_parser = resolve)]
         to: SocketAddr,
         #[arg(long)]
         server_name: String,
@@ -331,4 +332,14 @@ fn probe(to: SocketAddr, count: u32, interval: Duration) -> anyhow::Result<()> {
         bail!("{failed} of {count} probes failed");
     }
     Ok(())
+}
+
+/// `text` as an address: `ip:port` as it is, else `name:port` through the system resolver (in a
+/// real pod: the cluster's DNS, with the pod's search domains).
+fn resolve(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()?.next().with_context(|| format!("{text} resolves to no address"))
 }
