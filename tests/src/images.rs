@@ -54,7 +54,9 @@ pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> a
         let meta = std::fs::metadata(binary).with_context(|| format!("reading {}", binary.display()))?;
         (binary, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut key);
     }
-    let dir = binaries[0].parent().context("a binary has a directory")?.join("weft-images");
+    // Beside the workspace's binaries: the build's target directory.
+    let target = crate::apps::binary("weft-pause")?;
+    let dir = target.parent().context("a binary has a directory")?.join("weft-images");
     std::fs::create_dir_all(&dir)?;
     let name: String = reference.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let archive = dir.join(format!("{name}-{:016x}.tar", key.finish()));
@@ -63,6 +65,13 @@ pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> a
         let work = tempfile::Builder::new().prefix("weft-image-").tempdir_in(&dir)?;
         build(work.path(), reference, &binaries, entrypoint)?;
         std::fs::rename(work.path().join("image.tar"), &archive)?;
+        // Archives of earlier builds of this image go: only the newest binaries are tested.
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&format!("{name}-")) && entry.path() != archive {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
     Ok(Image { reference: reference.to_owned(), archive })
 }

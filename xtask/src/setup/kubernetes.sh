@@ -63,16 +63,35 @@ build_kubernetes() {
   "$kube_bin/kube-apiserver" --version
 }
 
+# A wrapper module in "$out/modules/$1" that requires module $2 at v$3, with stdin as its
+# main.go; tidied once (the marker says so).
+wrapper_module() {
+  local dir="$out/modules/$1"
+  mkdir -p "$dir"
+  cd "$dir"
+  if [ ! -f .weft-tidy ]; then
+    echo "resolving $2 v$3"
+    printf 'module weft.invalid/wrapper\n\ngo 1.26.0\n' > go.mod
+    cat > main.go
+    go mod edit -require="$2@v$3"
+    go mod tidy
+    touch .weft-tidy
+  else
+    cat > /dev/null
+  fi
+}
+
+# Builds the wrapper module in the current directory into $1 (a binary path), then runs it with $2.
+build_wrapper() {
+  echo "building $(basename "$1")"
+  go build -trimpath -ldflags "-s -w" -o "$1.tmp" .
+  mv "$1.tmp" "$1"
+  "$1" "$2"
+}
+
 build_etcd() {
   [ -x "$etcd_bin/etcd" ] && return
-  local module="$out/modules/etcd-$etcd_version"
-  mkdir -p "$module"
-  cd "$module"
-  # The marker names the commands tidied for: a command added since means tidying again.
-  if [ "$(cat .weft-tidy 2>/dev/null)" != "${kube_commands[*]}" ]; then
-    echo "resolving go.etcd.io/etcd/server/v3 v$etcd_version"
-    printf 'module weft.invalid/etcd\n\ngo 1.26.0\n' > go.mod
-    cat > main.go <<'EOF'
+  wrapper_module "etcd-$etcd_version" go.etcd.io/etcd/server/v3 "$etcd_version" <<'GO'
 // etcd's own main: the server package's entry point.
 package main
 
@@ -83,28 +102,15 @@ import (
 )
 
 func main() { etcdmain.Main(os.Args) }
-EOF
-    go mod edit -require="go.etcd.io/etcd/server/v3@v$etcd_version"
-    go mod tidy
-    touch .weft-tidy
-  fi
-  echo "building etcd v$etcd_version"
-  go build -trimpath -ldflags "-s -w" -o "$etcd_bin/etcd.tmp" .
-  mv "$etcd_bin/etcd.tmp" "$etcd_bin/etcd"
-  "$etcd_bin/etcd" --version
+GO
+  build_wrapper "$etcd_bin/etcd" --version
 }
 
 # The cluster DNS of the harness's real nodes, built like CoreDNS's own main.go: every plugin of
 # its default plugin.cfg, registered by importing core/plugin.
 build_coredns() {
   [ -x "$coredns_bin/coredns" ] && return
-  local module="$out/modules/coredns-$coredns_version"
-  mkdir -p "$module"
-  cd "$module"
-  if [ ! -f .weft-tidy ]; then
-    echo "resolving github.com/coredns/coredns v$coredns_version"
-    printf 'module weft.invalid/coredns\n\ngo 1.26.0\n' > go.mod
-    cat > main.go <<'GO'
+  wrapper_module "coredns-$coredns_version" github.com/coredns/coredns "$coredns_version" <<'GO'
 // CoreDNS's own main: every default plugin, then the server.
 package main
 
@@ -115,14 +121,7 @@ import (
 
 func main() { coremain.Run() }
 GO
-    go mod edit -require="github.com/coredns/coredns@v$coredns_version"
-    go mod tidy
-    touch .weft-tidy
-  fi
-  echo "building coredns v$coredns_version"
-  go build -trimpath -ldflags "-s -w" -o "$coredns_bin/coredns.tmp" .
-  mv "$coredns_bin/coredns.tmp" "$coredns_bin/coredns"
-  "$coredns_bin/coredns" -version
+  build_wrapper "$coredns_bin/coredns" -version
 }
 
 build_etcd
