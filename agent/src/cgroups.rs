@@ -38,9 +38,31 @@ pub fn root_of(mounts: &[PathBuf], cgroup: &Path) -> Option<PathBuf> {
         .cloned()
 }
 
-/// The kubelet's pods cgroup: the first of the known layouts that exists in a cgroup2 hierarchy.
-pub fn find_pods(mounts: &[PathBuf]) -> Option<PathBuf> {
+/// The kubelet's pods cgroup. First the one this process is in (the agent runs in a pod): in
+/// `own`, its `/proc/self/cgroup`, the v2 path up to the known layout's last directory, which
+/// also finds a kubelet with a `cgroupRoot` of its own (`/<root>/kubepods`). A process in a
+/// cgroup namespace of its own sees only `/` there; then the first of the known layouts at the
+/// root of a cgroup2 hierarchy.
+pub fn find_pods(mounts: &[PathBuf], own: &str) -> Option<PathBuf> {
+    if let Some(own_path) = own.lines().find_map(|line| line.strip_prefix("0::")) {
+        // From the root down: the outermost pods cgroup, not a QoS class inside it.
+        let mut ancestors: Vec<&Path> = Path::new(own_path.trim()).ancestors().collect();
+        ancestors.reverse();
+        for dir in ancestors {
+            if PODS_CGROUPS.iter().any(|layout| dir.ends_with(layout)) {
+                let relative = dir.strip_prefix("/").unwrap_or(dir);
+                if let Some(found) = mounts.iter().map(|root| root.join(relative)).find(|dir| dir.is_dir()) {
+                    return Some(found);
+                }
+            }
+        }
+    }
     mounts.iter().flat_map(|root| PODS_CGROUPS.iter().map(move |dir| root.join(dir))).find(|dir| dir.is_dir())
+}
+
+/// This process's cgroup memberships (`/proc/self/cgroup`).
+pub fn own_cgroup() -> String {
+    std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()
 }
 
 /// Why no pods cgroup was found, for the error a user reads.
@@ -79,11 +101,30 @@ mod tests {
     fn finds_the_pods_cgroup_of_each_kubelet_layout_in_order() {
         let root = tempfile::tempdir().unwrap();
         let mounts = [root.path().to_path_buf()];
-        assert_eq!(find_pods(&mounts), None);
+        // In a cgroup namespace of its own, a process sees only `/`.
+        let private = "0::/\n";
+        assert_eq!(find_pods(&mounts, private), None);
         assert!(not_found(&mounts).contains("kubepods.slice"));
         for layout in ["kubelet.slice/kubelet-kubepods.slice", "kubepods", "kubepods.slice"] {
             std::fs::create_dir_all(root.path().join(layout)).unwrap();
-            assert_eq!(find_pods(&mounts), Some(root.path().join(layout)), "{layout}");
+            assert_eq!(find_pods(&mounts, private), Some(root.path().join(layout)), "{layout}");
         }
+    }
+
+    #[test]
+    fn finds_the_pods_cgroup_holding_this_process_under_a_kubelet_cgroup_root() {
+        let root = tempfile::tempdir().unwrap();
+        let mounts = [root.path().to_path_buf()];
+        // Another kubelet's pods at the hierarchy's root must not be taken for this one's.
+        std::fs::create_dir_all(root.path().join("kubepods")).unwrap();
+        let pods = root.path().join("nodes/node-a/kubepods");
+        std::fs::create_dir_all(pods.join("besteffort/pod1234/c0ffee")).unwrap();
+        let own = "9:pids:/\n0::/nodes/node-a/kubepods/besteffort/pod1234/c0ffee\n";
+        assert_eq!(find_pods(&mounts, own), Some(pods));
+        let systemd = root.path().join("kubepods.slice");
+        std::fs::create_dir_all(systemd.join("kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"))
+            .unwrap();
+        let own = "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-1.scope\n";
+        assert_eq!(find_pods(&mounts, own), Some(systemd));
     }
 }

@@ -112,9 +112,8 @@ impl DatapathArgs {
         let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
         let cgroup = match &self.cgroup {
             Some(cgroup) => cgroup.clone(),
-            None => {
-                cgroups::find_pods(&mounts).ok_or_else(|| anyhow::anyhow!(cgroups::not_found(&mounts)))?
-            }
+            None => cgroups::find_pods(&mounts, &cgroups::own_cgroup())
+                .ok_or_else(|| anyhow::anyhow!(cgroups::not_found(&mounts)))?,
         };
         let node_cgroup = self
             .node_cgroup
