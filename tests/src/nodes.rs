@@ -14,12 +14,14 @@
 //!   gets its own `cgroupRoot`, `/<topology>/<node>`, made beforehand in every v1 hierarchy. runc
 //!   puts a container's processes at the same path in v2, so pods land below [`Node::cgroup`],
 //!   where Weft's datapath attaches, as on any cgroupfs node.
-//! - Node processes join only the node's network namespace (`setns`), not a new mount
-//!   namespace (as `ip netns exec` would make), so they see the host's `/sys/fs/cgroup`.
+//! - Node processes join the node's network namespace and its own mount namespace
+//!   ([`mount_namespace`]: a node's `/var/run/weft`, `/var/lib/cni` and bpffs are its own, as
+//!   in kind's node containers), made with `unshare`, not `ip netns exec`, which would remount
+//!   `/sys` and hide the cgroup hierarchies.
 //!
-//! Everything is torn down when the [`RealCluster`] drops: node processes, containers, every
-//! mount below the cluster's directory (the kubelet's volumes, containerd's rootfs and netns
-//! mounts), the v1 cgroups, then the control plane and the topology.
+//! Everything is torn down when the [`RealCluster`] drops: node processes, containers (and with
+//! the last of them every mount inside the nodes' namespaces), the namespaces' pins in the
+//! cluster's directory, the v1 cgroups, then the control plane and the topology.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -287,12 +289,21 @@ impl RealNode {
         images: &[Image],
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir.join("cni"))?;
+        let mount_ns = mount_namespace(dir)?;
+        let spawn = |command: Command, log: &str| {
+            Process::spawn_in(
+                logged(command, &dir.join(log))?,
+                &node.netns,
+                Some(&node.system_cgroup),
+                Some(&mount_ns),
+            )
+        };
         let socket = dir.join("containerd.sock");
         std::fs::write(dir.join("containerd.toml"), containerd_config(dir, &socket))?;
-        std::fs::write(dir.join("cni/10-weft-pods.conflist"), cni_config(node.index, dir))?;
+        std::fs::write(dir.join("cni/10-weft-pods.conflist"), cni_config(node.index))?;
         let mut containerd = Command::new("containerd");
         containerd.arg("--config").arg(dir.join("containerd.toml"));
-        let mut containerd = node.spawn(logged(containerd, &dir.join("containerd.log"))?)?;
+        let mut containerd = spawn(containerd, "containerd.log")?;
         wait_for_containerd(&mut containerd, &socket, dir)?;
         for image in images {
             let out = Command::new("ctr")
@@ -321,15 +332,46 @@ impl RealNode {
             .arg(format!("--root-dir={}", dir.join("kubelet").display()))
             .arg(format!("--hostname-override={}", node.name))
             .arg(format!("--node-ip={},{}", node.ipv4, node.ipv6));
-        let kubelet = node.spawn(logged(kubelet, &dir.join("kubelet.log"))?)?;
+        let kubelet = spawn(kubelet, "kubelet.log")?;
 
         let proxy_config = dir.join("kube-proxy.yaml");
         std::fs::write(&proxy_config, kube_proxy_config_yaml(api, node)?)?;
         let mut kube_proxy = Command::new(kube_bin()?.join("kube-proxy"));
         kube_proxy.arg(format!("--config={}", proxy_config.display()));
-        let kube_proxy = node.spawn(logged(kube_proxy, &dir.join("kube-proxy.log"))?)?;
+        let kube_proxy = spawn(kube_proxy, "kube-proxy.log")?;
         Ok(Self { kube_proxy, kubelet, containerd, dir: dir.to_owned() })
     }
+}
+
+/// The host paths of a node that its pods may mount and that must not be shared with the other
+/// nodes on this machine: the handoff socket's directory (Weft's DaemonSets), and libcni's state.
+const NODE_OWN_DIRS: [(&str, &str); 2] = [("/var/run/weft", "run-weft"), ("/var/lib/cni", "cni-state")];
+
+/// Makes the node's own mount namespace, pinned at `dir/mnt`, as a kind node has in its
+/// container: [`NODE_OWN_DIRS`] are bound to directories of this node, and `/sys/fs/bpf` is a
+/// bpffs of its own, so every hostPath a pod mounts is this node's. Whatever the kubelet and
+/// containerd mount (volumes, root filesystems, netns pins) stays inside it, and goes with it.
+fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
+    let pin = dir.join("mnt");
+    std::fs::File::create(&pin).with_context(|| format!("creating {}", pin.display()))?;
+    let mut script = String::from("set -e\n");
+    for (inside, own) in NODE_OWN_DIRS {
+        let own = dir.join(own);
+        std::fs::create_dir_all(&own)?;
+        // The mount point, on the host; empty there.
+        std::fs::create_dir_all(inside).with_context(|| format!("creating {inside}"))?;
+        script.push_str(&format!("mount --bind {} {inside}\n", own.display()));
+    }
+    script.push_str("mount -t bpf bpf /sys/fs/bpf\n");
+    let out = Command::new("unshare")
+        .arg(format!("--mount={}", pin.display()))
+        .args(["--propagation", "private", "sh", "-c", &script])
+        .output()
+        .context("running unshare")?;
+    if !out.status.success() {
+        bail!("making the mount namespace of {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(pin)
 }
 
 fn wait_for_containerd(containerd: &mut Process, socket: &Path, dir: &Path) -> anyhow::Result<()> {
@@ -396,7 +438,7 @@ state = "{dir}/containerd/state"
 const PAUSE_IMAGE: &str = "weft.local/pause:1";
 
 /// Pods on node `index` get addresses from its ranges in the topology's plan, on its `cni0`.
-fn cni_config(index: usize, dir: &Path) -> String {
+fn cni_config(index: usize) -> String {
     serde_json::json!({
         "cniVersion": "1.0.0",
         "name": "weft-pods",
@@ -413,7 +455,6 @@ fn cni_config(index: usize, dir: &Path) -> String {
                     [{"subnet": format!("fd00:10:244:{index}::/64")}],
                 ],
                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
-                "dataDir": dir.join("cni-ipam"),
             },
         }],
     })
@@ -522,20 +563,9 @@ fn make_v1_cgroup(hierarchies: &[PathBuf], path: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where libcni keeps each attachment's result (containerd's CRI does not move it): entries
-/// name a container, and hold the path of its netns, which lies in the cluster's directory.
-const CNI_RESULTS: &str = "/var/lib/cni/results";
-
-/// Removes a cluster's directory `dir` with everything mounted below it, and the CNI results of
-/// its pods.
+/// Removes a cluster's directory `dir`, with the nodes' mount namespaces pinned in it.
 pub fn remove_cluster_dir(dir: &Path) -> anyhow::Result<()> {
     unmount_below(dir)?;
-    let mention = dir.display().to_string();
-    for entry in std::fs::read_dir(CNI_RESULTS).into_iter().flatten().flatten() {
-        if std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(&mention)) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
     match std::fs::remove_dir_all(dir) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
         _ => Ok(()),

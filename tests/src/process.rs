@@ -81,9 +81,24 @@ impl Process {
 
     /// Starts `command` inside `netns` and, when given, the cgroup directory `cgroup`; the
     /// process is in both before it executes its first instruction of `command`.
-    pub fn spawn(mut command: Command, netns: &NetNs, cgroup: Option<&Path>) -> anyhow::Result<Self> {
+    pub fn spawn(command: Command, netns: &NetNs, cgroup: Option<&Path>) -> anyhow::Result<Self> {
+        Self::spawn_in(command, netns, cgroup, None)
+    }
+
+    /// [`Process::spawn`], also in the mount namespace pinned at `mount_ns` when given (a real
+    /// node's own, [`crate::nodes`]).
+    pub fn spawn_in(
+        mut command: Command,
+        netns: &NetNs,
+        cgroup: Option<&Path>,
+        mount_ns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let what = format!("{:?} in {}", command.get_program(), netns.name());
         let netns_file = netns.open()?;
+        let mount_ns = mount_ns
+            .map(|pin| std::fs::File::open(pin).with_context(|| format!("opening {}", pin.display())))
+            .transpose()?;
+        let mount_ns_fd = mount_ns.as_ref().map(AsRawFd::as_raw_fd);
         let procs = cgroup
             .map(|dir| {
                 OpenOptions::new()
@@ -94,7 +109,7 @@ impl Process {
             .transpose()?;
         let netns_fd = netns_file.as_raw_fd();
         let procs_fd = procs.as_ref().map(AsRawFd::as_raw_fd);
-        // SAFETY: the closure runs between fork and exec and only makes two raw syscalls on fds
+        // SAFETY: the closure runs between fork and exec and only makes raw syscalls on fds
         // opened before the fork (no allocation, no locks).
         unsafe {
             command.pre_exec(move || {
@@ -105,6 +120,11 @@ impl Process {
                     }
                 }
                 if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = mount_ns_fd
+                    && libc::setns(fd, libc::CLONE_NEWNS) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
