@@ -33,6 +33,21 @@ pub fn testpod() -> anyhow::Result<Image> {
     workspace("weft.local/testpod:1", "weft-testpod")
 }
 
+/// Weft's own images, as its Dockerfiles make them (the binary on `PATH`, nothing else), under
+/// the names [`weft_overlay`](crate::nodes::RealCluster::install_weft) gives the manifests.
+pub fn weft() -> anyhow::Result<Vec<Image>> {
+    ["agent", "ztunnel", "control"]
+        .into_iter()
+        .map(|component| {
+            workspace(&format!("{WEFT_REGISTRY}/{component}:{WEFT_TAG}"), &format!("weft-{component}"))
+        })
+        .collect()
+}
+
+/// Where Weft's local images are named, and their tag.
+pub const WEFT_REGISTRY: &str = "weft.local";
+pub const WEFT_TAG: &str = "dev";
+
 /// The cluster DNS, from the CoreDNS `cargo xtask setup` builds.
 pub fn coredns() -> anyhow::Result<Image> {
     assemble("weft.local/coredns:1", &[crate::apiserver::kube_bin()?.join("coredns")], &["coredns"])

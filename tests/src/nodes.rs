@@ -50,6 +50,8 @@ const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
 /// A cluster of real nodes.
 pub struct RealCluster {
     nodes: Vec<RealNode>,
+    /// `/tmp/<topology>`: the nodes' directories, and what the harness writes for the cluster.
+    dir: PathBuf,
     // Unmounts and cgroup removal, after the node processes and containers are gone.
     guard: Guard,
     api: ApiServer,
@@ -78,7 +80,8 @@ impl RealCluster {
         let names: Vec<String> = topology.nodes().iter().map(|node| node.name.clone()).collect();
         let api = ApiServer::start_for_nodes(topology.fabric(), &names).await?;
         let dir = std::env::temp_dir().join(topology.name());
-        let mut cluster = Self { nodes: Vec::new(), guard: Guard::default(), api, topology };
+        let mut cluster =
+            Self { nodes: Vec::new(), dir: dir.clone(), guard: Guard::default(), api, topology };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let removed = dir.clone();
         cluster.guard.defer(format!("directory {}", dir.display()), move || remove_cluster_dir(&removed));
@@ -94,6 +97,16 @@ impl RealCluster {
         let mut all_images = vec![images::pause()?, images::coredns()?];
         all_images.extend_from_slice(images);
         for node in cluster.topology.nodes().to_vec() {
+            // A node's default gateway, as real nodes have: a host-network process (Weft's
+            // agent) dialling a Service address needs a route before kube-proxy's rules
+            // rewrite the destination.
+            node.netns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &crate::topology::FABRIC_GATEWAY.to_string(),
+            ])?;
             let node_cgroup_root = format!("{cgroup_root}/{}", node.name);
             make_v1_cgroup(&v1, &node_cgroup_root)?;
             let started =
@@ -117,6 +130,40 @@ impl RealCluster {
         self.wait_for_ready("kube-system", "k8s-app=kube-dns", 1, READY_TIMEOUT).await
     }
 
+    /// Installs Weft as a user does, `kubectl apply -k` of the repository's `manifests/`,
+    /// through an overlay that only names the local images ([`images::weft`], imported at
+    /// start); returns once the control plane and both DaemonSets are ready on every node.
+    pub async fn install_weft(&self) -> anyhow::Result<()> {
+        let overlay = self.dir.join("weft");
+        std::fs::create_dir_all(&overlay)?;
+        let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").canonicalize()?;
+        // kustomize takes a base outside the overlay only by a relative path.
+        let up = "../".repeat(overlay.components().count() - 1);
+        let base = format!("{up}{}", manifests.strip_prefix("/")?.display());
+        let mut kustomization = format!("resources:\n  - {base}\nimages:\n");
+        for component in ["agent", "ztunnel", "control"] {
+            kustomization.push_str(&format!(
+                "  - name: weft/{component}\n    newName: {}/{component}\n    newTag: {}\n",
+                images::WEFT_REGISTRY,
+                images::WEFT_TAG
+            ));
+        }
+        std::fs::write(overlay.join("kustomization.yaml"), kustomization)?;
+        let out = self.kubectl()?.arg("apply").arg("-k").arg(&overlay).output().context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl apply -k manifests/: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let nodes = self.nodes.len();
+        for (selector, count) in [
+            ("app.kubernetes.io/name=weft-control", 1),
+            ("app.kubernetes.io/name=weft-agent", nodes),
+            ("app.kubernetes.io/name=weft-ztunnel", nodes),
+        ] {
+            self.wait_for_ready("weft-system", selector, count, READY_TIMEOUT).await?;
+        }
+        Ok(())
+    }
+
     /// Waits until `count` pods matching `selector` in `namespace` are Running and Ready.
     pub async fn wait_for_ready(
         &self,
@@ -133,7 +180,33 @@ impl RealCluster {
             (ready >= count).then_some(())
         })
         .await;
-        waited.map_err(|error| anyhow::anyhow!("{error:#}{}", self.logs_tail()))
+        if let Err(error) = waited {
+            bail!("{error:#}{}{}", self.describe(namespace, selector).await, self.logs_tail());
+        }
+        Ok(())
+    }
+
+    /// The pods matching `selector` in `namespace`: their state and their containers' last log
+    /// lines, for failure reports.
+    pub async fn describe(&self, namespace: &str, selector: &str) -> String {
+        let pods: Api<PodObject> = Api::namespaced(self.client(), namespace);
+        let Ok(list) = pods.list(&kube::api::ListParams::default().labels(selector)).await else {
+            return String::new();
+        };
+        let mut text = String::new();
+        for pod in list.items {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let status = pod.status.clone().unwrap_or_default();
+            text.push_str(&format!(
+                "\n--- pod {namespace}/{name}: {:?} {:?}",
+                status.phase, status.container_statuses
+            ));
+            let logs = kube::api::LogParams { tail_lines: Some(20), ..Default::default() };
+            if let Ok(lines) = pods.logs(&name, &logs).await {
+                text.push_str(&format!("\n{lines}"));
+            }
+        }
+        text
     }
 
     pub fn api(&self) -> &ApiServer {
@@ -365,7 +438,9 @@ fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
     script.push_str("mount -t bpf bpf /sys/fs/bpf\n");
     let out = Command::new("unshare")
         .arg(format!("--mount={}", pin.display()))
-        .args(["--propagation", "private", "sh", "-c", &script])
+        // Shared inside, as on a systemd host (a volume with HostToContainer propagation
+        // needs it); this host's own mounts are private, so nothing leaks out of the node.
+        .args(["--propagation", "shared", "sh", "-c", &script])
         .output()
         .context("running unshare")?;
     if !out.status.success() {

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
 };
 use kube::{Api, api::PostParams};
-use weft_tests::{images, nodes::RealCluster};
+use weft_tests::{images, nodes::RealCluster, wire::WireMonitor};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -133,4 +133,107 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
 
     let nodes = cluster.kubectl().unwrap().args(["get", "nodes", "-o", "name"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&nodes.stdout), "node/node0\nnode/node1\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_real_nodes() {
+    let mut images = images::weft().unwrap();
+    images.push(images::testpod().unwrap());
+    let cluster = RealCluster::start(2, &images).await.unwrap();
+    cluster.install_weft().await.unwrap();
+    let client = cluster.client();
+    let namespace = serde_json::json!({
+        "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}},
+    });
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &object(namespace)).await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    deployments
+        .create(
+            &PostParams::default(),
+            &object(serde_json::json!({
+                "metadata": {"name": "echo"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "echo"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "echo"}},
+                        "spec": {
+                            "nodeSelector": {"kubernetes.io/hostname": "node0"},
+                            "containers": [{
+                                "name": "echo",
+                                "image": "weft.local/testpod:1",
+                                "args": ["echo", "--port", "8080"],
+                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                            }],
+                        },
+                    },
+                },
+            })),
+        )
+        .await
+        .unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    services
+        .create(
+            &PostParams::default(),
+            &object(serde_json::json!({
+                "metadata": {"name": "echo"},
+                "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
+            })),
+        )
+        .await
+        .unwrap();
+    cluster.wait_for_ready("shop", "app=echo", 1, WAIT).await.unwrap();
+
+    // A client that stays up; once its node's agent has captured it, the request runs in it.
+    // (A pod's first connections, before its agent enrolls it, are not captured yet: a CNI
+    // plugin that holds the pod's start until then is still to come.)
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    let idle = object(serde_json::json!({
+        "metadata": {"name": "client", "labels": {"app": "client"}},
+        "spec": {
+            "nodeSelector": {"kubernetes.io/hostname": "node1"},
+            "containers": [{"name": "client", "image": "weft.local/testpod:1", "args": ["echo", "--port", "9000"]}],
+        },
+    }));
+    pods.create(&PostParams::default(), &idle).await.unwrap();
+    weft_tests::eventually("the client captured by its node's agent", WAIT, || async {
+        let pod = pods.get("client").await.ok()?;
+        weft_api::enrollment::captured(pod.metadata.annotations.as_ref()).then_some(())
+    })
+    .await
+    .unwrap();
+
+    let canary = weft_tests::canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
+    let out = cluster
+        .kubectl()
+        .unwrap()
+        .args([
+            "exec",
+            "-n",
+            "shop",
+            "client",
+            "--",
+            "weft-testpod",
+            "send",
+            "--to",
+            "echo:80",
+            "--message",
+            &canary,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains(&canary),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    monitor.settle(WAIT).unwrap();
+    if monitor.canary_frames() > 0 {
+        let weft = cluster.describe("weft-system", "app.kubernetes.io/part-of=weft").await;
+        panic!("{} plaintext frames crossed between the nodes; Weft's pods:{weft}", monitor.canary_frames());
+    }
+    assert!(monitor.syns_to(weft_ebpf_common::port::HBONE) > 0, "no HBONE connection between the nodes");
 }
