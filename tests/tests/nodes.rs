@@ -30,6 +30,37 @@ fn run_once(name: &str, node: &str, args: &[&str]) -> Pod {
     }))
 }
 
+/// An echo server Deployment on node0 (ready once it listens, by the kubelet's probe) behind
+/// the Service `echo` (port 80) in `namespace`; returns the Service's address.
+async fn deploy_echo(client: &kube::Client, namespace: &str) -> String {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let deployment = object(serde_json::json!({
+        "metadata": {"name": "echo"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "echo"}},
+            "template": {
+                "metadata": {"labels": {"app": "echo"}},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": "node0"},
+                    "containers": [{
+                        "name": "echo",
+                        "image": "weft.local/testpod:1",
+                        "args": ["echo", "--port", "8080"],
+                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    }));
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let service = object(serde_json::json!({
+        "metadata": {"name": "echo"},
+        "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }));
+    services.create(&PostParams::default(), &service).await.unwrap().spec.unwrap().cluster_ip.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_server() {
     let cluster = RealCluster::start(2, &[images::testpod().unwrap()]).await.unwrap();
@@ -38,43 +69,7 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
         .create(&PostParams::default(), &object(serde_json::json!({"metadata": {"name": "demo"}})))
         .await
         .unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "demo");
-    deployments
-        .create(
-            &PostParams::default(),
-            &object(serde_json::json!({
-                "metadata": {"name": "echo"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "echo"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "echo"}},
-                        "spec": {
-                            "nodeSelector": {"kubernetes.io/hostname": "node0"},
-                            "containers": [{
-                                "name": "echo",
-                                "image": "weft.local/testpod:1",
-                                "args": ["echo", "--port", "8080"],
-                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                            }],
-                        },
-                    },
-                },
-            })),
-        )
-        .await
-        .unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), "demo");
-    let service = services
-        .create(
-            &PostParams::default(),
-            &object(serde_json::json!({
-                "metadata": {"name": "echo"},
-                "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            })),
-        )
-        .await
-        .unwrap();
-    let vip = service.spec.unwrap().cluster_ip.unwrap();
+    let vip = deploy_echo(&client, "demo").await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
     let echo = weft_tests::eventually("the echo pod", WAIT, || async {
@@ -146,42 +141,7 @@ async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_re
         "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}},
     });
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &object(namespace)).await.unwrap();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
-    deployments
-        .create(
-            &PostParams::default(),
-            &object(serde_json::json!({
-                "metadata": {"name": "echo"},
-                "spec": {
-                    "selector": {"matchLabels": {"app": "echo"}},
-                    "template": {
-                        "metadata": {"labels": {"app": "echo"}},
-                        "spec": {
-                            "nodeSelector": {"kubernetes.io/hostname": "node0"},
-                            "containers": [{
-                                "name": "echo",
-                                "image": "weft.local/testpod:1",
-                                "args": ["echo", "--port", "8080"],
-                                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                            }],
-                        },
-                    },
-                },
-            })),
-        )
-        .await
-        .unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
-    services
-        .create(
-            &PostParams::default(),
-            &object(serde_json::json!({
-                "metadata": {"name": "echo"},
-                "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            })),
-        )
-        .await
-        .unwrap();
+    deploy_echo(&client, "shop").await;
     cluster.wait_for_ready("shop", "app=echo", 1, WAIT).await.unwrap();
 
     // A client that stays up; once its node's agent has captured it, the request runs in it.
