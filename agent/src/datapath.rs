@@ -216,12 +216,18 @@ impl Datapath {
             let dir = root.join(dir);
             std::fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         }
-        plan.unpin_rebuilt(&root)?;
-        let ebpf = EbpfLoader::new()
+        plan.set_aside(&root)?;
+        let loaded = EbpfLoader::new()
             .map_pin_path(root.join(pin::MAPS))
             .set_max_entries(map::ENROLLED, config.max_enrolled)
-            .load(OBJECT)
-            .map_err(Error::Load)?;
+            .load(OBJECT);
+        let ebpf = match loaded {
+            Ok(ebpf) => ebpf,
+            Err(error) => {
+                plan.put_back(&root);
+                return Err(Error::Load(error));
+            }
+        };
         let mut datapath = Self { ebpf, root, trusted: std::collections::HashMap::new() };
         plan.restore_config(&mut datapath.config_map()?)?;
         datapath.set_config(ConfigSlot::AbiVersion, ABI_VERSION)?;
@@ -259,7 +265,7 @@ impl Datapath {
             link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source))?;
         }
         datapath.update_pod_links()?;
-        plan.finish()?;
+        plan.finish(&datapath.root)?;
         Ok(datapath)
     }
 
@@ -432,12 +438,20 @@ impl Datapath {
         Ok(programs)
     }
 
-    /// Points every enrolled pod's pinned inbound-capture link at this agent's program.
+    /// Points every enrolled pod's pinned inbound-capture link at this agent's program, and
+    /// detaches links of programs this agent does not have (an agent of another ABI version
+    /// pinned them: they would keep running its programs on its maps).
     fn update_pod_links(&self) -> Result<(), Error> {
+        let known = |name: &str| {
+            CGROUP_PROGRAMS.iter().any(|(program, _)| *program == name) || name == program::NODE_SOCKOPS
+        };
         for (name, path) in self.pinned_links()? {
             if name.starts_with(SK_LOOKUP_LINK) {
                 link::update(&path, self.program_fd(program::SK_LOOKUP)?)
                     .map_err(|source| Error::Attach { name: program::SK_LOOKUP, target: name, source })?;
+            } else if !known(&name) {
+                tracing::info!(link = %name, "detaching a link of a program this agent does not have");
+                std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
             }
         }
         Ok(())

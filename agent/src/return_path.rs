@@ -25,27 +25,31 @@ use crate::{
 
 /// The switches under a /proc: the network namespace of whoever opens them decides which one's.
 /// Written through the host's /proc (`--proc-root`), since a container's own /proc/sys is
-/// read-only. The reflecting ones first: the accepting one, last, says the path is complete.
-const FWMARK_REFLECT: [&str; 2] = ["sys/net/ipv4/fwmark_reflect", "sys/net/ipv6/fwmark_reflect"];
+/// read-only. The reflecting one of each family the pod has first: the accepting one, last,
+/// says the path is complete.
 const FWMARK_ACCEPT: &str = "sys/net/ipv4/tcp_fwmark_accept";
+
+fn fwmark_reflect(family: u8) -> &'static str {
+    if family == AF_INET6 { "sys/net/ipv6/fwmark_reflect" } else { "sys/net/ipv4/fwmark_reflect" }
+}
 
 /// Installs the path in the pod whose namespace is `netns`, for the families of `addrs`;
 /// `proc_root` is a writable /proc. Idempotent.
 pub fn install(netns: &File, addrs: PodAddrs, proc_root: &Path) -> io::Result<()> {
     let switch = proc_root.join(FWMARK_ACCEPT);
-    let reflect = FWMARK_REFLECT.map(|path| proc_root.join(path));
+    let proc_root = proc_root.to_owned();
     let families: Vec<u8> = [(addrs.ipv4.is_some(), AF_INET), (addrs.ipv6.is_some(), AF_INET6)]
         .into_iter()
         .filter_map(|(has, family)| has.then_some(family))
         .collect();
     podns::run_in(netns, move || {
         let netlink = Netlink::open(libc::NETLINK_ROUTE)?;
-        for family in families {
-            change(&netlink, RTM_NEWRULE, CREATE, &rule(family))?;
-            change(&netlink, RTM_NEWROUTE, CREATE, &local_route(family, RT_SCOPE_HOST))?;
+        for family in &families {
+            change(&netlink, RTM_NEWRULE, CREATE, &rule(*family))?;
+            change(&netlink, RTM_NEWROUTE, CREATE, &local_route(*family, RT_SCOPE_HOST))?;
         }
-        for path in reflect {
-            std::fs::write(path, "1")?;
+        for family in families {
+            std::fs::write(proc_root.join(fwmark_reflect(family)), "1")?;
         }
         std::fs::write(switch, "1")
     })
@@ -55,11 +59,15 @@ pub fn install(netns: &File, addrs: PodAddrs, proc_root: &Path) -> io::Result<()
 /// address). What is already gone is fine.
 pub fn remove(netns: &File, proc_root: &Path) -> io::Result<()> {
     let switch = proc_root.join(FWMARK_ACCEPT);
-    let reflect = FWMARK_REFLECT.map(|path| proc_root.join(path));
+    let proc_root = proc_root.to_owned();
     podns::run_in(netns, move || {
         std::fs::write(switch, "0")?;
-        for path in reflect {
-            std::fs::write(path, "0")?;
+        for family in [AF_INET, AF_INET6] {
+            // A kernel without IPv6 has no such switch.
+            match std::fs::write(proc_root.join(fwmark_reflect(family)), "0") {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
         }
         let netlink = Netlink::open(libc::NETLINK_ROUTE)?;
         for family in [AF_INET, AF_INET6] {

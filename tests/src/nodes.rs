@@ -20,8 +20,9 @@
 //!   `/sys` and hide the cgroup hierarchies.
 //!
 //! Everything is torn down when the [`RealCluster`] drops: node processes, containers (and with
-//! the last of them every mount inside the nodes' namespaces), the namespaces' pins in the
-//! cluster's directory, the v1 cgroups, then the control plane and the topology.
+//! the last of them every mount inside the nodes' namespaces), the v1 cgroups, the namespaces'
+//! pins in the cluster's directory, then the control plane and the topology. The empty mount
+//! points `/var/run/weft` and `/var/lib/cni` stay on the host.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -427,7 +428,11 @@ const NODE_OWN_DIRS: [(&str, &str); 2] = [("/var/run/weft", "run-weft"), ("/var/
 fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
     let pin = dir.join("mnt");
     std::fs::File::create(&pin).with_context(|| format!("creating {}", pin.display()))?;
-    let mut script = String::from("set -e\n");
+    // Copies of other namespaces' pins (other tests' netns, other nodes' mount namespaces)
+    // would keep those alive as long as this one: dropped first.
+    let mut script = String::from(
+        "set -e\ngrep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | xargs -r -n1 umount -l\n",
+    );
     for (inside, own) in NODE_OWN_DIRS {
         let own = dir.join(own);
         std::fs::create_dir_all(&own)?;
@@ -436,11 +441,12 @@ fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
         script.push_str(&format!("mount --bind {} {inside}\n", own.display()));
     }
     script.push_str("mount -t bpf bpf /sys/fs/bpf\n");
+    // Shared inside, as on a systemd host (a volume with HostToContainer propagation needs
+    // it); a slave of the host's mounts first, so nothing made inside reaches the host.
+    script.push_str("mount --make-rshared /\n");
     let out = Command::new("unshare")
         .arg(format!("--mount={}", pin.display()))
-        // Shared inside, as on a systemd host (a volume with HostToContainer propagation
-        // needs it); this host's own mounts are private, so nothing leaks out of the node.
-        .args(["--propagation", "shared", "sh", "-c", &script])
+        .args(["--propagation", "slave", "sh", "-c", &script])
         .output()
         .context("running unshare")?;
     if !out.status.success() {

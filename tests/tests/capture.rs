@@ -273,6 +273,10 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     pin_other_layout(&node, map::COUNTERS, bpffs::PERCPU_ARRAY, 4, 8, Counter::COUNT - 1);
     let dropped = node.bpffs_root.join("maps").join("WEFT_FROM_NODE");
     bpffs::pin_new_map(&dropped, bpffs::HASH, 36, 1, 64).unwrap();
+    // And a link of a program this build does not have (a second pin of one of ours here).
+    let links = node.bpffs_root.join("links");
+    let retired = links.join("weft_retired_program");
+    std::fs::hard_link(links.join("weft_connect4"), &retired).unwrap();
 
     let config = Config {
         cgroup: node.cgroup.clone(),
@@ -285,6 +289,13 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     let settings: Vec<u32> = pinned_config(&node).iter().map(Result::unwrap).collect();
     assert_eq!(settings, [weft_ebpf_common::ABI_VERSION, 0, 1], "the proxy-cgroup check carried over");
     assert!(!dropped.exists(), "the map only the old programs used is unpinned");
+    assert!(!retired.exists(), "the link of a program this agent lacks is detached");
+    let aside: Vec<_> = std::fs::read_dir(node.bpffs_root.join("maps"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("aside-"))
+        .collect();
+    assert!(aside.is_empty(), "pins set aside for the load are gone: {aside:?}");
     assert_eq!(new.enrolled().unwrap().len(), 1, "the enrolled pod carried over");
     for ((name, old), (_, new)) in before.iter().zip(&new.link_programs().unwrap()) {
         assert_ne!(old, new, "{name} still runs the old program");

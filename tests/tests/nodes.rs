@@ -165,30 +165,24 @@ async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_re
 
     let canary = weft_tests::canary();
     let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
-    let out = cluster
-        .kubectl()
-        .unwrap()
-        .args([
-            "exec",
-            "-n",
-            "shop",
-            "client",
-            "--",
-            "weft-testpod",
-            "send",
-            "--to",
-            "echo:80",
-            "--message",
-            &canary,
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains(&canary),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Through the API server and the kubelet (exec), bounded: a stuck stream fails the test.
+    let mut exec = cluster.kubectl().unwrap();
+    exec.args([
+        "exec",
+        "-n",
+        "shop",
+        "client",
+        "--",
+        "weft-testpod",
+        "send",
+        "--to",
+        "echo:80",
+        "--message",
+        &canary,
+    ])
+    .stdout(std::process::Stdio::piped());
+    let (ok, stdout) = weft_tests::process::Process::start(exec).unwrap().finish(WAIT).unwrap();
+    assert!(ok && stdout.contains(&canary), "{stdout}");
 
     monitor.settle(WAIT).unwrap();
     if monitor.canary_frames() > 0 {

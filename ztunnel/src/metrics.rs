@@ -109,6 +109,12 @@ impl Default for Metrics {
 impl Metrics {
     pub fn opened(&self, labels: &ConnectionLabels) {
         self.opened.get_or_create(labels).inc();
+        self.track(labels);
+    }
+
+    /// Remembers `labels` for [`Metrics::retain_workloads`]; a connection that outlives its
+    /// workload's sweep brings its series back when it closes, and so must be tracked again.
+    fn track(&self, labels: &ConnectionLabels) {
         let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !series.contains(labels) {
             series.insert(labels.clone());
@@ -140,6 +146,7 @@ impl Metrics {
         self.closed.get_or_create(labels).inc();
         self.sent.get_or_create(labels).inc_by(sent);
         self.received.get_or_create(labels).inc_by(received);
+        self.track(labels);
     }
 
     /// A connection failed at `reporter`'s end for `reason`.
@@ -200,5 +207,11 @@ mod tests {
             "both db series in 4 families: {text}"
         );
         assert_eq!(metrics.retain_workloads(|_, _| true), 0);
+
+        // A connection open across the sweep brings its series back when it closes: tracked
+        // again, so the next sweep takes it.
+        metrics.closed(&to_job, 1, 1);
+        assert_eq!(metrics.retain_workloads(|namespace, _| namespace == "shop"), 1);
+        assert!(!metrics.encode().contains("report-28391"));
     }
 }

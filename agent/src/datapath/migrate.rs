@@ -19,8 +19,10 @@ use super::{Error, io_error};
 /// What an upgrade does with a pinned map whose layout changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Carry {
-    /// Rebuilt empty: the kernel refills it. Costs at most what in-flight connections had
-    /// recorded (their original destination), or the counters' history.
+    /// Rebuilt empty: the kernel refills it. Costs what connections open across the upgrade
+    /// had recorded (their original destination), including those opened while the links
+    /// switch one by one (a new connect hook may record where an old getsockopt hook looks),
+    /// or the counters' history.
     Rebuild,
     /// An array of `u32` settings indexed by [`ConfigSlot`]: the slots both layouts have are
     /// copied.
@@ -38,16 +40,22 @@ fn carry(name: &str) -> Carry {
     }
 }
 
-/// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY`: their size is part of their meaning
-/// (an index past the end is refused). A hash map's capacity is not.
-const ARRAY_TYPES: [u32; 2] = [2, 6];
+/// `BPF_MAP_TYPE_ARRAY` and `BPF_MAP_TYPE_PERCPU_ARRAY` (kernel UAPI numbers): their size is
+/// part of their meaning (an index past the end is refused). A hash map's capacity is not.
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+const ARRAY_TYPES: [u32; 2] = [BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY];
+
+/// Prefix of a rebuilt map's old pin while the install runs: put back if the load fails,
+/// removed once it succeeded. (bpffs refuses dots in names.)
+const ASIDE: &str = "aside-";
 
 /// What an install does to the pinned maps, decided before it changes any of them.
 #[derive(Debug, Default)]
 pub(super) struct Plan {
     /// The ABI version of the pinned datapath, if one is pinned.
     pub pinned_abi: Option<u32>,
-    /// Pinned maps with a new layout, unpinned before the load so it creates them afresh.
+    /// Pinned maps with a new layout, set aside before the load so it creates them afresh.
     rebuilt: Vec<String>,
     /// The pinned settings, copied into the new [`map::CONFIG`] when its layout changed.
     config_slots: Option<Vec<u32>>,
@@ -106,21 +114,34 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Before the load: unpins the maps to rebuild. The programs still attached keep using
-    /// them until their links run the new programs.
-    pub fn unpin_rebuilt(&self, root: &Path) -> Result<(), Error> {
+    /// Before the load: moves the pins of the maps to rebuild aside (bpffs renames). The
+    /// programs still attached keep using those maps until their links run the new programs.
+    pub fn set_aside(&self, root: &Path) -> Result<(), Error> {
         for name in &self.rebuilt {
             let path = root.join(pin::MAPS).join(name);
-            std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+            let aside = root.join(pin::MAPS).join(format!("{ASIDE}{name}"));
+            std::fs::rename(&path, &aside).map_err(|source| io_error(&path, source))?;
         }
         Ok(())
+    }
+
+    /// After a failed load: the pins set aside go back (replacing any the load made), so the
+    /// next install finds the datapath as it was.
+    pub fn put_back(&self, root: &Path) {
+        for name in &self.rebuilt {
+            let path = root.join(pin::MAPS).join(name);
+            let aside = root.join(pin::MAPS).join(format!("{ASIDE}{name}"));
+            if let Err(error) = std::fs::rename(&aside, &path) {
+                tracing::warn!(map = %name, %error, "could not restore the pin of a map set aside");
+            }
+        }
     }
 
     /// After the load: the settings the old datapath held, in the slots the new one has too.
     pub fn restore_config(&self, config: &mut Array<&mut MapData, u32>) -> Result<(), Error> {
         let Some(slots) = &self.config_slots else { return Ok(()) };
         for (slot, value) in slots.iter().enumerate().take(ConfigSlot::COUNT as usize) {
-            let slot = u32::try_from(slot).expect("invariant: fewer than COUNT slots");
+            let slot = u32::try_from(slot).expect("invariant: at most ConfigSlot::COUNT (a u32) slots");
             config.set(slot, value, 0).map_err(|source| Error::Map { name: map::CONFIG, source })?;
         }
         Ok(())
@@ -128,9 +149,15 @@ impl Plan {
 
     /// Once every link runs the new programs: unpins the maps only the old ones used, and says
     /// what the upgrade did.
-    pub fn finish(&self) -> Result<(), Error> {
-        for path in &self.stale {
-            std::fs::remove_file(path).map_err(|source| io_error(path, source))?;
+    pub fn finish(&self, root: &Path) -> Result<(), Error> {
+        let aside = self.rebuilt.iter().map(|name| root.join(pin::MAPS).join(format!("{ASIDE}{name}")));
+        for path in self.stale.iter().cloned().chain(aside) {
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error(&path, error));
+                }
+                _ => {}
+            }
         }
         if let Some(pinned) = self.pinned_abi
             && (pinned != ABI_VERSION || !self.rebuilt.is_empty() || !self.stale.is_empty())
@@ -148,13 +175,19 @@ impl Plan {
     }
 }
 
-/// The ABI version recorded in the datapath pinned in `maps_dir`; `None` if none is pinned.
+/// The ABI version recorded in the datapath pinned in `maps_dir`: `None` if nothing is pinned
+/// there, 0 if maps are pinned but no settings say which version (an install that stopped
+/// half-way): their layouts are checked all the same.
 fn pinned_abi(maps_dir: &Path) -> Result<Option<u32>, Error> {
-    let path = maps_dir.join(map::CONFIG);
-    if !path.exists() {
+    let any_pinned = std::fs::read_dir(maps_dir).is_ok_and(|mut entries| entries.next().is_some());
+    if !any_pinned {
         return Ok(None);
     }
-    Ok(config_slots(&path)?.first().copied())
+    let path = maps_dir.join(map::CONFIG);
+    if !path.exists() {
+        return Ok(Some(0));
+    }
+    Ok(Some(config_slots(&path)?.first().copied().unwrap_or(0)))
 }
 
 /// Every slot of the pinned settings array at `path` (slot 0, [`ConfigSlot::AbiVersion`], in
