@@ -15,7 +15,7 @@
 //!   puts a container's processes at the same path in v2, so pods land below [`Node::cgroup`],
 //!   where Weft's datapath attaches, as on any cgroupfs node.
 //! - Node processes join the node's network namespace and its own mount namespace
-//!   ([`mount_namespace`]: a node's `/var/run/weft`, `/var/lib/cni` and bpffs are its own, as
+//!   ([`host::mount_namespace`]: a node's `/var/run/weft`, `/var/lib/cni` and bpffs are its own, as
 //!   in kind's node containers), made with `unshare`, not `ip netns exec`, which would remount
 //!   `/sys` and hide the cgroup hierarchies.
 //!
@@ -41,12 +41,15 @@ use crate::{
     topology::{Node, Topology},
 };
 
+mod config;
+mod host;
+
+use config::{cni_config, containerd_config, kube_proxy_config_yaml, kubelet_config_yaml};
+use host::{make_v1_cgroup, mount_namespace};
+pub use host::{remove_cluster_dir, v1_hierarchies};
+
 /// How long a node may take to register and report Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-/// The kube-dns Service's address (`coredns.yaml`), which kubelets give pods as their resolver.
-const CLUSTER_DNS: &str = "10.96.0.10";
-/// The cluster's pod ranges, for kube-proxy's idea of what is inside the cluster.
-const CLUSTER_CIDRS: &str = "10.244.0.0/16,fd00:10:244::/48";
 
 /// A cluster of real nodes.
 pub struct RealCluster {
@@ -417,44 +420,6 @@ impl RealNode {
     }
 }
 
-/// The host paths of a node that its pods may mount and that must not be shared with the other
-/// nodes on this machine: the handoff socket's directory (Weft's DaemonSets), and libcni's state.
-const NODE_OWN_DIRS: [(&str, &str); 2] = [("/var/run/weft", "run-weft"), ("/var/lib/cni", "cni-state")];
-
-/// Makes the node's own mount namespace, pinned at `dir/mnt`, as a kind node has in its
-/// container: [`NODE_OWN_DIRS`] are bound to directories of this node, and `/sys/fs/bpf` is a
-/// bpffs of its own, so every hostPath a pod mounts is this node's. Whatever the kubelet and
-/// containerd mount (volumes, root filesystems, netns pins) stays inside it, and goes with it.
-fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
-    let pin = dir.join("mnt");
-    std::fs::File::create(&pin).with_context(|| format!("creating {}", pin.display()))?;
-    // Copies of other namespaces' pins (other tests' netns, other nodes' mount namespaces)
-    // would keep those alive as long as this one: dropped first.
-    let mut script = String::from(
-        "set -e\ngrep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | xargs -r -n1 umount -l\n",
-    );
-    for (inside, own) in NODE_OWN_DIRS {
-        let own = dir.join(own);
-        std::fs::create_dir_all(&own)?;
-        // The mount point, on the host; empty there.
-        std::fs::create_dir_all(inside).with_context(|| format!("creating {inside}"))?;
-        script.push_str(&format!("mount --bind {} {inside}\n", own.display()));
-    }
-    script.push_str("mount -t bpf bpf /sys/fs/bpf\n");
-    // Shared inside, as on a systemd host (a volume with HostToContainer propagation needs
-    // it); a slave of the host's mounts first, so nothing made inside reaches the host.
-    script.push_str("mount --make-rshared /\n");
-    let out = Command::new("unshare")
-        .arg(format!("--mount={}", pin.display()))
-        .args(["--propagation", "slave", "sh", "-c", &script])
-        .output()
-        .context("running unshare")?;
-    if !out.status.success() {
-        bail!("making the mount namespace of {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(pin)
-}
-
 fn wait_for_containerd(containerd: &mut Process, socket: &Path, dir: &Path) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -476,204 +441,9 @@ fn wait_for_containerd(containerd: &mut Process, socket: &Path, dir: &Path) -> a
     }
 }
 
-fn containerd_config(dir: &Path, socket: &Path) -> String {
-    let dir = dir.display();
-    let socket = socket.display();
-    format!(
-        r#"version = 2
-root = "{dir}/containerd/root"
-state = "{dir}/containerd/state"
-
-[grpc]
-  address = "{socket}"
-
-[ttrpc]
-  address = "{socket}.ttrpc"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{dir}/containerd/opt"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  disable_apparmor = true
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{dir}/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{dir}/cni"
-    max_conf_num = 1
-"#,
-        pause = PAUSE_IMAGE,
-    )
-}
-
-/// The sandbox image's reference ([`images::pause`]).
-const PAUSE_IMAGE: &str = "weft.local/pause:1";
-
-/// Pods on node `index` get addresses from its ranges in the topology's plan, on its `cni0`.
-fn cni_config(index: usize) -> String {
-    serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "weft-pods",
-        "plugins": [{
-            "type": "bridge",
-            "bridge": "cni0",
-            "isGateway": true,
-            "ipMasq": false,
-            "hairpinMode": true,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [
-                    [{"subnet": format!("10.244.{index}.0/24")}],
-                    [{"subnet": format!("fd00:10:244:{index}::/64")}],
-                ],
-                "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
-            },
-        }],
-    })
-    .to_string()
-}
-
-fn kubelet_config_yaml(api: &ApiServer, node: &Node, dir: &Path, socket: &Path, cgroup_root: &str) -> String {
-    format!(
-        r#"apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-cgroupDriver: cgroupfs
-cgroupRoot: {cgroup_root}
-failCgroupV1: false
-failSwapOn: false
-containerRuntimeEndpoint: unix://{socket}
-address: {address}
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: 10248
-authentication:
-  anonymous: {{enabled: false}}
-  webhook: {{enabled: true}}
-  x509: {{clientCAFile: {ca}}}
-authorization:
-  mode: Webhook
-podLogsDir: {dir}/pod-logs
-resolvConf: /etc/resolv.conf
-clusterDomain: cluster.local
-clusterDNS: [{CLUSTER_DNS}]
-registerNode: true
-serializeImagePulls: false
-imageGCHighThresholdPercent: 100
-evictionHard:
-  memory.available: "0%"
-  nodefs.available: "0%"
-  imagefs.available: "0%"
-  nodefs.inodesFree: "0%"
-"#,
-        socket = socket.display(),
-        address = node.ipv4,
-        ca = api.ca_file().display(),
-        dir = dir.display(),
-    )
-}
-
-fn kube_proxy_config_yaml(api: &ApiServer, node: &Node) -> anyhow::Result<String> {
-    Ok(format!(
-        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-clientConnection:
-  kubeconfig: {kubeconfig}
-hostnameOverride: {name}
-mode: iptables
-clusterCIDR: {CLUSTER_CIDRS}
-metricsBindAddress: 127.0.0.1:10249
-healthzBindAddress: 127.0.0.1:10256
-conntrack:
-  maxPerCore: 0
-"#,
-        kubeconfig = api.kube_proxy_kubeconfig()?.display(),
-        name = node.name,
-    ))
-}
-
 fn is_ready(pod: &PodObject) -> bool {
     pod.status
         .iter()
         .flat_map(|status| status.conditions.iter().flatten())
         .any(|condition| condition.type_ == "Ready" && condition.status == "True")
-}
-
-/// Every cgroup v1 hierarchy's mount point.
-pub fn v1_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    Ok(mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (fields, rest) = line.split_once(" - ")?;
-            let point = fields.split_whitespace().nth(4)?;
-            (rest.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(point))
-        })
-        .collect())
-}
-
-/// Makes `path` (and its parents) in every v1 hierarchy; cpuset's need their CPUs and memory
-/// nodes copied from the parent before anything can join them.
-fn make_v1_cgroup(hierarchies: &[PathBuf], path: &str) -> anyhow::Result<()> {
-    for hierarchy in hierarchies {
-        let mut dir = hierarchy.clone();
-        for part in path.trim_start_matches('/').split('/') {
-            let parent = dir.clone();
-            dir.push(part);
-            if dir.exists() {
-                continue;
-            }
-            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
-                    std::fs::write(dir.join(file), value.trim())
-                        .with_context(|| format!("writing {}", dir.join(file).display()))?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Removes a cluster's directory `dir`, with the nodes' mount namespaces pinned in it.
-pub fn remove_cluster_dir(dir: &Path) -> anyhow::Result<()> {
-    unmount_below(dir)?;
-    match std::fs::remove_dir_all(dir) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
-        _ => Ok(()),
-    }
-}
-
-/// Unmounts every mount at or below `dir`, deepest first (lazily: a mount still busy goes once
-/// free).
-fn unmount_below(dir: &Path) -> anyhow::Result<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(4).map(PathBuf::from))
-        .filter(|point| point.starts_with(dir))
-        .collect();
-    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
-    points.dedup();
-    for point in points {
-        let c_path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes())?;
-        // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
-        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
-            let error = std::io::Error::last_os_error();
-            // Already gone with its parent.
-            if error.raw_os_error() != Some(libc::EINVAL) && error.raw_os_error() != Some(libc::ENOENT) {
-                return Err(error).with_context(|| format!("unmounting {}", point.display()));
-            }
-        }
-    }
-    Ok(())
 }

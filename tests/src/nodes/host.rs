@@ -1,0 +1,117 @@
+//! What a real node needs of this machine: its own mount namespace, its cgroups in the v1
+//! hierarchies, and the removal of both.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+/// The host paths of a node that its pods may mount and that must not be shared with the other
+/// nodes on this machine: the handoff socket's directory (Weft's DaemonSets), and libcni's state.
+pub(super) const NODE_OWN_DIRS: [(&str, &str); 2] =
+    [("/var/run/weft", "run-weft"), ("/var/lib/cni", "cni-state")];
+
+/// Makes the node's own mount namespace, pinned at `dir/mnt`, as a kind node has in its
+/// container: [`NODE_OWN_DIRS`] are bound to directories of this node, and `/sys/fs/bpf` is a
+/// bpffs of its own, so every hostPath a pod mounts is this node's. Whatever the kubelet and
+/// containerd mount (volumes, root filesystems, netns pins) stays inside it, and goes with it.
+pub(super) fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
+    let pin = dir.join("mnt");
+    std::fs::File::create(&pin).with_context(|| format!("creating {}", pin.display()))?;
+    // Copies of other namespaces' pins (other tests' netns, other nodes' mount namespaces)
+    // would keep those alive as long as this one: dropped first.
+    let mut script = String::from(
+        "set -e\ngrep ' - nsfs ' /proc/self/mountinfo | cut -d' ' -f5 | xargs -r -n1 umount -l\n",
+    );
+    for (inside, own) in NODE_OWN_DIRS {
+        let own = dir.join(own);
+        std::fs::create_dir_all(&own)?;
+        // The mount point, on the host; empty there.
+        std::fs::create_dir_all(inside).with_context(|| format!("creating {inside}"))?;
+        script.push_str(&format!("mount --bind {} {inside}\n", own.display()));
+    }
+    script.push_str("mount -t bpf bpf /sys/fs/bpf\n");
+    // Shared inside, as on a systemd host (a volume with HostToContainer propagation needs
+    // it); a slave of the host's mounts first, so nothing made inside reaches the host.
+    script.push_str("mount --make-rshared /\n");
+    let out = Command::new("unshare")
+        .arg(format!("--mount={}", pin.display()))
+        .args(["--propagation", "slave", "sh", "-c", &script])
+        .output()
+        .context("running unshare")?;
+    if !out.status.success() {
+        bail!("making the mount namespace of {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(pin)
+}
+
+/// Every cgroup v1 hierarchy's mount point.
+pub fn v1_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    Ok(mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (fields, rest) = line.split_once(" - ")?;
+            let point = fields.split_whitespace().nth(4)?;
+            (rest.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(point))
+        })
+        .collect())
+}
+
+/// Makes `path` (and its parents) in every v1 hierarchy; cpuset's need their CPUs and memory
+/// nodes copied from the parent before anything can join them.
+pub(super) fn make_v1_cgroup(hierarchies: &[PathBuf], path: &str) -> anyhow::Result<()> {
+    for hierarchy in hierarchies {
+        let mut dir = hierarchy.clone();
+        for part in path.trim_start_matches('/').split('/') {
+            let parent = dir.clone();
+            dir.push(part);
+            if dir.exists() {
+                continue;
+            }
+            std::fs::create_dir(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                    std::fs::write(dir.join(file), value.trim())
+                        .with_context(|| format!("writing {}", dir.join(file).display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a cluster's directory `dir`, with the nodes' mount namespaces pinned in it.
+pub fn remove_cluster_dir(dir: &Path) -> anyhow::Result<()> {
+    unmount_below(dir)?;
+    match std::fs::remove_dir_all(dir) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Unmounts every mount at or below `dir`, deepest first (lazily: a mount still busy goes once
+/// free).
+pub(super) fn unmount_below(dir: &Path) -> anyhow::Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    points.dedup();
+    for point in points {
+        let c_path = std::ffi::CString::new(point.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a valid NUL-terminated path; umount2 has no other preconditions.
+        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+            let error = std::io::Error::last_os_error();
+            // Already gone with its parent.
+            if error.raw_os_error() != Some(libc::EINVAL) && error.raw_os_error() != Some(libc::ENOENT) {
+                return Err(error).with_context(|| format!("unmounting {}", point.display()));
+            }
+        }
+    }
+    Ok(())
+}
