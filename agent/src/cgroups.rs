@@ -11,17 +11,23 @@ const PODS_CGROUPS: [&str; 4] =
 
 /// The cgroup2 mount points in `mountinfo`, the shortest (the host's own) first.
 pub fn cgroup2_mounts(mountinfo: &str) -> Vec<PathBuf> {
-    let mut mounts: Vec<PathBuf> = mountinfo
+    let mut mounts = mount_points(mountinfo, "cgroup2");
+    mounts.sort_by_key(|point| point.as_os_str().len());
+    mounts
+}
+
+/// The mount points of every filesystem of type `fstype` in `mountinfo` (`cgroup` for the v1
+/// hierarchies).
+pub fn mount_points(mountinfo: &str, fstype: &str) -> Vec<PathBuf> {
+    mountinfo
         .lines()
         .filter_map(|line| {
             // `… mount-point options - fstype …`: the fifth field, and the first after `-`.
             let (before, after) = line.split_once(" - ")?;
             let point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(point))
+            (after.split_whitespace().next()? == fstype).then(|| PathBuf::from(point))
         })
-        .collect();
-    mounts.sort_by_key(|point| point.as_os_str().len());
-    mounts
+        .collect()
 }
 
 /// This process's mounts.

@@ -442,14 +442,11 @@ impl Datapath {
     /// detaches links of programs this agent does not have (an agent of another ABI version
     /// pinned them: they would keep running its programs on its maps).
     fn update_pod_links(&self) -> Result<(), Error> {
-        let known = |name: &str| {
-            CGROUP_PROGRAMS.iter().any(|(program, _)| *program == name) || name == program::NODE_SOCKOPS
-        };
         for (name, path) in self.pinned_links()? {
             if name.starts_with(SK_LOOKUP_LINK) {
                 link::update(&path, self.program_fd(program::SK_LOOKUP)?)
                     .map_err(|source| Error::Attach { name: program::SK_LOOKUP, target: name, source })?;
-            } else if !known(&name) {
+            } else if self.ebpf.program(&name).is_none() {
                 tracing::info!(link = %name, "detaching a link of a program this agent does not have");
                 std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
             }

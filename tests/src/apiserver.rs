@@ -324,18 +324,9 @@ impl ApiServer {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let task = tokio::spawn(async move {
-            // Owned here, so aborting the relay ends every connection too.
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                connections.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                while connections.try_join_next().is_some() {}
-            }
-        });
+        let task = tokio::spawn(relay(listener, move || async move {
+            tokio::net::TcpStream::connect(upstream).await.ok()
+        }));
         Ok(Relay { task, runtime: None })
     }
 
@@ -395,21 +386,35 @@ impl Relay {
             tokio::net::TcpListener::from_std(listener)?
         };
         let fabric = fabric.clone();
-        let task = runtime.spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let fabric = fabric.clone();
-                connections.spawn(async move {
-                    let connect = move || fabric.run(move || std::net::TcpStream::connect(target));
-                    let Ok(Ok(Ok(outbound))) = tokio::task::spawn_blocking(connect).await else { return };
-                    let Ok(()) = outbound.set_nonblocking(true) else { return };
-                    let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
-                while connections.try_join_next().is_some() {}
+        let task = runtime.spawn(relay(listener, move || {
+            let fabric = fabric.clone();
+            async move {
+                let connect = move || fabric.run(move || std::net::TcpStream::connect(target));
+                let Ok(Ok(Ok(outbound))) = tokio::task::spawn_blocking(connect).await else { return None };
+                outbound.set_nonblocking(true).ok()?;
+                tokio::net::TcpStream::from_std(outbound).ok()
+            }
+        }));
+        Ok((Self { task, runtime: Some(runtime) }, port))
+    }
+}
+
+/// Accepts on `listener` until aborted, joining each connection to the one `connect` opens.
+async fn relay<Connect, Opened>(listener: tokio::net::TcpListener, connect: Connect)
+where
+    Connect: Fn() -> Opened,
+    Opened: std::future::Future<Output = Option<tokio::net::TcpStream>> + Send + 'static,
+{
+    // Owned here, so aborting the relay ends every connection too.
+    let mut connections = tokio::task::JoinSet::new();
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let opened = connect();
+        connections.spawn(async move {
+            if let Some(mut outbound) = opened.await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }
         });
-        Ok((Self { task, runtime: Some(runtime) }, port))
+        while connections.try_join_next().is_some() {}
     }
 }
 

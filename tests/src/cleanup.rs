@@ -81,7 +81,7 @@ pub fn sweep_stale(cgroup_root: &Path) {
         }
     }
     // Cgroups (v2, and real nodes' in the v1 hierarchies), their processes killed first.
-    let hierarchies = crate::nodes::v1_hierarchies().unwrap_or_default();
+    let hierarchies = crate::nodes::v1_hierarchies();
     for dir in std::iter::once(cgroup_root).chain(hierarchies.iter().map(PathBuf::as_path)) {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {

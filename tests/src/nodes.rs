@@ -90,7 +90,7 @@ impl RealCluster {
         let removed = dir.clone();
         cluster.guard.defer(format!("directory {}", dir.display()), move || remove_cluster_dir(&removed));
         let cgroup_root = format!("/{}", cluster.topology.name());
-        let v1 = v1_hierarchies()?;
+        let v1 = v1_hierarchies();
         let made: Vec<PathBuf> = v1.iter().map(|hierarchy| hierarchy.join(&cgroup_root[1..])).collect();
         cluster.guard.defer("v1 cgroups", move || {
             for dir in made {

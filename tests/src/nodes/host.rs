@@ -47,16 +47,9 @@ pub(super) fn mount_namespace(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Every cgroup v1 hierarchy's mount point.
-pub fn v1_hierarchies() -> anyhow::Result<Vec<PathBuf>> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    Ok(mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (fields, rest) = line.split_once(" - ")?;
-            let point = fields.split_whitespace().nth(4)?;
-            (rest.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(point))
-        })
-        .collect())
+pub fn v1_hierarchies() -> Vec<PathBuf> {
+    use weft_agent::cgroups;
+    cgroups::mount_points(&cgroups::mountinfo(), "cgroup")
 }
 
 /// Makes `path` (and its parents) in every v1 hierarchy; cpuset's need their CPUs and memory
