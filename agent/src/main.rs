@@ -39,9 +39,13 @@ enum Command {
         /// kubeconfig file; without it, in-cluster configuration (or KUBECONFIG).
         #[arg(long, env = "WEFT_KUBECONFIG")]
         kubeconfig: Option<PathBuf>,
-        /// `/metrics`, `/healthz/ready` and `/config_dump`.
+        /// `/metrics` and `/healthz/ready`.
         #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15030")]
         monitoring_listen: std::net::SocketAddr,
+        /// `/config_dump` (and the others): node-local, as it lists the node's pods; `weftctl`
+        /// reaches it by port-forward through the API server.
+        #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "127.0.0.1:15031")]
+        admin_listen: std::net::SocketAddr,
         /// The host's /proc, where pods' processes (and so their network namespaces) are found.
         #[arg(long, env = "WEFT_PROC_ROOT", default_value = "/proc")]
         proc_root: PathBuf,
@@ -164,7 +168,16 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
-        Command::Run { datapath, node, zds_socket, kubeconfig, monitoring_listen, proc_root, pod } => {
+        Command::Run {
+            datapath,
+            node,
+            zds_socket,
+            kubeconfig,
+            monitoring_listen,
+            admin_listen,
+            proc_root,
+            pod,
+        } => {
             let config = datapath.config(args.bpffs_root)?;
             let own_pod = pod
                 .map(|pod| {
@@ -177,6 +190,7 @@ fn main() -> anyhow::Result<()> {
                 proc_root,
                 zds_socket,
                 monitoring: monitoring_listen,
+                admin: admin_listen,
                 own_pod,
             };
             let source = Source::Kubernetes { kubeconfig, node };

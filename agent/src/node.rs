@@ -35,8 +35,10 @@ pub struct Config {
     /// `/proc` of the host PID namespace.
     pub proc_root: PathBuf,
     pub zds_socket: PathBuf,
-    /// Where `/metrics`, `/healthz/ready` and `/config_dump` are served.
+    /// Where `/metrics` and `/healthz/ready` are served (cluster-reachable).
     pub monitoring: std::net::SocketAddr,
+    /// Where all three and `/config_dump` are served (node-local: the dump is inventory).
+    pub admin: std::net::SocketAddr,
     /// The agent's own pod, to tell Weft's removal from an update at shutdown; without it
     /// capture always stays.
     pub own_pod: Option<crate::removal::OwnPod>,
@@ -93,13 +95,11 @@ pub async fn run<C: Capture>(
     namespaces.wait_until_ready().await?;
 
     let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client.clone())));
-    let monitoring = tokio::net::TcpListener::bind(config.monitoring).await?;
-    tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
-    let _monitor = AbortOnDrop(tokio::spawn(weft_api::admin::serve(
-        monitoring,
-        status.clone(),
-        weft_api::admin::Endpoints::ALL,
-    )));
+    let (monitoring, admin, serving) =
+        weft_api::admin::bind_monitoring_and_admin(config.monitoring, config.admin, status.clone()).await?;
+    tracing::info!(addr = %monitoring, "serving metrics and readiness");
+    tracing::info!(addr = %admin, "serving config_dump, metrics and readiness");
+    let _serving = AbortOnDrop(tokio::spawn(serving));
     let server = handoff::Server::bind(&config.zds_socket, &config.proc_root)?;
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
@@ -145,7 +145,7 @@ pub async fn run<C: Capture>(
         agent.status.set_datapath_counters(&agent.capture.counters());
     }
     let Some(own_pod) = agent.config.own_pod.clone() else { return Ok(Stopped::Kept) };
-    match crate::removal::weft_removed(&client, &own_pod).await {
+    match crate::removal::weft_removed(&client, &own_pod, &namespaces).await {
         Ok(true) => {
             tracing::info!("Weft is being removed: every pod leaves the mesh");
             agent.release_all();

@@ -1,6 +1,8 @@
 //! The daemons' HTTP endpoints, as Prometheus and Kubernetes probes speak to them: `/metrics`,
 //! `/healthz/ready` and the JSON `/config_dump` (ztunnel: metrics 15020, readiness 15021,
-//! admin localhost:15000; weft-control serves all three on one port). A deliberately small
+//! admin localhost:15000; weft-control and the agent: metrics and readiness on one port, all
+//! three on a localhost admin port that `weftctl` reaches by port-forward). The dump holds the
+//! mesh's inventory, so it is never served beyond the node (or pod). A deliberately small
 //! HTTP/1.1 responder: GET only, one request per connection, no body accepted.
 use std::{net::SocketAddr, sync::Arc};
 
@@ -30,6 +32,8 @@ pub struct Endpoints {
 
 impl Endpoints {
     pub const ALL: Self = Self { metrics: true, ready: true, config_dump: true };
+    /// What a cluster-reachable port serves: everything but the dump.
+    pub const MONITORING: Self = Self { metrics: true, ready: true, config_dump: false };
     pub const METRICS: Self = Self { metrics: true, ready: false, config_dump: false };
     pub const READY: Self = Self { metrics: false, ready: true, config_dump: false };
     pub const CONFIG_DUMP: Self = Self { metrics: false, ready: false, config_dump: true };
@@ -65,6 +69,30 @@ pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, endpoints: En
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+}
+
+/// The control plane's and the agent's pair: `monitoring` (cluster-reachable: metrics and
+/// readiness) and `admin` (meant for loopback: those and the dump), both bound; returns the
+/// addresses bound (the harness asks for port 0) and the future serving both.
+pub async fn bind_monitoring_and_admin(
+    monitoring: SocketAddr,
+    admin: SocketAddr,
+    source: Arc<dyn Source>,
+) -> std::io::Result<(SocketAddr, SocketAddr, impl Future<Output = ()> + Send + 'static)> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|error| std::io::Error::new(error.kind(), format!("binding {addr}: {error}")))
+    };
+    let (monitoring, admin) = (bind(monitoring).await?, bind(admin).await?);
+    let bound = (monitoring.local_addr()?, admin.local_addr()?);
+    let serving = async move {
+        tokio::join!(
+            serve(monitoring, source.clone(), Endpoints::MONITORING),
+            serve(admin, source, Endpoints::ALL)
+        );
+    };
+    Ok((bound.0, bound.1, serving))
 }
 
 fn respond(

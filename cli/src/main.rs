@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use weftctl::{
     endpoint::Endpoint,
     output::{Format, render, table},
-    report::{CONTROL_VIA_API, Mesh, Node},
+    report::Mesh,
 };
 
 /// Inspect and steer the Weft mesh.
@@ -16,14 +16,16 @@ struct Args {
     /// kubeconfig file; without it, in-cluster configuration or KUBECONFIG (if any).
     #[arg(long, global = true)]
     kubeconfig: Option<PathBuf>,
-    /// The control plane's monitoring endpoint (`http://host:port`, `netns=PATH@http://…`,
-    /// or `kube:/api/…/proxy`).
-    #[arg(long, global = true, env = "WEFT_CONTROL", default_value = CONTROL_VIA_API)]
-    control: Endpoint,
-    /// A node's agent endpoint, `NODE=ENDPOINT` (agents are otherwise found through the API).
+    /// The control plane's admin endpoint (`http://host:port`, `netns=PATH@http://…`, or
+    /// `pod:NAMESPACE/NAME:PORT`); by default its pod's localhost port 15000, by port-forward.
+    #[arg(long, global = true, env = "WEFT_CONTROL")]
+    control: Option<Endpoint>,
+    /// A node's agent admin endpoint, `NODE=ENDPOINT` (by default its pod's port 15031, by
+    /// port-forward).
     #[arg(long = "agent", global = true, value_parser = node_endpoint)]
     agents: Vec<(String, Endpoint)>,
-    /// A node's proxy admin endpoint, `NODE=ENDPOINT` (its port 15000 is node-local).
+    /// A node's proxy admin endpoint, `NODE=ENDPOINT` (by default its pod's port 15000, by
+    /// port-forward).
     #[arg(long = "ztunnel", global = true, value_parser = node_endpoint)]
     ztunnels: Vec<(String, Endpoint)>,
     /// Output format.
@@ -87,30 +89,19 @@ async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<Option<kube::Cli
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut nodes: Vec<Node> = Vec::new();
-    for (name, endpoint, is_agent) in args
-        .agents
-        .into_iter()
-        .map(|(name, endpoint)| (name, endpoint, true))
-        .chain(args.ztunnels.into_iter().map(|(name, endpoint)| (name, endpoint, false)))
-    {
-        let index = match nodes.iter().position(|node| node.name == name) {
-            Some(index) => index,
-            None => {
-                nodes.push(Node { name, agent: None, ztunnel: None });
-                nodes.len() - 1
-            }
-        };
-        if is_agent {
-            nodes[index].agent = Some(endpoint);
-        } else {
-            nodes[index].ztunnel = Some(endpoint);
-        }
+    let mut mesh =
+        Mesh { client: client(args.kubeconfig.as_ref()).await?, control: args.control, nodes: Vec::new() };
+    for (name, endpoint) in args.agents {
+        let index = mesh.node_index(&name);
+        mesh.nodes[index].agent = Some(endpoint);
     }
-    let mut mesh = Mesh { client: client(args.kubeconfig.as_ref()).await?, control: args.control, nodes };
+    for (name, endpoint) in args.ztunnels {
+        let index = mesh.node_index(&name);
+        mesh.nodes[index].ztunnel = Some(endpoint);
+    }
     if mesh.client.is_some() && !matches!(args.command, Command::Enroll { .. } | Command::Unenroll { .. }) {
-        // Best effort: explicit endpoints still work when the API has no agents to offer.
-        if let Err(error) = mesh.discover_agents().await {
+        // Best effort: explicit endpoints still work when the API has no pods to offer.
+        if let Err(error) = mesh.discover().await {
             eprintln!("note: {error:#}");
         }
     }

@@ -14,13 +14,16 @@ use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, captured, labelled
 
 use crate::endpoint::Endpoint;
 
-/// The namespace Weft runs in, and the label of its agents' pods.
+/// The namespace Weft runs in, and the labels of its pods.
 pub const SYSTEM_NAMESPACE: &str = "weft-system";
+pub const CONTROL_LABEL: &str = "app.kubernetes.io/name=weft-control";
 pub const AGENT_LABEL: &str = "app.kubernetes.io/name=weft-agent";
-/// The control plane's monitoring endpoint through the API server's service proxy.
-pub const CONTROL_VIA_API: &str = "kube:/api/v1/namespaces/weft-system/services/weft-control:15014/proxy";
-/// Where an agent serves its endpoints.
-pub const AGENT_PORT: u16 = 15030;
+pub const ZTUNNEL_LABEL: &str = "app.kubernetes.io/name=weft-ztunnel";
+/// The localhost-only admin ports (`/config_dump`, `/metrics`, `/healthz/ready`) in those pods,
+/// reached by port-forward. The agent runs in the node's network namespace, hence its own port.
+pub const CONTROL_ADMIN_PORT: u16 = 15000;
+pub const AGENT_ADMIN_PORT: u16 = 15031;
+pub const ZTUNNEL_ADMIN_PORT: u16 = 15000;
 
 /// A node's endpoints.
 #[derive(Debug, Clone)]
@@ -33,7 +36,8 @@ pub struct Node {
 /// Everything the CLI can reach.
 pub struct Mesh {
     pub client: Option<kube::Client>,
-    pub control: Endpoint,
+    /// Given, or found by [`Mesh::discover`].
+    pub control: Option<Endpoint>,
     pub nodes: Vec<Node>,
 }
 
@@ -47,29 +51,65 @@ impl std::fmt::Debug for Mesh {
 }
 
 impl Mesh {
-    /// Adds the agents found through the API server (their pods in `weft-system`) to the nodes
-    /// not given explicitly.
-    pub async fn discover_agents(&mut self) -> anyhow::Result<()> {
+    /// Fills in, from Weft's pods in `weft-system`, the control plane's admin port (if not given)
+    /// and each node's agent and proxy admin ports (those not given explicitly).
+    pub async fn discover(&mut self) -> anyhow::Result<()> {
         let Some(client) = &self.client else { return Ok(()) };
         let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-        let listed =
-            pods.list(&ListParams::default().labels(AGENT_LABEL)).await.context("listing Weft's agents")?;
-        for pod in listed.items {
-            let (Some(name), Some(node)) = (pod.metadata.name, pod.spec.and_then(|spec| spec.node_name))
-            else {
-                continue;
-            };
-            let endpoint = Endpoint::Kube(format!(
-                "/api/v1/namespaces/{SYSTEM_NAMESPACE}/pods/{name}:{AGENT_PORT}/proxy"
-            ));
-            match self.nodes.iter_mut().find(|known| known.name == node) {
-                Some(known) if known.agent.is_none() => known.agent = Some(endpoint),
-                Some(_) => {}
-                None => self.nodes.push(Node { name: node, agent: Some(endpoint), ztunnel: None }),
+        let running = |label: &'static str| {
+            let pods = pods.clone();
+            async move {
+                let listed = pods
+                    .list(&ListParams::default().labels(label))
+                    .await
+                    .with_context(|| format!("listing Weft's pods ({label})"))?;
+                let running = listed.items.into_iter().filter(|pod| {
+                    pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
+                        && pod.metadata.deletion_timestamp.is_none()
+                });
+                anyhow::Ok(
+                    running
+                        .filter_map(|pod| Some((pod.metadata.name?, pod.spec?.node_name?)))
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        if self.control.is_none() {
+            let found = running(CONTROL_LABEL).await?;
+            if let Some((name, _)) = found.first() {
+                self.control = Some(Endpoint::pod(SYSTEM_NAMESPACE, name, CONTROL_ADMIN_PORT));
+            }
+        }
+        for (label, port, is_agent) in
+            [(AGENT_LABEL, AGENT_ADMIN_PORT, true), (ZTUNNEL_LABEL, ZTUNNEL_ADMIN_PORT, false)]
+        {
+            for (name, node) in running(label).await? {
+                let index = self.node_index(&node);
+                let slot =
+                    if is_agent { &mut self.nodes[index].agent } else { &mut self.nodes[index].ztunnel };
+                slot.get_or_insert_with(|| Endpoint::pod(SYSTEM_NAMESPACE, &name, port));
             }
         }
         self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(())
+    }
+
+    /// The index of node `name` in [`Mesh::nodes`], added if new.
+    pub fn node_index(&mut self, name: &str) -> usize {
+        match self.nodes.iter().position(|node| node.name == name) {
+            Some(index) => index,
+            None => {
+                self.nodes.push(Node { name: name.to_owned(), agent: None, ztunnel: None });
+                self.nodes.len() - 1
+            }
+        }
+    }
+
+    /// The control plane's endpoint, or why there is none.
+    fn control(&self) -> anyhow::Result<&Endpoint> {
+        self.control.as_ref().context(
+            "no control plane endpoint: give --control, or a kubeconfig of a cluster where weft-control runs",
+        )
     }
 
     /// `path` from `endpoint` as JSON; an unreachable endpoint is an error naming it.
@@ -93,15 +133,15 @@ impl Mesh {
 
     /// The control plane and every node: readiness, versions, proxies, pods.
     pub async fn status(&self) -> anyhow::Result<Value> {
-        let dump = self.json(&self.control, "/config_dump").await;
-        let metrics = self
-            .control
+        let control_endpoint = self.control()?;
+        let dump = self.json(control_endpoint, "/config_dump").await;
+        let metrics = control_endpoint
             .get(self.client.as_ref(), "/metrics")
             .await
             .map(|answer| answer.body)
             .unwrap_or_default();
         let control = json!({
-            "ready": self.ready(&self.control).await,
+            "ready": self.ready(control_endpoint).await,
             "config_version": dump.as_ref().ok().and_then(|dump| dump["version"].as_u64()),
             "workloads": dump.as_ref().ok().and_then(|dump| dump["workloads"].as_array().map(Vec::len)),
             "services": dump.as_ref().ok().and_then(|dump| dump["services"].as_array().map(Vec::len)),
@@ -136,18 +176,18 @@ impl Mesh {
 
     /// Every workload the control plane serves.
     pub async fn workloads(&self) -> anyhow::Result<Value> {
-        Ok(self.json(&self.control, "/config_dump").await?["workloads"].clone())
+        Ok(self.json(self.control()?, "/config_dump").await?["workloads"].clone())
     }
 
     /// Every service the control plane serves.
     pub async fn services(&self) -> anyhow::Result<Value> {
-        Ok(self.json(&self.control, "/config_dump").await?["services"].clone())
+        Ok(self.json(self.control()?, "/config_dump").await?["services"].clone())
     }
 
     /// Every authorization policy as the control plane understood it: whom it applies to,
     /// whether node proxies enforce it, and what of it they cannot.
     pub async fn policies(&self) -> anyhow::Result<Value> {
-        let dump = self.json(&self.control, "/config_dump").await?;
+        let dump = self.json(self.control()?, "/config_dump").await?;
         let rows = dump["policies"]
             .as_array()
             .into_iter()
@@ -185,7 +225,7 @@ impl Mesh {
         }
         anyhow::ensure!(
             !dumps.is_empty(),
-            "no node proxy endpoint given (--ztunnel NODE=ENDPOINT; in a cluster, port-forward its admin port 15000)"
+            "no node proxy found (give a kubeconfig of a cluster where Weft runs, or --ztunnel NODE=ENDPOINT)"
         );
         Ok(dumps)
     }

@@ -38,9 +38,13 @@ struct Args {
     /// Service hostnames are `<name>.<namespace>.svc.<cluster domain>`.
     #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
-    /// HTTP endpoints: `/metrics`, `/healthz/ready` (the index has synced), `/config_dump`.
+    /// `/metrics` and `/healthz/ready` (the index has synced), for Prometheus and probes.
     #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15014")]
     monitoring_listen: SocketAddr,
+    /// `/config_dump` (and the others): the mesh's inventory, so only in the pod; `weftctl`
+    /// reaches it by port-forward through the API server.
+    #[arg(long, env = "WEFT_ADMIN_LISTEN", default_value = "127.0.0.1:15000")]
+    admin_listen: SocketAddr,
     /// gRPC (TLS: xDS and the CA) listen address; ignored when a socket is passed in
     /// (LISTEN_FDS=1, fd 3).
     #[arg(long, env = "WEFT_GRPC_LISTEN", default_value = "0.0.0.0:15012")]
@@ -112,17 +116,12 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         root_namespace: args.namespace.clone(),
     };
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
-    let monitoring = tokio::net::TcpListener::bind(args.monitoring_listen)
-        .await
-        .with_context(|| format!("binding {}", args.monitoring_listen))?;
-    tracing::info!(addr = %monitoring.local_addr()?, "serving metrics, readiness and config_dump");
-    // `/config_dump` here too: weftctl reads it through the API server's service proxy. It
-    // holds the mesh's inventory (no keys); restrict :15014 with a NetworkPolicy if that matters.
-    let monitor = tokio::spawn(weft_api::admin::serve(
-        monitoring,
-        Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() }),
-        weft_api::admin::Endpoints::ALL,
-    ));
+    let source = Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() });
+    let (monitoring, admin, endpoints) =
+        weft_api::admin::bind_monitoring_and_admin(args.monitoring_listen, args.admin_listen, source).await?;
+    tracing::info!(addr = %monitoring, "serving metrics and readiness");
+    tracing::info!(addr = %admin, "serving config_dump, metrics and readiness");
+    let monitor = tokio::spawn(endpoints);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let ads = xds::Server::new(snapshots, authenticator.clone(), metrics.clone(), stopping.clone());
     let service = Service::new(authority, authenticator, args.trust_domain.clone(), metrics);

@@ -160,12 +160,22 @@ impl Chat {
     pub fn open(pod: &Pod, to: SocketAddr) -> anyhow::Result<Self> {
         let mut command = testpod(&["chat", "--to", &to.to_string()])?;
         command.stdin(Stdio::piped());
-        let mut process = pod.spawn(command)?;
+        Self::connected(pod.spawn(command)?).with_context(|| format!("chat from pod {} to {to}", pod.name))
+    }
+
+    /// Runs `command`, a `weft-testpod chat` wherever it runs (e.g. `kubectl exec -i` into a
+    /// real pod), once it says it connected.
+    pub fn run(mut command: Command) -> anyhow::Result<Self> {
+        command.stdin(Stdio::piped()).stdout(Stdio::piped());
+        Self::connected(Process::start(command)?)
+    }
+
+    fn connected(mut process: Process) -> anyhow::Result<Self> {
         let stdin = process.take_stdin()?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let first = process.lines()?.next_before(deadline)?.unwrap_or_default();
         if !first.starts_with("connected ") {
-            bail!("chat from pod {} to {to} did not connect: {first:?}", pod.name);
+            bail!("did not connect: {first:?}");
         }
         Ok(Self { process, stdin })
     }

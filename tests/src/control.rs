@@ -67,8 +67,10 @@ pub async fn install_crds(client: kube::Client) -> anyhow::Result<()> {
 #[derive(Debug)]
 pub struct ControlPlane {
     process: Process,
-    /// `/metrics`, `/healthz/ready`, `/config_dump` (on the harness's loopback).
+    /// `/metrics` and `/healthz/ready` (on the harness's loopback).
     monitoring: SocketAddr,
+    /// The same and `/config_dump` (on the harness's loopback).
+    admin: SocketAddr,
     listener: std::net::TcpListener,
     dir: tempfile::TempDir,
     root_file: PathBuf,
@@ -89,10 +91,11 @@ impl ControlPlane {
             .run(move || std::net::TcpListener::bind(address))?
             .with_context(|| format!("binding {address} in the fabric namespace"))?;
         let dir = tempfile::Builder::new().prefix("weft-control-").tempdir()?;
-        let (process, monitoring) = spawn(cluster.api().kubeconfig(), &listener)?;
+        let (process, monitoring, admin) = spawn(cluster.api().kubeconfig(), &listener)?;
         let mut plane = Self {
             process,
             monitoring,
+            admin,
             listener,
             root_file: dir.path().join("root-cert.pem"),
             kubeconfig: cluster.api().kubeconfig().to_owned(),
@@ -105,7 +108,7 @@ impl ControlPlane {
     /// Kills the control plane and starts it again on the same socket.
     pub async fn restart(&mut self, client: kube::Client) -> anyhow::Result<()> {
         self.process.kill()?;
-        (self.process, self.monitoring) = spawn(&self.kubeconfig, &self.listener)?;
+        (self.process, self.monitoring, self.admin) = spawn(&self.kubeconfig, &self.listener)?;
         self.write_root(client).await
     }
 
@@ -117,6 +120,11 @@ impl ControlPlane {
     /// The monitoring endpoint, `http://127.0.0.1:PORT` in the harness's namespace.
     pub fn monitoring(&self) -> SocketAddr {
         self.monitoring
+    }
+
+    /// The admin endpoint (`/config_dump` too), `http://127.0.0.1:PORT` in the harness's namespace.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
     }
 
     /// The mesh root, as published by the control plane.
@@ -158,16 +166,20 @@ impl ControlPlane {
     }
 }
 
-fn spawn(kubeconfig: &Path, listener: &std::net::TcpListener) -> anyhow::Result<(Process, SocketAddr)> {
+fn spawn(
+    kubeconfig: &Path,
+    listener: &std::net::TcpListener,
+) -> anyhow::Result<(Process, SocketAddr, SocketAddr)> {
     let mut command = Command::new(apps::binary("weft-control")?);
     command.arg("--kubeconfig").arg(kubeconfig).arg("--serving-name").arg(FABRIC_GATEWAY.to_string());
     // Tests run side by side in the harness's namespace: any free port (the log names it).
-    command.arg("--monitoring-listen").arg("127.0.0.1:0");
+    command.arg("--monitoring-listen").arg("127.0.0.1:0").arg("--admin-listen").arg("127.0.0.1:0");
     let reader = crate::process::merged_output(&mut command)?;
     let mut process = Process::start_with_listener(command, listener)?;
     process.read_lines_from(reader);
     let monitoring = process.logged_address("serving metrics", Duration::from_secs(30))?;
-    Ok((process, monitoring))
+    let admin = process.logged_address("serving config_dump", Duration::from_secs(30))?;
+    Ok((process, monitoring, admin))
 }
 
 /// A service-account token from the TokenRequest API, for `weft-ztunnel`, with `audience`,

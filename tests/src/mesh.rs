@@ -66,8 +66,8 @@ pub enum Enrollment {
 pub struct Mesh {
     /// Per node: (agent, ztunnel).
     processes: Vec<(Process, Process)>,
-    /// Per node: the agent's monitoring endpoint (Kubernetes enrollment only).
-    monitoring: Vec<Option<std::net::SocketAddr>>,
+    /// Per node: the agent's endpoints (Kubernetes enrollment only).
+    endpoints: Vec<Option<AgentEndpoints>>,
     /// Per node: how to start them again.
     setups: Vec<Setup>,
     _dir: tempfile::TempDir,
@@ -120,7 +120,7 @@ impl Mesh {
         let local_config = dir.path().join("workloads.json");
         std::fs::write(&local_config, json!({ "workloads": workloads }).to_string())?;
 
-        let (mut processes, mut setups, mut monitoring) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut processes, mut setups, mut endpoints) = (Vec::new(), Vec::new(), Vec::new());
         for node in topology.nodes() {
             let pods: Vec<_> = members
                 .iter()
@@ -152,13 +152,15 @@ impl Mesh {
                     format!("weft-system/weft-agent-{}", node.name),
                     "--kubeconfig".into(),
                     kubeconfig.display().to_string(),
-                    // Agents share the harness's namespace: any free port (the log names it).
+                    // Agents share the harness's namespace: any free ports (the log names them).
                     "--monitoring-listen".into(),
+                    "127.0.0.1:0".into(),
+                    "--admin-listen".into(),
                     "127.0.0.1:0".into(),
                 ],
             };
             let mut agent = start_agent(node, &source, &socket)?;
-            monitoring.push(monitoring_address(&mut agent, &source)?);
+            endpoints.push(agent_endpoints(&mut agent, &source)?);
             let control_flags = match ca {
                 Ca::Development => vec![
                     "--dev-ca-dir".into(),
@@ -182,7 +184,7 @@ impl Mesh {
             processes.push((agent, ztunnel));
             setups.push(Setup { node: node.clone(), source, socket, control_flags });
         }
-        Ok(Self { processes, monitoring, setups, _dir: dir })
+        Ok(Self { processes, endpoints, setups, _dir: dir })
     }
 
     /// The mesh as it runs in a cluster: every node's agent enrolls from the API server's
@@ -251,11 +253,11 @@ impl Mesh {
             "--kubeconfig".to_owned(),
             cluster.api().kubeconfig().display().to_string(),
             "--control".to_owned(),
-            format!("http://{}", plane.monitoring()),
+            format!("http://{}", plane.admin()),
         ];
         for node in cluster.topology().nodes() {
-            let agent = self.agent_endpoint(node.index).context("agents with Kubernetes enrollment")?;
-            flags.extend(["--agent".to_owned(), format!("{}=http://{agent}", node.name)]);
+            let agent = self.agent_endpoints(node.index).context("agents with Kubernetes enrollment")?;
+            flags.extend(["--agent".to_owned(), format!("{}=http://{}", node.name, agent.admin)]);
             let admin = format!("{}=netns={}@http://127.0.0.1:15000", node.name, node.netns.path().display());
             flags.extend(["--ztunnel".to_owned(), admin]);
         }
@@ -271,7 +273,7 @@ impl Mesh {
     pub fn start_agent(&mut self, node: usize) -> anyhow::Result<()> {
         let setup = &self.setups[node];
         let mut agent = start_agent(&setup.node, &setup.source, &setup.socket)?;
-        self.monitoring[node] = monitoring_address(&mut agent, &setup.source)?;
+        self.endpoints[node] = agent_endpoints(&mut agent, &setup.source)?;
         agent.wait_for_line("ready", READY_TIMEOUT).context("restarted agent")?;
         self.processes[node].0 = agent;
         Ok(())
@@ -306,15 +308,15 @@ impl Mesh {
         &mut self.processes[node].0
     }
 
-    /// Node `node`'s agent endpoint (Kubernetes enrollment only).
-    pub fn agent_endpoint(&self, node: usize) -> Option<std::net::SocketAddr> {
-        self.monitoring[node]
+    /// Node `node`'s agent endpoints (Kubernetes enrollment only).
+    pub fn agent_endpoints(&self, node: usize) -> Option<AgentEndpoints> {
+        self.endpoints[node]
     }
 
-    /// A GET of `path` on node `node`'s agent endpoints (`/metrics`, `/config_dump`, …).
+    /// A GET of `path` on node `node`'s agent admin endpoint (`/metrics`, `/config_dump`, …).
     pub fn agent_get(&self, node: usize, path: &str) -> anyhow::Result<String> {
-        let addr = self.monitoring[node].context("this agent serves no endpoints (static enrollment)")?;
-        apps::http_get_at(addr, path)
+        let endpoints = self.endpoints[node].context("this agent serves no endpoints (static enrollment)")?;
+        apps::http_get_at(endpoints.admin, path)
     }
 
     /// The ztunnel of node `node`, e.g. to read its log.
@@ -362,15 +364,22 @@ fn start_agent(node: &Node, source: &[String], socket: &std::path::Path) -> anyh
     apps::start_agent(command)
 }
 
-/// The endpoint address an agent with Kubernetes enrollment logs at start.
-fn monitoring_address(
-    agent: &mut Process,
-    source: &[String],
-) -> anyhow::Result<Option<std::net::SocketAddr>> {
+/// Where an agent with Kubernetes enrollment serves: the cluster-reachable monitoring port
+/// (`/metrics`, `/healthz/ready`) and the node-local admin port (those and `/config_dump`).
+#[derive(Debug, Clone, Copy)]
+pub struct AgentEndpoints {
+    pub monitoring: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+}
+
+/// The endpoint addresses an agent with Kubernetes enrollment logs at start.
+fn agent_endpoints(agent: &mut Process, source: &[String]) -> anyhow::Result<Option<AgentEndpoints>> {
     if !source.iter().any(|arg| arg == "--node") {
         return Ok(None);
     }
-    agent.logged_address("serving metrics", READY_TIMEOUT).map(Some)
+    let monitoring = agent.logged_address("serving metrics", READY_TIMEOUT)?;
+    let admin = agent.logged_address("serving config_dump", READY_TIMEOUT)?;
+    Ok(Some(AgentEndpoints { monitoring, admin }))
 }
 
 fn start_ztunnel(node: &Node, socket: &std::path::Path, control_flags: &[String]) -> anyhow::Result<Process> {

@@ -138,7 +138,7 @@ impl RealCluster {
     /// through an overlay that only names the local images ([`images::weft`], imported at
     /// start); returns once the control plane and both DaemonSets are ready on every node.
     pub async fn install_weft(&self) -> anyhow::Result<()> {
-        let overlay = self.dir.join("weft");
+        let overlay = self.weft_overlay();
         std::fs::create_dir_all(&overlay)?;
         let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests").canonicalize()?;
         // kustomize takes a base outside the overlay only by a relative path.
@@ -153,10 +153,7 @@ impl RealCluster {
             ));
         }
         std::fs::write(overlay.join("kustomization.yaml"), kustomization)?;
-        let out = self.kubectl()?.arg("apply").arg("-k").arg(&overlay).output().context("running kubectl")?;
-        if !out.status.success() {
-            bail!("kubectl apply -k manifests/: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        self.kubectl_ok(&["apply", "-k", &overlay.display().to_string()])?;
         let nodes = self.nodes.len();
         for (selector, count) in [
             ("app.kubernetes.io/name=weft-control", 1),
@@ -166,6 +163,35 @@ impl RealCluster {
             self.wait_for_ready("weft-system", selector, count, READY_TIMEOUT).await?;
         }
         Ok(())
+    }
+
+    /// Removes Weft as a user does, `kubectl delete -k` of what [`RealCluster::install_weft`]
+    /// applied; returns once everything it created is gone.
+    pub fn uninstall_weft(&self) -> anyhow::Result<()> {
+        let overlay = self.weft_overlay().display().to_string();
+        self.kubectl_ok(&["delete", "-k", &overlay, "--wait", "--timeout", "120s"]).map(drop)
+    }
+
+    /// Where the kustomize overlay over the repository's `manifests/` is written.
+    fn weft_overlay(&self) -> PathBuf {
+        self.dir.join("weft")
+    }
+
+    /// `kubectl ARGS`, its standard output, or an error with its standard error.
+    pub fn kubectl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.kubectl()?.args(args).output().context("running kubectl")?;
+        if !out.status.success() {
+            bail!("kubectl {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `weftctl` as a user runs it, from outside the cluster with the admin's kubeconfig: every
+    /// endpoint found and reached through the API server.
+    pub fn weftctl(&self) -> anyhow::Result<Command> {
+        let mut command = Command::new(crate::apps::binary("weftctl")?);
+        command.arg("--kubeconfig").arg(self.api.kubeconfig()).stdin(Stdio::null());
+        Ok(command)
     }
 
     /// Waits until `count` pods matching `selector` in `namespace` are Running and Ready.

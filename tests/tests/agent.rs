@@ -239,6 +239,12 @@ async fn a_pod_without_a_findable_netns_is_reported_and_retried_while_the_others
     });
     let metrics = mesh.agent_get(0, "/metrics").unwrap();
     assert!(metrics.contains("weft_agent_enrolled_pods 2"), "{metrics}");
+    // The node's pods are inventory: listed on the node-local admin port only.
+    let monitoring = mesh.agent_endpoints(0).unwrap().monitoring;
+    let public = apps::http_get_at(monitoring, "/config_dump").unwrap();
+    assert!(public.starts_with("HTTP/1.1 404"), "{public}");
+    let public = apps::http_get_at(monitoring, "/metrics").unwrap();
+    assert!(public.contains("weft_agent_enrolled_pods 2"), "{public}");
     assert!(metrics.contains("weft_agent_datapath_events{event=\"redirected\"}"), "{metrics}");
     weft_tests::eventually("the ghost's Enrolled event", WAIT, || {
         let client = cluster.client();

@@ -8,6 +8,7 @@ use std::{path::Path, time::Duration};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, UnixTime, pem::PemObject};
 use weft_tests::{
+    apps,
     cluster::Cluster,
     control::{self, ControlPlane},
     kubelet::PodTemplate,
@@ -66,6 +67,14 @@ async fn the_ca_signs_only_for_identities_running_on_the_callers_node() {
     let node0 = cluster.topology().nodes()[0].clone();
     let token = plane.proxy_token(&cluster, &node0).await.unwrap();
     let cart = id("cart").to_string();
+
+    // The mesh's inventory stays on the pod-local admin port; probes and metrics are public.
+    let public = apps::http_get_at(plane.monitoring(), "/config_dump").unwrap();
+    assert!(public.starts_with("HTTP/1.1 404"), "{public}");
+    let probe = apps::http_get_at(plane.monitoring(), "/healthz/ready").unwrap();
+    assert!(probe.starts_with("HTTP/1.1 200") || probe.starts_with("HTTP/1.1 503"), "{probe}");
+    let dump = apps::http_get_at(plane.admin(), "/config_dump").unwrap();
+    assert!(dump.starts_with("HTTP/1.1 200") && dump.contains("\"workloads\""), "{dump}");
 
     // Granted: chain of leaf, intermediate, root; the leaf names exactly the identity and
     // verifies against the published root.

@@ -10,7 +10,7 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
 };
 use kube::{Api, api::PostParams};
-use weft_tests::{images, nodes::RealCluster, wire::WireMonitor};
+use weft_tests::{apps, images, nodes::RealCluster, wire::WireMonitor};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -130,8 +130,58 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
     assert_eq!(String::from_utf8_lossy(&nodes.stdout), "node/node0\nnode/node1\n");
 }
 
+/// `weft-testpod ARGS` run in pod `shop/client` through the API server and its kubelet
+/// (`kubectl exec`), bounded: whether it succeeded, and its output.
+fn exec_in_client(cluster: &RealCluster, args: &[&str]) -> (bool, String) {
+    let mut exec = cluster.kubectl().unwrap();
+    exec.args(["exec", "-n", "shop", "client", "--", "weft-testpod"])
+        .args(args)
+        .stdout(std::process::Stdio::piped());
+    weft_tests::process::Process::start(exec).unwrap().finish(WAIT).unwrap()
+}
+
+/// Whether a send of `message` from `shop/client` to the Service `echo` comes back.
+fn client_reaches_echo(cluster: &RealCluster, message: &str) -> bool {
+    let (ok, stdout) = exec_in_client(cluster, &["send", "--to", "echo:80", "--message", message]);
+    ok && stdout.contains(message)
+}
+
+/// `weftctl ARGS -o json` as a user runs it against the cluster: its parsed output, or its
+/// exit status and error.
+fn weftctl_json(cluster: &RealCluster, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = cluster.weftctl().unwrap().args(args).args(["-o", "json"]).output().unwrap();
+    if !out.status.success() {
+        return Err(format!("weftctl {args:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|error| format!("weftctl {args:?}: {error}"))
+}
+
+/// Pod `shop/client`: whether its agent reports it captured, and its containers' restarts.
+async fn client_state(client: &kube::Client) -> (bool, i32) {
+    let pod = Api::<Pod>::namespaced(client.clone(), "shop").get("client").await.unwrap();
+    let captured = weft_api::enrollment::captured(pod.metadata.annotations.as_ref());
+    let statuses = pod.status.and_then(|status| status.container_statuses).unwrap_or_default();
+    let restarts = statuses.iter().map(|status| status.restart_count).sum();
+    (captured, restarts)
+}
+
+/// Restarts DaemonSet `name` in `weft-system` (`kubectl rollout restart`, a rolling update).
+fn roll(cluster: &RealCluster, name: &str) {
+    cluster.kubectl_ok(&["rollout", "restart", "-n", "weft-system", &format!("daemonset/{name}")]).unwrap();
+}
+
+/// Waits until DaemonSet `name`'s rolling update has finished on every node.
+fn rolled(cluster: &RealCluster, name: &str) {
+    let daemonset = format!("daemonset/{name}");
+    cluster.kubectl_ok(&["rollout", "status", "-n", "weft-system", &daemonset, "--timeout", "150s"]).unwrap();
+}
+
+/// The user's whole path on real nodes: Weft installed by its manifests; a namespace enrolled
+/// and tunnelled between the nodes; `weftctl` through the API server; a policy enforced and
+/// lifted; both DaemonSets updated under an open connection without a pod leaving the mesh;
+/// Weft removed, and the pods back on plain networking without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_real_nodes() {
+async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_updates_and_removal() {
     let mut images = images::weft().unwrap();
     images.push(images::testpod().unwrap());
     let cluster = RealCluster::start(2, &images).await.unwrap();
@@ -144,7 +194,7 @@ async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_re
     deploy_echo(&client, "shop").await;
     cluster.wait_for_ready("shop", "app=echo", 1, WAIT).await.unwrap();
 
-    // A client that stays up; once its node's agent has captured it, the request runs in it.
+    // A client that stays up; once its node's agent has captured it, requests run in it.
     // (A pod's first connections, before its agent enrolls it, are not captured yet: a CNI
     // plugin that holds the pod's start until then is still to come.)
     let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
@@ -157,37 +207,132 @@ async fn weft_installed_by_its_manifests_tunnels_an_enrolled_namespace_across_re
     }));
     pods.create(&PostParams::default(), &idle).await.unwrap();
     weft_tests::eventually("the client captured by its node's agent", WAIT, || async {
-        let pod = pods.get("client").await.ok()?;
-        weft_api::enrollment::captured(pod.metadata.annotations.as_ref()).then_some(())
+        client_state(&client).await.0.then_some(())
     })
     .await
     .unwrap();
 
+    // Tunnelled: through the API server and kubelet (exec), CoreDNS, the Service VIP, Weft's
+    // capture and HBONE between the nodes; no plaintext crosses.
     let canary = weft_tests::canary();
     let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
-    // Through the API server and the kubelet (exec), bounded: a stuck stream fails the test.
-    let mut exec = cluster.kubectl().unwrap();
-    exec.args([
-        "exec",
-        "-n",
-        "shop",
-        "client",
-        "--",
-        "weft-testpod",
-        "send",
-        "--to",
-        "echo:80",
-        "--message",
-        &canary,
-    ])
-    .stdout(std::process::Stdio::piped());
-    let (ok, stdout) = weft_tests::process::Process::start(exec).unwrap().finish(WAIT).unwrap();
-    assert!(ok && stdout.contains(&canary), "{stdout}");
-
+    assert!(client_reaches_echo(&cluster, &canary));
     monitor.settle(WAIT).unwrap();
     if monitor.canary_frames() > 0 {
         let weft = cluster.describe("weft-system", "app.kubernetes.io/part-of=weft").await;
         panic!("{} plaintext frames crossed between the nodes; Weft's pods:{weft}", monitor.canary_frames());
     }
     assert!(monitor.syns_to(weft_ebpf_common::port::HBONE) > 0, "no HBONE connection between the nodes");
+
+    // weftctl from outside, with only a kubeconfig: the control plane's, agents' and proxies'
+    // localhost-only admin ports reached by port-forward through the API server.
+    tokio::task::block_in_place(|| {
+        let status = weftctl_json(&cluster, &["status"]).unwrap();
+        assert_eq!(status["control"]["ready"], true, "{status}");
+        let nodes = status["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2, "{status}");
+        for node in nodes {
+            assert_eq!(
+                (&node["agent_ready"], &node["ztunnel_ready"]),
+                (&true.into(), &true.into()),
+                "{status}"
+            );
+        }
+        let certs = weftctl_json(&cluster, &["certs"]).unwrap();
+        let own = "spiffe://cluster.local/ns/shop/sa/default";
+        let holders: Vec<&serde_json::Value> = certs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|cert| cert["identity"] == own)
+            .map(|cert| &cert["node"])
+            .collect();
+        assert!(holders.contains(&&"node0".into()) && holders.contains(&&"node1".into()), "{certs}");
+        let check = weftctl_json(&cluster, &["check", "shop/client"]).unwrap();
+        assert!(check.as_array().unwrap().iter().all(|finding| finding["ok"] == true), "{check}");
+    });
+
+    // A DENY for the namespace's own callers refuses the client; lifted, it passes again.
+    let gvk = kube::api::GroupVersionKind::gvk("security.weft.dev", "v1", "AuthorizationPolicy");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies");
+    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "shop", &resource);
+    let deny = serde_json::json!({
+        "apiVersion": "security.weft.dev/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-shop", "namespace": "shop"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "echo"}},
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}],
+        },
+    });
+    policies.create(&PostParams::default(), &object(deny)).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the client refused by the DENY", WAIT, || {
+            !client_reaches_echo(&cluster, "denied?")
+        })
+        .unwrap();
+        let listed = weftctl_json(&cluster, &["policies"]).unwrap();
+        assert!(listed.as_array().unwrap().iter().any(|policy| policy["name"] == "deny-shop"), "{listed}");
+    });
+    policies.delete("deny-shop", &Default::default()).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the client let through again", WAIT, || client_reaches_echo(&cluster, "allowed"))
+            .unwrap();
+    });
+
+    // Rolling updates under an open connection: the agents' leaves capture in place and the
+    // connection untouched; each old node proxy drains it while its successor takes new ones.
+    tokio::task::block_in_place(|| {
+        let mut chat = cluster.kubectl().unwrap();
+        chat.args(["exec", "-i", "-n", "shop", "client", "--", "weft-testpod", "chat", "--to", "echo:80"]);
+        let mut chat = apps::Chat::run(chat).unwrap();
+        assert_eq!(chat.say("before").unwrap(), "before");
+        let connections = weftctl_json(&cluster, &["connections"]).unwrap();
+        assert!(
+            connections.as_array().unwrap().iter().any(|open| open["node"] == "node1"),
+            "the open connection is not listed: {connections}"
+        );
+
+        roll(&cluster, "weft-agent");
+        rolled(&cluster, "weft-agent");
+        assert_eq!(chat.say("after the agents' update").unwrap(), "after the agents' update");
+
+        roll(&cluster, "weft-ztunnel");
+        weft_tests::until("an old node proxy draining", WAIT, || {
+            let listed = cluster
+                .kubectl_ok(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    "weft-system",
+                    "-l",
+                    "app.kubernetes.io/name=weft-ztunnel",
+                    "-o",
+                    "json",
+                ])
+                .unwrap();
+            listed.contains("deletionTimestamp")
+        })
+        .unwrap();
+        assert_eq!(chat.say("while draining").unwrap(), "while draining");
+        rolled(&cluster, "weft-ztunnel");
+        assert!(client_reaches_echo(&cluster, &canary), "a new connection after the update");
+    });
+    assert_eq!(client_state(&client).await, (true, 0), "the client left the mesh or restarted");
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.canary_frames(), 0, "plaintext crossed during the updates");
+
+    // Removed: the same pods, not restarted, talk in plaintext again.
+    tokio::task::block_in_place(|| cluster.uninstall_weft()).unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the client reaching echo without Weft", WAIT, || {
+            client_reaches_echo(&cluster, &canary)
+        })
+        .unwrap();
+    });
+    monitor.settle(WAIT).unwrap();
+    assert!(monitor.canary_frames() > 0, "no plaintext after removal: is the traffic still captured?");
+    let (_, restarts) = client_state(&client).await;
+    assert_eq!(restarts, 0);
 }

@@ -110,8 +110,9 @@ enum Mode {
     },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
+        /// `ip:port` or `name:port`.
         #[arg(long)]
-        to: SocketAddr,
+        to: String,
     },
     /// Play the node proxy in this pod: transparent listeners on 15001 and 15006, relaying in
     /// plaintext to each connection's original destination.
@@ -150,7 +151,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Mode::Probe { to, count, interval_us } => probe(to, count, Duration::from_micros(interval_us)),
-        Mode::Chat { to } => chat(to),
+        Mode::Chat { to } => chat(resolve(&to)?),
         Mode::HttpsGet { to, server_name, ca, path } => https::get(to, &server_name, &ca, &path),
         Mode::Latency { to, count, size } => latency(to, count, size),
         Mode::Connrate { to, count } => connrate(to, count),
