@@ -43,6 +43,7 @@ use crate::{
 
 mod config;
 mod host;
+pub mod workloads;
 
 use config::{cni_config, containerd_config, kube_proxy_config_yaml, kubelet_config_yaml};
 use host::{make_v1_cgroup, mount_namespace};

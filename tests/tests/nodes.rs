@@ -5,18 +5,18 @@
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 use std::time::Duration;
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Namespace, Pod, Service},
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::PostParams};
-use weft_tests::{apps, images, nodes::RealCluster, wire::WireMonitor};
+use weft_tests::{
+    apps, images,
+    nodes::{
+        RealCluster,
+        workloads::{self, TESTPOD_IMAGE, deploy_echo, object},
+    },
+    wire::WireMonitor,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn object<T: k8s_openapi::serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
-    serde_json::from_value(value).unwrap()
-}
 
 /// A pod on `node` that runs `weft-testpod ARGS` once.
 fn run_once(name: &str, node: &str, args: &[&str]) -> Pod {
@@ -25,51 +25,18 @@ fn run_once(name: &str, node: &str, args: &[&str]) -> Pod {
         "spec": {
             "nodeSelector": {"kubernetes.io/hostname": node},
             "restartPolicy": "Never",
-            "containers": [{"name": "run", "image": "weft.local/testpod:1", "args": args}],
+            "containers": [{"name": "run", "image": TESTPOD_IMAGE, "args": args}],
         },
     }))
-}
-
-/// An echo server Deployment on node0 (ready once it listens, by the kubelet's probe) behind
-/// the Service `echo` (port 80) in `namespace`; returns the Service's address.
-async fn deploy_echo(client: &kube::Client, namespace: &str) -> String {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let deployment = object(serde_json::json!({
-        "metadata": {"name": "echo"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "echo"}},
-            "template": {
-                "metadata": {"labels": {"app": "echo"}},
-                "spec": {
-                    "nodeSelector": {"kubernetes.io/hostname": "node0"},
-                    "containers": [{
-                        "name": "echo",
-                        "image": "weft.local/testpod:1",
-                        "args": ["echo", "--port", "8080"],
-                        "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-                    }],
-                },
-            },
-        },
-    }));
-    deployments.create(&PostParams::default(), &deployment).await.unwrap();
-    let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let service = object(serde_json::json!({
-        "metadata": {"name": "echo"},
-        "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]},
-    }));
-    services.create(&PostParams::default(), &service).await.unwrap().spec.unwrap().cluster_ip.unwrap()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_server() {
     let cluster = RealCluster::start(2, &[images::testpod().unwrap()]).await.unwrap();
     let client = cluster.client();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &object(serde_json::json!({"metadata": {"name": "demo"}})))
-        .await
-        .unwrap();
-    let vip = deploy_echo(&client, "demo").await;
+    workloads::create_namespace(&client, "demo", serde_json::json!({})).await.unwrap();
+    let vip = deploy_echo(&client, "demo", "node0").await.unwrap();
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
     let echo = weft_tests::eventually("the echo pod", WAIT, || async {
@@ -130,20 +97,9 @@ async fn pods_run_as_containers_on_real_nodes_and_reach_a_service_and_the_api_se
     assert_eq!(String::from_utf8_lossy(&nodes.stdout), "node/node0\nnode/node1\n");
 }
 
-/// `weft-testpod ARGS` run in pod `shop/client` through the API server and its kubelet
-/// (`kubectl exec`), bounded: whether it succeeded, and its output.
-fn exec_in_client(cluster: &RealCluster, args: &[&str]) -> (bool, String) {
-    let mut exec = cluster.kubectl().unwrap();
-    exec.args(["exec", "-n", "shop", "client", "--", "weft-testpod"])
-        .args(args)
-        .stdout(std::process::Stdio::piped());
-    weft_tests::process::Process::start(exec).unwrap().finish(WAIT).unwrap()
-}
-
 /// Whether a send of `message` from `shop/client` to the Service `echo` comes back.
 fn client_reaches_echo(cluster: &RealCluster, message: &str) -> bool {
-    let (ok, stdout) = exec_in_client(cluster, &["send", "--to", "echo:80", "--message", message]);
-    ok && stdout.contains(message)
+    cluster.reaches("shop", "client", "echo:80", message).unwrap()
 }
 
 /// `weftctl ARGS -o json` as a user runs it against the cluster: its parsed output, or its
@@ -187,30 +143,17 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
     let cluster = RealCluster::start(2, &images).await.unwrap();
     cluster.install_weft().await.unwrap();
     let client = cluster.client();
-    let namespace = serde_json::json!({
-        "metadata": {"name": "shop", "labels": {"weft.dev/dataplane-mode": "ambient"}},
-    });
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &object(namespace)).await.unwrap();
-    deploy_echo(&client, "shop").await;
+    workloads::create_namespace(&client, "shop", serde_json::json!({"weft.dev/dataplane-mode": "ambient"}))
+        .await
+        .unwrap();
+    deploy_echo(&client, "shop", "node0").await.unwrap();
     cluster.wait_for_ready("shop", "app=echo", 1, WAIT).await.unwrap();
 
     // A client that stays up; once its node's agent has captured it, requests run in it.
     // (A pod's first connections, before its agent enrolls it, are not captured yet: a CNI
     // plugin that holds the pod's start until then is still to come.)
-    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
-    let idle = object(serde_json::json!({
-        "metadata": {"name": "client", "labels": {"app": "client"}},
-        "spec": {
-            "nodeSelector": {"kubernetes.io/hostname": "node1"},
-            "containers": [{"name": "client", "image": "weft.local/testpod:1", "args": ["echo", "--port", "9000"]}],
-        },
-    }));
-    pods.create(&PostParams::default(), &idle).await.unwrap();
-    weft_tests::eventually("the client captured by its node's agent", WAIT, || async {
-        client_state(&client).await.0.then_some(())
-    })
-    .await
-    .unwrap();
+    workloads::start_idle_pod(&client, "shop", "client", "node1").await.unwrap();
+    cluster.wait_for_capture("shop", &["client"], WAIT).await.unwrap();
 
     // Tunnelled: through the API server and kubelet (exec), CoreDNS, the Service VIP, Weft's
     // capture and HBONE between the nodes; no plaintext crosses.
@@ -266,7 +209,7 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
             "rules": [{"from": [{"source": {"namespaces": ["shop"]}}]}],
         },
     });
-    policies.create(&PostParams::default(), &object(deny)).await.unwrap();
+    policies.create(&PostParams::default(), &object(deny).unwrap()).await.unwrap();
     tokio::task::block_in_place(|| {
         weft_tests::until("the client refused by the DENY", WAIT, || {
             !client_reaches_echo(&cluster, "denied?")
@@ -284,8 +227,7 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
     // Rolling updates under an open connection: the agents' leaves capture in place and the
     // connection untouched; each old node proxy drains it while its successor takes new ones.
     tokio::task::block_in_place(|| {
-        let mut chat = cluster.kubectl().unwrap();
-        chat.args(["exec", "-i", "-n", "shop", "client", "--", "weft-testpod", "chat", "--to", "echo:80"]);
+        let chat = cluster.testpod_exec("shop", "client", &["chat", "--to", "echo:80"]).unwrap();
         let mut chat = apps::Chat::run(chat).unwrap();
         assert_eq!(chat.say("before").unwrap(), "before");
         let connections = weftctl_json(&cluster, &["connections"]).unwrap();

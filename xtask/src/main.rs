@@ -32,6 +32,10 @@ enum Task {
         /// Keep the topology running until Ctrl-C.
         #[arg(long)]
         keep: bool,
+        /// Real nodes (kubelet, containerd, kube-proxy, CoreDNS) with Weft installed by its
+        /// manifests, instead of the embedded cluster.
+        #[arg(long)]
+        real: bool,
     },
     /// Set up, build in release, and measure capture and the mesh path against direct TCP.
     Bench {
@@ -47,7 +51,7 @@ fn main() -> std::process::ExitCode {
     let done = match args.command {
         Task::Setup => setup::run(&root).map(drop),
         Task::Test { filters } => test(&root, &filters),
-        Task::Demo { keep } => demo(&root, keep),
+        Task::Demo { keep, real } => demo(&root, keep, real),
         Task::Bench { quick } => bench(&root, quick),
     };
     match done {
@@ -78,7 +82,7 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     cmd::run(&mut test)
 }
 
-fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
+fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {
     let tools = setup::run(root)?;
     // Every binary: the demo starts the daemons, weftctl and `weft-testpod` as processes.
     cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins"]))?;
@@ -88,6 +92,9 @@ fn demo(root: &std::path::Path, keep: bool) -> anyhow::Result<()> {
         .env("WEFT_KUBE_BIN", &tools.kube_bin);
     if keep {
         demo.arg("--keep");
+    }
+    if real {
+        demo.arg("--real");
     }
     cmd::run(&mut demo)
 }

@@ -4,7 +4,10 @@
 //! CA and xDS; per node `weft-agent` with eBPF capture and `weft-ztunnel`), and reports what a
 //! user would check: the cluster's shape, the requests succeeding (pod to pod, and pod to the
 //! Service's virtual IP, which only the mesh serves here), `weftctl status / workloads /
-//! services / certs`, and the wire monitor's verdict on plaintext between nodes.
+//! services / certs`, and the wire monitor's verdict on plaintext between nodes. With `--real`,
+//! the same story on real nodes with Weft installed by its manifests ([`real`]).
+mod real;
+
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use anyhow::Context;
@@ -29,6 +32,10 @@ struct Args {
     /// Keep everything running until Ctrl-C, and print how to explore it.
     #[arg(long)]
     keep: bool,
+    /// Real nodes (kubelet, containerd, kube-proxy, CoreDNS) with Weft installed by its
+    /// manifests, instead of the embedded network-namespace cluster.
+    #[arg(long)]
+    real: bool,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -47,6 +54,9 @@ async fn main() -> std::process::ExitCode {
 
 /// Runs the demo; whether no plaintext crossed between nodes once enrolled.
 async fn run(args: Args) -> anyhow::Result<bool> {
+    if args.real {
+        return real::run(args.keep).await;
+    }
     println!("Starting etcd and kube-apiserver, and building two nodes...");
     let mut cluster = Cluster::start(2).await?;
     let client = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "client").service_account("client")).await?;
