@@ -32,6 +32,9 @@ pub struct WorkloadCert {
     pub roots: Vec<CertificateDer<'static>>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// When this proxy got it. Renewal is timed from here, not from `not_before`, which a CA
+    /// may backdate for clock skew (weft-control does, by 5 minutes).
+    pub received: SystemTime,
 }
 
 impl Clone for WorkloadCert {
@@ -43,6 +46,7 @@ impl Clone for WorkloadCert {
             roots: self.roots.clone(),
             not_before: self.not_before,
             not_after: self.not_after,
+            received: self.received,
         }
     }
 }

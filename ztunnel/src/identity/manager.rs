@@ -222,13 +222,17 @@ impl Manager {
             roots: issued.roots,
             not_before,
             not_after,
+            received: self.clock.now(),
         })
     }
 }
 
+/// Halfway through the certificate's life as this proxy holds it: from its `not_before` or,
+/// if later, its receipt (a backdated `not_before` must not make a short-lived certificate look
+/// due at once, and then renewed on every tick).
 fn half_life(cert: &WorkloadCert) -> SystemTime {
-    let lifetime = cert.not_after.duration_since(cert.not_before).unwrap_or_default();
-    cert.not_before + lifetime / 2
+    let from = cert.not_before.max(cert.received);
+    from + cert.not_after.duration_since(from).unwrap_or_default() / 2
 }
 
 fn validity(der: &rustls::pki_types::CertificateDer<'_>) -> Result<(SystemTime, SystemTime), Error> {
@@ -275,6 +279,8 @@ mod tests {
         down: AtomicBool,
         attempts: AtomicU64,
         signed: AtomicU64,
+        /// How far back `notBefore` is set, in seconds (weft-control: 300).
+        backdate: AtomicU64,
     }
 
     impl TestCa {
@@ -290,6 +296,7 @@ mod tests {
                 down: AtomicBool::new(false),
                 attempts: AtomicU64::new(0),
                 signed: AtomicU64::new(0),
+                backdate: AtomicU64::new(0),
             }
         }
     }
@@ -310,7 +317,8 @@ mod tests {
                 }
                 let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).unwrap();
                 let now = self.clock.now();
-                csr.params.not_before = now.into();
+                csr.params.not_before =
+                    (now - Duration::from_secs(self.backdate.load(Ordering::SeqCst))).into();
                 csr.params.not_after = (now + validity).into();
                 self.signed.fetch_add(1, Ordering::SeqCst);
                 let leaf = csr.signed_by(&self.issuer).unwrap().der().clone();
@@ -394,5 +402,24 @@ mod tests {
         assert_eq!(manager.summary().len(), 1);
         manager.retain(|_| false).await;
         assert!(manager.summary().is_empty(), "forgotten identities are not shown");
+    }
+
+    #[tokio::test]
+    async fn a_short_lived_certificate_from_a_backdating_ca_is_renewed_at_half_its_held_life() {
+        let ttl = Duration::from_secs(20);
+        let clock = Arc::new(TestClock(AtomicU64::new(1_000_000_000)));
+        let ca = Arc::new(TestCa::new(clock.clone()));
+        ca.backdate.store(300, Ordering::SeqCst);
+        let manager = Manager::with_clock(ca.clone(), ttl, clock.clone());
+        let identity = Identity::new("cluster.local", "shop", "web");
+        manager.fetch(&identity).await.unwrap();
+        // Counted from its backdated notBefore it would be long past half-life: renewed on
+        // every tick.
+        clock.advance(Duration::from_secs(9));
+        manager.refresh_due().await;
+        assert_eq!(ca.signed.load(Ordering::SeqCst), 1, "renewed before half its held life");
+        clock.advance(Duration::from_secs(2));
+        manager.refresh_due().await;
+        assert_eq!(ca.signed.load(Ordering::SeqCst), 2, "not renewed past half its held life");
     }
 }

@@ -81,6 +81,7 @@ impl TestCa {
             roots: vec![self.root()],
             not_before: leaf.not_before,
             not_after: leaf.not_after,
+            received: leaf.not_before,
         }
     }
 }
