@@ -17,6 +17,10 @@ pub mod ca {
 
     /// The metadata key naming the identity a node proxy asks a certificate for.
     pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+    /// The annotation on the CA's Secret by which an operator asks for a root rotation now
+    /// (after a key compromise, say; `weftctl rotate-root`): any new value starts one, once
+    /// none is under way.
+    pub const ROTATE_ROOT: &str = "weft.dev/rotate-root";
 }
 
 /// Delta ADS (`envoy.service.discovery.v3`): messages and tonic client and server.

@@ -58,6 +58,9 @@ enum Command {
     Enroll { namespace: String },
     /// Take a namespace's pods out of the mesh (removes the label).
     Unenroll { namespace: String },
+    /// Ask the CA to rotate its root now (after a key compromise, say): a new root joins every
+    /// proxy's trust bundle, then signs, then the old one leaves, each step a leaf lifetime apart.
+    RotateRoot,
 }
 
 fn node_endpoint(text: &str) -> anyhow::Result<(String, Endpoint)> {
@@ -99,7 +102,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let index = mesh.node_index(&name);
         mesh.nodes[index].ztunnel = Some(endpoint);
     }
-    if mesh.client.is_some() && !matches!(args.command, Command::Enroll { .. } | Command::Unenroll { .. }) {
+    let only_api =
+        matches!(args.command, Command::Enroll { .. } | Command::Unenroll { .. } | Command::RotateRoot);
+    if mesh.client.is_some() && !only_api {
         // Best effort: explicit endpoints still work when the API has no pods to offer.
         if let Err(error) = mesh.discover().await {
             eprintln!("note: {error:#}");
@@ -169,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Unenroll { namespace } => {
             render(&mesh.enroll(namespace, false).await?, format, &["namespace", "enrolled"])?
         }
+        Command::RotateRoot => render(&mesh.rotate_root().await?, format, &["secret", "requested"])?,
     };
     print!("{text}");
     Ok(())

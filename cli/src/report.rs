@@ -3,7 +3,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::{
     Api,
     api::{ListParams, Patch, PatchParams},
@@ -19,6 +19,8 @@ pub const SYSTEM_NAMESPACE: &str = "weft-system";
 pub const CONTROL_LABEL: &str = "app.kubernetes.io/name=weft-control";
 pub const AGENT_LABEL: &str = "app.kubernetes.io/name=weft-agent";
 pub const ZTUNNEL_LABEL: &str = "app.kubernetes.io/name=weft-ztunnel";
+/// The control plane's CA Secret.
+pub const CA_SECRET: &str = "weft-ca";
 /// The localhost-only admin ports (`/config_dump`, `/metrics`, `/healthz/ready`) in those pods,
 /// reached by port-forward. The agent runs in the node's network namespace, hence its own port.
 pub const CONTROL_ADMIN_PORT: u16 = 15000;
@@ -401,6 +403,19 @@ impl Mesh {
             }
         }
         Ok(Value::Array(findings))
+    }
+
+    /// Asks the CA for a root rotation: a new value of its Secret's request annotation.
+    pub async fn rotate_root(&self) -> anyhow::Result<Value> {
+        let client = self.client.as_ref().context("rotate-root needs the Kubernetes API (--kubeconfig)")?;
+        let requested =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs()).to_string();
+        let patch = json!({ "metadata": { "annotations": { weft_api::ca::ROTATE_ROOT: requested } } });
+        Api::<Secret>::namespaced(client.clone(), SYSTEM_NAMESPACE)
+            .patch(CA_SECRET, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .with_context(|| format!("annotating Secret {SYSTEM_NAMESPACE}/{CA_SECRET}"))?;
+        Ok(json!({ "secret": format!("{SYSTEM_NAMESPACE}/{CA_SECRET}"), "requested": requested }))
     }
 
     /// Sets (or removes) the enrollment label on a namespace.

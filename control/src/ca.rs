@@ -4,6 +4,7 @@
 //! [`Authority::maintain`] re-issues the intermediate and rotates the root as time passes
 //! ([`state`]). [`service`] is the gRPC face; [`caller`] finds out who is asking.
 use std::{
+    collections::BTreeMap,
     sync::{Arc, RwLock},
     time::{Duration, SystemTime},
 };
@@ -96,12 +97,19 @@ impl Store {
         Signing::new(state, secret.metadata.resource_version.clone())
     }
 
-    fn secret(&self, state: &State, resource_version: Option<String>) -> Secret {
+    /// The Secret holding `state`; `annotations` are kept as they were (an operator's request).
+    fn secret(
+        &self,
+        state: &State,
+        resource_version: Option<String>,
+        annotations: Option<BTreeMap<String, String>>,
+    ) -> Secret {
         Secret {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 namespace: Some(self.namespace.clone()),
                 resource_version,
+                annotations,
                 ..Default::default()
             },
             data: Some(state.to_data()),
@@ -127,24 +135,22 @@ impl std::fmt::Debug for Authority {
 
 impl Authority {
     /// Loads the CA from Secret `namespace/name`, or generates one and stores it there. When two
-    /// control planes start at once the Secret that was created first wins. Leaves live at most
-    /// `max_ttl`.
+    /// control planes start at once the Secret that was created first wins.
     pub async fn load_or_create(
         client: kube::Client,
         namespace: &str,
         name: &str,
-        max_ttl: Duration,
+        lifetimes: Lifetimes,
     ) -> Result<Self, Error> {
         let store = Store {
             secrets: Api::namespaced(client, namespace),
             namespace: namespace.into(),
             name: name.into(),
         };
-        let lifetimes = Lifetimes::with_max_leaf(max_ttl);
         let secret = match store.secrets.get_opt(name).await.map_err(|source| store.error(source))? {
             Some(secret) => secret,
             None => {
-                let fresh = store.secret(&State::generate(SystemTime::now(), &lifetimes)?, None);
+                let fresh = store.secret(&State::generate(SystemTime::now(), &lifetimes)?, None, None);
                 match store.secrets.create(&PostParams::default(), &fresh).await {
                     Ok(created) => {
                         tracing::info!(%namespace, %name, "generated a new mesh CA");
@@ -180,19 +186,34 @@ impl Authority {
         *self.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(signing);
     }
 
-    /// Does what is due (re-issue the intermediate, a step of a root rotation), keeping the
-    /// Secret first. Returns what changed, if anything; another control plane's change to the
-    /// Secret is adopted instead of this one's.
+    /// Does what is due (re-issue the intermediate, a step of a root rotation, one an operator
+    /// asked for on the Secret), keeping the Secret first. Returns what changed, if anything;
+    /// another control plane's change to the Secret is adopted instead of this one's.
     pub async fn maintain(&self) -> Result<Option<&'static str>, Error> {
-        let current = self.current();
-        let Some((next, change)) = current.state.advance(self.clock.now(), &self.lifetimes)? else {
-            return Ok(None);
-        };
         let Some(store) = &self.store else {
+            let Some((next, change)) =
+                self.current().state.advance(self.clock.now(), &self.lifetimes, None)?
+            else {
+                return Ok(None);
+            };
             self.replace(Signing::new(next, None)?);
             return Ok(Some(change));
         };
-        let secret = store.secret(&next, current.resource_version.clone());
+        let stored = store.secrets.get(&store.name).await.map_err(|source| store.error(source))?;
+        if stored.metadata.resource_version != self.current().resource_version {
+            // Another replica's step, or an operator's annotation: start from what is kept.
+            self.replace(store.read(&stored)?);
+        }
+        let current = self.current();
+        let request =
+            stored.metadata.annotations.as_ref().and_then(|notes| notes.get(weft_api::ca::ROTATE_ROOT));
+        let Some((next, change)) =
+            current.state.advance(self.clock.now(), &self.lifetimes, request.map(String::as_str))?
+        else {
+            return Ok(None);
+        };
+        let secret =
+            store.secret(&next, current.resource_version.clone(), stored.metadata.annotations.clone());
         match store.secrets.replace(&store.name, &PostParams::default(), &secret).await {
             Ok(written) => {
                 self.replace(Signing::new(next, written.metadata.resource_version)?);

@@ -14,7 +14,7 @@ use weft_api::{
     discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
 };
 use weft_control::{
-    ca::{Authority, caller::Authenticator, service::Service},
+    ca::{Authority, Lifetimes, caller::Authenticator, service::Service},
     index::{self, Naming, Snapshot},
     metrics::Metrics,
     serving::{self, ServingCert},
@@ -61,6 +61,14 @@ struct Args {
     /// Longest certificate lifetime granted, in seconds.
     #[arg(long, default_value_t = 24 * 3600)]
     max_cert_ttl_seconds: u64,
+    /// How often the CA checks what is due: the intermediate's re-issue, a root rotation's next
+    /// step, an operator's request (annotation `weft.dev/rotate-root` on its Secret).
+    #[arg(long, default_value_t = 600)]
+    ca_check_seconds: u64,
+    /// Each root rotation step waits a leaf lifetime and a quarter, plus this margin for clock
+    /// skew and late renewals.
+    #[arg(long, default_value_t = 300)]
+    ca_rotation_margin_seconds: u64,
 }
 
 /// ConfigMap (in the control plane's namespace) that publishes the mesh root for proxies.
@@ -96,14 +104,22 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
             client.clone(),
             &args.namespace,
             &args.ca_secret,
-            Duration::from_secs(args.max_cert_ttl_seconds),
+            Lifetimes {
+                rotation_margin: Duration::from_secs(args.ca_rotation_margin_seconds),
+                ..Lifetimes::with_max_leaf(Duration::from_secs(args.max_cert_ttl_seconds))
+            },
         )
         .await?,
     );
     publish_root(client.clone(), &args.namespace, &authority.bundle_pem()).await?;
     let serving = Arc::new(ServingCert::new(&authority, args.serving_names.clone())?);
-    let maintenance =
-        tokio::spawn(maintain_ca(authority.clone(), serving.clone(), client.clone(), args.namespace.clone()));
+    let maintenance = tokio::spawn(maintain_ca(
+        authority.clone(),
+        serving.clone(),
+        client.clone(),
+        args.namespace.clone(),
+        Duration::from_secs(args.ca_check_seconds.max(1)),
+    ));
     let (proxy_namespace, proxy_sa) =
         args.proxy_service_account.split_once('/').context("--proxy-service-account is namespace/name")?;
     let authenticator =
@@ -187,18 +203,16 @@ impl weft_api::admin::Source for Monitoring {
     }
 }
 
-/// How often the CA checks whether its intermediate or root is due for replacement.
-const CA_MAINTENANCE: Duration = Duration::from_secs(600);
-
-/// Keeps the CA current: whenever it changed, a new serving certificate and the new trust
-/// bundle published. A failure is retried at the next check.
+/// Keeps the CA current, checking `every` so often: whenever it changed, a new serving
+/// certificate and the new trust bundle published. A failure is retried at the next check.
 async fn maintain_ca(
     authority: Arc<Authority>,
     serving: Arc<ServingCert>,
     client: kube::Client,
     namespace: String,
+    every: Duration,
 ) {
-    let mut every = tokio::time::interval(CA_MAINTENANCE);
+    let mut every = tokio::time::interval(every);
     loop {
         every.tick().await;
         let changed = match authority.maintain().await {

@@ -3,7 +3,8 @@
 //! (socket activation: the listening socket is made inside the fabric namespace and passed in),
 //! where every node's ztunnel can reach it, after installing Weft's CRDs from `manifests/`. Also
 //! the node proxies' identities: a ztunnel Pod object per node and a token bound to it, as a
-//! kubelet would project it.
+//! kubelet would project it, and the trust bundle's file kept current as a kubelet keeps a
+//! ConfigMap volume (a stand-in: this harness runs no kubelet).
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -74,12 +75,31 @@ pub struct ControlPlane {
     listener: std::net::TcpListener,
     dir: tempfile::TempDir,
     root_file: PathBuf,
+    /// Rewrites `root_file` whenever the published bundle changes; stops on drop.
+    root_volume: Option<RootVolume>,
     kubeconfig: PathBuf,
+    /// Added to `weft-control`'s command line, at every start.
+    flags: Vec<String>,
+}
+
+/// The task keeping the root file current.
+#[derive(Debug)]
+struct RootVolume(tokio::task::JoinHandle<()>);
+
+impl Drop for RootVolume {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl ControlPlane {
     /// Starts the control plane for `cluster` and waits until it has published the mesh root.
     pub async fn start(cluster: &Cluster) -> anyhow::Result<Self> {
+        Self::start_with(cluster, &[]).await
+    }
+
+    /// [`ControlPlane::start`] with `flags` added to `weft-control`'s command line.
+    pub async fn start_with(cluster: &Cluster, flags: &[&str]) -> anyhow::Result<Self> {
         let client = cluster.client();
         install_crds(client.clone()).await?;
         cluster.kubelet().ensure_namespace(NAMESPACE, &[]).await?;
@@ -91,24 +111,28 @@ impl ControlPlane {
             .run(move || std::net::TcpListener::bind(address))?
             .with_context(|| format!("binding {address} in the fabric namespace"))?;
         let dir = tempfile::Builder::new().prefix("weft-control-").tempdir()?;
-        let (process, monitoring, admin) = spawn(cluster.api().kubeconfig(), &listener)?;
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let (process, monitoring, admin) = spawn(cluster.api().kubeconfig(), &listener, &flags)?;
         let mut plane = Self {
             process,
             monitoring,
             admin,
             listener,
             root_file: dir.path().join("root-cert.pem"),
+            root_volume: None,
             kubeconfig: cluster.api().kubeconfig().to_owned(),
+            flags,
             dir,
         };
-        plane.write_root(client).await?;
+        plane.write_root(client.clone()).await?;
+        plane.root_volume = Some(RootVolume(tokio::spawn(follow_root(client, plane.root_file.clone()))));
         Ok(plane)
     }
 
     /// Kills the control plane and starts it again on the same socket.
     pub async fn restart(&mut self, client: kube::Client) -> anyhow::Result<()> {
         self.process.kill()?;
-        (self.process, self.monitoring, self.admin) = spawn(&self.kubeconfig, &self.listener)?;
+        (self.process, self.monitoring, self.admin) = spawn(&self.kubeconfig, &self.listener, &self.flags)?;
         self.write_root(client).await
     }
 
@@ -166,12 +190,33 @@ impl ControlPlane {
     }
 }
 
+/// Writes the published trust bundle to `file` whenever it changes, replacing the file whole
+/// (as the kubelet swaps a ConfigMap volume's contents), until aborted.
+async fn follow_root(client: kube::Client, file: PathBuf) {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
+    let only_root = kube::runtime::watcher::Config::default().fields("metadata.name=weft-ca-root-cert");
+    let mut events = std::pin::pin!(kube::runtime::watcher(config_maps, only_root).applied_objects());
+    while let Some(event) = events.next().await {
+        let Some(bundle) = event.ok().and_then(|map| map.data?.get("root-cert.pem").cloned()) else {
+            continue;
+        };
+        let staged = file.with_extension("new");
+        if std::fs::write(&staged, bundle).and_then(|()| std::fs::rename(&staged, &file)).is_err() {
+            return;
+        }
+    }
+}
+
 fn spawn(
     kubeconfig: &Path,
     listener: &std::net::TcpListener,
+    flags: &[String],
 ) -> anyhow::Result<(Process, SocketAddr, SocketAddr)> {
     let mut command = Command::new(apps::binary("weft-control")?);
     command.arg("--kubeconfig").arg(kubeconfig).arg("--serving-name").arg(FABRIC_GATEWAY.to_string());
+    command.args(flags);
     // Tests run side by side in the harness's namespace: any free port (the log names it).
     command.arg("--monitoring-listen").arg("127.0.0.1:0").arg("--admin-listen").arg("127.0.0.1:0");
     let reader = crate::process::merged_output(&mut command)?;

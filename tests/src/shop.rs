@@ -30,13 +30,18 @@ pub struct Shop {
 
 impl Shop {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// The scene with `control_flags` added to `weft-control`'s command line.
+    pub async fn start_with(control_flags: &[&str]) -> anyhow::Result<Self> {
         let mut cluster = Cluster::start(2).await?;
         cluster.kubelet().ensure_namespace("shop", &[(LABEL, "ambient")]).await?;
         let client = cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("cart")).await?;
         let server =
             cluster.add_pod(1, &PodTemplate::new("shop", "server").service_account("payments")).await?;
         let echo = apps::echo_server(&server, ECHO_PORT)?;
-        let plane = ControlPlane::start(&cluster).await?;
+        let plane = ControlPlane::start_with(&cluster, control_flags).await?;
         let mesh = Mesh::start_managed(&cluster, &plane).await?;
         let canary = canary();
         let monitor = WireMonitor::start(cluster.topology().fabric(), &canary)?;

@@ -38,6 +38,7 @@ fn lifetimes() -> Lifetimes {
         renew_intermediate_before: 4 * DAY,
         rotate_root_before: 20 * DAY,
         max_leaf: DAY,
+        rotation_margin: Duration::from_secs(300),
     }
 }
 
@@ -161,7 +162,7 @@ fn the_state_survives_its_secret_in_every_phase_and_an_old_secret_trusts_its_roo
     let mut later = now + lifetimes.root - lifetimes.rotate_root_before;
     for _ in 0..2 {
         later += lifetimes.rotation_step() + HOUR;
-        state = state.advance(later, &lifetimes).unwrap().unwrap().0;
+        state = state.advance(later, &lifetimes, None).unwrap().unwrap().0;
         assert!(state.rotation.is_some());
         assert_eq!(State::from_data(&state.to_data()).unwrap(), state);
     }
@@ -175,4 +176,32 @@ fn the_state_survives_its_secret_in_every_phase_and_an_old_secret_trusts_its_roo
     assert_eq!((read.bundle, read.rotation), (vec![state.root.cert.clone()], None));
     old.remove("intermediate-key.pem");
     assert_eq!(State::from_data(&old), Err("intermediate-key.pem"));
+}
+
+#[test]
+fn an_operators_request_starts_one_rotation_and_is_never_acted_on_twice() {
+    let now = SystemTime::now();
+    let lifetimes = lifetimes();
+    let young = State::generate(now, &lifetimes).unwrap();
+    assert!(young.advance(now, &lifetimes, None).unwrap().is_none(), "nothing is due on a young root");
+    let (mut state, change) = young.advance(now, &lifetimes, Some("compromised")).unwrap().unwrap();
+    assert!(matches!(state.rotation, Some(state::Rotation::Introduced { .. })), "{change}");
+    assert_eq!(state.bundle.len(), 2, "both roots trusted during the overlap");
+    let mut later = now;
+    for _ in 0..2 {
+        // What the Secret keeps, as a restarted control plane reads it.
+        state = State::from_data(&state.to_data()).unwrap();
+        assert!(state.advance(later, &lifetimes, Some("compromised")).unwrap().is_none(), "a step too early");
+        later += lifetimes.rotation_step();
+        state = state.advance(later, &lifetimes, Some("compromised")).unwrap().unwrap().0;
+    }
+    assert_eq!((state.rotation.as_ref(), state.bundle.len()), (None, 1));
+    assert_ne!(state.root, young.root);
+    let state = State::from_data(&state.to_data()).unwrap();
+    assert!(
+        state.advance(later, &lifetimes, Some("compromised")).unwrap().is_none(),
+        "the same request again"
+    );
+    let (again, _) = state.advance(later, &lifetimes, Some("compromised again")).unwrap().unwrap();
+    assert!(matches!(again.rotation, Some(state::Rotation::Introduced { .. })));
 }

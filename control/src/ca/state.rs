@@ -29,6 +29,8 @@ pub struct Lifetimes {
     pub rotate_root_before: Duration,
     /// The longest a leaf lives: each root rotation step waits this long, plus a margin.
     pub max_leaf: Duration,
+    /// Added to each rotation step for clock skew and renewals that ran late.
+    pub rotation_margin: Duration,
 }
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
@@ -43,13 +45,13 @@ impl Lifetimes {
             renew_intermediate_before: 120 * DAY,
             rotate_root_before: 365 * DAY,
             max_leaf,
+            rotation_margin: Duration::from_secs(300),
         }
     }
 
-    /// How long each root rotation step waits: a leaf lifetime and a margin for clock skew and
-    /// renewals that ran late.
+    /// How long each root rotation step waits: a leaf lifetime and a quarter, and the margin.
     pub fn rotation_step(&self) -> Duration {
-        self.max_leaf + self.max_leaf / 4 + Duration::from_secs(300)
+        self.max_leaf + self.max_leaf / 4 + self.rotation_margin
     }
 }
 
@@ -79,6 +81,9 @@ pub struct State {
     /// Every root proxies trust, oldest first; the signing root among them.
     pub bundle: Vec<String>,
     pub rotation: Option<Rotation>,
+    /// The operator's last rotation request acted on (the value of
+    /// [`weft_api::ca::ROTATE_ROOT`]).
+    pub handled_request: Option<String>,
 }
 
 // Secret keys. The first four are those of the CA before trust bundles existed.
@@ -91,32 +96,47 @@ const NEXT_ROOT_CERT: &str = "next-root.pem";
 const NEXT_ROOT_KEY: &str = "next-root-key.pem";
 const RETIRING_ROOT: &str = "retiring-root.pem";
 const ROTATION_SINCE: &str = "rotation-since";
+const HANDLED_REQUEST: &str = "rotation-request";
 
 impl State {
     /// A new root and intermediate.
     pub fn generate(now: SystemTime, lifetimes: &Lifetimes) -> Result<Self, Error> {
         let root = new_root(now, lifetimes)?;
         let intermediate = new_intermediate(&root, now, lifetimes)?;
-        Ok(Self { bundle: vec![root.cert.clone()], root, intermediate, rotation: None })
+        Ok(Self {
+            bundle: vec![root.cert.clone()],
+            root,
+            intermediate,
+            rotation: None,
+            handled_request: None,
+        })
     }
 
-    /// What is due at `now`, if anything: the next state and what changed.
+    /// What is due at `now`, if anything, with the operator's rotation `request` (the
+    /// [`weft_api::ca::ROTATE_ROOT`] annotation's value): the next state and what changed.
     pub fn advance(
         &self,
         now: SystemTime,
         lifetimes: &Lifetimes,
+        request: Option<&str>,
     ) -> Result<Option<(Self, &'static str)>, Error> {
         // Whole seconds: what the Secret keeps of a rotation's start.
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(unix_seconds(now));
         let step = lifetimes.rotation_step();
         let due = |since: SystemTime| now.duration_since(since).is_ok_and(|waited| waited >= step);
+        let requested = request.filter(|request| Some(*request) != self.handled_request.as_deref());
         let mut next = self.clone();
         let change = match &self.rotation {
-            None if left(&self.root.cert, now)? < lifetimes.rotate_root_before => {
+            None if requested.is_some() || left(&self.root.cert, now)? < lifetimes.rotate_root_before => {
                 let root = new_root(now, lifetimes)?;
                 next.bundle.push(root.cert.clone());
                 next.rotation = Some(Rotation::Introduced { next: root, since: now });
-                "a new root joined the trust bundle"
+                if let Some(request) = requested {
+                    next.handled_request = Some(request.to_owned());
+                    "a new root joined the trust bundle (rotation requested)"
+                } else {
+                    "a new root joined the trust bundle"
+                }
             }
             Some(Rotation::Introduced { next: root, since }) if due(*since) => {
                 next.intermediate = new_intermediate(root, now, lifetimes)?;
@@ -159,6 +179,9 @@ impl State {
             }
             None => {}
         }
+        if let Some(request) = &self.handled_request {
+            data.push((HANDLED_REQUEST, request.clone()));
+        }
         data.into_iter().map(|(key, value)| (key.to_owned(), ByteString(value.into_bytes()))).collect()
     }
 
@@ -186,7 +209,7 @@ impl State {
         } else {
             None
         };
-        Ok(Self { root, intermediate, bundle, rotation })
+        Ok(Self { root, intermediate, bundle, rotation, handled_request: field(HANDLED_REQUEST).ok() })
     }
 }
 
