@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use weft_ztunnel::{
     hbone::{
         self,
-        client::MAX_STREAMS,
+        client::{MAX_STREAMS, Origin},
         server::{ConnectRequest, Handler, Refusal},
     },
     identity::Identity,
@@ -27,6 +27,9 @@ use weft_ztunnel::{
     proxy::{Pool, PoolSettings, Tunnel},
     tls::{self, test_ca::TestCa},
 };
+
+/// A `traceparent` for streams whose trace nobody reads.
+const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
 
 /// Delivers every stream to one upstream.
 struct ToUpstream(SocketAddr);
@@ -115,7 +118,11 @@ impl Peer {
                 self.target,
                 self.source,
             );
-            opening.spawn(async move { pool.open(&here, &cert, &server_id, target, source).await.unwrap() });
+            opening.spawn(async move {
+                pool.open(&here, &cert, &server_id, target, &Origin::from_address(source), TRACE)
+                    .await
+                    .unwrap()
+            });
         }
         let mut tunnels = Vec::new();
         while let Some(tunnel) = opening.join_next().await {
@@ -198,7 +205,9 @@ async fn openers_of_a_black_holed_peer_share_one_attempt_and_stall_no_one_else()
             healthy.source,
         );
         let target = SocketAddr::new(IpAddr::V4(hole), 8080);
-        stalled.spawn(async move { pool.open(&here, &cert, &server_id, target, source).await.map(drop) });
+        stalled.spawn(async move {
+            pool.open(&here, &cert, &server_id, target, &Origin::from_address(source), TRACE).await.map(drop)
+        });
     }
     first.notified().await;
 

@@ -18,6 +18,43 @@ pub const MAX_STREAMS: usize = 100;
 /// How long a CONNECT may wait for its answer (the peer connects upstream meanwhile).
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What a CONNECT says of the connection it carries, as Istio's ztunnel says it: the original
+/// source (`Forwarded: for="ip:port"`) and the source workload (`baggage`, OpenTelemetry's
+/// keys); each stream also gets a `traceparent` of its own ([`Origin::traceparent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub source: SocketAddr,
+    /// `k8s.namespace.name=…,k8s.deployment.name=…,service.name=…` (empty: not sent).
+    pub baggage: String,
+}
+
+impl Origin {
+    /// An origin known only by its address.
+    pub fn from_address(source: SocketAddr) -> Self {
+        Self { source, baggage: String::new() }
+    }
+
+    /// The baggage Istio's ztunnel sends for a source workload `name` in `namespace` (its
+    /// controller's name, the workload type Istio assumes by default).
+    pub fn baggage_of(namespace: &str, name: &str) -> String {
+        format!("k8s.namespace.name={namespace},k8s.deployment.name={name},service.name={name}")
+    }
+
+    /// A new W3C `traceparent`: version 00, a random trace and parent id, not sampled. The
+    /// same value is logged by both ends of the tunnel, so one connection's lines can be
+    /// found on either node.
+    pub fn traceparent() -> String {
+        let mut ids = [0u8; 24];
+        let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
+        if random.fill(&mut ids).is_err() {
+            // Only the correlation is lost; a fixed non-zero id is still a valid header.
+            ids = [1; 24];
+        }
+        let hex = |bytes: &[u8]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        format!("00-{}-{}-00", hex(&ids[..16]), hex(&ids[16..]))
+    }
+}
+
 /// Errors opening a connection or a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -37,6 +74,8 @@ pub enum Error {
     Refused { target: SocketAddr, status: StatusCode },
     #[error("connecting to {peer} (for several streams at once): {reason}")]
     Shared { peer: SocketAddr, reason: String },
+    #[error("the CONNECT request cannot be made: {0}")]
+    BadRequest(String),
 }
 
 /// An established HBONE connection; cheap to clone (clones share the connection).
@@ -85,15 +124,25 @@ impl Connection {
         Ok(Self { send_request })
     }
 
-    /// Opens a stream to `target`, carrying `source` as `Forwarded: for`, and returns it once
-    /// the server answered 200.
-    pub async fn open(&self, target: SocketAddr, source: SocketAddr) -> Result<Stream, Error> {
-        let request = Request::builder()
+    /// Opens a stream to `target`, saying where it comes from ([`Origin`]) and tagged with
+    /// `traceparent`, and returns it once the server answered 200.
+    pub async fn open(
+        &self,
+        target: SocketAddr,
+        origin: &Origin,
+        traceparent: &str,
+    ) -> Result<Stream, Error> {
+        let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .header("forwarded", format!("for=\"{source}\""))
-            .body(())
-            .expect("invariant: a CONNECT to ip:port is a valid request");
+            .header("forwarded", format!("for=\"{}\"", origin.source))
+            .header("traceparent", traceparent);
+        if !origin.baggage.is_empty() {
+            request = request.header("baggage", origin.baggage.as_str());
+        }
+        // Names and values are ours or a workload's Kubernetes names; one that is not a valid
+        // header value fails this stream only.
+        let request = request.body(()).map_err(|error| Error::BadRequest(error.to_string()))?;
         let answer = async {
             let mut send_request = self.send_request.clone().ready().await.map_err(Error::Http2)?;
             let (response, send) = send_request.send_request(request, false).map_err(Error::Http2)?;
@@ -105,5 +154,20 @@ impl Connection {
             return Err(Error::Refused { target, status: response.status() });
         }
         Ok(Stream::new(send, response.into_body()))
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::Origin;
+
+    #[test]
+    fn each_stream_gets_a_w3c_traceparent_of_its_own() {
+        let first = Origin::traceparent();
+        let parts: Vec<&str> = first.split('-').collect();
+        assert_eq!(parts.len(), 4, "{first}");
+        assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"), "{first}");
+        assert!(parts[1].chars().all(|c| c.is_ascii_hexdigit()) && parts[1] != "0".repeat(32), "{first}");
+        assert_ne!(first, Origin::traceparent());
     }
 }

@@ -1,7 +1,12 @@
 //! The HBONE server (port 15008 in each pod): TLS with the pod's identity, then HTTP/2 CONNECT
 //! streams. Each stream is checked and connected upstream by a [`Handler`] before it is
 //! answered; only then do bytes flow.
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -36,8 +41,13 @@ pub struct ConnectRequest {
     pub source: SocketAddr,
     /// `:authority`: the destination pod IP and port.
     pub target: SocketAddr,
-    /// The original source from `Forwarded: for=...`, when given and well-formed.
-    pub forwarded_for: Option<SocketAddr>,
+    /// The original source's address from `Forwarded: for=…`, when given and well-formed (with
+    /// or without a port, quoted or not: Istio's peers have sent both).
+    pub forwarded_for: Option<IpAddr>,
+    /// The source workload's `baggage`, as sent.
+    pub baggage: Option<String>,
+    /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
+    pub traceparent: Option<String>,
 }
 
 /// Why a stream is refused, and so its status.
@@ -283,19 +293,28 @@ fn check(
         .as_str()
         .parse()
         .map_err(|_| Refusal::BadRequest(format!(":authority {authority} is not ip:port")))?;
-    let forwarded_for = request
-        .headers()
-        .get("forwarded")
-        .and_then(|value| value.to_str().ok())
-        .and_then(parse_forwarded_for);
-    Ok(ConnectRequest { peer, source, target, forwarded_for })
+    let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
+    let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
+    let (baggage, traceparent) =
+        (header("baggage").map(str::to_owned), header("traceparent").map(str::to_owned));
+    Ok(ConnectRequest { peer, source, target, forwarded_for, baggage, traceparent })
 }
 
-/// `for="1.2.3.4:5"` or `for="[::1]:5"` from a `Forwarded` header.
-fn parse_forwarded_for(value: &str) -> Option<SocketAddr> {
-    value.split(';').find_map(|pair| {
+/// The address of `for=` in a `Forwarded` header (RFC 7239): `1.2.3.4`, `"1.2.3.4:5"`,
+/// `"[::1]"` or `"[::1]:5"`; the first element of a list.
+fn parse_forwarded_for(value: &str) -> Option<IpAddr> {
+    let first = value.split(',').next()?;
+    first.split(';').find_map(|pair| {
         let (key, value) = pair.trim().split_once('=')?;
-        key.eq_ignore_ascii_case("for").then(|| value.trim_matches('"').parse().ok())?
+        if !key.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim().trim_matches('"');
+        value
+            .parse::<SocketAddr>()
+            .map(|addr| addr.ip())
+            .or_else(|_| value.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>())
+            .ok()
     })
 }
 
@@ -311,9 +330,16 @@ mod tests {
 
     #[test]
     fn forwarded_for_accepts_both_families_and_ignores_junk() {
-        assert_eq!(parse_forwarded_for("for=\"10.0.0.1:5000\""), "10.0.0.1:5000".parse().ok());
-        assert_eq!(parse_forwarded_for("proto=http; for=\"[fd00::1]:80\""), "[fd00::1]:80".parse().ok());
+        let ip = |text: &str| text.parse::<IpAddr>().ok();
+        assert_eq!(parse_forwarded_for("for=\"10.0.0.1:5000\""), ip("10.0.0.1"));
+        assert_eq!(parse_forwarded_for("proto=http; for=\"[fd00::1]:80\""), ip("fd00::1"));
+        // As Istio's peers have sent it: the address alone.
+        assert_eq!(parse_forwarded_for("for=10.0.0.1"), ip("10.0.0.1"));
+        assert_eq!(parse_forwarded_for("For=\"10.0.0.1\";host=echo.shop.svc"), ip("10.0.0.1"));
+        assert_eq!(parse_forwarded_for("for=\"[fd00::1]\""), ip("fd00::1"));
+        assert_eq!(parse_forwarded_for("for=10.0.0.1, for=10.0.0.2"), ip("10.0.0.1"));
         assert_eq!(parse_forwarded_for("for=unknown"), None);
+        assert_eq!(parse_forwarded_for("for=_hidden"), None);
         assert_eq!(parse_forwarded_for(""), None);
     }
 }

@@ -98,7 +98,7 @@ struct Delivery {
 
 impl Delivery {
     fn labels(&self, request: &ConnectRequest) -> crate::metrics::ConnectionLabels {
-        let source = request.forwarded_for.and_then(|addr| self.context.state.workload_by_ip(addr.ip()));
+        let source = request.forwarded_for.and_then(|ip| self.context.state.workload_by_ip(ip));
         let source = match &source {
             Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &request.peer),
             None => ("unknown", request.peer.namespace.as_str(), &request.peer),
@@ -140,7 +140,7 @@ impl Handler for Delivery {
                 ("policy_denied", Refusal::Denied(verdict.to_string()))
             };
             self.context.metrics.failed(Reporter::Destination, reason);
-            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, "inbound HBONE denied");
+            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, trace = request.traceparent.as_deref(), "inbound HBONE denied");
             return Err(refusal);
         }
         tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
@@ -171,7 +171,7 @@ impl Handler for Delivery {
         // `sent` went to the app: it is what the source sent.
         self.context.metrics.closed(&self.labels(request), sent, received);
         let destination = self.pod.identity(&self.context.trust_domain);
-        tracing::info!(src = %request.peer, dst = %destination, target = %request.target, sent, received, "inbound HBONE closed");
+        tracing::info!(src = %request.peer, dst = %destination, target = %request.target, sent, received, trace = request.traceparent.as_deref(), "inbound HBONE closed");
     }
 
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {

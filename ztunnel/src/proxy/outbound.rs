@@ -9,7 +9,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 
 use super::{Context, Pod, canonical, connect_in, original_dst};
 use crate::{
-    hbone::{self, server::drained},
+    hbone::{self, client::Origin, server::drained},
     inpod::netns::Netns,
     metrics::Reporter,
     relay,
@@ -157,20 +157,27 @@ async fn proxy(
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
+    // One trace id for this connection, whichever endpoint takes it.
+    let traceparent = Origin::traceparent();
     let mut last_error = None;
     for route in routes(context, target)? {
         match route {
             Route::Tunnel(workload, addr) => {
                 let cert = context.identities.fetch(&source).await?;
                 let expected = workload.identity(&context.trust_domain);
-                let tunnel = match context.pool.open(netns, &cert, &expected, addr, peer).await {
-                    Ok(tunnel) => tunnel,
-                    Err(error) => {
-                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
-                        last_error = Some(Error::Tunnel(error));
-                        continue;
-                    }
+                let origin = Origin {
+                    source: peer,
+                    baggage: Origin::baggage_of(&pod.namespace, &context.metrics_name(pod, peer.ip())),
                 };
+                let tunnel =
+                    match context.pool.open(netns, &cert, &expected, addr, &origin, &traceparent).await {
+                        Ok(tunnel) => tunnel,
+                        Err(error) => {
+                            tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                            last_error = Some(Error::Tunnel(error));
+                            continue;
+                        }
+                    };
                 let labels = context.labels(
                     Reporter::Source,
                     Some((&context.metrics_name(pod, peer.ip()), &pod.namespace, &source)),
@@ -188,7 +195,7 @@ async fn proxy(
                 let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
-                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, sent, received, "outbound via HBONE closed");
+                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, sent, received, trace = %traceparent, "outbound via HBONE closed");
             }
             Route::Direct(addr) => {
                 let mut upstream = match connect_in(netns, addr).await {

@@ -155,15 +155,17 @@ impl Pool {
     }
 
     /// Opens a stream to `target` (a meshed workload proving `expected`) on behalf of the
-    /// workload holding `cert`, whose connection came from `source`.
+    /// workload holding `cert`, whose connection came from `origin`, tagged `traceparent`.
     pub async fn open(
         &self,
         netns: &Netns,
         cert: &WorkloadCert,
         expected: &Identity,
         target: SocketAddr,
-        source: SocketAddr,
+        origin: &hbone::client::Origin,
+        traceparent: &str,
     ) -> Result<Tunnel, hbone::client::Error> {
+        let source = origin.source;
         let key = (cert.identity.clone(), expected.clone(), target.ip(), source.ip().to_canonical());
         let slot = self.connections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
         // A pooled connection that fails is dropped and the open tried once more, on a new one.
@@ -205,10 +207,12 @@ impl Pool {
                     }
                 }
             };
-            match connection.open(target, source).await {
+            match connection.open(target, origin, traceparent).await {
                 Ok(stream) => return Ok(Tunnel { stream, _active: active }),
-                // The peer answered: the connection is fine.
-                Err(error @ hbone::client::Error::Refused { .. }) => return Err(error),
+                // The peer answered, or the request was never sent: the connection is fine.
+                Err(error @ (hbone::client::Error::Refused { .. } | hbone::client::Error::BadRequest(_))) => {
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::debug!(%error, "HBONE connection unusable; dropped from the pool");
                     lock(&slot).pooled.retain(|pooled| !Arc::ptr_eq(&pooled.active, &active.0));
