@@ -6,11 +6,13 @@
 //! - any DENY policy that matches denies; else, with no ALLOW policy, the connection is allowed;
 //!   else one ALLOW policy must match.
 //!
-//! A policy matches when one of its groups does; a group when all its rules do; a rule when one
-//! of its matches does; a match when every field it sets does (a field matches when one of its
-//! values does; a `not_` field when none does). A plaintext peer has no identity: it matches no
-//! `principals`/`namespaces` value and every `not_principals`/`not_namespaces` (so
-//! `DENY notPrincipals: ["*"]` refuses plaintext, as with Envoy's RBAC in Istio).
+//! A policy matches when one of its groups does; a group when all its rules do (a rule without
+//! matches counts as matched); a rule when one of its matches does; a match when it sets some
+//! field and every field it sets does (a field matches when one of its values does; a `not_`
+//! field when none does) — a match that sets nothing matches nothing, as in Istio's ztunnel. A
+//! plaintext peer has no identity: it matches no `principals`/`namespaces`/`service_accounts`
+//! value and every `not_` one (so `DENY notPrincipals: ["*"]` refuses plaintext, as with Envoy's
+//! RBAC in Istio). A dry-run policy is never enforced.
 use std::net::{IpAddr, SocketAddr};
 
 use serde::Serialize;
@@ -45,6 +47,8 @@ pub struct Policy {
     pub action: Action,
     /// ORed. None: the policy matches nothing (an ALLOW without rules allows nothing).
     pub groups: Vec<Vec<Rule>>,
+    /// Never enforced: what it would decide is only logged.
+    pub dry_run: bool,
 }
 
 /// ORed matches (one rule of a group: Istio's `from`, `to` or a `when` condition).
@@ -64,6 +68,21 @@ pub struct Match {
     pub not_destination_ips: Vec<Cidr>,
     pub destination_ports: Vec<u16>,
     pub not_destination_ports: Vec<u16>,
+    pub service_accounts: Vec<ServiceAccount>,
+    pub not_service_accounts: Vec<ServiceAccount>,
+}
+
+/// A peer's namespace and service account, both exact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceAccount {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl ServiceAccount {
+    fn matches(&self, identity: &Identity) -> bool {
+        identity.namespace == self.namespace && identity.service_account == self.service_account
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -219,11 +238,18 @@ impl<'a> Facts<'a> {
     }
 }
 
-/// Istio's order: DENY first, then ALLOW if any applies.
+/// Istio's order: DENY first, then ALLOW if any applies. Dry-run policies take no part.
 pub fn decide<'a>(policies: impl IntoIterator<Item = &'a Policy>, connection: &Connection) -> Verdict {
     let facts = Facts::of(connection);
     let mut allows = Vec::new();
     for policy in policies {
+        if policy.dry_run {
+            if policy.matches_facts(&facts) {
+                tracing::info!(policy = %policy.key(), action = ?policy.action, source = ?connection.source.map(ToString::to_string),
+                    destination = %connection.destination, "dry-run policy matched (not enforced)");
+            }
+            continue;
+        }
         match policy.action {
             Action::Deny if policy.matches_facts(&facts) => return Verdict::Denied { policy: policy.key() },
             Action::Deny => {}
@@ -241,10 +267,17 @@ pub fn decide<'a>(policies: impl IntoIterator<Item = &'a Policy>, connection: &C
 
 impl Match {
     fn matches(&self, facts: &Facts) -> bool {
+        if *self == Match::default() {
+            return false;
+        }
         let connection = facts.connection;
         let namespace = connection.source.map(|id| id.namespace.as_str());
         let destination = connection.destination;
+        let source = connection.source;
         strings(&self.namespaces, &self.not_namespaces, namespace)
+            && values(&self.service_accounts, &self.not_service_accounts, |account| {
+                source.is_some_and(|identity| account.matches(identity))
+            })
             && strings(&self.principals, &self.not_principals, facts.principal())
             && values(&self.source_ips, &self.not_source_ips, |cidr| cidr.contains(connection.source_ip))
             && values(&self.destination_ips, &self.not_destination_ips, |cidr| {

@@ -602,6 +602,7 @@ mod tests {
             scope,
             action: Action::Allow,
             groups: vec![],
+            dry_run: false,
         };
         let named = |policy: Policy| (policy.key(), "1".to_owned(), policy);
         let state = State::default();
@@ -691,6 +692,7 @@ mod tests {
             scope: Scope::WorkloadSelector,
             action: Action::Deny,
             groups: vec![vec![]],
+            dry_run: false,
         };
         state.apply_policies(Update {
             changed: vec![("ns/deny-all".into(), "1".into(), deny_all)],

@@ -178,13 +178,28 @@ pub fn convert(policy: &AuthorizationPolicy, root_namespace: &str) -> Converted 
             }
         })
         .collect();
+    // Istio's annotation: evaluated and logged by the proxies, never enforced.
+    let dry_run = policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(DRY_RUN))
+        .is_some_and(|value| value.eq_ignore_ascii_case("true"));
+    if dry_run {
+        notes.push(format!("dry run ({DRY_RUN}): proxies log what it would decide and enforce nothing"));
+    }
     let authorization =
-        api::Authorization { name, namespace, scope: scope.into(), action: action.into(), groups };
+        api::Authorization { name, namespace, scope: scope.into(), action: action.into(), groups, dry_run };
     Converted { authorization: Some(authorization), selector, notes }
 }
 
+/// The annotation marking a policy dry-run, Istio's own.
+pub const DRY_RUN: &str = "istio.io/dry-run";
+
 /// One rule as a group (`from` AND `to` AND each condition), without the fields a node proxy
-/// cannot check, and what those were.
+/// cannot check, and what those were. A `from`, `to` or condition of which nothing is left (or
+/// nothing was set) constrains nothing: it becomes a rule without matches, which matches
+/// everything, since proxies (Istio's too) match nothing with a match that sets nothing.
 fn group(rule: &Rule) -> (api::Group, Vec<String>) {
     let mut unenforceable = Vec::new();
     let mut rules = Vec::new();
@@ -198,6 +213,11 @@ fn group(rule: &Rule) -> (api::Group, Vec<String>) {
     }
     for condition in &rule.when {
         rules.push(api::Rules { matches: vec![self::condition(condition, &mut unenforceable)] });
+    }
+    for clause in &mut rules {
+        if clause.matches.iter().any(|one| *one == api::Match::default()) {
+            clause.matches.clear();
+        }
     }
     (api::Group { rules }, unenforceable)
 }

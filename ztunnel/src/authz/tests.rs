@@ -10,7 +10,14 @@ fn connection<'a>(source: Option<&'a Identity>, source_ip: &str, destination: &s
 }
 
 fn policy(name: &str, action: Action, groups: Vec<Vec<Rule>>) -> Policy {
-    Policy { name: name.into(), namespace: "shop".into(), scope: Scope::Namespace, action, groups }
+    Policy {
+        name: name.into(),
+        namespace: "shop".into(),
+        scope: Scope::Namespace,
+        action,
+        groups,
+        dry_run: false,
+    }
 }
 
 fn principal(exact: &str) -> Match {
@@ -131,4 +138,46 @@ fn address_ranges_of_both_families_and_mapped_addresses() {
     let only_host = policy("h", Action::Allow, vec![vec![vec![from_host]]]);
     assert!(only_host.matches(&connection(None, "10.0.0.1", "10.0.1.1:80")));
     assert!(!only_host.matches(&connection(None, "10.0.0.2", "10.0.1.1:80")));
+}
+
+/// As Istio's ztunnel decides policies istiod produces: a match that sets no field matches
+/// nothing (only a rule without matches matches everything).
+#[test]
+fn a_match_with_every_field_empty_matches_nothing() {
+    let web = identity("shop", "web");
+    let any = connection(Some(&web), "10.0.0.1", "10.0.1.1:80");
+    let empty = vec![vec![vec![Match::default()]]];
+    assert!(decide([&policy("deny-empty", Action::Deny, empty.clone())], &any).allowed());
+    assert!(!decide([&policy("allow-empty", Action::Allow, empty)], &any).allowed());
+}
+
+#[test]
+fn service_accounts_match_namespace_and_account_exactly_and_never_plaintext() {
+    let web = identity("shop", "web");
+    let elsewhere = identity("other", "web");
+    let account = |namespace: &str, name: &str| ServiceAccount {
+        namespace: namespace.into(),
+        service_account: name.into(),
+    };
+    let only_web = Match { service_accounts: vec![account("shop", "web")], ..Match::default() };
+    let allow = policy("allow-web", Action::Allow, vec![vec![vec![only_web]]]);
+    assert!(decide([&allow], &connection(Some(&web), "10.0.0.1", "10.0.1.1:80")).allowed());
+    assert!(!decide([&allow], &connection(Some(&elsewhere), "10.0.0.1", "10.0.1.1:80")).allowed());
+    assert!(!decide([&allow], &connection(None, "10.0.0.1", "10.0.1.1:80")).allowed());
+    let not_web = Match { not_service_accounts: vec![account("shop", "web")], ..Match::default() };
+    let deny = policy("deny-others", Action::Deny, vec![vec![vec![not_web]]]);
+    assert!(decide([&deny], &connection(Some(&web), "10.0.0.1", "10.0.1.1:80")).allowed());
+    assert!(!decide([&deny], &connection(Some(&elsewhere), "10.0.0.1", "10.0.1.1:80")).allowed());
+    assert!(!decide([&deny], &connection(None, "10.0.0.1", "10.0.1.1:80")).allowed(), "plaintext is not web");
+}
+
+#[test]
+fn a_dry_run_policy_never_enforces() {
+    let web = identity("shop", "web");
+    let any = connection(Some(&web), "10.0.0.1", "10.0.1.1:80");
+    let deny_all = Policy { dry_run: true, ..policy("deny-all", Action::Deny, vec![vec![]]) };
+    assert_eq!(decide([&deny_all], &any), Verdict::AllowedByDefault);
+    // A dry-run ALLOW does not make the workload allow-only either.
+    let allow_none = Policy { dry_run: true, ..policy("allow-none", Action::Allow, vec![]) };
+    assert_eq!(decide([&allow_none], &any), Verdict::AllowedByDefault);
 }

@@ -127,7 +127,14 @@ fn policy(authorization: security::Authorization) -> Result<Policy, String> {
                 .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<_, _>>()?;
-    Ok(Policy { name: authorization.name, namespace: authorization.namespace, scope, action, groups })
+    Ok(Policy {
+        name: authorization.name,
+        namespace: authorization.namespace,
+        scope,
+        action,
+        groups,
+        dry_run: authorization.dry_run,
+    })
 }
 
 fn policy_match(one: security::Match) -> Result<authz::Match, String> {
@@ -150,7 +157,13 @@ fn policy_match(one: security::Match) -> Result<authz::Match, String> {
         not_destination_ips: cidrs(one.not_destination_ips)?,
         destination_ports: ports(one.destination_ports)?,
         not_destination_ports: ports(one.not_destination_ports)?,
+        service_accounts: one.service_accounts.into_iter().map(service_account).collect(),
+        not_service_accounts: one.not_service_accounts.into_iter().map(service_account).collect(),
     })
+}
+
+fn service_account(one: security::ServiceAccountMatch) -> authz::ServiceAccount {
+    authz::ServiceAccount { namespace: one.namespace, service_account: one.service_account }
 }
 
 fn string_match(one: security::StringMatch) -> Result<StringMatch, String> {
@@ -310,6 +323,7 @@ mod tests {
             scope: security::Scope::WorkloadSelector.into(),
             action: security::Action::Allow.into(),
             groups: vec![security::Group { rules: vec![security::Rules { matches: vec![matches] }] }],
+            dry_run: false,
         }
     }
 

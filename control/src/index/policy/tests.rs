@@ -122,8 +122,9 @@ fn what_node_proxies_cannot_check_never_makes_a_policy_allow_more() {
     assert_eq!(authorization.groups.len(), 3);
     // The method is ignored, the port kept: every connection to port 80 is denied.
     assert_eq!(authorization.groups[0].rules[0].matches[0].destination_ports, [80]);
-    // One bad address drops the whole field (never a narrower list): every source is denied.
-    assert!(authorization.groups[1].rules[0].matches[0].source_ips.is_empty());
+    // One bad address drops the whole field (never a narrower list): every source is denied,
+    // by a rule without matches (a match that sets nothing would match nothing).
+    assert!(authorization.groups[1].rules[0].matches.is_empty(), "{:?}", authorization.groups[1]);
     assert!(deny.notes.iter().all(|note| note.contains("denies more")), "{:?}", deny.notes);
     let when = convert(
         &policy(
@@ -133,6 +134,20 @@ fn what_node_proxies_cannot_check_never_makes_a_policy_allow_more() {
         "weft-system",
     );
     assert!(when.notes[0].contains("request.headers[x] is not an L4 attribute"), "{:?}", when.notes);
+    let [group] = when.authorization.as_ref().unwrap().groups.clone().try_into().unwrap();
+    assert!(group.rules.iter().all(|rule| rule.matches.is_empty()), "denies every connection: {group:?}");
+}
+
+#[test]
+fn istios_dry_run_annotation_makes_a_policy_that_is_never_enforced() {
+    let mut dry = policy("shop", serde_json::json!({ "action": "DENY", "rules": [{}] }));
+    dry.metadata.annotations = Some([(DRY_RUN.to_owned(), "true".to_owned())].into());
+    let converted = convert(&dry, "weft-system");
+    assert!(converted.authorization.unwrap().dry_run);
+    assert!(converted.notes.iter().any(|note| note.contains("dry run")), "{:?}", converted.notes);
+    let enforced =
+        convert(&policy("shop", serde_json::json!({ "action": "DENY", "rules": [{}] })), "weft-system");
+    assert!(!enforced.authorization.unwrap().dry_run);
 }
 
 #[test]
