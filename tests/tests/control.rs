@@ -45,7 +45,7 @@ fn sign_from(
             // node's namespace: the fabric address means nothing (or somewhere else) outside.
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let ca = GrpcCa::new(&address, &root, &token).unwrap();
+                let ca = GrpcCa::new(&address, &root, &token, &Default::default()).unwrap();
                 // The chain as the wire had it: leaf, intermediate, and the trust bundle last.
                 let issued = ca.sign(&identity, &csr, Duration::from_secs(3600)).await?;
                 Ok([issued.chain, issued.roots].concat())

@@ -37,6 +37,8 @@ pub struct Config {
     /// Connections one pod may have through the proxy at once (outbound, plaintext inbound and
     /// HBONE connections; each HBONE connection carries at most 200 streams).
     pub max_connections_per_pod: usize,
+    /// Who this proxy is, for the control plane.
+    pub proxy: crate::control::ProxyMeta,
 }
 
 /// Where the proxy learns the mesh's workloads and services.
@@ -150,7 +152,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 address: address.clone(),
                 root_file: root_file.clone(),
                 token_file: token_file.clone(),
-                node_id: format!("weft-ztunnel~{}", std::process::id()),
+                proxy: config.proxy.clone(),
             };
             xds = Some(tokio::spawn(crate::xds::run(source, state.clone())));
         }
@@ -158,7 +160,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let ca: Arc<dyn CaClient> = match &config.ca {
         CaConfig::Grpc { address, root_file, token_file } => {
             read_root(root_file)?;
-            Arc::new(GrpcCa::new(address, root_file, token_file)?)
+            Arc::new(GrpcCa::new(address, root_file, token_file, &config.proxy)?)
         }
         CaConfig::DevFiles(dir) => Arc::new(FileCa::load(dir)?),
     };

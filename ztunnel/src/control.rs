@@ -77,3 +77,90 @@ pub fn bearer(token_file: &Path) -> Result<MetadataValue<tonic::metadata::Ascii>
         .map_err(|error| format!("token {}: {error}", token_file.display()))?;
     format!("Bearer {}", token.trim()).parse().map_err(|_| "token is not a valid header value".to_owned())
 }
+
+/// Who this node proxy is, told to the control plane as Istio's ztunnel tells istiod: the `Node`
+/// of every xDS request (`ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`, with
+/// the metadata istiod reads) and the `clusterid` header of every CA request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyMeta {
+    pub pod_name: String,
+    pub namespace: String,
+    pub node_name: String,
+    /// The proxy pod's address.
+    pub ip: String,
+    /// The cluster's name in a multi-cluster mesh (Istio's default: `Kubernetes`).
+    pub cluster_id: String,
+}
+
+impl Default for ProxyMeta {
+    fn default() -> Self {
+        Self {
+            pod_name: String::new(),
+            namespace: String::new(),
+            node_name: String::new(),
+            ip: String::new(),
+            cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
+        }
+    }
+}
+
+/// Istio's name for a cluster nobody named.
+pub const DEFAULT_CLUSTER_ID: &str = "Kubernetes";
+
+impl ProxyMeta {
+    /// The xDS `Node`.
+    pub fn node(&self) -> weft_api::discovery::Node {
+        let string = |value: &str| prost_types::Value {
+            kind: Some(prost_types::value::Kind::StringValue(value.to_owned())),
+        };
+        let fields = [
+            ("NAME", &self.pod_name),
+            ("NAMESPACE", &self.namespace),
+            ("INSTANCE_IPS", &self.ip),
+            ("NODE_NAME", &self.node_name),
+            ("CLUSTER_ID", &self.cluster_id),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), string(value)))
+        .collect();
+        let Self { pod_name, namespace, ip, .. } = self;
+        weft_api::discovery::Node {
+            id: format!("ztunnel~{ip}~{pod_name}.{namespace}~{namespace}.svc.cluster.local"),
+            metadata: Some(prost_types::Struct { fields }),
+            ..Default::default()
+        }
+    }
+
+    /// The `clusterid` header of CA requests, as Istio's ztunnel sends it.
+    pub fn cluster_header(&self) -> Result<MetadataValue<tonic::metadata::Ascii>, String> {
+        self.cluster_id.parse().map_err(|_| format!("cluster id {:?} is not a header value", self.cluster_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_reads_as_istios_ztunnel_names_itself() {
+        let meta = ProxyMeta {
+            pod_name: "ztunnel-x1".into(),
+            namespace: "weft-system".into(),
+            node_name: "node0".into(),
+            ip: "10.244.0.3".into(),
+            ..ProxyMeta::default()
+        };
+        let node = meta.node();
+        assert_eq!(node.id, "ztunnel~10.244.0.3~ztunnel-x1.weft-system~weft-system.svc.cluster.local");
+        let fields = node.metadata.unwrap().fields;
+        let field = |key: &str| match &fields[key].kind {
+            Some(prost_types::value::Kind::StringValue(value)) => value.clone(),
+            other => panic!("{key}: {other:?}"),
+        };
+        assert_eq!(
+            (field("NAMESPACE"), field("NODE_NAME"), field("CLUSTER_ID"), field("INSTANCE_IPS")),
+            ("weft-system".into(), "node0".into(), "Kubernetes".into(), "10.244.0.3".into())
+        );
+        assert_eq!(meta.cluster_header().unwrap(), "Kubernetes");
+    }
+}

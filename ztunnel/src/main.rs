@@ -65,6 +65,19 @@ struct Args {
     /// descriptor of the node's proxy; more are closed as they arrive.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = 16384)]
     max_connections_per_pod: usize,
+    /// This proxy's pod, namespace, node and address (the downward API), told to the control
+    /// plane as Istio's ztunnel tells istiod.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pod_namespace: String,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    instance_ip: String,
+    /// The cluster's name in a multi-cluster mesh.
+    #[arg(long, env = "CLUSTER_ID", default_value = weft_ztunnel::control::DEFAULT_CLUSTER_ID)]
+    cluster_id: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -110,6 +123,13 @@ fn main() -> anyhow::Result<()> {
             idle_timeout: Duration::from_secs(args.pool_idle_seconds),
         },
         max_connections_per_pod: args.max_connections_per_pod,
+        proxy: weft_ztunnel::control::ProxyMeta {
+            pod_name: args.pod_name,
+            namespace: args.pod_namespace,
+            node_name: args.node_name,
+            ip: args.instance_ip,
+            cluster_id: args.cluster_id,
+        },
     };
     match weft_ztunnel::rlimit::raise_open_files() {
         Ok(limit) => tracing::info!(open_files = limit, "open file limit"),

@@ -41,6 +41,9 @@ pub struct Workload {
     pub uid: String,
     pub name: String,
     pub namespace: String,
+    /// Its identity's trust domain when not the mesh's own (a workload of another mesh).
+    #[serde(default)]
+    pub trust_domain: Option<String>,
     /// The workload it belongs to (its Deployment, ...): what metrics name it by.
     #[serde(default)]
     pub workload_name: String,
@@ -68,8 +71,13 @@ fn healthy() -> bool {
 }
 
 impl Workload {
+    /// Its SPIFFE identity: in its own trust domain if it has one, else in `trust_domain`.
     pub fn identity(&self, trust_domain: &str) -> Identity {
-        Identity::new(trust_domain, &self.namespace, &self.service_account)
+        Identity::new(
+            self.trust_domain.as_deref().unwrap_or(trust_domain),
+            &self.namespace,
+            &self.service_account,
+        )
     }
 
     /// The name metrics label it with: its workload's (as Istio's `source_workload`), or the
@@ -470,6 +478,7 @@ mod tests {
 
     fn workload(uid: &str, ip: &str) -> Workload {
         Workload {
+            trust_domain: None,
             uid: uid.into(),
             name: uid.into(),
             namespace: "ns".into(),

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_api::{
     discovery::{
-        DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status,
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, Status,
         aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
     },
     security::AUTHORIZATION_TYPE,
@@ -36,8 +36,8 @@ pub struct Config {
     /// The trust bundle file, read again at every reconnect.
     pub root_file: PathBuf,
     pub token_file: PathBuf,
-    /// This proxy's name for the server's logs (`Node.id`).
-    pub node_id: String,
+    /// Who this proxy is (every request's `Node`).
+    pub proxy: crate::control::ProxyMeta,
 }
 
 /// Why a stream ended.
@@ -90,7 +90,7 @@ async fn session(
     received: &mut bool,
 ) -> Result<(), Error> {
     let (requests, outgoing) = mpsc::channel(8);
-    let node = Node { id: config.node_id.clone(), ..Default::default() };
+    let node = config.proxy.node();
     // Resume: name the versions held (local-file entries have none).
     let held = |versions: std::collections::HashMap<String, String>| {
         versions.into_iter().filter(|(_, version)| !version.is_empty()).collect()

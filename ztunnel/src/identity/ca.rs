@@ -77,15 +77,22 @@ pub trait CaClient: Send + Sync + 'static {
 pub struct GrpcCa {
     channels: crate::control::Channels,
     token_file: std::path::PathBuf,
+    cluster: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl GrpcCa {
     /// `address`: `https://host:port`. Connects lazily; a CA that is down fails requests, not
     /// construction. Call it inside the runtime that will use it (see [`crate::control::Channels`]).
-    pub fn new(address: &str, root_file: &Path, token_file: &Path) -> Result<Self, Error> {
+    pub fn new(
+        address: &str,
+        root_file: &Path,
+        token_file: &Path,
+        proxy: &crate::control::ProxyMeta,
+    ) -> Result<Self, Error> {
         let channels = crate::control::Channels::new(address, root_file, Some(Duration::from_secs(10)))
             .map_err(Error::Material)?;
-        Ok(Self { channels, token_file: token_file.to_owned() })
+        let cluster = proxy.cluster_header().map_err(Error::Material)?;
+        Ok(Self { channels, token_file: token_file.to_owned(), cluster })
     }
 }
 
@@ -113,6 +120,7 @@ impl CaClient for GrpcCa {
                 metadata: Some(metadata),
             });
             request.metadata_mut().insert("authorization", bearer);
+            request.metadata_mut().insert("clusterid", self.cluster.clone());
             let channel = self.channels.get().map_err(Error::Unavailable)?;
             let mut client =
                 weft_api::ca::istio_certificate_service_client::IstioCertificateServiceClient::new(channel);

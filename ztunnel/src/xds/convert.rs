@@ -54,11 +54,13 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
     let protocol = match api::TunnelProtocol::try_from(workload.tunnel_protocol) {
         Ok(api::TunnelProtocol::Hbone) => TunnelProtocol::Hbone,
         Ok(api::TunnelProtocol::None) => TunnelProtocol::None,
+        // A protocol of a newer control plane (Istio's LEGACY_ISTIO_MTLS, say) is no reason to
+        // refuse the rest of the response: this proxy cannot tunnel to the workload, and
+        // reaches it as it would reach an unknown address, as sent.
         Err(_) => {
-            return Err(format!(
-                "workload {}: unknown tunnel protocol {}",
-                workload.uid, workload.tunnel_protocol
-            ));
+            tracing::warn!(uid = %workload.uid, protocol = workload.tunnel_protocol,
+                "unknown tunnel protocol: the workload is reached as sent");
+            TunnelProtocol::None
         }
     };
     let addresses = workload
@@ -91,6 +93,7 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         } else {
             workload.service_account
         },
+        trust_domain: (!workload.trust_domain.is_empty()).then_some(workload.trust_domain),
         uid: workload.uid,
         name: workload.name,
         namespace: workload.namespace,
@@ -303,11 +306,25 @@ mod tests {
             workload.uid.clear();
         }
         assert!(update(&response(no_uid)).unwrap_err().contains("no uid"));
-        let mut bad_protocol = workload(vec![]);
-        if let Some(api::address::Type::Workload(workload)) = &mut bad_protocol.r#type {
-            workload.tunnel_protocol = 7;
+    }
+
+    /// What a newer control plane (istiod) may send is no reason to refuse the response.
+    #[test]
+    fn an_unknown_tunnel_protocol_is_reached_as_sent_and_another_trust_domain_is_kept() {
+        let mut newer = workload(vec![vec![10, 0, 0, 1]]);
+        if let Some(api::address::Type::Workload(workload)) = &mut newer.r#type {
+            workload.tunnel_protocol = 2; // Istio's LEGACY_ISTIO_MTLS
+            workload.trust_domain = "other.mesh".into();
+            workload.namespace = "shop".into();
+            workload.service_account = "web".into();
         }
-        assert!(update(&response(bad_protocol)).is_err());
+        let converted = update(&response(newer)).unwrap();
+        let Address::Workload(converted) = &converted.changed[0].2 else { panic!("not a workload") };
+        assert_eq!(converted.protocol, TunnelProtocol::None);
+        assert_eq!(converted.identity("cluster.local").to_string(), "spiffe://other.mesh/ns/shop/sa/web");
+        let ours = update(&response(workload(vec![]))).unwrap();
+        let Address::Workload(ours) = &ours.changed[0].2 else { panic!("not a workload") };
+        assert!(ours.identity("cluster.local").to_string().starts_with("spiffe://cluster.local/"));
     }
 
     fn authorization(authorization: security::Authorization) -> DeltaDiscoveryResponse {
