@@ -75,9 +75,8 @@ impl Server {
         if hello.version != zds::Version::V1 as i32 {
             return Err(Error::Version(hello.version));
         }
-        let proxy_cgroup =
-            crate::proxy_cgroup::of_peer(channel.as_fd(), &self.proc_root).map_err(Error::Peer)?;
-        Ok(Session { channel, proxy_cgroup, broken: std::sync::atomic::AtomicBool::new(false) })
+        let peer = crate::proxy_cgroup::of_peer(channel.as_fd(), &self.proc_root).map_err(Error::Peer)?;
+        Ok(Session { channel, peer, broken: std::sync::atomic::AtomicBool::new(false) })
     }
 }
 
@@ -85,7 +84,7 @@ impl Server {
 #[derive(Debug)]
 pub struct Session {
     channel: Channel,
-    proxy_cgroup: PathBuf,
+    peer: crate::proxy_cgroup::Peer,
     /// Set when a request timed out or the channel failed: the conversation is out of step
     /// (a late answer would be taken for the next request's), so the session must be dropped.
     broken: std::sync::atomic::AtomicBool,
@@ -100,7 +99,14 @@ impl Session {
 
     /// The cgroup v2 directory the connected proxy runs in.
     pub fn proxy_cgroup(&self) -> &Path {
-        &self.proxy_cgroup
+        &self.peer.cgroup
+    }
+
+    /// Whether this session's proxy started after `other`'s: during an upgrade (the DaemonSet
+    /// surges: the new proxy starts while the old one still runs) the newer one takes the
+    /// node's pods over, and an older one that reconnects is turned away.
+    pub fn newer_than(&self, other: &Session) -> bool {
+        self.peer.started >= other.peer.started
     }
 
     /// Hands `pod` over and returns once ztunnel has bound its listeners.

@@ -109,9 +109,18 @@ pub async fn run<C: Capture>(
             () = &mut shutdown => break,
             Some(()) = changed.recv() => {}
             _ = retry.tick() => {}
-            accepted = server.accept(), if agent.session.is_none() => match accepted {
+            // Always listening: during an upgrade the new ztunnel connects while the old one
+            // still serves; the newer takes the pods over (its listeners replace the old ones'),
+            // the older, once dropped, keeps only what it already carries, and drains.
+            accepted = server.accept() => match accepted {
+                Ok(session) if agent.session.as_ref().is_some_and(|current| !session.newer_than(current)) => {
+                    tracing::info!("an older ztunnel connected while a newer one serves the node; refused");
+                }
                 Ok(session) => match agent.capture.trust_proxy_cgroup(session.proxy_cgroup()) {
                     Ok(()) => {
+                        if agent.session.is_some() {
+                            tracing::info!("a newer ztunnel connected; it takes the node's pods over");
+                        }
                         tracing::info!("ztunnel connected; sending the snapshot");
                         agent.session = Some(session);
                         let now_wanted = wanted(&pods, &namespaces);

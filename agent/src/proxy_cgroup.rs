@@ -11,6 +11,9 @@
 //! 3. that process's cgroup v2 path, from `<proc root>/<pid>/cgroup`, read again in the host's
 //!    cgroup namespace when it lies outside the agent's own (a container's);
 //! 4. that path under the cgroup v2 mount.
+//!
+//! The process's start time comes along: during an upgrade two proxies run on the node, and the
+//! newer one takes over ([`crate::handoff`]).
 use std::{
     fs::File,
     io,
@@ -23,10 +26,22 @@ use crate::{
     netlink::{Netlink, find_u32},
 };
 
-/// The cgroup v2 directory of the process at the other end of the unix socket `socket`.
-pub fn of_peer(socket: BorrowedFd<'_>, proc_root: &Path) -> io::Result<PathBuf> {
+/// The process at the other end of a handoff connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Its cgroup v2 directory.
+    pub cgroup: PathBuf,
+    /// When it started, in clock ticks since boot (`/proc/<pid>/stat`'s 22nd field): orders
+    /// two proxies of one node.
+    pub started: u64,
+}
+
+/// The process at the other end of the unix socket `socket`.
+pub fn of_peer(socket: BorrowedFd<'_>, proc_root: &Path) -> io::Result<Peer> {
     let inode = peer_inode(socket)?;
     let pid = holder(proc_root, inode)?;
+    let started = start_time(&std::fs::read_to_string(proc_root.join(&pid).join("stat"))?)
+        .ok_or_else(|| io::Error::other(format!("process {pid}: no start time in its stat")))?;
     let cgroup_file = proc_root.join(&pid).join("cgroup");
     let mut text = std::fs::read_to_string(&cgroup_file)?;
     // Paths in a cgroup file are relative to the reader's cgroup namespace; one outside it (a
@@ -41,13 +56,22 @@ pub fn of_peer(socket: BorrowedFd<'_>, proc_root: &Path) -> io::Result<PathBuf> 
     let relative = unified_path(&text)
         .ok_or_else(|| io::Error::other(format!("process {pid} has no cgroup v2 path ({text:?})")))?;
     let mounts = cgroups::cgroup2_mounts(&cgroups::mountinfo());
-    mounts
+    let cgroup = mounts
         .iter()
         .map(|mount| mount.join(relative.trim_start_matches('/')))
         .find(|dir| dir.is_dir())
         .ok_or_else(|| {
             io::Error::other(format!("cgroup {relative} of process {pid} is under no cgroup2 mount"))
-        })
+        })?;
+    Ok(Peer { cgroup, started })
+}
+
+/// The start time in a `/proc/<pid>/stat` line: the 22nd field, counted after the command
+/// name, which is in parentheses and may hold spaces and parentheses itself.
+fn start_time(stat: &str) -> Option<u64> {
+    let (_, after_name) = stat.rsplit_once(')')?;
+    // Fields 3 (state) onwards; the 22nd is the 20th of these.
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The path in a `/proc/<pid>/cgroup` file's cgroup v2 line (`0::/path`).
@@ -137,8 +161,18 @@ mod tests {
             File::from(std::os::fd::OwnedFd::from(theirs.try_clone().unwrap())).metadata().unwrap().ino();
         assert_eq!(u64::from(inode), theirs_inode);
         assert_eq!(holder(Path::new("/proc"), inode).unwrap(), std::process::id().to_string());
-        let cgroup = of_peer(std::os::fd::AsFd::as_fd(&ours), Path::new("/proc")).unwrap();
+        let peer = of_peer(std::os::fd::AsFd::as_fd(&ours), Path::new("/proc")).unwrap();
         let own = unified_path(&std::fs::read_to_string("/proc/self/cgroup").unwrap()).unwrap().to_owned();
-        assert!(cgroup.ends_with(own.trim_start_matches('/')), "{} for {own}", cgroup.display());
+        assert!(peer.cgroup.ends_with(own.trim_start_matches('/')), "{} for {own}", peer.cgroup.display());
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(Some(peer.started), start_time(&stat));
+    }
+
+    #[test]
+    fn reads_the_start_time_past_a_command_name_with_spaces_and_parentheses() {
+        let fields: Vec<String> = (3..=22).map(|n| n.to_string()).collect();
+        let stat = format!("42 (a (b) c) {} 23 24\n", fields.join(" "));
+        assert_eq!(start_time(&stat), Some(22));
+        assert_eq!(start_time("42 (short) S 1"), None);
     }
 }

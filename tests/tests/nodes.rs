@@ -126,6 +126,14 @@ fn roll(cluster: &RealCluster, name: &str) {
     cluster.kubectl_ok(&["rollout", "restart", "-n", "weft-system", &format!("daemonset/{name}")]).unwrap();
 }
 
+/// Whether one of Weft's node proxies is shutting down.
+fn draining(cluster: &RealCluster) -> bool {
+    let selector = "app.kubernetes.io/name=weft-ztunnel";
+    let listed =
+        cluster.kubectl_ok(&["get", "pods", "-n", "weft-system", "-l", selector, "-o", "json"]).unwrap();
+    listed.contains("deletionTimestamp")
+}
+
 /// Waits until DaemonSet `name`'s rolling update has finished on every node.
 fn rolled(cluster: &RealCluster, name: &str) {
     let daemonset = format!("daemonset/{name}");
@@ -241,24 +249,32 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
         assert_eq!(chat.say("after the agents' update").unwrap(), "after the agents' update");
 
         roll(&cluster, "weft-ztunnel");
-        weft_tests::until("an old node proxy draining", WAIT, || {
-            let listed = cluster
-                .kubectl_ok(&[
-                    "get",
-                    "pods",
-                    "-n",
-                    "weft-system",
-                    "-l",
-                    "app.kubernetes.io/name=weft-ztunnel",
-                    "-o",
-                    "json",
-                ])
-                .unwrap();
-            listed.contains("deletionTimestamp")
-        })
-        .unwrap();
-        assert_eq!(chat.say("while draining").unwrap(), "while draining");
-        rolled(&cluster, "weft-ztunnel");
+        // New connections keep working throughout: each old node proxy hands its pods over to
+        // its successor, then drains what it still carries (the open connection among them).
+        let mut status = cluster.kubectl().unwrap();
+        status
+            .args(["rollout", "status", "-n", "weft-system", "daemonset/weft-ztunnel", "--timeout", "150s"])
+            .stdout(std::process::Stdio::piped());
+        let mut rollout = weft_tests::process::Process::start(status).unwrap();
+        let (mut failed, mut sent, mut chatted) = (Vec::new(), 0, false);
+        while !rollout.exited() {
+            if !client_reaches_echo(&cluster, &format!("during the proxies' update {sent}")) {
+                failed.push(sent);
+            }
+            sent += 1;
+            if !chatted && draining(&cluster) {
+                assert_eq!(chat.say("while draining").unwrap(), "while draining");
+                chatted = true;
+            }
+        }
+        let (rolled, status) = rollout.finish(WAIT).unwrap();
+        assert!(rolled, "{status}");
+        assert!(chatted, "no old node proxy was seen draining");
+        assert!(
+            failed.is_empty(),
+            "{} of {sent} new connections failed during the update: {failed:?}",
+            failed.len()
+        );
         assert!(client_reaches_echo(&cluster, &canary), "a new connection after the update");
     });
     assert_eq!(client_state(&client).await, (true, 0), "the client left the mesh or restarted");

@@ -85,22 +85,29 @@ impl Pods {
 }
 
 /// Serves the handoff socket at `path` until `shutdown` resolves, reconnecting when the agent
-/// restarts.
+/// restarts. Pods already held keep being served meanwhile. An agent that closes the connection
+/// before sending anything has turned this proxy away (a newer one serves the node during an
+/// upgrade): it is asked again ever less often, and this proxy keeps only what it carries.
 pub async fn run(path: PathBuf, pods: &mut Pods, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(50);
     loop {
+        let mut heard = false;
         let session = async {
             let channel = Channel::connect(&path).await.map_err(zds::Error::Io)?;
             tracing::info!(path = %path.display(), "connected to the agent");
-            serve(&channel, pods).await
+            serve(&channel, pods, &mut heard).await
         };
         tokio::select! {
             () = &mut shutdown => return,
             ended = session => match ended {
-                Err(zds::Error::Closed) => {
+                Err(zds::Error::Closed) if heard => {
                     tracing::info!("agent closed the handoff connection; reconnecting");
                     backoff = Duration::from_millis(50);
+                }
+                Err(zds::Error::Closed) => {
+                    tracing::info!("agent turned this proxy away (a newer one serves the node?); asking again later");
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
                 Err(error) => {
                     tracing::debug!(%error, "handoff connection failed; retrying");
@@ -116,11 +123,13 @@ pub async fn run(path: PathBuf, pods: &mut Pods, shutdown: impl std::future::Fut
     }
 }
 
-async fn serve(channel: &Channel, pods: &mut Pods) -> Result<(), zds::Error> {
+/// One handoff session; `heard` is set once the agent sent a request.
+async fn serve(channel: &Channel, pods: &mut Pods, heard: &mut bool) -> Result<(), zds::Error> {
     channel.send(&zds::ZdsHello { version: zds::Version::V1 as i32 }, None).await?;
     let mut announced: HashSet<String> = HashSet::new();
     loop {
         let (request, fd) = channel.recv::<WorkloadRequest>().await?;
+        *heard = true;
         let result = match request.payload {
             Some(Payload::Add(add)) => match fd {
                 Some(fd) => {
