@@ -62,6 +62,21 @@ impl Server {
         Ok(Self { listener: Listener::bind(path)?, proc_root: proc_root.to_owned() })
     }
 
+    /// Sessions as they arrive, accepted by a task of their own: a caller that `select!`s on the
+    /// receiver (which is cancel-safe) never drops a connection half-way through its hello.
+    pub fn incoming(self) -> tokio::sync::mpsc::Receiver<Result<Session, Error>> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            loop {
+                let accepted = self.accept().await;
+                if sender.send(accepted).await.is_err() {
+                    return;
+                }
+            }
+        });
+        receiver
+    }
+
     /// Waits for a ztunnel to connect and say hello, and finds its cgroup.
     pub async fn accept(&self) -> Result<Session, Error> {
         let channel = self.listener.accept().await.map_err(zds::Error::Io)?;
@@ -71,7 +86,9 @@ impl Server {
         if uid != unsafe { libc::geteuid() } {
             return Err(Error::Stranger(uid));
         }
-        let (hello, _) = channel.recv::<zds::ZdsHello>().await?;
+        let (hello, _) = tokio::time::timeout(REQUEST_TIMEOUT, channel.recv::<zds::ZdsHello>())
+            .await
+            .map_err(|_| Error::Timeout)??;
         if hello.version != zds::Version::V1 as i32 {
             return Err(Error::Version(hello.version));
         }

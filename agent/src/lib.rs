@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod datapath;
 pub mod enrollment;
 pub mod handoff;
+pub mod handover;
 pub mod netlink;
 pub mod node;
 pub mod podns;

@@ -21,7 +21,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     datapath::{Capture, PodAddrs},
-    enrollment, handoff, podns, return_path,
+    enrollment, handoff, handover, podns, return_path,
     status::{Stage, State, Status},
 };
 
@@ -100,7 +100,7 @@ pub async fn run<C: Capture>(
     tracing::info!(addr = %monitoring, "serving metrics and readiness");
     tracing::info!(addr = %admin, "serving config_dump, metrics and readiness");
     let _serving = AbortOnDrop(tokio::spawn(serving));
-    let server = handoff::Server::bind(&config.zds_socket, &config.proc_root)?;
+    let mut incoming = handoff::Server::bind(&config.zds_socket, &config.proc_root)?.incoming();
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
     tokio::pin!(shutdown);
@@ -110,9 +110,10 @@ pub async fn run<C: Capture>(
             Some(()) = changed.recv() => {}
             _ = retry.tick() => {}
             // Always listening: during an upgrade the new ztunnel connects while the old one
-            // still serves; the newer takes the pods over (its listeners replace the old ones'),
-            // the older, once dropped, keeps only what it already carries, and drains.
-            accepted = server.accept() => match accepted {
+            // still serves; the newer takes the pods over (its inbound listeners replace the old
+            // one's in capture; the other ports are shared by both until the old one stops and
+            // drains), and the older, once dropped, is turned away when it reconnects.
+            accepted = incoming.recv() => match accepted.ok_or_else(|| anyhow::anyhow!("the handoff listener stopped"))? {
                 Ok(session) if agent.session.as_ref().is_some_and(|current| !session.newer_than(current)) => {
                     tracing::info!("an older ztunnel connected while a newer one serves the node; refused");
                 }
@@ -165,6 +166,16 @@ pub async fn run<C: Capture>(
             tracing::warn!(%error, "cannot tell whether Weft is being removed; capture stays");
             Ok(Stopped::Kept)
         }
+    }
+}
+
+/// Undoes in a leaving pod's network namespace what enrollment set there for the proxy.
+fn restore_pod(uid: &str, netns: &std::fs::File, proc_root: &std::path::Path) {
+    if let Err(error) = handover::remove(netns, proc_root) {
+        tracing::warn!(pod = %uid, %error, "resetting request migration failed");
+    }
+    if let Err(error) = return_path::remove(netns, proc_root) {
+        tracing::warn!(pod = %uid, %error, "removing the return path failed");
     }
 }
 
@@ -290,6 +301,9 @@ impl<C: Capture> Agent<'_, C> {
         if let Err(error) = return_path::install(&netns, wanted.addrs, &self.config.proc_root) {
             tracing::warn!(pod = %uid, %error, "no return path: the app will see the pod's own address as its clients'");
         }
+        if let Err(error) = handover::install(&netns, &self.config.proc_root) {
+            tracing::warn!(pod = %uid, %error, "no request migration: a proxy upgrade may reset connections being accepted");
+        }
         let pod = handoff::Pod {
             uid: uid.to_owned(),
             name: wanted.name.clone(),
@@ -345,9 +359,7 @@ impl<C: Capture> Agent<'_, C> {
         {
             tracing::warn!(pod = %uid, %error, "ztunnel did not drop the pod");
         }
-        if let Err(error) = return_path::remove(&enrolled.netns, &self.config.proc_root) {
-            tracing::warn!(pod = %uid, %error, "removing the return path failed");
-        }
+        restore_pod(uid, &enrolled.netns, &self.config.proc_root);
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
         self.status.remove(uid);
     }
@@ -359,9 +371,7 @@ impl<C: Capture> Agent<'_, C> {
             if let Err(error) = self.capture.unenroll(enrolled.cookie) {
                 tracing::warn!(pod = %uid, %error, "un-enrolling failed");
             }
-            if let Err(error) = return_path::remove(&enrolled.netns, &self.config.proc_root) {
-                tracing::warn!(pod = %uid, %error, "removing the return path failed");
-            }
+            restore_pod(&uid, &enrolled.netns, &self.config.proc_root);
             tracing::info!(pod = %uid, name = %enrolled.wanted.name, "back to plain networking");
         }
     }

@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 /// How long one request may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// The same through the API server: a port-forward's set-up, then a big mesh's dump.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest answer read (a big mesh's `config_dump`).
 const MAX_ANSWER: usize = 64 << 20;
 
@@ -87,9 +89,9 @@ impl Endpoint {
                 let client =
                     client.context("no Kubernetes client (give --kubeconfig or run in a cluster)")?;
                 let pods = kube::Api::<Pod>::namespaced(client.clone(), namespace);
-                tokio::time::timeout(TIMEOUT, forwarded_get(&pods, name, *port, path))
+                tokio::time::timeout(FORWARD_TIMEOUT, forwarded_get(&pods, name, *port, path))
                     .await
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {TIMEOUT:?}")))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FORWARD_TIMEOUT:?}")))
             }
         };
         answer.with_context(|| format!("GET {path} from {self}"))

@@ -54,38 +54,33 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     /// Fills in, from Weft's pods in `weft-system`, the control plane's admin port (if not given)
-    /// and each node's agent and proxy admin ports (those not given explicitly).
+    /// and each node's agent and proxy admin ports (those not given explicitly). Each kind is
+    /// looked for on its own: what could not be listed is reported, the rest still found.
     pub async fn discover(&mut self) -> anyhow::Result<()> {
         let Some(client) = &self.client else { return Ok(()) };
         let pods: Api<Pod> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
-        let running = |label: &'static str| {
-            let pods = pods.clone();
-            async move {
-                let listed = pods
-                    .list(&ListParams::default().labels(label))
-                    .await
-                    .with_context(|| format!("listing Weft's pods ({label})"))?;
-                let running = listed.items.into_iter().filter(|pod| {
-                    pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
-                        && pod.metadata.deletion_timestamp.is_none()
-                });
-                anyhow::Ok(
-                    running
-                        .filter_map(|pod| Some((pod.metadata.name?, pod.spec?.node_name?)))
-                        .collect::<Vec<_>>(),
-                )
-            }
-        };
+        let mut failures = Vec::new();
         if self.control.is_none() {
-            let found = running(CONTROL_LABEL).await?;
-            if let Some((name, _)) = found.first() {
-                self.control = Some(Endpoint::pod(SYSTEM_NAMESPACE, name, CONTROL_ADMIN_PORT));
+            match running(&pods, CONTROL_LABEL).await {
+                Ok(found) => {
+                    if let Some((name, _)) = found.first() {
+                        self.control = Some(Endpoint::pod(SYSTEM_NAMESPACE, name, CONTROL_ADMIN_PORT));
+                    }
+                }
+                Err(error) => failures.push(format!("{error:#}")),
             }
         }
         for (label, port, is_agent) in
             [(AGENT_LABEL, AGENT_ADMIN_PORT, true), (ZTUNNEL_LABEL, ZTUNNEL_ADMIN_PORT, false)]
         {
-            for (name, node) in running(label).await? {
+            let found = match running(&pods, label).await {
+                Ok(found) => found,
+                Err(error) => {
+                    failures.push(format!("{error:#}"));
+                    continue;
+                }
+            };
+            for (name, node) in found {
                 let index = self.node_index(&node);
                 let slot =
                     if is_agent { &mut self.nodes[index].agent } else { &mut self.nodes[index].ztunnel };
@@ -93,6 +88,7 @@ impl Mesh {
             }
         }
         self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
         Ok(())
     }
 
@@ -135,20 +131,12 @@ impl Mesh {
 
     /// The control plane and every node: readiness, versions, proxies, pods.
     pub async fn status(&self) -> anyhow::Result<Value> {
-        let control_endpoint = self.control()?;
-        let dump = self.json(control_endpoint, "/config_dump").await;
-        let metrics = control_endpoint
-            .get(self.client.as_ref(), "/metrics")
-            .await
-            .map(|answer| answer.body)
-            .unwrap_or_default();
-        let control = json!({
-            "ready": self.ready(control_endpoint).await,
-            "config_version": dump.as_ref().ok().and_then(|dump| dump["version"].as_u64()),
-            "workloads": dump.as_ref().ok().and_then(|dump| dump["workloads"].as_array().map(Vec::len)),
-            "services": dump.as_ref().ok().and_then(|dump| dump["services"].as_array().map(Vec::len)),
-            "connected_proxies": metric(&metrics, "weft_control_xds_connected_proxies"),
-        });
+        let control = match self.control() {
+            Ok(endpoint) => self.control_status(endpoint).await,
+            // The nodes still say what they know.
+            Err(error) => json!({ "ready": format!("{error:#}") }),
+        };
+
         let mut nodes = Vec::new();
         for node in &self.nodes {
             let mut row = json!({ "node": node.name });
@@ -174,6 +162,23 @@ impl Mesh {
             nodes.push(row);
         }
         Ok(json!({ "control": control, "nodes": nodes }))
+    }
+
+    /// The control plane's row of [`Mesh::status`].
+    async fn control_status(&self, endpoint: &Endpoint) -> Value {
+        let dump = self.json(endpoint, "/config_dump").await;
+        let metrics = endpoint
+            .get(self.client.as_ref(), "/metrics")
+            .await
+            .map(|answer| answer.body)
+            .unwrap_or_default();
+        json!({
+            "ready": self.ready(endpoint).await,
+            "config_version": dump.as_ref().ok().and_then(|dump| dump["version"].as_u64()),
+            "workloads": dump.as_ref().ok().and_then(|dump| dump["workloads"].as_array().map(Vec::len)),
+            "services": dump.as_ref().ok().and_then(|dump| dump["services"].as_array().map(Vec::len)),
+            "connected_proxies": metric(&metrics, "weft_control_xds_connected_proxies"),
+        })
     }
 
     /// Every workload the control plane serves.
@@ -429,6 +434,25 @@ impl Mesh {
             .with_context(|| format!("labelling namespace {namespace}"))?;
         Ok(json!({ "namespace": namespace, "enrolled": enroll }))
     }
+}
+
+/// Weft's pods matching `label` that run and are not shutting down, newest first (during an
+/// upgrade a node has two proxies for a while; the newer one serves): `(name, node)`.
+async fn running(pods: &Api<Pod>, label: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let listed = pods
+        .list(&ListParams::default().labels(label))
+        .await
+        .with_context(|| format!("listing Weft's pods ({label})"))?;
+    let mut running: Vec<Pod> = listed
+        .items
+        .into_iter()
+        .filter(|pod| {
+            pod.status.as_ref().and_then(|status| status.phase.as_deref()) == Some("Running")
+                && pod.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    running.sort_by(|a, b| b.metadata.creation_timestamp.cmp(&a.metadata.creation_timestamp));
+    Ok(running.into_iter().filter_map(|pod| Some((pod.metadata.name?, pod.spec?.node_name?))).collect())
 }
 
 /// The served policies (rows of [`Mesh::policies`]) deciding connections to pod

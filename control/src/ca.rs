@@ -200,9 +200,15 @@ impl Authority {
             return Ok(Some(change));
         };
         let stored = store.secrets.get(&store.name).await.map_err(|source| store.error(source))?;
+        // Another replica's step, or an operator's annotation: start from what is kept, and
+        // report a changed state, so the caller serves and publishes what the other wrote.
+        let mut adopted = None;
         if stored.metadata.resource_version != self.current().resource_version {
-            // Another replica's step, or an operator's annotation: start from what is kept.
-            self.replace(store.read(&stored)?);
+            let theirs = store.read(&stored)?;
+            if theirs.state != self.current().state {
+                adopted = Some("another control plane changed the CA");
+            }
+            self.replace(theirs);
         }
         let current = self.current();
         let request =
@@ -210,7 +216,7 @@ impl Authority {
         let Some((next, change)) =
             current.state.advance(self.clock.now(), &self.lifetimes, request.map(String::as_str))?
         else {
-            return Ok(None);
+            return Ok(adopted);
         };
         let secret =
             store.secret(&next, current.resource_version.clone(), stored.metadata.annotations.clone());

@@ -24,8 +24,9 @@ async fn label_namespace(client: kube::Client, name: &str, value: Option<&str>) 
     Api::<Namespace>::all(client).patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
 }
 
-/// Whether `pod`'s netns holds the return path of the proxy's deliveries: the rule for their
-/// mark (both families) and `tcp_fwmark_accept` on.
+/// Whether `pod`'s netns holds the return path of the proxy's deliveries (the rule for their
+/// mark in both families and `tcp_fwmark_accept` on) and migrates queued connections between
+/// the proxies of an upgrade (`tcp_migrate_req` on).
 fn has_return_path(pod: &Pod) -> bool {
     let run = |args: &[&str]| {
         let out = std::process::Command::new("ip").args(args).output().unwrap();
@@ -35,8 +36,10 @@ fn has_return_path(pod: &Pod) -> bool {
     let name = pod.netns.name();
     let mark = format!("fwmark {:#x}", weft_ebpf_common::DELIVERY_MARK);
     let rules = [run(&["-n", name, "-4", "rule", "show"]), run(&["-n", name, "-6", "rule", "show"])];
-    let switch = run(&["netns", "exec", name, "cat", "/proc/sys/net/ipv4/tcp_fwmark_accept"]);
-    rules.iter().all(|rules| rules.contains(&mark)) && switch.trim() == "1"
+    let switch = |name_of: &str| run(&["netns", "exec", name, "cat", name_of]).trim() == "1";
+    rules.iter().all(|rules| rules.contains(&mark))
+        && switch("/proc/sys/net/ipv4/tcp_fwmark_accept")
+        && switch("/proc/sys/net/ipv4/tcp_migrate_req")
 }
 
 /// Canary frames that crossed the fabric while `from` sent one message to `to`.

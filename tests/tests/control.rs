@@ -154,3 +154,34 @@ async fn a_restarted_control_plane_keeps_its_root() {
         CertificateDer::from_pem_slice(&root_before).unwrap().as_ref()
     );
 }
+
+/// Two control planes share the CA's Secret: an operator's rotation request is acted on once,
+/// by whichever checks first, and the other adopts the new state and says it changed, so it
+/// serves and publishes the same trust bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_control_planes_act_once_on_a_rotation_request_and_both_follow_it() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Patch, PatchParams};
+    use weft_control::ca::{Authority, Lifetimes};
+
+    let cluster = Cluster::start(1).await.unwrap();
+    cluster.kubelet().ensure_namespace(control::NAMESPACE, &[]).await.unwrap();
+    let lifetimes = Lifetimes::with_max_leaf(Duration::from_secs(3600));
+    let load = || Authority::load_or_create(cluster.client(), control::NAMESPACE, "weft-ca", lifetimes);
+    let (first, second) = (load().await.unwrap(), load().await.unwrap());
+    assert_eq!(first.bundle_pem(), second.bundle_pem(), "both read the Secret the first created");
+    assert_eq!(first.maintain().await.unwrap(), None, "nothing is due on a new CA");
+
+    let request = serde_json::json!({ "metadata": { "annotations": { weft_api::ca::ROTATE_ROOT: "1" } } });
+    kube::Api::<Secret>::namespaced(cluster.client(), control::NAMESPACE)
+        .patch("weft-ca", &PatchParams::default(), &Patch::Merge(request))
+        .await
+        .unwrap();
+    let started = first.maintain().await.unwrap();
+    assert!(started.is_some_and(|change| change.contains("rotation requested")), "{started:?}");
+    assert_eq!(first.bundle_pem().matches("BEGIN CERTIFICATE").count(), 2, "the new root joined");
+    assert_eq!(second.maintain().await.unwrap(), Some("another control plane changed the CA"));
+    assert_eq!(second.bundle_pem(), first.bundle_pem());
+    assert_eq!(first.maintain().await.unwrap(), None, "the same request again");
+    assert_eq!(second.maintain().await.unwrap(), None, "the same request again");
+}

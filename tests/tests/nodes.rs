@@ -175,6 +175,28 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
     }
     assert!(monitor.syns_to(weft_ebpf_common::port::HBONE) > 0, "no HBONE connection between the nodes");
 
+    // What the control plane's CA does to keep itself current (re-issue, rotate, publish) is
+    // allowed by the manifests' RBAC, not only by a harness's admin credentials.
+    let control = "system:serviceaccount:weft-system:weft-control";
+    for (verb, object) in [
+        ("get", "secret/weft-ca"),
+        ("update", "secret/weft-ca"),
+        ("get", "configmap/weft-ca-root-cert"),
+        ("patch", "configmap/weft-ca-root-cert"),
+    ] {
+        let allowed = cluster
+            .kubectl()
+            .unwrap()
+            .args(["auth", "can-i", verb, object, "-n", "weft-system", "--as", control])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&allowed.stdout).trim(),
+            "yes",
+            "weft-control may not {verb} {object}"
+        );
+    }
+
     // weftctl from outside, with only a kubeconfig: the control plane's, agents' and proxies'
     // localhost-only admin ports reached by port-forward through the API server.
     tokio::task::block_in_place(|| {
@@ -223,6 +245,10 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
             !client_reaches_echo(&cluster, "denied?")
         })
         .unwrap();
+        // Refused by that policy, at the destination's proxy, not by some other failure.
+        let selector = "app.kubernetes.io/name=weft-ztunnel";
+        let logs = cluster.kubectl_ok(&["logs", "-n", "weft-system", "-l", selector, "--tail=-1"]).unwrap();
+        assert!(logs.contains("denied by DENY policy shop/deny-shop"), "{logs}");
         let listed = weftctl_json(&cluster, &["policies"]).unwrap();
         assert!(listed.as_array().unwrap().iter().any(|policy| policy["name"] == "deny-shop"), "{listed}");
     });

@@ -87,7 +87,8 @@ impl Pods {
 /// Serves the handoff socket at `path` until `shutdown` resolves, reconnecting when the agent
 /// restarts. Pods already held keep being served meanwhile. An agent that closes the connection
 /// before sending anything has turned this proxy away (a newer one serves the node during an
-/// upgrade): it is asked again ever less often, and this proxy keeps only what it carries.
+/// upgrade): it is asked again ever less often, and this proxy keeps serving its pods (sharing
+/// their ports with the newer one) until it is stopped and drains.
 pub async fn run(path: PathBuf, pods: &mut Pods, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(50);

@@ -26,6 +26,9 @@ pub enum TunnelProtocol {
     Hbone,
     /// Not meshed: plaintext.
     None,
+    /// A protocol of a newer control plane (Istio's LEGACY_ISTIO_MTLS, a sidecar's mTLS): this
+    /// proxy cannot speak it, so it refuses rather than send the workload plaintext.
+    Unsupported,
 }
 
 /// A service port and the workload port behind it.

@@ -65,6 +65,8 @@ enum Error {
     NoSuchPort { service: String, port: u16 },
     #[error("service {0} has no healthy endpoint for this port")]
     NoEndpoints(String),
+    #[error("workload {0} speaks a tunnel protocol this proxy does not")]
+    UnsupportedProtocol(String),
     #[error("certificate")]
     Certificate(#[from] crate::identity::ca::Error),
     #[error(transparent)]
@@ -81,6 +83,7 @@ impl Error {
             Error::NotSynced => "no_config",
             Error::NoSuchPort { .. } => "no_such_port",
             Error::NoEndpoints(_) => "no_endpoints",
+            Error::UnsupportedProtocol(_) => "unsupported_protocol",
             Error::Certificate(_) => "certificate",
             Error::Tunnel(_) => "tunnel",
             Error::Io(_) => "upstream",
@@ -103,6 +106,9 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
         return Ok(vec![match state.workload_by_ip(target.ip()) {
             Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
+            Some(workload) if workload.protocol == TunnelProtocol::Unsupported => {
+                return Err(Error::UnsupportedProtocol(workload.uid.clone()));
+            }
             _ => Route::Direct(target),
         }]);
     };
@@ -131,11 +137,13 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     if members.iter().any(|(.., same_family)| *same_family) {
         members.retain(|(.., same_family)| *same_family);
     }
+    // An endpoint this proxy cannot speak to is no route (never plaintext instead).
     let mut routes: Vec<Route> = members
         .into_iter()
-        .map(|(workload, addr, _)| match workload.protocol {
-            TunnelProtocol::Hbone => Route::Tunnel(workload, addr),
-            TunnelProtocol::None => Route::Direct(addr),
+        .filter_map(|(workload, addr, _)| match workload.protocol {
+            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr)),
+            TunnelProtocol::None => Some(Route::Direct(addr)),
+            TunnelProtocol::Unsupported => None,
         })
         .collect();
     if routes.is_empty() {

@@ -55,12 +55,12 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         Ok(api::TunnelProtocol::Hbone) => TunnelProtocol::Hbone,
         Ok(api::TunnelProtocol::None) => TunnelProtocol::None,
         // A protocol of a newer control plane (Istio's LEGACY_ISTIO_MTLS, say) is no reason to
-        // refuse the rest of the response: this proxy cannot tunnel to the workload, and
-        // reaches it as it would reach an unknown address, as sent.
+        // refuse the rest of the response; connections to that workload are refused instead of
+        // sent in plaintext.
         Err(_) => {
             tracing::warn!(uid = %workload.uid, protocol = workload.tunnel_protocol,
-                "unknown tunnel protocol: the workload is reached as sent");
-            TunnelProtocol::None
+                "unknown tunnel protocol: connections to the workload will be refused");
+            TunnelProtocol::Unsupported
         }
     };
     let addresses = workload
@@ -310,7 +310,7 @@ mod tests {
 
     /// What a newer control plane (istiod) may send is no reason to refuse the response.
     #[test]
-    fn an_unknown_tunnel_protocol_is_reached_as_sent_and_another_trust_domain_is_kept() {
+    fn an_unknown_tunnel_protocol_is_kept_as_unsupported_and_another_trust_domain_too() {
         let mut newer = workload(vec![vec![10, 0, 0, 1]]);
         if let Some(api::address::Type::Workload(workload)) = &mut newer.r#type {
             workload.tunnel_protocol = 2; // Istio's LEGACY_ISTIO_MTLS
@@ -320,7 +320,7 @@ mod tests {
         }
         let converted = update(&response(newer)).unwrap();
         let Address::Workload(converted) = &converted.changed[0].2 else { panic!("not a workload") };
-        assert_eq!(converted.protocol, TunnelProtocol::None);
+        assert_eq!(converted.protocol, TunnelProtocol::Unsupported);
         assert_eq!(converted.identity("cluster.local").to_string(), "spiffe://other.mesh/ns/shop/sa/web");
         let ours = update(&response(workload(vec![]))).unwrap();
         let Address::Workload(ours) = &ours.changed[0].2 else { panic!("not a workload") };
