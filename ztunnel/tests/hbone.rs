@@ -32,9 +32,6 @@ use weft_ztunnel::{
     },
 };
 
-/// A `traceparent` for streams whose trace nobody reads.
-const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-
 const TD: &str = "cluster.local";
 
 fn client_id() -> Identity {
@@ -133,7 +130,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     for len in [1, 1 << 20, 100 << 20] {
         let origin =
             Origin { source: "10.1.2.3:4567".parse().unwrap(), baggage: Origin::baggage_of("shop", "web") };
-        let mut stream = connection.open(upstream, &origin, TRACE).await.unwrap();
+        let mut stream = connection.open(upstream, &origin, Origin::TEST_TRACEPARENT).await.unwrap();
         let data = pattern(len);
         let (mut read, mut write) = tokio::io::split(&mut stream);
         let writer = async {
@@ -155,7 +152,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     // As Istio's ztunnel sends them, so either side can read the other's.
     let baggage = "k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web";
     assert_eq!(seen[0].baggage.as_deref(), Some(baggage));
-    assert_eq!(seen[0].traceparent.as_deref(), Some(TRACE));
+    assert_eq!(seen[0].traceparent.as_deref(), Some(Origin::TEST_TRACEPARENT));
 }
 
 /// A raw HTTP/2 client over mTLS, to send what the HBONE client never would.
@@ -257,7 +254,11 @@ async fn certificates_that_do_not_prove_the_right_identity_are_refused_before_an
             // TLS 1.3: the client may finish before the server rejects its certificate; the
             // first stream then fails.
             Ok(connection) => connection
-                .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), TRACE)
+                .open(
+                    upstream,
+                    &Origin::from_address("10.0.0.1:1".parse().unwrap()),
+                    Origin::TEST_TRACEPARENT,
+                )
                 .await
                 .is_err(),
         };
@@ -288,8 +289,10 @@ async fn an_upstream_reset_reaches_the_client_as_a_reset() {
         drop(tcp); // RST
     });
     let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
-    let mut stream =
-        connection.open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), TRACE).await.unwrap();
+    let mut stream = connection
+        .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), Origin::TEST_TRACEPARENT)
+        .await
+        .unwrap();
     stream.write_all(b"hello").await.unwrap();
     let mut buf = [0u8; 16];
     let error = stream.read(&mut buf).await.unwrap_err();
@@ -318,8 +321,10 @@ async fn a_rapid_reset_client_is_cut_off_and_a_well_behaved_one_is_not() {
     }
     assert!(sent < ATTEMPTS, "the abuser was never cut off ({sent} resets)");
 
-    let mut stream =
-        good.open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), TRACE).await.unwrap();
+    let mut stream = good
+        .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), Origin::TEST_TRACEPARENT)
+        .await
+        .unwrap();
     stream.write_all(b"still fine").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut back = Vec::new();
@@ -410,8 +415,10 @@ async fn raw_tls(server: SocketAddr, cert: &WorkloadCert) -> tokio_rustls::clien
 /// A good client's round trip through `server` to `upstream`.
 async fn round_trip(server: SocketAddr, ca: &TestCa, upstream: SocketAddr) {
     let good = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
-    let mut stream =
-        good.open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), TRACE).await.unwrap();
+    let mut stream = good
+        .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), Origin::TEST_TRACEPARENT)
+        .await
+        .unwrap();
     stream.write_all(b"still fine").await.unwrap();
     stream.shutdown().await.unwrap();
     let mut back = Vec::new();

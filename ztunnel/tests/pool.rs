@@ -28,9 +28,6 @@ use weft_ztunnel::{
     tls::{self, test_ca::TestCa},
 };
 
-/// A `traceparent` for streams whose trace nobody reads.
-const TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
-
 /// Delivers every stream to one upstream.
 struct ToUpstream(SocketAddr);
 
@@ -119,9 +116,16 @@ impl Peer {
                 self.source,
             );
             opening.spawn(async move {
-                pool.open(&here, &cert, &server_id, target, &Origin::from_address(source), TRACE)
-                    .await
-                    .unwrap()
+                pool.open(
+                    &here,
+                    &cert,
+                    &server_id,
+                    target,
+                    &Origin::from_address(source),
+                    Origin::TEST_TRACEPARENT,
+                )
+                .await
+                .unwrap()
             });
         }
         let mut tunnels = Vec::new();
@@ -206,7 +210,16 @@ async fn openers_of_a_black_holed_peer_share_one_attempt_and_stall_no_one_else()
         );
         let target = SocketAddr::new(IpAddr::V4(hole), 8080);
         stalled.spawn(async move {
-            pool.open(&here, &cert, &server_id, target, &Origin::from_address(source), TRACE).await.map(drop)
+            pool.open(
+                &here,
+                &cert,
+                &server_id,
+                target,
+                &Origin::from_address(source),
+                Origin::TEST_TRACEPARENT,
+            )
+            .await
+            .map(drop)
         });
     }
     first.notified().await;

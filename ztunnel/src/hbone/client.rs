@@ -29,6 +29,10 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// A valid `traceparent` for tests whose streams' traces nobody reads.
+    #[cfg(feature = "testing")]
+    pub const TEST_TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00";
+
     /// An origin known only by its address.
     pub fn from_address(source: SocketAddr) -> Self {
         Self { source, baggage: String::new() }
