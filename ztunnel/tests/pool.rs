@@ -104,29 +104,24 @@ impl Peer {
         }
     }
 
+    /// Opening one tunnel to `target` through the pool, as a task can own it.
+    fn opener(
+        &self,
+        target: SocketAddr,
+    ) -> impl std::future::Future<Output = Result<Tunnel, hbone::client::Error>> + Send + 'static {
+        let (pool, cert, here, server_id, source) =
+            (self.pool.clone(), self.cert.clone(), self.here.clone(), self.server_id.clone(), self.source);
+        async move {
+            let origin = Origin::from_address(source);
+            pool.open(&here, &cert, &server_id, target, &origin, Origin::TEST_TRACEPARENT).await
+        }
+    }
+
     async fn open(&self, count: usize) -> Vec<Tunnel> {
         let mut opening = tokio::task::JoinSet::new();
         for _ in 0..count {
-            let (pool, cert, here, server_id, target, source) = (
-                self.pool.clone(),
-                self.cert.clone(),
-                self.here.clone(),
-                self.server_id.clone(),
-                self.target,
-                self.source,
-            );
-            opening.spawn(async move {
-                pool.open(
-                    &here,
-                    &cert,
-                    &server_id,
-                    target,
-                    &Origin::from_address(source),
-                    Origin::TEST_TRACEPARENT,
-                )
-                .await
-                .unwrap()
-            });
+            let opener = self.opener(self.target);
+            opening.spawn(async move { opener.await.unwrap() });
         }
         let mut tunnels = Vec::new();
         while let Some(tunnel) = opening.join_next().await {
@@ -201,26 +196,8 @@ async fn openers_of_a_black_holed_peer_share_one_attempt_and_stall_no_one_else()
     });
     let mut stalled = tokio::task::JoinSet::new();
     for _ in 0..3 {
-        let (pool, cert, here, server_id, source) = (
-            healthy.pool.clone(),
-            healthy.cert.clone(),
-            healthy.here.clone(),
-            healthy.server_id.clone(),
-            healthy.source,
-        );
-        let target = SocketAddr::new(IpAddr::V4(hole), 8080);
-        stalled.spawn(async move {
-            pool.open(
-                &here,
-                &cert,
-                &server_id,
-                target,
-                &Origin::from_address(source),
-                Origin::TEST_TRACEPARENT,
-            )
-            .await
-            .map(drop)
-        });
+        let opener = healthy.opener(SocketAddr::new(IpAddr::V4(hole), 8080));
+        stalled.spawn(async move { opener.await.map(drop) });
     }
     first.notified().await;
 
