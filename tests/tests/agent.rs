@@ -24,10 +24,10 @@ async fn label_namespace(client: kube::Client, name: &str, value: Option<&str>) 
     Api::<Namespace>::all(client).patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
 }
 
-/// Whether `pod`'s netns holds the return path of the proxy's deliveries (the rule for their
-/// mark in both families and `tcp_fwmark_accept` on) and migrates queued connections between
-/// the proxies of an upgrade (`tcp_migrate_req` on).
-fn has_return_path(pod: &Pod) -> bool {
+/// What enrollment sets in `pod`'s netns for the proxy, part by part: the return path of its
+/// deliveries (the rule for their mark in both families; `tcp_fwmark_accept` on) and the
+/// migration of queued connections between the proxies of an upgrade (`tcp_migrate_req` on).
+fn proxy_setup(pod: &Pod) -> [bool; 3] {
     let run = |args: &[&str]| {
         let out = std::process::Command::new("ip").args(args).output().unwrap();
         assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -37,9 +37,11 @@ fn has_return_path(pod: &Pod) -> bool {
     let mark = format!("fwmark {:#x}", weft_ebpf_common::DELIVERY_MARK);
     let rules = [run(&["-n", name, "-4", "rule", "show"]), run(&["-n", name, "-6", "rule", "show"])];
     let switch = |name_of: &str| run(&["netns", "exec", name, "cat", name_of]).trim() == "1";
-    rules.iter().all(|rules| rules.contains(&mark))
-        && switch("/proc/sys/net/ipv4/tcp_fwmark_accept")
-        && switch("/proc/sys/net/ipv4/tcp_migrate_req")
+    [
+        rules.iter().all(|rules| rules.contains(&mark)),
+        switch("/proc/sys/net/ipv4/tcp_fwmark_accept"),
+        switch("/proc/sys/net/ipv4/tcp_migrate_req"),
+    ]
 }
 
 /// Canary frames that crossed the fabric while `from` sent one message to `to`.
@@ -87,7 +89,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         mesh.wait_until_tunnelled(WAIT).unwrap();
         assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext after enrollment");
         assert!(plaintext_frames(&monitor, &loner, to, &canary) > 0, "the opted-out pod was captured");
-        assert!(has_return_path(&client) && !has_return_path(&loner));
+        assert_eq!((proxy_setup(&client), proxy_setup(&loner)), ([true; 3], [false; 3]));
     });
 
     // Unlabelled: they leave; plaintext again. Nobody was restarted.
@@ -96,7 +98,7 @@ async fn namespace_labels_enroll_and_release_running_pods_and_the_pod_opt_out_wi
         mesh.agent(0).wait_for(|line| line.contains("left the mesh"), WAIT).unwrap();
         mesh.agent(1).wait_for(|line| line.contains("left the mesh"), WAIT).unwrap();
         assert!(plaintext_frames(&monitor, &client, to, &canary) > 0);
-        assert!(!has_return_path(&client), "a pod that left the mesh keeps its return path");
+        assert_eq!(proxy_setup(&client), [false; 3], "a pod that left the mesh keeps part of its setup");
     });
     let after: Vec<String> = [&client, &server]
         .iter()
@@ -402,7 +404,7 @@ async fn removing_weft_returns_pods_to_plain_networking_unrestarted_and_a_restar
             mesh.agent(node).wait_for(|line| line.contains("capture removed"), WAIT).unwrap();
         }
         assert!(!pins.exists(), "capture is still pinned");
-        assert!(!has_return_path(&client));
+        assert_eq!(proxy_setup(&client), [false; 3]);
         assert!(
             plaintext_frames(&monitor, &client, to, &canary) > 0,
             "the pod is not back to plain networking"

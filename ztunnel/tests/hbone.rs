@@ -128,8 +128,11 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
 
     for len in [1, 1 << 20, 100 << 20] {
-        let origin =
-            Origin { source: "10.1.2.3:4567".parse().unwrap(), baggage: Origin::baggage_of("shop", "web") };
+        let origin = Origin {
+            source: "10.1.2.3:4567".parse().unwrap(),
+            service_host: Some("echo.shop.svc.cluster.local".into()),
+            baggage: Origin::baggage_of("shop", "web"),
+        };
         let mut stream = connection.open(upstream, &origin, Origin::TEST_TRACEPARENT).await.unwrap();
         let data = pattern(len);
         let (mut read, mut write) = tokio::io::split(&mut stream);

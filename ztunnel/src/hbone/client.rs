@@ -19,11 +19,14 @@ pub const MAX_STREAMS: usize = 100;
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a CONNECT says of the connection it carries, as Istio's ztunnel says it: the original
-/// source (`Forwarded: for="ip:port"`) and the source workload (`baggage`, OpenTelemetry's
-/// keys); each stream also gets a `traceparent` of its own ([`Origin::traceparent`]).
+/// source and the Service it was for (`Forwarded: for="ip:port";host=<hostname>`) and the
+/// source workload (`baggage`, OpenTelemetry's keys); each stream also gets a `traceparent` of
+/// its own ([`Origin::traceparent`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub source: SocketAddr,
+    /// The Service's hostname, when the connection was to a Service's address.
+    pub service_host: Option<String>,
     /// `k8s.namespace.name=…,k8s.deployment.name=…,service.name=…` (empty: not sent).
     pub baggage: String,
 }
@@ -35,7 +38,15 @@ impl Origin {
 
     /// An origin known only by its address.
     pub fn from_address(source: SocketAddr) -> Self {
-        Self { source, baggage: String::new() }
+        Self { source, service_host: None, baggage: String::new() }
+    }
+
+    /// The `Forwarded` header's value.
+    pub fn forwarded(&self) -> String {
+        match &self.service_host {
+            Some(host) => format!("for=\"{}\";host={host}", self.source),
+            None => format!("for=\"{}\"", self.source),
+        }
     }
 
     /// The baggage Istio's ztunnel sends for a source workload `name` in `namespace` (its
@@ -139,7 +150,7 @@ impl Connection {
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(target.to_string())
-            .header("forwarded", format!("for=\"{}\"", origin.source))
+            .header("forwarded", origin.forwarded())
             .header("traceparent", traceparent);
         if !origin.baggage.is_empty() {
             request = request.header("baggage", origin.baggage.as_str());
@@ -164,6 +175,16 @@ impl Connection {
 #[cfg(test)]
 mod origin_tests {
     use super::Origin;
+
+    #[test]
+    fn forwarded_names_the_source_and_the_service_as_istio_does() {
+        let mut origin = Origin::from_address("10.0.0.1:40000".parse().unwrap());
+        assert_eq!(origin.forwarded(), r#"for="10.0.0.1:40000""#);
+        origin.service_host = Some("echo.shop.svc.cluster.local".into());
+        assert_eq!(origin.forwarded(), r#"for="10.0.0.1:40000";host=echo.shop.svc.cluster.local"#);
+        let v6 = Origin::from_address("[fd00::1]:80".parse().unwrap());
+        assert_eq!(v6.forwarded(), r#"for="[fd00::1]:80""#);
+    }
 
     #[test]
     fn each_stream_gets_a_w3c_traceparent_of_its_own() {

@@ -94,8 +94,9 @@ impl Error {
 /// Where a connection may go.
 #[derive(Debug)]
 enum Route {
-    /// A meshed workload, over HBONE to `addr`.
-    Tunnel(Arc<Workload>, SocketAddr),
+    /// A meshed workload, over HBONE to `addr`; with the Service's hostname when the
+    /// connection was to a Service's address.
+    Tunnel(Arc<Workload>, SocketAddr, Option<String>),
     /// Plaintext to `addr` (a workload outside the mesh, or outside the cluster).
     Direct(SocketAddr),
 }
@@ -105,7 +106,9 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     let state = &context.state;
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
         return Ok(vec![match state.workload_by_ip(target.ip()) {
-            Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
+            Some(workload) if workload.protocol == TunnelProtocol::Hbone => {
+                Route::Tunnel(workload, target, None)
+            }
             Some(workload) if workload.protocol == TunnelProtocol::Unsupported => {
                 return Err(Error::UnsupportedProtocol(workload.uid.clone()));
             }
@@ -141,7 +144,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     let mut routes: Vec<Route> = members
         .into_iter()
         .filter_map(|(workload, addr, _)| match workload.protocol {
-            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr)),
+            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr, Some(service.hostname.clone()))),
             TunnelProtocol::None => Some(Route::Direct(addr)),
             TunnelProtocol::Unsupported => None,
         })
@@ -170,11 +173,12 @@ async fn proxy(
     let mut last_error = None;
     for route in routes(context, target)? {
         match route {
-            Route::Tunnel(workload, addr) => {
+            Route::Tunnel(workload, addr, service_host) => {
                 let cert = context.identities.fetch(&source).await?;
                 let expected = workload.identity(&context.trust_domain);
                 let origin = Origin {
                     source: peer,
+                    service_host,
                     baggage: Origin::baggage_of(&pod.namespace, &context.metrics_name(pod, peer.ip())),
                 };
                 let tunnel =
