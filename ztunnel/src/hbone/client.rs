@@ -60,8 +60,9 @@ impl Origin {
     /// found on either node.
     pub fn traceparent() -> String {
         let mut ids = [0u8; 24];
-        let random = rustls::crypto::aws_lc_rs::default_provider().secure_random;
-        if random.fill(&mut ids).is_err() {
+        // SAFETY: getrandom(2) writes at most `ids.len()` bytes into the buffer it is given.
+        let filled = unsafe { libc::getrandom(ids.as_mut_ptr().cast(), ids.len(), 0) };
+        if usize::try_from(filled).ok() != Some(ids.len()) {
             // Only the correlation is lost; a fixed non-zero id is still a valid header.
             ids = [1; 24];
         }

@@ -94,26 +94,25 @@ impl Error {
 /// Where a connection may go.
 #[derive(Debug)]
 enum Route {
-    /// A meshed workload, over HBONE to `addr`; with the Service's hostname when the
-    /// connection was to a Service's address.
-    Tunnel(Arc<Workload>, SocketAddr, Option<String>),
+    /// A meshed workload, over HBONE to `addr`.
+    Tunnel(Arc<Workload>, SocketAddr),
     /// Plaintext to `addr` (a workload outside the mesh, or outside the cluster).
     Direct(SocketAddr),
 }
 
-/// The routes for `target`, in the order to try them.
-fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
+/// The routes for `target`, in the order to try them, and the hostname of the Service whose
+/// address `target` is, if it is one.
+fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<String>), Error> {
     let state = &context.state;
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
-        return Ok(vec![match state.workload_by_ip(target.ip()) {
-            Some(workload) if workload.protocol == TunnelProtocol::Hbone => {
-                Route::Tunnel(workload, target, None)
-            }
+        let route = match state.workload_by_ip(target.ip()) {
+            Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
             Some(workload) if workload.protocol == TunnelProtocol::Unsupported => {
                 return Err(Error::UnsupportedProtocol(workload.uid.clone()));
             }
             _ => Route::Direct(target),
-        }]);
+        };
+        return Ok((vec![route], None));
     };
     if !service.ports.contains(&target.port()) {
         return Err(Error::NoSuchPort { service: service.key(), port: target.port() });
@@ -144,7 +143,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     let mut routes: Vec<Route> = members
         .into_iter()
         .filter_map(|(workload, addr, _)| match workload.protocol {
-            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr, Some(service.hostname.clone()))),
+            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr)),
             TunnelProtocol::None => Some(Route::Direct(addr)),
             TunnelProtocol::Unsupported => None,
         })
@@ -155,7 +154,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<Vec<Route>, Error> {
     let start = context.next_endpoint(&key) % routes.len();
     routes.rotate_left(start);
     routes.truncate(ATTEMPTS);
-    Ok(routes)
+    Ok((routes, Some(service.hostname.clone())))
 }
 
 async fn proxy(
@@ -168,31 +167,36 @@ async fn proxy(
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
-    // One trace id for this connection, whichever endpoint takes it.
-    let traceparent = Origin::traceparent();
+    let name = context.metrics_name(pod, peer.ip());
+    let (routes, service_host) = routes(context, target)?;
+    // What a CONNECT says of this connection, made once for whichever endpoint takes it, and
+    // only if one is tunnelled to.
+    let mut said: Option<(Origin, String)> = None;
     let mut last_error = None;
-    for route in routes(context, target)? {
+    for route in routes {
         match route {
-            Route::Tunnel(workload, addr, service_host) => {
+            Route::Tunnel(workload, addr) => {
                 let cert = context.identities.fetch(&source).await?;
                 let expected = workload.identity(&context.trust_domain);
-                let origin = Origin {
-                    source: peer,
-                    service_host,
-                    baggage: Origin::baggage_of(&pod.namespace, &context.metrics_name(pod, peer.ip())),
+                let (origin, traceparent) = said.get_or_insert_with(|| {
+                    let baggage = Origin::baggage_of(&pod.namespace, &name);
+                    (
+                        Origin { source: peer, service_host: service_host.clone(), baggage },
+                        Origin::traceparent(),
+                    )
+                });
+                let tunnel = match context.pool.open(netns, &cert, &expected, addr, origin, traceparent).await
+                {
+                    Ok(tunnel) => tunnel,
+                    Err(error) => {
+                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                        last_error = Some(Error::Tunnel(error));
+                        continue;
+                    }
                 };
-                let tunnel =
-                    match context.pool.open(netns, &cert, &expected, addr, &origin, &traceparent).await {
-                        Ok(tunnel) => tunnel,
-                        Err(error) => {
-                            tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
-                            last_error = Some(Error::Tunnel(error));
-                            continue;
-                        }
-                    };
                 let labels = context.labels(
                     Reporter::Source,
-                    Some((&context.metrics_name(pod, peer.ip()), &pod.namespace, &source)),
+                    Some((&name, &pod.namespace, &source)),
                     Some((workload.metrics_name(), &workload.namespace, &expected)),
                     true,
                 );
@@ -218,7 +222,6 @@ async fn proxy(
                         continue;
                     }
                 };
-                let name = context.metrics_name(pod, peer.ip());
                 let labels =
                     context.labels(Reporter::Source, Some((&name, &pod.namespace, &source)), None, false);
                 context.metrics.opened(&labels);

@@ -91,7 +91,12 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     let members = [Member::new(&client, NAMESPACE, "client"), Member::new(&server_remote, NAMESPACE, "echo")];
     let mut mesh = Mesh::start_managed(&cluster, &plane).await?;
     let endpoints = mesh.weftctl_flags(&cluster, &plane)?;
-    weftctl(&endpoints, &["enroll", NAMESPACE])?;
+    let with_endpoints = || -> anyhow::Result<Command> {
+        let mut command = Command::new(apps::binary("weftctl")?);
+        command.args(&endpoints);
+        Ok(command)
+    };
+    weftctl(with_endpoints()?, &["enroll", NAMESPACE])?;
     for (node, mut names) in [(0, vec!["client", "echo-0"]), (1, vec!["echo-1"])] {
         // In whatever order the agent enrolls them.
         while !names.is_empty() {
@@ -146,7 +151,7 @@ async fn run(args: Args) -> anyhow::Result<bool> {
         println!("  weft-control: {}", message(&signed));
     }
     for command in ["status", "workloads", "services", "certs"] {
-        weftctl(&endpoints, &[command])?;
+        weftctl(with_endpoints()?, &[command])?;
     }
     // Plaintext seen before enrollment proves the monitor sees the canary at all.
     let sealed = after == 0 && before > 0;
@@ -169,10 +174,11 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     Ok(sealed)
 }
 
-/// Prints `$ weftctl ARGS` and its output (the endpoint flags left out of the echo).
-fn weftctl(endpoints: &[String], args: &[&str]) -> anyhow::Result<()> {
+/// Prints `$ weftctl ARGS` and its output; `weftctl` is the command with how it reaches the
+/// mesh (endpoint flags, a kubeconfig), left out of the echo.
+fn weftctl(mut weftctl: Command, args: &[&str]) -> anyhow::Result<()> {
     println!("\n$ weftctl {}", args.join(" "));
-    let output = Command::new(apps::binary("weftctl")?).args(endpoints).args(args).output()?;
+    let output = weftctl.args(args).output()?;
     print!("{}", String::from_utf8_lossy(&output.stdout));
     anyhow::ensure!(output.status.success(), "weftctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     Ok(())

@@ -14,6 +14,8 @@ use weft_tests::{
     wire::WireMonitor,
 };
 
+use super::weftctl;
+
 const NAMESPACE: &str = "demo";
 const REQUESTS: usize = 5;
 const WAIT: Duration = Duration::from_secs(90);
@@ -49,7 +51,7 @@ pub async fn run(keep: bool) -> anyhow::Result<bool> {
     let before = exchange(&cluster, &canary, &monitor)?;
     println!("  wire monitor: {before} frames between nodes carried the canary in plaintext");
 
-    weftctl(&cluster, &["enroll", NAMESPACE])?;
+    weftctl(cluster.weftctl()?, &["enroll", NAMESPACE])?;
     let echo = pods(&cluster, "app=echo").await?;
     let mut enrolled: Vec<&str> = echo.iter().map(|(name, _)| name.as_str()).collect();
     enrolled.push("client");
@@ -64,7 +66,7 @@ pub async fn run(keep: bool) -> anyhow::Result<bool> {
         "  wire monitor: {after} frames carried the canary in plaintext; {tunnels} HBONE connection(s) to port 15008"
     );
     for command in ["status", "workloads", "services", "certs"] {
-        weftctl(&cluster, &[command])?;
+        weftctl(cluster.weftctl()?, &[command])?;
     }
     // Plaintext seen before enrollment proves the monitor sees the canary at all.
     let sealed = after == 0 && before > 0 && tunnels > 0;
@@ -116,14 +118,5 @@ async fn pods(cluster: &RealCluster, selector: &str) -> anyhow::Result<Vec<(Stri
 fn kubectl(cluster: &RealCluster, args: &[&str]) -> anyhow::Result<()> {
     println!("\n$ kubectl {}", args.join(" "));
     print!("{}", cluster.kubectl_ok(args)?);
-    Ok(())
-}
-
-/// Prints `$ weftctl ARGS` and its output (run with the cluster's kubeconfig alone).
-fn weftctl(cluster: &RealCluster, args: &[&str]) -> anyhow::Result<()> {
-    println!("\n$ weftctl {}", args.join(" "));
-    let output = cluster.weftctl()?.args(args).output()?;
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-    anyhow::ensure!(output.status.success(), "weftctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     Ok(())
 }
