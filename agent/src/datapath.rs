@@ -161,12 +161,17 @@ pub enum Error {
 /// What the rest of the agent needs from capture, so reconciliation can be tested without a
 /// kernel. [`Datapath`] is the real implementation.
 pub trait Capture {
-    /// Enrolls the pod with network namespace `netns`; returns its key (the netns cookie).
+    /// Names the addresses of the pod with network namespace `netns` before the proxy takes
+    /// it, so the proxy's inbound listener there is registered for them as it listens
+    /// (capture is not on yet); returns the pod's key (the netns cookie).
+    fn hand_over(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error>;
+    /// Enrolls the pod with network namespace `netns` (handed over too, if it was not);
+    /// returns its key.
     fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error>;
-    /// Un-enrolls the pod with key `cookie`; idempotent.
+    /// Un-enrolls the pod with key `cookie` and forgets its handover; idempotent.
     fn unenroll(&mut self, cookie: u64) -> Result<(), Error>;
-    /// Every enrolled pod's key and addresses.
-    fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error>;
+    /// Every pod the datapath knows, enrolled or only handed over: key and addresses.
+    fn pods(&self) -> Result<Vec<(u64, Enrolled)>, Error>;
     /// The programs' counters.
     fn counters(&self) -> Vec<(Counter, u64)>;
     /// Exempts the marked sockets of processes in `cgroup` (the connected proxy's), and only
@@ -175,6 +180,10 @@ pub trait Capture {
 }
 
 impl Capture for Datapath {
+    fn hand_over(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
+        Datapath::hand_over(self, netns, addrs)
+    }
+
     fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
         Datapath::enroll(self, netns, addrs)
     }
@@ -183,8 +192,19 @@ impl Capture for Datapath {
         Datapath::unenroll(self, cookie)
     }
 
-    fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
-        Datapath::enrolled(self)
+    fn pods(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
+        let mut pods = Datapath::enrolled(self)?;
+        for (cookie, addrs) in self
+            .pod_map(map::POD_ADDRS)?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map { name: map::POD_ADDRS, source })?
+        {
+            if !pods.iter().any(|(known, _)| *known == cookie) {
+                pods.push((cookie, addrs));
+            }
+        }
+        Ok(pods)
     }
 
     fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
@@ -220,6 +240,7 @@ impl Datapath {
         let loaded = EbpfLoader::new()
             .map_pin_path(root.join(pin::MAPS))
             .set_max_entries(map::ENROLLED, config.max_enrolled)
+            .set_max_entries(map::POD_ADDRS, config.max_enrolled)
             .load(OBJECT);
         let ebpf = match loaded {
             Ok(ebpf) => ebpf,
@@ -269,22 +290,23 @@ impl Datapath {
         Ok(datapath)
     }
 
+    /// Names the addresses of the pod whose network namespace is `netns` (`WEFT_POD_ADDRS`):
+    /// from now on a trusted proxy's listen on the inbound port there registers that socket
+    /// for them. Capture is not switched on. Returns the netns cookie, the pod's key in the
+    /// datapath. Idempotent.
+    pub fn hand_over(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
+        let cookie = netns_cookie(netns).map_err(Error::NetnsCookie)?;
+        Self::insert_pod(self.pod_map_mut(map::POD_ADDRS)?, map::POD_ADDRS, cookie, addrs.to_map_value())?;
+        Ok(cookie)
+    }
+
     /// Enrolls the pod whose network namespace is `netns`: its outbound connects go to the
     /// proxy, and inbound capture is attached to its netns. Returns the netns cookie, the
     /// pod's key in the datapath. Idempotent.
     pub fn enroll(&mut self, netns: &File, addrs: PodAddrs) -> Result<u64, Error> {
-        let cookie = netns_cookie(netns).map_err(Error::NetnsCookie)?;
-        let value = addrs.to_map_value();
+        let cookie = self.hand_over(netns, addrs)?;
         let was_enrolled = self.enrolled_map()?.get(&cookie, 0).is_ok();
-        if let Err(source) = self.enrolled_map()?.insert(cookie, value, 0) {
-            return Err(match source {
-                MapError::SyscallError(ref call) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                    // Full: the entries there are the capacity.
-                    Error::Full { capacity: self.enrolled()?.len() }
-                }
-                source => Error::Map { name: map::ENROLLED, source },
-            });
-        }
+        Self::insert_pod(self.enrolled_map()?, map::ENROLLED, cookie, addrs.to_map_value())?;
         let pin_path = self.sk_lookup_path(cookie);
         if !pin_path.exists() {
             let attached = link::create(self.program_fd(program::SK_LOOKUP)?, netns, AttachType::SkLookup)
@@ -314,20 +336,37 @@ impl Datapath {
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(io_error(&pin_path, source)),
         }
-        match self.enrolled_map()?.remove(&cookie) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(call)) if call.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(Error::Map { name: map::ENROLLED, source }),
+        for name in [map::ENROLLED, map::POD_ADDRS] {
+            match self.pod_map_mut(name)?.remove(&cookie) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(MapError::SyscallError(call)) if call.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => return Err(Error::Map { name, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `cookie → value` into the pod map `name`; a full map says how many it holds.
+    fn insert_pod(
+        mut pods: HashMap<&mut MapData, u64, Enrolled>,
+        name: &'static str,
+        cookie: u64,
+        value: Enrolled,
+    ) -> Result<(), Error> {
+        match pods.insert(cookie, value, 0) {
+            Ok(()) => Ok(()),
+            Err(MapError::SyscallError(ref call)) if call.io_error.raw_os_error() == Some(libc::E2BIG) => {
+                // Full: the entries there are the capacity.
+                Err(Error::Full { capacity: pods.keys().count() })
+            }
+            Err(source) => Err(Error::Map { name, source }),
         }
     }
 
     /// Every enrolled pod: netns cookie and addresses.
     pub fn enrolled(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
         let map_error = |source| Error::Map { name: map::ENROLLED, source };
-        let enrolled: HashMap<_, u64, Enrolled> =
-            HashMap::try_from(self.ebpf.map(map::ENROLLED).ok_or(missing_map(map::ENROLLED))?)
-                .map_err(map_error)?;
-        enrolled.iter().collect::<Result<_, _>>().map_err(map_error)
+        self.pod_map(map::ENROLLED)?.iter().collect::<Result<_, _>>().map_err(map_error)
     }
 
     /// Names `cgroup` (a cgroup v2 directory) as the node proxy's: from now on only sockets that
@@ -401,7 +440,16 @@ impl Datapath {
     }
 
     fn enrolled_map(&mut self) -> Result<HashMap<&mut MapData, u64, Enrolled>, Error> {
-        let name = map::ENROLLED;
+        self.pod_map_mut(map::ENROLLED)
+    }
+
+    /// A map of pods by netns cookie: [`map::ENROLLED`] or [`map::POD_ADDRS`].
+    fn pod_map(&self, name: &'static str) -> Result<HashMap<&MapData, u64, Enrolled>, Error> {
+        HashMap::try_from(self.ebpf.map(name).ok_or(missing_map(name))?)
+            .map_err(|source| Error::Map { name, source })
+    }
+
+    fn pod_map_mut(&mut self, name: &'static str) -> Result<HashMap<&mut MapData, u64, Enrolled>, Error> {
         HashMap::try_from(self.ebpf.map_mut(name).ok_or(missing_map(name))?)
             .map_err(|source| Error::Map { name, source })
     }

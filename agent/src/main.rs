@@ -54,6 +54,11 @@ enum Command {
         /// to plain networking; otherwise (a restart, a rolling update) capture stays.
         #[arg(long, env = "WEFT_POD")]
         pod: Option<String>,
+        /// Whose label enrolls pods and whose annotation marks them captured: `weft`
+        /// (`weft.dev/dataplane-mode`, `weft.dev/redirection`) or `istio` (Istio ambient's
+        /// `istio.io/dataplane-mode` and `ambient.istio.io/redirection`, to run under istiod).
+        #[arg(long, env = "WEFT_LABELS", default_value = "weft")]
+        labels: weft_api::enrollment::Labels,
     },
     /// Without Kubernetes, for tests and development: the datapath with pods named here, and
     /// `ready` printed once they are enrolled. Not for clusters: nothing here follows the API.
@@ -177,6 +182,7 @@ fn main() -> anyhow::Result<()> {
             admin_listen,
             proc_root,
             pod,
+            labels,
         } => {
             let config = datapath.config(args.bpffs_root)?;
             let own_pod = pod
@@ -192,6 +198,7 @@ fn main() -> anyhow::Result<()> {
                 monitoring: monitoring_listen,
                 admin: admin_listen,
                 own_pod,
+                labels,
             };
             let source = Source::Kubernetes { kubeconfig, node };
             let options = RunOptions {
@@ -360,6 +367,7 @@ async fn hand_off(
                 .with_context(|| format!("opening {}", spec.netns.display()))?;
             weft_agent::return_path::install(&netns, addrs_of(&spec.ips), proc_root)
                 .with_context(|| format!("return path in {}", spec.netns.display()))?;
+            datapath.hand_over(&netns, addrs_of(&spec.ips))?;
             let pod = handoff::Pod {
                 uid: spec.uid.clone(),
                 name: spec.name.clone(),

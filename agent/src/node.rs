@@ -42,6 +42,8 @@ pub struct Config {
     /// The agent's own pod, to tell Weft's removal from an update at shutdown; without it
     /// capture always stays.
     pub own_pod: Option<crate::removal::OwnPod>,
+    /// Whose label enrolls pods and whose annotation marks them captured.
+    pub labels: weft_api::enrollment::Labels,
 }
 
 /// How the agent stopped.
@@ -94,7 +96,7 @@ pub async fn run<C: Capture>(
     pods.wait_until_ready().await?;
     namespaces.wait_until_ready().await?;
 
-    let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client.clone())));
+    let status = std::sync::Arc::new(Status::new(config.node.clone(), Some(client.clone()), config.labels));
     let (monitoring, admin, serving) =
         weft_api::admin::bind_monitoring_and_admin(config.monitoring, config.admin, status.clone()).await?;
     tracing::info!(addr = %monitoring, "serving metrics and readiness");
@@ -124,7 +126,7 @@ pub async fn run<C: Capture>(
                         }
                         tracing::info!("ztunnel connected; sending the snapshot");
                         agent.session = Some(session);
-                        let now_wanted = wanted(&pods, &namespaces);
+                        let now_wanted = wanted(&pods, &namespaces, agent.config.labels);
                         tokio::select! {
                             () = &mut shutdown => break,
                             () = agent.send_snapshot(&now_wanted) => {}
@@ -140,7 +142,7 @@ pub async fn run<C: Capture>(
             }
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
-        let wanted = wanted(&pods, &namespaces);
+        let wanted = wanted(&pods, &namespaces, agent.config.labels);
         // Shutdown never waits for ztunnel (each request is bounded anyway).
         tokio::select! {
             () = &mut shutdown => break,
@@ -199,6 +201,7 @@ async fn closed(session: Option<&handoff::Session>) {
 fn wanted(
     pods: &reflector::Store<Pod>,
     namespaces: &reflector::Store<Namespace>,
+    labels: weft_api::enrollment::Labels,
 ) -> BTreeMap<String, Wanted> {
     let namespaces: HashMap<String, std::sync::Arc<Namespace>> =
         namespaces.state().into_iter().filter_map(|ns| Some((ns.metadata.name.clone()?, ns))).collect();
@@ -206,7 +209,7 @@ fn wanted(
         .iter()
         .filter_map(|pod| {
             let namespace = pod.metadata.namespace.clone()?;
-            if !enrollment::wanted(pod, namespaces.get(&namespace).map(|ns| ns.as_ref())) {
+            if !enrollment::wanted(pod, namespaces.get(&namespace).map(|ns| ns.as_ref()), labels) {
                 return None;
             }
             let mut addrs = PodAddrs::default();
@@ -304,6 +307,11 @@ impl<C: Capture> Agent<'_, C> {
         if let Err(error) = handover::install(&netns, &self.config.proc_root) {
             tracing::warn!(pod = %uid, %error, "no request migration: a proxy upgrade may reset connections being accepted");
         }
+        if let Err(error) = self.capture.hand_over(&netns, wanted.addrs) {
+            tracing::warn!(pod = %uid, %error, "cannot hand the pod over yet; will retry");
+            self.status.set(uid, &wanted.name, &wanted.namespace, pending(Stage::Capture, error.to_string()));
+            return;
+        }
         let pod = handoff::Pod {
             uid: uid.to_owned(),
             name: wanted.name.clone(),
@@ -391,7 +399,7 @@ impl<C: Capture> Agent<'_, C> {
                 continue;
             };
             let enrolled = self.enrolled.contains_key(uid);
-            if enrollment::annotated(&pod) != enrolled {
+            if enrollment::annotated(&pod, self.config.labels) != enrolled {
                 self.status.captured(uid, name, namespace, enrolled);
             }
         }
@@ -419,6 +427,11 @@ impl<C: Capture> Agent<'_, C> {
                 service_account: enrolled.wanted.service_account.clone(),
                 netns,
             };
+            // An agent of an earlier release enrolled it without naming it for the proxy's
+            // listener; the new proxy's listen needs it.
+            if let Err(error) = self.capture.hand_over(&pod.netns, enrolled.wanted.addrs) {
+                tracing::warn!(pod = %uid, %error, "cannot name the pod for the proxy's listener");
+            }
             if let Err(error) = session.add(&pod).await {
                 // Capture stays on (fail closed); forgetting the pod makes reconcile join it
                 // again, retrying the handoff.
@@ -445,14 +458,14 @@ impl<C: Capture> Agent<'_, C> {
         }
     }
 
-    /// Removes pinned enrollments of pods that are neither enrolled now nor wanted (matched by
-    /// address, since a wanted pod whose join is still pending has no known cookie yet): a
-    /// wanted pod's capture is never dropped.
+    /// Removes pinned enrollments and handovers of pods that are neither enrolled now nor
+    /// wanted (matched by address, since a wanted pod whose join is still pending has no known
+    /// cookie yet): a wanted pod's capture is never dropped.
     fn sweep_stale(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let known: Vec<u64> = self.enrolled.values().map(|enrolled| enrolled.cookie).collect();
         let wanted_addresses: Vec<weft_ebpf_common::Enrolled> =
             wanted.values().map(|pod| pod.addrs.to_map_value()).collect();
-        match self.capture.enrolled() {
+        match self.capture.pods() {
             Ok(pinned) => {
                 let stale = pinned.into_iter().filter(|(cookie, addresses)| {
                     !known.contains(cookie) && !wanted_addresses.contains(addresses)

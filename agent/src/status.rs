@@ -89,10 +89,12 @@ pub struct Status {
     /// Where Events and annotations go; `None` reports nothing to the API (tests of the logic
     /// alone).
     client: Option<kube::Client>,
+    /// Whose capture annotation to set.
+    labels: enrollment::Labels,
 }
 
 impl Status {
-    pub fn new(node: String, client: Option<kube::Client>) -> Self {
+    pub fn new(node: String, client: Option<kube::Client>, labels: enrollment::Labels) -> Self {
         let mut registry = Registry::with_prefix("weft_agent");
         let (enrolled, failures, datapath) = (Gauge::default(), Family::default(), Family::default());
         registry.register("enrolled_pods", "Pods of this node enrolled in the mesh", enrolled.clone());
@@ -111,6 +113,7 @@ impl Status {
             failures,
             datapath,
             client,
+            labels,
         }
     }
 
@@ -200,7 +203,7 @@ impl Status {
         let value = captured.then_some(enrollment::ENABLED);
         let patch = serde_json::json!({ "metadata": {
             "uid": uid,
-            "annotations": { enrollment::CAPTURED: value },
+            "annotations": { self.labels.captured_annotation(): value },
         }});
         let (pods, name, uid) =
             (Api::<Pod>::namespaced(client.clone(), namespace), name.to_owned(), uid.to_owned());
@@ -272,6 +275,8 @@ fn counter_name(counter: DatapathCounter) -> &'static str {
         DatapathCounter::OrigDstAnswered => "orig_dst_answered",
         DatapathCounter::InboundFromNode => "inbound_from_node",
         DatapathCounter::InboundFromProxy => "inbound_from_proxy",
+        DatapathCounter::ListenerRegistered => "listener_registered",
+        DatapathCounter::ListenerIgnored => "listener_ignored",
     }
 }
 
@@ -301,7 +306,7 @@ mod tests {
 
     #[test]
     fn reports_pending_reasons_and_counts_enrolled_pods() {
-        let status = Status::new("node0".into(), None);
+        let status = Status::new("node0".into(), None, enrollment::Labels::Weft);
         let pending = State::Pending { stage: Stage::Netns, error: "no process of pod a".into() };
         status.set("a", "web", "shop", pending);
         status.set("b", "db", "shop", State::Enrolled);

@@ -4,7 +4,10 @@
 //! ambient's rule, with Weft's label — and only while the pod is [`PodState::capturable`]. The
 //! agent annotates a pod it has captured ([`CAPTURED`], Istio's `ambient.istio.io/redirection`
 //! with Weft's name) and proxies tunnel only to pods so annotated ([`captured`]), so a labelled
-//! pod its agent could not capture stays reachable, in plaintext.
+//! pod its agent could not capture stays reachable, in plaintext. With [`Labels::Istio`] the same
+//! rule reads and writes Istio ambient's own label and annotation, so Weft's node side can take
+//! over namespaces labelled for Istio, and run under istiod (which tunnels only to pods Istio's
+//! annotation marks).
 use std::collections::BTreeMap;
 
 /// The label that enrolls a namespace or pod.
@@ -19,20 +22,72 @@ pub const CAPTURED: &str = "weft.dev/redirection";
 /// Its value.
 pub const ENABLED: &str = "enabled";
 
-/// Whether a pod's annotations say its node's agent captured it.
-pub fn captured(annotations: Option<&BTreeMap<String, String>>) -> bool {
-    annotations.and_then(|annotations| annotations.get(CAPTURED)).is_some_and(|value| value == ENABLED)
+/// Istio ambient's label and annotation, for [`Labels::Istio`] (same values).
+pub const ISTIO_LABEL: &str = "istio.io/dataplane-mode";
+pub const ISTIO_CAPTURED: &str = "ambient.istio.io/redirection";
+
+/// Whose label enrolls pods and whose annotation says they are captured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Labels {
+    /// [`LABEL`] and [`CAPTURED`].
+    #[default]
+    Weft,
+    /// [`ISTIO_LABEL`] and [`ISTIO_CAPTURED`].
+    Istio,
 }
 
-/// Whether labels enroll a pod: the pod's own label decides, else its namespace's.
-pub fn labelled(
-    pod: Option<&BTreeMap<String, String>>,
-    namespace: Option<&BTreeMap<String, String>>,
-) -> bool {
-    match mode(pod) {
-        Some(NONE) => false,
-        Some(AMBIENT) => true,
-        _ => mode(namespace) == Some(AMBIENT),
+impl Labels {
+    /// The label that enrolls a namespace or pod.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Weft => LABEL,
+            Self::Istio => ISTIO_LABEL,
+        }
+    }
+
+    /// The annotation the agent sets on a pod it captured.
+    pub fn captured_annotation(self) -> &'static str {
+        match self {
+            Self::Weft => CAPTURED,
+            Self::Istio => ISTIO_CAPTURED,
+        }
+    }
+
+    /// Whether a pod's annotations say its node's agent captured it.
+    pub fn captured(self, annotations: Option<&BTreeMap<String, String>>) -> bool {
+        annotations
+            .and_then(|annotations| annotations.get(self.captured_annotation()))
+            .is_some_and(|value| value == ENABLED)
+    }
+
+    /// Whether labels enroll a pod: the pod's own label decides, else its namespace's.
+    pub fn labelled(
+        self,
+        pod: Option<&BTreeMap<String, String>>,
+        namespace: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        match mode(pod, self.label()) {
+            Some(NONE) => false,
+            Some(AMBIENT) => true,
+            _ => mode(namespace, self.label()) == Some(AMBIENT),
+        }
+    }
+}
+
+/// The value of `label` among `labels`.
+fn mode<'a>(labels: Option<&'a BTreeMap<String, String>>, label: &str) -> Option<&'a str> {
+    labels.and_then(|labels| labels.get(label)).map(String::as_str)
+}
+
+impl std::str::FromStr for Labels {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "weft" => Ok(Self::Weft),
+            "istio" => Ok(Self::Istio),
+            other => Err(format!("labels {other:?}: expected weft or istio")),
+        }
     }
 }
 
@@ -65,26 +120,37 @@ impl PodState {
     }
 }
 
-fn mode(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
-    labels.and_then(|labels| labels.get(LABEL)).map(String::as_str)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn labels(value: Option<&str>) -> Option<BTreeMap<String, String>> {
-        value.map(|value| [(LABEL.to_owned(), value.to_owned())].into())
+    fn labels(key: &str, value: Option<&str>) -> Option<BTreeMap<String, String>> {
+        value.map(|value| [(key.to_owned(), value.to_owned())].into())
     }
 
     #[test]
     fn the_namespace_label_enrolls_and_the_pod_label_decides_last() {
-        let ambient = labels(Some(AMBIENT));
-        assert!(labelled(None, ambient.as_ref()));
-        assert!(!labelled(None, None));
-        assert!(!labelled(labels(Some(NONE)).as_ref(), ambient.as_ref()), "opt-out wins");
-        assert!(labelled(ambient.as_ref(), None), "a pod may opt in alone");
-        assert!(!labelled(labels(Some("sidecar")).as_ref(), None));
+        for scheme in [Labels::Weft, Labels::Istio] {
+            let labels = |value| labels(scheme.label(), value);
+            let ambient = labels(Some(AMBIENT));
+            assert!(scheme.labelled(None, ambient.as_ref()));
+            assert!(!scheme.labelled(None, None));
+            assert!(!scheme.labelled(labels(Some(NONE)).as_ref(), ambient.as_ref()), "opt-out wins");
+            assert!(scheme.labelled(ambient.as_ref(), None), "a pod may opt in alone");
+            assert!(!scheme.labelled(labels(Some("sidecar")).as_ref(), None));
+        }
+    }
+
+    #[test]
+    fn each_scheme_reads_only_its_own_label_and_annotation() {
+        let istio = labels(ISTIO_LABEL, Some(AMBIENT));
+        assert!(Labels::Istio.labelled(None, istio.as_ref()));
+        assert!(!Labels::Weft.labelled(None, istio.as_ref()), "Weft's default ignores Istio's label");
+        let marked = labels(ISTIO_CAPTURED, Some(ENABLED));
+        assert!(Labels::Istio.captured(marked.as_ref()));
+        assert!(!Labels::Weft.captured(marked.as_ref()));
+        assert_eq!("istio".parse::<Labels>(), Ok(Labels::Istio));
+        assert!("ISTIO".parse::<Labels>().is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, captured, labelled};
+use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, Labels};
 
 use crate::endpoint::Endpoint;
 
@@ -287,14 +287,14 @@ impl Mesh {
         let (pod_label, ns_label) = (label(pod.metadata.labels.as_ref()), label(ns.metadata.labels.as_ref()));
         let mut findings = vec![finding(
             "labelled",
-            labelled(pod.metadata.labels.as_ref(), ns.metadata.labels.as_ref()),
+            Labels::Weft.labelled(pod.metadata.labels.as_ref(), ns.metadata.labels.as_ref()),
             format!(
                 "pod label {LABEL}={}, namespace label {}",
                 pod_label.as_deref().unwrap_or("(none)"),
                 ns_label.as_deref().unwrap_or("(none)")
             ),
         )];
-        findings.push(if captured(pod.metadata.annotations.as_ref()) {
+        findings.push(if Labels::Weft.captured(pod.metadata.annotations.as_ref()) {
             finding("reported", true, format!("its agent reports it captured ({CAPTURED}={ENABLED})"))
         } else {
             finding(

@@ -136,6 +136,7 @@ fn main() {
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
         root_namespace: "weft-system".into(),
+        labels: weft_api::enrollment::Labels::Weft,
     };
     println!(
         "{:>7} {:>9} {:>12} {:>12} {:>12} {:>14}",

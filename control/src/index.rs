@@ -132,7 +132,7 @@ impl Snapshot {
     }
 }
 
-/// Mesh-wide naming.
+/// Mesh-wide naming, and the enrollment rule's labels.
 #[derive(Debug, Clone)]
 pub struct Naming {
     pub trust_domain: String,
@@ -140,6 +140,7 @@ pub struct Naming {
     pub cluster_domain: String,
     /// Policies here without a selector apply to the whole mesh (the control plane's own).
     pub root_namespace: String,
+    pub labels: weft_api::enrollment::Labels,
 }
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -191,11 +192,11 @@ pub fn build<'a>(
             // The agent's rule, and its word that it captured the pod: a pod nobody captures is
             // never tunnelled to (it has no HBONE listener), it is reached in plaintext.
             let enrolled = weft_api::enrollment::PodState::of(pod).capturable()
-                && weft_api::enrollment::labelled(
+                && naming.labels.labelled(
                     pod.metadata.labels.as_ref(),
                     labels_by_namespace.get(namespace).copied().flatten(),
                 )
-                && weft_api::enrollment::captured(pod.metadata.annotations.as_ref());
+                && naming.labels.captured(pod.metadata.annotations.as_ref());
             let mut workload = workload(naming, pod, enrolled)?;
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             workload.1.authorization_policies = selectors_by_namespace

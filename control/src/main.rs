@@ -38,6 +38,10 @@ struct Args {
     /// Service hostnames are `<name>.<namespace>.svc.<cluster domain>`.
     #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
+    /// Whose label enrolls pods and whose annotation says their agent captured them: `weft`
+    /// or `istio` (Istio ambient's), as the agents are told.
+    #[arg(long, env = "WEFT_LABELS", default_value = "weft")]
+    labels: weft_api::enrollment::Labels,
     /// `/metrics` and `/healthz/ready` (the index has synced), for Prometheus and probes.
     #[arg(long, env = "WEFT_MONITORING_LISTEN", default_value = "0.0.0.0:15014")]
     monitoring_listen: SocketAddr,
@@ -130,6 +134,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         trust_domain: args.trust_domain.clone(),
         cluster_domain: args.cluster_domain.clone(),
         root_namespace: args.namespace.clone(),
+        labels: args.labels,
     };
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
     let source = Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() });

@@ -22,6 +22,11 @@ use crate::{
 const IPPROTO_TCP: u32 = 6;
 /// Loopback is always interface 1 in a network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
+/// `BPF_SK_LOOKUP_F_NO_REUSEPORT`: the registered socket itself, not whichever member of its
+/// `SO_REUSEPORT` group the kernel would pick. Anything of the proxy's user can join that group
+/// (an app in the pod running as the same user, or the proxy being replaced); the registered
+/// listener is the newest trusted proxy's.
+const NO_REUSEPORT: u64 = 1 << 1;
 
 #[sk_lookup]
 pub fn weft_sk_lookup(ctx: SkLookupContext) -> u32 {
@@ -68,7 +73,7 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> u32 {
     let key = Endpoint { ip: local, port: 0 };
     // SAFETY: see the declaration of LISTENERS; no other reference to it is alive here.
     let listeners = unsafe { &mut *(&raw mut LISTENERS) };
-    if listeners.redirect_sk_lookup(ctx, key, 0).is_ok() {
+    if listeners.redirect_sk_lookup(ctx, key, NO_REUSEPORT).is_ok() {
         count(Counter::InboundSteered);
         SK_PASS
     } else {

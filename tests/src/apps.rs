@@ -197,13 +197,23 @@ pub struct Standin {
 }
 
 impl Standin {
-    /// Starts the stand-in in `pod` (its netns, the node's proxy cgroup), registered with the
-    /// datapath pinned for `node`, and returns once it listens.
+    /// Starts the stand-in in `pod` (its netns, the node's proxy cgroup) and returns once it
+    /// listens. Like any proxy it writes nothing of the datapath's: the pod's enrollment must
+    /// come first, so that its listen registers it.
     pub fn start(node: &Node, pod: &Pod) -> anyhow::Result<Self> {
-        let root = node.bpffs_root.display().to_string();
-        let (v4, v6) = (pod.ipv4.to_string(), pod.ipv6.to_string());
-        let command = testpod(&["standin", "--bpffs-root", &root, "--pod-ip", &v4, "--pod-ip", &v6])?;
-        let mut process = Process::spawn(command, &pod.netns, Some(&node.proxy_cgroup))?;
+        Self::start_in(pod, &node.proxy_cgroup)
+    }
+
+    /// An impostor: the same proxy started as an app of `pod`, in the pod's own cgroup. It
+    /// marks its sockets and joins the proxy's listeners' `SO_REUSEPORT` groups, as an app
+    /// running as the proxy's user could.
+    pub fn impostor(pod: &Pod) -> anyhow::Result<Self> {
+        Self::start_in(pod, &pod.cgroup)
+    }
+
+    fn start_in(pod: &Pod, cgroup: &std::path::Path) -> anyhow::Result<Self> {
+        let command = testpod(&["standin"])?;
+        let mut process = Process::spawn(command, &pod.netns, Some(cgroup))?;
         process
             .wait_for_line("ready", READY_TIMEOUT)
             .with_context(|| format!("stand-in proxy in pod {}", pod.name))?;

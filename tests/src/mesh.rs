@@ -384,7 +384,7 @@ fn agent_endpoints(agent: &mut Process, source: &[String]) -> anyhow::Result<Opt
 
 fn start_ztunnel(node: &Node, socket: &std::path::Path, control_flags: &[String]) -> anyhow::Result<Process> {
     let mut command = Command::new(apps::binary("weft-ztunnel")?);
-    command.arg("--zds-socket").arg(socket).args(control_flags).arg("--bpffs-root").arg(&node.bpffs_root);
+    command.arg("--zds-socket").arg(socket).args(control_flags);
     let output = merged_output(&mut command)?;
     let mut ztunnel = Process::spawn(command, &node.netns, Some(&node.proxy_cgroup))?;
     ztunnel.read_lines_from(output);

@@ -300,7 +300,7 @@ async fn a_labelled_pod_no_agent_captured_is_reached_in_plaintext_until_its_agen
         let pods = pods.clone();
         async move {
             let pod = pods.get("late").await.ok()?;
-            weft_api::enrollment::captured(pod.metadata.annotations.as_ref()).then_some(())
+            weft_api::enrollment::Labels::Weft.captured(pod.metadata.annotations.as_ref()).then_some(())
         }
     })
     .await

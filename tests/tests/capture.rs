@@ -9,7 +9,7 @@ use std::{
 };
 
 use weft_agent::datapath::{self, Config, Datapath, PodAddrs};
-use weft_ebpf_common::{ConfigSlot, Counter, map, port};
+use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, map, port};
 use weft_tests::{
     apps::{self, Chat, Sent, Standin},
     bpffs,
@@ -117,6 +117,30 @@ fn inbound_connections_on_any_port_arrive_at_the_inbound_listener_with_their_por
         assert_eq!(seen.orig, *to, "the original destination, port included");
     }
     assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), targets.len() as u64);
+}
+
+#[test]
+fn only_the_proxys_own_listen_registers_it_and_an_app_joining_its_port_gets_nothing() {
+    let mut topology = Topology::new(2).unwrap();
+    let server = topology.add_pod(0, "server", "uid-server").unwrap();
+    let client = topology.add_pod(1, "client", "uid-client").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &server).unwrap();
+    let mut proxy = Standin::start(&topology.nodes()[0], &server).unwrap();
+    // After the proxy, marked like it and in its listeners' SO_REUSEPORT groups.
+    let impostor = Standin::impostor(&server).unwrap();
+    assert_eq!(datapath.counter(Counter::ListenerRegistered).unwrap(), 1, "the proxy's listen registered it");
+    assert_eq!(datapath.counter(Counter::ListenerIgnored).unwrap(), 1, "the app's listen was ignored");
+
+    // Were the impostor registered, or picked from the group, it would take some of these and
+    // the proxy would fall short.
+    let targets: Vec<SocketAddr> = (0..4).flat_map(|_| addrs(&server, ECHO_PORT)).collect();
+    for (n, to) in targets.iter().enumerate() {
+        apps::send(&client, *to, "inbound").unwrap();
+        assert_eq!(proxy.accepted(n + 1, WAIT).unwrap()[n].orig, *to);
+    }
+    impostor.stop().unwrap();
 }
 
 #[test]
@@ -262,12 +286,14 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     let mut standin = Standin::start(&node, &client).unwrap();
     let before = old.link_programs().unwrap();
 
-    // What an agent of ABI 5 left: one setting more (the proxy-cgroup check on), one counter
-    // fewer, and a map this build does not define.
+    // What an agent of the next ABI left: one setting more (the proxy-cgroup check on), one
+    // counter fewer, and a map this build does not define.
     pin_other_layout(&node, map::CONFIG, bpffs::ARRAY, 4, 4, ConfigSlot::COUNT + 1);
-    for (slot, value) in
-        [(ConfigSlot::AbiVersion as u32, 5), (ConfigSlot::ProxyCgroupRequired as u32, 1), (3, 42)]
-    {
+    for (slot, value) in [
+        (ConfigSlot::AbiVersion as u32, ABI_VERSION + 1),
+        (ConfigSlot::ProxyCgroupRequired as u32, 1),
+        (3, 42),
+    ] {
         pinned_config(&node).set(slot, value, 0).unwrap();
     }
     pin_other_layout(&node, map::COUNTERS, bpffs::PERCPU_ARRAY, 4, 8, Counter::COUNT - 1);
@@ -287,7 +313,7 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     };
     let new = Datapath::install(&config).unwrap();
     let settings: Vec<u32> = pinned_config(&node).iter().map(Result::unwrap).collect();
-    assert_eq!(settings, [weft_ebpf_common::ABI_VERSION, 0, 1], "the proxy-cgroup check carried over");
+    assert_eq!(settings, [ABI_VERSION, 0, 1], "the proxy-cgroup check carried over");
     assert!(!dropped.exists(), "the map only the old programs used is unpinned");
     assert!(!retired.exists(), "the link of a program this agent lacks is detached");
     let aside: Vec<_> = std::fs::read_dir(node.bpffs_root.join("maps"))

@@ -115,7 +115,7 @@ fn weftctl_json(cluster: &RealCluster, args: &[&str]) -> Result<serde_json::Valu
 /// Pod `shop/client`: whether its agent reports it captured, and its containers' restarts.
 async fn client_state(client: &kube::Client) -> (bool, i32) {
     let pod = Api::<Pod>::namespaced(client.clone(), "shop").get("client").await.unwrap();
-    let captured = weft_api::enrollment::captured(pod.metadata.annotations.as_ref());
+    let captured = weft_api::enrollment::Labels::Weft.captured(pod.metadata.annotations.as_ref());
     let statuses = pod.status.and_then(|status| status.container_statuses).unwrap_or_default();
     let restarts = statuses.iter().map(|status| status.restart_count).sum();
     (captured, restarts)

@@ -24,8 +24,6 @@ pub struct Config {
     pub workloads: WorkloadSource,
     /// Where certificates come from.
     pub ca: CaConfig,
-    /// Where capture is pinned; `None` runs without registering inbound listeners.
-    pub bpffs_root: Option<PathBuf>,
     pub plaintext: InboundPlaintext,
     pub cert_ttl: Duration,
     /// After the shutdown signal: how long open connections may still run.
@@ -171,7 +169,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
         pool: Pool::new(metrics.clone(), config.pool),
         plaintext: config.plaintext,
-        bpffs_root: config.bpffs_root.clone(),
         metrics,
         ready: std::sync::atomic::AtomicBool::new(false),
         drain: tokio::sync::watch::Sender::new(false),

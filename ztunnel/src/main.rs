@@ -36,9 +36,6 @@ struct Args {
     /// production.
     #[arg(long, env = "WEFT_DEV_CA_DIR", conflicts_with = "ca_address")]
     dev_ca_dir: Option<PathBuf>,
-    /// bpffs root of the node's capture datapath.
-    #[arg(long, env = "WEFT_BPFFS_ROOT", default_value = weft_ebpf_common::pin::DEFAULT_ROOT)]
-    bpffs_root: PathBuf,
     /// Refuse plaintext from outside the mesh (STRICT) instead of delivering it (PERMISSIVE).
     #[arg(long, env = "WEFT_STRICT")]
     strict: bool,
@@ -113,7 +110,6 @@ fn main() -> anyhow::Result<()> {
         zds_socket: args.zds_socket,
         workloads,
         ca,
-        bpffs_root: Some(args.bpffs_root),
         plaintext: if args.strict { InboundPlaintext::Deny } else { InboundPlaintext::Allow },
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
         drain: Duration::from_secs(args.drain_seconds),

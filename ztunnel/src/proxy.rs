@@ -4,7 +4,6 @@
 //! alone, and is created inside the pod's namespace.
 use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     sync::Arc,
 };
 
@@ -46,8 +45,6 @@ pub struct Context {
     pub identities: Arc<Manager>,
     pub pool: Pool,
     pub plaintext: InboundPlaintext,
-    /// Where the datapath is pinned, to register inbound listeners; `None` without capture.
-    pub bpffs_root: Option<PathBuf>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the agent's first snapshot has been applied.
     pub ready: std::sync::atomic::AtomicBool,
@@ -239,12 +236,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("registering pod {pod}'s inbound listener with the datapath")]
-    Register {
-        pod: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
     #[error("certificate for pod {pod}")]
     Certificate {
         pod: String,
@@ -280,10 +271,6 @@ impl PodProxy {
         };
         let (outbound, inbound, hbone) =
             (bind(port::OUTBOUND)?, bind(port::INBOUND)?, bind(crate::hbone::PORT)?);
-        if let Some(root) = &context.bpffs_root {
-            weft_ebpf_common::listener::register(root, &addresses, &inbound)
-                .map_err(|source| Error::Register { pod: pod.uid.clone(), source })?;
-        }
         // A certificate now (so a pod whose identity the CA refuses fails here, visibly); the
         // HBONE listener asks again per connection and so follows renewals.
         let identity = pod.identity(&context.trust_domain);

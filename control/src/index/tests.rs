@@ -20,6 +20,7 @@ fn naming() -> Naming {
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
         root_namespace: "weft-system".into(),
+        labels: weft_api::enrollment::Labels::Weft,
     }
 }
 

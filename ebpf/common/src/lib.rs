@@ -1,14 +1,14 @@
 //! Names and `#[repr(C)]` types that Weft's eBPF programs (`weft-ebpf`) and user space share:
 //! program and map names, ports, the proxy's socket mark, and the map key and value layouts.
-//! `no_std` so the kernel side can use it; the `user` feature adds `aya::Pod` impls and the one
-//! user-space helper the proxy needs ([`listener`]). Byte order is stated on every field.
+//! `no_std` so the kernel side can use it; the `user` feature adds `aya::Pod` impls. Byte order
+//! is stated on every field.
 #![no_std]
 
 /// Version of the maps' layout and the programs' contract, recorded in the pinned datapath. An
 /// agent of another version carries the pinned maps over map by map (the agent's
 /// `datapath::migrate`): bump it with every change of a map's layout; a new meaning in an old
 /// layout needs its own rule there.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// `SO_MARK` the node proxy sets on every socket it opens, so capture leaves them alone.
 /// Istio's ztunnel uses the same mark (0x539), so it runs on Weft's capture unmodified.
@@ -63,8 +63,13 @@ pub mod map {
     /// [`crate::Endpoint`] of the client side → [`crate::OrigDst`]. LRU, kernel-written.
     pub const ORIG_BY_PEER: &str = "WEFT_ORIG_BY_PEER";
     /// [`crate::Endpoint`] (pod IP, port 0) → the proxy's inbound listener socket in that pod.
-    /// Written only by the node proxy.
+    /// Kernel-written: a trusted proxy's listen on [`crate::port::INBOUND`] in a pod of
+    /// [`POD_ADDRS`] registers itself, so any proxy (Istio's too) needs no part in it.
     pub const LISTENERS: &str = "WEFT_LISTENERS";
+    /// netns cookie (`u64`) → [`crate::Enrolled`]: the pods handed to the proxy, from before
+    /// the handoff (so the proxy's listen finds its pod) until the pod leaves the mesh.
+    /// Written only by the agent.
+    pub const POD_ADDRS: &str = "WEFT_POD_ADDRS";
     /// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WEFT_COUNTERS";
     /// Array of `u32` indexed by [`crate::ConfigSlot`]. Written only by the agent.
@@ -196,11 +201,15 @@ pub enum Counter {
     InboundFromNode = 7,
     /// The proxy's deliveries from the client's address, let through to the app.
     InboundFromProxy = 8,
+    /// Inbound listeners of the proxy registered for a pod's addresses as it listened.
+    ListenerRegistered = 9,
+    /// Listens on the inbound port in a handed-over pod that were not the proxy's, ignored.
+    ListenerIgnored = 10,
 }
 
 impl Counter {
     /// Number of slots; the size of the counters map.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 11;
     /// Every counter, for readers that report them all.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -212,6 +221,8 @@ impl Counter {
         Counter::OrigDstAnswered,
         Counter::InboundFromNode,
         Counter::InboundFromProxy,
+        Counter::ListenerRegistered,
+        Counter::ListenerIgnored,
     ];
 }
 
@@ -246,6 +257,3 @@ mod user {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Connection {}
 }
-
-#[cfg(feature = "user")]
-pub mod listener;

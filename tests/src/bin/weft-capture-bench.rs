@@ -39,19 +39,18 @@ fn main() -> anyhow::Result<()> {
     let node = topology.nodes()[0].clone();
     let mut datapath =
         Datapath::install(&Config::new(&node.cgroup).with_root(&node.bpffs_root)).context("installing")?;
-    let _standin = Standin::start(&node, &client)?;
     let netns = File::open(client.netns.path())?;
+    let addrs = PodAddrs { ipv4: Some(client.ipv4), ipv6: Some(client.ipv6) };
+    // Named before the stand-in listens, as the agent does before a handoff.
+    datapath.hand_over(&netns, addrs).context("handing the client over")?;
+    let _standin = Standin::start(&node, &client)?;
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
 
     let modes = ["direct", "captured"];
     let mut results: Vec<Vec<[f64; 3]>> = vec![Vec::new(); modes.len()];
     for _ in 0..args.repeats {
         for (mode, samples) in results.iter_mut().enumerate() {
-            let cookie = (mode == 1)
-                .then(|| {
-                    datapath.enroll(&netns, PodAddrs { ipv4: Some(client.ipv4), ipv6: Some(client.ipv6) })
-                })
-                .transpose()?;
+            let cookie = (mode == 1).then(|| datapath.enroll(&netns, addrs)).transpose()?;
             let latency = run(&client, &["latency", "--count", &args.round_trips.to_string()], to)?;
             let rate = run(&client, &["connrate", "--count", &args.connections.to_string()], to)?;
             samples.push([

@@ -122,7 +122,9 @@ impl RealCluster {
                 timeout,
                 || async {
                     let pod = api.get(name).await.ok()?;
-                    weft_api::enrollment::captured(pod.metadata.annotations.as_ref()).then_some(())
+                    weft_api::enrollment::Labels::Weft
+                        .captured(pod.metadata.annotations.as_ref())
+                        .then_some(())
                 },
             )
             .await?;

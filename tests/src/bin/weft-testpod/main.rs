@@ -6,7 +6,7 @@
 //! datapath treats it as a pod's process.
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -116,13 +116,7 @@ enum Mode {
     },
     /// Play the node proxy in this pod: transparent listeners on 15001 and 15006, relaying in
     /// plaintext to each connection's original destination.
-    Standin {
-        #[arg(long)]
-        bpffs_root: PathBuf,
-        /// The pod's addresses, for inbound listener registration.
-        #[arg(long = "pod-ip", required = true)]
-        pod_ips: Vec<IpAddr>,
-    },
+    Standin,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -157,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         Mode::Connrate { to, count } => connrate(to, count),
         Mode::Openloop { to, rate, seconds, size } => openloop(to, rate, seconds, size),
         Mode::Hold { to, count } => hold(to, count),
-        Mode::Standin { bpffs_root, pod_ips } => standin::run(&bpffs_root, &pod_ips),
+        Mode::Standin => standin::run(),
     }
 }
 

@@ -1,13 +1,12 @@
 //! The stand-in proxy: the smallest transparent proxy that exercises capture the way ztunnel
-//! will. It listens on the outbound (15001) and inbound (15006) ports inside its pod's netns,
-//! registers the inbound listener with the datapath, marks every socket with the proxy mark,
+//! will. It listens on the outbound (15001) and inbound (15006) ports inside its pod's netns
+//! (the datapath registers the inbound one as it listens), marks every socket with the proxy mark,
 //! learns each accepted connection's original destination through `SO_ORIGINAL_DST`, prints one
 //! line per connection, and relays bytes to that destination in plaintext.
 use std::{
     io::Write,
-    net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream},
+    net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV6, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::Path,
 };
 
 use anyhow::Context;
@@ -15,11 +14,9 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use weft_ebpf_common::{PROXY_MARK, port};
 
 /// Runs until killed.
-pub fn run(bpffs_root: &Path, pod_ips: &[IpAddr]) -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     let outbound = listen(port::OUTBOUND)?;
     let inbound = listen(port::INBOUND)?;
-    weft_ebpf_common::listener::register(bpffs_root, pod_ips, &inbound)
-        .context("registering the inbound listener")?;
     println!("ready");
     std::io::stdout().flush()?;
     let outbound = std::thread::spawn(move || serve(outbound));
