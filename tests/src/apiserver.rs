@@ -317,17 +317,7 @@ impl ApiServer {
     /// Service's endpoints point) to the API server on the harness's loopback, so pods reach it
     /// as they would on a real network. Runs until the returned relay drops.
     pub fn relay_from(&self, fabric: &NetNs) -> anyhow::Result<Relay> {
-        let address = SocketAddr::from((FABRIC_GATEWAY, self.port));
-        let listener = fabric
-            .run(move || std::net::TcpListener::bind(address))?
-            .with_context(|| format!("binding {address} in the fabric namespace"))?;
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        let upstream = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
-        let task = tokio::spawn(relay(listener, move || async move {
-            tokio::net::TcpStream::connect(upstream).await.ok()
-        }));
-        Ok(Relay { task, runtime: None })
+        Relay::from_fabric(fabric, self.port, SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)))
     }
 
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
@@ -374,6 +364,21 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Carries connections to port `port` of the fabric gateway's address inside `fabric` to
+    /// `upstream` in the harness's namespace, on the current runtime.
+    pub fn from_fabric(fabric: &NetNs, port: u16, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let address = SocketAddr::from((FABRIC_GATEWAY, port));
+        let listener = fabric
+            .run(move || std::net::TcpListener::bind(address))?
+            .with_context(|| format!("binding {address} in the fabric namespace"))?;
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let task = tokio::spawn(relay(listener, move || async move {
+            tokio::net::TcpStream::connect(upstream).await.ok()
+        }));
+        Ok(Self { task, runtime: None })
+    }
+
     /// Carries connections to a free port on the harness's loopback to `target` inside
     /// `fabric`; returns the relay and that port.
     fn into_fabric(fabric: &NetNs, target: SocketAddr) -> anyhow::Result<(Self, u16)> {

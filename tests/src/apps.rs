@@ -79,6 +79,11 @@ pub enum Sent {
     ConnectError(i32),
 }
 
+/// Whether a message from `pod` to `to` comes back.
+pub fn reaches(pod: &Pod, to: SocketAddr) -> bool {
+    matches!(try_send(pod, to, "ping"), Ok(Sent::Reply { reply, .. }) if reply == "ping")
+}
+
 /// Sends `message` from `pod` to `to` and reports what happened.
 pub fn try_send(pod: &Pod, to: SocketAddr, message: &str) -> anyhow::Result<Sent> {
     try_send_with(pod, to, message, &[])
@@ -338,7 +343,9 @@ pub fn json_body(response: &str) -> serde_json::Value {
 pub fn http_get_at(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr)?;
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n\r\n").as_bytes())?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").as_bytes(),
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)

@@ -40,8 +40,13 @@ pub const AUDIENCE: &str = "istio-ca";
 /// Creates the CRDs of `manifests/crds.yaml` (the deployed file itself) unless they exist, and
 /// waits until the API server serves them.
 pub async fn install_crds(client: kube::Client) -> anyhow::Result<()> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds.yaml");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    install_crds_from(client, &Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds.yaml")).await
+}
+
+/// Creates every CRD of the YAML file `path` unless it exists, and waits until the API server
+/// serves them.
+pub async fn install_crds_from(client: kube::Client, path: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let api: Api<CustomResourceDefinition> = Api::all(client);
     for document in serde_yaml::Deserializer::from_str(&text) {
         let crd = CustomResourceDefinition::deserialize(document)
@@ -159,14 +164,8 @@ impl ControlPlane {
     /// Creates node `node`'s ztunnel Pod object and returns a file holding a token for it:
     /// service account `weft-ztunnel`, audience `istio-ca`, bound to that pod.
     pub async fn proxy_token(&self, cluster: &Cluster, node: &Node) -> anyhow::Result<PathBuf> {
-        let name = format!("ztunnel-{}", node.name);
-        let template = PodTemplate::new(NAMESPACE, &name).service_account(PROXY_SERVICE_ACCOUNT);
-        let pod = cluster.kubelet().create_pod(&template, &node.name).await?;
-        cluster.kubelet().mark_running(NAMESPACE, &name, &[node.ipv4.into()]).await?;
-        let token = request_token(cluster.client(), &name, pod.metadata.uid.as_deref(), AUDIENCE).await?;
-        let file = self.dir.path().join(format!("{name}.token"));
-        std::fs::write(&file, token)?;
-        Ok(file)
+        let account = (NAMESPACE, PROXY_SERVICE_ACCOUNT);
+        node_proxy_token(cluster, node, account, self.dir.path()).await
     }
 
     /// The control plane's log.
@@ -227,10 +226,43 @@ fn spawn(
     Ok((process, monitoring, admin))
 }
 
+/// Creates node `node`'s proxy Pod object, `ztunnel-<node>` running as service account
+/// `account` (namespace, name), and returns a file in `dir` holding a token for it, audience
+/// `istio-ca`, bound to that pod (as the kubelet projects it).
+pub async fn node_proxy_token(
+    cluster: &Cluster,
+    node: &Node,
+    account: (&str, &str),
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    let (namespace, service_account) = account;
+    let name = format!("ztunnel-{}", node.name);
+    let template = PodTemplate::new(namespace, &name).service_account(service_account);
+    let pod = cluster.kubelet().create_pod(&template, &node.name).await?;
+    cluster.kubelet().mark_running(namespace, &name, &[node.ipv4.into()]).await?;
+    let uid = pod.metadata.uid.as_deref();
+    let token = request_token_for(cluster.client(), account, &name, uid, AUDIENCE).await?;
+    let file = dir.join(format!("{name}.token"));
+    std::fs::write(&file, token)?;
+    Ok(file)
+}
+
 /// A service-account token from the TokenRequest API, for `weft-ztunnel`, with `audience`,
 /// bound to pod `pod` when given.
 pub async fn request_token(
     client: kube::Client,
+    pod: &str,
+    uid: Option<&str>,
+    audience: &str,
+) -> anyhow::Result<String> {
+    request_token_for(client, (NAMESPACE, PROXY_SERVICE_ACCOUNT), pod, uid, audience).await
+}
+
+/// A token of service account `account` (namespace, name) with `audience`, bound to pod `pod`
+/// of its namespace when given.
+async fn request_token_for(
+    client: kube::Client,
+    account: (&str, &str),
     pod: &str,
     uid: Option<&str>,
     audience: &str,
@@ -249,8 +281,8 @@ pub async fn request_token(
         }),
         ..Default::default()
     };
-    let accounts: Api<ServiceAccount> = Api::namespaced(client, NAMESPACE);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client, account.0);
     let issued: TokenRequest =
-        accounts.create_subresource("token", PROXY_SERVICE_ACCOUNT, &PostParams::default(), &request).await?;
+        accounts.create_subresource("token", account.1, &PostParams::default(), &request).await?;
     issued.status.and_then(|status| status.token).context("TokenRequest answered without a token")
 }

@@ -16,6 +16,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod control;
 pub mod images;
+pub mod istiod;
 pub mod kubelet;
 pub mod mesh;
 pub mod netns;

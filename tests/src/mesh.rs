@@ -14,6 +14,7 @@ use crate::{
     apps,
     cluster::Cluster,
     control::ControlPlane,
+    istiod::Istiod,
     process::{Process, merged_output},
     topology::{Node, Pod, Topology},
 };
@@ -49,6 +50,10 @@ pub enum Ca<'a> {
     Development,
     /// The control plane's CA and xDS, with each node's proxy token (index = node).
     Control { plane: &'a ControlPlane, tokens: Vec<PathBuf> },
+    /// Istio's control plane: its CA and xDS, each node's proxy token (index = node) and its
+    /// pod's name told as the downward API would (istiod checks a proxy's claimed namespace
+    /// against its token); agents go by Istio's labels.
+    Istiod { istiod: &'a Istiod, tokens: Vec<PathBuf> },
 }
 
 /// How agents learn which pods to enroll.
@@ -141,7 +146,7 @@ impl Mesh {
             let pods_file = node_dir.join("pods.json");
             std::fs::write(&pods_file, json!({ "pods": pods }).to_string())?;
             let socket = node_dir.join("zds.sock");
-            let source = match enrollment {
+            let mut source = match enrollment {
                 Enrollment::Static => vec!["static".into(), "--pods".into(), pods_file.display().to_string()],
                 Enrollment::Kubernetes(kubeconfig) => vec![
                     "run".into(),
@@ -159,6 +164,9 @@ impl Mesh {
                     "127.0.0.1:0".into(),
                 ],
             };
+            if matches!(ca, Ca::Istiod { .. }) && matches!(enrollment, Enrollment::Kubernetes(_)) {
+                source.extend(["--labels".into(), "istio".into()]);
+            }
             let mut agent = start_agent(node, &source, &socket)?;
             endpoints.push(agent_endpoints(&mut agent, &source)?);
             let control_flags = match ca {
@@ -177,6 +185,24 @@ impl Mesh {
                     plane.root_file().display().to_string(),
                     "--token-file".into(),
                     tokens.get(node.index).context("no proxy token for this node")?.display().to_string(),
+                ],
+                Ca::Istiod { istiod, tokens } => vec![
+                    "--ca-address".into(),
+                    istiod.address(),
+                    "--xds-address".into(),
+                    istiod.address(),
+                    "--ca-root-file".into(),
+                    istiod.root_file().display().to_string(),
+                    "--token-file".into(),
+                    tokens.get(node.index).context("no proxy token for this node")?.display().to_string(),
+                    "--pod-name".into(),
+                    format!("ztunnel-{}", node.name),
+                    "--pod-namespace".into(),
+                    crate::istiod::NAMESPACE.into(),
+                    "--node-name".into(),
+                    node.name.clone(),
+                    "--instance-ip".into(),
+                    node.ipv4.to_string(),
                 ],
             };
             let ztunnel = start_ztunnel(node, &socket, &control_flags)?;
@@ -202,6 +228,58 @@ impl Mesh {
             mesh.wait_until_tunnelled(READY_TIMEOUT)?;
             Ok(mesh)
         })
+    }
+
+    /// The mesh's node side under istiod: every node's agent enrolls by Istio's labels, every
+    /// proxy takes certificates and configuration from `istiod`; returns once every proxy
+    /// tunnels to each of `enrolled`. Call it on a multi-threaded runtime.
+    pub async fn start_under_istiod(
+        cluster: &Cluster,
+        istiod: &Istiod,
+        enrolled: &[&Pod],
+    ) -> anyhow::Result<Self> {
+        let mut tokens = Vec::new();
+        for node in cluster.topology().nodes() {
+            tokens.push(istiod.proxy_token(cluster, node).await?);
+        }
+        let ca = Ca::Istiod { istiod, tokens };
+        let enrollment = Enrollment::Kubernetes(cluster.api().kubeconfig().to_owned());
+        tokio::task::block_in_place(|| {
+            let mesh = Self::start_with(cluster.topology(), &[], &ca, &enrollment)?;
+            mesh.wait_until_tunnelled_to(enrolled, READY_TIMEOUT)?;
+            Ok(mesh)
+        })
+    }
+
+    /// Waits until every node's proxy knows each of `pods` as a workload it tunnels to (by
+    /// address: whatever names the control plane gives workloads). Blocking.
+    pub fn wait_until_tunnelled_to(&self, pods: &[&Pod], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut untunnelled = Vec::new();
+            for setup in &self.setups {
+                let workloads = proxy_workloads(&setup.node)?;
+                for pod in pods {
+                    let address = serde_json::Value::from(pod.ipv4.to_string());
+                    let hbone = workloads.iter().any(|workload| {
+                        workload["protocol"] == "HBONE"
+                            && workload["addresses"].as_array().is_some_and(|list| list.contains(&address))
+                    });
+                    if !hbone {
+                        untunnelled.push(format!("{} on {}", pod.name, setup.node.name));
+                    }
+                }
+            }
+            if untunnelled.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "proxies do not tunnel to these after {timeout:?}: {}",
+                untunnelled.join(", ")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until every node's proxy tunnels to every pod an agent reports enrolled: each agent

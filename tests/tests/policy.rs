@@ -12,9 +12,7 @@ use kube::{
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams},
 };
 use serde_json::{Value, json};
-use weft_tests::{
-    apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh, topology::Pod,
-};
+use weft_tests::{apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh};
 
 const WAIT: Duration = Duration::from_secs(20);
 const LABEL: &str = "weft.dev/dataplane-mode";
@@ -32,11 +30,6 @@ async fn apply(api: &Api<DynamicObject>, name: &str, spec: Value) {
         "spec": spec,
     });
     api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
-}
-
-/// Whether a message from `pod` to `to` comes back.
-fn reaches(pod: &Pod, to: SocketAddr) -> bool {
-    matches!(apps::try_send(pod, to, "ping"), Ok(apps::Sent::Reply { reply, .. }) if reply == "ping")
 }
 
 /// Retries `holds` (each try a real connection) until it is true; fails after [`WAIT`].
@@ -68,7 +61,7 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
 
     let mut open_chat = tokio::task::block_in_place(|| {
         for pod in [&web, &intruder, &outsider] {
-            assert!(reaches(pod, to_db), "{} cannot reach db before any policy", pod.name);
+            assert!(apps::reaches(pod, to_db), "{} cannot reach db before any policy", pod.name);
         }
         let mut chat = apps::Chat::open(&intruder, to_db).unwrap();
         assert_eq!(chat.say("before the policy").unwrap(), "before the policy");
@@ -90,7 +83,7 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
         let revoked = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE revoked"), WAIT).unwrap();
         assert!(revoked.contains("sa/intruder") && revoked.contains("shop/db-allow-web"), "{revoked}");
         assert!(open_chat.say("after the policy").is_err(), "the intruder's open connection still flows");
-        eventually("the intruder refused", || !reaches(&intruder, to_db));
+        eventually("the intruder refused", || !apps::reaches(&intruder, to_db));
         let denied = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
         assert!(
             denied.contains("sa/intruder")
@@ -98,12 +91,12 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
                 && denied.contains("shop/db-allow-web"),
             "{denied}"
         );
-        assert!(reaches(&web, to_db), "web is allowed on 8080");
-        assert!(!reaches(&web, to_db_admin), "web is not allowed on 9090");
+        assert!(apps::reaches(&web, to_db), "web is allowed on 8080");
+        assert!(!apps::reaches(&web, to_db_admin), "web is not allowed on 9090");
         let denied = mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
         assert!(denied.contains("sa/web") && denied.contains(":9090"), "{denied}");
         // Plaintext has no identity: no principal matches.
-        assert!(!reaches(&outsider, to_db), "plaintext is not allowed");
+        assert!(!apps::reaches(&outsider, to_db), "plaintext is not allowed");
         mesh.ztunnel(1).wait_for(|line| line.contains("plaintext inbound denied"), WAIT).unwrap();
     });
 
@@ -115,7 +108,7 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
     )
     .await;
     tokio::task::block_in_place(|| {
-        eventually("web refused by the DENY", || !reaches(&web, to_db));
+        eventually("web refused by the DENY", || !apps::reaches(&web, to_db));
         let denied = mesh
             .ztunnel(1)
             .wait_for(|line| line.contains("inbound HBONE denied") && line.contains("sa/web"), WAIT)
@@ -145,9 +138,9 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
         api.delete(name, &DeleteParams::default()).await.unwrap();
     }
     tokio::task::block_in_place(|| {
-        eventually("the intruder let in again", || reaches(&intruder, to_db));
+        eventually("the intruder let in again", || apps::reaches(&intruder, to_db));
         for pod in [&web, &outsider] {
-            assert!(reaches(pod, to_db), "{} cannot reach db once the policies are gone", pod.name);
+            assert!(apps::reaches(pod, to_db), "{} cannot reach db once the policies are gone", pod.name);
         }
     });
 }

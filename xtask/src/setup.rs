@@ -45,14 +45,19 @@ pub const KUBERNETES_VERSION: &str = "1.37.2";
 pub const ETCD_VERSION: &str = "3.6.16";
 /// The cluster DNS of the harness's real nodes.
 pub const COREDNS_VERSION: &str = "1.15.0";
+/// Istio's control plane (istiod) and CRDs for the interoperability test: the istio.io/istio
+/// module at this version (Istio 1.31 in development, its main branch of 2026-08-27: Istio tags
+/// releases without Go's `v`, so the module proxy serves only commits). README's "Tested with".
+pub const ISTIO_MODULE_VERSION: &str = "v0.0.0-20260827124520-eed52ebb66ad";
 /// The oldest Go that builds them all (their go.mod files ask for 1.26.0).
 const GO_MINIMUM: (u32, u32) = (1, 26);
 
 /// Paths of the tools setup provides, for the commands that run after it.
 #[derive(Debug)]
 pub struct Tools {
-    /// A directory holding etcd and the Kubernetes commands of the tested releases (links into
-    /// the cache); the harness reads it from `WEFT_KUBE_BIN`.
+    /// A directory holding etcd, the Kubernetes commands, istiod (`pilot-discovery`) and Istio's
+    /// CRDs (`istio-crds.yaml`) of the tested releases (links into the cache); the harness reads
+    /// it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
 }
 
@@ -66,6 +71,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("cargo-nextest", nextest)?;
     let kube_bin = cache.join("kubernetes/bin");
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
+    step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
     Ok(Tools { kube_bin })
 }
@@ -145,32 +151,65 @@ fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let binaries: Vec<PathBuf> =
         KUBE_COMMANDS.iter().map(|command| kube.join(command)).chain([etcd.join("etcd"), coredns]).collect();
     if !binaries.iter().all(|binary| binary.exists()) {
-        let go = go()?;
         eprintln!(
-            "setup: building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION} and CoreDNS {COREDNS_VERSION} with {} \
-             (about 10 minutes cold)",
-            go.display()
+            "setup: building Kubernetes {KUBERNETES_VERSION}, etcd {ETCD_VERSION} and CoreDNS {COREDNS_VERSION} \
+             (about 10 minutes cold)"
         );
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let path = std::env::join_paths(
-            go.parent().into_iter().map(Path::to_path_buf).chain(std::env::split_paths(&path)),
-        )?;
         cmd::run(
             Command::new("bash")
                 .arg(root.join("xtask/src/setup/kubernetes.sh"))
                 .arg(dir)
                 .args([KUBERNETES_VERSION, ETCD_VERSION, COREDNS_VERSION])
-                .env("PATH", path),
+                .env("PATH", go_path()?),
         )?;
     }
+    let links = binaries.into_iter().map(|binary| {
+        let name = binary.file_name().expect("invariant: every binary path has a file name").to_owned();
+        (name, binary)
+    });
+    link_into(bin, links)
+}
+
+/// `pilot-discovery` and Istio's CRDs at [`ISTIO_MODULE_VERSION`], built and copied from the
+/// Go module proxy by `istio.sh` (sharing Kubernetes' Go caches in `dir`) when missing; `bin`
+/// then links them as `pilot-discovery` and `istio-crds.yaml`.
+fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let built = dir.join(format!("istio-{ISTIO_MODULE_VERSION}"));
+    let (binary, crds) = (built.join("bin/pilot-discovery"), built.join("crd-all.gen.yaml"));
+    if !binary.exists() || !crds.exists() {
+        eprintln!("setup: building istiod (istio.io/istio {ISTIO_MODULE_VERSION}; a few minutes cold)");
+        cmd::run(
+            Command::new("bash")
+                .arg(root.join("xtask/src/setup/istio.sh"))
+                .arg(dir)
+                .arg(ISTIO_MODULE_VERSION)
+                .env("PATH", go_path()?),
+        )?;
+    }
+    link_into(bin, [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)])
+}
+
+/// `PATH` with the Go to build with first.
+fn go_path() -> anyhow::Result<std::ffi::OsString> {
+    let go = go()?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    Ok(std::env::join_paths(
+        go.parent().into_iter().map(Path::to_path_buf).chain(std::env::split_paths(&path)),
+    )?)
+}
+
+/// Links each `(name, target)` as `bin/name`.
+fn link_into(
+    bin: &Path,
+    links: impl IntoIterator<Item = (std::ffi::OsString, PathBuf)>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(bin).with_context(|| format!("creating {}", bin.display()))?;
-    for binary in binaries {
-        let name = binary.file_name().expect("invariant: every binary path has a file name");
+    for (name, target) in links {
         let link = bin.join(name);
         // A link left by another release is replaced, so `bin` always holds the tested ones.
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&binary, &link)
-            .with_context(|| format!("linking {} to {}", link.display(), binary.display()))?;
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
     }
     Ok(())
 }

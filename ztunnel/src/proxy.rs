@@ -123,7 +123,7 @@ impl Context {
         let started = tokio::time::Instant::now();
         tokio::time::timeout(CONFIG_WAIT, self.state.synced()).await.ok()?;
         let patience = CONFIG_WAIT.saturating_sub(started.elapsed());
-        Some(self.state.authorize_known(&pod.uid, &pod.namespace, connection, patience).await)
+        Some(self.state.authorize_known(pod.local(), connection, patience).await)
     }
 
     /// Resolves, with the verdict, once a configuration change no longer allows a connection
@@ -136,11 +136,11 @@ impl Context {
         let mut changes = self.state.changes();
         loop {
             // Checked after subscribing, so a change just before is not missed.
-            let mut verdict = self.state.authorize(&pod.uid, &pod.namespace, connection);
+            let mut verdict = self.state.authorize(pod.local(), connection);
             if verdict.incomplete() {
                 // Addresses and policies arrive apart: a workload may name a policy a moment
                 // before it comes. Only what stays missing cuts an open connection.
-                verdict = self.state.authorize_known(&pod.uid, &pod.namespace, connection, CONFIG_WAIT).await;
+                verdict = self.state.authorize_known(pod.local(), connection, CONFIG_WAIT).await;
             }
             if !verdict.allowed() {
                 return verdict;
@@ -169,7 +169,7 @@ impl Context {
     /// configuration names it, else the pod's own.
     pub fn metrics_name(&self, pod: &Pod, address: IpAddr) -> String {
         match self.state.workload_by_ip(address) {
-            Some(workload) if workload.uid == pod.uid => workload.metrics_name().to_owned(),
+            Some(workload) if workload.is(pod.local()) => workload.metrics_name().to_owned(),
             _ => pod.name.clone(),
         }
     }
@@ -215,6 +215,15 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// How the configuration's workloads are matched to it.
+    pub fn local(&self) -> crate::state::LocalPod<'_> {
+        crate::state::LocalPod {
+            name: &self.name,
+            namespace: &self.namespace,
+            service_account: &self.service_account,
+        }
+    }
+
     pub fn identity(&self, trust_domain: &str) -> Identity {
         Identity::new(trust_domain, &self.namespace, &self.service_account)
     }

@@ -69,6 +69,25 @@ pub struct Workload {
     pub shared_address: bool,
 }
 
+/// A pod this proxy serves, as the agent named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalPod<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+}
+
+impl Workload {
+    /// Whether this workload resource is `pod`: the same name, namespace and service account,
+    /// as Istio's ztunnel matches its local pods (istiod names workloads
+    /// `<cluster>//Pod/<namespace>/<name>`, not by the pod's uid as Weft's control plane does).
+    pub fn is(&self, pod: LocalPod<'_>) -> bool {
+        self.name == pod.name
+            && self.namespace == pod.namespace
+            && self.service_account == pod.service_account
+    }
+}
+
 fn healthy() -> bool {
     true
 }
@@ -400,14 +419,14 @@ impl State {
         self.changed();
     }
 
-    /// Decides an inbound connection to the pod with `uid` in `namespace`: the mesh-wide
-    /// policies, its namespace's, and those its workload resource names. Without its workload
-    /// (at the connection's destination address), or one of the policies it names, the verdict
-    /// is a refusal ([`Verdict::incomplete`]).
-    pub fn authorize(&self, uid: &str, namespace: &str, connection: &Connection) -> Verdict {
+    /// Decides an inbound connection to `pod`: the mesh-wide policies, its namespace's, and
+    /// those its workload resource names. Without its workload (at the connection's
+    /// destination address), or one of the policies it names, the verdict is a refusal
+    /// ([`Verdict::incomplete`]).
+    pub fn authorize(&self, pod: LocalPod<'_>, connection: &Connection) -> Verdict {
         let policies = self.current_policies();
         let Some(workload) =
-            self.workload_by_ip(connection.destination.ip()).filter(|workload| workload.uid == uid)
+            self.workload_by_ip(connection.destination.ip()).filter(|workload| workload.is(pod))
         else {
             return Verdict::UnknownWorkload;
         };
@@ -421,7 +440,8 @@ impl State {
                 None => return Verdict::UnknownPolicy { policy: name.clone() },
             }
         }
-        let scoped = policies.global.iter().chain(policies.by_namespace.get(namespace).into_iter().flatten());
+        let scoped =
+            policies.global.iter().chain(policies.by_namespace.get(pod.namespace).into_iter().flatten());
         crate::authz::decide(scoped.chain(selected).map(AsRef::as_ref), connection)
     }
 
@@ -430,8 +450,7 @@ impl State {
     /// connection is never decided without every policy that selects its pod.
     pub async fn authorize_known(
         &self,
-        uid: &str,
-        namespace: &str,
+        pod: LocalPod<'_>,
         connection: &Connection<'_>,
         patience: std::time::Duration,
     ) -> Verdict {
@@ -439,7 +458,7 @@ impl State {
         let mut changes = self.changes();
         loop {
             // Decided after subscribing, so a change just before is not missed.
-            let verdict = self.authorize(uid, namespace, connection);
+            let verdict = self.authorize(pod, connection);
             if !verdict.incomplete() {
                 return verdict;
             }
@@ -478,6 +497,11 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
+
+    /// The pod of the test workload named `name`.
+    fn local(name: &str) -> LocalPod<'_> {
+        LocalPod { name, namespace: "ns", service_account: "sa" }
+    }
 
     fn workload(uid: &str, ip: &str) -> Workload {
         Workload {
@@ -606,6 +630,25 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_is_its_workload_by_name_namespace_and_account_whatever_the_control_plane_calls_its_uid() {
+        let state = State::default();
+        // istiod's name for pod ns/a; Weft's control plane would use the pod's uid.
+        let mut a = workload("Kubernetes//Pod/ns/a", "10.0.0.1");
+        a.name = "a".into();
+        state.replace(vec![a]).unwrap();
+        state.apply_policies(Update { changed: vec![], removed: vec![] });
+        let to_a = Connection {
+            source: None,
+            source_ip: "10.9.9.9".parse().unwrap(),
+            destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80),
+        };
+        assert!(state.authorize(local("a"), &to_a).allowed());
+        let other_account = LocalPod { service_account: "other", ..local("a") };
+        assert_eq!(state.authorize(other_account, &to_a), Verdict::UnknownWorkload);
+        assert_eq!(state.authorize(local("b"), &to_a), Verdict::UnknownWorkload);
+    }
+
+    #[test]
     fn a_pod_is_governed_by_global_namespace_and_its_own_selected_policies_only() {
         use crate::authz::{Action, Policy, Scope};
         let policy = |namespace: &str, name: &str, scope| Policy {
@@ -639,7 +682,7 @@ mod tests {
                 source_ip: "10.9.9.9".parse().unwrap(),
                 destination: SocketAddr::new(ip.parse().unwrap(), 80),
             };
-            match state.authorize(uid, "ns", &connection) {
+            match state.authorize(local(uid), &connection) {
                 Verdict::NotAllowed { mut policies } => {
                     policies.sort();
                     policies
@@ -658,14 +701,14 @@ mod tests {
             source_ip: "10.9.9.9".parse().unwrap(),
             destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80),
         };
-        assert_eq!(state.authorize("c", "ns", &to_c), Verdict::UnknownWorkload);
+        assert_eq!(state.authorize(local("c"), &to_c), Verdict::UnknownWorkload);
         state.apply_policies(Update { changed: vec![], removed: vec!["ns/namespace".into()] });
         assert_eq!(applying("b", "10.0.0.2"), ["ns/scoped-elsewhere", "weft-system/mesh"]);
         assert_eq!(state.policy_versions().len(), 5);
         // A policy the workload names is gone: it could have been a DENY, so nothing passes.
         state.apply_policies(Update { changed: vec![], removed: vec!["ns/mine".into()] });
         let to_a = Connection { destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80), ..to_c };
-        assert_eq!(state.authorize("a", "ns", &to_a), Verdict::UnknownPolicy { policy: "ns/mine".into() });
+        assert_eq!(state.authorize(local("a"), &to_a), Verdict::UnknownPolicy { policy: "ns/mine".into() });
     }
 
     /// Polls `decision` once: whether it is still waiting.
@@ -688,9 +731,9 @@ mod tests {
         };
         // Nothing arrives: refused once the patience runs out.
         let short = std::time::Duration::from_millis(20);
-        assert_eq!(state.authorize_known("a", "ns", &to_a, short).await, Verdict::UnknownWorkload);
+        assert_eq!(state.authorize_known(local("a"), &to_a, short).await, Verdict::UnknownWorkload);
 
-        let decision = state.authorize_known("a", "ns", &to_a, std::time::Duration::from_secs(30));
+        let decision = state.authorize_known(local("a"), &to_a, std::time::Duration::from_secs(30));
         tokio::pin!(decision);
         assert!(pending(&mut decision).await);
         // The workload arrives naming a DENY the proxy does not hold yet: still undecided.
