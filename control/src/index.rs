@@ -367,6 +367,8 @@ fn service_resource(naming: &Naming, name: &str, namespace: &str, service: &Serv
                 },
             })
             .collect(),
+        // Istio fills these from ServiceEntries and annotations Weft does not read.
+        subject_alt_names: Vec::new(),
         waypoint: None,
         // Endpoints published before they are ready are meant to be used.
         load_balancing: spec.and_then(|spec| spec.publish_not_ready_addresses).unwrap_or(false).then(|| {

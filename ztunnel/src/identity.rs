@@ -48,6 +48,43 @@ impl FromStr for Identity {
     }
 }
 
+impl serde::Serialize for Identity {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Who a destination may prove to be: its workload's identity or, for an endpoint reached as
+/// one of a Service's, any of the Service's `subject_alt_names` (as Istio's ztunnel accepts).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Expected {
+    pub workload: Identity,
+    pub alternatives: Vec<Identity>,
+}
+
+impl Expected {
+    /// Whether a peer proving `identity` is acceptable.
+    pub fn admits(&self, identity: &Identity) -> bool {
+        *identity == self.workload || self.alternatives.contains(identity)
+    }
+}
+
+impl From<Identity> for Expected {
+    fn from(workload: Identity) -> Self {
+        Self { workload, alternatives: Vec::new() }
+    }
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.workload)?;
+        for alternative in &self.alternatives {
+            write!(f, " or {alternative}")?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)

@@ -120,6 +120,8 @@ pub struct Service {
     /// Unhealthy endpoints are as good as healthy ones (the Service publishes not-ready
     /// addresses).
     pub allow_unhealthy: bool,
+    /// Identities its endpoints may prove besides their own.
+    pub subject_alt_names: Vec<crate::identity::Identity>,
 }
 
 impl Service {
@@ -529,6 +531,7 @@ mod tests {
             vips: vec![vip.parse().unwrap()],
             ports: vec![80],
             allow_unhealthy: false,
+            subject_alt_names: Vec::new(),
         }
     }
 

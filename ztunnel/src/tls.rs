@@ -12,7 +12,7 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, ServerName},
 };
 
-use crate::identity::Identity;
+use crate::identity::{Expected, Identity};
 
 pub(crate) mod verify;
 
@@ -94,8 +94,8 @@ pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, Error> {
 }
 
 /// The client side of a tunnel from the workload of `cert` to a destination that must prove
-/// it is `expected`.
-pub fn client_config(cert: &WorkloadCert, expected: &Identity) -> Result<Arc<ClientConfig>, Error> {
+/// an identity `expected` admits.
+pub fn client_config(cert: &WorkloadCert, expected: &Expected) -> Result<Arc<ClientConfig>, Error> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> =
         Arc::new(verify::ServerVerifier::new(roots(cert)?, provider.clone(), expected.clone()));

@@ -25,7 +25,7 @@ use weft_ztunnel::{
         client::{Connection, Origin},
         server::{ConnectRequest, Handler, Refusal},
     },
-    identity::Identity,
+    identity::{Expected, Identity},
     tls::{
         self, WorkloadCert,
         test_ca::{Leaf, TestCa},
@@ -103,10 +103,10 @@ async fn echo_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn connect(
     server: SocketAddr,
     cert: &WorkloadCert,
-    expected: &Identity,
+    expected: impl Into<Expected>,
 ) -> Result<Connection, hbone::client::Error> {
     let tcp = TcpStream::connect(server).await.unwrap();
-    Connection::handshake(tcp, tls::client_config(cert, expected).unwrap()).await
+    Connection::handshake(tcp, tls::client_config(cert, &expected.into()).unwrap()).await
 }
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -125,7 +125,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
     let server = hbone_server(&ca.issue(&server_id()), handler.clone()).await;
     let (upstream, _) = echo_upstream().await;
-    let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let connection = connect(server, &ca.issue(&client_id()), server_id()).await.unwrap();
 
     for len in [1, 1 << 20, 100 << 20] {
         let origin = Origin {
@@ -161,7 +161,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
 /// A raw HTTP/2 client over mTLS, to send what the HBONE client never would.
 async fn raw_h2(server: SocketAddr, cert: &WorkloadCert) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(server).await.unwrap();
-    let tls = TlsConnector::from(tls::client_config(cert, &server_id()).unwrap())
+    let tls = TlsConnector::from(tls::client_config(cert, &server_id().into()).unwrap())
         .connect(tls::unused_server_name(), tcp)
         .await
         .unwrap();
@@ -252,7 +252,7 @@ async fn certificates_that_do_not_prove_the_right_identity_are_refused_before_an
         ("another root", WorkloadCert { roots: vec![ca.root()], ..other_root }),
     ];
     for (what, cert) in bad_clients {
-        let refused = match connect(server, &cert, &server_id()).await {
+        let refused = match connect(server, &cert, server_id()).await {
             Err(_) => true,
             // TLS 1.3: the client may finish before the server rejects its certificate; the
             // first stream then fails.
@@ -270,11 +270,27 @@ async fn certificates_that_do_not_prove_the_right_identity_are_refused_before_an
     // The server proves the wrong identity: the client refuses it.
     let good = ca.issue(&client_id());
     assert!(
-        connect(server, &good, &Identity::new(TD, "shop", "other")).await.is_err(),
+        connect(server, &good, Identity::new(TD, "shop", "other")).await.is_err(),
         "wrong server identity accepted"
     );
+    // Nor does one of a Service's alternatives that the server is not.
+    let service_sans = Expected {
+        workload: Identity::new(TD, "shop", "other"),
+        alternatives: vec![Identity::new(TD, "shop", "also-other")],
+    };
+    assert!(connect(server, &good, service_sans).await.is_err(), "an identity outside the list accepted");
     assert!(handler.seen.lock().unwrap().is_empty(), "a stream got through");
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "the upstream was contacted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_proving_one_of_a_services_subject_alt_names_is_accepted() {
+    let ca = TestCa::new("mesh");
+    let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
+    let server = hbone_server(&ca.issue(&server_id()), handler).await;
+    // The endpoint's workload is another identity; the Service names the server's.
+    let expected = Expected { workload: Identity::new(TD, "shop", "other"), alternatives: vec![server_id()] };
+    assert!(connect(server, &ca.issue(&client_id()), expected).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +307,7 @@ async fn an_upstream_reset_reaches_the_client_as_a_reset() {
         socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO)).unwrap();
         drop(tcp); // RST
     });
-    let connection = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let connection = connect(server, &ca.issue(&client_id()), server_id()).await.unwrap();
     let mut stream = connection
         .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), Origin::TEST_TRACEPARENT)
         .await
@@ -308,7 +324,7 @@ async fn a_rapid_reset_client_is_cut_off_and_a_well_behaved_one_is_not() {
     let handler = Arc::new(TestHandler { local: vec![Ipv4Addr::LOCALHOST.into()], ..Default::default() });
     let server = hbone_server(&ca.issue(&server_id()), handler).await;
     let (upstream, _) = echo_upstream().await;
-    let good = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let good = connect(server, &ca.issue(&client_id()), server_id()).await.unwrap();
     let abuser = raw_h2(server, &ca.issue(&Identity::new(TD, "shop", "abuser"))).await;
 
     const ATTEMPTS: usize = 5000;
@@ -406,7 +422,7 @@ async fn flood(
 
 async fn raw_tls(server: SocketAddr, cert: &WorkloadCert) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(server).await.unwrap();
-    let mut tls = TlsConnector::from(tls::client_config(cert, &server_id()).unwrap())
+    let mut tls = TlsConnector::from(tls::client_config(cert, &server_id().into()).unwrap())
         .connect(tls::unused_server_name(), tcp)
         .await
         .unwrap();
@@ -417,7 +433,7 @@ async fn raw_tls(server: SocketAddr, cert: &WorkloadCert) -> tokio_rustls::clien
 
 /// A good client's round trip through `server` to `upstream`.
 async fn round_trip(server: SocketAddr, ca: &TestCa, upstream: SocketAddr) {
-    let good = connect(server, &ca.issue(&client_id()), &server_id()).await.unwrap();
+    let good = connect(server, &ca.issue(&client_id()), server_id()).await.unwrap();
     let mut stream = good
         .open(upstream, &Origin::from_address("10.0.0.1:1".parse().unwrap()), Origin::TEST_TRACEPARENT)
         .await

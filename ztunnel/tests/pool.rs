@@ -113,7 +113,7 @@ impl Peer {
             (self.pool.clone(), self.cert.clone(), self.here.clone(), self.server_id.clone(), self.source);
         async move {
             let origin = Origin::from_address(source);
-            pool.open(&here, &cert, &server_id, target, &origin, Origin::TEST_TRACEPARENT).await
+            pool.open(&here, &cert, &server_id.into(), target, &origin, Origin::TEST_TRACEPARENT).await
         }
     }
 

@@ -10,10 +10,11 @@ use tokio::{net::TcpListener, task::JoinSet};
 use super::{Context, Pod, canonical, connect_in, original_dst};
 use crate::{
     hbone::{self, client::Origin, server::drained},
+    identity::Expected,
     inpod::netns::Netns,
     metrics::Reporter,
     relay,
-    state::{TunnelProtocol, Workload},
+    state::{Service, TunnelProtocol, Workload},
 };
 
 /// Endpoints of a service tried per connection.
@@ -100,9 +101,9 @@ enum Route {
     Direct(SocketAddr),
 }
 
-/// The routes for `target`, in the order to try them, and the hostname of the Service whose
-/// address `target` is, if it is one.
-fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<String>), Error> {
+/// The routes for `target`, in the order to try them, and the Service whose address `target`
+/// is, if it is one.
+fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<Arc<Service>>), Error> {
     let state = &context.state;
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
         let route = match state.workload_by_ip(target.ip()) {
@@ -154,7 +155,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<S
     let start = context.next_endpoint(&key) % routes.len();
     routes.rotate_left(start);
     routes.truncate(ATTEMPTS);
-    Ok((routes, Some(service.hostname.clone())))
+    Ok((routes, Some(service)))
 }
 
 async fn proxy(
@@ -168,7 +169,7 @@ async fn proxy(
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
     let name = context.metrics_name(pod, peer.ip());
-    let (routes, service_host) = routes(context, target)?;
+    let (routes, service) = routes(context, target)?;
     // What a CONNECT says of this connection, made once for whichever endpoint takes it, and
     // only if one is tunnelled to.
     let mut said: Option<(Origin, String)> = None;
@@ -177,13 +178,17 @@ async fn proxy(
         match route {
             Route::Tunnel(workload, addr) => {
                 let cert = context.identities.fetch(&source).await?;
-                let expected = workload.identity(&context.trust_domain);
+                let expected = Expected {
+                    workload: workload.identity(&context.trust_domain),
+                    alternatives: service
+                        .as_ref()
+                        .map(|service| service.subject_alt_names.clone())
+                        .unwrap_or_default(),
+                };
                 let (origin, traceparent) = said.get_or_insert_with(|| {
                     let baggage = Origin::baggage_of(&pod.namespace, &name);
-                    (
-                        Origin { source: peer, service_host: service_host.clone(), baggage },
-                        Origin::traceparent(),
-                    )
+                    let service_host = service.as_ref().map(|service| service.hostname.clone());
+                    (Origin { source: peer, service_host, baggage }, Origin::traceparent())
                 });
                 let tunnel = match context.pool.open(netns, &cert, &expected, addr, origin, traceparent).await
                 {
@@ -197,14 +202,14 @@ async fn proxy(
                 let labels = context.labels(
                     Reporter::Source,
                     Some((&name, &pod.namespace, &source)),
-                    Some((workload.metrics_name(), &workload.namespace, &expected)),
+                    Some((workload.metrics_name(), &workload.namespace, &expected.workload)),
                     true,
                 );
                 context.metrics.opened(&labels);
                 let live = context.live.register(
                     format!("{}/{}", pod.namespace, pod.name),
                     source.to_string(),
-                    expected.to_string(),
+                    expected.workload.to_string(),
                     target,
                 );
                 let relayed = relay::hbone(&mut client, tunnel.stream, &live.connection.counts).await;

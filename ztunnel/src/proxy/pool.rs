@@ -25,12 +25,12 @@ use crate::{
         self,
         client::{Connection, MAX_STREAMS},
     },
-    identity::Identity,
+    identity::{Expected, Identity},
     inpod::netns::Netns,
     tls::{self, WorkloadCert},
 };
 
-type Key = (Identity, Identity, IpAddr, IpAddr);
+type Key = (Identity, Expected, IpAddr, IpAddr);
 
 /// A pooled connection and its open streams.
 #[derive(Debug)]
@@ -160,7 +160,7 @@ impl Pool {
         &self,
         netns: &Netns,
         cert: &WorkloadCert,
-        expected: &Identity,
+        expected: &Expected,
         target: SocketAddr,
         origin: &hbone::client::Origin,
         traceparent: &str,
@@ -282,7 +282,7 @@ impl Pool {
 async fn connect(
     netns: &Netns,
     cert: &WorkloadCert,
-    expected: &Identity,
+    expected: &Expected,
     ip: IpAddr,
 ) -> Result<Connection, hbone::client::Error> {
     let peer = SocketAddr::new(ip, hbone::PORT);

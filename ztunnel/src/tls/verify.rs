@@ -14,7 +14,7 @@ use rustls::{
     },
 };
 
-use crate::identity::Identity;
+use crate::identity::{Expected, Identity};
 
 /// Checks a certificate the CA issued for `identity` before it is used: the leaf (first of
 /// `chain`) names exactly that identity and chains, through the rest of `chain`, to one of
@@ -51,16 +51,17 @@ pub fn issued(
     Ok(())
 }
 
-/// Verifies a destination's certificate: chains to the roots and names `expected`.
+/// Verifies a destination's certificate: chains to the roots and names an identity `expected`
+/// admits.
 #[derive(Debug)]
 pub struct ServerVerifier {
     roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-    expected: Identity,
+    expected: Expected,
 }
 
 impl ServerVerifier {
-    pub fn new(roots: Arc<RootCertStore>, provider: Arc<CryptoProvider>, expected: Identity) -> Self {
+    pub fn new(roots: Arc<RootCertStore>, provider: Arc<CryptoProvider>, expected: Expected) -> Self {
         Self { roots, provider, expected }
     }
 }
@@ -86,7 +87,7 @@ impl ServerCertVerifier for ServerVerifier {
         )
         .map_err(pki_error)?;
         let identity = identity_of(end_entity).map_err(other_error)?;
-        if identity != self.expected {
+        if !self.expected.admits(&identity) {
             return Err(other_error(format!("peer is {identity}, expected {}", self.expected)));
         }
         Ok(ServerCertVerified::assertion())

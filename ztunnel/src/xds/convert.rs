@@ -203,6 +203,16 @@ fn service(service: api::Service) -> Result<Service, String> {
             u16::try_from(port.service_port).map_err(|_| format!("service {key}: port {}", port.service_port))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Istio's ztunnel ignores a SAN that is no SPIFFE identity; so does this one.
+    let subject_alt_names = service
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| {
+            san.parse()
+                .inspect_err(|error| tracing::warn!(service = %key, %error, "ignoring a subject alt name"))
+                .ok()
+        })
+        .collect();
     let allow_unhealthy = service.load_balancing.is_some_and(|balancing| {
         balancing.health_policy == i32::from(api::load_balancing::HealthPolicy::AllowAll)
     });
@@ -213,6 +223,7 @@ fn service(service: api::Service) -> Result<Service, String> {
         vips,
         ports,
         allow_unhealthy,
+        subject_alt_names,
     })
 }
 
@@ -273,6 +284,28 @@ mod tests {
                 ..Default::default()
             })),
         }
+    }
+
+    #[test]
+    fn a_services_subject_alt_names_are_kept_and_one_that_is_no_identity_is_ignored() {
+        let service = api::Address {
+            r#type: Some(api::address::Type::Service(api::Service {
+                name: "web".into(),
+                namespace: "ns".into(),
+                hostname: "web.ns.svc.cluster.local".into(),
+                subject_alt_names: vec![
+                    "spiffe://cluster.local/ns/ns/sa/web-canary".into(),
+                    "web.example".into(),
+                ],
+                ..Default::default()
+            })),
+        };
+        let converted = update(&response(service)).unwrap();
+        let Address::Service(converted) = &converted.changed[0].2 else { panic!("not a service") };
+        assert_eq!(
+            converted.subject_alt_names,
+            [crate::identity::Identity::new("cluster.local", "ns", "web-canary")]
+        );
     }
 
     #[test]
