@@ -141,7 +141,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let read_root = |path: &PathBuf| {
         std::fs::read_to_string(path).map_err(|source| Error::Root { path: path.clone(), source })
     };
-    let state = Arc::new(State::default());
+    let state = Arc::new(State::on_network(&config.proxy.network));
     let mut xds = None;
     match &config.workloads {
         WorkloadSource::LocalFile(path) => state.load_file(path)?,

@@ -90,6 +90,9 @@ pub struct ProxyMeta {
     pub ip: String,
     /// The cluster's name in a multi-cluster mesh (Istio's default: `Kubernetes`).
     pub cluster_id: String,
+    /// The network this proxy's node is on (Istio's `NETWORK`; empty: the one network):
+    /// addresses are looked up on it.
+    pub network: String,
 }
 
 impl Default for ProxyMeta {
@@ -100,6 +103,7 @@ impl Default for ProxyMeta {
             node_name: String::new(),
             ip: String::new(),
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
+            network: String::new(),
         }
     }
 }
@@ -119,6 +123,7 @@ impl ProxyMeta {
             ("INSTANCE_IPS", &self.ip),
             ("NODE_NAME", &self.node_name),
             ("CLUSTER_ID", &self.cluster_id),
+            ("NETWORK", &self.network),
         ]
         .into_iter()
         .map(|(key, value)| (key.to_owned(), string(value)))

@@ -75,6 +75,9 @@ struct Args {
     /// The cluster's name in a multi-cluster mesh.
     #[arg(long, env = "CLUSTER_ID", default_value = weft_ztunnel::control::DEFAULT_CLUSTER_ID)]
     cluster_id: String,
+    /// The network this node is on, in a multi-network mesh (Istio's `NETWORK`).
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             node_name: args.node_name,
             ip: args.instance_ip,
             cluster_id: args.cluster_id,
+            network: args.network,
         },
     };
     match weft_ztunnel::rlimit::raise_open_files() {

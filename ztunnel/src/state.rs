@@ -42,6 +42,10 @@ pub struct PortMapping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub uid: String,
+    /// Its network (empty: the one network). Only a workload of the proxy's own network is
+    /// reached at its addresses; one of another network is behind that network's gateway.
+    #[serde(default)]
+    pub network: String,
     pub name: String,
     pub namespace: String,
     /// Its identity's trust domain when not the mesh's own (a workload of another mesh).
@@ -109,13 +113,21 @@ impl Workload {
     }
 }
 
+/// An address on a network (empty: the one network): the same IP may be another's on
+/// another network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkIp {
+    pub network: String,
+    pub ip: IpAddr,
+}
+
 /// A service: virtual IPs in front of the workloads that back it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Service {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
-    pub vips: Vec<IpAddr>,
+    pub vips: Vec<NetworkIp>,
     pub ports: Vec<u16>,
     /// Unhealthy endpoints are as good as healthy ones (the Service publishes not-ready
     /// addresses).
@@ -219,10 +231,15 @@ enum Resource {
 }
 
 impl Index {
-    fn build(resources: HashMap<String, (String, Arc<Resource>)>) -> Result<Self, Error> {
+    /// Indexes `resources` as seen from `network`: workloads and service addresses of other
+    /// networks are neither found by address nor taken as endpoints (Istio reaches them through
+    /// their network's gateway, double HBONE, which Weft does not do yet), and their addresses
+    /// may be anyone's here.
+    fn build(resources: HashMap<String, (String, Arc<Resource>)>, network: &str) -> Result<Self, Error> {
         let mut index = Index::default();
         for (name, (_, resource)) in &resources {
             match resource.as_ref() {
+                Resource::Workload(workload) if workload.network != network => {}
                 Resource::Workload(workload) => {
                     let owned = if workload.shared_address { &[][..] } else { &workload.addresses[..] };
                     for ip in owned {
@@ -235,9 +252,9 @@ impl Index {
                     }
                 }
                 Resource::Service(service) => {
-                    for ip in &service.vips {
-                        if let Some(first) = index.by_vip.insert(ip.to_canonical(), service.clone()) {
-                            return Err(duplicate(*ip, &first.key(), name));
+                    for vip in service.vips.iter().filter(|vip| vip.network == network) {
+                        if let Some(first) = index.by_vip.insert(vip.ip.to_canonical(), service.clone()) {
+                            return Err(duplicate(vip.ip, &first.key(), name));
                         }
                     }
                 }
@@ -267,20 +284,28 @@ pub struct State {
     synced: tokio::sync::watch::Sender<Synced>,
     /// Bumped by every applied update, for connections that must follow policy changes.
     changes: tokio::sync::watch::Sender<u64>,
+    /// The proxy's network: addresses are looked up on it.
+    network: String,
 }
 
 impl Default for State {
     fn default() -> Self {
+        Self::on_network("")
+    }
+}
+
+impl State {
+    /// An empty index for a proxy on `network` (empty: the one network).
+    pub fn on_network(network: &str) -> Self {
         Self {
             index: RwLock::default(),
             policies: RwLock::default(),
             synced: tokio::sync::watch::Sender::new(Synced::default()),
             changes: tokio::sync::watch::Sender::new(0),
+            network: network.to_owned(),
         }
     }
-}
 
-impl State {
     /// Marks the whole configuration complete (the local file read).
     pub fn mark_synced(&self) {
         self.synced.send_replace(Synced { addresses: true, policies: true });
@@ -333,7 +358,7 @@ impl State {
             };
             resources.insert(name, (version, Arc::new(resource)));
         }
-        self.swap(Index::build(resources)?);
+        self.swap(Index::build(resources, &self.network)?);
         Ok(())
     }
 
@@ -345,7 +370,7 @@ impl State {
                 (workload.uid.clone(), (String::new(), Arc::new(Resource::Workload(Arc::new(workload)))))
             })
             .collect();
-        self.swap(Index::build(resources)?);
+        self.swap(Index::build(resources, &self.network)?);
         Ok(())
     }
 
@@ -509,6 +534,7 @@ mod tests {
         Workload {
             trust_domain: None,
             uid: uid.into(),
+            network: String::new(),
             name: uid.into(),
             namespace: "ns".into(),
             workload_name: String::new(),
@@ -528,7 +554,7 @@ mod tests {
             name: name.into(),
             namespace: "ns".into(),
             hostname: format!("{name}.ns.svc.cluster.local"),
-            vips: vec![vip.parse().unwrap()],
+            vips: vec![NetworkIp { network: String::new(), ip: vip.parse().unwrap() }],
             ports: vec![80],
             allow_unhealthy: false,
             subject_alt_names: Vec::new(),
@@ -563,6 +589,45 @@ mod tests {
             Update { changed: vec![changed(Address::Workload(workload("d", "10.0.0.1")))], removed: vec![] };
         assert!(state.apply(clash).is_err());
         assert_eq!(state.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid, "a");
+    }
+
+    #[test]
+    fn only_the_proxys_own_network_is_reached_and_another_may_reuse_its_addresses() {
+        let state = State::on_network("net1");
+        let on = |network: &str, mut workload: Workload| {
+            workload.network = network.into();
+            workload.services.insert(
+                "ns/web.ns.svc.cluster.local".into(),
+                vec![PortMapping { service_port: 80, target_port: 8080 }],
+            );
+            workload
+        };
+        let mut web = service("web", "10.96.0.10");
+        // The same VIP on both networks, and one only the other network has.
+        let vip = |network: &str, ip: &str| NetworkIp { network: network.into(), ip: ip.parse().unwrap() };
+        web.vips = vec![vip("net1", "10.96.0.10"), vip("net2", "10.96.0.10"), vip("net2", "10.96.0.11")];
+        state
+            .apply(Update {
+                changed: vec![
+                    // One address, two networks: no conflict.
+                    changed(Address::Workload(on("net1", workload("here", "10.0.0.1")))),
+                    changed(Address::Workload(on("net2", workload("there", "10.0.0.1")))),
+                    changed(Address::Service(web)),
+                ],
+                removed: vec![],
+            })
+            .unwrap();
+        assert_eq!(state.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid, "here");
+        let (_, endpoints) = state.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
+        let endpoints: Vec<&str> = endpoints.iter().map(|workload| workload.uid.as_str()).collect();
+        assert_eq!(endpoints, ["here"], "an endpoint of another network is behind its gateway");
+        assert!(state.service_by_vip("10.96.0.11".parse().unwrap()).is_none());
+        // Two owners of one address on the proxy's own network still conflict.
+        let clash = Update {
+            changed: vec![changed(Address::Workload(on("net1", workload("again", "10.0.0.1"))))],
+            removed: vec![],
+        };
+        assert!(state.apply(clash).is_err());
     }
 
     #[test]

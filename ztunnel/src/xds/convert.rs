@@ -8,7 +8,7 @@ use weft_api::{discovery::DeltaDiscoveryResponse, security, workload as api};
 
 use crate::{
     authz::{self, Action, Cidr, Policy, Scope, StringMatch},
-    state::{Address, PortMapping, Service, TunnelProtocol, Update, Workload},
+    state::{Address, NetworkIp, PortMapping, Service, TunnelProtocol, Update, Workload},
 };
 
 /// The update a response describes, or why it cannot be applied.
@@ -95,6 +95,7 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         },
         trust_domain: (!workload.trust_domain.is_empty()).then_some(workload.trust_domain),
         uid: workload.uid,
+        network: workload.network,
         name: workload.name,
         namespace: workload.namespace,
         workload_name: workload.workload_name,
@@ -193,8 +194,8 @@ fn service(service: api::Service) -> Result<Service, String> {
     let vips = service
         .addresses
         .iter()
-        .map(|address| ip(&address.address))
-        .collect::<Result<Vec<_>, _>>()
+        .map(|address| Ok(NetworkIp { network: address.network.clone(), ip: ip(&address.address)? }))
+        .collect::<Result<Vec<_>, String>>()
         .map_err(|error| format!("service {key}: {error}"))?;
     let ports = service
         .ports
