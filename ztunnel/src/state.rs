@@ -73,6 +73,15 @@ pub struct Workload {
     pub shared_address: bool,
 }
 
+/// Why a Service's port is no port of a local pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unresolved {
+    #[error("the configuration holds no workload for this pod yet")]
+    NoWorkload,
+    #[error("this pod backs no such service port")]
+    NotBacked,
+}
+
 /// A pod this proxy serves, as the agent named it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalPod<'a> {
@@ -446,6 +455,27 @@ impl State {
         self.changed();
     }
 
+    /// The port `pod`, at `ip`, serves `service_port` of the Service named `hostname` on, as its
+    /// workload maps it.
+    pub fn service_target_port(
+        &self,
+        pod: LocalPod<'_>,
+        ip: IpAddr,
+        hostname: &str,
+        service_port: u16,
+    ) -> Result<u16, Unresolved> {
+        let workload =
+            self.workload_by_ip(ip).filter(|workload| workload.is(pod)).ok_or(Unresolved::NoWorkload)?;
+        workload
+            .services
+            .iter()
+            .filter(|(key, _)| key.rsplit_once('/').is_some_and(|(_, name)| name == hostname))
+            .flat_map(|(_, ports)| ports)
+            .find(|mapping| mapping.service_port == service_port)
+            .map(|mapping| mapping.target_port)
+            .ok_or(Unresolved::NotBacked)
+    }
+
     /// Decides an inbound connection to `pod`: the mesh-wide policies, its namespace's, and
     /// those its workload resource names. Without its workload (at the connection's
     /// destination address), or one of the policies it names, the verdict is a refusal
@@ -589,6 +619,23 @@ mod tests {
             Update { changed: vec![changed(Address::Workload(workload("d", "10.0.0.1")))], removed: vec![] };
         assert!(state.apply(clash).is_err());
         assert_eq!(state.workload_by_ip("10.0.0.1".parse().unwrap()).unwrap().uid, "a");
+    }
+
+    #[test]
+    fn a_services_hostname_and_port_resolve_to_the_local_pods_target_port() {
+        let state = State::default();
+        let mut a = workload("a", "10.0.0.1");
+        a.services.insert(
+            "ns/web.ns.svc.cluster.local".into(),
+            vec![PortMapping { service_port: 80, target_port: 8080 }],
+        );
+        state.replace(vec![a]).unwrap();
+        let ip = "10.0.0.1".parse().unwrap();
+        let resolve = |pod, hostname, port| state.service_target_port(pod, ip, hostname, port);
+        assert_eq!(resolve(local("a"), "web.ns.svc.cluster.local", 80), Ok(8080));
+        assert_eq!(resolve(local("a"), "web.ns.svc.cluster.local", 81), Err(Unresolved::NotBacked));
+        assert_eq!(resolve(local("a"), "db.ns.svc.cluster.local", 80), Err(Unresolved::NotBacked));
+        assert_eq!(resolve(local("b"), "web.ns.svc.cluster.local", 80), Err(Unresolved::NoWorkload));
     }
 
     #[test]

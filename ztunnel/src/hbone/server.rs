@@ -39,8 +39,12 @@ pub struct ConnectRequest {
     /// The HBONE connection's source address: the client pod's, as its proxy connects from
     /// inside that pod.
     pub source: SocketAddr,
-    /// `:authority`: the destination pod IP and port.
+    /// `:authority`: the destination pod IP and port. For a Service's authority ([`Self::service`])
+    /// this end's own address with the service port, until [`Handler::resolve`] sets the pod's port.
     pub target: SocketAddr,
+    /// `:authority` named a Service, `hostname:port`, rather than an address (Istio's peers do,
+    /// for a Service reached through another network's gateway or a waypoint).
+    pub service: Option<ServiceTarget>,
     /// The original source's address from `Forwarded: for=…`, when given and well-formed (with
     /// or without a port, quoted or not: Istio's peers have sent both).
     pub forwarded_for: Option<IpAddr>,
@@ -48,6 +52,13 @@ pub struct ConnectRequest {
     pub baggage: Option<String>,
     /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
     pub traceparent: Option<String>,
+}
+
+/// A Service named by hostname and service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceTarget {
+    pub hostname: String,
+    pub port: u16,
 }
 
 /// Why a stream is refused, and so its status.
@@ -76,6 +87,14 @@ impl Refusal {
 
 /// Decides on each stream and opens its upstream connection.
 pub trait Handler: Send + Sync + 'static {
+    /// Turns a Service's authority into this end's pod address and port; refused by default.
+    fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
+        match &request.service {
+            Some(service) => Err(Refusal::BadRequest(format!("no service {} here", service.hostname))),
+            None => Ok(()),
+        }
+    }
+
     /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
     fn connect(&self, request: ConnectRequest) -> impl Future<Output = Result<TcpStream, Refusal>> + Send;
 
@@ -168,6 +187,7 @@ pub async fn serve_connection<H: Handler>(
 ) -> Result<(), Error> {
     let started = std::time::Instant::now();
     let source = tcp.peer_addr().map_err(Error::Io)?;
+    let local = tcp.local_addr().map_err(Error::Io)?;
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
@@ -204,7 +224,8 @@ pub async fn serve_connection<H: Handler>(
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     last_stream = tokio::time::Instant::now();
-                    streams.spawn(serve_stream(request, respond, (peer.clone(), source), handler.clone()));
+                    let ends = Ends { peer: peer.clone(), source, local };
+                    streams.spawn(serve_stream(request, respond, ends, handler.clone()));
                 }
                 Some(Err(error)) => return Err(Error::Http2(error)),
                 None => break,
@@ -231,10 +252,13 @@ pub async fn serve_connection<H: Handler>(
 async fn serve_stream<H: Handler>(
     request: Request<h2::RecvStream>,
     mut respond: SendResponse<Bytes>,
-    peer: (Identity, SocketAddr),
+    ends: Ends,
     handler: Arc<H>,
 ) -> StreamEnd {
-    let connect = match check(&request, peer) {
+    let connect = match check(&request, ends).and_then(|mut connect| {
+        handler.resolve(&mut connect)?;
+        Ok(connect)
+    }) {
         Ok(connect) => connect,
         Err(refusal) => {
             refuse(&mut respond, &refusal);
@@ -280,24 +304,50 @@ fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
     let _ = respond.send_response(status_only(refusal.status()), true);
 }
 
-/// Protocol checks of DESIGN.md §3: CONNECT with an `ip:port` authority.
-fn check(
-    request: &Request<h2::RecvStream>,
-    (peer, source): (Identity, SocketAddr),
-) -> Result<ConnectRequest, Refusal> {
+/// Who a stream's connection is between: the client's identity and address, and this end's
+/// address.
+#[derive(Debug, Clone)]
+struct Ends {
+    peer: Identity,
+    source: SocketAddr,
+    local: SocketAddr,
+}
+
+/// Protocol checks of DESIGN.md §3: CONNECT with an `ip:port` or `hostname:port` authority.
+fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Refusal> {
     if request.method() != Method::CONNECT {
         return Err(Refusal::BadRequest(format!("method {} is not CONNECT", request.method())));
     }
+    let Ends { peer, source, local } = ends;
     let authority = request.uri().authority().ok_or_else(|| Refusal::BadRequest("no :authority".into()))?;
-    let target: SocketAddr = authority
-        .as_str()
-        .parse()
-        .map_err(|_| Refusal::BadRequest(format!(":authority {authority} is not ip:port")))?;
+    let (target, service) = match authority.as_str().parse::<SocketAddr>() {
+        Ok(target) => (target, None),
+        Err(_) => {
+            let service = service_target(authority).ok_or_else(|| {
+                Refusal::BadRequest(format!(":authority {authority} is neither ip:port nor host:port"))
+            })?;
+            (SocketAddr::new(local.ip(), service.port), Some(service))
+        }
+    };
     let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
     let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
     let (baggage, traceparent) =
         (header("baggage").map(str::to_owned), header("traceparent").map(str::to_owned));
-    Ok(ConnectRequest { peer, source, target, forwarded_for, baggage, traceparent })
+    Ok(ConnectRequest { peer, source, target, service, forwarded_for, baggage, traceparent })
+}
+
+/// A DNS name and a port: what a Service's authority looks like.
+fn service_target(authority: &http::uri::Authority) -> Option<ServiceTarget> {
+    let (hostname, port) = (authority.host(), authority.port_u16()?);
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    (hostname.len() <= 253 && hostname.split('.').all(label_ok))
+        .then(|| ServiceTarget { hostname: hostname.to_owned(), port })
 }
 
 /// The address of `for=` in a `Forwarded` header (RFC 7239): `1.2.3.4`, `"1.2.3.4:5"`,
@@ -341,5 +391,33 @@ mod tests {
         assert_eq!(parse_forwarded_for("for=unknown"), None);
         assert_eq!(parse_forwarded_for("for=_hidden"), None);
         assert_eq!(parse_forwarded_for(""), None);
+    }
+
+    #[test]
+    fn an_authority_is_an_address_or_a_services_hostname_and_port() {
+        let authority = |text: &str| text.parse::<http::uri::Authority>().unwrap();
+        assert_eq!(
+            service_target(&authority("db.shop.svc.cluster.local:80")),
+            Some(ServiceTarget { hostname: "db.shop.svc.cluster.local".into(), port: 80 })
+        );
+        assert_eq!(service_target(&authority("db.shop.svc.cluster.local")), None, "no port");
+        assert_eq!(service_target(&authority("db_shop:80")), None, "not a DNS name");
+        assert_eq!(service_target(&authority("-db.shop:80")), None);
+        assert_eq!(service_target(&authority("db..shop:80")), None);
+        let ends = Ends {
+            peer: Identity::new("cluster.local", "shop", "web"),
+            source: "10.0.0.1:40000".parse().unwrap(),
+            local: "10.0.1.5:15008".parse().unwrap(),
+        };
+        let connect = |authority: &str| {
+            let request = Request::builder().method(Method::CONNECT).uri(authority).body(()).unwrap();
+            check(&request, ends.clone())
+        };
+        let to_service = connect("db.shop.svc.cluster.local:80").unwrap();
+        assert_eq!(to_service.target, "10.0.1.5:80".parse().unwrap(), "this end's address, the service port");
+        assert_eq!(to_service.service.unwrap().hostname, "db.shop.svc.cluster.local");
+        let to_pod = connect("[fd00::5]:8080").unwrap();
+        assert_eq!((to_pod.target, to_pod.service), ("[fd00::5]:8080".parse().unwrap(), None));
+        assert!(matches!(connect("db_shop:80"), Err(Refusal::BadRequest(_))));
     }
 }

@@ -115,6 +115,28 @@ impl Delivery {
 }
 
 impl Handler for Delivery {
+    /// A Service's authority (`hostname:port`, as Istio's peers send through a network's
+    /// gateway or from a waypoint) reaches this pod on the port the Service maps that service
+    /// port to, as Istio's ztunnel resolves it; only a Service this pod backs.
+    fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
+        let Some(service) = &request.service else { return Ok(()) };
+        let ip = canonical(request.target).ip();
+        match self.context.state.service_target_port(self.pod.local(), ip, &service.hostname, service.port) {
+            Ok(port) => {
+                request.target = SocketAddr::new(ip, port);
+                Ok(())
+            }
+            Err(error @ crate::state::Unresolved::NoWorkload) => {
+                self.context.metrics.failed(Reporter::Destination, "incomplete_config");
+                Err(Refusal::Unavailable(error.to_string()))
+            }
+            Err(error @ crate::state::Unresolved::NotBacked) => {
+                self.context.metrics.failed(Reporter::Destination, "wrong_pod");
+                Err(Refusal::BadRequest(format!("{}:{}: {error}", service.hostname, service.port)))
+            }
+        }
+    }
+
     async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
         let target = canonical(request.target);
         if !self.addresses.contains(&target.ip()) {
