@@ -58,6 +58,10 @@ struct Args {
     /// connection pays a fresh handshake).
     #[arg(long, env = "WEFT_POOL_MAX_STREAMS", default_value_t = PoolSettings::default().max_streams)]
     pool_max_streams: usize,
+    /// HBONE connections a busy pair of pods spreads its streams over (default: one per
+    /// worker thread), so their TLS runs on every core.
+    #[arg(long, env = "WEFT_POOL_LANES")]
+    pool_lanes: Option<usize>,
     /// Connections one pod may have through the proxy at once, so one pod cannot take every
     /// descriptor of the node's proxy; more are closed as they arrive.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = 16384)]
@@ -108,6 +112,11 @@ fn main() -> anyhow::Result<()> {
         (None, Some(dir)) => app::CaConfig::DevFiles(dir),
         (None, None) => anyhow::bail!("give --ca-address (or --dev-ca-dir for development)"),
     };
+    // std's count honours cgroup v2 `cpu.max` and the affinity mask.
+    let workers = args
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        .max(1);
     let config = app::Config {
         trust_domain: args.trust_domain,
         zds_socket: args.zds_socket,
@@ -120,6 +129,7 @@ fn main() -> anyhow::Result<()> {
         pool: PoolSettings {
             max_streams: args.pool_max_streams,
             idle_timeout: Duration::from_secs(args.pool_idle_seconds),
+            lanes: args.pool_lanes.unwrap_or(workers),
         },
         max_connections_per_pod: args.max_connections_per_pod,
         proxy: weft_ztunnel::control::ProxyMeta {
@@ -135,11 +145,6 @@ fn main() -> anyhow::Result<()> {
         Ok(limit) => tracing::info!(open_files = limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
     }
-    // std's count honours cgroup v2 `cpu.max` and the affinity mask.
-    let workers = args
-        .worker_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
-        .max(1);
     tracing::info!(workers, "worker threads");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async {

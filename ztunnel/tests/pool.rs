@@ -38,8 +38,8 @@ impl Handler for ToUpstream {
 }
 
 /// A real HBONE peer on a loopback address of its own (the pool always dials port 15008),
-/// counting the connections it accepts, and a pool with `idle_timeout` whose `open(n)` opens
-/// `n` tunnels to it at once.
+/// counting the connections it accepts, and a pool with `settings` whose `open(n)` opens `n`
+/// tunnels to it at once.
 struct Peer {
     accepted: Arc<AtomicUsize>,
     pool: Arc<Pool>,
@@ -51,14 +51,14 @@ struct Peer {
 }
 
 impl Peer {
-    async fn start(octet: u8, idle_timeout: Duration) -> Self {
-        Self::start_with(octet, idle_timeout, ToUpstream).await
+    async fn start(octet: u8, settings: PoolSettings) -> Self {
+        Self::start_with(octet, settings, ToUpstream).await
     }
 
     /// A peer whose streams `handler(upstream)` delivers.
     async fn start_with<H: Handler>(
         octet: u8,
-        idle_timeout: Duration,
+        settings: PoolSettings,
         handler: impl FnOnce(SocketAddr) -> H,
     ) -> Self {
         let ca = TestCa::new("pool");
@@ -89,10 +89,7 @@ impl Peer {
         });
         Self {
             accepted,
-            pool: Arc::new(Pool::new(
-                Arc::default(),
-                PoolSettings { idle_timeout, ..PoolSettings::default() },
-            )),
+            pool: Arc::new(Pool::new(Arc::default(), settings)),
             cert: Arc::new(ca.issue(&client_id)),
             here: Arc::new(Netns::new(
                 std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(),
@@ -137,7 +134,7 @@ impl Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places_are_reused() {
-    let peer = Peer::start(1, PoolSettings::default().idle_timeout).await;
+    let peer = Peer::start(1, PoolSettings::default()).await;
     let (pool, source) = (&peer.pool, peer.source);
     let open = |count| peer.open(count);
 
@@ -160,14 +157,33 @@ async fn more_streams_than_one_connection_carries_open_a_second_and_freed_places
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pair_opens_its_lanes_before_its_streams_share_a_connection() {
+    let spread = Peer::start(7, PoolSettings { lanes: 2, ..PoolSettings::default() }).await;
+    let first = spread.open(1).await;
+    let second = spread.open(1).await;
+    assert_eq!(spread.accepted(), 2, "while the first connection is busy, a second lane opens");
+    let third = spread.open(1).await;
+    assert_eq!(spread.accepted(), 2, "with every lane open, streams share them");
+    drop((first, second, third));
+    drop(spread.open(1).await);
+    assert_eq!((spread.accepted(), spread.pool.connections().await), (2, 2), "idle lanes are reused");
+
+    // One lane, Istio's way: streams pack onto the first connection with room.
+    let packed = Peer::start(8, PoolSettings::default()).await;
+    let _held = (packed.open(1).await, packed.open(1).await);
+    assert_eq!(packed.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
-    let lasting = Peer::start(2, PoolSettings::default().idle_timeout).await;
+    let lasting = Peer::start(2, PoolSettings::default()).await;
     drop(lasting.open(1).await);
     drop(lasting.open(1).await);
     lasting.pool.release_idle();
     assert_eq!((lasting.accepted(), lasting.pool.connections().await), (1, 1), "kept for reuse");
 
-    let released = Peer::start(3, Duration::ZERO).await;
+    let released =
+        Peer::start(3, PoolSettings { idle_timeout: Duration::ZERO, ..PoolSettings::default() }).await;
     let held = released.open(1).await;
     released.pool.release_idle();
     assert_eq!(released.pool.connections().await, 1, "a connection with a stream stays");
@@ -180,7 +196,7 @@ async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openers_of_a_black_holed_peer_share_one_attempt_and_stall_no_one_else() {
-    let healthy = Peer::start(4, PoolSettings::default().idle_timeout).await;
+    let healthy = Peer::start(4, PoolSettings::default()).await;
     // A peer that accepts TCP and never answers the TLS handshake.
     let hole = Ipv4Addr::new(127, 77, (std::process::id() % 250) as u8, 5);
     let listener = TcpListener::bind((hole, hbone::PORT)).await.unwrap();
@@ -236,7 +252,11 @@ async fn a_pooled_connection_whose_stream_times_out_is_dropped_and_the_open_retr
     let hang = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = hang.clone();
     let idle_timeout = PoolSettings::default().idle_timeout;
-    let peer = Peer::start_with(6, idle_timeout, move |upstream| HangOnce { upstream, hang: flag }).await;
+    let peer =
+        Peer::start_with(6, PoolSettings { idle_timeout, ..PoolSettings::default() }, move |upstream| {
+            HangOnce { upstream, hang: flag }
+        })
+        .await;
 
     let first = peer.open(1).await;
     hang.store(true, Ordering::SeqCst);

@@ -2,7 +2,10 @@
 //! IP, source pod IP): a new proxied connection opens a stream on a pooled connection, and only
 //! the first pays for TCP, TLS and HTTP/2 handshakes. A connection carries at most
 //! [`Settings::max_streams`] streams at once; under more load the pool opens another to the
-//! same peer, so one TCP connection's window never caps a busy pair. A connection the peer
+//! same peer, so one TCP connection's window never caps a busy pair. Busy pairs also spread
+//! over up to [`Settings::lanes`] connections (one per worker thread by default): each
+//! connection's TLS and HTTP/2 work runs on one task, so streams sharing one connection share
+//! one core, however many the proxy has. A connection the peer
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
 //! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
 //! No lock is held while a connection is being made: openers that need one while another is
@@ -109,11 +112,15 @@ pub struct Settings {
     pub max_streams: usize,
     /// How long a connection without streams stays for reuse (zero: released at once).
     pub idle_timeout: Duration,
+    /// Connections a pair opens before its streams share them: a new stream gets a
+    /// connection of its own while every pooled one carries a stream and fewer than this many
+    /// exist. One (Istio's way) packs every stream onto the first connection with room.
+    pub lanes: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { max_streams: MAX_STREAMS, idle_timeout: Duration::from_secs(300) }
+        Self { max_streams: MAX_STREAMS, idle_timeout: Duration::from_secs(300), lanes: 1 }
     }
 }
 
@@ -150,7 +157,11 @@ impl Pool {
         Self {
             connections: Mutex::default(),
             metrics,
-            settings: Settings { max_streams: settings.max_streams.max(1), ..settings },
+            settings: Settings {
+                max_streams: settings.max_streams.max(1),
+                lanes: settings.lanes.max(1),
+                ..settings
+            },
         }
     }
 
@@ -225,15 +236,20 @@ impl Pool {
         }
     }
 
-    /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off),
-    /// else the connect under way, else a connect for the caller to make.
+    /// Under the slot's lock, briefly: the least busy pooled connection with room (unless
+    /// `reuse` is off) — unless all carry streams and another lane may open — else the
+    /// connect under way, else a connect for the caller to make.
     fn next(&self, slot: &Slot, reuse: bool) -> Next {
         let mut connections = lock(slot);
         connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
-        let reusable = connections
+        let open = |pooled: &Pooled| pooled.active.open.load(Ordering::Acquire);
+        let least_busy = connections
             .pooled
             .iter()
-            .find(|pooled| reuse && pooled.active.open.load(Ordering::Acquire) < self.settings.max_streams);
+            .filter(|pooled| reuse && open(pooled) < self.settings.max_streams)
+            .min_by_key(|pooled| open(pooled));
+        let another_lane = connections.pooled.len() < self.settings.lanes && connections.connecting.is_none();
+        let reusable = least_busy.filter(|pooled| open(pooled) == 0 || !another_lane);
         if let Some(pooled) = reusable {
             // Counted before the lock goes, so concurrent openers see it.
             pooled.active.open.fetch_add(1, Ordering::AcqRel);
