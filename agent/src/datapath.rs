@@ -34,12 +34,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/we
 const SK_LOOKUP_LINK: &str = "sk_lookup-";
 
 /// Programs attached once per node to the pods' cgroup, with their attach types.
-const CGROUP_PROGRAMS: [(&str, AttachType); 6] = [
+const CGROUP_PROGRAMS: [(&str, AttachType); 8] = [
     (program::CONNECT4, AttachType::CgroupInet4Connect),
     (program::CONNECT6, AttachType::CgroupInet6Connect),
     (program::GETPEERNAME4, AttachType::CgroupInet4Getpeername),
     (program::GETPEERNAME6, AttachType::CgroupInet6Getpeername),
     (program::SOCKOPS, AttachType::CgroupSockOps),
+    (program::BIND4, AttachType::CgroupInet4Bind),
+    (program::BIND6, AttachType::CgroupInet6Bind),
     (program::GETSOCKOPT, AttachType::CgroupGetsockopt),
 ];
 
@@ -193,18 +195,7 @@ impl Capture for Datapath {
     }
 
     fn pods(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
-        let mut pods = Datapath::enrolled(self)?;
-        for (cookie, addrs) in self
-            .pod_map(map::POD_ADDRS)?
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| Error::Map { name: map::POD_ADDRS, source })?
-        {
-            if !pods.iter().any(|(known, _)| *known == cookie) {
-                pods.push((cookie, addrs));
-            }
-        }
-        Ok(pods)
+        Datapath::pods(self)
     }
 
     fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
@@ -361,6 +352,22 @@ impl Datapath {
             }
             Err(source) => Err(Error::Map { name, source }),
         }
+    }
+
+    /// Every pod the datapath knows, enrolled or only handed over: netns cookie and addresses.
+    pub fn pods(&self) -> Result<Vec<(u64, Enrolled)>, Error> {
+        let mut pods = self.enrolled()?;
+        for (cookie, addrs) in self
+            .pod_map(map::POD_ADDRS)?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| Error::Map { name: map::POD_ADDRS, source })?
+        {
+            if !pods.iter().any(|(known, _)| *known == cookie) {
+                pods.push((cookie, addrs));
+            }
+        }
+        Ok(pods)
     }
 
     /// Every enrolled pod: netns cookie and addresses.

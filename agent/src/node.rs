@@ -282,6 +282,12 @@ impl<C: Capture> Agent<'_, C> {
                 self.join(uid, pod).await;
             }
         }
+        // A pod handed over whose handoff or enrollment failed, then deleted, left its
+        // addresses behind: swept here, not only when ztunnel reconnects, before they fill the
+        // map. (Only once ready: until the first snapshot `wanted` may still be incomplete.)
+        if self.ready {
+            self.sweep_stale(wanted);
+        }
     }
 
     async fn join(&mut self, uid: &str, wanted: &Wanted) {
@@ -427,11 +433,6 @@ impl<C: Capture> Agent<'_, C> {
                 service_account: enrolled.wanted.service_account.clone(),
                 netns,
             };
-            // An agent of an earlier release enrolled it without naming it for the proxy's
-            // listener; the new proxy's listen needs it.
-            if let Err(error) = self.capture.hand_over(&pod.netns, enrolled.wanted.addrs) {
-                tracing::warn!(pod = %uid, %error, "cannot name the pod for the proxy's listener");
-            }
             if let Err(error) = session.add(&pod).await {
                 // Capture stays on (fail closed); forgetting the pod makes reconcile join it
                 // again, retrying the handoff.
@@ -471,7 +472,10 @@ impl<C: Capture> Agent<'_, C> {
                     !known.contains(cookie) && !wanted_addresses.contains(addresses)
                 });
                 for (cookie, _) in stale {
-                    tracing::info!(cookie, "removing the enrollment of a pod that is gone");
+                    tracing::info!(
+                        cookie,
+                        "removing the pinned enrollment or handover of a pod that is gone"
+                    );
                     if let Err(error) = self.capture.unenroll(cookie) {
                         tracing::warn!(cookie, %error, "removing a stale enrollment failed");
                     }

@@ -277,6 +277,7 @@ fn counter_name(counter: DatapathCounter) -> &'static str {
         DatapathCounter::InboundFromProxy => "inbound_from_proxy",
         DatapathCounter::ListenerRegistered => "listener_registered",
         DatapathCounter::ListenerIgnored => "listener_ignored",
+        DatapathCounter::ListenerFailed => "listener_failed",
     }
 }
 

@@ -3,7 +3,7 @@
 //! `weft.dev/dataplane-mode=ambient` is in the mesh, a pod labelled `none` opts out — Istio
 //! ambient's rule, with Weft's label — and only while the pod is [`PodState::capturable`]. The
 //! agent annotates a pod it has captured ([`CAPTURED`], Istio's `ambient.istio.io/redirection`
-//! with Weft's name) and proxies tunnel only to pods so annotated ([`captured`]), so a labelled
+//! with Weft's name) and proxies tunnel only to pods so annotated ([`Labels::captured`]), so a labelled
 //! pod its agent could not capture stays reachable, in plaintext. With [`Labels::Istio`] the same
 //! rule reads and writes Istio ambient's own label and annotation, so Weft's node side can take
 //! over namespaces labelled for Istio, and run under istiod (which tunnels only to pods Istio's

@@ -7,6 +7,8 @@
 //!   recorded for [`inbound`].
 //! - [`sockops`]: when a redirected connection is established, re-key its original destination
 //!   by the client's address and port, which is what the proxy's accepted socket sees.
+//! - [`listener`]: `cgroup/bind4|6` remember the proxy's binds of the inbound port; at their
+//!   listen, [`sockops`] registers them as the pod's inbound listener for [`inbound`].
 //! - [`orig_dst`]: `cgroup/getsockopt` answers `SO_ORIGINAL_DST` for the proxy, as netfilter
 //!   would, so any transparent proxy (Istio's ztunnel too) runs on this capture unmodified.
 //! - [`inbound`]: `sk_lookup`, attached per enrolled pod netns, steers new inbound TCP (except
@@ -21,6 +23,7 @@
 
 mod ctx;
 mod inbound;
+mod listener;
 mod maps;
 mod node;
 mod orig_dst;

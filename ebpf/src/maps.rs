@@ -23,6 +23,9 @@ pub static ORIG_BY_PEER: LruHashMap<Endpoint, OrigDst> = LruHashMap::pinned(MAX_
 #[map(name = "WEFT_LISTENERS")]
 pub static mut LISTENERS: SockHash<Endpoint> = SockHash::pinned(MAX_ENROLLED * 2, 0);
 
+#[map(name = "WEFT_PROXY_BINDS")]
+pub static PROXY_BINDS: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_ENROLLED * 4, 0);
+
 #[map(name = "WEFT_POD_ADDRS")]
 pub static POD_ADDRS: HashMap<u64, Enrolled> = HashMap::pinned(MAX_ENROLLED, 0);
 

@@ -120,7 +120,7 @@ impl Istiod {
         crate::apps::http_get_at(self.http, path)
     }
 
-    /// istiod's log.
+    /// The istiod process (its log, whether it exited).
     pub fn process(&mut self) -> &mut Process {
         &mut self.process
     }

@@ -254,8 +254,7 @@ impl Mesh {
     /// Waits until every node's proxy knows each of `pods` as a workload it tunnels to (by
     /// address: whatever names the control plane gives workloads). Blocking.
     pub fn wait_until_tunnelled_to(&self, pods: &[&Pod], timeout: Duration) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        until_tunnelled(timeout, || {
             let mut untunnelled = Vec::new();
             for setup in &self.setups {
                 let workloads = proxy_workloads(&setup.node)?;
@@ -270,16 +269,8 @@ impl Mesh {
                     }
                 }
             }
-            if untunnelled.is_empty() {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "proxies do not tunnel to these after {timeout:?}: {}",
-                untunnelled.join(", ")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(untunnelled)
+        })
     }
 
     /// Waits until every node's proxy tunnels to every pod an agent reports enrolled: each agent
@@ -287,8 +278,7 @@ impl Mesh {
     /// until then peers still reach them in plaintext. Agents with Kubernetes enrollment only.
     /// Blocking: call it outside the runtime's threads (`block_in_place`).
     pub fn wait_until_tunnelled(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        until_tunnelled(timeout, || {
             let mut enrolled = Vec::new();
             for node in 0..self.setups.len() {
                 let dump = apps::json_body(&self.agent_get(node, "/config_dump")?);
@@ -312,16 +302,8 @@ impl Mesh {
                         .map(|uid| format!("{uid} on {}", setup.node.name)),
                 );
             }
-            if untunnelled.is_empty() {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "proxies still reach enrolled pods in plaintext after {timeout:?}: {}",
-                untunnelled.join(", ")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            Ok(untunnelled)
+        })
     }
 
     /// `weftctl` flags that reach this mesh: the API server, the control plane's and agents'
@@ -400,6 +382,27 @@ impl Mesh {
     /// The ztunnel of node `node`, e.g. to read its log.
     pub fn ztunnel(&mut self, node: usize) -> &mut Process {
         &mut self.processes[node].1
+    }
+}
+
+/// Polls `untunnelled` (what proxies still reach in plaintext) until it is empty; fails after
+/// `timeout`, naming what is left. Blocking.
+fn until_tunnelled(
+    timeout: Duration,
+    mut untunnelled: impl FnMut() -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = untunnelled()?;
+        if left.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "proxies still reach these in plaintext after {timeout:?}: {}",
+            left.join(", ")
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -201,6 +201,19 @@ fn unenroll_and_reenroll_switch_new_connections_and_spare_established_ones() {
 }
 
 #[test]
+fn a_handed_over_pod_is_known_until_it_leaves_but_only_enrollment_captures_it() {
+    let mut topology = Topology::new(1).unwrap();
+    let pod = topology.add_pod(0, "pod", "uid-pod").unwrap();
+    let mut datapath = install(&topology, 0, 16);
+    let netns = File::open(pod.netns.path()).unwrap();
+    let cookie = datapath.hand_over(&netns, PodAddrs { ipv4: Some(pod.ipv4), ipv6: Some(pod.ipv6) }).unwrap();
+    assert_eq!(datapath.pods().unwrap().len(), 1);
+    assert!(datapath.enrolled().unwrap().is_empty(), "handed over, not captured");
+    datapath.unenroll(cookie).unwrap();
+    assert!(datapath.pods().unwrap().is_empty(), "leaving forgets the handover");
+}
+
+#[test]
 fn a_full_enrollment_map_refuses_one_more_pod_and_leaves_the_others_captured() {
     let mut topology = Topology::new(1).unwrap();
     let pods: Vec<Pod> =
@@ -250,7 +263,11 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     assert_eq!(out.trim(), format!("probes={PROBES} ok={PROBES} failed=0"));
     assert_eq!(standin.accepted(PROBES, WAIT).unwrap().len(), PROBES, "every probe went through the proxy");
     let links: Vec<_> = std::fs::read_dir(node.bpffs_root.join("links")).unwrap().collect();
-    assert_eq!(links.len(), 8, "six links on the pods' cgroup, one on the node's, one sk_lookup, none twice");
+    assert_eq!(
+        links.len(),
+        10,
+        "eight links on the pods' cgroup, one on the node's, one sk_lookup, none twice"
+    );
 }
 
 /// Replaces the map pinned at `maps/<name>` with an empty one of another layout, as an agent of

@@ -476,6 +476,29 @@ impl State {
             .ok_or(Unresolved::NotBacked)
     }
 
+    /// [`State::service_target_port`], waiting up to `patience` while the configuration lacks
+    /// the pod's workload (a pod handed over before its workload arrived).
+    pub async fn service_target_port_known(
+        &self,
+        pod: LocalPod<'_>,
+        ip: IpAddr,
+        hostname: &str,
+        service_port: u16,
+        patience: std::time::Duration,
+    ) -> Result<u16, Unresolved> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut changes = self.changes();
+        loop {
+            // Resolved after subscribing, so a change just before is not missed.
+            let resolved = self.service_target_port(pod, ip, hostname, service_port);
+            if resolved != Err(Unresolved::NoWorkload)
+                || !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(())))
+            {
+                return resolved;
+            }
+        }
+    }
+
     /// Decides an inbound connection to `pod`: the mesh-wide policies, its namespace's, and
     /// those its workload resource names. Without its workload (at the connection's
     /// destination address), or one of the policies it names, the verdict is a refusal
@@ -869,5 +892,31 @@ mod tests {
             removed: vec![],
         });
         assert_eq!(decision.await, Verdict::Denied { policy: "ns/deny-all".into() });
+    }
+
+    #[tokio::test]
+    async fn a_services_port_waits_for_the_pods_workload_to_arrive() {
+        let state = State::default();
+        let ip = "10.0.0.1".parse().unwrap();
+        let short = std::time::Duration::from_millis(20);
+        let resolve = |patience| {
+            state.service_target_port_known(local("a"), ip, "web.ns.svc.cluster.local", 80, patience)
+        };
+        assert_eq!(resolve(short).await, Err(Unresolved::NoWorkload), "nothing arrives: given up");
+        let resolved = resolve(std::time::Duration::from_secs(30));
+        tokio::pin!(resolved);
+        let waiting = tokio::select! {
+            biased;
+            resolved = resolved.as_mut() => panic!("resolved too early: {resolved:?}"),
+            () = std::future::ready(()) => true,
+        };
+        assert!(waiting);
+        let mut a = workload("a", "10.0.0.1");
+        a.services.insert(
+            "ns/web.ns.svc.cluster.local".into(),
+            vec![PortMapping { service_port: 80, target_port: 8080 }],
+        );
+        state.replace(vec![a]).unwrap();
+        assert_eq!(resolved.await, Ok(8080));
     }
 }

@@ -168,6 +168,11 @@ async fn a_busy_pair_opens_its_lanes_before_its_streams_share_a_connection() {
     drop(spread.open(1).await);
     assert_eq!((spread.accepted(), spread.pool.connections().await), (2, 2), "idle lanes are reused");
 
+    // A burst of openers at once opens its lanes, and no more.
+    let burst = Peer::start(9, PoolSettings { lanes: 2, ..PoolSettings::default() }).await;
+    let _all = burst.open(8).await;
+    assert_eq!(burst.accepted(), 2);
+
     // One lane, Istio's way: streams pack onto the first connection with room.
     let packed = Peer::start(8, PoolSettings::default()).await;
     let _held = (packed.open(1).await, packed.open(1).await);

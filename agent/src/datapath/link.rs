@@ -19,6 +19,8 @@ use std::{
 #[repr(u32)]
 pub enum AttachType {
     CgroupSockOps = 3,
+    CgroupInet4Bind = 8,
+    CgroupInet6Bind = 9,
     CgroupInet4Connect = 10,
     CgroupInet6Connect = 11,
     CgroupGetsockopt = 21,

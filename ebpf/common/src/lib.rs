@@ -48,6 +48,8 @@ pub mod program {
     pub const GETPEERNAME4: &str = "weft_getpeername4";
     pub const GETPEERNAME6: &str = "weft_getpeername6";
     pub const SOCKOPS: &str = "weft_sockops";
+    pub const BIND4: &str = "weft_bind4";
+    pub const BIND6: &str = "weft_bind6";
     pub const GETSOCKOPT: &str = "weft_getsockopt";
     pub const SK_LOOKUP: &str = "weft_sk_lookup";
     /// On the node's own cgroup: records the connections the node itself opens.
@@ -63,13 +65,17 @@ pub mod map {
     /// [`crate::Endpoint`] of the client side → [`crate::OrigDst`]. LRU, kernel-written.
     pub const ORIG_BY_PEER: &str = "WEFT_ORIG_BY_PEER";
     /// [`crate::Endpoint`] (pod IP, port 0) → the proxy's inbound listener socket in that pod.
-    /// Kernel-written: a trusted proxy's listen on [`crate::port::INBOUND`] in a pod of
-    /// [`POD_ADDRS`] registers itself, so any proxy (Istio's too) needs no part in it.
+    /// Kernel-written: a socket the proxy bound to [`crate::port::INBOUND`] ([`PROXY_BINDS`])
+    /// registers itself when it listens in a pod of [`POD_ADDRS`], so any proxy (Istio's too)
+    /// needs no part in it.
     pub const LISTENERS: &str = "WEFT_LISTENERS";
     /// netns cookie (`u64`) → [`crate::Enrolled`]: the pods handed to the proxy, from before
     /// the handoff (so the proxy's listen finds its pod) until the pod leaves the mesh.
     /// Written only by the agent.
     pub const POD_ADDRS: &str = "WEFT_POD_ADDRS";
+    /// socket cookie (`u64`) → `u8`: sockets the proxy bound to the inbound port, until they
+    /// listen. LRU, kernel-written.
+    pub const PROXY_BINDS: &str = "WEFT_PROXY_BINDS";
     /// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WEFT_COUNTERS";
     /// Array of `u32` indexed by [`crate::ConfigSlot`]. Written only by the agent.
@@ -205,11 +211,13 @@ pub enum Counter {
     ListenerRegistered = 9,
     /// Listens on the inbound port in a handed-over pod that were not the proxy's, ignored.
     ListenerIgnored = 10,
+    /// The proxy's listens that could not be registered (the listener map full).
+    ListenerFailed = 11,
 }
 
 impl Counter {
     /// Number of slots; the size of the counters map.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Every counter, for readers that report them all.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -223,6 +231,7 @@ impl Counter {
         Counter::InboundFromProxy,
         Counter::ListenerRegistered,
         Counter::ListenerIgnored,
+        Counter::ListenerFailed,
     ];
 }
 

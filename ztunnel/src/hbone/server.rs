@@ -88,11 +88,12 @@ impl Refusal {
 /// Decides on each stream and opens its upstream connection.
 pub trait Handler: Send + Sync + 'static {
     /// Turns a Service's authority into this end's pod address and port; refused by default.
-    fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
-        match &request.service {
-            Some(service) => Err(Refusal::BadRequest(format!("no service {} here", service.hostname))),
-            None => Ok(()),
-        }
+    fn resolve(&self, request: &mut ConnectRequest) -> impl Future<Output = Result<(), Refusal>> + Send {
+        let refused = request
+            .service
+            .as_ref()
+            .map(|service| Refusal::BadRequest(format!("no service {} here", service.hostname)));
+        std::future::ready(refused.map_or(Ok(()), Err))
     }
 
     /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
@@ -255,16 +256,17 @@ async fn serve_stream<H: Handler>(
     ends: Ends,
     handler: Arc<H>,
 ) -> StreamEnd {
-    let connect = match check(&request, ends).and_then(|mut connect| {
-        handler.resolve(&mut connect)?;
-        Ok(connect)
-    }) {
+    let mut connect = match check(&request, ends) {
         Ok(connect) => connect,
         Err(refusal) => {
             refuse(&mut respond, &refusal);
             return StreamEnd::Served;
         }
     };
+    if let Err(refusal) = handler.resolve(&mut connect).await {
+        refuse(&mut respond, &refusal);
+        return StreamEnd::Served;
+    }
     // A client that resets the stream while we connect gets no upstream connection.
     let connected = tokio::select! {
         biased;

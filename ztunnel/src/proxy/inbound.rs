@@ -117,11 +117,30 @@ impl Delivery {
 impl Handler for Delivery {
     /// A Service's authority (`hostname:port`, as Istio's peers send through a network's
     /// gateway or from a waypoint) reaches this pod on the port the Service maps that service
-    /// port to, as Istio's ztunnel resolves it; only a Service this pod backs.
-    fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
+    /// port to, as Istio's ztunnel resolves it; only a Service this pod backs. Like an address,
+    /// it waits (within [`super::CONFIG_WAIT`]) for the configuration to hold the pod.
+    async fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
         let Some(service) = &request.service else { return Ok(()) };
         let ip = canonical(request.target).ip();
-        match self.context.state.service_target_port(self.pod.local(), ip, &service.hostname, service.port) {
+        let state = &self.context.state;
+        let started = tokio::time::Instant::now();
+        let synced = tokio::time::timeout(super::CONFIG_WAIT, state.synced()).await.is_ok();
+        let patience = super::CONFIG_WAIT.saturating_sub(started.elapsed());
+        let resolved = match synced {
+            true => {
+                state
+                    .service_target_port_known(
+                        self.pod.local(),
+                        ip,
+                        &service.hostname,
+                        service.port,
+                        patience,
+                    )
+                    .await
+            }
+            false => Err(crate::state::Unresolved::NoWorkload),
+        };
+        match resolved {
             Ok(port) => {
                 request.target = SocketAddr::new(ip, port);
                 Ok(())

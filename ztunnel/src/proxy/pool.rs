@@ -236,21 +236,23 @@ impl Pool {
         }
     }
 
-    /// Under the slot's lock, briefly: the least busy pooled connection with room (unless
-    /// `reuse` is off) — unless all carry streams and another lane may open — else the
-    /// connect under way, else a connect for the caller to make.
+    /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off) —
+    /// the least busy, or with one lane the first, Istio's packing — unless every pooled one
+    /// carries streams and a lane is still to open; else the connect under way (a burst waits
+    /// for the new lane rather than piling onto the first); else a connect for the caller.
     fn next(&self, slot: &Slot, reuse: bool) -> Next {
         let mut connections = lock(slot);
         connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
         let open = |pooled: &Pooled| pooled.active.open.load(Ordering::Acquire);
-        let least_busy = connections
-            .pooled
-            .iter()
-            .filter(|pooled| reuse && open(pooled) < self.settings.max_streams)
-            .min_by_key(|pooled| open(pooled));
-        let another_lane = connections.pooled.len() < self.settings.lanes && connections.connecting.is_none();
-        let reusable = least_busy.filter(|pooled| open(pooled) == 0 || !another_lane);
-        if let Some(pooled) = reusable {
+        let mut with_room =
+            connections.pooled.iter().filter(|pooled| reuse && open(pooled) < self.settings.max_streams);
+        let chosen = if self.settings.lanes > 1 {
+            with_room.min_by_key(|pooled| open(pooled))
+        } else {
+            with_room.next()
+        };
+        let lane_to_open = connections.pooled.len() < self.settings.lanes;
+        if let Some(pooled) = chosen.filter(|pooled| open(pooled) == 0 || !lane_to_open) {
             // Counted before the lock goes, so concurrent openers see it.
             pooled.active.open.fetch_add(1, Ordering::AcqRel);
             return Next::Reuse(pooled.connection.clone(), Active(pooled.active.clone()));
