@@ -363,8 +363,12 @@ async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh()
 
     label_namespace(cluster.client(), "shop", Some("ambient")).await;
     tokio::task::block_in_place(|| {
-        let enrolled = |line: &str| line.contains("enrolled") && line.contains("name=client");
-        mesh.agent(0).wait_for(enrolled, WAIT).unwrap();
+        // Both nodes' agents: tunnelled-to-all-enrolled holds vacuously for an agent that has
+        // not enrolled its pod yet.
+        for (node, name) in [(0, "name=client"), (1, "name=server")] {
+            let enrolled = |line: &str| line.contains("enrolled") && line.contains(name);
+            mesh.agent(node).wait_for(enrolled, WAIT).unwrap();
+        }
         mesh.wait_until_tunnelled(WAIT).unwrap();
         assert_eq!(chat.say("still open").unwrap(), "still open");
         for (node, pod) in [(0, &client), (1, &server)] {
