@@ -120,10 +120,16 @@ impl Context {
         pod: &Pod,
         connection: &crate::authz::Connection<'_>,
     ) -> Option<crate::authz::Verdict> {
+        let patience = self.synced_within_config_wait().await?;
+        Some(self.state.authorize_known(pod.local(), connection, patience).await)
+    }
+
+    /// Waits until the configuration is complete, within [`CONFIG_WAIT`]; what is left of it
+    /// then, for waiting on a particular resource, or `None` if it did not complete in time.
+    pub async fn synced_within_config_wait(&self) -> Option<std::time::Duration> {
         let started = tokio::time::Instant::now();
         tokio::time::timeout(CONFIG_WAIT, self.state.synced()).await.ok()?;
-        let patience = CONFIG_WAIT.saturating_sub(started.elapsed());
-        Some(self.state.authorize_known(pod.local(), connection, patience).await)
+        Some(CONFIG_WAIT.saturating_sub(started.elapsed()))
     }
 
     /// Resolves, with the verdict, once a configuration change no longer allows a connection

@@ -486,15 +486,31 @@ impl State {
         service_port: u16,
         patience: std::time::Duration,
     ) -> Result<u16, Unresolved> {
+        self.known(
+            patience,
+            |state| state.service_target_port(pod, ip, hostname, service_port),
+            |resolved| *resolved == Err(Unresolved::NoWorkload),
+        )
+        .await
+    }
+
+    /// `ask` of this state, asked again on every applied update while `incomplete` says the
+    /// configuration may yet answer it differently, for at most `patience`; the last answer.
+    async fn known<T>(
+        &self,
+        patience: std::time::Duration,
+        ask: impl Fn(&Self) -> T,
+        incomplete: impl Fn(&T) -> bool,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + patience;
         let mut changes = self.changes();
         loop {
-            // Resolved after subscribing, so a change just before is not missed.
-            let resolved = self.service_target_port(pod, ip, hostname, service_port);
-            if resolved != Err(Unresolved::NoWorkload)
+            // Asked after subscribing, so a change just before is not missed.
+            let answer = ask(self);
+            if !incomplete(&answer)
                 || !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(())))
             {
-                return resolved;
+                return answer;
             }
         }
     }
@@ -534,18 +550,7 @@ impl State {
         connection: &Connection<'_>,
         patience: std::time::Duration,
     ) -> Verdict {
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut changes = self.changes();
-        loop {
-            // Decided after subscribing, so a change just before is not missed.
-            let verdict = self.authorize(pod, connection);
-            if !verdict.incomplete() {
-                return verdict;
-            }
-            if !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(()))) {
-                return verdict;
-            }
-        }
+        self.known(patience, |state| state.authorize(pod, connection), Verdict::incomplete).await
     }
 
     /// Everything known, for the admin `config_dump`.

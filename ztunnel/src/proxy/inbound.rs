@@ -122,23 +122,12 @@ impl Handler for Delivery {
     async fn resolve(&self, request: &mut ConnectRequest) -> Result<(), Refusal> {
         let Some(service) = &request.service else { return Ok(()) };
         let ip = canonical(request.target).ip();
-        let state = &self.context.state;
-        let started = tokio::time::Instant::now();
-        let synced = tokio::time::timeout(super::CONFIG_WAIT, state.synced()).await.is_ok();
-        let patience = super::CONFIG_WAIT.saturating_sub(started.elapsed());
-        let resolved = match synced {
-            true => {
-                state
-                    .service_target_port_known(
-                        self.pod.local(),
-                        ip,
-                        &service.hostname,
-                        service.port,
-                        patience,
-                    )
-                    .await
+        let resolved = match self.context.synced_within_config_wait().await {
+            Some(patience) => {
+                let (pod, hostname) = (self.pod.local(), &service.hostname);
+                self.context.state.service_target_port_known(pod, ip, hostname, service.port, patience).await
             }
-            false => Err(crate::state::Unresolved::NoWorkload),
+            None => Err(crate::state::Unresolved::NoWorkload),
         };
         match resolved {
             Ok(port) => {
