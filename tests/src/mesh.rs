@@ -107,7 +107,7 @@ impl Mesh {
         let ca_dir = dir.path().join("ca");
         if matches!(ca, Ca::Development) {
             std::fs::create_dir_all(&ca_dir)?;
-            weft_ztunnel::identity::ca::write_dev_root(&ca_dir)?;
+            weft_proxy::identity::ca::write_dev_root(&ca_dir)?;
         }
         let workloads: Vec<_> = members
             .iter()

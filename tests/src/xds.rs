@@ -47,7 +47,7 @@ impl XdsClient {
         let (incoming, responses) = std_mpsc::channel();
         let address = plane.address();
         let root_file = plane.root_file().to_owned();
-        let bearer = weft_ztunnel::control::bearer(token_file).map_err(anyhow::Error::msg)?;
+        let bearer = weft_proxy::control::bearer(token_file).map_err(anyhow::Error::msg)?;
         let netns = node.netns.open()?;
         std::thread::spawn(move || {
             let forward = |result| {
@@ -60,7 +60,7 @@ impl XdsClient {
                 return forward(Err(tonic::Status::internal("no runtime")));
             };
             runtime.block_on(async move {
-                let channel = match weft_ztunnel::control::Channels::new(&address, &root_file, None)
+                let channel = match weft_proxy::control::Channels::new(&address, &root_file, None)
                     .and_then(|channels| channels.get())
                 {
                     Ok(channel) => channel,
@@ -131,7 +131,7 @@ impl XdsClient {
             type_url: response.type_url.clone(),
             response_nonce: response.nonce.clone(),
             error_detail: Some(Status {
-                code: weft_ztunnel::xds::INVALID_ARGUMENT,
+                code: weft_proxy::xds::INVALID_ARGUMENT,
                 message: message.into(),
                 details: Vec::new(),
             }),

@@ -7,16 +7,16 @@ use std::{path::Path, time::Duration};
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, UnixTime, pem::PemObject};
+use weft_proxy::identity::{
+    Identity,
+    ca::{CaClient, Error, GrpcCa},
+};
 use weft_tests::{
     apps,
     cluster::Cluster,
     control::{self, ControlPlane},
     kubelet::PodTemplate,
     topology::Node,
-};
-use weft_ztunnel::identity::{
-    Identity,
-    ca::{CaClient, Error, GrpcCa},
 };
 
 fn csr(sans: &[&str], ca: bool) -> String {
@@ -95,7 +95,7 @@ async fn the_ca_signs_only_for_identities_running_on_the_callers_node() {
             None,
         )
         .unwrap();
-    assert_eq!(weft_ztunnel::tls::peer_identity(Some(&chain)).unwrap(), id("cart"));
+    assert_eq!(weft_proxy::tls::peer_identity(Some(&chain)).unwrap(), id("cart"));
 
     let refused = |result: Result<_, Error>| match result {
         Err(Error::Refused { reason, .. }) => reason,

@@ -47,7 +47,7 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
 
     monitor.settle(WAIT).unwrap();
     assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric");
-    assert!(monitor.syns_to(weft_ztunnel::hbone::PORT) >= 1, "no HBONE connection crossed the fabric");
+    assert!(monitor.syns_to(weft_proxy::hbone::PORT) >= 1, "no HBONE connection crossed the fabric");
     assert_eq!(monitor.syns_to(ECHO_PORT), 0, "a direct connection to the app crossed the fabric");
     // The client's ztunnel tunnelled as the client, to the server's identity.
     let line = mesh

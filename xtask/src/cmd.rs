@@ -13,6 +13,20 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `command`, echoing it first, and returns what it printed; fails if it exits non-zero.
+pub fn output(command: &mut Command) -> anyhow::Result<String> {
+    eprintln!("+ {}", describe(command));
+    let out = command
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("starting {}", describe(command)))?;
+    if !out.status.success() {
+        bail!("{} failed ({})", describe(command), out.status);
+    }
+    String::from_utf8(out.stdout)
+        .with_context(|| format!("{} printed something not UTF-8", describe(command)))
+}
+
 /// Whether `command` exits zero, without echoing it or its output (for probes).
 pub fn succeeds(command: &mut Command) -> bool {
     command

@@ -49,15 +49,18 @@ pub const COREDNS_VERSION: &str = "1.15.0";
 /// module at this version (Istio 1.31 in development, its main branch of 2026-08-27: Istio tags
 /// releases without Go's `v`, so the module proxy serves only commits). README's "Tested with".
 pub const ISTIO_MODULE_VERSION: &str = "v0.0.0-20260827124520-eed52ebb66ad";
+/// The Gateway API release whose standard CRDs the waypoint's tests install (the
+/// `sigs.k8s.io/gateway-api` module; README's "Tested with").
+pub const GATEWAY_API_VERSION: &str = "v1.6.3";
 /// The oldest Go that builds them all (their go.mod files ask for 1.26.0).
 const GO_MINIMUM: (u32, u32) = (1, 26);
 
 /// Paths of the tools setup provides, for the commands that run after it.
 #[derive(Debug)]
 pub struct Tools {
-    /// A directory holding etcd, the Kubernetes commands, istiod (`pilot-discovery`) and Istio's
-    /// CRDs (`istio-crds.yaml`) of the tested releases (links into the cache); the harness reads
-    /// it from `WEFT_KUBE_BIN`.
+    /// A directory holding etcd, the Kubernetes commands, istiod (`pilot-discovery`), Istio's
+    /// CRDs (`istio-crds.yaml`) and the Gateway API's standard CRDs (`gateway-api-crds.yaml`) of
+    /// the tested releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
 }
 
@@ -72,6 +75,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     let kube_bin = cache.join("kubernetes/bin");
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
+    step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
     Ok(Tools { kube_bin })
 }
@@ -187,6 +191,52 @@ fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
         )?;
     }
     link_into(bin, [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)])
+}
+
+/// The Gateway API's standard CRDs at [`GATEWAY_API_VERSION`], from the `sigs.k8s.io/gateway-api`
+/// module (downloaded into Kubernetes' module cache in `dir`), joined into one file in the
+/// order of the release's kustomization and linked as `bin/gateway-api-crds.yaml`. Its
+/// ValidatingAdmissionPolicy (which only guards against mixing in experimental CRDs) is left
+/// out: the file holds CustomResourceDefinitions alone.
+fn gateway_api(dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let joined = dir.join(format!("gateway-api-{GATEWAY_API_VERSION}-standard-crds.yaml"));
+    if !joined.exists() {
+        let out = cmd::output(
+            Command::new(go()?)
+                .args(["mod", "download", "-json"])
+                .arg(format!("sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}"))
+                .current_dir(dir)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOMODCACHE", dir.join("go/mod")),
+        )?;
+        // Its JSON names the unpacked module as `"Dir": "<path>",` on a line of its own.
+        let source = out
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("\"Dir\": \"")?.strip_suffix("\","))
+            .with_context(|| format!("go mod download named no directory: {out}"))?;
+        let crds = Path::new(source).join("config/crd");
+        let kustomization = std::fs::read_to_string(crds.join("kustomization.yaml"))
+            .with_context(|| format!("reading {}/kustomization.yaml", crds.display()))?;
+        let mut text = String::new();
+        for file in kustomization.lines().filter_map(|line| line.trim().strip_prefix("- ")) {
+            let content = std::fs::read_to_string(crds.join(file))
+                .with_context(|| format!("reading {}/{file}", crds.display()))?;
+            if content.contains("\nkind: CustomResourceDefinition") {
+                text.push_str("---\n");
+                text.push_str(&content);
+            }
+        }
+        anyhow::ensure!(
+            text.contains("name: httproutes.gateway.networking.k8s.io"),
+            "no HTTPRoute CRD in {}",
+            crds.display()
+        );
+        let partial = joined.with_extension("tmp");
+        std::fs::write(&partial, text).with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &joined).with_context(|| format!("writing {}", joined.display()))?;
+    }
+    link_into(bin, [("gateway-api-crds.yaml".into(), joined)])
 }
 
 /// `PATH` with the Go to build with first.

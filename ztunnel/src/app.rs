@@ -1,14 +1,17 @@
 //! The process: configuration, wiring, and the run until shutdown.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use crate::{
+use weft_proxy::{
     identity::{
         ca::{CaClient, FileCa, GrpcCa},
         manager::Manager,
     },
+    state::State,
+};
+
+use crate::{
     inpod::{self, Pods},
     proxy::{Context, InboundPlaintext, Pool},
-    state::State,
 };
 
 /// How often the metrics of workloads that are gone are dropped.
@@ -36,7 +39,7 @@ pub struct Config {
     /// HBONE connections; each HBONE connection carries at most 200 streams).
     pub max_connections_per_pod: usize,
     /// Who this proxy is, for the control plane.
-    pub proxy: crate::control::ProxyMeta,
+    pub proxy: weft_proxy::control::ProxyMeta,
 }
 
 /// Where the proxy learns the mesh's workloads and services.
@@ -62,7 +65,7 @@ pub enum CaConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("loading workloads")]
-    State(#[from] crate::state::Error),
+    State(#[from] weft_proxy::state::Error),
     #[error("reading the control plane's root {path}")]
     Root {
         path: PathBuf,
@@ -70,7 +73,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("loading the development CA")]
-    Ca(#[from] crate::identity::ca::Error),
+    Ca(#[from] weft_proxy::identity::ca::Error),
     #[error("opening the proxy's own network namespace")]
     Netns(#[source] std::io::Error),
     #[error("binding the {what} endpoint on {addr}")]
@@ -146,13 +149,13 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     match &config.workloads {
         WorkloadSource::LocalFile(path) => state.load_file(path)?,
         WorkloadSource::Xds { address, root_file, token_file } => {
-            let source = crate::xds::Config {
+            let source = weft_proxy::xds::Config {
                 address: address.clone(),
                 root_file: root_file.clone(),
                 token_file: token_file.clone(),
                 proxy: config.proxy.clone(),
             };
-            xds = Some(tokio::spawn(crate::xds::run(source, state.clone())));
+            xds = Some(tokio::spawn(weft_proxy::xds::run(source, state.clone())));
         }
     }
     let ca: Arc<dyn CaClient> = match &config.ca {

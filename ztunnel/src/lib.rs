@@ -3,24 +3,13 @@
 //! datapath steers to its in-pod listeners. Outputs: mTLS + HBONE tunnels between nodes, plaintext
 //! to the destination app, metrics and access logs. Non-goals: L7 routing (the waypoint).
 //!
-//! Built in steps. Here so far: workload identities and their certificates ([`identity`]),
-//! mutual TLS bound to them ([`tls`]), HBONE — HTTP/2 CONNECT over that TLS — with its client,
-//! server and byte relay ([`hbone`]), the per-pod listeners and what they do ([`proxy`]), pods
-//! handed over by the agent ([`inpod`]), L4 authorization ([`authz`]), the workload, service
-//! and policy index ([`state`]) kept by
-//! the delta xDS client ([`xds`]) or read from a local file, the control-plane connection
-//! ([`control`]), and the process wiring ([`app`]).
+//! Identities, mutual TLS, HBONE, the xDS client and its index, and authorization are
+//! `weft-proxy`'s, shared with the waypoint. Here: the per-pod listeners and what they do
+//! ([`proxy`]), pods handed over by the agent ([`inpod`]), connection metrics ([`metrics`]) and
+//! the process wiring ([`app`]).
 
 pub mod app;
-pub mod authz;
-pub mod control;
-pub mod hbone;
-pub mod identity;
 pub mod inpod;
 pub mod metrics;
 pub mod proxy;
-pub mod relay;
 pub mod rlimit;
-pub mod state;
-pub mod tls;
-pub mod xds;

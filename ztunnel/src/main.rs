@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, env = "INSTANCE_IP", default_value = "")]
     instance_ip: String,
     /// The cluster's name in a multi-cluster mesh.
-    #[arg(long, env = "CLUSTER_ID", default_value = weft_ztunnel::control::DEFAULT_CLUSTER_ID)]
+    #[arg(long, env = "CLUSTER_ID", default_value = weft_proxy::control::DEFAULT_CLUSTER_ID)]
     cluster_id: String,
     /// The network this node is on, in a multi-network mesh (Istio's `NETWORK`).
     #[arg(long, env = "NETWORK", default_value = "")]
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             lanes: args.pool_lanes.unwrap_or(workers),
         },
         max_connections_per_pod: args.max_connections_per_pod,
-        proxy: weft_ztunnel::control::ProxyMeta {
+        proxy: weft_proxy::control::ProxyMeta {
             pod_name: args.pod_name,
             namespace: args.pod_namespace,
             node_name: args.node_name,

@@ -13,11 +13,12 @@ use tokio::{
 };
 use weft_ebpf_common::{PROXY_MARK, port};
 
-use crate::{
+use weft_proxy::{
     identity::{Identity, manager::Manager},
-    inpod::netns::Netns,
     state::State,
 };
+
+use crate::inpod::netns::Netns;
 
 mod deliver;
 mod inbound;
@@ -118,8 +119,8 @@ impl Context {
     pub async fn authorize(
         &self,
         pod: &Pod,
-        connection: &crate::authz::Connection<'_>,
-    ) -> Option<crate::authz::Verdict> {
+        connection: &weft_proxy::authz::Connection<'_>,
+    ) -> Option<weft_proxy::authz::Verdict> {
         let patience = self.synced_within_config_wait().await?;
         Some(self.state.authorize_known(pod.local(), connection, patience).await)
     }
@@ -137,8 +138,8 @@ impl Context {
     pub async fn revoked(
         &self,
         pod: &Pod,
-        connection: &crate::authz::Connection<'_>,
-    ) -> crate::authz::Verdict {
+        connection: &weft_proxy::authz::Connection<'_>,
+    ) -> weft_proxy::authz::Verdict {
         let mut changes = self.state.changes();
         loop {
             // Checked after subscribing, so a change just before is not missed.
@@ -222,8 +223,8 @@ pub struct Pod {
 
 impl Pod {
     /// How the configuration's workloads are matched to it.
-    pub fn local(&self) -> crate::state::LocalPod<'_> {
-        crate::state::LocalPod {
+    pub fn local(&self) -> weft_proxy::state::LocalPod<'_> {
+        weft_proxy::state::LocalPod {
             name: &self.name,
             namespace: &self.namespace,
             service_account: &self.service_account,
@@ -255,13 +256,13 @@ pub enum Error {
     Certificate {
         pod: String,
         #[source]
-        source: crate::identity::ca::Error,
+        source: weft_proxy::identity::ca::Error,
     },
     #[error("TLS for pod {pod}")]
     Tls {
         pod: String,
         #[source]
-        source: crate::tls::Error,
+        source: weft_proxy::tls::Error,
     },
 }
 
@@ -285,7 +286,7 @@ impl PodProxy {
             listen_in(&netns, port).map_err(|source| Error::Bind { pod: pod.uid.clone(), port, source })
         };
         let (outbound, inbound, hbone) =
-            (bind(port::OUTBOUND)?, bind(port::INBOUND)?, bind(crate::hbone::PORT)?);
+            (bind(port::OUTBOUND)?, bind(port::INBOUND)?, bind(weft_proxy::hbone::PORT)?);
         // A certificate now (so a pod whose identity the CA refuses fails here, visibly); the
         // HBONE listener asks again per connection and so follows renewals.
         let identity = pod.identity(&context.trust_domain);
@@ -294,7 +295,8 @@ impl PodProxy {
             .fetch(&identity)
             .await
             .map_err(|source| Error::Certificate { pod: pod.uid.clone(), source })?;
-        crate::tls::server_config(&cert).map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
+        weft_proxy::tls::server_config(&cert)
+            .map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
         let deliverer = Arc::new(
             deliver::Deliverer::new(netns.clone())
                 .map_err(|source| Error::Netns { pod: pod.uid.clone(), source })?,
@@ -450,7 +452,7 @@ fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 /// Whether `port` is one of the proxy's own in-pod ports: delivering there would connect the
 /// proxy to itself (a loop any client could start).
 fn is_proxy_port(port: u16) -> bool {
-    [port::OUTBOUND, port::INBOUND, crate::hbone::PORT].contains(&port)
+    [port::OUTBOUND, port::INBOUND, weft_proxy::hbone::PORT].contains(&port)
 }
 
 /// `addr` with an IPv4-mapped address shown as IPv4.

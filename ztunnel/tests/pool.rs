@@ -16,16 +16,18 @@ use std::{
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-use weft_ztunnel::{
+use weft_proxy::{
     hbone::{
         self,
         client::{MAX_STREAMS, Origin},
         server::{ConnectRequest, Handler, Refusal},
     },
     identity::Identity,
+    tls::{self, test_ca::TestCa},
+};
+use weft_ztunnel::{
     inpod::netns::{Netns, home_netns},
     proxy::{Pool, PoolSettings, Tunnel},
-    tls::{self, test_ca::TestCa},
 };
 
 /// Delivers every stream to one upstream.

@@ -1,5 +1,5 @@
 //! Inbound: HBONE from other proxies (15008) and plaintext from outside the mesh (15006), both
-//! authorized by the pod's policies ([`crate::authz`]) and then delivered to the app inside the
+//! authorized by the pod's policies ([`weft_proxy::authz`]) and then delivered to the app inside the
 //! pod from the client's address where the pod allows it ([`super::deliver`]), else from the
 //! pod's own.
 use std::{
@@ -14,13 +14,14 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{Context, InboundPlaintext, Pod, canonical, deliver::Deliverer, is_proxy_port};
-use crate::{
+use weft_proxy::{
     authz::Connection,
     hbone::server::{ConnectRequest, Handler, Refusal, drained},
     identity::Identity,
-    metrics::Reporter,
     tls::WorkloadCert,
 };
+
+use crate::metrics::Reporter;
 
 /// Accepts HBONE connections for one pod, presenting its current certificate: the TLS
 /// configuration is rebuilt whenever the certificate manager hands out a renewed one.
@@ -57,7 +58,7 @@ pub async fn serve_hbone(
                     let handler = handler.clone();
                     connections.spawn(async move {
                         let _admitted = admitted;
-                        if let Err(error) = crate::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
+                        if let Err(error) = weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
                             handler.context.metrics.failed(Reporter::Destination, "hbone_connection");
                             tracing::info!(%peer, %error, "HBONE connection failed");
                         }
@@ -83,7 +84,8 @@ async fn acceptor_for(
     {
         return Ok(acceptor.clone());
     }
-    let acceptor = TlsAcceptor::from(crate::tls::server_config(&cert).map_err(|error| error.to_string())?);
+    let acceptor =
+        TlsAcceptor::from(weft_proxy::tls::server_config(&cert).map_err(|error| error.to_string())?);
     *current = Some((cert, acceptor.clone()));
     Ok(acceptor)
 }
@@ -127,18 +129,18 @@ impl Handler for Delivery {
                 let (pod, hostname) = (self.pod.local(), &service.hostname);
                 self.context.state.service_target_port_known(pod, ip, hostname, service.port, patience).await
             }
-            None => Err(crate::state::Unresolved::NoWorkload),
+            None => Err(weft_proxy::state::Unresolved::NoWorkload),
         };
         match resolved {
             Ok(port) => {
                 request.target = SocketAddr::new(ip, port);
                 Ok(())
             }
-            Err(error @ crate::state::Unresolved::NoWorkload) => {
+            Err(error @ weft_proxy::state::Unresolved::NoWorkload) => {
                 self.context.metrics.failed(Reporter::Destination, "incomplete_config");
                 Err(Refusal::Unavailable(error.to_string()))
             }
-            Err(error @ crate::state::Unresolved::NotBacked) => {
+            Err(error @ weft_proxy::state::Unresolved::NotBacked) => {
                 self.context.metrics.failed(Reporter::Destination, "wrong_pod");
                 Err(Refusal::BadRequest(format!("{}:{}: {error}", service.hostname, service.port)))
             }
@@ -246,7 +248,7 @@ pub async fn serve_plaintext(
                             }
                             let connection = Connection { source: None, source_ip: canonical(peer).ip(), destination: target };
                             let verdict = context.authorize(&pod, &connection).await;
-                            if !verdict.as_ref().is_some_and(crate::authz::Verdict::allowed) {
+                            if !verdict.as_ref().is_some_and(weft_proxy::authz::Verdict::allowed) {
                                 let reason = match &verdict {
                                     None => "not_synced",
                                     Some(verdict) if verdict.incomplete() => "incomplete_config",
@@ -258,9 +260,9 @@ pub async fn serve_plaintext(
                                 return Ok(());
                             }
                             let mut upstream = deliverer.connect(target, canonical(peer)).await?;
-                            let counts = crate::relay::Counts::default();
+                            let counts = weft_proxy::relay::Counts::default();
                             tokio::select! {
-                                relayed = crate::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
+                                relayed = weft_proxy::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
                                 verdict = context.revoked(&pod, &connection) => {
                                     context.metrics.failed(Reporter::Destination, "policy_revoked");
                                     tracing::info!(%peer, %target, %verdict, "plaintext inbound revoked");

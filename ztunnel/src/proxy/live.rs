@@ -13,7 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::relay::Counts;
+use weft_proxy::relay::Counts;
 
 /// One open connection.
 #[derive(Debug, Serialize)]

@@ -8,14 +8,14 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::{net::TcpListener, task::JoinSet};
 
 use super::{Context, Pod, canonical, connect_in, original_dst};
-use crate::{
+use weft_proxy::{
     hbone::{self, client::Origin, server::drained},
     identity::Expected,
-    inpod::netns::Netns,
-    metrics::Reporter,
     relay,
     state::{Service, TunnelProtocol, Workload},
 };
+
+use crate::{inpod::netns::Netns, metrics::Reporter};
 
 /// Endpoints of a service tried per connection.
 const ATTEMPTS: usize = 3;
@@ -69,7 +69,7 @@ enum Error {
     #[error("workload {0} speaks a tunnel protocol this proxy does not")]
     UnsupportedProtocol(String),
     #[error("certificate")]
-    Certificate(#[from] crate::identity::ca::Error),
+    Certificate(#[from] weft_proxy::identity::ca::Error),
     #[error(transparent)]
     Tunnel(#[from] hbone::client::Error),
     #[error("upstream")]

@@ -23,15 +23,16 @@ use std::{
 };
 
 use super::connect_in;
-use crate::{
+use weft_proxy::{
     hbone::{
         self,
         client::{Connection, MAX_STREAMS},
     },
     identity::{Expected, Identity},
-    inpod::netns::Netns,
     tls::{self, WorkloadCert},
 };
+
+use crate::inpod::netns::Netns;
 
 type Key = (Identity, Expected, IpAddr, IpAddr);
 

@@ -114,9 +114,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // The agents annotate what they captured; the proxies tunnel to a pod once they know.
     tokio::task::block_in_place(|| mesh.wait_until_tunnelled(Duration::from_secs(20)))?;
     println!("\nAfter enrollment (mTLS + HBONE between nodes):");
-    let hbone_before = monitor.syns_to(weft_ztunnel::hbone::PORT);
+    let hbone_before = monitor.syns_to(weft_proxy::hbone::PORT);
     let after = exchange(&client, &[&server_remote, &server_local], &canary, &monitor)?;
-    let tunnels = monitor.syns_to(weft_ztunnel::hbone::PORT) - hbone_before;
+    let tunnels = monitor.syns_to(weft_proxy::hbone::PORT) - hbone_before;
     println!(
         "  wire monitor: {after} frames carried the canary in plaintext; {tunnels} HBONE connection(s) to port 15008"
     );

@@ -19,7 +19,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
-use weft_ztunnel::{
+use weft_proxy::{
     hbone::{
         self,
         client::{Connection, Origin},

@@ -1,0 +1,17 @@
+//! What Weft's two proxies are built of: the node proxy (`weft-ztunnel`) and the waypoint both
+//! hold workload identities and their certificates ([`identity`]), speak mutual TLS bound to them
+//! ([`tls`]) and HBONE — HTTP/2 CONNECT over that TLS — as client and server ([`hbone`], with the
+//! byte relay of [`relay`]), keep the workload, service and policy index ([`state`]) fed by the
+//! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), and decide
+//! authorization with Istio's semantics ([`authz`]). Inputs: the control plane's (or istiod's)
+//! CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
+//! waypoint's).
+
+pub mod authz;
+pub mod control;
+pub mod hbone;
+pub mod identity;
+pub mod relay;
+pub mod state;
+pub mod tls;
+pub mod xds;
