@@ -10,6 +10,7 @@ fn main() -> std::io::Result<()> {
             "proto/xds.proto",
             "proto/workload.proto",
             "proto/authorization.proto",
+            "proto/route.proto",
         ],
         &["proto", "/usr/include"],
     )

@@ -1,7 +1,8 @@
 //! The protocols Weft's processes speak to each other, numbered like Istio's so either side can
 //! talk to Istio's: the ZDS pod handoff (agent → ztunnel, [`zds`]) and the certificate service
 //! (ztunnel → control, [`ca`]), and delta xDS ([`discovery`]) carrying [`workload`] and
-//! [`security`] resources (control → ztunnel). `.proto` files live in `api/proto`; conversions
+//! [`security`] resources (control → proxies), and Weft's own [`route`] resources (control →
+//! waypoint). `.proto` files live in `api/proto`; conversions
 //! to domain types live with each consumer.
 
 pub mod admin;
@@ -42,4 +43,12 @@ pub mod security {
 
     /// The xDS type of [`Authorization`] resources.
     pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+}
+
+/// `weft.route`: the HTTP routes a waypoint applies, per Service.
+pub mod route {
+    tonic::include_proto!("weft.route");
+
+    /// The xDS type of [`ServiceRoutes`] resources.
+    pub const ROUTES_TYPE: &str = "type.googleapis.com/weft.route.ServiceRoutes";
 }

@@ -1,0 +1,4 @@
+//! `weft-waypoint`: the waypoint process.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
