@@ -163,13 +163,7 @@ impl FromStr for StaticPod {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {
@@ -298,13 +292,7 @@ fn run(config: &datapath::Config, options: RunOptions) -> anyhow::Result<()> {
         tracing::info!(netns = %pod.netns.display(), cookie, addrs = ?pod.addrs, "enrolled");
     }
     let removed = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let signal = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
+        let signal = weft_api::daemon::termination()?;
         match options.source {
             Source::None => {
                 println!("ready");

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod daemon;
 pub mod enrollment;
 #[cfg(feature = "kubernetes")]
 pub mod watch;

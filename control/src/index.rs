@@ -7,7 +7,9 @@
 //! address (a terminating pod whose IP was already reused) never share it: the address goes to
 //! the live, newer pod — an identity never follows an IP to another pod. Every
 //! `AuthorizationPolicy` becomes an `Authorization` ([`policy`]); the pods a policy's selector
-//! picks name it in their workload.
+//! picks name it in their workload. Services and workloads labelled for a waypoint (a Gateway
+//! of class `weft-waypoint`) carry its address ([`waypoint`]), and the Gateway API HTTPRoutes
+//! attached to a Service become its `ServiceRoutes` ([`routes`], objects in [`gateway_api`]).
 //!
 //! [`build`] is a pure function of the objects, so snapshots are cheap to test and to measure;
 //! [`watch`] keeps one current from the API server.
@@ -29,9 +31,13 @@ use serde::Serialize;
 use weft_api::{security::AUTHORIZATION_TYPE, workload as api};
 
 pub mod endpoints;
+pub mod gateway_api;
 pub mod policy;
+pub mod routes;
 pub mod watch;
+pub mod waypoint;
 
+use gateway_api::{Gateway, HttpRoute};
 use policy::AuthorizationPolicy;
 
 /// One xDS resource, encoded once and shared by every subscriber.
@@ -56,6 +62,11 @@ pub struct Snapshot {
     pub authorizations: Resources,
     /// Every policy as understood, served or not, for `/config_dump` and `weftctl policies`.
     pub policies: Vec<PolicyStatus>,
+    /// `weft.route.ServiceRoutes`: the HTTPRoutes attached to each Service, by the Service's
+    /// `namespace/hostname`.
+    pub routes: Resources,
+    /// Every HTTPRoute attached to a Service, as understood, for `/config_dump`.
+    pub http_routes: Vec<RouteStatus>,
 }
 
 /// What the control plane made of one `AuthorizationPolicy`.
@@ -76,12 +87,24 @@ pub struct PolicyStatus {
     pub notes: Vec<String>,
 }
 
+/// What the control plane made of one HTTPRoute attached to a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RouteStatus {
+    pub namespace: String,
+    pub name: String,
+    /// The `ServiceRoutes` it is part of (`namespace/hostname`); empty when applied nowhere.
+    pub services: Vec<String>,
+    /// What waypoints cannot apply, and what was done about it.
+    pub notes: Vec<String>,
+}
+
 impl Snapshot {
     /// The resources of an xDS type, if the control plane serves it.
     pub fn of_type(&self, type_url: &str) -> Option<&Resources> {
         match type_url {
             api::ADDRESS_TYPE => Some(&self.addresses),
             weft_api::security::AUTHORIZATION_TYPE => Some(&self.authorizations),
+            weft_api::route::ROUTES_TYPE => Some(&self.routes),
             _ => None,
         }
     }
@@ -89,6 +112,12 @@ impl Snapshot {
     /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded.
     pub fn dump(&self) -> serde_json::Value {
         let ip = |bytes: &[u8]| ip_from_bytes(bytes).map(|ip| ip.to_string());
+        let waypoint =
+            |address: Option<&api::GatewayAddress>| match address.and_then(|a| a.destination.as_ref()) {
+                Some(api::gateway_address::Destination::Hostname(name)) => Some(name.hostname.clone()),
+                Some(api::gateway_address::Destination::Address(address)) => ip(&address.address),
+                None => None,
+            };
         let (mut workloads, mut services) = (Vec::new(), Vec::new());
         for (name, resource) in &self.addresses {
             match api::Address::decode(resource.body.value.as_slice()).ok().and_then(|address| address.r#type) {
@@ -102,6 +131,7 @@ impl Snapshot {
                     "protocol": workload.tunnel_protocol().as_str_name(),
                     "services": workload.services.keys().collect::<Vec<_>>(),
                     "healthy": workload.status() == api::WorkloadStatus::Healthy,
+                    "waypoint": waypoint(workload.waypoint.as_ref()),
                     "version": resource.version,
                 })),
                 Some(api::address::Type::Service(service)) => services.push(serde_json::json!({
@@ -111,16 +141,29 @@ impl Snapshot {
                     "hostname": service.hostname,
                     "vips": service.addresses.iter().filter_map(|address| ip(&address.address)).collect::<Vec<_>>(),
                     "ports": service.ports.iter().map(|port| port.service_port).collect::<Vec<_>>(),
+                    "waypoint": waypoint(service.waypoint.as_ref()),
                     "version": resource.version,
                 })),
                 None => {}
             }
         }
+        let routes: Vec<_> = self
+            .routes
+            .iter()
+            .map(|(name, resource)| {
+                let routes = weft_api::route::ServiceRoutes::decode(resource.body.value.as_slice())
+                    .map(|routes| routes.routes.into_iter().map(|route| route.name).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                serde_json::json!({ "service": name, "routes": routes, "version": resource.version })
+            })
+            .collect::<Vec<_>>();
         serde_json::json!({
             "version": self.version,
             "workloads": workloads,
             "services": services,
             "policies": self.policies,
+            "routes": routes,
+            "http_routes": self.http_routes,
         })
     }
 
@@ -129,6 +172,8 @@ impl Snapshot {
         self.addresses == other.addresses
             && self.authorizations == other.authorizations
             && self.policies == other.policies
+            && self.routes == other.routes
+            && self.http_routes == other.http_routes
     }
 }
 
@@ -144,6 +189,7 @@ pub struct Naming {
 }
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
+#[expect(clippy::too_many_arguments, reason = "one argument per kind of object: build is a function of them")]
 pub fn build<'a>(
     naming: &Naming,
     namespaces: impl IntoIterator<Item = &'a Namespace>,
@@ -151,6 +197,8 @@ pub fn build<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
+    gateways: impl IntoIterator<Item = &'a Gateway>,
+    routes: impl IntoIterator<Item = &'a HttpRoute>,
 ) -> Snapshot {
     let converted: Vec<(String, policy::Converted)> = policies
         .into_iter()
@@ -170,13 +218,24 @@ pub fn build<'a>(
         .into_iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
         .collect();
+    let waypoints = waypoint::Waypoints::new(naming, gateways);
     let mut services_by_name: HashMap<(&str, &str), &Service> = HashMap::new();
+    let mut with_waypoint = std::collections::HashSet::new();
     let mut addresses = Resources::new();
     for service in services {
         let (Some(name), Some(namespace)) = (&service.metadata.name, &service.metadata.namespace) else {
             continue;
         };
-        let resource = service_resource(naming, name, namespace, service);
+        let mut resource = service_resource(naming, name, namespace, service);
+        resource.waypoint = waypoints.of_service(
+            namespace,
+            name,
+            service.metadata.labels.as_ref(),
+            labels_by_namespace.get(namespace.as_str()).copied().flatten(),
+        );
+        if resource.waypoint.is_some() {
+            with_waypoint.insert((namespace.as_str(), name.as_str()));
+        }
         addresses.insert(
             format!("{namespace}/{}", resource.hostname),
             encode(api::address::Type::Service(resource)),
@@ -198,6 +257,8 @@ pub fn build<'a>(
                 )
                 && naming.labels.captured(pod.metadata.annotations.as_ref());
             let mut workload = workload(naming, pod, enrolled)?;
+            workload.1.waypoint =
+                waypoints.of_pod(pod, labels_by_namespace.get(namespace).copied().flatten());
             let labels = pod.metadata.labels.clone().unwrap_or_default();
             workload.1.authorization_policies = selectors_by_namespace
                 .get(namespace)
@@ -262,7 +323,8 @@ pub fn build<'a>(
     for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
-    Snapshot { version: 0, addresses, authorizations, policies: statuses }
+    let (routes, http_routes) = routes::compile(naming, &services_by_name, &with_waypoint, routes);
+    Snapshot { version: 0, addresses, authorizations, policies: statuses, routes, http_routes }
 }
 
 /// A policy's key and the labels its selector needs.

@@ -80,13 +80,7 @@ const ROOT_CONFIG_MAP: &str = "weft-ca-root-cert";
 const ROOT_CONFIG_MAP_KEY: &str = "root-cert.pem";
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     let passed_listener = passed_listener()?;
@@ -157,12 +151,9 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     tracing::info!(addr = %listener.local_addr()?, "serving xDS and the CA");
     // On SIGTERM or Ctrl-C: end every xDS stream (proxies reconnect to another replica or
     // after the restart), then stop serving.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let terminated = weft_api::daemon::termination()?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
+        terminated.await;
         let _ = stop.send(true);
     });
     let mut stopped = stopping;

@@ -10,6 +10,7 @@
 //! included. Requests for types the control plane does not serve are logged and ignored.
 //!
 //! Address resources are mesh-wide: any pod on a node may connect to any workload or service.
+//! So are route resources (`weft.route.ServiceRoutes`, for waypoints).
 //!
 //! Every stream runs in its own task and reads the latest snapshot from a `watch` channel, so a
 //! slow or dead proxy skips intermediate versions and never holds up the others.
@@ -184,9 +185,14 @@ impl Session {
                     }
                     synced = true;
                     let mut types: Vec<String> = self.subscriptions.keys().cloned().collect();
-                    // Policies before the workloads that may name them: a proxy then never
-                    // holds a workload naming a policy it has not received (it would wait).
-                    types.sort_by_key(|type_url| type_url != weft_api::security::AUTHORIZATION_TYPE);
+                    // Policies before the workloads that may name them, and workloads and
+                    // services before the routes that name them: a proxy then never holds a
+                    // resource naming one it has not received (it would wait).
+                    types.sort_by_key(|type_url| match type_url.as_str() {
+                        weft_api::security::AUTHORIZATION_TYPE => 0,
+                        weft_api::workload::ADDRESS_TYPE => 1,
+                        _ => 2,
+                    });
                     for type_url in types {
                         self.push(&type_url).await?;
                     }

@@ -166,6 +166,11 @@ pub enum Verdict {
     UnknownPolicy {
         policy: String,
     },
+    /// The workload is behind a waypoint, and the connection does not come from one of its
+    /// pods: it went around the waypoint (or the waypoint has no pods this proxy knows).
+    BypassedWaypoint {
+        waypoint: String,
+    },
 }
 
 impl Verdict {
@@ -193,6 +198,12 @@ impl std::fmt::Display for Verdict {
                 write!(
                     f,
                     "denied: policy {policy} selects the destination pod but is not in the configuration"
+                )
+            }
+            Verdict::BypassedWaypoint { waypoint } => {
+                write!(
+                    f,
+                    "denied: the destination is behind waypoint {waypoint}, and this did not come from it"
                 )
             }
         }

@@ -78,7 +78,7 @@ pub fn bearer(token_file: &Path) -> Result<MetadataValue<tonic::metadata::Ascii>
     format!("Bearer {}", token.trim()).parse().map_err(|_| "token is not a valid header value".to_owned())
 }
 
-/// Who this node proxy is, told to the control plane as Istio's ztunnel tells istiod: the `Node`
+/// Who this proxy is, told to the control plane as Istio's proxies tell istiod: the `Node`
 /// of every xDS request (`ztunnel~<ip>~<pod>.<namespace>~<namespace>.svc.cluster.local`, with
 /// the metadata istiod reads) and the `clusterid` header of every CA request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,8 @@ pub struct ProxyMeta {
     /// The network this proxy's node is on (Istio's `NETWORK`; empty: the one network):
     /// addresses are looked up on it.
     pub network: String,
+    /// Istio's node type, the `Node` id's first part: `ztunnel`, or `router` for a waypoint.
+    pub node_type: &'static str,
 }
 
 impl Default for ProxyMeta {
@@ -104,6 +106,7 @@ impl Default for ProxyMeta {
             ip: String::new(),
             cluster_id: DEFAULT_CLUSTER_ID.to_owned(),
             network: String::new(),
+            node_type: "ztunnel",
         }
     }
 }
@@ -128,9 +131,9 @@ impl ProxyMeta {
         .into_iter()
         .map(|(key, value)| (key.to_owned(), string(value)))
         .collect();
-        let Self { pod_name, namespace, ip, .. } = self;
+        let Self { pod_name, namespace, ip, node_type, .. } = self;
         weft_api::discovery::Node {
-            id: format!("ztunnel~{ip}~{pod_name}.{namespace}~{namespace}.svc.cluster.local"),
+            id: format!("{node_type}~{ip}~{pod_name}.{namespace}~{namespace}.svc.cluster.local"),
             metadata: Some(prost_types::Struct { fields }),
             ..Default::default()
         }

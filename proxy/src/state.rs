@@ -71,6 +71,36 @@ pub struct Workload {
     /// pod): it is reached only through its services, never found by address.
     #[serde(default)]
     pub shared_address: bool,
+    /// The waypoint its traffic must pass through, when it has one.
+    #[serde(default)]
+    pub waypoint: Option<Waypoint>,
+}
+
+/// A waypoint, as a workload or Service names it (`GatewayAddress`): traffic for them goes to
+/// the waypoint, over HBONE on `port`, never straight to them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Waypoint {
+    pub address: WaypointAddress,
+    /// Its HBONE port (15008).
+    pub port: u16,
+}
+
+impl std::fmt::Display for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.address {
+            WaypointAddress::Service(key) => write!(f, "{key}"),
+            WaypointAddress::Ip(address) => write!(f, "{}", address.ip),
+        }
+    }
+}
+
+/// Where a waypoint is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WaypointAddress {
+    /// Its Service, by key (`namespace/hostname`): one of that Service's endpoints.
+    Service(String),
+    /// Its Service's VIP.
+    Ip(NetworkIp),
 }
 
 /// Why a Service's port is no port of a local pod.
@@ -124,7 +154,7 @@ impl Workload {
 
 /// An address on a network (empty: the one network): the same IP may be another's on
 /// another network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NetworkIp {
     pub network: String,
     pub ip: IpAddr,
@@ -143,6 +173,8 @@ pub struct Service {
     pub allow_unhealthy: bool,
     /// Identities its endpoints may prove besides their own.
     pub subject_alt_names: Vec<crate::identity::Identity>,
+    /// The waypoint its traffic must pass through, when it has one.
+    pub waypoint: Option<Waypoint>,
 }
 
 impl Service {
@@ -422,6 +454,40 @@ impl State {
         Some((service, endpoints))
     }
 
+    /// Whether `source` is the identity of one of `waypoint`'s pods.
+    fn is_waypoint_identity(&self, waypoint: &Waypoint, source: Option<&Identity>) -> bool {
+        let Some(source) = source else { return false };
+        // A pod without a trust domain of its own has the mesh's, which the peer's certificate
+        // chain to the mesh's roots has already vouched for.
+        self.waypoint(waypoint).is_some_and(|(_, pods)| {
+            pods.iter().any(|pod| {
+                pod.namespace == source.namespace
+                    && pod.service_account == source.service_account
+                    && pod.trust_domain.as_ref().is_none_or(|domain| *domain == source.trust_domain)
+            })
+        })
+    }
+
+    /// The Service named `key` (`namespace/hostname`), and the workloads backing it.
+    pub fn service_by_key(&self, key: &str) -> Option<(Arc<Service>, Vec<Arc<Workload>>)> {
+        let index = self.current();
+        let Resource::Service(service) = index.resources.get(key)?.1.as_ref() else { return None };
+        let endpoints = index.endpoints.get(key).cloned().unwrap_or_default();
+        Some((service.clone(), endpoints))
+    }
+
+    /// Where `waypoint` is: its Service and the workloads backing it (named by address, the
+    /// Service with that VIP on this proxy's network).
+    pub fn waypoint(&self, waypoint: &Waypoint) -> Option<(Arc<Service>, Vec<Arc<Workload>>)> {
+        match &waypoint.address {
+            WaypointAddress::Service(key) => self.service_by_key(key),
+            WaypointAddress::Ip(address) if address.network == self.network => {
+                self.service_by_vip(address.ip)
+            }
+            WaypointAddress::Ip(_) => None,
+        }
+    }
+
     /// Every address resource's name with its version: what a reconnecting xDS client says it
     /// holds.
     pub fn versions(&self) -> HashMap<String, String> {
@@ -526,6 +592,11 @@ impl State {
         else {
             return Verdict::UnknownWorkload;
         };
+        if let Some(waypoint) = &workload.waypoint
+            && !self.is_waypoint_identity(waypoint, connection.source)
+        {
+            return Verdict::BypassedWaypoint { waypoint: waypoint.to_string() };
+        }
         let mut selected = Vec::with_capacity(workload.authorization_policies.len());
         for name in &workload.authorization_policies {
             match policies.by_name.get(name) {
@@ -604,6 +675,7 @@ mod tests {
             healthy: true,
             authorization_policies: Vec::new(),
             shared_address: false,
+            waypoint: None,
         }
     }
 
@@ -616,6 +688,7 @@ mod tests {
             ports: vec![80],
             allow_unhealthy: false,
             subject_alt_names: Vec::new(),
+            waypoint: None,
         }
     }
 
@@ -789,6 +862,43 @@ mod tests {
         let other_account = LocalPod { service_account: "other", ..local("a") };
         assert_eq!(state.authorize(other_account, &to_a), Verdict::UnknownWorkload);
         assert_eq!(state.authorize(local("b"), &to_a), Verdict::UnknownWorkload);
+    }
+
+    #[test]
+    fn a_pod_behind_a_waypoint_admits_only_the_waypoints_pods() {
+        let state = State::default();
+        let waypoint =
+            Waypoint { address: WaypointAddress::Service("ns/wp.ns.svc.cluster.local".into()), port: 15008 };
+        let mut app = workload("app", "10.0.0.1");
+        app.waypoint = Some(waypoint.clone());
+        let mut wp_pod = workload("wp-pod", "10.0.0.2");
+        wp_pod.service_account = "wp".into();
+        wp_pod.services.insert(
+            "ns/wp.ns.svc.cluster.local".into(),
+            vec![PortMapping { service_port: 15008, target_port: 15008 }],
+        );
+        state.apply_policies(Update { changed: vec![], removed: vec![] });
+        let from = |identity: Option<&Identity>| {
+            let connection = Connection {
+                source: identity,
+                source_ip: "10.0.0.2".parse().unwrap(),
+                destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80),
+            };
+            state.authorize(local("app"), &connection)
+        };
+        let waypoints = Identity::new("cluster.local", "ns", "wp");
+        let bypassed = Verdict::BypassedWaypoint { waypoint: "ns/wp.ns.svc.cluster.local".into() };
+        // The waypoint's Service is not known yet: nobody is its pod.
+        state.replace(vec![app.clone(), wp_pod.clone()]).unwrap();
+        assert_eq!(from(Some(&waypoints)), bypassed);
+        let mut service = service("wp", "10.96.0.9");
+        service.ports = vec![15008];
+        state.apply(Update { changed: vec![changed(Address::Service(service))], removed: vec![] }).unwrap();
+        assert!(from(Some(&waypoints)).allowed());
+        assert_eq!(from(Some(&Identity::new("cluster.local", "ns", "sa"))), bypassed, "another workload");
+        assert_eq!(from(None), bypassed, "plaintext");
+        let (found, pods) = state.waypoint(&waypoint).unwrap();
+        assert_eq!((found.name.as_str(), pods.len()), ("wp", 1));
     }
 
     #[test]

@@ -51,6 +51,31 @@ impl Clone for WorkloadCert {
     }
 }
 
+/// The TLS acceptor for an identity's current certificate, rebuilt only when the certificate
+/// manager hands out another (a renewal), not per connection.
+#[derive(Default)]
+pub struct CurrentAcceptor(Option<(Arc<WorkloadCert>, tokio_rustls::TlsAcceptor)>);
+
+impl std::fmt::Debug for CurrentAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CurrentAcceptor").field(&self.0.as_ref().map(|(cert, _)| &cert.identity)).finish()
+    }
+}
+
+impl CurrentAcceptor {
+    /// The acceptor presenting `cert`.
+    pub fn presenting(&mut self, cert: Arc<WorkloadCert>) -> Result<tokio_rustls::TlsAcceptor, Error> {
+        if let Some((cached, acceptor)) = &self.0
+            && Arc::ptr_eq(cached, &cert)
+        {
+            return Ok(acceptor.clone());
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&cert)?);
+        self.0 = Some((cert, acceptor.clone()));
+        Ok(acceptor)
+    }
+}
+
 /// Errors building TLS configurations or reading peer identities.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -38,6 +38,20 @@ pub struct Config {
     pub token_file: PathBuf,
     /// Who this proxy is (every request's `Node`).
     pub proxy: crate::control::ProxyMeta,
+    /// Resource types this proxy needs beyond addresses and policies (the waypoint's routes).
+    pub extra: Vec<Arc<dyn Subscriber>>,
+}
+
+/// A resource type a proxy subscribes to besides addresses and policies, and what it does
+/// with them.
+pub trait Subscriber: Send + Sync + std::fmt::Debug {
+    /// The type URL subscribed to.
+    fn type_url(&self) -> &'static str;
+    /// The resources held, by name, with their versions: what a reconnect says it holds.
+    fn versions(&self) -> std::collections::HashMap<String, String>;
+    /// Applies a response whole, or says why it cannot (the response is then nacked and the
+    /// last good resources kept).
+    fn apply(&self, response: &DeltaDiscoveryResponse) -> Result<(), String>;
 }
 
 /// Why a stream ended.
@@ -96,7 +110,9 @@ async fn session(
         versions.into_iter().filter(|(_, version)| !version.is_empty()).collect()
     };
     let subscriptions =
-        [(ADDRESS_TYPE, held(state.versions())), (AUTHORIZATION_TYPE, held(state.policy_versions()))];
+        [(ADDRESS_TYPE, held(state.versions())), (AUTHORIZATION_TYPE, held(state.policy_versions()))]
+            .into_iter()
+            .chain(config.extra.iter().map(|extra| (extra.type_url(), held(extra.versions()))));
     for (type_url, initial_resource_versions) in subscriptions {
         let subscribe = DeltaDiscoveryRequest {
             node: Some(node.clone()),
@@ -113,7 +129,10 @@ async fn session(
     let mut responses = client.delta_aggregated_resources(request).await?.into_inner();
     while let Some(response) = responses.message().await? {
         *received = true;
-        let outcome = apply(&response, state);
+        let outcome = match config.extra.iter().find(|extra| extra.type_url() == response.type_url) {
+            Some(extra) => extra.apply(&response),
+            None => apply(&response, state),
+        };
         let error_detail = match outcome {
             Ok(()) => None,
             Err(message) => {

@@ -51,6 +51,8 @@ struct TestHandler {
 }
 
 impl Handler for TestHandler {
+    type Upstream = TcpStream;
+
     async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
         self.seen.lock().unwrap().push(request.clone());
         if !self.local.contains(&request.target.ip()) {

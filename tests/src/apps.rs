@@ -70,6 +70,36 @@ fn start_echo(pod: &Pod, port: u16, flags: &[&str]) -> anyhow::Result<Process> {
     Ok(server)
 }
 
+/// Starts `weft-testpod http-echo` on `port` in `pod`, answering as `name`; returns once it
+/// listens.
+pub fn http_echo(pod: &Pod, port: u16, name: &str) -> anyhow::Result<Process> {
+    let mut server = pod.spawn(testpod(&["http-echo", "--port", &port.to_string(), "--name", name])?)?;
+    server
+        .wait_for_line("ready", READY_TIMEOUT)
+        .with_context(|| format!("HTTP echo server in pod {}", pod.name))?;
+    Ok(server)
+}
+
+/// `count` GETs of `path` from `pod` to `to` over one connection, with `headers`
+/// (`name:value`): `weft-testpod http-get`'s tally of the answers (`<count> status=<status>
+/// <first body line>` per distinct answer) and the first answer's body (`body: ` lines).
+pub fn http_requests(
+    pod: &Pod,
+    to: SocketAddr,
+    path: &str,
+    headers: &[&str],
+    count: usize,
+) -> anyhow::Result<String> {
+    let mut command =
+        testpod(&["http-get", "--to", &to.to_string(), "--path", path, "--count", &count.to_string()])?;
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(120))?;
+    anyhow::ensure!(ok, "http-get from {} to {to}{path} failed: {out}", pod.name);
+    Ok(out)
+}
+
 /// What a one-shot client saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {

@@ -2,6 +2,11 @@
 //! namespace topology, and the harness as kubelet keeping the two in step (a Pod object for
 //! every pod namespace, with its real uid and IPs).
 use anyhow::Context;
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use kube::{
+    Api,
+    api::{ObjectMeta, PostParams},
+};
 
 use crate::{
     apiserver::{ApiServer, Relay},
@@ -64,6 +69,34 @@ impl Cluster {
         let pod = self.topology.add_pod(node, &template.name, &uid)?;
         self.kubelet.mark_running(&template.namespace, &template.name, &pod.addresses()).await?;
         Ok(pod)
+    }
+
+    /// Creates Service `name` in `namespace` with `port`, selecting pods with every label of
+    /// `selector`, and returns its virtual IP.
+    pub async fn create_service(
+        &self,
+        namespace: &str,
+        name: &str,
+        selector: &[(&str, &str)],
+        port: ServicePort,
+    ) -> anyhow::Result<std::net::IpAddr> {
+        let service = Service {
+            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+            spec: Some(ServiceSpec {
+                selector: Some(
+                    selector.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect(),
+                ),
+                ports: Some(vec![port]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = Api::<Service>::namespaced(self.client(), namespace)
+            .create(&PostParams::default(), &service)
+            .await
+            .with_context(|| format!("creating Service {namespace}/{name}"))?;
+        let vip = created.spec.and_then(|spec| spec.cluster_ip).context("the Service got no ClusterIP")?;
+        Ok(vip.parse()?)
     }
 
     /// Deletes the Pod object (grace 0) and tears down its namespace and cgroup.

@@ -69,6 +69,12 @@ pub async fn install_crds_from(client: kube::Client, path: &Path) -> anyhow::Res
     Ok(())
 }
 
+/// Creates the Gateway API's standard CRDs (from `cargo xtask setup`) unless they exist, and
+/// waits until they are served. Before the control plane starts: it looks for them once.
+pub async fn install_gateway_api_crds(client: kube::Client) -> anyhow::Result<()> {
+    install_crds_from(client, &crate::apiserver::kube_bin()?.join("gateway-api-crds.yaml")).await
+}
+
 /// A running `weft-control`.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -260,7 +266,7 @@ pub async fn request_token(
 
 /// A token of service account `account` (namespace, name) with `audience`, bound to pod `pod`
 /// of its namespace when given.
-async fn request_token_for(
+pub async fn request_token_for(
     client: kube::Client,
     account: (&str, &str),
     pod: &str,

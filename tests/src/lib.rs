@@ -24,6 +24,7 @@ pub mod nodes;
 pub mod process;
 pub mod shop;
 pub mod topology;
+pub mod waypoint;
 pub mod wire;
 pub mod xds;
 

@@ -408,17 +408,29 @@ fn until_tunnelled(
 
 /// Every workload node `node`'s proxy holds, as its `config_dump` lists them.
 pub fn proxy_workloads(node: &Node) -> anyhow::Result<Vec<serde_json::Value>> {
-    let dump = apps::json_body(&apps::http_get(&node.netns, 15000, "/config_dump")?);
+    workloads_known_in(&node.netns)
+}
+
+/// Every workload the proxy whose admin port is in `netns` (a node's, or a waypoint's pod's)
+/// holds, as its `config_dump` lists them.
+fn workloads_known_in(netns: &crate::netns::NetNs) -> anyhow::Result<Vec<serde_json::Value>> {
+    let dump = apps::json_body(&apps::http_get(netns, 15000, "/config_dump")?);
     Ok(dump["mesh"]["workloads"].as_array().cloned().unwrap_or_default())
 }
 
-/// Waits until node `node`'s proxy knows `count` endpoints of the Service with key
-/// `namespace/hostname` (workloads that list it in its `config_dump`), at most `timeout`.
-/// Blocking: call it outside the runtime's threads (`block_in_place`).
-pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until the proxy whose admin port is in `netns` (a node's, or a waypoint's pod's)
+/// knows `count` endpoints of the Service with key `namespace/hostname` (workloads that list
+/// it in its `config_dump`), at most `timeout`. Blocking: call it outside the runtime's
+/// threads (`block_in_place`).
+pub fn wait_for_endpoints(
+    netns: &crate::netns::NetNs,
+    service: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + timeout;
     loop {
-        let workloads = proxy_workloads(node)?;
+        let workloads = workloads_known_in(netns)?;
         let known = workloads.iter().filter(|workload| workload["services"].get(service).is_some()).count();
         if known >= count {
             return Ok(());
@@ -429,8 +441,8 @@ pub fn wait_for_endpoints(node: &Node, service: &str, count: usize, timeout: Dur
                 .map(|workload| format!("{} serves {}", workload["uid"], workload["services"]))
                 .collect();
             anyhow::bail!(
-                "{}'s proxy knows {known} of {count} endpoints of {service} after {timeout:?}: {}",
-                node.name,
+                "the proxy in {} knows {known} of {count} endpoints of {service} after {timeout:?}: {}",
+                netns.name(),
                 served.join("; ")
             );
         }

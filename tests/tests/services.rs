@@ -14,7 +14,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Service, ServicePort, ServiceSpec},
+        core::v1::ServicePort,
         discovery::v1::{Endpoint, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::util::intstr::IntOrString,
@@ -50,20 +50,8 @@ fn upstreams(mesh: &mut Mesh, count: usize) -> Vec<String> {
 /// Creates Service `name` in `shop` with `port`, selecting pods labelled `app=<selector>` if
 /// given, and returns its virtual IP.
 async fn create_service(cluster: &Cluster, name: &str, selector: Option<&str>, port: ServicePort) -> IpAddr {
-    let service = Service {
-        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-        spec: Some(ServiceSpec {
-            selector: selector.map(|app| [("app".to_owned(), app.to_owned())].into()),
-            ports: Some(vec![port]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let created = Api::<Service>::namespaced(cluster.client(), "shop")
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap();
-    created.spec.unwrap().cluster_ip.unwrap().parse().unwrap()
+    let selector: Vec<(&str, &str)> = selector.map(|app| ("app", app)).into_iter().collect();
+    cluster.create_service("shop", name, &selector, port).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,8 +83,13 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
 
     tokio::task::block_in_place(|| {
         // The client's proxy has both endpoints from the EndpointSlice the cluster keeps.
-        mesh::wait_for_endpoints(&cluster.topology().nodes()[0], "shop/web.shop.svc.cluster.local", 2, WAIT)
-            .unwrap();
+        mesh::wait_for_endpoints(
+            &cluster.topology().nodes()[0].netns,
+            "shop/web.shop.svc.cluster.local",
+            2,
+            WAIT,
+        )
+        .unwrap();
         // Round robin: four connections reach both endpoints.
         for round in 0..4 {
             let message = format!("round {round}");
@@ -152,8 +145,9 @@ async fn an_enrolled_pod_reaches_the_api_server_and_a_selectorless_service_outsi
     let ca = cluster.api().ca_file().to_owned();
 
     tokio::task::block_in_place(|| {
-        mesh::wait_for_endpoints(&node0, "default/kubernetes.default.svc.cluster.local", 1, WAIT).unwrap();
-        mesh::wait_for_endpoints(&node0, "shop/legacy.shop.svc.cluster.local", 1, WAIT).unwrap();
+        mesh::wait_for_endpoints(&node0.netns, "default/kubernetes.default.svc.cluster.local", 1, WAIT)
+            .unwrap();
+        mesh::wait_for_endpoints(&node0.netns, "shop/legacy.shop.svc.cluster.local", 1, WAIT).unwrap();
         // What an in-cluster client does: TLS to the kubernetes Service, verified by its name.
         let to = SocketAddr::new(apiserver::KUBERNETES_SERVICE_IP.into(), 443);
         let version = apps::https_get(&client, to, "kubernetes.default.svc", &ca, "/version").unwrap();

@@ -1,4 +1,87 @@
-//! `weft-waypoint`: the waypoint process.
+//! `weft-waypoint`: the waypoint binary; all logic lives in the library.
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use weft_proxy::identity::Identity;
+use weft_waypoint::app;
+
+/// Weft waypoint.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    #[arg(long, env = "WEFT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    #[arg(long, env = "WEFT_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// The Gateway this waypoint is (its Service has the same name).
+    #[arg(long, env = "GATEWAY_NAME")]
+    gateway_name: String,
+    /// The control plane's delta xDS, `https://host:port`.
+    #[arg(long, env = "WEFT_XDS_ADDRESS")]
+    xds_address: String,
+    /// The control plane's CA, `https://host:port`.
+    #[arg(long, env = "WEFT_CA_ADDRESS")]
+    ca_address: String,
+    /// The mesh root (PEM) to trust the control plane with.
+    #[arg(long, env = "WEFT_CA_ROOT_FILE")]
+    ca_root_file: PathBuf,
+    /// This pod's service-account token (audience istio-ca, bound to its pod).
+    #[arg(long, env = "WEFT_TOKEN_FILE")]
+    token_file: PathBuf,
+    /// Certificate lifetime, in seconds.
+    #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
+    cert_ttl_seconds: u64,
+    /// Where HBONE is accepted.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "[::]:15008")]
+    listen: SocketAddr,
+    /// This pod's name, namespace, service account and address (the downward API).
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pod_name: String,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: String,
+    #[arg(long, env = "SERVICE_ACCOUNT")]
+    service_account: String,
+    #[arg(long, env = "INSTANCE_IP", default_value = "")]
+    instance_ip: String,
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// The network this pod is on, in a multi-network mesh (Istio's `NETWORK`).
+    #[arg(long, env = "NETWORK", default_value = "")]
+    network: String,
+}
+
 fn main() -> anyhow::Result<()> {
+    weft_api::daemon::init_logging();
+    let args = Args::parse();
+    tracing::info!(?args, "starting");
+    let namespace = args.pod_namespace;
+    let config = app::Config {
+        identity: Identity::new(&args.trust_domain, &namespace, &args.service_account),
+        service: format!("{namespace}/{}.{namespace}.svc.{}", args.gateway_name, args.cluster_domain),
+        trust_domain: args.trust_domain,
+        ca_address: args.ca_address,
+        xds_address: args.xds_address,
+        root_file: args.ca_root_file,
+        token_file: args.token_file,
+        proxy: weft_proxy::control::ProxyMeta {
+            pod_name: args.pod_name,
+            namespace,
+            node_name: args.node_name,
+            ip: args.instance_ip,
+            network: args.network,
+            node_type: "router",
+            ..Default::default()
+        },
+        cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
+        listen: args.listen,
+        admin: weft_api::admin::Addresses::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let shutdown = weft_api::daemon::termination()?;
+        app::run(config, shutdown).await?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("stopped");
     Ok(())
 }

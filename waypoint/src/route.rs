@@ -1,1 +1,482 @@
-//! placeholder
+//! Route selection: which rule of the Gateway API HTTPRoutes attached to a Service a request gets,
+//! and which weighted backend it then goes to. Pure: no I/O, and the caller supplies randomness.
+
+use std::time::Duration;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
+use http::{Method, Uri};
+use regex::Regex;
+use weft_api::route as api;
+use weft_api::route::path_match::Kind;
+
+#[cfg(test)]
+mod tests;
+
+/// Why a `ServiceRoutes` resource cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the routes name no service")]
+    EmptyService,
+    #[error("route {route}: port {port} is out of range")]
+    InvalidPort { route: String, port: u32 },
+    #[error("route {route}: path {path:?} does not start with '/'")]
+    InvalidPath { route: String, path: String },
+    #[error("route {route}: unknown path match kind {kind}")]
+    UnknownPathKind { route: String, kind: i32 },
+    #[error("route {route}: invalid regular expression {pattern:?}")]
+    InvalidRegex {
+        route: String,
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("route {route}: invalid header name {name:?}")]
+    InvalidHeaderName {
+        route: String,
+        name: String,
+        #[source]
+        source: InvalidHeaderName,
+    },
+    // The value is left out: header modifiers may carry credentials.
+    #[error("route {route}: invalid value for header {name:?}")]
+    InvalidHeaderValue {
+        route: String,
+        name: String,
+        #[source]
+        source: InvalidHeaderValue,
+    },
+    #[error("route {route}: backend weights add up to more than {}", u32::MAX)]
+    WeightOverflow { route: String },
+}
+
+/// The HTTPRoutes attached to one Service, compiled once so that matching a request does no
+/// parsing.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    service: String,
+    /// Oldest first: list order breaks precedence ties.
+    routes: Vec<Route>,
+}
+
+/// The rule a request gets, and the HTTPRoute it belongs to.
+#[derive(Debug, Clone, Copy)]
+pub struct Selected<'a> {
+    /// `<namespace>/<name>` of the HTTPRoute.
+    pub route: &'a str,
+    pub rule: &'a Rule,
+}
+
+/// One HTTPRoute rule: what a selected request gets done to it, and where it goes.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Never empty: a rule without matches holds one that matches every request.
+    matches: Vec<Match>,
+    backends: Vec<Backend>,
+    /// Checked against overflow when compiled, so picking a backend cannot overflow.
+    total_weight: u32,
+    request_headers: HeaderModifier,
+    response_headers: HeaderModifier,
+    request_timeout: Option<Duration>,
+    backend_timeout: Option<Duration>,
+}
+
+/// A weighted backend Service of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `<namespace>/<hostname>`.
+    pub service: String,
+    pub port: u16,
+    /// Relative to the rule's other backends; 0: never picked.
+    pub weight: u32,
+}
+
+/// The Gateway API's header filter (`RequestHeaderModifier` / `ResponseHeaderModifier`).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderModifier {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+#[derive(Debug, Clone)]
+struct Route {
+    name: String,
+    /// Empty: every port.
+    ports: Vec<u16>,
+    rules: Vec<Rule>,
+}
+
+/// One way a request can select a rule; its conditions are ANDed.
+#[derive(Debug, Clone)]
+struct Match {
+    path: PathMatch,
+    /// `None`: any method.
+    method: Option<String>,
+    headers: Vec<(HeaderName, ValueMatch)>,
+    query_params: Vec<(String, ValueMatch)>,
+}
+
+#[derive(Debug, Clone)]
+enum PathMatch {
+    /// Stored without its trailing '/', so the prefix `/` is the empty string.
+    Prefix(String),
+    Exact(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+#[derive(Debug, Clone)]
+enum ValueMatch {
+    Exact(String),
+    /// Anchored at both ends.
+    Regex(Regex),
+}
+
+/// How specific a matching [`Match`] is: the greater wins. The fields are in the order of the
+/// Gateway API's precedence rules, so the derived ordering is that precedence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    path: PathRank,
+    method: bool,
+    headers: usize,
+    query_params: usize,
+}
+
+/// Variants in ascending precedence. The Gateway API leaves where regular expressions rank to
+/// implementations; we put them below exact and prefix matches of any length because how specific
+/// a pattern is cannot be judged from its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PathRank {
+    Regex,
+    /// The prefix's length in characters, trailing '/' excluded: `/foo/` and `/foo` are the same
+    /// match, so they tie and the older route wins.
+    Prefix(usize),
+    Exact,
+}
+
+/// The parts of a request that matching looks at.
+struct Request<'a> {
+    method: &'a str,
+    path: &'a str,
+    query: &'a str,
+    headers: &'a HeaderMap,
+}
+
+impl Routes {
+    /// Routes for a Service that has no `ServiceRoutes` resource: [`Routes::select`] answers
+    /// `None` to every request, and the caller sends it to the Service itself.
+    pub fn none(service: impl Into<String>) -> Self {
+        Self { service: service.into(), routes: Vec::new() }
+    }
+
+    /// The Service these routes are for: `<namespace>/<hostname>`.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The rule a request to `port` of the Service gets, following the Gateway API's HTTPRoute
+    /// precedence among every match of every route that applies to `port`: an exact path, then
+    /// the longest path prefix, then a regular-expression path; then a method match; then more
+    /// header matches; then more query parameter matches; then the older route, the earlier rule
+    /// and the earlier match. `None` when nothing matches (the Gateway API answers 404).
+    ///
+    /// Only the path of `uri` is matched as a path; its query is matched by the query parameter
+    /// matches.
+    pub fn select(&self, port: u16, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Selected<'_>> {
+        let request =
+            Request { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers };
+        let mut best: Option<(Rank, Selected<'_>)> = None;
+        for route in self.routes.iter().filter(|route| route.applies_to(port)) {
+            for rule in &route.rules {
+                for rank in rule.matches.iter().filter_map(|m| m.rank(&request)) {
+                    // Strictly greater only: on a tie the one seen first, the older, stays.
+                    if best.as_ref().is_none_or(|(best, _)| rank > *best) {
+                        best = Some((rank, Selected { route: &route.name, rule }));
+                    }
+                }
+            }
+        }
+        best.map(|(_, selected)| selected)
+    }
+}
+
+impl TryFrom<&api::ServiceRoutes> for Routes {
+    type Error = Error;
+
+    fn try_from(resource: &api::ServiceRoutes) -> Result<Self, Error> {
+        if resource.service.is_empty() {
+            return Err(Error::EmptyService);
+        }
+        let routes = resource.routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
+        Ok(Self { service: resource.service.clone(), routes })
+    }
+}
+
+impl Route {
+    fn compile(route: &api::Route) -> Result<Self, Error> {
+        let name = &route.name;
+        let ports = route
+            .ports
+            .iter()
+            .map(|&port| u16::try_from(port).map_err(|_| Error::InvalidPort { route: name.clone(), port }))
+            .collect::<Result<_, _>>()?;
+        let rules = route.rules.iter().map(|rule| Rule::compile(name, rule)).collect::<Result<_, _>>()?;
+        Ok(Self { name: name.clone(), ports, rules })
+    }
+
+    fn applies_to(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
+    }
+}
+
+impl Rule {
+    /// The backends, in the order the route lists them.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// What to do to the request's headers before sending it on.
+    pub fn request_headers(&self) -> &HeaderModifier {
+        &self.request_headers
+    }
+
+    /// What to do to the response's headers before answering.
+    pub fn response_headers(&self) -> &HeaderModifier {
+        &self.response_headers
+    }
+
+    /// How long the whole request may take, retries included.
+    pub fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
+    /// How long each attempt at a backend may take.
+    pub fn backend_timeout(&self) -> Option<Duration> {
+        self.backend_timeout
+    }
+
+    /// A backend chosen by weight, using `random(total)`, which must return a value in
+    /// `[0, total)`. `None` when the rule has no backends or every weight is 0: the Gateway API
+    /// then answers 500.
+    pub fn pick_backend(&self, random: &mut impl FnMut(u32) -> u32) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        // A generator that strays out of range still lands on a backend rather than on none.
+        let mut point = random(self.total_weight) % self.total_weight;
+        for backend in &self.backends {
+            if point < backend.weight {
+                return Some(backend);
+            }
+            point -= backend.weight;
+        }
+        None
+    }
+
+    /// [`Rule::pick_backend`] with the thread's random number generator.
+    pub fn pick_backend_randomly(&self) -> Option<&Backend> {
+        self.pick_backend(&mut |total| fastrand::u32(0..total))
+    }
+
+    fn compile(route: &str, rule: &api::Rule) -> Result<Self, Error> {
+        let matches = if rule.matches.is_empty() {
+            vec![Match::everything()]
+        } else {
+            rule.matches.iter().map(|m| Match::compile(route, m)).collect::<Result<_, _>>()?
+        };
+        let backends: Vec<Backend> =
+            rule.backends.iter().map(|backend| Backend::compile(route, backend)).collect::<Result<_, _>>()?;
+        let total_weight = backends
+            .iter()
+            .try_fold(0u32, |total, backend| total.checked_add(backend.weight))
+            .ok_or_else(|| Error::WeightOverflow { route: route.to_owned() })?;
+        Ok(Self {
+            matches,
+            backends,
+            total_weight,
+            request_headers: HeaderModifier::compile(route, rule.request_headers.as_ref())?,
+            response_headers: HeaderModifier::compile(route, rule.response_headers.as_ref())?,
+            request_timeout: millis(rule.request_timeout_ms),
+            backend_timeout: millis(rule.backend_timeout_ms),
+        })
+    }
+}
+
+impl Backend {
+    fn compile(route: &str, backend: &api::Backend) -> Result<Self, Error> {
+        let port = u16::try_from(backend.port)
+            .map_err(|_| Error::InvalidPort { route: route.to_owned(), port: backend.port })?;
+        Ok(Self { service: backend.service.clone(), port, weight: backend.weight })
+    }
+}
+
+impl HeaderModifier {
+    /// Applies the filter as three steps in this order: `set` replaces every value of its headers,
+    /// `add` appends a value, `remove` deletes every value. The Gateway API does not order them;
+    /// removing last means a header both set and removed ends up absent.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+
+    fn compile(route: &str, modifier: Option<&api::HeaderModifier>) -> Result<Self, Error> {
+        let Some(modifier) = modifier else {
+            return Ok(Self::default());
+        };
+        let header =
+            |header: &api::Header| -> Result<_, Error> {
+                let name = header_name(route, &header.name)?;
+                let value = HeaderValue::from_str(&header.value).map_err(|source| {
+                    Error::InvalidHeaderValue { route: route.to_owned(), name: header.name.clone(), source }
+                })?;
+                Ok((name, value))
+            };
+        Ok(Self {
+            set: modifier.set.iter().map(header).collect::<Result<_, _>>()?,
+            add: modifier.add.iter().map(header).collect::<Result<_, _>>()?,
+            remove: modifier.remove.iter().map(|name| header_name(route, name)).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl Match {
+    /// What a rule without matches gets: the Gateway API's default, a path prefix of `/`.
+    fn everything() -> Self {
+        Self {
+            path: PathMatch::Prefix(String::new()),
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }
+    }
+
+    /// `None` when the request does not match.
+    fn rank(&self, request: &Request<'_>) -> Option<Rank> {
+        let path = self.path.rank(request.path)?;
+        if self.method.as_deref().is_some_and(|method| method != request.method) {
+            return None;
+        }
+        // The first value of a repeated header: the Gateway API leaves the choice to
+        // implementations, and the first is what most HTTP libraries hand out.
+        let headers_match = self.headers.iter().all(|(name, value)| {
+            request.headers.get(name).is_some_and(|actual| value.matches(actual.as_bytes()))
+        });
+        let query_matches = self.query_params.iter().all(|(name, value)| {
+            query_value(request.query, name).is_some_and(|actual| value.matches(actual.as_bytes()))
+        });
+        (headers_match && query_matches).then_some(Rank {
+            path,
+            method: self.method.is_some(),
+            headers: self.headers.len(),
+            query_params: self.query_params.len(),
+        })
+    }
+
+    fn compile(route: &str, m: &api::Match) -> Result<Self, Error> {
+        let path = match &m.path {
+            Some(path) => PathMatch::compile(route, path)?,
+            None => PathMatch::Prefix(String::new()),
+        };
+        let headers = m
+            .headers
+            .iter()
+            .map(|header| Ok((header_name(route, &header.name)?, ValueMatch::compile(route, header)?)))
+            .collect::<Result<_, Error>>()?;
+        let query_params = m
+            .query_params
+            .iter()
+            .map(|param| Ok((param.name.clone(), ValueMatch::compile(route, param)?)))
+            .collect::<Result<_, Error>>()?;
+        let method = (!m.method.is_empty()).then(|| m.method.clone());
+        Ok(Self { path, method, headers, query_params })
+    }
+}
+
+impl PathMatch {
+    /// `None` when `path` does not match.
+    fn rank(&self, path: &str) -> Option<PathRank> {
+        match self {
+            // By whole segments, as the Gateway API requires: `/foo` matches `/foo`, `/foo/` and
+            // `/foo/bar` but not `/foobar`.
+            Self::Prefix(prefix) => path
+                .strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                .then(|| PathRank::Prefix(prefix.chars().count())),
+            Self::Exact(exact) => (path == exact).then_some(PathRank::Exact),
+            Self::Regex(regex) => regex.is_match(path).then_some(PathRank::Regex),
+        }
+    }
+
+    fn compile(route: &str, path: &api::PathMatch) -> Result<Self, Error> {
+        let kind = Kind::try_from(path.kind)
+            .map_err(|_| Error::UnknownPathKind { route: route.to_owned(), kind: path.kind })?;
+        match kind {
+            Kind::Regex => Ok(Self::Regex(full_match(route, &path.value)?)),
+            _ if !path.value.starts_with('/') => {
+                Err(Error::InvalidPath { route: route.to_owned(), path: path.value.clone() })
+            }
+            Kind::Prefix => Ok(Self::Prefix(path.value.trim_end_matches('/').to_owned())),
+            Kind::Exact => Ok(Self::Exact(path.value.clone())),
+        }
+    }
+}
+
+impl ValueMatch {
+    /// Compares bytes exactly; a value that is not UTF-8 matches no regular expression.
+    fn matches(&self, actual: &[u8]) -> bool {
+        match self {
+            Self::Exact(expected) => expected.as_bytes() == actual,
+            Self::Regex(regex) => std::str::from_utf8(actual).is_ok_and(|actual| regex.is_match(actual)),
+        }
+    }
+
+    fn compile(route: &str, value: &api::ValueMatch) -> Result<Self, Error> {
+        Ok(if value.regex {
+            Self::Regex(full_match(route, &value.value)?)
+        } else {
+            Self::Exact(value.value.clone())
+        })
+    }
+}
+
+/// `pattern` compiled to match whole strings only, as the Gateway API's regular expression
+/// matches do.
+fn full_match(route: &str, pattern: &str) -> Result<Regex, Error> {
+    let invalid =
+        |source| Error::InvalidRegex { route: route.to_owned(), pattern: pattern.to_owned(), source };
+    // Compiled alone first: a pattern such as `a)|(b` is invalid alone but would turn the anchored
+    // wrapping into `^(?:a)|(b)$`, which is valid and anchored at one end only.
+    Regex::new(pattern).map_err(invalid)?;
+    Regex::new(&format!("^(?:{pattern})$")).map_err(invalid)
+}
+
+/// Parsed as `http` does, which lowercases it: header names compare without case.
+fn header_name(route: &str, name: &str) -> Result<HeaderName, Error> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|source| Error::InvalidHeaderName {
+        route: route.to_owned(),
+        name: name.to_owned(),
+        source,
+    })
+}
+
+/// The value of the first parameter called `name` in `query`, as it appears on the wire: neither
+/// is percent-decoded, so the route must spell an encoded name or value encoded the same way.
+fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// Milliseconds from the wire, where 0 means none.
+fn millis(ms: u32) -> Option<Duration> {
+    (ms != 0).then(|| Duration::from_millis(ms.into()))
+}

@@ -154,6 +154,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 root_file: root_file.clone(),
                 token_file: token_file.clone(),
                 proxy: config.proxy.clone(),
+                extra: Vec::new(),
             };
             xds = Some(tokio::spawn(weft_proxy::xds::run(source, state.clone())));
         }

@@ -85,13 +85,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     let root_file =
@@ -139,6 +133,7 @@ fn main() -> anyhow::Result<()> {
             ip: args.instance_ip,
             cluster_id: args.cluster_id,
             network: args.network,
+            ..Default::default()
         },
     };
     match weft_ztunnel::rlimit::raise_open_files() {
@@ -148,13 +143,7 @@ fn main() -> anyhow::Result<()> {
     tracing::info!(workers, "worker threads");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        };
+        let shutdown = weft_api::daemon::termination()?;
         app::run(config, shutdown).await?;
         anyhow::Ok(())
     })?;

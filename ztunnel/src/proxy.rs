@@ -26,7 +26,7 @@ pub mod live;
 mod outbound;
 mod pool;
 
-pub use pool::{Pool, Settings as PoolSettings, Tunnel};
+pub use pool::{Peer, Pool, Settings as PoolSettings, Tunnel};
 
 /// What plaintext from outside the mesh may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

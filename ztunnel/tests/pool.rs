@@ -27,13 +27,15 @@ use weft_proxy::{
 };
 use weft_ztunnel::{
     inpod::netns::{Netns, home_netns},
-    proxy::{Pool, PoolSettings, Tunnel},
+    proxy::{self, Pool, PoolSettings, Tunnel},
 };
 
 /// Delivers every stream to one upstream.
 struct ToUpstream(SocketAddr);
 
 impl Handler for ToUpstream {
+    type Upstream = TcpStream;
+
     async fn connect(&self, _request: ConnectRequest) -> Result<TcpStream, Refusal> {
         TcpStream::connect(self.0).await.map_err(|error| Refusal::Unavailable(error.to_string()))
     }
@@ -112,7 +114,15 @@ impl Peer {
             (self.pool.clone(), self.cert.clone(), self.here.clone(), self.server_id.clone(), self.source);
         async move {
             let origin = Origin::from_address(source);
-            pool.open(&here, &cert, &server_id.into(), target, &origin, Origin::TEST_TRACEPARENT).await
+            pool.open(
+                &here,
+                &cert,
+                &proxy::Peer { ip: target.ip(), expected: server_id.into() },
+                target,
+                &origin,
+                Origin::TEST_TRACEPARENT,
+            )
+            .await
         }
     }
 
@@ -246,6 +256,8 @@ struct HangOnce {
 }
 
 impl Handler for HangOnce {
+    type Upstream = TcpStream;
+
     async fn connect(&self, _request: ConnectRequest) -> Result<TcpStream, Refusal> {
         if self.hang.swap(false, Ordering::SeqCst) {
             std::future::pending::<()>().await;

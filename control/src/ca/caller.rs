@@ -1,8 +1,10 @@
-//! Who is asking for a certificate, and may they have it. The caller is a node proxy that
-//! authenticates with its service-account token, bound to its own pod; the API server's
-//! TokenReview vouches for the token (and its audience), and the pod it is bound to says which
-//! node the caller runs on. A node proxy may obtain certificates only for identities with a
-//! running pod on its own node — what limits a compromised node to its own workloads.
+//! Who is asking for a certificate or configuration, and may they have it. The caller is one of
+//! Weft's proxies, authenticated by its service-account token bound to its own pod; the API
+//! server's TokenReview vouches for the token (and its audience), and the pod it is bound to
+//! says which node the caller runs on. A node proxy may obtain certificates only for identities
+//! with a running pod on its own node — what limits a compromised node to its own workloads. A
+//! waypoint (a pod of a Gateway: labelled `gateway.networking.k8s.io/gateway-name`) may
+//! obtain only its own identity's. Any other caller is refused.
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::Pod,
@@ -15,13 +17,26 @@ use kube::{
 const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
-/// A node proxy, authenticated.
+/// One of Weft's proxies, authenticated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub namespace: String,
     pub service_account: String,
     pub node: String,
+    pub kind: CallerKind,
 }
+
+/// Which of Weft's proxies a caller is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallerKind {
+    /// A node proxy: it asks for the identities of its node's pods.
+    NodeProxy,
+    /// A waypoint: it asks for its own identity only.
+    Waypoint,
+}
+
+/// The label of a Gateway's pods: a waypoint's.
+const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Why a caller is refused.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +98,8 @@ impl Authenticator {
         Self { client, audience, proxy }
     }
 
-    /// Authenticates `token`: a node proxy's token, bound to a pod that is on a node.
+    /// Authenticates `token`: a node proxy's or a waypoint's token, bound to a pod that is on a
+    /// node.
     pub async fn authenticate(&self, token: &str) -> Result<Caller, Error> {
         let review = TokenReview {
             spec: TokenReviewSpec { token: token.to_owned(), audiences: Some(vec![self.audience.clone()]) },
@@ -101,15 +117,16 @@ impl Authenticator {
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
-        let expected = format!("system:serviceaccount:{}:{}", self.proxy.0, self.proxy.1);
-        if username != expected {
-            return Err(Error::Forbidden(format!("{username} is not the node proxy ({expected})")));
-        }
+        let (namespace, service_account) = username
+            .strip_prefix("system:serviceaccount:")
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(|| Error::Forbidden(format!("{username} is no service account")))?;
+        let node_proxy = (namespace, service_account) == (self.proxy.0.as_str(), self.proxy.1.as_str());
         let extra = user.extra.unwrap_or_default();
         let first = |key: &str| extra.get(key).and_then(|values| values.first()).cloned();
         let pod_name =
             first(POD_NAME_EXTRA).ok_or_else(|| Error::Forbidden("token is not bound to a pod".into()))?;
-        let pod = Api::<Pod>::namespaced(self.client.clone(), &self.proxy.0).get_opt(&pod_name).await?;
+        let pod = Api::<Pod>::namespaced(self.client.clone(), namespace).get_opt(&pod_name).await?;
         let pod =
             pod.ok_or_else(|| Error::Forbidden(format!("the token's pod {pod_name} does not exist")))?;
         let pod_uid =
@@ -117,11 +134,28 @@ impl Authenticator {
         if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
             return Err(Error::Forbidden(format!("the token's pod {pod_name} was replaced")));
         }
+        let waypoint =
+            pod.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(GATEWAY_NAME_LABEL));
+        let kind = match (node_proxy, waypoint) {
+            (true, _) => CallerKind::NodeProxy,
+            (false, true) => CallerKind::Waypoint,
+            (false, false) => {
+                let expected = format!("system:serviceaccount:{}:{}", self.proxy.0, self.proxy.1);
+                return Err(Error::Forbidden(format!(
+                    "{username} is neither the node proxy ({expected}) nor a waypoint's pod"
+                )));
+            }
+        };
         let node = pod
             .spec
             .and_then(|spec| spec.node_name)
             .ok_or_else(|| Error::Forbidden("caller's pod has no node".into()))?;
-        Ok(Caller { namespace: self.proxy.0.clone(), service_account: self.proxy.1.clone(), node })
+        Ok(Caller {
+            namespace: namespace.to_owned(),
+            service_account: service_account.to_owned(),
+            node,
+            kind,
+        })
     }
 
     /// Whether `namespace/service_account` has a running pod on `node` (one shutting down too:

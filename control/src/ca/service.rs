@@ -1,5 +1,6 @@
-//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the node proxy,
-//! check that the identity it asks for runs on its node, sign. One conversion to gRPC status.
+//! `istio.v1.auth.IstioCertificateService/CreateCertificate`: authenticate the caller; a node
+//! proxy's identity asked for must run on its node, a waypoint gets its own identity only;
+//! sign. One conversion to gRPC status.
 use std::{sync::Arc, time::Duration};
 
 use tonic::{Request, Response, Status};
@@ -10,7 +11,7 @@ use weft_api::ca::{
 
 use super::{
     Authority, Refusal,
-    caller::{self, Authenticator},
+    caller::{self, Authenticator, CallerKind},
 };
 
 /// The certificate service.
@@ -36,20 +37,39 @@ impl Service {
         let caller =
             self.authenticator.authenticate_request(request.metadata()).await.map_err(Denial::Caller)?;
         let request = request.into_inner();
-        let identity = impersonated(&request)
-            .ok_or_else(|| Denial::Identity("the request names no ImpersonatedIdentity".into()))?;
-        let (namespace, service_account) =
-            parse_identity(&identity, &self.trust_domain).ok_or_else(|| {
-                Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain))
-            })?;
-        if !self
-            .authenticator
-            .runs_on(&caller.node, namespace, service_account)
-            .await
-            .map_err(Denial::Caller)?
-        {
-            return Err(Denial::Identity(format!("{identity} has no running pod on node {}", caller.node)));
-        }
+        let own =
+            format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, caller.namespace, caller.service_account);
+        let identity = match (caller.kind, impersonated(&request)) {
+            (CallerKind::NodeProxy, Some(identity)) => {
+                let (namespace, service_account) =
+                    parse_identity(&identity, &self.trust_domain).ok_or_else(|| {
+                        Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain))
+                    })?;
+                if !self
+                    .authenticator
+                    .runs_on(&caller.node, namespace, service_account)
+                    .await
+                    .map_err(Denial::Caller)?
+                {
+                    return Err(Denial::Identity(format!(
+                        "{identity} has no running pod on node {}",
+                        caller.node
+                    )));
+                }
+                identity
+            }
+            (CallerKind::NodeProxy, None) => {
+                return Err(Denial::Identity("the request names no ImpersonatedIdentity".into()));
+            }
+            // Istio's waypoints ask without one; naming their own identity is no impersonation.
+            (CallerKind::Waypoint, None) => own,
+            (CallerKind::Waypoint, Some(identity)) if identity == own => own,
+            (CallerKind::Waypoint, Some(identity)) => {
+                return Err(Denial::Identity(format!(
+                    "impersonation not allowed: {own} asked for {identity}"
+                )));
+            }
+        };
         let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
         let chain = self.authority.sign(&request.csr, &identity, ttl).map_err(Denial::Csr)?;
         tracing::info!(node = %caller.node, %identity, "certificate signed");

@@ -1,5 +1,6 @@
-//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices and
-//! authorization policies; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
+//! authorization policies and, when the Gateway API's CRDs are installed, Gateways and
+//! HTTPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
@@ -9,14 +10,18 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{Api, runtime::watcher};
+use kube::{Api, api::ListParams, runtime::watcher};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
 use weft_api::watch::reflect;
 
-use super::{Naming, Snapshot, build, policy::AuthorizationPolicy};
+use super::{
+    Naming, Snapshot, build,
+    gateway_api::{Gateway, HttpRoute},
+    policy::AuthorizationPolicy,
+};
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
 pub async fn run(
@@ -32,22 +37,41 @@ pub async fn run(
     let services = reflect(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
     let slices = reflect(&mut watchers, Api::<EndpointSlice>::all(client.clone()), all(), changed_tx.clone());
     // Without the CRD the watch would retry forever and nothing would ever be served.
-    let policies_api = Api::<AuthorizationPolicy>::all(client);
-    policies_api.list_metadata(&kube::api::ListParams::default().limit(1)).await.map_err(|error| {
+    let policies_api = Api::<AuthorizationPolicy>::all(client.clone());
+    policies_api.list_metadata(&ListParams::default().limit(1)).await.map_err(|error| {
         anyhow::anyhow!(
             "listing authorizationpolicies.security.weft.dev ({error}): is the CRD installed (manifests/crds.yaml) and may weft-control list it?"
         )
     })?;
-    let policies = reflect(&mut watchers, policies_api, all(), changed_tx);
+    let policies = reflect(&mut watchers, policies_api, all(), changed_tx.clone());
+    // The Gateway API is optional: without it no waypoint exists (a Service or pod labelled
+    // for one is addressed to it all the same, and proxies refuse its traffic).
+    let gateway_api = if gateway_api_installed(&client).await? {
+        Some((
+            reflect(&mut watchers, Api::<Gateway>::all(client.clone()), all(), changed_tx.clone()),
+            reflect(&mut watchers, Api::<HttpRoute>::all(client), all(), changed_tx),
+        ))
+    } else {
+        tracing::warn!("Gateway API CRDs not installed: waypoints are off");
+        None
+    };
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
     slices.wait_until_ready().await?;
     policies.wait_until_ready().await?;
+    if let Some((gateways, routes)) = &gateway_api {
+        gateways.wait_until_ready().await?;
+        routes.wait_until_ready().await?;
+    }
     tracing::info!("Kubernetes index synced");
     loop {
         let (namespaces, pods, services, slices, policies) =
             (namespaces.state(), pods.state(), services.state(), slices.state(), policies.state());
+        let (gateways, routes) = match &gateway_api {
+            Some((gateways, routes)) => (gateways.state(), routes.state()),
+            None => (Vec::new(), Vec::new()),
+        };
         let mut next = build(
             &naming,
             namespaces.iter().map(AsRef::as_ref),
@@ -55,6 +79,8 @@ pub async fn run(
             services.iter().map(AsRef::as_ref),
             slices.iter().map(AsRef::as_ref),
             policies.iter().map(AsRef::as_ref),
+            gateways.iter().map(AsRef::as_ref),
+            routes.iter().map(AsRef::as_ref),
         );
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -67,6 +93,10 @@ pub async fn run(
             for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
                 tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
             }
+            let new_notes = next.http_routes.iter().filter(|route| !route.notes.is_empty());
+            for route in new_notes.filter(|route| !current.http_routes.contains(route)) {
+                tracing::warn!(namespace = %route.namespace, name = %route.name, notes = ?route.notes, "HTTPRoute not applied as written");
+            }
             *current = Arc::new(std::mem::take(&mut next));
             true
         });
@@ -75,4 +105,26 @@ pub async fn run(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
     }
+}
+
+/// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start
+/// (installing them later takes a restart): a watch on a missing one would retry forever and
+/// nothing would ever be served. Not found means not installed; any other failure (RBAC, say)
+/// stops the control plane with a message.
+async fn gateway_api_installed(client: &kube::Client) -> anyhow::Result<bool> {
+    async fn listed<K>(api: Api<K>, plural: &str) -> anyhow::Result<bool>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => Ok(true),
+            // A resource the API server does not serve answers a bare 404, not a NotFound Status.
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+            Err(error) => Err(anyhow::anyhow!(
+                "listing {plural}.gateway.networking.k8s.io ({error}): may weft-control list it?"
+            )),
+        }
+    }
+    Ok(listed(Api::<Gateway>::all(client.clone()), "gateways").await?
+        && listed(Api::<HttpRoute>::all(client.clone()), "httproutes").await?)
 }

@@ -85,8 +85,28 @@ impl Refusal {
     }
 }
 
+/// Where an accepted stream's bytes go: a TCP connection (the node proxy's delivery to the pod)
+/// relays them; the waypoint's HTTP session reads the requests inside.
+pub trait Upstream: Send + 'static {
+    /// Carries `stream` until either side ends, counting bytes in `counts`.
+    fn carry(
+        self,
+        stream: Stream,
+        counts: &crate::relay::Counts,
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Upstream for TcpStream {
+    async fn carry(mut self, stream: Stream, counts: &crate::relay::Counts) -> std::io::Result<()> {
+        crate::relay::hbone(&mut self, stream, counts).await
+    }
+}
+
 /// Decides on each stream and opens its upstream connection.
 pub trait Handler: Send + Sync + 'static {
+    /// What an accepted stream is carried to.
+    type Upstream: Upstream;
+
     /// Turns a Service's authority into this end's pod address and port; refused by default.
     fn resolve(&self, request: &mut ConnectRequest) -> impl Future<Output = Result<(), Refusal>> + Send {
         let refused = request
@@ -97,7 +117,10 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Policy and upstream connect: the stream is answered 200 only with `Ok`.
-    fn connect(&self, request: ConnectRequest) -> impl Future<Output = Result<TcpStream, Refusal>> + Send;
+    fn connect(
+        &self,
+        request: ConnectRequest,
+    ) -> impl Future<Output = Result<Self::Upstream, Refusal>> + Send;
 
     /// Resolves once a connected stream may no longer continue (policy changed): it is then
     /// reset. Never, by default.
@@ -273,7 +296,7 @@ async fn serve_stream<H: Handler>(
         _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
         connected = handler.connect(connect.clone()) => connected,
     };
-    let mut upstream = match connected {
+    let upstream = match connected {
         Ok(upstream) => upstream,
         Err(refusal) => {
             refuse(&mut respond, &refusal);
@@ -290,7 +313,7 @@ async fn serve_stream<H: Handler>(
     let counts = crate::relay::Counts::default();
     // Revoked: the relay is dropped, which resets the stream and closes the upstream.
     let relayed = tokio::select! {
-        relayed = crate::relay::hbone(&mut upstream, Stream::new(send, request.into_body()), &counts) => relayed,
+        relayed = upstream.carry(Stream::new(send, request.into_body()), &counts) => relayed,
         refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
     };
     let (sent, received) = counts.get();

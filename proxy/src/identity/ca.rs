@@ -78,6 +78,9 @@ pub struct GrpcCa {
     channels: crate::control::Channels,
     token_file: std::path::PathBuf,
     cluster: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    /// Whether requests name the identity asked for (a node proxy asks for its pods'); a
+    /// waypoint asks for its own, which the CA takes from its token.
+    impersonate: bool,
 }
 
 impl GrpcCa {
@@ -92,7 +95,13 @@ impl GrpcCa {
         let channels = crate::control::Channels::new(address, root_file, Some(Duration::from_secs(10)))
             .map_err(Error::Material)?;
         let cluster = proxy.cluster_header().map_err(Error::Material)?;
-        Ok(Self { channels, token_file: token_file.to_owned(), cluster })
+        Ok(Self { channels, token_file: token_file.to_owned(), cluster, impersonate: true })
+    }
+
+    /// Asks for the caller's own identity (its token's): no `ImpersonatedIdentity`, which
+    /// only node proxies may send.
+    pub fn for_own_identity(self) -> Self {
+        Self { impersonate: false, ..self }
     }
 }
 
@@ -105,7 +114,7 @@ impl CaClient for GrpcCa {
     ) -> BoxFuture<'a, Result<Issued, Error>> {
         Box::pin(async move {
             let bearer = crate::control::bearer(&self.token_file).map_err(Error::Material)?;
-            let metadata = prost_types::Struct {
+            let metadata = self.impersonate.then(|| prost_types::Struct {
                 fields: [(
                     weft_api::ca::IMPERSONATED_IDENTITY.to_owned(),
                     prost_types::Value {
@@ -113,11 +122,11 @@ impl CaClient for GrpcCa {
                     },
                 )]
                 .into(),
-            };
+            });
             let mut request = tonic::Request::new(weft_api::ca::IstioCertificateRequest {
                 csr: csr_pem.to_owned(),
                 validity_duration: i64::try_from(validity.as_secs()).unwrap_or(i64::MAX),
-                metadata: Some(metadata),
+                metadata,
             });
             request.metadata_mut().insert("authorization", bearer);
             request.metadata_mut().insert("clusterid", self.cluster.clone());

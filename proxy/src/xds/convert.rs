@@ -8,7 +8,9 @@ use weft_api::{discovery::DeltaDiscoveryResponse, security, workload as api};
 
 use crate::{
     authz::{self, Action, Cidr, Policy, Scope, StringMatch},
-    state::{Address, NetworkIp, PortMapping, Service, TunnelProtocol, Update, Workload},
+    state::{
+        Address, NetworkIp, PortMapping, Service, TunnelProtocol, Update, Waypoint, WaypointAddress, Workload,
+    },
 };
 
 /// The update a response describes, or why it cannot be applied.
@@ -86,7 +88,13 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
             return Err(format!("workload {}: unknown network mode {}", workload.uid, workload.network_mode));
         }
     };
+    let waypoint = workload
+        .waypoint
+        .map(waypoint)
+        .transpose()
+        .map_err(|error| format!("workload {}: {error}", workload.uid))?;
     Ok(Workload {
+        waypoint,
         authorization_policies: workload.authorization_policies,
         service_account: if workload.service_account.is_empty() {
             "default".into()
@@ -217,7 +225,10 @@ fn service(service: api::Service) -> Result<Service, String> {
     let allow_unhealthy = service.load_balancing.is_some_and(|balancing| {
         balancing.health_policy == i32::from(api::load_balancing::HealthPolicy::AllowAll)
     });
+    let waypoint =
+        service.waypoint.map(waypoint).transpose().map_err(|error| format!("service {key}: {error}"))?;
     Ok(Service {
+        waypoint,
         name: service.name,
         namespace: service.namespace,
         hostname: service.hostname,
@@ -226,6 +237,24 @@ fn service(service: api::Service) -> Result<Service, String> {
         allow_unhealthy,
         subject_alt_names,
     })
+}
+
+/// A `GatewayAddress`: a Service by namespace and hostname, or an address, and a port.
+fn waypoint(gateway: api::GatewayAddress) -> Result<Waypoint, String> {
+    let port = u16::try_from(gateway.hbone_mtls_port)
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("waypoint HBONE port {}", gateway.hbone_mtls_port))?;
+    let address = match gateway.destination {
+        Some(api::gateway_address::Destination::Hostname(name)) if !name.hostname.is_empty() => {
+            WaypointAddress::Service(format!("{}/{}", name.namespace, name.hostname))
+        }
+        Some(api::gateway_address::Destination::Address(address)) => {
+            WaypointAddress::Ip(NetworkIp { network: address.network, ip: ip(&address.address)? })
+        }
+        _ => return Err("waypoint without a destination".into()),
+    };
+    Ok(Waypoint { address, port })
 }
 
 fn port_mapping(port: &api::Port) -> Result<PortMapping, String> {

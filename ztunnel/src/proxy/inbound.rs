@@ -18,7 +18,7 @@ use weft_proxy::{
     authz::Connection,
     hbone::server::{ConnectRequest, Handler, Refusal, drained},
     identity::Identity,
-    tls::WorkloadCert,
+    tls::CurrentAcceptor,
 };
 
 use crate::metrics::Reporter;
@@ -36,7 +36,7 @@ pub async fn serve_hbone(
 ) {
     let identity = pod.identity(&context.trust_domain);
     let handler = Arc::new(Delivery { context: context.clone(), pod, addresses, deliverer });
-    let mut current: Option<(Arc<WorkloadCert>, TlsAcceptor)> = None;
+    let mut current = CurrentAcceptor::default();
     let mut connections = JoinSet::new();
     let mut draining = Some(context.drain.subscribe());
     loop {
@@ -76,18 +76,10 @@ pub async fn serve_hbone(
 async fn acceptor_for(
     context: &Context,
     identity: &Identity,
-    current: &mut Option<(Arc<WorkloadCert>, TlsAcceptor)>,
+    current: &mut CurrentAcceptor,
 ) -> Result<TlsAcceptor, String> {
     let cert = context.identities.fetch(identity).await.map_err(|error| error.to_string())?;
-    if let Some((cached, acceptor)) = current.as_ref()
-        && Arc::ptr_eq(cached, &cert)
-    {
-        return Ok(acceptor.clone());
-    }
-    let acceptor =
-        TlsAcceptor::from(weft_proxy::tls::server_config(&cert).map_err(|error| error.to_string())?);
-    *current = Some((cert, acceptor.clone()));
-    Ok(acceptor)
+    current.presenting(cert).map_err(|error| error.to_string())
 }
 
 /// Delivers HBONE streams to the app of one pod.
@@ -117,6 +109,8 @@ impl Delivery {
 }
 
 impl Handler for Delivery {
+    type Upstream = TcpStream;
+
     /// A Service's authority (`hostname:port`, as Istio's peers send through a network's
     /// gateway or from a waypoint) reaches this pod on the port the Service maps that service
     /// port to, as Istio's ztunnel resolves it; only a Service this pod backs. Like an address,

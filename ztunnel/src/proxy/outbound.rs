@@ -1,18 +1,24 @@
 //! Outbound (15001): a pod's captured connection goes to its original destination — through an
 //! HBONE tunnel when the destination is a meshed workload, in plaintext otherwise. A service VIP
 //! is resolved to one of its healthy endpoints (or, when none is, one still serving), round
-//! robin, moving on to the next when one cannot be reached. Nothing is decided before the
-//! configuration is complete: an unknown destination might be a workload that must be tunnelled.
-use std::{net::SocketAddr, sync::Arc};
+//! robin, moving on to the next when one cannot be reached. A Service or workload with a
+//! waypoint is reached only through it: the tunnel goes to one of the waypoint's pods, the
+//! CONNECT naming the original destination; without a reachable waypoint the connection is
+//! refused, never sent around it. Nothing is decided before the configuration is complete: an
+//! unknown destination might be a workload that must be tunnelled.
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Context, Pod, canonical, connect_in, original_dst};
+use super::{Context, Peer, Pod, canonical, connect_in, original_dst};
 use weft_proxy::{
     hbone::{self, client::Origin, server::drained},
     identity::Expected,
     relay,
-    state::{Service, TunnelProtocol, Workload},
+    state::{Service, TunnelProtocol, Waypoint, Workload},
 };
 
 use crate::{inpod::netns::Netns, metrics::Reporter};
@@ -66,6 +72,8 @@ enum Error {
     NoSuchPort { service: String, port: u16 },
     #[error("service {0} has no healthy endpoint for this port")]
     NoEndpoints(String),
+    #[error("{0} must be reached through its waypoint, which has no ready pod")]
+    NoWaypoint(String),
     #[error("workload {0} speaks a tunnel protocol this proxy does not")]
     UnsupportedProtocol(String),
     #[error("certificate")]
@@ -84,6 +92,7 @@ impl Error {
             Error::NotSynced => "no_config",
             Error::NoSuchPort { .. } => "no_such_port",
             Error::NoEndpoints(_) => "no_endpoints",
+            Error::NoWaypoint(_) => "no_waypoint",
             Error::UnsupportedProtocol(_) => "unsupported_protocol",
             Error::Certificate(_) => "certificate",
             Error::Tunnel(_) => "tunnel",
@@ -97,6 +106,8 @@ impl Error {
 enum Route {
     /// A meshed workload, over HBONE to `addr`.
     Tunnel(Arc<Workload>, SocketAddr),
+    /// The waypoint pod `waypoint`, at `ip`, over HBONE naming the original destination.
+    Waypoint(Arc<Workload>, IpAddr),
     /// Plaintext to `addr` (a workload outside the mesh, or outside the cluster).
     Direct(SocketAddr),
 }
@@ -107,6 +118,10 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
     let state = &context.state;
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
         let route = match state.workload_by_ip(target.ip()) {
+            Some(workload) if workload.waypoint.is_some() => {
+                let waypoint = workload.waypoint.as_ref().expect("invariant: checked just above");
+                return Ok((through_waypoint(context, waypoint, &workload.uid, target)?, None));
+            }
             Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
             Some(workload) if workload.protocol == TunnelProtocol::Unsupported => {
                 return Err(Error::UnsupportedProtocol(workload.uid.clone()));
@@ -119,6 +134,9 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
         return Err(Error::NoSuchPort { service: service.key(), port: target.port() });
     }
     let key = service.key();
+    if let Some(waypoint) = &service.waypoint {
+        return Ok((through_waypoint(context, waypoint, &key, target)?, Some(service)));
+    }
     let v4 = target.ip().to_canonical().is_ipv4();
     // Each endpoint serving this port, at its address of the VIP's family when it has one.
     let mut members: Vec<(Arc<Workload>, SocketAddr, bool)> = endpoints
@@ -158,6 +176,34 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
     Ok((routes, Some(service)))
 }
 
+/// The pods of `waypoint`, in front of `behind` (a Service's key or a workload's uid), to try
+/// for `target` in turn: healthy ones, at an address of the target's family when they have one.
+fn through_waypoint(
+    context: &Context,
+    waypoint: &Waypoint,
+    behind: &str,
+    target: SocketAddr,
+) -> Result<Vec<Route>, Error> {
+    let no_waypoint = || Error::NoWaypoint(behind.to_owned());
+    let (service, pods) = context.state.waypoint(waypoint).ok_or_else(no_waypoint)?;
+    let v4 = target.ip().to_canonical().is_ipv4();
+    let mut routes: Vec<Route> = pods
+        .into_iter()
+        .filter(|pod| pod.healthy)
+        .filter_map(|pod| {
+            let ip = pod.addresses.iter().find(|ip| ip.is_ipv4() == v4).or(pod.addresses.first()).copied()?;
+            Some(Route::Waypoint(pod, ip))
+        })
+        .collect();
+    if routes.is_empty() {
+        return Err(no_waypoint());
+    }
+    let start = context.next_endpoint(&service.key()) % routes.len();
+    routes.rotate_left(start);
+    routes.truncate(ATTEMPTS);
+    Ok(routes)
+}
+
 async fn proxy(
     mut client: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -176,25 +222,35 @@ async fn proxy(
     let mut last_error = None;
     for route in routes {
         match route {
-            Route::Tunnel(workload, addr) => {
-                let cert = context.identities.fetch(&source).await?;
-                let expected = Expected {
-                    workload: workload.identity(&context.trust_domain),
-                    alternatives: service
-                        .as_ref()
-                        .map(|service| service.subject_alt_names.clone())
-                        .unwrap_or_default(),
+            Route::Tunnel(..) | Route::Waypoint(..) => {
+                let (workload, addr, via) = match route {
+                    Route::Tunnel(workload, addr) => {
+                        let expected = Expected {
+                            workload: workload.identity(&context.trust_domain),
+                            alternatives: service
+                                .as_ref()
+                                .map(|service| service.subject_alt_names.clone())
+                                .unwrap_or_default(),
+                        };
+                        (workload, addr, Peer { ip: addr.ip(), expected })
+                    }
+                    Route::Waypoint(waypoint, ip) => {
+                        let expected = waypoint.identity(&context.trust_domain).into();
+                        (waypoint, target, Peer { ip, expected })
+                    }
+                    Route::Direct(_) => unreachable!("matched above"),
                 };
+                let expected = &via.expected;
+                let cert = context.identities.fetch(&source).await?;
                 let (origin, traceparent) = said.get_or_insert_with(|| {
                     let baggage = Origin::baggage_of(&pod.namespace, &name);
                     let service_host = service.as_ref().map(|service| service.hostname.clone());
                     (Origin { source: peer, service_host, baggage }, Origin::traceparent())
                 });
-                let tunnel = match context.pool.open(netns, &cert, &expected, addr, origin, traceparent).await
-                {
+                let tunnel = match context.pool.open(netns, &cert, &via, addr, origin, traceparent).await {
                     Ok(tunnel) => tunnel,
                     Err(error) => {
-                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                        tracing::info!(%addr, via = %via.ip, %error, "endpoint unreachable; trying the next");
                         last_error = Some(Error::Tunnel(error));
                         continue;
                     }
@@ -216,7 +272,7 @@ async fn proxy(
                 let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
-                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, sent, received, trace = %traceparent, "outbound via HBONE closed");
+                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, via = %via.ip, sent, received, trace = %traceparent, "outbound via HBONE closed");
             }
             Route::Direct(addr) => {
                 let mut upstream = match connect_in(netns, addr).await {

@@ -36,6 +36,13 @@ use crate::inpod::netns::Netns;
 
 type Key = (Identity, Expected, IpAddr, IpAddr);
 
+/// The workload an HBONE connection goes to: its address, and the identities it may prove.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub expected: Expected,
+}
+
 /// A pooled connection and its open streams.
 #[derive(Debug)]
 struct Pooled {
@@ -166,19 +173,22 @@ impl Pool {
         }
     }
 
-    /// Opens a stream to `target` (a meshed workload proving `expected`) on behalf of the
-    /// workload holding `cert`, whose connection came from `origin`, tagged `traceparent`.
+    /// Opens a stream to `target` through `peer` (the target's own pod, or the waypoint in
+    /// front of it) on behalf of the workload holding `cert`, whose connection came from
+    /// `origin`, tagged `traceparent`.
     pub async fn open(
         &self,
         netns: &Netns,
         cert: &WorkloadCert,
-        expected: &Expected,
+        peer: &Peer,
         target: SocketAddr,
         origin: &hbone::client::Origin,
         traceparent: &str,
     ) -> Result<Tunnel, hbone::client::Error> {
         let source = origin.source;
-        let key = (cert.identity.clone(), expected.clone(), target.ip(), source.ip().to_canonical());
+        let Peer { ip: peer, expected } = peer;
+        let (peer, expected) = (*peer, expected);
+        let key = (cert.identity.clone(), expected.clone(), peer, source.ip().to_canonical());
         let slot = self.connections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
         // A pooled connection that fails is dropped and the open tried once more, on a new one.
         let mut may_retry = true;
@@ -189,7 +199,7 @@ impl Pool {
                     let outcome = done.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
                     match outcome {
                         Ok(Some(Err(reason))) => {
-                            let peer = SocketAddr::new(target.ip(), hbone::PORT);
+                            let peer = SocketAddr::new(peer, hbone::PORT);
                             return Err(hbone::client::Error::Shared { peer, reason });
                         }
                         // Pooled now (or the connector vanished): look again.
@@ -198,7 +208,7 @@ impl Pool {
                 }
                 Next::Connect(connecting) => {
                     let started = std::time::Instant::now();
-                    match connect(netns, cert, expected, target.ip()).await {
+                    match connect(netns, cert, expected, peer).await {
                         Ok(connection) => {
                             self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
                             // Counted as ours before other openers can see it.

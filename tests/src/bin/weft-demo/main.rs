@@ -128,7 +128,9 @@ async fn run(args: Args) -> anyhow::Result<bool> {
     // of the EndpointSlice the cluster keeps, once it knows them.
     let service = format!("{NAMESPACE}/echo.{NAMESPACE}.svc.cluster.local");
     let node0 = cluster.topology().nodes()[0].clone();
-    tokio::task::block_in_place(|| mesh::wait_for_endpoints(&node0, &service, 2, Duration::from_secs(20)))?;
+    tokio::task::block_in_place(|| {
+        mesh::wait_for_endpoints(&node0.netns, &service, 2, Duration::from_secs(20))
+    })?;
     let to = SocketAddr::new(vip, 80);
     let start = monitor.canary_frames();
     for n in 0..REQUESTS {

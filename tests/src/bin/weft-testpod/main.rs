@@ -1,6 +1,7 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
 //! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`);
+//! `http-echo` and `http-get` speak HTTP/1.1 for the waypoint's tests (`http.rs`);
 //! `latency`, `openloop`, `connrate` and `hold` are the benchmark's clients; `standin` plays the
 //! node proxy (see `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the
 //! datapath treats it as a pod's process.
@@ -14,6 +15,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod http;
 mod https;
 mod standin;
 
@@ -108,6 +110,25 @@ enum Mode {
         #[arg(long)]
         path: String,
     },
+    /// HTTP/1.1 server on `port` answering who it is (`name`) and what it saw; prints `ready`.
+    HttpEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// `count` HTTP/1.1 GETs of `path` at `to` over one connection, with `header`s
+    /// (`name:value`); prints a tally of the answers and the first answer's body.
+    HttpGet {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        header: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
         /// `ip:port` or `name:port`.
@@ -152,6 +173,8 @@ fn main() -> anyhow::Result<()> {
         Mode::Openloop { to, rate, seconds, size } => openloop(to, rate, seconds, size),
         Mode::Hold { to, count } => hold(to, count),
         Mode::Standin => standin::run(),
+        Mode::HttpEcho { port, name } => http::echo(port, &name),
+        Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
     }
 }
 

@@ -1,0 +1,282 @@
+//! The Gateway API objects the control plane reads (`gateway.networking.k8s.io/v1`): Gateways,
+//! whose class `weft-waypoint` makes them waypoints, and HTTPRoutes, which the waypoints apply
+//! ([`super::routes`]). Only the fields Weft uses are declared; unknown fields are ignored and
+//! omitted ones take the Gateway API's defaults, so an object of a newer API release still
+//! reads — one that failed to would stall the whole watch. Enumerations a newer release may
+//! extend read unknown values as `Other`, for the conversion to refuse with a note.
+//!
+//! Declared like [`super::policy::AuthorizationPolicy`]: `kube::Resource` by hand and serde, no
+//! schema, as Weft reads these CRDs and never installs them.
+use std::{borrow::Cow, time::Duration};
+
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+
+/// The Gateway API's group.
+pub const GROUP: &str = "gateway.networking.k8s.io";
+
+/// Implements `kube::Resource` for a namespaced object of the Gateway API's `v1`.
+macro_rules! resource {
+    ($type:ty, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $type {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind((): &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group((): &()) -> Cow<'_, str> {
+                GROUP.into()
+            }
+            fn version((): &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural((): &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
+/// A `Gateway`: a waypoint when its class is `weft-waypoint` ([`super::waypoint::CLASS`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Gateway {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: GatewaySpec,
+}
+
+resource!(Gateway, "Gateway", "gateways");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct GatewaySpec {
+    pub gateway_class_name: String,
+    pub listeners: Vec<Listener>,
+}
+
+/// Where a Gateway accepts connections (a waypoint's: HBONE on 15008).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Listener {
+    pub name: String,
+    pub port: u32,
+    pub protocol: String,
+}
+
+/// An `HTTPRoute`. Weft applies those attached to a Service (GAMMA), in its waypoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HttpRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: HttpRouteSpec,
+}
+
+resource!(HttpRoute, "HTTPRoute", "httproutes");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteSpec {
+    pub parent_refs: Vec<ParentReference>,
+    /// Ignored for routes attached to a Service, as GAMMA says.
+    pub hostnames: Vec<String>,
+    pub rules: Vec<HttpRouteRule>,
+}
+
+/// What a route attaches to: a Gateway by default, a Service with `group: ""`, `kind: Service`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ParentReference {
+    pub group: String,
+    pub kind: String,
+    /// Unset: the route's own.
+    pub namespace: Option<String>,
+    pub name: String,
+    /// For a Service: the name of one of its ports.
+    pub section_name: Option<String>,
+    /// For a Service: one of its ports; unset, every port.
+    pub port: Option<u32>,
+}
+
+impl Default for ParentReference {
+    fn default() -> Self {
+        Self {
+            group: GROUP.to_owned(),
+            kind: "Gateway".to_owned(),
+            namespace: None,
+            name: String::new(),
+            section_name: None,
+            port: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteRule {
+    /// ORed; none: every request.
+    pub matches: Vec<HttpRouteMatch>,
+    pub filters: Vec<HttpRouteFilter>,
+    pub backend_refs: Vec<HttpBackendRef>,
+    pub timeouts: Option<HttpRouteTimeouts>,
+}
+
+/// Its conditions are ANDed; an omitted path is a prefix of `/`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteMatch {
+    pub path: HttpPathMatch,
+    pub headers: Vec<HttpValueMatch>,
+    pub query_params: Vec<HttpValueMatch>,
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpPathMatch {
+    #[serde(rename = "type")]
+    pub kind: PathMatchType,
+    pub value: String,
+}
+
+impl Default for HttpPathMatch {
+    fn default() -> Self {
+        Self { kind: PathMatchType::PathPrefix, value: "/".to_owned() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum PathMatchType {
+    Exact,
+    #[default]
+    PathPrefix,
+    RegularExpression,
+    /// A type this control plane does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// A header (`HTTPHeaderMatch`) or query parameter (`HTTPQueryParamMatch`) match: same shape.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpValueMatch {
+    #[serde(rename = "type")]
+    pub kind: ValueMatchType,
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ValueMatchType {
+    #[default]
+    Exact,
+    RegularExpression,
+    /// A type this control plane does not know.
+    #[serde(other)]
+    Other,
+}
+
+/// A filter; Weft applies the header modifiers and notes the others as not applied.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteFilter {
+    /// `RequestHeaderModifier`, `ResponseHeaderModifier`, `RequestRedirect`, `URLRewrite`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub request_header_modifier: Option<HeaderModifier>,
+    pub response_header_modifier: Option<HeaderModifier>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HeaderModifier {
+    pub set: Vec<HttpHeader>,
+    pub add: Vec<HttpHeader>,
+    /// Header names.
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+/// Where matching requests go: a Service by default (`group: ""`, `kind: Service`), weight 1.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpBackendRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    /// Unset: the route's own.
+    pub namespace: Option<String>,
+    pub port: Option<u32>,
+    pub weight: u32,
+    /// Per-backend filters: not applied yet, only noted.
+    pub filters: Vec<serde_json::Value>,
+}
+
+impl Default for HttpBackendRef {
+    fn default() -> Self {
+        Self {
+            group: String::new(),
+            kind: "Service".to_owned(),
+            name: String::new(),
+            namespace: None,
+            port: None,
+            weight: 1,
+            filters: Vec::new(),
+        }
+    }
+}
+
+/// Gateway API durations ([`duration`]).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteTimeouts {
+    /// The whole request, retries included.
+    pub request: Option<String>,
+    /// Each attempt at a backend.
+    pub backend_request: Option<String>,
+}
+
+/// Parses a Gateway API duration (GEP-2257): one to four numbers of at most five digits, each
+/// followed by `h`, `m`, `s` or `ms` — `10s`, `500ms`, `1h30m`. `None` for anything else.
+pub fn duration(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = Duration::ZERO;
+    let mut parts = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=5).contains(&digits) {
+            return None;
+        }
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, length) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.as_bytes().first()? {
+                b'h' => (Duration::from_secs(3600), 1),
+                b'm' => (Duration::from_secs(60), 1),
+                b's' => (Duration::from_secs(1), 1),
+                _ => return None,
+            }
+        };
+        rest = &rest[length..];
+        total += unit * u32::try_from(value).ok()?;
+        parts += 1;
+    }
+    (1..=4).contains(&parts).then_some(total)
+}
+
+#[cfg(test)]
+mod tests;

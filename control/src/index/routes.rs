@@ -1,0 +1,303 @@
+//! HTTPRoutes attached to Services (GAMMA: a parentRef of `group: ""`, `kind: Service`) to
+//! `weft.route.ServiceRoutes` resources: one per Service, named like its Address resource
+//! (`<namespace>/<hostname>`), holding every route attached to it, oldest first (then by
+//! `namespace/name`), as the Gateway API breaks ties. Routes attached to Gateways are not the
+//! mesh's and are left alone.
+//!
+//! What a waypoint cannot apply is left out and noted: a filter other than the header
+//! modifiers is ignored; a rule holding a match of a type unknown here is dropped (matching
+//! more would be worse); a backend that is no Service, is missing, or is in another namespace
+//! (that needs a ReferenceGrant, not read yet) is dropped, and a rule left without backends
+//! answers 500. A route in another namespace than its Service (a consumer route) applies to that
+//! namespace's clients only; `ServiceRoutes` apply to every client, so it is not applied (applied
+//! to all, any namespace could take over another's Service).
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::Service;
+use prost::Message;
+use weft_api::route::{self as api, ROUTES_TYPE};
+
+use super::{
+    Naming, Resources, RouteStatus, encode_as,
+    gateway_api::{
+        HeaderModifier, HttpBackendRef, HttpHeader, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpValueMatch,
+        PathMatchType, ValueMatchType, duration,
+    },
+    hostname,
+    waypoint::USE_WAYPOINT,
+};
+
+/// The routes, compiled per Service, and what was made of each HTTPRoute attached to one.
+pub fn compile<'a>(
+    naming: &Naming,
+    services: &HashMap<(&str, &str), &Service>,
+    with_waypoint: &HashSet<(&str, &str)>,
+    routes: impl IntoIterator<Item = &'a HttpRoute>,
+) -> (Resources, Vec<RouteStatus>) {
+    let mut routes: Vec<(&HttpRoute, &str, &str)> = routes
+        .into_iter()
+        .filter_map(|route| {
+            Some((route, route.metadata.namespace.as_deref()?, route.metadata.name.as_deref()?))
+        })
+        .collect();
+    let created = |route: &HttpRoute| route.metadata.creation_timestamp.as_ref().map(|time| time.0);
+    routes.sort_by(|(a, a_namespace, a_name), (b, b_namespace, b_name)| {
+        (created(a), a_namespace, a_name).cmp(&(created(b), b_namespace, b_name))
+    });
+    let mut by_service: BTreeMap<String, Vec<api::Route>> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for (route, namespace, name) in routes {
+        let mut notes = Vec::new();
+        let parents = parents(naming, services, with_waypoint, route, namespace, &mut notes);
+        if parents.is_empty() && notes.is_empty() {
+            // Attached to Gateways only: not the mesh's.
+            continue;
+        }
+        let context = Context { naming, services, namespace };
+        let rules: Vec<api::Rule> = route
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| context.rule(rule, &format!("rules[{index}]"), &mut notes))
+            .collect();
+        for (key, ports) in &parents {
+            by_service.entry(key.clone()).or_default().push(api::Route {
+                name: format!("{namespace}/{name}"),
+                ports: ports.clone(),
+                rules: rules.clone(),
+            });
+        }
+        statuses.push(RouteStatus {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            services: parents.into_keys().collect(),
+            notes,
+        });
+    }
+    statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let resources = by_service
+        .into_iter()
+        .map(|(key, routes)| {
+            let body = api::ServiceRoutes { service: key.clone(), routes };
+            (key, encode_as(ROUTES_TYPE, body.encode_to_vec()))
+        })
+        .collect();
+    (resources, statuses)
+}
+
+/// The Services `route` attaches to, by resource key, with the ports it applies to (empty:
+/// every port).
+fn parents(
+    naming: &Naming,
+    services: &HashMap<(&str, &str), &Service>,
+    with_waypoint: &HashSet<(&str, &str)>,
+    route: &HttpRoute,
+    namespace: &str,
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, Vec<u32>> {
+    // None: every port.
+    let mut parents: BTreeMap<String, Option<BTreeSet<u32>>> = BTreeMap::new();
+    for parent in &route.spec.parent_refs {
+        if !parent.group.is_empty() || parent.kind != "Service" {
+            continue;
+        }
+        let parent_namespace = parent.namespace.as_deref().unwrap_or(namespace);
+        let at = format!("parentRef Service {parent_namespace}/{}", parent.name);
+        if parent_namespace != namespace {
+            notes.push(format!(
+                "{at}: a route in another namespace than its Service applies to that namespace's clients only, which ServiceRoutes cannot say yet: not applied"
+            ));
+            continue;
+        }
+        let Some(service) = services.get(&(namespace, parent.name.as_str())) else {
+            notes.push(format!("{at} not found: not applied to it"));
+            continue;
+        };
+        let port = match (parent.port, parent.section_name.as_deref()) {
+            (None, None) => None,
+            (port, section) => {
+                let found = service
+                    .spec
+                    .iter()
+                    .flat_map(|spec| spec.ports.iter().flatten())
+                    .filter(|candidate| port.is_none_or(|port| i64::from(port) == i64::from(candidate.port)))
+                    .find(|candidate| {
+                        section.is_none_or(|section| candidate.name.as_deref() == Some(section))
+                    });
+                match found.and_then(|found| u32::try_from(found.port).ok()) {
+                    Some(port) => Some(port),
+                    None => {
+                        let wanted = match (port, section) {
+                            (Some(port), Some(section)) => format!("{port} named {section}"),
+                            (Some(port), None) => port.to_string(),
+                            (None, section) => format!("named {}", section.unwrap_or_default()),
+                        };
+                        notes.push(format!("{at} has no port {wanted}: not applied to it"));
+                        continue;
+                    }
+                }
+            }
+        };
+        let key = format!("{namespace}/{}", hostname(naming, &parent.name, namespace));
+        if !parents.contains_key(&key) && !with_waypoint.contains(&(namespace, parent.name.as_str())) {
+            notes.push(format!("{at} uses no waypoint ({USE_WAYPOINT}): the route applies once it does"));
+        }
+        let ports = parents.entry(key).or_insert_with(|| Some(BTreeSet::new()));
+        match (ports, port) {
+            (Some(ports), Some(port)) => {
+                ports.insert(port);
+            }
+            (ports, None) => *ports = None,
+            (None, Some(_)) => {}
+        }
+    }
+    parents.into_iter().map(|(key, ports)| (key, ports.unwrap_or_default().into_iter().collect())).collect()
+}
+
+/// What a route's rules are read against.
+struct Context<'a, 'b> {
+    naming: &'a Naming,
+    services: &'a HashMap<(&'b str, &'b str), &'b Service>,
+    /// The route's.
+    namespace: &'a str,
+}
+
+impl Context<'_, '_> {
+    /// The rule as a waypoint applies it, noting at `at` what it leaves out; `None` when it
+    /// cannot apply it at all.
+    fn rule(&self, rule: &HttpRouteRule, at: &str, notes: &mut Vec<String>) -> Option<api::Rule> {
+        let Some(matches) = rule.matches.iter().map(matching).collect::<Option<Vec<_>>>() else {
+            notes.push(format!("{at}: a match of a type not supported: rule not applied"));
+            return None;
+        };
+        // The waypoint refuses a whole Service's routes over one bad pattern; caught here, it
+        // costs only its rule.
+        if let Some(error) = matches.iter().find_map(bad_pattern) {
+            notes.push(format!("{at}: {error}: rule not applied"));
+            return None;
+        }
+        let mut converted = api::Rule { matches, ..Default::default() };
+        for (index, filter) in rule.filters.iter().enumerate() {
+            let (headers, modifier) = match filter.kind.as_str() {
+                "RequestHeaderModifier" => (&mut converted.request_headers, &filter.request_header_modifier),
+                "ResponseHeaderModifier" => {
+                    (&mut converted.response_headers, &filter.response_header_modifier)
+                }
+                other => {
+                    notes.push(format!("{at}.filters[{index}]: {other} not supported yet: ignored"));
+                    continue;
+                }
+            };
+            if let Some(modifier) = modifier {
+                merge(headers.get_or_insert_default(), modifier);
+            }
+        }
+        for (index, backend) in rule.backend_refs.iter().enumerate() {
+            match self.backend(backend) {
+                Ok(resolved) => converted.backends.push(resolved),
+                Err(reason) => notes.push(format!("{at}.backendRefs[{index}]: {reason}: dropped")),
+            }
+            if !backend.filters.is_empty() {
+                notes.push(format!("{at}.backendRefs[{index}]: filters not supported yet: ignored"));
+            }
+        }
+        let timeouts = rule.timeouts.clone().unwrap_or_default();
+        converted.request_timeout_ms =
+            milliseconds(timeouts.request.as_deref(), &format!("{at}.timeouts.request"), notes);
+        converted.backend_timeout_ms = milliseconds(
+            timeouts.backend_request.as_deref(),
+            &format!("{at}.timeouts.backendRequest"),
+            notes,
+        );
+        Some(converted)
+    }
+
+    fn backend(&self, backend: &HttpBackendRef) -> Result<api::Backend, String> {
+        if !backend.group.is_empty() || backend.kind != "Service" {
+            return Err(format!("{} of group {:?} is not a Service", backend.kind, backend.group));
+        }
+        let namespace = backend.namespace.as_deref().unwrap_or(self.namespace);
+        let name = backend.name.as_str();
+        if namespace != self.namespace {
+            return Err(format!(
+                "Service {namespace}/{name} is in another namespace, which needs a ReferenceGrant (not supported yet)"
+            ));
+        }
+        if !self.services.contains_key(&(namespace, name)) {
+            return Err(format!("Service {namespace}/{name} not found"));
+        }
+        let port = backend.port.ok_or_else(|| format!("Service {namespace}/{name} without a port"))?;
+        Ok(api::Backend {
+            service: format!("{namespace}/{}", hostname(self.naming, name, namespace)),
+            port,
+            weight: backend.weight,
+        })
+    }
+}
+
+/// A match as the waypoint reads it; `None` when it holds a type not known here.
+fn matching(matching: &HttpRouteMatch) -> Option<api::Match> {
+    let kind = match matching.path.kind {
+        PathMatchType::PathPrefix => api::path_match::Kind::Prefix,
+        PathMatchType::Exact => api::path_match::Kind::Exact,
+        PathMatchType::RegularExpression => api::path_match::Kind::Regex,
+        PathMatchType::Other => return None,
+    };
+    let values = |values: &[HttpValueMatch]| -> Option<Vec<api::ValueMatch>> {
+        values
+            .iter()
+            .map(|value| {
+                let regex = match value.kind {
+                    ValueMatchType::Exact => false,
+                    ValueMatchType::RegularExpression => true,
+                    ValueMatchType::Other => return None,
+                };
+                Some(api::ValueMatch { name: value.name.clone(), value: value.value.clone(), regex })
+            })
+            .collect()
+    };
+    Some(api::Match {
+        path: Some(api::PathMatch { kind: kind.into(), value: matching.path.value.clone() }),
+        headers: values(&matching.headers)?,
+        query_params: values(&matching.query_params)?,
+        method: matching.method.clone().unwrap_or_default(),
+    })
+}
+
+/// The first regular expression of `matching` that does not compile, as the waypoint would
+/// compile it (a whole-value match).
+fn bad_pattern(matching: &api::Match) -> Option<String> {
+    let path = matching
+        .path
+        .iter()
+        .filter(|path| path.kind() == api::path_match::Kind::Regex)
+        .map(|path| path.value.as_str());
+    let values = matching.headers.iter().chain(&matching.query_params).filter(|value| value.regex);
+    path.chain(values.map(|value| value.value.as_str())).find_map(|pattern| {
+        let error =
+            regex::Regex::new(pattern).and_then(|_| regex::Regex::new(&format!("^(?:{pattern})$"))).err()?;
+        Some(format!("regular expression {pattern:?} is invalid ({error})"))
+    })
+}
+
+/// Adds `modifier` to `into` (the Gateway API allows one of each kind per rule; two are merged).
+fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier) {
+    let header = |header: &HttpHeader| api::Header { name: header.name.clone(), value: header.value.clone() };
+    into.set.extend(modifier.set.iter().map(header));
+    into.add.extend(modifier.add.iter().map(header));
+    into.remove.extend(modifier.remove.iter().cloned());
+}
+
+/// A Gateway API duration in milliseconds (0: none, as unset or `0s` mean); one that does not
+/// parse is noted at `at` and read as none.
+fn milliseconds(text: Option<&str>, at: &str, notes: &mut Vec<String>) -> u32 {
+    let Some(text) = text else { return 0 };
+    match duration(text) {
+        Some(duration) => u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
+        None => {
+            notes.push(format!("{at}: {text:?} is not a Gateway API duration: ignored"));
+            0
+        }
+    }
+}

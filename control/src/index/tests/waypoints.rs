@@ -1,0 +1,333 @@
+//! Waypoints in the index: which Services and workloads use one, and the HTTPRoutes their
+//! waypoints apply.
+use weft_api::route as routes;
+
+use super::{super::waypoint::USE_WAYPOINT, *};
+
+fn labelled<T>(mut object: T, meta: impl Fn(&mut T) -> &mut ObjectMeta, waypoint: &str) -> T {
+    meta(&mut object).labels.get_or_insert_default().insert(USE_WAYPOINT.to_owned(), waypoint.to_owned());
+    object
+}
+
+fn gateway(name: &str, namespace: &str, class: &str) -> Gateway {
+    serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "gatewayClassName": class, "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] },
+    }))
+    .unwrap()
+}
+
+fn http_route(name: &str, created_seconds: i64, spec: serde_json::Value) -> HttpRoute {
+    let mut route: HttpRoute = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "namespace": "mesh" },
+        "spec": spec,
+    }))
+    .unwrap();
+    route.metadata.creation_timestamp =
+        Some(Time(k8s_openapi::jiff::Timestamp::from_second(created_seconds).unwrap()));
+    route
+}
+
+fn address(waypoint: &str) -> Option<api::GatewayAddress> {
+    Some(api::GatewayAddress {
+        destination: Some(api::gateway_address::Destination::Hostname(api::NamespacedHostname {
+            namespace: "mesh".into(),
+            hostname: format!("{waypoint}.mesh.svc.cluster.local"),
+        })),
+        hbone_mtls_port: 15008,
+    })
+}
+
+fn service_of(snapshot: &Snapshot, name: &str, namespace: &str) -> api::Service {
+    let key = format!("{namespace}/{name}.{namespace}.svc.cluster.local");
+    match api::Address::decode(snapshot.addresses[&key].body.value.as_slice()).unwrap().r#type {
+        Some(api::address::Type::Service(service)) => service,
+        other => panic!("{key} is not a service: {other:?}"),
+    }
+}
+
+fn service_routes(snapshot: &Snapshot, key: &str) -> routes::ServiceRoutes {
+    let resource =
+        snapshot.of_type(routes::ROUTES_TYPE).unwrap().get(key).unwrap_or_else(|| {
+            panic!("no routes for {key}: {:?}", snapshot.routes.keys().collect::<Vec<_>>())
+        });
+    assert_eq!(resource.body.type_url, routes::ROUTES_TYPE);
+    routes::ServiceRoutes::decode(resource.body.value.as_slice()).unwrap()
+}
+
+#[test]
+fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs_says_otherwise() {
+    let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
+    let on_service = |name: &str, waypoint: Option<&str>| {
+        let plain = service(name, "mesh", "10.96.0.10", vec![port(80, None)]);
+        match waypoint {
+            Some(waypoint) => labelled(plain, |s| &mut s.metadata, waypoint),
+            None => plain,
+        }
+    };
+    let on_pod = |uid: &str, ip: &str, waypoint: Option<&str>| {
+        let plain = pod(uid, "mesh", &[ip], 1);
+        match waypoint {
+            Some(waypoint) => labelled(plain, |p| &mut p.metadata, waypoint),
+            None => plain,
+        }
+    };
+    let mut waypoint_pod = on_pod("waypoint-pod", "10.244.0.9", None);
+    waypoint_pod
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert("gateway.networking.k8s.io/gateway-name".into(), "waypoint".into());
+    let services = [
+        on_service("web", None),
+        on_service("api", Some("other")),
+        on_service("opted-out", Some("none")),
+        // Named in a label though no such waypoint exists: addressed to it all the same.
+        on_service("ghost", Some("missing")),
+        // The waypoints' own Services.
+        on_service("waypoint", None),
+        on_service("other", Some("waypoint")),
+        service("elsewhere", "plain", "10.96.0.11", vec![port(80, None)]),
+    ];
+    let pods = [
+        on_pod("a", "10.244.0.5", None),
+        on_pod("b", "10.244.0.6", Some("other")),
+        on_pod("c", "10.244.0.7", Some("none")),
+        waypoint_pod,
+        pod("d", "plain", &["10.244.1.5"], 1),
+    ];
+    let gateways = [
+        gateway("waypoint", "mesh", "weft-waypoint"),
+        gateway("other", "mesh", "weft-waypoint"),
+        gateway("ingress", "mesh", "some-ingress"),
+    ];
+    let snapshot =
+        build(&naming(), &[mesh, namespace("plain", true)], &pods, &services, &[], &[], &gateways, &[]);
+    let of_service = |name: &str| service_of(&snapshot, name, "mesh").waypoint;
+    assert_eq!(of_service("web"), address("waypoint"));
+    assert_eq!(of_service("api"), address("other"), "the Service's label wins");
+    assert_eq!(of_service("opted-out"), None);
+    assert_eq!(of_service("ghost"), address("missing"), "fail closed");
+    assert_eq!((of_service("waypoint"), of_service("other")), (None, None), "no loops");
+    assert_eq!(service_of(&snapshot, "elsewhere", "plain").waypoint, None);
+    let of_pod = |uid: &str| workload(&snapshot, uid).unwrap().waypoint;
+    assert_eq!(of_pod("a"), address("waypoint"));
+    assert_eq!(of_pod("b"), address("other"), "the pod's label wins");
+    assert_eq!(of_pod("c"), None);
+    assert_eq!(of_pod("waypoint-pod"), None, "a waypoint's pod");
+    assert_eq!(of_pod("d"), None);
+    let dump = snapshot.dump();
+    let web = dump["services"].as_array().unwrap().iter().find(|s| s["name"] == "web").unwrap();
+    assert_eq!(web["waypoint"], "waypoint.mesh.svc.cluster.local");
+}
+
+#[test]
+fn a_service_named_like_its_own_waypoint_never_uses_it_even_before_the_gateway_exists() {
+    let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
+    let services = [service("waypoint", "mesh", "10.96.0.10", vec![port(15008, None)])];
+    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[]);
+    assert_eq!(service_of(&snapshot, "waypoint", "mesh").waypoint, None);
+}
+
+/// Services `web` (with a waypoint), `web-v1` and `web-v2` in `mesh`.
+fn backends() -> Vec<Service> {
+    let web = labelled(
+        service("web", "mesh", "10.96.0.10", vec![named("http", 80, None)]),
+        |s| &mut s.metadata,
+        "waypoint",
+    );
+    vec![
+        web,
+        service("web-v1", "mesh", "10.96.0.11", vec![port(8080, None)]),
+        service("web-v2", "mesh", "10.96.0.12", vec![port(8080, None)]),
+    ]
+}
+
+#[test]
+fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_filters_and_timeouts() {
+    let route = http_route(
+        "split",
+        1,
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "port": 80 }],
+            "hostnames": ["ignored.example.com"],
+            "rules": [
+                {
+                    "matches": [
+                        { "path": { "type": "Exact", "value": "/api" },
+                          "headers": [{ "type": "RegularExpression", "name": "x-user", "value": "^a.*" }],
+                          "queryParams": [{ "name": "debug", "value": "1" }],
+                          "method": "POST" },
+                        { "headers": [{ "name": "x-canary", "value": "yes" }] }
+                    ],
+                    "filters": [
+                        { "type": "RequestHeaderModifier", "requestHeaderModifier": {
+                            "set": [{ "name": "x-route", "value": "split" }],
+                            "add": [{ "name": "x-via", "value": "waypoint" }],
+                            "remove": ["x-debug"] } },
+                        { "type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                            "set": [{ "name": "x-served-by", "value": "web" }] } },
+                        { "type": "URLRewrite", "urlRewrite": { "path": { "type": "ReplaceFullPath", "replaceFullPath": "/" } } }
+                    ],
+                    "backendRefs": [
+                        { "name": "web-v1", "port": 8080, "weight": 90 },
+                        { "name": "web-v2", "port": 8080 },
+                        { "name": "web-v3", "port": 8080, "weight": 5 },
+                        { "group": "example.com", "kind": "Bucket", "name": "web-v1" },
+                        { "name": "web-v1", "namespace": "other", "port": 8080 }
+                    ],
+                    "timeouts": { "request": "10s", "backendRequest": "1m500ms" }
+                },
+                { "backendRefs": [{ "name": "web-gone", "port": 8080 }], "timeouts": { "request": "soon" } }
+            ]
+        }),
+    );
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[],
+        &backends(),
+        &[],
+        &[],
+        &[],
+        std::slice::from_ref(&route),
+    );
+    let routes = service_routes(&snapshot, KEY);
+    assert_eq!(routes.service, KEY, "named like the Service's Address resource");
+    let [route] = &routes.routes[..] else { panic!("one route: {routes:?}") };
+    assert_eq!((route.name.as_str(), route.ports.as_slice()), ("mesh/split", &[80][..]));
+    let [split, gone] = &route.rules[..] else { panic!("two rules: {route:?}") };
+    let value = |name: &str, value: &str, regex: bool| routes::ValueMatch {
+        name: name.into(),
+        value: value.into(),
+        regex,
+    };
+    let path = |kind: routes::path_match::Kind, value: &str| {
+        Some(routes::PathMatch { kind: kind.into(), value: value.into() })
+    };
+    assert_eq!(
+        split.matches,
+        [
+            routes::Match {
+                path: path(routes::path_match::Kind::Exact, "/api"),
+                headers: vec![value("x-user", "^a.*", true)],
+                query_params: vec![value("debug", "1", false)],
+                method: "POST".into(),
+            },
+            routes::Match {
+                path: path(routes::path_match::Kind::Prefix, "/"),
+                headers: vec![value("x-canary", "yes", false)],
+                ..Default::default()
+            },
+        ]
+    );
+    let header = |name: &str, value: &str| routes::Header { name: name.into(), value: value.into() };
+    assert_eq!(
+        split.request_headers,
+        Some(routes::HeaderModifier {
+            set: vec![header("x-route", "split")],
+            add: vec![header("x-via", "waypoint")],
+            remove: vec!["x-debug".into()],
+        })
+    );
+    assert_eq!(split.response_headers.as_ref().unwrap().set, [header("x-served-by", "web")]);
+    let backend = |name: &str, weight: u32| routes::Backend {
+        service: format!("mesh/{name}.mesh.svc.cluster.local"),
+        port: 8080,
+        weight,
+    };
+    assert_eq!(split.backends, [backend("web-v1", 90), backend("web-v2", 1)], "invalid backends dropped");
+    assert_eq!((split.request_timeout_ms, split.backend_timeout_ms), (10_000, 60_500));
+    assert!(gone.backends.is_empty(), "a rule left without backends stays: it answers 500");
+    assert_eq!(gone.request_timeout_ms, 0);
+    let [status] = &snapshot.http_routes[..] else { panic!("one status") };
+    assert_eq!(status.services, [KEY]);
+    let notes = status.notes.join("\n");
+    for expected in ["URLRewrite", "web-v3 not found", "Bucket", "other/web-v1", "web-gone", "\"soon\""] {
+        assert!(notes.contains(expected), "{expected} in {notes}");
+    }
+    assert_eq!(status.notes.len(), 6, "{notes}");
+    assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
+}
+
+#[test]
+fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_are_not_applied() {
+    let to_web = |ports: serde_json::Value| {
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "sectionName": ports }],
+            "rules": [{ "backendRefs": [{ "name": "web-v1", "port": 8080 }] }],
+        })
+    };
+    let routes = [
+        http_route(
+            "newest",
+            3,
+            serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }] }),
+        ),
+        http_route("b-old", 1, to_web("http".into())),
+        http_route("a-newer", 2, to_web(serde_json::Value::Null)),
+        http_route("c-old", 1, to_web(serde_json::Value::Null)),
+        http_route("for-ingress", 0, serde_json::json!({ "parentRefs": [{ "name": "ingress" }] })),
+        http_route(
+            "consumer",
+            0,
+            serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "namespace": "other" }] }),
+        ),
+        http_route(
+            "no-such-port",
+            0,
+            serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "port": 81 }] }),
+        ),
+    ];
+    let mut services = backends();
+    services.push(service("web", "other", "10.96.1.10", vec![port(80, None)]));
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes);
+    let names: Vec<(String, Vec<u32>)> =
+        service_routes(&snapshot, KEY).routes.into_iter().map(|route| (route.name, route.ports)).collect();
+    let expected =
+        [("mesh/b-old", vec![80]), ("mesh/c-old", vec![]), ("mesh/a-newer", vec![]), ("mesh/newest", vec![])];
+    assert_eq!(names, expected.map(|(name, ports)| (name.to_owned(), ports)));
+    assert_eq!(snapshot.routes.len(), 1, "{:?}", snapshot.routes.keys());
+    let status = |name: &str| snapshot.http_routes.iter().find(|status| status.name == name);
+    assert!(status("for-ingress").is_none(), "a Gateway's route is none of the mesh's business");
+    let consumer = status("consumer").unwrap();
+    assert!(consumer.services.is_empty() && consumer.notes[0].contains("another namespace"), "{consumer:?}");
+    assert!(status("no-such-port").unwrap().notes[0].contains("no port 81"));
+}
+
+#[test]
+fn a_route_to_a_service_without_a_waypoint_is_compiled_and_noted() {
+    let route = http_route(
+        "r",
+        1,
+        serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web-v1" }] }),
+    );
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[route]);
+    assert!(snapshot.routes.contains_key("mesh/web-v1.mesh.svc.cluster.local"));
+    assert!(snapshot.http_routes[0].notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.http_routes);
+}
+
+#[test]
+fn a_rule_with_an_invalid_regular_expression_is_left_out_and_noted_and_the_others_kept() {
+    let route = http_route(
+        "r",
+        1,
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
+            "rules": [
+                { "matches": [{ "path": { "type": "RegularExpression", "value": "/v[" } }],
+                  "backendRefs": [{ "name": "web-v2", "port": 8080 }] },
+                { "matches": [{ "headers": [{ "type": "RegularExpression", "name": "x", "value": "a)|(b" }] }],
+                  "backendRefs": [{ "name": "web-v2", "port": 8080 }] },
+                { "backendRefs": [{ "name": "web-v1", "port": 8080 }] },
+            ],
+        }),
+    );
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[route]);
+    let routes = service_routes(&snapshot, "mesh/web.mesh.svc.cluster.local");
+    assert_eq!(routes.routes[0].rules.len(), 1, "only the valid rule: {routes:?}");
+    assert_eq!(routes.routes[0].rules[0].backends[0].service, "mesh/web-v1.mesh.svc.cluster.local");
+    let notes = &snapshot.http_routes[0].notes;
+    assert!(notes[0].contains("rules[0]") && notes[0].contains("/v["), "{notes:?}");
+    assert!(notes[1].contains("rules[1]") && notes[1].contains("a)|(b"), "{notes:?}");
+}

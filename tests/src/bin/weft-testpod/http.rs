@@ -1,0 +1,149 @@
+//! Plain HTTP/1.1 for the waypoint's tests: `http-echo` answers every request with who answered
+//! and what it saw; `http-get` sends requests over one kept-alive connection and tallies the
+//! answers. Hand-written on purpose: a test app with nothing between it and the wire.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+
+/// Serves on every address of the pod; each response's body is `name=<name> method=<method>
+/// path=<path>` and then a `header <name>=<value>` line per request header. Prints `ready`.
+pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            let _ = serve(stream, &name);
+        });
+    }
+    Ok(())
+}
+
+/// One request head: method, target, headers (names lowercased).
+struct Head {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+}
+
+fn read_head(reader: &mut impl BufRead) -> anyhow::Result<Option<Head>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else { bail!("request line {line:?}") };
+    let (method, target) = (method.to_owned(), target.to_owned());
+    Ok(Some(Head { method, target, headers: read_headers(reader)? }))
+}
+
+/// Header lines up to the blank line, names lowercased.
+fn read_headers(reader: &mut impl BufRead) -> anyhow::Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            return Ok(headers);
+        }
+        let (name, value) = line.split_once(':').context("header without a colon")?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+}
+
+fn content_length(headers: &[(String, String)]) -> usize {
+    headers
+        .iter()
+        .find(|(name, _)| name == "content-length")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn serve(stream: TcpStream, name: &str) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    while let Some(head) = read_head(&mut reader)? {
+        let mut body = vec![0; content_length(&head.headers)];
+        reader.read_exact(&mut body)?;
+        let mut answer = format!("name={name} method={} path={}\n", head.method, head.target);
+        for (header, value) in &head.headers {
+            answer.push_str(&format!("header {header}={value}\n"));
+        }
+        let close = head.headers.iter().any(|(name, value)| name == "connection" && value == "close");
+        // One write: head and body in separate segments would wait on Nagle and a delayed ACK.
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{answer}",
+            answer.len()
+        );
+        writer.write_all(response.as_bytes())?;
+        if close {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// `count` GETs of `path` at `to` over one connection (a new one when the server closes it),
+/// with `headers` (`name:value`). Prints each distinct answer's count as
+/// `<count> status=<status> <first body line>`, then the first whole response body as
+/// `body:` lines. Exits 1 if the connection fails.
+pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyhow::Result<()> {
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_body = None;
+    let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    for _ in 0..count {
+        let (writer, reader) = match &mut connection {
+            Some(open) => open,
+            None => {
+                let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                    .with_context(|| format!("connecting to {to}"))?;
+                stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+                stream.set_nodelay(true)?;
+                let reader = BufReader::new(stream.try_clone()?);
+                connection.insert((stream, reader))
+            }
+        };
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: {to}\r\n");
+        for header in headers {
+            request.push_str(&format!("{header}\r\n"));
+        }
+        request.push_str("\r\n");
+        writer.write_all(request.as_bytes())?;
+        let mut status_line = String::new();
+        if reader.read_line(&mut status_line)? == 0 {
+            bail!("the connection closed before an answer");
+        }
+        let status = status_line.split_whitespace().nth(1).unwrap_or("?").to_owned();
+        let response_headers = read_headers(reader)?;
+        let mut body = vec![0; content_length(&response_headers)];
+        reader.read_exact(&mut body)?;
+        let body = String::from_utf8_lossy(&body).into_owned();
+        *tally.entry(format!("status={status} {}", body.lines().next().unwrap_or(""))).or_default() += 1;
+        if first_body.is_none() {
+            let mut shown = body.clone();
+            for (name, value) in &response_headers {
+                shown.push_str(&format!("response-header {name}={value}\n"));
+            }
+            first_body = Some(shown);
+        }
+        if response_headers.iter().any(|(name, value)| name == "connection" && value == "close") {
+            connection = None;
+        }
+    }
+    for (answer, count) in tally {
+        println!("{count} {answer}");
+    }
+    for line in first_body.unwrap_or_default().lines() {
+        println!("body: {line}");
+    }
+    Ok(())
+}

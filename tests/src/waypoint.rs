@@ -1,0 +1,120 @@
+//! A waypoint as an operator deploys it, in the harness: the Gateway (class `weft-waypoint`),
+//! its ServiceAccount and Service (HBONE, 15008), and one pod of it running `weft-waypoint`
+//! with a token bound to that pod, outside capture (`weft.dev/dataplane-mode: none`), taking
+//! its certificate and configuration from the control plane.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::ServicePort;
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
+};
+
+use crate::{
+    apps,
+    cluster::Cluster,
+    control::{AUDIENCE, ControlPlane, request_token_for},
+    kubelet::PodTemplate,
+    process::Process,
+    topology::Pod,
+};
+
+/// The label a Gateway's pods carry.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running waypoint.
+#[derive(Debug)]
+pub struct Waypoint {
+    process: Process,
+    pod: Pod,
+    _dir: tempfile::TempDir,
+}
+
+/// The Gateway API's `Gateway` objects of `namespace`.
+pub fn gateways(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "Gateway");
+    Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "gateways"))
+}
+
+/// The Gateway API's `HTTPRoute` objects of `namespace`.
+pub fn http_routes(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
+}
+
+impl Waypoint {
+    /// Deploys waypoint `name` in `namespace` with its pod on node `node`, and returns once the
+    /// waypoint is ready (its configuration arrived). The Gateway API CRDs must be installed.
+    pub async fn start(
+        cluster: &mut Cluster,
+        plane: &ControlPlane,
+        namespace: &str,
+        name: &str,
+        node: usize,
+    ) -> anyhow::Result<Self> {
+        let client = cluster.client();
+        let gateway = serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "Gateway",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "gatewayClassName": "weft-waypoint",
+                "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }],
+            },
+        });
+        gateways(client.clone(), namespace)
+            .create(&PostParams::default(), &serde_json::from_value(gateway)?)
+            .await
+            .context("creating the Gateway")?;
+        cluster.kubelet().ensure_service_account(namespace, name).await?;
+        let port = ServicePort { name: Some("mesh".into()), port: 15008, ..Default::default() };
+        cluster.create_service(namespace, name, &[(GATEWAY_NAME_LABEL, name)], port).await?;
+        let pod_name = format!("{name}-0");
+        let template = PodTemplate::new(namespace, &pod_name)
+            .service_account(name)
+            .label(GATEWAY_NAME_LABEL, name)
+            .label("weft.dev/dataplane-mode", "none");
+        let pod = cluster.add_pod(node, &template).await?;
+        let dir = tempfile::Builder::new().prefix("weft-waypoint-").tempdir()?;
+        let token = request_token_for(client, (namespace, name), &pod_name, Some(&pod.uid), AUDIENCE).await?;
+        let token_file: PathBuf = dir.path().join("token");
+        std::fs::write(&token_file, token)?;
+        let mut command = std::process::Command::new(apps::binary("weft-waypoint")?);
+        command
+            .args(["--gateway-name", name, "--pod-namespace", namespace, "--service-account", name])
+            .args(["--pod-name", &pod_name, "--instance-ip", &pod.ipv4.to_string()])
+            .args(["--xds-address", &plane.address(), "--ca-address", &plane.address()])
+            .arg("--ca-root-file")
+            .arg(plane.root_file())
+            .arg("--token-file")
+            .arg(&token_file)
+            .env("RUST_LOG", "info,weft_waypoint=debug");
+        let output = crate::process::merged_output(&mut command)?;
+        let mut process = pod.spawn(command)?;
+        process.read_lines_from(output);
+        let mut waypoint = Self { process, pod, _dir: dir };
+        waypoint.wait_until_ready().with_context(|| format!("waypoint {namespace}/{name}"))?;
+        Ok(waypoint)
+    }
+
+    fn wait_until_ready(&mut self) -> anyhow::Result<()> {
+        let netns = self.pod.netns.clone();
+        tokio::task::block_in_place(|| {
+            crate::until("the waypoint to be ready", READY_TIMEOUT, || {
+                apps::http_get(&netns, 15021, "/healthz/ready")
+                    .is_ok_and(|answer| answer.starts_with("HTTP/1.1 200"))
+            })
+        })
+    }
+
+    /// The waypoint's log.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    pub fn pod(&self) -> &Pod {
+        &self.pod
+    }
+}

@@ -1,0 +1,270 @@
+//! The waypoint end to end: a namespace labelled `weft.dev/use-waypoint` sends every request for
+//! its Services through the waypoint (the Gateway of class `weft-waypoint`, its pod running
+//! `weft-waypoint` outside capture), which applies the HTTPRoutes attached to a Service (GAMMA)
+//! and tunnels each request on to the chosen endpoint over HBONE. Nothing crosses the fabric in
+//! plaintext on the way.
+#![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::core::v1::{Pod as PodObject, ServicePort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{Api, api::PostParams};
+use weft_tests::{
+    apps, canary,
+    cluster::Cluster,
+    control::{self, ControlPlane},
+    kubelet::PodTemplate,
+    mesh::{self, Mesh},
+    process::Process,
+    topology::Pod,
+    waypoint::{Waypoint, http_routes},
+    wire::WireMonitor,
+};
+
+const ECHO_PORT: u16 = 8080;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Creates Service `name` in `shop` on port 80 → 8080, selecting pods with `selector`, and
+/// returns its virtual IP.
+async fn create_service(cluster: &Cluster, name: &str, selector: &[(&str, &str)]) -> IpAddr {
+    let port =
+        ServicePort { port: 80, target_port: Some(IntOrString::Int(ECHO_PORT.into())), ..Default::default() };
+    cluster.create_service("shop", name, selector, port).await.unwrap()
+}
+
+/// How many of `tally`'s answers (as `apps::http_requests` prints them) came from `name` with
+/// status 200.
+fn answered_by(tally: &str, name: &str) -> usize {
+    tally
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(_, answer)| answer.starts_with(&format!("status=200 name={name} ")))
+        .map(|(count, _)| count.parse::<usize>().unwrap())
+        .sum()
+}
+
+/// Namespace `shop` behind waypoint `waypoint` (its pod on node 0): a client pod on node 0,
+/// HTTP echo servers `v1` and `v2` on node 1 behind Services `echo` (both), `echo-v1` and
+/// `echo-v2`, the control plane and the mesh; returns once every proxy knows what the requests
+/// below need.
+struct Scene {
+    cluster: Cluster,
+    plane: ControlPlane,
+    waypoint: Waypoint,
+    mesh: Mesh,
+    client: Pod,
+    v1: Pod,
+    _servers: (Process, Process),
+    /// Service `echo`'s VIP and port.
+    to_echo: SocketAddr,
+}
+
+impl Scene {
+    async fn start() -> Self {
+        let mut cluster = Cluster::start(2).await.unwrap();
+        control::install_gateway_api_crds(cluster.client()).await.unwrap();
+        let labels = [("weft.dev/dataplane-mode", "ambient"), ("weft.dev/use-waypoint", "waypoint")];
+        cluster.kubelet().ensure_namespace("shop", &labels).await.unwrap();
+        let client =
+            cluster.add_pod(0, &PodTemplate::new("shop", "client").service_account("client")).await.unwrap();
+        let echo = |version: &str| {
+            PodTemplate::new("shop", &format!("echo-{version}"))
+                .service_account("echo")
+                .label("app", "echo")
+                .label("version", version)
+        };
+        let v1 = cluster.add_pod(1, &echo("v1")).await.unwrap();
+        let v2 = cluster.add_pod(1, &echo("v2")).await.unwrap();
+        let servers =
+            (apps::http_echo(&v1, ECHO_PORT, "v1").unwrap(), apps::http_echo(&v2, ECHO_PORT, "v2").unwrap());
+        let vip = create_service(&cluster, "echo", &[("app", "echo")]).await;
+        create_service(&cluster, "echo-v1", &[("version", "v1")]).await;
+        create_service(&cluster, "echo-v2", &[("version", "v2")]).await;
+        let plane = ControlPlane::start(&cluster).await.unwrap();
+        let waypoint = Waypoint::start(&mut cluster, &plane, "shop", "waypoint", 0).await.unwrap();
+        let mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
+        tokio::task::block_in_place(|| {
+            let client_node = &cluster.topology().nodes()[0].netns;
+            mesh::wait_for_endpoints(client_node, "shop/waypoint.shop.svc.cluster.local", 1, WAIT).unwrap();
+            for version in ["echo-v1", "echo-v2"] {
+                let service = format!("shop/{version}.shop.svc.cluster.local");
+                mesh::wait_for_endpoints(&waypoint.pod().netns, &service, 1, WAIT).unwrap();
+            }
+            mesh::wait_for_endpoints(&waypoint.pod().netns, "shop/echo.shop.svc.cluster.local", 2, WAIT)
+                .unwrap();
+        });
+        Self {
+            cluster,
+            plane,
+            waypoint,
+            mesh,
+            client,
+            v1,
+            _servers: servers,
+            to_echo: SocketAddr::new(vip, 80),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_services_http_routes_are_applied_by_its_waypoint() {
+    let mut scene = Scene::start().await;
+    let (client, to_echo) = (scene.client.clone(), scene.to_echo);
+
+    // Without routes the waypoint sends each request to the Service itself.
+    let canary = canary();
+    let monitor = WireMonitor::start(scene.cluster.topology().fabric(), &canary).unwrap();
+    tokio::task::block_in_place(|| {
+        let tally = apps::http_requests(&client, to_echo, &format!("/{canary}"), &[], 20).unwrap();
+        assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 20, "{tally}");
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains(" request") && line.contains(&canary), WAIT)
+            .unwrap();
+        assert!(
+            line.contains("status=200") && line.contains("spiffe://cluster.local/ns/shop/sa/client"),
+            "{line}"
+        );
+    });
+
+    // An HTTPRoute attached to the Service: by path, by header (with a header set), and a 90/10
+    // split for the rest.
+    let route = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": "echo", "namespace": "shop" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
+            "rules": [
+                { "matches": [{ "path": { "type": "PathPrefix", "value": "/v2" } }],
+                  "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+                { "matches": [{ "headers": [{ "name": "x-canary", "value": "yes" }] }],
+                  "filters": [{ "type": "RequestHeaderModifier",
+                                "requestHeaderModifier": { "set": [{ "name": "x-routed", "value": "canary" }] } }],
+                  "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+                { "backendRefs": [{ "name": "echo-v1", "port": 80, "weight": 90 },
+                                  { "name": "echo-v2", "port": 80, "weight": 10 }] },
+            ],
+        },
+    });
+    http_routes(scene.cluster.client(), "shop")
+        .create(&PostParams::default(), &serde_json::from_value(route).unwrap())
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the route to reach the waypoint", WAIT, || {
+            let tally = apps::http_requests(&client, to_echo, "/v2/check", &[], 5).unwrap();
+            answered_by(&tally, "v2") == 5
+        })
+        .unwrap();
+        let by_path = apps::http_requests(&client, to_echo, &format!("/v2/{canary}"), &[], 50).unwrap();
+        assert_eq!(answered_by(&by_path, "v2"), 50, "a path prefix picks its rule: {by_path}");
+        let not_a_segment = apps::http_requests(&client, to_echo, "/v2x", &[], 50).unwrap();
+        assert_eq!(
+            answered_by(&not_a_segment, "v2") + answered_by(&not_a_segment, "v1"),
+            50,
+            "{not_a_segment}"
+        );
+        assert!(answered_by(&not_a_segment, "v1") > 30, "/v2x is no path under /v2: {not_a_segment}");
+        let by_header = apps::http_requests(&client, to_echo, "/", &["x-canary: yes"], 20).unwrap();
+        assert_eq!(answered_by(&by_header, "v2"), 20, "a header picks its rule: {by_header}");
+        assert!(by_header.contains("body: header x-routed=canary"), "the rule's header set: {by_header}");
+
+        let requests = 10_000;
+        let split = apps::http_requests(&client, to_echo, "/", &[], requests).unwrap();
+        let (to_v1, to_v2) = (answered_by(&split, "v1"), answered_by(&split, "v2"));
+        assert_eq!(to_v1 + to_v2, requests, "{split}");
+        let share = to_v1 as f64 / requests as f64;
+        println!(
+            "90/10 split over {requests} requests: {to_v1} to v1 ({:.2} %), {to_v2} to v2",
+            share * 100.0
+        );
+        assert!((0.87..=0.93).contains(&share), "v1's share {share} is not 90 % ± 3 %");
+
+        let routed =
+            scene.waypoint.process().wait_for(|line| line.contains("route=shop/echo"), WAIT).unwrap();
+        assert!(routed.contains("backend=shop/echo-v"), "{routed}");
+        monitor.settle(WAIT).unwrap();
+        assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric on the waypoint's path");
+    });
+}
+
+/// Plays a client's node proxy that ignores waypoints: with a certificate for `shop/<account>`
+/// from the mesh CA (asked with node 0's proxy token, as that node's proxy may), it opens HBONE
+/// straight to `target` from node 0, expecting `target`'s pod to prove `shop/echo`. Returns the
+/// CONNECT's status.
+async fn connect_around_the_waypoint(scene: &Scene, account: &str, target: SocketAddr) -> u16 {
+    use weft_proxy::{
+        control::ProxyMeta,
+        hbone::client::{Connection, Error, Origin},
+        identity::{Expected, Identity, ca::GrpcCa, manager::Manager},
+        tls,
+    };
+    let client = scene.cluster.client();
+    let proxy_pod =
+        Api::<PodObject>::namespaced(client.clone(), control::NAMESPACE).get("ztunnel-node0").await.unwrap();
+    let account_of_proxies = (control::NAMESPACE, control::PROXY_SERVICE_ACCOUNT);
+    let token = control::request_token_for(
+        client,
+        account_of_proxies,
+        "ztunnel-node0",
+        proxy_pod.metadata.uid.as_deref(),
+        control::AUDIENCE,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let (address, root_file) = (scene.plane.address(), scene.plane.root_file().to_owned());
+    let identity = Identity::new("cluster.local", "shop", account);
+    let node0 = scene.cluster.topology().nodes()[0].netns.clone();
+    let connected = node0.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let ca = GrpcCa::new(&address, &root_file, &token_file, &ProxyMeta::default()).unwrap();
+            let cert = Manager::new(Arc::new(ca), Duration::from_secs(3600)).fetch(&identity).await.unwrap();
+            let expected = Expected::from(Identity::new("cluster.local", "shop", "echo"));
+            let config = tls::client_config(&cert, &expected).unwrap();
+            let tcp = tokio::net::TcpStream::connect((target.ip(), 15008)).await.unwrap();
+            let connection = Connection::handshake(tcp, config).await.unwrap();
+            let origin = Origin::from_address(SocketAddr::new(target.ip(), 0));
+            match connection.open(target, &origin, &Origin::traceparent()).await {
+                Ok(_) => 200,
+                Err(Error::Refused { status, .. }) => status.as_u16(),
+                Err(error) => panic!("CONNECT to {target}: {error}"),
+            }
+        })
+    });
+    connected.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_proxy_that_skips_the_waypoint_is_refused_by_the_destination() {
+    let mut scene = Scene::start().await;
+    let to_v1 = SocketAddr::new(scene.v1.ipv4.into(), ECHO_PORT);
+    // The client's identity, straight to the pod behind the waypoint: refused, and logged.
+    assert_eq!(connect_around_the_waypoint(&scene, "client", to_v1).await, 401);
+    tokio::task::block_in_place(|| {
+        let denied =
+            scene.mesh.ztunnel(1).wait_for(|line| line.contains("inbound HBONE denied"), WAIT).unwrap();
+        assert!(denied.contains("behind waypoint shop/waypoint.shop.svc.cluster.local"), "{denied}");
+    });
+    // The waypoint's identity, the same way: admitted. Only the identity made the difference.
+    assert_eq!(connect_around_the_waypoint(&scene, "waypoint", to_v1).await, 200);
+    // And through the mesh, the client still reaches the pod: by way of the waypoint.
+    tokio::task::block_in_place(|| {
+        let tally = apps::http_requests(&scene.client, to_v1, "/direct", &[], 3).unwrap();
+        assert_eq!(answered_by(&tally, "v1"), 3, "{tally}");
+        let line = scene.waypoint.process().wait_for(|line| line.contains("path=/direct"), WAIT).unwrap();
+        assert!(line.contains("status=200"), "{line}");
+    });
+}

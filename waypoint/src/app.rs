@@ -1,0 +1,182 @@
+//! The waypoint process: its certificate from the CA (its own identity, asked with its own
+//! token), the index and routes from xDS, HBONE accepted on 15008, readiness on 15021 and the
+//! config dump on the pod's loopback 15000.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::task::JoinSet;
+use weft_proxy::{
+    control::ProxyMeta,
+    identity::{Identity, ca::GrpcCa, manager::Manager},
+    state::{State, Waypoint, WaypointAddress},
+    tls::CurrentAcceptor,
+};
+
+use crate::{inbound::Inbound, route_table::RouteTable};
+
+/// How the waypoint runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub trust_domain: String,
+    /// Its Service (`namespace/hostname`): Services and workloads that name it as their
+    /// waypoint are the only destinations it serves.
+    pub service: String,
+    /// Its own identity: its pod's service account.
+    pub identity: Identity,
+    /// The control plane's CA and xDS, `https://host:port`.
+    pub ca_address: String,
+    pub xds_address: String,
+    pub root_file: PathBuf,
+    pub token_file: PathBuf,
+    pub proxy: ProxyMeta,
+    pub cert_ttl: Duration,
+    /// HBONE (`[::]:15008`).
+    pub listen: SocketAddr,
+    pub admin: weft_api::admin::Addresses,
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct Context {
+    pub trust_domain: String,
+    pub service: String,
+    pub identity: Identity,
+    pub state: Arc<State>,
+    pub routes: Arc<RouteTable>,
+    pub identities: Manager,
+}
+
+impl Context {
+    /// Whether `waypoint`, as a destination names it, is this waypoint.
+    pub fn is_me(&self, waypoint: &Waypoint) -> bool {
+        match &waypoint.address {
+            WaypointAddress::Service(key) => *key == self.service,
+            WaypointAddress::Ip(address) => self
+                .state
+                .service_by_vip(address.ip)
+                .is_some_and(|(service, _)| service.key() == self.service),
+        }
+    }
+}
+
+/// Why the waypoint cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the CA client")]
+    Ca(#[source] weft_proxy::identity::ca::Error),
+    #[error("binding {what} on {addr}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let state = Arc::new(State::on_network(&config.proxy.network));
+    let routes = Arc::new(RouteTable::default());
+    let xds = weft_proxy::xds::Config {
+        address: config.xds_address.clone(),
+        root_file: config.root_file.clone(),
+        token_file: config.token_file.clone(),
+        proxy: config.proxy.clone(),
+        extra: vec![routes.clone()],
+    };
+    let mut tasks = JoinSet::new();
+    tasks.spawn(weft_proxy::xds::run(xds, state.clone()));
+    let ca = GrpcCa::new(&config.ca_address, &config.root_file, &config.token_file, &config.proxy)
+        .map_err(Error::Ca)?
+        .for_own_identity();
+    let context = Arc::new(Context {
+        trust_domain: config.trust_domain.clone(),
+        service: config.service.clone(),
+        identity: config.identity.clone(),
+        state,
+        routes,
+        identities: Manager::new(Arc::new(ca), config.cert_ttl),
+    });
+    let bind = |what, addr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
+    };
+    let listener = bind("HBONE", config.listen).await?;
+    let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
+    use weft_api::admin::Endpoints as Serves;
+    for (what, addr, serves) in [
+        ("readiness", config.admin.readiness, Serves::READY),
+        ("admin", config.admin.admin, Serves::CONFIG_DUMP),
+    ] {
+        tasks.spawn(weft_api::admin::serve(bind(what, addr).await?, source.clone(), serves));
+    }
+    tracing::info!(identity = %context.identity, service = %context.service, listen = %config.listen, "waypoint listening");
+    tokio::select! {
+        () = serve(listener, context) => {}
+        () = shutdown => tracing::info!("stopping"),
+    }
+    tasks.abort_all();
+    Ok(())
+}
+
+/// Accepts HBONE connections, presenting the waypoint's current certificate.
+async fn serve(listener: tokio::net::TcpListener, context: Arc<Context>) {
+    let handler = Arc::new(Inbound::new(context.clone()));
+    let mut current = CurrentAcceptor::default();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = match context.identities.fetch(&context.identity).await {
+                        Ok(cert) => current.presenting(cert).map_err(|error| error.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    let acceptor = match acceptor {
+                        Ok(acceptor) => acceptor,
+                        Err(error) => {
+                            tracing::warn!(identity = %context.identity, %error, "no certificate: HBONE connection refused");
+                            continue;
+                        }
+                    };
+                    let handler = handler.clone();
+                    connections.spawn(async move {
+                        if let Err(error) = weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler).await {
+                            tracing::info!(%peer, %error, "HBONE connection failed");
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "HBONE accept failed");
+                    // Out of descriptors or the like: don't spin on it.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+/// What the admin endpoints show.
+struct Endpoints(Arc<Context>);
+
+impl weft_api::admin::Source for Endpoints {
+    fn metrics(&self) -> String {
+        String::new()
+    }
+
+    /// Ready once the configuration (addresses, policies and routes) has arrived.
+    fn ready(&self) -> bool {
+        self.0.state.is_synced() && self.0.routes.is_synced()
+    }
+
+    fn config_dump(&self) -> String {
+        let context = &self.0;
+        serde_json::json!({
+            "identity": context.identity.to_string(),
+            "service": context.service,
+            "mesh": context.state.dump(),
+            "routes": context.routes.names(),
+        })
+        .to_string()
+    }
+}

@@ -1,0 +1,345 @@
+//! The HTTP inside one HBONE stream: each request gets its route (the Service's HTTPRoutes, or
+//! the Service itself when it has none), a backend Service by weight, one of its healthy
+//! endpoints, and goes there over HBONE with the waypoint's identity, in the HTTP version it
+//! came in. Answers of the waypoint's own, as Envoy gives them: 404 when no route matches, 500
+//! for a rule without a usable backend, 503 when no endpoint can be reached, 504 on a timeout,
+//! 400 for a request hyper cannot parse (that stream only).
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Mutex;
+use weft_proxy::{
+    hbone::{self, Stream, client::Origin},
+    identity::Expected,
+    state::Workload,
+    tls,
+};
+
+use crate::{
+    app::Context,
+    inbound::{Client, Destination},
+    route::Rule,
+};
+
+/// What a response carries back.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long opening a tunnel to an endpoint may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Headers of one hop only (RFC 9110 §7.6.1), never passed on.
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// One client stream's requests, and the upstream connections they opened.
+#[derive(Debug)]
+pub struct Session {
+    context: Arc<Context>,
+    destination: Destination,
+    client: Client,
+    /// Per endpoint address and HTTP version: an HTTP connection over an HBONE stream.
+    upstreams: Mutex<HashMap<(SocketAddr, Version), Upstream>>,
+}
+
+/// An HTTP connection to an endpoint.
+#[derive(Debug)]
+enum Upstream {
+    Http1(hyper::client::conn::http1::SendRequest<Incoming>),
+    Http2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+/// Why a request got an answer of the waypoint's own.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("no route matches")]
+    NoRoute,
+    #[error("the route's rule has no usable backend")]
+    NoBackend,
+    #[error("service {0} has no healthy endpoint for port {1}")]
+    NoEndpoint(String, u16),
+    #[error("{0}")]
+    Upstream(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Failure::NoRoute => StatusCode::NOT_FOUND,
+            Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
+            Failure::NoEndpoint(..) | Failure::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// What a request was routed to.
+#[derive(Debug, Default)]
+struct Routed {
+    route: String,
+    backend: String,
+    endpoint: Option<SocketAddr>,
+}
+
+impl Session {
+    pub fn new(context: Arc<Context>, destination: Destination, client: Client) -> Self {
+        Self { context, destination, client, upstreams: Mutex::default() }
+    }
+
+    /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends.
+    pub async fn serve(self, stream: Stream) -> std::io::Result<()> {
+        let session = Arc::new(self);
+        let service = hyper::service::service_fn(move |request| {
+            let session = session.clone();
+            async move { Ok::<_, Infallible>(session.handle(request).await) }
+        });
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await
+            .map_err(std::io::Error::other)
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let mut routed = Routed::default();
+        let answer = self.route(request, &mut routed).await;
+        let response = answer.unwrap_or_else(|failure| {
+            tracing::debug!(%failure, "answered by the waypoint");
+            own_answer(failure.status(), &failure.to_string())
+        });
+        tracing::info!(
+            src = %self.client.identity,
+            client = %self.client.address,
+            %method,
+            %path,
+            route = %routed.route,
+            backend = %routed.backend,
+            endpoint = ?routed.endpoint,
+            status = response.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        response
+    }
+
+    /// Routes `request` and forwards it; what it was routed to goes into `routed`.
+    async fn route(
+        &self,
+        mut request: Request<Incoming>,
+        routed: &mut Routed,
+    ) -> Result<Response<Body>, Failure> {
+        let (service, port) = match &self.destination {
+            Destination::Workload(workload, port) => {
+                let target = SocketAddr::new(
+                    address_of(workload, &self.client.address)
+                        .ok_or(Failure::NoEndpoint(workload.uid.clone(), *port))?,
+                    *port,
+                );
+                routed.backend = workload.uid.clone();
+                routed.endpoint = Some(target);
+                strip_hop_by_hop(request.headers_mut());
+                return self.forward(workload, target, request, None).await;
+            }
+            Destination::Service(service, port) => (service.clone(), *port),
+        };
+        let routes = self.context.routes.get(&service.key());
+        let selected = match &routes {
+            Some(routes) => {
+                let selected = routes
+                    .select(port, request.method(), request.uri(), request.headers())
+                    .ok_or(Failure::NoRoute)?;
+                routed.route = selected.route.to_owned();
+                Some(selected.rule)
+            }
+            None => None,
+        };
+        let (backend, backend_port) = match selected {
+            Some(rule) => {
+                rule.request_headers().apply(request.headers_mut());
+                let backend = rule.pick_backend_randomly().ok_or(Failure::NoBackend)?;
+                (backend.service.clone(), backend.port)
+            }
+            None => (service.key(), port),
+        };
+        routed.backend = format!("{backend}:{backend_port}");
+        let (workload, target) = self.endpoint(&backend, backend_port)?;
+        routed.endpoint = Some(target);
+        strip_hop_by_hop(request.headers_mut());
+        let forwarded = self.forward(&workload, target, request, selected);
+        let mut response = match selected.and_then(Rule::request_timeout) {
+            Some(limit) => tokio::time::timeout(limit, forwarded).await.map_err(|_| Failure::Timeout)??,
+            None => forwarded.await?,
+        };
+        if let Some(rule) = selected {
+            rule.response_headers().apply(response.headers_mut());
+        }
+        Ok(response)
+    }
+
+    /// One healthy endpoint of Service `key` serving `port`, chosen at random, and its address.
+    fn endpoint(&self, key: &str, port: u16) -> Result<(Arc<Workload>, SocketAddr), Failure> {
+        let no_endpoint = || Failure::NoEndpoint(key.to_owned(), port);
+        let (service, endpoints) = self.context.state.service_by_key(key).ok_or_else(no_endpoint)?;
+        let serving: Vec<(Arc<Workload>, u16)> = endpoints
+            .into_iter()
+            .filter(|workload| workload.healthy || service.allow_unhealthy)
+            .filter_map(|workload| {
+                let mapping = workload.services.get(key)?.iter().find(|m| m.service_port == port)?;
+                let target_port = mapping.target_port;
+                Some((workload, target_port))
+            })
+            .collect();
+        if serving.is_empty() {
+            return Err(no_endpoint());
+        }
+        let (workload, target_port) = serving[fastrand::usize(..serving.len())].clone();
+        let ip = address_of(&workload, &self.client.address).ok_or_else(no_endpoint)?;
+        Ok((workload, SocketAddr::new(ip, target_port)))
+    }
+
+    /// Sends `request` to `workload` at `target` (within the rule's backend timeout).
+    async fn forward(
+        &self,
+        workload: &Workload,
+        target: SocketAddr,
+        request: Request<Incoming>,
+        rule: Option<&Rule>,
+    ) -> Result<Response<Body>, Failure> {
+        let attempt = async {
+            let version = request.version();
+            let mut upstream = self.upstream(workload, target, version).await?;
+            let response = match &mut upstream {
+                Upstream::Http1(sender) => sender.send_request(request).await,
+                Upstream::Http2(sender) => sender.send_request(request).await,
+            };
+            // An HTTP/1.1 connection serves one request at a time: back for the next.
+            if !upstream.is_closed() {
+                self.upstreams.lock().await.insert((target, version), upstream);
+            }
+            response.map_err(|error| Failure::Upstream(format!("{target}: {error}")))
+        };
+        let response = match rule.and_then(Rule::backend_timeout) {
+            Some(limit) => tokio::time::timeout(limit, attempt).await.map_err(|_| Failure::Timeout)??,
+            None => attempt.await?,
+        };
+        Ok(response.map(BodyExt::boxed))
+    }
+
+    /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream.
+    async fn upstream(
+        &self,
+        workload: &Workload,
+        target: SocketAddr,
+        version: Version,
+    ) -> Result<Upstream, Failure> {
+        let mut upstreams = self.upstreams.lock().await;
+        match upstreams.remove(&(target, version)) {
+            Some(Upstream::Http2(sender)) if !sender.is_closed() => {
+                // HTTP/2 multiplexes: it stays for others meanwhile.
+                upstreams.insert((target, version), Upstream::Http2(sender.clone()));
+                return Ok(Upstream::Http2(sender));
+            }
+            Some(Upstream::Http1(sender)) if sender.is_ready() => return Ok(Upstream::Http1(sender)),
+            _ => {}
+        }
+        drop(upstreams);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target))
+            .await
+            .map_err(|_| Failure::Upstream(format!("{target}: connect timed out")))??;
+        let io = TokioIo::new(stream);
+        let failed = |error: hyper::Error| Failure::Upstream(format!("{target}: {error}"));
+        if version == Version::HTTP_2 {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(failed)?;
+            tokio::spawn(connection);
+            Ok(Upstream::Http2(sender))
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(failed)?;
+            tokio::spawn(connection);
+            Ok(Upstream::Http1(sender))
+        }
+    }
+
+    /// An HBONE stream to `target`, from the waypoint's identity to the endpoint's.
+    async fn tunnel(&self, workload: &Workload, target: SocketAddr) -> Result<Stream, Failure> {
+        let context = &self.context;
+        let cert = context
+            .identities
+            .fetch(&context.identity)
+            .await
+            .map_err(|error| Failure::Upstream(format!("no certificate: {error}")))?;
+        let expected = Expected::from(workload.identity(&context.trust_domain));
+        let config =
+            tls::client_config(&cert, &expected).map_err(|error| Failure::Upstream(error.to_string()))?;
+        let peer = SocketAddr::new(target.ip(), hbone::PORT);
+        let tcp = tokio::net::TcpStream::connect(peer)
+            .await
+            .map_err(|error| Failure::Upstream(format!("{peer}: {error}")))?;
+        let _ = tcp.set_nodelay(true);
+        let connection = hbone::client::Connection::handshake(tcp, config)
+            .await
+            .map_err(|error| Failure::Upstream(error.to_string()))?;
+        let service_host = match &self.destination {
+            Destination::Service(service, _) => Some(service.hostname.clone()),
+            Destination::Workload(..) => None,
+        };
+        let origin = Origin { source: self.client.address, service_host, baggage: String::new() };
+        connection
+            .open(target, &origin, &Origin::traceparent())
+            .await
+            .map_err(|error| Failure::Upstream(error.to_string()))
+    }
+}
+
+impl Upstream {
+    fn is_closed(&self) -> bool {
+        match self {
+            Upstream::Http1(sender) => sender.is_closed(),
+            Upstream::Http2(sender) => sender.is_closed(),
+        }
+    }
+}
+
+/// `workload`'s address of the client's family, else its first.
+fn address_of(workload: &Workload, client: &SocketAddr) -> Option<std::net::IpAddr> {
+    let v4 = client.ip().to_canonical().is_ipv4();
+    workload.addresses.iter().find(|ip| ip.is_ipv4() == v4).or(workload.addresses.first()).copied()
+}
+
+/// Removes the headers of one hop, and those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(',').map(|name| name.trim().to_ascii_lowercase()))
+        .collect();
+    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+        // `te: trailers` is end-to-end for gRPC over HTTP/2.
+        if name == "te" && headers.get(header::TE).is_some_and(|value| value == "trailers") {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
+
+/// A response of the waypoint's own.
+fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never| match never {}).boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+    response
+}
