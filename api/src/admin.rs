@@ -39,6 +39,14 @@ impl Endpoints {
     pub const CONFIG_DUMP: Self = Self { metrics: false, ready: false, config_dump: true };
 }
 
+/// The Prometheus text exposition of `registry`, for [`Source::metrics`].
+pub fn exposition(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
+    text
+}
+
 /// Serves `endpoints` of `source` on `listener` until dropped.
 pub async fn serve(listener: TcpListener, source: Arc<dyn Source>, endpoints: Endpoints) {
     let mut connections = JoinSet::new();

@@ -100,6 +100,15 @@ pub fn http_requests(
     Ok(out)
 }
 
+/// Sends `request` from `pod` to `to` byte for byte (`\r`, `\n` written as escapes) and
+/// returns the whole answer.
+pub fn http_raw(pod: &Pod, to: SocketAddr, request: &str) -> anyhow::Result<String> {
+    let command = testpod(&["http-raw", "--to", &to.to_string(), "--request", request])?;
+    let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
+    anyhow::ensure!(ok, "http-raw from {} to {to} failed: {out}", pod.name);
+    Ok(out)
+}
+
 /// What a one-shot client saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sent {

@@ -194,6 +194,20 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
         assert!(routed.contains("backend=shop/echo-v"), "{routed}");
         monitor.settle(WAIT).unwrap();
         assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric on the waypoint's path");
+
+        // Every request counted, by route, source and destination, as Istio's waypoint counts.
+        let scraped = apps::http_get(&scene.waypoint.pod().netns, 15020, "/metrics").unwrap();
+        let counted = |destination: &str| -> usize {
+            let series = format!(
+                "weft_requests_total{{reporter=\"waypoint\",response_code=\"200\",route=\"shop/echo\",source_workload=\"client\",source_workload_namespace=\"shop\",source_principal=\"spiffe://cluster.local/ns/shop/sa/client\",destination_service=\"shop/echo.shop.svc.cluster.local\",destination_workload=\"{destination}\""
+            );
+            let line = scraped
+                .lines()
+                .find(|line| line.starts_with(&series))
+                .unwrap_or_else(|| panic!("no {series} in {scraped}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert!(counted("echo-v1") >= to_v1 && counted("echo-v2") >= to_v2, "{scraped}");
     });
 }
 
@@ -266,5 +280,32 @@ async fn a_client_proxy_that_skips_the_waypoint_is_refused_by_the_destination() 
         assert_eq!(answered_by(&tally, "v1"), 3, "{tally}");
         let line = scene.waypoint.process().wait_for(|line| line.contains("path=/direct"), WAIT).unwrap();
         assert!(line.contains("status=200"), "{line}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_request_gets_400_and_a_smuggled_one_is_never_read_as_a_request() {
+    let mut scene = Scene::start().await;
+    let to_echo = scene.to_echo;
+    tokio::task::block_in_place(|| {
+        let smuggled = "POST / HTTP/1.1\\r\\nhost: echo\\r\\ncontent-length: 4\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\nGET /smuggled HTTP/1.1\\r\\nhost: echo\\r\\n\\r\\n";
+        let garbage = "GET / HTTP/1.1\\r\\nthis is no header\\r\\n\\r\\n";
+        let answer = apps::http_raw(&scene.client, to_echo, garbage).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400"), "a malformed header: {answer:?}");
+        assert!(!answer.contains("name=v"), "a malformed request reached an app: {answer:?}");
+        // Framed both ways: read as chunked (an empty body), the connection closed after it, so
+        // the request hidden in its body is never read as one, by the waypoint or the app.
+        let answer = apps::http_raw(&scene.client, to_echo, smuggled).unwrap();
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one request, one answer: {answer:?}");
+        assert!(answer.contains("method=POST path=/\n"), "{answer:?}");
+        assert!(
+            !answer.contains("content-length=4"),
+            "the app got the framing the waypoint read: {answer:?}"
+        );
+        assert!(!answer.contains("/smuggled"), "{answer:?}");
+        // The waypoint itself is unharmed: the next request is served.
+        let tally = apps::http_requests(&scene.client, to_echo, "/after", &[], 3).unwrap();
+        assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 3, "{tally}");
+        assert!(!scene.waypoint.process().exited(), "the waypoint ran throughout");
     });
 }

@@ -1,6 +1,6 @@
 //! The waypoint process: its certificate from the CA (its own identity, asked with its own
-//! token), the index and routes from xDS, HBONE accepted on 15008, readiness on 15021 and the
-//! config dump on the pod's loopback 15000.
+//! token), the index and routes from xDS, HBONE accepted on 15008, metrics on 15020, readiness
+//! on 15021 and the config dump on the pod's loopback 15000.
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::task::JoinSet;
@@ -43,6 +43,7 @@ pub struct Context {
     pub state: Arc<State>,
     pub routes: Arc<RouteTable>,
     pub identities: Manager,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Context {
@@ -95,6 +96,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         state,
         routes,
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
+        metrics: crate::metrics::Metrics::default(),
     });
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
@@ -103,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let source: Arc<dyn weft_api::admin::Source> = Arc::new(Endpoints(context.clone()));
     use weft_api::admin::Endpoints as Serves;
     for (what, addr, serves) in [
+        ("metrics", config.admin.metrics, Serves::METRICS),
         ("readiness", config.admin.readiness, Serves::READY),
         ("admin", config.admin.admin, Serves::CONFIG_DUMP),
     ] {
@@ -161,7 +164,7 @@ struct Endpoints(Arc<Context>);
 
 impl weft_api::admin::Source for Endpoints {
     fn metrics(&self) -> String {
-        String::new()
+        self.0.metrics.encode()
     }
 
     /// Ready once the configuration (addresses, policies and routes) has arrived.

@@ -3,7 +3,11 @@
 //! endpoints, and goes there over HBONE with the waypoint's identity, in the HTTP version it
 //! came in. Answers of the waypoint's own, as Envoy gives them: 404 when no route matches, 500
 //! for a rule without a usable backend, 503 when no endpoint can be reached, 504 on a timeout,
-//! 400 for a request hyper cannot parse (that stream only).
+//! 400 for a request hyper cannot parse (that stream only). A request framed both ways
+//! (`Content-Length` and `Transfer-Encoding`, request smuggling) is read by its chunked framing
+//! and its connection closed after it, as RFC 9112 §6.3 asks of an intermediary (hyper's
+//! parser): nothing after it on that connection is read as another request, and the request goes
+//! on framed one way only.
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -28,6 +32,7 @@ use weft_proxy::{
 use crate::{
     app::Context,
     inbound::{Client, Destination},
+    metrics::{RequestLabels, UNKNOWN},
     route::Rule,
 };
 
@@ -90,6 +95,8 @@ struct Routed {
     route: String,
     backend: String,
     endpoint: Option<SocketAddr>,
+    /// The endpoint's workload.
+    workload: Option<Arc<Workload>>,
 }
 
 impl Session {
@@ -113,12 +120,16 @@ impl Session {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let request_size = body_size(request.headers(), request.body());
         let mut routed = Routed::default();
         let answer = self.route(request, &mut routed).await;
         let response = answer.unwrap_or_else(|failure| {
             tracing::debug!(%failure, "answered by the waypoint");
             own_answer(failure.status(), &failure.to_string())
         });
+        let response_size = body_size(response.headers(), response.body());
+        let labels = self.labels(&routed, response.status());
+        self.context.metrics.request(&labels, started.elapsed(), (request_size, response_size));
         tracing::info!(
             src = %self.client.identity,
             client = %self.client.address,
@@ -132,6 +143,35 @@ impl Session {
             "request"
         );
         response
+    }
+
+    /// The metric labels of a request `routed` so, answered with `status`.
+    fn labels(&self, routed: &Routed, status: StatusCode) -> RequestLabels {
+        let unknown = || UNKNOWN.to_owned();
+        let source = self.context.state.workload_by_ip(self.client.address.ip());
+        let destination = routed.workload.as_ref();
+        RequestLabels {
+            reporter: "waypoint",
+            response_code: status.as_u16(),
+            route: routed.route.clone(),
+            source_workload: source
+                .as_ref()
+                .map_or_else(unknown, |workload| workload.metrics_name().to_owned()),
+            source_workload_namespace: source
+                .as_ref()
+                .map_or_else(unknown, |workload| workload.namespace.clone()),
+            source_principal: self.client.identity.to_string(),
+            destination_service: match &self.destination {
+                Destination::Service(service, _) => service.key(),
+                Destination::Workload(workload, _) => workload.uid.clone(),
+            },
+            destination_workload: destination
+                .map_or_else(unknown, |workload| workload.metrics_name().to_owned()),
+            destination_workload_namespace: destination
+                .map_or_else(unknown, |workload| workload.namespace.clone()),
+            destination_principal: destination
+                .map_or_else(unknown, |workload| workload.identity(&self.context.trust_domain).to_string()),
+        }
     }
 
     /// Routes `request` and forwards it; what it was routed to goes into `routed`.
@@ -149,6 +189,7 @@ impl Session {
                 );
                 routed.backend = workload.uid.clone();
                 routed.endpoint = Some(target);
+                routed.workload = Some(workload.clone());
                 strip_hop_by_hop(request.headers_mut());
                 return self.forward(workload, target, request, None).await;
             }
@@ -176,6 +217,7 @@ impl Session {
         routed.backend = format!("{backend}:{backend_port}");
         let (workload, target) = self.endpoint(&backend, backend_port)?;
         routed.endpoint = Some(target);
+        routed.workload = Some(workload.clone());
         strip_hop_by_hop(request.headers_mut());
         let forwarded = self.forward(&workload, target, request, selected);
         let mut response = match selected.and_then(Rule::request_timeout) {
@@ -333,6 +375,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(name);
     }
+}
+
+/// A body's size when known before it is read: its `content-length`, or what its framing says.
+fn body_size(headers: &HeaderMap, body: &impl hyper::body::Body) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .or_else(|| body.size_hint().exact())
 }
 
 /// A response of the waypoint's own.

@@ -3,12 +3,14 @@
 //! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside, picks
 //! a route ([`route`]: the Gateway API HTTPRoutes attached to the Service, compiled by the
 //! control plane and kept by [`route_table`]), a backend and one of its endpoints, and tunnels
-//! the request on over HBONE with its own identity ([`forward`]); [`app`] wires the process.
+//! the request on over HBONE with its own identity ([`forward`]), counting it ([`metrics`]);
+//! [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
 
 pub mod app;
 pub mod forward;
 pub mod inbound;
+pub mod metrics;
 pub mod route;
 pub mod route_table;

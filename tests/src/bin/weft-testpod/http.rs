@@ -1,6 +1,7 @@
 //! Plain HTTP/1.1 for the waypoint's tests: `http-echo` answers every request with who answered
 //! and what it saw; `http-get` sends requests over one kept-alive connection and tallies the
-//! answers. Hand-written on purpose: a test app with nothing between it and the wire.
+//! answers; `http-raw` sends bytes as written, for requests no client library would send.
+//! Hand-written on purpose: a test app with nothing between it and the wire.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
@@ -145,5 +146,19 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
     for line in first_body.unwrap_or_default().lines() {
         println!("body: {line}");
     }
+    Ok(())
+}
+
+/// Sends `request` (with `\r` and `\n` written as escapes) to `to`, half-closes, and prints
+/// whatever comes back until the server closes.
+pub fn raw(to: SocketAddr, request: &str) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    stream.write_all(request.replace("\\r", "\r").replace("\\n", "\n").as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    print!("{}", String::from_utf8_lossy(&answer));
     Ok(())
 }

@@ -129,6 +129,13 @@ enum Mode {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Send `request` to `to` as written (`\r` and `\n` as escapes), print the answer.
+    HttpRaw {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        request: String,
+    },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
         /// `ip:port` or `name:port`.
@@ -175,6 +182,7 @@ fn main() -> anyhow::Result<()> {
         Mode::Standin => standin::run(),
         Mode::HttpEcho { port, name } => http::echo(port, &name),
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
+        Mode::HttpRaw { to, request } => http::raw(to, &request),
     }
 }
 

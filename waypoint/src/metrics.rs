@@ -1,0 +1,131 @@
+//! Prometheus metrics of the requests the waypoint handles, named and labelled like Istio's
+//! request metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`) with Weft's prefix and the route added, so
+//! existing dashboards translate.
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::Registry,
+};
+
+/// The workload, namespace and principal labels of an end that is not a known workload.
+pub const UNKNOWN: &str = "unknown";
+
+/// Labels of a request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Always `waypoint`, as Istio's waypoint reports.
+    pub reporter: &'static str,
+    pub response_code: u16,
+    /// `namespace/name` of the HTTPRoute that took it; empty: none (the Service itself, or no
+    /// route matched).
+    pub route: String,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    /// The Service asked for (`namespace/hostname`), or the workload addressed directly.
+    pub destination_service: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+}
+
+/// Duration buckets, milliseconds: 0.5 ms to 10 s.
+const DURATION_BUCKETS: [f64; 14] =
+    [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
+/// Size buckets, bytes: 0 to 1 MiB by powers of 4.
+const SIZE_BUCKETS: [f64; 11] =
+    [0.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0];
+
+/// The waypoint's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    durations: Family<RequestLabels, Histogram>,
+    request_sizes: Family<RequestLabels, Histogram>,
+    response_sizes: Family<RequestLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("weft");
+        let requests = Family::default();
+        // Constructors are plain functions: one per kind of bucket.
+        let durations = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(DURATION_BUCKETS.iter().copied())
+        });
+        let sizes = || {
+            Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(SIZE_BUCKETS.iter().copied())
+            })
+        };
+        let (request_sizes, response_sizes) = (sizes(), sizes());
+        registry.register("requests", "Requests the waypoint answered", requests.clone());
+        registry.register(
+            "request_duration_milliseconds",
+            "From a request's head to its response's head",
+            durations.clone(),
+        );
+        registry.register("request_bytes", "Request body sizes, when known", request_sizes.clone());
+        registry.register("response_bytes", "Response body sizes, when known", response_sizes.clone());
+        Self { registry, requests, durations, request_sizes, response_sizes }
+    }
+}
+
+impl Metrics {
+    /// Counts a request answered after `took`, with body sizes where known.
+    pub fn request(&self, labels: &RequestLabels, took: Duration, sizes: (Option<u64>, Option<u64>)) {
+        self.requests.get_or_create(labels).inc();
+        self.durations.get_or_create(labels).observe(took.as_secs_f64() * 1000.0);
+        if let Some(size) = sizes.0 {
+            self.request_sizes.get_or_create(labels).observe(size as f64);
+        }
+        if let Some(size) = sizes.1 {
+            self.response_sizes.get_or_create(labels).observe(size as f64);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        weft_api::admin::exposition(&self.registry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_counted_timed_and_sized_under_its_labels() {
+        let metrics = Metrics::default();
+        let labels = RequestLabels {
+            reporter: "waypoint",
+            response_code: 503,
+            route: "shop/echo".into(),
+            source_workload: "client".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
+            destination_service: "shop/echo.shop.svc.cluster.local".into(),
+            destination_workload: UNKNOWN.into(),
+            destination_workload_namespace: UNKNOWN.into(),
+            destination_principal: UNKNOWN.into(),
+        };
+        metrics.request(&labels, Duration::from_millis(3), (Some(100), None));
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "weft_requests_total{reporter=\"waypoint\",response_code=\"503\",route=\"shop/echo\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_request_duration_milliseconds_bucket{le=\"5.0\",reporter=\"waypoint\""),
+            "{text}"
+        );
+        assert!(text.contains("weft_request_bytes_count{"), "{text}");
+        assert!(!text.contains("weft_response_bytes_count{"), "no size known, none observed: {text}");
+    }
+}
