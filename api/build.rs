@@ -11,6 +11,7 @@ fn main() -> std::io::Result<()> {
             "proto/workload.proto",
             "proto/authorization.proto",
             "proto/route.proto",
+            "proto/http_authorization.proto",
         ],
         &["proto", "/usr/include"],
     )

@@ -1,8 +1,8 @@
 //! The protocols Weft's processes speak to each other, numbered like Istio's so either side can
 //! talk to Istio's: the ZDS pod handoff (agent → ztunnel, [`zds`]) and the certificate service
 //! (ztunnel → control, [`ca`]), and delta xDS ([`discovery`]) carrying [`workload`] and
-//! [`security`] resources (control → proxies), and Weft's own [`route`] resources (control →
-//! waypoint). `.proto` files live in `api/proto`; conversions
+//! [`security`] resources (control → proxies), and Weft's own [`route`] and
+//! [`http_authorization`] resources (control → waypoint). `.proto` files live in `api/proto`; conversions
 //! to domain types live with each consumer.
 
 pub mod admin;
@@ -52,4 +52,12 @@ pub mod route {
 
     /// The xDS type of [`ServiceRoutes`] resources.
     pub const ROUTES_TYPE: &str = "type.googleapis.com/weft.route.ServiceRoutes";
+}
+
+/// `weft.security`: the L7 authorization policies a waypoint enforces.
+pub mod http_authorization {
+    tonic::include_proto!("weft.security");
+
+    /// The xDS type of [`HttpAuthorization`] resources.
+    pub const HTTP_AUTHORIZATION_TYPE: &str = "type.googleapis.com/weft.security.HttpAuthorization";
 }

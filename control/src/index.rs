@@ -28,7 +28,7 @@ use k8s_openapi::{
 };
 use prost::Message;
 use serde::Serialize;
-use weft_api::{security::AUTHORIZATION_TYPE, workload as api};
+use weft_api::{http_authorization::HTTP_AUTHORIZATION_TYPE, security::AUTHORIZATION_TYPE, workload as api};
 
 pub mod endpoints;
 pub mod gateway_api;
@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub addresses: Resources,
     /// `istio.security.Authorization`: policies by `namespace/name`.
     pub authorizations: Resources,
+    /// `weft.security.HttpAuthorization`: the policies waypoints enforce, by `namespace/name`.
+    pub http_authorizations: Resources,
     /// Every policy as understood, served or not, for `/config_dump` and `weftctl policies`.
     pub policies: Vec<PolicyStatus>,
     /// `weft.route.ServiceRoutes`: the HTTPRoutes attached to each Service, by the Service's
@@ -105,6 +107,7 @@ impl Snapshot {
             api::ADDRESS_TYPE => Some(&self.addresses),
             weft_api::security::AUTHORIZATION_TYPE => Some(&self.authorizations),
             weft_api::route::ROUTES_TYPE => Some(&self.routes),
+            HTTP_AUTHORIZATION_TYPE => Some(&self.http_authorizations),
             _ => None,
         }
     }
@@ -171,6 +174,7 @@ impl Snapshot {
     pub fn same_resources(&self, other: &Snapshot) -> bool {
         self.addresses == other.addresses
             && self.authorizations == other.authorizations
+            && self.http_authorizations == other.http_authorizations
             && self.policies == other.policies
             && self.routes == other.routes
             && self.http_routes == other.http_routes
@@ -200,16 +204,21 @@ pub fn build<'a>(
     gateways: impl IntoIterator<Item = &'a Gateway>,
     routes: impl IntoIterator<Item = &'a HttpRoute>,
 ) -> Snapshot {
-    let converted: Vec<(String, policy::Converted)> = policies
+    // Each policy as node proxies enforce it, and as waypoints do (one or the other).
+    let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
         .into_iter()
         .filter_map(|policy| {
             let key =
                 format!("{}/{}", policy.metadata.namespace.as_deref()?, policy.metadata.name.as_deref()?);
-            Some((key, policy::convert(policy, &naming.root_namespace)))
+            Some((
+                key,
+                policy::convert(policy, &naming.root_namespace),
+                policy::http::convert(policy, naming),
+            ))
         })
         .collect();
     let mut selectors_by_namespace: HashMap<&str, Vec<Selecting>> = HashMap::new();
-    for (key, converted) in &converted {
+    for (key, converted, _) in &converted {
         if let (Some(authorization), Some(selector)) = (&converted.authorization, &converted.selector) {
             selectors_by_namespace.entry(&authorization.namespace).or_default().push((key, selector));
         }
@@ -298,18 +307,26 @@ pub fn build<'a>(
         }
     }
     let mut authorizations = Resources::new();
+    let mut http_authorizations = Resources::new();
     let mut statuses = Vec::new();
-    for (key, converted) in &converted {
+    for (key, converted, for_waypoints) in &converted {
         let (namespace, name) = key.split_once('/').unwrap_or_default();
         let mut status = PolicyStatus {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             action: String::new(),
             scope: String::new(),
-            served: converted.authorization.is_some(),
+            served: converted.authorization.is_some() || for_waypoints.is_some(),
             selects: selected.remove(key.as_str()).unwrap_or_default(),
             notes: converted.notes.clone(),
         };
+        if let Some((http, notes)) = for_waypoints {
+            status.action = if http.deny { "DENY" } else { "ALLOW" }.to_owned();
+            status.scope = "WAYPOINT".to_owned();
+            status.selects = http.services.iter().chain(&http.gateways).cloned().collect();
+            status.notes.extend(notes.iter().cloned());
+            http_authorizations.insert(key.clone(), encode_as(HTTP_AUTHORIZATION_TYPE, http.encode_to_vec()));
+        }
         status.selects.sort();
         if let Some(authorization) = &converted.authorization {
             status.action = authorization.action().as_str_name().to_owned();
@@ -324,8 +341,19 @@ pub fn build<'a>(
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
     let (routes, http_routes) = routes::compile(naming, &services_by_name, &with_waypoint, routes);
-    Snapshot { version: 0, addresses, authorizations, policies: statuses, routes, http_routes }
+    Snapshot {
+        version: 0,
+        addresses,
+        authorizations,
+        http_authorizations,
+        policies: statuses,
+        routes,
+        http_routes,
+    }
 }
+
+/// A policy as a waypoint enforces it, and notes on it.
+type Waypoints = (weft_api::http_authorization::HttpAuthorization, Vec<String>);
 
 /// A policy's key and the labels its selector needs.
 type Selecting<'a> = (&'a str, &'a BTreeMap<String, String>);

@@ -115,9 +115,21 @@ pub struct Cidr {
 
 impl Cidr {
     /// A range, if `length` fits the address family.
+    /// An IPv4-mapped range (`::ffff:a.b.c.d/n`, n ≥ 96) is the IPv4 range it maps, so it
+    /// matches IPv4 peers as they are seen; a wider IPv6 range stays IPv6 and holds them too.
     pub fn new(address: IpAddr, length: u8) -> Option<Self> {
         let bits = if address.is_ipv4() { 32 } else { 128 };
-        (length <= bits).then_some(Self { address: address.to_canonical(), length })
+        if length > bits {
+            return None;
+        }
+        let address_v4 = match address {
+            IpAddr::V6(v6) if length >= 96 => v6.to_ipv4_mapped(),
+            _ => None,
+        };
+        Some(match address_v4 {
+            Some(v4) => Self { address: IpAddr::V4(v4), length: length - 96 },
+            None => Self { address, length },
+        })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -127,7 +139,9 @@ impl Cidr {
                 (u128::from(network.to_bits()), u128::from(ip.to_bits()), 32)
             }
             (IpAddr::V6(network), IpAddr::V6(ip)) => (network.to_bits(), ip.to_bits(), 128),
-            _ => return false,
+            // An IPv6 range wider than the mapped block: the peer as its mapped address.
+            (IpAddr::V6(network), IpAddr::V4(ip)) => (network.to_bits(), ip.to_ipv6_mapped().to_bits(), 128),
+            (IpAddr::V4(_), IpAddr::V6(_)) => return false,
         };
         let host_bits = bits - u32::from(self.length);
         host_bits >= 128 || network >> host_bits == ip >> host_bits

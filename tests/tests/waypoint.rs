@@ -61,7 +61,8 @@ struct Scene {
     mesh: Mesh,
     client: Pod,
     v1: Pod,
-    _servers: (Process, Process),
+    /// The HTTP echo servers of `v1` and `v2`.
+    servers: (Process, Process),
     /// Service `echo`'s VIP and port.
     to_echo: SocketAddr,
 }
@@ -100,16 +101,7 @@ impl Scene {
             mesh::wait_for_endpoints(&waypoint.pod().netns, "shop/echo.shop.svc.cluster.local", 2, WAIT)
                 .unwrap();
         });
-        Self {
-            cluster,
-            plane,
-            waypoint,
-            mesh,
-            client,
-            v1,
-            _servers: servers,
-            to_echo: SocketAddr::new(vip, 80),
-        }
+        Self { cluster, plane, waypoint, mesh, client, v1, servers, to_echo: SocketAddr::new(vip, 80) }
     }
 }
 
@@ -307,5 +299,73 @@ async fn a_malformed_request_gets_400_and_a_smuggled_one_is_never_read_as_a_requ
         let tally = apps::http_requests(&scene.client, to_echo, "/after", &[], 3).unwrap();
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 3, "{tally}");
         assert!(!scene.waypoint.process().exited(), "the waypoint ran throughout");
+    });
+}
+
+/// Creates Weft's AuthorizationPolicy `name` in `shop` with `spec`.
+async fn apply_policy(cluster: &Cluster, name: &str, spec: serde_json::Value) {
+    let gvk = kube::api::GroupVersionKind::gvk("security.weft.dev", "v1", "AuthorizationPolicy");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(cluster.client(), "shop", &resource);
+    let object = serde_json::json!({
+        "apiVersion": "security.weft.dev/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": spec,
+    });
+    api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_a_denied_request_never_reaches_the_app()
+ {
+    let mut scene = Scene::start().await;
+    let to_v1 = {
+        let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop");
+        let vip = services.get("echo-v1").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+        SocketAddr::new(vip.parse().unwrap(), 80)
+    };
+    // A DENY on one Service's admin paths.
+    let deny_admin = serde_json::json!({
+        "targetRefs": [{ "group": "", "kind": "Service", "name": "echo-v1" }],
+        "action": "DENY",
+        "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }],
+    });
+    apply_policy(&scene.cluster, "deny-admin", deny_admin).await;
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the policy to reach the waypoint", WAIT, || {
+            let tally = apps::http_requests(&scene.client, to_v1, "/admin/users", &[], 1).unwrap();
+            tally.contains("1 status=403 RBAC: access denied")
+        })
+        .unwrap();
+        let allowed = apps::http_requests(&scene.client, to_v1, "/public", &[], 5).unwrap();
+        assert_eq!(answered_by(&allowed, "v1"), 5, "other paths pass: {allowed}");
+        let denied = scene.waypoint.process().wait_for(|line| line.contains("request denied"), WAIT).unwrap();
+        assert!(denied.contains("shop/deny-admin") && denied.contains("/admin/users"), "{denied}");
+        // What reached v1's app, in order: the public requests, never an admin one.
+        let first = scene.servers.0.wait_for(|line| line.starts_with("served "), WAIT).unwrap();
+        assert_eq!(first, "served GET /public", "a denied request reached the app");
+    });
+
+    // An ALLOW on the waypoint itself: every request it handles must match, and the client's
+    // do not.
+    let allow_nobody = serde_json::json!({
+        "targetRefs": [{ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint" }],
+        "action": "ALLOW",
+        "rules": [{ "from": [{ "source": { "principals": ["cluster.local/ns/shop/sa/nobody"] } }] }],
+    });
+    apply_policy(&scene.cluster, "allow-nobody", allow_nobody).await;
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the waypoint-wide policy to apply", WAIT, || {
+            let tally = apps::http_requests(&scene.client, scene.to_echo, "/anything", &[], 1).unwrap();
+            tally.contains("1 status=403")
+        })
+        .unwrap();
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains("request denied") && line.contains("allow-nobody"), WAIT)
+            .unwrap();
+        assert!(line.contains("/anything"), "{line}");
     });
 }

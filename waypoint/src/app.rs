@@ -11,7 +11,12 @@ use weft_proxy::{
     tls::CurrentAcceptor,
 };
 
-use crate::{inbound::Inbound, route_table::RouteTable};
+use crate::{
+    authz::Policy,
+    inbound::Inbound,
+    route::Routes,
+    table::{POLICIES, ROUTES, Table},
+};
 
 /// How the waypoint runs.
 #[derive(Debug, Clone)]
@@ -20,6 +25,8 @@ pub struct Config {
     /// Its Service (`namespace/hostname`): Services and workloads that name it as their
     /// waypoint are the only destinations it serves.
     pub service: String,
+    /// Its Gateway, `namespace/name`.
+    pub gateway: String,
     /// Its own identity: its pod's service account.
     pub identity: Identity,
     /// The control plane's CA and xDS, `https://host:port`.
@@ -41,7 +48,10 @@ pub struct Context {
     pub service: String,
     pub identity: Identity,
     pub state: Arc<State>,
-    pub routes: Arc<RouteTable>,
+    pub routes: Arc<Table<Routes>>,
+    pub policies: Arc<Table<Policy>>,
+    /// Its Gateway, `namespace/name`: policies that target it apply to every request.
+    pub gateway: String,
     pub identities: Manager,
     pub metrics: crate::metrics::Metrics,
 }
@@ -76,13 +86,13 @@ pub enum Error {
 /// Runs until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let state = Arc::new(State::on_network(&config.proxy.network));
-    let routes = Arc::new(RouteTable::default());
+    let (routes, policies) = (Arc::new(Table::new(ROUTES)), Arc::new(Table::new(POLICIES)));
     let xds = weft_proxy::xds::Config {
         address: config.xds_address.clone(),
         root_file: config.root_file.clone(),
         token_file: config.token_file.clone(),
         proxy: config.proxy.clone(),
-        extra: vec![routes.clone()],
+        extra: vec![routes.clone(), policies.clone()],
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(weft_proxy::xds::run(xds, state.clone()));
@@ -95,6 +105,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         identity: config.identity.clone(),
         state,
         routes,
+        policies,
+        gateway: config.gateway.clone(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         metrics: crate::metrics::Metrics::default(),
     });
@@ -167,9 +179,9 @@ impl weft_api::admin::Source for Endpoints {
         self.0.metrics.encode()
     }
 
-    /// Ready once the configuration (addresses, policies and routes) has arrived.
+    /// Ready once the configuration (addresses, policies, routes and L7 policies) has arrived.
     fn ready(&self) -> bool {
-        self.0.state.is_synced() && self.0.routes.is_synced()
+        self.0.state.is_synced() && self.0.routes.is_synced() && self.0.policies.is_synced()
     }
 
     fn config_dump(&self) -> String {
@@ -179,6 +191,7 @@ impl weft_api::admin::Source for Endpoints {
             "service": context.service,
             "mesh": context.state.dump(),
             "routes": context.routes.names(),
+            "policies": context.policies.names(),
         })
         .to_string()
     }

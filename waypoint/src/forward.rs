@@ -31,6 +31,7 @@ use weft_proxy::{
 
 use crate::{
     app::Context,
+    authz,
     inbound::{Client, Destination},
     metrics::{RequestLabels, UNKNOWN},
     route::Rule,
@@ -76,6 +77,9 @@ enum Failure {
     Upstream(String),
     #[error("timed out")]
     Timeout,
+    /// Envoy's body for an RBAC denial, which clients of Istio's waypoint already know.
+    #[error("RBAC: access denied")]
+    Denied,
 }
 
 impl Failure {
@@ -85,6 +89,7 @@ impl Failure {
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::NoEndpoint(..) | Failure::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Denied => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -174,12 +179,46 @@ impl Session {
         }
     }
 
+    /// Decides `request` by the policies that target its Service or this waypoint: a denied
+    /// one goes nowhere.
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+        let (service, port) = match &self.destination {
+            Destination::Service(service, port) => (Some(service.key()), *port),
+            Destination::Workload(_, port) => (None, *port),
+        };
+        let context = &self.context;
+        let policies = context.policies.all();
+        let applying = policies
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|policy| policy.applies_to(service.as_deref(), &context.gateway));
+        let facts = authz::Request {
+            source: Some(&self.client.identity),
+            source_ip: self.client.address.ip(),
+            method: request.method(),
+            path: request.uri().path(),
+            host: host_of(request),
+            port,
+            headers: request.headers(),
+        };
+        let decision = authz::decide(applying, &facts);
+        for policy in &decision.dry_run_matches {
+            tracing::info!(src = %self.client.identity, path = %facts.path, %policy, "dry-run policy matched");
+        }
+        if decision.verdict.allowed() {
+            return Ok(());
+        }
+        tracing::info!(src = %self.client.identity, method = %facts.method, path = %facts.path, verdict = %decision.verdict, "request denied");
+        Err(Failure::Denied)
+    }
+
     /// Routes `request` and forwards it; what it was routed to goes into `routed`.
     async fn route(
         &self,
         mut request: Request<Incoming>,
         routed: &mut Routed,
     ) -> Result<Response<Body>, Failure> {
+        self.authorize(&request)?;
         let (service, port) = match &self.destination {
             Destination::Workload(workload, port) => {
                 let target = SocketAddr::new(
@@ -375,6 +414,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
         headers.remove(name);
     }
+}
+
+/// The host a request names (HTTP/2's `:authority`, HTTP/1's `Host`), without its port.
+fn host_of(request: &Request<Incoming>) -> Option<&str> {
+    let host = request.uri().host().or_else(|| request.headers().get(header::HOST)?.to_str().ok())?;
+    let without_port = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok());
+    Some(without_port.map_or(host, |(name, _)| name))
 }
 
 /// A body's size when known before it is read: its `content-length`, or what its framing says.

@@ -1,16 +1,18 @@
 //! Weft's waypoint: the optional L7 proxy for the Services and workloads that opt in
 //! (`weft.dev/use-waypoint`). Node proxies send it their clients' connections to them over
-//! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside, picks
-//! a route ([`route`]: the Gateway API HTTPRoutes attached to the Service, compiled by the
-//! control plane and kept by [`route_table`]), a backend and one of its endpoints, and tunnels
-//! the request on over HBONE with its own identity ([`forward`]), counting it ([`metrics`]);
-//! [`app`] wires the process.
+//! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside,
+//! decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
+//! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
+//! one of its endpoints, and tunnels the request on over HBONE with its own identity
+//! ([`forward`]), counting it ([`metrics`]). Routes and policies come compiled from the control
+//! plane ([`table`]); [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
 
 pub mod app;
+pub mod authz;
 pub mod forward;
 pub mod inbound;
 pub mod metrics;
 pub mod route;
-pub mod route_table;
+pub mod table;

@@ -58,6 +58,7 @@ fn main() -> anyhow::Result<()> {
     let config = app::Config {
         identity: Identity::new(&args.trust_domain, &namespace, &args.service_account),
         service: format!("{namespace}/{}.{namespace}.svc.{}", args.gateway_name, args.cluster_domain),
+        gateway: format!("{namespace}/{}", args.gateway_name),
         trust_domain: args.trust_domain,
         ca_address: args.ca_address,
         xds_address: args.xds_address,

@@ -141,7 +141,8 @@ pub fn convert(policy: &AuthorizationPolicy, root_namespace: &str) -> Converted 
     let mut notes = Vec::new();
     let not_served = |note: String| Converted { authorization: None, selector: None, notes: vec![note] };
     if spec.target_ref.is_some() || !spec.target_refs.is_empty() {
-        return not_served("targets a Service or Gateway: that is a waypoint's to enforce, and there is no waypoint; not enforced".into());
+        // Its waypoint's to enforce (`http::convert`), never a node proxy's.
+        return Converted { authorization: None, selector: None, notes: Vec::new() };
     }
     let action = match spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => api::Action::Allow,
@@ -179,12 +180,7 @@ pub fn convert(policy: &AuthorizationPolicy, root_namespace: &str) -> Converted 
         })
         .collect();
     // Istio's annotation: evaluated and logged by the proxies, never enforced.
-    let dry_run = policy
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|annotations| annotations.get(DRY_RUN))
-        .is_some_and(|value| value.eq_ignore_ascii_case("true"));
+    let dry_run = is_dry_run(policy);
     if dry_run {
         notes.push(format!("dry run ({DRY_RUN}): proxies log what it would decide and enforce nothing"));
     }
@@ -232,17 +228,36 @@ fn source(source: &Source, unenforceable: &mut Vec<String>) -> api::Match {
     };
     one.source_ips = cidrs("ipBlocks", &source.ip_blocks, unenforceable);
     one.not_source_ips = cidrs("notIpBlocks", &source.not_ip_blocks, unenforceable);
-    for (field, values) in [
-        ("requestPrincipals", &source.request_principals),
-        ("notRequestPrincipals", &source.not_request_principals),
-        ("remoteIpBlocks", &source.remote_ip_blocks),
-        ("notRemoteIpBlocks", &source.not_remote_ip_blocks),
-    ] {
-        if !values.is_empty() {
-            unenforceable.push(format!("from.source.{field} needs HTTP"));
-        }
+    for field in source.request_fields_set() {
+        unenforceable.push(format!("from.source.{field} needs HTTP"));
     }
     one
+}
+
+impl Source {
+    /// The fields set that only a request can answer (a JWT's principal, the client's
+    /// address before proxies): no proxy of Weft's checks them yet.
+    pub fn request_fields_set(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [
+            ("requestPrincipals", &self.request_principals),
+            ("notRequestPrincipals", &self.not_request_principals),
+            ("remoteIpBlocks", &self.remote_ip_blocks),
+            ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(field, _)| field)
+    }
+}
+
+/// Whether `policy` carries Istio's dry-run annotation: evaluated and logged, never enforced.
+pub fn is_dry_run(policy: &AuthorizationPolicy) -> bool {
+    policy
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|annotations| annotations.get(DRY_RUN))
+        .is_some_and(|value| value.eq_ignore_ascii_case("true"))
 }
 
 fn operation(operation: &Operation, unenforceable: &mut Vec<String>) -> api::Match {
@@ -363,6 +378,8 @@ fn ports(field: &str, values: &[String], unenforceable: &mut Vec<String>) -> Vec
         Vec::new()
     })
 }
+
+pub mod http;
 
 #[cfg(test)]
 mod tests;

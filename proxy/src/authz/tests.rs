@@ -181,3 +181,14 @@ fn a_dry_run_policy_never_enforces() {
     let allow_none = Policy { dry_run: true, ..policy("allow-none", Action::Allow, vec![]) };
     assert_eq!(decide([&allow_none], &any), Verdict::AllowedByDefault);
 }
+
+#[test]
+fn an_ipv4_mapped_range_is_the_ipv4_range_it_maps_and_a_wider_ipv6_range_holds_ipv4_peers() {
+    let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+    let mapped = Cidr::new(ip("::ffff:10.0.0.0"), 104).unwrap();
+    assert!(mapped.contains(ip("10.1.2.3")) && mapped.contains(ip("::ffff:10.9.9.9")));
+    assert!(!mapped.contains(ip("11.0.0.1")));
+    let everything = Cidr::new(ip("::"), 0).unwrap();
+    assert!(everything.contains(ip("10.1.2.3")) && everything.contains(ip("fd00::1")));
+    assert!(Cidr::new(ip("::ffff:10.0.0.0"), 129).is_none());
+}

@@ -155,10 +155,65 @@ fn actions_and_targets_only_a_waypoint_could_enforce_are_not_served_and_say_so()
     for spec in [
         serde_json::json!({ "action": "CUSTOM", "provider": { "name": "ext" } }),
         serde_json::json!({ "action": "AUDIT" }),
-        serde_json::json!({ "targetRefs": [{ "kind": "Service", "group": "", "name": "cart" }] }),
     ] {
         let converted = convert(&policy("shop", spec.clone()), "weft-system");
         assert!(converted.authorization.is_none(), "{spec}");
         assert_eq!(converted.notes.len(), 1, "{spec}");
     }
+}
+
+fn naming() -> crate::index::Naming {
+    crate::index::Naming {
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+        root_namespace: "weft-system".into(),
+        labels: weft_api::enrollment::Labels::Weft,
+    }
+}
+
+#[test]
+fn a_policy_targeting_services_or_a_waypoint_is_the_waypoints_with_its_http_fields() {
+    let spec = serde_json::json!({
+        "targetRefs": [
+            { "kind": "Service", "group": "", "name": "cart" },
+            { "kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint" },
+            { "kind": "ServiceEntry", "group": "networking.istio.io", "name": "elsewhere" },
+        ],
+        "action": "DENY",
+        "rules": [
+            { "to": [{ "operation": { "methods": ["POST"], "paths": ["/admin*"], "ports": ["80"] } }],
+              "when": [{ "key": "request.headers[x-debug]", "values": ["1"] },
+                       { "key": "request.auth.claims[iss]", "values": ["me"] }] },
+            { "from": [{ "source": { "ipBlocks": ["10.0.0.0/33"], "principals": ["cluster.local/ns/shop/sa/web"] } }] },
+        ],
+    });
+    let policy = policy("shop", spec);
+    assert!(convert(&policy, "weft-system").authorization.is_none(), "never a node proxy's");
+    let (http, notes) = http::convert(&policy, &naming()).unwrap();
+    assert_eq!(http.services, ["shop/cart.shop.svc.cluster.local"]);
+    assert_eq!(http.gateways, ["shop/waypoint"]);
+    assert!(http.deny && !http.dry_run);
+    assert_eq!(http.rules.len(), 2, "a DENY keeps its rules, widened");
+    assert_eq!(
+        (http.rules[0].to[0].methods.as_slice(), http.rules[0].to[0].ports.as_slice()),
+        (&["POST".to_owned()][..], &["80".to_owned()][..])
+    );
+    assert_eq!(http.rules[0].when.len(), 1, "the unknown key goes: {:?}", http.rules[0].when);
+    assert!(http.rules[1].from[0].ip_blocks.is_empty() && http.rules[1].from[0].principals.len() == 1);
+    let notes = notes.join("\n");
+    assert!(
+        notes.contains("ServiceEntry")
+            && notes.contains("request.auth.claims[iss]")
+            && notes.contains("10.0.0.0/33"),
+        "{notes}"
+    );
+
+    // The same rules in an ALLOW: a rule holding what cannot be checked allows nothing.
+    let mut allow = policy.clone();
+    allow.spec.action = Some("ALLOW".into());
+    let (http, _) = http::convert(&allow, &naming()).unwrap();
+    assert!(!http.deny && http.rules.is_empty(), "{:?}", http.rules);
+    assert!(
+        http::convert(&self::policy("shop", serde_json::json!({ "action": "DENY" })), &naming()).is_none()
+    );
 }

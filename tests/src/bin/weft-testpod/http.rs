@@ -12,7 +12,8 @@ use std::{
 use anyhow::{Context, bail};
 
 /// Serves on every address of the pod; each response's body is `name=<name> method=<method>
-/// path=<path>` and then a `header <name>=<value>` line per request header. Prints `ready`.
+/// path=<path>` and then a `header <name>=<value>` line per request header. Prints `ready`, then
+/// `served <method> <path>` for each request.
 pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
     println!("ready");
@@ -75,6 +76,8 @@ fn serve(stream: TcpStream, name: &str) -> anyhow::Result<()> {
     while let Some(head) = read_head(&mut reader)? {
         let mut body = vec![0; content_length(&head.headers)];
         reader.read_exact(&mut body)?;
+        // For tests that must know what reached the app (and what never did).
+        println!("served {} {}", head.method, head.target);
         let mut answer = format!("name={name} method={} path={}\n", head.method, head.target);
         for (header, value) in &head.headers {
             answer.push_str(&format!("header {header}={value}\n"));

@@ -1,0 +1,482 @@
+//! L7 authorization: whether the waypoint lets one HTTP request through, decided from the
+//! AuthorizationPolicies that apply to its Service or to the waypoint, with Istio's semantics so
+//! policies mean what Istio users expect. Pure: no I/O; the caller picks the policies that apply
+//! ([`Policy::applies_to`]) and enforces and logs the [`Decision`].
+//!
+//! - Any DENY policy that matches denies; else, with no ALLOW policy, the request is allowed;
+//!   else one ALLOW policy must match. Dry-run policies are evaluated, reported, never enforced.
+//! - A policy matches when one of its rules does (no rules: it matches nothing; one empty rule:
+//!   everything). A rule matches when one of its `from` entries does (or it has none), one of its
+//!   `to` entries does (or it has none) and every `when` condition does. An entry matches when
+//!   every field it sets does (an entry that sets nothing matches everything); a field when one
+//!   of its values does and none of its `not_` values does.
+//! - Values are `*` (anything), `prefix*`, `*suffix` or exact; case-sensitive except hosts.
+//!   What the request lacks (a peer identity, a Host, a header) matches no value and every
+//!   `not_` value, so `DENY not_principals: ["*"]` refuses a peer without an identity.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::net::{AddrParseError, IpAddr};
+use std::num::ParseIntError;
+
+use http::Method;
+use http::header::{HeaderMap, HeaderName, InvalidHeaderName};
+use weft_api::http_authorization as api;
+use weft_proxy::authz::Cidr;
+use weft_proxy::identity::Identity;
+
+#[cfg(test)]
+mod tests;
+
+/// Why an `HttpAuthorization` resource cannot be enforced. Each names the policy
+/// (`namespace/name`) and the offending value, so the control plane's bug is easy to find.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("policy {policy}: {field}: invalid address {value:?}")]
+    InvalidAddress {
+        policy: String,
+        field: String,
+        value: String,
+        #[source]
+        source: AddrParseError,
+    },
+    #[error("policy {policy}: {field}: invalid prefix length in {value:?}")]
+    InvalidPrefixLength { policy: String, field: String, value: String },
+    #[error("policy {policy}: {field}: invalid port {value:?}")]
+    InvalidPort {
+        policy: String,
+        field: String,
+        value: String,
+        #[source]
+        source: ParseIntError,
+    },
+    #[error("policy {policy}: unknown condition key {key:?}")]
+    UnknownKey { policy: String, key: String },
+    #[error("policy {policy}: invalid header name in condition key {key:?}")]
+    InvalidHeaderName {
+        policy: String,
+        key: String,
+        #[source]
+        source: InvalidHeaderName,
+    },
+}
+
+/// One AuthorizationPolicy the waypoint enforces, its values parsed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub namespace: String,
+    /// Service keys (`<namespace>/<hostname>`) it applies to.
+    pub services: Vec<String>,
+    /// Waypoints (`<namespace>/<gateway name>`) it applies to: every request they handle.
+    pub gateways: Vec<String>,
+    /// DENY; ALLOW otherwise.
+    pub deny: bool,
+    /// Evaluated and reported, never enforced (Istio's `istio.io/dry-run`).
+    pub dry_run: bool,
+    // Private so that every `Policy` went through `try_from`'s validation.
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// `namespace/name`, as logs and verdicts name the policy.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the policy governs a request to `service` (a Service key; `None` when the
+    /// request reached no known Service) through the waypoint `gateway` (`namespace/name`).
+    pub fn applies_to(&self, service: Option<&str>, gateway: &str) -> bool {
+        service.is_some_and(|service| self.services.iter().any(|s| s == service))
+            || self.gateways.iter().any(|g| g == gateway)
+    }
+
+    fn matches(&self, request: &Request<'_>) -> bool {
+        self.rules.iter().any(|rule| rule.matches(request))
+    }
+}
+
+impl TryFrom<api::HttpAuthorization> for Policy {
+    type Error = Error;
+
+    fn try_from(policy: api::HttpAuthorization) -> Result<Self, Error> {
+        let key = format!("{}/{}", policy.namespace, policy.name);
+        let rules = policy.rules.into_iter().map(|rule| Rule::parse(&key, rule)).collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: policy.name,
+            namespace: policy.namespace,
+            services: policy.services,
+            gateways: policy.gateways,
+            deny: policy.deny,
+            dry_run: policy.dry_run,
+            rules,
+        })
+    }
+}
+
+/// What the waypoint knows of one request when it authorizes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The peer identity the waypoint verified; `None` matches no principal or namespace.
+    pub source: Option<&'a Identity>,
+    pub source_ip: IpAddr,
+    pub method: &'a Method,
+    /// The path without its query.
+    pub path: &'a str,
+    /// Host (or `:authority`) without its port.
+    pub host: Option<&'a str>,
+    /// The destination Service's port.
+    pub port: u16,
+    pub headers: &'a HeaderMap,
+}
+
+/// The outcome for one request, with the policy that decided it, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// No ALLOW policy applies and no DENY policy matched.
+    AllowedByDefault,
+    /// This ALLOW policy matched (the first one in the caller's order) and no DENY did.
+    Allowed { policy: String },
+    /// This DENY policy matched (the first one in the caller's order).
+    Denied { policy: String },
+    /// ALLOW policies apply (these) and none matched.
+    NotAllowed { policies: Vec<String> },
+}
+
+impl Verdict {
+    /// Whether the request may go on.
+    pub fn allowed(&self) -> bool {
+        matches!(self, Verdict::AllowedByDefault | Verdict::Allowed { .. })
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::AllowedByDefault => write!(f, "allowed: no ALLOW policy applies"),
+            Verdict::Allowed { policy } => write!(f, "allowed by ALLOW policy {policy}"),
+            Verdict::Denied { policy } => write!(f, "denied by DENY policy {policy}"),
+            Verdict::NotAllowed { policies } => {
+                write!(f, "denied: no ALLOW policy matches (applying: {})", policies.join(", "))
+            }
+        }
+    }
+}
+
+/// The verdict, and what the dry-run policies would have had to say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The dry-run policies (`namespace/name`) that matched the request, ALLOW or DENY.
+    pub dry_run_matches: Vec<String>,
+}
+
+/// Decides one request under `policies`, which must be those that apply to it
+/// ([`Policy::applies_to`]).
+pub fn decide<'p>(policies: impl IntoIterator<Item = &'p Policy>, request: &Request<'_>) -> Decision {
+    let mut denied = None;
+    let mut allowed = None;
+    let mut applying = Vec::new();
+    let mut dry_run_matches = Vec::new();
+    for policy in policies {
+        if policy.dry_run {
+            if policy.matches(request) {
+                dry_run_matches.push(policy.key());
+            }
+        } else if policy.deny {
+            if denied.is_none() && policy.matches(request) {
+                denied = Some(policy);
+            }
+        } else {
+            applying.push(policy);
+            // Once a DENY matched, ALLOWs cannot change the verdict: skip their rules.
+            if allowed.is_none() && denied.is_none() && policy.matches(request) {
+                allowed = Some(policy);
+            }
+        }
+    }
+    let verdict = match (denied, allowed) {
+        (Some(policy), _) => Verdict::Denied { policy: policy.key() },
+        (None, Some(policy)) => Verdict::Allowed { policy: policy.key() },
+        (None, None) if applying.is_empty() => Verdict::AllowedByDefault,
+        (None, None) => Verdict::NotAllowed { policies: applying.iter().map(|p| p.key()).collect() },
+    };
+    Decision { verdict, dry_run_matches }
+}
+
+/// `from`, `to` and `when`, ANDed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rule {
+    /// ORed; none: any source.
+    from: Vec<Entry>,
+    /// ORed; none: any operation.
+    to: Vec<Entry>,
+    when: Entry,
+}
+
+/// Constraints, ANDed: a `from` or `to` entry, or a rule's `when` conditions. `source`,
+/// `operation` and `when` fields constrain the same attributes, so one type serves all three.
+type Entry = Vec<Constraint>;
+
+impl Rule {
+    fn parse(policy: &str, rule: api::HttpRule) -> Result<Self, Error> {
+        let from =
+            rule.from.into_iter().map(|source| parse_source(policy, source)).collect::<Result<_, _>>()?;
+        let to = rule
+            .to
+            .into_iter()
+            .map(|operation| parse_operation(policy, operation))
+            .collect::<Result<_, _>>()?;
+        let when = rule
+            .when
+            .into_iter()
+            .map(|condition| parse_condition(policy, condition))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Self { from, to, when })
+    }
+
+    fn matches(&self, request: &Request<'_>) -> bool {
+        let entry = |entry: &Entry| entry.iter().all(|constraint| constraint.matches(request));
+        (self.from.is_empty() || self.from.iter().any(entry))
+            && (self.to.is_empty() || self.to.iter().any(entry))
+            && entry(&self.when)
+    }
+}
+
+fn parse_source(policy: &str, source: api::HttpSource) -> Result<Entry, Error> {
+    let ip_blocks = At { policy, field: "ip_blocks" };
+    Ok([
+        Values::globs(source.principals, source.not_principals, false).map(Constraint::Principal),
+        Values::globs(source.namespaces, source.not_namespaces, false).map(Constraint::Namespace),
+        Values::parse(source.ip_blocks, source.not_ip_blocks, |v| ip_blocks.cidr(v))?
+            .map(Constraint::SourceIp),
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+fn parse_operation(policy: &str, operation: api::HttpOperation) -> Result<Entry, Error> {
+    let ports = At { policy, field: "ports" };
+    Ok([
+        Values::globs(operation.hosts, operation.not_hosts, true).map(Constraint::Host),
+        Values::parse(operation.ports, operation.not_ports, |v| ports.port(v))?.map(Constraint::Port),
+        Values::globs(operation.methods, operation.not_methods, false).map(Constraint::Method),
+        Values::globs(operation.paths, operation.not_paths, false).map(Constraint::Path),
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// A `when` condition as the constraint on the attribute its key names. A condition with no
+/// values at all constrains nothing, as an empty field of an entry does.
+fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option<Constraint>, Error> {
+    let api::HttpCondition { key, values, not_values } = condition;
+    let at = At { policy, field: &key };
+    let constraint = match key.as_str() {
+        "source.ip" => Values::parse(values, not_values, |v| at.cidr(v))?.map(Constraint::SourceIp),
+        "source.namespace" => Values::globs(values, not_values, false).map(Constraint::Namespace),
+        "source.principal" => Values::globs(values, not_values, false).map(Constraint::Principal),
+        "destination.port" => Values::parse(values, not_values, |v| at.port(v))?.map(Constraint::Port),
+        _ => {
+            let Some(name) = key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'))
+            else {
+                return Err(Error::UnknownKey { policy: policy.to_owned(), key });
+            };
+            // `from_bytes` lowercases, as `HeaderMap` keys are: header names match in any case.
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|source| {
+                Error::InvalidHeaderName { policy: policy.to_owned(), key: key.clone(), source }
+            })?;
+            Values::globs(values, not_values, false).map(|values| Constraint::Header(name, values))
+        }
+    };
+    Ok(constraint)
+}
+
+/// Where a value sits, to name it in an error.
+struct At<'a> {
+    policy: &'a str,
+    field: &'a str,
+}
+
+impl At<'_> {
+    /// `address` or `address/length`, IPv4 or IPv6.
+    fn cidr(&self, value: &str) -> Result<Cidr, Error> {
+        let (address, length) = match value.split_once('/') {
+            Some((address, length)) => (address, Some(length)),
+            None => (value, None),
+        };
+        let address: IpAddr = address.parse().map_err(|source| Error::InvalidAddress {
+            policy: self.policy.to_owned(),
+            field: self.field.to_owned(),
+            value: value.to_owned(),
+            source,
+        })?;
+        let bits = if address.is_ipv4() { 32 } else { 128 };
+        let length = match length {
+            None => Some(bits),
+            Some(length) => length.parse::<u8>().ok().filter(|length| *length <= bits),
+        };
+        // `Cidr` keeps an IPv4-mapped IPv6 address as IPv4 but not its length: convert the
+        // length here, and refuse a mapped range wider than IPv4, which `Cidr` cannot hold.
+        let (address, length) = match (address, length) {
+            (IpAddr::V6(v6), Some(length)) if let Some(v4) = v6.to_ipv4_mapped() => {
+                (IpAddr::V4(v4), length.checked_sub(96))
+            }
+            other => other,
+        };
+        length.and_then(|length| Cidr::new(address, length)).ok_or_else(|| Error::InvalidPrefixLength {
+            policy: self.policy.to_owned(),
+            field: self.field.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+
+    fn port(&self, value: &str) -> Result<u16, Error> {
+        value.parse().map_err(|source| Error::InvalidPort {
+            policy: self.policy.to_owned(),
+            field: self.field.to_owned(),
+            value: value.to_owned(),
+            source,
+        })
+    }
+}
+
+/// One attribute of the request and the values it must (not) have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Constraint {
+    /// Against `<trust domain>/ns/<namespace>/sa/<account>`: Istio writes principals without
+    /// `spiffe://`.
+    Principal(Values<Glob>),
+    Namespace(Values<Glob>),
+    SourceIp(Values<Cidr>),
+    Host(Values<Glob>),
+    Port(Values<u16>),
+    Method(Values<Glob>),
+    Path(Values<Glob>),
+    Header(HeaderName, Values<Glob>),
+}
+
+impl Constraint {
+    fn matches(&self, request: &Request<'_>) -> bool {
+        match self {
+            Constraint::Principal(values) => {
+                let principal = request
+                    .source
+                    .map(|id| format!("{}/ns/{}/sa/{}", id.trust_domain, id.namespace, id.service_account));
+                values.matches(|glob| principal.as_deref().is_some_and(|p| glob.matches(p.as_bytes())))
+            }
+            Constraint::Namespace(values) => {
+                values.matches(|glob| request.source.is_some_and(|id| glob.matches(id.namespace.as_bytes())))
+            }
+            Constraint::SourceIp(values) => values.matches(|cidr| cidr.contains(request.source_ip)),
+            Constraint::Host(values) => {
+                values.matches(|glob| request.host.is_some_and(|host| glob.matches(host.as_bytes())))
+            }
+            Constraint::Port(values) => values.matches(|port| *port == request.port),
+            Constraint::Method(values) => {
+                values.matches(|glob| glob.matches(request.method.as_str().as_bytes()))
+            }
+            Constraint::Path(values) => values.matches(|glob| glob.matches(request.path.as_bytes())),
+            Constraint::Header(name, values) => {
+                // Repeated headers match as one value joined with ',', as Envoy matches them
+                // for Istio; bytes, because a header value need not be UTF-8.
+                let mut all = request.headers.get_all(name).iter();
+                let value = all.next().map(|first| {
+                    all.fold(first.as_bytes().to_vec(), |mut joined, next| {
+                        joined.push(b',');
+                        joined.extend_from_slice(next.as_bytes());
+                        joined
+                    })
+                });
+                values.matches(|glob| value.as_deref().is_some_and(|value| glob.matches(value)))
+            }
+        }
+    }
+}
+
+/// A field and its `not_` twin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Values<T> {
+    /// ORed; empty: no constraint.
+    any: Vec<T>,
+    /// None may match.
+    not: Vec<T>,
+}
+
+impl<T> Values<T> {
+    /// `None` when both are empty, so an entry holds only the constraints it sets.
+    fn parse<E>(
+        any: Vec<String>,
+        not: Vec<String>,
+        parse: impl Fn(&str) -> Result<T, E>,
+    ) -> Result<Option<Self>, E> {
+        if any.is_empty() && not.is_empty() {
+            return Ok(None);
+        }
+        let parse_all = |values: Vec<String>| values.iter().map(|v| parse(v)).collect::<Result<Vec<_>, _>>();
+        Ok(Some(Self { any: parse_all(any)?, not: parse_all(not)? }))
+    }
+
+    /// `matches` says whether the request's attribute matches one value.
+    fn matches(&self, matches: impl Fn(&T) -> bool) -> bool {
+        (self.any.is_empty() || self.any.iter().any(&matches)) && !self.not.iter().any(&matches)
+    }
+}
+
+impl Values<Glob> {
+    fn globs(any: Vec<String>, not: Vec<String>, ignore_case: bool) -> Option<Self> {
+        let Ok(values) = Values::parse(any, not, |value| Ok::<_, Infallible>(Glob::new(value, ignore_case)));
+        values
+    }
+}
+
+/// Istio's string value: `*`, `prefix*`, `*suffix` or exact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Glob {
+    kind: GlobKind,
+    text: String,
+    ignore_case: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GlobKind {
+    Any,
+    Prefix,
+    Suffix,
+    Exact,
+}
+
+impl Glob {
+    // Istio's order: `*abc*` is the suffix `abc*`, matched literally.
+    fn new(value: &str, ignore_case: bool) -> Self {
+        let (kind, text) = if value == "*" {
+            (GlobKind::Any, "")
+        } else if let Some(suffix) = value.strip_prefix('*') {
+            (GlobKind::Suffix, suffix)
+        } else if let Some(prefix) = value.strip_suffix('*') {
+            (GlobKind::Prefix, prefix)
+        } else {
+            (GlobKind::Exact, value)
+        };
+        Self { kind, text: text.to_owned(), ignore_case }
+    }
+
+    fn matches(&self, value: &[u8]) -> bool {
+        let text = self.text.as_bytes();
+        let part = match self.kind {
+            GlobKind::Any => return true,
+            GlobKind::Exact => Some(value),
+            GlobKind::Prefix => value.get(..text.len()),
+            GlobKind::Suffix => value.len().checked_sub(text.len()).map(|start| &value[start..]),
+        };
+        part.is_some_and(|part| {
+            part.len() == text.len()
+                && if self.ignore_case { part.eq_ignore_ascii_case(text) } else { part == text }
+        })
+    }
+}
