@@ -9,10 +9,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -22,6 +22,25 @@ use rcgen::{
 pub mod caller;
 pub mod service;
 pub mod state;
+
+/// The ConfigMap publishing the mesh root: in the control plane's namespace for node proxies,
+/// and in each waypoint's namespace for its pods (a pod mounts ConfigMaps of its own only).
+pub const ROOT_CONFIG_MAP: &str = "weft-ca-root-cert";
+/// Its key holding the bundle (PEM).
+pub const ROOT_CONFIG_MAP_KEY: &str = "root-cert.pem";
+
+/// Publishes the mesh root in `namespace` (server-side apply: idempotent).
+pub async fn publish_root(client: kube::Client, namespace: &str, root_pem: &str) -> Result<(), kube::Error> {
+    let config_map = ConfigMap {
+        metadata: ObjectMeta { name: Some(ROOT_CONFIG_MAP.into()), ..Default::default() },
+        data: Some(BTreeMap::from([(ROOT_CONFIG_MAP_KEY.to_owned(), root_pem.to_owned())])),
+        ..Default::default()
+    };
+    Api::<ConfigMap>::namespaced(client, namespace)
+        .patch(ROOT_CONFIG_MAP, &PatchParams::apply("weft-control").force(), &Patch::Apply(&config_map))
+        .await?;
+    Ok(())
+}
 
 pub use state::{Lifetimes, State};
 

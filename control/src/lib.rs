@@ -7,10 +7,12 @@
 //! them to node proxies; [`ca`] is the mesh CA (a root and an intermediate kept in a Secret,
 //! replaced in time, a trust bundle, and Istio's certificate service, which signs only for
 //! identities that have a running pod on the calling node proxy's node); [`serving`] is the TLS
-//! listener both are served on, with a certificate that follows the CA.
+//! listener both are served on, with a certificate that follows the CA; [`waypoints`] deploys a
+//! waypoint for every Gateway of class `weft-waypoint`.
 
 pub mod ca;
 pub mod index;
 pub mod metrics;
 pub mod serving;
+pub mod waypoints;
 pub mod xds;

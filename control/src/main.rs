@@ -1,13 +1,8 @@
 //! `weft-control`: the control plane binary; all logic lives in the library.
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{
-    Api,
-    api::{ObjectMeta, Patch, PatchParams},
-};
 use tonic::transport::Server;
 use weft_api::{
     ca::istio_certificate_service_server::IstioCertificateServiceServer,
@@ -73,11 +68,17 @@ struct Args {
     /// skew and late renewals.
     #[arg(long, default_value_t = 300)]
     ca_rotation_margin_seconds: u64,
+    /// The image of the waypoints it deploys for Gateways of class `weft-waypoint`.
+    #[arg(long, env = "WEFT_WAYPOINT_IMAGE", default_value = "weft/waypoint")]
+    waypoint_image: String,
+    /// The xDS and CA address waypoint pods dial (this control plane's Service).
+    #[arg(
+        long,
+        env = "WEFT_WAYPOINT_CONTROL_ADDRESS",
+        default_value = "https://weft-control.weft-system.svc:15012"
+    )]
+    waypoint_control_address: String,
 }
-
-/// ConfigMap (in the control plane's namespace) that publishes the mesh root for proxies.
-const ROOT_CONFIG_MAP: &str = "weft-ca-root-cert";
-const ROOT_CONFIG_MAP_KEY: &str = "root-cert.pem";
 
 fn main() -> anyhow::Result<()> {
     weft_api::daemon::init_logging();
@@ -109,7 +110,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         )
         .await?,
     );
-    publish_root(client.clone(), &args.namespace, &authority.bundle_pem()).await?;
+    weft_control::ca::publish_root(client.clone(), &args.namespace, &authority.bundle_pem()).await?;
     let serving = Arc::new(ServingCert::new(&authority, args.serving_names.clone())?);
     let maintenance = tokio::spawn(maintain_ca(
         authority.clone(),
@@ -130,6 +131,14 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         root_namespace: args.namespace.clone(),
         labels: args.labels,
     };
+    let waypoints = tokio::spawn(weft_control::waypoints::run(
+        client.clone(),
+        weft_control::waypoints::Settings {
+            image: args.waypoint_image.clone(),
+            control_address: args.waypoint_control_address.clone(),
+        },
+        authority.clone(),
+    ));
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
     let source = Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() });
     let (monitoring, admin, endpoints) =
@@ -173,6 +182,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     monitor.abort();
     index.abort();
     maintenance.abort();
+    waypoints.abort();
     tracing::info!("stopped");
     result
 }
@@ -223,24 +233,12 @@ async fn maintain_ca(
         if let Err(error) = serving.renew(&authority) {
             tracing::warn!(%error, "renewing the serving certificate failed");
         }
-        if let Err(error) = publish_root(client.clone(), &namespace, &authority.bundle_pem()).await {
+        if let Err(error) =
+            weft_control::ca::publish_root(client.clone(), &namespace, &authority.bundle_pem()).await
+        {
             tracing::warn!(%error, "publishing the trust bundle failed");
         }
     }
-}
-
-/// Publishes the mesh root for the node proxies (server-side apply: idempotent).
-async fn publish_root(client: kube::Client, namespace: &str, root_pem: &str) -> anyhow::Result<()> {
-    let config_map = ConfigMap {
-        metadata: ObjectMeta { name: Some(ROOT_CONFIG_MAP.into()), ..Default::default() },
-        data: Some(BTreeMap::from([(ROOT_CONFIG_MAP_KEY.to_owned(), root_pem.to_owned())])),
-        ..Default::default()
-    };
-    Api::<ConfigMap>::namespaced(client, namespace)
-        .patch(ROOT_CONFIG_MAP, &PatchParams::apply("weft-control").force(), &Patch::Apply(&config_map))
-        .await
-        .context("publishing the mesh root")?;
-    Ok(())
 }
 
 /// A listening socket passed by the parent (systemd-style activation: `LISTEN_FDS=1`, fd 3).

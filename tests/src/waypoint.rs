@@ -1,11 +1,12 @@
-//! A waypoint as an operator deploys it, in the harness: the Gateway (class `weft-waypoint`),
-//! its ServiceAccount and Service (HBONE, 15008), and one pod of it running `weft-waypoint`
-//! with a token bound to that pod, outside capture (`weft.dev/dataplane-mode: none`), taking
-//! its certificate and configuration from the control plane.
+//! A waypoint as a user gets one, in the harness: the Gateway (class `weft-waypoint`), for
+//! which the control plane deploys a ServiceAccount, a Service (HBONE, 15008) and a Deployment;
+//! the harness, playing the kubelet, runs one pod of it by hand running `weft-waypoint` with a
+//! token bound to that pod, outside capture (`weft.dev/dataplane-mode: none`), taking its
+//! certificate and configuration from the control plane.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::ServicePort;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
@@ -68,9 +69,20 @@ impl Waypoint {
             .create(&PostParams::default(), &serde_json::from_value(gateway)?)
             .await
             .context("creating the Gateway")?;
-        cluster.kubelet().ensure_service_account(namespace, name).await?;
-        let port = ServicePort { name: Some("mesh".into()), port: 15008, ..Default::default() };
-        cluster.create_service(namespace, name, &[(GATEWAY_NAME_LABEL, name)], port).await?;
+        // The control plane deploys the rest for the Gateway; the harness, playing the kubelet,
+        // runs one pod of it by hand (the Deployment's own pods are never scheduled here).
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        crate::eventually(
+            "the control plane to deploy the waypoint's Service and account",
+            READY_TIMEOUT,
+            || async {
+                let deployed = services.get_opt(name).await.ok()?.is_some()
+                    && accounts.get_opt(name).await.ok()?.is_some();
+                deployed.then_some(())
+            },
+        )
+        .await?;
         let pod_name = format!("{name}-0");
         let template = PodTemplate::new(namespace, &pod_name)
             .service_account(name)

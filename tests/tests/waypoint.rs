@@ -369,3 +369,86 @@ async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_
         assert!(line.contains("/anything"), "{line}");
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_a_status_and_loses_them_with_it()
+ {
+    use k8s_openapi::api::{
+        apps::v1::Deployment,
+        core::v1::{Service, ServiceAccount},
+    };
+    let cluster = Cluster::start(1).await.unwrap();
+    control::install_gateway_api_crds(cluster.client()).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[]).await.unwrap();
+    let _plane = ControlPlane::start_with(&cluster, &["--waypoint-image", "example.test/weft/waypoint:dev"])
+        .await
+        .unwrap();
+    let gateway = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": "waypoint", "namespace": "shop" },
+        "spec": { "gatewayClassName": "weft-waypoint", "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] },
+    });
+    let gateways = weft_tests::waypoint::gateways(cluster.client(), "shop");
+    gateways.create(&PostParams::default(), &serde_json::from_value(gateway).unwrap()).await.unwrap();
+    let client = cluster.client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let deployment = weft_tests::eventually("the waypoint's Deployment", WAIT, || async {
+        deployments.get_opt("waypoint").await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let template = deployment.spec.template;
+    let labels = template.metadata.unwrap().labels.unwrap();
+    assert_eq!(labels["weft.dev/dataplane-mode"], "none", "a waypoint is never captured");
+    let pod = template.spec.unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("waypoint"));
+    let container = &pod.containers[0];
+    assert_eq!(container.image.as_deref(), Some("example.test/weft/waypoint:dev"));
+    let env = container.env.clone().unwrap_or_default();
+    assert!(
+        env.iter().any(|var| var.name == "GATEWAY_NAME" && var.value.as_deref() == Some("waypoint")),
+        "{env:?}"
+    );
+    let service = Api::<Service>::namespaced(client.clone(), "shop").get("waypoint").await.unwrap();
+    assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 15008);
+    assert!(
+        Api::<ServiceAccount>::namespaced(client.clone(), "shop")
+            .get_opt("waypoint")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let root = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "shop")
+        .get("weft-ca-root-cert")
+        .await
+        .unwrap();
+    assert!(
+        root.data.unwrap()["root-cert.pem"].contains("BEGIN CERTIFICATE"),
+        "the mesh root, for the waypoint's pods"
+    );
+    // Accepted, and not programmed: no kubelet here runs the Deployment's pods.
+    let conditions = weft_tests::eventually("the Gateway's status", WAIT, || async {
+        let gateway = gateways.get("waypoint").await.ok()?;
+        let conditions = gateway.data.get("status")?.get("conditions")?.as_array()?.clone();
+        (conditions.len() == 2).then_some(conditions)
+    })
+    .await
+    .unwrap();
+    let status_of = |kind: &str| {
+        conditions
+            .iter()
+            .find(|condition| condition["type"] == kind)
+            .map(|condition| (condition["status"].clone(), condition["reason"].clone()))
+    };
+    assert_eq!(status_of("Accepted"), Some((serde_json::json!("True"), serde_json::json!("Accepted"))));
+    assert_eq!(status_of("Programmed"), Some((serde_json::json!("False"), serde_json::json!("Pending"))));
+    // The Gateway owns all of it: deleting it removes them.
+    gateways.delete("waypoint", &Default::default()).await.unwrap();
+    weft_tests::eventually("the waypoint's Service to go with its Gateway", WAIT, || async {
+        let services = Api::<Service>::namespaced(client.clone(), "shop");
+        services.get_opt("waypoint").await.ok()?.is_none().then_some(())
+    })
+    .await
+    .unwrap();
+}

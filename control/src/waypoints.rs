@@ -1,0 +1,228 @@
+//! Deploys waypoints: for every Gateway of class `weft-waypoint`, the control plane applies in
+//! its namespace a ServiceAccount, a Service (HBONE on 15008) and a Deployment of its name
+//! running `weft-waypoint`, all owned by the Gateway (deleting it removes them), copies the mesh
+//! root there for its pods, and reports on the Gateway's status: `Accepted`, and `Programmed`
+//! once a waypoint pod is available — as Istio's deployment controller does. Level-triggered:
+//! every Gateway change and a periodic tick reconcile them all.
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::ServiceAccount},
+    apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+
+use crate::{
+    ca::{Authority, ROOT_CONFIG_MAP, ROOT_CONFIG_MAP_KEY},
+    index::{
+        gateway_api::Gateway,
+        waypoint::{CLASS, GATEWAY_NAME_LABEL, HBONE_PORT},
+    },
+};
+
+/// How often every waypoint is reconciled, whatever changed.
+const TICK: Duration = Duration::from_secs(10);
+const MANAGER: &str = "weft-control";
+
+/// How waypoints are deployed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The waypoint's container image.
+    pub image: String,
+    /// The control plane's xDS and CA address, as the waypoint's pods dial it.
+    pub control_address: String,
+}
+
+/// Reconciles every waypoint until the task is dropped; a Gateway that fails is logged and
+/// retried at the next tick, and costs the others nothing.
+pub async fn run(client: kube::Client, settings: Settings, authority: Arc<Authority>) {
+    use kube::runtime::WatchStreamExt;
+    use tokio_stream::StreamExt;
+    let gateways: Api<Gateway> = Api::all(client.clone());
+    // Any Gateway event wakes the loop at once; the tick catches Deployments becoming
+    // available. Without the CRDs the watch fails, backing off, and only the tick runs.
+    let changes =
+        kube::runtime::watcher(gateways.clone(), kube::runtime::watcher::Config::default()).default_backoff();
+    let mut changes = std::pin::pin!(changes);
+    loop {
+        match gateways.list(&ListParams::default()).await {
+            Ok(list) => {
+                for gateway in list.items.iter().filter(|gateway| gateway.spec.gateway_class_name == CLASS) {
+                    if let Err(error) = reconcile(&client, &settings, &authority, gateway).await {
+                        tracing::warn!(gateway = %gateway.name_any(), namespace = ?gateway.namespace(), %error, "waypoint not deployed");
+                    }
+                }
+            }
+            // Without the Gateway API's CRDs there is nothing to deploy (and the index says so).
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => tracing::warn!(%error, "listing Gateways"),
+        }
+        tokio::select! {
+            Some(_) = changes.next() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+async fn reconcile(
+    client: &kube::Client,
+    settings: &Settings,
+    authority: &Authority,
+    gateway: &Gateway,
+) -> Result<(), kube::Error> {
+    let (name, namespace) = (gateway.name_any(), gateway.namespace().unwrap_or_default());
+    let owner = OwnerReference {
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: "Gateway".into(),
+        name: name.clone(),
+        uid: gateway.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let apply = PatchParams::apply(MANAGER).force();
+    crate::ca::publish_root(client.clone(), &namespace, &authority.bundle_pem()).await?;
+    let metadata = json!({ "name": name, "namespace": namespace, "ownerReferences": [owner],
+        "labels": { GATEWAY_NAME_LABEL: name, "app.kubernetes.io/managed-by": MANAGER } });
+    let account = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata });
+    Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .patch(&name, &apply, &Patch::Apply(&account))
+        .await?;
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "selector": { GATEWAY_NAME_LABEL: name },
+            "ports": [{ "name": "mesh", "port": HBONE_PORT, "protocol": "TCP" }],
+        },
+    });
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &namespace)
+        .patch(&name, &apply, &Patch::Apply(&service))
+        .await?;
+    let deployment = deployment(&name, &metadata, settings);
+    let deployed = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .patch(&name, &apply, &Patch::Apply(&deployment))
+        .await?;
+    let available = deployed.status.and_then(|status| status.available_replicas).unwrap_or(0);
+    report(client, gateway, available).await
+}
+
+/// The waypoint's Deployment: not captured itself, its identity its own service account, its
+/// token for the CA, the mesh root from the ConfigMap of its namespace.
+fn deployment(name: &str, metadata: &serde_json::Value, settings: &Settings) -> serde_json::Value {
+    let field = |path: &str| json!({ "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    let mut env: Vec<serde_json::Value> = [
+        ("POD_NAME", field("metadata.name")),
+        ("POD_NAMESPACE", field("metadata.namespace")),
+        ("NODE_NAME", field("spec.nodeName")),
+        ("INSTANCE_IP", field("status.podIP")),
+        ("SERVICE_ACCOUNT", field("spec.serviceAccountName")),
+    ]
+    .into_iter()
+    .map(|(key, mut value)| {
+        value["name"] = json!(key);
+        value
+    })
+    .collect();
+    for (key, value) in [
+        ("GATEWAY_NAME", name),
+        ("WEFT_XDS_ADDRESS", &settings.control_address),
+        ("WEFT_CA_ADDRESS", &settings.control_address),
+        ("WEFT_CA_ROOT_FILE", "/var/run/weft/root/root-cert.pem"),
+        ("WEFT_TOKEN_FILE", "/var/run/weft/token/istio-token"),
+    ] {
+        env.push(json!({ "name": key, "value": value }));
+    }
+    let labels = json!({ GATEWAY_NAME_LABEL: name, "weft.dev/dataplane-mode": "none" });
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "selector": { "matchLabels": { GATEWAY_NAME_LABEL: name } },
+            "template": {
+                "metadata": { "labels": labels },
+                "spec": {
+                    "serviceAccountName": name,
+                    "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532 },
+                    "containers": [{
+                        "name": "waypoint",
+                        "image": settings.image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["weft-waypoint"],
+                        "env": env,
+                        "ports": [
+                            { "name": "mesh", "containerPort": HBONE_PORT },
+                            { "name": "http-metrics", "containerPort": 15020 },
+                        ],
+                        "readinessProbe": { "httpGet": { "path": "/healthz/ready", "port": 15021 }, "periodSeconds": 5 },
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "capabilities": { "drop": ["ALL"] },
+                        },
+                        "volumeMounts": [
+                            { "name": "root", "mountPath": "/var/run/weft/root", "readOnly": true },
+                            { "name": "token", "mountPath": "/var/run/weft/token", "readOnly": true },
+                        ],
+                    }],
+                    "volumes": [
+                        { "name": "root", "configMap": { "name": ROOT_CONFIG_MAP,
+                            "items": [{ "key": ROOT_CONFIG_MAP_KEY, "path": "root-cert.pem" }] } },
+                        { "name": "token", "projected": { "sources": [{ "serviceAccountToken": {
+                            "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token" } }] } },
+                    ],
+                },
+            },
+        },
+    })
+}
+
+/// The Gateway's status: accepted (its class is ours), programmed once a pod is available. A
+/// condition keeps its transition time while its status stays.
+async fn report(client: &kube::Client, gateway: &Gateway, available: i32) -> Result<(), kube::Error> {
+    let generation = gateway.metadata.generation;
+    let current: BTreeMap<String, Condition> = gateway
+        .status
+        .iter()
+        .flat_map(|status| status.conditions.iter().cloned())
+        .map(|condition| (condition.type_.clone(), condition))
+        .collect();
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" }.to_owned();
+        let since = current.get(type_).filter(|old| old.status == status).map_or_else(
+            || Time(k8s_openapi::jiff::Timestamp::now()),
+            |old| old.last_transition_time.clone(),
+        );
+        Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: generation,
+        }
+    };
+    let programmed = available > 0;
+    let conditions = [
+        condition("Accepted", true, "Accepted", "a waypoint of Weft's".into()),
+        if programmed {
+            condition("Programmed", true, "Programmed", format!("{available} waypoint pod(s) available"))
+        } else {
+            condition("Programmed", false, "Pending", "no waypoint pod is available yet".into())
+        },
+    ];
+    let status = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "status": { "conditions": conditions },
+    });
+    Api::<Gateway>::namespaced(client.clone(), &gateway.namespace().unwrap_or_default())
+        .patch_status(&gateway.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&status))
+        .await?;
+    Ok(())
+}
