@@ -4,9 +4,10 @@
 //! proxies do).
 //!
 //! [`index`] turns Kubernetes objects into versioned snapshots of xDS resources; [`xds`] streams
-//! them to node proxies; [`ca`] is the mesh CA (a root and an intermediate kept in a Secret,
-//! replaced in time, a trust bundle, and Istio's certificate service, which signs only for
-//! identities that have a running pod on the calling node proxy's node); [`serving`] is the TLS
+//! them to node proxies and waypoints; [`ca`] is the mesh CA (a root and an intermediate kept in
+//! a Secret, replaced in time, a trust bundle, and Istio's certificate service, which signs a
+//! node proxy only identities that have a running pod on its node, and a waypoint only its
+//! own); [`serving`] is the TLS
 //! listener both are served on, with a certificate that follows the CA; [`waypoints`] deploys a
 //! waypoint for every Gateway of class `weft-waypoint`.
 

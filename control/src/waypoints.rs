@@ -84,6 +84,12 @@ async fn reconcile(
         block_owner_deletion: Some(true),
     };
     let apply = PatchParams::apply(MANAGER).force();
+    // Applying takes over what it names: never an object someone else made (a Gateway named
+    // like an existing Service would otherwise repoint it, and deleting the Gateway remove it).
+    if let Some(conflict) = taken(client, &namespace, &name, &owner.uid).await? {
+        tracing::warn!(gateway = %name, %namespace, %conflict, "waypoint not deployed");
+        return report(client, gateway, Err(conflict)).await;
+    }
     crate::ca::publish_root(client.clone(), &namespace, &authority.bundle_pem()).await?;
     let metadata = json!({ "name": name, "namespace": namespace, "ownerReferences": [owner],
         "labels": { GATEWAY_NAME_LABEL: name, "app.kubernetes.io/managed-by": MANAGER } });
@@ -108,7 +114,34 @@ async fn reconcile(
         .patch(&name, &apply, &Patch::Apply(&deployment))
         .await?;
     let available = deployed.status.and_then(|status| status.available_replicas).unwrap_or(0);
-    report(client, gateway, available).await
+    report(client, gateway, Ok(available)).await
+}
+
+/// What of the waypoint's objects exists and is not this Gateway's (owner `uid`), if any.
+async fn taken(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Option<String>, kube::Error> {
+    let owned_elsewhere = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        !meta.owner_references.iter().flatten().any(|owner| owner.uid == uid)
+    };
+    let service = Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?;
+    if service.is_some_and(|service| owned_elsewhere(&service.metadata)) {
+        return Ok(Some(format!("Service {namespace}/{name} exists and is not this Gateway's")));
+    }
+    let account = Api::<ServiceAccount>::namespaced(client.clone(), namespace).get_opt(name).await?;
+    if account.is_some_and(|account| owned_elsewhere(&account.metadata)) {
+        return Ok(Some(format!("ServiceAccount {namespace}/{name} exists and is not this Gateway's")));
+    }
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(name).await?;
+    if deployment.is_some_and(|deployment| owned_elsewhere(&deployment.metadata)) {
+        return Ok(Some(format!("Deployment {namespace}/{name} exists and is not this Gateway's")));
+    }
+    Ok(None)
 }
 
 /// The waypoint's Deployment: not captured itself, its identity its own service account, its
@@ -182,9 +215,14 @@ fn deployment(name: &str, metadata: &serde_json::Value, settings: &Settings) -> 
     })
 }
 
-/// The Gateway's status: accepted (its class is ours), programmed once a pod is available. A
-/// condition keeps its transition time while its status stays.
-async fn report(client: &kube::Client, gateway: &Gateway, available: i32) -> Result<(), kube::Error> {
+/// The Gateway's status: accepted (its class is ours, and its objects could be deployed: else
+/// `conflict` says why not), programmed once a pod is available. A condition keeps its
+/// transition time while its status stays.
+async fn report(
+    client: &kube::Client,
+    gateway: &Gateway,
+    available: Result<i32, String>,
+) -> Result<(), kube::Error> {
     let generation = gateway.metadata.generation;
     let current: BTreeMap<String, Condition> = gateway
         .status
@@ -207,15 +245,20 @@ async fn report(client: &kube::Client, gateway: &Gateway, available: i32) -> Res
             observed_generation: generation,
         }
     };
-    let programmed = available > 0;
-    let conditions = [
-        condition("Accepted", true, "Accepted", "a waypoint of Weft's".into()),
-        if programmed {
-            condition("Programmed", true, "Programmed", format!("{available} waypoint pod(s) available"))
-        } else {
-            condition("Programmed", false, "Pending", "no waypoint pod is available yet".into())
-        },
-    ];
+    let conditions = match available {
+        Err(conflict) => [
+            condition("Accepted", false, "InvalidParameters", conflict.clone()),
+            condition("Programmed", false, "Invalid", conflict),
+        ],
+        Ok(available) if available > 0 => [
+            condition("Accepted", true, "Accepted", "a waypoint of Weft's".into()),
+            condition("Programmed", true, "Programmed", format!("{available} waypoint pod(s) available")),
+        ],
+        Ok(_) => [
+            condition("Accepted", true, "Accepted", "a waypoint of Weft's".into()),
+            condition("Programmed", false, "Pending", "no waypoint pod is available yet".into()),
+        ],
+    };
     let status = json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "Gateway",

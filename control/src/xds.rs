@@ -1,5 +1,6 @@
 //! Delta ADS (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`):
-//! each node proxy, authenticated by its service-account token like the CA's callers, holds one
+//! each proxy (node proxy or waypoint), authenticated by its service-account token like the
+//! CA's callers, holds one
 //! stream and subscribes to resource types; it gets every resource of a type it subscribed to
 //! (wildcard) or the names it asked for, then only what changed: new or changed resources, and
 //! the names of removed ones. Responses carry a nonce the proxy acks, or nacks with an error

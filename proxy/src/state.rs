@@ -454,18 +454,20 @@ impl State {
         Some((service, endpoints))
     }
 
-    /// Whether `source` is the identity of one of `waypoint`'s pods.
+    /// Whether `source` is `waypoint`'s identity ([`State::waypoint_identity`]).
     fn is_waypoint_identity(&self, waypoint: &Waypoint, source: Option<&Identity>) -> bool {
         let Some(source) = source else { return false };
-        // A pod without a trust domain of its own has the mesh's, which the peer's certificate
-        // chain to the mesh's roots has already vouched for.
-        self.waypoint(waypoint).is_some_and(|(_, pods)| {
-            pods.iter().any(|pod| {
-                pod.namespace == source.namespace
-                    && pod.service_account == source.service_account
-                    && pod.trust_domain.as_ref().is_none_or(|domain| *domain == source.trust_domain)
-            })
-        })
+        // The trust domain is the mesh's, which the peer's certificate chain to the mesh's
+        // roots has already vouched for.
+        self.waypoint_identity(waypoint, &source.trust_domain).is_some_and(|identity| identity == *source)
+    }
+
+    /// The identity `waypoint`'s pods must prove: its Gateway's service account, named like
+    /// the Gateway and its Service (the control plane deploys it so). Not whatever account a
+    /// pod behind its Service runs as: anyone may label a pod into that Service.
+    pub fn waypoint_identity(&self, waypoint: &Waypoint, trust_domain: &str) -> Option<Identity> {
+        let (service, _) = self.waypoint(waypoint)?;
+        Some(Identity::new(trust_domain, &service.namespace, &service.name))
     }
 
     /// The Service named `key` (`namespace/hostname`), and the workloads backing it.
@@ -896,9 +898,19 @@ mod tests {
         state.apply(Update { changed: vec![changed(Address::Service(service))], removed: vec![] }).unwrap();
         assert!(from(Some(&waypoints)).allowed());
         assert_eq!(from(Some(&Identity::new("cluster.local", "ns", "sa"))), bypassed, "another workload");
+        // A pod labelled into the waypoint's Service under another account is no waypoint.
+        let mut impostor = workload("impostor", "10.0.0.3");
+        impostor.service_account = "impostor".into();
+        impostor.services = wp_pod.services.clone();
+        state.apply(Update { changed: vec![changed(Address::Workload(impostor))], removed: vec![] }).unwrap();
+        assert_eq!(
+            from(Some(&Identity::new("cluster.local", "ns", "impostor"))),
+            bypassed,
+            "an impostor behind the Service"
+        );
         assert_eq!(from(None), bypassed, "plaintext");
         let (found, pods) = state.waypoint(&waypoint).unwrap();
-        assert_eq!((found.name.as_str(), pods.len()), ("wp", 1));
+        assert_eq!((found.name.as_str(), pods.len()), ("wp", 2));
     }
 
     #[test]

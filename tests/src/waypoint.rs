@@ -45,6 +45,21 @@ pub fn http_routes(client: kube::Client, namespace: &str) -> Api<DynamicObject> 
     Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
 }
 
+/// Creates Gateway `name` of class `weft-waypoint` in `namespace`, listening for HBONE.
+pub async fn create_gateway(client: kube::Client, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let gateway = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "Gateway",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "gatewayClassName": "weft-waypoint",
+            "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }],
+        },
+    });
+    gateways(client, namespace).create(&PostParams::default(), &serde_json::from_value(gateway)?).await?;
+    Ok(())
+}
+
 impl Waypoint {
     /// Deploys waypoint `name` in `namespace` with its pod on node `node`, and returns once the
     /// waypoint is ready (its configuration arrived). The Gateway API CRDs must be installed.
@@ -56,19 +71,7 @@ impl Waypoint {
         node: usize,
     ) -> anyhow::Result<Self> {
         let client = cluster.client();
-        let gateway = serde_json::json!({
-            "apiVersion": "gateway.networking.k8s.io/v1",
-            "kind": "Gateway",
-            "metadata": { "name": name, "namespace": namespace },
-            "spec": {
-                "gatewayClassName": "weft-waypoint",
-                "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }],
-            },
-        });
-        gateways(client.clone(), namespace)
-            .create(&PostParams::default(), &serde_json::from_value(gateway)?)
-            .await
-            .context("creating the Gateway")?;
+        create_gateway(client.clone(), namespace, name).await.context("creating the Gateway")?;
         // The control plane deploys the rest for the Gateway; the harness, playing the kubelet,
         // runs one pod of it by hand (the Deployment's own pods are never scheduled here).
         let services: Api<Service> = Api::namespaced(client.clone(), namespace);

@@ -203,26 +203,26 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
     });
 }
 
-/// Plays a client's node proxy that ignores waypoints: with a certificate for `shop/<account>`
-/// from the mesh CA (asked with node 0's proxy token, as that node's proxy may), it opens HBONE
-/// straight to `target` from node 0, expecting `target`'s pod to prove `shop/echo`. Returns the
-/// CONNECT's status.
-async fn connect_around_the_waypoint(scene: &Scene, account: &str, target: SocketAddr) -> u16 {
+/// A certificate for `shop/<account>` from the mesh CA, asked with a token of `holder`
+/// (namespace, service account, pod name, pod uid): as a node proxy impersonating `account`, or
+/// (`own`) as a waypoint asking for its own. From node 0, where pods reach the CA.
+async fn mesh_certificate(
+    cluster: &Cluster,
+    plane: &ControlPlane,
+    holder: (&str, &str, &str, Option<&str>),
+    account: &str,
+    own: bool,
+) -> Result<Arc<weft_proxy::tls::WorkloadCert>, String> {
     use weft_proxy::{
         control::ProxyMeta,
-        hbone::client::{Connection, Error, Origin},
-        identity::{Expected, Identity, ca::GrpcCa, manager::Manager},
-        tls,
+        identity::{Identity, ca::GrpcCa, manager::Manager},
     };
-    let client = scene.cluster.client();
-    let proxy_pod =
-        Api::<PodObject>::namespaced(client.clone(), control::NAMESPACE).get("ztunnel-node0").await.unwrap();
-    let account_of_proxies = (control::NAMESPACE, control::PROXY_SERVICE_ACCOUNT);
+    let (namespace, service_account, pod, uid) = holder;
     let token = control::request_token_for(
-        client,
-        account_of_proxies,
-        "ztunnel-node0",
-        proxy_pod.metadata.uid.as_deref(),
+        cluster.client(),
+        (namespace, service_account),
+        pod,
+        uid,
         control::AUDIENCE,
     )
     .await
@@ -230,14 +230,45 @@ async fn connect_around_the_waypoint(scene: &Scene, account: &str, target: Socke
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
-    let (address, root_file) = (scene.plane.address(), scene.plane.root_file().to_owned());
+    let (address, root_file) = (plane.address(), plane.root_file().to_owned());
     let identity = Identity::new("cluster.local", "shop", account);
+    let node0 = cluster.topology().nodes()[0].netns.clone();
+    node0
+        .run(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let ca = GrpcCa::new(&address, &root_file, &token_file, &ProxyMeta::default()).unwrap();
+                let ca = if own { ca.for_own_identity() } else { ca };
+                let manager = Manager::new(Arc::new(ca), Duration::from_secs(3600));
+                manager.fetch(&identity).await.map_err(|error| error.to_string())
+            })
+        })
+        .unwrap()
+}
+
+/// Plays a client's node proxy that ignores waypoints: with a certificate for `shop/<account>`
+/// from the mesh CA (asked with node 0's proxy token, as that node's proxy may), it opens HBONE
+/// straight to `target` from node 0, expecting `target`'s pod to prove `shop/echo`. Returns the
+/// CONNECT's status.
+async fn connect_around_the_waypoint(scene: &Scene, account: &str, target: SocketAddr) -> u16 {
+    use weft_proxy::{
+        hbone::client::{Connection, Error, Origin},
+        identity::{Expected, Identity},
+        tls,
+    };
+    let proxies = Api::<PodObject>::namespaced(scene.cluster.client(), control::NAMESPACE);
+    let proxy_pod = proxies.get("ztunnel-node0").await.unwrap();
+    let holder = (
+        control::NAMESPACE,
+        control::PROXY_SERVICE_ACCOUNT,
+        "ztunnel-node0",
+        proxy_pod.metadata.uid.as_deref(),
+    );
+    let cert = mesh_certificate(&scene.cluster, &scene.plane, holder, account, false).await.unwrap();
     let node0 = scene.cluster.topology().nodes()[0].netns.clone();
     let connected = node0.run(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let ca = GrpcCa::new(&address, &root_file, &token_file, &ProxyMeta::default()).unwrap();
-            let cert = Manager::new(Arc::new(ca), Duration::from_secs(3600)).fetch(&identity).await.unwrap();
             let expected = Expected::from(Identity::new("cluster.local", "shop", "echo"));
             let config = tls::client_config(&cert, &expected).unwrap();
             let tcp = tokio::net::TcpStream::connect((target.ip(), 15008)).await.unwrap();
@@ -338,6 +369,13 @@ async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_
             tally.contains("1 status=403 RBAC: access denied")
         })
         .unwrap();
+        // The path is made canonical before it is decided on: no way around the DENY.
+        for disguised in ["/public/../admin/users", "/%61dmin/users", "/./admin"] {
+            let tally = apps::http_requests(&scene.client, to_v1, disguised, &[], 1).unwrap();
+            assert!(tally.contains("1 status=403 RBAC: access denied"), "{disguised}: {tally}");
+        }
+        let encoded_slash = apps::http_requests(&scene.client, to_v1, "/admin%2Fusers", &[], 1).unwrap();
+        assert!(encoded_slash.contains("1 status=400"), "{encoded_slash}");
         let allowed = apps::http_requests(&scene.client, to_v1, "/public", &[], 5).unwrap();
         assert_eq!(answered_by(&allowed, "v1"), 5, "other paths pass: {allowed}");
         let denied = scene.waypoint.process().wait_for(|line| line.contains("request denied"), WAIT).unwrap();
@@ -383,14 +421,8 @@ async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_
     let _plane = ControlPlane::start_with(&cluster, &["--waypoint-image", "example.test/weft/waypoint:dev"])
         .await
         .unwrap();
-    let gateway = serde_json::json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "Gateway",
-        "metadata": { "name": "waypoint", "namespace": "shop" },
-        "spec": { "gatewayClassName": "weft-waypoint", "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] },
-    });
     let gateways = weft_tests::waypoint::gateways(cluster.client(), "shop");
-    gateways.create(&PostParams::default(), &serde_json::from_value(gateway).unwrap()).await.unwrap();
+    weft_tests::waypoint::create_gateway(cluster.client(), "shop", "waypoint").await.unwrap();
     let client = cluster.client();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
     let deployment = weft_tests::eventually("the waypoint's Deployment", WAIT, || async {
@@ -431,7 +463,8 @@ async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_
     let conditions = weft_tests::eventually("the Gateway's status", WAIT, || async {
         let gateway = gateways.get("waypoint").await.ok()?;
         let conditions = gateway.data.get("status")?.get("conditions")?.as_array()?.clone();
-        (conditions.len() == 2).then_some(conditions)
+        // Until the control plane reports, the CRD's default says `Unknown`.
+        conditions.iter().all(|condition| condition["status"] != "Unknown").then_some(conditions)
     })
     .await
     .unwrap();
@@ -443,6 +476,29 @@ async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_
     };
     assert_eq!(status_of("Accepted"), Some((serde_json::json!("True"), serde_json::json!("Accepted"))));
     assert_eq!(status_of("Programmed"), Some((serde_json::json!("False"), serde_json::json!("Pending"))));
+    // A Gateway named like a Service of someone else's takes nothing over: it is not accepted.
+    let port = ServicePort { port: 80, ..Default::default() };
+    cluster.create_service("shop", "legacy", &[("app", "legacy")], port).await.unwrap();
+    weft_tests::waypoint::create_gateway(cluster.client(), "shop", "legacy").await.unwrap();
+    let refused = weft_tests::eventually("the conflicting Gateway's status", WAIT, || async {
+        let gateway = gateways.get("legacy").await.ok()?;
+        let conditions = gateway.data.get("status")?.get("conditions")?.as_array()?.clone();
+        // Until the control plane reports, the CRD's default says `Unknown`.
+        conditions
+            .into_iter()
+            .find(|condition| condition["type"] == "Accepted" && condition["status"] != "Unknown")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (refused["status"].as_str(), refused["reason"].as_str()),
+        (Some("False"), Some("InvalidParameters")),
+        "{refused}"
+    );
+    let untouched = Api::<Service>::namespaced(client.clone(), "shop").get("legacy").await.unwrap();
+    assert_eq!(untouched.spec.unwrap().ports.unwrap()[0].port, 80, "the Service is left as it was");
+    assert!(deployments.get_opt("legacy").await.unwrap().is_none());
+
     // The Gateway owns all of it: deleting it removes them.
     gateways.delete("waypoint", &Default::default()).await.unwrap();
     weft_tests::eventually("the waypoint's Service to go with its Gateway", WAIT, || async {
@@ -451,4 +507,36 @@ async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_
     })
     .await
     .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_pod_running_as_its_gateways_account_gets_a_waypoints_certificate_not_any_pod_with_its_label()
+{
+    use weft_tests::waypoint::GATEWAY_NAME_LABEL;
+    let mut cluster = Cluster::start(1).await.unwrap();
+    control::install_gateway_api_crds(cluster.client()).await.unwrap();
+    cluster.kubelet().ensure_namespace("shop", &[]).await.unwrap();
+    let plane = ControlPlane::start(&cluster).await.unwrap();
+    weft_tests::waypoint::create_gateway(cluster.client(), "shop", "waypoint").await.unwrap();
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(cluster.client(), "shop");
+    weft_tests::eventually("the waypoint's account", WAIT, || async {
+        accounts.get_opt("waypoint").await.ok().flatten()
+    })
+    .await
+    .unwrap();
+    let labelled = |name: &str, account: &str| {
+        PodTemplate::new("shop", name).service_account(account).label(GATEWAY_NAME_LABEL, "waypoint")
+    };
+    let fake = cluster.add_pod(0, &labelled("fake", "client")).await.unwrap();
+    let real = cluster.add_pod(0, &labelled("real", "waypoint")).await.unwrap();
+    let refused =
+        mesh_certificate(&cluster, &plane, ("shop", "client", "fake", Some(&fake.uid)), "client", true)
+            .await
+            .unwrap_err();
+    assert!(refused.contains("neither the node proxy"), "a label is no waypoint: {refused}");
+    let issued =
+        mesh_certificate(&cluster, &plane, ("shop", "waypoint", "real", Some(&real.uid)), "waypoint", true)
+            .await
+            .unwrap();
+    assert_eq!(issued.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/waypoint");
 }

@@ -57,6 +57,14 @@ pub struct Context {
 }
 
 impl Context {
+    /// Resolves once the whole configuration has arrived: addresses and L4 policies, routes
+    /// and L7 policies.
+    pub async fn synced(&self) {
+        self.state.synced().await;
+        self.routes.synced().await;
+        self.policies.synced().await;
+    }
+
     /// Whether `waypoint`, as a destination names it, is this waypoint.
     pub fn is_me(&self, waypoint: &Waypoint) -> bool {
         match &waypoint.address {

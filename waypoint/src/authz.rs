@@ -321,14 +321,7 @@ impl At<'_> {
             None => Some(bits),
             Some(length) => length.parse::<u8>().ok().filter(|length| *length <= bits),
         };
-        // `Cidr` keeps an IPv4-mapped IPv6 address as IPv4 but not its length: convert the
-        // length here, and refuse a mapped range wider than IPv4, which `Cidr` cannot hold.
-        let (address, length) = match (address, length) {
-            (IpAddr::V6(v6), Some(length)) if let Some(v4) = v6.to_ipv4_mapped() => {
-                (IpAddr::V4(v4), length.checked_sub(96))
-            }
-            other => other,
-        };
+        // `Cidr` reads an IPv4-mapped range as the IPv4 range it maps, and a wider one as IPv6.
         length.and_then(|length| Cidr::new(address, length)).ok_or_else(|| Error::InvalidPrefixLength {
             policy: self.policy.to_owned(),
             field: self.field.to_owned(),

@@ -80,6 +80,8 @@ enum Failure {
     /// Envoy's body for an RBAC denial, which clients of Istio's waypoint already know.
     #[error("RBAC: access denied")]
     Denied,
+    #[error("{0}")]
+    BadTarget(crate::normalize::Error),
 }
 
 impl Failure {
@@ -90,6 +92,7 @@ impl Failure {
             Failure::NoEndpoint(..) | Failure::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Denied => StatusCode::FORBIDDEN,
+            Failure::BadTarget(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -122,12 +125,23 @@ impl Session {
             .map_err(std::io::Error::other)
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let (method, raw_path) = (request.method().clone(), request.uri().path().to_owned());
+        let canonical = {
+            let (mut uri, headers) = (request.uri().clone(), request.headers());
+            crate::normalize::target(&mut uri, headers).map(|()| uri)
+        };
         let request_size = body_size(request.headers(), request.body());
         let mut routed = Routed::default();
-        let answer = self.route(request, &mut routed).await;
+        let answer = match canonical {
+            Ok(uri) => {
+                *request.uri_mut() = uri;
+                self.route(request, &mut routed).await
+            }
+            Err(error) => Err(Failure::BadTarget(error)),
+        };
+        let path = raw_path;
         let response = answer.unwrap_or_else(|failure| {
             tracing::debug!(%failure, "answered by the waypoint");
             own_answer(failure.status(), &failure.to_string())
@@ -168,7 +182,8 @@ impl Session {
             source_principal: self.client.identity.to_string(),
             destination_service: match &self.destination {
                 Destination::Service(service, _) => service.key(),
-                Destination::Workload(workload, _) => workload.uid.clone(),
+                // A workload's name, not its pod's uid: pods come and go, series stay.
+                Destination::Workload(workload, _) => workload.metrics_name().to_owned(),
             },
             destination_workload: destination
                 .map_or_else(unknown, |workload| workload.metrics_name().to_owned()),
@@ -315,7 +330,9 @@ impl Session {
             Some(limit) => tokio::time::timeout(limit, attempt).await.map_err(|_| Failure::Timeout)??,
             None => attempt.await?,
         };
-        Ok(response.map(BodyExt::boxed))
+        let mut response = response.map(BodyExt::boxed);
+        strip_hop_by_hop(response.headers_mut());
+        Ok(response)
     }
 
     /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream.
@@ -416,11 +433,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The host a request names (HTTP/2's `:authority`, HTTP/1's `Host`), without its port.
+/// The host a request names, port and all, as Istio matches `hosts`: HTTP/2's `:authority`
+/// (an absolute URI's), else HTTP/1's `Host` (one at most: [`crate::normalize`]).
 fn host_of(request: &Request<Incoming>) -> Option<&str> {
-    let host = request.uri().host().or_else(|| request.headers().get(header::HOST)?.to_str().ok())?;
-    let without_port = host.rsplit_once(':').filter(|(_, port)| port.parse::<u16>().is_ok());
-    Some(without_port.map_or(host, |(name, _)| name))
+    match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request.headers().get(header::HOST)?.to_str().ok(),
+    }
 }
 
 /// A body's size when known before it is read: its `content-length`, or what its framing says.

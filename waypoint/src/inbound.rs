@@ -88,7 +88,8 @@ impl Handler for Inbound {
     }
 
     async fn connect(&self, request: ConnectRequest) -> Result<Session, Refusal> {
-        let synced = tokio::time::timeout(CONFIG_WAIT, self.context.state.synced()).await;
+        // Until the L7 policies are in too, a request could be allowed that one of them denies.
+        let synced = tokio::time::timeout(CONFIG_WAIT, self.context.synced()).await;
         if synced.is_err() {
             return Err(Refusal::Unavailable("no complete configuration yet".into()));
         }
@@ -96,12 +97,9 @@ impl Handler for Inbound {
             tracing::info!(src = %request.peer, target = %request.target, %refusal, "CONNECT refused");
         })?;
         // The client's node proxy connects from inside the client's pod: the tunnel's source is
-        // the client, port and all, unless `Forwarded` names another address.
-        let address = match request.forwarded_for {
-            Some(ip) if ip != request.source.ip() => SocketAddr::new(ip, 0),
-            _ => request.source,
-        };
-        let client = Client { identity: request.peer.clone(), address };
+        // the client. `Forwarded` is not believed: any holder of a mesh certificate could name
+        // any address in it, and policies decide on source addresses.
+        let client = Client { identity: request.peer.clone(), address: request.source };
         Ok(Session::new(self.context.clone(), destination, client))
     }
 }
@@ -111,7 +109,7 @@ impl Handler for Inbound {
 pub struct Client {
     /// The identity its node proxy proved (the client workload's).
     pub identity: Identity,
-    /// Its address: the tunnel's source, or what `Forwarded` says (without its port).
+    /// Its address: the tunnel's source.
     pub address: SocketAddr,
 }
 

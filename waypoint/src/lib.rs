@@ -1,7 +1,7 @@
 //! Weft's waypoint: the optional L7 proxy for the Services and workloads that opt in
 //! (`weft.dev/use-waypoint`). Node proxies send it their clients' connections to them over
 //! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside,
-//! decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
+//! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints, and tunnels the request on over HBONE with its own identity
 //! ([`forward`]), counting it ([`metrics`]). Routes and policies come compiled from the control
@@ -14,5 +14,6 @@ pub mod authz;
 pub mod forward;
 pub mod inbound;
 pub mod metrics;
+pub mod normalize;
 pub mod route;
 pub mod table;

@@ -57,6 +57,13 @@ impl<T> Table<T> {
         *self.synced.borrow()
     }
 
+    /// Resolves once the first response arrived.
+    pub async fn synced(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives as long as the table: the wait ends only when synced.
+        let _ = synced.wait_for(|synced| *synced).await;
+    }
+
     /// Every resource's name, sorted, for the config dump.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.current().keys().cloned().collect();

@@ -3,8 +3,9 @@
 //! server's TokenReview vouches for the token (and its audience), and the pod it is bound to
 //! says which node the caller runs on. A node proxy may obtain certificates only for identities
 //! with a running pod on its own node — what limits a compromised node to its own workloads. A
-//! waypoint (a pod of a Gateway: labelled `gateway.networking.k8s.io/gateway-name`) may
-//! obtain only its own identity's. Any other caller is refused.
+//! waypoint (a pod labelled with the name of a Gateway of class `weft-waypoint` and running as
+//! that Gateway's account, as the control plane deploys them) may obtain only its own
+//! identity's. Any other caller is refused.
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec},
     core::v1::Pod,
@@ -34,9 +35,6 @@ pub enum CallerKind {
     /// A waypoint: it asks for its own identity only.
     Waypoint,
 }
-
-/// The label of a Gateway's pods: a waypoint's.
-const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 
 /// Why a caller is refused.
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +132,7 @@ impl Authenticator {
         if pod.metadata.uid.as_deref() != Some(pod_uid.as_str()) {
             return Err(Error::Forbidden(format!("the token's pod {pod_name} was replaced")));
         }
-        let waypoint =
-            pod.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(GATEWAY_NAME_LABEL));
+        let waypoint = !node_proxy && self.is_waypoint(&pod, namespace, service_account).await?;
         let kind = match (node_proxy, waypoint) {
             (true, _) => CallerKind::NodeProxy,
             (false, true) => CallerKind::Waypoint,
@@ -156,6 +153,23 @@ impl Authenticator {
             node,
             kind,
         })
+    }
+
+    /// Whether `pod` (of `namespace`, running as `service_account`) is a waypoint's: labelled
+    /// with the name of a Gateway of class `weft-waypoint` in its namespace, and running as that
+    /// Gateway's account, as the control plane deploys waypoints. A label alone proves nothing:
+    /// anyone who may create pods may set it.
+    async fn is_waypoint(&self, pod: &Pod, namespace: &str, service_account: &str) -> Result<bool, Error> {
+        use crate::index::{gateway_api::Gateway, waypoint};
+        let label = pod.metadata.labels.as_ref().and_then(|labels| labels.get(waypoint::GATEWAY_NAME_LABEL));
+        let Some(gateway) = label.filter(|name| *name == service_account) else { return Ok(false) };
+        let found = match Api::<Gateway>::namespaced(self.client.clone(), namespace).get_opt(gateway).await {
+            Ok(found) => found,
+            // Without the Gateway API's CRDs there are no waypoints.
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(found.is_some_and(|gateway| gateway.spec.gateway_class_name == waypoint::CLASS))
     }
 
     /// Whether `namespace/service_account` has a running pod on `node` (one shutting down too:

@@ -190,7 +190,7 @@ impl Context<'_, '_> {
                 }
             };
             if let Some(modifier) = modifier {
-                merge(headers.get_or_insert_default(), modifier);
+                merge(headers.get_or_insert_default(), modifier, &format!("{at}.filters[{index}]"), notes);
             }
         }
         for (index, backend) in rule.backend_refs.iter().enumerate() {
@@ -282,10 +282,25 @@ fn bad_pattern(matching: &api::Match) -> Option<String> {
 }
 
 /// Adds `modifier` to `into` (the Gateway API allows one of each kind per rule; two are merged).
-fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier) {
+/// A header whose value no HTTP header may carry (a control character, a line break) is left
+/// out and noted at `at`: the waypoint refuses a whole Service's routes over one, so it would
+/// freeze them for every waypoint.
+fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier, at: &str, notes: &mut Vec<String>) {
+    let mut valid = |header: &&HttpHeader| {
+        let ok = header.value.bytes().all(|byte| byte == b'\t' || (b' '..=b'~').contains(&byte));
+        if !ok {
+            notes.push(format!(
+                "{at}: the value of header {} is no valid header value: left out",
+                header.name
+            ));
+        }
+        ok
+    };
     let header = |header: &HttpHeader| api::Header { name: header.name.clone(), value: header.value.clone() };
-    into.set.extend(modifier.set.iter().map(header));
-    into.add.extend(modifier.add.iter().map(header));
+    let set: Vec<api::Header> = modifier.set.iter().filter(&mut valid).map(header).collect();
+    let add: Vec<api::Header> = modifier.add.iter().filter(&mut valid).map(header).collect();
+    into.set.extend(set);
+    into.add.extend(add);
     into.remove.extend(modifier.remove.iter().cloned());
 }
 

@@ -16,7 +16,7 @@ use tokio::{net::TcpListener, task::JoinSet};
 use super::{Context, Peer, Pod, canonical, connect_in, original_dst};
 use weft_proxy::{
     hbone::{self, client::Origin, server::drained},
-    identity::Expected,
+    identity::{Expected, Identity},
     relay,
     state::{Service, TunnelProtocol, Waypoint, Workload},
 };
@@ -106,8 +106,9 @@ impl Error {
 enum Route {
     /// A meshed workload, over HBONE to `addr`.
     Tunnel(Arc<Workload>, SocketAddr),
-    /// The waypoint pod `waypoint`, at `ip`, over HBONE naming the original destination.
-    Waypoint(Arc<Workload>, IpAddr),
+    /// The waypoint pod `waypoint`, at `ip`, over HBONE naming the original destination; it
+    /// must prove the waypoint's identity.
+    Waypoint(Arc<Workload>, IpAddr, Identity),
     /// Plaintext to `addr` (a workload outside the mesh, or outside the cluster).
     Direct(SocketAddr),
 }
@@ -186,13 +187,15 @@ fn through_waypoint(
 ) -> Result<Vec<Route>, Error> {
     let no_waypoint = || Error::NoWaypoint(behind.to_owned());
     let (service, pods) = context.state.waypoint(waypoint).ok_or_else(no_waypoint)?;
+    let identity =
+        context.state.waypoint_identity(waypoint, &context.trust_domain).ok_or_else(no_waypoint)?;
     let v4 = target.ip().to_canonical().is_ipv4();
     let mut routes: Vec<Route> = pods
         .into_iter()
         .filter(|pod| pod.healthy)
         .filter_map(|pod| {
             let ip = pod.addresses.iter().find(|ip| ip.is_ipv4() == v4).or(pod.addresses.first()).copied()?;
-            Some(Route::Waypoint(pod, ip))
+            Some(Route::Waypoint(pod, ip, identity.clone()))
         })
         .collect();
     if routes.is_empty() {
@@ -234,9 +237,8 @@ async fn proxy(
                         };
                         (workload, addr, Peer { ip: addr.ip(), expected })
                     }
-                    Route::Waypoint(waypoint, ip) => {
-                        let expected = waypoint.identity(&context.trust_domain).into();
-                        (waypoint, target, Peer { ip, expected })
+                    Route::Waypoint(waypoint, ip, identity) => {
+                        (waypoint, target, Peer { ip, expected: identity.into() })
                     }
                     Route::Direct(_) => unreachable!("matched above"),
                 };

@@ -130,8 +130,16 @@ fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
         .when
         .iter()
         .filter(|condition| {
-            let known = KEYS.contains(&condition.key.as_str())
-                || (condition.key.starts_with("request.headers[") && condition.key.ends_with(']'));
+            let header =
+                condition.key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'));
+            // A header name as HTTP allows it (RFC 9110 token), as the waypoint will parse it.
+            let valid_header = header.is_some_and(|name| {
+                !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+            });
+            let known = KEYS.contains(&condition.key.as_str()) || valid_header;
             if !known {
                 unenforceable.push(format!("condition {} is not checked by waypoints yet", condition.key));
             }

@@ -183,6 +183,8 @@ fn a_policy_targeting_services_or_a_waypoint_is_the_waypoints_with_its_http_fiel
         "rules": [
             { "to": [{ "operation": { "methods": ["POST"], "paths": ["/admin*"], "ports": ["80"] } }],
               "when": [{ "key": "request.headers[x-debug]", "values": ["1"] },
+                       { "key": "request.headers[bad name]", "values": ["1"] },
+                       { "key": "request.headers[]", "values": ["1"] },
                        { "key": "request.auth.claims[iss]", "values": ["me"] }] },
             { "from": [{ "source": { "ipBlocks": ["10.0.0.0/33"], "principals": ["cluster.local/ns/shop/sa/web"] } }] },
         ],
@@ -206,6 +208,10 @@ fn a_policy_targeting_services_or_a_waypoint_is_the_waypoints_with_its_http_fiel
             && notes.contains("request.auth.claims[iss]")
             && notes.contains("10.0.0.0/33"),
         "{notes}"
+    );
+    assert!(
+        notes.contains("request.headers[bad name]") && notes.contains("request.headers[]"),
+        "invalid header names never reach a waypoint: {notes}"
     );
 
     // The same rules in an ALLOW: a rule holding what cannot be checked allows nothing.

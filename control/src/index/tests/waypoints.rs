@@ -163,7 +163,8 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
                     "filters": [
                         { "type": "RequestHeaderModifier", "requestHeaderModifier": {
                             "set": [{ "name": "x-route", "value": "split" }],
-                            "add": [{ "name": "x-via", "value": "waypoint" }],
+                            "add": [{ "name": "x-via", "value": "waypoint" },
+                                    { "name": "x-split", "value": "a\r\nx-injected: 1" }],
                             "remove": ["x-debug"] } },
                         { "type": "ResponseHeaderModifier", "responseHeaderModifier": {
                             "set": [{ "name": "x-served-by", "value": "web" }] } },
@@ -243,10 +244,13 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     let [status] = &snapshot.http_routes[..] else { panic!("one status") };
     assert_eq!(status.services, [KEY]);
     let notes = status.notes.join("\n");
-    for expected in ["URLRewrite", "web-v3 not found", "Bucket", "other/web-v1", "web-gone", "\"soon\""] {
+    // A header value with a line break never reaches a waypoint (it would refuse the routes).
+    for expected in
+        ["URLRewrite", "web-v3 not found", "Bucket", "other/web-v1", "web-gone", "\"soon\"", "x-split"]
+    {
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
-    assert_eq!(status.notes.len(), 6, "{notes}");
+    assert_eq!(status.notes.len(), 7, "{notes}");
     assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
 }
 
