@@ -230,6 +230,8 @@ pub fn build<'a>(
     let waypoints = waypoint::Waypoints::new(naming, gateways);
     let mut services_by_name: HashMap<(&str, &str), &Service> = HashMap::new();
     let mut with_waypoint = std::collections::HashSet::new();
+    // The same Services by key (`namespace/hostname`), as policies name their targets.
+    let mut waypointed = std::collections::HashSet::new();
     let mut addresses = Resources::new();
     for service in services {
         let (Some(name), Some(namespace)) = (&service.metadata.name, &service.metadata.namespace) else {
@@ -244,6 +246,7 @@ pub fn build<'a>(
         );
         if resource.waypoint.is_some() {
             with_waypoint.insert((namespace.as_str(), name.as_str()));
+            waypointed.insert(format!("{namespace}/{}", resource.hostname));
         }
         addresses.insert(
             format!("{namespace}/{}", resource.hostname),
@@ -325,6 +328,25 @@ pub fn build<'a>(
             status.scope = "WAYPOINT".to_owned();
             status.selects = http.services.iter().chain(&http.gateways).cloned().collect();
             status.notes.extend(notes.iter().cloned());
+            // A target no waypoint stands in front of is enforced by nobody: say so, rather
+            // than report a DENY that silently does nothing.
+            let mut enforced = 0;
+            for service in &http.services {
+                if waypointed.contains(service) {
+                    enforced += 1;
+                } else {
+                    status.notes.push(format!("Service {service} uses no waypoint: not enforced there"));
+                }
+            }
+            for gateway in &http.gateways {
+                let (gateway_namespace, gateway_name) = gateway.split_once('/').unwrap_or_default();
+                if waypoints.exists(gateway_namespace, gateway_name) {
+                    enforced += 1;
+                } else {
+                    status.notes.push(format!("Gateway {gateway} is no waypoint: not enforced there"));
+                }
+            }
+            status.served = enforced > 0;
             http_authorizations.insert(key.clone(), encode_as(HTTP_AUTHORIZATION_TYPE, http.encode_to_vec()));
         }
         status.selects.sort();

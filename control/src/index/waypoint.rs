@@ -45,6 +45,11 @@ impl<'n, 'a> Waypoints<'n, 'a> {
         Self { naming, gateways }
     }
 
+    /// Whether Gateway `namespace/name` is a waypoint (of class [`CLASS`]).
+    pub fn exists(&self, namespace: &str, name: &str) -> bool {
+        self.gateways.contains(&(namespace, name))
+    }
+
     /// The waypoint of Service `namespace/name`, if it uses one.
     pub fn of_service(
         &self,

@@ -74,7 +74,7 @@ pub fn convert(
         })
         .collect();
     let dry_run = super::is_dry_run(policy);
-    notes.push("enforced by the waypoint".into());
+    notes.push("for the waypoints of its targets to enforce".into());
     Some((api::HttpAuthorization { name, namespace, services, gateways, deny, rules, dry_run }, notes))
 }
 

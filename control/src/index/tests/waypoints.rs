@@ -335,3 +335,32 @@ fn a_rule_with_an_invalid_regular_expression_is_left_out_and_noted_and_the_other
     assert!(notes[0].contains("rules[0]") && notes[0].contains("/v["), "{notes:?}");
     assert!(notes[1].contains("rules[1]") && notes[1].contains("a)|(b"), "{notes:?}");
 }
+
+#[test]
+fn an_l7_policy_is_served_only_where_a_waypoint_stands_and_says_where_none_does() {
+    let policy = |name: &str, target: serde_json::Value| -> AuthorizationPolicy {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "mesh" },
+            "spec": { "targetRefs": [target], "action": "DENY", "rules": [{}] },
+        }))
+        .unwrap()
+    };
+    let service = |name: &str| serde_json::json!({ "group": "", "kind": "Service", "name": name });
+    let gateway_ref = |name: &str| serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": name });
+    let policies = [
+        policy("on-web", service("web")),
+        policy("on-web-v1", service("web-v1")),
+        policy("on-waypoint", gateway_ref("waypoint")),
+        policy("on-nothing", gateway_ref("nope")),
+    ];
+    let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &policies, &gateways, &[]);
+    let status = |name: &str| snapshot.policies.iter().find(|status| status.name == name).unwrap();
+    assert!(status("on-web").served && status("on-waypoint").served);
+    for unserved in ["on-web-v1", "on-nothing"] {
+        let status = status(unserved);
+        assert!(!status.served, "{status:?}");
+        assert!(status.notes.iter().any(|note| note.contains("not enforced there")), "{status:?}");
+    }
+}
