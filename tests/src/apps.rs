@@ -90,12 +90,7 @@ pub fn http_requests(
     headers: &[&str],
     count: usize,
 ) -> anyhow::Result<String> {
-    let mut command =
-        testpod(&["http-get", "--to", &to.to_string(), "--path", path, "--count", &count.to_string()])?;
-    for header in headers {
-        command.args(["--header", header]);
-    }
-    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(120))?;
+    let (ok, out) = http_requests_started(pod, to, path, headers, count)?.finish(Duration::from_secs(120))?;
     anyhow::ensure!(ok, "http-get from {} to {to}{path} failed: {out}", pod.name);
     Ok(out)
 }
@@ -107,6 +102,22 @@ pub fn http_raw(pod: &Pod, to: SocketAddr, request: &str) -> anyhow::Result<Stri
     let (ok, out) = pod.spawn(command)?.finish(SEND_TIMEOUT)?;
     anyhow::ensure!(ok, "http-raw from {} to {to} failed: {out}", pod.name);
     Ok(out)
+}
+
+/// [`http_requests`], started: the process's output is the same once it finishes.
+pub fn http_requests_started(
+    pod: &Pod,
+    to: SocketAddr,
+    path: &str,
+    headers: &[&str],
+    count: usize,
+) -> anyhow::Result<Process> {
+    let mut command =
+        testpod(&["http-get", "--to", &to.to_string(), "--path", path, "--count", &count.to_string()])?;
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    pod.spawn(command)
 }
 
 /// What a one-shot client saw.

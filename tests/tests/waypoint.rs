@@ -540,3 +540,35 @@ async fn only_a_pod_running_as_its_gateways_account_gets_a_waypoints_certificate
             .unwrap();
     assert_eq!(issued.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/waypoint");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_waypoint_stops_being_ready_finishes_the_request_in_flight_and_exits() {
+    let mut scene = Scene::start().await;
+    let to_echo = scene.to_echo;
+    tokio::task::block_in_place(|| {
+        // A request the app answers after 3 s, in flight when the waypoint is told to stop.
+        let slow = apps::http_requests_started(&scene.client, to_echo, "/slow", &[], 1).unwrap();
+        let served = |line: &str| line == "served GET /slow";
+        let (v1, v2) = (&mut scene.servers.0, &mut scene.servers.1);
+        weft_tests::until("the slow request to reach an app", WAIT, || {
+            let short = Duration::from_millis(100);
+            v1.wait_for(served, short).is_ok() || v2.wait_for(served, short).is_ok()
+        })
+        .unwrap();
+        scene.waypoint.process().terminate().unwrap();
+        scene.waypoint.process().wait_for(|line| line.contains("draining"), WAIT).unwrap();
+        let ready = apps::http_get(&scene.waypoint.pod().netns, 15021, "/healthz/ready").unwrap();
+        assert!(ready.starts_with("HTTP/1.1 503"), "a draining waypoint is not ready: {ready}");
+        let (ok, answered) = slow.finish(WAIT).unwrap();
+        assert!(
+            ok && answered.contains("1 status=200 name=v"),
+            "the request in flight is finished: {answered}"
+        );
+        scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains("drained: every connection ended"), WAIT)
+            .unwrap();
+        scene.waypoint.process().wait_for(|line| line.contains("stopped"), WAIT).unwrap();
+    });
+}

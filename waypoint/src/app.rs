@@ -36,6 +36,8 @@ pub struct Config {
     pub token_file: PathBuf,
     pub proxy: ProxyMeta,
     pub cert_ttl: Duration,
+    /// On SIGTERM, how long open requests may finish (keep it below the pod's grace period).
+    pub drain: Duration,
     /// HBONE (`[::]:15008`).
     pub listen: SocketAddr,
     pub admin: weft_api::admin::Addresses,
@@ -54,6 +56,9 @@ pub struct Context {
     pub gateway: String,
     pub identities: Manager,
     pub metrics: crate::metrics::Metrics,
+    /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
+    /// finish the request in flight and close.
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -117,6 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         gateway: config.gateway.clone(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         metrics: crate::metrics::Metrics::default(),
+        drain: tokio::sync::watch::Sender::new(false),
     });
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
@@ -132,19 +138,33 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(weft_api::admin::serve(bind(what, addr).await?, source.clone(), serves));
     }
     tracing::info!(identity = %context.identity, service = %context.service, listen = %config.listen, "waypoint listening");
+    let mut connections = JoinSet::new();
     tokio::select! {
-        () = serve(listener, context) => {}
-        () = shutdown => tracing::info!("stopping"),
+        () = serve(listener, context.clone(), &mut connections) => {}
+        () = shutdown => {}
+    }
+    // Drain: the listener is closed (a replacement pod takes new connections), open ones
+    // finish their requests until the deadline, then the process ends and cuts them.
+    context.drain.send_replace(true);
+    tracing::info!(deadline = ?config.drain, open = connections.len(), "draining");
+    let finished =
+        tokio::time::timeout(config.drain, async { while connections.join_next().await.is_some() {} }).await;
+    match finished {
+        Ok(()) => tracing::info!("drained: every connection ended"),
+        Err(_) => tracing::warn!(
+            open = connections.len(),
+            "drain deadline reached; closing the remaining connections"
+        ),
     }
     tasks.abort_all();
     Ok(())
 }
 
-/// Accepts HBONE connections, presenting the waypoint's current certificate.
-async fn serve(listener: tokio::net::TcpListener, context: Arc<Context>) {
+/// Accepts HBONE connections into `connections`, presenting the waypoint's current
+/// certificate, until dropped.
+async fn serve(listener: tokio::net::TcpListener, context: Arc<Context>, connections: &mut JoinSet<()>) {
     let handler = Arc::new(Inbound::new(context.clone()));
     let mut current = CurrentAcceptor::default();
-    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -187,9 +207,14 @@ impl weft_api::admin::Source for Endpoints {
         self.0.metrics.encode()
     }
 
-    /// Ready once the configuration (addresses, policies, routes and L7 policies) has arrived.
+    /// Ready once the configuration (addresses, policies, routes and L7 policies) has arrived,
+    /// and until it drains.
     fn ready(&self) -> bool {
-        self.0.state.is_synced() && self.0.routes.is_synced() && self.0.policies.is_synced()
+        let context = &self.0;
+        !*context.drain.borrow()
+            && context.state.is_synced()
+            && context.routes.is_synced()
+            && context.policies.is_synced()
     }
 
     fn config_dump(&self) -> String {

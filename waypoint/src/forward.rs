@@ -112,17 +112,23 @@ impl Session {
         Self { context, destination, client, upstreams: Mutex::default() }
     }
 
-    /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends.
+    /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends; when
+    /// the waypoint drains, the request in flight is finished and the session closed.
     pub async fn serve(self, stream: Stream) -> std::io::Result<()> {
+        let mut draining = Some(self.context.drain.subscribe());
         let session = Arc::new(self);
         let service = hyper::service::service_fn(move |request| {
             let session = session.clone();
             async move { Ok::<_, Infallible>(session.handle(request).await) }
         });
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), service)
-            .await
-            .map_err(std::io::Error::other)
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            served = connection.as_mut() => return served.map_err(std::io::Error::other),
+            () = hbone::server::drained(&mut draining) => connection.as_mut().graceful_shutdown(),
+        }
+        connection.await.map_err(std::io::Error::other)
     }
 
     async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {

@@ -102,6 +102,10 @@ impl Handler for Inbound {
         let client = Client { identity: request.peer.clone(), address: request.source };
         Ok(Session::new(self.context.clone(), destination, client))
     }
+
+    fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        Some(self.context.drain.subscribe())
+    }
 }
 
 /// Who sent the requests of a stream.

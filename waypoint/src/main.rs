@@ -31,6 +31,10 @@ struct Args {
     /// Certificate lifetime, in seconds.
     #[arg(long, env = "WEFT_CERT_TTL_SECONDS", default_value_t = 24 * 3600)]
     cert_ttl_seconds: u64,
+    /// On SIGTERM, how long open requests may finish, in seconds. Keep it below the pod's
+    /// terminationGracePeriodSeconds.
+    #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
+    drain_seconds: u64,
     /// Where HBONE is accepted.
     #[arg(long, env = "WEFT_LISTEN", default_value = "[::]:15008")]
     listen: SocketAddr,
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         },
         cert_ttl: Duration::from_secs(args.cert_ttl_seconds),
+        drain: Duration::from_secs(args.drain_seconds),
         listen: args.listen,
         admin: weft_api::admin::Addresses::default(),
     };

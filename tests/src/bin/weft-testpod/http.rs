@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context, bail};
 
 /// Serves on every address of the pod; each response's body is `name=<name> method=<method>
-/// path=<path>` and then a `header <name>=<value>` line per request header. Prints `ready`, then
-/// `served <method> <path>` for each request.
+/// path=<path>` and then a `header <name>=<value>` line per request header; a path under
+/// `/slow` is answered after 3 s. Prints `ready`, then `served <method> <path>` for each request.
 pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
     println!("ready");
@@ -78,6 +78,10 @@ fn serve(stream: TcpStream, name: &str) -> anyhow::Result<()> {
         reader.read_exact(&mut body)?;
         // For tests that must know what reached the app (and what never did).
         println!("served {} {}", head.method, head.target);
+        // A slow answer, for tests of what happens while a request is in flight.
+        if head.target.starts_with("/slow") {
+            std::thread::sleep(Duration::from_secs(3));
+        }
         let mut answer = format!("name={name} method={} path={}\n", head.method, head.target);
         for (header, value) in &head.headers {
             answer.push_str(&format!("header {header}={value}\n"));
