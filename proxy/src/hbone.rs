@@ -16,6 +16,7 @@ use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub mod client;
+pub mod pool;
 pub mod server;
 
 /// The HBONE port inside every enrolled pod's netns.

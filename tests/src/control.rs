@@ -69,7 +69,7 @@ pub async fn install_crds_from(client: kube::Client, path: &Path) -> anyhow::Res
     Ok(())
 }
 
-/// Creates the Gateway API's standard CRDs (from `cargo xtask setup`) unless they exist, and
+/// Creates the Gateway API's experimental-channel CRDs (from `cargo xtask setup`) unless they exist, and
 /// waits until they are served. Before the control plane starts: it looks for them once.
 pub async fn install_gateway_api_crds(client: kube::Client) -> anyhow::Result<()> {
     install_crds_from(client, &crate::apiserver::kube_bin()?.join("gateway-api-crds.yaml")).await

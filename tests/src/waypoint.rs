@@ -45,6 +45,23 @@ pub fn http_routes(client: kube::Client, namespace: &str) -> Api<DynamicObject> 
     Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
 }
 
+/// Creates HTTPRoute `name` in `namespace` with `spec`.
+pub async fn create_http_route(
+    client: kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    let route = serde_json::json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": spec,
+    });
+    http_routes(client, namespace).create(&PostParams::default(), &serde_json::from_value(route)?).await?;
+    Ok(())
+}
+
 /// Creates Gateway `name` of class `weft-waypoint` in `namespace`, listening for HBONE.
 pub async fn create_gateway(client: kube::Client, namespace: &str, name: &str) -> anyhow::Result<()> {
     let gateway = serde_json::json!({

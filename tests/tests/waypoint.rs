@@ -24,7 +24,7 @@ use weft_tests::{
     mesh::{self, Mesh},
     process::Process,
     topology::Pod,
-    waypoint::{Waypoint, http_routes},
+    waypoint::{Waypoint, create_http_route},
     wire::WireMonitor,
 };
 
@@ -129,28 +129,20 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
 
     // An HTTPRoute attached to the Service: by path, by header (with a header set), and a 90/10
     // split for the rest.
-    let route = serde_json::json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
-        "metadata": { "name": "echo", "namespace": "shop" },
-        "spec": {
-            "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
-            "rules": [
-                { "matches": [{ "path": { "type": "PathPrefix", "value": "/v2" } }],
-                  "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
-                { "matches": [{ "headers": [{ "name": "x-canary", "value": "yes" }] }],
-                  "filters": [{ "type": "RequestHeaderModifier",
-                                "requestHeaderModifier": { "set": [{ "name": "x-routed", "value": "canary" }] } }],
-                  "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
-                { "backendRefs": [{ "name": "echo-v1", "port": 80, "weight": 90 },
-                                  { "name": "echo-v2", "port": 80, "weight": 10 }] },
-            ],
-        },
+    let spec = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
+        "rules": [
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/v2" } }],
+              "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+            { "matches": [{ "headers": [{ "name": "x-canary", "value": "yes" }] }],
+              "filters": [{ "type": "RequestHeaderModifier",
+                            "requestHeaderModifier": { "set": [{ "name": "x-routed", "value": "canary" }] } }],
+              "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+            { "backendRefs": [{ "name": "echo-v1", "port": 80, "weight": 90 },
+                              { "name": "echo-v2", "port": 80, "weight": 10 }] },
+        ],
     });
-    http_routes(scene.cluster.client(), "shop")
-        .create(&PostParams::default(), &serde_json::from_value(route).unwrap())
-        .await
-        .unwrap();
+    create_http_route(scene.cluster.client(), "shop", "echo", spec).await.unwrap();
     tokio::task::block_in_place(|| {
         weft_tests::until("the route to reach the waypoint", WAIT, || {
             let tally = apps::http_requests(&client, to_echo, "/v2/check", &[], 5).unwrap();
@@ -200,6 +192,66 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
         assert!(counted("echo-v1") >= to_v1 && counted("echo-v2") >= to_v2, "{scraped}");
+    });
+}
+
+/// Sends one GET of `path` to `to` (a Service of v1 alone) from the client, asserts that its
+/// answer was `answer` (`<status> <first body line>`, or a prefix) and that v1's app saw it
+/// exactly `attempts` times: a request sent after it is the next the app sees.
+fn one_request(scene: &mut Scene, to: SocketAddr, path: &str, answer: &str, attempts: usize) {
+    let tally = apps::http_requests(&scene.client, to, path, &[], 1).unwrap();
+    assert!(tally.contains(&format!("1 status={answer}")), "{path}: {tally}");
+    let app = &mut scene.servers.0;
+    for _ in 0..attempts {
+        app.wait_for(|line| line == format!("served GET {path}"), WAIT).unwrap();
+    }
+    let after = format!("/after{path}");
+    apps::http_requests(&scene.client, to, &after, &[], 1).unwrap();
+    let next = app.wait_for(|line| line.starts_with("served "), WAIT).unwrap();
+    assert_eq!(next, format!("served GET {after}"), "{path}: an attempt too many reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_is_retried_as_istio_does_by_default_or_as_the_routes_retry_says_and_no_more() {
+    let mut scene = Scene::start().await;
+    let to_v1 = {
+        let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop");
+        let vip = services.get("echo-v1").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+        SocketAddr::new(vip.parse().unwrap(), 80)
+    };
+    tokio::task::block_in_place(|| {
+        // Istio's default, with no route: a 503 is tried twice more, so one 503 is recovered ...
+        one_request(&mut scene, to_v1, "/fail-first/1/a", "200 name=v1", 2);
+        // ... and three are answered with the last of them, after exactly three attempts.
+        one_request(&mut scene, to_v1, "/fail-first/3/b", "503 name=v1", 3);
+        let logged = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains(" request") && line.contains("/fail-first/3/b"), WAIT)
+            .unwrap();
+        assert!(logged.contains("retries=2") && logged.contains("status=503"), "{logged}");
+        // A 500 is no reason to retry by default.
+        one_request(&mut scene, to_v1, "/status/500", "500", 1);
+    });
+
+    // A route's retry replaces the default: one retry, of a 500 only.
+    let spec = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo-v1", "port": 80 }],
+        "rules": [{ "backendRefs": [{ "name": "echo-v1", "port": 80 }],
+                    "filters": [{ "type": "RequestHeaderModifier",
+                                  "requestHeaderModifier": { "set": [{ "name": "x-routed", "value": "retry" }] } }],
+                    "retry": { "codes": [500], "attempts": 1, "backoff": "10ms" } }],
+    });
+    create_http_route(scene.cluster.client(), "shop", "echo-v1", spec).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the route to reach the waypoint", WAIT, || {
+            let tally = apps::http_requests(&scene.client, to_v1, "/probe", &[], 1).unwrap();
+            tally.contains("body: header x-routed=retry")
+        })
+        .unwrap();
+        one_request(&mut scene, to_v1, "/status/500", "500", 2);
+        // 503 is not the route's to retry.
+        one_request(&mut scene, to_v1, "/fail-first/1/c", "503", 1);
     });
 }
 

@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use tokio::task::JoinSet;
 use weft_proxy::{
     control::ProxyMeta,
+    hbone::pool::{Dial, Pool, Settings as PoolSettings},
     identity::{Identity, ca::GrpcCa, manager::Manager},
     state::{State, Waypoint, WaypointAddress},
     tls::CurrentAcceptor,
@@ -55,6 +56,10 @@ pub struct Context {
     /// Its Gateway, `namespace/name`: policies that target it apply to every request.
     pub gateway: String,
     pub identities: Manager,
+    /// HBONE connections to endpoint pods, shared by every session's requests.
+    pub pool: Pool,
+    /// Each backend Service's retry budget.
+    pub budgets: crate::retry::Budgets,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -79,6 +84,23 @@ impl Context {
                 .service_by_vip(address.ip)
                 .is_some_and(|(service, _)| service.key() == self.service),
         }
+    }
+}
+
+/// How the waypoint's pool dials endpoint pods: from its own pod, whose traffic no capture
+/// touches (the key's source is the same for every connection).
+#[derive(Debug)]
+pub struct OwnDial;
+
+impl Dial for OwnDial {
+    fn source(&self) -> std::net::IpAddr {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    }
+
+    async fn dial(&self, peer: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(peer).await?;
+        tcp.set_nodelay(true)?;
+        Ok(tcp)
     }
 }
 
@@ -121,9 +143,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policies,
         gateway: config.gateway.clone(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
+        // Busy endpoint pods get a connection per worker thread, as the node proxy gives them.
+        pool: Pool::new(
+            PoolSettings {
+                lanes: std::thread::available_parallelism().map_or(1, usize::from),
+                ..PoolSettings::default()
+            },
+            |_| {},
+        ),
+        budgets: crate::retry::Budgets::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });
+    let pool_context = context.clone();
+    tasks.spawn(async move { pool_context.pool.release_idle_periodically().await });
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
     };

@@ -23,10 +23,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 use weft_proxy::{
-    hbone::{self, Stream, client::Origin},
-    identity::Expected,
+    hbone::{
+        self, Stream,
+        client::Origin,
+        pool::{Peer, Tunnel},
+    },
     state::Workload,
-    tls,
 };
 
 use crate::{
@@ -34,6 +36,7 @@ use crate::{
     authz,
     inbound::{Client, Destination},
     metrics::{RequestLabels, UNKNOWN},
+    retry::Outcome,
     route::Rule,
 };
 
@@ -60,9 +63,14 @@ pub struct Session {
 /// An HTTP connection to an endpoint.
 #[derive(Debug)]
 enum Upstream {
-    Http1(hyper::client::conn::http1::SendRequest<Incoming>),
-    Http2(hyper::client::conn::http2::SendRequest<Incoming>),
+    Http1(hyper::client::conn::http1::SendRequest<Body>),
+    Http2(hyper::client::conn::http2::SendRequest<Body>),
 }
+
+/// Request bodies up to this size are kept until the response, so that a failed attempt can be
+/// retried (Envoy's default buffer); a larger one, or one of unknown length, is streamed to
+/// the first attempt only, and never retried.
+const MAX_REPLAYED_BODY: u64 = 64 * 1024;
 
 /// Why a request got an answer of the waypoint's own.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +81,9 @@ enum Failure {
     NoBackend,
     #[error("service {0} has no healthy endpoint for port {1}")]
     NoEndpoint(String, u16),
+    /// No connection to the endpoint: nothing was sent.
+    #[error("{0}")]
+    Connect(String),
     #[error("{0}")]
     Upstream(String),
     #[error("timed out")]
@@ -82,6 +93,8 @@ enum Failure {
     Denied,
     #[error("{0}")]
     BadTarget(crate::normalize::Error),
+    #[error("the request body could not be read: {0}")]
+    RequestBody(hyper::Error),
 }
 
 impl Failure {
@@ -89,10 +102,12 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::NoEndpoint(..) | Failure::Upstream(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Failure::NoEndpoint(..) | Failure::Connect(_) | Failure::Upstream(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Denied => StatusCode::FORBIDDEN,
-            Failure::BadTarget(_) => StatusCode::BAD_REQUEST,
+            Failure::BadTarget(_) | Failure::RequestBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -105,6 +120,8 @@ struct Routed {
     endpoint: Option<SocketAddr>,
     /// The endpoint's workload.
     workload: Option<Arc<Workload>>,
+    /// Retries made.
+    retries: u32,
 }
 
 impl Session {
@@ -163,6 +180,7 @@ impl Session {
             route = %routed.route,
             backend = %routed.backend,
             endpoint = ?routed.endpoint,
+            retries = routed.retries,
             status = response.status().as_u16(),
             micros = started.elapsed().as_micros() as u64,
             "request"
@@ -251,7 +269,7 @@ impl Session {
                 routed.endpoint = Some(target);
                 routed.workload = Some(workload.clone());
                 strip_hop_by_hop(request.headers_mut());
-                return self.forward(workload, target, request, None).await;
+                return self.forward(workload, target, request.map(BodyExt::boxed), None).await;
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
@@ -275,14 +293,11 @@ impl Session {
             None => (service.key(), port),
         };
         routed.backend = format!("{backend}:{backend_port}");
-        let (workload, target) = self.endpoint(&backend, backend_port)?;
-        routed.endpoint = Some(target);
-        routed.workload = Some(workload.clone());
         strip_hop_by_hop(request.headers_mut());
-        let forwarded = self.forward(&workload, target, request, selected);
+        let attempts = self.attempts(&backend, backend_port, request, selected, routed);
         let mut response = match selected.and_then(Rule::request_timeout) {
-            Some(limit) => tokio::time::timeout(limit, forwarded).await.map_err(|_| Failure::Timeout)??,
-            None => forwarded.await?,
+            Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| Failure::Timeout)??,
+            None => attempts.await?,
         };
         if let Some(rule) = selected {
             rule.response_headers().apply(response.headers_mut());
@@ -290,8 +305,73 @@ impl Session {
         Ok(response)
     }
 
-    /// One healthy endpoint of Service `key` serving `port`, chosen at random, and its address.
-    fn endpoint(&self, key: &str, port: u16) -> Result<(Arc<Workload>, SocketAddr), Failure> {
+    /// Sends `request` to an endpoint of Service `backend`, and again to another (when it has
+    /// one) as long as the rule's retry policy and the backend's budget allow and the body was
+    /// kept; the last attempt's answer is the request's.
+    async fn attempts(
+        &self,
+        backend: &str,
+        port: u16,
+        request: Request<Incoming>,
+        rule: Option<&Rule>,
+        routed: &mut Routed,
+    ) -> Result<Response<Body>, Failure> {
+        let default_policy;
+        let policy = match rule {
+            Some(rule) => rule.retry(),
+            None => {
+                default_policy = crate::retry::Policy::default();
+                &default_policy
+            }
+        };
+        let budget = self.context.budgets.of(backend);
+        let _in_flight = budget.request();
+        let (parts, body) = request.into_parts();
+        let (mut streamed, kept) = match keep(&parts.headers, body).await? {
+            Kept::Whole(bytes) => (None, Some(bytes)),
+            Kept::Streaming(body) => (Some(body.boxed()), None),
+        };
+        let mut tried = Vec::new();
+        let mut _retrying = None;
+        loop {
+            let (workload, target) = self.endpoint(backend, port, &tried)?;
+            routed.endpoint = Some(target);
+            routed.workload = Some(workload.clone());
+            let body = match (&kept, streamed.take()) {
+                (Some(bytes), _) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+                (None, Some(body)) => body,
+                (None, None) => unreachable!("a streamed body is sent once: no retry without a kept one"),
+            };
+            let answer = self.forward(&workload, target, copy(&parts, body), rule).await;
+            let outcome = match &answer {
+                Ok(response) => Outcome::Answered(response.status()),
+                Err(Failure::Timeout) => Outcome::TimedOut,
+                Err(Failure::Connect(_)) => Outcome::ConnectFailed,
+                Err(_) => return answer,
+            };
+            if kept.is_none() || !policy.retries(outcome, routed.retries) {
+                return answer;
+            }
+            let Some(retry) = budget.retry() else {
+                tracing::info!(%backend, ?outcome, "retry budget exhausted: not retried");
+                return answer;
+            };
+            _retrying = Some(retry);
+            routed.retries += 1;
+            tracing::debug!(%backend, %target, ?outcome, retry = routed.retries, "retrying");
+            tried.push(target);
+            tokio::time::sleep(policy.backoff(routed.retries, |bound| fastrand::u64(..=bound))).await;
+        }
+    }
+
+    /// One healthy endpoint of Service `key` serving `port`, chosen at random among those not
+    /// `tried` already (unless every one was), and its address.
+    fn endpoint(
+        &self,
+        key: &str,
+        port: u16,
+        tried: &[SocketAddr],
+    ) -> Result<(Arc<Workload>, SocketAddr), Failure> {
         let no_endpoint = || Failure::NoEndpoint(key.to_owned(), port);
         let (service, endpoints) = self.context.state.service_by_key(key).ok_or_else(no_endpoint)?;
         let serving: Vec<(Arc<Workload>, u16)> = endpoints
@@ -303,12 +383,21 @@ impl Session {
                 Some((workload, target_port))
             })
             .collect();
-        if serving.is_empty() {
-            return Err(no_endpoint());
-        }
-        let (workload, target_port) = serving[fastrand::usize(..serving.len())].clone();
-        let ip = address_of(&workload, &self.client.address).ok_or_else(no_endpoint)?;
-        Ok((workload, SocketAddr::new(ip, target_port)))
+        let serving: Vec<(Arc<Workload>, SocketAddr)> = serving
+            .into_iter()
+            .filter_map(|(workload, target_port)| {
+                let ip = address_of(&workload, &self.client.address)?;
+                Some((workload, SocketAddr::new(ip, target_port)))
+            })
+            .collect();
+        let untried: Vec<&(Arc<Workload>, SocketAddr)> =
+            serving.iter().filter(|(_, target)| !tried.contains(target)).collect();
+        let choice = if untried.is_empty() {
+            serving.get(fastrand::usize(..serving.len().max(1)))
+        } else {
+            Some(untried[fastrand::usize(..untried.len())])
+        };
+        choice.cloned().ok_or_else(no_endpoint)
     }
 
     /// Sends `request` to `workload` at `target` (within the rule's backend timeout).
@@ -316,7 +405,7 @@ impl Session {
         &self,
         workload: &Workload,
         target: SocketAddr,
-        request: Request<Incoming>,
+        request: Request<Body>,
         rule: Option<&Rule>,
     ) -> Result<Response<Body>, Failure> {
         let attempt = async {
@@ -361,9 +450,9 @@ impl Session {
         drop(upstreams);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target))
             .await
-            .map_err(|_| Failure::Upstream(format!("{target}: connect timed out")))??;
+            .map_err(|_| Failure::Connect(format!("{target}: connect timed out")))??;
         let io = TokioIo::new(stream);
-        let failed = |error: hyper::Error| Failure::Upstream(format!("{target}: {error}"));
+        let failed = |error: hyper::Error| Failure::Connect(format!("{target}: {error}"));
         if version == Version::HTTP_2 {
             let (sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(failed)?;
@@ -376,34 +465,26 @@ impl Session {
         }
     }
 
-    /// An HBONE stream to `target`, from the waypoint's identity to the endpoint's.
-    async fn tunnel(&self, workload: &Workload, target: SocketAddr) -> Result<Stream, Failure> {
+    /// An HBONE stream to `target`, from the waypoint's identity to the endpoint's, on a pooled
+    /// connection to its pod.
+    async fn tunnel(&self, workload: &Workload, target: SocketAddr) -> Result<Tunnel, Failure> {
         let context = &self.context;
         let cert = context
             .identities
             .fetch(&context.identity)
             .await
-            .map_err(|error| Failure::Upstream(format!("no certificate: {error}")))?;
-        let expected = Expected::from(workload.identity(&context.trust_domain));
-        let config =
-            tls::client_config(&cert, &expected).map_err(|error| Failure::Upstream(error.to_string()))?;
-        let peer = SocketAddr::new(target.ip(), hbone::PORT);
-        let tcp = tokio::net::TcpStream::connect(peer)
-            .await
-            .map_err(|error| Failure::Upstream(format!("{peer}: {error}")))?;
-        let _ = tcp.set_nodelay(true);
-        let connection = hbone::client::Connection::handshake(tcp, config)
-            .await
-            .map_err(|error| Failure::Upstream(error.to_string()))?;
+            .map_err(|error| Failure::Connect(format!("no certificate: {error}")))?;
+        let peer = Peer { ip: target.ip(), expected: workload.identity(&context.trust_domain).into() };
         let service_host = match &self.destination {
             Destination::Service(service, _) => Some(service.hostname.clone()),
             Destination::Workload(..) => None,
         };
         let origin = Origin { source: self.client.address, service_host, baggage: String::new() };
-        connection
-            .open(target, &origin, &Origin::traceparent())
+        context
+            .pool
+            .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent())
             .await
-            .map_err(|error| Failure::Upstream(error.to_string()))
+            .map_err(|error| Failure::Connect(error.to_string()))
     }
 }
 
@@ -454,6 +535,39 @@ fn body_size(headers: &HeaderMap, body: &impl hyper::body::Body) -> Option<u64> 
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse().ok())
         .or_else(|| body.size_hint().exact())
+}
+
+/// A request body as the attempts get it.
+enum Kept {
+    /// Read whole, for every attempt.
+    Whole(Bytes),
+    /// Too large or of unknown length: streamed to the first attempt.
+    Streaming(Incoming),
+}
+
+/// Reads `body` whole when it is empty or its length is known and small enough to retry.
+async fn keep(headers: &HeaderMap, body: Incoming) -> Result<Kept, Failure> {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Kept::Whole(Bytes::new()));
+    }
+    match body_size(headers, &body) {
+        Some(size) if size <= MAX_REPLAYED_BODY => {
+            let collected = body.collect().await.map_err(Failure::RequestBody)?;
+            Ok(Kept::Whole(collected.to_bytes()))
+        }
+        _ => Ok(Kept::Streaming(body)),
+    }
+}
+
+/// A request with `parts`' method, target, version and headers, and `body`.
+fn copy(parts: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request
 }
 
 /// A response of the waypoint's own.

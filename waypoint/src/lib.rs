@@ -4,7 +4,7 @@
 //! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints, and tunnels the request on over HBONE with its own identity
-//! ([`forward`]), counting it ([`metrics`]). Routes and policies come compiled from the control
+//! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]). Routes and policies come compiled from the control
 //! plane ([`table`]); [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
@@ -15,5 +15,6 @@ pub mod forward;
 pub mod inbound;
 pub mod metrics;
 pub mod normalize;
+pub mod retry;
 pub mod route;
 pub mod table;

@@ -78,6 +78,7 @@ pub struct Rule {
     response_headers: HeaderModifier,
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
+    retry: crate::retry::Policy,
 }
 
 /// A weighted backend Service of a rule.
@@ -255,6 +256,11 @@ impl Rule {
         self.backend_timeout
     }
 
+    /// When a failed attempt is tried again.
+    pub fn retry(&self) -> &crate::retry::Policy {
+        &self.retry
+    }
+
     /// A backend chosen by weight, using `random(total)`, which must return a value in
     /// `[0, total)`. `None` when the rule has no backends or every weight is 0: the Gateway API
     /// then answers 500.
@@ -298,6 +304,7 @@ impl Rule {
             response_headers: HeaderModifier::compile(route, rule.response_headers.as_ref())?,
             request_timeout: millis(rule.request_timeout_ms),
             backend_timeout: millis(rule.backend_timeout_ms),
+            retry: crate::retry::Policy::compile(rule.retry.as_ref()),
         })
     }
 }

@@ -49,8 +49,9 @@ pub const COREDNS_VERSION: &str = "1.15.0";
 /// module at this version (Istio 1.31 in development, its main branch of 2026-08-27: Istio tags
 /// releases without Go's `v`, so the module proxy serves only commits). README's "Tested with".
 pub const ISTIO_MODULE_VERSION: &str = "v0.0.0-20260827124520-eed52ebb66ad";
-/// The Gateway API release whose standard CRDs the waypoint's tests install (the
-/// `sigs.k8s.io/gateway-api` module; README's "Tested with").
+/// The Gateway API release whose experimental-channel CRDs the waypoint's tests install (the
+/// `sigs.k8s.io/gateway-api` module; README's "Tested with"): a superset of the standard
+/// channel, with HTTPRoute's `retry` and TCPRoute, which the standard channel lacks.
 pub const GATEWAY_API_VERSION: &str = "v1.6.3";
 /// The oldest Go that builds them all (their go.mod files ask for 1.26.0).
 const GO_MINIMUM: (u32, u32) = (1, 26);
@@ -59,7 +60,7 @@ const GO_MINIMUM: (u32, u32) = (1, 26);
 #[derive(Debug)]
 pub struct Tools {
     /// A directory holding etcd, the Kubernetes commands, istiod (`pilot-discovery`), Istio's
-    /// CRDs (`istio-crds.yaml`) and the Gateway API's standard CRDs (`gateway-api-crds.yaml`) of
+    /// CRDs (`istio-crds.yaml`) and the Gateway API's experimental-channel CRDs (`gateway-api-crds.yaml`) of
     /// the tested releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
 }
@@ -193,13 +194,14 @@ fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     link_into(bin, [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)])
 }
 
-/// The Gateway API's standard CRDs at [`GATEWAY_API_VERSION`], from the `sigs.k8s.io/gateway-api`
-/// module (downloaded into Kubernetes' module cache in `dir`), joined into one file in the
-/// order of the release's kustomization and linked as `bin/gateway-api-crds.yaml`. Its
-/// ValidatingAdmissionPolicy (which only guards against mixing in experimental CRDs) is left
-/// out: the file holds CustomResourceDefinitions alone.
+/// The Gateway API's experimental-channel CRDs at [`GATEWAY_API_VERSION`], from the
+/// `sigs.k8s.io/gateway-api` module (downloaded into Kubernetes' module cache in `dir`), joined
+/// into one file in the order of the release's kustomization and linked as
+/// `bin/gateway-api-crds.yaml`. Its ValidatingAdmissionPolicy (which refuses experimental CRDs
+/// over standard ones, and old releases) is left out: the file holds CustomResourceDefinitions
+/// alone.
 fn gateway_api(dir: &Path, bin: &Path) -> anyhow::Result<()> {
-    let joined = dir.join(format!("gateway-api-{GATEWAY_API_VERSION}-standard-crds.yaml"));
+    let joined = dir.join(format!("gateway-api-{GATEWAY_API_VERSION}-experimental-crds.yaml"));
     if !joined.exists() {
         let out = cmd::output(
             Command::new(go()?)
@@ -215,7 +217,7 @@ fn gateway_api(dir: &Path, bin: &Path) -> anyhow::Result<()> {
             .lines()
             .find_map(|line| line.trim().strip_prefix("\"Dir\": \"")?.strip_suffix("\","))
             .with_context(|| format!("go mod download named no directory: {out}"))?;
-        let crds = Path::new(source).join("config/crd");
+        let crds = Path::new(source).join("config/crd/experimental");
         let kustomization = std::fs::read_to_string(crds.join("kustomization.yaml"))
             .with_context(|| format!("reading {}/kustomization.yaml", crds.display()))?;
         let mut text = String::new();

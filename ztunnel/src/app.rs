@@ -171,7 +171,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         trust_domain: config.trust_domain.clone(),
         state,
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
-        pool: Pool::new(metrics.clone(), config.pool),
+        pool: Pool::new(config.pool, {
+            let metrics = metrics.clone();
+            move |took| metrics.handshake(crate::metrics::Reporter::Source, took)
+        }),
         plaintext: config.plaintext,
         metrics,
         ready: std::sync::atomic::AtomicBool::new(false),
@@ -186,13 +189,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Certificates renew at half-life whether or not traffic asks for them.
     endpoints.spawn(context.identities.clone().refresh());
     let pool_context = context.clone();
-    endpoints.spawn(async move {
-        let mut every = tokio::time::interval(pool_context.pool.release_interval());
-        loop {
-            every.tick().await;
-            pool_context.pool.release_idle();
-        }
-    });
+    endpoints.spawn(async move { pool_context.pool.release_idle_periodically().await });
     let metrics_context = context.clone();
     endpoints.spawn(async move {
         let mut every = tokio::time::interval(METRICS_SWEEP);

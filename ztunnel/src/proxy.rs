@@ -24,9 +24,8 @@ mod deliver;
 mod inbound;
 pub mod live;
 mod outbound;
-mod pool;
 
-pub use pool::{Peer, Pool, Settings as PoolSettings, Tunnel};
+pub use weft_proxy::hbone::pool::{Peer, Pool, Settings as PoolSettings, Tunnel};
 
 /// What plaintext from outside the mesh may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -383,6 +382,23 @@ fn listen_in(netns: &Netns, port: u16) -> std::io::Result<TcpListener> {
 /// How long a TCP connect may take before the next endpoint is tried (the kernel's own SYN
 /// retries would take minutes against a black hole).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How the pool dials for a pod: from inside its netns, with a marked socket; its connections
+/// are keyed by the pod's address.
+struct NetnsDial<'a> {
+    netns: &'a Netns,
+    source: IpAddr,
+}
+
+impl weft_proxy::hbone::pool::Dial for NetnsDial<'_> {
+    fn source(&self) -> IpAddr {
+        self.source
+    }
+
+    fn dial(&self, peer: SocketAddr) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
+        connect_in(self.netns, peer)
+    }
+}
 
 /// Connects to `to` from inside the pod, with a marked socket.
 async fn connect_in(netns: &Netns, to: SocketAddr) -> std::io::Result<TcpStream> {

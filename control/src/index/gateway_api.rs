@@ -134,6 +134,8 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     pub backend_refs: Vec<HttpBackendRef>,
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// The experimental channel's (GEP-1731); the standard channel's CRD prunes it.
+    pub retry: Option<HttpRouteRetry>,
 }
 
 /// Its conditions are ANDed; an omitted path is a prefix of `/`.
@@ -255,6 +257,18 @@ pub struct HttpRouteTimeouts {
     pub request: Option<String>,
     /// Each attempt at a backend.
     pub backend_request: Option<String>,
+}
+
+/// When a failed attempt is tried again (GEP-1731).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRouteRetry {
+    /// Response codes retried; none: the implementation's (503 for Istio and Weft).
+    pub codes: Vec<u32>,
+    /// Retries per request (not counting the first attempt); unset: the implementation's (2).
+    pub attempts: Option<u32>,
+    /// The least wait before a retry, a [`duration`].
+    pub backoff: Option<String>,
 }
 
 /// Parses a Gateway API duration (GEP-2257): one to four numbers of at most five digits, each

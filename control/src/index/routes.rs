@@ -20,8 +20,8 @@ use weft_api::route::{self as api, ROUTES_TYPE};
 use super::{
     Naming, Resources, RouteStatus, encode_as,
     gateway_api::{
-        HeaderModifier, HttpBackendRef, HttpHeader, HttpRoute, HttpRouteMatch, HttpRouteRule, HttpValueMatch,
-        PathMatchType, ValueMatchType, duration,
+        HeaderModifier, HttpBackendRef, HttpHeader, HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule,
+        HttpValueMatch, PathMatchType, ValueMatchType, duration,
     },
     hostname,
     waypoint::USE_WAYPOINT,
@@ -210,6 +210,7 @@ impl Context<'_, '_> {
             &format!("{at}.timeouts.backendRequest"),
             notes,
         );
+        converted.retry = rule.retry.as_ref().map(|retry| retrying(retry, &format!("{at}.retry"), notes));
         Some(converted)
     }
 
@@ -303,6 +304,31 @@ fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier, at: &str, no
     into.add.extend(add);
     into.remove.extend(modifier.remove.iter().cloned());
 }
+
+/// A rule's `retry` as the waypoint applies it; a code outside 400–599 cannot mean a failure
+/// and is noted at `at` and left out.
+fn retrying(retry: &HttpRouteRetry, at: &str, notes: &mut Vec<String>) -> api::Retry {
+    let codes = retry
+        .codes
+        .iter()
+        .copied()
+        .filter(|code| {
+            let failure = (400..600).contains(code);
+            if !failure {
+                notes.push(format!("{at}.codes: {code} is no failure status: left out"));
+            }
+            failure
+        })
+        .collect();
+    api::Retry {
+        attempts: retry.attempts.unwrap_or(DEFAULT_RETRIES),
+        codes,
+        backoff_ms: milliseconds(retry.backoff.as_deref(), &format!("{at}.backoff"), notes),
+    }
+}
+
+/// Retries per request when a route's `retry` leaves `attempts` unset: Istio's default.
+const DEFAULT_RETRIES: u32 = 2;
 
 /// A Gateway API duration in milliseconds (0: none, as unset or `0s` mean); one that does not
 /// parse is noted at `at` and read as none.

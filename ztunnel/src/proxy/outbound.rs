@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{net::TcpListener, task::JoinSet};
 
-use super::{Context, Peer, Pod, canonical, connect_in, original_dst};
+use super::{Context, NetnsDial, Peer, Pod, canonical, connect_in, original_dst};
 use weft_proxy::{
     hbone::{self, client::Origin, server::drained},
     identity::{Expected, Identity},
@@ -249,7 +249,11 @@ async fn proxy(
                     let service_host = service.as_ref().map(|service| service.hostname.clone());
                     (Origin { source: peer, service_host, baggage }, Origin::traceparent())
                 });
-                let tunnel = match context.pool.open(netns, &cert, &via, addr, origin, traceparent).await {
+                let tunnel = match context
+                    .pool
+                    .open(&NetnsDial { netns, source: peer.ip() }, &cert, &via, addr, origin, traceparent)
+                    .await
+                {
                     Ok(tunnel) => tunnel,
                     Err(error) => {
                         tracing::info!(%addr, via = %via.ip, %error, "endpoint unreachable; trying the next");

@@ -144,7 +144,8 @@ fn backends() -> Vec<Service> {
 }
 
 #[test]
-fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_filters_and_timeouts() {
+fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_filters_timeouts_and_retries()
+{
     let route = http_route(
         "split",
         1,
@@ -177,9 +178,11 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
                         { "group": "example.com", "kind": "Bucket", "name": "web-v1" },
                         { "name": "web-v1", "namespace": "other", "port": 8080 }
                     ],
-                    "timeouts": { "request": "10s", "backendRequest": "1m500ms" }
+                    "timeouts": { "request": "10s", "backendRequest": "1m500ms" },
+                    "retry": { "codes": [502, 200, 503], "attempts": 3, "backoff": "100ms" }
                 },
-                { "backendRefs": [{ "name": "web-gone", "port": 8080 }], "timeouts": { "request": "soon" } }
+                { "backendRefs": [{ "name": "web-gone", "port": 8080 }], "timeouts": { "request": "soon" },
+                  "retry": { "backoff": "later" } }
             ]
         }),
     );
@@ -241,16 +244,30 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     assert_eq!((split.request_timeout_ms, split.backend_timeout_ms), (10_000, 60_500));
     assert!(gone.backends.is_empty(), "a rule left without backends stays: it answers 500");
     assert_eq!(gone.request_timeout_ms, 0);
+    assert_eq!(split.retry, Some(routes::Retry { attempts: 3, codes: vec![502, 503], backoff_ms: 100 }));
+    assert_eq!(
+        gone.retry,
+        Some(routes::Retry { attempts: 2, codes: vec![], backoff_ms: 0 }),
+        "unset attempts are Istio's 2; an unreadable backoff the default"
+    );
     let [status] = &snapshot.http_routes[..] else { panic!("one status") };
     assert_eq!(status.services, [KEY]);
     let notes = status.notes.join("\n");
     // A header value with a line break never reaches a waypoint (it would refuse the routes).
-    for expected in
-        ["URLRewrite", "web-v3 not found", "Bucket", "other/web-v1", "web-gone", "\"soon\"", "x-split"]
-    {
+    for expected in [
+        "URLRewrite",
+        "web-v3 not found",
+        "Bucket",
+        "other/web-v1",
+        "web-gone",
+        "\"soon\"",
+        "x-split",
+        "200 is no failure status",
+        "\"later\"",
+    ] {
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
-    assert_eq!(status.notes.len(), 7, "{notes}");
+    assert_eq!(status.notes.len(), 9, "{notes}");
     assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
 }
 

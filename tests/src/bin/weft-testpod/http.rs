@@ -13,19 +13,38 @@ use anyhow::{Context, bail};
 
 /// Serves on every address of the pod; each response's body is `name=<name> method=<method>
 /// path=<path>` and then a `header <name>=<value>` line per request header; a path under
-/// `/slow` is answered after 3 s. Prints `ready`, then `served <method> <path>` for each request.
+/// `/slow` is answered after 3 s; `/status/<code>` is answered with that status;
+/// `/fail-first/<n>/<anything>` with 503 the first `n` times this server sees that path, then
+/// 200. Prints `ready`, then `served <method> <path>` for each request.
 pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
     println!("ready");
     std::io::stdout().flush()?;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let name = name.to_owned();
+        let (name, seen) = (name.to_owned(), seen.clone());
         std::thread::spawn(move || {
-            let _ = serve(stream, &name);
+            let _ = serve(stream, &name, &seen);
         });
     }
     Ok(())
+}
+
+/// How many times this server saw each path.
+type Seen = std::sync::Mutex<BTreeMap<String, usize>>;
+
+/// The status `target` asks for (see [`echo`]).
+fn status_for(target: &str, seen: &Seen) -> u16 {
+    if let Some(code) = target.strip_prefix("/status/") {
+        return code.parse().unwrap_or(400);
+    }
+    let Some(rest) = target.strip_prefix("/fail-first/") else { return 200 };
+    let failures: usize = rest.split('/').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let mut seen = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let count = seen.entry(target.to_owned()).or_insert(0);
+    *count += 1;
+    if *count <= failures { 503 } else { 200 }
 }
 
 /// One request head: method, target, headers (names lowercased).
@@ -69,7 +88,7 @@ fn content_length(headers: &[(String, String)]) -> usize {
         .unwrap_or(0)
 }
 
-fn serve(stream: TcpStream, name: &str) -> anyhow::Result<()> {
+fn serve(stream: TcpStream, name: &str, seen: &Seen) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -87,9 +106,10 @@ fn serve(stream: TcpStream, name: &str) -> anyhow::Result<()> {
             answer.push_str(&format!("header {header}={value}\n"));
         }
         let close = head.headers.iter().any(|(name, value)| name == "connection" && value == "close");
+        let status = status_for(&head.target, seen);
         // One write: head and body in separate segments would wait on Nagle and a delayed ACK.
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{answer}",
+            "HTTP/1.1 {status} -\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{answer}",
             answer.len()
         );
         writer.write_all(response.as_bytes())?;

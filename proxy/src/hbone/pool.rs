@@ -22,8 +22,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::connect_in;
-use weft_proxy::{
+use tokio::net::TcpStream;
+
+use crate::{
     hbone::{
         self,
         client::{Connection, MAX_STREAMS},
@@ -32,9 +33,17 @@ use weft_proxy::{
     tls::{self, WorkloadCert},
 };
 
-use crate::inpod::netns::Netns;
-
+/// (source identity, destination identity, peer IP, the address connections are made from).
 type Key = (Identity, Expected, IpAddr, IpAddr);
+
+/// How a pool's connections are made: the node proxy dials from inside the client's pod, a
+/// waypoint from its own.
+pub trait Dial: Sync {
+    /// The address the connections are made from (part of the pool's key).
+    fn source(&self) -> IpAddr;
+    /// A TCP connection to `peer`.
+    fn dial(&self, peer: SocketAddr) -> impl Future<Output = std::io::Result<TcpStream>> + Send;
+}
 
 /// The workload an HBONE connection goes to: its address, and the identities it may prove.
 #[derive(Debug, Clone)]
@@ -132,12 +141,18 @@ impl Default for Settings {
     }
 }
 
-/// The node's HBONE connection pool.
-#[derive(Debug)]
+/// A proxy's HBONE connection pool.
 pub struct Pool {
     connections: Mutex<HashMap<Key, Slot>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    /// Told how long each TLS + HTTP/2 handshake took (the node proxy's metric).
+    on_handshake: Box<dyn Fn(Duration) + Send + Sync>,
     settings: Settings,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("settings", &self.settings).finish_non_exhaustive()
+    }
 }
 
 /// An open stream through the pool; its connection counts it until it drops.
@@ -145,6 +160,42 @@ pub struct Pool {
 pub struct Tunnel {
     pub stream: hbone::Stream,
     _active: Active,
+}
+
+/// A tunnel reads and writes as its stream does, so it can be handed whole to what speaks over
+/// it (the waypoint's HTTP client) and keep its place counted meanwhile.
+impl tokio::io::AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 #[derive(Debug)]
@@ -159,12 +210,12 @@ impl Drop for Active {
 }
 
 impl Pool {
-    /// A pool that shares connections as `settings` say and reports handshake times to
-    /// `metrics`.
-    pub fn new(metrics: Arc<crate::metrics::Metrics>, settings: Settings) -> Self {
+    /// A pool that shares connections as `settings` say and tells `on_handshake` how long each
+    /// new connection's handshakes took.
+    pub fn new(settings: Settings, on_handshake: impl Fn(Duration) + Send + Sync + 'static) -> Self {
         Self {
             connections: Mutex::default(),
-            metrics,
+            on_handshake: Box::new(on_handshake),
             settings: Settings {
                 max_streams: settings.max_streams.max(1),
                 lanes: settings.lanes.max(1),
@@ -175,20 +226,19 @@ impl Pool {
 
     /// Opens a stream to `target` through `peer` (the target's own pod, or the waypoint in
     /// front of it) on behalf of the workload holding `cert`, whose connection came from
-    /// `origin`, tagged `traceparent`.
+    /// `origin`, tagged `traceparent`; a new connection is made by `dial`.
     pub async fn open(
         &self,
-        netns: &Netns,
+        dial: &impl Dial,
         cert: &WorkloadCert,
         peer: &Peer,
         target: SocketAddr,
         origin: &hbone::client::Origin,
         traceparent: &str,
     ) -> Result<Tunnel, hbone::client::Error> {
-        let source = origin.source;
         let Peer { ip: peer, expected } = peer;
         let (peer, expected) = (*peer, expected);
-        let key = (cert.identity.clone(), expected.clone(), peer, source.ip().to_canonical());
+        let key = (cert.identity.clone(), expected.clone(), peer, dial.source().to_canonical());
         let slot = self.connections.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone();
         // A pooled connection that fails is dropped and the open tried once more, on a new one.
         let mut may_retry = true;
@@ -208,9 +258,9 @@ impl Pool {
                 }
                 Next::Connect(connecting) => {
                     let started = std::time::Instant::now();
-                    match connect(netns, cert, expected, peer).await {
+                    match connect(dial, cert, expected, peer).await {
                         Ok(connection) => {
-                            self.metrics.handshake(crate::metrics::Reporter::Source, started.elapsed());
+                            (self.on_handshake)(started.elapsed());
                             // Counted as ours before other openers can see it.
                             let active = Arc::new(Streams {
                                 open: AtomicUsize::new(1),
@@ -295,9 +345,14 @@ impl Pool {
         });
     }
 
-    /// How often [`Pool::release_idle`] should run: often enough to keep the timeout roughly.
-    pub fn release_interval(&self) -> Duration {
-        (self.settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    /// Runs [`Pool::release_idle`] forever, often enough to keep the timeout roughly.
+    pub async fn release_idle_periodically(&self) {
+        let period = (self.settings.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let mut every = tokio::time::interval(period);
+        loop {
+            every.tick().await;
+            self.release_idle();
+        }
     }
 
     /// How many connections the pool holds (for tests and the admin endpoint).
@@ -309,13 +364,13 @@ impl Pool {
 }
 
 async fn connect(
-    netns: &Netns,
+    dial: &impl Dial,
     cert: &WorkloadCert,
     expected: &Expected,
     ip: IpAddr,
 ) -> Result<Connection, hbone::client::Error> {
     let peer = SocketAddr::new(ip, hbone::PORT);
-    let tcp = connect_in(netns, peer).await.map_err(|source| hbone::client::Error::Tls { peer, source })?;
+    let tcp = dial.dial(peer).await.map_err(|source| hbone::client::Error::Tls { peer, source })?;
     let config = tls::client_config(cert, expected)
         .map_err(|error| hbone::client::Error::Tls { peer, source: std::io::Error::other(error) })?;
     Connection::handshake(tcp, config).await

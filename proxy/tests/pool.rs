@@ -20,15 +20,25 @@ use weft_proxy::{
     hbone::{
         self,
         client::{MAX_STREAMS, Origin},
+        pool::{Dial, Pool, Settings as PoolSettings, Tunnel},
         server::{ConnectRequest, Handler, Refusal},
     },
     identity::Identity,
     tls::{self, test_ca::TestCa},
 };
-use weft_ztunnel::{
-    inpod::netns::{Netns, home_netns},
-    proxy::{self, Pool, PoolSettings, Tunnel},
-};
+
+/// Dials from this process, as if from `0` (the address the pool keys connections by).
+struct FromHere(IpAddr);
+
+impl Dial for FromHere {
+    fn source(&self) -> IpAddr {
+        self.0
+    }
+
+    fn dial(&self, peer: SocketAddr) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
+        TcpStream::connect(peer)
+    }
+}
 
 /// Delivers every stream to one upstream.
 struct ToUpstream(SocketAddr);
@@ -48,7 +58,6 @@ struct Peer {
     accepted: Arc<AtomicUsize>,
     pool: Arc<Pool>,
     cert: Arc<tls::WorkloadCert>,
-    here: Arc<Netns>,
     server_id: Identity,
     target: SocketAddr,
     source: SocketAddr,
@@ -93,12 +102,8 @@ impl Peer {
         });
         Self {
             accepted,
-            pool: Arc::new(Pool::new(Arc::default(), settings)),
+            pool: Arc::new(Pool::new(settings, |_| {})),
             cert: Arc::new(ca.issue(&client_id)),
-            here: Arc::new(Netns::new(
-                std::fs::File::open("/proc/thread-self/ns/net").unwrap().into(),
-                home_netns().unwrap(),
-            )),
             server_id,
             target: SocketAddr::new(IpAddr::V4(ip), 8080),
             source: "10.244.0.10:40000".parse().unwrap(),
@@ -110,14 +115,14 @@ impl Peer {
         &self,
         target: SocketAddr,
     ) -> impl std::future::Future<Output = Result<Tunnel, hbone::client::Error>> + Send + 'static {
-        let (pool, cert, here, server_id, source) =
-            (self.pool.clone(), self.cert.clone(), self.here.clone(), self.server_id.clone(), self.source);
+        let (pool, cert, server_id, source) =
+            (self.pool.clone(), self.cert.clone(), self.server_id.clone(), self.source);
         async move {
             let origin = Origin::from_address(source);
             pool.open(
-                &here,
+                &FromHere(source.ip()),
                 &cert,
-                &proxy::Peer { ip: target.ip(), expected: server_id.into() },
+                &hbone::pool::Peer { ip: target.ip(), expected: server_id.into() },
                 target,
                 &origin,
                 Origin::TEST_TRACEPARENT,
