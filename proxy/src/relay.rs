@@ -121,13 +121,32 @@ async fn tcp_to_hbone(
             let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
                 Some(Ok(0)) => continue,
                 Some(Ok(granted)) => granted.min(chunk.len()),
-                Some(Err(error)) => return Err(io_error(error)),
+                Some(Err(error)) => return done_unless_failed(send, error),
                 None => return Err(io::ErrorKind::BrokenPipe.into()),
             };
-            send.send_data(chunk.split_to(granted).freeze(), false).map_err(io_error)?;
+            if let Err(error) = send.send_data(chunk.split_to(granted).freeze(), false) {
+                return done_unless_failed(send, error);
+            }
         }
     }
-    send.send_data(Bytes::new(), true).map_err(io_error)
+    match send.send_data(Bytes::new(), true) {
+        Ok(()) => Ok(()),
+        Err(error) => done_unless_failed(send, error),
+    }
+}
+
+/// A send that failed because the peer reset the stream with NO_ERROR ends this direction
+/// cleanly: the peer answered in full and wants no more (RFC 9113 §8.1, what an HTTP server
+/// behind a waypoint does when it answers before the request's end), and its answer must reach
+/// the client rather than a reset. What the client still sends is not read; the kernel answers
+/// it as TCP does when a peer has closed. Any other failure is one. (The error itself may only
+/// say the stream is gone, so the stream is asked why.)
+fn done_unless_failed(send: &mut SendStream<Bytes>, error: h2::Error) -> io::Result<()> {
+    let mut asked = std::task::Context::from_waker(std::task::Waker::noop());
+    match send.poll_reset(&mut asked) {
+        std::task::Poll::Ready(Ok(h2::Reason::NO_ERROR)) => Ok(()),
+        _ => Err(io_error(error)),
+    }
 }
 
 async fn hbone_to_tcp(recv: &mut RecvStream, to: &mut WriteHalf<'_>, counter: &AtomicU64) -> io::Result<()> {
@@ -177,6 +196,50 @@ mod tests {
         let (relayed, ()) = tokio::join!(relay, peers);
         relayed.unwrap();
         assert_eq!(counts.get(), (5, 6));
+    }
+
+    /// An HBONE stream whose peer answered (END_STREAM) and then reset it with NO_ERROR, as an
+    /// HTTP/2 server does when it answers before the request ended, seen to be reset before it
+    /// is returned; and the connection task.
+    async fn answered_and_reset() -> Stream {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut server = h2::server::handshake(server_io).await.unwrap();
+            let (_request, mut respond) = server.accept().await.unwrap().unwrap();
+            let mut send = respond.send_response(http::Response::new(()), false).unwrap();
+            send.send_data(Bytes::new(), true).unwrap();
+            // Dropping the request's body before it ended resets the stream, with NO_ERROR.
+            drop((_request, send, respond));
+            std::future::poll_fn(|cx| server.poll_closed(cx)).await.unwrap();
+        });
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder().method("POST").uri("http://peer/").body(()).unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        let mut recv = response.await.unwrap().into_body();
+        while let Some(data) = recv.data().await {
+            data.expect("the answer, then its end, even with the reset behind it");
+        }
+        let reason = std::future::poll_fn(|cx| send.poll_reset(cx)).await.unwrap();
+        assert_eq!(reason, h2::Reason::NO_ERROR);
+        Stream::new(send, recv)
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_answered_and_reset_with_no_error_ends_the_relay_cleanly() {
+        let (mut app, mut pod_side) = pair().await;
+        let stream = answered_and_reset().await;
+        let counts = Counts::default();
+        let relay = hbone(&mut pod_side, stream, &counts);
+        let app_side = async {
+            let mut answer = Vec::new();
+            app.read_to_end(&mut answer).await.unwrap();
+            // The client half-closes after reading the answer: its END_STREAM finds the stream
+            // reset by the peer.
+            app.shutdown().await.unwrap();
+        };
+        let (relayed, ()) = tokio::join!(relay, app_side);
+        relayed.expect("a peer done with NO_ERROR is no failure");
     }
 
     #[tokio::test]

@@ -127,12 +127,19 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
         );
     });
 
-    // An HTTPRoute attached to the Service: by path, by header (with a header set), and a 90/10
-    // split for the rest.
+    // An HTTPRoute attached to the Service: by path, by header (with a header set), a redirect,
+    // a rewrite, and a 90/10 split for the rest.
     let spec = serde_json::json!({
         "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
         "rules": [
             { "matches": [{ "path": { "type": "PathPrefix", "value": "/v2" } }],
+              "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/old" } }],
+              "filters": [{ "type": "RequestRedirect", "requestRedirect": { "statusCode": 301,
+                  "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/new" } } }] },
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/api/" } }],
+              "filters": [{ "type": "URLRewrite", "urlRewrite": { "hostname": "echo.internal",
+                  "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/" } } }],
               "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
             { "matches": [{ "headers": [{ "name": "x-canary", "value": "yes" }] }],
               "filters": [{ "type": "RequestHeaderModifier",
@@ -158,6 +165,14 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
             "{not_a_segment}"
         );
         assert!(answered_by(&not_a_segment, "v1") > 30, "/v2x is no path under /v2: {not_a_segment}");
+        // Redirected by the waypoint, nothing sent on; rewritten, then sent on.
+        let moved = "GET /old/page?q=1 HTTP/1.1\\r\\nhost: echo.shop\\r\\nconnection: close\\r\\n\\r\\n";
+        let answer = apps::http_raw(&client, to_echo, moved).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 301"), "{answer:?}");
+        assert!(answer.contains("location: http://echo.shop/new/page?q=1\r\n"), "{answer:?}");
+        let rewritten = apps::http_requests(&client, to_echo, "/api/items?id=7", &[], 1).unwrap();
+        assert!(rewritten.contains("1 status=200 name=v2 method=GET path=/items?id=7"), "{rewritten}");
+        assert!(rewritten.contains("body: header host=echo.internal"), "{rewritten}");
         let by_header = apps::http_requests(&client, to_echo, "/", &["x-canary: yes"], 20).unwrap();
         assert_eq!(answered_by(&by_header, "v2"), 20, "a header picks its rule: {by_header}");
         assert!(by_header.contains("body: header x-routed=canary"), "the rule's header set: {by_header}");

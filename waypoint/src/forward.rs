@@ -37,7 +37,7 @@ use crate::{
     inbound::{Client, Destination},
     metrics::{RequestLabels, UNKNOWN},
     retry::Outcome,
-    route::Rule,
+    route::{Rule, Selected},
 };
 
 /// What a response carries back.
@@ -138,7 +138,11 @@ impl Session {
             let session = session.clone();
             async move { Ok::<_, Infallible>(session.handle(request).await) }
         });
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // A client may end its side once its request is sent (the tunnel carries its FIN as
+        // END_STREAM) and still wait for the answer; without this, hyper drops the request
+        // in flight when it reads that end.
+        builder.http1().half_close(true);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         tokio::select! {
@@ -280,18 +284,30 @@ impl Session {
                     .select(port, request.method(), request.uri(), request.headers())
                     .ok_or(Failure::NoRoute)?;
                 routed.route = selected.route.to_owned();
-                Some(selected.rule)
+                Some(selected)
             }
             None => None,
         };
         let (backend, backend_port) = match selected {
-            Some(rule) => {
+            Some(Selected { rule, matched_prefix, .. }) => {
+                if let Some(redirect) = rule.redirect() {
+                    let host = host_of(&request).unwrap_or(&service.hostname);
+                    let location = redirect.location(request.uri(), host, port, matched_prefix);
+                    routed.backend = format!("redirect to {location}");
+                    return Ok(redirected(redirect.status(), &location));
+                }
                 rule.request_headers().apply(request.headers_mut());
+                if let Some(rewrite) = rule.rewrite() {
+                    let mut uri = request.uri().clone();
+                    rewrite.apply(&mut uri, request.headers_mut(), matched_prefix);
+                    *request.uri_mut() = uri;
+                }
                 let backend = rule.pick_backend_randomly().ok_or(Failure::NoBackend)?;
                 (backend.service.clone(), backend.port)
             }
             None => (service.key(), port),
         };
+        let selected = selected.map(|selected| selected.rule);
         routed.backend = format!("{backend}:{backend_port}");
         strip_hop_by_hop(request.headers_mut());
         let attempts = self.attempts(&backend, backend_port, request, selected, routed);
@@ -568,6 +584,17 @@ fn copy(parts: &http::request::Parts, body: Body) -> Request<Body> {
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
     request
+}
+
+/// A redirect to `location`, with `status`.
+fn redirected(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    // The location was made of checked parts and a valid request target.
+    if let Ok(location) = http::HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// A response of the waypoint's own.

@@ -16,5 +16,6 @@ pub mod inbound;
 pub mod metrics;
 pub mod normalize;
 pub mod retry;
+pub mod rewrite;
 pub mod route;
 pub mod table;

@@ -47,6 +47,12 @@ pub enum Error {
     },
     #[error("route {route}: backend weights add up to more than {}", u32::MAX)]
     WeightOverflow { route: String },
+    #[error("route {route}: {source}")]
+    InvalidFilter {
+        route: String,
+        #[source]
+        source: crate::rewrite::Error,
+    },
 }
 
 /// The HTTPRoutes attached to one Service, compiled once so that matching a request does no
@@ -64,6 +70,9 @@ pub struct Selected<'a> {
     /// `<namespace>/<name>` of the HTTPRoute.
     pub route: &'a str,
     pub rule: &'a Rule,
+    /// The path prefix the request matched, without its trailing '/' (empty for `/`, or when the
+    /// match was no prefix): what a filter's `ReplacePrefixMatch` replaces.
+    pub matched_prefix: &'a str,
 }
 
 /// One HTTPRoute rule: what a selected request gets done to it, and where it goes.
@@ -79,6 +88,8 @@ pub struct Rule {
     request_timeout: Option<Duration>,
     backend_timeout: Option<Duration>,
     retry: crate::retry::Policy,
+    redirect: Option<crate::rewrite::Redirect>,
+    rewrite: Option<crate::rewrite::Rewrite>,
 }
 
 /// A weighted backend Service of a rule.
@@ -189,10 +200,14 @@ impl Routes {
         let mut best: Option<(Rank, Selected<'_>)> = None;
         for route in self.routes.iter().filter(|route| route.applies_to(port)) {
             for rule in &route.rules {
-                for rank in rule.matches.iter().filter_map(|m| m.rank(&request)) {
+                for (matched, rank) in rule.matches.iter().filter_map(|m| Some((m, m.rank(&request)?))) {
                     // Strictly greater only: on a tie the one seen first, the older, stays.
                     if best.as_ref().is_none_or(|(best, _)| rank > *best) {
-                        best = Some((rank, Selected { route: &route.name, rule }));
+                        let matched_prefix = match &matched.path {
+                            PathMatch::Prefix(prefix) => prefix.as_str(),
+                            PathMatch::Exact(_) | PathMatch::Regex(_) => "",
+                        };
+                        best = Some((rank, Selected { route: &route.name, rule, matched_prefix }));
                     }
                 }
             }
@@ -261,6 +276,16 @@ impl Rule {
         &self.retry
     }
 
+    /// The redirect that answers the request instead of a backend, if any.
+    pub fn redirect(&self) -> Option<&crate::rewrite::Redirect> {
+        self.redirect.as_ref()
+    }
+
+    /// What to change of the request's host and path before it goes on, if anything.
+    pub fn rewrite(&self) -> Option<&crate::rewrite::Rewrite> {
+        self.rewrite.as_ref()
+    }
+
     /// A backend chosen by weight, using `random(total)`, which must return a value in
     /// `[0, total)`. `None` when the rule has no backends or every weight is 0: the Gateway API
     /// then answers 500.
@@ -285,6 +310,7 @@ impl Rule {
     }
 
     fn compile(route: &str, rule: &api::Rule) -> Result<Self, Error> {
+        let filter = |source| Error::InvalidFilter { route: route.to_owned(), source };
         let matches = if rule.matches.is_empty() {
             vec![Match::everything()]
         } else {
@@ -305,6 +331,18 @@ impl Rule {
             request_timeout: millis(rule.request_timeout_ms),
             backend_timeout: millis(rule.backend_timeout_ms),
             retry: crate::retry::Policy::compile(rule.retry.as_ref()),
+            redirect: rule
+                .redirect
+                .as_ref()
+                .map(crate::rewrite::Redirect::compile)
+                .transpose()
+                .map_err(filter)?,
+            rewrite: rule
+                .rewrite
+                .as_ref()
+                .map(crate::rewrite::Rewrite::compile)
+                .transpose()
+                .map_err(filter)?,
         })
     }
 }

@@ -193,7 +193,8 @@ pub enum ValueMatchType {
     Other,
 }
 
-/// A filter; Weft applies the header modifiers and notes the others as not applied.
+/// A filter; Weft applies the header modifiers, redirects and rewrites and notes the others as
+/// not applied.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteFilter {
@@ -202,6 +203,38 @@ pub struct HttpRouteFilter {
     pub kind: String,
     pub request_header_modifier: Option<HeaderModifier>,
     pub response_header_modifier: Option<HeaderModifier>,
+    pub request_redirect: Option<HttpRequestRedirect>,
+    #[serde(rename = "urlRewrite")]
+    pub url_rewrite: Option<HttpUrlRewrite>,
+}
+
+/// Answers the request with a redirect instead of sending it on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRequestRedirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<HttpPathModifier>,
+    pub port: Option<u32>,
+    pub status_code: Option<u32>,
+}
+
+/// Sends the request on with its host or path replaced.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpUrlRewrite {
+    pub hostname: Option<String>,
+    pub path: Option<HttpPathModifier>,
+}
+
+/// `ReplaceFullPath` or `ReplacePrefixMatch`, with its value.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpPathModifier {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub replace_full_path: Option<String>,
+    pub replace_prefix_match: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

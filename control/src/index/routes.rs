@@ -20,8 +20,9 @@ use weft_api::route::{self as api, ROUTES_TYPE};
 use super::{
     Naming, Resources, RouteStatus, encode_as,
     gateway_api::{
-        HeaderModifier, HttpBackendRef, HttpHeader, HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule,
-        HttpValueMatch, PathMatchType, ValueMatchType, duration,
+        HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestRedirect, HttpRoute,
+        HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch, PathMatchType,
+        ValueMatchType, duration,
     },
     hostname,
     waypoint::USE_WAYPOINT,
@@ -179,18 +180,40 @@ impl Context<'_, '_> {
         }
         let mut converted = api::Rule { matches, ..Default::default() };
         for (index, filter) in rule.filters.iter().enumerate() {
+            let at = format!("{at}.filters[{index}]");
             let (headers, modifier) = match filter.kind.as_str() {
                 "RequestHeaderModifier" => (&mut converted.request_headers, &filter.request_header_modifier),
                 "ResponseHeaderModifier" => {
                     (&mut converted.response_headers, &filter.response_header_modifier)
                 }
+                "RequestRedirect" => {
+                    let redirect = filter
+                        .request_redirect
+                        .as_ref()
+                        .and_then(|redirect| redirecting(redirect, &at, notes));
+                    match redirect {
+                        Some(redirect) => converted.redirect = Some(redirect),
+                        // A redirect it cannot give must not send the request on instead.
+                        None => return None,
+                    }
+                    continue;
+                }
+                "URLRewrite" => {
+                    let rewrite =
+                        filter.url_rewrite.as_ref().and_then(|rewrite| rewriting(rewrite, &at, notes));
+                    match rewrite {
+                        Some(rewrite) => converted.rewrite = Some(rewrite),
+                        None => return None,
+                    }
+                    continue;
+                }
                 other => {
-                    notes.push(format!("{at}.filters[{index}]: {other} not supported yet: ignored"));
+                    notes.push(format!("{at}: {other} not supported yet: ignored"));
                     continue;
                 }
             };
             if let Some(modifier) = modifier {
-                merge(headers.get_or_insert_default(), modifier, &format!("{at}.filters[{index}]"), notes);
+                merge(headers.get_or_insert_default(), modifier, &at, notes);
             }
         }
         for (index, backend) in rule.backend_refs.iter().enumerate() {
@@ -303,6 +326,80 @@ fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier, at: &str, no
     into.set.extend(set);
     into.add.extend(add);
     into.remove.extend(modifier.remove.iter().cloned());
+}
+
+/// A `RequestRedirect` as the waypoint gives it; `None` (noted at `at`, and the rule not
+/// applied) for one it cannot give.
+fn redirecting(redirect: &HttpRequestRedirect, at: &str, notes: &mut Vec<String>) -> Option<api::Redirect> {
+    let mut refuse = |reason: String| {
+        notes.push(format!("{at}: {reason}: rule not applied"));
+        None
+    };
+    let scheme = redirect.scheme.clone().unwrap_or_default();
+    if !matches!(scheme.as_str(), "" | "http" | "https") {
+        return refuse(format!("scheme {scheme:?} is neither http nor https"));
+    }
+    let status_code = redirect.status_code.unwrap_or(302);
+    if ![301, 302, 303, 307, 308].contains(&status_code) {
+        return refuse(format!("status code {status_code} is no redirect"));
+    }
+    let hostname = redirect.hostname.clone().unwrap_or_default();
+    if !valid_host(&hostname) {
+        return refuse(format!("hostname {hostname:?} is no host name"));
+    }
+    let path = match redirect.path.as_ref().map(path_modifier).transpose() {
+        Ok(path) => path,
+        Err(reason) => return refuse(reason),
+    };
+    let port = redirect.port.unwrap_or(0);
+    if port > u32::from(u16::MAX) {
+        return refuse(format!("port {port} is out of range"));
+    }
+    Some(api::Redirect { scheme, hostname, path, port, status_code })
+}
+
+/// A `URLRewrite` as the waypoint applies it; `None` (noted at `at`, and the rule not applied)
+/// for one it cannot apply.
+fn rewriting(rewrite: &HttpUrlRewrite, at: &str, notes: &mut Vec<String>) -> Option<api::Rewrite> {
+    let mut refuse = |reason: String| {
+        notes.push(format!("{at}: {reason}: rule not applied"));
+        None
+    };
+    let hostname = rewrite.hostname.clone().unwrap_or_default();
+    if !valid_host(&hostname) {
+        return refuse(format!("hostname {hostname:?} is no host name"));
+    }
+    let path = match rewrite.path.as_ref().map(path_modifier).transpose() {
+        Ok(path) => path,
+        Err(reason) => return refuse(reason),
+    };
+    Some(api::Rewrite { hostname, path })
+}
+
+/// A redirect's or rewrite's path; the value must be an absolute path without a query.
+fn path_modifier(path: &HttpPathModifier) -> Result<api::PathModifier, String> {
+    let (kind, value) = match path.kind.as_str() {
+        "ReplaceFullPath" => (api::path_modifier::Kind::Full, &path.replace_full_path),
+        "ReplacePrefixMatch" => (api::path_modifier::Kind::Prefix, &path.replace_prefix_match),
+        other => return Err(format!("path modifier {other:?} not supported")),
+    };
+    let value = value.clone().unwrap_or_else(|| "/".to_owned());
+    // RFC 3986's segment characters and '/': no query, no fragment, nothing to escape.
+    let path_byte = |byte: u8| byte.is_ascii_alphanumeric() || b"/-._~%!$&'()*+,;=:@".contains(&byte);
+    if !value.starts_with('/') || !value.bytes().all(path_byte) {
+        return Err(format!("path {value:?} is no absolute path"));
+    }
+    Ok(api::PathModifier { kind: kind.into(), value })
+}
+
+/// Empty, or a DNS name, IPv4 address or bracketed IPv6 address, without a port (the waypoint
+/// refuses the routes over one that is not).
+fn valid_host(host: &str) -> bool {
+    let ipv6 = host
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .is_some_and(|address| address.parse::<std::net::Ipv6Addr>().is_ok());
+    ipv6 || host.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
 }
 
 /// A rule's `retry` as the waypoint applies it; a code outside 400–599 cannot mean a failure

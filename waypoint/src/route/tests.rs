@@ -598,3 +598,20 @@ fn no_weight_picks_no_backend() {
         assert_eq!(rule.pick_backend_randomly(), None);
     }
 }
+
+#[test]
+fn the_selection_names_the_prefix_its_winning_match_matched_for_a_prefix_replacement() {
+    let routes = compile(vec![route(
+        "r",
+        &[],
+        vec![rule("api", vec![exact("/api/exact"), prefix("/api/"), prefix("/")]), rule("root", vec![])],
+    )]);
+    let matched = |uri: &str| {
+        let request = get(uri);
+        let selected = routes.select(request.port, &request.method, &request.uri, &request.headers).unwrap();
+        selected.matched_prefix.to_owned()
+    };
+    assert_eq!(matched("/api/items"), "/api", "the longest prefix, its trailing '/' left out");
+    assert_eq!(matched("/api/exact"), "", "an exact match is no prefix");
+    assert_eq!(matched("/other"), "", "the prefix / is empty");
+}

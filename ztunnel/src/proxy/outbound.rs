@@ -49,7 +49,8 @@ pub async fn serve(
                         let _admitted = admitted;
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
                             context.metrics.failed(Reporter::Source, error.reason());
-                            tracing::info!(pod = %pod.uid, %peer, %error, "outbound connection failed");
+                            let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                            tracing::info!(pod = %pod.uid, %peer, %error, %cause, "outbound connection failed");
                         }
                     });
                 }

@@ -143,6 +143,11 @@ fn backends() -> Vec<Service> {
     ]
 }
 
+/// What namespace `mesh`, enrolled, with [`backends`] and `routes` makes.
+fn with_backends(routes: &[HttpRoute]) -> Snapshot {
+    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes)
+}
+
 #[test]
 fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_filters_timeouts_and_retries()
 {
@@ -186,16 +191,7 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
             ]
         }),
     );
-    let snapshot = build(
-        &naming(),
-        &[namespace("mesh", true)],
-        &[],
-        &backends(),
-        &[],
-        &[],
-        &[],
-        std::slice::from_ref(&route),
-    );
+    let snapshot = with_backends(std::slice::from_ref(&route));
     let routes = service_routes(&snapshot, KEY);
     assert_eq!(routes.service, KEY, "named like the Service's Address resource");
     let [route] = &routes.routes[..] else { panic!("one route: {routes:?}") };
@@ -244,6 +240,16 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     assert_eq!((split.request_timeout_ms, split.backend_timeout_ms), (10_000, 60_500));
     assert!(gone.backends.is_empty(), "a rule left without backends stays: it answers 500");
     assert_eq!(gone.request_timeout_ms, 0);
+    assert_eq!(
+        split.rewrite,
+        Some(routes::Rewrite {
+            hostname: String::new(),
+            path: Some(routes::PathModifier {
+                kind: routes::path_modifier::Kind::Full.into(),
+                value: "/".into()
+            }),
+        })
+    );
     assert_eq!(split.retry, Some(routes::Retry { attempts: 3, codes: vec![502, 503], backoff_ms: 100 }));
     assert_eq!(
         gone.retry,
@@ -255,7 +261,6 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     let notes = status.notes.join("\n");
     // A header value with a line break never reaches a waypoint (it would refuse the routes).
     for expected in [
-        "URLRewrite",
         "web-v3 not found",
         "Bucket",
         "other/web-v1",
@@ -267,8 +272,57 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     ] {
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
-    assert_eq!(status.notes.len(), 9, "{notes}");
+    assert_eq!(status.notes.len(), 8, "{notes}");
     assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
+}
+
+#[test]
+fn a_redirect_is_given_as_written_and_one_the_waypoint_cannot_give_drops_its_rule_not_the_route() {
+    let redirect = |redirect: serde_json::Value| serde_json::json!({ "filters": [{ "type": "RequestRedirect", "requestRedirect": redirect }] });
+    let route = http_route(
+        "moved",
+        1,
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
+            "rules": [
+                redirect(serde_json::json!({ "scheme": "https", "hostname": "shop.example.com",
+                    "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/new" }, "statusCode": 301 })),
+                redirect(serde_json::json!({ "statusCode": 305 })),
+                redirect(serde_json::json!({ "scheme": "ftp" })),
+                redirect(serde_json::json!({ "hostname": "a b" })),
+                redirect(serde_json::json!({ "path": { "type": "ReplaceFullPath", "replaceFullPath": "/a?b" } })),
+                { "filters": [{ "type": "URLRewrite", "urlRewrite": { "hostname": "web.internal",
+                    "path": { "type": "ReplacePrefixMatch" } } }],
+                  "backendRefs": [{ "name": "web-v1", "port": 8080 }] },
+            ]
+        }),
+    );
+    let snapshot = with_backends(std::slice::from_ref(&route));
+    let routes = service_routes(&snapshot, KEY);
+    let [moved, rewritten] = &routes.routes[0].rules[..] else { panic!("two rules applied: {routes:?}") };
+    let prefix = |value: &str| {
+        Some(routes::PathModifier { kind: routes::path_modifier::Kind::Prefix.into(), value: value.into() })
+    };
+    assert_eq!(
+        moved.redirect,
+        Some(routes::Redirect {
+            scheme: "https".into(),
+            hostname: "shop.example.com".into(),
+            path: prefix("/new"),
+            port: 0,
+            status_code: 301,
+        })
+    );
+    assert_eq!(
+        rewritten.rewrite,
+        Some(routes::Rewrite { hostname: "web.internal".into(), path: prefix("/") }),
+        "a prefix replaced by nothing is replaced by /"
+    );
+    let notes = snapshot.http_routes[0].notes.join("\n");
+    for expected in ["305 is no redirect", "\"ftp\"", "\"a b\"", "\"/a?b\""] {
+        assert!(notes.contains(expected), "{expected} in {notes}");
+    }
+    assert_eq!(snapshot.http_routes[0].notes.len(), 4, "{notes}");
 }
 
 #[test]
@@ -323,7 +377,7 @@ fn a_route_to_a_service_without_a_waypoint_is_compiled_and_noted() {
         1,
         serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web-v1" }] }),
     );
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[route]);
+    let snapshot = with_backends(&[route]);
     assert!(snapshot.routes.contains_key("mesh/web-v1.mesh.svc.cluster.local"));
     assert!(snapshot.http_routes[0].notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.http_routes);
 }
@@ -344,7 +398,7 @@ fn a_rule_with_an_invalid_regular_expression_is_left_out_and_noted_and_the_other
             ],
         }),
     );
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[route]);
+    let snapshot = with_backends(&[route]);
     let routes = service_routes(&snapshot, "mesh/web.mesh.svc.cluster.local");
     assert_eq!(routes.routes[0].rules.len(), 1, "only the valid rule: {routes:?}");
     assert_eq!(routes.routes[0].rules[0].backends[0].service, "mesh/web-v1.mesh.svc.cluster.local");
