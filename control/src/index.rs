@@ -94,10 +94,43 @@ pub struct PolicyStatus {
 pub struct RouteStatus {
     pub namespace: String,
     pub name: String,
+    /// The generation its conditions are about.
+    pub generation: Option<i64>,
     /// The `ServiceRoutes` it is part of (`namespace/hostname`); empty when applied nowhere.
     pub services: Vec<String>,
     /// What waypoints cannot apply, and what was done about it.
     pub notes: Vec<String>,
+    /// `Accepted` for each of its Service parents, as its status reports them.
+    pub parents: Vec<ParentStatus>,
+    /// `ResolvedRefs`: whether every backend could be used.
+    pub resolved_refs: Verdict,
+    /// Why rules were left out, if any were (`PartiallyInvalid`).
+    pub partially_invalid: Option<String>,
+}
+
+/// A route's `Accepted` condition for one of its parents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentStatus {
+    pub parent_ref: gateway_api::ParentReference,
+    pub accepted: Verdict,
+}
+
+/// A condition as the Gateway API reports it: true or not, a reason from its list, a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Verdict {
+    pub fn yes(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status: true, reason, message: message.into() }
+    }
+
+    pub fn no(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status: false, reason, message: message.into() }
+    }
 }
 
 impl Snapshot {

@@ -9,11 +9,13 @@
 //! node proxy only identities that have a running pod on its node, and a waypoint only its
 //! own); [`serving`] is the TLS
 //! listener both are served on, with a certificate that follows the CA; [`waypoints`] deploys a
-//! waypoint for every Gateway of class `weft-waypoint`.
+//! waypoint for every Gateway of class `weft-waypoint`; [`route_status`] reports on each
+//! HTTPRoute attached to a Service what became of it.
 
 pub mod ca;
 pub mod index;
 pub mod metrics;
+pub mod route_status;
 pub mod serving;
 pub mod waypoints;
 pub mod xds;

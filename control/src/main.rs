@@ -139,6 +139,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         },
         authority.clone(),
     ));
+    let route_status = tokio::spawn(weft_control::route_status::run(client.clone(), snapshots.clone()));
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
     let source = Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() });
     let (monitoring, admin, endpoints) =
@@ -183,6 +184,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     index.abort();
     maintenance.abort();
     waypoints.abort();
+    route_status.abort();
     tracing::info!("stopped");
     result
 }

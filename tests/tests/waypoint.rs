@@ -24,7 +24,7 @@ use weft_tests::{
     mesh::{self, Mesh},
     process::Process,
     topology::Pod,
-    waypoint::{Waypoint, create_http_route},
+    waypoint::{Waypoint, create_http_route, http_routes},
     wire::WireMonitor,
 };
 
@@ -208,6 +208,52 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
         };
         assert!(counted("echo-v1") >= to_v1 && counted("echo-v2") >= to_v2, "{scraped}");
     });
+
+    // The route's status says it is applied; one whose backend is missing and one of whose
+    // parents has no such port says so, per parent, as the Gateway API asks.
+    let broken = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo-v2", "port": 80 },
+                       { "group": "", "kind": "Service", "name": "echo-v2", "port": 81 }],
+        "rules": [{ "backendRefs": [{ "name": "nope", "port": 80 }] }],
+    });
+    create_http_route(scene.cluster.client(), "shop", "broken", broken).await.unwrap();
+    let expected = [
+        ("echo", vec!["echo:80 Accepted=True Accepted", "echo:80 ResolvedRefs=True ResolvedRefs"]),
+        (
+            "broken",
+            vec![
+                "echo-v2:80 Accepted=True Accepted",
+                "echo-v2:80 ResolvedRefs=False BackendNotFound",
+                "echo-v2:81 Accepted=False NoMatchingParent",
+                "echo-v2:81 ResolvedRefs=False BackendNotFound",
+            ],
+        ),
+    ];
+    for (route, conditions) in expected {
+        let client = scene.cluster.client();
+        let reported = weft_tests::eventually(&format!("HTTPRoute {route}'s status"), WAIT, || {
+            let (client, conditions) = (client.clone(), conditions.clone());
+            async move { route_conditions(client, route).await.filter(|seen| *seen == conditions) }
+        })
+        .await;
+        assert!(reported.is_ok(), "{route}: {:?}", route_conditions(scene.cluster.client(), route).await);
+    }
+}
+
+/// The conditions Weft reported on HTTPRoute `shop/<name>`, as `<parent>:<port> <type>=<status>
+/// <reason>`; `None` before any.
+async fn route_conditions(client: kube::Client, name: &str) -> Option<Vec<String>> {
+    let route = http_routes(client, "shop").get(name).await.ok()?;
+    let mut seen = Vec::new();
+    let parents = route.data["status"]["parents"].as_array()?;
+    for parent in parents.iter().filter(|parent| parent["controllerName"] == "weft.dev/mesh-controller") {
+        let at = format!("{}:{}", parent["parentRef"]["name"].as_str()?, parent["parentRef"]["port"]);
+        for condition in parent["conditions"].as_array()? {
+            let (kind, status) = (condition["type"].as_str()?, condition["status"].as_str()?);
+            seen.push(format!("{at} {kind}={status} {}", condition["reason"].as_str()?));
+        }
+    }
+    (!seen.is_empty()).then_some(seen)
 }
 
 /// Sends one GET of `path` to `to` (a Service of v1 alone) from the client, asserts that its

@@ -99,17 +99,20 @@ pub struct HttpRouteSpec {
 }
 
 /// What a route attaches to: a Gateway by default, a Service with `group: ""`, `kind: Service`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ParentReference {
     pub group: String,
     pub kind: String,
     /// Unset: the route's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
     /// For a Service: the name of one of its ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
     /// For a Service: one of its ports; unset, every port.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub port: Option<u32>,
 }
 

@@ -18,7 +18,7 @@ use prost::Message;
 use weft_api::route::{self as api, ROUTES_TYPE};
 
 use super::{
-    Naming, Resources, RouteStatus, encode_as,
+    Naming, ParentStatus, Resources, RouteStatus, Verdict, encode_as,
     gateway_api::{
         HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestRedirect, HttpRoute,
         HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch, PathMatchType,
@@ -49,19 +49,37 @@ pub fn compile<'a>(
     let mut statuses = Vec::new();
     for (route, namespace, name) in routes {
         let mut notes = Vec::new();
-        let parents = parents(naming, services, with_waypoint, route, namespace, &mut notes);
-        if parents.is_empty() && notes.is_empty() {
+        let mut accepted = Vec::new();
+        let parents = parents(naming, services, with_waypoint, route, namespace, &mut notes, &mut accepted);
+        if accepted.is_empty() {
             // Attached to Gateways only: not the mesh's.
             continue;
         }
         let context = Context { naming, services, namespace };
+        let mut unresolved = Vec::new();
+        let mut left_out = Vec::new();
         let rules: Vec<api::Rule> = route
             .spec
             .rules
             .iter()
             .enumerate()
-            .filter_map(|(index, rule)| context.rule(rule, &format!("rules[{index}]"), &mut notes))
+            .filter_map(|(index, rule)| {
+                let at = format!("rules[{index}]");
+                let noted = notes.len();
+                let converted = context.rule(rule, &at, &mut notes, &mut unresolved);
+                if converted.is_none() {
+                    left_out.extend(notes[noted..].iter().cloned());
+                }
+                converted
+            })
             .collect();
+        let resolved_refs = match unresolved.first() {
+            None => Verdict::yes("ResolvedRefs", "every backend resolved"),
+            Some((reason, _)) => {
+                let messages: Vec<&str> = unresolved.iter().map(|(_, message)| message.as_str()).collect();
+                Verdict::no(reason, messages.join("; "))
+            }
+        };
         for (key, ports) in &parents {
             by_service.entry(key.clone()).or_default().push(api::Route {
                 name: format!("{namespace}/{name}"),
@@ -72,8 +90,12 @@ pub fn compile<'a>(
         statuses.push(RouteStatus {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
+            generation: route.metadata.generation,
             services: parents.into_keys().collect(),
             notes,
+            parents: accepted,
+            resolved_refs,
+            partially_invalid: (!left_out.is_empty()).then(|| left_out.join("; ")),
         });
     }
     statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -88,7 +110,7 @@ pub fn compile<'a>(
 }
 
 /// The Services `route` attaches to, by resource key, with the ports it applies to (empty:
-/// every port).
+/// every port); each Service parent's `Accepted` goes into `accepted`.
 fn parents(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
@@ -96,6 +118,7 @@ fn parents(
     route: &HttpRoute,
     namespace: &str,
     notes: &mut Vec<String>,
+    accepted: &mut Vec<ParentStatus>,
 ) -> BTreeMap<String, Vec<u32>> {
     // None: every port.
     let mut parents: BTreeMap<String, Option<BTreeSet<u32>>> = BTreeMap::new();
@@ -105,14 +128,21 @@ fn parents(
         }
         let parent_namespace = parent.namespace.as_deref().unwrap_or(namespace);
         let at = format!("parentRef Service {parent_namespace}/{}", parent.name);
+        let mut verdict = |verdict: Verdict| {
+            accepted.push(ParentStatus { parent_ref: parent.clone(), accepted: verdict });
+        };
         if parent_namespace != namespace {
-            notes.push(format!(
+            let note = format!(
                 "{at}: a route in another namespace than its Service applies to that namespace's clients only, which ServiceRoutes cannot say yet: not applied"
-            ));
+            );
+            verdict(Verdict::no("UnsupportedValue", note.clone()));
+            notes.push(note);
             continue;
         }
         let Some(service) = services.get(&(namespace, parent.name.as_str())) else {
-            notes.push(format!("{at} not found: not applied to it"));
+            let note = format!("{at} not found: not applied to it");
+            verdict(Verdict::no("NoMatchingParent", note.clone()));
+            notes.push(note);
             continue;
         };
         let port = match (parent.port, parent.section_name.as_deref()) {
@@ -134,15 +164,26 @@ fn parents(
                             (Some(port), None) => port.to_string(),
                             (None, section) => format!("named {}", section.unwrap_or_default()),
                         };
-                        notes.push(format!("{at} has no port {wanted}: not applied to it"));
+                        let note = format!("{at} has no port {wanted}: not applied to it");
+                        verdict(Verdict::no("NoMatchingParent", note.clone()));
+                        notes.push(note);
                         continue;
                     }
                 }
             }
         };
         let key = format!("{namespace}/{}", hostname(naming, &parent.name, namespace));
-        if !parents.contains_key(&key) && !with_waypoint.contains(&(namespace, parent.name.as_str())) {
-            notes.push(format!("{at} uses no waypoint ({USE_WAYPOINT}): the route applies once it does"));
+        if with_waypoint.contains(&(namespace, parent.name.as_str())) {
+            verdict(Verdict::yes(
+                "Accepted",
+                format!("applied by the waypoint of Service {namespace}/{}", parent.name),
+            ));
+        } else {
+            let note = format!("{at} uses no waypoint ({USE_WAYPOINT}): the route applies once it does");
+            verdict(Verdict::no("Pending", note.clone()));
+            if !parents.contains_key(&key) {
+                notes.push(note);
+            }
         }
         let ports = parents.entry(key).or_insert_with(|| Some(BTreeSet::new()));
         match (ports, port) {
@@ -167,7 +208,14 @@ struct Context<'a, 'b> {
 impl Context<'_, '_> {
     /// The rule as a waypoint applies it, noting at `at` what it leaves out; `None` when it
     /// cannot apply it at all.
-    fn rule(&self, rule: &HttpRouteRule, at: &str, notes: &mut Vec<String>) -> Option<api::Rule> {
+    /// A backend that cannot be used goes into `unresolved` with its `ResolvedRefs` reason.
+    fn rule(
+        &self,
+        rule: &HttpRouteRule,
+        at: &str,
+        notes: &mut Vec<String>,
+        unresolved: &mut Vec<(&'static str, String)>,
+    ) -> Option<api::Rule> {
         let Some(matches) = rule.matches.iter().map(matching).collect::<Option<Vec<_>>>() else {
             notes.push(format!("{at}: a match of a type not supported: rule not applied"));
             return None;
@@ -219,7 +267,11 @@ impl Context<'_, '_> {
         for (index, backend) in rule.backend_refs.iter().enumerate() {
             match self.backend(backend) {
                 Ok(resolved) => converted.backends.push(resolved),
-                Err(reason) => notes.push(format!("{at}.backendRefs[{index}]: {reason}: dropped")),
+                Err((reason, message)) => {
+                    let note = format!("{at}.backendRefs[{index}]: {message}: dropped");
+                    unresolved.push((reason, note.clone()));
+                    notes.push(note);
+                }
             }
             if !backend.filters.is_empty() {
                 notes.push(format!("{at}.backendRefs[{index}]: filters not supported yet: ignored"));
@@ -237,21 +289,30 @@ impl Context<'_, '_> {
         Some(converted)
     }
 
-    fn backend(&self, backend: &HttpBackendRef) -> Result<api::Backend, String> {
+    /// The backend, or why it cannot be used: its `ResolvedRefs` reason and a message.
+    fn backend(&self, backend: &HttpBackendRef) -> Result<api::Backend, (&'static str, String)> {
         if !backend.group.is_empty() || backend.kind != "Service" {
-            return Err(format!("{} of group {:?} is not a Service", backend.kind, backend.group));
+            return Err((
+                "InvalidKind",
+                format!("{} of group {:?} is not a Service", backend.kind, backend.group),
+            ));
         }
         let namespace = backend.namespace.as_deref().unwrap_or(self.namespace);
         let name = backend.name.as_str();
         if namespace != self.namespace {
-            return Err(format!(
-                "Service {namespace}/{name} is in another namespace, which needs a ReferenceGrant (not supported yet)"
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "Service {namespace}/{name} is in another namespace, which needs a ReferenceGrant (not supported yet)"
+                ),
             ));
         }
         if !self.services.contains_key(&(namespace, name)) {
-            return Err(format!("Service {namespace}/{name} not found"));
+            return Err(("BackendNotFound", format!("Service {namespace}/{name} not found")));
         }
-        let port = backend.port.ok_or_else(|| format!("Service {namespace}/{name} without a port"))?;
+        let port = backend
+            .port
+            .ok_or_else(|| ("UnsupportedValue", format!("Service {namespace}/{name} without a port")))?;
         Ok(api::Backend {
             service: format!("{namespace}/{}", hostname(self.naming, name, namespace)),
             port,

@@ -273,6 +273,15 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
     assert_eq!(status.notes.len(), 8, "{notes}");
+    assert_eq!((status.resolved_refs.status, status.resolved_refs.reason), (false, "BackendNotFound"));
+    for unresolved in ["web-v3", "Bucket", "other/web-v1", "web-gone"] {
+        assert!(
+            status.resolved_refs.message.contains(unresolved),
+            "{unresolved}: {:?}",
+            status.resolved_refs
+        );
+    }
+    assert_eq!(status.partially_invalid, None, "every rule applied");
     assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
 }
 
@@ -379,7 +388,14 @@ fn a_route_to_a_service_without_a_waypoint_is_compiled_and_noted() {
     );
     let snapshot = with_backends(&[route]);
     assert!(snapshot.routes.contains_key("mesh/web-v1.mesh.svc.cluster.local"));
-    assert!(snapshot.http_routes[0].notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.http_routes);
+    let status = &snapshot.http_routes[0];
+    assert!(status.notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.http_routes);
+    let accepted = &status.parents[0].accepted;
+    assert_eq!(
+        (accepted.status, accepted.reason),
+        (false, "Pending"),
+        "its status says it waits for a waypoint"
+    );
 }
 
 #[test]
@@ -405,6 +421,14 @@ fn a_rule_with_an_invalid_regular_expression_is_left_out_and_noted_and_the_other
     let notes = &snapshot.http_routes[0].notes;
     assert!(notes[0].contains("rules[0]") && notes[0].contains("/v["), "{notes:?}");
     assert!(notes[1].contains("rules[1]") && notes[1].contains("a)|(b"), "{notes:?}");
+    let status = &snapshot.http_routes[0];
+    assert!(status.parents[0].accepted.status, "the route stands: {status:?}");
+    let partially = status.partially_invalid.as_deref().unwrap_or_default();
+    assert!(
+        partially.contains("rules[0]") && partially.contains("rules[1]"),
+        "its status says what was left out: {partially}"
+    );
+    assert!(status.resolved_refs.status);
 }
 
 #[test]

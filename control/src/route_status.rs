@@ -1,0 +1,119 @@
+//! Reports on every HTTPRoute attached to a Service what the control plane made of it, in its
+//! status as the Gateway API asks (GAMMA): per Service parent, `Accepted` (applied there, or why
+//! not: no such Service or port, another namespace, no waypoint yet), `ResolvedRefs` (every
+//! backend usable, or the first reason one is not) and, when rules were left out,
+//! `PartiallyInvalid` — so `kubectl get httproute -o yaml` says why a route does nothing.
+//! Other controllers' entries are left as they are. Level-triggered: every new snapshot and a
+//! periodic tick rewrite what differs.
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+
+use crate::index::{RouteStatus, Snapshot, Verdict};
+
+/// The `controllerName` of Weft's entries in a route's `status.parents`.
+pub const CONTROLLER: &str = "weft.dev/mesh-controller";
+/// How often every route's status is checked, whatever changed (another writer may have
+/// overwritten it).
+const TICK: Duration = Duration::from_secs(30);
+/// Conditions' messages are cut here: a route with many problems stays readable.
+const MAX_MESSAGE: usize = 1024;
+
+/// Writes route statuses from each new snapshot until the snapshots end; a route that fails is
+/// logged and retried at the next change or tick, and costs the others nothing.
+pub async fn run(client: kube::Client, mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>) {
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        for route in &snapshot.http_routes {
+            if let Err(error) = report(&client, route).await {
+                tracing::warn!(namespace = %route.namespace, name = %route.name, %error, "HTTPRoute status not written");
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
+    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
+}
+
+/// Writes `route`'s entries, unless they are already there.
+async fn report(client: &kube::Client, route: &RouteStatus) -> Result<(), kube::Error> {
+    let api = http_routes(client, &route.namespace);
+    let current = match api.get(&route.name).await {
+        Ok(current) => current,
+        // Deleted since the snapshot: nothing to report on.
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let existing = current.data["status"]["parents"].as_array().cloned().unwrap_or_default();
+    let parents = parents(route, &existing);
+    if parents == existing {
+        return Ok(());
+    }
+    api.patch_status(
+        &route.name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": { "parents": parents } })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `existing` with Weft's entries made what `route` says: one per Service parent, each
+/// condition keeping its transition time while its status stays.
+pub fn parents(route: &RouteStatus, existing: &[Value]) -> Vec<Value> {
+    let ours = |entry: &&Value| entry["controllerName"] == CONTROLLER;
+    let mut parents: Vec<Value> = existing.iter().filter(|entry| !ours(entry)).cloned().collect();
+    let now = serde_json::to_value(Time(k8s_openapi::jiff::Timestamp::now())).unwrap_or_default();
+    for parent in &route.parents {
+        let parent_ref = serde_json::to_value(&parent.parent_ref).unwrap_or_default();
+        let before: Vec<Value> = existing
+            .iter()
+            .filter(ours)
+            .find(|entry| entry["parentRef"] == parent_ref)
+            .and_then(|entry| entry["conditions"].as_array().cloned())
+            .unwrap_or_default();
+        let condition = |type_: &str, verdict: &Verdict| {
+            let status = if verdict.status { "True" } else { "False" };
+            let since = before
+                .iter()
+                .find(|old| old["type"] == type_ && old["status"] == status)
+                .map_or_else(|| now.clone(), |old| old["lastTransitionTime"].clone());
+            let mut message = verdict.message.clone();
+            if message.len() > MAX_MESSAGE {
+                let cut = (0..=MAX_MESSAGE).rev().find(|at| message.is_char_boundary(*at)).unwrap_or(0);
+                message.truncate(cut);
+                message.push('…');
+            }
+            json!({
+                "type": type_,
+                "status": status,
+                "reason": verdict.reason,
+                "message": message,
+                "lastTransitionTime": since,
+                "observedGeneration": route.generation.unwrap_or_default(),
+            })
+        };
+        let mut conditions =
+            vec![condition("Accepted", &parent.accepted), condition("ResolvedRefs", &route.resolved_refs)];
+        if let Some(why) = &route.partially_invalid {
+            conditions.push(condition("PartiallyInvalid", &Verdict::yes("UnsupportedValue", why.clone())));
+        }
+        parents
+            .push(json!({ "parentRef": parent_ref, "controllerName": CONTROLLER, "conditions": conditions }));
+    }
+    parents
+}
+
+#[cfg(test)]
+mod tests;
