@@ -74,6 +74,35 @@ pub fn cpu_seconds(dir: &Path) -> anyhow::Result<f64> {
     Ok(usec as f64 / 1e6)
 }
 
+/// CPU time used by process `pid` (every thread), in seconds, to the kernel's clock tick.
+pub fn process_cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command may hold spaces and parentheses: the fields that follow its last ')' are
+    // state (3), …, utime (14) and stime (15).
+    let fields: Vec<&str> = stat.rsplit_once(')').context("no ')' in stat")?.1.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(index - 3).context("a short stat")?.parse::<u64>()? as f64)
+    };
+    // SAFETY: sysconf reads a constant and touches no memory.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok((ticks(14)? + ticks(15)?) / per_second)
+}
+
+/// The machine the figures come from.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|line| {
+                line.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("machine: {cpus} CPUs ({cpu}), kernel {}", kernel.trim())
+}
+
 /// The highest resident memory of some processes while it runs, sampled every 50 ms.
 #[derive(Debug)]
 pub struct RssPeak {

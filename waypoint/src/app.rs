@@ -42,6 +42,9 @@ pub struct Config {
     /// HBONE (`[::]:15008`).
     pub listen: SocketAddr,
     pub admin: weft_api::admin::Addresses,
+    /// The runtime's worker threads: a busy endpoint pod gets a pooled HBONE connection per
+    /// worker, as the node proxy gives them.
+    pub workers: usize,
 }
 
 /// What every connection shares.
@@ -143,14 +146,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policies,
         gateway: config.gateway.clone(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
-        // Busy endpoint pods get a connection per worker thread, as the node proxy gives them.
-        pool: Pool::new(
-            PoolSettings {
-                lanes: std::thread::available_parallelism().map_or(1, usize::from),
-                ..PoolSettings::default()
-            },
-            |_| {},
-        ),
+        pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
         budgets: crate::retry::Budgets::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),

@@ -52,12 +52,21 @@ struct Args {
     /// The network this pod is on, in a multi-network mesh (Istio's `NETWORK`).
     #[arg(long, env = "NETWORK", default_value = "")]
     network: String,
+    /// Worker threads; by default as many as the CPUs this process may use — the cgroup's CPU
+    /// quota (a pod's CPU limit) included.
+    #[arg(long, env = "WEFT_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 fn main() -> anyhow::Result<()> {
     weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    // std's count honours cgroup v2 `cpu.max` and the affinity mask.
+    let workers = args
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+        .max(1);
     let namespace = args.pod_namespace;
     let config = app::Config {
         identity: Identity::new(&args.trust_domain, &namespace, &args.service_account),
@@ -81,8 +90,9 @@ fn main() -> anyhow::Result<()> {
         drain: Duration::from_secs(args.drain_seconds),
         listen: args.listen,
         admin: weft_api::admin::Addresses::default(),
+        workers,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async {
         let shutdown = weft_api::daemon::termination()?;
         app::run(config, shutdown).await?;

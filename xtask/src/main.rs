@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. `setup` installs what a fresh machine lacks (idempotent,
 //! and run first by every other command); `test` runs every test; `demo` runs Weft's main job on
-//! the embedded default topology; `bench` measures the mesh against no mesh, in release. Slow
+//! the embedded default topology; `bench` measures the mesh against no mesh (or, `--waypoint`,
+//! a waypoint against the mesh path alone), in release. Slow
 //! artefacts are cached outside the work tree (see `cache`).
 use std::{path::PathBuf, process::Command};
 
@@ -37,11 +38,15 @@ enum Task {
         #[arg(long)]
         real: bool,
     },
-    /// Set up, build in release, and measure capture and the mesh path against direct TCP.
+    /// Set up, build in release, and measure capture and the mesh path against direct TCP
+    /// (or, with `--waypoint`, a waypoint on the mesh path against the mesh path alone).
     Bench {
         /// A short run (under three minutes) instead of the full one (about ten).
         #[arg(long)]
         quick: bool,
+        /// Measure what a waypoint adds instead.
+        #[arg(long)]
+        waypoint: bool,
     },
 }
 
@@ -52,7 +57,7 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(&root).map(drop),
         Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep, real } => demo(&root, keep, real),
-        Task::Bench { quick } => bench(&root, quick),
+        Task::Bench { quick, waypoint } => bench(&root, quick, waypoint),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -99,25 +104,25 @@ fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {
     cmd::run(&mut demo)
 }
 
-fn bench(root: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+fn bench(root: &std::path::Path, quick: bool, waypoint: bool) -> anyhow::Result<()> {
     setup::run(root)?;
     cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root.join("target/bench");
     std::fs::create_dir_all(&out)?;
-    let mut command = Command::new(root.join("target/release/weft-mesh-bench"));
+    let (binary, quick_args, json): (_, &[&str], _) = if waypoint {
+        ("weft-waypoint-bench", &["--repeats", "3", "--seconds", "3"], "waypoint.json")
+    } else {
+        (
+            "weft-mesh-bench",
+            &["--repeats", "3", "--bulk-seconds", "2", "--latency-seconds", "2", "--connections", "300"],
+            "mesh.json",
+        )
+    };
+    let mut command = Command::new(root.join("target/release").join(binary));
     if quick {
-        command.args([
-            "--repeats",
-            "3",
-            "--bulk-seconds",
-            "2",
-            "--latency-seconds",
-            "2",
-            "--connections",
-            "300",
-        ]);
+        command.args(quick_args);
     }
-    command.arg("--json").arg(out.join("mesh.json"));
+    command.arg("--json").arg(out.join(json));
     cmd::run(&mut command)
 }
 

@@ -20,7 +20,7 @@ use clap::Parser;
 use weft_tests::{
     apps,
     bench::{
-        Bulk, RssPeak, cpu_seconds, field, iperf3, iperf3_server,
+        Bulk, RssPeak, cpu_seconds, field, iperf3, iperf3_server, machine,
         report::{Figure, Report},
         rss_kib, testpod,
     },
@@ -311,19 +311,4 @@ fn idle_connections(
         anyhow::ensure!(ok, "holding {count} connections: {out}");
     }
     Ok(skipped)
-}
-
-/// The machine the figures come from.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines().find_map(|line| {
-                line.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("machine: {cpus} CPUs ({cpu}), kernel {}", kernel.trim())
 }

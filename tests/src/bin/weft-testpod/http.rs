@@ -6,7 +6,7 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -15,7 +15,8 @@ use anyhow::{Context, bail};
 /// path=<path>` and then a `header <name>=<value>` line per request header; a path under
 /// `/slow` is answered after 3 s; `/status/<code>` is answered with that status;
 /// `/fail-first/<n>/<anything>` with 503 the first `n` times this server sees that path, then
-/// 200. Prints `ready`, then `served <method> <path>` for each request.
+/// 200; `/bytes/<n>` with a body of `n` bytes (and nothing printed: a benchmark's). Prints
+/// `ready`, then `served <method> <path>` for each request.
 pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
     println!("ready");
@@ -95,6 +96,11 @@ fn serve(stream: TcpStream, name: &str, seen: &Seen) -> anyhow::Result<()> {
     while let Some(head) = read_head(&mut reader)? {
         let mut body = vec![0; content_length(&head.headers)];
         reader.read_exact(&mut body)?;
+        if let Some(size) = head.target.strip_prefix("/bytes/").and_then(|size| size.parse().ok()) {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
+            writer.write_all(&[head.into_bytes(), vec![b'y'; size]].concat())?;
+            continue;
+        }
         // For tests that must know what reached the app (and what never did).
         println!("served {} {}", head.method, head.target);
         // A slow answer, for tests of what happens while a request is in flight.
@@ -146,14 +152,7 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
         }
         request.push_str("\r\n");
         writer.write_all(request.as_bytes())?;
-        let mut status_line = String::new();
-        if reader.read_line(&mut status_line)? == 0 {
-            bail!("the connection closed before an answer");
-        }
-        let status = status_line.split_whitespace().nth(1).unwrap_or("?").to_owned();
-        let response_headers = read_headers(reader)?;
-        let mut body = vec![0; content_length(&response_headers)];
-        reader.read_exact(&mut body)?;
+        let (status, response_headers, body) = read_response(reader)?;
         let body = String::from_utf8_lossy(&body).into_owned();
         *tally.entry(format!("status={status} {}", body.lines().next().unwrap_or(""))).or_default() += 1;
         if first_body.is_none() {
@@ -173,6 +172,54 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
     for line in first_body.unwrap_or_default().lines() {
         println!("body: {line}");
     }
+    Ok(())
+}
+
+/// Header names (lowercased) and values, in order.
+type Headers = Vec<(String, String)>;
+
+/// One response: its status, headers and body (by its `content-length`).
+fn read_response(reader: &mut impl BufRead) -> anyhow::Result<(String, Headers, Vec<u8>)> {
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        bail!("the connection closed before an answer");
+    }
+    let status = status_line.split_whitespace().nth(1).unwrap_or("?").to_owned();
+    let headers = read_headers(reader)?;
+    let mut body = vec![0; content_length(&headers)];
+    reader.read_exact(&mut body)?;
+    Ok((status, headers, body))
+}
+
+/// POSTs of `load`'s size to `path` at `to` at its rate for its seconds, pipelined on one
+/// kept-alive connection: each leaves when it is due, whatever came back (open loop), and is
+/// timed from then to its answer. Prints `requests=N` and the percentiles; fails on any answer
+/// but 200.
+pub fn openloop(to: SocketAddr, path: &str, load: &crate::Load) -> anyhow::Result<()> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let size = load.size;
+    let request = [
+        format!("POST {path} HTTP/1.1\r\nhost: {to}\r\ncontent-length: {size}\r\n\r\n").into_bytes(),
+        vec![b'x'; size],
+    ]
+    .concat();
+    let schedule = crate::Schedule::new(load);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut stream = stream;
+        schedule.pace(|_| stream.write_all(&request))
+    });
+    let mut samples = Vec::with_capacity(schedule.count as usize);
+    for n in 0..schedule.count {
+        let (status, _, _) = read_response(&mut reader).with_context(|| format!("answer {n}"))?;
+        anyhow::ensure!(status == "200", "answer {n}: status {status}");
+        samples.push(Instant::now().saturating_duration_since(schedule.due(n)));
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    println!("requests={} {}", schedule.count, crate::percentiles(samples)?);
     Ok(())
 }
 

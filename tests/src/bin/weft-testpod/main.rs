@@ -76,12 +76,18 @@ enum Mode {
     Openloop {
         #[arg(long)]
         to: SocketAddr,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// POSTs of `size` bytes to `path` at a fixed `rate` for `seconds`, pipelined on one
+    /// HTTP/1.1 connection, timed as `openloop` times them; prints the same figures.
+    HttpOpenloop {
         #[arg(long)]
-        rate: u32,
-        #[arg(long)]
-        seconds: f64,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
+        to: SocketAddr,
+        #[arg(long, default_value = "/bytes/1024")]
+        path: String,
+        #[command(flatten)]
+        load: Load,
     },
     /// Opens `count` connections, one round trip on each, prints `held=N`, and keeps them open
     /// until stdin closes.
@@ -177,12 +183,13 @@ fn main() -> anyhow::Result<()> {
         Mode::HttpsGet { to, server_name, ca, path } => https::get(to, &server_name, &ca, &path),
         Mode::Latency { to, count, size } => latency(to, count, size),
         Mode::Connrate { to, count } => connrate(to, count),
-        Mode::Openloop { to, rate, seconds, size } => openloop(to, rate, seconds, size),
+        Mode::Openloop { to, load } => openloop(to, &load),
         Mode::Hold { to, count } => hold(to, count),
         Mode::Standin => standin::run(),
         Mode::HttpEcho { port, name } => http::echo(port, &name),
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
         Mode::HttpRaw { to, request } => http::raw(to, &request),
+        Mode::HttpOpenloop { to, path, load } => http::openloop(to, &path, &load),
     }
 }
 
@@ -255,47 +262,88 @@ fn latency(to: SocketAddr, count: usize, size: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn openloop(to: SocketAddr, rate: u32, seconds: f64, size: usize) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = stream.try_clone()?;
-    let count = (f64::from(rate) * seconds) as u32;
-    let period = Duration::from_secs(1) / rate.max(1);
-    let start = Instant::now() + Duration::from_millis(10);
-    let due = move |n: u32| start + period * n;
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+/// An open-loop load: `rate` requests a second of `size` bytes, for `seconds`.
+#[derive(Debug, clap::Args)]
+struct Load {
+    #[arg(long)]
+    rate: u32,
+    #[arg(long)]
+    seconds: f64,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+}
+
+/// When the requests of an open-loop run are due: `count` of them, `rate` a second, from 10 ms
+/// after it was made.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    count: u32,
+    start: Instant,
+    period: Duration,
+}
+
+impl Schedule {
+    fn new(load: &Load) -> Self {
+        Self {
+            count: (f64::from(load.rate) * load.seconds) as u32,
+            start: Instant::now() + Duration::from_millis(10),
+            period: Duration::from_secs(1) / load.rate.max(1),
+        }
+    }
+
+    fn due(&self, n: u32) -> Instant {
+        self.start + self.period * n
+    }
+
+    /// Calls `send(n)` for each request when it is due.
+    fn pace(&self, mut send: impl FnMut(u32) -> std::io::Result<()>) -> std::io::Result<()> {
         // Wake on time (the default slack of 50 µs would add to every figure).
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer and touches no memory.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1) };
-        let (mut stream, request) = (stream, vec![0x5a; size]);
-        for n in 0..count {
+        for n in 0..self.count {
             // Pacing, not synchronisation: each request leaves when it is due.
-            if let Some(wait) = due(n).checked_duration_since(Instant::now()) {
+            if let Some(wait) = self.due(n).checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            stream.write_all(&request)?;
+            send(n)?;
         }
         Ok(())
-    });
-    let mut reply = vec![0; size];
-    let mut samples = Vec::with_capacity(count as usize);
-    for n in 0..count {
-        reader.read_exact(&mut reply).with_context(|| format!("reading reply {n} of {count}"))?;
-        samples.push(Instant::now().saturating_duration_since(due(n)));
     }
-    writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+}
+
+/// `p50_us= p90_us= p99_us= p999_us=` of `samples`.
+fn percentiles(mut samples: Vec<Duration>) -> anyhow::Result<String> {
     anyhow::ensure!(!samples.is_empty(), "no requests: rate × seconds < 1");
     samples.sort();
     let at =
         |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
-    println!(
-        "requests={count} p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1}",
+    Ok(format!(
+        "p50_us={:.1} p90_us={:.1} p99_us={:.1} p999_us={:.1}",
         at(0.50),
         at(0.90),
         at(0.99),
         at(0.999)
-    );
+    ))
+}
+
+fn openloop(to: SocketAddr, load: &Load) -> anyhow::Result<()> {
+    let stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = stream.try_clone()?;
+    let (schedule, size) = (Schedule::new(load), load.size);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut stream, request) = (stream, vec![0x5a; size]);
+        schedule.pace(|_| stream.write_all(&request))
+    });
+    let mut reply = vec![0; size];
+    let mut samples = Vec::with_capacity(schedule.count as usize);
+    for n in 0..schedule.count {
+        reader.read_exact(&mut reply).with_context(|| format!("reading reply {n} of {}", schedule.count))?;
+        samples.push(Instant::now().saturating_duration_since(schedule.due(n)));
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("the writer panicked"))??;
+    println!("requests={} {}", schedule.count, percentiles(samples)?);
     Ok(())
 }
 

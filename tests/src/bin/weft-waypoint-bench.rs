@@ -1,0 +1,162 @@
+//! `weft-waypoint-bench`: what a waypoint adds to the mesh path, in one run on the harness's
+//! cluster (a current API server, the control plane, node proxies, and a waypoint the control
+//! plane deploys for its Gateway). A client on node 0 POSTs 1 KB to an HTTP server on node 1 at
+//! a fixed rate (open loop, pipelined on one connection), interleaved A B A B …: `l4`, to a
+//! Service that opts out of the waypoint (HBONE between the node proxies), and `waypoint`, to a
+//! Service behind it (client node proxy → waypoint → server node proxy, each hop HBONE). Prints
+//! the latency figures with ratios to `l4`, what the waypoint adds at p50 and p99, and the
+//! waypoint's CPU per 1000 requests/s and resident memory. Figures, not a test.
+//! `cargo xtask bench --waypoint` builds in release and runs it.
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_openapi::{
+    api::core::v1::{Service, ServicePort},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use weft_tests::{
+    apps,
+    bench::{
+        RssPeak, field, machine, process_cpu_seconds,
+        report::{Figure, Report},
+        testpod,
+    },
+    cluster::Cluster,
+    control::{self, ControlPlane},
+    kubelet::PodTemplate,
+    mesh::{self, Mesh},
+    waypoint::Waypoint,
+};
+
+const SERVER_PORT: u16 = 8080;
+const NAMESPACE: &str = "bench";
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Interleaved repeats of each mode.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Requests per second.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Seconds of each run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Also write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+const LATENCY: [(&str, Figure); 4] = [
+    ("p50_us", Figure { key: "http_p50_us", label: "1 KB HTTP POST at fixed rate, p50 µs", ratio: true }),
+    ("p90_us", Figure { key: "http_p90_us", label: "  p90 µs", ratio: true }),
+    ("p99_us", Figure { key: "http_p99_us", label: "  p99 µs", ratio: true }),
+    ("p999_us", Figure { key: "http_p999_us", label: "  p99.9 µs", ratio: true }),
+];
+const WAYPOINT_VCPU: Figure =
+    Figure { key: "waypoint_vcpu_per_1000_rps", label: "  waypoint vCPU per 1000 rps", ratio: false };
+const WAYPOINT_RSS: Figure =
+    Figure { key: "waypoint_rss_peak_kib", label: "  waypoint RSS peak, KiB", ratio: false };
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut cluster = Cluster::start(2).await?;
+    control::install_gateway_api_crds(cluster.client()).await?;
+    let labels = [("weft.dev/dataplane-mode", "ambient"), ("weft.dev/use-waypoint", "waypoint")];
+    cluster.kubelet().ensure_namespace(NAMESPACE, &labels).await?;
+    let client = cluster.add_pod(0, &PodTemplate::new(NAMESPACE, "client").service_account("client")).await?;
+    // The server's workload opts out too: the waypoint is the Services' (as Istio's default,
+    // `waypoint-for: service`), so the destination takes the l4 path's connections as well.
+    let server = PodTemplate::new(NAMESPACE, "server")
+        .service_account("server")
+        .label("app", "server")
+        .label("weft.dev/use-waypoint", "none");
+    let server = cluster.add_pod(1, &server).await?;
+    let _server = apps::http_echo(&server, SERVER_PORT, "server")?;
+    let port = ServicePort {
+        port: 80,
+        target_port: Some(IntOrString::Int(SERVER_PORT.into())),
+        ..Default::default()
+    };
+    let behind = cluster.create_service(NAMESPACE, "behind", &[("app", "server")], port.clone()).await?;
+    let around = cluster.create_service(NAMESPACE, "around", &[("app", "server")], port).await?;
+    // The namespace's waypoint for every Service but this one.
+    let opt_out = serde_json::json!({ "metadata": { "labels": { "weft.dev/use-waypoint": "none" } } });
+    Api::<Service>::namespaced(cluster.client(), NAMESPACE)
+        .patch("around", &PatchParams::default(), &Patch::Merge(&opt_out))
+        .await?;
+    let plane = ControlPlane::start(&cluster).await?;
+    let mut waypoint = Waypoint::start(&mut cluster, &plane, NAMESPACE, "waypoint", 0).await?;
+    let _mesh = Mesh::start_managed(&cluster, &plane).await?;
+    let wait = std::time::Duration::from_secs(30);
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        let client_node = &cluster.topology().nodes()[0].netns;
+        for service in ["around", "waypoint"] {
+            let key = format!("{NAMESPACE}/{service}.{NAMESPACE}.svc.cluster.local");
+            mesh::wait_for_endpoints(client_node, &key, 1, wait)?;
+        }
+        mesh::wait_for_endpoints(
+            &waypoint.pod().netns,
+            &format!("{NAMESPACE}/behind.{NAMESPACE}.svc.cluster.local"),
+            1,
+            wait,
+        )
+    })?;
+    let pid = waypoint.process().pid();
+    let idle_rss = weft_tests::bench::rss_kib(pid)?;
+
+    let modes = [("l4", SocketAddr::new(around, 80)), ("waypoint", SocketAddr::new(behind, 80))];
+    let figures: Vec<Figure> =
+        LATENCY.iter().map(|(_, figure)| *figure).chain([WAYPOINT_VCPU, WAYPOINT_RSS]).collect();
+    let mut report = Report::new(&modes.map(|(name, _)| name), &figures);
+    let (rate, seconds) = (args.rate.to_string(), args.seconds.to_string());
+    for repeat in 1..=args.repeats {
+        eprintln!("repeat {repeat} of {}", args.repeats);
+        for (name, to) in modes {
+            let before = process_cpu_seconds(pid)?;
+            let peak = RssPeak::start(vec![pid]);
+            let out = tokio::task::block_in_place(|| {
+                testpod(&client, &["http-openloop", "--rate", &rate, "--seconds", &seconds], to)
+            })
+            .with_context(|| format!("{name}: the load"))?;
+            let (peaks, used) = (peak.finish(), process_cpu_seconds(pid)? - before);
+            for (key, figure) in LATENCY {
+                report.record(name, figure, field(&out, key)?);
+            }
+            if name == "waypoint" {
+                report.record(name, WAYPOINT_VCPU, used / args.seconds / (f64::from(args.rate) / 1000.0));
+                report.record(name, WAYPOINT_RSS, peaks[0] as f64);
+            }
+        }
+    }
+
+    println!(
+        "a waypoint on the mesh path, {} interleaved repeats of {} requests/s for {} s: median [min–max] ×ratio to l4",
+        args.repeats, args.rate, args.seconds
+    );
+    print!("{}", report.table());
+    let json = report.json();
+    let added = |key: &str| -> anyhow::Result<f64> {
+        let median = |mode: &str| json["figures"][key]["modes"][mode]["median"].as_f64().context("a median");
+        Ok(median("waypoint")? - median("l4")?)
+    };
+    let (added_p50, added_p99) = (added("http_p50_us")?, added("http_p99_us")?);
+    println!("the waypoint adds {added_p50:.0} µs at p50 and {added_p99:.0} µs at p99 (medians)");
+    println!("waypoint RSS idle: {idle_rss} KiB");
+    println!("{}", machine());
+    if let Some(path) = &args.json {
+        let mut json = json;
+        json["added_us"] = serde_json::json!({ "p50": added_p50, "p99": added_p99 });
+        json["waypoint_rss_idle_kib"] = serde_json::json!(idle_rss);
+        json["machine"] = serde_json::json!(machine());
+        json["settings"] = serde_json::json!(format!("{args:?}"));
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    Ok(())
+}
