@@ -47,6 +47,12 @@ enum Command {
     Certs,
     /// Authorization policies: action, whom they apply to, and what node proxies cannot enforce.
     Policies,
+    /// Waypoints in use: their Service, ready endpoints, and the Services and workloads behind
+    /// them.
+    Waypoints,
+    /// HTTPRoutes and GRPCRoutes attached to Services: applied where, backends resolved, and
+    /// what a waypoint cannot apply.
+    Routes,
     /// Connections open now, per node: pod, identities, target, age, bytes so far.
     Connections,
     /// Why a pod is (or is not) in the mesh: label, configuration, capture, proxy, certificate.
@@ -151,6 +157,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Command::Policies => {
             render(&mesh.policies().await?, format, &["namespace", "name", "action", "applies_to", "notes"])?
         }
+        Command::Waypoints => render(
+            &mesh.waypoints().await?,
+            format,
+            &["waypoint", "address", "ready_endpoints", "state", "services", "workloads"],
+        )?,
+        Command::Routes => render(
+            &mesh.routes().await?,
+            format,
+            &["kind", "namespace", "name", "parents", "backends", "notes"],
+        )?,
         Command::Connections => render(
             &mesh.connections().await?,
             format,

@@ -14,6 +14,8 @@ use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, Labels};
 
 use crate::endpoint::Endpoint;
 
+mod waypoints;
+
 /// The namespace Weft runs in, and the labels of its pods.
 pub const SYSTEM_NAMESPACE: &str = "weft-system";
 pub const CONTROL_LABEL: &str = "app.kubernetes.io/name=weft-control";

@@ -9,7 +9,7 @@
 //! `AuthorizationPolicy` becomes an `Authorization` ([`policy`]); the pods a policy's selector
 //! picks name it in their workload. Services and workloads labelled for a waypoint (a Gateway
 //! of class `weft-waypoint`) carry its address ([`waypoint`]), and the Gateway API HTTPRoutes
-//! attached to a Service become its `ServiceRoutes` ([`routes`], objects in [`gateway_api`]).
+//! and GRPCRoutes attached to a Service become its `ServiceRoutes` ([`routes`], objects in [`gateway_api`]).
 //!
 //! [`build`] is a pure function of the objects, so snapshots are cheap to test and to measure;
 //! [`watch`] keeps one current from the API server.
@@ -37,7 +37,7 @@ pub mod routes;
 pub mod watch;
 pub mod waypoint;
 
-use gateway_api::{Gateway, HttpRoute};
+use gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute};
 use policy::AuthorizationPolicy;
 
 /// One xDS resource, encoded once and shared by every subscriber.
@@ -67,8 +67,8 @@ pub struct Snapshot {
     /// `weft.route.ServiceRoutes`: the HTTPRoutes attached to each Service, by the Service's
     /// `namespace/hostname`.
     pub routes: Resources,
-    /// Every HTTPRoute attached to a Service, as understood, for `/config_dump`.
-    pub http_routes: Vec<RouteStatus>,
+    /// Every HTTPRoute and GRPCRoute attached to a Service, as understood, for `/config_dump`.
+    pub mesh_routes: Vec<RouteStatus>,
 }
 
 /// What the control plane made of one `AuthorizationPolicy`.
@@ -89,9 +89,10 @@ pub struct PolicyStatus {
     pub notes: Vec<String>,
 }
 
-/// What the control plane made of one HTTPRoute attached to a Service.
+/// What the control plane made of one HTTPRoute or GRPCRoute attached to a Service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RouteStatus {
+    pub kind: RouteKind,
     pub namespace: String,
     pub name: String,
     /// The generation its conditions are about.
@@ -106,6 +107,31 @@ pub struct RouteStatus {
     pub resolved_refs: Verdict,
     /// Why rules were left out, if any were (`PartiallyInvalid`).
     pub partially_invalid: Option<String>,
+}
+
+/// The Gateway API route kinds a waypoint applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum RouteKind {
+    #[serde(rename = "HTTPRoute")]
+    Http,
+    #[serde(rename = "GRPCRoute")]
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Http => "HTTPRoute",
+            Self::Grpc => "GRPCRoute",
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Http => "httproutes",
+            Self::Grpc => "grpcroutes",
+        }
+    }
 }
 
 /// A route's `Accepted` condition for one of its parents.
@@ -199,7 +225,7 @@ impl Snapshot {
             "services": services,
             "policies": self.policies,
             "routes": routes,
-            "http_routes": self.http_routes,
+            "mesh_routes": self.mesh_routes,
         })
     }
 
@@ -210,7 +236,7 @@ impl Snapshot {
             && self.http_authorizations == other.http_authorizations
             && self.policies == other.policies
             && self.routes == other.routes
-            && self.http_routes == other.http_routes
+            && self.mesh_routes == other.mesh_routes
     }
 }
 
@@ -235,7 +261,8 @@ pub fn build<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
     gateways: impl IntoIterator<Item = &'a Gateway>,
-    routes: impl IntoIterator<Item = &'a HttpRoute>,
+    http_routes: impl IntoIterator<Item = &'a HttpRoute>,
+    grpc_routes: impl IntoIterator<Item = &'a GrpcRoute>,
 ) -> Snapshot {
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
@@ -395,7 +422,12 @@ pub fn build<'a>(
     for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
-    let (routes, http_routes) = routes::compile(naming, &services_by_name, &with_waypoint, routes);
+    let grpc_routes: Vec<HttpRoute> = grpc_routes.into_iter().map(GrpcRoute::as_http).collect();
+    let all_routes = http_routes
+        .into_iter()
+        .map(|route| (RouteKind::Http, route))
+        .chain(grpc_routes.iter().map(|route| (RouteKind::Grpc, route)));
+    let (routes, mesh_routes) = routes::compile(naming, &services_by_name, &with_waypoint, all_routes);
     Snapshot {
         version: 0,
         addresses,
@@ -403,7 +435,7 @@ pub fn build<'a>(
         http_authorizations,
         policies: statuses,
         routes,
-        http_routes,
+        mesh_routes,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Reports on every HTTPRoute attached to a Service what the control plane made of it, in its
+//! Reports on every HTTPRoute and GRPCRoute attached to a Service what the control plane made
+//! of it, in its
 //! status as the Gateway API asks (GAMMA): per Service parent, `Accepted` (applied there, or why
 //! not: no such Service or port, another namespace, no waypoint yet), `ResolvedRefs` (every
 //! backend usable, or the first reason one is not) and, when rules were left out,
@@ -14,7 +15,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-use crate::index::{RouteStatus, Snapshot, Verdict};
+use crate::index::{RouteKind, RouteStatus, Snapshot, Verdict};
 
 /// The `controllerName` of Weft's entries in a route's `status.parents`.
 pub const CONTROLLER: &str = "weft.dev/mesh-controller";
@@ -29,9 +30,9 @@ const MAX_MESSAGE: usize = 1024;
 pub async fn run(client: kube::Client, mut snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>) {
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
-        for route in &snapshot.http_routes {
+        for route in &snapshot.mesh_routes {
             if let Err(error) = report(&client, route).await {
-                tracing::warn!(namespace = %route.namespace, name = %route.name, %error, "HTTPRoute status not written");
+                tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, %error, "route status not written");
             }
         }
         tokio::select! {
@@ -41,14 +42,14 @@ pub async fn run(client: kube::Client, mut snapshots: tokio::sync::watch::Receiv
     }
 }
 
-fn http_routes(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
+fn routes(client: &kube::Client, kind: RouteKind, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind.kind());
+    Api::namespaced_with(client.clone(), namespace, &ApiResource::from_gvk_with_plural(&gvk, kind.plural()))
 }
 
 /// Writes `route`'s entries, unless they are already there.
 async fn report(client: &kube::Client, route: &RouteStatus) -> Result<(), kube::Error> {
-    let api = http_routes(client, &route.namespace);
+    let api = routes(client, route.kind, &route.namespace);
     let current = match api.get(&route.name).await {
         Ok(current) => current,
         // Deleted since the snapshot: nothing to report on.

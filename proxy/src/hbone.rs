@@ -76,6 +76,31 @@ impl Stream {
         (self.send, self.recv, self.pending)
     }
 
+    /// Waits until bytes arrived (or the stream ended) and shows them without consuming them —
+    /// what a proxy sniffs to tell a protocol; empty at the end of the stream. Later reads
+    /// still return them.
+    pub async fn peek(&mut self) -> io::Result<&[u8]> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await?;
+        Ok(&self.pending)
+    }
+
+    /// Ready once `pending` holds bytes or the peer ended the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(self.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let len = data.len();
+                    self.pending = data;
+                    // The bytes are ours now: give the peer its window back.
+                    let _ = self.recv.flow_control().release_capacity(len);
+                }
+                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
+                None => break, // END_STREAM: EOF
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Aborts the stream: the peer sees RST_STREAM (CANCEL).
     pub fn reset(&mut self) {
         self.send.send_reset(h2::Reason::CANCEL);
@@ -98,18 +123,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        while self.pending.is_empty() {
-            match ready!(self.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let len = data.len();
-                    self.pending = data;
-                    // The bytes are ours now: give the peer its window back.
-                    let _ = self.recv.flow_control().release_capacity(len);
-                }
-                Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
-                None => return Poll::Ready(Ok(())), // END_STREAM: EOF
-            }
-        }
+        ready!(self.poll_fill(cx))?;
         let len = self.pending.len().min(buf.remaining());
         buf.put_slice(&self.pending[..len]);
         self.pending.advance(len);

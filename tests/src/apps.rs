@@ -80,6 +80,34 @@ pub fn http_echo(pod: &Pod, port: u16, name: &str) -> anyhow::Result<Process> {
     Ok(server)
 }
 
+/// Starts `weft-testpod grpc-echo` in `pod` on `port`, answering as `name`.
+pub fn grpc_echo(pod: &Pod, port: u16, name: &str) -> anyhow::Result<Process> {
+    let mut server = pod.spawn(testpod(&["grpc-echo", "--port", &port.to_string(), "--name", name])?)?;
+    server
+        .wait_for_line("ready", READY_TIMEOUT)
+        .with_context(|| format!("gRPC echo server in pod {}", pod.name))?;
+    Ok(server)
+}
+
+/// `count` unary gRPC calls with `text` from `pod` to `to` over one connection: `weft-testpod
+/// grpc-call`'s tally (`<count> ok server=<name>` or `<count> code=<code>` per distinct answer).
+pub fn grpc_calls(pod: &Pod, to: SocketAddr, text: &str, count: usize) -> anyhow::Result<String> {
+    let command =
+        testpod(&["grpc-call", "--to", &to.to_string(), "--text", text, "--count", &count.to_string()])?;
+    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(60))?;
+    anyhow::ensure!(ok, "grpc-call from {} to {to} failed: {out}", pod.name);
+    Ok(out)
+}
+
+/// One bidirectional gRPC stream of `count` messages from `pod` to `to`, each sent once the
+/// one before was answered: `chat: <count> answered in order by <servers>`.
+pub fn grpc_chat(pod: &Pod, to: SocketAddr, count: usize) -> anyhow::Result<String> {
+    let command = testpod(&["grpc-call", "--to", &to.to_string(), "--chat", "--count", &count.to_string()])?;
+    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(60))?;
+    anyhow::ensure!(ok, "grpc-call --chat from {} to {to} failed: {out}", pod.name);
+    Ok(out)
+}
+
 /// `count` GETs of `path` from `pod` to `to` over one connection, with `headers`
 /// (`name:value`): `weft-testpod http-get`'s tally of the answers (`<count> status=<status>
 /// <first body line>` per distinct answer) and the first answer's body (`body: ` lines).

@@ -39,10 +39,11 @@ pub fn gateways(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "gateways"))
 }
 
-/// The Gateway API's `HTTPRoute` objects of `namespace`.
-pub fn http_routes(client: kube::Client, namespace: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute");
-    Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, "httproutes"))
+/// The Gateway API's routes of `kind` (`HTTPRoute`, `GRPCRoute`) in `namespace`.
+pub fn routes(client: kube::Client, kind: &str, namespace: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind);
+    let plural = format!("{}s", kind.to_lowercase());
+    Api::namespaced_with(client, namespace, &ApiResource::from_gvk_with_plural(&gvk, &plural))
 }
 
 /// Creates HTTPRoute `name` in `namespace` with `spec`.
@@ -52,13 +53,24 @@ pub async fn create_http_route(
     name: &str,
     spec: serde_json::Value,
 ) -> anyhow::Result<()> {
+    create_route(client, "HTTPRoute", namespace, name, spec).await
+}
+
+/// Creates a route of `kind` (`HTTPRoute`, `GRPCRoute`) named `name` in `namespace` with `spec`.
+pub async fn create_route(
+    client: kube::Client,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
     let route = serde_json::json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
+        "kind": kind,
         "metadata": { "name": name, "namespace": namespace },
         "spec": spec,
     });
-    http_routes(client, namespace).create(&PostParams::default(), &serde_json::from_value(route)?).await?;
+    routes(client, kind, namespace).create(&PostParams::default(), &serde_json::from_value(route)?).await?;
     Ok(())
 }
 

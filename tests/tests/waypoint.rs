@@ -1,8 +1,8 @@
 //! The waypoint end to end: a namespace labelled `weft.dev/use-waypoint` sends every request for
 //! its Services through the waypoint (the Gateway of class `weft-waypoint`, its pod running
 //! `weft-waypoint` outside capture), which applies the HTTPRoutes attached to a Service (GAMMA)
-//! and tunnels each request on to the chosen endpoint over HBONE. Nothing crosses the fabric in
-//! plaintext on the way.
+//! and tunnels each request on to the chosen endpoint over HBONE; what is not HTTP it relays at
+//! L4. Nothing crosses the fabric in plaintext on the way.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
 use std::{
@@ -24,7 +24,7 @@ use weft_tests::{
     mesh::{self, Mesh},
     process::Process,
     topology::Pod,
-    waypoint::{Waypoint, create_http_route, http_routes},
+    waypoint::{Waypoint, create_http_route, create_route, routes},
     wire::WireMonitor,
 };
 
@@ -61,6 +61,7 @@ struct Scene {
     mesh: Mesh,
     client: Pod,
     v1: Pod,
+    v2: Pod,
     /// The HTTP echo servers of `v1` and `v2`.
     servers: (Process, Process),
     /// Service `echo`'s VIP and port.
@@ -101,7 +102,7 @@ impl Scene {
             mesh::wait_for_endpoints(&waypoint.pod().netns, "shop/echo.shop.svc.cluster.local", 2, WAIT)
                 .unwrap();
         });
-        Self { cluster, plane, waypoint, mesh, client, v1, servers, to_echo: SocketAddr::new(vip, 80) }
+        Self { cluster, plane, waypoint, mesh, client, v1, v2, servers, to_echo: SocketAddr::new(vip, 80) }
     }
 }
 
@@ -231,19 +232,133 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
     ];
     for (route, conditions) in expected {
         let client = scene.cluster.client();
-        let reported = weft_tests::eventually(&format!("HTTPRoute {route}'s status"), WAIT, || {
-            let (client, conditions) = (client.clone(), conditions.clone());
-            async move { route_conditions(client, route).await.filter(|seen| *seen == conditions) }
-        })
-        .await;
-        assert!(reported.is_ok(), "{route}: {:?}", route_conditions(scene.cluster.client(), route).await);
+        let reported =
+            weft_tests::eventually(&format!("HTTPRoute {route}'s status"), WAIT, || {
+                let (client, conditions) = (client.clone(), conditions.clone());
+                async move {
+                    route_conditions(client, "HTTPRoute", route).await.filter(|seen| *seen == conditions)
+                }
+            })
+            .await;
+        assert!(
+            reported.is_ok(),
+            "{route}: {:?}",
+            route_conditions(scene.cluster.client(), "HTTPRoute", route).await
+        );
     }
 }
 
-/// The conditions Weft reported on HTTPRoute `shop/<name>`, as `<parent>:<port> <type>=<status>
-/// <reason>`; `None` before any.
-async fn route_conditions(client: kube::Client, name: &str) -> Option<Vec<String>> {
-    let route = http_routes(client, "shop").get(name).await.ok()?;
+const GRPC_PORT: u16 = 9090;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_streaming_calls_cross_the_waypoint_routed_by_a_grpc_route() {
+    let mut scene = Scene::start().await;
+    let _servers = (
+        apps::grpc_echo(&scene.v1, GRPC_PORT, "v1").unwrap(),
+        apps::grpc_echo(&scene.v2, GRPC_PORT, "v2").unwrap(),
+    );
+    let port = |name: &str| ServicePort {
+        name: Some(name.into()),
+        port: GRPC_PORT.into(),
+        app_protocol: Some("grpc".into()),
+        ..Default::default()
+    };
+    let mut vip = None;
+    for (service, selector) in
+        [("grpc", ("app", "echo")), ("grpc-v1", ("version", "v1")), ("grpc-v2", ("version", "v2"))]
+    {
+        let created = scene.cluster.create_service("shop", service, &[selector], port("grpc")).await.unwrap();
+        vip.get_or_insert(created);
+    }
+    let to_grpc = SocketAddr::new(vip.unwrap(), GRPC_PORT);
+    tokio::task::block_in_place(|| {
+        let client_node = &scene.cluster.topology().nodes()[0].netns;
+        mesh::wait_for_endpoints(client_node, "shop/grpc.shop.svc.cluster.local", 2, WAIT).unwrap();
+        for (service, endpoints) in [("grpc", 2), ("grpc-v1", 1), ("grpc-v2", 1)] {
+            let service = format!("shop/{service}.shop.svc.cluster.local");
+            mesh::wait_for_endpoints(&scene.waypoint.pod().netns, &service, endpoints, WAIT).unwrap();
+        }
+    });
+    let client = &scene.client.clone();
+
+    // Without a route, calls go to the Service's endpoints; nothing crosses in plaintext.
+    let canary = canary();
+    let monitor = WireMonitor::start(scene.cluster.topology().fabric(), &canary).unwrap();
+    tokio::task::block_in_place(|| {
+        let tally = apps::grpc_calls(client, to_grpc, &canary, 20).unwrap();
+        let answered = |tally: &str, server: &str| tally.contains(&format!(" ok server={server}\n"));
+        assert!(answered(&tally, "v1") || answered(&tally, "v2"), "{tally}");
+        assert!(!tally.contains("code="), "{tally}");
+        monitor.settle(WAIT).unwrap();
+        assert_eq!(monitor.canary_frames(), 0, "gRPC crossed the fabric in plaintext");
+    });
+
+    // A GRPCRoute: the streaming method to v2, the rest to v1.
+    let spec = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "grpc", "port": GRPC_PORT }],
+        "rules": [
+            { "matches": [{ "method": { "service": "weft.test.Echo", "method": "Chat" } }],
+              "backendRefs": [{ "name": "grpc-v2", "port": GRPC_PORT }] },
+            { "backendRefs": [{ "name": "grpc-v1", "port": GRPC_PORT }] },
+        ],
+    });
+    create_route(scene.cluster.client(), "GRPCRoute", "shop", "grpc", spec).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the GRPCRoute to reach the waypoint", WAIT, || {
+            apps::grpc_calls(client, to_grpc, "check", 5).unwrap() == "5 ok server=v1\n"
+        })
+        .unwrap();
+        assert_eq!(apps::grpc_calls(client, to_grpc, "hello", 50).unwrap(), "50 ok server=v1\n");
+        // Each message is answered before the next is sent: the waypoint streams both ways.
+        let chat = apps::grpc_chat(client, to_grpc, 100).unwrap();
+        assert_eq!(chat, "chat: 100 answered in order by v2\n");
+        // The app's gRPC status comes back in its trailers.
+        assert_eq!(apps::grpc_calls(client, to_grpc, "fail", 3).unwrap(), "3 code=NotFound\n");
+        let routed = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains("route=GRPCRoute:shop/grpc") && line.contains("Chat"), WAIT)
+            .unwrap();
+        assert!(routed.contains("backend=shop/grpc-v2"), "{routed}");
+    });
+
+    let expected = ["grpc:9090 Accepted=True Accepted", "grpc:9090 ResolvedRefs=True ResolvedRefs"];
+    let client = scene.cluster.client();
+    let reported = weft_tests::eventually("GRPCRoute grpc's status", WAIT, || {
+        let client = client.clone();
+        async move { route_conditions(client, "GRPCRoute", "grpc").await.filter(|seen| *seen == expected) }
+    })
+    .await;
+    assert!(reported.is_ok(), "{:?}", route_conditions(scene.cluster.client(), "GRPCRoute", "grpc").await);
+
+    // weftctl says the same: the route applied, the waypoint ready for the Services behind it.
+    let flags = scene.mesh.weftctl_flags(&scene.cluster, &scene.plane).unwrap();
+    tokio::task::block_in_place(|| {
+        let json = |command: &str| -> serde_json::Value {
+            let (ok, out) = apps::weftctl(&flags, &[command, "-o", "json"]).unwrap();
+            assert!(ok, "weftctl {command}: {out}");
+            serde_json::from_str(&out).unwrap()
+        };
+        let routes = json("routes");
+        let grpc = routes.as_array().unwrap().iter().find(|route| route["kind"] == "GRPCRoute").unwrap();
+        assert_eq!(grpc["parents"], serde_json::json!(["grpc:9090 Accepted"]), "{routes}");
+        assert_eq!(grpc["backends"], "ResolvedRefs", "{routes}");
+        let waypoints = json("waypoints");
+        let [waypoint] = waypoints.as_array().unwrap().as_slice() else {
+            panic!("one waypoint: {waypoints}")
+        };
+        assert_eq!((&waypoint["waypoint"], &waypoint["state"]), (&"shop/waypoint".into(), &"ready".into()));
+        let behind = waypoint["services"].as_array().unwrap();
+        for service in ["shop/echo", "shop/grpc", "shop/grpc-v1"] {
+            assert!(behind.iter().any(|one| one == service), "{service}: {waypoints}");
+        }
+    });
+}
+
+/// The conditions Weft reported on the route of `kind` `shop/<name>`, as `<parent>:<port>
+/// <type>=<status> <reason>`; `None` before any.
+async fn route_conditions(client: kube::Client, kind: &str, name: &str) -> Option<Vec<String>> {
+    let route = routes(client, kind, "shop").get(name).await.ok()?;
     let mut seen = Vec::new();
     let parents = route.data["status"]["parents"].as_array()?;
     for parent in parents.iter().filter(|parent| parent["controllerName"] == "weft.dev/mesh-controller") {
@@ -518,6 +633,56 @@ async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_
             .wait_for(|line| line.contains("request denied") && line.contains("allow-nobody"), WAIT)
             .unwrap();
         assert!(line.contains("/anything"), "{line}");
+    });
+}
+
+const TCP_PORT: u16 = 7000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_is_not_http_is_relayed_at_l4_and_a_deny_on_http_fields_refuses_it_whole() {
+    let mut scene = Scene::start().await;
+    let _echo = apps::echo_server(&scene.v1, TCP_PORT).unwrap();
+    let port = ServicePort { name: Some("tcp".into()), port: TCP_PORT.into(), ..Default::default() };
+    let vip = scene.cluster.create_service("shop", "tcp-echo", &[("version", "v1")], port).await.unwrap();
+    let to_echo = SocketAddr::new(vip, TCP_PORT);
+    let service = "shop/tcp-echo.shop.svc.cluster.local";
+    tokio::task::block_in_place(|| {
+        mesh::wait_for_endpoints(&scene.cluster.topology().nodes()[0].netns, service, 1, WAIT).unwrap();
+        mesh::wait_for_endpoints(&scene.waypoint.pod().netns, service, 1, WAIT).unwrap();
+    });
+
+    // Not HTTP: relayed as it is, by way of the waypoint, encrypted on the fabric.
+    let canary = canary();
+    let monitor = WireMonitor::start(scene.cluster.topology().fabric(), &canary).unwrap();
+    tokio::task::block_in_place(|| {
+        assert_eq!(apps::send(&scene.client, to_echo, &canary).unwrap(), canary);
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains("connection") && line.contains("relayed to"), WAIT)
+            .unwrap();
+        assert!(line.contains("spiffe://cluster.local/ns/shop/sa/client"), "{line}");
+        assert!(line.contains(&format!(":{TCP_PORT}")), "{line}");
+        monitor.settle(WAIT).unwrap();
+        assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric on the waypoint's path");
+    });
+
+    // A DENY on paths: a connection has none, so, read as Istio reads policies for TCP, the
+    // DENY refuses it whole rather than let it pass for want of a path.
+    let deny_admin = serde_json::json!({
+        "targetRefs": [{ "group": "", "kind": "Service", "name": "tcp-echo" }],
+        "action": "DENY",
+        "rules": [{ "to": [{ "operation": { "paths": ["/admin*"] } }] }],
+    });
+    apply_policy(&scene.cluster, "deny-admin-tcp", deny_admin).await;
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the policy to reach the waypoint", WAIT, || {
+            !apps::reaches(&scene.client, to_echo)
+        })
+        .unwrap();
+        let line =
+            scene.waypoint.process().wait_for(|line| line.contains("connection denied"), WAIT).unwrap();
+        assert!(line.contains("shop/deny-admin-tcp"), "{line}");
     });
 }
 

@@ -13,6 +13,10 @@
 //! - Values are `*` (anything), `prefix*`, `*suffix` or exact; case-sensitive except hosts.
 //!   What the request lacks (a peer identity, a Host, a header) matches no value and every
 //!   `not_` value, so `DENY not_principals: ["*"]` refuses a peer without an identity.
+//! - A connection relayed at L4 (not HTTP) has no method, path, host or headers: as Istio
+//!   applies policies to TCP, a constraint on one of them fails in an ALLOW rule (the rule
+//!   cannot admit it) and is left out of a DENY rule (which then refuses on what remains), so
+//!   leaving HTTP never gets around a policy.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -92,7 +96,7 @@ impl Policy {
     }
 
     fn matches(&self, request: &Request<'_>) -> bool {
-        self.rules.iter().any(|rule| rule.matches(request))
+        self.rules.iter().any(|rule| rule.matches(request, self.deny))
     }
 }
 
@@ -128,6 +132,9 @@ pub struct Request<'a> {
     /// The destination Service's port.
     pub port: u16,
     pub headers: &'a HeaderMap,
+    /// A connection relayed at L4, not an HTTP request: `method`, `path`, `host` and
+    /// `headers` mean nothing.
+    pub opaque: bool,
 }
 
 /// The outcome for one request, with the policy that decided it, for logs and metrics.
@@ -238,8 +245,13 @@ impl Rule {
         Ok(Self { from, to, when })
     }
 
-    fn matches(&self, request: &Request<'_>) -> bool {
-        let entry = |entry: &Entry| entry.iter().all(|constraint| constraint.matches(request));
+    /// Whether the rule matches, in a DENY policy when `deny`.
+    fn matches(&self, request: &Request<'_>, deny: bool) -> bool {
+        let holds = |constraint: &Constraint| match request.opaque && constraint.is_http_only() {
+            true => deny,
+            false => constraint.matches(request),
+        };
+        let entry = |entry: &Entry| entry.iter().all(holds);
         (self.from.is_empty() || self.from.iter().any(entry))
             && (self.to.is_empty() || self.to.iter().any(entry))
             && entry(&self.when)
@@ -355,6 +367,14 @@ enum Constraint {
 }
 
 impl Constraint {
+    /// Whether it constrains what only an HTTP request has.
+    fn is_http_only(&self) -> bool {
+        matches!(
+            self,
+            Constraint::Host(_) | Constraint::Method(_) | Constraint::Path(_) | Constraint::Header(..)
+        )
+    }
+
     fn matches(&self, request: &Request<'_>) -> bool {
         match self {
             Constraint::Principal(values) => {

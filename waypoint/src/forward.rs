@@ -40,6 +40,8 @@ use crate::{
     route::{Rule, Selected},
 };
 
+mod opaque;
+
 /// What a response carries back.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -130,8 +132,12 @@ impl Session {
     }
 
     /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends; when
-    /// the waypoint drains, the request in flight is finished and the session closed.
-    pub async fn serve(self, stream: Stream) -> std::io::Result<()> {
+    /// the waypoint drains, the request in flight is finished and the session closed. A stream
+    /// that is not HTTP is relayed at L4 instead ([`opaque`]).
+    pub async fn serve(self, mut stream: Stream) -> std::io::Result<()> {
+        if opaque::detect(&mut stream).await? == opaque::Protocol::Opaque {
+            return self.relay(stream).await;
+        }
         let mut draining = Some(self.context.drain.subscribe());
         let session = Arc::new(self);
         let service = hyper::service::service_fn(move |request| {
@@ -225,6 +231,21 @@ impl Session {
     /// Decides `request` by the policies that target its Service or this waypoint: a denied
     /// one goes nowhere.
     fn authorize(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+        self.decide(|port| authz::Request {
+            source: Some(&self.client.identity),
+            source_ip: self.client.address.ip(),
+            method: request.method(),
+            path: request.uri().path(),
+            host: host_of(request),
+            port,
+            headers: request.headers(),
+            opaque: false,
+        })
+    }
+
+    /// Decides what `facts` (given the destination port) says by the policies that target the
+    /// destination Service or this waypoint, logging a denial and dry-run matches.
+    fn decide<'a>(&'a self, facts: impl FnOnce(u16) -> authz::Request<'a>) -> Result<(), Failure> {
         let (service, port) = match &self.destination {
             Destination::Service(service, port) => (Some(service.key()), *port),
             Destination::Workload(_, port) => (None, *port),
@@ -235,15 +256,7 @@ impl Session {
             .iter()
             .map(AsRef::as_ref)
             .filter(|policy| policy.applies_to(service.as_deref(), &context.gateway));
-        let facts = authz::Request {
-            source: Some(&self.client.identity),
-            source_ip: self.client.address.ip(),
-            method: request.method(),
-            path: request.uri().path(),
-            host: host_of(request),
-            port,
-            headers: request.headers(),
-        };
+        let facts = facts(port);
         let decision = authz::decide(applying, &facts);
         for policy in &decision.dry_run_matches {
             tracing::info!(src = %self.client.identity, path = %facts.path, %policy, "dry-run policy matched");
@@ -251,7 +264,11 @@ impl Session {
         if decision.verdict.allowed() {
             return Ok(());
         }
-        tracing::info!(src = %self.client.identity, method = %facts.method, path = %facts.path, verdict = %decision.verdict, "request denied");
+        if facts.opaque {
+            tracing::info!(src = %self.client.identity, port, verdict = %decision.verdict, "connection denied");
+        } else {
+            tracing::info!(src = %self.client.identity, method = %facts.method, path = %facts.path, verdict = %decision.verdict, "request denied");
+        }
         Err(Failure::Denied)
     }
 

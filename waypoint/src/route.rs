@@ -130,6 +130,8 @@ struct Match {
 
 #[derive(Debug, Clone)]
 enum PathMatch {
+    /// No path condition (a GRPCRoute match without a method): ranked below every path match.
+    Any,
     /// Stored without its trailing '/', so the prefix `/` is the empty string.
     Prefix(String),
     Exact(String),
@@ -156,9 +158,11 @@ struct Rank {
 
 /// Variants in ascending precedence. The Gateway API leaves where regular expressions rank to
 /// implementations; we put them below exact and prefix matches of any length because how specific
-/// a pattern is cannot be judged from its text.
+/// a pattern is cannot be judged from its text. No path condition at all ranks lowest, as a
+/// GRPCRoute rule without a method match does (Istio sorts it last).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum PathRank {
+    Any,
     Regex,
     /// The prefix's length in characters, trailing '/' excluded: `/foo/` and `/foo` are the same
     /// match, so they tie and the older route wins.
@@ -205,7 +209,7 @@ impl Routes {
                     if best.as_ref().is_none_or(|(best, _)| rank > *best) {
                         let matched_prefix = match &matched.path {
                             PathMatch::Prefix(prefix) => prefix.as_str(),
-                            PathMatch::Exact(_) | PathMatch::Regex(_) => "",
+                            PathMatch::Any | PathMatch::Exact(_) | PathMatch::Regex(_) => "",
                         };
                         best = Some((rank, Selected { route: &route.name, rule, matched_prefix }));
                     }
@@ -427,7 +431,7 @@ impl Match {
     fn compile(route: &str, m: &api::Match) -> Result<Self, Error> {
         let path = match &m.path {
             Some(path) => PathMatch::compile(route, path)?,
-            None => PathMatch::Prefix(String::new()),
+            None => PathMatch::Any,
         };
         let headers = m
             .headers
@@ -454,6 +458,7 @@ impl PathMatch {
                 .strip_prefix(prefix.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
                 .then(|| PathRank::Prefix(prefix.chars().count())),
+            Self::Any => Some(PathRank::Any),
             Self::Exact(exact) => (path == exact).then_some(PathRank::Exact),
             Self::Regex(regex) => regex.is_match(path).then_some(PathRank::Regex),
         }

@@ -1,6 +1,6 @@
 //! The Gateway API objects the control plane reads (`gateway.networking.k8s.io/v1`): Gateways,
-//! whose class `weft-waypoint` makes them waypoints, and HTTPRoutes, which the waypoints apply
-//! ([`super::routes`]). Only the fields Weft uses are declared; unknown fields are ignored and
+//! whose class `weft-waypoint` makes them waypoints, and HTTPRoutes and GRPCRoutes ([`grpc`]),
+//! which the waypoints apply ([`super::routes`]). Only the fields Weft uses are declared; unknown fields are ignored and
 //! omitted ones take the Gateway API's defaults, so an object of a newer API release still
 //! reads — one that failed to would stall the whole watch. Enumerations a newer release may
 //! extend read unknown values as `Other`, for the conversion to refuse with a note.
@@ -171,6 +171,10 @@ pub enum PathMatchType {
     #[default]
     PathPrefix,
     RegularExpression,
+    /// No path condition: what a GRPCRoute match without a method amounts to ([`grpc`]); no
+    /// HTTPRoute says it.
+    #[serde(skip)]
+    Any,
     /// A type this control plane does not know.
     #[serde(other)]
     Other,
@@ -337,5 +341,6 @@ pub fn duration(text: &str) -> Option<Duration> {
     (1..=4).contains(&parts).then_some(total)
 }
 
+pub mod grpc;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,6 @@
-//! HTTPRoutes attached to Services (GAMMA: a parentRef of `group: ""`, `kind: Service`) to
+//! HTTPRoutes, and GRPCRoutes read as the HTTPRoutes they amount to
+//! ([`super::gateway_api::grpc`]), attached to Services (GAMMA: a parentRef of `group: ""`,
+//! `kind: Service`) to
 //! `weft.route.ServiceRoutes` resources: one per Service, named like its Address resource
 //! (`<namespace>/<hostname>`), holding every route attached to it, oldest first (then by
 //! `namespace/name`), as the Gateway API breaks ties. Routes attached to Gateways are not the
@@ -18,7 +20,7 @@ use prost::Message;
 use weft_api::route::{self as api, ROUTES_TYPE};
 
 use super::{
-    Naming, ParentStatus, Resources, RouteStatus, Verdict, encode_as,
+    Naming, ParentStatus, Resources, RouteKind, RouteStatus, Verdict, encode_as,
     gateway_api::{
         HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestRedirect, HttpRoute,
         HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch, PathMatchType,
@@ -33,21 +35,21 @@ pub fn compile<'a>(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
     with_waypoint: &HashSet<(&str, &str)>,
-    routes: impl IntoIterator<Item = &'a HttpRoute>,
+    routes: impl IntoIterator<Item = (RouteKind, &'a HttpRoute)>,
 ) -> (Resources, Vec<RouteStatus>) {
-    let mut routes: Vec<(&HttpRoute, &str, &str)> = routes
+    let mut routes: Vec<(RouteKind, &HttpRoute, &str, &str)> = routes
         .into_iter()
-        .filter_map(|route| {
-            Some((route, route.metadata.namespace.as_deref()?, route.metadata.name.as_deref()?))
+        .filter_map(|(kind, route)| {
+            Some((kind, route, route.metadata.namespace.as_deref()?, route.metadata.name.as_deref()?))
         })
         .collect();
     let created = |route: &HttpRoute| route.metadata.creation_timestamp.as_ref().map(|time| time.0);
-    routes.sort_by(|(a, a_namespace, a_name), (b, b_namespace, b_name)| {
-        (created(a), a_namespace, a_name).cmp(&(created(b), b_namespace, b_name))
+    routes.sort_by(|(a_kind, a, a_namespace, a_name), (b_kind, b, b_namespace, b_name)| {
+        (created(a), a_namespace, a_name, a_kind).cmp(&(created(b), b_namespace, b_name, b_kind))
     });
     let mut by_service: BTreeMap<String, Vec<api::Route>> = BTreeMap::new();
     let mut statuses = Vec::new();
-    for (route, namespace, name) in routes {
+    for (kind, route, namespace, name) in routes {
         let mut notes = Vec::new();
         let mut accepted = Vec::new();
         let parents = parents(naming, services, with_waypoint, route, namespace, &mut notes, &mut accepted);
@@ -82,12 +84,16 @@ pub fn compile<'a>(
         };
         for (key, ports) in &parents {
             by_service.entry(key.clone()).or_default().push(api::Route {
-                name: format!("{namespace}/{name}"),
+                name: match kind {
+                    RouteKind::Http => format!("{namespace}/{name}"),
+                    RouteKind::Grpc => format!("GRPCRoute:{namespace}/{name}"),
+                },
                 ports: ports.clone(),
                 rules: rules.clone(),
             });
         }
         statuses.push(RouteStatus {
+            kind,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             generation: route.metadata.generation,
@@ -98,7 +104,7 @@ pub fn compile<'a>(
             partially_invalid: (!left_out.is_empty()).then(|| left_out.join("; ")),
         });
     }
-    statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
     let resources = by_service
         .into_iter()
         .map(|(key, routes)| {
@@ -324,9 +330,10 @@ impl Context<'_, '_> {
 /// A match as the waypoint reads it; `None` when it holds a type not known here.
 fn matching(matching: &HttpRouteMatch) -> Option<api::Match> {
     let kind = match matching.path.kind {
-        PathMatchType::PathPrefix => api::path_match::Kind::Prefix,
-        PathMatchType::Exact => api::path_match::Kind::Exact,
-        PathMatchType::RegularExpression => api::path_match::Kind::Regex,
+        PathMatchType::PathPrefix => Some(api::path_match::Kind::Prefix),
+        PathMatchType::Exact => Some(api::path_match::Kind::Exact),
+        PathMatchType::RegularExpression => Some(api::path_match::Kind::Regex),
+        PathMatchType::Any => None,
         PathMatchType::Other => return None,
     };
     let values = |values: &[HttpValueMatch]| -> Option<Vec<api::ValueMatch>> {
@@ -343,7 +350,7 @@ fn matching(matching: &HttpRouteMatch) -> Option<api::Match> {
             .collect()
     };
     Some(api::Match {
-        path: Some(api::PathMatch { kind: kind.into(), value: matching.path.value.clone() }),
+        path: kind.map(|kind| api::PathMatch { kind: kind.into(), value: matching.path.value.clone() }),
         headers: values(&matching.headers)?,
         query_params: values(&matching.query_params)?,
         method: matching.method.clone().unwrap_or_default(),

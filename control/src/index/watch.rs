@@ -1,6 +1,6 @@
 //! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
-//! authorization policies and, when the Gateway API's CRDs are installed, Gateways and
-//! HTTPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! authorization policies and, when the Gateway API's CRDs are installed, Gateways,
+//! HTTPRoutes and GRPCRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
@@ -19,7 +19,7 @@ use weft_api::watch::reflect;
 
 use super::{
     Naming, Snapshot, build,
-    gateway_api::{Gateway, HttpRoute},
+    gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute},
     policy::AuthorizationPolicy,
 };
 
@@ -47,9 +47,18 @@ pub async fn run(
     // The Gateway API is optional: without it no waypoint exists (a Service or pod labelled
     // for one is addressed to it all the same, and proxies refuse its traffic).
     let gateway_api = if gateway_api_installed(&client).await? {
+        // GRPCRoute came to the standard channel after the others (v1.1): an older install
+        // lacks it and still gets HTTP routing.
+        let grpc = if installed(Api::<GrpcRoute>::all(client.clone()), "grpcroutes").await? {
+            Some(reflect(&mut watchers, Api::<GrpcRoute>::all(client.clone()), all(), changed_tx.clone()))
+        } else {
+            tracing::warn!("the Gateway API's GRPCRoute CRD is not installed: GRPCRoutes are off");
+            None
+        };
         Some((
             reflect(&mut watchers, Api::<Gateway>::all(client.clone()), all(), changed_tx.clone()),
             reflect(&mut watchers, Api::<HttpRoute>::all(client), all(), changed_tx),
+            grpc,
         ))
     } else {
         tracing::warn!("Gateway API CRDs not installed: waypoints are off");
@@ -60,17 +69,22 @@ pub async fn run(
     services.wait_until_ready().await?;
     slices.wait_until_ready().await?;
     policies.wait_until_ready().await?;
-    if let Some((gateways, routes)) = &gateway_api {
+    if let Some((gateways, routes, grpc)) = &gateway_api {
         gateways.wait_until_ready().await?;
         routes.wait_until_ready().await?;
+        if let Some(grpc) = grpc {
+            grpc.wait_until_ready().await?;
+        }
     }
     tracing::info!("Kubernetes index synced");
     loop {
         let (namespaces, pods, services, slices, policies) =
             (namespaces.state(), pods.state(), services.state(), slices.state(), policies.state());
-        let (gateways, routes) = match &gateway_api {
-            Some((gateways, routes)) => (gateways.state(), routes.state()),
-            None => (Vec::new(), Vec::new()),
+        let (gateways, routes, grpc_routes) = match &gateway_api {
+            Some((gateways, routes, grpc)) => {
+                (gateways.state(), routes.state(), grpc.as_ref().map(|grpc| grpc.state()).unwrap_or_default())
+            }
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let mut next = build(
             &naming,
@@ -81,6 +95,7 @@ pub async fn run(
             policies.iter().map(AsRef::as_ref),
             gateways.iter().map(AsRef::as_ref),
             routes.iter().map(AsRef::as_ref),
+            grpc_routes.iter().map(AsRef::as_ref),
         );
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -93,9 +108,9 @@ pub async fn run(
             for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
                 tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
             }
-            let new_notes = next.http_routes.iter().filter(|route| !route.notes.is_empty());
-            for route in new_notes.filter(|route| !current.http_routes.contains(route)) {
-                tracing::warn!(namespace = %route.namespace, name = %route.name, notes = ?route.notes, "HTTPRoute not applied as written");
+            let new_notes = next.mesh_routes.iter().filter(|route| !route.notes.is_empty());
+            for route in new_notes.filter(|route| !current.mesh_routes.contains(route)) {
+                tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, notes = ?route.notes, "route not applied as written");
             }
             *current = Arc::new(std::mem::take(&mut next));
             true
@@ -109,22 +124,24 @@ pub async fn run(
 
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start
 /// (installing them later takes a restart): a watch on a missing one would retry forever and
-/// nothing would ever be served. Not found means not installed; any other failure (RBAC, say)
-/// stops the control plane with a message.
+/// nothing would ever be served.
 async fn gateway_api_installed(client: &kube::Client) -> anyhow::Result<bool> {
-    async fn listed<K>(api: Api<K>, plural: &str) -> anyhow::Result<bool>
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    {
-        match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(_) => Ok(true),
-            // A resource the API server does not serve answers a bare 404, not a NotFound Status.
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-            Err(error) => Err(anyhow::anyhow!(
-                "listing {plural}.gateway.networking.k8s.io ({error}): may weft-control list it?"
-            )),
-        }
+    Ok(installed(Api::<Gateway>::all(client.clone()), "gateways").await?
+        && installed(Api::<HttpRoute>::all(client.clone()), "httproutes").await?)
+}
+
+/// Whether the API server serves the Gateway API's `plural`: not found means not installed;
+/// any other failure (RBAC, say) stops the control plane with a message.
+async fn installed<K>(api: Api<K>, plural: &str) -> anyhow::Result<bool>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(true),
+        // A resource the API server does not serve answers a bare 404, not a NotFound Status.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(error) => Err(anyhow::anyhow!(
+            "listing {plural}.gateway.networking.k8s.io ({error}): may weft-control list it?"
+        )),
     }
-    Ok(listed(Api::<Gateway>::all(client.clone()), "gateways").await?
-        && listed(Api::<HttpRoute>::all(client.clone()), "httproutes").await?)
 }

@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::{CONTROLLER, parents};
-use crate::index::{ParentStatus, RouteStatus, Verdict, gateway_api::ParentReference};
+use crate::index::{ParentStatus, RouteKind, RouteStatus, Verdict, gateway_api::ParentReference};
 
 fn service_parent(name: &str, port: Option<u32>) -> ParentReference {
     ParentReference {
@@ -15,6 +15,7 @@ fn service_parent(name: &str, port: Option<u32>) -> ParentReference {
 
 fn route(accepted: Verdict, resolved: Verdict, partially_invalid: Option<&str>) -> RouteStatus {
     RouteStatus {
+        kind: RouteKind::Http,
         namespace: "shop".into(),
         name: "r".into(),
         generation: Some(3),

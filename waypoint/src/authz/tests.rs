@@ -19,6 +19,7 @@ struct Fixture {
     host: Option<&'static str>,
     port: u16,
     headers: HeaderMap,
+    opaque: bool,
 }
 
 impl Fixture {
@@ -31,6 +32,7 @@ impl Fixture {
             host: self.host,
             port: self.port,
             headers: &self.headers,
+            opaque: self.opaque,
         }
     }
 
@@ -53,6 +55,7 @@ fn fixture() -> Fixture {
         host: Some("reviews.shop.svc.cluster.local"),
         port: 8080,
         headers,
+        opaque: false,
     }
 }
 
@@ -593,4 +596,36 @@ fn verdicts_read_well_in_logs() {
     for (verdict, text) in cases {
         assert_eq!(verdict.to_string(), text);
     }
+}
+
+#[test]
+fn a_connection_relayed_at_l4_is_refused_by_http_only_constraints_in_allow_and_caught_by_deny() {
+    let opaque = fixture().with(|f| f.opaque = true);
+    let by_path = || to(api::HttpOperation { paths: strings(&["/api/*"]), ..Default::default() });
+    let by_port_and_method = || {
+        to(api::HttpOperation { ports: strings(&["8080"]), methods: strings(&["GET"]), ..Default::default() })
+    };
+    let by_header = || when("request.headers[x-user]", &["alice"], &[]);
+    let from_web = || source(|source| source.principals = strings(&["cluster.local/ns/frontend/sa/web"]));
+    for rule in [by_path(), by_port_and_method(), by_header()] {
+        // The same rule admits the HTTP request …
+        assert!(decide([&allow("allow", vec![rule.clone()])], &fixture().request()).verdict.allowed());
+        // … but never a connection with no HTTP to look at …
+        let verdict = decide([&allow("allow", vec![rule.clone()])], &opaque.request()).verdict;
+        assert_eq!(verdict, Verdict::NotAllowed { policies: vec!["shop/allow".into()] }, "{rule:?}");
+        // … which a DENY on HTTP fields refuses whole.
+        let verdict = decide([&deny("deny", vec![rule.clone()])], &opaque.request()).verdict;
+        assert_eq!(verdict, Verdict::Denied { policy: "shop/deny".into() }, "{rule:?}");
+    }
+    // What an L4 connection has still decides: its peer, its port.
+    assert!(decide([&allow("allow", vec![from_web()])], &opaque.request()).verdict.allowed());
+    let other_port = to(api::HttpOperation {
+        ports: strings(&["9090"]),
+        methods: strings(&["GET"]),
+        ..Default::default()
+    });
+    assert!(
+        decide([&deny("deny", vec![other_port])], &opaque.request()).verdict.allowed(),
+        "a DENY for another port"
+    );
 }

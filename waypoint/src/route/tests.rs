@@ -183,6 +183,32 @@ fn trailing_slash_in_prefix_is_ignored() {
 }
 
 #[test]
+fn a_match_without_a_path_ranks_below_every_path_match_as_a_grpc_routes_catch_all_does() {
+    // A GRPCRoute's rule without a method match comes first and is still the last resort.
+    let routes = compile(vec![route(
+        "grpc",
+        &[],
+        vec![
+            rule("any", vec![api::Match::default()]),
+            rule("by-header", vec![api::Match { headers: vec![equals("x-a", "1")], ..Default::default() }]),
+            rule("watch", vec![regex("/[^/]+/Watch")]),
+            rule("cart", vec![prefix("/shop.Cart")]),
+            rule("add", vec![exact("/shop.Cart/Add")]),
+        ],
+    )]);
+    assert_table(
+        &routes,
+        &[
+            (get("/shop.Till/Watch").method("POST"), Some("watch")),
+            (get("/shop.Cart/Watch").method("POST"), Some("cart")),
+            (get("/shop.Cart/Add").method("POST"), Some("add")),
+            (get("/shop.Till/Pay").method("POST"), Some("any")),
+            (get("/shop.Till/Pay").method("POST").header("x-a", "1"), Some("by-header")),
+        ],
+    );
+}
+
+#[test]
 fn method_match_beats_none_at_equal_path() {
     let get_only = api::Match { method: "GET".into(), ..prefix("/api") };
     let routes = compile(vec![route(
@@ -370,7 +396,8 @@ fn header_names_ignore_case_and_the_first_value_counts() {
 
 #[test]
 fn rule_without_matches_matches_like_prefix_root() {
-    // A match without a path is a path prefix of `/` too.
+    // A match without a path is no path condition, below the prefix `/` (an HTTPRoute's match
+    // always has a path; one without is a GRPCRoute's that names no method).
     let header_only = api::Match { headers: vec![equals("x-a", "1")], ..Default::default() };
     let routes = compile(vec![route(
         "r",
@@ -383,7 +410,7 @@ fn rule_without_matches_matches_like_prefix_root() {
             (get("/anything"), Some("default")),
             (get("/").method("DELETE"), Some("default")),
             (get("/foo/x"), Some("foo")),
-            (get("/other").header("x-a", "1"), Some("header")),
+            (get("/other").header("x-a", "1"), Some("default")),
         ],
     );
 }

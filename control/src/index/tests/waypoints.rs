@@ -102,7 +102,7 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
         gateway("ingress", "mesh", "some-ingress"),
     ];
     let snapshot =
-        build(&naming(), &[mesh, namespace("plain", true)], &pods, &services, &[], &[], &gateways, &[]);
+        build(&naming(), &[mesh, namespace("plain", true)], &pods, &services, &[], &[], &gateways, &[], &[]);
     let of_service = |name: &str| service_of(&snapshot, name, "mesh").waypoint;
     assert_eq!(of_service("web"), address("waypoint"));
     assert_eq!(of_service("api"), address("other"), "the Service's label wins");
@@ -125,7 +125,7 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
 fn a_service_named_like_its_own_waypoint_never_uses_it_even_before_the_gateway_exists() {
     let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
     let services = [service("waypoint", "mesh", "10.96.0.10", vec![port(15008, None)])];
-    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[]);
+    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[], &[]);
     assert_eq!(service_of(&snapshot, "waypoint", "mesh").waypoint, None);
 }
 
@@ -145,7 +145,7 @@ fn backends() -> Vec<Service> {
 
 /// What namespace `mesh`, enrolled, with [`backends`] and `routes` makes.
 fn with_backends(routes: &[HttpRoute]) -> Snapshot {
-    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes)
+    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes, &[])
 }
 
 #[test]
@@ -256,7 +256,7 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
         Some(routes::Retry { attempts: 2, codes: vec![], backoff_ms: 0 }),
         "unset attempts are Istio's 2; an unreadable backoff the default"
     );
-    let [status] = &snapshot.http_routes[..] else { panic!("one status") };
+    let [status] = &snapshot.mesh_routes[..] else { panic!("one status") };
     assert_eq!(status.services, [KEY]);
     let notes = status.notes.join("\n");
     // A header value with a line break never reaches a waypoint (it would refuse the routes).
@@ -283,6 +283,84 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
     }
     assert_eq!(status.partially_invalid, None, "every rule applied");
     assert_eq!(snapshot.dump()["routes"][0]["routes"][0], "mesh/split");
+}
+
+#[test]
+fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_same_name() {
+    let mut grpc: GrpcRoute = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "api", "namespace": "mesh" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "port": 80 }],
+            "rules": [
+                { "matches": [{ "method": { "service": "shop.Cart", "method": "Add" } }],
+                  "filters": [{ "type": "RequestHeaderModifier",
+                                "requestHeaderModifier": { "set": [{ "name": "x-route", "value": "add" }] } }],
+                  "backendRefs": [{ "name": "web-v2", "port": 8080 }] },
+                { "matches": [{ "method": { "service": "shop.Cart" } },
+                              { "method": { "method": "Watch" }, "headers": [{ "name": "x-user", "value": "a" }] },
+                              { "method": { "type": "RegularExpression", "service": "shop\\.(Cart|Till)", "method": "Get.*" } }],
+                  "backendRefs": [{ "name": "web-v1", "port": 8080 }] },
+                { "matches": [{ "method": { "type": "SomethingNew", "service": "x" } }],
+                  "backendRefs": [{ "name": "web-v1", "port": 8080 }] },
+                { "backendRefs": [{ "name": "web-v1", "port": 8080 }] }
+            ]
+        }
+    }))
+    .unwrap();
+    grpc.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(2).unwrap()));
+    let http = http_route(
+        "api",
+        1,
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
+            "rules": [{ "backendRefs": [{ "name": "web-v2", "port": 8080 }] }]
+        }),
+    );
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], [&http], [&grpc]);
+    let routes = service_routes(&snapshot, KEY);
+    let names: Vec<&str> = routes.routes.iter().map(|route| route.name.as_str()).collect();
+    assert_eq!(names, ["mesh/api", "GRPCRoute:mesh/api"], "oldest first, each kind named apart");
+    let rules = &routes.routes[1].rules;
+    assert_eq!(rules.len(), 3, "the rule with a match of an unknown type is left out: {rules:?}");
+    let paths: Vec<(routes::path_match::Kind, &str)> = rules[..2]
+        .iter()
+        .flat_map(|rule| &rule.matches)
+        .map(|matching| {
+            let path = matching.path.as_ref().unwrap();
+            (path.kind(), path.value.as_str())
+        })
+        .collect();
+    use routes::path_match::Kind::{Exact, Prefix, Regex};
+    assert_eq!(
+        paths,
+        [
+            (Exact, "/shop.Cart/Add"),
+            (Prefix, "/shop.Cart"),
+            (Regex, "/[^/]+/Watch"),
+            (Regex, "/(?:shop\\.(Cart|Till))/(?:Get.*)"),
+        ]
+    );
+    assert_eq!(rules[1].matches[1].headers[0].name, "x-user", "header matches kept");
+    assert_eq!(rules[0].request_headers.as_ref().unwrap().set[0].value, "add", "filters kept");
+    assert_eq!(
+        rules[2].matches,
+        [routes::Match::default()],
+        "no match: every call, with no path condition (ranked below every method match)"
+    );
+    // The waypoint matches a regular expression against the whole path.
+    let whole =
+        |pattern: &str, path: &str| regex::Regex::new(&format!("^(?:{pattern})$")).unwrap().is_match(path);
+    assert!(whole(paths[2].1, "/shop.Till/Watch") && !whole(paths[2].1, "/shop.Till/WatchAll"));
+    assert!(!whole(paths[2].1, "/a/b/Watch"), "one segment for the service");
+    assert!(whole(paths[3].1, "/shop.Till/GetTotal") && !whole(paths[3].1, "/shop.Till/Put"));
+
+    let kinds: Vec<(RouteKind, &str)> =
+        snapshot.mesh_routes.iter().map(|status| (status.kind, status.name.as_str())).collect();
+    assert_eq!(kinds, [(RouteKind::Http, "api"), (RouteKind::Grpc, "api")]);
+    let grpc_status = &snapshot.mesh_routes[1];
+    assert!(grpc_status.partially_invalid.as_deref().unwrap().contains("rules[2]"), "{grpc_status:?}");
+    assert_eq!(serde_json::to_value(grpc_status.kind).unwrap(), "GRPCRoute");
 }
 
 #[test]
@@ -327,11 +405,11 @@ fn a_redirect_is_given_as_written_and_one_the_waypoint_cannot_give_drops_its_rul
         Some(routes::Rewrite { hostname: "web.internal".into(), path: prefix("/") }),
         "a prefix replaced by nothing is replaced by /"
     );
-    let notes = snapshot.http_routes[0].notes.join("\n");
+    let notes = snapshot.mesh_routes[0].notes.join("\n");
     for expected in ["305 is no redirect", "\"ftp\"", "\"a b\"", "\"/a?b\""] {
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
-    assert_eq!(snapshot.http_routes[0].notes.len(), 4, "{notes}");
+    assert_eq!(snapshot.mesh_routes[0].notes.len(), 4, "{notes}");
 }
 
 #[test]
@@ -365,14 +443,14 @@ fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_
     ];
     let mut services = backends();
     services.push(service("web", "other", "10.96.1.10", vec![port(80, None)]));
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes);
+    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes, &[]);
     let names: Vec<(String, Vec<u32>)> =
         service_routes(&snapshot, KEY).routes.into_iter().map(|route| (route.name, route.ports)).collect();
     let expected =
         [("mesh/b-old", vec![80]), ("mesh/c-old", vec![]), ("mesh/a-newer", vec![]), ("mesh/newest", vec![])];
     assert_eq!(names, expected.map(|(name, ports)| (name.to_owned(), ports)));
     assert_eq!(snapshot.routes.len(), 1, "{:?}", snapshot.routes.keys());
-    let status = |name: &str| snapshot.http_routes.iter().find(|status| status.name == name);
+    let status = |name: &str| snapshot.mesh_routes.iter().find(|status| status.name == name);
     assert!(status("for-ingress").is_none(), "a Gateway's route is none of the mesh's business");
     let consumer = status("consumer").unwrap();
     assert!(consumer.services.is_empty() && consumer.notes[0].contains("another namespace"), "{consumer:?}");
@@ -388,8 +466,8 @@ fn a_route_to_a_service_without_a_waypoint_is_compiled_and_noted() {
     );
     let snapshot = with_backends(&[route]);
     assert!(snapshot.routes.contains_key("mesh/web-v1.mesh.svc.cluster.local"));
-    let status = &snapshot.http_routes[0];
-    assert!(status.notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.http_routes);
+    let status = &snapshot.mesh_routes[0];
+    assert!(status.notes[0].contains(USE_WAYPOINT), "{:?}", snapshot.mesh_routes);
     let accepted = &status.parents[0].accepted;
     assert_eq!(
         (accepted.status, accepted.reason),
@@ -418,10 +496,10 @@ fn a_rule_with_an_invalid_regular_expression_is_left_out_and_noted_and_the_other
     let routes = service_routes(&snapshot, "mesh/web.mesh.svc.cluster.local");
     assert_eq!(routes.routes[0].rules.len(), 1, "only the valid rule: {routes:?}");
     assert_eq!(routes.routes[0].rules[0].backends[0].service, "mesh/web-v1.mesh.svc.cluster.local");
-    let notes = &snapshot.http_routes[0].notes;
+    let notes = &snapshot.mesh_routes[0].notes;
     assert!(notes[0].contains("rules[0]") && notes[0].contains("/v["), "{notes:?}");
     assert!(notes[1].contains("rules[1]") && notes[1].contains("a)|(b"), "{notes:?}");
-    let status = &snapshot.http_routes[0];
+    let status = &snapshot.mesh_routes[0];
     assert!(status.parents[0].accepted.status, "the route stands: {status:?}");
     let partially = status.partially_invalid.as_deref().unwrap_or_default();
     assert!(
@@ -450,7 +528,7 @@ fn an_l7_policy_is_served_only_where_a_waypoint_stands_and_says_where_none_does(
     ];
     let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
     let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &policies, &gateways, &[]);
+        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &policies, &gateways, &[], &[]);
     let status = |name: &str| snapshot.policies.iter().find(|status| status.name == name).unwrap();
     assert!(status("on-web").served && status("on-waypoint").served);
     for unserved in ["on-web-v1", "on-nothing"] {

@@ -1,7 +1,8 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
 //! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`);
-//! `http-echo` and `http-get` speak HTTP/1.1 for the waypoint's tests (`http.rs`);
+//! `http-echo` and `http-get` speak HTTP/1.1 for the waypoint's tests (`http.rs`), `grpc-echo`
+//! and `grpc-call` gRPC (`grpc.rs`);
 //! `latency`, `openloop`, `connrate` and `hold` are the benchmark's clients; `standin` plays the
 //! node proxy (see `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the
 //! datapath treats it as a pod's process.
@@ -15,6 +16,7 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod grpc;
 mod http;
 mod https;
 mod standin;
@@ -142,6 +144,25 @@ enum Mode {
         #[arg(long)]
         request: String,
     },
+    /// gRPC server of `weft.test.Echo` on `port`, answering as `name`; prints `ready`.
+    GrpcEcho {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        name: String,
+    },
+    /// `count` unary gRPC calls with `text` to `to`, or with `--chat` one bidirectional stream of
+    /// `count` messages; prints what answered.
+    GrpcCall {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value = "hello")]
+        text: String,
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        #[arg(long)]
+        chat: bool,
+    },
     /// Connect to `to` and keep the connection: send each stdin line, print its echo.
     Chat {
         /// `ip:port` or `name:port`.
@@ -190,6 +211,14 @@ fn main() -> anyhow::Result<()> {
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
         Mode::HttpRaw { to, request } => http::raw(to, &request),
         Mode::HttpOpenloop { to, path, load } => http::openloop(to, &path, &load),
+        Mode::GrpcEcho { port, name } => grpc::echo(port, &name),
+        Mode::GrpcCall { to, text, count, chat } => {
+            if chat {
+                grpc::chat(to, count)
+            } else {
+                grpc::unary(to, &text, count)
+            }
+        }
     }
 }
 

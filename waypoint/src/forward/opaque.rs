@@ -1,0 +1,130 @@
+//! A stream to a waypoint's Service that is not HTTP — a database's protocol, say — told apart
+//! by its first bytes and relayed at L4 to an endpoint of the Service, over HBONE with the
+//! waypoint's identity, as Istio's waypoint relays TCP. Policies decide it on what an L4
+//! connection has (its peer, its port; see [`crate::authz`]); routes, which are HTTP's, do not
+//! apply. One `connection` log line each.
+use std::{
+    io,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use http::{HeaderMap, Method};
+use weft_proxy::hbone::Stream;
+
+use super::{CONNECT_TIMEOUT, Session, address_of};
+use crate::{authz, inbound::Destination};
+
+/// How long a stream's first bytes are waited for. A client that says nothing first speaks a
+/// server-first protocol (MySQL, SMTP): its stream is relayed at L4 once this passed.
+pub const FIRST_BYTES_WAIT: Duration = Duration::from_millis(200);
+
+/// What a stream carries, as far as the waypoint tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.x or HTTP/2 (gRPC included).
+    Http,
+    Opaque,
+}
+
+/// Tells `stream`'s protocol by its first bytes ([`classify`]), or [`Protocol::Opaque`] when
+/// none came within [`FIRST_BYTES_WAIT`]. The bytes stay in the stream.
+pub async fn detect(stream: &mut Stream) -> io::Result<Protocol> {
+    match tokio::time::timeout(FIRST_BYTES_WAIT, stream.peek()).await {
+        Ok(first) => Ok(classify(first?)),
+        Err(_) => Ok(Protocol::Opaque),
+    }
+}
+
+/// HTTP/2's preface (`PRI * HTTP/2.0`) and an HTTP/1 request line both begin with a method
+/// token of upper-case letters and a space (the bytes may also end inside the token); anything
+/// else is not HTTP. An empty stream (the client ended at once) is left to HTTP, which ends it
+/// without connecting anywhere.
+pub fn classify(first: &[u8]) -> Protocol {
+    let token = first.iter().take_while(|byte| byte.is_ascii_uppercase()).count();
+    let method = (1..=MAX_METHOD).contains(&token) && (token == first.len() || first[token] == b' ');
+    if first.is_empty() || method { Protocol::Http } else { Protocol::Opaque }
+}
+
+/// The longest method token read as one (`PROPPATCH`, `UPDATEREDIRECTREF` and their like fit).
+const MAX_METHOD: usize = 20;
+
+impl Session {
+    /// Relays `stream` to its destination — the workload it names, or an endpoint of its
+    /// Service — if the policies allow it; a refused or failed connection is reset.
+    pub(super) async fn relay(self, mut stream: Stream) -> io::Result<()> {
+        let started = Instant::now();
+        let (sent, received, outcome) = match self.relay_inner(&mut stream).await {
+            Ok((target, (sent, received))) => (sent, received, format!("relayed to {target}")),
+            Err(why) => {
+                stream.reset();
+                (0, 0, why)
+            }
+        };
+        tracing::info!(
+            src = %self.client.identity,
+            client = %self.client.address,
+            sent,
+            received,
+            micros = started.elapsed().as_micros() as u64,
+            outcome,
+            "connection"
+        );
+        Ok(())
+    }
+
+    /// The relay's target and bytes each way, or why there was none or it failed.
+    async fn relay_inner(&self, stream: &mut Stream) -> Result<(SocketAddr, (u64, u64)), String> {
+        let nothing = HeaderMap::new();
+        self.decide(|port| authz::Request {
+            source: Some(&self.client.identity),
+            source_ip: self.client.address.ip(),
+            method: &Method::CONNECT,
+            path: "",
+            host: None,
+            port,
+            headers: &nothing,
+            opaque: true,
+        })
+        .map_err(|failure| failure.to_string())?;
+        let (workload, target) = match &self.destination {
+            Destination::Workload(workload, port) => {
+                let ip = address_of(workload, &self.client.address)
+                    .ok_or_else(|| format!("{} has no address", workload.uid))?;
+                (workload.clone(), SocketAddr::new(ip, *port))
+            }
+            Destination::Service(service, port) => {
+                self.endpoint(&service.key(), *port, &[]).map_err(|failure| failure.to_string())?
+            }
+        };
+        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target))
+            .await
+            .map_err(|_| format!("{target}: connect timed out"))?
+            .map_err(|failure| failure.to_string())?;
+        let relayed = tokio::io::copy_bidirectional(stream, &mut tunnel).await;
+        relayed.map(|counts| (target, counts)).map_err(|error| format!("{target}: {error}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Protocol, classify};
+
+    #[test]
+    fn http_is_told_by_its_method_token_and_anything_else_is_opaque() {
+        for http in [&b"GET / HTTP/1.1\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"POST ", b"DELE", b""]
+        {
+            assert_eq!(classify(http), Protocol::Http, "{:?}", String::from_utf8_lossy(http));
+        }
+        for opaque in [
+            &b"hello\n"[..],
+            b"\x16\x03\x01\x02\x00",          // a TLS ClientHello
+            b"\x00\x00\x00\x08\x04\xd2\x16/", // PostgreSQL's SSLRequest
+            b"GET/ HTTP/1.1",
+            b"*1\r\n$4\r\nPING\r\n", // Redis
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ ",
+        ] {
+            assert_eq!(classify(opaque), Protocol::Opaque, "{:?}", String::from_utf8_lossy(opaque));
+        }
+    }
+}
