@@ -66,6 +66,8 @@ struct Scene {
     servers: (Process, Process),
     /// Service `echo`'s VIP and port.
     to_echo: SocketAddr,
+    /// Service `echo-v1`'s.
+    to_echo_v1: SocketAddr,
 }
 
 impl Scene {
@@ -87,7 +89,7 @@ impl Scene {
         let servers =
             (apps::http_echo(&v1, ECHO_PORT, "v1").unwrap(), apps::http_echo(&v2, ECHO_PORT, "v2").unwrap());
         let vip = create_service(&cluster, "echo", &[("app", "echo")]).await;
-        create_service(&cluster, "echo-v1", &[("version", "v1")]).await;
+        let v1_vip = create_service(&cluster, "echo-v1", &[("version", "v1")]).await;
         create_service(&cluster, "echo-v2", &[("version", "v2")]).await;
         let plane = ControlPlane::start(&cluster).await.unwrap();
         let waypoint = Waypoint::start(&mut cluster, &plane, "shop", "waypoint", 0).await.unwrap();
@@ -102,7 +104,8 @@ impl Scene {
             mesh::wait_for_endpoints(&waypoint.pod().netns, "shop/echo.shop.svc.cluster.local", 2, WAIT)
                 .unwrap();
         });
-        Self { cluster, plane, waypoint, mesh, client, v1, v2, servers, to_echo: SocketAddr::new(vip, 80) }
+        let (to_echo, to_echo_v1) = (SocketAddr::new(vip, 80), SocketAddr::new(v1_vip, 80));
+        Self { cluster, plane, waypoint, mesh, client, v1, v2, servers, to_echo, to_echo_v1 }
     }
 }
 
@@ -390,11 +393,7 @@ fn one_request(scene: &mut Scene, to: SocketAddr, path: &str, answer: &str, atte
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_is_retried_as_istio_does_by_default_or_as_the_routes_retry_says_and_no_more() {
     let mut scene = Scene::start().await;
-    let to_v1 = {
-        let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop");
-        let vip = services.get("echo-v1").await.unwrap().spec.unwrap().cluster_ip.unwrap();
-        SocketAddr::new(vip.parse().unwrap(), 80)
-    };
+    let to_v1 = scene.to_echo_v1;
     tokio::task::block_in_place(|| {
         // Istio's default, with no route: a 503 is tried twice more, so one 503 is recovered ...
         one_request(&mut scene, to_v1, "/fail-first/1/a", "200 name=v1", 2);
@@ -579,11 +578,7 @@ async fn apply_policy(cluster: &Cluster, name: &str, spec: serde_json::Value) {
 async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_a_denied_request_never_reaches_the_app()
  {
     let mut scene = Scene::start().await;
-    let to_v1 = {
-        let services = Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop");
-        let vip = services.get("echo-v1").await.unwrap().spec.unwrap().cluster_ip.unwrap();
-        SocketAddr::new(vip.parse().unwrap(), 80)
-    };
+    let to_v1 = scene.to_echo_v1;
     // A DENY on one Service's admin paths.
     let deny_admin = serde_json::json!({
         "targetRefs": [{ "group": "", "kind": "Service", "name": "echo-v1" }],
@@ -633,6 +628,30 @@ async fn l7_policies_targeting_a_service_or_the_waypoint_are_enforced_there_and_
             .wait_for(|line| line.contains("request denied") && line.contains("allow-nobody"), WAIT)
             .unwrap();
         assert!(line.contains("/anything"), "{line}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_goes_to_the_endpoint_with_the_fewest_requests_in_flight() {
+    let mut scene = Scene::start().await;
+    let to_v1 = scene.to_echo_v1;
+    tokio::task::block_in_place(|| {
+        // Two slow requests (3 s each) in flight at v1, through its own Service: the waypoint
+        // counts per endpoint, whichever Service a request came for.
+        let slow: Vec<Process> = (0..2)
+            .map(|_| apps::http_requests_started(&scene.client, to_v1, "/slow", &[], 1).unwrap())
+            .collect();
+        for _ in 0..2 {
+            scene.servers.0.wait_for(|line| line == "served GET /slow", WAIT).unwrap();
+        }
+        // Meanwhile every request for the Service of both goes to v2, the less loaded (at
+        // random, half would reach v1).
+        let tally = apps::http_requests(&scene.client, scene.to_echo, "/while-v1-is-busy", &[], 10).unwrap();
+        assert_eq!(answered_by(&tally, "v2"), 10, "{tally}");
+        for slow in slow {
+            let (ok, answered) = slow.finish(WAIT).unwrap();
+            assert!(ok && answered.contains("status=200 name=v1"), "{answered}");
+        }
     });
 }
 

@@ -63,6 +63,8 @@ pub struct Context {
     pub pool: Pool,
     /// Each backend Service's retry budget.
     pub budgets: crate::retry::Budgets,
+    /// Requests in flight per endpoint, for least-request balancing.
+    pub in_flight: Arc<crate::balance::InFlight>,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -148,6 +150,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
         budgets: crate::retry::Budgets::default(),
+        in_flight: Arc::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });

@@ -1,6 +1,6 @@
 //! The HTTP inside one HBONE stream: each request gets its route (the Service's HTTPRoutes, or
-//! the Service itself when it has none), a backend Service by weight, one of its healthy
-//! endpoints, and goes there over HBONE with the waypoint's identity, in the HTTP version it
+//! the Service itself when it has none), a backend Service by weight, the least loaded of its
+//! healthy endpoints, and goes there over HBONE with the waypoint's identity, in the HTTP version it
 //! came in. Answers of the waypoint's own, as Envoy gives them: 404 when no route matches, 500
 //! for a rule without a usable backend, 503 when no endpoint can be reached, 504 on a timeout,
 //! 400 for a request hyper cannot parse (that stream only). A request framed both ways
@@ -34,6 +34,7 @@ use weft_proxy::{
 use crate::{
     app::Context,
     authz,
+    balance::Counted,
     inbound::{Client, Destination},
     metrics::{RequestLabels, UNKNOWN},
     retry::Outcome,
@@ -375,7 +376,11 @@ impl Session {
                 (None, Some(body)) => body,
                 (None, None) => unreachable!("a streamed body is sent once: no retry without a kept one"),
             };
-            let answer = self.forward(&workload, target, copy(&parts, body), rule).await;
+            let counting = self.context.in_flight.start(target);
+            let answer = self
+                .forward(&workload, target, copy(&parts, body), rule)
+                .await
+                .map(|response| response.map(|body| Counted::new(body, counting).boxed()));
             let outcome = match &answer {
                 Ok(response) => Outcome::Answered(response.status()),
                 Err(Failure::Timeout) => Outcome::TimedOut,
@@ -397,8 +402,8 @@ impl Session {
         }
     }
 
-    /// One healthy endpoint of Service `key` serving `port`, chosen at random among those not
-    /// `tried` already (unless every one was), and its address.
+    /// One healthy endpoint of Service `key` serving `port`, the least loaded ([`balance`])
+    /// among those not `tried` already (unless every one was), and its address.
     fn endpoint(
         &self,
         key: &str,
@@ -425,12 +430,11 @@ impl Session {
             .collect();
         let untried: Vec<&(Arc<Workload>, SocketAddr)> =
             serving.iter().filter(|(_, target)| !tried.contains(target)).collect();
-        let choice = if untried.is_empty() {
-            serving.get(fastrand::usize(..serving.len().max(1)))
-        } else {
-            Some(untried[fastrand::usize(..untried.len())])
-        };
-        choice.cloned().ok_or_else(no_endpoint)
+        let candidates: Vec<&(Arc<Workload>, SocketAddr)> =
+            if untried.is_empty() { serving.iter().collect() } else { untried };
+        let addresses: Vec<SocketAddr> = candidates.iter().map(|(_, target)| *target).collect();
+        let chosen = self.context.in_flight.least_loaded(&addresses, |n| fastrand::usize(..n));
+        chosen.map(|index| candidates[index].clone()).ok_or_else(no_endpoint)
     }
 
     /// Sends `request` to `workload` at `target` (within the rule's backend timeout).

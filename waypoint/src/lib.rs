@@ -3,7 +3,7 @@
 //! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside,
 //! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
-//! one of its endpoints, and tunnels the request on over HBONE with its own identity
+//! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity
 //! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]). Routes and policies come compiled from the control
 //! plane ([`table`]); [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod authz;
+pub mod balance;
 pub mod forward;
 pub mod inbound;
 pub mod metrics;

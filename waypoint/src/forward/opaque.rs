@@ -101,6 +101,7 @@ impl Session {
             .await
             .map_err(|_| format!("{target}: connect timed out"))?
             .map_err(|failure| failure.to_string())?;
+        let _counting = self.context.in_flight.start(target);
         let relayed = tokio::io::copy_bidirectional(stream, &mut tunnel).await;
         relayed.map(|counts| (target, counts)).map_err(|error| format!("{target}: {error}"))
     }
