@@ -110,7 +110,7 @@ pub struct RouteStatus {
 }
 
 /// The Gateway API route kinds a waypoint applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum RouteKind {
     #[serde(rename = "HTTPRoute")]
     Http,

@@ -249,6 +249,20 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
             route_conditions(scene.cluster.client(), "HTTPRoute", route).await
         );
     }
+
+    // Attached to no Service any more (a Gateway's route now): Weft's entries leave its status.
+    let to_a_gateway = serde_json::json!({ "spec": { "parentRefs": [{ "name": "ingress" }] } });
+    routes(scene.cluster.client(), "HTTPRoute", "shop")
+        .patch("broken", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(to_a_gateway))
+        .await
+        .unwrap();
+    let client = scene.cluster.client();
+    let swept = weft_tests::eventually("Weft's entries to leave HTTPRoute broken", WAIT, || {
+        let client = client.clone();
+        async move { route_conditions(client, "HTTPRoute", "broken").await.is_none().then_some(()) }
+    })
+    .await;
+    assert!(swept.is_ok(), "{:?}", route_conditions(scene.cluster.client(), "HTTPRoute", "broken").await);
 }
 
 const GRPC_PORT: u16 = 9090;
