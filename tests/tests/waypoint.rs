@@ -132,7 +132,7 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
     });
 
     // An HTTPRoute attached to the Service: by path, by header (with a header set), a redirect,
-    // a rewrite, and a 90/10 split for the rest.
+    // a rewrite, a mirror, and a 90/10 split for the rest.
     let spec = serde_json::json!({
         "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
         "rules": [
@@ -145,6 +145,10 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
               "filters": [{ "type": "URLRewrite", "urlRewrite": { "hostname": "echo.internal",
                   "path": { "type": "ReplacePrefixMatch", "replacePrefixMatch": "/" } } }],
               "backendRefs": [{ "name": "echo-v2", "port": 80 }] },
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/mirror" } }],
+              "filters": [{ "type": "RequestMirror",
+                            "requestMirror": { "backendRef": { "name": "echo-v2", "port": 80 } } }],
+              "backendRefs": [{ "name": "echo-v1", "port": 80 }] },
             { "matches": [{ "headers": [{ "name": "x-canary", "value": "yes" }] }],
               "filters": [{ "type": "RequestHeaderModifier",
                             "requestHeaderModifier": { "set": [{ "name": "x-routed", "value": "canary" }] } }],
@@ -180,6 +184,11 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
         let by_header = apps::http_requests(&client, to_echo, "/", &["x-canary: yes"], 20).unwrap();
         assert_eq!(answered_by(&by_header, "v2"), 20, "a header picks its rule: {by_header}");
         assert!(by_header.contains("body: header x-routed=canary"), "the rule's header set: {by_header}");
+        // Answered by v1; a copy reached v2, its answer dropped.
+        let mirrored = apps::http_requests(&client, to_echo, &format!("/mirror/{canary}"), &[], 1).unwrap();
+        assert!(mirrored.contains("1 status=200 name=v1 "), "{mirrored}");
+        let copy = format!("served GET /mirror/{canary}");
+        scene.servers.1.wait_for(|line| line == copy, WAIT).unwrap();
 
         let requests = 10_000;
         let split = apps::http_requests(&client, to_echo, "/", &[], requests).unwrap();

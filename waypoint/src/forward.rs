@@ -38,7 +38,7 @@ use crate::{
     inbound::{Client, Destination},
     metrics::{RequestLabels, UNKNOWN},
     retry::Outcome,
-    route::{Rule, Selected},
+    route::{Mirror, Rule, Selected},
 };
 
 mod opaque;
@@ -365,6 +365,9 @@ impl Session {
             Kept::Whole(bytes) => (None, Some(bytes)),
             Kept::Streaming(body) => (Some(body.boxed()), None),
         };
+        if let Some(rule) = rule {
+            self.mirror(rule.mirrors(), &parts, kept.as_ref());
+        }
         let mut tried = Vec::new();
         let mut _retrying = None;
         loop {
@@ -399,6 +402,35 @@ impl Session {
             tracing::debug!(%backend, %target, ?outcome, retry = routed.retries, "retrying");
             tried.push(target);
             tokio::time::sleep(policy.backoff(routed.retries, |bound| fastrand::u64(..=bound))).await;
+        }
+    }
+
+    /// Sends a copy of the request to each of `mirrors` that samples it, its host suffixed
+    /// `-shadow` as Envoy marks a copy, in a task of its own: the answer, or a failure, is
+    /// only logged and never delays the request. Only a body kept whole can be copied: a
+    /// request whose body is streamed is not mirrored.
+    fn mirror(&self, mirrors: &[Mirror], parts: &http::request::Parts, body: Option<&Bytes>) {
+        for mirror in mirrors.iter().filter(|mirror| mirror.samples(|n| fastrand::u32(0..n))) {
+            let Some(body) = body else {
+                tracing::debug!(mirror = %mirror.backend.service, "a streamed body is not mirrored");
+                continue;
+            };
+            let mut request = copy(parts, Full::new(body.clone()).map_err(|never| match never {}).boxed());
+            shadow(&mut request);
+            let session = Session::new(self.context.clone(), self.destination.clone(), self.client.clone());
+            let (service, port) = (mirror.backend.service.clone(), mirror.backend.port);
+            tokio::spawn(async move {
+                let sent = async {
+                    let (workload, target) = session.endpoint(&service, port, &[])?;
+                    let response = session.forward(&workload, target, request, None).await?;
+                    Ok::<_, Failure>(response.status())
+                };
+                match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
+                    Ok(Ok(status)) => tracing::debug!(mirror = %service, %status, "mirrored"),
+                    Ok(Err(failure)) => tracing::debug!(mirror = %service, %failure, "mirror failed"),
+                    Err(_) => tracing::debug!(mirror = %service, "mirror timed out"),
+                }
+            });
         }
     }
 
@@ -607,6 +639,31 @@ fn copy(parts: &http::request::Parts, body: Body) -> Request<Body> {
     request
 }
 
+/// Marks `request` as a mirror's copy, as Envoy does: `-shadow` after its host (before a port),
+/// in `Host` and in an HTTP/2 `:authority`.
+fn shadow(request: &mut Request<Body>) {
+    let shadowed = |host: &str| match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|byte| byte.is_ascii_digit()) => {
+            format!("{name}-shadow:{port}")
+        }
+        _ => format!("{host}-shadow"),
+    };
+    let host = request.headers().get(header::HOST).and_then(|host| host.to_str().ok());
+    if let Some(Ok(value)) = host.map(|host| http::HeaderValue::from_str(&shadowed(host))) {
+        request.headers_mut().insert(header::HOST, value);
+    }
+    if let Some(authority) = request.uri().authority() {
+        let mut parts = request.uri().clone().into_parts();
+        parts.authority = http::uri::Authority::try_from(shadowed(authority.as_str())).ok();
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+}
+
+/// How long a mirror's copy may take before it is given up.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A redirect to `location`, with `status`.
 fn redirected(status: StatusCode, location: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
@@ -625,4 +682,34 @@ fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, header};
+    use http_body_util::{BodyExt, Empty};
+
+    use super::{Body, shadow};
+
+    fn request(uri: &str, host: Option<&str>) -> Request<Body> {
+        let mut builder = Request::builder().uri(uri);
+        if let Some(host) = host {
+            builder = builder.header(header::HOST, host);
+        }
+        builder.body(Empty::new().map_err(|never| match never {}).boxed()).unwrap()
+    }
+
+    #[test]
+    fn a_mirrors_copy_is_marked_shadow_after_its_host_and_before_its_port() {
+        let mut http1 = request("/items", Some("echo.shop:8080"));
+        shadow(&mut http1);
+        assert_eq!(http1.headers()[header::HOST], "echo.shop-shadow:8080");
+        let mut plain = request("/items", Some("echo"));
+        shadow(&mut plain);
+        assert_eq!(plain.headers()[header::HOST], "echo-shadow");
+        let mut http2 = request("http://echo.shop/items?q=1", None);
+        shadow(&mut http2);
+        assert_eq!(http2.uri().to_string(), "http://echo.shop-shadow/items?q=1");
+        assert!(http2.headers().get(header::HOST).is_none());
+    }
 }

@@ -47,6 +47,8 @@ pub enum Error {
     },
     #[error("route {route}: backend weights add up to more than {}", u32::MAX)]
     WeightOverflow { route: String },
+    #[error("route {route}: a mirror without a backend")]
+    MirrorWithoutBackend { route: String },
     #[error("route {route}: {source}")]
     InvalidFilter {
         route: String,
@@ -90,6 +92,26 @@ pub struct Rule {
     retry: crate::retry::Policy,
     redirect: Option<crate::rewrite::Redirect>,
     rewrite: Option<crate::rewrite::Rewrite>,
+    mirrors: Vec<Mirror>,
+}
+
+/// Where a rule sends copies of its requests (the Gateway API's `RequestMirror`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Its weight unused.
+    pub backend: Backend,
+    /// `numerator` in every `denominator` requests; a denominator of 0: every request.
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Mirror {
+    /// Whether this request is mirrored, `random(n)` returning a value in `[0, n)`.
+    pub fn samples(&self, random: impl FnOnce(u32) -> u32) -> bool {
+        self.denominator == 0
+            || self.numerator >= self.denominator
+            || random(self.denominator) < self.numerator
+    }
 }
 
 /// A weighted backend Service of a rule.
@@ -290,6 +312,11 @@ impl Rule {
         self.rewrite.as_ref()
     }
 
+    /// Where copies of the rule's requests go.
+    pub fn mirrors(&self) -> &[Mirror] {
+        &self.mirrors
+    }
+
     /// A backend chosen by weight, using `random(total)`, which must return a value in
     /// `[0, total)`. `None` when the rule has no backends or every weight is 0: the Gateway API
     /// then answers 500.
@@ -347,6 +374,21 @@ impl Rule {
                 .map(crate::rewrite::Rewrite::compile)
                 .transpose()
                 .map_err(filter)?,
+            mirrors: rule
+                .mirrors
+                .iter()
+                .map(|mirror| {
+                    let backend = mirror
+                        .backend
+                        .as_ref()
+                        .ok_or_else(|| Error::MirrorWithoutBackend { route: route.to_owned() })?;
+                    Ok(Mirror {
+                        backend: Backend::compile(route, backend)?,
+                        numerator: mirror.numerator,
+                        denominator: mirror.denominator,
+                    })
+                })
+                .collect::<Result<_, Error>>()?,
         })
     }
 }

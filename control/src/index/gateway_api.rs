@@ -200,8 +200,8 @@ pub enum ValueMatchType {
     Other,
 }
 
-/// A filter; Weft applies the header modifiers, redirects and rewrites and notes the others as
-/// not applied.
+/// A filter; Weft applies the header modifiers, redirects, rewrites and mirrors and notes the
+/// others as not applied.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpRouteFilter {
@@ -213,6 +213,25 @@ pub struct HttpRouteFilter {
     pub request_redirect: Option<HttpRequestRedirect>,
     #[serde(rename = "urlRewrite")]
     pub url_rewrite: Option<HttpUrlRewrite>,
+    pub request_mirror: Option<HttpRequestMirror>,
+}
+
+/// Sends a copy of the request to `backendRef`, for every request or a share of them
+/// (`percent`, or `fraction`, from the experimental channel).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpRequestMirror {
+    pub backend_ref: HttpBackendRef,
+    pub percent: Option<u32>,
+    pub fraction: Option<Fraction>,
+}
+
+/// `numerator` in every `denominator` (100 unless set).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Fraction {
+    pub numerator: u32,
+    pub denominator: Option<u32>,
 }
 
 /// Answers the request with a redirect instead of sending it on.

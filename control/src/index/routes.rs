@@ -7,7 +7,7 @@
 //! mesh's and are left alone.
 //!
 //! What a waypoint cannot apply is left out and noted: a filter other than the header
-//! modifiers is ignored; a rule holding a match of a type unknown here is dropped (matching
+//! modifiers, redirects, rewrites and mirrors is ignored; a rule holding a match of a type unknown here is dropped (matching
 //! more would be worse); a backend that is no Service, is missing, or is in another namespace
 //! (that needs a ReferenceGrant, not read yet) is dropped, and a rule left without backends
 //! answers 500. A route in another namespace than its Service (a consumer route) applies to that
@@ -22,9 +22,9 @@ use weft_api::route::{self as api, ROUTES_TYPE};
 use super::{
     Naming, ParentStatus, Resources, RouteKind, RouteStatus, Verdict, encode_as,
     gateway_api::{
-        HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestRedirect, HttpRoute,
-        HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch, PathMatchType,
-        ValueMatchType, duration,
+        HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestMirror, HttpRequestRedirect,
+        HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch,
+        PathMatchType, ValueMatchType, duration,
     },
     hostname,
     waypoint::USE_WAYPOINT,
@@ -252,6 +252,18 @@ impl Context<'_, '_> {
                     }
                     continue;
                 }
+                "RequestMirror" => {
+                    let Some(mirror) = &filter.request_mirror else { continue };
+                    match self.backend(&mirror.backend_ref) {
+                        Ok(backend) => converted.mirrors.push(mirroring(backend, mirror)),
+                        Err((reason, message)) => {
+                            let note = format!("{at}: the mirror's {message}: not mirrored");
+                            unresolved.push((reason, note.clone()));
+                            notes.push(note);
+                        }
+                    }
+                    continue;
+                }
                 "URLRewrite" => {
                     let rewrite =
                         filter.url_rewrite.as_ref().and_then(|rewrite| rewriting(rewrite, &at, notes));
@@ -468,6 +480,17 @@ fn valid_host(host: &str) -> bool {
         .and_then(|rest| rest.strip_suffix(']'))
         .is_some_and(|address| address.parse::<std::net::Ipv6Addr>().is_ok());
     ipv6 || host.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.')
+}
+
+/// A `RequestMirror` to `backend`: for every request, or the share its `percent` or
+/// `fraction` says.
+fn mirroring(backend: api::Backend, mirror: &HttpRequestMirror) -> api::Mirror {
+    let (numerator, denominator) = match (&mirror.fraction, mirror.percent) {
+        (Some(fraction), _) => (fraction.numerator, fraction.denominator.unwrap_or(100)),
+        (None, Some(percent)) => (percent, 100),
+        (None, None) => (0, 0),
+    };
+    api::Mirror { backend: Some(backend), numerator, denominator }
 }
 
 /// A rule's `retry` as the waypoint applies it; a code outside 400–599 cannot mean a failure

@@ -642,3 +642,21 @@ fn the_selection_names_the_prefix_its_winning_match_matched_for_a_prefix_replace
     assert_eq!(matched("/api/exact"), "", "an exact match is no prefix");
     assert_eq!(matched("/other"), "", "the prefix / is empty");
 }
+
+#[test]
+fn a_mirror_copies_its_share_of_requests_and_one_without_a_backend_is_refused() {
+    let mirror =
+        |numerator, denominator| api::Mirror { backend: Some(backend("shadow", 1)), numerator, denominator };
+    let mut with_mirrors = rule("main", vec![]);
+    with_mirrors.mirrors = vec![mirror(0, 0), mirror(25, 100), mirror(3, 2)];
+    let routes = compile(vec![route("r", &[], vec![with_mirrors.clone()])]);
+    let selected = routes.select(80, &Method::GET, &Uri::from_static("/"), &HeaderMap::new()).unwrap();
+    let [every, quarter, over] = selected.rule.mirrors() else { panic!("three mirrors") };
+    assert_eq!(every.backend.service, "shadow");
+    assert!(every.samples(|_| unreachable!("every request: nothing drawn")));
+    assert!(quarter.samples(|n| n / 4 - 1) && !quarter.samples(|n| n / 4), "25 of every 100");
+    assert!(over.samples(|_| unreachable!("a share above one: every request")));
+    with_mirrors.mirrors = vec![api::Mirror { backend: None, numerator: 0, denominator: 0 }];
+    let refused = Routes::try_from(&resource(vec![route("r", &[], vec![with_mirrors])]));
+    assert!(matches!(refused, Err(Error::MirrorWithoutBackend { .. })), "{refused:?}");
+}

@@ -537,3 +537,41 @@ fn an_l7_policy_is_served_only_where_a_waypoint_stands_and_says_where_none_does(
         assert!(status.notes.iter().any(|note| note.contains("not enforced there")), "{status:?}");
     }
 }
+
+#[test]
+fn a_request_mirror_becomes_the_rules_mirror_and_one_to_a_missing_service_is_noted() {
+    let mirror = |backend: serde_json::Value, share: serde_json::Value| {
+        let mut filter = serde_json::json!({ "backendRef": backend });
+        filter.as_object_mut().unwrap().extend(share.as_object().unwrap().clone());
+        serde_json::json!({ "type": "RequestMirror", "requestMirror": filter })
+    };
+    let route = http_route(
+        "shadowed",
+        1,
+        serde_json::json!({
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
+            "rules": [{
+                "filters": [
+                    mirror(serde_json::json!({ "name": "web-v2", "port": 8080 }), serde_json::json!({})),
+                    mirror(serde_json::json!({ "name": "web-v2", "port": 8080 }), serde_json::json!({ "percent": 25 })),
+                    mirror(serde_json::json!({ "name": "web-v2", "port": 8080 }),
+                           serde_json::json!({ "fraction": { "numerator": 1, "denominator": 3 } })),
+                    mirror(serde_json::json!({ "name": "web-gone", "port": 8080 }), serde_json::json!({})),
+                ],
+                "backendRefs": [{ "name": "web-v1", "port": 8080 }]
+            }]
+        }),
+    );
+    let snapshot = with_backends(std::slice::from_ref(&route));
+    let rule = &service_routes(&snapshot, KEY).routes[0].rules[0];
+    let shares: Vec<(u32, u32)> =
+        rule.mirrors.iter().map(|mirror| (mirror.numerator, mirror.denominator)).collect();
+    assert_eq!(shares, [(0, 0), (25, 100), (1, 3)], "every request, a percent, a fraction");
+    assert_eq!(rule.mirrors[0].backend.as_ref().unwrap().service, "mesh/web-v2.mesh.svc.cluster.local");
+    let status = &snapshot.mesh_routes[0];
+    assert!(
+        status.notes.iter().any(|note| note.contains("web-gone") && note.contains("not mirrored")),
+        "{status:?}"
+    );
+    assert_eq!(status.resolved_refs.reason, "BackendNotFound");
+}
