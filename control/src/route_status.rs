@@ -32,6 +32,14 @@ pub async fn run(client: kube::Client, mut snapshots: tokio::sync::watch::Receiv
     let mut ticked = true;
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
+        // Before the index's first snapshot there is nothing to say: sweeping then would strip
+        // every route's status at each restart, to be written again moments later.
+        if snapshot.version == 0 {
+            if snapshots.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         for route in &snapshot.mesh_routes {
             if let Err(error) = report(&client, route).await {
                 tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, %error, "route status not written");

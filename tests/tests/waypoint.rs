@@ -357,6 +357,21 @@ async fn grpc_unary_and_streaming_calls_cross_the_waypoint_routed_by_a_grpc_rout
     .await;
     assert!(reported.is_ok(), "{:?}", route_conditions(scene.cluster.client(), "GRPCRoute", "grpc").await);
 
+    // A restarted control plane leaves the status as it is: nothing is taken away while its
+    // index is still listing, to be written again (with new transition times) once it synced.
+    let grpc_routes = routes(scene.cluster.client(), "GRPCRoute", "shop");
+    let before = grpc_routes.get("grpc").await.unwrap().metadata.resource_version;
+    scene.plane.restart(scene.cluster.client()).await.unwrap();
+    tokio::task::block_in_place(|| {
+        scene.plane.process().wait_for(|line| line.contains("Kubernetes index synced"), WAIT).unwrap();
+    });
+    let after = grpc_routes.get("grpc").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before,
+        "the route was rewritten: {:?}",
+        after.data["status"]
+    );
+
     // weftctl says the same: the route applied, the waypoint ready for the Services behind it.
     let flags = scene.mesh.weftctl_flags(&scene.cluster, &scene.plane).unwrap();
     tokio::task::block_in_place(|| {

@@ -65,6 +65,8 @@ pub struct Context {
     pub budgets: crate::retry::Budgets,
     /// Requests in flight per endpoint, for least-request balancing.
     pub in_flight: Arc<crate::balance::InFlight>,
+    /// Room for mirrors' copies in flight.
+    pub mirrors_in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -151,6 +153,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
         budgets: crate::retry::Budgets::default(),
         in_flight: Arc::default(),
+        mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });

@@ -1,4 +1,5 @@
-//! L7 authorization: whether the waypoint lets one HTTP request through, decided from the
+//! L7 authorization: whether the waypoint lets one HTTP request (or one connection it relays at
+//! L4) through, decided from the
 //! AuthorizationPolicies that apply to its Service or to the waypoint, with Istio's semantics so
 //! policies mean what Istio users expect. Pure: no I/O; the caller picks the policies that apply
 //! ([`Policy::applies_to`]) and enforces and logs the [`Decision`].
@@ -14,8 +15,8 @@
 //!   What the request lacks (a peer identity, a Host, a header) matches no value and every
 //!   `not_` value, so `DENY not_principals: ["*"]` refuses a peer without an identity.
 //! - A connection relayed at L4 (not HTTP) has no method, path, host or headers: as Istio
-//!   applies policies to TCP, a constraint on one of them fails in an ALLOW rule (the rule
-//!   cannot admit it) and is left out of a DENY rule (which then refuses on what remains), so
+//!   applies policies to TCP, an ALLOW rule constraining one of them admits no such connection
+//!   and a DENY rule's constraints on them are left out (it refuses on what remains), so
 //!   leaving HTTP never gets around a policy.
 
 use std::convert::Infallible;
@@ -245,11 +246,18 @@ impl Rule {
         Ok(Self { from, to, when })
     }
 
-    /// Whether the rule matches, in a DENY policy when `deny`.
+    /// Whether the rule matches, in a DENY policy when `deny`. For an L4 connection, an ALLOW
+    /// rule with any HTTP-only constraint matches nothing, and a DENY rule's are left out, as
+    /// Istio builds its TCP filter.
     fn matches(&self, request: &Request<'_>, deny: bool) -> bool {
-        let holds = |constraint: &Constraint| match request.opaque && constraint.is_http_only() {
-            true => deny,
-            false => constraint.matches(request),
+        if request.opaque && !deny {
+            let mut constraints = self.from.iter().chain(&self.to).flatten().chain(&self.when);
+            if constraints.any(Constraint::is_http_only) {
+                return false;
+            }
+        }
+        let holds = |constraint: &Constraint| {
+            (request.opaque && constraint.is_http_only()) || constraint.matches(request)
         };
         let entry = |entry: &Entry| entry.iter().all(holds);
         (self.from.is_empty() || self.from.iter().any(entry))

@@ -32,19 +32,24 @@ impl InFlight {
         Counting { registry: self.clone(), endpoint }
     }
 
-    /// The index of the candidate with the fewest requests in flight, `random(n)` (in `0..n`)
-    /// choosing among the `n` that tie; `None` when there is no candidate.
+    /// The index of the less loaded of two distinct candidates drawn with `random(n)` (a
+    /// value in `0..n`), the first drawn on a tie; the only one when there is one; `None` when
+    /// there is none.
     pub fn least_loaded(
         &self,
         candidates: &[SocketAddr],
-        random: impl FnOnce(usize) -> usize,
+        mut random: impl FnMut(usize) -> usize,
     ) -> Option<usize> {
+        let first = match candidates.len() {
+            0 => return None,
+            1 => return Some(0),
+            n => random(n) % n,
+        };
+        // The second from the others, so the two are distinct.
+        let second = (first + 1 + random(candidates.len() - 1) % (candidates.len() - 1)) % candidates.len();
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = |endpoint: &SocketAddr| counts.get(endpoint).copied().unwrap_or(0);
-        let least = candidates.iter().map(count).min()?;
-        let tied: Vec<usize> =
-            (0..candidates.len()).filter(|&index| count(&candidates[index]) == least).collect();
-        Some(tied[random(tied.len()).min(tied.len() - 1)])
+        let count = |index: usize| counts.get(&candidates[index]).copied().unwrap_or(0);
+        Some(if count(second) < count(first) { second } else { first })
     }
 }
 
@@ -113,20 +118,32 @@ mod tests {
 
     use super::{Counted, InFlight};
 
+    /// A generator that returns `draws` in turn.
+    fn drawing(draws: &[usize]) -> impl FnMut(usize) -> usize + '_ {
+        let mut draws = draws.iter();
+        move |_| *draws.next().expect("no more than two draws")
+    }
+
     #[test]
-    fn the_endpoint_with_fewest_requests_in_flight_is_chosen_and_ties_are_left_to_chance() {
+    fn of_two_endpoints_drawn_the_one_with_fewer_requests_in_flight_is_chosen() {
         let registry = Arc::new(InFlight::default());
         let [a, b, c] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"].map(|address| address.parse().unwrap());
         let _busy = [registry.start(a), registry.start(a), registry.start(b)];
-        assert_eq!(registry.least_loaded(&[a, b, c], |_| 0), Some(2));
-        assert_eq!(registry.least_loaded(&[a, b], |_| 0), Some(1));
+        // Drawn: a (index 0), then the second of the others (c).
+        assert_eq!(registry.least_loaded(&[a, b, c], drawing(&[0, 1])), Some(2));
+        // Drawn: a, then b: b has fewer.
+        assert_eq!(registry.least_loaded(&[a, b, c], drawing(&[0, 0])), Some(1));
+        // Two endpoints: both are drawn, whatever the draw; the idle one wins.
+        assert_eq!(registry.least_loaded(&[a, c], drawing(&[0, 0])), Some(1));
+        assert_eq!(registry.least_loaded(&[a, c], drawing(&[1, 0])), Some(1));
         let held = registry.start(c);
-        // b and c tie at one: chance picks among them, never a.
-        assert_eq!(registry.least_loaded(&[a, b, c], |n| n - 1), Some(2));
-        assert_eq!(registry.least_loaded(&[a, b, c], |_| 0), Some(1));
+        // b and c tie at one: the first drawn.
+        assert_eq!(registry.least_loaded(&[a, b, c], drawing(&[2, 0])), Some(2));
+        assert_eq!(registry.least_loaded(&[a, b, c], drawing(&[1, 0])), Some(1));
         drop(held);
         assert_eq!(registry.count(c), 0, "a dropped guard no longer counts");
-        assert_eq!(registry.least_loaded(&[], |_| 0), None);
+        assert_eq!(registry.least_loaded(&[c], drawing(&[])), Some(0), "one candidate: no draw");
+        assert_eq!(registry.least_loaded(&[], drawing(&[])), None);
     }
 
     #[tokio::test]

@@ -408,11 +408,17 @@ impl Session {
     /// Sends a copy of the request to each of `mirrors` that samples it, its host suffixed
     /// `-shadow` as Envoy marks a copy, in a task of its own: the answer, or a failure, is
     /// only logged and never delays the request. Only a body kept whole can be copied: a
-    /// request whose body is streamed is not mirrored.
+    /// request whose body is streamed is not mirrored; nor is one while
+    /// [`MAX_MIRRORS_IN_FLIGHT`] copies are.
     fn mirror(&self, mirrors: &[Mirror], parts: &http::request::Parts, body: Option<&Bytes>) {
         for mirror in mirrors.iter().filter(|mirror| mirror.samples(|n| fastrand::u32(0..n))) {
             let Some(body) = body else {
                 tracing::debug!(mirror = %mirror.backend.service, "a streamed body is not mirrored");
+                continue;
+            };
+            // A slow mirror must not pile up copies: past the limit, copies are dropped.
+            let Ok(permit) = self.context.mirrors_in_flight.clone().try_acquire_owned() else {
+                tracing::debug!(mirror = %mirror.backend.service, "too many copies in flight: not mirrored");
                 continue;
             };
             let mut request = copy(parts, Full::new(body.clone()).map_err(|never| match never {}).boxed());
@@ -420,6 +426,7 @@ impl Session {
             let session = Session::new(self.context.clone(), self.destination.clone(), self.client.clone());
             let (service, port) = (mirror.backend.service.clone(), mirror.backend.port);
             tokio::spawn(async move {
+                let _permit = permit;
                 let sent = async {
                     let (workload, target) = session.endpoint(&service, port, &[])?;
                     let response = session.forward(&workload, target, request, None).await?;
@@ -662,7 +669,10 @@ fn shadow(request: &mut Request<Body>) {
 }
 
 /// How long a mirror's copy may take before it is given up.
-const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Mirrors' copies in flight at most, waypoint-wide (each holds its body, up to 64 KiB).
+pub const MAX_MIRRORS_IN_FLIGHT: usize = 128;
 
 /// A redirect to `location`, with `status`.
 fn redirected(status: StatusCode, location: &str) -> Response<Body> {

@@ -1,6 +1,6 @@
 //! HBONE into the waypoint: each CONNECT names a destination — a Service's VIP and port (or its
 //! `hostname:port`), or a workload's address — that must have this waypoint as its own; its
-//! stream is then read as HTTP ([`crate::forward`]).
+//! stream is then read as HTTP, or relayed at L4 when it is not HTTP ([`crate::forward`]).
 use std::{net::SocketAddr, sync::Arc};
 
 use weft_proxy::{

@@ -1,6 +1,7 @@
 //! Weft's waypoint: the optional L7 proxy for the Services and workloads that opt in
 //! (`weft.dev/use-waypoint`). Node proxies send it their clients' connections to them over
-//! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside,
+//! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside (what
+//! is not HTTP it relays at L4),
 //! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity

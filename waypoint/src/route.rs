@@ -152,7 +152,8 @@ struct Match {
 
 #[derive(Debug, Clone)]
 enum PathMatch {
-    /// No path condition (a GRPCRoute match without a method): ranked below every path match.
+    /// No path condition (`ANY`: a GRPCRoute match naming no method), ranked below every path
+    /// match.
     Any,
     /// Stored without its trailing '/', so the prefix `/` is the empty string.
     Prefix(String),
@@ -214,7 +215,8 @@ impl Routes {
 
     /// The rule a request to `port` of the Service gets, following the Gateway API's HTTPRoute
     /// precedence among every match of every route that applies to `port`: an exact path, then
-    /// the longest path prefix, then a regular-expression path; then a method match; then more
+    /// the longest path prefix, then a regular-expression path, then no path condition (`ANY`);
+    /// then a method match; then more
     /// header matches; then more query parameter matches; then the older route, the earlier rule
     /// and the earlier match. `None` when nothing matches (the Gateway API answers 404).
     ///
@@ -473,7 +475,7 @@ impl Match {
     fn compile(route: &str, m: &api::Match) -> Result<Self, Error> {
         let path = match &m.path {
             Some(path) => PathMatch::compile(route, path)?,
-            None => PathMatch::Any,
+            None => PathMatch::Prefix(String::new()),
         };
         let headers = m
             .headers
@@ -510,6 +512,7 @@ impl PathMatch {
         let kind = Kind::try_from(path.kind)
             .map_err(|_| Error::UnknownPathKind { route: route.to_owned(), kind: path.kind })?;
         match kind {
+            Kind::Any => Ok(Self::Any),
             Kind::Regex => Ok(Self::Regex(full_match(route, &path.value)?)),
             _ if !path.value.starts_with('/') => {
                 Err(Error::InvalidPath { route: route.to_owned(), path: path.value.clone() })

@@ -57,7 +57,7 @@ pub fn compile<'a>(
             // Attached to Gateways only: not the mesh's.
             continue;
         }
-        let context = Context { naming, services, namespace };
+        let context = Context { naming, services, namespace, kind };
         let mut unresolved = Vec::new();
         let mut left_out = Vec::new();
         let rules: Vec<api::Rule> = route
@@ -209,6 +209,7 @@ struct Context<'a, 'b> {
     services: &'a HashMap<(&'b str, &'b str), &'b Service>,
     /// The route's.
     namespace: &'a str,
+    kind: RouteKind,
 }
 
 impl Context<'_, '_> {
@@ -254,6 +255,11 @@ impl Context<'_, '_> {
                 }
                 "RequestMirror" => {
                     let Some(mirror) = &filter.request_mirror else { continue };
+                    if self.kind == RouteKind::Grpc {
+                        notes.push(format!(
+                            "{at}: a call is copied only when its length is known (content-length), which gRPC clients seldom send: most calls are not mirrored"
+                        ));
+                    }
                     match self.backend(&mirror.backend_ref) {
                         Ok(backend) => converted.mirrors.push(mirroring(backend, mirror)),
                         Err((reason, message)) => {
@@ -342,10 +348,10 @@ impl Context<'_, '_> {
 /// A match as the waypoint reads it; `None` when it holds a type not known here.
 fn matching(matching: &HttpRouteMatch) -> Option<api::Match> {
     let kind = match matching.path.kind {
-        PathMatchType::PathPrefix => Some(api::path_match::Kind::Prefix),
-        PathMatchType::Exact => Some(api::path_match::Kind::Exact),
-        PathMatchType::RegularExpression => Some(api::path_match::Kind::Regex),
-        PathMatchType::Any => None,
+        PathMatchType::PathPrefix => api::path_match::Kind::Prefix,
+        PathMatchType::Exact => api::path_match::Kind::Exact,
+        PathMatchType::RegularExpression => api::path_match::Kind::Regex,
+        PathMatchType::Any => api::path_match::Kind::Any,
         PathMatchType::Other => return None,
     };
     let values = |values: &[HttpValueMatch]| -> Option<Vec<api::ValueMatch>> {
@@ -362,7 +368,7 @@ fn matching(matching: &HttpRouteMatch) -> Option<api::Match> {
             .collect()
     };
     Some(api::Match {
-        path: kind.map(|kind| api::PathMatch { kind: kind.into(), value: matching.path.value.clone() }),
+        path: Some(api::PathMatch { kind: kind.into(), value: matching.path.value.clone() }),
         headers: values(&matching.headers)?,
         query_params: values(&matching.query_params)?,
         method: matching.method.clone().unwrap_or_default(),

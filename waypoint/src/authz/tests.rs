@@ -617,6 +617,13 @@ fn a_connection_relayed_at_l4_is_refused_by_http_only_constraints_in_allow_and_c
         let verdict = decide([&deny("deny", vec![rule.clone()])], &opaque.request()).verdict;
         assert_eq!(verdict, Verdict::Denied { policy: "shop/deny".into() }, "{rule:?}");
     }
+    // An ALLOW rule with an HTTP field anywhere admits no connection, even through an entry
+    // without one.
+    let either = to(api::HttpOperation { paths: strings(&["/api/*"]), ..Default::default() });
+    let mut either = either;
+    either.to.push(api::HttpOperation { ports: strings(&["8080"]), ..Default::default() });
+    assert!(decide([&allow("allow", vec![either.clone()])], &fixture().request()).verdict.allowed());
+    assert!(!decide([&allow("allow", vec![either])], &opaque.request()).verdict.allowed());
     // What an L4 connection has still decides: its peer, its port.
     assert!(decide([&allow("allow", vec![from_web()])], &opaque.request()).verdict.allowed());
     let other_port = to(api::HttpOperation {

@@ -37,13 +37,35 @@ pub async fn detect(stream: &mut Stream) -> io::Result<Protocol> {
 }
 
 /// HTTP/2's preface (`PRI * HTTP/2.0`) and an HTTP/1 request line both begin with a method
-/// token of upper-case letters and a space (the bytes may also end inside the token); anything
-/// else is not HTTP. An empty stream (the client ended at once) is left to HTTP, which ends it
-/// without connecting anywhere.
+/// ([`is_token`]) and a space (the bytes may also end inside the token), after any empty lines (which a
+/// server skips, RFC 9112 §2.2), and once the line is whole it ends in an HTTP version; anything
+/// else — RTSP's `RTSP/1.0`, a line of text — is not HTTP. An empty stream (the client ended at
+/// once) is left to HTTP, which ends it without connecting anywhere.
 pub fn classify(first: &[u8]) -> Protocol {
-    let token = first.iter().take_while(|byte| byte.is_ascii_uppercase()).count();
-    let method = (1..=MAX_METHOD).contains(&token) && (token == first.len() || first[token] == b' ');
-    if first.is_empty() || method { Protocol::Http } else { Protocol::Opaque }
+    let skipped = first.iter().take_while(|byte| matches!(byte, b'\r' | b'\n')).count();
+    let first = &first[skipped..];
+    if first.is_empty() {
+        return Protocol::Http;
+    }
+    let token = first.iter().take_while(|byte| is_token(**byte)).count();
+    let after = first.get(token);
+    if !(1..=MAX_METHOD).contains(&token) || after.is_some_and(|byte| *byte != b' ') {
+        return Protocol::Opaque;
+    }
+    let Some(end) = first.iter().position(|byte| *byte == b'\n') else {
+        // The line is not whole yet: its method is all there is to go on.
+        return Protocol::Http;
+    };
+    let line = first[..end].strip_suffix(b"\r").unwrap_or(&first[..end]);
+    let version = line.rsplit(|byte| *byte == b' ').next().unwrap_or_default();
+    if version.starts_with(b"HTTP/") { Protocol::Http } else { Protocol::Opaque }
+}
+
+/// What the methods in use are made of (`GET`, `M-SEARCH`, `VERSION-CONTROL`): upper-case
+/// letters, `-` and `_`. RFC 9110 allows any `tchar`, but a lower-case word is far likelier a
+/// text protocol's (`ping`) than an HTTP method.
+fn is_token(byte: u8) -> bool {
+    byte.is_ascii_uppercase() || byte == b'-' || byte == b'_'
 }
 
 /// The longest method token read as one (`PROPPATCH`, `UPDATEREDIRECTREF` and their like fit).
@@ -113,8 +135,16 @@ mod tests {
 
     #[test]
     fn http_is_told_by_its_method_token_and_anything_else_is_opaque() {
-        for http in [&b"GET / HTTP/1.1\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"POST ", b"DELE", b""]
-        {
+        for http in [
+            &b"GET / HTTP/1.1\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"POST ",
+            b"DELE",
+            b"",
+            b"\r\nGET / HTTP/1.1\r\n",
+            b"M-SEARCH * HTTP/1.1\r\n",
+            b"GET /a HTTP/1.0\n",
+        ] {
             assert_eq!(classify(http), Protocol::Http, "{:?}", String::from_utf8_lossy(http));
         }
         for opaque in [
@@ -124,6 +154,9 @@ mod tests {
             b"GET/ HTTP/1.1",
             b"*1\r\n$4\r\nPING\r\n", // Redis
             b"ABCDEFGHIJKLMNOPQRSTUVWXYZ ",
+            b"hello world\n",
+            b"OPTIONS rtsp://camera/live RTSP/1.0\r\n",
+            b"ping",
         ] {
             assert_eq!(classify(opaque), Protocol::Opaque, "{:?}", String::from_utf8_lossy(opaque));
         }

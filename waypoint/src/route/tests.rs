@@ -189,8 +189,8 @@ fn a_match_without_a_path_ranks_below_every_path_match_as_a_grpc_routes_catch_al
         "grpc",
         &[],
         vec![
-            rule("any", vec![api::Match::default()]),
-            rule("by-header", vec![api::Match { headers: vec![equals("x-a", "1")], ..Default::default() }]),
+            rule("any", vec![path(Kind::Any, "")]),
+            rule("by-header", vec![api::Match { headers: vec![equals("x-a", "1")], ..path(Kind::Any, "") }]),
             rule("watch", vec![regex("/[^/]+/Watch")]),
             rule("cart", vec![prefix("/shop.Cart")]),
             rule("add", vec![exact("/shop.Cart/Add")]),
@@ -396,8 +396,7 @@ fn header_names_ignore_case_and_the_first_value_counts() {
 
 #[test]
 fn rule_without_matches_matches_like_prefix_root() {
-    // A match without a path is no path condition, below the prefix `/` (an HTTPRoute's match
-    // always has a path; one without is a GRPCRoute's that names no method).
+    // A match without a path is a path prefix of `/` too.
     let header_only = api::Match { headers: vec![equals("x-a", "1")], ..Default::default() };
     let routes = compile(vec![route(
         "r",
@@ -410,7 +409,7 @@ fn rule_without_matches_matches_like_prefix_root() {
             (get("/anything"), Some("default")),
             (get("/").method("DELETE"), Some("default")),
             (get("/foo/x"), Some("foo")),
-            (get("/other").header("x-a", "1"), Some("default")),
+            (get("/other").header("x-a", "1"), Some("header")),
         ],
     );
 }

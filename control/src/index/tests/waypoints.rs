@@ -331,7 +331,7 @@ fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_s
             (path.kind(), path.value.as_str())
         })
         .collect();
-    use routes::path_match::Kind::{Exact, Prefix, Regex};
+    use routes::path_match::Kind::{Any, Exact, Prefix, Regex};
     assert_eq!(
         paths,
         [
@@ -345,7 +345,10 @@ fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_s
     assert_eq!(rules[0].request_headers.as_ref().unwrap().set[0].value, "add", "filters kept");
     assert_eq!(
         rules[2].matches,
-        [routes::Match::default()],
+        [routes::Match {
+            path: Some(routes::PathMatch { kind: Any.into(), value: String::new() }),
+            ..Default::default()
+        }],
         "no match: every call, with no path condition (ranked below every method match)"
     );
     // The waypoint matches a regular expression against the whole path.
