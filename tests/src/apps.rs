@@ -92,19 +92,20 @@ pub fn grpc_echo(pod: &Pod, port: u16, name: &str) -> anyhow::Result<Process> {
 /// `count` unary gRPC calls with `text` from `pod` to `to` over one connection: `weft-testpod
 /// grpc-call`'s tally (`<count> ok server=<name>` or `<count> code=<code>` per distinct answer).
 pub fn grpc_calls(pod: &Pod, to: SocketAddr, text: &str, count: usize) -> anyhow::Result<String> {
-    let command =
-        testpod(&["grpc-call", "--to", &to.to_string(), "--text", text, "--count", &count.to_string()])?;
-    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(60))?;
-    anyhow::ensure!(ok, "grpc-call from {} to {to} failed: {out}", pod.name);
-    Ok(out)
+    grpc_call(pod, to, &["--text", text, "--count", &count.to_string()])
 }
 
 /// One bidirectional gRPC stream of `count` messages from `pod` to `to`, each sent once the
 /// one before was answered: `chat: <count> answered in order by <servers>`.
 pub fn grpc_chat(pod: &Pod, to: SocketAddr, count: usize) -> anyhow::Result<String> {
-    let command = testpod(&["grpc-call", "--to", &to.to_string(), "--chat", "--count", &count.to_string()])?;
+    grpc_call(pod, to, &["--chat", "--count", &count.to_string()])
+}
+
+/// `weft-testpod grpc-call --to <to> <flags>` in `pod`: its output, or an error if it failed.
+fn grpc_call(pod: &Pod, to: SocketAddr, flags: &[&str]) -> anyhow::Result<String> {
+    let command = testpod(&[&["grpc-call", "--to", &to.to_string()], flags].concat())?;
     let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(60))?;
-    anyhow::ensure!(ok, "grpc-call --chat from {} to {to} failed: {out}", pod.name);
+    anyhow::ensure!(ok, "grpc-call {flags:?} from {} to {to} failed: {out}", pod.name);
     Ok(out)
 }
 

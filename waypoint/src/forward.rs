@@ -375,7 +375,7 @@ impl Session {
             routed.endpoint = Some(target);
             routed.workload = Some(workload.clone());
             let body = match (&kept, streamed.take()) {
-                (Some(bytes), _) => Full::new(bytes.clone()).map_err(|never| match never {}).boxed(),
+                (Some(bytes), _) => whole(bytes.clone()),
                 (None, Some(body)) => body,
                 (None, None) => unreachable!("a streamed body is sent once: no retry without a kept one"),
             };
@@ -421,7 +421,7 @@ impl Session {
                 tracing::debug!(mirror = %mirror.backend.service, "too many copies in flight: not mirrored");
                 continue;
             };
-            let mut request = copy(parts, Full::new(body.clone()).map_err(|never| match never {}).boxed());
+            let mut request = copy(parts, whole(body.clone()));
             shadow(&mut request);
             let session = Session::new(self.context.clone(), self.destination.clone(), self.client.clone());
             let (service, port) = (mirror.backend.service.clone(), mirror.backend.port);
@@ -674,9 +674,14 @@ const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 /// Mirrors' copies in flight at most, waypoint-wide (each holds its body, up to 64 KiB).
 pub const MAX_MIRRORS_IN_FLIGHT: usize = 128;
 
+/// A body of `bytes`, all there is.
+fn whole(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 /// A redirect to `location`, with `status`.
 fn redirected(status: StatusCode, location: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed());
+    let mut response = Response::new(whole(Bytes::new()));
     *response.status_mut() = status;
     // The location was made of checked parts and a valid request target.
     if let Ok(location) = http::HeaderValue::from_str(location) {
@@ -687,7 +692,7 @@ fn redirected(status: StatusCode, location: &str) -> Response<Body> {
 
 /// A response of the waypoint's own.
 fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never| match never {}).boxed();
+    let body = whole(Bytes::from(format!("{message}\n")));
     let mut response = Response::new(body);
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
