@@ -353,55 +353,8 @@ async fn a_rapid_reset_client_is_cut_off_and_a_well_behaved_one_is_not() {
     assert_eq!(back, b"still fine");
 }
 
-/// HTTP/2 frames written by hand, for abuse the h2 client refuses to produce.
-mod raw {
-    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    pub const HEADERS: u8 = 0x1;
-    pub const SETTINGS: u8 = 0x4;
-    pub const CONTINUATION: u8 = 0x9;
-    pub const END_HEADERS: u8 = 0x4;
-
-    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).unwrap();
-        let mut frame = len.to_be_bytes()[1..].to_vec();
-        frame.extend([kind, flags]);
-        frame.extend(stream.to_be_bytes());
-        frame.extend(payload);
-        frame
-    }
-
-    /// An HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-    fn integer(value: usize, n: u32, first: u8, out: &mut Vec<u8>) {
-        let max = (1usize << n) - 1;
-        if value < max {
-            out.push(first | u8::try_from(value).unwrap());
-            return;
-        }
-        out.push(first | u8::try_from(max).unwrap());
-        let mut rest = value - max;
-        while rest >= 128 {
-            out.push(u8::try_from(rest % 128).unwrap() | 0x80);
-            rest /= 128;
-        }
-        out.push(u8::try_from(rest).unwrap());
-    }
-
-    /// A literal header field without indexing, new name (RFC 7541 §6.2.2).
-    pub fn literal(name: &str, value: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.push(0x00);
-        integer(name.len(), 7, 0, &mut out);
-        out.extend(name.as_bytes());
-        integer(value.len(), 7, 0, &mut out);
-        out.extend(value.as_bytes());
-        out
-    }
-
-    /// The pseudo-headers of a CONNECT to `authority`.
-    pub fn connect(authority: &str) -> Vec<u8> {
-        [literal(":method", "CONNECT"), literal(":authority", authority)].concat()
-    }
-}
+#[path = "../../tests/src/h2_frames.rs"]
+mod raw;
 
 /// Writes `frames` until the server stops reading or closes; returns the bytes it took.
 async fn flood(

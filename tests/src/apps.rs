@@ -133,6 +133,16 @@ pub fn http_raw(pod: &Pod, to: SocketAddr, request: &str) -> anyhow::Result<Stri
     Ok(out)
 }
 
+/// Abuses HTTP/2 at `to` as `kind` says (`rapid-reset` or `continuation`); returns what the
+/// client saw: `sent=<bytes> streams=<n>`, then `cut-off by <how>` or `never-cut-off`.
+pub fn h2_abuse(pod: &Pod, to: SocketAddr, kind: &str) -> anyhow::Result<String> {
+    let command = testpod(&["h2-abuse", "--to", &to.to_string(), "--kind", kind])?;
+    // Its budget, the writes it may wait for, and the 10 s it gives the server to cut it off.
+    let (ok, out) = pod.spawn(command)?.finish(Duration::from_secs(60))?;
+    anyhow::ensure!(ok, "h2-abuse from {} to {to} failed: {out}", pod.name);
+    Ok(out)
+}
+
 /// [`http_requests`], started: the process's output is the same once it finishes.
 pub fn http_requests_started(
     pod: &Pod,

@@ -15,6 +15,7 @@ pub mod bpffs;
 pub mod cleanup;
 pub mod cluster;
 pub mod control;
+pub mod h2_frames;
 pub mod images;
 pub mod istiod;
 pub mod kubelet;

@@ -572,7 +572,7 @@ async fn a_client_proxy_that_skips_the_waypoint_is_refused_by_the_destination() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_request_gets_400_and_a_smuggled_one_is_never_read_as_a_request() {
+async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abusers_are_cut_off() {
     let mut scene = Scene::start().await;
     let to_echo = scene.to_echo;
     tokio::task::block_in_place(|| {
@@ -591,6 +591,20 @@ async fn a_malformed_request_gets_400_and_a_smuggled_one_is_never_read_as_a_requ
             "the app got the framing the waypoint read: {answer:?}"
         );
         assert!(!answer.contains("/smuggled"), "{answer:?}");
+        // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
+        // off (GOAWAY or closed) rather than served on.
+        let rapid = apps::h2_abuse(&scene.client, to_echo, "rapid-reset").unwrap();
+        assert!(rapid.contains("cut-off by"), "a rapid-reset client was served on: {rapid}");
+        // Cancelling each request once it is under way escapes h2's own count, not the budget.
+        let paced = apps::h2_abuse(&scene.client, to_echo, "paced-reset").unwrap();
+        assert!(paced.contains("cut-off by"), "a client cancelling every request was served on: {paced}");
+        let closed =
+            scene.waypoint.process().wait_for(|line| line.contains("client cancelled more than"), WAIT);
+        assert!(closed.is_ok(), "the waypoint's own budget did not close the session: {paced}");
+        eprintln!("rapid reset: {rapid}\npaced reset: {paced}");
+        let flood = apps::h2_abuse(&scene.client, to_echo, "continuation").unwrap();
+        eprintln!("continuation: {flood}");
+        assert!(flood.contains("cut-off by"), "a CONTINUATION flood was read on: {flood}");
         // The waypoint itself is unharmed: the next request is served.
         let tally = apps::http_requests(&scene.client, to_echo, "/after", &[], 3).unwrap();
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 3, "{tally}");

@@ -7,7 +7,8 @@
 //! (`Content-Length` and `Transfer-Encoding`, request smuggling) is read by its chunked framing
 //! and its connection closed after it, as RFC 9112 §6.3 asks of an intermediary (hyper's
 //! parser): nothing after it on that connection is read as another request, and the request goes
-//! on framed one way only.
+//! on framed one way only. HTTP/2 abuse ends the session: rapid reset, also paced so that h2's own
+//! count misses it ([`cancelled`]), and header blocks beyond 16 KiB.
 use std::{
     collections::HashMap,
     convert::Infallible,
@@ -24,9 +25,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
 use weft_proxy::{
     hbone::{
-        self, Stream,
+        self, MAX_HEADER_LIST, Stream,
         client::Origin,
         pool::{Peer, Tunnel},
+        server::{MAX_RESETS, MAX_STREAMS, RESET_WINDOW},
     },
     state::Workload,
 };
@@ -41,6 +43,7 @@ use crate::{
     route::{Mirror, Rule, Selected},
 };
 
+mod cancelled;
 mod opaque;
 
 /// What a response carries back.
@@ -140,26 +143,41 @@ impl Session {
             return self.relay(stream).await;
         }
         let mut draining = Some(self.context.drain.subscribe());
+        let client = self.client.clone();
         let session = Arc::new(self);
-        let service = hyper::service::service_fn(move |request| {
-            let session = session.clone();
-            async move { Ok::<_, Infallible>(session.handle(request).await) }
+        let cancelled = Arc::new(cancelled::Cancelled::default());
+        let service = hyper::service::service_fn({
+            let cancelled = cancelled.clone();
+            move |request| {
+                let (session, pending) = (session.clone(), cancelled.pending());
+                async move { Ok::<_, Infallible>(session.handle(request, pending).await) }
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         // A client may end its side once its request is sent (the tunnel carries its FIN as
         // END_STREAM) and still wait for the answer; without this, hyper drops the request
         // in flight when it reads that end.
         builder.http1().half_close(true);
+        // The node proxy's limits (hyper's defaults for the rest: h2 cuts off a client that
+        // resets streams before they are accepted, or sends a header block that never ends).
+        builder.http2().max_concurrent_streams(MAX_STREAMS).max_header_list_size(MAX_HEADER_LIST);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         tokio::select! {
             served = connection.as_mut() => return served.map_err(std::io::Error::other),
+            () = cancelled.exceeded() => {
+                let error = format!("client cancelled more than {MAX_RESETS} requests in {RESET_WINDOW:?}");
+                tracing::info!(src = %client.identity, client = %client.address, "{error}; session closed");
+                return Err(std::io::Error::other(error));
+            }
             () = hbone::server::drained(&mut draining) => connection.as_mut().graceful_shutdown(),
         }
         connection.await.map_err(std::io::Error::other)
     }
 
-    async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    /// Answers `request`; `pending` is spent as a cancellation if the client never sent the
+    /// body it announced (an HTTP/2 reset seen by the body first), as it is if this is dropped.
+    async fn handle(&self, mut request: Request<Incoming>, pending: cancelled::Pending) -> Response<Body> {
         let started = Instant::now();
         let (method, raw_path) = (request.method().clone(), request.uri().path().to_owned());
         let canonical = {
@@ -175,6 +193,10 @@ impl Session {
             }
             Err(error) => Err(Failure::BadTarget(error)),
         };
+        match &answer {
+            Err(Failure::RequestBody(_)) => drop(pending),
+            _ => pending.answered(),
+        }
         let path = raw_path;
         let response = answer.unwrap_or_else(|failure| {
             tracing::debug!(%failure, "answered by the waypoint");

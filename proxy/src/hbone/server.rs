@@ -180,20 +180,28 @@ enum StreamEnd {
     ResetByPeer,
 }
 
-/// Resets counted in fixed windows.
+/// Resets counted in fixed windows of [`RESET_WINDOW`], at most [`MAX_RESETS`] each: the
+/// rapid-reset defence of both proxies (the waypoint counts the requests of its HTTP/2
+/// sessions that a client cancels before their answer).
 #[derive(Debug)]
-struct ResetBudget {
+pub struct ResetBudget {
     window_start: tokio::time::Instant,
     resets: u32,
 }
 
+impl Default for ResetBudget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ResetBudget {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self { window_start: tokio::time::Instant::now(), resets: 0 }
     }
 
     /// Counts one reset; false once the budget of the current window is spent.
-    fn spend(&mut self) -> bool {
+    pub fn spend(&mut self) -> bool {
         let now = tokio::time::Instant::now();
         if now.duration_since(self.window_start) > RESET_WINDOW {
             *self = Self { window_start: now, resets: 0 };

@@ -1,7 +1,8 @@
 //! `weft-testpod`: the small app that test pods run. `echo` serves TCP and echoes every byte
 //! back; `send` connects, sends a message, half-closes, and prints what came back; `probe`
 //! repeats that at a fixed rate and reports counts; `https-get` is an HTTPS client (`https.rs`);
-//! `http-echo` and `http-get` speak HTTP/1.1 for the waypoint's tests (`http.rs`), `grpc-echo`
+//! `http-echo` and `http-get` speak HTTP/1.1 for the waypoint's tests (`http.rs`), `h2-abuse`
+//! misbehaves in HTTP/2 (`h2abuse.rs`), `grpc-echo`
 //! and `grpc-call` gRPC (`grpc.rs`);
 //! `latency`, `openloop`, `connrate` and `hold` are the benchmark's clients; `standin` plays the
 //! node proxy (see `standin.rs`). The harness starts it inside a pod's netns and cgroup, so the
@@ -17,6 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod grpc;
+mod h2abuse;
 mod http;
 mod https;
 mod standin;
@@ -137,6 +139,14 @@ enum Mode {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// An HTTP/2 client at `to` that abuses the protocol as `kind` says (`h2abuse.rs`); prints
+    /// whether the server cut it off.
+    H2Abuse {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, value_enum)]
+        kind: h2abuse::Kind,
+    },
     /// Send `request` to `to` as written (`\r` and `\n` as escapes), print the answer.
     HttpRaw {
         #[arg(long)]
@@ -210,6 +220,7 @@ fn main() -> anyhow::Result<()> {
         Mode::HttpEcho { port, name } => http::echo(port, &name),
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
         Mode::HttpRaw { to, request } => http::raw(to, &request),
+        Mode::H2Abuse { to, kind } => h2abuse::run(to, kind),
         Mode::HttpOpenloop { to, path, load } => http::openloop(to, &path, &load),
         Mode::GrpcEcho { port, name } => grpc::echo(port, &name),
         Mode::GrpcCall { to, text, count, chat } => {
