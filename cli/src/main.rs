@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use weftctl::{
     endpoint::Endpoint,
     output::{Format, render, table},
-    report::Mesh,
+    report::{Mesh, Probe},
 };
 
 /// Inspect and steer the Weft mesh.
@@ -56,9 +56,28 @@ enum Command {
     /// Connections open now, per node: pod, identities, target, age, bytes so far.
     Connections,
     /// Why a pod is (or is not) in the mesh: label, configuration, capture, proxy, certificate.
+    /// With `--service`: what becomes of a request to a Service instead — its waypoint, the L7
+    /// policies' verdict, the route and backends — as a waypoint would decide it.
     Check {
-        /// `namespace/name` (or `name` in `default`).
-        pod: String,
+        /// `namespace/name` (or `name` in `default`): the pod, or with `--service` the Service.
+        name: String,
+        /// `name` is a Service: check a request to it.
+        #[arg(long)]
+        service: bool,
+        /// The request's port (a port of the Service; its first by default).
+        #[arg(long, requires = "service")]
+        port: Option<u16>,
+        #[arg(long, default_value = "GET", requires = "service")]
+        method: String,
+        /// Path and query.
+        #[arg(long, default_value = "/", requires = "service")]
+        path: String,
+        /// `name:value`; `Host` is the Service's hostname unless given.
+        #[arg(long = "header", short = 'H', requires = "service")]
+        headers: Vec<String>,
+        /// The client pod (`namespace/name`) the L7 policies decide for.
+        #[arg(long, requires = "service")]
+        from: Option<String>,
     },
     /// Enroll a namespace's pods (sets `weft.dev/dataplane-mode=ambient`; no restarts).
     Enroll { namespace: String },
@@ -172,9 +191,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
             format,
             &["node", "pod", "source", "destination", "target", "age", "sent", "received"],
         )?,
-        Command::Check { pod } => {
-            let (namespace, name) = pod.split_once('/').unwrap_or(("default", pod));
-            let findings = mesh.check(namespace, name).await?;
+        Command::Check { name: target, service, port, method, path, headers, from } => {
+            let (namespace, name) = target.split_once('/').unwrap_or(("default", target));
+            let findings = if *service {
+                let probe = Probe {
+                    port: *port,
+                    method: method.clone(),
+                    path: path.clone(),
+                    headers: headers.clone(),
+                    from: from.clone(),
+                };
+                mesh.check_request(namespace, name, &probe).await?
+            } else {
+                mesh.check(namespace, name).await?
+            };
             let text = render(&findings, format, &["check", "ok", "detail"])?;
             let all_ok =
                 findings.as_array().is_some_and(|all| all.iter().all(|finding| finding["ok"] == true));

@@ -14,7 +14,10 @@ use weft_api::enrollment::{AMBIENT, CAPTURED, ENABLED, LABEL, Labels};
 
 use crate::endpoint::Endpoint;
 
+mod request;
 mod waypoints;
+
+pub use request::Probe;
 
 /// The namespace Weft runs in, and the labels of its pods.
 pub const SYSTEM_NAMESPACE: &str = "weft-system";

@@ -171,7 +171,9 @@ impl Snapshot {
         }
     }
 
-    /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded.
+    /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded;
+    /// routes and L7 policies also as sent (hex), so `weftctl check` decides with the
+    /// waypoint's own code on what waypoints were told.
     pub fn dump(&self) -> serde_json::Value {
         let ip = |bytes: &[u8]| ip_from_bytes(bytes).map(|ip| ip.to_string());
         let waypoint =
@@ -216,9 +218,21 @@ impl Snapshot {
                 let routes = weft_api::route::ServiceRoutes::decode(resource.body.value.as_slice())
                     .map(|routes| routes.routes.into_iter().map(|route| route.name).collect::<Vec<_>>())
                     .unwrap_or_default();
-                serde_json::json!({ "service": name, "routes": routes, "version": resource.version })
+                serde_json::json!({
+                    "service": name,
+                    "routes": routes,
+                    "version": resource.version,
+                    "resource": weft_api::admin::hex(&resource.body.value),
+                })
             })
             .collect::<Vec<_>>();
+        let http_authorizations: Vec<_> = self
+            .http_authorizations
+            .iter()
+            .map(|(name, resource)| {
+                serde_json::json!({ "name": name, "resource": weft_api::admin::hex(&resource.body.value) })
+            })
+            .collect();
         serde_json::json!({
             "version": self.version,
             "workloads": workloads,
@@ -226,6 +240,7 @@ impl Snapshot {
             "policies": self.policies,
             "routes": routes,
             "mesh_routes": self.mesh_routes,
+            "http_authorizations": http_authorizations,
         })
     }
 

@@ -141,7 +141,11 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     ));
     let route_status = tokio::spawn(weft_control::route_status::run(client.clone(), snapshots.clone()));
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
-    let source = Arc::new(Monitoring { metrics: metrics.clone(), snapshots: snapshots.clone() });
+    let source = Arc::new(Monitoring {
+        metrics: metrics.clone(),
+        snapshots: snapshots.clone(),
+        trust_domain: args.trust_domain.clone(),
+    });
     let (monitoring, admin, endpoints) =
         weft_api::admin::bind_monitoring_and_admin(args.monitoring_listen, args.admin_listen, source).await?;
     tracing::info!(addr = %monitoring, "serving metrics and readiness");
@@ -193,6 +197,8 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
 struct Monitoring {
     metrics: Arc<Metrics>,
     snapshots: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// In the dump: the identities policies name are in it.
+    trust_domain: String,
 }
 
 impl weft_api::admin::Source for Monitoring {
@@ -207,7 +213,9 @@ impl weft_api::admin::Source for Monitoring {
     fn config_dump(&self) -> String {
         // Clone first: the channel's lock must not be held while the dump is made.
         let snapshot = self.snapshots.borrow().clone();
-        snapshot.dump().to_string()
+        let mut dump = snapshot.dump();
+        dump["trust_domain"] = self.trust_domain.clone().into();
+        dump.to_string()
     }
 }
 

@@ -220,6 +220,32 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
             line.rsplit(' ').next().unwrap().parse().unwrap()
         };
         assert!(counted("echo-v1") >= to_v1 && counted("echo-v2") >= to_v2, "{scraped}");
+
+        // weftctl check names the waypoint and the rule a request gets, as the waypoint chose.
+        let flags = scene.mesh.weftctl_flags(&scene.cluster, &scene.plane).unwrap();
+        let check = |path: &str| -> serde_json::Value {
+            let args =
+                ["check", "shop/echo", "--service", "--path", path, "--from", "shop/client", "-o", "json"];
+            let (ok, out) = apps::weftctl(&flags, &args).unwrap();
+            assert!(ok, "weftctl check --service, {path}: {out}");
+            serde_json::from_str(&out).unwrap()
+        };
+        let found = check("/v2/x");
+        let detail = |check: &str| {
+            found.as_array().unwrap().iter().find(|one| one["check"] == check).unwrap()["detail"].clone()
+        };
+        assert_eq!(detail("waypoint"), "shop/waypoint: ready (1 ready endpoint(s))", "{found}");
+        assert_eq!(
+            detail("route"),
+            "shop/echo → shop/echo-v2.shop.svc.cluster.local:80 weight 1 (1 healthy endpoint(s))",
+            "{found}"
+        );
+        let found = check("/old/page");
+        let route = found.as_array().unwrap().last().unwrap();
+        assert_eq!(
+            route["detail"], "shop/echo: redirected (301) to http://echo.shop.svc.cluster.local/new/page",
+            "{found}"
+        );
     });
 
     // The route's status says it is applied; one whose backend is missing and one of whose

@@ -42,22 +42,7 @@ pub fn waypoint_rows(dump: &Value) -> Value {
         }
     }
     let rows = users.into_iter().map(|(waypoint, (for_services, for_workloads))| {
-        let own = services.iter().find(|service| service["hostname"] == waypoint.as_str());
-        let ready = own.map_or(0, |own| {
-            let key = own["key"].as_str().unwrap_or_default();
-            workloads
-                .iter()
-                .filter(|workload| workload["healthy"] == true)
-                .filter(|workload| {
-                    workload["services"].as_array().is_some_and(|of| of.iter().any(|one| one == key))
-                })
-                .count()
-        });
-        let state = match (own, ready) {
-            (None, _) => "no such Service: its traffic is refused (503)",
-            (Some(_), 0) => "no ready endpoint: its traffic is refused (503)",
-            (Some(_), _) => "ready",
-        };
+        let Readiness { own, ready, state } = readiness(&services, &workloads, &waypoint);
         json!({
             "waypoint": own.map_or_else(|| waypoint.clone(), name),
             "address": own.map_or(Value::Null, |own| own["vips"].clone()),
@@ -68,6 +53,37 @@ pub fn waypoint_rows(dump: &Value) -> Value {
         })
     });
     Value::Array(rows.collect())
+}
+
+/// Whether a waypoint (its Service's hostname, as Services and workloads name it) can serve.
+pub struct Readiness<'a> {
+    /// Its Service.
+    pub own: Option<&'a Value>,
+    /// Its healthy endpoints.
+    pub ready: usize,
+    /// `ready`, or why its traffic is refused.
+    pub state: &'static str,
+}
+
+/// [`Readiness`] of `waypoint` among a dump's `services` and `workloads`.
+pub fn readiness<'a>(services: &'a [Value], workloads: &[Value], waypoint: &str) -> Readiness<'a> {
+    let own = services.iter().find(|service| service["hostname"] == waypoint);
+    let ready = own.map_or(0, |own| healthy_endpoints(workloads, own["key"].as_str().unwrap_or_default()));
+    let state = match (own, ready) {
+        (None, _) => "no such Service: its traffic is refused (503)",
+        (Some(_), 0) => "no ready endpoint: its traffic is refused (503)",
+        (Some(_), _) => "ready",
+    };
+    Readiness { own, ready, state }
+}
+
+/// How many of a dump's `workloads` are healthy endpoints of Service `key`.
+pub fn healthy_endpoints(workloads: &[Value], key: &str) -> usize {
+    workloads
+        .iter()
+        .filter(|workload| workload["healthy"] == true)
+        .filter(|workload| workload["services"].as_array().is_some_and(|of| of.iter().any(|one| one == key)))
+        .count()
 }
 
 /// [`Mesh::routes`] from a control plane's dump.

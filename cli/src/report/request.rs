@@ -1,0 +1,310 @@
+//! `weftctl check --service`: what becomes of one request to a Service — the waypoint it goes
+//! through and whether that waypoint can serve, what the L7 policies say to its source, and the
+//! route, rule and backends it gets. Decided by the waypoint's own code (`normalize`, `authz`,
+//! `route` of `weft-waypoint`) on the very resources the control plane sends waypoints (its
+//! `/config_dump` carries them encoded), so the answer cannot drift from what a waypoint does.
+use anyhow::Context;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
+use prost::Message;
+use serde_json::Value;
+use weft_proxy::identity::Identity;
+use weft_waypoint::{authz, normalize, route::Routes};
+
+use super::{
+    Mesh, finding,
+    waypoints::{Readiness, healthy_endpoints, readiness},
+};
+
+/// The request to decide.
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// A port of the Service; its first when unset.
+    pub port: Option<u16>,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// `name:value` each; `Host` defaults to the Service's hostname.
+    pub headers: Vec<String>,
+    /// The client pod (`namespace/name`), for the policies' source identity and address.
+    pub from: Option<String>,
+}
+
+impl Mesh {
+    /// [`request_findings`] on the control plane's current dump.
+    pub async fn check_request(&self, namespace: &str, name: &str, probe: &Probe) -> anyhow::Result<Value> {
+        let dump = self.json(self.control()?, "/config_dump").await?;
+        request_findings(&dump, namespace, name, probe)
+    }
+}
+
+/// One finding per step a request to Service `namespace/name` takes: `service`, `waypoint`,
+/// `request` (as the waypoint reads it), `policies`, `route`; it stops at the first step that
+/// ends the request. Errors only for a probe that is no request (a bad method or header).
+pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe) -> anyhow::Result<Value> {
+    let items = |key: &str| dump[key].as_array().cloned().unwrap_or_default();
+    let (services, workloads) = (items("services"), items("workloads"));
+    let mut findings = Vec::new();
+    let Some(service) =
+        services.iter().find(|service| service["namespace"] == namespace && service["name"] == name)
+    else {
+        findings.push(finding(
+            "service",
+            false,
+            format!("the control plane serves no Service {namespace}/{name}"),
+        ));
+        return Ok(Value::Array(findings));
+    };
+    let (key, hostname) = (text(&service["key"]), text(&service["hostname"]));
+    let ports: Vec<u16> = service["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|port| u16::try_from(port.as_u64()?).ok())
+        .collect();
+    let port = match probe.port.or_else(|| ports.first().copied()) {
+        Some(port) if ports.contains(&port) => port,
+        Some(port) => {
+            findings.push(finding(
+                "service",
+                false,
+                format!("{key} has no port {port} (its ports: {ports:?})"),
+            ));
+            return Ok(Value::Array(findings));
+        }
+        None => {
+            findings.push(finding("service", false, format!("{key} has no ports")));
+            return Ok(Value::Array(findings));
+        }
+    };
+    findings.push(finding("service", true, format!("{key}, port {port}, VIPs {}", service["vips"])));
+
+    let Some(waypoint) = service["waypoint"].as_str() else {
+        findings.push(finding(
+            "waypoint",
+            true,
+            "none: node proxies carry its connections at L4; no route or L7 policy applies".into(),
+        ));
+        let unapplied = unapplied_routes(dump, namespace, name);
+        if !unapplied.is_empty() {
+            findings.push(finding("route", false, unapplied.join("; ")));
+        }
+        return Ok(Value::Array(findings));
+    };
+    let Readiness { own, ready, state } = readiness(&services, &workloads, waypoint);
+    let waypoint_name = own.map_or_else(
+        || waypoint.to_owned(),
+        |own| format!("{}/{}", text(&own["namespace"]), text(&own["name"])),
+    );
+    findings.push(finding(
+        "waypoint",
+        state == "ready",
+        format!("{waypoint_name}: {state} ({ready} ready endpoint(s))"),
+    ));
+    if state != "ready" {
+        return Ok(Value::Array(findings));
+    }
+
+    let method =
+        Method::from_bytes(probe.method.as_bytes()).with_context(|| format!("method {:?}", probe.method))?;
+    let mut headers = HeaderMap::new();
+    for line in &probe.headers {
+        let (name, value) = line.split_once(':').with_context(|| format!("header {line:?}: name:value"))?;
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes())
+                .with_context(|| format!("header name {name:?}"))?,
+            HeaderValue::from_str(value.trim()).with_context(|| format!("header value {value:?}"))?,
+        );
+    }
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_str(hostname).context("the Service's hostname")?);
+    }
+    let mut uri: Uri = probe.path.parse().with_context(|| format!("path {:?}", probe.path))?;
+    if let Err(error) = normalize::target(&mut uri, &headers) {
+        findings.push(finding("request", false, format!("the waypoint answers 400: {error}")));
+        return Ok(Value::Array(findings));
+    }
+    findings.push(finding("request", true, format!("{method} {uri} as the waypoint reads it")));
+
+    // The waypoint's Gateway is named like its Service.
+    let gateway =
+        own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
+    let asked = Asked { method, uri, headers, port };
+    match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
+        Some((false, detail)) => {
+            findings.push(finding("policies", false, detail));
+            return Ok(Value::Array(findings));
+        }
+        Some((true, detail)) => findings.push(finding("policies", true, detail)),
+        None => {}
+    }
+
+    findings.push(route_finding(dump, &workloads, key, &asked)?);
+    Ok(Value::Array(findings))
+}
+
+/// The request as the waypoint reads it.
+#[derive(Debug)]
+struct Asked {
+    method: Method,
+    /// Canonical.
+    uri: Uri,
+    headers: HeaderMap,
+    port: u16,
+}
+
+/// What the L7 policies that target Service `key` or `gateway` say to client pod `from`; `None`
+/// when none does.
+fn policies_finding(
+    dump: &Value,
+    workloads: &[Value],
+    key: &str,
+    gateway: &str,
+    from: Option<&str>,
+    asked: &Asked,
+) -> anyhow::Result<Option<(bool, String)>> {
+    let mut policies = Vec::new();
+    for entry in dump["http_authorizations"].as_array().into_iter().flatten() {
+        let name = text(&entry["name"]);
+        let bytes = weft_api::admin::unhex(text(&entry["resource"]))
+            .with_context(|| format!("policy {name}: not hex"))?;
+        let resource = weft_api::http_authorization::HttpAuthorization::decode(bytes.as_slice())
+            .with_context(|| format!("policy {name}: not an HttpAuthorization"))?;
+        let policy = authz::Policy::try_from(resource).with_context(|| format!("policy {name}"))?;
+        if policy.applies_to(Some(key), gateway) {
+            policies.push(policy);
+        }
+    }
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = policies.iter().map(authz::Policy::key).collect();
+    let Some(from) = from else {
+        return Ok(Some((
+            true,
+            format!("{} apply; name the client pod with --from to decide", names.join(", ")),
+        )));
+    };
+    let (namespace, name) = from.split_once('/').unwrap_or(("default", from));
+    let client = workloads
+        .iter()
+        .find(|workload| workload["namespace"] == namespace && workload["name"] == name)
+        .with_context(|| format!("--from {from}: the control plane serves no such workload"))?;
+    let source = Identity::new(text(&dump["trust_domain"]), namespace, text(&client["service_account"]));
+    let source_ip = client["addresses"][0]
+        .as_str()
+        .and_then(|address| address.parse().ok())
+        .with_context(|| format!("--from {from}: no address"))?;
+    let request = authz::Request {
+        source: Some(&source),
+        source_ip,
+        method: &asked.method,
+        path: asked.uri.path(),
+        host: asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
+        port: asked.port,
+        headers: &asked.headers,
+        opaque: false,
+    };
+    let decision = authz::decide(&policies, &request);
+    let mut detail = format!("from {source}: {}", decision.verdict);
+    if !decision.verdict.allowed() {
+        detail.push_str(" (the waypoint answers 403)");
+    }
+    if !decision.dry_run_matches.is_empty() {
+        detail.push_str(&format!("; dry-run matches: {}", decision.dry_run_matches.join(", ")));
+    }
+    Ok(Some((decision.verdict.allowed(), detail)))
+}
+
+/// The route and rule the request gets, and where that sends it.
+fn route_finding(dump: &Value, workloads: &[Value], key: &str, asked: &Asked) -> anyhow::Result<Value> {
+    let Asked { method, uri, headers, port } = asked;
+    let resource = dump["routes"].as_array().into_iter().flatten().find(|entry| entry["service"] == key);
+    let Some(resource) = resource else {
+        let endpoints = healthy_endpoints(workloads, key);
+        return Ok(finding(
+            "route",
+            endpoints > 0,
+            format!("no HTTPRoute or GRPCRoute: to the Service itself, {endpoints} healthy endpoint(s)"),
+        ));
+    };
+    let bytes =
+        weft_api::admin::unhex(text(&resource["resource"])).context("the Service's routes: not hex")?;
+    let resource = weft_api::route::ServiceRoutes::decode(bytes.as_slice())
+        .context("the Service's routes: not ServiceRoutes")?;
+    let routes = match Routes::try_from(&resource) {
+        Ok(routes) => routes,
+        Err(error) => {
+            return Ok(finding("route", false, format!("waypoints refuse the Service's routes: {error}")));
+        }
+    };
+    let Some(selected) = routes.select(*port, method, uri, headers) else {
+        return Ok(finding("route", false, "no route matches: the waypoint answers 404".into()));
+    };
+    if let Some(redirect) = selected.rule.redirect() {
+        let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
+        let location = redirect.location(uri, host, *port, selected.matched_prefix);
+        return Ok(finding(
+            "route",
+            true,
+            format!("{}: redirected ({}) to {location}", selected.route, redirect.status().as_u16()),
+        ));
+    }
+    let backends: Vec<String> = selected
+        .rule
+        .backends()
+        .iter()
+        .map(|backend| {
+            let endpoints = healthy_endpoints(workloads, &backend.service);
+            format!(
+                "{}:{} weight {} ({endpoints} healthy endpoint(s))",
+                backend.service, backend.port, backend.weight
+            )
+        })
+        .collect();
+    let usable = selected
+        .rule
+        .backends()
+        .iter()
+        .any(|backend| backend.weight > 0 && healthy_endpoints(workloads, &backend.service) > 0);
+    let detail = if backends.is_empty() {
+        format!("{}: a rule without backends (the waypoint answers 500)", selected.route)
+    } else {
+        format!("{} → {}", selected.route, backends.join(", "))
+    };
+    Ok(finding("route", usable, detail))
+}
+
+/// The routes attached to Service `namespace/name` that no waypoint applies, with why.
+fn unapplied_routes(dump: &Value, namespace: &str, name: &str) -> Vec<String> {
+    let attached = |route: &Value| {
+        route["parents"].as_array().into_iter().flatten().any(|parent| {
+            let reference = &parent["parent_ref"];
+            let parent_namespace = reference["namespace"].as_str().unwrap_or(text(&route["namespace"]));
+            reference["name"] == name && parent_namespace == namespace
+        })
+    };
+    dump["mesh_routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|route| attached(route))
+        .map(|route| {
+            let notes: Vec<&str> =
+                route["notes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            format!(
+                "{} {}/{} is attached but not applied: {}",
+                text(&route["kind"]),
+                text(&route["namespace"]),
+                text(&route["name"]),
+                notes.join("; ")
+            )
+        })
+        .collect()
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;
