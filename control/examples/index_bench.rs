@@ -151,7 +151,8 @@ fn main() {
         for _ in 0..REPEATS {
             let before = rss_kib();
             let start = Instant::now();
-            let snapshot = build(&naming, &namespaces, &pod_objects, &services, &slices, &[], &[], &[], &[]);
+            let snapshot =
+                build(&naming, &namespaces, &pod_objects, &services, &slices, &[], &[], &[], &[], &[]);
             builds.push(start.elapsed());
             snapshot_kib = rss_kib().saturating_sub(before).max(snapshot_kib);
             // A full push to one proxy: every resource into one response, encoded.

@@ -37,7 +37,7 @@ pub mod routes;
 pub mod watch;
 pub mod waypoint;
 
-use gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute};
+use gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute};
 use policy::AuthorizationPolicy;
 
 /// One xDS resource, encoded once and shared by every subscriber.
@@ -116,13 +116,18 @@ pub enum RouteKind {
     Http,
     #[serde(rename = "GRPCRoute")]
     Grpc,
+    #[serde(rename = "TCPRoute")]
+    Tcp,
 }
 
 impl RouteKind {
+    pub const ALL: [RouteKind; 3] = [RouteKind::Http, RouteKind::Grpc, RouteKind::Tcp];
+
     pub fn kind(self) -> &'static str {
         match self {
             Self::Http => "HTTPRoute",
             Self::Grpc => "GRPCRoute",
+            Self::Tcp => "TCPRoute",
         }
     }
 
@@ -130,6 +135,7 @@ impl RouteKind {
         match self {
             Self::Http => "httproutes",
             Self::Grpc => "grpcroutes",
+            Self::Tcp => "tcproutes",
         }
     }
 }
@@ -278,6 +284,7 @@ pub fn build<'a>(
     gateways: impl IntoIterator<Item = &'a Gateway>,
     http_routes: impl IntoIterator<Item = &'a HttpRoute>,
     grpc_routes: impl IntoIterator<Item = &'a GrpcRoute>,
+    tcp_routes: impl IntoIterator<Item = &'a TcpRoute>,
 ) -> Snapshot {
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
@@ -438,10 +445,12 @@ pub fn build<'a>(
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
     let grpc_routes: Vec<HttpRoute> = grpc_routes.into_iter().map(GrpcRoute::as_http).collect();
+    let tcp_routes: Vec<HttpRoute> = tcp_routes.into_iter().map(TcpRoute::as_http).collect();
     let all_routes = http_routes
         .into_iter()
         .map(|route| (RouteKind::Http, route))
-        .chain(grpc_routes.iter().map(|route| (RouteKind::Grpc, route)));
+        .chain(grpc_routes.iter().map(|route| (RouteKind::Grpc, route)))
+        .chain(tcp_routes.iter().map(|route| (RouteKind::Tcp, route)));
     let (routes, mesh_routes) = routes::compile(naming, &services_by_name, &with_waypoint, all_routes);
     Snapshot {
         version: 0,

@@ -49,7 +49,7 @@ pub async fn run(client: kube::Client, mut snapshots: tokio::sync::watch::Receiv
         // A route no longer attached to any Service keeps no entry of Weft's: swept when one
         // left, and at every tick (after a restart, nothing says which left meanwhile).
         if ticked || reported.difference(&now).next().is_some() {
-            for kind in [RouteKind::Http, RouteKind::Grpc] {
+            for kind in RouteKind::ALL {
                 if let Err(error) = sweep(&client, kind, &now).await {
                     tracing::warn!(kind = kind.kind(), %error, "stale route statuses not removed");
                 }

@@ -736,7 +736,8 @@ async fn a_request_goes_to_the_endpoint_with_the_fewest_requests_in_flight() {
 const TCP_PORT: u16 = 7000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_that_is_not_http_is_relayed_at_l4_and_a_deny_on_http_fields_refuses_it_whole() {
+async fn a_connection_that_is_not_http_is_relayed_at_l4_a_tcp_route_picks_its_backend_and_a_deny_on_http_fields_refuses_it_whole()
+ {
     let mut scene = Scene::start().await;
     let _echo = apps::echo_server(&scene.v1, TCP_PORT).unwrap();
     let port = ServicePort { name: Some("tcp".into()), port: TCP_PORT.into(), ..Default::default() };
@@ -780,6 +781,53 @@ async fn a_connection_that_is_not_http_is_relayed_at_l4_and_a_deny_on_http_field
         let line =
             scene.waypoint.process().wait_for(|line| line.contains("connection denied"), WAIT).unwrap();
         assert!(line.contains("shop/deny-admin-tcp"), "{line}");
+    });
+
+    // A TCPRoute on Service echo-v1's HTTP port makes that port TCP: its connections are
+    // relayed at L4 (HTTP in them is not read) to the route's backend, echo-v2.
+    let to_v2 = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo-v1", "port": 80 }],
+        "rules": [{ "backendRefs": [{ "name": "echo-v2", "port": 80 }] }],
+    });
+    create_route(scene.cluster.client(), "TCPRoute", "shop", "to-v2", to_v2).await.unwrap();
+    let to_echo_v1 = scene.to_echo_v1;
+    tokio::task::block_in_place(|| {
+        let request = "GET /tcp-routed HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
+        weft_tests::until("the TCPRoute to reach the waypoint", WAIT, || {
+            apps::http_raw(&scene.client, to_echo_v1, request).is_ok_and(|answer| answer.contains("name=v2"))
+        })
+        .unwrap();
+        // Relayed as written: read as HTTP, its hop-by-hop `connection` would have been removed.
+        let answer = apps::http_raw(&scene.client, to_echo_v1, request).unwrap();
+        assert!(answer.contains("name=v2") && answer.contains("header connection=close"), "{answer:?}");
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains("connection") && line.contains("route=TCPRoute:shop/to-v2"), WAIT)
+            .unwrap();
+        assert!(line.contains(&format!("relayed to {}:{ECHO_PORT}", scene.v2.ipv4)), "{line}");
+    });
+    let accepted = weft_tests::eventually("TCPRoute to-v2's status", WAIT, || {
+        let client = scene.cluster.client();
+        async move {
+            route_conditions(client, "TCPRoute", "to-v2")
+                .await
+                .filter(|seen| seen.iter().any(|one| one == "echo-v1:80 Accepted=True Accepted"))
+        }
+    })
+    .await;
+    assert!(accepted.is_ok(), "{:?}", route_conditions(scene.cluster.client(), "TCPRoute", "to-v2").await);
+    let flags = scene.mesh.weftctl_flags(&scene.cluster, &scene.plane).unwrap();
+    tokio::task::block_in_place(|| {
+        let (ok, out) = apps::weftctl(&flags, &["check", "shop/echo-v1", "--service", "-o", "json"]).unwrap();
+        assert!(ok, "{out}");
+        let found: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let route = found.as_array().unwrap().last().unwrap();
+        assert_eq!(
+            route["detail"],
+            "TCPRoute:shop/to-v2 → shop/echo-v2.shop.svc.cluster.local:80 weight 1 (1 healthy endpoint(s))",
+            "{found}"
+        );
     });
 }
 

@@ -137,9 +137,11 @@ impl Session {
 
     /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends; when
     /// the waypoint drains, the request in flight is finished and the session closed. A stream
-    /// that is not HTTP is relayed at L4 instead ([`opaque`]).
+    /// that is not HTTP, or to a port a TCPRoute applies to, is relayed at L4 instead
+    /// ([`opaque`]).
     pub async fn serve(self, mut stream: Stream) -> std::io::Result<()> {
-        if opaque::detect(&mut stream).await? == opaque::Protocol::Opaque {
+        // A TCPRoute makes its port TCP: nothing to tell apart, nothing to wait for.
+        if self.tcp_route().is_some() || opaque::detect(&mut stream).await? == opaque::Protocol::Opaque {
             return self.relay(stream).await;
         }
         let mut draining = Some(self.context.drain.subscribe());
@@ -317,7 +319,7 @@ impl Session {
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
-        let routes = self.context.routes.get(&service.key());
+        let routes = self.context.routes.get(&service.key()).filter(|routes| routes.routes_http(port));
         let selected = match &routes {
             Some(routes) => {
                 let selected = routes

@@ -64,6 +64,8 @@ pub struct Routes {
     service: String,
     /// Oldest first: list order breaks precedence ties.
     routes: Vec<Route>,
+    /// TCPRoutes, oldest first: on a port one applies to, connections are relayed at L4.
+    tcp_routes: Vec<Route>,
 }
 
 /// The rule a request gets, and the HTTPRoute it belongs to.
@@ -205,7 +207,7 @@ impl Routes {
     /// Routes for a Service that has no `ServiceRoutes` resource: [`Routes::select`] answers
     /// `None` to every request, and the caller sends it to the Service itself.
     pub fn none(service: impl Into<String>) -> Self {
-        Self { service: service.into(), routes: Vec::new() }
+        Self { service: service.into(), routes: Vec::new(), tcp_routes: Vec::new() }
     }
 
     /// The Service these routes are for: `<namespace>/<hostname>`.
@@ -242,6 +244,21 @@ impl Routes {
         }
         best.map(|(_, selected)| selected)
     }
+
+    /// Whether an HTTPRoute (or GRPCRoute) applies to `port`: when none does, requests to it go
+    /// to the Service itself, as to a Service without routes.
+    pub fn routes_http(&self, port: u16) -> bool {
+        self.routes.iter().any(|route| route.applies_to(port))
+    }
+
+    /// The TCPRoute rule for connections to `port`: the oldest TCPRoute that applies to it (a
+    /// TCPRoute has one rule; it matches every connection). `None`: the port is not TCP-routed,
+    /// and its connections are read as HTTP when they are.
+    pub fn select_tcp(&self, port: u16) -> Option<Selected<'_>> {
+        let route = self.tcp_routes.iter().find(|route| route.applies_to(port))?;
+        let rule = route.rules.first()?;
+        Some(Selected { route: &route.name, rule, matched_prefix: "" })
+    }
 }
 
 impl TryFrom<&api::ServiceRoutes> for Routes {
@@ -252,7 +269,8 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
             return Err(Error::EmptyService);
         }
         let routes = resource.routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
-        Ok(Self { service: resource.service.clone(), routes })
+        let tcp_routes = resource.tcp_routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
+        Ok(Self { service: resource.service.clone(), routes, tcp_routes })
     }
 }
 

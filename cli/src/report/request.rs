@@ -8,7 +8,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use prost::Message;
 use serde_json::Value;
 use weft_proxy::identity::Identity;
-use weft_waypoint::{authz, normalize, route::Routes};
+use weft_waypoint::{
+    authz, normalize,
+    route::{Routes, Rule},
+};
 
 use super::{
     Mesh, finding,
@@ -104,8 +107,19 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
         return Ok(Value::Array(findings));
     }
 
-    let method =
-        Method::from_bytes(probe.method.as_bytes()).with_context(|| format!("method {:?}", probe.method))?;
+    let routes = match service_routes(dump, key) {
+        Ok(routes) => routes,
+        Err(error) => {
+            findings.push(finding(
+                "route",
+                false,
+                format!("waypoints refuse the Service's routes: {error:#}"),
+            ));
+            return Ok(Value::Array(findings));
+        }
+    };
+    // A TCPRoute makes the port TCP: the waypoint reads no HTTP there.
+    let tcp = routes.as_ref().and_then(|routes| routes.select_tcp(port));
     let mut headers = HeaderMap::new();
     for line in &probe.headers {
         let (name, value) = line.split_once(':').with_context(|| format!("header {line:?}: name:value"))?;
@@ -118,17 +132,26 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_str(hostname).context("the Service's hostname")?);
     }
+    let method =
+        Method::from_bytes(probe.method.as_bytes()).with_context(|| format!("method {:?}", probe.method))?;
     let mut uri: Uri = probe.path.parse().with_context(|| format!("path {:?}", probe.path))?;
-    if let Err(error) = normalize::target(&mut uri, &headers) {
+    if tcp.is_some() {
+        findings.push(finding(
+            "request",
+            true,
+            format!("port {port} is TCP (a TCPRoute): relayed at L4, not read as HTTP"),
+        ));
+    } else if let Err(error) = normalize::target(&mut uri, &headers) {
         findings.push(finding("request", false, format!("the waypoint answers 400: {error}")));
         return Ok(Value::Array(findings));
+    } else {
+        findings.push(finding("request", true, format!("{method} {uri} as the waypoint reads it")));
     }
-    findings.push(finding("request", true, format!("{method} {uri} as the waypoint reads it")));
 
     // The waypoint's Gateway is named like its Service.
     let gateway =
         own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
-    let asked = Asked { method, uri, headers, port };
+    let asked = Asked { method, uri, headers, port, opaque: tcp.is_some() };
     match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
         Some((false, detail)) => {
             findings.push(finding("policies", false, detail));
@@ -138,7 +161,19 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
         None => {}
     }
 
-    findings.push(route_finding(dump, &workloads, key, &asked)?);
+    let route = match (&routes, tcp) {
+        (_, Some(selected)) => rule_finding(&workloads, selected.route, selected.rule),
+        (Some(routes), None) if routes.routes_http(port) => http_route_finding(&workloads, routes, &asked),
+        _ => {
+            let endpoints = healthy_endpoints(&workloads, key);
+            finding(
+                "route",
+                endpoints > 0,
+                format!("no route for port {port}: to the Service itself, {endpoints} healthy endpoint(s)"),
+            )
+        }
+    };
+    findings.push(route);
     Ok(Value::Array(findings))
 }
 
@@ -150,6 +185,20 @@ struct Asked {
     uri: Uri,
     headers: HeaderMap,
     port: u16,
+    /// A connection relayed at L4 (a TCPRoute's port): none of the HTTP fields apply.
+    opaque: bool,
+}
+
+/// Service `key`'s routes as waypoints compile them; `None` when it has none.
+fn service_routes(dump: &Value, key: &str) -> anyhow::Result<Option<Routes>> {
+    let Some(resource) =
+        dump["routes"].as_array().into_iter().flatten().find(|entry| entry["service"] == key)
+    else {
+        return Ok(None);
+    };
+    let bytes = weft_api::admin::unhex(text(&resource["resource"])).context("not hex")?;
+    let resource = weft_api::route::ServiceRoutes::decode(bytes.as_slice()).context("not ServiceRoutes")?;
+    Ok(Some(Routes::try_from(&resource)?))
 }
 
 /// What the L7 policies that target Service `key` or `gateway` say to client pod `from`; `None`
@@ -194,20 +243,35 @@ fn policies_finding(
         .as_str()
         .and_then(|address| address.parse().ok())
         .with_context(|| format!("--from {from}: no address"))?;
+    // What the waypoint hands its decision: a relayed connection has no HTTP fields.
+    let (method, path, host) = if asked.opaque {
+        (Method::CONNECT, "", None)
+    } else {
+        (
+            asked.method.clone(),
+            asked.uri.path(),
+            asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
+        )
+    };
+    let nothing = HeaderMap::new();
     let request = authz::Request {
         source: Some(&source),
         source_ip,
-        method: &asked.method,
-        path: asked.uri.path(),
-        host: asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
+        method: &method,
+        path,
+        host,
         port: asked.port,
-        headers: &asked.headers,
-        opaque: false,
+        headers: if asked.opaque { &nothing } else { &asked.headers },
+        opaque: asked.opaque,
     };
     let decision = authz::decide(&policies, &request);
     let mut detail = format!("from {source}: {}", decision.verdict);
     if !decision.verdict.allowed() {
-        detail.push_str(" (the waypoint answers 403)");
+        detail.push_str(if asked.opaque {
+            " (the waypoint resets the connection)"
+        } else {
+            " (the waypoint answers 403)"
+        });
     }
     if !decision.dry_run_matches.is_empty() {
         detail.push_str(&format!("; dry-run matches: {}", decision.dry_run_matches.join(", ")));
@@ -215,42 +279,28 @@ fn policies_finding(
     Ok(Some((decision.verdict.allowed(), detail)))
 }
 
-/// The route and rule the request gets, and where that sends it.
-fn route_finding(dump: &Value, workloads: &[Value], key: &str, asked: &Asked) -> anyhow::Result<Value> {
-    let Asked { method, uri, headers, port } = asked;
-    let resource = dump["routes"].as_array().into_iter().flatten().find(|entry| entry["service"] == key);
-    let Some(resource) = resource else {
-        let endpoints = healthy_endpoints(workloads, key);
-        return Ok(finding(
-            "route",
-            endpoints > 0,
-            format!("no HTTPRoute or GRPCRoute: to the Service itself, {endpoints} healthy endpoint(s)"),
-        ));
-    };
-    let bytes =
-        weft_api::admin::unhex(text(&resource["resource"])).context("the Service's routes: not hex")?;
-    let resource = weft_api::route::ServiceRoutes::decode(bytes.as_slice())
-        .context("the Service's routes: not ServiceRoutes")?;
-    let routes = match Routes::try_from(&resource) {
-        Ok(routes) => routes,
-        Err(error) => {
-            return Ok(finding("route", false, format!("waypoints refuse the Service's routes: {error}")));
-        }
-    };
+/// The HTTP route and rule the request gets, and where that sends it.
+fn http_route_finding(workloads: &[Value], routes: &Routes, asked: &Asked) -> Value {
+    let Asked { method, uri, headers, port, .. } = asked;
     let Some(selected) = routes.select(*port, method, uri, headers) else {
-        return Ok(finding("route", false, "no route matches: the waypoint answers 404".into()));
+        return finding("route", false, "no route matches: the waypoint answers 404".into());
     };
     if let Some(redirect) = selected.rule.redirect() {
         let host = headers.get(header::HOST).and_then(|host| host.to_str().ok()).unwrap_or_default();
         let location = redirect.location(uri, host, *port, selected.matched_prefix);
-        return Ok(finding(
+        return finding(
             "route",
             true,
             format!("{}: redirected ({}) to {location}", selected.route, redirect.status().as_u16()),
-        ));
+        );
     }
-    let backends: Vec<String> = selected
-        .rule
+    rule_finding(workloads, selected.route, selected.rule)
+}
+
+/// Where route `route`'s `rule` sends a request: its backends by weight, each with its healthy
+/// endpoints.
+fn rule_finding(workloads: &[Value], route: &str, rule: &Rule) -> Value {
+    let backends: Vec<String> = rule
         .backends()
         .iter()
         .map(|backend| {
@@ -261,17 +311,16 @@ fn route_finding(dump: &Value, workloads: &[Value], key: &str, asked: &Asked) ->
             )
         })
         .collect();
-    let usable = selected
-        .rule
+    let usable = rule
         .backends()
         .iter()
         .any(|backend| backend.weight > 0 && healthy_endpoints(workloads, &backend.service) > 0);
     let detail = if backends.is_empty() {
-        format!("{}: a rule without backends (the waypoint answers 500)", selected.route)
+        format!("{route}: a rule without backends (the waypoint answers 500)")
     } else {
-        format!("{} → {}", selected.route, backends.join(", "))
+        format!("{route} → {}", backends.join(", "))
     };
-    Ok(finding("route", usable, detail))
+    finding("route", usable, detail)
 }
 
 /// The routes attached to Service `namespace/name` that no waypoint applies, with why.

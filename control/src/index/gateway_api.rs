@@ -1,5 +1,6 @@
 //! The Gateway API objects the control plane reads (`gateway.networking.k8s.io/v1`): Gateways,
-//! whose class `weft-waypoint` makes them waypoints, and HTTPRoutes and GRPCRoutes ([`grpc`]),
+//! whose class `weft-waypoint` makes them waypoints, and HTTPRoutes, GRPCRoutes ([`grpc`]) and
+//! TCPRoutes ([`tcp`]),
 //! which the waypoints apply ([`super::routes`]). Only the fields Weft uses are declared; unknown fields are ignored and
 //! omitted ones take the Gateway API's defaults, so an object of a newer API release still
 //! reads — one that failed to would stall the whole watch. Enumerations a newer release may
@@ -361,5 +362,6 @@ pub fn duration(text: &str) -> Option<Duration> {
 }
 
 pub mod grpc;
+pub mod tcp;
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-//! HTTPRoutes, and GRPCRoutes read as the HTTPRoutes they amount to
-//! ([`super::gateway_api::grpc`]), attached to Services (GAMMA: a parentRef of `group: ""`,
+//! HTTPRoutes, and GRPCRoutes and TCPRoutes read as the HTTPRoutes they amount to
+//! ([`super::gateway_api::grpc`], [`super::gateway_api::tcp`]), attached to Services (GAMMA: a parentRef of `group: ""`,
 //! `kind: Service`) to
 //! `weft.route.ServiceRoutes` resources: one per Service, named like its Address resource
 //! (`<namespace>/<hostname>`), holding every route attached to it, oldest first (then by
@@ -47,7 +47,8 @@ pub fn compile<'a>(
     routes.sort_by(|(a_kind, a, a_namespace, a_name), (b_kind, b, b_namespace, b_name)| {
         (created(a), a_namespace, a_name, a_kind).cmp(&(created(b), b_namespace, b_name, b_kind))
     });
-    let mut by_service: BTreeMap<String, Vec<api::Route>> = BTreeMap::new();
+    // Per Service: its HTTP routes (HTTPRoutes and GRPCRoutes) and its TCPRoutes.
+    let mut by_service: BTreeMap<String, (Vec<api::Route>, Vec<api::Route>)> = BTreeMap::new();
     let mut statuses = Vec::new();
     for (kind, route, namespace, name) in routes {
         let mut notes = Vec::new();
@@ -83,14 +84,17 @@ pub fn compile<'a>(
             }
         };
         for (key, ports) in &parents {
-            by_service.entry(key.clone()).or_default().push(api::Route {
+            let route = api::Route {
                 name: match kind {
                     RouteKind::Http => format!("{namespace}/{name}"),
                     RouteKind::Grpc => format!("GRPCRoute:{namespace}/{name}"),
+                    RouteKind::Tcp => format!("TCPRoute:{namespace}/{name}"),
                 },
                 ports: ports.clone(),
                 rules: rules.clone(),
-            });
+            };
+            let (http, tcp) = by_service.entry(key.clone()).or_default();
+            if kind == RouteKind::Tcp { tcp } else { http }.push(route);
         }
         statuses.push(RouteStatus {
             kind,
@@ -107,8 +111,8 @@ pub fn compile<'a>(
     statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
     let resources = by_service
         .into_iter()
-        .map(|(key, routes)| {
-            let body = api::ServiceRoutes { service: key.clone(), routes };
+        .map(|(key, (routes, tcp_routes))| {
+            let body = api::ServiceRoutes { service: key.clone(), routes, tcp_routes };
             (key, encode_as(ROUTES_TYPE, body.encode_to_vec()))
         })
         .collect();

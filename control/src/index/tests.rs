@@ -116,6 +116,7 @@ fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
         &[],
         &[],
         &[],
+        &[],
     );
     let a = workload(&snapshot, "a").unwrap();
     assert_eq!(a.tunnel_protocol(), api::TunnelProtocol::Hbone);
@@ -136,8 +137,18 @@ fn a_labelled_pod_its_agent_has_not_captured_is_reached_in_plaintext() {
     uncaptured.metadata.annotations = None;
     let mut refused = pod("b", "mesh", &["10.244.0.6"], 1);
     refused.metadata.annotations = Some([(CAPTURED.to_owned(), "disabled".to_owned())].into());
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[uncaptured, refused], &[], &[], &[], &[], &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[uncaptured, refused],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+    );
     for uid in ["a", "b"] {
         assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
     }
@@ -149,7 +160,8 @@ fn host_network_and_finished_pods_are_not_workloads() {
     host.spec.as_mut().unwrap().host_network = Some(true);
     let mut done = pod("done", "mesh", &["10.244.0.7"], 1);
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[], &[], &[], &[], &[]);
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[], &[], &[], &[], &[], &[]);
     assert!(snapshot.addresses.is_empty(), "{:?}", snapshot.addresses.keys());
 }
 
@@ -242,6 +254,7 @@ fn services_list_their_vips_and_their_slices_say_which_pods_serve_them_on_which_
         &[],
         &[],
         &[],
+        &[],
     );
     let Some(api::address::Type::Service(service)) =
         api::Address::decode(snapshot.addresses[KEY].body.value.as_slice()).unwrap().r#type
@@ -280,8 +293,18 @@ fn endpoints_that_are_no_pods_of_the_mesh_become_plaintext_workloads_reached_onl
         &[("https", 6443)],
     )];
     let pods = [host, pod("meshed", "mesh", &["10.244.0.5"], 1)];
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &pods, &[selectorless], &slices, &[], &[], &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &pods,
+        &[selectorless],
+        &slices,
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+    );
     let meshed = workload(&snapshot, "meshed").unwrap();
     assert_eq!(
         (meshed.tunnel_protocol(), pairs(&meshed.services[KEY])),
@@ -327,6 +350,7 @@ fn ready_endpoints_and_those_still_serving_while_they_terminate_back_a_service_a
         &[],
         &[],
         &[],
+        &[],
     );
     let status =
         |ip: &str| workload(&snapshot, &format!("EndpointSlice/mesh/web-1/{ip}")).map(|w| w.status());
@@ -346,7 +370,8 @@ fn a_dual_stack_service_lists_a_pod_once_and_publishing_not_ready_addresses_allo
         slice("web-fqdn", "web", "FQDN", vec![endpoint("example.com", None, READY)], &[("", 8080)]),
     ];
     let pods = [pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1)];
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[web], &slices, &[], &[], &[], &[]);
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &pods, &[web], &slices, &[], &[], &[], &[], &[]);
     assert_eq!(pairs(&workload(&snapshot, "a").unwrap().services[KEY]), [(80, 8080)]);
     assert!(workload(&snapshot, "EndpointSlice/mesh/web-fqdn/example.com").is_none());
     let Some(api::address::Type::Service(service)) =
@@ -366,7 +391,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
     old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(99).unwrap()));
     let new = pod("new", "other", &["10.244.0.5"], 2);
     for pods in [[old.clone(), new.clone()], [new, old]] {
-        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[], &[], &[], &[], &[]);
+        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[], &[], &[], &[], &[], &[]);
         assert_eq!(workload(&snapshot, "new").unwrap().addresses, vec![vec![10, 244, 0, 5]]);
         assert!(workload(&snapshot, "old").is_none(), "a workload left without addresses is withdrawn");
     }
@@ -375,6 +400,7 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
         &naming(),
         &[namespace("mesh", true)],
         &[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)],
+        &[],
         &[],
         &[],
         &[],
@@ -390,10 +416,10 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
 fn versions_follow_content() {
     let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
     let (namespaces, pods) = objects();
-    let one = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[]);
-    let two = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[]);
+    let one = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[], &[]);
+    let two = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[], &[]);
     assert!(one.same_resources(&two));
-    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[], &[], &[], &[], &[]);
+    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[], &[], &[], &[], &[], &[]);
     assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
 }
 
@@ -404,8 +430,18 @@ fn pods_the_agent_does_not_capture_are_never_tunnelled_to_and_terminating_ones_s
         Some(Time(k8s_openapi::jiff::Timestamp::from_second(50).unwrap()));
     let mut pending = pod("pending", "mesh", &["10.244.0.8"], 1);
     pending.status.as_mut().unwrap().phase = Some("Pending".into());
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[terminating, pending], &[], &[], &[], &[], &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[terminating, pending],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+        &[],
+    );
     assert_eq!(workload(&snapshot, "pending").unwrap().tunnel_protocol(), api::TunnelProtocol::None);
     // Still running while its containers shut down: still captured, still tunnelled to.
     let terminating = workload(&snapshot, "terminating").unwrap();
@@ -439,6 +475,7 @@ fn a_policy_is_served_and_named_by_the_pods_its_selector_picks() {
         &[],
         &[],
         &[selecting_web, selecting_db, other_namespace, not_served],
+        &[],
         &[],
         &[],
         &[],

@@ -1,6 +1,6 @@
 //! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
 //! authorization policies and, when the Gateway API's CRDs are installed, Gateways,
-//! HTTPRoutes and GRPCRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
@@ -10,7 +10,11 @@ use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Service},
     discovery::v1::EndpointSlice,
 };
-use kube::{Api, api::ListParams, runtime::watcher};
+use kube::{
+    Api,
+    api::ListParams,
+    runtime::{reflector::Store, watcher},
+};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
@@ -19,7 +23,7 @@ use weft_api::watch::reflect;
 
 use super::{
     Naming, Snapshot, build,
-    gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute},
+    gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
 };
 
@@ -47,19 +51,26 @@ pub async fn run(
     // The Gateway API is optional: without it no waypoint exists (a Service or pod labelled
     // for one is addressed to it all the same, and proxies refuse its traffic).
     let gateway_api = if gateway_api_installed(&client).await? {
-        // GRPCRoute came to the standard channel after the others (v1.1): an older install
-        // lacks it and still gets HTTP routing.
+        // GRPCRoute came to the standard channel after the others (v1.1), TCPRoute's v1 later
+        // still (v1.5): an older install lacks them and still gets HTTP routing.
         let grpc = if installed(Api::<GrpcRoute>::all(client.clone()), "grpcroutes").await? {
             Some(reflect(&mut watchers, Api::<GrpcRoute>::all(client.clone()), all(), changed_tx.clone()))
         } else {
             tracing::warn!("the Gateway API's GRPCRoute CRD is not installed: GRPCRoutes are off");
             None
         };
-        Some((
-            reflect(&mut watchers, Api::<Gateway>::all(client.clone()), all(), changed_tx.clone()),
-            reflect(&mut watchers, Api::<HttpRoute>::all(client), all(), changed_tx),
+        let tcp = if installed(Api::<TcpRoute>::all(client.clone()), "tcproutes").await? {
+            Some(reflect(&mut watchers, Api::<TcpRoute>::all(client.clone()), all(), changed_tx.clone()))
+        } else {
+            tracing::warn!("the Gateway API's TCPRoute CRD (v1) is not installed: TCPRoutes are off");
+            None
+        };
+        Some(GatewayApi {
+            gateways: reflect(&mut watchers, Api::<Gateway>::all(client.clone()), all(), changed_tx.clone()),
+            http: reflect(&mut watchers, Api::<HttpRoute>::all(client), all(), changed_tx),
             grpc,
-        ))
+            tcp,
+        })
     } else {
         tracing::warn!("Gateway API CRDs not installed: waypoints are off");
         None
@@ -69,22 +80,28 @@ pub async fn run(
     services.wait_until_ready().await?;
     slices.wait_until_ready().await?;
     policies.wait_until_ready().await?;
-    if let Some((gateways, routes, grpc)) = &gateway_api {
-        gateways.wait_until_ready().await?;
-        routes.wait_until_ready().await?;
-        if let Some(grpc) = grpc {
+    if let Some(api) = &gateway_api {
+        api.gateways.wait_until_ready().await?;
+        api.http.wait_until_ready().await?;
+        if let Some(grpc) = &api.grpc {
             grpc.wait_until_ready().await?;
+        }
+        if let Some(tcp) = &api.tcp {
+            tcp.wait_until_ready().await?;
         }
     }
     tracing::info!("Kubernetes index synced");
     loop {
         let (namespaces, pods, services, slices, policies) =
             (namespaces.state(), pods.state(), services.state(), slices.state(), policies.state());
-        let (gateways, routes, grpc_routes) = match &gateway_api {
-            Some((gateways, routes, grpc)) => {
-                (gateways.state(), routes.state(), grpc.as_ref().map(|grpc| grpc.state()).unwrap_or_default())
-            }
-            None => (Vec::new(), Vec::new(), Vec::new()),
+        let (gateways, routes, grpc_routes, tcp_routes) = match &gateway_api {
+            Some(api) => (
+                api.gateways.state(),
+                api.http.state(),
+                api.grpc.as_ref().map(|grpc| grpc.state()).unwrap_or_default(),
+                api.tcp.as_ref().map(|tcp| tcp.state()).unwrap_or_default(),
+            ),
+            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
         let mut next = build(
             &naming,
@@ -96,6 +113,7 @@ pub async fn run(
             gateways.iter().map(AsRef::as_ref),
             routes.iter().map(AsRef::as_ref),
             grpc_routes.iter().map(AsRef::as_ref),
+            tcp_routes.iter().map(AsRef::as_ref),
         );
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -120,6 +138,14 @@ pub async fn run(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
     }
+}
+
+/// The Gateway API's reflectors: GRPCRoute's and TCPRoute's only where their CRDs are.
+struct GatewayApi {
+    gateways: Store<Gateway>,
+    http: Store<HttpRoute>,
+    grpc: Option<Store<GrpcRoute>>,
+    tcp: Option<Store<TcpRoute>>,
 }
 
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start

@@ -65,7 +65,7 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn only_requests_dropped_unanswered_spend_the_budget_and_spending_it_is_seen() {
         let cancelled = Arc::new(Cancelled::default());
         for _ in 0..2 * MAX_RESETS {

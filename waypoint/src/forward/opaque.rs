@@ -1,11 +1,13 @@
 //! A stream to a waypoint's Service that is not HTTP — a database's protocol, say — told apart
-//! by its first bytes and relayed at L4 to an endpoint of the Service, over HBONE with the
-//! waypoint's identity, as Istio's waypoint relays TCP. Policies decide it on what an L4
-//! connection has (its peer, its port; see [`crate::authz`]); routes, which are HTTP's, do not
+//! by its first bytes, or any stream to a port a TCPRoute applies to, relayed at L4 over HBONE
+//! with the waypoint's identity, as Istio's waypoint relays TCP: to a backend of the TCPRoute
+//! by weight, else to the Service itself; then to one of its endpoints. Policies decide it on
+//! what an L4 connection has (its peer, its port; see [`crate::authz`]); HTTP routes do not
 //! apply. One `connection` log line each.
 use std::{
     io,
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,7 +15,7 @@ use http::{HeaderMap, Method};
 use weft_proxy::hbone::Stream;
 
 use super::{CONNECT_TIMEOUT, Session, address_of};
-use crate::{authz, inbound::Destination};
+use crate::{authz, inbound::Destination, route::Routes};
 
 /// How long a stream's first bytes are waited for. A client that says nothing first speaks a
 /// server-first protocol (MySQL, SMTP): its stream is relayed at L4 once this passed.
@@ -72,11 +74,21 @@ fn is_token(byte: u8) -> bool {
 const MAX_METHOD: usize = 20;
 
 impl Session {
-    /// Relays `stream` to its destination — the workload it names, or an endpoint of its
-    /// Service — if the policies allow it; a refused or failed connection is reset.
+    /// The TCPRoute rule for this stream's Service and port, if one applies.
+    pub(super) fn tcp_route(&self) -> Option<(Arc<Routes>, u16)> {
+        let Destination::Service(service, port) = &self.destination else { return None };
+        let routes = self.context.routes.get(&service.key())?;
+        routes.select_tcp(*port)?;
+        Some((routes, *port))
+    }
+
+    /// Relays `stream` to its destination — the workload it names, a backend of its TCPRoute,
+    /// or an endpoint of its Service — if the policies allow it; a refused or failed connection
+    /// is reset.
     pub(super) async fn relay(self, mut stream: Stream) -> io::Result<()> {
         let started = Instant::now();
-        let (sent, received, outcome) = match self.relay_inner(&mut stream).await {
+        let mut route = String::new();
+        let (sent, received, outcome) = match self.relay_inner(&mut stream, &mut route).await {
             Ok((target, (sent, received))) => (sent, received, format!("relayed to {target}")),
             Err(why) => {
                 stream.reset();
@@ -88,6 +100,7 @@ impl Session {
             client = %self.client.address,
             sent,
             received,
+            route = %route,
             micros = started.elapsed().as_micros() as u64,
             outcome,
             "connection"
@@ -95,8 +108,13 @@ impl Session {
         Ok(())
     }
 
-    /// The relay's target and bytes each way, or why there was none or it failed.
-    async fn relay_inner(&self, stream: &mut Stream) -> Result<(SocketAddr, (u64, u64)), String> {
+    /// The relay's target and bytes each way, or why there was none or it failed; `route` is
+    /// set to the TCPRoute that chose the backend.
+    async fn relay_inner(
+        &self,
+        stream: &mut Stream,
+        route: &mut String,
+    ) -> Result<(SocketAddr, (u64, u64)), String> {
         let nothing = HeaderMap::new();
         self.decide(|port| authz::Request {
             source: Some(&self.client.identity),
@@ -116,7 +134,20 @@ impl Session {
                 (workload.clone(), SocketAddr::new(ip, *port))
             }
             Destination::Service(service, port) => {
-                self.endpoint(&service.key(), *port, &[]).map_err(|failure| failure.to_string())?
+                let tcp = self.tcp_route();
+                let (backend, backend_port) =
+                    match tcp.as_ref().and_then(|(routes, port)| routes.select_tcp(*port)) {
+                        Some(selected) => {
+                            route.push_str(selected.route);
+                            let backend = selected
+                                .rule
+                                .pick_backend_randomly()
+                                .ok_or_else(|| format!("{}: no usable backend", selected.route))?;
+                            (backend.service.clone(), backend.port)
+                        }
+                        None => (service.key(), *port),
+                    };
+                self.endpoint(&backend, backend_port, &[]).map_err(|failure| failure.to_string())?
             }
         };
         let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target))

@@ -49,7 +49,7 @@ fn matches_regex(name: &str, value: &str) -> api::ValueMatch {
 }
 
 fn resource(routes: Vec<api::Route>) -> api::ServiceRoutes {
-    api::ServiceRoutes { service: "ns/svc.ns.svc.cluster.local".into(), routes }
+    api::ServiceRoutes { service: "ns/svc.ns.svc.cluster.local".into(), routes, tcp_routes: Vec::new() }
 }
 
 fn compile(routes: Vec<api::Route>) -> Routes {
@@ -338,6 +338,32 @@ fn routes_apply_to_their_ports_only() {
 }
 
 #[test]
+fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_tcp() {
+    let resource = api::ServiceRoutes {
+        tcp_routes: vec![
+            route("db", &[5432], vec![rule("db", vec![])]),
+            route("db-newer", &[5432], vec![rule("db-newer", vec![])]),
+            route("any", &[], vec![rule("any", vec![])]),
+        ],
+        ..resource(vec![route("web", &[80], vec![rule("web", vec![prefix("/api")])])])
+    };
+    let routes = Routes::try_from(&resource).expect("valid routes");
+    // Port 80 is routed (404 for what matches no rule); 8080 goes to the Service itself.
+    assert!(routes.routes_http(80) && !routes.routes_http(8080));
+    assert_eq!(
+        routes
+            .select(8080, &Method::GET, &"/api".parse().expect("a path"), &HeaderMap::new())
+            .map(|s| s.route),
+        None
+    );
+    // The oldest TCPRoute applying to a port takes its connections; one for every port the rest.
+    let tcp = |port| routes.select_tcp(port).map(|selected| selected.route);
+    assert_eq!((tcp(5432), tcp(80)), (Some("ns/db"), Some("ns/any")));
+    let only_http = compile(vec![route("web", &[80], vec![rule("web", vec![prefix("/")])])]);
+    assert!(only_http.select_tcp(80).is_none());
+}
+
+#[test]
 fn regex_path_is_a_full_match() {
     let routes = compile(vec![route("r", &[], vec![rule("v", vec![regex("/v[0-9]+")])])]);
     assert_table(
@@ -450,7 +476,9 @@ fn invalid_resources_are_rejected() {
     /// Whether the error is the one the resource should get.
     type Expected = fn(&Error) -> bool;
     let table: Vec<(api::ServiceRoutes, Expected)> = vec![
-        (api::ServiceRoutes { service: String::new(), routes: vec![] }, |e| matches!(e, Error::EmptyService)),
+        (api::ServiceRoutes { service: String::new(), routes: vec![], tcp_routes: vec![] }, |e| {
+            matches!(e, Error::EmptyService)
+        }),
         (with_rule(rule("x", vec![prefix("foo")])), |e| matches!(e, Error::InvalidPath { .. })),
         (with_rule(rule("x", vec![exact("")])), |e| matches!(e, Error::InvalidPath { .. })),
         (

@@ -36,6 +36,7 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
     let waypoint = Some("waypoint.shop.svc.cluster.local");
     let routes = route::ServiceRoutes {
         service: ECHO.into(),
+        tcp_routes: Vec::new(),
         routes: vec![route::Route {
             name: "shop/split".into(),
             ports: vec![],
@@ -80,6 +81,25 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
         }],
         "http_authorizations": policies,
     })
+}
+
+/// `policy` in the dump, as the only one.
+fn deny_admin_to_client() -> authz::HttpAuthorization {
+    authz::HttpAuthorization {
+        name: "no-admin".into(),
+        namespace: "shop".into(),
+        services: vec![ECHO.into()],
+        deny: true,
+        rules: vec![authz::HttpRule {
+            from: vec![authz::HttpSource {
+                principals: vec!["cluster.local/ns/shop/sa/client".into()],
+                ..Default::default()
+            }],
+            to: vec![authz::HttpOperation { paths: vec!["/api/admin*".into()], ..Default::default() }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 fn probe(path: &str) -> Probe {
@@ -179,21 +199,7 @@ fn a_waypoint_without_ready_endpoints_ends_the_check() {
 
 #[test]
 fn l7_policies_decide_for_the_client_pod_as_the_waypoint_would() {
-    let deny_admin = authz::HttpAuthorization {
-        name: "no-admin".into(),
-        namespace: "shop".into(),
-        services: vec![ECHO.into()],
-        deny: true,
-        rules: vec![authz::HttpRule {
-            from: vec![authz::HttpSource {
-                principals: vec!["cluster.local/ns/shop/sa/client".into()],
-                ..Default::default()
-            }],
-            to: vec![authz::HttpOperation { paths: vec!["/api/admin*".into()], ..Default::default() }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let deny_admin = deny_admin_to_client();
     let dump = dump(Some(deny_admin));
     let from_client = |path: &str| Probe { from: Some("shop/client".into()), ..probe(path) };
     let found = findings(&dump, "echo", &from_client("/api/admin/users"));
@@ -213,5 +219,42 @@ fn l7_policies_decide_for_the_client_pod_as_the_waypoint_would() {
         found.iter().any(|(check, _, detail)| check == "policies"
             && detail.starts_with("shop/no-admin apply; name the client pod")),
         "{found:?}"
+    );
+}
+
+#[test]
+fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connection() {
+    let tcp_routes = route::ServiceRoutes {
+        service: ECHO.into(),
+        routes: Vec::new(),
+        tcp_routes: vec![route::Route {
+            name: "TCPRoute:shop/db".into(),
+            ports: vec![80],
+            rules: vec![route::Rule {
+                backends: vec![route::Backend { service: V2.into(), port: 80, weight: 1 }],
+                ..Default::default()
+            }],
+        }],
+    };
+    let with_tcp = |policy| {
+        let mut dump = dump(policy);
+        dump["routes"][0]["resource"] = weft_api::admin::hex(&tcp_routes.encode_to_vec()).into();
+        dump
+    };
+    let found = findings(&with_tcp(None), "echo", &probe("/api/items"));
+    assert_eq!(found[2].2, "port 80 is TCP (a TCPRoute): relayed at L4, not read as HTTP", "{found:?}");
+    assert_eq!(
+        last(&found),
+        ("route", true, &*format!("TCPRoute:shop/db → {V2}:80 weight 1 (1 healthy endpoint(s))"))
+    );
+    // A connection has no path: the DENY on paths refuses it whole, as the waypoint reads
+    // policies for TCP, whatever path the probe names.
+    let from_client = Probe { from: Some("shop/client".into()), ..probe("/public") };
+    let found = findings(&with_tcp(Some(deny_admin_to_client())), "echo", &from_client);
+    let (check, ok, detail) = last(&found);
+    assert_eq!((check, ok), ("policies", false), "{found:?}");
+    assert!(
+        detail.ends_with("denied by DENY policy shop/no-admin (the waypoint resets the connection)"),
+        "{detail}"
     );
 }

@@ -101,8 +101,18 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
         gateway("other", "mesh", "weft-waypoint"),
         gateway("ingress", "mesh", "some-ingress"),
     ];
-    let snapshot =
-        build(&naming(), &[mesh, namespace("plain", true)], &pods, &services, &[], &[], &gateways, &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &[mesh, namespace("plain", true)],
+        &pods,
+        &services,
+        &[],
+        &[],
+        &gateways,
+        &[],
+        &[],
+        &[],
+    );
     let of_service = |name: &str| service_of(&snapshot, name, "mesh").waypoint;
     assert_eq!(of_service("web"), address("waypoint"));
     assert_eq!(of_service("api"), address("other"), "the Service's label wins");
@@ -125,7 +135,7 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
 fn a_service_named_like_its_own_waypoint_never_uses_it_even_before_the_gateway_exists() {
     let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
     let services = [service("waypoint", "mesh", "10.96.0.10", vec![port(15008, None)])];
-    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[], &[]);
+    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[], &[], &[]);
     assert_eq!(service_of(&snapshot, "waypoint", "mesh").waypoint, None);
 }
 
@@ -145,7 +155,7 @@ fn backends() -> Vec<Service> {
 
 /// What namespace `mesh`, enrolled, with [`backends`] and `routes` makes.
 fn with_backends(routes: &[HttpRoute]) -> Snapshot {
-    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes, &[])
+    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes, &[], &[])
 }
 
 #[test]
@@ -317,7 +327,7 @@ fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_s
         }),
     );
     let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], [&http], [&grpc]);
+        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], [&http], [&grpc], &[]);
     let routes = service_routes(&snapshot, KEY);
     let names: Vec<&str> = routes.routes.iter().map(|route| route.name.as_str()).collect();
     assert_eq!(names, ["mesh/api", "GRPCRoute:mesh/api"], "oldest first, each kind named apart");
@@ -364,6 +374,40 @@ fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_s
     let grpc_status = &snapshot.mesh_routes[1];
     assert!(grpc_status.partially_invalid.as_deref().unwrap().contains("rules[2]"), "{grpc_status:?}");
     assert_eq!(serde_json::to_value(grpc_status.kind).unwrap(), "GRPCRoute");
+}
+
+#[test]
+fn a_tcp_route_becomes_the_services_tcp_routes_with_weighted_backends_and_its_own_status() {
+    let tcp: TcpRoute = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "db", "namespace": "mesh" },
+        "spec": {
+            "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "port": 80 }],
+            "rules": [{ "backendRefs": [{ "name": "web-v1", "port": 8080, "weight": 90 },
+                                        { "name": "web-v2", "port": 8080, "weight": 10 },
+                                        { "name": "nope", "port": 8080 }] }]
+        }
+    }))
+    .unwrap();
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[], &[], [&tcp]);
+    let routes = service_routes(&snapshot, KEY);
+    assert!(routes.routes.is_empty(), "no HTTP routes: {routes:?}");
+    let [route] = routes.tcp_routes.as_slice() else { panic!("one TCP route: {routes:?}") };
+    assert_eq!((route.name.as_str(), route.ports.as_slice()), ("TCPRoute:mesh/db", &[80][..]));
+    let backends: Vec<(&str, u32, u32)> = route.rules[0]
+        .backends
+        .iter()
+        .map(|backend| (backend.service.as_str(), backend.port, backend.weight))
+        .collect();
+    assert_eq!(
+        backends,
+        [("mesh/web-v1.mesh.svc.cluster.local", 8080, 90), ("mesh/web-v2.mesh.svc.cluster.local", 8080, 10)],
+        "a missing backend is dropped"
+    );
+    let [status] = snapshot.mesh_routes.as_slice() else { panic!("{:?}", snapshot.mesh_routes) };
+    assert_eq!((status.kind, status.parents[0].accepted.reason), (RouteKind::Tcp, "Accepted"));
+    assert_eq!(status.resolved_refs.reason, "BackendNotFound");
+    assert_eq!(serde_json::to_value(status.kind).unwrap(), "TCPRoute");
 }
 
 #[test]
@@ -446,7 +490,8 @@ fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_
     ];
     let mut services = backends();
     services.push(service("web", "other", "10.96.1.10", vec![port(80, None)]));
-    let snapshot = build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes, &[]);
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes, &[], &[]);
     let names: Vec<(String, Vec<u32>)> =
         service_routes(&snapshot, KEY).routes.into_iter().map(|route| (route.name, route.ports)).collect();
     let expected =
@@ -530,8 +575,18 @@ fn an_l7_policy_is_served_only_where_a_waypoint_stands_and_says_where_none_does(
         policy("on-nothing", gateway_ref("nope")),
     ];
     let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &policies, &gateways, &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[],
+        &backends(),
+        &[],
+        &policies,
+        &gateways,
+        &[],
+        &[],
+        &[],
+    );
     let status = |name: &str| snapshot.policies.iter().find(|status| status.name == name).unwrap();
     assert!(status("on-web").served && status("on-waypoint").served);
     for unserved in ["on-web-v1", "on-nothing"] {
