@@ -68,9 +68,15 @@ struct Args {
     /// skew and late renewals.
     #[arg(long, default_value_t = 300)]
     ca_rotation_margin_seconds: u64,
-    /// The image of the waypoints it deploys for Gateways of class `weft-waypoint`.
+    /// The image of the waypoints it deploys for Gateways of class `weft-waypoint`, unless the
+    /// PodTemplate `--waypoint-template` names one.
     #[arg(long, env = "WEFT_WAYPOINT_IMAGE", default_value = "weft/waypoint")]
     waypoint_image: String,
+    /// The PodTemplate in its namespace whose `waypoint` container (image, pull policy,
+    /// resources) every waypoint runs: the manifests' `weft-waypoint`, its image set with the
+    /// others by kustomize. Missing: `--waypoint-image`, no resources.
+    #[arg(long, env = "WEFT_WAYPOINT_TEMPLATE", default_value = "weft-waypoint")]
+    waypoint_template: String,
     /// The xDS and CA address waypoint pods dial (this control plane's Service).
     #[arg(
         long,
@@ -135,6 +141,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         client.clone(),
         weft_control::waypoints::Settings {
             image: args.waypoint_image.clone(),
+            template: (args.namespace.clone(), args.waypoint_template.clone()),
             control_address: args.waypoint_control_address.clone(),
         },
         authority.clone(),

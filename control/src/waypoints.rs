@@ -3,11 +3,16 @@
 //! running `weft-waypoint`, all owned by the Gateway (deleting it removes them), copies the mesh
 //! root there for its pods, and reports on the Gateway's status: `Accepted`, and `Programmed`
 //! once a waypoint pod is available — as Istio's deployment controller does. Level-triggered:
-//! every Gateway change and a periodic tick reconcile them all.
+//! every Gateway change and a periodic tick reconcile them all. The waypoint container's image,
+//! pull policy and resources come from the PodTemplate `weft-waypoint` in the control plane's
+//! namespace (`manifests/waypoint.yaml`), so an operator sets them where the other images are.
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::ServiceAccount},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{PodTemplate, ServiceAccount},
+    },
     apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time},
 };
 use kube::{
@@ -31,8 +36,12 @@ const MANAGER: &str = "weft-control";
 /// How waypoints are deployed.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The waypoint's container image.
+    /// The waypoint's container image when the template names none.
     pub image: String,
+    /// The PodTemplate (`namespace`, `name`) whose `waypoint` container gives the image, pull
+    /// policy and resources of every waypoint: where an operator sets them (kustomize's
+    /// `images:` rewrites its image with the others).
+    pub template: (String, String),
     /// The control plane's xDS and CA address, as the waypoint's pods dial it.
     pub control_address: String,
 }
@@ -109,7 +118,8 @@ async fn reconcile(
     Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), &namespace)
         .patch(&name, &apply, &Patch::Apply(&service))
         .await?;
-    let deployment = deployment(&name, &metadata, settings);
+    let container = container(client, settings).await?;
+    let deployment = deployment(&name, &metadata, settings, &container);
     let deployed = Api::<Deployment>::namespaced(client.clone(), &namespace)
         .patch(&name, &apply, &Patch::Apply(&deployment))
         .await?;
@@ -144,9 +154,47 @@ async fn taken(
     Ok(None)
 }
 
+/// What the operator's template says of the waypoint's container: its image, pull policy and
+/// resources (JSON, as applied).
+#[derive(Debug, Clone, PartialEq)]
+struct Container {
+    image: String,
+    pull_policy: String,
+    resources: serde_json::Value,
+}
+
+/// The template's `waypoint` container, read at each reconcile (an edit reaches every waypoint
+/// within a tick); without the template or that container, `settings.image` and no resources.
+async fn container(client: &kube::Client, settings: &Settings) -> Result<Container, kube::Error> {
+    let (namespace, name) = &settings.template;
+    let template = Api::<PodTemplate>::namespaced(client.clone(), namespace).get_opt(name).await?;
+    Ok(from_template(template.as_ref(), &settings.image))
+}
+
+fn from_template(template: Option<&PodTemplate>, image: &str) -> Container {
+    let container = template
+        .and_then(|template| template.template.as_ref()?.spec.as_ref())
+        .and_then(|spec| spec.containers.iter().find(|container| container.name == "waypoint"));
+    Container {
+        image: container.and_then(|container| container.image.clone()).unwrap_or_else(|| image.to_owned()),
+        pull_policy: container
+            .and_then(|container| container.image_pull_policy.clone())
+            .unwrap_or_else(|| "IfNotPresent".to_owned()),
+        resources: container
+            .and_then(|container| container.resources.as_ref())
+            .and_then(|resources| serde_json::to_value(resources).ok())
+            .unwrap_or_else(|| json!({})),
+    }
+}
+
 /// The waypoint's Deployment: not captured itself, its identity its own service account, its
 /// token for the CA, the mesh root from the ConfigMap of its namespace.
-fn deployment(name: &str, metadata: &serde_json::Value, settings: &Settings) -> serde_json::Value {
+fn deployment(
+    name: &str,
+    metadata: &serde_json::Value,
+    settings: &Settings,
+    container: &Container,
+) -> serde_json::Value {
     let field = |path: &str| json!({ "valueFrom": { "fieldRef": { "fieldPath": path } } });
     let mut env: Vec<serde_json::Value> = [
         ("POD_NAME", field("metadata.name")),
@@ -184,8 +232,9 @@ fn deployment(name: &str, metadata: &serde_json::Value, settings: &Settings) -> 
                     "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532 },
                     "containers": [{
                         "name": "waypoint",
-                        "image": settings.image,
-                        "imagePullPolicy": "IfNotPresent",
+                        "image": container.image,
+                        "imagePullPolicy": container.pull_policy,
+                        "resources": container.resources,
                         "command": ["weft-waypoint"],
                         "env": env,
                         "ports": [
@@ -268,4 +317,44 @@ async fn report(
         .patch_status(&gateway.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&status))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_templates_waypoint_container_gives_image_pull_policy_and_resources_else_the_flags_image() {
+        let template: PodTemplate = serde_json::from_value(json!({
+            "metadata": { "name": "weft-waypoint", "namespace": "weft-system" },
+            "template": { "spec": { "containers": [
+                { "name": "other", "image": "not/this" },
+                { "name": "waypoint", "image": "registry.example/waypoint:1.2", "imagePullPolicy": "Always",
+                  "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } } },
+            ] } },
+        }))
+        .unwrap();
+        let container = from_template(Some(&template), "weft/waypoint");
+        assert_eq!(
+            (container.image.as_str(), container.pull_policy.as_str()),
+            ("registry.example/waypoint:1.2", "Always")
+        );
+        assert_eq!(
+            container.resources,
+            json!({ "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } })
+        );
+        let fallback = Container {
+            image: "weft/waypoint".into(),
+            pull_policy: "IfNotPresent".into(),
+            resources: json!({}),
+        };
+        assert_eq!(from_template(None, "weft/waypoint"), fallback);
+        let mut unnamed = template;
+        unnamed.template.as_mut().unwrap().spec.as_mut().unwrap().containers.remove(1);
+        assert_eq!(
+            from_template(Some(&unnamed), "weft/waypoint"),
+            fallback,
+            "only the container named waypoint counts"
+        );
+    }
 }

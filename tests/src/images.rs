@@ -36,7 +36,7 @@ pub fn testpod() -> anyhow::Result<Image> {
 /// Weft's own images, as its Dockerfiles make them (the binary on `PATH`, nothing else), under
 /// the names [`weft_overlay`](crate::nodes::RealCluster::install_weft) gives the manifests.
 pub fn weft() -> anyhow::Result<Vec<Image>> {
-    ["agent", "ztunnel", "control"]
+    ["agent", "ztunnel", "control", "waypoint"]
         .into_iter()
         .map(|component| {
             workspace(&format!("{WEFT_REGISTRY}/{component}:{WEFT_TAG}"), &format!("weft-{component}"))

@@ -146,7 +146,7 @@ impl RealCluster {
         let up = "../".repeat(overlay.components().count() - 1);
         let base = format!("{up}{}", manifests.strip_prefix("/")?.display());
         let mut kustomization = format!("resources:\n  - {base}\nimages:\n");
-        for component in ["agent", "ztunnel", "control"] {
+        for component in ["agent", "ztunnel", "control", "waypoint"] {
             kustomization.push_str(&format!(
                 "  - name: weft/{component}\n    newName: {}/{component}\n    newTag: {}\n",
                 images::WEFT_REGISTRY,

@@ -15,7 +15,7 @@ use std::{
 use k8s_openapi::{
     api::{
         apps::v1::{DaemonSet, Deployment},
-        core::v1::{ConfigMap, Namespace, PodSpec, Service, ServiceAccount},
+        core::v1::{ConfigMap, Namespace, PodSpec, PodTemplate, Service, ServiceAccount},
         rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
     },
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -52,6 +52,7 @@ impl Document {
         let template = match self.kind() {
             "Deployment" => typed::<Deployment>(self).spec.template,
             "DaemonSet" => typed::<DaemonSet>(self).spec.template,
+            "PodTemplate" => typed::<PodTemplate>(self).template.unwrap_or_default(),
             _ => return None,
         };
         Some(template.spec.unwrap_or_else(|| panic!("{}: a pod template without a spec", self.describe())))
@@ -168,6 +169,7 @@ fn every_manifest_is_a_known_object_without_unknown_fields() {
             "Deployment" => round_trip::<Deployment>(value),
             "Service" => round_trip::<Service>(value),
             "DaemonSet" => round_trip::<DaemonSet>(value),
+            "PodTemplate" => round_trip::<PodTemplate>(value),
             other => panic!("{}: kind {other} is not one Weft deploys", document.describe()),
         }
         .unwrap_or_else(|error| panic!("{}: not a valid object: {error}", document.describe()));
@@ -210,7 +212,10 @@ fn every_container_asks_for_resources_and_has_its_image_set_in_the_kustomization
             );
         }
     }
-    assert!(containers >= 3, "expected the control plane, agent and ztunnel containers, found {containers}");
+    assert!(
+        containers >= 4,
+        "expected the control plane, agent, ztunnel and waypoint containers, found {containers}"
+    );
 }
 
 /// An image reference without its tag or digest: the name kustomize's `images:` matches.

@@ -142,13 +142,16 @@ fn rolled(cluster: &RealCluster, name: &str) {
 
 /// The user's whole path on real nodes: Weft installed by its manifests; a namespace enrolled
 /// and tunnelled between the nodes; `weftctl` through the API server; a policy enforced and
-/// lifted; both DaemonSets updated under an open connection without a pod leaving the mesh;
-/// Weft removed, and the pods back on plain networking without a restart.
+/// lifted; both DaemonSets updated under an open connection without a pod leaving the mesh; a
+/// waypoint deployed for a Gateway and crossed; Weft removed, and the pods back on plain
+/// networking without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_updates_and_removal() {
     let mut images = images::weft().unwrap();
     images.push(images::testpod().unwrap());
     let cluster = RealCluster::start(2, &images).await.unwrap();
+    // The Gateway API first, as a user installs it: the control plane looks for it at start.
+    weft_tests::control::install_gateway_api_crds(cluster.client()).await.unwrap();
     cluster.install_weft().await.unwrap();
     let client = cluster.client();
     workloads::create_namespace(&client, "shop", serde_json::json!({"weft.dev/dataplane-mode": "ambient"}))
@@ -306,6 +309,38 @@ async fn weft_installed_by_its_manifests_meshes_real_nodes_through_policy_update
     assert_eq!(client_state(&client).await, (true, 0), "the client left the mesh or restarted");
     monitor.settle(WAIT).unwrap();
     assert_eq!(monitor.canary_frames(), 0, "plaintext crossed during the updates");
+
+    // A waypoint, as a user gets one: a Gateway of class weft-waypoint, deployed by the control
+    // plane with the image the manifests' template names, and Service echo opted in. The
+    // client's connections then cross it — still encrypted between the nodes.
+    weft_tests::waypoint::create_gateway(client.clone(), "shop", "waypoint").await.unwrap();
+    let waypoint_pods = "gateway.networking.k8s.io/gateway-name=waypoint";
+    cluster.wait_for_ready("shop", waypoint_pods, 1, WAIT).await.unwrap();
+    cluster
+        .kubectl_ok(&["label", "service", "echo", "-n", "shop", "weft.dev/use-waypoint=waypoint"])
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        let relayed = weft_tests::until("the client's connections to cross the waypoint", WAIT, || {
+            client_reaches_echo(&cluster, &canary)
+                && cluster.kubectl_ok(&["logs", "-n", "shop", "-l", waypoint_pods, "--tail=-1"]).is_ok_and(
+                    |logs| {
+                        logs.contains("spiffe://cluster.local/ns/shop/sa/default")
+                            && logs.contains("relayed to")
+                    },
+                )
+        });
+        if relayed.is_err() {
+            let logs = cluster.kubectl_ok(&["logs", "-n", "shop", "-l", waypoint_pods, "--tail=50"]);
+            panic!("no connection crossed the waypoint: {logs:?}");
+        }
+        let waypoints = weftctl_json(&cluster, &["waypoints"]).unwrap();
+        let [waypoint] = waypoints.as_array().unwrap().as_slice() else {
+            panic!("one waypoint: {waypoints}")
+        };
+        assert_eq!((&waypoint["waypoint"], &waypoint["state"]), (&"shop/waypoint".into(), &"ready".into()));
+    });
+    monitor.settle(WAIT).unwrap();
+    assert_eq!(monitor.canary_frames(), 0, "plaintext crossed on the waypoint's path");
 
     // Removed: the same pods, not restarted, talk in plaintext again.
     tokio::task::block_in_place(|| cluster.uninstall_weft()).unwrap();
