@@ -12,20 +12,6 @@ use tokio::{
     task::JoinSet,
 };
 
-/// Bytes as lower-case hex: how a dump carries an encoded resource (a `weftctl` that decodes it
-/// reads exactly what the proxies were sent).
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-/// The bytes [`hex`] wrote; `None` for anything else.
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok()).collect()
-}
-
 /// What the endpoints report.
 pub trait Source: Send + Sync + 'static {
     /// Prometheus text.
@@ -156,21 +142,6 @@ impl Default for Addresses {
             metrics: SocketAddr::from(([0, 0, 0, 0], 15020)),
             readiness: SocketAddr::from(([0, 0, 0, 0], 15021)),
             admin: SocketAddr::from(([127, 0, 0, 1], 15000)),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_reads_back_what_it_wrote_and_nothing_else() {
-        let bytes = [0x00, 0x0f, 0xa5, 0xff];
-        assert_eq!(hex(&bytes), "000fa5ff");
-        assert_eq!(unhex(&hex(&bytes)).as_deref(), Some(&bytes[..]));
-        for bad in ["0", "0g", "zz", "0f0", "é1"] {
-            assert_eq!(unhex(bad), None, "{bad:?}");
         }
     }
 }

@@ -50,7 +50,7 @@ enum Command {
     /// Waypoints in use: their Service, ready endpoints, and the Services and workloads behind
     /// them.
     Waypoints,
-    /// HTTPRoutes and GRPCRoutes attached to Services: applied where, backends resolved, and
+    /// HTTPRoutes, GRPCRoutes and TCPRoutes attached to Services: applied where, backends resolved, and
     /// what a waypoint cannot apply.
     Routes,
     /// Connections open now, per node: pod, identities, target, age, bytes so far.

@@ -222,13 +222,20 @@ impl Snapshot {
             .iter()
             .map(|(name, resource)| {
                 let routes = weft_api::route::ServiceRoutes::decode(resource.body.value.as_slice())
-                    .map(|routes| routes.routes.into_iter().map(|route| route.name).collect::<Vec<_>>())
+                    .map(|routes| {
+                        routes
+                            .routes
+                            .into_iter()
+                            .chain(routes.tcp_routes)
+                            .map(|route| route.name)
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default();
                 serde_json::json!({
                     "service": name,
                     "routes": routes,
                     "version": resource.version,
-                    "resource": weft_api::admin::hex(&resource.body.value),
+                    "resource": weft_api::hex::encode(&resource.body.value),
                 })
             })
             .collect::<Vec<_>>();
@@ -236,7 +243,7 @@ impl Snapshot {
             .http_authorizations
             .iter()
             .map(|(name, resource)| {
-                serde_json::json!({ "name": name, "resource": weft_api::admin::hex(&resource.body.value) })
+                serde_json::json!({ "name": name, "resource": weft_api::hex::encode(&resource.body.value) })
             })
             .collect();
         serde_json::json!({

@@ -1,7 +1,8 @@
-//! Reports on every HTTPRoute and GRPCRoute attached to a Service what the control plane made
-//! of it, in its
+//! Reports on every HTTPRoute, GRPCRoute and TCPRoute attached to a Service what the control
+//! plane made of it, in its
 //! status as the Gateway API asks (GAMMA): per Service parent, `Accepted` (applied there, or why
-//! not: no such Service or port, another namespace, no waypoint yet), `ResolvedRefs` (every
+//! not: no such Service or port, another namespace, no waypoint yet, a TCPRoute's ports all
+//! taken by HTTP routes — `Conflicted`), `ResolvedRefs` (every
 //! backend usable, or the first reason one is not) and, when rules were left out,
 //! `PartiallyInvalid` — so `kubectl get httproute -o yaml` says why a route does nothing.
 //! Other controllers' entries are left as they are; a route attached to no Service any more

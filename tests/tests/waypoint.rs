@@ -618,16 +618,17 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         );
         assert!(!answer.contains("/smuggled"), "{answer:?}");
         // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
-        // off (GOAWAY or closed) rather than served on.
-        let rapid = apps::h2_abuse(&scene.client, to_echo, "rapid-reset").unwrap();
-        assert!(rapid.contains("cut-off by"), "a rapid-reset client was served on: {rapid}");
-        // Cancelling each request once it is under way escapes h2's own count, not the budget.
+        // off (GOAWAY or closed) rather than served on. First (so that no earlier session's
+        // line can be taken for its own): a client cancelling each request once it is under
+        // way, which escapes h2's own count, not the waypoint's.
         let paced = apps::h2_abuse(&scene.client, to_echo, "paced-reset").unwrap();
         assert!(paced.contains("cut-off by"), "a client cancelling every request was served on: {paced}");
         let closed =
             scene.waypoint.process().wait_for(|line| line.contains("client cancelled more than"), WAIT);
-        assert!(closed.is_ok(), "the waypoint's own budget did not close the session: {paced}");
-        eprintln!("rapid reset: {rapid}\npaced reset: {paced}");
+        assert!(closed.is_ok(), "the waypoint's own count did not close the session: {paced}");
+        let rapid = apps::h2_abuse(&scene.client, to_echo, "rapid-reset").unwrap();
+        assert!(rapid.contains("cut-off by"), "a rapid-reset client was served on: {rapid}");
+        eprintln!("paced reset: {paced}\nrapid reset: {rapid}");
         let flood = apps::h2_abuse(&scene.client, to_echo, "continuation").unwrap();
         eprintln!("continuation: {flood}");
         assert!(flood.contains("cut-off by"), "a CONTINUATION flood was read on: {flood}");

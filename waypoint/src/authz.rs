@@ -138,6 +138,24 @@ pub struct Request<'a> {
     pub opaque: bool,
 }
 
+impl<'a> Request<'a> {
+    /// A connection relayed at L4: a peer, its address and the port; no HTTP fields.
+    pub fn connection(source: Option<&'a Identity>, source_ip: IpAddr, port: u16) -> Self {
+        static CONNECT: Method = Method::CONNECT;
+        static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+        Request {
+            source,
+            source_ip,
+            method: &CONNECT,
+            path: "",
+            host: None,
+            port,
+            headers: &NO_HEADERS,
+            opaque: true,
+        }
+    }
+}
+
 /// The outcome for one request, with the policy that decided it, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {

@@ -28,7 +28,7 @@ use weft_proxy::{
         self, MAX_HEADER_LIST, Stream,
         client::Origin,
         pool::{Peer, Tunnel},
-        server::{MAX_RESETS, MAX_STREAMS, RESET_WINDOW},
+        server::MAX_STREAMS,
     },
     state::Workload,
 };
@@ -118,6 +118,9 @@ impl Failure {
     }
 }
 
+/// How long a session being cut off may take to finish what it has in flight.
+const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+
 /// What a request was routed to.
 #[derive(Debug, Default)]
 struct Routed {
@@ -160,21 +163,40 @@ impl Session {
         // END_STREAM) and still wait for the answer; without this, hyper drops the request
         // in flight when it reads that end.
         builder.http1().half_close(true);
-        // The node proxy's limits (hyper's defaults for the rest: h2 cuts off a client that
-        // resets streams before they are accepted, or sends a header block that never ends).
+        // The node proxy's limits — hyper's defaults too, set so that no upgrade loosens them
+        // unseen; h2 itself cuts off a client that resets streams before they are accepted, or
+        // sends a header block that never ends. Resets paced to escape it: [`cancelled`].
         builder.http2().max_concurrent_streams(MAX_STREAMS).max_header_list_size(MAX_HEADER_LIST);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
+        // Served to its end, or (draining) to the end of what is in flight, unless the client
+        // cancels too much meanwhile.
+        let mut going_away = false;
         tokio::select! {
             served = connection.as_mut() => return served.map_err(std::io::Error::other),
-            () = cancelled.exceeded() => {
-                let error = format!("client cancelled more than {MAX_RESETS} requests in {RESET_WINDOW:?}");
-                tracing::info!(src = %client.identity, client = %client.address, "{error}; session closed");
-                return Err(std::io::Error::other(error));
+            () = cancelled.exceeded() => {}
+            () = hbone::server::drained(&mut draining) => {
+                connection.as_mut().graceful_shutdown();
+                going_away = true;
+                tokio::select! {
+                    served = connection.as_mut() => return served.map_err(std::io::Error::other),
+                    () = cancelled.exceeded() => {}
+                }
             }
-            () = hbone::server::drained(&mut draining) => connection.as_mut().graceful_shutdown(),
         }
-        connection.await.map_err(std::io::Error::other)
+        let error = format!(
+            "client cancelled more than {} requests within {:?} of sending them in {:?}, most of its requests",
+            cancelled::MAX_PREMATURE,
+            cancelled::PREMATURE,
+            cancelled::WINDOW
+        );
+        tracing::info!(src = %client.identity, client = %client.address, "{error}; session closed");
+        // GOAWAY, a moment for what is in flight (mostly the requests it is cancelling), gone.
+        if !going_away {
+            connection.as_mut().graceful_shutdown();
+        }
+        let _ = tokio::time::timeout(CUT_OFF_GRACE, connection.as_mut()).await;
+        Err(std::io::Error::other(error))
     }
 
     /// Answers `request`; `pending` is spent as a cancellation if the client never sent the

@@ -253,8 +253,12 @@ impl Routes {
 
     /// The TCPRoute rule for connections to `port`: the oldest TCPRoute that applies to it (a
     /// TCPRoute has one rule; it matches every connection). `None`: the port is not TCP-routed,
-    /// and its connections are read as HTTP when they are.
+    /// and its connections are read as HTTP when they are — also when an HTTP route applies to
+    /// it, which takes precedence (GEP-1294; the control plane leaves such a port out already).
     pub fn select_tcp(&self, port: u16) -> Option<Selected<'_>> {
+        if self.routes_http(port) {
+            return None;
+        }
         let route = self.tcp_routes.iter().find(|route| route.applies_to(port))?;
         let rule = route.rules.first()?;
         Some(Selected { route: &route.name, rule, matched_prefix: "" })
@@ -338,8 +342,8 @@ impl Rule {
     }
 
     /// A backend chosen by weight, using `random(total)`, which must return a value in
-    /// `[0, total)`. `None` when the rule has no backends or every weight is 0: the Gateway API
-    /// then answers 500.
+    /// `[0, total)`. `None` when the rule has no backends, every weight is 0, or the draw fell
+    /// on an unusable backend's share ([`Backend::usable`]): the Gateway API then answers 500.
     pub fn pick_backend(&self, random: &mut impl FnMut(u32) -> u32) -> Option<&Backend> {
         if self.total_weight == 0 {
             return None;
@@ -348,7 +352,7 @@ impl Rule {
         let mut point = random(self.total_weight) % self.total_weight;
         for backend in &self.backends {
             if point < backend.weight {
-                return Some(backend);
+                return Some(backend).filter(|backend| backend.usable());
             }
             point -= backend.weight;
         }
@@ -414,6 +418,12 @@ impl Rule {
 }
 
 impl Backend {
+    /// Whether it names a Service: the control plane keeps a backendRef it could not resolve
+    /// as one without, so that its weight still draws its share (and gets 500).
+    pub fn usable(&self) -> bool {
+        !self.service.is_empty()
+    }
+
     fn compile(route: &str, backend: &api::Backend) -> Result<Self, Error> {
         let port = u16::try_from(backend.port)
             .map_err(|_| Error::InvalidPort { route: route.to_owned(), port: backend.port })?;

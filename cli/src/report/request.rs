@@ -2,7 +2,7 @@
 //! through and whether that waypoint can serve, what the L7 policies say to its source, and the
 //! route, rule and backends it gets. Decided by the waypoint's own code (`normalize`, `authz`,
 //! `route` of `weft-waypoint`) on the very resources the control plane sends waypoints (its
-//! `/config_dump` carries them encoded), so the answer cannot drift from what a waypoint does.
+//! `/config_dump` carries them encoded), so it says what a waypoint of this version does.
 use anyhow::Context;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 use prost::Message;
@@ -42,7 +42,8 @@ impl Mesh {
 
 /// One finding per step a request to Service `namespace/name` takes: `service`, `waypoint`,
 /// `request` (as the waypoint reads it), `policies`, `route`; it stops at the first step that
-/// ends the request. Errors only for a probe that is no request (a bad method or header).
+/// ends the request. Errors for a probe that is no request (a bad method, header or `--from`)
+/// and for a dump this weftctl cannot read (another version's).
 pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe) -> anyhow::Result<Value> {
     let items = |key: &str| dump[key].as_array().cloned().unwrap_or_default();
     let (services, workloads) = (items("services"), items("workloads"));
@@ -196,7 +197,7 @@ fn service_routes(dump: &Value, key: &str) -> anyhow::Result<Option<Routes>> {
     else {
         return Ok(None);
     };
-    let bytes = weft_api::admin::unhex(text(&resource["resource"])).context("not hex")?;
+    let bytes = weft_api::hex::decode(text(&resource["resource"])).context("not hex")?;
     let resource = weft_api::route::ServiceRoutes::decode(bytes.as_slice()).context("not ServiceRoutes")?;
     Ok(Some(Routes::try_from(&resource)?))
 }
@@ -214,7 +215,7 @@ fn policies_finding(
     let mut policies = Vec::new();
     for entry in dump["http_authorizations"].as_array().into_iter().flatten() {
         let name = text(&entry["name"]);
-        let bytes = weft_api::admin::unhex(text(&entry["resource"]))
+        let bytes = weft_api::hex::decode(text(&entry["resource"]))
             .with_context(|| format!("policy {name}: not hex"))?;
         let resource = weft_api::http_authorization::HttpAuthorization::decode(bytes.as_slice())
             .with_context(|| format!("policy {name}: not an HttpAuthorization"))?;
@@ -238,31 +239,27 @@ fn policies_finding(
         .iter()
         .find(|workload| workload["namespace"] == namespace && workload["name"] == name)
         .with_context(|| format!("--from {from}: the control plane serves no such workload"))?;
-    let source = Identity::new(text(&dump["trust_domain"]), namespace, text(&client["service_account"]));
+    let trust_domain = dump["trust_domain"]
+        .as_str()
+        .context("the control plane's dump names no trust domain (an older control plane)")?;
+    let source = Identity::new(trust_domain, namespace, text(&client["service_account"]));
     let source_ip = client["addresses"][0]
         .as_str()
         .and_then(|address| address.parse().ok())
         .with_context(|| format!("--from {from}: no address"))?;
-    // What the waypoint hands its decision: a relayed connection has no HTTP fields.
-    let (method, path, host) = if asked.opaque {
-        (Method::CONNECT, "", None)
+    let request = if asked.opaque {
+        authz::Request::connection(Some(&source), source_ip, asked.port)
     } else {
-        (
-            asked.method.clone(),
-            asked.uri.path(),
-            asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
-        )
-    };
-    let nothing = HeaderMap::new();
-    let request = authz::Request {
-        source: Some(&source),
-        source_ip,
-        method: &method,
-        path,
-        host,
-        port: asked.port,
-        headers: if asked.opaque { &nothing } else { &asked.headers },
-        opaque: asked.opaque,
+        authz::Request {
+            source: Some(&source),
+            source_ip,
+            method: &asked.method,
+            path: asked.uri.path(),
+            host: asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
+            port: asked.port,
+            headers: &asked.headers,
+            opaque: false,
+        }
     };
     let decision = authz::decide(&policies, &request);
     let mut detail = format!("from {source}: {}", decision.verdict);
@@ -304,6 +301,9 @@ fn rule_finding(workloads: &[Value], route: &str, rule: &Rule) -> Value {
         .backends()
         .iter()
         .map(|backend| {
+            if !backend.usable() {
+                return format!("an unusable backendRef weight {} (its share answered 500)", backend.weight);
+            }
             let endpoints = healthy_endpoints(workloads, &backend.service);
             format!(
                 "{}:{} weight {} ({endpoints} healthy endpoint(s))",
@@ -311,10 +311,9 @@ fn rule_finding(workloads: &[Value], route: &str, rule: &Rule) -> Value {
             )
         })
         .collect();
-    let usable = rule
-        .backends()
-        .iter()
-        .any(|backend| backend.weight > 0 && healthy_endpoints(workloads, &backend.service) > 0);
+    let usable = rule.backends().iter().any(|backend| {
+        backend.usable() && backend.weight > 0 && healthy_endpoints(workloads, &backend.service) > 0
+    });
     let detail = if backends.is_empty() {
         format!("{route}: a rule without backends (the waypoint answers 500)")
     } else {

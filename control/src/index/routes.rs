@@ -9,8 +9,9 @@
 //! What a waypoint cannot apply is left out and noted: a filter other than the header
 //! modifiers, redirects, rewrites and mirrors is ignored; a rule holding a match of a type unknown here is dropped (matching
 //! more would be worse); a backend that is no Service, is missing, or is in another namespace
-//! (that needs a ReferenceGrant, not read yet) is dropped, and a rule left without backends
-//! answers 500. A route in another namespace than its Service (a consumer route) applies to that
+//! (that needs a ReferenceGrant, not read yet) stays as an unusable one (no Service), so the
+//! share its weight draws is answered 500 (connections refused), as the Gateway API asks; a
+//! rule without backends answers 500. A route in another namespace than its Service (a consumer route) applies to that
 //! namespace's clients only; `ServiceRoutes` apply to every client, so it is not applied (applied
 //! to all, any namespace could take over another's Service).
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -108,6 +109,7 @@ pub fn compile<'a>(
             partially_invalid: (!left_out.is_empty()).then(|| left_out.join("; ")),
         });
     }
+    yield_to_http(naming, services, &mut by_service, &mut statuses);
     statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
     let resources = by_service
         .into_iter()
@@ -117,6 +119,66 @@ pub fn compile<'a>(
         })
         .collect();
     (resources, statuses)
+}
+
+/// Where HTTP routes (HTTPRoutes, GRPCRoutes) and TCPRoutes bind the same Service port, the
+/// HTTP ones apply, as GEP-1294 ranks route types (GRPCRoute, HTTPRoute, then TCPRoute): a
+/// TCPRoute keeps only the Service's ports no HTTP route covers. One left with none is
+/// `Accepted: False`, reason `Conflicted`, for that Service; one that lost some ports says which
+/// in its notes.
+fn yield_to_http(
+    naming: &Naming,
+    services: &HashMap<(&str, &str), &Service>,
+    by_service: &mut BTreeMap<String, (Vec<api::Route>, Vec<api::Route>)>,
+    statuses: &mut [RouteStatus],
+) {
+    for ((namespace, name), service) in services {
+        let key = format!("{namespace}/{}", hostname(naming, name, namespace));
+        let Some((http, tcp)) = by_service.get_mut(&key) else { continue };
+        if http.is_empty() || tcp.is_empty() {
+            continue;
+        }
+        let routed =
+            |port: u32| http.iter().any(|route| route.ports.is_empty() || route.ports.contains(&port));
+        let service_ports: Vec<u32> = service
+            .spec
+            .iter()
+            .flat_map(|spec| spec.ports.iter().flatten())
+            .filter_map(|port| u32::try_from(port.port).ok())
+            .collect();
+        tcp.retain_mut(|route| {
+            let bound = if route.ports.is_empty() { service_ports.clone() } else { route.ports.clone() };
+            let (lost, kept): (Vec<u32>, Vec<u32>) = bound.into_iter().partition(|port| routed(*port));
+            if lost.is_empty() {
+                return true;
+            }
+            let status = route.name.strip_prefix("TCPRoute:").and_then(|named| named.split_once('/')).and_then(
+                |(route_namespace, route_name)| {
+                    statuses.iter_mut().find(|status| {
+                        status.kind == RouteKind::Tcp && status.namespace == route_namespace && status.name == route_name
+                    })
+                },
+            );
+            let message = format!(
+                "Service {namespace}/{name} port(s) {lost:?} are routed by an HTTPRoute or GRPCRoute, which take precedence over a TCPRoute (GEP-1294)"
+            );
+            if let Some(status) = status {
+                if kept.is_empty() {
+                    for parent in status.parents.iter_mut().filter(|parent| parent.parent_ref.name == **name) {
+                        parent.accepted = Verdict::no("Conflicted", format!("{message}: not applied"));
+                    }
+                    status.services.retain(|applied| *applied != key);
+                }
+                status.notes.push(if kept.is_empty() {
+                    format!("{message}: not applied")
+                } else {
+                    format!("{message}: applied to port(s) {kept:?} only")
+                });
+            }
+            route.ports = kept.clone();
+            !kept.is_empty()
+        });
+    }
 }
 
 /// The Services `route` attaches to, by resource key, with the ports it applies to (empty:
@@ -296,9 +358,19 @@ impl Context<'_, '_> {
             match self.backend(backend) {
                 Ok(resolved) => converted.backends.push(resolved),
                 Err((reason, message)) => {
-                    let note = format!("{at}.backendRefs[{index}]: {message}: dropped");
+                    let refused = if self.kind == RouteKind::Tcp { "refused" } else { "answered 500" };
+                    let note = format!(
+                        "{at}.backendRefs[{index}]: {message}: its share (weight {}) is {refused}",
+                        backend.weight
+                    );
                     unresolved.push((reason, note.clone()));
                     notes.push(note);
+                    // Kept as an unusable backend, so its weight still draws its share.
+                    converted.backends.push(api::Backend {
+                        service: String::new(),
+                        port: 0,
+                        weight: backend.weight,
+                    });
                 }
             }
             if !backend.filters.is_empty() {

@@ -66,7 +66,7 @@ impl Origin {
             // Only the correlation is lost; a fixed non-zero id is still a valid header.
             ids = [1; 24];
         }
-        let hex = |bytes: &[u8]| bytes.iter().map(|byte| format!("{byte:02x}")).collect::<String>();
+        let hex = weft_api::hex::encode;
         format!("00-{}-{}-00", hex(&ids[..16]), hex(&ids[16..]))
     }
 }

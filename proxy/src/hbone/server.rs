@@ -180,28 +180,20 @@ enum StreamEnd {
     ResetByPeer,
 }
 
-/// Resets counted in fixed windows of [`RESET_WINDOW`], at most [`MAX_RESETS`] each: the
-/// rapid-reset defence of both proxies (the waypoint counts the requests of its HTTP/2
-/// sessions that a client cancels before their answer).
+/// Resets counted in fixed windows.
 #[derive(Debug)]
-pub struct ResetBudget {
+struct ResetBudget {
     window_start: tokio::time::Instant,
     resets: u32,
 }
 
-impl Default for ResetBudget {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ResetBudget {
-    pub fn new() -> Self {
+    fn new() -> Self {
         Self { window_start: tokio::time::Instant::now(), resets: 0 }
     }
 
     /// Counts one reset; false once the budget of the current window is spent.
-    pub fn spend(&mut self) -> bool {
+    fn spend(&mut self) -> bool {
         let now = tokio::time::Instant::now();
         if now.duration_since(self.window_start) > RESET_WINDOW {
             *self = Self { window_start: now, resets: 0 };

@@ -1,37 +1,71 @@
-//! The rapid-reset defence of an HTTP session: requests the client cancels before their answer
-//! (an HTTP/2 RST_STREAM drops hyper's service future, or ends the body the request is waiting
-//! for) are counted against the node proxy's budget ([`ResetBudget`]), and once it is spent the
-//! session is closed. h2 itself counts only
-//! streams reset before hyper accepted them; a client that waits until each request is under
-//! way — routed, sent upstream — before cancelling it would make the waypoint and the app work
-//! for nothing without end.
-use std::sync::{Arc, Mutex};
+//! The rapid-reset defence of an HTTP session, as Envoy (Istio's waypoint) has it: a request the
+//! client cancels within a second of sending it — an HTTP/2 RST_STREAM drops hyper's service
+//! future, or ends the body the request is waiting for — is *premature*. Once a window of
+//! [`WINDOW`] holds more than [`MAX_PREMATURE`] of them and they are over half of the session's
+//! requests in it, the session is closed. h2 itself counts only streams reset before hyper
+//! accepted them; a client that waits until each request is under way — routed, sent upstream —
+//! before cancelling it would otherwise make the waypoint and the app work for nothing without
+//! end. A busy client whose deadlines expire now and then, or whose requests ran long before it
+//! gave up on them, is never cut off: most of its requests are answered.
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
-use tokio::sync::Notify;
-use weft_proxy::hbone::server::ResetBudget;
+use tokio::{sync::Notify, time::Instant};
 
-/// One session's cancelled requests.
-#[derive(Debug, Default)]
+/// A request cancelled sooner than this after it began is premature.
+pub const PREMATURE: Duration = Duration::from_secs(1);
+/// Premature cancellations a session may have per window, whatever its other requests.
+pub const MAX_PREMATURE: u32 = 200;
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// One session's requests in the current window.
+#[derive(Debug)]
 pub struct Cancelled {
-    budget: Mutex<ResetBudget>,
+    window: Mutex<Window>,
     exceeded: Notify,
 }
 
+#[derive(Debug)]
+struct Window {
+    start: Instant,
+    /// Requests that ended (answered or cancelled).
+    ended: u32,
+    premature: u32,
+}
+
+impl Default for Cancelled {
+    fn default() -> Self {
+        Self {
+            window: Mutex::new(Window { start: Instant::now(), ended: 0, premature: 0 }),
+            exceeded: Notify::new(),
+        }
+    }
+}
+
 impl Cancelled {
-    /// A guard for one request: counted as cancelled if dropped before [`Pending::answered`].
+    /// A guard for one request, begun now: counted as cancelled if dropped before
+    /// [`Pending::answered`].
     #[must_use]
     pub fn pending(self: &Arc<Self>) -> Pending {
-        Pending { session: Some(self.clone()) }
+        Pending { session: Some(self.clone()), started: Instant::now() }
     }
 
-    /// Resolves once the session's budget is spent.
+    /// Resolves once the session has cancelled too many requests too soon.
     pub async fn exceeded(&self) {
         self.exceeded.notified().await;
     }
 
-    fn count(&self) {
-        let spent = !self.budget.lock().unwrap_or_else(std::sync::PoisonError::into_inner).spend();
-        if spent {
+    fn count(&self, premature: bool) {
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if now.duration_since(window.start) > WINDOW {
+            *window = Window { start: now, ended: 0, premature: 0 };
+        }
+        window.ended += 1;
+        window.premature += u32::from(premature);
+        if window.premature > MAX_PREMATURE && window.premature * 2 > window.ended {
             // Stored if the session is not waiting yet: it sees it when it next does.
             self.exceeded.notify_one();
         }
@@ -42,42 +76,69 @@ impl Cancelled {
 #[derive(Debug)]
 pub struct Pending {
     session: Option<Arc<Cancelled>>,
+    started: Instant,
 }
 
 impl Pending {
     pub fn answered(mut self) {
-        self.session = None;
+        if let Some(session) = self.session.take() {
+            session.count(false);
+        }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            tracing::debug!("a request was cancelled before its answer");
-            session.count();
+            let premature = self.started.elapsed() < PREMATURE;
+            tracing::debug!(premature, "a request was cancelled before its answer");
+            session.count(premature);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use weft_proxy::hbone::server::MAX_RESETS;
-
     use super::*;
 
-    #[tokio::test]
-    async fn only_requests_dropped_unanswered_spend_the_budget_and_spending_it_is_seen() {
+    async fn exceeded(cancelled: &Cancelled) -> bool {
+        tokio::time::timeout(Duration::from_millis(1), cancelled.exceeded()).await.is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_is_cut_off_only_when_most_of_its_requests_are_cancelled_at_once() {
+        // Answered requests never count against it, nor does a budget's worth of cancellations.
         let cancelled = Arc::new(Cancelled::default());
-        for _ in 0..2 * MAX_RESETS {
+        for _ in 0..2 * MAX_PREMATURE {
             cancelled.pending().answered();
         }
-        for _ in 0..MAX_RESETS {
+        for _ in 0..MAX_PREMATURE {
             drop(cancelled.pending());
         }
-        let exceeded = tokio::time::timeout(std::time::Duration::from_millis(1), cancelled.exceeded());
-        assert!(exceeded.await.is_err(), "{MAX_RESETS} cancellations are within the budget");
+        assert!(!exceeded(&cancelled).await, "{MAX_PREMATURE} premature cancellations are within the budget");
+        // Beyond it, but most requests still answered (deadlines expiring in a busy moment).
+        for _ in 0..MAX_PREMATURE {
+            drop(cancelled.pending());
+        }
+        assert!(!exceeded(&cancelled).await, "half the requests cancelled is not yet an attack");
         drop(cancelled.pending());
-        let exceeded = tokio::time::timeout(std::time::Duration::from_millis(1), cancelled.exceeded());
-        assert!(exceeded.await.is_ok(), "one more spends it");
+        assert!(exceeded(&cancelled).await, "more cancelled than answered, beyond the budget: cut off");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_given_up_after_a_second_is_no_premature_cancellation_and_windows_start_afresh() {
+        let cancelled = Arc::new(Cancelled::default());
+        let slow: Vec<Pending> = (0..2 * MAX_PREMATURE).map(|_| cancelled.pending()).collect();
+        tokio::time::advance(PREMATURE).await;
+        drop(slow);
+        assert!(!exceeded(&cancelled).await, "requests that ran a second before their client gave up");
+        // The next window counts from nothing: a budget's worth again, then one more.
+        tokio::time::advance(WINDOW).await;
+        for _ in 0..MAX_PREMATURE {
+            drop(cancelled.pending());
+        }
+        assert!(!exceeded(&cancelled).await);
+        drop(cancelled.pending());
+        assert!(exceeded(&cancelled).await);
     }
 }

@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use http::{HeaderMap, Method};
 use weft_proxy::hbone::Stream;
 
 use super::{CONNECT_TIMEOUT, Session, address_of};
@@ -115,16 +114,8 @@ impl Session {
         stream: &mut Stream,
         route: &mut String,
     ) -> Result<(SocketAddr, (u64, u64)), String> {
-        let nothing = HeaderMap::new();
-        self.decide(|port| authz::Request {
-            source: Some(&self.client.identity),
-            source_ip: self.client.address.ip(),
-            method: &Method::CONNECT,
-            path: "",
-            host: None,
-            port,
-            headers: &nothing,
-            opaque: true,
+        self.decide(|port| {
+            authz::Request::connection(Some(&self.client.identity), self.client.address.ip(), port)
         })
         .map_err(|failure| failure.to_string())?;
         let (workload, target) = match &self.destination {

@@ -338,7 +338,7 @@ fn routes_apply_to_their_ports_only() {
 }
 
 #[test]
-fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_tcp() {
+fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_tcp_unless_one_does() {
     let resource = api::ServiceRoutes {
         tcp_routes: vec![
             route("db", &[5432], vec![rule("db", vec![])]),
@@ -356,9 +356,10 @@ fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_
             .map(|s| s.route),
         None
     );
-    // The oldest TCPRoute applying to a port takes its connections; one for every port the rest.
+    // The oldest TCPRoute applying to a port takes its connections, one for every port the
+    // rest — but for a port an HTTP route applies to, which it takes precedence over.
     let tcp = |port| routes.select_tcp(port).map(|selected| selected.route);
-    assert_eq!((tcp(5432), tcp(80)), (Some("ns/db"), Some("ns/any")));
+    assert_eq!((tcp(5432), tcp(8080), tcp(80)), (Some("ns/db"), Some("ns/any"), None));
     let only_http = compile(vec![route("web", &[80], vec![rule("web", vec![prefix("/")])])]);
     assert!(only_http.select_tcp(80).is_none());
 }
@@ -651,6 +652,23 @@ fn no_weight_picks_no_backend() {
         assert_eq!(rule.pick_backend(&mut |_| unreachable!("nothing to draw between")), None);
         assert_eq!(rule.pick_backend_randomly(), None);
     }
+}
+
+#[test]
+fn an_unusable_backend_keeps_its_share_which_picks_none() {
+    // A backendRef the control plane could not resolve comes without a Service: its 10 % of
+    // draws get no backend (500), not the others' backends.
+    let routes = weighted(vec![backend("a", 90), backend("", 10)]);
+    let rule = selected_rule(&routes);
+    let mut draws = 0..;
+    let picked: Vec<Option<String>> = (0..100)
+        .map(|_| {
+            rule.pick_backend(&mut |_| draws.next().expect("unbounded"))
+                .map(|backend| backend.service.clone())
+        })
+        .collect();
+    assert_eq!(picked.iter().filter(|one| one.as_deref() == Some("a")).count(), 90);
+    assert_eq!(picked.iter().filter(|one| one.is_none()).count(), 10);
 }
 
 #[test]

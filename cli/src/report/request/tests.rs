@@ -60,7 +60,7 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
         .into_iter()
         .map(|policy| {
             let name = format!("{}/{}", policy.namespace, policy.name);
-            json!({ "name": name, "resource": weft_api::admin::hex(&policy.encode_to_vec()) })
+            json!({ "name": name, "resource": weft_api::hex::encode(&policy.encode_to_vec()) })
         })
         .collect();
     json!({
@@ -73,7 +73,7 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
             workload("echo-v2-0", "echo", &[ECHO, V2], "10.0.1.2"),
             workload("client", "client", &[], "10.0.0.9"),
         ],
-        "routes": [{ "service": ECHO, "routes": ["shop/split"], "resource": weft_api::admin::hex(&routes.encode_to_vec()) }],
+        "routes": [{ "service": ECHO, "routes": ["shop/split"], "resource": weft_api::hex::encode(&routes.encode_to_vec()) }],
         "mesh_routes": [{
             "kind": "HTTPRoute", "namespace": "shop", "name": "orphan",
             "parents": [{ "parent_ref": { "name": "plain", "port": 80 } }],
@@ -238,7 +238,7 @@ fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connectio
     };
     let with_tcp = |policy| {
         let mut dump = dump(policy);
-        dump["routes"][0]["resource"] = weft_api::admin::hex(&tcp_routes.encode_to_vec()).into();
+        dump["routes"][0]["resource"] = weft_api::hex::encode(&tcp_routes.encode_to_vec()).into();
         dump
     };
     let found = findings(&with_tcp(None), "echo", &probe("/api/items"));

@@ -246,9 +246,14 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
         port: 8080,
         weight,
     };
-    assert_eq!(split.backends, [backend("web-v1", 90), backend("web-v2", 1)], "invalid backends dropped");
+    let unusable = |weight: u32| routes::Backend { service: String::new(), port: 0, weight };
+    assert_eq!(
+        split.backends,
+        [backend("web-v1", 90), backend("web-v2", 1), unusable(5), unusable(1), unusable(1)],
+        "invalid backends kept without a Service, so their shares are answered 500"
+    );
     assert_eq!((split.request_timeout_ms, split.backend_timeout_ms), (10_000, 60_500));
-    assert!(gone.backends.is_empty(), "a rule left without backends stays: it answers 500");
+    assert_eq!(gone.backends, [unusable(1)], "a rule whose only backend is missing stays: it answers 500");
     assert_eq!(gone.request_timeout_ms, 0);
     assert_eq!(
         split.rewrite,
@@ -401,13 +406,74 @@ fn a_tcp_route_becomes_the_services_tcp_routes_with_weighted_backends_and_its_ow
         .collect();
     assert_eq!(
         backends,
-        [("mesh/web-v1.mesh.svc.cluster.local", 8080, 90), ("mesh/web-v2.mesh.svc.cluster.local", 8080, 10)],
-        "a missing backend is dropped"
+        [("mesh/web-v1.mesh.svc.cluster.local", 8080, 90), ("mesh/web-v2.mesh.svc.cluster.local", 8080, 10), ("", 0, 1)],
+        "a missing backend stays, without a Service, for its share to be refused"
     );
     let [status] = snapshot.mesh_routes.as_slice() else { panic!("{:?}", snapshot.mesh_routes) };
     assert_eq!((status.kind, status.parents[0].accepted.reason), (RouteKind::Tcp, "Accepted"));
     assert_eq!(status.resolved_refs.reason, "BackendNotFound");
     assert_eq!(serde_json::to_value(status.kind).unwrap(), "TCPRoute");
+}
+
+#[test]
+fn a_tcp_route_yields_the_ports_an_http_route_binds_and_is_conflicted_when_none_is_left() {
+    let tcp = |name: &str, parent: serde_json::Value| -> TcpRoute {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "mesh" },
+            "spec": { "parentRefs": [parent], "rules": [{ "backendRefs": [{ "name": "web-v1", "port": 8080 }] }] }
+        }))
+        .unwrap()
+    };
+    let mut services = backends();
+    services.push(labelled(
+        service("db", "mesh", "10.96.0.13", vec![named("http", 80, None), named("pg", 5432, None)]),
+        |s| &mut s.metadata,
+        "waypoint",
+    ));
+    // On web (one port, 80) and db (80 and 5432), HTTPRoutes on port 80.
+    let http = |service: &str| {
+        http_route(
+            &format!("http-{service}"),
+            1,
+            serde_json::json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": service, "port": 80 }],
+                "rules": [{ "backendRefs": [{ "name": "web-v2", "port": 8080 }] }]
+            }),
+        )
+    };
+    let on_web = tcp("on-web", serde_json::json!({ "group": "", "kind": "Service", "name": "web" }));
+    let on_db = tcp("on-db", serde_json::json!({ "group": "", "kind": "Service", "name": "db" }));
+    let snapshot = build(
+        &naming(),
+        &[namespace("mesh", true)],
+        &[],
+        &services,
+        &[],
+        &[],
+        &[],
+        &[http("web"), http("db")],
+        &[],
+        [&on_web, &on_db],
+    );
+    // web's only port is HTTP-routed: the TCPRoute applies nowhere, and says why.
+    assert!(service_routes(&snapshot, KEY).tcp_routes.is_empty());
+    let status = |name: &str| snapshot.mesh_routes.iter().find(|status| status.name == name).unwrap().clone();
+    let web = status("on-web");
+    assert_eq!(web.parents[0].accepted.reason, "Conflicted", "{web:?}");
+    assert!(!web.parents[0].accepted.status && web.services.is_empty(), "{web:?}");
+    // db keeps its TCP port: the route applies there only, and notes the port it yields.
+    let db = service_routes(&snapshot, "mesh/db.mesh.svc.cluster.local");
+    let [route] = db.tcp_routes.as_slice() else { panic!("{db:?}") };
+    assert_eq!(route.ports, [5432]);
+    let db_status = status("on-db");
+    assert_eq!(db_status.parents[0].accepted.reason, "Accepted", "{db_status:?}");
+    assert!(
+        db_status
+            .notes
+            .iter()
+            .any(|note| note.contains("port(s) [80]") && note.ends_with("applied to port(s) [5432] only")),
+        "{db_status:?}"
+    );
 }
 
 #[test]
