@@ -406,7 +406,11 @@ fn a_tcp_route_becomes_the_services_tcp_routes_with_weighted_backends_and_its_ow
         .collect();
     assert_eq!(
         backends,
-        [("mesh/web-v1.mesh.svc.cluster.local", 8080, 90), ("mesh/web-v2.mesh.svc.cluster.local", 8080, 10), ("", 0, 1)],
+        [
+            ("mesh/web-v1.mesh.svc.cluster.local", 8080, 90),
+            ("mesh/web-v2.mesh.svc.cluster.local", 8080, 10),
+            ("", 0, 1)
+        ],
         "a missing backend stays, without a Service, for its share to be refused"
     );
     let [status] = snapshot.mesh_routes.as_slice() else { panic!("{:?}", snapshot.mesh_routes) };
