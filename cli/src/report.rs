@@ -326,9 +326,6 @@ impl Mesh {
                 "the control plane does not list it (no address yet, or host network)".into(),
             ),
         });
-        if let Ok(policies) = self.policies().await {
-            findings.push(finding("policies", true, applying_policies(&policies, namespace, name)));
-        }
         let node_endpoints = self.nodes.iter().find(|known| known.name == node);
         match node_endpoints.and_then(|known| known.agent.as_ref()) {
             Some(agent) => match self.json(agent, "/config_dump").await {
@@ -374,19 +371,25 @@ impl Mesh {
             let workload_path = format!("/ns/{namespace}/sa/{service_account}");
             match self.json(ztunnel, "/config_dump").await {
                 Ok(dump) => {
-                    let served = dump["pods"]
+                    let entry = dump["pods"]
                         .as_array()
                         .into_iter()
                         .flatten()
-                        .any(|served| served["uid"] == uid.as_str());
+                        .find(|served| served["uid"] == uid.as_str());
                     findings.push(finding(
                         "proxied",
-                        served,
+                        entry.is_some(),
                         format!(
                             "the proxy on {node} {} its listeners",
-                            if served { "runs" } else { "does not run" }
+                            if entry.is_some() { "runs" } else { "does not run" }
                         ),
                     ));
+                    // The policies that proxy applies to the pod, as it decides them.
+                    let names = entry.and_then(|entry| entry["policies"].as_array());
+                    if let (Some(names), Ok(policies)) = (names, self.policies().await) {
+                        let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
+                        findings.push(finding("policies", true, deciding_policies(&policies, &names)));
+                    }
                     let cert = dump["certificates"].as_array().into_iter().flatten().find(|cert| {
                         cert["identity"].as_str().is_some_and(|identity| {
                             identity.starts_with("spiffe://") && identity.ends_with(&workload_path)
@@ -460,21 +463,25 @@ async fn running(pods: &Api<Pod>, label: &str) -> anyhow::Result<Vec<(String, St
     Ok(running.into_iter().filter_map(|pod| Some((pod.metadata.name?, pod.spec?.node_name?))).collect())
 }
 
-/// The served policies (rows of [`Mesh::policies`]) deciding connections to pod
-/// `namespace/name`, and what they mean together.
-fn applying_policies(policies: &Value, namespace: &str, name: &str) -> String {
-    let pod = format!("{namespace}/{name}");
+/// What the policies a node proxy applies to a pod mean together: `names` (`namespace/name`)
+/// as the proxy's `config_dump` lists them — its own choice, the one its decisions use
+/// (`weft_proxy::state::State::policies_for`) — with each one's action and notes from the
+/// control plane's rows (of [`Mesh::policies`]).
+fn deciding_policies(policies: &Value, names: &[&str]) -> String {
+    let key = |policy: &Value| {
+        format!("{}/{}", policy["namespace"].as_str().unwrap_or("?"), policy["name"].as_str().unwrap_or("?"))
+    };
     let applying: Vec<&Value> = policies
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|policy| policy["served"] == true)
-        .filter(|policy| match policy["scope"].as_str() {
-            Some("GLOBAL") => true,
-            Some("NAMESPACE") => policy["namespace"] == namespace,
-            _ => policy["selects"].as_array().is_some_and(|pods| pods.iter().any(|one| one == pod.as_str())),
-        })
+        .filter(|policy| names.contains(&key(policy).as_str()))
         .collect();
+    let unknown: Vec<&str> =
+        names.iter().copied().filter(|name| !applying.iter().any(|policy| key(policy) == *name)).collect();
+    if !unknown.is_empty() {
+        return format!("its proxy waits for {}: nothing is allowed until they arrive", unknown.join(", "));
+    }
     if applying.is_empty() {
         return "none apply: every peer may connect".into();
     }
@@ -544,15 +551,20 @@ mod tests {
             { "namespace": "other", "name": "ns", "action": "ALLOW", "scope": "NAMESPACE", "served": true, "selects": [], "notes": [] },
             { "namespace": "shop", "name": "audit", "action": "", "scope": "", "served": false, "selects": [], "notes": ["AUDIT"] },
         ]);
+        // As the pod's proxy lists them for shop/web: the mesh's and its own selector's.
         assert_eq!(
-            applying_policies(&policies, "shop", "web"),
+            deciding_policies(&policies, &["weft-system/mesh", "shop/web"]),
             "refused if any of DENY weft-system/mesh matches; allowed only if one of ALLOW shop/web matches; 1 not enforced as written (weftctl policies)"
         );
         assert_eq!(
-            applying_policies(&policies, "other", "x"),
+            deciding_policies(&policies, &["weft-system/mesh", "other/ns"]),
             "refused if any of DENY weft-system/mesh matches; allowed only if one of ALLOW other/ns matches"
         );
-        assert_eq!(applying_policies(&json!([]), "shop", "web"), "none apply: every peer may connect");
+        assert_eq!(deciding_policies(&policies, &[]), "none apply: every peer may connect");
+        assert_eq!(
+            deciding_policies(&policies, &["shop/late"]),
+            "its proxy waits for shop/late: nothing is allowed until they arrive"
+        );
     }
 
     #[test]

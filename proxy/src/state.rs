@@ -247,6 +247,25 @@ impl Policies {
     }
 }
 
+impl Policies {
+    /// What decides connections to `workload` of `namespace`: the mesh-wide policies, its
+    /// namespace's, and the selector policies the workload names — the one place that says
+    /// which policies apply to a pod. `Err(name)`: it names a policy not arrived yet.
+    fn applying(&self, workload: &Workload, namespace: &str) -> Result<Vec<&Policy>, String> {
+        let scoped = self.global.iter().chain(self.by_namespace.get(namespace).into_iter().flatten());
+        let mut applying: Vec<&Policy> = scoped.map(AsRef::as_ref).collect();
+        for name in &workload.authorization_policies {
+            match self.by_name.get(name) {
+                Some((_, policy)) if policy.scope == Scope::WorkloadSelector => applying.push(policy),
+                // Named by the workload but not a selector policy: it applies by its scope.
+                Some(_) => {}
+                None => return Err(name.clone()),
+            }
+        }
+        Ok(applying)
+    }
+}
+
 /// Which configuration kinds have arrived complete at least once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Synced {
@@ -599,19 +618,25 @@ impl State {
         {
             return Verdict::BypassedWaypoint { waypoint: waypoint.to_string() };
         }
-        let mut selected = Vec::with_capacity(workload.authorization_policies.len());
-        for name in &workload.authorization_policies {
-            match policies.by_name.get(name) {
-                Some((_, policy)) if policy.scope == Scope::WorkloadSelector => selected.push(policy),
-                // Named by the workload but not a selector policy: it applies by its scope.
-                Some(_) => {}
-                // A DENY among them would go unseen: nothing is allowed until it arrives.
-                None => return Verdict::UnknownPolicy { policy: name.clone() },
-            }
+        match policies.applying(&workload, pod.namespace) {
+            Ok(applying) => crate::authz::decide(applying, connection),
+            // A DENY among them would go unseen: nothing is allowed until it arrives.
+            Err(policy) => Verdict::UnknownPolicy { policy },
         }
-        let scoped =
-            policies.global.iter().chain(policies.by_namespace.get(pod.namespace).into_iter().flatten());
-        crate::authz::decide(scoped.chain(selected).map(AsRef::as_ref), connection)
+    }
+
+    /// The names of the policies that decide connections to `pod` (its workload at `address`),
+    /// as [`State::authorize`] takes them, for `config_dump` and `weftctl check`: `None` without
+    /// its workload; a named policy not arrived yet is listed too (nothing is allowed meanwhile).
+    pub fn policies_for(&self, pod: LocalPod<'_>, address: IpAddr) -> Option<Vec<String>> {
+        let policies = self.current_policies();
+        let workload = self.workload_by_ip(address).filter(|workload| workload.is(pod))?;
+        Some(match policies.applying(&workload, pod.namespace) {
+            Ok(applying) => {
+                applying.iter().map(|policy| format!("{}/{}", policy.namespace, policy.name)).collect()
+            }
+            Err(missing) => vec![missing],
+        })
     }
 
     /// [`State::authorize`], waiting up to `patience` while the configuration lacks the pod's
@@ -960,6 +985,15 @@ mod tests {
             ["ns/mine", "ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]
         );
         assert_eq!(applying("b", "10.0.0.2"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
+        // What the dump lists for a pod is what decides for it.
+        let listed = |uid: &str, ip: &str| {
+            let mut names = state.policies_for(local(uid), ip.parse().unwrap()).unwrap();
+            names.sort();
+            names
+        };
+        assert_eq!(listed("a", "10.0.0.1"), applying("a", "10.0.0.1"));
+        assert_eq!(listed("b", "10.0.0.2"), applying("b", "10.0.0.2"));
+        assert_eq!(state.policies_for(local("c"), "10.0.0.1".parse().unwrap()), None, "not its workload");
         // An address now held by another workload does not lend it its policies: refused.
         let to_c = Connection {
             source: None,
@@ -974,6 +1008,7 @@ mod tests {
         state.apply_policies(Update { changed: vec![], removed: vec!["ns/mine".into()] });
         let to_a = Connection { destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80), ..to_c };
         assert_eq!(state.authorize(local("a"), &to_a), Verdict::UnknownPolicy { policy: "ns/mine".into() });
+        assert_eq!(listed("a", "10.0.0.1"), ["ns/mine"], "the one it waits for");
     }
 
     /// Polls `decision` once: whether it is still waiting.

@@ -131,6 +131,17 @@ async fn policies_allow_and_deny_by_identity_port_and_mtls_and_weftctl_explains_
             ok && table.lines().any(|line| line.starts_with("shop") && line.contains("db-allow-web")),
             "{table}"
         );
+        // check names the policies db's node proxy applies to it, as that proxy lists them.
+        let (_, check) = apps::weftctl(&flags, &["check", "shop/db", "-o", "json"]).unwrap();
+        let check: Value = serde_json::from_str(&check).unwrap();
+        let policies =
+            check.as_array().unwrap().iter().find(|finding| finding["check"] == "policies").cloned();
+        let detail = policies.as_ref().and_then(|finding| finding["detail"].as_str()).unwrap_or_default();
+        assert!(
+            detail.starts_with("refused if any of DENY shop/deny-web matches; allowed only if one of ALLOW ")
+                && detail.contains("shop/db-allow-web"),
+            "{check}"
+        );
     });
 
     // Deleted, they stop applying.

@@ -807,6 +807,20 @@ async fn a_connection_that_is_not_http_is_relayed_at_l4_a_tcp_route_picks_its_ba
             .wait_for(|line| line.contains("connection") && line.contains("route=TCPRoute:shop/to-v2"), WAIT)
             .unwrap();
         assert!(line.contains(&format!("relayed to {}:{ECHO_PORT}", scene.v2.ipv4)), "{line}");
+        // Counted as Istio counts TCP: opened, closed, bytes each way, by route and peers.
+        let scraped = apps::http_get(&scene.waypoint.pod().netns, 15020, "/metrics").unwrap();
+        let series = |name: &str| {
+            let prefix = format!(
+                "{name}{{reporter=\"waypoint\",route=\"TCPRoute:shop/to-v2\",source_workload=\"client\",source_workload_namespace=\"shop\""
+            );
+            scraped
+                .lines()
+                .find(|line| line.starts_with(&prefix) && line.contains("destination_workload=\"echo-v2\""))
+                .and_then(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        assert!(series("weft_tcp_connections_opened_total") >= Some(2), "{scraped}");
+        assert!(series("weft_tcp_sent_bytes_total") > Some(0), "{scraped}");
+        assert!(series("weft_tcp_received_bytes_total") > Some(0), "{scraped}");
     });
     let accepted = weft_tests::eventually("TCPRoute to-v2's status", WAIT, || {
         let client = scene.cluster.client();

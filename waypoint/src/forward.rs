@@ -38,7 +38,7 @@ use crate::{
     authz,
     balance::Counted,
     inbound::{Client, Destination},
-    metrics::{RequestLabels, UNKNOWN},
+    metrics::{Peers, RequestLabels, UNKNOWN},
     retry::Outcome,
     route::{Mirror, Rule, Selected},
 };
@@ -247,13 +247,20 @@ impl Session {
 
     /// The metric labels of a request `routed` so, answered with `status`.
     fn labels(&self, routed: &Routed, status: StatusCode) -> RequestLabels {
-        let unknown = || UNKNOWN.to_owned();
-        let source = self.context.state.workload_by_ip(self.client.address.ip());
-        let destination = routed.workload.as_ref();
         RequestLabels {
             reporter: "waypoint",
             response_code: status.as_u16(),
             route: routed.route.clone(),
+            peers: self.peers(routed.workload.as_deref()),
+        }
+    }
+
+    /// The client and, when one was chosen, the endpoint's `destination` workload, as metrics
+    /// label them.
+    fn peers(&self, destination: Option<&Workload>) -> Peers {
+        let unknown = || UNKNOWN.to_owned();
+        let source = self.context.state.workload_by_ip(self.client.address.ip());
+        Peers {
             source_workload: source
                 .as_ref()
                 .map_or_else(unknown, |workload| workload.metrics_name().to_owned()),

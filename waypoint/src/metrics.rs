@@ -1,7 +1,8 @@
-//! Prometheus metrics of the requests the waypoint handles, named and labelled like Istio's
-//! request metrics (`istio_requests_total`, `istio_request_duration_milliseconds`,
-//! `istio_request_bytes`, `istio_response_bytes`) with Weft's prefix and the route added, so
-//! existing dashboards translate.
+//! Prometheus metrics of the requests the waypoint handles and the connections it relays at L4,
+//! named and labelled like Istio's (`istio_requests_total`, `istio_request_duration_milliseconds`,
+//! `istio_request_bytes`, `istio_response_bytes`; `istio_tcp_connections_opened_total`,
+//! `…_closed_total`, `istio_tcp_sent_bytes_total`, `…_received_bytes_total`) with Weft's prefix
+//! and the route added, so existing dashboards translate.
 use std::time::Duration;
 
 use prometheus_client::{
@@ -13,6 +14,19 @@ use prometheus_client::{
 /// The workload, namespace and principal labels of an end that is not a known workload.
 pub const UNKNOWN: &str = "unknown";
 
+/// Who a request or a relayed connection is between, labelled as Istio labels them.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Peers {
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
+    /// The Service asked for (`namespace/hostname`), or the workload addressed directly.
+    pub destination_service: String,
+    pub destination_workload: String,
+    pub destination_workload_namespace: String,
+    pub destination_principal: String,
+}
+
 /// Labels of a request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -22,14 +36,18 @@ pub struct RequestLabels {
     /// `namespace/name` of the HTTPRoute that took it; empty: none (the Service itself, or no
     /// route matched).
     pub route: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    /// The Service asked for (`namespace/hostname`), or the workload addressed directly.
-    pub destination_service: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
+    #[prometheus(flatten)]
+    pub peers: Peers,
+}
+
+/// Labels of a connection relayed at L4 (Istio's `istio_tcp_*`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub reporter: &'static str,
+    /// The TCPRoute that chose its backend (`TCPRoute:namespace/name`); empty: none.
+    pub route: String,
+    #[prometheus(flatten)]
+    pub peers: Peers,
 }
 
 /// Duration buckets, milliseconds: 0.5 ms to 10 s.
@@ -47,6 +65,10 @@ pub struct Metrics {
     durations: Family<RequestLabels, Histogram>,
     request_sizes: Family<RequestLabels, Histogram>,
     response_sizes: Family<RequestLabels, Histogram>,
+    connections_opened: Family<ConnectionLabels, Counter>,
+    connections_closed: Family<ConnectionLabels, Counter>,
+    sent_bytes: Family<ConnectionLabels, Counter>,
+    received_bytes: Family<ConnectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -71,7 +93,39 @@ impl Default for Metrics {
         );
         registry.register("request_bytes", "Request body sizes, when known", request_sizes.clone());
         registry.register("response_bytes", "Response body sizes, when known", response_sizes.clone());
-        Self { registry, requests, durations, request_sizes, response_sizes }
+        let (connections_opened, connections_closed) = (Family::default(), Family::default());
+        let (sent_bytes, received_bytes) = (Family::default(), Family::default());
+        registry.register(
+            "tcp_connections_opened",
+            "Connections relayed at L4, opened",
+            connections_opened.clone(),
+        );
+        registry.register(
+            "tcp_connections_closed",
+            "Connections relayed at L4, closed",
+            connections_closed.clone(),
+        );
+        registry.register(
+            "tcp_sent_bytes",
+            "Bytes relayed at L4 from the client, at close",
+            sent_bytes.clone(),
+        );
+        registry.register(
+            "tcp_received_bytes",
+            "Bytes relayed at L4 to the client, at close",
+            received_bytes.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            durations,
+            request_sizes,
+            response_sizes,
+            connections_opened,
+            connections_closed,
+            sent_bytes,
+            received_bytes,
+        }
     }
 }
 
@@ -88,6 +142,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection relayed at L4 once its tunnel is open.
+    pub fn connection_opened(&self, labels: &ConnectionLabels) {
+        self.connections_opened.get_or_create(labels).inc();
+    }
+
+    /// Counts a relayed connection's end, and the bytes it carried each way.
+    pub fn connection_closed(&self, labels: &ConnectionLabels, (sent, received): (u64, u64)) {
+        self.connections_closed.get_or_create(labels).inc();
+        self.sent_bytes.get_or_create(labels).inc_by(sent);
+        self.received_bytes.get_or_create(labels).inc_by(received);
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
         weft_api::admin::exposition(&self.registry)
@@ -98,13 +164,8 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_request_is_counted_timed_and_sized_under_its_labels() {
-        let metrics = Metrics::default();
-        let labels = RequestLabels {
-            reporter: "waypoint",
-            response_code: 503,
-            route: "shop/echo".into(),
+    fn peers() -> Peers {
+        Peers {
             source_workload: "client".into(),
             source_workload_namespace: "shop".into(),
             source_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
@@ -112,6 +173,41 @@ mod tests {
             destination_workload: UNKNOWN.into(),
             destination_workload_namespace: UNKNOWN.into(),
             destination_principal: UNKNOWN.into(),
+        }
+    }
+
+    #[test]
+    fn a_relayed_connection_is_counted_open_and_closed_with_its_bytes() {
+        let metrics = Metrics::default();
+        let labels =
+            ConnectionLabels { reporter: "waypoint", route: "TCPRoute:shop/db".into(), peers: peers() };
+        metrics.connection_opened(&labels);
+        let text = metrics.encode();
+        let series = "{reporter=\"waypoint\",route=\"TCPRoute:shop/db\",source_workload=\"client\"";
+        assert!(text.contains(&format!("weft_tcp_connections_opened_total{series}")), "{text}");
+        assert!(!text.contains("weft_tcp_connections_closed_total{"), "not closed yet: {text}");
+        metrics.connection_closed(&labels, (10, 2048));
+        let text = metrics.encode();
+        let value = |name: &str| {
+            let prefix = format!("{name}{series}");
+            text.lines()
+                .find(|line| line.starts_with(&prefix))
+                .and_then(|line| line.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(value("weft_tcp_connections_closed_total").as_deref(), Some("1"), "{text}");
+        assert_eq!(value("weft_tcp_sent_bytes_total").as_deref(), Some("10"), "{text}");
+        assert_eq!(value("weft_tcp_received_bytes_total").as_deref(), Some("2048"), "{text}");
+    }
+
+    #[test]
+    fn a_request_is_counted_timed_and_sized_under_its_labels() {
+        let metrics = Metrics::default();
+        let labels = RequestLabels {
+            reporter: "waypoint",
+            response_code: 503,
+            route: "shop/echo".into(),
+            peers: peers(),
         };
         metrics.request(&labels, Duration::from_millis(3), (Some(100), None));
         let text = metrics.encode();

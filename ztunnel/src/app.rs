@@ -119,12 +119,16 @@ impl weft_api::admin::Source for Endpoints {
         let pods: Vec<_> = pods
             .iter()
             .map(|(pod, addresses)| {
+                // What decides connections to it: its workload is the same at each address.
+                let policies =
+                    addresses.first().and_then(|address| self.0.state.policies_for(pod.local(), *address));
                 serde_json::json!({
                     "uid": pod.uid,
                     "name": pod.name,
                     "namespace": pod.namespace,
                     "identity": pod.identity(&self.0.trust_domain).to_string(),
                     "addresses": addresses,
+                    "policies": policies,
                 })
             })
             .collect();

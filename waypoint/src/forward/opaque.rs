@@ -14,7 +14,7 @@ use std::{
 use weft_proxy::hbone::Stream;
 
 use super::{CONNECT_TIMEOUT, Session, address_of};
-use crate::{authz, inbound::Destination, route::Routes};
+use crate::{authz, inbound::Destination, metrics::ConnectionLabels, route::Routes};
 
 /// How long a stream's first bytes are waited for. A client that says nothing first speaks a
 /// server-first protocol (MySQL, SMTP): its stream is relayed at L4 once this passed.
@@ -146,7 +146,15 @@ impl Session {
             .map_err(|_| format!("{target}: connect timed out"))?
             .map_err(|failure| failure.to_string())?;
         let _counting = self.context.in_flight.start(target);
+        let labels = ConnectionLabels {
+            reporter: "waypoint",
+            route: route.clone(),
+            peers: self.peers(Some(&workload)),
+        };
+        self.context.metrics.connection_opened(&labels);
         let relayed = tokio::io::copy_bidirectional(stream, &mut tunnel).await;
+        // A relay that failed midway lost its counts: it is closed all the same.
+        self.context.metrics.connection_closed(&labels, *relayed.as_ref().unwrap_or(&(0, 0)));
         relayed.map(|counts| (target, counts)).map_err(|error| format!("{target}: {error}"))
     }
 }
