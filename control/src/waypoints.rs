@@ -229,7 +229,13 @@ fn deployment(
                 "metadata": { "labels": labels },
                 "spec": {
                     "serviceAccountName": name,
-                    "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532 },
+                    // The Pod Security Standards' `restricted` profile, which many namespaces
+                    // enforce: a pod short of it is never created, and the Service's traffic
+                    // would meet a waypoint that never comes.
+                    "securityContext": {
+                        "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                        "seccompProfile": { "type": "RuntimeDefault" },
+                    },
                     "containers": [{
                         "name": "waypoint",
                         "image": container.image,

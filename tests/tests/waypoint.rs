@@ -880,6 +880,22 @@ async fn a_gateway_of_class_weft_waypoint_gets_a_deployment_service_and_account_
         env.iter().any(|var| var.name == "GATEWAY_NAME" && var.value.as_deref() == Some("waypoint")),
         "{env:?}"
     );
+    // Its pods pass the Pod Security Standards' `restricted` profile, which many namespaces
+    // enforce: the API server's own admission says so (a dry run).
+    let restricted = serde_json::json!({ "metadata": { "labels": { "pod-security.kubernetes.io/enforce": "restricted" } } });
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch("shop", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(restricted))
+        .await
+        .unwrap();
+    let probe = PodObject {
+        metadata: kube::api::ObjectMeta { name: Some("waypoint-admission".into()), ..Default::default() },
+        spec: Some(pod.clone()),
+        ..Default::default()
+    };
+    let admitted = Api::<PodObject>::namespaced(client.clone(), "shop")
+        .create(&PostParams { dry_run: true, ..Default::default() }, &probe)
+        .await;
+    assert!(admitted.is_ok(), "a waypoint pod in a restricted namespace: {admitted:?}");
     let service = Api::<Service>::namespaced(client.clone(), "shop").get("waypoint").await.unwrap();
     assert_eq!(service.spec.unwrap().ports.unwrap()[0].port, 15008);
     assert!(
