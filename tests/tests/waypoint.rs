@@ -822,6 +822,39 @@ async fn a_connection_that_is_not_http_is_relayed_at_l4_a_tcp_route_picks_its_ba
         assert!(series("weft_tcp_sent_bytes_total") > Some(0), "{scraped}");
         assert!(series("weft_tcp_received_bytes_total") > Some(0), "{scraped}");
     });
+    // A port that declares itself not HTTP (its name, as Istio reads it) is relayed as it is
+    // too — and without waiting to see its first bytes.
+    let declared = ServicePort {
+        name: Some("tcp-raw".into()),
+        port: 80,
+        target_port: Some(IntOrString::Int(ECHO_PORT.into())),
+        ..Default::default()
+    };
+    let raw_vip = scene.cluster.create_service("shop", "raw", &[("version", "v1")], declared).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let service = "shop/raw.shop.svc.cluster.local";
+        mesh::wait_for_endpoints(&scene.cluster.topology().nodes()[0].netns, service, 1, WAIT).unwrap();
+        mesh::wait_for_endpoints(&scene.waypoint.pod().netns, service, 1, WAIT).unwrap();
+        let request = "GET /declared HTTP/1.1\\r\\nhost: raw\\r\\nconnection: close\\r\\n\\r\\n";
+        let to_raw = SocketAddr::new(raw_vip, 80);
+        weft_tests::until("the declared port to reach the waypoint", WAIT, || {
+            apps::http_raw(&scene.client, to_raw, request)
+                .is_ok_and(|answer| answer.contains("name=v1") && answer.contains("header connection=close"))
+        })
+        .unwrap();
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(
+                |line| {
+                    line.contains("connection")
+                        && line.contains(&format!("relayed to {}:{ECHO_PORT}", scene.v1.ipv4))
+                },
+                WAIT,
+            )
+            .unwrap();
+        assert!(line.contains("route= "), "no route chose it: {line}");
+    });
     let accepted = weft_tests::eventually("TCPRoute to-v2's status", WAIT, || {
         let client = scene.cluster.client();
         async move {

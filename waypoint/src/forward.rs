@@ -140,11 +140,20 @@ impl Session {
 
     /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends; when
     /// the waypoint drains, the request in flight is finished and the session closed. A stream
-    /// that is not HTTP, or to a port a TCPRoute applies to, is relayed at L4 instead
-    /// ([`opaque`]).
+    /// that is not HTTP — by its first bytes, or as its Service port declares — or to a port a
+    /// TCPRoute applies to, is relayed at L4 instead ([`opaque`]).
     pub async fn serve(self, mut stream: Stream) -> std::io::Result<()> {
-        // A TCPRoute makes its port TCP: nothing to tell apart, nothing to wait for.
-        if self.tcp_route().is_some() || opaque::detect(&mut stream).await? == opaque::Protocol::Opaque {
+        // A TCPRoute or a declared protocol says what the port carries: nothing to tell apart,
+        // nothing to wait for.
+        let protocol = match self.tcp_route() {
+            Some(_) => opaque::Protocol::Opaque,
+            None => match self.declared_http() {
+                Some(true) => opaque::Protocol::Http,
+                Some(false) => opaque::Protocol::Opaque,
+                None => opaque::detect(&mut stream).await?,
+            },
+        };
+        if protocol == opaque::Protocol::Opaque {
             return self.relay(stream).await;
         }
         let mut draining = Some(self.context.drain.subscribe());

@@ -66,6 +66,8 @@ pub struct Routes {
     routes: Vec<Route>,
     /// TCPRoutes, oldest first: on a port one applies to, connections are relayed at L4.
     tcp_routes: Vec<Route>,
+    /// Ports whose protocol the Service declares: whether each is HTTP.
+    declared: Vec<(u16, bool)>,
 }
 
 /// The rule a request gets, and the HTTPRoute it belongs to.
@@ -207,7 +209,7 @@ impl Routes {
     /// Routes for a Service that has no `ServiceRoutes` resource: [`Routes::select`] answers
     /// `None` to every request, and the caller sends it to the Service itself.
     pub fn none(service: impl Into<String>) -> Self {
-        Self { service: service.into(), routes: Vec::new(), tcp_routes: Vec::new() }
+        Self { service: service.into(), routes: Vec::new(), tcp_routes: Vec::new(), declared: Vec::new() }
     }
 
     /// The Service these routes are for: `<namespace>/<hostname>`.
@@ -245,6 +247,12 @@ impl Routes {
         best.map(|(_, selected)| selected)
     }
 
+    /// Whether `port` is declared HTTP (`Some(true)`) or another protocol the waypoint relays
+    /// as it is (`Some(false)`); `None`: not declared, told by the first bytes.
+    pub fn declared_http(&self, port: u16) -> Option<bool> {
+        self.declared.iter().find(|(declared, _)| *declared == port).map(|(_, http)| *http)
+    }
+
     /// Whether an HTTPRoute (or GRPCRoute) applies to `port`: when none does, requests to it go
     /// to the Service itself, as to a Service without routes.
     pub fn routes_http(&self, port: u16) -> bool {
@@ -274,7 +282,20 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
         }
         let routes = resource.routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
         let tcp_routes = resource.tcp_routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
-        Ok(Self { service: resource.service.clone(), routes, tcp_routes })
+        let declared = resource
+            .declared_ports
+            .iter()
+            .map(|declared| {
+                let port = u16::try_from(declared.port).map_err(|_| Error::InvalidPort {
+                    route: "declared_ports".into(),
+                    port: declared.port,
+                })?;
+                // The raw value: an unknown one, from a newer control plane, is relayed as it
+                // is rather than read as HTTP (prost's accessor would say HTTP, its default).
+                Ok((port, declared.protocol == i32::from(api::declared_port::Protocol::Http)))
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Self { service: resource.service.clone(), routes, tcp_routes, declared })
     }
 }
 

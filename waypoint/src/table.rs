@@ -166,7 +166,7 @@ mod tests {
                 ports: vec![],
                 rules: vec![Rule { matches, ..Default::default() }],
             }],
-            tcp_routes: vec![],
+            ..Default::default()
         }
     }
 

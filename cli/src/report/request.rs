@@ -119,8 +119,10 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
             return Ok(Value::Array(findings));
         }
     };
-    // A TCPRoute makes the port TCP: the waypoint reads no HTTP there.
+    // A TCPRoute makes the port TCP, and so does a protocol it declares: the waypoint reads no
+    // HTTP there.
     let tcp = routes.as_ref().and_then(|routes| routes.select_tcp(port));
+    let declared_opaque = routes.as_ref().and_then(|routes| routes.declared_http(port)) == Some(false);
     let mut headers = HeaderMap::new();
     for line in &probe.headers {
         let (name, value) = line.split_once(':').with_context(|| format!("header {line:?}: name:value"))?;
@@ -142,6 +144,14 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
             true,
             format!("port {port} is TCP (a TCPRoute): relayed at L4, not read as HTTP"),
         ));
+    } else if declared_opaque {
+        findings.push(finding(
+            "request",
+            true,
+            format!(
+                "port {port} is declared as not HTTP (appProtocol or name): relayed at L4, not read as HTTP"
+            ),
+        ));
     } else if let Err(error) = normalize::target(&mut uri, &headers) {
         findings.push(finding("request", false, format!("the waypoint answers 400: {error}")));
         return Ok(Value::Array(findings));
@@ -152,7 +162,7 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     // The waypoint's Gateway is named like its Service.
     let gateway =
         own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
-    let asked = Asked { method, uri, headers, port, opaque: tcp.is_some() };
+    let asked = Asked { method, uri, headers, port, opaque: tcp.is_some() || declared_opaque };
     match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
         Some((false, detail)) => {
             findings.push(finding("policies", false, detail));
@@ -164,7 +174,9 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
 
     let route = match (&routes, tcp) {
         (_, Some(selected)) => rule_finding(&workloads, selected.route, selected.rule),
-        (Some(routes), None) if routes.routes_http(port) => http_route_finding(&workloads, routes, &asked),
+        (Some(routes), None) if routes.routes_http(port) && !declared_opaque => {
+            http_route_finding(&workloads, routes, &asked)
+        }
         _ => {
             let endpoints = healthy_endpoints(&workloads, key);
             finding(

@@ -6,6 +6,9 @@
 //! `namespace/name`), as the Gateway API breaks ties. Routes attached to Gateways are not the
 //! mesh's and are left alone.
 //!
+//! A Service behind a waypoint whose ports declare their protocol (`appProtocol`, or the port's
+//! name, as Istio reads them) gets them in its resource too ([`declared_protocol`]).
+//!
 //! What a waypoint cannot apply is left out and noted: a filter other than the header
 //! modifiers, redirects, rewrites and mirrors is ignored; a rule holding a match of a type unknown here is dropped (matching
 //! more would be worse); a backend that is no Service, is missing, or is in another namespace
@@ -48,8 +51,8 @@ pub fn compile<'a>(
     routes.sort_by(|(a_kind, a, a_namespace, a_name), (b_kind, b, b_namespace, b_name)| {
         (created(a), a_namespace, a_name, a_kind).cmp(&(created(b), b_namespace, b_name, b_kind))
     });
-    // Per Service: its HTTP routes (HTTPRoutes and GRPCRoutes) and its TCPRoutes.
-    let mut by_service: BTreeMap<String, (Vec<api::Route>, Vec<api::Route>)> = BTreeMap::new();
+    // Per Service: its HTTP routes (HTTPRoutes and GRPCRoutes), its TCPRoutes, its declared ports.
+    let mut by_service: BTreeMap<String, api::ServiceRoutes> = BTreeMap::new();
     let mut statuses = Vec::new();
     for (kind, route, namespace, name) in routes {
         let mut notes = Vec::new();
@@ -94,8 +97,10 @@ pub fn compile<'a>(
                 ports: ports.clone(),
                 rules: rules.clone(),
             };
-            let (http, tcp) = by_service.entry(key.clone()).or_default();
-            if kind == RouteKind::Tcp { tcp } else { http }.push(route);
+            let compiled = by_service
+                .entry(key.clone())
+                .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
+            if kind == RouteKind::Tcp { &mut compiled.tcp_routes } else { &mut compiled.routes }.push(route);
         }
         statuses.push(RouteStatus {
             kind,
@@ -110,15 +115,46 @@ pub fn compile<'a>(
         });
     }
     yield_to_http(naming, services, &mut by_service, &mut statuses);
+    for ((namespace, name), service) in services.iter().filter(|(key, _)| with_waypoint.contains(*key)) {
+        let ports = service.spec.iter().flat_map(|spec| spec.ports.iter().flatten());
+        let declared: Vec<api::DeclaredPort> = ports
+            .filter_map(|port| {
+                let protocol = declared_protocol(port.app_protocol.as_deref(), port.name.as_deref())?;
+                Some(api::DeclaredPort { port: u32::try_from(port.port).ok()?, protocol: protocol.into() })
+            })
+            .collect();
+        if !declared.is_empty() {
+            let key = format!("{namespace}/{}", hostname(naming, name, namespace));
+            by_service
+                .entry(key.clone())
+                .or_insert_with(|| api::ServiceRoutes { service: key, ..Default::default() })
+                .declared_ports = declared;
+        }
+    }
     statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
     let resources = by_service
         .into_iter()
-        .map(|(key, (routes, tcp_routes))| {
-            let body = api::ServiceRoutes { service: key.clone(), routes, tcp_routes };
-            (key, encode_as(ROUTES_TYPE, body.encode_to_vec()))
-        })
+        .map(|(key, body)| (key, encode_as(ROUTES_TYPE, body.encode_to_vec())))
         .collect();
     (resources, statuses)
+}
+
+/// A Service port's protocol as Istio reads it: its `appProtocol`, else its name (`<protocol>`
+/// or `<protocol>-<suffix>`); `None` when it declares none the waypoint tells apart (it then
+/// tells the protocol from the first bytes).
+fn declared_protocol(app_protocol: Option<&str>, name: Option<&str>) -> Option<api::declared_port::Protocol> {
+    use api::declared_port::Protocol;
+    let word = match (app_protocol, name) {
+        (Some(app_protocol), _) => app_protocol.to_ascii_lowercase(),
+        (None, Some(name)) => name.split('-').next().unwrap_or(name).to_ascii_lowercase(),
+        (None, None) => return None,
+    };
+    match word.as_str() {
+        "http" | "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http),
+        // What a waypoint cannot read: relayed as it is.
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
+        _ => None,
+    }
 }
 
 /// Where HTTP routes (HTTPRoutes, GRPCRoutes) and TCPRoutes bind the same Service port, the
@@ -129,12 +165,14 @@ pub fn compile<'a>(
 fn yield_to_http(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
-    by_service: &mut BTreeMap<String, (Vec<api::Route>, Vec<api::Route>)>,
+    by_service: &mut BTreeMap<String, api::ServiceRoutes>,
     statuses: &mut [RouteStatus],
 ) {
     for ((namespace, name), service) in services {
         let key = format!("{namespace}/{}", hostname(naming, name, namespace));
-        let Some((http, tcp)) = by_service.get_mut(&key) else { continue };
+        let Some(api::ServiceRoutes { routes: http, tcp_routes: tcp, .. }) = by_service.get_mut(&key) else {
+            continue;
+        };
         if http.is_empty() || tcp.is_empty() {
             continue;
         }

@@ -81,6 +81,13 @@ impl Session {
         Some((routes, *port))
     }
 
+    /// Whether the destination Service's port is declared HTTP, or another protocol; `None`
+    /// when it declares none (or the stream names a workload).
+    pub(super) fn declared_http(&self) -> Option<bool> {
+        let Destination::Service(service, port) = &self.destination else { return None };
+        self.context.routes.get(&service.key())?.declared_http(*port)
+    }
+
     /// Relays `stream` to its destination — the workload it names, a backend of its TCPRoute,
     /// or an endpoint of its Service — if the policies allow it; a refused or failed connection
     /// is reset.

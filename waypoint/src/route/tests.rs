@@ -49,7 +49,7 @@ fn matches_regex(name: &str, value: &str) -> api::ValueMatch {
 }
 
 fn resource(routes: Vec<api::Route>) -> api::ServiceRoutes {
-    api::ServiceRoutes { service: "ns/svc.ns.svc.cluster.local".into(), routes, tcp_routes: Vec::new() }
+    api::ServiceRoutes { service: "ns/svc.ns.svc.cluster.local".into(), routes, ..Default::default() }
 }
 
 fn compile(routes: Vec<api::Route>) -> Routes {
@@ -365,6 +365,27 @@ fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_
 }
 
 #[test]
+fn declared_ports_say_http_or_not_and_an_unknown_protocol_is_not_read_as_http() {
+    use api::declared_port::Protocol;
+    let declared = |port, protocol: i32| api::DeclaredPort { port, protocol };
+    let declaring = api::ServiceRoutes {
+        declared_ports: vec![
+            declared(80, Protocol::Http.into()),
+            declared(3306, Protocol::Tcp.into()),
+            declared(9000, 7),
+        ],
+        ..resource(vec![])
+    };
+    let routes = Routes::try_from(&declaring).expect("valid");
+    assert_eq!(
+        [80, 3306, 9000, 8080].map(|port| routes.declared_http(port)),
+        [Some(true), Some(false), Some(false), None]
+    );
+    let out_of_range = api::ServiceRoutes { declared_ports: vec![declared(70_000, 0)], ..resource(vec![]) };
+    assert!(Routes::try_from(&out_of_range).is_err());
+}
+
+#[test]
 fn regex_path_is_a_full_match() {
     let routes = compile(vec![route("r", &[], vec![rule("v", vec![regex("/v[0-9]+")])])]);
     assert_table(
@@ -477,7 +498,7 @@ fn invalid_resources_are_rejected() {
     /// Whether the error is the one the resource should get.
     type Expected = fn(&Error) -> bool;
     let table: Vec<(api::ServiceRoutes, Expected)> = vec![
-        (api::ServiceRoutes { service: String::new(), routes: vec![], tcp_routes: vec![] }, |e| {
+        (api::ServiceRoutes { service: String::new(), routes: vec![], ..Default::default() }, |e| {
             matches!(e, Error::EmptyService)
         }),
         (with_rule(rule("x", vec![prefix("foo")])), |e| matches!(e, Error::InvalidPath { .. })),

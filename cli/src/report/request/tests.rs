@@ -36,7 +36,6 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
     let waypoint = Some("waypoint.shop.svc.cluster.local");
     let routes = route::ServiceRoutes {
         service: ECHO.into(),
-        tcp_routes: Vec::new(),
         routes: vec![route::Route {
             name: "shop/split".into(),
             ports: vec![],
@@ -55,6 +54,7 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
                 ..Default::default()
             }],
         }],
+        ..Default::default()
     };
     let policies: Vec<Value> = policy
         .into_iter()
@@ -235,6 +235,7 @@ fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connectio
                 ..Default::default()
             }],
         }],
+        ..Default::default()
     };
     let with_tcp = |policy| {
         let mut dump = dump(policy);
@@ -256,5 +257,26 @@ fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connectio
     assert!(
         detail.ends_with("denied by DENY policy shop/no-admin (the waypoint resets the connection)"),
         "{detail}"
+    );
+}
+
+#[test]
+fn a_port_declared_tcp_is_relayed_to_the_service_itself_and_one_declared_http_is_read_as_http() {
+    use route::declared_port::Protocol;
+    let declared = route::ServiceRoutes {
+        service: ECHO.into(),
+        declared_ports: vec![route::DeclaredPort { port: 80, protocol: Protocol::Tcp.into() }],
+        ..Default::default()
+    };
+    let mut dump = dump(None);
+    dump["routes"][0]["resource"] = weft_api::hex::encode(&declared.encode_to_vec()).into();
+    let found = findings(&dump, "echo", &probe("/api/items"));
+    assert_eq!(
+        found[2].2,
+        "port 80 is declared as not HTTP (appProtocol or name): relayed at L4, not read as HTTP"
+    );
+    assert_eq!(
+        last(&found),
+        ("route", true, "no route for port 80: to the Service itself, 2 healthy endpoint(s)")
     );
 }

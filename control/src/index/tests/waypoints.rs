@@ -481,6 +481,39 @@ fn a_tcp_route_yields_the_ports_an_http_route_binds_and_is_conflicted_when_none_
 }
 
 #[test]
+fn a_waypoint_services_ports_declare_their_protocol_by_app_protocol_or_name_as_istio_reads_them() {
+    let with_app_protocol = |protocol: &str, port: i32| ServicePort {
+        app_protocol: Some(protocol.into()),
+        ..named("anything", port, None)
+    };
+    let ports = vec![
+        named("mysql", 3306, None),
+        named("http-web", 8080, None),
+        with_app_protocol("kubernetes.io/h2c", 9090),
+        // appProtocol outranks the name.
+        ServicePort { app_protocol: Some("tcp".into()), ..named("http", 8081, None) },
+        port(7000, None),
+        named("metrics", 9100, None),
+    ];
+    let db = labelled(service("db", "mesh", "10.96.0.13", ports.clone()), |s| &mut s.metadata, "waypoint");
+    let plain = service("plain", "mesh", "10.96.0.14", ports);
+    let snapshot =
+        build(&naming(), &[namespace("mesh", true)], &[], &[db, plain], &[], &[], &[], &[], &[], &[]);
+    use routes::declared_port::Protocol::{Http, Tcp};
+    let declared: Vec<(u32, routes::declared_port::Protocol)> =
+        service_routes(&snapshot, "mesh/db.mesh.svc.cluster.local")
+            .declared_ports
+            .iter()
+            .map(|declared| (declared.port, declared.protocol()))
+            .collect();
+    assert_eq!(declared, [(3306, Tcp), (8080, Http), (9090, Http), (8081, Tcp)]);
+    assert!(
+        !snapshot.routes.contains_key("mesh/plain.mesh.svc.cluster.local"),
+        "a Service without a waypoint needs none"
+    );
+}
+
+#[test]
 fn a_redirect_is_given_as_written_and_one_the_waypoint_cannot_give_drops_its_rule_not_the_route() {
     let redirect = |redirect: serde_json::Value| serde_json::json!({ "filters": [{ "type": "RequestRedirect", "requestRedirect": redirect }] });
     let route = http_route(
