@@ -386,7 +386,16 @@ impl Mesh {
                     ));
                     // The policies that proxy applies to the pod, as it decides them.
                     let names = entry.and_then(|entry| entry["policies"].as_array());
-                    if let (Some(names), Ok(policies)) = (names, self.policies().await) {
+                    let waiting = entry.and_then(|entry| entry["waiting_for_policy"].as_str());
+                    if let Some(missing) = waiting {
+                        findings.push(finding(
+                            "policies",
+                            false,
+                            format!(
+                                "its proxy waits for policy {missing}: every connection to it is refused until it arrives"
+                            ),
+                        ));
+                    } else if let (Some(names), Ok(policies)) = (names, self.policies().await) {
                         let names: Vec<&str> = names.iter().filter_map(Value::as_str).collect();
                         findings.push(finding("policies", true, deciding_policies(&policies, &names)));
                     }
@@ -477,11 +486,6 @@ fn deciding_policies(policies: &Value, names: &[&str]) -> String {
         .flatten()
         .filter(|policy| names.contains(&key(policy).as_str()))
         .collect();
-    let unknown: Vec<&str> =
-        names.iter().copied().filter(|name| !applying.iter().any(|policy| key(policy) == *name)).collect();
-    if !unknown.is_empty() {
-        return format!("its proxy waits for {}: nothing is allowed until they arrive", unknown.join(", "));
-    }
     if applying.is_empty() {
         return "none apply: every peer may connect".into();
     }
@@ -561,10 +565,6 @@ mod tests {
             "refused if any of DENY weft-system/mesh matches; allowed only if one of ALLOW other/ns matches"
         );
         assert_eq!(deciding_policies(&policies, &[]), "none apply: every peer may connect");
-        assert_eq!(
-            deciding_policies(&policies, &["shop/late"]),
-            "its proxy waits for shop/late: nothing is allowed until they arrive"
-        );
     }
 
     #[test]

@@ -68,13 +68,13 @@ struct Args {
     /// skew and late renewals.
     #[arg(long, default_value_t = 300)]
     ca_rotation_margin_seconds: u64,
-    /// The image of the waypoints it deploys for Gateways of class `weft-waypoint`, unless the
-    /// PodTemplate `--waypoint-template` names one.
-    #[arg(long, env = "WEFT_WAYPOINT_IMAGE", default_value = "weft/waypoint")]
-    waypoint_image: String,
+    /// The image of the waypoints it deploys for Gateways of class `weft-waypoint`, whatever
+    /// the PodTemplate `--waypoint-template` says; unset: the template's, else `weft/waypoint`.
+    #[arg(long, env = "WEFT_WAYPOINT_IMAGE")]
+    waypoint_image: Option<String>,
     /// The PodTemplate in its namespace whose `waypoint` container (image, pull policy,
     /// resources) every waypoint runs: the manifests' `weft-waypoint`, its image set with the
-    /// others by kustomize. Missing: `--waypoint-image`, no resources.
+    /// others by kustomize. Missing: the default image, no resources.
     #[arg(long, env = "WEFT_WAYPOINT_TEMPLATE", default_value = "weft-waypoint")]
     waypoint_template: String,
     /// The xDS and CA address waypoint pods dial (this control plane's Service).

@@ -36,8 +36,9 @@ const MANAGER: &str = "weft-control";
 /// How waypoints are deployed.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The waypoint's container image when the template names none.
-    pub image: String,
+    /// The waypoint's container image, whatever the template says (`--waypoint-image`);
+    /// `None`: the template's, else [`DEFAULT_IMAGE`].
+    pub image: Option<String>,
     /// The PodTemplate (`namespace`, `name`) whose `waypoint` container gives the image, pull
     /// policy and resources of every waypoint: where an operator sets them (kustomize's
     /// `images:` rewrites its image with the others).
@@ -163,20 +164,30 @@ struct Container {
     resources: serde_json::Value,
 }
 
+/// The waypoint's image when neither the flag nor the template names one.
+pub const DEFAULT_IMAGE: &str = "weft/waypoint";
+
 /// The template's `waypoint` container, read at each reconcile (an edit reaches every waypoint
-/// within a tick); without the template or that container, `settings.image` and no resources.
+/// within a tick). Without the template or that container: the flag's image or
+/// [`DEFAULT_IMAGE`], no resources, and a warning. A template that cannot be read (RBAC)
+/// fails the reconcile, which leaves the waypoint's Deployment as it is.
 async fn container(client: &kube::Client, settings: &Settings) -> Result<Container, kube::Error> {
     let (namespace, name) = &settings.template;
     let template = Api::<PodTemplate>::namespaced(client.clone(), namespace).get_opt(name).await?;
-    Ok(from_template(template.as_ref(), &settings.image))
+    if template.is_none() {
+        tracing::warn!(%namespace, %name, "no waypoint PodTemplate (manifests/waypoint.yaml): waypoints get no resources and the default image");
+    }
+    Ok(from_template(template.as_ref(), settings.image.as_deref()))
 }
 
-fn from_template(template: Option<&PodTemplate>, image: &str) -> Container {
+/// The flag's image (`image`) wins over the template's, which wins over [`DEFAULT_IMAGE`].
+fn from_template(template: Option<&PodTemplate>, image: Option<&str>) -> Container {
     let container = template
         .and_then(|template| template.template.as_ref()?.spec.as_ref())
         .and_then(|spec| spec.containers.iter().find(|container| container.name == "waypoint"));
+    let templated = container.and_then(|container| container.image.as_deref());
     Container {
-        image: container.and_then(|container| container.image.clone()).unwrap_or_else(|| image.to_owned()),
+        image: image.or(templated).unwrap_or(DEFAULT_IMAGE).to_owned(),
         pull_policy: container
             .and_then(|container| container.image_pull_policy.clone())
             .unwrap_or_else(|| "IfNotPresent".to_owned()),
@@ -330,7 +341,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_templates_waypoint_container_gives_image_pull_policy_and_resources_else_the_flags_image() {
+    fn the_templates_waypoint_container_gives_image_pull_policy_and_resources_unless_a_flag_names_the_image()
+    {
         let template: PodTemplate = serde_json::from_value(json!({
             "metadata": { "name": "weft-waypoint", "namespace": "weft-system" },
             "template": { "spec": { "containers": [
@@ -340,7 +352,7 @@ mod tests {
             ] } },
         }))
         .unwrap();
-        let container = from_template(Some(&template), "weft/waypoint");
+        let container = from_template(Some(&template), None);
         assert_eq!(
             (container.image.as_str(), container.pull_policy.as_str()),
             ("registry.example/waypoint:1.2", "Always")
@@ -354,13 +366,15 @@ mod tests {
             pull_policy: "IfNotPresent".into(),
             resources: json!({}),
         };
-        assert_eq!(from_template(None, "weft/waypoint"), fallback);
+        assert_eq!(from_template(None, None), fallback);
+        // An image given on the command line wins; the template still gives the rest.
+        let flagged = from_template(Some(&template), Some("mirror.example/waypoint:1.2"));
+        assert_eq!(
+            (flagged.image.as_str(), flagged.pull_policy.as_str()),
+            ("mirror.example/waypoint:1.2", "Always")
+        );
         let mut unnamed = template;
         unnamed.template.as_mut().unwrap().spec.as_mut().unwrap().containers.remove(1);
-        assert_eq!(
-            from_template(Some(&unnamed), "weft/waypoint"),
-            fallback,
-            "only the container named waypoint counts"
-        );
+        assert_eq!(from_template(Some(&unnamed), None), fallback, "only the container named waypoint counts");
     }
 }

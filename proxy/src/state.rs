@@ -627,16 +627,14 @@ impl State {
 
     /// The names of the policies that decide connections to `pod` (its workload at `address`),
     /// as [`State::authorize`] takes them, for `config_dump` and `weftctl check`: `None` without
-    /// its workload; a named policy not arrived yet is listed too (nothing is allowed meanwhile).
-    pub fn policies_for(&self, pod: LocalPod<'_>, address: IpAddr) -> Option<Vec<String>> {
+    /// its workload; `Err(name)` while a policy it names has not arrived (every connection is
+    /// refused meanwhile).
+    pub fn policies_for(&self, pod: LocalPod<'_>, address: IpAddr) -> Option<Result<Vec<String>, String>> {
         let policies = self.current_policies();
         let workload = self.workload_by_ip(address).filter(|workload| workload.is(pod))?;
-        Some(match policies.applying(&workload, pod.namespace) {
-            Ok(applying) => {
-                applying.iter().map(|policy| format!("{}/{}", policy.namespace, policy.name)).collect()
-            }
-            Err(missing) => vec![missing],
-        })
+        Some(policies.applying(&workload, pod.namespace).map(|applying| {
+            applying.iter().map(|policy| format!("{}/{}", policy.namespace, policy.name)).collect()
+        }))
     }
 
     /// [`State::authorize`], waiting up to `patience` while the configuration lacks the pod's
@@ -987,7 +985,7 @@ mod tests {
         assert_eq!(applying("b", "10.0.0.2"), ["ns/namespace", "ns/scoped-elsewhere", "weft-system/mesh"]);
         // What the dump lists for a pod is what decides for it.
         let listed = |uid: &str, ip: &str| {
-            let mut names = state.policies_for(local(uid), ip.parse().unwrap()).unwrap();
+            let mut names = state.policies_for(local(uid), ip.parse().unwrap()).unwrap().unwrap();
             names.sort();
             names
         };
@@ -1008,7 +1006,11 @@ mod tests {
         state.apply_policies(Update { changed: vec![], removed: vec!["ns/mine".into()] });
         let to_a = Connection { destination: SocketAddr::new("10.0.0.1".parse().unwrap(), 80), ..to_c };
         assert_eq!(state.authorize(local("a"), &to_a), Verdict::UnknownPolicy { policy: "ns/mine".into() });
-        assert_eq!(listed("a", "10.0.0.1"), ["ns/mine"], "the one it waits for");
+        assert_eq!(
+            state.policies_for(local("a"), "10.0.0.1".parse().unwrap()),
+            Some(Err("ns/mine".into())),
+            "the one it waits for"
+        );
     }
 
     /// Polls `decision` once: whether it is still waiting.

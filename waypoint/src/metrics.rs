@@ -105,14 +105,16 @@ impl Default for Metrics {
             "Connections relayed at L4, closed",
             connections_closed.clone(),
         );
+        // Istio's directions: sent during the response (to the client), received during the
+        // request (from it).
         registry.register(
             "tcp_sent_bytes",
-            "Bytes relayed at L4 from the client, at close",
+            "Bytes relayed at L4 to the client, at close",
             sent_bytes.clone(),
         );
         registry.register(
             "tcp_received_bytes",
-            "Bytes relayed at L4 to the client, at close",
+            "Bytes relayed at L4 from the client, at close",
             received_bytes.clone(),
         );
         Self {
@@ -147,8 +149,10 @@ impl Metrics {
         self.connections_opened.get_or_create(labels).inc();
     }
 
-    /// Counts a relayed connection's end, and the bytes it carried each way.
-    pub fn connection_closed(&self, labels: &ConnectionLabels, (sent, received): (u64, u64)) {
+    /// Counts a relayed connection's end, and the bytes it carried each way: `from_client`
+    /// (Istio's received bytes) and `to_client` (its sent bytes).
+    pub fn connection_closed(&self, labels: &ConnectionLabels, (from_client, to_client): (u64, u64)) {
+        let (sent, received) = (to_client, from_client);
         self.connections_closed.get_or_create(labels).inc();
         self.sent_bytes.get_or_create(labels).inc_by(sent);
         self.received_bytes.get_or_create(labels).inc_by(received);
@@ -186,6 +190,7 @@ mod tests {
         let series = "{reporter=\"waypoint\",route=\"TCPRoute:shop/db\",source_workload=\"client\"";
         assert!(text.contains(&format!("weft_tcp_connections_opened_total{series}")), "{text}");
         assert!(!text.contains("weft_tcp_connections_closed_total{"), "not closed yet: {text}");
+        // 10 bytes from the client, 2048 back to it: Istio's received and sent.
         metrics.connection_closed(&labels, (10, 2048));
         let text = metrics.encode();
         let value = |name: &str| {
@@ -196,8 +201,8 @@ mod tests {
                 .map(str::to_owned)
         };
         assert_eq!(value("weft_tcp_connections_closed_total").as_deref(), Some("1"), "{text}");
-        assert_eq!(value("weft_tcp_sent_bytes_total").as_deref(), Some("10"), "{text}");
-        assert_eq!(value("weft_tcp_received_bytes_total").as_deref(), Some("2048"), "{text}");
+        assert_eq!(value("weft_tcp_sent_bytes_total").as_deref(), Some("2048"), "{text}");
+        assert_eq!(value("weft_tcp_received_bytes_total").as_deref(), Some("10"), "{text}");
     }
 
     #[test]

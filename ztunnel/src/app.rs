@@ -119,9 +119,15 @@ impl weft_api::admin::Source for Endpoints {
         let pods: Vec<_> = pods
             .iter()
             .map(|(pod, addresses)| {
-                // What decides connections to it: its workload is the same at each address.
-                let policies =
+                // What decides connections to it (its workload is the same at each address),
+                // or the policy it waits for, refusing every connection meanwhile.
+                let decided =
                     addresses.first().and_then(|address| self.0.state.policies_for(pod.local(), *address));
+                let (policies, waiting_for) = match decided {
+                    Some(Ok(names)) => (Some(names), None),
+                    Some(Err(missing)) => (None, Some(missing)),
+                    None => (None, None),
+                };
                 serde_json::json!({
                     "uid": pod.uid,
                     "name": pod.name,
@@ -129,6 +135,7 @@ impl weft_api::admin::Source for Endpoints {
                     "identity": pod.identity(&self.0.trust_domain).to_string(),
                     "addresses": addresses,
                     "policies": policies,
+                    "waiting_for_policy": waiting_for,
                 })
             })
             .collect();

@@ -119,7 +119,8 @@ pub fn compile<'a>(
         let ports = service.spec.iter().flat_map(|spec| spec.ports.iter().flatten());
         let declared: Vec<api::DeclaredPort> = ports
             .filter_map(|port| {
-                let protocol = declared_protocol(port.app_protocol.as_deref(), port.name.as_deref())?;
+                let protocol =
+                    declared_protocol(port.app_protocol.as_deref(), port.name.as_deref(), port.port)?;
                 Some(api::DeclaredPort { port: u32::try_from(port.port).ok()?, protocol: protocol.into() })
             })
             .collect();
@@ -140,21 +141,38 @@ pub fn compile<'a>(
 }
 
 /// A Service port's protocol as Istio reads it: its `appProtocol`, else its name (`<protocol>`
-/// or `<protocol>-<suffix>`); `None` when it declares none the waypoint tells apart (it then
-/// tells the protocol from the first bytes).
-fn declared_protocol(app_protocol: Option<&str>, name: Option<&str>) -> Option<api::declared_port::Protocol> {
+/// or `<protocol>-<suffix>`), else, for the well-known ports of server-first protocols (SMTP's
+/// 25, MySQL's 3306, MongoDB's 27017), TCP; `None` when it declares nothing the waypoint tells
+/// apart (it then tells the protocol from the first bytes).
+fn declared_protocol(
+    app_protocol: Option<&str>,
+    name: Option<&str>,
+    port: i32,
+) -> Option<api::declared_port::Protocol> {
     use api::declared_port::Protocol;
-    let word = match (app_protocol, name) {
-        (Some(app_protocol), _) => app_protocol.to_ascii_lowercase(),
-        (None, Some(name)) => name.split('-').next().unwrap_or(name).to_ascii_lowercase(),
-        (None, None) => return None,
+    let by_app_protocol = |word: &str| match word {
+        "http" | "http2" | "grpc" | "grpc-web" | "kubernetes.io/h2c" => Some(Protocol::Http),
+        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kubernetes.io/wss" => Some(Protocol::Tcp),
+        _ => None,
     };
-    match word.as_str() {
-        "http" | "http2" | "grpc" | "grpc-web" | "h2c" | "kubernetes.io/h2c" => Some(Protocol::Http),
-        // What a waypoint cannot read: relayed as it is.
+    let by_name = |word: &str| match word {
+        "http" | "http2" | "grpc" | "grpc-web" => Some(Protocol::Http),
         "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
         _ => None,
-    }
+    };
+    let declared = match (app_protocol, name) {
+        (Some(app_protocol), _) => by_app_protocol(&app_protocol.to_ascii_lowercase()),
+        (None, Some(name)) => {
+            let name = name.to_ascii_lowercase();
+            // `grpc-web` is a protocol of its own before it is `grpc` with a suffix.
+            by_name(&name).or_else(|| by_name(name.split('-').next().unwrap_or_default()))
+        }
+        (None, None) => None,
+    };
+    declared.or(match port {
+        25 | 3306 | 27017 => Some(Protocol::Tcp),
+        _ => None,
+    })
 }
 
 /// Where HTTP routes (HTTPRoutes, GRPCRoutes) and TCPRoutes bind the same Service port, the

@@ -494,6 +494,9 @@ fn a_waypoint_services_ports_declare_their_protocol_by_app_protocol_or_name_as_i
         ServicePort { app_protocol: Some("tcp".into()), ..named("http", 8081, None) },
         port(7000, None),
         named("metrics", 9100, None),
+        // Istio's server-first ports, when nothing is declared: TCP.
+        port(27017, None),
+        named("h2c", 9091, None),
     ];
     let db = labelled(service("db", "mesh", "10.96.0.13", ports.clone()), |s| &mut s.metadata, "waypoint");
     let plain = service("plain", "mesh", "10.96.0.14", ports);
@@ -506,7 +509,8 @@ fn a_waypoint_services_ports_declare_their_protocol_by_app_protocol_or_name_as_i
             .iter()
             .map(|declared| (declared.port, declared.protocol()))
             .collect();
-    assert_eq!(declared, [(3306, Tcp), (8080, Http), (9090, Http), (8081, Tcp)]);
+    // `h2c` is no port name Istio reads (only `appProtocol: kubernetes.io/h2c`).
+    assert_eq!(declared, [(3306, Tcp), (8080, Http), (9090, Http), (8081, Tcp), (27017, Tcp)]);
     assert!(
         !snapshot.routes.contains_key("mesh/plain.mesh.svc.cluster.local"),
         "a Service without a waypoint needs none"
