@@ -144,17 +144,18 @@ impl Session {
     /// TCPRoute applies to, is relayed at L4 instead ([`opaque`]).
     pub async fn serve(self, mut stream: Stream) -> std::io::Result<()> {
         // A TCPRoute or a declared protocol says what the port carries: nothing to tell apart,
-        // nothing to wait for.
-        let protocol = match self.tcp_route() {
-            Some(_) => opaque::Protocol::Opaque,
-            None => match self.declared_http() {
-                Some(true) => opaque::Protocol::Http,
-                Some(false) => opaque::Protocol::Opaque,
-                None => opaque::detect(&mut stream).await?,
-            },
+        // nothing to wait for. The Service's routes are looked up once for the whole stream.
+        let routes = self.service_routes();
+        let declared = routes
+            .as_ref()
+            .map(|(routes, port)| (routes.select_tcp(*port).is_some(), routes.declared_http(*port)));
+        let protocol = match declared {
+            Some((true, _) | (false, Some(false))) => opaque::Protocol::Opaque,
+            Some((false, Some(true))) => opaque::Protocol::Http,
+            None | Some((false, None)) => opaque::detect(&mut stream).await?,
         };
         if protocol == opaque::Protocol::Opaque {
-            return self.relay(stream).await;
+            return self.relay(stream, routes).await;
         }
         let mut draining = Some(self.context.drain.subscribe());
         let client = self.client.clone();

@@ -73,28 +73,26 @@ fn is_token(byte: u8) -> bool {
 const MAX_METHOD: usize = 20;
 
 impl Session {
-    /// The TCPRoute rule for this stream's Service and port, if one applies.
-    pub(super) fn tcp_route(&self) -> Option<(Arc<Routes>, u16)> {
+    /// The routes of the stream's Service and its port; `None` for a workload's stream or a
+    /// Service without routes.
+    pub(super) fn service_routes(&self) -> Option<(Arc<Routes>, u16)> {
         let Destination::Service(service, port) = &self.destination else { return None };
-        let routes = self.context.routes.get(&service.key())?;
-        routes.select_tcp(*port)?;
-        Some((routes, *port))
-    }
-
-    /// Whether the destination Service's port is declared HTTP, or another protocol; `None`
-    /// when it declares none (or the stream names a workload).
-    pub(super) fn declared_http(&self) -> Option<bool> {
-        let Destination::Service(service, port) = &self.destination else { return None };
-        self.context.routes.get(&service.key())?.declared_http(*port)
+        Some((self.context.routes.get(&service.key())?, *port))
     }
 
     /// Relays `stream` to its destination — the workload it names, a backend of its TCPRoute,
     /// or an endpoint of its Service — if the policies allow it; a refused or failed connection
     /// is reset.
-    pub(super) async fn relay(self, mut stream: Stream) -> io::Result<()> {
+    /// `routes` are the Service's, as [`Session::service_routes`] found them.
+    pub(super) async fn relay(
+        self,
+        mut stream: Stream,
+        routes: Option<(Arc<Routes>, u16)>,
+    ) -> io::Result<()> {
         let started = Instant::now();
         let mut route = String::new();
-        let (sent, received, outcome) = match self.relay_inner(&mut stream, &mut route).await {
+        let (sent, received, outcome) = match self.relay_inner(&mut stream, routes.as_ref(), &mut route).await
+        {
             Ok((target, (sent, received))) => (sent, received, format!("relayed to {target}")),
             Err(why) => {
                 stream.reset();
@@ -119,6 +117,7 @@ impl Session {
     async fn relay_inner(
         &self,
         stream: &mut Stream,
+        routes: Option<&(Arc<Routes>, u16)>,
         route: &mut String,
     ) -> Result<(SocketAddr, (u64, u64)), String> {
         self.decide(|port| {
@@ -132,19 +131,18 @@ impl Session {
                 (workload.clone(), SocketAddr::new(ip, *port))
             }
             Destination::Service(service, port) => {
-                let tcp = self.tcp_route();
-                let (backend, backend_port) =
-                    match tcp.as_ref().and_then(|(routes, port)| routes.select_tcp(*port)) {
-                        Some(selected) => {
-                            route.push_str(selected.route);
-                            let backend = selected
-                                .rule
-                                .pick_backend_randomly()
-                                .ok_or_else(|| format!("{}: no usable backend", selected.route))?;
-                            (backend.service.clone(), backend.port)
-                        }
-                        None => (service.key(), *port),
-                    };
+                let (backend, backend_port) = match routes.and_then(|(routes, port)| routes.select_tcp(*port))
+                {
+                    Some(selected) => {
+                        route.push_str(selected.route);
+                        let backend = selected
+                            .rule
+                            .pick_backend_randomly()
+                            .ok_or_else(|| format!("{}: no usable backend", selected.route))?;
+                        (backend.service.clone(), backend.port)
+                    }
+                    None => (service.key(), *port),
+                };
                 self.endpoint(&backend, backend_port, &[]).map_err(|failure| failure.to_string())?
             }
         };
