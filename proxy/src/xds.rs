@@ -22,6 +22,9 @@ use weft_api::{
 use crate::state::State;
 
 mod convert;
+/// For the fuzz targets: what every xDS response goes through before it is applied.
+#[cfg(fuzzing)]
+pub use convert::{policies, update};
 
 /// Backoff between reconnects: doubles from the first to the last.
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(15));

@@ -129,6 +129,11 @@ async fn a_services_http_routes_are_applied_by_its_waypoint() {
             line.contains("status=200") && line.contains("spiffe://cluster.local/ns/shop/sa/client"),
             "{line}"
         );
+        // A client's requests on one connection reach the app on one connection: the
+        // waypoint's connection upstream is kept for the next request once an answer is read.
+        let tally = apps::http_requests(&client, scene.to_echo_v1, "/connection", &[], 20).unwrap();
+        assert_eq!(tally.lines().filter(|line| line.contains("status=")).count(), 1, "{tally}");
+        assert!(tally.starts_with("20 status=200 name=v1 connection="), "{tally}");
     });
 
     // An HTTPRoute attached to the Service: by path, by header (with a header set), a redirect,

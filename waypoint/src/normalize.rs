@@ -54,12 +54,19 @@ pub fn target(uri: &mut Uri, headers: &HeaderMap) -> Result<(), Error> {
 }
 
 /// Decodes `%XX` of unreserved characters (letters, digits, `-._~`); keeps other encodings as
-/// they are, upper-cased; refuses encoded separators and malformed escapes.
+/// they are, upper-cased, and percent-encodes raw non-ASCII bytes (as Envoy's canonical path does),
+/// so that `/café` and `/caf%C3%A9` are one path; refuses encoded separators and malformed
+/// escapes.
 fn decode_unreserved(path: &str) -> Result<String, Error> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
     let mut index = 0;
     while index < bytes.len() {
+        if !bytes[index].is_ascii() {
+            out.push_str(&format!("%{:02X}", bytes[index]));
+            index += 1;
+            continue;
+        }
         if bytes[index] != b'%' {
             out.push(char::from(bytes[index]));
             index += 1;
@@ -122,6 +129,7 @@ mod tests {
             ("/docs/.", "/docs/"),
             ("/a/b/..", "/a/"),
             ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
         ] {
             assert_eq!(path(raw).as_deref(), Ok(canonical), "{raw}");
         }
@@ -129,6 +137,19 @@ mod tests {
         assert_eq!(path("/admin%5Cusers"), Err(Error::EncodedSeparator));
         assert_eq!(path("/bad%zz"), Err(Error::BadEncoding));
         assert_eq!(path("/cut%4"), Err(Error::BadEncoding));
+    }
+
+    /// Found by the `waypoint_request` fuzz target: a raw non-ASCII byte was pushed as the
+    /// character of that code point, so the path sent on (and matched by policies) had other
+    /// bytes than the client's, and a second pass changed it again.
+    #[test]
+    fn a_raw_non_ascii_path_is_encoded_once_and_the_canonical_form_is_a_fixed_point() {
+        let mut uri = Uri::from_maybe_shared(&b"/%2e%2e/ae%2e/a/ah\xd1\xa2"[..]).unwrap();
+        target(&mut uri, &HeaderMap::new()).unwrap();
+        assert_eq!(uri.path(), "/ae./a/ah%D1%A2");
+        let canonical = uri.clone();
+        target(&mut uri, &HeaderMap::new()).unwrap();
+        assert_eq!(uri, canonical);
     }
 
     #[test]

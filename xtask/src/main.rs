@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's commands. `setup` installs what a fresh machine lacks (idempotent,
 //! and run first by every other command); `test` runs every test; `demo` runs Weft's main job on
 //! the embedded default topology; `bench` measures the mesh against no mesh (or, `--waypoint`,
-//! a waypoint against the mesh path alone), in release. Slow
+//! a waypoint against the mesh path alone), in release; `fuzz` runs the fuzz targets. Slow
 //! artefacts are cached outside the work tree (see `cache`).
 use std::{path::PathBuf, process::Command};
 
@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod fuzz;
 mod setup;
 
 #[derive(Debug, Parser)]
@@ -48,6 +49,14 @@ enum Task {
         #[arg(long)]
         waypoint: bool,
     },
+    /// Set up, build the fuzz targets of `fuzz/` and run each (or those named) for a while.
+    Fuzz {
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+        /// Targets to run (`fuzz/Cargo.toml`); all when none is named.
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -58,6 +67,9 @@ fn main() -> std::process::ExitCode {
         Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep, real } => demo(&root, keep, real),
         Task::Bench { quick, waypoint } => bench(&root, quick, waypoint),
+        Task::Fuzz { seconds, targets } => {
+            setup::run(&root).and_then(|tools| fuzz::run(&root, &tools, seconds, &targets))
+        }
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -84,7 +96,16 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     // closing summary line that says how many tests ran.
     let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
     test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
-    cmd::run(&mut test)
+    let tested = cmd::run(&mut test);
+    // Every fuzz target for a short while, whatever the tests said (a run that only filters
+    // tests leaves them out).
+    let fuzzed = if filters.is_empty() { fuzz::run(root, &tools, fuzz::TEST_SECONDS, &[]) } else { Ok(()) };
+    match (tested, fuzzed) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(tests), Ok(())) => Err(tests),
+        (Ok(()), Err(fuzzing)) => Err(fuzzing),
+        (Err(tests), Err(fuzzing)) => bail!("{tests:#}; {fuzzing:#}"),
+    }
 }
 
 fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {

@@ -37,6 +37,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// The Kubernetes release every test runs against (README's "Tested with"); k8s-openapi's
 /// feature in Cargo.toml names the same minor.
@@ -63,6 +64,8 @@ pub struct Tools {
     /// CRDs (`istio-crds.yaml`) and the Gateway API's experimental-channel CRDs (`gateway-api-crds.yaml`) of
     /// the tested releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
+    /// `cargo-fuzz`, at [`CARGO_FUZZ_VERSION`].
+    pub cargo_fuzz: PathBuf,
 }
 
 /// Runs every setup step, each skipped when already done.
@@ -73,12 +76,14 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("Debian packages", debian_packages)?;
     step("bpf-linker", || bpf_linker(&cache))?;
     step("cargo-nextest", nextest)?;
+    let cargo_fuzz = cache.join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    step("cargo-fuzz", || install_cargo_fuzz(&cargo_fuzz))?;
     let kube_bin = cache.join("kubernetes/bin");
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
-    Ok(Tools { kube_bin })
+    Ok(Tools { kube_bin, cargo_fuzz: cargo_fuzz.join("bin/cargo-fuzz") })
 }
 
 /// `$WEFT_CACHE`, or `~/.cache/weft`.
@@ -140,6 +145,18 @@ fn nextest() -> anyhow::Result<()> {
         return Ok(());
     }
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
+}
+
+/// The fuzz targets' driver, built into `root` (about a minute) unless already there.
+fn install_cargo_fuzz(root: &Path) -> anyhow::Result<()> {
+    if root.join("bin/cargo-fuzz").exists() {
+        return Ok(());
+    }
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
+            .arg(root),
+    )
 }
 
 /// The Kubernetes commands `kubernetes.sh` builds (its `kube_commands`): the control plane, and

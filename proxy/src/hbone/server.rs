@@ -361,6 +361,17 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     Ok(ConnectRequest { peer, source, target, service, forwarded_for, baggage, traceparent })
 }
 
+/// For the fuzz targets: the checks of [`check`] on `request`, between fixed ends.
+#[cfg(fuzzing)]
+pub fn check_connect(request: &Request<()>) -> Result<(), String> {
+    let ends = Ends {
+        peer: Identity::new("cluster.local", "fuzz", "client"),
+        source: SocketAddr::from(([10, 0, 0, 1], 40000)),
+        local: SocketAddr::from(([10, 0, 0, 2], 15008)),
+    };
+    check(request, ends).map(drop).map_err(|refusal| format!("{refusal:?}"))
+}
+
 /// A DNS name and a port: what a Service's authority looks like.
 fn service_target(authority: &http::uri::Authority) -> Option<ServiceTarget> {
     let (hostname, port) = (authority.host(), authority.port_u16()?);

@@ -15,18 +15,20 @@ use anyhow::{Context, bail};
 /// path=<path>` and then a `header <name>=<value>` line per request header; a path under
 /// `/slow` is answered after 3 s; `/status/<code>` is answered with that status;
 /// `/fail-first/<n>/<anything>` with 503 the first `n` times this server sees that path, then
-/// 200; `/bytes/<n>` with a body of `n` bytes (and nothing printed: a benchmark's). Prints
+/// 200; `/bytes/<n>` with a body of `n` bytes (and nothing printed: a benchmark's);
+/// `/connection` with `name=<name> connection=<n>`, the `n`th connection this server accepted
+/// (so that a test can tell whether requests shared one). Prints
 /// `ready`, then `served <method> <path>` for each request.
 pub fn echo(port: u16, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))?;
     println!("ready");
     std::io::stdout().flush()?;
     let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::new()));
-    for stream in listener.incoming() {
+    for (accepted, stream) in listener.incoming().enumerate() {
         let Ok(stream) = stream else { continue };
         let (name, seen) = (name.to_owned(), seen.clone());
         std::thread::spawn(move || {
-            let _ = serve(stream, &name, &seen);
+            let _ = serve(stream, accepted + 1, &name, &seen);
         });
     }
     Ok(())
@@ -89,7 +91,8 @@ fn content_length(headers: &[(String, String)]) -> usize {
         .unwrap_or(0)
 }
 
-fn serve(stream: TcpStream, name: &str, seen: &Seen) -> anyhow::Result<()> {
+/// Serves connection number `connection`'s requests.
+fn serve(stream: TcpStream, connection: usize, name: &str, seen: &Seen) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
@@ -107,7 +110,10 @@ fn serve(stream: TcpStream, name: &str, seen: &Seen) -> anyhow::Result<()> {
         if head.target.starts_with("/slow") {
             std::thread::sleep(Duration::from_secs(3));
         }
-        let mut answer = format!("name={name} method={} path={}\n", head.method, head.target);
+        let mut answer = match head.target.as_str() {
+            "/connection" => format!("name={name} connection={connection}\n"),
+            _ => format!("name={name} method={} path={}\n", head.method, head.target),
+        };
         for (header, value) in &head.headers {
             answer.push_str(&format!("header {header}={value}\n"));
         }
