@@ -1,27 +1,37 @@
 //! A Service's routes as a waypoint receives them (`weft.route.ServiceRoutes`, compiled from
-//! HTTPRoutes, GRPCRoutes and TCPRoutes): compiled or refused whole, and once compiled every
-//! request finds its rule or none. Input: the resource's protobuf encoding.
+//! HTTPRoutes, GRPCRoutes and TCPRoutes) and a client's request to that Service, on each port
+//! the routes name: the resource is compiled or refused whole, and a request then finds its
+//! rule or none and is redirected, rewritten and given its headers as the waypoint would.
+//! Input: [`weft_fuzz::request_and_resource`].
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use prost::Message;
-use weft_api::route::ServiceRoutes;
-use weft_waypoint::route::Routes;
-
-/// Requests every compiled resource is asked about.
-const REQUESTS: [(&str, &str); 4] =
-    [("GET", "/"), ("POST", "/api/items?id=7&debug"), ("GET", "/v2/check"), ("DELETE", "/a/b/../c")];
+use weft_waypoint::{route::Selected, table::ROUTES};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(resource) = ServiceRoutes::decode(data) else { return };
-    let Ok(routes) = Routes::try_from(&resource) else { return };
-    let mut headers = http::HeaderMap::new();
-    headers.insert("x-canary", http::HeaderValue::from_static("yes"));
-    for port in [80, 8080, 9090] {
-        for (method, target) in REQUESTS {
-            let (method, uri) = (method.parse().expect("a method"), target.parse().expect("a target"));
-            let _ = routes.select(port, &method, &uri, &headers);
+    let Some((request, resource)) = weft_fuzz::request_and_resource(data) else { return };
+    let Ok(routes) = (ROUTES.convert)(resource) else { return };
+    let Ok(message) = <weft_api::route::ServiceRoutes as prost::Message>::decode(resource) else { return };
+    let ports = message.routes.iter().chain(&message.tcp_routes).flat_map(|route| route.ports.clone());
+    let ports = ports.chain(message.declared_ports.iter().map(|declared| declared.port)).chain([80]);
+    for port in ports.filter_map(|port| u16::try_from(port).ok()) {
+        let _ = (routes.select_tcp(port), routes.declared_http(port), routes.routes_http(port));
+        let Some(Selected { rule, matched_prefix, .. }) =
+            routes.select(port, &request.method, &request.uri, &request.headers)
+        else {
+            continue;
+        };
+        let host = request.headers.get(http::header::HOST).and_then(|host| host.to_str().ok());
+        if let Some(redirect) = rule.redirect() {
+            let _ = redirect.location(&request.uri, host.unwrap_or("echo.shop"), port, matched_prefix);
+            continue;
         }
-        let _ = (routes.select_tcp(port), routes.declared_http(port));
+        let (mut uri, mut headers) = (request.uri.clone(), request.headers.clone());
+        rule.request_headers().apply(&mut headers);
+        if let Some(rewrite) = rule.rewrite() {
+            rewrite.apply(&mut uri, &mut headers, matched_prefix);
+        }
+        rule.response_headers().apply(&mut headers);
+        let _ = rule.pick_backend_randomly();
     }
 });

@@ -1,7 +1,9 @@
 //! xDS resources as a control plane (or anyone who reaches a proxy's xDS stream as one) sends
-//! them, decoded, converted and applied to a proxy's state. Input: one byte that chooses the
-//! type (even: `istio.workload.Address`, odd: `istio.security.Authorization`), then the
-//! resource's protobuf encoding.
+//! them, decoded, converted and applied one response after another to one proxy's state: a
+//! response is applied or refused whole, and a refused one changes nothing. Input: responses,
+//! each a tag byte (bit 0: `istio.security.Authorization`, else `istio.workload.Address`; bits
+//! 1–2: which of four resource names; bit 7: the name's removal), a 2-byte little-endian
+//! length, and the resource's protobuf encoding.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -12,27 +14,37 @@ use weft_api::{
 };
 use weft_proxy::{state::State, xds};
 
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
 fuzz_target!(|data: &[u8]| {
-    let Some((&kind, value)) = data.split_first() else { return };
-    let type_url = if kind % 2 == 0 { ADDRESS_TYPE } else { AUTHORIZATION_TYPE };
-    let resource = Resource {
-        name: "fuzzed".into(),
-        version: "1".into(),
-        resource: Some(prost_types::Any { type_url: type_url.into(), value: value.to_vec() }),
-        ..Default::default()
-    };
-    let response = DeltaDiscoveryResponse {
-        type_url: type_url.into(),
-        resources: vec![resource],
-        ..Default::default()
-    };
     let state = State::default();
-    if type_url == ADDRESS_TYPE {
-        if let Ok(update) = xds::update(&response) {
-            // Refused as a whole or applied; never a panic.
-            let _ = state.apply(update);
+    let mut rest = data;
+    while let Some((&tag, after)) = rest.split_first() {
+        let Some((length, after)) = after.split_first_chunk::<2>() else { return };
+        let (value, after) = after.split_at(usize::from(u16::from_le_bytes(*length)).min(after.len()));
+        rest = after;
+        let type_url = if tag & 1 == 1 { AUTHORIZATION_TYPE } else { ADDRESS_TYPE };
+        let name = NAMES[usize::from(tag >> 1) % NAMES.len()];
+        let mut response = DeltaDiscoveryResponse { type_url: type_url.into(), ..Default::default() };
+        if tag & 0x80 != 0 {
+            response.removed_resources.push(name.into());
+        } else {
+            response.resources.push(Resource {
+                name: name.into(),
+                version: format!("{}", data.len() - rest.len()),
+                resource: Some(prost_types::Any { type_url: type_url.into(), value: value.to_vec() }),
+                ..Default::default()
+            });
         }
-    } else if let Ok(update) = xds::policies(&response) {
-        state.apply_policies(update);
+        if type_url == AUTHORIZATION_TYPE {
+            if let Ok(update) = xds::policies(&response) {
+                state.apply_policies(update);
+            }
+        } else if let Ok(update) = xds::update(&response) {
+            let before = state.versions();
+            if state.apply(update).is_err() {
+                assert_eq!(state.versions(), before, "a refused update changes nothing");
+            }
+        }
     }
 });

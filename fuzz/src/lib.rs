@@ -1,5 +1,5 @@
-//! What the fuzz targets share: reading an input written as a request head, one field a line,
-//! so that seeds can be written by hand.
+//! What the fuzz targets share: inputs written as a request head, one field a line, so that
+//! seeds can be written by hand, and an input that carries a request beside a resource.
 
 /// `data` as text lines: the first, and the rest as `name: value` header lines (a line
 /// without a colon is a name with an empty value). `None` when `data` is not UTF-8.
@@ -28,4 +28,28 @@ pub fn header_map(headers: &[(&str, &str)]) -> http::HeaderMap {
         }
     }
     map
+}
+
+/// A request as a client sends it to a waypoint.
+#[derive(Debug)]
+pub struct Request {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+}
+
+/// `data` as a request and a resource: a byte giving the request's length, the request (its
+/// first line `METHOD TARGET`, then a `name: value` line a header), the resource's protobuf
+/// encoding. `None` when the request is none HTTP could carry.
+pub fn request_and_resource(data: &[u8]) -> Option<(Request, &[u8])> {
+    let (&length, rest) = data.split_first()?;
+    let (request, resource) = rest.split_at_checked(usize::from(length))?;
+    let (first, headers) = head(request)?;
+    let (method, target) = first.split_once(' ')?;
+    let request = Request {
+        method: http::Method::from_bytes(method.as_bytes()).ok()?,
+        uri: http::Uri::try_from(target).ok()?,
+        headers: header_map(&headers),
+    };
+    Some((request, resource))
 }

@@ -73,6 +73,10 @@ fn decode_unreserved(path: &str) -> Result<String, Error> {
             continue;
         }
         let hex = bytes.get(index + 1..index + 3).ok_or(Error::BadEncoding)?;
+        // Two hex digits exactly: `from_str_radix` alone takes `%+2` as `%02`.
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return Err(Error::BadEncoding);
+        }
         let text = std::str::from_utf8(hex).map_err(|_| Error::BadEncoding)?;
         let value = u8::from_str_radix(text, 16).map_err(|_| Error::BadEncoding)?;
         match value {
@@ -137,6 +141,7 @@ mod tests {
         assert_eq!(path("/admin%5Cusers"), Err(Error::EncodedSeparator));
         assert_eq!(path("/bad%zz"), Err(Error::BadEncoding));
         assert_eq!(path("/cut%4"), Err(Error::BadEncoding));
+        assert_eq!(path("/signed%+2e"), Err(Error::BadEncoding), "a sign is no hex digit");
     }
 
     /// Found by the `waypoint_request` fuzz target: a raw non-ASCII byte was pushed as the

@@ -1,22 +1,28 @@
 //! `cargo xtask fuzz`: builds the fuzz targets of `fuzz/` (cargo fuzz, libFuzzer, with debug
 //! assertions and without a sanitizer, which stable Rust allows) and runs each for a time
 //! budget from its committed seeds (`fuzz/seeds/<target>`), growing a corpus of its own in
-//! `fuzz/target/corpus/<target>`. A crash fails the run and leaves its input in
-//! `fuzz/target/artifacts/<target>/`: fix the cause and make that input a regression test.
-use std::{path::Path, process::Command};
+//! `fuzz/target/corpus/<target>`. A crash fails the run; cargo fuzz leaves its input in
+//! `fuzz/artifacts/<target>/` and prints how to reproduce it: fix the cause and make that input
+//! a regression test.
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::{cmd, setup::Tools};
+use crate::cmd;
 
 /// Seconds each target runs within `cargo xtask test`: long enough to walk every seed's
 /// neighbourhood, short enough for the whole suite's time limit.
 pub const TEST_SECONDS: u64 = 15;
 
-/// Builds every fuzz target, then runs `targets` (all when empty) for `seconds` each.
-pub fn run(root: &Path, tools: &Tools, seconds: u64, targets: &[String]) -> anyhow::Result<()> {
+/// Builds every fuzz target with `cargo_fuzz`, then runs `targets` (all when empty) for
+/// `seconds` each.
+pub fn run(root: &Path, cargo_fuzz: &Path, seconds: u64, targets: &[String]) -> anyhow::Result<()> {
+    same_versions_as_the_workspace(root)?;
+    let manifest = root.join("fuzz/Cargo.toml");
+    // Built from the committed lock only: what is fuzzed is what ships.
+    cmd::run(Command::new("cargo").args(["fetch", "--locked", "--manifest-path"]).arg(&manifest))?;
     let fuzz = |args: &[&str]| {
-        let mut command = Command::new(&tools.cargo_fuzz);
+        let mut command = Command::new(cargo_fuzz);
         command.current_dir(root).arg("fuzz").args(args);
         command
     };
@@ -26,37 +32,29 @@ pub fn run(root: &Path, tools: &Tools, seconds: u64, targets: &[String]) -> anyh
     cmd::run(fuzz(&["build"]).args(BUILD))?;
     let listed = cmd::output(&mut fuzz(&["list"]))?;
     let all: Vec<&str> = listed.lines().map(str::trim).filter(|line| !line.is_empty()).collect();
-    let chosen: Vec<&str> = if targets.is_empty() {
-        all.clone()
-    } else {
-        for target in targets {
-            if !all.contains(&target.as_str()) {
-                bail!("no fuzz target {target}; there are: {}", all.join(", "));
-            }
+    let chosen: Vec<&str> =
+        if targets.is_empty() { all.clone() } else { targets.iter().map(String::as_str).collect() };
+    for target in &chosen {
+        if !all.contains(target) {
+            bail!("no fuzz target {target}; there are: {}", all.join(", "));
         }
-        targets.iter().map(String::as_str).collect()
-    };
+        if !root.join("fuzz/seeds").join(target).is_dir() {
+            bail!("fuzz target {target} has no seeds in fuzz/seeds/{target}");
+        }
+    }
     let mut crashed = Vec::new();
     for target in chosen {
-        let seeds = root.join("fuzz/seeds").join(target);
-        if !seeds.is_dir() {
-            bail!("fuzz target {target} has no seeds in {}", seeds.display());
-        }
-        let work = root.join("fuzz/target");
-        let (corpus, artifacts) = (work.join("corpus").join(target), work.join("artifacts").join(target));
-        for dir in [&corpus, &artifacts] {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
+        let corpus = root.join("fuzz/target/corpus").join(target);
+        std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
         let mut run = fuzz(&["run"]);
-        run.args(BUILD).arg(target).arg(&corpus).arg(&seeds).arg("--");
+        run.args(BUILD).arg(target).arg(&corpus).arg(root.join("fuzz/seeds").join(target)).arg("--");
         run.arg(format!("-max_total_time={seconds}"))
-            .arg(format!("-artifact_prefix={}/", artifacts.display()))
-            // A slow input is a finding too: no input of these parsers should take a second.
+            // An input these parsers take ten seconds over is a hang.
             .arg("-timeout=10")
             .arg("-rss_limit_mb=2048")
             .arg("-print_final_stats=1");
         if let Err(error) = cmd::run(&mut run) {
-            eprintln!("fuzz: {target}: {error:#}; its input is in {}", artifacts.display());
+            eprintln!("fuzz: {target}: {error:#}; its input is in fuzz/artifacts/{target}/");
             crashed.push(target);
         }
     }
@@ -64,4 +62,52 @@ pub fn run(root: &Path, tools: &Tools, seconds: u64, targets: &[String]) -> anyh
         bail!("fuzz targets that failed: {}", crashed.join(", "));
     }
     Ok(())
+}
+
+/// Fails unless every crate that `fuzz/Cargo.lock` shares with the workspace's `Cargo.lock`
+/// is locked at a version the workspace has.
+fn same_versions_as_the_workspace(root: &Path) -> anyhow::Result<()> {
+    let read = |path: &str| {
+        std::fs::read_to_string(root.join(path))
+            .with_context(|| format!("reading {path}"))
+            .map(|text| locked(&text))
+    };
+    let (workspace, fuzz) = (read("Cargo.lock")?, read("fuzz/Cargo.lock")?);
+    let names: BTreeSet<&str> = workspace.iter().map(|(name, _)| name.as_str()).collect();
+    let drifted: Vec<String> = fuzz
+        .iter()
+        .filter(|package| names.contains(package.0.as_str()) && !workspace.contains(package))
+        .map(|(name, version)| format!("{name} {version}"))
+        .collect();
+    if !drifted.is_empty() {
+        bail!(
+            "fuzz/Cargo.lock locks {} at versions Cargo.lock does not: copy Cargo.lock over it and build the fuzz targets again",
+            drifted.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The `(name, version)` of every package in a `Cargo.lock`.
+fn locked(lock: &str) -> BTreeSet<(String, String)> {
+    let value = |line: &str, key: &str| {
+        line.strip_prefix(key)?.strip_prefix(" = \"")?.strip_suffix('"').map(str::to_owned)
+    };
+    let lines: Vec<&str> = lock.lines().collect();
+    lines.windows(2).filter_map(|pair| Some((value(pair[0], "name")?, value(pair[1], "version")?))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locked;
+
+    #[test]
+    fn a_lock_names_each_package_with_its_version() {
+        let lock = "version = 4\n\n[[package]]\nname = \"h2\"\nversion = \"0.4.20\"\nsource = \"x\"\n\n[[package]]\nname = \"weft-fuzz\"\nversion = \"0.1.0\"\n";
+        let packages: Vec<(String, String)> = locked(lock).into_iter().collect();
+        assert_eq!(
+            packages,
+            [("h2".to_owned(), "0.4.20".to_owned()), ("weft-fuzz".to_owned(), "0.1.0".to_owned())]
+        );
+    }
 }

@@ -49,10 +49,10 @@ enum Task {
         #[arg(long)]
         waypoint: bool,
     },
-    /// Set up, build the fuzz targets of `fuzz/` and run each (or those named) for a while.
+    /// Build the fuzz targets of `fuzz/` and run each (or those named) for a while.
     Fuzz {
         /// Seconds each target runs.
-        #[arg(long, default_value_t = 300)]
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
         /// Targets to run (`fuzz/Cargo.toml`); all when none is named.
         targets: Vec<String>,
@@ -68,7 +68,7 @@ fn main() -> std::process::ExitCode {
         Task::Demo { keep, real } => demo(&root, keep, real),
         Task::Bench { quick, waypoint } => bench(&root, quick, waypoint),
         Task::Fuzz { seconds, targets } => {
-            setup::run(&root).and_then(|tools| fuzz::run(&root, &tools, seconds, &targets))
+            setup::cargo_fuzz().and_then(|cargo_fuzz| fuzz::run(&root, &cargo_fuzz, seconds, &targets))
         }
     };
     match done {
@@ -89,6 +89,7 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
         command
     };
     cmd::run(&mut cargo_in_root(&["fmt", "--all", "--check"]))?;
+    cmd::run(&mut cargo_in_root(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     cmd::run(&mut cargo_in_root(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The privileged tests start the workspace's binaries (agent, test pods) as processes.
     cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
@@ -97,9 +98,13 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
     test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
     let tested = cmd::run(&mut test);
-    // Every fuzz target for a short while, whatever the tests said (a run that only filters
-    // tests leaves them out).
-    let fuzzed = if filters.is_empty() { fuzz::run(root, &tools, fuzz::TEST_SECONDS, &[]) } else { Ok(()) };
+    // Every fuzz target for a short while, whatever the tests said.
+    let fuzzed = if filters.is_empty() {
+        fuzz::run(root, &tools.cargo_fuzz, fuzz::TEST_SECONDS, &[])
+    } else {
+        eprintln!("xtask: tests filtered, so no fuzz run (cargo xtask fuzz runs them)");
+        Ok(())
+    };
     match (tested, fuzzed) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(tests), Ok(())) => Err(tests),

@@ -76,14 +76,13 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("Debian packages", debian_packages)?;
     step("bpf-linker", || bpf_linker(&cache))?;
     step("cargo-nextest", nextest)?;
-    let cargo_fuzz = cache.join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
-    step("cargo-fuzz", || install_cargo_fuzz(&cargo_fuzz))?;
+    let cargo_fuzz = cargo_fuzz()?;
     let kube_bin = cache.join("kubernetes/bin");
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
-    Ok(Tools { kube_bin, cargo_fuzz: cargo_fuzz.join("bin/cargo-fuzz") })
+    Ok(Tools { kube_bin, cargo_fuzz })
 }
 
 /// `$WEFT_CACHE`, or `~/.cache/weft`.
@@ -147,16 +146,22 @@ fn nextest() -> anyhow::Result<()> {
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
-/// The fuzz targets' driver, built into `root` (about a minute) unless already there.
-fn install_cargo_fuzz(root: &Path) -> anyhow::Result<()> {
-    if root.join("bin/cargo-fuzz").exists() {
-        return Ok(());
-    }
-    cmd::run(
-        Command::new("cargo")
-            .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
-            .arg(root),
-    )
+/// The fuzz targets' driver, `cargo-fuzz` at [`CARGO_FUZZ_VERSION`], built into the cache
+/// (about a minute) unless already there; the setup step `cargo xtask fuzz` needs alone.
+pub fn cargo_fuzz() -> anyhow::Result<PathBuf> {
+    let root = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let binary = root.join("bin/cargo-fuzz");
+    step("cargo-fuzz", || {
+        if binary.exists() {
+            return Ok(());
+        }
+        cmd::run(
+            Command::new("cargo")
+                .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
+                .arg(&root),
+        )
+    })?;
+    Ok(binary)
 }
 
 /// The Kubernetes commands `kubernetes.sh` builds (its `kube_commands`): the control plane, and

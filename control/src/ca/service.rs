@@ -133,11 +133,23 @@ fn impersonated(request: &IstioCertificateRequest) -> Option<String> {
     }
 }
 
-/// `(namespace, service account)` of a workload identity in `trust_domain`.
+/// `(namespace, service account)` of a workload identity in `trust_domain`: names Kubernetes
+/// allows, a namespace a DNS label and an account a DNS subdomain, as they go into the API
+/// server's paths and queries when the CA checks who runs where.
 fn parse_identity<'a>(identity: &'a str, trust_domain: &str) -> Option<(&'a str, &'a str)> {
     let rest = identity.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?.strip_prefix("/ns/")?;
-    let (namespace, rest) = rest.split_once("/sa/")?;
-    (!namespace.is_empty() && !rest.is_empty() && !rest.contains('/')).then_some((namespace, rest))
+    let (namespace, service_account) = rest.split_once("/sa/")?;
+    (is_dns_label(namespace) && service_account.split('.').all(is_dns_label) && service_account.len() <= 253)
+        .then_some((namespace, service_account))
+}
+
+/// RFC 1123: 1 to 63 lower-case letters, digits and `-`, a letter or digit at each end.
+fn is_dns_label(name: &str) -> bool {
+    let alphanumeric = |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit();
+    (1..=63).contains(&name.len())
+        && name.bytes().all(|byte| alphanumeric(byte) || byte == b'-')
+        && name.bytes().next().is_some_and(alphanumeric)
+        && name.bytes().last().is_some_and(alphanumeric)
 }
 
 #[cfg(test)]
@@ -151,5 +163,26 @@ mod tests {
         assert_eq!(parse_identity("spiffe://cluster.localx/ns/a/sa/b", "cluster.local"), None);
         assert_eq!(parse_identity("spiffe://cluster.local/ns/a/sa/b/c", "cluster.local"), None);
         assert_eq!(parse_identity("spiffe://cluster.local/ns//sa/b", "cluster.local"), None);
+        assert_eq!(
+            parse_identity("spiffe://cluster.local/ns/front-end/sa/web.v2", "cluster.local"),
+            Some(("front-end", "web.v2"))
+        );
+    }
+
+    /// A node proxy names the identity it asks for; its namespace and account go into the API
+    /// server's path and query when the CA checks the pod runs on that node, so nothing but a
+    /// Kubernetes name may pass: `a/b` was taken as the namespace `a/b`.
+    #[test]
+    fn an_identity_whose_names_kubernetes_would_not_allow_is_refused() {
+        for identity in [
+            "spiffe://cluster.local/ns/a/b/sa/c",
+            "spiffe://cluster.local/ns/victim/pods?x=1/sa/c",
+            "spiffe://cluster.local/ns/Shop/sa/c",
+            "spiffe://cluster.local/ns/-shop/sa/c",
+            "spiffe://cluster.local/ns/shop/sa/c..d",
+            "spiffe://cluster.local/ns/shop/sa/c%2Fd",
+        ] {
+            assert_eq!(parse_identity(identity, "cluster.local"), None, "{identity}");
+        }
     }
 }
