@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod control;
 pub mod h2_frames;
 pub mod images;
+pub mod invariants;
 pub mod istiod;
 pub mod kubelet;
 pub mod mesh;

@@ -30,8 +30,11 @@ pub struct Lines {
 }
 
 impl Lines {
-    fn read(stdout: impl Read + Send + 'static) -> Self {
+    /// Reads `stdout` of process `what`, every line inspected ([`crate::invariants`]) whether or
+    /// not a test reads it, to its end.
+    fn read(stdout: impl Read + Send + 'static, what: &str) -> Self {
         let (tx, rx) = mpsc::channel();
+        let what = what.to_owned();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             loop {
@@ -39,9 +42,9 @@ impl Lines {
                 match reader.read_line(&mut line) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        if tx.send(line).is_err() {
-                            break;
-                        }
+                        crate::invariants::inspect(&what, &line);
+                        // A test that stopped reading still has every line inspected.
+                        let _ = tx.send(line);
                     }
                 }
             }
@@ -204,7 +207,7 @@ impl Process {
         if self.lines.is_none() {
             let stdout =
                 self.child.stdout.take().with_context(|| format!("{}: stdout not piped", self.what))?;
-            self.lines = Some(Lines::read(stdout));
+            self.lines = Some(Lines::read(stdout, &self.what));
         }
         Ok(self.lines.as_ref().expect("invariant: set above"))
     }
@@ -212,7 +215,7 @@ impl Process {
     /// Reads the output from `reader` instead of the child's stdout (for a pipe that carries
     /// both its stdout and stderr).
     pub fn read_lines_from(&mut self, reader: impl Read + Send + 'static) {
-        self.lines = Some(Lines::read(reader));
+        self.lines = Some(Lines::read(reader, &self.what));
     }
 
     /// Reads output lines until one equals `line` (how servers say they are ready), at most

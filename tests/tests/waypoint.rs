@@ -20,6 +20,7 @@ use weft_tests::{
     apps, canary,
     cluster::Cluster,
     control::{self, ControlPlane},
+    invariants::Footprint,
     kubelet::PodTemplate,
     mesh::{self, Mesh},
     process::Process,
@@ -622,6 +623,11 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
             "the app got the framing the waypoint read: {answer:?}"
         );
         assert!(!answer.contains("/smuggled"), "{answer:?}");
+        // What the waypoint holds in use, to come back to once the abusers are gone.
+        let tally = apps::http_requests(&scene.client, to_echo, "/before", &[], 20).unwrap();
+        assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 20, "{tally}");
+        let waypoint = scene.waypoint.process().pid();
+        let baseline = Footprint::of(waypoint).unwrap();
         // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
         // off (GOAWAY or closed) rather than served on. First (so that no earlier session's
         // line can be taken for its own): a client cancelling each request once it is under
@@ -641,6 +647,10 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         let tally = apps::http_requests(&scene.client, to_echo, "/after", &[], 3).unwrap();
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 3, "{tally}");
         assert!(!scene.waypoint.process().exited(), "the waypoint ran throughout");
+        // Nothing of the thousands of cancelled streams stays: a connection per endpoint pod
+        // the pool may have added under the abuse's load, and what the allocator keeps.
+        let slack = Footprint { descriptors: 2, rss_kib: 16 * 1024 };
+        baseline.returned_to(waypoint, slack, WAIT).unwrap();
     });
 }
 
