@@ -23,7 +23,8 @@ struct Args {
 enum Task {
     /// Install toolchains, bpf-linker, etcd and Kubernetes; mount bpffs. Idempotent.
     Setup,
-    /// Set up, then run every test: unit, component and privileged (needs root).
+    /// Set up, then run every test: formatting, clippy, cargo deny, unit, component and
+    /// privileged (needs root), and a short fuzz run.
     Test {
         /// Test name filters, passed to `cargo nextest run`.
         #[arg(trailing_var_arg = true)]
@@ -91,6 +92,11 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     cmd::run(&mut cargo_in_root(&["fmt", "--all", "--check"]))?;
     cmd::run(&mut cargo_in_root(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     cmd::run(&mut cargo_in_root(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // Licences, bans and sources by `deny.toml` (advisories need a database this machine
+    // cannot fetch).
+    let mut deny = Command::new(&tools.cargo_deny);
+    deny.current_dir(root).args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
+    cmd::run(&mut deny)?;
     // The privileged tests start the workspace's binaries (agent, test pods) as processes.
     cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
     // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a

@@ -38,6 +38,7 @@ const PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// The Kubernetes release every test runs against (README's "Tested with"); k8s-openapi's
 /// feature in Cargo.toml names the same minor.
@@ -66,6 +67,8 @@ pub struct Tools {
     pub kube_bin: PathBuf,
     /// `cargo-fuzz`, at [`CARGO_FUZZ_VERSION`].
     pub cargo_fuzz: PathBuf,
+    /// `cargo-deny`, at [`CARGO_DENY_VERSION`].
+    pub cargo_deny: PathBuf,
 }
 
 /// Runs every setup step, each skipped when already done.
@@ -77,12 +80,13 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("bpf-linker", || bpf_linker(&cache))?;
     step("cargo-nextest", nextest)?;
     let cargo_fuzz = cargo_fuzz()?;
+    let cargo_deny = cargo_tool("cargo-deny", CARGO_DENY_VERSION)?;
     let kube_bin = cache.join("kubernetes/bin");
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
-    Ok(Tools { kube_bin, cargo_fuzz })
+    Ok(Tools { kube_bin, cargo_fuzz, cargo_deny })
 }
 
 /// `$WEFT_CACHE`, or `~/.cache/weft`.
@@ -146,18 +150,24 @@ fn nextest() -> anyhow::Result<()> {
     cmd::run(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))
 }
 
-/// The fuzz targets' driver, `cargo-fuzz` at [`CARGO_FUZZ_VERSION`], built into the cache
-/// (about a minute) unless already there; the setup step `cargo xtask fuzz` needs alone.
+/// The fuzz targets' driver, `cargo-fuzz` at [`CARGO_FUZZ_VERSION`]; the setup step
+/// `cargo xtask fuzz` needs alone.
 pub fn cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let root = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
-    let binary = root.join("bin/cargo-fuzz");
-    step("cargo-fuzz", || {
+    cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// The binary of crate `name` at `version`, built into the cache (a minute or a few) unless
+/// already there.
+fn cargo_tool(name: &str, version: &str) -> anyhow::Result<PathBuf> {
+    let root = cache_dir().join(format!("{name}-{version}"));
+    let binary = root.join("bin").join(name);
+    step(name, || {
         if binary.exists() {
             return Ok(());
         }
         cmd::run(
             Command::new("cargo")
-                .args(["install", "cargo-fuzz", "--locked", "--version", CARGO_FUZZ_VERSION, "--root"])
+                .args(["install", name, "--locked", "--version", version, "--root"])
                 .arg(&root),
         )
     })?;
