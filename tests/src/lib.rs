@@ -83,8 +83,8 @@ where
     }
 }
 
-/// Retries `holds` (each try does real work, such as a connection) until it is true, or fails
-/// after `timeout`: [`eventually`] for blocking checks.
+/// Retries `holds` until it is true, 10 ms between tries, or fails after `timeout`:
+/// [`eventually`] for blocking checks.
 pub fn until(
     what: &str,
     timeout: std::time::Duration,
@@ -93,6 +93,9 @@ pub fn until(
     let deadline = std::time::Instant::now() + timeout;
     while !holds() {
         anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: not within {timeout:?}");
+        // A pause between tries, so that a cheap check does not take a core from what it
+        // waits for.
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
 }

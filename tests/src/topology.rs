@@ -214,9 +214,17 @@ impl Topology {
 }
 
 impl Drop for Topology {
+    /// Every test of a topology ends here: once it is taken down, and whatever else the test
+    /// checked, nothing the harness read may have panicked or written a private key
+    /// ([`crate::invariants`]).
     fn drop(&mut self) {
         self.pods.clear();
         self.guard.run();
+        if !std::thread::panicking()
+            && let Err(findings) = crate::invariants::logs_clean()
+        {
+            panic!("{findings:#}");
+        }
     }
 }
 

@@ -134,22 +134,29 @@ fn impersonated(request: &IstioCertificateRequest) -> Option<String> {
 }
 
 /// `(namespace, service account)` of a workload identity in `trust_domain`: names Kubernetes
-/// allows, a namespace a DNS label and an account a DNS subdomain, as they go into the API
-/// server's paths and queries when the CA checks who runs where.
+/// allows, a namespace a DNS label and an account a DNS subdomain — the namespace goes into
+/// the API server's path when the CA checks who runs where.
 fn parse_identity<'a>(identity: &'a str, trust_domain: &str) -> Option<(&'a str, &'a str)> {
     let rest = identity.strip_prefix("spiffe://")?.strip_prefix(trust_domain)?.strip_prefix("/ns/")?;
     let (namespace, service_account) = rest.split_once("/sa/")?;
-    (is_dns_label(namespace) && service_account.split('.').all(is_dns_label) && service_account.len() <= 253)
-        .then_some((namespace, service_account))
+    (is_dns_label(namespace) && is_dns_subdomain(service_account)).then_some((namespace, service_account))
 }
 
-/// RFC 1123: 1 to 63 lower-case letters, digits and `-`, a letter or digit at each end.
+/// RFC 1123 as Kubernetes reads it: 1 to 63 characters of a subdomain, without a dot.
 fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63 && !name.contains('.') && is_dns_subdomain(name)
+}
+
+/// Up to 253 characters: dot-separated labels of lower-case letters, digits and `-`, each
+/// starting and ending with a letter or digit.
+fn is_dns_subdomain(name: &str) -> bool {
     let alphanumeric = |byte: u8| byte.is_ascii_lowercase() || byte.is_ascii_digit();
-    (1..=63).contains(&name.len())
-        && name.bytes().all(|byte| alphanumeric(byte) || byte == b'-')
-        && name.bytes().next().is_some_and(alphanumeric)
-        && name.bytes().last().is_some_and(alphanumeric)
+    (1..=253).contains(&name.len())
+        && name.split('.').all(|label| {
+            label.bytes().all(|byte| alphanumeric(byte) || byte == b'-')
+                && label.bytes().next().is_some_and(alphanumeric)
+                && label.bytes().last().is_some_and(alphanumeric)
+        })
 }
 
 #[cfg(test)]
@@ -167,11 +174,14 @@ mod tests {
             parse_identity("spiffe://cluster.local/ns/front-end/sa/web.v2", "cluster.local"),
             Some(("front-end", "web.v2"))
         );
+        // An account's labels are not capped at 63 characters, only its whole name.
+        let long = format!("spiffe://cluster.local/ns/shop/sa/{}", "a".repeat(70));
+        assert_eq!(parse_identity(&long, "cluster.local"), Some(("shop", "a".repeat(70).as_str())));
     }
 
-    /// A node proxy names the identity it asks for; its namespace and account go into the API
-    /// server's path and query when the CA checks the pod runs on that node, so nothing but a
-    /// Kubernetes name may pass: `a/b` was taken as the namespace `a/b`.
+    /// A node proxy names the identity it asks for; its namespace goes into the API server's
+    /// path when the CA checks the pod runs on that node, so nothing but Kubernetes names may
+    /// pass: `a/b` was taken as the namespace `a/b`.
     #[test]
     fn an_identity_whose_names_kubernetes_would_not_allow_is_refused() {
         for identity in [
@@ -181,6 +191,7 @@ mod tests {
             "spiffe://cluster.local/ns/-shop/sa/c",
             "spiffe://cluster.local/ns/shop/sa/c..d",
             "spiffe://cluster.local/ns/shop/sa/c%2Fd",
+            "spiffe://cluster.local/ns/a23456789012345678901234567890123456789012345678901234567890123x/sa/c",
         ] {
             assert_eq!(parse_identity(identity, "cluster.local"), None, "{identity}");
         }
