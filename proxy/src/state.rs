@@ -245,9 +245,7 @@ impl Policies {
         policies.by_name = by_name;
         policies
     }
-}
 
-impl Policies {
     /// What decides connections to `workload` of `namespace`: the mesh-wide policies, its
     /// namespace's, and the selector policies the workload names — the one place that says
     /// which policies apply to a pod. `Err(name)`: it names a policy not arrived yet.

@@ -40,7 +40,7 @@ use crate::{
     inbound::{Client, Destination},
     metrics::{Peers, RequestLabels, UNKNOWN},
     retry::Outcome,
-    route::{Mirror, Rule, Selected},
+    route::{Mirror, Reading, Rule, Selected},
 };
 
 mod cancelled;
@@ -146,13 +146,10 @@ impl Session {
         // A TCPRoute or a declared protocol says what the port carries: nothing to tell apart,
         // nothing to wait for. The Service's routes are looked up once for the whole stream.
         let routes = self.service_routes();
-        let declared = routes
-            .as_ref()
-            .map(|(routes, port)| (routes.select_tcp(*port).is_some(), routes.declared_http(*port)));
-        let protocol = match declared {
-            Some((true, _) | (false, Some(false))) => opaque::Protocol::Opaque,
-            Some((false, Some(true))) => opaque::Protocol::Http,
-            None | Some((false, None)) => opaque::detect(&mut stream).await?,
+        let protocol = match routes.as_ref().map(|(routes, port)| routes.reading(*port)) {
+            Some(reading) if reading.opaque() => opaque::Protocol::Opaque,
+            Some(Reading::DeclaredHttp) => opaque::Protocol::Http,
+            _ => opaque::detect(&mut stream).await?,
         };
         if protocol == opaque::Protocol::Opaque {
             return self.relay(stream, routes).await;

@@ -70,6 +70,26 @@ pub struct Routes {
     declared: Vec<(u16, bool)>,
 }
 
+/// How a Service port's streams are read ([`Routes::reading`]).
+#[derive(Debug)]
+pub enum Reading<'a> {
+    /// A TCPRoute applies: relayed at L4 to its backend, never read.
+    TcpRoute(Selected<'a>),
+    /// The port declares a protocol other than HTTP: relayed at L4, never read.
+    DeclaredOpaque,
+    /// The port declares HTTP: read as HTTP without waiting for its first bytes.
+    DeclaredHttp,
+    /// Nothing declared: HTTP if its first bytes say so.
+    Undeclared,
+}
+
+impl Reading<'_> {
+    /// Whether the stream is relayed at L4 without being read.
+    pub fn opaque(&self) -> bool {
+        matches!(self, Reading::TcpRoute(_) | Reading::DeclaredOpaque)
+    }
+}
+
 /// The rule a request gets, and the HTTPRoute it belongs to.
 #[derive(Debug, Clone, Copy)]
 pub struct Selected<'a> {
@@ -245,6 +265,19 @@ impl Routes {
             }
         }
         best.map(|(_, selected)| selected)
+    }
+
+    /// How the waypoint reads streams to `port` — the one place that ranks a TCPRoute before a
+    /// declared protocol before the first bytes.
+    pub fn reading(&self, port: u16) -> Reading<'_> {
+        if let Some(selected) = self.select_tcp(port) {
+            return Reading::TcpRoute(selected);
+        }
+        match self.declared_http(port) {
+            Some(true) => Reading::DeclaredHttp,
+            Some(false) => Reading::DeclaredOpaque,
+            None => Reading::Undeclared,
+        }
     }
 
     /// Whether `port` is declared HTTP (`Some(true)`) or another protocol the waypoint relays

@@ -10,7 +10,7 @@ use serde_json::Value;
 use weft_proxy::identity::Identity;
 use weft_waypoint::{
     authz, normalize,
-    route::{Routes, Rule},
+    route::{Reading, Routes, Rule},
 };
 
 use super::{
@@ -121,8 +121,7 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     };
     // A TCPRoute makes the port TCP, and so does a protocol it declares: the waypoint reads no
     // HTTP there.
-    let tcp = routes.as_ref().and_then(|routes| routes.select_tcp(port));
-    let declared_opaque = routes.as_ref().and_then(|routes| routes.declared_http(port)) == Some(false);
+    let reading = routes.as_ref().map_or(Reading::Undeclared, |routes| routes.reading(port));
     let mut headers = HeaderMap::new();
     for line in &probe.headers {
         let (name, value) = line.split_once(':').with_context(|| format!("header {line:?}: name:value"))?;
@@ -138,13 +137,13 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     let method =
         Method::from_bytes(probe.method.as_bytes()).with_context(|| format!("method {:?}", probe.method))?;
     let mut uri: Uri = probe.path.parse().with_context(|| format!("path {:?}", probe.path))?;
-    if tcp.is_some() {
+    if let Reading::TcpRoute(_) = reading {
         findings.push(finding(
             "request",
             true,
             format!("port {port} is TCP (a TCPRoute): relayed at L4, not read as HTTP"),
         ));
-    } else if declared_opaque {
+    } else if reading.opaque() {
         findings.push(finding(
             "request",
             true,
@@ -162,7 +161,7 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     // The waypoint's Gateway is named like its Service.
     let gateway =
         own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
-    let asked = Asked { method, uri, headers, port, opaque: tcp.is_some() || declared_opaque };
+    let asked = Asked { method, uri, headers, port, opaque: reading.opaque() };
     match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
         Some((false, detail)) => {
             findings.push(finding("policies", false, detail));
@@ -172,9 +171,9 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
         None => {}
     }
 
-    let route = match (&routes, tcp) {
-        (_, Some(selected)) => rule_finding(&workloads, selected.route, selected.rule),
-        (Some(routes), None) if routes.routes_http(port) && !declared_opaque => {
+    let route = match (&routes, reading) {
+        (_, Reading::TcpRoute(selected)) => rule_finding(&workloads, selected.route, selected.rule),
+        (Some(routes), reading) if routes.routes_http(port) && !reading.opaque() => {
             http_route_finding(&workloads, routes, &asked)
         }
         _ => {

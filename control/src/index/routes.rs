@@ -150,22 +150,19 @@ fn declared_protocol(
     port: i32,
 ) -> Option<api::declared_port::Protocol> {
     use api::declared_port::Protocol;
-    let by_app_protocol = |word: &str| match word {
+    // One table for both: the `kubernetes.io/…` values only an appProtocol can hold (a port's
+    // name has no `/`).
+    let by_word = |word: &str| match word {
         "http" | "http2" | "grpc" | "grpc-web" | "kubernetes.io/h2c" => Some(Protocol::Http),
         "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" | "kubernetes.io/wss" => Some(Protocol::Tcp),
         _ => None,
     };
-    let by_name = |word: &str| match word {
-        "http" | "http2" | "grpc" | "grpc-web" => Some(Protocol::Http),
-        "tcp" | "tls" | "https" | "mongo" | "mysql" | "redis" => Some(Protocol::Tcp),
-        _ => None,
-    };
     let declared = match (app_protocol, name) {
-        (Some(app_protocol), _) => by_app_protocol(&app_protocol.to_ascii_lowercase()),
+        (Some(app_protocol), _) => by_word(&app_protocol.to_ascii_lowercase()),
         (None, Some(name)) => {
             let name = name.to_ascii_lowercase();
             // `grpc-web` is a protocol of its own before it is `grpc` with a suffix.
-            by_name(&name).or_else(|| by_name(name.split('-').next().unwrap_or_default()))
+            by_word(&name).or_else(|| by_word(name.split('-').next().unwrap_or_default()))
         }
         (None, None) => None,
     };
