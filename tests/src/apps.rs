@@ -55,6 +55,21 @@ pub fn hold(pod: &Pod, to: SocketAddr, count: usize, timeout: Duration) -> anyho
     Ok(holder)
 }
 
+/// Steady traffic from `pod` to `to` (`weft-testpod steady`): a round trip of `message` on a
+/// new connection every `interval`, each failure printed as it happens, until the returned
+/// process's stdin closes; returns once it runs.
+pub fn steady(pod: &Pod, to: SocketAddr, message: &str, interval: Duration) -> anyhow::Result<Process> {
+    let interval = interval.as_millis().to_string();
+    let mut command =
+        testpod(&["steady", "--to", &to.to_string(), "--message", message, "--interval-ms", &interval])?;
+    command.stdin(Stdio::piped());
+    let mut steady = pod.spawn(command)?;
+    steady
+        .wait_for_line("ready", READY_TIMEOUT)
+        .with_context(|| format!("steady traffic from {}", pod.name))?;
+    Ok(steady)
+}
+
 /// [`echo_server`] that prints `peer=<address>` for each connection, as the app sees its client.
 pub fn echo_server_reporting_peers(pod: &Pod, port: u16) -> anyhow::Result<Process> {
     start_echo(pod, port, &["--report-peers"])

@@ -25,6 +25,7 @@ pub mod netns;
 pub mod nodes;
 pub mod process;
 pub mod shop;
+pub mod soak;
 pub mod topology;
 pub mod waypoint;
 pub mod wire;

@@ -351,6 +351,21 @@ impl Mesh {
         Ok(())
     }
 
+    /// Restarts node `node`'s ztunnel as an operator's restart does: SIGTERM (it drains: open
+    /// connections finish, new ones are refused), then, once it has ended, a new one, which gets
+    /// the node's pods from the agent; returns once it serves `pods` pods.
+    pub fn restart_ztunnel(&mut self, node: usize, pods: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.ztunnel(node).terminate()?;
+        let ended =
+            |line: &str| line.contains("drained: every connection ended") || line.contains("drain deadline");
+        self.ztunnel(node).wait_for(ended, timeout).context("the old proxy's drain")?;
+        self.start_ztunnel(node)?;
+        for _ in 0..pods {
+            self.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), timeout)?;
+        }
+        Ok(())
+    }
+
     /// Restarts node `node`'s ztunnel with `flags` added to its command line (and to every later
     /// start), and waits until it serves `pods` pods again.
     pub fn restart_ztunnel_with(&mut self, node: usize, flags: &[&str], pods: usize) -> anyhow::Result<()> {

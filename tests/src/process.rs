@@ -32,9 +32,13 @@ pub struct Lines {
 impl Lines {
     /// Reads `stdout` of process `what`, every line inspected ([`crate::invariants`]) whether or
     /// not a test reads it, to its end.
+    /// With `WEFT_TEST_LOGS` set to a directory, every line is also appended to a file there
+    /// named after the program and its namespace (`weft-ztunnel.<netns>.log`), so a long run's
+    /// logs can be read afterwards (the soak sets it).
     fn read(stdout: impl Read + Send + 'static, what: &str) -> Self {
         let (tx, rx) = mpsc::channel();
         let what = what.to_owned();
+        let mut kept = log_file(&what);
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             loop {
@@ -43,6 +47,9 @@ impl Lines {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         crate::invariants::inspect(&what, &line);
+                        if let Some(file) = &mut kept {
+                            let _ = std::io::Write::write_all(file, line.as_bytes());
+                        }
                         // A test that stopped reading still has every line inspected.
                         let _ = tx.send(line);
                     }
@@ -292,6 +299,17 @@ impl Drop for Process {
             }
         }
     }
+}
+
+/// The file in `WEFT_TEST_LOGS` that keeps the lines of process `what` (`"<path>" in <netns>`),
+/// opened for appending (a restarted process continues its predecessor's file); `None` when the
+/// variable is unset or the file cannot be opened.
+fn log_file(what: &str) -> Option<std::fs::File> {
+    let dir = PathBuf::from(std::env::var_os("WEFT_TEST_LOGS")?);
+    let (program, place) = what.split_once(" in ").unwrap_or((what, "host"));
+    let program = Path::new(program.trim_matches('"')).file_name()?.to_string_lossy().into_owned();
+    std::fs::create_dir_all(&dir).ok()?;
+    OpenOptions::new().create(true).append(true).open(dir.join(format!("{program}.{place}.log"))).ok()
 }
 
 /// Unread output lines a failing test prints per process (the last ones).

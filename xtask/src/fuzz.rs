@@ -1,9 +1,10 @@
 //! `cargo xtask fuzz`: builds the fuzz targets of `fuzz/` (cargo fuzz, libFuzzer, with debug
 //! assertions and without a sanitizer, which stable Rust allows) and runs each for a time
 //! budget from its committed seeds (`fuzz/seeds/<target>`), growing a corpus of its own in
-//! `fuzz/target/corpus/<target>`. A crash fails the run; cargo fuzz leaves its input in
-//! `fuzz/artifacts/<target>/` and prints how to reproduce it: fix the cause and make that input
-//! a regression test.
+//! `fuzz/target/corpus/<target>`. What libFuzzer prints goes to `fuzz/target/logs/<target>.log`
+//! (one line per target is shown, so a CI log stays readable). A crash fails the run, with the
+//! end of that log shown; cargo fuzz leaves its input in `fuzz/artifacts/<target>/` and says how
+//! to reproduce it: fix the cause and make that input a regression test.
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use anyhow::{Context, bail};
@@ -42,10 +43,15 @@ pub fn run(root: &Path, cargo_fuzz: &Path, seconds: u64, targets: &[String]) -> 
             bail!("fuzz target {target} has no seeds in fuzz/seeds/{target}");
         }
     }
+    let logs = root.join("fuzz/target/logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let mut crashed = Vec::new();
     for target in chosen {
         let corpus = root.join("fuzz/target/corpus").join(target);
         std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
+        let log_path = logs.join(format!("{target}.log"));
+        let log =
+            std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut run = fuzz(&["run"]);
         run.args(BUILD).arg(target).arg(&corpus).arg(root.join("fuzz/seeds").join(target)).arg("--");
         run.arg(format!("-max_total_time={seconds}"))
@@ -53,15 +59,43 @@ pub fn run(root: &Path, cargo_fuzz: &Path, seconds: u64, targets: &[String]) -> 
             .arg("-timeout=10")
             .arg("-rss_limit_mb=2048")
             .arg("-print_final_stats=1");
-        if let Err(error) = cmd::run(&mut run) {
-            eprintln!("fuzz: {target}: {error:#}; its input is in fuzz/artifacts/{target}/");
-            crashed.push(target);
+        run.stdout(log.try_clone().context("sharing the fuzz log")?).stderr(log);
+        let outcome = cmd::run(&mut run);
+        let printed = std::fs::read_to_string(&log_path).unwrap_or_default();
+        match outcome {
+            Ok(()) => eprintln!("fuzz: {target}: {}", final_stats(&printed)),
+            Err(error) => {
+                let lines: Vec<&str> = printed.lines().collect();
+                eprintln!("{}", lines[lines.len().saturating_sub(CRASH_LINES)..].join("\n"));
+                eprintln!(
+                    "fuzz: {target}: {error:#}; its input is in fuzz/artifacts/{target}/, all it printed in {}",
+                    log_path.display()
+                );
+                crashed.push(target);
+            }
         }
     }
     if !crashed.is_empty() {
         bail!("fuzz targets that failed: {}", crashed.join(", "));
     }
     Ok(())
+}
+
+/// How much of a failed target's log is shown: its panic, backtrace and reproduction command.
+const CRASH_LINES: usize = 60;
+
+/// libFuzzer's closing figures in one line: `3665891 runs, 2531 new units, peak RSS 82 MB`.
+fn final_stats(printed: &str) -> String {
+    let stat = |name: &str| {
+        printed
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim_start().strip_prefix(':'))
+            .map(str::trim)
+    };
+    match (stat("stat::number_of_executed_units"), stat("stat::new_units_added"), stat("stat::peak_rss_mb")) {
+        (Some(runs), Some(new), Some(rss)) => format!("{runs} runs, {new} new units, peak RSS {rss} MB"),
+        _ => "ran, but printed no final figures".to_owned(),
+    }
 }
 
 /// Fails unless every crate that `fuzz/Cargo.lock` shares with the workspace's `Cargo.lock`
@@ -99,7 +133,14 @@ fn locked(lock: &str) -> BTreeSet<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::locked;
+    use super::{final_stats, locked};
+
+    #[test]
+    fn libfuzzers_closing_figures_fit_one_line() {
+        let printed = "Done 3665891 runs in 16 second(s)\nstat::number_of_executed_units: 3665891\nstat::average_exec_per_sec:     229118\nstat::new_units_added:          2531\nstat::slowest_unit_time_sec:    0\nstat::peak_rss_mb:              82\n";
+        assert_eq!(final_stats(printed), "3665891 runs, 2531 new units, peak RSS 82 MB");
+        assert_eq!(final_stats("INFO: Seed: 1\n"), "ran, but printed no final figures");
+    }
 
     #[test]
     fn a_lock_names_each_package_with_its_version() {

@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's commands. `setup` installs what a fresh machine lacks (idempotent,
 //! and run first by every other command); `test` runs every test; `demo` runs Weft's main job on
 //! the embedded default topology; `bench` measures the mesh against no mesh (or, `--waypoint`,
-//! a waypoint against the mesh path alone), in release; `fuzz` runs the fuzz targets. Slow
+//! a waypoint against the mesh path alone), in release; `fuzz` runs the fuzz targets; `soak`
+//! runs the mesh under steady traffic and a stream of faults. Slow
 //! artefacts are cached outside the work tree (see `cache`).
 use std::{path::PathBuf, process::Command};
 
@@ -58,6 +59,13 @@ enum Task {
         /// Targets to run (`fuzz/Cargo.toml`); all when none is named.
         targets: Vec<String>,
     },
+    /// Set up, then run the mesh under steady traffic while pods churn, labels flip, policies
+    /// change, certificates rotate and components restart; report failures and growth.
+    Soak {
+        /// How long the soak runs.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -71,6 +79,7 @@ fn main() -> std::process::ExitCode {
         Task::Fuzz { seconds, targets } => {
             setup::cargo_fuzz().and_then(|cargo_fuzz| fuzz::run(&root, &cargo_fuzz, seconds, &targets))
         }
+        Task::Soak { minutes } => soak(&root, minutes),
     };
     match done {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -97,26 +106,47 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     let mut deny = Command::new(&tools.cargo_deny);
     deny.current_dir(root).args(["check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
     cmd::run(&mut deny)?;
-    // The privileged tests start the workspace's binaries (agent, test pods) as processes.
-    cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
-    // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
-    // closing summary line that says how many tests ran.
-    let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
-    test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
-    let tested = cmd::run(&mut test);
-    // Every fuzz target for a short while, whatever the tests said.
+    // Every fuzz target for a short while, whatever comes after: first, so the tests' summary
+    // (failures last) ends the log.
     let fuzzed = if filters.is_empty() {
         fuzz::run(root, &tools.cargo_fuzz, fuzz::TEST_SECONDS, &[])
     } else {
         eprintln!("xtask: tests filtered, so no fuzz run (cargo xtask fuzz runs them)");
         Ok(())
     };
+    // The privileged tests start the workspace's binaries (agent, test pods) as processes.
+    cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
+    // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
+    // closing summary that names every failure (`.config/nextest.toml`).
+    let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
+    test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
+    let tested = cmd::run(&mut test);
     match (tested, fuzzed) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(tests), Ok(())) => Err(tests),
         (Ok(()), Err(fuzzing)) => Err(fuzzing),
         (Err(tests), Err(fuzzing)) => bail!("{tests:#}; {fuzzing:#}"),
     }
+}
+
+fn soak(root: &std::path::Path, minutes: f64) -> anyhow::Result<()> {
+    let tools = setup::run(root)?;
+    // Every binary: the soak starts the daemons, weftctl and `weft-testpod` as processes.
+    cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins"]))?;
+    // Every component's log, to read after the run.
+    let logs = root.join("target/soak/logs");
+    if logs.exists() {
+        std::fs::remove_dir_all(&logs).with_context(|| format!("removing {}", logs.display()))?;
+    }
+    let mut soak = Command::new(cargo());
+    soak.current_dir(root)
+        .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-soak", "--"])
+        .args(["--minutes", &minutes.to_string()])
+        .env("WEFT_KUBE_BIN", &tools.kube_bin)
+        .env("WEFT_TEST_LOGS", &logs);
+    let soaked = cmd::run(&mut soak);
+    eprintln!("xtask: the components' logs are in {}", logs.display());
+    soaked
 }
 
 fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {

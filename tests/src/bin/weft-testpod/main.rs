@@ -22,6 +22,7 @@ mod h2abuse;
 mod http;
 mod https;
 mod standin;
+mod steady;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -64,6 +65,16 @@ enum Mode {
         count: u32,
         #[arg(long, default_value_t = 1000)]
         interval_us: u64,
+    },
+    /// A round trip of `message` and a sequence number on a new connection every `interval_ms`
+    /// until stdin closes; prints each failure as it happens, with its start, and the counts.
+    Steady {
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long)]
+        message: String,
+        #[arg(long, default_value_t = 50)]
+        interval_ms: u64,
     },
     /// `count` round trips of `size` bytes over one connection; prints latency percentiles.
     Latency {
@@ -210,6 +221,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Mode::Probe { to, count, interval_us } => probe(to, count, Duration::from_micros(interval_us)),
+        Mode::Steady { to, message, interval_ms } => {
+            steady::run(to, &message, Duration::from_millis(interval_ms))
+        }
         Mode::Chat { to } => chat(resolve(&to)?),
         Mode::HttpsGet { to, server_name, ca, path } => https::get(to, &server_name, &ca, &path),
         Mode::Latency { to, count, size } => latency(to, count, size),

@@ -1,0 +1,63 @@
+//! `steady`: the soak's traffic. One request a period, each on a new connection (so every one
+//! crosses the capture, the node proxies' pools and, while they change, the certificates and
+//! policies the soak churns), until standard input closes. Each request carries the soak's
+//! canary and must come back whole. Every failure is printed the moment it happens with its
+//! wall-clock start, so the soak can tell a failure its faults explain from one they do not.
+use std::{
+    io::Write,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use weft_tests::soak::trend::unix_ms;
+
+/// How long one request may take before it counts as failed.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends `message`-prefixed requests to `to`, one every `interval`, until stdin closes; prints
+/// `failed at_ms=<unix ms> error=<why>` for each failure and `requests=N ok=N failed=N` at the end.
+pub fn run(to: std::net::SocketAddr, message: &str, interval: Duration) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    println!("ready");
+    std::io::stdout().flush()?;
+    let (mut ok, mut failed, mut sequence) = (0u64, 0u64, 0u64);
+    let mut due = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let started = unix_ms();
+        let request = format!("{message} {sequence}");
+        let error = match super::round_trip(to, &request, TIMEOUT) {
+            Ok((_, reply)) if reply == request => None,
+            Ok((_, reply)) => {
+                Some(format!("the reply had {} bytes, not the {} sent", reply.len(), request.len()))
+            }
+            Err(error) => Some(format!("{error:#}")),
+        };
+        match error {
+            None => ok += 1,
+            Some(error) => {
+                failed += 1;
+                println!("failed at_ms={started} error={}", error.replace('\n', " "));
+                std::io::stdout().flush()?;
+            }
+        }
+        sequence += 1;
+        // Pacing, not synchronisation: one request a period; after a slow one, the next at once.
+        due += interval;
+        match due.checked_duration_since(Instant::now()) {
+            Some(wait) => std::thread::sleep(wait),
+            None => due = Instant::now(),
+        }
+    }
+    println!("requests={sequence} ok={ok} failed={failed}");
+    Ok(())
+}
