@@ -36,9 +36,13 @@ const STEP: Duration = Duration::from_secs(15);
 /// Samples from this long after a process started are left out of its slopes (measured: a node
 /// proxy's memory grows fastest over its first few pods and certificates, then ever slower).
 pub const WARM_UP: Duration = Duration::from_secs(120);
-/// Growth that counts as flat: 1 MiB and 1 descriptor over ten minutes.
+/// Growth that counts as flat: 1 MiB in ten minutes (a ten-minute soak measured 45 to 57 KiB
+/// a minute for the node proxies and the control plane, still settling), and five descriptors
+/// in ten minutes — a fault may leave a connection that stays (a pooled tunnel to a new peer, a
+/// control plane's watch), but one leaked per churned pod, restart or policy push would pass
+/// this within the run.
 pub const FLAT_RSS_KIB_PER_MINUTE: f64 = 102.4;
-pub const FLAT_DESCRIPTORS_PER_MINUTE: f64 = 0.1;
+pub const FLAT_DESCRIPTORS_PER_MINUTE: f64 = 0.5;
 
 /// The running soak: the shop scene, and the pods its faults use.
 #[derive(Debug)]
