@@ -118,8 +118,10 @@ fn test(root: &std::path::Path, filters: &[String]) -> anyhow::Result<()> {
     cmd::run(&mut cargo_in_root(&["build", "--workspace", "--bins"]))?;
     // nextest: one process per test, so a test's namespaces and eBPF links die with it, and a
     // closing summary that names every failure (`.config/nextest.toml`).
+    // Every component's log is kept too, for what a failure prints of them (the soak's).
+    let logs = fresh_dir(&root.join("target/test-logs"))?;
     let mut test = cargo_in_root(&["nextest", "run", "--workspace", "--no-fail-fast"]);
-    test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin);
+    test.args(filters).env("WEFT_KUBE_BIN", &tools.kube_bin).env("WEFT_TEST_LOGS", &logs);
     let tested = cmd::run(&mut test);
     match (tested, fuzzed) {
         (Ok(()), Ok(())) => Ok(()),
@@ -134,10 +136,7 @@ fn soak(root: &std::path::Path, minutes: f64) -> anyhow::Result<()> {
     // Every binary: the soak starts the daemons, weftctl and `weft-testpod` as processes.
     cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--workspace", "--bins"]))?;
     // Every component's log, to read after the run.
-    let logs = root.join("target/soak/logs");
-    if logs.exists() {
-        std::fs::remove_dir_all(&logs).with_context(|| format!("removing {}", logs.display()))?;
-    }
+    let logs = fresh_dir(&root.join("target/soak/logs"))?;
     let mut soak = Command::new(cargo());
     soak.current_dir(root)
         .args(["run", "--quiet", "--package", "weft-tests", "--bin", "weft-soak", "--"])
@@ -147,6 +146,14 @@ fn soak(root: &std::path::Path, minutes: f64) -> anyhow::Result<()> {
     let soaked = cmd::run(&mut soak);
     eprintln!("xtask: the components' logs are in {}", logs.display());
     soaked
+}
+
+/// `dir`, emptied of an earlier run's files.
+fn fresh_dir(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(dir.to_owned())
 }
 
 fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! It reports failed requests (those a fault explains apart from the rest), and how each
 //! component's memory and descriptors grow ([`trend`]); it fails on an unexplained failure, a
 //! fault whose own check failed, plaintext on the fabric, a panic or key in a log, or growth.
+pub mod evidence;
 pub mod faults;
 pub mod trend;
 
@@ -56,7 +57,7 @@ pub struct Scene {
     /// Per component, the processes it ran as and their samples.
     pub components: Vec<Component>,
     pub began: Instant,
-    /// Pods the churn made so far (their names).
+    /// How many pods the churn made so far (the next is `churn-<n>`).
     pub churned: u32,
 }
 
@@ -188,8 +189,10 @@ pub struct Outcome {
     pub failed: u64,
     /// Failures a fault explains, by fault.
     pub explained: Vec<(String, u64)>,
-    /// Failures no fault explains: `at_ms error`.
+    /// Failures no fault explains: `at_ms error (where it fell among the faults)`.
     pub unexplained: Vec<String>,
+    /// What the components logged around the first of them ([`evidence`]).
+    pub evidence: Vec<String>,
     /// Faults run, and those whose own check failed (with why).
     pub windows: Vec<trend::Window>,
     pub fault_failures: Vec<String>,
@@ -239,6 +242,12 @@ impl Outcome {
         }
         for line in self.unexplained.iter().take(20) {
             let _ = writeln!(out, "  unexplained: {line}");
+        }
+        if !self.evidence.is_empty() {
+            let _ = writeln!(out, "  the components' logs around the first:");
+        }
+        for line in &self.evidence {
+            let _ = writeln!(out, "    {line}");
         }
         let mut counts: Vec<(&str, usize)> = Vec::new();
         for window in &self.windows {
@@ -338,6 +347,15 @@ fn tally(printed: &str, outcome: &mut Outcome) -> anyhow::Result<()> {
                 Some((_, count)) => *count += 1,
                 None => outcome.explained.push((window.fault.clone(), 1)),
             },
+            None if outcome.unexplained.is_empty() => {
+                let kept = std::env::var_os("WEFT_TEST_LOGS").map(std::path::PathBuf::from);
+                outcome.evidence = kept.map(|dir| evidence::around(&dir, at_ms)).unwrap_or_default();
+                outcome.unexplained.push(format!(
+                    "{} ({})",
+                    line.trim_start_matches("failed "),
+                    trend::placed(&outcome.windows, at_ms)
+                ));
+            }
             None => outcome.unexplained.push(format!(
                 "{} ({})",
                 line.trim_start_matches("failed "),
