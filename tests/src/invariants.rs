@@ -34,6 +34,12 @@ pub fn logs_clean() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The lines found so far that broke [`FORBIDDEN`], taken: a caller that reports them itself
+/// (the soak, in its report) takes them before its topology drops and would panic with them.
+pub fn take_findings() -> Vec<String> {
+    std::mem::take(&mut *FINDINGS.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
 /// A process's open descriptors and resident memory at one moment.
 #[derive(Debug, Clone, Copy)]
 pub struct Footprint {

@@ -352,18 +352,22 @@ impl Mesh {
     }
 
     /// Restarts node `node`'s ztunnel as an operator's restart does: SIGTERM (it drains: open
-    /// connections finish, new ones are refused), then, once it has ended, a new one, which gets
-    /// the node's pods from the agent; returns once it serves `pods` pods.
+    /// connections finish, new ones are refused), then, once it says it drained (or after
+    /// `timeout`, when it is killed), a new one, which gets the node's pods from the agent;
+    /// returns once it serves `pods` pods. A drain that overran fails the call, but only after
+    /// the new proxy runs: the node is never left without one.
     pub fn restart_ztunnel(&mut self, node: usize, pods: usize, timeout: Duration) -> anyhow::Result<()> {
         self.ztunnel(node).terminate()?;
         let ended =
             |line: &str| line.contains("drained: every connection ended") || line.contains("drain deadline");
-        self.ztunnel(node).wait_for(ended, timeout).context("the old proxy's drain")?;
+        let drained = self.ztunnel(node).wait_for(ended, timeout).map(drop).context("the old proxy's drain");
+        // Reaped before the new one starts (killed if it is still draining).
+        self.kill_ztunnel(node)?;
         self.start_ztunnel(node)?;
         for _ in 0..pods {
             self.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), timeout)?;
         }
-        Ok(())
+        drained
     }
 
     /// Restarts node `node`'s ztunnel with `flags` added to its command line (and to every later

@@ -14,7 +14,7 @@ struct Args {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     weft_tests::require_root();
-    match weft_tests::soak::run(args.minutes).await {
+    match weft_tests::soak::run(weft_tests::soak::Length::Minutes(args.minutes)).await {
         Ok(outcome) => {
             print!("{}", outcome.report());
             match outcome.verdict() {

@@ -1,6 +1,6 @@
 //! What the components logged around a failure no fault explains, from the logs the harness
 //! keeps when `WEFT_TEST_LOGS` names a directory (`cargo xtask soak` and `cargo xtask test` set
-//! it): every line stamped from the moment the request began until its timeout had passed,
+//! it): every line stamped from the moment the request began until it had surely timed out,
 //! but for the proxies' lines about other requests that were echoed whole, so the report itself
 //! says where the request was lost.
 use std::path::Path;
@@ -8,12 +8,13 @@ use std::path::Path;
 /// How much of the logs one failure shows, at most.
 const LINES: usize = 60;
 
-/// The lines of every log in `dir` stamped within `[at_ms - 100 ms, at_ms + 6 s]` (the steady
+/// The lines of every log in `dir` stamped from `at_ms - 100 ms` until the request's longest
+/// time and a second more had passed (the steady
 /// traffic's and the logs' clocks are one clock, read a moment apart), in time order, each led
 /// by its file's name; a proxy's line about a connection closed after carrying as many bytes
 /// each way (an echo answered in full) is left out.
 pub fn around(dir: &Path, at_ms: u128) -> Vec<String> {
-    let (from, to) = (at_ms.saturating_sub(100), at_ms + 6000);
+    let (from, to) = (at_ms.saturating_sub(100), at_ms + super::trend::BEFORE.as_millis() + 1000);
     let mut found: Vec<(u128, String)> = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     for entry in entries.flatten() {
@@ -36,10 +37,13 @@ pub fn around(dir: &Path, at_ms: u128) -> Vec<String> {
     lines
 }
 
-/// Whether `line` is a proxy's record of a connection closed with `sent=N received=N`.
+/// Whether `line` is a proxy's record of a connection closed with `sent=N received=N`, N > 0
+/// (`sent=0 received=0` is a request cut before its first byte: evidence, not noise).
 fn echoed_whole(line: &str) -> bool {
     let count = |key: &str| line.split_whitespace().find_map(|word| word.strip_prefix(key));
-    line.contains(" closed ") && count("sent=").is_some() && count("sent=") == count("received=")
+    line.contains(" closed ")
+        && count("sent=").is_some_and(|sent| sent != "0")
+        && count("sent=") == count("received=")
 }
 
 /// The time a log line starts with, `2026-12-04T02:41:12.760121Z` (tracing's, in UTC), in
@@ -86,7 +90,7 @@ mod tests {
             &[
                 "2024-02-29T00:00:01.000000Z a",
                 "2024-02-29T00:00:02.000000Z INFO inbound HBONE closed sent=32 received=32",
-                "2024-02-29T00:00:09.000000Z late",
+                "2024-02-29T00:00:13.000000Z late",
             ],
         );
         write(
@@ -96,6 +100,7 @@ mod tests {
                 "2024-02-29T00:00:00.500000Z early",
                 "no stamp",
                 "2024-02-29T00:00:06.000000Z INFO inbound HBONE closed sent=32 received=0",
+                "2024-02-29T00:00:07.000000Z INFO outbound closed sent=0 received=0",
             ],
         );
         let lines = around(dir.path(), 1_709_164_801_000);
@@ -105,6 +110,7 @@ mod tests {
                 "[weft-ztunnel.n1] 2024-02-29T00:00:00.950000Z b",
                 "[weft-ztunnel.n0] 2024-02-29T00:00:01.000000Z a",
                 "[weft-ztunnel.n1] 2024-02-29T00:00:06.000000Z INFO inbound HBONE closed sent=32 received=0",
+                "[weft-ztunnel.n1] 2024-02-29T00:00:07.000000Z INFO outbound closed sent=0 received=0",
             ]
         );
     }

@@ -1,8 +1,9 @@
 //! The soak's faults, one every step in a fixed cycle: pod churn, policy pushes and a label
 //! flip, then one of the rarer ones in turn (a node proxy, the control plane, an agent, a root
-//! rotation). Each checks what it changed took effect (a churned pod is tunnelled to and reaches
-//! the server, a pushed DENY refuses and its removal readmits, a flipped namespace leaves the
-//! mesh, is refused by the server's STRICT node proxy, and rejoins) and returns the window it ran in.
+//! rotation). Each but the root rotation (asked for; its progress is not followed yet) checks
+//! that what it changed took effect — a churned pod is tunnelled to and reaches the server, a
+//! pushed DENY refuses and its removal readmits, a flipped namespace leaves the mesh, is refused
+//! by the server's STRICT node proxy, and rejoins — and each returns the window it ran in.
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -37,6 +38,8 @@ pub enum Fault {
     LabelFlip,
     /// `weftctl rotate-root`: a new root, carried through while traffic flows.
     RootRotation,
+    /// SIGKILL and a new control plane on the same socket: proxies keep their configuration
+    /// and certificates, and reconnect.
     ControlRestart,
     /// SIGKILL and a new agent: capture stays pinned.
     AgentRestart(usize),
@@ -129,6 +132,12 @@ fn policies(client: kube::Client) -> Api<DynamicObject> {
 
 async fn push_policy(scene: &mut Scene) -> anyhow::Result<()> {
     let api = policies(scene.shop.cluster.client());
+    // One a failed push left behind goes first, so each push starts from no policy.
+    match api.delete(POLICY, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => return Err(error).context("deleting a DENY left behind"),
+    }
     let object = json!({
         "apiVersion": "security.weft.dev/v1",
         "kind": "AuthorizationPolicy",

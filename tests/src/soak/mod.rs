@@ -34,8 +34,9 @@ pub const INTERVAL: Duration = Duration::from_millis(50);
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// A fault begins this often (the next waits if one runs long).
 const STEP: Duration = Duration::from_secs(15);
-/// Samples from this long after a process started are left out of its slopes (measured: a node
-/// proxy's memory grows fastest over its first few pods and certificates, then ever slower).
+/// Samples from this long after a process's first sample are left out of its slopes (measured:
+/// a node proxy's memory grows fastest over its first few pods and certificates, then ever
+/// slower).
 pub const WARM_UP: Duration = Duration::from_secs(120);
 /// Growth that counts as flat: 1 MiB in ten minutes (a ten-minute soak measured 45 to 57 KiB
 /// a minute for the node proxies and the control plane, still settling), and five descriptors
@@ -197,6 +198,8 @@ pub struct Outcome {
     pub windows: Vec<trend::Window>,
     pub fault_failures: Vec<String>,
     pub canary_frames: u64,
+    /// Log lines with a panic or private key material ([`crate::invariants`]).
+    pub log_findings: Vec<String>,
     pub growth: Vec<Growth>,
 }
 
@@ -209,6 +212,9 @@ impl Outcome {
         }
         if !self.fault_failures.is_empty() {
             why.push(format!("{} faults failed their own check", self.fault_failures.len()));
+        }
+        if !self.log_findings.is_empty() {
+            why.push(format!("{} log lines with a panic or a private key", self.log_findings.len()));
         }
         if self.canary_frames > 0 {
             why.push(format!("{} plaintext canary frames on the fabric", self.canary_frames));
@@ -234,7 +240,7 @@ impl Outcome {
             self.minutes,
             self.requests,
             self.failed,
-            self.failed - self.unexplained.len() as u64,
+            self.failed.saturating_sub(self.unexplained.len() as u64),
             self.unexplained.len()
         );
         for (fault, count) in &self.explained {
@@ -249,12 +255,9 @@ impl Outcome {
         for line in &self.evidence {
             let _ = writeln!(out, "    {line}");
         }
-        let mut counts: Vec<(&str, usize)> = Vec::new();
+        let mut counts: Vec<(String, u64)> = Vec::new();
         for window in &self.windows {
-            match counts.iter_mut().find(|(fault, _)| *fault == window.fault) {
-                Some((_, count)) => *count += 1,
-                None => counts.push((&window.fault, 1)),
-            }
+            count(&mut counts, &window.fault);
         }
         let listed: Vec<String> = counts.iter().map(|(fault, count)| format!("{fault} ×{count}")).collect();
         let _ = writeln!(out, "faults: {}", listed.join(", "));
@@ -262,6 +265,9 @@ impl Outcome {
             let _ = writeln!(out, "  fault failed: {failure}");
         }
         let _ = writeln!(out, "plaintext canary frames on the fabric: {}", self.canary_frames);
+        for finding in &self.log_findings {
+            let _ = writeln!(out, "  {finding}");
+        }
         let _ = writeln!(
             out,
             "{:<16} {:>9} {:>13} {:>14} {:>16}",
@@ -287,16 +293,32 @@ impl Outcome {
     }
 }
 
-/// Runs the soak for `minutes` and returns what it found. Call it on a multi-threaded runtime.
-pub async fn run(minutes: f64) -> anyhow::Result<Outcome> {
+/// How long a soak runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Length {
+    /// Faults begin until this much time has passed.
+    Minutes(f64),
+    /// This many faults, however long they take (a test that needs each of them).
+    Steps(usize),
+}
+
+/// Runs the soak for `length` and returns what it found. Call it on a multi-threaded runtime.
+pub async fn run(length: Length) -> anyhow::Result<Outcome> {
     let mut scene = Scene::start().await?;
     let shop = &scene.shop;
     let steady = tokio::task::block_in_place(|| apps::steady(&shop.client, shop.to, &shop.canary, INTERVAL))?;
     scene.began = Instant::now();
-    let end = scene.began + Duration::from_secs_f64(minutes * 60.0);
+    let end = match length {
+        Length::Minutes(minutes) => Some(scene.began + Duration::from_secs_f64(minutes * 60.0)),
+        Length::Steps(_) => None,
+    };
+    let more = |step: usize| match length {
+        Length::Minutes(_) => end.is_some_and(|end| Instant::now() < end),
+        Length::Steps(steps) => step < steps,
+    };
     let (mut windows, mut fault_failures) = (Vec::new(), Vec::new());
     let mut step = 0;
-    while Instant::now() < end {
+    while more(step) {
         let next = Instant::now() + STEP;
         let fault = faults::Fault::at(step);
         eprintln!("soak: {:>5.0} s: {}", scene.began.elapsed().as_secs_f64(), fault.name());
@@ -307,13 +329,15 @@ pub async fn run(minutes: f64) -> anyhow::Result<Outcome> {
         }
         windows.push(window);
         step += 1;
-        tokio::task::block_in_place(|| scene.sample_until(next.min(end).max(Instant::now())));
+        let until = end.map_or(next, |end| next.min(end)).max(Instant::now());
+        tokio::task::block_in_place(|| scene.sample_until(until));
     }
     let minutes = scene.began.elapsed().as_secs_f64() / 60.0;
     let mut steady = steady;
     drop(steady.take_stdin()?);
-    let (_, printed) = tokio::task::block_in_place(|| steady.finish(Duration::from_secs(30)))
+    let (ended_well, printed) = tokio::task::block_in_place(|| steady.finish(Duration::from_secs(30)))
         .context("ending the steady traffic")?;
+    anyhow::ensure!(ended_well, "the steady traffic failed: {printed}");
     tokio::task::block_in_place(|| scene.shop.monitor.settle(faults::WAIT))?;
     let mut outcome = Outcome {
         minutes,
@@ -324,6 +348,8 @@ pub async fn run(minutes: f64) -> anyhow::Result<Outcome> {
     };
     tally(&printed, &mut outcome)?;
     outcome.growth = scene.components.iter().map(Growth::of).collect();
+    // Reported here rather than as the panic the scene's drop would raise with them.
+    outcome.log_findings = crate::invariants::take_findings();
     Ok(outcome)
 }
 
@@ -342,26 +368,24 @@ fn tally(printed: &str, outcome: &mut Outcome) -> anyhow::Result<()> {
             .split_whitespace()
             .find_map(|word| word.strip_prefix("at_ms=")?.parse::<u128>().ok())
             .context("a failure line without its time")?;
-        match trend::explained_by(&outcome.windows, at_ms) {
-            Some(window) => match outcome.explained.iter_mut().find(|(fault, _)| *fault == window.fault) {
-                Some((_, count)) => *count += 1,
-                None => outcome.explained.push((window.fault.clone(), 1)),
-            },
-            None if outcome.unexplained.is_empty() => {
-                let kept = std::env::var_os("WEFT_TEST_LOGS").map(std::path::PathBuf::from);
-                outcome.evidence = kept.map(|dir| evidence::around(&dir, at_ms)).unwrap_or_default();
-                outcome.unexplained.push(format!(
-                    "{} ({})",
-                    line.trim_start_matches("failed "),
-                    trend::placed(&outcome.windows, at_ms)
-                ));
-            }
-            None => outcome.unexplained.push(format!(
-                "{} ({})",
-                line.trim_start_matches("failed "),
-                trend::placed(&outcome.windows, at_ms)
-            )),
+        if let Some(window) = trend::explained_by(&outcome.windows, at_ms) {
+            count(&mut outcome.explained, &window.fault);
+            continue;
         }
+        if outcome.unexplained.is_empty() {
+            let kept = std::env::var_os("WEFT_TEST_LOGS").map(std::path::PathBuf::from);
+            outcome.evidence = kept.map(|dir| evidence::around(&dir, at_ms)).unwrap_or_default();
+        }
+        let placed = trend::placed(&outcome.windows, at_ms);
+        outcome.unexplained.push(format!("{} ({placed})", line.trim_start_matches("failed ")));
     }
     Ok(())
+}
+
+/// Adds one to `name`'s count in `counts`, in the order names first came.
+fn count(counts: &mut Vec<(String, u64)>, name: &str) {
+    match counts.iter_mut().find(|(counted, _)| counted == name) {
+        Some((_, count)) => *count += 1,
+        None => counts.push((name.to_owned(), 1)),
+    }
 }

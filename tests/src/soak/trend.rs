@@ -14,10 +14,12 @@ pub struct Window {
     pub may_fail_requests: bool,
 }
 
-/// How long before a window a request may have started and still be cut by it (the traffic's
-/// per-request timeout), and how long after it ends connections may still be refused (a new
-/// proxy takes each pod's listeners one by one).
-pub const BEFORE: Duration = Duration::from_secs(5);
+/// How long the steady traffic gives each step of a request: connecting, then the reply.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long before a window a request may have started and still be cut by it (the longest a
+/// request takes: both steps' timeouts), and how long after it ends connections may still be
+/// refused (a new proxy takes each pod's listeners one by one).
+pub const BEFORE: Duration = Duration::from_secs(2 * STEP_TIMEOUT.as_secs());
 pub const AFTER: Duration = Duration::from_secs(2);
 
 /// The fault that explains a request failure that started at `at_ms`, if any.
@@ -61,13 +63,16 @@ pub struct Slopes {
 }
 
 /// The least-squares slopes of a process's memory and descriptors after `warm_up` from its
-/// first sample (caches, pools and allocator arenas fill first), fitted to each minute's
+/// first sample (caches, pools and allocator arenas fill first), fitted to each whole minute's
 /// lowest value: what it holds between faults, not a pod or a connection it held for a moment.
-/// `None` when fewer than three minutes remain.
+/// `None` when fewer than three whole minutes remain.
 pub fn slopes(samples: &[Sample], warm_up: Duration) -> Option<Slopes> {
     let first = samples.first()?.at_seconds + warm_up.as_secs_f64();
+    // Whole minutes only: a last minute of a few samples has a higher lowest value.
+    let whole = ((samples.last()?.at_seconds - first) / 60.0).floor();
     let mut minutes: Vec<Sample> = Vec::new();
-    for sample in samples.iter().filter(|sample| sample.at_seconds >= first) {
+    let counted = |sample: &&Sample| sample.at_seconds >= first && sample.at_seconds < first + whole * 60.0;
+    for sample in samples.iter().filter(counted) {
         let minute = ((sample.at_seconds - first) / 60.0).floor();
         match minutes.last_mut() {
             Some(low) if low.at_seconds == minute => {
@@ -109,16 +114,17 @@ mod tests {
             },
             Window {
                 fault: "proxy restart".into(),
-                start_ms: 20_000,
-                end_ms: 23_000,
+                start_ms: 30_000,
+                end_ms: 33_000,
                 may_fail_requests: true,
             },
         ];
         assert!(explained_by(&windows, 11_000).is_none(), "a policy push explains nothing");
-        assert_eq!(explained_by(&windows, 16_000).unwrap().fault, "proxy restart", "timed out into it");
-        assert!(explained_by(&windows, 24_500).is_some(), "refused while listeners come back");
-        assert!(explained_by(&windows, 14_000).is_none());
-        assert!(explained_by(&windows, 25_500).is_none());
+        // A request may take 10 s (5 to connect, 5 for the reply) and time out into it.
+        assert_eq!(explained_by(&windows, 20_000).unwrap().fault, "proxy restart", "timed out into it");
+        assert!(explained_by(&windows, 34_500).is_some(), "refused while listeners come back");
+        assert!(explained_by(&windows, 19_000).is_none());
+        assert!(explained_by(&windows, 35_500).is_none());
         assert_eq!(super::placed(&windows, 11_000), "during policy push");
         assert_eq!(super::placed(&windows, 14_000), "2000 ms after policy push ended");
         assert_eq!(super::placed(&windows, 9_000), "before the first fault");

@@ -12,10 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_tests::soak::trend::unix_ms;
-
-/// How long one request may take before it counts as failed.
-const TIMEOUT: Duration = Duration::from_secs(5);
+use weft_tests::soak::trend::{STEP_TIMEOUT, unix_ms};
 
 /// Sends `message`-prefixed requests to `to`, one every `interval`, until stdin closes; prints
 /// `failed at_ms=<unix ms> error=<why>` for each failure and `requests=N ok=N failed=N` at the end.
@@ -35,7 +32,7 @@ pub fn run(to: std::net::SocketAddr, message: &str, interval: Duration) -> anyho
     while !stop.load(Ordering::Relaxed) {
         let started = unix_ms();
         let request = format!("{message} {sequence}");
-        let error = match super::round_trip(to, &request, TIMEOUT) {
+        let error = match super::round_trip(to, &request, STEP_TIMEOUT) {
             Ok((_, reply)) if reply == request => None,
             Ok((_, reply)) => {
                 Some(format!("the reply had {} bytes, not the {} sent", reply.len(), request.len()))
