@@ -258,15 +258,8 @@ impl Mesh {
             let mut untunnelled = Vec::new();
             for setup in &self.setups {
                 let workloads = proxy_workloads(&setup.node)?;
-                for pod in pods {
-                    let address = serde_json::Value::from(pod.ipv4.to_string());
-                    let hbone = workloads.iter().any(|workload| {
-                        workload["protocol"] == "HBONE"
-                            && workload["addresses"].as_array().is_some_and(|list| list.contains(&address))
-                    });
-                    if !hbone {
-                        untunnelled.push(format!("{} on {}", pod.name, setup.node.name));
-                    }
+                for pod in pods.iter().filter(|pod| !tunnels_to(&workloads, pod)) {
+                    untunnelled.push(format!("{} on {}", pod.name, setup.node.name));
                 }
             }
             Ok(untunnelled)
@@ -363,11 +356,18 @@ impl Mesh {
         let drained = self.ztunnel(node).wait_for(ended, timeout).map(drop).context("the old proxy's drain");
         // Reaped before the new one starts (killed if it is still draining).
         self.kill_ztunnel(node)?;
+        self.start_ztunnel_serving(node, pods, timeout)?;
+        drained
+    }
+
+    /// Starts node `node`'s ztunnel and waits, at most `timeout` each, until it serves `pods`
+    /// pods.
+    fn start_ztunnel_serving(&mut self, node: usize, pods: usize, timeout: Duration) -> anyhow::Result<()> {
         self.start_ztunnel(node)?;
         for _ in 0..pods {
             self.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), timeout)?;
         }
-        drained
+        Ok(())
     }
 
     /// Restarts node `node`'s ztunnel with `flags` added to its command line (and to every later
@@ -375,11 +375,7 @@ impl Mesh {
     pub fn restart_ztunnel_with(&mut self, node: usize, flags: &[&str], pods: usize) -> anyhow::Result<()> {
         self.kill_ztunnel(node)?;
         self.setups[node].control_flags.extend(flags.iter().map(|flag| flag.to_string()));
-        self.start_ztunnel(node)?;
-        for _ in 0..pods {
-            self.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), READY_TIMEOUT)?;
-        }
-        Ok(())
+        self.start_ztunnel_serving(node, pods, READY_TIMEOUT)
     }
 
     /// The agent of node `node`, e.g. to read its log.
@@ -423,6 +419,16 @@ fn until_tunnelled(
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether a proxy holding `workloads` (its `config_dump`'s) tunnels to `pod`: knows it, by its
+/// address, as an HBONE workload.
+pub fn tunnels_to(workloads: &[serde_json::Value], pod: &Pod) -> bool {
+    let address = serde_json::Value::from(pod.ipv4.to_string());
+    workloads.iter().any(|workload| {
+        workload["protocol"] == "HBONE"
+            && workload["addresses"].as_array().is_some_and(|list| list.contains(&address))
+    })
 }
 
 /// Every workload node `node`'s proxy holds, as its `config_dump` lists them.

@@ -17,7 +17,7 @@ use super::{
     Scene,
     trend::{Window, unix_ms},
 };
-use crate::{apps, kubelet::PodTemplate, mesh, topology::Pod};
+use crate::{apps, kubelet::PodTemplate, mesh};
 
 /// How long a fault's effect may take to show.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -167,7 +167,9 @@ async fn flip_label(scene: &mut Scene) -> anyhow::Result<()> {
     let (flipper, to) = (&scene.flipper, scene.shop.to);
     let outside = tokio::task::block_in_place(|| -> anyhow::Result<()> {
         crate::until("the flipped pod out of the mesh", WAIT, || {
-            scene.shop.cluster.topology().nodes().iter().all(|node| !tunnelled_on(node, flipper))
+            scene.shop.cluster.topology().nodes().iter().all(|node| {
+                mesh::proxy_workloads(node).is_ok_and(|workloads| !mesh::tunnels_to(&workloads, flipper))
+            })
         })?;
         // Plaintext now, to a STRICT node: refused (and the message carries no canary).
         crate::until("the flipped pod refused by the STRICT server", WAIT, || !apps::reaches(flipper, to))
@@ -179,17 +181,6 @@ async fn flip_label(scene: &mut Scene) -> anyhow::Result<()> {
         let reply = apps::send(flipper, to, &scene.shop.canary)?;
         ensure!(reply == scene.shop.canary, "the flipped pod got {reply:?} back");
         Ok(())
-    })
-}
-
-/// Whether node `node`'s proxy tunnels to `pod` (holds it as an HBONE workload).
-fn tunnelled_on(node: &crate::topology::Node, pod: &Pod) -> bool {
-    let address = serde_json::Value::from(pod.ipv4.to_string());
-    mesh::proxy_workloads(node).is_ok_and(|workloads| {
-        workloads.iter().any(|workload| {
-            workload["protocol"] == "HBONE"
-                && workload["addresses"].as_array().is_some_and(|list| list.contains(&address))
-        })
     })
 }
 
