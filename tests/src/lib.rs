@@ -16,6 +16,7 @@ pub mod cleanup;
 pub mod cluster;
 pub mod control;
 pub mod h2_frames;
+pub mod hang;
 pub mod images;
 pub mod invariants;
 pub mod istiod;

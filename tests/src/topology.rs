@@ -99,6 +99,7 @@ impl Topology {
     /// Builds the fabric and `nodes` nodes, fully routed, with no pods yet.
     pub fn new(nodes: usize) -> anyhow::Result<Self> {
         crate::require_root();
+        crate::hang::report_stacks_on_termination();
         ensure!((1..=MAX_NODES).contains(&nodes), "a topology has 1 to {MAX_NODES} nodes");
         let cgroup_root = process::cgroup2_root()?;
         cleanup::sweep_stale(&cgroup_root);
