@@ -5,8 +5,9 @@
 //! enrolled: mTLS + HBONE between two nodes' ztunnels — the mesh path). Each repeat measures
 //! bulk throughput over 1, 2 and 8 connections (iperf3) with the proxies' CPU per GB, 1 KB
 //! request/response latency at a fixed rate (open loop) with the proxies' CPU and memory, and
-//! new connections per second — through an existing tunnel, and (a third node whose ztunnel
-//! shares no HBONE connection) with a fresh mTLS handshake each. Then the proxies' memory per
+//! new connections per second, one client at a time and `--clients` at once — through an
+//! existing tunnel, and (a third node whose ztunnel shares no HBONE connection) with a fresh
+//! mTLS handshake each. Then the proxies' memory per
 //! idle connection with 1k and 10k held. Prints a table with ratios to `direct` and writes
 //! JSON. Figures, not a test. `cargo xtask bench` builds in release and runs it.
 use std::{
@@ -47,6 +48,9 @@ struct Args {
     /// Connections per connection-rate run.
     #[arg(long, default_value_t = 2000)]
     connections: u32,
+    /// Clients opening connections at once in the concurrent connection-rate runs.
+    #[arg(long, default_value_t = 32)]
+    clients: u32,
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -85,6 +89,16 @@ const CONNECTIONS: Figure =
     Figure { key: "connections_per_s", label: "new connections/s (pooled tunnel)", ratio: true };
 const FRESH: Figure =
     Figure { key: "fresh_mtls_connections_per_s", label: "new connections/s, fresh mTLS each", ratio: true };
+const CONCURRENT: Figure = Figure {
+    key: "concurrent_connections_per_s",
+    label: "  the same, concurrent clients (pooled)",
+    ratio: true,
+};
+const FRESH_CONCURRENT: Figure = Figure {
+    key: "concurrent_fresh_mtls_connections_per_s",
+    label: "  the same, concurrent clients (fresh mTLS)",
+    ratio: true,
+};
 const IDLE: [(usize, [Figure; 2]); 2] = [
     (
         1000,
@@ -198,7 +212,7 @@ fn main() -> anyhow::Result<()> {
         .chain(LATENCY.map(|(_, figure)| figure))
         .chain([VCPU])
         .chain(RSS_AT_RATE)
-        .chain([CONNECTIONS, FRESH])
+        .chain([CONNECTIONS, FRESH, CONCURRENT, FRESH_CONCURRENT])
         .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
         .collect();
     let mut report = Report::new(&modes.each_ref().map(|mode| mode.name), &figures);
@@ -208,12 +222,18 @@ fn main() -> anyhow::Result<()> {
             bulk(&mut report, mode, &proxies, args.bulk_seconds)?;
             latency(&mut report, mode, &proxies, &args)?;
             let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
-            let count = args.connections.to_string();
-            let rate = testpod(mode.client, &["connrate", "--count", &count], to)?;
-            report.record(mode.name, CONNECTIONS, field(&rate, "conns_per_sec")?);
-            if mode.name == "hbone" {
-                let rate = testpod(&fresh_client, &["connrate", "--count", &count], to)?;
-                report.record(mode.name, FRESH, field(&rate, "conns_per_sec")?);
+            let (count, clients) = (args.connections.to_string(), args.clients.to_string());
+            for (client, figure, clients) in [
+                (mode.client, CONNECTIONS, "1"),
+                (mode.client, CONCURRENT, clients.as_str()),
+                (&fresh_client, FRESH, "1"),
+                (&fresh_client, FRESH_CONCURRENT, clients.as_str()),
+            ] {
+                if client.name == fresh_client.name && mode.name != "hbone" {
+                    continue;
+                }
+                let rate = testpod(client, &["connrate", "--count", &count, "--clients", clients], to)?;
+                report.record(mode.name, figure, field(&rate, "conns_per_sec")?);
             }
         }
     }

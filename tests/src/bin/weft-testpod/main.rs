@@ -112,12 +112,15 @@ enum Mode {
         #[arg(long)]
         count: usize,
     },
-    /// `count` connections one after another, each exchanging one byte; prints connections/s.
+    /// `count` connections, each exchanging one byte, by `clients` threads each opening its
+    /// share one after another; prints connections/s.
     Connrate {
         #[arg(long)]
         to: SocketAddr,
         #[arg(long)]
         count: u32,
+        #[arg(long, default_value_t = 1)]
+        clients: u32,
     },
     /// GET `path` over HTTPS from `to`, verified as `server_name` against `ca`; print the body,
     /// exit 1 unless the status is 200.
@@ -227,7 +230,7 @@ fn main() -> anyhow::Result<()> {
         Mode::Chat { to } => chat(resolve(&to)?),
         Mode::HttpsGet { to, server_name, ca, path } => https::get(to, &server_name, &ca, &path),
         Mode::Latency { to, count, size } => latency(to, count, size),
-        Mode::Connrate { to, count } => connrate(to, count),
+        Mode::Connrate { to, count, clients } => connrate(to, count, clients),
         Mode::Openloop { to, load } => openloop(to, &load),
         Mode::Hold { to, count } => hold(to, count),
         Mode::Standin => standin::run(),
@@ -416,13 +419,26 @@ fn hold(to: SocketAddr, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn connrate(to: SocketAddr, count: u32) -> anyhow::Result<()> {
+fn connrate(to: SocketAddr, count: u32, clients: u32) -> anyhow::Result<()> {
+    let clients = clients.clamp(1, count.max(1));
+    let one_after_another = move |share: u32| -> anyhow::Result<()> {
+        for _ in 0..share {
+            let mut stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
+            stream.write_all(b"x")?;
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte)?;
+        }
+        Ok(())
+    };
     let start = Instant::now();
-    for _ in 0..count {
-        let mut stream = TcpStream::connect(to).with_context(|| format!("connecting to {to}"))?;
-        stream.write_all(b"x")?;
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte)?;
+    let threads: Vec<_> = (0..clients)
+        .map(|n| {
+            let share = count / clients + u32::from(n < count % clients);
+            std::thread::spawn(move || one_after_another(share))
+        })
+        .collect();
+    for thread in threads {
+        thread.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
     }
     println!("conns_per_sec={:.0}", f64::from(count) / start.elapsed().as_secs_f64());
     Ok(())
