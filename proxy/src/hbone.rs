@@ -33,6 +33,22 @@ pub mod window {
     pub const MAX_FRAME: u32 = 1024 * 1024;
 }
 
+/// How an HBONE connection's TLS handshake went (the proxies' metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    /// From the first byte to an established session (on the client: TCP, TLS and HTTP/2).
+    pub took: std::time::Duration,
+    /// Resumed from an earlier session's ticket: no certificates or signatures exchanged.
+    pub resumed: bool,
+}
+
+impl Handshake {
+    /// How a rustls handshake that ended with `kind` went.
+    pub fn new(took: std::time::Duration, kind: Option<rustls::HandshakeKind>) -> Self {
+        Self { took, resumed: kind == Some(rustls::HandshakeKind::Resumed) }
+    }
+}
+
 /// Largest decoded header list accepted (a CONNECT needs a few hundred bytes).
 pub const MAX_HEADER_LIST: u32 = 16 * 1024;
 

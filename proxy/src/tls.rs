@@ -142,6 +142,65 @@ pub fn unused_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
 
+/// The server name a tunnel to the pod at `peer` passes to rustls: never sent (no SNI) and not
+/// verified (the identity is), but it keys rustls's resumption cache, so a session ticket goes
+/// back only to the pod that issued it.
+pub fn resumption_name(peer: std::net::IpAddr) -> ServerName<'static> {
+    ServerName::IpAddress(peer.to_canonical().into())
+}
+
+/// The client configurations of a proxy's tunnels, one per (source certificate, expected
+/// destination identity), built once for each certificate the proxy is handed rather than per
+/// handshake: building one parses the roots and copies the key, and only a kept configuration
+/// keeps the session tickets that let the next connection to the same pod resume without
+/// certificates or signatures (TLS 1.3 PSK with a fresh (EC)DHE exchange). A renewed
+/// certificate or trust bundle gets a new configuration, and with it an empty ticket cache.
+#[derive(Default)]
+pub struct ClientConfigs(std::sync::Mutex<ClientConfigMap>);
+
+type ClientConfigMap = std::collections::HashMap<(Identity, Expected), KeptConfig>;
+
+/// A configuration, the certificate it was built for, and when it was last asked for.
+struct KeptConfig {
+    built_for: Arc<WorkloadCert>,
+    config: Arc<ClientConfig>,
+    used: std::time::Instant,
+}
+
+impl std::fmt::Debug for ClientConfigs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClientConfigs").field(&self.lock().len()).finish()
+    }
+}
+
+impl ClientConfigs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ClientConfigMap> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The configuration for tunnels from the holder of `cert` to a destination `expected`
+    /// admits: the kept one while `cert` is the one it was built for.
+    pub fn get(&self, cert: &Arc<WorkloadCert>, expected: &Expected) -> Result<Arc<ClientConfig>, Error> {
+        let key = (cert.identity.clone(), expected.clone());
+        let now = std::time::Instant::now();
+        if let Some(kept) = self.lock().get_mut(&key)
+            && Arc::ptr_eq(&kept.built_for, cert)
+        {
+            kept.used = now;
+            return Ok(kept.config.clone());
+        }
+        // Built without the lock: concurrent first handshakes may each build one; the last kept.
+        let config = client_config(cert, expected)?;
+        self.lock().insert(key, KeptConfig { built_for: cert.clone(), config: config.clone(), used: now });
+        Ok(config)
+    }
+
+    /// Drops the configurations (their certificates and tickets) not asked for in `unused`.
+    pub fn release_unused(&self, unused: std::time::Duration) {
+        self.lock().retain(|_, kept| kept.used.elapsed() < unused);
+    }
+}
+
 /// The workload identity in a peer's leaf certificate: its only URI SAN.
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Result<Identity, Error> {
     let leaf = certs.and_then(|certs| certs.first()).ok_or(Error::NoPeerCertificate)?;

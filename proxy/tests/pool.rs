@@ -290,3 +290,56 @@ async fn a_pooled_connection_whose_stream_times_out_is_dropped_and_the_open_retr
     assert_eq!(peer.pool.connections().await, 1, "the connection that timed out left the pool");
     drop((first, second));
 }
+
+/// Delivers every stream to one upstream, noting whose it is and which handshakes resumed.
+struct NotingResumptions {
+    upstream: SocketAddr,
+    resumed: Arc<std::sync::Mutex<Vec<bool>>>,
+    peers: Arc<std::sync::Mutex<Vec<Identity>>>,
+}
+
+impl Handler for NotingResumptions {
+    type Upstream = TcpStream;
+
+    async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
+        self.peers.lock().unwrap().push(request.peer.clone());
+        ToUpstream(self.upstream).connect(request).await
+    }
+
+    fn tls_established(&self, handshake: hbone::Handshake) {
+        self.resumed.lock().unwrap().push(handshake.resumed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_to_a_pod_resumes_its_session_until_the_certificate_is_renewed() {
+    let (resumed, peers) = (Arc::default(), Arc::default());
+    // Every tunnel on a connection of its own, released as soon as it ends.
+    let settings = PoolSettings { max_streams: 1, idle_timeout: Duration::ZERO, lanes: 1 };
+    let mut peer = Peer::start_with(10, settings, |upstream| NotingResumptions {
+        upstream,
+        resumed: Arc::clone(&resumed),
+        peers: Arc::clone(&peers),
+    })
+    .await;
+    for _ in 0..3 {
+        drop(peer.open(1).await);
+        // Its connection goes at once; the tickets stay.
+        peer.pool.release_idle();
+        assert_eq!(peer.pool.connections().await, 0);
+    }
+    // A renewal hands out a new certificate (here the same one anew): its first connection
+    // shows it, then resumes again.
+    peer.cert = Arc::new(tls::WorkloadCert::clone(&peer.cert));
+    for _ in 0..2 {
+        drop(peer.open(1).await);
+    }
+    assert_eq!(peer.accepted(), 5, "each tunnel had a connection of its own");
+    assert_eq!(*resumed.lock().unwrap(), [false, true, true, false, true]);
+    let client = peer.cert.identity.clone();
+    assert!(
+        peers.lock().unwrap().iter().all(|identity| *identity == client),
+        "a resumed session still names the client's identity: {:?}",
+        peers.lock().unwrap()
+    );
+}

@@ -73,7 +73,8 @@ fn enrolled_pods_talk_across_nodes_over_hbone_and_no_plaintext_crosses_the_fabri
             .unwrap_or_else(|| panic!("no {reporter} series on node{node}:\n{metrics}"));
         let count: f64 = opened.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(count >= 2.0, "{opened}");
-        let handshakes = format!("weft_tls_handshake_seconds_count{{reporter=\"{reporter}\"}}");
+        let handshakes =
+            format!("weft_tls_handshake_seconds_count{{reporter=\"{reporter}\",resumed=\"false\"}}");
         assert!(metrics.contains(&handshakes), "no {handshakes} on node{node}:\n{metrics}");
         let own = if node == 0 { &cart } else { &payments };
         let expiry = format!("weft_certificate_expiration_timestamp_seconds{{identity=\"{own}\"}}");

@@ -184,7 +184,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
         pool: Pool::new(config.pool, {
             let metrics = metrics.clone();
-            move |took| metrics.handshake(crate::metrics::Reporter::Source, took)
+            move |handshake| metrics.handshake(crate::metrics::Reporter::Source, handshake)
         }),
         plaintext: config.plaintext,
         metrics,

@@ -3,7 +3,7 @@
 //! source and destination workload and principal). Series of workloads that are gone are
 //! dropped ([`Metrics::retain_workloads`]), so short-lived workloads (Jobs, CronJobs) do not
 //! grow the scrape without bound.
-use std::{collections::HashSet, sync::Mutex, time::Duration};
+use std::{collections::HashSet, sync::Mutex};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -47,10 +47,22 @@ pub struct ConnectionLabels {
     pub connection_security_policy: String,
 }
 
-/// Which side of a TLS handshake this proxy was.
+/// Which side of a TLS handshake this proxy was, and whether it resumed an earlier session.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     pub reporter: Reporter,
+    pub resumed: Resumed,
+}
+
+/// `resumed="true"` for a handshake that resumed a session (no certificates exchanged).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Resumed(pub bool);
+
+impl EncodeLabelValue for Resumed {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        encoder.write_str(if self.0 { "true" } else { "false" })
+    }
 }
 
 /// Why a connection failed, by which end.
@@ -154,9 +166,10 @@ impl Metrics {
         self.failed.get_or_create(&FailureLabels { reporter, reason: reason.to_owned() }).inc();
     }
 
-    /// An HBONE connection's mTLS handshake took `took`.
-    pub fn handshake(&self, reporter: Reporter, took: Duration) {
-        self.handshakes.get_or_create(&HandshakeLabels { reporter }).observe(took.as_secs_f64());
+    /// An HBONE connection's mTLS handshake went as `handshake` says.
+    pub fn handshake(&self, reporter: Reporter, handshake: weft_proxy::hbone::Handshake) {
+        let labels = HandshakeLabels { reporter, resumed: Resumed(handshake.resumed) };
+        self.handshakes.get_or_create(&labels).observe(handshake.took.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

@@ -98,6 +98,8 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Connection {
     send_request: h2::client::SendRequest<Bytes>,
+    /// Whether its TLS session resumed an earlier one.
+    resumed: bool,
 }
 
 impl Connection {
@@ -109,19 +111,21 @@ impl Connection {
             .map_err(|source| Error::Tls { peer: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
         let handshake = async {
             let tls = TlsConnector::from(config)
-                .connect(tls::unused_server_name(), tcp)
+                .connect(tls::resumption_name(peer.ip()), tcp)
                 .await
                 .map_err(|source| Error::Tls { peer, source })?;
-            h2::client::Builder::new()
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let h2 = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
                 .initial_connection_window_size(window::CONNECTION)
                 .max_frame_size(window::MAX_FRAME)
                 .max_header_list_size(MAX_HEADER_LIST)
                 .handshake::<_, Bytes>(tls)
                 .await
-                .map_err(Error::Http2)
+                .map_err(Error::Http2)?;
+            Ok((h2, resumed))
         };
-        let (send_request, mut driver) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        let ((send_request, mut driver), resumed) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
             .map_err(|_| Error::HandshakeTimeout { peer })??;
         let ping_pong = driver.ping_pong().expect("invariant: taken once, here");
@@ -137,7 +141,12 @@ impl Connection {
                 }
             }
         });
-        Ok(Self { send_request })
+        Ok(Self { send_request, resumed })
+    }
+
+    /// Whether its TLS session resumed an earlier one (no certificates exchanged).
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// Opens a stream to `target`, saying where it comes from ([`Origin`]) and tagged with

@@ -36,6 +36,11 @@ use crate::{
 /// (source identity, destination identity, peer IP, the address connections are made from).
 type Key = (Identity, Expected, IpAddr, IpAddr);
 
+/// How long a pair's TLS configuration, and with it the session tickets that let its next
+/// connection resume, outlives its last new connection: as long as a pooled connection waits
+/// for reuse by default, however soon the pool lets connections go.
+pub const TICKETS_KEPT: Duration = Duration::from_secs(300);
+
 /// How a pool's connections are made: the node proxy dials from inside the client's pod, a
 /// waypoint from its own.
 pub trait Dial: Sync {
@@ -144,9 +149,11 @@ impl Default for Settings {
 /// A proxy's HBONE connection pool.
 pub struct Pool {
     connections: Mutex<HashMap<Key, Slot>>,
-    /// Told how long each TLS + HTTP/2 handshake took (the node proxy's metric).
-    on_handshake: Box<dyn Fn(Duration) + Send + Sync>,
+    /// Told how each new connection's TLS + HTTP/2 handshake went (the node proxy's metric).
+    on_handshake: Box<dyn Fn(hbone::Handshake) + Send + Sync>,
     settings: Settings,
+    /// Kept across connections, so a new connection to a pod resumes the last one's session.
+    tls: tls::ClientConfigs,
 }
 
 impl std::fmt::Debug for Pool {
@@ -210,12 +217,13 @@ impl Drop for Active {
 }
 
 impl Pool {
-    /// A pool that shares connections as `settings` say and tells `on_handshake` how long each
-    /// new connection's handshakes took.
-    pub fn new(settings: Settings, on_handshake: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+    /// A pool that shares connections as `settings` say and tells `on_handshake` how each new
+    /// connection's handshakes went.
+    pub fn new(settings: Settings, on_handshake: impl Fn(hbone::Handshake) + Send + Sync + 'static) -> Self {
         Self {
             connections: Mutex::default(),
             on_handshake: Box::new(on_handshake),
+            tls: tls::ClientConfigs::default(),
             settings: Settings {
                 max_streams: settings.max_streams.max(1),
                 lanes: settings.lanes.max(1),
@@ -230,7 +238,7 @@ impl Pool {
     pub async fn open(
         &self,
         dial: &impl Dial,
-        cert: &WorkloadCert,
+        cert: &Arc<WorkloadCert>,
         peer: &Peer,
         target: SocketAddr,
         origin: &hbone::client::Origin,
@@ -258,9 +266,12 @@ impl Pool {
                 }
                 Next::Connect(connecting) => {
                     let started = std::time::Instant::now();
-                    match connect(dial, cert, expected, peer).await {
+                    match self.connect(dial, cert, expected, peer).await {
                         Ok(connection) => {
-                            (self.on_handshake)(started.elapsed());
+                            (self.on_handshake)(hbone::Handshake {
+                                took: started.elapsed(),
+                                resumed: connection.resumed(),
+                            });
                             // Counted as ours before other openers can see it.
                             let active = Arc::new(Streams {
                                 open: AtomicUsize::new(1),
@@ -333,9 +344,11 @@ impl Pool {
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|key, _| !gone.contains(&key.3));
     }
 
-    /// Releases the connections idle for the timeout, and the keys left without any. Run
-    /// periodically.
+    /// Releases the connections idle for the timeout, the keys left without any, and the TLS
+    /// configurations (with their session tickets) no connection was made with for
+    /// [`TICKETS_KEPT`]. Run periodically.
     pub fn release_idle(&self) {
+        self.tls.release_unused(TICKETS_KEPT);
         self.connections.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, slot| {
             let mut connections = lock(slot);
             connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
@@ -363,15 +376,20 @@ impl Pool {
     }
 }
 
-async fn connect(
-    dial: &impl Dial,
-    cert: &WorkloadCert,
-    expected: &Expected,
-    ip: IpAddr,
-) -> Result<Connection, hbone::client::Error> {
-    let peer = SocketAddr::new(ip, hbone::PORT);
-    let tcp = dial.dial(peer).await.map_err(|source| hbone::client::Error::Tls { peer, source })?;
-    let config = tls::client_config(cert, expected)
-        .map_err(|error| hbone::client::Error::Tls { peer, source: std::io::Error::other(error) })?;
-    Connection::handshake(tcp, config).await
+impl Pool {
+    async fn connect(
+        &self,
+        dial: &impl Dial,
+        cert: &Arc<WorkloadCert>,
+        expected: &Expected,
+        ip: IpAddr,
+    ) -> Result<Connection, hbone::client::Error> {
+        let peer = SocketAddr::new(ip, hbone::PORT);
+        let tcp = dial.dial(peer).await.map_err(|source| hbone::client::Error::Tls { peer, source })?;
+        let config = self
+            .tls
+            .get(cert, expected)
+            .map_err(|error| hbone::client::Error::Tls { peer, source: std::io::Error::other(error) })?;
+        Connection::handshake(tcp, config).await
+    }
 }

@@ -131,8 +131,8 @@ pub trait Handler: Send + Sync + 'static {
     /// A connected stream ended; `sent` bytes went upstream, `received` came back.
     fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
 
-    /// The client's TLS handshake completed after `took`.
-    fn tls_established(&self, _took: Duration) {}
+    /// A client's TLS handshake completed.
+    fn tls_established(&self, _handshake: super::Handshake) {}
 
     /// Turns true when the proxy drains: the connection then says GOAWAY (clients open new
     /// streams elsewhere) and ends once its open streams have.
@@ -216,7 +216,7 @@ pub async fn serve_connection<H: Handler>(
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Tls)?;
-    handler.tls_established(started.elapsed());
+    handler.tls_established(super::Handshake::new(started.elapsed(), tls.get_ref().1.handshake_kind()));
     let peer = tls::peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::Identity)?;
     let mut connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)

@@ -204,8 +204,8 @@ impl Handler for Delivery {
         Some(self.context.drain.subscribe())
     }
 
-    fn tls_established(&self, took: std::time::Duration) {
-        self.context.metrics.handshake(Reporter::Destination, took);
+    fn tls_established(&self, handshake: weft_proxy::hbone::Handshake) {
+        self.context.metrics.handshake(Reporter::Destination, handshake);
     }
 }
 
