@@ -1,5 +1,6 @@
 //! Mutual TLS bound to workload identities: TLS 1.3 only, ALPN `h2`, no SNI, the hybrid
-//! post-quantum group X25519MLKEM768 offered first (X25519 and P-256 after it for interop).
+//! post-quantum group X25519MLKEM768 offered first (X25519 and P-256 after it for interop),
+//! AES-128-GCM preferred.
 //! A server requires a client certificate chaining to the mesh root whose only URI SAN is a
 //! workload identity of the mesh's trust domain; a client requires the exact identity it
 //! expects of the destination.
@@ -91,9 +92,17 @@ pub enum Error {
     PeerCertificate(String),
 }
 
-/// The crypto provider: aws-lc-rs, key exchange groups in preference order.
+/// The crypto provider: aws-lc-rs, key exchange groups and cipher suites in preference order.
+/// AES-128-GCM first (as BoringSSL orders them): its SHA-256 runs on the CPU's SHA extensions,
+/// where the SHA-384 of AES-256-GCM had none and took 6 % of a node proxy's CPU making fresh
+/// connections; its records take fewer AES rounds.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+    ];
     provider.kx_groups = vec![
         rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
         rustls::crypto::aws_lc_rs::kx_group::X25519,

@@ -1,6 +1,6 @@
 //! A test nextest gives up on says where it hung: nextest ends a test that ran too long with
-//! SIGTERM, and the test process then prints every thread's stack (gdb, attached to itself) to
-//! its stderr, which nextest shows, before it exits. Without this a hung test leaves only
+//! SIGTERM, and the test process then prints every thread's stack (gdb, attached to itself) and
+//! each child's state and kernel stack to its stderr, which nextest shows, before it exits. Without this a hung test leaves only
 //! "(test timed out)", and a hang that happens once in a few CI runs cannot be found.
 //! Armed only under nextest (`NEXTEST_RUN_ID` set); anywhere else SIGTERM keeps its default.
 use std::{
@@ -77,4 +77,24 @@ fn print_stacks() {
         Err(error) => writeln!(stderr, "gdb could not run: {error}"),
     };
     let _ = std::fs::remove_file(&report);
+    // A child stuck in the kernel (a wait on it never returns) shows only here.
+    let _ = writeln!(stderr, "=== children: state and kernel stack ===");
+    for pid in children() {
+        let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_default();
+        let stat = read("stat");
+        // `pid (comm) state …`: the state follows the command's closing parenthesis.
+        let state = stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]);
+        let command = read("cmdline").replace('\0', " ");
+        let _ = writeln!(stderr, "{pid} state {state} wchan {} {command}\n{}", read("wchan"), read("stack"));
+    }
+}
+
+/// This process's child processes, from every thread's `children` list.
+fn children() -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Vec::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|pid| pid.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
