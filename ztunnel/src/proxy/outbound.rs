@@ -244,15 +244,17 @@ async fn proxy(
                     Route::Direct(_) => unreachable!("matched above"),
                 };
                 let expected = &via.expected;
-                let cert = context.identities.fetch(&source).await?;
+                // The connect phase's futures are boxed: they are done before the relay begins,
+                // and inline they would size the connection's task, for as long as it lives,
+                // by their largest state (5.6 KiB a connection in a debug build, 2.1 boxed).
+                let cert = Box::pin(context.identities.fetch(&source)).await?;
                 let (origin, traceparent) = said.get_or_insert_with(|| {
                     let baggage = Origin::baggage_of(&pod.namespace, &name);
                     let service_host = service.as_ref().map(|service| service.hostname.clone());
                     (Origin { source: peer, service_host, baggage }, Origin::traceparent())
                 });
-                let tunnel = match context
-                    .pool
-                    .open(&NetnsDial { netns, source: peer.ip() }, &cert, &via, addr, origin, traceparent)
+                let dial = NetnsDial { netns, source: peer.ip() };
+                let tunnel = match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent))
                     .await
                 {
                     Ok(tunnel) => tunnel,
@@ -282,7 +284,7 @@ async fn proxy(
                 tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, via = %via.ip, sent, received, trace = %traceparent, "outbound via HBONE closed");
             }
             Route::Direct(addr) => {
-                let mut upstream = match connect_in(netns, addr).await {
+                let mut upstream = match Box::pin(connect_in(netns, addr)).await {
                     Ok(upstream) => upstream,
                     Err(error) => {
                         tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
