@@ -45,8 +45,13 @@ pub struct Handshake {
 impl Handshake {
     /// How a rustls handshake that ended with `kind` went.
     pub fn new(took: std::time::Duration, kind: Option<rustls::HandshakeKind>) -> Self {
-        Self { took, resumed: kind == Some(rustls::HandshakeKind::Resumed) }
+        Self { took, resumed: resumed(kind) }
     }
+}
+
+/// Whether a rustls handshake that ended with `kind` resumed an earlier session.
+pub(crate) fn resumed(kind: Option<rustls::HandshakeKind>) -> bool {
+    kind == Some(rustls::HandshakeKind::Resumed)
 }
 
 /// Largest decoded header list accepted (a CONNECT needs a few hundred bytes).

@@ -145,8 +145,8 @@ pub fn client_config(cert: &WorkloadCert, expected: &Expected) -> Result<Arc<Cli
     Ok(Arc::new(config))
 }
 
-/// The server name the client side passes to rustls: unused (no SNI, identity verified from the
-/// certificate's URI SAN), but rustls needs one.
+/// A server name for a client that keeps no session tickets (tests): never sent (no SNI), the
+/// identity is verified from the certificate's URI SAN, but rustls needs one.
 pub fn unused_server_name() -> ServerName<'static> {
     ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
 }
@@ -198,9 +198,13 @@ impl ClientConfigs {
             kept.used = now;
             return Ok(kept.config.clone());
         }
-        // Built without the lock: concurrent first handshakes may each build one; the last kept.
+        // Built without the lock: concurrent first handshakes may each build one. A caller still
+        // holding the certificate a renewal replaced gets its own, but keeps the newer one kept.
         let config = client_config(cert, expected)?;
-        self.lock().insert(key, KeptConfig { built_for: cert.clone(), config: config.clone(), used: now });
+        let mut kept = self.lock();
+        if kept.get(&key).is_none_or(|newest| newest.built_for.received <= cert.received) {
+            kept.insert(key, KeptConfig { built_for: cert.clone(), config: config.clone(), used: now });
+        }
         Ok(config)
     }
 
@@ -208,6 +212,14 @@ impl ClientConfigs {
     pub fn release_unused(&self, unused: std::time::Duration) {
         self.lock().retain(|_, kept| kept.used.elapsed() < unused);
     }
+}
+
+/// Whether the leaf a resumed session restored is still valid at `now`: its chain was verified
+/// when the session began, but every resumption brings new tickets, so a peer resuming again
+/// and again would otherwise outlive its certificate.
+pub fn still_valid(certs: Option<&[CertificateDer<'_>]>, now: SystemTime) -> Result<(), Error> {
+    let leaf = certs.and_then(|certs| certs.first()).ok_or(Error::NoPeerCertificate)?;
+    verify::valid_at(leaf, now).map_err(Error::PeerCertificate)
 }
 
 /// The workload identity in a peer's leaf certificate: its only URI SAN.

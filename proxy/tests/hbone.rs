@@ -492,3 +492,18 @@ async fn two_proxies_agree_on_the_post_quantum_group_and_aes_128_gcm() {
     assert_eq!(client_side, expected);
     assert_eq!(server.await.unwrap(), expected);
 }
+
+#[test]
+fn a_resumed_session_is_refused_once_the_certificate_it_restored_has_expired() {
+    let ca = TestCa::new("mesh");
+    let now = std::time::SystemTime::now();
+    let leaf = tls::test_ca::Leaf {
+        not_after: now + Duration::from_secs(3600),
+        ..tls::test_ca::Leaf::for_identity(&client_id())
+    };
+    let chain = ca.issue_leaf(&leaf).chain;
+    assert!(tls::still_valid(Some(&chain), now).is_ok());
+    let later = tls::still_valid(Some(&chain), now + Duration::from_secs(7200));
+    assert!(later.is_err(), "an expired certificate taken as valid");
+    assert!(tls::still_valid(None, now).is_err(), "no certificate taken as valid");
+}

@@ -1,6 +1,6 @@
 //! A test nextest gives up on says where it hung: nextest ends a test that ran too long with
-//! SIGTERM, and the test process then prints every thread's stack (gdb, attached to itself) and
-//! each child's state and kernel stack to its stderr, which nextest shows, before it exits. Without this a hung test leaves only
+//! SIGTERM, and the test process then prints each child's state and kernel stack and every
+//! thread's stack (gdb, attached to itself) to its stderr, which nextest shows, before it exits. Without this a hung test leaves only
 //! "(test timed out)", and a hang that happens once in a few CI runs cannot be found.
 //! Armed only under nextest (`NEXTEST_RUN_ID` set); anywhere else SIGTERM keeps its default.
 use std::{
@@ -41,6 +41,10 @@ fn arm() -> std::io::Result<()> {
             std::process::exit(1);
         }
     })?;
+    // gdb is this process's child: where Yama allows tracing only one's descendants, the
+    // traced must allow it.
+    // SAFETY: prctl(PR_SET_PTRACER) only changes who may trace this process.
+    unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY) };
     let handler: extern "C" fn(libc::c_int) = on_sigterm;
     // SAFETY: the handler only calls write(2), which is async-signal-safe.
     if unsafe { libc::signal(libc::SIGTERM, handler as libc::sighandler_t) } == libc::SIG_ERR {
@@ -56,16 +60,27 @@ extern "C" fn on_sigterm(_signal: libc::c_int) {
 }
 
 /// Written to the process's stderr itself: `eprintln!` in a test's threads goes to libtest's
-/// capture, which is lost when the process exits.
+/// capture, which is lost when the process exits. The children first: nextest signals the whole
+/// process group, so they are changing already, and gdb may be slow or stuck itself.
 fn print_stacks() {
     let mut stderr = std::io::stderr();
-    let _ = writeln!(stderr, "\n=== terminated: every thread's stack (gdb) ===");
+    // A child stuck in the kernel (a wait on it never returns) shows only here.
+    let _ = writeln!(stderr, "\n=== terminated: children's state and kernel stack ===");
+    for pid in children() {
+        let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_default();
+        let stat = read("stat");
+        // `pid (comm) state …`: the state follows the command's closing parenthesis.
+        let state = stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]);
+        let command = read("cmdline").replace('\0', " ");
+        let _ = writeln!(stderr, "{pid} state {state} wchan {} {command}\n{}", read("wchan"), read("stack"));
+    }
+    let _ = writeln!(stderr, "=== every thread's stack (gdb) ===");
     // To a file, not a pipe: gdb stops every thread of this process, the reader of a pipe
-    // too, and would block once the pipe is full.
+    // too, and would block once the pipe is full. Within the grace period nextest gives.
     let report = std::env::temp_dir().join(format!("weft-stacks-{}.txt", std::process::id()));
     let gdb = std::fs::File::create(&report).and_then(|file| {
-        std::process::Command::new("gdb")
-            .args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+        std::process::Command::new("timeout")
+            .args(["45", "gdb", "-p", &std::process::id().to_string(), "-batch", "-nx"])
             .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
             .stdin(std::process::Stdio::null())
             .stdout(file.try_clone()?)
@@ -77,16 +92,6 @@ fn print_stacks() {
         Err(error) => writeln!(stderr, "gdb could not run: {error}"),
     };
     let _ = std::fs::remove_file(&report);
-    // A child stuck in the kernel (a wait on it never returns) shows only here.
-    let _ = writeln!(stderr, "=== children: state and kernel stack ===");
-    for pid in children() {
-        let read = |what: &str| std::fs::read_to_string(format!("/proc/{pid}/{what}")).unwrap_or_default();
-        let stat = read("stat");
-        // `pid (comm) state …`: the state follows the command's closing parenthesis.
-        let state = stat.rsplit_once(") ").map_or("?", |(_, rest)| &rest[..1]);
-        let command = read("cmdline").replace('\0', " ");
-        let _ = writeln!(stderr, "{pid} state {state} wchan {} {command}\n{}", read("wchan"), read("stack"));
-    }
 }
 
 /// This process's child processes, from every thread's `children` list.

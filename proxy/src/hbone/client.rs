@@ -114,7 +114,7 @@ impl Connection {
                 .connect(tls::resumption_name(peer.ip()), tcp)
                 .await
                 .map_err(|source| Error::Tls { peer, source })?;
-            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let resumed = super::resumed(tls.get_ref().1.handshake_kind());
             let h2 = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
                 .initial_connection_window_size(window::CONNECTION)

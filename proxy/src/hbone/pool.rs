@@ -7,7 +7,9 @@
 //! connection's TLS and HTTP/2 work runs on one task, so streams sharing one connection share
 //! one core, however many the proxy has. A connection the peer
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
-//! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no memory or file descriptors.
+//! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no connections; a pair's TLS
+//! configuration and session tickets stay [`TICKETS_KEPT`] longer, so its next connection
+//! resumes (rustls keeps tickets for the last 32 peers of a pair).
 //! No lock is held while a connection is being made: openers that need one while another is
 //! being made wait for that attempt and share its outcome, so a black-holed peer costs its
 //! openers one handshake timeout, together, and nobody else anything. A pooled connection on

@@ -216,8 +216,14 @@ pub async fn serve_connection<H: Handler>(
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Tls)?;
-    handler.tls_established(super::Handshake::new(started.elapsed(), tls.get_ref().1.handshake_kind()));
-    let peer = tls::peer_identity(tls.get_ref().1.peer_certificates()).map_err(Error::Identity)?;
+    let session = tls.get_ref().1;
+    let handshake = super::Handshake::new(started.elapsed(), session.handshake_kind());
+    if handshake.resumed {
+        tls::still_valid(session.peer_certificates(), std::time::SystemTime::now())
+            .map_err(Error::Identity)?;
+    }
+    handler.tls_established(handshake);
+    let peer = tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?;
     let mut connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)
         .initial_connection_window_size(window::CONNECTION)

@@ -198,6 +198,22 @@ pub fn identity_of(der: &CertificateDer<'_>) -> Result<Identity, String> {
     uri.parse().map_err(|error: crate::identity::ParseError| error.to_string())
 }
 
+/// Whether the certificate `der` is within its validity period at `now`.
+pub fn valid_at(der: &CertificateDer<'_>, now: std::time::SystemTime) -> Result<(), String> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|error| format!("unparsable certificate: {error}"))?;
+    let seconds = |time: std::time::SystemTime| match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_secs()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    let (now, validity) = (seconds(now), cert.validity());
+    if now < validity.not_before.timestamp() || now > validity.not_after.timestamp() {
+        return Err(format!("outside its validity ({} to {})", validity.not_before, validity.not_after));
+    }
+    Ok(())
+}
+
 fn other_error(reason: String) -> Error {
     Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(IdentityError(reason)))))
 }
