@@ -1,7 +1,8 @@
 //! A test nextest gives up on says where it hung: nextest ends a test that ran too long with
 //! SIGTERM, and the test process then prints each child's state and kernel stack and every
-//! thread's stack (gdb, attached to itself) to its stderr, which nextest shows, before it exits. Without this a hung test leaves only
-//! "(test timed out)", and a hang that happens once in a few CI runs cannot be found.
+//! thread's stack (gdb, attached to itself) to its stderr, which nextest shows, before it
+//! exits. Without this a hung test leaves only "(test timed out)", and a hang that happens once
+//! in a few CI runs cannot be found.
 //! Armed only under nextest (`NEXTEST_RUN_ID` set); anywhere else SIGTERM keeps its default.
 use std::{
     io::{Read, Write},
