@@ -12,7 +12,7 @@ use k8s_openapi::api::{
 use kube::api::ObjectMeta;
 use prost::Message;
 use weft_api::discovery::{DeltaDiscoveryResponse, Resource};
-use weft_control::index::{Naming, build};
+use weft_control::index::{Naming, Objects, build};
 
 const PODS_PER_SERVICE: usize = 10;
 const NAMESPACES: usize = 100;
@@ -151,8 +151,14 @@ fn main() {
         for _ in 0..REPEATS {
             let before = rss_kib();
             let start = Instant::now();
-            let snapshot =
-                build(&naming, &namespaces, &pod_objects, &services, &slices, &[], &[], &[], &[], &[]);
+            let snapshot = build(
+                &naming,
+                &Objects::default()
+                    .namespaces(&namespaces)
+                    .pods(&pod_objects)
+                    .services(&services)
+                    .slices(&slices),
+            );
             builds.push(start.elapsed());
             snapshot_kib = rss_kib().saturating_sub(before).max(snapshot_kib);
             // A full push to one proxy: every resource into one response, encoded.

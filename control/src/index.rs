@@ -30,10 +30,42 @@ use prost::Message;
 use serde::Serialize;
 use weft_api::{http_authorization::HTTP_AUTHORIZATION_TYPE, security::AUTHORIZATION_TYPE, workload as api};
 
+/// Implements `kube::Resource` for a namespaced object of `$group/$version` declared with
+/// serde alone (its `metadata` and the fields Weft reads; no schema), so one pattern serves
+/// the CRDs Weft reads and the ones it installs from `manifests/crds.yaml`.
+macro_rules! resource {
+    ($type:ty, $group:expr, $version:expr, $kind:literal, $plural:literal) => {
+        impl kube::Resource for $type {
+            type DynamicType = ();
+            type Scope = k8s_openapi::NamespaceResourceScope;
+
+            fn kind((): &()) -> std::borrow::Cow<'_, str> {
+                $kind.into()
+            }
+            fn group((): &()) -> std::borrow::Cow<'_, str> {
+                $group.into()
+            }
+            fn version((): &()) -> std::borrow::Cow<'_, str> {
+                $version.into()
+            }
+            fn plural((): &()) -> std::borrow::Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &kube::api::ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut kube::api::ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
+}
+
 pub mod endpoints;
 pub mod gateway_api;
 pub mod policy;
 pub mod routes;
+pub mod traffic;
 pub mod watch;
 pub mod waypoint;
 
@@ -69,6 +101,8 @@ pub struct Snapshot {
     pub routes: Resources,
     /// Every HTTPRoute and GRPCRoute attached to a Service, as understood, for `/config_dump`.
     pub mesh_routes: Vec<RouteStatus>,
+    /// Every traffic policy (`networking.weft.dev`), as understood, for its status.
+    pub traffic_policies: Vec<traffic::TrafficPolicyStatus>,
 }
 
 /// What the control plane made of one `AuthorizationPolicy`.
@@ -279,23 +313,69 @@ pub struct Naming {
     pub labels: weft_api::enrollment::Labels,
 }
 
+/// Every Kubernetes object the index is built from, by kind; a kind left out is none.
+/// `Objects::default().pods(&pods).services(&services)`.
+#[derive(Debug, Default, Clone)]
+pub struct Objects<'a> {
+    pub namespaces: Vec<&'a Namespace>,
+    pub pods: Vec<&'a Pod>,
+    pub services: Vec<&'a Service>,
+    pub slices: Vec<&'a EndpointSlice>,
+    pub policies: Vec<&'a AuthorizationPolicy>,
+    pub gateways: Vec<&'a Gateway>,
+    pub http_routes: Vec<&'a HttpRoute>,
+    pub grpc_routes: Vec<&'a GrpcRoute>,
+    pub tcp_routes: Vec<&'a TcpRoute>,
+    pub fault_policies: Vec<&'a traffic::FaultInjectionPolicy>,
+    pub rate_limit_policies: Vec<&'a traffic::RateLimitPolicy>,
+}
+
+/// A setter per kind of [`Objects`], taking any iterator of references.
+macro_rules! objects {
+    ($($kind:ident: $type:ty),* $(,)?) => {
+        impl<'a> Objects<'a> {
+            $(
+                pub fn $kind(mut self, objects: impl IntoIterator<Item = &'a $type>) -> Self {
+                    self.$kind = objects.into_iter().collect();
+                    self
+                }
+            )*
+        }
+    };
+}
+
+objects!(
+    namespaces: Namespace,
+    pods: Pod,
+    services: Service,
+    slices: EndpointSlice,
+    policies: AuthorizationPolicy,
+    gateways: Gateway,
+    http_routes: HttpRoute,
+    grpc_routes: GrpcRoute,
+    tcp_routes: TcpRoute,
+    fault_policies: traffic::FaultInjectionPolicy,
+    rate_limit_policies: traffic::RateLimitPolicy,
+);
+
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
-#[expect(clippy::too_many_arguments, reason = "one argument per kind of object: build is a function of them")]
-pub fn build<'a>(
-    naming: &Naming,
-    namespaces: impl IntoIterator<Item = &'a Namespace>,
-    pods: impl IntoIterator<Item = &'a Pod>,
-    services: impl IntoIterator<Item = &'a Service>,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    policies: impl IntoIterator<Item = &'a AuthorizationPolicy>,
-    gateways: impl IntoIterator<Item = &'a Gateway>,
-    http_routes: impl IntoIterator<Item = &'a HttpRoute>,
-    grpc_routes: impl IntoIterator<Item = &'a GrpcRoute>,
-    tcp_routes: impl IntoIterator<Item = &'a TcpRoute>,
-) -> Snapshot {
+pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
+    let Objects {
+        namespaces,
+        pods,
+        services,
+        slices,
+        policies,
+        gateways,
+        http_routes,
+        grpc_routes,
+        tcp_routes,
+        fault_policies,
+        rate_limit_policies,
+    } = objects;
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
-        .into_iter()
+        .iter()
         .filter_map(|policy| {
             let key =
                 format!("{}/{}", policy.metadata.namespace.as_deref()?, policy.metadata.name.as_deref()?);
@@ -313,16 +393,18 @@ pub fn build<'a>(
         }
     }
     let labels_by_namespace: HashMap<&str, Option<&BTreeMap<String, String>>> = namespaces
-        .into_iter()
+        .iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
         .collect();
-    let waypoints = waypoint::Waypoints::new(naming, gateways);
+    let waypoints = waypoint::Waypoints::new(naming, gateways.iter().copied());
     let mut services_by_name: HashMap<(&str, &str), &Service> = HashMap::new();
     let mut with_waypoint = std::collections::HashSet::new();
+    // Their waypoints' names (in the Service's namespace), for the traffic policies.
+    let mut service_waypoints: HashMap<(&str, &str), &str> = HashMap::new();
     // The same Services by key (`namespace/hostname`), as policies name their targets.
     let mut waypointed = std::collections::HashSet::new();
     let mut addresses = Resources::new();
-    for service in services {
+    for &service in services {
         let (Some(name), Some(namespace)) = (&service.metadata.name, &service.metadata.namespace) else {
             continue;
         };
@@ -335,6 +417,14 @@ pub fn build<'a>(
         );
         if resource.waypoint.is_some() {
             with_waypoint.insert((namespace.as_str(), name.as_str()));
+            if let Some(waypoint) = waypoints.name_for_service(
+                namespace,
+                name,
+                service.metadata.labels.as_ref(),
+                labels_by_namespace.get(namespace.as_str()).copied().flatten(),
+            ) {
+                service_waypoints.insert((namespace.as_str(), name.as_str()), waypoint);
+            }
             waypointed.insert(format!("{namespace}/{}", resource.hostname));
         }
         addresses.insert(
@@ -344,7 +434,6 @@ pub fn build<'a>(
         services_by_name.insert((namespace, name), service);
     }
 
-    let pods: Vec<&Pod> = pods.into_iter().collect();
     let mut workloads: Vec<(Claim, api::Workload)> = pods
         .iter()
         .filter_map(|pod| {
@@ -386,7 +475,8 @@ pub fn build<'a>(
             Some((uid, endpoints::pod_kind(pod, with_addresses.contains(uid))?))
         })
         .collect();
-    let mut membership = endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices);
+    let mut membership =
+        endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices.iter().copied());
     for (_, workload) in &mut workloads {
         workload.services = membership.pods.remove(&workload.uid).unwrap_or_default().into_iter().collect();
     }
@@ -451,14 +541,32 @@ pub fn build<'a>(
     for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
     }
-    let grpc_routes: Vec<HttpRoute> = grpc_routes.into_iter().map(GrpcRoute::as_http).collect();
-    let tcp_routes: Vec<HttpRoute> = tcp_routes.into_iter().map(TcpRoute::as_http).collect();
+    let grpc_routes: Vec<HttpRoute> = grpc_routes.iter().map(|route| route.as_http()).collect();
+    let tcp_routes: Vec<HttpRoute> = tcp_routes.iter().map(|route| route.as_http()).collect();
     let all_routes = http_routes
-        .into_iter()
-        .map(|route| (RouteKind::Http, route))
+        .iter()
+        .map(|&route| (RouteKind::Http, route))
         .chain(grpc_routes.iter().map(|route| (RouteKind::Grpc, route)))
         .chain(tcp_routes.iter().map(|route| (RouteKind::Tcp, route)));
-    let (routes, mesh_routes) = routes::compile(naming, &services_by_name, &with_waypoint, all_routes);
+    let (mut routes, mesh_routes) = routes::compile(naming, &services_by_name, &with_waypoint, all_routes);
+    let service_keys: HashMap<(&str, &str), String> = services_by_name
+        .keys()
+        .map(|&(namespace, name)| {
+            ((namespace, name), format!("{namespace}/{}", hostname(naming, name, namespace)))
+        })
+        .collect();
+    let mesh = traffic::Mesh {
+        service_waypoints: &service_waypoints,
+        service_keys: &service_keys,
+        routes: &mesh_routes,
+        waypoints: &waypoints,
+    };
+    let traffic = fault_policies
+        .iter()
+        .map(|&policy| traffic::Read::from(policy))
+        .chain(rate_limit_policies.iter().map(|&policy| traffic::Read::from(policy)));
+    let traffic_policies = traffic::apply(&mesh, traffic, &mut routes);
+    let routes = routes::encode(routes);
     Snapshot {
         version: 0,
         addresses,
@@ -467,6 +575,7 @@ pub fn build<'a>(
         policies: statuses,
         routes,
         mesh_routes,
+        traffic_policies,
     }
 }
 

@@ -10,11 +10,12 @@
 //! own); [`serving`] is the TLS
 //! listener both are served on, with a certificate that follows the CA; [`waypoints`] deploys a
 //! waypoint for every Gateway of class `weft-waypoint`; [`route_status`] reports on each
-//! HTTPRoute attached to a Service what became of it.
+//! HTTPRoute attached to a Service what became of it, [`policy_status`] on each traffic policy.
 
 pub mod ca;
 pub mod index;
 pub mod metrics;
+pub mod policy_status;
 pub mod route_status;
 pub mod serving;
 pub mod waypoints;

@@ -147,6 +147,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
         authority.clone(),
     ));
     let route_status = tokio::spawn(weft_control::route_status::run(client.clone(), snapshots.clone()));
+    let policy_status = tokio::spawn(weft_control::policy_status::run(client.clone(), snapshots.clone()));
     let mut index = tokio::spawn(index::watch::run(client, naming, publish));
     let source = Arc::new(Monitoring {
         metrics: metrics.clone(),
@@ -196,6 +197,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     maintenance.abort();
     waypoints.abort();
     route_status.abort();
+    policy_status.abort();
     tracing::info!("stopped");
     result
 }

@@ -172,27 +172,8 @@ pub fn parents(route: &RouteStatus, existing: &[Value]) -> Vec<Value> {
             .find(|entry| entry["parentRef"] == parent_ref)
             .and_then(|entry| entry["conditions"].as_array().cloned())
             .unwrap_or_default();
-        let condition = |type_: &str, verdict: &Verdict| {
-            let status = if verdict.status { "True" } else { "False" };
-            let since = before
-                .iter()
-                .find(|old| old["type"] == type_ && old["status"] == status)
-                .map_or_else(|| now.clone(), |old| old["lastTransitionTime"].clone());
-            let mut message = verdict.message.clone();
-            if message.len() > MAX_MESSAGE {
-                let cut = (0..=MAX_MESSAGE).rev().find(|at| message.is_char_boundary(*at)).unwrap_or(0);
-                message.truncate(cut);
-                message.push('…');
-            }
-            json!({
-                "type": type_,
-                "status": status,
-                "reason": verdict.reason,
-                "message": message,
-                "lastTransitionTime": since,
-                "observedGeneration": route.generation.unwrap_or_default(),
-            })
-        };
+        let condition =
+            |type_: &str, verdict: &Verdict| condition(type_, verdict, &before, route.generation, &now);
         let mut conditions =
             vec![condition("Accepted", &parent.accepted), condition("ResolvedRefs", &route.resolved_refs)];
         if let Some(why) = &route.partially_invalid {
@@ -202,6 +183,36 @@ pub fn parents(route: &RouteStatus, existing: &[Value]) -> Vec<Value> {
             .push(json!({ "parentRef": parent_ref, "controllerName": CONTROLLER, "conditions": conditions }));
     }
     parents
+}
+
+/// Condition `type_` as `verdict` says, about `generation`; it keeps its transition time from
+/// `before` (the object's conditions as they are) while its status stays, else it changed `now`.
+pub fn condition(
+    type_: &str,
+    verdict: &Verdict,
+    before: &[Value],
+    generation: Option<i64>,
+    now: &Value,
+) -> Value {
+    let status = if verdict.status { "True" } else { "False" };
+    let since = before
+        .iter()
+        .find(|old| old["type"] == type_ && old["status"] == status)
+        .map_or_else(|| now.clone(), |old| old["lastTransitionTime"].clone());
+    let mut message = verdict.message.clone();
+    if message.len() > MAX_MESSAGE {
+        let cut = (0..=MAX_MESSAGE).rev().find(|at| message.is_char_boundary(*at)).unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    json!({
+        "type": type_,
+        "status": status,
+        "reason": verdict.reason,
+        "message": message,
+        "lastTransitionTime": since,
+        "observedGeneration": generation.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -380,6 +380,19 @@ async fn grpc_unary_and_streaming_calls_cross_the_waypoint_routed_by_a_grpc_rout
         assert!(routed.contains("backend=shop/grpc-v2"), "{routed}");
     });
 
+    // A fault on the GRPCRoute: its calls answered UNAVAILABLE by the waypoint, as gRPC answers.
+    let unavailable = serde_json::json!({
+        "targetRefs": [{ "group": "gateway.networking.k8s.io", "kind": "GRPCRoute", "name": "grpc" }],
+        "abort": { "grpcStatus": "UNAVAILABLE", "percentage": { "value": 100 } },
+    });
+    create_traffic_policy(&scene.cluster, "FaultInjectionPolicy", "unavailable", unavailable).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the fault to reach the waypoint", WAIT, || {
+            apps::grpc_calls(client, to_grpc, "faulty", 5).unwrap() == "5 code=Unavailable\n"
+        })
+        .unwrap();
+    });
+
     let expected = ["grpc:9090 Accepted=True Accepted", "grpc:9090 ResolvedRefs=True ResolvedRefs"];
     let client = scene.cluster.client();
     let reported = weft_tests::eventually("GRPCRoute grpc's status", WAIT, || {
@@ -1076,5 +1089,199 @@ async fn a_terminated_waypoint_stops_being_ready_finishes_the_request_in_flight_
             .wait_for(|line| line.contains("drained: every connection ended"), WAIT)
             .unwrap();
         scene.waypoint.process().wait_for(|line| line.contains("stopped"), WAIT).unwrap();
+    });
+}
+
+/// Weft's traffic policy `name` of `kind` (`networking.weft.dev`) in `shop`.
+fn traffic_policies(cluster: &Cluster, kind: &str) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("networking.weft.dev", "v1alpha1", kind);
+    let plural = format!("{}ies", kind.to_ascii_lowercase().trim_end_matches('y'));
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, &plural);
+    Api::namespaced_with(cluster.client(), "shop", &resource)
+}
+
+/// Creates traffic policy `name` of `kind` in `shop` with `spec`; the API server's answer.
+async fn create_traffic_policy(
+    cluster: &Cluster,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> Result<kube::api::DynamicObject, kube::Error> {
+    let object = serde_json::json!({
+        "apiVersion": "networking.weft.dev/v1alpha1",
+        "kind": kind,
+        "metadata": { "name": name, "namespace": "shop" },
+        "spec": spec,
+    });
+    traffic_policies(cluster, kind)
+        .create(&PostParams::default(), &serde_json::from_value(object).unwrap())
+        .await
+}
+
+/// `(target name, Accepted status, reason)` per entry of the policy's `status.ancestors`, once
+/// it has as many as `targets`.
+async fn policy_verdicts(
+    cluster: &Cluster,
+    kind: &str,
+    name: &str,
+    targets: usize,
+) -> Vec<(String, String, String)> {
+    let api = traffic_policies(cluster, kind);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let policy = api.get(name).await.unwrap();
+        let ancestors = policy.data["status"]["ancestors"].as_array().cloned().unwrap_or_default();
+        let verdicts: Vec<(String, String, String)> = ancestors
+            .iter()
+            .filter_map(|ancestor| {
+                let accepted = ancestor["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted")?;
+                Some((
+                    ancestor["ancestorRef"]["name"].as_str()?.to_owned(),
+                    accepted["status"].as_str()?.to_owned(),
+                    accepted["reason"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        if verdicts.len() == targets {
+            return verdicts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{kind} {name}: no status for its {targets} targets: {policy:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How many of `tally`'s answers had `status`.
+fn answered_with(tally: &str, status: u16) -> usize {
+    tally
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(_, answer)| answer.starts_with(&format!("status={status} ")))
+        .map(|(count, _)| count.parse::<usize>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_is_injected_for_its_share_a_rate_limit_holds_its_rate_and_each_policy_says_where_it_applies()
+{
+    let mut scene = Scene::start().await;
+    let (client, to_v1, to_echo) = (scene.client.clone(), scene.to_echo_v1, scene.to_echo);
+    let service = |name: &str| serde_json::json!({ "group": "", "kind": "Service", "name": name });
+    let waypoint =
+        serde_json::json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint" });
+
+    // The schema refuses what could never apply.
+    let refused = [
+        serde_json::json!({ "targetRefs": [service("echo-v1")] }),
+        serde_json::json!({ "targetRefs": [service("echo-v1")],
+                            "abort": { "httpStatus": 503, "grpcStatus": "UNAVAILABLE", "percentage": { "value": 5 } } }),
+        serde_json::json!({ "targetRefs": [service("echo-v1")], "abort": { "httpStatus": 503, "percentage": { "value": 101 } } }),
+        serde_json::json!({ "targetRefs": [{ "group": "apps", "kind": "Deployment", "name": "echo" }],
+                            "delay": { "fixedDelay": "1s", "percentage": { "value": 5 } } }),
+        serde_json::json!({ "targetRefs": [service("echo-v1")], "delay": { "fixedDelay": "0.5s", "percentage": { "value": 5 } } }),
+    ];
+    for spec in refused {
+        let answer =
+            create_traffic_policy(&scene.cluster, "FaultInjectionPolicy", "refused", spec.clone()).await;
+        assert!(
+            matches!(answer, Err(kube::Error::Api(ref status)) if status.code == 422),
+            "{spec}: {answer:?}"
+        );
+    }
+
+    // Half of echo-v1's requests aborted with 503, answered by the waypoint; never retried.
+    let abort = serde_json::json!({ "targetRefs": [service("echo-v1"), service("nowhere")],
+                                    "abort": { "httpStatus": 503, "percentage": { "value": 50 } } });
+    create_traffic_policy(&scene.cluster, "FaultInjectionPolicy", "half-fail", abort).await.unwrap();
+    assert_eq!(
+        policy_verdicts(&scene.cluster, "FaultInjectionPolicy", "half-fail", 2).await,
+        [
+            ("echo-v1".into(), "True".into(), "Accepted".into()),
+            ("nowhere".into(), "False".into(), "TargetNotFound".into())
+        ]
+    );
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the fault to reach the waypoint", WAIT, || {
+            apps::http_requests(&client, to_v1, "/probe", &[], 10)
+                .unwrap()
+                .contains("status=503 fault filter abort")
+        })
+        .unwrap();
+        const REQUESTS: usize = 2000;
+        let tally = apps::http_requests(&client, to_v1, "/chaos", &[], REQUESTS).unwrap();
+        let (aborted, served) = (answered_with(&tally, 503), answered_by(&tally, "v1"));
+        assert_eq!(aborted + served, REQUESTS, "{tally}");
+        assert!(aborted.abs_diff(REQUESTS / 2) <= REQUESTS / 20, "50 % ± 5 % aborted: {tally}");
+        assert!(tally.contains("status=503 fault filter abort"), "{tally}");
+    });
+    traffic_policies(&scene.cluster, "FaultInjectionPolicy")
+        .delete("half-fail", &Default::default())
+        .await
+        .unwrap();
+
+    // A delay on the waypoint applies to each of its Services.
+    let delay = serde_json::json!({ "targetRefs": [waypoint.clone()],
+                                    "delay": { "fixedDelay": "300ms", "percentage": { "value": 100 } } });
+    create_traffic_policy(&scene.cluster, "FaultInjectionPolicy", "slow", delay).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let mut logged = String::new();
+        weft_tests::until("the delay to reach the waypoint, the abort to leave it", WAIT, || {
+            let tally = apps::http_requests(&client, to_v1, "/delayed", &[], 1).unwrap();
+            logged = scene
+                .waypoint
+                .process()
+                .wait_for(|line| line.contains(" request") && line.contains("/delayed"), WAIT)
+                .unwrap();
+            answered_by(&tally, "v1") == 1 && logged.contains("policy=delayed 300ms by shop/slow")
+        })
+        .unwrap();
+        let micros: u64 = logged.split("micros=").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+        assert!(micros >= 300_000, "held back 300 ms: {logged}");
+    });
+    traffic_policies(&scene.cluster, "FaultInjectionPolicy")
+        .delete("slow", &Default::default())
+        .await
+        .unwrap();
+
+    // 50 requests a second to echo-v1, at most 5 at once: of a client sending as fast as it
+    // can, the rate passes (and what the bucket held when it began); the rest get 429.
+    let steady = serde_json::json!({ "targetRefs": [service("echo-v1")],
+                                     "local": { "requests": 50, "unit": "Second", "burst": 5 } });
+    create_traffic_policy(&scene.cluster, "RateLimitPolicy", "steady", steady.clone()).await.unwrap();
+    // The waypoint's own: one an hour for the Services without a limit of their own (echo).
+    let hourly = serde_json::json!({ "targetRefs": [waypoint], "local": { "requests": 1, "unit": "Hour" } });
+    create_traffic_policy(&scene.cluster, "RateLimitPolicy", "hourly", hourly).await.unwrap();
+    create_traffic_policy(&scene.cluster, "RateLimitPolicy", "second-steady", steady).await.unwrap();
+    assert_eq!(
+        policy_verdicts(&scene.cluster, "RateLimitPolicy", "second-steady", 1).await,
+        [("echo-v1".into(), "False".into(), "Conflicted".into())]
+    );
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the rate limit to reach the waypoint", WAIT, || {
+            apps::http_requests(&client, to_v1, "/probe", &[], 20)
+                .unwrap()
+                .contains("status=429 local_rate_limited")
+        })
+        .unwrap();
+        let started = std::time::Instant::now();
+        let tally = apps::http_requests(&client, to_v1, "/limited", &[], 1500).unwrap();
+        let took = started.elapsed();
+        let (passed, limited) = (answered_by(&tally, "v1"), answered_with(&tally, 429));
+        assert_eq!(passed + limited, 1500, "{tally}");
+        let at_rate = 50.0 * took.as_secs_f64();
+        assert!(
+            (at_rate * 0.9..=at_rate * 1.1 + 5.0).contains(&(passed as f64)),
+            "{passed} passed in {took:?}, where 50/s allows {at_rate:.0} and the burst 5: {tally}"
+        );
+        // echo has no limit of its own: the waypoint's, one an hour; the second request is
+        // told to come back in an hour.
+        let twice = "GET /hourly HTTP/1.1\\r\\nhost: echo\\r\\n\\r\\nGET /hourly HTTP/1.1\\r\\nhost: echo\\r\\nconnection: close\\r\\n\\r\\n";
+        weft_tests::until("the waypoint's limit to apply", WAIT, || {
+            let answer = apps::http_raw(&client, to_echo, twice).unwrap();
+            answer.contains("HTTP/1.1 429") && answer.contains("retry-after: 3600\r\n")
+        })
+        .unwrap();
     });
 }

@@ -67,6 +67,8 @@ pub struct Context {
     pub in_flight: Arc<crate::balance::InFlight>,
     /// Room for mirrors' copies in flight.
     pub mirrors_in_flight: Arc<tokio::sync::Semaphore>,
+    /// The rate limits' buckets.
+    pub limiter: crate::traffic::Limiter,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -154,6 +156,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         budgets: crate::retry::Budgets::default(),
         in_flight: Arc::default(),
         mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
+        limiter: crate::traffic::Limiter::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });

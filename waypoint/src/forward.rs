@@ -40,7 +40,8 @@ use crate::{
     inbound::{Client, Destination},
     metrics::{Peers, RequestLabels, UNKNOWN},
     retry::Outcome,
-    route::{Mirror, Reading, Rule, Selected},
+    route::{Mirror, Reading, Routes, Rule, Selected},
+    traffic::{self, Abort, Policies},
 };
 
 mod cancelled;
@@ -101,6 +102,12 @@ enum Failure {
     BadTarget(crate::normalize::Error),
     #[error("the request body could not be read: {0}")]
     RequestBody(hyper::Error),
+    /// Its rate limit's bucket is empty until this long from now. Envoy's body.
+    #[error("local_rate_limited")]
+    RateLimited(Duration),
+    /// An injected fault. Envoy's body.
+    #[error("fault filter abort")]
+    Aborted(Abort),
 }
 
 impl Failure {
@@ -114,7 +121,30 @@ impl Failure {
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Denied => StatusCode::FORBIDDEN,
             Failure::BadTarget(_) | Failure::RequestBody(_) => StatusCode::BAD_REQUEST,
+            Failure::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Failure::Aborted(Abort::Http(status)) => *status,
+            Failure::Aborted(Abort::Grpc(_)) => StatusCode::OK,
         }
+    }
+
+    /// The waypoint's answer: its status and message; a gRPC abort as gRPC answers an error
+    /// (trailers only); a rate-limited request says when to come back.
+    fn answer(&self) -> Response<Body> {
+        if let Failure::Aborted(Abort::Grpc(code)) = self {
+            let mut response = Response::new(whole(Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", http::HeaderValue::from(*code));
+            headers.insert("grpc-message", http::HeaderValue::from_static("fault filter abort"));
+            return response;
+        }
+        let mut response = own_answer(self.status(), &self.to_string());
+        if let Failure::RateLimited(wait) = self {
+            // Whole seconds, rounded up: never an invitation to come back too early.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(seconds.max(1)));
+        }
+        response
     }
 }
 
@@ -131,6 +161,9 @@ struct Routed {
     workload: Option<Arc<Workload>>,
     /// Retries made.
     retries: u32,
+    /// What a traffic policy did to it, if anything: `rate limited by …`, `delayed … by …`,
+    /// `aborted by …`.
+    policy: String,
 }
 
 impl Session {
@@ -231,7 +264,7 @@ impl Session {
         let path = raw_path;
         let response = answer.unwrap_or_else(|failure| {
             tracing::debug!(%failure, "answered by the waypoint");
-            own_answer(failure.status(), &failure.to_string())
+            failure.answer()
         });
         let response_size = body_size(response.headers(), response.body());
         let labels = self.labels(&routed, response.status());
@@ -245,6 +278,7 @@ impl Session {
             backend = %routed.backend,
             endpoint = ?routed.endpoint,
             retries = routed.retries,
+            policy = %routed.policy,
             status = response.status().as_u16(),
             micros = started.elapsed().as_micros() as u64,
             "request"
@@ -355,8 +389,9 @@ impl Session {
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
-        let routes = self.context.routes.get(&service.key()).filter(|routes| routes.routes_http(port));
-        let selected = match &routes {
+        let service_routes = self.context.routes.get(&service.key());
+        let routes = service_routes.as_ref().filter(|routes| routes.routes_http(port));
+        let selected = match routes {
             Some(routes) => {
                 let selected = routes
                     .select(port, request.method(), request.uri(), request.headers())
@@ -366,6 +401,13 @@ impl Session {
             }
             None => None,
         };
+        let policies = match &selected {
+            Some(selected) => Some(selected.policies),
+            None => service_routes.as_deref().map(Routes::policies),
+        };
+        if let Some(policies) = policies {
+            self.police(policies, routed).await?;
+        }
         let (backend, backend_port) = match selected {
             Some(Selected { rule, matched_prefix, .. }) => {
                 if let Some(redirect) = rule.redirect() {
@@ -397,6 +439,30 @@ impl Session {
             rule.response_headers().apply(response.headers_mut());
         }
         Ok(response)
+    }
+
+    /// Applies `policies` to a request before it goes on, as Envoy's filters run: the rate
+    /// limit first (a refused request waits for nothing), then the fault's delay, then its
+    /// abort.
+    async fn police(&self, policies: &Policies, routed: &mut Routed) -> Result<(), Failure> {
+        if let Some(limit) = &policies.rate_limit {
+            let source = || self.client.identity.to_string();
+            if let Err(wait) = self.context.limiter.take(limit, source, Instant::now()) {
+                routed.policy = format!("rate limited by {}", limit.policy);
+                return Err(Failure::RateLimited(wait));
+            }
+        }
+        if let Some(fault) = &policies.fault {
+            if let Some(delay) = fault.delay(fastrand::u32(..traffic::MILLION)) {
+                routed.policy = format!("delayed {}ms by {}", delay.as_millis(), fault.policy);
+                tokio::time::sleep(delay).await;
+            }
+            if let Some(abort) = fault.abort(fastrand::u32(..traffic::MILLION)) {
+                routed.policy = format!("aborted by {}", fault.policy);
+                return Err(Failure::Aborted(abort));
+            }
+        }
+        Ok(())
     }
 
     /// Sends `request` to an endpoint of Service `backend`, and again to another (when it has
@@ -764,7 +830,7 @@ mod tests {
     use http::{Request, header};
     use http_body_util::{BodyExt, Empty};
 
-    use super::{Body, shadow};
+    use super::{Abort, Body, Failure, shadow};
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
         let mut builder = Request::builder().uri(uri);
@@ -786,5 +852,20 @@ mod tests {
         shadow(&mut http2);
         assert_eq!(http2.uri().to_string(), "http://echo.shop-shadow/items?q=1");
         assert!(http2.headers().get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn a_rate_limited_request_is_told_when_to_come_back_and_a_grpc_abort_answers_as_grpc() {
+        let limited = Failure::RateLimited(std::time::Duration::from_millis(1200)).answer();
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()[header::RETRY_AFTER], "2", "rounded up");
+        let soon = Failure::RateLimited(std::time::Duration::from_millis(3)).answer();
+        assert_eq!(soon.headers()[header::RETRY_AFTER], "1", "never 0");
+        let http = Failure::Aborted(Abort::Http(http::StatusCode::BAD_GATEWAY)).answer();
+        assert_eq!(http.status(), 502);
+        let grpc = Failure::Aborted(Abort::Grpc(14)).answer();
+        assert_eq!(grpc.status(), 200, "gRPC errors travel in grpc-status");
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(grpc.headers()[header::CONTENT_TYPE], "application/grpc");
     }
 }

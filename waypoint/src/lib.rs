@@ -5,7 +5,8 @@
 //! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity
-//! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]). Routes and policies come compiled from the control
+//! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]);
+//! a rate limit or an injected fault may answer or delay it first ([`traffic`]). Routes and policies come compiled from the control
 //! plane ([`table`]); [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
@@ -21,3 +22,4 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod table;
+pub mod traffic;

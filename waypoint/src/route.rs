@@ -9,6 +9,8 @@ use regex::Regex;
 use weft_api::route as api;
 use weft_api::route::path_match::Kind;
 
+use crate::traffic::Policies;
+
 #[cfg(test)]
 mod tests;
 
@@ -49,6 +51,8 @@ pub enum Error {
     WeightOverflow { route: String },
     #[error("route {route}: a mirror without a backend")]
     MirrorWithoutBackend { route: String },
+    #[error(transparent)]
+    InvalidPolicy(#[from] crate::traffic::Error),
     #[error("route {route}: {source}")]
     InvalidFilter {
         route: String,
@@ -68,6 +72,8 @@ pub struct Routes {
     tcp_routes: Vec<Route>,
     /// Ports whose protocol the Service declares: whether each is HTTP.
     declared: Vec<(u16, bool)>,
+    /// The traffic policies of requests no route takes.
+    policies: Policies,
 }
 
 /// How a Service port's streams are read ([`Routes::reading`]).
@@ -99,6 +105,8 @@ pub struct Selected<'a> {
     /// The path prefix the request matched, without its trailing '/' (empty for `/`, or when the
     /// match was no prefix): what a filter's `ReplacePrefixMatch` replaces.
     pub matched_prefix: &'a str,
+    /// The route's traffic policies.
+    pub policies: &'a Policies,
 }
 
 /// One HTTPRoute rule: what a selected request gets done to it, and where it goes.
@@ -162,6 +170,8 @@ struct Route {
     /// Empty: every port.
     ports: Vec<u16>,
     rules: Vec<Rule>,
+    /// Its requests' traffic policies (the control plane filled in the Service's).
+    policies: Policies,
 }
 
 /// One way a request can select a rule; its conditions are ANDed.
@@ -229,7 +239,18 @@ impl Routes {
     /// Routes for a Service that has no `ServiceRoutes` resource: [`Routes::select`] answers
     /// `None` to every request, and the caller sends it to the Service itself.
     pub fn none(service: impl Into<String>) -> Self {
-        Self { service: service.into(), routes: Vec::new(), tcp_routes: Vec::new(), declared: Vec::new() }
+        Self {
+            service: service.into(),
+            routes: Vec::new(),
+            tcp_routes: Vec::new(),
+            declared: Vec::new(),
+            policies: Policies::default(),
+        }
+    }
+
+    /// The traffic policies of a request to the Service that no route takes.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
     }
 
     /// The Service these routes are for: `<namespace>/<hostname>`.
@@ -259,7 +280,10 @@ impl Routes {
                             PathMatch::Prefix(prefix) => prefix.as_str(),
                             PathMatch::Any | PathMatch::Exact(_) | PathMatch::Regex(_) => "",
                         };
-                        best = Some((rank, Selected { route: &route.name, rule, matched_prefix }));
+                        best = Some((
+                            rank,
+                            Selected { route: &route.name, rule, matched_prefix, policies: &route.policies },
+                        ));
                     }
                 }
             }
@@ -302,7 +326,7 @@ impl Routes {
         }
         let route = self.tcp_routes.iter().find(|route| route.applies_to(port))?;
         let rule = route.rules.first()?;
-        Some(Selected { route: &route.name, rule, matched_prefix: "" })
+        Some(Selected { route: &route.name, rule, matched_prefix: "", policies: &route.policies })
     }
 }
 
@@ -328,7 +352,8 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
                 Ok((port, declared.protocol == i32::from(api::declared_port::Protocol::Http)))
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Self { service: resource.service.clone(), routes, tcp_routes, declared })
+        let policies = Policies::compile(resource.policies.as_ref())?;
+        Ok(Self { service: resource.service.clone(), routes, tcp_routes, declared, policies })
     }
 }
 
@@ -341,7 +366,8 @@ impl Route {
             .map(|&port| u16::try_from(port).map_err(|_| Error::InvalidPort { route: name.clone(), port }))
             .collect::<Result<_, _>>()?;
         let rules = route.rules.iter().map(|rule| Rule::compile(name, rule)).collect::<Result<_, _>>()?;
-        Ok(Self { name: name.clone(), ports, rules })
+        let policies = Policies::compile(route.policies.as_ref())?;
+        Ok(Self { name: name.clone(), ports, rules, policies })
     }
 
     fn applies_to(&self, port: u16) -> bool {

@@ -165,6 +165,7 @@ mod tests {
                 name: "ns/r".into(),
                 ports: vec![],
                 rules: vec![Rule { matches, ..Default::default() }],
+                policies: None,
             }],
             ..Default::default()
         }

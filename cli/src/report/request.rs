@@ -1,6 +1,6 @@
 //! `weftctl check --service`: what becomes of one request to a Service — the waypoint it goes
-//! through and whether that waypoint can serve, what the L7 policies say to its source, and the
-//! route, rule and backends it gets. Decided by the waypoint's own code (`normalize`, `authz`,
+//! through and whether that waypoint can serve, what the L7 policies say to its source, the
+//! traffic policies (rate limit, fault) it meets, and the route, rule and backends it gets. Decided by the waypoint's own code (`normalize`, `authz`,
 //! `route` of `weft-waypoint`) on the very resources the control plane sends waypoints (its
 //! `/config_dump` carries them encoded), so it says what a waypoint of this version does.
 use anyhow::Context;
@@ -41,7 +41,7 @@ impl Mesh {
 }
 
 /// One finding per step a request to Service `namespace/name` takes: `service`, `waypoint`,
-/// `request` (as the waypoint reads it), `policies`, `route`; it stops at the first step that
+/// `request` (as the waypoint reads it), `policies`, `traffic` (when one applies), `route`; it stops at the first step that
 /// ends the request. Errors for a probe that is no request (a bad method, header or `--from`)
 /// and for a dump this weftctl cannot read (another version's).
 pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe) -> anyhow::Result<Value> {
@@ -169,6 +169,19 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
         }
         Some((true, detail)) => findings.push(finding("policies", true, detail)),
         None => {}
+    }
+
+    // The traffic policies of the route the request takes, else of the Service.
+    let traffic = match &routes {
+        Some(_) if reading.opaque() => None,
+        Some(routes) if routes.routes_http(port) => {
+            routes.select(port, &asked.method, &asked.uri, &asked.headers).map(|selected| selected.policies)
+        }
+        Some(routes) => Some(routes.policies()),
+        None => None,
+    };
+    if let Some(described) = traffic.and_then(|policies| policies.describe()) {
+        findings.push(finding("traffic", true, described));
     }
 
     let route = match (&routes, reading) {

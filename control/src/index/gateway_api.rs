@@ -6,44 +6,15 @@
 //! reads — one that failed to would stall the whole watch. Enumerations a newer release may
 //! extend read unknown values as `Other`, for the conversion to refuse with a note.
 //!
-//! Declared like [`super::policy::AuthorizationPolicy`]: `kube::Resource` by hand and serde, no
-//! schema, as Weft reads these CRDs and never installs them.
-use std::{borrow::Cow, time::Duration};
+//! Declared like [`super::policy::AuthorizationPolicy`]: `kube::Resource` by the index's
+//! `resource!` and serde, no schema, as Weft reads these CRDs and never installs them.
+use std::time::Duration;
 
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
 /// The Gateway API's group.
 pub const GROUP: &str = "gateway.networking.k8s.io";
-
-/// Implements `kube::Resource` for a namespaced object of the Gateway API's `v1`.
-macro_rules! resource {
-    ($type:ty, $kind:literal, $plural:literal) => {
-        impl kube::Resource for $type {
-            type DynamicType = ();
-            type Scope = k8s_openapi::NamespaceResourceScope;
-
-            fn kind((): &()) -> Cow<'_, str> {
-                $kind.into()
-            }
-            fn group((): &()) -> Cow<'_, str> {
-                GROUP.into()
-            }
-            fn version((): &()) -> Cow<'_, str> {
-                "v1".into()
-            }
-            fn plural((): &()) -> Cow<'_, str> {
-                $plural.into()
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
 
 /// A `Gateway`: a waypoint when its class is `weft-waypoint` ([`super::waypoint::CLASS`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -62,7 +33,7 @@ pub struct GatewayStatus {
     pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
-resource!(Gateway, "Gateway", "gateways");
+resource!(Gateway, GROUP, "v1", "Gateway", "gateways");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -88,7 +59,7 @@ pub struct HttpRoute {
     pub spec: HttpRouteSpec,
 }
 
-resource!(HttpRoute, "HTTPRoute", "httproutes");
+resource!(HttpRoute, GROUP, "v1", "HTTPRoute", "httproutes");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

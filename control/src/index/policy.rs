@@ -7,7 +7,7 @@
 //! attributes, values that do not parse) never makes a policy allow more: an ALLOW rule holding
 //! any is dropped (it allows nothing), a DENY rule ignores those fields (it denies more) — as
 //! Istio's ztunnel does. Each such choice becomes a note that `weftctl policies` shows.
-use std::{borrow::Cow, collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
@@ -21,29 +21,7 @@ pub struct AuthorizationPolicy {
     pub spec: Spec,
 }
 
-impl kube::Resource for AuthorizationPolicy {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind((): &()) -> Cow<'_, str> {
-        "AuthorizationPolicy".into()
-    }
-    fn group((): &()) -> Cow<'_, str> {
-        "security.weft.dev".into()
-    }
-    fn version((): &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural((): &()) -> Cow<'_, str> {
-        "authorizationpolicies".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+resource!(AuthorizationPolicy, "security.weft.dev", "v1", "AuthorizationPolicy", "authorizationpolicies");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

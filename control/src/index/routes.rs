@@ -34,13 +34,14 @@ use super::{
     waypoint::USE_WAYPOINT,
 };
 
-/// The routes, compiled per Service, and what was made of each HTTPRoute attached to one.
+/// The routes, compiled per Service (by `namespace/hostname`, encoded by the caller once the
+/// traffic policies are in), and what was made of each HTTPRoute attached to one.
 pub fn compile<'a>(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
     with_waypoint: &HashSet<(&str, &str)>,
     routes: impl IntoIterator<Item = (RouteKind, &'a HttpRoute)>,
-) -> (Resources, Vec<RouteStatus>) {
+) -> (BTreeMap<String, api::ServiceRoutes>, Vec<RouteStatus>) {
     let mut routes: Vec<(RouteKind, &HttpRoute, &str, &str)> = routes
         .into_iter()
         .filter_map(|(kind, route)| {
@@ -96,6 +97,8 @@ pub fn compile<'a>(
                 },
                 ports: ports.clone(),
                 rules: rules.clone(),
+                // Filled in with the traffic policies once they are attached.
+                policies: None,
             };
             let compiled = by_service
                 .entry(key.clone())
@@ -133,11 +136,12 @@ pub fn compile<'a>(
         }
     }
     statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
-    let resources = by_service
-        .into_iter()
-        .map(|(key, body)| (key, encode_as(ROUTES_TYPE, body.encode_to_vec())))
-        .collect();
-    (resources, statuses)
+    (by_service, statuses)
+}
+
+/// The `ServiceRoutes` resources, encoded.
+pub fn encode(by_service: BTreeMap<String, api::ServiceRoutes>) -> Resources {
+    by_service.into_iter().map(|(key, body)| (key, encode_as(ROUTES_TYPE, body.encode_to_vec()))).collect()
 }
 
 /// A Service port's protocol as Istio reads it: its `appProtocol`, else its name (`<protocol>`

@@ -108,15 +108,9 @@ fn workload(snapshot: &Snapshot, uid: &str) -> Option<api::Workload> {
 fn enrolled_pods_tunnel_over_hbone_and_others_go_plaintext() {
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true), namespace("plain", false)],
-        &[pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1), pod("b", "plain", &["10.244.0.6"], 1)],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true), namespace("plain", false)])
+            .pods(&[pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1), pod("b", "plain", &["10.244.0.6"], 1)]),
     );
     let a = workload(&snapshot, "a").unwrap();
     assert_eq!(a.tunnel_protocol(), api::TunnelProtocol::Hbone);
@@ -139,15 +133,7 @@ fn a_labelled_pod_its_agent_has_not_captured_is_reached_in_plaintext() {
     refused.metadata.annotations = Some([(CAPTURED.to_owned(), "disabled".to_owned())].into());
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[uncaptured, refused],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default().namespaces(&[namespace("mesh", true)]).pods(&[uncaptured, refused]),
     );
     for uid in ["a", "b"] {
         assert_eq!(workload(&snapshot, uid).unwrap().tunnel_protocol(), api::TunnelProtocol::None, "{uid}");
@@ -161,7 +147,7 @@ fn host_network_and_finished_pods_are_not_workloads() {
     let mut done = pod("done", "mesh", &["10.244.0.7"], 1);
     done.status.as_mut().unwrap().phase = Some("Succeeded".into());
     let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[host, done], &[], &[], &[], &[], &[], &[], &[]);
+        build(&naming(), &Objects::default().namespaces(&[namespace("mesh", true)]).pods(&[host, done]));
     assert!(snapshot.addresses.is_empty(), "{:?}", snapshot.addresses.keys());
 }
 
@@ -246,15 +232,11 @@ fn services_list_their_vips_and_their_slices_say_which_pods_serve_them_on_which_
     other.metadata.labels = Some([("app".to_owned(), "db".to_owned())].into());
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[pod("a", "mesh", &["10.244.0.5"], 1), other],
-        &[web],
-        &slices,
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .pods(&[pod("a", "mesh", &["10.244.0.5"], 1), other])
+            .services(&[web])
+            .slices(&slices),
     );
     let Some(api::address::Type::Service(service)) =
         api::Address::decode(snapshot.addresses[KEY].body.value.as_slice()).unwrap().r#type
@@ -295,15 +277,11 @@ fn endpoints_that_are_no_pods_of_the_mesh_become_plaintext_workloads_reached_onl
     let pods = [host, pod("meshed", "mesh", &["10.244.0.5"], 1)];
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &pods,
-        &[selectorless],
-        &slices,
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .pods(&pods)
+            .services(&[selectorless])
+            .slices(&slices),
     );
     let meshed = workload(&snapshot, "meshed").unwrap();
     assert_eq!(
@@ -342,15 +320,11 @@ fn ready_endpoints_and_those_still_serving_while_they_terminate_back_a_service_a
     )];
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[pod("b", "mesh", &["10.244.0.6"], 1)],
-        &[web],
-        &slices,
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .pods(&[pod("b", "mesh", &["10.244.0.6"], 1)])
+            .services(&[web])
+            .slices(&slices),
     );
     let status =
         |ip: &str| workload(&snapshot, &format!("EndpointSlice/mesh/web-1/{ip}")).map(|w| w.status());
@@ -370,8 +344,14 @@ fn a_dual_stack_service_lists_a_pod_once_and_publishing_not_ready_addresses_allo
         slice("web-fqdn", "web", "FQDN", vec![endpoint("example.com", None, READY)], &[("", 8080)]),
     ];
     let pods = [pod("a", "mesh", &["10.244.0.5", "fd00::5"], 1)];
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &pods, &[web], &slices, &[], &[], &[], &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .pods(&pods)
+            .services(&[web])
+            .slices(&slices),
+    );
     assert_eq!(pairs(&workload(&snapshot, "a").unwrap().services[KEY]), [(80, 8080)]);
     assert!(workload(&snapshot, "EndpointSlice/mesh/web-fqdn/example.com").is_none());
     let Some(api::address::Type::Service(service)) =
@@ -391,22 +371,17 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
     old.metadata.creation_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::from_second(99).unwrap()));
     let new = pod("new", "other", &["10.244.0.5"], 2);
     for pods in [[old.clone(), new.clone()], [new, old]] {
-        let snapshot = build(&naming(), &[namespace("mesh", true)], &pods, &[], &[], &[], &[], &[], &[], &[]);
+        let snapshot =
+            build(&naming(), &Objects::default().namespaces(&[namespace("mesh", true)]).pods(&pods));
         assert_eq!(workload(&snapshot, "new").unwrap().addresses, vec![vec![10, 244, 0, 5]]);
         assert!(workload(&snapshot, "old").is_none(), "a workload left without addresses is withdrawn");
     }
     // Both live: the newer pod wins.
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .pods(&[pod("first", "mesh", &["10.244.0.5"], 1), pod("second", "mesh", &["10.244.0.5"], 2)]),
     );
     assert!(workload(&snapshot, "second").is_some());
     assert!(workload(&snapshot, "first").is_none());
@@ -416,10 +391,11 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
 fn versions_follow_content() {
     let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
     let (namespaces, pods) = objects();
-    let one = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[], &[]);
-    let two = build(&naming(), &namespaces, &pods, &[], &[], &[], &[], &[], &[], &[]);
+    let one = build(&naming(), &Objects::default().namespaces(&namespaces).pods(&pods));
+    let two = build(&naming(), &Objects::default().namespaces(&namespaces).pods(&pods));
     assert!(one.same_resources(&two));
-    let unlabelled = build(&naming(), &[namespace("mesh", false)], &pods, &[], &[], &[], &[], &[], &[], &[]);
+    let unlabelled =
+        build(&naming(), &Objects::default().namespaces(&[namespace("mesh", false)]).pods(&pods));
     assert_ne!(one.addresses["a"].version, unlabelled.addresses["a"].version);
 }
 
@@ -432,15 +408,7 @@ fn pods_the_agent_does_not_capture_are_never_tunnelled_to_and_terminating_ones_s
     pending.status.as_mut().unwrap().phase = Some("Pending".into());
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[terminating, pending],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default().namespaces(&[namespace("mesh", true)]).pods(&[terminating, pending]),
     );
     assert_eq!(workload(&snapshot, "pending").unwrap().tunnel_protocol(), api::TunnelProtocol::None);
     // Still running while its containers shut down: still captured, still tunnelled to.
@@ -470,15 +438,10 @@ fn a_policy_is_served_and_named_by_the_pods_its_selector_picks() {
     let not_served = policy("audit", "mesh", serde_json::json!({ "action": "AUDIT" }));
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true), namespace("plain", false)],
-        &[pod("a", "mesh", &["10.244.0.5"], 1)],
-        &[],
-        &[],
-        &[selecting_web, selecting_db, other_namespace, not_served],
-        &[],
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true), namespace("plain", false)])
+            .pods(&[pod("a", "mesh", &["10.244.0.5"], 1)])
+            .policies(&[selecting_web, selecting_db, other_namespace, not_served]),
     );
     assert_eq!(workload(&snapshot, "a").unwrap().authorization_policies, ["mesh/web-only"]);
     assert_eq!(
@@ -521,4 +484,5 @@ fn a_pod_is_named_for_metrics_by_its_deployment_cron_job_or_other_controller_els
     assert_eq!(named(None, None), "pod-abc12");
 }
 
+mod traffic_policies;
 mod waypoints;

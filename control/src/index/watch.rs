@@ -1,6 +1,6 @@
 //! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
-//! authorization policies and, when the Gateway API's CRDs are installed, Gateways,
-//! HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
+//! authorization policies, Weft's traffic policies and, when the Gateway API's CRDs are
+//! installed, Gateways, HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
@@ -22,9 +22,10 @@ use tokio::{
 use weft_api::watch::reflect;
 
 use super::{
-    Naming, Snapshot, build,
+    Naming, Objects, Snapshot, build,
     gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
+    traffic::{FaultInjectionPolicy, RateLimitPolicy},
 };
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
@@ -53,13 +54,17 @@ pub async fn run(
     let gateway_api = if gateway_api_installed(&client).await? {
         // GRPCRoute came to the standard channel after the others (v1.1), TCPRoute's v1 later
         // still (v1.5): an older install lacks them and still gets HTTP routing.
-        let grpc = if installed(Api::<GrpcRoute>::all(client.clone()), "grpcroutes").await? {
+        let grpc = if installed(Api::<GrpcRoute>::all(client.clone()), "grpcroutes.gateway.networking.k8s.io")
+            .await?
+        {
             Some(reflect(&mut watchers, Api::<GrpcRoute>::all(client.clone()), all(), changed_tx.clone()))
         } else {
             tracing::warn!("the Gateway API's GRPCRoute CRD is not installed: GRPCRoutes are off");
             None
         };
-        let tcp = if installed(Api::<TcpRoute>::all(client.clone()), "tcproutes").await? {
+        let tcp = if installed(Api::<TcpRoute>::all(client.clone()), "tcproutes.gateway.networking.k8s.io")
+            .await?
+        {
             Some(reflect(&mut watchers, Api::<TcpRoute>::all(client.clone()), all(), changed_tx.clone()))
         } else {
             tracing::warn!("the Gateway API's TCPRoute CRD (v1) is not installed: TCPRoutes are off");
@@ -67,12 +72,42 @@ pub async fn run(
         };
         Some(GatewayApi {
             gateways: reflect(&mut watchers, Api::<Gateway>::all(client.clone()), all(), changed_tx.clone()),
-            http: reflect(&mut watchers, Api::<HttpRoute>::all(client), all(), changed_tx),
+            http: reflect(&mut watchers, Api::<HttpRoute>::all(client.clone()), all(), changed_tx.clone()),
             grpc,
             tcp,
         })
     } else {
         tracing::warn!("Gateway API CRDs not installed: waypoints are off");
+        None
+    };
+    // Weft's traffic policies: off, with a warning, where their CRDs are not installed yet (an
+    // upgrade that has not applied `manifests/crds.yaml`).
+    let traffic = if installed(
+        Api::<FaultInjectionPolicy>::all(client.clone()),
+        "faultinjectionpolicies.networking.weft.dev",
+    )
+    .await?
+        && installed(Api::<RateLimitPolicy>::all(client.clone()), "ratelimitpolicies.networking.weft.dev")
+            .await?
+    {
+        Some(TrafficPolicies {
+            faults: reflect(
+                &mut watchers,
+                Api::<FaultInjectionPolicy>::all(client.clone()),
+                all(),
+                changed_tx.clone(),
+            ),
+            rate_limits: reflect(
+                &mut watchers,
+                Api::<RateLimitPolicy>::all(client.clone()),
+                all(),
+                changed_tx.clone(),
+            ),
+        })
+    } else {
+        tracing::warn!(
+            "the networking.weft.dev CRDs (manifests/crds.yaml) are not installed: traffic policies are off"
+        );
         None
     };
     namespaces.wait_until_ready().await?;
@@ -90,6 +125,10 @@ pub async fn run(
             tcp.wait_until_ready().await?;
         }
     }
+    if let Some(traffic) = &traffic {
+        traffic.faults.wait_until_ready().await?;
+        traffic.rate_limits.wait_until_ready().await?;
+    }
     tracing::info!("Kubernetes index synced");
     loop {
         let (namespaces, pods, services, slices, policies) =
@@ -103,18 +142,23 @@ pub async fn run(
             ),
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
-        let mut next = build(
-            &naming,
-            namespaces.iter().map(AsRef::as_ref),
-            pods.iter().map(AsRef::as_ref),
-            services.iter().map(AsRef::as_ref),
-            slices.iter().map(AsRef::as_ref),
-            policies.iter().map(AsRef::as_ref),
-            gateways.iter().map(AsRef::as_ref),
-            routes.iter().map(AsRef::as_ref),
-            grpc_routes.iter().map(AsRef::as_ref),
-            tcp_routes.iter().map(AsRef::as_ref),
-        );
+        let (fault_policies, rate_limit_policies) = match &traffic {
+            Some(api) => (api.faults.state(), api.rate_limits.state()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let objects = Objects::default()
+            .namespaces(namespaces.iter().map(AsRef::as_ref))
+            .pods(pods.iter().map(AsRef::as_ref))
+            .services(services.iter().map(AsRef::as_ref))
+            .slices(slices.iter().map(AsRef::as_ref))
+            .policies(policies.iter().map(AsRef::as_ref))
+            .gateways(gateways.iter().map(AsRef::as_ref))
+            .http_routes(routes.iter().map(AsRef::as_ref))
+            .grpc_routes(grpc_routes.iter().map(AsRef::as_ref))
+            .tcp_routes(tcp_routes.iter().map(AsRef::as_ref))
+            .fault_policies(fault_policies.iter().map(AsRef::as_ref))
+            .rate_limit_policies(rate_limit_policies.iter().map(AsRef::as_ref));
+        let mut next = build(&naming, &objects);
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
                 return false;
@@ -148,17 +192,23 @@ struct GatewayApi {
     tcp: Option<Store<TcpRoute>>,
 }
 
+/// The traffic policies' reflectors, where their CRDs are.
+struct TrafficPolicies {
+    faults: Store<FaultInjectionPolicy>,
+    rate_limits: Store<RateLimitPolicy>,
+}
+
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start
 /// (installing them later takes a restart): a watch on a missing one would retry forever and
 /// nothing would ever be served.
 async fn gateway_api_installed(client: &kube::Client) -> anyhow::Result<bool> {
-    Ok(installed(Api::<Gateway>::all(client.clone()), "gateways").await?
-        && installed(Api::<HttpRoute>::all(client.clone()), "httproutes").await?)
+    Ok(installed(Api::<Gateway>::all(client.clone()), "gateways.gateway.networking.k8s.io").await?
+        && installed(Api::<HttpRoute>::all(client.clone()), "httproutes.gateway.networking.k8s.io").await?)
 }
 
-/// Whether the API server serves the Gateway API's `plural`: not found means not installed;
+/// Whether the API server serves `resource` (`plural.group`): not found means not installed;
 /// any other failure (RBAC, say) stops the control plane with a message.
-async fn installed<K>(api: Api<K>, plural: &str) -> anyhow::Result<bool>
+async fn installed<K>(api: Api<K>, resource: &str) -> anyhow::Result<bool>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -166,8 +216,6 @@ where
         Ok(_) => Ok(true),
         // A resource the API server does not serve answers a bare 404, not a NotFound Status.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
-        Err(error) => Err(anyhow::anyhow!(
-            "listing {plural}.gateway.networking.k8s.io ({error}): may weft-control list it?"
-        )),
+        Err(error) => Err(anyhow::anyhow!("listing {resource} ({error}): may weft-control list it?")),
     }
 }

@@ -58,12 +58,23 @@ impl<'n, 'a> Waypoints<'n, 'a> {
         labels: Option<&Labels>,
         namespace_labels: Option<&Labels>,
     ) -> Option<api::GatewayAddress> {
+        let waypoint = self.name_for_service(namespace, name, labels, namespace_labels)?;
+        Some(self.address(namespace, waypoint))
+    }
+
+    /// The name of the waypoint (in its namespace) that Service `namespace/name` uses, if any.
+    pub fn name_for_service<'l>(
+        &self,
+        namespace: &str,
+        name: &str,
+        labels: Option<&'l Labels>,
+        namespace_labels: Option<&'l Labels>,
+    ) -> Option<&'l str> {
         if self.gateways.contains(&(namespace, name)) {
             return None;
         }
         // Its own waypoint, by name, even before the Gateway shows up: never a loop.
-        let waypoint = named(labels, namespace_labels).filter(|waypoint| *waypoint != name)?;
-        Some(self.address(namespace, waypoint))
+        named(labels, namespace_labels).filter(|waypoint| *waypoint != name)
     }
 
     /// The waypoint of a pod's workload, if it uses one.

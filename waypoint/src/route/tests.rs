@@ -12,7 +12,7 @@ use super::{Error, Routes, Rule};
 
 /// A route named `ns/<name>` on `ports` (empty: every port).
 fn route(name: &str, ports: &[u32], rules: Vec<api::Rule>) -> api::Route {
-    api::Route { name: format!("ns/{name}"), ports: ports.to_vec(), rules }
+    api::Route { name: format!("ns/{name}"), ports: ports.to_vec(), rules, policies: None }
 }
 
 /// A rule whose one backend is called `tag`, so a test can tell which rule a request got.

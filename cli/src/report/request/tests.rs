@@ -53,6 +53,7 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
                 ],
                 ..Default::default()
             }],
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -234,6 +235,7 @@ fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connectio
                 backends: vec![route::Backend { service: V2.into(), port: 80, weight: 1 }],
                 ..Default::default()
             }],
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -278,5 +280,49 @@ fn a_port_declared_tcp_is_relayed_to_the_service_itself_and_one_declared_http_is
     assert_eq!(
         last(&found),
         ("route", true, "no route for port 80: to the Service itself, 2 healthy endpoint(s)")
+    );
+}
+
+#[test]
+fn the_traffic_policies_of_the_route_a_request_takes_are_named_else_the_services() {
+    let mut dump = dump(None);
+    let resource = &mut dump["routes"][0]["resource"];
+    let mut routes =
+        route::ServiceRoutes::decode(weft_api::hex::decode(resource.as_str().unwrap()).unwrap().as_slice())
+            .unwrap();
+    let limit = route::RateLimit {
+        policy: "shop/steady".into(),
+        bucket: "shop/steady Service shop/echo".into(),
+        requests: 50,
+        interval_ms: 1000,
+        burst: 5,
+        per_source: false,
+    };
+    let chaos = route::Fault {
+        policy: "shop/chaos".into(),
+        abort_http_status: 503,
+        abort_per_million: 500_000,
+        ..Default::default()
+    };
+    routes.policies = Some(route::Policies { fault: None, rate_limit: Some(limit.clone()) });
+    routes.routes[0].policies = Some(route::Policies { fault: Some(chaos), rate_limit: Some(limit) });
+    *resource = json!(weft_api::hex::encode(&routes.encode_to_vec()));
+    let traffic = |path: &str| {
+        findings(&dump, "echo", &probe(path))
+            .into_iter()
+            .find(|(check, ..)| check == "traffic")
+            .map(|(_, _, detail)| detail)
+    };
+    assert_eq!(
+        traffic("/api/items").as_deref(),
+        Some(
+            "rate limit shop/steady: 50 per 1s, 5 at once (429 past it); fault shop/chaos: 50 % answered 503"
+        ),
+        "the route's"
+    );
+    assert_eq!(
+        traffic("/elsewhere").as_deref(),
+        None,
+        "no route takes it: the Service's routes answer 404 before any policy"
     );
 }

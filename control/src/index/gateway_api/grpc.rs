@@ -3,12 +3,9 @@
 //! matches, header modifiers, weighted backends) has an HTTPRoute's shape. One compiler
 //! ([`super::super::routes`]) then serves both kinds, and a waypoint needs nothing gRPC-specific
 //! to route calls.
-use std::borrow::Cow;
-
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-// `resource!` names `GROUP` and `Cow` where it expands.
 use super::{
     GROUP, HttpBackendRef, HttpPathMatch, HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRule,
     HttpRouteSpec, HttpValueMatch, ParentReference, PathMatchType, ValueMatchType,
@@ -23,7 +20,7 @@ pub struct GrpcRoute {
     pub spec: GrpcRouteSpec,
 }
 
-resource!(GrpcRoute, "GRPCRoute", "grpcroutes");
+resource!(GrpcRoute, GROUP, "v1", "GRPCRoute", "grpcroutes");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

@@ -3,12 +3,9 @@
 //! ([`super::super::routes`]) serves every kind. Attached to a Service port, a TCPRoute makes
 //! that port TCP for its waypoint: every connection on it is relayed at L4 to a backend by
 //! weight, HTTP or not, as Istio's waypoint treats a port with a TCPRoute.
-use std::borrow::Cow;
-
 use kube::api::ObjectMeta;
 use serde::{Deserialize, Serialize};
 
-// `resource!` names `GROUP` and `Cow` where it expands.
 use super::{GROUP, HttpBackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, ParentReference};
 
 /// A `TCPRoute`.
@@ -19,7 +16,7 @@ pub struct TcpRoute {
     pub spec: TcpRouteSpec,
 }
 
-resource!(TcpRoute, "TCPRoute", "tcproutes");
+resource!(TcpRoute, GROUP, "v1", "TCPRoute", "tcproutes");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]

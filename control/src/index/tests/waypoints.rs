@@ -4,12 +4,12 @@ use weft_api::route as routes;
 
 use super::{super::waypoint::USE_WAYPOINT, *};
 
-fn labelled<T>(mut object: T, meta: impl Fn(&mut T) -> &mut ObjectMeta, waypoint: &str) -> T {
+pub(super) fn labelled<T>(mut object: T, meta: impl Fn(&mut T) -> &mut ObjectMeta, waypoint: &str) -> T {
     meta(&mut object).labels.get_or_insert_default().insert(USE_WAYPOINT.to_owned(), waypoint.to_owned());
     object
 }
 
-fn gateway(name: &str, namespace: &str, class: &str) -> Gateway {
+pub(super) fn gateway(name: &str, namespace: &str, class: &str) -> Gateway {
     serde_json::from_value(serde_json::json!({
         "metadata": { "name": name, "namespace": namespace },
         "spec": { "gatewayClassName": class, "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }] },
@@ -17,7 +17,7 @@ fn gateway(name: &str, namespace: &str, class: &str) -> Gateway {
     .unwrap()
 }
 
-fn http_route(name: &str, created_seconds: i64, spec: serde_json::Value) -> HttpRoute {
+pub(super) fn http_route(name: &str, created_seconds: i64, spec: serde_json::Value) -> HttpRoute {
     let mut route: HttpRoute = serde_json::from_value(serde_json::json!({
         "metadata": { "name": name, "namespace": "mesh" },
         "spec": spec,
@@ -46,7 +46,7 @@ fn service_of(snapshot: &Snapshot, name: &str, namespace: &str) -> api::Service 
     }
 }
 
-fn service_routes(snapshot: &Snapshot, key: &str) -> routes::ServiceRoutes {
+pub(super) fn service_routes(snapshot: &Snapshot, key: &str) -> routes::ServiceRoutes {
     let resource =
         snapshot.of_type(routes::ROUTES_TYPE).unwrap().get(key).unwrap_or_else(|| {
             panic!("no routes for {key}: {:?}", snapshot.routes.keys().collect::<Vec<_>>())
@@ -103,15 +103,11 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
     ];
     let snapshot = build(
         &naming(),
-        &[mesh, namespace("plain", true)],
-        &pods,
-        &services,
-        &[],
-        &[],
-        &gateways,
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[mesh, namespace("plain", true)])
+            .pods(&pods)
+            .services(&services)
+            .gateways(&gateways),
     );
     let of_service = |name: &str| service_of(&snapshot, name, "mesh").waypoint;
     assert_eq!(of_service("web"), address("waypoint"));
@@ -135,12 +131,12 @@ fn the_namespace_label_names_the_waypoint_of_its_services_and_pods_unless_theirs
 fn a_service_named_like_its_own_waypoint_never_uses_it_even_before_the_gateway_exists() {
     let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
     let services = [service("waypoint", "mesh", "10.96.0.10", vec![port(15008, None)])];
-    let snapshot = build(&naming(), &[mesh], &[], &services, &[], &[], &[], &[], &[], &[]);
+    let snapshot = build(&naming(), &Objects::default().namespaces(&[mesh]).services(&services));
     assert_eq!(service_of(&snapshot, "waypoint", "mesh").waypoint, None);
 }
 
 /// Services `web` (with a waypoint), `web-v1` and `web-v2` in `mesh`.
-fn backends() -> Vec<Service> {
+pub(super) fn backends() -> Vec<Service> {
     let web = labelled(
         service("web", "mesh", "10.96.0.10", vec![named("http", 80, None)]),
         |s| &mut s.metadata,
@@ -155,7 +151,10 @@ fn backends() -> Vec<Service> {
 
 /// What namespace `mesh`, enrolled, with [`backends`] and `routes` makes.
 fn with_backends(routes: &[HttpRoute]) -> Snapshot {
-    build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], routes, &[], &[])
+    build(
+        &naming(),
+        &Objects::default().namespaces(&[namespace("mesh", true)]).services(&backends()).http_routes(routes),
+    )
 }
 
 #[test]
@@ -331,8 +330,14 @@ fn a_grpc_route_routes_calls_by_service_and_method_beside_an_http_route_of_the_s
             "rules": [{ "backendRefs": [{ "name": "web-v2", "port": 8080 }] }]
         }),
     );
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], [&http], [&grpc], &[]);
+    let snapshot = build(
+        &naming(),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&backends())
+            .http_routes([&http])
+            .grpc_routes([&grpc]),
+    );
     let routes = service_routes(&snapshot, KEY);
     let names: Vec<&str> = routes.routes.iter().map(|route| route.name.as_str()).collect();
     assert_eq!(names, ["mesh/api", "GRPCRoute:mesh/api"], "oldest first, each kind named apart");
@@ -393,8 +398,10 @@ fn a_tcp_route_becomes_the_services_tcp_routes_with_weighted_backends_and_its_ow
         }
     }))
     .unwrap();
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &backends(), &[], &[], &[], &[], &[], [&tcp]);
+    let snapshot = build(
+        &naming(),
+        &Objects::default().namespaces(&[namespace("mesh", true)]).services(&backends()).tcp_routes([&tcp]),
+    );
     let routes = service_routes(&snapshot, KEY);
     assert!(routes.routes.is_empty(), "no HTTP routes: {routes:?}");
     let [route] = routes.tcp_routes.as_slice() else { panic!("one TCP route: {routes:?}") };
@@ -449,15 +456,11 @@ fn a_tcp_route_yields_the_ports_an_http_route_binds_and_is_conflicted_when_none_
     let on_db = tcp("on-db", serde_json::json!({ "group": "", "kind": "Service", "name": "db" }));
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[],
-        &services,
-        &[],
-        &[],
-        &[],
-        &[http("web"), http("db")],
-        &[],
-        [&on_web, &on_db],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&services)
+            .http_routes(&[http("web"), http("db")])
+            .tcp_routes([&on_web, &on_db]),
     );
     // web's only port is HTTP-routed: the TCPRoute applies nowhere, and says why.
     assert!(service_routes(&snapshot, KEY).tcp_routes.is_empty());
@@ -501,7 +504,7 @@ fn a_waypoint_services_ports_declare_their_protocol_by_app_protocol_or_name_as_i
     let db = labelled(service("db", "mesh", "10.96.0.13", ports.clone()), |s| &mut s.metadata, "waypoint");
     let plain = service("plain", "mesh", "10.96.0.14", ports);
     let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &[db, plain], &[], &[], &[], &[], &[], &[]);
+        build(&naming(), &Objects::default().namespaces(&[namespace("mesh", true)]).services(&[db, plain]));
     use routes::declared_port::Protocol::{Http, Tcp};
     let declared: Vec<(u32, routes::declared_port::Protocol)> =
         service_routes(&snapshot, "mesh/db.mesh.svc.cluster.local")
@@ -597,8 +600,10 @@ fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_
     ];
     let mut services = backends();
     services.push(service("web", "other", "10.96.1.10", vec![port(80, None)]));
-    let snapshot =
-        build(&naming(), &[namespace("mesh", true)], &[], &services, &[], &[], &[], &routes, &[], &[]);
+    let snapshot = build(
+        &naming(),
+        &Objects::default().namespaces(&[namespace("mesh", true)]).services(&services).http_routes(&routes),
+    );
     let names: Vec<(String, Vec<u32>)> =
         service_routes(&snapshot, KEY).routes.into_iter().map(|route| (route.name, route.ports)).collect();
     let expected =
@@ -684,15 +689,11 @@ fn an_l7_policy_is_served_only_where_a_waypoint_stands_and_says_where_none_does(
     let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
     let snapshot = build(
         &naming(),
-        &[namespace("mesh", true)],
-        &[],
-        &backends(),
-        &[],
-        &policies,
-        &gateways,
-        &[],
-        &[],
-        &[],
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&backends())
+            .policies(&policies)
+            .gateways(&gateways),
     );
     let status = |name: &str| snapshot.policies.iter().find(|status| status.name == name).unwrap();
     assert!(status("on-web").served && status("on-waypoint").served);

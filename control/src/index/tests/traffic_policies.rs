@@ -1,0 +1,170 @@
+//! Traffic policies in the index: which attachment wins, what each Service's and route's
+//! resource carries, and what each policy's status says.
+use weft_api::route as routes;
+
+use super::{
+    super::traffic::{FaultInjectionPolicy, PolicyKind, RateLimitPolicy, TrafficPolicyStatus},
+    waypoints::{backends, gateway, http_route, labelled, service_routes},
+    *,
+};
+
+/// A policy of kind `T` named `name` in `mesh`, created at `created_seconds`.
+fn policy<T: serde::de::DeserializeOwned + kube::Resource>(
+    name: &str,
+    created_seconds: i64,
+    spec: serde_json::Value,
+) -> T {
+    let mut policy: T = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": name, "namespace": "mesh", "generation": 2 },
+        "spec": spec,
+    }))
+    .unwrap();
+    policy.meta_mut().creation_timestamp =
+        Some(Time(k8s_openapi::jiff::Timestamp::from_second(created_seconds).unwrap()));
+    policy
+}
+
+fn target(group: &str, kind: &str, name: &str) -> serde_json::Value {
+    serde_json::json!({ "group": group, "kind": kind, "name": name })
+}
+
+/// Each target's `(name, reason)` in `policy`'s status.
+fn verdicts(statuses: &[TrafficPolicyStatus], kind: PolicyKind, name: &str) -> Vec<(String, &'static str)> {
+    let status = statuses.iter().find(|status| status.kind == kind && status.name == name).unwrap();
+    assert_eq!(status.generation, Some(2));
+    status.targets.iter().map(|(target, verdict)| (target.name.clone(), verdict.reason)).collect()
+}
+
+#[test]
+fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_older() {
+    let route = http_route(
+        "split",
+        1,
+        serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
+                            "rules": [{ "backendRefs": [{ "name": "web-v1", "port": 8080 }] }] }),
+    );
+    let faults: [FaultInjectionPolicy; 3] = [
+        policy(
+            "waypoint-wide",
+            1,
+            serde_json::json!({ "targetRefs": [target("gateway.networking.k8s.io", "Gateway", "waypoint")],
+                                "abort": { "httpStatus": 503, "percentage": { "value": 50 } } }),
+        ),
+        policy(
+            "on-route",
+            2,
+            serde_json::json!({ "targetRefs": [target("gateway.networking.k8s.io", "HTTPRoute", "split")],
+                                "delay": { "fixedDelay": "1s500ms", "percentage": { "value": 12.5 } } }),
+        ),
+        policy(
+            "astray",
+            3,
+            serde_json::json!({ "targetRefs": [target("", "Service", "nope"), target("", "Service", "web-v1"),
+                                               target("gateway.networking.k8s.io", "Gateway", "not-a-waypoint"),
+                                               target("gateway.networking.k8s.io", "HTTPRoute", "nope")],
+                                "abort": { "grpcStatus": "UNAVAILABLE", "percentage": { "value": 100 } } }),
+        ),
+    ];
+    let limits: [RateLimitPolicy; 3] = [
+        policy(
+            "limit",
+            4,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web")],
+                                "local": { "requests": 10, "unit": "Second", "perSource": true } }),
+        ),
+        policy(
+            "later-limit",
+            5,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web")],
+                                "local": { "requests": 1, "unit": "Minute", "burst": 5 } }),
+        ),
+        policy(
+            "bad-unit",
+            6,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web")], "local": { "requests": 1, "unit": "Day" } }),
+        ),
+    ];
+    let gateways = [gateway("waypoint", "mesh", "weft-waypoint"), gateway("not-a-waypoint", "mesh", "istio")];
+    let snapshot = build(
+        &naming(),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&backends())
+            .gateways(&gateways)
+            .http_routes([&route])
+            .fault_policies(&faults)
+            .rate_limit_policies(&limits),
+    );
+
+    let web = service_routes(&snapshot, KEY);
+    let limit = routes::RateLimit {
+        policy: "mesh/limit".into(),
+        bucket: "mesh/limit Service mesh/web".into(),
+        requests: 10,
+        interval_ms: 1000,
+        burst: 10,
+        per_source: true,
+    };
+    let abort = routes::Fault {
+        policy: "mesh/waypoint-wide".into(),
+        abort_http_status: 503,
+        abort_per_million: 500_000,
+        ..Default::default()
+    };
+    // A request no route takes: the Service's rate limit, the waypoint's fault.
+    assert_eq!(
+        web.policies,
+        Some(routes::Policies { fault: Some(abort.clone()), rate_limit: Some(limit.clone()) })
+    );
+    // The route's: its own fault, the Service's rate limit.
+    let delay = routes::Fault {
+        policy: "mesh/on-route".into(),
+        delay_ms: 1500,
+        delay_per_million: 125_000,
+        ..Default::default()
+    };
+    assert_eq!(
+        web.routes[0].policies,
+        Some(routes::Policies { fault: Some(delay), rate_limit: Some(limit) })
+    );
+
+    let statuses = &snapshot.traffic_policies;
+    assert_eq!(verdicts(statuses, PolicyKind::Fault, "waypoint-wide"), [("waypoint".into(), "Accepted")]);
+    assert_eq!(verdicts(statuses, PolicyKind::Fault, "on-route"), [("split".into(), "Accepted")]);
+    assert_eq!(
+        verdicts(statuses, PolicyKind::Fault, "astray"),
+        [
+            ("nope".into(), "TargetNotFound"),
+            ("web-v1".into(), "NoWaypoint"),
+            ("not-a-waypoint".into(), "TargetNotFound"),
+            ("nope".into(), "TargetNotFound"),
+        ]
+    );
+    assert_eq!(verdicts(statuses, PolicyKind::RateLimit, "limit"), [("web".into(), "Accepted")]);
+    assert_eq!(verdicts(statuses, PolicyKind::RateLimit, "later-limit"), [("web".into(), "Conflicted")]);
+    assert_eq!(verdicts(statuses, PolicyKind::RateLimit, "bad-unit"), [("web".into(), "Invalid")]);
+    let conflicted = &statuses.iter().find(|status| status.name == "later-limit").unwrap().targets[0].1;
+    assert!(conflicted.message.contains("mesh/limit"), "names the policy holding the target: {conflicted:?}");
+}
+
+#[test]
+fn a_service_behind_a_waypoint_gets_a_resource_for_a_policy_alone_and_a_policy_leaving_leaves_none() {
+    let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
+    let mesh = labelled(namespace("mesh", true), |ns| &mut ns.metadata, "waypoint");
+    let services = [service("api", "mesh", "10.96.0.20", vec![port(8080, None)])];
+    let faults: [FaultInjectionPolicy; 1] = [policy(
+        "chaos",
+        1,
+        serde_json::json!({ "targetRefs": [target("gateway.networking.k8s.io", "Gateway", "waypoint")],
+                            "abort": { "grpcStatus": "UNAVAILABLE", "percentage": { "value": 100 } } }),
+    )];
+    let objects = Objects::default().namespaces([&mesh]).services(&services).gateways(&gateways);
+    let key = "mesh/api.mesh.svc.cluster.local";
+    assert!(!build(&naming(), &objects).routes.contains_key(key), "nothing to say about api");
+    let snapshot = build(&naming(), &objects.fault_policies(&faults));
+    let fault = service_routes(&snapshot, key).policies.unwrap().fault.unwrap();
+    assert_eq!(
+        (fault.abort_grpc_status, fault.abort_per_million, fault.abort_http_status),
+        (Some(14), 1_000_000, 0)
+    );
+}

@@ -1,0 +1,479 @@
+//! Weft's traffic policies (`networking.weft.dev/v1alpha1`): `FaultInjectionPolicy` and
+//! `RateLimitPolicy`, attached with `targetRefs` (Gateway API policy attachment, GEP-713) to a
+//! Service, an HTTPRoute or GRPCRoute attached to one, or a waypoint (its Gateway), all in the
+//! policy's namespace. Waypoints apply them, so a target is only accepted where one stands:
+//! a Service behind a waypoint, a route of such a Service, a Gateway of class `weft-waypoint`.
+//!
+//! Per kind of policy, the most specific attachment wins (a route's over its Service's over its
+//! waypoint's), and of two attached to one target, the older (creation time, then
+//! `namespace/name`) — the other's status says `Accepted: False`, reason `Conflicted`. The
+//! outcome goes into the Services' `weft.route.ServiceRoutes` resources ([`apply`]): each
+//! carries the policies its requests get when no route takes them, each route those of its
+//! requests; the waypoint decides nothing about precedence.
+use std::collections::{BTreeMap, HashMap};
+
+use kube::api::ObjectMeta;
+use serde::{Deserialize, Serialize};
+use weft_api::route as api;
+
+use super::{RouteKind, RouteStatus, Verdict, gateway_api, waypoint::Waypoints};
+
+/// The group of Weft's traffic policies.
+pub const GROUP: &str = "networking.weft.dev";
+/// Their version.
+pub const VERSION: &str = "v1alpha1";
+
+/// What a policy attaches to: a Service (`group: ""`), or an HTTPRoute, GRPCRoute or Gateway
+/// (`gateway.networking.k8s.io`), by name in the policy's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct TargetRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// Istio's share of requests: a percentage, fractions allowed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Percent {
+    pub value: f64,
+}
+
+/// A `FaultInjectionPolicy`: Istio's HTTP fault injection (a VirtualService's `fault`), as a
+/// policy of its own.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct FaultInjectionPolicy {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: FaultInjectionSpec,
+}
+
+resource!(FaultInjectionPolicy, GROUP, VERSION, "FaultInjectionPolicy", "faultinjectionpolicies");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct FaultInjectionSpec {
+    pub target_refs: Vec<TargetRef>,
+    pub delay: Option<Delay>,
+    pub abort: Option<Abort>,
+}
+
+/// Requests held back `fixedDelay` (a Gateway API duration) before they go on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Delay {
+    pub fixed_delay: String,
+    pub percentage: Percent,
+}
+
+/// Requests answered with `httpStatus`, or a gRPC error `grpcStatus` (a code's name), instead of
+/// being sent on.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Abort {
+    pub http_status: Option<u32>,
+    pub grpc_status: Option<String>,
+    pub percentage: Percent,
+}
+
+/// A `RateLimitPolicy`: a local (per waypoint replica) token bucket per target.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RateLimitPolicy {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RateLimitSpec,
+}
+
+resource!(RateLimitPolicy, GROUP, VERSION, "RateLimitPolicy", "ratelimitpolicies");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RateLimitSpec {
+    pub target_refs: Vec<TargetRef>,
+    pub local: LocalRateLimit,
+}
+
+/// `requests` per `unit` (`Second`, `Minute`, `Hour`), up to `burst` at once (unset: `requests`);
+/// with `perSource`, each client identity gets a bucket of its own.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LocalRateLimit {
+    pub requests: u32,
+    pub unit: String,
+    pub burst: Option<u32>,
+    pub per_source: bool,
+}
+
+/// The kinds of traffic policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum PolicyKind {
+    #[serde(rename = "FaultInjectionPolicy")]
+    Fault,
+    #[serde(rename = "RateLimitPolicy")]
+    RateLimit,
+}
+
+impl PolicyKind {
+    pub const ALL: [PolicyKind; 2] = [PolicyKind::Fault, PolicyKind::RateLimit];
+
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Fault => "FaultInjectionPolicy",
+            Self::RateLimit => "RateLimitPolicy",
+        }
+    }
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            Self::Fault => "faultinjectionpolicies",
+            Self::RateLimit => "ratelimitpolicies",
+        }
+    }
+}
+
+/// What the control plane made of one traffic policy: `Accepted` per target, as its status
+/// (`status.ancestors`) reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficPolicyStatus {
+    pub kind: PolicyKind,
+    pub namespace: String,
+    pub name: String,
+    /// The generation its conditions are about.
+    pub generation: Option<i64>,
+    pub targets: Vec<(TargetRef, Verdict)>,
+}
+
+/// A policy of either kind, converted: what waypoints get, or why nothing.
+#[derive(Debug, Clone)]
+pub enum Converted {
+    Fault(api::Fault),
+    RateLimit(api::RateLimit),
+}
+
+impl Converted {
+    /// Into `policies`, unless that kind is there already.
+    fn fill(&self, policies: &mut api::Policies, bucket: &str) {
+        match self {
+            Self::Fault(fault) => {
+                policies.fault.get_or_insert_with(|| fault.clone());
+            }
+            Self::RateLimit(limit) => {
+                policies
+                    .rate_limit
+                    .get_or_insert_with(|| api::RateLimit { bucket: bucket.to_owned(), ..limit.clone() });
+            }
+        }
+    }
+}
+
+/// gRPC status codes by name, as Istio's `grpcStatus` takes them.
+const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// A percentage as parts per million; `None` outside 0–100.
+fn per_million(percent: &Percent) -> Option<u32> {
+    (0.0..=100.0).contains(&percent.value).then(|| (percent.value * 10_000.0).round() as u32)
+}
+
+/// The fault `policy` (`namespace/name`) injects, or why it cannot be applied. The CRD's schema
+/// refuses most of these already; this is for objects written before it or around it.
+pub fn fault(policy: &str, spec: &FaultInjectionSpec) -> Result<api::Fault, String> {
+    let mut fault = api::Fault { policy: policy.to_owned(), ..Default::default() };
+    if spec.delay.is_none() && spec.abort.is_none() {
+        return Err("neither delay nor abort is set".to_owned());
+    }
+    if let Some(delay) = &spec.delay {
+        let fixed = gateway_api::duration(&delay.fixed_delay).ok_or_else(|| {
+            format!("delay.fixedDelay {:?} is not a duration like 500ms or 2s", delay.fixed_delay)
+        })?;
+        fault.delay_ms =
+            u32::try_from(fixed.as_millis()).map_err(|_| "delay.fixedDelay is too long".to_owned())?;
+        fault.delay_per_million = per_million(&delay.percentage)
+            .ok_or_else(|| format!("delay.percentage {} is not within 0-100", delay.percentage.value))?;
+    }
+    if let Some(abort) = &spec.abort {
+        match (abort.http_status, &abort.grpc_status) {
+            (Some(status), None) if (200..=599).contains(&status) => fault.abort_http_status = status,
+            (Some(status), None) => return Err(format!("abort.httpStatus {status} is not within 200-599")),
+            (None, Some(name)) => {
+                let code = GRPC_CODES
+                    .iter()
+                    .position(|code| code == name)
+                    .ok_or_else(|| format!("abort.grpcStatus {name:?} is not a gRPC status code's name"))?;
+                fault.abort_grpc_status = Some(code as u32);
+            }
+            _ => return Err("abort needs exactly one of httpStatus and grpcStatus".to_owned()),
+        }
+        fault.abort_per_million = per_million(&abort.percentage)
+            .ok_or_else(|| format!("abort.percentage {} is not within 0-100", abort.percentage.value))?;
+    }
+    Ok(fault)
+}
+
+/// The bucket `policy` (`namespace/name`) fills, or why it cannot be applied; its name is set
+/// per target when it is attached.
+pub fn rate_limit(policy: &str, spec: &RateLimitSpec) -> Result<api::RateLimit, String> {
+    let local = &spec.local;
+    let interval_ms = match local.unit.as_str() {
+        "Second" => 1_000,
+        "Minute" => 60_000,
+        "Hour" => 3_600_000,
+        unit => return Err(format!("local.unit {unit:?} is none of Second, Minute, Hour")),
+    };
+    if local.requests == 0 {
+        return Err("local.requests must be at least 1".to_owned());
+    }
+    let burst = local.burst.unwrap_or(local.requests);
+    if burst == 0 {
+        return Err("local.burst must be at least 1".to_owned());
+    }
+    Ok(api::RateLimit {
+        policy: policy.to_owned(),
+        bucket: String::new(),
+        requests: local.requests,
+        interval_ms,
+        burst,
+        per_source: local.per_source,
+    })
+}
+
+/// What a target is, once found.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Target {
+    /// A Service behind a waypoint, by `(namespace, name)`.
+    Service(String, String),
+    /// A route attached to such a Service, by its name in `ServiceRoutes` (`namespace/name`,
+    /// `GRPCRoute:namespace/name`).
+    Route(String),
+    /// A waypoint, by `(namespace, name)`.
+    Gateway(String, String),
+}
+
+/// What [`apply`] needs to know of the mesh.
+#[derive(Debug)]
+pub struct Mesh<'a> {
+    /// Each Service's waypoint (its Gateway's name, in the Service's namespace), by
+    /// `(namespace, name)`; a Service without one is absent.
+    pub service_waypoints: &'a HashMap<(&'a str, &'a str), &'a str>,
+    /// Each Service's resource key (`namespace/hostname`), by `(namespace, name)`.
+    pub service_keys: &'a HashMap<(&'a str, &'a str), String>,
+    /// The routes attached to Services, as the control plane understood them.
+    pub routes: &'a [RouteStatus],
+    /// The waypoints.
+    pub waypoints: &'a Waypoints<'a, 'a>,
+}
+
+/// A policy of either kind, as read: its key, creation time, generation and targets.
+#[derive(Debug)]
+pub struct Read<'a> {
+    pub metadata: &'a ObjectMeta,
+    pub targets: &'a [TargetRef],
+    pub converted: Result<Converted, String>,
+    pub kind: PolicyKind,
+}
+
+impl<'a> From<&'a FaultInjectionPolicy> for Read<'a> {
+    fn from(policy: &'a FaultInjectionPolicy) -> Self {
+        Self {
+            metadata: &policy.metadata,
+            targets: &policy.spec.target_refs,
+            converted: fault(&key(&policy.metadata), &policy.spec).map(Converted::Fault),
+            kind: PolicyKind::Fault,
+        }
+    }
+}
+
+impl<'a> From<&'a RateLimitPolicy> for Read<'a> {
+    fn from(policy: &'a RateLimitPolicy) -> Self {
+        Self {
+            metadata: &policy.metadata,
+            targets: &policy.spec.target_refs,
+            converted: rate_limit(&key(&policy.metadata), &policy.spec).map(Converted::RateLimit),
+            kind: PolicyKind::RateLimit,
+        }
+    }
+}
+
+/// `namespace/name` of an object.
+fn key(metadata: &ObjectMeta) -> String {
+    format!(
+        "{}/{}",
+        metadata.namespace.as_deref().unwrap_or_default(),
+        metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Attaches `policies` to their targets and puts what wins into `by_service` (the Services'
+/// `ServiceRoutes`, by `namespace/hostname`; one is added for a Service behind a waypoint that
+/// a policy applies to); answers each policy's status.
+pub fn apply<'a>(
+    mesh: &Mesh<'_>,
+    policies: impl IntoIterator<Item = Read<'a>>,
+    by_service: &mut BTreeMap<String, api::ServiceRoutes>,
+) -> Vec<TrafficPolicyStatus> {
+    let mut policies: Vec<Read<'a>> = policies
+        .into_iter()
+        .filter(|policy| policy.metadata.namespace.is_some() && policy.metadata.name.is_some())
+        .collect();
+    let created = |policy: &Read<'_>| policy.metadata.creation_timestamp.as_ref().map(|time| time.0);
+    policies.sort_by(|a, b| {
+        (created(a), &a.metadata.namespace, &a.metadata.name, a.kind).cmp(&(
+            created(b),
+            &b.metadata.namespace,
+            &b.metadata.name,
+            b.kind,
+        ))
+    });
+    // Per target and kind, the policy that holds it (the oldest) and its bucket's name.
+    let mut attached: BTreeMap<(Target, PolicyKind), (&Converted, String, String)> = BTreeMap::new();
+    let mut statuses = Vec::new();
+    for policy in &policies {
+        let (namespace, name) = (
+            policy.metadata.namespace.as_deref().unwrap_or_default(),
+            policy.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let policy_key = format!("{namespace}/{name}");
+        let mut targets = Vec::new();
+        for target_ref in policy.targets {
+            let verdict = match (&policy.converted, find(mesh, namespace, target_ref)) {
+                (Err(why), _) => Verdict::no("Invalid", why.clone()),
+                (Ok(_), Err(why)) => why,
+                (Ok(converted), Ok(target)) => match attached.get(&(target.clone(), policy.kind)) {
+                    Some((_, holder, _)) if *holder != policy_key => Verdict::no(
+                        "Conflicted",
+                        format!("{} {holder}, older, is attached to it already", policy.kind.kind()),
+                    ),
+                    _ => {
+                        let bucket =
+                            format!("{policy_key} {} {namespace}/{}", target_ref.kind, target_ref.name);
+                        attached.insert((target, policy.kind), (converted, policy_key.clone(), bucket));
+                        Verdict::yes("Accepted", "applied by the waypoint")
+                    }
+                },
+            };
+            targets.push((target_ref.clone(), verdict));
+        }
+        statuses.push(TrafficPolicyStatus {
+            kind: policy.kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            generation: policy.metadata.generation,
+            targets,
+        });
+    }
+    // Per Service behind a waypoint: its own, else its waypoint's.
+    let of = |target: Target| {
+        let mut policies = api::Policies::default();
+        for kind in PolicyKind::ALL {
+            if let Some((converted, _, bucket)) = attached.get(&(target.clone(), kind)) {
+                converted.fill(&mut policies, bucket);
+            }
+        }
+        policies
+    };
+    for ((namespace, name), waypoint) in mesh.service_waypoints {
+        let Some(key) = mesh.service_keys.get(&(*namespace, *name)) else { continue };
+        let mut policies = of(Target::Service((*namespace).to_owned(), (*name).to_owned()));
+        let inherited = of(Target::Gateway((*namespace).to_owned(), (*waypoint).to_owned()));
+        merge(&mut policies, &inherited);
+        if !by_service.contains_key(key) && policies == api::Policies::default() {
+            continue;
+        }
+        let routes = by_service
+            .entry(key.clone())
+            .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
+        for route in &mut routes.routes {
+            let mut own = of(Target::Route(route.name.clone()));
+            merge(&mut own, &policies);
+            route.policies = (own != api::Policies::default()).then_some(own);
+        }
+        routes.policies = (policies != api::Policies::default()).then_some(policies);
+    }
+    statuses.sort_by(|a, b| (&a.namespace, &a.name, a.kind).cmp(&(&b.namespace, &b.name, b.kind)));
+    statuses
+}
+
+/// Each kind `into` lacks, from `from`.
+fn merge(into: &mut api::Policies, from: &api::Policies) {
+    if into.fault.is_none() {
+        into.fault.clone_from(&from.fault);
+    }
+    if into.rate_limit.is_none() {
+        into.rate_limit.clone_from(&from.rate_limit);
+    }
+}
+
+/// The target `target_ref` names in `namespace`, or the `Accepted: False` it gets.
+fn find(mesh: &Mesh<'_>, namespace: &str, target_ref: &TargetRef) -> Result<Target, Verdict> {
+    let name = target_ref.name.as_str();
+    let not_found = |what: String| Verdict::no("TargetNotFound", what);
+    match (target_ref.group.as_str(), target_ref.kind.as_str()) {
+        ("" | "core", "Service") => {
+            if mesh.service_keys.contains_key(&(namespace, name)) {
+                if mesh.service_waypoints.contains_key(&(namespace, name)) {
+                    Ok(Target::Service(namespace.to_owned(), name.to_owned()))
+                } else {
+                    Err(Verdict::no(
+                        "NoWaypoint",
+                        format!(
+                            "Service {namespace}/{name} uses no waypoint: nothing would apply the policy there"
+                        ),
+                    ))
+                }
+            } else {
+                Err(not_found(format!("no Service {namespace}/{name}")))
+            }
+        }
+        (gateway_api::GROUP, "HTTPRoute" | "GRPCRoute") => {
+            let kind = if target_ref.kind == "HTTPRoute" { RouteKind::Http } else { RouteKind::Grpc };
+            let route = mesh
+                .routes
+                .iter()
+                .find(|route| route.kind == kind && route.namespace == namespace && route.name == name);
+            match route {
+                Some(route) if !route.services.is_empty() => Ok(Target::Route(match kind {
+                    RouteKind::Http => format!("{namespace}/{name}"),
+                    _ => format!("{}:{namespace}/{name}", kind.kind()),
+                })),
+                Some(_) => Err(Verdict::no(
+                    "NoWaypoint",
+                    format!("{} {namespace}/{name} is applied by no waypoint (see its status)", kind.kind()),
+                )),
+                None => {
+                    Err(not_found(format!("no {} {namespace}/{name} attached to a Service", kind.kind())))
+                }
+            }
+        }
+        (gateway_api::GROUP, "Gateway") => {
+            if mesh.waypoints.exists(namespace, name) {
+                Ok(Target::Gateway(namespace.to_owned(), name.to_owned()))
+            } else {
+                Err(not_found(format!("no Gateway {namespace}/{name} of class weft-waypoint")))
+            }
+        }
+        (group, kind) => Err(Verdict::no(
+            "Invalid",
+            format!(
+                "a target of group {group:?} and kind {kind:?} is not supported: a Service, an HTTPRoute, a GRPCRoute or a Gateway"
+            ),
+        )),
+    }
+}
