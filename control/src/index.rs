@@ -291,7 +291,8 @@ impl Snapshot {
         })
     }
 
-    /// Whether `other` serves the same resources (versions aside).
+    /// Whether `other` serves the same resources (versions aside) and says the same of every
+    /// policy and route (what their statuses are written from).
     pub fn same_resources(&self, other: &Snapshot) -> bool {
         self.addresses == other.addresses
             && self.authorizations == other.authorizations
@@ -299,6 +300,7 @@ impl Snapshot {
             && self.policies == other.policies
             && self.routes == other.routes
             && self.mesh_routes == other.mesh_routes
+            && self.traffic_policies == other.traffic_policies
     }
 }
 
@@ -328,6 +330,7 @@ pub struct Objects<'a> {
     pub tcp_routes: Vec<&'a TcpRoute>,
     pub fault_policies: Vec<&'a traffic::FaultInjectionPolicy>,
     pub rate_limit_policies: Vec<&'a traffic::RateLimitPolicy>,
+    pub circuit_breaker_policies: Vec<&'a traffic::CircuitBreakerPolicy>,
 }
 
 /// A setter per kind of [`Objects`], taking any iterator of references.
@@ -356,6 +359,7 @@ objects!(
     tcp_routes: TcpRoute,
     fault_policies: traffic::FaultInjectionPolicy,
     rate_limit_policies: traffic::RateLimitPolicy,
+    circuit_breaker_policies: traffic::CircuitBreakerPolicy,
 );
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -372,6 +376,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         tcp_routes,
         fault_policies,
         rate_limit_policies,
+        circuit_breaker_policies,
     } = objects;
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
@@ -564,7 +569,8 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
     let traffic = fault_policies
         .iter()
         .map(|&policy| traffic::Read::from(policy))
-        .chain(rate_limit_policies.iter().map(|&policy| traffic::Read::from(policy)));
+        .chain(rate_limit_policies.iter().map(|&policy| traffic::Read::from(policy)))
+        .chain(circuit_breaker_policies.iter().map(|&policy| traffic::Read::from(policy)));
     let traffic_policies = traffic::apply(&mesh, traffic, &mut routes);
     let routes = routes::encode(routes);
     Snapshot {

@@ -126,7 +126,8 @@ fn grpc_call(pod: &Pod, to: SocketAddr, flags: &[&str]) -> anyhow::Result<String
 
 /// `count` GETs of `path` from `pod` to `to` over one connection, with `headers`
 /// (`name:value`): `weft-testpod http-get`'s tally of the answers (`<count> status=<status>
-/// <first body line>` per distinct answer) and the first answer's body (`body: ` lines).
+/// <first body line>` per distinct answer), the first answer's body (`body: ` lines) and the
+/// time from the first request to the last answer (`took_us=<µs>`).
 pub fn http_requests(
     pod: &Pod,
     to: SocketAddr,

@@ -391,6 +391,15 @@ async fn grpc_unary_and_streaming_calls_cross_the_waypoint_routed_by_a_grpc_rout
             apps::grpc_calls(client, to_grpc, "faulty", 5).unwrap() == "5 code=Unavailable\n"
         })
         .unwrap();
+        // The waypoint's answer, not a failed transport's.
+        scene
+            .waypoint
+            .process()
+            .wait_for(
+                |line| line.contains("policy=aborted by shop/unavailable") && line.contains("status=200"),
+                WAIT,
+            )
+            .unwrap();
     });
 
     let expected = ["grpc:9090 Accepted=True Accepted", "grpc:9090 ResolvedRefs=True ResolvedRefs"];
@@ -1253,9 +1262,9 @@ async fn a_fault_is_injected_for_its_share_a_rate_limit_holds_its_rate_and_each_
     // The waypoint's own: one an hour for the Services without a limit of their own (echo).
     let hourly = serde_json::json!({ "targetRefs": [waypoint], "local": { "requests": 1, "unit": "Hour" } });
     create_traffic_policy(&scene.cluster, "RateLimitPolicy", "hourly", hourly).await.unwrap();
-    create_traffic_policy(&scene.cluster, "RateLimitPolicy", "second-steady", steady).await.unwrap();
+    create_traffic_policy(&scene.cluster, "RateLimitPolicy", "steady-too", steady).await.unwrap();
     assert_eq!(
-        policy_verdicts(&scene.cluster, "RateLimitPolicy", "second-steady", 1).await,
+        policy_verdicts(&scene.cluster, "RateLimitPolicy", "steady-too", 1).await,
         [("echo-v1".into(), "False".into(), "Conflicted".into())]
     );
     tokio::task::block_in_place(|| {
@@ -1265,9 +1274,9 @@ async fn a_fault_is_injected_for_its_share_a_rate_limit_holds_its_rate_and_each_
                 .contains("status=429 local_rate_limited")
         })
         .unwrap();
-        let started = std::time::Instant::now();
         let tally = apps::http_requests(&client, to_v1, "/limited", &[], 1500).unwrap();
-        let took = started.elapsed();
+        let took_us: u64 = tally.split("took_us=").nth(1).unwrap().trim().parse().unwrap();
+        let took = Duration::from_micros(took_us);
         let (passed, limited) = (answered_by(&tally, "v1"), answered_with(&tally, 429));
         assert_eq!(passed + limited, 1500, "{tally}");
         let at_rate = 50.0 * took.as_secs_f64();
@@ -1280,7 +1289,94 @@ async fn a_fault_is_injected_for_its_share_a_rate_limit_holds_its_rate_and_each_
         let twice = "GET /hourly HTTP/1.1\\r\\nhost: echo\\r\\n\\r\\nGET /hourly HTTP/1.1\\r\\nhost: echo\\r\\nconnection: close\\r\\n\\r\\n";
         weft_tests::until("the waypoint's limit to apply", WAIT, || {
             let answer = apps::http_raw(&client, to_echo, twice).unwrap();
-            answer.contains("HTTP/1.1 429") && answer.contains("retry-after: 3600\r\n")
+            // An hour, rounded up, from when the token was taken: 3600, or 3599 a second on.
+            answer.contains("HTTP/1.1 429")
+                && (answer.contains("retry-after: 3600\r\n") || answer.contains("retry-after: 3599\r\n"))
+        })
+        .unwrap();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circuit_breaker_opens_at_its_limit_and_closes_after_and_a_failing_endpoint_is_ejected_and_returns()
+{
+    let mut scene = Scene::start().await;
+    let (client, to_v1, to_echo) = (scene.client.clone(), scene.to_echo_v1, scene.to_echo);
+    let service = |name: &str| serde_json::json!({ "group": "", "kind": "Service", "name": name });
+
+    // At most two requests in flight to echo-v1: with two slow ones there, a third is refused
+    // at once, and once they are answered the breaker closes.
+    let breaker = serde_json::json!({ "targetRefs": [service("echo-v1")], "maxRequests": 2 });
+    create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "two-at-once", breaker).await.unwrap();
+    let overflow = "GET /third HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
+    tokio::task::block_in_place(|| {
+        let mut refused = String::new();
+        weft_tests::until("the breaker to reach the waypoint and open", WAIT, || {
+            let slow: Vec<Process> = (0..2)
+                .map(|_| apps::http_requests_started(&client, to_v1, "/slow", &[], 1).unwrap())
+                .collect();
+            for _ in 0..2 {
+                scene.servers.0.wait_for(|line| line == "served GET /slow", WAIT).unwrap();
+            }
+            refused = apps::http_raw(&client, to_v1, overflow).unwrap();
+            for slow in slow {
+                let (ok, answered) = slow.finish(WAIT).unwrap();
+                assert!(
+                    ok && answered.contains("status=200 name=v1"),
+                    "the slow ones are served: {answered}"
+                );
+            }
+            refused.starts_with("HTTP/1.1 503")
+        })
+        .unwrap();
+        assert!(
+            refused.contains("x-envoy-overloaded: true\r\n") && refused.contains("overflow"),
+            "{refused:?}"
+        );
+        let closed = apps::http_requests(&client, to_v1, "/after", &[], 5).unwrap();
+        assert_eq!(answered_by(&closed, "v1"), 5, "closed again: {closed}");
+    });
+
+    // Outlier detection on echo (v1 and v2): v1's app stops; after three failures in a row it
+    // is ejected and sent nothing (no retry needed), and once back it returns after its 5 s.
+    let detection = serde_json::json!({ "targetRefs": [service("echo")],
+        "outlierDetection": { "consecutive5xxErrors": 3, "baseEjectionTime": "5s", "maxEjectionPercent": 50 } });
+    create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "eject", detection).await.unwrap();
+    assert_eq!(
+        policy_verdicts(&scene.cluster, "CircuitBreakerPolicy", "eject", 1).await,
+        [("echo".into(), "True".into(), "Accepted".into())]
+    );
+    scene.servers.0.kill().unwrap();
+    let v1 = SocketAddr::new(scene.v1.ipv4.into(), ECHO_PORT).to_string();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("v1 to be ejected", WAIT, || {
+            // Each request still succeeds: a failed connection is retried on v2.
+            let tally = apps::http_requests(&client, to_echo, "/while-v1-is-down", &[], 10).unwrap();
+            assert_eq!(answered_by(&tally, "v2"), 10, "{tally}");
+            scene
+                .waypoint
+                .process()
+                .wait_for(
+                    |line| line.contains("endpoint ejected") && line.contains(&v1),
+                    Duration::from_millis(100),
+                )
+                .is_ok()
+        })
+        .unwrap();
+        // Ejected: requests go straight to v2, none tries v1 first.
+        apps::http_requests(&client, to_echo, "/ejected", &[], 10).unwrap();
+        for _ in 0..10 {
+            let line = scene
+                .waypoint
+                .process()
+                .wait_for(|line| line.contains(" request") && line.contains("/ejected"), WAIT)
+                .unwrap();
+            assert!(line.contains("retries=0"), "{line}");
+        }
+        scene.servers.0 = apps::http_echo(&scene.v1, ECHO_PORT, "v1").unwrap();
+        weft_tests::until("v1 to return", WAIT, || {
+            let tally = apps::http_requests(&client, to_echo, "/back", &[], 10).unwrap();
+            answered_by(&tally, "v1") > 0
         })
         .unwrap();
     });

@@ -69,6 +69,8 @@ pub struct Context {
     pub mirrors_in_flight: Arc<tokio::sync::Semaphore>,
     /// The rate limits' buckets.
     pub limiter: crate::traffic::Limiter,
+    /// The endpoints' health, for outlier detection.
+    pub outliers: crate::breaker::Outliers,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -157,6 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         in_flight: Arc::default(),
         mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
         limiter: crate::traffic::Limiter::default(),
+        outliers: crate::breaker::Outliers::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });

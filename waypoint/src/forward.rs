@@ -37,6 +37,7 @@ use crate::{
     app::Context,
     authz,
     balance::Counted,
+    breaker::Seen,
     inbound::{Client, Destination},
     metrics::{Peers, RequestLabels, UNKNOWN},
     retry::Outcome,
@@ -108,6 +109,9 @@ enum Failure {
     /// An injected fault. Envoy's body.
     #[error("fault filter abort")]
     Aborted(Abort),
+    /// The backend's circuit breaker is open: too many requests in flight. Envoy's body.
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    Overflow,
 }
 
 impl Failure {
@@ -115,7 +119,7 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::NoEndpoint(..) | Failure::Connect(_) | Failure::Upstream(_) => {
+            Failure::NoEndpoint(..) | Failure::Connect(_) | Failure::Upstream(_) | Failure::Overflow => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -139,6 +143,9 @@ impl Failure {
             return response;
         }
         let mut response = own_answer(self.status(), &self.to_string());
+        if let Failure::Overflow = self {
+            response.headers_mut().insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
+        }
         if let Failure::RateLimited(wait) = self {
             // Whole seconds, rounded up: never an invitation to come back too early.
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -406,7 +413,11 @@ impl Session {
             None => service_routes.as_deref().map(Routes::policies),
         };
         if let Some(policies) = policies {
-            self.police(policies, routed).await?;
+            let grpc = request
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+            self.police(policies, grpc, routed).await?;
         }
         let (backend, backend_port) = match selected {
             Some(Selected { rule, matched_prefix, .. }) => {
@@ -441,17 +452,11 @@ impl Session {
         Ok(response)
     }
 
-    /// Applies `policies` to a request before it goes on, as Envoy's filters run: the rate
-    /// limit first (a refused request waits for nothing), then the fault's delay, then its
-    /// abort.
-    async fn police(&self, policies: &Policies, routed: &mut Routed) -> Result<(), Failure> {
-        if let Some(limit) = &policies.rate_limit {
-            let source = || self.client.identity.to_string();
-            if let Err(wait) = self.context.limiter.take(limit, source, Instant::now()) {
-                routed.policy = format!("rate limited by {}", limit.policy);
-                return Err(Failure::RateLimited(wait));
-            }
-        }
+    /// Applies `policies` to a request before it goes on, in the order of Istio's filters: the
+    /// fault's delay, then its abort, then the rate limit (an aborted request takes no token).
+    /// A gRPC abort answers a request that is not gRPC (`grpc`) with the HTTP status its code
+    /// maps to.
+    async fn police(&self, policies: &Policies, grpc: bool, routed: &mut Routed) -> Result<(), Failure> {
         if let Some(fault) = &policies.fault {
             if let Some(delay) = fault.delay(fastrand::u32(..traffic::MILLION)) {
                 routed.policy = format!("delayed {}ms by {}", delay.as_millis(), fault.policy);
@@ -459,7 +464,14 @@ impl Session {
             }
             if let Some(abort) = fault.abort(fastrand::u32(..traffic::MILLION)) {
                 routed.policy = format!("aborted by {}", fault.policy);
-                return Err(Failure::Aborted(abort));
+                return Err(Failure::Aborted(if grpc { abort } else { abort.as_http() }));
+            }
+        }
+        if let Some(limit) = &policies.rate_limit {
+            let source = || self.client.identity.to_string();
+            if let Err(wait) = self.context.limiter.take(limit, source, Instant::now()) {
+                routed.policy = format!("rate limited by {}", limit.policy);
+                return Err(Failure::RateLimited(wait));
             }
         }
         Ok(())
@@ -484,8 +496,18 @@ impl Session {
                 &default_policy
             }
         };
+        // The backend's own circuit breaker, whatever route the request came by.
+        let backend_routes = self.context.routes.get(backend);
+        let breaker = backend_routes.as_deref().and_then(|routes| routes.policies().circuit_breaker.as_ref());
+        let detection = breaker.and_then(|breaker| breaker.detection.as_ref());
         let budget = self.context.budgets.of(backend);
-        let _in_flight = budget.request();
+        let _in_flight = match breaker.and_then(|breaker| breaker.max_requests.map(|max| (breaker, max))) {
+            Some((breaker, max)) => budget.request_within(max).ok_or_else(|| {
+                routed.policy = format!("overflow of {}", breaker.policy);
+                Failure::Overflow
+            })?,
+            None => budget.request(),
+        };
         let (parts, body) = request.into_parts();
         let (mut streamed, kept) = match keep(&parts.headers, body).await? {
             Kept::Whole(bytes) => (None, Some(bytes)),
@@ -497,7 +519,7 @@ impl Session {
         let mut tried = Vec::new();
         let mut _retrying = None;
         loop {
-            let (workload, target) = self.endpoint(backend, port, &tried)?;
+            let (workload, target, serving) = self.choose(backend, port, &tried, detection.is_some())?;
             routed.endpoint = Some(target);
             routed.workload = Some(workload.clone());
             let body = match (&kept, streamed.take()) {
@@ -511,11 +533,24 @@ impl Session {
                 .await
                 .map(|response| response.map(|body| Counted::new(body, counting).boxed()));
             let outcome = match &answer {
-                Ok(response) => Outcome::Answered(response.status()),
-                Err(Failure::Timeout) => Outcome::TimedOut,
-                Err(Failure::Connect(_)) => Outcome::ConnectFailed,
-                Err(_) => return answer,
+                Ok(response) => Some(Outcome::Answered(response.status())),
+                Err(Failure::Timeout) => Some(Outcome::TimedOut),
+                Err(Failure::Connect(_)) => Some(Outcome::ConnectFailed),
+                Err(_) => None,
             };
+            // What the endpoint did, as outlier detection counts it: a reset is a gateway error;
+            // a failure of the client's (its body) is not the endpoint's.
+            let seen = match &answer {
+                Err(Failure::Upstream(_)) => Some(Seen::GatewayError),
+                _ => outcome.map(Seen::of),
+            };
+            if let (Some(breaker), Some(detection), Some(seen)) = (breaker, detection, seen)
+                && let Some(lasts) =
+                    self.context.outliers.record(detection, target, seen, &serving, Instant::now())
+            {
+                tracing::info!(%backend, endpoint = %target, ?lasts, policy = %breaker.policy, "endpoint ejected");
+            }
+            let Some(outcome) = outcome else { return answer };
             if kept.is_none() || !policy.retries(outcome, routed.retries) {
                 return answer;
             }
@@ -575,6 +610,18 @@ impl Session {
         port: u16,
         tried: &[SocketAddr],
     ) -> Result<(Arc<Workload>, SocketAddr), Failure> {
+        self.choose(key, port, tried, false).map(|(workload, target, _)| (workload, target))
+    }
+
+    /// [`Self::endpoint`], leaving out those outlier detection ejected when `detecting` (unless
+    /// every one is); with the addresses of every endpoint it chose from.
+    fn choose(
+        &self,
+        key: &str,
+        port: u16,
+        tried: &[SocketAddr],
+        detecting: bool,
+    ) -> Result<(Arc<Workload>, SocketAddr, Vec<SocketAddr>), Failure> {
         let no_endpoint = || Failure::NoEndpoint(key.to_owned(), port);
         let (service, endpoints) = self.context.state.service_by_key(key).ok_or_else(no_endpoint)?;
         let serving: Vec<(Arc<Workload>, u16)> = endpoints
@@ -593,13 +640,18 @@ impl Session {
                 Some((workload, SocketAddr::new(ip, target_port)))
             })
             .collect();
+        let all: Vec<SocketAddr> = serving.iter().map(|(_, target)| *target).collect();
+        let usable = if detecting { self.context.outliers.usable(&all, Instant::now()) } else { all.clone() };
+        let serving: Vec<&(Arc<Workload>, SocketAddr)> =
+            serving.iter().filter(|(_, target)| usable.contains(target)).collect();
         let untried: Vec<&(Arc<Workload>, SocketAddr)> =
-            serving.iter().filter(|(_, target)| !tried.contains(target)).collect();
+            serving.iter().copied().filter(|(_, target)| !tried.contains(target)).collect();
         let candidates: Vec<&(Arc<Workload>, SocketAddr)> =
-            if untried.is_empty() { serving.iter().collect() } else { untried };
+            if untried.is_empty() { serving } else { untried };
         let addresses: Vec<SocketAddr> = candidates.iter().map(|(_, target)| *target).collect();
         let chosen = self.context.in_flight.least_loaded(&addresses, |n| fastrand::usize(..n));
-        chosen.map(|index| candidates[index].clone()).ok_or_else(no_endpoint)
+        let (workload, target) = chosen.map(|index| candidates[index].clone()).ok_or_else(no_endpoint)?;
+        Ok((workload, target, all))
     }
 
     /// Sends `request` to `workload` at `target` (within the rule's backend timeout).

@@ -14,6 +14,7 @@
 pub mod app;
 pub mod authz;
 pub mod balance;
+pub mod breaker;
 pub mod forward;
 pub mod inbound;
 pub mod metrics;

@@ -138,6 +138,16 @@ impl Budget {
         InFlight { budget: self.clone(), retry: false }
     }
 
+    /// Counts a request in flight if fewer than `max` are (a circuit breaker's cap).
+    pub fn request_within(self: &Arc<Self>, max: usize) -> Option<InFlight> {
+        self.requests
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |requests| {
+                (requests < max).then_some(requests + 1)
+            })
+            .ok()?;
+        Some(InFlight { budget: self.clone(), retry: false })
+    }
+
     /// Counts a retry in flight, if the budget has room for it.
     pub fn retry(self: &Arc<Self>) -> Option<InFlight> {
         let requests = self.requests.load(Ordering::Acquire);

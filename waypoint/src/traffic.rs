@@ -28,6 +28,8 @@ pub enum Error {
     Share(String),
     #[error("rate limit {0}: requests, interval and burst must all be positive")]
     Limit(String),
+    #[error(transparent)]
+    Breaker(#[from] crate::breaker::Error),
 }
 
 /// The policies a request gets.
@@ -35,16 +37,21 @@ pub enum Error {
 pub struct Policies {
     pub fault: Option<Fault>,
     pub rate_limit: Option<RateLimit>,
+    /// The Service's as a backend ([`crate::breaker`]).
+    pub circuit_breaker: Option<crate::breaker::Breaker>,
 }
 
 impl Policies {
     /// What they do, for people (`weftctl check`): `None` when nothing.
     pub fn describe(&self) -> Option<String> {
-        let parts: Vec<String> =
-            [self.rate_limit.as_ref().map(RateLimit::describe), self.fault.as_ref().map(Fault::describe)]
-                .into_iter()
-                .flatten()
-                .collect();
+        let parts: Vec<String> = [
+            self.rate_limit.as_ref().map(RateLimit::describe),
+            self.fault.as_ref().map(Fault::describe),
+            self.circuit_breaker.as_ref().map(crate::breaker::Breaker::describe),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
         (!parts.is_empty()).then(|| parts.join("; "))
     }
 
@@ -53,6 +60,11 @@ impl Policies {
         Ok(Self {
             fault: policies.fault.as_ref().map(Fault::compile).transpose()?,
             rate_limit: policies.rate_limit.as_ref().map(RateLimit::compile).transpose()?,
+            circuit_breaker: policies
+                .circuit_breaker
+                .as_ref()
+                .map(crate::breaker::Breaker::compile)
+                .transpose()?,
         })
     }
 }
@@ -74,6 +86,29 @@ pub enum Abort {
     Http(StatusCode),
     /// A gRPC status code, answered as gRPC does (HTTP 200, `grpc-status`).
     Grpc(u32),
+}
+
+impl Abort {
+    /// The answer for a request that is not gRPC: a gRPC code as the HTTP status it maps to
+    /// (gRPC's own table, as gateways translate it).
+    pub fn as_http(self) -> Self {
+        let Abort::Grpc(code) = self else { return self };
+        let status = match code {
+            0 => StatusCode::OK,
+            1 => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            3 | 9 | 11 => StatusCode::BAD_REQUEST,
+            4 => StatusCode::GATEWAY_TIMEOUT,
+            5 => StatusCode::NOT_FOUND,
+            6 | 10 => StatusCode::CONFLICT,
+            7 => StatusCode::FORBIDDEN,
+            8 => StatusCode::TOO_MANY_REQUESTS,
+            12 => StatusCode::NOT_IMPLEMENTED,
+            14 => StatusCode::SERVICE_UNAVAILABLE,
+            16 => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Abort::Http(status)
+    }
 }
 
 impl Fault {
@@ -206,10 +241,13 @@ impl Limiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&key) {
             buckets.retain(|_, bucket| bucket.refilled(now) < f64::from(bucket.limit.burst));
+            // Still full: a client's bucket goes, never a target's own (which would let a
+            // whole burst through again).
+            let evicted = buckets.keys().find(|(_, source)| !source.is_empty()).cloned();
             if buckets.len() >= MAX_BUCKETS
-                && let Some(any) = buckets.keys().next().cloned()
+                && let Some(evicted) = evicted.or_else(|| buckets.keys().next().cloned())
             {
-                buckets.remove(&any);
+                buckets.remove(&evicted);
             }
         }
         let bucket = buckets
@@ -221,7 +259,8 @@ impl Limiter {
             })
             .or_insert_with(|| Bucket { limit: limit.clone(), tokens: f64::from(limit.burst), at: now });
         let tokens = bucket.refilled(now);
-        bucket.at = now;
+        // `now` was read before the lock: a caller that took it later may have been first.
+        bucket.at = bucket.at.max(now);
         if tokens >= 1.0 {
             bucket.tokens = tokens - 1.0;
             Ok(())

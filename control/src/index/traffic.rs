@@ -3,6 +3,8 @@
 //! Service, an HTTPRoute or GRPCRoute attached to one, or a waypoint (its Gateway), all in the
 //! policy's namespace. Waypoints apply them, so a target is only accepted where one stands:
 //! a Service behind a waypoint, a route of such a Service, a Gateway of class `weft-waypoint`.
+//! `CircuitBreakerPolicy` is a backend's: it targets Services, with or without a waypoint of
+//! their own, and applies to what any waypoint sends their endpoints.
 //!
 //! Per kind of policy, the most specific attachment wins (a route's over its Service's over its
 //! waypoint's), and of two attached to one target, the older (creation time, then
@@ -105,6 +107,37 @@ pub struct LocalRateLimit {
     pub per_source: bool,
 }
 
+/// A `CircuitBreakerPolicy`: for a Service as a backend, a cap on its requests in flight from
+/// each waypoint replica, and outlier detection on its endpoints (Istio's DestinationRule
+/// `connectionPool.http.http2MaxRequests` and `outlierDetection`, Kuma's MeshCircuitBreaker).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CircuitBreakerPolicy {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: CircuitBreakerSpec,
+}
+
+resource!(CircuitBreakerPolicy, GROUP, VERSION, "CircuitBreakerPolicy", "circuitbreakerpolicies");
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CircuitBreakerSpec {
+    pub target_refs: Vec<TargetRef>,
+    pub max_requests: Option<u32>,
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Istio's fields and defaults: 5 consecutive 5xx eject for 30 s, at most 10 % of the endpoints.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct OutlierDetection {
+    #[serde(rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u32>,
+}
+
 /// The kinds of traffic policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum PolicyKind {
@@ -112,15 +145,18 @@ pub enum PolicyKind {
     Fault,
     #[serde(rename = "RateLimitPolicy")]
     RateLimit,
+    #[serde(rename = "CircuitBreakerPolicy")]
+    CircuitBreaker,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 2] = [PolicyKind::Fault, PolicyKind::RateLimit];
+    pub const ALL: [PolicyKind; 3] = [PolicyKind::Fault, PolicyKind::RateLimit, PolicyKind::CircuitBreaker];
 
     pub fn kind(self) -> &'static str {
         match self {
             Self::Fault => "FaultInjectionPolicy",
             Self::RateLimit => "RateLimitPolicy",
+            Self::CircuitBreaker => "CircuitBreakerPolicy",
         }
     }
 
@@ -128,7 +164,14 @@ impl PolicyKind {
         match self {
             Self::Fault => "faultinjectionpolicies",
             Self::RateLimit => "ratelimitpolicies",
+            Self::CircuitBreaker => "circuitbreakerpolicies",
         }
+    }
+
+    /// Whether it applies to requests for its target, which a waypoint must then stand in front
+    /// of; else to requests a waypoint sends to the target (a backend's), which needs none.
+    fn needs_waypoint(self) -> bool {
+        self != Self::CircuitBreaker
     }
 }
 
@@ -149,6 +192,7 @@ pub struct TrafficPolicyStatus {
 pub enum Converted {
     Fault(api::Fault),
     RateLimit(api::RateLimit),
+    CircuitBreaker(api::CircuitBreaker),
 }
 
 impl Converted {
@@ -162,6 +206,9 @@ impl Converted {
                 policies
                     .rate_limit
                     .get_or_insert_with(|| api::RateLimit { bucket: bucket.to_owned(), ..limit.clone() });
+            }
+            Self::CircuitBreaker(breaker) => {
+                policies.circuit_breaker.get_or_insert_with(|| breaker.clone());
             }
         }
     }
@@ -255,6 +302,35 @@ pub fn rate_limit(policy: &str, spec: &RateLimitSpec) -> Result<api::RateLimit, 
     })
 }
 
+/// The circuit breaker `policy` (`namespace/name`) sets, or why it cannot be applied.
+pub fn circuit_breaker(policy: &str, spec: &CircuitBreakerSpec) -> Result<api::CircuitBreaker, String> {
+    let mut breaker = api::CircuitBreaker { policy: policy.to_owned(), ..Default::default() };
+    if spec.max_requests.is_none() && spec.outlier_detection.is_none() {
+        return Err("neither maxRequests nor outlierDetection is set".to_owned());
+    }
+    if let Some(max) = spec.max_requests {
+        if max == 0 {
+            return Err("maxRequests must be at least 1".to_owned());
+        }
+        breaker.max_requests = max;
+    }
+    if let Some(detection) = &spec.outlier_detection {
+        breaker.consecutive_5xx_errors = detection.consecutive_5xx_errors.unwrap_or(5);
+        breaker.consecutive_gateway_errors = detection.consecutive_gateway_errors.unwrap_or(0);
+        let base = detection.base_ejection_time.as_deref().unwrap_or("30s");
+        let base = gateway_api::duration(base).ok_or_else(|| {
+            format!("outlierDetection.baseEjectionTime {base:?} is not a duration like 30s")
+        })?;
+        breaker.base_ejection_ms = u32::try_from(base.as_millis())
+            .map_err(|_| "outlierDetection.baseEjectionTime is too long".to_owned())?;
+        breaker.max_ejection_percent = detection.max_ejection_percent.unwrap_or(10);
+        if breaker.max_ejection_percent > 100 {
+            return Err("outlierDetection.maxEjectionPercent is above 100".to_owned());
+        }
+    }
+    Ok(breaker)
+}
+
 /// What a target is, once found.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Target {
@@ -297,6 +373,17 @@ impl<'a> From<&'a FaultInjectionPolicy> for Read<'a> {
             targets: &policy.spec.target_refs,
             converted: fault(&key(&policy.metadata), &policy.spec).map(Converted::Fault),
             kind: PolicyKind::Fault,
+        }
+    }
+}
+
+impl<'a> From<&'a CircuitBreakerPolicy> for Read<'a> {
+    fn from(policy: &'a CircuitBreakerPolicy) -> Self {
+        Self {
+            metadata: &policy.metadata,
+            targets: &policy.spec.target_refs,
+            converted: circuit_breaker(&key(&policy.metadata), &policy.spec).map(Converted::CircuitBreaker),
+            kind: PolicyKind::CircuitBreaker,
         }
     }
 }
@@ -353,13 +440,16 @@ pub fn apply<'a>(
         let policy_key = format!("{namespace}/{name}");
         let mut targets = Vec::new();
         for target_ref in policy.targets {
-            let verdict = match (&policy.converted, find(mesh, namespace, target_ref)) {
+            let verdict = match (&policy.converted, find(mesh, namespace, target_ref, policy.kind)) {
                 (Err(why), _) => Verdict::no("Invalid", why.clone()),
                 (Ok(_), Err(why)) => why,
                 (Ok(converted), Ok(target)) => match attached.get(&(target.clone(), policy.kind)) {
                     Some((_, holder, _)) if *holder != policy_key => Verdict::no(
                         "Conflicted",
-                        format!("{} {holder}, older, is attached to it already", policy.kind.kind()),
+                        format!(
+                            "{} {holder} (older, or first by name when as old) is attached to it already",
+                            policy.kind.kind()
+                        ),
                     ),
                     _ => {
                         let bucket =
@@ -379,7 +469,7 @@ pub fn apply<'a>(
             targets,
         });
     }
-    // Per Service behind a waypoint: its own, else its waypoint's.
+    // Per Service: its own; behind a waypoint, else its waypoint's.
     let of = |target: Target| {
         let mut policies = api::Policies::default();
         for kind in PolicyKind::ALL {
@@ -389,11 +479,12 @@ pub fn apply<'a>(
         }
         policies
     };
-    for ((namespace, name), waypoint) in mesh.service_waypoints {
-        let Some(key) = mesh.service_keys.get(&(*namespace, *name)) else { continue };
+    for ((namespace, name), key) in mesh.service_keys {
         let mut policies = of(Target::Service((*namespace).to_owned(), (*name).to_owned()));
-        let inherited = of(Target::Gateway((*namespace).to_owned(), (*waypoint).to_owned()));
-        merge(&mut policies, &inherited);
+        if let Some(waypoint) = mesh.service_waypoints.get(&(*namespace, *name)) {
+            let inherited = of(Target::Gateway((*namespace).to_owned(), (*waypoint).to_owned()));
+            merge(&mut policies, &inherited);
+        }
         if !by_service.contains_key(key) && policies == api::Policies::default() {
             continue;
         }
@@ -402,7 +493,8 @@ pub fn apply<'a>(
             .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
         for route in &mut routes.routes {
             let mut own = of(Target::Route(route.name.clone()));
-            merge(&mut own, &policies);
+            // A circuit breaker is the backend's, never a route's.
+            merge(&mut own, &api::Policies { circuit_breaker: None, ..policies.clone() });
             route.policies = (own != api::Policies::default()).then_some(own);
         }
         routes.policies = (policies != api::Policies::default()).then_some(policies);
@@ -421,35 +513,56 @@ fn merge(into: &mut api::Policies, from: &api::Policies) {
     }
 }
 
-/// The target `target_ref` names in `namespace`, or the `Accepted: False` it gets.
-fn find(mesh: &Mesh<'_>, namespace: &str, target_ref: &TargetRef) -> Result<Target, Verdict> {
+/// The target `target_ref` names in `namespace` for a policy of `kind`, or the `Accepted:
+/// False` it gets.
+fn find(
+    mesh: &Mesh<'_>,
+    namespace: &str,
+    target_ref: &TargetRef,
+    kind: PolicyKind,
+) -> Result<Target, Verdict> {
     let name = target_ref.name.as_str();
     let not_found = |what: String| Verdict::no("TargetNotFound", what);
+    // Whether a waypoint that exists stands in front of Service `namespace/name`.
+    let served = |namespace: &str, name: &str| {
+        mesh.service_waypoints
+            .get(&(namespace, name))
+            .is_some_and(|waypoint| mesh.waypoints.exists(namespace, waypoint))
+    };
     match (target_ref.group.as_str(), target_ref.kind.as_str()) {
         ("" | "core", "Service") => {
-            if mesh.service_keys.contains_key(&(namespace, name)) {
-                if mesh.service_waypoints.contains_key(&(namespace, name)) {
-                    Ok(Target::Service(namespace.to_owned(), name.to_owned()))
-                } else {
-                    Err(Verdict::no(
-                        "NoWaypoint",
-                        format!(
-                            "Service {namespace}/{name} uses no waypoint: nothing would apply the policy there"
-                        ),
-                    ))
-                }
-            } else {
+            if !mesh.service_keys.contains_key(&(namespace, name)) {
                 Err(not_found(format!("no Service {namespace}/{name}")))
+            } else if !kind.needs_waypoint() || served(namespace, name) {
+                Ok(Target::Service(namespace.to_owned(), name.to_owned()))
+            } else {
+                Err(Verdict::no(
+                    "NoWaypoint",
+                    format!(
+                        "Service {namespace}/{name} uses no waypoint, or one that does not exist: nothing would apply the policy there"
+                    ),
+                ))
             }
         }
+        (gateway_api::GROUP, _) if !kind.needs_waypoint() => Err(Verdict::no(
+            "Invalid",
+            format!("a {} applies to a Service as a backend: it targets Services only", kind.kind()),
+        )),
         (gateway_api::GROUP, "HTTPRoute" | "GRPCRoute") => {
             let kind = if target_ref.kind == "HTTPRoute" { RouteKind::Http } else { RouteKind::Grpc };
             let route = mesh
                 .routes
                 .iter()
                 .find(|route| route.kind == kind && route.namespace == namespace && route.name == name);
+            // Applied where one of its Services has a waypoint that exists (it may be pending
+            // on others).
+            let applied = |route: &RouteStatus| {
+                mesh.service_keys
+                    .iter()
+                    .any(|((namespace, name), key)| route.services.contains(key) && served(namespace, name))
+            };
             match route {
-                Some(route) if !route.services.is_empty() => Ok(Target::Route(match kind {
+                Some(route) if applied(route) => Ok(Target::Route(match kind {
                     RouteKind::Http => format!("{namespace}/{name}"),
                     _ => format!("{}:{namespace}/{name}", kind.kind()),
                 })),

@@ -25,7 +25,7 @@ use super::{
     Naming, Objects, Snapshot, build,
     gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
-    traffic::{FaultInjectionPolicy, RateLimitPolicy},
+    traffic::{CircuitBreakerPolicy, FaultInjectionPolicy, RateLimitPolicy},
 };
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
@@ -89,20 +89,16 @@ pub async fn run(
     .await?
         && installed(Api::<RateLimitPolicy>::all(client.clone()), "ratelimitpolicies.networking.weft.dev")
             .await?
+        && installed(
+            Api::<CircuitBreakerPolicy>::all(client.clone()),
+            "circuitbreakerpolicies.networking.weft.dev",
+        )
+        .await?
     {
         Some(TrafficPolicies {
-            faults: reflect(
-                &mut watchers,
-                Api::<FaultInjectionPolicy>::all(client.clone()),
-                all(),
-                changed_tx.clone(),
-            ),
-            rate_limits: reflect(
-                &mut watchers,
-                Api::<RateLimitPolicy>::all(client.clone()),
-                all(),
-                changed_tx.clone(),
-            ),
+            faults: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
+            rate_limits: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
+            breakers: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
         })
     } else {
         tracing::warn!(
@@ -128,6 +124,7 @@ pub async fn run(
     if let Some(traffic) = &traffic {
         traffic.faults.wait_until_ready().await?;
         traffic.rate_limits.wait_until_ready().await?;
+        traffic.breakers.wait_until_ready().await?;
     }
     tracing::info!("Kubernetes index synced");
     loop {
@@ -142,9 +139,9 @@ pub async fn run(
             ),
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
-        let (fault_policies, rate_limit_policies) = match &traffic {
-            Some(api) => (api.faults.state(), api.rate_limits.state()),
-            None => (Vec::new(), Vec::new()),
+        let (fault_policies, rate_limit_policies, circuit_breaker_policies) = match &traffic {
+            Some(api) => (api.faults.state(), api.rate_limits.state(), api.breakers.state()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
         let objects = Objects::default()
             .namespaces(namespaces.iter().map(AsRef::as_ref))
@@ -157,7 +154,8 @@ pub async fn run(
             .grpc_routes(grpc_routes.iter().map(AsRef::as_ref))
             .tcp_routes(tcp_routes.iter().map(AsRef::as_ref))
             .fault_policies(fault_policies.iter().map(AsRef::as_ref))
-            .rate_limit_policies(rate_limit_policies.iter().map(AsRef::as_ref));
+            .rate_limit_policies(rate_limit_policies.iter().map(AsRef::as_ref))
+            .circuit_breaker_policies(circuit_breaker_policies.iter().map(AsRef::as_ref));
         let mut next = build(&naming, &objects);
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -173,6 +171,16 @@ pub async fn run(
             let new_notes = next.mesh_routes.iter().filter(|route| !route.notes.is_empty());
             for route in new_notes.filter(|route| !current.mesh_routes.contains(route)) {
                 tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, notes = ?route.notes, "route not applied as written");
+            }
+            let refused = next.traffic_policies.iter().filter(|policy| policy.targets.iter().any(|(_, verdict)| !verdict.status));
+            for policy in refused.filter(|policy| !current.traffic_policies.contains(policy)) {
+                let why: Vec<String> = policy
+                    .targets
+                    .iter()
+                    .filter(|(_, verdict)| !verdict.status)
+                    .map(|(target, verdict)| format!("{} {}: {}", target.kind, target.name, verdict.message))
+                    .collect();
+                tracing::warn!(kind = policy.kind.kind(), namespace = %policy.namespace, name = %policy.name, ?why, "traffic policy not applied to every target");
             }
             *current = Arc::new(std::mem::take(&mut next));
             true
@@ -196,6 +204,7 @@ struct GatewayApi {
 struct TrafficPolicies {
     faults: Store<FaultInjectionPolicy>,
     rate_limits: Store<RateLimitPolicy>,
+    breakers: Store<CircuitBreakerPolicy>,
 }
 
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start

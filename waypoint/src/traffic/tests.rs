@@ -88,6 +88,12 @@ fn a_fault_delays_and_aborts_its_shares_and_a_bad_one_is_refused() {
     assert_eq!(half.abort(249_999), Some(Abort::Http(StatusCode::SERVICE_UNAVAILABLE)));
     assert_eq!(half.abort(250_000), None);
     assert_eq!(fault(0, 0, 0, Some(14), 1_000_000).unwrap().abort(999_999), Some(Abort::Grpc(14)));
+    assert_eq!(
+        Abort::Grpc(14).as_http(),
+        Abort::Http(StatusCode::SERVICE_UNAVAILABLE),
+        "for a client not speaking gRPC"
+    );
+    assert_eq!(Abort::Grpc(8).as_http(), Abort::Http(StatusCode::TOO_MANY_REQUESTS));
     assert_eq!(fault(0, 0, 0, None, 0).unwrap().abort(0), None, "no abort share, no abort");
     assert!(fault(0, 0, 99, None, 1).is_err());
     assert!(fault(0, 0, 700, None, 1).is_err());

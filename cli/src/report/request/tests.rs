@@ -304,8 +304,9 @@ fn the_traffic_policies_of_the_route_a_request_takes_are_named_else_the_services
         abort_per_million: 500_000,
         ..Default::default()
     };
-    routes.policies = Some(route::Policies { fault: None, rate_limit: Some(limit.clone()) });
-    routes.routes[0].policies = Some(route::Policies { fault: Some(chaos), rate_limit: Some(limit) });
+    routes.policies = Some(route::Policies { rate_limit: Some(limit.clone()), ..Default::default() });
+    routes.routes[0].policies =
+        Some(route::Policies { fault: Some(chaos), rate_limit: Some(limit), ..Default::default() });
     *resource = json!(weft_api::hex::encode(&routes.encode_to_vec()));
     let traffic = |path: &str| {
         findings(&dump, "echo", &probe(path))

@@ -3,7 +3,9 @@
 use weft_api::route as routes;
 
 use super::{
-    super::traffic::{FaultInjectionPolicy, PolicyKind, RateLimitPolicy, TrafficPolicyStatus},
+    super::traffic::{
+        CircuitBreakerPolicy, FaultInjectionPolicy, PolicyKind, RateLimitPolicy, TrafficPolicyStatus,
+    },
     waypoints::{backends, gateway, http_route, labelled, service_routes},
     *,
 };
@@ -35,14 +37,19 @@ fn verdicts(statuses: &[TrafficPolicyStatus], kind: PolicyKind, name: &str) -> V
     status.targets.iter().map(|(target, verdict)| (target.name.clone(), verdict.reason)).collect()
 }
 
-#[test]
-fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_older() {
-    let route = http_route(
+/// HTTPRoute `split`, attached to `web`, to `web-v1`.
+fn split() -> HttpRoute {
+    http_route(
         "split",
         1,
         serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web" }],
                             "rules": [{ "backendRefs": [{ "name": "web-v1", "port": 8080 }] }] }),
-    );
+    )
+}
+
+#[test]
+fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_older() {
+    let route = split();
     let faults: [FaultInjectionPolicy; 3] = [
         policy(
             "waypoint-wide",
@@ -114,7 +121,11 @@ fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_o
     // A request no route takes: the Service's rate limit, the waypoint's fault.
     assert_eq!(
         web.policies,
-        Some(routes::Policies { fault: Some(abort.clone()), rate_limit: Some(limit.clone()) })
+        Some(routes::Policies {
+            fault: Some(abort.clone()),
+            rate_limit: Some(limit.clone()),
+            ..Default::default()
+        })
     );
     // The route's: its own fault, the Service's rate limit.
     let delay = routes::Fault {
@@ -125,7 +136,7 @@ fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_o
     };
     assert_eq!(
         web.routes[0].policies,
-        Some(routes::Policies { fault: Some(delay), rate_limit: Some(limit) })
+        Some(routes::Policies { fault: Some(delay), rate_limit: Some(limit), ..Default::default() })
     );
 
     let statuses = &snapshot.traffic_policies;
@@ -166,5 +177,97 @@ fn a_service_behind_a_waypoint_gets_a_resource_for_a_policy_alone_and_a_policy_l
     assert_eq!(
         (fault.abort_grpc_status, fault.abort_per_million, fault.abort_http_status),
         (Some(14), 1_000_000, 0)
+    );
+}
+
+#[test]
+fn a_policy_that_changes_no_resource_still_makes_a_new_snapshot_for_its_status() {
+    let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
+    let limit = |name: &str, created| -> RateLimitPolicy {
+        policy(
+            name,
+            created,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web")], "local": { "requests": 1, "unit": "Second" } }),
+        )
+    };
+    let (first, second) = (limit("first", 1), limit("second", 2));
+    let (namespaces, services) = ([namespace("mesh", true)], backends());
+    let objects = Objects::default().namespaces(&namespaces).services(&services).gateways(&gateways);
+    let alone = build(&naming(), &objects.clone().rate_limit_policies([&first]));
+    let conflicted = build(&naming(), &objects.rate_limit_policies([&first, &second]));
+    assert_eq!(alone.routes, conflicted.routes, "the second changes nothing waypoints get");
+    assert!(!alone.same_resources(&conflicted), "but its status is news");
+}
+
+#[test]
+fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_waypoint() {
+    let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
+    let route = split();
+    let breakers: [CircuitBreakerPolicy; 2] = [
+        policy(
+            "breaker",
+            1,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web-v1"), target("", "Service", "web")],
+                                "maxRequests": 100, "outlierDetection": {} }),
+        ),
+        policy(
+            "on-a-route",
+            2,
+            serde_json::json!({ "targetRefs": [target("gateway.networking.k8s.io", "HTTPRoute", "split")],
+                                "maxRequests": 1 }),
+        ),
+    ];
+    let snapshot = build(
+        &naming(),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&backends())
+            .gateways(&gateways)
+            .http_routes([&route])
+            .circuit_breaker_policies(&breakers),
+    );
+    let expected = routes::CircuitBreaker {
+        policy: "mesh/breaker".into(),
+        max_requests: 100,
+        consecutive_5xx_errors: 5,
+        consecutive_gateway_errors: 0,
+        base_ejection_ms: 30_000,
+        max_ejection_percent: 10,
+    };
+    let v1 = service_routes(&snapshot, "mesh/web-v1.mesh.svc.cluster.local");
+    assert_eq!(v1.policies.unwrap().circuit_breaker, Some(expected.clone()), "no waypoint needed");
+    let web = service_routes(&snapshot, KEY);
+    assert_eq!(web.policies.unwrap().circuit_breaker, Some(expected));
+    assert_eq!(web.routes[0].policies, None, "never a route's");
+    let statuses = &snapshot.traffic_policies;
+    assert_eq!(
+        verdicts(statuses, PolicyKind::CircuitBreaker, "breaker"),
+        [("web-v1".into(), "Accepted"), ("web".into(), "Accepted")]
+    );
+    assert_eq!(verdicts(statuses, PolicyKind::CircuitBreaker, "on-a-route"), [("split".into(), "Invalid")]);
+}
+
+#[test]
+fn a_service_or_route_whose_waypoint_does_not_exist_is_no_target_for_what_a_waypoint_applies() {
+    let route = split();
+    let faults: [FaultInjectionPolicy; 1] = [policy(
+        "early",
+        1,
+        serde_json::json!({ "targetRefs": [target("", "Service", "web"),
+                                           target("gateway.networking.k8s.io", "HTTPRoute", "split")],
+                            "abort": { "httpStatus": 503, "percentage": { "value": 1 } } }),
+    )];
+    // `web` is labelled for waypoint `waypoint`, whose Gateway is not there (yet).
+    let snapshot = build(
+        &naming(),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true)])
+            .services(&backends())
+            .http_routes([&route])
+            .fault_policies(&faults),
+    );
+    assert_eq!(
+        verdicts(&snapshot.traffic_policies, PolicyKind::Fault, "early"),
+        [("web".into(), "NoWaypoint"), ("split".into(), "NoWaypoint")]
     );
 }

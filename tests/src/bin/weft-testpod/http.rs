@@ -135,9 +135,11 @@ fn serve(stream: TcpStream, connection: usize, name: &str, seen: &Seen) -> anyho
 /// `count` GETs of `path` at `to` over one connection (a new one when the server closes it),
 /// with `headers` (`name:value`). Prints each distinct answer's count as
 /// `<count> status=<status> <first body line>`, then the first whole response body as
-/// `body:` lines. Exits 1 if the connection fails.
+/// `body:` lines, then `took_us=<µs>` from the first request sent to the last answer read (a
+/// rate measured without the process's start and end). Exits 1 if the connection fails.
 pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyhow::Result<()> {
     let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    let mut started = None;
     let mut first_body = None;
     let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
     for _ in 0..count {
@@ -157,6 +159,7 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
             request.push_str(&format!("{header}\r\n"));
         }
         request.push_str("\r\n");
+        started.get_or_insert_with(std::time::Instant::now);
         writer.write_all(request.as_bytes())?;
         let (status, response_headers, body) = read_response(reader)?;
         let body = String::from_utf8_lossy(&body).into_owned();
@@ -178,6 +181,7 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
     for line in first_body.unwrap_or_default().lines() {
         println!("body: {line}");
     }
+    println!("took_us={}", started.map_or(0, |started| started.elapsed().as_micros()));
     Ok(())
 }
 
