@@ -47,6 +47,9 @@ enum Command {
     Certs,
     /// Authorization policies: action, whom they apply to, and what node proxies cannot enforce.
     Policies,
+    /// Traffic policies (fault injection, rate limits, circuit breakers): per target, applied
+    /// or why not.
+    Traffic,
     /// Waypoints in use: their Service, ready endpoints, and the Services and workloads behind
     /// them.
     Waypoints,
@@ -175,6 +178,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Command::Policies => {
             render(&mesh.policies().await?, format, &["namespace", "name", "action", "applies_to", "notes"])?
+        }
+        Command::Traffic => {
+            render(&mesh.traffic_policies().await?, format, &["kind", "namespace", "name", "applies_to"])?
         }
         Command::Waypoints => render(
             &mesh.waypoints().await?,

@@ -228,6 +228,41 @@ impl Mesh {
         Ok(Value::Array(rows))
     }
 
+    /// Every traffic policy (fault injection, rate limit, circuit breaker) as the control plane
+    /// understood it: per target, applied or why not.
+    pub async fn traffic_policies(&self) -> anyhow::Result<Value> {
+        let dump = self.json(self.control()?, "/config_dump").await?;
+        let rows = dump["traffic_policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|policy| {
+                let mut row = policy.clone();
+                let targets: Vec<String> = policy["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|target| {
+                        let (kind, name) =
+                            (target["kind"].as_str().unwrap_or("?"), target["name"].as_str().unwrap_or("?"));
+                        if target["accepted"] == true {
+                            format!("{kind} {name}: applied")
+                        } else {
+                            let (reason, message) = (
+                                target["reason"].as_str().unwrap_or("?"),
+                                target["message"].as_str().unwrap_or(""),
+                            );
+                            format!("{kind} {name}: {reason} ({message})")
+                        }
+                    })
+                    .collect();
+                row["applies_to"] = json!(targets.join("; "));
+                row
+            })
+            .collect();
+        Ok(Value::Array(rows))
+    }
+
     /// Every node proxy's `/config_dump`, by node name; an error if no proxy endpoint is known.
     async fn ztunnel_dumps(&self) -> anyhow::Result<Vec<(&str, Value)>> {
         let mut dumps = Vec::new();

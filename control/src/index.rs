@@ -280,6 +280,31 @@ impl Snapshot {
                 serde_json::json!({ "name": name, "resource": weft_api::hex::encode(&resource.body.value) })
             })
             .collect();
+        let traffic_policies: Vec<_> = self
+            .traffic_policies
+            .iter()
+            .map(|policy| {
+                let targets: Vec<_> = policy
+                    .targets
+                    .iter()
+                    .map(|(target, verdict)| {
+                        serde_json::json!({
+                            "kind": target.kind,
+                            "name": target.name,
+                            "accepted": verdict.status,
+                            "reason": verdict.reason,
+                            "message": verdict.message,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "kind": policy.kind,
+                    "namespace": policy.namespace,
+                    "name": policy.name,
+                    "targets": targets,
+                })
+            })
+            .collect();
         serde_json::json!({
             "version": self.version,
             "workloads": workloads,
@@ -288,6 +313,7 @@ impl Snapshot {
             "routes": routes,
             "mesh_routes": self.mesh_routes,
             "http_authorizations": http_authorizations,
+            "traffic_policies": traffic_policies,
         })
     }
 

@@ -1267,6 +1267,22 @@ async fn a_fault_is_injected_for_its_share_a_rate_limit_holds_its_rate_and_each_
         policy_verdicts(&scene.cluster, "RateLimitPolicy", "steady-too", 1).await,
         [("echo-v1".into(), "False".into(), "Conflicted".into())]
     );
+    // weftctl says the same.
+    let flags = scene.mesh.weftctl_flags(&scene.cluster, &scene.plane).unwrap();
+    tokio::task::block_in_place(|| {
+        let (ok, out) = apps::weftctl(&flags, &["traffic", "-o", "json"]).unwrap();
+        assert!(ok, "weftctl traffic: {out}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let applies_to = |name: &str| {
+            let row = rows.as_array().unwrap().iter().find(|row| row["name"] == name);
+            row.map(|row| row["applies_to"].as_str().unwrap().to_owned()).unwrap_or_default()
+        };
+        assert_eq!(applies_to("steady"), "Service echo-v1: applied", "{rows}");
+        assert!(
+            applies_to("steady-too").starts_with("Service echo-v1: Conflicted (RateLimitPolicy shop/steady"),
+            "{rows}"
+        );
+    });
     tokio::task::block_in_place(|| {
         weft_tests::until("the rate limit to reach the waypoint", WAIT, || {
             apps::http_requests(&client, to_v1, "/probe", &[], 20)
