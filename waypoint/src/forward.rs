@@ -260,7 +260,7 @@ impl Session {
         let answer = match canonical {
             Ok(uri) => {
                 *request.uri_mut() = uri;
-                self.route(request, &mut routed).await
+                self.route(request, &mut routed, &pending).await
             }
             Err(error) => Err(Failure::BadTarget(error)),
         };
@@ -379,6 +379,7 @@ impl Session {
         &self,
         mut request: Request<Incoming>,
         routed: &mut Routed,
+        pending: &cancelled::Pending,
     ) -> Result<Response<Body>, Failure> {
         self.authorize(&request)?;
         let (service, port) = match &self.destination {
@@ -417,7 +418,7 @@ impl Session {
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
-            self.police(policies, grpc, routed).await?;
+            self.police(policies, grpc, routed, pending).await?;
         }
         let (backend, backend_port) = match selected {
             Some(Selected { rule, matched_prefix, .. }) => {
@@ -456,10 +457,18 @@ impl Session {
     /// fault's delay, then its abort, then the rate limit (an aborted request takes no token).
     /// A gRPC abort answers a request that is not gRPC (`grpc`) with the HTTP status its code
     /// maps to.
-    async fn police(&self, policies: &Policies, grpc: bool, routed: &mut Routed) -> Result<(), Failure> {
+    async fn police(
+        &self,
+        policies: &Policies,
+        grpc: bool,
+        routed: &mut Routed,
+        pending: &cancelled::Pending,
+    ) -> Result<(), Failure> {
         if let Some(fault) = &policies.fault {
             if let Some(delay) = fault.delay(fastrand::u32(..traffic::MILLION)) {
                 routed.policy = format!("delayed {}ms by {}", delay.as_millis(), fault.policy);
+                // A client giving up meanwhile is no rapid reset.
+                pending.held();
                 tokio::time::sleep(delay).await;
             }
             if let Some(abort) = fault.abort(fastrand::u32(..traffic::MILLION)) {

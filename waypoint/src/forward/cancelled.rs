@@ -6,9 +6,13 @@
 //! accepted them; a client that waits until each request is under way — routed, sent upstream —
 //! before cancelling it would otherwise make the waypoint and the app work for nothing without
 //! end. A busy client whose deadlines expire now and then, or whose requests ran long before it
-//! gave up on them, is never cut off: most of its requests are answered.
+//! gave up on them, is never cut off: most of its requests are answered; nor is one that gives
+//! up on requests the waypoint holds back on purpose (an injected delay).
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -49,7 +53,7 @@ impl Cancelled {
     /// [`Pending::answered`].
     #[must_use]
     pub fn pending(self: &Arc<Self>) -> Pending {
-        Pending { session: Some(self.clone()), started: Instant::now() }
+        Pending { session: Some(self.clone()), started: Instant::now(), held: AtomicBool::new(false) }
     }
 
     /// Resolves once the session has cancelled too many requests too soon.
@@ -77,9 +81,17 @@ impl Cancelled {
 pub struct Pending {
     session: Option<Arc<Cancelled>>,
     started: Instant,
+    /// The waypoint held it back on purpose (an injected delay): a client giving up on it
+    /// meanwhile is no abuse.
+    held: AtomicBool,
 }
 
 impl Pending {
+    /// Marks the request as held back by the waypoint itself.
+    pub fn held(&self) {
+        self.held.store(true, Ordering::Relaxed);
+    }
+
     pub fn answered(mut self) {
         if let Some(session) = self.session.take() {
             session.count(false);
@@ -90,7 +102,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         if let Some(session) = self.session.take() {
-            let premature = self.started.elapsed() < PREMATURE;
+            let premature = self.started.elapsed() < PREMATURE && !self.held.load(Ordering::Relaxed);
             tracing::debug!(premature, "a request was cancelled before its answer");
             session.count(premature);
         }
@@ -140,5 +152,16 @@ mod tests {
         assert!(!exceeded(&cancelled).await);
         drop(cancelled.pending());
         assert!(exceeded(&cancelled).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_the_waypoint_holds_back_may_be_given_up_at_once() {
+        let cancelled = Arc::new(Cancelled::default());
+        for _ in 0..2 * MAX_PREMATURE {
+            let delayed = cancelled.pending();
+            delayed.held();
+            drop(delayed);
+        }
+        assert!(!exceeded(&cancelled).await, "clients whose deadlines an injected delay outlasts");
     }
 }
