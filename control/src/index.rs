@@ -357,6 +357,7 @@ pub struct Objects<'a> {
     pub fault_policies: Vec<&'a traffic::FaultInjectionPolicy>,
     pub rate_limit_policies: Vec<&'a traffic::RateLimitPolicy>,
     pub circuit_breaker_policies: Vec<&'a traffic::CircuitBreakerPolicy>,
+    pub load_balancer_policies: Vec<&'a traffic::LoadBalancerPolicy>,
 }
 
 /// A setter per kind of [`Objects`], taking any iterator of references.
@@ -386,6 +387,7 @@ objects!(
     fault_policies: traffic::FaultInjectionPolicy,
     rate_limit_policies: traffic::RateLimitPolicy,
     circuit_breaker_policies: traffic::CircuitBreakerPolicy,
+    load_balancer_policies: traffic::LoadBalancerPolicy,
 );
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -403,6 +405,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         fault_policies,
         rate_limit_policies,
         circuit_breaker_policies,
+        load_balancer_policies,
     } = objects;
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
@@ -596,7 +599,8 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         .iter()
         .map(|&policy| traffic::Read::from(policy))
         .chain(rate_limit_policies.iter().map(|&policy| traffic::Read::from(policy)))
-        .chain(circuit_breaker_policies.iter().map(|&policy| traffic::Read::from(policy)));
+        .chain(circuit_breaker_policies.iter().map(|&policy| traffic::Read::from(policy)))
+        .chain(load_balancer_policies.iter().map(|&policy| traffic::Read::from(policy)));
     let traffic_policies = traffic::apply(&mesh, traffic, &mut routes);
     let routes = routes::encode(routes);
     Snapshot {

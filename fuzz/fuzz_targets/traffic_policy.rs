@@ -9,7 +9,8 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use weft_api::route::{Policies, ServiceRoutes};
 use weft_control::index::traffic::{
-    CircuitBreakerPolicy, FaultInjectionPolicy, RateLimitPolicy, circuit_breaker, fault, rate_limit,
+    CircuitBreakerPolicy, FaultInjectionPolicy, LoadBalancerPolicy, RateLimitPolicy, circuit_breaker, fault,
+    load_balancer, rate_limit,
 };
 
 /// Panics unless a waypoint takes `policies` as a Service's.
@@ -39,5 +40,10 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(breaker) = circuit_breaker("shop/fuzzed", &policy.spec)
     {
         served(Policies { circuit_breaker: Some(breaker), ..Default::default() });
+    }
+    if let Ok(policy) = serde_json::from_slice::<LoadBalancerPolicy>(data)
+        && let Ok(balancer) = load_balancer("shop/fuzzed", &policy.spec)
+    {
+        served(Policies { load_balancer: Some(balancer), ..Default::default() });
     }
 });

@@ -1397,3 +1397,33 @@ async fn a_circuit_breaker_opens_at_its_limit_and_closes_after_and_a_failing_end
         .unwrap();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_hash_on_a_header_keeps_each_user_on_one_endpoint() {
+    let scene = Scene::start().await;
+    let (client, to_echo) = (scene.client.clone(), scene.to_echo);
+    let sticky = serde_json::json!({ "targetRefs": [{ "group": "", "kind": "Service", "name": "echo" }],
+                                     "type": "ConsistentHash", "consistentHash": { "header": "x-user" } });
+    create_traffic_policy(&scene.cluster, "LoadBalancerPolicy", "sticky", sticky).await.unwrap();
+    assert_eq!(
+        policy_verdicts(&scene.cluster, "LoadBalancerPolicy", "sticky", 1).await,
+        [("echo".into(), "True".into(), "Accepted".into())]
+    );
+    tokio::task::block_in_place(|| {
+        // Each user's requests on one endpoint; twenty users spread over both (all on one:
+        // a chance of one in half a million).
+        let on = |user: usize| {
+            let header = format!("x-user:user-{user}");
+            let tally = apps::http_requests(&client, to_echo, "/sticky", &[&header], 10).unwrap();
+            match (answered_by(&tally, "v1"), answered_by(&tally, "v2")) {
+                (10, 0) => Some("v1"),
+                (0, 10) => Some("v2"),
+                _ => None,
+            }
+        };
+        weft_tests::until("the policy to reach the waypoint", WAIT, || on(0).is_some()).unwrap();
+        let placed: Vec<Option<&str>> = (0..20).map(on).collect();
+        assert!(placed.iter().all(Option::is_some), "each user on one endpoint: {placed:?}");
+        assert!(placed.contains(&Some("v1")) && placed.contains(&Some("v2")), "users spread: {placed:?}");
+    });
+}

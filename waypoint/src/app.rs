@@ -71,6 +71,8 @@ pub struct Context {
     pub limiter: crate::traffic::Limiter,
     /// The endpoints' health, for outlier detection.
     pub outliers: crate::breaker::Outliers,
+    /// Round robin's turns.
+    pub turns: crate::balance::Turns,
     pub metrics: crate::metrics::Metrics,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
@@ -160,6 +162,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
         limiter: crate::traffic::Limiter::default(),
         outliers: crate::breaker::Outliers::default(),
+        turns: crate::balance::Turns::default(),
         metrics: crate::metrics::Metrics::default(),
         drain: tokio::sync::watch::Sender::new(false),
     });

@@ -3,7 +3,8 @@
 //! this waypoint, ties broken at random, so a slow or stuck endpoint gets fewer new requests
 //! instead of an equal share. A request counts from its attempt until its response body ends
 //! (a gRPC stream for as long as it lasts), or until it failed; an L4 relay for as long as it
-//! runs.
+//! runs. A LoadBalancerPolicy on a backend picks otherwise ([`Balancer`]): round robin, at
+//! random, or by consistent hash of a header or the client's address.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -13,6 +14,7 @@ use std::{
 };
 
 use hyper::body::{Body, Frame, SizeHint};
+use weft_api::route as api;
 
 /// Requests in flight per endpoint address; an endpoint with none has no entry.
 #[derive(Debug, Default)]
@@ -50,6 +52,103 @@ impl InFlight {
         let counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = |index: usize| counts.get(&candidates[index]).copied().unwrap_or(0);
         Some(if count(second) < count(first) { second } else { first })
+    }
+}
+
+/// How endpoints are picked for a backend Service (a LoadBalancerPolicy on it); without one,
+/// least request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancer {
+    /// `namespace/name`.
+    pub policy: String,
+    pub pick: Pick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    LeastRequest,
+    RoundRobin,
+    Random,
+    /// By the value of this header (lowercase), or without one by the client's address.
+    ConsistentHash(Option<http::HeaderName>),
+}
+
+impl Balancer {
+    /// A kind this waypoint does not know (a newer control plane's) is least request, as if no
+    /// policy were there, rather than refuse the Service's routes.
+    pub fn compile(balancer: &api::LoadBalancer) -> Result<Self, InvalidHashHeader> {
+        use api::load_balancer::Kind;
+        let pick = match Kind::try_from(balancer.kind) {
+            Ok(Kind::RoundRobin) => Pick::RoundRobin,
+            Ok(Kind::Random) => Pick::Random,
+            Ok(Kind::ConsistentHash) if balancer.hash_header.is_empty() => Pick::ConsistentHash(None),
+            Ok(Kind::ConsistentHash) => Pick::ConsistentHash(Some(
+                http::HeaderName::from_bytes(balancer.hash_header.as_bytes())
+                    .map_err(|_| InvalidHashHeader(balancer.policy.clone()))?,
+            )),
+            Ok(Kind::LeastRequest) | Err(_) => Pick::LeastRequest,
+        };
+        Ok(Self { policy: balancer.policy.clone(), pick })
+    }
+
+    pub fn describe(&self) -> String {
+        let how = match &self.pick {
+            Pick::LeastRequest => "least request".to_owned(),
+            Pick::RoundRobin => "round robin".to_owned(),
+            Pick::Random => "random".to_owned(),
+            Pick::ConsistentHash(Some(header)) => format!("consistent hash on header {header}"),
+            Pick::ConsistentHash(None) => "consistent hash on the client's address".to_owned(),
+        };
+        format!("load balancer {}: {how}", self.policy)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("load balancer {0}: the hash header is no header name")]
+pub struct InvalidHashHeader(String);
+
+/// The endpoint `key` goes to among `candidates`, by rendezvous hashing: the one whose hash with
+/// the key is highest, so an endpoint coming or going moves only its own share of keys, and
+/// every replica (the hash is SipHash with fixed keys) agrees.
+pub fn rendezvous(key: u64, candidates: &[SocketAddr]) -> Option<usize> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let weight = |candidate: &SocketAddr| {
+        let mut hasher = DefaultHasher::new();
+        (key, candidate).hash(&mut hasher);
+        hasher.finish()
+    };
+    (0..candidates.len()).max_by_key(|index| weight(&candidates[*index]))
+}
+
+/// A consistent hash's key for `value` (a header's bytes, the client's address), the same in
+/// every replica.
+pub fn hash_key(value: impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Round robin's turns, per backend Service.
+#[derive(Debug, Default)]
+pub struct Turns {
+    next: Mutex<HashMap<String, usize>>,
+}
+
+impl Turns {
+    /// The next turn for `backend`'s endpoints (taken modulo their number by the caller).
+    pub fn next(&self, backend: &str) -> usize {
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        match next.get_mut(backend) {
+            Some(turn) => {
+                *turn = turn.wrapping_add(1);
+                *turn
+            }
+            None => {
+                next.insert(backend.to_owned(), 0);
+                0
+            }
+        }
     }
 }
 
@@ -116,7 +215,7 @@ mod tests {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
 
-    use super::{Counted, InFlight};
+    use super::{Balancer, Counted, InFlight, Pick, SocketAddr, Turns, api, hash_key, rendezvous};
 
     /// A generator that returns `draws` in turn.
     fn drawing(draws: &[usize]) -> impl FnMut(usize) -> usize + '_ {
@@ -144,6 +243,38 @@ mod tests {
         assert_eq!(registry.count(c), 0, "a dropped guard no longer counts");
         assert_eq!(registry.least_loaded(&[c], drawing(&[])), Some(0), "one candidate: no draw");
         assert_eq!(registry.least_loaded(&[], drawing(&[])), None);
+    }
+
+    #[test]
+    fn a_consistent_hash_keeps_each_key_on_its_endpoint_and_an_endpoint_leaving_moves_only_its_own() {
+        let endpoints: Vec<SocketAddr> =
+            (1..=3).map(|last| SocketAddr::from(([10, 0, 0, last], 8080))).collect();
+        let placed = |endpoints: &[SocketAddr], key: u64| endpoints[rendezvous(key, endpoints).unwrap()];
+        let keys: Vec<u64> = (0..1000).map(|user: u32| hash_key(format!("user-{user}").as_bytes())).collect();
+        let before: Vec<SocketAddr> = keys.iter().map(|key| placed(&endpoints, *key)).collect();
+        for endpoint in &endpoints {
+            let share = before.iter().filter(|placed| *placed == endpoint).count();
+            assert!((250..=420).contains(&share), "about a third each: {share}");
+        }
+        let fewer = &endpoints[..2];
+        for (key, was) in keys.iter().zip(&before) {
+            let now = placed(fewer, *key);
+            if fewer.contains(was) {
+                assert_eq!(now, *was, "a key on an endpoint that stayed does not move");
+            }
+        }
+        assert_eq!(rendezvous(1, &[]), None);
+    }
+
+    #[test]
+    fn round_robin_takes_turns_per_backend_and_an_unknown_kind_is_least_request() {
+        let turns = Turns::default();
+        assert_eq!((0..4).map(|_| turns.next("a") % 2).collect::<Vec<_>>(), [0, 1, 0, 1]);
+        assert_eq!(turns.next("b"), 0, "each backend its own");
+        let unknown = api::LoadBalancer { policy: "shop/lb".into(), kind: 99, hash_header: String::new() };
+        assert_eq!(Balancer::compile(&unknown).unwrap().pick, Pick::LeastRequest);
+        let bad = api::LoadBalancer { kind: 3, hash_header: "not a header".into(), ..unknown };
+        assert!(Balancer::compile(&bad).is_err());
     }
 
     #[tokio::test]

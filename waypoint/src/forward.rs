@@ -36,7 +36,7 @@ use weft_proxy::{
 use crate::{
     app::Context,
     authz,
-    balance::Counted,
+    balance::{self, Counted, Pick},
     breaker::Seen,
     inbound::{Client, Destination},
     metrics::{Peers, RequestLabels, UNKNOWN},
@@ -518,6 +518,19 @@ impl Session {
             None => budget.request(),
         };
         let (parts, body) = request.into_parts();
+        // The backend's load balancer: least request unless it says otherwise; a consistent
+        // hash's key from the request (no such header: no hash, least request).
+        let pick = backend_routes
+            .as_deref()
+            .and_then(|routes| routes.policies().load_balancer.as_ref())
+            .map_or(&Pick::LeastRequest, |balancer| &balancer.pick);
+        let hash_key = match pick {
+            Pick::ConsistentHash(Some(header)) => {
+                parts.headers.get(header).map(|value| balance::hash_key(value.as_bytes()))
+            }
+            Pick::ConsistentHash(None) => Some(balance::hash_key(self.client.address.ip())),
+            _ => None,
+        };
         let (mut streamed, kept) = match keep(&parts.headers, body).await? {
             Kept::Whole(bytes) => (None, Some(bytes)),
             Kept::Streaming(body) => (Some(body.boxed()), None),
@@ -528,7 +541,8 @@ impl Session {
         let mut tried = Vec::new();
         let mut _retrying = None;
         loop {
-            let (workload, target, serving) = self.choose(backend, port, &tried, detection.is_some())?;
+            let (workload, target, serving) =
+                self.choose(backend, port, &tried, detection.is_some(), pick, hash_key)?;
             routed.endpoint = Some(target);
             routed.workload = Some(workload.clone());
             let body = match (&kept, streamed.take()) {
@@ -619,17 +633,21 @@ impl Session {
         port: u16,
         tried: &[SocketAddr],
     ) -> Result<(Arc<Workload>, SocketAddr), Failure> {
-        self.choose(key, port, tried, false).map(|(workload, target, _)| (workload, target))
+        self.choose(key, port, tried, false, &Pick::LeastRequest, None)
+            .map(|(workload, target, _)| (workload, target))
     }
 
     /// [`Self::endpoint`], leaving out those outlier detection ejected when `detecting` (unless
-    /// every one is); with the addresses of every endpoint it chose from.
+    /// every one is), picking as `pick` says (a consistent hash by `hash_key`; without one, least
+    /// request); with the addresses of every endpoint it chose from.
     fn choose(
         &self,
         key: &str,
         port: u16,
         tried: &[SocketAddr],
         detecting: bool,
+        pick: &Pick,
+        hash_key: Option<u64>,
     ) -> Result<(Arc<Workload>, SocketAddr, Vec<SocketAddr>), Failure> {
         let no_endpoint = || Failure::NoEndpoint(key.to_owned(), port);
         let (service, endpoints) = self.context.state.service_by_key(key).ok_or_else(no_endpoint)?;
@@ -658,7 +676,14 @@ impl Session {
         let candidates: Vec<&(Arc<Workload>, SocketAddr)> =
             if untried.is_empty() { serving } else { untried };
         let addresses: Vec<SocketAddr> = candidates.iter().map(|(_, target)| *target).collect();
-        let chosen = self.context.in_flight.least_loaded(&addresses, |n| fastrand::usize(..n));
+        let chosen = match (pick, hash_key) {
+            (Pick::RoundRobin, _) => {
+                (!addresses.is_empty()).then(|| self.context.turns.next(key) % addresses.len())
+            }
+            (Pick::Random, _) => (!addresses.is_empty()).then(|| fastrand::usize(..addresses.len())),
+            (Pick::ConsistentHash(_), Some(hash_key)) => balance::rendezvous(hash_key, &addresses),
+            _ => self.context.in_flight.least_loaded(&addresses, |n| fastrand::usize(..n)),
+        };
         let (workload, target) = chosen.map(|index| candidates[index].clone()).ok_or_else(no_endpoint)?;
         Ok((workload, target, all))
     }

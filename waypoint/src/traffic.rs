@@ -30,6 +30,8 @@ pub enum Error {
     Limit(String),
     #[error(transparent)]
     Breaker(#[from] crate::breaker::Error),
+    #[error(transparent)]
+    Balancer(#[from] crate::balance::InvalidHashHeader),
 }
 
 /// The policies a request gets.
@@ -39,6 +41,8 @@ pub struct Policies {
     pub rate_limit: Option<RateLimit>,
     /// The Service's as a backend ([`crate::breaker`]).
     pub circuit_breaker: Option<crate::breaker::Breaker>,
+    /// The Service's as a backend ([`crate::balance`]).
+    pub load_balancer: Option<crate::balance::Balancer>,
 }
 
 impl Policies {
@@ -48,6 +52,7 @@ impl Policies {
             self.rate_limit.as_ref().map(RateLimit::describe),
             self.fault.as_ref().map(Fault::describe),
             self.circuit_breaker.as_ref().map(crate::breaker::Breaker::describe),
+            self.load_balancer.as_ref().map(crate::balance::Balancer::describe),
         ]
         .into_iter()
         .flatten()
@@ -64,6 +69,11 @@ impl Policies {
                 .circuit_breaker
                 .as_ref()
                 .map(crate::breaker::Breaker::compile)
+                .transpose()?,
+            load_balancer: policies
+                .load_balancer
+                .as_ref()
+                .map(crate::balance::Balancer::compile)
                 .transpose()?,
         })
     }

@@ -3,8 +3,8 @@
 //! Service, an HTTPRoute or GRPCRoute attached to one, or a waypoint (its Gateway), all in the
 //! policy's namespace. Waypoints apply them, so a target is only accepted where one stands:
 //! a Service behind a waypoint, a route of such a Service, a Gateway of class `weft-waypoint`.
-//! `CircuitBreakerPolicy` is a backend's: it targets Services, with or without a waypoint of
-//! their own, and applies to what any waypoint sends their endpoints.
+//! `CircuitBreakerPolicy` and `LoadBalancerPolicy` are a backend's: they target Services, with
+//! or without a waypoint of their own, and apply to what any waypoint sends their endpoints.
 //!
 //! Per kind of policy, the most specific attachment wins (a route's over its Service's over its
 //! waypoint's), and of two attached to one target, the older (creation time, then
@@ -25,6 +25,34 @@ pub const GROUP: &str = "networking.weft.dev";
 /// Their version.
 pub const VERSION: &str = "v1alpha1";
 
+/// Declares a traffic policy: its object (`metadata`, and `spec` of the given type), its
+/// `kube::Resource`, and how it is read (`$convert` makes what waypoints get of its spec,
+/// `$variant` names it in [`Converted`] and [`PolicyKind`]).
+macro_rules! policy {
+    ($(#[$doc:meta])* $type:ident, $spec:ty, $kind:literal, $plural:literal, $convert:ident, $variant:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Deserialize, Serialize)]
+        pub struct $type {
+            pub metadata: ObjectMeta,
+            #[serde(default)]
+            pub spec: $spec,
+        }
+
+        resource!($type, GROUP, VERSION, $kind, $plural);
+
+        impl<'a> From<&'a $type> for Read<'a> {
+            fn from(policy: &'a $type) -> Self {
+                Self {
+                    metadata: &policy.metadata,
+                    targets: &policy.spec.target_refs,
+                    converted: $convert(&key(&policy.metadata), &policy.spec).map(Converted::$variant),
+                    kind: PolicyKind::$variant,
+                }
+            }
+        }
+    };
+}
+
 /// What a policy attaches to: a Service (`group: ""`), or an HTTPRoute, GRPCRoute or Gateway
 /// (`gateway.networking.k8s.io`), by name in the policy's namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -42,16 +70,11 @@ pub struct Percent {
     pub value: f64,
 }
 
-/// A `FaultInjectionPolicy`: Istio's HTTP fault injection (a VirtualService's `fault`), as a
-/// policy of its own.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct FaultInjectionPolicy {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: FaultInjectionSpec,
+policy! {
+    /// A `FaultInjectionPolicy`: Istio's HTTP fault injection (a VirtualService's `fault`), as a
+    /// policy of its own.
+    FaultInjectionPolicy, FaultInjectionSpec, "FaultInjectionPolicy", "faultinjectionpolicies", fault, Fault
 }
-
-resource!(FaultInjectionPolicy, GROUP, VERSION, "FaultInjectionPolicy", "faultinjectionpolicies");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -79,15 +102,10 @@ pub struct Abort {
     pub percentage: Percent,
 }
 
-/// A `RateLimitPolicy`: a local (per waypoint replica) token bucket per target.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct RateLimitPolicy {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: RateLimitSpec,
+policy! {
+    /// A `RateLimitPolicy`: a local (per waypoint replica) token bucket per target.
+    RateLimitPolicy, RateLimitSpec, "RateLimitPolicy", "ratelimitpolicies", rate_limit, RateLimit
 }
-
-resource!(RateLimitPolicy, GROUP, VERSION, "RateLimitPolicy", "ratelimitpolicies");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -107,17 +125,12 @@ pub struct LocalRateLimit {
     pub per_source: bool,
 }
 
-/// A `CircuitBreakerPolicy`: for a Service as a backend, a cap on its requests in flight from
-/// each waypoint replica, and outlier detection on its endpoints (Istio's DestinationRule
-/// `connectionPool.http.http2MaxRequests` and `outlierDetection`, Kuma's MeshCircuitBreaker).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct CircuitBreakerPolicy {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: CircuitBreakerSpec,
+policy! {
+    /// A `CircuitBreakerPolicy`: for a Service as a backend, a cap on its requests in flight from
+    /// each waypoint replica, and outlier detection on its endpoints (Istio's DestinationRule
+    /// `connectionPool.http.http2MaxRequests` and `outlierDetection`, Kuma's MeshCircuitBreaker).
+    CircuitBreakerPolicy, CircuitBreakerSpec, "CircuitBreakerPolicy", "circuitbreakerpolicies", circuit_breaker, CircuitBreaker
 }
-
-resource!(CircuitBreakerPolicy, GROUP, VERSION, "CircuitBreakerPolicy", "circuitbreakerpolicies");
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -138,6 +151,29 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<u32>,
 }
 
+policy! {
+    /// A `LoadBalancerPolicy`: how waypoints pick among a Service's endpoints when they send it
+    /// requests (Istio's DestinationRule `loadBalancer`): `LeastRequest` (the default), `RoundRobin`,
+    /// `Random`, or `ConsistentHash` on a request header (`consistentHash.header`) or, without
+    /// one, on the client's address.
+    LoadBalancerPolicy, LoadBalancerSpec, "LoadBalancerPolicy", "loadbalancerpolicies", load_balancer, LoadBalancer
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LoadBalancerSpec {
+    pub target_refs: Vec<TargetRef>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ConsistentHash {
+    pub header: Option<String>,
+}
+
 /// The kinds of traffic policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum PolicyKind {
@@ -147,16 +183,20 @@ pub enum PolicyKind {
     RateLimit,
     #[serde(rename = "CircuitBreakerPolicy")]
     CircuitBreaker,
+    #[serde(rename = "LoadBalancerPolicy")]
+    LoadBalancer,
 }
 
 impl PolicyKind {
-    pub const ALL: [PolicyKind; 3] = [PolicyKind::Fault, PolicyKind::RateLimit, PolicyKind::CircuitBreaker];
+    pub const ALL: [PolicyKind; 4] =
+        [PolicyKind::Fault, PolicyKind::RateLimit, PolicyKind::CircuitBreaker, PolicyKind::LoadBalancer];
 
     pub fn kind(self) -> &'static str {
         match self {
             Self::Fault => "FaultInjectionPolicy",
             Self::RateLimit => "RateLimitPolicy",
             Self::CircuitBreaker => "CircuitBreakerPolicy",
+            Self::LoadBalancer => "LoadBalancerPolicy",
         }
     }
 
@@ -165,13 +205,14 @@ impl PolicyKind {
             Self::Fault => "faultinjectionpolicies",
             Self::RateLimit => "ratelimitpolicies",
             Self::CircuitBreaker => "circuitbreakerpolicies",
+            Self::LoadBalancer => "loadbalancerpolicies",
         }
     }
 
     /// Whether it applies to requests for its target, which a waypoint must then stand in front
     /// of; else to requests a waypoint sends to the target (a backend's), which needs none.
     fn needs_waypoint(self) -> bool {
-        self != Self::CircuitBreaker
+        !matches!(self, Self::CircuitBreaker | Self::LoadBalancer)
     }
 }
 
@@ -193,6 +234,7 @@ pub enum Converted {
     Fault(api::Fault),
     RateLimit(api::RateLimit),
     CircuitBreaker(api::CircuitBreaker),
+    LoadBalancer(api::LoadBalancer),
 }
 
 impl Converted {
@@ -209,6 +251,9 @@ impl Converted {
             }
             Self::CircuitBreaker(breaker) => {
                 policies.circuit_breaker.get_or_insert_with(|| breaker.clone());
+            }
+            Self::LoadBalancer(balancer) => {
+                policies.load_balancer.get_or_insert_with(|| balancer.clone());
             }
         }
     }
@@ -331,6 +376,40 @@ pub fn circuit_breaker(policy: &str, spec: &CircuitBreakerSpec) -> Result<api::C
     Ok(breaker)
 }
 
+/// How `policy` (`namespace/name`) picks endpoints, or why it cannot be applied.
+pub fn load_balancer(policy: &str, spec: &LoadBalancerSpec) -> Result<api::LoadBalancer, String> {
+    use api::load_balancer::Kind;
+    let kind = match spec.kind.as_str() {
+        "LeastRequest" => Kind::LeastRequest,
+        "RoundRobin" => Kind::RoundRobin,
+        "Random" => Kind::Random,
+        "ConsistentHash" => Kind::ConsistentHash,
+        other => {
+            return Err(format!(
+                "type {other:?} is none of LeastRequest, RoundRobin, Random, ConsistentHash"
+            ));
+        }
+    };
+    let hash_header = spec.consistent_hash.as_ref().and_then(|hash| hash.header.clone()).unwrap_or_default();
+    if !hash_header.is_empty() && http_header_name(&hash_header).is_none() {
+        return Err(format!("consistentHash.header {hash_header:?} is no header name"));
+    }
+    if kind != Kind::ConsistentHash && spec.consistent_hash.is_some() {
+        return Err("consistentHash is for type ConsistentHash only".to_owned());
+    }
+    Ok(api::LoadBalancer {
+        policy: policy.to_owned(),
+        kind: kind.into(),
+        hash_header: hash_header.to_ascii_lowercase(),
+    })
+}
+
+/// `name` if it is a valid HTTP header name (RFC 9110 token).
+fn http_header_name(name: &str) -> Option<&str> {
+    let token = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    (!name.is_empty() && name.bytes().all(token)).then_some(name)
+}
+
 /// What a target is, once found.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Target {
@@ -364,39 +443,6 @@ pub struct Read<'a> {
     pub targets: &'a [TargetRef],
     pub converted: Result<Converted, String>,
     pub kind: PolicyKind,
-}
-
-impl<'a> From<&'a FaultInjectionPolicy> for Read<'a> {
-    fn from(policy: &'a FaultInjectionPolicy) -> Self {
-        Self {
-            metadata: &policy.metadata,
-            targets: &policy.spec.target_refs,
-            converted: fault(&key(&policy.metadata), &policy.spec).map(Converted::Fault),
-            kind: PolicyKind::Fault,
-        }
-    }
-}
-
-impl<'a> From<&'a CircuitBreakerPolicy> for Read<'a> {
-    fn from(policy: &'a CircuitBreakerPolicy) -> Self {
-        Self {
-            metadata: &policy.metadata,
-            targets: &policy.spec.target_refs,
-            converted: circuit_breaker(&key(&policy.metadata), &policy.spec).map(Converted::CircuitBreaker),
-            kind: PolicyKind::CircuitBreaker,
-        }
-    }
-}
-
-impl<'a> From<&'a RateLimitPolicy> for Read<'a> {
-    fn from(policy: &'a RateLimitPolicy) -> Self {
-        Self {
-            metadata: &policy.metadata,
-            targets: &policy.spec.target_refs,
-            converted: rate_limit(&key(&policy.metadata), &policy.spec).map(Converted::RateLimit),
-            kind: PolicyKind::RateLimit,
-        }
-    }
 }
 
 /// `namespace/name` of an object.
@@ -493,8 +539,11 @@ pub fn apply<'a>(
             .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
         for route in &mut routes.routes {
             let mut own = of(Target::Route(route.name.clone()));
-            // A circuit breaker is the backend's, never a route's.
-            merge(&mut own, &api::Policies { circuit_breaker: None, ..policies.clone() });
+            // A circuit breaker and a load balancer are the backend's, never a route's.
+            merge(
+                &mut own,
+                &api::Policies { circuit_breaker: None, load_balancer: None, ..policies.clone() },
+            );
             route.policies = (own != api::Policies::default()).then_some(own);
         }
         routes.policies = (policies != api::Policies::default()).then_some(policies);

@@ -25,7 +25,7 @@ use super::{
     Naming, Objects, Snapshot, build,
     gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
-    traffic::{CircuitBreakerPolicy, FaultInjectionPolicy, RateLimitPolicy},
+    traffic::{CircuitBreakerPolicy, FaultInjectionPolicy, LoadBalancerPolicy, RateLimitPolicy},
 };
 
 /// Runs until a watch ends for good; `publish` holds the latest snapshot (version 0 = none yet).
@@ -94,11 +94,17 @@ pub async fn run(
             "circuitbreakerpolicies.networking.weft.dev",
         )
         .await?
+        && installed(
+            Api::<LoadBalancerPolicy>::all(client.clone()),
+            "loadbalancerpolicies.networking.weft.dev",
+        )
+        .await?
     {
         Some(TrafficPolicies {
             faults: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
             rate_limits: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
             breakers: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
+            balancers: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
         })
     } else {
         tracing::warn!(
@@ -125,6 +131,7 @@ pub async fn run(
         traffic.faults.wait_until_ready().await?;
         traffic.rate_limits.wait_until_ready().await?;
         traffic.breakers.wait_until_ready().await?;
+        traffic.balancers.wait_until_ready().await?;
     }
     tracing::info!("Kubernetes index synced");
     loop {
@@ -139,10 +146,13 @@ pub async fn run(
             ),
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
-        let (fault_policies, rate_limit_policies, circuit_breaker_policies) = match &traffic {
-            Some(api) => (api.faults.state(), api.rate_limits.state(), api.breakers.state()),
-            None => (Vec::new(), Vec::new(), Vec::new()),
-        };
+        let (fault_policies, rate_limit_policies, circuit_breaker_policies, load_balancer_policies) =
+            match &traffic {
+                Some(api) => {
+                    (api.faults.state(), api.rate_limits.state(), api.breakers.state(), api.balancers.state())
+                }
+                None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            };
         let objects = Objects::default()
             .namespaces(namespaces.iter().map(AsRef::as_ref))
             .pods(pods.iter().map(AsRef::as_ref))
@@ -155,7 +165,8 @@ pub async fn run(
             .tcp_routes(tcp_routes.iter().map(AsRef::as_ref))
             .fault_policies(fault_policies.iter().map(AsRef::as_ref))
             .rate_limit_policies(rate_limit_policies.iter().map(AsRef::as_ref))
-            .circuit_breaker_policies(circuit_breaker_policies.iter().map(AsRef::as_ref));
+            .circuit_breaker_policies(circuit_breaker_policies.iter().map(AsRef::as_ref))
+            .load_balancer_policies(load_balancer_policies.iter().map(AsRef::as_ref));
         let mut next = build(&naming, &objects);
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -205,6 +216,7 @@ struct TrafficPolicies {
     faults: Store<FaultInjectionPolicy>,
     rate_limits: Store<RateLimitPolicy>,
     breakers: Store<CircuitBreakerPolicy>,
+    balancers: Store<LoadBalancerPolicy>,
 }
 
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start

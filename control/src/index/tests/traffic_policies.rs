@@ -4,7 +4,8 @@ use weft_api::route as routes;
 
 use super::{
     super::traffic::{
-        CircuitBreakerPolicy, FaultInjectionPolicy, PolicyKind, RateLimitPolicy, TrafficPolicyStatus,
+        CircuitBreakerPolicy, FaultInjectionPolicy, LoadBalancerPolicy, PolicyKind, RateLimitPolicy,
+        TrafficPolicyStatus,
     },
     waypoints::{backends, gateway, http_route, labelled, service_routes},
     *,
@@ -269,5 +270,39 @@ fn a_service_or_route_whose_waypoint_does_not_exist_is_no_target_for_what_a_wayp
     assert_eq!(
         verdicts(&snapshot.traffic_policies, PolicyKind::Fault, "early"),
         [("web".into(), "NoWaypoint"), ("split".into(), "NoWaypoint")]
+    );
+}
+
+#[test]
+fn a_load_balancer_is_a_backends_and_a_hash_header_must_be_a_header_name() {
+    let balancers: [LoadBalancerPolicy; 2] = [
+        policy(
+            "sticky",
+            1,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web-v1")], "type": "ConsistentHash",
+                                "consistentHash": { "header": "X-User" } }),
+        ),
+        policy(
+            "bad-header",
+            2,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web-v2")], "type": "ConsistentHash",
+                                "consistentHash": { "header": "x user" } }),
+        ),
+    ];
+    let (namespaces, services) = ([namespace("mesh", true)], backends());
+    let snapshot = build(
+        &naming(),
+        &Objects::default().namespaces(&namespaces).services(&services).load_balancer_policies(&balancers),
+    );
+    let v1 = service_routes(&snapshot, "mesh/web-v1.mesh.svc.cluster.local");
+    let expected = routes::LoadBalancer {
+        policy: "mesh/sticky".into(),
+        kind: routes::load_balancer::Kind::ConsistentHash.into(),
+        hash_header: "x-user".into(),
+    };
+    assert_eq!(v1.policies.unwrap().load_balancer, Some(expected), "lowercase, as HTTP/2 sends names");
+    assert_eq!(
+        verdicts(&snapshot.traffic_policies, PolicyKind::LoadBalancer, "bad-header"),
+        [("web-v2".into(), "Invalid")]
     );
 }
