@@ -9,6 +9,7 @@ pub mod admin;
 pub mod clock;
 pub mod daemon;
 pub mod enrollment;
+pub mod hash;
 pub mod hex;
 #[cfg(feature = "kubernetes")]
 pub mod watch;

@@ -13,23 +13,37 @@ use tokio::{sync::mpsc, task::JoinSet};
 /// Pause after a failed watch request before the reflector retries.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Starts a reflector for `api` (in `watchers`) whose every event pokes `changed`; returns its
-/// store.
-pub fn reflect<K>(
-    watchers: &mut JoinSet<()>,
-    api: Api<K>,
-    config: watcher::Config,
-    changed: mpsc::Sender<()>,
-) -> reflector::Store<K>
-where
+/// What a reflector can keep: an object of a static Kubernetes type.
+pub trait Watched:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// Starts a reflector for `api` (in `watchers`) whose every event pokes `changed`; returns its
+/// store.
+pub fn reflect<K: Watched>(
+    watchers: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: mpsc::Sender<()>,
+) -> reflector::Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher::watcher(api, config));
     watchers.spawn(async move {

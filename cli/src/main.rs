@@ -47,8 +47,8 @@ enum Command {
     Certs,
     /// Authorization policies: action, whom they apply to, and what node proxies cannot enforce.
     Policies,
-    /// Traffic policies (fault injection, rate limits, circuit breakers): per target, applied
-    /// or why not.
+    /// Traffic policies (fault injection, rate limits, circuit breakers, load balancers): per
+    /// target, applied or why not.
     Traffic,
     /// Waypoints in use: their Service, ready endpoints, and the Services and workloads behind
     /// them.

@@ -228,7 +228,7 @@ impl Mesh {
         Ok(Value::Array(rows))
     }
 
-    /// Every traffic policy (fault injection, rate limit, circuit breaker) as the control plane
+    /// Every traffic policy (fault injection, rate limit, circuit breaker, load balancer) as the control plane
     /// understood it: per target, applied or why not.
     pub async fn traffic_policies(&self) -> anyhow::Result<Value> {
         let dump = self.json(self.control()?, "/config_dump").await?;

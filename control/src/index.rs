@@ -766,17 +766,9 @@ fn encode(address: api::address::Type) -> Arc<Resource> {
 
 fn encode_as(type_url: &str, value: Vec<u8>) -> Arc<Resource> {
     Arc::new(Resource {
-        version: format!("{:016x}", fnv1a(&value)),
+        version: format!("{:016x}", weft_api::hash::fnv1a(&value)),
         body: prost_types::Any { type_url: type_url.to_owned(), value },
     })
-}
-
-/// FNV-1a, 64 bit: a content hash that is the same in every build and process, so a
-/// restarted control plane recognises the versions proxies already hold.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// The name of the workload a pod belongs to, as Istio derives it for metrics and telemetry:

@@ -1421,7 +1421,9 @@ async fn a_consistent_hash_on_a_header_keeps_each_user_on_one_endpoint() {
                 _ => None,
             }
         };
-        weft_tests::until("the policy to reach the waypoint", WAIT, || on(0).is_some()).unwrap();
+        // Three users each on one endpoint: without the policy, one time in 10^8 or so.
+        weft_tests::until("the policy to reach the waypoint", WAIT, || (0..3).all(|user| on(user).is_some()))
+            .unwrap();
         let placed: Vec<Option<&str>> = (0..20).map(on).collect();
         assert!(placed.iter().all(Option::is_some), "each user on one endpoint: {placed:?}");
         assert!(placed.contains(&Some("v1")) && placed.contains(&Some("v2")), "users spread: {placed:?}");

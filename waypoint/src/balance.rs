@@ -109,24 +109,26 @@ pub struct InvalidHashHeader(String);
 
 /// The endpoint `key` goes to among `candidates`, by rendezvous hashing: the one whose hash with
 /// the key is highest, so an endpoint coming or going moves only its own share of keys, and
-/// every replica (the hash is SipHash with fixed keys) agrees.
+/// every replica and release agrees (FNV-1a, then SplitMix64's finaliser for its spread).
 pub fn rendezvous(key: u64, candidates: &[SocketAddr]) -> Option<usize> {
-    use std::hash::{DefaultHasher, Hash, Hasher};
     let weight = |candidate: &SocketAddr| {
-        let mut hasher = DefaultHasher::new();
-        (key, candidate).hash(&mut hasher);
-        hasher.finish()
+        let mut bytes = key.to_le_bytes().to_vec();
+        bytes.extend_from_slice(candidate.to_string().as_bytes());
+        mix(weft_api::hash::fnv1a(&bytes))
     };
     (0..candidates.len()).max_by_key(|index| weight(&candidates[*index]))
 }
 
-/// A consistent hash's key for `value` (a header's bytes, the client's address), the same in
-/// every replica.
-pub fn hash_key(value: impl std::hash::Hash) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
+/// SplitMix64's finaliser: every input bit moves every output bit.
+fn mix(mut value: u64) -> u64 {
+    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^ (value >> 31)
+}
+
+/// A consistent hash's key for `value` (a header's bytes, the client's address).
+pub fn hash_key(value: &[u8]) -> u64 {
+    weft_api::hash::fnv1a(value)
 }
 
 /// Round robin's turns, per backend Service.

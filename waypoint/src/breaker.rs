@@ -6,8 +6,8 @@
 //! failed connection, a timeout, a reset), is ejected — sent nothing — for the base ejection
 //! time times the number of its ejections (at most 300 s), while no more than the maximum
 //! share of the Service's endpoints is out (one always may be). A returned endpoint that stays
-//! well as long as its last ejection lasted is forgiven one ejection. Were every endpoint out,
-//! requests go to all of them (Envoy's panic routing).
+//! well for the base time times its ejections is forgiven one, and so on. Were every endpoint
+//! out, requests go to all of them (Envoy's panic routing). Judged per backend Service.
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -109,10 +109,11 @@ impl Seen {
     }
 }
 
-/// The endpoints' health, by address, across every backend of this replica.
+/// The endpoints' health, per backend Service and endpoint address: an endpoint behind two
+/// Services is judged by each apart, as Envoy judges it per cluster.
 #[derive(Debug, Default)]
 pub struct Outliers {
-    endpoints: Mutex<HashMap<SocketAddr, Health>>,
+    backends: Mutex<HashMap<String, HashMap<SocketAddr, Health>>>,
 }
 
 #[derive(Debug, Default)]
@@ -121,9 +122,9 @@ struct Health {
     consecutive_gateway: u32,
     /// Times ejected, less those forgiven.
     ejections: u32,
+    /// When its last ejection ends (ended), or when it was last forgiven one.
+    well_since: Option<Instant>,
     ejected_until: Option<Instant>,
-    /// How long its last ejection lasted.
-    last_ejection: Duration,
 }
 
 impl Health {
@@ -133,47 +134,62 @@ impl Health {
 }
 
 impl Outliers {
-    /// Of `endpoints`, those not ejected at `now`; all of them when every one is (panic routing).
-    pub fn usable(&self, endpoints: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
-        let health = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let usable: Vec<SocketAddr> = endpoints
+    /// Of `backend`'s `endpoints`, those ejected at `now` (usually none); none when every one
+    /// is (panic routing: then all of them get requests).
+    pub fn ejected(&self, backend: &str, endpoints: &[SocketAddr], now: Instant) -> Vec<SocketAddr> {
+        let backends = self.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(health) = backends.get(backend) else { return Vec::new() };
+        let ejected: Vec<SocketAddr> = endpoints
             .iter()
             .copied()
-            .filter(|endpoint| !health.get(endpoint).is_some_and(|health| health.ejected(now)))
+            .filter(|endpoint| health.get(endpoint).is_some_and(|health| health.ejected(now)))
             .collect();
-        if usable.is_empty() { endpoints.to_vec() } else { usable }
+        if ejected.len() == endpoints.len() { Vec::new() } else { ejected }
     }
 
-    /// Counts what an attempt at `endpoint`, one of the backend's `endpoints`, came to; answers
-    /// how long it is ejected for, if this ejected it.
+    /// Counts what an attempt at `endpoint`, one of `backend`'s `endpoints`, came to; answers
+    /// how long it is ejected for, if this ejected it. An ejected endpoint's answers (requests
+    /// under way when it went, or panic routing) are not counted: it starts afresh when back.
     pub fn record(
         &self,
         detection: &Detection,
+        backend: &str,
         endpoint: SocketAddr,
         seen: Seen,
         endpoints: &[SocketAddr],
         now: Instant,
     ) -> Option<Duration> {
-        let mut all = self.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if all.len() >= MAX_TRACKED && !all.contains_key(&endpoint) {
+        let mut backends = self.backends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tracked: usize = backends.values().map(HashMap::len).sum();
+        let all = backends.entry(backend.to_owned()).or_default();
+        if tracked >= MAX_TRACKED && !all.contains_key(&endpoint) {
             all.retain(|_, health| {
-                health.ejected(now) || health.consecutive_5xx + health.consecutive_gateway > 0
+                health.ejected(now)
+                    || health.ejections > 0
+                    || health.consecutive_5xx + health.consecutive_gateway > 0
             });
-            if all.len() >= MAX_TRACKED {
-                return None;
-            }
+            return None;
         }
         let out =
             endpoints.iter().filter(|other| all.get(other).is_some_and(|health| health.ejected(now))).count();
         let health = all.entry(endpoint).or_default();
+        if health.ejected(now) {
+            return None;
+        }
         match seen {
             Seen::Success => {
                 health.consecutive_5xx = 0;
                 health.consecutive_gateway = 0;
-                let well_since = health.ejected_until.map(|until| now.saturating_duration_since(until));
-                if health.ejections > 0 && well_since.is_some_and(|well| well >= health.last_ejection) {
+                // Well for as long as its ejection would now last: one ejection forgiven, and
+                // the clock starts again for the next.
+                let forgiving = detection.base_ejection.saturating_mul(health.ejections);
+                if health.ejections > 0
+                    && health
+                        .well_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= forgiving)
+                {
                     health.ejections -= 1;
-                    health.ejected_until = None;
+                    health.well_since = Some(now);
                 }
                 return None;
             }
@@ -189,16 +205,18 @@ impl Outliers {
         let reached = |count: u32, threshold: u32| threshold > 0 && count >= threshold;
         let failing = reached(health.consecutive_5xx, detection.consecutive_5xx)
             || reached(health.consecutive_gateway, detection.consecutive_gateway);
-        // Envoy's rule: the share out stays within the maximum, but one may always be.
+        // The share out stays within the maximum, but one may always be (Envoy's
+        // `always_eject_one_host`; Istio leaves it off, so that a Service of fewer than ten
+        // endpoints never ejects one at its default 10 %).
         let allowed =
             out == 0 || (out + 1) * 100 <= detection.max_ejection_percent as usize * endpoints.len();
-        if !failing || health.ejected(now) || !allowed {
+        if !failing || !allowed {
             return None;
         }
         health.ejections += 1;
         let lasts = detection.base_ejection.saturating_mul(health.ejections).min(MAX_EJECTION);
         health.ejected_until = Some(now + lasts);
-        health.last_ejection = lasts;
+        health.well_since = Some(now + lasts);
         health.consecutive_5xx = 0;
         health.consecutive_gateway = 0;
         Some(lasts)

@@ -168,8 +168,8 @@ struct Routed {
     workload: Option<Arc<Workload>>,
     /// Retries made.
     retries: u32,
-    /// What a traffic policy did to it, if anything: `rate limited by …`, `delayed … by …`,
-    /// `aborted by …`.
+    /// What a traffic policy did to it, if anything: `delayed … by …`, `aborted by …`, `rate
+    /// limited by …`, `overflow of …` (a circuit breaker's cap).
     policy: String,
 }
 
@@ -414,10 +414,8 @@ impl Session {
             None => service_routes.as_deref().map(Routes::policies),
         };
         if let Some(policies) = policies {
-            let grpc = request
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+            let grpc =
+                request.headers().get(header::CONTENT_TYPE).is_some_and(|value| is_grpc(value.as_bytes()));
             self.police(policies, grpc, routed, pending).await?;
         }
         let (backend, backend_port) = match selected {
@@ -468,8 +466,9 @@ impl Session {
             if let Some(delay) = fault.delay(fastrand::u32(..traffic::MILLION)) {
                 routed.policy = format!("delayed {}ms by {}", delay.as_millis(), fault.policy);
                 // A client giving up meanwhile is no rapid reset.
-                pending.held();
+                pending.held(true);
                 tokio::time::sleep(delay).await;
+                pending.held(false);
             }
             if let Some(abort) = fault.abort(fastrand::u32(..traffic::MILLION)) {
                 routed.policy = format!("aborted by {}", fault.policy);
@@ -528,7 +527,9 @@ impl Session {
             Pick::ConsistentHash(Some(header)) => {
                 parts.headers.get(header).map(|value| balance::hash_key(value.as_bytes()))
             }
-            Pick::ConsistentHash(None) => Some(balance::hash_key(self.client.address.ip())),
+            Pick::ConsistentHash(None) => {
+                Some(balance::hash_key(self.client.address.ip().to_string().as_bytes()))
+            }
             _ => None,
         };
         let (mut streamed, kept) = match keep(&parts.headers, body).await? {
@@ -561,15 +562,19 @@ impl Session {
                 Err(Failure::Connect(_)) => Some(Outcome::ConnectFailed),
                 Err(_) => None,
             };
-            // What the endpoint did, as outlier detection counts it: a reset is a gateway error;
-            // a failure of the client's (its body) is not the endpoint's.
-            let seen = match &answer {
-                Err(Failure::Upstream(_)) => Some(Seen::GatewayError),
-                _ => outcome.map(Seen::of),
+            // What the endpoint did, as outlier detection counts it: a reset is a gateway error.
+            // While a body is streamed the client takes part — a client that resets it or
+            // sends it slowly fails the attempt — so only an attempt with a body kept whole
+            // counts its timeout or reset against the endpoint.
+            let seen = match (&answer, outcome) {
+                (Ok(_), Some(outcome)) | (Err(Failure::Connect(_)), Some(outcome)) => Some(Seen::of(outcome)),
+                (Err(Failure::Upstream(_)), _) if kept.is_some() => Some(Seen::GatewayError),
+                (Err(Failure::Timeout), Some(outcome)) if kept.is_some() => Some(Seen::of(outcome)),
+                _ => None,
             };
             if let (Some(breaker), Some(detection), Some(seen)) = (breaker, detection, seen)
                 && let Some(lasts) =
-                    self.context.outliers.record(detection, target, seen, &serving, Instant::now())
+                    self.context.outliers.record(detection, backend, target, seen, &serving, Instant::now())
             {
                 tracing::info!(%backend, endpoint = %target, ?lasts, policy = %breaker.policy, "endpoint ejected");
             }
@@ -668,9 +673,11 @@ impl Session {
             })
             .collect();
         let all: Vec<SocketAddr> = serving.iter().map(|(_, target)| *target).collect();
-        let usable = if detecting { self.context.outliers.usable(&all, Instant::now()) } else { all.clone() };
+        // Usually none: the filter costs nothing then.
+        let ejected =
+            if detecting { self.context.outliers.ejected(key, &all, Instant::now()) } else { Vec::new() };
         let serving: Vec<&(Arc<Workload>, SocketAddr)> =
-            serving.iter().filter(|(_, target)| usable.contains(target)).collect();
+            serving.iter().filter(|(_, target)| !ejected.contains(target)).collect();
         let untried: Vec<&(Arc<Workload>, SocketAddr)> =
             serving.iter().copied().filter(|(_, target)| !tried.contains(target)).collect();
         let candidates: Vec<&(Arc<Workload>, SocketAddr)> =
@@ -789,6 +796,14 @@ impl Upstream {
 fn address_of(workload: &Workload, client: &SocketAddr) -> Option<std::net::IpAddr> {
     let v4 = client.ip().to_canonical().is_ipv4();
     workload.addresses.iter().find(|ip| ip.is_ipv4() == v4).or(workload.addresses.first()).copied()
+}
+
+/// Whether a `content-type` is gRPC's (`application/grpc`, `application/grpc+proto`, …), not
+/// gRPC-Web's.
+fn is_grpc(content_type: &[u8]) -> bool {
+    content_type
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
 }
 
 /// Removes the headers of one hop, and those the `Connection` header names.

@@ -368,6 +368,9 @@ pub fn circuit_breaker(policy: &str, spec: &CircuitBreakerSpec) -> Result<api::C
         })?;
         breaker.base_ejection_ms = u32::try_from(base.as_millis())
             .map_err(|_| "outlierDetection.baseEjectionTime is too long".to_owned())?;
+        if breaker.base_ejection_ms == 0 {
+            return Err("outlierDetection.baseEjectionTime must be at least 1ms".to_owned());
+        }
         breaker.max_ejection_percent = detection.max_ejection_percent.unwrap_or(10);
         if breaker.max_ejection_percent > 100 {
             return Err("outlierDetection.maxEjectionPercent is above 100".to_owned());
@@ -413,7 +416,7 @@ fn http_header_name(name: &str) -> Option<&str> {
 /// What a target is, once found.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Target {
-    /// A Service behind a waypoint, by `(namespace, name)`.
+    /// A Service (behind a waypoint, for the kinds that need one), by `(namespace, name)`.
     Service(String, String),
     /// A route attached to such a Service, by its name in `ServiceRoutes` (`namespace/name`,
     /// `GRPCRoute:namespace/name`).

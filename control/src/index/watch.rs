@@ -19,7 +19,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
-use weft_api::watch::reflect;
+use weft_api::watch::{Watched, reflect};
 
 use super::{
     Naming, Objects, Snapshot, build,
@@ -80,37 +80,17 @@ pub async fn run(
         tracing::warn!("Gateway API CRDs not installed: waypoints are off");
         None
     };
-    // Weft's traffic policies: off, with a warning, where their CRDs are not installed yet (an
-    // upgrade that has not applied `manifests/crds.yaml`).
-    let traffic = if installed(
-        Api::<FaultInjectionPolicy>::all(client.clone()),
-        "faultinjectionpolicies.networking.weft.dev",
-    )
-    .await?
-        && installed(Api::<RateLimitPolicy>::all(client.clone()), "ratelimitpolicies.networking.weft.dev")
-            .await?
-        && installed(
-            Api::<CircuitBreakerPolicy>::all(client.clone()),
-            "circuitbreakerpolicies.networking.weft.dev",
-        )
-        .await?
-        && installed(
-            Api::<LoadBalancerPolicy>::all(client.clone()),
-            "loadbalancerpolicies.networking.weft.dev",
-        )
-        .await?
-    {
-        Some(TrafficPolicies {
-            faults: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
-            rate_limits: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
-            breakers: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
-            balancers: reflect(&mut watchers, Api::all(client.clone()), all(), changed_tx.clone()),
-        })
-    } else {
-        tracing::warn!(
-            "the networking.weft.dev CRDs (manifests/crds.yaml) are not installed: traffic policies are off"
-        );
-        None
+    // Weft's traffic policies: each kind off, with a warning, where its CRD is not installed
+    // yet (an upgrade that has not applied `manifests/crds.yaml`); the others still work.
+    let traffic = TrafficPolicies {
+        faults: optional(&mut watchers, &client, "faultinjectionpolicies.networking.weft.dev", &changed_tx)
+            .await?,
+        rate_limits: optional(&mut watchers, &client, "ratelimitpolicies.networking.weft.dev", &changed_tx)
+            .await?,
+        breakers: optional(&mut watchers, &client, "circuitbreakerpolicies.networking.weft.dev", &changed_tx)
+            .await?,
+        balancers: optional(&mut watchers, &client, "loadbalancerpolicies.networking.weft.dev", &changed_tx)
+            .await?,
     };
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
@@ -127,11 +107,17 @@ pub async fn run(
             tcp.wait_until_ready().await?;
         }
     }
-    if let Some(traffic) = &traffic {
-        traffic.faults.wait_until_ready().await?;
-        traffic.rate_limits.wait_until_ready().await?;
-        traffic.breakers.wait_until_ready().await?;
-        traffic.balancers.wait_until_ready().await?;
+    if let Some(store) = &traffic.faults {
+        store.wait_until_ready().await?;
+    }
+    if let Some(store) = &traffic.rate_limits {
+        store.wait_until_ready().await?;
+    }
+    if let Some(store) = &traffic.breakers {
+        store.wait_until_ready().await?;
+    }
+    if let Some(store) = &traffic.balancers {
+        store.wait_until_ready().await?;
     }
     tracing::info!("Kubernetes index synced");
     loop {
@@ -146,13 +132,12 @@ pub async fn run(
             ),
             None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
         };
-        let (fault_policies, rate_limit_policies, circuit_breaker_policies, load_balancer_policies) =
-            match &traffic {
-                Some(api) => {
-                    (api.faults.state(), api.rate_limits.state(), api.breakers.state(), api.balancers.state())
-                }
-                None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
-            };
+        let (fault_policies, rate_limit_policies, circuit_breaker_policies, load_balancer_policies) = (
+            listed(&traffic.faults),
+            listed(&traffic.rate_limits),
+            listed(&traffic.breakers),
+            listed(&traffic.balancers),
+        );
         let objects = Objects::default()
             .namespaces(namespaces.iter().map(AsRef::as_ref))
             .pods(pods.iter().map(AsRef::as_ref))
@@ -211,12 +196,36 @@ struct GatewayApi {
     tcp: Option<Store<TcpRoute>>,
 }
 
-/// The traffic policies' reflectors, where their CRDs are.
+/// The traffic policies' reflectors, each where its CRD is.
 struct TrafficPolicies {
-    faults: Store<FaultInjectionPolicy>,
-    rate_limits: Store<RateLimitPolicy>,
-    breakers: Store<CircuitBreakerPolicy>,
-    balancers: Store<LoadBalancerPolicy>,
+    faults: Option<Store<FaultInjectionPolicy>>,
+    rate_limits: Option<Store<RateLimitPolicy>>,
+    breakers: Option<Store<CircuitBreakerPolicy>>,
+    balancers: Option<Store<LoadBalancerPolicy>>,
+}
+
+/// What `store` holds; nothing without one.
+fn listed<K>(store: &Option<Store<K>>) -> Vec<Arc<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.as_ref().map(Store::state).unwrap_or_default()
+}
+
+/// A reflector on `resource` (`plural.group`) where the API server serves it; `None`, with a
+/// warning, where not.
+async fn optional<K: Watched>(
+    watchers: &mut JoinSet<()>,
+    client: &kube::Client,
+    resource: &str,
+    changed: &mpsc::Sender<()>,
+) -> anyhow::Result<Option<Store<K>>> {
+    if installed(Api::<K>::all(client.clone()), resource).await? {
+        Ok(Some(reflect(watchers, Api::all(client.clone()), watcher::Config::default(), changed.clone())))
+    } else {
+        tracing::warn!(resource, "CRD not installed (manifests/crds.yaml): these policies are off");
+        Ok(None)
+    }
 }
 
 /// Whether the Gateway API's Gateway and HTTPRoute CRDs are installed. Checked once, at start

@@ -81,15 +81,15 @@ impl Cancelled {
 pub struct Pending {
     session: Option<Arc<Cancelled>>,
     started: Instant,
-    /// The waypoint held it back on purpose (an injected delay): a client giving up on it
+    /// The waypoint holds it back on purpose now (an injected delay): a client giving up on it
     /// meanwhile is no abuse.
     held: AtomicBool,
 }
 
 impl Pending {
-    /// Marks the request as held back by the waypoint itself.
-    pub fn held(&self) {
-        self.held.store(true, Ordering::Relaxed);
+    /// Marks the request as held back by the waypoint itself, or no longer.
+    pub fn held(&self, held: bool) {
+        self.held.store(held, Ordering::Relaxed);
     }
 
     pub fn answered(mut self) {
@@ -159,9 +159,17 @@ mod tests {
         let cancelled = Arc::new(Cancelled::default());
         for _ in 0..2 * MAX_PREMATURE {
             let delayed = cancelled.pending();
-            delayed.held();
+            delayed.held(true);
             drop(delayed);
         }
         assert!(!exceeded(&cancelled).await, "clients whose deadlines an injected delay outlasts");
+        // Once the delay is over, a cancellation is judged as any other.
+        for _ in 0..=2 * MAX_PREMATURE {
+            let released = cancelled.pending();
+            released.held(true);
+            released.held(false);
+            drop(released);
+        }
+        assert!(exceeded(&cancelled).await);
     }
 }

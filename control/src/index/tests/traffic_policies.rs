@@ -204,7 +204,7 @@ fn a_policy_that_changes_no_resource_still_makes_a_new_snapshot_for_its_status()
 fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_waypoint() {
     let gateways = [gateway("waypoint", "mesh", "weft-waypoint")];
     let route = split();
-    let breakers: [CircuitBreakerPolicy; 2] = [
+    let breakers: [CircuitBreakerPolicy; 3] = [
         policy(
             "breaker",
             1,
@@ -216,6 +216,12 @@ fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_
             2,
             serde_json::json!({ "targetRefs": [target("gateway.networking.k8s.io", "HTTPRoute", "split")],
                                 "maxRequests": 1 }),
+        ),
+        policy(
+            "never-out",
+            3,
+            serde_json::json!({ "targetRefs": [target("", "Service", "web-v2")],
+                                "outlierDetection": { "baseEjectionTime": "0s" } }),
         ),
     ];
     let snapshot = build(
@@ -246,6 +252,7 @@ fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_
         [("web-v1".into(), "Accepted"), ("web".into(), "Accepted")]
     );
     assert_eq!(verdicts(statuses, PolicyKind::CircuitBreaker, "on-a-route"), [("split".into(), "Invalid")]);
+    assert_eq!(verdicts(statuses, PolicyKind::CircuitBreaker, "never-out"), [("web-v2".into(), "Invalid")]);
 }
 
 #[test]
