@@ -1,8 +1,9 @@
 //! The traffic policies a request gets before it goes on (`networking.weft.dev`, which the
-//! control plane resolves per route and Service): a local rate limit — a token bucket per
-//! policy target, or per target and client identity, in this replica — and a fault: a delay,
-//! an abort answered by the waypoint itself (an HTTP status, or a gRPC error). Pure but for
-//! the buckets' clock, which the caller supplies.
+//! control plane resolves per route and Service): a fault — a delay, an abort answered by the
+//! waypoint itself (an HTTP status, or a gRPC error) — and a local rate limit — a token bucket
+//! per policy target, or per target and client identity, in this replica; and, on a backend
+//! Service's own resource, its circuit breaker ([`crate::breaker`]) and load balancer
+//! ([`crate::balance`]). Pure but for the buckets' clock, which the caller supplies.
 use std::{
     collections::HashMap,
     sync::Mutex,
@@ -16,7 +17,7 @@ use weft_api::route as api;
 pub const MILLION: u32 = 1_000_000;
 
 /// Buckets kept at most; past it, full ones (idle long enough to have refilled) are dropped,
-/// then any.
+/// then a client's, else any.
 const MAX_BUCKETS: usize = 10_000;
 
 /// Why a policy cannot be applied.
