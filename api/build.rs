@@ -12,6 +12,7 @@ fn main() -> std::io::Result<()> {
             "proto/authorization.proto",
             "proto/route.proto",
             "proto/http_authorization.proto",
+            "proto/request_authentication.proto",
         ],
         &["proto", "/usr/include"],
     )

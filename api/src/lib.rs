@@ -56,10 +56,13 @@ pub mod route {
     pub const ROUTES_TYPE: &str = "type.googleapis.com/weft.route.ServiceRoutes";
 }
 
-/// `weft.security`: the L7 authorization policies a waypoint enforces.
+/// `weft.security`: the L7 authorization policies and the request authentication (JWT) a
+/// waypoint enforces.
 pub mod http_authorization {
     tonic::include_proto!("weft.security");
 
     /// The xDS type of [`HttpAuthorization`] resources.
     pub const HTTP_AUTHORIZATION_TYPE: &str = "type.googleapis.com/weft.security.HttpAuthorization";
+    /// The xDS type of [`RequestAuthentication`] resources.
+    pub const REQUEST_AUTHENTICATION_TYPE: &str = "type.googleapis.com/weft.security.RequestAuthentication";
 }

@@ -45,7 +45,8 @@ enum Command {
     Services,
     /// Certificates held by each node's proxy: identity, serial, expiry.
     Certs,
-    /// Authorization policies: action, whom they apply to, and what node proxies cannot enforce.
+    /// Authorization policies and request authentications (action `JWT`): action, whom they apply
+    /// to, and what proxies cannot enforce.
     Policies,
     /// Traffic policies (fault injection, rate limits, circuit breakers, load balancers): per
     /// target, applied or why not.

@@ -196,14 +196,15 @@ impl Mesh {
         Ok(self.json(self.control()?, "/config_dump").await?["services"].clone())
     }
 
-    /// Every authorization policy as the control plane understood it: whom it applies to,
-    /// whether node proxies enforce it, and what of it they cannot.
+    /// Every authorization policy and request authentication (action `JWT`) as the control
+    /// plane understood it: whom it applies to, whether proxies enforce it, and what of it they
+    /// cannot.
     pub async fn policies(&self) -> anyhow::Result<Value> {
         let dump = self.json(self.control()?, "/config_dump").await?;
-        let rows = dump["policies"]
-            .as_array()
+        let all = |key: &str| dump[key].as_array().cloned().unwrap_or_default();
+        let rows = all("policies")
             .into_iter()
-            .flatten()
+            .chain(all("request_authentications"))
             .map(|policy| {
                 let mut row = policy.clone();
                 let applies_to = match (policy["served"].as_bool(), policy["scope"].as_str()) {

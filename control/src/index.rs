@@ -21,14 +21,18 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{Namespace, Pod, Service},
+        core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use prost::Message;
 use serde::Serialize;
-use weft_api::{http_authorization::HTTP_AUTHORIZATION_TYPE, security::AUTHORIZATION_TYPE, workload as api};
+use weft_api::{
+    http_authorization::{HTTP_AUTHORIZATION_TYPE, REQUEST_AUTHENTICATION_TYPE},
+    security::AUTHORIZATION_TYPE,
+    workload as api,
+};
 
 /// Implements `kube::Resource` for a namespaced object of `$group/$version` declared with
 /// serde alone (its `metadata` and the fields Weft reads; no schema), so one pattern serves
@@ -61,6 +65,7 @@ macro_rules! resource {
     };
 }
 
+pub mod authentication;
 pub mod endpoints;
 pub mod gateway_api;
 pub mod policy;
@@ -96,6 +101,11 @@ pub struct Snapshot {
     pub http_authorizations: Resources,
     /// Every policy as understood, served or not, for `/config_dump` and `weftctl policies`.
     pub policies: Vec<PolicyStatus>,
+    /// `weft.security.RequestAuthentication`: the JWT rules waypoints apply, by
+    /// `namespace/name`.
+    pub request_authentications: Resources,
+    /// Every RequestAuthentication as understood (action `JWT`), for the same.
+    pub authentications: Vec<PolicyStatus>,
     /// `weft.route.ServiceRoutes`: the HTTPRoutes attached to each Service, by the Service's
     /// `namespace/hostname`.
     pub routes: Resources,
@@ -207,6 +217,7 @@ impl Snapshot {
             weft_api::security::AUTHORIZATION_TYPE => Some(&self.authorizations),
             weft_api::route::ROUTES_TYPE => Some(&self.routes),
             HTTP_AUTHORIZATION_TYPE => Some(&self.http_authorizations),
+            REQUEST_AUTHENTICATION_TYPE => Some(&self.request_authentications),
             _ => None,
         }
     }
@@ -313,6 +324,7 @@ impl Snapshot {
             "routes": routes,
             "mesh_routes": self.mesh_routes,
             "http_authorizations": http_authorizations,
+            "request_authentications": self.authentications,
             "traffic_policies": traffic_policies,
         })
     }
@@ -324,6 +336,8 @@ impl Snapshot {
             && self.authorizations == other.authorizations
             && self.http_authorizations == other.http_authorizations
             && self.policies == other.policies
+            && self.request_authentications == other.request_authentications
+            && self.authentications == other.authentications
             && self.routes == other.routes
             && self.mesh_routes == other.mesh_routes
             && self.traffic_policies == other.traffic_policies
@@ -358,6 +372,10 @@ pub struct Objects<'a> {
     pub rate_limit_policies: Vec<&'a traffic::RateLimitPolicy>,
     pub circuit_breaker_policies: Vec<&'a traffic::CircuitBreakerPolicy>,
     pub load_balancer_policies: Vec<&'a traffic::LoadBalancerPolicy>,
+    pub request_authentications: Vec<&'a authentication::RequestAuthentication>,
+    /// Only those labelled [`authentication::JWKS_LABEL`].
+    pub jwks_config_maps: Vec<&'a ConfigMap>,
+    pub jwks_secrets: Vec<&'a Secret>,
 }
 
 /// A setter per kind of [`Objects`], taking any iterator of references.
@@ -388,6 +406,9 @@ objects!(
     rate_limit_policies: traffic::RateLimitPolicy,
     circuit_breaker_policies: traffic::CircuitBreakerPolicy,
     load_balancer_policies: traffic::LoadBalancerPolicy,
+    request_authentications: authentication::RequestAuthentication,
+    jwks_config_maps: ConfigMap,
+    jwks_secrets: Secret,
 );
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -406,6 +427,9 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         rate_limit_policies,
         circuit_breaker_policies,
         load_balancer_policies,
+        request_authentications,
+        jwks_config_maps,
+        jwks_secrets,
     } = objects;
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
@@ -541,25 +565,13 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
             status.scope = "WAYPOINT".to_owned();
             status.selects = http.services.iter().chain(&http.gateways).cloned().collect();
             status.notes.extend(notes.iter().cloned());
-            // A target no waypoint stands in front of is enforced by nobody: say so, rather
-            // than report a DENY that silently does nothing.
-            let mut enforced = 0;
-            for service in &http.services {
-                if waypointed.contains(service) {
-                    enforced += 1;
-                } else {
-                    status.notes.push(format!("Service {service} uses no waypoint: not enforced there"));
-                }
-            }
-            for gateway in &http.gateways {
-                let (gateway_namespace, gateway_name) = gateway.split_once('/').unwrap_or_default();
-                if waypoints.exists(gateway_namespace, gateway_name) {
-                    enforced += 1;
-                } else {
-                    status.notes.push(format!("Gateway {gateway} is no waypoint: not enforced there"));
-                }
-            }
-            status.served = enforced > 0;
+            status.served = enforced_somewhere(
+                &http.services,
+                &http.gateways,
+                &waypointed,
+                &waypoints,
+                &mut status.notes,
+            );
             http_authorizations.insert(key.clone(), encode_as(HTTP_AUTHORIZATION_TYPE, http.encode_to_vec()));
         }
         status.selects.sort();
@@ -571,6 +583,41 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         statuses.push(status);
     }
     statuses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let key_sets = authentication::KeySets::new(jwks_config_maps, jwks_secrets);
+    let mut request_authentication_resources = Resources::new();
+    let mut authentications = Vec::new();
+    for &policy in request_authentications {
+        let (Some(namespace), Some(name)) = (&policy.metadata.namespace, &policy.metadata.name) else {
+            continue;
+        };
+        let (resource, notes) = authentication::convert(policy, naming, &key_sets);
+        let mut status = PolicyStatus {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            action: "JWT".into(),
+            scope: "WAYPOINT".into(),
+            served: false,
+            selects: Vec::new(),
+            notes,
+        };
+        if let Some(resource) = resource {
+            status.selects = resource.services.iter().chain(&resource.gateways).cloned().collect();
+            status.selects.sort();
+            status.served = enforced_somewhere(
+                &resource.services,
+                &resource.gateways,
+                &waypointed,
+                &waypoints,
+                &mut status.notes,
+            );
+            request_authentication_resources.insert(
+                format!("{namespace}/{name}"),
+                encode_as(REQUEST_AUTHENTICATION_TYPE, resource.encode_to_vec()),
+            );
+        }
+        authentications.push(status);
+    }
+    authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let pod_workloads = workloads.into_iter().map(|(_, workload)| workload);
     for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
         addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
@@ -609,10 +656,41 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         authorizations,
         http_authorizations,
         policies: statuses,
+        request_authentications: request_authentication_resources,
+        authentications,
         routes,
         mesh_routes,
         traffic_policies,
     }
+}
+
+/// Whether a policy for `services` (keys) and `gateways` (`namespace/name`) has a waypoint to
+/// enforce it anywhere; each target none stands in front of gets a note (enforced by nobody:
+/// said, rather than report a DENY that silently does nothing).
+fn enforced_somewhere(
+    services: &[String],
+    gateways: &[String],
+    waypointed: &std::collections::HashSet<String>,
+    waypoints: &waypoint::Waypoints,
+    notes: &mut Vec<String>,
+) -> bool {
+    let mut enforced = false;
+    for service in services {
+        if waypointed.contains(service) {
+            enforced = true;
+        } else {
+            notes.push(format!("Service {service} uses no waypoint: not enforced there"));
+        }
+    }
+    for gateway in gateways {
+        let (gateway_namespace, gateway_name) = gateway.split_once('/').unwrap_or_default();
+        if waypoints.exists(gateway_namespace, gateway_name) {
+            enforced = true;
+        } else {
+            notes.push(format!("Gateway {gateway} is no waypoint: not enforced there"));
+        }
+    }
+    enforced
 }
 
 /// A policy as a waypoint enforces it, and notes on it.

@@ -1429,3 +1429,120 @@ async fn a_consistent_hash_on_a_header_keeps_each_user_on_one_endpoint() {
         assert!(placed.contains(&Some("v1")) && placed.contains(&Some("v2")), "users spread: {placed:?}");
     });
 }
+
+/// The claims of a token `shop`'s issuer gives alice, expiring in `expires_in` seconds
+/// (negative: expired that long ago), for `audience`.
+fn alice(audience: &str, expires_in: i64) -> serde_json::Value {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    serde_json::json!({ "iss": "https://issuer.shop.example", "sub": "alice", "aud": audience,
+                        "exp": now + expires_in, "groups": ["shoppers"], "team": "payments" })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_is_verified_at_the_waypoint_its_claims_decide_and_a_key_rotated_in_its_config_map_takes_over()
+{
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use weft_waypoint::jwt::testing::{Signer, jwks};
+
+    let mut scene = Scene::start().await;
+    let (client, to_echo) = (scene.client.clone(), scene.to_echo);
+    let (old, new) = (Signer::rs256("2026-11"), Signer::es256("2026-12"));
+    let maps: Api<ConfigMap> = Api::namespaced(scene.cluster.client(), "shop");
+    let key_set = |signer: &Signer| {
+        serde_json::from_value::<ConfigMap>(serde_json::json!({
+            "metadata": { "name": "issuer-keys", "labels": { "security.weft.dev/jwks": "true" } },
+            "data": { "jwks.json": jwks(&[signer]) },
+        }))
+        .unwrap()
+    };
+    maps.create(&PostParams::default(), &key_set(&old)).await.unwrap();
+    let gvk = kube::api::GroupVersionKind::gvk("security.weft.dev", "v1", "RequestAuthentication");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "requestauthentications");
+    let authentications: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(scene.cluster.client(), "shop", &resource);
+    let authentication = serde_json::json!({
+        "apiVersion": "security.weft.dev/v1", "kind": "RequestAuthentication",
+        "metadata": { "name": "shop-issuer", "namespace": "shop" },
+        "spec": {
+            "targetRefs": [{ "group": "", "kind": "Service", "name": "echo" }],
+            "jwtRules": [{
+                "issuer": "https://issuer.shop.example", "audiences": ["shop"],
+                "jwksFrom": { "configMapKeyRef": { "name": "issuer-keys", "key": "jwks.json" } },
+                "outputClaimToHeaders": [{ "header": "x-jwt-team", "claim": "team" }],
+            }],
+        },
+    });
+    authentications
+        .create(&PostParams::default(), &serde_json::from_value(authentication).unwrap())
+        .await
+        .unwrap();
+    // Only shoppers with a verified token from the shop's issuer.
+    let shoppers_only = serde_json::json!({
+        "targetRefs": [{ "group": "", "kind": "Service", "name": "echo" }],
+        "rules": [{
+            "from": [{ "source": { "requestPrincipals": ["https://issuer.shop.example/*"] } }],
+            "when": [{ "key": "request.auth.claims[groups]", "values": ["shoppers"] }],
+        }],
+    });
+    apply_policy(&scene.cluster, "shoppers-only", shoppers_only).await;
+
+    tokio::task::block_in_place(|| {
+        let get = |token: Option<String>| {
+            let header = token.map(|token| format!("authorization:Bearer {token}"));
+            apps::http_requests(
+                &client,
+                to_echo,
+                "/orders",
+                &header.iter().map(String::as_str).collect::<Vec<_>>(),
+                1,
+            )
+            .unwrap()
+        };
+        let good = || Some(old.token(&alice("shop", 600)));
+        weft_tests::until("the policies to reach the waypoint", WAIT, || {
+            get(None).contains("1 status=403") && get(good()).contains("1 status=200")
+        })
+        .unwrap();
+        // The app gets the claim it was promised and never the token.
+        let answer = get(good());
+        assert!(answer.contains("header x-jwt-team=payments"), "{answer}");
+        assert!(!answer.contains("header authorization="), "the token reached the app: {answer}");
+        // A client cannot claim a team without a token: the header is the waypoint's.
+        let spoofed = apps::http_requests(&client, to_echo, "/orders", &["x-jwt-team:admins"], 1).unwrap();
+        assert!(spoofed.contains("1 status=403"), "{spoofed}");
+        let refused = [
+            (Some(old.token(&alice("billing", 600))), "401 Audiences in Jwt are not allowed"),
+            (Some(old.token(&alice("shop", -120))), "401 Jwt is expired"),
+            (Some(new.token(&alice("shop", 600))), "401 Jwks doesn't have key to match kid or alg from Jwt"),
+            (Some("not-a-token".into()), "401 Jwt is not in the form of Header.Payload.Signature"),
+        ];
+        for (token, expected) in refused {
+            let answer = get(token);
+            assert!(answer.contains(&format!("1 status={expected}")), "{expected}: {answer}");
+        }
+        let mut visitor = alice("shop", 600);
+        visitor["groups"] = serde_json::json!(["visitors"]);
+        assert!(get(Some(old.token(&visitor))).contains("1 status=403 RBAC: access denied"));
+        let log =
+            scene.waypoint.process().wait_for(|line| line.contains("request unauthenticated"), WAIT).unwrap();
+        assert!(log.contains("shop/shop-issuer"), "{log}");
+    });
+
+    // Rotation: the ConfigMap gets the new key; its tokens are taken, the old key's no more.
+    let patch = serde_json::json!({ "data": { "jwks.json": jwks(&[&new]) } });
+    maps.patch("issuer-keys", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        let get = |token: String| {
+            let header = format!("authorization:Bearer {token}");
+            apps::http_requests(&client, to_echo, "/orders", &[&header], 1).unwrap()
+        };
+        weft_tests::until("the rotated key to reach the waypoint", WAIT, || {
+            get(new.token(&alice("shop", 600))).contains("1 status=200")
+        })
+        .unwrap();
+        let old_token = get(old.token(&alice("shop", 600)));
+        assert!(old_token.contains("1 status=401"), "{old_token}");
+    });
+}

@@ -16,7 +16,7 @@ use crate::{
     authz::Policy,
     inbound::Inbound,
     route::Routes,
-    table::{POLICIES, ROUTES, Table},
+    table::{AUTHENTICATIONS, POLICIES, ROUTES, Table},
 };
 
 /// How the waypoint runs.
@@ -56,6 +56,8 @@ pub struct Context {
     pub state: Arc<State>,
     pub routes: Arc<Table<Routes>>,
     pub policies: Arc<Table<Policy>>,
+    /// The RequestAuthentications (JWT rules), by `namespace/name`.
+    pub authentications: Arc<Table<crate::authn::Policy>>,
     /// Its Gateway, `namespace/name`: policies that target it apply to every request.
     pub gateway: String,
     pub identities: Manager,
@@ -80,12 +82,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// Resolves once the whole configuration has arrived: addresses and L4 policies, routes
-    /// and L7 policies.
+    /// Resolves once the whole configuration has arrived: addresses and L4 policies, routes,
+    /// L7 policies and request authentication.
     pub async fn synced(&self) {
         self.state.synced().await;
         self.routes.synced().await;
         self.policies.synced().await;
+        self.authentications.synced().await;
     }
 
     /// Whether `waypoint`, as a destination names it, is this waypoint.
@@ -135,12 +138,13 @@ pub enum Error {
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let state = Arc::new(State::on_network(&config.proxy.network));
     let (routes, policies) = (Arc::new(Table::new(ROUTES)), Arc::new(Table::new(POLICIES)));
+    let authentications = Arc::new(Table::new(AUTHENTICATIONS));
     let xds = weft_proxy::xds::Config {
         address: config.xds_address.clone(),
         root_file: config.root_file.clone(),
         token_file: config.token_file.clone(),
         proxy: config.proxy.clone(),
-        extra: vec![routes.clone(), policies.clone()],
+        extra: vec![routes.clone(), policies.clone(), authentications.clone()],
     };
     let mut tasks = JoinSet::new();
     tasks.spawn(weft_proxy::xds::run(xds, state.clone()));
@@ -154,6 +158,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         state,
         routes,
         policies,
+        authentications,
         gateway: config.gateway.clone(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
@@ -251,7 +256,8 @@ impl weft_api::admin::Source for Endpoints {
         self.0.metrics.encode()
     }
 
-    /// Ready once the configuration (addresses, policies, routes and L7 policies) has arrived,
+    /// Ready once the configuration (addresses, policies, routes, L7 policies and request
+    /// authentication) has arrived,
     /// and until it drains.
     fn ready(&self) -> bool {
         let context = &self.0;
@@ -259,6 +265,7 @@ impl weft_api::admin::Source for Endpoints {
             && context.state.is_synced()
             && context.routes.is_synced()
             && context.policies.is_synced()
+            && context.authentications.is_synced()
     }
 
     fn config_dump(&self) -> String {
@@ -269,6 +276,7 @@ impl weft_api::admin::Source for Endpoints {
             "mesh": context.state.dump(),
             "routes": context.routes.names(),
             "policies": context.policies.names(),
+            "request_authentications": context.authentications.names(),
         })
         .to_string()
     }

@@ -12,6 +12,8 @@
 //!   every field it sets does (an entry that sets nothing matches everything); a field when one
 //!   of its values does and none of its `not_` values does.
 //! - Values are `*` (anything), `prefix*`, `*suffix` or exact; case-sensitive except hosts.
+//! - Request principals (`<iss>/<sub>`) and the `request.auth.*` keys are the request's
+//!   verified JWT's ([`crate::authn`]); a claim holding a list matches when one item does.
 //!   What the request lacks (a peer identity, a Host, a header) matches no value and every
 //!   `not_` value, so `DENY not_principals: ["*"]` refuses a peer without an identity.
 //! - A connection relayed at L4 (not HTTP) has no method, path, host or headers: as Istio
@@ -29,6 +31,8 @@ use http::header::{HeaderMap, HeaderName, InvalidHeaderName};
 use weft_api::http_authorization as api;
 use weft_proxy::authz::Cidr;
 use weft_proxy::identity::Identity;
+
+use crate::jwt::Claims;
 
 #[cfg(test)]
 mod tests;
@@ -92,13 +96,19 @@ impl Policy {
     /// Whether the policy governs a request to `service` (a Service key; `None` when the
     /// request reached no known Service) through the waypoint `gateway` (`namespace/name`).
     pub fn applies_to(&self, service: Option<&str>, gateway: &str) -> bool {
-        service.is_some_and(|service| self.services.iter().any(|s| s == service))
-            || self.gateways.iter().any(|g| g == gateway)
+        targets(&self.services, &self.gateways, service, gateway)
     }
 
     fn matches(&self, request: &Request<'_>) -> bool {
         self.rules.iter().any(|rule| rule.matches(request, self.deny))
     }
+}
+
+/// Whether a policy attached to `services` (keys) and `gateways` (`namespace/name`) governs
+/// a request to `service` (`None`: no known Service) through the waypoint `gateway`.
+pub fn targets(services: &[String], gateways: &[String], service: Option<&str>, gateway: &str) -> bool {
+    service.is_some_and(|service| services.iter().any(|s| s == service))
+        || gateways.iter().any(|g| g == gateway)
 }
 
 impl TryFrom<api::HttpAuthorization> for Policy {
@@ -133,6 +143,8 @@ pub struct Request<'a> {
     /// The destination Service's port.
     pub port: u16,
     pub headers: &'a HeaderMap,
+    /// The request's verified JWT, if it had one.
+    pub auth: Option<&'a Claims>,
     /// A connection relayed at L4, not an HTTP request: `method`, `path`, `host` and
     /// `headers` mean nothing.
     pub opaque: bool,
@@ -151,6 +163,7 @@ impl<'a> Request<'a> {
             host: None,
             port,
             headers: &NO_HEADERS,
+            auth: None,
             opaque: true,
         }
     }
@@ -291,6 +304,8 @@ fn parse_source(policy: &str, source: api::HttpSource) -> Result<Entry, Error> {
         Values::globs(source.namespaces, source.not_namespaces, false).map(Constraint::Namespace),
         Values::parse(source.ip_blocks, source.not_ip_blocks, |v| ip_blocks.cidr(v))?
             .map(Constraint::SourceIp),
+        Values::globs(source.request_principals, source.not_request_principals, false)
+            .map(Constraint::RequestPrincipal),
     ]
     .into_iter()
     .flatten()
@@ -320,6 +335,17 @@ fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option
         "source.namespace" => Values::globs(values, not_values, false).map(Constraint::Namespace),
         "source.principal" => Values::globs(values, not_values, false).map(Constraint::Principal),
         "destination.port" => Values::parse(values, not_values, |v| at.port(v))?.map(Constraint::Port),
+        "request.auth.principal" => {
+            Values::globs(values, not_values, false).map(Constraint::RequestPrincipal)
+        }
+        "request.auth.audiences" => Values::globs(values, not_values, false).map(Constraint::Audience),
+        "request.auth.presenter" => Values::globs(values, not_values, false).map(Constraint::Presenter),
+        _ if key.starts_with("request.auth.claims[") => {
+            let Some(path) = claim_path(&key) else {
+                return Err(Error::UnknownKey { policy: policy.to_owned(), key });
+            };
+            Values::globs(values, not_values, false).map(|values| Constraint::Claim(path, values))
+        }
         _ => {
             let Some(name) = key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'))
             else {
@@ -333,6 +359,22 @@ fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option
         }
     };
     Ok(constraint)
+}
+
+/// The names in `request.auth.claims[a][b]…`, outermost first; `None` unless each is
+/// bracketed and not empty.
+fn claim_path(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut path = Vec::new();
+    while !rest.is_empty() {
+        let (name, after) = rest.strip_prefix('[')?.split_once(']')?;
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        path.push(name.to_owned());
+        rest = after;
+    }
+    (!path.is_empty()).then_some(path)
 }
 
 /// Where a value sits, to name it in an error.
@@ -390,6 +432,12 @@ enum Constraint {
     Method(Values<Glob>),
     Path(Values<Glob>),
     Header(HeaderName, Values<Glob>),
+    /// Against the JWT's `<iss>/<sub>`.
+    RequestPrincipal(Values<Glob>),
+    Audience(Values<Glob>),
+    Presenter(Values<Glob>),
+    /// A claim, by its path through nested objects.
+    Claim(Vec<String>, Values<Glob>),
 }
 
 impl Constraint {
@@ -397,7 +445,14 @@ impl Constraint {
     fn is_http_only(&self) -> bool {
         matches!(
             self,
-            Constraint::Host(_) | Constraint::Method(_) | Constraint::Path(_) | Constraint::Header(..)
+            Constraint::Host(_)
+                | Constraint::Method(_)
+                | Constraint::Path(_)
+                | Constraint::Header(..)
+                | Constraint::RequestPrincipal(_)
+                | Constraint::Audience(_)
+                | Constraint::Presenter(_)
+                | Constraint::Claim(..)
         )
     }
 
@@ -434,6 +489,22 @@ impl Constraint {
                 });
                 values.matches(|glob| value.as_deref().is_some_and(|value| glob.matches(value)))
             }
+            Constraint::RequestPrincipal(values) => values
+                .matches(|glob| request.auth.is_some_and(|auth| glob.matches(auth.principal.as_bytes()))),
+            Constraint::Audience(values) => values.matches(|glob| {
+                request.auth.is_some_and(|auth| auth.audiences.iter().any(|aud| glob.matches(aud.as_bytes())))
+            }),
+            Constraint::Presenter(values) => values.matches(|glob| {
+                request
+                    .auth
+                    .and_then(|auth| auth.presenter.as_deref())
+                    .is_some_and(|azp| glob.matches(azp.as_bytes()))
+            }),
+            Constraint::Claim(path, values) => values.matches(|glob| {
+                request
+                    .auth
+                    .is_some_and(|auth| auth.strings(path).iter().any(|item| glob.matches(item.as_bytes())))
+            }),
         }
     }
 }

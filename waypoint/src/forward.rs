@@ -35,10 +35,11 @@ use weft_proxy::{
 
 use crate::{
     app::Context,
-    authz,
+    authn, authz,
     balance::{self, Counted, Pick},
     breaker::Seen,
     inbound::{Client, Destination},
+    jwt::{self, Claims},
     metrics::{Peers, RequestLabels, UNKNOWN},
     retry::Outcome,
     route::{Mirror, Reading, Routes, Rule, Selected},
@@ -99,6 +100,9 @@ enum Failure {
     /// Envoy's body for an RBAC denial, which clients of Istio's waypoint already know.
     #[error("RBAC: access denied")]
     Denied,
+    /// A token that does not verify (Envoy's words for why).
+    #[error("{0}")]
+    Unauthenticated(jwt::Error),
     #[error("{0}")]
     BadTarget(crate::normalize::Error),
     #[error("the request body could not be read: {0}")]
@@ -124,6 +128,7 @@ impl Failure {
             }
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Denied => StatusCode::FORBIDDEN,
+            Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Failure::BadTarget(_) | Failure::RequestBody(_) => StatusCode::BAD_REQUEST,
             Failure::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Failure::Aborted(Abort::Http(status)) => *status,
@@ -143,6 +148,11 @@ impl Failure {
             return response;
         }
         let mut response = own_answer(self.status(), &self.to_string());
+        if let Failure::Unauthenticated(_) = self {
+            // RFC 6750 §3, as Envoy answers.
+            let challenge = http::HeaderValue::from_static(r#"Bearer realm="mesh", error="invalid_token""#);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+        }
         if let Failure::Overflow = self {
             response.headers_mut().insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
         }
@@ -330,9 +340,35 @@ impl Session {
         }
     }
 
-    /// Decides `request` by the policies that target its Service or this waypoint: a denied
-    /// one goes nowhere.
-    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Failure> {
+    /// Verifies `request`'s JWT by the RequestAuthentications that target its Service or this
+    /// waypoint (see [`authn`]): its claims, none without a token, or 401 for a bad one.
+    fn authenticate(&self, request: &mut Request<Incoming>) -> Result<Option<Claims>, Failure> {
+        let service = match &self.destination {
+            Destination::Service(service, _) => Some(service.key()),
+            Destination::Workload(..) => None,
+        };
+        let all = self.context.authentications.all();
+        let applying: Vec<&authn::Policy> = all
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|policy| policy.applies_to(service.as_deref(), &self.context.gateway))
+            .collect();
+        if applying.is_empty() {
+            return Ok(None);
+        }
+        let uri = request.uri().clone();
+        authn::authenticate(applying, request.headers_mut(), &uri, std::time::SystemTime::now()).map_err(
+            |rejected| {
+                let policy = rejected.policy.as_deref().unwrap_or("-");
+                tracing::info!(src = %self.client.identity, path = %uri.path(), policy, error = %rejected.error, "request unauthenticated");
+                Failure::Unauthenticated(rejected.error)
+            },
+        )
+    }
+
+    /// Decides `request`, whose verified JWT says `auth`, by the policies that target its
+    /// Service or this waypoint: a denied one goes nowhere.
+    fn authorize(&self, request: &Request<Incoming>, auth: Option<&Claims>) -> Result<(), Failure> {
         self.decide(|port| authz::Request {
             source: Some(&self.client.identity),
             source_ip: self.client.address.ip(),
@@ -341,6 +377,7 @@ impl Session {
             host: host_of(request),
             port,
             headers: request.headers(),
+            auth,
             opaque: false,
         })
     }
@@ -381,7 +418,8 @@ impl Session {
         routed: &mut Routed,
         pending: &cancelled::Pending,
     ) -> Result<Response<Body>, Failure> {
-        self.authorize(&request)?;
+        let auth = self.authenticate(&mut request)?;
+        self.authorize(&request, auth.as_ref())?;
         let (service, port) = match &self.destination {
             Destination::Workload(workload, port) => {
                 let target = SocketAddr::new(

@@ -2,7 +2,8 @@
 //! (`weft.dev/use-waypoint`). Node proxies send it their clients' connections to them over
 //! HBONE; it terminates HBONE with its own identity ([`inbound`]), reads the HTTP inside (what
 //! is not HTTP it relays at L4),
-//! makes its target canonical ([`normalize`]), decides it by the AuthorizationPolicies that target the Service or the waypoint ([`authz`]),
+//! makes its target canonical ([`normalize`]), verifies its JWT by the RequestAuthentications that target the Service or
+//! the waypoint ([`authn`], [`jwt`]), decides it by the AuthorizationPolicies that do ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity
 //! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]);
@@ -12,11 +13,13 @@
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
 
 pub mod app;
+pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod breaker;
 pub mod forward;
 pub mod inbound;
+pub mod jwt;
 pub mod metrics;
 pub mod normalize;
 pub mod retry;

@@ -1,6 +1,7 @@
 //! The waypoint's own xDS resources, one table per type, by name: the routes of each Service
-//! (`weft.route.ServiceRoutes`) and the L7 authorization policies
-//! (`weft.security.HttpAuthorization`), subscribed to beside addresses and policies. Every
+//! (`weft.route.ServiceRoutes`), the L7 authorization policies
+//! (`weft.security.HttpAuthorization`) and request authentication
+//! (`weft.security.RequestAuthentication`), subscribed to beside addresses and policies. Every
 //! response is converted whole; one resource that does not convert (a bad regular expression)
 //! rejects the response, and the last good table stays.
 use std::{
@@ -121,6 +122,21 @@ pub const POLICIES: Kind<Policy> = Kind {
         let message = weft_api::http_authorization::HttpAuthorization::decode(bytes)
             .map_err(|error| error.to_string())?;
         Policy::try_from(message).map_err(|error| error.to_string())
+    },
+};
+
+/// The RequestAuthentications, by `namespace/name`. A rule whose key set is missing or does
+/// not parse is kept — it refuses every token of its issuer, failing closed — and said once.
+pub const AUTHENTICATIONS: Kind<crate::authn::Policy> = Kind {
+    type_url: weft_api::http_authorization::REQUEST_AUTHENTICATION_TYPE,
+    convert: |bytes| {
+        let message = weft_api::http_authorization::RequestAuthentication::decode(bytes)
+            .map_err(|error| error.to_string())?;
+        let policy = crate::authn::Policy::try_from(message).map_err(|error| error.to_string())?;
+        for (issuer, why) in policy.unusable_keys() {
+            tracing::warn!(policy = %policy.key(), issuer, why, "no usable keys: every token of this issuer is refused");
+        }
+        Ok(policy)
     },
 };
 

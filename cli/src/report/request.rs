@@ -282,6 +282,8 @@ fn policies_finding(
             host: asked.headers.get(header::HOST).and_then(|host| host.to_str().ok()),
             port: asked.port,
             headers: &asked.headers,
+            // A question asked of the policies carries no token: `weftctl` cannot verify one.
+            auth: None,
             opaque: false,
         }
     };

@@ -214,17 +214,25 @@ fn source(source: &Source, unenforceable: &mut Vec<String>) -> api::Match {
 
 impl Source {
     /// The fields set that only a request can answer (a JWT's principal, the client's
-    /// address before proxies): no proxy of Weft's checks them yet.
+    /// address before proxies): node proxies check none of them.
     pub fn request_fields_set(&self) -> impl Iterator<Item = &'static str> + '_ {
         [
             ("requestPrincipals", &self.request_principals),
             ("notRequestPrincipals", &self.not_request_principals),
-            ("remoteIpBlocks", &self.remote_ip_blocks),
-            ("notRemoteIpBlocks", &self.not_remote_ip_blocks),
         ]
         .into_iter()
         .filter(|(_, values)| !values.is_empty())
         .map(|(field, _)| field)
+        .chain(self.remote_fields_set())
+    }
+
+    /// The fields set about the client's address before proxies: no proxy of Weft's checks
+    /// them yet.
+    pub fn remote_fields_set(&self) -> impl Iterator<Item = &'static str> + '_ {
+        [("remoteIpBlocks", &self.remote_ip_blocks), ("notRemoteIpBlocks", &self.not_remote_ip_blocks)]
+            .into_iter()
+            .filter(|(_, values)| !values.is_empty())
+            .map(|(field, _)| field)
     }
 }
 

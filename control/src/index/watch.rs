@@ -1,5 +1,6 @@
 //! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
-//! authorization policies, Weft's traffic policies and, when the Gateway API's CRDs are
+//! authorization policies, Weft's traffic policies, request authentication (with the
+//! ConfigMaps and Secrets labelled as key sets) and, when the Gateway API's CRDs are
 //! installed, Gateways, HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
 //! with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
@@ -7,7 +8,7 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{Namespace, Pod, Service},
+    core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -22,7 +23,9 @@ use tokio::{
 use weft_api::watch::{Watched, reflect};
 
 use super::{
-    Naming, Objects, Snapshot, build,
+    Naming, Objects, Snapshot,
+    authentication::{JWKS_LABEL, RequestAuthentication},
+    build,
     gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
     traffic::{CircuitBreakerPolicy, FaultInjectionPolicy, LoadBalancerPolicy, RateLimitPolicy},
@@ -92,6 +95,40 @@ pub async fn run(
         balancers: optional(&mut watchers, &client, "loadbalancerpolicies.networking.weft.dev", &changed_tx)
             .await?,
     };
+    // Request authentication, with the ConfigMaps and Secrets labelled as holding key sets
+    // (only those: not every Secret of the cluster), where its CRD is installed.
+    let authentication = match optional::<RequestAuthentication>(
+        &mut watchers,
+        &client,
+        "requestauthentications.security.weft.dev",
+        &changed_tx,
+    )
+    .await?
+    {
+        Some(policies) => {
+            let labelled = || watcher::Config::default().labels(JWKS_LABEL);
+            let (maps, secrets) = (Api::<ConfigMap>::all(client.clone()), Api::<Secret>::all(client.clone()));
+            // Without the right to list them the watches would retry forever, serving nothing.
+            let one = ListParams::default().labels(JWKS_LABEL).limit(1);
+            let listed = [
+                ("configmaps", maps.list_metadata(&one).await.err()),
+                ("secrets", secrets.list_metadata(&one).await.err()),
+            ];
+            for (what, error) in listed {
+                if let Some(error) = error {
+                    anyhow::bail!(
+                        "listing {what} labelled {JWKS_LABEL} ({error}): may weft-control list them (manifests/control.yaml)?"
+                    );
+                }
+            }
+            Some(Authentication {
+                policies,
+                config_maps: reflect(&mut watchers, maps, labelled(), changed_tx.clone()),
+                secrets: reflect(&mut watchers, secrets, labelled(), changed_tx.clone()),
+            })
+        }
+        None => None,
+    };
     namespaces.wait_until_ready().await?;
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
@@ -119,6 +156,11 @@ pub async fn run(
     if let Some(store) = &traffic.balancers {
         store.wait_until_ready().await?;
     }
+    if let Some(authentication) = &authentication {
+        authentication.policies.wait_until_ready().await?;
+        authentication.config_maps.wait_until_ready().await?;
+        authentication.secrets.wait_until_ready().await?;
+    }
     tracing::info!("Kubernetes index synced");
     loop {
         let (namespaces, pods, services, slices, policies) =
@@ -138,6 +180,14 @@ pub async fn run(
             listed(&traffic.breakers),
             listed(&traffic.balancers),
         );
+        let (request_authentications, jwks_config_maps, jwks_secrets) = match &authentication {
+            Some(authentication) => (
+                authentication.policies.state(),
+                authentication.config_maps.state(),
+                authentication.secrets.state(),
+            ),
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
         let objects = Objects::default()
             .namespaces(namespaces.iter().map(AsRef::as_ref))
             .pods(pods.iter().map(AsRef::as_ref))
@@ -151,7 +201,10 @@ pub async fn run(
             .fault_policies(fault_policies.iter().map(AsRef::as_ref))
             .rate_limit_policies(rate_limit_policies.iter().map(AsRef::as_ref))
             .circuit_breaker_policies(circuit_breaker_policies.iter().map(AsRef::as_ref))
-            .load_balancer_policies(load_balancer_policies.iter().map(AsRef::as_ref));
+            .load_balancer_policies(load_balancer_policies.iter().map(AsRef::as_ref))
+            .request_authentications(request_authentications.iter().map(AsRef::as_ref))
+            .jwks_config_maps(jwks_config_maps.iter().map(AsRef::as_ref))
+            .jwks_secrets(jwks_secrets.iter().map(AsRef::as_ref));
         let mut next = build(&naming, &objects);
         publish.send_if_modified(|current| {
             if current.version > 0 && current.same_resources(&next) {
@@ -163,6 +216,10 @@ pub async fn run(
             let new_notes = next.policies.iter().filter(|policy| !policy.notes.is_empty());
             for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
                 tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
+            }
+            let new_notes = next.authentications.iter().filter(|policy| !policy.notes.is_empty());
+            for policy in new_notes.filter(|policy| !current.authentications.contains(policy)) {
+                tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "request authentication not applied as written");
             }
             let new_notes = next.mesh_routes.iter().filter(|route| !route.notes.is_empty());
             for route in new_notes.filter(|route| !current.mesh_routes.contains(route)) {
@@ -202,6 +259,13 @@ struct TrafficPolicies {
     rate_limits: Option<Store<RateLimitPolicy>>,
     breakers: Option<Store<CircuitBreakerPolicy>>,
     balancers: Option<Store<LoadBalancerPolicy>>,
+}
+
+/// Request authentication's reflectors: the policies and the labelled key sets.
+struct Authentication {
+    policies: Store<RequestAuthentication>,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
 }
 
 /// What `store` holds; nothing without one.

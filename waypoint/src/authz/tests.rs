@@ -8,6 +8,7 @@ use weft_api::http_authorization as api;
 use weft_proxy::identity::Identity;
 
 use super::{Decision, Error, Policy, Request, Verdict, decide};
+use crate::jwt::{Claims, Jwks, Token, testing::Signer};
 
 /// An owned request, so each table row can change one thing about the default.
 #[derive(Debug, Clone)]
@@ -19,6 +20,7 @@ struct Fixture {
     host: Option<&'static str>,
     port: u16,
     headers: HeaderMap,
+    auth: Option<Claims>,
     opaque: bool,
 }
 
@@ -32,6 +34,7 @@ impl Fixture {
             host: self.host,
             port: self.port,
             headers: &self.headers,
+            auth: self.auth.as_ref(),
             opaque: self.opaque,
         }
     }
@@ -55,6 +58,7 @@ fn fixture() -> Fixture {
         host: Some("reviews.shop.svc.cluster.local"),
         port: 8080,
         headers,
+        auth: None,
         opaque: false,
     }
 }
@@ -549,7 +553,8 @@ fn invalid_values_are_rejected_naming_the_policy() {
         (operation(|o| o.ports = strings(&["http"])), "http"),
         (operation(|o| o.not_ports = strings(&["70000"])), "70000"),
         (when("destination.port", &[], &["-1"]), "-1"),
-        (when("request.auth.claims[iss]", &["x"], &[]), "request.auth.claims[iss]"),
+        (when("request.auth.claims[]", &["x"], &[]), "request.auth.claims[]"),
+        (when("connection.sni", &["x"], &[]), "connection.sni"),
         (when("request.headers[x-user", &["x"], &[]), "request.headers[x-user"),
         (when("request.headers[bad name]", &["x"], &[]), "request.headers[bad name]"),
     ];
@@ -635,4 +640,61 @@ fn a_connection_relayed_at_l4_is_refused_by_http_only_constraints_in_allow_and_c
         decide([&deny("deny", vec![other_port])], &opaque.request()).verdict.allowed(),
         "a DENY for another port"
     );
+}
+
+/// The fixture with a verified token of `claims`.
+fn authenticated(claims: serde_json::Value) -> Fixture {
+    let signer = Signer::es256("k");
+    let jwks = Jwks::parse(&crate::jwt::testing::jwks(&[&signer])).expect("key set");
+    let claims = Token::parse(&signer.token(&claims))
+        .and_then(|token| token.verify(&jwks, &[], std::time::SystemTime::now()))
+        .expect("verified");
+    fixture().with(|f| f.auth = Some(claims))
+}
+
+#[test]
+fn request_principals_and_auth_keys_match_the_verified_token_and_nothing_without_one() {
+    let alice = authenticated(serde_json::json!({
+        "iss": "https://issuer.example", "sub": "alice", "aud": ["shop"], "azp": "web",
+        "groups": ["admin", "dev"], "org": { "team": "payments" },
+    }));
+    let principals = |values: &[&str], not: &[&str]| {
+        from(api::HttpSource {
+            request_principals: strings(values),
+            not_request_principals: strings(not),
+            ..Default::default()
+        })
+    };
+    assert!(admits(principals(&["*"], &[]), &alice));
+    assert!(!admits(principals(&["*"], &[]), &fixture()), "no token: no request principal");
+    assert!(admits(principals(&["https://issuer.example/alice"], &[]), &alice));
+    assert!(!admits(principals(&["https://issuer.example/bob"], &[]), &alice));
+    assert!(admits(principals(&[], &["*"]), &fixture()), "notRequestPrincipals: * admits the anonymous");
+    assert!(!admits(principals(&[], &["*"]), &alice));
+    let rows = [
+        ("request.auth.principal", &["https://issuer.example/*"][..], true),
+        ("request.auth.audiences", &["shop"][..], true),
+        ("request.auth.audiences", &["billing"][..], false),
+        ("request.auth.presenter", &["web"][..], true),
+        ("request.auth.claims[groups]", &["admin"][..], true),
+        ("request.auth.claims[groups]", &["ops"][..], false),
+        ("request.auth.claims[org][team]", &["pay*"][..], true),
+        ("request.auth.claims[org]", &["*"][..], false),
+        ("request.auth.claims[missing]", &["*"][..], false),
+    ];
+    for (key, values, admitted) in rows {
+        assert_eq!(admits(when(key, values, &[]), &alice), admitted, "{key} {values:?}");
+        assert!(!admits(when(key, values, &[]), &fixture()), "{key}: nothing without a token");
+    }
+    // No token on a relayed connection either: an ALLOW on a claim admits none.
+    assert!(!admits(
+        when("request.auth.claims[groups]", &["admin"], &[]),
+        &alice.clone().with(|f| f.opaque = true)
+    ));
+    for bad in
+        ["request.auth.claims", "request.auth.claims[]", "request.auth.claims[a", "request.auth.claims[a]b"]
+    {
+        let policy = policy("bad", false, vec![when(bad, &["x"], &[])]);
+        assert!(matches!(Policy::try_from(policy), Err(Error::UnknownKey { .. })), "{bad}");
+    }
 }

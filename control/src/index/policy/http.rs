@@ -1,17 +1,39 @@
 //! AuthorizationPolicies with `targetRefs` to `weft.security.HttpAuthorization` resources: what a
 //! waypoint enforces for the Services (group `""`, kind Service) or waypoints (kind Gateway of
 //! `gateway.networking.k8s.io`) they name, in the policy's namespace, as Istio's waypoint does.
-//! Every HTTP field of Istio's policy is the waypoint's to check but request principals and
-//! remote IP blocks (they need JWT validation and a trusted client address, not done yet) and
-//! `when` keys outside [`KEYS`]: an ALLOW rule holding one is dropped (it allows nothing), a DENY
+//! Every HTTP field of Istio's policy is the waypoint's to check — request principals and
+//! `request.auth.*` on the JWT a RequestAuthentication verified — but remote IP blocks (they
+//! need a trusted client address, not done yet) and `when` keys outside [`KEYS`]: an ALLOW rule holding one is dropped (it allows nothing), a DENY
 //! rule ignores it (it denies more), as for node proxies; each such choice is a note.
 use weft_api::http_authorization as api;
 
 use super::{AuthorizationPolicy, Rule};
 use crate::index::{Naming, hostname};
 
-/// The `when` keys a waypoint checks; `request.headers[<name>]` besides.
-pub const KEYS: [&str; 4] = ["source.ip", "source.namespace", "source.principal", "destination.port"];
+/// The `when` keys a waypoint checks; `request.headers[<name>]` and
+/// `request.auth.claims[<name>]…` besides.
+pub const KEYS: [&str; 7] = [
+    "source.ip",
+    "source.namespace",
+    "source.principal",
+    "destination.port",
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+];
+
+/// `request.auth.claims[<name>]`, with more `[<name>]` for claims inside objects.
+fn is_claim_key(key: &str) -> bool {
+    let Some(mut rest) = key.strip_prefix("request.auth.claims") else { return false };
+    let mut names = 0;
+    while let Some((name, after)) = rest.strip_prefix('[').and_then(|inner| inner.split_once(']')) {
+        if name.is_empty() || name.contains('[') {
+            return false;
+        }
+        (names, rest) = (names + 1, after);
+    }
+    names > 0 && rest.is_empty()
+}
 
 /// The resource for `policy` and notes on it, or `None` when it names no target of the mesh's
 /// waypoints (no `targetRefs`, or only kinds waypoints do not serve, which are noted).
@@ -27,19 +49,7 @@ pub fn convert(
     let name = policy.metadata.name.clone().unwrap_or_default();
     let namespace = policy.metadata.namespace.clone().unwrap_or_default();
     let mut notes = Vec::new();
-    let (mut services, mut gateways) = (Vec::new(), Vec::new());
-    for target in refs {
-        let field = |key: &str| target.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
-        let (group, kind, target_name) = (field("group"), field("kind"), field("name"));
-        match (group, kind) {
-            ("", "Service") => {
-                services.push(format!("{namespace}/{}", hostname(naming, target_name, &namespace)))
-            }
-            ("gateway.networking.k8s.io", "Gateway") => gateways.push(format!("{namespace}/{target_name}")),
-            _ => notes
-                .push(format!("targetRef {group}/{kind} {target_name} is no Service or waypoint: ignored")),
-        }
-    }
+    let (services, gateways) = targets(&refs, &namespace, naming, &mut notes);
     if services.is_empty() && gateways.is_empty() {
         return None;
     }
@@ -78,6 +88,36 @@ pub fn convert(
     Some((api::HttpAuthorization { name, namespace, services, gateways, deny, rules, dry_run }, notes))
 }
 
+/// The Service keys and waypoints (`namespace/name`) that `refs` (a policy's `targetRefs`, in
+/// `namespace`) name; any other kind is noted and left out.
+pub fn targets(
+    refs: &[&serde_json::Value],
+    namespace: &str,
+    naming: &Naming,
+    notes: &mut Vec<String>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut services, mut gateways) = (Vec::new(), Vec::new());
+    for target in refs {
+        let field = |key: &str| target.get(key).and_then(serde_json::Value::as_str).unwrap_or_default();
+        let (group, kind, target_name) = (field("group"), field("kind"), field("name"));
+        match (group, kind) {
+            ("", "Service") => {
+                services.push(format!("{namespace}/{}", hostname(naming, target_name, namespace)))
+            }
+            ("gateway.networking.k8s.io", "Gateway") => gateways.push(format!("{namespace}/{target_name}")),
+            _ => notes
+                .push(format!("targetRef {group}/{kind} {target_name} is no Service or waypoint: ignored")),
+        }
+    }
+    (services, gateways)
+}
+
+/// Whether `name` is a header name as HTTP allows it (RFC 9110 token), as waypoints parse it.
+pub fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+}
+
 /// One rule, without what a waypoint cannot check, and what that was.
 fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
     let mut unenforceable = Vec::new();
@@ -86,7 +126,7 @@ fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
         .iter()
         .map(|from| {
             let source = &from.source;
-            for field in source.request_fields_set() {
+            for field in source.remote_fields_set() {
                 unenforceable.push(format!("from.source.{field} is not checked by waypoints yet"));
             }
             api::HttpSource {
@@ -101,6 +141,8 @@ fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
                     is_cidr,
                     &mut unenforceable,
                 ),
+                request_principals: source.request_principals.clone(),
+                not_request_principals: source.not_request_principals.clone(),
             }
         })
         .collect();
@@ -132,14 +174,9 @@ fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
         .filter(|condition| {
             let header =
                 condition.key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'));
-            // A header name as HTTP allows it (RFC 9110 token), as the waypoint will parse it.
-            let valid_header = header.is_some_and(|name| {
-                !name.is_empty()
-                    && name
-                        .bytes()
-                        .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
-            });
-            let known = KEYS.contains(&condition.key.as_str()) || valid_header;
+            let known = KEYS.contains(&condition.key.as_str())
+                || header.is_some_and(is_header_name)
+                || is_claim_key(&condition.key);
             if !known {
                 unenforceable.push(format!("condition {} is not checked by waypoints yet", condition.key));
             }

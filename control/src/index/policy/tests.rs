@@ -185,8 +185,11 @@ fn a_policy_targeting_services_or_a_waypoint_is_the_waypoints_with_its_http_fiel
               "when": [{ "key": "request.headers[x-debug]", "values": ["1"] },
                        { "key": "request.headers[bad name]", "values": ["1"] },
                        { "key": "request.headers[]", "values": ["1"] },
-                       { "key": "request.auth.claims[iss]", "values": ["me"] }] },
-            { "from": [{ "source": { "ipBlocks": ["10.0.0.0/33"], "principals": ["cluster.local/ns/shop/sa/web"] } }] },
+                       { "key": "request.auth.claims[iss]", "values": ["me"] },
+                       { "key": "request.auth.claims[]", "values": ["me"] },
+                       { "key": "connection.sni", "values": ["me"] }] },
+            { "from": [{ "source": { "ipBlocks": ["10.0.0.0/33"], "principals": ["cluster.local/ns/shop/sa/web"],
+                                     "requestPrincipals": ["issuer/alice"] } }] },
         ],
     });
     let policy = policy("shop", spec);
@@ -200,12 +203,15 @@ fn a_policy_targeting_services_or_a_waypoint_is_the_waypoints_with_its_http_fiel
         (http.rules[0].to[0].methods.as_slice(), http.rules[0].to[0].ports.as_slice()),
         (&["POST".to_owned()][..], &["80".to_owned()][..])
     );
-    assert_eq!(http.rules[0].when.len(), 1, "the unknown key goes: {:?}", http.rules[0].when);
+    let keys: Vec<&str> = http.rules[0].when.iter().map(|condition| condition.key.as_str()).collect();
+    assert_eq!(keys, ["request.headers[x-debug]", "request.auth.claims[iss]"], "unknown keys go");
     assert!(http.rules[1].from[0].ip_blocks.is_empty() && http.rules[1].from[0].principals.len() == 1);
+    assert_eq!(http.rules[1].from[0].request_principals, ["issuer/alice"], "the waypoint checks JWTs");
     let notes = notes.join("\n");
     assert!(
         notes.contains("ServiceEntry")
-            && notes.contains("request.auth.claims[iss]")
+            && notes.contains("request.auth.claims[]")
+            && notes.contains("connection.sni")
             && notes.contains("10.0.0.0/33"),
         "{notes}"
     );
