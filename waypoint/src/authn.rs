@@ -5,9 +5,12 @@
 //!   parameters, cookies; by default `Authorization: Bearer` and `?access_token=`).
 //! - No token: the request goes on unauthenticated; an AuthorizationPolicy asking for request
 //!   principals refuses it (403), as in Istio.
-//! - Every token found must verify — with the keys of the rule whose `issuer` is its `iss` and
-//!   that looks where it was found — or the request is refused with 401 (Envoy's message);
-//!   the first token's claims then stand for the request ([`jwt::Claims`]).
+//! - Every token found must verify — with the keys of a rule whose `issuer` is its `iss` and
+//!   that looks where it was found (of several such rules, one is enough, as Istio ORs them) —
+//!   or the request is refused with 401 (Envoy's message); the first token's claims then
+//!   stand for the request ([`jwt::Claims`]), `scope` and `permission` read as lists of words.
+//! - Locations are read as the app will read them: header values as bytes (a token that is
+//!   not text is refused, not overlooked), query parameters percent-decoded.
 //! - A verified token is taken off the request (unless `forwardOriginalToken`) when it came in a
 //!   header; claims copied into headers replace whatever the client sent in them — a client
 //!   never sets those headers itself, token or not (Envoy leaves them be without a token).
@@ -53,6 +56,8 @@ struct Rule {
     forward: bool,
     claim_headers: Vec<(HeaderName, Vec<String>)>,
     payload_header: Option<HeaderName>,
+    /// String claims read as lists of words: `scope`, `permission` and the rule's own.
+    space_delimited: Vec<String>,
 }
 
 /// Where a token may be.
@@ -124,7 +129,13 @@ impl TryFrom<api::RequestAuthentication> for Policy {
                 } else {
                     Jwks::parse(&rule.jwks).map(Arc::new).map_err(|error| error.to_string())
                 };
+                let space_delimited = ["scope", "permission"]
+                    .into_iter()
+                    .map(str::to_owned)
+                    .chain(rule.space_delimited_claims)
+                    .collect();
                 Ok(Rule {
+                    space_delimited,
                     issuer: rule.issuer,
                     audiences: rule.audiences,
                     jwks,
@@ -184,18 +195,8 @@ pub fn authenticate<'p>(
     let mut verified: Vec<(&Rule, &Location, Claims)> = Vec::new();
     for location in locations {
         for raw in tokens(location, headers, uri) {
-            let refused =
-                |policy: Option<&Policy>, error| Rejected { policy: policy.map(Policy::key), error };
-            let token = Token::parse(&raw).map_err(|error| refused(None, error))?;
-            let (policy, rule) = rules
-                .iter()
-                .find(|(_, rule)| {
-                    Some(rule.issuer.as_str()) == token.issuer() && rule.locations.contains(location)
-                })
-                .ok_or_else(|| refused(None, jwt::Error::UnknownIssuer))?;
-            let jwks = rule.jwks.as_ref().map_err(|_| refused(Some(policy), jwt::Error::NoKeys))?;
-            let claims =
-                token.verify(jwks, &rule.audiences, now).map_err(|error| refused(Some(policy), error))?;
+            let token = Token::parse(&raw).map_err(|error| Rejected { policy: None, error })?;
+            let (rule, claims) = verify(&rules, &token, location, now)?;
             verified.push((rule, location, claims));
         }
     }
@@ -218,37 +219,86 @@ pub fn authenticate<'p>(
     Ok(verified.into_iter().next().map(|(_, _, claims)| claims))
 }
 
-/// The tokens at `location`, as written there.
+/// Verifies `token`, found at `location`, with the rules that take its issuer there: the first
+/// that verifies it, else the first one's refusal.
+fn verify<'r>(
+    rules: &[(&Policy, &'r Rule)],
+    token: &Token,
+    location: &Location,
+    now: SystemTime,
+) -> Result<(&'r Rule, Claims), Rejected> {
+    let mut refused = None;
+    let taking = rules.iter().filter(|(_, rule)| {
+        Some(rule.issuer.as_str()) == token.issuer() && rule.locations.contains(location)
+    });
+    for (policy, rule) in taking {
+        let verified = match &rule.jwks {
+            Ok(jwks) => token.verify(jwks, &rule.audiences, now),
+            Err(_) => Err(jwt::Error::NoKeys),
+        };
+        match verified {
+            Ok(mut claims) => {
+                claims.split_space_delimited(rule.space_delimited.iter().map(String::as_str));
+                return Ok((rule, claims));
+            }
+            Err(error) => {
+                refused.get_or_insert(Rejected { policy: Some(policy.key()), error });
+            }
+        }
+    }
+    Err(refused.unwrap_or(Rejected { policy: None, error: jwt::Error::UnknownIssuer }))
+}
+
+/// The tokens at `location`, as the app would read them there. Bytes that are not text are
+/// kept (replaced), so such a token is refused rather than overlooked.
 fn tokens(location: &Location, headers: &HeaderMap, uri: &Uri) -> Vec<String> {
-    match location {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    let found: Vec<String> = match location {
         Location::Header(name, prefix) => headers
             .get_all(name)
             .iter()
             .filter_map(|value| {
-                let value = value.to_str().ok()?;
-                let (head, rest) = (value.get(..prefix.len())?, value.get(prefix.len()..)?);
-                head.eq_ignore_ascii_case(prefix).then(|| rest.trim().to_owned())
+                let (head, rest) = value.as_bytes().split_at_checked(prefix.len())?;
+                head.eq_ignore_ascii_case(prefix.as_bytes()).then(|| text(rest))
             })
-            .filter(|token| !token.is_empty())
             .collect(),
         Location::Param(name) => uri
             .query()
             .into_iter()
             .flat_map(|query| query.split('&'))
-            .filter_map(|pair| pair.split_once('='))
-            .filter(|(key, _)| key == name)
-            .map(|(_, value)| value.to_owned())
-            .filter(|token| !token.is_empty())
+            .filter_map(|pair| {
+                let (key, value) = pair.split_once('=')?;
+                (percent_decoded(key) == name.as_bytes()).then(|| text(&percent_decoded(value)))
+            })
             .collect(),
         Location::Cookie(name) => headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .filter(|(key, _)| key == name)
-            .map(|(_, value)| value.to_owned())
-            .filter(|token| !token.is_empty())
+            .flat_map(|value| value.as_bytes().split(|byte| *byte == b';'))
+            .filter_map(|pair| {
+                let at = pair.iter().position(|byte| *byte == b'=')?;
+                (pair[..at].trim_ascii() == name.as_bytes()).then(|| text(&pair[at + 1..]))
+            })
             .collect(),
+    };
+    found.into_iter().filter(|token| !token.is_empty()).collect()
+}
+
+/// A query component with its `%XX` escapes (and form encoding's `+`) decoded, as frameworks
+/// decode parameters; a `%` without two hex digits stays as it is.
+fn percent_decoded(component: &str) -> Vec<u8> {
+    let bytes = component.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        let hex = |offset: usize| bytes.get(at + offset).and_then(|digit| (*digit as char).to_digit(16));
+        let (value, width) = match (byte, hex(1), hex(2)) {
+            (b'%', Some(high), Some(low)) => ((high * 16 + low) as u8, 3),
+            (b'+', ..) => (b' ', 1),
+            (byte, ..) => (byte, 1),
+        };
+        decoded.push(value);
+        at += width;
     }
+    decoded
 }

@@ -304,7 +304,7 @@ fn parse_source(policy: &str, source: api::HttpSource) -> Result<Entry, Error> {
         Values::globs(source.namespaces, source.not_namespaces, false).map(Constraint::Namespace),
         Values::parse(source.ip_blocks, source.not_ip_blocks, |v| ip_blocks.cidr(v))?
             .map(Constraint::SourceIp),
-        Values::globs(source.request_principals, source.not_request_principals, false)
+        Values::request_principals(source.request_principals, source.not_request_principals)
             .map(Constraint::RequestPrincipal),
     ]
     .into_iter()
@@ -336,7 +336,7 @@ fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option
         "source.principal" => Values::globs(values, not_values, false).map(Constraint::Principal),
         "destination.port" => Values::parse(values, not_values, |v| at.port(v))?.map(Constraint::Port),
         "request.auth.principal" => {
-            Values::globs(values, not_values, false).map(Constraint::RequestPrincipal)
+            Values::request_principals(values, not_values).map(Constraint::RequestPrincipal)
         }
         "request.auth.audiences" => Values::globs(values, not_values, false).map(Constraint::Audience),
         "request.auth.presenter" => Values::globs(values, not_values, false).map(Constraint::Presenter),
@@ -433,7 +433,7 @@ enum Constraint {
     Path(Values<Glob>),
     Header(HeaderName, Values<Glob>),
     /// Against the JWT's `<iss>/<sub>`.
-    RequestPrincipal(Values<Glob>),
+    RequestPrincipal(Values<RequestPrincipal>),
     Audience(Values<Glob>),
     Presenter(Values<Glob>),
     /// A claim, by its path through nested objects.
@@ -489,8 +489,9 @@ impl Constraint {
                 });
                 values.matches(|glob| value.as_deref().is_some_and(|value| glob.matches(value)))
             }
-            Constraint::RequestPrincipal(values) => values
-                .matches(|glob| request.auth.is_some_and(|auth| glob.matches(auth.principal.as_bytes()))),
+            Constraint::RequestPrincipal(values) => {
+                values.matches(|pattern| request.auth.is_some_and(|auth| pattern.matches(auth)))
+            }
             Constraint::Audience(values) => values.matches(|glob| {
                 request.auth.is_some_and(|auth| auth.audiences.iter().any(|aud| glob.matches(aud.as_bytes())))
             }),
@@ -542,6 +543,82 @@ impl Values<Glob> {
     fn globs(any: Vec<String>, not: Vec<String>, ignore_case: bool) -> Option<Self> {
         let Ok(values) = Values::parse(any, not, |value| Ok::<_, Infallible>(Glob::new(value, ignore_case)));
         values
+    }
+}
+
+impl Values<RequestPrincipal> {
+    fn request_principals(any: Vec<String>, not: Vec<String>) -> Option<Self> {
+        let Ok(values) = Values::parse(any, not, |value| Ok::<_, Infallible>(RequestPrincipal::new(value)));
+        values
+    }
+}
+
+/// A request principal value as Istio matches it: split at its last `/` into the issuer's part
+/// and the subject's, so `https://idp.example/*` takes every subject of that issuer and no other
+/// issuer, and a `/` inside a subject stays the subject's. `*`: any token with both an issuer
+/// and a subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RequestPrincipal {
+    Any,
+    Parts {
+        issuer: Part,
+        subject: Part,
+    },
+    /// A value without `/`: matched against `<iss>/<sub>` whole.
+    Whole(Glob),
+}
+
+/// One side of a request principal: there (not empty), or a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Present,
+    Value(Glob),
+}
+
+impl RequestPrincipal {
+    /// Istio's reading: `*iss/sub` a suffix of the issuer and exactly the subject, `iss/sub*`
+    /// exactly the issuer and a prefix of the subject, `*/sub` and `iss/*` any issuer or
+    /// subject that is there, otherwise both exact.
+    fn new(value: &str) -> Self {
+        if value == "*" {
+            return Self::Any;
+        }
+        let Some((issuer, subject)) = value.rsplit_once('/') else {
+            return Self::Whole(Glob::new(value, false));
+        };
+        let exact = |text: &str| {
+            Part::Value(Glob { kind: GlobKind::Exact, text: text.to_owned(), ignore_case: false })
+        };
+        let (issuer, subject) = if let Some(suffix) = issuer.strip_prefix('*') {
+            let issuer = if suffix.is_empty() {
+                Part::Present
+            } else {
+                Part::Value(Glob { kind: GlobKind::Suffix, text: suffix.to_owned(), ignore_case: false })
+            };
+            (issuer, exact(subject))
+        } else if let Some(prefix) = subject.strip_suffix('*') {
+            let subject = if prefix.is_empty() {
+                Part::Present
+            } else {
+                Part::Value(Glob { kind: GlobKind::Prefix, text: prefix.to_owned(), ignore_case: false })
+            };
+            (exact(issuer), subject)
+        } else {
+            (exact(issuer), exact(subject))
+        };
+        Self::Parts { issuer, subject }
+    }
+
+    fn matches(&self, claims: &Claims) -> bool {
+        let part = |part: &Part, value: &str| match part {
+            Part::Present => !value.is_empty(),
+            Part::Value(glob) => glob.matches(value.as_bytes()),
+        };
+        match self {
+            Self::Any => !claims.issuer.is_empty() && !claims.subject.is_empty(),
+            Self::Parts { issuer, subject } => part(issuer, &claims.issuer) && part(subject, &claims.subject),
+            Self::Whole(glob) => glob.matches(claims.principal.as_bytes()),
+        }
     }
 }
 

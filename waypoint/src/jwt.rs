@@ -151,57 +151,64 @@ pub struct Jwks {
 }
 
 impl Jwks {
-    /// Parses a key set; keys for encryption (`"use": "enc"`) or of types not verified here
-    /// (`oct`, other curves) are passed over, as Envoy does, a malformed key of a verified
-    /// type is an error, and so is a set left with no key.
+    /// Parses a key set; keys for encryption (`"use": "enc"`), of types not verified here
+    /// (`oct`, other curves) or malformed are passed over, as Envoy does; a set left with no
+    /// key is an error (the first malformed key's, if there was one).
     pub fn parse(text: &str) -> Result<Self, JwksError> {
         let set: Value = serde_json::from_str(text).map_err(|error| JwksError::NotJwks(error.to_string()))?;
         let keys = set
             .get("keys")
             .and_then(Value::as_array)
             .ok_or_else(|| JwksError::NotJwks("no \"keys\" array".into()))?;
-        let mut usable = Vec::new();
+        let (mut usable, mut malformed) = (Vec::new(), None);
         for (index, key) in keys.iter().enumerate() {
-            let bad = |what: &str| JwksError::BadKey { index, what: what.to_owned() };
-            let text = |name: &str| key.get(name).and_then(Value::as_str);
-            let bytes = |name: &'static str| {
-                let value = text(name).ok_or_else(|| bad(&format!("no \"{name}\"")))?;
-                BASE64URL.decode(value).map_err(|_| bad(&format!("\"{name}\" is not base64url")))
-            };
-            if text("use").is_some_and(|usage| usage != "sig") {
-                continue;
+            match Self::key(index, key) {
+                Ok(Some(key)) => usable.push(key),
+                Ok(None) => {}
+                Err(error) => {
+                    malformed.get_or_insert(error);
+                }
             }
-            let material = match (text("kty"), text("crv")) {
-                (Some("RSA"), _) => Material::Rsa { n: bytes("n")?, e: bytes("e")? },
-                (Some("EC"), Some(curve @ ("P-256" | "P-384"))) => {
-                    let (x, y) = (bytes("x")?, bytes("y")?);
-                    let size = if curve == "P-256" { 32 } else { 48 };
-                    if x.len() != size || y.len() != size {
-                        return Err(bad(&format!("{curve} coordinates must be {size} bytes")));
-                    }
-                    let point = [&[4u8][..], &x, &y].concat();
-                    if curve == "P-256" { Material::P256(point) } else { Material::P384(point) }
-                }
-                (Some("OKP"), Some("Ed25519")) => {
-                    let x = bytes("x")?;
-                    if x.len() != 32 {
-                        return Err(bad("Ed25519 keys are 32 bytes"));
-                    }
-                    Material::Ed25519(x)
-                }
-                (None, _) => return Err(bad("no \"kty\"")),
-                _ => continue,
-            };
-            usable.push(Key {
-                kid: text("kid").map(str::to_owned),
-                alg: text("alg").map(str::to_owned),
-                material,
-            });
         }
         if usable.is_empty() {
-            return Err(JwksError::NoUsableKey);
+            return Err(malformed.unwrap_or(JwksError::NoUsableKey));
         }
         Ok(Self { keys: usable })
+    }
+
+    /// The set's key `index`: `None` when it is not one to verify signatures with here.
+    fn key(index: usize, key: &Value) -> Result<Option<Key>, JwksError> {
+        let bad = |what: &str| JwksError::BadKey { index, what: what.to_owned() };
+        let text = |name: &str| key.get(name).and_then(Value::as_str);
+        let bytes = |name: &'static str| {
+            let value = text(name).ok_or_else(|| bad(&format!("no \"{name}\"")))?;
+            BASE64URL.decode(value).map_err(|_| bad(&format!("\"{name}\" is not base64url")))
+        };
+        if text("use").is_some_and(|usage| usage != "sig") {
+            return Ok(None);
+        }
+        let material = match (text("kty"), text("crv")) {
+            (Some("RSA"), _) => Material::Rsa { n: bytes("n")?, e: bytes("e")? },
+            (Some("EC"), Some(curve @ ("P-256" | "P-384"))) => {
+                let (x, y) = (bytes("x")?, bytes("y")?);
+                let size = if curve == "P-256" { 32 } else { 48 };
+                if x.len() != size || y.len() != size {
+                    return Err(bad(&format!("{curve} coordinates must be {size} bytes")));
+                }
+                let point = [&[4u8][..], &x, &y].concat();
+                if curve == "P-256" { Material::P256(point) } else { Material::P384(point) }
+            }
+            (Some("OKP"), Some("Ed25519")) => {
+                let x = bytes("x")?;
+                if x.len() != 32 {
+                    return Err(bad("Ed25519 keys are 32 bytes"));
+                }
+                Material::Ed25519(x)
+            }
+            (None, _) => return Err(bad("no \"kty\"")),
+            _ => return Ok(None),
+        };
+        Ok(Some(Key { kid: text("kid").map(str::to_owned), alg: text("alg").map(str::to_owned), material }))
     }
 }
 
@@ -262,7 +269,7 @@ impl Token {
 
     /// Checks the signature with `jwks`, then the times at `now`, then the audience against
     /// `audiences` (none: any), and gives the claims it vouches for.
-    pub fn verify(self, jwks: &Jwks, audiences: &[String], now: SystemTime) -> Result<Claims, Error> {
+    pub fn verify(&self, jwks: &Jwks, audiences: &[String], now: SystemTime) -> Result<Claims, Error> {
         let mut candidates = jwks
             .keys
             .iter()
@@ -289,7 +296,7 @@ impl Token {
         {
             return Err(Error::NotYetValid);
         }
-        let claims = Claims::new(self.payload, self.encoded_payload)?;
+        let claims = Claims::new(self.payload.clone(), self.encoded_payload.clone())?;
         if !audiences.is_empty()
             && !claims.audiences.iter().any(|aud| audiences.iter().any(|allowed| same_audience(aud, allowed)))
         {
@@ -323,7 +330,10 @@ fn same_audience(a: &str, b: &str) -> bool {
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claims {
-    /// `<iss>/<sub>`, Istio's request principal.
+    /// `iss` and `sub` (empty when not there): Istio's request principal is `<iss>/<sub>`.
+    pub issuer: String,
+    pub subject: String,
+    /// `<iss>/<sub>`, for logs.
     pub principal: String,
     /// `aud`, a string or a list of them.
     pub audiences: Vec<String>,
@@ -351,8 +361,22 @@ impl Claims {
                 .ok_or(Error::BadClaim("aud"))?,
             Some(_) => return Err(Error::BadClaim("aud")),
         };
-        let principal = format!("{}/{}", issuer.unwrap_or_default(), subject.unwrap_or_default());
-        Ok(Self { principal, audiences, presenter, payload, encoded_payload })
+        let (issuer, subject) = (issuer.unwrap_or_default(), subject.unwrap_or_default());
+        let principal = format!("{issuer}/{subject}");
+        Ok(Self { issuer, subject, principal, audiences, presenter, payload, encoded_payload })
+    }
+
+    /// Reads the string claims `names` as lists of their space-separated words, as Istio has
+    /// Envoy read `scope` and `permission` (OAuth scopes): `request.auth.claims[scope]` then
+    /// matches one scope of `"read write"`.
+    pub fn split_space_delimited<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            if let Some(Value::String(text)) = self.payload.get(name) {
+                let words =
+                    text.split_ascii_whitespace().map(|word| Value::String(word.to_owned())).collect();
+                self.payload.insert(name.to_owned(), Value::Array(words));
+            }
+        }
     }
 
     /// The strings a claim holds, found by `path` through nested objects: a string, or each

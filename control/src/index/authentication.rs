@@ -64,6 +64,7 @@ pub struct JwtRule {
     pub output_payload_to_header: Option<String>,
     pub forward_original_token: bool,
     pub output_claim_to_headers: Vec<ClaimToHeader>,
+    pub space_delimited_claims: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -177,18 +178,6 @@ pub fn convert(
                 refuse("no issuer: dropped, so tokens go unchecked by it".into());
                 return None;
             }
-            let headers = rule
-                .from_headers
-                .iter()
-                .map(|from| from.name.as_str())
-                .chain(rule.output_claim_to_headers.iter().map(|output| output.header.as_str()))
-                .chain(rule.output_payload_to_header.as_deref());
-            if let Some(bad) = headers.into_iter().find(|name| !is_header_name(name)) {
-                refuse(format!(
-                    "{bad:?} is not a header name: dropped, so its tokens are refused as of an unknown issuer"
-                ));
-                return None;
-            }
             let jwks = match (&rule.jwks, &rule.jwks_from, &rule.jwks_uri) {
                 (Some(jwks), None, _) => Ok(jwks.clone()),
                 (None, Some(from), _) => key_sets.resolve(&namespace, from),
@@ -196,47 +185,74 @@ pub fn convert(
                 (None, None, Some(_)) => Err("jwksUri: Weft fetches no keys; give jwks or jwksFrom".into()),
                 (None, None, None) => Err("no jwks nor jwksFrom".into()),
             };
-            let jwks = jwks.and_then(|text| check_jwks(&text).map(|()| text)).unwrap_or_else(|why| {
+            let mut jwks = jwks.and_then(|text| public_keys(&text)).unwrap_or_else(|why| {
                 refuse(format!("{why}: every token of this issuer is refused"));
                 String::new()
             });
+            // A header that is none is left out, and the rule refuses every token: it stays, so
+            // the waypoint still looks where it did and still owns the claim headers it writes.
+            let mut header = |name: &str| {
+                let valid = is_header_name(name);
+                if !valid && !jwks.is_empty() {
+                    refuse(format!("{name:?} is not a header name: every token of this issuer is refused"));
+                    jwks.clear();
+                }
+                valid
+            };
+            let from_headers = rule
+                .from_headers
+                .iter()
+                .filter(|from| header(&from.name))
+                .map(|from| api::JwtHeader { name: from.name.clone(), prefix: from.prefix.clone() })
+                .collect();
+            let output_claim_to_headers = rule
+                .output_claim_to_headers
+                .iter()
+                .filter(|output| header(&output.header))
+                .map(|output| api::ClaimToHeader {
+                    header: output.header.clone(),
+                    claim: output.claim.clone(),
+                })
+                .collect();
+            let output_payload_to_header =
+                rule.output_payload_to_header.clone().filter(|name| header(name)).unwrap_or_default();
             Some(api::JwtRule {
                 issuer: rule.issuer.clone(),
                 audiences: rule.audiences.clone(),
                 jwks,
-                from_headers: rule
-                    .from_headers
-                    .iter()
-                    .map(|from| api::JwtHeader { name: from.name.clone(), prefix: from.prefix.clone() })
-                    .collect(),
+                from_headers,
                 from_params: rule.from_params.clone(),
                 from_cookies: rule.from_cookies.clone(),
                 forward_original_token: rule.forward_original_token,
-                output_claim_to_headers: rule
-                    .output_claim_to_headers
-                    .iter()
-                    .map(|output| api::ClaimToHeader {
-                        header: output.header.clone(),
-                        claim: output.claim.clone(),
-                    })
-                    .collect(),
-                output_payload_to_header: rule.output_payload_to_header.clone().unwrap_or_default(),
+                output_claim_to_headers,
+                output_payload_to_header,
+                space_delimited_claims: rule.space_delimited_claims.clone(),
             })
         })
         .collect();
     (Some(api::RequestAuthentication { name, namespace, services, gateways, rules }), notes)
 }
 
-/// Whether `text` looks like a key set (a JSON object with a `keys` array of objects each with a
-/// `kty`); the waypoint checks each key's material and says what it cannot use.
-fn check_jwks(text: &str) -> Result<(), String> {
+/// The public members of `text`'s keys, re-encoded: the key set waypoints get (a Secret may
+/// hold private members too, which must not travel over xDS). Refused unless it is a JSON
+/// object with a `keys` array of objects, one at least, each with a `kty`; the waypoint checks
+/// each key's material and says what it cannot use.
+fn public_keys(text: &str) -> Result<String, String> {
+    const PUBLIC: [&str; 9] = ["kty", "kid", "alg", "use", "n", "e", "crv", "x", "y"];
     let set: serde_json::Value =
         serde_json::from_str(text).map_err(|error| format!("jwks is not JSON: {error}"))?;
     let keys = set["keys"].as_array().ok_or("jwks has no \"keys\" array")?;
     if keys.is_empty() || keys.iter().any(|key| !key["kty"].is_string()) {
         return Err("jwks: every key needs a \"kty\", and there must be one".into());
     }
-    Ok(())
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|key| {
+            let public = PUBLIC.iter().filter_map(|name| Some(((*name).to_owned(), key.get(*name)?.clone())));
+            serde_json::Value::Object(public.collect())
+        })
+        .collect();
+    Ok(serde_json::json!({ "keys": keys }).to_string())
 }
 
 #[cfg(test)]

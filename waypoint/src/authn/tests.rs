@@ -63,6 +63,67 @@ fn a_good_token_authenticates_and_leaves_the_request_a_missing_one_goes_on_anony
 }
 
 #[test]
+fn a_token_the_app_would_read_is_never_overlooked() {
+    let signer = Signer::es256("k");
+    let forged = token(&Signer::es256("k"), "issuer-a");
+    let policy = policy(vec![api::JwtRule {
+        from_cookies: vec!["jwt".into()],
+        from_params: vec!["access_token".into()],
+        ..rule("issuer-a", &signer)
+    }]);
+    // A cookie header with a byte that is not text still has its token read.
+    let mut cookies = HeaderMap::new();
+    let raw = [format!("jwt={forged}; x=").as_bytes(), &[0xff]].concat();
+    cookies.insert(header::COOKIE, HeaderValue::from_bytes(&raw).unwrap());
+    assert_eq!(run(&policy, &mut cookies, "/").unwrap_err().error, jwt::Error::VerificationFailed);
+    // A parameter's name percent-encoded is the same parameter to the app.
+    let encoded = format!("/?%61ccess%5Ftoken={forged}");
+    assert_eq!(
+        run(&policy, &mut HeaderMap::new(), &encoded).unwrap_err().error,
+        jwt::Error::VerificationFailed
+    );
+    assert!(
+        run(&policy, &mut HeaderMap::new(), &format!("/?access%5ftoken={}", token(&signer, "issuer-a")))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn of_two_rules_for_one_issuer_either_may_verify_the_token() {
+    let (gateway_key, service_key) = (Signer::es256("g"), Signer::ed25519("s"));
+    let on_gateway = policy(vec![rule("issuer-a", &gateway_key)]);
+    let on_service = policy(vec![rule("issuer-a", &service_key)]);
+    let uri: Uri = "/".parse().unwrap();
+    let now = UNIX_EPOCH + Duration::from_secs(NOW);
+    for signer in [&gateway_key, &service_key] {
+        let mut headers = bearer(&token(signer, "issuer-a"));
+        let claims = authenticate([&on_gateway, &on_service], &mut headers, &uri, now);
+        assert!(claims.unwrap().is_some(), "in either order");
+        let mut headers = bearer(&token(signer, "issuer-a"));
+        assert!(authenticate([&on_service, &on_gateway], &mut headers, &uri, now).unwrap().is_some());
+    }
+    let mut headers = bearer(&token(&Signer::es256("g"), "issuer-a"));
+    let refused = authenticate([&on_gateway, &on_service], &mut headers, &uri, now).unwrap_err();
+    assert_eq!(refused.error, jwt::Error::VerificationFailed, "the first rule's reason");
+}
+
+#[test]
+fn scope_is_read_as_its_words() {
+    let signer = Signer::ed25519("k");
+    let policy = policy(vec![api::JwtRule {
+        space_delimited_claims: vec!["roles".into()],
+        ..rule("issuer-a", &signer)
+    }]);
+    let claims =
+        json!({ "iss": "issuer-a", "sub": "alice", "scope": "read write", "roles": "a b", "other": "x y" });
+    let claims = run(&policy, &mut bearer(&signer.token(&claims)), "/").unwrap().unwrap();
+    assert_eq!(claims.strings(&["scope"]), ["read", "write"]);
+    assert_eq!(claims.strings(&["roles"]), ["a", "b"]);
+    assert_eq!(claims.strings(&["other"]), ["x y"]);
+}
+
+#[test]
 fn a_bad_token_an_unknown_issuer_or_a_rule_without_keys_is_refused() {
     let (signer, other) = (Signer::es256("k"), Signer::es256("k"));
     let policy = policy(vec![

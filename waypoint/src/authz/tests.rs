@@ -671,6 +671,21 @@ fn request_principals_and_auth_keys_match_the_verified_token_and_nothing_without
     assert!(!admits(principals(&["https://issuer.example/bob"], &[]), &alice));
     assert!(admits(principals(&[], &["*"]), &fixture()), "notRequestPrincipals: * admits the anonymous");
     assert!(!admits(principals(&[], &["*"]), &alice));
+    // Istio splits a value at its last `/`: issuer and subject each match on their own.
+    let guest =
+        authenticated(serde_json::json!({ "iss": "https://issuer.example/tenants/guest", "sub": "mallory" }));
+    assert!(!admits(principals(&["https://issuer.example/*"], &[]), &guest), "another issuer");
+    let spiffe =
+        authenticated(serde_json::json!({ "iss": "https://issuer.example", "sub": "ns/shop/sa/web" }));
+    assert!(!admits(principals(&["https://issuer.example/ns/shop/sa/web"], &[]), &spiffe));
+    assert!(admits(principals(&["https://issuer.example/ns*"], &[]), &spiffe));
+    assert!(
+        admits(principals(&["*/alice"], &[]), &alice) && admits(principals(&["*example/alice"], &[]), &alice)
+    );
+    // `*` needs both an issuer and a subject.
+    let subless = authenticated(serde_json::json!({ "iss": "https://issuer.example" }));
+    assert!(!admits(principals(&["*"], &[]), &subless));
+    assert!(admits(principals(&[], &["*"]), &subless));
     let rows = [
         ("request.auth.principal", &["https://issuer.example/*"][..], true),
         ("request.auth.audiences", &["shop"][..], true),

@@ -123,6 +123,9 @@ fn a_key_set_keeps_its_signing_keys_passes_over_others_and_refuses_malformed_one
         json!({ "kty": "EC", "crv": "P-521", "x": "AA", "y": "AA" }),
     ]);
     assert_eq!(Jwks::parse(&set.to_string()).unwrap().keys.len(), 1);
+    // A malformed key beside a good one is passed over too, as Envoy does.
+    set["keys"].as_array_mut().unwrap().push(json!({ "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA" }));
+    assert_eq!(Jwks::parse(&set.to_string()).unwrap().keys.len(), 1);
     assert!(matches!(Jwks::parse("nope"), Err(JwksError::NotJwks(_))));
     assert!(matches!(Jwks::parse(r#"{"keys": 3}"#), Err(JwksError::NotJwks(_))));
     assert_eq!(Jwks::parse(r#"{"keys": []}"#), Err(JwksError::NoUsableKey));

@@ -54,10 +54,24 @@ fn rules_get_their_key_sets_inline_or_from_a_config_map_or_secret_of_the_namespa
     assert!(notes.is_empty(), "{notes:?}");
     assert_eq!(resource.services, ["shop/echo.shop.svc.cluster.local"]);
     assert_eq!(resource.gateways, ["shop/waypoint"]);
-    assert!(resource.rules.iter().all(|rule| rule.jwks == JWKS), "{:?}", resource.rules);
+    let jwks: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+    let same = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap() == jwks;
+    assert!(resource.rules.iter().all(|rule| same(&rule.jwks)), "{:?}", resource.rules);
     assert_eq!(resource.rules[0].audiences, ["shop"]);
     assert_eq!(resource.rules[2].from_headers[0].name, "x-jwt");
     assert_eq!(resource.rules[2].output_claim_to_headers[0].claim, "sub");
+}
+
+#[test]
+fn only_the_public_members_of_a_key_set_are_served() {
+    let private = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","d":"nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A","kid":"k"}]}"#;
+    let spec = json!({ "targetRefs": [{ "group": "", "kind": "Service", "name": "echo" }],
+                       "jwtRules": [{ "issuer": "i", "jwks": private }] });
+    let (resource, notes) = convert(&policy(spec), &naming(), &KeySets::default());
+    let served = &resource.unwrap().rules[0].jwks;
+    assert!(notes.is_empty(), "{notes:?}");
+    assert!(served.contains("\"kid\":\"k\"") && served.contains("\"x\":"), "{served}");
+    assert!(!served.contains("\"d\""), "the private key travelled: {served}");
 }
 
 #[test]
@@ -72,14 +86,20 @@ fn what_cannot_be_resolved_leaves_its_rule_without_keys_and_a_note_saying_why() 
             { "issuer": "missing", "jwksFrom": { "configMapKeyRef": { "name": "absent", "key": "k" } } },
             { "issuer": "broken", "jwksFrom": { "configMapKeyRef": { "name": "broken", "key": "jwks.json" } } },
             { "issuer": "empty", "jwks": "{\"keys\": []}" },
-            { "issuer": "bad-header", "jwks": JWKS, "fromHeaders": [{ "name": "bad header" }] },
+            { "issuer": "bad-header", "jwks": JWKS, "fromHeaders": [{ "name": "bad header" }, { "name": "x-jwt" }],
+              "outputClaimToHeaders": [{ "header": "x-team", "claim": "team" }] },
         ],
     });
     let (resource, notes) = convert(&policy(spec), &naming(), &key_sets);
     let resource = resource.unwrap();
     let issuers: Vec<&str> = resource.rules.iter().map(|rule| rule.issuer.as_str()).collect();
-    assert_eq!(issuers, ["uri", "missing", "broken", "empty"], "the bad header's rule is dropped");
-    assert!(resource.rules.iter().all(|rule| rule.jwks.is_empty()));
+    assert_eq!(issuers, ["uri", "missing", "broken", "empty", "bad-header"]);
+    assert!(resource.rules.iter().all(|rule| rule.jwks.is_empty()), "each refuses its tokens");
+    // The bad header's rule still looks where it can and still owns the header it writes, so
+    // a client cannot set that header itself.
+    let bad_header = &resource.rules[4];
+    assert_eq!(bad_header.from_headers.len(), 1);
+    assert_eq!(bad_header.output_claim_to_headers[0].header, "x-team");
     let notes = notes.join("\n");
     for expected in [
         "Weft fetches no keys",
