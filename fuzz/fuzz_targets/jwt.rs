@@ -27,7 +27,10 @@ static ISSUER: LazyLock<(Signer, Policy)> = LazyLock::new(|| {
     let rule = api::JwtRule {
         issuer: "fuzz".into(),
         jwks: weft_waypoint::jwt::testing::jwks(&[&signer]),
-        output_claim_to_headers: vec![api::ClaimToHeader { header: "x-groups".into(), claim: "org.groups".into() }],
+        output_claim_to_headers: vec![api::ClaimToHeader {
+            header: "x-groups".into(),
+            claim: "org.groups".into(),
+        }],
         ..Default::default()
     };
     let policy = api::RequestAuthentication { name: "fuzz".into(), rules: vec![rule], ..Default::default() };
@@ -56,7 +59,11 @@ fuzz_target!(|data: &[u8]| {
             let Ok(claims) = serde_json::from_str::<serde_json::Value>(text) else { return };
             let token = ISSUER.0.token(&claims);
             if let Ok(Some(claims)) = authenticate(&token, &Uri::default()) {
-                let _ = (claims.strings(&["groups"]), claims.strings(&["org", "groups"]), claims.header_value(&["sub"]));
+                let _ = (
+                    claims.strings(&["groups"]),
+                    claims.strings(&["org", "groups"]),
+                    claims.header_value(&["sub"]),
+                );
             }
         }
         2 => {
