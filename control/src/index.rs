@@ -21,11 +21,12 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
+        core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service},
         discovery::v1::EndpointSlice,
     },
     apimachinery::pkg::util::intstr::IntOrString,
 };
+use kube::core::PartialObjectMeta;
 use prost::Message;
 use serde::Serialize;
 use weft_api::{
@@ -68,6 +69,7 @@ macro_rules! resource {
 pub mod authentication;
 pub mod endpoints;
 pub mod gateway_api;
+pub mod locality;
 pub mod policy;
 pub mod routes;
 pub mod traffic;
@@ -247,6 +249,8 @@ impl Snapshot {
                     "services": workload.services.keys().collect::<Vec<_>>(),
                     "healthy": workload.status() == api::WorkloadStatus::Healthy,
                     "waypoint": waypoint(workload.waypoint.as_ref()),
+                    // Istio's form: region/zone/subzone.
+                    "locality": workload.locality.as_ref().map(|l| format!("{}/{}/{}", l.region, l.zone, l.subzone)),
                     "version": resource.version,
                 })),
                 Some(api::address::Type::Service(service)) => services.push(serde_json::json!({
@@ -376,6 +380,8 @@ pub struct Objects<'a> {
     /// Only those labelled [`authentication::JWKS_LABEL`].
     pub jwks_config_maps: Vec<&'a ConfigMap>,
     pub jwks_secrets: Vec<&'a Secret>,
+    /// Their metadata: the labels that place pods.
+    pub nodes: Vec<&'a PartialObjectMeta<Node>>,
 }
 
 /// A setter per kind of [`Objects`], taking any iterator of references.
@@ -409,6 +415,7 @@ objects!(
     request_authentications: authentication::RequestAuthentication,
     jwks_config_maps: ConfigMap,
     jwks_secrets: Secret,
+    nodes: PartialObjectMeta<Node>,
 );
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher).
@@ -430,7 +437,9 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         request_authentications,
         jwks_config_maps,
         jwks_secrets,
+        nodes,
     } = objects;
+    let localities = locality::Localities::new(nodes);
     // Each policy as node proxies enforce it, and as waypoints do (one or the other).
     let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
         .iter()
@@ -505,6 +514,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
                 )
                 && naming.labels.captured(pod.metadata.annotations.as_ref());
             let mut workload = workload(naming, pod, enrolled)?;
+            workload.1.locality = localities.of(&workload.1.node);
             workload.1.waypoint =
                 waypoints.of_pod(pod, labels_by_namespace.get(namespace).copied().flatten());
             let labels = pod.metadata.labels.clone().unwrap_or_default();
@@ -801,10 +811,7 @@ fn service_resource(naming: &Naming, name: &str, namespace: &str, service: &Serv
         // Istio fills these from ServiceEntries and annotations Weft does not read.
         subject_alt_names: Vec::new(),
         waypoint: None,
-        // Endpoints published before they are ready are meant to be used.
-        load_balancing: spec.and_then(|spec| spec.publish_not_ready_addresses).unwrap_or(false).then(|| {
-            api::LoadBalancing { health_policy: api::load_balancing::HealthPolicy::AllowAll.into() }
-        }),
+        load_balancing: locality::load_balancing(service),
     }
 }
 

@@ -74,6 +74,107 @@ pub struct Workload {
     /// The waypoint its traffic must pass through, when it has one.
     #[serde(default)]
     pub waypoint: Option<Waypoint>,
+    /// Where it runs: its node's region, zone and subzone.
+    #[serde(default)]
+    pub locality: Locality,
+}
+
+/// Where a workload runs: its node's `topology.kubernetes.io/region` and `zone` labels and
+/// Istio's `topology.istio.io/subzone` (empty where the node has none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+/// Which of a Service's endpoints are close to a client (a Service's `trafficDistribution`,
+/// Istio's `LoadBalancing.routing_preference`), and whether only those may serve it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalityPreference {
+    /// What a close endpoint shares with the client, broadest first.
+    pub scopes: Vec<LocalityScope>,
+    /// Only endpoints sharing every scope (Istio's STRICT); otherwise the endpoints sharing the
+    /// longest run of them (FAILOVER: when no endpoint is in the client's zone, the region's
+    /// serve it, and so on).
+    pub strict: bool,
+}
+
+/// What two workloads may share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum LocalityScope {
+    Region,
+    Zone,
+    Subzone,
+    Node,
+    /// One cluster per control plane: always shared.
+    Cluster,
+    Network,
+}
+
+impl LocalityPreference {
+    /// How many of its scopes, in order, `endpoint` shares with `client`.
+    pub fn rank(&self, client: &Workload, endpoint: &Workload) -> usize {
+        let (near, far) = (&client.locality, &endpoint.locality);
+        self.scopes
+            .iter()
+            .take_while(|scope| match scope {
+                LocalityScope::Region => near.region == far.region,
+                LocalityScope::Zone => near.zone == far.zone,
+                LocalityScope::Subzone => near.subzone == far.subzone,
+                LocalityScope::Node => client.node == endpoint.node,
+                LocalityScope::Cluster => true,
+                LocalityScope::Network => client.network == endpoint.network,
+            })
+            .count()
+    }
+
+    /// Of `candidates` (whose workload `workload` gives), those closest to `client`: sharing
+    /// every scope when strict (maybe none), else the longest run of scopes any does.
+    pub fn closest<T>(
+        &self,
+        client: Option<&Workload>,
+        candidates: Vec<T>,
+        workload: impl Fn(&T) -> &Workload,
+    ) -> Vec<T> {
+        let ranked = self.ranked(client, candidates, workload);
+        let best = ranked.iter().map(|(rank, _)| *rank).max().unwrap_or(0);
+        ranked.into_iter().filter(|(rank, _)| *rank == best).map(|(_, candidate)| candidate).collect()
+    }
+
+    /// `candidates`, the closest to `client` first (their order within a rank kept), so a
+    /// connection fails over farther only when every near one fails; strict, only those sharing
+    /// every scope.
+    pub fn nearest_first<T>(
+        &self,
+        client: Option<&Workload>,
+        candidates: Vec<T>,
+        workload: impl Fn(&T) -> &Workload,
+    ) -> Vec<T> {
+        let mut ranked = self.ranked(client, candidates, workload);
+        ranked.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
+        ranked.into_iter().map(|(_, candidate)| candidate).collect()
+    }
+
+    /// Each candidate with its rank; strict, only those of full rank. A client the proxy does
+    /// not know is near none: strict leaves nothing, failover all of them, of equal rank.
+    fn ranked<T>(
+        &self,
+        client: Option<&Workload>,
+        candidates: Vec<T>,
+        workload: impl Fn(&T) -> &Workload,
+    ) -> Vec<(usize, T)> {
+        let Some(client) = client else {
+            return if self.strict {
+                Vec::new()
+            } else {
+                candidates.into_iter().map(|candidate| (0, candidate)).collect()
+            };
+        };
+        let ranked =
+            candidates.into_iter().map(|candidate| (self.rank(client, workload(&candidate)), candidate));
+        ranked.filter(|(rank, _)| !self.strict || *rank == self.scopes.len()).collect()
+    }
 }
 
 /// A waypoint, as a workload or Service names it (`GatewayAddress`): traffic for them goes to
@@ -171,6 +272,8 @@ pub struct Service {
     /// Unhealthy endpoints are as good as healthy ones (the Service publishes not-ready
     /// addresses).
     pub allow_unhealthy: bool,
+    /// Which endpoints are close to a client; none: any is as good as another.
+    pub locality_preference: Option<LocalityPreference>,
     /// Identities its endpoints may prove besides their own.
     pub subject_alt_names: Vec<crate::identity::Identity>,
     /// The waypoint its traffic must pass through, when it has one.
@@ -699,6 +802,7 @@ mod tests {
             authorization_policies: Vec::new(),
             shared_address: false,
             waypoint: None,
+            locality: Locality::default(),
         }
     }
 
@@ -710,6 +814,7 @@ mod tests {
             vips: vec![NetworkIp { network: String::new(), ip: vip.parse().unwrap() }],
             ports: vec![80],
             allow_unhealthy: false,
+            locality_preference: None,
             subject_alt_names: Vec::new(),
             waypoint: None,
         }
@@ -721,6 +826,51 @@ mod tests {
             Address::Service(service) => service.key(),
         };
         (name, "1".into(), address)
+    }
+
+    #[test]
+    fn the_closest_endpoints_share_the_longest_run_of_scopes_or_all_of_them_when_strict() {
+        let placed = |uid: &str, region: &str, zone: &str, node: &str| Workload {
+            locality: Locality { region: region.into(), zone: zone.into(), subzone: String::new() },
+            node: node.into(),
+            ..workload(uid, "10.0.0.1")
+        };
+        let client = placed("client", "eu", "eu-a", "n1");
+        let endpoints = || {
+            vec![
+                placed("same-node", "eu", "eu-a", "n1"),
+                placed("same-zone", "eu", "eu-a", "n2"),
+                placed("same-region", "eu", "eu-b", "n3"),
+                placed("elsewhere", "us", "us-a", "n4"),
+            ]
+        };
+        let uids = |chosen: Vec<Workload>| chosen.into_iter().map(|w| w.uid).collect::<Vec<_>>();
+        let zone = LocalityPreference {
+            scopes: vec![
+                LocalityScope::Network,
+                LocalityScope::Region,
+                LocalityScope::Zone,
+                LocalityScope::Subzone,
+            ],
+            strict: false,
+        };
+        let closest = |preference: &LocalityPreference, candidates: Vec<Workload>| {
+            uids(preference.closest(Some(&client), candidates, |w| w))
+        };
+        assert_eq!(closest(&zone, endpoints()), ["same-node", "same-zone"]);
+        // None left in the zone: the region's; none in the region: anywhere.
+        assert_eq!(closest(&zone, endpoints().split_off(2)), ["same-region"]);
+        assert_eq!(closest(&zone, endpoints().split_off(3)), ["elsewhere"]);
+        let node =
+            LocalityPreference { scopes: vec![LocalityScope::Zone, LocalityScope::Node], strict: true };
+        assert_eq!(closest(&node, endpoints()), ["same-node"]);
+        assert!(closest(&node, endpoints().split_off(1)).is_empty(), "strict: nothing else will do");
+        assert_eq!(uids(zone.closest(None, endpoints(), |w| w)).len(), 4, "an unknown client: any");
+        assert!(node.closest(None, endpoints(), |w| w).is_empty());
+        // Nearest first, for a connection to fail over in that order.
+        let ordered = uids(zone.nearest_first(Some(&client), endpoints().into_iter().rev().collect(), |w| w));
+        assert_eq!(ordered, ["same-zone", "same-node", "same-region", "elsewhere"]);
+        assert_eq!(uids(node.nearest_first(Some(&client), endpoints(), |w| w)), ["same-node"]);
     }
 
     #[test]

@@ -1548,3 +1548,92 @@ async fn a_jwt_is_verified_at_the_waypoint_its_claims_decide_and_a_key_rotated_i
         assert!(old_token.contains("1 status=401"), "{old_token}");
     });
 }
+
+/// Creates Service `namespace/name` on port 80 → 8080 for the pods labelled `app: <app>`, with
+/// `trafficDistribution: PreferClose`; returns its address.
+async fn create_close_service(cluster: &Cluster, namespace: &str, name: &str, app: &str) -> SocketAddr {
+    let service = serde_json::json!({
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": { "selector": { "app": app }, "trafficDistribution": "PreferClose",
+                  "ports": [{ "port": 80, "targetPort": ECHO_PORT }] },
+    });
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(cluster.client(), namespace);
+    let created =
+        services.create(&PostParams::default(), &serde_json::from_value(service).unwrap()).await.unwrap();
+    SocketAddr::new(created.spec.unwrap().cluster_ip.unwrap().parse().unwrap(), 80)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_preferring_close_endpoints_is_served_in_the_zone_and_fails_over_when_none_is_left_there() {
+    let mut scene = Scene::start().await;
+    // The client and the waypoint run on node 0, in zone a; v1 and v2 on node 1, in zone b.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(scene.cluster.client());
+    for (index, zone) in [(0, "zone-a"), (1, "zone-b")] {
+        let name = scene.cluster.topology().nodes()[index].name.clone();
+        let labels = serde_json::json!({ "metadata": { "labels": {
+            "topology.kubernetes.io/region": "region-1", "topology.kubernetes.io/zone": zone } } });
+        nodes
+            .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&labels))
+            .await
+            .unwrap();
+    }
+    // Through the waypoint: `near` is v1, v2 and v3 (on node 0), chosen near the waypoint.
+    let v3 = PodTemplate::new("shop", "echo-v3")
+        .service_account("echo")
+        .label("app", "echo")
+        .label("version", "v3");
+    let v3 = scene.cluster.add_pod(0, &v3).await.unwrap();
+    let _v3_server = apps::http_echo(&v3, ECHO_PORT, "v3").unwrap();
+    let through_waypoint = create_close_service(&scene.cluster, "shop", "near", "echo").await;
+    // At L4, by the client's node proxy: `edge` has no waypoint; `near-l4` is one pod per zone.
+    scene
+        .cluster
+        .kubelet()
+        .ensure_namespace("edge", &[("weft.dev/dataplane-mode", "ambient")])
+        .await
+        .unwrap();
+    let edge = |name: &str| PodTemplate::new("edge", name).service_account("edge").label("app", "edge");
+    let (near, far) = (
+        scene.cluster.add_pod(0, &edge("near")).await.unwrap(),
+        scene.cluster.add_pod(1, &edge("far")).await.unwrap(),
+    );
+    let _servers = (
+        apps::http_echo(&near, ECHO_PORT, "near").unwrap(),
+        apps::http_echo(&far, ECHO_PORT, "far").unwrap(),
+    );
+    let at_l4 = create_close_service(&scene.cluster, "edge", "near-l4", "edge").await;
+    let client = scene.client.clone();
+    let client_node = scene.cluster.topology().nodes()[0].netns.clone();
+    let waypoint_pod = scene.waypoint.pod().netns.clone();
+    tokio::task::block_in_place(|| {
+        mesh::wait_for_endpoints(&client_node, "edge/near-l4.edge.svc.cluster.local", 2, WAIT).unwrap();
+        mesh::wait_for_endpoints(&waypoint_pod, "shop/near.shop.svc.cluster.local", 3, WAIT).unwrap();
+        // Twenty requests over one connection (the waypoint picks per request), and ten
+        // connections of one (the node proxy picks per connection): without the preference,
+        // the near pod alone would answer them one time in 3^20 and 2^10. A failed attempt (the
+        // locality not yet known) is tried again.
+        let waypoint_answers =
+            || apps::http_requests(&client, through_waypoint, "/near", &[], 20).unwrap_or_default();
+        let l4_answers = || {
+            (0..10)
+                .map(|_| apps::http_requests(&client, at_l4, "/near", &[], 1).unwrap_or_default())
+                .collect::<String>()
+        };
+        weft_tests::until("requests to be served in the client's zone", WAIT, || {
+            answered_by(&waypoint_answers(), "v3") == 20 && answered_by(&l4_answers(), "near") == 10
+        })
+        .unwrap();
+    });
+    // No endpoint left in zone a: zone b's serve.
+    scene.cluster.remove_pod("shop", &v3).await.unwrap();
+    scene.cluster.remove_pod("edge", &near).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("requests to fail over to the other zone", WAIT, || {
+            let waypoint =
+                apps::http_requests(&client, through_waypoint, "/near", &[], 10).unwrap_or_default();
+            let l4 = apps::http_requests(&client, at_l4, "/near", &[], 1).unwrap_or_default();
+            answered_by(&waypoint, "v1") + answered_by(&waypoint, "v2") == 10 && answered_by(&l4, "far") == 1
+        })
+        .unwrap();
+    });
+}

@@ -60,6 +60,9 @@ pub struct Context {
     pub authentications: Arc<Table<crate::authn::Policy>>,
     /// Its Gateway, `namespace/name`: policies that target it apply to every request.
     pub gateway: String,
+    /// Its pod's address, when given: its own workload's, whose locality endpoints are chosen
+    /// near to when a Service prefers close ones (as Istio's waypoint does).
+    pub address: Option<std::net::IpAddr>,
     pub identities: Manager,
     /// HBONE connections to endpoint pods, shared by every session's requests.
     pub pool: Pool,
@@ -160,6 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policies,
         authentications,
         gateway: config.gateway.clone(),
+        address: config.proxy.ip.parse().ok(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
         budgets: crate::retry::Budgets::default(),

@@ -703,13 +703,21 @@ impl Session {
                 Some((workload, target_port))
             })
             .collect();
-        let serving: Vec<(Arc<Workload>, SocketAddr)> = serving
+        let mut serving: Vec<(Arc<Workload>, SocketAddr)> = serving
             .into_iter()
             .filter_map(|(workload, target_port)| {
                 let ip = address_of(&workload, &self.client.address)?;
                 Some((workload, SocketAddr::new(ip, target_port)))
             })
             .collect();
+        // When the Service prefers close endpoints: strict, only the closest to this waypoint
+        // ever serve (ejected or tried ones again rather than farther ones); failover, below.
+        let preference = service.locality_preference.as_ref();
+        let me = preference
+            .and_then(|_| self.context.address.and_then(|ip| self.context.state.workload_by_ip(ip)));
+        if let Some(preference) = preference.filter(|preference| preference.strict) {
+            serving = preference.closest(me.as_deref(), serving, |(workload, _)| workload);
+        }
         let all: Vec<SocketAddr> = serving.iter().map(|(_, target)| *target).collect();
         // Usually none: the filter costs nothing then.
         let ejected =
@@ -720,6 +728,14 @@ impl Session {
             serving.iter().copied().filter(|(_, target)| !tried.contains(target)).collect();
         let candidates: Vec<&(Arc<Workload>, SocketAddr)> =
             if untried.is_empty() { serving } else { untried };
+        // Failover: the closest of those not tried or ejected, so a retry goes farther once
+        // the near ones were tried.
+        let candidates = match preference {
+            Some(preference) if !preference.strict => {
+                preference.closest(me.as_deref(), candidates, |(workload, _)| workload)
+            }
+            _ => candidates,
+        };
         let addresses: Vec<SocketAddr> = candidates.iter().map(|(_, target)| *target).collect();
         let chosen = match (pick, hash_key) {
             (Pick::RoundRobin, _) => {

@@ -1,4 +1,5 @@
-//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, services, EndpointSlices,
+//! Keeps the [`Snapshot`] current: reflectors on namespaces, pods, nodes (their metadata),
+//! services, EndpointSlices,
 //! authorization policies, Weft's traffic policies, request authentication (with the
 //! ConfigMaps and Secrets labelled as key sets) and, when the Gateway API's CRDs are
 //! installed, Gateways, HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
@@ -8,12 +9,13 @@
 use std::sync::Arc;
 
 use k8s_openapi::api::{
-    core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
+    core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
     Api,
     api::ListParams,
+    core::PartialObjectMeta,
     runtime::{reflector::Store, watcher},
 };
 use tokio::{
@@ -44,6 +46,23 @@ pub async fn run(
     let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
     let services = reflect(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
     let slices = reflect(&mut watchers, Api::<EndpointSlice>::all(client.clone()), all(), changed_tx.clone());
+    // Where pods run: their nodes' topology labels. Without the right to list nodes the watch
+    // would retry forever, serving nothing.
+    Api::<Node>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await.map_err(
+        |error| {
+            anyhow::anyhow!(
+                "listing nodes ({error}): may weft-control list and watch them (manifests/control.yaml)?"
+            )
+        },
+    )?;
+    // Their metadata alone (an `Api` of `PartialObjectMeta` asks for no more): a Node's status
+    // lists every image it holds.
+    let nodes = reflect(
+        &mut watchers,
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        all(),
+        changed_tx.clone(),
+    );
     // Without the CRD the watch would retry forever and nothing would ever be served.
     let policies_api = Api::<AuthorizationPolicy>::all(client.clone());
     policies_api.list_metadata(&ListParams::default().limit(1)).await.map_err(|error| {
@@ -133,6 +152,7 @@ pub async fn run(
     pods.wait_until_ready().await?;
     services.wait_until_ready().await?;
     slices.wait_until_ready().await?;
+    nodes.wait_until_ready().await?;
     policies.wait_until_ready().await?;
     if let Some(api) = &gateway_api {
         api.gateways.wait_until_ready().await?;
@@ -188,7 +208,9 @@ pub async fn run(
             ),
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
+        let nodes = nodes.state();
         let objects = Objects::default()
+            .nodes(nodes.iter().map(AsRef::as_ref))
             .namespaces(namespaces.iter().map(AsRef::as_ref))
             .pods(pods.iter().map(AsRef::as_ref))
             .services(services.iter().map(AsRef::as_ref))

@@ -9,7 +9,8 @@ use weft_api::{discovery::DeltaDiscoveryResponse, security, workload as api};
 use crate::{
     authz::{self, Action, Cidr, Policy, Scope, StringMatch},
     state::{
-        Address, NetworkIp, PortMapping, Service, TunnelProtocol, Update, Waypoint, WaypointAddress, Workload,
+        Address, Locality, LocalityPreference, LocalityScope, NetworkIp, PortMapping, Service,
+        TunnelProtocol, Update, Waypoint, WaypointAddress, Workload,
     },
 };
 
@@ -113,6 +114,14 @@ fn workload(workload: api::Workload) -> Result<Workload, String> {
         services,
         healthy,
         shared_address,
+        locality: workload
+            .locality
+            .map(|locality| Locality {
+                region: locality.region,
+                zone: locality.zone,
+                subzone: locality.subzone,
+            })
+            .unwrap_or_default(),
     })
 }
 
@@ -222,9 +231,10 @@ fn service(service: api::Service) -> Result<Service, String> {
                 .ok()
         })
         .collect();
-    let allow_unhealthy = service.load_balancing.is_some_and(|balancing| {
+    let allow_unhealthy = service.load_balancing.as_ref().is_some_and(|balancing| {
         balancing.health_policy == i32::from(api::load_balancing::HealthPolicy::AllowAll)
     });
+    let locality_preference = service.load_balancing.as_ref().and_then(locality_preference);
     let waypoint =
         service.waypoint.map(waypoint).transpose().map_err(|error| format!("service {key}: {error}"))?;
     Ok(Service {
@@ -235,8 +245,35 @@ fn service(service: api::Service) -> Result<Service, String> {
         vips,
         ports,
         allow_unhealthy,
+        locality_preference,
         subject_alt_names,
     })
+}
+
+/// A Service's routing preference; none without scopes or a mode. The scopes end at one this
+/// proxy does not know (a newer control plane's) rather than the Service being refused.
+fn locality_preference(balancing: &api::LoadBalancing) -> Option<LocalityPreference> {
+    use api::load_balancing::{Mode, Scope as Api};
+    let scopes: Vec<LocalityScope> = balancing
+        .routing_preference
+        .iter()
+        .map_while(|scope| match Api::try_from(*scope).ok()? {
+            Api::Region => Some(LocalityScope::Region),
+            Api::Zone => Some(LocalityScope::Zone),
+            Api::Subzone => Some(LocalityScope::Subzone),
+            Api::Node => Some(LocalityScope::Node),
+            Api::Cluster => Some(LocalityScope::Cluster),
+            Api::Network => Some(LocalityScope::Network),
+            Api::UnspecifiedScope => None,
+        })
+        .collect();
+    let strict = match Mode::try_from(balancing.mode) {
+        Ok(Mode::Strict) => true,
+        Ok(Mode::Failover) => false,
+        // Unspecified (or a newer mode): no preference, as Istio's ztunnel reads it.
+        _ => return None,
+    };
+    (!scopes.is_empty()).then_some(LocalityPreference { scopes, strict })
 }
 
 /// A `GatewayAddress`: a Service by namespace and hostname, or an address, and a port.

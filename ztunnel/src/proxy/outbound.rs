@@ -114,15 +114,19 @@ enum Route {
     Direct(SocketAddr),
 }
 
-/// The routes for `target`, in the order to try them, and the Service whose address `target`
-/// is, if it is one.
-fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<Arc<Service>>), Error> {
+/// The routes for `target` from `client` (the source workload, when the proxy knows it), in the
+/// order to try them, and the Service whose address `target` is, if it is one.
+fn routes(
+    context: &Context,
+    client: Option<&Workload>,
+    target: SocketAddr,
+) -> Result<(Vec<Route>, Option<Arc<Service>>), Error> {
     let state = &context.state;
     let Some((service, endpoints)) = state.service_by_vip(target.ip()) else {
         let route = match state.workload_by_ip(target.ip()) {
             Some(workload) if workload.waypoint.is_some() => {
                 let waypoint = workload.waypoint.as_ref().expect("invariant: checked just above");
-                return Ok((through_waypoint(context, waypoint, &workload.uid, target)?, None));
+                return Ok((through_waypoint(context, client, waypoint, &workload.uid, target)?, None));
             }
             Some(workload) if workload.protocol == TunnelProtocol::Hbone => Route::Tunnel(workload, target),
             Some(workload) if workload.protocol == TunnelProtocol::Unsupported => {
@@ -137,7 +141,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
     }
     let key = service.key();
     if let Some(waypoint) = &service.waypoint {
-        return Ok((through_waypoint(context, waypoint, &key, target)?, Some(service)));
+        return Ok((through_waypoint(context, client, waypoint, &key, target)?, Some(service)));
     }
     let v4 = target.ip().to_canonical().is_ipv4();
     // Each endpoint serving this port, at its address of the VIP's family when it has one.
@@ -161,19 +165,27 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
         members.retain(|(.., same_family)| *same_family);
     }
     // An endpoint this proxy cannot speak to is no route (never plaintext instead).
+    members.retain(|(workload, ..)| workload.protocol != TunnelProtocol::Unsupported);
+    if members.is_empty() {
+        return Err(Error::NoEndpoints(key));
+    }
+    let start = context.next_endpoint(&key) % members.len();
+    members.rotate_left(start);
+    // The closest to the client first, when the Service prefers close ones (round robin
+    // within each distance): farther ones are tried only when the near ones fail.
+    if let Some(preference) = &service.locality_preference {
+        members = preference.nearest_first(client, members, |(workload, ..)| workload);
+    }
     let mut routes: Vec<Route> = members
         .into_iter()
-        .filter_map(|(workload, addr, _)| match workload.protocol {
-            TunnelProtocol::Hbone => Some(Route::Tunnel(workload, addr)),
-            TunnelProtocol::None => Some(Route::Direct(addr)),
-            TunnelProtocol::Unsupported => None,
+        .map(|(workload, addr, _)| match workload.protocol {
+            TunnelProtocol::None => Route::Direct(addr),
+            _ => Route::Tunnel(workload, addr),
         })
         .collect();
     if routes.is_empty() {
         return Err(Error::NoEndpoints(key));
     }
-    let start = context.next_endpoint(&key) % routes.len();
-    routes.rotate_left(start);
     routes.truncate(ATTEMPTS);
     Ok((routes, Some(service)))
 }
@@ -182,6 +194,7 @@ fn routes(context: &Context, target: SocketAddr) -> Result<(Vec<Route>, Option<A
 /// for `target` in turn: healthy ones, at an address of the target's family when they have one.
 fn through_waypoint(
     context: &Context,
+    client: Option<&Workload>,
     waypoint: &Waypoint,
     behind: &str,
     target: SocketAddr,
@@ -191,9 +204,18 @@ fn through_waypoint(
     let identity =
         context.state.waypoint_identity(waypoint, &context.trust_domain).ok_or_else(no_waypoint)?;
     let v4 = target.ip().to_canonical().is_ipv4();
+    let mut pods: Vec<Arc<Workload>> = pods.into_iter().filter(|pod| pod.healthy).collect();
+    if pods.is_empty() {
+        return Err(no_waypoint());
+    }
+    let start = context.next_endpoint(&service.key()) % pods.len();
+    pods.rotate_left(start);
+    // The waypoint's own Service may prefer pods close to the client, as any Service.
+    if let Some(preference) = &service.locality_preference {
+        pods = preference.nearest_first(client, pods, |pod| pod);
+    }
     let mut routes: Vec<Route> = pods
         .into_iter()
-        .filter(|pod| pod.healthy)
         .filter_map(|pod| {
             let ip = pod.addresses.iter().find(|ip| ip.is_ipv4() == v4).or(pod.addresses.first()).copied()?;
             Some(Route::Waypoint(pod, ip, identity.clone()))
@@ -202,8 +224,6 @@ fn through_waypoint(
     if routes.is_empty() {
         return Err(no_waypoint());
     }
-    let start = context.next_endpoint(&service.key()) % routes.len();
-    routes.rotate_left(start);
     routes.truncate(ATTEMPTS);
     Ok(routes)
 }
@@ -219,7 +239,10 @@ async fn proxy(
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
     let name = context.metrics_name(pod, peer.ip());
-    let (routes, service) = routes(context, target)?;
+    // The client's own workload (its address is its pod's), for a Service preferring close
+    // endpoints.
+    let source_workload = context.state.workload_by_ip(peer.ip()).filter(|workload| workload.is(pod.local()));
+    let (routes, service) = routes(context, source_workload.as_deref(), target)?;
     // What a CONNECT says of this connection, made once for whichever endpoint takes it, and
     // only if one is tunnelled to.
     let mut said: Option<(Origin, String)> = None;
