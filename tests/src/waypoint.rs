@@ -74,6 +74,27 @@ pub async fn create_route(
     Ok(())
 }
 
+/// Creates the object of `kind` (`plural`, in `api_version`) named `namespace/name` with `spec`:
+/// one of Weft's policies, say.
+pub async fn create_object(
+    client: kube::Client,
+    (api_version, kind, plural): (&str, &str, &str),
+    namespace: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    let (group, version) = api_version.split_once('/').context("an API version of a group")?;
+    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let object = serde_json::json!({
+        "apiVersion": api_version, "kind": kind, "metadata": { "name": name, "namespace": namespace }, "spec": spec,
+    });
+    Api::<DynamicObject>::namespaced_with(client, namespace, &resource)
+        .create(&PostParams::default(), &serde_json::from_value(object)?)
+        .await
+        .with_context(|| format!("creating {kind} {namespace}/{name}"))?;
+    Ok(())
+}
+
 /// Creates Gateway `name` of class `weft-waypoint` in `namespace`, listening for HBONE.
 pub async fn create_gateway(client: kube::Client, namespace: &str, name: &str) -> anyhow::Result<()> {
     let gateway = serde_json::json!({

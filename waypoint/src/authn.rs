@@ -16,7 +16,11 @@
 //!   never sets those headers itself, token or not (Envoy leaves them be without a token).
 //!
 //! Pure apart from the clock the caller passes.
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, header};
 use weft_api::http_authorization as api;
@@ -58,7 +62,14 @@ struct Rule {
     payload_header: Option<HeaderName>,
     /// String claims read as lists of words: `scope`, `permission` and the rule's own.
     space_delimited: Vec<String>,
+    /// Tokens this rule verified, and their claims: a client sends its token with every
+    /// request, and a signature need not be checked again (Envoy keeps 100 too). Times are
+    /// checked at every use; a new key set comes in a new policy, with an empty cache.
+    verified: Arc<Mutex<HashMap<String, Claims>>>,
 }
+
+/// How many verified tokens a rule keeps (Envoy's default); when full, it starts afresh.
+const VERIFIED_KEPT: usize = 100;
 
 /// Where a token may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +146,7 @@ impl TryFrom<api::RequestAuthentication> for Policy {
                     .chain(rule.space_delimited_claims)
                     .collect();
                 Ok(Rule {
+                    verified: Arc::default(),
                     space_delimited,
                     issuer: rule.issuer,
                     audiences: rule.audiences,
@@ -195,8 +207,7 @@ pub fn authenticate<'p>(
     let mut verified: Vec<(&Rule, &Location, Claims)> = Vec::new();
     for location in locations {
         for raw in tokens(location, headers, uri) {
-            let token = Token::parse(&raw).map_err(|error| Rejected { policy: None, error })?;
-            let (rule, claims) = verify(&rules, &token, location, now)?;
+            let (rule, claims) = verify(&rules, &raw, location, now)?;
             verified.push((rule, location, claims));
         }
     }
@@ -219,14 +230,23 @@ pub fn authenticate<'p>(
     Ok(verified.into_iter().next().map(|(_, _, claims)| claims))
 }
 
-/// Verifies `token`, found at `location`, with the rules that take its issuer there: the first
-/// that verifies it, else the first one's refusal.
+/// Verifies token `raw`, found at `location`, with the rules that take its issuer there: the
+/// first that verified it already (and it is still current) or verifies it now, else the first
+/// one's refusal.
 fn verify<'r>(
     rules: &[(&Policy, &'r Rule)],
-    token: &Token,
+    raw: &str,
     location: &Location,
     now: SystemTime,
 ) -> Result<(&'r Rule, Claims), Rejected> {
+    let kept =
+        |rule: &Rule| rule.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(raw).cloned();
+    for (_, rule) in rules.iter().filter(|(_, rule)| rule.locations.contains(location)) {
+        if let Some(claims) = kept(rule).filter(|claims| claims.current(now).is_ok()) {
+            return Ok((rule, claims));
+        }
+    }
+    let token = Token::parse(raw).map_err(|error| Rejected { policy: None, error })?;
     let mut refused = None;
     let taking = rules.iter().filter(|(_, rule)| {
         Some(rule.issuer.as_str()) == token.issuer() && rule.locations.contains(location)
@@ -239,6 +259,11 @@ fn verify<'r>(
         match verified {
             Ok(mut claims) => {
                 claims.split_space_delimited(rule.space_delimited.iter().map(String::as_str));
+                let mut verified = rule.verified.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if verified.len() >= VERIFIED_KEPT {
+                    verified.clear();
+                }
+                verified.insert(raw.to_owned(), claims.clone());
                 return Ok((rule, claims));
             }
             Err(error) => {

@@ -1,6 +1,6 @@
 //! JSON Web Tokens (RFC 7519) in compact form, verified with a key of a JSON Web Key Set
 //! (RFC 7517) as Envoy's `jwt_authn` does for Istio: RS256/384/512, PS256/384/512, ES256,
-//! ES384 and EdDSA (Ed25519) — never `none` nor an HMAC — the key picked by `kid` and `alg`,
+//! ES384, ES512 and EdDSA (Ed25519) — never `none` nor an HMAC — the key picked by `kid` and `alg`,
 //! `exp` and `nbf` checked with Envoy's 60 s of clock skew, `aud` against the rule's audiences.
 //! Errors carry Envoy's messages, which clients of Istio's waypoint already know. Pure: the
 //! caller says what time it is.
@@ -62,7 +62,7 @@ pub enum JwksError {
     NotJwks(String),
     #[error("key {index}: {what}")]
     BadKey { index: usize, what: String },
-    #[error("no key of a supported type (RSA; EC on P-256 or P-384; OKP on Ed25519) for signing")]
+    #[error("no key of a supported type (RSA; EC on P-256, P-384 or P-521; OKP on Ed25519) for signing")]
     NoUsableKey,
 }
 
@@ -77,6 +77,7 @@ enum Algorithm {
     Ps512,
     Es256,
     Es384,
+    Es512,
     EdDsa,
 }
 
@@ -91,6 +92,7 @@ impl Algorithm {
             "PS512" => Self::Ps512,
             "ES256" => Self::Es256,
             "ES384" => Self::Es384,
+            "ES512" => Self::Es512,
             "EdDSA" => Self::EdDsa,
             _ => return None,
         })
@@ -118,6 +120,7 @@ impl Algorithm {
             (Self::Ps512, _) => rsa(&sig::RSA_PSS_2048_8192_SHA512),
             (Self::Es256, Material::P256(point)) => unparsed(&sig::ECDSA_P256_SHA256_FIXED, point),
             (Self::Es384, Material::P384(point)) => unparsed(&sig::ECDSA_P384_SHA384_FIXED, point),
+            (Self::Es512, Material::P521(point)) => unparsed(&sig::ECDSA_P521_SHA512_FIXED, point),
             (Self::EdDsa, Material::Ed25519(key)) => unparsed(&sig::ED25519, key),
             _ => None,
         }
@@ -134,6 +137,7 @@ enum Material {
     /// Uncompressed points: `04 ‖ x ‖ y`.
     P256(Vec<u8>),
     P384(Vec<u8>),
+    P521(Vec<u8>),
     Ed25519(Vec<u8>),
 }
 
@@ -189,14 +193,17 @@ impl Jwks {
         }
         let material = match (text("kty"), text("crv")) {
             (Some("RSA"), _) => Material::Rsa { n: bytes("n")?, e: bytes("e")? },
-            (Some("EC"), Some(curve @ ("P-256" | "P-384"))) => {
+            (Some("EC"), Some(curve @ ("P-256" | "P-384" | "P-521"))) => {
                 let (x, y) = (bytes("x")?, bytes("y")?);
-                let size = if curve == "P-256" { 32 } else { 48 };
+                let (size, material): (usize, fn(Vec<u8>) -> Material) = match curve {
+                    "P-256" => (32, Material::P256),
+                    "P-384" => (48, Material::P384),
+                    _ => (66, Material::P521),
+                };
                 if x.len() != size || y.len() != size {
                     return Err(bad(&format!("{curve} coordinates must be {size} bytes")));
                 }
-                let point = [&[4u8][..], &x, &y].concat();
-                if curve == "P-256" { Material::P256(point) } else { Material::P384(point) }
+                material([&[4u8][..], &x, &y].concat())
             }
             (Some("OKP"), Some("Ed25519")) => {
                 let x = bytes("x")?;
@@ -285,18 +292,9 @@ impl Token {
         if !candidates.any(|verified| verified) {
             return Err(Error::VerificationFailed);
         }
-        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        if let Some(expiry) = self.time("exp")?
-            && now > expiry.saturating_add(CLOCK_SKEW)
-        {
-            return Err(Error::Expired);
-        }
-        if let Some(not_before) = self.time("nbf")?
-            && now.saturating_add(CLOCK_SKEW) < not_before
-        {
-            return Err(Error::NotYetValid);
-        }
-        let claims = Claims::new(self.payload.clone(), self.encoded_payload.clone())?;
+        let mut claims = Claims::new(self.payload.clone(), self.encoded_payload.clone())?;
+        (claims.expires, claims.not_before) = (self.time("exp")?, self.time("nbf")?);
+        claims.current(now)?;
         if !audiences.is_empty()
             && !claims.audiences.iter().any(|aud| audiences.iter().any(|allowed| same_audience(aud, allowed)))
         {
@@ -341,9 +339,25 @@ pub struct Claims {
     pub presenter: Option<String>,
     payload: Map<String, Value>,
     encoded_payload: String,
+    /// `exp` and `nbf`, since the epoch.
+    expires: Option<Duration>,
+    not_before: Option<Duration>,
 }
 
 impl Claims {
+    /// Whether the token is valid at `now` (`exp` and `nbf`, with [`CLOCK_SKEW`]): checked at
+    /// every use, so claims kept from an earlier verification expire with their token.
+    pub fn current(&self, now: SystemTime) -> Result<(), Error> {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        if self.expires.is_some_and(|expiry| now > expiry.saturating_add(CLOCK_SKEW)) {
+            return Err(Error::Expired);
+        }
+        if self.not_before.is_some_and(|not_before| now.saturating_add(CLOCK_SKEW) < not_before) {
+            return Err(Error::NotYetValid);
+        }
+        Ok(())
+    }
+
     fn new(payload: Map<String, Value>, encoded_payload: String) -> Result<Self, Error> {
         let text = |name: &'static str| match payload.get(name) {
             None => Ok(None),
@@ -363,7 +377,17 @@ impl Claims {
         };
         let (issuer, subject) = (issuer.unwrap_or_default(), subject.unwrap_or_default());
         let principal = format!("{issuer}/{subject}");
-        Ok(Self { issuer, subject, principal, audiences, presenter, payload, encoded_payload })
+        Ok(Self {
+            issuer,
+            subject,
+            principal,
+            audiences,
+            presenter,
+            payload,
+            encoded_payload,
+            expires: None,
+            not_before: None,
+        })
     }
 
     /// Reads the string claims `names` as lists of their space-separated words, as Istio has
@@ -436,6 +460,7 @@ pub mod testing {
     enum Kind {
         Rs256(RsaKeyPair),
         Es256(EcdsaKeyPair),
+        Es512(EcdsaKeyPair),
         EdDsa(Ed25519KeyPair),
     }
 
@@ -448,6 +473,11 @@ pub mod testing {
         pub fn es256(kid: &str) -> Self {
             let key = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
             Self { kid: kid.into(), key: Kind::Es256(key) }
+        }
+
+        pub fn es512(kid: &str) -> Self {
+            let key = EcdsaKeyPair::generate(&signature::ECDSA_P521_SHA512_FIXED_SIGNING).unwrap();
+            Self { kid: kid.into(), key: Kind::Es512(key) }
         }
 
         pub fn ed25519(kid: &str) -> Self {
@@ -464,10 +494,12 @@ pub mod testing {
                             "n": b64(public.modulus().big_endian_without_leading_zero()),
                             "e": b64(public.exponent().big_endian_without_leading_zero()) })
                 }
-                Kind::Es256(key) => {
+                Kind::Es256(key) | Kind::Es512(key) => {
                     let point = key.public_key().as_ref();
-                    json!({ "kty": "EC", "crv": "P-256", "kid": self.kid,
-                            "x": b64(&point[1..33]), "y": b64(&point[33..65]) })
+                    let (curve, size) =
+                        if matches!(self.key, Kind::Es256(_)) { ("P-256", 32) } else { ("P-521", 66) };
+                    json!({ "kty": "EC", "crv": curve, "kid": self.kid,
+                            "x": b64(&point[1..=size]), "y": b64(&point[size + 1..]) })
                 }
                 Kind::EdDsa(key) => {
                     json!({ "kty": "OKP", "crv": "Ed25519", "kid": self.kid, "x": b64(key.public_key().as_ref()) })
@@ -480,6 +512,7 @@ pub mod testing {
             let alg = match self.key {
                 Kind::Rs256(_) => "RS256",
                 Kind::Es256(_) => "ES256",
+                Kind::Es512(_) => "ES512",
                 Kind::EdDsa(_) => "EdDSA",
             };
             let header = json!({ "alg": alg, "kid": self.kid, "typ": "JWT" });
@@ -492,7 +525,9 @@ pub mod testing {
                     key.sign(&signature::RSA_PKCS1_SHA256, &rng, signed.as_bytes(), &mut signature).unwrap();
                     signature
                 }
-                Kind::Es256(key) => key.sign(&rng, signed.as_bytes()).unwrap().as_ref().to_vec(),
+                Kind::Es256(key) | Kind::Es512(key) => {
+                    key.sign(&rng, signed.as_bytes()).unwrap().as_ref().to_vec()
+                }
                 Kind::EdDsa(key) => key.sign(signed.as_bytes()).as_ref().to_vec(),
             };
             format!("{signed}.{}", BASE64URL.encode(signature))

@@ -24,11 +24,8 @@ impl<'a> Localities<'a> {
         let localities = nodes.iter().filter_map(|node| {
             let labels = node.metadata.labels.as_ref();
             let label = |key: &str| labels.and_then(|labels| labels.get(key)).cloned().unwrap_or_default();
-            let locality = api::Locality {
-                region: label("topology.kubernetes.io/region"),
-                zone: label("topology.kubernetes.io/zone"),
-                subzone: label("topology.istio.io/subzone"),
-            };
+            let [region, zone, subzone] = TOPOLOGY_LABELS.map(label);
+            let locality = api::Locality { region, zone, subzone };
             Some((node.metadata.name.as_deref()?, locality))
         });
         Self(localities.collect())
@@ -39,6 +36,23 @@ impl<'a> Localities<'a> {
         self.0.get(node).filter(|locality| **locality != api::Locality::default()).cloned()
     }
 }
+
+/// A hash of what places pods on a node (its topology labels): what a change of must rebuild
+/// the index.
+pub fn topology_hash(node: &kube::api::ObjectMeta) -> u64 {
+    let labels = node.labels.as_ref();
+    let text: String = TOPOLOGY_LABELS
+        .iter()
+        .map(|key| {
+            format!("{key}={}\n", labels.and_then(|labels| labels.get(*key)).map_or("", String::as_str))
+        })
+        .collect();
+    weft_api::hash::fnv1a(text.as_bytes())
+}
+
+/// The node labels a locality is read from: region, zone, subzone.
+const TOPOLOGY_LABELS: [&str; 3] =
+    ["topology.kubernetes.io/region", "topology.kubernetes.io/zone", "topology.istio.io/subzone"];
 
 /// How proxies choose among `service`'s endpoints: which unhealthy ones count (endpoints it
 /// publishes before they are ready are meant to be used) and which are close; none when

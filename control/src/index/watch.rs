@@ -22,7 +22,7 @@ use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
-use weft_api::watch::{Watched, reflect};
+use weft_api::watch::{Watched, reflect, reflect_when};
 
 use super::{
     Naming, Objects, Snapshot,
@@ -56,12 +56,14 @@ pub async fn run(
         },
     )?;
     // Their metadata alone (an `Api` of `PartialObjectMeta` asks for no more): a Node's status
-    // lists every image it holds.
-    let nodes = reflect(
+    // lists every image it holds. Only a change of their topology labels rebuilds the index,
+    // not every status report.
+    let nodes = reflect_when(
         &mut watchers,
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
         all(),
         changed_tx.clone(),
+        |node| super::locality::topology_hash(&node.metadata),
     );
     // Without the CRD the watch would retry forever and nothing would ever be served.
     let policies_api = Api::<AuthorizationPolicy>::all(client.clone());

@@ -1,11 +1,14 @@
 //! `weft-waypoint-bench`: what a waypoint adds to the mesh path, in one run on the harness's
 //! cluster (a current API server, the control plane, node proxies, and a waypoint the control
 //! plane deploys for its Gateway). A client on node 0 POSTs 1 KB to an HTTP server on node 1 at
-//! a fixed rate (open loop, pipelined on one connection), interleaved A B A B …: `l4`, to a
-//! Service that opts out of the waypoint (HBONE between the node proxies), and `waypoint`, to a
-//! Service behind it (client node proxy → waypoint → server node proxy, each hop HBONE). Prints
-//! the latency figures with ratios to `l4`, what the waypoint adds at p50 and p99, and the
-//! waypoint's CPU per 1000 requests/s and resident memory. Figures, not a test.
+//! a fixed rate (open loop, pipelined on one connection), interleaved A B C A B C …: `l4`, to a
+//! Service that opts out of the waypoint (HBONE between the node proxies), `waypoint`, to a
+//! Service behind it (client node proxy → waypoint → server node proxy, each hop HBONE), and
+//! `policies`, to a Service behind it with every policy a waypoint applies: a JWT verified
+//! (ES256) and an AuthorizationPolicy on its principal and path, a fault injected for 0 % of
+//! requests, a rate limit far above the load, a circuit breaker with outlier detection, round
+//! robin. Prints the latency figures with ratios to `l4`, what the waypoint adds at p50 and p99,
+//! and the waypoint's CPU per 1000 requests/s and resident memory. Figures, not a test.
 //! `cargo xtask bench --waypoint` builds in release and runs it.
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -30,8 +33,9 @@ use weft_tests::{
     control::{self, ControlPlane},
     kubelet::PodTemplate,
     mesh::{self, Mesh},
-    waypoint::Waypoint,
+    waypoint::{Waypoint, create_object},
 };
+use weft_waypoint::jwt::testing::{Signer, jwks};
 
 const SERVER_PORT: u16 = 8080;
 const NAMESPACE: &str = "bench";
@@ -63,6 +67,49 @@ const WAYPOINT_VCPU: Figure =
 const WAYPOINT_RSS: Figure =
     Figure { key: "waypoint_rss_peak_kib", label: "  waypoint RSS peak, KiB", ratio: false };
 
+/// Puts every policy a waypoint applies on Service `guarded`; returns the token its requests
+/// carry.
+async fn guard(client: kube::Client) -> anyhow::Result<String> {
+    let signer = Signer::es256("bench");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let token = signer.token(&serde_json::json!({ "iss": "bench", "sub": "client", "exp": now + 24 * 3600 }));
+    let target = serde_json::json!([{ "group": "", "kind": "Service", "name": "guarded" }]);
+    let security = |kind, plural| ("security.weft.dev/v1", kind, plural);
+    let networking = |kind, plural| ("networking.weft.dev/v1alpha1", kind, plural);
+    let policies = [
+        (
+            security("RequestAuthentication", "requestauthentications"),
+            serde_json::json!({ "targetRefs": target, "jwtRules": [{ "issuer": "bench", "jwks": jwks(&[&signer]) }] }),
+        ),
+        (
+            security("AuthorizationPolicy", "authorizationpolicies"),
+            serde_json::json!({ "targetRefs": target, "rules": [{
+             "from": [{ "source": { "requestPrincipals": ["bench/*"] } }],
+             "to": [{ "operation": { "paths": ["/bytes/*"] } }] }] }),
+        ),
+        (
+            networking("FaultInjectionPolicy", "faultinjectionpolicies"),
+            serde_json::json!({ "targetRefs": target, "abort": { "httpStatus": 503, "percentage": { "value": 0 } } }),
+        ),
+        (
+            networking("RateLimitPolicy", "ratelimitpolicies"),
+            serde_json::json!({ "targetRefs": target, "local": { "requests": 1_000_000, "unit": "Second" } }),
+        ),
+        (
+            networking("CircuitBreakerPolicy", "circuitbreakerpolicies"),
+            serde_json::json!({ "targetRefs": target, "maxRequests": 100_000, "outlierDetection": { "consecutive5xxErrors": 5 } }),
+        ),
+        (
+            networking("LoadBalancerPolicy", "loadbalancerpolicies"),
+            serde_json::json!({ "targetRefs": target, "type": "RoundRobin" }),
+        ),
+    ];
+    for (kind, spec) in policies {
+        create_object(client.clone(), kind, NAMESPACE, "bench", spec).await?;
+    }
+    Ok(token)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -85,13 +132,16 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let behind = cluster.create_service(NAMESPACE, "behind", &[("app", "server")], port.clone()).await?;
-    let around = cluster.create_service(NAMESPACE, "around", &[("app", "server")], port).await?;
+    let around = cluster.create_service(NAMESPACE, "around", &[("app", "server")], port.clone()).await?;
+    let guarded = cluster.create_service(NAMESPACE, "guarded", &[("app", "server")], port).await?;
     // The namespace's waypoint for every Service but this one.
     let opt_out = serde_json::json!({ "metadata": { "labels": { "weft.dev/use-waypoint": "none" } } });
     Api::<Service>::namespaced(cluster.client(), NAMESPACE)
         .patch("around", &PatchParams::default(), &Patch::Merge(&opt_out))
         .await?;
     let plane = ControlPlane::start(&cluster).await?;
+    // Its CRDs are installed now.
+    let token = guard(cluster.client()).await?;
     let mut waypoint = Waypoint::start(&mut cluster, &plane, NAMESPACE, "waypoint", 0).await?;
     let _mesh = Mesh::start_managed(&cluster, &plane).await?;
     let wait = std::time::Duration::from_secs(30);
@@ -101,17 +151,30 @@ async fn main() -> anyhow::Result<()> {
             let key = format!("{NAMESPACE}/{service}.{NAMESPACE}.svc.cluster.local");
             mesh::wait_for_endpoints(client_node, &key, 1, wait)?;
         }
-        mesh::wait_for_endpoints(
-            &waypoint.pod().netns,
-            &format!("{NAMESPACE}/behind.{NAMESPACE}.svc.cluster.local"),
-            1,
-            wait,
-        )
+        for service in ["behind", "guarded"] {
+            let key = format!("{NAMESPACE}/{service}.{NAMESPACE}.svc.cluster.local");
+            mesh::wait_for_endpoints(&waypoint.pod().netns, &key, 1, wait)?;
+        }
+        // Every policy in force before the load: a request without the token is refused.
+        let guarded = SocketAddr::new(guarded, 80);
+        let bearer = format!("authorization:Bearer {token}");
+        weft_tests::until("the policies to reach the waypoint", wait, || {
+            let refused = apps::http_requests(&client, guarded, "/bytes/8", &[], 1)
+                .is_ok_and(|tally| tally.contains("1 status=403"));
+            let taken = apps::http_requests(&client, guarded, "/bytes/8", &[&bearer], 1)
+                .is_ok_and(|tally| tally.contains("1 status=200"));
+            refused && taken
+        })
     })?;
     let pid = waypoint.process().pid();
     let idle_rss = weft_tests::bench::rss_kib(pid)?;
 
-    let modes = [("l4", SocketAddr::new(around, 80)), ("waypoint", SocketAddr::new(behind, 80))];
+    let modes = [
+        ("l4", SocketAddr::new(around, 80)),
+        ("waypoint", SocketAddr::new(behind, 80)),
+        ("policies", SocketAddr::new(guarded, 80)),
+    ];
+    let header = format!("authorization:Bearer {token}");
     let figures: Vec<Figure> =
         LATENCY.iter().map(|(_, figure)| *figure).chain([WAYPOINT_VCPU, WAYPOINT_RSS]).collect();
     let mut report = Report::new(&modes.map(|(name, _)| name), &figures);
@@ -121,15 +184,17 @@ async fn main() -> anyhow::Result<()> {
         for (name, to) in modes {
             let before = process_cpu_seconds(pid)?;
             let peak = RssPeak::start(vec![pid]);
-            let out = tokio::task::block_in_place(|| {
-                testpod(&client, &["http-openloop", "--rate", &rate, "--seconds", &seconds], to)
-            })
-            .with_context(|| format!("{name}: the load"))?;
+            let mut load = vec!["http-openloop", "--rate", &rate, "--seconds", &seconds];
+            if name == "policies" {
+                load.extend(["--header", &header]);
+            }
+            let out = tokio::task::block_in_place(|| testpod(&client, &load, to))
+                .with_context(|| format!("{name}: the load"))?;
             let (peaks, used) = (peak.finish(), process_cpu_seconds(pid)? - before);
             for (key, figure) in LATENCY {
                 report.record(name, figure, field(&out, key)?);
             }
-            if name == "waypoint" {
+            if name != "l4" {
                 report.record(name, WAYPOINT_VCPU, used / args.seconds / (f64::from(args.rate) / 1000.0));
                 report.record(name, WAYPOINT_RSS, peaks[0] as f64);
             }

@@ -174,3 +174,22 @@ fn a_rule_reads_its_own_locations_keeps_the_token_when_told_and_owns_its_claim_h
     };
     assert!(Policy::try_from(bad).is_err());
 }
+
+#[test]
+fn a_token_verified_once_is_taken_again_until_it_expires_and_never_by_a_policy_with_other_keys() {
+    let signer = Signer::es256("k");
+    let policy = policy(vec![rule("issuer-a", &signer)]);
+    let token = signer.token(&json!({ "iss": "issuer-a", "sub": "alice", "exp": NOW + 10 }));
+    let at = |seconds: u64| UNIX_EPOCH + Duration::from_secs(seconds);
+    let uri: Uri = "/".parse().unwrap();
+    for _ in 0..2 {
+        assert!(authenticate([&policy], &mut bearer(&token), &uri, at(NOW)).unwrap().is_some());
+    }
+    // Kept, but past its expiry (and the skew): refused all the same.
+    let late = authenticate([&policy], &mut bearer(&token), &uri, at(NOW + 71)).unwrap_err();
+    assert_eq!(late.error, jwt::Error::Expired);
+    // The issuer's keys rotated: a new policy, and the kept token counts for nothing.
+    let rotated = self::policy(vec![rule("issuer-a", &Signer::es256("k"))]);
+    let refused = authenticate([&rotated], &mut bearer(&token), &uri, at(NOW)).unwrap_err();
+    assert_eq!(refused.error, jwt::Error::VerificationFailed);
+}

@@ -23,7 +23,7 @@ fn verify(signer: &Signer, set: &str, claims: &Value, audiences: &[&str]) -> Res
 
 #[test]
 fn a_token_signed_by_a_key_of_the_set_gives_its_claims_whatever_the_algorithm() {
-    for signer in [Signer::rs256("r"), Signer::es256("e"), Signer::ed25519("d")] {
+    for signer in [Signer::rs256("r"), Signer::es256("e"), Signer::es512("p"), Signer::ed25519("d")] {
         let claims = verify(&signer, &jwks(&[&signer]), &claims(), &["shop"]).unwrap();
         assert_eq!(claims.principal, "https://issuer.example/alice");
         assert_eq!(claims.audiences, ["shop", "other"]);

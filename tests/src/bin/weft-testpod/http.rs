@@ -205,15 +205,16 @@ fn read_response(reader: &mut impl BufRead) -> anyhow::Result<(String, Headers, 
 /// kept-alive connection: each leaves when it is due, whatever came back (open loop), and is
 /// timed from then to its answer. Prints `requests=N` and the percentiles; fails on any answer
 /// but 200.
-pub fn openloop(to: SocketAddr, path: &str, load: &crate::Load) -> anyhow::Result<()> {
+pub fn openloop(to: SocketAddr, path: &str, headers: &[String], load: &crate::Load) -> anyhow::Result<()> {
     let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
         .with_context(|| format!("connecting to {to}"))?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let size = load.size;
+    let extra: String = headers.iter().map(|header| format!("{header}\r\n")).collect();
     let request = [
-        format!("POST {path} HTTP/1.1\r\nhost: {to}\r\ncontent-length: {size}\r\n\r\n").into_bytes(),
+        format!("POST {path} HTTP/1.1\r\nhost: {to}\r\n{extra}content-length: {size}\r\n\r\n").into_bytes(),
         vec![b'x'; size],
     ]
     .concat();

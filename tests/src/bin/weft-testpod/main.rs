@@ -101,6 +101,9 @@ enum Mode {
         to: SocketAddr,
         #[arg(long, default_value = "/bytes/1024")]
         path: String,
+        /// A request header, `name:value`; repeated for more.
+        #[arg(long = "header")]
+        headers: Vec<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -238,7 +241,7 @@ fn main() -> anyhow::Result<()> {
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
         Mode::HttpRaw { to, request } => http::raw(to, &request),
         Mode::H2Abuse { to, kind } => h2abuse::run(to, kind),
-        Mode::HttpOpenloop { to, path, load } => http::openloop(to, &path, &load),
+        Mode::HttpOpenloop { to, path, headers, load } => http::openloop(to, &path, &headers, &load),
         Mode::GrpcEcho { port, name } => grpc::echo(port, &name),
         Mode::GrpcCall { to, text, count, chat } => {
             if chat {
