@@ -13,6 +13,7 @@ fn main() -> std::io::Result<()> {
             "proto/route.proto",
             "proto/http_authorization.proto",
             "proto/request_authentication.proto",
+            "proto/otlp_trace.proto",
         ],
         &["proto", "/usr/include"],
     )

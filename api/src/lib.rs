@@ -2,7 +2,8 @@
 //! talk to Istio's: the ZDS pod handoff (agent → ztunnel, [`zds`]) and the certificate service
 //! (ztunnel → control, [`ca`]), and delta xDS ([`discovery`]) carrying [`workload`] and
 //! [`security`] resources (control → proxies), and Weft's own [`route`] and
-//! [`http_authorization`] resources (control → waypoint). `.proto` files live in `api/proto`; conversions
+//! [`http_authorization`] resources (control → waypoint); and OpenTelemetry's trace export
+//! ([`otlp`], waypoint → a collector). `.proto` files live in `api/proto`; conversions
 //! to domain types live with each consumer.
 
 pub mod admin;
@@ -65,4 +66,10 @@ pub mod http_authorization {
     pub const HTTP_AUTHORIZATION_TYPE: &str = "type.googleapis.com/weft.security.HttpAuthorization";
     /// The xDS type of [`RequestAuthentication`] resources.
     pub const REQUEST_AUTHENTICATION_TYPE: &str = "type.googleapis.com/weft.security.RequestAuthentication";
+}
+
+/// OpenTelemetry's OTLP trace export (`opentelemetry.proto.collector.trace.v1.TraceService`):
+/// the messages a waypoint sends a collector, and the tonic client (and server, for tests).
+pub mod otlp {
+    tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
 }

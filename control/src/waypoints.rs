@@ -5,7 +5,8 @@
 //! once a waypoint pod is available — as Istio's deployment controller does. Level-triggered:
 //! every Gateway change and a periodic tick reconcile them all. The waypoint container's image,
 //! pull policy and resources come from the PodTemplate `weft-waypoint` in the control plane's
-//! namespace (`manifests/waypoint.yaml`), so an operator sets them where the other images are.
+//! namespace (`manifests/waypoint.yaml`), so an operator sets them where the other images are;
+//! so does the waypoint's environment (tracing's collector, say).
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
@@ -162,6 +163,10 @@ struct Container {
     image: String,
     pull_policy: String,
     resources: serde_json::Value,
+    /// The template's environment (its `env` entries as written): settings of every waypoint,
+    /// such as tracing's collector (`WEFT_OTLP_ENDPOINT`). The variables the control plane
+    /// sets itself are not taken from it.
+    env: Vec<serde_json::Value>,
 }
 
 /// The waypoint's image when neither the flag nor the template names one.
@@ -180,7 +185,8 @@ async fn container(client: &kube::Client, settings: &Settings) -> Result<Contain
     Ok(from_template(template.as_ref(), settings.image.as_deref()))
 }
 
-/// The flag's image (`image`) wins over the template's, which wins over [`DEFAULT_IMAGE`].
+/// The flag's image (`image`) wins over the template's, which wins over [`DEFAULT_IMAGE`];
+/// resources and environment are the template's.
 fn from_template(template: Option<&PodTemplate>, image: Option<&str>) -> Container {
     let container = template
         .and_then(|template| template.template.as_ref()?.spec.as_ref())
@@ -195,6 +201,12 @@ fn from_template(template: Option<&PodTemplate>, image: Option<&str>) -> Contain
             .and_then(|container| container.resources.as_ref())
             .and_then(|resources| serde_json::to_value(resources).ok())
             .unwrap_or_else(|| json!({})),
+        env: container
+            .and_then(|container| container.env.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|variable| serde_json::to_value(variable).ok())
+            .collect(),
     }
 }
 
@@ -229,6 +241,8 @@ fn deployment(
     ] {
         env.push(json!({ "name": key, "value": value }));
     }
+    let own: Vec<serde_json::Value> = env.iter().map(|variable| variable["name"].clone()).collect();
+    env.extend(container.env.iter().filter(|variable| !own.contains(&variable["name"])).cloned());
     let labels = json!({ GATEWAY_NAME_LABEL: name, "weft.dev/dataplane-mode": "none" });
     json!({
         "apiVersion": "apps/v1",
@@ -348,7 +362,11 @@ mod tests {
             "template": { "spec": { "containers": [
                 { "name": "other", "image": "not/this" },
                 { "name": "waypoint", "image": "registry.example/waypoint:1.2", "imagePullPolicy": "Always",
-                  "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } } },
+                  "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } },
+                  "env": [
+                      { "name": "WEFT_OTLP_ENDPOINT", "value": "http://collector.observability:4317" },
+                      { "name": "GATEWAY_NAME", "value": "not-its-own" },
+                  ] },
             ] } },
         }))
         .unwrap();
@@ -361,10 +379,32 @@ mod tests {
             container.resources,
             json!({ "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } })
         );
+        // Its environment reaches the Deployment, but for what the control plane sets itself.
+        let settings = Settings {
+            image: None,
+            template: ("weft-system".into(), "weft-waypoint".into()),
+            control_address: "https://weft-control.weft-system:15012".into(),
+        };
+        let deployed = deployment("waypoint", &json!({}), &settings, &container);
+        let env = &deployed["spec"]["template"]["spec"]["containers"][0]["env"];
+        let named = |name: &str| {
+            env.as_array()
+                .unwrap()
+                .iter()
+                .filter(|variable| variable["name"] == name)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            named("WEFT_OTLP_ENDPOINT"),
+            [json!({ "name": "WEFT_OTLP_ENDPOINT", "value": "http://collector.observability:4317" })]
+        );
+        assert_eq!(named("GATEWAY_NAME"), [json!({ "name": "GATEWAY_NAME", "value": "waypoint" })]);
         let fallback = Container {
             image: "weft/waypoint".into(),
             pull_policy: "IfNotPresent".into(),
             resources: json!({}),
+            env: Vec::new(),
         };
         assert_eq!(from_template(None, None), fallback);
         // An image given on the command line wins; the template still gives the rest.

@@ -3,7 +3,8 @@
 //! ([`tls`]) and HBONE — HTTP/2 CONNECT over that TLS — as client and server ([`hbone`], with the
 //! byte relay of [`relay`]), keep the workload, service and policy index ([`state`]) fed by the
 //! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), and decide
-//! authorization with Istio's semantics ([`authz`]). Inputs: the control plane's (or istiod's)
+//! authorization with Istio's semantics ([`authz`]); a request's place in a trace is read and
+//! passed on by [`trace_context`]. Inputs: the control plane's (or istiod's)
 //! CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
 //! waypoint's).
 
@@ -14,4 +15,5 @@ pub mod identity;
 pub mod relay;
 pub mod state;
 pub mod tls;
+pub mod trace_context;
 pub mod xds;

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod bpffs;
 pub mod cleanup;
 pub mod cluster;
+pub mod collector;
 pub mod control;
 pub mod h2_frames;
 pub mod hang;

@@ -2,11 +2,15 @@
 //! which the control plane deploys a ServiceAccount, a Service (HBONE, 15008) and a Deployment;
 //! the harness, playing the kubelet, runs one pod of it by hand running `weft-waypoint` with a
 //! token bound to that pod, outside capture (`weft.dev/dataplane-mode: none`), taking its
-//! certificate and configuration from the control plane.
+//! certificate and configuration from the control plane, and the environment the Deployment
+//! gives it (the values written there: the settings of the control plane's PodTemplate).
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Service, ServiceAccount},
+};
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind, PostParams},
@@ -126,16 +130,28 @@ impl Waypoint {
         // runs one pod of it by hand (the Deployment's own pods are never scheduled here).
         let services: Api<Service> = Api::namespaced(client.clone(), namespace);
         let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-        crate::eventually(
-            "the control plane to deploy the waypoint's Service and account",
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+        let deployment = crate::eventually(
+            "the control plane to deploy the waypoint's Service, account and Deployment",
             READY_TIMEOUT,
             || async {
                 let deployed = services.get_opt(name).await.ok()?.is_some()
                     && accounts.get_opt(name).await.ok()?.is_some();
-                deployed.then_some(())
+                deployments.get_opt(name).await.ok()?.filter(|_| deployed)
             },
         )
         .await?;
+        // The arguments below say where things are in the harness and win over these.
+        let environment: Vec<(String, String)> = deployment
+            .spec
+            .template
+            .spec
+            .and_then(|spec| spec.containers.into_iter().next())
+            .and_then(|container| container.env)
+            .into_iter()
+            .flatten()
+            .filter_map(|variable| Some((variable.name, variable.value?)))
+            .collect();
         let pod_name = format!("{name}-0");
         let template = PodTemplate::new(namespace, &pod_name)
             .service_account(name)
@@ -155,6 +171,7 @@ impl Waypoint {
             .arg(plane.root_file())
             .arg("--token-file")
             .arg(&token_file)
+            .envs(environment)
             .env("RUST_LOG", "info,weft_waypoint=debug");
         let output = crate::process::merged_output(&mut command)?;
         let mut process = pod.spawn(command)?;

@@ -73,7 +73,12 @@ struct Scene {
 
 impl Scene {
     async fn start() -> Self {
-        let mut cluster = Cluster::start(2).await.unwrap();
+        Self::start_on(Cluster::start(2).await.unwrap(), &[]).await
+    }
+
+    /// The scene on `cluster`, its waypoint given `environment` by the control plane's
+    /// PodTemplate, where an operator sets it.
+    async fn start_on(mut cluster: Cluster, environment: &[(&str, &str)]) -> Self {
         control::install_gateway_api_crds(cluster.client()).await.unwrap();
         let labels = [("weft.dev/dataplane-mode", "ambient"), ("weft.dev/use-waypoint", "waypoint")];
         cluster.kubelet().ensure_namespace("shop", &labels).await.unwrap();
@@ -93,6 +98,20 @@ impl Scene {
         let v1_vip = create_service(&cluster, "echo-v1", &[("version", "v1")]).await;
         create_service(&cluster, "echo-v2", &[("version", "v2")]).await;
         let plane = ControlPlane::start(&cluster).await.unwrap();
+        if !environment.is_empty() {
+            let env: Vec<_> = environment
+                .iter()
+                .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+                .collect();
+            let template = serde_json::json!({
+                "metadata": { "name": "weft-waypoint" },
+                "template": { "spec": { "containers": [{ "name": "waypoint", "image": "weft/waypoint", "env": env }] } },
+            });
+            Api::<k8s_openapi::api::core::v1::PodTemplate>::namespaced(cluster.client(), control::NAMESPACE)
+                .create(&PostParams::default(), &serde_json::from_value(template).unwrap())
+                .await
+                .unwrap();
+        }
         let waypoint = Waypoint::start(&mut cluster, &plane, "shop", "waypoint", 0).await.unwrap();
         let mesh = Mesh::start_managed(&cluster, &plane).await.unwrap();
         tokio::task::block_in_place(|| {
@@ -1633,6 +1652,86 @@ async fn a_service_preferring_close_endpoints_is_served_in_the_zone_and_fails_ov
                 apps::http_requests(&client, through_waypoint, "/near", &[], 10).unwrap_or_default();
             let l4 = apps::http_requests(&client, at_l4, "/near", &[], 1).unwrap_or_default();
             answered_by(&waypoint, "v1") + answered_by(&waypoint, "v2") == 10 && answered_by(&l4, "far") == 1
+        })
+        .unwrap();
+    });
+}
+
+/// The traceparent the app received, as the echo server shows it.
+fn received_traceparent(answer: &str) -> weft_proxy::trace_context::SpanContext {
+    let value = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("body: header traceparent="))
+        .unwrap_or_else(|| panic!("no traceparent reached the app: {answer}"));
+    weft_proxy::trace_context::SpanContext::parse(value.trim().as_bytes()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_traced_client_to_waypoint_to_server_under_one_trace_id_and_its_span_reaches_a_real_collector()
+ {
+    use weft_proxy::trace_context::SpanContext;
+    use weft_tests::collector::Collector;
+
+    let mut cluster = Cluster::start(2).await.unwrap();
+    let collector = Collector::start(&mut cluster, 1).await.unwrap();
+    let endpoint = collector.endpoint();
+    // No new trace is sampled: only the clients' own decisions count.
+    let environment = [("WEFT_OTLP_ENDPOINT", endpoint.as_str()), ("WEFT_TRACE_SAMPLING", "0")];
+    let scene = Scene::start_on(cluster, &environment).await;
+    let (client, to_echo) = (scene.client.clone(), scene.to_echo);
+    let get = |traceparent: Option<&SpanContext>| {
+        let header = traceparent.map(|context| format!("traceparent:{context}"));
+        let answer = apps::http_requests(
+            &client,
+            to_echo,
+            "/orders",
+            &header.iter().map(String::as_str).collect::<Vec<_>>(),
+            1,
+        )
+        .unwrap();
+        assert!(answer.contains("1 status=200"), "{answer}");
+        received_traceparent(&answer)
+    };
+    let (unsampled, sampled) = (SpanContext::root(false), SpanContext::root(true));
+    tokio::task::block_in_place(|| {
+        // The client's unsampled trace goes on unsampled, under the waypoint's span.
+        let at_app = get(Some(&unsampled));
+        assert_eq!((at_app.trace_id, at_app.sampled()), (unsampled.trace_id, false));
+        assert_ne!(at_app.span_id, unsampled.span_id, "the waypoint's span is the app's parent");
+        // A request without one begins a trace, not sampled at 0 %.
+        let begun = get(None);
+        assert!(!begun.sampled());
+        // The client's sampled trace: the app's parent is the span the collector gets.
+        let at_app = get(Some(&sampled));
+        assert_eq!((at_app.trace_id, at_app.sampled()), (sampled.trace_id, true));
+        let trace_id = weft_api::hex::encode(&sampled.trace_id);
+        let mut spans = Vec::new();
+        weft_tests::until("the waypoint's span at the collector", WAIT, || {
+            spans = collector.spans().unwrap();
+            spans.iter().any(|span| span.trace_id == trace_id)
+        })
+        .unwrap();
+        // Spans are exported in the order their requests ended: the unsampled ones never were.
+        assert_eq!(spans.len(), 1, "{spans:#?}");
+        let span = &spans[0];
+        assert_eq!(span.span_id, weft_api::hex::encode(&at_app.span_id), "{span:#?}");
+        assert_eq!(span.parent_span_id, weft_api::hex::encode(&sampled.span_id), "{span:#?}");
+        assert_eq!(span.name, "echo.shop.svc.cluster.local:80/*");
+        assert_eq!((span.kind, span.status_code), (2, 0), "a server span, no error: {span:#?}");
+        for (key, value) in [
+            ("http.request.method", "GET"),
+            ("url.path", "/orders"),
+            ("http.response.status_code", "200"),
+            ("weft.source.principal", "spiffe://cluster.local/ns/shop/sa/client"),
+            ("weft.destination.service", "shop/echo.shop.svc.cluster.local"),
+            ("weft.destination.principal", "spiffe://cluster.local/ns/shop/sa/echo"),
+        ] {
+            assert_eq!(span.attributes.get(key).map(String::as_str), Some(value), "{key}: {span:#?}");
+        }
+        assert_eq!(span.resource.get("service.name").map(String::as_str), Some("waypoint.shop"));
+        weft_tests::until("the export to be counted", WAIT, || {
+            let metrics = apps::http_get(&scene.waypoint.pod().netns, 15020, "/metrics").unwrap_or_default();
+            metrics.contains("weft_trace_spans_total{outcome=\"exported\"} 1")
         })
         .unwrap();
     });

@@ -45,6 +45,8 @@ pub struct Config {
     /// The runtime's worker threads: a busy endpoint pod gets a pooled HBONE connection per
     /// worker, as the node proxy gives them.
     pub workers: usize,
+    /// Where request spans go, when anywhere.
+    pub tracing: Option<crate::trace::Settings>,
 }
 
 /// What every connection shares.
@@ -79,6 +81,8 @@ pub struct Context {
     /// Round robin's turns.
     pub turns: crate::balance::Turns,
     pub metrics: crate::metrics::Metrics,
+    /// Request spans, when a collector is configured.
+    pub tracer: Option<crate::trace::Tracer>,
     /// Turns true at SIGTERM: readiness fails, HBONE connections say GOAWAY, HTTP sessions
     /// finish the request in flight and close.
     pub drain: tokio::sync::watch::Sender<bool>,
@@ -135,6 +139,27 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("tracing")]
+    Tracing(#[source] crate::trace::Error),
+}
+
+/// Who the waypoint's spans say they come from: `<gateway>.<namespace>` as Istio names a
+/// proxy's service, and its pod.
+fn resource(config: &Config) -> weft_api::otlp::Resource {
+    use crate::trace::otlp::attribute;
+    let (namespace, name) = config.gateway.split_once('/').unwrap_or(("", &config.gateway));
+    let mut attributes = vec![
+        attribute("service.name", format!("{name}.{namespace}")),
+        attribute("service.version", env!("CARGO_PKG_VERSION")),
+        attribute("k8s.namespace.name", namespace),
+    ];
+    for (key, value) in [("k8s.pod.name", &config.proxy.pod_name), ("k8s.node.name", &config.proxy.node_name)]
+    {
+        if !value.is_empty() {
+            attributes.push(attribute(key, value.as_str()));
+        }
+    }
+    weft_api::otlp::Resource { attributes, dropped_attributes_count: 0 }
 }
 
 /// Runs until `shutdown` resolves.
@@ -154,6 +179,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let ca = GrpcCa::new(&config.ca_address, &config.root_file, &config.token_file, &config.proxy)
         .map_err(Error::Ca)?
         .for_own_identity();
+    let metrics = crate::metrics::Metrics::default();
+    let tracer = match &config.tracing {
+        Some(settings) => {
+            let counters = crate::trace::otlp::Counters {
+                exported: metrics.spans("exported"),
+                dropped: metrics.spans("dropped"),
+                failed: metrics.spans("failed"),
+            };
+            let tracer =
+                crate::trace::Tracer::start(settings, resource(&config), counters).map_err(Error::Tracing)?;
+            tracing::info!(endpoint = %settings.endpoint, sampling_percent = settings.sampling_percent, "tracing requests");
+            Some(tracer)
+        }
+        None => None,
+    };
     let context = Arc::new(Context {
         trust_domain: config.trust_domain.clone(),
         service: config.service.clone(),
@@ -172,7 +212,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limiter: crate::traffic::Limiter::default(),
         outliers: crate::breaker::Outliers::default(),
         turns: crate::balance::Turns::default(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics,
+        tracer,
         drain: tokio::sync::watch::Sender::new(false),
     });
     let pool_context = context.clone();

@@ -168,6 +168,14 @@ impl Failure {
 /// How long a session being cut off may take to finish what it has in flight.
 const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 
+/// How a request was answered.
+struct Answered<'a> {
+    status: StatusCode,
+    /// The waypoint's own reason, when it answered itself.
+    failure: Option<&'a Failure>,
+    labels: &'a RequestLabels,
+}
+
 /// What a request was routed to.
 #[derive(Debug, Default)]
 struct Routed {
@@ -261,6 +269,8 @@ impl Session {
     async fn handle(&self, mut request: Request<Incoming>, pending: cancelled::Pending) -> Response<Body> {
         let started = Instant::now();
         let (method, raw_path) = (request.method().clone(), request.uri().path().to_owned());
+        let version = request.version();
+        let span = self.context.tracer.as_ref().map(|tracer| tracer.start_span(request.headers_mut()));
         let canonical = {
             let (mut uri, headers) = (request.uri().clone(), request.headers());
             crate::normalize::target(&mut uri, headers).map(|()| uri)
@@ -279,13 +289,23 @@ impl Session {
             _ => pending.answered(),
         }
         let path = raw_path;
-        let response = answer.unwrap_or_else(|failure| {
-            tracing::debug!(%failure, "answered by the waypoint");
-            failure.answer()
-        });
+        let (response, failure) = match answer {
+            Ok(response) => (response, None),
+            Err(failure) => {
+                tracing::debug!(%failure, "answered by the waypoint");
+                (failure.answer(), Some(failure))
+            }
+        };
         let response_size = body_size(response.headers(), response.body());
         let labels = self.labels(&routed, response.status());
         self.context.metrics.request(&labels, started.elapsed(), (request_size, response_size));
+        if let (Some(tracer), Some(span)) = (&self.context.tracer, span) {
+            tracer.finish(span, || {
+                let answered =
+                    Answered { status: response.status(), failure: failure.as_ref(), labels: &labels };
+                self.finished((&method, &path, version), &routed, answered)
+            });
+        }
         tracing::info!(
             src = %self.client.identity,
             client = %self.client.address,
@@ -301,6 +321,63 @@ impl Session {
             "request"
         );
         response
+    }
+
+    /// What a request's span says: Istio's operation name (`<host>:<port>/*`), OpenTelemetry's
+    /// HTTP attributes and the identities and route of its metrics. Not the query, which
+    /// may carry secrets (a token, as a parameter).
+    fn finished(
+        &self,
+        (method, path, version): (&http::Method, &str, Version),
+        routed: &Routed,
+        answered: Answered<'_>,
+    ) -> crate::trace::Finished {
+        use crate::trace::otlp::{attribute, int_attribute};
+        let name = match &self.destination {
+            Destination::Service(service, port) => format!("{}:{port}/*", service.hostname),
+            Destination::Workload(workload, port) => format!("{}:{port}/*", workload.metrics_name()),
+        };
+        let version = match version {
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            _ => "1.1",
+        };
+        let peers = &answered.labels.peers;
+        let mut attributes = vec![
+            attribute("http.request.method", method.as_str()),
+            attribute("url.path", path),
+            attribute("network.protocol.version", version),
+            int_attribute("http.response.status_code", i64::from(answered.status.as_u16())),
+            attribute("client.address", self.client.address.ip().to_string()),
+            attribute("weft.source.principal", peers.source_principal.as_str()),
+            attribute("weft.source.workload", peers.source_workload.as_str()),
+            attribute("weft.source.namespace", peers.source_workload_namespace.as_str()),
+            attribute("weft.destination.service", peers.destination_service.as_str()),
+            attribute("weft.destination.workload", peers.destination_workload.as_str()),
+            attribute("weft.destination.namespace", peers.destination_workload_namespace.as_str()),
+            attribute("weft.destination.principal", peers.destination_principal.as_str()),
+        ];
+        for (key, value) in [
+            ("http.route", &routed.route),
+            ("weft.backend", &routed.backend),
+            ("weft.policy", &routed.policy),
+        ] {
+            if !value.is_empty() {
+                attributes.push(attribute(key, value.as_str()));
+            }
+        }
+        if let Some(endpoint) = routed.endpoint {
+            attributes.push(attribute("weft.endpoint", endpoint.to_string()));
+        }
+        if routed.retries > 0 {
+            attributes.push(int_attribute("weft.retries", i64::from(routed.retries)));
+        }
+        crate::trace::Finished {
+            name,
+            status: answered.status.as_u16(),
+            error: answered.failure.map(ToString::to_string),
+            attributes,
+        }
     }
 
     /// The metric labels of a request `routed` so, answered with `status`.

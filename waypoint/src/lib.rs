@@ -6,7 +6,7 @@
 //! the waypoint ([`authn`], [`jwt`]), decides it by the AuthorizationPolicies that do ([`authz`]),
 //! picks a route ([`route`]: the Gateway API HTTPRoutes attached to the Service), a backend and
 //! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity
-//! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]);
+//! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]) and, when a collector is configured, tracing it ([`trace`]);
 //! a rate limit or an injected fault may answer or delay it first ([`traffic`]). Routes and policies come compiled from the control
 //! plane ([`table`]); [`app`] wires the process.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
@@ -26,4 +26,5 @@ pub mod retry;
 pub mod rewrite;
 pub mod route;
 pub mod table;
+pub mod trace;
 pub mod traffic;

@@ -50,6 +50,13 @@ pub struct ConnectionLabels {
     pub peers: Peers,
 }
 
+/// Labels of the request spans a waypoint sampled: `exported`; `dropped` (the export queue was
+/// full); `failed` (the collector could not be reached, or refused them).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    pub outcome: &'static str,
+}
+
 /// Duration buckets, milliseconds: 0.5 ms to 10 s.
 const DURATION_BUCKETS: [f64; 14] =
     [0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0];
@@ -69,6 +76,7 @@ pub struct Metrics {
     connections_closed: Family<ConnectionLabels, Counter>,
     sent_bytes: Family<ConnectionLabels, Counter>,
     received_bytes: Family<ConnectionLabels, Counter>,
+    spans: Family<SpanLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +125,8 @@ impl Default for Metrics {
             "Bytes relayed at L4 from the client, at close",
             received_bytes.clone(),
         );
+        let spans = Family::default();
+        registry.register("trace_spans", "Sampled request spans, by what became of them", spans.clone());
         Self {
             registry,
             requests,
@@ -127,6 +137,7 @@ impl Default for Metrics {
             connections_closed,
             sent_bytes,
             received_bytes,
+            spans,
         }
     }
 }
@@ -156,6 +167,11 @@ impl Metrics {
         self.connections_closed.get_or_create(labels).inc();
         self.sent_bytes.get_or_create(labels).inc_by(sent);
         self.received_bytes.get_or_create(labels).inc_by(received);
+    }
+
+    /// The counter of sampled spans that met `outcome` (see [`SpanLabels`]).
+    pub fn spans(&self, outcome: &'static str) -> Counter {
+        self.spans.get_or_create(&SpanLabels { outcome }).clone()
     }
 
     /// The Prometheus text exposition.

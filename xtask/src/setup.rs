@@ -55,6 +55,9 @@ pub const ISTIO_MODULE_VERSION: &str = "v0.0.0-20260827124520-eed52ebb66ad";
 /// `sigs.k8s.io/gateway-api` module; README's "Tested with"): a superset of the standard
 /// channel, with HTTPRoute's `retry` and TCPRoute, which the standard channel lacks.
 pub const GATEWAY_API_VERSION: &str = "v1.6.3";
+/// The OpenTelemetry Collector release the tracing test's collector is built of (its core's
+/// and contrib's modules share the number; README's "Tested with").
+pub const OTEL_COLLECTOR_VERSION: &str = "v0.161.0";
 /// The oldest Go that builds them all (their go.mod files ask for 1.26.0).
 const GO_MINIMUM: (u32, u32) = (1, 26);
 
@@ -62,7 +65,7 @@ const GO_MINIMUM: (u32, u32) = (1, 26);
 #[derive(Debug)]
 pub struct Tools {
     /// A directory holding etcd, the Kubernetes commands, istiod (`pilot-discovery`), Istio's
-    /// CRDs (`istio-crds.yaml`) and the Gateway API's experimental-channel CRDs (`gateway-api-crds.yaml`) of
+    /// CRDs (`istio-crds.yaml`), an OpenTelemetry Collector (`otelcol`) and the Gateway API's experimental-channel CRDs (`gateway-api-crds.yaml`) of
     /// the tested releases (links into the cache); the harness reads it from `WEFT_KUBE_BIN`.
     pub kube_bin: PathBuf,
     /// `cargo-fuzz`, at [`CARGO_FUZZ_VERSION`].
@@ -85,6 +88,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("Kubernetes, etcd and CoreDNS", || kubernetes(root, &cache.join("kubernetes"), &kube_bin))?;
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
+    step("OpenTelemetry Collector", || otel_collector(root, &cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
     Ok(Tools { kube_bin, cargo_fuzz, cargo_deny })
 }
@@ -215,15 +219,34 @@ fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let (binary, crds) = (built.join("bin/pilot-discovery"), built.join("crd-all.gen.yaml"));
     if !binary.exists() || !crds.exists() {
         eprintln!("setup: building istiod (istio.io/istio {ISTIO_MODULE_VERSION}; a few minutes cold)");
-        cmd::run(
-            Command::new("bash")
-                .arg(root.join("xtask/src/setup/istio.sh"))
-                .arg(dir)
-                .arg(ISTIO_MODULE_VERSION)
-                .env("PATH", go_path()?),
-        )?;
+        go_script(root, "istio.sh", dir, ISTIO_MODULE_VERSION)?;
     }
     link_into(bin, [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)])
+}
+
+/// Runs `xtask/src/setup/<script> <dir> <version>` with the machine's Go first on its path.
+fn go_script(root: &Path, script: &str, dir: &Path, version: &str) -> anyhow::Result<()> {
+    cmd::run(
+        Command::new("bash")
+            .arg(root.join("xtask/src/setup").join(script))
+            .arg(dir)
+            .arg(version)
+            .env("PATH", go_path()?),
+    )
+}
+
+/// An OpenTelemetry Collector (OTLP receiver, file exporter) at [`OTEL_COLLECTOR_VERSION`],
+/// built from the Go module proxy by `otelcol.sh` (sharing Kubernetes' Go caches in `dir`) when
+/// missing, linked as `bin/otelcol`.
+fn otel_collector(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let binary = dir.join(format!("otelcol-{OTEL_COLLECTOR_VERSION}/bin/otelcol"));
+    if !binary.exists() {
+        eprintln!(
+            "setup: building the OpenTelemetry Collector {OTEL_COLLECTOR_VERSION} (a minute or two cold)"
+        );
+        go_script(root, "otelcol.sh", dir, OTEL_COLLECTOR_VERSION)?;
+    }
+    link_into(bin, [("otelcol".into(), binary)])
 }
 
 /// The Gateway API's experimental-channel CRDs at [`GATEWAY_API_VERSION`], from the

@@ -55,19 +55,10 @@ impl Origin {
         format!("k8s.namespace.name={namespace},k8s.deployment.name={name},service.name={name}")
     }
 
-    /// A new W3C `traceparent`: version 00, a random trace and parent id, not sampled. The
-    /// same value is logged by both ends of the tunnel, so one connection's lines can be
-    /// found on either node.
+    /// A new W3C `traceparent`: a new trace, not sampled. The same value is logged by both
+    /// ends of the tunnel, so one connection's lines can be found on either node.
     pub fn traceparent() -> String {
-        let mut ids = [0u8; 24];
-        // SAFETY: getrandom(2) writes at most `ids.len()` bytes into the buffer it is given.
-        let filled = unsafe { libc::getrandom(ids.as_mut_ptr().cast(), ids.len(), 0) };
-        if usize::try_from(filled).ok() != Some(ids.len()) {
-            // Only the correlation is lost; a fixed non-zero id is still a valid header.
-            ids = [1; 24];
-        }
-        let hex = weft_api::hex::encode;
-        format!("00-{}-{}-00", hex(&ids[..16]), hex(&ids[16..]))
+        crate::trace_context::SpanContext::root(false).to_string()
     }
 }
 
