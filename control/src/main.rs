@@ -73,7 +73,7 @@ struct Args {
     #[arg(long, env = "WEFT_WAYPOINT_IMAGE")]
     waypoint_image: Option<String>,
     /// The PodTemplate in its namespace whose `waypoint` container (image, pull policy,
-    /// resources) every waypoint runs: the manifests' `weft-waypoint`, its image set with the
+    /// resources, environment) every waypoint runs: the manifests' `weft-waypoint`, its image set with the
     /// others by kustomize. Missing: the default image, no resources.
     #[arg(long, env = "WEFT_WAYPOINT_TEMPLATE", default_value = "weft-waypoint")]
     waypoint_template: String,

@@ -201,13 +201,33 @@ fn from_template(template: Option<&PodTemplate>, image: Option<&str>) -> Contain
             .and_then(|container| container.resources.as_ref())
             .and_then(|resources| serde_json::to_value(resources).ok())
             .unwrap_or_else(|| json!({})),
-        env: container
-            .and_then(|container| container.env.as_ref())
-            .into_iter()
-            .flatten()
-            .filter_map(|variable| serde_json::to_value(variable).ok())
-            .collect(),
+        env: environment(container.and_then(|container| container.env.as_deref()).unwrap_or_default()),
     }
+}
+
+/// The template's variables a waypoint's container can take: those with a value or a field
+/// of its own pod (a Secret or ConfigMap would be looked for in the Gateway's namespace, a
+/// resource field in a container of another pod: passed over, with a warning), once each, the
+/// last of a name winning as the kubelet reads a list (server-side apply refuses a list
+/// holding a name twice, which would stop every waypoint's reconcile).
+fn environment(variables: &[k8s_openapi::api::core::v1::EnvVar]) -> Vec<serde_json::Value> {
+    let mut taken: Vec<serde_json::Value> = Vec::new();
+    for variable in variables {
+        let own_field = variable.value_from.as_ref().is_some_and(|from| {
+            from.field_ref.is_some()
+                && from.config_map_key_ref.is_none()
+                && from.secret_key_ref.is_none()
+                && from.resource_field_ref.is_none()
+        });
+        if variable.value_from.is_some() && !own_field {
+            tracing::warn!(name = %variable.name, "waypoint PodTemplate: only a value or a fieldRef is passed to waypoints; variable left out");
+            continue;
+        }
+        let Ok(value) = serde_json::to_value(variable) else { continue };
+        taken.retain(|earlier| earlier["name"] != value["name"]);
+        taken.push(value);
+    }
+    taken
 }
 
 /// The waypoint's Deployment: not captured itself, its identity its own service account, its
@@ -355,8 +375,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_templates_waypoint_container_gives_image_pull_policy_and_resources_unless_a_flag_names_the_image()
-    {
+    fn the_templates_waypoint_container_gives_image_pull_policy_resources_and_environment_unless_a_flag_names_the_image()
+     {
         let template: PodTemplate = serde_json::from_value(json!({
             "metadata": { "name": "weft-waypoint", "namespace": "weft-system" },
             "template": { "spec": { "containers": [
@@ -364,8 +384,11 @@ mod tests {
                 { "name": "waypoint", "image": "registry.example/waypoint:1.2", "imagePullPolicy": "Always",
                   "resources": { "requests": { "cpu": "100m" }, "limits": { "memory": "256Mi" } },
                   "env": [
-                      { "name": "WEFT_OTLP_ENDPOINT", "value": "http://collector.observability:4317" },
+                      { "name": "WEFT_OTLP_ENDPOINT", "value": "http://old-collector:4317" },
                       { "name": "GATEWAY_NAME", "value": "not-its-own" },
+                      { "name": "WEFT_OTLP_ENDPOINT", "value": "http://collector.observability:4317" },
+                      { "name": "NODE_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.hostIP" } } },
+                      { "name": "TOKEN", "valueFrom": { "secretKeyRef": { "name": "weft-secrets", "key": "token" } } },
                   ] },
             ] } },
         }))
@@ -400,6 +423,8 @@ mod tests {
             [json!({ "name": "WEFT_OTLP_ENDPOINT", "value": "http://collector.observability:4317" })]
         );
         assert_eq!(named("GATEWAY_NAME"), [json!({ "name": "GATEWAY_NAME", "value": "waypoint" })]);
+        assert_eq!(named("NODE_IP").len(), 1, "a field of its own pod");
+        assert!(named("TOKEN").is_empty(), "a Secret of weft-system's is none of the Gateway's namespace");
         let fallback = Container {
             image: "weft/waypoint".into(),
             pull_policy: "IfNotPresent".into(),

@@ -1,7 +1,7 @@
 //! W3C Trace Context (`traceparent`): read from a request, a child made for the next hop,
 //! written back. Version 00's layout, `00-<trace id: 32 hex>-<parent id: 16 hex>-<flags: 2 hex>`,
 //! lower case only; a later version is read by its first four fields, as the recommendation
-//! asks, and passed on as 00. Inputs: header values from anyone. Non-goals: `tracestate`, which
+//! asks, and passed on as 00; of the flags only `sampled` is kept. Inputs: header values from anyone. Non-goals: `tracestate`, which
 //! a hop passes on untouched.
 use std::fmt;
 
@@ -10,17 +10,15 @@ use std::fmt;
 pub struct SpanContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
-    /// Bit 0: sampled; the others are passed on as they came.
-    pub flags: u8,
+    /// The one flag Trace Context Level 1 defines: the trace is recorded. It asks a hop to
+    /// pass the others on as zeros: they are not kept.
+    pub sampled: bool,
 }
 
 /// The length of a version 00 `traceparent`.
 const LENGTH: usize = 55;
 
 impl SpanContext {
-    /// The flag saying the trace is recorded.
-    pub const SAMPLED: u8 = 0x01;
-
     /// The first span of a new trace: random, non-zero ids.
     pub fn root(sampled: bool) -> Self {
         let trace_id = loop {
@@ -29,16 +27,12 @@ impl SpanContext {
                 break id.to_be_bytes();
             }
         };
-        Self { trace_id, span_id: span_id(), flags: if sampled { Self::SAMPLED } else { 0 } }
+        Self { trace_id, span_id: span_id(), sampled }
     }
 
-    /// A span of this one's trace whose parent it is: same trace and flags, a new id.
+    /// A span of this one's trace whose parent it is: same trace and flag, a new id.
     pub fn child(&self) -> Self {
         Self { span_id: span_id(), ..*self }
-    }
-
-    pub fn sampled(&self) -> bool {
-        self.flags & Self::SAMPLED != 0
     }
 
     /// A `traceparent` value; `None` unless it is well formed (version ff, an all-zero id,
@@ -58,12 +52,12 @@ impl SpanContext {
         if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
             return None;
         }
-        let mut context = Self { trace_id: [0; 16], span_id: [0; 8], flags: 0 };
+        let mut context = Self { trace_id: [0; 16], span_id: [0; 8], sampled: false };
         decode(field(3, 35)?, &mut context.trace_id);
         decode(field(36, 52)?, &mut context.span_id);
         let mut flags = [0];
         decode(field(53, 55)?, &mut flags);
-        context.flags = flags[0];
+        context.sampled = flags[0] & 0x01 != 0;
         let zero = |id: &[u8]| id.iter().all(|byte| *byte == 0);
         (!zero(&context.trace_id) && !zero(&context.span_id)).then_some(context)
     }
@@ -76,7 +70,7 @@ impl fmt::Display for SpanContext {
         self.trace_id.iter().try_for_each(|byte| write!(f, "{byte:02x}"))?;
         f.write_str("-")?;
         self.span_id.iter().try_for_each(|byte| write!(f, "{byte:02x}"))?;
-        write!(f, "-{:02x}", self.flags)
+        write!(f, "-{:02x}", u8::from(self.sampled))
     }
 }
 
@@ -108,19 +102,18 @@ mod tests {
         let context = SpanContext::parse(EXAMPLE.as_bytes()).unwrap();
         assert_eq!(context.trace_id[..4], [0x4b, 0xf9, 0x2f, 0x35]);
         assert_eq!(context.span_id[7], 0xb7);
-        assert!(context.sampled());
+        assert!(context.sampled);
         assert_eq!(context.to_string(), EXAMPLE);
         let child = context.child();
-        assert_eq!((child.trace_id, child.flags), (context.trace_id, context.flags));
+        assert_eq!((child.trace_id, child.sampled), (context.trace_id, context.sampled));
         assert_ne!(child.span_id, context.span_id);
         assert!(
-            !SpanContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
-                .unwrap()
-                .sampled()
+            !SpanContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().sampled
         );
-        // Unknown flags are kept.
-        let flagged = SpanContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03").unwrap();
-        assert_eq!(flagged.child().to_string()[53..], *"03");
+        // Flags Level 1 does not define go on as zeros.
+        let flagged = SpanContext::parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff").unwrap();
+        assert!(flagged.sampled);
+        assert_eq!(flagged.child().to_string()[53..], *"01");
     }
 
     #[test]
@@ -157,7 +150,7 @@ mod tests {
     fn a_root_has_non_zero_ids_and_says_whether_it_is_sampled() {
         for sampled in [true, false] {
             let root = SpanContext::root(sampled);
-            assert_eq!(root.sampled(), sampled);
+            assert_eq!(root.sampled, sampled);
             assert_eq!(SpanContext::parse(root.to_string().as_bytes()), Some(root));
         }
     }

@@ -1,7 +1,9 @@
 //! An OpenTelemetry Collector on the harness: `otelcol` (the collector's own OTLP receiver and
 //! file exporter, built by `cargo xtask setup` from the Go module proxy) in a pod of namespace
 //! `observability`, outside the mesh, taking OTLP/gRPC on 4317 and writing every batch it
-//! receives as a line of OTLP JSON, which [`Collector::spans`] reads back.
+//! receives as a line of OTLP JSON, which [`Collector::spans`] reads back. No batch processor
+//! or sending queue stands between the two: the exporter writes each export as it is received,
+//! so the lines keep the order in which the exports were sent.
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, process::Command, time::Duration};
 
 use anyhow::Context;
@@ -27,6 +29,7 @@ pub struct ReceivedSpan {
     pub span_id: String,
     /// Empty for a trace's first span.
     pub parent_span_id: String,
+    pub trace_state: String,
     pub name: String,
     pub kind: u64,
     pub attributes: BTreeMap<String, String>,
@@ -92,6 +95,7 @@ impl Collector {
                             trace_id: text("traceId"),
                             span_id: text("spanId"),
                             parent_span_id: text("parentSpanId"),
+                            trace_state: text("traceState"),
                             name: text("name"),
                             kind: span["kind"].as_u64().unwrap_or_default(),
                             attributes: attributes(span),

@@ -1680,30 +1680,28 @@ async fn a_request_is_traced_client_to_waypoint_to_server_under_one_trace_id_and
     let scene = Scene::start_on(cluster, &environment).await;
     let (client, to_echo) = (scene.client.clone(), scene.to_echo);
     let get = |traceparent: Option<&SpanContext>| {
-        let header = traceparent.map(|context| format!("traceparent:{context}"));
-        let answer = apps::http_requests(
-            &client,
-            to_echo,
-            "/orders",
-            &header.iter().map(String::as_str).collect::<Vec<_>>(),
-            1,
-        )
-        .unwrap();
+        let mut headers = vec!["tracestate:shop=7".to_owned()];
+        headers.extend(traceparent.map(|context| format!("traceparent:{context}")));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        let answer = apps::http_requests(&client, to_echo, "/orders", &headers, 1).unwrap();
         assert!(answer.contains("1 status=200"), "{answer}");
+        // The client's trace state goes on with its trace, and not with one begun anew.
+        let state_kept = answer.contains("body: header tracestate=shop=7");
+        assert_eq!(state_kept, traceparent.is_some(), "{answer}");
         received_traceparent(&answer)
     };
     let (unsampled, sampled) = (SpanContext::root(false), SpanContext::root(true));
     tokio::task::block_in_place(|| {
         // The client's unsampled trace goes on unsampled, under the waypoint's span.
         let at_app = get(Some(&unsampled));
-        assert_eq!((at_app.trace_id, at_app.sampled()), (unsampled.trace_id, false));
+        assert_eq!((at_app.trace_id, at_app.sampled), (unsampled.trace_id, false));
         assert_ne!(at_app.span_id, unsampled.span_id, "the waypoint's span is the app's parent");
         // A request without one begins a trace, not sampled at 0 %.
         let begun = get(None);
-        assert!(!begun.sampled());
+        assert!(!begun.sampled);
         // The client's sampled trace: the app's parent is the span the collector gets.
         let at_app = get(Some(&sampled));
-        assert_eq!((at_app.trace_id, at_app.sampled()), (sampled.trace_id, true));
+        assert_eq!((at_app.trace_id, at_app.sampled), (sampled.trace_id, true));
         let trace_id = weft_api::hex::encode(&sampled.trace_id);
         let mut spans = Vec::new();
         weft_tests::until("the waypoint's span at the collector", WAIT, || {
@@ -1711,12 +1709,14 @@ async fn a_request_is_traced_client_to_waypoint_to_server_under_one_trace_id_and
             spans.iter().any(|span| span.trace_id == trace_id)
         })
         .unwrap();
-        // Spans are exported in the order their requests ended: the unsampled ones never were.
+        // Spans are exported, and written, in the order their requests ended: the unsampled
+        // ones, which ended first, never were.
         assert_eq!(spans.len(), 1, "{spans:#?}");
         let span = &spans[0];
         assert_eq!(span.span_id, weft_api::hex::encode(&at_app.span_id), "{span:#?}");
         assert_eq!(span.parent_span_id, weft_api::hex::encode(&sampled.span_id), "{span:#?}");
         assert_eq!(span.name, "echo.shop.svc.cluster.local:80/*");
+        assert_eq!(span.trace_state, "shop=7");
         assert_eq!((span.kind, span.status_code), (2, 0), "a server span, no error: {span:#?}");
         for (key, value) in [
             ("http.request.method", "GET"),

@@ -127,6 +127,9 @@ impl Dial for OwnDial {
     }
 }
 
+/// How long the spans still queued at shutdown may take to be exported, after the drain.
+const SPAN_FLUSH: Duration = Duration::from_secs(2);
+
 /// Why the waypoint cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -139,8 +142,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("tracing")]
-    Tracing(#[source] crate::trace::Error),
 }
 
 /// Who the waypoint's spans say they come from: `<gateway>.<namespace>` as Istio names a
@@ -180,20 +181,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map_err(Error::Ca)?
         .for_own_identity();
     let metrics = crate::metrics::Metrics::default();
-    let tracer = match &config.tracing {
-        Some(settings) => {
-            let counters = crate::trace::otlp::Counters {
-                exported: metrics.spans("exported"),
-                dropped: metrics.spans("dropped"),
-                failed: metrics.spans("failed"),
-            };
-            let tracer =
-                crate::trace::Tracer::start(settings, resource(&config), counters).map_err(Error::Tracing)?;
-            tracing::info!(endpoint = %settings.endpoint, sampling_percent = settings.sampling_percent, "tracing requests");
-            Some(tracer)
+    let tracer = config.tracing.as_ref().and_then(|settings| {
+        let counters = crate::trace::otlp::Counters {
+            exported: metrics.spans("exported"),
+            dropped: metrics.spans("dropped"),
+            failed: metrics.spans("failed"),
+        };
+        // A mistyped setting costs the traces, never the waypoint: it serves on untraced.
+        match crate::trace::Tracer::start(settings, resource(&config), counters) {
+            Ok(tracer) => {
+                tracing::info!(endpoint = %settings.endpoint, sampling = %settings.sampling, "tracing requests");
+                Some(tracer)
+            }
+            Err(error) => {
+                tracing::error!(%error, "tracing is off");
+                None
+            }
         }
-        None => None,
-    };
+    });
     let context = Arc::new(Context {
         trust_domain: config.trust_domain.clone(),
         service: config.service.clone(),
@@ -249,6 +254,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             open = connections.len(),
             "drain deadline reached; closing the remaining connections"
         ),
+    }
+    // The last requests' spans go before the process does.
+    if let Some(tracer) = &context.tracer {
+        tracer.flush(SPAN_FLUSH).await;
     }
     tasks.abort_all();
     Ok(())

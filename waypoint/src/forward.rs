@@ -270,7 +270,7 @@ impl Session {
         let started = Instant::now();
         let (method, raw_path) = (request.method().clone(), request.uri().path().to_owned());
         let version = request.version();
-        let span = self.context.tracer.as_ref().map(|tracer| tracer.start_span(request.headers_mut()));
+        let span = self.context.tracer.as_ref().map(|tracer| tracer.start_span(request.headers()));
         let canonical = {
             let (mut uri, headers) = (request.uri().clone(), request.headers());
             crate::normalize::target(&mut uri, headers).map(|()| uri)
@@ -280,7 +280,7 @@ impl Session {
         let answer = match canonical {
             Ok(uri) => {
                 *request.uri_mut() = uri;
-                self.route(request, &mut routed, &pending).await
+                self.route(request, &mut routed, &pending, span.as_ref()).await
             }
             Err(error) => Err(Failure::BadTarget(error)),
         };
@@ -345,6 +345,7 @@ impl Session {
         let peers = &answered.labels.peers;
         let mut attributes = vec![
             attribute("http.request.method", method.as_str()),
+            attribute("url.scheme", "http"),
             attribute("url.path", path),
             attribute("network.protocol.version", version),
             int_attribute("http.response.status_code", i64::from(answered.status.as_u16())),
@@ -371,6 +372,10 @@ impl Session {
         }
         if routed.retries > 0 {
             attributes.push(int_attribute("weft.retries", i64::from(routed.retries)));
+        }
+        // OpenTelemetry's conventions: a server span's error is a 5xx, its type the status.
+        if answered.status.is_server_error() {
+            attributes.push(attribute("error.type", answered.status.as_str()));
         }
         crate::trace::Finished {
             name,
@@ -488,12 +493,14 @@ impl Session {
         Err(Failure::Denied)
     }
 
-    /// Routes `request` and forwards it; what it was routed to goes into `routed`.
+    /// Routes `request` and forwards it; what it was routed to goes into `routed`. Policies and
+    /// routes read the client's headers; `span`, when traced, is the parent named onward.
     async fn route(
         &self,
         mut request: Request<Incoming>,
         routed: &mut Routed,
         pending: &cancelled::Pending,
+        span: Option<&crate::trace::Span>,
     ) -> Result<Response<Body>, Failure> {
         let auth = self.authenticate(&mut request)?;
         self.authorize(&request, auth.as_ref())?;
@@ -507,7 +514,7 @@ impl Session {
                 routed.backend = workload.uid.clone();
                 routed.endpoint = Some(target);
                 routed.workload = Some(workload.clone());
-                strip_hop_by_hop(request.headers_mut());
+                onward(request.headers_mut(), span);
                 return self.forward(workload, target, request.map(BodyExt::boxed), None).await;
             }
             Destination::Service(service, port) => (service.clone(), *port),
@@ -554,7 +561,7 @@ impl Session {
         };
         let selected = selected.map(|selected| selected.rule);
         routed.backend = format!("{backend}:{backend_port}");
-        strip_hop_by_hop(request.headers_mut());
+        onward(request.headers_mut(), span);
         let attempts = self.attempts(&backend, backend_port, request, selected, routed);
         let mut response = match selected.and_then(Rule::request_timeout) {
             Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| Failure::Timeout)??,
@@ -935,6 +942,14 @@ fn is_grpc(content_type: &[u8]) -> bool {
     content_type
         .strip_prefix(b"application/grpc")
         .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// A request's headers as it goes on: this hop's removed, the trace context the waypoint's.
+fn onward(headers: &mut HeaderMap, span: Option<&crate::trace::Span>) {
+    strip_hop_by_hop(headers);
+    if let Some(span) = span {
+        span.propagate(headers);
+    }
 }
 
 /// Removes the headers of one hop, and those the `Connection` header names.

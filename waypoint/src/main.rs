@@ -57,13 +57,15 @@ struct Args {
     #[arg(long, env = "WEFT_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Where to export request spans: an OpenTelemetry collector's OTLP/gRPC address,
-    /// `http://host:port` (plaintext). Unset or empty: no tracing, at no cost.
+    /// `http://host:port` or `host:port` (plaintext). Unset or empty: no tracing, at no cost;
+    /// one that cannot be used: no tracing, logged.
     #[arg(long, env = "WEFT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     /// Of the requests that begin a trace (no valid `traceparent` of their own), the share
-    /// sampled, in percent (Istio's default, 1); a request's own sampled flag is kept.
-    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value_t = 1.0)]
-    trace_sampling: f64,
+    /// sampled, in percent (Istio's default, 1; `0.5`, `100%`); a request's own sampled flag is
+    /// kept. A value that is no percentage turns tracing off (logged), never the waypoint.
+    #[arg(long, env = "WEFT_TRACE_SAMPLING", default_value = "1")]
+    trace_sampling: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,9 +101,10 @@ fn main() -> anyhow::Result<()> {
         listen: args.listen,
         admin: weft_api::admin::Addresses::default(),
         workers,
-        tracing: args.otlp_endpoint.filter(|endpoint| !endpoint.is_empty()).map(|endpoint| {
-            weft_waypoint::trace::Settings { endpoint, sampling_percent: args.trace_sampling }
-        }),
+        tracing: args
+            .otlp_endpoint
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(|endpoint| weft_waypoint::trace::Settings { endpoint, sampling: args.trace_sampling }),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     runtime.block_on(async {
