@@ -50,22 +50,46 @@ pub const WEFT_TAG: &str = "dev";
 
 /// The cluster DNS, from the CoreDNS `cargo xtask setup` builds.
 pub fn coredns() -> anyhow::Result<Image> {
-    assemble("weft.local/coredns:1", &[crate::apiserver::kube_bin()?.join("coredns")], &["coredns"])
+    assemble("weft.local/coredns:1", &[crate::apiserver::kube_bin()?.join("coredns")], &[], &["coredns"])
+}
+
+/// The Gateway API mesh conformance suite's echo app under `reference` (the name its manifests
+/// give it): Istio's echo server and client, built by `cargo xtask setup`, as `server` and
+/// `client` in [`BIN_DIR`] (the suite runs `client` in the pods), and the serving certificate
+/// its `--crt`/`--key` name, as Istio's image holds them.
+pub fn echo_advanced(reference: &str) -> anyhow::Result<Image> {
+    let bin = crate::apiserver::kube_bin()?;
+    let files = [
+        (bin.join("istio-echo-server"), "/usr/local/bin/server"),
+        (bin.join("istio-echo-client"), "/usr/local/bin/client"),
+        (bin.join("istio-echo-cert.crt"), "/cert.crt"),
+        (bin.join("istio-echo-cert.key"), "/cert.key"),
+    ];
+    assemble(reference, &[], &files, &["server"])
 }
 
 /// An image `reference` holding the workspace binary `binary`, started as that binary.
 fn workspace(reference: &str, binary: &str) -> anyhow::Result<Image> {
-    assemble(reference, &[crate::apps::binary(binary)?], &[binary])
+    assemble(reference, &[crate::apps::binary(binary)?], &[], &[binary])
 }
 
-/// An image `reference` holding `binaries` in [`BIN_DIR`], started as `entrypoint` (its first
-/// word a binary's name).
-pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> anyhow::Result<Image> {
+/// An image `reference` holding `binaries` in [`BIN_DIR`] and `files` (each copied to the
+/// absolute path given), started as `entrypoint` (its first word a name in [`BIN_DIR`]).
+pub fn assemble(
+    reference: &str,
+    binaries: &[PathBuf],
+    files: &[(PathBuf, &str)],
+    entrypoint: &[&str],
+) -> anyhow::Result<Image> {
     let binaries: Vec<PathBuf> =
         binaries.iter().map(|binary| binary.canonicalize()).collect::<std::io::Result<_>>()?;
+    let files: Vec<(PathBuf, &str)> = files
+        .iter()
+        .map(|(file, inside)| Ok((file.canonicalize()?, *inside)))
+        .collect::<std::io::Result<_>>()?;
     let mut key = DefaultHasher::new();
-    (reference, entrypoint).hash(&mut key);
-    for binary in &binaries {
+    (reference, entrypoint, &files).hash(&mut key);
+    for binary in binaries.iter().chain(files.iter().map(|(file, _)| file)) {
         let meta = std::fs::metadata(binary).with_context(|| format!("reading {}", binary.display()))?;
         (binary, meta.len(), meta.mtime(), meta.mtime_nsec()).hash(&mut key);
     }
@@ -78,7 +102,7 @@ pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> a
     if !archive.exists() {
         // Built aside and renamed: a parallel test never sees half an archive.
         let work = tempfile::Builder::new().prefix("weft-image-").tempdir_in(&dir)?;
-        build(work.path(), reference, &binaries, entrypoint)?;
+        build(work.path(), reference, &binaries, &files, entrypoint)?;
         std::fs::rename(work.path().join("image.tar"), &archive)?;
         // Archives of earlier builds of this image go: only the newest binaries are tested.
         for entry in std::fs::read_dir(&dir)?.flatten() {
@@ -91,7 +115,13 @@ pub fn assemble(reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> a
     Ok(Image { reference: reference.to_owned(), archive })
 }
 
-fn build(work: &Path, reference: &str, binaries: &[PathBuf], entrypoint: &[&str]) -> anyhow::Result<()> {
+fn build(
+    work: &Path,
+    reference: &str,
+    binaries: &[PathBuf],
+    files: &[(PathBuf, &str)],
+    entrypoint: &[&str],
+) -> anyhow::Result<()> {
     let rootfs = work.join("rootfs");
     let bin = rootfs.join(BIN_DIR.trim_start_matches('/'));
     std::fs::create_dir_all(&bin)?;
@@ -102,6 +132,11 @@ fn build(work: &Path, reference: &str, binaries: &[PathBuf], entrypoint: &[&str]
         let name = binary.file_name().context("a binary has a name")?;
         run(Command::new("strip").arg("--strip-debug").arg("-o").arg(bin.join(name)).arg(binary))?;
         libraries.extend(shared_libraries(binary)?);
+    }
+    for (file, inside) in files {
+        let inside = rootfs.join(inside.trim_start_matches('/'));
+        std::fs::create_dir_all(inside.parent().context("a file has a directory")?)?;
+        std::fs::copy(file, &inside).with_context(|| format!("copying {}", file.display()))?;
     }
     for library in libraries {
         let inside = rootfs.join(library.strip_prefix("/")?);

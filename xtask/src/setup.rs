@@ -89,6 +89,7 @@ pub fn run(root: &Path) -> anyhow::Result<Tools> {
     step("istiod and Istio's CRDs", || istio(root, &cache.join("kubernetes"), &kube_bin))?;
     step("Gateway API CRDs", || gateway_api(&cache.join("kubernetes"), &kube_bin))?;
     step("OpenTelemetry Collector", || otel_collector(root, &cache.join("kubernetes"), &kube_bin))?;
+    step("Gateway API conformance suite", || conformance_suite(root, &cache.join("kubernetes"), &kube_bin))?;
     step("bpffs and cgroup v2", mounts)?;
     Ok(Tools { kube_bin, cargo_fuzz, cargo_deny })
 }
@@ -211,17 +212,51 @@ fn kubernetes(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     link_into(bin, links)
 }
 
-/// `pilot-discovery` and Istio's CRDs at [`ISTIO_MODULE_VERSION`], built and copied from the
-/// Go module proxy by `istio.sh` (sharing Kubernetes' Go caches in `dir`) when missing; `bin`
-/// then links them as `pilot-discovery` and `istio-crds.yaml`.
+/// `pilot-discovery`, Istio's CRDs and its echo app (server, client and serving certificate:
+/// the conformance suite's echo-advanced image) at [`ISTIO_MODULE_VERSION`], built and copied
+/// from the Go module proxy by `istio.sh` (sharing Kubernetes' Go caches in `dir`) when
+/// missing; `bin` then links them as `pilot-discovery`, `istio-crds.yaml` and `istio-echo-*`.
 fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
     let built = dir.join(format!("istio-{ISTIO_MODULE_VERSION}"));
     let (binary, crds) = (built.join("bin/pilot-discovery"), built.join("crd-all.gen.yaml"));
-    if !binary.exists() || !crds.exists() {
+    let echo = [
+        ("istio-echo-server", built.join("bin/echo-server")),
+        ("istio-echo-client", built.join("bin/echo-client")),
+        ("istio-echo-cert.crt", built.join("echo-certs/cert.crt")),
+        ("istio-echo-cert.key", built.join("echo-certs/cert.key")),
+    ];
+    if !binary.exists() || !crds.exists() || echo.iter().any(|(_, file)| !file.exists()) {
         eprintln!("setup: building istiod (istio.io/istio {ISTIO_MODULE_VERSION}; a few minutes cold)");
         go_script(root, "istio.sh", dir, ISTIO_MODULE_VERSION)?;
     }
-    link_into(bin, [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)])
+    let echo = echo.into_iter().map(|(name, file)| (name.into(), file));
+    link_into(
+        bin,
+        [("pilot-discovery".into(), binary), ("istio-crds.yaml".into(), crds)].into_iter().chain(echo),
+    )
+}
+
+/// The Gateway API conformance suite at [`GATEWAY_API_VERSION`], built from the Go module proxy
+/// by `conformance.sh` (sharing Kubernetes' Go caches in `dir`) when missing, linked as
+/// `bin/gateway-api-conformance.test`, with its mesh manifests beside it.
+fn conformance_suite(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
+    let binary = dir.join(format!("gateway-api-conformance-{GATEWAY_API_VERSION}/bin/conformance.test"));
+    if !binary.exists() {
+        eprintln!("setup: building the Gateway API conformance suite {GATEWAY_API_VERSION}");
+        go_script(root, "conformance.sh", dir, GATEWAY_API_VERSION)?;
+    }
+    // The suite's mesh manifests, for the image they name (the harness assembles it).
+    let manifests = dir.join(format!(
+        "go/mod/sigs.k8s.io/gateway-api/conformance@{GATEWAY_API_VERSION}/mesh/manifests.yaml"
+    ));
+    anyhow::ensure!(manifests.exists(), "no mesh manifests at {}", manifests.display());
+    link_into(
+        bin,
+        [
+            ("gateway-api-conformance.test".into(), binary),
+            ("gateway-api-conformance-mesh.yaml".into(), manifests),
+        ],
+    )
 }
 
 /// Runs `xtask/src/setup/<script> <dir> <version>` with the machine's Go first on its path.
