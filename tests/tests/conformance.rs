@@ -29,6 +29,7 @@ const SUPPORTED_FEATURES: &[&str] = &[
     "MeshHTTPRouteRedirectPath",
     "MeshHTTPRouteQueryParamMatching",
     "MeshHTTPRouteNamedRouteRule",
+    "MeshHTTPRouteBackendRequestHeaderModification",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteParentRefPort",
     "HTTPRoute303RedirectStatusCode",

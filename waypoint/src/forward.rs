@@ -540,7 +540,7 @@ impl Session {
                 request.headers().get(header::CONTENT_TYPE).is_some_and(|value| is_grpc(value.as_bytes()));
             self.police(policies, grpc, routed, pending).await?;
         }
-        let (backend, backend_port) = match selected {
+        let (backend, backend_port, picked) = match selected {
             Some(Selected { rule, matched_prefix, .. }) => {
                 if let Some(redirect) = rule.redirect() {
                     let host = host_of(&request).unwrap_or(&service.hostname);
@@ -555,9 +555,11 @@ impl Session {
                     *request.uri_mut() = uri;
                 }
                 let backend = rule.pick_backend_randomly().ok_or(Failure::NoBackend)?;
-                (backend.service.clone(), backend.port)
+                // The backendRef's own filters come after the rule's.
+                backend.request_headers.apply(request.headers_mut());
+                (backend.service.clone(), backend.port, Some(backend))
             }
-            None => (service.key(), port),
+            None => (service.key(), port, None),
         };
         let selected = selected.map(|selected| selected.rule);
         routed.backend = format!("{backend}:{backend_port}");
@@ -569,6 +571,9 @@ impl Session {
         };
         if let Some(rule) = selected {
             rule.response_headers().apply(response.headers_mut());
+        }
+        if let Some(backend) = picked {
+            backend.response_headers.apply(response.headers_mut());
         }
         Ok(response)
     }

@@ -154,10 +154,13 @@ pub struct Backend {
     pub port: u16,
     /// Relative to the rule's other backends; 0: never picked.
     pub weight: u32,
+    /// Its own header filters, applied after the rule's when it is picked.
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
 }
 
 /// The Gateway API's header filter (`RequestHeaderModifier` / `ResponseHeaderModifier`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeaderModifier {
     set: Vec<(HeaderName, HeaderValue)>,
     add: Vec<(HeaderName, HeaderValue)>,
@@ -507,7 +510,13 @@ impl Backend {
     fn compile(route: &str, backend: &api::Backend) -> Result<Self, Error> {
         let port = u16::try_from(backend.port)
             .map_err(|_| Error::InvalidPort { route: route.to_owned(), port: backend.port })?;
-        Ok(Self { service: backend.service.clone(), port, weight: backend.weight })
+        Ok(Self {
+            service: backend.service.clone(),
+            port,
+            weight: backend.weight,
+            request_headers: HeaderModifier::compile(route, backend.request_headers.as_ref())?,
+            response_headers: HeaderModifier::compile(route, backend.response_headers.as_ref())?,
+        })
     }
 }
 

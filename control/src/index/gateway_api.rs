@@ -262,8 +262,8 @@ pub struct HttpBackendRef {
     pub namespace: Option<String>,
     pub port: Option<u32>,
     pub weight: u32,
-    /// Per-backend filters: not applied yet, only noted.
-    pub filters: Vec<serde_json::Value>,
+    /// Per-backend filters (the header modifiers are applied; others noted).
+    pub filters: Vec<HttpRouteFilter>,
 }
 
 impl Default for HttpBackendRef {

@@ -10,7 +10,8 @@
 //! name, as Istio reads them) gets them in its resource too ([`declared_protocol`]).
 //!
 //! What a waypoint cannot apply is left out and noted: a filter other than the header
-//! modifiers, redirects, rewrites and mirrors is ignored; a rule holding a match of a type unknown here is dropped (matching
+//! modifiers, redirects, rewrites and mirrors is ignored (on a backendRef, other than the
+//! header modifiers, which apply after the rule's when that backend is picked); a rule holding a match of a type unknown here is dropped (matching
 //! more would be worse); a backend that is no Service, is missing, or is in another namespace
 //! (that needs a ReferenceGrant, not read yet) stays as an unusable one (no Service), so the
 //! share its weight draws is answered 500 (connections refused), as the Gateway API asks; a
@@ -27,8 +28,8 @@ use super::{
     Naming, ParentStatus, Resources, RouteKind, RouteStatus, Verdict, encode_as,
     gateway_api::{
         HeaderModifier, HttpBackendRef, HttpHeader, HttpPathModifier, HttpRequestMirror, HttpRequestRedirect,
-        HttpRoute, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite, HttpValueMatch,
-        PathMatchType, ValueMatchType, duration,
+        HttpRoute, HttpRouteFilter, HttpRouteMatch, HttpRouteRetry, HttpRouteRule, HttpUrlRewrite,
+        HttpValueMatch, PathMatchType, ValueMatchType, duration,
     },
     hostname,
     waypoint::USE_WAYPOINT,
@@ -413,7 +414,15 @@ impl Context<'_, '_> {
         }
         for (index, backend) in rule.backend_refs.iter().enumerate() {
             match self.backend(backend) {
-                Ok(resolved) => converted.backends.push(resolved),
+                Ok(mut resolved) => {
+                    filter_backend(
+                        &mut resolved,
+                        &backend.filters,
+                        &format!("{at}.backendRefs[{index}]"),
+                        notes,
+                    );
+                    converted.backends.push(resolved);
+                }
                 Err((reason, message)) => {
                     let refused = if self.kind == RouteKind::Tcp { "refused" } else { "answered 500" };
                     let note = format!(
@@ -423,15 +432,10 @@ impl Context<'_, '_> {
                     unresolved.push((reason, note.clone()));
                     notes.push(note);
                     // Kept as an unusable backend, so its weight still draws its share.
-                    converted.backends.push(api::Backend {
-                        service: String::new(),
-                        port: 0,
-                        weight: backend.weight,
-                    });
+                    converted
+                        .backends
+                        .push(api::Backend { weight: backend.weight, ..api::Backend::default() });
                 }
-            }
-            if !backend.filters.is_empty() {
-                notes.push(format!("{at}.backendRefs[{index}]: filters not supported yet: ignored"));
             }
         }
         let timeouts = rule.timeouts.clone().unwrap_or_default();
@@ -474,6 +478,7 @@ impl Context<'_, '_> {
             service: format!("{namespace}/{}", hostname(self.naming, name, namespace)),
             port,
             weight: backend.weight,
+            ..api::Backend::default()
         })
     }
 }
@@ -545,6 +550,30 @@ fn merge(into: &mut api::HeaderModifier, modifier: &HeaderModifier, at: &str, no
     into.set.extend(set);
     into.add.extend(add);
     into.remove.extend(modifier.remove.iter().cloned());
+}
+
+/// A backendRef's `filters` (at `at`) into its `backend`: the header modifiers, applied when it
+/// is picked; any other kind is noted and left out.
+fn filter_backend(
+    backend: &mut api::Backend,
+    filters: &[HttpRouteFilter],
+    at: &str,
+    notes: &mut Vec<String>,
+) {
+    for (index, filter) in filters.iter().enumerate() {
+        let at = format!("{at}.filters[{index}]");
+        let (headers, modifier) = match filter.kind.as_str() {
+            "RequestHeaderModifier" => (&mut backend.request_headers, &filter.request_header_modifier),
+            "ResponseHeaderModifier" => (&mut backend.response_headers, &filter.response_header_modifier),
+            other => {
+                notes.push(format!("{at}: {other} on a backendRef not supported yet: ignored"));
+                continue;
+            }
+        };
+        if let Some(modifier) = modifier {
+            merge(headers.get_or_insert_default(), modifier, &at, notes);
+        }
+    }
 }
 
 /// A `RequestRedirect` as the waypoint gives it; `None` (noted at `at`, and the rule not

@@ -21,7 +21,7 @@ fn rule(tag: &str, matches: Vec<api::Match>) -> api::Rule {
 }
 
 fn backend(service: &str, weight: u32) -> api::Backend {
-    api::Backend { service: service.into(), port: 80, weight }
+    api::Backend { service: service.into(), port: 80, weight, ..api::Backend::default() }
 }
 
 fn path(kind: Kind, value: &str) -> api::Match {
@@ -528,7 +528,12 @@ fn invalid_resources_are_rejected() {
         }),
         (
             with_rule(api::Rule {
-                backends: vec![api::Backend { service: "b".into(), port: 70_000, weight: 1 }],
+                backends: vec![api::Backend {
+                    service: "b".into(),
+                    port: 70_000,
+                    weight: 1,
+                    ..api::Backend::default()
+                }],
                 ..rule("x", vec![])
             }),
             |e| matches!(e, Error::InvalidPort { port: 70_000, .. }),
@@ -602,6 +607,34 @@ fn header_modifier_sets_then_adds_then_removes() {
     rule.response_headers().apply(&mut response);
     assert_eq!(values(&response, "x-response"), ["1"]);
     assert_eq!(response.len(), 1);
+}
+
+#[test]
+fn a_backends_own_header_filters_compile_with_it_and_a_bad_one_refuses_the_routes() {
+    let header = |name: &str, value: &str| api::Header { name: name.into(), value: value.into() };
+    let filtered = |name: &str| api::Backend {
+        request_headers: Some(api::HeaderModifier { set: vec![header(name, "v2")], ..Default::default() }),
+        response_headers: Some(api::HeaderModifier {
+            remove: vec!["x-internal".into()],
+            ..Default::default()
+        }),
+        ..backend("v2", 1)
+    };
+    let routes = only(api::Rule { backends: vec![filtered("x-backend")], ..rule("x", vec![]) });
+    let picked = selected_rule(&routes).pick_backend_randomly().expect("one backend");
+    let mut headers = HeaderMap::new();
+    picked.request_headers.apply(&mut headers);
+    assert_eq!(headers["x-backend"], "v2");
+    let mut response = get("/").header("x-internal", "secret").headers;
+    picked.response_headers.apply(&mut response);
+    assert!(response.is_empty());
+
+    let bad = resource(vec![route(
+        "r",
+        &[],
+        vec![api::Rule { backends: vec![filtered("bad name")], ..rule("x", vec![]) }],
+    )]);
+    assert!(Routes::try_from(&bad).is_err(), "an invalid header name is refused as the rule's is");
 }
 
 #[test]

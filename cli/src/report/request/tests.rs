@@ -48,8 +48,8 @@ fn dump(policy: Option<authz::HttpAuthorization>) -> Value {
                     ..Default::default()
                 }],
                 backends: vec![
-                    route::Backend { service: V1.into(), port: 80, weight: 90 },
-                    route::Backend { service: V2.into(), port: 80, weight: 10 },
+                    route::Backend { service: V1.into(), port: 80, weight: 90, ..Default::default() },
+                    route::Backend { service: V2.into(), port: 80, weight: 10, ..Default::default() },
                 ],
                 ..Default::default()
             }],
@@ -232,7 +232,12 @@ fn a_tcp_routed_port_is_relayed_to_the_routes_backend_and_decided_as_a_connectio
             name: "TCPRoute:shop/db".into(),
             ports: vec![80],
             rules: vec![route::Rule {
-                backends: vec![route::Backend { service: V2.into(), port: 80, weight: 1 }],
+                backends: vec![route::Backend {
+                    service: V2.into(),
+                    port: 80,
+                    weight: 1,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
             ..Default::default()

@@ -187,7 +187,13 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
                     ],
                     "backendRefs": [
                         { "name": "web-v1", "port": 8080, "weight": 90 },
-                        { "name": "web-v2", "port": 8080 },
+                        { "name": "web-v2", "port": 8080, "filters": [
+                            { "type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                "set": [{ "name": "x-backend", "value": "v2" }] } },
+                            { "type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                "remove": ["x-internal"] } },
+                            { "type": "RequestMirror", "requestMirror": { "backendRef": { "name": "web-v1", "port": 8080 } } }
+                        ] },
                         { "name": "web-v3", "port": 8080, "weight": 5 },
                         { "group": "example.com", "kind": "Bucket", "name": "web-v1" },
                         { "name": "web-v1", "namespace": "other", "port": 8080 }
@@ -244,11 +250,24 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
         service: format!("mesh/{name}.mesh.svc.cluster.local"),
         port: 8080,
         weight,
+        ..Default::default()
     };
-    let unusable = |weight: u32| routes::Backend { service: String::new(), port: 0, weight };
+    let unusable = |weight: u32| routes::Backend { weight, ..Default::default() };
+    // A backendRef's header filters are its own; another kind of filter there is noted.
+    let filtered = routes::Backend {
+        request_headers: Some(routes::HeaderModifier {
+            set: vec![header("x-backend", "v2")],
+            ..Default::default()
+        }),
+        response_headers: Some(routes::HeaderModifier {
+            remove: vec!["x-internal".into()],
+            ..Default::default()
+        }),
+        ..backend("web-v2", 1)
+    };
     assert_eq!(
         split.backends,
-        [backend("web-v1", 90), backend("web-v2", 1), unusable(5), unusable(1), unusable(1)],
+        [backend("web-v1", 90), filtered, unusable(5), unusable(1), unusable(1)],
         "invalid backends kept without a Service, so their shares are answered 500"
     );
     assert_eq!((split.request_timeout_ms, split.backend_timeout_ms), (10_000, 60_500));
@@ -283,10 +302,11 @@ fn an_http_route_attached_to_a_service_becomes_its_routes_with_matches_backends_
         "x-split",
         "200 is no failure status",
         "\"later\"",
+        "backendRefs[1].filters[2]: RequestMirror on a backendRef not supported yet",
     ] {
         assert!(notes.contains(expected), "{expected} in {notes}");
     }
-    assert_eq!(status.notes.len(), 8, "{notes}");
+    assert_eq!(status.notes.len(), 9, "{notes}");
     assert_eq!((status.resolved_refs.status, status.resolved_refs.reason), (false, "BackendNotFound"));
     for unresolved in ["web-v3", "Bucket", "other/web-v1", "web-gone"] {
         assert!(
