@@ -30,6 +30,7 @@ const SUPPORTED_FEATURES: &[&str] = &[
     "MeshHTTPRouteQueryParamMatching",
     "MeshHTTPRouteNamedRouteRule",
     "MeshHTTPRouteBackendRequestHeaderModification",
+    "MeshConsumerRoute",
     "HTTPRouteResponseHeaderModification",
     "HTTPRouteParentRefPort",
     "HTTPRoute303RedirectStatusCode",

@@ -520,11 +520,13 @@ impl Session {
             Destination::Service(service, port) => (service.clone(), *port),
         };
         let service_routes = self.context.routes.get(&service.key());
-        let routes = service_routes.as_ref().filter(|routes| routes.routes_http(port));
+        // Consumer routes apply to their namespace's clients: the verified identity's.
+        let client_namespace = self.client.identity.namespace.as_str();
+        let routes = service_routes.as_ref().filter(|routes| routes.routes_http(port, client_namespace));
         let selected = match routes {
             Some(routes) => {
                 let selected = routes
-                    .select(port, request.method(), request.uri(), request.headers())
+                    .select(port, client_namespace, request.method(), request.uri(), request.headers())
                     .ok_or(Failure::NoRoute)?;
                 routed.route = selected.route.to_owned();
                 Some(selected)

@@ -1,7 +1,7 @@
 //! Route selection: which rule of the Gateway API HTTPRoutes attached to a Service a request gets,
 //! and which weighted backend it then goes to. Pure: no I/O, and the caller supplies randomness.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, InvalidHeaderName, InvalidHeaderValue};
 use http::{Method, Uri};
@@ -51,6 +51,8 @@ pub enum Error {
     WeightOverflow { route: String },
     #[error("route {route}: a mirror without a backend")]
     MirrorWithoutBackend { route: String },
+    #[error("consumer route {route} names no consumer namespace")]
+    ConsumerWithoutNamespace { route: String },
     #[error(transparent)]
     InvalidPolicy(#[from] crate::traffic::Error),
     #[error("route {route}: {source}")]
@@ -68,6 +70,9 @@ pub struct Routes {
     service: String,
     /// Oldest first: list order breaks precedence ties.
     routes: Vec<Route>,
+    /// Consumer routes (in another namespace than the Service) by that namespace, oldest first:
+    /// a request from there to a port one of them applies to takes them instead of `routes`.
+    consumers: BTreeMap<String, Vec<Route>>,
     /// TCPRoutes, oldest first: on a port one applies to, connections are relayed at L4.
     tcp_routes: Vec<Route>,
     /// Ports whose protocol the Service declares: whether each is HTTP.
@@ -245,6 +250,7 @@ impl Routes {
         Self {
             service: service.into(),
             routes: Vec::new(),
+            consumers: BTreeMap::new(),
             tcp_routes: Vec::new(),
             declared: Vec::new(),
             policies: Policies::default(),
@@ -270,11 +276,18 @@ impl Routes {
     ///
     /// Only the path of `uri` is matched as a path; its query is matched by the query parameter
     /// matches.
-    pub fn select(&self, port: u16, method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<Selected<'_>> {
+    pub fn select(
+        &self,
+        port: u16,
+        client_namespace: &str,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+    ) -> Option<Selected<'_>> {
         let request =
             Request { method: method.as_str(), path: uri.path(), query: uri.query().unwrap_or(""), headers };
         let mut best: Option<(Rank, Selected<'_>)> = None;
-        for route in self.routes.iter().filter(|route| route.applies_to(port)) {
+        for route in self.candidates(port, client_namespace).iter().filter(|route| route.applies_to(port)) {
             for rule in &route.rules {
                 for (matched, rank) in rule.matches.iter().filter_map(|m| Some((m, m.rank(&request)?))) {
                     // Strictly greater only: on a tie the one seen first, the older, stays.
@@ -313,10 +326,20 @@ impl Routes {
         self.declared.iter().find(|(declared, _)| *declared == port).map(|(_, http)| *http)
     }
 
-    /// Whether an HTTPRoute (or GRPCRoute) applies to `port`: when none does, requests to it go
-    /// to the Service itself, as to a Service without routes.
-    pub fn routes_http(&self, port: u16) -> bool {
-        self.routes.iter().any(|route| route.applies_to(port))
+    /// Whether an HTTPRoute (or GRPCRoute) applies to requests from `client_namespace` to
+    /// `port`: when none does, they go to the Service itself, as to a Service without routes.
+    pub fn routes_http(&self, port: u16, client_namespace: &str) -> bool {
+        self.candidates(port, client_namespace).iter().any(|route| route.applies_to(port))
+    }
+
+    /// The routes a request from `client_namespace` to `port` is matched against: that
+    /// namespace's consumer routes when one of them applies to the port (GEP-1426: a consumer's
+    /// routes take precedence over the producer's for its own requests), else the Service's own.
+    fn candidates(&self, port: u16, client_namespace: &str) -> &[Route] {
+        match self.consumers.get(client_namespace) {
+            Some(routes) if routes.iter().any(|route| route.applies_to(port)) => routes,
+            _ => &self.routes,
+        }
     }
 
     /// The TCPRoute rule for connections to `port`: the oldest TCPRoute that applies to it (a
@@ -324,7 +347,7 @@ impl Routes {
     /// and its connections are read as HTTP when they are — also when an HTTP route applies to
     /// it, which takes precedence (GEP-1294; the control plane leaves such a port out already).
     pub fn select_tcp(&self, port: u16) -> Option<Selected<'_>> {
-        if self.routes_http(port) {
+        if self.routes.iter().any(|route| route.applies_to(port)) {
             return None;
         }
         let route = self.tcp_routes.iter().find(|route| route.applies_to(port))?;
@@ -341,6 +364,13 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
             return Err(Error::EmptyService);
         }
         let routes = resource.routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
+        let mut consumers: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+        for route in &resource.consumer_routes {
+            if route.consumer_namespace.is_empty() {
+                return Err(Error::ConsumerWithoutNamespace { route: route.name.clone() });
+            }
+            consumers.entry(route.consumer_namespace.clone()).or_default().push(Route::compile(route)?);
+        }
         let tcp_routes = resource.tcp_routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
         let declared = resource
             .declared_ports
@@ -356,7 +386,7 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
             })
             .collect::<Result<_, Error>>()?;
         let policies = Policies::compile(resource.policies.as_ref())?;
-        Ok(Self { service: resource.service.clone(), routes, tcp_routes, declared, policies })
+        Ok(Self { service: resource.service.clone(), routes, consumers, tcp_routes, declared, policies })
     }
 }
 

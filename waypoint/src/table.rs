@@ -181,7 +181,7 @@ mod tests {
                 name: "ns/r".into(),
                 ports: vec![],
                 rules: vec![Rule { matches, ..Default::default() }],
-                policies: None,
+                ..Default::default()
             }],
             ..Default::default()
         }

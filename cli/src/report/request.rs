@@ -161,7 +161,19 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     // The waypoint's Gateway is named like its Service.
     let gateway =
         own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
-    let asked = Asked { method, uri, headers, port, opaque: reading.opaque() };
+    let client_namespace = probe
+        .from
+        .as_deref()
+        .and_then(|from| from.split_once('/'))
+        .map(|(namespace, _)| namespace.to_owned());
+    let asked = Asked {
+        method,
+        uri,
+        headers,
+        port,
+        opaque: reading.opaque(),
+        client_namespace: client_namespace.unwrap_or_default(),
+    };
     match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
         Some((false, detail)) => {
             findings.push(finding("policies", false, detail));
@@ -174,9 +186,9 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     // The traffic policies of the route the request takes, else of the Service.
     let traffic = match &routes {
         Some(_) if reading.opaque() => None,
-        Some(routes) if routes.routes_http(port) => {
-            routes.select(port, &asked.method, &asked.uri, &asked.headers).map(|selected| selected.policies)
-        }
+        Some(routes) if routes.routes_http(port, &asked.client_namespace) => routes
+            .select(port, &asked.client_namespace, &asked.method, &asked.uri, &asked.headers)
+            .map(|selected| selected.policies),
         Some(routes) => Some(routes.policies()),
         None => None,
     };
@@ -186,7 +198,7 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
 
     let route = match (&routes, reading) {
         (_, Reading::TcpRoute(selected)) => rule_finding(&workloads, selected.route, selected.rule),
-        (Some(routes), reading) if routes.routes_http(port) && !reading.opaque() => {
+        (Some(routes), reading) if routes.routes_http(port, &asked.client_namespace) && !reading.opaque() => {
             http_route_finding(&workloads, routes, &asked)
         }
         _ => {
@@ -212,6 +224,8 @@ struct Asked {
     port: u16,
     /// A connection relayed at L4 (a TCPRoute's port): none of the HTTP fields apply.
     opaque: bool,
+    /// The client's namespace (`--from`), whose consumer routes it takes; empty: unknown.
+    client_namespace: String,
 }
 
 /// Service `key`'s routes as waypoints compile them; `None` when it has none.
@@ -304,8 +318,8 @@ fn policies_finding(
 
 /// The HTTP route and rule the request gets, and where that sends it.
 fn http_route_finding(workloads: &[Value], routes: &Routes, asked: &Asked) -> Value {
-    let Asked { method, uri, headers, port, .. } = asked;
-    let Some(selected) = routes.select(*port, method, uri, headers) else {
+    let Asked { method, uri, headers, port, client_namespace, .. } = asked;
+    let Some(selected) = routes.select(*port, client_namespace, method, uri, headers) else {
         return finding("route", false, "no route matches: the waypoint answers 404".into());
     };
     if let Some(redirect) = selected.rule.redirect() {

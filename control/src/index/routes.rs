@@ -15,9 +15,12 @@
 //! more would be worse); a backend that is no Service, is missing, or is in another namespace
 //! (that needs a ReferenceGrant, not read yet) stays as an unusable one (no Service), so the
 //! share its weight draws is answered 500 (connections refused), as the Gateway API asks; a
-//! rule without backends answers 500. A route in another namespace than its Service (a consumer route) applies to that
-//! namespace's clients only; `ServiceRoutes` apply to every client, so it is not applied (applied
-//! to all, any namespace could take over another's Service).
+//! rule without backends answers 500. A route in another namespace than its Service (a consumer
+//! route, GEP-1426) applies to that namespace's clients only: it goes into the Service's
+//! `consumer_routes` with its namespace, and waypoints match a request from there against that
+//! namespace's consumer routes instead of the Service's own (applied to all, any namespace could
+//! take over another's Service); it may name the Service it attaches to as a backend without a
+//! ReferenceGrant.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Service;
@@ -59,12 +62,21 @@ pub fn compile<'a>(
     for (kind, route, namespace, name) in routes {
         let mut notes = Vec::new();
         let mut accepted = Vec::new();
-        let parents = parents(naming, services, with_waypoint, route, namespace, &mut notes, &mut accepted);
+        let parents =
+            parents(naming, services, with_waypoint, (kind, route, namespace), &mut notes, &mut accepted);
         if accepted.is_empty() {
             // Attached to Gateways only: not the mesh's.
             continue;
         }
-        let context = Context { naming, services, namespace, kind };
+        // A consumer route may send its namespace's requests on to the Service they were for.
+        let targets: Vec<(&str, &str)> = route
+            .spec
+            .parent_refs
+            .iter()
+            .filter(|parent| parent.group.is_empty() && parent.kind == "Service")
+            .map(|parent| (parent.namespace.as_deref().unwrap_or(namespace), parent.name.as_str()))
+            .collect();
+        let context = Context { naming, services, namespace, kind, targets: &targets };
         let mut unresolved = Vec::new();
         let mut left_out = Vec::new();
         let rules: Vec<api::Rule> = route
@@ -89,7 +101,7 @@ pub fn compile<'a>(
                 Verdict::no(reason, messages.join("; "))
             }
         };
-        for (key, ports) in &parents {
+        for (key, Attached { ports, consumer }) in &parents {
             let route = api::Route {
                 name: match kind {
                     RouteKind::Http => format!("{namespace}/{name}"),
@@ -100,11 +112,17 @@ pub fn compile<'a>(
                 rules: rules.clone(),
                 // Filled in with the traffic policies once they are attached.
                 policies: None,
+                consumer_namespace: if *consumer { namespace.to_owned() } else { String::new() },
             };
             let compiled = by_service
                 .entry(key.clone())
                 .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
-            if kind == RouteKind::Tcp { &mut compiled.tcp_routes } else { &mut compiled.routes }.push(route);
+            match (kind, consumer) {
+                (RouteKind::Tcp, _) => &mut compiled.tcp_routes,
+                (_, true) => &mut compiled.consumer_routes,
+                (_, false) => &mut compiled.routes,
+            }
+            .push(route);
         }
         statuses.push(RouteStatus {
             kind,
@@ -239,19 +257,27 @@ fn yield_to_http(
     }
 }
 
-/// The Services `route` attaches to, by resource key, with the ports it applies to (empty:
-/// every port); each Service parent's `Accepted` goes into `accepted`.
+/// A Service a route attaches to.
+struct Attached {
+    /// The ports it applies to; empty: every port.
+    ports: Vec<u32>,
+    /// A consumer route (GEP-1426): the route is in another namespace than the Service, and
+    /// applies to requests from its own namespace only.
+    consumer: bool,
+}
+
+/// The Services `route` (of `kind`, in `namespace`) attaches to, by resource key; each Service
+/// parent's `Accepted` goes into `accepted`.
 fn parents(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
     with_waypoint: &HashSet<(&str, &str)>,
-    route: &HttpRoute,
-    namespace: &str,
+    (kind, route, namespace): (RouteKind, &HttpRoute, &str),
     notes: &mut Vec<String>,
     accepted: &mut Vec<ParentStatus>,
-) -> BTreeMap<String, Vec<u32>> {
+) -> BTreeMap<String, Attached> {
     // None: every port.
-    let mut parents: BTreeMap<String, Option<BTreeSet<u32>>> = BTreeMap::new();
+    let mut parents: BTreeMap<String, (Option<BTreeSet<u32>>, bool)> = BTreeMap::new();
     for parent in &route.spec.parent_refs {
         if !parent.group.is_empty() || parent.kind != "Service" {
             continue;
@@ -261,15 +287,16 @@ fn parents(
         let mut verdict = |verdict: Verdict| {
             accepted.push(ParentStatus { parent_ref: parent.clone(), accepted: verdict });
         };
-        if parent_namespace != namespace {
+        let consumer = parent_namespace != namespace;
+        if consumer && kind == RouteKind::Tcp {
             let note = format!(
-                "{at}: a route in another namespace than its Service applies to that namespace's clients only, which ServiceRoutes cannot say yet: not applied"
+                "{at}: a TCPRoute in another namespace than its Service (a consumer route) is not supported: not applied"
             );
             verdict(Verdict::no("UnsupportedValue", note.clone()));
             notes.push(note);
             continue;
         }
-        let Some(service) = services.get(&(namespace, parent.name.as_str())) else {
+        let Some(service) = services.get(&(parent_namespace, parent.name.as_str())) else {
             let note = format!("{at} not found: not applied to it");
             verdict(Verdict::no("NoMatchingParent", note.clone()));
             notes.push(note);
@@ -302,11 +329,16 @@ fn parents(
                 }
             }
         };
-        let key = format!("{namespace}/{}", hostname(naming, &parent.name, namespace));
-        if with_waypoint.contains(&(namespace, parent.name.as_str())) {
+        let key = format!("{parent_namespace}/{}", hostname(naming, &parent.name, parent_namespace));
+        if with_waypoint.contains(&(parent_namespace, parent.name.as_str())) {
+            let whose = if consumer {
+                format!(" to requests from namespace {namespace} (a consumer route)")
+            } else {
+                String::new()
+            };
             verdict(Verdict::yes(
                 "Accepted",
-                format!("applied by the waypoint of Service {namespace}/{}", parent.name),
+                format!("applied by the waypoint of Service {parent_namespace}/{}{whose}", parent.name),
             ));
         } else {
             let note = format!("{at} uses no waypoint ({USE_WAYPOINT}): the route applies once it does");
@@ -315,7 +347,7 @@ fn parents(
                 notes.push(note);
             }
         }
-        let ports = parents.entry(key).or_insert_with(|| Some(BTreeSet::new()));
+        let (ports, _) = parents.entry(key).or_insert_with(|| (Some(BTreeSet::new()), consumer));
         match (ports, port) {
             (Some(ports), Some(port)) => {
                 ports.insert(port);
@@ -324,7 +356,12 @@ fn parents(
             (None, Some(_)) => {}
         }
     }
-    parents.into_iter().map(|(key, ports)| (key, ports.unwrap_or_default().into_iter().collect())).collect()
+    parents
+        .into_iter()
+        .map(|(key, (ports, consumer))| {
+            (key, Attached { ports: ports.unwrap_or_default().into_iter().collect(), consumer })
+        })
+        .collect()
 }
 
 /// What a route's rules are read against.
@@ -334,6 +371,9 @@ struct Context<'a, 'b> {
     /// The route's.
     namespace: &'a str,
     kind: RouteKind,
+    /// The Services it attaches to, `(namespace, name)`: a backend it may name in another
+    /// namespace without a ReferenceGrant (a consumer route sending requests where they went).
+    targets: &'a [(&'a str, &'a str)],
 }
 
 impl Context<'_, '_> {
@@ -460,7 +500,7 @@ impl Context<'_, '_> {
         }
         let namespace = backend.namespace.as_deref().unwrap_or(self.namespace);
         let name = backend.name.as_str();
-        if namespace != self.namespace {
+        if namespace != self.namespace && !self.targets.contains(&(namespace, name)) {
             return Err((
                 "RefNotPermitted",
                 format!(

@@ -540,7 +540,7 @@ pub fn apply<'a>(
         let routes = by_service
             .entry(key.clone())
             .or_insert_with(|| api::ServiceRoutes { service: key.clone(), ..Default::default() });
-        for route in &mut routes.routes {
+        for route in routes.routes.iter_mut().chain(routes.consumer_routes.iter_mut()) {
             let mut own = of(Target::Route(route.name.clone()));
             // A circuit breaker and a load balancer are the backend's, never a route's.
             merge(

@@ -12,7 +12,7 @@ use super::{Error, Routes, Rule};
 
 /// A route named `ns/<name>` on `ports` (empty: every port).
 fn route(name: &str, ports: &[u32], rules: Vec<api::Rule>) -> api::Route {
-    api::Route { name: format!("ns/{name}"), ports: ports.to_vec(), rules, policies: None }
+    api::Route { name: format!("ns/{name}"), ports: ports.to_vec(), rules, ..Default::default() }
 }
 
 /// A rule whose one backend is called `tag`, so a test can tell which rule a request got.
@@ -88,7 +88,7 @@ impl Request {
 
 /// The tag of the rule `request` gets.
 fn tag<'a>(routes: &'a Routes, request: &Request) -> Option<&'a str> {
-    let selected = routes.select(request.port, &request.method, &request.uri, &request.headers)?;
+    let selected = routes.select(request.port, "", &request.method, &request.uri, &request.headers)?;
     Some(selected.rule.backends().first().expect("tagged rule").service.as_str())
 }
 
@@ -300,7 +300,7 @@ fn older_route_wins_a_full_tie() {
     let request = get("/anything");
 
     let routes = compile(vec![old.clone(), new.clone()]);
-    let selected = routes.select(80, &request.method, &request.uri, &request.headers).expect("a match");
+    let selected = routes.select(80, "", &request.method, &request.uri, &request.headers).expect("a match");
     assert_eq!(selected.route, "ns/old");
     assert_eq!(tag(&routes, &request), Some("old"));
 
@@ -317,6 +317,38 @@ fn earlier_rule_wins_a_tie_within_a_route() {
         vec![rule("first", vec![prefix("/x")]), rule("second", vec![prefix("/x"), exact("/x/y")])],
     )]);
     assert_table(&routes, &[(get("/x/z"), Some("first")), (get("/x/y"), Some("second"))]);
+}
+
+#[test]
+fn a_consumer_namespaces_routes_take_its_own_requests_on_their_ports_and_no_one_elses() {
+    let consumer = |namespace: &str, ports: &[u32], tag: &str| api::Route {
+        consumer_namespace: namespace.into(),
+        ..route(&format!("{namespace}-{tag}"), ports, vec![rule(tag, vec![prefix("/")])])
+    };
+    let mut resource = resource(vec![route("own", &[80], vec![rule("own", vec![prefix("/")])])]);
+    resource.consumer_routes = vec![
+        consumer("shop", &[80], "shop"),
+        consumer("shop", &[80], "shop-older-loses"),
+        consumer("ops", &[9090], "ops"),
+    ];
+    let routes = Routes::try_from(&resource).expect("valid routes");
+    let tag = |port: u16, namespace: &str| {
+        let selected =
+            routes.select(port, namespace, &Method::GET, &Uri::from_static("/"), &HeaderMap::new())?;
+        Some(selected.rule.backends()[0].service.clone())
+    };
+    assert_eq!(tag(80, "shop").as_deref(), Some("shop"), "the consumer's own, first of its ties");
+    assert_eq!(tag(80, "billing").as_deref(), Some("own"), "another namespace's requests: the Service's");
+    assert_eq!(tag(80, "ops").as_deref(), Some("own"), "ops's route is for another port");
+    assert_eq!(tag(80, "").as_deref(), Some("own"));
+    // On a port the Service routes nothing, only the consumer's requests are routed.
+    assert!(
+        routes.routes_http(9090, "ops") && !routes.routes_http(9090, "shop") && !routes.routes_http(9090, "")
+    );
+    assert_eq!(tag(9090, "ops").as_deref(), Some("ops"));
+
+    resource.consumer_routes = vec![consumer("", &[80], "nobody")];
+    assert!(matches!(Routes::try_from(&resource), Err(Error::ConsumerWithoutNamespace { .. })));
 }
 
 #[test]
@@ -349,10 +381,10 @@ fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_
     };
     let routes = Routes::try_from(&resource).expect("valid routes");
     // Port 80 is routed (404 for what matches no rule); 8080 goes to the Service itself.
-    assert!(routes.routes_http(80) && !routes.routes_http(8080));
+    assert!(routes.routes_http(80, "") && !routes.routes_http(8080, ""));
     assert_eq!(
         routes
-            .select(8080, &Method::GET, &"/api".parse().expect("a path"), &HeaderMap::new())
+            .select(8080, "", &Method::GET, &"/api".parse().expect("a path"), &HeaderMap::new())
             .map(|s| s.route),
         None
     );
@@ -562,7 +594,7 @@ fn only(rule: api::Rule) -> Routes {
 fn selected_rule(routes: &Routes) -> &Rule {
     let request = get("/");
     routes
-        .select(80, &request.method, &request.uri, &request.headers)
+        .select(80, "", &request.method, &request.uri, &request.headers)
         .expect("a rule matching everything")
         .rule
 }
@@ -734,7 +766,8 @@ fn the_selection_names_the_prefix_its_winning_match_matched_for_a_prefix_replace
     )]);
     let matched = |uri: &str| {
         let request = get(uri);
-        let selected = routes.select(request.port, &request.method, &request.uri, &request.headers).unwrap();
+        let selected =
+            routes.select(request.port, "", &request.method, &request.uri, &request.headers).unwrap();
         selected.matched_prefix.to_owned()
     };
     assert_eq!(matched("/api/items"), "/api", "the longest prefix, its trailing '/' left out");
@@ -749,7 +782,7 @@ fn a_mirror_copies_its_share_of_requests_and_one_without_a_backend_is_refused() 
     let mut with_mirrors = rule("main", vec![]);
     with_mirrors.mirrors = vec![mirror(0, 0), mirror(25, 100), mirror(3, 2)];
     let routes = compile(vec![route("r", &[], vec![with_mirrors.clone()])]);
-    let selected = routes.select(80, &Method::GET, &Uri::from_static("/"), &HeaderMap::new()).unwrap();
+    let selected = routes.select(80, "", &Method::GET, &Uri::from_static("/"), &HeaderMap::new()).unwrap();
     let [every, quarter, over] = selected.rule.mirrors() else { panic!("three mirrors") };
     assert_eq!(every.backend.service, "shadow");
     assert!(every.samples(|_| unreachable!("every request: nothing drawn")));

@@ -51,6 +51,14 @@ fn split() -> HttpRoute {
 #[test]
 fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_older() {
     let route = split();
+    // A consumer route (from `shop`): the Service's policies are its requests' too.
+    let mut consumer = http_route(
+        "from-shop",
+        1,
+        serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "namespace": "mesh" }],
+                            "rules": [{ "backendRefs": [{ "name": "web", "namespace": "mesh", "port": 80 }] }] }),
+    );
+    consumer.metadata.namespace = Some("shop".into());
     let faults: [FaultInjectionPolicy; 3] = [
         policy(
             "waypoint-wide",
@@ -96,10 +104,10 @@ fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_o
     let snapshot = build(
         &naming(),
         &Objects::default()
-            .namespaces(&[namespace("mesh", true)])
+            .namespaces(&[namespace("mesh", true), namespace("shop", true)])
             .services(&backends())
             .gateways(&gateways)
-            .http_routes([&route])
+            .http_routes([&route, &consumer])
             .fault_policies(&faults)
             .rate_limit_policies(&limits),
     );
@@ -137,7 +145,12 @@ fn the_most_specific_attachment_of_each_kind_wins_and_of_two_on_one_target_the_o
     };
     assert_eq!(
         web.routes[0].policies,
-        Some(routes::Policies { fault: Some(delay), rate_limit: Some(limit), ..Default::default() })
+        Some(routes::Policies { fault: Some(delay), rate_limit: Some(limit.clone()), ..Default::default() })
+    );
+    assert_eq!(web.consumer_routes[0].name, "shop/from-shop");
+    assert_eq!(
+        web.consumer_routes[0].policies,
+        Some(routes::Policies { fault: Some(abort), rate_limit: Some(limit), ..Default::default() })
     );
 
     let statuses = &snapshot.traffic_policies;

@@ -590,7 +590,8 @@ fn a_redirect_is_given_as_written_and_one_the_waypoint_cannot_give_drops_its_rul
 }
 
 #[test]
-fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_are_not_applied() {
+fn routes_are_ordered_oldest_first_then_by_name_gateway_routes_are_left_alone_and_consumer_routes_kept_apart()
+{
     let to_web = |ports: serde_json::Value| {
         serde_json::json!({
             "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "sectionName": ports }],
@@ -607,10 +608,18 @@ fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_
         http_route("a-newer", 2, to_web(serde_json::Value::Null)),
         http_route("c-old", 1, to_web(serde_json::Value::Null)),
         http_route("for-ingress", 0, serde_json::json!({ "parentRefs": [{ "name": "ingress" }] })),
+        // From `mesh`, for Service `web` of `other` (with a waypoint), to where it was going or
+        // to another namespace's Service it may not name.
         http_route(
             "consumer",
             0,
-            serde_json::json!({ "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "namespace": "other" }] }),
+            serde_json::json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "web", "namespace": "other" }],
+                "rules": [{ "backendRefs": [
+                    { "name": "web", "namespace": "other", "port": 80, "weight": 3 },
+                    { "name": "db", "namespace": "other", "port": 80 },
+                ] }],
+            }),
         ),
         http_route(
             "no-such-port",
@@ -619,21 +628,43 @@ fn routes_are_ordered_oldest_first_then_by_name_and_gateway_and_consumer_routes_
         ),
     ];
     let mut services = backends();
-    services.push(service("web", "other", "10.96.1.10", vec![port(80, None)]));
+    let other_web = service("web", "other", "10.96.1.10", vec![port(80, None)]);
+    services.push(labelled(other_web, |s| &mut s.metadata, "waypoint"));
+    services.push(service("db", "other", "10.96.1.11", vec![port(80, None)]));
     let snapshot = build(
         &naming(),
-        &Objects::default().namespaces(&[namespace("mesh", true)]).services(&services).http_routes(&routes),
+        &Objects::default()
+            .namespaces(&[namespace("mesh", true), namespace("other", true)])
+            .services(&services)
+            .http_routes(&routes),
     );
     let names: Vec<(String, Vec<u32>)> =
         service_routes(&snapshot, KEY).routes.into_iter().map(|route| (route.name, route.ports)).collect();
     let expected =
         [("mesh/b-old", vec![80]), ("mesh/c-old", vec![]), ("mesh/a-newer", vec![]), ("mesh/newest", vec![])];
     assert_eq!(names, expected.map(|(name, ports)| (name.to_owned(), ports)));
-    assert_eq!(snapshot.routes.len(), 1, "{:?}", snapshot.routes.keys());
+    assert!(service_routes(&snapshot, KEY).consumer_routes.is_empty());
+    assert_eq!(snapshot.routes.len(), 2, "{:?}", snapshot.routes.keys());
     let status = |name: &str| snapshot.mesh_routes.iter().find(|status| status.name == name);
     assert!(status("for-ingress").is_none(), "a Gateway's route is none of the mesh's business");
+    // The consumer route is the other Service's, apart from its own routes, for `mesh` only.
+    let other = service_routes(&snapshot, "other/web.other.svc.cluster.local");
+    assert!(other.routes.is_empty(), "{other:?}");
+    let [consumer_route] = &other.consumer_routes[..] else { panic!("one consumer route: {other:?}") };
+    assert_eq!(
+        (consumer_route.name.as_str(), consumer_route.consumer_namespace.as_str()),
+        ("mesh/consumer", "mesh")
+    );
+    let backends: Vec<(&str, u32)> = consumer_route.rules[0]
+        .backends
+        .iter()
+        .map(|backend| (backend.service.as_str(), backend.weight))
+        .collect();
+    assert_eq!(backends, [("other/web.other.svc.cluster.local", 3), ("", 1)], "only where it was going");
     let consumer = status("consumer").unwrap();
-    assert!(consumer.services.is_empty() && consumer.notes[0].contains("another namespace"), "{consumer:?}");
+    assert_eq!(consumer.services, ["other/web.other.svc.cluster.local"]);
+    assert!(consumer.parents[0].accepted.message.contains("to requests from namespace mesh"), "{consumer:?}");
+    assert!(consumer.resolved_refs.message.contains("other/db"), "{consumer:?}");
     assert!(status("no-such-port").unwrap().notes[0].contains("no port 81"));
 }
 
