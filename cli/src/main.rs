@@ -79,7 +79,8 @@ enum Command {
         /// `name:value`; `Host` is the Service's hostname unless given.
         #[arg(long = "header", short = 'H', requires = "service")]
         headers: Vec<String>,
-        /// The client pod (`namespace/name`) the L7 policies decide for.
+        /// The client pod (`namespace/name`) the L7 policies decide for, whose namespace's
+        /// consumer routes it takes.
         #[arg(long, requires = "service")]
         from: Option<String>,
     },

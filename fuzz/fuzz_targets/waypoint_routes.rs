@@ -22,9 +22,9 @@ fuzz_target!(|data: &[u8]| {
         message.consumer_routes.iter().map(|route| route.consumer_namespace.as_str()).collect();
     clients.push("");
     for port in ports.into_iter().filter_map(|port| u16::try_from(port).ok()) {
-        let _ = (routes.select_tcp(port), routes.declared_http(port));
+        let _ = routes.declared_http(port);
         for client in &clients {
-            let _ = routes.routes_http(port, client);
+            let _ = (routes.routes_http(port, client), routes.reading(port, client));
             let Some(Selected { rule, matched_prefix, .. }) =
                 routes.select(port, client, &request.method, &request.uri, &request.headers)
             else {

@@ -204,7 +204,10 @@ impl Session {
         // A TCPRoute or a declared protocol says what the port carries: nothing to tell apart,
         // nothing to wait for. The Service's routes are looked up once for the whole stream.
         let routes = self.service_routes();
-        let protocol = match routes.as_ref().map(|(routes, port)| routes.reading(*port)) {
+        let protocol = match routes
+            .as_ref()
+            .map(|(routes, port)| routes.reading(*port, &self.client.identity.namespace))
+        {
             Some(reading) if reading.opaque() => opaque::Protocol::Opaque,
             Some(Reading::DeclaredHttp) => opaque::Protocol::Http,
             _ => opaque::detect(&mut stream).await?,
@@ -557,8 +560,6 @@ impl Session {
                     *request.uri_mut() = uri;
                 }
                 let backend = rule.pick_backend_randomly().ok_or(Failure::NoBackend)?;
-                // The backendRef's own filters come after the rule's.
-                backend.request_headers.apply(request.headers_mut());
                 (backend.service.clone(), backend.port, Some(backend))
             }
             None => (service.key(), port, None),
@@ -566,7 +567,8 @@ impl Session {
         let selected = selected.map(|selected| selected.rule);
         routed.backend = format!("{backend}:{backend_port}");
         onward(request.headers_mut(), span);
-        let attempts = self.attempts(&backend, backend_port, request, selected, routed);
+        let picked_headers = picked.map(|backend| &backend.request_headers);
+        let attempts = self.attempts((&backend, backend_port, picked_headers), request, selected, routed);
         let mut response = match selected.and_then(Rule::request_timeout) {
             Some(limit) => tokio::time::timeout(limit, attempts).await.map_err(|_| Failure::Timeout)??,
             None => attempts.await?,
@@ -614,13 +616,13 @@ impl Session {
         Ok(())
     }
 
-    /// Sends `request` to an endpoint of Service `backend`, and again to another (when it has
-    /// one) as long as the rule's retry policy and the backend's budget allow and the body was
-    /// kept; the last attempt's answer is the request's.
+    /// Sends `request` to an endpoint of Service `backend` (with the picked backendRef's own
+    /// request headers), and again to another (when it has one) as long as the rule's retry
+    /// policy and the backend's budget allow and the body was kept; the last attempt's answer is
+    /// the request's.
     async fn attempts(
         &self,
-        backend: &str,
-        port: u16,
+        (backend, port, backend_headers): (&str, u16, Option<&crate::route::HeaderModifier>),
         request: Request<Incoming>,
         rule: Option<&Rule>,
         routed: &mut Routed,
@@ -645,7 +647,7 @@ impl Session {
             })?,
             None => budget.request(),
         };
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         // The backend's load balancer: least request unless it says otherwise; a consistent
         // hash's key from the request (no such header: no hash, least request).
         let pick = backend_routes
@@ -667,6 +669,10 @@ impl Session {
         };
         if let Some(rule) = rule {
             self.mirror(rule.mirrors(), &parts, kept.as_ref());
+        }
+        // The backendRef's own filters, after the rule's: for this backend only, not a mirror.
+        if let Some(headers) = backend_headers {
+            headers.apply(&mut parts.headers);
         }
         let mut tried = Vec::new();
         let mut _retrying = None;

@@ -307,10 +307,10 @@ impl Routes {
         best.map(|(_, selected)| selected)
     }
 
-    /// How the waypoint reads streams to `port` — the one place that ranks a TCPRoute before a
-    /// declared protocol before the first bytes.
-    pub fn reading(&self, port: u16) -> Reading<'_> {
-        if let Some(selected) = self.select_tcp(port) {
+    /// How the waypoint reads streams from `client_namespace` to `port` — the one place that
+    /// ranks a TCPRoute before a declared protocol before the first bytes.
+    pub fn reading(&self, port: u16, client_namespace: &str) -> Reading<'_> {
+        if let Some(selected) = self.select_tcp(port, client_namespace) {
             return Reading::TcpRoute(selected);
         }
         match self.declared_http(port) {
@@ -342,12 +342,16 @@ impl Routes {
         }
     }
 
-    /// The TCPRoute rule for connections to `port`: the oldest TCPRoute that applies to it (a
-    /// TCPRoute has one rule; it matches every connection). `None`: the port is not TCP-routed,
-    /// and its connections are read as HTTP when they are — also when an HTTP route applies to
-    /// it, which takes precedence (GEP-1294; the control plane leaves such a port out already).
-    pub fn select_tcp(&self, port: u16) -> Option<Selected<'_>> {
-        if self.routes.iter().any(|route| route.applies_to(port)) {
+    /// The TCPRoute rule for connections from `client_namespace` to `port`: the oldest TCPRoute
+    /// that applies to it (a TCPRoute has one rule; it matches every connection). `None`: the
+    /// port is not TCP-routed, and its connections are read as HTTP when they are — also when an
+    /// HTTP route applies to it for this client, which takes precedence (GEP-1294; the control
+    /// plane leaves such a port out of the Service's own TCPRoutes already; a consumer's HTTP
+    /// route wins for its namespace's connections only).
+    pub fn select_tcp(&self, port: u16, client_namespace: &str) -> Option<Selected<'_>> {
+        // The HTTP routes this client's requests would take, its namespace's consumer routes
+        // included, outrank TCPRoutes (GEP-1294).
+        if self.routes_http(port, client_namespace) {
             return None;
         }
         let route = self.tcp_routes.iter().find(|route| route.applies_to(port))?;
@@ -364,12 +368,19 @@ impl TryFrom<&api::ServiceRoutes> for Routes {
             return Err(Error::EmptyService);
         }
         let routes = resource.routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
+        // Another namespace's route that cannot be applied is left out alone: it must not take
+        // the Service's own routes down with it (the control plane checks what a waypoint
+        // checks; this is for what slips through).
         let mut consumers: BTreeMap<String, Vec<Route>> = BTreeMap::new();
         for route in &resource.consumer_routes {
-            if route.consumer_namespace.is_empty() {
-                return Err(Error::ConsumerWithoutNamespace { route: route.name.clone() });
+            let compiled = match route.consumer_namespace.is_empty() {
+                true => Err(Error::ConsumerWithoutNamespace { route: route.name.clone() }),
+                false => Route::compile(route),
+            };
+            match compiled {
+                Ok(compiled) => consumers.entry(route.consumer_namespace.clone()).or_default().push(compiled),
+                Err(error) => tracing::warn!(service = %resource.service, %error, "consumer route left out"),
             }
-            consumers.entry(route.consumer_namespace.clone()).or_default().push(Route::compile(route)?);
         }
         let tcp_routes = resource.tcp_routes.iter().map(Route::compile).collect::<Result<_, _>>()?;
         let declared = resource

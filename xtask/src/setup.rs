@@ -240,16 +240,12 @@ fn istio(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
 /// by `conformance.sh` (sharing Kubernetes' Go caches in `dir`) when missing, linked as
 /// `bin/gateway-api-conformance.test`, with its mesh manifests beside it.
 fn conformance_suite(root: &Path, dir: &Path, bin: &Path) -> anyhow::Result<()> {
-    let binary = dir.join(format!("gateway-api-conformance-{GATEWAY_API_VERSION}/bin/conformance.test"));
-    if !binary.exists() {
+    let built = dir.join(format!("gateway-api-conformance-{GATEWAY_API_VERSION}"));
+    let (binary, manifests) = (built.join("bin/conformance.test"), built.join("mesh-manifests.yaml"));
+    if !binary.exists() || !manifests.exists() {
         eprintln!("setup: building the Gateway API conformance suite {GATEWAY_API_VERSION}");
         go_script(root, "conformance.sh", dir, GATEWAY_API_VERSION)?;
     }
-    // The suite's mesh manifests, for the image they name (the harness assembles it).
-    let manifests = dir.join(format!(
-        "go/mod/sigs.k8s.io/gateway-api/conformance@{GATEWAY_API_VERSION}/mesh/manifests.yaml"
-    ));
-    anyhow::ensure!(manifests.exists(), "no mesh manifests at {}", manifests.display());
     link_into(
         bin,
         [

@@ -119,9 +119,17 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
             return Ok(Value::Array(findings));
         }
     };
+    // The client's namespace picks its consumer routes (as `--from` reads it: `default` unless
+    // named); none given: the Service's own routes.
+    let client_namespace = probe
+        .from
+        .as_deref()
+        .map(|from| from.split_once('/').map_or("default", |(namespace, _)| namespace).to_owned())
+        .unwrap_or_default();
     // A TCPRoute makes the port TCP, and so does a protocol it declares: the waypoint reads no
     // HTTP there.
-    let reading = routes.as_ref().map_or(Reading::Undeclared, |routes| routes.reading(port));
+    let reading =
+        routes.as_ref().map_or(Reading::Undeclared, |routes| routes.reading(port, &client_namespace));
     let mut headers = HeaderMap::new();
     for line in &probe.headers {
         let (name, value) = line.split_once(':').with_context(|| format!("header {line:?}: name:value"))?;
@@ -161,19 +169,7 @@ pub fn request_findings(dump: &Value, namespace: &str, name: &str, probe: &Probe
     // The waypoint's Gateway is named like its Service.
     let gateway =
         own.map(|own| format!("{}/{}", text(&own["namespace"]), text(&own["name"]))).unwrap_or_default();
-    let client_namespace = probe
-        .from
-        .as_deref()
-        .and_then(|from| from.split_once('/'))
-        .map(|(namespace, _)| namespace.to_owned());
-    let asked = Asked {
-        method,
-        uri,
-        headers,
-        port,
-        opaque: reading.opaque(),
-        client_namespace: client_namespace.unwrap_or_default(),
-    };
+    let asked = Asked { method, uri, headers, port, opaque: reading.opaque(), client_namespace };
     match policies_finding(dump, &workloads, key, &gateway, probe.from.as_deref(), &asked)? {
         Some((false, detail)) => {
             findings.push(finding("policies", false, detail));
@@ -224,7 +220,7 @@ struct Asked {
     port: u16,
     /// A connection relayed at L4 (a TCPRoute's port): none of the HTTP fields apply.
     opaque: bool,
-    /// The client's namespace (`--from`), whose consumer routes it takes; empty: unknown.
+    /// The client's namespace (`--from`), whose consumer routes it takes; empty: not given.
     client_namespace: String,
 }
 

@@ -19,8 +19,8 @@
 //! route, GEP-1426) applies to that namespace's clients only: it goes into the Service's
 //! `consumer_routes` with its namespace, and waypoints match a request from there against that
 //! namespace's consumer routes instead of the Service's own (applied to all, any namespace could
-//! take over another's Service); it may name the Service it attaches to as a backend without a
-//! ReferenceGrant.
+//! take over another's Service); a consumer route of that one parent may name it as a backend
+//! without a ReferenceGrant.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Service;
@@ -68,15 +68,21 @@ pub fn compile<'a>(
             // Attached to Gateways only: not the mesh's.
             continue;
         }
-        // A consumer route may send its namespace's requests on to the Service they were for.
-        let targets: Vec<(&str, &str)> = route
+        // A consumer route may send its namespace's requests on to the Service they were for,
+        // without a ReferenceGrant — only a route of that one parent: its rules are shared by
+        // all its parents, and another parent's requests must not go there.
+        let service_parents: Vec<(&str, &str)> = route
             .spec
             .parent_refs
             .iter()
             .filter(|parent| parent.group.is_empty() && parent.kind == "Service")
             .map(|parent| (parent.namespace.as_deref().unwrap_or(namespace), parent.name.as_str()))
             .collect();
-        let context = Context { naming, services, namespace, kind, targets: &targets };
+        let target = match service_parents[..] {
+            [only] if only.0 != namespace && parents.values().any(|attached| attached.consumer) => Some(only),
+            _ => None,
+        };
+        let context = Context { naming, services, namespace, kind, target };
         let mut unresolved = Vec::new();
         let mut left_out = Vec::new();
         let rules: Vec<api::Rule> = route
@@ -371,9 +377,9 @@ struct Context<'a, 'b> {
     /// The route's.
     namespace: &'a str,
     kind: RouteKind,
-    /// The Services it attaches to, `(namespace, name)`: a backend it may name in another
-    /// namespace without a ReferenceGrant (a consumer route sending requests where they went).
-    targets: &'a [(&'a str, &'a str)],
+    /// The one Service a consumer route attaches to, `(namespace, name)`: a backend it may name
+    /// in another namespace without a ReferenceGrant (sending requests where they went).
+    target: Option<(&'a str, &'a str)>,
 }
 
 impl Context<'_, '_> {
@@ -500,7 +506,7 @@ impl Context<'_, '_> {
         }
         let namespace = backend.namespace.as_deref().unwrap_or(self.namespace);
         let name = backend.name.as_str();
-        if namespace != self.namespace && !self.targets.contains(&(namespace, name)) {
+        if namespace != self.namespace && self.target != Some((namespace, name)) {
             return Err((
                 "RefNotPermitted",
                 format!(

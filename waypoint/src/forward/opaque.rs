@@ -131,7 +131,8 @@ impl Session {
                 (workload.clone(), SocketAddr::new(ip, *port))
             }
             Destination::Service(service, port) => {
-                let (backend, backend_port) = match routes.and_then(|(routes, port)| routes.select_tcp(*port))
+                let (backend, backend_port) = match routes
+                    .and_then(|(routes, port)| routes.select_tcp(*port, &self.client.identity.namespace))
                 {
                     Some(selected) => {
                         route.push_str(selected.route);

@@ -347,8 +347,19 @@ fn a_consumer_namespaces_routes_take_its_own_requests_on_their_ports_and_no_one_
     );
     assert_eq!(tag(9090, "ops").as_deref(), Some("ops"));
 
-    resource.consumer_routes = vec![consumer("", &[80], "nobody")];
-    assert!(matches!(Routes::try_from(&resource), Err(Error::ConsumerWithoutNamespace { .. })));
+    // A port the Service TCP-routes: the consumer's HTTP route wins for its own connections.
+    resource.tcp_routes = vec![route("db", &[9090], vec![rule("db", vec![])])];
+    let routes = Routes::try_from(&resource).expect("valid routes");
+    assert!(routes.select_tcp(9090, "ops").is_none());
+    assert_eq!(routes.select_tcp(9090, "shop").map(|selected| selected.route), Some("ns/db"));
+
+    // One that cannot be applied is left out alone; the Service's own routes stand.
+    let mut bad = consumer("shop", &[80], "bad");
+    bad.rules[0].matches = vec![regex("(")];
+    resource.consumer_routes = vec![consumer("", &[80], "nobody"), bad];
+    let routes = Routes::try_from(&resource).expect("the Service's own routes stand");
+    let selected = routes.select(80, "shop", &Method::GET, &Uri::from_static("/"), &HeaderMap::new());
+    assert_eq!(selected.map(|selected| selected.route), Some("ns/own"));
 }
 
 #[test]
@@ -390,10 +401,10 @@ fn a_port_no_http_route_applies_to_is_not_routed_and_a_tcp_route_makes_its_port_
     );
     // The oldest TCPRoute applying to a port takes its connections, one for every port the
     // rest — but for a port an HTTP route applies to, which it takes precedence over.
-    let tcp = |port| routes.select_tcp(port).map(|selected| selected.route);
+    let tcp = |port| routes.select_tcp(port, "").map(|selected| selected.route);
     assert_eq!((tcp(5432), tcp(8080), tcp(80)), (Some("ns/db"), Some("ns/any"), None));
     let only_http = compile(vec![route("web", &[80], vec![rule("web", vec![prefix("/")])])]);
-    assert!(only_http.select_tcp(80).is_none());
+    assert!(only_http.select_tcp(80, "").is_none());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 # Builds the Gateway API conformance suite (the sigs.k8s.io/gateway-api/conformance module at
 # the given release, from the Go module proxy) into the test binary
 # "$1/gateway-api-conformance-<version>/bin/conformance.test", run by tests/tests/conformance.rs
-# with the suite's own flags. Called by `cargo xtask setup` when it is missing; the module and
+# with the suite's own flags, and copies its mesh manifests beside it. Called by `cargo xtask setup` when it is missing; the module and
 # build caches are "$1/go", shared with kubernetes.sh.
 set -euo pipefail
 out=${1:?usage: conformance.sh CACHE_DIR GATEWAY_API_VERSION}
@@ -27,4 +27,7 @@ if [ ! -f .weft-tidy ]; then
   touch .weft-tidy
 fi
 go test -c -trimpath -ldflags "-s -w" -o "$dest/bin/conformance.test.tmp" .
+# Its mesh manifests, for the image they name (the harness assembles it): kept beside the binary,
+# not read from the module cache, which may be pruned.
+cp "$(go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)/mesh/manifests.yaml" "$dest/mesh-manifests.yaml"
 mv "$dest/bin/conformance.test.tmp" "$dest/bin/conformance.test"

@@ -621,6 +621,16 @@ fn routes_are_ordered_oldest_first_then_by_name_gateway_routes_are_left_alone_an
                 ] }],
             }),
         ),
+        // Of two parents, one its own: the other's Service needs a ReferenceGrant as any does.
+        http_route(
+            "mixed",
+            0,
+            serde_json::json!({
+                "parentRefs": [{ "group": "", "kind": "Service", "name": "web-v1" },
+                               { "group": "", "kind": "Service", "name": "web", "namespace": "other" }],
+                "rules": [{ "backendRefs": [{ "name": "web", "namespace": "other", "port": 80 }] }],
+            }),
+        ),
         http_route(
             "no-such-port",
             0,
@@ -644,13 +654,16 @@ fn routes_are_ordered_oldest_first_then_by_name_gateway_routes_are_left_alone_an
         [("mesh/b-old", vec![80]), ("mesh/c-old", vec![]), ("mesh/a-newer", vec![]), ("mesh/newest", vec![])];
     assert_eq!(names, expected.map(|(name, ports)| (name.to_owned(), ports)));
     assert!(service_routes(&snapshot, KEY).consumer_routes.is_empty());
-    assert_eq!(snapshot.routes.len(), 2, "{:?}", snapshot.routes.keys());
+    assert_eq!(snapshot.routes.len(), 3, "web, web-v1 (mixed), other/web: {:?}", snapshot.routes.keys());
     let status = |name: &str| snapshot.mesh_routes.iter().find(|status| status.name == name);
     assert!(status("for-ingress").is_none(), "a Gateway's route is none of the mesh's business");
     // The consumer route is the other Service's, apart from its own routes, for `mesh` only.
     let other = service_routes(&snapshot, "other/web.other.svc.cluster.local");
     assert!(other.routes.is_empty(), "{other:?}");
-    let [consumer_route] = &other.consumer_routes[..] else { panic!("one consumer route: {other:?}") };
+    let [consumer_route, mixed_route] = &other.consumer_routes[..] else {
+        panic!("two consumer routes: {other:?}")
+    };
+    assert_eq!(mixed_route.name, "mesh/mixed");
     assert_eq!(
         (consumer_route.name.as_str(), consumer_route.consumer_namespace.as_str()),
         ("mesh/consumer", "mesh")
@@ -665,6 +678,8 @@ fn routes_are_ordered_oldest_first_then_by_name_gateway_routes_are_left_alone_an
     assert_eq!(consumer.services, ["other/web.other.svc.cluster.local"]);
     assert!(consumer.parents[0].accepted.message.contains("to requests from namespace mesh"), "{consumer:?}");
     assert!(consumer.resolved_refs.message.contains("other/db"), "{consumer:?}");
+    let mixed = status("mixed").unwrap();
+    assert_eq!(mixed.resolved_refs.reason, "RefNotPermitted", "{mixed:?}");
     assert!(status("no-such-port").unwrap().notes[0].contains("no port 81"));
 }
 
