@@ -202,7 +202,11 @@ async fn follow_root(client: kube::Client, file: PathBuf) {
     use kube::runtime::WatchStreamExt;
     let config_maps: Api<ConfigMap> = Api::namespaced(client, NAMESPACE);
     let only_root = kube::runtime::watcher::Config::default().fields("metadata.name=weft-ca-root-cert");
-    let mut events = std::pin::pin!(kube::runtime::watcher(config_maps, only_root).applied_objects());
+    // Backing off is what yields once the API server is gone: a watcher that retries at once
+    // fails at once, and a task looping on that never yields — its abort is never seen and a
+    // test's runtime never finishes dropping (the hang of issue 21).
+    let watch = kube::runtime::watcher(config_maps, only_root).default_backoff();
+    let mut events = std::pin::pin!(watch.applied_objects());
     while let Some(event) = events.next().await {
         let Some(bundle) = event.ok().and_then(|map| map.data?.get("root-cert.pem").cloned()) else {
             continue;
@@ -291,4 +295,38 @@ pub async fn request_token_for(
     let issued: TokenRequest =
         accounts.create_subresource("token", account.1, &PostParams::default(), &request).await?;
     issued.status.and_then(|status| status.token).context("TokenRequest answered without a token")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose every request fails without waiting for anything — as one does at a
+    /// test's end, once the runtime its buffer ran on is going — must not keep the task that
+    /// follows the root from seeing its abort (it kept a test's runtime from ever finishing;
+    /// without the backoff this test hangs the same way, and nextest ends it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn following_the_root_ends_when_aborted_while_every_request_fails_at_once() {
+        let unreachable = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other("the API server is gone"))
+        });
+        let client = std::thread::spawn(move || {
+            let gone = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            gone.block_on(async { kube::Client::new(unreachable, "default") })
+        })
+        .join()
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (started, following) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = started.send(());
+            // Entered in the same poll as the send: from here on only the task's own awaits
+            // can yield.
+            follow_root(client, dir.path().join("root.pem")).await;
+        });
+        following.await.unwrap();
+        task.abort();
+        let ended = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(ended.is_ok(), "the task never yielded to its abort");
+    }
 }
