@@ -8,7 +8,7 @@
 //! process is killed when the [`ApiServer`] drops.
 use std::{
     fs::File,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -124,7 +124,10 @@ impl ApiServer {
 
         let (etcd_port, peer_port, secure_port) = match fabric {
             Some(_) => (2379, 2380, FABRIC_PORT),
-            None => (free_port()?, free_port()?, free_port()?),
+            None => {
+                let [etcd, peer, secure] = crate::ports::free_loopback_ports()?;
+                (etcd, peer, secure)
+            }
         };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
@@ -455,10 +458,6 @@ pub fn kube_bin() -> anyhow::Result<PathBuf> {
         }
     }
     Ok(bin)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
 /// `command` with its output (both streams) going to the file `log`.

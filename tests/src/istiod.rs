@@ -50,7 +50,7 @@ impl Istiod {
         cluster.kubelet().ensure_service_account(NAMESPACE, PROXY_SERVICE_ACCOUNT).await?;
         let dir = tempfile::Builder::new().prefix("weft-istiod-").tempdir()?;
         // Every listener on loopback: tests run side by side in the harness's namespace.
-        let [http, grpc, secure, monitoring, webhook, ctrlz] = free_ports()?;
+        let [http, grpc, secure, monitoring, webhook, ctrlz] = crate::ports::free_loopback_ports()?;
         let mesh_config = dir.path().join("mesh.yaml");
         std::fs::write(&mesh_config, "trustDomain: cluster.local\n")?;
         let loopback = |port: u16| format!("127.0.0.1:{port}");
@@ -158,14 +158,4 @@ impl Istiod {
         std::fs::write(&self.root_file, root).context("writing istiod's root")?;
         Ok(())
     }
-}
-
-/// Ports free on the harness's loopback now, for a process that binds them itself.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    // All held until every one is chosen, so none is chosen twice.
-    let listeners: Vec<std::net::TcpListener> =
-        (0..N).map(|_| std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))).collect::<Result<_, _>>()?;
-    let ports: Vec<u16> =
-        listeners.iter().map(|listener| listener.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?;
-    ports.try_into().map_err(|_| anyhow::anyhow!("invariant: N ports for N listeners"))
 }

@@ -25,6 +25,7 @@ pub mod kubelet;
 pub mod mesh;
 pub mod netns;
 pub mod nodes;
+pub mod ports;
 pub mod process;
 pub mod shop;
 pub mod soak;
