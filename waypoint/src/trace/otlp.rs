@@ -55,6 +55,7 @@ pub struct Counters {
 }
 
 /// What the exporter's task is told.
+#[derive(Debug)]
 enum Message {
     /// A span (boxed: the queue's slots stay small) and its encoded size.
     Span(Box<Span>, usize),
@@ -68,15 +69,6 @@ pub struct Exporter {
     queue: mpsc::Sender<Message>,
     queued_bytes: Arc<AtomicUsize>,
     dropped: Counter,
-}
-
-impl std::fmt::Debug for Message {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Message::Span(..) => "Span",
-            Message::Flush(_) => "Flush",
-        })
-    }
 }
 
 impl Exporter {
