@@ -17,6 +17,7 @@ use crate::{
     inbound::Inbound,
     route::Routes,
     table::{AUTHENTICATIONS, POLICIES, ROUTES, Table},
+    workers::{Accepted, Workers},
 };
 
 /// How the waypoint runs.
@@ -42,8 +43,7 @@ pub struct Config {
     /// HBONE (`[::]:15008`).
     pub listen: SocketAddr,
     pub admin: weft_api::admin::Addresses,
-    /// The runtime's worker threads: a busy endpoint pod gets a pooled HBONE connection per
-    /// worker, as the node proxy gives them.
+    /// Worker threads, each serving its own connections ([`crate::workers`]).
     pub workers: usize,
     /// Where request spans go, when anywhere.
     pub tracing: Option<crate::trace::Settings>,
@@ -66,8 +66,8 @@ pub struct Context {
     /// near to when a Service prefers close ones (as Istio's waypoint does).
     pub address: Option<std::net::IpAddr>,
     pub identities: Manager,
-    /// HBONE connections to endpoint pods, shared by every session's requests.
-    pub pool: Pool,
+    /// HBONE connections to endpoint pods, a pool per worker thread ([`Context::pool`]).
+    pub pools: Vec<Pool>,
     /// Each backend Service's retry budget.
     pub budgets: crate::retry::Budgets,
     /// Requests in flight per endpoint, for least-request balancing.
@@ -96,6 +96,12 @@ impl Context {
         self.routes.synced().await;
         self.policies.synced().await;
         self.authentications.synced().await;
+    }
+
+    /// The HBONE connections to endpoint pods of the worker this runs on, shared by its
+    /// sessions: a connection's task and the streams on it stay on one thread.
+    pub fn pool(&self) -> &Pool {
+        &self.pools[crate::workers::current() % self.pools.len()]
     }
 
     /// Whether `waypoint`, as a destination names it, is this waypoint.
@@ -135,6 +141,8 @@ const SPAN_FLUSH: Duration = Duration::from_secs(2);
 pub enum Error {
     #[error("the CA client")]
     Ca(#[source] weft_proxy::identity::ca::Error),
+    #[error("starting the worker threads")]
+    Workers(#[source] std::io::Error),
     #[error("binding {what} on {addr}")]
     Bind {
         what: &'static str,
@@ -210,7 +218,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         gateway: config.gateway.clone(),
         address: config.proxy.ip.parse().ok(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
-        pool: Pool::new(PoolSettings { lanes: config.workers, ..PoolSettings::default() }, |_| {}),
+        pools: (0..config.workers.max(1)).map(|_| Pool::new(PoolSettings::default(), |_| {})).collect(),
         budgets: crate::retry::Budgets::default(),
         in_flight: Arc::default(),
         mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
@@ -221,8 +229,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracer,
         drain: tokio::sync::watch::Sender::new(false),
     });
-    let pool_context = context.clone();
-    tasks.spawn(async move { pool_context.pool.release_idle_periodically().await });
+    for worker in 0..context.pools.len() {
+        let context = context.clone();
+        tasks.spawn(async move { context.pools[worker].release_idle_periodically().await });
+    }
     let bind = |what, addr| async move {
         tokio::net::TcpListener::bind(addr).await.map_err(|source| Error::Bind { what, addr, source })
     };
@@ -237,23 +247,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(weft_api::admin::serve(bind(what, addr).await?, source.clone(), serves));
     }
     tracing::info!(identity = %context.identity, service = %context.service, listen = %config.listen, "waypoint listening");
-    let mut connections = JoinSet::new();
+    let mut workers =
+        Workers::start(config.workers, &Arc::new(Inbound::new(context.clone()))).map_err(Error::Workers)?;
     tokio::select! {
-        () = serve(listener, context.clone(), &mut connections) => {}
+        () = serve(listener, &context, &workers) => {}
         () = shutdown => {}
     }
     // Drain: the listener is closed (a replacement pod takes new connections), open ones
     // finish their requests until the deadline, then the process ends and cuts them.
     context.drain.send_replace(true);
-    tracing::info!(deadline = ?config.drain, open = connections.len(), "draining");
-    let finished =
-        tokio::time::timeout(config.drain, async { while connections.join_next().await.is_some() {} }).await;
-    match finished {
+    tracing::info!(deadline = ?config.drain, open = workers.open(), "draining");
+    match tokio::time::timeout(config.drain, workers.drain()).await {
         Ok(()) => tracing::info!("drained: every connection ended"),
-        Err(_) => tracing::warn!(
-            open = connections.len(),
-            "drain deadline reached; closing the remaining connections"
-        ),
+        Err(_) => {
+            tracing::warn!(open = workers.open(), "drain deadline reached; closing the remaining connections")
+        }
     }
     // The last requests' spans go before the process does.
     if let Some(tracer) = &context.tracer {
@@ -263,41 +271,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Accepts HBONE connections into `connections`, presenting the waypoint's current
-/// certificate, until dropped.
-async fn serve(listener: tokio::net::TcpListener, context: Arc<Context>, connections: &mut JoinSet<()>) {
-    let handler = Arc::new(Inbound::new(context.clone()));
+/// Accepts HBONE connections and hands them to the workers with the acceptor presenting the
+/// waypoint's current certificate, until dropped.
+async fn serve(listener: tokio::net::TcpListener, context: &Context, workers: &Workers) {
     let mut current = CurrentAcceptor::default();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = match context.identities.fetch(&context.identity).await {
-                        Ok(cert) => current.presenting(cert).map_err(|error| error.to_string()),
-                        Err(error) => Err(error.to_string()),
-                    };
-                    let acceptor = match acceptor {
-                        Ok(acceptor) => acceptor,
-                        Err(error) => {
-                            tracing::warn!(identity = %context.identity, %error, "no certificate: HBONE connection refused");
-                            continue;
-                        }
-                    };
-                    let handler = handler.clone();
-                    connections.spawn(async move {
-                        if let Err(error) = weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler).await {
-                            tracing::info!(%peer, %error, "HBONE connection failed");
-                        }
-                    });
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "HBONE accept failed");
-                    // Out of descriptors or the like: don't spin on it.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "HBONE accept failed");
+                // Out of descriptors or the like: don't spin on it.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = match context.identities.fetch(&context.identity).await {
+            Ok(cert) => current.presenting(cert).map_err(|error| error.to_string()),
+            Err(error) => Err(error.to_string()),
+        };
+        let acceptor = match acceptor {
+            Ok(acceptor) => acceptor,
+            Err(error) => {
+                tracing::warn!(identity = %context.identity, %error, "no certificate: HBONE connection refused");
+                continue;
+            }
+        };
+        // Off this thread's reactor, onto the worker's.
+        match tcp.into_std() {
+            Ok(tcp) => workers.serve(Accepted { tcp, acceptor, peer }),
+            Err(error) => tracing::warn!(%peer, %error, "HBONE connection lost before it was served"),
         }
     }
 }

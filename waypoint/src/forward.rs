@@ -927,7 +927,7 @@ impl Session {
         };
         let origin = Origin { source: self.client.address, service_host, baggage: String::new() };
         context
-            .pool
+            .pool()
             .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent())
             .await
             .map_err(|error| Failure::Connect(error.to_string()))

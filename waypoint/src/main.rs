@@ -52,8 +52,8 @@ struct Args {
     /// The network this pod is on, in a multi-network mesh (Istio's `NETWORK`).
     #[arg(long, env = "NETWORK", default_value = "")]
     network: String,
-    /// Worker threads; by default as many as the CPUs this process may use — the cgroup's CPU
-    /// quota (a pod's CPU limit) included.
+    /// Worker threads, each serving its own connections; by default as many as the CPUs this
+    /// process may use — the cgroup's CPU quota (a pod's CPU limit) included.
     #[arg(long, env = "WEFT_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Where to export request spans: an OpenTelemetry collector's OTLP/gRPC address,
@@ -106,7 +106,9 @@ fn main() -> anyhow::Result<()> {
             .filter(|endpoint| !endpoint.is_empty())
             .map(|endpoint| weft_waypoint::trace::Settings { endpoint, sampling: args.trace_sampling }),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
+    // The main thread's runtime: accepting, xDS, certificates, admin; requests run on the
+    // workers' own (`weft_waypoint::workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let shutdown = weft_api::daemon::termination()?;
         app::run(config, shutdown).await?;
