@@ -163,7 +163,7 @@ impl FromStr for StaticPod {
 }
 
 fn main() -> anyhow::Result<()> {
-    weft_api::daemon::init_logging();
+    let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     match args.command {

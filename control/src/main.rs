@@ -87,7 +87,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    weft_api::daemon::init_logging();
+    let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     let passed_listener = passed_listener()?;

@@ -40,7 +40,7 @@ use crate::{
     breaker::Seen,
     inbound::{Client, Destination},
     jwt::{self, Claims},
-    metrics::{Peers, RequestLabels, UNKNOWN},
+    metrics::{Peers, RequestLabels, RequestSeries, UNKNOWN},
     retry::Outcome,
     route::{Mirror, Reading, Routes, Rule, Selected},
     traffic::{self, Abort, Policies},
@@ -56,8 +56,15 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Headers of one hop only (RFC 9110 §7.6.1), never passed on.
-const HOP_BY_HOP: [&str; 7] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [header::HeaderName; 7] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// One client stream's requests, and the upstream connections they opened.
 #[derive(Debug)]
@@ -65,9 +72,20 @@ pub struct Session {
     context: Arc<Context>,
     destination: Destination,
     client: Client,
+    /// The destination Service's key (`namespace/hostname`), when it is one.
+    service_key: Option<String>,
     /// Per endpoint address and HTTP version: an HTTP connection over an HBONE stream.
     upstreams: Mutex<HashMap<(SocketAddr, Version), Upstream>>,
+    /// The request series its requests were counted in, with the endpoint's workload (a few:
+    /// within a stream, status, route and endpoint vary little).
+    series: std::sync::Mutex<Vec<KeptSeries>>,
 }
+
+/// A request series a session counted in, with the endpoint workload its requests went to.
+type KeptSeries = (Option<Arc<Workload>>, Arc<RequestSeries>);
+
+/// A session keeps at most this many request series; more, and it starts again.
+const SERIES_KEPT: usize = 16;
 
 /// An HTTP connection to an endpoint.
 #[derive(Debug)]
@@ -193,7 +211,18 @@ struct Routed {
 
 impl Session {
     pub fn new(context: Arc<Context>, destination: Destination, client: Client) -> Self {
-        Self { context, destination, client, upstreams: Mutex::default() }
+        let service_key = match &destination {
+            Destination::Service(service, _) => Some(service.key()),
+            Destination::Workload(..) => None,
+        };
+        Self {
+            context,
+            destination,
+            client,
+            service_key,
+            upstreams: Mutex::default(),
+            series: Default::default(),
+        }
     }
 
     /// Serves the stream's requests, HTTP/1.1 or HTTP/2 (by its preface), until it ends; when
@@ -300,16 +329,17 @@ impl Session {
             }
         };
         let response_size = body_size(response.headers(), response.body());
-        let labels = self.labels(&routed, response.status());
-        self.context.metrics.request(&labels, started.elapsed(), (request_size, response_size));
+        let series = self.series(&routed, response.status());
+        series.record(&self.context.metrics, started.elapsed(), (request_size, response_size));
         if let (Some(tracer), Some(span)) = (&self.context.tracer, span) {
             tracer.finish(span, || {
-                let answered =
-                    Answered { status: response.status(), failure: failure.as_ref(), labels: &labels };
+                let labels = series.labels();
+                let answered = Answered { status: response.status(), failure: failure.as_ref(), labels };
                 self.finished((&method, &path, version), &routed, answered)
             });
         }
         tracing::info!(
+            target: "weft_waypoint::access",
             src = %self.client.identity,
             client = %self.client.address,
             %method,
@@ -388,6 +418,28 @@ impl Session {
         }
     }
 
+    /// The series a request `routed` so and answered with `status` is counted in: one this
+    /// session counted in before, or a new one.
+    fn series(&self, routed: &Routed, status: StatusCode) -> Arc<RequestSeries> {
+        let mut kept = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = kept.iter().find(|(workload, series)| {
+            let labels = series.labels();
+            labels.response_code == status.as_u16()
+                && labels.route == routed.route
+                && workload.as_ref().map(|workload| &workload.uid)
+                    == routed.workload.as_ref().map(|workload| &workload.uid)
+        });
+        if let Some((_, series)) = found {
+            return series.clone();
+        }
+        let series = Arc::new(self.context.metrics.request_series(self.labels(routed, status)));
+        if kept.len() >= SERIES_KEPT {
+            kept.clear();
+        }
+        kept.push((routed.workload.clone(), series.clone()));
+        series
+    }
+
     /// The metric labels of a request `routed` so, answered with `status`.
     fn labels(&self, routed: &Routed, status: StatusCode) -> RequestLabels {
         RequestLabels {
@@ -412,7 +464,7 @@ impl Session {
                 .map_or_else(unknown, |workload| workload.namespace.clone()),
             source_principal: self.client.identity.to_string(),
             destination_service: match &self.destination {
-                Destination::Service(service, _) => service.key(),
+                Destination::Service(..) => self.service_key.clone().unwrap_or_default(),
                 // A workload's name, not its pod's uid: pods come and go, series stay.
                 Destination::Workload(workload, _) => workload.metrics_name().to_owned(),
             },
@@ -428,15 +480,12 @@ impl Session {
     /// Verifies `request`'s JWT by the RequestAuthentications that target its Service or this
     /// waypoint (see [`authn`]): its claims, none without a token, or 401 for a bad one.
     fn authenticate(&self, request: &mut Request<Incoming>) -> Result<Option<Claims>, Failure> {
-        let service = match &self.destination {
-            Destination::Service(service, _) => Some(service.key()),
-            Destination::Workload(..) => None,
-        };
+        let service = self.service_key.as_deref();
         let all = self.context.authentications.all();
         let applying: Vec<&authn::Policy> = all
             .iter()
             .map(AsRef::as_ref)
-            .filter(|policy| policy.applies_to(service.as_deref(), &self.context.gateway))
+            .filter(|policy| policy.applies_to(service, &self.context.gateway))
             .collect();
         if applying.is_empty() {
             return Ok(None);
@@ -471,15 +520,13 @@ impl Session {
     /// destination Service or this waypoint, logging a denial and dry-run matches.
     fn decide<'a>(&'a self, facts: impl FnOnce(u16) -> authz::Request<'a>) -> Result<(), Failure> {
         let (service, port) = match &self.destination {
-            Destination::Service(service, port) => (Some(service.key()), *port),
+            Destination::Service(_, port) => (self.service_key.as_deref(), *port),
             Destination::Workload(_, port) => (None, *port),
         };
         let context = &self.context;
         let policies = context.policies.all();
-        let applying = policies
-            .iter()
-            .map(AsRef::as_ref)
-            .filter(|policy| policy.applies_to(service.as_deref(), &context.gateway));
+        let applying =
+            policies.iter().map(AsRef::as_ref).filter(|policy| policy.applies_to(service, &context.gateway));
         let facts = facts(port);
         let decision = authz::decide(applying, &facts);
         for policy in &decision.dry_run_matches {
@@ -522,7 +569,7 @@ impl Session {
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
-        let service_routes = self.context.routes.get(&service.key());
+        let service_routes = self.context.routes.get(self.service_key.as_deref().unwrap_or_default());
         // Consumer routes apply to their namespace's clients: the verified identity's.
         let client_namespace = self.client.identity.namespace.as_str();
         let routes = service_routes.as_ref().filter(|routes| routes.routes_http(port, client_namespace));
@@ -973,12 +1020,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(',').map(|name| name.trim().to_ascii_lowercase()))
         .collect();
-    for name in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-        // `te: trailers` is end-to-end for gRPC over HTTP/2.
-        if name == "te" && headers.get(header::TE).is_some_and(|value| value == "trailers") {
-            continue;
+    // `te: trailers` is end-to-end for gRPC over HTTP/2.
+    let te_trailers = headers.get(header::TE).is_some_and(|value| value == "trailers");
+    for name in &HOP_BY_HOP {
+        if !(te_trailers && name == header::TE) {
+            headers.remove(name);
         }
-        headers.remove(name);
+    }
+    for name in named {
+        if !(te_trailers && name == "te") {
+            headers.remove(name.as_str());
+        }
     }
 }
 
@@ -1090,7 +1142,7 @@ mod tests {
     use http::{Request, header};
     use http_body_util::{BodyExt, Empty};
 
-    use super::{Abort, Body, Failure, shadow};
+    use super::{Abort, Body, Failure, shadow, strip_hop_by_hop};
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
         let mut builder = Request::builder().uri(uri);
@@ -1098,6 +1150,33 @@ mod tests {
             builder = builder.header(header::HOST, host);
         }
         builder.body(Empty::new().map_err(|never| match never {}).boxed()).unwrap()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_go_but_te_trailers_stays() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, http::HeaderValue::from_static(value));
+            }
+            map
+        };
+        let mut sent = headers(&[
+            ("connection", "Keep-Alive, X-Private, te"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("trailer", "x-sum"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut sent);
+        assert_eq!(sent, headers(&[("te", "trailers"), ("x-kept", "1")]));
+        let mut other_te = headers(&[("te", "gzip"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut other_te);
+        assert_eq!(other_te, headers(&[("x-kept", "1")]));
     }
 
     #[test]

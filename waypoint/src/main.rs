@@ -69,7 +69,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    weft_api::daemon::init_logging();
+    let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     // std's count honours cgroup v2 `cpu.max` and the affinity mask.

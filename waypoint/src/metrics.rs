@@ -142,17 +142,56 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+/// The request metrics of one label set, taken from their families once: a session keeps the
+/// series its requests were counted in, so the next request answered alike is counted without
+/// building and hashing its labels again.
+#[derive(Debug)]
+pub struct RequestSeries {
+    labels: RequestLabels,
+    requests: Counter,
+    durations: Histogram,
+    /// Taken when first needed, so that a series of unknown sizes has no size histogram.
+    request_sizes: std::sync::OnceLock<Histogram>,
+    response_sizes: std::sync::OnceLock<Histogram>,
+}
+
+impl RequestSeries {
     /// Counts a request answered after `took`, with body sizes where known.
+    pub fn record(&self, metrics: &Metrics, took: Duration, (request, response): (Option<u64>, Option<u64>)) {
+        self.requests.inc();
+        self.durations.observe(took.as_secs_f64() * 1000.0);
+        let sized =
+            |kept: &std::sync::OnceLock<Histogram>, family: &Family<RequestLabels, Histogram, _>, size| {
+                kept.get_or_init(|| family.get_or_create(&self.labels).clone()).observe(size as f64);
+            };
+        if let Some(size) = request {
+            sized(&self.request_sizes, &metrics.request_sizes, size);
+        }
+        if let Some(size) = response {
+            sized(&self.response_sizes, &metrics.response_sizes, size);
+        }
+    }
+
+    pub fn labels(&self) -> &RequestLabels {
+        &self.labels
+    }
+}
+
+impl Metrics {
+    /// The series of requests labelled `labels`.
+    pub fn request_series(&self, labels: RequestLabels) -> RequestSeries {
+        RequestSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            durations: self.durations.get_or_create(&labels).clone(),
+            request_sizes: std::sync::OnceLock::new(),
+            response_sizes: std::sync::OnceLock::new(),
+            labels,
+        }
+    }
+
+    /// Counts a request labelled `labels` answered after `took`, with body sizes where known.
     pub fn request(&self, labels: &RequestLabels, took: Duration, sizes: (Option<u64>, Option<u64>)) {
-        self.requests.get_or_create(labels).inc();
-        self.durations.get_or_create(labels).observe(took.as_secs_f64() * 1000.0);
-        if let Some(size) = sizes.0 {
-            self.request_sizes.get_or_create(labels).observe(size as f64);
-        }
-        if let Some(size) = sizes.1 {
-            self.response_sizes.get_or_create(labels).observe(size as f64);
-        }
+        self.request_series(labels.clone()).record(self, took, sizes);
     }
 
     /// Counts a connection relayed at L4 once its tunnel is open.

@@ -85,7 +85,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    weft_api::daemon::init_logging();
+    let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
     let root_file =
