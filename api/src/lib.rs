@@ -7,6 +7,7 @@
 //! to domain types live with each consumer.
 
 pub mod admin;
+pub mod claims;
 pub mod clock;
 pub mod daemon;
 pub mod enrollment;

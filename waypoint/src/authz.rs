@@ -341,9 +341,10 @@ fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option
         "request.auth.audiences" => Values::globs(values, not_values, false).map(Constraint::Audience),
         "request.auth.presenter" => Values::globs(values, not_values, false).map(Constraint::Presenter),
         _ if key.starts_with("request.auth.claims[") => {
-            let Some(path) = claim_path(&key) else {
+            let Some(path) = weft_api::claims::claim_path(&key) else {
                 return Err(Error::UnknownKey { policy: policy.to_owned(), key });
             };
+            let path = path.into_iter().map(str::to_owned).collect();
             Values::globs(values, not_values, false).map(|values| Constraint::Claim(path, values))
         }
         _ => {
@@ -359,22 +360,6 @@ fn parse_condition(policy: &str, condition: api::HttpCondition) -> Result<Option
         }
     };
     Ok(constraint)
-}
-
-/// The names in `request.auth.claims[a][b]…`, outermost first; `None` unless each is
-/// bracketed and not empty.
-fn claim_path(key: &str) -> Option<Vec<String>> {
-    let mut rest = key.strip_prefix("request.auth.claims")?;
-    let mut path = Vec::new();
-    while !rest.is_empty() {
-        let (name, after) = rest.strip_prefix('[')?.split_once(']')?;
-        if name.is_empty() || name.contains('[') {
-            return None;
-        }
-        path.push(name.to_owned());
-        rest = after;
-    }
-    (!path.is_empty()).then_some(path)
 }
 
 /// Where a value sits, to name it in an error.

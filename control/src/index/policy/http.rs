@@ -22,19 +22,6 @@ pub const KEYS: [&str; 7] = [
     "request.auth.presenter",
 ];
 
-/// `request.auth.claims[<name>]`, with more `[<name>]` for claims inside objects.
-fn is_claim_key(key: &str) -> bool {
-    let Some(mut rest) = key.strip_prefix("request.auth.claims") else { return false };
-    let mut names = 0;
-    while let Some((name, after)) = rest.strip_prefix('[').and_then(|inner| inner.split_once(']')) {
-        if name.is_empty() || name.contains('[') {
-            return false;
-        }
-        (names, rest) = (names + 1, after);
-    }
-    names > 0 && rest.is_empty()
-}
-
 /// The resource for `policy` and notes on it, or `None` when it names no target of the mesh's
 /// waypoints (no `targetRefs`, or only kinds waypoints do not serve, which are noted).
 pub fn convert(
@@ -176,7 +163,7 @@ fn rule(rule: &Rule) -> (api::HttpRule, Vec<String>) {
                 condition.key.strip_prefix("request.headers[").and_then(|rest| rest.strip_suffix(']'));
             let known = KEYS.contains(&condition.key.as_str())
                 || header.is_some_and(is_header_name)
-                || is_claim_key(&condition.key);
+                || weft_api::claims::claim_path(&condition.key).is_some();
             if !known {
                 unenforceable.push(format!("condition {} is not checked by waypoints yet", condition.key));
             }
