@@ -197,7 +197,7 @@ impl Handler for Delivery {
         // `sent` went to the app: it is what the source sent.
         self.context.metrics.closed(&self.labels(request), sent, received);
         let destination = self.pod.identity(&self.context.trust_domain);
-        tracing::info!(src = %request.peer, dst = %destination, target = %request.target, sent, received, trace = request.traceparent.as_deref(), "inbound HBONE closed");
+        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, trace = request.traceparent.as_deref(), "inbound HBONE closed");
     }
 
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {

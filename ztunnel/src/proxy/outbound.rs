@@ -304,7 +304,7 @@ async fn proxy(
                 let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
-                tracing::info!(src = %source, dst = %expected, %target, upstream = %addr, via = %via.ip, sent, received, trace = %traceparent, "outbound via HBONE closed");
+                tracing::info!(target: "weft_ztunnel::access", src = %source, dst = %expected, %target, upstream = %addr, via = %via.ip, sent, received, trace = %traceparent, "outbound via HBONE closed");
             }
             Route::Direct(addr) => {
                 let mut upstream = match Box::pin(connect_in(netns, addr)).await {
@@ -328,7 +328,7 @@ async fn proxy(
                 let (sent, received) = live.connection.counts.get();
                 context.metrics.closed(&labels, sent, received);
                 relayed?;
-                tracing::info!(pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
+                tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
             }
         }
         return Ok(());
