@@ -18,8 +18,7 @@ use std::{
 
 use tokio::{runtime::Runtime, sync::mpsc, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
-
-use crate::inbound::Inbound;
+use weft_proxy::hbone::server::Handler;
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(0) };
@@ -60,8 +59,9 @@ struct Worker {
 }
 
 impl Workers {
-    /// Starts `count` workers (at least one) serving HBONE connections with `handler`.
-    pub fn start(count: usize, handler: &Arc<Inbound>) -> std::io::Result<Self> {
+    /// Starts `count` workers (at least one) serving HBONE connections with `handler` (the
+    /// waypoint's [`crate::inbound::Inbound`]).
+    pub fn start<H: Handler>(count: usize, handler: &Arc<H>) -> std::io::Result<Self> {
         let (done, ended) = mpsc::channel(1);
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
@@ -113,11 +113,11 @@ impl Workers {
 }
 
 /// A worker's thread: serves the connections handed to it until its queue ends and they have.
-fn run(
+fn run<H: Handler>(
     index: usize,
     runtime: &Runtime,
     mut accepted: mpsc::UnboundedReceiver<Accepted>,
-    handler: &Arc<Inbound>,
+    handler: &Arc<H>,
     open: &Arc<AtomicUsize>,
     _done: mpsc::Sender<()>,
 ) {
@@ -150,4 +150,95 @@ fn run(
         }
         while connections.join_next().await.is_some() {}
     });
+}
+
+#[cfg(test)]
+mod tests {
+    //! Workers serving real HBONE: TLS 1.3 and HTTP/2 CONNECT on loopback.
+    use std::{net::Ipv4Addr, time::Duration};
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+    };
+    use tokio_rustls::TlsAcceptor;
+    use weft_proxy::{
+        hbone::{
+            Stream,
+            client::{Connection, Origin},
+            server::{ConnectRequest, Handler, Refusal, Upstream},
+        },
+        identity::Identity,
+        relay::Counts,
+        tls::{self, test_ca::TestCa},
+    };
+
+    use super::{Accepted, Workers};
+
+    /// Answers every stream with the name of the thread serving it.
+    struct ThreadNames;
+
+    struct NameOfThread;
+
+    impl Upstream for NameOfThread {
+        async fn carry(self, mut stream: Stream, _counts: &Counts) -> std::io::Result<()> {
+            let name = std::thread::current().name().unwrap_or_default().to_owned();
+            stream.write_all(name.as_bytes()).await?;
+            stream.shutdown().await
+        }
+    }
+
+    impl Handler for ThreadNames {
+        type Upstream = NameOfThread;
+
+        async fn connect(&self, _request: ConnectRequest) -> Result<NameOfThread, Refusal> {
+            Ok(NameOfThread)
+        }
+    }
+
+    /// The thread that serves a new stream on `connection`.
+    async fn serving_thread(connection: &Connection, target: std::net::SocketAddr) -> String {
+        let origin = Origin { source: target, service_host: None, baggage: String::new() };
+        let mut stream = connection.open(target, &origin, Origin::TEST_TRACEPARENT).await.unwrap();
+        let mut name = String::new();
+        stream.read_to_string(&mut name).await.unwrap();
+        name
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_served_whole_on_the_least_busy_worker_and_a_drain_ends_with_the_connections() {
+        let ca = TestCa::new("mesh");
+        let waypoint = Identity::new("cluster.local", "shop", "waypoint");
+        let client = ca.issue(&Identity::new("cluster.local", "shop", "client"));
+        let acceptor = TlsAcceptor::from(tls::server_config(&ca.issue(&waypoint)).unwrap());
+        let mut workers = Workers::start(2, &std::sync::Arc::new(ThreadNames)).unwrap();
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut connections = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let (accepted, peer) = listener.accept().await.unwrap();
+            workers.serve(Accepted { tcp: accepted.into_std().unwrap(), acceptor: acceptor.clone(), peer });
+            let config = tls::client_config(&client, &waypoint.clone().into()).unwrap();
+            let connection = Connection::handshake(tcp, config).await.unwrap();
+            // Every stream of a connection, on the thread its connection is on.
+            let first = serving_thread(&connection, addr).await;
+            assert_eq!(serving_thread(&connection, addr).await, first);
+            threads.push(first);
+            connections.push(connection);
+        }
+        assert!(threads.iter().all(|name| name.starts_with("weft-worker-")), "{threads:?}");
+        assert_ne!(threads[0], threads[1], "the second connection went to the busier worker");
+        assert_eq!(workers.open(), 2);
+
+        drop(connections);
+        tokio::time::timeout(Duration::from_secs(10), workers.drain()).await.unwrap();
+        assert_eq!(workers.open(), 0);
+        // A connection handed over after the drain began is not served.
+        let _tcp = TcpStream::connect(addr).await.unwrap();
+        let (late, peer) = listener.accept().await.unwrap();
+        workers.serve(Accepted { tcp: late.into_std().unwrap(), acceptor, peer });
+        assert_eq!(workers.open(), 0);
+    }
 }
