@@ -792,6 +792,71 @@ async fn a_request_goes_to_the_endpoint_with_the_fewest_requests_in_flight() {
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_which_applies_its_policies() {
+    let mut scene = Scene::start().await;
+    // Service `special` and its pod are behind shop's second waypoint, `other` (on node 1).
+    let special = PodTemplate::new("shop", "special")
+        .service_account("special")
+        .label("app", "special")
+        .label("weft.dev/use-waypoint", "other");
+    let special = scene.cluster.add_pod(1, &special).await.unwrap();
+    let _special_server = apps::http_echo(&special, ECHO_PORT, "special").unwrap();
+    create_service(&scene.cluster, "special", &[("app", "special")]).await;
+    let behind_other = serde_json::json!({ "metadata": { "labels": { "weft.dev/use-waypoint": "other" } } });
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop")
+        .patch("special", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&behind_other))
+        .await
+        .unwrap();
+    let mut other = Waypoint::start(&mut scene.cluster, &scene.plane, "shop", "other", 1).await.unwrap();
+    // Echo's route sends /special to it; `other` denies /special/locked.
+    let deny = serde_json::json!({
+        "targetRefs": [{ "group": "", "kind": "Service", "name": "special" }],
+        "action": "DENY",
+        "rules": [{ "to": [{ "operation": { "paths": ["/special/locked"] } }] }],
+    });
+    apply_policy(&scene.cluster, "locked", deny).await;
+    let route = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo", "port": 80 }],
+        "rules": [
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/special" } }],
+              "backendRefs": [{ "name": "special", "port": 80 }] },
+            { "backendRefs": [{ "name": "echo-v1", "port": 80 }] },
+        ],
+    });
+    create_http_route(scene.cluster.client(), "shop", "echo", route).await.unwrap();
+    let (client, to_echo) = (scene.client.clone(), scene.to_echo);
+    tokio::task::block_in_place(|| {
+        // Before, `waypoint` sent it to special's pod, whose node proxy refused what bypassed
+        // `other`: every request failed.
+        weft_tests::until("the route to reach Service special", WAIT, || {
+            let tally = apps::http_requests(&client, to_echo, "/special/check", &[], 1).unwrap();
+            answered_by(&tally, "special") == 1
+        })
+        .unwrap();
+        let tally = apps::http_requests(&client, to_echo, "/special/items", &[], 20).unwrap();
+        assert_eq!(answered_by(&tally, "special"), 20, "{tally}");
+        // Both waypoints served each: `waypoint` for the client, `other` for `waypoint`.
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(|line| line.contains(" request") && line.contains("/special/items"), WAIT)
+            .unwrap();
+        assert!(line.contains("status=200") && line.contains("ns/shop/sa/client"), "{line}");
+        let line = other
+            .process()
+            .wait_for(|line| line.contains(" request") && line.contains("/special/items"), WAIT)
+            .unwrap();
+        assert!(line.contains("status=200") && line.contains("ns/shop/sa/waypoint"), "{line}");
+        // `other`'s policy holds for what comes through `waypoint`.
+        weft_tests::until("`other` to deny /special/locked", WAIT, || {
+            let tally = apps::http_requests(&client, to_echo, "/special/locked", &[], 1).unwrap();
+            tally.contains("1 status=403")
+        })
+        .unwrap();
+    });
+}
+
 const TCP_PORT: u16 = 7000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -194,6 +194,28 @@ struct Answered<'a> {
     labels: &'a RequestLabels,
 }
 
+/// A backend Service behind a waypoint other than this one, and that waypoint's pods.
+struct Chained {
+    backend: String,
+    pods: Vec<Arc<Workload>>,
+    identity: weft_proxy::identity::Identity,
+    /// The backend's addresses: what the CONNECT names.
+    vips: Vec<std::net::IpAddr>,
+}
+
+impl Chained {
+    /// A waypoint pod to send through, at random (each attempt picks again), with the peer to
+    /// expect there and the backend's address of the client's family (else its first).
+    fn pick(&self, client: &SocketAddr) -> Result<(Arc<Workload>, Peer, std::net::IpAddr), Failure> {
+        let v4 = client.ip().to_canonical().is_ipv4();
+        let vip = self.vips.iter().find(|vip| vip.is_ipv4() == v4).or(self.vips.first()).copied();
+        let vip = vip.ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
+        let pod = self.pods[fastrand::usize(..self.pods.len())].clone();
+        let ip = address_of(&pod, client).ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
+        Ok((pod, Peer { ip, expected: self.identity.clone().into() }, vip))
+    }
+}
+
 /// What a request was routed to.
 #[derive(Debug, Default)]
 struct Routed {
@@ -565,7 +587,7 @@ impl Session {
                 routed.endpoint = Some(target);
                 routed.workload = Some(workload.clone());
                 onward(request.headers_mut(), span);
-                return self.forward(workload, target, request.map(BodyExt::boxed), None).await;
+                return self.forward(workload, target, request.map(BodyExt::boxed), None, None).await;
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
@@ -682,8 +704,10 @@ impl Session {
                 &default_policy
             }
         };
+        // A backend behind a waypoint of its own goes through it, which applies its policies.
+        let chained = self.chained(backend)?;
         // The backend's own circuit breaker, whatever route the request came by.
-        let backend_routes = self.context.routes.get(backend);
+        let backend_routes = self.context.routes.get(backend).filter(|_| chained.is_none());
         let breaker = backend_routes.as_deref().and_then(|routes| routes.policies().circuit_breaker.as_ref());
         let detection = breaker.and_then(|breaker| breaker.detection.as_ref());
         let budget = self.context.budgets.of(backend);
@@ -724,8 +748,17 @@ impl Session {
         let mut tried = Vec::new();
         let mut _retrying = None;
         loop {
-            let (workload, target, serving) =
-                self.choose(backend, port, &tried, detection.is_some(), pick, hash_key)?;
+            let (workload, target, serving, via) = match &chained {
+                Some(chained) => {
+                    let (pod, peer, vip) = chained.pick(&self.client.address)?;
+                    (pod, SocketAddr::new(vip, port), Vec::new(), Some(peer))
+                }
+                None => {
+                    let (workload, target, serving) =
+                        self.choose(backend, port, &tried, detection.is_some(), pick, hash_key)?;
+                    (workload, target, serving, None)
+                }
+            };
             routed.endpoint = Some(target);
             routed.workload = Some(workload.clone());
             let body = match (&kept, streamed.take()) {
@@ -735,7 +768,7 @@ impl Session {
             };
             let counting = self.context.in_flight.start(target);
             let answer = self
-                .forward(&workload, target, copy(&parts, body), rule)
+                .forward(&workload, target, copy(&parts, body), rule, via.as_ref())
                 .await
                 .map(|response| response.map(|body| Counted::new(body, counting).boxed()));
             let outcome = match &answer {
@@ -776,6 +809,30 @@ impl Session {
         }
     }
 
+    /// The waypoint in front of Service `backend`, when it has one that is not this waypoint:
+    /// the request is sent through it, as a client's node proxy would send it, rather than to
+    /// the backend's pods, whose node proxies refuse what bypasses their waypoint. 503 when that
+    /// waypoint is not known.
+    fn chained(&self, backend: &str) -> Result<Option<Chained>, Failure> {
+        let state = &self.context.state;
+        let Some((service, _)) = state.service_by_key(backend) else { return Ok(None) };
+        let Some(waypoint) = service.waypoint.as_ref().filter(|waypoint| !self.context.is_me(waypoint))
+        else {
+            return Ok(None);
+        };
+        let no_waypoint =
+            || Failure::Connect(format!("{backend} is behind waypoint {waypoint}, which has no ready pod"));
+        let (_, pods) = state.waypoint(waypoint).ok_or_else(no_waypoint)?;
+        let identity =
+            state.waypoint_identity(waypoint, &self.context.trust_domain).ok_or_else(no_waypoint)?;
+        let pods: Vec<Arc<Workload>> = pods.into_iter().filter(|pod| pod.healthy).collect();
+        if pods.is_empty() {
+            return Err(no_waypoint());
+        }
+        let vips = service.vips.iter().map(|vip| vip.ip).collect();
+        Ok(Some(Chained { backend: backend.to_owned(), pods, identity, vips }))
+    }
+
     /// Sends a copy of the request to each of `mirrors` that samples it, its host suffixed
     /// `-shadow` as Envoy marks a copy, in a task of its own: the answer, or a failure, is
     /// only logged and never delays the request. Only a body kept whole can be copied: a
@@ -800,7 +857,7 @@ impl Session {
                 let _permit = permit;
                 let sent = async {
                     let (workload, target) = session.endpoint(&service, port, &[])?;
-                    let response = session.forward(&workload, target, request, None).await?;
+                    let response = session.forward(&workload, target, request, None, None).await?;
                     Ok::<_, Failure>(response.status())
                 };
                 match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
@@ -893,17 +950,19 @@ impl Session {
         Ok((workload, target, all))
     }
 
-    /// Sends `request` to `workload` at `target` (within the rule's backend timeout).
+    /// Sends `request` to `workload` at `target` (within the rule's backend timeout), or
+    /// through the waypoint pod `via` names, `target` then being its Service's address.
     async fn forward(
         &self,
         workload: &Workload,
         target: SocketAddr,
         request: Request<Body>,
         rule: Option<&Rule>,
+        via: Option<&Peer>,
     ) -> Result<Response<Body>, Failure> {
         let attempt = async {
             let version = request.version();
-            let mut upstream = self.upstream(workload, target, version).await?;
+            let mut upstream = self.upstream(workload, target, version, via).await?;
             let response = match &mut upstream {
                 Upstream::Http1(sender) => sender.send_request(request).await,
                 Upstream::Http2(sender) => sender.send_request(request).await,
@@ -923,12 +982,14 @@ impl Session {
         Ok(response)
     }
 
-    /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream.
+    /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream
+    /// (to `target`'s pod, or `via` another waypoint).
     async fn upstream(
         &self,
         workload: &Workload,
         target: SocketAddr,
         version: Version,
+        via: Option<&Peer>,
     ) -> Result<Upstream, Failure> {
         let mut upstreams = self.upstreams.lock().await;
         match upstreams.remove(&(target, version)) {
@@ -941,7 +1002,7 @@ impl Session {
             _ => {}
         }
         drop(upstreams);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target, via))
             .await
             .map_err(|_| Failure::Connect(format!("{target}: connect timed out")))??;
         let io = TokioIo::new(stream);
@@ -959,15 +1020,24 @@ impl Session {
     }
 
     /// An HBONE stream to `target`, from the waypoint's identity to the endpoint's, on a pooled
-    /// connection to its pod.
-    async fn tunnel(&self, workload: &Workload, target: SocketAddr) -> Result<Tunnel, Failure> {
+    /// connection to its pod; or to the waypoint pod `via` names, which must prove its
+    /// waypoint's identity.
+    async fn tunnel(
+        &self,
+        workload: &Workload,
+        target: SocketAddr,
+        via: Option<&Peer>,
+    ) -> Result<Tunnel, Failure> {
         let context = &self.context;
         let cert = context
             .identities
             .fetch(&context.identity)
             .await
             .map_err(|error| Failure::Connect(format!("no certificate: {error}")))?;
-        let peer = Peer { ip: target.ip(), expected: workload.identity(&context.trust_domain).into() };
+        let peer = match via {
+            Some(via) => via.clone(),
+            None => Peer { ip: target.ip(), expected: workload.identity(&context.trust_domain).into() },
+        };
         let service_host = match &self.destination {
             Destination::Service(service, _) => Some(service.hostname.clone()),
             Destination::Workload(..) => None,

@@ -147,7 +147,7 @@ impl Session {
                 self.endpoint(&backend, backend_port, &[]).map_err(|failure| failure.to_string())?
             }
         };
-        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target))
+        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target, None))
             .await
             .map_err(|_| format!("{target}: connect timed out"))?
             .map_err(|failure| failure.to_string())?;
