@@ -81,8 +81,15 @@ pub struct Session {
     series: std::sync::Mutex<Vec<KeptSeries>>,
 }
 
-/// A request series a session counted in, with the endpoint workload its requests went to.
-type KeptSeries = (Option<Arc<Workload>>, Arc<RequestSeries>);
+/// A request series a session counted in, with the workloads its labels were read from: the
+/// client's and the endpoint's, as the configuration had them (a changed workload is a new
+/// one, whose labels are read anew).
+#[derive(Debug)]
+struct KeptSeries {
+    source: Option<Arc<Workload>>,
+    destination: Option<Arc<Workload>>,
+    series: Arc<RequestSeries>,
+}
 
 /// A session keeps at most this many request series; more, and it starts again.
 const SERIES_KEPT: usize = 16;
@@ -443,40 +450,46 @@ impl Session {
     /// The series a request `routed` so and answered with `status` is counted in: one this
     /// session counted in before, or a new one.
     fn series(&self, routed: &Routed, status: StatusCode) -> Arc<RequestSeries> {
+        let source = self.context.state.workload_by_ip(self.client.address.ip());
+        let same = |kept: &Option<Arc<Workload>>, now: &Option<Arc<Workload>>| match (kept, now) {
+            (Some(kept), Some(now)) => Arc::ptr_eq(kept, now),
+            (kept, now) => kept.is_none() && now.is_none(),
+        };
         let mut kept = self.series.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let found = kept.iter().find(|(workload, series)| {
-            let labels = series.labels();
+        let found = kept.iter().find(|kept| {
+            let labels = kept.series.labels();
             labels.response_code == status.as_u16()
                 && labels.route == routed.route
-                && workload.as_ref().map(|workload| &workload.uid)
-                    == routed.workload.as_ref().map(|workload| &workload.uid)
+                && same(&kept.source, &source)
+                && same(&kept.destination, &routed.workload)
         });
-        if let Some((_, series)) = found {
-            return series.clone();
+        if let Some(found) = found {
+            return found.series.clone();
         }
-        let series = Arc::new(self.context.metrics.request_series(self.labels(routed, status)));
+        let labels = self.labels(routed, status, source.as_deref());
+        let series = Arc::new(self.context.metrics.request_series(labels));
         if kept.len() >= SERIES_KEPT {
             kept.clear();
         }
-        kept.push((routed.workload.clone(), series.clone()));
+        kept.push(KeptSeries { source, destination: routed.workload.clone(), series: series.clone() });
         series
     }
 
-    /// The metric labels of a request `routed` so, answered with `status`.
-    fn labels(&self, routed: &Routed, status: StatusCode) -> RequestLabels {
+    /// The metric labels of a request from the client's `source` workload `routed` so,
+    /// answered with `status`.
+    fn labels(&self, routed: &Routed, status: StatusCode, source: Option<&Workload>) -> RequestLabels {
         RequestLabels {
             reporter: "waypoint",
             response_code: status.as_u16(),
             route: routed.route.clone(),
-            peers: self.peers(routed.workload.as_deref()),
+            peers: self.peers(source, routed.workload.as_deref()),
         }
     }
 
-    /// The client and, when one was chosen, the endpoint's `destination` workload, as metrics
-    /// label them.
-    fn peers(&self, destination: Option<&Workload>) -> Peers {
+    /// The client's `source` workload and, when one was chosen, the endpoint's `destination`
+    /// workload, as metrics label them.
+    fn peers(&self, source: Option<&Workload>, destination: Option<&Workload>) -> Peers {
         let unknown = || UNKNOWN.to_owned();
-        let source = self.context.state.workload_by_ip(self.client.address.ip());
         Peers {
             source_workload: source
                 .as_ref()

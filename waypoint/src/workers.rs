@@ -5,7 +5,8 @@
 //! a context switch: four per request as measured, and a quarter of the waypoint's CPU per
 //! request (0.197 → 0.147 vCPU at 1000 requests/s, `cargo xtask bench --waypoint`). For the same reason each worker dials endpoints from a pool of its own
 //! ([`crate::app::Context::pool`]).
-//! A new connection goes to the worker with the fewest open. The main thread keeps what is not
+//! A new connection goes to the worker with the fewest open: work is spread by connection, not
+//! by request (a node proxy under load opens several to the waypoint, its pool's lanes). The main thread keeps what is not
 //! per request: accepting, xDS, certificates, the admin endpoints, span export.
 use std::{
     cell::Cell,
@@ -50,6 +51,9 @@ pub struct Workers {
     ended: mpsc::Receiver<()>,
 }
 
+/// The count of a worker whose thread is gone: more than any other's.
+const GONE: usize = usize::MAX / 2;
+
 #[derive(Debug)]
 struct Worker {
     /// None once draining.
@@ -78,27 +82,32 @@ impl Workers {
     }
 
     /// Hands `accepted` to the worker with the fewest open connections.
-    pub fn serve(&self, accepted: Accepted) {
-        let worker = self
-            .workers
-            .iter()
-            .min_by_key(|worker| worker.open.load(Ordering::Relaxed))
-            .expect("invariant: at least one worker");
-        let Some(queue) = &worker.queue else {
-            tracing::debug!(peer = %accepted.peer, "draining: HBONE connection dropped");
-            return;
-        };
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        if queue.send(accepted).is_err() {
-            // Its thread is gone: the connection goes with it.
-            worker.open.fetch_sub(1, Ordering::Relaxed);
-            tracing::error!("a worker thread has ended; HBONE connection dropped");
+    pub fn serve(&self, mut accepted: Accepted) {
+        let mut workers: Vec<&Worker> = self.workers.iter().collect();
+        workers.sort_by_key(|worker| worker.open.load(Ordering::Relaxed));
+        for worker in workers {
+            let Some(queue) = &worker.queue else {
+                tracing::debug!(peer = %accepted.peer, "draining: HBONE connection dropped");
+                return;
+            };
+            worker.open.fetch_add(1, Ordering::Relaxed);
+            match queue.send(accepted) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => {
+                    // Its thread is gone (it panicked): never chosen again, the next one serves.
+                    worker.open.store(GONE, Ordering::Relaxed);
+                    tracing::error!("a worker thread has ended; its connections went with it");
+                    accepted = back;
+                }
+            }
         }
+        tracing::error!(peer = %accepted.peer, "no worker thread left; HBONE connection dropped");
     }
 
     /// Connections open on every worker.
     pub fn open(&self) -> usize {
-        self.workers.iter().map(|worker| worker.open.load(Ordering::Relaxed)).sum()
+        let counts = self.workers.iter().map(|worker| worker.open.load(Ordering::Relaxed));
+        counts.filter(|open| *open < GONE).sum()
     }
 
     /// Takes no more connections; resolves once every open one has ended.
@@ -109,6 +118,15 @@ impl Workers {
             worker.queue = None;
         }
         while self.ended.recv().await.is_some() {}
+    }
+}
+
+/// A connection handed to a worker, counted in its `open` until this goes.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -125,8 +143,10 @@ fn run<H: Handler>(
     runtime.block_on(async {
         let mut connections = JoinSet::new();
         let serve = |connections: &mut JoinSet<()>, Accepted { tcp, acceptor, peer }: Accepted| {
-            let (handler, open) = (handler.clone(), open.clone());
+            let (handler, open) = (handler.clone(), Open(open.clone()));
             connections.spawn(async move {
+                // Counted out when the task ends, even by a panic.
+                let _open = open;
                 let served = match tokio::net::TcpStream::from_std(tcp) {
                     Ok(tcp) => weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler)
                         .await
@@ -136,7 +156,6 @@ fn run<H: Handler>(
                 if let Err(error) = served {
                     tracing::info!(%peer, %error, "HBONE connection failed");
                 }
-                open.fetch_sub(1, Ordering::Relaxed);
             });
         };
         loop {

@@ -155,7 +155,10 @@ impl Session {
         let labels = ConnectionLabels {
             reporter: "waypoint",
             route: route.clone(),
-            peers: self.peers(Some(&workload)),
+            peers: self.peers(
+                self.context.state.workload_by_ip(self.client.address.ip()).as_deref(),
+                Some(&workload),
+            ),
         };
         self.context.metrics.connection_opened(&labels);
         let relayed = tokio::io::copy_bidirectional(stream, &mut tunnel).await;
