@@ -801,7 +801,7 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
         .label("app", "special")
         .label("weft.dev/use-waypoint", "other");
     let special = scene.cluster.add_pod(1, &special).await.unwrap();
-    let _special_server = apps::http_echo(&special, ECHO_PORT, "special").unwrap();
+    let mut special_server = apps::http_echo(&special, ECHO_PORT, "special").unwrap();
     create_service(&scene.cluster, "special", &[("app", "special")]).await;
     let behind_other = serde_json::json!({ "metadata": { "labels": { "weft.dev/use-waypoint": "other" } } });
     Api::<k8s_openapi::api::core::v1::Service>::namespaced(scene.cluster.client(), "shop")
@@ -821,6 +821,10 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
         "rules": [
             { "matches": [{ "path": { "type": "PathPrefix", "value": "/special" } }],
               "backendRefs": [{ "name": "special", "port": 80 }] },
+            { "matches": [{ "path": { "type": "PathPrefix", "value": "/copied" } }],
+              "filters": [{ "type": "RequestMirror",
+                            "requestMirror": { "backendRef": { "name": "special", "port": 80 } } }],
+              "backendRefs": [{ "name": "echo-v1", "port": 80 }] },
             { "backendRefs": [{ "name": "echo-v1", "port": 80 }] },
         ],
     });
@@ -848,6 +852,11 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
             .wait_for(|line| line.contains(" request") && line.contains("/special/items"), WAIT)
             .unwrap();
         assert!(line.contains("status=200") && line.contains("ns/shop/sa/waypoint"), "{line}");
+        // A mirror's copy goes through `other` too.
+        let tally = apps::http_requests(&client, to_echo, "/copied", &[], 1).unwrap();
+        assert_eq!(answered_by(&tally, "v1"), 1, "{tally}");
+        special_server.wait_for(|line| line == "served GET /copied", WAIT).unwrap();
+        other.process().wait_for(|line| line.contains(" request") && line.contains("/copied"), WAIT).unwrap();
         // `other`'s policy holds for what comes through `waypoint`.
         weft_tests::until("`other` to deny /special/locked", WAIT, || {
             let tally = apps::http_requests(&client, to_echo, "/special/locked", &[], 1).unwrap();

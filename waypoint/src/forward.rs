@@ -211,15 +211,15 @@ struct Chained {
 }
 
 impl Chained {
-    /// A waypoint pod to send through, at random (each attempt picks again), with the peer to
-    /// expect there and the backend's address of the client's family (else its first).
-    fn pick(&self, client: &SocketAddr) -> Result<(Arc<Workload>, Peer, std::net::IpAddr), Failure> {
+    /// A waypoint pod to send through, at random (each attempt picks again), the backend's
+    /// address at `port` of the client's family (else its first), and the peer to expect there.
+    fn hop(&self, client: &SocketAddr, port: u16) -> Result<(Arc<Workload>, SocketAddr, Peer), Failure> {
         let v4 = client.ip().to_canonical().is_ipv4();
         let vip = self.vips.iter().find(|vip| vip.is_ipv4() == v4).or(self.vips.first()).copied();
         let vip = vip.ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
         let pod = self.pods[fastrand::usize(..self.pods.len())].clone();
         let ip = address_of(&pod, client).ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
-        Ok((pod, Peer { ip, expected: self.identity.clone().into() }, vip))
+        Ok((pod, SocketAddr::new(vip, port), Peer { ip, expected: self.identity.clone().into() }))
     }
 }
 
@@ -763,8 +763,8 @@ impl Session {
         loop {
             let (workload, target, serving, via) = match &chained {
                 Some(chained) => {
-                    let (pod, peer, vip) = chained.pick(&self.client.address)?;
-                    (pod, SocketAddr::new(vip, port), Vec::new(), Some(peer))
+                    let (pod, target, peer) = chained.hop(&self.client.address, port)?;
+                    (pod, target, Vec::new(), Some(peer))
                 }
                 None => {
                     let (workload, target, serving) =
@@ -869,8 +869,17 @@ impl Session {
             tokio::spawn(async move {
                 let _permit = permit;
                 let sent = async {
-                    let (workload, target) = session.endpoint(&service, port, &[])?;
-                    let response = session.forward(&workload, target, request, None, None).await?;
+                    let (workload, target, via) = match session.chained(&service)? {
+                        Some(chained) => {
+                            let (pod, target, peer) = chained.hop(&session.client.address, port)?;
+                            (pod, target, Some(peer))
+                        }
+                        None => {
+                            let (workload, target) = session.endpoint(&service, port, &[])?;
+                            (workload, target, None)
+                        }
+                    };
+                    let response = session.forward(&workload, target, request, None, via.as_ref()).await?;
                     Ok::<_, Failure>(response.status())
                 };
                 match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
