@@ -76,8 +76,8 @@ pub struct Session {
     service_key: Option<String>,
     /// Per endpoint address and HTTP version: an HTTP connection over an HBONE stream.
     upstreams: Mutex<HashMap<(SocketAddr, Version), Upstream>>,
-    /// The request series its requests were counted in, with the endpoint's workload (a few:
-    /// within a stream, status, route and endpoint vary little).
+    /// The request series its requests were counted in (a few: within a stream, status, route
+    /// and endpoint vary little).
     series: std::sync::Mutex<Vec<KeptSeries>>,
 }
 
