@@ -189,11 +189,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a request labelled `labels` answered after `took`, with body sizes where known.
-    pub fn request(&self, labels: &RequestLabels, took: Duration, sizes: (Option<u64>, Option<u64>)) {
-        self.request_series(labels.clone()).record(self, took, sizes);
-    }
-
     /// Counts a connection relayed at L4 once its tunnel is open.
     pub fn connection_opened(&self, labels: &ConnectionLabels) {
         self.connections_opened.get_or_create(labels).inc();
@@ -269,7 +264,7 @@ mod tests {
             route: "shop/echo".into(),
             peers: peers(),
         };
-        metrics.request(&labels, Duration::from_millis(3), (Some(100), None));
+        metrics.request_series(labels).record(&metrics, Duration::from_millis(3), (Some(100), None));
         let text = metrics.encode();
         assert!(
             text.contains(
