@@ -20,7 +20,7 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{Program, ProgramError},
 };
-use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, Endpoint, Enrolled, map, pin, program};
+use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, Enrolled, map, pin, program};
 
 mod link;
 mod migrate;
@@ -96,10 +96,7 @@ pub struct PodAddrs {
 impl PodAddrs {
     /// The addresses as the enrollment map stores them.
     pub fn to_map_value(&self) -> Enrolled {
-        Enrolled {
-            ipv4: self.ipv4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
-            ipv6: self.ipv6.map(|ip| Endpoint::from_ip(ip.into(), 0).ip).unwrap_or([0; 4]),
-        }
+        Enrolled::new(self.ipv4, self.ipv6)
     }
 }
 

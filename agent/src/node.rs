@@ -471,9 +471,12 @@ impl<C: Capture> Agent<'_, C> {
                 let stale = pinned.into_iter().filter(|(cookie, addresses)| {
                     !known.contains(cookie) && !wanted_addresses.contains(addresses)
                 });
-                for (cookie, _) in stale {
+                for (cookie, addresses) in stale {
+                    let (ipv4, ipv6) = addresses.addresses();
                     tracing::info!(
                         cookie,
+                        ?ipv4,
+                        ?ipv6,
                         "removing the pinned enrollment or handover of a pod that is gone"
                     );
                     if let Err(error) = self.capture.unenroll(cookie) {

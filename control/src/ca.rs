@@ -284,10 +284,16 @@ impl Authority {
     /// the intermediate's own end. Returns the chain as Istio's CA does: the leaf, the
     /// intermediate, and last the trust bundle (every root, concatenated).
     pub fn sign(&self, csr_pem: &str, identity: &str, ttl: Duration) -> Result<Vec<String>, Refusal> {
-        check_csr(csr_pem, identity)?;
+        // The PEM is read once: the request checked is the request signed (two PEM readers could
+        // each take a different block of one text).
+        let der = x509_parser::pem::parse_x509_pem(csr_pem.as_bytes())
+            .map_err(|e| Refusal::BadCsr(e.to_string()))?
+            .1
+            .contents;
+        check_csr(&der, identity)?;
         let current = self.current();
-        let mut csr =
-            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+        let mut csr = CertificateSigningRequestParams::from_der(&der.into())
+            .map_err(|e| Refusal::BadCsr(e.to_string()))?;
         let now = self.clock.now();
         let max_ttl = self.lifetimes.max_leaf;
         let ttl = if ttl.is_zero() { max_ttl } else { ttl.min(max_ttl) };
@@ -313,16 +319,13 @@ impl Authority {
     }
 }
 
-/// The CSR's own claims: exactly one URI SAN, `identity`, and no CA bit.
-fn check_csr(csr_pem: &str, identity: &str) -> Result<(), Refusal> {
+/// The CSR's (DER) own claims: exactly one URI SAN, `identity`, and no CA bit.
+fn check_csr(der: &[u8], identity: &str) -> Result<(), Refusal> {
     use x509_parser::{
         certification_request::X509CertificationRequest, extensions::GeneralName,
         extensions::ParsedExtension, prelude::FromDer,
     };
-    let pem =
-        x509_parser::pem::parse_x509_pem(csr_pem.as_bytes()).map_err(|e| Refusal::BadCsr(e.to_string()))?.1;
-    let (_, csr) =
-        X509CertificationRequest::from_der(&pem.contents).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+    let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| Refusal::BadCsr(e.to_string()))?;
     let mut uris = Vec::new();
     for extension in csr.requested_extensions().into_iter().flatten() {
         match extension {

@@ -39,42 +39,62 @@ impl Service {
         let request = request.into_inner();
         let own =
             format!("spiffe://{}/ns/{}/sa/{}", self.trust_domain, caller.namespace, caller.service_account);
-        let identity = match (caller.kind, impersonated(&request)) {
-            (CallerKind::NodeProxy, Some(identity)) => {
-                let (namespace, service_account) =
-                    parse_identity(&identity, &self.trust_domain).ok_or_else(|| {
-                        Denial::Identity(format!("{identity} is not a workload of {}", self.trust_domain))
-                    })?;
-                if !self
-                    .authenticator
-                    .runs_on(&caller.node, namespace, service_account)
-                    .await
-                    .map_err(Denial::Caller)?
-                {
-                    return Err(Denial::Identity(format!(
-                        "{identity} has no running pod on node {}",
-                        caller.node
-                    )));
-                }
-                identity
-            }
-            (CallerKind::NodeProxy, None) => {
-                return Err(Denial::Identity("the request names no ImpersonatedIdentity".into()));
-            }
-            // Istio's waypoints ask without one; naming their own identity is no impersonation.
-            (CallerKind::Waypoint, None) => own,
-            (CallerKind::Waypoint, Some(identity)) if identity == own => own,
-            (CallerKind::Waypoint, Some(identity)) => {
-                return Err(Denial::Identity(format!(
-                    "impersonation not allowed: {own} asked for {identity}"
-                )));
-            }
-        };
-        let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
-        let chain = self.authority.sign(&request.csr, &identity, ttl).map_err(Denial::Csr)?;
-        tracing::info!(node = %caller.node, %identity, "certificate signed");
+        let asked = asked(caller.kind, &own, &request, &self.trust_domain).map_err(Denial::Identity)?;
+        if let Some((namespace, service_account)) = &asked.pod_on_node
+            && !self
+                .authenticator
+                .runs_on(&caller.node, namespace, service_account)
+                .await
+                .map_err(Denial::Caller)?
+        {
+            return Err(Denial::Identity(format!(
+                "{} has no running pod on node {}",
+                asked.identity, caller.node
+            )));
+        }
+        let chain = self.authority.sign(&request.csr, &asked.identity, asked.ttl).map_err(Denial::Csr)?;
+        tracing::info!(node = %caller.node, identity = %asked.identity, "certificate signed");
         Ok(chain)
     }
+}
+
+/// What a request asks to be signed, once its caller may have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    /// The SPIFFE identity the certificate will name.
+    pub identity: String,
+    /// For a node proxy: the namespace and service account of a pod that must run on its node.
+    pub pod_on_node: Option<(String, String)>,
+    /// The lifetime asked for (zero: the CA's maximum).
+    pub ttl: Duration,
+}
+
+/// Whose certificate a caller of `kind` whose own identity is `own` asks for in `request`, or
+/// why it may not have it: a waypoint its own only; a node proxy the workload of
+/// `trust_domain` it names (whose pod the CA then looks for on its node), never none.
+pub fn asked(
+    kind: CallerKind,
+    own: &str,
+    request: &IstioCertificateRequest,
+    trust_domain: &str,
+) -> Result<Asked, String> {
+    let (identity, pod_on_node) = match (kind, impersonated(request)) {
+        (CallerKind::NodeProxy, Some(identity)) => {
+            let (namespace, service_account) = parse_identity(&identity, trust_domain)
+                .ok_or_else(|| format!("{identity} is not a workload of {trust_domain}"))?;
+            let pod = (namespace.to_owned(), service_account.to_owned());
+            (identity, Some(pod))
+        }
+        (CallerKind::NodeProxy, None) => return Err("the request names no ImpersonatedIdentity".into()),
+        // Istio's waypoints ask without one; naming their own identity is no impersonation.
+        (CallerKind::Waypoint, None) => (own.to_owned(), None),
+        (CallerKind::Waypoint, Some(identity)) if identity == own => (identity, None),
+        (CallerKind::Waypoint, Some(identity)) => {
+            return Err(format!("impersonation not allowed: {own} asked for {identity}"));
+        }
+    };
+    let ttl = Duration::from_secs(u64::try_from(request.validity_duration).unwrap_or(0));
+    Ok(Asked { identity, pod_on_node, ttl })
 }
 
 /// Why a request was refused, before it becomes a gRPC status.
@@ -161,7 +181,45 @@ fn is_dns_subdomain(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_identity;
+    use std::time::Duration;
+
+    use weft_api::ca::{IMPERSONATED_IDENTITY, IstioCertificateRequest};
+
+    use super::{Asked, CallerKind, asked, parse_identity};
+
+    const OWN: &str = "spiffe://cluster.local/ns/shop/sa/waypoint";
+
+    fn request(impersonated: Option<&str>) -> IstioCertificateRequest {
+        let fields = impersonated.map(|identity| {
+            let value =
+                prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(identity.to_owned())) };
+            (IMPERSONATED_IDENTITY.to_owned(), value)
+        });
+        IstioCertificateRequest {
+            csr: String::new(),
+            validity_duration: 600,
+            metadata: Some(prost_types::Struct { fields: fields.into_iter().collect() }),
+        }
+    }
+
+    #[test]
+    fn a_waypoint_is_given_its_own_identity_and_a_node_proxy_the_workload_it_names_on_its_node() {
+        let cart = "spiffe://cluster.local/ns/shop/sa/cart";
+        let ttl = Duration::from_secs(600);
+        let own = Asked { identity: OWN.to_owned(), pod_on_node: None, ttl };
+        assert_eq!(asked(CallerKind::Waypoint, OWN, &request(None), "cluster.local"), Ok(own.clone()));
+        assert_eq!(asked(CallerKind::Waypoint, OWN, &request(Some(OWN)), "cluster.local"), Ok(own));
+        let impersonating = asked(CallerKind::Waypoint, OWN, &request(Some(cart)), "cluster.local");
+        assert!(impersonating.unwrap_err().contains("impersonation not allowed"));
+        let pod = Some(("shop".to_owned(), "cart".to_owned()));
+        assert_eq!(
+            asked(CallerKind::NodeProxy, OWN, &request(Some(cart)), "cluster.local"),
+            Ok(Asked { identity: cart.to_owned(), pod_on_node: pod, ttl })
+        );
+        assert!(asked(CallerKind::NodeProxy, OWN, &request(None), "cluster.local").is_err());
+        let foreign = request(Some("spiffe://evil.example/ns/shop/sa/cart"));
+        assert!(asked(CallerKind::NodeProxy, OWN, &foreign, "cluster.local").is_err());
+    }
 
     #[test]
     fn identities_of_other_trust_domains_or_shapes_are_not_workloads() {

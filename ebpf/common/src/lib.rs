@@ -118,6 +118,28 @@ pub struct Enrolled {
     pub ipv6: [u32; 4],
 }
 
+impl Enrolled {
+    /// A pod's addresses as the programs read them. An unspecified address (`0.0.0.0`, `::`)
+    /// is the programs' "none", so it is stored as none.
+    pub fn new(ipv4: Option<core::net::Ipv4Addr>, ipv6: Option<core::net::Ipv6Addr>) -> Self {
+        Self {
+            ipv4: ipv4.map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
+            ipv6: ipv6.map_or([0; 4], |ip| Endpoint::from_ip(core::net::IpAddr::V6(ip), 0).ip),
+        }
+    }
+
+    /// The addresses the programs see in this value.
+    pub fn addresses(&self) -> (Option<core::net::Ipv4Addr>, Option<core::net::Ipv6Addr>) {
+        let ipv4 = (self.ipv4 != 0).then(|| core::net::Ipv4Addr::from(self.ipv4.to_ne_bytes()));
+        let ipv6 = (self.ipv6 != [0; 4]).then(|| {
+            core::net::Ipv6Addr::from(core::array::from_fn::<u8, 16, _>(|i| {
+                self.ipv6[i / 4].to_ne_bytes()[i % 4]
+            }))
+        });
+        (ipv4, ipv6)
+    }
+}
+
 /// An address and port, IPv4 written IPv4-mapped (`::ffff:a.b.c.d`) so one connection has one
 /// key whichever socket family observes it.
 #[repr(C)]
