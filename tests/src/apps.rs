@@ -273,6 +273,15 @@ impl Chat {
         Self::connected(pod.spawn(command)?).with_context(|| format!("chat from pod {} to {to}", pod.name))
     }
 
+    /// Opens one keep-alive HTTP/1.1 connection from `pod` to `to` and keeps it open: each
+    /// [`Chat::say`] is a path to GET on it, answered `status=<status> <first body line>`.
+    pub fn http(pod: &Pod, to: SocketAddr) -> anyhow::Result<Self> {
+        let mut command = testpod(&["http-session", "--to", &to.to_string()])?;
+        command.stdin(Stdio::piped());
+        Self::connected(pod.spawn(command)?)
+            .with_context(|| format!("HTTP session from pod {} to {to}", pod.name))
+    }
+
     /// Runs `command`, a `weft-testpod chat` wherever it runs (e.g. `kubectl exec -i` into a
     /// real pod), once it says it connected.
     pub fn run(mut command: Command) -> anyhow::Result<Self> {

@@ -1491,6 +1491,75 @@ async fn a_circuit_breaker_opens_at_its_limit_and_closes_after_and_a_failing_end
     });
 }
 
+/// One connection to echo-v1 from the waypoint at most, one request waiting for it: a client's
+/// idle connection gives its place up to a request that needs one, a second request waits for
+/// the busy one, a third is refused at once, and the idle client is served again after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cap_makes_requests_wait_for_a_connection_takes_idle_ones_and_refuses_past_its_queue() {
+    let mut scene = Scene::start().await;
+    let (client, to_v1) = (scene.client.clone(), scene.to_echo_v1);
+    let target = serde_json::json!([{ "group": "", "kind": "Service", "name": "echo-v1" }]);
+    // Requests wait only for a connection under a cap: the API server says so.
+    let alone = serde_json::json!({ "targetRefs": target, "maxPendingRequests": 1 });
+    let refused =
+        create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "alone", alone).await.unwrap_err();
+    assert!(refused.to_string().contains("maxPendingRequests needs maxConnections"), "{refused}");
+    let cap = serde_json::json!({ "targetRefs": target, "maxConnections": 1, "maxPendingRequests": 1 });
+    create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "one-connection", cap).await.unwrap();
+    let overflow = "GET /third HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
+    tokio::task::block_in_place(|| {
+        // A client whose connection stays open and idle holds the only place: the next request
+        // takes it (its connection is closed for it), once the cap reached the waypoint.
+        let (mut idle, first) = {
+            let mut held = None;
+            weft_tests::until(
+                "the cap to reach the waypoint and an idle connection to give way",
+                WAIT,
+                || {
+                    let mut idle = apps::Chat::http(&client, to_v1).unwrap();
+                    let answer = idle.say("/kept").unwrap();
+                    assert!(answer.starts_with("status=200 name=v1"), "{answer}");
+                    let first = apps::http_requests_started(&client, to_v1, "/slow", &[], 1).unwrap();
+                    scene.servers.0.wait_for(|line| line == "served GET /slow", WAIT).unwrap();
+                    let waypoint = scene.waypoint.process();
+                    let gave_way = waypoint
+                        .wait_for(
+                            |line| line.contains("closed for a waiting request"),
+                            Duration::from_millis(200),
+                        )
+                        .is_ok();
+                    if gave_way {
+                        held = Some((idle, first));
+                    } else {
+                        first.finish(WAIT).unwrap();
+                    }
+                    gave_way
+                },
+            )
+            .unwrap();
+            held.unwrap()
+        };
+        // The slow request holds the place: a second waits, a third finds the queue full.
+        let second = apps::http_requests_started(&client, to_v1, "/slow", &[], 1).unwrap();
+        scene.waypoint.process().wait_for(|line| line.contains("waits for a connection"), WAIT).unwrap();
+        let refused = apps::http_raw(&client, to_v1, overflow).unwrap();
+        assert!(
+            refused.starts_with("HTTP/1.1 503")
+                && refused.contains("x-envoy-overloaded: true\r\n")
+                && refused.contains("overflow"),
+            "{refused:?}"
+        );
+        let logged = scene.waypoint.process().wait_for(|line| line.contains("/third"), WAIT).unwrap();
+        assert!(logged.contains("pending overflow of shop/one-connection"), "{logged}");
+        for slow in [first, second] {
+            let (ok, answered) = slow.finish(WAIT).unwrap();
+            assert!(ok && answered.contains("1 status=200 name=v1"), "both slow ones are served: {answered}");
+        }
+        // The idle client's connection went for the first: it is served on a new one.
+        assert!(idle.say("/again").unwrap().starts_with("status=200 name=v1"));
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consistent_hash_on_a_header_keeps_each_user_on_one_endpoint() {
     let scene = Scene::start().await;

@@ -70,6 +70,8 @@ pub struct Context {
     pub pools: Vec<Pool>,
     /// Each backend Service's retry budget.
     pub budgets: crate::retry::Budgets,
+    /// The connection caps of backend Services whose circuit breakers have them.
+    pub connection_caps: crate::connections::Caps,
     /// Requests in flight per endpoint, for least-request balancing.
     pub in_flight: Arc<crate::balance::InFlight>,
     /// Room for mirrors' copies in flight.
@@ -220,6 +222,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         pools: (0..config.workers.max(1)).map(|_| Pool::new(PoolSettings::default(), |_| {})).collect(),
         budgets: crate::retry::Budgets::default(),
+        connection_caps: crate::connections::Caps::default(),
         in_flight: Arc::default(),
         mirrors_in_flight: Arc::new(tokio::sync::Semaphore::new(crate::forward::MAX_MIRRORS_IN_FLIGHT)),
         limiter: crate::traffic::Limiter::default(),

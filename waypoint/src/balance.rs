@@ -173,20 +173,21 @@ impl Drop for Counting {
     }
 }
 
-/// A response body that keeps its request counted until the body ends or is dropped.
+/// A response body that keeps its request counted (`G`: a [`Counting`], or several guards)
+/// until the body ends or is dropped.
 #[derive(Debug)]
-pub struct Counted<B> {
+pub struct Counted<B, G = Counting> {
     body: B,
-    counting: Option<Counting>,
+    counting: Option<G>,
 }
 
-impl<B> Counted<B> {
-    pub fn new(body: B, counting: Counting) -> Self {
+impl<B, G> Counted<B, G> {
+    pub fn new(body: B, counting: G) -> Self {
         Self { body, counting: Some(counting) }
     }
 }
 
-impl<B: Body + Unpin> Body for Counted<B> {
+impl<B: Body + Unpin, G: Unpin> Body for Counted<B, G> {
     type Data = B::Data;
     type Error = B::Error;
 

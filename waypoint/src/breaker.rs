@@ -39,6 +39,9 @@ pub struct Breaker {
     pub policy: String,
     /// Requests in flight at most; `None`: no cap.
     pub max_requests: Option<usize>,
+    /// Connections at most, and requests waiting for one ([`crate::connections`]); `None`: no
+    /// cap.
+    pub connections: Option<crate::connections::Limits>,
     pub detection: Option<Detection>,
 }
 
@@ -61,6 +64,10 @@ impl Breaker {
         Ok(Self {
             policy: breaker.policy.clone(),
             max_requests: (breaker.max_requests > 0).then_some(breaker.max_requests as usize),
+            connections: (breaker.max_connections > 0).then(|| crate::connections::Limits {
+                max_connections: breaker.max_connections as usize,
+                max_pending: breaker.max_pending_requests.map(|max| max as usize),
+            }),
             detection: detects.then(|| Detection {
                 consecutive_5xx: breaker.consecutive_5xx_errors,
                 consecutive_gateway: breaker.consecutive_gateway_errors,
@@ -74,6 +81,13 @@ impl Breaker {
         let mut parts = Vec::new();
         if let Some(max) = self.max_requests {
             parts.push(format!("at most {max} requests in flight (503 past it)"));
+        }
+        if let Some(limits) = &self.connections {
+            let waiting = match limits.max_pending {
+                Some(max) => format!("at most {max} requests waiting for one (503 past it)"),
+                None => "requests waiting for one".to_owned(),
+            };
+            parts.push(format!("at most {} connections, {waiting}", limits.max_connections));
         }
         if let Some(detection) = &self.detection {
             parts.push(format!(

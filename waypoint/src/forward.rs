@@ -38,6 +38,7 @@ use crate::{
     authn, authz,
     balance::{self, Counted, Pick},
     breaker::Seen,
+    connections,
     inbound::{Client, Destination},
     jwt::{self, Claims},
     metrics::{Peers, RequestLabels, RequestSeries, UNKNOWN},
@@ -94,9 +95,16 @@ struct KeptSeries {
 /// A session keeps at most this many request series; more, and it starts again.
 const SERIES_KEPT: usize = 16;
 
-/// An HTTP connection to an endpoint.
+/// An HTTP connection to an endpoint; its place under its backend's connection cap, if it
+/// has one.
 #[derive(Debug)]
-enum Upstream {
+struct Upstream {
+    sender: Sender,
+    slot: Option<Arc<connections::Slot>>,
+}
+
+#[derive(Debug)]
+enum Sender {
     Http1(hyper::client::conn::http1::SendRequest<Body>),
     Http2(hyper::client::conn::http2::SendRequest<Body>),
 }
@@ -141,6 +149,10 @@ enum Failure {
     /// The backend's circuit breaker is open: too many requests in flight. Envoy's body.
     #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
     Overflow,
+    /// The backend's circuit breaker is open: every connection is held and too many requests
+    /// wait for one. Envoy's body.
+    #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
+    PendingOverflow,
 }
 
 impl Failure {
@@ -148,9 +160,11 @@ impl Failure {
         match self {
             Failure::NoRoute => StatusCode::NOT_FOUND,
             Failure::NoBackend => StatusCode::INTERNAL_SERVER_ERROR,
-            Failure::NoEndpoint(..) | Failure::Connect(_) | Failure::Upstream(_) | Failure::Overflow => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Failure::NoEndpoint(..)
+            | Failure::Connect(_)
+            | Failure::Upstream(_)
+            | Failure::Overflow
+            | Failure::PendingOverflow => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Failure::Denied => StatusCode::FORBIDDEN,
             Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -178,7 +192,7 @@ impl Failure {
             let challenge = http::HeaderValue::from_static(r#"Bearer realm="mesh", error="invalid_token""#);
             response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
         }
-        if let Failure::Overflow = self {
+        if let Failure::Overflow | Failure::PendingOverflow = self {
             response.headers_mut().insert("x-envoy-overloaded", http::HeaderValue::from_static("true"));
         }
         if let Failure::RateLimited(wait) = self {
@@ -600,7 +614,9 @@ impl Session {
                 routed.endpoint = Some(target);
                 routed.workload = Some(workload.clone());
                 onward(request.headers_mut(), span);
-                return self.forward(workload, target, request.map(BodyExt::boxed), None, None).await;
+                let sent = self.forward(workload, target, request.map(BodyExt::boxed), None, (None, None));
+                // A workload is no backend Service: no connection cap, no use to hold.
+                return sent.await.map(|(response, _)| response);
             }
             Destination::Service(service, port) => (service.clone(), *port),
         };
@@ -723,6 +739,9 @@ impl Session {
         let backend_routes = self.context.routes.get(backend).filter(|_| chained.is_none());
         let breaker = backend_routes.as_deref().and_then(|routes| routes.policies().circuit_breaker.as_ref());
         let detection = breaker.and_then(|breaker| breaker.detection.as_ref());
+        let capped = breaker
+            .and_then(|breaker| breaker.connections)
+            .map(|limits| self.context.connection_caps.of(backend, limits));
         let budget = self.context.budgets.of(backend);
         let _in_flight = match breaker.and_then(|breaker| breaker.max_requests.map(|max| (breaker, max))) {
             Some((breaker, max)) => budget.request_within(max).ok_or_else(|| {
@@ -781,9 +800,12 @@ impl Session {
             };
             let counting = self.context.in_flight.start(target);
             let answer = self
-                .forward(&workload, target, copy(&parts, body), rule, via.as_ref())
+                .forward(&workload, target, copy(&parts, body), rule, (via.as_ref(), capped.as_ref()))
                 .await
-                .map(|response| response.map(|body| Counted::new(body, counting).boxed()));
+                .map(|(response, using)| response.map(|body| Counted::new(body, (counting, using)).boxed()));
+            if let (Err(Failure::PendingOverflow), Some(breaker)) = (&answer, breaker) {
+                routed.policy = format!("pending overflow of {}", breaker.policy);
+            }
             let outcome = match &answer {
                 Ok(response) => Some(Outcome::Answered(response.status())),
                 Err(Failure::Timeout) => Some(Outcome::TimedOut),
@@ -879,7 +901,9 @@ impl Session {
                             (workload, target, None)
                         }
                     };
-                    let response = session.forward(&workload, target, request, None, via.as_ref()).await?;
+                    // A copy is not held to the backend's connection cap: it takes no request's place.
+                    let (response, _) =
+                        session.forward(&workload, target, request, None, (via.as_ref(), None)).await?;
                     Ok::<_, Failure>(response.status())
                 };
                 match tokio::time::timeout(MIRROR_TIMEOUT, sent).await {
@@ -973,72 +997,100 @@ impl Session {
     }
 
     /// Sends `request` to `workload` at `target` (within the rule's backend timeout), or
-    /// through the waypoint pod `via` names, `target` then being its Service's address.
+    /// through the waypoint pod `via` names, `target` then being its Service's address, on a
+    /// connection within the backend's connection cap `capped`, if it has one. The answer, and
+    /// the connection's use, to be held until the answer's body ends.
     async fn forward(
         &self,
         workload: &Workload,
         target: SocketAddr,
         request: Request<Body>,
         rule: Option<&Rule>,
-        via: Option<&Peer>,
-    ) -> Result<Response<Body>, Failure> {
+        (via, capped): (Option<&Peer>, Option<&Arc<connections::Backend>>),
+    ) -> Result<(Response<Body>, Option<connections::Use>), Failure> {
         let attempt = async {
             let version = request.version();
-            let mut upstream = self.upstream(workload, target, version, via).await?;
-            let response = match &mut upstream {
-                Upstream::Http1(sender) => sender.send_request(request).await,
-                Upstream::Http2(sender) => sender.send_request(request).await,
+            let (mut upstream, using) = self.upstream(workload, target, version, via, capped).await?;
+            let response = match &mut upstream.sender {
+                Sender::Http1(sender) => sender.send_request(request).await,
+                Sender::Http2(sender) => sender.send_request(request).await,
             };
             // An HTTP/1.1 connection serves one request at a time: back for the next.
             if !upstream.is_closed() {
                 self.upstreams.lock().await.insert((target, version), upstream);
             }
-            response.map_err(|error| Failure::Upstream(format!("{target}: {error}")))
+            let response = response.map_err(|error| Failure::Upstream(format!("{target}: {error}")))?;
+            Ok::<_, Failure>((response, using))
         };
-        let response = match rule.and_then(Rule::backend_timeout) {
+        let (response, using) = match rule.and_then(Rule::backend_timeout) {
             Some(limit) => tokio::time::timeout(limit, attempt).await.map_err(|_| Failure::Timeout)??,
             None => attempt.await?,
         };
         let mut response = response.map(BodyExt::boxed);
         strip_hop_by_hop(response.headers_mut());
-        Ok(response)
+        Ok((response, using))
     }
 
     /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream
-    /// (to `target`'s pod, or `via` another waypoint).
+    /// (to `target`'s pod, or `via` another waypoint) — under the backend's connection cap
+    /// `capped` waiting for a place, if it has one —, and the request's use of it.
     async fn upstream(
         &self,
         workload: &Workload,
         target: SocketAddr,
         version: Version,
         via: Option<&Peer>,
-    ) -> Result<Upstream, Failure> {
+        capped: Option<&Arc<connections::Backend>>,
+    ) -> Result<(Upstream, Option<connections::Use>), Failure> {
         let mut upstreams = self.upstreams.lock().await;
-        match upstreams.remove(&(target, version)) {
-            Some(Upstream::Http2(sender)) if !sender.is_closed() => {
-                // HTTP/2 multiplexes: it stays for others meanwhile.
-                upstreams.insert((target, version), Upstream::Http2(sender.clone()));
-                return Ok(Upstream::Http2(sender));
+        if let Some(upstream) = upstreams.remove(&(target, version)) {
+            let reusable = match &upstream.sender {
+                Sender::Http2(sender) => !sender.is_closed(),
+                Sender::Http1(sender) => sender.is_ready(),
+            };
+            // Counted under the same cap as this request's (none, or its backend's), and not
+            // being closed for a waiting request.
+            let using = match (&upstream.slot, capped) {
+                (None, None) => Some(None),
+                (Some(slot), Some(backend)) if slot.is_of(backend) => slot.start().map(Some),
+                _ => None,
+            };
+            if let (true, Some(using)) = (reusable, using) {
+                if let Sender::Http2(sender) = &upstream.sender {
+                    // HTTP/2 multiplexes: it stays for others meanwhile.
+                    let shared =
+                        Upstream { sender: Sender::Http2(sender.clone()), slot: upstream.slot.clone() };
+                    upstreams.insert((target, version), shared);
+                }
+                return Ok((upstream, using));
             }
-            Some(Upstream::Http1(sender)) if sender.is_ready() => return Ok(Upstream::Http1(sender)),
-            _ => {}
         }
         drop(upstreams);
+        let place = match capped {
+            Some(backend) => {
+                Some(backend.place().await.map_err(|connections::Overflow| Failure::PendingOverflow)?)
+            }
+            None => None,
+        };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target, via))
             .await
             .map_err(|_| Failure::Connect(format!("{target}: connect timed out")))??;
         let io = TokioIo::new(stream);
         let failed = |error: hyper::Error| Failure::Connect(format!("{target}: {error}"));
-        if version == Version::HTTP_2 {
+        let slot = place.as_ref().map(connections::Place::slot);
+        let using =
+            slot.as_ref().map(|slot| slot.start().expect("invariant: a new connection is not reclaimed"));
+        let sender = if version == Version::HTTP_2 {
             let (sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(failed)?;
-            tokio::spawn(connection);
-            Ok(Upstream::Http2(sender))
+            tokio::spawn(hold_place(connection, place));
+            Sender::Http2(sender)
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(failed)?;
-            tokio::spawn(connection);
-            Ok(Upstream::Http1(sender))
-        }
+            tokio::spawn(hold_place(connection, place));
+            Sender::Http1(sender)
+        };
+        Ok((Upstream { sender, slot }, using))
     }
 
     /// An HBONE stream to `target`, from the waypoint's identity to the endpoint's, on a pooled
@@ -1075,9 +1127,25 @@ impl Session {
 
 impl Upstream {
     fn is_closed(&self) -> bool {
-        match self {
-            Upstream::Http1(sender) => sender.is_closed(),
-            Upstream::Http2(sender) => sender.is_closed(),
+        match &self.sender {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        }
+    }
+}
+
+/// Drives an upstream HTTP connection, holding its `place` under its backend's connection cap
+/// until it ends — or, asked to close for a waiting request while idle, ends it.
+async fn hold_place<C: Future>(connection: C, place: Option<connections::Place>) {
+    match place {
+        Some(place) => {
+            tokio::select! {
+                _ = connection => {}
+                () = place.reclaimed() => tracing::debug!("an idle upstream connection closed for a waiting request"),
+            }
+        }
+        None => {
+            connection.await;
         }
     }
 }

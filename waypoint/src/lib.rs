@@ -18,6 +18,7 @@ pub mod authn;
 pub mod authz;
 pub mod balance;
 pub mod breaker;
+pub mod connections;
 pub mod forward;
 pub mod inbound;
 pub mod jwt;

@@ -126,9 +126,11 @@ pub struct LocalRateLimit {
 }
 
 policy! {
-    /// A `CircuitBreakerPolicy`: for a Service as a backend, a cap on its requests in flight from
-    /// each waypoint replica, and outlier detection on its endpoints (Istio's DestinationRule
-    /// `connectionPool.http.http2MaxRequests` and `outlierDetection`, Kuma's MeshCircuitBreaker).
+    /// A `CircuitBreakerPolicy`: for a Service as a backend, caps on its requests in flight and
+    /// on its connections (and the requests waiting for one) from each waypoint replica, and
+    /// outlier detection on its endpoints (Istio's DestinationRule
+    /// `connectionPool.http.http2MaxRequests`, `tcp.maxConnections`,
+    /// `http.http1MaxPendingRequests` and `outlierDetection`, Kuma's MeshCircuitBreaker).
     CircuitBreakerPolicy, CircuitBreakerSpec, "CircuitBreakerPolicy", "circuitbreakerpolicies", circuit_breaker, CircuitBreaker
 }
 
@@ -137,6 +139,8 @@ policy! {
 pub struct CircuitBreakerSpec {
     pub target_refs: Vec<TargetRef>,
     pub max_requests: Option<u32>,
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
     pub outlier_detection: Option<OutlierDetection>,
 }
 
@@ -350,8 +354,12 @@ pub fn rate_limit(policy: &str, spec: &RateLimitSpec) -> Result<api::RateLimit, 
 /// The circuit breaker `policy` (`namespace/name`) sets, or why it cannot be applied.
 pub fn circuit_breaker(policy: &str, spec: &CircuitBreakerSpec) -> Result<api::CircuitBreaker, String> {
     let mut breaker = api::CircuitBreaker { policy: policy.to_owned(), ..Default::default() };
-    if spec.max_requests.is_none() && spec.outlier_detection.is_none() {
-        return Err("neither maxRequests nor outlierDetection is set".to_owned());
+    if spec.max_pending_requests.is_some() && spec.max_connections.is_none() {
+        // Requests wait only for a connection under a cap.
+        return Err("maxPendingRequests needs maxConnections".to_owned());
+    }
+    if spec.max_requests.is_none() && spec.max_connections.is_none() && spec.outlier_detection.is_none() {
+        return Err("none of maxRequests, maxConnections and outlierDetection is set".to_owned());
     }
     if let Some(max) = spec.max_requests {
         if max == 0 {
@@ -359,6 +367,13 @@ pub fn circuit_breaker(policy: &str, spec: &CircuitBreakerSpec) -> Result<api::C
         }
         breaker.max_requests = max;
     }
+    if let Some(max) = spec.max_connections {
+        if max == 0 {
+            return Err("maxConnections must be at least 1".to_owned());
+        }
+        breaker.max_connections = max;
+    }
+    breaker.max_pending_requests = spec.max_pending_requests;
     if let Some(detection) = &spec.outlier_detection {
         breaker.consecutive_5xx_errors = detection.consecutive_5xx_errors.unwrap_or(5);
         breaker.consecutive_gateway_errors = detection.consecutive_gateway_errors.unwrap_or(0);

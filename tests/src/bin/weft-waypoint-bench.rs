@@ -97,7 +97,8 @@ async fn guard(client: kube::Client) -> anyhow::Result<String> {
         ),
         (
             networking("CircuitBreakerPolicy", "circuitbreakerpolicies"),
-            serde_json::json!({ "targetRefs": target, "maxRequests": 100_000, "outlierDetection": { "consecutive5xxErrors": 5 } }),
+            serde_json::json!({ "targetRefs": target, "maxRequests": 100_000, "maxConnections": 10_000,
+                                "maxPendingRequests": 1_000, "outlierDetection": { "consecutive5xxErrors": 5 } }),
         ),
         (
             networking("LoadBalancerPolicy", "loadbalancerpolicies"),

@@ -15,6 +15,7 @@ fn detection(consecutive_5xx: u32, consecutive_gateway: u32, max_ejection_percen
         consecutive_gateway_errors: consecutive_gateway,
         base_ejection_ms: 30_000,
         max_ejection_percent,
+        ..Default::default()
     })
     .unwrap()
     .detection

@@ -222,7 +222,8 @@ fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_
             "breaker",
             1,
             serde_json::json!({ "targetRefs": [target("", "Service", "web-v1"), target("", "Service", "web")],
-                                "maxRequests": 100, "outlierDetection": {} }),
+                                "maxRequests": 100, "maxConnections": 10, "maxPendingRequests": 5,
+                                "outlierDetection": {} }),
         ),
         policy(
             "on-a-route",
@@ -253,6 +254,8 @@ fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_
         consecutive_gateway_errors: 0,
         base_ejection_ms: 30_000,
         max_ejection_percent: 10,
+        max_connections: 10,
+        max_pending_requests: Some(5),
     };
     let v1 = service_routes(&snapshot, "mesh/web-v1.mesh.svc.cluster.local");
     assert_eq!(v1.policies.unwrap().circuit_breaker, Some(expected.clone()), "no waypoint needed");
@@ -266,6 +269,11 @@ fn a_circuit_breaker_is_a_backends_with_istios_defaults_whether_or_not_it_has_a_
     );
     assert_eq!(verdicts(statuses, PolicyKind::CircuitBreaker, "on-a-route"), [("split".into(), "Invalid")]);
     assert_eq!(verdicts(statuses, PolicyKind::CircuitBreaker, "never-out"), [("web-v2".into(), "Invalid")]);
+    // Requests wait only for a connection under a cap.
+    let pending_alone: crate::index::traffic::CircuitBreakerSpec =
+        serde_json::from_value(serde_json::json!({ "targetRefs": [], "maxPendingRequests": 5 })).unwrap();
+    let refused = crate::index::traffic::circuit_breaker("mesh/waiting", &pending_alone).unwrap_err();
+    assert!(refused.contains("maxPendingRequests needs maxConnections"), "{refused}");
 }
 
 #[test]

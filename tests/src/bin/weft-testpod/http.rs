@@ -185,6 +185,24 @@ pub fn get(to: SocketAddr, path: &str, headers: &[String], count: usize) -> anyh
     Ok(())
 }
 
+/// One keep-alive HTTP/1.1 connection to `to`, held open until stdin ends: prints
+/// `connected peer=<address>`, then GETs each path read from stdin on it and prints
+/// `status=<status> <first body line>`. Exits 1 if the connection fails or closes.
+pub fn session(to: SocketAddr) -> anyhow::Result<()> {
+    let stream = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_nodelay(true)?;
+    println!("connected peer={}", stream.peer_addr()?);
+    let (mut writer, mut reader) = (stream.try_clone()?, BufReader::new(stream));
+    for path in std::io::stdin().lines() {
+        writer.write_all(format!("GET {} HTTP/1.1\r\nhost: {to}\r\n\r\n", path?).as_bytes())?;
+        let (status, _, body) = read_response(&mut reader)?;
+        let body = String::from_utf8_lossy(&body);
+        println!("status={status} {}", body.lines().next().unwrap_or(""));
+    }
+    Ok(())
+}
+
 /// Header names (lowercased) and values, in order.
 type Headers = Vec<(String, String)>;
 

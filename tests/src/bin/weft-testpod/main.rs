@@ -164,6 +164,12 @@ enum Mode {
         #[arg(long, value_enum)]
         kind: h2abuse::Kind,
     },
+    /// One keep-alive HTTP/1.1 connection to `to`, a GET for each path read from stdin
+    /// (`http.rs`).
+    HttpSession {
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// Send `request` to `to` as written (`\r` and `\n` as escapes), print the answer.
     HttpRaw {
         #[arg(long)]
@@ -240,6 +246,7 @@ fn main() -> anyhow::Result<()> {
         Mode::HttpEcho { port, name } => http::echo(port, &name),
         Mode::HttpGet { to, path, header, count } => http::get(to, &path, &header, count),
         Mode::HttpRaw { to, request } => http::raw(to, &request),
+        Mode::HttpSession { to } => http::session(to),
         Mode::H2Abuse { to, kind } => h2abuse::run(to, kind),
         Mode::HttpOpenloop { to, path, headers, load } => http::openloop(to, &path, &headers, &load),
         Mode::GrpcEcho { port, name } => grpc::echo(port, &name),
