@@ -864,6 +864,35 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
         })
         .unwrap();
     });
+    // A TCPRoute's backend behind `other` is relayed through it too: `other` reads the HTTP
+    // inside and serves it.
+    let to_special = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "echo-v1", "port": 80 }],
+        "rules": [{ "backendRefs": [{ "name": "special", "port": 80 }] }],
+    });
+    create_route(scene.cluster.client(), "TCPRoute", "shop", "to-special", to_special).await.unwrap();
+    let to_echo_v1 = scene.to_echo_v1;
+    tokio::task::block_in_place(|| {
+        let request = "GET /special/tcp HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
+        weft_tests::until("the TCPRoute to reach Service special", WAIT, || {
+            apps::http_raw(&client, to_echo_v1, request).is_ok_and(|answer| answer.contains("name=special"))
+        })
+        .unwrap();
+        let line = scene
+            .waypoint
+            .process()
+            .wait_for(
+                |line| line.contains("connection") && line.contains("route=TCPRoute:shop/to-special"),
+                WAIT,
+            )
+            .unwrap();
+        assert!(line.contains("relayed to"), "{line}");
+        let line = other
+            .process()
+            .wait_for(|line| line.contains(" request") && line.contains("/special/tcp"), WAIT)
+            .unwrap();
+        assert!(line.contains("status=200") && line.contains("ns/shop/sa/waypoint"), "{line}");
+    });
 }
 
 const TCP_PORT: u16 = 7000;
@@ -1539,7 +1568,12 @@ async fn a_connection_cap_makes_requests_wait_for_a_connection_takes_idle_ones_a
             .unwrap();
             held.unwrap()
         };
-        // The slow request holds the place: a second waits, a third finds the queue full.
+        // The slow request holds the place: a second waits, a third finds the queue full. The
+        // waypoint's lines so far are read first (up to a request's to another Service), so
+        // that the line waited for next is the second's.
+        apps::http_requests(&client, scene.to_echo, "/marker", &[], 1).unwrap();
+        let marker = |line: &str| line.contains(" request") && line.contains("/marker");
+        scene.waypoint.process().wait_for(marker, WAIT).unwrap();
         let second = apps::http_requests_started(&client, to_v1, "/slow", &[], 1).unwrap();
         scene.waypoint.process().wait_for(|line| line.contains("waits for a connection"), WAIT).unwrap();
         let refused = apps::http_raw(&client, to_v1, overflow).unwrap();

@@ -7,9 +7,11 @@
 //!
 //! Connections belong to the session (client stream) that opened them, not to a pool shared by
 //! every client: each one's CONNECT names its client's address. So a connection a session
-//! holds idle would keep its place while others wait; instead, while any request waits, an
-//! idle connection is asked to close ([`Slot::reclaim`]) and its place goes to the first
-//! waiting. A connection is idle when no request's answer is still on it ([`Use`] counts
+//! holds idle would keep its place while others wait; instead, while any request waits (or
+//! when one is refused), an idle connection is asked to close ([`Slot::reclaim`]) and its
+//! place goes to the first waiting. An HTTP/2 connection is shared by its session's requests;
+//! a request waiting for a place takes it when its session opens one meanwhile
+//! ([`crate::forward`]). A connection is idle when no request's answer is still on it ([`Use`] counts
 //! them until the answer's body ends).
 use std::{
     collections::{HashMap, VecDeque},
@@ -82,13 +84,21 @@ impl Backend {
         let permit = match self.places.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let waiting = self.pending.fetch_add(1, Ordering::AcqRel);
-                let _pending = Pending(self);
-                if self.limits.max_pending.is_some_and(|max| waiting >= max) {
-                    return Err(Overflow);
-                }
-                tracing::debug!(pending = waiting + 1, "a request waits for a connection to its backend");
-                self.reclaim_idle();
+                let _pending = {
+                    // Under the idle list's lock, as a connection going idle looks for waiting
+                    // requests: either it sees this one, or this one finds it listed.
+                    let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let waiting = self.pending.load(Ordering::Acquire);
+                    // Refused or not, an idle connection gives way: with no queue nothing else
+                    // would ask it, and idle connections could hold every place for good.
+                    reclaim_one(&mut idle);
+                    if self.limits.max_pending.is_some_and(|max| waiting >= max) {
+                        return Err(Overflow);
+                    }
+                    self.pending.fetch_add(1, Ordering::AcqRel);
+                    tracing::debug!(pending = waiting + 1, "a request waits for a connection to its backend");
+                    Pending(self)
+                };
                 self.places.clone().acquire_owned().await.map_err(|_| Overflow)?
             }
         };
@@ -97,31 +107,32 @@ impl Backend {
         Ok(Place { _permit: permit, slot })
     }
 
-    /// Asks the longest idle connection to close, if one is.
-    fn reclaim_idle(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while let Some(slot) = idle.pop_front() {
-            if slot.upgrade().is_some_and(|slot| slot.reclaim()) {
-                return;
-            }
-        }
-    }
-
     /// `slot` has just become idle: closed at once if a request waits, else listed.
     fn idle(&self, slot: &Arc<Slot>) {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.pending.load(Ordering::Acquire) > 0 && slot.reclaim() {
             return;
         }
         if !slot.list() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // A live connection is listed once; entries of connections gone are dropped as they
-        // come up, or here once they could outnumber the live ones.
-        if idle.len() >= self.limits.max_connections.saturating_mul(2).max(16) {
-            idle.retain(|slot| slot.strong_count() > 0);
+        // A live connection is listed once; entries of connections closed are dropped as they
+        // come up, or here once they could outnumber the connections open.
+        let open =
+            self.limits.max_connections - self.places.available_permits().min(self.limits.max_connections);
+        if idle.len() >= open.saturating_mul(2).max(16) {
+            idle.retain(|slot| slot.upgrade().is_some_and(|slot| slot.is_open()));
         }
         idle.push_back(Arc::downgrade(slot));
+    }
+}
+
+/// Asks the longest idle connection of `idle` (a backend's list, locked) to close, if one is.
+fn reclaim_one(idle: &mut VecDeque<Weak<Slot>>) {
+    while let Some(slot) = idle.pop_front() {
+        if slot.upgrade().is_some_and(|slot| slot.reclaim()) {
+            return;
+        }
     }
 }
 
@@ -139,6 +150,14 @@ impl Drop for Pending<'_> {
 pub struct Place {
     _permit: OwnedSemaphorePermit,
     slot: Arc<Slot>,
+}
+
+impl Drop for Place {
+    /// The connection has ended: its sender, which its session may still hold, takes no more
+    /// requests, and it is no idle connection to reclaim.
+    fn drop(&mut self) {
+        self.slot.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reclaimed = true;
+    }
 }
 
 impl Place {
@@ -164,6 +183,7 @@ pub struct Slot {
 #[derive(Debug, Default)]
 struct SlotState {
     uses: usize,
+    /// Asked to close, or closed.
     reclaimed: bool,
     /// In its backend's idle list.
     listed: bool,
@@ -184,6 +204,11 @@ impl Slot {
         }
         state.uses += 1;
         Some(Use(self.clone()))
+    }
+
+    /// Whether the connection is neither closing nor closed.
+    fn is_open(&self) -> bool {
+        !self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).reclaimed
     }
 
     /// Marks the connection listed as idle; false if it was already.
@@ -291,5 +316,40 @@ mod tests {
             drop(held.slot().start().unwrap());
         }
         assert_eq!(backend.idle.lock().unwrap().len(), 1);
+    }
+
+    /// A connection that ended while its session still holds its sender is no idle one: a
+    /// waiting request asks the one that is open.
+    #[tokio::test]
+    async fn a_waiting_request_passes_over_a_connection_that_has_ended() {
+        let backend = Caps::default().of("shop/echo", Limits { max_connections: 2, max_pending: None });
+        let (ended, open) = (backend.place().await.unwrap(), backend.place().await.unwrap());
+        let (ended_slot, open_slot) = (ended.slot(), open.slot());
+        drop(ended_slot.start().unwrap());
+        drop(open_slot.start().unwrap());
+        // Its task is gone (its upstream closed it); its session keeps the slot.
+        drop(ended);
+        let _second_place = backend.place().await.unwrap();
+        let waiting = tokio::spawn({
+            let backend = backend.clone();
+            async move { backend.place().await.map(drop) }
+        });
+        tokio::time::timeout(WAIT, open.reclaimed()).await.expect("the open idle connection gives way");
+        drop(open);
+        tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap().unwrap();
+        assert!(ended_slot.start().is_none(), "an ended connection takes no requests");
+    }
+
+    /// With no queue a request that finds every place held is refused, and an idle connection
+    /// gives way so that a later one is not.
+    #[tokio::test]
+    async fn without_a_queue_a_refused_request_still_frees_an_idle_place() {
+        let backend = Caps::default().of("shop/echo", Limits { max_connections: 1, max_pending: Some(0) });
+        let held = backend.place().await.unwrap();
+        drop(held.slot().start().unwrap());
+        assert_eq!(backend.place().await.unwrap_err(), Overflow);
+        tokio::time::timeout(WAIT, held.reclaimed()).await.expect("the idle connection gives way");
+        drop(held);
+        backend.place().await.expect("the next request has the place");
     }
 }

@@ -77,6 +77,9 @@ pub struct Session {
     service_key: Option<String>,
     /// Per endpoint address and HTTP version: an HTTP connection over an HBONE stream.
     upstreams: Mutex<HashMap<(SocketAddr, Version), Upstream>>,
+    /// Told when the session opens an HTTP/2 connection, which requests waiting for a place
+    /// under a connection cap may share instead.
+    opened_http2: tokio::sync::Notify,
     /// The request series its requests were counted in (a few: within a stream, status, route
     /// and endpoint vary little).
     series: std::sync::Mutex<Vec<KeptSeries>>,
@@ -264,6 +267,7 @@ impl Session {
             client,
             service_key,
             upstreams: Mutex::default(),
+            opened_http2: tokio::sync::Notify::new(),
             series: Default::default(),
         }
     }
@@ -1031,6 +1035,35 @@ impl Session {
         Ok((response, using))
     }
 
+    /// The session's HTTP connection to `target` in `version`, if it may take this request
+    /// now — counted under the same cap as the request's (none, or its backend's) and not
+    /// being closed for a waiting request — and the request's use of it.
+    async fn reuse(
+        &self,
+        target: SocketAddr,
+        version: Version,
+        capped: Option<&Arc<connections::Backend>>,
+    ) -> Option<(Upstream, Option<connections::Use>)> {
+        let mut upstreams = self.upstreams.lock().await;
+        let upstream = upstreams.remove(&(target, version))?;
+        let reusable = match &upstream.sender {
+            Sender::Http2(sender) => !sender.is_closed(),
+            Sender::Http1(sender) => sender.is_ready(),
+        };
+        let using = match (&upstream.slot, capped) {
+            (None, None) => Some(None),
+            (Some(slot), Some(backend)) if reusable && slot.is_of(backend) => slot.start().map(Some),
+            _ => None,
+        };
+        let using = using.filter(|_| reusable)?;
+        if let Sender::Http2(sender) = &upstream.sender {
+            // HTTP/2 multiplexes: it stays for others meanwhile.
+            let shared = Upstream { sender: Sender::Http2(sender.clone()), slot: upstream.slot.clone() };
+            upstreams.insert((target, version), shared);
+        }
+        Some((upstream, using))
+    }
+
     /// An idle HTTP connection to `target` in `version`, or a new one over a new HBONE stream
     /// (to `target`'s pod, or `via` another waypoint) — under the backend's connection cap
     /// `capped` waiting for a place, if it has one —, and the request's use of it.
@@ -1042,35 +1075,23 @@ impl Session {
         via: Option<&Peer>,
         capped: Option<&Arc<connections::Backend>>,
     ) -> Result<(Upstream, Option<connections::Use>), Failure> {
-        let mut upstreams = self.upstreams.lock().await;
-        if let Some(upstream) = upstreams.remove(&(target, version)) {
-            let reusable = match &upstream.sender {
-                Sender::Http2(sender) => !sender.is_closed(),
-                Sender::Http1(sender) => sender.is_ready(),
-            };
-            // Counted under the same cap as this request's (none, or its backend's), and not
-            // being closed for a waiting request.
-            let using = match (&upstream.slot, capped) {
-                (None, None) => Some(None),
-                (Some(slot), Some(backend)) if slot.is_of(backend) => slot.start().map(Some),
-                _ => None,
-            };
-            if let (true, Some(using)) = (reusable, using) {
-                if let Sender::Http2(sender) = &upstream.sender {
-                    // HTTP/2 multiplexes: it stays for others meanwhile.
-                    let shared =
-                        Upstream { sender: Sender::Http2(sender.clone()), slot: upstream.slot.clone() };
-                    upstreams.insert((target, version), shared);
-                }
-                return Ok((upstream, using));
+        let place = loop {
+            // Registered before the map is read: an HTTP/2 connection the session opens
+            // meanwhile is not missed.
+            let opened = self.opened_http2.notified();
+            if let Some(reused) = self.reuse(target, version, capped).await {
+                return Ok(reused);
             }
-        }
-        drop(upstreams);
-        let place = match capped {
-            Some(backend) => {
-                Some(backend.place().await.map_err(|connections::Overflow| Failure::PendingOverflow)?)
+            match capped {
+                Some(backend) => tokio::select! {
+                    place = backend.place() => {
+                        break Some(place.map_err(|connections::Overflow| Failure::PendingOverflow)?);
+                    }
+                    // The session's new HTTP/2 connection may carry this request too.
+                    () = opened => {}
+                },
+                None => break None,
             }
-            None => None,
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target, via))
             .await
@@ -1084,6 +1105,10 @@ impl Session {
             let (sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(failed)?;
             tokio::spawn(hold_place(connection, place));
+            // Shared at once, not after this request's answer: it multiplexes.
+            let shared = Upstream { sender: Sender::Http2(sender.clone()), slot: slot.clone() };
+            self.upstreams.lock().await.insert((target, version), shared);
+            self.opened_http2.notify_waiters();
             Sender::Http2(sender)
         } else {
             let (sender, connection) = hyper::client::conn::http1::handshake(io).await.map_err(failed)?;

@@ -1,7 +1,8 @@
 //! A stream to a waypoint's Service that is not HTTP — a database's protocol, say — told apart
 //! by its first bytes, or any stream to a port a TCPRoute applies to, relayed at L4 over HBONE
 //! with the waypoint's identity, as Istio's waypoint relays TCP: to a backend of the TCPRoute
-//! by weight, else to the Service itself; then to one of its endpoints. Policies decide it on
+//! by weight, else to the Service itself; then to one of its endpoints, or, for a backend
+//! behind another waypoint, through one of that waypoint's pods. Policies decide it on
 //! what an L4 connection has (its peer, its port; see [`crate::authz`]); HTTP routes do not
 //! apply. One `connection` log line each.
 use std::{
@@ -124,11 +125,11 @@ impl Session {
             authz::Request::connection(Some(&self.client.identity), self.client.address.ip(), port)
         })
         .map_err(|failure| failure.to_string())?;
-        let (workload, target) = match &self.destination {
+        let (workload, target, via) = match &self.destination {
             Destination::Workload(workload, port) => {
                 let ip = address_of(workload, &self.client.address)
                     .ok_or_else(|| format!("{} has no address", workload.uid))?;
-                (workload.clone(), SocketAddr::new(ip, *port))
+                (workload.clone(), SocketAddr::new(ip, *port), None)
             }
             Destination::Service(service, port) => {
                 let (backend, backend_port) = match routes
@@ -144,10 +145,24 @@ impl Session {
                     }
                     None => (service.key(), *port),
                 };
-                self.endpoint(&backend, backend_port, &[]).map_err(|failure| failure.to_string())?
+                // A backend behind a waypoint of its own is reached through it, as HTTP is.
+                match self.chained(&backend).map_err(|failure| failure.to_string())? {
+                    Some(chained) => {
+                        let (pod, target, peer) = chained
+                            .hop(&self.client.address, backend_port)
+                            .map_err(|failure| failure.to_string())?;
+                        (pod, target, Some(peer))
+                    }
+                    None => {
+                        let (workload, target) = self
+                            .endpoint(&backend, backend_port, &[])
+                            .map_err(|failure| failure.to_string())?;
+                        (workload, target, None)
+                    }
+                }
             }
         };
-        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target, None))
+        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target, via.as_ref()))
             .await
             .map_err(|_| format!("{target}: connect timed out"))?
             .map_err(|failure| failure.to_string())?;
