@@ -893,6 +893,28 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
             .unwrap();
         assert!(line.contains("status=200") && line.contains("ns/shop/sa/waypoint"), "{line}");
     });
+    // A route loop between the two — special's /special/loop back to echo, whose route sends
+    // /special to special — is cut once a request came through five waypoints (508), rather
+    // than bouncing until something times out.
+    let back = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "special", "port": 80 }],
+        "rules": [{ "matches": [{ "path": { "type": "PathPrefix", "value": "/special/loop" } }],
+                    "backendRefs": [{ "name": "echo", "port": 80 }] }],
+    });
+    create_http_route(scene.cluster.client(), "shop", "back", back).await.unwrap();
+    tokio::task::block_in_place(|| {
+        weft_tests::until("the loop to be cut", WAIT, || {
+            let tally = apps::http_requests(&client, to_echo, "/special/loop", &[], 1).unwrap();
+            tally.contains("1 status=508")
+        })
+        .unwrap();
+        // `waypoint` → `other` → `waypoint` → `other` → `waypoint` → `other`, which refuses.
+        let cut = |line: &str| {
+            line.contains(" request") && line.contains("/special/loop") && line.contains("status=508")
+        };
+        let line = other.process().wait_for(cut, WAIT).unwrap();
+        assert!(line.contains("ns/shop/sa/waypoint"), "{line}");
+    });
 }
 
 const TCP_PORT: u16 = 7000;

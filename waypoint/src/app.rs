@@ -62,6 +62,8 @@ pub struct Context {
     pub authentications: Arc<Table<crate::authn::Policy>>,
     /// Its Gateway, `namespace/name`: policies that target it apply to every request.
     pub gateway: String,
+    /// What it adds to `Via` on a request it sends through another waypoint.
+    pub via: http::HeaderValue,
     /// Its pod's address, when given: its own workload's, whose locality endpoints are chosen
     /// near to when a Service prefers close ones (as Istio's waypoint does).
     pub address: Option<std::net::IpAddr>,
@@ -218,6 +220,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         policies,
         authentications,
         gateway: config.gateway.clone(),
+        via: crate::forward::via_entry(&config.gateway),
         address: config.proxy.ip.parse().ok(),
         identities: Manager::new(Arc::new(ca), config.cert_ttl),
         pools: (0..config.workers.max(1)).map(|_| Pool::new(PoolSettings::default(), |_| {})).collect(),

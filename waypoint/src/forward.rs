@@ -152,6 +152,9 @@ enum Failure {
     /// The backend's circuit breaker is open: too many requests in flight. Envoy's body.
     #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
     Overflow,
+    /// The request came through this many waypoints, chained: a route loop between them.
+    #[error("a route loop between waypoints: this request came through {0} already")]
+    Loop(usize),
     /// The backend's circuit breaker is open: every connection is held and too many requests
     /// wait for one. Envoy's body.
     #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
@@ -169,6 +172,7 @@ impl Failure {
             | Failure::Overflow
             | Failure::PendingOverflow => StatusCode::SERVICE_UNAVAILABLE,
             Failure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Failure::Loop(_) => StatusCode::LOOP_DETECTED,
             Failure::Denied => StatusCode::FORBIDDEN,
             Failure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Failure::BadTarget(_) | Failure::RequestBody(_) => StatusCode::BAD_REQUEST,
@@ -216,6 +220,31 @@ struct Answered<'a> {
     /// The waypoint's own reason, when it answered itself.
     failure: Option<&'a Failure>,
     labels: &'a RequestLabels,
+}
+
+/// Waypoints a request may come through, chained, before one refuses it (508): a route loop
+/// between waypoints (each sending a Service to one behind the other) ends there, rather than
+/// bouncing, a connection more at each hop, until something times out.
+const MAX_CHAINED: usize = 5;
+
+/// How a waypoint's pseudonym in `Via` ends.
+const VIA_SUFFIX: &str = ".weft-waypoint";
+
+/// The `Via` entry (RFC 9110 §7.6.3) a waypoint adds to what it sends through another one:
+/// `1.1 <name>.<namespace>.weft-waypoint`, its Gateway's name and namespace (`gateway` is
+/// `namespace/name`), both DNS names and so a `Via` pseudonym's characters.
+pub fn via_entry(gateway: &str) -> http::HeaderValue {
+    let (namespace, name) = gateway.split_once('/').unwrap_or(("", gateway));
+    http::HeaderValue::from_str(&format!("1.1 {name}.{namespace}{VIA_SUFFIX}"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("1.1 waypoint.weft-waypoint"))
+}
+
+/// How many waypoints a request came through chained, by its `Via` entries.
+fn waypoints_passed(headers: &HeaderMap) -> usize {
+    let entries = headers.get_all(header::VIA).iter().filter_map(|value| value.to_str().ok());
+    let pseudonyms =
+        entries.flat_map(|value| value.split(',')).filter_map(|entry| entry.split_whitespace().nth(1));
+    pseudonyms.filter(|pseudonym| pseudonym.ends_with(VIA_SUFFIX)).count()
 }
 
 /// A backend Service behind a waypoint other than this one, and that waypoint's pods.
@@ -607,6 +636,10 @@ impl Session {
     ) -> Result<Response<Body>, Failure> {
         let auth = self.authenticate(&mut request)?;
         self.authorize(&request, auth.as_ref())?;
+        let passed = waypoints_passed(request.headers());
+        if passed >= MAX_CHAINED {
+            return Err(Failure::Loop(passed));
+        }
         let (service, port) = match &self.destination {
             Destination::Workload(workload, port) => {
                 let target = SocketAddr::new(
@@ -781,6 +814,9 @@ impl Session {
         if let Some(headers) = backend_headers {
             headers.apply(&mut parts.headers);
         }
+        if chained.is_some() {
+            parts.headers.append(header::VIA, self.context.via.clone());
+        }
         let mut tried = Vec::new();
         let mut _retrying = None;
         loop {
@@ -897,6 +933,7 @@ impl Session {
                 let sent = async {
                     let (workload, target, via) = match session.chained(&service)? {
                         Some(chained) => {
+                            request.headers_mut().append(header::VIA, session.context.via.clone());
                             let (pod, target, peer) = chained.hop(&session.client.address, port)?;
                             (pod, target, Some(peer))
                         }
@@ -1327,7 +1364,7 @@ mod tests {
     use http::{Request, header};
     use http_body_util::{BodyExt, Empty};
 
-    use super::{Abort, Body, Failure, shadow, strip_hop_by_hop};
+    use super::{Abort, Body, Failure, HeaderMap, shadow, strip_hop_by_hop, via_entry, waypoints_passed};
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
         let mut builder = Request::builder().uri(uri);
@@ -1335,6 +1372,24 @@ mod tests {
             builder = builder.header(header::HOST, host);
         }
         builder.body(Empty::new().map_err(|never| match never {}).boxed()).unwrap()
+    }
+
+    #[test]
+    fn the_waypoints_a_request_came_through_are_counted_from_via_and_no_other_proxy_counts() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(waypoints_passed(&headers), 0);
+        let entry = via_entry("shop/waypoint");
+        assert_eq!(entry, "1.1 waypoint.shop.weft-waypoint");
+        headers.append(header::VIA, entry);
+        headers.append(
+            header::VIA,
+            http::HeaderValue::from_static("1.0 fred, 1.1 other.shop.weft-waypoint (note)"),
+        );
+        headers.append(
+            header::VIA,
+            http::HeaderValue::from_static("HTTP/1.1 proxy.example, 1.1 not-weft-waypoint"),
+        );
+        assert_eq!(waypoints_passed(&headers), 2);
     }
 
     #[test]
