@@ -9,10 +9,10 @@
 //! every client: each one's CONNECT names its client's address. So a connection a session
 //! holds idle would keep its place while others wait; instead, while any request waits (or
 //! when one is refused), an idle connection is asked to close ([`Slot::reclaim`]) and its
-//! place goes to the first waiting. An HTTP/2 connection is shared by its session's requests;
-//! a request waiting for a place takes it when its session opens one meanwhile
-//! ([`crate::forward`]). A connection is idle when no request's answer is still on it ([`Use`] counts
-//! them until the answer's body ends).
+//! place goes to the first waiting. A connection is idle when no request's answer is still on
+//! it ([`Use`] counts them until the answer's body ends). An HTTP/2 connection is shared by its
+//! session's requests; a request waiting for a place takes it when its session opens one
+//! meanwhile ([`crate::forward`]).
 use std::{
     collections::{HashMap, VecDeque},
     sync::{
