@@ -590,6 +590,14 @@ impl State {
         Some(Identity::new(trust_domain, &service.namespace, &service.name))
     }
 
+    /// The Service named `key` (`namespace/hostname`), without its endpoints (no copy of
+    /// their list).
+    pub fn service(&self, key: &str) -> Option<Arc<Service>> {
+        let index = self.current();
+        let Resource::Service(service) = index.resources.get(key)?.1.as_ref() else { return None };
+        Some(service.clone())
+    }
+
     /// The Service named `key` (`namespace/hostname`), and the workloads backing it.
     pub fn service_by_key(&self, key: &str) -> Option<(Arc<Service>, Vec<Arc<Workload>>)> {
         let index = self.current();
@@ -972,6 +980,9 @@ mod tests {
         let (web, endpoints) = state.service_by_vip("10.96.0.10".parse().unwrap()).unwrap();
         assert_eq!(web.name, "web");
         assert_eq!(endpoints.iter().map(|w| w.uid.as_str()).collect::<Vec<_>>(), ["b"]);
+        let key = "ns/web.ns.svc.cluster.local";
+        assert!(Arc::ptr_eq(&state.service(key).unwrap(), &state.service_by_key(key).unwrap().0));
+        assert!(state.service("b").is_none(), "a workload is no Service");
         // A pod's address moves to a new pod (new uid) in one delta: the old identity is gone.
         state
             .apply(Update {

@@ -890,7 +890,8 @@ impl Session {
     /// waypoint is not known.
     fn chained(&self, backend: &str) -> Result<Option<Chained>, Failure> {
         let state = &self.context.state;
-        let Some((service, _)) = state.service_by_key(backend) else { return Ok(None) };
+        // Asked for every request's backend: the Service alone, not a copy of its endpoints.
+        let Some(service) = state.service(backend) else { return Ok(None) };
         let Some(waypoint) = service.waypoint.as_ref().filter(|waypoint| !self.context.is_me(waypoint))
         else {
             return Ok(None);

@@ -45,8 +45,8 @@ impl Inbound {
         let destination = match &request.service {
             Some(named) => {
                 let key = state_key(&named.hostname);
-                let (service, _) = state
-                    .service_by_key(&key)
+                let service = state
+                    .service(&key)
                     .ok_or_else(|| Refusal::BadRequest(format!("no service {}", named.hostname)))?;
                 Destination::Service(service, named.port)
             }
