@@ -16,7 +16,7 @@ use kube::{
 };
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, SanType,
+    KeyPair, KeyUsagePurpose, SanType, SubjectPublicKeyInfo,
 };
 
 pub mod caller;
@@ -290,7 +290,7 @@ impl Authority {
             .map_err(|e| Refusal::BadCsr(e.to_string()))?
             .1
             .contents;
-        check_csr(&der, identity)?;
+        let key = check_csr(&der, identity)?;
         let current = self.current();
         let mut csr = CertificateSigningRequestParams::from_der(&der.into())
             .map_err(|e| Refusal::BadCsr(e.to_string()))?;
@@ -314,13 +314,18 @@ impl Authority {
         params.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = csr.signed_by(&current.intermediate).map_err(|e| Refusal::BadCsr(e.to_string()))?;
+        // The leaf's key is the request's key information as it stands: rcgen's own `signed_by`
+        // labels it by the request's signature algorithm, and a P-384 key signed with SHA-256
+        // came out labelled P-256 — a leaf nobody can use.
+        let leaf =
+            csr.params.signed_by(&key, &current.intermediate).map_err(|e| Refusal::BadCsr(e.to_string()))?;
         Ok(vec![leaf.pem(), current.state.intermediate.cert.clone(), current.state.bundle.concat()])
     }
 }
 
-/// The CSR's (DER) own claims: exactly one URI SAN, `identity`, and no CA bit.
-fn check_csr(der: &[u8], identity: &str) -> Result<(), Refusal> {
+/// The CSR's (DER) own claims: exactly one URI SAN, `identity`, and no CA bit. Returns the key
+/// to certify.
+fn check_csr(der: &[u8], identity: &str) -> Result<SubjectPublicKeyInfo, Refusal> {
     use x509_parser::{
         certification_request::X509CertificationRequest, extensions::GeneralName,
         extensions::ParsedExtension, prelude::FromDer,
@@ -345,11 +350,14 @@ fn check_csr(der: &[u8], identity: &str) -> Result<(), Refusal> {
     if uris != [identity] {
         return Err(Refusal::WrongSan { expected: identity.to_owned(), found: uris });
     }
-    Ok(())
+    let raw = csr.certification_request_info.subject_pki.raw;
+    SubjectPublicKeyInfo::from_der(raw).map_err(|e| Refusal::BadCsr(format!("its key: {e}")))
 }
 
 #[cfg(test)]
 mod tests {
+    use x509_parser::{certification_request::X509CertificationRequest, prelude::FromDer};
+
     use super::*;
 
     fn authority() -> Authority {
@@ -403,6 +411,31 @@ mod tests {
         assert!(matches!(ca.sign(&wrong, ID, ttl), Err(Refusal::WrongSan { .. })));
         assert_eq!(ca.sign(&csr(vec![uri(ID)], true), ID, ttl), Err(Refusal::CaRequested));
         assert!(matches!(ca.sign("not a csr", ID, ttl), Err(Refusal::BadCsr(_))));
+    }
+
+    /// A P-384 key's request signed with ecdsa-with-SHA256 (made with `openssl req -new -newkey
+    /// ec -pkeyopt ec_paramgen_curve:P-384 -sha256`): the signature's algorithm names no curve.
+    const P384_SIGNED_WITH_SHA256: &str = "\
+-----BEGIN CERTIFICATE REQUEST-----
+MIIBPTCBwwIBADAAMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAE2tz6y4Dh6JjwN93z
+VWfI6Ivf+bvRnaDI+rLVIxIQtG3OT6TMTvdBBAfNq7CRZvCW6ZvYdiUNf6n8YAf3
+0zngma6icOutca3OqQwHVhaDvXS1Rgtf9X6bl5R5KvgiOp2NoEQwQgYJKoZIhvcN
+AQkOMTUwMzAxBgNVHREEKjAohiZzcGlmZmU6Ly9jbHVzdGVyLmxvY2FsL25zL3No
+b3Avc2EvY2FydDAKBggqhkjOPQQDAgNpADBmAjEAiOCMI2zMrDTqaoZ152JzzMQs
+JnoAjRRr7PiK056GkgUqIAJSQ1HxsTCxpoSMJOY3AjEA2EtAveg9jLNC6ieNEUyE
+QAsWvk8X0mhLztgLmf7/ABRfT4mwDYlYhiF4dBloHy/v
+-----END CERTIFICATE REQUEST-----
+";
+
+    #[test]
+    fn certifies_the_requests_key_whatever_its_signature_algorithm() {
+        let chain = authority().sign(P384_SIGNED_WITH_SHA256, ID, Duration::from_secs(3600)).unwrap();
+        let leaf = x509_parser::pem::parse_x509_pem(chain[0].as_bytes()).unwrap().1;
+        let leaf = leaf.parse_x509().unwrap();
+        let csr = x509_parser::pem::parse_x509_pem(P384_SIGNED_WITH_SHA256.as_bytes()).unwrap().1;
+        let (_, csr) = <X509CertificationRequest as FromDer<_>>::from_der(&csr.contents).unwrap();
+        // Labelled by the signature's algorithm, the leaf said prime256v1 over a P-384 point.
+        assert_eq!(leaf.public_key().raw, csr.certification_request_info.subject_pki.raw);
     }
 
     #[test]
