@@ -38,9 +38,8 @@ static CA: LazyLock<Authority> = LazyLock::new(|| {
 
 /// A node proxy's request for `WORKLOAD` with `csr_der` as its CSR.
 fn request_for_workload(csr_der: &[u8]) -> IstioCertificateRequest {
-    let identity = prost_types::Value {
-        kind: Some(prost_types::value::Kind::StringValue(WORKLOAD.to_owned())),
-    };
+    let identity =
+        prost_types::Value { kind: Some(prost_types::value::Kind::StringValue(WORKLOAD.to_owned())) };
     IstioCertificateRequest {
         csr: pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", csr_der.to_vec())),
         validity_duration: 3600,

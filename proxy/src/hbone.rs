@@ -85,16 +85,18 @@ pub struct Stream {
     recv: RecvStream,
     /// Received bytes not yet read.
     pending: Bytes,
+    held: crate::census::StreamHeld,
 }
 
 impl Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new() }
+        Self { send, recv, pending: Bytes::new(), held: crate::census::StreamHeld::new() }
     }
 
-    /// Its halves, and any bytes received but not yet read (for [`crate::relay`]).
-    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes) {
-        (self.send, self.recv, self.pending)
+    /// Its halves, any bytes received but not yet read, and its place in the census, to hold
+    /// as long as the halves (for [`crate::relay`]).
+    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, crate::census::StreamHeld) {
+        (self.send, self.recv, self.pending, self.held)
     }
 
     /// Waits until bytes arrived (or the stream ended) and shows them without consuming them —

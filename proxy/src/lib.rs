@@ -3,12 +3,13 @@
 //! ([`tls`]) and HBONE — HTTP/2 CONNECT over that TLS — as client and server ([`hbone`], with the
 //! byte relay of [`relay`]), keep the workload, service and policy index ([`state`]) fed by the
 //! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), and decide
-//! authorization with Istio's semantics ([`authz`]); a request's place in a trace is read and
+//! authorization with Istio's semantics ([`authz`]), and count what they hold open ([`census`]); a request's place in a trace is read and
 //! passed on by [`trace_context`]. Inputs: the control plane's (or istiod's)
 //! CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
 //! waypoint's).
 
 pub mod authz;
+pub mod census;
 pub mod control;
 pub mod hbone;
 pub mod identity;

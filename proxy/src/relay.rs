@@ -47,7 +47,7 @@ fn add(counter: &AtomicU64, bytes: usize) {
 
 /// Relays between `tcp` and the HBONE `stream`, counting into `counts`.
 pub async fn hbone(tcp: &mut TcpStream, stream: Stream, counts: &Counts) -> io::Result<()> {
-    let (mut send, mut recv, pending) = stream.into_parts();
+    let (mut send, mut recv, pending, _held) = stream.into_parts();
     let (reader, mut writer) = tcp.split();
     let relayed = async {
         tokio::try_join!(tcp_to_hbone(&reader, &mut send, &counts.sent), async {

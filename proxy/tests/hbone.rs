@@ -134,6 +134,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
             source: "10.1.2.3:4567".parse().unwrap(),
             service_host: Some("echo.shop.svc.cluster.local".into()),
             baggage: Origin::baggage_of("shop", "web"),
+            via: "1.1 waypoint.shop.weft-waypoint".into(),
         };
         let mut stream = connection.open(upstream, &origin, Origin::TEST_TRACEPARENT).await.unwrap();
         let data = pattern(len);
@@ -157,6 +158,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     // As Istio's ztunnel sends them, so either side can read the other's.
     let baggage = "k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web";
     assert_eq!(seen[0].baggage.as_deref(), Some(baggage));
+    assert_eq!(seen[0].via.as_deref(), Some("1.1 waypoint.shop.weft-waypoint"));
     assert_eq!(seen[0].traceparent.as_deref(), Some(Origin::TEST_TRACEPARENT));
 }
 

@@ -1,7 +1,8 @@
 //! What must hold however a test ends, faults and all, checked for every test: no process the
 //! harness reads (the control plane, agents, node proxies, waypoints, test pods) panicked or
 //! wrote private key material to its log — every line they print is inspected as it is read
-//! — and a process's descriptors and memory come back to where they were once a fault is over.
+//! — and a process's descriptors and memory, and a proxy's tasks and HBONE streams, come back to
+//! where they were once a fault is over.
 use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context, bail};
@@ -79,9 +80,55 @@ impl Footprint {
     }
 }
 
+/// What a proxy holds open by its own count: its metrics' `weft_tasks_alive` and
+/// `weft_hbone_streams_open` (`weft_proxy::census`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Census {
+    pub tasks: usize,
+    pub streams: usize,
+}
+
+impl Census {
+    /// Read from a proxy's metrics exposition.
+    pub fn from_metrics(metrics: &str) -> anyhow::Result<Self> {
+        let gauge = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .with_context(|| format!("no {name} in the metrics"))
+        };
+        Ok(Self { tasks: gauge("weft_tasks_alive")?, streams: gauge("weft_hbone_streams_open")? })
+    }
+
+    /// Waits, at most `timeout`, until the census `scrape` reads is back to this baseline but
+    /// for `slack` (the tasks of connections a pool keeps); fails with what it read last.
+    pub fn returned_to(
+        &self,
+        scrape: impl Fn() -> anyhow::Result<String>,
+        slack: Census,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let mut last = None;
+        let returned = crate::until("the proxy's census back to its baseline", timeout, || {
+            last = scrape().and_then(|metrics| Self::from_metrics(&metrics)).ok().or(last);
+            last.is_some_and(|now| {
+                now.tasks <= self.tasks + slack.tasks && now.streams <= self.streams + slack.streams
+            })
+        });
+        returned.with_context(|| format!("the proxy holds {last:?}, {self:?} before the fault"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{inspect, logs_clean};
+    use super::{Census, inspect, logs_clean};
+
+    #[test]
+    fn a_census_is_read_from_the_metrics() {
+        let metrics = "# TYPE weft_tasks_alive gauge\nweft_tasks_alive 12\nweft_tasks_alive_x 1\nweft_hbone_streams_open 3\n# EOF\n";
+        assert_eq!(Census::from_metrics(metrics).unwrap(), Census { tasks: 12, streams: 3 });
+        assert!(Census::from_metrics("weft_tasks_alive 1\n").is_err(), "a gauge missing is an error");
+    }
 
     #[test]
     fn a_panic_or_a_private_key_in_any_log_is_found() {

@@ -20,7 +20,7 @@ use weft_tests::{
     apps, canary,
     cluster::Cluster,
     control::{self, ControlPlane},
-    invariants::Footprint,
+    invariants::{Census, Footprint},
     kubelet::PodTemplate,
     mesh::{self, Mesh},
     process::Process,
@@ -669,6 +669,9 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 20, "{tally}");
         let waypoint = scene.waypoint.process().pid();
         let baseline = Footprint::of(waypoint).unwrap();
+        let netns = scene.waypoint.pod().netns.clone();
+        let scrape = || apps::http_get(&netns, 15020, "/metrics");
+        let census = Census::from_metrics(&scrape().unwrap()).unwrap();
         // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
         // off (GOAWAY or closed) rather than served on. First (so that no earlier session's
         // line can be taken for its own): a client cancelling each request once it is under
@@ -694,21 +697,27 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
         let slack = Footprint { descriptors: 3 * workers, rss_kib: 16 * 1024 };
         baseline.returned_to(waypoint, slack, WAIT).unwrap();
+        // No stream is held any more, and no task but those of those connections (one each).
+        census.returned_to(scrape, Census { tasks: 3 * workers, streams: 0 }, WAIT).unwrap();
     });
 }
 
 /// Creates Weft's AuthorizationPolicy `name` in `shop` with `spec`.
 async fn apply_policy(cluster: &Cluster, name: &str, spec: serde_json::Value) {
-    let gvk = kube::api::GroupVersionKind::gvk("security.weft.dev", "v1", "AuthorizationPolicy");
-    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies");
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(cluster.client(), "shop", &resource);
     let object = serde_json::json!({
         "apiVersion": "security.weft.dev/v1",
         "kind": "AuthorizationPolicy",
         "metadata": { "name": name, "namespace": "shop" },
         "spec": spec,
     });
-    api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+    policies(cluster).create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.unwrap();
+}
+
+/// Weft's AuthorizationPolicies in `shop`.
+fn policies(cluster: &Cluster) -> Api<kube::api::DynamicObject> {
+    let gvk = kube::api::GroupVersionKind::gvk("security.weft.dev", "v1", "AuthorizationPolicy");
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&gvk, "authorizationpolicies");
+    Api::namespaced_with(cluster.client(), "shop", &resource)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -914,6 +923,28 @@ async fn a_backend_behind_another_waypoint_is_reached_through_that_waypoint_whic
         };
         let line = other.process().wait_for(cut, WAIT).unwrap();
         assert!(line.contains("ns/shop/sa/waypoint"), "{line}");
+    });
+    // The same loop at L4 — special's port a TCPRoute back to echo-v1, whose TCPRoute sends
+    // it to special — is cut too: the count rides in each CONNECT's `Via`. (Special's HTTPRoute
+    // goes first: a port's HTTPRoute outranks its TCPRoute; and so does `other`'s DENY, which,
+    // its paths unreadable in a connection, refuses every connection relayed at L4.)
+    routes(scene.cluster.client(), "HTTPRoute", "shop").delete("back", &Default::default()).await.unwrap();
+    policies(&scene.cluster).delete("locked", &Default::default()).await.unwrap();
+    let loop_back = serde_json::json!({
+        "parentRefs": [{ "group": "", "kind": "Service", "name": "special", "port": 80 }],
+        "rules": [{ "backendRefs": [{ "name": "echo-v1", "port": 80 }] }],
+    });
+    create_route(scene.cluster.client(), "TCPRoute", "shop", "loop-back", loop_back).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let request = "GET /special/tcp-loop HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
+        let cut =
+            |line: &str| line.contains(" connection") && line.contains("a route loop between waypoints");
+        weft_tests::until("the loop at L4 to be cut", WAIT, || {
+            let answered = apps::http_raw(&client, to_echo_v1, request)
+                .is_ok_and(|answer| answer.contains("name=special"));
+            !answered && other.process().wait_for(cut, Duration::from_millis(500)).is_ok()
+        })
+        .unwrap();
     });
 }
 

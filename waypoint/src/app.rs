@@ -316,7 +316,9 @@ struct Endpoints(Arc<Context>);
 
 impl weft_api::admin::Source for Endpoints {
     fn metrics(&self) -> String {
-        self.0.metrics.encode()
+        let mut text = self.0.metrics.encode();
+        weft_proxy::census::add_to(&mut text);
+        text
     }
 
     /// Ready once the configuration (addresses, policies, routes, L7 policies and request

@@ -153,7 +153,7 @@ enum Failure {
     #[error("upstream connect error or disconnect/reset before headers. reset reason: overflow")]
     Overflow,
     /// The request came through this many waypoints, chained: a route loop between them.
-    #[error("a route loop between waypoints: this request came through {0} already")]
+    #[error("a route loop between waypoints: {0} passed already")]
     Loop(usize),
     /// The backend's circuit breaker is open: every connection is held and too many requests
     /// wait for one. Envoy's body.
@@ -241,9 +241,14 @@ pub fn via_entry(gateway: &str) -> http::HeaderValue {
 
 /// How many waypoints a request came through chained, by its `Via` entries.
 fn waypoints_passed(headers: &HeaderMap) -> usize {
-    let entries = headers.get_all(header::VIA).iter().filter_map(|value| value.to_str().ok());
-    let pseudonyms =
-        entries.flat_map(|value| value.split(',')).filter_map(|entry| entry.split_whitespace().nth(1));
+    waypoints_in(headers.get_all(header::VIA).iter().filter_map(|value| value.to_str().ok()))
+}
+
+/// How many waypoints `Via` values name. A connection relayed at L4 carries its count in its
+/// CONNECT's `Via` ([`Session::tunnel`]), a request in its own.
+fn waypoints_in<'a>(values: impl IntoIterator<Item = &'a str>) -> usize {
+    let entries = values.into_iter().flat_map(|value| value.split(','));
+    let pseudonyms = entries.filter_map(|entry| entry.split_whitespace().nth(1));
     pseudonyms.filter(|pseudonym| pseudonym.ends_with(VIA_SUFFIX)).count()
 }
 
@@ -1172,14 +1177,22 @@ impl Session {
             .await
             .map_err(|error| Failure::Connect(format!("no certificate: {error}")))?;
         let peer = match via {
-            Some(via) => via.clone(),
+            Some(through) => through.clone(),
             None => Peer { ip: target.ip(), expected: workload.identity(&context.trust_domain).into() },
         };
         let service_host = match &self.destination {
             Destination::Service(service, _) => Some(service.hostname.clone()),
             Destination::Workload(..) => None,
         };
-        let origin = Origin { source: self.client.address, service_host, baggage: String::new() };
+        // Through another waypoint, the CONNECT counts the waypoints passed, this one added:
+        // what that one relays at L4 carries no header of its own to count in.
+        let own = context.via.to_str().unwrap_or_default();
+        let via = match (via, &self.client.via) {
+            (None, _) => String::new(),
+            (Some(_), Some(before)) => format!("{before}, {own}"),
+            (Some(_), None) => own.to_owned(),
+        };
+        let origin = Origin { source: self.client.address, service_host, baggage: String::new(), via };
         context
             .pool()
             .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent())

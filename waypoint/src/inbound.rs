@@ -99,7 +99,8 @@ impl Handler for Inbound {
         // The client's node proxy connects from inside the client's pod: the tunnel's source is
         // the client. `Forwarded` is not believed: any holder of a mesh certificate could name
         // any address in it, and policies decide on source addresses.
-        let client = Client { identity: request.peer.clone(), address: request.source };
+        let client =
+            Client { identity: request.peer.clone(), address: request.source, via: request.via.clone() };
         Ok(Session::new(self.context.clone(), destination, client))
     }
 
@@ -115,6 +116,8 @@ pub struct Client {
     pub identity: Identity,
     /// Its address: the tunnel's source.
     pub address: SocketAddr,
+    /// The CONNECT's `Via`: the waypoints the stream came through, chained.
+    pub via: Option<String>,
 }
 
 impl Upstream for Session {

@@ -70,6 +70,7 @@ impl Workers {
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            weft_proxy::census::count_runtime(runtime.handle().clone());
             let (queue, accepted) = mpsc::unbounded_channel();
             let open = Arc::new(AtomicUsize::new(0));
             let (handler, counted, done) = (handler.clone(), open.clone(), done.clone());
@@ -217,7 +218,7 @@ mod tests {
 
     /// The thread that serves a new stream on `connection`.
     async fn serving_thread(connection: &Connection, target: std::net::SocketAddr) -> String {
-        let origin = Origin { source: target, service_host: None, baggage: String::new() };
+        let origin = Origin::from_address(target);
         let mut stream = connection.open(target, &origin, Origin::TEST_TRACEPARENT).await.unwrap();
         let mut name = String::new();
         stream.read_to_string(&mut name).await.unwrap();

@@ -106,6 +106,7 @@ impl weft_api::admin::Source for Endpoints {
             ));
         }
         text.push_str("# EOF\n");
+        weft_proxy::census::add_to(&mut text);
         text
     }
 

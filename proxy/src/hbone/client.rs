@@ -29,6 +29,9 @@ pub struct Origin {
     pub service_host: Option<String>,
     /// `k8s.namespace.name=…,k8s.deployment.name=…,service.name=…` (empty: not sent).
     pub baggage: String,
+    /// `Via` (empty: not sent): the waypoints a connection relayed at L4 came through, so the
+    /// next can cut a route loop between them.
+    pub via: String,
 }
 
 impl Origin {
@@ -38,7 +41,7 @@ impl Origin {
 
     /// An origin known only by its address.
     pub fn from_address(source: SocketAddr) -> Self {
-        Self { source, service_host: None, baggage: String::new() }
+        Self { source, service_host: None, baggage: String::new(), via: String::new() }
     }
 
     /// The `Forwarded` header's value.
@@ -155,6 +158,9 @@ impl Connection {
             .header("traceparent", traceparent);
         if !origin.baggage.is_empty() {
             request = request.header("baggage", origin.baggage.as_str());
+        }
+        if !origin.via.is_empty() {
+            request = request.header("via", origin.via.as_str());
         }
         // Names and values are ours or a workload's Kubernetes names; one that is not a valid
         // header value fails this stream only.

@@ -52,6 +52,8 @@ pub struct ConnectRequest {
     pub baggage: Option<String>,
     /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
     pub traceparent: Option<String>,
+    /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
+    pub via: Option<String>,
 }
 
 /// A Service named by hostname and service port.
@@ -364,7 +366,8 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
     let (baggage, traceparent) =
         (header("baggage").map(str::to_owned), header("traceparent").map(str::to_owned));
-    Ok(ConnectRequest { peer, source, target, service, forwarded_for, baggage, traceparent })
+    let via = header("via").map(str::to_owned);
+    Ok(ConnectRequest { peer, source, target, service, forwarded_for, baggage, traceparent, via })
 }
 
 /// For the fuzz targets: the checks of [`check`] on `request`, between fixed ends.

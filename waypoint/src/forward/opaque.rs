@@ -125,6 +125,10 @@ impl Session {
             authz::Request::connection(Some(&self.client.identity), self.client.address.ip(), port)
         })
         .map_err(|failure| failure.to_string())?;
+        let passed = super::waypoints_in(self.client.via.as_deref());
+        if passed >= super::MAX_CHAINED {
+            return Err(super::Failure::Loop(passed).to_string());
+        }
         let (workload, target, via) = match &self.destination {
             Destination::Workload(workload, port) => {
                 let ip = address_of(workload, &self.client.address)

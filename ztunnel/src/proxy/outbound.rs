@@ -274,7 +274,10 @@ async fn proxy(
                 let (origin, traceparent) = said.get_or_insert_with(|| {
                     let baggage = Origin::baggage_of(&pod.namespace, &name);
                     let service_host = service.as_ref().map(|service| service.hostname.clone());
-                    (Origin { source: peer, service_host, baggage }, Origin::traceparent())
+                    (
+                        Origin { source: peer, service_host, baggage, via: String::new() },
+                        Origin::traceparent(),
+                    )
                 });
                 let dial = NetnsDial { netns, source: peer.ip() };
                 let tunnel = match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent))

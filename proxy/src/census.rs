@@ -1,0 +1,92 @@
+//! What a proxy holds open right now — the tasks alive on its runtimes and the HBONE streams
+//! it has in hand — as gauges on its metrics endpoint, so a leak shows: after a fault, a test
+//! waits for both to come back to where they were (as operators watch them in production).
+//! Counted per process: a proxy has one census.
+use std::sync::{
+    Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use tokio::runtime::Handle;
+
+/// The runtimes whose tasks are counted: a node proxy has one, a waypoint one per worker.
+static RUNTIMES: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
+
+/// HBONE streams whose handles are held, either end.
+static STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `runtime`'s tasks from now on.
+pub fn count_runtime(runtime: Handle) {
+    RUNTIMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(runtime);
+}
+
+/// Tasks alive on the counted runtimes.
+pub fn tasks_alive() -> usize {
+    let runtimes = RUNTIMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    runtimes.iter().map(|runtime| runtime.metrics().num_alive_tasks()).sum()
+}
+
+/// HBONE streams held now.
+pub fn streams_open() -> usize {
+    STREAMS.load(Ordering::Relaxed)
+}
+
+/// One HBONE stream held: counted while this lives.
+#[derive(Debug)]
+pub struct StreamHeld(());
+
+impl StreamHeld {
+    pub(crate) fn new() -> Self {
+        STREAMS.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for StreamHeld {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Adds the gauges to a proxy's metrics `exposition` (OpenMetrics text), before its `# EOF`.
+pub fn add_to(exposition: &mut String) {
+    let end = exposition.rfind("# EOF").unwrap_or(exposition.len());
+    exposition.insert_str(end, &gauges());
+}
+
+/// The gauges in Prometheus' text format.
+fn gauges() -> String {
+    format!(
+        "# HELP weft_tasks_alive Tasks alive on the proxy's runtimes.\n\
+         # TYPE weft_tasks_alive gauge\n\
+         weft_tasks_alive {}\n\
+         # HELP weft_hbone_streams_open HBONE streams the proxy holds, either end.\n\
+         # TYPE weft_hbone_streams_open gauge\n\
+         weft_hbone_streams_open {}\n",
+        tasks_alive(),
+        streams_open()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_a_runtimes_tasks_and_the_streams_held() {
+        count_runtime(Handle::current());
+        let before = (tasks_alive(), streams_open());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(stopped);
+        let held = StreamHeld::new();
+        assert_eq!((tasks_alive(), streams_open()), (before.0 + 1, before.1 + 1));
+        let mut exposition = "# EOF\n".to_owned();
+        add_to(&mut exposition);
+        let gauge = format!("weft_hbone_streams_open {}\n# EOF\n", before.1 + 1);
+        assert!(exposition.ends_with(&gauge), "{exposition}");
+        drop(held);
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+        assert_eq!((tasks_alive(), streams_open()), before);
+    }
+}
