@@ -145,12 +145,15 @@ impl Context {
             let mut verdict = self.state.authorize(pod.local(), connection);
             if verdict.incomplete() {
                 // Addresses and policies arrive apart: a workload may name a policy a moment
-                // before it comes. Only what stays missing cuts an open connection.
-                verdict = self.state.authorize_known(pod.local(), connection, CONFIG_WAIT).await;
+                // before it comes. Only what stays missing cuts an open connection. Boxed, as
+                // is rare: inline its timer would size every open connection's wait below.
+                verdict = Box::pin(self.state.authorize_known(pod.local(), connection, CONFIG_WAIT)).await;
             }
             if !verdict.allowed() {
                 return verdict;
             }
+            // Nor is the verdict (its policy's name) kept while the connection lives.
+            drop(verdict);
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
             }

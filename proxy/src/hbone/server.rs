@@ -254,10 +254,18 @@ pub async fn serve_connection<H: Handler>(
             }
             reason = &mut keepalive => return Err(Error::Unresponsive(reason)),
             accepted = connection.accept() => match accepted {
-                Some(Ok((request, respond))) => {
+                Some(Ok((request, mut respond))) => {
                     last_stream = tokio::time::Instant::now();
                     let ends = Ends { peer: peer.clone(), source, local };
-                    streams.spawn(serve_stream(request, respond, ends, handler.clone()));
+                    // Checked before its task is spawned: what the task holds while the stream
+                    // lives is what the check kept, not the request's head (240 bytes each).
+                    let (head, body) = request.into_parts();
+                    match check(&Request::from_parts(head, ()), ends) {
+                        Ok(connect) => {
+                            streams.spawn(serve_stream(connect, body, respond, handler.clone()));
+                        }
+                        Err(refusal) => refuse(&mut respond, &refusal),
+                    }
                 }
                 Some(Err(error)) => return Err(Error::Http2(error)),
                 None => break,
@@ -282,18 +290,11 @@ pub async fn serve_connection<H: Handler>(
 }
 
 async fn serve_stream<H: Handler>(
-    request: Request<h2::RecvStream>,
+    mut connect: ConnectRequest,
+    body: h2::RecvStream,
     mut respond: SendResponse<Bytes>,
-    ends: Ends,
     handler: Arc<H>,
 ) -> StreamEnd {
-    let mut connect = match check(&request, ends) {
-        Ok(connect) => connect,
-        Err(refusal) => {
-            refuse(&mut respond, &refusal);
-            return StreamEnd::Served;
-        }
-    };
     if let Err(refusal) = handler.resolve(&mut connect).await {
         refuse(&mut respond, &refusal);
         return StreamEnd::Served;
@@ -321,7 +322,7 @@ async fn serve_stream<H: Handler>(
     let counts = crate::relay::Counts::default();
     // Revoked: the relay is dropped, which resets the stream and closes the upstream.
     let relayed = tokio::select! {
-        relayed = upstream.carry(Stream::new(send, request.into_body()), &counts) => relayed,
+        relayed = upstream.carry(Stream::new(send, body), &counts) => relayed,
         refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
     };
     let (sent, received) = counts.get();

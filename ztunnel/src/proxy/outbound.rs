@@ -236,9 +236,79 @@ async fn proxy(
     netns: &Netns,
 ) -> Result<(), Error> {
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
-    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
     let name = context.metrics_name(pod, peer.ip());
+    let captured = Captured { peer, target, pod, source: &source, name: &name };
+    // Boxed: the connect phase — the routes it may try (a Service's endpoints), what a CONNECT
+    // says, its futures — is gone before the relay begins; inline it would size the
+    // connection's task for as long as it lives.
+    let way = Box::pin(open(context, netns, &captured)).await?;
+    let pod_key = || format!("{}/{}", pod.namespace, pod.name);
+    match way {
+        Way::Tunnel { tunnel, workload, addr, via, destination, traceparent } => {
+            let labels = context.labels(
+                Reporter::Source,
+                Some((&name, &pod.namespace, &source)),
+                Some((workload.metrics_name(), &workload.namespace, &destination)),
+                true,
+            );
+            drop(workload);
+            context.metrics.opened(&labels);
+            let live = context.live.register(pod_key(), source.to_string(), destination.to_string(), target);
+            let relayed = relay::hbone(&mut client, tunnel.stream, &live.connection.counts).await;
+            let (sent, received) = live.connection.counts.get();
+            context.metrics.closed(&labels, sent, received);
+            relayed?;
+            tracing::info!(target: "weft_ztunnel::access", src = %source, dst = %destination, %target, upstream = %addr, %via, sent, received, trace = %traceparent, "outbound via HBONE closed");
+        }
+        Way::Direct { mut upstream, addr } => {
+            let labels =
+                context.labels(Reporter::Source, Some((&name, &pod.namespace, &source)), None, false);
+            context.metrics.opened(&labels);
+            let live = context.live.register(pod_key(), source.to_string(), "-".to_owned(), target);
+            let relayed = relay::tcp(&mut client, &mut upstream, &live.connection.counts).await;
+            let (sent, received) = live.connection.counts.get();
+            context.metrics.closed(&labels, sent, received);
+            relayed?;
+            tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
+        }
+    }
+    Ok(())
+}
+
+/// A captured connection: whose it is, and where it was going.
+struct Captured<'a> {
+    peer: SocketAddr,
+    target: SocketAddr,
+    pod: &'a Pod,
+    source: &'a Identity,
+    name: &'a str,
+}
+
+/// The way a connection goes, opened: only what its relay and its close need.
+enum Way {
+    Tunnel {
+        tunnel: hbone::pool::Tunnel,
+        /// The workload tunnelled to (a waypoint's pod, through one), for the labels.
+        workload: Arc<Workload>,
+        /// The address the CONNECT names.
+        addr: SocketAddr,
+        /// The peer's address: the workload's, or the waypoint pod's.
+        via: IpAddr,
+        /// The identity the peer proved.
+        destination: Identity,
+        traceparent: String,
+    },
+    Direct {
+        upstream: tokio::net::TcpStream,
+        addr: SocketAddr,
+    },
+}
+
+/// Tries the connection's routes in turn until one opens.
+async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Result<Way, Error> {
+    let (peer, target, pod) = (captured.peer, captured.target, captured.pod);
+    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     // The client's own workload (its address is its pod's), for a Service preferring close
     // endpoints.
     let source_workload = context.state.workload_by_ip(peer.ip()).filter(|workload| workload.is(pod.local()));
@@ -248,93 +318,49 @@ async fn proxy(
     let mut said: Option<(Origin, String)> = None;
     let mut last_error = None;
     for route in routes {
-        match route {
-            Route::Tunnel(..) | Route::Waypoint(..) => {
-                let (workload, addr, via) = match route {
-                    Route::Tunnel(workload, addr) => {
-                        let expected = Expected {
-                            workload: workload.identity(&context.trust_domain),
-                            alternatives: service
-                                .as_ref()
-                                .map(|service| service.subject_alt_names.clone())
-                                .unwrap_or_default(),
-                        };
-                        (workload, addr, Peer { ip: addr.ip(), expected })
-                    }
-                    Route::Waypoint(waypoint, ip, identity) => {
-                        (waypoint, target, Peer { ip, expected: identity.into() })
-                    }
-                    Route::Direct(_) => unreachable!("matched above"),
+        let (workload, addr, via) = match route {
+            Route::Direct(addr) => match Box::pin(connect_in(netns, addr)).await {
+                Ok(upstream) => return Ok(Way::Direct { upstream, addr }),
+                Err(error) => {
+                    tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
+                    last_error = Some(Error::Io(error));
+                    continue;
+                }
+            },
+            Route::Tunnel(workload, addr) => {
+                let expected = Expected {
+                    workload: workload.identity(&context.trust_domain),
+                    alternatives: service
+                        .as_ref()
+                        .map(|service| service.subject_alt_names.clone())
+                        .unwrap_or_default(),
                 };
-                let expected = &via.expected;
-                // The connect phase's futures are boxed: they are done before the relay begins,
-                // and inline they would size the connection's task, for as long as it lives,
-                // by their largest state (5.6 KiB a connection in a debug build, 2.1 boxed).
-                let cert = Box::pin(context.identities.fetch(&source)).await?;
-                let (origin, traceparent) = said.get_or_insert_with(|| {
-                    let baggage = Origin::baggage_of(&pod.namespace, &name);
-                    let service_host = service.as_ref().map(|service| service.hostname.clone());
-                    (
-                        Origin { source: peer, service_host, baggage, via: String::new() },
-                        Origin::traceparent(),
-                    )
-                });
-                let dial = NetnsDial { netns, source: peer.ip() };
-                let tunnel = match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent))
-                    .await
-                {
-                    Ok(tunnel) => tunnel,
-                    Err(error) => {
-                        tracing::info!(%addr, via = %via.ip, %error, "endpoint unreachable; trying the next");
-                        last_error = Some(Error::Tunnel(error));
-                        continue;
-                    }
-                };
-                let labels = context.labels(
-                    Reporter::Source,
-                    Some((&name, &pod.namespace, &source)),
-                    Some((workload.metrics_name(), &workload.namespace, &expected.workload)),
-                    true,
-                );
-                context.metrics.opened(&labels);
-                let live = context.live.register(
-                    format!("{}/{}", pod.namespace, pod.name),
-                    source.to_string(),
-                    expected.workload.to_string(),
-                    target,
-                );
-                let relayed = relay::hbone(&mut client, tunnel.stream, &live.connection.counts).await;
-                let (sent, received) = live.connection.counts.get();
-                context.metrics.closed(&labels, sent, received);
-                relayed?;
-                tracing::info!(target: "weft_ztunnel::access", src = %source, dst = %expected, %target, upstream = %addr, via = %via.ip, sent, received, trace = %traceparent, "outbound via HBONE closed");
+                (workload, addr, Peer { ip: addr.ip(), expected })
             }
-            Route::Direct(addr) => {
-                let mut upstream = match Box::pin(connect_in(netns, addr)).await {
-                    Ok(upstream) => upstream,
-                    Err(error) => {
-                        tracing::info!(%addr, %error, "endpoint unreachable; trying the next");
-                        last_error = Some(Error::Io(error));
-                        continue;
-                    }
-                };
-                let labels =
-                    context.labels(Reporter::Source, Some((&name, &pod.namespace, &source)), None, false);
-                context.metrics.opened(&labels);
-                let live = context.live.register(
-                    format!("{}/{}", pod.namespace, pod.name),
-                    source.to_string(),
-                    "-".to_owned(),
-                    target,
-                );
-                let relayed = relay::tcp(&mut client, &mut upstream, &live.connection.counts).await;
-                let (sent, received) = live.connection.counts.get();
-                context.metrics.closed(&labels, sent, received);
-                relayed?;
-                tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
+            Route::Waypoint(waypoint, ip, identity) => {
+                (waypoint, target, Peer { ip, expected: identity.into() })
+            }
+        };
+        // Boxed too: the certificate fetch and the pool's handshake would otherwise size
+        // this phase's future by their largest state (5.6 KiB a connection in a debug build).
+        let cert = Box::pin(context.identities.fetch(captured.source)).await?;
+        let (origin, traceparent) = said.get_or_insert_with(|| {
+            let baggage = Origin::baggage_of(&pod.namespace, captured.name);
+            let service_host = service.as_ref().map(|service| service.hostname.clone());
+            (Origin { source: peer, service_host, baggage, via: String::new() }, Origin::traceparent())
+        });
+        let dial = NetnsDial { netns, source: peer.ip() };
+        match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent)).await {
+            Ok(tunnel) => {
+                let traceparent = std::mem::take(traceparent);
+                let destination = via.expected.workload;
+                return Ok(Way::Tunnel { tunnel, workload, addr, via: via.ip, destination, traceparent });
+            }
+            Err(error) => {
+                tracing::info!(%addr, via = %via.ip, %error, "endpoint unreachable; trying the next");
+                last_error = Some(Error::Tunnel(error));
             }
         }
-        return Ok(());
     }
     Err(last_error.unwrap_or(Error::NoEndpoints(target.to_string())))
 }
