@@ -350,8 +350,9 @@ fn check_csr(der: &[u8], identity: &str) -> Result<SubjectPublicKeyInfo, Refusal
     if uris != [identity] {
         return Err(Refusal::WrongSan { expected: identity.to_owned(), found: uris });
     }
-    let raw = csr.certification_request_info.subject_pki.raw;
-    SubjectPublicKeyInfo::from_der(raw).map_err(|e| Refusal::BadCsr(format!("its key: {e}")))
+    let key = &csr.certification_request_info.subject_pki;
+    SubjectPublicKeyInfo::from_der(key.raw)
+        .map_err(|e| Refusal::BadCsr(format!("its key ({}): {e}", key.algorithm.algorithm)))
 }
 
 #[cfg(test)]

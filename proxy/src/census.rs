@@ -4,26 +4,47 @@
 //! Counted per process: a proxy has one census.
 use std::sync::{
     Mutex,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use tokio::runtime::Handle;
 
-/// The runtimes whose tasks are counted: a node proxy has one, a waypoint one per worker.
-static RUNTIMES: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
+/// The runtimes whose tasks are counted, by their registration: a node proxy has one, a
+/// waypoint one per worker and its main one.
+static RUNTIMES: Mutex<Vec<(u64, Handle)>> = Mutex::new(Vec::new());
+
+/// The next registration's number.
+static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// HBONE streams whose handles are held, either end.
 static STREAMS: AtomicUsize = AtomicUsize::new(0);
 
-/// Counts `runtime`'s tasks from now on.
-pub fn count_runtime(runtime: Handle) {
-    RUNTIMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(runtime);
+/// Counts `runtime`'s tasks for as long as the registration returned lives (a handle kept
+/// past its runtime would keep the runtime's driver, and its descriptors, open).
+#[must_use = "the runtime is counted while this lives"]
+pub fn count_runtime(runtime: Handle) -> RuntimeCounted {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    runtimes().push((id, runtime));
+    RuntimeCounted(id)
+}
+
+fn runtimes() -> std::sync::MutexGuard<'static, Vec<(u64, Handle)>> {
+    RUNTIMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A runtime's registration: its tasks are counted until this drops.
+#[derive(Debug)]
+pub struct RuntimeCounted(u64);
+
+impl Drop for RuntimeCounted {
+    fn drop(&mut self) {
+        runtimes().retain(|(id, _)| *id != self.0);
+    }
 }
 
 /// Tasks alive on the counted runtimes.
 pub fn tasks_alive() -> usize {
-    let runtimes = RUNTIMES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    runtimes.iter().map(|runtime| runtime.metrics().num_alive_tasks()).sum()
+    runtimes().iter().map(|(_, runtime)| runtime.metrics().num_alive_tasks()).sum()
 }
 
 /// HBONE streams held now.
@@ -72,9 +93,11 @@ fn gauges() -> String {
 mod tests {
     use super::*;
 
+    /// Exact counts of process-wide gauges: it relies on nextest's process per test (the relay's
+    /// tests open streams too).
     #[tokio::test]
     async fn counts_a_runtimes_tasks_and_the_streams_held() {
-        count_runtime(Handle::current());
+        let _counted = count_runtime(Handle::current());
         let before = (tasks_alive(), streams_open());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(stopped);

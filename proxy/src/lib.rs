@@ -2,10 +2,10 @@
 //! hold workload identities and their certificates ([`identity`]), speak mutual TLS bound to them
 //! ([`tls`]) and HBONE — HTTP/2 CONNECT over that TLS — as client and server ([`hbone`], with the
 //! byte relay of [`relay`]), keep the workload, service and policy index ([`state`]) fed by the
-//! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), and decide
-//! authorization with Istio's semantics ([`authz`]), and count what they hold open ([`census`]); a request's place in a trace is read and
-//! passed on by [`trace_context`]. Inputs: the control plane's (or istiod's)
-//! CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
+//! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), decide
+//! authorization with Istio's semantics ([`authz`]) and count what they hold open ([`census`]);
+//! a request's place in a trace is read and passed on by [`trace_context`]. Inputs: the control
+//! plane's (or istiod's) CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
 //! waypoint's).
 
 pub mod authz;

@@ -100,6 +100,18 @@ impl Census {
         Ok(Self { tasks: gauge("weft_tasks_alive")?, streams: gauge("weft_hbone_streams_open")? })
     }
 
+    /// What `scrape` reads once no HBONE stream is held, waiting at most `timeout`: a baseline
+    /// without what earlier requests still had open.
+    pub fn settled(scrape: impl Fn() -> anyhow::Result<String>, timeout: Duration) -> anyhow::Result<Self> {
+        let mut last = None;
+        crate::until("the proxy's streams all let go", timeout, || {
+            last = scrape().and_then(|metrics| Self::from_metrics(&metrics)).ok();
+            last.is_some_and(|census| census.streams == 0)
+        })
+        .with_context(|| format!("the proxy holds {last:?}"))?;
+        last.context("no census read")
+    }
+
     /// Waits, at most `timeout`, until the census `scrape` reads is back to this baseline but
     /// for `slack` (the tasks of connections a pool keeps); fails with what it read last.
     pub fn returned_to(

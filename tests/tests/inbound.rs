@@ -128,16 +128,12 @@ fn a_pod_over_its_connection_limit_has_new_connections_closed_and_its_neighbour_
     let mut mesh = Mesh::start(&topology, &members).unwrap();
     mesh.restart_ztunnel_with(0, &["--max-connections-per-pod", "2"], 2).unwrap();
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
-    // What the client's node proxy holds once its tunnel to the server's node is open.
+    // What the client's node proxy holds once both pods' tunnels to the server's node are open
+    // (the pool keys them by source pod).
     assert_eq!(apps::send(&client, to, "first").unwrap(), "first");
+    assert_eq!(apps::send(&neighbour, to, "first").unwrap(), "first");
     let scrape = || apps::http_get(&topology.nodes()[0].netns, 15020, "/metrics");
-    let mut census = None;
-    weft_tests::until("the first connection's stream let go", WAIT, || {
-        census = scrape().and_then(|metrics| Census::from_metrics(&metrics)).ok();
-        census.is_some_and(|census| census.streams == 0)
-    })
-    .unwrap();
-    let census = census.unwrap();
+    let census = Census::settled(scrape, WAIT).unwrap();
 
     let held = apps::hold(&client, to, 2, WAIT).unwrap();
     // Accepted by the kernel, closed by the proxy: no echo.
@@ -156,7 +152,8 @@ fn a_pod_over_its_connection_limit_has_new_connections_closed_and_its_neighbour_
     )
     .unwrap();
     // The refused connection and the closed ones left no task or stream behind, but for the
-    // connections a busier pool may have opened to the server's node (a task each).
+    // connections a busier pool may have opened to the server's node (a task each, at most a
+    // lane's).
     let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     census.returned_to(scrape, Census { tasks: lanes, streams: 0 }, WAIT).unwrap();
 }

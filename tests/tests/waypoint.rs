@@ -671,7 +671,7 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         let baseline = Footprint::of(waypoint).unwrap();
         let netns = scene.waypoint.pod().netns.clone();
         let scrape = || apps::http_get(&netns, 15020, "/metrics");
-        let census = Census::from_metrics(&scrape().unwrap()).unwrap();
+        let census = Census::settled(scrape, WAIT).unwrap();
         // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
         // off (GOAWAY or closed) rather than served on. First (so that no earlier session's
         // line can be taken for its own): a client cancelling each request once it is under

@@ -109,7 +109,7 @@ fn main() -> anyhow::Result<()> {
     // The main thread's runtime: accepting, xDS, certificates, admin; requests run on the
     // workers' own (`weft_waypoint::workers`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    weft_proxy::census::count_runtime(runtime.handle().clone());
+    let _counted = weft_proxy::census::count_runtime(runtime.handle().clone());
     runtime.block_on(async {
         let shutdown = weft_api::daemon::termination()?;
         app::run(config, shutdown).await?;

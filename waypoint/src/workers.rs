@@ -70,13 +70,14 @@ impl Workers {
         let mut workers = Vec::new();
         for index in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            weft_proxy::census::count_runtime(runtime.handle().clone());
             let (queue, accepted) = mpsc::unbounded_channel();
             let open = Arc::new(AtomicUsize::new(0));
             let (handler, counted, done) = (handler.clone(), open.clone(), done.clone());
-            std::thread::Builder::new()
-                .name(format!("weft-worker-{index}"))
-                .spawn(move || run(index, &runtime, accepted, &handler, &counted, done))?;
+            std::thread::Builder::new().name(format!("weft-worker-{index}")).spawn(move || {
+                // Counted while the worker runs; its runtime goes with its thread.
+                let _tasks_counted = weft_proxy::census::count_runtime(runtime.handle().clone());
+                run(index, &runtime, accepted, &handler, &counted, done);
+            })?;
             workers.push(Worker { queue: Some(queue), open });
         }
         Ok(Self { workers, ended })

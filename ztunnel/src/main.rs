@@ -142,7 +142,7 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!(workers, "worker threads");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
-    weft_proxy::census::count_runtime(runtime.handle().clone());
+    let _counted = weft_proxy::census::count_runtime(runtime.handle().clone());
     runtime.block_on(async {
         let shutdown = weft_api::daemon::termination()?;
         app::run(config, shutdown).await?;

@@ -236,6 +236,8 @@ async fn proxy(
     netns: &Netns,
 ) -> Result<(), Error> {
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
+    // First: the source's name for metrics and baggage is its workload's, once known.
+    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     let source = pod.identity(&context.trust_domain);
     let name = context.metrics_name(pod, peer.ip());
     let captured = Captured { peer, target, pod, source: &source, name: &name };
@@ -295,7 +297,8 @@ enum Way {
         addr: SocketAddr,
         /// The peer's address: the workload's, or the waypoint pod's.
         via: IpAddr,
-        /// The identity the peer proved.
+        /// The identity expected of the peer (a Service's alternative names left out: the
+        /// labels and the access line name the workload's).
         destination: Identity,
         traceparent: String,
     },
@@ -308,7 +311,6 @@ enum Way {
 /// Tries the connection's routes in turn until one opens.
 async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Result<Way, Error> {
     let (peer, target, pod) = (captured.peer, captured.target, captured.pod);
-    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
     // The client's own workload (its address is its pod's), for a Service preferring close
     // endpoints.
     let source_workload = context.state.workload_by_ip(peer.ip()).filter(|workload| workload.is(pod.local()));
