@@ -182,18 +182,16 @@ impl Failure {
         }
     }
 
-    /// The waypoint's answer: its status and message; a gRPC abort as gRPC answers an error
-    /// (trailers only); a rate-limited request says when to come back.
-    fn answer(&self) -> Response<Body> {
-        if let Failure::Aborted(Abort::Grpc(code)) = self {
-            let mut response = Response::new(whole(Bytes::new()));
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
-            headers.insert("grpc-status", http::HeaderValue::from(*code));
-            headers.insert("grpc-message", http::HeaderValue::from_static("fault filter abort"));
-            return response;
-        }
-        let mut response = own_answer(self.status(), &self.to_string());
+    /// The waypoint's answer: its status and message; to a gRPC request (`grpc`) as gRPC
+    /// answers an error, as Envoy does — trailers only, its status as the gRPC code it maps to
+    /// (a gRPC abort's own code), its message in `grpc-message` —, so a gRPC client reads why;
+    /// a rate-limited request says when to come back.
+    fn answer(&self, grpc: bool) -> Response<Body> {
+        let mut response = match (self, grpc) {
+            (Failure::Aborted(Abort::Grpc(code)), _) => grpc_answer(*code, &self.to_string()),
+            (_, true) => grpc_answer(grpc_code(self.status()), &self.to_string()),
+            (_, false) => own_answer(self.status(), &self.to_string()),
+        };
         if let Failure::Unauthenticated(_) = self {
             // RFC 6750 §3, as Envoy answers.
             let challenge = http::HeaderValue::from_static(r#"Bearer realm="mesh", error="invalid_token""#);
@@ -250,6 +248,29 @@ fn waypoints_in<'a>(values: impl IntoIterator<Item = &'a str>) -> usize {
     let entries = values.into_iter().flat_map(|value| value.split(','));
     let pseudonyms = entries.filter_map(|entry| entry.split_whitespace().nth(1));
     pseudonyms.filter(|pseudonym| pseudonym.ends_with(VIA_SUFFIX)).count()
+}
+
+/// Lets a route's filter `modify` a request's headers, but not undo the count of waypoints it
+/// came through: were a filter to remove or set `Via`, each waypoint of a loop would pass it on
+/// as if it were the first, and the loop guard ([`MAX_CHAINED`]) would never trip. The `Via`
+/// values that named waypoints go back when the filter took some away.
+fn keeping_waypoints_passed(headers: &mut HeaderMap, modify: impl FnOnce(&mut HeaderMap)) {
+    let passed = waypoints_passed(headers);
+    if passed == 0 {
+        return modify(headers);
+    }
+    let named: Vec<http::HeaderValue> = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter(|value| value.to_str().is_ok_and(|value| waypoints_in([value]) > 0))
+        .cloned()
+        .collect();
+    modify(headers);
+    if waypoints_passed(headers) < passed {
+        for value in named {
+            headers.append(header::VIA, value);
+        }
+    }
 }
 
 /// A backend Service behind a waypoint other than this one, and that waypoint's pods.
@@ -390,6 +411,7 @@ impl Session {
         };
         let request_size = body_size(request.headers(), request.body());
         let mut routed = Routed::default();
+        let grpc = request.headers().get(header::CONTENT_TYPE).is_some_and(|value| is_grpc(value.as_bytes()));
         let answer = match canonical {
             Ok(uri) => {
                 *request.uri_mut() = uri;
@@ -406,7 +428,7 @@ impl Session {
             Ok(response) => (response, None),
             Err(failure) => {
                 tracing::debug!(%failure, "answered by the waypoint");
-                (failure.answer(), Some(failure))
+                (failure.answer(grpc), Some(failure))
             }
         };
         let response_size = body_size(response.headers(), response.body());
@@ -431,6 +453,8 @@ impl Session {
             retries = routed.retries,
             policy = %routed.policy,
             status = response.status().as_u16(),
+            // A gRPC error the waypoint answered itself travels as HTTP 200 (trailers only).
+            grpc_status = response.headers().get("grpc-status").and_then(|code| code.to_str().ok()).unwrap_or("-"),
             micros = started.elapsed().as_micros() as u64,
             "request"
         );
@@ -693,7 +717,9 @@ impl Session {
                     routed.backend = format!("redirect to {location}");
                     return Ok(redirected(redirect.status(), &location));
                 }
-                rule.request_headers().apply(request.headers_mut());
+                keeping_waypoints_passed(request.headers_mut(), |headers| {
+                    rule.request_headers().apply(headers)
+                });
                 if let Some(rewrite) = rule.rewrite() {
                     let mut uri = request.uri().clone();
                     rewrite.apply(&mut uri, request.headers_mut(), matched_prefix);
@@ -816,8 +842,8 @@ impl Session {
             self.mirror(rule.mirrors(), &parts, kept.as_ref());
         }
         // The backendRef's own filters, after the rule's: for this backend only, not a mirror.
-        if let Some(headers) = backend_headers {
-            headers.apply(&mut parts.headers);
+        if let Some(modifier) = backend_headers {
+            keeping_waypoints_passed(&mut parts.headers, |headers| modifier.apply(headers));
         }
         if chained.is_some() {
             parts.headers.append(header::VIA, self.context.via.clone());
@@ -1364,6 +1390,40 @@ fn redirected(status: StatusCode, location: &str) -> Response<Body> {
     response
 }
 
+/// A gRPC error of the waypoint's own: trailers only (HTTP 200, no body), `code` in
+/// `grpc-status`, `message` percent-encoded in `grpc-message` (the gRPC HTTP/2 protocol's
+/// encoding: every byte outside printable ASCII, and `%`).
+fn grpc_answer(code: u32, message: &str) -> Response<Body> {
+    let mut response = Response::new(whole(Bytes::new()));
+    let encoded: String = message
+        .bytes()
+        .map(|byte| match byte {
+            b' '..=b'~' if byte != b'%' => char::from(byte).to_string(),
+            _ => format!("%{byte:02X}"),
+        })
+        .collect();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", http::HeaderValue::from(code));
+    if let Ok(message) = http::HeaderValue::from_str(&encoded) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// The gRPC code an HTTP status of the waypoint's own answers a gRPC request with: Envoy's
+/// table (gRPC's own for the statuses it names; anything else UNKNOWN).
+fn grpc_code(status: StatusCode) -> u32 {
+    match status.as_u16() {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
+}
+
 /// A response of the waypoint's own.
 fn own_answer(status: StatusCode, message: &str) -> Response<Body> {
     let body = whole(Bytes::from(format!("{message}\n")));
@@ -1378,7 +1438,10 @@ mod tests {
     use http::{Request, header};
     use http_body_util::{BodyExt, Empty};
 
-    use super::{Abort, Body, Failure, HeaderMap, shadow, strip_hop_by_hop, via_entry, waypoints_passed};
+    use super::{
+        Abort, Body, Failure, HeaderMap, keeping_waypoints_passed, shadow, strip_hop_by_hop, via_entry,
+        waypoints_passed,
+    };
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
         let mut builder = Request::builder().uri(uri);
@@ -1404,6 +1467,39 @@ mod tests {
             http::HeaderValue::from_static("HTTP/1.1 proxy.example, 1.1 not-weft-waypoint"),
         );
         assert_eq!(waypoints_passed(&headers), 2);
+    }
+
+    #[test]
+    fn a_route_filter_cannot_take_away_the_waypoints_a_request_came_through() {
+        let arrived = || {
+            let mut headers = HeaderMap::new();
+            headers.append(header::VIA, via_entry("shop/a"));
+            headers.append(header::VIA, http::HeaderValue::from_static("1.1 proxy.example"));
+            headers.append(header::VIA, via_entry("shop/b"));
+            headers
+        };
+        let removed = |headers: &mut HeaderMap| drop(headers.remove(header::VIA));
+        let set = |headers: &mut HeaderMap| drop(headers.insert(header::VIA, "1.1 mine".parse().unwrap()));
+        for filter in [removed, set] {
+            let mut headers = arrived();
+            keeping_waypoints_passed(&mut headers, filter);
+            assert_eq!(waypoints_passed(&headers), 2);
+        }
+        // A filter that leaves Via alone leaves it as it was, and one adding to it is obeyed.
+        let mut headers = arrived();
+        keeping_waypoints_passed(&mut headers, |headers| {
+            headers.append(header::VIA, "1.1 mine".parse().unwrap());
+        });
+        let values: Vec<_> = headers.get_all(header::VIA).iter().collect();
+        assert_eq!(
+            values,
+            ["1.1 a.shop.weft-waypoint", "1.1 proxy.example", "1.1 b.shop.weft-waypoint", "1.1 mine"]
+        );
+        // Nothing to keep: the filter has its way.
+        let mut headers = HeaderMap::new();
+        headers.append(header::VIA, http::HeaderValue::from_static("1.1 proxy.example"));
+        keeping_waypoints_passed(&mut headers, removed);
+        assert!(headers.get(header::VIA).is_none());
     }
 
     #[test]
@@ -1449,16 +1545,42 @@ mod tests {
 
     #[test]
     fn a_rate_limited_request_is_told_when_to_come_back_and_a_grpc_abort_answers_as_grpc() {
-        let limited = Failure::RateLimited(std::time::Duration::from_millis(1200)).answer();
+        let limited = Failure::RateLimited(std::time::Duration::from_millis(1200)).answer(false);
         assert_eq!(limited.status(), 429);
         assert_eq!(limited.headers()[header::RETRY_AFTER], "2", "rounded up");
-        let soon = Failure::RateLimited(std::time::Duration::from_millis(3)).answer();
+        let soon = Failure::RateLimited(std::time::Duration::from_millis(3)).answer(false);
         assert_eq!(soon.headers()[header::RETRY_AFTER], "1", "never 0");
-        let http = Failure::Aborted(Abort::Http(http::StatusCode::BAD_GATEWAY)).answer();
+        let http = Failure::Aborted(Abort::Http(http::StatusCode::BAD_GATEWAY)).answer(false);
         assert_eq!(http.status(), 502);
-        let grpc = Failure::Aborted(Abort::Grpc(14)).answer();
+        let grpc = Failure::Aborted(Abort::Grpc(14)).answer(true);
         assert_eq!(grpc.status(), 200, "gRPC errors travel in grpc-status");
         assert_eq!(grpc.headers()["grpc-status"], "14");
         assert_eq!(grpc.headers()[header::CONTENT_TYPE], "application/grpc");
+    }
+
+    #[test]
+    fn the_waypoints_own_answers_to_a_grpc_request_are_grpc_errors_saying_why() {
+        let grpc = |failure: Failure| {
+            let answer = failure.answer(true);
+            assert_eq!(answer.status(), 200, "{failure}: gRPC errors travel in grpc-status");
+            assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/grpc");
+            let header = |name| answer.headers()[name].to_str().unwrap().to_owned();
+            (header("grpc-status"), header("grpc-message"))
+        };
+        assert_eq!(grpc(Failure::Denied).0, "7");
+        assert_eq!(grpc(Failure::NoRoute).0, "12");
+        assert_eq!(grpc(Failure::Timeout).0, "14");
+        assert_eq!(
+            grpc(Failure::Loop(5)),
+            ("2".into(), "a route loop between waypoints: 5 passed already".into())
+        );
+        let limited = Failure::RateLimited(std::time::Duration::from_secs(1));
+        assert_eq!(limited.answer(true).headers()[header::RETRY_AFTER], "1");
+        assert_eq!(grpc(limited).0, "14");
+        // The message percent-encoded, as gRPC's HTTP/2 protocol asks.
+        let (_, message) = grpc(Failure::Connect("100% gone\n\u{e9}".into()));
+        assert_eq!(message, "100%25 gone%0A%C3%A9");
+        // A client that is not gRPC's gets HTTP's status.
+        assert_eq!(Failure::Denied.answer(false).status(), 403);
     }
 }
