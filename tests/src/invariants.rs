@@ -1,7 +1,7 @@
 //! What must hold however a test ends, faults and all, checked for every test: no process the
-//! harness reads (the control plane, agents, node proxies, waypoints, test pods) panicked or
-//! wrote private key material to its log — every line they print is inspected as it is read
-//! — and a process's descriptors and memory, and a proxy's tasks and HBONE streams, come back to
+//! harness reads (the control plane, agents, node proxies, waypoints, test pods, every container
+//! of real nodes) panicked or wrote private key material to its log — every line they print is
+//! inspected as it is read — and a process's descriptors and memory, and a proxy's tasks and HBONE streams, come back to
 //! where they were once a fault is over.
 use std::{sync::Mutex, time::Duration};
 

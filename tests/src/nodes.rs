@@ -22,7 +22,8 @@
 //! Everything is torn down when the [`RealCluster`] drops: node processes, containers (and with
 //! the last of them every mount inside the nodes' namespaces), the v1 cgroups, the namespaces'
 //! pins in the cluster's directory, then the control plane and the topology. The empty mount
-//! points `/var/run/weft` and `/var/lib/cni` stay on the host.
+//! points `/var/run/weft` and `/var/lib/cni` stay on the host. The containers' logs are read as
+//! the kubelet writes them ([`pod_logs`]) and inspected as the harness's own processes' are.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -43,6 +44,7 @@ use crate::{
 
 mod config;
 mod host;
+mod pod_logs;
 pub mod workloads;
 
 use config::{cni_config, containerd_config, kube_proxy_config_yaml, kubelet_config_yaml};
@@ -60,6 +62,8 @@ pub struct RealCluster {
     // Unmounts and cgroup removal, after the node processes and containers are gone.
     guard: Guard,
     api: ApiServer,
+    /// Its containers' logs, inspected as they are written.
+    pod_logs: pod_logs::PodLogs,
     topology: Topology,
 }
 
@@ -85,9 +89,10 @@ impl RealCluster {
         let names: Vec<String> = topology.nodes().iter().map(|node| node.name.clone()).collect();
         let api = ApiServer::start_for_nodes(topology.fabric(), &names).await?;
         let dir = std::env::temp_dir().join(topology.name());
-        let mut cluster =
-            Self { nodes: Vec::new(), dir: dir.clone(), guard: Guard::default(), api, topology };
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pod_logs = pod_logs::PodLogs::watch(&dir);
+        let mut cluster =
+            Self { nodes: Vec::new(), dir: dir.clone(), guard: Guard::default(), api, pod_logs, topology };
         let removed = dir.clone();
         cluster.guard.defer(format!("directory {}", dir.display()), move || remove_cluster_dir(&removed));
         let cgroup_root = format!("/{}", cluster.topology.name());
@@ -370,6 +375,9 @@ impl RealCluster {
 
 impl Drop for RealCluster {
     fn drop(&mut self) {
+        // The containers' last lines, before they go; the topology, dropped last, reports
+        // what was found.
+        self.pod_logs.finish();
         // Node processes first, so nothing restarts the containers; then the containers (and
         // their shims), whose mounts the guard then takes down.
         self.nodes.clear();
