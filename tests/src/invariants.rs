@@ -7,6 +7,8 @@ use std::{sync::Mutex, time::Duration};
 
 use anyhow::{Context, bail};
 
+use crate::netns::NetNs;
+
 /// What a line must never say: a Rust panic, or a PEM private key (`BEGIN PRIVATE KEY`,
 /// `BEGIN EC PRIVATE KEY`, …).
 const FORBIDDEN: [(&str, &str); 2] =
@@ -129,6 +131,48 @@ impl Census {
         });
         returned.with_context(|| format!("the proxy holds {last:?}, {self:?} before the fault"))
     }
+}
+
+/// Memory an allocator may keep after a load, not given back to the system.
+const ALLOCATOR_SLACK_KIB: u64 = 16 * 1024;
+
+/// What a proxy (a node proxy or a waypoint, its admin port 15020 in `netns`) holds once
+/// nothing is in flight — its process's footprint and its census —, to come back to after a
+/// fault. A restarted proxy is another process: its baseline is taken anew.
+#[derive(Debug)]
+pub struct ProxyBaseline {
+    pid: u32,
+    netns: NetNs,
+    footprint: Footprint,
+    census: Census,
+}
+
+impl ProxyBaseline {
+    /// Proxy `pid`'s, once no HBONE stream is held (at most `timeout`).
+    pub fn take(pid: u32, netns: &NetNs, timeout: Duration) -> anyhow::Result<Self> {
+        let census = Census::settled(|| metrics(netns), timeout)?;
+        Ok(Self { pid, netns: netns.clone(), footprint: Footprint::of(pid)?, census })
+    }
+
+    /// Waits, at most `timeout`, until the proxy is back to this baseline but for `pooled`
+    /// connections that pools keep open for minutes after a load (a descriptor and a task
+    /// each) and what the allocator keeps; fails with what it holds.
+    pub fn returned(&self, pooled: usize, timeout: Duration) -> anyhow::Result<()> {
+        let slack = Footprint { descriptors: pooled, rss_kib: ALLOCATOR_SLACK_KIB };
+        self.footprint.returned_to(self.pid, slack, timeout)?;
+        self.census.returned_to(|| metrics(&self.netns), Census { tasks: pooled, streams: 0 }, timeout)
+    }
+}
+
+/// The connections a proxy's pool keeps to one peer for one identity under load, for a while
+/// after it: one per worker thread (`--pool-lanes`' default), which is one per core.
+pub fn pool_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// A proxy's metrics, from its admin port in `netns`.
+fn metrics(netns: &NetNs) -> anyhow::Result<String> {
+    crate::apps::http_get(netns, 15020, "/metrics")
 }
 
 #[cfg(test)]

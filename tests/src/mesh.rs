@@ -14,6 +14,7 @@ use crate::{
     apps,
     cluster::Cluster,
     control::ControlPlane,
+    invariants::ProxyBaseline,
     istiod::Istiod,
     process::{Process, merged_output},
     topology::{Node, Pod, Topology},
@@ -397,6 +398,12 @@ impl Mesh {
     /// The ztunnel of node `node`, e.g. to read its log.
     pub fn ztunnel(&mut self, node: usize) -> &mut Process {
         &mut self.processes[node].1
+    }
+
+    /// What node `node`'s ztunnel holds once no stream is, to come back to after a fault
+    /// ([`crate::invariants`]); taken anew after a restart.
+    pub fn ztunnel_baseline(&self, node: usize, timeout: Duration) -> anyhow::Result<ProxyBaseline> {
+        ProxyBaseline::take(self.processes[node].1.pid(), &self.setups[node].node.netns, timeout)
     }
 }
 

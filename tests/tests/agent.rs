@@ -160,6 +160,7 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
     // The agent dies; a pod is deleted meanwhile; the restarted agent removes its enrollment and
     // keeps the others (no re-enrollment of what exists, traffic still flows, and a connection
     // established before the restart survives it).
+    let baseline = tokio::task::block_in_place(|| mesh.ztunnel_baseline(0, WAIT)).unwrap();
     let mut chat = tokio::task::block_in_place(|| apps::Chat::open(&late, to)).unwrap();
     assert_eq!(tokio::task::block_in_place(|| chat.say("one")).unwrap(), "one");
     tokio::task::block_in_place(|| mesh.kill_agent(0)).unwrap();
@@ -171,6 +172,11 @@ async fn restarted_ztunnel_and_agent_converge_on_the_pods_that_exist() {
         assert_eq!(apps::send(&late, to, "after agent restart").unwrap(), "after agent restart");
         mesh.ztunnel(0).wait_for(|line| proxied(line, "late"), WAIT).unwrap();
         assert_eq!(chat.say("two").unwrap(), "two", "the established connection was dropped");
+        // The agent's new ZDS stream replaced the old one, and gave the proxy its pods again:
+        // nothing is held twice (the deleted pod's proxy gone, rather, with all it held).
+        drop(chat);
+        let lanes = weft_tests::invariants::pool_lanes();
+        baseline.returned(lanes, WAIT).unwrap();
     });
 }
 

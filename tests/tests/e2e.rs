@@ -34,15 +34,18 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
     let to_server = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     let to_outsider = SocketAddr::new(outsider.ipv4.into(), ECHO_PORT);
 
-    let mut chat = tokio::task::block_in_place(|| {
+    let (mut chat, baselines) = tokio::task::block_in_place(|| {
         // The namespace was labelled before the mesh started: ready means both are enrolled.
         // PERMISSIVE: enrolled → outside the mesh (plaintext passthrough), and back (15006).
         assert_eq!(apps::send(&client, to_outsider, "to the outsider").unwrap(), "to the outsider");
         mesh.ztunnel(0).wait_for(|line| line.contains("outbound passthrough closed"), WAIT).unwrap();
         assert_eq!(apps::send(&outsider, to_server, "from the outsider").unwrap(), "from the outsider");
+        // What both node proxies hold once the client's tunnel is open, to come back to.
+        assert_eq!(apps::send(&client, to_server, "tunnel").unwrap(), "tunnel");
+        let baselines: Vec<_> = (0..2).map(|node| mesh.ztunnel_baseline(node, WAIT).unwrap()).collect();
         let mut chat = apps::Chat::open(&client, to_server).unwrap();
         assert_eq!(chat.say("before the restart").unwrap(), "before the restart");
-        chat
+        (chat, baselines)
     });
 
     // The control plane restarts: the open connection is untouched; new ones still work.
@@ -52,10 +55,11 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
         assert_eq!(apps::send(&client, to_server, "new after restart").unwrap(), "new after restart");
     });
     drop(chat);
-    // Both connections to the server (the chat and the new one) are logged by both proxies:
-    // read past them, so what follows is only what happens after the IP changes hands.
+    // The three connections to the server (the first, the chat and the new one) are logged by
+    // both proxies: read past them, so what follows is only what happens after the IP changes
+    // hands.
     tokio::task::block_in_place(|| {
-        for _ in 0..2 {
+        for _ in 0..3 {
             mesh.ztunnel(0)
                 .wait_for(
                     |line| line.contains("outbound via HBONE closed") && line.contains("sa/payments"),
@@ -65,6 +69,12 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
             mesh.ztunnel(1)
                 .wait_for(|line| line.contains("inbound HBONE closed") && line.contains("sa/payments"), WAIT)
                 .unwrap();
+        }
+        // The proxies' new control-plane streams replaced the old ones: nothing is left of
+        // those, or of the connections, but a busier pool's lanes.
+        let lanes = weft_tests::invariants::pool_lanes();
+        for baseline in &baselines {
+            baseline.returned(lanes, WAIT).unwrap();
         }
     });
 

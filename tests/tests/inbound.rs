@@ -11,7 +11,6 @@ use std::{
 use weft_tests::{
     apps::{self, Sent},
     canary,
-    invariants::Census,
     mesh::{Member, Mesh},
     topology::Topology,
     wire::WireMonitor,
@@ -132,8 +131,7 @@ fn a_pod_over_its_connection_limit_has_new_connections_closed_and_its_neighbour_
     // (the pool keys them by source pod).
     assert_eq!(apps::send(&client, to, "first").unwrap(), "first");
     assert_eq!(apps::send(&neighbour, to, "first").unwrap(), "first");
-    let scrape = || apps::http_get(&topology.nodes()[0].netns, 15020, "/metrics");
-    let census = Census::settled(scrape, WAIT).unwrap();
+    let baseline = mesh.ztunnel_baseline(0, WAIT).unwrap();
 
     let held = apps::hold(&client, to, 2, WAIT).unwrap();
     // Accepted by the kernel, closed by the proxy: no echo.
@@ -151,9 +149,8 @@ fn a_pod_over_its_connection_limit_has_new_connections_closed_and_its_neighbour_
         || matches!(apps::try_send(&client, to, "again"), Ok(Sent::Reply { reply, .. }) if reply == "again"),
     )
     .unwrap();
-    // The refused connection and the closed ones left no task or stream behind, but for the
-    // connections a busier pool may have opened to the server's node (a task each, at most a
-    // lane's).
-    let lanes = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    census.returned_to(scrape, Census { tasks: lanes, streams: 0 }, WAIT).unwrap();
+    // The refused connection and the closed ones left nothing behind, but for the connections
+    // a busier pool may have opened to the server's node (at most a lane's).
+    let lanes = weft_tests::invariants::pool_lanes();
+    baseline.returned(lanes, WAIT).unwrap();
 }

@@ -163,7 +163,13 @@ fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
         !matches!(&sent, Ok(apps::Sent::Reply { reply, .. }) if reply == message)
     };
 
+    // The connections the pools may keep, afterwards, on the node not restarted: a lane's
+    // for each of the two identities.
+    let pooled = 2 * weft_tests::invariants::pool_lanes();
     for node in [1, 0] {
+        // The other node's proxy, which sees its peer go and a new one come, is left as it was.
+        assert_eq!(apps::send(&client, to, "first").unwrap(), "first");
+        let peer = mesh.ztunnel_baseline(1 - node, WAIT).unwrap();
         let mut chat = apps::Chat::open(&client, to).unwrap();
         assert_eq!(chat.say("before").unwrap(), "before");
         mesh.ztunnel(node).terminate().unwrap();
@@ -176,5 +182,6 @@ fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
         mesh.start_ztunnel(node).unwrap();
         mesh.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), WAIT).unwrap();
         assert_eq!(apps::send(&client, to, "after").unwrap(), "after");
+        peer.returned(pooled, WAIT).unwrap();
     }
 }

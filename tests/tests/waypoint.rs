@@ -20,7 +20,7 @@ use weft_tests::{
     apps, canary,
     cluster::Cluster,
     control::{self, ControlPlane},
-    invariants::{Census, Footprint},
+    invariants::ProxyBaseline,
     kubelet::PodTemplate,
     mesh::{self, Mesh},
     process::Process,
@@ -126,6 +126,21 @@ impl Scene {
         });
         let (to_echo, to_echo_v1) = (SocketAddr::new(vip, 80), SocketAddr::new(v1_vip, 80));
         Self { cluster, plane, waypoint, mesh, client, v1, v2, servers, to_echo, to_echo_v1 }
+    }
+
+    /// What the waypoint holds once nothing is in flight, to come back to after a fault; after
+    /// requests to both endpoints, so that what a first request sets up for good is in it.
+    fn waypoint_baseline(&mut self) -> ProxyBaseline {
+        let tally = apps::http_requests(&self.client, self.to_echo, "/baseline", &[], 10).unwrap();
+        assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 10, "{tally}");
+        let pid = self.waypoint.process().pid();
+        ProxyBaseline::take(pid, &self.waypoint.pod().netns, WAIT).unwrap()
+    }
+
+    /// The connections the waypoint's pools may keep for minutes after a load: one per worker
+    /// thread from the client's node proxy and to each of the two endpoint pods.
+    fn waypoint_pooled(&self) -> usize {
+        3 * weft_tests::invariants::pool_lanes()
     }
 }
 
@@ -505,6 +520,7 @@ fn one_request(scene: &mut Scene, to: SocketAddr, path: &str, answer: &str, atte
 async fn a_failed_attempt_is_retried_as_istio_does_by_default_or_as_the_routes_retry_says_and_no_more() {
     let mut scene = Scene::start().await;
     let to_v1 = scene.to_echo_v1;
+    let baseline = tokio::task::block_in_place(|| scene.waypoint_baseline());
     tokio::task::block_in_place(|| {
         // Istio's default, with no route: a 503 is tried twice more, so one 503 is recovered ...
         one_request(&mut scene, to_v1, "/fail-first/1/a", "200 name=v1", 2);
@@ -538,6 +554,8 @@ async fn a_failed_attempt_is_retried_as_istio_does_by_default_or_as_the_routes_r
         one_request(&mut scene, to_v1, "/status/500", "500", 2);
         // 503 is not the route's to retry.
         one_request(&mut scene, to_v1, "/fail-first/1/c", "503", 1);
+        // The failed attempts left nothing behind.
+        baseline.returned(scene.waypoint_pooled(), WAIT).unwrap();
     });
 }
 
@@ -667,11 +685,7 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         // What the waypoint holds in use, to come back to once the abusers are gone.
         let tally = apps::http_requests(&scene.client, to_echo, "/before", &[], 20).unwrap();
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 20, "{tally}");
-        let waypoint = scene.waypoint.process().pid();
-        let baseline = Footprint::of(waypoint).unwrap();
-        let netns = scene.waypoint.pod().netns.clone();
-        let scrape = || apps::http_get(&netns, 15020, "/metrics");
-        let census = Census::settled(scrape, WAIT).unwrap();
+        let baseline = scene.waypoint_baseline();
         // HTTP/2 abuse, as the node proxy meets it on HBONE: each abuser's connection is cut
         // off (GOAWAY or closed) rather than served on. First (so that no earlier session's
         // line can be taken for its own): a client cancelling each request once it is under
@@ -691,14 +705,8 @@ async fn a_malformed_request_gets_400_a_smuggled_one_is_never_read_and_http2_abu
         let tally = apps::http_requests(&scene.client, to_echo, "/after", &[], 3).unwrap();
         assert_eq!(answered_by(&tally, "v1") + answered_by(&tally, "v2"), 3, "{tally}");
         assert!(!scene.waypoint.process().exited(), "the waypoint ran throughout");
-        // Nothing of the thousands of cancelled streams stays but what pools keep for minutes
-        // after a load (a connection per worker thread, from the client's node proxy and to
-        // each of two endpoint pods) and what the allocator keeps.
-        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let slack = Footprint { descriptors: 3 * workers, rss_kib: 16 * 1024 };
-        baseline.returned_to(waypoint, slack, WAIT).unwrap();
-        // No stream is held any more, and no task but those of those connections (one each).
-        census.returned_to(scrape, Census { tasks: 3 * workers, streams: 0 }, WAIT).unwrap();
+        // Nothing of the thousands of cancelled streams stays: no stream is held any more.
+        baseline.returned(scene.waypoint_pooled(), WAIT).unwrap();
     });
 }
 
@@ -1494,6 +1502,7 @@ async fn a_circuit_breaker_opens_at_its_limit_and_closes_after_and_a_failing_end
     let mut scene = Scene::start().await;
     let (client, to_v1, to_echo) = (scene.client.clone(), scene.to_echo_v1, scene.to_echo);
     let service = |name: &str| serde_json::json!({ "group": "", "kind": "Service", "name": name });
+    let baseline = tokio::task::block_in_place(|| scene.waypoint_baseline());
 
     // At most two requests in flight to echo-v1: with two slow ones there, a third is refused
     // at once, and once they are answered the breaker closes.
@@ -1570,6 +1579,8 @@ async fn a_circuit_breaker_opens_at_its_limit_and_closes_after_and_a_failing_end
             answered_by(&tally, "v1") > 0
         })
         .unwrap();
+        // The refused requests, the failed connections and the ejection left nothing behind.
+        baseline.returned(scene.waypoint_pooled(), WAIT).unwrap();
     });
 }
 
@@ -1587,6 +1598,7 @@ async fn a_connection_cap_makes_requests_wait_for_a_connection_takes_idle_ones_a
         create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "alone", alone).await.unwrap_err();
     assert!(refused.to_string().contains("maxPendingRequests needs maxConnections"), "{refused}");
     let cap = serde_json::json!({ "targetRefs": target, "maxConnections": 1, "maxPendingRequests": 1 });
+    let baseline = tokio::task::block_in_place(|| scene.waypoint_baseline());
     create_traffic_policy(&scene.cluster, "CircuitBreakerPolicy", "one-connection", cap).await.unwrap();
     let overflow = "GET /third HTTP/1.1\\r\\nhost: echo-v1\\r\\nconnection: close\\r\\n\\r\\n";
     tokio::task::block_in_place(|| {
@@ -1644,6 +1656,9 @@ async fn a_connection_cap_makes_requests_wait_for_a_connection_takes_idle_ones_a
         }
         // The idle client's connection went for the first: it is served on a new one.
         assert!(idle.say("/again").unwrap().starts_with("status=200 name=v1"));
+        // Waiting, refused and closed for another, the requests left nothing behind.
+        drop(idle);
+        baseline.returned(scene.waypoint_pooled(), WAIT).unwrap();
     });
 }
 
