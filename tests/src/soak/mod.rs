@@ -4,7 +4,8 @@
 //! rotation, and restarts of the control plane, each agent and each node proxy ([`faults`]).
 //! It reports failed requests (those a fault explains apart from the rest), and how each
 //! component's memory and descriptors grow ([`trend`]); it fails on an unexplained failure, a
-//! fault whose own check failed, plaintext on the fabric, a panic or key in a log, or growth.
+//! fault whose own check failed, plaintext on the fabric, a connection from outside the mesh
+//! answered by the STRICT server at any moment, a panic or key in a log, or growth.
 pub mod evidence;
 pub mod faults;
 pub mod trend;
@@ -30,6 +31,8 @@ use crate::{
 pub const LEAF_SECONDS: u64 = 30;
 /// The steady traffic: one request on a new connection this often.
 pub const INTERVAL: Duration = Duration::from_millis(50);
+/// The pod outside the mesh tries the STRICT server this often.
+const OUTSIDER_INTERVAL: Duration = Duration::from_millis(200);
 /// How often each component's memory and descriptors are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 /// A fault begins this often (the next waits if one runs long).
@@ -55,6 +58,9 @@ pub struct Scene {
     /// Alone in namespace `flip`, whose enrollment label the label flips take away and give back
     /// (out of the mesh, the server's STRICT node proxy must refuse it).
     pub flipper: Pod,
+    /// In `shop` but out of the mesh (its label says so): it tries the server in plaintext
+    /// throughout, and its node proxy in STRICT must refuse it every time, whatever the faults.
+    pub outsider: Pod,
     /// Per component, the processes it ran as and their samples.
     pub components: Vec<Component>,
     pub began: Instant,
@@ -80,10 +86,15 @@ impl Scene {
             .await?;
         let template = PodTemplate::new(faults::FLIP_NAMESPACE, "flipper").service_account("flipper");
         let flipper = shop.cluster.add_pod(0, &template).await?;
+        let template = PodTemplate::new("shop", "outsider")
+            .service_account("outsider")
+            .label(crate::shop::LABEL, "none");
+        let outsider = shop.cluster.add_pod(0, &template).await?;
         tokio::task::block_in_place(|| {
             shop.mesh.wait_until_tunnelled_to(&[&shop.client, &intruder, &flipper], faults::WAIT)
         })?;
-        Ok(Self { shop, intruder, flipper, components: Vec::new(), began: Instant::now(), churned: 0 })
+        let components = Vec::new();
+        Ok(Self { shop, intruder, flipper, outsider, components, began: Instant::now(), churned: 0 })
     }
 
     /// The components and their processes now.
@@ -198,6 +209,10 @@ pub struct Outcome {
     pub windows: Vec<trend::Window>,
     pub fault_failures: Vec<String>,
     pub canary_frames: u64,
+    /// Plaintext connections the pod outside the mesh tried, and those the STRICT server's
+    /// app answered (a breach).
+    pub outsider_tries: u64,
+    pub strict_breaches: u64,
     /// Log lines with a panic or private key material ([`crate::invariants`]).
     pub log_findings: Vec<String>,
     pub growth: Vec<Growth>,
@@ -218,6 +233,12 @@ impl Outcome {
         }
         if self.canary_frames > 0 {
             why.push(format!("{} plaintext canary frames on the fabric", self.canary_frames));
+        }
+        if self.strict_breaches > 0 {
+            why.push(format!(
+                "{} connections from outside the mesh reached the STRICT server",
+                self.strict_breaches
+            ));
         }
         for growth in self.growth.iter().filter(|growth| !growth.flat()) {
             if let Some(slopes) = growth.slopes {
@@ -265,6 +286,11 @@ impl Outcome {
             let _ = writeln!(out, "  fault failed: {failure}");
         }
         let _ = writeln!(out, "plaintext canary frames on the fabric: {}", self.canary_frames);
+        let _ = writeln!(
+            out,
+            "plaintext from outside the mesh to the STRICT server: {} tried, {} answered",
+            self.outsider_tries, self.strict_breaches
+        );
         for finding in &self.log_findings {
             let _ = writeln!(out, "  {finding}");
         }
@@ -307,6 +333,10 @@ pub async fn run(length: Length) -> anyhow::Result<Outcome> {
     let mut scene = Scene::start().await?;
     let shop = &scene.shop;
     let steady = tokio::task::block_in_place(|| apps::steady(&shop.client, shop.to, &shop.canary, INTERVAL))?;
+    // Plaintext by design: no canary in it.
+    let outsider = tokio::task::block_in_place(|| {
+        apps::steady(&scene.outsider, shop.to, "outsider", OUTSIDER_INTERVAL)
+    })?;
     scene.began = Instant::now();
     let end = match length {
         Length::Minutes(minutes) => Some(scene.began + Duration::from_secs_f64(minutes * 60.0)),
@@ -333,17 +363,16 @@ pub async fn run(length: Length) -> anyhow::Result<Outcome> {
         tokio::task::block_in_place(|| scene.sample_until(until));
     }
     let minutes = scene.began.elapsed().as_secs_f64() / 60.0;
-    let mut steady = steady;
-    drop(steady.take_stdin()?);
-    let (ended_well, printed) = tokio::task::block_in_place(|| steady.finish(Duration::from_secs(30)))
-        .context("ending the steady traffic")?;
-    anyhow::ensure!(ended_well, "the steady traffic failed: {printed}");
+    let printed = end_steady(steady, "the steady traffic")?;
+    let (outsider_tries, strict_breaches, _) = totals(&end_steady(outsider, "the outsider's traffic")?)?;
     tokio::task::block_in_place(|| scene.shop.monitor.settle(faults::WAIT))?;
     let mut outcome = Outcome {
         minutes,
         windows,
         fault_failures,
         canary_frames: scene.shop.monitor.canary_frames(),
+        outsider_tries,
+        strict_breaches,
         ..Outcome::default()
     };
     tally(&printed, &mut outcome)?;
@@ -353,16 +382,31 @@ pub async fn run(length: Length) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
+/// Ends steady traffic (`what`), and returns what it printed.
+fn end_steady(mut steady: crate::process::Process, what: &str) -> anyhow::Result<String> {
+    drop(steady.take_stdin()?);
+    let (ended_well, printed) = tokio::task::block_in_place(|| steady.finish(Duration::from_secs(30)))
+        .with_context(|| format!("ending {what}"))?;
+    anyhow::ensure!(ended_well, "{what} failed: {printed}");
+    Ok(printed)
+}
+
+/// Steady traffic's totals, from its last line: requests, answered, failed.
+fn totals(printed: &str) -> anyhow::Result<(u64, u64, u64)> {
+    let line =
+        printed.lines().find(|line| line.starts_with("requests=")).context("no totals from the traffic")?;
+    let field = |key: &str| -> anyhow::Result<u64> {
+        line.split_whitespace()
+            .find_map(|word| word.strip_prefix(key)?.parse().ok())
+            .with_context(|| format!("no {key} in {line}"))
+    };
+    Ok((field("requests=")?, field("ok=")?, field("failed=")?))
+}
+
 /// Reads the steady traffic's output into `outcome`: its counts, and each failure explained by
 /// a fault or not.
 fn tally(printed: &str, outcome: &mut Outcome) -> anyhow::Result<()> {
-    let field = |line: &str, key: &str| -> Option<u64> {
-        line.split_whitespace().find_map(|word| word.strip_prefix(key)?.parse().ok())
-    };
-    let totals =
-        printed.lines().find(|line| line.starts_with("requests=")).context("no totals from the traffic")?;
-    outcome.requests = field(totals, "requests=").context("no request count")?;
-    outcome.failed = field(totals, "failed=").context("no failure count")?;
+    (outcome.requests, _, outcome.failed) = totals(printed)?;
     for line in printed.lines().filter(|line| line.starts_with("failed at_ms=")) {
         let at_ms = line
             .split_whitespace()
