@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use weft_tests::{apps, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh};
+use weft_tests::{
+    apps, canary, cluster::Cluster, control::ControlPlane, kubelet::PodTemplate, mesh::Mesh,
+    wire::WireMonitor,
+};
 
 const ECHO_PORT: u16 = 8080;
 const WAIT: Duration = Duration::from_secs(20);
@@ -34,6 +37,12 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
     let to_server = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     let to_outsider = SocketAddr::new(outsider.ipv4.into(), ECHO_PORT);
 
+    // What the client says to the server carries the canary: none of it may cross the fabric
+    // in plaintext, the control plane's restart included (the outsider's traffic is plaintext
+    // by design and carries none).
+    let canary = canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
+    let said = |what: &str| format!("{what} {canary}");
     let (mut chat, baselines) = tokio::task::block_in_place(|| {
         // The namespace was labelled before the mesh started: ready means both are enrolled.
         // PERMISSIVE: enrolled → outside the mesh (plaintext passthrough), and back (15006).
@@ -41,18 +50,19 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
         mesh.ztunnel(0).wait_for(|line| line.contains("outbound passthrough closed"), WAIT).unwrap();
         assert_eq!(apps::send(&outsider, to_server, "from the outsider").unwrap(), "from the outsider");
         // What both node proxies hold once the client's tunnel is open, to come back to.
-        assert_eq!(apps::send(&client, to_server, "tunnel").unwrap(), "tunnel");
+        assert_eq!(apps::send(&client, to_server, &said("tunnel")).unwrap(), said("tunnel"));
         let baselines: Vec<_> = (0..2).map(|node| mesh.ztunnel_baseline(node, WAIT).unwrap()).collect();
         let mut chat = apps::Chat::open(&client, to_server).unwrap();
-        assert_eq!(chat.say("before the restart").unwrap(), "before the restart");
+        assert_eq!(chat.say(&said("before the restart")).unwrap(), said("before the restart"));
         (chat, baselines)
     });
 
     // The control plane restarts: the open connection is untouched; new ones still work.
     plane.restart(cluster.client()).await.unwrap();
     tokio::task::block_in_place(|| {
-        assert_eq!(chat.say("during and after").unwrap(), "during and after");
-        assert_eq!(apps::send(&client, to_server, "new after restart").unwrap(), "new after restart");
+        assert_eq!(chat.say(&said("during and after")).unwrap(), said("during and after"));
+        let new = said("new after restart");
+        assert_eq!(apps::send(&client, to_server, &new).unwrap(), new);
     });
     drop(chat);
     // The three connections to the server (the first, the chat and the new one) are logged by
@@ -76,6 +86,9 @@ async fn permissive_both_ways_control_restart_and_ip_reuse() {
         for baseline in &baselines {
             baseline.returned(lanes, WAIT).unwrap();
         }
+        monitor.settle(WAIT).unwrap();
+        assert!(monitor.frames() > 0, "the monitor saw no traffic");
+        assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric");
     });
 
     // The server goes; a pod with another service account takes its IP on the same node.

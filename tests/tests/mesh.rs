@@ -166,22 +166,31 @@ fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
     // The connections the pools may keep, afterwards, on the node not restarted: a lane's
     // for each of the two identities.
     let pooled = 2 * weft_tests::invariants::pool_lanes();
+    // Every message carries the canary: none may cross the fabric in plaintext, a new
+    // connection refused while a proxy drains included.
+    let canary = canary();
+    let monitor = WireMonitor::start(topology.fabric(), &canary).unwrap();
+    let said = |what: &str| format!("{what} {canary}");
     for node in [1, 0] {
         // The other node's proxy, which sees its peer go and a new one come, is left as it was.
-        assert_eq!(apps::send(&client, to, "first").unwrap(), "first");
+        assert_eq!(apps::send(&client, to, &said("first")).unwrap(), said("first"));
         let peer = mesh.ztunnel_baseline(1 - node, WAIT).unwrap();
         let mut chat = apps::Chat::open(&client, to).unwrap();
-        assert_eq!(chat.say("before").unwrap(), "before");
+        assert_eq!(chat.say(&said("before")).unwrap(), said("before"));
         mesh.ztunnel(node).terminate().unwrap();
         mesh.ztunnel(node).wait_for(|line| line.contains("draining"), WAIT).unwrap();
-        assert!(refused("new"), "node{node}'s draining proxy took a new connection");
-        assert_eq!(chat.say("during").unwrap(), "during", "node{node}'s drain cut an open connection");
+        assert!(refused(&said("new")), "node{node}'s draining proxy took a new connection");
+        let during = chat.say(&said("during")).unwrap();
+        assert_eq!(during, said("during"), "node{node}'s drain cut an open connection");
         drop(chat);
         mesh.ztunnel(node).wait_for(|line| line.contains("drained: every connection ended"), WAIT).unwrap();
         // A new proxy takes over (as in a rolling upgrade) and serves new connections.
         mesh.start_ztunnel(node).unwrap();
         mesh.ztunnel(node).wait_for(|line| line.contains("pod proxy started"), WAIT).unwrap();
-        assert_eq!(apps::send(&client, to, "after").unwrap(), "after");
+        assert_eq!(apps::send(&client, to, &said("after")).unwrap(), said("after"));
         peer.returned(pooled, WAIT).unwrap();
     }
+    monitor.settle(WAIT).unwrap();
+    assert!(monitor.frames() > 0, "the monitor saw no traffic");
+    assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric while a proxy drained");
 }

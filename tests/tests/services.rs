@@ -24,11 +24,12 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use weft_tests::{
-    apiserver, apps,
+    apiserver, apps, canary,
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
     mesh::{self, Mesh},
+    wire::WireMonitor,
 };
 
 const ECHO_PORT: u16 = 8080;
@@ -80,6 +81,10 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
     let node0 = cluster.topology().nodes()[0].netns.clone();
     let to = SocketAddr::new(vip, SERVICE_PORT);
     let backends: BTreeSet<String> = [&web1, &web2].iter().map(|pod| pod.ipv4.to_string()).collect();
+    // Every message carries the canary: none may cross the fabric in plaintext, an endpoint
+    // down included.
+    let canary = canary();
+    let monitor = WireMonitor::start(cluster.topology().fabric(), &canary).unwrap();
 
     tokio::task::block_in_place(|| {
         // The client's proxy has both endpoints from the EndpointSlice the cluster keeps.
@@ -92,7 +97,7 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         .unwrap();
         // Round robin: four connections reach both endpoints.
         for round in 0..4 {
-            let message = format!("round {round}");
+            let message = format!("round {round} {canary}");
             assert_eq!(apps::send(&client, to, &message).unwrap(), message);
         }
         let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
@@ -102,7 +107,7 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         // One endpoint's app stops: every connection still succeeds, on the other one.
         drop(echo2.take());
         for round in 0..4 {
-            let message = format!("after round {round}");
+            let message = format!("after round {round} {canary}");
             assert_eq!(apps::send(&client, to, &message).unwrap(), message);
         }
         let seen: BTreeSet<String> = upstreams(&mut mesh, 4).into_iter().collect();
@@ -115,6 +120,9 @@ async fn a_service_vip_spreads_over_its_endpoints_and_skips_one_that_is_down() {
         // The failed attempts left nothing behind but a busier pool's lanes.
         let lanes = weft_tests::invariants::pool_lanes();
         baseline.returned(lanes, WAIT).unwrap();
+        monitor.settle(WAIT).unwrap();
+        assert!(monitor.frames() > 0, "the monitor saw no traffic");
+        assert_eq!(monitor.canary_frames(), 0, "plaintext crossed the fabric");
     });
 }
 
