@@ -5,15 +5,22 @@
 //! proxied connection costs its task and sockets, not 128 KiB of buffers, and each byte is
 //! copied once less each way. EOF half-closes the other side (FIN ↔ END_STREAM); an error or a
 //! reset on either side resets the other (RST_STREAM, or a TCP RST through a zero linger).
+//! The HBONE relay is a state machine polled by hand ([`HboneRelay`]) rather than two joined
+//! `async` loops: it is what an idle proxied connection's task holds for as long as it lives, and
+//! the loops' futures (readiness waiters, write and capacity futures, for each direction) took
+//! several times its few states and buffers' handles.
 use std::{
+    borrow::BorrowMut,
     io,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
+    task::{Context, Poll, ready},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::{
-    io::AsyncWriteExt,
+    io::{AsyncWrite, AsyncWriteExt},
     net::{
         TcpStream,
         tcp::{ReadHalf, WriteHalf},
@@ -45,26 +52,170 @@ fn add(counter: &AtomicU64, bytes: usize) {
     counter.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
-/// Relays between `tcp` and the HBONE `stream`, counting into `counts`.
-pub async fn hbone(tcp: &mut TcpStream, stream: Stream, counts: &Counts) -> io::Result<()> {
-    let (mut send, mut recv, pending, _held) = stream.into_parts();
-    let (reader, mut writer) = tcp.split();
-    let relayed = async {
-        tokio::try_join!(tcp_to_hbone(&reader, &mut send, &counts.sent), async {
-            // Bytes the stream had received before the relay began go first.
-            if !pending.is_empty() {
-                writer.write_all(&pending).await?;
-                add(&counts.received, pending.len());
+/// Relays between `tcp` (the socket, or a borrow of it) and the HBONE `stream`, counting into
+/// `counts`; ready once both directions ended, or either failed (the other then reset).
+pub fn hbone<T: BorrowMut<TcpStream>>(tcp: T, stream: Stream, counts: &Counts) -> HboneRelay<'_, T> {
+    let (send, recv, pending, held) = stream.into_parts();
+    // Bytes the stream had received before the relay began go first.
+    let down = match pending.is_empty() {
+        true => Down::Receiving,
+        false => Down::Writing { data: pending, release: 0 },
+    };
+    HboneRelay { tcp, send, recv, up: Up::Reading, down, counts, _held: held }
+}
+
+/// Both directions of a relay between a TCP connection and an HBONE stream ([`hbone`]).
+#[derive(Debug)]
+pub struct HboneRelay<'a, T> {
+    tcp: T,
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// From the TCP connection to the stream.
+    up: Up,
+    /// From the stream to the TCP connection.
+    down: Down,
+    counts: &'a Counts,
+    _held: crate::census::StreamHeld,
+}
+
+impl<T: BorrowMut<TcpStream> + Unpin> Future for HboneRelay<'_, T> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let relay = self.get_mut();
+        let relayed = ready!(relay.poll_both(cx));
+        if relayed.is_err() {
+            relay.send.send_reset(h2::Reason::CANCEL);
+            reset(relay.tcp.borrow());
+        }
+        Poll::Ready(relayed)
+    }
+}
+
+/// Where the TCP → HBONE direction is.
+#[derive(Debug)]
+enum Up {
+    /// Waiting for the socket to be readable.
+    Reading,
+    /// A chunk read, sent as the peer's window allows.
+    Sending(BytesMut),
+    /// The socket's EOF read: END_STREAM to send.
+    Ending,
+    Done,
+}
+
+/// Where the HBONE → TCP direction is.
+#[derive(Debug)]
+enum Down {
+    /// Waiting for DATA.
+    Receiving,
+    /// Bytes to write to the socket; then `release` bytes of window go back to the peer (none
+    /// for what the stream held before the relay).
+    Writing {
+        data: Bytes,
+        release: usize,
+    },
+    /// The stream ended: the socket's write side to shut.
+    Shutting,
+    Done,
+}
+
+impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
+    /// Ready once both directions are done, or either failed.
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Each direction goes as far as it can, so each waits on what it needs (readiness,
+        // window, DATA) with this task's waker.
+        let up = self.poll_up(cx)?;
+        let down = self.poll_down(cx)?;
+        match (up, down) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
+    }
+
+    fn poll_up(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.up {
+                Up::Reading => {
+                    ready!(self.tcp.borrow().poll_read_ready(cx))?;
+                    let mut chunk = BytesMut::with_capacity(CHUNK);
+                    match self.tcp.borrow().try_read_buf(&mut chunk) {
+                        Ok(0) => self.up = Up::Ending,
+                        Ok(read) => {
+                            add(&self.counts.sent, read);
+                            self.up = Up::Sending(chunk);
+                        }
+                        // Readiness was stale, and is cleared: wait for it again.
+                        Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(error) => return Poll::Ready(Err(error)),
+                    }
+                }
+                Up::Sending(chunk) if chunk.is_empty() => self.up = Up::Reading,
+                Up::Sending(chunk) => {
+                    // Only as much as the peer's window allows: flow control holds the reader back.
+                    self.send.reserve_capacity(chunk.len());
+                    let granted = match ready!(self.send.poll_capacity(cx)) {
+                        Some(Ok(granted)) => granted.min(chunk.len()),
+                        Some(Err(error)) => return Poll::Ready(self.end_up_unless_failed(error)),
+                        None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                    };
+                    if granted > 0
+                        && let Err(error) = self.send.send_data(chunk.split_to(granted).freeze(), false)
+                    {
+                        return Poll::Ready(self.end_up_unless_failed(error));
+                    }
+                }
+                Up::Ending => {
+                    let ended = self.send.send_data(Bytes::new(), true);
+                    self.up = Up::Done;
+                    if let Err(error) = ended {
+                        return Poll::Ready(self.end_up_unless_failed(error));
+                    }
+                }
+                Up::Done => return Poll::Ready(Ok(())),
             }
-            hbone_to_tcp(&mut recv, &mut writer, &counts.received).await
-        })
+        }
     }
-    .await;
-    if relayed.is_err() {
-        send.send_reset(h2::Reason::CANCEL);
-        reset(tcp);
+
+    /// A send that failed because the peer reset the stream with NO_ERROR ends this direction
+    /// cleanly ([`done_unless_failed`]); any other failure is one.
+    fn end_up_unless_failed(&mut self, error: h2::Error) -> io::Result<()> {
+        self.up = Up::Done;
+        done_unless_failed(&mut self.send, error)
     }
-    relayed.map(drop)
+
+    fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            match &mut self.down {
+                Down::Receiving => match ready!(self.recv.poll_data(cx)) {
+                    Some(Ok(data)) => {
+                        let release = data.len();
+                        self.down = Down::Writing { data, release };
+                    }
+                    Some(Err(error)) => return Poll::Ready(Err(io_error(error))),
+                    None => self.down = Down::Shutting,
+                },
+                Down::Writing { data, release } => {
+                    while !data.is_empty() {
+                        let written = ready!(Pin::new(self.tcp.borrow_mut()).poll_write(cx, data))?;
+                        if written == 0 {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        add(&self.counts.received, written);
+                        data.advance(written);
+                    }
+                    // Window back only once the bytes left: a slow reader slows the sender.
+                    let _ = self.recv.flow_control().release_capacity(*release);
+                    self.down = Down::Receiving;
+                }
+                Down::Shutting => {
+                    ready!(Pin::new(self.tcp.borrow_mut()).poll_shutdown(cx))?;
+                    self.down = Down::Done;
+                }
+                Down::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
 }
 
 /// Relays between two TCP connections, counting what `tcp` sends and receives into `counts`.
@@ -108,33 +259,6 @@ async fn tcp_to_tcp(from: &ReadHalf<'_>, to: &mut WriteHalf<'_>, counter: &Atomi
     to.shutdown().await
 }
 
-async fn tcp_to_hbone(
-    from: &ReadHalf<'_>,
-    send: &mut SendStream<Bytes>,
-    counter: &AtomicU64,
-) -> io::Result<()> {
-    while let Some(mut chunk) = read_chunk(from).await? {
-        add(counter, chunk.len());
-        // Only as much as the peer's window allows: flow control holds the reader back.
-        while !chunk.is_empty() {
-            send.reserve_capacity(chunk.len());
-            let granted = match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(0)) => continue,
-                Some(Ok(granted)) => granted.min(chunk.len()),
-                Some(Err(error)) => return done_unless_failed(send, error),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            if let Err(error) = send.send_data(chunk.split_to(granted).freeze(), false) {
-                return done_unless_failed(send, error);
-            }
-        }
-    }
-    match send.send_data(Bytes::new(), true) {
-        Ok(()) => Ok(()),
-        Err(error) => done_unless_failed(send, error),
-    }
-}
-
 /// A send that failed because the peer reset the stream with NO_ERROR ends this direction
 /// cleanly: the peer answered in full and wants no more (RFC 9113 §8.1, what an HTTP server
 /// behind a waypoint does when it answers before the request's end), and its answer must reach
@@ -147,17 +271,6 @@ fn done_unless_failed(send: &mut SendStream<Bytes>, error: h2::Error) -> io::Res
         std::task::Poll::Ready(Ok(h2::Reason::NO_ERROR)) => Ok(()),
         _ => Err(io_error(error)),
     }
-}
-
-async fn hbone_to_tcp(recv: &mut RecvStream, to: &mut WriteHalf<'_>, counter: &AtomicU64) -> io::Result<()> {
-    while let Some(data) = recv.data().await {
-        let data = data.map_err(io_error)?;
-        to.write_all(&data).await?;
-        // Window back only once the bytes left: a slow reader slows the sender.
-        let _ = recv.flow_control().release_capacity(data.len());
-        add(counter, data.len());
-    }
-    to.shutdown().await
 }
 
 #[cfg(test)]
@@ -223,6 +336,63 @@ mod tests {
         let reason = std::future::poll_fn(|cx| send.poll_reset(cx)).await.unwrap();
         assert_eq!(reason, h2::Reason::NO_ERROR);
         Stream::new(send, recv)
+    }
+
+    /// An HBONE stream to a peer that echoes what it receives, DATA for DATA, and ends when
+    /// the stream does; a small window (16 KiB) so that flow control holds the relay back.
+    async fn echoing() -> Stream {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut server =
+                h2::server::Builder::new().initial_window_size(16 * 1024).handshake(server_io).await.unwrap();
+            let (request, mut respond) = server.accept().await.unwrap().unwrap();
+            tokio::spawn(async move { while server.accept().await.is_some() {} });
+            let mut send = respond.send_response(http::Response::new(()), false).unwrap();
+            let mut body = request.into_body();
+            while let Some(data) = body.data().await {
+                let data = data.unwrap();
+                let _ = body.flow_control().release_capacity(data.len());
+                send.reserve_capacity(data.len());
+                let mut data = data;
+                while !data.is_empty() {
+                    let granted = std::future::poll_fn(|cx| send.poll_capacity(cx)).await.unwrap().unwrap();
+                    send.send_data(data.split_to(granted.min(data.len())), false).unwrap();
+                }
+            }
+            send.send_data(Bytes::new(), true).unwrap();
+        });
+        let (mut client, connection) =
+            h2::client::Builder::new().initial_window_size(16 * 1024).handshake(client_io).await.unwrap();
+        tokio::spawn(connection);
+        let request = http::Request::builder().method("POST").uri("http://peer/").body(()).unwrap();
+        let (response, send) = client.send_request(request, false).unwrap();
+        Stream::new(send, response.await.unwrap().into_body())
+    }
+
+    #[tokio::test]
+    async fn hbone_relay_carries_both_ways_past_the_window_half_closes_and_counts() {
+        let (mut app, mut pod_side) = pair().await;
+        let counts = Counts::default();
+        let relay = hbone(&mut pod_side, echoing().await, &counts);
+        // Four windows' worth: the relay must wait for window on the way up, and give it back
+        // on the way down, or this stalls.
+        let sent: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
+        let app_side = async {
+            let (mut reader, mut writer) = app.split();
+            let write = async {
+                writer.write_all(&sent).await.unwrap();
+                writer.shutdown().await.unwrap();
+            };
+            let mut back = Vec::new();
+            let read = reader.read_to_end(&mut back);
+            let ((), read) = tokio::join!(write, read);
+            read.unwrap();
+            back
+        };
+        let (relayed, back) = tokio::join!(relay, app_side);
+        relayed.unwrap();
+        assert!(back == sent, "the echo differs: {} bytes back of {}", back.len(), sent.len());
+        assert_eq!(counts.get(), (sent.len() as u64, sent.len() as u64));
     }
 
     #[tokio::test]

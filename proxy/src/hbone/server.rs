@@ -99,8 +99,13 @@ pub trait Upstream: Send + 'static {
 }
 
 impl Upstream for TcpStream {
-    async fn carry(mut self, stream: Stream, counts: &crate::relay::Counts) -> std::io::Result<()> {
-        crate::relay::hbone(&mut self, stream, counts).await
+    fn carry(
+        self,
+        stream: Stream,
+        counts: &crate::relay::Counts,
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        // The relay itself, owning the socket: no async wrapper holding them twice.
+        crate::relay::hbone(self, stream, counts)
     }
 }
 
@@ -295,7 +300,9 @@ async fn serve_stream<H: Handler>(
     mut respond: SendResponse<Bytes>,
     handler: Arc<H>,
 ) -> StreamEnd {
-    if let Err(refusal) = handler.resolve(&mut connect).await {
+    // The resolve and connect phases are boxed: inline, their futures would size the stream's
+    // task for as long as it relays.
+    if let Err(refusal) = Box::pin(handler.resolve(&mut connect)).await {
         refuse(&mut respond, &refusal);
         return StreamEnd::Served;
     }
@@ -303,7 +310,7 @@ async fn serve_stream<H: Handler>(
     let connected = tokio::select! {
         biased;
         _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
-        connected = handler.connect(connect.clone()) => connected,
+        connected = Box::pin(handler.connect(connect.clone())) => connected,
     };
     let upstream = match connected {
         Ok(upstream) => upstream,
