@@ -3,7 +3,10 @@
 //! source and destination workload and principal). Series of workloads that are gone are
 //! dropped ([`Metrics::retain_workloads`]), so short-lived workloads (Jobs, CronJobs) do not
 //! grow the scrape without bound.
-use std::{collections::HashSet, sync::Mutex};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -87,8 +90,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Histogram>,
     failed: Family<FailureLabels, Counter>,
     /// Every label set of the connection families, so the series of gone workloads can be
-    /// found (a `Family` cannot be listed).
-    series: Mutex<HashSet<ConnectionLabels>>,
+    /// found (a `Family` cannot be listed); shared with the open connections that have it.
+    series: Mutex<HashSet<Arc<ConnectionLabels>>>,
 }
 
 impl Default for Metrics {
@@ -119,18 +122,23 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn opened(&self, labels: &ConnectionLabels) {
-        self.opened.get_or_create(labels).inc();
-        self.track(labels);
-    }
-
-    /// Remembers `labels` for [`Metrics::retain_workloads`]; a connection that outlives its
-    /// workload's sweep brings its series back when it closes, and so must be tracked again.
-    fn track(&self, labels: &ConnectionLabels) {
-        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !series.contains(labels) {
-            series.insert(labels.clone());
-        }
+    /// A connection opened with `labels`; returns them as every open connection with them
+    /// shares them, to name again when it closes: an idle connection holds a pointer, not seven
+    /// strings of its own.
+    pub fn opened(&self, labels: ConnectionLabels) -> Arc<ConnectionLabels> {
+        let shared = {
+            let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match series.get(&labels) {
+                Some(known) => known.clone(),
+                None => {
+                    let shared = Arc::new(labels);
+                    series.insert(shared.clone());
+                    shared
+                }
+            }
+        };
+        self.opened.get_or_create(&shared).inc();
+        shared
     }
 
     /// Drops the connection series whose source or destination is a workload `exists` no
@@ -158,7 +166,12 @@ impl Metrics {
         self.closed.get_or_create(labels).inc();
         self.sent.get_or_create(labels).inc_by(sent);
         self.received.get_or_create(labels).inc_by(received);
-        self.track(labels);
+        // A connection that outlived its workload's sweep brings its series back: tracked
+        // again, so the next sweep takes them.
+        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !series.contains(labels) {
+            series.insert(Arc::new(labels.clone()));
+        }
     }
 
     /// A connection failed at `reporter`'s end for `reason`.
@@ -202,8 +215,9 @@ mod tests {
         let to_job = labels(("shop", "web"), ("batch", "report-28391"));
         let from_outside = labels((UNKNOWN, UNKNOWN), ("shop", "db"));
         for series in [&kept, &to_job, &from_outside] {
-            metrics.opened(series);
-            metrics.closed(series, 10, 20);
+            let shared = metrics.opened(series.clone());
+            assert!(Arc::ptr_eq(&shared, &metrics.opened(series.clone())), "one label set for both");
+            metrics.closed(&shared, 10, 20);
         }
         assert!(metrics.encode().contains("report-28391"));
 

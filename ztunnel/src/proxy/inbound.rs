@@ -177,7 +177,7 @@ impl Handler for Delivery {
             self.context.metrics.failed(Reporter::Destination, "upstream");
             Refusal::Unavailable(format!("{target}: {error}"))
         })?;
-        self.context.metrics.opened(&self.labels(&request));
+        self.context.metrics.opened(self.labels(&request));
         Ok(upstream)
     }
 

@@ -238,44 +238,91 @@ async fn proxy(
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
     // First: the source's name for metrics and baggage is its workload's, once known.
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
-    let source = pod.identity(&context.trust_domain);
-    let name = context.metrics_name(pod, peer.ip());
-    let captured = Captured { peer, target, pod, source: &source, name: &name };
     // Boxed: the connect phase — the routes it may try (a Service's endpoints), what a CONNECT
-    // says, its futures — is gone before the relay begins; inline it would size the
-    // connection's task for as long as it lives.
-    let way = Box::pin(open(context, netns, &captured)).await?;
-    let pod_key = || format!("{}/{}", pod.namespace, pod.name);
-    match way {
-        Way::Tunnel { tunnel, workload, addr, via, destination, traceparent } => {
-            let labels = context.labels(
-                Reporter::Source,
-                Some((&name, &pod.namespace, &source)),
-                Some((workload.metrics_name(), &workload.namespace, &destination)),
-                true,
-            );
-            drop(workload);
-            context.metrics.opened(&labels);
-            let live = context.live.register(pod_key(), source.to_string(), destination.to_string(), target);
-            let relayed = relay::hbone(&mut client, tunnel.stream, &live.connection.counts).await;
-            let (sent, received) = live.connection.counts.get();
+    // says, its futures, the identities and names the labels are made of — is gone before the
+    // relay begins; inline it would size the connection's task for as long as it lives.
+    let Opened { carried, labels, live } = Box::pin(opened(context, netns, pod, peer, target)).await?;
+    let counts = &live.connection.counts;
+    match carried {
+        Carried::Tunnel { tunnel, addr, via, traceparent } => {
+            let relayed = relay::hbone(&mut client, tunnel.stream, counts).await;
+            let (sent, received) = counts.get();
             context.metrics.closed(&labels, sent, received);
             relayed?;
+            let (source, destination) = (&live.connection.source, &live.connection.destination);
             tracing::info!(target: "weft_ztunnel::access", src = %source, dst = %destination, %target, upstream = %addr, %via, sent, received, trace = %traceparent, "outbound via HBONE closed");
         }
-        Way::Direct { mut upstream, addr } => {
-            let labels =
-                context.labels(Reporter::Source, Some((&name, &pod.namespace, &source)), None, false);
-            context.metrics.opened(&labels);
-            let live = context.live.register(pod_key(), source.to_string(), "-".to_owned(), target);
-            let relayed = relay::tcp(&mut client, &mut upstream, &live.connection.counts).await;
-            let (sent, received) = live.connection.counts.get();
+        Carried::Direct { mut upstream, addr } => {
+            let relayed = relay::tcp(&mut client, &mut upstream, counts).await;
+            let (sent, received) = counts.get();
             context.metrics.closed(&labels, sent, received);
             relayed?;
             tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
         }
     }
     Ok(())
+}
+
+/// A connection opened, with only what its relay and its close need.
+struct Opened<'a> {
+    carried: Carried,
+    /// Its metrics' labels, shared with the connections that have the same.
+    labels: Arc<crate::metrics::ConnectionLabels>,
+    /// Its entry among the live connections: its pod, its ends' identities, its counts.
+    live: super::live::Registration<'a>,
+}
+
+/// What an opened connection relays to.
+enum Carried {
+    Tunnel {
+        tunnel: hbone::pool::Tunnel,
+        /// The address the CONNECT names.
+        addr: SocketAddr,
+        /// The peer's address: the workload's, or the waypoint pod's.
+        via: IpAddr,
+        traceparent: String,
+    },
+    Direct {
+        upstream: tokio::net::TcpStream,
+        addr: SocketAddr,
+    },
+}
+
+/// Opens the way for a connection of `pod` from `peer` to `target`, and names it (its labels,
+/// its entry among the live connections).
+async fn opened<'a>(
+    context: &'a Context,
+    netns: &Netns,
+    pod: &Pod,
+    peer: SocketAddr,
+    target: SocketAddr,
+) -> Result<Opened<'a>, Error> {
+    let source = pod.identity(&context.trust_domain);
+    let name = context.metrics_name(pod, peer.ip());
+    let captured = Captured { peer, target, pod, source: &source, name: &name };
+    let pod_key = format!("{}/{}", pod.namespace, pod.name);
+    Ok(match open(context, netns, &captured).await? {
+        Way::Tunnel { tunnel, workload, addr, via, destination, traceparent } => {
+            let labels = context.metrics.opened(context.labels(
+                Reporter::Source,
+                Some((&name, &pod.namespace, &source)),
+                Some((workload.metrics_name(), &workload.namespace, &destination)),
+                true,
+            ));
+            let live = context.live.register(pod_key, source.to_string(), destination.to_string(), target);
+            Opened { carried: Carried::Tunnel { tunnel, addr, via, traceparent }, labels, live }
+        }
+        Way::Direct { upstream, addr } => {
+            let labels = context.metrics.opened(context.labels(
+                Reporter::Source,
+                Some((&name, &pod.namespace, &source)),
+                None,
+                false,
+            ));
+            let live = context.live.register(pod_key, source.to_string(), "-".to_owned(), target);
+            Opened { carried: Carried::Direct { upstream, addr }, labels, live }
+        }
+    })
 }
 
 /// A captured connection: whose it is, and where it was going.
@@ -287,7 +334,7 @@ struct Captured<'a> {
     name: &'a str,
 }
 
-/// The way a connection goes, opened: only what its relay and its close need.
+/// The way a connection goes, as the connect phase opened it.
 enum Way {
     Tunnel {
         tunnel: hbone::pool::Tunnel,
