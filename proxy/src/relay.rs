@@ -5,10 +5,10 @@
 //! proxied connection costs its task and sockets, not 128 KiB of buffers, and each byte is
 //! copied once less each way. EOF half-closes the other side (FIN ↔ END_STREAM); an error or a
 //! reset on either side resets the other (RST_STREAM, or a TCP RST through a zero linger).
-//! The HBONE relay is a state machine polled by hand ([`HboneRelay`]) rather than two joined
-//! `async` loops: it is what an idle proxied connection's task holds for as long as it lives, and
-//! the loops' futures (readiness waiters, write and capacity futures, for each direction) took
-//! several times its few states and buffers' handles.
+//! Each relay is a state machine polled by hand ([`HboneRelay`], [`TcpRelay`]) rather than two
+//! joined `async` loops: it is what an idle proxied connection's task holds for as long as it
+//! lives, and the loops' futures (readiness waiters, write and capacity futures, for each
+//! direction) took several times its few states and buffers' handles.
 use std::{
     borrow::BorrowMut,
     io,
@@ -19,13 +19,7 @@ use std::{
 
 use bytes::{Buf, Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
-use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
-    net::{
-        TcpStream,
-        tcp::{ReadHalf, WriteHalf},
-    },
-};
+use tokio::{io::AsyncWrite, net::TcpStream};
 
 use crate::hbone::{Stream, io_error};
 
@@ -218,45 +212,105 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
     }
 }
 
-/// Relays between two TCP connections, counting what `tcp` sends and receives into `counts`.
-pub async fn tcp(tcp: &mut TcpStream, upstream: &mut TcpStream, counts: &Counts) -> io::Result<()> {
-    let ((from_tcp, mut to_tcp), (from_upstream, mut to_upstream)) = (tcp.split(), upstream.split());
-    let relayed = tokio::try_join!(
-        tcp_to_tcp(&from_tcp, &mut to_upstream, &counts.sent),
-        tcp_to_tcp(&from_upstream, &mut to_tcp, &counts.received),
-    );
-    if relayed.is_err() {
-        reset(tcp);
-        reset(upstream);
+/// Relays between two TCP connections, counting what `tcp` sends and receives into `counts`;
+/// ready once both directions ended, or either failed (both then reset).
+pub fn tcp<'a>(tcp: &'a mut TcpStream, upstream: &'a mut TcpStream, counts: &'a Counts) -> TcpRelay<'a> {
+    TcpRelay { tcp, upstream, there: Leg::Reading, back: Leg::Reading, counts }
+}
+
+/// Both directions of a relay between two TCP connections ([`tcp`]), polled by hand as
+/// [`HboneRelay`] is.
+#[derive(Debug)]
+pub struct TcpRelay<'a> {
+    tcp: &'a mut TcpStream,
+    upstream: &'a mut TcpStream,
+    /// From `tcp` to `upstream`.
+    there: Leg,
+    /// From `upstream` to `tcp`.
+    back: Leg,
+    counts: &'a Counts,
+}
+
+/// Where one direction of a TCP relay is.
+#[derive(Debug)]
+enum Leg {
+    /// Waiting for its source to be readable.
+    Reading,
+    /// A chunk read, being written.
+    Writing(BytesMut),
+    /// Its source's EOF read: the other's write side to shut.
+    Shutting,
+    Done,
+}
+
+impl Future for TcpRelay<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let relay = self.get_mut();
+        let there = copy(relay.tcp, relay.upstream, &mut relay.there, &relay.counts.sent, cx);
+        let back = match there {
+            Poll::Ready(Err(_)) => None,
+            _ => Some(copy(relay.upstream, relay.tcp, &mut relay.back, &relay.counts.received, cx)),
+        };
+        let relayed = match (there, back) {
+            (Poll::Ready(Err(error)), _) | (_, Some(Poll::Ready(Err(error)))) => Err(error),
+            (Poll::Ready(Ok(())), Some(Poll::Ready(Ok(())))) => Ok(()),
+            _ => return Poll::Pending,
+        };
+        if relayed.is_err() {
+            reset(relay.tcp);
+            reset(relay.upstream);
+        }
+        Poll::Ready(relayed)
     }
-    relayed.map(drop)
+}
+
+/// Moves what `from` has to `to` as far as it can, counting into `counter`; ready once `from`
+/// ended and `to` was shut.
+fn copy(
+    from: &TcpStream,
+    to: &mut TcpStream,
+    state: &mut Leg,
+    counter: &AtomicU64,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    loop {
+        match state {
+            Leg::Reading => {
+                ready!(from.poll_read_ready(cx))?;
+                let mut chunk = BytesMut::with_capacity(CHUNK);
+                match from.try_read_buf(&mut chunk) {
+                    Ok(0) => *state = Leg::Shutting,
+                    Ok(_) => *state = Leg::Writing(chunk),
+                    // Readiness was stale, and is cleared: wait for it again.
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(error) => return Poll::Ready(Err(error)),
+                }
+            }
+            Leg::Writing(chunk) => {
+                while !chunk.is_empty() {
+                    let written = ready!(Pin::new(&mut *to).poll_write(cx, chunk))?;
+                    if written == 0 {
+                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                    }
+                    add(counter, written);
+                    chunk.advance(written);
+                }
+                *state = Leg::Reading;
+            }
+            Leg::Shutting => {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                *state = Leg::Done;
+            }
+            Leg::Done => return Poll::Ready(Ok(())),
+        }
+    }
 }
 
 /// Makes closing `tcp` send RST rather than FIN: the peer learns the other side failed.
 fn reset(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_linger(Some(std::time::Duration::ZERO));
-}
-
-/// What `from` has once it is readable, in a chunk taken then; `None` at EOF.
-async fn read_chunk(from: &ReadHalf<'_>) -> io::Result<Option<BytesMut>> {
-    loop {
-        from.readable().await?;
-        let mut chunk = BytesMut::with_capacity(CHUNK);
-        match from.try_read_buf(&mut chunk) {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(chunk)),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-async fn tcp_to_tcp(from: &ReadHalf<'_>, to: &mut WriteHalf<'_>, counter: &AtomicU64) -> io::Result<()> {
-    while let Some(chunk) = read_chunk(from).await? {
-        to.write_all(&chunk).await?;
-        add(counter, chunk.len());
-    }
-    to.shutdown().await
 }
 
 /// A send that failed because the peer reset the stream with NO_ERROR ends this direction
@@ -276,7 +330,7 @@ fn done_unless_failed(send: &mut SendStream<Bytes>, error: h2::Error) -> io::Res
 #[cfg(test)]
 mod tests {
     use tokio::{
-        io::AsyncReadExt,
+        io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
     };
 
