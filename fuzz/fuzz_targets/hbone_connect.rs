@@ -1,6 +1,6 @@
 //! The HBONE CONNECT request a node proxy or a waypoint accepts from a peer: the method, the
-//! `:authority` (an address, or a Service's hostname and port) and the `Forwarded`, `baggage`
-//! and `traceparent` headers. Input: `METHOD AUTHORITY`, then a `name: value` line a header.
+//! `:authority` (an address, or a Service's hostname and port) and the `Forwarded`,
+//! `traceparent` and `Via` headers. Input: `METHOD AUTHORITY`, then a `name: value` line a header.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

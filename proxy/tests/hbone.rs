@@ -155,9 +155,6 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
     let seen = handler.seen.lock().unwrap();
     assert_eq!(seen[0].peer, client_id());
     assert_eq!(seen[0].forwarded_for, Some("10.1.2.3".parse().unwrap()));
-    // As Istio's ztunnel sends them, so either side can read the other's.
-    let baggage = "k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web";
-    assert_eq!(seen[0].baggage.as_deref(), Some(baggage));
     assert_eq!(seen[0].via.as_deref(), Some("1.1 waypoint.shop.weft-waypoint"));
     assert_eq!(seen[0].traceparent.as_deref(), Some(Origin::TEST_TRACEPARENT));
 }

@@ -184,6 +184,12 @@ mod origin_tests {
     use super::Origin;
 
     #[test]
+    fn baggage_names_the_source_as_istios_ztunnel_does() {
+        let baggage = Origin::baggage_of("shop", "web");
+        assert_eq!(baggage, "k8s.namespace.name=shop,k8s.deployment.name=web,service.name=web");
+    }
+
+    #[test]
     fn forwarded_names_the_source_and_the_service_as_istio_does() {
         let mut origin = Origin::from_address("10.0.0.1:40000".parse().unwrap());
         assert_eq!(origin.forwarded(), r#"for="10.0.0.1:40000""#);

@@ -48,8 +48,6 @@ pub struct ConnectRequest {
     /// The original source's address from `Forwarded: for=…`, when given and well-formed (with
     /// or without a port, quoted or not: Istio's peers have sent both).
     pub forwarded_for: Option<IpAddr>,
-    /// The source workload's `baggage`, as sent.
-    pub baggage: Option<String>,
     /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
     pub traceparent: Option<String>,
     /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
@@ -372,10 +370,11 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     };
     let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
     let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
-    let (baggage, traceparent) =
-        (header("baggage").map(str::to_owned), header("traceparent").map(str::to_owned));
+    // `baggage` is not kept: nothing reads it, and an open stream would hold it as long as it
+    // lives.
+    let traceparent = header("traceparent").map(str::to_owned);
     let via = header("via").map(str::to_owned);
-    Ok(ConnectRequest { peer, source, target, service, forwarded_for, baggage, traceparent, via })
+    Ok(ConnectRequest { peer, source, target, service, forwarded_for, traceparent, via })
 }
 
 /// For the fuzz targets: the checks of [`check`] on `request`, between fixed ends.
