@@ -55,7 +55,7 @@ pub fn hbone<T: BorrowMut<TcpStream>>(tcp: T, stream: Stream, counts: &Counts) -
         true => Down::Receiving,
         false => Down::Writing { data: pending, release: 0 },
     };
-    HboneRelay { tcp, send, recv, up: Up::Reading, down, counts, _held: held }
+    HboneRelay { tcp, send, recv, up: Up::Reading, down, down_first: false, counts, _held: held }
 }
 
 /// Both directions of a relay between a TCP connection and an HBONE stream ([`hbone`]).
@@ -68,6 +68,8 @@ pub struct HboneRelay<'a, T> {
     up: Up,
     /// From the stream to the TCP connection.
     down: Down,
+    /// Which direction goes first on this poll: they take turns ([`HboneRelay::poll_both`]).
+    down_first: bool,
     counts: &'a Counts,
     _held: crate::census::StreamHeld,
 }
@@ -118,9 +120,20 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
     /// Ready once both directions are done, or either failed.
     fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Each direction goes as far as it can, so each waits on what it needs (readiness,
-        // window, DATA) with this task's waker.
-        let up = self.poll_up(cx)?;
-        let down = self.poll_down(cx)?;
+        // window, DATA) with this task's waker. They take turns going first, as `try_join!`'s
+        // branches did: one that always has work would otherwise spend the task's budget for
+        // I/O on every poll and leave the other none.
+        self.down_first = !self.down_first;
+        let (up, down) = match self.down_first {
+            true => {
+                let down = self.poll_down(cx)?;
+                (self.poll_up(cx)?, down)
+            }
+            false => {
+                let up = self.poll_up(cx)?;
+                (up, self.poll_down(cx)?)
+            }
+        };
         match (up, down) {
             (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
             _ => Poll::Pending,
@@ -151,7 +164,15 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
                     let granted = match ready!(self.send.poll_capacity(cx)) {
                         Some(Ok(granted)) => granted.min(chunk.len()),
                         Some(Err(error)) => return Poll::Ready(self.end_up_unless_failed(error)),
-                        None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                        // The stream is gone: cleanly if the peer answered in full and reset it
+                        // with NO_ERROR while this chunk waited for window.
+                        None => {
+                            self.up = Up::Done;
+                            return Poll::Ready(match peer_reset(&mut self.send) {
+                                Some(h2::Reason::NO_ERROR) => Ok(()),
+                                _ => Err(io::ErrorKind::BrokenPipe.into()),
+                            });
+                        }
                     };
                     if granted > 0
                         && let Err(error) = self.send.send_data(chunk.split_to(granted).freeze(), false)
@@ -215,7 +236,7 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
 /// Relays between two TCP connections, counting what `tcp` sends and receives into `counts`;
 /// ready once both directions ended, or either failed (both then reset).
 pub fn tcp<'a>(tcp: &'a mut TcpStream, upstream: &'a mut TcpStream, counts: &'a Counts) -> TcpRelay<'a> {
-    TcpRelay { tcp, upstream, there: Leg::Reading, back: Leg::Reading, counts }
+    TcpRelay { tcp, upstream, there: Leg::Reading, back: Leg::Reading, back_first: false, counts }
 }
 
 /// Both directions of a relay between two TCP connections ([`tcp`]), polled by hand as
@@ -228,6 +249,8 @@ pub struct TcpRelay<'a> {
     there: Leg,
     /// From `upstream` to `tcp`.
     back: Leg,
+    /// Which direction goes first on this poll: they take turns, as [`HboneRelay`]'s do.
+    back_first: bool,
     counts: &'a Counts,
 }
 
@@ -248,21 +271,34 @@ impl Future for TcpRelay<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let relay = self.get_mut();
-        let there = copy(relay.tcp, relay.upstream, &mut relay.there, &relay.counts.sent, cx);
-        let back = match there {
-            Poll::Ready(Err(_)) => None,
-            _ => Some(copy(relay.upstream, relay.tcp, &mut relay.back, &relay.counts.received, cx)),
-        };
-        let relayed = match (there, back) {
-            (Poll::Ready(Err(error)), _) | (_, Some(Poll::Ready(Err(error)))) => Err(error),
-            (Poll::Ready(Ok(())), Some(Poll::Ready(Ok(())))) => Ok(()),
-            _ => return Poll::Pending,
-        };
+        let relayed = ready!(relay.poll_both(cx));
         if relayed.is_err() {
             reset(relay.tcp);
             reset(relay.upstream);
         }
         Poll::Ready(relayed)
+    }
+}
+
+impl TcpRelay<'_> {
+    /// Ready once both directions are done, or either failed.
+    fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.back_first = !self.back_first;
+        let (sent, received) = (&self.counts.sent, &self.counts.received);
+        let (there, back) = match self.back_first {
+            true => {
+                let back = copy(self.upstream, self.tcp, &mut self.back, received, cx)?;
+                (copy(self.tcp, self.upstream, &mut self.there, sent, cx)?, back)
+            }
+            false => {
+                let there = copy(self.tcp, self.upstream, &mut self.there, sent, cx)?;
+                (there, copy(self.upstream, self.tcp, &mut self.back, received, cx)?)
+            }
+        };
+        match (there, back) {
+            (Poll::Ready(()), Poll::Ready(())) => Poll::Ready(Ok(())),
+            _ => Poll::Pending,
+        }
     }
 }
 
@@ -320,10 +356,18 @@ fn reset(tcp: &TcpStream) {
 /// it as TCP does when a peer has closed. Any other failure is one. (The error itself may only
 /// say the stream is gone, so the stream is asked why.)
 fn done_unless_failed(send: &mut SendStream<Bytes>, error: h2::Error) -> io::Result<()> {
+    match peer_reset(send) {
+        Some(h2::Reason::NO_ERROR) => Ok(()),
+        _ => Err(io_error(error)),
+    }
+}
+
+/// Why the peer reset the stream `send` belongs to, if it did.
+fn peer_reset(send: &mut SendStream<Bytes>) -> Option<h2::Reason> {
     let mut asked = std::task::Context::from_waker(std::task::Waker::noop());
     match send.poll_reset(&mut asked) {
-        std::task::Poll::Ready(Ok(h2::Reason::NO_ERROR)) => Ok(()),
-        _ => Err(io_error(error)),
+        Poll::Ready(Ok(reason)) => Some(reason),
+        _ => None,
     }
 }
 
@@ -461,6 +505,23 @@ mod tests {
             // The client half-closes after reading the answer: its END_STREAM finds the stream
             // reset by the peer.
             app.shutdown().await.unwrap();
+        };
+        let (relayed, ()) = tokio::join!(relay, app_side);
+        relayed.expect("a peer done with NO_ERROR is no failure");
+    }
+
+    #[tokio::test]
+    async fn what_the_client_still_sends_to_a_peer_done_with_no_error_ends_the_relay_cleanly() {
+        let (mut app, mut pod_side) = pair().await;
+        let stream = answered_and_reset().await;
+        let counts = Counts::default();
+        let relay = hbone(&mut pod_side, stream, &counts);
+        let app_side = async {
+            // More of the request, after the peer answered: there is no stream left to send it
+            // on, which is no failure of the relay.
+            app.write_all(b"the rest of the upload").await.unwrap();
+            let mut answer = Vec::new();
+            app.read_to_end(&mut answer).await.unwrap();
         };
         let (relayed, ()) = tokio::join!(relay, app_side);
         relayed.expect("a peer done with NO_ERROR is no failure");

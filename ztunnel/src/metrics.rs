@@ -126,19 +126,17 @@ impl Metrics {
     /// shares them, to name again when it closes: an idle connection holds a pointer, not seven
     /// strings of its own.
     pub fn opened(&self, labels: ConnectionLabels) -> Arc<ConnectionLabels> {
-        let shared = {
-            let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            match series.get(&labels) {
-                Some(known) => known.clone(),
-                None => {
-                    let shared = Arc::new(labels);
-                    series.insert(shared.clone());
-                    shared
-                }
+        // Counted first, then tracked: a sweep between the two finds the series tracked.
+        self.opened.get_or_create(&labels).inc();
+        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match series.get(&labels) {
+            Some(known) => known.clone(),
+            None => {
+                let shared = Arc::new(labels);
+                series.insert(shared.clone());
+                shared
             }
-        };
-        self.opened.get_or_create(&shared).inc();
-        shared
+        }
     }
 
     /// Drops the connection series whose source or destination is a workload `exists` no
