@@ -65,19 +65,22 @@ impl Footprint {
 
     /// Waits, at most `timeout`, until process `pid` is back to this baseline but for `slack`
     /// (connections a pool may keep open, memory an allocator keeps); fails with what it held
-    /// last.
+    /// last, or because it is gone (a process that died has not come back to anything).
     pub fn returned_to(&self, pid: u32, slack: Footprint, timeout: Duration) -> anyhow::Result<()> {
-        let mut last = *self;
+        let mut last = None;
         let returned = crate::until("the process's footprint back to its baseline", timeout, || {
-            last = Self::of(pid).unwrap_or(last);
-            last.descriptors <= self.descriptors + slack.descriptors
-                && last.rss_kib <= self.rss_kib + slack.rss_kib
+            last = Self::of(pid).ok();
+            last.is_some_and(|now| {
+                now.descriptors <= self.descriptors + slack.descriptors
+                    && now.rss_kib <= self.rss_kib + slack.rss_kib
+            })
         });
-        returned.with_context(|| {
-            format!(
+        returned.with_context(|| match last {
+            Some(last) => format!(
                 "process {pid} holds {} descriptors and {} KiB, {} and {} KiB before the fault",
                 last.descriptors, last.rss_kib, self.descriptors, self.rss_kib
-            )
+            ),
+            None => format!("process {pid} is gone"),
         })
     }
 }
@@ -177,7 +180,20 @@ fn metrics(netns: &NetNs) -> anyhow::Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Census, inspect, logs_clean};
+    use std::time::Duration;
+
+    use super::{Census, Footprint, inspect, logs_clean};
+
+    #[test]
+    fn a_process_gone_has_not_returned_to_its_footprint() {
+        let own = Footprint::of(std::process::id()).unwrap();
+        let slack = Footprint { descriptors: 1000, rss_kib: 1 << 30 };
+        own.returned_to(std::process::id(), slack, Duration::from_secs(5)).unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        gone.wait().unwrap();
+        let error = own.returned_to(gone.id(), slack, Duration::from_millis(100)).unwrap_err();
+        assert!(format!("{error:#}").contains("is gone"), "{error:#}");
+    }
 
     #[test]
     fn a_census_is_read_from_the_metrics() {
