@@ -67,6 +67,7 @@ macro_rules! resource {
 }
 
 pub mod authentication;
+pub mod changes;
 pub mod endpoints;
 pub mod gateway_api;
 pub mod locality;
@@ -80,11 +81,44 @@ use gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute};
 use policy::AuthorizationPolicy;
 
 /// One xDS resource, encoded once and shared by every subscriber.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Resource {
     /// Content hash: equal versions, equal bytes.
     pub version: String,
     pub body: prost_types::Any,
+    /// The xDS `Resource` message that carries it (name, version, body), encoded by the first
+    /// stream to send it; every other stream sends the same bytes. A snapshot keeps the
+    /// resources that did not change from the one before (`changes::succeed`), and so their
+    /// encoding.
+    wire: std::sync::OnceLock<prost::bytes::Bytes>,
+}
+
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.version == other.version && self.body == other.body
+    }
+}
+
+impl Resource {
+    pub fn new(version: String, body: prost_types::Any) -> Self {
+        Self { version, body, wire: Default::default() }
+    }
+
+    /// This resource as the xDS `Resource` named `name`, encoded.
+    pub fn wire(&self, name: &str) -> prost::bytes::Bytes {
+        self.wire
+            .get_or_init(|| {
+                weft_api::discovery::Resource {
+                    name: name.to_owned(),
+                    version: self.version.clone(),
+                    resource: Some(self.body.clone()),
+                    aliases: Vec::new(),
+                }
+                .encode_to_vec()
+                .into()
+            })
+            .clone()
+    }
 }
 
 /// Every resource of one type, by name.
@@ -115,6 +149,8 @@ pub struct Snapshot {
     pub mesh_routes: Vec<RouteStatus>,
     /// Every traffic policy (`networking.weft.dev`), as understood, for its status.
     pub traffic_policies: Vec<traffic::TrafficPolicyStatus>,
+    /// What the last versions changed, for streams that hold one of them.
+    pub changes: changes::History,
 }
 
 /// What the control plane made of one `AuthorizationPolicy`.
@@ -222,6 +258,17 @@ impl Snapshot {
             REQUEST_AUTHENTICATION_TYPE => Some(&self.request_authentications),
             _ => None,
         }
+    }
+
+    /// Every type served, with its resources.
+    fn served_mut(&mut self) -> [(&'static str, &mut Resources); 5] {
+        [
+            (api::ADDRESS_TYPE, &mut self.addresses),
+            (weft_api::security::AUTHORIZATION_TYPE, &mut self.authorizations),
+            (weft_api::route::ROUTES_TYPE, &mut self.routes),
+            (HTTP_AUTHORIZATION_TYPE, &mut self.http_authorizations),
+            (REQUEST_AUTHENTICATION_TYPE, &mut self.request_authentications),
+        ]
     }
 
     /// The resources as JSON, for `/config_dump` and the CLI: workloads and services decoded;
@@ -671,6 +718,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         routes,
         mesh_routes,
         traffic_policies,
+        changes: Default::default(),
     }
 }
 
@@ -850,10 +898,10 @@ fn encode(address: api::address::Type) -> Arc<Resource> {
 }
 
 fn encode_as(type_url: &str, value: Vec<u8>) -> Arc<Resource> {
-    Arc::new(Resource {
-        version: format!("{:016x}", weft_api::hash::fnv1a(&value)),
-        body: prost_types::Any { type_url: type_url.to_owned(), value },
-    })
+    Arc::new(Resource::new(
+        format!("{:016x}", weft_api::hash::fnv1a(&value)),
+        prost_types::Any { type_url: type_url.to_owned(), value },
+    ))
 }
 
 /// The name of the workload a pod belongs to, as Istio derives it for metrics and telemetry:

@@ -4,10 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use tonic::transport::Server;
-use weft_api::{
-    ca::istio_certificate_service_server::IstioCertificateServiceServer,
-    discovery::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer,
-};
+use weft_api::ca::istio_certificate_service_server::IstioCertificateServiceServer;
 use weft_control::{
     ca::{Authority, Lifetimes, caller::Authenticator, service::Service},
     index::{self, Naming, Snapshot},
@@ -184,7 +181,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     };
     let serve = Server::builder()
         .add_service(IstioCertificateServiceServer::new(service))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads))
+        .add_service(ads)
         .serve_with_incoming_shutdown(serving::incoming(listener, serving), shutdown);
     let result = tokio::select! {
         served = serve => served.map_err(anyhow::Error::from),

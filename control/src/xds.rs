@@ -15,72 +15,70 @@
 //!
 //! Every stream runs in its own task and reads the latest snapshot from a `watch` channel, so a
 //! slow or dead proxy skips intermediate versions and never holds up the others.
-use std::{
-    collections::{BTreeSet, HashMap},
-    pin::Pin,
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::{Stream, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
-use weft_api::discovery::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
-    aggregated_discovery_service_server::AggregatedDiscoveryService,
-};
+use tonic::{Status, Streaming, metadata::MetadataMap};
+use weft_api::discovery::DeltaDiscoveryRequest;
 
-use crate::{
-    ca::caller::Authenticator,
-    index::{Resources, Snapshot},
-    metrics::Metrics,
-};
+use crate::{ca::caller::Authenticator, index::Snapshot, metrics::Metrics};
+
+mod subscription;
+mod wire;
+
+use subscription::Subscription;
 
 /// Responses a stream may have queued before it waits for its proxy to read.
 const QUEUE: usize = 4;
-/// Unanswered responses remembered per type (for nacks); older ones count as delivered.
-const PENDING: usize = 16;
 
-/// The ADS service.
+/// The ADS service (served by `wire`, as a tonic router's service).
 #[derive(Debug, Clone)]
-pub struct Server {
+pub struct Server<A = Authenticator> {
     snapshots: watch::Receiver<Arc<Snapshot>>,
-    authenticator: Authenticator,
+    authenticator: A,
     metrics: Arc<Metrics>,
     /// Turns true at shutdown: every stream ends (`unavailable`) so the server can stop.
     stopping: watch::Receiver<bool>,
 }
 
-impl Server {
+/// Who may open a stream.
+pub trait Authenticate: Clone + Send + Sync + 'static {
+    /// The proxy a stream's request comes from (its node, named in logs), or why it is refused.
+    fn authenticate(&self, metadata: &MetadataMap) -> impl Future<Output = Result<String, Status>> + Send;
+}
+
+impl Authenticate for Authenticator {
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        match self.authenticate_request(metadata).await {
+            Ok(caller) => Ok(caller.node),
+            Err(error) => {
+                tracing::info!(%error, "xDS stream refused");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+impl<A: Authenticate> Server<A> {
     pub fn new(
         snapshots: watch::Receiver<Arc<Snapshot>>,
-        authenticator: Authenticator,
+        authenticator: A,
         metrics: Arc<Metrics>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self { snapshots, authenticator, metrics, stopping }
     }
-}
 
-type Responses = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Server {
-    type DeltaAggregatedResourcesStream = Responses;
-
-    async fn delta_aggregated_resources(
+    /// Serves one authenticated proxy's stream (`node` names it in logs): its session runs in
+    /// a task of its own until the proxy or the control plane ends it.
+    fn open(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Responses>, Status> {
-        let caller = match self.authenticator.authenticate_request(request.metadata()).await {
-            Ok(caller) => caller,
-            Err(error) => {
-                tracing::info!(%error, "xDS stream refused");
-                return Err(error.into());
-            }
-        };
+        node: String,
+        requests: Streaming<DeltaDiscoveryRequest>,
+    ) -> mpsc::Receiver<Result<wire::Push, Status>> {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let session = Session {
-            node: caller.node,
+            node,
             snapshots: self.snapshots.clone(),
             subscriptions: HashMap::new(),
             sender,
@@ -88,54 +86,8 @@ impl AggregatedDiscoveryService for Server {
             metrics: self.metrics.clone(),
             stopping: self.stopping.clone(),
         };
-        tokio::spawn(session.run(request.into_inner()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
-    }
-}
-
-/// What a proxy asked for of one type, and what it has been sent.
-#[derive(Debug, Default)]
-struct Subscription {
-    wildcard: bool,
-    names: BTreeSet<String>,
-    /// Resource name → version, as the proxy holds them (after our last response).
-    sent: HashMap<String, String>,
-    /// Whether a first response went out (it goes out even when empty: "you have it all").
-    answered: bool,
-    /// Responses not yet acked, oldest first, with what each changed in `sent`.
-    pending: Vec<(String, Vec<Change>)>,
-}
-
-/// One name's entry in `sent` before and after a response: (name, before, after).
-type Change = (String, Option<String>, Option<String>);
-
-impl Subscription {
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
-
-    /// The proxy rejected response `nonce`: what it carried counts as not delivered again
-    /// (names a later response changed since keep that response's version). Returns whether
-    /// the nonce was one of ours.
-    fn rejected(&mut self, nonce: &str) -> bool {
-        let Some(index) = self.pending.iter().position(|(pending, _)| pending == nonce) else { return false };
-        let (_, changes) = self.pending.remove(index);
-        for (name, before, after) in changes {
-            if self.sent.get(&name) == after.as_ref() {
-                match before {
-                    Some(version) => self.sent.insert(name, version),
-                    None => self.sent.remove(&name),
-                };
-            }
-        }
-        true
-    }
-
-    /// The proxy accepted response `nonce`. Returns whether the nonce was one of ours.
-    fn accepted(&mut self, nonce: &str) -> bool {
-        let before = self.pending.len();
-        self.pending.retain(|(pending, _)| pending != nonce);
-        self.pending.len() < before
+        tokio::spawn(session.run(requests));
+        receiver
     }
 }
 
@@ -144,7 +96,7 @@ struct Session {
     node: String,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     subscriptions: HashMap<String, Subscription>,
-    sender: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    sender: mpsc::Sender<Result<wire::Push, Status>>,
     nonces: u64,
     metrics: Arc<Metrics>,
     stopping: watch::Receiver<bool>,
@@ -211,11 +163,13 @@ impl Session {
             return None;
         }
         let first = !self.subscriptions.contains_key(&type_url);
-        let subscription = self.subscriptions.entry(type_url.clone()).or_default();
+        let subscription = self.subscriptions.entry(type_url.clone()).or_insert_with(|| {
+            Subscription::new(request.resource_names_subscribe.is_empty(), request.initial_resource_versions)
+        });
         if !request.response_nonce.is_empty() {
             let nonce = &request.response_nonce;
             match request.error_detail {
-                Some(error) if subscription.rejected(nonce) => {
+                Some(error) if subscription.rejected(&type_url, nonce) => {
                     self.metrics.nack(&type_url);
                     tracing::warn!(node = %self.node, %type_url, %nonce, error = %error.message,
                         "proxy rejected a response; its contents will be sent again with the next push");
@@ -226,10 +180,6 @@ impl Session {
                 }
             }
         }
-        if first {
-            subscription.wildcard = request.resource_names_subscribe.is_empty();
-            subscription.sent = request.initial_resource_versions;
-        }
         let mut changed = first;
         for name in request.resource_names_subscribe {
             changed = true;
@@ -237,7 +187,7 @@ impl Session {
                 subscription.wildcard = true;
             } else {
                 // Re-sent even if unchanged: the proxy may have dropped it meanwhile.
-                subscription.sent.remove(&name);
+                subscription.forget(&type_url, &name);
                 subscription.names.insert(name);
             }
         }
@@ -247,7 +197,7 @@ impl Session {
             } else {
                 subscription.names.remove(&name);
             }
-            subscription.sent.remove(&name);
+            subscription.forget(&type_url, &name);
         }
         changed.then_some(type_url)
     }
@@ -256,49 +206,19 @@ impl Session {
     async fn push(&mut self, type_url: &str) -> Result<(), Status> {
         let snapshot = self.snapshots.borrow().clone();
         let Some(subscription) = self.subscriptions.get_mut(type_url) else { return Ok(()) };
-        let resources: &Resources = snapshot.of_type(type_url).unwrap_or(&snapshot.authorizations);
-        let mut changed = Vec::new();
-        for (name, resource) in resources {
-            if subscription.wants(name) && subscription.sent.get(name) != Some(&resource.version) {
-                changed.push(Resource {
-                    name: name.clone(),
-                    version: resource.version.clone(),
-                    resource: Some(resource.body.clone()),
-                    aliases: Vec::new(),
-                });
-            }
-        }
-        let removed: Vec<String> =
-            subscription.sent.keys().filter(|name| !resources.contains_key(*name)).cloned().collect();
-        if changed.is_empty() && removed.is_empty() && subscription.answered {
-            return Ok(());
-        }
-        let mut undo = Vec::with_capacity(removed.len() + changed.len());
-        for name in &removed {
-            undo.push((name.clone(), subscription.sent.remove(name), None));
-        }
-        for resource in &changed {
-            let before = subscription.sent.insert(resource.name.clone(), resource.version.clone());
-            undo.push((resource.name.clone(), before, Some(resource.version.clone())));
-        }
-        subscription.answered = true;
+        let nonce = format!("{}-{}", snapshot.version, self.nonces + 1);
+        let Some(response) = subscription.respond(type_url, &snapshot, &nonce) else { return Ok(()) };
         self.nonces += 1;
-        let nonce = format!("{}-{}", snapshot.version, self.nonces);
-        subscription.pending.push((nonce.clone(), undo));
-        if subscription.pending.len() > PENDING {
-            subscription.pending.remove(0);
-        }
-        let response = DeltaDiscoveryResponse {
-            system_version_info: snapshot.version.to_string(),
-            resources: changed,
+        tracing::debug!(node = %self.node, %type_url, version = snapshot.version,
+            changed = response.resources.count(), removed = response.removed.len(), "push");
+        self.metrics.push(type_url);
+        let push = wire::Push {
+            version: snapshot.version.to_string(),
             type_url: type_url.to_owned(),
             nonce,
-            removed_resources: removed,
+            response,
         };
-        tracing::debug!(node = %self.node, %type_url, version = snapshot.version,
-            changed = response.resources.len(), removed = response.removed_resources.len(), "push");
-        self.metrics.push(type_url);
-        self.sender.send(Ok(response)).await.map_err(|_| Status::cancelled("proxy went away"))
+        self.sender.send(Ok(push)).await.map_err(|_| Status::cancelled("proxy went away"))
     }
 }
 

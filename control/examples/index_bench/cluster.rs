@@ -1,8 +1,5 @@
-//! Measures the control plane's index (issue "control", Measure): snapshot build time, the time
-//! to encode a full push to one proxy, and memory, for 1k / 10k / 50k pods in-process.
-//! `cargo run --release -p weft-control --example index_bench`. Prints; never fails.
-use std::time::{Duration, Instant};
-
+//! A synthetic cluster for the benchmark: namespaces, pods, a Service for every ten pods and
+//! the EndpointSlice the cluster would keep for each.
 use k8s_openapi::api::{
     core::v1::{
         Namespace, ObjectReference, Pod, PodIP, PodSpec, PodStatus, Service, ServicePort, ServiceSpec,
@@ -10,17 +7,14 @@ use k8s_openapi::api::{
     discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
 };
 use kube::api::ObjectMeta;
-use prost::Message;
-use weft_api::discovery::{DeltaDiscoveryResponse, Resource};
-use weft_control::index::{Naming, Objects, build};
+use weft_control::index::Naming;
 
-const PODS_PER_SERVICE: usize = 10;
+pub const PODS_PER_SERVICE: usize = 10;
 const NAMESPACES: usize = 100;
-const REPEATS: usize = 5;
 
 /// The objects of a cluster with `pods` pods, a Service for every ten with the EndpointSlice the
 /// cluster would keep for it.
-fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>, Vec<EndpointSlice>) {
+pub fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>, Vec<EndpointSlice>) {
     let namespace = |i: usize| format!("ns{}", i % NAMESPACES);
     let namespaces = (0..NAMESPACES)
         .map(|i| Namespace {
@@ -114,81 +108,30 @@ fn objects(pods: usize) -> (Vec<Namespace>, Vec<Pod>, Vec<Service>, Vec<Endpoint
     (namespaces, pod_objects, services, slices)
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status.lines().find_map(|line| {
-                line.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().ok())
-            })
-        })
-        .flatten()
-        .unwrap_or(0)
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn main() {
-    let naming = Naming {
+/// The mesh's names, as a default install has them.
+pub fn naming() -> Naming {
+    Naming {
         trust_domain: "cluster.local".into(),
         cluster_domain: "cluster.local".into(),
         root_namespace: "weft-system".into(),
         labels: weft_api::enrollment::Labels::Weft,
-    };
-    println!(
-        "{:>7} {:>9} {:>12} {:>12} {:>12} {:>14}",
-        "pods", "services", "build ms", "push ms", "push MiB", "snapshot MiB"
-    );
-    for pods in [1_000, 10_000, 50_000] {
-        let (namespaces, pod_objects, services, slices) = objects(pods);
-        let mut builds = Vec::new();
-        let mut pushes = Vec::new();
-        let mut push_bytes = 0;
-        let mut snapshot_kib = 0;
-        for _ in 0..REPEATS {
-            let before = rss_kib();
-            let start = Instant::now();
-            let snapshot = build(
-                &naming,
-                &Objects::default()
-                    .namespaces(&namespaces)
-                    .pods(&pod_objects)
-                    .services(&services)
-                    .slices(&slices),
-            );
-            builds.push(start.elapsed());
-            snapshot_kib = rss_kib().saturating_sub(before).max(snapshot_kib);
-            // A full push to one proxy: every resource into one response, encoded.
-            let start = Instant::now();
-            let response = DeltaDiscoveryResponse {
-                resources: snapshot
-                    .addresses
-                    .iter()
-                    .map(|(name, resource)| Resource {
-                        name: name.clone(),
-                        version: resource.version.clone(),
-                        resource: Some(resource.body.clone()),
-                        aliases: Vec::new(),
-                    })
-                    .collect(),
-                ..Default::default()
-            };
-            push_bytes = response.encode_to_vec().len();
-            pushes.push(start.elapsed());
-        }
-        println!(
-            "{pods:>7} {:>9} {:>12.1} {:>12.1} {:>12.2} {:>14.1}",
-            pods / PODS_PER_SERVICE,
-            median(builds).as_secs_f64() * 1e3,
-            median(pushes).as_secs_f64() * 1e3,
-            push_bytes as f64 / (1 << 20) as f64,
-            snapshot_kib as f64 / 1024.0,
-        );
     }
-    println!(
-        "(median of {REPEATS}; build = all workloads and services from the objects; snapshot MiB = RSS growth while one is held)"
-    );
+}
+
+/// This process's resident memory.
+pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// A line of `/proc/self/status` in KiB (0 if missing).
+pub fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|line| {
+                line.strip_prefix(key).map(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            })
+        })
+        .flatten()
+        .unwrap_or(0)
 }

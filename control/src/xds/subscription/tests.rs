@@ -1,0 +1,159 @@
+use prost::Message;
+use weft_api::workload::ADDRESS_TYPE;
+
+use super::*;
+use crate::index::changes::succeed;
+
+/// A snapshot of addresses `(name, content)`; successor of `before` when given.
+fn snapshot(version: u64, addresses: &[(&str, &str)], before: Option<&Snapshot>) -> Arc<Snapshot> {
+    let mut snapshot = Snapshot {
+        version,
+        addresses: addresses
+            .iter()
+            .map(|(name, value)| {
+                let body =
+                    prost_types::Any { type_url: ADDRESS_TYPE.into(), value: value.as_bytes().to_vec() };
+                (name.to_string(), Arc::new(Resource::new(format!("v-{value}"), body)))
+            })
+            .collect(),
+        ..Default::default()
+    };
+    if let Some(before) = before {
+        succeed(&mut snapshot, before);
+    }
+    Arc::new(snapshot)
+}
+
+/// What a response carries: (name, version) of each resource, and the names removed.
+fn read(response: Response) -> (Vec<(String, String)>, Vec<String>) {
+    let wire: Vec<Bytes> = match response.resources {
+        Changed::These(wire) => wire,
+        Changed::All { snapshot, type_url } => {
+            resources(&snapshot, &type_url).iter().map(|(name, resource)| resource.wire(name)).collect()
+        }
+    };
+    let resources = wire
+        .iter()
+        .map(|wire| {
+            let resource = weft_api::discovery::Resource::decode(wire.as_ref()).expect("a Resource");
+            (resource.name, resource.version)
+        })
+        .collect();
+    (resources, response.removed)
+}
+
+fn pairs(of: &[(&str, &str)]) -> Vec<(String, String)> {
+    of.iter().map(|(name, version)| (name.to_string(), version.to_string())).collect()
+}
+
+fn names(of: &[&str]) -> Vec<String> {
+    of.iter().map(|name| name.to_string()).collect()
+}
+
+#[test]
+fn a_wildcard_subscriber_gets_everything_then_only_what_changed() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1"), ("c", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    let response = subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    assert_eq!(read(response), (pairs(&[("a", "v-1"), ("b", "v-1"), ("c", "v-1")]), vec![]));
+    assert!(subscription.respond(ADDRESS_TYPE, &first, "n2").is_none(), "nothing changed");
+
+    let second = snapshot(2, &[("a", "1"), ("b", "2"), ("d", "1")], Some(&first));
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("a change");
+    assert_eq!(read(response), (pairs(&[("b", "v-2"), ("d", "v-1")]), names(&["c"])));
+    assert!(subscription.respond(ADDRESS_TYPE, &second, "n4").is_none());
+}
+
+#[test]
+fn a_subscriber_beyond_the_history_gets_the_difference_all_the_same() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    // Built without a history: the two are compared whole.
+    let later = snapshot(9, &[("a", "1"), ("b", "2"), ("c", "1")], None);
+    let response = subscription.respond(ADDRESS_TYPE, &later, "n2").expect("a change");
+    assert_eq!(read(response), (pairs(&[("b", "v-2"), ("c", "v-1")]), vec![]));
+}
+
+#[test]
+fn a_rejected_response_is_sent_again_with_what_changed_since() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    assert!(subscription.accepted("n1"));
+    let second = snapshot(2, &[("a", "2"), ("b", "1")], Some(&first));
+    subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a change");
+    assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
+    assert!(!subscription.rejected(ADDRESS_TYPE, "n2"), "a nonce is undone once");
+
+    let third = snapshot(3, &[("a", "2"), ("b", "3"), ("c", "1")], Some(&second));
+    let response = subscription.respond(ADDRESS_TYPE, &third, "n3").expect("the rejected one and the new");
+    assert_eq!(read(response), (pairs(&[("a", "v-2"), ("b", "v-3"), ("c", "v-1")]), vec![]));
+    // Back to holding the snapshot: the next change is only that.
+    let fourth = snapshot(4, &[("a", "2"), ("b", "3")], Some(&third));
+    let response = subscription.respond(ADDRESS_TYPE, &fourth, "n4").expect("a removal");
+    assert_eq!(read(response), (vec![], names(&["c"])));
+}
+
+#[test]
+fn a_rejected_removal_is_sent_again() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    let second = snapshot(2, &[("a", "1")], Some(&first));
+    subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a removal");
+    assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("the removal again");
+    assert_eq!(read(response), (vec![], names(&["b"])));
+}
+
+#[test]
+fn a_reconnecting_proxy_gets_only_what_differs_from_what_it_holds() {
+    let current = snapshot(5, &[("a", "1"), ("b", "2"), ("c", "1")], None);
+    let held = [("a", "v-1"), ("b", "v-1"), ("gone", "v-1")];
+    let held = held.iter().map(|(name, version)| (name.to_string(), version.to_string())).collect();
+    let mut subscription = Subscription::new(true, held);
+    let response = subscription.respond(ADDRESS_TYPE, &current, "n1").expect("the difference");
+    assert_eq!(read(response), (pairs(&[("b", "v-2"), ("c", "v-1")]), names(&["gone"])));
+}
+
+#[test]
+fn a_named_subscription_gets_its_names_only() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(false, HashMap::new());
+    subscription.names.insert("b".into());
+    let response = subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    assert_eq!(read(response), (pairs(&[("b", "v-1")]), vec![]));
+    let second = snapshot(2, &[("a", "2"), ("b", "1")], Some(&first));
+    assert!(subscription.respond(ADDRESS_TYPE, &second, "n2").is_none(), "a is not asked for");
+    subscription.forget(ADDRESS_TYPE, "b");
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("b again, once forgotten");
+    assert_eq!(read(response), (pairs(&[("b", "v-1")]), vec![]));
+}
+
+#[test]
+fn a_forgotten_name_of_a_wildcard_subscription_is_sent_again() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    subscription.forget(ADDRESS_TYPE, "a");
+    let response = subscription.respond(ADDRESS_TYPE, &first, "n2").expect("a again");
+    assert_eq!(read(response), (pairs(&[("a", "v-1")]), vec![]));
+}
+
+#[test]
+fn streams_share_the_encoding_of_a_resource() {
+    let first = snapshot(1, &[("a", "1")], None);
+    let (mut one, mut other) =
+        (Subscription::new(true, HashMap::new()), Subscription::new(true, HashMap::new()));
+    one.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    other.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    let second = snapshot(2, &[("a", "1"), ("b", "1")], Some(&first));
+    let one = one.respond(ADDRESS_TYPE, &second, "n2").expect("a change");
+    let other = other.respond(ADDRESS_TYPE, &second, "n2").expect("a change");
+    let (Changed::These(one), Changed::These(other)) = (one.resources, other.resources) else {
+        panic!("one resource is not all of them")
+    };
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].as_ptr(), other[0].as_ptr(), "the same bytes, not a copy");
+}
