@@ -18,7 +18,8 @@
 use std::{collections::HashMap, sync::Arc};
 
 use tokio::sync::{mpsc, watch};
-use tonic::{Status, Streaming, metadata::MetadataMap};
+use tokio_stream::StreamExt;
+use tonic::{Status, metadata::MetadataMap};
 use weft_api::discovery::DeltaDiscoveryRequest;
 
 use crate::{ca::caller::Authenticator, index::Snapshot, metrics::Metrics};
@@ -71,11 +72,7 @@ impl<A: Authenticate> Server<A> {
 
     /// Serves one authenticated proxy's stream (`node` names it in logs): its session runs in
     /// a task of its own until the proxy or the control plane ends it.
-    fn open(
-        &self,
-        node: String,
-        requests: Streaming<DeltaDiscoveryRequest>,
-    ) -> mpsc::Receiver<Result<wire::Push, Status>> {
+    fn open(&self, node: String, requests: wire::Requests) -> mpsc::Receiver<Result<wire::Push, Status>> {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let session = Session {
             node,
@@ -103,7 +100,7 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
+    async fn run(mut self, mut requests: wire::Requests) {
         tracing::info!(node = %self.node, "proxy connected");
         self.metrics.proxy_connected(1);
         let result = self.serve(&mut requests).await;
@@ -117,7 +114,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, requests: &mut Streaming<DeltaDiscoveryRequest>) -> Result<(), Status> {
+    async fn serve(&mut self, requests: &mut wire::Requests) -> Result<(), Status> {
         // Version 0 means the index has not synced yet: answer nothing until it has.
         let mut synced = self.snapshots.borrow().version > 0;
         let mut stopping = self.stopping.clone();
@@ -126,8 +123,8 @@ impl Session {
                 () = stopped(&mut stopping) => {
                     return Err(Status::unavailable("control plane shutting down"));
                 }
-                request = requests.message() => {
-                    let Some(request) = request? else { return Ok(()) };
+                request = requests.next() => {
+                    let Some(request) = request.transpose()? else { return Ok(()) };
                     if let Some(type_url) = self.handle(request) && synced {
                         self.push(&type_url).await?;
                     }

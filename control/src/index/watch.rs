@@ -240,39 +240,47 @@ pub async fn run(
 /// Publishes `next` with the next version unless it serves what the current snapshot does;
 /// logs each policy, route or authentication newly not applied as written.
 pub fn publish_next(publish: &watch::Sender<Arc<Snapshot>>, mut next: Snapshot) {
-    publish.send_if_modified(|current| {
-        if current.version > 0 && current.same_resources(&next) {
-            return false;
-        }
-        next.version = current.version + 1;
-        super::changes::succeed(&mut next, current);
-        tracing::debug!(version = next.version, addresses = next.addresses.len(), policies = next.authorizations.len(), "publishing");
-        // Once per new outcome, not on every publish.
-        let new_notes = next.policies.iter().filter(|policy| !policy.notes.is_empty());
-        for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
-            tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
-        }
-        let new_notes = next.authentications.iter().filter(|policy| !policy.notes.is_empty());
-        for policy in new_notes.filter(|policy| !current.authentications.contains(policy)) {
-            tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "request authentication not applied as written");
-        }
-        let new_notes = next.mesh_routes.iter().filter(|route| !route.notes.is_empty());
-        for route in new_notes.filter(|route| !current.mesh_routes.contains(route)) {
-            tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, notes = ?route.notes, "route not applied as written");
-        }
-        let refused = next.traffic_policies.iter().filter(|policy| policy.targets.iter().any(|(_, verdict)| !verdict.status));
-        for policy in refused.filter(|policy| !current.traffic_policies.contains(policy)) {
-            let why: Vec<String> = policy
-                .targets
-                .iter()
-                .filter(|(_, verdict)| !verdict.status)
-                .map(|(target, verdict)| format!("{} {}: {}", target.kind, target.name, verdict.message))
-                .collect();
-            tracing::warn!(kind = policy.kind.kind(), namespace = %policy.namespace, name = %policy.name, ?why, "traffic policy not applied to every target");
-        }
-        *current = Arc::new(std::mem::take(&mut next));
-        true
-    });
+    // Compared and succeeded outside the channel's lock, which every stream takes to read
+    // the snapshot: this is its only publisher, so `current` stays current meanwhile.
+    let current = publish.borrow().clone();
+    if current.version > 0 && current.same_resources(&next) {
+        return;
+    }
+    next.version = current.version + 1;
+    super::changes::succeed(&mut next, &current);
+    tracing::debug!(
+        version = next.version,
+        addresses = next.addresses.len(),
+        policies = next.authorizations.len(),
+        "publishing"
+    );
+    // Once per new outcome, not on every publish.
+    let new_notes = next.policies.iter().filter(|policy| !policy.notes.is_empty());
+    for policy in new_notes.filter(|policy| !current.policies.contains(policy)) {
+        tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "policy not enforced as written");
+    }
+    let new_notes = next.authentications.iter().filter(|policy| !policy.notes.is_empty());
+    for policy in new_notes.filter(|policy| !current.authentications.contains(policy)) {
+        tracing::warn!(namespace = %policy.namespace, name = %policy.name, notes = ?policy.notes, "request authentication not applied as written");
+    }
+    let new_notes = next.mesh_routes.iter().filter(|route| !route.notes.is_empty());
+    for route in new_notes.filter(|route| !current.mesh_routes.contains(route)) {
+        tracing::warn!(kind = route.kind.kind(), namespace = %route.namespace, name = %route.name, notes = ?route.notes, "route not applied as written");
+    }
+    let refused = next
+        .traffic_policies
+        .iter()
+        .filter(|policy| policy.targets.iter().any(|(_, verdict)| !verdict.status));
+    for policy in refused.filter(|policy| !current.traffic_policies.contains(policy)) {
+        let why: Vec<String> = policy
+            .targets
+            .iter()
+            .filter(|(_, verdict)| !verdict.status)
+            .map(|(target, verdict)| format!("{} {}: {}", target.kind, target.name, verdict.message))
+            .collect();
+        tracing::warn!(kind = policy.kind.kind(), namespace = %policy.namespace, name = %policy.name, ?why, "traffic policy not applied to every target");
+    }
+    publish.send_replace(Arc::new(next));
 }
 
 /// The Gateway API's reflectors: GRPCRoute's and TCPRoute's only where their CRDs are.

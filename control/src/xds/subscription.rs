@@ -33,8 +33,9 @@ pub struct Subscription {
 /// What a proxy holds of one type.
 #[derive(Debug)]
 enum Held {
-    /// Exactly this snapshot's resources of the type.
-    Snapshot(Arc<Snapshot>),
+    /// This snapshot's resources of the type, but for `except`: names held at another version,
+    /// or not at all (`None`), as a rejected response or a forgotten name leaves them.
+    Snapshot { snapshot: Arc<Snapshot>, except: HashMap<String, Option<String>> },
     /// These names at these versions.
     Versions(HashMap<String, String>),
 }
@@ -82,33 +83,70 @@ impl Changed {
 }
 
 impl Held {
+    fn of(snapshot: Arc<Snapshot>) -> Self {
+        Held::Snapshot { snapshot, except: HashMap::new() }
+    }
+
     fn version<'a>(&'a self, type_url: &str, name: &str) -> Option<&'a str> {
         match self {
-            Held::Snapshot(snapshot) => resources(snapshot, type_url).get(name).map(|r| r.version.as_str()),
+            Held::Snapshot { snapshot, except } => match except.get(name) {
+                Some(version) => version.as_deref(),
+                None => resources(snapshot, type_url).get(name).map(|r| r.version.as_str()),
+            },
             Held::Versions(versions) => versions.get(name).map(String::as_str),
         }
     }
 
+    /// Every name held.
     fn names<'a>(&'a self, type_url: &str) -> Box<dyn Iterator<Item = &'a String> + 'a> {
         match self {
-            Held::Snapshot(snapshot) => Box::new(resources(snapshot, type_url).keys()),
+            Held::Snapshot { snapshot, except } => {
+                let of_snapshot = resources(snapshot, type_url);
+                let others = except
+                    .iter()
+                    .filter(|(name, version)| version.is_some() && !of_snapshot.contains_key(*name))
+                    .map(|(name, _)| name);
+                Box::new(
+                    of_snapshot.keys().filter(|name| !matches!(except.get(*name), Some(None))).chain(others),
+                )
+            }
             Held::Versions(versions) => Box::new(versions.keys()),
         }
     }
 
-    /// The names and versions held, written out if they were a snapshot's.
-    fn versions(&mut self, type_url: &str) -> &mut HashMap<String, String> {
-        if let Held::Snapshot(snapshot) = self {
-            let versions = resources(snapshot, type_url)
-                .iter()
-                .map(|(name, r)| (name.clone(), r.version.clone()))
-                .collect();
-            *self = Held::Versions(versions);
-        }
+    /// Records that the proxy holds `name` at `version` (`None`: not at all).
+    fn set(&mut self, type_url: &str, name: &str, version: Option<&str>) {
         match self {
-            Held::Versions(versions) => versions,
-            Held::Snapshot(_) => unreachable!("written out above"),
+            Held::Snapshot { snapshot, except } => {
+                if resources(snapshot, type_url).get(name).map(|r| r.version.as_str()) == version {
+                    except.remove(name);
+                } else {
+                    except.insert(name.to_owned(), version.map(str::to_owned));
+                }
+            }
+            Held::Versions(versions) => match version {
+                Some(version) => {
+                    versions.insert(name.to_owned(), version.to_owned());
+                }
+                None => {
+                    versions.remove(name);
+                }
+            },
         }
+    }
+
+    /// The names whose version may differ between this and `now`: what `now`'s history says
+    /// changed since this snapshot and its exceptions; `None` when that is not known (every
+    /// name may).
+    fn maybe_changed<'a>(&'a self, now: &'a Snapshot, type_url: &str) -> Option<BTreeSet<&'a str>> {
+        let Held::Snapshot { snapshot, except } = self else { return None };
+        let mut names = if snapshot.version == now.version {
+            BTreeSet::new()
+        } else {
+            now.changes.since(snapshot.version, type_url)?
+        };
+        names.extend(except.keys().map(String::as_str));
+        Some(names)
     }
 }
 
@@ -122,13 +160,9 @@ impl Subscription {
         Self { wildcard, held: Held::Versions(initial), ..Default::default() }
     }
 
-    fn wants(&self, name: &str) -> bool {
-        self.wildcard || self.names.contains(name)
-    }
-
     /// Forgets that the proxy holds `name` (it is sent again if wanted).
     pub fn forget(&mut self, type_url: &str, name: &str) {
-        self.held.versions(type_url).remove(name);
+        self.held.set(type_url, name, None);
     }
 
     /// The proxy rejected response `nonce`: what it carried counts as not delivered again
@@ -137,13 +171,10 @@ impl Subscription {
     pub fn rejected(&mut self, type_url: &str, nonce: &str) -> bool {
         let Some(index) = self.pending.iter().position(|(pending, _)| pending == nonce) else { return false };
         let (_, sent) = self.pending.remove(index);
-        let held = self.held.versions(type_url);
+        let held = &mut self.held;
         let mut undo = |name: &str, before: Option<&str>, after: Option<&str>| {
-            if held.get(name).map(String::as_str) == after {
-                match before {
-                    Some(version) => held.insert(name.to_owned(), version.to_owned()),
-                    None => held.remove(name),
-                };
+            if held.version(type_url, name) == after {
+                held.set(type_url, name, before);
             }
         };
         match sent {
@@ -153,11 +184,14 @@ impl Subscription {
                 }
             }
             Sent::Whole { from, to } => {
-                let to = resources(&to, type_url);
-                let names: BTreeSet<&String> = from.names(type_url).chain(to.keys()).collect();
+                let after = resources(&to, type_url);
+                let names: BTreeSet<&str> = match from.maybe_changed(&to, type_url) {
+                    Some(names) => names,
+                    None => from.names(type_url).chain(after.keys()).map(String::as_str).collect(),
+                };
                 for name in names {
                     let (before, after) =
-                        (from.version(type_url, name), to.get(name).map(|r| r.version.as_str()));
+                        (from.version(type_url, name), after.get(name).map(|r| r.version.as_str()));
                     if before != after {
                         undo(name, before, after);
                     }
@@ -178,33 +212,48 @@ impl Subscription {
     /// it lacks nothing and has had its first response.
     pub fn respond(&mut self, type_url: &str, snapshot: &Arc<Snapshot>, nonce: &str) -> Option<Response> {
         let now = resources(snapshot, type_url);
-        let (changed, removed) = match &self.held {
-            Held::Snapshot(held) if self.wildcard => since(held, snapshot, type_url),
-            held => {
-                let changed: Vec<(&String, &Arc<Resource>)> = now
-                    .iter()
-                    .filter(|(name, r)| self.wants(name) && held.version(type_url, name) != Some(&r.version))
-                    .collect();
-                let removed = held.names(type_url).filter(|name| !now.contains_key(*name)).cloned().collect();
-                (changed, removed)
+        let held = &self.held;
+        let differs =
+            |name: &str, resource: &Arc<Resource>| held.version(type_url, name) != Some(&resource.version);
+        let (mut changed, mut removed) = (Vec::new(), Vec::new());
+        match held.maybe_changed(snapshot, type_url).filter(|_| self.wildcard) {
+            Some(names) => {
+                for name in names {
+                    match now.get_key_value(name) {
+                        Some((name, resource)) if differs(name, resource) => changed.push((name, resource)),
+                        Some(_) => {}
+                        None if held.version(type_url, name).is_some() => removed.push(name.to_owned()),
+                        None => {}
+                    }
+                }
             }
-        };
+            None if self.wildcard => {
+                changed.extend(now.iter().filter(|(name, resource)| differs(name, resource)));
+                removed.extend(held.names(type_url).filter(|name| !now.contains_key(*name)).cloned());
+            }
+            None => {
+                let asked = self.names.iter().filter_map(|name| now.get_key_value(name.as_str()));
+                changed.extend(asked.filter(|(name, resource)| differs(name, resource)));
+                removed.extend(held.names(type_url).filter(|name| !now.contains_key(*name)).cloned());
+            }
+        }
         if changed.is_empty() && removed.is_empty() && self.answered {
             return None;
         }
         self.answered = true;
         let sent = if self.wildcard {
             // The proxy now holds exactly this snapshot's resources.
-            let from = std::mem::replace(&mut self.held, Held::Snapshot(snapshot.clone()));
+            let from = std::mem::replace(&mut self.held, Held::of(snapshot.clone()));
             Sent::Whole { from, to: snapshot.clone() }
         } else {
-            let held = self.held.versions(type_url);
             let mut undo = Vec::with_capacity(removed.len() + changed.len());
             for name in &removed {
-                undo.push((name.clone(), held.remove(name), None));
+                undo.push((name.clone(), self.held.version(type_url, name).map(str::to_owned), None));
+                self.held.set(type_url, name, None);
             }
             for (name, resource) in &changed {
-                let before = held.insert((*name).clone(), resource.version.clone());
+                let before = self.held.version(type_url, name).map(str::to_owned);
+                self.held.set(type_url, name, Some(&resource.version));
                 undo.push(((*name).clone(), before, Some(resource.version.clone())));
             }
             Sent::Names(undo)
@@ -220,39 +269,6 @@ impl Subscription {
         };
         Some(Response { resources, removed })
     }
-}
-
-/// What changed of `type_url` from `held` to `now`: from `now`'s history when it reaches back
-/// to `held`, else by comparing the two in full.
-fn since<'a>(
-    held: &Snapshot,
-    now: &'a Snapshot,
-    type_url: &str,
-) -> (Vec<(&'a String, &'a Arc<Resource>)>, Vec<String>) {
-    let (before, after) = (resources(held, type_url), resources(now, type_url));
-    let (mut changed, mut removed) = (Vec::new(), Vec::new());
-    if held.version == now.version {
-        return (changed, removed);
-    }
-    let differs = |before: Option<&Arc<Resource>>, after: &Arc<Resource>| {
-        before.is_none_or(|before| !Arc::ptr_eq(before, after) && before.version != after.version)
-    };
-    match now.changes.since(held.version, type_url) {
-        Some(names) => {
-            for name in names {
-                match (before.get(name), after.get_key_value(name)) {
-                    (before, Some((name, after))) if differs(before, after) => changed.push((name, after)),
-                    (Some(_), None) => removed.push(name.to_owned()),
-                    _ => {}
-                }
-            }
-        }
-        None => {
-            changed.extend(after.iter().filter(|(name, after)| differs(before.get(*name), after)));
-            removed.extend(before.keys().filter(|name| !after.contains_key(*name)).cloned());
-        }
-    }
-    (changed, removed)
 }
 
 #[cfg(test)]

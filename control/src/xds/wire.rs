@@ -5,9 +5,9 @@
 //! stream's own first, and keeps that buffer's allocation as long as the stream lives: with a
 //! full push at 50 000 pods about 14 MB, a thousand connected proxies would hold 14 GB.
 //!
-//! Requests are decoded by tonic (`Streaming`), up to 64 MiB each: a reconnecting proxy lists
+//! Requests are read here too (`Requests`), up to 64 MiB each: a reconnecting proxy lists
 //! every name and version it holds, about 3.7 MB at 50 000 pods (tonic's default limit is
-//! 4 MiB).
+//! 4 MiB), and tonic's reader would keep a buffer that size for the stream's life.
 use std::{
     convert::Infallible,
     ops::Bound,
@@ -19,13 +19,13 @@ use std::{
 use http_body::Frame;
 use prost::{
     Message,
-    bytes::{BufMut, Bytes, BytesMut},
+    bytes::{Buf, BufMut, Bytes, BytesMut},
     encoding::{WireType, encode_key, encode_varint, encoded_len_varint},
 };
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tonic::{
-    Status, Streaming,
-    codec::Codec,
+    Status,
     codegen::{BoxFuture, Service, http},
     metadata::MetadataMap,
     server::NamedService,
@@ -84,9 +84,7 @@ impl<A: Authenticate> Service<http::Request<tonic::body::Body>> for Server<A> {
                     Ok(node) => node,
                     Err(status) => return Ok(status.into_http()),
                 };
-            let decoder =
-                tonic_prost::ProstCodec::<DeltaDiscoveryResponse, DeltaDiscoveryRequest>::default().decoder();
-            let requests = Streaming::new_request(decoder, body, None, Some(MAX_REQUEST));
+            let requests = Requests::new(body);
             let mut response =
                 http::Response::new(tonic::body::Body::new(Frames::new(server.open(node, requests))));
             response
@@ -94,6 +92,82 @@ impl<A: Authenticate> Service<http::Request<tonic::body::Body>> for Server<A> {
                 .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
             Ok(response)
         })
+    }
+}
+
+/// A stream's requests, read from its body: uncompressed gRPC messages of up to
+/// [`MAX_REQUEST`] bytes each. The buffer a large one needed (a reconnecting proxy lists every
+/// name it holds) goes once it is read; tonic's `Streaming` keeps it for the stream's life.
+pub struct Requests {
+    body: tonic::body::Body,
+    buffer: BytesMut,
+    ended: bool,
+}
+
+impl Requests {
+    fn new(body: tonic::body::Body) -> Self {
+        Self { body, buffer: BytesMut::new(), ended: false }
+    }
+
+    /// Ends the stream with `status`.
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<DeltaDiscoveryRequest, Status>>> {
+        self.ended = true;
+        self.buffer = BytesMut::new();
+        Poll::Ready(Some(Err(status)))
+    }
+}
+
+impl Stream for Requests {
+    type Item = Result<DeltaDiscoveryRequest, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.buffer.len() >= 5 {
+                if this.buffer[0] != 0 {
+                    return this.fail(Status::unimplemented("compressed requests are not accepted"));
+                }
+                let length =
+                    u32::from_be_bytes([this.buffer[1], this.buffer[2], this.buffer[3], this.buffer[4]]);
+                let length = length as usize;
+                if length > MAX_REQUEST {
+                    return this.fail(Status::resource_exhausted(format!(
+                        "a request of {length} bytes is larger than the {MAX_REQUEST} accepted"
+                    )));
+                }
+                if this.buffer.len() >= 5 + length {
+                    this.buffer.advance(5);
+                    let decoded = DeltaDiscoveryRequest::decode(&this.buffer[..length]);
+                    this.buffer.advance(length);
+                    if this.buffer.is_empty() {
+                        // Let go of what a large request grew it to.
+                        this.buffer = BytesMut::new();
+                    }
+                    return match decoded {
+                        Ok(request) => Poll::Ready(Some(Ok(request))),
+                        Err(error) => this.fail(Status::invalid_argument(format!(
+                            "a request that does not decode: {error}"
+                        ))),
+                    };
+                }
+                this.buffer.reserve(5 + length - this.buffer.len());
+            }
+            if this.ended {
+                if this.buffer.is_empty() {
+                    return Poll::Ready(None);
+                }
+                return this.fail(Status::invalid_argument("the requests ended inside a message"));
+            }
+            match ready!(http_body::Body::poll_frame(Pin::new(&mut this.body), cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.buffer.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(status)) => return this.fail(status),
+                None => this.ended = true,
+            }
+        }
     }
 }
 
@@ -151,6 +225,8 @@ impl http_body::Body for Frames {
 struct Encoding {
     head: Option<Vec<u8>>,
     resources: Source,
+    /// Bytes not written yet.
+    left: usize,
 }
 
 /// The resources still to write.
@@ -196,12 +272,14 @@ impl Encoding {
         head.push(0); // not compressed
         head.extend_from_slice(&length.to_be_bytes());
         head.extend_from_slice(&fields);
-        Ok(Self { head: Some(head), resources })
+        let left = 5 + length as usize;
+        Ok(Self { head: Some(head), resources, left })
     }
 
     /// About the next [`CHUNK`] of the message; `None` once it is all written.
     fn next_chunk(&mut self) -> Option<Bytes> {
-        let mut chunk = BytesMut::with_capacity(CHUNK);
+        // A small push gets a small buffer; the last call, none.
+        let mut chunk = BytesMut::with_capacity(self.left.min(CHUNK));
         if let Some(head) = self.head.take() {
             chunk.put_slice(&head);
         }
@@ -231,6 +309,7 @@ impl Encoding {
                 }
             }
         }
+        self.left = self.left.saturating_sub(chunk.len());
         (!chunk.is_empty()).then(|| chunk.freeze())
     }
 }

@@ -157,3 +157,64 @@ fn streams_share_the_encoding_of_a_resource() {
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].as_ptr(), other[0].as_ptr(), "the same bytes, not a copy");
 }
+
+#[test]
+fn a_rejection_leaves_the_proxy_remembered_as_the_snapshot_and_what_it_lacks() {
+    let many: Vec<(String, String)> = (0..1000).map(|i| (format!("r{i:04}"), "1".to_owned())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let first = snapshot(1, &many, None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    let mut changed = many.clone();
+    changed[7].1 = "2";
+    let second = snapshot(2, &changed, Some(&first));
+    subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a change");
+    assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
+    let Held::Snapshot { except, .. } = &subscription.held else {
+        panic!("written out whole: {:?}", subscription.held)
+    };
+    assert_eq!(except.len(), 1, "only what the proxy lacks is kept: {except:?}");
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("the rejected change again");
+    assert_eq!(read(response), (pairs(&[("r0007", "v-2")]), vec![]));
+}
+
+#[test]
+fn a_rejection_of_a_response_before_the_last_keeps_what_the_last_one_sent() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    let second = snapshot(2, &[("a", "2"), ("b", "1")], Some(&first));
+    subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a's change");
+    let third = snapshot(3, &[("a", "2"), ("b", "3")], Some(&second));
+    subscription.respond(ADDRESS_TYPE, &third, "n3").expect("b's change");
+    // n2 is rejected after n3 went out: a is sent again, b (n3's) is not.
+    assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
+    let response = subscription.respond(ADDRESS_TYPE, &third, "n4").expect("a again");
+    assert_eq!(read(response), (pairs(&[("a", "v-2")]), vec![]));
+}
+
+#[test]
+fn a_forgotten_name_stays_owed_when_a_later_response_is_rejected() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    let second = snapshot(2, &[("a", "1"), ("b", "2")], Some(&first));
+    subscription.respond(ADDRESS_TYPE, &second, "n2").expect("b's change");
+    subscription.forget(ADDRESS_TYPE, "a");
+    assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("a and b");
+    assert_eq!(read(response), (pairs(&[("a", "v-1"), ("b", "v-2")]), vec![]));
+}
+
+#[test]
+fn a_wildcard_subscription_turned_to_names_keeps_what_it_holds_of_them() {
+    let first = snapshot(1, &[("a", "1"), ("b", "1")], None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    subscription.wildcard = false;
+    subscription.names.insert("a".into());
+    let second = snapshot(2, &[("a", "2"), ("b", "2")], Some(&first));
+    let response = subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a's change");
+    assert_eq!(read(response), (pairs(&[("a", "v-2")]), vec![]));
+    assert!(subscription.respond(ADDRESS_TYPE, &second, "n3").is_none(), "b is not asked for");
+}

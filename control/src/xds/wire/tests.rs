@@ -203,3 +203,79 @@ async fn a_stream_without_a_good_token_is_refused_with_its_status() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     assert_eq!(refused.message(), "no good token");
 }
+
+/// A request body delivered in these pieces.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Pieces {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|piece| Ok(Frame::data(piece))))
+    }
+}
+
+fn framed(request: &DeltaDiscoveryRequest, flag: u8) -> Vec<u8> {
+    let message = request.encode_to_vec();
+    let mut framed = vec![flag];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed
+}
+
+/// What `Requests` reads from `body` cut into `pieces` at these offsets.
+async fn read(body: &[u8], cuts: &[usize]) -> Vec<Result<DeltaDiscoveryRequest, Status>> {
+    let mut pieces = std::collections::VecDeque::new();
+    let mut start = 0;
+    for &cut in cuts.iter().chain([body.len()].iter()) {
+        pieces.push_back(Bytes::copy_from_slice(&body[start..cut]));
+        start = cut;
+    }
+    let requests = Requests::new(tonic::body::Body::new(Pieces(pieces)));
+    tokio_stream::StreamExt::collect(requests).await
+}
+
+#[tokio::test]
+async fn requests_are_read_across_and_within_frames() {
+    let subscribe = DeltaDiscoveryRequest { type_url: ADDRESS_TYPE.into(), ..Default::default() };
+    let held: std::collections::HashMap<String, String> =
+        (0..500).map(|i| (format!("name-{i}"), format!("{i:016x}"))).collect();
+    let reconnect = DeltaDiscoveryRequest { initial_resource_versions: held, ..subscribe.clone() };
+    let ack = DeltaDiscoveryRequest { response_nonce: "1-1".into(), ..subscribe.clone() };
+    let mut body = framed(&reconnect, 0);
+    let first = body.len();
+    body.extend(framed(&ack, 0));
+    body.extend(framed(&subscribe, 0));
+    // The large one in pieces of its header and body; the two small ones together.
+    let read = read(&body, &[2, 700, first]).await;
+    let read: Vec<DeltaDiscoveryRequest> = read.into_iter().map(|request| request.expect("reads")).collect();
+    assert_eq!(read, [reconnect, ack, subscribe]);
+}
+
+#[tokio::test]
+async fn a_request_compressed_too_large_or_cut_short_ends_the_stream_with_its_status() {
+    let request = DeltaDiscoveryRequest { type_url: ADDRESS_TYPE.into(), ..Default::default() };
+    let read_one = |body: Vec<u8>| async move { read(&body, &[]).await };
+    let compressed = read_one(framed(&request, 1)).await;
+    assert!(
+        matches!(&compressed[..], [Err(status)] if status.code() == tonic::Code::Unimplemented),
+        "{compressed:?}"
+    );
+    let mut large = vec![0];
+    large.extend_from_slice(&(MAX_REQUEST as u32 + 1).to_be_bytes());
+    let large = read_one(large).await;
+    assert!(
+        matches!(&large[..], [Err(status)] if status.code() == tonic::Code::ResourceExhausted),
+        "{large:?}"
+    );
+    let mut cut = framed(&request, 0);
+    cut.pop();
+    let cut = read_one(cut).await;
+    assert!(matches!(&cut[..], [Err(status)] if status.code() == tonic::Code::InvalidArgument), "{cut:?}");
+    let garbage = read_one(vec![0, 0, 0, 0, 2, 0xff, 0xff]).await;
+    assert!(
+        matches!(&garbage[..], [Err(status)] if status.code() == tonic::Code::InvalidArgument),
+        "{garbage:?}"
+    );
+}
