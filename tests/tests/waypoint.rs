@@ -434,6 +434,17 @@ async fn grpc_unary_and_streaming_calls_cross_the_waypoint_routed_by_a_grpc_rout
                 WAIT,
             )
             .unwrap();
+        // Counted by their gRPC status, as Istio's waypoint counts them: OK and the app's
+        // NotFound from the trailers, the waypoint's UNAVAILABLE from its trailers-only answer.
+        let scraped = apps::http_get(&scene.waypoint.pod().netns, 15020, "/metrics").unwrap();
+        for code in ["0", "5", "14"] {
+            let counted = scraped.lines().any(|line| {
+                line.starts_with("weft_requests_total{")
+                    && line.contains("route=\"GRPCRoute:shop/grpc\"")
+                    && line.contains(&format!("grpc_response_status=\"{code}\""))
+            });
+            assert!(counted, "no call counted with grpc_response_status {code}: {scraped}");
+        }
     });
 
     let expected = ["grpc:9090 Accepted=True Accepted", "grpc:9090 ResolvedRefs=True ResolvedRefs"];

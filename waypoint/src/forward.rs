@@ -48,6 +48,7 @@ use crate::{
 };
 
 mod cancelled;
+mod grpc_status;
 mod opaque;
 
 /// What a response carries back.
@@ -93,6 +94,22 @@ struct KeptSeries {
     source: Option<Arc<Workload>>,
     destination: Option<Arc<Workload>>,
     series: Arc<RequestSeries>,
+}
+
+/// How a request is counted: in a series now, or with these labels once its gRPC status is
+/// known.
+enum RequestCount {
+    Now(Arc<RequestSeries>),
+    AtEnd(Box<RequestLabels>),
+}
+
+impl RequestCount {
+    fn labels(&self) -> &RequestLabels {
+        match self {
+            RequestCount::Now(series) => series.labels(),
+            RequestCount::AtEnd(labels) => labels.as_ref(),
+        }
+    }
 }
 
 /// A session keeps at most this many request series; more, and it starts again.
@@ -432,11 +449,10 @@ impl Session {
             }
         };
         let response_size = body_size(response.headers(), response.body());
-        let series = self.series(&routed, response.status());
-        series.record(&self.context.metrics, started.elapsed(), (request_size, response_size));
+        let (counted, response) = self.count(response, &routed, grpc, (started, request_size, response_size));
         if let (Some(tracer), Some(span)) = (&self.context.tracer, span) {
             tracer.finish(span, || {
-                let labels = series.labels();
+                let labels = counted.labels();
                 let answered = Answered { status: response.status(), failure: failure.as_ref(), labels };
                 self.finished((&method, &path, version), &routed, answered)
             });
@@ -523,9 +539,42 @@ impl Session {
         }
     }
 
-    /// The series a request `routed` so and answered with `status` is counted in: one this
-    /// session counted in before, or a new one.
-    fn series(&self, routed: &Routed, status: StatusCode) -> Arc<RequestSeries> {
+    /// Counts a request `routed` so, of these sizes, started then, answered with `response`:
+    /// now, or, for a gRPC call whose status is still to come in its trailers, as its body ends.
+    fn count(
+        &self,
+        response: Response<Body>,
+        routed: &Routed,
+        grpc: bool,
+        (started, request_size, response_size): (Instant, Option<u64>, Option<u64>),
+    ) -> (RequestCount, Response<Body>) {
+        let status = response.status();
+        match grpc.then(|| grpc_status::of(response.headers()).map(str::to_owned)) {
+            Some(None) if status == StatusCode::OK => {
+                let source = self.context.state.workload_by_ip(self.client.address.ip());
+                let labels = self.labels(routed, status, source.as_deref(), String::new());
+                let (context, mut at_end) = (self.context.clone(), labels.clone());
+                let response = response.map(|body| {
+                    let count = move |code: Option<&str>| {
+                        at_end.grpc_response_status = code.unwrap_or_default().to_owned();
+                        let series = context.metrics.request_series(at_end);
+                        series.record(&context.metrics, started.elapsed(), (request_size, response_size));
+                    };
+                    grpc_status::CountedAtEnd::new(body, count).boxed()
+                });
+                (RequestCount::AtEnd(Box::new(labels)), response)
+            }
+            code => {
+                let series = self.series(routed, status, code.flatten().unwrap_or_default());
+                series.record(&self.context.metrics, started.elapsed(), (request_size, response_size));
+                (RequestCount::Now(series), response)
+            }
+        }
+    }
+
+    /// The series a request `routed` so and answered with `status` (and gRPC's `grpc_status`)
+    /// is counted in: one this session counted in before, or a new one.
+    fn series(&self, routed: &Routed, status: StatusCode, grpc_status: String) -> Arc<RequestSeries> {
         let source = self.context.state.workload_by_ip(self.client.address.ip());
         let same = |kept: &Option<Arc<Workload>>, now: &Option<Arc<Workload>>| match (kept, now) {
             (Some(kept), Some(now)) => Arc::ptr_eq(kept, now),
@@ -535,6 +584,7 @@ impl Session {
         let found = kept.iter().find(|kept| {
             let labels = kept.series.labels();
             labels.response_code == status.as_u16()
+                && labels.grpc_response_status == grpc_status
                 && labels.route == routed.route
                 && same(&kept.source, &source)
                 && same(&kept.destination, &routed.workload)
@@ -542,7 +592,7 @@ impl Session {
         if let Some(found) = found {
             return found.series.clone();
         }
-        let labels = self.labels(routed, status, source.as_deref());
+        let labels = self.labels(routed, status, source.as_deref(), grpc_status);
         let series = Arc::new(self.context.metrics.request_series(labels));
         if kept.len() >= SERIES_KEPT {
             kept.clear();
@@ -552,13 +602,20 @@ impl Session {
     }
 
     /// The metric labels of a request from the client's `source` workload `routed` so,
-    /// answered with `status`.
-    fn labels(&self, routed: &Routed, status: StatusCode, source: Option<&Workload>) -> RequestLabels {
+    /// answered with `status` (and `grpc_status`).
+    fn labels(
+        &self,
+        routed: &Routed,
+        status: StatusCode,
+        source: Option<&Workload>,
+        grpc_status: String,
+    ) -> RequestLabels {
         RequestLabels {
             reporter: "waypoint",
             response_code: status.as_u16(),
             route: routed.route.clone(),
             peers: self.peers(source, routed.workload.as_deref()),
+            grpc_response_status: grpc_status,
         }
     }
 

@@ -38,6 +38,8 @@ pub struct RequestLabels {
     pub route: String,
     #[prometheus(flatten)]
     pub peers: Peers,
+    /// A gRPC call's status code (`grpc-status`); empty for other requests, as Istio's.
+    pub grpc_response_status: String,
 }
 
 /// Labels of a connection relayed at L4 (Istio's `istio_tcp_*`).
@@ -263,6 +265,7 @@ mod tests {
             response_code: 503,
             route: "shop/echo".into(),
             peers: peers(),
+            grpc_response_status: "14".into(),
         };
         metrics.request_series(labels).record(&metrics, Duration::from_millis(3), (Some(100), None));
         let text = metrics.encode();
@@ -272,6 +275,7 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(text.contains(",grpc_response_status=\"14\"} 1"), "{text}");
         assert!(
             text.contains("weft_request_duration_milliseconds_bucket{le=\"5.0\",reporter=\"waypoint\""),
             "{text}"

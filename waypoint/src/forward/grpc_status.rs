@@ -1,0 +1,141 @@
+//! A gRPC call's status, for its metrics (Istio's `grpc_response_status`): in the response's
+//! head when the call was answered at once (trailers only, as the waypoint answers its own
+//! errors), else in the trailers that end its body. A call whose status comes last is counted
+//! as its body ends, with the status its trailers give, or none if it was cut short.
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, SizeHint};
+
+/// The `grpc-status` of `headers`, if any.
+pub fn of(headers: &HeaderMap) -> Option<&str> {
+    headers.get("grpc-status").and_then(|value| value.to_str().ok())
+}
+
+type Count = Box<dyn FnOnce(Option<&str>) + Send + Sync>;
+
+/// A response body that hands the call's status to its count when it ends, or is dropped
+/// before.
+pub struct CountedAtEnd<B> {
+    inner: B,
+    count: Option<Count>,
+}
+
+impl<B> CountedAtEnd<B> {
+    pub fn new(inner: B, count: impl FnOnce(Option<&str>) + Send + Sync + 'static) -> Self {
+        Self { inner, count: Some(Box::new(count)) }
+    }
+
+    fn counted(&mut self, status: Option<&str>) {
+        if let Some(count) = self.count.take() {
+            count(status);
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for CountedAtEnd<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.counted(of(trailers));
+                }
+            }
+            Some(Err(_)) | None => this.counted(None),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for CountedAtEnd<B> {
+    fn drop(&mut self) {
+        self.counted(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::VecDeque,
+        convert::Infallible,
+        sync::{Arc, Mutex},
+    };
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A body of these frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(self.get_mut().0.pop_front().map(Ok))
+        }
+    }
+
+    /// The statuses a count was given.
+    type Counts = Arc<Mutex<Vec<Option<String>>>>;
+
+    /// A call's body: a message, then trailers with `status` if any; and what its count got.
+    fn call(status: Option<&'static str>) -> (CountedAtEnd<Frames>, Counts) {
+        let mut frames = VecDeque::from([Frame::data(Bytes::from_static(b"\0\0\0\0\0"))]);
+        if let Some(status) = status {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", status.parse().expect("a header value"));
+            frames.push_back(Frame::trailers(trailers));
+        }
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let seen = counts.clone();
+        let body = CountedAtEnd::new(Frames(frames), move |status: Option<&str>| {
+            seen.lock().expect("counts").push(status.map(str::to_owned));
+        });
+        (body, counts)
+    }
+
+    #[tokio::test]
+    async fn a_call_is_counted_once_with_the_status_of_its_trailers() {
+        let (body, counts) = call(Some("5"));
+        let collected = body.collect().await.expect("a body");
+        assert_eq!(collected.trailers().and_then(of), Some("5"), "the trailers pass on");
+        assert_eq!(*counts.lock().expect("counts"), [Some("5".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn a_call_without_trailers_or_cut_short_is_counted_once_without_a_status() {
+        let (body, counts) = call(None);
+        body.collect().await.expect("a body");
+        assert_eq!(*counts.lock().expect("counts"), [None]);
+
+        let (mut body, counts) = call(Some("0"));
+        body.frame().await.expect("a frame").expect("data");
+        drop(body);
+        assert_eq!(*counts.lock().expect("counts"), [None], "dropped before its trailers");
+    }
+}
