@@ -549,13 +549,13 @@ impl Session {
         (started, request_size, response_size): (Instant, Option<u64>, Option<u64>),
     ) -> (RequestCount, Response<Body>) {
         let status = response.status();
-        match grpc.then(|| grpc_status::of(response.headers()).map(str::to_owned)) {
+        match grpc.then(|| grpc_status::of(response.headers())) {
             Some(None) if status == StatusCode::OK => {
                 let source = self.context.state.workload_by_ip(self.client.address.ip());
                 let labels = self.labels(routed, status, source.as_deref(), String::new());
                 let (context, mut at_end) = (self.context.clone(), labels.clone());
                 let response = response.map(|body| {
-                    let count = move |code: Option<&str>| {
+                    let count = move |code: Option<&'static str>| {
                         at_end.grpc_response_status = code.unwrap_or_default().to_owned();
                         let series = context.metrics.request_series(at_end);
                         series.record(&context.metrics, started.elapsed(), (request_size, response_size));
@@ -565,7 +565,13 @@ impl Session {
                 (RequestCount::AtEnd(Box::new(labels)), response)
             }
             code => {
-                let series = self.series(routed, status, code.flatten().unwrap_or_default());
+                let code = match code {
+                    Some(Some(code)) => code,
+                    // An HTTP answer to a gRPC call (a 503 of a proxy on the way, say).
+                    Some(None) => grpc_status::from_http(status),
+                    None => "",
+                };
+                let series = self.series(routed, status, code);
                 series.record(&self.context.metrics, started.elapsed(), (request_size, response_size));
                 (RequestCount::Now(series), response)
             }
@@ -574,7 +580,7 @@ impl Session {
 
     /// The series a request `routed` so and answered with `status` (and gRPC's `grpc_status`)
     /// is counted in: one this session counted in before, or a new one.
-    fn series(&self, routed: &Routed, status: StatusCode, grpc_status: String) -> Arc<RequestSeries> {
+    fn series(&self, routed: &Routed, status: StatusCode, grpc_status: &str) -> Arc<RequestSeries> {
         let source = self.context.state.workload_by_ip(self.client.address.ip());
         let same = |kept: &Option<Arc<Workload>>, now: &Option<Arc<Workload>>| match (kept, now) {
             (Some(kept), Some(now)) => Arc::ptr_eq(kept, now),
@@ -592,7 +598,7 @@ impl Session {
         if let Some(found) = found {
             return found.series.clone();
         }
-        let labels = self.labels(routed, status, source.as_deref(), grpc_status);
+        let labels = self.labels(routed, status, source.as_deref(), grpc_status.to_owned());
         let series = Arc::new(self.context.metrics.request_series(labels));
         if kept.len() >= SERIES_KEPT {
             kept.clear();

@@ -171,34 +171,47 @@ impl Subscription {
     pub fn rejected(&mut self, type_url: &str, nonce: &str) -> bool {
         let Some(index) = self.pending.iter().position(|(pending, _)| pending == nonce) else { return false };
         let (_, sent) = self.pending.remove(index);
-        let held = &mut self.held;
-        let mut undo = |name: &str, before: Option<&str>, after: Option<&str>| {
-            if held.version(type_url, name) == after {
-                held.set(type_url, name, before);
-            }
-        };
         match sent {
             Sent::Names(changes) => {
                 for (name, before, after) in &changes {
-                    undo(name, before.as_deref(), after.as_deref());
-                }
-            }
-            Sent::Whole { from, to } => {
-                let after = resources(&to, type_url);
-                let names: BTreeSet<&str> = match from.maybe_changed(&to, type_url) {
-                    Some(names) => names,
-                    None => from.names(type_url).chain(after.keys()).map(String::as_str).collect(),
-                };
-                for name in names {
-                    let (before, after) =
-                        (from.version(type_url, name), after.get(name).map(|r| r.version.as_str()));
-                    if before != after {
-                        undo(name, before, after);
+                    if self.held.version(type_url, name) == after.as_deref() {
+                        self.held.set(type_url, name, before.as_deref());
                     }
                 }
             }
+            Sent::Whole { from, to } => self.rejected_whole(type_url, from, to),
         }
         true
+    }
+
+    /// Undoes a rejected response that sent everything of `to` to a proxy that held `from`.
+    fn rejected_whole(&mut self, type_url: &str, from: Held, to: Arc<Snapshot>) {
+        if let Held::Snapshot { snapshot, except } = &mut self.held
+            && Arc::ptr_eq(snapshot, &to)
+        {
+            // No other snapshot went out since: the proxy holds what it held before, with what
+            // was forgotten or undone since (a first response rejected would otherwise leave an
+            // exception for every resource). Should a response of the same snapshot have gone
+            // out since, its resources are sent again: more than needed, never less.
+            let except = std::mem::take(except);
+            self.held = from;
+            for (name, version) in except {
+                self.held.set(type_url, &name, version.as_deref());
+            }
+            return;
+        }
+        let held = &mut self.held;
+        let after = resources(&to, type_url);
+        let names: BTreeSet<&str> = match from.maybe_changed(&to, type_url) {
+            Some(names) => names,
+            None => from.names(type_url).chain(after.keys()).map(String::as_str).collect(),
+        };
+        for name in names {
+            let (before, after) = (from.version(type_url, name), after.get(name).map(|r| r.version.as_str()));
+            if before != after && held.version(type_url, name) == after {
+                held.set(type_url, name, before);
+            }
+        }
     }
 
     /// The proxy accepted response `nonce`. Returns whether the nonce was one of ours.

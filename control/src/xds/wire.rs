@@ -150,7 +150,8 @@ impl Stream for Requests {
                         ))),
                     };
                 }
-                this.buffer.reserve(5 + length - this.buffer.len());
+                // As the message arrives, not all its announced length at once.
+                this.buffer.reserve((5 + length - this.buffer.len()).min(CHUNK));
             }
             if this.ended {
                 if this.buffer.is_empty() {

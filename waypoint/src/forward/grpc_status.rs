@@ -11,12 +11,31 @@ use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
-/// The `grpc-status` of `headers`, if any.
-pub fn of(headers: &HeaderMap) -> Option<&str> {
-    headers.get("grpc-status").and_then(|value| value.to_str().ok())
+/// gRPC's status codes, as written.
+const CODES: [&str; 17] =
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
+
+/// The `grpc-status` of `headers`, if it is one of gRPC's codes: a peer cannot make up label
+/// values of its own.
+pub fn of(headers: &HeaderMap) -> Option<&'static str> {
+    let code: usize = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    CODES.get(code).copied()
 }
 
-type Count = Box<dyn FnOnce(Option<&str>) + Send + Sync>;
+/// The status a gRPC client takes an HTTP answer without one for (gRPC's "HTTP to gRPC status
+/// code mapping", as Envoy reports it).
+pub fn from_http(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "13",
+        401 => "16",
+        403 => "7",
+        404 => "12",
+        429 | 502 | 503 | 504 => "14",
+        _ => "2",
+    }
+}
+
+type Count = Box<dyn FnOnce(Option<&'static str>) + Send + Sync>;
 
 /// A response body that hands the call's status to its count when it ends, or is dropped
 /// before.
@@ -26,11 +45,11 @@ pub struct CountedAtEnd<B> {
 }
 
 impl<B> CountedAtEnd<B> {
-    pub fn new(inner: B, count: impl FnOnce(Option<&str>) + Send + Sync + 'static) -> Self {
+    pub fn new(inner: B, count: impl FnOnce(Option<&'static str>) + Send + Sync + 'static) -> Self {
         Self { inner, count: Some(Box::new(count)) }
     }
 
-    fn counted(&mut self, status: Option<&str>) {
+    fn counted(&mut self, status: Option<&'static str>) {
         if let Some(count) = self.count.take() {
             count(status);
         }
@@ -113,7 +132,7 @@ mod tests {
         }
         let counts = Arc::new(Mutex::new(Vec::new()));
         let seen = counts.clone();
-        let body = CountedAtEnd::new(Frames(frames), move |status: Option<&str>| {
+        let body = CountedAtEnd::new(Frames(frames), move |status: Option<&'static str>| {
             seen.lock().expect("counts").push(status.map(str::to_owned));
         });
         (body, counts)
@@ -125,6 +144,24 @@ mod tests {
         let collected = body.collect().await.expect("a body");
         assert_eq!(collected.trailers().and_then(of), Some("5"), "the trailers pass on");
         assert_eq!(*counts.lock().expect("counts"), [Some("5".to_owned())]);
+    }
+
+    #[test]
+    fn only_grpcs_codes_are_taken_and_an_http_answer_is_mapped_as_grpc_maps_it() {
+        let headers = |value: &str| {
+            HeaderMap::from_iter([(
+                http::header::HeaderName::from_static("grpc-status"),
+                value.parse().expect("a value"),
+            )])
+        };
+        assert_eq!(of(&headers("14")), Some("14"));
+        assert_eq!(of(&headers("0")), Some("0"));
+        for made_up in ["17", "-1", "x", "014a", ""] {
+            assert_eq!(of(&headers(made_up)), None, "{made_up:?}");
+        }
+        assert_eq!(from_http(http::StatusCode::SERVICE_UNAVAILABLE), "14");
+        assert_eq!(from_http(http::StatusCode::FORBIDDEN), "7");
+        assert_eq!(from_http(http::StatusCode::INTERNAL_SERVER_ERROR), "2");
     }
 
     #[tokio::test]

@@ -42,6 +42,15 @@ fn read(response: Response) -> (Vec<(String, String)>, Vec<String>) {
     (resources, response.removed)
 }
 
+/// `count` addresses, `r0000` on, all of content `1`.
+fn numbered(count: usize) -> Vec<(String, String)> {
+    (0..count).map(|i| (format!("r{i:04}"), "1".to_owned())).collect()
+}
+
+fn borrowed(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect()
+}
+
 fn pairs(of: &[(&str, &str)]) -> Vec<(String, String)> {
     of.iter().map(|(name, version)| (name.to_string(), version.to_string())).collect()
 }
@@ -160,8 +169,8 @@ fn streams_share_the_encoding_of_a_resource() {
 
 #[test]
 fn a_rejection_leaves_the_proxy_remembered_as_the_snapshot_and_what_it_lacks() {
-    let many: Vec<(String, String)> = (0..1000).map(|i| (format!("r{i:04}"), "1".to_owned())).collect();
-    let many: Vec<(&str, &str)> = many.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let many = numbered(1000);
+    let many = borrowed(&many);
     let first = snapshot(1, &many, None);
     let mut subscription = Subscription::new(true, HashMap::new());
     subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
@@ -169,13 +178,25 @@ fn a_rejection_leaves_the_proxy_remembered_as_the_snapshot_and_what_it_lacks() {
     changed[7].1 = "2";
     let second = snapshot(2, &changed, Some(&first));
     subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a change");
+    // A response of another snapshot went out before the rejection: the proxy is remembered
+    // as that one, but for the rejected change.
+    let mut later = changed.clone();
+    later[9].1 = "3";
+    let third = snapshot(3, &later, Some(&second));
+    subscription.respond(ADDRESS_TYPE, &third, "n3").expect("another change");
     assert!(subscription.rejected(ADDRESS_TYPE, "n2"));
     let Held::Snapshot { except, .. } = &subscription.held else {
         panic!("written out whole: {:?}", subscription.held)
     };
     assert_eq!(except.len(), 1, "only what the proxy lacks is kept: {except:?}");
-    let response = subscription.respond(ADDRESS_TYPE, &second, "n3").expect("the rejected change again");
+    let response = subscription.respond(ADDRESS_TYPE, &third, "n4").expect("the rejected change again");
     assert_eq!(read(response), (pairs(&[("r0007", "v-2")]), vec![]));
+    // The latest response rejected: back to what was held before it, nothing written out.
+    assert!(subscription.rejected(ADDRESS_TYPE, "n4"));
+    let Held::Snapshot { snapshot: held, except } = &subscription.held else {
+        panic!("written out whole: {:?}", subscription.held)
+    };
+    assert!(Arc::ptr_eq(held, &third) && except.len() == 1, "{except:?}");
 }
 
 #[test]
@@ -217,4 +238,19 @@ fn a_wildcard_subscription_turned_to_names_keeps_what_it_holds_of_them() {
     let response = subscription.respond(ADDRESS_TYPE, &second, "n2").expect("a's change");
     assert_eq!(read(response), (pairs(&[("a", "v-2")]), vec![]));
     assert!(subscription.respond(ADDRESS_TYPE, &second, "n3").is_none(), "b is not asked for");
+}
+
+#[test]
+fn a_rejected_first_response_leaves_nothing_held_and_no_exceptions() {
+    let many = numbered(1000);
+    let many = borrowed(&many);
+    let first = snapshot(1, &many, None);
+    let mut subscription = Subscription::new(true, HashMap::new());
+    subscription.respond(ADDRESS_TYPE, &first, "n1").expect("a first response");
+    subscription.forget(ADDRESS_TYPE, "r0001");
+    assert!(subscription.rejected(ADDRESS_TYPE, "n1"));
+    let Held::Versions(versions) = &subscription.held else { panic!("{:?}", subscription.held) };
+    assert!(versions.is_empty(), "{versions:?}");
+    let response = subscription.respond(ADDRESS_TYPE, &first, "n2").expect("everything again");
+    assert!(matches!(response.resources, Changed::All { .. }), "{response:?}");
 }
