@@ -4,9 +4,10 @@
 //! A wildcard subscriber, once answered, holds exactly the resources of the snapshot it was
 //! last sent: it is remembered as that snapshot (shared with every other stream), not as a
 //! map of names and versions of its own, and the next response is what the snapshot's
-//! history says changed since (`index::changes`). Names and versions are kept only where the
-//! proxy's holdings differ from any snapshot: a named subscription, the versions a
-//! reconnecting proxy says it holds, a rejected response.
+//! history says changed since (`index::changes`). What a rejected response or a forgotten name
+//! leaves it lacking is kept as exceptions to that snapshot. Names and versions of its own are
+//! kept only for a named subscription, and for the versions a reconnecting proxy says it holds
+//! until its first response.
 use std::{
     collections::{BTreeSet, HashMap},
     sync::Arc,
