@@ -555,10 +555,10 @@ impl Session {
                 let labels = self.labels(routed, status, source.as_deref(), String::new());
                 let (context, mut at_end) = (self.context.clone(), labels.clone());
                 let response = response.map(|body| {
-                    let count = move |code: Option<&'static str>| {
+                    let count = move |code: Option<&'static str>, carried: u64| {
                         at_end.grpc_response_status = code.unwrap_or_default().to_owned();
                         let series = context.metrics.request_series(at_end);
-                        series.record(&context.metrics, started.elapsed(), (request_size, response_size));
+                        series.record(&context.metrics, started.elapsed(), (request_size, Some(carried)));
                     };
                     grpc_status::CountedAtEnd::new(body, count).boxed()
                 });

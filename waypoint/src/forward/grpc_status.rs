@@ -1,7 +1,8 @@
 //! A gRPC call's status, for its metrics (Istio's `grpc_response_status`): in the response's
 //! head when the call was answered at once (trailers only, as the waypoint answers its own
 //! errors), else in the trailers that end its body. A call whose status comes last is counted
-//! as its body ends, with the status its trailers give, or none if it was cut short.
+//! as its body ends, with the status its trailers give (or none if it was cut short) and the
+//! bytes its body carried.
 use std::{
     pin::Pin,
     task::{Context, Poll, ready},
@@ -35,23 +36,25 @@ pub fn from_http(status: http::StatusCode) -> &'static str {
     }
 }
 
-type Count = Box<dyn FnOnce(Option<&'static str>) + Send + Sync>;
+type Count = Box<dyn FnOnce(Option<&'static str>, u64) + Send + Sync>;
 
-/// A response body that hands the call's status to its count when it ends, or is dropped
-/// before.
+/// A response body that hands the call's status and size to its count when it ends, or is
+/// dropped before.
 pub struct CountedAtEnd<B> {
     inner: B,
     count: Option<Count>,
+    /// Bytes of the body passed on so far.
+    carried: u64,
 }
 
 impl<B> CountedAtEnd<B> {
-    pub fn new(inner: B, count: impl FnOnce(Option<&'static str>) + Send + Sync + 'static) -> Self {
-        Self { inner, count: Some(Box::new(count)) }
+    pub fn new(inner: B, count: impl FnOnce(Option<&'static str>, u64) + Send + Sync + 'static) -> Self {
+        Self { inner, count: Some(Box::new(count)), carried: 0 }
     }
 
     fn counted(&mut self, status: Option<&'static str>) {
         if let Some(count) = self.count.take() {
-            count(status);
+            count(status, self.carried);
         }
     }
 }
@@ -68,6 +71,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for CountedAtEnd<B> {
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    this.carried += data.len() as u64;
+                }
                 if let Some(trailers) = frame.trailers_ref() {
                     this.counted(of(trailers));
                 }
@@ -119,8 +125,8 @@ mod tests {
         }
     }
 
-    /// The statuses a count was given.
-    type Counts = Arc<Mutex<Vec<Option<String>>>>;
+    /// The statuses and sizes a count was given.
+    type Counts = Arc<Mutex<Vec<(Option<String>, u64)>>>;
 
     /// A call's body: a message, then trailers with `status` if any; and what its count got.
     fn call(status: Option<&'static str>) -> (CountedAtEnd<Frames>, Counts) {
@@ -132,8 +138,8 @@ mod tests {
         }
         let counts = Arc::new(Mutex::new(Vec::new()));
         let seen = counts.clone();
-        let body = CountedAtEnd::new(Frames(frames), move |status: Option<&'static str>| {
-            seen.lock().expect("counts").push(status.map(str::to_owned));
+        let body = CountedAtEnd::new(Frames(frames), move |status: Option<&'static str>, carried| {
+            seen.lock().expect("counts").push((status.map(str::to_owned), carried));
         });
         (body, counts)
     }
@@ -143,7 +149,7 @@ mod tests {
         let (body, counts) = call(Some("5"));
         let collected = body.collect().await.expect("a body");
         assert_eq!(collected.trailers().and_then(of), Some("5"), "the trailers pass on");
-        assert_eq!(*counts.lock().expect("counts"), [Some("5".to_owned())]);
+        assert_eq!(*counts.lock().expect("counts"), [(Some("5".to_owned()), 5)]);
     }
 
     #[test]
@@ -168,11 +174,11 @@ mod tests {
     async fn a_call_without_trailers_or_cut_short_is_counted_once_without_a_status() {
         let (body, counts) = call(None);
         body.collect().await.expect("a body");
-        assert_eq!(*counts.lock().expect("counts"), [None]);
+        assert_eq!(*counts.lock().expect("counts"), [(None, 5)]);
 
         let (mut body, counts) = call(Some("0"));
         body.frame().await.expect("a frame").expect("data");
         drop(body);
-        assert_eq!(*counts.lock().expect("counts"), [None], "dropped before its trailers");
+        assert_eq!(*counts.lock().expect("counts"), [(None, 5)], "dropped before its trailers");
     }
 }
