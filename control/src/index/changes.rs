@@ -93,32 +93,32 @@ fn share_unchanged(resources: &mut Resources, before: &Resources) -> Vec<String>
     touched
 }
 
+/// A snapshot of `addresses` (name, content; each resource's version `v-<content>`), for the
+/// tests of what streams make of snapshots.
+#[cfg(test)]
+pub(crate) fn snapshot(version: u64, addresses: &[(&str, &str)]) -> Snapshot {
+    let resource = |value: &str| {
+        let body =
+            prost_types::Any { type_url: weft_api::workload::ADDRESS_TYPE.into(), value: value.into() };
+        Arc::new(super::Resource::new(format!("v-{value}"), body))
+    };
+    Snapshot {
+        version,
+        addresses: addresses.iter().map(|(name, value)| (name.to_string(), resource(value))).collect(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::Resource;
-
-    fn resource(value: &[u8]) -> Arc<Resource> {
-        Arc::new(Resource::new(
-            format!("{value:?}"),
-            prost_types::Any { type_url: String::new(), value: value.to_vec() },
-        ))
-    }
-
-    fn snapshot(version: u64, addresses: &[(&str, &[u8])]) -> Snapshot {
-        Snapshot {
-            version,
-            addresses: addresses.iter().map(|(name, value)| (name.to_string(), resource(value))).collect(),
-            ..Default::default()
-        }
-    }
 
     const ADDRESS: &str = weft_api::workload::ADDRESS_TYPE;
 
     #[test]
     fn a_successor_shares_what_did_not_change_and_names_what_did() {
-        let first = snapshot(1, &[("a", b"1"), ("b", b"1"), ("c", b"1")]);
-        let mut second = snapshot(2, &[("a", b"1"), ("b", b"2"), ("d", b"1")]);
+        let first = snapshot(1, &[("a", "1"), ("b", "1"), ("c", "1")]);
+        let mut second = snapshot(2, &[("a", "1"), ("b", "2"), ("d", "1")]);
         succeed(&mut second, &first);
         assert!(Arc::ptr_eq(&second.addresses["a"], &first.addresses["a"]));
         assert!(!Arc::ptr_eq(&second.addresses["b"], &first.addresses["b"]));
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(second.changes.since(2, ADDRESS), Some(BTreeSet::new()));
         assert_eq!(second.changes.since(1, weft_api::security::AUTHORIZATION_TYPE), Some(BTreeSet::new()));
 
-        let mut third = snapshot(3, &[("a", b"3"), ("b", b"2"), ("d", b"1")]);
+        let mut third = snapshot(3, &[("a", "3"), ("b", "2"), ("d", "1")]);
         succeed(&mut third, &second);
         assert_eq!(third.changes.since(1, ADDRESS), Some(["a", "b", "c", "d"].into()));
         assert_eq!(third.changes.since(2, ADDRESS), Some(["a"].into()));
@@ -134,9 +134,9 @@ mod tests {
 
     #[test]
     fn versions_older_than_kept_or_too_large_are_not_answered() {
-        let mut current = snapshot(1, &[("a", b"0")]);
+        let mut current = snapshot(1, &[("a", "0")]);
         for version in 2..=(KEPT as u64 + 2) {
-            let mut next = snapshot(version, &[("a", version.to_string().as_bytes())]);
+            let mut next = snapshot(version, &[("a", &version.to_string())]);
             succeed(&mut next, &current);
             current = next;
         }
@@ -144,9 +144,8 @@ mod tests {
         assert_eq!(current.changes.since(newest - KEPT as u64, ADDRESS), Some(["a"].into()));
         assert_eq!(current.changes.since(newest - KEPT as u64 - 1, ADDRESS), None);
 
-        let many: Vec<(String, Vec<u8>)> = (0..=MAX_NAMES).map(|i| (i.to_string(), b"x".to_vec())).collect();
-        let many: Vec<(&str, &[u8])> =
-            many.iter().map(|(name, value)| (name.as_str(), value.as_slice())).collect();
+        let many: Vec<String> = (0..=MAX_NAMES).map(|i| i.to_string()).collect();
+        let many: Vec<(&str, &str)> = many.iter().map(|name| (name.as_str(), "x")).collect();
         let mut large = snapshot(newest + 1, &many);
         succeed(&mut large, &current);
         assert_eq!(large.changes.since(newest, ADDRESS), None);

@@ -2,24 +2,13 @@ use prost::Message;
 use weft_api::workload::ADDRESS_TYPE;
 
 use super::*;
-use crate::index::changes::succeed;
+use crate::index::changes;
 
 /// A snapshot of addresses `(name, content)`; successor of `before` when given.
 fn snapshot(version: u64, addresses: &[(&str, &str)], before: Option<&Snapshot>) -> Arc<Snapshot> {
-    let mut snapshot = Snapshot {
-        version,
-        addresses: addresses
-            .iter()
-            .map(|(name, value)| {
-                let body =
-                    prost_types::Any { type_url: ADDRESS_TYPE.into(), value: value.as_bytes().to_vec() };
-                (name.to_string(), Arc::new(Resource::new(format!("v-{value}"), body)))
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let mut snapshot = changes::snapshot(version, addresses);
     if let Some(before) = before {
-        succeed(&mut snapshot, before);
+        changes::succeed(&mut snapshot, before);
     }
     Arc::new(snapshot)
 }

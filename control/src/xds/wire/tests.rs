@@ -9,7 +9,7 @@ use weft_api::{
 
 use super::*;
 use crate::{
-    index::{Resource as Indexed, Snapshot, watch::publish_next},
+    index::{Snapshot, watch::publish_next},
     metrics::Metrics,
 };
 
@@ -107,17 +107,7 @@ impl Authenticate for Token {
 }
 
 fn snapshot(addresses: &[(&str, &str)]) -> Snapshot {
-    Snapshot {
-        addresses: addresses
-            .iter()
-            .map(|(name, value)| {
-                let body =
-                    prost_types::Any { type_url: ADDRESS_TYPE.into(), value: value.as_bytes().to_vec() };
-                (name.to_string(), Arc::new(Indexed::new(format!("v-{value}"), body)))
-            })
-            .collect(),
-        ..Default::default()
-    }
+    crate::index::changes::snapshot(0, addresses)
 }
 
 /// Serves `Server` on a loopback port; returns a client of it and the snapshots' sender.
