@@ -10,6 +10,7 @@ use weft_proxy::{
     identity::{Identity, ca::GrpcCa, manager::Manager},
     state::{State, Waypoint, WaypointAddress},
     tls::CurrentAcceptor,
+    workers::Workers,
 };
 
 use crate::{
@@ -17,7 +18,6 @@ use crate::{
     inbound::Inbound,
     route::Routes,
     table::{AUTHENTICATIONS, POLICIES, ROUTES, Table},
-    workers::{Accepted, Workers},
 };
 
 /// How the waypoint runs.
@@ -43,7 +43,7 @@ pub struct Config {
     /// HBONE (`[::]:15008`).
     pub listen: SocketAddr,
     pub admin: weft_api::admin::Addresses,
-    /// Worker threads, each serving its own connections ([`crate::workers`]).
+    /// Worker threads, each serving its own connections ([`weft_proxy::workers`]).
     pub workers: usize,
     /// Where request spans go, when anywhere.
     pub tracing: Option<crate::trace::Settings>,
@@ -105,7 +105,7 @@ impl Context {
     /// The HBONE connections to endpoint pods of the worker this runs on, shared by its
     /// sessions: a connection's task and the streams on it stay on one thread.
     pub fn pool(&self) -> &Pool {
-        &self.pools[crate::workers::current() % self.pools.len()]
+        &self.pools[weft_proxy::workers::current().unwrap_or(0) % self.pools.len()]
     }
 
     /// Whether `waypoint`, as a destination names it, is this waypoint.
@@ -253,10 +253,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(weft_api::admin::serve(bind(what, addr).await?, source.clone(), serves));
     }
     tracing::info!(identity = %context.identity, service = %context.service, listen = %config.listen, "waypoint listening");
-    let mut workers =
-        Workers::start(config.workers, &Arc::new(Inbound::new(context.clone()))).map_err(Error::Workers)?;
+    let workers = Workers::start(config.workers).map_err(Error::Workers)?;
+    let inbound = Arc::new(Inbound::new(context.clone()));
     tokio::select! {
-        () = serve(listener, &context, &workers) => {}
+        () = serve(listener, &context, &workers, &inbound) => {}
         () = shutdown => {}
     }
     // Drain: the listener is closed (a replacement pod takes new connections), open ones
@@ -279,7 +279,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
 /// Accepts HBONE connections and hands them to the workers with the acceptor presenting the
 /// waypoint's current certificate, until dropped.
-async fn serve(listener: tokio::net::TcpListener, context: &Context, workers: &Workers) {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    context: &Context,
+    workers: &Workers,
+    inbound: &Arc<Inbound>,
+) {
     let mut current = CurrentAcceptor::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -304,9 +309,27 @@ async fn serve(listener: tokio::net::TcpListener, context: &Context, workers: &W
             }
         };
         // Off this thread's reactor, onto the worker's.
-        match tcp.into_std() {
-            Ok(tcp) => workers.serve(Accepted { tcp, acceptor, peer }),
-            Err(error) => tracing::warn!(%peer, %error, "HBONE connection lost before it was served"),
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::warn!(%peer, %error, "HBONE connection lost before it was served");
+                continue;
+            }
+        };
+        let handler = inbound.clone();
+        let served = workers.spawn(async move {
+            let served = match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = served {
+                tracing::info!(%peer, %error, "HBONE connection failed");
+            }
+        });
+        if !served {
+            tracing::debug!(%peer, "draining: HBONE connection dropped");
         }
     }
 }

@@ -59,7 +59,9 @@ impl Pods {
 
     async fn remove(&mut self, uid: &str) {
         if let Some(proxy) = self.running.remove(uid) {
-            self.context.pool.forget_source(&proxy.addresses);
+            for pool in &self.context.pools {
+                pool.forget_source(&proxy.addresses);
+            }
             tracing::info!(pod = %uid, "pod proxy stopped");
             self.publish();
             // Certificates only for identities that still have a pod here.

@@ -5,7 +5,7 @@ use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -52,6 +52,19 @@ pub struct ConnectRequest {
     pub traceparent: Option<String>,
     /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
     pub via: Option<String>,
+}
+
+/// What a connected stream carried, and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed {
+    /// Bytes that went upstream.
+    pub sent: u64,
+    /// Bytes that came back.
+    pub received: u64,
+    /// From the CONNECT until its 200: resolving, policy and the upstream connect.
+    pub connecting: Duration,
+    /// From the CONNECT until both directions ended.
+    pub duration: Duration,
 }
 
 /// A Service named by hostname and service port.
@@ -133,8 +146,8 @@ pub trait Handler: Send + Sync + 'static {
         std::future::pending()
     }
 
-    /// A connected stream ended; `sent` bytes went upstream, `received` came back.
-    fn closed(&self, _request: &ConnectRequest, _sent: u64, _received: u64) {}
+    /// A connected stream ended.
+    fn closed(&self, _request: &ConnectRequest, _relayed: &Relayed) {}
 
     /// A client's TLS handshake completed.
     fn tls_established(&self, _handshake: super::Handshake) {}
@@ -214,7 +227,7 @@ pub async fn serve_connection<H: Handler>(
     acceptor: TlsAcceptor,
     handler: Arc<H>,
 ) -> Result<(), Error> {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let source = tcp.peer_addr().map_err(Error::Io)?;
     let local = tcp.local_addr().map_err(Error::Io)?;
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
@@ -298,6 +311,7 @@ async fn serve_stream<H: Handler>(
     mut respond: SendResponse<Bytes>,
     handler: Arc<H>,
 ) -> StreamEnd {
+    let started = Instant::now();
     // The resolve and connect phases are boxed: inline, their futures would size the stream's
     // task for as long as it relays.
     if let Err(refusal) = Box::pin(handler.resolve(&mut connect)).await {
@@ -324,6 +338,7 @@ async fn serve_stream<H: Handler>(
             return StreamEnd::ResetByPeer;
         }
     };
+    let connecting = started.elapsed();
     let counts = crate::relay::Counts::default();
     // Revoked: the relay is dropped, which resets the stream and closes the upstream.
     let relayed = tokio::select! {
@@ -331,7 +346,7 @@ async fn serve_stream<H: Handler>(
         refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
     };
     let (sent, received) = counts.get();
-    handler.closed(&connect, sent, received);
+    handler.closed(&connect, &Relayed { sent, received, connecting, duration: started.elapsed() });
     if let Err(error) = relayed {
         tracing::debug!(%error, "HBONE stream ended with an error");
     }

@@ -2,7 +2,9 @@
 //! keeps when `WEFT_TEST_LOGS` names a directory (`cargo xtask soak` and `cargo xtask test` set
 //! it): every line stamped from the moment the request began until it had surely timed out,
 //! but for the proxies' lines about other requests that were echoed whole, so the report itself
-//! says where the request was lost.
+//! says where the request was lost. The failed request's own lines are kept however it ended:
+//! the client's node proxy names it by the address it came from (`client=`), and the trace id
+//! of that line finds the other proxy's.
 use std::path::Path;
 
 /// How much of the logs one failure shows, at most.
@@ -12,22 +14,31 @@ const LINES: usize = 60;
 /// time and a second more had passed (the steady
 /// traffic's and the logs' clocks are one clock, read a moment apart), in time order, each led
 /// by its file's name; a proxy's line about a connection closed after carrying as many bytes
-/// each way (an echo answered in full) is left out.
-pub fn around(dir: &Path, at_ms: u128) -> Vec<String> {
+/// each way (an echo answered in full) is left out, unless it is about the failed request:
+/// the one that names `client` (the address the request came from, when it connected) or
+/// carries that line's trace id.
+pub fn around(dir: &Path, at_ms: u128, client: Option<&str>) -> Vec<String> {
     let (from, to) = (at_ms.saturating_sub(100), at_ms + super::trend::BEFORE.as_millis() + 1000);
-    let mut found: Vec<(u128, String)> = Vec::new();
+    let mut stamped: Vec<(u128, String)> = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().trim_end_matches(".log").to_owned();
         let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
         for line in text.lines() {
-            if let Some(at) = stamp_ms(line).filter(|at| (from..=to).contains(at))
-                && !echoed_whole(line)
-            {
-                found.push((at, format!("[{name}] {line}")));
+            if let Some(at) = stamp_ms(line).filter(|at| (from..=to).contains(at)) {
+                stamped.push((at, format!("[{name}] {line}")));
             }
         }
     }
+    let named = |line: &str| client.is_some_and(|client| field(line, "client=") == Some(client));
+    let traces: Vec<&str> = stamped
+        .iter()
+        .filter(|(_, line)| named(line))
+        .filter_map(|(_, line)| field(line, "trace="))
+        .collect();
+    let ours = |line: &str| named(line) || field(line, "trace=").is_some_and(|trace| traces.contains(&trace));
+    let mut found: Vec<(u128, String)> =
+        stamped.iter().filter(|(_, line)| !echoed_whole(line) || ours(line)).cloned().collect();
     found.sort();
     let skipped = found.len().saturating_sub(LINES);
     let mut lines: Vec<String> = found.into_iter().take(LINES).map(|(_, line)| line).collect();
@@ -44,6 +55,12 @@ fn echoed_whole(line: &str) -> bool {
     line.contains(" closed ")
         && count("sent=").is_some_and(|sent| sent != "0")
         && count("sent=") == count("received=")
+}
+
+/// The value of the first `key` (`name=`) in `line`, unquoted.
+fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let value = line.split_whitespace().find_map(|word| word.strip_prefix(key))?;
+    Some(value.trim_matches('"'))
 }
 
 /// The time a log line starts with, `2026-12-04T02:41:12.760121Z` (tracing's, in UTC), in
@@ -103,7 +120,7 @@ mod tests {
                 "2024-02-29T00:00:07.000000Z INFO outbound closed sent=0 received=0",
             ],
         );
-        let lines = around(dir.path(), 1_709_164_801_000);
+        let lines = around(dir.path(), 1_709_164_801_000, None);
         assert_eq!(
             lines,
             [
@@ -111,6 +128,35 @@ mod tests {
                 "[weft-ztunnel.n0] 2024-02-29T00:00:01.000000Z a",
                 "[weft-ztunnel.n1] 2024-02-29T00:00:06.000000Z INFO inbound HBONE closed sent=32 received=0",
                 "[weft-ztunnel.n1] 2024-02-29T00:00:07.000000Z INFO outbound closed sent=0 received=0",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_failed_requests_own_lines_are_kept_though_it_was_echoed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let write =
+            |name: &str, lines: &[&str]| std::fs::write(dir.path().join(name), lines.join("\n")).unwrap();
+        write(
+            "weft-ztunnel.n0.log",
+            &[
+                "2024-02-29T00:00:02.000000Z INFO outbound via HBONE closed client=10.0.0.1:40000 sent=8 received=8 trace=00-aa-01",
+                "2024-02-29T00:00:02.100000Z INFO outbound via HBONE closed client=10.0.0.1:40002 sent=8 received=8 trace=00-bb-01",
+            ],
+        );
+        write(
+            "weft-ztunnel.n1.log",
+            &[
+                "2024-02-29T00:00:01.900000Z INFO inbound HBONE closed sent=8 received=8 connect_ms=6004 trace=\"00-aa-01\"",
+                "2024-02-29T00:00:02.050000Z INFO inbound HBONE closed sent=8 received=8 trace=\"00-bb-01\"",
+            ],
+        );
+        let lines = around(dir.path(), 1_709_164_801_000, Some("10.0.0.1:40000"));
+        assert_eq!(
+            lines,
+            [
+                "[weft-ztunnel.n1] 2024-02-29T00:00:01.900000Z INFO inbound HBONE closed sent=8 received=8 connect_ms=6004 trace=\"00-aa-01\"",
+                "[weft-ztunnel.n0] 2024-02-29T00:00:02.000000Z INFO outbound via HBONE closed client=10.0.0.1:40000 sent=8 received=8 trace=00-aa-01",
             ]
         );
     }

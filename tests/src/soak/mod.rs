@@ -418,7 +418,11 @@ fn tally(printed: &str, outcome: &mut Outcome) -> anyhow::Result<()> {
         }
         if outcome.unexplained.is_empty() {
             let kept = std::env::var_os("WEFT_TEST_LOGS").map(std::path::PathBuf::from);
-            outcome.evidence = kept.map(|dir| evidence::around(&dir, at_ms)).unwrap_or_default();
+            let client = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("from="))
+                .filter(|from| *from != "-");
+            outcome.evidence = kept.map(|dir| evidence::around(&dir, at_ms, client)).unwrap_or_default();
         }
         let placed = trend::placed(&outcome.windows, at_ms);
         outcome.unexplained.push(format!("{} ({placed})", line.trim_start_matches("failed ")));

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{Context, InboundPlaintext, Pod, canonical, deliver::Deliverer, is_proxy_port};
 use weft_proxy::{
     authz::Connection,
-    hbone::server::{ConnectRequest, Handler, Refusal, drained},
+    hbone::server::{ConnectRequest, Handler, Refusal, Relayed, drained},
     identity::Identity,
     tls::CurrentAcceptor,
 };
@@ -56,7 +56,7 @@ pub async fn serve_hbone(
                         }
                     };
                     let handler = handler.clone();
-                    connections.spawn(async move {
+                    super::serve_on_worker(&context, &mut connections, tcp, peer, move |tcp| async move {
                         let _admitted = admitted;
                         if let Err(error) = weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
                             handler.context.metrics.failed(Reporter::Destination, "hbone_connection");
@@ -193,11 +193,14 @@ impl Handler for Delivery {
         Refusal::Denied(verdict.to_string())
     }
 
-    fn closed(&self, request: &ConnectRequest, sent: u64, received: u64) {
+    fn closed(&self, request: &ConnectRequest, relayed: &Relayed) {
+        let Relayed { sent, received, .. } = *relayed;
         // `sent` went to the app: it is what the source sent.
         self.context.metrics.closed(&self.labels(request), sent, received);
         let destination = self.pod.identity(&self.context.trust_domain);
-        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, trace = request.traceparent.as_deref(), "inbound HBONE closed");
+        let (connect_ms, duration_ms) =
+            (relayed.connecting.as_millis() as u64, relayed.duration.as_millis() as u64);
+        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, connect_ms, duration_ms, trace = request.traceparent.as_deref(), "inbound HBONE closed");
     }
 
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
@@ -224,16 +227,16 @@ pub async fn serve_plaintext(
         tokio::select! {
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
-                Ok((mut client, peer)) => {
+                Ok((client, peer)) => {
                     let _ = client.set_nodelay(true);
                     if context.plaintext == InboundPlaintext::Deny {
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;
                     }
                     let Some(admitted) = admission.admit(&context, Reporter::Destination, &pod, peer) else { continue };
-                    let (context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
-                    connections.spawn(async move {
-                        let _admitted = admitted;
+                    let (worker_context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
+                    super::serve_on_worker(&context, &mut connections, client, peer, move |mut client| async move {
+                        let (context, _admitted) = (worker_context, admitted);
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
                             let target = canonical(client.local_addr()?);

@@ -44,9 +44,9 @@ pub async fn serve(
                     let Some(admitted) = admission.admit(&context, Reporter::Source, &pod, peer) else { continue };
                     // The proxy relays whatever the app wrote at once; Nagle would delay it twice.
                     let _ = client.set_nodelay(true);
-                    let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
-                    connections.spawn(async move {
-                        let _admitted = admitted;
+                    let (worker_context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
+                    super::serve_on_worker(&context, &mut connections, client, peer, move |client| async move {
+                        let (context, _admitted) = (worker_context, admitted);
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
                             context.metrics.failed(Reporter::Source, error.reason());
                             let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
@@ -235,6 +235,7 @@ async fn proxy(
     pod: &Pod,
     netns: &Netns,
 ) -> Result<(), Error> {
+    let started = std::time::Instant::now();
     let target = original_dst(&client).map_err(Error::OriginalDst)?;
     // First: the source's name for metrics and baggage is its workload's, once known.
     tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
@@ -242,6 +243,9 @@ async fn proxy(
     // says, its futures, the identities and names the labels are made of — is gone before the
     // relay begins; inline it would size the connection's task for as long as it lives.
     let Opened { carried, labels, live } = Box::pin(opened(context, netns, pod, peer, target)).await?;
+    // The access lines say how long the connection took to open and to end, so a slow hop
+    // stands out (as Istio's `duration`).
+    let connect_ms = started.elapsed().as_millis() as u64;
     let counts = &live.connection.counts;
     match carried {
         Carried::Tunnel { tunnel, addr, via, traceparent } => {
@@ -250,14 +254,16 @@ async fn proxy(
             context.metrics.closed(&labels, sent, received);
             relayed?;
             let (source, destination) = (&live.connection.source, &live.connection.destination);
-            tracing::info!(target: "weft_ztunnel::access", src = %source, dst = %destination, %target, upstream = %addr, %via, sent, received, trace = %traceparent, "outbound via HBONE closed");
+            let duration_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(target: "weft_ztunnel::access", src = %source, client = %peer, dst = %destination, %target, upstream = %addr, %via, sent, received, connect_ms, duration_ms, trace = %traceparent, "outbound via HBONE closed");
         }
         Carried::Direct { mut upstream, addr } => {
             let relayed = relay::tcp(&mut client, &mut upstream, counts).await;
             let (sent, received) = counts.get();
             context.metrics.closed(&labels, sent, received);
             relayed?;
-            tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, %target, upstream = %addr, sent, received, "outbound passthrough closed");
+            let duration_ms = started.elapsed().as_millis() as u64;
+            tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, client = %peer, %target, upstream = %addr, sent, received, connect_ms, duration_ms, "outbound passthrough closed");
         }
     }
     Ok(())
@@ -400,7 +406,7 @@ async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Resu
             (Origin { source: peer, service_host, baggage, via: String::new() }, Origin::traceparent())
         });
         let dial = NetnsDial { netns, source: peer.ip() };
-        match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent)).await {
+        match Box::pin(context.pool().open(&dial, &cert, &via, addr, origin, traceparent)).await {
             Ok(tunnel) => {
                 let traceparent = std::mem::take(traceparent);
                 let destination = via.expected.workload;

@@ -5,6 +5,7 @@
 //! wall-clock start, so the soak can tell a failure its faults explain from one they do not.
 use std::{
     io::Write,
+    net::{SocketAddr, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,8 +16,8 @@ use std::{
 use weft_tests::soak::trend::{STEP_TIMEOUT, unix_ms};
 
 /// Sends `message`-prefixed requests to `to`, one every `interval`, until stdin closes; prints
-/// `failed at_ms=<unix ms> error=<why>` for each failure and `requests=N ok=N failed=N` at the end.
-pub fn run(to: std::net::SocketAddr, message: &str, interval: Duration) -> anyhow::Result<()> {
+/// `failed at_ms=<unix ms> from=<local address, or -> error=<why>` for each failure and `requests=N ok=N failed=N` at the end.
+pub fn run(to: SocketAddr, message: &str, interval: Duration) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();
@@ -32,18 +33,18 @@ pub fn run(to: std::net::SocketAddr, message: &str, interval: Duration) -> anyho
     while !stop.load(Ordering::Relaxed) {
         let started = unix_ms();
         let request = format!("{message} {sequence}");
-        let error = match super::round_trip(to, &request, STEP_TIMEOUT) {
-            Ok((_, reply)) if reply == request => None,
-            Ok((_, reply)) => {
-                Some(format!("the reply had {} bytes, not the {} sent", reply.len(), request.len()))
-            }
+        let (from, replied) = attempt(to, &request);
+        let error = match replied {
+            Ok(reply) if reply == request => None,
+            Ok(reply) => Some(format!("the reply had {} bytes, not the {} sent", reply.len(), request.len())),
             Err(error) => Some(format!("{error:#}")),
         };
         match error {
             None => ok += 1,
             Some(error) => {
                 failed += 1;
-                println!("failed at_ms={started} error={}", error.replace('\n', " "));
+                let from = from.map_or("-".to_owned(), |from| from.to_string());
+                println!("failed at_ms={started} from={from} error={}", error.replace('\n', " "));
                 std::io::stdout().flush()?;
             }
         }
@@ -57,4 +58,15 @@ pub fn run(to: std::net::SocketAddr, message: &str, interval: Duration) -> anyho
     }
     println!("requests={sequence} ok={ok} failed={failed}");
     Ok(())
+}
+
+/// One request on a new connection to `to`: the address it came from (which the node proxy's
+/// lines about it name, once connected) and the reply.
+fn attempt(to: SocketAddr, request: &str) -> (Option<SocketAddr>, anyhow::Result<String>) {
+    let stream = match TcpStream::connect_timeout(&to, STEP_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(error) => return (None, Err(anyhow::Error::new(error).context(format!("connecting to {to}")))),
+    };
+    let from = stream.local_addr().ok();
+    (from, super::exchange(stream, request, STEP_TIMEOUT).map(|(_, reply)| reply))
 }
