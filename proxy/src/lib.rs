@@ -4,8 +4,7 @@
 //! byte relay of [`relay`]), keep the workload, service and policy index ([`state`]) fed by the
 //! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), decide
 //! authorization with Istio's semantics ([`authz`]) and count what they hold open ([`census`]);
-//! a request's place in a trace is read and passed on by [`trace_context`]; connections are
-//! served on worker threads of their own ([`workers`]). Inputs: the control
+//! a request's place in a trace is read and passed on by [`trace_context`]. Inputs: the control
 //! plane's (or istiod's) CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
 //! waypoint's).
 
@@ -18,5 +17,4 @@ pub mod relay;
 pub mod state;
 pub mod tls;
 pub mod trace_context;
-pub mod workers;
 pub mod xds;

@@ -10,7 +10,6 @@ use weft_proxy::{
     identity::{Identity, ca::GrpcCa, manager::Manager},
     state::{State, Waypoint, WaypointAddress},
     tls::CurrentAcceptor,
-    workers::Workers,
 };
 
 use crate::{
@@ -18,6 +17,7 @@ use crate::{
     inbound::Inbound,
     route::Routes,
     table::{AUTHENTICATIONS, POLICIES, ROUTES, Table},
+    workers::Workers,
 };
 
 /// How the waypoint runs.
@@ -43,7 +43,7 @@ pub struct Config {
     /// HBONE (`[::]:15008`).
     pub listen: SocketAddr,
     pub admin: weft_api::admin::Addresses,
-    /// Worker threads, each serving its own connections ([`weft_proxy::workers`]).
+    /// Worker threads, each serving its own connections ([`crate::workers`]).
     pub workers: usize,
     /// Where request spans go, when anywhere.
     pub tracing: Option<crate::trace::Settings>,
@@ -105,7 +105,7 @@ impl Context {
     /// The HBONE connections to endpoint pods of the worker this runs on, shared by its
     /// sessions: a connection's task and the streams on it stay on one thread.
     pub fn pool(&self) -> &Pool {
-        &self.pools[weft_proxy::workers::current().unwrap_or(0) % self.pools.len()]
+        &self.pools[crate::workers::current().unwrap_or(0) % self.pools.len()]
     }
 
     /// Whether `waypoint`, as a destination names it, is this waypoint.

@@ -8,8 +8,8 @@
 //! one of its endpoints (the least loaded: [`balance`]), and tunnels the request on over HBONE with its own identity
 //! ([`forward`]), trying a failed attempt again within a budget ([`retry`]), counting it ([`metrics`]) and, when a collector is configured, tracing it ([`trace`]);
 //! a rate limit or an injected fault may answer or delay it first ([`traffic`]). Routes and policies come compiled from the control
-//! plane ([`table`]); [`app`] wires the process, whose connections run on worker threads
-//! ([`weft_proxy::workers`]), a connection whole on one thread.
+//! plane ([`table`]); [`app`] wires the process, whose connections run on [`workers`], a
+//! connection whole on one thread.
 //! Inputs: HBONE connections on 15008, configuration and its certificate from the control
 //! plane. Non-goals: capture (the waypoint is not captured; it listens itself).
 
@@ -30,3 +30,4 @@ pub mod route;
 pub mod table;
 pub mod trace;
 pub mod traffic;
+pub mod workers;

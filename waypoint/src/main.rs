@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
             .map(|endpoint| weft_waypoint::trace::Settings { endpoint, sampling: args.trace_sampling }),
     };
     // The main thread's runtime: accepting, xDS, certificates, admin; requests run on the
-    // workers' own (`weft_proxy::workers`).
+    // workers' own (`weft_waypoint::workers`).
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _counted = weft_proxy::census::count_runtime(runtime.handle().clone());
     runtime.block_on(async {

@@ -7,7 +7,6 @@ use weft_proxy::{
         manager::Manager,
     },
     state::State,
-    workers::Workers,
 };
 
 use crate::{
@@ -34,9 +33,7 @@ pub struct Config {
     pub drain: Duration,
     /// Metrics, readiness and admin endpoints.
     pub admin: weft_api::admin::Addresses,
-    /// Worker threads connections are served on (at least one).
-    pub workers: usize,
-    /// How HBONE connections are shared, in each worker's pool.
+    /// How HBONE connections are shared.
     pub pool: crate::proxy::PoolSettings,
     /// Connections one pod may have through the proxy at once (outbound, plaintext inbound and
     /// HBONE connections; each HBONE connection carries at most 200 streams).
@@ -77,8 +74,6 @@ pub enum Error {
     },
     #[error("loading the development CA")]
     Ca(#[from] weft_proxy::identity::ca::Error),
-    #[error("starting the worker threads")]
-    Workers(#[source] std::io::Error),
     #[error("opening the proxy's own network namespace")]
     Netns(#[source] std::io::Error),
     #[error("binding the {what} endpoint on {addr}")]
@@ -188,15 +183,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         trust_domain: config.trust_domain.clone(),
         state,
         identities: Arc::new(Manager::new(ca, config.cert_ttl)),
-        workers: Workers::start(config.workers).map_err(Error::Workers)?,
-        pools: (0..config.workers.max(1))
-            .map(|_| {
-                let metrics = metrics.clone();
-                Pool::new(config.pool, move |handshake| {
-                    metrics.handshake(crate::metrics::Reporter::Source, handshake)
-                })
-            })
-            .collect(),
+        pool: Pool::new(config.pool, {
+            let metrics = metrics.clone();
+            move |handshake| metrics.handshake(crate::metrics::Reporter::Source, handshake)
+        }),
         plaintext: config.plaintext,
         metrics,
         ready: std::sync::atomic::AtomicBool::new(false),
@@ -210,10 +200,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut endpoints = tokio::task::JoinSet::new();
     // Certificates renew at half-life whether or not traffic asks for them.
     endpoints.spawn(context.identities.clone().refresh());
-    for worker in 0..context.pools.len() {
-        let context = context.clone();
-        endpoints.spawn(async move { context.pools[worker].release_idle_periodically().await });
-    }
+    let pool_context = context.clone();
+    endpoints.spawn(async move { pool_context.pool.release_idle_periodically().await });
     let metrics_context = context.clone();
     endpoints.spawn(async move {
         let mut every = tokio::time::interval(METRICS_SWEEP);

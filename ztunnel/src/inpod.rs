@@ -59,9 +59,7 @@ impl Pods {
 
     async fn remove(&mut self, uid: &str) {
         if let Some(proxy) = self.running.remove(uid) {
-            for pool in &self.context.pools {
-                pool.forget_source(&proxy.addresses);
-            }
+            self.context.pool.forget_source(&proxy.addresses);
             tracing::info!(pod = %uid, "pod proxy stopped");
             self.publish();
             // Certificates only for identities that still have a pod here.

@@ -43,9 +43,8 @@ struct Args {
     /// Keep it below the pod's terminationGracePeriodSeconds.
     #[arg(long, env = "WEFT_DRAIN_SECONDS", default_value_t = 20)]
     drain_seconds: u64,
-    /// Worker threads connections are served on (each runs a whole connection); by default as
-    /// many as the CPUs this process may use — the cgroup's CPU quota (a pod's CPU limit)
-    /// included. Accepting, xDS and certificates run on the main thread.
+    /// Worker threads; by default as many as the CPUs this process may use — the cgroup's CPU
+    /// quota (a pod's CPU limit) included.
     #[arg(long, env = "WEFT_WORKER_THREADS")]
     worker_threads: Option<usize>,
     /// Workload certificate lifetime, in seconds.
@@ -59,11 +58,10 @@ struct Args {
     /// connection pays a fresh handshake).
     #[arg(long, env = "WEFT_POOL_MAX_STREAMS", default_value_t = PoolSettings::default().max_streams)]
     pool_max_streams: usize,
-    /// HBONE connections a busy pair of pods spreads its streams over within one worker thread
-    /// (each worker has its own connections, so a pair's TLS already runs on every core it
-    /// keeps busy).
-    #[arg(long, env = "WEFT_POOL_LANES", default_value_t = PoolSettings::default().lanes)]
-    pool_lanes: usize,
+    /// HBONE connections a busy pair of pods spreads its streams over (default: one per
+    /// worker thread), so their TLS runs on every core.
+    #[arg(long, env = "WEFT_POOL_LANES")]
+    pool_lanes: Option<usize>,
     /// Connections one pod may have through the proxy at once, so one pod cannot take every
     /// descriptor of the node's proxy; more are closed as they arrive.
     #[arg(long, env = "WEFT_MAX_CONNECTIONS_PER_POD", default_value_t = 16384)]
@@ -125,10 +123,9 @@ fn main() -> anyhow::Result<()> {
         pool: PoolSettings {
             max_streams: args.pool_max_streams,
             idle_timeout: Duration::from_secs(args.pool_idle_seconds),
-            lanes: args.pool_lanes,
+            lanes: args.pool_lanes.unwrap_or(workers),
         },
         max_connections_per_pod: args.max_connections_per_pod,
-        workers,
         proxy: weft_proxy::control::ProxyMeta {
             pod_name: args.pod_name,
             namespace: args.pod_namespace,
@@ -144,8 +141,7 @@ fn main() -> anyhow::Result<()> {
         Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
     }
     tracing::info!(workers, "worker threads");
-    // The main thread's runtime: connections run on the workers' ([`app::Config::workers`]).
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()?;
     let _counted = weft_proxy::census::count_runtime(runtime.handle().clone());
     runtime.block_on(async {
         let shutdown = weft_api::daemon::termination()?;

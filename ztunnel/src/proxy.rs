@@ -16,7 +16,6 @@ use weft_ebpf_common::{PROXY_MARK, port};
 use weft_proxy::{
     identity::{Identity, manager::Manager},
     state::State,
-    workers::Workers,
 };
 
 use crate::inpod::netns::Netns;
@@ -44,11 +43,7 @@ pub struct Context {
     pub trust_domain: String,
     pub state: Arc<State>,
     pub identities: Arc<Manager>,
-    /// The threads connections are served on: accepted here (the main thread), each connection
-    /// runs whole on one of them ([`serve_on_worker`]).
-    pub workers: Workers,
-    /// HBONE connections to peers, a pool per worker ([`Context::pool`]).
-    pub pools: Vec<Pool>,
+    pub pool: Pool,
     pub plaintext: InboundPlaintext,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the agent's first snapshot has been applied.
@@ -102,12 +97,6 @@ const CONFIG_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const ROUND_ROBIN_SERVICES: usize = 4096;
 
 impl Context {
-    /// The HBONE pool of the worker this runs on: a connection's task and the relays using its
-    /// streams stay on one thread.
-    pub fn pool(&self) -> &Pool {
-        &self.pools[weft_proxy::workers::current().unwrap_or(0) % self.pools.len()]
-    }
-
     /// Drops the connection metrics of workloads neither the configuration nor this node's
     /// pods know any more.
     pub fn forget_gone_workloads(&self) {
@@ -371,31 +360,6 @@ impl Drop for Listening {
     fn drop(&mut self) {
         self.0.send_modify(|open| *open = open.saturating_sub(1));
     }
-}
-
-/// Serves `tcp`, accepted on the main thread, with `serve` on the least busy worker, as a
-/// member of the listener's `connections`: the socket moves to that worker's reactor first, so
-/// its readiness wakes no other thread.
-fn serve_on_worker<F, Serving>(
-    context: &Context,
-    connections: &mut JoinSet<()>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    serve: F,
-) where
-    F: FnOnce(TcpStream) -> Serving + Send + 'static,
-    Serving: Future<Output = ()> + Send,
-{
-    let tcp = match tcp.into_std() {
-        Ok(tcp) => tcp,
-        Err(error) => return tracing::info!(%peer, %error, "connection lost before a worker took it"),
-    };
-    context.workers.spawn_into(connections, async move {
-        match TcpStream::from_std(tcp) {
-            Ok(tcp) => serve(tcp).await,
-            Err(error) => tracing::info!(%peer, %error, "connection lost before a worker took it"),
-        }
-    });
 }
 
 /// A listener's end when draining: stop accepting at once (a new proxy's listener on the same

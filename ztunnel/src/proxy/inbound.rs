@@ -56,7 +56,7 @@ pub async fn serve_hbone(
                         }
                     };
                     let handler = handler.clone();
-                    super::serve_on_worker(&context, &mut connections, tcp, peer, move |tcp| async move {
+                    connections.spawn(async move {
                         let _admitted = admitted;
                         if let Err(error) = weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler.clone()).await {
                             handler.context.metrics.failed(Reporter::Destination, "hbone_connection");
@@ -227,16 +227,16 @@ pub async fn serve_plaintext(
         tokio::select! {
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
-                Ok((client, peer)) => {
+                Ok((mut client, peer)) => {
                     let _ = client.set_nodelay(true);
                     if context.plaintext == InboundPlaintext::Deny {
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
                         continue;
                     }
                     let Some(admitted) = admission.admit(&context, Reporter::Destination, &pod, peer) else { continue };
-                    let (worker_context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
-                    super::serve_on_worker(&context, &mut connections, client, peer, move |mut client| async move {
-                        let (context, _admitted) = (worker_context, admitted);
+                    let (context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
+                    connections.spawn(async move {
+                        let _admitted = admitted;
                         // Inbound capture keeps the destination: the local address is the target.
                         let result = async {
                             let target = canonical(client.local_addr()?);

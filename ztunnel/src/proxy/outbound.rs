@@ -44,9 +44,9 @@ pub async fn serve(
                     let Some(admitted) = admission.admit(&context, Reporter::Source, &pod, peer) else { continue };
                     // The proxy relays whatever the app wrote at once; Nagle would delay it twice.
                     let _ = client.set_nodelay(true);
-                    let (worker_context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
-                    super::serve_on_worker(&context, &mut connections, client, peer, move |client| async move {
-                        let (context, _admitted) = (worker_context, admitted);
+                    let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
+                    connections.spawn(async move {
+                        let _admitted = admitted;
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
                             context.metrics.failed(Reporter::Source, error.reason());
                             let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
@@ -406,7 +406,7 @@ async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Resu
             (Origin { source: peer, service_host, baggage, via: String::new() }, Origin::traceparent())
         });
         let dial = NetnsDial { netns, source: peer.ip() };
-        match Box::pin(context.pool().open(&dial, &cert, &via, addr, origin, traceparent)).await {
+        match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent)).await {
             Ok(tunnel) => {
                 let traceparent = std::mem::take(traceparent);
                 let destination = via.expected.workload;

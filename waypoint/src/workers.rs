@@ -1,12 +1,14 @@
-//! Worker threads, each running a single-threaded runtime of its own (Envoy's model), shared by
-//! both proxies: a connection handed to a worker is served whole there — its TLS and HTTP/2,
-//! its streams, the relays and the upstream connections they open, and (with a pool per worker,
-//! [`current`]) the HBONE connections those dial — so a byte handed from task to task wakes no
-//! other thread. On one multi-threaded runtime each such hand-off could wake a parked thread,
+//! The waypoint's worker threads, each running a single-threaded runtime of its own (Envoy's
+//! model): a connection handed to a worker is served whole there — its TLS and HTTP/2, its
+//! sessions, the upstream connections they open, and (with a pool per worker, [`current`]) the
+//! HBONE connections those dial — so a request handed from task to task wakes no other thread. On one multi-threaded runtime each such hand-off could wake a parked thread,
 //! a futex call and a context switch: measured, four per request through the waypoint and a
 //! quarter of its CPU per request. A new connection goes to the worker with the fewest tasks
 //! open: work is spread by connection, not by request. The caller's own (main) thread keeps
-//! what is not per connection: accepting, xDS, certificates, the admin endpoints.
+//! what is not per connection: accepting, xDS, certificates, the admin endpoints, span export.
+//! (The node proxy measured no gain from the same model: its relays and pooled connections
+//! already met on one thread of its multi-threaded runtime often enough, and bulk over several
+//! connections and idle memory got worse; it keeps one multi-threaded runtime.)
 //!
 //! A socket accepted on the main thread must leave that thread's reactor for the worker's
 //! (`into_std` there, `from_std` in the task), or every readiness event of it would still go
@@ -61,7 +63,7 @@ impl Workers {
             std::thread::Builder::new().name(format!("weft-worker-{index}")).spawn(move || {
                 WORKER.set(Some(index));
                 // Counted while the worker runs; its runtime goes with its thread.
-                let _tasks_counted = crate::census::count_runtime(runtime.handle().clone());
+                let _tasks_counted = weft_proxy::census::count_runtime(runtime.handle().clone());
                 let _ = runtime.block_on(stopped);
             })?;
             workers.push(Worker { runtime: handle, open: Arc::new(AtomicUsize::new(0)), _stop: stop });
@@ -158,7 +160,7 @@ mod tests {
     use tokio_rustls::TlsAcceptor;
 
     use super::{Workers, current};
-    use crate::{
+    use weft_proxy::{
         hbone::{
             Stream,
             client::{Connection, Origin},
@@ -255,7 +257,7 @@ mod tests {
         name
     }
 
-    /// Real HBONE (TLS 1.3, HTTP/2 CONNECT on loopback), as both proxies hand connections over.
+    /// Real HBONE (TLS 1.3, HTTP/2 CONNECT on loopback), as the waypoint hands connections over.
     #[tokio::test]
     async fn an_hbone_connection_handed_to_a_worker_is_served_whole_there() {
         let ca = TestCa::new("mesh");
