@@ -1,7 +1,8 @@
 //! The HBONE pool against a real HBONE server: streams share a connection up to the per-
 //! connection limit, more load opens another connection to the same peer, finished streams
 //! free their places for reuse, connections idle for the timeout are released, openers of a
-//! black-holed peer share one attempt while others go ahead, and a connection whose stream fails
+//! black-holed peer share one attempt while others go ahead, openers at once whose streams one
+//! connection cannot all carry make their connects at once, and a connection whose stream fails
 //! for any reason leaves the pool.
 #![allow(clippy::unwrap_used, reason = "test helpers: a failed unwrap is a failed test")]
 
@@ -74,6 +75,16 @@ impl Peer {
         settings: PoolSettings,
         handler: impl FnOnce(SocketAddr) -> H,
     ) -> Self {
+        Self::start_holding(octet, settings, handler, 1).await
+    }
+
+    /// A peer that begins no TLS handshake until it holds `together` TCP connections.
+    async fn start_holding<H: Handler>(
+        octet: u8,
+        settings: PoolSettings,
+        handler: impl FnOnce(SocketAddr) -> H,
+        together: usize,
+    ) -> Self {
         let ca = TestCa::new("pool");
         let (client_id, server_id) =
             (Identity::new("cluster.local", "shop", "cart"), Identity::new("cluster.local", "shop", "web"));
@@ -92,12 +103,18 @@ impl Peer {
             (TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()), accepted.clone());
         let handler = Arc::new(handler(upstream_addr));
         tokio::spawn(async move {
+            let mut holding = Vec::new();
             while let Ok((tcp, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, handler) = (acceptor.clone(), handler.clone());
-                tokio::spawn(async move {
-                    let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
-                });
+                holding.push(tcp);
+                if counter.fetch_add(1, Ordering::SeqCst) + 1 < together {
+                    continue;
+                }
+                for tcp in holding.drain(..) {
+                    let (acceptor, handler) = (acceptor.clone(), handler.clone());
+                    tokio::spawn(async move {
+                        let _ = hbone::server::serve_connection(tcp, acceptor, handler).await;
+                    });
+                }
             }
         });
         Self {
@@ -194,6 +211,18 @@ async fn a_busy_pair_opens_its_lanes_before_its_streams_share_a_connection() {
     let packed = Peer::start(8, PoolSettings::default()).await;
     let _held = (packed.open(1).await, packed.open(1).await);
     assert_eq!(packed.accepted(), 1);
+}
+
+/// With one stream per connection (a fresh mTLS tunnel each), openers at once handshake at
+/// once: the peer here starts no handshake before it holds all three connections, so openers
+/// that waited for each other's connect would never get there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_on_connections_of_one_stream_each_makes_its_handshakes_at_once() {
+    let settings = PoolSettings { max_streams: 1, idle_timeout: Duration::ZERO, ..PoolSettings::default() };
+    let peer = Peer::start_holding(11, settings, ToUpstream, 3).await;
+    let tunnels = tokio::time::timeout(Duration::from_secs(20), peer.open(3)).await;
+    assert!(tunnels.is_ok(), "the openers made their connects one after another");
+    assert_eq!(peer.accepted(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,11 @@
 //! configuration and session tickets stay [`TICKETS_KEPT`] longer, so its next connection
 //! resumes (rustls keeps tickets for the last 32 peers of a pair).
 //! No lock is held while a connection is being made: openers that need one while another is
-//! being made wait for that attempt and share its outcome, so a black-holed peer costs its
-//! openers one handshake timeout, together, and nobody else anything. A pooled connection on
+//! being made wait for that attempt and share its outcome — as many as its connection will
+//! carry besides its own opener's stream; more start an attempt of their own, so a burst on a
+//! pool whose connections carry one stream each (a fresh mTLS tunnel per connection) makes its
+//! handshakes at once rather than one after another — and a black-holed peer costs its openers
+//! one handshake timeout, together, and nobody else anything. A pooled connection on
 //! which a stream fails for any reason but the peer's refusal is dropped.
 use std::{
     collections::HashMap,
@@ -80,13 +83,25 @@ impl Pooled {
     }
 }
 
-/// One key's connections, and the connect under way for it, if any.
+/// One key's connections, and the connects under way for it.
 #[derive(Debug, Default)]
 struct Connections {
     pooled: Vec<Pooled>,
-    /// Resolves (to `Some`) when the connect under way ends: `Ok` once its connection is
-    /// pooled, `Err` with the reason it failed.
-    connecting: Option<tokio::sync::watch::Receiver<Option<Result<(), String>>>>,
+    connecting: Vec<Pending>,
+    /// The next connect's number.
+    next_connect: u64,
+}
+
+/// A connect under way, and room for the openers who may wait for it.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    /// Openers that may still wait for it: the streams its connection carries besides its
+    /// own opener's.
+    seats: usize,
+    /// Resolves (to `Some`) when the connect ends: `Ok` once its connection is pooled, `Err`
+    /// with the reason it failed.
+    done: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
 
 type Slot = Arc<Mutex<Connections>>;
@@ -99,7 +114,7 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Connections> {
 enum Next {
     /// Use this pooled connection (its stream already counted).
     Reuse(Connection, Active),
-    /// Wait for another opener's connect.
+    /// Wait for another opener's connect (a seat in it taken).
     Wait(tokio::sync::watch::Receiver<Option<Result<(), String>>>),
     /// Connect, telling waiters through this sender.
     Connect(Connecting),
@@ -109,20 +124,27 @@ enum Next {
 /// cancelled), it lets the waiters go with an error rather than leaving them waiting.
 struct Connecting {
     slot: Slot,
+    /// Its [`Pending::id`].
+    id: u64,
     done: tokio::sync::watch::Sender<Option<Result<(), String>>>,
 }
 
 impl Connecting {
     fn finish(self, outcome: Result<(), String>) {
-        lock(&self.slot).connecting = None;
+        self.forget();
         let _ = self.done.send(Some(outcome));
+    }
+
+    /// No longer under way: new openers do not wait for it.
+    fn forget(&self) {
+        lock(&self.slot).connecting.retain(|pending| pending.id != self.id);
     }
 }
 
 impl Drop for Connecting {
     fn drop(&mut self) {
         if self.done.borrow().is_none() {
-            lock(&self.slot).connecting = None;
+            self.forget();
             let _ = self.done.send(Some(Err("the opener gave up".into())));
         }
     }
@@ -312,8 +334,9 @@ impl Pool {
 
     /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off) —
     /// the least busy, or with one lane the first, Istio's packing — unless every pooled one
-    /// carries streams and a lane is still to open; else the connect under way (a burst waits
-    /// for the new lane rather than piling onto the first); else a connect for the caller.
+    /// carries streams and a lane is still to open; else a connect under way with a seat left
+    /// (a burst waits for the new lane rather than piling onto the first); else a connect for
+    /// the caller.
     fn next(&self, slot: &Slot, reuse: bool) -> Next {
         let mut connections = lock(slot);
         connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
@@ -331,12 +354,16 @@ impl Pool {
             pooled.active.open.fetch_add(1, Ordering::AcqRel);
             return Next::Reuse(pooled.connection.clone(), Active(pooled.active.clone()));
         }
-        if let Some(done) = &connections.connecting {
-            return Next::Wait(done.clone());
+        if let Some(pending) = connections.connecting.iter_mut().find(|pending| pending.seats > 0) {
+            pending.seats -= 1;
+            return Next::Wait(pending.done.clone());
         }
         let (done, waiting) = tokio::sync::watch::channel(None);
-        connections.connecting = Some(waiting);
-        Next::Connect(Connecting { slot: slot.clone(), done })
+        let id = connections.next_connect;
+        connections.next_connect += 1;
+        let seats = self.settings.max_streams - 1;
+        connections.connecting.push(Pending { id, seats, done: waiting });
+        Next::Connect(Connecting { slot: slot.clone(), id, done })
     }
 
     /// Drops the connections opened for a pod with `addresses` (it left the node): their
