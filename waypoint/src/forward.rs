@@ -76,8 +76,9 @@ pub struct Session {
     client: Client,
     /// The destination Service's key (`namespace/hostname`), when it is one.
     service_key: Option<String>,
-    /// Per endpoint address and HTTP version: an HTTP connection over an HBONE stream.
-    upstreams: Mutex<HashMap<(SocketAddr, Version), Upstream>>,
+    /// Per endpoint address, waypoint pod in between (if any) and HTTP version: an HTTP
+    /// connection over an HBONE stream.
+    upstreams: Mutex<HashMap<UpstreamKey, Upstream>>,
     /// Told when the session opens an HTTP/2 connection, which requests waiting for a place
     /// under a connection cap may share instead.
     opened_http2: tokio::sync::Notify,
@@ -290,6 +291,15 @@ fn keeping_waypoints_passed(headers: &mut HeaderMap, modify: impl FnOnce(&mut He
     }
 }
 
+/// What a session's upstream connection is kept by: the address the CONNECT names, the pod
+/// of another waypoint it goes through (a backend behind that waypoint has one address for
+/// all of its pods), and the HTTP version.
+type UpstreamKey = (SocketAddr, Option<std::net::IpAddr>, Version);
+
+fn upstream_key(target: SocketAddr, via: Option<&Peer>, version: Version) -> UpstreamKey {
+    (target, via.map(|through| through.ip), version)
+}
+
 /// A backend Service behind a waypoint other than this one, and that waypoint's pods.
 struct Chained {
     backend: String,
@@ -300,13 +310,27 @@ struct Chained {
 }
 
 impl Chained {
-    /// A waypoint pod to send through, at random (each attempt picks again), the backend's
-    /// address at `port` of the client's family (else its first), and the peer to expect there.
-    fn hop(&self, client: &SocketAddr, port: u16) -> Result<(Arc<Workload>, SocketAddr, Peer), Failure> {
+    /// A waypoint pod to send through, at random (each attempt picks again) among those not
+    /// `tried` while any is left, the backend's address at `port` of the client's family (else
+    /// its first), and the peer to expect there.
+    fn hop(
+        &self,
+        client: &SocketAddr,
+        port: u16,
+        tried: &[std::net::IpAddr],
+    ) -> Result<(Arc<Workload>, SocketAddr, Peer), Failure> {
         let v4 = client.ip().to_canonical().is_ipv4();
         let vip = self.vips.iter().find(|vip| vip.is_ipv4() == v4).or(self.vips.first()).copied();
         let vip = vip.ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
-        let pod = self.pods[fastrand::usize(..self.pods.len())].clone();
+        let untried: Vec<&Arc<Workload>> = self
+            .pods
+            .iter()
+            .filter(|pod| address_of(pod, client).is_some_and(|ip| !tried.contains(&ip)))
+            .collect();
+        let pod = match untried.is_empty() {
+            true => self.pods[fastrand::usize(..self.pods.len())].clone(),
+            false => untried[fastrand::usize(..untried.len())].clone(),
+        };
         let ip = address_of(&pod, client).ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
         Ok((pod, SocketAddr::new(vip, port), Peer { ip, expected: self.identity.clone().into() }))
     }
@@ -911,12 +935,12 @@ impl Session {
         if chained.is_some() {
             parts.headers.append(header::VIA, self.context.via.clone());
         }
-        let mut tried = Vec::new();
+        let (mut tried, mut tried_hops) = (Vec::new(), Vec::new());
         let mut _retrying = None;
         loop {
             let (workload, target, serving, via) = match &chained {
                 Some(chained) => {
-                    let (pod, target, peer) = chained.hop(&self.client.address, port)?;
+                    let (pod, target, peer) = chained.hop(&self.client.address, port, &tried_hops)?;
                     (pod, target, Vec::new(), Some(peer))
                 }
                 None => {
@@ -974,6 +998,7 @@ impl Session {
             routed.retries += 1;
             tracing::debug!(%backend, %target, ?outcome, retry = routed.retries, "retrying");
             tried.push(target);
+            tried_hops.extend(via.map(|through| through.ip));
             tokio::time::sleep(policy.backoff(routed.retries, |bound| fastrand::u64(..=bound))).await;
         }
     }
@@ -1029,7 +1054,7 @@ impl Session {
                     let (workload, target, via) = match session.chained(&service)? {
                         Some(chained) => {
                             request.headers_mut().append(header::VIA, session.context.via.clone());
-                            let (pod, target, peer) = chained.hop(&session.client.address, port)?;
+                            let (pod, target, peer) = chained.hop(&session.client.address, port, &[])?;
                             (pod, target, Some(peer))
                         }
                         None => {
@@ -1146,6 +1171,7 @@ impl Session {
     ) -> Result<(Response<Body>, Option<connections::Use>), Failure> {
         let attempt = async {
             let version = request.version();
+            let key = upstream_key(target, via, version);
             let (mut upstream, using) = self.upstream(workload, target, version, via, capped).await?;
             let response = match &mut upstream.sender {
                 Sender::Http1(sender) => sender.send_request(request).await,
@@ -1153,7 +1179,7 @@ impl Session {
             };
             // An HTTP/1.1 connection serves one request at a time: back for the next.
             if !upstream.is_closed() {
-                self.upstreams.lock().await.insert((target, version), upstream);
+                self.upstreams.lock().await.insert(key, upstream);
             }
             let response = response.map_err(|error| Failure::Upstream(format!("{target}: {error}")))?;
             Ok::<_, Failure>((response, using))
@@ -1167,17 +1193,16 @@ impl Session {
         Ok((response, using))
     }
 
-    /// The session's HTTP connection to `target` in `version`, if it may take this request
-    /// now — counted under the same cap as the request's (none, or its backend's) and not
-    /// being closed for a waiting request — and the request's use of it.
+    /// The session's HTTP connection kept by `key`, if it may take this request now — counted
+    /// under the same cap as the request's (none, or its backend's) and not being closed for a
+    /// waiting request — and the request's use of it.
     async fn reuse(
         &self,
-        target: SocketAddr,
-        version: Version,
+        key: UpstreamKey,
         capped: Option<&Arc<connections::Backend>>,
     ) -> Option<(Upstream, Option<connections::Use>)> {
         let mut upstreams = self.upstreams.lock().await;
-        let upstream = upstreams.remove(&(target, version))?;
+        let upstream = upstreams.remove(&key)?;
         let reusable = match &upstream.sender {
             Sender::Http2(sender) => !sender.is_closed(),
             Sender::Http1(sender) => sender.is_ready(),
@@ -1191,7 +1216,7 @@ impl Session {
         if let Sender::Http2(sender) = &upstream.sender {
             // HTTP/2 multiplexes: it stays for others meanwhile.
             let shared = Upstream { sender: Sender::Http2(sender.clone()), slot: upstream.slot.clone() };
-            upstreams.insert((target, version), shared);
+            upstreams.insert(key, shared);
         }
         Some((upstream, using))
     }
@@ -1207,11 +1232,12 @@ impl Session {
         via: Option<&Peer>,
         capped: Option<&Arc<connections::Backend>>,
     ) -> Result<(Upstream, Option<connections::Use>), Failure> {
+        let key = upstream_key(target, via, version);
         let place = loop {
             // Registered before the map is read: an HTTP/2 connection the session opens
             // meanwhile is not missed.
             let opened = self.opened_http2.notified();
-            if let Some(reused) = self.reuse(target, version, capped).await {
+            if let Some(reused) = self.reuse(key, capped).await {
                 return Ok(reused);
             }
             match capped {
@@ -1239,7 +1265,7 @@ impl Session {
             tokio::spawn(hold_place(connection, place));
             // Shared at once, not after this request's answer: it multiplexes.
             let shared = Upstream { sender: Sender::Http2(sender.clone()), slot: slot.clone() };
-            self.upstreams.lock().await.insert((target, version), shared);
+            self.upstreams.lock().await.insert(key, shared);
             self.opened_http2.notify_waiters();
             Sender::Http2(sender)
         } else {
@@ -1502,9 +1528,59 @@ mod tests {
     use http_body_util::{BodyExt, Empty};
 
     use super::{
-        Abort, Body, Failure, HeaderMap, keeping_waypoints_passed, shadow, strip_hop_by_hop, via_entry,
-        waypoints_passed,
+        Abort, Body, Chained, Failure, HeaderMap, keeping_waypoints_passed, shadow, strip_hop_by_hop,
+        upstream_key, via_entry, waypoints_passed,
     };
+
+    /// A pod of another waypoint, `other` in `shop`, at `ip`.
+    fn waypoint_pod(name: &str, ip: &str) -> std::sync::Arc<weft_proxy::state::Workload> {
+        std::sync::Arc::new(weft_proxy::state::Workload {
+            trust_domain: None,
+            uid: name.into(),
+            network: String::new(),
+            name: name.into(),
+            namespace: "shop".into(),
+            workload_name: "other".into(),
+            service_account: "other".into(),
+            addresses: vec![ip.parse().unwrap()],
+            node: "node0".into(),
+            protocol: weft_proxy::state::TunnelProtocol::Hbone,
+            services: std::collections::BTreeMap::new(),
+            healthy: true,
+            authorization_policies: Vec::new(),
+            shared_address: false,
+            waypoint: None,
+            locality: weft_proxy::state::Locality::default(),
+        })
+    }
+
+    #[test]
+    fn a_retry_through_another_waypoint_goes_through_a_pod_not_tried_and_on_a_connection_of_its_own() {
+        let chained = Chained {
+            backend: "shop/special".into(),
+            pods: vec![waypoint_pod("other-a", "10.244.0.20"), waypoint_pod("other-b", "10.244.1.20")],
+            identity: weft_proxy::identity::Identity::new("cluster.local", "shop", "other"),
+            vips: vec!["10.96.0.30".parse().unwrap()],
+        };
+        let client: std::net::SocketAddr = "10.244.0.9:40000".parse().unwrap();
+        let first: std::net::IpAddr = "10.244.0.20".parse().unwrap();
+        for _ in 0..20 {
+            let (pod, target, peer) = chained.hop(&client, 8080, &[first]).unwrap();
+            assert_eq!(
+                (pod.name.as_str(), target.to_string(), peer.ip.to_string()),
+                ("other-b", "10.96.0.30:8080".into(), "10.244.1.20".into())
+            );
+        }
+        // Every pod tried: any of them again, rather than none.
+        let both = [first, "10.244.1.20".parse().unwrap()];
+        assert!(chained.hop(&client, 8080, &both).is_ok());
+        // One address for the backend, a connection per waypoint pod.
+        let (_, target, a) = chained.hop(&client, 8080, &[both[1]]).unwrap();
+        let (_, _, b) = chained.hop(&client, 8080, &[first]).unwrap();
+        let version = http::Version::HTTP_11;
+        assert_ne!(upstream_key(target, Some(&a), version), upstream_key(target, Some(&b), version));
+        assert_ne!(upstream_key(target, Some(&a), version), upstream_key(target, None, version));
+    }
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
         let mut builder = Request::builder().uri(uri);

@@ -153,7 +153,7 @@ impl Session {
                 match self.chained(&backend).map_err(|failure| failure.to_string())? {
                     Some(chained) => {
                         let (pod, target, peer) = chained
-                            .hop(&self.client.address, backend_port)
+                            .hop(&self.client.address, backend_port, &[])
                             .map_err(|failure| failure.to_string())?;
                         (pod, target, Some(peer))
                     }
