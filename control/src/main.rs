@@ -165,7 +165,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
             listener.set_nonblocking(true)?;
             tokio::net::TcpListener::from_std(listener)?
         }
-        None => tokio::net::TcpListener::bind(args.grpc_listen).await?,
+        None => serving::listen(args.grpc_listen)?,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving xDS and the CA");
     // On SIGTERM or Ctrl-C: end every xDS stream (proxies reconnect to another replica or

@@ -1,7 +1,8 @@
 //! The control plane's own TLS listener (xDS and the CA on :15012): a serving certificate that
 //! follows the CA — re-issued whenever the intermediate or the roots change, so proxies that
 //! trust only the current bundle keep reaching it — and TLS handshakes done off the accept loop,
-//! each bounded in time, so a client that never finishes one holds up nobody else.
+//! each bounded in time, so a client that never finishes one holds up nobody else. Its listen
+//! backlog holds a cluster's proxies coming back at once ([`listen`]).
 use std::{
     sync::{Arc, RwLock},
     time::Duration,
@@ -23,6 +24,24 @@ use crate::ca::Authority;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const BACKLOG: usize = 64;
+/// Connections the kernel queues until they are accepted (capped by `net.core.somaxconn`,
+/// 4096 by default). After a restart every node proxy reconnects within its first backoff: with
+/// the default of 1024, a thousand nodes' SYNs at once while the control plane is busy
+/// overflowed it, and the kernel's SYN cookies then left some proxies hanging for minutes.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The listener for xDS and the CA on `addr`, with [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind`: a restarted control plane binds while the old one's connections
+    // linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The serving certificate in use, replaced by [`Self::renew`].
 #[derive(Debug)]

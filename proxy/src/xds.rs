@@ -4,7 +4,7 @@
 //! convert or would leave the index inconsistent is nacked with the reason and the last good
 //! state kept. The state counts as synced once both kinds have arrived. When the stream breaks
 //! the state stays as it was (traffic keeps flowing on the last good config) and the client
-//! reconnects with capped backoff, telling the server which versions it holds of each kind so
+//! reconnects with capped, jittered backoff, telling the server which versions it holds of each kind so
 //! it gets only the difference.
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -26,7 +26,8 @@ mod convert;
 #[cfg(fuzzing)]
 pub use convert::{policies, update};
 
-/// Backoff between reconnects: doubles from the first to the last.
+/// Backoff between reconnects: doubles from the first to the last. Each wait is drawn at
+/// random from half of it to all of it ([`jittered`]).
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(15));
 /// `google.rpc.Code.INVALID_ARGUMENT`, for nacks.
 pub const INVALID_ARGUMENT: i32 = 3;
@@ -95,9 +96,19 @@ pub async fn run(config: Config, state: Arc<State>) {
         if received {
             backoff = BACKOFF.0;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(jittered(backoff, fastrand::f64())).await;
         backoff = (backoff * 2).min(BACKOFF.1);
     }
+}
+
+/// The wait before a reconnect: half of `backoff`, and `share` (drawn from 0 to 1) of the other
+/// half ("equal jitter": never sooner than half the backoff, so a server that ends streams at
+/// once is not asked again at once). When the control plane restarts, every node proxy of the
+/// cluster loses its stream at once; waits in step would bring them all back in the same
+/// instant, a thousand handshakes the control plane must take together (and SYNs past its
+/// listener's backlog), rather than spread.
+fn jittered(backoff: Duration, share: f64) -> Duration {
+    backoff / 2 + (backoff / 2).mul_f64(share.clamp(0.0, 1.0))
 }
 
 async fn session(
@@ -174,5 +185,20 @@ fn apply(response: &DeltaDiscoveryResponse, state: &State) -> Result<(), String>
             Ok(())
         }
         other => Err(format!("unexpected resource type {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::jittered;
+
+    #[test]
+    fn a_reconnect_waits_half_the_backoff_and_a_drawn_share_of_the_rest_never_more() {
+        let backoff = Duration::from_millis(250);
+        assert_eq!(jittered(backoff, 0.5), Duration::from_micros(187_500));
+        assert_eq!(jittered(backoff, 0.0), Duration::from_millis(125));
+        assert_eq!(jittered(backoff, 7.0), backoff, "a share past one is one");
     }
 }

@@ -225,6 +225,53 @@ async fn a_burst_on_connections_of_one_stream_each_makes_its_handshakes_at_once(
     assert_eq!(peer.accepted(), 3);
 }
 
+/// Dials nowhere, never done, counting its dials.
+#[derive(Default)]
+struct CountingDial(AtomicUsize);
+
+impl Dial for CountingDial {
+    fn source(&self) -> IpAddr {
+        Ipv4Addr::new(10, 244, 0, 10).into()
+    }
+
+    fn dial(&self, _peer: SocketAddr) -> impl Future<Output = std::io::Result<TcpStream>> + Send {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        std::future::pending()
+    }
+}
+
+/// An opener that gives up while it waits for another's connect gives its place back: those
+/// who wait are never more than the connection will carry, and those who left take no place.
+#[tokio::test]
+async fn an_opener_that_gives_up_waiting_for_a_connect_gives_its_place_back() {
+    let ca = TestCa::new("pool");
+    let cert = Arc::new(ca.issue(&Identity::new("cluster.local", "shop", "cart")));
+    let peer = hbone::pool::Peer {
+        ip: Ipv4Addr::new(10, 244, 1, 10).into(),
+        expected: Identity::new("cluster.local", "shop", "web").into(),
+    };
+    let target = SocketAddr::new(peer.ip, 8080);
+    let origin = Origin::from_address("10.244.0.10:40000".parse().unwrap());
+    // Two streams a connection: the connect under way has one place for a waiter.
+    let pool = Pool::new(PoolSettings { max_streams: 2, ..PoolSettings::default() }, |_| {});
+    let dial = CountingDial::default();
+    let open = || Box::pin(pool.open(&dial, &cert, &peer, target, &origin, Origin::TEST_TRACEPARENT));
+    // Polled once, an opener goes as far as it can at once: its dial, or its wait.
+    let mut asked = std::task::Context::from_waker(std::task::Waker::noop());
+    let mut connecting = open();
+    assert!(connecting.as_mut().poll(&mut asked).is_pending());
+    let mut waiting = open();
+    assert!(waiting.as_mut().poll(&mut asked).is_pending());
+    assert_eq!(dial.0.load(Ordering::SeqCst), 1, "the second opener waits for the first's connect");
+    drop(waiting);
+    let mut in_its_place = open();
+    assert!(in_its_place.as_mut().poll(&mut asked).is_pending());
+    assert_eq!(dial.0.load(Ordering::SeqCst), 1, "the place given back is taken by the next opener");
+    let mut one_more = open();
+    assert!(one_more.as_mut().poll(&mut asked).is_pending());
+    assert_eq!(dial.0.load(Ordering::SeqCst), 2, "past the connection's places, an opener connects itself");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_streams_for_the_idle_timeout_is_released() {
     let lasting = Peer::start(2, PoolSettings::default()).await;

@@ -310,29 +310,37 @@ struct Chained {
 }
 
 impl Chained {
-    /// A waypoint pod to send through, at random (each attempt picks again) among those not
-    /// `tried` while any is left, the backend's address at `port` of the client's family (else
-    /// its first), and the peer to expect there.
-    fn hop(
-        &self,
-        client: &SocketAddr,
-        port: u16,
-        tried: &[std::net::IpAddr],
-    ) -> Result<(Arc<Workload>, SocketAddr, Peer), Failure> {
+    /// What the CONNECT names: the backend's address at `port` of the client's family (else
+    /// its first).
+    fn target(&self, client: &SocketAddr, port: u16) -> Result<SocketAddr, Failure> {
         let v4 = client.ip().to_canonical().is_ipv4();
         let vip = self.vips.iter().find(|vip| vip.is_ipv4() == v4).or(self.vips.first()).copied();
         let vip = vip.ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
+        Ok(SocketAddr::new(vip, port))
+    }
+
+    /// A waypoint pod to send through, and the peer to expect there: among those not `tried`
+    /// while any is left, one the session already has a connection through (`held`), else one
+    /// at random (each attempt picks again).
+    fn hop(
+        &self,
+        client: &SocketAddr,
+        tried: &[std::net::IpAddr],
+        held: &[std::net::IpAddr],
+    ) -> Result<(Arc<Workload>, Peer), Failure> {
         let untried: Vec<&Arc<Workload>> = self
             .pods
             .iter()
             .filter(|pod| address_of(pod, client).is_some_and(|ip| !tried.contains(&ip)))
             .collect();
-        let pod = match untried.is_empty() {
-            true => self.pods[fastrand::usize(..self.pods.len())].clone(),
-            false => untried[fastrand::usize(..untried.len())].clone(),
+        let reused = untried.iter().find(|pod| address_of(pod, client).is_some_and(|ip| held.contains(&ip)));
+        let pod = match (reused, untried.is_empty()) {
+            (Some(pod), _) => (*pod).clone(),
+            (None, true) => self.pods[fastrand::usize(..self.pods.len())].clone(),
+            (None, false) => untried[fastrand::usize(..untried.len())].clone(),
         };
         let ip = address_of(&pod, client).ok_or_else(|| Failure::NoEndpoint(self.backend.clone(), 0))?;
-        Ok((pod, SocketAddr::new(vip, port), Peer { ip, expected: self.identity.clone().into() }))
+        Ok((pod, Peer { ip, expected: self.identity.clone().into() }))
     }
 }
 
@@ -940,7 +948,13 @@ impl Session {
         loop {
             let (workload, target, serving, via) = match &chained {
                 Some(chained) => {
-                    let (pod, target, peer) = chained.hop(&self.client.address, port, &tried_hops)?;
+                    let target = chained.target(&self.client.address, port)?;
+                    // The session's requests keep to the pod they went through, bar a retry.
+                    let held = match tried_hops.is_empty() {
+                        true => self.held_hops(target, parts.version).await,
+                        false => Vec::new(),
+                    };
+                    let (pod, peer) = chained.hop(&self.client.address, &tried_hops, &held)?;
                     (pod, target, Vec::new(), Some(peer))
                 }
                 None => {
@@ -1054,7 +1068,8 @@ impl Session {
                     let (workload, target, via) = match session.chained(&service)? {
                         Some(chained) => {
                             request.headers_mut().append(header::VIA, session.context.via.clone());
-                            let (pod, target, peer) = chained.hop(&session.client.address, port, &[])?;
+                            let target = chained.target(&session.client.address, port)?;
+                            let (pod, peer) = chained.hop(&session.client.address, &[], &[])?;
                             (pod, target, Some(peer))
                         }
                         None => {
@@ -1191,6 +1206,12 @@ impl Session {
         let mut response = response.map(BodyExt::boxed);
         strip_hop_by_hop(response.headers_mut());
         Ok((response, using))
+    }
+
+    /// The waypoint pods the session has connections to `target` through, in `version`.
+    async fn held_hops(&self, target: SocketAddr, version: Version) -> Vec<std::net::IpAddr> {
+        let upstreams = self.upstreams.lock().await;
+        upstreams.keys().filter(|key| key.0 == target && key.2 == version).filter_map(|key| key.1).collect()
     }
 
     /// The session's HTTP connection kept by `key`, if it may take this request now — counted
@@ -1555,7 +1576,8 @@ mod tests {
     }
 
     #[test]
-    fn a_retry_through_another_waypoint_goes_through_a_pod_not_tried_and_on_a_connection_of_its_own() {
+    fn requests_through_another_waypoint_keep_to_the_pod_they_went_through_and_a_retry_goes_through_another()
+    {
         let chained = Chained {
             backend: "shop/special".into(),
             pods: vec![waypoint_pod("other-a", "10.244.0.20"), waypoint_pod("other-b", "10.244.1.20")],
@@ -1563,20 +1585,22 @@ mod tests {
             vips: vec!["10.96.0.30".parse().unwrap()],
         };
         let client: std::net::SocketAddr = "10.244.0.9:40000".parse().unwrap();
-        let first: std::net::IpAddr = "10.244.0.20".parse().unwrap();
+        let target = chained.target(&client, 8080).unwrap();
+        assert_eq!(target.to_string(), "10.96.0.30:8080");
+        let (first, second): (std::net::IpAddr, std::net::IpAddr) =
+            ("10.244.0.20".parse().unwrap(), "10.244.1.20".parse().unwrap());
         for _ in 0..20 {
-            let (pod, target, peer) = chained.hop(&client, 8080, &[first]).unwrap();
-            assert_eq!(
-                (pod.name.as_str(), target.to_string(), peer.ip.to_string()),
-                ("other-b", "10.96.0.30:8080".into(), "10.244.1.20".into())
-            );
+            // The pod the session holds a connection through, while it is not tried.
+            let (pod, peer) = chained.hop(&client, &[], &[first]).unwrap();
+            assert_eq!((pod.name.as_str(), peer.ip), ("other-a", first));
+            let (pod, peer) = chained.hop(&client, &[first], &[first]).unwrap();
+            assert_eq!((pod.name.as_str(), peer.ip), ("other-b", second), "a retry goes through another");
         }
         // Every pod tried: any of them again, rather than none.
-        let both = [first, "10.244.1.20".parse().unwrap()];
-        assert!(chained.hop(&client, 8080, &both).is_ok());
+        assert!(chained.hop(&client, &[first, second], &[]).is_ok());
         // One address for the backend, a connection per waypoint pod.
-        let (_, target, a) = chained.hop(&client, 8080, &[both[1]]).unwrap();
-        let (_, _, b) = chained.hop(&client, 8080, &[first]).unwrap();
+        let (_, a) = chained.hop(&client, &[second], &[]).unwrap();
+        let (_, b) = chained.hop(&client, &[first], &[]).unwrap();
         let version = http::Version::HTTP_11;
         assert_ne!(upstream_key(target, Some(&a), version), upstream_key(target, Some(&b), version));
         assert_ne!(upstream_key(target, Some(&a), version), upstream_key(target, None, version));

@@ -102,12 +102,14 @@ impl Workers {
     /// The least busy worker's runtime, and `task` counted as open there until it ends
     /// (however: run out, aborted or panicked).
     fn counted<F: Future>(&self, task: F) -> Option<(&Handle, impl Future<Output = F::Output> + use<F>)> {
-        if self.draining.load(Ordering::Acquire) {
+        let worker = self.workers.iter().min_by_key(|worker| worker.open.load(Ordering::Relaxed))?;
+        // Counted before the drain is looked at (and the drain looks at the counts after it
+        // began), so a drain beginning meanwhile either sees this task or this sees the drain.
+        worker.open.fetch_add(1, Ordering::SeqCst);
+        let open = Open { open: worker.open.clone(), ended: self.ended.clone() };
+        if self.draining.load(Ordering::SeqCst) {
             return None;
         }
-        let worker = self.workers.iter().min_by_key(|worker| worker.open.load(Ordering::Relaxed))?;
-        worker.open.fetch_add(1, Ordering::Relaxed);
-        let open = Open { open: worker.open.clone(), ended: self.ended.clone() };
         Some((&worker.runtime, async move {
             let _open = open;
             task.await
@@ -116,12 +118,12 @@ impl Workers {
 
     /// Tasks open on every worker.
     pub fn open(&self) -> usize {
-        self.workers.iter().map(|worker| worker.open.load(Ordering::Relaxed)).sum()
+        self.workers.iter().map(|worker| worker.open.load(Ordering::SeqCst)).sum()
     }
 
     /// Takes no more tasks; resolves once every open one has ended.
     pub async fn drain(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
         loop {
             let ended = self.ended.notified();
             let mut ended = std::pin::pin!(ended);
@@ -143,7 +145,7 @@ struct Open {
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::SeqCst);
         self.ended.notify_waiters();
     }
 }

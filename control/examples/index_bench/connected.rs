@@ -63,7 +63,9 @@ pub fn run(pods: usize, proxies: usize, changes: usize) -> anyhow::Result<()> {
 
     let (_stopping_tx, stopping) = watch::channel(false);
     let server = xds::Server::new(snapshots, Anyone, Arc::new(Metrics::default()), stopping);
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    // The control plane's own listener, backlog and all: the proxies connect at once.
+    let loopback = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0));
+    let listener = runtime.block_on(async { weft_control::serving::listen(loopback) })?;
     let address = listener.local_addr()?;
     runtime.spawn(
         tonic::transport::Server::builder()

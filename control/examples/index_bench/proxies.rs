@@ -1,5 +1,6 @@
 //! The proxies' side of the benchmark, in a process of its own so the control plane's memory
-//! is measured alone: `count` delta xDS streams, each on its own connection, subscribed to
+//! is measured alone: `count` delta xDS streams, each on its own connection (all opened at
+//! once, as after a control-plane restart), subscribed to
 //! every workload, service and policy as a node proxy is; each acks every response and reports
 //! it on stdout as `<proxy> <snapshot version> <microseconds since the epoch>`. Responses are
 //! decoded only as far as their version and nonce: a proxy's own work is not what is measured.
@@ -28,13 +29,12 @@ pub fn run(address: &str, count: usize) -> anyhow::Result<()> {
     runtime.block_on(async {
         let mut proxies = tokio::task::JoinSet::new();
         for proxy in 0..count {
-            // One connection after another: a thousand SYNs at once overflow the listener's
-            // backlog while the control plane is busy, and the kernel's SYN cookies then
-            // leave some hanging for minutes.
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect().await?;
+            // All at once, as a cluster's proxies come back after a control-plane restart.
+            let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+                .connect_timeout(std::time::Duration::from_secs(30));
             proxies.spawn(async move {
-                if let Err(error) = subscribe(channel, proxy).await {
+                let subscribed = async { subscribe(endpoint.connect().await?, proxy).await };
+                if let Err(error) = subscribed.await {
                     eprintln!("proxy {proxy}: {error:#}");
                 }
             });

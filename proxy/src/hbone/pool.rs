@@ -114,10 +114,27 @@ fn lock(slot: &Slot) -> std::sync::MutexGuard<'_, Connections> {
 enum Next {
     /// Use this pooled connection (its stream already counted).
     Reuse(Connection, Active),
-    /// Wait for another opener's connect (a seat in it taken).
-    Wait(tokio::sync::watch::Receiver<Option<Result<(), String>>>),
+    /// Wait for another opener's connect, holding a seat in it.
+    Wait(tokio::sync::watch::Receiver<Option<Result<(), String>>>, Seat),
     /// Connect, telling waiters through this sender.
     Connect(Connecting),
+}
+
+/// A waiter's place in a connect under way: given back if the waiter gives up before the
+/// connect ends (a request its client reset), so those who left take no place from others.
+struct Seat {
+    slot: Slot,
+    /// Its [`Pending::id`].
+    id: u64,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        // Once the connect ended it is no longer pending: nothing to give back.
+        if let Some(pending) = lock(&self.slot).connecting.iter_mut().find(|pending| pending.id == self.id) {
+            pending.seats += 1;
+        }
+    }
 }
 
 /// The connect an opener makes for its key; dropped before it finished (the opener was
@@ -277,7 +294,7 @@ impl Pool {
         loop {
             let (connection, active, reused) = match self.next(&slot, may_retry) {
                 Next::Reuse(connection, active) => (connection, active, true),
-                Next::Wait(mut done) => {
+                Next::Wait(mut done, _seat) => {
                     let outcome = done.wait_for(Option::is_some).await.map(|outcome| outcome.clone());
                     match outcome {
                         Ok(Some(Err(reason))) => {
@@ -335,8 +352,8 @@ impl Pool {
     /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off) —
     /// the least busy, or with one lane the first, Istio's packing — unless every pooled one
     /// carries streams and a lane is still to open; else a connect under way with a seat left
-    /// (a burst waits for the new lane rather than piling onto the first); else a connect for
-    /// the caller.
+    /// (a burst waits for the new lane rather than piling onto the first; not when `reuse` is
+    /// off: its connection would not be used); else a connect for the caller.
     fn next(&self, slot: &Slot, reuse: bool) -> Next {
         let mut connections = lock(slot);
         connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
@@ -354,9 +371,9 @@ impl Pool {
             pooled.active.open.fetch_add(1, Ordering::AcqRel);
             return Next::Reuse(pooled.connection.clone(), Active(pooled.active.clone()));
         }
-        if let Some(pending) = connections.connecting.iter_mut().find(|pending| pending.seats > 0) {
+        if reuse && let Some(pending) = connections.connecting.iter_mut().find(|pending| pending.seats > 0) {
             pending.seats -= 1;
-            return Next::Wait(pending.done.clone());
+            return Next::Wait(pending.done.clone(), Seat { slot: slot.clone(), id: pending.id });
         }
         let (done, waiting) = tokio::sync::watch::channel(None);
         let id = connections.next_connect;

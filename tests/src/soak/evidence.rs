@@ -3,8 +3,9 @@
 //! it): every line stamped from the moment the request began until it had surely timed out,
 //! but for the proxies' lines about other requests that were echoed whole, so the report itself
 //! says where the request was lost. The failed request's own lines are kept however it ended:
-//! the client's node proxy names it by the address it came from (`client=`), and the trace id
-//! of that line finds the other proxy's.
+//! the client's node proxy names it by the address it came from (`client=`), and the
+//! `traceparent` of that line finds the other node proxy's (not a waypoint's: it starts a trace
+//! of its own).
 use std::path::Path;
 
 /// How much of the logs one failure shows, at most.
@@ -16,7 +17,8 @@ const LINES: usize = 60;
 /// by its file's name; a proxy's line about a connection closed after carrying as many bytes
 /// each way (an echo answered in full) is left out, unless it is about the failed request:
 /// the one that names `client` (the address the request came from, when it connected) or
-/// carries that line's trace id.
+/// carries that line's `traceparent`. The request's own lines are kept whatever the cap on the
+/// others.
 pub fn around(dir: &Path, at_ms: u128, client: Option<&str>) -> Vec<String> {
     let (from, to) = (at_ms.saturating_sub(100), at_ms + super::trend::BEFORE.as_millis() + 1000);
     let mut stamped: Vec<(u128, String)> = Vec::new();
@@ -31,17 +33,29 @@ pub fn around(dir: &Path, at_ms: u128, client: Option<&str>) -> Vec<String> {
         }
     }
     let named = |line: &str| client.is_some_and(|client| field(line, "client=") == Some(client));
-    let traces: Vec<&str> = stamped
+    let traces: Vec<String> = stamped
         .iter()
         .filter(|(_, line)| named(line))
-        .filter_map(|(_, line)| field(line, "trace="))
+        .filter_map(|(_, line)| field(line, "trace=").map(str::to_owned))
         .collect();
-    let ours = |line: &str| named(line) || field(line, "trace=").is_some_and(|trace| traces.contains(&trace));
-    let mut found: Vec<(u128, String)> =
-        stamped.iter().filter(|(_, line)| !echoed_whole(line) || ours(line)).cloned().collect();
-    found.sort();
-    let skipped = found.len().saturating_sub(LINES);
-    let mut lines: Vec<String> = found.into_iter().take(LINES).map(|(_, line)| line).collect();
+    let ours = |line: &str| {
+        named(line) || field(line, "trace=").is_some_and(|trace| traces.iter().any(|t| t == trace))
+    };
+    stamped.sort();
+    let (mut kept, mut skipped) = (0, 0);
+    let mut lines = Vec::new();
+    for (_, line) in stamped {
+        let own = ours(&line);
+        if !own && echoed_whole(&line) {
+            continue;
+        }
+        if !own && kept >= LINES {
+            skipped += 1;
+            continue;
+        }
+        kept += usize::from(!own);
+        lines.push(line);
+    }
     if skipped > 0 {
         lines.push(format!("… and {skipped} more lines"));
     }
@@ -159,5 +173,18 @@ mod tests {
                 "[weft-ztunnel.n0] 2024-02-29T00:00:02.000000Z INFO outbound via HBONE closed client=10.0.0.1:40000 sent=8 received=8 trace=00-aa-01",
             ]
         );
+    }
+
+    #[test]
+    fn the_failed_requests_own_lines_are_kept_past_the_cap_on_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lines: Vec<String> =
+            (0..super::LINES + 5).map(|n| format!("2024-02-29T00:00:01.{n:06}Z INFO other {n}")).collect();
+        lines.push("2024-02-29T00:00:09.000000Z INFO outbound via HBONE closed client=10.0.0.1:40000 sent=8 received=8".into());
+        std::fs::write(dir.path().join("weft-ztunnel.n0.log"), lines.join("\n")).unwrap();
+        let found = around(dir.path(), 1_709_164_801_000, Some("10.0.0.1:40000"));
+        assert_eq!(found.len(), super::LINES + 2, "{found:#?}");
+        assert!(found[super::LINES].contains("client=10.0.0.1:40000"), "{found:#?}");
+        assert_eq!(found[super::LINES + 1], "… and 5 more lines");
     }
 }

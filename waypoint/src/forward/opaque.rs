@@ -152,8 +152,11 @@ impl Session {
                 // A backend behind a waypoint of its own is reached through it, as HTTP is.
                 match self.chained(&backend).map_err(|failure| failure.to_string())? {
                     Some(chained) => {
-                        let (pod, target, peer) = chained
-                            .hop(&self.client.address, backend_port, &[])
+                        let target = chained
+                            .target(&self.client.address, backend_port)
+                            .map_err(|failure| failure.to_string())?;
+                        let (pod, peer) = chained
+                            .hop(&self.client.address, &[], &[])
                             .map_err(|failure| failure.to_string())?;
                         (pod, target, Some(peer))
                     }

@@ -50,7 +50,7 @@ pub async fn serve(
                         if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
                             context.metrics.failed(Reporter::Source, error.reason());
                             let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-                            tracing::info!(pod = %pod.uid, %peer, %error, %cause, "outbound connection failed");
+                            tracing::info!(pod = %pod.uid, client = %canonical(peer), %error, %cause, "outbound connection failed");
                         }
                     });
                 }
