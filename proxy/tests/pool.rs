@@ -214,15 +214,22 @@ async fn a_busy_pair_opens_its_lanes_before_its_streams_share_a_connection() {
 }
 
 /// With one stream per connection (a fresh mTLS tunnel each), openers at once handshake at
-/// once: the peer here starts no handshake before it holds all three connections, so openers
-/// that waited for each other's connect would never get there.
+/// once, as do a busy pair's lanes: the peer here starts no handshake before it holds all the
+/// connections expected, so openers that waited for each other's connect would never get there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_on_connections_of_one_stream_each_makes_its_handshakes_at_once() {
+async fn a_burst_on_connections_of_one_stream_each_or_on_lanes_makes_its_handshakes_at_once() {
     let settings = PoolSettings { max_streams: 1, idle_timeout: Duration::ZERO, ..PoolSettings::default() };
     let peer = Peer::start_holding(11, settings, ToUpstream, 3).await;
     let tunnels = tokio::time::timeout(Duration::from_secs(20), peer.open(3)).await;
     assert!(tunnels.is_ok(), "the openers made their connects one after another");
     assert_eq!(peer.accepted(), 3);
+
+    // So does a burst on a pair's lanes: both open at once, and the rest share them.
+    let lanes = PoolSettings { lanes: 2, ..PoolSettings::default() };
+    let peer = Peer::start_holding(12, lanes, ToUpstream, 2).await;
+    let tunnels = tokio::time::timeout(Duration::from_secs(20), peer.open(6)).await;
+    assert!(tunnels.is_ok(), "the lanes were connected one after another");
+    assert_eq!(peer.accepted(), 2);
 }
 
 /// Dials nowhere, never done, counting its dials.

@@ -1012,7 +1012,12 @@ impl Session {
             routed.retries += 1;
             tracing::debug!(%backend, %target, ?outcome, retry = routed.retries, "retrying");
             tried.push(target);
-            tried_hops.extend(via.map(|through| through.ip));
+            if let Some(through) = &via {
+                // Its connection goes, so the session's next requests keep to the pod the
+                // retry goes through rather than the one that failed.
+                self.upstreams.lock().await.remove(&upstream_key(target, Some(through), parts.version));
+                tried_hops.push(through.ip);
+            }
             tokio::time::sleep(policy.backoff(routed.retries, |bound| fastrand::u64(..=bound))).await;
         }
     }
@@ -1208,10 +1213,13 @@ impl Session {
         Ok((response, using))
     }
 
-    /// The waypoint pods the session has connections to `target` through, in `version`.
+    /// The waypoint pods the session has open connections to `target` through, in `version`.
     async fn held_hops(&self, target: SocketAddr, version: Version) -> Vec<std::net::IpAddr> {
         let upstreams = self.upstreams.lock().await;
-        upstreams.keys().filter(|key| key.0 == target && key.2 == version).filter_map(|key| key.1).collect()
+        let held = upstreams
+            .iter()
+            .filter(|(key, upstream)| key.0 == target && key.2 == version && !upstream.is_closed());
+        held.filter_map(|(key, _)| key.1).collect()
     }
 
     /// The session's HTTP connection kept by `key`, if it may take this request now — counted

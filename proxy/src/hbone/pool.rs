@@ -351,9 +351,10 @@ impl Pool {
 
     /// Under the slot's lock, briefly: a pooled connection with room (unless `reuse` is off) —
     /// the least busy, or with one lane the first, Istio's packing — unless every pooled one
-    /// carries streams and a lane is still to open; else a connect under way with a seat left
-    /// (a burst waits for the new lane rather than piling onto the first; not when `reuse` is
-    /// off: its connection would not be used); else a connect for the caller.
+    /// carries streams and a lane is still to open; else, when every lane is pooled or being
+    /// connected, a connect under way with a seat left (a burst waits for the new lanes rather
+    /// than piling onto the first; not when `reuse` is off: its connection would not be used);
+    /// else a connect for the caller.
     fn next(&self, slot: &Slot, reuse: bool) -> Next {
         let mut connections = lock(slot);
         connections.pooled.retain(|pooled| !pooled.idle_for_at_least(self.settings.idle_timeout));
@@ -371,7 +372,13 @@ impl Pool {
             pooled.active.open.fetch_add(1, Ordering::AcqRel);
             return Next::Reuse(pooled.connection.clone(), Active(pooled.active.clone()));
         }
-        if reuse && let Some(pending) = connections.connecting.iter_mut().find(|pending| pending.seats > 0) {
+        // A lane neither pooled nor being connected: connected now, beside the others under way,
+        // so a burst opens its lanes at once rather than one after another.
+        let lane_free = connections.pooled.len() + connections.connecting.len() < self.settings.lanes;
+        if reuse
+            && !lane_free
+            && let Some(pending) = connections.connecting.iter_mut().find(|pending| pending.seats > 0)
+        {
             pending.seats -= 1;
             return Next::Wait(pending.done.clone(), Seat { slot: slot.clone(), id: pending.id });
         }
