@@ -336,10 +336,10 @@ impl<C: Capture> Agent<'_, C> {
                 self.status.set(uid, &wanted.name, &wanted.namespace, State::Enrolled);
                 self.status.captured(uid, &wanted.name, &wanted.namespace, true);
                 match podns::established_elsewhere(&pod.netns) {
-                    Ok(0) => {}
-                    Ok(count) => {
-                        tracing::warn!(pod = %uid, name = %wanted.name, count, "connections opened before enrollment stay outside the mesh until they close");
-                        self.status.set_preexisting(uid, count);
+                    Ok(found) if found.is_empty() => {}
+                    Ok(found) => {
+                        tracing::warn!(pod = %uid, name = %wanted.name, count = found.len(), connections = ?found, "connections opened before enrollment stay outside the mesh until they close");
+                        self.status.set_preexisting(uid, found.len());
                     }
                     Err(error) => {
                         tracing::warn!(pod = %uid, %error, "could not count the pod's open connections")

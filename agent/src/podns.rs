@@ -7,7 +7,7 @@
 use std::{
     fs::File,
     io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     path::Path,
 };
@@ -81,34 +81,37 @@ pub fn in_namespace<T: Send + 'static>(
 
 /// TCP connections established in the network namespace `netns` with a peer other than the pod
 /// itself (loopback or its own address): at enrollment, those the pod opened or accepted
-/// before capture, which stay outside the mesh for their lifetime.
-pub fn established_elsewhere(netns: &File) -> io::Result<usize> {
+/// before capture, which stay outside the mesh for their lifetime. HBONE connections (port
+/// 15008 at either end) are the node proxy's own, made inside the pod: a pod enrolled again
+/// (an agent restart) holds its pooled tunnels, which are the mesh, not outside it. Each as (local, remote), so
+/// the log says which they are.
+pub fn established_elsewhere(netns: &File) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
     run_in(netns, || {
-        let mut count = 0;
+        let mut found = Vec::new();
         for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
-            count +=
-                std::fs::read_to_string(table)?.lines().filter(|line| established_with_peer(line)).count();
+            found.extend(std::fs::read_to_string(table)?.lines().filter_map(established_with_peer));
         }
-        Ok(count)
+        Ok(found)
     })
 }
 
 /// `ESTABLISHED` in `/proc/net/tcp{,6}`.
 const ESTABLISHED: &str = "01";
 
-/// Whether a `/proc/net/tcp{,6}` line is an established connection to another host.
-fn established_with_peer(line: &str) -> bool {
+/// The two ends, (local, remote), of a `/proc/net/tcp{,6}` line that is an established
+/// connection to another host.
+fn established_with_peer(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let mut fields = line.split_whitespace().skip(1);
-    let (Some(local), Some(remote), Some(state)) = (fields.next(), fields.next(), fields.next()) else {
-        return false;
+    let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
+    let end = |field: &str| {
+        let (hex, port) = field.split_once(':')?;
+        Some(SocketAddr::new(parse_address(hex)?, u16::from_str_radix(port, 16).ok()?))
     };
-    let address = |field: &str| field.split_once(':').and_then(|(hex, _)| parse_address(hex));
-    match (address(local), address(remote)) {
-        (Some(local), Some(remote)) => {
-            state == ESTABLISHED && local != remote && !remote.to_canonical().is_loopback()
-        }
-        _ => false,
-    }
+    let (local, remote) = (end(local)?, end(remote)?);
+    let elsewhere = local.ip() != remote.ip() && !remote.ip().to_canonical().is_loopback();
+    let tunnel =
+        local.port() == weft_ebpf_common::port::HBONE || remote.port() == weft_ebpf_common::port::HBONE;
+    (state == ESTABLISHED && elsewhere && !tunnel).then_some((local, remote))
 }
 
 /// An address as the kernel prints it there: 32-bit words in hex, each in host byte order.
@@ -146,11 +149,21 @@ mod tests {
             "   4: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A000 01 0";
         let v6_remote =
             "   5: 0000000000000000FFFF00000A00F40A:1F90 0000000000000000FFFF00000A01F40A:A001 01 0";
-        let counted: Vec<bool> = [listening, loopback, remote, own_address, v6_loopback, v6_remote]
-            .iter()
-            .map(|line| established_with_peer(line))
-            .collect();
-        assert_eq!(counted, [false, false, true, false, false, true]);
+        // The node proxy's HBONE tunnels from inside the pod, and to its HBONE listener.
+        let tunnel_out =
+            "   6: 0A00F40A:A5A2 0A01F40A:3AA0 01 00000000:00000000 00:00000000 00000000     0 0 5";
+        let tunnel_in =
+            "   7: 0A00F40A:3AA0 0A01F40A:A5A2 01 00000000:00000000 00:00000000 00000000     0 0 6";
+        let counted: Vec<bool> =
+            [listening, loopback, remote, own_address, v6_loopback, v6_remote, tunnel_out, tunnel_in]
+                .iter()
+                .map(|line| established_with_peer(line).is_some())
+                .collect();
+        assert_eq!(counted, [false, false, true, false, false, true, false, false]);
+        assert_eq!(
+            established_with_peer(remote),
+            Some(("10.244.0.10:8080".parse().unwrap(), "10.244.1.10:40000".parse().unwrap()))
+        );
         assert_eq!(parse_address("0A01F40A"), Some("10.244.1.10".parse().unwrap()));
         assert_eq!(
             parse_address("0000000000000000FFFF00000A01F40A"),
