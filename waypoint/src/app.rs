@@ -317,17 +317,19 @@ async fn serve(
             }
         };
         let handler = inbound.clone();
-        let served = workers.spawn(async move {
-            let served = match tokio::net::TcpStream::from_std(tcp) {
-                Ok(tcp) => weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler)
-                    .await
-                    .map_err(|error| error.to_string()),
-                Err(error) => Err(error.to_string()),
-            };
-            if let Err(error) = served {
-                tracing::info!(%peer, %error, "HBONE connection failed");
-            }
-        });
+        let served = workers
+            .spawn(async move {
+                let served = match tokio::net::TcpStream::from_std(tcp) {
+                    Ok(tcp) => weft_proxy::hbone::server::serve_connection(tcp, acceptor, handler)
+                        .await
+                        .map_err(|error| error.to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if let Err(error) = served {
+                    tracing::info!(%peer, %error, "HBONE connection failed");
+                }
+            })
+            .is_some();
         if !served {
             tracing::debug!(%peer, "draining: HBONE connection dropped");
         }

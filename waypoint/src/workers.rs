@@ -22,7 +22,7 @@ use std::{
     },
 };
 
-use tokio::{runtime::Handle, sync::Notify, task::JoinSet};
+use tokio::{runtime::Handle, sync::Notify, task::JoinHandle};
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -71,32 +71,15 @@ impl Workers {
         Ok(Self { workers, ended: Arc::new(Notify::new()), draining: AtomicBool::new(false) })
     }
 
-    /// How many workers there are.
-    pub fn count(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Runs `task` on the worker with the fewest tasks open, detached; `false` (and the task
-    /// dropped unrun) once draining.
-    pub fn spawn<F>(&self, task: F) -> bool
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        let Some((runtime, task)) = self.counted(task) else { return false };
-        drop(runtime.spawn(task));
-        true
-    }
-
-    /// Runs `task` on the worker with the fewest tasks open, as a member of `set` (aborted
-    /// with it); `false` (and the task dropped unrun) once draining.
-    pub fn spawn_into<F, T>(&self, set: &mut JoinSet<T>, task: F) -> bool
+    /// Runs `task` on the worker with the fewest tasks open: its handle (dropped, the task runs
+    /// on detached), or `None` (and the task dropped unrun) once draining.
+    pub fn spawn<F, T>(&self, task: F) -> Option<JoinHandle<T>>
     where
         F: Future<Output = T> + Send + 'static,
         T: Send + 'static,
     {
-        let Some((runtime, task)) = self.counted(task) else { return false };
-        set.spawn_on(task, runtime);
-        true
+        let (runtime, task) = self.counted(task)?;
+        Some(runtime.spawn(task))
     }
 
     /// The least busy worker's runtime, and `task` counted as open there until it ends
@@ -157,7 +140,6 @@ mod tests {
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
-        task::JoinSet,
     };
     use tokio_rustls::TlsAcceptor;
 
@@ -183,17 +165,16 @@ mod tests {
     async fn tasks_go_to_the_least_busy_worker_and_a_drain_waits_for_them_and_takes_no_more() {
         let workers = Workers::start(2).unwrap();
         assert_eq!(current(), None, "the caller's thread is no worker");
-        let mut set = JoinSet::new();
         let (first, first_ends) = tokio::sync::oneshot::channel();
         let (second, second_ends) = tokio::sync::oneshot::channel();
-        assert!(workers.spawn_into(&mut set, reporting(first_ends)));
-        assert!(workers.spawn_into(&mut set, reporting(second_ends)));
+        let handles = [workers.spawn(reporting(first_ends)), workers.spawn(reporting(second_ends))];
+        assert!(handles.iter().all(Option::is_some));
         assert_eq!(workers.open(), 2);
         first.send(()).unwrap();
         second.send(()).unwrap();
         let mut ran = Vec::new();
-        while let Some(joined) = set.join_next().await {
-            ran.push(joined.unwrap());
+        for handle in handles.into_iter().flatten() {
+            ran.push(handle.await.unwrap());
         }
         ran.sort();
         assert_eq!(
@@ -203,14 +184,18 @@ mod tests {
         );
 
         let (held, held_ends) = tokio::sync::oneshot::channel::<()>();
-        assert!(workers.spawn(async move {
-            let _ = held_ends.await;
-        }));
+        assert!(
+            workers
+                .spawn(async move {
+                    let _ = held_ends.await;
+                })
+                .is_some()
+        );
         let drain = workers.drain();
         let mut drain = std::pin::pin!(drain);
         let mut asked = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(drain.as_mut().poll(&mut asked).is_pending(), "a task is open");
-        assert!(!workers.spawn(async {}), "a task handed over after the drain began is not run");
+        assert!(workers.spawn(async {}).is_none(), "a task handed over after the drain began is not run");
         drop(held);
         tokio::time::timeout(Duration::from_secs(10), drain).await.unwrap();
         assert_eq!(workers.open(), 0);
@@ -219,12 +204,11 @@ mod tests {
     #[tokio::test]
     async fn a_task_that_panics_or_is_aborted_is_counted_out() {
         let workers = Workers::start(1).unwrap();
-        let mut set = JoinSet::new();
-        workers.spawn_into(&mut set, async { panic!("a connection's bug") });
-        assert!(set.join_next().await.unwrap().unwrap_err().is_panic());
-        workers.spawn_into(&mut set, std::future::pending::<()>());
-        set.abort_all();
-        assert!(set.join_next().await.unwrap().unwrap_err().is_cancelled());
+        let panicking = workers.spawn(async { panic!("a connection's bug") }).unwrap();
+        assert!(panicking.await.unwrap_err().is_panic());
+        let pending = workers.spawn(std::future::pending::<()>()).unwrap();
+        pending.abort();
+        assert!(pending.await.unwrap_err().is_cancelled());
         tokio::time::timeout(Duration::from_secs(10), workers.drain()).await.unwrap();
         assert_eq!(workers.open(), 0);
     }
@@ -274,10 +258,11 @@ mod tests {
             let tcp = TcpStream::connect(addr).await.unwrap();
             let (accepted, _) = listener.accept().await.unwrap();
             let (accepted, acceptor) = (accepted.into_std().unwrap(), acceptor.clone());
-            assert!(workers.spawn(async move {
+            let spawned = workers.spawn(async move {
                 let accepted = TcpStream::from_std(accepted).unwrap();
                 let _ = serve_connection(accepted, acceptor, Arc::new(ThreadNames)).await;
-            }));
+            });
+            assert!(spawned.is_some());
             let config = tls::client_config(&client, &server.clone().into()).unwrap();
             let connection = Connection::handshake(tcp, config).await.unwrap();
             // Every stream of a connection, on the thread its connection is on.
