@@ -15,4 +15,5 @@ pub mod podns;
 pub mod proxy_cgroup;
 pub mod removal;
 pub mod return_path;
+pub mod sockets;
 pub mod status;

@@ -1,7 +1,7 @@
 //! The little of netlink the agent speaks: one request at a time on a socket of the calling
-//! thread's network namespace, and the first message of the answer. Used for routing rules
-//! ([`crate::return_path`]) and to find the peer of the handoff socket
-//! ([`crate::proxy_cgroup`]).
+//! thread's network namespace, and the first message of the answer, or every message of a
+//! dump. Used for routing rules ([`crate::return_path`]), to find the peer of the handoff
+//! socket ([`crate::proxy_cgroup`]) and to list a pod's TCP sockets ([`crate::sockets`]).
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -10,8 +10,13 @@ use std::{
 /// `nlmsghdr` length.
 const HEADER: usize = 16;
 pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
+/// `sock_diag.h`'s request for a family's sockets (`NETLINK_SOCK_DIAG`).
+pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `NLM_F_ROOT | NLM_F_MATCH`: every object, in as many messages as it takes.
+pub const NLM_F_DUMP: u16 = 0x300;
 
 /// A netlink socket.
 #[derive(Debug)]
@@ -47,30 +52,68 @@ impl Netlink {
     /// Sends one request (`NLM_F_REQUEST` added to `flags`) and returns the answer's first
     /// message.
     pub fn request(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<Message> {
+        self.send(kind, NLM_F_REQUEST | flags, body)?;
+        let mut reply = vec![0_u8; 8192];
+        // SAFETY: receives into a live buffer of the given length.
+        let read = unsafe { libc::recv(self.0.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+        parse(&reply[..read])
+            .map(|(message, _)| message)
+            .ok_or_else(|| io::Error::other(format!("netlink answered {read} bytes that are no message")))
+    }
+
+    fn send(&self, kind: u16, flags: u16, body: &[u8]) -> io::Result<()> {
         let length = u32::try_from(HEADER + body.len()).map_err(io::Error::other)?;
         let mut message = Vec::with_capacity(HEADER + body.len());
         message.extend_from_slice(&length.to_ne_bytes());
         message.extend_from_slice(&kind.to_ne_bytes());
-        message.extend_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+        message.extend_from_slice(&flags.to_ne_bytes());
         message.extend_from_slice(&[0; 8]); // sequence and port id: one request at a time
         message.extend_from_slice(body);
         // SAFETY: sends from a live buffer of the given length.
         if unsafe { libc::send(self.0.as_raw_fd(), message.as_ptr().cast(), message.len(), 0) } < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut reply = vec![0_u8; 8192];
-        // SAFETY: receives into a live buffer of the given length.
-        let read = unsafe { libc::recv(self.0.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
-        let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
-        let length = reply.get(..4).map(|len| u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize);
-        match length {
-            Some(length) if (HEADER..=read).contains(&length) => Ok(Message {
-                kind: u16::from_ne_bytes([reply[4], reply[5]]),
-                payload: reply[HEADER..length].to_vec(),
-            }),
-            _ => Err(io::Error::other(format!("netlink answered {read} bytes that are no message"))),
+        Ok(())
+    }
+
+    /// Sends one dump request (`NLM_F_REQUEST | NLM_F_DUMP`) and returns every message of
+    /// the answer, up to `NLMSG_DONE`; an `NLMSG_ERROR` among them is the answer's error.
+    pub fn dump(&self, kind: u16, body: &[u8]) -> io::Result<Vec<Message>> {
+        self.send(kind, NLM_F_REQUEST | NLM_F_DUMP, body)?;
+        let mut messages = Vec::new();
+        let mut reply = vec![0_u8; 32 * 1024];
+        loop {
+            // SAFETY: receives into a live buffer of the given length.
+            let read = unsafe { libc::recv(self.0.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
+            let read = usize::try_from(read).map_err(|_| io::Error::last_os_error())?;
+            let mut rest = &reply[..read];
+            while !rest.is_empty() {
+                let (message, length) = parse(rest).ok_or_else(|| {
+                    io::Error::other(format!("netlink answered {} bytes that are no message", rest.len()))
+                })?;
+                match message.kind {
+                    NLMSG_DONE => return Ok(messages),
+                    NLMSG_ERROR => {
+                        let errno = message.errno().unwrap_or(libc::EIO);
+                        return Err(io::Error::from_raw_os_error(errno));
+                    }
+                    _ => messages.push(message),
+                }
+                rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+            }
         }
     }
+}
+
+/// The message at the start of `bytes`, and its length.
+fn parse(bytes: &[u8]) -> Option<(Message, usize)> {
+    let length = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    if !(HEADER..=bytes.len()).contains(&length) {
+        return None;
+    }
+    let kind = u16::from_ne_bytes([bytes[4], bytes[5]]);
+    Some((Message { kind, payload: bytes[HEADER..length].to_vec() }, length))
 }
 
 /// Appends a `u32` attribute (`rtattr`; the body is 4-byte aligned already).

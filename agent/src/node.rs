@@ -333,18 +333,19 @@ impl<C: Capture> Agent<'_, C> {
         match self.capture.enroll(&pod.netns, wanted.addrs) {
             Ok(cookie) => {
                 tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
-                self.status.set(uid, &wanted.name, &wanted.namespace, State::Enrolled);
-                self.status.captured(uid, &wanted.name, &wanted.namespace, true);
-                match podns::established_elsewhere(&pod.netns) {
-                    Ok(found) if found.is_empty() => {}
+                let preexisting = match podns::established_elsewhere(&pod.netns) {
+                    Ok(found) if found.is_empty() => 0,
                     Ok(found) => {
                         tracing::warn!(pod = %uid, name = %wanted.name, count = found.len(), connections = ?found, "connections opened before enrollment stay outside the mesh until they close");
-                        self.status.set_preexisting(uid, found.len());
+                        found.len()
                     }
                     Err(error) => {
-                        tracing::warn!(pod = %uid, %error, "could not count the pod's open connections")
+                        tracing::warn!(pod = %uid, %error, "could not count the pod's open connections");
+                        0
                     }
-                }
+                };
+                self.status.enrolled(uid, &wanted.name, &wanted.namespace, preexisting);
+                self.status.captured(uid, &wanted.name, &wanted.namespace, true);
                 self.enrolled
                     .insert(uid.to_owned(), Enrolled { wanted: wanted.clone(), netns: pod.netns, cookie });
             }

@@ -4,13 +4,11 @@
 //! is the pod's namespace. Work inside one ([`run_in`]) happens on a short-lived thread, so the
 //! agent's own threads never change namespace; [`established_elsewhere`] counts the connections
 //! a pod opened before capture, which stay outside the mesh until they close.
-use std::{
-    fs::File,
-    io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd,
-    path::Path,
-};
+use std::{collections::HashSet, fs::File, io, net::SocketAddr, os::fd::AsRawFd, path::Path};
+
+use weft_ebpf_common::{PROXY_MARK, PROXY_MARK_MASK};
+
+use crate::sockets::Socket;
 
 /// Errors finding a pod's namespace.
 #[derive(Debug, thiserror::Error)]
@@ -81,94 +79,76 @@ pub fn in_namespace<T: Send + 'static>(
 
 /// TCP connections established in the network namespace `netns` with a peer other than the pod
 /// itself (loopback or its own address): at enrollment, those the pod opened or accepted
-/// before capture, which stay outside the mesh for their lifetime. HBONE connections (port
-/// 15008 at either end) are the node proxy's own, made inside the pod: a pod enrolled again
-/// (an agent restart) holds its pooled tunnels, which are the mesh, not outside it. Each as (local, remote), so
-/// the log says which they are.
+/// before capture, which stay outside the mesh for their lifetime. The node proxy's own are
+/// not: a pod enrolled again (an agent restart) holds its pooled HBONE tunnels, the proxy's
+/// ends of the connections it captured and of those it delivers into the pod, all marked as
+/// the proxy's; the pod's ends of those are marked too (a delivery's, by `tcp_fwmark_accept`)
+/// or are one of them reversed. Each as (local, remote), so the log says which they are.
 pub fn established_elsewhere(netns: &File) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
-    run_in(netns, || {
-        let mut found = Vec::new();
-        for table in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
-            found.extend(std::fs::read_to_string(table)?.lines().filter_map(established_with_peer));
-        }
-        Ok(found)
-    })
+    let sockets = run_in(netns, crate::sockets::established)?;
+    Ok(outside_the_mesh(&sockets))
 }
 
-/// `ESTABLISHED` in `/proc/net/tcp{,6}`.
-const ESTABLISHED: &str = "01";
-
-/// The two ends, (local, remote), of a `/proc/net/tcp{,6}` line that is an established
-/// connection to another host.
-fn established_with_peer(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let mut fields = line.split_whitespace().skip(1);
-    let (local, remote, state) = (fields.next()?, fields.next()?, fields.next()?);
-    let end = |field: &str| {
-        let (hex, port) = field.split_once(':')?;
-        Some(SocketAddr::new(parse_address(hex)?, u16::from_str_radix(port, 16).ok()?))
-    };
-    let (local, remote) = (end(local)?, end(remote)?);
-    let elsewhere = local.ip() != remote.ip() && !remote.ip().to_canonical().is_loopback();
-    let tunnel =
-        local.port() == weft_ebpf_common::port::HBONE || remote.port() == weft_ebpf_common::port::HBONE;
-    (state == ESTABLISHED && elsewhere && !tunnel).then_some((local, remote))
-}
-
-/// An address as the kernel prints it there: 32-bit words in hex, each in host byte order.
-fn parse_address(hex: &str) -> Option<IpAddr> {
-    let words: Option<Vec<[u8; 4]>> = hex
-        .as_bytes()
-        .chunks(8)
-        .map(|word| u32::from_str_radix(std::str::from_utf8(word).ok()?, 16).ok().map(u32::to_ne_bytes))
-        .collect();
-    match words?.as_slice() {
-        [one] => Some(Ipv4Addr::from(*one).into()),
-        [a, b, c, d] => {
-            let octets: Vec<u8> = [a, b, c, d].into_iter().flatten().copied().collect();
-            Some(Ipv6Addr::from(<[u8; 16]>::try_from(octets).ok()?).into())
-        }
-        _ => None,
-    }
+/// Of `sockets`, the ends of connections with another host that are neither the node proxy's
+/// nor an end of one of the proxy's.
+fn outside_the_mesh(sockets: &[Socket]) -> Vec<(SocketAddr, SocketAddr)> {
+    let proxys = |socket: &Socket| socket.mark & PROXY_MARK_MASK == PROXY_MARK;
+    let proxy_ends: HashSet<(SocketAddr, SocketAddr)> =
+        sockets.iter().filter(|socket| proxys(socket)).map(|socket| (socket.remote, socket.local)).collect();
+    sockets
+        .iter()
+        .filter(|socket| {
+            let elsewhere =
+                socket.local.ip() != socket.remote.ip() && !socket.remote.ip().to_canonical().is_loopback();
+            elsewhere && !proxys(socket) && !proxy_ends.contains(&(socket.local, socket.remote))
+        })
+        .map(|socket| (socket.local, socket.remote))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use weft_ebpf_common::DELIVERY_MARK;
+
     use super::*;
 
     #[test]
-    fn counts_established_connections_with_other_hosts_only() {
-        // Listening; to itself over loopback; established with 10.244.1.10; and with ::1.
-        let listening =
-            "   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0 0 1";
-        let loopback =
-            "   1: 0100007F:D2F0 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0 0 2";
-        let remote = "   2: 0A00F40A:1F90 0A01F40A:9C40 01 00000000:00000000 00:00000000 00000000     0 0 3";
-        let own_address =
-            "   3: 0A00F40A:1F90 0A00F40A:9C41 01 00000000:00000000 00:00000000 00000000     0 0 4";
-        let v6_loopback =
-            "   4: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A000 01 0";
-        let v6_remote =
-            "   5: 0000000000000000FFFF00000A00F40A:1F90 0000000000000000FFFF00000A01F40A:A001 01 0";
-        // The node proxy's HBONE tunnels from inside the pod, and to its HBONE listener.
-        let tunnel_out =
-            "   6: 0A00F40A:A5A2 0A01F40A:3AA0 01 00000000:00000000 00:00000000 00000000     0 0 5";
-        let tunnel_in =
-            "   7: 0A00F40A:3AA0 0A01F40A:A5A2 01 00000000:00000000 00:00000000 00000000     0 0 6";
-        let counted: Vec<bool> =
-            [listening, loopback, remote, own_address, v6_loopback, v6_remote, tunnel_out, tunnel_in]
-                .iter()
-                .map(|line| established_with_peer(line).is_some())
-                .collect();
-        assert_eq!(counted, [false, false, true, false, false, true, false, false]);
-        assert_eq!(
-            established_with_peer(remote),
-            Some(("10.244.0.10:8080".parse().unwrap(), "10.244.1.10:40000".parse().unwrap()))
-        );
-        assert_eq!(parse_address("0A01F40A"), Some("10.244.1.10".parse().unwrap()));
-        assert_eq!(
-            parse_address("0000000000000000FFFF00000A01F40A"),
-            Some("::ffff:10.244.1.10".parse().unwrap())
-        );
-        assert_eq!(parse_address("xyz"), None);
+    fn counts_the_pods_own_connections_with_other_hosts_only() {
+        let socket = |local: &str, remote: &str, mark: u32| Socket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            mark,
+        };
+        let sockets = [
+            // The pod's own: to itself over loopback, to its own address, to other hosts.
+            socket("127.0.0.1:53998", "127.0.0.1:8080", 0),
+            socket("10.244.0.10:8080", "10.244.0.10:40001", 0),
+            socket("10.244.0.10:8080", "10.244.1.10:40000", 0),
+            socket("[::ffff:10.244.0.10]:8080", "[::ffff:10.244.1.10]:40002", 0),
+            socket("[::1]:8080", "[::1]:40960", 0),
+            // The proxy's HBONE tunnels from inside the pod and to its HBONE listener.
+            socket("10.244.0.10:42402", "10.244.1.10:15008", PROXY_MARK),
+            socket("10.244.0.10:15008", "10.244.1.10:42402", PROXY_MARK),
+            // A delivery into the pod from the client's address: the proxy's end, and the app's,
+            // marked (tcp_fwmark_accept) or not.
+            socket("10.244.1.11:41000", "10.244.0.10:8080", DELIVERY_MARK),
+            socket("10.244.0.10:8080", "10.244.1.11:41000", DELIVERY_MARK),
+            socket("10.244.1.12:41001", "10.244.0.10:8080", DELIVERY_MARK),
+            socket("10.244.0.10:8080", "10.244.1.12:41001", 0),
+            // A captured connection: the app's end, and the proxy's end that accepted it.
+            socket("10.244.0.10:43000", "10.96.0.20:80", 0),
+            socket("10.96.0.20:80", "10.244.0.10:43000", PROXY_MARK),
+            // Another mark is not the proxy's.
+            socket("10.244.0.10:44000", "10.244.2.10:9000", 0x1000),
+        ];
+        let expected: Vec<(SocketAddr, SocketAddr)> = [
+            ("10.244.0.10:8080", "10.244.1.10:40000"),
+            ("[::ffff:10.244.0.10]:8080", "[::ffff:10.244.1.10]:40002"),
+            ("10.244.0.10:44000", "10.244.2.10:9000"),
+        ]
+        .iter()
+        .map(|(local, remote)| (local.parse().unwrap(), remote.parse().unwrap()))
+        .collect();
+        assert_eq!(outside_the_mesh(&sockets), expected);
     }
 }

@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     cgroups,
-    netlink::{Netlink, find_u32},
+    netlink::{Netlink, SOCK_DIAG_BY_FAMILY, find_u32},
 };
 
 /// The process at the other end of a handoff connection.
@@ -79,8 +79,7 @@ fn unified_path(text: &str) -> Option<&str> {
     text.lines().find_map(|line| line.strip_prefix("0::"))
 }
 
-/// `SOCK_DIAG_BY_FAMILY`, and `unix_diag.h`'s numbers.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `unix_diag.h`'s numbers.
 const UDIAG_SHOW_PEER: u32 = 0x4;
 const UNIX_DIAG_PEER: u16 = 2;
 /// `unix_diag_msg` length, before its attributes.

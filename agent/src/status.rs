@@ -123,12 +123,23 @@ impl Status {
 
     /// Records pod `uid`'s enrollment state; an Event goes out when it changed.
     pub fn set(&self, uid: &str, name: &str, namespace: &str, state: State) {
+        self.record(uid, name, namespace, state, None);
+    }
+
+    /// Records that pod `uid` is enrolled and had `preexisting_connections` open when it was
+    /// captured, in one step: nobody reads it enrolled before its count is there.
+    pub fn enrolled(&self, uid: &str, name: &str, namespace: &str, preexisting_connections: usize) {
+        self.record(uid, name, namespace, State::Enrolled, Some(preexisting_connections));
+    }
+
+    fn record(&self, uid: &str, name: &str, namespace: &str, state: State, preexisting: Option<usize>) {
         if let State::Pending { stage, .. } = &state {
             self.failures.get_or_create(&StageLabels { stage: stage.as_str().to_owned() }).inc();
         }
         let (report, changed) = {
             let mut pods = self.pods();
-            let preexisting_connections = pods.get(uid).map_or(0, |report| report.preexisting_connections);
+            let preexisting_connections = preexisting
+                .unwrap_or_else(|| pods.get(uid).map_or(0, |report| report.preexisting_connections));
             let report = PodReport {
                 name: name.to_owned(),
                 namespace: namespace.to_owned(),
@@ -152,13 +163,6 @@ impl Status {
                 ),
             };
             self.event(uid, &report, reason, kind, message);
-        }
-    }
-
-    /// Records that pod `uid` had `count` connections open when it was captured.
-    pub fn set_preexisting(&self, uid: &str, count: usize) {
-        if let Some(report) = self.pods().get_mut(uid) {
-            report.preexisting_connections = count;
         }
     }
 
@@ -310,11 +314,16 @@ mod tests {
         let status = Status::new("node0".into(), None, enrollment::Labels::Weft);
         let pending = State::Pending { stage: Stage::Netns, error: "no process of pod a".into() };
         status.set("a", "web", "shop", pending);
-        status.set("b", "db", "shop", State::Enrolled);
+        status.enrolled("b", "db", "shop", 2);
         let dump: serde_json::Value = serde_json::from_str(&status.config_dump()).unwrap();
         assert_eq!(dump["pods"]["a"]["state"], "pending");
         assert_eq!(dump["pods"]["a"]["stage"], "netns");
         assert_eq!(dump["pods"]["b"]["state"], "enrolled");
+        assert_eq!(dump["pods"]["b"]["preexisting_connections"], 2);
+        // Handed back to a reconnected proxy, it keeps its count.
+        status.set("b", "db", "shop", State::Enrolled);
+        let dump: serde_json::Value = serde_json::from_str(&status.config_dump()).unwrap();
+        assert_eq!(dump["pods"]["b"]["preexisting_connections"], 2);
         let metrics = status.metrics();
         assert!(metrics.contains("weft_agent_enrolled_pods 1"), "{metrics}");
         assert!(metrics.contains("weft_agent_enroll_failures_total{stage=\"netns\"} 1"), "{metrics}");

@@ -161,10 +161,7 @@ async fn run(args: Args, passed_listener: Option<std::net::TcpListener>) -> anyh
     let service = Service::new(authority, authenticator, args.trust_domain.clone(), metrics);
 
     let listener = match passed_listener {
-        Some(listener) => {
-            listener.set_nonblocking(true)?;
-            tokio::net::TcpListener::from_std(listener)?
-        }
+        Some(listener) => serving::adopt(listener)?,
         None => serving::listen(args.grpc_listen)?,
     };
     tracing::info!(addr = %listener.local_addr()?, "serving xDS and the CA");

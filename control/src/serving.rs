@@ -43,6 +43,19 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The listener passed by a parent (`LISTEN_FDS`), with [`LISTEN_BACKLOG`]: whoever bound it
+/// listened with its own backlog (std's is 128), and listening again only raises it.
+pub fn adopt(listener: std::net::TcpListener) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on a socket this process owns; on one already listening it only sets
+    // the backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG as libc::c_int) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
 /// The serving certificate in use, replaced by [`Self::renew`].
 #[derive(Debug)]
 pub struct ServingCert {
@@ -121,4 +134,26 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(incoming)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener's backlog as `ss` shows it (its Send-Q).
+    fn backlog(port: u16) -> String {
+        let filter = format!("sport = :{port}");
+        let out = std::process::Command::new("ss").args(["-ltnH", &filter]).output().unwrap();
+        let out = String::from_utf8(out.stdout).unwrap();
+        out.split_whitespace().nth(2).unwrap_or_else(|| panic!("no listener in {out:?}")).to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_passed_listener_is_given_the_backlog() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(backlog(port), "128");
+        let _adopted = adopt(listener).unwrap();
+        assert_eq!(backlog(port), LISTEN_BACKLOG.to_string());
+    }
 }

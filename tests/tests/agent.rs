@@ -386,6 +386,32 @@ async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh()
         let findings: serde_json::Value = serde_json::from_str(&report).unwrap();
         let preexisting = findings.as_array().unwrap().iter().find(|f| f["check"] == "preexisting").unwrap();
         assert!(preexisting["detail"].as_str().unwrap().starts_with("1 connection"), "{preexisting}");
+
+        // Restarted (an upgrade), the agents enroll both pods again while the mesh carries a
+        // connection between them. Its ends in the pods are the mesh's: the client's captured
+        // one and the proxy's that accepted it, the proxy's tunnel, the proxy's delivery into
+        // the server and the server's end of it. Only the connection from before is counted.
+        let mut meshed = apps::Chat::open(&client, to).unwrap();
+        assert_eq!(meshed.say("meshed").unwrap(), "meshed");
+        for node in 0..2 {
+            mesh.agent(node).terminate().unwrap();
+            mesh.agent(node).wait_for(|line| line.contains("exiting; capture stays pinned"), WAIT).unwrap();
+            mesh.start_agent(node).unwrap();
+        }
+        for (node, pod) in [(0, &client), (1, &server)] {
+            // The new agent's word on the pod, once it enrolled it again.
+            let report = || {
+                apps::json_body(&mesh.agent_get(node, "/config_dump").unwrap())["pods"][pod.uid.as_str()]
+                    .clone()
+            };
+            weft_tests::until("the restarted agent to enroll the pod", WAIT, || {
+                report()["state"] == "enrolled"
+            })
+            .unwrap();
+            let report = report();
+            assert_eq!(report["preexisting_connections"], 1, "{}: {report}", pod.name);
+        }
+        assert_eq!(meshed.say("still meshed").unwrap(), "still meshed");
     });
 }
 
