@@ -9,8 +9,10 @@ use std::{
 
 /// `nlmsghdr` length.
 const HEADER: usize = 16;
+pub const NLMSG_NOOP: u16 = 1;
 pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
+pub const NLMSG_OVERRUN: u16 = 4;
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;
 /// `sock_diag.h`'s request for a family's sockets (`NETLINK_SOCK_DIAG`).
@@ -93,11 +95,19 @@ impl Netlink {
                     io::Error::other(format!("netlink answered {} bytes that are no message", rest.len()))
                 })?;
                 match message.kind {
-                    NLMSG_DONE => return Ok(messages),
+                    // A dump that failed part-way says so here, as a negative errno.
+                    NLMSG_DONE => match message.payload.get(..4) {
+                        Some(code) if i32::from_ne_bytes([code[0], code[1], code[2], code[3]]) < 0 => {
+                            let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                        _ => return Ok(messages),
+                    },
                     NLMSG_ERROR => {
-                        let errno = message.errno().unwrap_or(libc::EIO);
+                        let errno = message.errno().filter(|errno| *errno != 0).unwrap_or(libc::EIO);
                         return Err(io::Error::from_raw_os_error(errno));
                     }
+                    NLMSG_NOOP | NLMSG_OVERRUN => {}
                     _ => messages.push(message),
                 }
                 rest = &rest[length.next_multiple_of(4).min(rest.len())..];

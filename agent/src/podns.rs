@@ -80,10 +80,12 @@ pub fn in_namespace<T: Send + 'static>(
 /// TCP connections established in the network namespace `netns` with a peer other than the pod
 /// itself (loopback or its own address): at enrollment, those the pod opened or accepted
 /// before capture, which stay outside the mesh for their lifetime. The node proxy's own are
-/// not: a pod enrolled again (an agent restart) holds its pooled HBONE tunnels, the proxy's
-/// ends of the connections it captured and of those it delivers into the pod, all marked as
-/// the proxy's; the pod's ends of those are marked too (a delivery's, by `tcp_fwmark_accept`)
-/// or are one of them reversed. Each as (local, remote), so the log says which they are.
+/// not: a pod enrolled again (an agent restart) holds the proxy's pooled HBONE tunnels and
+/// its deliveries into the pod from the client's address, all marked as the proxy's; the
+/// app's end of a delivery has the mark too (`tcp_fwmark_accept`), or, where the app's socket
+/// sets a mark of its own, is one of the proxy's reversed. (A captured connection's ends are
+/// the app's and the proxy's listener's, both at the pod's own address.) Each as (local,
+/// remote), so the log says which they are.
 pub fn established_elsewhere(netns: &File) -> io::Result<Vec<(SocketAddr, SocketAddr)>> {
     let sockets = run_in(netns, crate::sockets::established)?;
     Ok(outside_the_mesh(&sockets))
@@ -93,14 +95,19 @@ pub fn established_elsewhere(netns: &File) -> io::Result<Vec<(SocketAddr, Socket
 /// nor an end of one of the proxy's.
 fn outside_the_mesh(sockets: &[Socket]) -> Vec<(SocketAddr, SocketAddr)> {
     let proxys = |socket: &Socket| socket.mark & PROXY_MARK_MASK == PROXY_MARK;
-    let proxy_ends: HashSet<(SocketAddr, SocketAddr)> =
-        sockets.iter().filter(|socket| proxys(socket)).map(|socket| (socket.remote, socket.local)).collect();
+    // Canonical: the proxy's IPv4 socket and an app's on `[::]` name one end apart.
+    let end = |address: SocketAddr| (address.ip().to_canonical(), address.port());
+    let proxy_ends: HashSet<_> = sockets
+        .iter()
+        .filter(|socket| proxys(socket))
+        .map(|socket| (end(socket.remote), end(socket.local)))
+        .collect();
     sockets
         .iter()
         .filter(|socket| {
-            let elsewhere =
-                socket.local.ip() != socket.remote.ip() && !socket.remote.ip().to_canonical().is_loopback();
-            elsewhere && !proxys(socket) && !proxy_ends.contains(&(socket.local, socket.remote))
+            let (local, remote) = (socket.local.ip().to_canonical(), socket.remote.ip().to_canonical());
+            let elsewhere = local != remote && !remote.is_loopback();
+            elsewhere && !proxys(socket) && !proxy_ends.contains(&(end(socket.local), end(socket.remote)))
         })
         .map(|socket| (socket.local, socket.remote))
         .collect()
@@ -130,14 +137,18 @@ mod tests {
             socket("10.244.0.10:42402", "10.244.1.10:15008", PROXY_MARK),
             socket("10.244.0.10:15008", "10.244.1.10:42402", PROXY_MARK),
             // A delivery into the pod from the client's address: the proxy's end, and the app's,
-            // marked (tcp_fwmark_accept) or not.
+            // marked (tcp_fwmark_accept) or not (an app's socket with a mark of its own), on an
+            // IPv4 socket or on `[::]`.
             socket("10.244.1.11:41000", "10.244.0.10:8080", DELIVERY_MARK),
             socket("10.244.0.10:8080", "10.244.1.11:41000", DELIVERY_MARK),
             socket("10.244.1.12:41001", "10.244.0.10:8080", DELIVERY_MARK),
-            socket("10.244.0.10:8080", "10.244.1.12:41001", 0),
-            // A captured connection: the app's end, and the proxy's end that accepted it.
-            socket("10.244.0.10:43000", "10.96.0.20:80", 0),
-            socket("10.96.0.20:80", "10.244.0.10:43000", PROXY_MARK),
+            socket("10.244.0.10:8080", "10.244.1.12:41001", 0x7),
+            socket("10.244.1.13:41002", "10.244.0.10:8080", DELIVERY_MARK),
+            socket("[::ffff:10.244.0.10]:8080", "[::ffff:10.244.1.13]:41002", 0x7),
+            // A captured connection: the app's end, to the proxy's listener at the pod's own
+            // address, and the proxy's, accepted on `[::]`.
+            socket("10.244.0.10:43000", "10.244.0.10:15001", 0),
+            socket("[::ffff:10.244.0.10]:15001", "[::ffff:10.244.0.10]:43000", PROXY_MARK),
             // Another mark is not the proxy's.
             socket("10.244.0.10:44000", "10.244.2.10:9000", 0x1000),
         ];

@@ -36,14 +36,32 @@ pub fn established() -> io::Result<Vec<Socket>> {
         request.extend_from_slice(&ESTABLISHED.to_ne_bytes());
         request.extend_from_slice(&[0; 48]);
         for message in netlink.dump(SOCK_DIAG_BY_FAMILY, &request)? {
-            sockets.extend(socket(&message.payload));
+            let socket = socket(&message.payload).ok_or_else(|| {
+                io::Error::other(format!(
+                    "socket diagnostics answered a message of {} bytes that is no TCP socket",
+                    message.payload.len()
+                ))
+            })?;
+            // Without the mark every socket of the proxy would read as the pod's own.
+            let mark = socket.mark.ok_or_else(|| {
+                io::Error::other("socket diagnostics report no marks (the agent needs CAP_NET_ADMIN in the pod's network namespace)")
+            })?;
+            sockets.push(Socket { local: socket.local, remote: socket.remote, mark });
         }
     }
     Ok(sockets)
 }
 
+/// What an `inet_diag_msg` says of its socket: its ends, and its mark if the kernel gave it.
+#[derive(Debug, PartialEq, Eq)]
+struct Described {
+    local: SocketAddr,
+    remote: SocketAddr,
+    mark: Option<u32>,
+}
+
 /// The socket an `inet_diag_msg` describes; `None` for one too short or of another family.
-fn socket(message: &[u8]) -> Option<Socket> {
+fn socket(message: &[u8]) -> Option<Described> {
     if message.len() < INET_DIAG_MSG {
         return None;
     }
@@ -58,10 +76,10 @@ fn socket(message: &[u8]) -> Option<Socket> {
             _ => None,
         }
     };
-    Some(Socket {
+    Some(Described {
         local: SocketAddr::new(address(4)?, port(0)),
         remote: SocketAddr::new(address(20)?, port(2)),
-        mark: find_u32(&message[INET_DIAG_MSG..], INET_DIAG_MARK).unwrap_or(0),
+        mark: find_u32(&message[INET_DIAG_MSG..], INET_DIAG_MARK),
     })
 }
 
@@ -84,12 +102,15 @@ mod tests {
         let sockets = established().unwrap();
         let marked = sockets.iter().find(|socket| socket.local == near && socket.remote == far);
         assert_eq!(marked, Some(&Socket { local: near, remote: far, mark: 0x539 }), "{sockets:?}");
+        // The accepted end has the SYN's mark where the namespace copies it.
+        let copied = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fwmark_accept").unwrap().trim() == "1";
+        let mark = if copied { 0x539 } else { 0 };
         let accepted = sockets.iter().find(|socket| socket.local == far && socket.remote == near);
-        assert_eq!(accepted, Some(&Socket { local: far, remote: near, mark: 0 }), "{sockets:?}");
+        assert_eq!(accepted, Some(&Socket { local: far, remote: near, mark }), "{sockets:?}");
     }
 
     #[test]
-    fn reads_an_ipv6_message_and_passes_over_short_ones() {
+    fn reads_an_ipv6_message_and_tells_a_missing_mark_and_a_short_message() {
         let mut message = vec![libc::AF_INET6 as u8, 1, 0, 0];
         message.extend_from_slice(&8080_u16.to_be_bytes());
         message.extend_from_slice(&40000_u16.to_be_bytes());
@@ -97,14 +118,14 @@ mod tests {
         message.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
         message.extend_from_slice(&[0; 12 + 20]);
         crate::netlink::put_u32(&mut message, INET_DIAG_MARK, 0x1539);
-        assert_eq!(
-            socket(&message),
-            Some(Socket {
-                local: "[fd00::1]:8080".parse().unwrap(),
-                remote: "[fd00::2]:40000".parse().unwrap(),
-                mark: 0x1539
-            })
-        );
+        let described = Described {
+            local: "[fd00::1]:8080".parse().unwrap(),
+            remote: "[fd00::2]:40000".parse().unwrap(),
+            mark: Some(0x1539),
+        };
+        assert_eq!(socket(&message), Some(described));
+        // Without the attribute (an asker without CAP_NET_ADMIN): no mark, not mark 0.
+        assert_eq!(socket(&message[..INET_DIAG_MSG]).map(|socket| socket.mark), Some(None));
         assert_eq!(socket(&message[..INET_DIAG_MSG - 1]), None);
     }
 }
