@@ -16,6 +16,10 @@ use weft_control::index::{Objects, build};
 
 const REPEATS: usize = 5;
 
+/// The control plane's allocator (`weft-control`'s main), so its figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 struct Args {
     /// Proxies connected for the second part (0: none).

@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 };
 use weft_api::workload as api;
 
-use super::{Naming, hostname};
+use super::{Naming, PodMap, hostname};
 
 /// The label naming a slice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -24,7 +24,7 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 #[derive(Debug, Default)]
 pub struct Membership {
     /// Pod uid → service key → the ports it serves it on.
-    pub pods: HashMap<String, BTreeMap<String, api::PortList>>,
+    pub pods: PodMap<String, BTreeMap<String, api::PortList>>,
     /// Endpoints that are not pods of the mesh.
     pub others: Vec<api::Workload>,
 }
@@ -45,8 +45,8 @@ pub enum PodKind {
 pub fn membership<'a>(
     naming: &Naming,
     services: &HashMap<(&str, &str), &Service>,
-    pods: &HashMap<&str, PodKind>,
-    pod_addresses: &HashMap<IpAddr, &str>,
+    pods: &PodMap<&str, PodKind>,
+    pod_addresses: &PodMap<IpAddr, &str>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> Membership {
     let mut membership = Membership::default();
