@@ -125,8 +125,9 @@ impl Resource {
 pub type Resources = BTreeMap<String, Arc<Resource>>;
 
 /// A map a build makes for each of the cluster's pods or addresses, with a fast hasher
-/// (foldhash, seeded per process) rather than std's SipHash: hashing 50 000 pods' uids and
-/// addresses was a fifth of a build.
+/// (foldhash, randomly seeded but no defence against a chosen-key flood) rather than std's
+/// SipHash: hashing 50 000 pods' uids and addresses was a fifth of a build. Only for keys the
+/// API server or the kubelet assigns (uids, pod addresses), never names users choose.
 pub type PodMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// What the control plane serves at one moment.
@@ -601,7 +602,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
     for (_, workload) in &mut workloads {
         workload.services = membership.pods.remove(&workload.uid).unwrap_or_default().into_iter().collect();
     }
-    let mut selected: PodMap<&str, Vec<String>> = PodMap::default();
+    let mut selected: HashMap<&str, Vec<String>> = HashMap::new();
     for (_, workload) in &workloads {
         if !workload.addresses.is_empty() {
             for key in &workload.authorization_policies {

@@ -13,16 +13,16 @@ use weft_control::{
     xds,
 };
 
-/// Weft control plane.
 /// jemalloc, not glibc's malloc: every change builds a new index while the last is still
 /// served, and glibc's free lists fragmented so that a rebuild at 50 000 pods spent a third of
-/// its time in `malloc` and `free` (index_bench, one run each at one time: a rebuild 620 →
-/// 195 ms, a pod change reaching a thousand proxies p99 827 → 276 ms, resident memory once
-/// synced 558 → 377 MiB, the peak while they sync 630 → 668 MiB; mimalloc was as fast but
-/// peaked at 0.8–1.1 GiB).
+/// its time in `malloc` and `free` (index_bench at 50 000 pods and a thousand proxies, glibc's
+/// runs 423–620 ms a rebuild, jemalloc's 167–195; a pod change reaching every proxy at p99
+/// 827 → 276 ms in two runs minutes apart, resident memory once synced 558 → 377 MiB, the peak
+/// while they sync 630 → 668 MiB; mimalloc was as fast but peaked at 0.8–1.1 GiB).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// Weft control plane.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {

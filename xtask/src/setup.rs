@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The control plane's allocator (jemalloc) is built from its C source.
+    "make",
     "iproute2",
     "iputils-ping",
     // The benchmark's bulk-throughput client and server.

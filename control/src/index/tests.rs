@@ -388,6 +388,41 @@ fn a_reused_address_goes_to_the_live_pod_never_the_terminating_one() {
 }
 
 #[test]
+fn each_address_goes_to_its_strongest_claimant_alone() {
+    let live = |uid: &str, ips: &[&str], created: i64| pod(uid, "mesh", ips, created);
+    let pods = [
+        // Three claim 10.244.0.5: the newest live one takes it.
+        live("a", &["10.244.0.5"], 1),
+        live("b", &["10.244.0.5", "fd00::b"], 3),
+        live("c", &["10.244.0.5"], 2),
+        // A dual-stack pod loses the address another, newer, holds and keeps its other one.
+        live("d", &["10.244.0.6", "fd00::d"], 4),
+        live("e", &["10.244.0.6"], 5),
+        // The same address twice in one pod is kept as it was.
+        live("f", &["10.244.0.7", "10.244.0.7"], 6),
+    ];
+    let snapshot = build(&naming(), &Objects::default().namespaces(&[namespace("mesh", true)]).pods(&pods));
+    let addresses = |uid: &str| -> Vec<String> {
+        workload(&snapshot, uid)
+            .map(|workload| {
+                workload
+                    .addresses
+                    .iter()
+                    .filter_map(|bytes| ip_from_bytes(bytes))
+                    .map(|ip| ip.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(addresses("a"), Vec::<String>::new());
+    assert_eq!(addresses("b"), ["10.244.0.5", "fd00::b"]);
+    assert_eq!(addresses("c"), Vec::<String>::new());
+    assert_eq!(addresses("d"), ["fd00::d"]);
+    assert_eq!(addresses("e"), ["10.244.0.6"]);
+    assert_eq!(addresses("f"), ["10.244.0.7", "10.244.0.7"]);
+}
+
+#[test]
 fn versions_follow_content() {
     let objects = || (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
     let (namespaces, pods) = objects();
