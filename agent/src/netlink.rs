@@ -32,10 +32,13 @@ pub struct Message {
 }
 
 impl Message {
-    /// For an `NLMSG_ERROR` message, its errno (0 for an acknowledgement).
+    /// For an `NLMSG_ERROR` message, its errno (0 for an acknowledgement); for a dump's
+    /// `NLMSG_DONE`, the errno of a dump that failed part-way (0 for one that did not). Both
+    /// carry it negated in their payload's first four bytes.
     pub fn errno(&self) -> Option<i32> {
         let code = self.payload.get(..4)?;
-        (self.kind == NLMSG_ERROR).then(|| -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]))
+        matches!(self.kind, NLMSG_ERROR | NLMSG_DONE)
+            .then(|| -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]))
     }
 }
 
@@ -95,12 +98,8 @@ impl Netlink {
                     io::Error::other(format!("netlink answered {} bytes that are no message", rest.len()))
                 })?;
                 match message.kind {
-                    // A dump that failed part-way says so here, as a negative errno.
-                    NLMSG_DONE => match message.payload.get(..4) {
-                        Some(code) if i32::from_ne_bytes([code[0], code[1], code[2], code[3]]) < 0 => {
-                            let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-                            return Err(io::Error::from_raw_os_error(errno));
-                        }
+                    NLMSG_DONE => match message.errno() {
+                        Some(errno) if errno > 0 => return Err(io::Error::from_raw_os_error(errno)),
                         _ => return Ok(messages),
                     },
                     NLMSG_ERROR => {

@@ -334,9 +334,10 @@ impl<C: Capture> Agent<'_, C> {
             Ok(cookie) => {
                 tracing::info!(pod = %uid, name = %wanted.name, namespace = %wanted.namespace, cookie, "enrolled");
                 let preexisting = match podns::established_elsewhere(&pod.netns) {
-                    Ok(found) if found.is_empty() => 0,
                     Ok(found) => {
-                        tracing::warn!(pod = %uid, name = %wanted.name, count = found.len(), connections = ?found, "connections opened before enrollment stay outside the mesh until they close");
+                        if !found.is_empty() {
+                            tracing::warn!(pod = %uid, name = %wanted.name, count = found.len(), connections = ?found, "connections opened before enrollment stay outside the mesh until they close");
+                        }
                         found.len()
                     }
                     Err(error) => {

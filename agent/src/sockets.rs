@@ -36,34 +36,23 @@ pub fn established() -> io::Result<Vec<Socket>> {
         request.extend_from_slice(&ESTABLISHED.to_ne_bytes());
         request.extend_from_slice(&[0; 48]);
         for message in netlink.dump(SOCK_DIAG_BY_FAMILY, &request)? {
-            let socket = socket(&message.payload).ok_or_else(|| {
-                io::Error::other(format!(
-                    "socket diagnostics answered a message of {} bytes that is no TCP socket",
-                    message.payload.len()
-                ))
-            })?;
-            // Without the mark every socket of the proxy would read as the pod's own.
-            let mark = socket.mark.ok_or_else(|| {
-                io::Error::other("socket diagnostics report no marks (the agent needs CAP_NET_ADMIN in the pod's network namespace)")
-            })?;
-            sockets.push(Socket { local: socket.local, remote: socket.remote, mark });
+            sockets.push(socket(&message.payload)?);
         }
     }
     Ok(sockets)
 }
 
-/// What an `inet_diag_msg` says of its socket: its ends, and its mark if the kernel gave it.
-#[derive(Debug, PartialEq, Eq)]
-struct Described {
-    local: SocketAddr,
-    remote: SocketAddr,
-    mark: Option<u32>,
-}
-
-/// The socket an `inet_diag_msg` describes; `None` for one too short or of another family.
-fn socket(message: &[u8]) -> Option<Described> {
+/// The socket an `inet_diag_msg` describes. One too short or of another family is an error,
+/// and so is one without its mark: every socket of the proxy would read as the pod's own.
+fn socket(message: &[u8]) -> io::Result<Socket> {
+    let malformed = || {
+        io::Error::other(format!(
+            "socket diagnostics answered a message of {} bytes that is no TCP socket",
+            message.len()
+        ))
+    };
     if message.len() < INET_DIAG_MSG {
-        return None;
+        return Err(malformed());
     }
     let family = i32::from(message[0]);
     let id = &message[4..52];
@@ -76,11 +65,13 @@ fn socket(message: &[u8]) -> Option<Described> {
             _ => None,
         }
     };
-    Some(Described {
-        local: SocketAddr::new(address(4)?, port(0)),
-        remote: SocketAddr::new(address(20)?, port(2)),
-        mark: find_u32(&message[INET_DIAG_MSG..], INET_DIAG_MARK),
-    })
+    let (Some(local), Some(remote)) = (address(4), address(20)) else { return Err(malformed()) };
+    let mark = find_u32(&message[INET_DIAG_MSG..], INET_DIAG_MARK).ok_or_else(|| {
+        io::Error::other(
+            "socket diagnostics report no marks (the agent needs CAP_NET_ADMIN in the pod's network namespace)",
+        )
+    })?;
+    Ok(Socket { local: SocketAddr::new(local, port(0)), remote: SocketAddr::new(remote, port(2)), mark })
 }
 
 #[cfg(test)]
@@ -118,14 +109,16 @@ mod tests {
         message.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
         message.extend_from_slice(&[0; 12 + 20]);
         crate::netlink::put_u32(&mut message, INET_DIAG_MARK, 0x1539);
-        let described = Described {
+        let described = Socket {
             local: "[fd00::1]:8080".parse().unwrap(),
             remote: "[fd00::2]:40000".parse().unwrap(),
-            mark: Some(0x1539),
+            mark: 0x1539,
         };
-        assert_eq!(socket(&message), Some(described));
-        // Without the attribute (an asker without CAP_NET_ADMIN): no mark, not mark 0.
-        assert_eq!(socket(&message[..INET_DIAG_MSG]).map(|socket| socket.mark), Some(None));
-        assert_eq!(socket(&message[..INET_DIAG_MSG - 1]), None);
+        assert_eq!(socket(&message).unwrap(), described);
+        // Without the attribute (an asker without CAP_NET_ADMIN): an error, not mark 0.
+        let unmarked = socket(&message[..INET_DIAG_MSG]).unwrap_err().to_string();
+        assert!(unmarked.contains("no marks"), "{unmarked}");
+        let short = socket(&message[..INET_DIAG_MSG - 1]).unwrap_err().to_string();
+        assert!(short.contains("no TCP socket"), "{short}");
     }
 }
