@@ -435,6 +435,34 @@ fn versions_follow_content() {
 }
 
 #[test]
+fn a_pod_behind_many_services_keeps_its_version_from_build_to_build() {
+    // Its services are a map on the wire: encoded in an order of their own, a build would give
+    // the unchanged pod a new version, pushed to every proxy at every change in the cluster.
+    let names: Vec<String> = (0..8).map(|n| format!("web{n}")).collect();
+    let services: Vec<Service> = names
+        .iter()
+        .enumerate()
+        .map(|(n, name)| service(name, "mesh", &format!("10.96.0.{}", 10 + n), vec![named("http", 80, None)]))
+        .collect();
+    let slices: Vec<EndpointSlice> = names
+        .iter()
+        .map(|name| {
+            let endpoints = vec![endpoint("10.244.0.5", Some("a"), READY)];
+            slice(&format!("{name}-v4"), name, "IPv4", endpoints, &[("http", 80)])
+        })
+        .collect();
+    let (namespaces, pods) = (vec![namespace("mesh", true)], vec![pod("a", "mesh", &["10.244.0.5"], 1)]);
+    let objects = Objects::default().namespaces(&namespaces).pods(&pods).services(&services).slices(&slices);
+    let first = build(&naming(), &objects);
+    assert_eq!(workload(&first, "a").unwrap().services.len(), 8);
+    for _ in 0..4 {
+        let again = build(&naming(), &objects);
+        assert_eq!(first.addresses["a"].version, again.addresses["a"].version);
+        assert!(first.same_resources(&again));
+    }
+}
+
+#[test]
 fn pods_the_agent_does_not_capture_are_never_tunnelled_to_and_terminating_ones_still_are() {
     let mut terminating = pod("terminating", "mesh", &["10.244.0.7"], 1);
     terminating.metadata.deletion_timestamp =
