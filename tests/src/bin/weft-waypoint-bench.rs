@@ -1,9 +1,11 @@
 //! `weft-waypoint-bench`: what a waypoint adds to the mesh path, in one run on the harness's
 //! cluster (a current API server, the control plane, node proxies, and a waypoint the control
 //! plane deploys for its Gateway). A client on node 0 POSTs 1 KB to an HTTP server on node 1 at
-//! a fixed rate (open loop, pipelined on one connection), interleaved A B C A B C …: `l4`, to a
-//! Service that opts out of the waypoint (HBONE between the node proxies), `waypoint`, to a
-//! Service behind it (client node proxy → waypoint → server node proxy, each hop HBONE), and
+//! a fixed rate (open loop, pipelined on one connection), interleaved A B C D A B C D …: `l4`, to
+//! a Service that opts out of the waypoint (HBONE between the node proxies), `relayed`, to a
+//! Service behind it whose port declares TCP, so the waypoint relays its bytes without reading
+//! them (its two HBONE legs alone: what any HTTP handling adds to), `waypoint`, to a Service
+//! behind it (client node proxy → waypoint → server node proxy, each hop HBONE), and
 //! `policies`, to a Service behind it with every policy a waypoint applies: a JWT verified
 //! (ES256) and an AuthorizationPolicy on its principal and path, a fault injected for 0 % of
 //! requests, a rate limit far above the load, a circuit breaker with outlier detection, round
@@ -134,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let behind = cluster.create_service(NAMESPACE, "behind", &[("app", "server")], port.clone()).await?;
     let around = cluster.create_service(NAMESPACE, "around", &[("app", "server")], port.clone()).await?;
-    let guarded = cluster.create_service(NAMESPACE, "guarded", &[("app", "server")], port).await?;
+    let guarded = cluster.create_service(NAMESPACE, "guarded", &[("app", "server")], port.clone()).await?;
+    // Declared TCP (Istio reads `appProtocol`): relayed at L4 by the waypoint.
+    let tcp = ServicePort { app_protocol: Some("tcp".into()), ..port };
+    let relayed = cluster.create_service(NAMESPACE, "relayed", &[("app", "server")], tcp).await?;
     // The namespace's waypoint for every Service but this one.
     let opt_out = serde_json::json!({ "metadata": { "labels": { "weft.dev/use-waypoint": "none" } } });
     Api::<Service>::namespaced(cluster.client(), NAMESPACE)
@@ -152,7 +157,7 @@ async fn main() -> anyhow::Result<()> {
             let key = format!("{NAMESPACE}/{service}.{NAMESPACE}.svc.cluster.local");
             mesh::wait_for_endpoints(client_node, &key, 1, wait)?;
         }
-        for service in ["behind", "guarded"] {
+        for service in ["relayed", "behind", "guarded"] {
             let key = format!("{NAMESPACE}/{service}.{NAMESPACE}.svc.cluster.local");
             mesh::wait_for_endpoints(&waypoint.pod().netns, &key, 1, wait)?;
         }
@@ -172,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
 
     let modes = [
         ("l4", SocketAddr::new(around, 80)),
+        ("relayed", SocketAddr::new(relayed, 80)),
         ("waypoint", SocketAddr::new(behind, 80)),
         ("policies", SocketAddr::new(guarded, 80)),
     ];
