@@ -600,7 +600,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
     let mut membership =
         endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices.iter().copied());
     for (_, workload) in &mut workloads {
-        workload.services = membership.pods.remove(&workload.uid).unwrap_or_default().into_iter().collect();
+        workload.services = membership.pods.remove(&workload.uid).unwrap_or_default();
     }
     let mut selected: HashMap<&str, Vec<String>> = HashMap::new();
     for (_, workload) in &workloads {
