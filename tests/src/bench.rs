@@ -53,12 +53,30 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 
 /// A process's resident memory in KiB (`VmRSS`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    Ok(resident_kib(pid)?.total)
+}
+
+/// A process's resident memory, KiB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resident {
+    /// All of it (`VmRSS`).
+    pub total: u64,
+    /// Its anonymous pages (`RssAnon`: heap and stacks), the memory that is the process's own.
+    /// The rest is its binary's and libraries' pages, which it shares with the page cache.
+    pub anonymous: u64,
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`.
+pub fn resident_kib(pid: u32) -> anyhow::Result<Resident> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS")
+    let kib = |field: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    };
+    Ok(Resident { total: kib("VmRSS:")?, anonymous: kib("RssAnon:")? })
 }
 
 /// CPU time used by the processes of cgroup `dir`, in seconds (`cpu.stat`'s `usage_usec`:
@@ -107,18 +125,28 @@ pub fn machine() -> String {
 #[derive(Debug)]
 pub struct RssPeak {
     stop: Arc<AtomicBool>,
-    sampler: std::thread::JoinHandle<Vec<u64>>,
+    sampler: std::thread::JoinHandle<Vec<Resident>>,
 }
 
 impl RssPeak {
     pub fn start(pids: Vec<u32>) -> Self {
+        Self::after(Duration::ZERO, pids)
+    }
+
+    /// Samples only from `delay` on (at least once): the memory a load holds once it runs,
+    /// not what the work before it left for the allocator to give back.
+    pub fn after(delay: Duration, pids: Vec<u32>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = stop.clone();
         let sampler = std::thread::spawn(move || {
-            let mut peaks = vec![0; pids.len()];
+            // The start of the measured window, not synchronisation.
+            std::thread::sleep(delay);
+            let mut peaks = vec![Resident::default(); pids.len()];
             loop {
                 for (peak, pid) in peaks.iter_mut().zip(&pids) {
-                    *peak = (*peak).max(rss_kib(*pid).unwrap_or(0));
+                    let now = resident_kib(*pid).unwrap_or_default();
+                    peak.total = peak.total.max(now.total);
+                    peak.anonymous = peak.anonymous.max(now.anonymous);
                 }
                 if stopping.load(Ordering::Acquire) {
                     return peaks;
@@ -130,8 +158,9 @@ impl RssPeak {
         Self { stop, sampler }
     }
 
-    /// Each process's peak, in KiB, in the order given.
-    pub fn finish(self) -> Vec<u64> {
+    /// Each process's peaks (of all and of its anonymous memory, each on its own), in the order
+    /// given.
+    pub fn finish(self) -> Vec<Resident> {
         self.stop.store(true, Ordering::Release);
         self.sampler.join().unwrap_or_default()
     }

@@ -1,6 +1,7 @@
 //! `weft-waypoint`: the waypoint binary; all logic lives in the library.
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use anyhow::Context;
 use clap::Parser;
 use weft_proxy::identity::Identity;
 use weft_waypoint::app;
@@ -72,6 +73,8 @@ fn main() -> anyhow::Result<()> {
     let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
+        .context("starting the memory-trimming thread")?;
     // std's count honours cgroup v2 `cpu.max` and the affinity mask.
     let workers = args
         .worker_threads

@@ -88,6 +88,8 @@ fn main() -> anyhow::Result<()> {
     let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
+    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
+        .context("starting the memory-trimming thread")?;
     let root_file =
         || args.ca_root_file.clone().context("--ca-root-file is required with --ca-address or --xds-address");
     let token_file =

@@ -21,9 +21,9 @@ use clap::Parser;
 use weft_tests::{
     apps,
     bench::{
-        Bulk, RssPeak, cpu_seconds, field, iperf3, iperf3_server, machine,
+        Bulk, Resident, RssPeak, cpu_seconds, field, iperf3, iperf3_server, machine,
         report::{Figure, Report},
-        rss_kib, testpod,
+        resident_kib, rss_kib, testpod,
     },
     mesh::{Member, Mesh},
     topology::{Pod, Topology},
@@ -81,9 +81,17 @@ const LATENCY: [(&str, Figure); 4] = [
 ];
 const VCPU: Figure =
     Figure { key: "proxy_vcpu_per_1000_rps", label: "  proxy vCPU per 1000 rps", ratio: false };
-const RSS_AT_RATE: [Figure; 2] = [
-    Figure { key: "rss_at_rate_kib_client_node", label: "  client node proxy RSS, KiB", ratio: false },
-    Figure { key: "rss_at_rate_kib_server_node", label: "  server node proxy RSS, KiB", ratio: false },
+/// Per node, the proxy's peak resident memory over the run's second half: all of it, then its
+/// anonymous part (heap and stacks; the rest is the binary's pages, shared with the page cache).
+const RSS_AT_RATE: [[Figure; 2]; 2] = [
+    [
+        Figure { key: "rss_at_rate_kib_client_node", label: "  client node proxy RSS, KiB", ratio: false },
+        Figure { key: "anon_at_rate_kib_client_node", label: "    of which anonymous, KiB", ratio: false },
+    ],
+    [
+        Figure { key: "rss_at_rate_kib_server_node", label: "  server node proxy RSS, KiB", ratio: false },
+        Figure { key: "anon_at_rate_kib_server_node", label: "    of which anonymous, KiB", ratio: false },
+    ],
 ];
 const CONNECTIONS: Figure =
     Figure { key: "connections_per_s", label: "new connections/s (pooled tunnel)", ratio: true };
@@ -150,6 +158,10 @@ impl Proxies<'_> {
     fn rss_kib(&self) -> anyhow::Result<[u64; 2]> {
         Ok([rss_kib(self.pids[0])?, rss_kib(self.pids[1])?])
     }
+
+    fn resident_kib(&self) -> anyhow::Result<[Resident; 2]> {
+        Ok([resident_kib(self.pids[0])?, resident_kib(self.pids[1])?])
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -181,7 +193,7 @@ fn main() -> anyhow::Result<()> {
         cgroups: [&nodes[0].proxy_cgroup, &nodes[1].proxy_cgroup],
         pids: [mesh.ztunnel(0).pid(), mesh.ztunnel(1).pid()],
     };
-    let idle_rss = proxies.rss_kib()?;
+    let idle = proxies.resident_kib()?;
 
     let modes = [
         Mode {
@@ -211,7 +223,7 @@ fn main() -> anyhow::Result<()> {
         .flat_map(|(_, rate, cpu)| [*rate, *cpu])
         .chain(LATENCY.map(|(_, figure)| figure))
         .chain([VCPU])
-        .chain(RSS_AT_RATE)
+        .chain(RSS_AT_RATE.into_iter().flatten())
         .chain([CONNECTIONS, FRESH, CONCURRENT, FRESH_CONCURRENT])
         .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
         .collect();
@@ -247,7 +259,10 @@ fn main() -> anyhow::Result<()> {
         args.repeats
     );
     print!("{}", report.table());
-    println!("proxy RSS idle: client node {} KiB, server node {} KiB", idle_rss[0], idle_rss[1]);
+    println!(
+        "proxy RSS idle: client node {} KiB ({} anonymous), server node {} KiB ({} anonymous)",
+        idle[0].total, idle[0].anonymous, idle[1].total, idle[1].anonymous
+    );
     for note in &skipped {
         println!("skipped: {note}");
     }
@@ -255,7 +270,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         let mut json = report.json();
         json["proxy_rss_idle_kib"] =
-            serde_json::json!({ "client_node": idle_rss[0], "server_node": idle_rss[1] });
+            serde_json::json!({ "client_node": idle[0].total, "server_node": idle[1].total });
+        json["proxy_anon_idle_kib"] =
+            serde_json::json!({ "client_node": idle[0].anonymous, "server_node": idle[1].anonymous });
         json["machine"] = serde_json::json!(machine());
         json["settings"] = serde_json::json!(format!("{args:?}"));
         json["skipped"] = serde_json::json!(skipped);
@@ -278,12 +295,14 @@ fn bulk(report: &mut Report, mode: &Mode, proxies: &Proxies, seconds: u32) -> an
 }
 
 /// 1 KB request/response at a fixed rate: percentiles, the proxies' CPU per 1000 requests/s
-/// and their peak memory meanwhile.
+/// and their peak memory over the run's second half.
 fn latency(report: &mut Report, mode: &Mode, proxies: &Proxies, args: &Args) -> anyhow::Result<()> {
     let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
     let (rate, seconds) = (args.rate.to_string(), args.latency_seconds.to_string());
     let before = proxies.cpu_seconds()?;
-    let peak = RssPeak::start(proxies.pids.to_vec());
+    // The second half: the proxies hold what this load needs by then, and have given back what
+    // the bulk runs before it freed (within their trim period).
+    let peak = RssPeak::after(Duration::from_secs_f64(args.latency_seconds / 2.0), proxies.pids.to_vec());
     let out = testpod(mode.client, &["openloop", "--rate", &rate, "--seconds", &seconds], to)?;
     let (peaks, used) = (peak.finish(), proxies.cpu_seconds()? - before);
     for (key, figure) in LATENCY {
@@ -291,8 +310,9 @@ fn latency(report: &mut Report, mode: &Mode, proxies: &Proxies, args: &Args) -> 
     }
     report.record(mode.name, VCPU, used / args.latency_seconds / (f64::from(args.rate) / 1000.0));
     if mode.proxied {
-        for (figure, peak) in RSS_AT_RATE.into_iter().zip(peaks) {
-            report.record(mode.name, figure, peak as f64);
+        for ([total, anonymous], peak) in RSS_AT_RATE.into_iter().zip(peaks) {
+            report.record(mode.name, total, peak.total as f64);
+            report.record(mode.name, anonymous, peak.anonymous as f64);
         }
     }
     Ok(())

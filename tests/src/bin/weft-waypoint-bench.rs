@@ -68,6 +68,9 @@ const WAYPOINT_VCPU: Figure =
     Figure { key: "waypoint_vcpu_per_1000_rps", label: "  waypoint vCPU per 1000 rps", ratio: false };
 const WAYPOINT_RSS: Figure =
     Figure { key: "waypoint_rss_peak_kib", label: "  waypoint RSS peak, KiB", ratio: false };
+/// Its anonymous part: heap and stacks (the rest is the binary's pages, shared with the page cache).
+const WAYPOINT_ANON: Figure =
+    Figure { key: "waypoint_anon_peak_kib", label: "    of which anonymous, KiB", ratio: false };
 
 /// Puts every policy a waypoint applies on Service `guarded`; returns the token its requests
 /// carry.
@@ -173,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
         })
     })?;
     let pid = waypoint.process().pid();
-    let idle_rss = weft_tests::bench::rss_kib(pid)?;
+    let idle = weft_tests::bench::resident_kib(pid)?;
 
     let modes = [
         ("l4", SocketAddr::new(around, 80)),
@@ -182,8 +185,11 @@ async fn main() -> anyhow::Result<()> {
         ("policies", SocketAddr::new(guarded, 80)),
     ];
     let header = format!("authorization:Bearer {token}");
-    let figures: Vec<Figure> =
-        LATENCY.iter().map(|(_, figure)| *figure).chain([WAYPOINT_VCPU, WAYPOINT_RSS]).collect();
+    let figures: Vec<Figure> = LATENCY
+        .iter()
+        .map(|(_, figure)| *figure)
+        .chain([WAYPOINT_VCPU, WAYPOINT_RSS, WAYPOINT_ANON])
+        .collect();
     let mut report = Report::new(&modes.map(|(name, _)| name), &figures);
     let (rate, seconds) = (args.rate.to_string(), args.seconds.to_string());
     for repeat in 1..=args.repeats {
@@ -203,7 +209,8 @@ async fn main() -> anyhow::Result<()> {
             }
             if name != "l4" {
                 report.record(name, WAYPOINT_VCPU, used / args.seconds / (f64::from(args.rate) / 1000.0));
-                report.record(name, WAYPOINT_RSS, peaks[0] as f64);
+                report.record(name, WAYPOINT_RSS, peaks[0].total as f64);
+                report.record(name, WAYPOINT_ANON, peaks[0].anonymous as f64);
             }
         }
     }
@@ -220,12 +227,13 @@ async fn main() -> anyhow::Result<()> {
     };
     let (added_p50, added_p99) = (added("http_p50_us")?, added("http_p99_us")?);
     println!("the waypoint adds {added_p50:.0} µs at p50 and {added_p99:.0} µs at p99 (medians)");
-    println!("waypoint RSS idle: {idle_rss} KiB");
+    println!("waypoint RSS idle: {} KiB ({} anonymous)", idle.total, idle.anonymous);
     println!("{}", machine());
     if let Some(path) = &args.json {
         let mut json = json;
         json["added_us"] = serde_json::json!({ "p50": added_p50, "p99": added_p99 });
-        json["waypoint_rss_idle_kib"] = serde_json::json!(idle_rss);
+        json["waypoint_rss_idle_kib"] = serde_json::json!(idle.total);
+        json["waypoint_anon_idle_kib"] = serde_json::json!(idle.anonymous);
         json["machine"] = serde_json::json!(machine());
         json["settings"] = serde_json::json!(format!("{args:?}"));
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
