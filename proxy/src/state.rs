@@ -443,8 +443,9 @@ pub struct State {
     /// unmeshed (a destination not yet known could be a workload that must be tunnelled) and
     /// no connection authorized (a DENY policy may be on its way).
     synced: tokio::sync::watch::Sender<Synced>,
-    /// Bumped by every applied update, for connections that must follow policy changes.
-    changes: tokio::sync::watch::Sender<u64>,
+    /// Notified at every applied update, for connections that must follow policy changes. A
+    /// `Notify`: every open connection waits on it, and its waiter is half a watch's.
+    changes: tokio::sync::Notify,
     /// The proxy's network: addresses are looked up on it.
     network: String,
 }
@@ -462,7 +463,7 @@ impl State {
             index: RwLock::default(),
             policies: RwLock::default(),
             synced: tokio::sync::watch::Sender::new(Synced::default()),
-            changes: tokio::sync::watch::Sender::new(0),
+            changes: tokio::sync::Notify::new(),
             network: network.to_owned(),
         }
     }
@@ -498,12 +499,14 @@ impl State {
     }
 
     fn changed(&self) {
-        self.changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+        self.changes.notify_waiters();
     }
 
-    /// Signals every applied update (addresses too: they say which policies a workload has).
-    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// Resolves at the next applied update (addresses too: they say which policies a workload
+    /// has) after it was enabled: enable it before asking the state, so that an update in
+    /// between is not missed.
+    pub fn next_change(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changes.notified()
     }
 
     /// Applies an xDS delta on top of the current index, or nothing if the result is invalid.
@@ -699,13 +702,12 @@ impl State {
         incomplete: impl Fn(&T) -> bool,
     ) -> T {
         let deadline = tokio::time::Instant::now() + patience;
-        let mut changes = self.changes();
         loop {
-            // Asked after subscribing, so a change just before is not missed.
+            let mut next = std::pin::pin!(self.next_change());
+            // Asked once waiting, so a change just before is not missed.
+            next.as_mut().enable();
             let answer = ask(self);
-            if !incomplete(&answer)
-                || !matches!(tokio::time::timeout_at(deadline, changes.changed()).await, Ok(Ok(())))
-            {
+            if !incomplete(&answer) || tokio::time::timeout_at(deadline, next).await.is_err() {
                 return answer;
             }
         }

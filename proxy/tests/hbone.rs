@@ -153,7 +153,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
         assert_eq!(digest(&back), digest(&data), "{len} bytes came back altered");
     }
     let seen = handler.seen.lock().unwrap();
-    assert_eq!(seen[0].peer, client_id());
+    assert_eq!(*seen[0].peer, client_id());
     assert_eq!(seen[0].forwarded_for, Some("10.1.2.3".parse().unwrap()));
     assert_eq!(seen[0].via.as_deref(), Some("1.1 waypoint.shop.weft-waypoint"));
     assert_eq!(seen[0].traceparent.as_deref(), Some(Origin::TEST_TRACEPARENT));
@@ -453,7 +453,7 @@ async fn a_continuation_flood_and_oversized_headers_are_cut_off_and_others_keep_
     );
     let seen = handler.seen.lock().unwrap();
     assert!(
-        seen.iter().all(|request| request.peer != Identity::new(TD, "shop", "abuser")),
+        seen.iter().all(|request| *request.peer != Identity::new(TD, "shop", "abuser")),
         "an abuser's stream reached the handler"
     );
 }

@@ -385,7 +385,7 @@ impl Handler for NotingResumptions {
     type Upstream = TcpStream;
 
     async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
-        self.peers.lock().unwrap().push(request.peer.clone());
+        self.peers.lock().unwrap().push(Identity::clone(&request.peer));
         ToUpstream(self.upstream).connect(request).await
     }
 

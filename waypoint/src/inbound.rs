@@ -99,8 +99,11 @@ impl Handler for Inbound {
         // The client's node proxy connects from inside the client's pod: the tunnel's source is
         // the client. `Forwarded` is not believed: any holder of a mesh certificate could name
         // any address in it, and policies decide on source addresses.
-        let client =
-            Client { identity: request.peer.clone(), address: request.source, via: request.via.clone() };
+        let client = Client {
+            identity: Identity::clone(&request.peer),
+            address: request.source,
+            via: request.via.as_deref().map(str::to_owned),
+        };
         Ok(Session::new(self.context.clone(), destination, client))
     }
 

@@ -133,30 +133,39 @@ impl Context {
     }
 
     /// Resolves, with the verdict, once a configuration change no longer allows a connection
-    /// that was allowed: open connections follow policy, not just new ones.
-    pub async fn revoked(
+    /// that was allowed: open connections follow policy, not just new ones. Every open
+    /// connection's task holds this wait for as long as it lives, so it keeps only how to
+    /// describe the connection (`connection`), never the description or a verdict.
+    pub async fn revoked<'a>(
         &self,
         pod: &Pod,
-        connection: &weft_proxy::authz::Connection<'_>,
+        connection: impl Fn() -> weft_proxy::authz::Connection<'a>,
     ) -> weft_proxy::authz::Verdict {
-        let mut changes = self.state.changes();
         loop {
-            // Checked after subscribing, so a change just before is not missed.
-            let mut verdict = self.state.authorize(pod.local(), connection);
-            if verdict.incomplete() {
+            let mut next = std::pin::pin!(self.state.next_change());
+            // Checked once waiting, so a change just before is not missed.
+            next.as_mut().enable();
+            let verdict = self.state.authorize(pod.local(), &connection());
+            let verdict = match verdict.incomplete() {
                 // Addresses and policies arrive apart: a workload may name a policy a moment
                 // before it comes. Only what stays missing cuts an open connection. Boxed, as
-                // is rare: inline its timer would size every open connection's wait below.
-                verdict = Box::pin(self.state.authorize_known(pod.local(), connection, CONFIG_WAIT)).await;
-            }
+                // is rare: inline its timer would size every open connection's wait below;
+                // the first verdict goes first, so the wait does not hold it either.
+                true => {
+                    drop(verdict);
+                    let connection = &connection;
+                    Box::pin(async move {
+                        self.state.authorize_known(pod.local(), &connection(), CONFIG_WAIT).await
+                    })
+                    .await
+                }
+                false => verdict,
+            };
             if !verdict.allowed() {
                 return verdict;
             }
-            // Nor is the verdict (its policy's name) kept while the connection lives.
             drop(verdict);
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+            next.await;
         }
     }
 

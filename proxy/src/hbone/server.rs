@@ -34,8 +34,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A CONNECT that passed the protocol checks, for the handler to decide on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// The client workload's identity, from its certificate.
-    pub peer: Identity,
+    /// The client workload's identity, from its certificate: one for all of a connection's
+    /// streams (each open stream holds the request as long as it lives).
+    pub peer: Arc<Identity>,
     /// The HBONE connection's source address: the client pod's, as its proxy connects from
     /// inside that pod.
     pub source: SocketAddr,
@@ -43,15 +44,16 @@ pub struct ConnectRequest {
     /// this end's own address with the service port, until [`Handler::resolve`] sets the pod's port.
     pub target: SocketAddr,
     /// `:authority` named a Service, `hostname:port`, rather than an address (Istio's peers do,
-    /// for a Service reached through another network's gateway or a waypoint).
-    pub service: Option<ServiceTarget>,
+    /// for a Service reached through another network's gateway or a waypoint). Boxed: rare, and
+    /// every open stream holds the request.
+    pub service: Option<Box<ServiceTarget>>,
     /// The original source's address from `Forwarded: for=…`, when given and well-formed (with
     /// or without a port, quoted or not: Istio's peers have sent both).
     pub forwarded_for: Option<IpAddr>,
     /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
-    pub traceparent: Option<String>,
+    pub traceparent: Option<Box<str>>,
     /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
-    pub via: Option<String>,
+    pub via: Option<Box<str>>,
 }
 
 /// What a connected stream carried, and how long it took.
@@ -241,7 +243,7 @@ pub async fn serve_connection<H: Handler>(
             .map_err(Error::Identity)?;
     }
     handler.tls_established(handshake);
-    let peer = tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?;
+    let peer = Arc::new(tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?);
     let mut connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)
         .initial_connection_window_size(window::CONNECTION)
@@ -362,7 +364,7 @@ fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
 /// address.
 #[derive(Debug, Clone)]
 struct Ends {
-    peer: Identity,
+    peer: Arc<Identity>,
     source: SocketAddr,
     local: SocketAddr,
 }
@@ -380,15 +382,15 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
             let service = service_target(authority).ok_or_else(|| {
                 Refusal::BadRequest(format!(":authority {authority} is neither ip:port nor host:port"))
             })?;
-            (SocketAddr::new(local.ip(), service.port), Some(service))
+            (SocketAddr::new(local.ip(), service.port), Some(Box::new(service)))
         }
     };
     let header = |name: &str| request.headers().get(name).and_then(|value| value.to_str().ok());
     let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
     // `baggage` is not kept: nothing reads it, and an open stream would hold it as long as it
     // lives.
-    let traceparent = header("traceparent").map(str::to_owned);
-    let via = header("via").map(str::to_owned);
+    let traceparent = header("traceparent").map(Box::from);
+    let via = header("via").map(Box::from);
     Ok(ConnectRequest { peer, source, target, service, forwarded_for, traceparent, via })
 }
 
@@ -396,7 +398,7 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
 #[cfg(fuzzing)]
 pub fn check_connect(request: &Request<()>) -> Result<(), String> {
     let ends = Ends {
-        peer: Identity::new("cluster.local", "fuzz", "client"),
+        peer: Arc::new(Identity::new("cluster.local", "fuzz", "client")),
         source: SocketAddr::from(([10, 0, 0, 1], 40000)),
         local: SocketAddr::from(([10, 0, 0, 2], 15008)),
     };
@@ -472,7 +474,7 @@ mod tests {
         assert_eq!(service_target(&authority("-db.shop:80")), None);
         assert_eq!(service_target(&authority("db..shop:80")), None);
         let ends = Ends {
-            peer: Identity::new("cluster.local", "shop", "web"),
+            peer: Arc::new(Identity::new("cluster.local", "shop", "web")),
             source: "10.0.0.1:40000".parse().unwrap(),
             local: "10.0.1.5:15008".parse().unwrap(),
         };

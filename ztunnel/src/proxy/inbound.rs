@@ -94,8 +94,8 @@ impl Delivery {
     fn labels(&self, request: &ConnectRequest) -> crate::metrics::ConnectionLabels {
         let source = request.forwarded_for.and_then(|ip| self.context.state.workload_by_ip(ip));
         let source = match &source {
-            Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &request.peer),
-            None => ("unknown", request.peer.namespace.as_str(), &request.peer),
+            Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &*request.peer),
+            None => ("unknown", request.peer.namespace.as_str(), &*request.peer),
         };
         let destination = self.pod.identity(&self.context.trust_domain);
         let name = self.context.metrics_name(&self.pod, canonical(request.target).ip());
@@ -182,12 +182,12 @@ impl Handler for Delivery {
     }
 
     async fn revoked(&self, request: &ConnectRequest) -> Refusal {
-        let connection = Connection {
+        let connection = || Connection {
             source: Some(&request.peer),
             source_ip: request.source.ip(),
             destination: request.target,
         };
-        let verdict = self.context.revoked(&self.pod, &connection).await;
+        let verdict = self.context.revoked(&self.pod, connection).await;
         self.context.metrics.failed(Reporter::Destination, "policy_revoked");
         tracing::info!(src = %request.peer, source = %request.source, target = %request.target, %verdict, "inbound HBONE revoked");
         Refusal::Denied(verdict.to_string())
@@ -260,7 +260,7 @@ pub async fn serve_plaintext(
                             let counts = weft_proxy::relay::Counts::default();
                             tokio::select! {
                                 relayed = weft_proxy::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
-                                verdict = context.revoked(&pod, &connection) => {
+                                verdict = context.revoked(&pod, || connection) => {
                                     context.metrics.failed(Reporter::Destination, "policy_revoked");
                                     tracing::info!(%peer, %target, %verdict, "plaintext inbound revoked");
                                     Ok(())

@@ -15,20 +15,61 @@ use serde::Serialize;
 
 use weft_proxy::relay::Counts;
 
-/// One open connection.
-#[derive(Debug, Serialize)]
+use crate::{metrics::ConnectionLabels, proxy::Pod};
+
+/// One open connection. It holds no text of its own: its pod and its metric labels (which
+/// name both ends' identities) are shared with the proxy's other connections, so each open
+/// connection costs a few words here, not its names again.
+#[derive(Debug)]
 pub struct Connection {
-    /// `namespace/name` of the pod it belongs to.
-    pub pod: String,
-    pub source: String,
-    /// The destination's identity, or `-` outside the mesh.
-    pub destination: String,
+    pub pod: Arc<Pod>,
+    pub labels: Arc<ConnectionLabels>,
     pub target: SocketAddr,
     /// Seconds since the Unix epoch.
     pub since: u64,
     /// From the pod's app to the destination (sent) and back (received), so far.
-    #[serde(flatten)]
     pub counts: Counts,
+}
+
+impl Connection {
+    /// The source's identity.
+    pub fn source(&self) -> &str {
+        &self.labels.source_principal
+    }
+
+    /// The destination's identity, or `-` outside the mesh (no mutual TLS, so no identity).
+    pub fn destination(&self) -> &str {
+        match self.labels.connection_security_policy.as_str() {
+            "mutual_tls" => &self.labels.destination_principal,
+            _ => "-",
+        }
+    }
+}
+
+/// What `/config_dump` says of a connection.
+impl Serialize for Connection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Dumped<'a> {
+            /// `namespace/name` of the pod it belongs to.
+            pod: String,
+            source: &'a str,
+            destination: &'a str,
+            target: SocketAddr,
+            since: u64,
+            #[serde(flatten)]
+            counts: &'a Counts,
+        }
+        Dumped {
+            pod: format!("{}/{}", self.pod.namespace, self.pod.name),
+            source: self.source(),
+            destination: self.destination(),
+            target: self.target,
+            since: self.since,
+            counts: &self.counts,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The open connections of a node's proxy.
@@ -57,18 +98,16 @@ impl Live {
         self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Adds a connection of `pod` from `source` to `destination` at `target`.
+    /// Adds a connection of `pod` to `target`, between the ends its `labels` name.
     pub fn register(
         &self,
-        pod: String,
-        source: String,
-        destination: String,
+        pod: Arc<Pod>,
+        labels: Arc<ConnectionLabels>,
         target: SocketAddr,
     ) -> Registration<'_> {
         let since =
             SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
-        let connection =
-            Arc::new(Connection { pod, source, destination, target, since, counts: Counts::default() });
+        let connection = Arc::new(Connection { pod, labels, target, since, counts: Counts::default() });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.open().insert(id, connection.clone());
         Registration { live: self, id, connection }

@@ -232,7 +232,7 @@ async fn proxy(
     mut client: tokio::net::TcpStream,
     peer: SocketAddr,
     context: &Context,
-    pod: &Pod,
+    pod: &Arc<Pod>,
     netns: &Netns,
 ) -> Result<(), Error> {
     let started = std::time::Instant::now();
@@ -242,25 +242,26 @@ async fn proxy(
     // Boxed: the connect phase — the routes it may try (a Service's endpoints), what a CONNECT
     // says, its futures, the identities and names the labels are made of — is gone before the
     // relay begins; inline it would size the connection's task for as long as it lives.
-    let Opened { carried, labels, live } = Box::pin(opened(context, netns, pod, peer, target)).await?;
+    let Opened { carried, live } = Box::pin(opened(context, netns, pod, peer, target)).await?;
     // The access lines say how long the connection took to open and to end, so a slow hop
     // stands out (as Istio's `duration`).
     let connect_ms = started.elapsed().as_millis() as u64;
-    let counts = &live.connection.counts;
+    // The live entry holds what the close needs: the counts and the labels.
+    let (counts, labels) = (&live.connection.counts, &live.connection.labels);
     match carried {
         Carried::Tunnel { tunnel, addr, via, traceparent } => {
             let relayed = relay::hbone(&mut client, tunnel.stream, counts).await;
             let (sent, received) = counts.get();
-            context.metrics.closed(&labels, sent, received);
+            context.metrics.closed(labels, sent, received);
             relayed?;
-            let (source, destination) = (&live.connection.source, &live.connection.destination);
+            let (source, destination) = (live.connection.source(), live.connection.destination());
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(target: "weft_ztunnel::access", src = %source, client = %peer, dst = %destination, %target, upstream = %addr, %via, sent, received, connect_ms, duration_ms, trace = %traceparent, "outbound via HBONE closed");
         }
         Carried::Direct { mut upstream, addr } => {
             let relayed = relay::tcp(&mut client, &mut upstream, counts).await;
             let (sent, received) = counts.get();
-            context.metrics.closed(&labels, sent, received);
+            context.metrics.closed(labels, sent, received);
             relayed?;
             let duration_ms = started.elapsed().as_millis() as u64;
             tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, client = %peer, %target, upstream = %addr, sent, received, connect_ms, duration_ms, "outbound passthrough closed");
@@ -272,9 +273,8 @@ async fn proxy(
 /// A connection opened, with only what its relay and its close need.
 struct Opened<'a> {
     carried: Carried,
-    /// Its metrics' labels, shared with the connections that have the same.
-    labels: Arc<crate::metrics::ConnectionLabels>,
-    /// Its entry among the live connections: its pod, its ends' identities, its counts.
+    /// Its entry among the live connections: its pod, its metrics' labels (shared with the
+    /// connections that have the same; they name its ends' identities), its counts.
     live: super::live::Registration<'a>,
 }
 
@@ -299,14 +299,13 @@ enum Carried {
 async fn opened<'a>(
     context: &'a Context,
     netns: &Netns,
-    pod: &Pod,
+    pod: &Arc<Pod>,
     peer: SocketAddr,
     target: SocketAddr,
 ) -> Result<Opened<'a>, Error> {
     let source = pod.identity(&context.trust_domain);
     let name = context.metrics_name(pod, peer.ip());
     let captured = Captured { peer, target, pod, source: &source, name: &name };
-    let pod_key = format!("{}/{}", pod.namespace, pod.name);
     Ok(match open(context, netns, &captured).await? {
         Way::Tunnel { tunnel, workload, addr, via, destination, traceparent } => {
             let labels = context.metrics.opened(context.labels(
@@ -315,8 +314,8 @@ async fn opened<'a>(
                 Some((workload.metrics_name(), &workload.namespace, &destination)),
                 true,
             ));
-            let live = context.live.register(pod_key, source.to_string(), destination.to_string(), target);
-            Opened { carried: Carried::Tunnel { tunnel, addr, via, traceparent }, labels, live }
+            let live = context.live.register(pod.clone(), labels, target);
+            Opened { carried: Carried::Tunnel { tunnel, addr, via, traceparent }, live }
         }
         Way::Direct { upstream, addr } => {
             let labels = context.metrics.opened(context.labels(
@@ -325,8 +324,8 @@ async fn opened<'a>(
                 None,
                 false,
             ));
-            let live = context.live.register(pod_key, source.to_string(), "-".to_owned(), target);
-            Opened { carried: Carried::Direct { upstream, addr }, labels, live }
+            let live = context.live.register(pod.clone(), labels, target);
+            Opened { carried: Carried::Direct { upstream, addr }, live }
         }
     })
 }
