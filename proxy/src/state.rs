@@ -444,7 +444,8 @@ pub struct State {
     /// no connection authorized (a DENY policy may be on its way).
     synced: tokio::sync::watch::Sender<Synced>,
     /// Notified at every applied update, for connections that must follow policy changes. A
-    /// `Notify`: every open connection waits on it, and its waiter is half a watch's.
+    /// `Notify`: every open connection waits on it, and its waiter is half a watch's. Only
+    /// `notify_waiters`, which wakes every waiter made before it.
     changes: tokio::sync::Notify,
     /// The proxy's network: addresses are looked up on it.
     network: String,
@@ -502,9 +503,9 @@ impl State {
         self.changes.notify_waiters();
     }
 
-    /// Resolves at the next applied update (addresses too: they say which policies a workload
-    /// has) after it was enabled: enable it before asking the state, so that an update in
-    /// between is not missed.
+    /// Resolves at the first applied update after it was made (addresses too: they say which
+    /// policies a workload has): make it before asking the state, so that an update in between
+    /// is not missed.
     pub fn next_change(&self) -> tokio::sync::futures::Notified<'_> {
         self.changes.notified()
     }
@@ -703,9 +704,8 @@ impl State {
     ) -> T {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let mut next = std::pin::pin!(self.next_change());
             // Asked once waiting, so a change just before is not missed.
-            next.as_mut().enable();
+            let next = self.next_change();
             let answer = ask(self);
             if !incomplete(&answer) || tokio::time::timeout_at(deadline, next).await.is_err() {
                 return answer;

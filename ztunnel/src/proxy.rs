@@ -142,9 +142,8 @@ impl Context {
         connection: impl Fn() -> weft_proxy::authz::Connection<'a>,
     ) -> weft_proxy::authz::Verdict {
         loop {
-            let mut next = std::pin::pin!(self.state.next_change());
             // Checked once waiting, so a change just before is not missed.
-            next.as_mut().enable();
+            let next = self.state.next_change();
             let verdict = self.state.authorize(pod.local(), &connection());
             let verdict = match verdict.incomplete() {
                 // Addresses and policies arrive apart: a workload may name a policy a moment

@@ -162,6 +162,21 @@ impl Proxies<'_> {
     fn resident_kib(&self) -> anyhow::Result<[Resident; 2]> {
         Ok([resident_kib(self.pids[0])?, resident_kib(self.pids[1])?])
     }
+
+    /// Each proxy's RSS once what it freed has gone back: the lowest over two of its trim
+    /// periods (`weft_proxy::allocator`), so a trim between two readings cannot count memory
+    /// that earlier work freed as given back by what is measured.
+    fn settled_rss_kib(&self) -> anyhow::Result<[u64; 2]> {
+        let until = std::time::Instant::now() + 2 * weft_proxy::allocator::TRIM_PERIOD;
+        let mut lowest = self.rss_kib()?;
+        while std::time::Instant::now() < until {
+            // Sampling period, not synchronisation.
+            std::thread::sleep(Duration::from_millis(50));
+            let now = self.rss_kib()?;
+            lowest = [lowest[0].min(now[0]), lowest[1].min(now[1])];
+        }
+        Ok(lowest)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -337,11 +352,11 @@ fn idle_connections(
             ));
             continue;
         }
-        let before = proxies.rss_kib()?;
+        let before = proxies.settled_rss_kib()?;
         let mut holder = apps::hold(mode.client, to, count, Duration::from_secs(120))
             .with_context(|| format!("idle connections ({})", mode.name))?;
         let stdin = holder.take_stdin()?;
-        let held = proxies.rss_kib()?;
+        let held = proxies.settled_rss_kib()?;
         for ((figure, held), before) in figures.into_iter().zip(held).zip(before) {
             report.record(mode.name, figure, held.saturating_sub(before) as f64 / count as f64);
         }

@@ -18,8 +18,9 @@ use weft_proxy::relay::Counts;
 use crate::{metrics::ConnectionLabels, proxy::Pod};
 
 /// One open connection. It holds no text of its own: its pod and its metric labels (which
-/// name both ends' identities) are shared with the proxy's other connections, so each open
-/// connection costs a few words here, not its names again.
+/// name its ends' identities, the destination's only through the mesh) are shared with the
+/// proxy's other connections, so each open connection costs a few words here, not its names
+/// again.
 #[derive(Debug)]
 pub struct Connection {
     pub pod: Arc<Pod>,
@@ -119,5 +120,59 @@ impl Live {
             self.open().iter().map(|(id, connection)| (*id, connection.clone())).collect();
         open.sort_by_key(|(id, _)| *id);
         open.into_iter().map(|(_, connection)| connection).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Reporter;
+
+    fn labels(destination: &str, mutual_tls: bool) -> Arc<ConnectionLabels> {
+        Arc::new(ConnectionLabels {
+            reporter: Reporter::Source,
+            source_workload: "client".into(),
+            source_workload_namespace: "shop".into(),
+            source_principal: "spiffe://cluster.local/ns/shop/sa/client".into(),
+            destination_workload: "db".into(),
+            destination_workload_namespace: "shop".into(),
+            destination_principal: destination.into(),
+            connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" }.into(),
+        })
+    }
+
+    #[test]
+    fn a_dump_names_the_pod_both_ends_and_a_dash_outside_the_mesh() {
+        let live = Live::default();
+        let pod = Arc::new(Pod {
+            uid: "u1".into(),
+            name: "client-0".into(),
+            namespace: "shop".into(),
+            service_account: "client".into(),
+        });
+        let target: SocketAddr = "10.0.0.2:5432".parse().unwrap();
+        let tunnelled =
+            live.register(pod.clone(), labels("spiffe://cluster.local/ns/shop/sa/db", true), target);
+        tunnelled.connection.counts.sent.store(3, Ordering::Relaxed);
+        let _direct = live.register(pod, labels(crate::metrics::UNKNOWN, false), target);
+        let dumped =
+            serde_json::to_value(live.dump().iter().map(|open| &**open).collect::<Vec<_>>()).unwrap();
+        let since = dumped[0]["since"].clone();
+        assert!(since.as_u64().is_some_and(|since| since > 0), "{dumped}");
+        assert_eq!(
+            dumped[0],
+            serde_json::json!({
+                "pod": "shop/client-0",
+                "source": "spiffe://cluster.local/ns/shop/sa/client",
+                "destination": "spiffe://cluster.local/ns/shop/sa/db",
+                "target": "10.0.0.2:5432",
+                "since": since,
+                "sent": 3,
+                "received": 0,
+            })
+        );
+        assert_eq!(dumped[1]["destination"], "-", "{dumped}");
+        drop(tunnelled);
+        assert_eq!(live.dump().len(), 1, "a dropped registration leaves");
     }
 }
