@@ -5,9 +5,8 @@
 //! delta xDS client ([`xds`]) over the control-plane connection ([`control`]), decide
 //! authorization with Istio's semantics ([`authz`]) and count what they hold open ([`census`]);
 //! a request's place in a trace is read and passed on by [`trace_context`]; [`allocator`] gives
-//! freed memory back to the kernel. Inputs: the control
-//! plane's (or istiod's) CA and xDS. Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the
-//! waypoint's).
+//! freed memory back to the kernel. Inputs: the control plane's (or istiod's) CA and xDS.
+//! Non-goals: capture and in-pod listeners (the node proxy's), HTTP routing (the waypoint's).
 
 pub mod allocator;
 pub mod authz;
