@@ -35,6 +35,8 @@ impl EncodeLabelValue for Reporter {
 
 /// The workload, namespace and principal labels of an end that is not a known workload.
 pub const UNKNOWN: &str = "unknown";
+/// `connection_security_policy` of a connection over mutual TLS (else `none`).
+pub const MUTUAL_TLS: &str = "mutual_tls";
 
 /// Labels of a proxied connection.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -217,7 +217,8 @@ impl Context {
             destination_workload,
             destination_workload_namespace,
             destination_principal,
-            connection_security_policy: if mutual_tls { "mutual_tls" } else { "none" }.to_owned(),
+            connection_security_policy: if mutual_tls { crate::metrics::MUTUAL_TLS } else { "none" }
+                .to_owned(),
         }
     }
 }

@@ -40,9 +40,9 @@ impl Connection {
 
     /// The destination's identity, or `-` outside the mesh (no mutual TLS, so no identity).
     pub fn destination(&self) -> &str {
-        match self.labels.connection_security_policy.as_str() {
-            "mutual_tls" => &self.labels.destination_principal,
-            _ => "-",
+        match self.labels.connection_security_policy == crate::metrics::MUTUAL_TLS {
+            true => &self.labels.destination_principal,
+            false => "-",
         }
     }
 }
