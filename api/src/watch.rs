@@ -1,12 +1,20 @@
 //! Kubernetes watches as the agent and the control plane use them (feature `kubernetes`): a
 //! reflector keeps a store current and pokes one coalescing channel on every event, so a single
-//! level-triggered loop recomputes from the stores.
-use std::time::Duration;
+//! level-triggered loop recomputes from the stores; a reflector may also say which objects
+//! changed ([`reflect_touched`]), for a loop that redoes only what they touch.
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use kube::{
     Api,
-    runtime::{reflector, watcher},
+    runtime::{
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use tokio::{sync::mpsc, task::JoinSet};
 
@@ -44,7 +52,69 @@ pub fn reflect<K: Watched>(
     config: watcher::Config,
     changed: mpsc::Sender<()>,
 ) -> reflector::Store<K> {
-    start(watchers, api, config, changed, None)
+    start(watchers, api, config, changed, None, None)
+}
+
+/// [`reflect`], and the objects that changed since they were last taken.
+pub fn reflect_touched<K: Watched>(
+    watchers: &mut JoinSet<()>,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: mpsc::Sender<()>,
+) -> (reflector::Store<K>, Touched<K>) {
+    let touched = Touched(Arc::new(Mutex::new(Pending { listed: true, objects: HashSet::new() })));
+    (start(watchers, api, config, changed, None, Some(touched.clone())), touched)
+}
+
+/// The objects a reflector saw change (in its store) since they were last taken.
+#[derive(Debug)]
+pub struct Touched<K: kube::Resource<DynamicType = ()>>(Arc<Mutex<Pending<K>>>);
+
+impl<K: kube::Resource<DynamicType = ()>> Clone for Touched<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+#[derive(Debug)]
+struct Pending<K: kube::Resource<DynamicType = ()>> {
+    /// The store was filled from a list since the last take: any object may have changed.
+    listed: bool,
+    objects: HashSet<ObjectRef<K>>,
+}
+
+/// What changed in a store since the last take.
+#[derive(Debug, PartialEq)]
+pub enum Taken<K: kube::Resource<DynamicType = ()>> {
+    /// It was (re)listed: anything may have.
+    Listed,
+    /// These objects (each added, changed or deleted).
+    Objects(Vec<ObjectRef<K>>),
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Touched<K> {
+    /// What changed since the last take (at first, the list that filled the store). Take it
+    /// before reading the store: a change after the take is in the next one as well.
+    pub fn take(&self) -> Taken<K> {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let objects = std::mem::take(&mut pending.objects);
+        if std::mem::replace(&mut pending.listed, false) {
+            Taken::Listed
+        } else {
+            Taken::Objects(objects.into_iter().collect())
+        }
+    }
+
+    fn record(&self, object: &K) {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.objects.insert(ObjectRef::from_obj(object));
+    }
+
+    fn listed(&self) {
+        let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.listed = true;
+        pending.objects.clear();
+    }
 }
 
 /// [`reflect`], but an object that changed pokes `changed` only when `matters` of it changed
@@ -56,7 +126,7 @@ pub fn reflect_when<K: Watched>(
     changed: mpsc::Sender<()>,
     matters: fn(&K) -> u64,
 ) -> reflector::Store<K> {
-    start(watchers, api, config, changed, Some(matters))
+    start(watchers, api, config, changed, Some(matters), None)
 }
 
 /// The reflector: every event pokes, but a changed object's only when `matters` of it changed.
@@ -66,6 +136,7 @@ fn start<K: Watched>(
     config: watcher::Config,
     changed: mpsc::Sender<()>,
     matters: Option<fn(&K) -> u64>,
+    touched: Option<Touched<K>>,
 ) -> reflector::Store<K> {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher::watcher(api, config));
@@ -74,6 +145,17 @@ fn start<K: Watched>(
         // What mattered of each object when it was last seen, by uid (else name).
         let mut seen: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
         while let Some(event) = stream.next().await {
+            // The reflector has applied the event to the store by now.
+            if let Some(touched) = &touched {
+                match &event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
+                        touched.record(object)
+                    }
+                    Ok(watcher::Event::InitDone) => touched.listed(),
+                    // A list fills the store all at once, at its end.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
+                }
+            }
             let poke = match &event {
                 Err(error) => {
                     tracing::warn!(%error, "Kubernetes watch error; retrying");

@@ -76,9 +76,12 @@ pub mod routes;
 pub mod traffic;
 pub mod watch;
 pub mod waypoint;
+pub mod workloads;
 
 use gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute};
 use policy::AuthorizationPolicy;
+#[cfg(test)]
+use workloads::workload_name;
 
 /// One xDS resource, encoded once and shared by every subscriber.
 #[derive(Debug, Clone)]
@@ -471,14 +474,135 @@ objects!(
     nodes: PartialObjectMeta<Node>,
 );
 
-/// Builds the resources for these objects (the version is left at 0 for the publisher).
+/// The pods, Services and EndpointSlices that changed since the index's last update, each by
+/// namespace and name with what it is now (`None`: gone).
+#[derive(Debug, Default)]
+pub struct Changed<'a> {
+    pub pods: Vec<(&'a str, &'a str, Option<&'a Pod>)>,
+    pub services: Vec<(&'a str, &'a str, Option<&'a Service>)>,
+    pub slices: Vec<(&'a str, &'a str, Option<&'a EndpointSlice>)>,
+}
+
+/// The index kept from change to change ([`watch`]): its workloads are redone by what changed
+/// ([`workloads`]), not rebuilt; the rest (Services, policies, routes: objects far fewer than
+/// pods) is made anew at every update.
+#[derive(Debug)]
+pub struct Index {
+    naming: Naming,
+    workloads: Option<workloads::Workloads>,
+}
+
+impl Index {
+    pub fn new(naming: Naming) -> Self {
+        Self { naming, workloads: None }
+    }
+
+    /// The snapshot of `objects` (its version left at 0 for the publisher). `changed` names the
+    /// pods, Services and slices that changed since the last update (`objects` holds them as
+    /// they are now); `None` when anything may have (a first update, a watch that listed
+    /// again), and then the workloads are rebuilt from `objects`, as they are when what every
+    /// pod's workload depends on changed.
+    pub fn update(&mut self, objects: &Objects<'_>, changed: Option<&Changed<'_>>) -> Snapshot {
+        let naming = &self.naming;
+        let converted = convert_policies(naming, &objects.policies);
+        let mut selectors: HashMap<String, Vec<workloads::Selector>> = HashMap::new();
+        for (key, converted, _) in &converted {
+            if let (Some(authorization), Some(selector)) = (&converted.authorization, &converted.selector) {
+                selectors
+                    .entry(authorization.namespace.clone())
+                    .or_default()
+                    .push((key.clone(), selector.clone()));
+            }
+        }
+        let context = workloads::Context {
+            namespace_labels: objects
+                .namespaces
+                .iter()
+                .filter_map(|ns| Some((ns.metadata.name.clone()?, ns.metadata.labels.clone())))
+                .collect(),
+            selectors,
+            localities: locality::Localities::new(&objects.nodes),
+        };
+        let current = self.workloads.as_ref().is_some_and(|workloads| *workloads.context() == context);
+        let workloads = match changed {
+            Some(changed) if current => {
+                let workloads = self.workloads.as_mut().expect("current workloads");
+                for &(namespace, name, service) in &changed.services {
+                    workloads.service(namespace, name, service);
+                }
+                for &(namespace, name, pod) in &changed.pods {
+                    workloads.pod(namespace, name, pod);
+                }
+                for &(namespace, name, slice) in &changed.slices {
+                    workloads.slice(namespace, name, slice);
+                }
+                workloads
+            }
+            _ => {
+                let mut workloads = workloads::Workloads::new(naming.clone(), context);
+                for &service in &objects.services {
+                    if let (Some(namespace), Some(name)) =
+                        (&service.metadata.namespace, &service.metadata.name)
+                    {
+                        workloads.service(namespace, name, Some(service));
+                    }
+                }
+                for &pod in &objects.pods {
+                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                        workloads.pod(namespace, name, Some(pod));
+                    }
+                }
+                for &slice in &objects.slices {
+                    if let (Some(namespace), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) {
+                        workloads.slice(namespace, name, Some(slice));
+                    }
+                }
+                self.workloads.insert(workloads)
+            }
+        };
+        let (workloads, selected) = workloads.settle();
+        assemble(naming, objects, &converted, workloads, selected)
+    }
+}
+
+/// Builds the resources for these objects (the version is left at 0 for the publisher): an
+/// index's first update.
 pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
+    Index::new(naming.clone()).update(objects, None)
+}
+
+/// Each policy as node proxies enforce it, and as waypoints do (one or the other), by
+/// `namespace/name`.
+fn convert_policies(
+    naming: &Naming,
+    policies: &[&AuthorizationPolicy],
+) -> Vec<(String, policy::Converted, Option<Waypoints>)> {
+    policies
+        .iter()
+        .filter_map(|policy| {
+            let key =
+                format!("{}/{}", policy.metadata.namespace.as_deref()?, policy.metadata.name.as_deref()?);
+            Some((
+                key,
+                policy::convert(policy, &naming.root_namespace),
+                policy::http::convert(policy, naming),
+            ))
+        })
+        .collect()
+}
+
+/// The snapshot: `workloads` (by uid) with everything else made from `objects` — Services,
+/// policies (`selected`: the pods each picks), routes, traffic policies, request authentication.
+fn assemble(
+    naming: &Naming,
+    objects: &Objects<'_>,
+    converted: &[(String, policy::Converted, Option<Waypoints>)],
+    workloads: &Resources,
+    selected: &HashMap<String, BTreeMap<String, usize>>,
+) -> Snapshot {
     let Objects {
         namespaces,
-        pods,
         services,
-        slices,
-        policies,
         gateways,
         http_routes,
         grpc_routes,
@@ -490,28 +614,8 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         request_authentications,
         jwks_config_maps,
         jwks_secrets,
-        nodes,
+        ..
     } = objects;
-    let localities = locality::Localities::new(nodes);
-    // Each policy as node proxies enforce it, and as waypoints do (one or the other).
-    let converted: Vec<(String, policy::Converted, Option<Waypoints>)> = policies
-        .iter()
-        .filter_map(|policy| {
-            let key =
-                format!("{}/{}", policy.metadata.namespace.as_deref()?, policy.metadata.name.as_deref()?);
-            Some((
-                key,
-                policy::convert(policy, &naming.root_namespace),
-                policy::http::convert(policy, naming),
-            ))
-        })
-        .collect();
-    let mut selectors_by_namespace: HashMap<&str, Vec<Selecting>> = HashMap::new();
-    for (key, converted, _) in &converted {
-        if let (Some(authorization), Some(selector)) = (&converted.authorization, &converted.selector) {
-            selectors_by_namespace.entry(&authorization.namespace).or_default().push((key, selector));
-        }
-    }
     let labels_by_namespace: HashMap<&str, Option<&BTreeMap<String, String>>> = namespaces
         .iter()
         .filter_map(|ns| Some((ns.metadata.name.as_deref()?, ns.metadata.labels.as_ref())))
@@ -554,66 +658,10 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         services_by_name.insert((namespace, name), service);
     }
 
-    let mut workloads: Vec<(Claim, api::Workload)> = pods
-        .iter()
-        .filter_map(|pod| {
-            let namespace = pod.metadata.namespace.as_deref()?;
-            // The agent's rule, and its word that it captured the pod: a pod nobody captures is
-            // never tunnelled to (it has no HBONE listener), it is reached in plaintext.
-            let enrolled = weft_api::enrollment::PodState::of(pod).capturable()
-                && naming.labels.labelled(
-                    pod.metadata.labels.as_ref(),
-                    labels_by_namespace.get(namespace).copied().flatten(),
-                )
-                && naming.labels.captured(pod.metadata.annotations.as_ref());
-            let mut workload = workload(naming, pod, enrolled)?;
-            workload.1.locality = localities.of(&workload.1.node);
-            workload.1.waypoint =
-                waypoints.of_pod(pod, labels_by_namespace.get(namespace).copied().flatten());
-            let label = |key: &String| pod.metadata.labels.as_ref().and_then(|labels| labels.get(key));
-            workload.1.authorization_policies = selectors_by_namespace
-                .get(namespace)
-                .into_iter()
-                .flatten()
-                .filter(|(_, selector)| selector.iter().all(|(key, value)| label(key) == Some(value)))
-                .map(|(key, _)| (*key).to_owned())
-                .collect();
-            workload.1.authorization_policies.sort();
-            Some(workload)
-        })
-        .collect();
-    give_each_address_one_owner(&mut workloads);
-    let pod_addresses: PodMap<IpAddr, &str> = workloads
-        .iter()
-        .flat_map(|(_, workload)| workload.addresses.iter().map(|bytes| (bytes, workload.uid.as_str())))
-        .filter_map(|(bytes, uid)| Some((ip_from_bytes(bytes)?, uid)))
-        .collect();
-    let with_addresses: std::collections::HashSet<&str, foldhash::fast::RandomState> =
-        pod_addresses.values().copied().collect();
-    let pod_kinds: PodMap<&str, endpoints::PodKind> = pods
-        .iter()
-        .filter_map(|pod| {
-            let uid = pod.metadata.uid.as_deref()?;
-            Some((uid, endpoints::pod_kind(pod, with_addresses.contains(uid))?))
-        })
-        .collect();
-    let mut membership =
-        endpoints::membership(naming, &services_by_name, &pod_kinds, &pod_addresses, slices.iter().copied());
-    for (_, workload) in &mut workloads {
-        workload.services = membership.pods.remove(&workload.uid).unwrap_or_default();
-    }
-    let mut selected: HashMap<&str, Vec<String>> = HashMap::new();
-    for (_, workload) in &workloads {
-        if !workload.addresses.is_empty() {
-            for key in &workload.authorization_policies {
-                selected.entry(key).or_default().push(format!("{}/{}", workload.namespace, workload.name));
-            }
-        }
-    }
     let mut authorizations = Resources::new();
     let mut http_authorizations = Resources::new();
     let mut statuses = Vec::new();
-    for (key, converted, for_waypoints) in &converted {
+    for (key, converted, for_waypoints) in converted {
         let (namespace, name) = key.split_once('/').unwrap_or_default();
         let mut status = PolicyStatus {
             namespace: namespace.to_owned(),
@@ -621,7 +669,12 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
             action: String::new(),
             scope: String::new(),
             served: converted.authorization.is_some() || for_waypoints.is_some(),
-            selects: selected.remove(key.as_str()).unwrap_or_default(),
+            selects: selected
+                .get(key.as_str())
+                .into_iter()
+                .flatten()
+                .flat_map(|(name, pods)| std::iter::repeat_n(name.clone(), *pods))
+                .collect(),
             notes: converted.notes.clone(),
         };
         if let Some((http, notes)) = for_waypoints {
@@ -682,10 +735,7 @@ pub fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
         authentications.push(status);
     }
     authentications.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let pod_workloads = workloads.into_iter().map(|(_, workload)| workload);
-    for workload in pod_workloads.filter(|workload| !workload.addresses.is_empty()).chain(membership.others) {
-        addresses.insert(workload.uid.clone(), encode(api::address::Type::Workload(workload)));
-    }
+    addresses.extend(workloads.iter().map(|(uid, workload)| (uid.clone(), workload.clone())));
     let grpc_routes: Vec<HttpRoute> = grpc_routes.iter().map(|route| route.as_http()).collect();
     let tcp_routes: Vec<HttpRoute> = tcp_routes.iter().map(|route| route.as_http()).collect();
     let all_routes = http_routes
@@ -761,95 +811,6 @@ fn enforced_somewhere(
 /// A policy as a waypoint enforces it, and notes on it.
 type Waypoints = (weft_api::http_authorization::HttpAuthorization, Vec<String>);
 
-/// A policy's key and the labels its selector needs.
-type Selecting<'a> = (&'a str, &'a BTreeMap<String, String>);
-
-/// How strongly a workload holds its addresses: live beats terminating, newer beats older.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Claim {
-    live: bool,
-    created: Option<k8s_openapi::jiff::Timestamp>,
-    uid: String,
-}
-
-fn give_each_address_one_owner(workloads: &mut [(Claim, api::Workload)]) {
-    // Each address's owner, found with the addresses borrowed (a copy of each was a good part
-    // of this pass), then who loses which: usually nobody.
-    let mut owner: PodMap<&[u8], usize> = PodMap::default();
-    for (index, (claim, workload)) in workloads.iter().enumerate() {
-        for address in &workload.addresses {
-            let current = owner.entry(address).or_insert(index);
-            if workloads[*current].0 < *claim {
-                *current = index;
-            }
-        }
-    }
-    let lost: Vec<(usize, Vec<Vec<u8>>)> = workloads
-        .iter()
-        .enumerate()
-        .filter_map(|(index, (_, workload))| {
-            let lost: Vec<Vec<u8>> = workload
-                .addresses
-                .iter()
-                .filter(|address| owner.get(address.as_slice()) != Some(&index))
-                .cloned()
-                .collect();
-            (!lost.is_empty()).then_some((index, lost))
-        })
-        .collect();
-    for (index, lost) in lost {
-        workloads[index].1.addresses.retain(|address| !lost.contains(address));
-    }
-}
-
-fn workload(naming: &Naming, pod: &Pod, enrolled: bool) -> Option<(Claim, api::Workload)> {
-    let spec = pod.spec.as_ref()?;
-    let status = pod.status.as_ref()?;
-    // Host-network pods share the node's address: no identity can be tied to it.
-    if spec.host_network == Some(true) || !matches!(status.phase.as_deref(), Some("Running" | "Pending")) {
-        return None;
-    }
-    let ips: Vec<IpAddr> = match &status.pod_ips {
-        Some(ips) if !ips.is_empty() => ips.iter().filter_map(|ip| ip.ip.parse().ok()).collect(),
-        _ => status.pod_ip.iter().filter_map(|ip| ip.parse().ok()).collect(),
-    };
-    if ips.is_empty() {
-        return None;
-    }
-    let metadata = &pod.metadata;
-    let namespace = metadata.namespace.clone()?;
-    let uid = metadata.uid.clone()?;
-    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
-    let claim = Claim {
-        live: metadata.deletion_timestamp.is_none(),
-        created: metadata.creation_timestamp.as_ref().map(|time| time.0),
-        uid: uid.clone(),
-    };
-    let workload = api::Workload {
-        uid,
-        name: metadata.name.clone().unwrap_or_default(),
-        namespace,
-        addresses: ips.iter().map(ip_bytes).collect(),
-        tunnel_protocol: if enrolled { api::TunnelProtocol::Hbone } else { api::TunnelProtocol::None }.into(),
-        trust_domain: naming.trust_domain.clone(),
-        service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
-        node: spec.node_name.clone().unwrap_or_default(),
-        workload_name: workload_name(metadata),
-        // Healthy: running and Ready, as its kubelet reports, and not shutting down.
-        status: if status.phase.as_deref() == Some("Running")
-            && ready
-            && metadata.deletion_timestamp.is_none()
-        {
-            api::WorkloadStatus::Healthy
-        } else {
-            api::WorkloadStatus::Unhealthy
-        }
-        .into(),
-        ..Default::default()
-    };
-    Some((claim, workload))
-}
-
 fn service_resource(naming: &Naming, name: &str, namespace: &str, service: &Service) -> api::Service {
     let spec = service.spec.as_ref();
     let ips: Vec<IpAddr> = match spec.and_then(|spec| spec.cluster_ips.as_ref()) {
@@ -924,32 +885,6 @@ fn encode_as(type_url: &str, value: Vec<u8>) -> Arc<Resource> {
         format!("{:016x}", weft_api::hash::fnv1a(&value)),
         prost_types::Any { type_url: type_url.to_owned(), value },
     ))
-}
-
-/// The name of the workload a pod belongs to, as Istio derives it for metrics and telemetry:
-/// its controller's — a Deployment's for a ReplicaSet's pod (the ReplicaSet's name less the
-/// pod template hash), a CronJob's for its Job's pod (less the schedule suffix) — else its own.
-/// Pods come and go; this name stays, so per-workload metric series stay few.
-fn workload_name(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    let pod = metadata.name.clone().unwrap_or_default();
-    let Some(owner) = metadata.owner_references.iter().flatten().find(|owner| owner.controller == Some(true))
-    else {
-        return pod;
-    };
-    let hash = metadata.labels.as_ref().and_then(|labels| labels.get("pod-template-hash"));
-    match (owner.kind.as_str(), hash) {
-        ("ReplicaSet", Some(hash)) => {
-            owner.name.strip_suffix(&format!("-{hash}")).unwrap_or(&owner.name).to_owned()
-        }
-        ("Job", _) => match owner.name.rsplit_once('-') {
-            // CronJobs name their Jobs `<cronjob>-<minutes since the epoch>`.
-            Some((cron_job, suffix)) if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) => {
-                cron_job.to_owned()
-            }
-            _ => owner.name.clone(),
-        },
-        _ => owner.name.clone(),
-    }
 }
 
 #[cfg(test)]

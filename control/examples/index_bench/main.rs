@@ -1,5 +1,6 @@
 //! Measures the control plane at scale. First its index in-process, for 1k / 10k / 50k pods:
-//! snapshot build time, the time to encode a full push to one proxy, and memory. Then, over
+//! snapshot build time, one pod's change (the index updated by it, and the snapshot published),
+//! the time to encode a full push to one proxy, and memory. Then, over
 //! real gRPC streams, `--proxies` proxies (another process, this binary run as `proxies`)
 //! subscribed to a cluster of `--pods` pods: how long they all take to sync, the control
 //! plane's memory while they are connected, and how long a pod's change takes to reach every
@@ -12,7 +13,8 @@ mod proxies;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use weft_control::index::{Objects, build};
+use tokio::sync::watch;
+use weft_control::index::{Changed, Index, Objects, Snapshot, build, watch::publish_next};
 
 const REPEATS: usize = 5;
 
@@ -67,8 +69,8 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 fn index_table() {
     let naming = cluster::naming();
     println!(
-        "{:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>13}",
-        "pods", "services", "build ms", "encode ms", "push ms", "push MiB", "snapshot MiB"
+        "{:>7} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>13}",
+        "pods", "services", "build ms", "change ms", "encode ms", "push ms", "push MiB", "snapshot MiB"
     );
     for pods in [1_000, 10_000, 50_000] {
         let (namespaces, pod_objects, services, slices) = cluster::objects(pods);
@@ -105,10 +107,12 @@ fn index_table() {
             push_bytes = push.len();
             pushes.push(start.elapsed());
         }
+        let changes = pod_changes(&naming, &namespaces, &pod_objects, &services, &slices);
         println!(
-            "{pods:>7} {:>9} {:>10.1} {:>10.1} {:>10.1} {:>10.2} {:>13.1}",
+            "{pods:>7} {:>9} {:>10.1} {:>10.2} {:>10.1} {:>10.1} {:>10.2} {:>13.1}",
             pods / cluster::PODS_PER_SERVICE,
             median(builds).as_secs_f64() * 1e3,
+            median(changes).as_secs_f64() * 1e3,
             median(encodes).as_secs_f64() * 1e3,
             median(pushes).as_secs_f64() * 1e3,
             push_bytes as f64 / (1 << 20) as f64,
@@ -116,6 +120,37 @@ fn index_table() {
         );
     }
     println!(
-        "(median of {REPEATS}; build = all workloads and services from the objects; encode = every address resource encoded, once per snapshot; push = a full push copied from those encodings, per stream; snapshot MiB = RSS growth while one is held)"
+        "(median of {REPEATS}; build = all workloads and services from the objects; change = one pod's service account changed: the index updated by it and the snapshot published; encode = every address resource encoded, once per snapshot; push = a full push copied from those encodings, per stream; snapshot MiB = RSS growth while one is held)"
     );
+}
+
+/// One pod's change, `REPEATS` times: the index updated by that pod alone, and the snapshot
+/// published (compared with the one before it, its unchanged resources shared).
+fn pod_changes(
+    naming: &weft_control::index::Naming,
+    namespaces: &[k8s_openapi::api::core::v1::Namespace],
+    pods: &[k8s_openapi::api::core::v1::Pod],
+    services: &[k8s_openapi::api::core::v1::Service],
+    slices: &[k8s_openapi::api::discovery::v1::EndpointSlice],
+) -> Vec<Duration> {
+    let objects = Objects::default().namespaces(namespaces).services(services).slices(slices);
+    let mut index = Index::new(naming.clone());
+    let (publish, _) = watch::channel(std::sync::Arc::new(Snapshot::default()));
+    publish_next(&publish, index.update(&objects.clone().pods(pods), None));
+    let mut current = pods.to_vec();
+    (1..=REPEATS)
+        .map(|change| {
+            let at = change * 997 % pods.len();
+            current[at].spec.as_mut().expect("spec").service_account_name = Some(format!("changed-{change}"));
+            let pod = &current[at];
+            let (namespace, name) = (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref());
+            let changed = Changed {
+                pods: vec![(namespace.unwrap_or_default(), name.unwrap_or_default(), Some(pod))],
+                ..Default::default()
+            };
+            let start = Instant::now();
+            publish_next(&publish, index.update(&objects.clone().pods(&current), Some(&changed)));
+            start.elapsed()
+        })
+        .collect()
 }

@@ -16,17 +16,17 @@ use weft_api::workload as api;
 pub const TRAFFIC_DISTRIBUTION: &str = "networking.istio.io/traffic-distribution";
 
 /// Each node's locality, by name.
-#[derive(Debug, Default)]
-pub struct Localities<'a>(HashMap<&'a str, api::Locality>);
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Localities(HashMap<String, api::Locality>);
 
-impl<'a> Localities<'a> {
-    pub fn new(nodes: &[&'a PartialObjectMeta<Node>]) -> Self {
+impl Localities {
+    pub fn new(nodes: &[&PartialObjectMeta<Node>]) -> Self {
         let localities = nodes.iter().filter_map(|node| {
             let labels = node.metadata.labels.as_ref();
             let label = |key: &str| labels.and_then(|labels| labels.get(key)).cloned().unwrap_or_default();
             let [region, zone, subzone] = TOPOLOGY_LABELS.map(label);
             let locality = api::Locality { region, zone, subzone };
-            Some((node.metadata.name.as_deref()?, locality))
+            Some((node.metadata.name.clone()?, locality))
         });
         Self(localities.collect())
     }

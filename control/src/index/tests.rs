@@ -15,14 +15,79 @@ use weft_api::enrollment::{CAPTURED, ENABLED};
 
 use super::*;
 
-/// The index's [`super::build`], twice: every test also checks that a build depends on its
-/// objects alone. Bytes that change from build to build (a map's order, say) would give
-/// unchanged resources new versions, pushed to every proxy at every change in the cluster.
+/// The index's [`super::build`], twice, and an index updated one change at a time: every test
+/// also checks that a build depends on its objects alone (bytes that change from build to build,
+/// a map's order say, would give unchanged resources new versions, pushed to every proxy at
+/// every change in the cluster) and that every update serves what a build of the same objects
+/// does.
 fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
     let built = super::build(naming, objects);
     let again = super::build(naming, objects);
     assert!(built.same_resources(&again), "two builds of the same objects differ");
+    one_change_at_a_time(naming, objects);
     built
+}
+
+/// Updates an index as `objects`' slices, then pods, then Services arrive one at a time, last
+/// first (so slices name pods and Services not there yet), then as each goes and comes back,
+/// each update naming only the object that changed; after each, requires what a build of the
+/// objects then present serves.
+fn one_change_at_a_time(naming: &Naming, objects: &Objects<'_>) {
+    fn key<K: kube::Resource>(object: &K) -> (&str, &str) {
+        (
+            object.meta().namespace.as_deref().unwrap_or_default(),
+            object.meta().name.as_deref().unwrap_or_default(),
+        )
+    }
+    fn without<'a, T>(all: &[&'a T], index: usize) -> Vec<&'a T> {
+        [&all[..index], &all[index + 1..]].concat()
+    }
+    let mut index = Index::new(naming.clone());
+    let mut step = |now: &Objects<'_>, changed: Changed<'_>| {
+        let updated = index.update(now, Some(&changed));
+        let built = super::build(naming, now);
+        assert!(
+            updated.same_resources(&built),
+            "after {changed:?}, updates serve\n{:#}\nwhere a build serves\n{:#}",
+            updated.dump(),
+            built.dump()
+        );
+    };
+    let mut now = Objects { pods: Vec::new(), services: Vec::new(), slices: Vec::new(), ..objects.clone() };
+    step(&now, Changed::default());
+    for &slice in objects.slices.iter().rev() {
+        now.slices.push(slice);
+        let (namespace, name) = key(slice);
+        step(&now, Changed { slices: vec![(namespace, name, Some(slice))], ..Default::default() });
+    }
+    for &pod in objects.pods.iter().rev() {
+        now.pods.push(pod);
+        let (namespace, name) = key(pod);
+        step(&now, Changed { pods: vec![(namespace, name, Some(pod))], ..Default::default() });
+    }
+    for &service in objects.services.iter().rev() {
+        now.services.push(service);
+        let (namespace, name) = key(service);
+        step(&now, Changed { services: vec![(namespace, name, Some(service))], ..Default::default() });
+    }
+    for (at, &pod) in objects.pods.iter().enumerate() {
+        let (namespace, name) = key(pod);
+        let gone = Objects { pods: without(&objects.pods, at), ..objects.clone() };
+        step(&gone, Changed { pods: vec![(namespace, name, None)], ..Default::default() });
+        step(objects, Changed { pods: vec![(namespace, name, Some(pod))], ..Default::default() });
+    }
+    for (at, &service) in objects.services.iter().enumerate() {
+        let (namespace, name) = key(service);
+        let gone = Objects { services: without(&objects.services, at), ..objects.clone() };
+        step(&gone, Changed { services: vec![(namespace, name, None)], ..Default::default() });
+        step(objects, Changed { services: vec![(namespace, name, Some(service))], ..Default::default() });
+    }
+    for (at, &slice) in objects.slices.iter().enumerate() {
+        let (namespace, name) = key(slice);
+        let gone = Objects { slices: without(&objects.slices, at), ..objects.clone() };
+        step(&gone, Changed { slices: vec![(namespace, name, None)], ..Default::default() });
+        step(objects, Changed { slices: vec![(namespace, name, Some(slice))], ..Default::default() });
+    }
 }
 
 fn naming() -> Naming {
@@ -558,4 +623,5 @@ fn a_pod_is_named_for_metrics_by_its_deployment_cron_job_or_other_controller_els
 }
 
 mod traffic_policies;
+mod updates;
 mod waypoints;

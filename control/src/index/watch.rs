@@ -2,8 +2,9 @@
 //! services, EndpointSlices,
 //! authorization policies, Weft's traffic policies, request authentication (with the
 //! ConfigMaps and Secrets labelled as key sets) and, when the Gateway API's CRDs are
-//! installed, Gateways, HTTPRoutes, GRPCRoutes and TCPRoutes; every change rebuilds the snapshot and, when the resources differ, publishes it
-//! with the next version.
+//! installed, Gateways, HTTPRoutes, GRPCRoutes and TCPRoutes; every change updates the
+//! [`Index`] (by the pods, Services and EndpointSlices it names) and, when the resources
+//! differ, publishes the snapshot with the next version.
 //! Nothing is published until every reflector has listed once, so a (re)started control plane
 //! never serves a partial mesh that would make proxies drop workloads.
 use std::sync::Arc;
@@ -16,18 +17,20 @@ use kube::{
     Api,
     api::ListParams,
     core::PartialObjectMeta,
-    runtime::{reflector::Store, watcher},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
 };
-use weft_api::watch::{Watched, reflect, reflect_when};
+use weft_api::watch::{Taken, Touched, Watched, reflect, reflect_touched, reflect_when};
 
 use super::{
-    Naming, Objects, Snapshot,
+    Changed, Index, Naming, Objects, Snapshot,
     authentication::{JWKS_LABEL, RequestAuthentication},
-    build,
     gateway_api::{Gateway, HttpRoute, grpc::GrpcRoute, tcp::TcpRoute},
     policy::AuthorizationPolicy,
     traffic::{CircuitBreakerPolicy, FaultInjectionPolicy, LoadBalancerPolicy, RateLimitPolicy},
@@ -43,9 +46,13 @@ pub async fn run(
     let mut watchers = JoinSet::new();
     let all = watcher::Config::default;
     let namespaces = reflect(&mut watchers, Api::<Namespace>::all(client.clone()), all(), changed_tx.clone());
-    let pods = reflect(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
-    let services = reflect(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
-    let slices = reflect(&mut watchers, Api::<EndpointSlice>::all(client.clone()), all(), changed_tx.clone());
+    // The kinds there are many of, and that change most: each change names what it touched.
+    let (pods, pods_touched) =
+        reflect_touched(&mut watchers, Api::<Pod>::all(client.clone()), all(), changed_tx.clone());
+    let (services, services_touched) =
+        reflect_touched(&mut watchers, Api::<Service>::all(client.clone()), all(), changed_tx.clone());
+    let (slices, slices_touched) =
+        reflect_touched(&mut watchers, Api::<EndpointSlice>::all(client.clone()), all(), changed_tx.clone());
     // Where pods run: their nodes' topology labels. Without the right to list nodes the watch
     // would retry forever, serving nothing.
     Api::<Node>::all(client.clone()).list_metadata(&ListParams::default().limit(1)).await.map_err(
@@ -184,7 +191,12 @@ pub async fn run(
         authentication.secrets.wait_until_ready().await?;
     }
     tracing::info!("Kubernetes index synced");
+    let mut index = Index::new(naming);
     loop {
+        // Taken before the stores are read: what changes meanwhile is in the next take too.
+        let touched_pods = changed_in(&pods, &pods_touched);
+        let touched_services = changed_in(&services, &services_touched);
+        let touched_slices = changed_in(&slices, &slices_touched);
         let (namespaces, pods, services, slices, policies) =
             (namespaces.state(), pods.state(), services.state(), slices.state(), policies.state());
         let (gateways, routes, grpc_routes, tcp_routes) = match &gateway_api {
@@ -229,7 +241,13 @@ pub async fn run(
             .request_authentications(request_authentications.iter().map(AsRef::as_ref))
             .jwks_config_maps(jwks_config_maps.iter().map(AsRef::as_ref))
             .jwks_secrets(jwks_secrets.iter().map(AsRef::as_ref));
-        publish_next(&publish, build(&naming, &objects));
+        let touched = match (&touched_pods, &touched_services, &touched_slices) {
+            (Some(pods), Some(services), Some(slices)) => {
+                Some(Changed { pods: named(pods), services: named(services), slices: named(slices) })
+            }
+            _ => None,
+        };
+        publish_next(&publish, index.update(&objects, touched.as_ref()));
         tokio::select! {
             Some(()) = changed.recv() => {}
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
@@ -281,6 +299,39 @@ pub fn publish_next(publish: &watch::Sender<Arc<Snapshot>>, mut next: Snapshot) 
         tracing::warn!(kind = policy.kind.kind(), namespace = %policy.namespace, name = %policy.name, ?why, "traffic policy not applied to every target");
     }
     publish.send_replace(Arc::new(next));
+}
+
+/// An object that changed, and what it is now (`None`: gone).
+type Now<K> = (ObjectRef<K>, Option<Arc<K>>);
+
+/// The objects of `store` that changed since the last take, as they are now (`None`: gone);
+/// `None` when it was listed again (any may have).
+fn changed_in<K: Watched>(
+    store: &Store<K>,
+    touched: &Touched<K>,
+) -> Option<Vec<Now<K>>> {
+    match touched.take() {
+        Taken::Listed => None,
+        Taken::Objects(objects) => Some(
+            objects
+                .into_iter()
+                .map(|object| {
+                    let now = store.get(&object);
+                    (object, now)
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Each changed object by namespace and name, with what it is now.
+fn named<K: Watched>(changed: &[Now<K>]) -> Vec<(&str, &str, Option<&K>)> {
+    changed
+        .iter()
+        .map(|(object, now)| {
+            (object.namespace.as_deref().unwrap_or_default(), object.name.as_str(), now.as_deref())
+        })
+        .collect()
 }
 
 /// The Gateway API's reflectors: GRPCRoute's and TCPRoute's only where their CRDs are.

@@ -77,24 +77,30 @@ impl<'n, 'a> Waypoints<'n, 'a> {
         named(labels, namespace_labels).filter(|waypoint| *waypoint != name)
     }
 
-    /// The waypoint of a pod's workload, if it uses one.
-    pub fn of_pod(&self, pod: &Pod, namespace_labels: Option<&Labels>) -> Option<api::GatewayAddress> {
-        let labels = pod.metadata.labels.as_ref();
-        if labels.is_some_and(|labels| labels.contains_key(GATEWAY_NAME_LABEL)) {
-            return None;
-        }
-        let namespace = pod.metadata.namespace.as_deref()?;
-        Some(self.address(namespace, named(labels, namespace_labels)?))
-    }
-
     fn address(&self, namespace: &str, waypoint: &str) -> api::GatewayAddress {
-        api::GatewayAddress {
-            destination: Some(api::gateway_address::Destination::Hostname(api::NamespacedHostname {
-                namespace: namespace.to_owned(),
-                hostname: hostname(self.naming, waypoint, namespace),
-            })),
-            hbone_mtls_port: HBONE_PORT,
-        }
+        address(self.naming, namespace, waypoint)
+    }
+}
+
+/// The waypoint of a pod's workload, if it uses one: the pod's label or its namespace's, whether
+/// or not that waypoint exists (see the module's purpose).
+pub fn of_pod(naming: &Naming, pod: &Pod, namespace_labels: Option<&Labels>) -> Option<api::GatewayAddress> {
+    let labels = pod.metadata.labels.as_ref();
+    if labels.is_some_and(|labels| labels.contains_key(GATEWAY_NAME_LABEL)) {
+        return None;
+    }
+    let namespace = pod.metadata.namespace.as_deref()?;
+    Some(address(naming, namespace, named(labels, namespace_labels)?))
+}
+
+/// Where the waypoint `namespace/waypoint` is reached: its Service, on the HBONE port.
+fn address(naming: &Naming, namespace: &str, waypoint: &str) -> api::GatewayAddress {
+    api::GatewayAddress {
+        destination: Some(api::gateway_address::Destination::Hostname(api::NamespacedHostname {
+            namespace: namespace.to_owned(),
+            hostname: hostname(naming, waypoint, namespace),
+        })),
+        hbone_mtls_port: HBONE_PORT,
     }
 }
 
