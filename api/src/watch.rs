@@ -62,7 +62,8 @@ pub fn reflect_touched<K: Watched>(
     config: watcher::Config,
     changed: mpsc::Sender<()>,
 ) -> (reflector::Store<K>, Touched<K>) {
-    let touched = Touched(Arc::new(Mutex::new(Pending { listed: true, objects: HashSet::new() })));
+    let pending = Pending { listed: true, listing: false, objects: HashSet::new() };
+    let touched = Touched(Arc::new(Mutex::new(pending)));
     (start(watchers, api, config, changed, None, Some(touched.clone())), touched)
 }
 
@@ -80,6 +81,9 @@ impl<K: kube::Resource<DynamicType = ()>> Clone for Touched<K> {
 struct Pending<K: kube::Resource<DynamicType = ()>> {
     /// The store was filled from a list since the last take: any object may have changed.
     listed: bool,
+    /// A list is under way. The reflector swaps it into the store before this hears of its
+    /// end, so until then a take may already see the new store.
+    listing: bool,
     objects: HashSet<ObjectRef<K>>,
 }
 
@@ -98,7 +102,7 @@ impl<K: kube::Resource<DynamicType = ()>> Touched<K> {
     pub fn take(&self) -> Taken<K> {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let objects = std::mem::take(&mut pending.objects);
-        if std::mem::replace(&mut pending.listed, false) {
+        if std::mem::replace(&mut pending.listed, false) || pending.listing {
             Taken::Listed
         } else {
             Taken::Objects(objects.into_iter().collect())
@@ -110,10 +114,13 @@ impl<K: kube::Resource<DynamicType = ()>> Touched<K> {
         pending.objects.insert(ObjectRef::from_obj(object));
     }
 
-    fn listed(&self) {
+    fn listing(&self, under_way: bool) {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.listed = true;
-        pending.objects.clear();
+        pending.listing = under_way;
+        if !under_way {
+            pending.listed = true;
+            pending.objects.clear();
+        }
     }
 }
 
@@ -151,9 +158,10 @@ fn start<K: Watched>(
                     Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
                         touched.record(object)
                     }
-                    Ok(watcher::Event::InitDone) => touched.listed(),
+                    Ok(watcher::Event::Init) => touched.listing(true),
+                    Ok(watcher::Event::InitDone) => touched.listing(false),
                     // A list fills the store all at once, at its end.
-                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
+                    Ok(watcher::Event::InitApply(_)) | Err(_) => {}
                 }
             }
             let poke = match &event {

@@ -98,7 +98,8 @@ pub struct Resource {
 
 impl PartialEq for Resource {
     fn eq(&self, other: &Self) -> bool {
-        self.version == other.version && self.body == other.body
+        // The same resource, most often: kept from snapshot to snapshot.
+        std::ptr::eq(self, other) || (self.version == other.version && self.body == other.body)
     }
 }
 
@@ -513,6 +514,11 @@ impl Index {
                     .or_default()
                     .push((key.clone(), selector.clone()));
             }
+        }
+        // In the policies' order, not the store's: a policy coming or going elsewhere must
+        // not read as a change of what every pod depends on.
+        for selectors in selectors.values_mut() {
+            selectors.sort();
         }
         let context = workloads::Context {
             namespace_labels: objects

@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::api::{
-    core::v1::Service,
+    core::v1::ServicePort,
     discovery::v1::{Endpoint, EndpointSlice},
 };
 use weft_api::workload as api;
@@ -51,13 +51,13 @@ pub fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
     Some((namespace, service))
 }
 
-/// Reads `slice` against its Service and the pods (`pods`). An endpoint that names a pod the
+/// Reads `slice` against its Service's ports and the pods (`pods`). An endpoint that names a pod the
 /// index does not hold (not yet seen, or its address given to a newer pod) is left out until
 /// it does: sending it plaintext could carry a meshed pod's traffic in the clear. `None` when
 /// the slice places nothing (no Service, an FQDN slice, no port the Service has).
 pub fn members(
     naming: &Naming,
-    service: &Service,
+    service_ports: &[ServicePort],
     slice: &EndpointSlice,
     pods: &impl Pods,
 ) -> Option<SliceMembers> {
@@ -67,7 +67,7 @@ pub fn members(
         return None;
     }
     let key = format!("{namespace}/{}", hostname(naming, service_name, namespace));
-    let ports = ports(service, slice);
+    let ports = ports(service_ports, slice);
     if ports.is_empty() {
         return None;
     }
@@ -153,8 +153,7 @@ fn admitted(endpoint: &Endpoint) -> Option<bool> {
 /// The slice's TCP ports as `(service port, endpoint port)`, each matched to the Service port of
 /// the same name (an unnamed port matches the unnamed one): the slice has resolved named target
 /// ports already, per endpoint.
-fn ports(service: &Service, slice: &EndpointSlice) -> Vec<api::Port> {
-    let service_ports = service.spec.iter().flat_map(|spec| spec.ports.iter().flatten());
+fn ports(service_ports: &[ServicePort], slice: &EndpointSlice) -> Vec<api::Port> {
     let tcp = |protocol: Option<&String>| protocol.is_none_or(|protocol| protocol == "TCP");
     slice
         .ports
@@ -165,7 +164,7 @@ fn ports(service: &Service, slice: &EndpointSlice) -> Vec<api::Port> {
             let target = u32::try_from(port.port?).ok()?;
             let name = port.name.as_deref().unwrap_or_default();
             let service_port = service_ports
-                .clone()
+                .iter()
                 .filter(|candidate| tcp(candidate.protocol.as_ref()))
                 .find(|candidate| candidate.name.as_deref().unwrap_or_default() == name)?;
             Some(api::Port { service_port: u32::try_from(service_port.port).ok()?, target_port: target })

@@ -306,10 +306,7 @@ type Now<K> = (ObjectRef<K>, Option<Arc<K>>);
 
 /// The objects of `store` that changed since the last take, as they are now (`None`: gone);
 /// `None` when it was listed again (any may have).
-fn changed_in<K: Watched>(
-    store: &Store<K>,
-    touched: &Touched<K>,
-) -> Option<Vec<Now<K>>> {
+fn changed_in<K: Watched>(store: &Store<K>, touched: &Touched<K>) -> Option<Vec<Now<K>>> {
     match touched.take() {
         Taken::Listed => None,
         Taken::Objects(objects) => Some(

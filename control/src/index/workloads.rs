@@ -7,24 +7,34 @@
 //! (its namespace's labels, the policies' selectors, the nodes' localities: [`Context`]) changes
 //! rarely; when it does, the index starts over ([`super::Index`]).
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::api::{
-    core::v1::{Pod, Service},
+    core::v1::{Pod, Service, ServicePort},
     discovery::v1::EndpointSlice,
 };
 use weft_api::workload as api;
 
 use super::{
-    Naming, PodMap, Resources, encode,
+    Naming, PodMap, Resources, encode_as,
     endpoints::{self, PodKind, SliceMembers},
     ip_bytes, locality, waypoint,
 };
 
 /// A namespaced object's namespace and name.
 type Key = (String, String);
+
+/// A slice's key, shared by every set that names it.
+type SliceKey = Arc<Key>;
+
+/// A pod's uid, shared by every map that holds it.
+type Uid = Arc<str>;
+
+/// A set of pods, hashed as [`PodMap`]s are.
+type Pods = HashSet<Uid, foldhash::fast::RandomState>;
 
 type Labels = BTreeMap<String, String>;
 
@@ -45,7 +55,7 @@ pub struct Context {
 /// A pod, as far as the index reads it.
 #[derive(Debug)]
 struct PodEntry {
-    key: Key,
+    key: Arc<Key>,
     host_network: bool,
     /// Its workload before addresses are shared out and Services joined; `None`: it has no
     /// workload (not running, on its node's network, no address yet).
@@ -66,7 +76,7 @@ struct SliceEntry {
 struct Claim {
     live: bool,
     created: Option<k8s_openapi::jiff::Timestamp>,
-    uid: String,
+    uid: Uid,
 }
 
 /// The workloads and what they were made from. Changes are recorded ([`Workloads::pod`],
@@ -75,31 +85,33 @@ struct Claim {
 pub struct Workloads {
     naming: Naming,
     context: Context,
-    pods: PodMap<String, PodEntry>,
+    pods: PodMap<Uid, PodEntry>,
     /// Each pod's uid, by namespace and name, as changes name pods.
-    uids: HashMap<Key, String>,
+    uids: HashMap<Arc<Key>, Uid>,
     /// Each address's claimants; the strongest owns it.
     claims: PodMap<Vec<u8>, Vec<Claim>>,
     /// How endpoints naming a pod place it, for the pods they may name.
-    kinds: PodMap<String, PodKind>,
-    services: HashMap<Key, Service>,
-    slices: HashMap<Key, SliceEntry>,
-    slices_of_service: HashMap<Key, BTreeSet<Key>>,
-    slices_naming_pod: PodMap<String, BTreeSet<Key>>,
-    slices_naming_address: PodMap<IpAddr, BTreeSet<Key>>,
+    kinds: PodMap<Uid, PodKind>,
+    /// Each Service's ports (what places its endpoints).
+    services: HashMap<Key, Vec<ServicePort>>,
+    slices: HashMap<SliceKey, SliceEntry>,
+    slices_of_service: HashMap<Key, BTreeSet<SliceKey>>,
+    slices_naming_pod: PodMap<Uid, BTreeSet<SliceKey>>,
+    slices_naming_address: PodMap<IpAddr, BTreeSet<SliceKey>>,
     /// The slices that place each pod, in order: a pod's Services are merged from them.
-    placing: PodMap<String, BTreeSet<Key>>,
-    /// What each pod with an address counted for in `selected`: its policies and its name.
-    counted: PodMap<String, (Vec<String>, String)>,
+    placing: PodMap<Uid, BTreeSet<SliceKey>>,
+    /// What each pod with an address and policies counted for in `selected`: its policies and
+    /// its name.
+    counted: PodMap<Uid, (Vec<String>, String)>,
     /// Each policy's selected pods (`namespace/name`, with how many pods have that name).
     selected: HashMap<String, BTreeMap<String, usize>>,
     /// The workloads, by uid.
     resources: Resources,
     /// Pods whose addresses and kind must be redone.
-    dirty_pods: BTreeSet<String>,
+    dirty_pods: Pods,
     /// Pods whose workload must be published again.
-    redo: BTreeSet<String>,
-    dirty_slices: BTreeSet<Key>,
+    redo: Pods,
+    dirty_slices: BTreeSet<SliceKey>,
 }
 
 impl Workloads {
@@ -120,8 +132,8 @@ impl Workloads {
             counted: PodMap::default(),
             selected: HashMap::new(),
             resources: Resources::new(),
-            dirty_pods: BTreeSet::new(),
-            redo: BTreeSet::new(),
+            dirty_pods: Pods::default(),
+            redo: Pods::default(),
             dirty_slices: BTreeSet::new(),
         }
     }
@@ -132,8 +144,8 @@ impl Workloads {
 
     /// Pod `namespace/name` is now `pod` (`None`: gone).
     pub fn pod(&mut self, namespace: &str, name: &str, pod: Option<&Pod>) {
-        let key = (namespace.to_owned(), name.to_owned());
-        let uid = pod.and_then(|pod| pod.metadata.uid.clone());
+        let key = Arc::new((namespace.to_owned(), name.to_owned()));
+        let uid: Option<Uid> = pod.and_then(|pod| pod.metadata.uid.as_deref()).map(Arc::from);
         if let Some(other) = uid.as_ref().and_then(|uid| self.pods.get(uid)).map(|other| other.key.clone())
             && other != key
         {
@@ -143,11 +155,11 @@ impl Workloads {
         let before = self.uids.remove(&key).and_then(|uid| Some((uid.clone(), self.pods.remove(&uid)?)));
         let after = pod.zip(uid).map(|(pod, uid)| {
             let host_network = pod.spec.as_ref().and_then(|spec| spec.host_network) == Some(true);
-            let workload = workload(&self.naming, &self.context, pod);
+            let workload = workload(&self.naming, &self.context, pod, &uid);
             (uid, PodEntry { key: key.clone(), host_network, workload })
         });
         // Only the addresses whose claim changed: a pod's update seldom touches them.
-        let claims = |entry: Option<&(String, PodEntry)>| -> Vec<(Vec<u8>, Claim)> {
+        let claims = |entry: Option<&(Uid, PodEntry)>| -> Vec<(Vec<u8>, Claim)> {
             let Some((claim, workload)) = entry.and_then(|(_, entry)| entry.workload.as_ref()) else {
                 return Vec::new();
             };
@@ -182,14 +194,17 @@ impl Workloads {
         let key = (namespace.to_owned(), name.to_owned());
         self.dirty_slices.extend(self.slices_of_service.get(&key).into_iter().flatten().cloned());
         match service {
-            Some(service) => self.services.insert(key, service.clone()),
+            Some(service) => {
+                let ports = service.spec.as_ref().and_then(|spec| spec.ports.clone()).unwrap_or_default();
+                self.services.insert(key, ports)
+            }
             None => self.services.remove(&key),
         };
     }
 
     /// EndpointSlice `namespace/name` is now `slice` (`None`: gone).
     pub fn slice(&mut self, namespace: &str, name: &str, slice: Option<&EndpointSlice>) {
-        let key = (namespace.to_owned(), name.to_owned());
+        let key: SliceKey = Arc::new((namespace.to_owned(), name.to_owned()));
         let members = match self.slices.remove(&key) {
             Some(old) => {
                 // What it named no longer brings it back.
@@ -209,13 +224,13 @@ impl Workloads {
         };
         let Some(slice) = slice else {
             if let Some(members) = members {
-                unplace(&mut self.placing, &mut self.resources, &mut self.redo, &key, members);
+                unplace(&self.pods, &mut self.placing, &mut self.resources, &mut self.redo, &key, members);
             }
             return;
         };
         let (uids, addresses) = endpoints::references(slice);
         for uid in uids {
-            self.slices_naming_pod.entry(uid.to_owned()).or_default().insert(key.clone());
+            self.slices_naming_pod.entry(Arc::from(uid)).or_default().insert(key.clone());
         }
         for address in addresses {
             self.slices_naming_address.entry(address).or_default().insert(key.clone());
@@ -225,7 +240,11 @@ impl Workloads {
         if let Some(service) = &service {
             self.slices_of_service.entry(service.clone()).or_default().insert(key.clone());
         }
-        self.slices.insert(key.clone(), SliceEntry { slice: slice.clone(), service, members });
+        // Kept without what the index never reads (the bulk of a slice's metadata).
+        let mut slice = slice.clone();
+        slice.metadata.managed_fields = None;
+        slice.metadata.annotations = None;
+        self.slices.insert(key.clone(), SliceEntry { slice, service, members });
         self.dirty_slices.insert(key);
     }
 
@@ -244,7 +263,7 @@ impl Workloads {
             }
             self.redo.insert(uid);
         }
-        let placed: Vec<(Key, Option<SliceMembers>)> = std::mem::take(&mut self.dirty_slices)
+        let placed: Vec<(SliceKey, Option<SliceMembers>)> = std::mem::take(&mut self.dirty_slices)
             .into_iter()
             .map(|key| {
                 let members = self.slices.get(&key).and_then(|entry| {
@@ -262,19 +281,21 @@ impl Workloads {
             // made again only when they changed: a slice holds up to a hundred endpoints.
             let ports = |uid: &String| new.and_then(|new| new.pods.get(uid));
             for (uid, _) in old.pods.iter().filter(|(uid, ports_before)| ports(uid) != Some(ports_before)) {
-                remove_from(&mut self.placing, uid, &key);
-                self.redo.insert(uid.clone());
+                remove_from(&mut self.placing, uid.as_str(), &key);
+                self.redo.insert(intern(&self.pods, uid));
             }
             for (uid, _) in
                 new.into_iter().flat_map(|new| &new.pods).filter(|(uid, now)| old.pods.get(*uid) != Some(now))
             {
+                let uid = intern(&self.pods, uid);
                 self.placing.entry(uid.clone()).or_default().insert(key.clone());
-                self.redo.insert(uid.clone());
+                self.redo.insert(uid);
             }
             if old.key != new.map_or("", |new| new.key.as_str()) {
                 // Another Service: every pod it still places has another entry (those it no
                 // longer places were redone above).
-                self.redo.extend(new.into_iter().flat_map(|new| new.pods.keys().cloned()));
+                let placed = new.into_iter().flat_map(|new| new.pods.keys());
+                self.redo.extend(placed.map(|uid| intern(&self.pods, uid)));
             }
             let others = new.map_or(&[][..], |new| &new.others[..]);
             if old.others != others {
@@ -282,8 +303,7 @@ impl Workloads {
                     self.resources.remove(&other.uid);
                 }
                 for other in others {
-                    self.resources
-                        .insert(other.uid.clone(), encode(api::address::Type::Workload(other.clone())));
+                    self.resources.insert(other.uid.clone(), workload_resource(other));
                 }
             }
         }
@@ -295,7 +315,7 @@ impl Workloads {
 
     /// Publishes pod `uid`'s workload as it now stands: the addresses it owns, the Services
     /// its slices place it in; none without an address.
-    fn redo_workload(&mut self, uid: &str) {
+    fn redo_workload(&mut self, uid: &Uid) {
         if let Some((policies, name)) = self.counted.remove(uid) {
             for policy in policies {
                 if let Some(names) = self.selected.get_mut(&policy) {
@@ -311,50 +331,64 @@ impl Workloads {
                 }
             }
         }
-        let Some(mut workload) =
-            self.pods.get(uid).and_then(|entry| entry.workload.as_ref()).map(|(_, w)| w.clone())
-        else {
-            self.resources.remove(uid);
-            return;
+        let owned: Vec<Vec<u8>> = match self.pods.get(uid).and_then(|entry| entry.workload.as_ref()) {
+            Some((_, workload)) => workload
+                .addresses
+                .iter()
+                .filter(|address| self.owner(address) == Some(&**uid))
+                .cloned()
+                .collect(),
+            None => Vec::new(),
         };
-        workload.addresses.retain(|address| self.owner(address) == Some(uid));
-        if workload.addresses.is_empty() {
-            self.resources.remove(uid);
+        if owned.is_empty() {
+            self.resources.remove(&**uid);
             return;
         }
+        let mut services: BTreeMap<String, api::PortList> = BTreeMap::new();
         for slice in self.placing.get(uid).into_iter().flatten() {
             let Some(members) = self.slices.get(slice).and_then(|entry| entry.members.as_ref()) else {
                 continue;
             };
-            let list = workload.services.entry(members.key.clone()).or_default();
-            for port in members.pods.get(uid).into_iter().flatten() {
+            let list = services.entry(members.key.clone()).or_default();
+            for port in members.pods.get(&**uid).into_iter().flatten() {
                 if !list.ports.contains(port) {
                     list.ports.push(*port);
                 }
             }
         }
-        let name = format!("{}/{}", workload.namespace, workload.name);
-        for policy in &workload.authorization_policies {
-            *self.selected.entry(policy.clone()).or_default().entry(name.clone()).or_default() += 1;
+        let Some((_, workload)) = self.pods.get_mut(uid).and_then(|entry| entry.workload.as_mut()) else {
+            return;
+        };
+        if !workload.authorization_policies.is_empty() {
+            let name = format!("{}/{}", workload.namespace, workload.name);
+            for policy in &workload.authorization_policies {
+                *self.selected.entry(policy.clone()).or_default().entry(name.clone()).or_default() += 1;
+            }
+            self.counted.insert(uid.clone(), (workload.authorization_policies.clone(), name));
         }
-        self.counted.insert(uid.to_owned(), (workload.authorization_policies.clone(), name));
-        self.resources.insert(uid.to_owned(), encode(api::address::Type::Workload(workload)));
+        // Encoded as published; the pod's own kept as it came, for the next change.
+        let all = std::mem::replace(&mut workload.addresses, owned);
+        workload.services = services;
+        let resource = workload_resource(workload);
+        workload.addresses = all;
+        workload.services.clear();
+        self.resources.insert(uid.to_string(), resource);
     }
 
     /// How endpoints naming pod `uid` place it: its workload's if it owns an address.
-    fn kind_of(&self, uid: &str) -> Option<PodKind> {
+    fn kind_of(&self, uid: &Uid) -> Option<PodKind> {
         let entry = self.pods.get(uid)?;
         let owns = entry
             .workload
             .iter()
             .flat_map(|(_, workload)| &workload.addresses)
-            .any(|address| self.owner(address) == Some(uid));
+            .any(|address| self.owner(address) == Some(&**uid));
         endpoints::pod_kind(entry.host_network, owns)
     }
 
     /// The uid of the workload that owns `address`: its strongest claimant.
     fn owner(&self, address: &[u8]) -> Option<&str> {
-        self.claims.get(address)?.iter().max().map(|claim| claim.uid.as_str())
+        self.claims.get(address)?.iter().max().map(|claim| &*claim.uid)
     }
 
     /// Every claimant of `address` may have gained or lost it, and every slice that may place a
@@ -377,18 +411,34 @@ impl endpoints::Pods for Workloads {
     }
 }
 
+/// `uid` as the pods' map holds it (a pod a slice places is one the index holds).
+fn intern(pods: &PodMap<Uid, PodEntry>, uid: &str) -> Uid {
+    pods.get_key_value(uid).map_or_else(|| Arc::from(uid), |(uid, _)| uid.clone())
+}
+
+/// A workload as an `istio.workload.Address` resource, encoded from a reference (the index
+/// keeps each pod's workload, and copying every one was a good part of a build).
+fn workload_resource(workload: &api::Workload) -> Arc<super::Resource> {
+    // `Address { oneof type { Workload workload = 1; ... } }`.
+    const WORKLOAD: u32 = 1;
+    let mut value = Vec::with_capacity(prost::encoding::message::encoded_len(WORKLOAD, workload));
+    prost::encoding::message::encode(WORKLOAD, workload, &mut value);
+    encode_as(api::ADDRESS_TYPE, value)
+}
+
 /// Takes what a slice placed out of the workloads: its pods' Services are redone, its other
 /// endpoints' workloads are gone.
 fn unplace(
-    placing: &mut PodMap<String, BTreeSet<Key>>,
+    pods: &PodMap<Uid, PodEntry>,
+    placing: &mut PodMap<Uid, BTreeSet<SliceKey>>,
     resources: &mut Resources,
-    redo: &mut BTreeSet<String>,
-    key: &Key,
+    redo: &mut Pods,
+    key: &SliceKey,
     members: SliceMembers,
 ) {
     for uid in members.pods.into_keys() {
-        remove_from(placing, &uid, key);
-        redo.insert(uid);
+        remove_from(placing, uid.as_str(), key);
+        redo.insert(intern(pods, &uid));
     }
     for other in members.others {
         resources.remove(&other.uid);
@@ -412,7 +462,7 @@ where
 }
 
 /// A pod's workload before addresses are shared out and Services joined, if it has one.
-fn workload(naming: &Naming, context: &Context, pod: &Pod) -> Option<(Claim, api::Workload)> {
+fn workload(naming: &Naming, context: &Context, pod: &Pod, uid: &Uid) -> Option<(Claim, api::Workload)> {
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
     // Host-network pods share the node's address: no identity can be tied to it.
@@ -428,7 +478,6 @@ fn workload(naming: &Naming, context: &Context, pod: &Pod) -> Option<(Claim, api
     }
     let metadata = &pod.metadata;
     let namespace = metadata.namespace.clone()?;
-    let uid = metadata.uid.clone()?;
     let namespace_labels = context.namespace_labels.get(&namespace).and_then(Option::as_ref);
     // The agent's rule, and its word that it captured the pod: a pod nobody captures is never
     // tunnelled to (it has no HBONE listener), it is reached in plaintext.
@@ -453,7 +502,7 @@ fn workload(naming: &Naming, context: &Context, pod: &Pod) -> Option<(Claim, api
     authorization_policies.sort();
     let node = spec.node_name.clone().unwrap_or_default();
     let workload = api::Workload {
-        uid,
+        uid: uid.to_string(),
         name: metadata.name.clone().unwrap_or_default(),
         addresses: ips.iter().map(ip_bytes).collect(),
         tunnel_protocol: if enrolled { api::TunnelProtocol::Hbone } else { api::TunnelProtocol::None }.into(),
