@@ -501,8 +501,9 @@ impl Index {
     /// The snapshot of `objects` (its version left at 0 for the publisher). `changed` names the
     /// pods, Services and slices that changed since the last update (`objects` holds them as
     /// they are now); `None` when anything may have (a first update, a watch that listed
-    /// again), and then the workloads are rebuilt from `objects`, as they are when what every
-    /// pod's workload depends on changed.
+    /// again), and then the workloads are rebuilt from `objects`. Where what every pod depends
+    /// on changed (a namespace's labels or selecting policies, a node's locality), the pods of
+    /// that namespace or node are redone from `objects`.
     pub fn update(&mut self, objects: &Objects<'_>, changed: Option<&Changed<'_>>) -> Snapshot {
         let naming = &self.naming;
         let converted = convert_policies(naming, &objects.policies);
@@ -529,10 +530,24 @@ impl Index {
             selectors,
             localities: locality::Localities::new(&objects.nodes),
         };
-        let current = self.workloads.as_ref().is_some_and(|workloads| *workloads.context() == context);
-        let workloads = match changed {
-            Some(changed) if current => {
-                let workloads = self.workloads.as_mut().expect("current workloads");
+        let workloads = match (changed, self.workloads.take()) {
+            (Some(changed), Some(mut workloads)) => {
+                // What every pod depends on changed for some: those are redone as if they had.
+                let (namespaces, nodes) = workloads.context().changed_for(&context);
+                if !namespaces.is_empty() || !nodes.is_empty() {
+                    workloads.set_context(context);
+                    for &pod in &objects.pods {
+                        let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
+                        else {
+                            continue;
+                        };
+                        let node =
+                            pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()).unwrap_or_default();
+                        if namespaces.contains(namespace.as_str()) || nodes.contains(node) {
+                            workloads.pod(namespace, name, Some(pod));
+                        }
+                    }
+                }
                 for &(namespace, name, service) in &changed.services {
                     workloads.service(namespace, name, service);
                 }
@@ -542,7 +557,7 @@ impl Index {
                 for &(namespace, name, slice) in &changed.slices {
                     workloads.slice(namespace, name, slice);
                 }
-                workloads
+                self.workloads.insert(workloads)
             }
             _ => {
                 let mut workloads = workloads::Workloads::new(naming.clone(), context);

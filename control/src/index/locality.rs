@@ -31,6 +31,13 @@ impl Localities {
         Self(localities.collect())
     }
 
+    /// The nodes whose locality differs in `other` (or that only one of them knows).
+    pub fn differing<'a>(&'a self, other: &'a Localities) -> impl Iterator<Item = &'a str> {
+        let changed = self.0.iter().filter(|(node, locality)| other.0.get(*node) != Some(*locality));
+        let added = other.0.keys().filter(|node| !self.0.contains_key(*node));
+        changed.map(|(node, _)| node.as_str()).chain(added.map(String::as_str))
+    }
+
     /// The locality of pods on `node`; none for a node without topology labels (or unknown).
     pub fn of(&self, node: &str) -> Option<api::Locality> {
         self.0.get(node).filter(|locality| **locality != api::Locality::default()).cloned()

@@ -5,7 +5,7 @@
 //! those addresses, the slices of that Service — not the cluster: at 50 000 pods a pod's change
 //! costs what one pod does, where a whole build costs about 0.2 s. What every pod depends on
 //! (its namespace's labels, the policies' selectors, the nodes' localities: [`Context`]) changes
-//! rarely; when it does, the index starts over ([`super::Index`]).
+//! rarely; when it does, the pods of that namespace or node are redone ([`super::Index`]).
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::IpAddr,
@@ -50,6 +50,26 @@ pub struct Context {
     /// they select pods by.
     pub selectors: HashMap<String, Vec<Selector>>,
     pub localities: locality::Localities,
+}
+
+impl Context {
+    /// The namespaces whose labels or selecting policies differ in `other`, and the nodes
+    /// whose localities do: what the workloads of their pods depend on.
+    pub fn changed_for(&self, other: &Context) -> (HashSet<String>, HashSet<String>) {
+        fn differing<'a, V: PartialEq>(
+            one: &'a HashMap<String, V>,
+            other: &'a HashMap<String, V>,
+        ) -> impl Iterator<Item = &'a str> {
+            let changed = one.iter().filter(|(key, value)| other.get(*key) != Some(*value));
+            let added = other.keys().filter(|key| !one.contains_key(*key));
+            changed.map(|(key, _)| key.as_str()).chain(added.map(String::as_str))
+        }
+        let namespaces = differing(&self.namespace_labels, &other.namespace_labels)
+            .chain(differing(&self.selectors, &other.selectors))
+            .map(str::to_owned)
+            .collect();
+        (namespaces, self.localities.differing(&other.localities).map(str::to_owned).collect())
+    }
 }
 
 /// A pod, as far as the index reads it.
@@ -140,6 +160,12 @@ impl Workloads {
 
     pub fn context(&self) -> &Context {
         &self.context
+    }
+
+    /// What every pod depends on is now `context`: the pods it changed for must be redone
+    /// ([`Workloads::pod`]).
+    pub fn set_context(&mut self, context: Context) {
+        self.context = context;
     }
 
     /// Pod `namespace/name` is now `pod` (`None`: gone).
