@@ -62,8 +62,7 @@ pub fn reflect_touched<K: Watched>(
     config: watcher::Config,
     changed: mpsc::Sender<()>,
 ) -> (reflector::Store<K>, Touched<K>) {
-    let pending = Pending { listed: true, listing: false, objects: HashSet::new() };
-    let touched = Touched(Arc::new(Mutex::new(pending)));
+    let touched = Touched::new();
     (start(watchers, api, config, changed, None, Some(touched.clone())), touched)
 }
 
@@ -81,9 +80,9 @@ impl<K: kube::Resource<DynamicType = ()>> Clone for Touched<K> {
 struct Pending<K: kube::Resource<DynamicType = ()>> {
     /// The store was filled from a list since the last take: any object may have changed.
     listed: bool,
-    /// A list is under way. The reflector swaps it into the store before this hears of its
-    /// end, so until then a take may already see the new store.
-    listing: bool,
+    /// A list has ended and is being swapped into the store: a take may already see the new
+    /// store.
+    swapping: bool,
     objects: HashSet<ObjectRef<K>>,
 }
 
@@ -97,12 +96,17 @@ pub enum Taken<K: kube::Resource<DynamicType = ()>> {
 }
 
 impl<K: kube::Resource<DynamicType = ()>> Touched<K> {
+    /// Nothing taken yet: the first take is the store's first list.
+    fn new() -> Self {
+        Self(Arc::new(Mutex::new(Pending { listed: true, swapping: false, objects: HashSet::new() })))
+    }
+
     /// What changed since the last take (at first, the list that filled the store). Take it
     /// before reading the store: a change after the take is in the next one as well.
     pub fn take(&self) -> Taken<K> {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let objects = std::mem::take(&mut pending.objects);
-        if std::mem::replace(&mut pending.listed, false) || pending.listing {
+        if std::mem::replace(&mut pending.listed, false) || pending.swapping {
             Taken::Listed
         } else {
             Taken::Objects(objects.into_iter().collect())
@@ -114,13 +118,15 @@ impl<K: kube::Resource<DynamicType = ()>> Touched<K> {
         pending.objects.insert(ObjectRef::from_obj(object));
     }
 
-    fn listing(&self, under_way: bool) {
+    fn swapping(&self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).swapping = true;
+    }
+
+    fn swapped(&self) {
         let mut pending = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        pending.listing = under_way;
-        if !under_way {
-            pending.listed = true;
-            pending.objects.clear();
-        }
+        pending.swapping = false;
+        pending.listed = true;
+        pending.objects.clear();
     }
 }
 
@@ -146,7 +152,15 @@ fn start<K: Watched>(
     touched: Option<Touched<K>>,
 ) -> reflector::Store<K> {
     let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config));
+    let swapping = touched.clone();
+    // A list's end is heard before the reflector swaps it into the store (it applies each event
+    // as it passes it on), so no take can see the new store as anything but listed.
+    let events = watcher::watcher(api, config).inspect(move |event| {
+        if let (Some(touched), Ok(watcher::Event::InitDone)) = (&swapping, event) {
+            touched.swapping();
+        }
+    });
+    let stream = reflector::reflector(writer, events);
     watchers.spawn(async move {
         let mut stream = std::pin::pin!(stream);
         // What mattered of each object when it was last seen, by uid (else name).
@@ -158,10 +172,10 @@ fn start<K: Watched>(
                     Ok(watcher::Event::Apply(object) | watcher::Event::Delete(object)) => {
                         touched.record(object)
                     }
-                    Ok(watcher::Event::Init) => touched.listing(true),
-                    Ok(watcher::Event::InitDone) => touched.listing(false),
-                    // A list fills the store all at once, at its end.
-                    Ok(watcher::Event::InitApply(_)) | Err(_) => {}
+                    Ok(watcher::Event::InitDone) => touched.swapped(),
+                    // A list fills the store all at once, at its end: until then, the store is
+                    // the one before it.
+                    Ok(watcher::Event::Init | watcher::Event::InitApply(_)) | Err(_) => {}
                 }
             }
             let poke = match &event {
@@ -198,4 +212,37 @@ fn start<K: Watched>(
         }
     });
     store
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    use super::*;
+
+    fn named(name: &str) -> ConfigMap {
+        let metadata = kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            ..Default::default()
+        };
+        ConfigMap { metadata, ..Default::default() }
+    }
+
+    #[test]
+    fn a_take_names_what_changed_and_a_list_reads_as_listed_from_its_swap_to_the_take_after() {
+        let touched = Touched::<ConfigMap>::new();
+        assert_eq!(touched.take(), Taken::Listed, "the first list");
+        touched.record(&named("a"));
+        touched.record(&named("a"));
+        assert_eq!(touched.take(), Taken::Objects(vec![ObjectRef::from_obj(&named("a"))]));
+        assert_eq!(touched.take(), Taken::Objects(Vec::new()));
+        touched.swapping();
+        assert_eq!(touched.take(), Taken::Listed, "the store may already hold the new list");
+        assert_eq!(touched.take(), Taken::Listed, "until the reflector has passed its end on");
+        touched.record(&named("b"));
+        touched.swapped();
+        assert_eq!(touched.take(), Taken::Listed, "the take after the swap");
+        assert_eq!(touched.take(), Taken::Objects(Vec::new()));
+    }
 }

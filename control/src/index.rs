@@ -532,10 +532,17 @@ impl Index {
         };
         let workloads = match (changed, self.workloads.take()) {
             (Some(changed), Some(mut workloads)) => {
-                // What every pod depends on changed for some: those are redone as if they had.
                 let (namespaces, nodes) = workloads.context().changed_for(&context);
+                workloads.set_context(context);
+                for &(namespace, name, service) in &changed.services {
+                    workloads.service(namespace, name, service);
+                }
+                for &(namespace, name, pod) in &changed.pods {
+                    workloads.pod(namespace, name, pod);
+                }
+                // What every pod depends on changed for some: those are redone as if they had
+                // (from `objects`, read after `changed`).
                 if !namespaces.is_empty() || !nodes.is_empty() {
-                    workloads.set_context(context);
                     for &pod in &objects.pods {
                         let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
                         else {
@@ -547,12 +554,6 @@ impl Index {
                             workloads.pod(namespace, name, Some(pod));
                         }
                     }
-                }
-                for &(namespace, name, service) in &changed.services {
-                    workloads.service(namespace, name, service);
-                }
-                for &(namespace, name, pod) in &changed.pods {
-                    workloads.pod(namespace, name, pod);
                 }
                 for &(namespace, name, slice) in &changed.slices {
                     workloads.slice(namespace, name, slice);

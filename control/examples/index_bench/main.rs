@@ -4,7 +4,7 @@
 //! real gRPC streams, `--proxies` proxies (another process, this binary run as `proxies`)
 //! subscribed to a cluster of `--pods` pods: how long they all take to sync, the control
 //! plane's memory while they are connected, and how long a pod's change takes to reach every
-//! one of them (from the change to each proxy's receipt, rebuild included).
+//! one of them (from the change to each proxy's receipt, the index's update included).
 //! `cargo run --release -p weft-control --example index_bench`. Prints; never fails.
 mod cluster;
 mod connected;

@@ -2,8 +2,8 @@
 //! each address, which Services each pod backs (its EndpointSlices, [`endpoints`]) and the
 //! workloads of endpoints that are not pods. A pod's, a Service's or a slice's change redoes
 //! what depends on it — the pods claiming the same addresses, the slices naming that pod or
-//! those addresses, the slices of that Service — not the cluster: at 50 000 pods a pod's change
-//! costs what one pod does, where a whole build costs about 0.2 s. What every pod depends on
+//! those addresses, the slices of that Service — not the cluster: at 50 000 pods this part of a
+//! pod's change took under 0.1 ms here, a build from nothing about 0.7 s. What every pod depends on
 //! (its namespace's labels, the policies' selectors, the nodes' localities: [`Context`]) changes
 //! rarely; when it does, the pods of that namespace or node are redone ([`super::Index`]).
 use std::{
