@@ -11,8 +11,9 @@
 //! of class `weft-waypoint`) carry its address ([`waypoint`]), and the Gateway API HTTPRoutes
 //! and GRPCRoutes attached to a Service become its `ServiceRoutes` ([`routes`], objects in [`gateway_api`]).
 //!
-//! [`build`] is a pure function of the objects, so snapshots are cheap to test and to measure;
-//! [`watch`] keeps one current from the API server.
+//! [`build`] is a function of the objects alone (an [`Index`]'s first update), so snapshots are
+//! cheap to test and to measure; [`watch`] keeps an [`Index`] current from the API server, its
+//! workloads updated by what changed ([`workloads`]).
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,

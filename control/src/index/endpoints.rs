@@ -51,10 +51,10 @@ pub fn service_of(slice: &EndpointSlice) -> Option<(&str, &str)> {
     Some((namespace, service))
 }
 
-/// Reads `slice` against its Service's ports and the pods (`pods`). An endpoint that names a pod the
-/// index does not hold (not yet seen, or its address given to a newer pod) is left out until
-/// it does: sending it plaintext could carry a meshed pod's traffic in the clear. `None` when
-/// the slice places nothing (no Service, an FQDN slice, no port the Service has).
+/// Reads `slice` against its Service's ports and the pods (`pods`). An endpoint that names a
+/// pod the index does not hold (not yet seen, or its address given to a newer pod) is left out
+/// until it does: sending it plaintext could carry a meshed pod's traffic in the clear. `None`
+/// when the slice places nothing (no Service, an FQDN slice, no port the Service has).
 pub fn members(
     naming: &Naming,
     service_ports: &[ServicePort],
@@ -117,7 +117,7 @@ pub fn members(
 }
 
 /// What a slice's placing depends on besides the slice and its Service: the pod uids its
-/// endpoints name, and the addresses of those it may place by address.
+/// endpoints name, and every address they list (an endpoint may be placed by its address).
 pub fn references(slice: &EndpointSlice) -> (Vec<&str>, Vec<IpAddr>) {
     let mut uids = Vec::new();
     let mut addresses = Vec::new();
