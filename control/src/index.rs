@@ -545,13 +545,10 @@ impl Index {
                 // (from `objects`, read after `changed`).
                 if !namespaces.is_empty() || !nodes.is_empty() {
                     for &pod in &objects.pods {
-                        let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name)
-                        else {
-                            continue;
-                        };
+                        let Some((namespace, name)) = named(pod) else { continue };
                         let node =
                             pod.spec.as_ref().and_then(|spec| spec.node_name.as_deref()).unwrap_or_default();
-                        if namespaces.contains(namespace.as_str()) || nodes.contains(node) {
+                        if namespaces.contains(namespace) || nodes.contains(node) {
                             workloads.pod(namespace, name, Some(pod));
                         }
                     }
@@ -563,22 +560,17 @@ impl Index {
             }
             _ => {
                 let mut workloads = workloads::Workloads::new(naming.clone(), context);
-                for &service in &objects.services {
-                    if let (Some(namespace), Some(name)) =
-                        (&service.metadata.namespace, &service.metadata.name)
-                    {
-                        workloads.service(namespace, name, Some(service));
-                    }
+                for (service, (namespace, name)) in
+                    objects.services.iter().filter_map(|&s| Some((s, named(s)?)))
+                {
+                    workloads.service(namespace, name, Some(service));
                 }
-                for &pod in &objects.pods {
-                    if let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                        workloads.pod(namespace, name, Some(pod));
-                    }
+                for (pod, (namespace, name)) in objects.pods.iter().filter_map(|&p| Some((p, named(p)?))) {
+                    workloads.pod(namespace, name, Some(pod));
                 }
-                for &slice in &objects.slices {
-                    if let (Some(namespace), Some(name)) = (&slice.metadata.namespace, &slice.metadata.name) {
-                        workloads.slice(namespace, name, Some(slice));
-                    }
+                for (slice, (namespace, name)) in objects.slices.iter().filter_map(|&s| Some((s, named(s)?)))
+                {
+                    workloads.slice(namespace, name, Some(slice));
                 }
                 self.workloads.insert(workloads)
             }
@@ -586,6 +578,21 @@ impl Index {
         let (workloads, selected) = workloads.settle();
         assemble(naming, objects, &converted, workloads, selected)
     }
+}
+
+/// A namespaced object's namespace and name, as changes name it.
+fn named<K: kube::Resource>(object: &K) -> Option<(&str, &str)> {
+    Some((object.meta().namespace.as_deref()?, object.meta().name.as_deref()?))
+}
+
+/// The keys whose values differ between `one` and `other`, or that only one of them has.
+fn keys_differing<'a, V: PartialEq>(
+    one: &'a HashMap<String, V>,
+    other: &'a HashMap<String, V>,
+) -> impl Iterator<Item = &'a str> {
+    let changed = one.iter().filter(|(key, value)| other.get(*key) != Some(*value));
+    let added = other.keys().filter(|key| !one.contains_key(*key));
+    changed.map(|(key, _)| key.as_str()).chain(added.map(String::as_str))
 }
 
 /// Builds the resources for these objects (the version is left at 0 for the publisher): an

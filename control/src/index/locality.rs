@@ -33,9 +33,7 @@ impl Localities {
 
     /// The nodes whose locality differs in `other` (or that only one of them knows).
     pub fn differing<'a>(&'a self, other: &'a Localities) -> impl Iterator<Item = &'a str> {
-        let changed = self.0.iter().filter(|(node, locality)| other.0.get(*node) != Some(*locality));
-        let added = other.0.keys().filter(|node| !self.0.contains_key(*node));
-        changed.map(|(node, _)| node.as_str()).chain(added.map(String::as_str))
+        super::keys_differing(&self.0, &other.0)
     }
 
     /// The locality of pods on `node`; none for a node without topology labels (or unknown).

@@ -34,10 +34,7 @@ fn build(naming: &Naming, objects: &Objects<'_>) -> Snapshot {
 /// objects then present serves.
 fn one_change_at_a_time(naming: &Naming, objects: &Objects<'_>) {
     fn key<K: kube::Resource>(object: &K) -> (&str, &str) {
-        (
-            object.meta().namespace.as_deref().unwrap_or_default(),
-            object.meta().name.as_deref().unwrap_or_default(),
-        )
+        super::named(object).expect("a test object has a namespace and a name")
     }
     fn without<'a, T>(all: &[&'a T], index: usize) -> Vec<&'a T> {
         [&all[..index], &all[index + 1..]].concat()

@@ -21,7 +21,7 @@ use weft_api::workload as api;
 use super::{
     Naming, PodMap, Resources, encode_as,
     endpoints::{self, PodKind, SliceMembers},
-    ip_bytes, locality, waypoint,
+    ip_bytes, keys_differing, locality, waypoint,
 };
 
 /// A namespaced object's namespace and name.
@@ -56,16 +56,8 @@ impl Context {
     /// The namespaces whose labels or selecting policies differ in `other`, and the nodes
     /// whose localities do: what the workloads of their pods depend on.
     pub fn changed_for(&self, other: &Context) -> (HashSet<String>, HashSet<String>) {
-        fn differing<'a, V: PartialEq>(
-            one: &'a HashMap<String, V>,
-            other: &'a HashMap<String, V>,
-        ) -> impl Iterator<Item = &'a str> {
-            let changed = one.iter().filter(|(key, value)| other.get(*key) != Some(*value));
-            let added = other.keys().filter(|key| !one.contains_key(*key));
-            changed.map(|(key, _)| key.as_str()).chain(added.map(String::as_str))
-        }
-        let namespaces = differing(&self.namespace_labels, &other.namespace_labels)
-            .chain(differing(&self.selectors, &other.selectors))
+        let namespaces = keys_differing(&self.namespace_labels, &other.namespace_labels)
+            .chain(keys_differing(&self.selectors, &other.selectors))
             .map(str::to_owned)
             .collect();
         (namespaces, self.localities.differing(&other.localities).map(str::to_owned).collect())
@@ -342,30 +334,20 @@ impl Workloads {
     /// Publishes pod `uid`'s workload as it now stands: the addresses it owns, the Services
     /// its slices place it in; none without an address.
     fn redo_workload(&mut self, uid: &Uid) {
-        if let Some((policies, name)) = self.counted.remove(uid) {
-            for policy in policies {
-                if let Some(names) = self.selected.get_mut(&policy) {
-                    if let Some(count) = names.get_mut(&name) {
-                        *count -= 1;
-                        if *count == 0 {
-                            names.remove(&name);
-                        }
-                    }
-                    if names.is_empty() {
-                        self.selected.remove(&policy);
-                    }
+        let (policies, name) = self.counted.remove(uid).unwrap_or_default();
+        for policy in policies {
+            let Some(names) = self.selected.get_mut(&policy) else { continue };
+            if let Some(count) = names.get_mut(&name) {
+                *count -= 1;
+                if *count == 0 {
+                    names.remove(&name);
                 }
             }
+            if names.is_empty() {
+                self.selected.remove(&policy);
+            }
         }
-        let owned: Vec<Vec<u8>> = match self.pods.get(uid).and_then(|entry| entry.workload.as_ref()) {
-            Some((_, workload)) => workload
-                .addresses
-                .iter()
-                .filter(|address| self.owner(address) == Some(&**uid))
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
+        let owned: Vec<Vec<u8>> = self.owned(uid).cloned().collect();
         if owned.is_empty() {
             self.resources.remove(&**uid);
             return;
@@ -404,12 +386,14 @@ impl Workloads {
     /// How endpoints naming pod `uid` place it: its workload's if it owns an address.
     fn kind_of(&self, uid: &Uid) -> Option<PodKind> {
         let entry = self.pods.get(uid)?;
-        let owns = entry
-            .workload
-            .iter()
-            .flat_map(|(_, workload)| &workload.addresses)
-            .any(|address| self.owner(address) == Some(&**uid));
-        endpoints::pod_kind(entry.host_network, owns)
+        endpoints::pod_kind(entry.host_network, self.owned(uid).next().is_some())
+    }
+
+    /// The addresses of pod `uid`'s workload that it owns.
+    fn owned<'a>(&'a self, uid: &'a Uid) -> impl Iterator<Item = &'a Vec<u8>> {
+        let workload = self.pods.get(uid).and_then(|entry| entry.workload.as_ref());
+        let addresses = workload.into_iter().flat_map(|(_, workload)| &workload.addresses);
+        addresses.filter(move |address| self.owner(address) == Some(&**uid))
     }
 
     /// The uid of the workload that owns `address`: its strongest claimant.
