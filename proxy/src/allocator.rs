@@ -5,13 +5,29 @@
 //! proxies call it periodically from a thread of their own, off the workers (it holds each
 //! arena's lock while it walks that arena's free chunks, so a worker allocating meanwhile
 //! waits). Memory freed since is given back within a period.
+//!
+//! With that thread, glibc's own giving back is only a cost: by default a free that leaves more
+//! than 128 KiB at a heap's top shrinks the heap, and an allocation of 128 KiB or more is a
+//! mapping of its own, so a proxy moving bytes faulted fresh pages in all the time (55 000 a
+//! second in a one-connection HBONE transfer). So the proxies raise both thresholds and leave
+//! the giving back to the thread. That needs a single heap: `malloc_trim` gives back the top
+//! of the main heap only, not of the heaps glibc makes for other threads, whose tops would then
+//! stay as large as their busiest moment. The workers share the main heap's lock; small
+//! allocations are served by each thread's own cache without it.
 use std::time::Duration;
 
 /// How often the proxies give freed memory back.
 pub const TRIM_PERIOD: Duration = Duration::from_secs(1);
 
-/// Starts a thread that gives the allocator's free pages back to the kernel every `period`.
+/// A heap's top up to this size stays between trims, and allocations below it come from the
+/// heap, not a mapping of their own (32 MiB is the most glibc takes for the latter).
+const KEPT_UNTIL_TRIMMED: i32 = 32 * 1024 * 1024;
+
+/// Has the allocator keep one heap and leave giving memory back to a thread that gives the
+/// free pages back to the kernel every `period`. Call it first, before any other thread is
+/// started: threads that allocated before have heaps of their own.
 pub fn return_freed_memory(period: Duration) -> std::io::Result<()> {
+    leave_returning_to_trim()?;
     std::thread::Builder::new().name("trim".into()).spawn(move || {
         loop {
             // A period, not synchronisation.
@@ -34,6 +50,29 @@ pub fn trim() {
 /// Other allocators return memory their own way.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim() {}
+
+/// One heap for every thread started from now on, and trim and mapping thresholds raised to
+/// [`KEPT_UNTIL_TRIMMED`] (setting them also ends their adjusting themselves).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn leave_returning_to_trim() -> std::io::Result<()> {
+    let settings = [
+        (libc::M_ARENA_MAX, 1, "M_ARENA_MAX"),
+        (libc::M_TRIM_THRESHOLD, KEPT_UNTIL_TRIMMED, "M_TRIM_THRESHOLD"),
+        (libc::M_MMAP_THRESHOLD, KEPT_UNTIL_TRIMMED, "M_MMAP_THRESHOLD"),
+    ];
+    for (parameter, value, name) in settings {
+        // SAFETY: mallopt only sets the allocator's parameters; it has no preconditions.
+        if unsafe { libc::mallopt(parameter, value) } != 1 {
+            return Err(std::io::Error::other(format!("glibc refused mallopt({name}, {value})")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn leave_returning_to_trim() -> std::io::Result<()> {
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -72,5 +111,56 @@ mod tests {
             "trim gave back too little: {freed} → {trimmed} KiB of 15.75 MiB freed"
         );
         drop(kept);
+    }
+
+    /// Set in the process [`a_workers_freed_memory_stays_until_trimmed`] starts to probe.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    const PROBE: &str = "WEFT_ALLOCATOR_PROBE";
+
+    #[test]
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn a_workers_freed_memory_stays_until_trimmed() {
+        if std::env::var_os(PROBE).is_some() {
+            return probe();
+        }
+        // A process of its own, where the settings come before every thread but the test's
+        // (as in the proxies, where they come first), so none has a heap of its own yet.
+        let probed = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "allocator::tests::a_workers_freed_memory_stays_until_trimmed"])
+            .args(["--test-threads", "1", "--nocapture"])
+            .env(PROBE, "1")
+            .output()
+            .unwrap();
+        assert!(
+            probed.status.success(),
+            "the probe failed: {}{}",
+            String::from_utf8_lossy(&probed.stdout),
+            String::from_utf8_lossy(&probed.stderr)
+        );
+    }
+
+    /// What a worker started after the settings sees: 8 MiB in one piece (glibc's defaults
+    /// would map it on its own and unmap it when freed) stays once freed, and goes back with
+    /// the trim (it would not from a heap of the worker's own).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn probe() {
+        leave_returning_to_trim().unwrap();
+        std::thread::spawn(|| {
+            let before = anonymous_kib();
+            drop(std::hint::black_box(vec![1u8; 8 * 1024 * 1024]));
+            let freed = anonymous_kib();
+            assert!(
+                freed.saturating_sub(before) >= 6 * 1024,
+                "the allocator gave a freed block back itself ({before} → {freed} KiB): large transfers fault pages in anew"
+            );
+            trim();
+            let trimmed = anonymous_kib();
+            assert!(
+                freed.saturating_sub(trimmed) >= 6 * 1024,
+                "trim did not give the block back ({freed} → {trimmed} KiB): the worker has a heap of its own"
+            );
+        })
+        .join()
+        .unwrap();
     }
 }

@@ -70,11 +70,12 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First: the allocator's settings hold for the threads started after them.
+    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
+        .context("setting up the allocator")?;
     let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
-    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
-        .context("starting the memory-trimming thread")?;
     // std's count honours cgroup v2 `cpu.max` and the affinity mask.
     let workers = args
         .worker_threads

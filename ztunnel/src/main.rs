@@ -85,11 +85,12 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // First: the allocator's settings hold for the threads started after them.
+    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
+        .context("setting up the allocator")?;
     let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");
-    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
-        .context("starting the memory-trimming thread")?;
     let root_file =
         || args.ca_root_file.clone().context("--ca-root-file is required with --ca-address or --xds-address");
     let token_file =
