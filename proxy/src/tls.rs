@@ -15,6 +15,7 @@ use rustls::{
 
 use crate::identity::{Expected, Identity};
 
+mod tickets;
 pub(crate) mod verify;
 
 #[cfg(feature = "testing")]
@@ -142,6 +143,7 @@ pub fn client_config(cert: &WorkloadCert, expected: &Expected) -> Result<Arc<Cli
         .map_err(Error::Config)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
+    config.resumption = rustls::client::Resumption::store(Arc::new(tickets::Tickets::default()));
     Ok(Arc::new(config))
 }
 

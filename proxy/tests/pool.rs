@@ -57,6 +57,9 @@ impl Handler for ToUpstream {
 /// tunnels to it at once.
 struct Peer {
     accepted: Arc<AtomicUsize>,
+    /// How many TCP connections the peer holds, its TLS handshake not begun, until it holds
+    /// them all; then one (none held).
+    hold: Arc<AtomicUsize>,
     pool: Arc<Pool>,
     cert: Arc<tls::WorkloadCert>,
     server_id: Identity,
@@ -78,7 +81,8 @@ impl Peer {
         Self::start_holding(octet, settings, handler, 1).await
     }
 
-    /// A peer that begins no TLS handshake until it holds `together` TCP connections.
+    /// A peer that begins no TLS handshake until it holds `together` TCP connections (and
+    /// again after [`Peer::hold_next`]).
     async fn start_holding<H: Handler>(
         octet: u8,
         settings: PoolSettings,
@@ -98,17 +102,22 @@ impl Peer {
                 held.push(tcp);
             }
         });
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let (acceptor, counter) =
-            (TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()), accepted.clone());
+        let (accepted, hold) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(together)));
+        let (acceptor, counter, holds) = (
+            TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()),
+            accepted.clone(),
+            hold.clone(),
+        );
         let handler = Arc::new(handler(upstream_addr));
         tokio::spawn(async move {
             let mut holding = Vec::new();
             while let Ok((tcp, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
                 holding.push(tcp);
-                if counter.fetch_add(1, Ordering::SeqCst) + 1 < together {
+                if holding.len() < holds.load(Ordering::SeqCst) {
                     continue;
                 }
+                holds.store(1, Ordering::SeqCst);
                 for tcp in holding.drain(..) {
                     let (acceptor, handler) = (acceptor.clone(), handler.clone());
                     tokio::spawn(async move {
@@ -119,6 +128,7 @@ impl Peer {
         });
         Self {
             accepted,
+            hold,
             pool: Arc::new(Pool::new(settings, |_| {})),
             cert: Arc::new(ca.issue(&client_id)),
             server_id,
@@ -159,6 +169,12 @@ impl Peer {
             tunnels.push(tunnel.unwrap());
         }
         tunnels
+    }
+
+    /// Holds the next `count` TCP connections until all of them are there: every client's
+    /// first flight (a ClientHello with the ticket it took) is sent before any is answered.
+    fn hold_next(&self, count: usize) {
+        self.hold.store(count, Ordering::SeqCst);
     }
 
     fn accepted(&self) -> usize {
@@ -425,4 +441,30 @@ async fn a_new_connection_to_a_pod_resumes_its_session_until_the_certificate_is_
         "a resumed session still names the client's identity: {:?}",
         peers.lock().unwrap()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_to_a_pod_begun_together_all_resume_once_earlier_ones_left_tickets() {
+    let (resumed, peers) = (Arc::default(), Arc::default());
+    let settings = PoolSettings { max_streams: 1, idle_timeout: Duration::ZERO, lanes: 1 };
+    let peer = Peer::start_with(13, settings, |upstream| NotingResumptions {
+        upstream,
+        resumed: Arc::clone(&resumed),
+        peers: Arc::clone(&peers),
+    })
+    .await;
+    // One after another: each takes a ticket and brings two.
+    const TOGETHER: usize = 32;
+    for _ in 0..TOGETHER + 8 {
+        drop(peer.open(1).await);
+    }
+    let full_before = resumed.lock().unwrap().iter().filter(|resumed| !**resumed).count();
+    assert_eq!(full_before, 1, "only the first exchanged certificates: {:?}", resumed.lock().unwrap());
+    peer.hold_next(TOGETHER);
+    let tunnels = peer.open(TOGETHER).await;
+    let together = resumed.lock().unwrap().split_off(TOGETHER + 8);
+    assert_eq!(together.len(), TOGETHER);
+    let full = together.iter().filter(|resumed| !**resumed).count();
+    assert_eq!(full, 0, "{full} of {TOGETHER} begun together found no ticket left");
+    drop(tunnels);
 }

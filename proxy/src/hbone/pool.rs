@@ -9,7 +9,8 @@
 //! closed (or sent GOAWAY on) is replaced; one without streams for the idle timeout is released
 //! (Istio's `POOL_UNUSED_RELEASE_TIMEOUT`), so idle peers cost no connections; a pair's TLS
 //! configuration and session tickets stay [`TICKETS_KEPT`] longer, so its next connection
-//! resumes (rustls keeps tickets for the last 32 peers of a pair).
+//! resumes (the configuration keeps up to 64 tickets for each of a pair's last 32 peers,
+//! 256 in all: `tls::tickets`).
 //! No lock is held while a connection is being made: openers that need one while another is
 //! being made wait for that attempt and share its outcome — as many as its connection will
 //! carry besides its own opener's stream; more start an attempt of their own, so a burst on a
