@@ -327,10 +327,7 @@ fn copy(
         match state {
             Leg::Reading => {
                 let chunk = ready!(poll_read_chunk(from, cx))?;
-                *state = match chunk.is_empty() {
-                    true => Leg::Shutting,
-                    false => Leg::Writing(chunk),
-                };
+                *state = if chunk.is_empty() { Leg::Shutting } else { Leg::Writing(chunk) };
             }
             Leg::Writing(chunk) => {
                 while !chunk.is_empty() {

@@ -57,8 +57,8 @@ impl Handler for ToUpstream {
 /// tunnels to it at once.
 struct Peer {
     accepted: Arc<AtomicUsize>,
-    /// How many TCP connections the peer holds, its TLS handshake not begun, until it holds
-    /// them all; then one (none held).
+    /// Connections to gather before beginning any of their TLS handshakes; set back to 1 (no
+    /// holding) after each batch.
     hold: Arc<AtomicUsize>,
     pool: Arc<Pool>,
     cert: Arc<tls::WorkloadCert>,
@@ -171,8 +171,9 @@ impl Peer {
         tunnels
     }
 
-    /// Holds the next `count` TCP connections until all of them are there: every client's
-    /// first flight (a ClientHello with the ticket it took) is sent before any is answered.
+    /// Holds the next `count` TCP connections until all of them are there: no handshake is
+    /// answered, and so no ticket comes back, before every client has connected (and as good
+    /// as always sent its ClientHello, with the ticket it took).
     fn hold_next(&self, count: usize) {
         self.hold.store(count, Ordering::SeqCst);
     }
@@ -461,7 +462,9 @@ async fn connections_to_a_pod_begun_together_all_resume_once_earlier_ones_left_t
     let full_before = resumed.lock().unwrap().iter().filter(|resumed| !**resumed).count();
     assert_eq!(full_before, 1, "only the first exchanged certificates: {:?}", resumed.lock().unwrap());
     peer.hold_next(TOGETHER);
-    let tunnels = peer.open(TOGETHER).await;
+    let tunnels = tokio::time::timeout(Duration::from_secs(30), peer.open(TOGETHER))
+        .await
+        .expect("the tunnels begun together did not all open");
     let together = resumed.lock().unwrap().split_off(TOGETHER + 8);
     assert_eq!(together.len(), TOGETHER);
     let full = together.iter().filter(|resumed| !**resumed).count();

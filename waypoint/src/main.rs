@@ -71,8 +71,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     // First: the allocator's settings hold for the threads started after them.
-    weft_proxy::allocator::return_freed_memory(weft_proxy::allocator::TRIM_PERIOD)
-        .context("setting up the allocator")?;
+    weft_proxy::allocator::set_up().context("setting up the allocator")?;
     let _logging = weft_api::daemon::init_logging();
     let args = Args::parse();
     tracing::info!(?args, "starting");

@@ -4,7 +4,8 @@
 //! arriving together, each on a tunnel of its own) ran out, and every handshake past the eighth
 //! exchanged certificates and signatures: 27 % of them from 32 clients at once. A ticket is
 //! used once, and each connection brings two, so a pair that connects often holds up to
-//! [`PER_PEER`]; the newest go first, as they are the likeliest still in the server's cache.
+//! [`PER_PEER`]; the newest go first, as they are the likeliest still in the server's cache (a
+//! server keeps 256 sessions, for all its clients: with many, a client's oldest may be gone).
 //! Each ticket holds a copy of the server's certificate chain (1–2 KB), so a configuration
 //! keeps no more than rustls's default would ([`TOTAL`]): past it, the peer holding the most
 //! gives up its oldest.
@@ -31,8 +32,9 @@ pub const PEERS: usize = 32;
 /// keeps at most: 8 for each of 32 servers).
 pub const TOTAL: usize = 256;
 
-/// A [`ClientSessionStore`] of TLS 1.3 tickets ([`PER_PEER`] per server, for [`PEERS`] servers)
-/// and key-exchange hints; TLS 1.2 sessions are never kept, as the proxies speak TLS 1.3 only.
+/// A [`ClientSessionStore`] of TLS 1.3 tickets ([`PER_PEER`] per server, for [`PEERS`] servers,
+/// [`TOTAL`] in all) and key-exchange hints; TLS 1.2 sessions are never kept, as the proxies
+/// speak TLS 1.3 only.
 #[derive(Debug, Default)]
 pub struct Tickets(Mutex<Peers>);
 
@@ -108,6 +110,8 @@ impl ClientSessionStore for Tickets {
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
         let mut peers = self.peers();
+        // A new server first: forgetting the oldest may make room already.
+        peers.entry(server_name.clone());
         peers.make_room(&server_name);
         peers.entry(server_name).tickets.push_back(value);
         peers.total += 1;
@@ -203,6 +207,19 @@ mod tests {
             let (own, _) = held(&tickets, &name(octet));
             assert!(own >= TOTAL / peers - 1, "peer {octet} was left {own} of {TOTAL}");
         }
+        // Past its peers, the first server goes with its tickets.
+        for octet in u8::try_from(peers).unwrap() + 1..=u8::try_from(PEERS).unwrap() {
+            handshake(&client, &server, name(octet));
+        }
+        let before = held(&tickets, &name(1));
+        handshake(&client, &server, name(u8::try_from(PEERS).unwrap() + 1));
+        let (first, total) = held(&tickets, &name(1));
+        assert_eq!(first, 0, "the first server is forgotten");
+        assert_eq!(
+            total,
+            before.1 - before.0 + 2,
+            "its tickets left the count, the new server's two joined it"
+        );
     }
 
     #[test]
