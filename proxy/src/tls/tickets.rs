@@ -69,11 +69,11 @@ impl Peers {
         self.by_name.entry(name).or_default()
     }
 
-    /// Room for one more ticket for `name`: its own oldest goes past [`PER_PEER`], the oldest
-    /// of the peer holding the most past [`TOTAL`].
-    fn make_room(&mut self, name: &ServerName<'static>) {
+    /// Back within bounds after a ticket for `name` joined: its own oldest goes past
+    /// [`PER_PEER`], the oldest of the peer holding the most past [`TOTAL`].
+    fn bound(&mut self, name: &ServerName<'static>) {
         let own = self.by_name.get(name).map_or(0, |peer| peer.tickets.len());
-        let from = match (own >= PER_PEER, self.total >= TOTAL) {
+        let from = match (own > PER_PEER, self.total > TOTAL) {
             (true, _) => self.by_name.get_mut(name),
             (false, true) => self.by_name.values_mut().max_by_key(|peer| peer.tickets.len()),
             (false, false) => None,
@@ -110,11 +110,9 @@ impl ClientSessionStore for Tickets {
 
     fn insert_tls13_ticket(&self, server_name: ServerName<'static>, value: Tls13ClientSessionValue) {
         let mut peers = self.peers();
-        // A new server first: forgetting the oldest may make room already.
-        peers.entry(server_name.clone());
-        peers.make_room(&server_name);
-        peers.entry(server_name).tickets.push_back(value);
+        peers.entry(server_name.clone()).tickets.push_back(value);
         peers.total += 1;
+        peers.bound(&server_name);
     }
 
     fn take_tls13_ticket(&self, server_name: &ServerName<'static>) -> Option<Tls13ClientSessionValue> {
