@@ -6,7 +6,8 @@
 //! `links/<program>` (plus `links/sk_lookup-<netns cookie>` per enrolled pod). Links are pinned,
 //! so capture keeps working while no agent runs; a restarted agent adopts them (it attaches only
 //! what is missing) and runs its own programs on every pinned link. A datapath pinned by an
-//! agent of another ABI version is carried over ([`migrate`]). Only [`uninstall`] detaches.
+//! agent of another ABI version is carried over ([`migrate`]). Only unenrolling a pod, retiring a
+//! program and [`uninstall`] detach, each before its call returns ([`link::detach`]).
 use std::{
     fs::File,
     io,
@@ -319,11 +320,7 @@ impl Datapath {
     /// established ones are untouched. Idempotent.
     pub fn unenroll(&mut self, cookie: u64) -> Result<(), Error> {
         let pin_path = self.sk_lookup_path(cookie);
-        match std::fs::remove_file(&pin_path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(io_error(&pin_path, source)),
-        }
+        link::detach(&pin_path).map_err(|source| io_error(&pin_path, source))?;
         for name in [map::ENROLLED, map::POD_ADDRS] {
             match self.pod_map_mut(name)?.remove(&cookie) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -500,7 +497,7 @@ impl Datapath {
                     .map_err(|source| Error::Attach { name: program::SK_LOOKUP, target: name, source })?;
             } else if self.ebpf.program(&name).is_none() {
                 tracing::info!(link = %name, "detaching a link of a program this agent does not have");
-                std::fs::remove_file(&path).map_err(|source| io_error(&path, source))?;
+                link::detach(&path).map_err(|source| io_error(&path, source))?;
             }
         }
         Ok(())
@@ -536,8 +533,20 @@ pub fn check_kernel(release: &str) -> Result<(), Error> {
     }
 }
 
-/// Detaches and removes everything pinned under `bpffs_root`: capture stops for every pod.
+/// Detaches and removes everything pinned under `bpffs_root`: capture has stopped for every
+/// pod when this returns.
 pub fn uninstall(bpffs_root: &Path) -> Result<(), Error> {
+    let links = bpffs_root.join(pin::LINKS);
+    match std::fs::read_dir(&links) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry.map_err(|source| io_error(&links, source))?.path();
+                link::detach(&path).map_err(|source| io_error(&path, source))?;
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io_error(&links, source)),
+    }
     match std::fs::remove_dir_all(bpffs_root) {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -1,6 +1,16 @@
-//! Pinned eBPF maps of any layout, made with raw `bpf(2)`: how a test plays an agent of another
-//! ABI version, whose datapath pinned its maps in layouts this build no longer defines.
-use std::{ffi::CString, io, os::unix::ffi::OsStrExt, path::Path};
+//! Pinned eBPF objects made and held with raw `bpf(2)`: how a test plays an agent of another
+//! ABI version, whose datapath pinned maps in layouts and links of programs this build no longer
+//! defines, and another process still holding the links an agent pinned.
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{
+        fd::{FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
 
 /// `BPF_MAP_TYPE_HASH`.
 pub const HASH: u32 = 1;
@@ -10,7 +20,12 @@ pub const ARRAY: u32 = 2;
 pub const PERCPU_ARRAY: u32 = 6;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u64 = 18;
+const BPF_CGROUP_INET4_CONNECT: u64 = 10;
 
 /// Creates a map of `map_type` with the given key and value sizes and capacity, and pins it at
 /// `path` (replacing nothing: the path must be free).
@@ -37,7 +52,59 @@ pub fn pin_new_map(
     pinned.map(drop)
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 8]) -> io::Result<libc::c_long> {
+/// Attaches to `cgroup` a program that refuses every IPv4 `connect` (`EPERM`), as a link pinned
+/// at `path`, and returns that link: held, it stays attached however its pin is removed, until
+/// something detaches it.
+pub fn pin_refusing_connect4(cgroup: &Path, path: &Path) -> io::Result<OwnedFd> {
+    // r0 = 0 (refuse); exit.
+    let program: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let mut attr = [0u64; 16];
+    // prog_load: u32 prog_type, u32 insn_cnt, u64 insns, u64 license, ..., at byte 68 u32
+    // expected_attach_type.
+    attr[0] = BPF_PROG_TYPE_CGROUP_SOCK_ADDR | ((program.len() as u64) << 32);
+    attr[1] = program.as_ptr() as u64;
+    attr[2] = license.as_ptr() as u64;
+    attr[8] = BPF_CGROUP_INET4_CONNECT << 32;
+    let prog = owned(bpf(BPF_PROG_LOAD, &mut attr)?)?;
+    let cgroup = File::open(cgroup)?;
+    let mut attr = [0u64; 16];
+    // link_create: u32 prog_fd, u32 target_fd, u32 attach_type.
+    attr[0] = fd_u64(&prog) | (fd_u64(&cgroup) << 32);
+    attr[1] = BPF_CGROUP_INET4_CONNECT;
+    let link = owned(bpf(BPF_LINK_CREATE, &mut attr)?)?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    attr[1] = fd_u64(&link);
+    bpf(BPF_OBJ_PIN, &mut attr)?;
+    Ok(link)
+}
+
+/// Opens every object pinned in `dir` and keeps it open, as a process that had them open
+/// would (a tool listing links, an agent still shutting down).
+pub fn hold_pinned(dir: &Path) -> io::Result<Vec<OwnedFd>> {
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let c_path = CString::new(entry?.path().as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let mut attr = [0u64; 16];
+        attr[0] = c_path.as_ptr() as u64;
+        held.push(owned(bpf(BPF_OBJ_GET, &mut attr)?)?);
+    }
+    Ok(held)
+}
+
+fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fd_u64(fd: &impl std::os::fd::AsRawFd) -> u64 {
+    u64::try_from(fd.as_raw_fd()).expect("invariant: an open fd is non-negative")
+}
+
+fn bpf<const N: usize>(cmd: libc::c_long, attr: &mut [u64; N]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, zero-initialised buffer of the size passed.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size_of_val(attr)) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }

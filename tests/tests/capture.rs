@@ -201,6 +201,26 @@ fn unenroll_and_reenroll_switch_new_connections_and_spare_established_ones() {
 }
 
 #[test]
+fn an_unenrolled_pods_inbound_connections_stop_being_steered_at_once() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 1, 16);
+    let cookie = enroll(&mut datapath, &server).unwrap();
+    let _standin = Standin::start(&topology.nodes()[1], &server).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "steered").unwrap(), "steered");
+    assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1);
+
+    // Held open, the pod's inbound link outlives its pin: unenrolling must detach it.
+    let _held = bpffs::hold_pinned(&topology.nodes()[1].bpffs_root.join("links")).unwrap();
+    datapath.unenroll(cookie).unwrap();
+    assert_eq!(apps::send(&client, to, "direct").unwrap(), "direct");
+    assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1, "steered after unenrolling");
+}
+
+#[test]
 fn a_handed_over_pod_is_known_until_it_leaves_but_only_enrollment_captures_it() {
     let mut topology = Topology::new(1).unwrap();
     let pod = topology.add_pod(0, "pod", "uid-pod").unwrap();
@@ -316,10 +336,10 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     pin_other_layout(&node, map::COUNTERS, bpffs::PERCPU_ARRAY, 4, 8, Counter::COUNT - 1);
     let dropped = node.bpffs_root.join("maps").join("WEFT_FROM_NODE");
     bpffs::pin_new_map(&dropped, bpffs::HASH, 36, 1, 64).unwrap();
-    // And a link of a program this build does not have (a second pin of one of ours here).
-    let links = node.bpffs_root.join("links");
-    let retired = links.join("weft_retired_program");
-    std::fs::hard_link(links.join("weft_connect4"), &retired).unwrap();
+    // And a link of a program this build does not have, which would refuse every connect; held
+    // open, so only detaching it (not removing its pin) takes it off.
+    let retired = node.bpffs_root.join("links").join("weft_retired_program");
+    let _retired_link = bpffs::pin_refusing_connect4(&node.cgroup, &retired).unwrap();
 
     let config = Config {
         cgroup: node.cgroup.clone(),
@@ -376,6 +396,8 @@ fn a_datapath_whose_enrollment_cannot_be_carried_over_is_refused_and_left_runnin
     // Still pinned and capturing: with no proxy, refused.
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
+    // Links someone still holds open stay attached when only their pins go: uninstall detaches.
+    let _held = bpffs::hold_pinned(&node.bpffs_root.join("links")).unwrap();
     datapath::uninstall(&node.bpffs_root).unwrap();
     assert!(!node.bpffs_root.exists());
     apps::send(&client, to, "uninstalled: direct").unwrap();

@@ -1,9 +1,11 @@
 //! The `bpf(2)` link commands aya 0.13 does not expose for cgroup programs: creating a link
 //! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), replacing the program a pinned link runs
 //! in one step (`BPF_LINK_UPDATE`: an upgraded agent leaves no moment without capture), and
-//! reading back which program a pinned link runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`).
-//! Pinned links are what keep capture attached while no agent runs; removing the pin file
-//! detaches the program.
+//! reading back which program a pinned link runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`),
+//! and detaching a pinned link at once (`BPF_LINK_DETACH`).
+//! Pinned links are what keep capture attached while no agent runs. Removing a pin file alone
+//! does not detach at once: the kernel frees an unpinned link later, from a work queue, and
+//! never while another process still holds it open.
 use std::{
     ffi::CString,
     io,
@@ -34,6 +36,7 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr` is larger; the kernel accepts a shorter, zero-filled prefix.
 #[repr(C)]
@@ -76,6 +79,23 @@ pub fn update(path: &Path, prog: impl AsFd) -> io::Result<()> {
     // link_update: u32 link_fd, u32 new_prog_fd, u32 flags, u32 old_prog_fd.
     attr.0[0] = u64::from(fd_u32(&link)) | (u64::from(fd_u32(&prog)) << 32);
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Detaches the link pinned at `path` before returning, then removes the pin. A link already
+/// gone is no error.
+pub fn detach(path: &Path) -> io::Result<()> {
+    let link = match open_pinned(path) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        opened => opened?,
+    };
+    let mut attr = Attr::default();
+    // link_detach: u32 link_fd.
+    attr.0[0] = u64::from(fd_u32(&link));
+    bpf(BPF_LINK_DETACH, &mut attr)?;
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+        _ => Ok(()),
+    }
 }
 
 /// The object pinned at `path`.
