@@ -20,6 +20,7 @@ pub mod h2_frames;
 pub mod hang;
 pub mod images;
 pub mod invariants;
+pub mod istio_ztunnel;
 pub mod istiod;
 pub mod kubelet;
 pub mod mesh;

@@ -345,6 +345,20 @@ impl Mesh {
         Ok(())
     }
 
+    /// Replaces node `node`'s ztunnel with the process `start` begins, given the node and its
+    /// agent's ZDS socket: another node proxy, such as Istio's to measure beside
+    /// ([`crate::istio_ztunnel`]). A later restart starts Weft's again.
+    pub fn replace_ztunnel(
+        &mut self,
+        node: usize,
+        start: impl FnOnce(&Node, &std::path::Path) -> anyhow::Result<Process>,
+    ) -> anyhow::Result<()> {
+        self.kill_ztunnel(node)?;
+        let setup = &self.setups[node];
+        self.processes[node].1 = start(&setup.node, &setup.socket)?;
+        Ok(())
+    }
+
     /// Restarts node `node`'s ztunnel as an operator's restart does: SIGTERM (it drains: open
     /// connections finish, new ones are refused), then, once it says it drained (or after
     /// `timeout`, when it is killed), a new one, which gets the node's pods from the agent;

@@ -70,6 +70,11 @@ impl Lines {
         }
     }
 
+    /// The lines read so far and not yet taken, without waiting for more.
+    pub fn so_far(&self) -> Vec<String> {
+        self.rx.try_iter().collect()
+    }
+
     /// Every line up to the end of the output (the process must be ending), at most until
     /// `deadline`.
     pub fn rest(&self, deadline: Instant) -> anyhow::Result<Vec<String>> {

@@ -50,6 +50,10 @@ enum Task {
         /// Measure what a waypoint adds instead.
         #[arg(long)]
         waypoint: bool,
+        /// Istio's ztunnel, built from its source with `--features testing`: also measure it
+        /// as the node proxy, beside Weft's (not with `--waypoint`).
+        #[arg(long, conflicts_with = "waypoint")]
+        istio_ztunnel: Option<PathBuf>,
     },
     /// Build the fuzz targets of `fuzz/` and run each (or those named) for a while.
     Fuzz {
@@ -75,7 +79,9 @@ fn main() -> std::process::ExitCode {
         Task::Setup => setup::run(&root).map(drop),
         Task::Test { filters } => test(&root, &filters),
         Task::Demo { keep, real } => demo(&root, keep, real),
-        Task::Bench { quick, waypoint } => bench(&root, quick, waypoint),
+        Task::Bench { quick, waypoint, istio_ztunnel } => {
+            bench(&root, quick, waypoint, istio_ztunnel.as_deref())
+        }
         Task::Fuzz { seconds, targets } => {
             setup::cargo_fuzz().and_then(|cargo_fuzz| fuzz::run(&root, &cargo_fuzz, seconds, &targets))
         }
@@ -173,7 +179,12 @@ fn demo(root: &std::path::Path, keep: bool, real: bool) -> anyhow::Result<()> {
     cmd::run(&mut demo)
 }
 
-fn bench(root: &std::path::Path, quick: bool, waypoint: bool) -> anyhow::Result<()> {
+fn bench(
+    root: &std::path::Path,
+    quick: bool,
+    waypoint: bool,
+    istio_ztunnel: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     setup::run(root)?;
     cmd::run(Command::new(cargo()).current_dir(root).args(["build", "--release", "--workspace", "--bins"]))?;
     let out = root.join("target/bench");
@@ -192,6 +203,9 @@ fn bench(root: &std::path::Path, quick: bool, waypoint: bool) -> anyhow::Result<
         command.args(quick_args);
     }
     command.arg("--json").arg(out.join(json));
+    if let Some(binary) = istio_ztunnel {
+        command.arg("--istio-ztunnel").arg(binary);
+    }
     cmd::run(&mut command)
 }
 

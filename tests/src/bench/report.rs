@@ -84,6 +84,22 @@ impl Report {
         out
     }
 
+    /// `mode`'s medians divided by `other`'s, a row per figure both have (costs included): above
+    /// 1, `mode` has more of it.
+    pub fn ratios(&self, mode: &str, other: &str) -> String {
+        let mut out = String::new();
+        for figure in &self.figures {
+            let (Some(value), Some(base)) =
+                (self.median_of(figure.key, mode), self.median_of(figure.key, other))
+            else {
+                continue;
+            };
+            let ratio = if base > 0.0 { format!("×{:.2}", value / base) } else { "—".to_owned() };
+            out += &format!("{:<44} {ratio:>8}\n", figure.label);
+        }
+        out
+    }
+
     /// `{"figures": {key: {"label", "modes": {mode: {"median", "samples"}}}}}`.
     pub fn json(&self) -> serde_json::Value {
         let figures: serde_json::Map<String, serde_json::Value> = self
@@ -138,5 +154,23 @@ mod tests {
         assert!(table.contains("50.0 [40.0–60.0] ×0.45"), "{table}");
         assert!(table.contains("2.00 [2.00–2.00]\n"), "no ratio for a proxy's own cost: {table}");
         assert_eq!(report.json()["figures"]["rate"]["modes"]["mesh"]["median"], 50.0);
+    }
+
+    #[test]
+    fn ratios_divide_one_modes_medians_by_anothers_costs_included() {
+        let mut report = Report::new(&["mesh", "other"], &[RATE, COST]);
+        for (mesh, other) in [(40.0, 20.0), (60.0, 30.0), (50.0, 25.0)] {
+            report.record("mesh", RATE, mesh);
+            report.record("other", RATE, other);
+            report.record("mesh", COST, 3.0);
+        }
+        report.record("other", COST, 0.0);
+        let ratios = report.ratios("mesh", "other");
+        assert_eq!(ratios.lines().count(), 2, "{ratios}");
+        assert!(
+            ratios.lines().next().is_some_and(|line| line.starts_with("rate /s") && line.ends_with("×2.00"))
+        );
+        assert!(ratios.lines().nth(1).is_some_and(|line| line.starts_with("cost") && line.ends_with("—")));
+        assert!(report.ratios("mesh", "absent").is_empty());
     }
 }

@@ -10,6 +10,10 @@
 //! mTLS handshake each. Then the proxies' memory per
 //! idle connection with 1k and 10k held. Prints a table with ratios to `direct` and writes
 //! JSON. Figures, not a test. `cargo xtask bench` builds in release and runs it.
+//!
+//! With `--istio-ztunnel`, a fourth mode `istio` runs the `hbone` pair's part on three more
+//! nodes whose node proxy is Istio's ztunnel ([`weft_tests::istio_ztunnel`]), interleaved with
+//! the others, and a second table divides `hbone`'s figures by `istio`'s.
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -25,6 +29,7 @@ use weft_tests::{
         report::{Figure, Report},
         resident_kib, rss_kib, testpod,
     },
+    istio_ztunnel::{self, Pool},
     mesh::{Member, Mesh},
     topology::{Pod, Topology},
 };
@@ -54,6 +59,10 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Istio's ztunnel, built from its source with `--features testing`: also measure it, as
+    /// the node proxy of three more nodes.
+    #[arg(long)]
+    istio_ztunnel: Option<PathBuf>,
 }
 
 const BULK: [(u32, Figure, Figure); 3] = [
@@ -137,6 +146,11 @@ struct Mode<'a> {
     name: &'static str,
     client: &'a Pod,
     server: &'a Pod,
+    /// The proxies on the pair's nodes.
+    proxies: &'a Proxies<'a>,
+    /// A client on a node whose proxy makes a new HBONE connection (a full mTLS handshake) for
+    /// every connection, for modes where that means something.
+    fresh_client: Option<&'a Pod>,
     /// Whether a proxy carries it (memory figures mean nothing without one).
     proxied: bool,
     /// Descriptors the busiest proxy holds per connection (HBONE multiplexes the node-to-node
@@ -183,38 +197,68 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Children inherit it: the idle-connection runs hold up to 10k connections.
     let open_files = weft_ztunnel::rlimit::raise_open_files().context("raising the open-file limit")?;
-    let mut topology = Topology::new(3)?;
+    let istio = args.istio_ztunnel.as_deref();
+    let mut topology = Topology::new(if istio.is_some() { 6 } else { 3 })?;
     let meshed_client = topology.add_pod(0, "meshed-client", "uid-meshed-client")?;
     let plain_client = topology.add_pod(0, "plain-client", "uid-plain-client")?;
     let meshed_server = topology.add_pod(1, "meshed-server", "uid-meshed-server")?;
     let plain_server = topology.add_pod(1, "plain-server", "uid-plain-server")?;
     let fresh_client = topology.add_pod(2, "fresh-client", "uid-fresh-client")?;
+    // Istio's pair and fresh client, on nodes 3 to 5 as Weft's are on 0 to 2.
+    let istio_pods = match istio {
+        Some(_) => Some([
+            topology.add_pod(3, "istio-client", "uid-istio-client")?,
+            topology.add_pod(4, "istio-server", "uid-istio-server")?,
+            topology.add_pod(5, "istio-fresh-client", "uid-istio-fresh-client")?,
+        ]),
+        None => None,
+    };
     let mut servers = Vec::new();
-    for server in [&meshed_server, &plain_server] {
+    let istio_server = istio_pods.as_ref().map(|[_, server, _]| server);
+    for server in [&meshed_server, &plain_server].into_iter().chain(istio_server) {
         servers.push(apps::echo_server(server, ECHO_PORT)?);
         servers.push(iperf3_server(server)?);
     }
-    let members = [
+    let mut members = vec![
         Member::new(&meshed_client, "bench", "client"),
         Member::new(&meshed_server, "bench", "server"),
         Member::new(&fresh_client, "bench", "client"),
     ];
+    if let Some([client, server, fresh]) = &istio_pods {
+        members.extend([
+            Member::new(client, "bench", "client"),
+            Member::new(server, "bench", "server"),
+            Member::new(fresh, "bench", "client"),
+        ]);
+    }
     let mut mesh = Mesh::start(&topology, &members)?;
     // Node 2's proxy gives each connection its own HBONE connection and releases it when the
     // stream ends: every new connection from there pays a full TCP + TLS + HTTP/2 handshake.
     mesh.restart_ztunnel_with(2, &["--pool-max-streams", "1", "--pool-idle-seconds", "0"], 1)?;
+    let istio_dir = tempfile::Builder::new().prefix("weft-bench-istio-").tempdir()?;
+    if let (Some(binary), Some([client, server, _])) = (istio, &istio_pods) {
+        start_istio(&mut mesh, &topology, &members, binary, istio_dir.path())?;
+        check_istio(&mut mesh, &topology, client, server)?;
+    }
     let nodes = topology.nodes();
-    let proxies = Proxies {
+    let weft_proxies = Proxies {
         cgroups: [&nodes[0].proxy_cgroup, &nodes[1].proxy_cgroup],
         pids: [mesh.ztunnel(0).pid(), mesh.ztunnel(1).pid()],
     };
-    let idle = proxies.resident_kib()?;
+    let istio_proxies = istio_pods.as_ref().map(|_| Proxies {
+        cgroups: [&nodes[3].proxy_cgroup, &nodes[4].proxy_cgroup],
+        pids: [mesh.ztunnel(3).pid(), mesh.ztunnel(4).pid()],
+    });
+    let idle = weft_proxies.resident_kib()?;
+    let istio_idle = istio_proxies.as_ref().map(Proxies::resident_kib).transpose()?;
 
-    let modes = [
+    let mut modes = vec![
         Mode {
             name: "direct",
             client: &plain_client,
             server: &plain_server,
+            proxies: &weft_proxies,
+            fresh_client: None,
             proxied: false,
             descriptors_per_connection: 0,
         },
@@ -222,6 +266,8 @@ fn main() -> anyhow::Result<()> {
             name: "passthrough",
             client: &meshed_client,
             server: &plain_server,
+            proxies: &weft_proxies,
+            fresh_client: None,
             proxied: true,
             descriptors_per_connection: 2,
         },
@@ -229,10 +275,23 @@ fn main() -> anyhow::Result<()> {
             name: "hbone",
             client: &meshed_client,
             server: &meshed_server,
+            proxies: &weft_proxies,
+            fresh_client: Some(&fresh_client),
             proxied: true,
             descriptors_per_connection: 1,
         },
     ];
+    if let (Some([client, server, fresh]), Some(proxies)) = (&istio_pods, &istio_proxies) {
+        modes.push(Mode {
+            name: "istio",
+            client,
+            server,
+            proxies,
+            fresh_client: Some(fresh),
+            proxied: true,
+            descriptors_per_connection: 1,
+        });
+    }
     let figures: Vec<Figure> = BULK
         .iter()
         .flat_map(|(_, rate, cpu)| [*rate, *cpu])
@@ -242,23 +301,20 @@ fn main() -> anyhow::Result<()> {
         .chain([CONNECTIONS, FRESH, CONCURRENT, FRESH_CONCURRENT])
         .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
         .collect();
-    let mut report = Report::new(&modes.each_ref().map(|mode| mode.name), &figures);
+    let names: Vec<&'static str> = modes.iter().map(|mode| mode.name).collect();
+    let mut report = Report::new(&names, &figures);
     for repeat in 1..=args.repeats {
         eprintln!("repeat {repeat} of {}", args.repeats);
         for mode in &modes {
-            bulk(&mut report, mode, &proxies, args.bulk_seconds)?;
-            latency(&mut report, mode, &proxies, &args)?;
+            bulk(&mut report, mode, args.bulk_seconds)?;
+            latency(&mut report, mode, &args)?;
             let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
             let (count, clients) = (args.connections.to_string(), args.clients.to_string());
-            for (client, figure, clients) in [
-                (mode.client, CONNECTIONS, "1"),
-                (mode.client, CONCURRENT, clients.as_str()),
-                (&fresh_client, FRESH, "1"),
-                (&fresh_client, FRESH_CONCURRENT, clients.as_str()),
-            ] {
-                if client.name == fresh_client.name && mode.name != "hbone" {
-                    continue;
-                }
+            let pooled = [(mode.client, CONNECTIONS, "1"), (mode.client, CONCURRENT, clients.as_str())];
+            let fresh = mode
+                .fresh_client
+                .map(|fresh| [(fresh, FRESH, "1"), (fresh, FRESH_CONCURRENT, clients.as_str())]);
+            for (client, figure, clients) in pooled.into_iter().chain(fresh.into_iter().flatten()) {
                 let rate = testpod(client, &["connrate", "--count", &count, "--clients", clients], to)?;
                 report.record(mode.name, figure, field(&rate, "conns_per_sec")?);
             }
@@ -266,7 +322,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut skipped = Vec::new();
     for mode in modes.iter().filter(|mode| mode.proxied) {
-        skipped.extend(idle_connections(&mut report, mode, &proxies, open_files)?);
+        skipped.extend(idle_connections(&mut report, mode, open_files)?);
     }
 
     println!(
@@ -274,10 +330,12 @@ fn main() -> anyhow::Result<()> {
         args.repeats
     );
     print!("{}", report.table());
-    println!(
-        "proxy RSS idle: client node {} KiB ({} anonymous), server node {} KiB ({} anonymous)",
-        idle[0].total, idle[0].anonymous, idle[1].total, idle[1].anonymous
-    );
+    println!("{}", idle_line("proxy", &idle));
+    if let Some(istio_idle) = &istio_idle {
+        println!("{}", idle_line("Istio's proxy", istio_idle));
+        println!("Weft's node proxy against Istio's: hbone's median ÷ istio's (below 1: less of it)");
+        print!("{}", report.ratios("hbone", "istio"));
+    }
     for note in &skipped {
         println!("skipped: {note}");
     }
@@ -288,6 +346,10 @@ fn main() -> anyhow::Result<()> {
             serde_json::json!({ "client_node": idle[0].total, "server_node": idle[1].total });
         json["proxy_anon_idle_kib"] =
             serde_json::json!({ "client_node": idle[0].anonymous, "server_node": idle[1].anonymous });
+        if let Some(istio_idle) = &istio_idle {
+            json["istio_proxy_rss_idle_kib"] =
+                serde_json::json!({ "client_node": istio_idle[0].total, "server_node": istio_idle[1].total });
+        }
         json["machine"] = serde_json::json!(machine());
         json["settings"] = serde_json::json!(format!("{args:?}"));
         json["skipped"] = serde_json::json!(skipped);
@@ -296,8 +358,57 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `<who> RSS idle: …` of the client's and the server's node.
+fn idle_line(who: &str, idle: &[Resident; 2]) -> String {
+    format!(
+        "{who} RSS idle: client node {} KiB ({} anonymous), server node {} KiB ({} anonymous)",
+        idle[0].total, idle[0].anonymous, idle[1].total, idle[1].anonymous
+    )
+}
+
+/// Replaces the ztunnels of nodes 3 to 5 with Istio's `binary` (node 5's making a new HBONE
+/// connection for every connection, as node 2's does), taking `members` from a workloads file
+/// in `dir`.
+fn start_istio(
+    mesh: &mut Mesh,
+    topology: &Topology,
+    members: &[Member],
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let workloads = dir.join("workloads.yaml");
+    istio_ztunnel::write_workloads(&workloads, topology, members)?;
+    for (node, pool) in [(3, Pool::Shared), (4, Pool::Shared), (5, Pool::FreshEach)] {
+        mesh.replace_ztunnel(node, |node, socket| {
+            let dir = istio_ztunnel::node_dir(dir, node)?;
+            istio_ztunnel::start(node, istio_ztunnel::command(binary, node, socket, &workloads, &dir, pool))
+        })?;
+    }
+    Ok(())
+}
+
+/// Checks that a connection from `client` to `server` works through Istio's ztunnels, over
+/// HBONE (the server node's counts it inbound); says what they logged when not.
+fn check_istio(mesh: &mut Mesh, topology: &Topology, client: &Pod, server: &Pod) -> anyhow::Result<()> {
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    let sent = apps::send(client, to, "through Istio's ztunnel").map(drop);
+    let tunnelled = sent.and_then(|()| istio_ztunnel::inbound_connections(&topology.nodes()[server.node]));
+    if matches!(tunnelled, Ok(count) if count >= 1.0) {
+        return Ok(());
+    }
+    let mut logged = Vec::new();
+    for node in [client.node, server.node] {
+        logged.extend(mesh.ztunnel(node).lines()?.so_far());
+    }
+    anyhow::bail!(
+        "a first connection through Istio's ztunnel: {tunnelled:?} inbound on the server's node; they logged:\n{}",
+        logged.concat()
+    )
+}
+
 /// Bulk throughput over 1, 2 and 8 connections, and the proxies' CPU per GB moved.
-fn bulk(report: &mut Report, mode: &Mode, proxies: &Proxies, seconds: u32) -> anyhow::Result<()> {
+fn bulk(report: &mut Report, mode: &Mode, seconds: u32) -> anyhow::Result<()> {
+    let proxies = mode.proxies;
     for (streams, rate, cpu) in BULK {
         let before = proxies.cpu_seconds()?;
         let Bulk { gbit_per_sec, bytes } =
@@ -311,7 +422,8 @@ fn bulk(report: &mut Report, mode: &Mode, proxies: &Proxies, seconds: u32) -> an
 
 /// 1 KB request/response at a fixed rate: percentiles, the proxies' CPU per 1000 requests/s
 /// and their peak memory over the run's second half.
-fn latency(report: &mut Report, mode: &Mode, proxies: &Proxies, args: &Args) -> anyhow::Result<()> {
+fn latency(report: &mut Report, mode: &Mode, args: &Args) -> anyhow::Result<()> {
+    let proxies = mode.proxies;
     let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
     let (rate, seconds) = (args.rate.to_string(), args.latency_seconds.to_string());
     let before = proxies.cpu_seconds()?;
@@ -335,12 +447,8 @@ fn latency(report: &mut Report, mode: &Mode, proxies: &Proxies, args: &Args) -> 
 
 /// The proxies' memory per connection with 1k and 10k idle connections held through them;
 /// returns what the open-file limit did not allow.
-fn idle_connections(
-    report: &mut Report,
-    mode: &Mode,
-    proxies: &Proxies,
-    open_files: u64,
-) -> anyhow::Result<Vec<String>> {
+fn idle_connections(report: &mut Report, mode: &Mode, open_files: u64) -> anyhow::Result<Vec<String>> {
+    let proxies = mode.proxies;
     let to = SocketAddr::new(mode.server.ipv4.into(), ECHO_PORT);
     let mut skipped = Vec::new();
     for (count, figures) in IDLE {
