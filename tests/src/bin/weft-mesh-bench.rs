@@ -63,6 +63,13 @@ struct Args {
     /// the node proxy of three more nodes.
     #[arg(long)]
     istio_ztunnel: Option<PathBuf>,
+    /// Only these modes (comma-separated: direct, passthrough, hbone, istio), e.g. to compare
+    /// two builds of one proxy against a mode that stays the same; ratios to `direct` need it.
+    #[arg(long, value_delimiter = ',')]
+    modes: Vec<String>,
+    /// Skip the idle-connection figures.
+    #[arg(long)]
+    no_idle: bool,
 }
 
 const BULK: [(u32, Figure, Figure); 3] = [
@@ -301,6 +308,11 @@ fn main() -> anyhow::Result<()> {
         .chain([CONNECTIONS, FRESH, CONCURRENT, FRESH_CONCURRENT])
         .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
         .collect();
+    if let Some(unknown) = args.modes.iter().find(|name| !modes.iter().any(|mode| mode.name == name.as_str()))
+    {
+        anyhow::bail!("no mode {unknown:?} in this run (istio needs --istio-ztunnel)");
+    }
+    modes.retain(|mode| args.modes.is_empty() || args.modes.iter().any(|name| name == mode.name));
     let names: Vec<&'static str> = modes.iter().map(|mode| mode.name).collect();
     let mut report = Report::new(&names, &figures);
     for repeat in 1..=args.repeats {
@@ -321,7 +333,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let mut skipped = Vec::new();
-    for mode in modes.iter().filter(|mode| mode.proxied) {
+    for mode in modes.iter().filter(|mode| mode.proxied && !args.no_idle) {
         skipped.extend(idle_connections(&mut report, mode, open_files)?);
     }
 
@@ -333,6 +345,8 @@ fn main() -> anyhow::Result<()> {
     println!("{}", idle_line("proxy", &idle));
     if let Some(istio_idle) = &istio_idle {
         println!("{}", idle_line("Istio's proxy", istio_idle));
+    }
+    if names.contains(&"hbone") && names.contains(&"istio") {
         println!("Weft's node proxy against Istio's: hbone's median ÷ istio's (below 1: less of it)");
         print!("{}", report.ratios("hbone", "istio"));
     }
