@@ -534,24 +534,29 @@ pub fn check_kernel(release: &str) -> Result<(), Error> {
 }
 
 /// Detaches and removes everything pinned under `bpffs_root`: capture has stopped for every
-/// pod when this returns.
+/// pod when this returns. A link that cannot be detached is still unpinned, with everything
+/// else (the kernel then detaches it once nothing holds it); its error is returned at the end.
 pub fn uninstall(bpffs_root: &Path) -> Result<(), Error> {
     let links = bpffs_root.join(pin::LINKS);
+    let mut failed = None;
     match std::fs::read_dir(&links) {
         Ok(entries) => {
-            for entry in entries {
-                let path = entry.map_err(|source| io_error(&links, source))?.path();
-                link::detach(&path).map_err(|source| io_error(&path, source))?;
+            for path in entries.flatten().map(|entry| entry.path()) {
+                if let Err(source) = link::detach(&path) {
+                    tracing::warn!(path = %path.display(), error = %source, "could not detach");
+                    failed.get_or_insert(io_error(&path, source));
+                }
             }
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(io_error(&links, source)),
+        Err(source) => failed = Some(io_error(&links, source)),
     }
     match std::fs::remove_dir_all(bpffs_root) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(io_error(bpffs_root, source)),
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => return Err(io_error(bpffs_root, source)),
     }
+    failed.map_or(Ok(()), Err)
 }
 
 /// The cookie of the network namespace `netns` refers to (`SO_NETNS_COOKIE` of a socket made

@@ -14,7 +14,7 @@
 //! of the main heap only, not of the heaps glibc makes for other threads, whose tops would then
 //! stay as large as their busiest moment. The workers share the main heap's lock: every
 //! allocation their own small caches (a few chunks of each size under 1 KiB) cannot serve takes
-//! it, a relay's 64 KiB chunks among them, and it waits while the trim walks the heap. On these
+//! it, a relay's 256 KiB chunks among them, and it waits while the trim walks the heap. On these
 //! 2 cores no contention shows in the profiles.
 use std::time::Duration;
 

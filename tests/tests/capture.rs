@@ -9,7 +9,7 @@ use std::{
 };
 
 use weft_agent::datapath::{self, Config, Datapath, PodAddrs};
-use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, map, port};
+use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, map, pin, port};
 use weft_tests::{
     apps::{self, Chat, Sent, Standin},
     bpffs,
@@ -214,7 +214,7 @@ fn an_unenrolled_pods_inbound_connections_stop_being_steered_at_once() {
     assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1);
 
     // Held open, the pod's inbound link outlives its pin: unenrolling must detach it.
-    let _held = bpffs::hold_pinned(&topology.nodes()[1].bpffs_root.join("links")).unwrap();
+    let _held = bpffs::hold_pinned(&topology.nodes()[1].bpffs_root.join(pin::LINKS)).unwrap();
     datapath.unenroll(cookie).unwrap();
     assert_eq!(apps::send(&client, to, "direct").unwrap(), "direct");
     assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1, "steered after unenrolling");
@@ -282,7 +282,7 @@ fn killing_and_restarting_the_agent_lets_no_probe_bypass_the_proxy() {
     assert!(ok, "probes failed: {out}");
     assert_eq!(out.trim(), format!("probes={PROBES} ok={PROBES} failed=0"));
     assert_eq!(standin.accepted(PROBES, WAIT).unwrap().len(), PROBES, "every probe went through the proxy");
-    let links: Vec<_> = std::fs::read_dir(node.bpffs_root.join("links")).unwrap().collect();
+    let links: Vec<_> = std::fs::read_dir(node.bpffs_root.join(pin::LINKS)).unwrap().collect();
     assert_eq!(
         links.len(),
         10,
@@ -336,9 +336,9 @@ fn a_datapath_pinned_by_another_abi_is_carried_over_with_its_pods_listeners_and_
     pin_other_layout(&node, map::COUNTERS, bpffs::PERCPU_ARRAY, 4, 8, Counter::COUNT - 1);
     let dropped = node.bpffs_root.join("maps").join("WEFT_FROM_NODE");
     bpffs::pin_new_map(&dropped, bpffs::HASH, 36, 1, 64).unwrap();
-    // And a link of a program this build does not have, which would refuse every connect; held
-    // open, so only detaching it (not removing its pin) takes it off.
-    let retired = node.bpffs_root.join("links").join("weft_retired_program");
+    // And a link of a program this build does not have, which would refuse every IPv4
+    // connect; held open, so only detaching it (not removing its pin) takes it off.
+    let retired = node.bpffs_root.join(pin::LINKS).join("weft_retired_program");
     let _retired_link = bpffs::pin_refusing_connect4(&node.cgroup, &retired).unwrap();
 
     let config = Config {
@@ -397,10 +397,33 @@ fn a_datapath_whose_enrollment_cannot_be_carried_over_is_refused_and_left_runnin
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     assert_eq!(apps::try_send(&client, to, "x").unwrap(), Sent::ConnectError(libc::ECONNREFUSED));
     // Links someone still holds open stay attached when only their pins go: uninstall detaches.
-    let _held = bpffs::hold_pinned(&node.bpffs_root.join("links")).unwrap();
+    let _held = bpffs::hold_pinned(&node.bpffs_root.join(pin::LINKS)).unwrap();
     datapath::uninstall(&node.bpffs_root).unwrap();
     assert!(!node.bpffs_root.exists());
     apps::send(&client, to, "uninstalled: direct").unwrap();
+}
+
+#[test]
+fn uninstall_detaches_every_link_and_removes_everything_past_a_pin_it_cannot_detach() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let node = topology.nodes()[0].clone();
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    drop(datapath);
+    let links = node.bpffs_root.join(pin::LINKS);
+    let _held = bpffs::hold_pinned(&links).unwrap();
+    // Pinned last, listed first (bpffs lists a directory newest first): the links come after
+    // the failure.
+    bpffs::pin_new_map(&links.join("a_map_not_a_link"), bpffs::HASH, 4, 4, 1).unwrap();
+
+    let error = datapath::uninstall(&node.bpffs_root).unwrap_err();
+    assert!(error.to_string().contains("a_map_not_a_link"), "{error}");
+    assert!(!node.bpffs_root.exists(), "everything else is unpinned too");
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "direct").unwrap(), "direct", "every link detached");
 }
 
 #[test]

@@ -81,21 +81,27 @@ pub fn update(path: &Path, prog: impl AsFd) -> io::Result<()> {
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
 }
 
-/// Detaches the link pinned at `path` before returning, then removes the pin. A link already
-/// gone is no error.
+/// Removes the pin at `path` and detaches its link before returning. The link is held open
+/// across both, so a crash between them leaves no pin of a detached link behind: the kernel
+/// frees it once the process is gone. A pin already gone is no error.
 pub fn detach(path: &Path) -> io::Result<()> {
     let link = match open_pinned(path) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
-        opened => opened?,
+        opened => opened.map_err(|error| context("opening the pinned link", error))?,
     };
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(context("unpinning", error)),
+        _ => {}
+    }
     let mut attr = Attr::default();
     // link_detach: u32 link_fd.
     attr.0[0] = u64::from(fd_u32(&link));
-    bpf(BPF_LINK_DETACH, &mut attr)?;
-    match std::fs::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
+    bpf(BPF_LINK_DETACH, &mut attr).map(drop).map_err(|error| context("detaching (BPF_LINK_DETACH)", error))
+}
+
+/// `error`, saying which step it came from.
+fn context(step: &str, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{step}: {error}"))
 }
 
 /// The object pinned at `path`.

@@ -35,6 +35,8 @@ use weft_tests::{
 };
 
 const ECHO_PORT: u16 = 8080;
+/// Every mode, in the order the table shows them.
+const MODES: [&str; 4] = ["direct", "passthrough", "hbone", "istio"];
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -63,8 +65,9 @@ struct Args {
     /// the node proxy of three more nodes.
     #[arg(long)]
     istio_ztunnel: Option<PathBuf>,
-    /// Only these modes (comma-separated: direct, passthrough, hbone, istio), e.g. to compare
-    /// two builds of one proxy against a mode that stays the same; ratios to `direct` need it.
+    /// Only these modes (comma-separated, of direct, passthrough, hbone and istio), e.g. to
+    /// compare two builds of one proxy against a mode that stays the same. Ratios go to the
+    /// first of them in that order.
     #[arg(long, value_delimiter = ',')]
     modes: Vec<String>,
     /// Skip the idle-connection figures.
@@ -204,7 +207,23 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Children inherit it: the idle-connection runs hold up to 10k connections.
     let open_files = weft_ztunnel::rlimit::raise_open_files().context("raising the open-file limit")?;
-    let istio = args.istio_ztunnel.as_deref();
+    let wanted = |mode: &str| args.modes.is_empty() || args.modes.iter().any(|name| name == mode);
+    if let Some(unknown) = args.modes.iter().find(|name| !MODES.contains(&name.as_str())) {
+        anyhow::bail!("no mode {unknown:?}: the modes are {}", MODES.join(", "));
+    }
+    anyhow::ensure!(
+        !(args.modes.iter().any(|name| name == "istio") && args.istio_ztunnel.is_none()),
+        "the mode istio needs --istio-ztunnel"
+    );
+    // Made absolute: it runs in a working directory of its own.
+    let istio = match &args.istio_ztunnel {
+        Some(binary) if wanted("istio") => Some(
+            std::fs::canonicalize(binary)
+                .with_context(|| format!("Istio's ztunnel at {}", binary.display()))?,
+        ),
+        _ => None,
+    };
+    let istio = istio.as_deref();
     let mut topology = Topology::new(if istio.is_some() { 6 } else { 3 })?;
     let meshed_client = topology.add_pod(0, "meshed-client", "uid-meshed-client")?;
     let plain_client = topology.add_pod(0, "plain-client", "uid-plain-client")?;
@@ -308,12 +327,9 @@ fn main() -> anyhow::Result<()> {
         .chain([CONNECTIONS, FRESH, CONCURRENT, FRESH_CONCURRENT])
         .chain(IDLE.iter().flat_map(|(_, figures)| *figures))
         .collect();
-    if let Some(unknown) = args.modes.iter().find(|name| !modes.iter().any(|mode| mode.name == name.as_str()))
-    {
-        anyhow::bail!("no mode {unknown:?} in this run (istio needs --istio-ztunnel)");
-    }
-    modes.retain(|mode| args.modes.is_empty() || args.modes.iter().any(|name| name == mode.name));
+    modes.retain(|mode| wanted(mode.name));
     let names: Vec<&'static str> = modes.iter().map(|mode| mode.name).collect();
+    anyhow::ensure!(!names.is_empty(), "no mode to measure");
     let mut report = Report::new(&names, &figures);
     for repeat in 1..=args.repeats {
         eprintln!("repeat {repeat} of {}", args.repeats);
@@ -338,8 +354,8 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "the mesh against no mesh, {} interleaved repeats: median [min–max] ×ratio to direct",
-        args.repeats
+        "the mesh against no mesh, {} interleaved repeats: median [min–max] ×ratio to {}",
+        args.repeats, names[0]
     );
     print!("{}", report.table());
     println!("{}", idle_line("proxy", &idle));
@@ -363,6 +379,10 @@ fn main() -> anyhow::Result<()> {
         if let Some(istio_idle) = &istio_idle {
             json["istio_proxy_rss_idle_kib"] =
                 serde_json::json!({ "client_node": istio_idle[0].total, "server_node": istio_idle[1].total });
+            json["istio_proxy_anon_idle_kib"] = serde_json::json!({
+                "client_node": istio_idle[0].anonymous,
+                "server_node": istio_idle[1].anonymous
+            });
         }
         json["machine"] = serde_json::json!(machine());
         json["settings"] = serde_json::json!(format!("{args:?}"));
