@@ -6,7 +6,7 @@
 //! would from istio-cni, and its workloads from a local file in its own format, and otherwise
 //! runs as in a cluster: shared mode, two worker threads, its default logging.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -61,17 +61,20 @@ pub enum Pool {
     FreshEach,
 }
 
-/// A command that starts Istio's ztunnel `binary` for `node`, taking pods from the agent's
-/// `zds_socket` and workloads from `workloads`; `dir` (its working directory, where it looks
-/// for mesh configuration and secrets) must exist.
-pub fn command(
+/// Starts Istio's ztunnel `binary` as `node`'s proxy, in its namespace and proxy cgroup as
+/// Weft's runs, taking pods from the agent's `zds_socket` and workloads from `workloads`, in a
+/// working directory of its own under `parent` (where it looks for mesh configuration and
+/// secrets); returns once it says it is ready (its pods' snapshot taken).
+pub fn start(
     binary: &Path,
     node: &Node,
     zds_socket: &Path,
     workloads: &Path,
-    dir: &Path,
+    parent: &Path,
     pool: Pool,
-) -> Command {
+) -> anyhow::Result<Process> {
+    let dir = parent.join(format!("istio-{}", node.name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut command = Command::new(binary);
     command
         .current_dir(dir)
@@ -93,12 +96,6 @@ pub fn command(
     if pool == Pool::FreshEach {
         command.env("POOL_MAX_STREAMS_PER_CONNECTION", "1").env("POOL_UNUSED_RELEASE_TIMEOUT", "0s");
     }
-    command
-}
-
-/// Starts `command` (from [`command`]) as `node`'s proxy, in its namespace and proxy cgroup as
-/// Weft's runs, and waits until it says it is ready (its pods' snapshot taken).
-pub fn start(node: &Node, mut command: Command) -> anyhow::Result<Process> {
     let output = merged_output(&mut command)?;
     let mut proxy = Process::spawn(command, &node.netns, Some(&node.proxy_cgroup))?;
     proxy.read_lines_from(output);
@@ -128,11 +125,4 @@ pub fn inbound_connections(node: &Node) -> anyhow::Result<f64> {
         .filter(|line| line.contains("reporter=\"destination\""))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum())
-}
-
-/// A working directory for `node`'s instance under `parent`, made if missing.
-pub fn node_dir(parent: &Path, node: &Node) -> anyhow::Result<PathBuf> {
-    let dir = parent.join(format!("istio-{}", node.name));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }

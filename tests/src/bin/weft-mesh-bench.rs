@@ -414,8 +414,7 @@ fn start_istio(
     istio_ztunnel::write_workloads(&workloads, topology, members)?;
     for (node, pool) in [(3, Pool::Shared), (4, Pool::Shared), (5, Pool::FreshEach)] {
         mesh.replace_ztunnel(node, |node, socket| {
-            let dir = istio_ztunnel::node_dir(dir, node)?;
-            istio_ztunnel::start(node, istio_ztunnel::command(binary, node, socket, &workloads, &dir, pool))
+            istio_ztunnel::start(binary, node, socket, &workloads, dir, pool)
         })?;
     }
     Ok(())
