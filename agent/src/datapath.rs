@@ -489,12 +489,28 @@ impl Datapath {
 
     /// Points every enrolled pod's pinned inbound-capture link at this agent's program, and
     /// detaches links of programs this agent does not have (an agent of another ABI version
-    /// pinned them: they would keep running its programs on its maps).
-    fn update_pod_links(&self) -> Result<(), Error> {
+    /// pinned them: they would keep running its programs on its maps). A pod whose network
+    /// namespace was destroyed while no agent ran is unenrolled: the kernel detached its link
+    /// then, and refuses to update it (`ENOLINK`).
+    fn update_pod_links(&mut self) -> Result<(), Error> {
         for (name, path) in self.pinned_links()? {
-            if name.starts_with(SK_LOOKUP_LINK) {
-                link::update(&path, self.program_fd(program::SK_LOOKUP)?)
-                    .map_err(|source| Error::Attach { name: program::SK_LOOKUP, target: name, source })?;
+            if let Some(cookie) = name.strip_prefix(SK_LOOKUP_LINK) {
+                let updated = link::update(&path, self.program_fd(program::SK_LOOKUP)?);
+                match updated {
+                    Ok(()) => {}
+                    Err(error) if error.raw_os_error() == Some(libc::ENOLINK) => {
+                        let cookie = cookie.parse().map_err(|_| Error::Attach {
+                            name: program::SK_LOOKUP,
+                            target: name.clone(),
+                            source: io::Error::other("the pin's name holds no netns cookie"),
+                        })?;
+                        tracing::info!(cookie, "unenrolling a pod whose network namespace is gone");
+                        self.unenroll(cookie)?;
+                    }
+                    Err(source) => {
+                        return Err(Error::Attach { name: program::SK_LOOKUP, target: name, source });
+                    }
+                }
             } else if self.ebpf.program(&name).is_none() {
                 tracing::info!(link = %name, "detaching a link of a program this agent does not have");
                 link::detach(&path).map_err(|source| io_error(&path, source))?;

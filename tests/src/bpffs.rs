@@ -1,6 +1,7 @@
 //! Pinned eBPF objects made and held with raw `bpf(2)`: how a test plays an agent of another
 //! ABI version, whose datapath pinned maps in layouts and links of programs this build no longer
-//! defines, and another process still holding the links an agent pinned.
+//! defines, another process still holding the links an agent pinned, and what a pinned netns
+//! link is attached to.
 use std::{
     ffi::CString,
     fs::File,
@@ -23,6 +24,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u64 = 18;
 const BPF_CGROUP_INET4_CONNECT: u64 = 10;
@@ -92,6 +94,25 @@ pub fn hold_pinned(dir: &Path) -> io::Result<Vec<OwnedFd>> {
         held.push(owned(bpf(BPF_OBJ_GET, &mut attr)?)?);
     }
     Ok(held)
+}
+
+/// The inode of the network namespace the netns link (`sk_lookup`) pinned at `path` is attached
+/// to; 0 once the kernel detached it because that namespace was destroyed (which it does
+/// asynchronously, after the last reference to the namespace is gone).
+pub fn link_netns_ino(path: &Path) -> io::Result<u32> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = [0u64; 16];
+    attr[0] = c_path.as_ptr() as u64;
+    let link = owned(bpf(BPF_OBJ_GET, &mut attr)?)?;
+    // `struct bpf_link_info`: u32 type, id, prog_id, then (8-aligned) the union whose netns
+    // member starts with u32 netns_ino.
+    let mut info = [0u32; 6];
+    let mut attr = [0u64; 16];
+    // info: u32 bpf_fd, u32 info_len, u64 info pointer.
+    attr[0] = fd_u64(&link) | ((size_of_val(&info) as u64) << 32);
+    attr[1] = info.as_mut_ptr() as u64;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info[4])
 }
 
 fn owned(fd: libc::c_long) -> io::Result<OwnedFd> {

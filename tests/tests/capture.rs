@@ -221,6 +221,38 @@ fn an_unenrolled_pods_inbound_connections_stop_being_steered_at_once() {
 }
 
 #[test]
+fn an_agent_restarted_after_an_enrolled_pods_namespace_was_destroyed_starts_and_forgets_that_pod() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let gone = topology.add_pod(1, "gone", "uid-gone").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let mut datapath = install(&topology, 1, 16);
+    let gone_cookie = enroll(&mut datapath, &gone).unwrap();
+    let server_cookie = enroll(&mut datapath, &server).unwrap();
+    drop(datapath);
+
+    // No agent runs while a pod is deleted and its namespace destroyed: the kernel detaches
+    // that pod's pinned inbound link (asynchronously), and the pin stays.
+    topology.remove_pod("uid-gone").unwrap();
+    let node = topology.nodes()[1].clone();
+    let gone_link = node.bpffs_root.join(pin::LINKS).join(format!("sk_lookup-{gone_cookie}"));
+    weft_tests::until("the kernel to detach the destroyed namespace's link", WAIT, || {
+        bpffs::link_netns_ino(&gone_link).unwrap() == 0
+    })
+    .unwrap();
+
+    let datapath = install(&topology, 1, 16);
+    assert!(!gone_link.exists(), "the destroyed namespace's link is still pinned");
+    let pods: Vec<u64> = datapath.pods().unwrap().into_iter().map(|(cookie, _)| cookie).collect();
+    assert_eq!(pods, [server_cookie], "the datapath still holds the pod that is gone");
+    let _standin = Standin::start(&node, &server).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "steered").unwrap(), "steered");
+    assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1, "the other pod is no longer captured");
+}
+
+#[test]
 fn a_handed_over_pod_is_known_until_it_leaves_but_only_enrollment_captures_it() {
     let mut topology = Topology::new(1).unwrap();
     let pod = topology.add_pod(0, "pod", "uid-pod").unwrap();
