@@ -12,7 +12,10 @@ use std::{
     fs::File,
     io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::MetadataExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -259,17 +262,31 @@ impl Datapath {
         let pod_programs = CGROUP_PROGRAMS.map(|(name, attach_type)| (name, attach_type, &config.cgroup));
         for (name, attach_type, target) in pod_programs.into_iter().chain(node_programs) {
             let pin_path = datapath.link_path(name);
-            if pin_path.exists() {
-                // An earlier agent's link: it runs this agent's program from now on, with no
-                // moment between the two.
-                link::update(&pin_path, datapath.program_fd(name)?).map_err(|source| Error::Attach {
-                    name,
-                    target: target.display().to_string(),
-                    source,
-                })?;
-                continue;
-            }
             let cgroup = File::open(target).map_err(|source| io_error(target, source))?;
+            if pin_path.exists() {
+                let cgroup_id = cgroup.metadata().map_err(|source| io_error(target, source))?.ino();
+                let attached_to = link::cgroup_id(&pin_path).map_err(|source| io_error(&pin_path, source))?;
+                if attached_to == cgroup_id {
+                    // An earlier agent's link: it runs this agent's program from now on, with
+                    // no moment between the two.
+                    link::update(&pin_path, datapath.program_fd(name)?).map_err(|source| Error::Attach {
+                        name,
+                        target: target.display().to_string(),
+                        source,
+                    })?;
+                    continue;
+                }
+                // Attached to another cgroup (the setting changed since) or to none (its cgroup
+                // was removed, and the kernel detached it): updated, it would capture nothing
+                // here. This agent's own link replaces it.
+                tracing::warn!(
+                    link = name,
+                    attached_to,
+                    target = %target.display(),
+                    "replacing a pinned link that is not attached to the configured cgroup"
+                );
+                link::detach(&pin_path).map_err(|source| io_error(&pin_path, source))?;
+            }
             let link = link::create(datapath.program_fd(name)?, &cgroup, attach_type)
                 .map_err(|source| Error::Attach { name, target: target.display().to_string(), source })?;
             link::pin(&link, &pin_path).map_err(|source| io_error(&pin_path, source))?;
@@ -376,7 +393,6 @@ impl Datapath {
     /// Proxies that are gone lose the trust here: cgroups this agent trusted whose directory no
     /// longer exists, and, when the map is full, any an earlier agent left.
     pub fn trust_proxy_cgroup(&mut self, cgroup: &Path) -> Result<(), Error> {
-        use std::os::unix::fs::MetadataExt;
         // A cgroup v2 id is its directory's inode number.
         let id = std::fs::metadata(cgroup).map_err(|source| io_error(cgroup, source))?.ino();
         let name = map::PROXY_CGROUPS;

@@ -12,7 +12,7 @@ use weft_agent::datapath::{self, Config, Datapath, PodAddrs};
 use weft_ebpf_common::{ABI_VERSION, ConfigSlot, Counter, map, pin, port};
 use weft_tests::{
     apps::{self, Chat, Sent, Standin},
-    bpffs,
+    bpffs, process,
     topology::{Node, Pod, Topology},
     wire::WireMonitor,
 };
@@ -22,16 +22,20 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn install(topology: &Topology, node: usize, max_enrolled: u32) -> Datapath {
     let node = &topology.nodes()[node];
-    let config = Config {
+    let mut datapath = Datapath::install(&config(node, max_enrolled)).unwrap();
+    datapath.trust_proxy_cgroup(&node.proxy_cgroup).unwrap();
+    datapath
+}
+
+/// The agent's datapath settings for `node`, as its DaemonSet sets them.
+fn config(node: &Node, max_enrolled: u32) -> Config {
+    Config {
         cgroup: node.cgroup.clone(),
         node_cgroup: node.system_cgroup.clone(),
         node_netns: node.netns.path(),
         bpffs_root: node.bpffs_root.clone(),
         max_enrolled,
-    };
-    let mut datapath = Datapath::install(&config).unwrap();
-    datapath.trust_proxy_cgroup(&node.proxy_cgroup).unwrap();
-    datapath
+    }
 }
 
 fn enroll(datapath: &mut Datapath, pod: &Pod) -> Result<u64, datapath::Error> {
@@ -250,6 +254,28 @@ fn an_agent_restarted_after_an_enrolled_pods_namespace_was_destroyed_starts_and_
     let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
     assert_eq!(apps::send(&client, to, "steered").unwrap(), "steered");
     assert_eq!(datapath.counter(Counter::InboundSteered).unwrap(), 1, "the other pod is no longer captured");
+}
+
+#[test]
+fn an_agent_whose_cgroup_setting_was_corrected_captures_the_pods_of_the_new_one() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let node = topology.nodes()[0].clone();
+    // First installed on a cgroup the node's pods are not under (a wrong pods cgroup setting),
+    // with its links pinned.
+    let wrong_dir = node.system_cgroup.with_file_name(format!("{}-wrong", node.name));
+    let wrong = Config { cgroup: process::create_cgroup(&wrong_dir).unwrap(), ..config(&node, 16) };
+    drop(Datapath::install(&wrong).unwrap());
+
+    // The corrected agent's links are on the pods' cgroup, not updated in place on the other.
+    let mut datapath = install(&topology, 0, 16);
+    enroll(&mut datapath, &client).unwrap();
+    let mut standin = Standin::start(&node, &client).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    assert_eq!(apps::send(&client, to, "captured").unwrap(), "captured");
+    assert_eq!(standin.accepted(1, WAIT).unwrap()[0].orig, to, "the pod's connection was not captured");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The `bpf(2)` link commands aya 0.13 does not expose for cgroup programs: creating a link
 //! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), replacing the program a pinned link runs
 //! in one step (`BPF_LINK_UPDATE`: an upgraded agent leaves no moment without capture), and
-//! reading back which program a pinned link runs (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`),
+//! reading back which program a pinned link runs and where (`BPF_OBJ_GET` +
+//! `BPF_OBJ_GET_INFO_BY_FD`),
 //! and detaching a pinned link at once (`BPF_LINK_DETACH`).
 //! Pinned links are what keep capture attached while no agent runs. Removing a pin file alone
 //! does not detach at once: the kernel frees an unpinned link later, from a work queue, and
@@ -116,15 +117,36 @@ fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
 
 /// The id of the program the link pinned at `path` runs.
 pub fn program_id(path: &Path) -> io::Result<u32> {
+    Ok(info(path)?.prog_id)
+}
+
+/// The id of the cgroup the cgroup link pinned at `path` is attached to: 0 once the kernel
+/// detached it, its cgroup being removed.
+pub fn cgroup_id(path: &Path) -> io::Result<u64> {
+    Ok(info(path)?.target)
+}
+
+/// The head of `struct bpf_link_info`.
+#[repr(C)]
+#[derive(Default)]
+struct Info {
+    kind: u32,
+    id: u32,
+    prog_id: u32,
+    _pad: u32,
+    /// The first member of the union that follows, by kind: a cgroup link's `cgroup_id`.
+    target: u64,
+}
+
+fn info(path: &Path) -> io::Result<Info> {
     let link = open_pinned(path)?;
-    // The head of `struct bpf_link_info`: type, id, prog_id.
-    let mut info = [0u32; 3];
+    let mut info = Info::default();
     let mut attr = Attr::default();
     // info: u32 bpf_fd, u32 info_len, u64 info pointer.
-    attr.0[0] = u64::from(fd_u32(&link)) | ((size_of_val(&info) as u64) << 32);
-    attr.0[1] = info.as_mut_ptr() as u64;
+    attr.0[0] = u64::from(fd_u32(&link)) | ((size_of::<Info>() as u64) << 32);
+    attr.0[1] = (&raw mut info) as u64;
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info[2])
+    Ok(info)
 }
 
 fn fd_u32(fd: &impl AsFd) -> u32 {
