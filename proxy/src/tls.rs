@@ -16,10 +16,16 @@ use rustls::{
 use crate::identity::{Expected, Identity};
 
 mod tickets;
+pub(crate) mod transport;
 pub(crate) mod verify;
 
 #[cfg(feature = "testing")]
 pub mod test_ca;
+
+/// How much application data a TLS connection of HBONE takes before writing it out (rustls's
+/// default: 64 KiB): as much as a relay reads at a time, so that a chunk goes out in one
+/// `writev` rather than four.
+pub const SEND_BUFFER: usize = 256 * 1024;
 
 /// ALPN protocol of HBONE.
 pub const ALPN_H2: &[u8] = b"h2";

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{MAX_HEADER_LIST, Stream, window};
-use crate::tls;
+use crate::tls::{self, transport::ReadAhead};
 
 /// How long the TLS and HTTP/2 handshakes may take together.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -104,11 +104,12 @@ impl Connection {
             .peer_addr()
             .map_err(|source| Error::Tls { peer: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
         let handshake = async {
-            let tls = TlsConnector::from(config)
-                .connect(tls::resumption_name(peer.ip()), tcp)
+            let mut tls = TlsConnector::from(config)
+                .connect(tls::resumption_name(peer.ip()), ReadAhead::new(tcp))
                 .await
                 .map_err(|source| Error::Tls { peer, source })?;
             let resumed = super::resumed(tls.get_ref().1.handshake_kind());
+            tls.get_mut().1.set_buffer_limit(Some(tls::SEND_BUFFER));
             let h2 = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
                 .initial_connection_window_size(window::CONNECTION)

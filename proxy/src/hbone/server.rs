@@ -15,7 +15,10 @@ use tokio::{net::TcpStream, task::JoinSet};
 use tokio_rustls::TlsAcceptor;
 
 use super::{MAX_HEADER_LIST, Stream, window};
-use crate::{identity::Identity, tls};
+use crate::{
+    identity::Identity,
+    tls::{self, transport::ReadAhead},
+};
 
 /// How long a client may take to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,10 +235,11 @@ pub async fn serve_connection<H: Handler>(
     let started = Instant::now();
     let source = tcp.peer_addr().map_err(Error::Io)?;
     let local = tcp.local_addr().map_err(Error::Io)?;
-    let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
+    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp)))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Tls)?;
+    tls.get_mut().1.set_buffer_limit(Some(tls::SEND_BUFFER));
     let session = tls.get_ref().1;
     let handshake = super::Handshake::new(started.elapsed(), session.handshake_kind());
     if handshake.resumed {
