@@ -1,9 +1,9 @@
 //! The `bpf(2)` link commands aya 0.13 does not expose for cgroup programs: creating a link
 //! (`BPF_LINK_CREATE`), pinning it (`BPF_OBJ_PIN`), replacing the program a pinned link runs
-//! in one step (`BPF_LINK_UPDATE`: an upgraded agent leaves no moment without capture), and
-//! reading back which program a pinned link runs and where (`BPF_OBJ_GET` +
-//! `BPF_OBJ_GET_INFO_BY_FD`),
-//! and detaching a pinned link at once (`BPF_LINK_DETACH`).
+//! in one step (`BPF_LINK_UPDATE`: an upgraded agent leaves no moment without capture),
+//! reading back which program a pinned link runs and which cgroup it is attached to
+//! (`BPF_OBJ_GET` + `BPF_OBJ_GET_INFO_BY_FD`), and detaching a pinned link at once
+//! (`BPF_LINK_DETACH`).
 //! Pinned links are what keep capture attached while no agent runs. Removing a pin file alone
 //! does not detach at once: the kernel frees an unpinned link later, from a work queue, and
 //! never while another process still holds it open.
