@@ -27,17 +27,18 @@ use tokio::{
 use crate::hbone::{Stream, io_error};
 
 /// The most one read takes from a socket: a bulk transfer's reads, h2 DATA frames and the
-/// other side's writes are this large (Istio's ztunnel grows its buffers to the same). 64 KiB
-/// cost the two proxies 15 % more CPU per GB moved (four interleaved runs, 2026-12-07). A
-/// short read touches only the pages it fills of a fresh block, but a chunk waiting for the
-/// other side (its flow-control window, or its socket) holds the whole block until it goes.
-const CHUNK: usize = 256 * 1024;
+/// other side's writes are this large, and so are HBONE's TLS reads and writes (`tls`), and
+/// Istio's ztunnel grows its buffers to the same. 64 KiB cost the two proxies 15 % more CPU
+/// per GB moved (four interleaved runs, 2026-12-07). A short read touches only the pages it
+/// fills of a fresh block, but a chunk waiting for the other side (its flow-control window, or
+/// its socket) holds the whole block until it goes.
+pub(crate) const CHUNK: usize = 256 * 1024;
 
 /// What `tcp` has to read, up to [`CHUNK`]; empty at its end. The chunk is allocated only
 /// once the socket is readable. The read goes through `AsyncRead`, which takes a short read as
 /// the socket drained and clears its readiness (`try_read_buf` does not, so the next wait began
 /// with a read that only said "nothing": a third of a 1 KB request's reads, both proxies).
-fn poll_read_chunk(tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<BytesMut>> {
+pub(crate) fn poll_read_chunk(tcp: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<BytesMut>> {
     ready!(tcp.poll_read_ready(cx))?;
     let mut chunk = BytesMut::with_capacity(CHUNK);
     // Ready at once unless the readiness was stale; then it is cleared and this task waits

@@ -25,7 +25,7 @@ pub mod test_ca;
 /// How much application data a TLS connection of HBONE takes before writing it out (rustls's
 /// default: 64 KiB): as much as a relay reads at a time, so that a chunk goes out in one
 /// `writev` rather than four.
-pub const SEND_BUFFER: usize = 256 * 1024;
+pub const SEND_BUFFER: usize = crate::relay::CHUNK;
 
 /// ALPN protocol of HBONE.
 pub const ALPN_H2: &[u8] = b"h2";

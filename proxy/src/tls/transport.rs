@@ -1,10 +1,11 @@
 //! The TCP side of an HBONE connection's TLS: reads ahead, so that TLS records arrive with
 //! one system call per socketful rather than one per record. rustls asks its transport for at
 //! most one record at a time (16 KiB and a few bytes); read straight from the socket, a bulk
-//! transfer cost the receiving proxy a `recvfrom` per 16 KiB. Here one read takes up to
-//! [`READ_AHEAD`] from the socket and rustls's reads are served from it, a copy in cache.
-//! Like the relays' chunks, the buffer exists only while it holds bytes: an idle connection
-//! holds none.
+//! transfer cost the receiving proxy a `recvfrom` per 16 KiB. Here one read takes a relay's
+//! chunk from the socket ([`relay::poll_read_chunk`]: up to 256 KiB, so a bulk transfer's TLS
+//! reads and its relays' reads keep pace) and rustls's reads are served from it, a copy in
+//! cache. Like the relays' chunks, the buffer exists only while it holds bytes: an idle
+//! connection holds none.
 use std::{
     io,
     pin::Pin,
@@ -13,13 +14,11 @@ use std::{
 
 use bytes::{Buf, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
-/// The most one read takes from the socket: what the relays read at a time, so that a bulk
-/// transfer's TLS reads and its relays' reads keep pace.
-const READ_AHEAD: usize = 256 * 1024;
+use crate::relay;
 
 /// A TCP connection that reads ahead of its reader.
 #[derive(Debug)]
@@ -39,12 +38,8 @@ impl AsyncRead for ReadAhead {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.ahead.is_empty() {
-            let mut chunk = BytesMut::with_capacity(READ_AHEAD);
-            // Through `AsyncRead`, which clears the socket's readiness after a short read (see
-            // `relay::poll_read_chunk`). Pending holds no chunk.
-            ready!(std::pin::pin!(this.tcp.read_buf(&mut chunk)).poll(cx))?;
             // Empty at the end of the stream: the reader then sees EOF too.
-            this.ahead = chunk;
+            this.ahead = ready!(relay::poll_read_chunk(&mut this.tcp, cx))?;
         }
         let n = this.ahead.len().min(out.remaining());
         out.put_slice(&this.ahead[..n]);
@@ -96,7 +91,7 @@ mod tests {
     async fn record_sized_reads_get_every_byte_in_order_from_socketfuls_and_a_drained_buffer_is_freed() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let sent: Vec<u8> = (0..3 * READ_AHEAD + 12_345).map(|i| (i % 251) as u8).collect();
+        let sent: Vec<u8> = (0..3 * relay::CHUNK + 12_345).map(|i| (i % 251) as u8).collect();
         let writer = tokio::spawn({
             let sent = sent.clone();
             async move { TcpStream::connect(addr).await.unwrap().write_all(&sent).await.unwrap() }
