@@ -4,7 +4,8 @@
 //!   proxy's listener in the pod (pod IP, port 15001) and record the original destination by
 //!   socket cookie; `cgroup/getpeername4|6` give the application its original peer back. The
 //!   proxy's own connects pass, and its deliveries to the app from the client's address are
-//!   recorded for [`inbound`].
+//!   recorded for [`inbound`] (by [`sockops`] once the connect picked the port, when the proxy
+//!   bound without one).
 //! - [`sockops`]: when a redirected connection is established, re-key its original destination
 //!   by the client's address and port, which is what the proxy's accepted socket sees.
 //! - [`listener`]: `cgroup/bind4|6` remember the proxy's binds of the inbound port; at their

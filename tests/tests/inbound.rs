@@ -17,6 +17,8 @@ use weft_tests::{
 };
 
 const ECHO_PORT: u16 = 8080;
+/// Another port an echo server listens on.
+const SECOND_ECHO_PORT: u16 = 8082;
 /// A port no app in the test listens on.
 const CLOSED_PORT: u16 = 8081;
 const WAIT: Duration = Duration::from_secs(10);
@@ -66,6 +68,31 @@ fn the_app_sees_each_client_by_its_own_address_and_no_reply_leaves_the_pod() {
         1,
         "only the outsider's own connection may reach the app's port on the fabric"
     );
+}
+
+#[test]
+fn one_clients_deliveries_to_a_pods_ports_share_the_pods_ephemeral_ports() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let ports = [ECHO_PORT, SECOND_ECHO_PORT];
+    let mut echoes = ports.map(|port| apps::echo_server_reporting_peers(&server, port).unwrap());
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let _mesh = Mesh::start(&topology, &members).unwrap();
+    // Two ports for every connect and bind in the server's pod: deliveries that each took a
+    // port of their own at bind could hold two connections from the client's address at once.
+    server.netns.sysctl("ipv4/ip_local_port_range", "40000 40001").unwrap();
+
+    let _held =
+        ports.map(|port| apps::hold(&client, SocketAddr::new(server.ipv4.into(), port), 2, WAIT).unwrap());
+    // From the client's own address (a delivery from the pod's address would not show it).
+    for echo in &mut echoes {
+        for _ in 0..2 {
+            let seen = echo.wait_for(|line| line.starts_with("peer="), WAIT).unwrap();
+            let peer: SocketAddr = seen.trim_start_matches("peer=").parse().unwrap();
+            assert_eq!(peer.ip(), IpAddr::V4(client.ipv4));
+        }
+    }
 }
 
 #[test]
