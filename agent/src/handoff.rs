@@ -142,11 +142,9 @@ impl Session {
         self.request(uid, Payload::Del(DelWorkload { uid: uid.to_owned() }), None).await
     }
 
-    /// Ends the snapshot: ztunnel drops pods not announced on this session. It also says what
-    /// this agent's datapath does for ztunnel's deliveries: it is installed before any session.
+    /// Ends the snapshot: ztunnel drops pods not announced on this session.
     pub async fn snapshot_sent(&self) -> Result<(), Error> {
-        let snapshot = SnapshotSent { delivery_port_at_connect: true };
-        self.request("snapshot", Payload::SnapshotSent(snapshot), None).await
+        self.request("snapshot", Payload::SnapshotSent(SnapshotSent {}), None).await
     }
 
     /// Resolves when ztunnel disconnects.

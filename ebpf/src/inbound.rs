@@ -2,7 +2,8 @@
 //! to the proxy's registered listener, keeping their destination address and port, except
 //! HBONE (the proxy's own tunnel port), what the pod sends itself (over loopback, or from its
 //! own address: the app calling itself, or the proxy delivering to the app), the proxy's
-//! deliveries from the client's address (recorded by [`crate::outbound`]), and what the node
+//! deliveries from the client's address (over loopback when bound to `lo`, else recorded by
+//! [`crate::outbound`]), and what the node
 //! itself opened (the kubelet's probes, recorded by [`crate::node`]), as Istio ambient exempts
 //! them. No listener registered: refused (fail closed).
 use aya_ebpf::{
@@ -21,7 +22,7 @@ use crate::{
 
 const IPPROTO_TCP: u32 = 6;
 /// Loopback is always interface 1 in a network namespace.
-const LOOPBACK_IFINDEX: u32 = 1;
+pub const LOOPBACK_IFINDEX: u32 = 1;
 /// `BPF_SK_LOOKUP_F_NO_REUSEPORT`: the registered socket itself, not whichever member of its
 /// `SO_REUSEPORT` group the kernel would pick. Anything of the proxy's user can join that group
 /// (an app in the pod running as the same user, or the proxy being replaced); the registered

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, SockHash},
 };
 use weft_ebpf_common::{
-    ConfigSlot, Connection, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_DELIVERIES_CONNECTING,
-    MAX_ENROLLED, MAX_PROXY_CGROUPS, OrigDst,
+    ConfigSlot, Connection, Counter, Endpoint, Enrolled, MAX_CONNECTIONS, MAX_ENROLLED, MAX_PROXY_CGROUPS,
+    OrigDst,
 };
 
 #[map(name = "WEFT_ENROLLED")]
@@ -25,9 +25,6 @@ pub static mut LISTENERS: SockHash<Endpoint> = SockHash::pinned(MAX_ENROLLED * 2
 
 #[map(name = "WEFT_PROXY_BINDS")]
 pub static PROXY_BINDS: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_ENROLLED * 4, 0);
-
-#[map(name = "WEFT_DELIVERIES")]
-pub static DELIVERIES: LruHashMap<u64, u8> = LruHashMap::pinned(MAX_DELIVERIES_CONNECTING, 0);
 
 #[map(name = "WEFT_POD_ADDRS")]
 pub static POD_ADDRS: HashMap<u64, Enrolled> = HashMap::pinned(MAX_ENROLLED, 0);

@@ -2,7 +2,7 @@
 //! `getpeername()` on that socket still answers the original destination.
 use aya_ebpf::{
     EbpfContext,
-    bindings::{bpf_sock, bpf_sock_addr},
+    bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
@@ -15,7 +15,8 @@ use aya_log_ebpf::debug;
 
 use crate::{
     ctx::{read_ip6, write_ip6},
-    maps::{DELIVERIES, DIRECT, ENROLLED, ORIG_BY_COOKIE, count, debug_enabled, from_proxy},
+    inbound::LOOPBACK_IFINDEX,
+    maps::{DIRECT, ENROLLED, ORIG_BY_COOKIE, count, debug_enabled, from_proxy},
 };
 
 /// Verdicts of cgroup sock_addr programs.
@@ -58,11 +59,31 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         }
         let sk = (*sa).__bindgen_anon_1.sk;
         if !sk.is_null() && from_proxy((*sk).mark) {
-            if (*sk).mark == DELIVERY_MARK && !record_delivery(ctx, sa, sk, v6) {
-                // Without the record inbound capture would steer the delivery back to the
-                // proxy: refuse it.
-                count(Counter::RefusedNoState);
-                return REFUSE;
+            // A delivery bound to `lo` needs no record: its SYN arrives on loopback, which
+            // inbound capture lets through.
+            if (*sk).mark == DELIVERY_MARK && (*sk).bound_dev_if != LOOPBACK_IFINDEX {
+                if (*sk).src_port == 0 {
+                    // Its port is picked after this hook: no record could match it, and
+                    // inbound capture would steer it back to the proxy.
+                    count(Counter::RefusedNoState);
+                    return REFUSE;
+                }
+                let client = if v6 {
+                    read_ip6(&raw const (*sk).src_ip6)
+                } else {
+                    Endpoint::mapped_v4((*sk).src_ip4)
+                };
+                let dst = destination(sa, v6);
+                let connection = Connection {
+                    client: Endpoint { ip: client, port: (*sk).src_port },
+                    server: Endpoint { ip: dst.ip, port: u32::from(dst.port) },
+                };
+                // The proxy bound the client's address and port before connecting. Without the
+                // entry inbound capture would steer the delivery back to the proxy: refuse it.
+                if DIRECT.insert(&connection, &(Opener::Proxy as u8), 0).is_err() {
+                    count(Counter::RefusedNoState);
+                    return REFUSE;
+                }
             }
             count(Counter::ExemptProxy);
             return ALLOW;
@@ -90,29 +111,6 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         debug!(ctx, "redirected connect from netns {} to port {}", netns, dst.port);
     }
     ALLOW
-}
-
-/// Records a delivery from the client's address for inbound capture to let through; false if
-/// it could not be. Bound with its port, it is recorded now. Bound without one
-/// (`IP_BIND_ADDRESS_NO_PORT`: the port is picked by this connect, so one port serves many
-/// destinations and no bind scans past the ports `TIME_WAIT` holds), the socket is remembered,
-/// and [`crate::sockops`] records the connection once the port is picked, before the SYN.
-#[inline(always)]
-unsafe fn record_delivery(ctx: &SockAddrContext, sa: *mut bpf_sock_addr, sk: *mut bpf_sock, v6: bool) -> bool {
-    // SAFETY: context and socket field reads, checked by the verifier; `sk` is not null.
-    unsafe {
-        if (*sk).src_port == 0 {
-            let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-            return DELIVERIES.insert(&cookie, &1, 0).is_ok();
-        }
-        let client = if v6 { read_ip6(&raw const (*sk).src_ip6) } else { Endpoint::mapped_v4((*sk).src_ip4) };
-        let dst = destination(sa, v6);
-        let connection = Connection {
-            client: Endpoint { ip: client, port: (*sk).src_port },
-            server: Endpoint { ip: dst.ip, port: u32::from(dst.port) },
-        };
-        DIRECT.insert(&connection, &(Opener::Proxy as u8), 0).is_ok()
-    }
 }
 
 /// The destination the application passed to `connect()`.

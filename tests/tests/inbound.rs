@@ -96,6 +96,29 @@ fn one_clients_deliveries_to_a_pods_ports_share_the_pods_ephemeral_ports() {
 }
 
 #[test]
+fn a_client_opens_more_connections_to_a_pod_port_within_a_minute_than_the_pod_has_ephemeral_ports() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let mut echo = apps::echo_server_reporting_peers(&server, ECHO_PORT).unwrap();
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let _mesh = Mesh::start(&topology, &members).unwrap();
+    // Two ports in the server's pod, each taken again 1 ms after its delivery closed (the
+    // kernel's default is 1 s): held for TIME_WAIT's 60 s instead, the third connection fails.
+    server.netns.sysctl("ipv4/ip_local_port_range", "40000 40001").unwrap();
+    server.netns.sysctl("ipv4/tcp_tw_reuse_delay", "1").unwrap();
+
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    for n in 0..6 {
+        // The client closes first, so each delivery ends in TIME_WAIT in the server's pod.
+        assert_eq!(apps::send(&client, to, &format!("round {n}")).unwrap(), format!("round {n}"));
+        let seen = echo.wait_for(|line| line.starts_with("peer="), WAIT).unwrap();
+        let peer: SocketAddr = seen.trim_start_matches("peer=").parse().unwrap();
+        assert_eq!(peer.ip(), IpAddr::V4(client.ipv4), "round {n}");
+    }
+}
+
+#[test]
 fn a_delivery_to_a_port_the_app_does_not_listen_on_is_refused_at_once_in_both_families() {
     let mut topology = Topology::new(2).unwrap();
     let outsider = topology.add_pod(0, "outsider", "uid-outsider").unwrap();

@@ -190,7 +190,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         plaintext: config.plaintext,
         metrics,
         ready: std::sync::atomic::AtomicBool::new(false),
-        delivery_port_at_connect: Arc::default(),
         drain: tokio::sync::watch::Sender::new(false),
         listeners: tokio::sync::watch::Sender::new(0),
         round_robin: std::sync::Mutex::default(),

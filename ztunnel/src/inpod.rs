@@ -6,7 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::Duration,
 };
 
@@ -99,29 +99,23 @@ pub async fn run(path: PathBuf, pods: &mut Pods, shutdown: impl std::future::Fut
             tracing::info!(path = %path.display(), "connected to the agent");
             serve(&channel, pods, &mut heard).await
         };
-        let ended = tokio::select! {
+        tokio::select! {
             () = &mut shutdown => return,
-            ended = session => ended,
-        };
-        // Whatever the next agent installed (an older one, on a rollback) is unknown until its
-        // snapshot says: deliveries bind their port themselves, which every datapath records.
-        pods.context.delivery_port_at_connect.store(false, Ordering::Release);
-        match ended {
-            Err(zds::Error::Closed) if heard => {
-                tracing::info!("agent closed the handoff connection; reconnecting");
-                backoff = Duration::from_millis(50);
-            }
-            Err(zds::Error::Closed) => {
-                tracing::info!(
-                    "agent turned this proxy away (a newer one serves the node?); asking again later"
-                );
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Err(error) => {
-                tracing::debug!(%error, "handoff connection failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-            Ok(()) => {}
+            ended = session => match ended {
+                Err(zds::Error::Closed) if heard => {
+                    tracing::info!("agent closed the handoff connection; reconnecting");
+                    backoff = Duration::from_millis(50);
+                }
+                Err(zds::Error::Closed) => {
+                    tracing::info!("agent turned this proxy away (a newer one serves the node?); asking again later");
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    tracing::debug!(%error, "handoff connection failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Ok(()) => {}
+            },
         }
         tokio::select! {
             () = &mut shutdown => return,
@@ -161,14 +155,11 @@ async fn serve(channel: &Channel, pods: &mut Pods, heard: &mut bool) -> Result<(
                 pods.remove(&del.uid).await;
                 Ok(())
             }
-            Some(Payload::SnapshotSent(snapshot)) => {
+            Some(Payload::SnapshotSent(_)) => {
                 for uid in pods.uids().into_iter().filter(|uid| !announced.contains(uid)) {
                     pods.remove(&uid).await;
                 }
-                pods.context
-                    .delivery_port_at_connect
-                    .store(snapshot.delivery_port_at_connect, Ordering::Release);
-                pods.context.ready.store(true, Ordering::Release);
+                pods.context.ready.store(true, std::sync::atomic::Ordering::Release);
                 Ok(())
             }
             None => Err("empty request".to_owned()),

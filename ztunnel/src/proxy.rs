@@ -48,9 +48,6 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the agent's first snapshot has been applied.
     pub ready: std::sync::atomic::AtomicBool,
-    /// Whether the connected agent's datapath records deliveries bound without a port
-    /// ([`deliver`]); false while no agent is connected.
-    pub delivery_port_at_connect: Arc<std::sync::atomic::AtomicBool>,
     /// Turns true when the proxy drains: listeners close, open connections run to their end.
     pub drain: tokio::sync::watch::Sender<bool>,
     /// How many in-pod listeners are open (so a drain knows when they all closed).
@@ -312,7 +309,7 @@ impl PodProxy {
         weft_proxy::tls::server_config(&cert)
             .map_err(|source| Error::Tls { pod: pod.uid.clone(), source })?;
         let deliverer = Arc::new(
-            deliver::Deliverer::new(netns.clone(), context.delivery_port_at_connect.clone())
+            deliver::Deliverer::new(netns.clone())
                 .map_err(|source| Error::Netns { pod: pod.uid.clone(), source })?,
         );
 

@@ -38,7 +38,6 @@ fn carry(name: &str) -> Carry {
         | map::ORIG_BY_PEER
         | map::DIRECT
         | map::PROXY_BINDS
-        | map::DELIVERIES
         | map::COUNTERS
         | map::NODE => Carry::Rebuild,
         map::CONFIG => Carry::CopySlots,
@@ -212,15 +211,9 @@ mod tests {
 
     #[test]
     fn only_caches_and_counters_are_rebuilt_and_agent_or_proxy_state_is_never_dropped() {
-        for name in [
-            map::ORIG_BY_COOKIE,
-            map::ORIG_BY_PEER,
-            map::DIRECT,
-            map::PROXY_BINDS,
-            map::DELIVERIES,
-            map::COUNTERS,
-            map::NODE,
-        ] {
+        for name in
+            [map::ORIG_BY_COOKIE, map::ORIG_BY_PEER, map::DIRECT, map::PROXY_BINDS, map::COUNTERS, map::NODE]
+        {
             assert_eq!(carry(name), Carry::Rebuild, "{name}");
         }
         assert_eq!(carry(map::CONFIG), Carry::CopySlots);

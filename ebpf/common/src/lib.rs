@@ -76,10 +76,6 @@ pub mod map {
     /// socket cookie (`u64`) → `u8`: sockets the proxy bound to the inbound port, until they
     /// listen. LRU, kernel-written.
     pub const PROXY_BINDS: &str = "WEFT_PROXY_BINDS";
-    /// socket cookie (`u64`) → `u8`: the proxy's deliveries from the client's address bound
-    /// without a port (`IP_BIND_ADDRESS_NO_PORT`), from their connect hook until the connect
-    /// has picked the port ([`DIRECT`] records them then). LRU, kernel-written.
-    pub const DELIVERIES: &str = "WEFT_DELIVERIES";
     /// Per-CPU array of `u64` counters indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "WEFT_COUNTERS";
     /// Array of `u32` indexed by [`crate::ConfigSlot`]. Written only by the agent.
@@ -107,9 +103,6 @@ pub mod pin {
 pub const MAX_ENROLLED: u32 = 1024;
 /// Capacity of the original-destination maps: concurrent redirected connections per node.
 pub const MAX_CONNECTIONS: u32 = 65536;
-/// Capacity of [`map::DELIVERIES`]: an entry lives only within one `connect()` call (longer
-/// only if that connect failed before its SYN), so this bounds connects in progress at once.
-pub const MAX_DELIVERIES_CONNECTING: u32 = 4096;
 
 /// `AF_INET` and `AF_INET6`, for [`Endpoint::family`] and [`OrigDst::family`].
 pub const AF_INET: u16 = 2;

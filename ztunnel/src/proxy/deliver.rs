@@ -9,20 +9,19 @@
 //! of the pod to the client's address. The agent installs that rule and switches
 //! `tcp_fwmark_accept` on last, so the switch is what tells the proxy the path is complete.
 //!
-//! Capture must know the delivery's port before its SYN. A delivery binds without a port
-//! (`IP_BIND_ADDRESS_NO_PORT`: the connect picks one unique for its destination, so a client's
-//! address is not limited to one delivery per port across the pod, and no bind scans past the
-//! ports that closed deliveries hold in `TIME_WAIT`) when the connected agent says its datapath
-//! records the connection once the port is picked; otherwise it binds its port first, which
-//! every datapath records at the connect.
+//! An HBONE delivery (the client's port is not known here) is bound to `lo` and takes its port
+//! at connect (`IP_BIND_ADDRESS_NO_PORT`). That rule's table routes it, so its SYN arrives on
+//! loopback, which inbound capture lets through without a record. Its port is then unique for
+//! its destination only, so one client address is not held to one delivery per port across the
+//! pod. And the kernel's default `tcp_tw_reuse=2` takes a port that a closed delivery holds in
+//! `TIME_WAIT` again after `tcp_tw_reuse_delay` (1 s), as it does on loopback, where a port
+//! bound first is held for 60 s: a client address could otherwise open at most the pod's
+//! ephemeral range (28 232 ports) per minute to one pod.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
     os::fd::AsRawFd,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
 };
 
 use tokio::net::TcpStream;
@@ -41,15 +40,13 @@ const BIND_ATTEMPTS: usize = 4;
 pub struct Deliverer {
     netns: Arc<Netns>,
     from_client: bool,
-    /// The connected agent's word that its datapath records deliveries bound without a port.
-    port_at_connect: Arc<AtomicBool>,
 }
 
 impl Deliverer {
     /// Checks once whether the pod has the return path for deliveries from the client.
-    pub fn new(netns: Arc<Netns>, port_at_connect: Arc<AtomicBool>) -> io::Result<Self> {
+    pub fn new(netns: Arc<Netns>) -> io::Result<Self> {
         let from_client = netns.run(|| std::fs::read_to_string(FWMARK_ACCEPT))??.trim() == "1";
-        Ok(Self { netns, from_client, port_at_connect })
+        Ok(Self { netns, from_client })
     }
 
     /// Whether deliveries come from the client's address (the original source).
@@ -58,63 +55,47 @@ impl Deliverer {
     }
 
     /// Connects to `target` in the pod as `client` would: from its address when possible.
-    /// `client`'s port, when not 0, is never the one bound: that connection is this pod's own
-    /// (plaintext captured to the proxy), and a delivery with the same address and port would
-    /// land on it. So such a delivery binds its port first, whatever the datapath does: a port
-    /// picked at connect is only unique among the delivery's own kind.
+    /// `client`'s port, when not 0, is that of plaintext captured in this pod, whose connection
+    /// the proxy holds: a delivery on that address and port would land on it. So such a
+    /// delivery binds its port first, never that one (a port picked at connect is unique only
+    /// among connections from the same end), and capture records it at the connect.
     pub async fn connect(&self, target: SocketAddr, client: SocketAddr) -> io::Result<TcpStream> {
         let client_ip = client.ip().to_canonical();
         if !self.from_client || client_ip == target.ip() || client_ip.is_ipv4() != target.is_ipv4() {
             return super::connect_in(&self.netns, target).await;
         }
-        let bind = if client.port() == 0 && self.port_at_connect.load(Ordering::Acquire) {
-            Bind::AtConnect
-        } else {
-            Bind::Now { avoid_port: client.port() }
-        };
-        let socket = self.netns.run(|| transparent_socket(client_ip, bind))??;
+        let socket = self.netns.run(|| match client.port() {
+            0 => over_loopback(client_ip),
+            captured => bound_first(client_ip, captured),
+        })??;
         super::connect_socket(socket, target).await
     }
 }
 
-/// When a delivery's port is picked.
-#[derive(Debug, Clone, Copy)]
-enum Bind {
-    /// By its connect (`IP_BIND_ADDRESS_NO_PORT`).
-    AtConnect,
-    /// By its bind, never `avoid_port`.
-    Now { avoid_port: u16 },
+/// A socket on `client`'s address bound to `lo`, its port picked by its connect.
+fn over_loopback(client: IpAddr) -> io::Result<socket2::Socket> {
+    let socket = transparent_socket(client)?;
+    socket.bind_device(Some(b"lo"))?;
+    bind_address_no_port(&socket)?;
+    socket.bind(&SocketAddr::new(client, 0).into())?;
+    Ok(socket)
 }
 
-/// A socket bound to `client`, its port picked as `bind` says.
-fn transparent_socket(client: IpAddr, bind: Bind) -> io::Result<socket2::Socket> {
-    let local = SocketAddr::new(client, 0).into();
-    match bind {
-        Bind::AtConnect => {
-            let socket = unbound_transparent(client)?;
-            bind_address_no_port(&socket)?;
-            socket.bind(&local)?;
-            Ok(socket)
-        }
-        Bind::Now { avoid_port } => {
-            for _ in 0..BIND_ATTEMPTS {
-                let socket = unbound_transparent(client)?;
-                socket.bind(&local)?;
-                let port = socket.local_addr()?.as_socket().map_or(0, |addr| addr.port());
-                if avoid_port == 0 || port != avoid_port {
-                    return Ok(socket);
-                }
-            }
-            Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("no port for {client} other than {avoid_port}"),
-            ))
+/// A socket bound to `client` (a port the kernel picks, never `avoid_port`).
+fn bound_first(client: IpAddr, avoid_port: u16) -> io::Result<socket2::Socket> {
+    for _ in 0..BIND_ATTEMPTS {
+        let socket = transparent_socket(client)?;
+        socket.bind(&SocketAddr::new(client, 0).into())?;
+        let port = socket.local_addr()?.as_socket().map_or(0, |addr| addr.port());
+        if port != avoid_port {
+            return Ok(socket);
         }
     }
+    Err(io::Error::new(io::ErrorKind::AddrInUse, format!("no port for {client} other than {avoid_port}")))
 }
 
 /// A delivery's socket, not yet bound: marked, and free to bind the client's address.
-fn unbound_transparent(client: IpAddr) -> io::Result<socket2::Socket> {
+fn transparent_socket(client: IpAddr) -> io::Result<socket2::Socket> {
     let socket =
         super::proxy_socket(socket2::Domain::for_address(SocketAddr::new(client, 0)), DELIVERY_MARK)?;
     if client.is_ipv4() {
