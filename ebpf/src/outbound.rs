@@ -2,8 +2,8 @@
 //! `getpeername()` on that socket still answers the original destination.
 use aya_ebpf::{
     EbpfContext,
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{bpf_sock_addr, sockaddr},
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, r#gen::bpf_bind},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -105,7 +105,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> i32 {
         count(Counter::RefusedNoState);
         return REFUSE;
     }
-    redirect(sa, v6, &dst, &pod);
+    redirect(ctx, v6, &dst, &pod);
     count(Counter::Redirected);
     if debug_enabled() {
         debug!(ctx, "redirected connect from netns {} to port {}", netns, dst.port);
@@ -138,22 +138,96 @@ fn is_local(dst: &OrigDst, pod: &Enrolled) -> bool {
     }
 }
 
-/// Points the connect at the proxy's outbound listener: the pod's own address (so the app's
-/// local address stays its pod IP), or loopback when the pod has no address of that family.
+/// Points the connect at the proxy's outbound listener on loopback, from the pod's own address,
+/// bound here (its port still picked by the connect), so the app's local address stays its pod
+/// IP. Every redirected connect of the pod goes to that one listener, so each port of the pod
+/// serves one connection at a time, and one the app closed first stays in `TIME_WAIT`: on
+/// loopback the kernel's default `tcp_tw_reuse=2` takes it again after 1 s, elsewhere it is held
+/// 60 s, which would cap the pod at its ephemeral range (28 232 ports) per minute, whatever the
+/// destinations. A socket the app bound itself, or a pod without an address of the family, goes
+/// to the pod's own address (or loopback when it has none).
 #[inline(always)]
-fn redirect(sa: *mut bpf_sock_addr, v6: bool, dst: &OrigDst, pod: &Enrolled) {
+fn redirect(ctx: &SockAddrContext, v6: bool, dst: &OrigDst, pod: &Enrolled) {
+    let sa = ctx.sock_addr;
+    let from_pod = match pod_address(v6, dst, pod) {
+        Some(ip) => !bound(sa, v6) && bind_address(ctx, v6, &ip),
+        None => false,
+    };
     let proxy_port = u32::from(port::OUTBOUND.to_be());
     // SAFETY: context field writes the verifier allows for connect hooks.
     unsafe {
         if !v6 {
-            (*sa).user_ip4 = if pod.ipv4 != 0 { pod.ipv4 } else { LOOPBACK_V4 };
+            (*sa).user_ip4 = if pod.ipv4 != 0 && !from_pod { pod.ipv4 } else { LOOPBACK_V4 };
         } else if dst.family == AF_INET {
-            let v4 = if pod.ipv4 != 0 { pod.ipv4 } else { LOOPBACK_V4 };
+            let v4 = if pod.ipv4 != 0 && !from_pod { pod.ipv4 } else { LOOPBACK_V4 };
             write_ip6(&raw mut (*sa).user_ip6, &Endpoint::mapped_v4(v4));
         } else {
-            write_ip6(&raw mut (*sa).user_ip6, if pod.ipv6 != [0; 4] { &pod.ipv6 } else { &LOOPBACK_V6 });
+            let pod_ip = pod.ipv6 != [0; 4] && !from_pod;
+            write_ip6(&raw mut (*sa).user_ip6, if pod_ip { &pod.ipv6 } else { &LOOPBACK_V6 });
         }
         (*sa).user_port = proxy_port;
+    }
+}
+
+/// The pod's address of the connect's family, as the socket's family writes it.
+#[inline(always)]
+fn pod_address(v6: bool, dst: &OrigDst, pod: &Enrolled) -> Option<[u32; 4]> {
+    if !v6 || dst.family == AF_INET {
+        (pod.ipv4 != 0).then(|| Endpoint::mapped_v4(pod.ipv4))
+    } else {
+        (pod.ipv6 != [0; 4]).then_some(pod.ipv6)
+    }
+}
+
+/// Whether the app bound the socket (an address or a port) before connecting.
+#[inline(always)]
+fn bound(sa: *mut bpf_sock_addr, v6: bool) -> bool {
+    // SAFETY: context and socket field reads, checked by the verifier; `sk` tested for null.
+    unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            return true;
+        }
+        let address = if v6 { read_ip6(&raw const (*sk).src_ip6) != [0; 4] } else { (*sk).src_ip4 != 0 };
+        address || (*sk).src_port != 0
+    }
+}
+
+/// `struct sockaddr_in`, for `bpf_bind`.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port: u16,
+    addr: u32,
+    zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6`, for `bpf_bind`.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port: u16,
+    flowinfo: u32,
+    addr: [u32; 4],
+    scope_id: u32,
+}
+
+/// Binds the connecting socket to `ip` (v4-mapped for an IPv4 socket) with no port, as
+/// `IP_BIND_ADDRESS_NO_PORT` would; false if the kernel refused.
+#[inline(always)]
+fn bind_address(ctx: &SockAddrContext, v6: bool, ip: &[u32; 4]) -> bool {
+    // SAFETY: each address lives on this stack for the call, its size passed with it.
+    unsafe {
+        if v6 {
+            let mut addr = SockaddrIn6 { family: AF_INET6, port: 0, flowinfo: 0, addr: *ip, scope_id: 0 };
+            let len = size_of::<SockaddrIn6>() as i32;
+            bpf_bind(ctx.sock_addr, (&raw mut addr).cast::<sockaddr>(), len) == 0
+        } else {
+            let Some(v4) = Endpoint::as_v4(ip) else { return false };
+            let mut addr = SockaddrIn { family: AF_INET, port: 0, addr: v4, zero: [0; 8] };
+            let len = size_of::<SockaddrIn>() as i32;
+            bpf_bind(ctx.sock_addr, (&raw mut addr).cast::<sockaddr>(), len) == 0
+        }
     }
 }
 

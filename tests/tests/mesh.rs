@@ -144,6 +144,35 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
 /// an established connection keeps flowing until it ends, and then the proxy exits — on the
 /// destination side (HBONE, GOAWAY) and on the source side (outbound capture).
 #[test]
+fn an_enrolled_pod_opens_more_connections_within_a_minute_than_it_has_ephemeral_ports() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let mut echo = apps::echo_server_reporting_peers(&server, ECHO_PORT).unwrap();
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let _mesh = Mesh::start(&topology, &members).unwrap();
+    // Two ports for the client's connects, each taken again 1 ms after its connection closed
+    // (the kernel's default is 1 s): held for TIME_WAIT's 60 s instead, the third fails.
+    client.netns.sysctl("ipv4/ip_local_port_range", "40000 40001").unwrap();
+    client.netns.sysctl("ipv4/tcp_tw_reuse_delay", "1").unwrap();
+
+    for (from, to) in
+        [(IpAddr::V4(client.ipv4), IpAddr::V4(server.ipv4)), (client.ipv6.into(), server.ipv6.into())]
+    {
+        let to = SocketAddr::new(to, ECHO_PORT);
+        for n in 0..6 {
+            // The app closes first, so each of its connections ends in TIME_WAIT in its pod.
+            let message = format!("round {n}");
+            assert_eq!(apps::send(&client, to, &message).unwrap(), message, "{to}");
+            // Its local address stays its pod's: the server's app sees it as the client.
+            let seen = echo.wait_for(|line| line.starts_with("peer="), WAIT).unwrap();
+            let peer: SocketAddr = seen.trim_start_matches("peer=").parse().unwrap();
+            assert_eq!(peer.ip(), from, "{to}, round {n}");
+        }
+    }
+}
+
+#[test]
 fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
     let mut topology = Topology::new(2).unwrap();
     let client = topology.add_pod(0, "client", "uid-client").unwrap();
