@@ -3,9 +3,9 @@
 //! HBONE (the proxy's own tunnel port), what the pod sends itself (over loopback, or from its
 //! own address: the app calling itself, or the proxy delivering to the app), the proxy's
 //! deliveries from the client's address (over loopback when bound to `lo`, else recorded by
-//! [`crate::outbound`]), and what the node
-//! itself opened (the kubelet's probes, recorded by [`crate::node`]), as Istio ambient exempts
-//! them. No listener registered: refused (fail closed).
+//! [`crate::outbound`]), and what the node itself opened (the kubelet's probes, recorded by
+//! [`crate::node`]), as Istio ambient exempts them. No listener registered: refused (fail
+//! closed).
 use aya_ebpf::{
     bindings::{sk_action::SK_DROP, sk_action::SK_PASS},
     macros::sk_lookup,

@@ -3,9 +3,8 @@
 //! - outbound ([`outbound`]): `cgroup/connect4|6` rewrite an enrolled pod's `connect()` to the
 //!   proxy's listener in the pod (port 15001 on loopback, from the pod's address) and record
 //!   the original destination by socket cookie; `cgroup/getpeername4|6` give the application
-//!   its original peer back. The
-//!   proxy's own connects pass, and its deliveries to the app from the client's address not
-//!   bound to `lo` are recorded for [`inbound`].
+//!   its original peer back. The proxy's own connects pass, and its deliveries to the app from
+//!   the client's address not bound to `lo` are recorded for [`inbound`].
 //! - [`sockops`]: when a redirected connection is established, re-key its original destination
 //!   by the client's address and port, which is what the proxy's accepted socket sees.
 //! - [`listener`]: `cgroup/bind4|6` remember the proxy's binds of the inbound port; at their

@@ -140,11 +140,11 @@ fn is_local(dst: &OrigDst, pod: &Enrolled) -> bool {
 
 /// Points the connect at the proxy's outbound listener on loopback, from the pod's own address,
 /// bound here (its port still picked by the connect), so the app's local address stays its pod
-/// IP. Every redirected connect of the pod goes to that one listener, so each port of the pod
-/// serves one connection at a time, and one the app closed first stays in `TIME_WAIT`: on
-/// loopback the kernel's default `tcp_tw_reuse=2` takes it again after 1 s, elsewhere it is held
-/// 60 s, which would cap the pod at its ephemeral range (28 232 ports) per minute, whatever the
-/// destinations. A socket the app bound itself, or a pod without an address of the family, goes
+/// IP. Every redirected connect of the pod goes to that one listener, so all of them share the
+/// pod's ephemeral ports, whatever their destinations, and a connection the app closed first
+/// holds its port in `TIME_WAIT`: 60 s, which would cap the pod at its range (28 232 ports) per
+/// minute, except on loopback, whose ports the kernel's default `tcp_tw_reuse=2` takes again
+/// after 1 s. A socket the app bound itself, or a pod without an address of the family, goes
 /// to the pod's own address (or loopback when it has none).
 #[inline(always)]
 fn redirect(ctx: &SockAddrContext, v6: bool, dst: &OrigDst, pod: &Enrolled) {

@@ -13,10 +13,10 @@
 //! at connect (`IP_BIND_ADDRESS_NO_PORT`). That rule's table routes it, so its SYN arrives on
 //! loopback, which inbound capture lets through without a record. Its port is then unique for
 //! its destination only, so one client address is not held to one delivery per port across the
-//! pod. And the kernel's default `tcp_tw_reuse=2` takes a port that a closed delivery holds in
-//! `TIME_WAIT` again after `tcp_tw_reuse_delay` (1 s), as it does on loopback, where a port
-//! bound first is held for 60 s: a client address could otherwise open at most the pod's
-//! ephemeral range (28 232 ports) per minute to one pod.
+//! pod. And a port that a closed delivery holds in `TIME_WAIT` is taken again after
+//! `tcp_tw_reuse_delay` (1 s), which the kernel's default `tcp_tw_reuse=2` does for loopback's
+//! only: held for the 60 s instead, a client address could open at most the pod's ephemeral
+//! range (28 232 ports) per minute to one pod.
 use std::{
     io,
     net::{IpAddr, SocketAddr},
