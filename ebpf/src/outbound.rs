@@ -144,8 +144,8 @@ fn is_local(dst: &OrigDst, pod: &Enrolled) -> bool {
 /// pod's ephemeral ports, whatever their destinations, and a connection the app closed first
 /// holds its port in `TIME_WAIT`: 60 s, which would cap the pod at its range (28 232 ports) per
 /// minute, except on loopback, whose ports the kernel's default `tcp_tw_reuse=2` takes again
-/// after 1 s. A socket the app bound itself, or a pod without an address of the family, goes
-/// to the pod's own address (or loopback when it has none).
+/// after 1 s. A socket the app bound itself (its address, port or device), or a pod without an
+/// address of the family, goes to the pod's own address (or loopback when it has none).
 #[inline(always)]
 fn redirect(ctx: &SockAddrContext, v6: bool, dst: &OrigDst, pod: &Enrolled) {
     let sa = ctx.sock_addr;
@@ -179,7 +179,8 @@ fn pod_address(v6: bool, dst: &OrigDst, pod: &Enrolled) -> Option<[u32; 4]> {
     }
 }
 
-/// Whether the app bound the socket (an address or a port) before connecting.
+/// Whether the app bound the socket (an address, a port, or a device: one bound to its pod's
+/// interface cannot reach loopback) before connecting.
 #[inline(always)]
 fn bound(sa: *mut bpf_sock_addr, v6: bool) -> bool {
     // SAFETY: context and socket field reads, checked by the verifier; `sk` tested for null.
@@ -189,7 +190,7 @@ fn bound(sa: *mut bpf_sock_addr, v6: bool) -> bool {
             return true;
         }
         let address = if v6 { read_ip6(&raw const (*sk).src_ip6) != [0; 4] } else { (*sk).src_ip4 != 0 };
-        address || (*sk).src_port != 0
+        address || (*sk).src_port != 0 || (*sk).bound_dev_if != 0
     }
 }
 

@@ -8,7 +8,8 @@ use std::{
 };
 
 use weft_tests::{
-    apps, canary,
+    apps::{self, Sent},
+    canary,
     cluster::Cluster,
     control::ControlPlane,
     kubelet::PodTemplate,
@@ -140,9 +141,6 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
     }
 }
 
-/// SIGTERM drains a node proxy: its listeners close at once (a new connection through it fails),
-/// an established connection keeps flowing until it ends, and then the proxy exits — on the
-/// destination side (HBONE, GOAWAY) and on the source side (outbound capture).
 #[test]
 fn an_enrolled_pod_opens_more_connections_within_a_minute_than_it_has_ephemeral_ports() {
     let mut topology = Topology::new(2).unwrap();
@@ -172,6 +170,28 @@ fn an_enrolled_pod_opens_more_connections_within_a_minute_than_it_has_ephemeral_
     }
 }
 
+#[test]
+fn an_app_socket_bound_to_its_pods_interface_is_captured_and_connects_in_both_families() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let members = [Member::new(&client, "shop", "cart"), Member::new(&server, "shop", "payments")];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+
+    // Bound to eth0 (as `ping -I` or a Go dialer's Control may do), a socket cannot reach the
+    // proxy's listener on loopback: capture must send it to the pod's own address.
+    for to in [IpAddr::V4(server.ipv4), IpAddr::V6(server.ipv6)] {
+        let to = SocketAddr::new(to, ECHO_PORT);
+        let sent = apps::try_send_with(&client, to, "bound", &["--bind-device", "eth0"]).unwrap();
+        assert_eq!(sent, Sent::Reply { peer: to, reply: "bound".to_owned() }, "{to}");
+        mesh.ztunnel(0).wait_for(|line| line.contains("outbound via HBONE closed"), WAIT).unwrap();
+    }
+}
+
+/// SIGTERM drains a node proxy: its listeners close at once (a new connection through it fails),
+/// an established connection keeps flowing until it ends, and then the proxy exits — on the
+/// destination side (HBONE, GOAWAY) and on the source side (outbound capture).
 #[test]
 fn a_terminated_proxy_accepts_nothing_new_and_lets_open_connections_finish() {
     let mut topology = Topology::new(2).unwrap();

@@ -55,6 +55,9 @@ enum Mode {
         /// Set this SO_MARK on the socket before connecting (to impersonate the proxy).
         #[arg(long)]
         mark: Option<u32>,
+        /// Bind the socket to this interface (SO_BINDTODEVICE) before connecting.
+        #[arg(long)]
+        bind_device: Option<String>,
     },
     /// `count` request/response round trips to `to`, one every `interval_us`; prints
     /// `probes=N ok=N failed=N` and exits 1 if any failed.
@@ -212,9 +215,9 @@ fn main() -> anyhow::Result<()> {
     weft_ztunnel::rlimit::raise_open_files().context("raising the open file limit")?;
     match Args::parse().mode {
         Mode::Echo { port, report_peers } => echo(port, report_peers),
-        Mode::Send { to, message, timeout_ms, print_peer, mark } => {
+        Mode::Send { to, message, timeout_ms, print_peer, mark, bind_device } => {
             let timeout = Duration::from_millis(timeout_ms);
-            let stream = match connect(to, timeout, mark) {
+            let stream = match connect(to, timeout, mark, bind_device.as_deref()) {
                 Ok(stream) => stream,
                 Err(error) => {
                     // For the harness: which errno, not just that it failed.
@@ -283,11 +286,19 @@ fn echo(port: u16, report_peers: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connects to `to`, with `mark` as the socket's SO_MARK if given.
-fn connect(to: SocketAddr, timeout: Duration, mark: Option<u32>) -> std::io::Result<TcpStream> {
+/// Connects to `to`, with `mark` as the socket's SO_MARK and bound to `device`, if given.
+fn connect(
+    to: SocketAddr,
+    timeout: Duration,
+    mark: Option<u32>,
+    device: Option<&str>,
+) -> std::io::Result<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
     if let Some(mark) = mark {
         socket.set_mark(mark)?;
+    }
+    if let Some(device) = device {
+        socket.bind_device(Some(device.as_bytes()))?;
     }
     socket.connect_timeout(&to.into(), timeout)?;
     Ok(socket.into())
