@@ -149,23 +149,19 @@ fn is_local(dst: &OrigDst, pod: &Enrolled) -> bool {
 #[inline(always)]
 fn redirect(ctx: &SockAddrContext, v6: bool, dst: &OrigDst, pod: &Enrolled) {
     let sa = ctx.sock_addr;
-    let from_pod = match pod_address(v6, dst, pod) {
-        Some(ip) => !bound(sa, v6) && bind_address(ctx, v6, &ip),
-        None => false,
+    let loopback = if !v6 || dst.family == AF_INET { Endpoint::mapped_v4(LOOPBACK_V4) } else { LOOPBACK_V6 };
+    let target = match pod_address(v6, dst, pod) {
+        Some(ip) if bound(sa, v6) || !bind_address(ctx, v6, &ip) => ip,
+        _ => loopback,
     };
-    let proxy_port = u32::from(port::OUTBOUND.to_be());
     // SAFETY: context field writes the verifier allows for connect hooks.
     unsafe {
-        if !v6 {
-            (*sa).user_ip4 = if pod.ipv4 != 0 && !from_pod { pod.ipv4 } else { LOOPBACK_V4 };
-        } else if dst.family == AF_INET {
-            let v4 = if pod.ipv4 != 0 && !from_pod { pod.ipv4 } else { LOOPBACK_V4 };
-            write_ip6(&raw mut (*sa).user_ip6, &Endpoint::mapped_v4(v4));
+        if v6 {
+            write_ip6(&raw mut (*sa).user_ip6, &target);
         } else {
-            let pod_ip = pod.ipv6 != [0; 4] && !from_pod;
-            write_ip6(&raw mut (*sa).user_ip6, if pod_ip { &pod.ipv6 } else { &LOOPBACK_V6 });
+            (*sa).user_ip4 = Endpoint::as_v4(&target).unwrap_or(LOOPBACK_V4);
         }
-        (*sa).user_port = proxy_port;
+        (*sa).user_port = u32::from(port::OUTBOUND.to_be());
     }
 }
 
