@@ -85,18 +85,23 @@ pub struct Stream {
     recv: RecvStream,
     /// Received bytes not yet read.
     pending: Bytes,
-    held: crate::census::StreamHeld,
+    /// Counts the stream in the census for as long as it lives.
+    _held: crate::census::StreamHeld,
 }
 
 impl Stream {
     pub fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self { send, recv, pending: Bytes::new(), held: crate::census::StreamHeld::new() }
+        Self { send, recv, pending: Bytes::new(), _held: crate::census::StreamHeld::new() }
     }
 
-    /// Its halves, any bytes received but not yet read, and its place in the census, to hold
-    /// as long as the halves (for [`crate::relay`]).
-    pub(crate) fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes, crate::census::StreamHeld) {
-        (self.send, self.recv, self.pending, self.held)
+    /// Its halves (for [`crate::relay`], which polls them directly).
+    pub(crate) fn halves(&mut self) -> (&mut SendStream<Bytes>, &mut RecvStream) {
+        (&mut self.send, &mut self.recv)
+    }
+
+    /// The bytes received but not yet read, taken (for [`crate::relay`]).
+    pub(crate) fn take_pending(&mut self) -> Bytes {
+        std::mem::take(&mut self.pending)
     }
 
     /// Waits until bytes arrived (or the stream ended) and shows them without consuming them —

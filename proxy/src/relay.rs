@@ -18,7 +18,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use h2::{RecvStream, SendStream};
+use h2::SendStream;
 use tokio::{
     io::{AsyncReadExt, AsyncWrite},
     net::TcpStream,
@@ -67,24 +67,28 @@ fn add(counter: &AtomicU64, bytes: usize) {
     counter.fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
 }
 
-/// Relays between `tcp` (the socket, or a borrow of it) and the HBONE `stream`, counting into
+/// Relays between `tcp` and the HBONE `stream` (each owned, or a borrow of it: a connection's
+/// task that keeps them anyway lends them, rather than hold them twice), counting into
 /// `counts`; ready once both directions ended, or either failed (the other then reset).
-pub fn hbone<T: BorrowMut<TcpStream>>(tcp: T, stream: Stream, counts: &Counts) -> HboneRelay<'_, T> {
-    let (send, recv, pending, held) = stream.into_parts();
+pub fn hbone<T: BorrowMut<TcpStream>, S: BorrowMut<Stream>>(
+    tcp: T,
+    mut stream: S,
+    counts: &Counts,
+) -> HboneRelay<'_, T, S> {
     // Bytes the stream had received before the relay began go first.
+    let pending = stream.borrow_mut().take_pending();
     let down = match pending.is_empty() {
         true => Down::Receiving,
         false => Down::Writing { data: pending, release: 0 },
     };
-    HboneRelay { tcp, send, recv, up: Up::Reading, down, down_first: false, counts, _held: held }
+    HboneRelay { tcp, stream, up: Up::Reading, down, down_first: false, counts }
 }
 
 /// Both directions of a relay between a TCP connection and an HBONE stream ([`hbone`]).
 #[derive(Debug)]
-pub struct HboneRelay<'a, T> {
+pub struct HboneRelay<'a, T, S> {
     tcp: T,
-    send: SendStream<Bytes>,
-    recv: RecvStream,
+    stream: S,
     /// From the TCP connection to the stream.
     up: Up,
     /// From the stream to the TCP connection.
@@ -92,17 +96,16 @@ pub struct HboneRelay<'a, T> {
     /// Which direction goes first on this poll: they take turns ([`HboneRelay::poll_both`]).
     down_first: bool,
     counts: &'a Counts,
-    _held: crate::census::StreamHeld,
 }
 
-impl<T: BorrowMut<TcpStream> + Unpin> Future for HboneRelay<'_, T> {
+impl<T: BorrowMut<TcpStream> + Unpin, S: BorrowMut<Stream> + Unpin> Future for HboneRelay<'_, T, S> {
     type Output = io::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let relay = self.get_mut();
         let relayed = ready!(relay.poll_both(cx));
         if relayed.is_err() {
-            relay.send.send_reset(h2::Reason::CANCEL);
+            relay.stream.borrow_mut().halves().0.send_reset(h2::Reason::CANCEL);
             reset(relay.tcp.borrow());
         }
         Poll::Ready(relayed)
@@ -137,7 +140,7 @@ enum Down {
     Done,
 }
 
-impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
+impl<T: BorrowMut<TcpStream>, S: BorrowMut<Stream>> HboneRelay<'_, T, S> {
     /// Ready once both directions are done, or either failed.
     fn poll_both(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Each direction goes as far as it can, so each waits on what it needs (readiness,
@@ -176,29 +179,30 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
                 }
                 Up::Sending(chunk) if chunk.is_empty() => self.up = Up::Reading,
                 Up::Sending(chunk) => {
+                    let send = self.stream.borrow_mut().halves().0;
                     // Only as much as the peer's window allows: flow control holds the reader back.
-                    self.send.reserve_capacity(chunk.len());
-                    let granted = match ready!(self.send.poll_capacity(cx)) {
+                    send.reserve_capacity(chunk.len());
+                    let granted = match ready!(send.poll_capacity(cx)) {
                         Some(Ok(granted)) => granted.min(chunk.len()),
                         Some(Err(error)) => return Poll::Ready(self.end_up_unless_failed(error)),
                         // The stream is gone: cleanly if the peer answered in full and reset it
                         // with NO_ERROR while this chunk waited for window.
                         None => {
                             self.up = Up::Done;
-                            return Poll::Ready(match peer_reset(&mut self.send) {
+                            return Poll::Ready(match peer_reset(send) {
                                 Some(h2::Reason::NO_ERROR) => Ok(()),
                                 _ => Err(io::ErrorKind::BrokenPipe.into()),
                             });
                         }
                     };
                     if granted > 0
-                        && let Err(error) = self.send.send_data(chunk.split_to(granted).freeze(), false)
+                        && let Err(error) = send.send_data(chunk.split_to(granted).freeze(), false)
                     {
                         return Poll::Ready(self.end_up_unless_failed(error));
                     }
                 }
                 Up::Ending => {
-                    let ended = self.send.send_data(Bytes::new(), true);
+                    let ended = self.stream.borrow_mut().halves().0.send_data(Bytes::new(), true);
                     self.up = Up::Done;
                     if let Err(error) = ended {
                         return Poll::Ready(self.end_up_unless_failed(error));
@@ -213,13 +217,13 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
     /// cleanly ([`done_unless_failed`]); any other failure is one.
     fn end_up_unless_failed(&mut self, error: h2::Error) -> io::Result<()> {
         self.up = Up::Done;
-        done_unless_failed(&mut self.send, error)
+        done_unless_failed(self.stream.borrow_mut().halves().0, error)
     }
 
     fn poll_down(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             match &mut self.down {
-                Down::Receiving => match ready!(self.recv.poll_data(cx)) {
+                Down::Receiving => match ready!(self.stream.borrow_mut().halves().1.poll_data(cx)) {
                     Some(Ok(data)) => {
                         let release = data.len();
                         self.down = Down::Writing { data, release };
@@ -237,7 +241,7 @@ impl<T: BorrowMut<TcpStream>> HboneRelay<'_, T> {
                         data.advance(written);
                     }
                     // Window back only once the bytes left: a slow reader slows the sender.
-                    let _ = self.recv.flow_control().release_capacity(*release);
+                    let _ = self.stream.borrow_mut().halves().1.flow_control().release_capacity(*release);
                     self.down = Down::Receiving;
                 }
                 Down::Shutting => {

@@ -12,12 +12,13 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, task::JoinSet};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{MAX_HEADER_LIST, Stream, window};
 use crate::{
     identity::Identity,
     tls::{self, transport::ReadAhead},
+    trace_context::SpanContext,
 };
 
 /// How long a client may take to finish the TLS handshake.
@@ -53,8 +54,9 @@ pub struct ConnectRequest {
     /// The original source's address from `Forwarded: for=…`, when given and well-formed (with
     /// or without a port, quoted or not: Istio's peers have sent both).
     pub forwarded_for: Option<IpAddr>,
-    /// The stream's `traceparent`, as sent: logged, so both ends' lines can be matched.
-    pub traceparent: Option<Box<str>>,
+    /// The stream's `traceparent`, when well formed: logged, so both ends' lines can be
+    /// matched. Kept parsed, not as its text on the heap: every open stream holds it.
+    pub traceparent: Option<SpanContext>,
     /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
     pub via: Option<Box<str>>,
 }
@@ -226,15 +228,14 @@ impl ResetBudget {
     }
 }
 
-/// Serves one accepted TCP connection until the client closes it; streams run concurrently.
-pub async fn serve_connection<H: Handler>(
+/// The TLS and HTTP/2 handshakes of an accepted connection: the connection, and the client's
+/// identity.
+async fn handshake<H: Handler>(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
-    handler: Arc<H>,
-) -> Result<(), Error> {
+    handler: &H,
+) -> Result<(h2::server::Connection<TlsStream<ReadAhead>, Bytes>, Arc<Identity>), Error> {
     let started = Instant::now();
-    let source = tcp.peer_addr().map_err(Error::Io)?;
-    let local = tcp.local_addr().map_err(Error::Io)?;
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp)))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
@@ -248,7 +249,7 @@ pub async fn serve_connection<H: Handler>(
     }
     handler.tls_established(handshake);
     let peer = Arc::new(tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?);
-    let mut connection = h2::server::Builder::new()
+    let connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)
         .initial_connection_window_size(window::CONNECTION)
         .max_frame_size(window::MAX_FRAME)
@@ -257,6 +258,20 @@ pub async fn serve_connection<H: Handler>(
         .handshake::<_, Bytes>(tls)
         .await
         .map_err(Error::Http2)?;
+    Ok((connection, peer))
+}
+
+/// Serves one accepted TCP connection until the client closes it; streams run concurrently.
+pub async fn serve_connection<H: Handler>(
+    tcp: TcpStream,
+    acceptor: TlsAcceptor,
+    handler: Arc<H>,
+) -> Result<(), Error> {
+    let source = tcp.peer_addr().map_err(Error::Io)?;
+    let local = tcp.local_addr().map_err(Error::Io)?;
+    // Boxed: inline, the handshakes' states (and the TLS stream they borrow, kept to the end of
+    // the scope that borrowed it) would size the connection's task for as long as it lives.
+    let (mut connection, peer) = Box::pin(handshake(tcp, acceptor, handler.as_ref())).await?;
     let mut streams = JoinSet::new();
     let mut budget = ResetBudget::new();
     let mut draining = handler.draining();
@@ -311,52 +326,68 @@ pub async fn serve_connection<H: Handler>(
     Ok(())
 }
 
-async fn serve_stream<H: Handler>(
+/// The bytes of the task each open stream takes on a connection served for `H`: most of what
+/// an idle stream costs, for the handlers' tests to bound.
+pub fn stream_task_bytes<H: Handler>() -> usize {
+    fn returned<A, B, C, D, F>(_: impl FnOnce(A, B, C, D) -> F) -> usize {
+        size_of::<F>()
+    }
+    crate::census::task_bytes(returned(serve_stream::<H>))
+}
+
+/// One accepted stream's task, for as long as the stream lives. An async block, not an async
+/// fn: a fn's future keeps its arguments twice (as passed, and as moved into its body), and
+/// this task's size is what every open stream costs.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+fn serve_stream<H: Handler>(
     mut connect: ConnectRequest,
     body: h2::RecvStream,
     mut respond: SendResponse<Bytes>,
     handler: Arc<H>,
-) -> StreamEnd {
-    let started = Instant::now();
-    // The resolve and connect phases are boxed: inline, their futures would size the stream's
-    // task for as long as it relays.
-    if let Err(refusal) = Box::pin(handler.resolve(&mut connect)).await {
-        refuse(&mut respond, &refusal);
-        return StreamEnd::Served;
-    }
-    // A client that resets the stream while we connect gets no upstream connection.
-    let connected = tokio::select! {
-        biased;
-        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
-        connected = Box::pin(handler.connect(connect.clone())) => connected,
-    };
-    let upstream = match connected {
-        Ok(upstream) => upstream,
-        Err(refusal) => {
+) -> impl Future<Output = StreamEnd> + Send + 'static {
+    async move {
+        let started = Instant::now();
+        // The resolve and connect phases are boxed: inline, their futures would size the
+        // stream's task for as long as it relays.
+        if let Err(refusal) = Box::pin(handler.resolve(&mut connect)).await {
             refuse(&mut respond, &refusal);
             return StreamEnd::Served;
         }
-    };
-    let send = match respond.send_response(status_only(StatusCode::OK), false) {
-        Ok(send) => send,
-        Err(error) => {
-            tracing::debug!(%error, "HBONE client went away before 200");
-            return StreamEnd::ResetByPeer;
+        // A client that resets the stream while we connect gets no upstream connection. The
+        // outcome is matched where it is made: bound to a name, it would be kept beside the
+        // upstream taken from it.
+        let upstream = tokio::select! {
+            biased;
+            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
+            connected = Box::pin(handler.connect(connect.clone())) => match connected {
+                Ok(upstream) => upstream,
+                Err(refusal) => {
+                    refuse(&mut respond, &refusal);
+                    return StreamEnd::Served;
+                }
+            },
+        };
+        let send = match respond.send_response(status_only(StatusCode::OK), false) {
+            Ok(send) => send,
+            Err(error) => {
+                tracing::debug!(%error, "HBONE client went away before 200");
+                return StreamEnd::ResetByPeer;
+            }
+        };
+        let connecting = started.elapsed();
+        let counts = crate::relay::Counts::default();
+        // Revoked: the relay is dropped, which resets the stream and closes the upstream.
+        let relayed = tokio::select! {
+            relayed = upstream.carry(Stream::new(send, body), &counts) => relayed,
+            refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
+        };
+        let (sent, received) = counts.get();
+        handler.closed(&connect, &Relayed { sent, received, connecting, duration: started.elapsed() });
+        if let Err(error) = relayed {
+            tracing::debug!(%error, "HBONE stream ended with an error");
         }
-    };
-    let connecting = started.elapsed();
-    let counts = crate::relay::Counts::default();
-    // Revoked: the relay is dropped, which resets the stream and closes the upstream.
-    let relayed = tokio::select! {
-        relayed = upstream.carry(Stream::new(send, body), &counts) => relayed,
-        refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
-    };
-    let (sent, received) = counts.get();
-    handler.closed(&connect, &Relayed { sent, received, connecting, duration: started.elapsed() });
-    if let Err(error) = relayed {
-        tracing::debug!(%error, "HBONE stream ended with an error");
+        StreamEnd::Served
     }
-    StreamEnd::Served
 }
 
 fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
@@ -393,7 +424,7 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     let forwarded_for = header("forwarded").and_then(parse_forwarded_for);
     // `baggage` is not kept: nothing reads it, and an open stream would hold it as long as it
     // lives.
-    let traceparent = header("traceparent").map(Box::from);
+    let traceparent = header("traceparent").and_then(|value| SpanContext::parse(value.as_bytes()));
     let via = header("via").map(Box::from);
     Ok(ConnectRequest { peer, source, target, service, forwarded_for, traceparent, via })
 }

@@ -83,7 +83,7 @@ async fn acceptor_for(
 }
 
 /// Delivers HBONE streams to the app of one pod.
-struct Delivery {
+pub(super) struct Delivery {
     context: Arc<Context>,
     pod: Arc<Pod>,
     addresses: Vec<IpAddr>,
@@ -166,7 +166,7 @@ impl Handler for Delivery {
                 ("policy_denied", Refusal::Denied(verdict.to_string()))
             };
             self.context.metrics.failed(Reporter::Destination, reason);
-            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, trace = request.traceparent.as_deref(), "inbound HBONE denied");
+            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE denied");
             return Err(refusal);
         }
         tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
@@ -200,7 +200,7 @@ impl Handler for Delivery {
         let destination = self.pod.identity(&self.context.trust_domain);
         let (connect_ms, duration_ms) =
             (relayed.connecting.as_millis() as u64, relayed.duration.as_millis() as u64);
-        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, connect_ms, duration_ms, trace = request.traceparent.as_deref(), "inbound HBONE closed");
+        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, connect_ms, duration_ms, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE closed");
     }
 
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {

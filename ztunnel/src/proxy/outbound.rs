@@ -19,6 +19,7 @@ use weft_proxy::{
     identity::{Expected, Identity},
     relay,
     state::{Service, TunnelProtocol, Waypoint, Workload},
+    trace_context::SpanContext,
 };
 
 use crate::{inpod::netns::Netns, metrics::Reporter};
@@ -45,14 +46,7 @@ pub async fn serve(
                     // The proxy relays whatever the app wrote at once; Nagle would delay it twice.
                     let _ = client.set_nodelay(true);
                     let (context, pod, netns) = (context.clone(), pod.clone(), netns.clone());
-                    connections.spawn(async move {
-                        let _admitted = admitted;
-                        if let Err(error) = proxy(client, canonical(peer), &context, &pod, &netns).await {
-                            context.metrics.failed(Reporter::Source, error.reason());
-                            let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-                            tracing::info!(pod = %pod.uid, client = %canonical(peer), %error, %cause, "outbound connection failed");
-                        }
-                    });
+                    connections.spawn(proxy(client, canonical(peer), admitted, context, pod, netns));
                 }
                 Err(error) => tracing::warn!(pod = %pod.uid, %error, "outbound accept failed"),
             },
@@ -228,46 +222,73 @@ fn through_waypoint(
     Ok(routes)
 }
 
-async fn proxy(
+/// One captured connection's task, from its accept to its close; `admitted` counts it against
+/// its pod's limit meanwhile. An async block, not an async fn: a fn's future keeps its
+/// arguments twice (as passed, and as moved into its body), and this task's size is what every
+/// open connection costs.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub(super) fn proxy(
     mut client: tokio::net::TcpStream,
     peer: SocketAddr,
-    context: &Context,
-    pod: &Arc<Pod>,
-    netns: &Netns,
-) -> Result<(), Error> {
-    let started = std::time::Instant::now();
-    let target = original_dst(&client).map_err(Error::OriginalDst)?;
-    // First: the source's name for metrics and baggage is its workload's, once known.
-    tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()).await.map_err(|_| Error::NotSynced)?;
-    // Boxed: the connect phase — the routes it may try (a Service's endpoints), what a CONNECT
-    // says, its futures, the identities and names the labels are made of — is gone before the
-    // relay begins; inline it would size the connection's task for as long as it lives.
-    let Opened { carried, live } = Box::pin(opened(context, netns, pod, peer, target)).await?;
-    // The access lines say how long the connection took to open and to end, so a slow hop
-    // stands out (as Istio's `duration`).
-    let connect_ms = started.elapsed().as_millis() as u64;
-    // The live entry holds what the close needs: the counts and the labels.
-    let (counts, labels) = (&live.connection.counts, &live.connection.labels);
-    match carried {
-        Carried::Tunnel { tunnel, addr, via, traceparent } => {
-            let relayed = relay::hbone(&mut client, tunnel.stream, counts).await;
-            let (sent, received) = counts.get();
-            context.metrics.closed(labels, sent, received);
-            relayed?;
-            let (source, destination) = (live.connection.source(), live.connection.destination());
-            let duration_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(target: "weft_ztunnel::access", src = %source, client = %peer, dst = %destination, %target, upstream = %addr, %via, sent, received, connect_ms, duration_ms, trace = %traceparent, "outbound via HBONE closed");
+    admitted: tokio::sync::OwnedSemaphorePermit,
+    context: Arc<Context>,
+    pod: Arc<Pod>,
+    netns: Arc<Netns>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let started = std::time::Instant::now();
+        // Borrows what the task owns, rather than take it as an async fn's arguments would.
+        let proxied = async {
+            // First: the source's name for metrics and baggage is its workload's, once known.
+            // Boxed, and waited for only while the configuration is incomplete: inline, its
+            // timer would size the connection's task for as long as it lives.
+            if !context.state.is_synced() {
+                Box::pin(tokio::time::timeout(super::CONFIG_WAIT, context.state.synced()))
+                    .await
+                    .map_err(|_| Error::NotSynced)?;
+            }
+            // Read after that wait, so the task does not keep it through the relay too.
+            let target = original_dst(&client).map_err(Error::OriginalDst)?;
+            // Boxed: the connect phase — the routes it may try (a Service's endpoints), what a
+            // CONNECT says, its futures, the identities and names the labels are made of — is
+            // gone before the relay begins; inline it would size the connection's task for as
+            // long as it lives.
+            let Opened { mut carried, live } = Box::pin(opened(&context, &netns, &pod, peer, target)).await?;
+            // The access lines say how long the connection took to open and to end, so a slow
+            // hop stands out (as Istio's `duration`).
+            let connect_ms = started.elapsed().as_millis() as u64;
+            // The live entry holds what the close needs: the target, the counts and the labels.
+            let connection = &live.connection;
+            // Matched by reference, and the relay borrows the stream: moved out instead, the
+            // task would keep both the moved values and the places they came from.
+            match &mut carried {
+                Carried::Tunnel { tunnel, addr, via, traceparent } => {
+                    let relayed = relay::hbone(&mut client, &mut tunnel.stream, &connection.counts).await;
+                    let (sent, received) = connection.counts.get();
+                    context.metrics.closed(&connection.labels, sent, received);
+                    relayed?;
+                    let (source, destination) = (connection.source(), connection.destination());
+                    let duration_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(target: "weft_ztunnel::access", src = %source, client = %peer, dst = %destination, target = %connection.target, upstream = %addr, %via, sent, received, connect_ms, duration_ms, trace = %traceparent, "outbound via HBONE closed");
+                }
+                Carried::Direct { upstream, addr } => {
+                    let relayed = relay::tcp(&mut client, upstream, &connection.counts).await;
+                    let (sent, received) = connection.counts.get();
+                    context.metrics.closed(&connection.labels, sent, received);
+                    relayed?;
+                    let duration_ms = started.elapsed().as_millis() as u64;
+                    tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, client = %peer, target = %connection.target, upstream = %addr, sent, received, connect_ms, duration_ms, "outbound passthrough closed");
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        if let Err(error) = proxied.await {
+            context.metrics.failed(Reporter::Source, error.reason());
+            let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+            tracing::info!(pod = %pod.uid, client = %peer, %error, %cause, "outbound connection failed");
         }
-        Carried::Direct { mut upstream, addr } => {
-            let relayed = relay::tcp(&mut client, &mut upstream, counts).await;
-            let (sent, received) = counts.get();
-            context.metrics.closed(labels, sent, received);
-            relayed?;
-            let duration_ms = started.elapsed().as_millis() as u64;
-            tracing::info!(target: "weft_ztunnel::access", pod = %pod.uid, client = %peer, %target, upstream = %addr, sent, received, connect_ms, duration_ms, "outbound passthrough closed");
-        }
+        drop(admitted);
     }
-    Ok(())
 }
 
 /// A connection opened, with only what its relay and its close need.
@@ -286,7 +307,7 @@ enum Carried {
         addr: SocketAddr,
         /// The peer's address: the workload's, or the waypoint pod's.
         via: IpAddr,
-        traceparent: String,
+        traceparent: SpanContext,
     },
     Direct {
         upstream: tokio::net::TcpStream,
@@ -352,7 +373,7 @@ enum Way {
         /// The identity expected of the peer (a Service's alternative names left out: the
         /// labels and the access line name the workload's).
         destination: Identity,
-        traceparent: String,
+        traceparent: SpanContext,
     },
     Direct {
         upstream: tokio::net::TcpStream,
@@ -369,7 +390,7 @@ async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Resu
     let (routes, service) = routes(context, source_workload.as_deref(), target)?;
     // What a CONNECT says of this connection, made once for whichever endpoint takes it, and
     // only if one is tunnelled to.
-    let mut said: Option<(Origin, String)> = None;
+    let mut said: Option<(Origin, SpanContext)> = None;
     let mut last_error = None;
     for route in routes {
         let (workload, addr, via) = match route {
@@ -402,12 +423,14 @@ async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Resu
         let (origin, traceparent) = said.get_or_insert_with(|| {
             let baggage = Origin::baggage_of(&pod.namespace, captured.name);
             let service_host = service.as_ref().map(|service| service.hostname.clone());
-            (Origin { source: peer, service_host, baggage, via: String::new() }, Origin::traceparent())
+            // A new trace, not sampled; the connection keeps it as is (no text on the heap) to
+            // log it at the close.
+            (Origin { source: peer, service_host, baggage, via: String::new() }, SpanContext::root(false))
         });
         let dial = NetnsDial { netns, source: peer.ip() };
-        match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, traceparent)).await {
+        match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, &traceparent.to_string())).await {
             Ok(tunnel) => {
-                let traceparent = std::mem::take(traceparent);
+                let traceparent = *traceparent;
                 let destination = via.expected.workload;
                 return Ok(Way::Tunnel { tunnel, workload, addr, via: via.ip, destination, traceparent });
             }
