@@ -135,39 +135,43 @@ impl Context {
     /// Resolves, with the verdict, once a configuration change no longer allows a connection
     /// that was allowed: open connections follow policy, not just new ones. Every open
     /// connection's task holds this wait for as long as it lives, so it keeps only how to
-    /// describe the connection (`connection`), never the description or a verdict.
-    pub async fn revoked<'a>(
+    /// describe the connection (`connection`), never the description or a verdict; and it is
+    /// an async block, as an async fn's future would keep its arguments twice.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+    pub fn revoked<'a>(
         &self,
         pod: &Pod,
         connection: impl Fn() -> weft_proxy::authz::Connection<'a>,
-    ) -> weft_proxy::authz::Verdict {
-        loop {
-            // Checked once waiting, so a change just before is not missed.
-            let next = self.state.next_change();
-            // Each verdict lives in a block of its own that ends before any wait: a local kept
-            // to the end of the loop's body, though dropped, would be kept through the waits,
-            // and the wait below is every open connection's for as long as it lives.
-            let incomplete = {
-                let verdict = self.state.authorize(pod.local(), &connection());
-                if !verdict.incomplete() && !verdict.allowed() {
-                    return verdict;
+    ) -> impl Future<Output = weft_proxy::authz::Verdict> {
+        async move {
+            loop {
+                // Checked once waiting, so a change just before is not missed.
+                let next = self.state.next_change();
+                // Each verdict lives in a block of its own that ends before any wait: a local
+                // kept to the end of the loop's body, though dropped, would be kept through the
+                // waits, and the wait below is every open connection's for as long as it lives.
+                let incomplete = {
+                    let verdict = self.state.authorize(pod.local(), &connection());
+                    if !verdict.incomplete() && !verdict.allowed() {
+                        return verdict;
+                    }
+                    verdict.incomplete()
+                };
+                // Addresses and policies arrive apart: a workload may name a policy a moment
+                // before it comes. Only what stays missing cuts an open connection. Boxed, as is
+                // rare: inline its timer would size the wait below.
+                if incomplete {
+                    let connection = &connection;
+                    let verdict = Box::pin(async move {
+                        self.state.authorize_known(pod.local(), &connection(), CONFIG_WAIT).await
+                    })
+                    .await;
+                    if !verdict.allowed() {
+                        return verdict;
+                    }
                 }
-                verdict.incomplete()
-            };
-            // Addresses and policies arrive apart: a workload may name a policy a moment before
-            // it comes. Only what stays missing cuts an open connection. Boxed, as is rare:
-            // inline its timer would size the wait below.
-            if incomplete {
-                let connection = &connection;
-                let verdict = Box::pin(async move {
-                    self.state.authorize_known(pod.local(), &connection(), CONFIG_WAIT).await
-                })
-                .await;
-                if !verdict.allowed() {
-                    return verdict;
-                }
+                next.await;
             }
-            next.await;
         }
     }
 

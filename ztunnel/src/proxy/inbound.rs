@@ -181,16 +181,21 @@ impl Handler for Delivery {
         Ok(upstream)
     }
 
-    async fn revoked(&self, request: &ConnectRequest) -> Refusal {
-        let connection = || Connection {
-            source: Some(&request.peer),
-            source_ip: request.source.ip(),
-            destination: request.target,
-        };
-        let verdict = self.context.revoked(&self.pod, connection).await;
-        self.context.metrics.failed(Reporter::Destination, "policy_revoked");
-        tracing::info!(src = %request.peer, source = %request.source, target = %request.target, %verdict, "inbound HBONE revoked");
-        Refusal::Denied(verdict.to_string())
+    /// An async block, not an async fn: every open stream's task holds this wait, and a fn's
+    /// future would keep its arguments twice.
+    #[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+    fn revoked(&self, request: &ConnectRequest) -> impl Future<Output = Refusal> + Send {
+        async move {
+            let connection = || Connection {
+                source: Some(&request.peer),
+                source_ip: request.source.ip(),
+                destination: request.target,
+            };
+            let verdict = self.context.revoked(&self.pod, connection).await;
+            self.context.metrics.failed(Reporter::Destination, "policy_revoked");
+            tracing::info!(src = %request.peer, source = %request.source, target = %request.target, %verdict, "inbound HBONE revoked");
+            Refusal::Denied(verdict.to_string())
+        }
     }
 
     fn closed(&self, request: &ConnectRequest, relayed: &Relayed) {
