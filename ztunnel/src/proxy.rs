@@ -519,7 +519,7 @@ mod tests {
     }
 
     /// An open connection's task is most of what it costs while idle (DESIGN.md: at most 2 KiB
-    /// per idle proxied connection, both nodes). Both took 1024 bytes while their async fns
+    /// per idle proxied connection, both nodes). Each took 1024 bytes while their async fns
     /// kept their arguments twice and their locals kept what had moved out of them.
     #[test]
     fn an_open_connections_task_takes_under_a_kib_on_either_node() {
@@ -528,6 +528,8 @@ mod tests {
         }
         let outbound = weft_proxy::census::task_bytes(returned(super::outbound::proxy));
         assert!(outbound <= 640, "an outbound connection's task takes {outbound} bytes");
+        let plaintext = weft_proxy::census::task_bytes(returned(super::inbound::plaintext));
+        assert!(plaintext <= 640, "an inbound plaintext connection's task takes {plaintext} bytes");
         let stream = weft_proxy::hbone::server::stream_task_bytes::<super::inbound::Delivery>();
         assert!(stream <= 768, "an inbound HBONE stream's task takes {stream} bytes");
     }

@@ -232,7 +232,7 @@ pub async fn serve_plaintext(
         tokio::select! {
             () = drained(&mut draining) => break,
             accepted = listener.accept() => match accepted {
-                Ok((mut client, peer)) => {
+                Ok((client, peer)) => {
                     let _ = client.set_nodelay(true);
                     if context.plaintext == InboundPlaintext::Deny {
                         tracing::info!(%peer, "plaintext inbound refused (strict)");
@@ -240,42 +240,7 @@ pub async fn serve_plaintext(
                     }
                     let Some(admitted) = admission.admit(&context, Reporter::Destination, &pod, peer) else { continue };
                     let (context, pod, deliverer) = (context.clone(), pod.clone(), deliverer.clone());
-                    connections.spawn(async move {
-                        let _admitted = admitted;
-                        // Inbound capture keeps the destination: the local address is the target.
-                        let result = async {
-                            let target = canonical(client.local_addr()?);
-                            if is_proxy_port(target.port()) {
-                                return Err(std::io::Error::other(format!("{target} is the proxy's own port")));
-                            }
-                            let connection = Connection { source: None, source_ip: canonical(peer).ip(), destination: target };
-                            let verdict = context.authorize(&pod, &connection).await;
-                            if !verdict.as_ref().is_some_and(weft_proxy::authz::Verdict::allowed) {
-                                let reason = match &verdict {
-                                    None => "not_synced",
-                                    Some(verdict) if verdict.incomplete() => "incomplete_config",
-                                    Some(_) => "policy_denied",
-                                };
-                                context.metrics.failed(Reporter::Destination, reason);
-                                let verdict = verdict.map_or_else(|| "no complete configuration yet".to_owned(), |verdict| verdict.to_string());
-                                tracing::info!(%peer, %target, %verdict, "plaintext inbound denied");
-                                return Ok(());
-                            }
-                            let mut upstream = deliverer.connect(target, canonical(peer)).await?;
-                            let counts = weft_proxy::relay::Counts::default();
-                            tokio::select! {
-                                relayed = weft_proxy::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
-                                verdict = context.revoked(&pod, || connection) => {
-                                    context.metrics.failed(Reporter::Destination, "policy_revoked");
-                                    tracing::info!(%peer, %target, %verdict, "plaintext inbound revoked");
-                                    Ok(())
-                                }
-                            }
-                        };
-                        if let Err(error) = result.await {
-                            tracing::info!(%peer, %error, "plaintext inbound failed");
-                        }
-                    });
+                    connections.spawn(plaintext(client, peer, admitted, context, pod, deliverer));
                 }
                 Err(error) => tracing::warn!(%error, "plaintext accept failed"),
             },
@@ -283,4 +248,65 @@ pub async fn serve_plaintext(
         }
     }
     super::finish(listener, listening, connections).await;
+}
+
+/// One plaintext connection's task, from its accept to its close; `admitted` counts it against
+/// its pod's limit meanwhile. An async block, not an async fn (which would keep its arguments
+/// twice), with its policy check and its connect boxed: this task's size is what every open
+/// connection costs.
+#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+pub(super) fn plaintext(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    admitted: tokio::sync::OwnedSemaphorePermit,
+    context: Arc<Context>,
+    pod: Arc<Pod>,
+    deliverer: Arc<Deliverer>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        // Inbound capture keeps the destination: the local address is the target.
+        let result = async {
+            // The target is the connection's destination: in a block, so the task keeps it
+            // once, not again beside it.
+            let connection = {
+                let destination = canonical(client.local_addr()?);
+                if is_proxy_port(destination.port()) {
+                    return Err(std::io::Error::other(format!("{destination} is the proxy's own port")));
+                }
+                Connection { source: None, source_ip: canonical(peer).ip(), destination }
+            };
+            // In a block of its own, so the task does not keep the verdict through the relay.
+            {
+                let verdict = Box::pin(context.authorize(&pod, &connection)).await;
+                if !verdict.as_ref().is_some_and(weft_proxy::authz::Verdict::allowed) {
+                    let reason = match &verdict {
+                        None => "not_synced",
+                        Some(verdict) if verdict.incomplete() => "incomplete_config",
+                        Some(_) => "policy_denied",
+                    };
+                    context.metrics.failed(Reporter::Destination, reason);
+                    let verdict = verdict.map_or_else(
+                        || "no complete configuration yet".to_owned(),
+                        |verdict| verdict.to_string(),
+                    );
+                    tracing::info!(%peer, target = %connection.destination, %verdict, "plaintext inbound denied");
+                    return Ok(());
+                }
+            }
+            let mut upstream = Box::pin(deliverer.connect(connection.destination, canonical(peer))).await?;
+            let counts = weft_proxy::relay::Counts::default();
+            tokio::select! {
+                relayed = weft_proxy::relay::tcp(&mut client, &mut upstream, &counts) => relayed,
+                verdict = context.revoked(&pod, || connection) => {
+                    context.metrics.failed(Reporter::Destination, "policy_revoked");
+                    tracing::info!(%peer, target = %connection.destination, %verdict, "plaintext inbound revoked");
+                    Ok(())
+                }
+            }
+        };
+        if let Err(error) = result.await {
+            tracing::info!(%peer, %error, "plaintext inbound failed");
+        }
+        drop(admitted);
+    }
 }
