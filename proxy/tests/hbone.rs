@@ -58,8 +58,8 @@ impl Handler for TestHandler {
         if !self.local.contains(&request.target.ip()) {
             return Err(Refusal::BadRequest(format!("{} is not a pod here", request.target)));
         }
-        if self.deny.as_ref() == Some(&request.peer) {
-            return Err(Refusal::Denied(format!("{} may not connect", request.peer)));
+        if self.deny.as_ref() == Some(&request.peer.identity) {
+            return Err(Refusal::Denied(format!("{} may not connect", request.peer.identity)));
         }
         TcpStream::connect(request.target).await.map_err(|error| Refusal::Unavailable(error.to_string()))
     }
@@ -153,7 +153,7 @@ async fn bytes_cross_intact_both_ways_with_half_close_for_1_byte_1_mib_and_100_m
         assert_eq!(digest(&back), digest(&data), "{len} bytes came back altered");
     }
     let seen = handler.seen.lock().unwrap();
-    assert_eq!(*seen[0].peer, client_id());
+    assert_eq!(seen[0].peer.identity, client_id());
     assert_eq!(seen[0].forwarded_for, Some("10.1.2.3".parse().unwrap()));
     assert_eq!(seen[0].via.as_deref(), Some("1.1 waypoint.shop.weft-waypoint"));
     assert_eq!(
@@ -456,7 +456,7 @@ async fn a_continuation_flood_and_oversized_headers_are_cut_off_and_others_keep_
     );
     let seen = handler.seen.lock().unwrap();
     assert!(
-        seen.iter().all(|request| *request.peer != Identity::new(TD, "shop", "abuser")),
+        seen.iter().all(|request| request.peer.identity != Identity::new(TD, "shop", "abuser")),
         "an abuser's stream reached the handler"
     );
 }

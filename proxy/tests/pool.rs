@@ -402,7 +402,7 @@ impl Handler for NotingResumptions {
     type Upstream = TcpStream;
 
     async fn connect(&self, request: ConnectRequest) -> Result<TcpStream, Refusal> {
-        self.peers.lock().unwrap().push(Identity::clone(&request.peer));
+        self.peers.lock().unwrap().push(request.peer.identity.clone());
         ToUpstream(self.upstream).connect(request).await
     }
 

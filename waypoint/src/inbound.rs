@@ -94,14 +94,14 @@ impl Handler for Inbound {
             return Err(Refusal::Unavailable("no complete configuration yet".into()));
         }
         let destination = self.destination(&request).inspect_err(|refusal| {
-            tracing::info!(src = %request.peer, target = %request.target, %refusal, "CONNECT refused");
+            tracing::info!(src = %request.peer.identity, target = %request.target, %refusal, "CONNECT refused");
         })?;
         // The client's node proxy connects from inside the client's pod: the tunnel's source is
         // the client. `Forwarded` is not believed: any holder of a mesh certificate could name
         // any address in it, and policies decide on source addresses.
         let client = Client {
-            identity: Identity::clone(&request.peer),
-            address: request.source,
+            identity: request.peer.identity.clone(),
+            address: request.peer.source,
             via: request.via.as_deref().map(str::to_owned),
         };
         Ok(Session::new(self.context.clone(), destination, client))

@@ -4,7 +4,9 @@
 use std::{
     future::Future,
     net::{IpAddr, SocketAddr},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -38,12 +40,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// A CONNECT that passed the protocol checks, for the handler to decide on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// The client workload's identity, from its certificate: one for all of a connection's
-    /// streams (each open stream holds the request as long as it lives).
-    pub peer: Arc<Identity>,
-    /// The HBONE connection's source address: the client pod's, as its proxy connects from
-    /// inside that pod.
-    pub source: SocketAddr,
+    /// Who the HBONE connection is from: one for all of a connection's streams (each open
+    /// stream holds the request as long as it lives).
+    pub peer: Arc<Peer>,
     /// `:authority`: the destination pod IP and port. For a Service's authority ([`Self::service`])
     /// this end's own address with the service port, until [`Handler::resolve`] sets the pod's port.
     pub target: SocketAddr,
@@ -59,6 +58,16 @@ pub struct ConnectRequest {
     pub traceparent: Option<SpanContext>,
     /// `Via`, as sent: the waypoints a connection relayed at L4 came through.
     pub via: Option<Box<str>>,
+}
+
+/// The client end of an HBONE connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client workload's identity, from its certificate.
+    pub identity: Identity,
+    /// The connection's source address: the client pod's, as its proxy connects from inside
+    /// that pod.
+    pub source: SocketAddr,
 }
 
 /// What a connected stream carried, and how long it took.
@@ -234,7 +243,7 @@ async fn handshake<H: Handler>(
     tcp: TcpStream,
     acceptor: TlsAcceptor,
     handler: &H,
-) -> Result<(h2::server::Connection<TlsStream<ReadAhead>, Bytes>, Arc<Identity>), Error> {
+) -> Result<(h2::server::Connection<TlsStream<ReadAhead>, Bytes>, Identity), Error> {
     let started = Instant::now();
     let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp)))
         .await
@@ -248,7 +257,7 @@ async fn handshake<H: Handler>(
             .map_err(Error::Identity)?;
     }
     handler.tls_established(handshake);
-    let peer = Arc::new(tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?);
+    let peer = tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?;
     let connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)
         .initial_connection_window_size(window::CONNECTION)
@@ -271,7 +280,8 @@ pub async fn serve_connection<H: Handler>(
     let local = tcp.local_addr().map_err(Error::Io)?;
     // Boxed: inline, the handshakes' states (and the TLS stream they borrow, kept to the end of
     // the scope that borrowed it) would size the connection's task for as long as it lives.
-    let (mut connection, peer) = Box::pin(handshake(tcp, acceptor, handler.as_ref())).await?;
+    let (mut connection, identity) = Box::pin(handshake(tcp, acceptor, handler.as_ref())).await?;
+    let peer = Arc::new(Peer { identity, source });
     let mut streams = JoinSet::new();
     let mut budget = ResetBudget::new();
     let mut draining = handler.draining();
@@ -293,7 +303,7 @@ pub async fn serve_connection<H: Handler>(
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, mut respond))) => {
                     last_stream = tokio::time::Instant::now();
-                    let ends = Ends { peer: peer.clone(), source, local };
+                    let ends = Ends { peer: peer.clone(), local };
                     // Checked before its task is spawned: what the task holds while the stream
                     // lives is what the check kept, not the request's head (240 bytes each).
                     let (head, body) = request.into_parts();
@@ -337,50 +347,25 @@ pub fn stream_task_bytes<H: Handler>() -> usize {
 
 /// One accepted stream's task, for as long as the stream lives. An async block, not an async
 /// fn: a fn's future keeps its arguments twice (as passed, and as moved into its body), and
-/// this task's size is what every open stream costs.
-#[expect(clippy::manual_async_fn, reason = "an async fn keeps its arguments twice")]
+/// this task's size is what every open stream costs. Its setup is boxed and created outside
+/// the block: captured, the parts it consumes (the response handle, the body) would keep
+/// their places in the task while it relays.
 fn serve_stream<H: Handler>(
-    mut connect: ConnectRequest,
+    connect: ConnectRequest,
     body: h2::RecvStream,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     handler: Arc<H>,
 ) -> impl Future<Output = StreamEnd> + Send + 'static {
+    let setup = Box::pin(set_up(connect, body, respond, handler.clone()));
     async move {
-        let started = Instant::now();
-        // The resolve and connect phases are boxed: inline, their futures would size the
-        // stream's task for as long as it relays.
-        if let Err(refusal) = Box::pin(handler.resolve(&mut connect)).await {
-            refuse(&mut respond, &refusal);
-            return StreamEnd::Served;
-        }
-        // A client that resets the stream while we connect gets no upstream connection. The
-        // outcome is matched where it is made: bound to a name, it would be kept beside the
-        // upstream taken from it.
-        let upstream = tokio::select! {
-            biased;
-            _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return StreamEnd::ResetByPeer,
-            connected = Box::pin(handler.connect(connect.clone())) => match connected {
-                Ok(upstream) => upstream,
-                Err(refusal) => {
-                    refuse(&mut respond, &refusal);
-                    return StreamEnd::Served;
-                }
-            },
+        // Awaited by value: the box is freed once the stream is connected.
+        let Connected { connect, upstream, stream, started, connecting } = match setup.await {
+            Ok(connected) => connected,
+            Err(end) => return end,
         };
-        let send = match respond.send_response(status_only(StatusCode::OK), false) {
-            Ok(send) => send,
-            Err(error) => {
-                tracing::debug!(%error, "HBONE client went away before 200");
-                return StreamEnd::ResetByPeer;
-            }
-        };
-        let connecting = started.elapsed();
         let counts = crate::relay::Counts::default();
-        // Revoked: the relay is dropped, which resets the stream and closes the upstream.
-        let relayed = tokio::select! {
-            relayed = upstream.carry(Stream::new(send, body), &counts) => relayed,
-            refusal = handler.revoked(&connect) => Err(std::io::Error::other(refusal.to_string())),
-        };
+        let relayed =
+            UntilRevoked { carry: upstream.carry(stream, &counts), revoked: handler.revoked(&connect) }.await;
         let (sent, received) = counts.get();
         handler.closed(&connect, &Relayed { sent, received, connecting, duration: started.elapsed() });
         if let Err(error) = relayed {
@@ -390,17 +375,94 @@ fn serve_stream<H: Handler>(
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A stream's relay until it ends, or until the stream is revoked: the relay is then
+    /// dropped, which resets the stream and closes the upstream. Not `tokio::select!`, whose
+    /// branch state and borrows would take 24 bytes more of every open stream's task.
+    struct UntilRevoked<C, R> {
+        #[pin]
+        carry: C,
+        #[pin]
+        revoked: R,
+    }
+}
+
+impl<C, R> Future for UntilRevoked<C, R>
+where
+    C: Future<Output = std::io::Result<()>>,
+    R: Future<Output = Refusal>,
+{
+    type Output = std::io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(relayed) = this.carry.poll(cx) {
+            return Poll::Ready(relayed);
+        }
+        this.revoked.poll(cx).map(|refusal| Err(std::io::Error::other(refusal.to_string())))
+    }
+}
+
+/// A stream answered 200, with what its relay needs.
+struct Connected<U> {
+    connect: ConnectRequest,
+    upstream: U,
+    stream: Stream,
+    started: Instant,
+    /// From the CONNECT until its 200.
+    connecting: Duration,
+}
+
+/// A stream's resolve, policy and upstream connect, then its 200; refused or reset, how it
+/// ended.
+async fn set_up<H: Handler>(
+    mut connect: ConnectRequest,
+    body: h2::RecvStream,
+    mut respond: SendResponse<Bytes>,
+    handler: Arc<H>,
+) -> Result<Connected<H::Upstream>, StreamEnd> {
+    let started = Instant::now();
+    if let Err(refusal) = handler.resolve(&mut connect).await {
+        refuse(&mut respond, &refusal);
+        return Err(StreamEnd::Served);
+    }
+    // A client that resets the stream while we connect gets no upstream connection.
+    let upstream = tokio::select! {
+        biased;
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return Err(StreamEnd::ResetByPeer),
+        connected = handler.connect(connect.clone()) => match connected {
+            Ok(upstream) => upstream,
+            Err(refusal) => {
+                refuse(&mut respond, &refusal);
+                return Err(StreamEnd::Served);
+            }
+        },
+    };
+    let send = match respond.send_response(status_only(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(error) => {
+            tracing::debug!(%error, "HBONE client went away before 200");
+            return Err(StreamEnd::ResetByPeer);
+        }
+    };
+    Ok(Connected {
+        connect,
+        upstream,
+        stream: Stream::new(send, body),
+        started,
+        connecting: started.elapsed(),
+    })
+}
+
 fn refuse(respond: &mut SendResponse<Bytes>, refusal: &Refusal) {
     tracing::debug!(%refusal, "HBONE stream refused");
     let _ = respond.send_response(status_only(refusal.status()), true);
 }
 
-/// Who a stream's connection is between: the client's identity and address, and this end's
-/// address.
+/// Who a stream's connection is between: the client, and this end's address.
 #[derive(Debug, Clone)]
 struct Ends {
-    peer: Arc<Identity>,
-    source: SocketAddr,
+    peer: Arc<Peer>,
     local: SocketAddr,
 }
 
@@ -409,7 +471,7 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     if request.method() != Method::CONNECT {
         return Err(Refusal::BadRequest(format!("method {} is not CONNECT", request.method())));
     }
-    let Ends { peer, source, local } = ends;
+    let Ends { peer, local } = ends;
     let authority = request.uri().authority().ok_or_else(|| Refusal::BadRequest("no :authority".into()))?;
     let (target, service) = match authority.as_str().parse::<SocketAddr>() {
         Ok(target) => (target, None),
@@ -426,15 +488,17 @@ fn check<Body>(request: &Request<Body>, ends: Ends) -> Result<ConnectRequest, Re
     // lives.
     let traceparent = header("traceparent").and_then(|value| SpanContext::parse(value.as_bytes()));
     let via = header("via").map(Box::from);
-    Ok(ConnectRequest { peer, source, target, service, forwarded_for, traceparent, via })
+    Ok(ConnectRequest { peer, target, service, forwarded_for, traceparent, via })
 }
 
 /// For the fuzz targets: the checks of [`check`] on `request`, between fixed ends.
 #[cfg(fuzzing)]
 pub fn check_connect(request: &Request<()>) -> Result<(), String> {
     let ends = Ends {
-        peer: Arc::new(Identity::new("cluster.local", "fuzz", "client")),
-        source: SocketAddr::from(([10, 0, 0, 1], 40000)),
+        peer: Arc::new(Peer {
+            identity: Identity::new("cluster.local", "fuzz", "client"),
+            source: SocketAddr::from(([10, 0, 0, 1], 40000)),
+        }),
         local: SocketAddr::from(([10, 0, 0, 2], 15008)),
     };
     check(request, ends).map(drop).map_err(|refusal| format!("{refusal:?}"))
@@ -509,8 +573,10 @@ mod tests {
         assert_eq!(service_target(&authority("-db.shop:80")), None);
         assert_eq!(service_target(&authority("db..shop:80")), None);
         let ends = Ends {
-            peer: Arc::new(Identity::new("cluster.local", "shop", "web")),
-            source: "10.0.0.1:40000".parse().unwrap(),
+            peer: Arc::new(Peer {
+                identity: Identity::new("cluster.local", "shop", "web"),
+                source: "10.0.0.1:40000".parse().unwrap(),
+            }),
             local: "10.0.1.5:15008".parse().unwrap(),
         };
         let connect = |authority: &str| {

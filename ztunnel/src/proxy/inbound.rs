@@ -94,8 +94,8 @@ impl Delivery {
     fn labels(&self, request: &ConnectRequest) -> crate::metrics::ConnectionLabels {
         let source = request.forwarded_for.and_then(|ip| self.context.state.workload_by_ip(ip));
         let source = match &source {
-            Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &*request.peer),
-            None => ("unknown", request.peer.namespace.as_str(), &*request.peer),
+            Some(workload) => (workload.metrics_name(), workload.namespace.as_str(), &request.peer.identity),
+            None => ("unknown", request.peer.identity.namespace.as_str(), &request.peer.identity),
         };
         let destination = self.pod.identity(&self.context.trust_domain);
         let name = self.context.metrics_name(&self.pod, canonical(request.target).ip());
@@ -151,8 +151,11 @@ impl Handler for Delivery {
             self.context.metrics.failed(Reporter::Destination, "proxy_port");
             return Err(Refusal::BadRequest(format!("{target} is the proxy's own port")));
         }
-        let connection =
-            Connection { source: Some(&request.peer), source_ip: request.source.ip(), destination: target };
+        let connection = Connection {
+            source: Some(&request.peer.identity),
+            source_ip: request.peer.source.ip(),
+            destination: target,
+        };
         let Some(verdict) = self.context.authorize(&self.pod, &connection).await else {
             self.context.metrics.failed(Reporter::Destination, "not_synced");
             return Err(Refusal::Unavailable("no complete configuration yet".into()));
@@ -166,13 +169,13 @@ impl Handler for Delivery {
                 ("policy_denied", Refusal::Denied(verdict.to_string()))
             };
             self.context.metrics.failed(Reporter::Destination, reason);
-            tracing::info!(src = %request.peer, source = %request.source, %target, %verdict, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE denied");
+            tracing::info!(src = %request.peer.identity, source = %request.peer.source, %target, %verdict, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE denied");
             return Err(refusal);
         }
-        tracing::debug!(peer = %request.peer, %target, %verdict, "inbound HBONE stream");
+        tracing::debug!(peer = %request.peer.identity, %target, %verdict, "inbound HBONE stream");
         // The client is the HBONE connection's source: its proxy connects from inside the
         // client's pod, and policy has just been decided on that address.
-        let client = SocketAddr::new(request.source.ip(), 0);
+        let client = SocketAddr::new(request.peer.source.ip(), 0);
         let upstream = self.deliverer.connect(target, client).await.map_err(|error| {
             self.context.metrics.failed(Reporter::Destination, "upstream");
             Refusal::Unavailable(format!("{target}: {error}"))
@@ -187,13 +190,13 @@ impl Handler for Delivery {
     fn revoked(&self, request: &ConnectRequest) -> impl Future<Output = Refusal> + Send {
         async move {
             let connection = || Connection {
-                source: Some(&request.peer),
-                source_ip: request.source.ip(),
+                source: Some(&request.peer.identity),
+                source_ip: request.peer.source.ip(),
                 destination: request.target,
             };
             let verdict = self.context.revoked(&self.pod, connection).await;
             self.context.metrics.failed(Reporter::Destination, "policy_revoked");
-            tracing::info!(src = %request.peer, source = %request.source, target = %request.target, %verdict, "inbound HBONE revoked");
+            tracing::info!(src = %request.peer.identity, source = %request.peer.source, target = %request.target, %verdict, "inbound HBONE revoked");
             Refusal::Denied(verdict.to_string())
         }
     }
@@ -205,7 +208,7 @@ impl Handler for Delivery {
         let destination = self.pod.identity(&self.context.trust_domain);
         let (connect_ms, duration_ms) =
             (relayed.connecting.as_millis() as u64, relayed.duration.as_millis() as u64);
-        tracing::info!(target: "weft_ztunnel::access", src = %request.peer, dst = %destination, target = %request.target, sent, received, connect_ms, duration_ms, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE closed");
+        tracing::info!(target: "weft_ztunnel::access", src = %request.peer.identity, dst = %destination, target = %request.target, sent, received, connect_ms, duration_ms, trace = request.traceparent.as_ref().map(tracing::field::display), "inbound HBONE closed");
     }
 
     fn draining(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
