@@ -641,7 +641,7 @@ async fn connect_around_the_waypoint(scene: &Scene, account: &str, target: Socke
             let tcp = tokio::net::TcpStream::connect((target.ip(), 15008)).await.unwrap();
             let connection = Connection::handshake(tcp, config).await.unwrap();
             let origin = Origin::from_address(SocketAddr::new(target.ip(), 0));
-            match connection.open(target, &origin, &Origin::traceparent()).await {
+            match connection.open(target, &origin, &Origin::traceparent().to_string()).await {
                 Ok(_) => 200,
                 Err(Error::Refused { status, .. }) => status.as_u16(),
                 Err(error) => panic!("CONNECT to {target}: {error}"),

@@ -1339,7 +1339,7 @@ impl Session {
         let origin = Origin { source: self.client.address, service_host, baggage: String::new(), via };
         context
             .pool()
-            .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent())
+            .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent().to_string())
             .await
             .map_err(|error| Failure::Connect(error.to_string()))
     }

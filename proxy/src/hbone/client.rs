@@ -59,9 +59,10 @@ impl Origin {
     }
 
     /// A new W3C `traceparent`: a new trace, not sampled. The same value is logged by both
-    /// ends of the tunnel, so one connection's lines can be found on either node.
-    pub fn traceparent() -> String {
-        crate::trace_context::SpanContext::root(false).to_string()
+    /// ends of the tunnel, so one connection's lines can be found on either node; kept parsed
+    /// (no text on the heap) by the connection that logs it.
+    pub fn traceparent() -> crate::trace_context::SpanContext {
+        crate::trace_context::SpanContext::root(false)
     }
 }
 
@@ -228,11 +229,11 @@ mod origin_tests {
 
     #[test]
     fn each_stream_gets_a_w3c_traceparent_of_its_own() {
-        let first = Origin::traceparent();
+        let first = Origin::traceparent().to_string();
         let parts: Vec<&str> = first.split('-').collect();
         assert_eq!(parts.len(), 4, "{first}");
         assert_eq!((parts[0], parts[1].len(), parts[2].len(), parts[3]), ("00", 32, 16, "00"), "{first}");
         assert!(parts[1].chars().all(|c| c.is_ascii_hexdigit()) && parts[1] != "0".repeat(32), "{first}");
-        assert_ne!(first, Origin::traceparent());
+        assert_ne!(first, Origin::traceparent().to_string());
     }
 }

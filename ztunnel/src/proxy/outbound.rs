@@ -423,9 +423,7 @@ async fn open(context: &Context, netns: &Netns, captured: &Captured<'_>) -> Resu
         let (origin, traceparent) = said.get_or_insert_with(|| {
             let baggage = Origin::baggage_of(&pod.namespace, captured.name);
             let service_host = service.as_ref().map(|service| service.hostname.clone());
-            // A new trace, not sampled; the connection keeps it as is (no text on the heap) to
-            // log it at the close.
-            (Origin { source: peer, service_host, baggage, via: String::new() }, SpanContext::root(false))
+            (Origin { source: peer, service_host, baggage, via: String::new() }, Origin::traceparent())
         });
         let dial = NetnsDial { netns, source: peer.ip() };
         match Box::pin(context.pool.open(&dial, &cert, &via, addr, origin, &traceparent.to_string())).await {
