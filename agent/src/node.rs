@@ -3,7 +3,8 @@
 //! step. Enrolling is fail-safe — hand the pod to ztunnel, wait for its ack (its listeners are
 //! bound), then switch capture on; leaving is the reverse. A ztunnel that (re)connects gets the
 //! whole snapshot. After a restart the pinned capture is adopted, and enrollments of pods that
-//! vanished meanwhile are removed once a snapshot has been delivered.
+//! vanished meanwhile are removed once a snapshot has been delivered. A pod whose sandbox was
+//! recreated (a new network namespace under the same uid) is enrolled again in the new one.
 use std::{
     collections::{BTreeMap, HashMap},
     fs::File,
@@ -105,11 +106,13 @@ pub async fn run<C: Capture>(
     let mut incoming = handoff::Server::bind(&config.zds_socket, &config.proc_root)?.incoming();
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
+    // A pod's sandbox is recreated only with a change of its status (its containers restart).
+    let mut pods_changed = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = changed.recv() => {}
+            Some(()) = changed.recv() => pods_changed = true,
             _ = retry.tick() => {}
             // Always listening: during an upgrade the new ztunnel connects while the old one
             // still serves; the newer takes the pods over (its inbound listeners replace the old
@@ -143,6 +146,9 @@ pub async fn run<C: Capture>(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
         let wanted = wanted(&pods, &namespaces, agent.config.labels);
+        if std::mem::take(&mut pods_changed) {
+            agent.forget_replaced_sandboxes();
+        }
         // Shutdown never waits for ztunnel (each request is bounded anyway).
         tokio::select! {
             () = &mut shutdown => break,
@@ -378,6 +384,41 @@ impl<C: Capture> Agent<'_, C> {
         restore_pod(uid, &enrolled.netns, &self.config.proc_root);
         tracing::info!(pod = %uid, name = %enrolled.wanted.name, "left the mesh");
         self.status.remove(uid);
+    }
+
+    /// Forgets the enrollment of every pod whose sandbox was recreated: the same uid, its
+    /// processes in a new network namespace (the kubelet replaced a dead sandbox; with static
+    /// addressing even the IPs stay). Reconcile then enrolls the new namespace as it would a new
+    /// pod's; until then that namespace is not captured, like any pod's before enrollment. The
+    /// old namespace's capture goes now: nothing runs there any more. A pod with no process at
+    /// all (between two sandboxes) is left as it is.
+    fn forget_replaced_sandboxes(&mut self) {
+        if self.enrolled.is_empty() {
+            return;
+        }
+        let running = match podns::namespaces(&self.config.proc_root) {
+            Ok(running) => running,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for recreated pod sandboxes");
+                return;
+            }
+        };
+        let replaced: Vec<String> = self
+            .enrolled
+            .iter()
+            .filter(|(uid, enrolled)| {
+                let Some(now) = running.get(uid.as_str()) else { return false };
+                podns::identity(&enrolled.netns).is_ok_and(|identity| !now.contains(&identity))
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in replaced {
+            let Some(old) = self.enrolled.remove(&uid) else { continue };
+            tracing::info!(pod = %uid, name = %old.wanted.name, cookie = old.cookie, "the pod's sandbox was recreated; enrolling its new network namespace");
+            if let Err(error) = self.capture.unenroll(old.cookie) {
+                tracing::warn!(pod = %uid, %error, "un-enrolling the old sandbox failed");
+            }
+        }
     }
 
     /// Returns every enrolled pod to plain networking (Weft is being removed): capture and the

@@ -1,10 +1,19 @@
 //! Finding a pod's network namespace on the node without a CNI plugin, the way the node lays it
 //! out: the kubelet puts each pod's processes in a cgroup whose path contains `pod<uid>` (with
 //! dashes, or underscores under the systemd driver); any such process's `/proc/<pid>/ns/net`
-//! is the pod's namespace. Work inside one ([`run_in`]) happens on a short-lived thread, so the
+//! is the pod's namespace ([`open`]; [`namespaces`] maps every pod to its namespaces at once, so
+//! a recreated sandbox shows). Work inside one ([`run_in`]) happens on a short-lived thread, so the
 //! agent's own threads never change namespace; [`established_elsewhere`] counts the connections
 //! a pod opened before capture, which stay outside the mesh until they close.
-use std::{collections::HashSet, fs::File, io, net::SocketAddr, os::fd::AsRawFd, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io,
+    net::SocketAddr,
+    ops::ControlFlow,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::Path,
+};
 
 use weft_ebpf_common::{PROXY_MARK, PROXY_MARK_MASK};
 
@@ -25,8 +34,47 @@ pub enum Error {
 
 /// Opens the network namespace of the pod with `uid`, looking through `proc_root` (`/proc`).
 pub fn open(proc_root: &Path, uid: &str) -> Result<File, Error> {
-    let dashed = format!("pod{uid}");
-    let underscored = format!("pod{}", uid.replace('-', "_"));
+    let mut found = None;
+    scan(proc_root, |pid, pods| {
+        if pods.iter().any(|pod| pod == uid) {
+            found = Some(proc_root.join(pid).join("ns/net"));
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    })?;
+    let path = found
+        .ok_or_else(|| Error::NotFound { uid: uid.to_owned(), proc_root: proc_root.display().to_string() })?;
+    File::open(&path).map_err(|source| Error::Io { path: path.display().to_string(), source })
+}
+
+/// A network namespace's identity: the device and inode of its `ns/net` file.
+pub type Identity = (u64, u64);
+
+/// The identity of the namespace `netns` refers to.
+pub fn identity(netns: &File) -> io::Result<Identity> {
+    let meta = netns.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Every pod with a process on the node, by uid: the namespaces its processes are in (one,
+/// unless a container made its own), in one pass through `proc_root`.
+pub fn namespaces(proc_root: &Path) -> Result<HashMap<String, HashSet<Identity>>, Error> {
+    let mut pods: HashMap<String, HashSet<Identity>> = HashMap::new();
+    scan(proc_root, |pid, uids| {
+        // A process that exits meanwhile is simply not counted.
+        if let Ok(meta) = std::fs::metadata(proc_root.join(pid).join("ns/net")) {
+            for uid in uids {
+                pods.entry(uid).or_default().insert((meta.dev(), meta.ino()));
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(pods)
+}
+
+/// Calls `each` with every process's pid and the pod uids its cgroup path names, until it
+/// breaks.
+fn scan(proc_root: &Path, mut each: impl FnMut(&str, Vec<String>) -> ControlFlow<()>) -> Result<(), Error> {
     let entries = std::fs::read_dir(proc_root)
         .map_err(|source| Error::Io { path: proc_root.display().to_string(), source })?;
     for entry in entries.flatten() {
@@ -37,17 +85,28 @@ pub fn open(proc_root: &Path, uid: &str) -> Result<File, Error> {
         let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid).join("cgroup")) else {
             continue; // the process exited meanwhile
         };
-        let systemd_slice = format!("-{underscored}.slice");
-        let in_pod = cgroups
-            .lines()
-            .any(|line| line.split('/').any(|part| part == dashed || part.ends_with(&systemd_slice)));
-        if in_pod {
-            let path = proc_root.join(pid).join("ns/net");
-            return File::open(&path)
-                .map_err(|source| Error::Io { path: path.display().to_string(), source });
+        let uids = pod_uids(&cgroups);
+        if !uids.is_empty() && each(pid, uids).is_break() {
+            break;
         }
     }
-    Err(Error::NotFound { uid: uid.to_owned(), proc_root: proc_root.display().to_string() })
+    Ok(())
+}
+
+/// The pod uids a process's `/proc/<pid>/cgroup` names: a path part `pod<uid>` (the cgroupfs
+/// driver), or `…-pod<uid with underscores>.slice` (the systemd driver).
+fn pod_uids(cgroups: &str) -> Vec<String> {
+    let mut uids = Vec::new();
+    for part in cgroups.lines().flat_map(|line| line.split('/')) {
+        let uid = match part.strip_suffix(".slice") {
+            Some(slice) => slice.rsplit_once("-pod").map(|(_, uid)| uid.replace('_', "-")),
+            None => part.strip_prefix("pod").map(str::to_owned),
+        };
+        if let Some(uid) = uid.filter(|uid| !uid.is_empty() && !uids.contains(uid)) {
+            uids.push(uid);
+        }
+    }
+    uids
 }
 
 /// Runs `work` on a fresh thread inside the network namespace `netns`, and returns its result.
@@ -118,6 +177,20 @@ mod tests {
     use weft_ebpf_common::DELIVERY_MARK;
 
     use super::*;
+
+    #[test]
+    fn pod_uids_are_read_from_either_cgroup_drivers_paths() {
+        let uid = "0a1b2c3d-0000-4000-8000-0123456789ab";
+        let cgroupfs = format!("0::/kubepods/besteffort/pod{uid}/c0ffee\n");
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-c0ffee.scope\n",
+            uid.replace('-', "_")
+        );
+        assert_eq!(pod_uids(&cgroupfs), [uid]);
+        assert_eq!(pod_uids(&systemd), [uid]);
+        assert!(pod_uids("0::/system.slice/containerd.service\n").is_empty());
+        assert!(pod_uids("0::/kubepods.slice/kubepods-besteffort.slice\n").is_empty());
+    }
 
     #[test]
     fn counts_the_pods_own_connections_with_other_hosts_only() {

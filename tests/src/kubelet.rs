@@ -172,6 +172,24 @@ impl Kubelet {
         Ok(())
     }
 
+    /// Reports the pod's container started again, `restarts` times in all, as a kubelet does
+    /// once it replaced the pod's dead sandbox (and with it every container).
+    pub async fn report_restarted(&self, namespace: &str, name: &str, restarts: i32) -> anyhow::Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let status = json!({ "status": { "containerStatuses": [{
+            "name": "app",
+            "image": "weft.dev/test-app",
+            "imageID": "",
+            "ready": true,
+            "restartCount": restarts,
+            "state": { "running": {} },
+        }]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .with_context(|| format!("reporting pod {namespace}/{name} restarted"))?;
+        Ok(())
+    }
+
     /// Annotates the pod as captured, as its node's agent does once capture is on, for tests
     /// whose agents enroll statically or that run none: only then does the control plane tell
     /// proxies to tunnel to it.

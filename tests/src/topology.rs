@@ -188,7 +188,29 @@ impl Topology {
             netns,
         };
         defer_cgroup(&mut self.guard, &pod.cgroup);
-        wire_pod(&node_ref, &pod, host)?;
+        self.start_sandbox(pod)
+    }
+
+    /// Removes the pod with `uid`: its processes, cgroup and namespace (and so its veth).
+    pub fn remove_pod(&mut self, uid: &str) -> anyhow::Result<()> {
+        self.end_sandbox(uid).map(drop)
+    }
+
+    /// Replaces the sandbox of the pod with `uid`, as a kubelet does when it died: every process
+    /// of the pod ends and its namespace goes (and its veth with it); a new namespace under the
+    /// same name gets the same addresses (static addressing, or an IPAM that kept them) and a
+    /// new pause process in the pod's cgroup. Returns the pod, whose `netns` now names the new
+    /// namespace.
+    pub fn recreate_sandbox(&mut self, uid: &str) -> anyhow::Result<Pod> {
+        let pod = self.end_sandbox(uid)?;
+        process::create_cgroup(&pod.cgroup)?;
+        let pod = Pod { netns: NetNs::create(pod.netns.name())?, ..pod };
+        self.start_sandbox(pod)
+    }
+
+    /// Wires `pod`'s namespace to its node and starts its pause process.
+    fn start_sandbox(&mut self, pod: Pod) -> anyhow::Result<Pod> {
+        wire_pod(&self.nodes[pod.node], &pod, pod_host(&pod))?;
         let mut pause = Command::new("sleep");
         pause.arg("infinity").stdin(Stdio::null()).stdout(Stdio::null());
         let pause = pod.spawn(pause)?;
@@ -196,8 +218,9 @@ impl Topology {
         Ok(pod)
     }
 
-    /// Removes the pod with `uid`: its processes, cgroup and namespace (and so its veth).
-    pub fn remove_pod(&mut self, uid: &str) -> anyhow::Result<()> {
+    /// Ends every process of the pod with `uid` and removes its cgroup, namespace and veth;
+    /// returns the pod.
+    fn end_sandbox(&mut self, uid: &str) -> anyhow::Result<Pod> {
         let at = self
             .pods
             .iter()
@@ -210,7 +233,8 @@ impl Topology {
         // down only asynchronously, and the next pod on this address needs the name.
         let node = &self.nodes[pod.node];
         node.netns.ip(&["link", "delete", &format!("vp{}", pod_host(&pod))])?;
-        NetNs::delete_named(pod.netns.name())
+        NetNs::delete_named(pod.netns.name())?;
+        Ok(pod)
     }
 }
 

@@ -353,6 +353,53 @@ async fn a_pod_shutting_down_stays_in_the_mesh_until_its_containers_are_gone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_sandbox_is_recreated_is_captured_again_in_its_new_namespace() {
+    let Shop {
+        mut cluster,
+        client,
+        server: _server,
+        echo: _echo,
+        plane: _plane,
+        mut mesh,
+        canary,
+        monitor,
+        to,
+    } = Shop::start().await.unwrap();
+    tokio::task::block_in_place(|| {
+        mesh.wait_until_tunnelled(WAIT).unwrap();
+        assert_eq!(plaintext_frames(&monitor, &client, to, &canary), 0, "plaintext before the restart");
+    });
+
+    // The kubelet replaces the client's dead sandbox: the same uid and addresses, a new
+    // namespace; then its container runs again. The client's pooled tunnel went with the old
+    // namespace.
+    let client = cluster.topology_mut().recreate_sandbox(&client.uid).unwrap();
+    cluster.kubelet().report_restarted("shop", "client", 1).await.unwrap();
+    tokio::task::block_in_place(|| {
+        let agent = mesh.agent(0);
+        agent
+            .wait_for(|line| line.contains("sandbox was recreated") && line.contains("name=client"), WAIT)
+            .unwrap();
+        agent.wait_for(|line| line.contains(" enrolled") && line.contains("name=client"), WAIT).unwrap();
+        assert_eq!(
+            plaintext_frames(&monitor, &client, to, &canary),
+            0,
+            "the new sandbox's traffic escaped the mesh"
+        );
+        assert_eq!(proxy_setup(&client), [true; 3], "the new sandbox lacks the proxy's setup");
+    });
+    let dump = apps::json_body(&mesh.agent_get(0, "/config_dump").unwrap());
+    assert_eq!(dump["pods"][client.uid.as_str()]["state"], "enrolled", "{dump}");
+    let pinned = cluster.topology().nodes()[0].bpffs_root.join("links");
+    let sk_lookup_links = std::fs::read_dir(&pinned)
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("sk_lookup-"))
+        .count();
+    assert_eq!(sk_lookup_links, 1, "the old sandbox's inbound capture is still pinned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_opened_before_enrollment_are_reported_as_outside_the_mesh() {
     let mut cluster = Cluster::start(2).await.unwrap();
     let client =

@@ -45,8 +45,11 @@ impl Pods {
             return Ok(());
         }
         // Otherwise re-adding replaces: the old listeners close first so the new ones own the
-        // ports.
-        self.running.remove(&pod.uid);
+        // ports. The tunnels pooled for the old proxy were opened in its namespace (a recreated
+        // sandbox's, gone with its interface): the new one's connections must not ride them.
+        if let Some(old) = self.running.remove(&pod.uid) {
+            self.context.pool.forget_source(&old.addresses);
+        }
         let proxy = PodProxy::start(self.context.clone(), pod.clone(), netns).await.map_err(|error| {
             let message = format!("{error:#}");
             tracing::warn!(pod = %pod.uid, error = %message, "pod proxy failed to start");
