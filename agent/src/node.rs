@@ -28,6 +28,8 @@ use crate::{
 
 /// How often failed enrollments (netns not found yet, ztunnel refused) are retried.
 const RETRY: Duration = Duration::from_secs(1);
+/// How often the agent looks for recreated sandboxes without a pod event to prompt it.
+const SANDBOX_CHECK: Duration = Duration::from_secs(10);
 
 /// Where this agent runs.
 #[derive(Debug, Clone)]
@@ -106,14 +108,18 @@ pub async fn run<C: Capture>(
     let mut incoming = handoff::Server::bind(&config.zds_socket, &config.proc_root)?.incoming();
     let mut agent = Agent { config, capture, enrolled: HashMap::new(), session: None, ready: false, status };
     let mut retry = tokio::time::interval(RETRY);
-    // A pod's sandbox is recreated only with a change of its status (its containers restart).
-    let mut pods_changed = false;
+    // A recreated sandbox comes with a change of the pod's status (its containers restart),
+    // which may reach the agent before the new sandbox's processes do: the slow tick catches
+    // those.
+    let mut sandbox_check = tokio::time::interval(SANDBOX_CHECK);
+    let mut check_sandboxes = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            Some(()) = changed.recv() => pods_changed = true,
+            Some(()) = changed.recv() => check_sandboxes = true,
             _ = retry.tick() => {}
+            _ = sandbox_check.tick() => check_sandboxes = true,
             // Always listening: during an upgrade the new ztunnel connects while the old one
             // still serves; the newer takes the pods over (its inbound listeners replace the old
             // one's in capture; the other ports are shared by both until the old one stops and
@@ -146,13 +152,16 @@ pub async fn run<C: Capture>(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
         let wanted = wanted(&pods, &namespaces, agent.config.labels);
-        if std::mem::take(&mut pods_changed) {
-            agent.forget_replaced_sandboxes();
-        }
+        let check_sandboxes = std::mem::take(&mut check_sandboxes);
         // Shutdown never waits for ztunnel (each request is bounded anyway).
         tokio::select! {
             () = &mut shutdown => break,
-            () = agent.reconcile(&wanted) => {}
+            () = async {
+                if check_sandboxes {
+                    agent.leave_replaced_sandboxes().await;
+                }
+                agent.reconcile(&wanted).await;
+            } => {}
         }
         if agent.session.as_ref().is_some_and(handoff::Session::broken) {
             // Closing it makes ztunnel reconnect and take the whole snapshot again.
@@ -386,13 +395,14 @@ impl<C: Capture> Agent<'_, C> {
         self.status.remove(uid);
     }
 
-    /// Forgets the enrollment of every pod whose sandbox was recreated: the same uid, its
-    /// processes in a new network namespace (the kubelet replaced a dead sandbox; with static
-    /// addressing even the IPs stay). Reconcile then enrolls the new namespace as it would a new
-    /// pod's; until then that namespace is not captured, like any pod's before enrollment. The
-    /// old namespace's capture goes now: nothing runs there any more. A pod with no process at
-    /// all (between two sandboxes) is left as it is.
-    fn forget_replaced_sandboxes(&mut self) {
+    /// Takes out of the mesh every pod whose sandbox was recreated: the same uid, its processes
+    /// in another network namespace than the enrolled one (the kubelet replaced a dead sandbox;
+    /// with static addressing even the IPs stay). Reconcile then enrolls the new namespace as
+    /// it would a new pod's; until then that namespace is not captured, like any pod's before
+    /// enrollment. A pod with no process at all (between two sandboxes) is left as it is, and
+    /// so is one with a process still in the enrolled namespace (a container that made a
+    /// namespace of its own).
+    async fn leave_replaced_sandboxes(&mut self) {
         if self.enrolled.is_empty() {
             return;
         }
@@ -403,21 +413,18 @@ impl<C: Capture> Agent<'_, C> {
                 return;
             }
         };
-        let replaced: Vec<String> = self
+        let replaced: Vec<(String, String)> = self
             .enrolled
             .iter()
             .filter(|(uid, enrolled)| {
                 let Some(now) = running.get(uid.as_str()) else { return false };
                 podns::identity(&enrolled.netns).is_ok_and(|identity| !now.contains(&identity))
             })
-            .map(|(uid, _)| uid.clone())
+            .map(|(uid, enrolled)| (uid.clone(), enrolled.wanted.name.clone()))
             .collect();
-        for uid in replaced {
-            let Some(old) = self.enrolled.remove(&uid) else { continue };
-            tracing::info!(pod = %uid, name = %old.wanted.name, cookie = old.cookie, "the pod's sandbox was recreated; enrolling its new network namespace");
-            if let Err(error) = self.capture.unenroll(old.cookie) {
-                tracing::warn!(pod = %uid, %error, "un-enrolling the old sandbox failed");
-            }
+        for (uid, name) in replaced {
+            tracing::info!(pod = %uid, %name, "the pod's sandbox was recreated; enrolling its new network namespace");
+            self.leave(&uid).await;
         }
     }
 
@@ -503,17 +510,22 @@ impl<C: Capture> Agent<'_, C> {
     }
 
     /// Removes pinned enrollments and handovers of pods that are neither enrolled now nor
-    /// wanted (matched by address, since a wanted pod whose join is still pending has no known
-    /// cookie yet): a wanted pod's capture is never dropped.
+    /// wanted and still joining (matched by address, since a wanted pod whose join is still
+    /// pending has no known cookie yet): such a pod's capture is never dropped. A wanted pod
+    /// enrolled under another cookie had its sandbox recreated while no agent ran: its old
+    /// namespace's capture goes.
     fn sweep_stale(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let known: Vec<u64> = self.enrolled.values().map(|enrolled| enrolled.cookie).collect();
-        let wanted_addresses: Vec<weft_ebpf_common::Enrolled> =
-            wanted.values().map(|pod| pod.addrs.to_map_value()).collect();
+        let joining: Vec<weft_ebpf_common::Enrolled> = wanted
+            .iter()
+            .filter(|(uid, _)| !self.enrolled.contains_key(*uid))
+            .map(|(_, pod)| pod.addrs.to_map_value())
+            .collect();
         match self.capture.pods() {
             Ok(pinned) => {
-                let stale = pinned.into_iter().filter(|(cookie, addresses)| {
-                    !known.contains(cookie) && !wanted_addresses.contains(addresses)
-                });
+                let stale = pinned
+                    .into_iter()
+                    .filter(|(cookie, addresses)| !known.contains(cookie) && !joining.contains(addresses));
                 for (cookie, addresses) in stale {
                     let (ipv4, ipv6) = addresses.addresses();
                     tracing::info!(

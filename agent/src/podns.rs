@@ -1,10 +1,11 @@
 //! Finding a pod's network namespace on the node without a CNI plugin, the way the node lays it
 //! out: the kubelet puts each pod's processes in a cgroup whose path contains `pod<uid>` (with
-//! dashes, or underscores under the systemd driver); any such process's `/proc/<pid>/ns/net`
-//! is the pod's namespace ([`open`]; [`namespaces`] maps every pod to its namespaces at once, so
-//! a recreated sandbox shows). Work inside one ([`run_in`]) happens on a short-lived thread, so the
-//! agent's own threads never change namespace; [`established_elsewhere`] counts the connections
-//! a pod opened before capture, which stay outside the mesh until they close.
+//! dashes, or underscores under the systemd driver); such a process's `/proc/<pid>/ns/net`, if
+//! it is not the node's own, is the pod's namespace ([`open`]; [`namespaces`] maps every pod to
+//! its processes' namespaces at once, so a recreated sandbox shows). Work inside one
+//! ([`run_in`]) happens on a short-lived thread, so the agent's own threads never change
+//! namespace; [`established_elsewhere`] counts the connections a pod opened before capture,
+//! which stay outside the mesh until they close.
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
@@ -35,7 +36,7 @@ pub enum Error {
 /// Opens the network namespace of the pod with `uid`, looking through `proc_root` (`/proc`).
 pub fn open(proc_root: &Path, uid: &str) -> Result<File, Error> {
     let mut found = None;
-    scan(proc_root, |pid, pods| {
+    scan(proc_root, |pid, pods, _| {
         if pods.iter().any(|pod| pod == uid) {
             found = Some(proc_root.join(pid).join("ns/net"));
             return ControlFlow::Break(());
@@ -60,21 +61,26 @@ pub fn identity(netns: &File) -> io::Result<Identity> {
 /// unless a container made its own), in one pass through `proc_root`.
 pub fn namespaces(proc_root: &Path) -> Result<HashMap<String, HashSet<Identity>>, Error> {
     let mut pods: HashMap<String, HashSet<Identity>> = HashMap::new();
-    scan(proc_root, |pid, uids| {
-        // A process that exits meanwhile is simply not counted.
-        if let Ok(meta) = std::fs::metadata(proc_root.join(pid).join("ns/net")) {
-            for uid in uids {
-                pods.entry(uid).or_default().insert((meta.dev(), meta.ino()));
-            }
+    scan(proc_root, |_, uids, netns| {
+        for uid in uids {
+            pods.entry(uid).or_default().insert(netns);
         }
         ControlFlow::Continue(())
     })?;
     Ok(pods)
 }
 
-/// Calls `each` with every process's pid and the pod uids its cgroup path names, until it
-/// breaks.
-fn scan(proc_root: &Path, mut each: impl FnMut(&str, Vec<String>) -> ControlFlow<()>) -> Result<(), Error> {
+/// Calls `each` with the pid, the pod uids its cgroup path names and the network namespace of
+/// every process of a pod, until it breaks. A process in a pod's cgroup but in the node's
+/// namespace (this agent's, which runs on the host network) is not the pod's yet, or never
+/// will be: a runtime's process between joining the cgroup and entering the sandbox (`runc
+/// init`), or a monitor kept in the pod's cgroup (CRI-O's `conmon`). A process that exits
+/// meanwhile is skipped.
+fn scan(
+    proc_root: &Path,
+    mut each: impl FnMut(&str, Vec<String>, Identity) -> ControlFlow<()>,
+) -> Result<(), Error> {
+    let node = std::fs::metadata("/proc/self/ns/net").ok().map(|meta| (meta.dev(), meta.ino()));
     let entries = std::fs::read_dir(proc_root)
         .map_err(|source| Error::Io { path: proc_root.display().to_string(), source })?;
     for entry in entries.flatten() {
@@ -83,10 +89,17 @@ fn scan(proc_root: &Path, mut each: impl FnMut(&str, Vec<String>) -> ControlFlow
             continue;
         };
         let Ok(cgroups) = std::fs::read_to_string(proc_root.join(pid).join("cgroup")) else {
-            continue; // the process exited meanwhile
+            continue;
         };
         let uids = pod_uids(&cgroups);
-        if !uids.is_empty() && each(pid, uids).is_break() {
+        if uids.is_empty() {
+            continue;
+        }
+        let Ok(meta) = std::fs::metadata(proc_root.join(pid).join("ns/net")) else {
+            continue;
+        };
+        let netns = (meta.dev(), meta.ino());
+        if Some(netns) != node && each(pid, uids, netns).is_break() {
             break;
         }
     }

@@ -128,14 +128,16 @@ impl Process {
         // opened before the fork (no allocation, no locks).
         unsafe {
             command.pre_exec(move || {
+                // The namespace first: in a pod's cgroup, a process is in the pod's namespace
+                // from the start, so the agent never takes the test runner's for the pod's.
+                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 if let Some(fd) = procs_fd {
                     // Writing "0" moves the writing process itself.
                     if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                         return Err(std::io::Error::last_os_error());
                     }
-                }
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
                 }
                 if let Some(fd) = mount_ns_fd
                     && libc::setns(fd, libc::CLONE_NEWNS) != 0

@@ -388,15 +388,33 @@ async fn a_pod_whose_sandbox_is_recreated_is_captured_again_in_its_new_namespace
         );
         assert_eq!(proxy_setup(&client), [true; 3], "the new sandbox lacks the proxy's setup");
     });
-    let dump = apps::json_body(&mesh.agent_get(0, "/config_dump").unwrap());
-    assert_eq!(dump["pods"][client.uid.as_str()]["state"], "enrolled", "{dump}");
     let pinned = cluster.topology().nodes()[0].bpffs_root.join("links");
-    let sk_lookup_links = std::fs::read_dir(&pinned)
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("sk_lookup-"))
-        .count();
-    assert_eq!(sk_lookup_links, 1, "the old sandbox's inbound capture is still pinned");
+    let enrolled_once = |mesh: &Mesh| {
+        let dump = apps::json_body(&mesh.agent_get(0, "/config_dump").unwrap());
+        assert_eq!(dump["pods"][client.uid.as_str()]["state"], "enrolled", "{dump}");
+        let sk_lookup_links = std::fs::read_dir(&pinned)
+            .unwrap()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("sk_lookup-"))
+            .count();
+        assert_eq!(sk_lookup_links, 1, "the old sandbox's inbound capture is still pinned");
+    };
+    enrolled_once(&mesh);
+
+    // The same while the node's agent is down: the restarted agent enrolls the new namespace,
+    // and ztunnel, handed the pod's uid with another namespace, replaces its proxy there.
+    mesh.kill_agent(0).unwrap();
+    let client = cluster.topology_mut().recreate_sandbox(&client.uid).unwrap();
+    cluster.kubelet().report_restarted("shop", "client", 2).await.unwrap();
+    tokio::task::block_in_place(|| {
+        mesh.start_agent(0).unwrap();
+        assert_eq!(
+            plaintext_frames(&monitor, &client, to, &canary),
+            0,
+            "the sandbox recreated while no agent ran escaped the mesh"
+        );
+    });
+    enrolled_once(&mesh);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

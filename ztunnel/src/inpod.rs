@@ -45,8 +45,9 @@ impl Pods {
             return Ok(());
         }
         // Otherwise re-adding replaces: the old listeners close first so the new ones own the
-        // ports. The tunnels pooled for the old proxy were opened in its namespace (a recreated
-        // sandbox's, gone with its interface): the new one's connections must not ride them.
+        // ports. The tunnels pooled for the old proxy were opened in its namespace, which may
+        // be gone with its interface (a recreated sandbox's, announced by a restarted agent):
+        // the new one's connections must not ride them.
         if let Some(old) = self.running.remove(&pod.uid) {
             self.context.pool.forget_source(&old.addresses);
         }
