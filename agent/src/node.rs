@@ -509,11 +509,10 @@ impl<C: Capture> Agent<'_, C> {
         }
     }
 
-    /// Removes pinned enrollments and handovers of pods that are neither enrolled now nor
-    /// wanted and still joining (matched by address, since a wanted pod whose join is still
-    /// pending has no known cookie yet): such a pod's capture is never dropped. A wanted pod
-    /// enrolled under another cookie had its sandbox recreated while no agent ran: its old
-    /// namespace's capture goes.
+    /// Removes pinned enrollments and handovers nobody accounts for: not an enrolled pod's, and
+    /// without the addresses of a wanted pod not enrolled yet (whose join is pending: it has no
+    /// known cookie, and its capture is never dropped). So a wanted pod enrolled under another
+    /// cookie, whose sandbox was recreated while no agent ran, loses its old namespace's.
     fn sweep_stale(&mut self, wanted: &BTreeMap<String, Wanted>) {
         let known: Vec<u64> = self.enrolled.values().map(|enrolled| enrolled.cookie).collect();
         let joining: Vec<weft_ebpf_common::Enrolled> = wanted
