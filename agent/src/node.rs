@@ -152,12 +152,12 @@ pub async fn run<C: Capture>(
             Some(ended) = watchers.join_next() => anyhow::bail!("a Kubernetes watch ended: {ended:?}"),
         }
         let wanted = wanted(&pods, &namespaces, agent.config.labels);
-        let check_sandboxes = std::mem::take(&mut check_sandboxes);
+        let look_for_new_sandboxes = std::mem::take(&mut check_sandboxes);
         // Shutdown never waits for ztunnel (each request is bounded anyway).
         tokio::select! {
             () = &mut shutdown => break,
             () = async {
-                if check_sandboxes {
+                if look_for_new_sandboxes {
                     agent.leave_replaced_sandboxes().await;
                 }
                 agent.reconcile(&wanted).await;

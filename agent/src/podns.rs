@@ -53,8 +53,12 @@ pub type Identity = (u64, u64);
 
 /// The identity of the namespace `netns` refers to.
 pub fn identity(netns: &File) -> io::Result<Identity> {
-    let meta = netns.metadata()?;
-    Ok((meta.dev(), meta.ino()))
+    Ok(identity_of(&netns.metadata()?))
+}
+
+/// The identity of the namespace whose `ns/net` file has `meta`.
+fn identity_of(meta: &std::fs::Metadata) -> Identity {
+    (meta.dev(), meta.ino())
 }
 
 /// Every pod with a process on the node, by uid: the namespaces its processes are in (one,
@@ -80,7 +84,7 @@ fn scan(
     proc_root: &Path,
     mut each: impl FnMut(&str, Vec<String>, Identity) -> ControlFlow<()>,
 ) -> Result<(), Error> {
-    let node = std::fs::metadata("/proc/self/ns/net").ok().map(|meta| (meta.dev(), meta.ino()));
+    let node = std::fs::metadata("/proc/self/ns/net").ok().map(|meta| identity_of(&meta));
     let entries = std::fs::read_dir(proc_root)
         .map_err(|source| Error::Io { path: proc_root.display().to_string(), source })?;
     for entry in entries.flatten() {
@@ -98,7 +102,7 @@ fn scan(
         let Ok(meta) = std::fs::metadata(proc_root.join(pid).join("ns/net")) else {
             continue;
         };
-        let netns = (meta.dev(), meta.ino());
+        let netns = identity_of(&meta);
         if Some(netns) != node && each(pid, uids, netns).is_break() {
             break;
         }
