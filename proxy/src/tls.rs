@@ -15,16 +15,16 @@ use rustls::{
 
 use crate::identity::{Expected, Identity};
 
+pub mod handshake;
+pub mod records;
 mod tickets;
-pub(crate) mod transport;
 pub(crate) mod verify;
 
 #[cfg(feature = "testing")]
 pub mod test_ca;
 
-/// How much application data a TLS connection of HBONE takes before writing it out (rustls's
-/// default: 64 KiB): as much as a relay reads at a time, so that a chunk goes out in one
-/// `writev` rather than four.
+/// How much application data a TLS connection of HBONE seals before writing it out: as much as
+/// a relay reads at a time, so that a chunk goes out in one `writev`.
 pub const SEND_BUFFER: usize = crate::relay::CHUNK;
 
 /// ALPN protocol of HBONE.
@@ -62,7 +62,7 @@ impl Clone for WorkloadCert {
 /// The TLS acceptor for an identity's current certificate, rebuilt only when the certificate
 /// manager hands out another (a renewal), not per connection.
 #[derive(Default)]
-pub struct CurrentAcceptor(Option<(Arc<WorkloadCert>, tokio_rustls::TlsAcceptor)>);
+pub struct CurrentAcceptor(Option<(Arc<WorkloadCert>, Acceptor)>);
 
 impl std::fmt::Debug for CurrentAcceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,15 +72,32 @@ impl std::fmt::Debug for CurrentAcceptor {
 
 impl CurrentAcceptor {
     /// The acceptor presenting `cert`.
-    pub fn presenting(&mut self, cert: Arc<WorkloadCert>) -> Result<tokio_rustls::TlsAcceptor, Error> {
+    pub fn presenting(&mut self, cert: Arc<WorkloadCert>) -> Result<Acceptor, Error> {
         if let Some((cached, acceptor)) = &self.0
             && Arc::ptr_eq(cached, &cert)
         {
             return Ok(acceptor.clone());
         }
-        let acceptor = tokio_rustls::TlsAcceptor::from(server_config(&cert)?);
+        let acceptor = Acceptor::from(server_config(&cert)?);
         self.0 = Some((cert, acceptor.clone()));
         Ok(acceptor)
+    }
+}
+
+/// The server side of HBONE's TLS: a configuration, shared by the connections it accepts.
+#[derive(Clone, Debug)]
+pub struct Acceptor(Arc<ServerConfig>);
+
+impl From<Arc<ServerConfig>> for Acceptor {
+    fn from(config: Arc<ServerConfig>) -> Self {
+        Self(config)
+    }
+}
+
+impl Acceptor {
+    /// The server's handshake on an accepted connection.
+    pub async fn accept(&self, tcp: tokio::net::TcpStream) -> std::io::Result<handshake::Accepted> {
+        handshake::accept(self.0.clone(), tcp).await
     }
 }
 
@@ -131,6 +148,8 @@ pub fn server_config(cert: &WorkloadCert) -> Result<Arc<ServerConfig>, Error> {
         .with_single_cert(cert.chain.clone(), cert.key.clone_key())
         .map_err(Error::Config)?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // The records after the handshake are HBONE's own (`records`).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 
@@ -150,6 +169,7 @@ pub fn client_config(cert: &WorkloadCert, expected: &Expected) -> Result<Arc<Cli
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.enable_sni = false;
     config.resumption = rustls::client::Resumption::store(Arc::new(tickets::Tickets::default()));
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

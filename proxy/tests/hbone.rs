@@ -18,7 +18,7 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsConnector;
 use weft_proxy::{
     hbone::{
         self,
@@ -69,7 +69,7 @@ impl Handler for TestHandler {
 async fn hbone_server(cert: &WorkloadCert, handler: Arc<TestHandler>) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(tls::server_config(cert).unwrap());
+    let acceptor = tls::Acceptor::from(tls::server_config(cert).unwrap());
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
@@ -466,7 +466,8 @@ async fn two_proxies_agree_on_the_post_quantum_group_and_aes_128_gcm() {
     let ca = TestCa::new("mesh");
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(tls::server_config(&ca.issue(&server_id())).unwrap());
+    // The configurations are what is tested: rustls's own connections carry them here.
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&ca.issue(&server_id())).unwrap());
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let tls = acceptor.accept(tcp).await.unwrap();

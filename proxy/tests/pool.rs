@@ -16,7 +16,6 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use weft_proxy::{
     hbone::{
         self,
@@ -104,7 +103,7 @@ impl Peer {
         });
         let (accepted, hold) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(together)));
         let (acceptor, counter, holds) = (
-            TlsAcceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()),
+            tls::Acceptor::from(tls::server_config(&ca.issue(&server_id)).unwrap()),
             accepted.clone(),
             hold.clone(),
         );

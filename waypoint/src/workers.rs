@@ -141,7 +141,6 @@ mod tests {
         io::{AsyncReadExt, AsyncWriteExt},
         net::{TcpListener, TcpStream},
     };
-    use tokio_rustls::TlsAcceptor;
 
     use super::{Workers, current};
     use weft_proxy::{
@@ -249,7 +248,7 @@ mod tests {
         let ca = TestCa::new("mesh");
         let server = Identity::new("cluster.local", "shop", "waypoint");
         let client = ca.issue(&Identity::new("cluster.local", "shop", "client"));
-        let acceptor = TlsAcceptor::from(tls::server_config(&ca.issue(&server)).unwrap());
+        let acceptor = tls::Acceptor::from(tls::server_config(&ca.issue(&server)).unwrap());
         let workers = Workers::start(2).unwrap();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();

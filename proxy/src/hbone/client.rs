@@ -6,10 +6,9 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::{MAX_HEADER_LIST, Stream, window};
-use crate::tls::{self, transport::ReadAhead};
+use crate::tls::{self, records::TlsStream};
 
 /// How long the TLS and HTTP/2 handshakes may take together.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -98,7 +97,7 @@ pub struct Connection {
 }
 
 /// A connection's driver, as spawned.
-type Driver = h2::client::Connection<tokio_rustls::client::TlsStream<ReadAhead>, Bytes>;
+type Driver = h2::client::Connection<TlsStream, Bytes>;
 
 /// Drives a connection until it has no handles and no streams left, or until its peer stops
 /// answering PINGs (its streams then fail, and the pool drops it): a task for as long as the
@@ -128,12 +127,10 @@ impl Connection {
             .peer_addr()
             .map_err(|source| Error::Tls { peer: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
         let handshake = async {
-            let mut tls = TlsConnector::from(config)
-                .connect(tls::resumption_name(peer.ip()), ReadAhead::new(tcp))
+            let (tls, kind) = tls::handshake::connect(config, tls::resumption_name(peer.ip()), tcp)
                 .await
                 .map_err(|source| Error::Tls { peer, source })?;
-            let resumed = super::resumed(tls.get_ref().1.handshake_kind());
-            tls.get_mut().1.set_buffer_limit(Some(tls::SEND_BUFFER));
+            let resumed = super::resumed(kind);
             let h2 = h2::client::Builder::new()
                 .initial_window_size(window::STREAM)
                 .initial_connection_window_size(window::CONNECTION)

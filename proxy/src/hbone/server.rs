@@ -14,12 +14,11 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 use tokio::{net::TcpStream, task::JoinSet};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
 use super::{MAX_HEADER_LIST, Stream, window};
 use crate::{
     identity::Identity,
-    tls::{self, transport::ReadAhead},
+    tls::{self, Acceptor, records::TlsStream},
     trace_context::SpanContext,
 };
 
@@ -241,23 +240,22 @@ impl ResetBudget {
 /// identity.
 async fn handshake<H: Handler>(
     tcp: TcpStream,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     handler: &H,
-) -> Result<(h2::server::Connection<TlsStream<ReadAhead>, Bytes>, Identity), Error> {
+) -> Result<(h2::server::Connection<TlsStream, Bytes>, Identity), Error> {
     let started = Instant::now();
-    let mut tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(ReadAhead::new(tcp)))
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(Error::Tls)?;
-    tls.get_mut().1.set_buffer_limit(Some(tls::SEND_BUFFER));
-    let session = tls.get_ref().1;
-    let handshake = super::Handshake::new(started.elapsed(), session.handshake_kind());
+    let certificates = accepted.peer_certificates.as_deref();
+    let handshake = super::Handshake::new(started.elapsed(), accepted.kind);
     if handshake.resumed {
-        tls::still_valid(session.peer_certificates(), std::time::SystemTime::now())
-            .map_err(Error::Identity)?;
+        tls::still_valid(certificates, std::time::SystemTime::now()).map_err(Error::Identity)?;
     }
     handler.tls_established(handshake);
-    let peer = tls::peer_identity(session.peer_certificates()).map_err(Error::Identity)?;
+    let peer = tls::peer_identity(certificates).map_err(Error::Identity)?;
+    let tls = accepted.stream;
     let connection = h2::server::Builder::new()
         .initial_window_size(window::STREAM)
         .initial_connection_window_size(window::CONNECTION)
@@ -273,7 +271,7 @@ async fn handshake<H: Handler>(
 /// Serves one accepted TCP connection until the client closes it; streams run concurrently.
 pub async fn serve_connection<H: Handler>(
     tcp: TcpStream,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     handler: Arc<H>,
 ) -> Result<(), Error> {
     let source = tcp.peer_addr().map_err(Error::Io)?;

@@ -11,7 +11,6 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinSet,
 };
-use tokio_rustls::TlsAcceptor;
 
 use super::{Context, InboundPlaintext, Pod, canonical, deliver::Deliverer, is_proxy_port};
 use weft_proxy::{
@@ -77,7 +76,7 @@ async fn acceptor_for(
     context: &Context,
     identity: &Identity,
     current: &mut CurrentAcceptor,
-) -> Result<TlsAcceptor, String> {
+) -> Result<weft_proxy::tls::Acceptor, String> {
     let cert = context.identities.fetch(identity).await.map_err(|error| error.to_string())?;
     current.presenting(cert).map_err(|error| error.to_string())
 }

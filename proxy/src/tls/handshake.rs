@@ -1,0 +1,185 @@
+//! HBONE's TLS handshakes, driven through rustls's unbuffered API: rustls does the handshake
+//! in buffers of ours, then hands over its secrets, so that the connection's records are read
+//! and written by [`super::records`].
+use std::{io, ops::DerefMut, sync::Arc};
+
+use bytes::{Buf, BytesMut};
+use rustls::{
+    ClientConfig, HandshakeKind, ServerConfig, SupportedCipherSuite,
+    client::{ClientConnectionData, UnbufferedClientConnection},
+    pki_types::{CertificateDer, ServerName},
+    server::{ServerConnectionData, UnbufferedServerConnection},
+    unbuffered::{ConnectionState, EncodeError, UnbufferedConnectionCommon, UnbufferedStatus},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use super::records::{Handover, Kernel, TlsStream, protocol_error, tls_error};
+
+/// What one read of the handshake takes from the socket at most: a flight with a certificate
+/// chain fits.
+const HANDSHAKE_READ: usize = 16 * 1024;
+
+/// A server's side of an accepted connection, once its handshake is done.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: TlsStream,
+    pub kind: Option<HandshakeKind>,
+    /// The client's chain, leaf first.
+    pub peer_certificates: Option<Vec<CertificateDer<'static>>>,
+}
+
+/// The server's handshake on `tcp`, per `config` (which must allow secret extraction, as
+/// [`super::server_config`]'s does).
+pub async fn accept(config: Arc<ServerConfig>, mut tcp: TcpStream) -> io::Result<Accepted> {
+    let mut conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
+    let flight = drive(&mut conn, &mut tcp).await?;
+    let kind = conn.handshake_kind();
+    let peer_certificates = conn.peer_certificates().map(<[_]>::to_vec);
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    let suite = kernel.negotiated_cipher_suite();
+    let stream = TlsStream::new(tcp, handover(Kernel::Server(kernel), suite, secrets, flight)?)?;
+    Ok(Accepted { stream, kind, peer_certificates })
+}
+
+/// The client's handshake on `tcp`, per `config` (which must allow secret extraction, as
+/// [`super::client_config`]'s does); `name` keys its session tickets.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+    mut tcp: TcpStream,
+) -> io::Result<(TlsStream, Option<HandshakeKind>)> {
+    let mut conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
+    let flight = drive(&mut conn, &mut tcp).await?;
+    let kind = conn.handshake_kind();
+    let (secrets, kernel) = conn.dangerous_into_kernel_connection().map_err(tls_error)?;
+    let suite = kernel.negotiated_cipher_suite();
+    Ok((TlsStream::new(tcp, handover(Kernel::Client(kernel), suite, secrets, flight)?)?, kind))
+}
+
+fn handover(
+    kernel: Kernel,
+    suite: SupportedCipherSuite,
+    secrets: rustls::ExtractedSecrets,
+    flight: Flight,
+) -> io::Result<Handover> {
+    let SupportedCipherSuite::Tls13(suite) = suite else {
+        return Err(protocol_error("a TLS 1.2 connection, which HBONE's configuration never allows"));
+    };
+    Ok(Handover {
+        kernel,
+        aead: suite.aead_alg,
+        confidentiality_limit: suite.common.confidentiality_limit,
+        tx: secrets.tx,
+        rx: secrets.rx,
+        read: flight.incoming,
+        plaintext: flight.plaintext,
+    })
+}
+
+/// Either side of an unbuffered connection.
+trait Side: DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> {
+    type Data;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Side for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Side for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(&'c mut self, incoming: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// A handshake's buffers: what it read and has not processed (at its end: records past it),
+/// what it has to send, and any application data rustls opened.
+struct Flight {
+    incoming: BytesMut,
+    outgoing: Vec<u8>,
+    plaintext: Vec<u8>,
+}
+
+enum Next {
+    Process,
+    Read,
+    Done,
+}
+
+/// Runs the handshake until rustls may send and receive application data.
+async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight> {
+    let mut flight = Flight { incoming: BytesMut::new(), outgoing: Vec::new(), plaintext: Vec::new() };
+    loop {
+        let status = conn.process(&mut flight.incoming);
+        let mut discard = status.discard;
+        let next = match status.state.map_err(tls_error)? {
+            ConnectionState::EncodeTlsData(mut encode) => {
+                let start = flight.outgoing.len();
+                flight.outgoing.resize(start + HANDSHAKE_READ, 0);
+                let written = loop {
+                    match encode.encode(&mut flight.outgoing[start..]) {
+                        Ok(written) => break written,
+                        Err(EncodeError::InsufficientSize(needed)) => {
+                            flight.outgoing.resize(start + needed.required_size, 0);
+                        }
+                        Err(error) => return Err(protocol_error(&error.to_string())),
+                    }
+                };
+                flight.outgoing.truncate(start + written);
+                Next::Process
+            }
+            // Sent when the handshake waits for its peer or ends: one write a flight.
+            ConnectionState::TransmitTlsData(transmit) => {
+                transmit.done();
+                Next::Process
+            }
+            ConnectionState::BlockedHandshake => Next::Read,
+            // A server may send before the client's Finished; the handshake is not over then.
+            ConnectionState::WriteTraffic(_) => Next::Done,
+            ConnectionState::ReadTraffic(mut read) => {
+                while let Some(record) = read.next_record() {
+                    let record = record.map_err(tls_error)?;
+                    discard += record.discard;
+                    flight.plaintext.extend_from_slice(record.payload);
+                }
+                Next::Process
+            }
+            ConnectionState::PeerClosed | ConnectionState::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed TLS in its handshake",
+                ));
+            }
+            _ => return Err(protocol_error("early data, which HBONE's configuration never allows")),
+        };
+        flight.incoming.advance(discard);
+        match next {
+            Next::Process => {}
+            Next::Done | Next::Read => {
+                // Sent before waiting for the peer, and at the end: a client's Finished held for
+                // its first records would stall a server that waits for it before it speaks.
+                if !flight.outgoing.is_empty() {
+                    tcp.write_all(&flight.outgoing).await?;
+                    flight.outgoing.clear();
+                }
+                if matches!(next, Next::Done) && !conn.is_handshaking() {
+                    return Ok(flight);
+                }
+                flight.incoming.reserve(HANDSHAKE_READ);
+                if tcp.read_buf(&mut flight.incoming).await? == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection in the TLS handshake",
+                    ));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,603 @@
+//! HBONE's TLS 1.3 record layer, after rustls's handshake ([`super::handshake`]): records are
+//! read a socketful at a time into one buffer and decrypted where they lie, and h2 reads the
+//! plaintext from there. Through rustls's own connection each received byte was copied three
+//! times before h2 had it (the read-ahead into rustls's deframer, the decrypted record into a
+//! new `Vec`, that into h2's buffer), and `memmove` was a fifth of both proxies' CPU in a bulk
+//! transfer; here it is copied once, into h2's buffer.
+//!
+//! rustls still does what needs its state (its "kernel connection", made for kTLS): a key
+//! update's new secrets, and a client's session tickets, so that resumption keeps working.
+//! Its cipher suite's decrypter opens the records; [`Sealer`] seals them.
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use bytes::{Buf, BytesMut};
+use rustls::{
+    AlertDescription, ConnectionTrafficSecrets, ContentType, HandshakeType, ProtocolVersion,
+    client::ClientConnectionData,
+    crypto::cipher::{
+        AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, OutboundChunks, Tls13AeadAlgorithm,
+    },
+    kernel::KernelConnection,
+    server::ServerConnectionData,
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
+
+use crate::relay;
+
+/// The most plaintext one record carries (RFC 8446 §5.1).
+const MAX_FRAGMENT: usize = 16 * 1024;
+/// A record's header: type, legacy version, length.
+const HEADER: usize = 5;
+/// The longest record body a peer may send: the plaintext, its inner content type, padding and
+/// the AEAD's tag (RFC 8446 §5.2).
+const MAX_BODY: usize = MAX_FRAGMENT + 256;
+/// Post-handshake handshake messages (session tickets, key updates) are small; more than this
+/// waiting for the rest of a message is an attack, not a ticket.
+const MAX_HANDSHAKE_HELD: usize = 64 * 1024;
+/// A KeyUpdate message's type and length, before its one byte.
+const KEY_UPDATE_HEADER: [u8; 4] = [24, 0, 0, 1];
+/// The AEAD tag every suite of TLS 1.3 appends.
+const TAG: usize = 16;
+/// How far before the suite's confidentiality limit the sender moves to new keys: more records
+/// than one write seals.
+const REKEY_MARGIN: u64 = 1 << 16;
+/// `key_update`'s request field (RFC 8446 §4.6.3).
+const UPDATE_NOT_REQUESTED: u8 = 0;
+const UPDATE_REQUESTED: u8 = 1;
+
+/// rustls's part of a connection after its handshake: each side's own API.
+pub(crate) enum Kernel {
+    Client(KernelConnection<ClientConnectionData>),
+    Server(KernelConnection<ServerConnectionData>),
+}
+
+impl Kernel {
+    fn update_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Self::Client(kernel) => kernel.update_rx_secret(),
+            Self::Server(kernel) => kernel.update_rx_secret(),
+        }
+    }
+
+    fn update_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        match self {
+            Self::Client(kernel) => kernel.update_tx_secret(),
+            Self::Server(kernel) => kernel.update_tx_secret(),
+        }
+    }
+}
+
+/// What the handshake hands over: rustls's state, the suite's AEAD and limit, both directions'
+/// secrets and sequence numbers, and what it read past its end.
+pub(crate) struct Handover {
+    pub kernel: Kernel,
+    pub aead: &'static dyn Tls13AeadAlgorithm,
+    pub confidentiality_limit: u64,
+    pub tx: (u64, ConnectionTrafficSecrets),
+    pub rx: (u64, ConnectionTrafficSecrets),
+    /// Records read after the handshake's last one, not yet opened.
+    pub read: BytesMut,
+    /// Application data rustls opened during the handshake.
+    pub plaintext: Vec<u8>,
+}
+
+/// A TLS 1.3 connection over TCP, after its handshake.
+pub struct TlsStream {
+    tcp: TcpStream,
+    kernel: Kernel,
+    aead: &'static dyn Tls13AeadAlgorithm,
+    confidentiality_limit: u64,
+    rx: Receiving,
+    tx: Sending,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream").field("tcp", &self.tcp).finish_non_exhaustive()
+    }
+}
+
+struct Receiving {
+    decrypter: Box<dyn MessageDecrypter>,
+    seq: u64,
+    /// Records read from the socket; the first is being served while `record` is non-zero. No
+    /// allocation while empty: an idle connection holds none.
+    buf: BytesMut,
+    /// The length of the opened record at the front of `buf`, header included; 0 if none.
+    record: usize,
+    /// Its plaintext not yet served: `buf[served..plain_end]`.
+    served: usize,
+    plain_end: usize,
+    /// Plaintext rustls opened in the handshake, served first.
+    early: Vec<u8>,
+    /// Part of a handshake message whose rest is in a later record.
+    handshake: Vec<u8>,
+    /// The peer's close_notify has arrived: the stream's end.
+    closed: bool,
+    /// A fatal error was met; every later read fails.
+    failed: bool,
+}
+
+struct Sending {
+    sealer: Sealer,
+    seq: u64,
+    /// Sealed records, a write's worth a block, not yet written; `written` bytes of the first
+    /// already are.
+    queue: VecDeque<Vec<u8>>,
+    written: usize,
+    queued: usize,
+    close_notify_sent: bool,
+}
+
+/// Seals records with TLS 1.3's construction (RFC 8446 §5.2–5.3) over aws-lc's AEAD. rustls's
+/// own encrypter cannot be used past the handover: it seals with aws-lc's TLS 1.3 mode, which
+/// takes the first nonce it sees for sequence number 0 and then refuses any whose distance from
+/// it does not grow, while a server's first record here is its third (two session tickets went
+/// before). It would also copy each record into a new buffer; this seals a write's records in
+/// one.
+struct Sealer {
+    key: LessSafeKey,
+    iv: Iv,
+}
+
+impl Sealer {
+    fn new(secrets: ConnectionTrafficSecrets) -> io::Result<Self> {
+        let (algorithm, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
+            _ => return Err(protocol_error("a cipher suite HBONE's configuration never offers")),
+        };
+        let key = UnboundKey::new(algorithm, key.as_ref())
+            .map_err(|_| protocol_error("a key of the wrong length"))?;
+        Ok(Self { key: LessSafeKey::new(key), iv })
+    }
+
+    /// Appends `record` of `typ` to `out`, sealed as record `seq`.
+    fn seal(
+        &self,
+        typ: ContentType,
+        record: &OutboundChunks<'_>,
+        seq: u64,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let body = u16::try_from(record.len() + 1 + TAG).expect("invariant: a record is at most 16 KiB");
+        let [high, low] = body.to_be_bytes();
+        let header = [u8::from(ContentType::ApplicationData), 3, 3, high, low];
+        out.extend_from_slice(&header);
+        let start = out.len();
+        record.copy_to_vec(out);
+        out.push(u8::from(typ));
+        let nonce = Nonce::assume_unique_for_key(rustls::crypto::cipher::Nonce::new(&self.iv, seq).0);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start..])
+            .map_err(|_| protocol_error("sealing a record failed"))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(())
+    }
+}
+
+fn key_and_iv(secrets: ConnectionTrafficSecrets) -> (AeadKey, Iv) {
+    match secrets {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+        // The enum is non-exhaustive; rustls makes no other suite of TLS 1.3.
+        _ => unreachable!("a TLS 1.3 suite with secrets of another shape"),
+    }
+}
+
+pub(super) fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+pub(super) fn protocol_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("TLS: {what}"))
+}
+
+impl TlsStream {
+    pub(crate) fn new(tcp: TcpStream, handover: Handover) -> io::Result<Self> {
+        let Handover { kernel, aead, confidentiality_limit, tx, rx, read, plaintext } = handover;
+        let (rx_key, rx_iv) = key_and_iv(rx.1);
+        Ok(Self {
+            tcp,
+            kernel,
+            aead,
+            confidentiality_limit,
+            rx: Receiving {
+                decrypter: aead.decrypter(rx_key, rx_iv),
+                seq: rx.0,
+                buf: read,
+                record: 0,
+                served: 0,
+                plain_end: 0,
+                early: plaintext,
+                handshake: Vec::new(),
+                closed: false,
+                failed: false,
+            },
+            tx: Sending {
+                sealer: Sealer::new(tx.1)?,
+                seq: tx.0,
+                queue: VecDeque::new(),
+                written: 0,
+                queued: 0,
+                close_notify_sent: false,
+            },
+        })
+    }
+
+    /// Seals `plaintext` into records of at most [`MAX_FRAGMENT`], queued in one block; near the
+    /// suite's confidentiality limit, moves to new keys (a KeyUpdate).
+    fn seal(&mut self, typ: ContentType, plaintext: OutboundChunks<'_>) -> io::Result<()> {
+        let records = plaintext.len().div_ceil(MAX_FRAGMENT).max(1);
+        let mut sealed = Vec::with_capacity(plaintext.len() + records * (HEADER + 1 + TAG));
+        let mut rest = plaintext;
+        loop {
+            let (record, after) = rest.split_at(MAX_FRAGMENT);
+            self.tx.sealer.seal(typ, &record, self.tx.seq, &mut sealed)?;
+            self.tx.seq += 1;
+            if after.is_empty() {
+                break;
+            }
+            rest = after;
+        }
+        self.tx.queued += sealed.len();
+        self.tx.queue.push_back(sealed);
+        if self.tx.seq >= self.confidentiality_limit.saturating_sub(REKEY_MARGIN)
+            && typ == ContentType::ApplicationData
+        {
+            self.update_tx_keys()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a KeyUpdate under the current keys, then seals later records under the next.
+    fn update_tx_keys(&mut self) -> io::Result<()> {
+        let mut message = KEY_UPDATE_HEADER.to_vec();
+        message.push(UPDATE_NOT_REQUESTED);
+        self.seal(ContentType::Handshake, OutboundChunks::Single(&message))?;
+        let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
+        self.tx.sealer = Sealer::new(secrets)?;
+        self.tx.seq = seq;
+        Ok(())
+    }
+
+    /// Writes queued records until none are left or the socket is full.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.tx.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (i, record) in self.tx.queue.iter().take(slices.len()).enumerate() {
+                let from = if i == 0 { self.tx.written } else { 0 };
+                slices[i] = IoSlice::new(&record[from..]);
+                count += 1;
+            }
+            let mut n = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &slices[..count]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.tx.queued -= n;
+            while n > 0 {
+                let front = self.tx.queue[0].len() - self.tx.written;
+                if n < front {
+                    self.tx.written += n;
+                    break;
+                }
+                n -= front;
+                self.tx.written = 0;
+                self.tx.queue.pop_front();
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the connection on the peer's misbehaviour: tells it why with a fatal alert, as far as
+    /// the socket takes it now, and fails this and every later read.
+    fn fatal(&mut self, cx: &mut Context<'_>, alert: AlertDescription, error: io::Error) -> io::Error {
+        self.rx.failed = true;
+        let alert = [2, u8::from(alert)];
+        if self.seal(ContentType::Alert, OutboundChunks::Single(&alert)).is_ok() {
+            let _ = self.poll_send(cx);
+        }
+        error
+    }
+
+    /// Opens the complete record at the front of the buffer, if there is one; false if more
+    /// must be read first.
+    fn open_record(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
+        let buf = &self.rx.buf;
+        if buf.len() < HEADER {
+            return Ok(false);
+        }
+        let (typ, length, have) = (buf[0], usize::from(u16::from_be_bytes([buf[3], buf[4]])), buf.len());
+        if length > MAX_BODY {
+            return Err(self.fatal(cx, AlertDescription::RecordOverflow, protocol_error("record too long")));
+        }
+        if ContentType::from(typ) != ContentType::ApplicationData {
+            // After the handshake every record is protected, and so says it is application data.
+            return Err(self.fatal(
+                cx,
+                AlertDescription::UnexpectedMessage,
+                protocol_error("unprotected record"),
+            ));
+        }
+        if have < HEADER + length {
+            return Ok(false);
+        }
+        let base = self.rx.buf.as_ptr() as usize;
+        let body = &mut self.rx.buf[HEADER..HEADER + length];
+        let opened = InboundOpaqueMessage::new(ContentType::ApplicationData, ProtocolVersion::TLSv1_2, body);
+        let plain = match self.rx.decrypter.decrypt(opened, self.rx.seq) {
+            Ok(plain) => plain,
+            Err(error) => return Err(self.fatal(cx, AlertDescription::BadRecordMac, tls_error(error))),
+        };
+        self.rx.seq += 1;
+        let start = plain.payload.as_ptr() as usize - base;
+        let end = start + plain.payload.len();
+        let typ = plain.typ;
+        self.rx.record = HEADER + length;
+        self.rx.served = start;
+        self.rx.plain_end = end;
+        match typ {
+            ContentType::ApplicationData if self.rx.handshake.is_empty() => {}
+            ContentType::Handshake => {
+                let message = self.rx.buf[start..end].to_vec();
+                self.rx.served = end;
+                self.handshake_message(cx, &message)?;
+            }
+            ContentType::Alert => {
+                self.rx.served = end;
+                let alert = self.rx.buf[start..end].to_vec();
+                self.alert(cx, &alert)?;
+            }
+            _ => {
+                return Err(self.fatal(
+                    cx,
+                    AlertDescription::UnexpectedMessage,
+                    protocol_error("unexpected record type after the handshake"),
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Post-handshake messages: a server's session tickets (rustls keeps them for resumption),
+    /// and key updates.
+    fn handshake_message(&mut self, cx: &mut Context<'_>, fragment: &[u8]) -> io::Result<()> {
+        self.rx.handshake.extend_from_slice(fragment);
+        if self.rx.handshake.len() > MAX_HANDSHAKE_HELD {
+            return Err(self.fatal(
+                cx,
+                AlertDescription::UnexpectedMessage,
+                protocol_error("handshake message too long"),
+            ));
+        }
+        loop {
+            let held = &self.rx.handshake;
+            if held.len() < 4 {
+                return Ok(());
+            }
+            let length = u32::from_be_bytes([0, held[1], held[2], held[3]]) as usize;
+            if held.len() < 4 + length {
+                return Ok(());
+            }
+            let typ = HandshakeType::from(held[0]);
+            let body = held[4..4 + length].to_vec();
+            self.rx.handshake.drain(..4 + length);
+            match (typ, &mut self.kernel) {
+                (HandshakeType::NewSessionTicket, Kernel::Client(kernel)) => {
+                    if let Err(error) = kernel.handle_new_session_ticket(&body) {
+                        return Err(self.fatal(cx, AlertDescription::DecodeError, tls_error(error)));
+                    }
+                }
+                (HandshakeType::KeyUpdate, _) => {
+                    let requested = match body.as_slice() {
+                        [UPDATE_NOT_REQUESTED] => false,
+                        [UPDATE_REQUESTED] => true,
+                        _ => {
+                            return Err(self.fatal(
+                                cx,
+                                AlertDescription::DecodeError,
+                                protocol_error("bad key update"),
+                            ));
+                        }
+                    };
+                    // The next record is under the new keys, so nothing may follow in this one.
+                    if !self.rx.handshake.is_empty() {
+                        return Err(self.fatal(
+                            cx,
+                            AlertDescription::UnexpectedMessage,
+                            protocol_error("a key update with more in its record"),
+                        ));
+                    }
+                    let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
+                    let (key, iv) = key_and_iv(secrets);
+                    self.rx.decrypter = self.aead.decrypter(key, iv);
+                    self.rx.seq = seq;
+                    if requested {
+                        self.update_tx_keys()?;
+                        // Sent now: the reading task may have nothing else to write for a while.
+                        if let Poll::Ready(Err(error)) = self.poll_send(cx) {
+                            return Err(error);
+                        }
+                    }
+                }
+                _ => {
+                    return Err(self.fatal(
+                        cx,
+                        AlertDescription::UnexpectedMessage,
+                        protocol_error("unexpected handshake message after the handshake"),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn alert(&mut self, cx: &mut Context<'_>, alert: &[u8]) -> io::Result<()> {
+        let [_level, description] = alert else {
+            return Err(self.fatal(cx, AlertDescription::DecodeError, protocol_error("bad alert")));
+        };
+        match AlertDescription::from(*description) {
+            AlertDescription::CloseNotify => self.rx.closed = true,
+            // A warning TLS 1.3 still allows; nothing to do.
+            AlertDescription::UserCanceled => {}
+            other => {
+                self.rx.failed = true;
+                return Err(protocol_error(&format!("the peer sent the alert {other:?}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has into the buffer: 0 at its end. The block is allocated once the
+    /// socket is readable, and let go if the readiness was stale.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        ready!(self.tcp.poll_read_ready(cx))?;
+        let buf = &mut self.rx.buf;
+        if buf.capacity() - buf.len() < HEADER + MAX_BODY {
+            // A fresh block with the partial record at its front, rather than `reserve`, which
+            // could double the block when the partial record sits at its end.
+            let mut fresh = BytesMut::with_capacity(relay::CHUNK.max(buf.len() + HEADER + MAX_BODY));
+            fresh.extend_from_slice(buf);
+            *buf = fresh;
+        }
+        // Through `AsyncRead`, which takes a short read as the socket drained (see
+        // `relay::poll_read_chunk`).
+        let read = std::pin::pin!(self.tcp.read_buf(&mut self.rx.buf)).poll(cx);
+        if read.is_pending() && self.rx.buf.is_empty() {
+            self.rx.buf = BytesMut::new();
+        }
+        read
+    }
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if !this.rx.early.is_empty() {
+            let n = this.rx.early.len().min(out.remaining());
+            out.put_slice(&this.rx.early[..n]);
+            this.rx.early.drain(..n);
+            if this.rx.early.is_empty() {
+                this.rx.early = Vec::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.rx.failed {
+                return Poll::Ready(Err(protocol_error("the connection failed")));
+            }
+            if this.rx.record > 0 {
+                let rx = &mut this.rx;
+                if rx.served < rx.plain_end {
+                    let n = (rx.plain_end - rx.served).min(out.remaining());
+                    out.put_slice(&rx.buf[rx.served..rx.served + n]);
+                    rx.served += n;
+                    if rx.served == rx.plain_end {
+                        rx.buf.advance(rx.record);
+                        rx.record = 0;
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                rx.buf.advance(rx.record);
+                rx.record = 0;
+            }
+            if this.rx.buf.is_empty() && this.rx.buf.capacity() > 0 {
+                // Gives the block back rather than keep it while idle.
+                this.rx.buf = BytesMut::new();
+            }
+            if this.rx.closed {
+                return Poll::Ready(Ok(()));
+            }
+            match this.open_record(cx) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => return Poll::Ready(Err(error)),
+            }
+            if ready!(this.poll_fill(cx))? == 0 {
+                let what = if this.rx.buf.is_empty() {
+                    "the peer closed the connection without close_notify"
+                } else {
+                    "the peer closed the connection within a record"
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::UnexpectedEof, what)));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    /// Seals what it is given into the queue, up to [`super::SEND_BUFFER`] queued; the queue is
+    /// written when full and on flush (h2 flushes after each batch of frames), so a batch's
+    /// records go out in one `writev`.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tx.queued >= super::SEND_BUFFER {
+            ready!(this.poll_send(cx))?;
+        }
+        let room = super::SEND_BUFFER - this.tx.queued;
+        let mut slices: [&[u8]; 64] = [&[]; 64];
+        let (mut count, mut taken) = (0, 0);
+        for buf in bufs.iter().filter(|buf| !buf.is_empty()) {
+            if count == slices.len() || taken == room {
+                break;
+            }
+            let take = buf.len().min(room - taken);
+            slices[count] = &buf[..take];
+            count += 1;
+            taken += take;
+        }
+        if taken == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        this.seal(ContentType::ApplicationData, OutboundChunks::new(&slices[..count]))?;
+        if this.tx.queued >= super::SEND_BUFFER {
+            // Errors show at the next write or flush; what was sealed is taken.
+            let _ = this.poll_send(cx);
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.tx.close_notify_sent {
+            this.tx.close_notify_sent = true;
+            let alert = [1, u8::from(AlertDescription::CloseNotify)];
+            this.seal(ContentType::Alert, OutboundChunks::Single(&alert))?;
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
