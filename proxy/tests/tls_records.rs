@@ -6,10 +6,8 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
+    task::{Context, Waker},
 };
 
 use rustls::HandshakeKind;
@@ -34,6 +32,7 @@ fn server_id() -> Identity {
 }
 
 struct Mesh {
+    ca: TestCa,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     listener: TcpListener,
@@ -47,7 +46,7 @@ impl Mesh {
         let client = tls::client_config(&ca.issue(&client_id()), &server_id().into()).unwrap();
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
         let address = listener.local_addr().unwrap();
-        Self { server, client, listener, address }
+        Self { ca, server, client, listener, address }
     }
 
     /// Our client's handshake, through `to` (the server, or a relay to it).
@@ -171,8 +170,8 @@ async fn a_key_update_the_peer_asks_for_moves_both_directions_to_new_keys() {
     let mesh = Mesh::new().await;
     let (go, held) = tokio::sync::oneshot::channel();
     go.send(()).unwrap();
-    let sent = Arc::new(AtomicUsize::new(0));
-    let relay = meddling_relay(mesh.address, held, |_| {}, sent.clone()).await;
+    let (passed, sent) = tokio::sync::watch::channel(0);
+    let relay = meddling_relay(mesh.address, held, |_| {}, passed).await;
     let (mut client, _, mut server) = mesh.ours_to_rustls(relay).await;
     let mut buf = [0; 5];
     for round in 0..3u8 {
@@ -188,18 +187,18 @@ async fn a_key_update_the_peer_asks_for_moves_both_directions_to_new_keys() {
         assert_eq!(buf, [round + 10; 5]);
     }
     // The client's Finished, then per round our KeyUpdate and the data.
-    assert_eq!(sent.load(Ordering::SeqCst), 1 + 3 * 2, "our answers' KeyUpdates did not all go out");
+    assert_eq!(*sent.borrow(), 1 + 3 * 2, "our answers' KeyUpdates did not all go out");
 }
 
 /// A relay from a client to `upstream`: passes the handshake, then holds the client's records
 /// after its Finished (its first protected record) until `go`, lets `meddle` change the next
-/// one, and passes the rest, counting the protected records it passed in `passed`. Held so that
+/// one, and passes the rest, saying in `passed` how many protected records it has passed. Held so that
 /// the record reaches the server's record layer, not rustls's handshake, however the reads fall.
 async fn meddling_relay(
     upstream: SocketAddr,
     go: tokio::sync::oneshot::Receiver<()>,
     meddle: impl FnOnce(&mut Vec<u8>) + Send + 'static,
-    passed: Arc<AtomicUsize>,
+    passed: tokio::sync::watch::Sender<usize>,
 ) -> SocketAddr {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let address = listener.local_addr().unwrap();
@@ -225,7 +224,7 @@ async fn meddling_relay(
                 if up_write.write_all(&record).await.is_err() {
                     break;
                 }
-                passed.store(protected, Ordering::SeqCst);
+                passed.send_replace(protected);
             }
         };
         let to_client = tokio::io::copy(&mut up_read, &mut down_write);
@@ -241,7 +240,7 @@ async fn a_tampered_record_fails_its_connection_only_and_the_peer_hears_of_it() 
     let mesh = Mesh::new().await;
     let (mut untouched_client, mut untouched_server, _) = mesh.ours_to_ours().await;
     let (go, held) = tokio::sync::oneshot::channel();
-    let relay = meddling_relay(mesh.address, held, |record| record[7] ^= 1, Arc::default()).await;
+    let relay = meddling_relay(mesh.address, held, |record| record[7] ^= 1, Default::default()).await;
     let (mut client, mut server) = mesh.rustls_to_ours(relay).await;
     client.write_all(b"tampered").await.unwrap();
     client.flush().await.unwrap();
@@ -265,7 +264,7 @@ async fn a_record_longer_than_tls_allows_is_refused_from_its_header() {
     let mesh = Mesh::new().await;
     let (go, held) = tokio::sync::oneshot::channel();
     let relay =
-        meddling_relay(mesh.address, held, |record| *record = vec![23, 3, 3, 0xff, 0xff], Arc::default())
+        meddling_relay(mesh.address, held, |record| *record = vec![23, 3, 3, 0xff, 0xff], Default::default())
             .await;
     let (mut client, mut server) = mesh.rustls_to_ours(relay).await;
     client.write_all(b"x").await.unwrap();
@@ -273,4 +272,66 @@ async fn a_record_longer_than_tls_allows_is_refused_from_its_header() {
     go.send(()).unwrap();
     let error = server.read(&mut [0; 8]).await.unwrap_err();
     assert!(error.to_string().contains("record too long"), "{error}");
+}
+
+/// A peer that sends part of a record and then nothing pins no 256 KiB block: while the socket
+/// has nothing more, the partial record is all that is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_record_waiting_for_its_rest_holds_no_more_than_a_record() {
+    let mesh = Mesh::new().await;
+    let (go, held) = tokio::sync::oneshot::channel();
+    let (passed, mut relayed) = tokio::sync::watch::channel(0);
+    let relay = meddling_relay(mesh.address, held, |record| record.truncate(3), passed).await;
+    let (mut client, mut server) = mesh.rustls_to_ours(relay).await;
+    client.write_all(b"x").await.unwrap();
+    client.flush().await.unwrap();
+    go.send(()).unwrap();
+    // On loopback the bytes are in the server's socket once the relay's write returned.
+    relayed.wait_for(|passed| *passed == 2).await.unwrap();
+    let mut buf = [0; 8];
+    let mut out = tokio::io::ReadBuf::new(&mut buf);
+    let poll = std::pin::Pin::new(&mut server).poll_read(&mut Context::from_waker(Waker::noop()), &mut out);
+    assert!(poll.is_pending(), "three bytes of a record were read as something");
+    let held = server.read_buffer_capacity();
+    assert!(held <= 5 + 16 * 1024 + 256, "a partial record holds a block of {held} bytes");
+}
+
+/// Key updates asked for again and again, with no data between, are a flood: the connection
+/// fails rather than answer each (rustls's own limit is the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_key_update_requests_fails_the_connection() {
+    let mesh = Mesh::new().await;
+    let (mut client, _, mut server) = mesh.ours_to_rustls(mesh.address).await;
+    for _ in 0..40 {
+        server.get_mut().1.refresh_traffic_keys().unwrap();
+    }
+    // Data after them: without the limit, the read would return it.
+    server.write_all(b"data").await.unwrap();
+    server.flush().await.unwrap();
+    let error = client.read(&mut [0; 8]).await.unwrap_err();
+    assert!(error.to_string().contains("without application data"), "{error}");
+}
+
+/// A client our server refuses (a certificate of another mesh) hears why, as rustls's own
+/// server would tell it, rather than see the connection just close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_hears_the_alert_saying_why() {
+    let mesh = Mesh::new().await;
+    // Trusts this mesh's root, but its certificate is another's.
+    let mut stranger = TestCa::new("elsewhere").issue(&client_id());
+    stranger.roots = vec![mesh.ca.root()];
+    let stranger = tls::client_config(&stranger, &server_id().into()).unwrap();
+    let connecting = async {
+        let tcp = TcpStream::connect(mesh.address).await.unwrap();
+        // TLS 1.3: the client is done before the server has checked its certificate.
+        let mut tls = TlsConnector::from(stranger).connect(tls::unused_server_name(), tcp).await.unwrap();
+        tls.read(&mut [0; 8]).await.unwrap_err()
+    };
+    let accepting = async {
+        let (tcp, _) = mesh.listener.accept().await.unwrap();
+        tls::Acceptor::from(mesh.server.clone()).accept(tcp).await.unwrap_err()
+    };
+    let (heard, refused) = tokio::join!(connecting, accepting);
+    assert!(heard.to_string().contains("received fatal alert"), "the client heard: {heard}");
+    assert!(refused.to_string().contains("certificate"), "the server said: {refused}");
 }

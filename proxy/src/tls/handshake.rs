@@ -9,7 +9,7 @@ use rustls::{
     client::{ClientConnectionData, UnbufferedClientConnection},
     pki_types::{CertificateDer, ServerName},
     server::{ServerConnectionData, UnbufferedServerConnection},
-    unbuffered::{ConnectionState, EncodeError, UnbufferedConnectionCommon, UnbufferedStatus},
+    unbuffered::{ConnectionState, EncodeError, EncodeTlsData, UnbufferedConnectionCommon, UnbufferedStatus},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -21,6 +21,8 @@ use super::records::{Handover, Kernel, TlsStream, protocol_error, tls_error};
 /// What one read of the handshake takes from the socket at most: a flight with a certificate
 /// chain fits.
 const HANDSHAKE_READ: usize = 16 * 1024;
+/// How long a failed handshake's alert may wait for the socket.
+const ALERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A server's side of an accepted connection, once its handshake is done.
 #[derive(Debug)]
@@ -75,7 +77,6 @@ fn handover(
         tx: secrets.tx,
         rx: secrets.rx,
         read: flight.incoming,
-        plaintext: flight.plaintext,
     })
 }
 
@@ -99,12 +100,16 @@ impl Side for UnbufferedServerConnection {
     }
 }
 
-/// A handshake's buffers: what it read and has not processed (at its end: records past it),
-/// what it has to send, and any application data rustls opened.
+/// A handshake's buffers: what it read (at its end: the records after its last), and what it
+/// has to send.
 struct Flight {
     incoming: BytesMut,
+    /// How much of `incoming` rustls has been shown: whole records, one more each time it needs
+    /// more, so that it never reads past the handshake's last record. What it read past that
+    /// (the first part of a ticket or key update split across records) it would hold for
+    /// itself and take with it at the handover.
+    shown: usize,
     outgoing: Vec<u8>,
-    plaintext: Vec<u8>,
 }
 
 enum Next {
@@ -113,26 +118,29 @@ enum Next {
     Done,
 }
 
+/// The end of the first complete record after `from`, if `incoming` holds one.
+fn record_after(incoming: &[u8], from: usize) -> Option<usize> {
+    let header = incoming.get(from..from + 5)?;
+    let end = from + 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+    (end <= incoming.len()).then_some(end)
+}
+
 /// Runs the handshake until rustls may send and receive application data.
 async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight> {
-    let mut flight = Flight { incoming: BytesMut::new(), outgoing: Vec::new(), plaintext: Vec::new() };
+    let mut flight = Flight { incoming: BytesMut::new(), shown: 0, outgoing: Vec::new() };
     loop {
-        let status = conn.process(&mut flight.incoming);
-        let mut discard = status.discard;
-        let next = match status.state.map_err(tls_error)? {
+        let status = conn.process(&mut flight.incoming[..flight.shown]);
+        let discard = status.discard;
+        let state = match status.state {
+            Ok(state) => state,
+            Err(error) => {
+                alert_peer(conn, tcp, flight.outgoing).await;
+                return Err(tls_error(error));
+            }
+        };
+        let next = match state {
             ConnectionState::EncodeTlsData(mut encode) => {
-                let start = flight.outgoing.len();
-                flight.outgoing.resize(start + HANDSHAKE_READ, 0);
-                let written = loop {
-                    match encode.encode(&mut flight.outgoing[start..]) {
-                        Ok(written) => break written,
-                        Err(EncodeError::InsufficientSize(needed)) => {
-                            flight.outgoing.resize(start + needed.required_size, 0);
-                        }
-                        Err(error) => return Err(protocol_error(&error.to_string())),
-                    }
-                };
-                flight.outgoing.truncate(start + written);
+                encode_into(&mut encode, &mut flight.outgoing)?;
                 Next::Process
             }
             // Sent when the handshake waits for its peer or ends: one write a flight.
@@ -143,23 +151,17 @@ async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight>
             ConnectionState::BlockedHandshake => Next::Read,
             // A server may send before the client's Finished; the handshake is not over then.
             ConnectionState::WriteTraffic(_) => Next::Done,
-            ConnectionState::ReadTraffic(mut read) => {
-                while let Some(record) = read.next_record() {
-                    let record = record.map_err(tls_error)?;
-                    discard += record.discard;
-                    flight.plaintext.extend_from_slice(record.payload);
-                }
-                Next::Process
-            }
             ConnectionState::PeerClosed | ConnectionState::Closed => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the peer closed TLS in its handshake",
                 ));
             }
-            _ => return Err(protocol_error("early data, which HBONE's configuration never allows")),
+            // Application data, before the handshake's end (never shown to rustls), or early data.
+            _ => return Err(protocol_error("application data in the handshake")),
         };
         flight.incoming.advance(discard);
+        flight.shown -= discard;
         match next {
             Next::Process => {}
             Next::Done | Next::Read => {
@@ -172,6 +174,10 @@ async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight>
                 if matches!(next, Next::Done) && !conn.is_handshaking() {
                     return Ok(flight);
                 }
+                if let Some(end) = record_after(&flight.incoming, flight.shown) {
+                    flight.shown = end;
+                    continue;
+                }
                 flight.incoming.reserve(HANDSHAKE_READ);
                 if tcp.read_buf(&mut flight.incoming).await? == 0 {
                     return Err(io::Error::new(
@@ -181,5 +187,32 @@ async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight>
                 }
             }
         }
+    }
+}
+
+/// Appends what rustls has to send to `outgoing`.
+fn encode_into<Data>(encode: &mut EncodeTlsData<'_, Data>, outgoing: &mut Vec<u8>) -> io::Result<()> {
+    let start = outgoing.len();
+    outgoing.resize(start + HANDSHAKE_READ, 0);
+    let written = loop {
+        match encode.encode(&mut outgoing[start..]) {
+            Ok(written) => break written,
+            Err(EncodeError::InsufficientSize(needed)) => outgoing.resize(start + needed.required_size, 0),
+            Err(error) => return Err(protocol_error(&error.to_string())),
+        }
+    };
+    outgoing.truncate(start + written);
+    Ok(())
+}
+
+/// After a failed handshake, sends what was left to send and the alert rustls queued saying why
+/// (a bad certificate, say), as far as the socket takes it: the peer learns the cause rather
+/// than seeing the connection just close.
+async fn alert_peer<S: Side>(conn: &mut S, tcp: &mut TcpStream, mut outgoing: Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = conn.process(&mut []).state {
+        let _ = encode_into(&mut encode, &mut outgoing);
+    }
+    if !outgoing.is_empty() {
+        let _ = tokio::time::timeout(ALERT_TIMEOUT, tcp.write_all(&outgoing)).await;
     }
 }

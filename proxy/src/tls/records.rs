@@ -50,6 +50,9 @@ const TAG: usize = 16;
 /// How far before the suite's confidentiality limit the sender moves to new keys: more records
 /// than one write seals.
 const REKEY_MARGIN: u64 = 1 << 16;
+/// Records in a row that carry no application data (key updates, tickets, empty records,
+/// warnings) before the peer is taken for a flood, as rustls counts them.
+const MAX_RECORDS_WITHOUT_DATA: u32 = 32;
 /// `key_update`'s request field (RFC 8446 §4.6.3).
 const UPDATE_NOT_REQUESTED: u8 = 0;
 const UPDATE_REQUESTED: u8 = 1;
@@ -86,8 +89,6 @@ pub(crate) struct Handover {
     pub rx: (u64, ConnectionTrafficSecrets),
     /// Records read after the handshake's last one, not yet opened.
     pub read: BytesMut,
-    /// Application data rustls opened during the handshake.
-    pub plaintext: Vec<u8>,
 }
 
 /// A TLS 1.3 connection over TCP, after its handshake.
@@ -117,10 +118,10 @@ struct Receiving {
     /// Its plaintext not yet served: `buf[served..plain_end]`.
     served: usize,
     plain_end: usize,
-    /// Plaintext rustls opened in the handshake, served first.
-    early: Vec<u8>,
     /// Part of a handshake message whose rest is in a later record.
     handshake: Vec<u8>,
+    /// Records opened since the last that carried application data.
+    without_data: u32,
     /// The peer's close_notify has arrived: the stream's end.
     closed: bool,
     /// A fatal error was met; every later read fails.
@@ -135,7 +136,12 @@ struct Sending {
     queue: VecDeque<Vec<u8>>,
     written: usize,
     queued: usize,
-    close_notify_sent: bool,
+    /// The peer asked for new keys: a KeyUpdate goes before our next records (RFC 8446
+    /// §4.6.3). A flag, not a record queued per request, so that requests from a peer that
+    /// does not read cannot grow the queue.
+    update_requested: bool,
+    /// close_notify or a fatal alert was sent: nothing more is.
+    closed: bool,
 }
 
 /// Seals records with TLS 1.3's construction (RFC 8446 §5.2–5.3) over aws-lc's AEAD. rustls's
@@ -207,7 +213,7 @@ pub(super) fn protocol_error(what: &str) -> io::Error {
 
 impl TlsStream {
     pub(crate) fn new(tcp: TcpStream, handover: Handover) -> io::Result<Self> {
-        let Handover { kernel, aead, confidentiality_limit, tx, rx, read, plaintext } = handover;
+        let Handover { kernel, aead, confidentiality_limit, tx, rx, read } = handover;
         let (rx_key, rx_iv) = key_and_iv(rx.1);
         Ok(Self {
             tcp,
@@ -221,8 +227,8 @@ impl TlsStream {
                 record: 0,
                 served: 0,
                 plain_end: 0,
-                early: plaintext,
                 handshake: Vec::new(),
+                without_data: 0,
                 closed: false,
                 failed: false,
             },
@@ -232,14 +238,27 @@ impl TlsStream {
                 queue: VecDeque::new(),
                 written: 0,
                 queued: 0,
-                close_notify_sent: false,
+                update_requested: false,
+                closed: false,
             },
         })
+    }
+
+    /// The read buffer's size: what the connection holds for records not yet read through.
+    pub fn read_buffer_capacity(&self) -> usize {
+        self.rx.buf.capacity()
     }
 
     /// Seals `plaintext` into records of at most [`MAX_FRAGMENT`], queued in one block; near the
     /// suite's confidentiality limit, moves to new keys (a KeyUpdate).
     fn seal(&mut self, typ: ContentType, plaintext: OutboundChunks<'_>) -> io::Result<()> {
+        if self.tx.closed {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "TLS: the connection was closed"));
+        }
+        if self.tx.update_requested && typ != ContentType::Handshake {
+            self.tx.update_requested = false;
+            self.update_tx_keys()?;
+        }
         let records = plaintext.len().div_ceil(MAX_FRAGMENT).max(1);
         let mut sealed = Vec::with_capacity(plaintext.len() + records * (HEADER + 1 + TAG));
         let mut rest = plaintext;
@@ -310,7 +329,21 @@ impl TlsStream {
         if self.seal(ContentType::Alert, OutboundChunks::Single(&alert)).is_ok() {
             let _ = self.poll_send(cx);
         }
+        self.tx.closed = true;
         error
+    }
+
+    /// A record that carried no application data; too many in a row fail the connection.
+    fn count_without_data(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.rx.without_data += 1;
+        if self.rx.without_data > MAX_RECORDS_WITHOUT_DATA {
+            return Err(self.fatal(
+                cx,
+                AlertDescription::UnexpectedMessage,
+                protocol_error("too many records without application data"),
+            ));
+        }
+        Ok(())
     }
 
     /// Opens the complete record at the front of the buffer, if there is one; false if more
@@ -349,8 +382,29 @@ impl TlsStream {
         self.rx.record = HEADER + length;
         self.rx.served = start;
         self.rx.plain_end = end;
+        if start == end || typ != ContentType::ApplicationData {
+            self.count_without_data(cx)?;
+        } else {
+            self.rx.without_data = 0;
+        }
+        // Handshake messages may span records, but nothing else may come between their parts
+        // (RFC 8446 §5.1).
         match typ {
-            ContentType::ApplicationData if self.rx.handshake.is_empty() => {}
+            ContentType::ApplicationData | ContentType::Alert if !self.rx.handshake.is_empty() => {
+                return Err(self.fatal(
+                    cx,
+                    AlertDescription::UnexpectedMessage,
+                    protocol_error("a record between the parts of a handshake message"),
+                ));
+            }
+            ContentType::ApplicationData => {}
+            ContentType::Handshake if start == end => {
+                return Err(self.fatal(
+                    cx,
+                    AlertDescription::UnexpectedMessage,
+                    protocol_error("an empty handshake record"),
+                ));
+            }
             ContentType::Handshake => {
                 let message = self.rx.buf[start..end].to_vec();
                 self.rx.served = end;
@@ -395,6 +449,10 @@ impl TlsStream {
             let typ = HandshakeType::from(held[0]);
             let body = held[4..4 + length].to_vec();
             self.rx.handshake.drain(..4 + length);
+            if self.rx.handshake.is_empty() {
+                // Gives the capacity back: a ticket's is kept otherwise.
+                self.rx.handshake = Vec::new();
+            }
             match (typ, &mut self.kernel) {
                 (HandshakeType::NewSessionTicket, Kernel::Client(kernel)) => {
                     if let Err(error) = kernel.handle_new_session_ticket(&body) {
@@ -421,17 +479,17 @@ impl TlsStream {
                             protocol_error("a key update with more in its record"),
                         ));
                     }
-                    let (seq, secrets) = self.kernel.update_rx().map_err(tls_error)?;
+                    let (seq, secrets) = match self.kernel.update_rx() {
+                        Ok(updated) => updated,
+                        Err(error) => {
+                            return Err(self.fatal(cx, AlertDescription::InternalError, tls_error(error)));
+                        }
+                    };
                     let (key, iv) = key_and_iv(secrets);
                     self.rx.decrypter = self.aead.decrypter(key, iv);
                     self.rx.seq = seq;
-                    if requested {
-                        self.update_tx_keys()?;
-                        // Sent now: the reading task may have nothing else to write for a while.
-                        if let Poll::Ready(Err(error)) = self.poll_send(cx) {
-                            return Err(error);
-                        }
-                    }
+                    // Answered before our next records, or at the next flush.
+                    self.tx.update_requested |= requested;
                 }
                 _ => {
                     return Err(self.fatal(
@@ -445,15 +503,24 @@ impl TlsStream {
     }
 
     fn alert(&mut self, cx: &mut Context<'_>, alert: &[u8]) -> io::Result<()> {
-        let [_level, description] = alert else {
-            return Err(self.fatal(cx, AlertDescription::DecodeError, protocol_error("bad alert")));
+        let [level @ (1 | 2), description] = alert else {
+            return Err(self.fatal(cx, AlertDescription::IllegalParameter, protocol_error("bad alert")));
         };
+        if *level == 2 && *description != u8::from(AlertDescription::CloseNotify) {
+            self.rx.failed = true;
+            self.tx.closed = true;
+            return Err(protocol_error(&format!(
+                "the peer sent the fatal alert {:?}",
+                AlertDescription::from(*description)
+            )));
+        }
         match AlertDescription::from(*description) {
             AlertDescription::CloseNotify => self.rx.closed = true,
             // A warning TLS 1.3 still allows; nothing to do.
             AlertDescription::UserCanceled => {}
             other => {
                 self.rx.failed = true;
+                self.tx.closed = true;
                 return Err(protocol_error(&format!("the peer sent the alert {other:?}")));
             }
         }
@@ -461,9 +528,13 @@ impl TlsStream {
     }
 
     /// Reads what the socket has into the buffer: 0 at its end. The block is allocated once the
-    /// socket is readable, and let go if the readiness was stale.
+    /// socket is readable; while the socket has nothing, no more is held than the partial record
+    /// waiting for its rest (a peer sending a byte per connection pins no block).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        ready!(self.tcp.poll_read_ready(cx))?;
+        if self.tcp.poll_read_ready(cx).is_pending() {
+            self.shrink_to_partial_record();
+            return Poll::Pending;
+        }
         let buf = &mut self.rx.buf;
         if buf.capacity() - buf.len() < HEADER + MAX_BODY {
             // A fresh block with the partial record at its front, rather than `reserve`, which
@@ -475,10 +546,25 @@ impl TlsStream {
         // Through `AsyncRead`, which takes a short read as the socket drained (see
         // `relay::poll_read_chunk`).
         let read = std::pin::pin!(self.tcp.read_buf(&mut self.rx.buf)).poll(cx);
-        if read.is_pending() && self.rx.buf.is_empty() {
-            self.rx.buf = BytesMut::new();
+        if read.is_pending() {
+            self.shrink_to_partial_record();
         }
         read
+    }
+
+    /// Moves a partial record out of a block larger than it needs; frees an empty one.
+    fn shrink_to_partial_record(&mut self) {
+        let buf = &mut self.rx.buf;
+        let needed = match buf.len() {
+            0 => 0,
+            held if held < HEADER => HEADER + MAX_BODY,
+            _ => HEADER + usize::from(u16::from_be_bytes([buf[3], buf[4]])),
+        };
+        if buf.capacity() > needed.max(buf.len()) {
+            let mut smaller = BytesMut::with_capacity(needed.max(buf.len()));
+            smaller.extend_from_slice(buf);
+            *buf = smaller;
+        }
     }
 }
 
@@ -486,15 +572,6 @@ impl AsyncRead for TlsStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if out.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        if !this.rx.early.is_empty() {
-            let n = this.rx.early.len().min(out.remaining());
-            out.put_slice(&this.rx.early[..n]);
-            this.rx.early.drain(..n);
-            if this.rx.early.is_empty() {
-                this.rx.early = Vec::new();
-            }
             return Poll::Ready(Ok(()));
         }
         loop {
@@ -586,16 +663,20 @@ impl AsyncWrite for TlsStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.tx.update_requested && !this.tx.closed {
+            this.tx.update_requested = false;
+            this.update_tx_keys()?;
+        }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.tx.close_notify_sent {
-            this.tx.close_notify_sent = true;
+        if !this.tx.closed {
             let alert = [1, u8::from(AlertDescription::CloseNotify)];
             this.seal(ContentType::Alert, OutboundChunks::Single(&alert))?;
+            this.tx.closed = true;
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.tcp).poll_shutdown(cx)
