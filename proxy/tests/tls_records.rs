@@ -335,3 +335,16 @@ async fn a_refused_client_hears_the_alert_saying_why() {
     assert!(heard.to_string().contains("received fatal alert"), "the client heard: {heard}");
     assert!(refused.to_string().contains("certificate"), "the server said: {refused}");
 }
+
+/// A ClientHello announcing more than rustls takes fails that handshake with an error, and
+/// nothing panics: the alert after a failed handshake once showed rustls an empty buffer, and
+/// rustls sliced it at its own offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_announcing_64_kib_fails_its_handshake_without_a_panic() {
+    let mesh = Mesh::new().await;
+    let mut tcp = TcpStream::connect(mesh.address).await.unwrap();
+    tcp.write_all(&[0x16, 3, 1, 0, 4, 1, 1, 0, 0]).await.unwrap();
+    let (accepted, _) = mesh.listener.accept().await.unwrap();
+    let error = tls::Acceptor::from(mesh.server.clone()).accept(accepted).await.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+}

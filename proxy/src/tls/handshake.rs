@@ -134,7 +134,9 @@ async fn drive<S: Side>(conn: &mut S, tcp: &mut TcpStream) -> io::Result<Flight>
         let state = match status.state {
             Ok(state) => state,
             Err(error) => {
-                alert_peer(conn, tcp, flight.outgoing).await;
+                flight.incoming.advance(discard);
+                flight.shown -= discard;
+                alert_peer(conn, tcp, &mut flight).await;
                 return Err(tls_error(error));
             }
         };
@@ -208,11 +210,16 @@ fn encode_into<Data>(encode: &mut EncodeTlsData<'_, Data>, outgoing: &mut Vec<u8
 /// After a failed handshake, sends what was left to send and the alert rustls queued saying why
 /// (a bad certificate, say), as far as the socket takes it: the peer learns the cause rather
 /// than seeing the connection just close.
-async fn alert_peer<S: Side>(conn: &mut S, tcp: &mut TcpStream, mut outgoing: Vec<u8>) {
-    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = conn.process(&mut []).state {
-        let _ = encode_into(&mut encode, &mut outgoing);
+/// rustls is shown what it was shown before, not an empty buffer: it keeps its own offset into
+/// the records it was shown, and an empty one made it slice out of bounds (a panic, after a
+/// ClientHello announcing 64 KiB).
+async fn alert_peer<S: Side>(conn: &mut S, tcp: &mut TcpStream, flight: &mut Flight) {
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) =
+        conn.process(&mut flight.incoming[..flight.shown]).state
+    {
+        let _ = encode_into(&mut encode, &mut flight.outgoing);
     }
-    if !outgoing.is_empty() {
-        let _ = tokio::time::timeout(ALERT_TIMEOUT, tcp.write_all(&outgoing)).await;
+    if !flight.outgoing.is_empty() {
+        let _ = tokio::time::timeout(ALERT_TIMEOUT, tcp.write_all(&flight.outgoing)).await;
     }
 }

@@ -373,7 +373,15 @@ impl TlsStream {
         let opened = InboundOpaqueMessage::new(ContentType::ApplicationData, ProtocolVersion::TLSv1_2, body);
         let plain = match self.rx.decrypter.decrypt(opened, self.rx.seq) {
             Ok(plain) => plain,
-            Err(error) => return Err(self.fatal(cx, AlertDescription::BadRecordMac, tls_error(error))),
+            Err(error) => {
+                // RFC 8446 §5.2 and §5.4: what the record's plaintext broke decides the alert.
+                let alert = match error {
+                    rustls::Error::PeerSentOversizedRecord => AlertDescription::RecordOverflow,
+                    rustls::Error::PeerMisbehaved(_) => AlertDescription::UnexpectedMessage,
+                    _ => AlertDescription::BadRecordMac,
+                };
+                return Err(self.fatal(cx, alert, tls_error(error)));
+            }
         };
         self.rx.seq += 1;
         let start = plain.payload.as_ptr() as usize - base;
@@ -463,11 +471,18 @@ impl TlsStream {
                     let requested = match body.as_slice() {
                         [UPDATE_NOT_REQUESTED] => false,
                         [UPDATE_REQUESTED] => true,
+                        [_] => {
+                            return Err(self.fatal(
+                                cx,
+                                AlertDescription::IllegalParameter,
+                                protocol_error("a key update's request is neither 0 nor 1"),
+                            ));
+                        }
                         _ => {
                             return Err(self.fatal(
                                 cx,
                                 AlertDescription::DecodeError,
-                                protocol_error("bad key update"),
+                                protocol_error("a key update of the wrong length"),
                             ));
                         }
                     };
@@ -503,9 +518,20 @@ impl TlsStream {
     }
 
     fn alert(&mut self, cx: &mut Context<'_>, alert: &[u8]) -> io::Result<()> {
-        let [level @ (1 | 2), description] = alert else {
-            return Err(self.fatal(cx, AlertDescription::IllegalParameter, protocol_error("bad alert")));
+        let [level, description] = alert else {
+            return Err(self.fatal(
+                cx,
+                AlertDescription::DecodeError,
+                protocol_error("an alert of the wrong length"),
+            ));
         };
+        if !matches!(level, 1 | 2) {
+            return Err(self.fatal(
+                cx,
+                AlertDescription::IllegalParameter,
+                protocol_error("an alert of no known level"),
+            ));
+        }
         if *level == 2 && *description != u8::from(AlertDescription::CloseNotify) {
             self.rx.failed = true;
             self.tx.closed = true;
