@@ -18,8 +18,7 @@ use tokio::{
 
 use super::records::{Handover, Kernel, TlsStream, protocol_error, tls_error};
 
-/// What one read of the handshake takes from the socket at most: a flight with a certificate
-/// chain fits.
+/// The room made for each read of the handshake: a flight with a certificate chain fits.
 const HANDSHAKE_READ: usize = 16 * 1024;
 /// How long a failed handshake's alert may wait for the socket.
 const ALERT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
