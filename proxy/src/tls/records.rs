@@ -157,12 +157,12 @@ struct Sealer {
 
 impl Sealer {
     fn new(secrets: ConnectionTrafficSecrets) -> io::Result<Self> {
-        let (algorithm, key, iv) = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (&AES_128_GCM, key, iv),
-            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (&AES_256_GCM, key, iv),
-            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (&CHACHA20_POLY1305, key, iv),
-            _ => return Err(protocol_error("a cipher suite HBONE's configuration never offers")),
+        let algorithm = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { .. } => &AES_128_GCM,
+            ConnectionTrafficSecrets::Aes256Gcm { .. } => &AES_256_GCM,
+            _ => &CHACHA20_POLY1305,
         };
+        let (key, iv) = key_and_iv(secrets)?;
         let key = UnboundKey::new(algorithm, key.as_ref())
             .map_err(|_| protocol_error("a key of the wrong length"))?;
         Ok(Self { key: LessSafeKey::new(key), iv })
@@ -193,13 +193,14 @@ impl Sealer {
     }
 }
 
-fn key_and_iv(secrets: ConnectionTrafficSecrets) -> (AeadKey, Iv) {
+/// A direction's key and IV; an error for secrets of a suite HBONE's configuration never
+/// offers (the enum is non-exhaustive).
+fn key_and_iv(secrets: ConnectionTrafficSecrets) -> io::Result<(AeadKey, Iv)> {
     match secrets {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv }
         | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
-        // The enum is non-exhaustive; rustls makes no other suite of TLS 1.3.
-        _ => unreachable!("a TLS 1.3 suite with secrets of another shape"),
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
+        _ => Err(protocol_error("a cipher suite HBONE's configuration never offers")),
     }
 }
 
@@ -214,7 +215,7 @@ pub(super) fn protocol_error(what: &str) -> io::Error {
 impl TlsStream {
     pub(crate) fn new(tcp: TcpStream, handover: Handover) -> io::Result<Self> {
         let Handover { kernel, aead, confidentiality_limit, tx, rx, read } = handover;
-        let (rx_key, rx_iv) = key_and_iv(rx.1);
+        let (rx_key, rx_iv) = key_and_iv(rx.1)?;
         Ok(Self {
             tcp,
             kernel,
@@ -500,7 +501,7 @@ impl TlsStream {
                             return Err(self.fatal(cx, AlertDescription::InternalError, tls_error(error)));
                         }
                     };
-                    let (key, iv) = key_and_iv(secrets);
+                    let (key, iv) = key_and_iv(secrets)?;
                     self.rx.decrypter = self.aead.decrypter(key, iv);
                     self.rx.seq = seq;
                     // Answered before our next records, or at the next flush.
