@@ -16,6 +16,7 @@ use rustls::{
 use crate::identity::{Expected, Identity};
 
 pub mod handshake;
+mod record_key;
 pub mod records;
 mod tickets;
 pub(crate) mod verify;

@@ -163,6 +163,31 @@ async fn ours_talk_to_rustls_both_ways_and_our_client_resumes_with_the_tickets_i
     exchange(client, server, 1024 * 1024 + 3).await;
 }
 
+/// Our records' AEAD is ring's and rustls's is aws-lc's: for each suite HBONE offers, a rustls
+/// server offering only that one, bytes both ways (each end sealing what the other opens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_suite_hbone_offers_carries_bytes_both_ways_against_rustls() {
+    let mesh = Mesh::new().await;
+    let cert = mesh.ca.issue(&server_id());
+    for suite in tls::provider().cipher_suites.iter().copied() {
+        let mut provider = (*tls::provider()).clone();
+        provider.cipher_suites = vec![suite];
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(cert.chain.clone(), cert.key.clone_key())
+            .unwrap();
+        let accepting = async {
+            let (tcp, _) = mesh.listener.accept().await.unwrap();
+            TlsAcceptor::from(Arc::new(server)).accept(tcp).await.unwrap()
+        };
+        let ((client, _), server) = tokio::join!(mesh.our_client(mesh.address), accepting);
+        assert_eq!(server.get_ref().1.negotiated_cipher_suite(), Some(suite));
+        exchange(client, server, 256 * 1024 + 5).await;
+    }
+}
+
 /// A rustls peer that moves to new keys mid-stream and asks ours to do the same (as rustls
 /// does by itself near AES-GCM's record limit): both directions go on under the new keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

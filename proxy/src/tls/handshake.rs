@@ -71,7 +71,6 @@ fn handover(
     };
     Ok(Handover {
         kernel,
-        aead: suite.aead_alg,
         confidentiality_limit: suite.common.confidentiality_limit,
         tx: secrets.tx,
         rx: secrets.rx,

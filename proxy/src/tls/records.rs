@@ -7,7 +7,7 @@
 //!
 //! rustls still does what needs its state (its "kernel connection", made for kTLS): a key
 //! update's new secrets, and a client's session tickets, so that resumption keeps working.
-//! Its cipher suite's decrypter opens the records; [`Sealer`] seals them.
+//! [`RecordKey`] seals and opens the records.
 use std::{
     collections::VecDeque,
     io::{self, IoSlice},
@@ -15,26 +15,19 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use bytes::{Buf, BytesMut};
 use rustls::{
-    AlertDescription, ConnectionTrafficSecrets, ContentType, HandshakeType, ProtocolVersion,
-    client::ClientConnectionData,
-    crypto::cipher::{
-        AeadKey, InboundOpaqueMessage, Iv, MessageDecrypter, OutboundChunks, Tls13AeadAlgorithm,
-    },
-    kernel::KernelConnection,
-    server::ServerConnectionData,
+    AlertDescription, ConnectionTrafficSecrets, ContentType, HandshakeType, client::ClientConnectionData,
+    crypto::cipher::OutboundChunks, kernel::KernelConnection, server::ServerConnectionData,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
 
+use super::record_key::{MAX_FRAGMENT, RecordKey, TAG};
 use crate::relay;
 
-/// The most plaintext one record carries (RFC 8446 §5.1).
-const MAX_FRAGMENT: usize = 16 * 1024;
 /// A record's header: type, legacy version, length.
 const HEADER: usize = 5;
 /// The longest record body a peer may send: the plaintext, its inner content type, padding and
@@ -45,8 +38,6 @@ const MAX_BODY: usize = MAX_FRAGMENT + 256;
 const MAX_HANDSHAKE_HELD: usize = 64 * 1024;
 /// A KeyUpdate message's type and length, before its one byte.
 const KEY_UPDATE_HEADER: [u8; 4] = [24, 0, 0, 1];
-/// The AEAD tag every suite of TLS 1.3 appends.
-const TAG: usize = 16;
 /// How far before the suite's confidentiality limit the sender moves to new keys: more records
 /// than one write seals.
 const REKEY_MARGIN: u64 = 1 << 16;
@@ -79,11 +70,10 @@ impl Kernel {
     }
 }
 
-/// What the handshake hands over: rustls's state, the suite's AEAD and limit, both directions'
-/// secrets and sequence numbers, and what it read past its end.
+/// What the handshake hands over: rustls's state, the suite's limit, both directions' secrets
+/// and sequence numbers, and what it read past its end.
 pub(crate) struct Handover {
     pub kernel: Kernel,
-    pub aead: &'static dyn Tls13AeadAlgorithm,
     pub confidentiality_limit: u64,
     pub tx: (u64, ConnectionTrafficSecrets),
     pub rx: (u64, ConnectionTrafficSecrets),
@@ -95,7 +85,6 @@ pub(crate) struct Handover {
 pub struct TlsStream {
     tcp: TcpStream,
     kernel: Kernel,
-    aead: &'static dyn Tls13AeadAlgorithm,
     confidentiality_limit: u64,
     rx: Receiving,
     tx: Sending,
@@ -108,7 +97,7 @@ impl std::fmt::Debug for TlsStream {
 }
 
 struct Receiving {
-    decrypter: Box<dyn MessageDecrypter>,
+    key: RecordKey,
     seq: u64,
     /// Records read from the socket; the first is being served while `record` is non-zero. No
     /// allocation while empty: an idle connection holds none.
@@ -129,7 +118,7 @@ struct Receiving {
 }
 
 struct Sending {
-    sealer: Sealer,
+    key: RecordKey,
     seq: u64,
     /// Sealed records, a write's worth a block, not yet written; `written` bytes of the first
     /// already are.
@@ -144,66 +133,6 @@ struct Sending {
     closed: bool,
 }
 
-/// Seals records with TLS 1.3's construction (RFC 8446 §5.2–5.3) over aws-lc's AEAD. rustls's
-/// own encrypter cannot be used past the handover: it seals with aws-lc's TLS 1.3 mode, which
-/// takes the first nonce it sees for sequence number 0 and then refuses any whose XOR distance
-/// from it does not grow, while a server's first record here is its third (two session tickets went
-/// before). It would also copy each record into a new buffer; this seals a write's records in
-/// one.
-struct Sealer {
-    key: LessSafeKey,
-    iv: Iv,
-}
-
-impl Sealer {
-    fn new(secrets: ConnectionTrafficSecrets) -> io::Result<Self> {
-        let algorithm = match secrets {
-            ConnectionTrafficSecrets::Aes128Gcm { .. } => &AES_128_GCM,
-            ConnectionTrafficSecrets::Aes256Gcm { .. } => &AES_256_GCM,
-            _ => &CHACHA20_POLY1305,
-        };
-        let (key, iv) = key_and_iv(secrets)?;
-        let key = UnboundKey::new(algorithm, key.as_ref())
-            .map_err(|_| protocol_error("a key of the wrong length"))?;
-        Ok(Self { key: LessSafeKey::new(key), iv })
-    }
-
-    /// Appends `record` of `typ` to `out`, sealed as record `seq`.
-    fn seal(
-        &self,
-        typ: ContentType,
-        record: &OutboundChunks<'_>,
-        seq: u64,
-        out: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        let body = u16::try_from(record.len() + 1 + TAG).expect("invariant: a record is at most 16 KiB");
-        let [high, low] = body.to_be_bytes();
-        let header = [u8::from(ContentType::ApplicationData), 3, 3, high, low];
-        out.extend_from_slice(&header);
-        let start = out.len();
-        record.copy_to_vec(out);
-        out.push(u8::from(typ));
-        let nonce = Nonce::assume_unique_for_key(rustls::crypto::cipher::Nonce::new(&self.iv, seq).0);
-        let tag = self
-            .key
-            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut out[start..])
-            .map_err(|_| protocol_error("sealing a record failed"))?;
-        out.extend_from_slice(tag.as_ref());
-        Ok(())
-    }
-}
-
-/// A direction's key and IV; an error for secrets of a suite HBONE's configuration never
-/// offers (the enum is non-exhaustive).
-fn key_and_iv(secrets: ConnectionTrafficSecrets) -> io::Result<(AeadKey, Iv)> {
-    match secrets {
-        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
-        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
-        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => Ok((key, iv)),
-        _ => Err(protocol_error("a cipher suite HBONE's configuration never offers")),
-    }
-}
-
 pub(super) fn tls_error(error: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error)
 }
@@ -214,15 +143,13 @@ pub(super) fn protocol_error(what: &str) -> io::Error {
 
 impl TlsStream {
     pub(crate) fn new(tcp: TcpStream, handover: Handover) -> io::Result<Self> {
-        let Handover { kernel, aead, confidentiality_limit, tx, rx, read } = handover;
-        let (rx_key, rx_iv) = key_and_iv(rx.1)?;
+        let Handover { kernel, confidentiality_limit, tx, rx, read } = handover;
         Ok(Self {
             tcp,
             kernel,
-            aead,
             confidentiality_limit,
             rx: Receiving {
-                decrypter: aead.decrypter(rx_key, rx_iv),
+                key: RecordKey::new(rx.1)?,
                 seq: rx.0,
                 buf: read,
                 record: 0,
@@ -234,7 +161,7 @@ impl TlsStream {
                 failed: false,
             },
             tx: Sending {
-                sealer: Sealer::new(tx.1)?,
+                key: RecordKey::new(tx.1)?,
                 seq: tx.0,
                 queue: VecDeque::new(),
                 written: 0,
@@ -265,7 +192,7 @@ impl TlsStream {
         let mut rest = plaintext;
         loop {
             let (record, after) = rest.split_at(MAX_FRAGMENT);
-            self.tx.sealer.seal(typ, &record, self.tx.seq, &mut sealed)?;
+            self.tx.key.seal(typ, &record, self.tx.seq, &mut sealed)?;
             self.tx.seq += 1;
             if after.is_empty() {
                 break;
@@ -288,7 +215,7 @@ impl TlsStream {
         message.push(UPDATE_NOT_REQUESTED);
         self.seal(ContentType::Handshake, OutboundChunks::Single(&message))?;
         let (seq, secrets) = self.kernel.update_tx().map_err(tls_error)?;
-        self.tx.sealer = Sealer::new(secrets)?;
+        self.tx.key = RecordKey::new(secrets)?;
         self.tx.seq = seq;
         Ok(())
     }
@@ -369,25 +296,14 @@ impl TlsStream {
         if have < HEADER + length {
             return Ok(false);
         }
-        let base = self.rx.buf.as_ptr() as usize;
+        let header = [buf[0], buf[1], buf[2], buf[3], buf[4]];
         let body = &mut self.rx.buf[HEADER..HEADER + length];
-        let opened = InboundOpaqueMessage::new(ContentType::ApplicationData, ProtocolVersion::TLSv1_2, body);
-        let plain = match self.rx.decrypter.decrypt(opened, self.rx.seq) {
-            Ok(plain) => plain,
-            Err(error) => {
-                // RFC 8446 §5.2 and §5.4: what the record's plaintext broke decides the alert.
-                let alert = match error {
-                    rustls::Error::PeerSentOversizedRecord => AlertDescription::RecordOverflow,
-                    rustls::Error::PeerMisbehaved(_) => AlertDescription::UnexpectedMessage,
-                    _ => AlertDescription::BadRecordMac,
-                };
-                return Err(self.fatal(cx, alert, tls_error(error)));
-            }
+        let (typ, plain_len) = match self.rx.key.open(self.rx.seq, header, body) {
+            Ok(opened) => opened,
+            Err(error) => return Err(self.fatal(cx, error.alert, protocol_error(error.what))),
         };
         self.rx.seq += 1;
-        let start = plain.payload.as_ptr() as usize - base;
-        let end = start + plain.payload.len();
-        let typ = plain.typ;
+        let (start, end) = (HEADER, HEADER + plain_len);
         self.rx.record = HEADER + length;
         self.rx.served = start;
         self.rx.plain_end = end;
@@ -501,8 +417,7 @@ impl TlsStream {
                             return Err(self.fatal(cx, AlertDescription::InternalError, tls_error(error)));
                         }
                     };
-                    let (key, iv) = key_and_iv(secrets)?;
-                    self.rx.decrypter = self.aead.decrypter(key, iv);
+                    self.rx.key = RecordKey::new(secrets)?;
                     self.rx.seq = seq;
                     // Answered before our next records, or at the next flush.
                     self.tx.update_requested |= requested;
