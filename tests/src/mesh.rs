@@ -28,6 +28,8 @@ pub struct Member {
     pub pod: Pod,
     pub namespace: String,
     pub service_account: String,
+    /// The name the development configuration gives its workload, if not the pod's.
+    pub workload_name: Option<String>,
 }
 
 impl Member {
@@ -36,7 +38,14 @@ impl Member {
             pod: pod.clone(),
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
+            workload_name: None,
         }
+    }
+
+    /// The development configuration names its workload `name`: its address is another
+    /// pod's there (a configuration behind a replaced pod), so nothing is allowed to it.
+    pub fn configured_as(self, name: &str) -> Self {
+        Self { workload_name: Some(name.to_owned()), ..self }
     }
 
     pub fn identity(&self) -> String {
@@ -115,7 +124,7 @@ impl Mesh {
             .map(|member| {
                 json!({
                     "uid": member.pod.uid,
-                    "name": member.pod.name,
+                    "name": member.workload_name.as_ref().unwrap_or(&member.pod.name),
                     "namespace": member.namespace,
                     "service_account": member.service_account,
                     "addresses": member.pod.addresses(),

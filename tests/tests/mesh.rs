@@ -141,6 +141,35 @@ async fn certificates_from_the_control_plane_secure_cross_node_traffic() {
     }
 }
 
+/// A destination proxy that does not know the pod a CONNECT is for waits for its configuration
+/// (10 s), then refuses, failing closed; the client's proxy must wait longer than that for the
+/// answer, so that both log the reason. When both waited 10 s, the client gave up just as the
+/// refusal was due and logged only that its CONNECT went unanswered.
+#[test]
+fn a_destination_without_the_pods_workload_refuses_it_and_the_client_proxy_hears_why() {
+    let mut topology = Topology::new(2).unwrap();
+    let client = topology.add_pod(0, "client", "uid-client").unwrap();
+    let server = topology.add_pod(1, "server", "uid-server").unwrap();
+    let _echo = apps::echo_server(&server, ECHO_PORT).unwrap();
+    let members = [
+        Member::new(&client, "shop", "cart"),
+        Member::new(&server, "shop", "payments").configured_as("server-before"),
+    ];
+    let mut mesh = Mesh::start(&topology, &members).unwrap();
+    let to = SocketAddr::new(server.ipv4.into(), ECHO_PORT);
+    // The client gives up on a reply before the refusal comes: only that it got none counts.
+    let sent = apps::try_send(&client, to, "hello");
+    assert!(!matches!(&sent, Ok(Sent::Reply { reply, .. }) if reply == "hello"), "reached the app: {sent:?}");
+    // Well within the client's patience (20 s) from the CONNECT's start.
+    let patience = Duration::from_secs(25);
+    let denied =
+        |line: &str| line.contains("inbound HBONE denied") && line.contains("not in the configuration");
+    mesh.ztunnel(1).wait_for(denied, patience).unwrap();
+    let refused =
+        |line: &str| line.contains("outbound connection failed") && line.contains("refused with 503");
+    mesh.ztunnel(0).wait_for(refused, patience).unwrap();
+}
+
 #[test]
 fn an_enrolled_pod_opens_more_connections_within_a_minute_than_it_has_ephemeral_ports() {
     let mut topology = Topology::new(2).unwrap();

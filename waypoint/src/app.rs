@@ -125,13 +125,24 @@ impl Context {
 #[derive(Debug)]
 pub struct OwnDial;
 
+/// How long a TCP connect to an endpoint may take (the kernel's own SYN retries would take
+/// minutes against a black hole).
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Dial for OwnDial {
     fn source(&self) -> std::net::IpAddr {
         std::net::Ipv6Addr::UNSPECIFIED.into()
     }
 
     async fn dial(&self, peer: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        let tcp = tokio::net::TcpStream::connect(peer).await?;
+        let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(peer)).await.map_err(
+            |_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("not connected within {DIAL_TIMEOUT:?}"),
+                )
+            },
+        )??;
         tcp.set_nodelay(true)?;
         Ok(tcp)
     }

@@ -54,9 +54,6 @@ mod opaque;
 /// What a response carries back.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
-/// How long opening a tunnel to an endpoint may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Headers of one hop only (RFC 9110 §7.6.1), never passed on.
 const HOP_BY_HOP: [header::HeaderName; 7] = [
     header::CONNECTION,
@@ -1280,9 +1277,10 @@ impl Session {
                 None => break None,
             }
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(workload, target, via))
-            .await
-            .map_err(|_| Failure::Connect(format!("{target}: connect timed out")))??;
+        // Not bounded here: the pool bounds each step itself (the TCP connect, the handshakes,
+        // the CONNECT's answer) and says which one failed; an answer it gave up on drops the
+        // pooled connection that did not give it and is tried once on a new one.
+        let stream = self.tunnel(workload, target, via).await?;
         let io = TokioIo::new(stream);
         let failed = |error: hyper::Error| Failure::Connect(format!("{target}: {error}"));
         let slot = place.as_ref().map(connections::Place::slot);
@@ -1341,7 +1339,16 @@ impl Session {
             .pool()
             .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent().to_string())
             .await
-            .map_err(|error| Failure::Connect(error.to_string()))
+            .map_err(|error| {
+                // With its causes: which step failed is the error, why is its source.
+                let mut text = error.to_string();
+                let mut cause = std::error::Error::source(&error);
+                while let Some(source) = cause {
+                    text = format!("{text}: {source}");
+                    cause = source.source();
+                }
+                Failure::Connect(text)
+            })
     }
 }
 

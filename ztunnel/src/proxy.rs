@@ -402,6 +402,12 @@ fn listen_in(netns: &Netns, port: u16) -> std::io::Result<TcpListener> {
 /// retries would take minutes against a black hole).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
+// An inbound CONNECT is answered within its configuration wait and its connect to the app:
+// sooner than a client proxy gives up on the answer, so a refusal reaches it with its reason.
+const _: () = assert!(
+    CONFIG_WAIT.as_secs() + CONNECT_TIMEOUT.as_secs() < weft_proxy::hbone::client::RESPONSE_TIMEOUT.as_secs()
+);
+
 /// How the pool dials for a pod: from inside its netns, with a marked socket; its connections
 /// are keyed by the pod's address.
 struct NetnsDial<'a> {

@@ -14,8 +14,12 @@ use crate::tls::{self, records::TlsStream};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent streams we open on one connection before opening another (Istio: 100).
 pub const MAX_STREAMS: usize = 100;
-/// How long a CONNECT may wait for its answer (the peer connects upstream meanwhile).
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a CONNECT may wait for its answer: longer than a destination proxy may take to
+/// give one (Weft's waits up to 10 s for its configuration to hold the pod, then up to 5 s for
+/// the app's connect), so its refusal, which says why, arrives rather than this timeout; and
+/// a pooled connection that stopped answering is found out, dropped and replaced, within the
+/// patience of whoever waits (the waypoint relies on it).
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What a CONNECT says of the connection it carries, as Istio's ztunnel says it: the original
 /// source and the Service it was for (`Forwarded: for="ip:port";host=<hostname>`) and the
@@ -68,6 +72,12 @@ impl Origin {
 /// Errors opening a connection or a stream.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("TCP connect to {peer}")]
+    Dial {
+        peer: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("TLS handshake with {peer}")]
     Tls {
         peer: SocketAddr,

@@ -52,7 +52,8 @@ pub const TICKETS_KEPT: Duration = Duration::from_secs(300);
 pub trait Dial: Sync {
     /// The address the connections are made from (part of the pool's key).
     fn source(&self) -> IpAddr;
-    /// A TCP connection to `peer`.
+    /// A TCP connection to `peer`, within a time of its own: the pool bounds its handshakes
+    /// and each CONNECT's answer, not the dial.
     fn dial(&self, peer: SocketAddr) -> impl Future<Output = std::io::Result<TcpStream>> + Send;
 }
 
@@ -439,7 +440,7 @@ impl Pool {
         ip: IpAddr,
     ) -> Result<Connection, hbone::client::Error> {
         let peer = SocketAddr::new(ip, hbone::PORT);
-        let tcp = dial.dial(peer).await.map_err(|source| hbone::client::Error::Tls { peer, source })?;
+        let tcp = dial.dial(peer).await.map_err(|source| hbone::client::Error::Dial { peer, source })?;
         let config = self
             .tls
             .get(cert, expected)

@@ -14,7 +14,7 @@ use std::{
 
 use weft_proxy::hbone::Stream;
 
-use super::{CONNECT_TIMEOUT, Session, address_of};
+use super::{Session, address_of};
 use crate::{authz, inbound::Destination, metrics::ConnectionLabels, route::Routes};
 
 /// How long a stream's first bytes are waited for. A client that says nothing first speaks a
@@ -169,10 +169,9 @@ impl Session {
                 }
             }
         };
-        let mut tunnel = tokio::time::timeout(CONNECT_TIMEOUT, self.tunnel(&workload, target, via.as_ref()))
-            .await
-            .map_err(|_| format!("{target}: connect timed out"))?
-            .map_err(|failure| failure.to_string())?;
+        // Bounded step by step by the pool, as a request's tunnel is (`Session::upstream`).
+        let mut tunnel =
+            self.tunnel(&workload, target, via.as_ref()).await.map_err(|failure| failure.to_string())?;
         let _counting = self.context.in_flight.start(target);
         let labels = ConnectionLabels {
             reporter: "waypoint",
