@@ -1339,16 +1339,8 @@ impl Session {
             .pool()
             .open(&crate::app::OwnDial, &cert, &peer, target, &origin, &Origin::traceparent().to_string())
             .await
-            .map_err(|error| {
-                // With its causes: which step failed is the error, why is its source.
-                let mut text = error.to_string();
-                let mut cause = std::error::Error::source(&error);
-                while let Some(source) = cause {
-                    text = format!("{text}: {source}");
-                    cause = source.source();
-                }
-                Failure::Connect(text)
-            })
+            // With its causes (anyhow's `{:#}`): which step failed is the error, why its source.
+            .map_err(|error| Failure::Connect(format!("{:#}", anyhow::Error::new(error))))
     }
 }
 
